@@ -1,0 +1,40 @@
+# Tally: `make up` runs a local node on the embedded PostgreSQL; `make test` runs the suite.
+# Both set themselves up first (a venv in .venv with the pinned dependencies).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: setup up test lint typecheck pytest proto bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+up: $(STAMP)
+	$(BIN)/tally up
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy core shards
+
+pytest: $(STAMP)
+	$(BIN)/python -m pytest
+
+test: lint typecheck pytest
+
+proto: $(STAMP)
+	./scripts/gen_proto.sh
+
+bench: $(STAMP)
+	$(BIN)/python -m bench.first
+
+clean:
+	rm -rf $(VENV) .tally build *.egg-info
