@@ -1,0 +1,16 @@
+"""Every limit a client or an operator can hit, in one place (documented in ledger.proto)."""
+
+from typing import Final
+
+batch_item_count_max: Final = 8190
+id_length_max: Final = 128
+leg_count_max: Final = 32
+metadata_entry_count_max: Final = 16
+metadata_key_length_max: Final = 64
+metadata_value_length_max: Final = 256
+amount_max: Final = 2**63 - 1
+code_max: Final = 65535
+pending_timeout_seconds_max: Final = 90 * 24 * 3600
+list_postings_limit_max: Final = 1000
+list_postings_limit_default: Final = 100
+message_size_max_bytes: Final = 16 * 1024 * 1024

@@ -1,0 +1,271 @@
+"""Domain types of the ledger. Plain slotted classes; no protobuf past the servicer layer."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from core import limits
+
+Metadata = tuple[tuple[str, str], ...]
+"""Metadata as sorted (key, value) pairs: hashable, and canonical for comparison and hashing."""
+
+
+class ResultCode(enum.IntEnum):
+    """Mirrors tally.v1.ResultCode number for number (checked by a test)."""
+
+    UNSPECIFIED = 0
+    OK = 1
+    CREATED = 2
+    REPLAYED = 3
+    IDEMPOTENCY_CONFLICT = 4
+    INSUFFICIENT_FUNDS = 5
+    CREDITS_EXCEED_DEBITS = 6
+    ACCOUNT_NOT_FOUND = 7
+    ACCOUNT_CLOSED = 8
+    UNBALANCED = 9
+    CURRENCY_MISMATCH = 10
+    AMOUNT_OVERFLOW = 11
+    PENDING_NOT_FOUND = 12
+    PENDING_ALREADY_RESOLVED = 13
+    PENDING_EXPIRED = 14
+    LINKED_ITEM_FAILED = 15
+    LINKED_CHAIN_OPEN = 16
+    DUPLICATE_ID_IN_BATCH = 17
+    INVALID_ID = 18
+    INVALID_AMOUNT = 19
+    INVALID_CURRENCY = 20
+    INVALID_LEGS = 21
+    INVALID_METADATA = 22
+    INVALID_CODE = 23
+    INVALID_FLAGS = 24
+    INVALID_VALUE_DATE = 25
+    INVALID_TIMEOUT = 26
+    INVALID_SIDE = 27
+    POST_EXCEEDS_PENDING = 28
+    TRANSACTION_NOT_FOUND = 29
+    ALREADY_REVERSED = 30
+    NOT_REVERSIBLE = 31
+    INVALID_SPREAD_ACCOUNT_FLAGS = 32
+    ACCOUNT_HAS_BALANCE = 33
+    ACCOUNT_HAS_PENDING = 34
+    UNAVAILABLE = 35
+    WRONG_SHARD = 36
+
+
+SUCCESS_CODES = frozenset({ResultCode.OK, ResultCode.CREATED, ResultCode.REPLAYED})
+
+
+class Kind(enum.IntEnum):
+    """What a transaction does; stored as a small integer."""
+
+    ORDINARY = 0
+    PENDING = 1
+    POST_PENDING = 2
+    VOID_PENDING = 3
+    REVERSAL = 4
+    # Written by the shard itself when a hold times out; never submitted by a client.
+    EXPIRY = 5
+
+
+class Status(enum.IntEnum):
+    """Mirrors tally.v1.TransactionStatus."""
+
+    POSTED = 1
+    PENDING = 2
+    PENDING_POSTED = 3
+    PENDING_VOIDED = 4
+    PENDING_EXPIRED = 5
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    code: ResultCode
+    message: str = ""
+    timestamp_ns: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """An item refused before it reaches the state machine (stateless validation)."""
+
+    code: ResultCode
+    message: str
+    linked: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Leg:
+    account_id: str
+    is_debit: bool
+    amount: int
+    currency: str
+
+
+@dataclass(frozen=True, slots=True)
+class AccountSpec:
+    id: str
+    currency: str
+    code: int
+    debits_must_not_exceed_credits: bool
+    credits_must_not_exceed_debits: bool
+    metadata: Metadata
+
+    @property
+    def is_spread(self) -> bool:
+        return self.id.startswith("@")
+
+
+@dataclass(frozen=True, slots=True)
+class TransactionSpec:
+    id: str
+    kind: Kind
+    legs: tuple[Leg, ...]
+    code: int
+    metadata: Metadata
+    value_date: str
+    timeout_seconds: int
+    # The pending transaction for POST_PENDING / VOID_PENDING / EXPIRY, the original for REVERSAL.
+    target_id: str
+    linked: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class CloseSpec:
+    account_id: str
+
+
+class AccountState:
+    """An account with its four balance counters. Mutated only on a batch's private copy."""
+
+    __slots__ = (
+        "closed_at_ns",
+        "created_at_ns",
+        "credits_pending",
+        "credits_posted",
+        "debits_pending",
+        "debits_posted",
+        "spec",
+        "version",
+    )
+
+    def __init__(
+        self,
+        spec: AccountSpec,
+        created_at_ns: int,
+        debits_posted: int = 0,
+        credits_posted: int = 0,
+        debits_pending: int = 0,
+        credits_pending: int = 0,
+        version: int = 1,
+        closed_at_ns: int = 0,
+    ) -> None:
+        self.spec = spec
+        self.created_at_ns = created_at_ns
+        self.debits_posted = debits_posted
+        self.credits_posted = credits_posted
+        self.debits_pending = debits_pending
+        self.credits_pending = credits_pending
+        self.version = version
+        self.closed_at_ns = closed_at_ns
+
+    def copy(self) -> AccountState:
+        return AccountState(
+            self.spec,
+            self.created_at_ns,
+            self.debits_posted,
+            self.credits_posted,
+            self.debits_pending,
+            self.credits_pending,
+            self.version,
+            self.closed_at_ns,
+        )
+
+    def counters(self) -> tuple[int, int, int, int]:
+        return (self.debits_posted, self.credits_posted, self.debits_pending, self.credits_pending)
+
+    @property
+    def available(self) -> int:
+        return available_balance(self.spec, *self.counters())
+
+
+def available_balance(
+    spec: AccountSpec,
+    debits_posted: int,
+    credits_posted: int,
+    debits_pending: int,
+    credits_pending: int,
+) -> int:
+    """Posted minus pending on the account's side (debit side for limit-style accounts)."""
+    if spec.credits_must_not_exceed_debits:
+        return debits_posted - credits_posted - credits_pending
+    return credits_posted - debits_posted - debits_pending
+
+
+class TransactionState:
+    """A recorded transaction and the parts of it that change after it is recorded."""
+
+    __slots__ = (
+        "applied_legs",
+        "expires_at_ns",
+        "resolved_by_id",
+        "reversed_by_id",
+        "spec",
+        "status",
+        "timestamp_ns",
+    )
+
+    def __init__(
+        self,
+        spec: TransactionSpec,
+        applied_legs: tuple[Leg, ...],
+        timestamp_ns: int,
+        status: Status,
+        expires_at_ns: int = 0,
+        resolved_by_id: str = "",
+        reversed_by_id: str = "",
+    ) -> None:
+        self.spec = spec
+        self.applied_legs = applied_legs
+        self.timestamp_ns = timestamp_ns
+        self.status = status
+        self.expires_at_ns = expires_at_ns
+        self.resolved_by_id = resolved_by_id
+        self.reversed_by_id = reversed_by_id
+
+    def copy(self) -> TransactionState:
+        return TransactionState(
+            self.spec,
+            self.applied_legs,
+            self.timestamp_ns,
+            self.status,
+            self.expires_at_ns,
+            self.resolved_by_id,
+            self.reversed_by_id,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Posting:
+    """One change to one account's counters, with the account's counters after it."""
+
+    sequence: int
+    transaction_id: str
+    account_id: str
+    is_debit: bool
+    posted_amount: int
+    pending_delta: int
+    timestamp_ns: int
+    debits_posted_after: int
+    credits_posted_after: int
+    debits_pending_after: int
+    credits_pending_after: int
+
+
+def expiry_transaction_id(pending_id: str) -> str:
+    """The id of the record written when a hold expires. '~' is not allowed in client ids."""
+    return "~expired/" + pending_id
+
+
+def amount_fits(value: int) -> bool:
+    return 0 <= value <= limits.amount_max

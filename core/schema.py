@@ -1,0 +1,111 @@
+"""Versioned schema migrations of a shard database, applied in order at start."""
+
+from __future__ import annotations
+
+from typing import Final
+
+MIGRATIONS: Final[tuple[tuple[int, str, str], ...]] = (
+    (
+        1,
+        "ledger tables",
+        """
+        CREATE TABLE writer_lease (
+            id integer PRIMARY KEY CHECK (id = 1),
+            epoch bigint NOT NULL,
+            holder text NOT NULL,
+            acquired_at timestamptz NOT NULL DEFAULT now(),
+            last_block_sequence bigint NOT NULL DEFAULT 0
+        );
+        INSERT INTO writer_lease (id, epoch, holder) VALUES (1, 0, '');
+
+        CREATE TABLE accounts (
+            id text PRIMARY KEY,
+            currency text NOT NULL,
+            code integer NOT NULL,
+            flags integer NOT NULL,
+            metadata text NOT NULL,
+            created_at_ns bigint NOT NULL,
+            closed_at_ns bigint NOT NULL,
+            debits_posted bigint NOT NULL CHECK (debits_posted >= 0),
+            credits_posted bigint NOT NULL CHECK (credits_posted >= 0),
+            debits_pending bigint NOT NULL CHECK (debits_pending >= 0),
+            credits_pending bigint NOT NULL CHECK (credits_pending >= 0),
+            version bigint NOT NULL,
+            block_sequence bigint NOT NULL
+        );
+
+        CREATE TABLE transactions (
+            id text PRIMARY KEY,
+            kind smallint NOT NULL,
+            code integer NOT NULL,
+            metadata text NOT NULL,
+            value_date text NOT NULL,
+            timeout_seconds integer NOT NULL,
+            target_id text NOT NULL,
+            legs text NOT NULL,
+            applied_legs text NOT NULL,
+            timestamp_ns bigint NOT NULL,
+            status smallint NOT NULL,
+            expires_at_ns bigint NOT NULL,
+            resolved_by_id text NOT NULL,
+            reversed_by_id text NOT NULL,
+            block_sequence bigint NOT NULL
+        );
+
+        CREATE TABLE postings (
+            sequence bigint PRIMARY KEY,
+            block_sequence bigint NOT NULL,
+            transaction_id text NOT NULL,
+            account_id text NOT NULL,
+            is_debit boolean NOT NULL,
+            posted_amount bigint NOT NULL,
+            pending_delta bigint NOT NULL,
+            timestamp_ns bigint NOT NULL,
+            debits_posted_after bigint NOT NULL,
+            credits_posted_after bigint NOT NULL,
+            debits_pending_after bigint NOT NULL,
+            credits_pending_after bigint NOT NULL
+        );
+        CREATE INDEX postings_by_account ON postings (account_id, sequence);
+
+        CREATE TABLE holds (
+            transaction_id text PRIMARY KEY,
+            expires_at_ns bigint NOT NULL
+        );
+        CREATE INDEX holds_by_expiry ON holds (expires_at_ns) WHERE expires_at_ns > 0;
+
+        CREATE TABLE account_closures (
+            account_id text PRIMARY KEY,
+            closed_at_ns bigint NOT NULL,
+            block_sequence bigint NOT NULL
+        );
+
+        CREATE TABLE journal_blocks (
+            sequence bigint PRIMARY KEY,
+            previous_hash bytea NOT NULL,
+            hash bytea NOT NULL,
+            epoch bigint NOT NULL,
+            created_at_ns bigint NOT NULL,
+            next_posting_sequence bigint NOT NULL,
+            last_timestamp_ns bigint NOT NULL,
+            account_count integer NOT NULL,
+            transaction_count integer NOT NULL,
+            posting_count integer NOT NULL,
+            closure_count integer NOT NULL
+        );
+        """,
+    ),
+)
+
+BOOTSTRAP_SQL: Final = """
+CREATE TABLE IF NOT EXISTS tally_schema_migrations (
+    version integer PRIMARY KEY,
+    name text NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+)
+"""
+
+# Serialises migrations when several processes start on one database at once.
+MIGRATION_LOCK_KEY: Final = 7_471_001
+# Held by the one writer of a shard database for as long as it writes.
+WRITER_LEASE_LOCK_KEY: Final = 7_471_002

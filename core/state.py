@@ -1,0 +1,596 @@
+"""The state machine: apply one batch of requests to the ledger in memory, in order.
+
+No I/O. The writer hands it every account and transaction the batch can touch (loaded from the
+cache or the store, None for "does not exist"); it decides each item's result and returns the
+write set for the store. Objects handed in are never mutated: the batch copies an account or a
+transaction the first time it changes it, so a failed commit leaves the caller's state as it was.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+from core import limits
+from core.invariant import check, fail
+from core.model import (
+    SUCCESS_CODES,
+    AccountSpec,
+    AccountState,
+    CloseSpec,
+    Kind,
+    Leg,
+    Posting,
+    Rejection,
+    Result,
+    ResultCode,
+    Status,
+    TransactionSpec,
+    TransactionState,
+)
+
+Item = AccountSpec | TransactionSpec | CloseSpec | Rejection
+
+
+@dataclass(slots=True)
+class JournalPosition:
+    """Where the shard's journal stands: the next posting sequence and the last timestamp."""
+
+    next_posting_sequence: int
+    last_timestamp_ns: int
+
+
+@dataclass(slots=True)
+class WriteSet:
+    """Everything a batch changes, for the store to persist in one database transaction."""
+
+    new_accounts: list[AccountState] = field(default_factory=list)
+    new_transactions: list[TransactionState] = field(default_factory=list)
+    postings: list[Posting] = field(default_factory=list)
+    closures: list[tuple[str, int]] = field(default_factory=list)
+    # Final states, by id, of accounts and earlier transactions this batch changed.
+    changed_accounts: dict[str, AccountState] = field(default_factory=dict)
+    changed_transactions: dict[str, TransactionState] = field(default_factory=dict)
+    holds_opened: list[tuple[str, int]] = field(default_factory=list)
+    holds_closed: list[str] = field(default_factory=list)
+
+    @property
+    def is_empty(self) -> bool:
+        return not (
+            self.new_accounts
+            or self.new_transactions
+            or self.closures
+            or self.changed_accounts
+            or self.changed_transactions
+        )
+
+
+class _Savepoint:
+    __slots__ = ("accounts", "lengths", "next_sequence", "touched", "transactions")
+
+    def __init__(self, batch: Batch) -> None:
+        self.accounts: dict[str, AccountState | None] = {}
+        self.transactions: dict[str, TransactionState | None] = {}
+        out = batch.out
+        self.lengths = (
+            len(out.new_accounts),
+            len(out.new_transactions),
+            len(out.postings),
+            len(out.closures),
+            len(out.holds_opened),
+            len(out.holds_closed),
+        )
+        self.next_sequence = batch.next_sequence
+        self.touched = (set(batch.touched_accounts), set(batch.touched_transactions))
+
+
+class Batch:
+    """One batch being applied. Create, call apply(), then read `out` and `position`."""
+
+    def __init__(
+        self,
+        accounts: dict[str, AccountState | None],
+        transactions: dict[str, TransactionState | None],
+        position: JournalPosition,
+        now_ns: int,
+    ) -> None:
+        # The batch's own views; values are shared with the caller until copied on write.
+        self.accounts = dict(accounts)
+        self.transactions = dict(transactions)
+        self.owned_accounts: set[str] = set()
+        self.owned_transactions: set[str] = set()
+        self.touched_accounts: set[str] = set()
+        self.touched_transactions: set[str] = set()
+        self.next_sequence = position.next_posting_sequence
+        self.base_timestamp_ns = max(now_ns, position.last_timestamp_ns + 1)
+        self.item_count = 0
+        self.out = WriteSet()
+        self._savepoint: _Savepoint | None = None
+
+    # ---- entry point ----
+
+    def apply(self, requests: Sequence[Sequence[Item]]) -> list[list[Result]]:
+        results = [self._apply_request(items) for items in requests]
+        self._finish()
+        return results
+
+    @property
+    def position(self) -> JournalPosition:
+        return JournalPosition(self.next_sequence, self.base_timestamp_ns + self.item_count)
+
+    def _finish(self) -> None:
+        # Lists hold the objects as first created; a rolled-back linked group may have put an
+        # earlier copy back in the views, and the views are the truth.
+        self.out.new_accounts = [self._final_account(a.spec.id) for a in self.out.new_accounts]
+        self.out.new_transactions = [
+            self._final_transaction(t.spec.id) for t in self.out.new_transactions
+        ]
+        for account_id in self.touched_accounts:
+            account = self.accounts[account_id]
+            check(account is not None, f"touched account {account_id} vanished")
+            assert account is not None  # for the type checker; checked above
+            self.out.changed_accounts[account_id] = account
+        new_ids = {state.spec.id for state in self.out.new_transactions}
+        for transaction_id in self.touched_transactions - new_ids:
+            state = self.transactions[transaction_id]
+            assert state is not None
+            self.out.changed_transactions[transaction_id] = state
+
+    def _final_account(self, account_id: str) -> AccountState:
+        account = self.accounts[account_id]
+        check(account is not None, f"created account {account_id} vanished")
+        assert account is not None
+        return account
+
+    def _final_transaction(self, transaction_id: str) -> TransactionState:
+        state = self.transactions[transaction_id]
+        check(state is not None, f"recorded transaction {transaction_id} vanished")
+        assert state is not None
+        return state
+
+    def _apply_request(self, items: Sequence[Item]) -> list[Result]:
+        results: list[Result] = []
+        index = 0
+        while index < len(items):
+            end = index
+            while end < len(items) - 1 and items[end].linked:  # type: ignore[union-attr]
+                end += 1
+            if end == index:
+                results.append(self._apply_item(items[index]))
+            else:
+                results.extend(self._apply_chain(items[index : end + 1]))
+            index = end + 1
+        return results
+
+    def _apply_chain(self, chain: Sequence[Item]) -> list[Result]:
+        check(self._savepoint is None, "linked groups do not nest")
+        self._savepoint = _Savepoint(self)
+        results: list[Result] = []
+        failed_at = -1
+        for position, item in enumerate(chain):
+            result = self._apply_item(item)
+            results.append(result)
+            if result.code not in SUCCESS_CODES:
+                failed_at = position
+                break
+        savepoint, self._savepoint = self._savepoint, None
+        if failed_at < 0:
+            return results
+        self._rollback(savepoint)
+        message = f"item {failed_at} of this linked group failed"
+        return [
+            results[position]
+            if position == failed_at
+            else (
+                Result(item.code, item.message)
+                if isinstance(item, Rejection)
+                else Result(ResultCode.LINKED_ITEM_FAILED, message)
+            )
+            for position, item in enumerate(chain)
+        ]
+
+    def _rollback(self, savepoint: _Savepoint) -> None:
+        for account_id, account in savepoint.accounts.items():
+            self.accounts[account_id] = account
+        for transaction_id, state in savepoint.transactions.items():
+            self.transactions[transaction_id] = state
+        out = self.out
+        a, t, p, c, ho, hc = savepoint.lengths
+        del out.new_accounts[a:], out.new_transactions[t:], out.postings[p:]
+        del out.closures[c:], out.holds_opened[ho:], out.holds_closed[hc:]
+        self.next_sequence = savepoint.next_sequence
+        self.touched_accounts, self.touched_transactions = savepoint.touched
+
+    def _apply_item(self, item: Item) -> Result:
+        self.item_count += 1
+        if isinstance(item, Rejection):
+            return Result(item.code, item.message)
+        timestamp_ns = self.base_timestamp_ns + self.item_count - 1
+        if isinstance(item, TransactionSpec):
+            return self._post(item, timestamp_ns)
+        if isinstance(item, AccountSpec):
+            return self._create_account(item, timestamp_ns)
+        return self._close_account(item, timestamp_ns)
+
+    # ---- copy on write ----
+
+    def _known_account(self, account_id: str) -> AccountState | None:
+        if account_id not in self.accounts:
+            fail(f"account {account_id} was not loaded for this batch")
+        return self.accounts[account_id]
+
+    def _known_transaction(self, transaction_id: str) -> TransactionState | None:
+        if transaction_id not in self.transactions:
+            fail(f"transaction {transaction_id} was not loaded for this batch")
+        return self.transactions[transaction_id]
+
+    def _own_account(self, account_id: str) -> AccountState:
+        account = self.accounts[account_id]
+        check(account is not None, f"writing missing account {account_id}")
+        assert account is not None
+        if self._savepoint is not None and account_id not in self._savepoint.accounts:
+            self._savepoint.accounts[account_id] = account.copy()
+        if account_id not in self.owned_accounts:
+            account = account.copy()
+            self.accounts[account_id] = account
+            self.owned_accounts.add(account_id)
+        self.touched_accounts.add(account_id)
+        return account
+
+    def _own_transaction(self, transaction_id: str) -> TransactionState:
+        state = self.transactions[transaction_id]
+        check(state is not None, f"writing missing transaction {transaction_id}")
+        assert state is not None
+        if self._savepoint is not None and transaction_id not in self._savepoint.transactions:
+            self._savepoint.transactions[transaction_id] = state.copy()
+        if transaction_id not in self.owned_transactions:
+            state = state.copy()
+            self.transactions[transaction_id] = state
+            self.owned_transactions.add(transaction_id)
+        self.touched_transactions.add(transaction_id)
+        return state
+
+    def _add_transaction(self, state: TransactionState) -> None:
+        transaction_id = state.spec.id
+        if self._savepoint is not None and transaction_id not in self._savepoint.transactions:
+            self._savepoint.transactions[transaction_id] = self.transactions.get(transaction_id)
+        self.transactions[transaction_id] = state
+        self.owned_transactions.add(transaction_id)
+        self.touched_transactions.add(transaction_id)
+        self.out.new_transactions.append(state)
+
+    # ---- accounts ----
+
+    def _create_account(self, spec: AccountSpec, timestamp_ns: int) -> Result:
+        existing = self._known_account(spec.id)
+        if existing is not None:
+            differences = account_differences(existing.spec, spec)
+            if differences:
+                return Result(
+                    ResultCode.IDEMPOTENCY_CONFLICT,
+                    f"account {spec.id!r} exists with a different " + ", ".join(differences),
+                )
+            return Result(ResultCode.REPLAYED, "", existing.created_at_ns)
+        account = AccountState(spec, timestamp_ns)
+        if self._savepoint is not None and spec.id not in self._savepoint.accounts:
+            self._savepoint.accounts[spec.id] = None
+        self.accounts[spec.id] = account
+        self.owned_accounts.add(spec.id)
+        self.out.new_accounts.append(account)
+        return Result(ResultCode.CREATED, "", timestamp_ns)
+
+    def _close_account(self, spec: CloseSpec, timestamp_ns: int) -> Result:
+        account = self._known_account(spec.account_id)
+        if account is None:
+            return Result(ResultCode.ACCOUNT_NOT_FOUND, f"account {spec.account_id!r} not found")
+        if account.closed_at_ns:
+            return Result(ResultCode.REPLAYED, "", account.closed_at_ns)
+        if account.debits_pending or account.credits_pending:
+            return Result(ResultCode.ACCOUNT_HAS_PENDING, "void or post its holds first")
+        if account.debits_posted != account.credits_posted:
+            return Result(
+                ResultCode.ACCOUNT_HAS_BALANCE,
+                f"posted balance is {account.credits_posted - account.debits_posted}, not zero",
+            )
+        account = self._own_account(spec.account_id)
+        account.closed_at_ns = timestamp_ns
+        account.version += 1
+        self.out.closures.append((spec.account_id, timestamp_ns))
+        return Result(ResultCode.CREATED, "", timestamp_ns)
+
+    # ---- transactions ----
+
+    def _post(self, spec: TransactionSpec, timestamp_ns: int) -> Result:
+        existing = self._known_transaction(spec.id)
+        if existing is not None:
+            return _replay(existing, spec)
+        kind = spec.kind
+        if kind is Kind.ORDINARY or kind is Kind.PENDING:
+            return self._apply_new(spec, spec.legs, timestamp_ns)
+        if kind is Kind.REVERSAL:
+            return self._reverse(spec, timestamp_ns)
+        return self._resolve(spec, timestamp_ns)
+
+    def _apply_new(self, spec: TransactionSpec, legs: tuple[Leg, ...], timestamp_ns: int) -> Result:
+        pending = spec.kind is Kind.PENDING
+        rejection = self._check_legs(legs, pending)
+        if rejection is not None:
+            return rejection
+        for leg in legs:
+            if pending:
+                self._write_posting(
+                    spec.id, leg.account_id, leg.is_debit, 0, leg.amount, timestamp_ns
+                )
+            else:
+                self._write_posting(
+                    spec.id, leg.account_id, leg.is_debit, leg.amount, 0, timestamp_ns
+                )
+        expires_at_ns = 0
+        if pending and spec.timeout_seconds:
+            expires_at_ns = timestamp_ns + spec.timeout_seconds * 1_000_000_000
+        status = Status.PENDING if pending else Status.POSTED
+        self._add_transaction(TransactionState(spec, legs, timestamp_ns, status, expires_at_ns))
+        if pending:
+            self.out.holds_opened.append((spec.id, expires_at_ns))
+        return Result(ResultCode.CREATED, "", timestamp_ns)
+
+    def _check_legs(self, legs: tuple[Leg, ...], pending: bool) -> Result | None:
+        """Decide whether legs can apply, without changing anything."""
+        after: dict[str, list[int]] = {}
+        debited: set[str] = set()
+        credited: set[str] = set()
+        for index, leg in enumerate(legs):
+            account = self._known_account(leg.account_id)
+            if account is None:
+                return Result(
+                    ResultCode.ACCOUNT_NOT_FOUND,
+                    f"legs[{index}].account_id {leg.account_id!r} not found",
+                )
+            if account.closed_at_ns:
+                return Result(ResultCode.ACCOUNT_CLOSED, f"account {leg.account_id!r} is closed")
+            if account.spec.currency != leg.currency:
+                return Result(
+                    ResultCode.CURRENCY_MISMATCH,
+                    f"legs[{index}].currency is {leg.currency}, account {leg.account_id!r} "
+                    f"is {account.spec.currency}",
+                )
+            counters = after.get(leg.account_id)
+            if counters is None:
+                counters = after[leg.account_id] = list(account.counters())
+            slot = (0 if leg.is_debit else 1) + (2 if pending else 0)
+            counters[slot] += leg.amount
+            (debited if leg.is_debit else credited).add(leg.account_id)
+        return self._check_limits(after, debited, credited)
+
+    def _check_limits(
+        self, after: dict[str, list[int]], debited: set[str], credited: set[str]
+    ) -> Result | None:
+        for account_id, counters in after.items():
+            if max(counters) > limits.amount_max:
+                return Result(
+                    ResultCode.AMOUNT_OVERFLOW,
+                    f"a balance counter of {account_id!r} would exceed {limits.amount_max}",
+                )
+            account = self.accounts[account_id]
+            assert account is not None
+            spec = account.spec
+            debits_posted, credits_posted, debits_pending, credits_pending = counters
+            if (
+                spec.debits_must_not_exceed_credits
+                and account_id in debited
+                and debits_posted + debits_pending > credits_posted
+            ):
+                return Result(
+                    ResultCode.INSUFFICIENT_FUNDS,
+                    f"account {account_id!r} has {account.available} available",
+                )
+            if (
+                spec.credits_must_not_exceed_debits
+                and account_id in credited
+                and credits_posted + credits_pending > debits_posted
+            ):
+                return Result(
+                    ResultCode.CREDITS_EXCEED_DEBITS,
+                    f"account {account_id!r} has {account.available} available",
+                )
+        return None
+
+    def _write_posting(
+        self,
+        transaction_id: str,
+        account_id: str,
+        is_debit: bool,
+        posted_amount: int,
+        pending_delta: int,
+        timestamp_ns: int,
+    ) -> None:
+        account = self._own_account(account_id)
+        if is_debit:
+            account.debits_posted += posted_amount
+            account.debits_pending += pending_delta
+        else:
+            account.credits_posted += posted_amount
+            account.credits_pending += pending_delta
+        check(
+            min(account.counters()) >= 0 and max(account.counters()) <= limits.amount_max,
+            f"counters of {account_id} out of range: {account.counters()}",
+        )
+        account.version += 1
+        self.out.postings.append(
+            Posting(
+                self.next_sequence,
+                transaction_id,
+                account_id,
+                is_debit,
+                posted_amount,
+                pending_delta,
+                timestamp_ns,
+                *account.counters(),
+            )
+        )
+        self.next_sequence += 1
+
+    # ---- holds: post, void, expire ----
+
+    def _resolve(self, spec: TransactionSpec, timestamp_ns: int) -> Result:
+        pending = self._known_transaction(spec.target_id)
+        rejection = _resolution_problem(pending, spec, timestamp_ns)
+        if rejection is not None:
+            return rejection
+        assert pending is not None
+        held = _sum_by_leg_key(pending.applied_legs)
+        posted: dict[tuple[str, bool, str], int] = {}
+        if spec.kind is Kind.POST_PENDING:
+            chosen = spec.legs or pending.applied_legs
+            posted = _sum_by_leg_key(chosen)
+            for key, amount in posted.items():
+                if amount > held.get(key, 0):
+                    return Result(
+                        ResultCode.POST_EXCEEDS_PENDING,
+                        f"posting {amount} to {key[0]!r} but {held.get(key, 0)} is held there",
+                    )
+            overflow = self._post_overflow(posted)
+            if overflow is not None:
+                return overflow
+        for (account_id, is_debit, _currency), amount in held.items():
+            post_amount = posted.get((account_id, is_debit, _currency), 0)
+            self._write_posting(spec.id, account_id, is_debit, post_amount, -amount, timestamp_ns)
+        applied = tuple(
+            Leg(account_id, is_debit, amount, currency)
+            for (account_id, is_debit, currency), amount in (posted or held).items()
+            if amount
+        )
+        self._close_hold(pending, spec, timestamp_ns)
+        self._add_transaction(TransactionState(spec, applied, timestamp_ns, Status.POSTED))
+        return Result(ResultCode.CREATED, "", timestamp_ns)
+
+    def _post_overflow(self, posted: dict[tuple[str, bool, str], int]) -> Result | None:
+        for (account_id, is_debit, _currency), amount in posted.items():
+            account = self._known_account(account_id)
+            assert account is not None
+            current = account.debits_posted if is_debit else account.credits_posted
+            if current + amount > limits.amount_max:
+                return Result(
+                    ResultCode.AMOUNT_OVERFLOW,
+                    f"a balance counter of {account_id!r} would exceed {limits.amount_max}",
+                )
+        return None
+
+    def _close_hold(self, pending: TransactionState, spec: TransactionSpec, at_ns: int) -> None:
+        state = self._own_transaction(pending.spec.id)
+        state.status = {
+            Kind.POST_PENDING: Status.PENDING_POSTED,
+            Kind.VOID_PENDING: Status.PENDING_VOIDED,
+            Kind.EXPIRY: Status.PENDING_EXPIRED,
+        }[spec.kind]
+        state.resolved_by_id = spec.id
+        self.out.holds_closed.append(pending.spec.id)
+
+    # ---- reversal ----
+
+    def _reverse(self, spec: TransactionSpec, timestamp_ns: int) -> Result:
+        original = self._known_transaction(spec.target_id)
+        if original is None:
+            return Result(
+                ResultCode.TRANSACTION_NOT_FOUND, f"reverses_id {spec.target_id!r} not found"
+            )
+        if original.spec.kind in (Kind.PENDING, Kind.VOID_PENDING, Kind.EXPIRY):
+            return Result(
+                ResultCode.NOT_REVERSIBLE,
+                f"{spec.target_id!r} is a {original.spec.kind.name.lower()} record; "
+                "void a hold instead of reversing it",
+            )
+        if original.reversed_by_id:
+            return Result(
+                ResultCode.ALREADY_REVERSED,
+                f"{spec.target_id!r} was reversed by {original.reversed_by_id!r}",
+            )
+        inverted = tuple(
+            Leg(leg.account_id, not leg.is_debit, leg.amount, leg.currency)
+            for leg in original.applied_legs
+        )
+        result = self._apply_new(spec, inverted, timestamp_ns)
+        if result.code is ResultCode.CREATED:
+            self._own_transaction(spec.target_id).reversed_by_id = spec.id
+        return result
+
+    def iter_touched_account_ids(self) -> Iterator[str]:
+        return iter(self.touched_accounts)
+
+
+def _replay(existing: TransactionState, spec: TransactionSpec) -> Result:
+    differences = transaction_differences(existing.spec, spec)
+    if differences:
+        return Result(
+            ResultCode.IDEMPOTENCY_CONFLICT,
+            f"transaction {spec.id!r} exists with a different " + ", ".join(differences),
+        )
+    return Result(ResultCode.REPLAYED, "", existing.timestamp_ns)
+
+
+def _resolution_problem(
+    pending: TransactionState | None, spec: TransactionSpec, timestamp_ns: int
+) -> Result | None:
+    field = "void_pending_id" if spec.kind is Kind.VOID_PENDING else "post_pending_id"
+    if pending is None or pending.spec.kind is not Kind.PENDING:
+        return Result(
+            ResultCode.PENDING_NOT_FOUND, f"{field} {spec.target_id!r} is not a pending transaction"
+        )
+    if pending.status is Status.PENDING_EXPIRED:
+        return Result(ResultCode.PENDING_EXPIRED, f"hold {spec.target_id!r} expired")
+    if pending.status is not Status.PENDING:
+        return Result(
+            ResultCode.PENDING_ALREADY_RESOLVED,
+            f"hold {spec.target_id!r} was resolved by {pending.resolved_by_id!r}",
+        )
+    if (
+        spec.kind is not Kind.EXPIRY
+        and pending.expires_at_ns
+        and timestamp_ns >= pending.expires_at_ns
+    ):
+        return Result(ResultCode.PENDING_EXPIRED, f"hold {spec.target_id!r} expired")
+    return None
+
+
+def _sum_by_leg_key(legs: Sequence[Leg]) -> dict[tuple[str, bool, str], int]:
+    sums: dict[tuple[str, bool, str], int] = {}
+    for leg in legs:
+        key = (leg.account_id, leg.is_debit, leg.currency)
+        sums[key] = sums.get(key, 0) + leg.amount
+    return sums
+
+
+def account_differences(recorded: AccountSpec, submitted: AccountSpec) -> list[str]:
+    names = (
+        "currency",
+        "code",
+        "debits_must_not_exceed_credits",
+        "credits_must_not_exceed_debits",
+        "metadata",
+    )
+    return [name for name in names if getattr(recorded, name) != getattr(submitted, name)]
+
+
+def transaction_differences(recorded: TransactionSpec, submitted: TransactionSpec) -> list[str]:
+    """Fields that differ; `linked` is how the item was grouped, not what it does."""
+    names = ("kind", "legs", "code", "metadata", "value_date", "timeout_seconds", "target_id")
+    return [name for name in names if getattr(recorded, name) != getattr(submitted, name)]
+
+
+def needed_ids(requests: Sequence[Sequence[Item]]) -> tuple[set[str], set[str]]:
+    """The account and transaction ids a batch reads, before targets' legs are known."""
+    account_ids: set[str] = set()
+    transaction_ids: set[str] = set()
+    for items in requests:
+        for item in items:
+            if isinstance(item, TransactionSpec):
+                transaction_ids.add(item.id)
+                if item.target_id:
+                    transaction_ids.add(item.target_id)
+                for leg in item.legs:
+                    account_ids.add(leg.account_id)
+            elif isinstance(item, AccountSpec):
+                account_ids.add(item.id)
+            elif isinstance(item, CloseSpec):
+                account_ids.add(item.account_id)
+    return account_ids, transaction_ids

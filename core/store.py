@@ -1,0 +1,457 @@
+"""The PostgreSQL store of one shard: migrations, bulk loads, one-transaction batch commits, reads.
+
+Every statement is set-based (COPY or unnest over arrays); a batch costs a fixed number of round
+trips whatever its size. Every awaited call carries an explicit timeout.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+from core import journal, schema
+from core.journal import BlockHeader, account_flags, decode_legs, decode_metadata
+from core.model import (
+    AccountSpec,
+    AccountState,
+    Kind,
+    Posting,
+    Status,
+    TransactionSpec,
+    TransactionState,
+)
+from core.state import WriteSet
+
+STATEMENT_TIMEOUT_S = 30.0
+
+Connection = Any  # asyncpg.Connection or a pool proxy; asyncpg ships no complete stubs
+
+
+class FencedError(RuntimeError):
+    """This writer's epoch is no longer the lease's epoch: another writer has taken over."""
+
+
+async def migrate(connection: Connection) -> list[int]:
+    """Apply missing migrations in order; returns the versions applied now."""
+    applied_now: list[int] = []
+    async with connection.transaction():
+        await connection.execute(
+            "SELECT pg_advisory_xact_lock($1)", schema.MIGRATION_LOCK_KEY, timeout=60.0
+        )
+        await connection.execute(schema.BOOTSTRAP_SQL, timeout=STATEMENT_TIMEOUT_S)
+        done = {
+            row["version"]
+            for row in await connection.fetch(
+                "SELECT version FROM tally_schema_migrations", timeout=STATEMENT_TIMEOUT_S
+            )
+        }
+        for version, name, sql in schema.MIGRATIONS:
+            if version in done:
+                continue
+            await connection.execute(sql, timeout=STATEMENT_TIMEOUT_S)
+            await connection.execute(
+                "INSERT INTO tally_schema_migrations (version, name) VALUES ($1, $2)",
+                version,
+                name,
+                timeout=STATEMENT_TIMEOUT_S,
+            )
+            applied_now.append(version)
+    return applied_now
+
+
+# ---- row <-> domain ----
+
+
+def account_from_row(row: asyncpg.Record) -> AccountState:
+    flags = row["flags"]
+    spec = AccountSpec(
+        row["id"],
+        row["currency"],
+        row["code"],
+        bool(flags & journal.FLAG_DEBITS_MUST_NOT_EXCEED_CREDITS),
+        bool(flags & journal.FLAG_CREDITS_MUST_NOT_EXCEED_DEBITS),
+        decode_metadata(row["metadata"]),
+    )
+    return AccountState(
+        spec,
+        row["created_at_ns"],
+        row["debits_posted"],
+        row["credits_posted"],
+        row["debits_pending"],
+        row["credits_pending"],
+        row["version"],
+        row["closed_at_ns"],
+    )
+
+
+def transaction_from_row(row: asyncpg.Record) -> TransactionState:
+    spec = TransactionSpec(
+        row["id"],
+        Kind(row["kind"]),
+        decode_legs(row["legs"]),
+        row["code"],
+        decode_metadata(row["metadata"]),
+        row["value_date"],
+        row["timeout_seconds"],
+        row["target_id"],
+    )
+    return TransactionState(
+        spec,
+        decode_legs(row["applied_legs"]),
+        row["timestamp_ns"],
+        Status(row["status"]),
+        row["expires_at_ns"],
+        row["resolved_by_id"],
+        row["reversed_by_id"],
+    )
+
+
+def posting_from_row(row: asyncpg.Record) -> Posting:
+    return Posting(
+        row["sequence"],
+        row["transaction_id"],
+        row["account_id"],
+        row["is_debit"],
+        row["posted_amount"],
+        row["pending_delta"],
+        row["timestamp_ns"],
+        row["debits_posted_after"],
+        row["credits_posted_after"],
+        row["debits_pending_after"],
+        row["credits_pending_after"],
+    )
+
+
+def _account_record(account: AccountState, block_sequence: int) -> tuple[Any, ...]:
+    spec = account.spec
+    return (
+        spec.id,
+        spec.currency,
+        spec.code,
+        account_flags(spec),
+        journal.encode_metadata(spec.metadata),
+        account.created_at_ns,
+        account.closed_at_ns,
+        account.debits_posted,
+        account.credits_posted,
+        account.debits_pending,
+        account.credits_pending,
+        account.version,
+        block_sequence,
+    )
+
+
+def _transaction_record(state: TransactionState, block_sequence: int) -> tuple[Any, ...]:
+    spec = state.spec
+    return (
+        spec.id,
+        int(spec.kind),
+        spec.code,
+        journal.encode_metadata(spec.metadata),
+        spec.value_date,
+        spec.timeout_seconds,
+        spec.target_id,
+        journal.encode_legs(spec.legs),
+        journal.encode_legs(state.applied_legs),
+        state.timestamp_ns,
+        int(state.status),
+        state.expires_at_ns,
+        state.resolved_by_id,
+        state.reversed_by_id,
+        block_sequence,
+    )
+
+
+_ACCOUNT_COLUMNS = (
+    "id currency code flags metadata created_at_ns closed_at_ns debits_posted credits_posted "
+    "debits_pending credits_pending version block_sequence"
+).split()
+_TRANSACTION_COLUMNS = (
+    "id kind code metadata value_date timeout_seconds target_id legs applied_legs timestamp_ns "
+    "status expires_at_ns resolved_by_id reversed_by_id block_sequence"
+).split()
+_POSTING_COLUMNS = (
+    "sequence block_sequence transaction_id account_id is_debit posted_amount pending_delta "
+    "timestamp_ns debits_posted_after credits_posted_after debits_pending_after "
+    "credits_pending_after"
+).split()
+
+
+# ---- the block a batch commits ----
+
+
+@dataclass(frozen=True, slots=True)
+class Block:
+    header: BlockHeader
+    writes: WriteSet
+
+
+def build_block(
+    writes: WriteSet,
+    previous: BlockHeader,
+    epoch: int,
+    position_next_sequence: int,
+    position_last_timestamp_ns: int,
+    created_at_ns: int,
+) -> Block:
+    """Hash the batch's records onto the chain."""
+    sequence = previous.sequence + 1
+    lines = [journal.account_line(account) for account in writes.new_accounts]
+    lines.extend(journal.transaction_line(state) for state in writes.new_transactions)
+    lines.extend(journal.posting_line(posting) for posting in writes.postings)
+    lines.extend(journal.closure_line(a, at) for a, at in writes.closures)
+    header = BlockHeader(
+        sequence,
+        previous.hash,
+        journal.block_hash(previous.hash, sequence, lines),
+        epoch,
+        created_at_ns,
+        position_next_sequence,
+        position_last_timestamp_ns,
+    )
+    return Block(header, writes)
+
+
+async def commit_block(connection: Connection, block: Block, timeout_s: float) -> None:
+    """Persist one batch in one database transaction, fenced by the writer's epoch."""
+    header, writes = block.header, block.writes
+    sequence = header.sequence
+    async with connection.transaction():
+        status = await connection.execute(
+            "UPDATE writer_lease SET last_block_sequence = $2 WHERE id = 1 AND epoch = $1",
+            header.epoch,
+            sequence,
+            timeout=timeout_s,
+        )
+        if status != "UPDATE 1":
+            raise FencedError(f"writer epoch {header.epoch} no longer holds the lease")
+        await _write_accounts(connection, writes, sequence, timeout_s)
+        await _write_transactions(connection, writes, sequence, timeout_s)
+        await _write_postings(connection, writes.postings, sequence, timeout_s)
+        await _write_holds(connection, writes, timeout_s)
+        if writes.closures:
+            await connection.copy_records_to_table(
+                "account_closures",
+                records=[(a, at, sequence) for a, at in writes.closures],
+                timeout=timeout_s,
+            )
+        await connection.execute(
+            "INSERT INTO journal_blocks VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+            sequence,
+            header.previous_hash,
+            header.hash,
+            header.epoch,
+            header.created_at_ns,
+            header.next_posting_sequence,
+            header.last_timestamp_ns,
+            len(writes.new_accounts),
+            len(writes.new_transactions),
+            len(writes.postings),
+            len(writes.closures),
+            timeout=timeout_s,
+        )
+
+
+async def _write_accounts(
+    connection: Connection, writes: WriteSet, sequence: int, timeout_s: float
+) -> None:
+    new_ids = {account.spec.id for account in writes.new_accounts}
+    if writes.new_accounts:
+        final = [writes.changed_accounts.get(a.spec.id, a) for a in writes.new_accounts]
+        await connection.copy_records_to_table(
+            "accounts",
+            records=[_account_record(account, sequence) for account in final],
+            columns=_ACCOUNT_COLUMNS,
+            timeout=timeout_s,
+        )
+    changed = [a for i, a in writes.changed_accounts.items() if i not in new_ids]
+    if not changed:
+        return
+    await connection.execute(
+        """
+        UPDATE accounts AS a SET
+            debits_posted = u.dp, credits_posted = u.cp, debits_pending = u.dq,
+            credits_pending = u.cq, version = u.v, closed_at_ns = u.closed
+        FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[],
+                    $6::bigint[], $7::bigint[]) AS u(id, dp, cp, dq, cq, v, closed)
+        WHERE a.id = u.id
+        """,
+        [a.spec.id for a in changed],
+        [a.debits_posted for a in changed],
+        [a.credits_posted for a in changed],
+        [a.debits_pending for a in changed],
+        [a.credits_pending for a in changed],
+        [a.version for a in changed],
+        [a.closed_at_ns for a in changed],
+        timeout=timeout_s,
+    )
+
+
+async def _write_transactions(
+    connection: Connection, writes: WriteSet, sequence: int, timeout_s: float
+) -> None:
+    if writes.new_transactions:
+        await connection.copy_records_to_table(
+            "transactions",
+            records=[_transaction_record(s, sequence) for s in writes.new_transactions],
+            columns=_TRANSACTION_COLUMNS,
+            timeout=timeout_s,
+        )
+    changed = list(writes.changed_transactions.values())
+    if not changed:
+        return
+    await connection.execute(
+        """
+        UPDATE transactions AS t SET
+            status = u.status, resolved_by_id = u.resolved, reversed_by_id = u.reversed
+        FROM unnest($1::text[], $2::smallint[], $3::text[], $4::text[])
+            AS u(id, status, resolved, reversed)
+        WHERE t.id = u.id
+        """,
+        [s.spec.id for s in changed],
+        [int(s.status) for s in changed],
+        [s.resolved_by_id for s in changed],
+        [s.reversed_by_id for s in changed],
+        timeout=timeout_s,
+    )
+
+
+async def _write_postings(
+    connection: Connection, postings: Sequence[Posting], sequence: int, timeout_s: float
+) -> None:
+    if not postings:
+        return
+    await connection.copy_records_to_table(
+        "postings",
+        records=[
+            (
+                p.sequence,
+                sequence,
+                p.transaction_id,
+                p.account_id,
+                p.is_debit,
+                p.posted_amount,
+                p.pending_delta,
+                p.timestamp_ns,
+                p.debits_posted_after,
+                p.credits_posted_after,
+                p.debits_pending_after,
+                p.credits_pending_after,
+            )
+            for p in postings
+        ],
+        columns=_POSTING_COLUMNS,
+        timeout=timeout_s,
+    )
+
+
+async def _write_holds(connection: Connection, writes: WriteSet, timeout_s: float) -> None:
+    if writes.holds_opened:
+        await connection.copy_records_to_table(
+            "holds", records=writes.holds_opened, timeout=timeout_s
+        )
+    if writes.holds_closed:
+        await connection.execute(
+            "DELETE FROM holds WHERE transaction_id = ANY($1::text[])",
+            writes.holds_closed,
+            timeout=timeout_s,
+        )
+
+
+# ---- loads and reads ----
+
+
+async def load_accounts(
+    connection: Connection, ids: Iterable[str], timeout_s: float
+) -> dict[str, AccountState]:
+    rows = await connection.fetch(
+        "SELECT * FROM accounts WHERE id = ANY($1::text[])", list(ids), timeout=timeout_s
+    )
+    return {row["id"]: account_from_row(row) for row in rows}
+
+
+async def load_transactions(
+    connection: Connection, ids: Iterable[str], timeout_s: float
+) -> dict[str, TransactionState]:
+    rows = await connection.fetch(
+        "SELECT * FROM transactions WHERE id = ANY($1::text[])", list(ids), timeout=timeout_s
+    )
+    return {row["id"]: transaction_from_row(row) for row in rows}
+
+
+async def last_block(connection: Connection, timeout_s: float) -> BlockHeader:
+    row = await connection.fetchrow(
+        "SELECT * FROM journal_blocks ORDER BY sequence DESC LIMIT 1", timeout=timeout_s
+    )
+    if row is None:
+        return BlockHeader(0, journal.GENESIS_HASH, journal.GENESIS_HASH, 0, 0, 1, 0)
+    return BlockHeader(
+        row["sequence"],
+        bytes(row["previous_hash"]),
+        bytes(row["hash"]),
+        row["epoch"],
+        row["created_at_ns"],
+        row["next_posting_sequence"],
+        row["last_timestamp_ns"],
+    )
+
+
+async def expired_holds(
+    connection: Connection, now_ns: int, limit: int, timeout_s: float
+) -> list[str]:
+    rows = await connection.fetch(
+        """
+        SELECT transaction_id FROM holds
+        WHERE expires_at_ns > 0 AND expires_at_ns <= $1
+        ORDER BY expires_at_ns LIMIT $2
+        """,
+        now_ns,
+        limit,
+        timeout=timeout_s,
+    )
+    return [row["transaction_id"] for row in rows]
+
+
+async def list_postings(
+    connection: Connection,
+    account_id: str,
+    after_sequence: int,
+    limit: int,
+    from_ns: int,
+    to_ns: int,
+    timeout_s: float,
+) -> list[tuple[Posting, int]]:
+    """Postings with the sequence of the journal block each was committed in."""
+    rows = await connection.fetch(
+        """
+        SELECT * FROM postings
+        WHERE account_id = $1 AND sequence > $2 AND timestamp_ns >= $3
+          AND ($4 = 0 OR timestamp_ns < $4)
+        ORDER BY sequence LIMIT $5
+        """,
+        account_id,
+        after_sequence,
+        from_ns,
+        to_ns,
+        limit,
+        timeout=timeout_s,
+    )
+    return [(posting_from_row(row), row["block_sequence"]) for row in rows]
+
+
+async def posting_at(
+    connection: Connection, account_id: str, at_ns: int, timeout_s: float
+) -> Posting | None:
+    row = await connection.fetchrow(
+        """
+        SELECT * FROM postings WHERE account_id = $1 AND timestamp_ns <= $2
+        ORDER BY sequence DESC LIMIT 1
+        """,
+        account_id,
+        at_ns,
+        timeout=timeout_s,
+    )
+    return None if row is None else posting_from_row(row)

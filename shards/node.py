@@ -1,0 +1,178 @@
+"""A shard node: one grpc.aio server serving tally.v1.Ledger for one shard database.
+
+Lifecycle: migrate, serve (health NOT_SERVING, reads only) while waiting for the writer lease,
+take the lease, start the writer, health SERVING. On stop: refuse new RPCs, let in-flight ones
+finish, drain the writer's queue (commit it), release the lease.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from core import limits, store
+from shards.lease import Lease
+from shards.service import LedgerService
+from shards.writer import Writer, WriterConfig, WriterState
+from tally.v1 import ledger_pb2, ledger_pb2_grpc
+
+log = logging.getLogger("tally.node")
+
+LEDGER_SERVICE = ledger_pb2.DESCRIPTOR.services_by_name["Ledger"].full_name
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    dsn: str
+    listen: str = "127.0.0.1:7400"
+    writer: WriterConfig = field(default_factory=WriterConfig)
+    expiry_interval_ms: int = 500
+    expiry_batch_max: int = 1000
+    read_pool_size_max: int = 4
+    shutdown_grace_s: float = 10.0
+    lease_poll_interval_s: float = 0.5
+
+
+class Node:
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        self._writer: Writer | None = None
+        self._read_pool: Any = None
+        self._server: grpc.aio.Server | None = None
+        self._health = health.aio.HealthServicer()
+        self._lease = Lease(self._connect, f"{socket.gethostname()}:{os.getpid()}")
+        self._stopping = asyncio.Event()
+        self.port = 0
+        self.fenced = False
+
+    @property
+    def writer(self) -> Writer | None:
+        return self._writer
+
+    @property
+    def read_pool(self) -> Any:
+        return self._read_pool
+
+    async def _connect(self) -> Any:
+        return await asyncpg.connect(self.config.dsn, timeout=30.0, command_timeout=60.0)
+
+    async def start(self) -> int:
+        """Migrate, open the read pool and start serving; returns the bound port."""
+        connection = await self._connect()
+        try:
+            applied = await store.migrate(connection)
+            if applied:
+                log.info("applied migrations %s", applied)
+        finally:
+            await connection.close(timeout=5.0)
+        self._read_pool = await asyncpg.create_pool(
+            self.config.dsn, min_size=1, max_size=self.config.read_pool_size_max, timeout=30.0
+        )
+        self._server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", limits.message_size_max_bytes),
+                ("grpc.max_send_message_length", limits.message_size_max_bytes),
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        ledger_pb2_grpc.add_LedgerServicer_to_server(LedgerService(self), self._server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+        reflection.enable_server_reflection(
+            (LEDGER_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
+        )
+        self.port = self._server.add_insecure_port(self.config.listen)
+        if self.port == 0:
+            raise OSError(f"cannot listen on {self.config.listen}")
+        await self._set_serving(False)
+        await self._server.start()
+        return self.port
+
+    async def _set_serving(self, serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        await self._health.set("", status)
+        await self._health.set(LEDGER_SERVICE, status)
+
+    async def run(self) -> None:
+        """Take the lease (waiting as a standby), write until stopped or fenced, then shut down."""
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self._write())
+                group.create_task(self._stop_when_requested())
+        finally:
+            await self._shutdown()
+
+    async def _write(self) -> None:
+        acquire = asyncio.ensure_future(self._lease.acquire(self.config.lease_poll_interval_s))
+        stopping = asyncio.ensure_future(self._stopping.wait())
+        try:
+            done, _ = await asyncio.wait({acquire, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (acquire, stopping):
+                if not task.done():
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+        if acquire not in done:
+            return
+        writer = Writer(self.config.writer, self._connect, acquire.result())
+        await writer.start()
+        self._writer = writer
+        await self._set_serving(True)
+        log.info("serving as writer on port %d (epoch %d)", self.port, writer.epoch)
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self._expire_holds(writer))
+            await writer.run()
+            self._stopping.set()
+        if writer.state is WriterState.FENCED:
+            self.fenced = True
+
+    async def _expire_holds(self, writer: Writer) -> None:
+        """Holds past their timeout are released without a client asking."""
+        interval_s = self.config.expiry_interval_ms / 1000.0
+        while writer.state is WriterState.RUNNING and not self._stopping.is_set():
+            try:
+                pending_ids = await store.expired_holds(
+                    self._read_pool, time.time_ns(), self.config.expiry_batch_max, 10.0
+                )
+                if pending_ids:
+                    await writer.submit(writer.expiry_items(pending_ids))
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # storage hiccup or writer draining: try next tick
+                log.warning("expiry sweep failed: %r", error)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), timeout=interval_s)
+
+    async def _stop_when_requested(self) -> None:
+        await self._stopping.wait()
+        await self._set_serving(False)
+        if self._server is not None:
+            # Refuse new RPCs; in-flight ones still reach the running writer and get answers.
+            await self._server.stop(self.config.shutdown_grace_s)
+        if self._writer is not None:
+            self._writer.begin_drain()
+
+    def request_stop(self) -> None:
+        self._stopping.set()
+
+    async def _shutdown(self) -> None:
+        if self._server is not None:
+            await self._server.stop(0)
+        await self._lease.release()
+        if self._read_pool is not None:
+            await self._read_pool.close()

@@ -1,0 +1,223 @@
+"""tally.v1.Ledger servicer of one shard node: converts, submits to the writer, reads the store."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, NoReturn, Protocol
+
+import grpc
+
+from core import limits, store, validation
+from core.model import AccountState, Rejection, Result, ResultCode
+from shards import convert
+from shards.writer import QueueFullError, Writer, WriterUnavailableError
+from tally.v1 import ledger_pb2 as pb
+from tally.v1 import ledger_pb2_grpc as pb_grpc
+
+READ_TIMEOUT_S = 10.0
+EXPIRY_ID_PREFIX = "~expired/"
+
+
+class NodeView(Protocol):
+    """What the servicer needs from its node: the writer (None while standby) and a read pool."""
+
+    @property
+    def writer(self) -> Writer | None: ...
+
+    @property
+    def read_pool(self) -> Any: ...
+
+
+async def _abort(
+    context: grpc.aio.ServicerContext[Any, Any], code: grpc.StatusCode, message: str
+) -> NoReturn:
+    await context.abort(code, message)
+    raise AssertionError("unreachable: abort raises")
+
+
+async def _check_batch_size(
+    context: grpc.aio.ServicerContext[Any, Any], count: int, what: str
+) -> None:
+    if count == 0:
+        await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"{what} is empty")
+    if count > limits.batch_item_count_max:
+        await _abort(
+            context,
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"{what} has {count} items; at most {limits.batch_item_count_max} per request",
+        )
+
+
+class LedgerService(pb_grpc.LedgerServicer):  # type: ignore[misc]
+    def __init__(self, node: NodeView) -> None:
+        self._node = node
+
+    async def _submit(
+        self, context: grpc.aio.ServicerContext[Any, Any], items: Sequence[Any]
+    ) -> list[Result]:
+        if all(isinstance(item, Rejection) for item in items):
+            return [Result(item.code, item.message) for item in items]
+        writer = self._node.writer
+        if writer is None:
+            await _abort(
+                context, grpc.StatusCode.UNAVAILABLE, "standby: this node does not hold the lease"
+            )
+        try:
+            return await writer.submit(items)
+        except QueueFullError as error:
+            await _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, str(error))
+        except WriterUnavailableError as error:
+            await _abort(context, grpc.StatusCode.UNAVAILABLE, str(error))
+
+    # ---- writes ----
+
+    async def CreateAccounts(
+        self, request: pb.CreateAccountsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.CreateAccountsResponse:
+        await _check_batch_size(context, len(request.accounts), "accounts")
+        results = await self._submit(context, convert.accounts_from_proto(request.accounts))
+        return pb.CreateAccountsResponse(results=convert.results_to_proto(results))
+
+    async def PostTransactions(
+        self, request: pb.PostTransactionsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.PostTransactionsResponse:
+        await _check_batch_size(context, len(request.transactions), "transactions")
+        items = convert.transactions_from_proto(request.transactions)
+        results = await self._submit(context, items)
+        return pb.PostTransactionsResponse(results=convert.results_to_proto(results))
+
+    async def CloseAccounts(
+        self, request: pb.CloseAccountsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.CloseAccountsResponse:
+        await _check_batch_size(context, len(request.accounts), "accounts")
+        results = await self._submit(context, convert.closes_from_proto(request.accounts))
+        return pb.CloseAccountsResponse(results=convert.results_to_proto(results))
+
+    # ---- reads ----
+
+    async def GetAccounts(
+        self, request: pb.GetAccountsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.GetAccountsResponse:
+        await _check_batch_size(context, len(request.ids), "ids")
+        problems = [validation.id_problem(i, f"ids[{n}]") for n, i in enumerate(request.ids)]
+        wanted = [i for i, problem in zip(request.ids, problems, strict=True) if not problem]
+        found = await store.load_accounts(self._node.read_pool, wanted, READ_TIMEOUT_S)
+        results = []
+        for account_id, problem in zip(request.ids, problems, strict=True):
+            if problem:
+                results.append(pb.AccountLookup(code=pb.RESULT_CODE_INVALID_ID, message=problem))
+            elif account_id not in found:
+                results.append(
+                    pb.AccountLookup(
+                        code=pb.RESULT_CODE_ACCOUNT_NOT_FOUND,
+                        message=f"account {account_id!r} not found",
+                    )
+                )
+            else:
+                record = convert.account_to_proto(found[account_id])
+                results.append(pb.AccountLookup(code=pb.RESULT_CODE_OK, account=record))
+        return pb.GetAccountsResponse(results=results)
+
+    async def GetTransactions(
+        self, request: pb.GetTransactionsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.GetTransactionsResponse:
+        await _check_batch_size(context, len(request.ids), "ids")
+        problems = [_transaction_id_problem(i, f"ids[{n}]") for n, i in enumerate(request.ids)]
+        wanted = [i for i, problem in zip(request.ids, problems, strict=True) if not problem]
+        found = await store.load_transactions(self._node.read_pool, wanted, READ_TIMEOUT_S)
+        results = []
+        for transaction_id, problem in zip(request.ids, problems, strict=True):
+            if problem:
+                results.append(
+                    pb.TransactionLookup(code=pb.RESULT_CODE_INVALID_ID, message=problem)
+                )
+            elif transaction_id not in found:
+                results.append(
+                    pb.TransactionLookup(
+                        code=pb.RESULT_CODE_TRANSACTION_NOT_FOUND,
+                        message=f"transaction {transaction_id!r} not found",
+                    )
+                )
+            else:
+                record = convert.transaction_to_proto(found[transaction_id])
+                results.append(pb.TransactionLookup(code=pb.RESULT_CODE_OK, transaction=record))
+        return pb.GetTransactionsResponse(results=results)
+
+    async def _existing_account(
+        self, context: grpc.aio.ServicerContext[Any, Any], account_id: str
+    ) -> AccountState:
+        problem = validation.id_problem(account_id, "account_id")
+        if problem:
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, problem)
+        found = await store.load_accounts(self._node.read_pool, [account_id], READ_TIMEOUT_S)
+        if account_id not in found:
+            await _abort(context, grpc.StatusCode.NOT_FOUND, f"account {account_id!r} not found")
+        return found[account_id]
+
+    async def ListPostings(
+        self, request: pb.ListPostingsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ListPostingsResponse:
+        problem = _list_problem(request)
+        if problem:
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, problem)
+        account = await self._existing_account(context, request.account_id)
+        limit = request.limit or limits.list_postings_limit_default
+        after = int(request.cursor) if request.cursor else 0
+        rows = await store.list_postings(
+            self._node.read_pool,
+            request.account_id,
+            after,
+            limit,
+            request.from_ns,
+            request.to_ns,
+            READ_TIMEOUT_S,
+        )
+        postings = [convert.posting_to_proto(p, account.spec, block) for p, block in rows]
+        next_cursor = str(rows[-1][0].sequence) if len(rows) == limit else ""
+        return pb.ListPostingsResponse(postings=postings, next_cursor=next_cursor)
+
+    async def BalanceAt(
+        self, request: pb.BalanceAtRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.BalanceAtResponse:
+        if request.at_ns < 0:
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "at_ns must not be negative")
+        account = await self._existing_account(context, request.account_id)
+        posting = await store.posting_at(
+            self._node.read_pool, request.account_id, request.at_ns, READ_TIMEOUT_S
+        )
+        if posting is None:
+            return pb.BalanceAtResponse(
+                balance=convert.balance_to_proto(account.spec, (0, 0, 0, 0)), as_of_sequence=0
+            )
+        counters = (
+            posting.debits_posted_after,
+            posting.credits_posted_after,
+            posting.debits_pending_after,
+            posting.credits_pending_after,
+        )
+        return pb.BalanceAtResponse(
+            balance=convert.balance_to_proto(account.spec, counters),
+            as_of_sequence=posting.sequence,
+        )
+
+
+def _transaction_id_problem(transaction_id: str, field: str) -> str:
+    if transaction_id.startswith(EXPIRY_ID_PREFIX):
+        return validation.id_problem(transaction_id[len(EXPIRY_ID_PREFIX) :], field)
+    return validation.id_problem(transaction_id, field)
+
+
+def _list_problem(request: pb.ListPostingsRequest) -> str:
+    if request.limit > limits.list_postings_limit_max:
+        return f"limit must be at most {limits.list_postings_limit_max}"
+    if request.cursor and (not request.cursor.isdigit() or len(request.cursor) > 19):
+        return "cursor is not one this API returned"
+    if request.from_ns < 0 or request.to_ns < 0:
+        return "from_ns and to_ns must not be negative"
+    if request.to_ns and request.to_ns <= request.from_ns:
+        return "to_ns must be after from_ns"
+    return ""
+
+
+def result_code_names() -> dict[int, str]:
+    return {code.value: code.name for code in ResultCode}
