@@ -153,7 +153,7 @@ class Batch:
         index = 0
         while index < len(items):
             end = index
-            while end < len(items) - 1 and items[end].linked:  # type: ignore[union-attr]
+            while end < len(items) - 1 and getattr(items[end], "linked", False):
                 end += 1
             if end == index:
                 results.append(self._apply_item(items[index]))

@@ -1,0 +1,60 @@
+"""Shared fixtures: one embedded PostgreSQL per test session, a fresh database per test, and
+in-process shard nodes serving real gRPC on loopback."""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+import uvloop
+
+from core.embedded_pg import EmbeddedPostgres, EmbeddedPostgresConfig, free_port
+from tests.helpers import NodeHandle, start_node
+
+_database_numbers = itertools.count(1)
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, object]:
+    """Tests run on uvloop, as the node does in production."""
+    return {"uvloop": uvloop.new_event_loop}
+
+
+@pytest.fixture(scope="session")
+def pg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostgres]:
+    data_dir = Path(tmp_path_factory.mktemp("pg", numbered=True)) / "data"
+    server = EmbeddedPostgres(
+        EmbeddedPostgresConfig(
+            data_dir=data_dir, port=free_port(), settings={"max_connections": "400"}
+        )
+    )
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+async def dsn(pg: EmbeddedPostgres) -> str:
+    name = f"t{os.getpid()}_{next(_database_numbers)}"
+    await pg.create_database_async(name)
+    return pg.dsn(name)
+
+
+@pytest.fixture
+async def node(dsn: str) -> AsyncIterator[NodeHandle]:
+    handle = await start_node(dsn)
+    try:
+        yield handle
+    finally:
+        await handle.stop()
+
+
+@pytest.fixture
+async def channel(node: NodeHandle) -> AsyncIterator[grpc.aio.Channel]:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{node.port}") as channel:
+        yield channel
