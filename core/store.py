@@ -428,8 +428,8 @@ async def list_postings(
     rows = await connection.fetch(
         """
         SELECT * FROM postings
-        WHERE account_id = $1 AND sequence > $2 AND timestamp_ns >= $3
-          AND ($4 = 0 OR timestamp_ns < $4)
+        WHERE account_id = $1 AND sequence > $2::bigint AND timestamp_ns >= $3::bigint
+          AND ($4::bigint = 0 OR timestamp_ns < $4::bigint)
         ORDER BY sequence LIMIT $5
         """,
         account_id,
