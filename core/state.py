@@ -594,3 +594,21 @@ def needed_ids(requests: Sequence[Sequence[Item]]) -> tuple[set[str], set[str]]:
             elif isinstance(item, CloseSpec):
                 account_ids.add(item.account_id)
     return account_ids, transaction_ids
+
+
+def check_balanced(writes: WriteSet, accounts: dict[str, AccountState | None]) -> None:
+    """Per currency, posted debits equal posted credits and pending deltas net to zero, for the
+    batch as a whole (every transaction is balanced, so their sum must be)."""
+    posted: dict[str, int] = {}
+    pending: dict[str, int] = {}
+    for posting in writes.postings:
+        account = accounts[posting.account_id]
+        check(account is not None, f"posting to unknown account {posting.account_id}")
+        assert account is not None
+        currency = account.spec.currency
+        sign = 1 if posting.is_debit else -1
+        posted[currency] = posted.get(currency, 0) + sign * posting.posted_amount
+        pending[currency] = pending.get(currency, 0) + sign * posting.pending_delta
+    for currency in posted:
+        check(posted[currency] == 0, f"batch unbalanced in posted {currency}: {posted[currency]}")
+        check(pending[currency] == 0, f"batch unbalanced in pending {currency}")

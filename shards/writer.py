@@ -28,7 +28,7 @@ from core.model import (
     TransactionState,
     expiry_transaction_id,
 )
-from core.state import Batch, Item, JournalPosition, WriteSet, needed_ids
+from core.state import Batch, Item, JournalPosition, WriteSet, check_balanced, needed_ids
 
 log = logging.getLogger("tally.writer")
 
@@ -211,7 +211,7 @@ class Writer:
         if writes.is_empty:
             _answer(requests, results)
             return
-        _check_balanced(writes, batch.accounts)
+        check_balanced(writes, batch.accounts)
         commit_started = time.perf_counter()
         if not await self._commit(batch, requests):
             return
@@ -336,21 +336,3 @@ def _answer_unavailable(requests: Sequence[_Request], message: str) -> None:
             request.future.set_result(
                 [Result(ResultCode.UNAVAILABLE, message)] * len(request.items)
             )
-
-
-def _check_balanced(writes: WriteSet, accounts: dict[str, AccountState | None]) -> None:
-    """Per currency, posted debits equal posted credits and pending deltas net to zero, for the
-    batch as a whole (every transaction is balanced, so their sum must be)."""
-    posted: dict[str, int] = {}
-    pending: dict[str, int] = {}
-    for posting in writes.postings:
-        account = accounts[posting.account_id]
-        check(account is not None, f"posting to unknown account {posting.account_id}")
-        assert account is not None
-        currency = account.spec.currency
-        sign = 1 if posting.is_debit else -1
-        posted[currency] = posted.get(currency, 0) + sign * posting.posted_amount
-        pending[currency] = pending.get(currency, 0) + sign * posting.pending_delta
-    for currency in posted:
-        check(posted[currency] == 0, f"batch unbalanced in posted {currency}: {posted[currency]}")
-        check(pending[currency] == 0, f"batch unbalanced in pending {currency}")
