@@ -382,7 +382,7 @@ class Batch:
             ):
                 return Result(
                     ResultCode.INSUFFICIENT_FUNDS,
-                    f"account {account_id!r} has {account.available} available",
+                    f"account {account_id!r} has {account.available} (minor units) available",
                 )
             if (
                 spec.credits_must_not_exceed_debits
@@ -391,7 +391,7 @@ class Batch:
             ):
                 return Result(
                     ResultCode.CREDITS_EXCEED_DEBITS,
-                    f"account {account_id!r} has {account.available} available",
+                    f"account {account_id!r} has {account.available} (minor units) available",
                 )
         return None
 

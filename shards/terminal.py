@@ -257,7 +257,7 @@ def _history(stub: pb_grpc.LedgerStub, args: argparse.Namespace) -> bool:
         pb.ListPostingsRequest(account_id=args.id, limit=args.limit), timeout=RPC_TIMEOUT_S
     )
     print(
-        f"{'time':<27} {'transaction':<24} {'debit':>14} {'credit':>14} "
+        f"{'time':<30} {'transaction':<24} {'debit':>14} {'credit':>14} "
         f"{'pending':>14} {'balance':>14}"
     )
     for posting in response.postings:
@@ -267,7 +267,7 @@ def _history(stub: pb_grpc.LedgerStub, args: argparse.Namespace) -> bool:
         pending = after.debits_pending + after.credits_pending
         balance = after.credits_posted - after.debits_posted
         print(
-            f"{_format_time(posting.timestamp_ns):<27} {posting.transaction_id:<24} "
+            f"{_format_time(posting.timestamp_ns):<30} {posting.transaction_id:<24} "
             f"{from_minor_units(debit, currency) if debit else '':>14} "
             f"{from_minor_units(credit, currency) if credit else '':>14} "
             f"{from_minor_units(pending, currency):>14} "
