@@ -85,6 +85,45 @@ class BoundedCache:
         self.entries.clear()
 
 
+class _Prepared:
+    """A batch applied in memory, possibly on top of the batch committing before it."""
+
+    __slots__ = ("batch", "block", "head", "item_count", "load_seconds", "requests", "results")
+
+    def __init__(
+        self,
+        batch: Batch,
+        block: store.Block | None,
+        head: BlockHeader,
+        requests: list[_Request],
+        results: list[list[Result]],
+        item_count: int,
+        load_seconds: float,
+    ) -> None:
+        self.batch = batch
+        self.block = block
+        # The journal's head once this batch commits: its own block, or the one before it.
+        self.head = head
+        self.requests = requests
+        self.results = results
+        self.item_count = item_count
+        self.load_seconds = load_seconds
+
+
+class _InFlight:
+    """A prepared batch whose commit is running."""
+
+    __slots__ = ("prepared", "task")
+
+    def __init__(self, prepared: _Prepared, task: asyncio.Future[BaseException | None]) -> None:
+        self.prepared = prepared
+        self.task = task
+
+    @property
+    def batch(self) -> Batch:
+        return self.prepared.batch
+
+
 class _Request:
     __slots__ = ("future", "items")
 
@@ -112,7 +151,8 @@ class Writer:
         self.queue: asyncio.Queue[_Request] = asyncio.Queue(config.queue_request_count_max)
         self.accounts = BoundedCache(config.cache_account_count_max)
         self.transactions = BoundedCache(config.cache_transaction_count_max)
-        self.connection: Any = None
+        self.connection: Any = None  # commits only
+        self.load_connection: Any = None  # loads, concurrent with a commit
         self.previous = BlockHeader(0, b"", b"", 0, 0, 1, 0)
         self.position = JournalPosition(1, 0)
         self._observer = observer
@@ -122,6 +162,7 @@ class Writer:
 
     async def start(self) -> None:
         self.connection = await self._connect()
+        self.load_connection = await self._connect()
         await self._load_position()
 
     async def _load_position(self) -> None:
@@ -147,32 +188,48 @@ class Writer:
             self.state = WriterState.DRAINING
 
     async def run(self) -> None:
-        """Serve batches until drained (after begin_drain) or fenced."""
+        """Serve batches until drained (after begin_drain) or fenced.
+
+        Two stages overlap: while batch k commits on the commit connection, batch k+1 is
+        collected, loaded (load connection) and applied on top of batch k's uncommitted state.
+        Batch k+1 is answered or committed only after batch k's outcome is known; if batch k
+        fails, batch k+1 is failed too (retryable), since it was decided on top of it.
+        """
+        inflight: _InFlight | None = None
         try:
-            while True:
-                if self.state is WriterState.FENCED:
+            while self.state is not WriterState.FENCED:
+                if self.state is WriterState.DRAINING and self.queue.empty() and inflight is None:
                     break
-                if self.state is WriterState.DRAINING and self.queue.empty():
-                    break
-                requests = await self._next_batch()
-                if requests:
-                    await self._process(requests)
+                requests = await self._next_batch(inflight)
+                prepared = await self._prepare(requests, inflight) if requests else None
+                if inflight is not None and (prepared is not None or inflight.task.done()):
+                    committed = await self._settle(inflight)
+                    inflight = None
+                    if not committed and prepared is not None:
+                        _answer_unavailable(
+                            prepared.requests, "an earlier batch failed to commit; retry"
+                        )
+                        prepared = None
+                if prepared is not None:
+                    inflight = self._launch(prepared)
         finally:
+            if inflight is not None:
+                await self._settle(inflight)
             if self.state is not WriterState.FENCED:
                 self.state = WriterState.STOPPED
             self._fail_queued("writer stopped")
-            if self.connection is not None:
-                await self.connection.close(timeout=5.0)
+            for connection in (self.connection, self.load_connection):
+                if connection is not None and not connection.is_closed():
+                    await connection.close(timeout=5.0)
 
     def _fail_queued(self, message: str) -> None:
         while not self.queue.empty():
             request = self.queue.get_nowait()
             _answer_unavailable([request], message)
 
-    async def _next_batch(self) -> list[_Request]:
-        try:
-            first = await asyncio.wait_for(self.queue.get(), timeout=0.1)
-        except TimeoutError:
+    async def _next_batch(self, inflight: _InFlight | None) -> list[_Request]:
+        first = await self._first_request(inflight)
+        if first is None:
             return []
         requests = [first]
         item_count = len(first.items)
@@ -192,60 +249,102 @@ class Writer:
             item_count += len(request.items)
         return requests
 
+    async def _first_request(self, inflight: _InFlight | None) -> _Request | None:
+        """The next request, or None when a commit finished first (or after 100 ms idle)."""
+        if not self.queue.empty():
+            return self.queue.get_nowait()
+        get = asyncio.ensure_future(self.queue.get())
+        waiting: set[asyncio.Future[Any]] = {get}
+        if inflight is not None:
+            waiting.add(inflight.task)
+        try:
+            await asyncio.wait(waiting, timeout=0.1, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not get.done():
+                get.cancel()
+        try:
+            # A cancelled get leaves its item in the queue; one that won the race returns it.
+            return await get
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if get.cancelled() and (current is None or not current.cancelling()):
+                return None
+            raise
+
     # ---- one batch ----
 
-    async def _process(self, requests: list[_Request]) -> None:
+    async def _prepare(self, requests: list[_Request], base: _InFlight | None) -> _Prepared | None:
+        """Load, apply and hash one batch; None when it failed to load (already answered)."""
         item_lists = [request.items for request in requests]
-        load_started = time.perf_counter()
+        started = time.perf_counter()
         try:
-            accounts, transactions = await self._resolve(item_lists)
-        except Exception as error:  # any storage failure: answer retryable, keep serving
+            accounts, transactions = await self._resolve(item_lists, base)
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:  # storage failure while reading: retryable, keep serving
             log.warning("loading a batch failed: %r", error)
             _answer_unavailable(requests, "storage unavailable while loading; retry")
-            await self._recover()
-            return
-        batch = Batch(accounts, transactions, self.position, time.time_ns())
+            await self._reconnect_loader()
+            return None
+        position = base.batch.position if base is not None else self.position
+        previous = base.prepared.head if base is not None else self.previous
+        batch = Batch(accounts, transactions, position, time.time_ns())
         results = batch.apply(item_lists)
-        writes = batch.out
-        load_seconds = time.perf_counter() - load_started
-        if writes.is_empty:
-            _answer(requests, results)
-            return
-        check_balanced(writes, batch.accounts)
-        commit_started = time.perf_counter()
-        if not await self._commit(batch, requests):
-            return
-        self._install(batch)
-        _answer(requests, results)
-        if self._observer is not None:
-            item_count = sum(len(items) for items in item_lists)
-            self._observer(item_count, load_seconds, time.perf_counter() - commit_started)
+        block = None
+        if not batch.out.is_empty:
+            check_balanced(batch.out, batch.accounts)
+            end = batch.position
+            block = store.build_block(
+                batch.out,
+                previous,
+                self.epoch,
+                end.next_posting_sequence,
+                end.last_timestamp_ns,
+                time.time_ns(),
+            )
+        item_count = sum(len(items) for items in item_lists)
+        head = block.header if block is not None else previous
+        load_seconds = time.perf_counter() - started
+        return _Prepared(batch, block, head, requests, results, item_count, load_seconds)
 
-    async def _commit(self, batch: Batch, requests: list[_Request]) -> bool:
-        position = batch.position
-        block = store.build_block(
-            batch.out,
-            self.previous,
-            self.epoch,
-            position.next_posting_sequence,
-            position.last_timestamp_ns,
-            time.time_ns(),
-        )
+    def _launch(self, prepared: _Prepared) -> _InFlight:
+        return _InFlight(prepared, asyncio.ensure_future(self._commit(prepared)))
+
+    async def _commit(self, prepared: _Prepared) -> BaseException | None:
+        if prepared.block is None:
+            return None
         try:
-            await store.commit_block(self.connection, block, self.config.commit_timeout_s)
-        except store.FencedError as error:
+            await store.commit_block(self.connection, prepared.block, self.config.commit_timeout_s)
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:  # fenced, lost connection, timeout, server error
+            return error
+        return None
+
+    async def _settle(self, inflight: _InFlight) -> bool:
+        """Wait for a commit's outcome, then install and answer, or fail and recover."""
+        started = time.perf_counter()
+        error = await inflight.task
+        prepared = inflight.prepared
+        if isinstance(error, store.FencedError):
             log.error("fenced: %s; this writer stops", error)
             self.state = WriterState.FENCED
-            _answer_unavailable(requests, "this node lost its writer lease; retry")
+            _answer_unavailable(prepared.requests, "this node lost its writer lease; retry")
             return False
-        except Exception as error:  # lost connection, timeout, server error
+        if error is not None:
             log.warning("commit failed: %r", error)
-            _answer_unavailable(requests, "the batch could not be made durable; retry")
+            _answer_unavailable(prepared.requests, "the batch could not be made durable; retry")
             await self._recover()
             return False
-        self.previous = block.header
-        self.position = position
-        self.committed_batch_count += 1
+        if prepared.block is not None:
+            self.previous = prepared.block.header
+            self.position = prepared.batch.position
+            self.committed_batch_count += 1
+            self._install(prepared.batch)
+        _answer(prepared.requests, prepared.results)
+        if self._observer is not None:
+            commit_seconds = time.perf_counter() - started
+            self._observer(prepared.item_count, prepared.load_seconds, commit_seconds)
         return True
 
     async def _recover(self) -> None:
@@ -255,9 +354,11 @@ class Writer:
         self.transactions.clear()
         while self.state is not WriterState.FENCED:
             try:
-                if self.connection is not None and not self.connection.is_closed():
-                    self.connection.terminate()
+                for connection in (self.connection, self.load_connection):
+                    if connection is not None and not connection.is_closed():
+                        connection.terminate()
                 self.connection = await self._connect()
+                self.load_connection = await self._connect()
                 await self._load_position()
                 return
             except asyncio.CancelledError:
@@ -266,34 +367,61 @@ class Writer:
                 log.warning("writer reconnect failed: %r; retrying", error)
                 await asyncio.sleep(0.5)
 
+    async def _reconnect_loader(self) -> None:
+        try:
+            if self.load_connection is not None and not self.load_connection.is_closed():
+                self.load_connection.terminate()
+            self.load_connection = await self._connect()
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:  # the next batch's load will try again
+            log.warning("load connection reconnect failed: %r", error)
+            self.load_connection = None
+
     async def _resolve(
-        self, item_lists: Sequence[Sequence[Item]]
+        self, item_lists: Sequence[Sequence[Item]], base: _InFlight | None
     ) -> tuple[dict[str, AccountState | None], dict[str, TransactionState | None]]:
+        """Everything the batch can touch: from the batch committing before it (its state is
+        the newest), else the cache, else one query per table."""
+        if self.load_connection is None:
+            self.load_connection = await self._connect()
         account_ids, transaction_ids = needed_ids(item_lists)
-        transactions = await self._lookup(self.transactions, transaction_ids, _load_txns, self)
+        newer_transactions = base.batch.transactions if base is not None else {}
+        newer_accounts = base.batch.accounts if base is not None else {}
+        transactions = await self._lookup(
+            self.transactions, newer_transactions, transaction_ids, store.load_transactions
+        )
         for state in transactions.values():
             if state is not None:
                 account_ids.update(leg.account_id for leg in state.applied_legs)
-        accounts = await self._lookup(self.accounts, account_ids, _load_accounts, self)
+        accounts = await self._lookup(
+            self.accounts, newer_accounts, account_ids, store.load_accounts
+        )
         return accounts, transactions
 
-    @staticmethod
     async def _lookup(
-        cache: BoundedCache, ids: set[str], load: Callable[..., Any], writer: Writer
+        self,
+        cache: BoundedCache,
+        newer: dict[str, Any],
+        ids: set[str],
+        load: Callable[..., Any],
     ) -> dict[str, Any]:
         found: dict[str, Any] = {}
         missing: list[str] = []
         entries = cache.entries
         for key in ids:
+            if key in newer:
+                found[key] = newer[key]
+                continue
             value = entries.get(key)
             if value is None:
                 missing.append(key)
             else:
                 found[key] = value
-        cache.hits += len(found)
+        cache.hits += len(ids) - len(missing)
         cache.misses += len(missing)
         if missing:
-            loaded = await load(writer, missing)
+            loaded = await load(self.load_connection, missing, self.config.load_timeout_s)
             for key in missing:
                 found[key] = loaded.get(key)
         return found
@@ -314,14 +442,6 @@ class Writer:
             TransactionSpec(expiry_transaction_id(pid), Kind.EXPIRY, (), 0, (), "", 0, pid)
             for pid in pending_ids
         ]
-
-
-async def _load_txns(writer: Writer, ids: list[str]) -> dict[str, TransactionState]:
-    return await store.load_transactions(writer.connection, ids, writer.config.load_timeout_s)
-
-
-async def _load_accounts(writer: Writer, ids: list[str]) -> dict[str, AccountState]:
-    return await store.load_accounts(writer.connection, ids, writer.config.load_timeout_s)
 
 
 def _answer(requests: list[_Request], results: list[list[Result]]) -> None:
