@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from core import limits
 
@@ -78,15 +78,13 @@ class Status(enum.IntEnum):
     PENDING_EXPIRED = 5
 
 
-@dataclass(frozen=True, slots=True)
-class Result:
+class Result(NamedTuple):
     code: ResultCode
     message: str = ""
     timestamp_ns: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class Rejection:
+class Rejection(NamedTuple):
     """An item refused before it reaches the state machine (stateless validation)."""
 
     code: ResultCode
@@ -94,16 +92,14 @@ class Rejection:
     linked: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class Leg:
+class Leg(NamedTuple):
     account_id: str
     is_debit: bool
     amount: int
     currency: str
 
 
-@dataclass(frozen=True, slots=True)
-class AccountSpec:
+class AccountSpec(NamedTuple):
     id: str
     currency: str
     code: int
@@ -116,8 +112,7 @@ class AccountSpec:
         return self.id.startswith("@")
 
 
-@dataclass(frozen=True, slots=True)
-class TransactionSpec:
+class TransactionSpec(NamedTuple):
     id: str
     kind: Kind
     legs: tuple[Leg, ...]
@@ -130,8 +125,7 @@ class TransactionSpec:
     linked: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class CloseSpec:
+class CloseSpec(NamedTuple):
     account_id: str
 
 
@@ -245,8 +239,7 @@ class TransactionState:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class Posting:
+class Posting(NamedTuple):
     """One change to one account's counters, with the account's counters after it."""
 
     sequence: int

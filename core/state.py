@@ -335,50 +335,55 @@ class Batch:
         return Result(ResultCode.CREATED, "", timestamp_ns)
 
     def _check_legs(self, legs: tuple[Leg, ...], pending: bool) -> Result | None:
-        """Decide whether legs can apply, without changing anything."""
+        """Decide whether legs can apply, without changing anything. Hot path: keep it lean."""
+        accounts = self.accounts
         after: dict[str, list[int]] = {}
-        debited: set[str] = set()
-        credited: set[str] = set()
+        offset = 2 if pending else 0
         for index, leg in enumerate(legs):
-            account = self._known_account(leg.account_id)
-            if account is None:
-                return Result(
-                    ResultCode.ACCOUNT_NOT_FOUND,
-                    f"legs[{index}].account_id {leg.account_id!r} not found",
-                )
-            if account.closed_at_ns:
-                return Result(ResultCode.ACCOUNT_CLOSED, f"account {leg.account_id!r} is closed")
-            if account.spec.currency != leg.currency:
-                return Result(
-                    ResultCode.CURRENCY_MISMATCH,
-                    f"legs[{index}].currency is {leg.currency}, account {leg.account_id!r} "
-                    f"is {account.spec.currency}",
-                )
-            counters = after.get(leg.account_id)
+            account_id = leg.account_id
+            counters = after.get(account_id)
             if counters is None:
-                counters = after[leg.account_id] = list(account.counters())
-            slot = (0 if leg.is_debit else 1) + (2 if pending else 0)
-            counters[slot] += leg.amount
-            (debited if leg.is_debit else credited).add(leg.account_id)
-        return self._check_limits(after, debited, credited)
+                if account_id not in accounts:
+                    fail(f"account {account_id} was not loaded for this batch")
+                account = accounts[account_id]
+                rejection = _leg_account_problem(index, leg, account)
+                if rejection is not None:
+                    return rejection
+                assert account is not None
+                counters = after[account_id] = [
+                    account.debits_posted,
+                    account.credits_posted,
+                    account.debits_pending,
+                    account.credits_pending,
+                ]
+            counters[offset if leg.is_debit else offset + 1] += leg.amount
+        return self._check_limits(after, legs)
 
-    def _check_limits(
-        self, after: dict[str, list[int]], debited: set[str], credited: set[str]
-    ) -> Result | None:
-        for account_id, counters in after.items():
-            if max(counters) > limits.amount_max:
+    def _check_limits(self, after: dict[str, list[int]], legs: tuple[Leg, ...]) -> Result | None:
+        amount_max = limits.amount_max
+        for account_id, (
+            debits_posted,
+            credits_posted,
+            debits_pending,
+            credits_pending,
+        ) in after.items():
+            if (
+                debits_posted > amount_max
+                or credits_posted > amount_max
+                or debits_pending > amount_max
+                or credits_pending > amount_max
+            ):
                 return Result(
                     ResultCode.AMOUNT_OVERFLOW,
-                    f"a balance counter of {account_id!r} would exceed {limits.amount_max}",
+                    f"a balance counter of {account_id!r} would exceed {amount_max}",
                 )
             account = self.accounts[account_id]
             assert account is not None
             spec = account.spec
-            debits_posted, credits_posted, debits_pending, credits_pending = counters
             if (
                 spec.debits_must_not_exceed_credits
-                and account_id in debited
                 and debits_posted + debits_pending > credits_posted
+                and any(leg.is_debit and leg.account_id == account_id for leg in legs)
             ):
                 return Result(
                     ResultCode.INSUFFICIENT_FUNDS,
@@ -386,8 +391,8 @@ class Batch:
                 )
             if (
                 spec.credits_must_not_exceed_debits
-                and account_id in credited
                 and credits_posted + credits_pending > debits_posted
+                and any(not leg.is_debit and leg.account_id == account_id for leg in legs)
             ):
                 return Result(
                     ResultCode.CREDITS_EXCEED_DEBITS,
@@ -408,13 +413,13 @@ class Batch:
         if is_debit:
             account.debits_posted += posted_amount
             account.debits_pending += pending_delta
+            if account.debits_pending < 0:
+                fail(f"debits_pending of {account_id} went negative")
         else:
             account.credits_posted += posted_amount
             account.credits_pending += pending_delta
-        check(
-            min(account.counters()) >= 0 and max(account.counters()) <= limits.amount_max,
-            f"counters of {account_id} out of range: {account.counters()}",
-        )
+            if account.credits_pending < 0:
+                fail(f"credits_pending of {account_id} went negative")
         account.version += 1
         self.out.postings.append(
             Posting(
@@ -425,7 +430,10 @@ class Batch:
                 posted_amount,
                 pending_delta,
                 timestamp_ns,
-                *account.counters(),
+                account.debits_posted,
+                account.credits_posted,
+                account.debits_pending,
+                account.credits_pending,
             )
         )
         self.next_sequence += 1
@@ -516,6 +524,22 @@ class Batch:
 
     def iter_touched_account_ids(self) -> Iterator[str]:
         return iter(self.touched_accounts)
+
+
+def _leg_account_problem(index: int, leg: Leg, account: AccountState | None) -> Result | None:
+    if account is None:
+        return Result(
+            ResultCode.ACCOUNT_NOT_FOUND, f"legs[{index}].account_id {leg.account_id!r} not found"
+        )
+    if account.closed_at_ns:
+        return Result(ResultCode.ACCOUNT_CLOSED, f"account {leg.account_id!r} is closed")
+    if account.spec.currency != leg.currency:
+        return Result(
+            ResultCode.CURRENCY_MISMATCH,
+            f"legs[{index}].currency is {leg.currency}, account {leg.account_id!r} "
+            f"is {account.spec.currency}",
+        )
+    return None
 
 
 def _replay(existing: TransactionState, spec: TransactionSpec) -> Result:

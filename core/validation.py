@@ -33,6 +33,8 @@ RawLeg = tuple[str, int, int, str]
 SIDE_DEBIT = 1
 SIDE_CREDIT = 2
 
+_ORDINARY = (Kind.ORDINARY, "")
+
 
 def id_problem(value: str, field: str) -> str:
     """Why an id is invalid, or "" when it is valid."""
@@ -65,6 +67,8 @@ def metadata_problem(metadata: Mapping[str, str]) -> str:
 
 
 def canonical_metadata(metadata: Mapping[str, str]) -> Metadata:
+    if not metadata:
+        return ()
     return tuple(sorted(metadata.items()))
 
 
@@ -125,6 +129,8 @@ def check_close(account_id: str) -> CloseSpec | Rejection:
 def _kind_of(
     pending: bool, post_pending_id: str, void_pending_id: str, reverses_id: str
 ) -> tuple[Kind, str] | Rejection:
+    if not (pending or post_pending_id or void_pending_id or reverses_id):
+        return _ORDINARY
     chosen = [
         name
         for name, on in (
@@ -190,6 +196,16 @@ def check_legs(raw_legs: Sequence[RawLeg], kind: Kind) -> tuple[Leg, ...] | Reje
         if rejection is not None:
             return rejection
     legs = tuple(Leg(a, side == SIDE_DEBIT, amount, cur) for a, side, amount, cur in raw_legs)
+    if len(legs) == 2:
+        # The common case, decided without building sets and sums.
+        first, second = legs
+        if (
+            first.is_debit != second.is_debit
+            and first.amount == second.amount
+            and first.currency == second.currency
+            and first.account_id != second.account_id
+        ):
+            return legs
     problem = sides_problem(legs) or balance_problem(legs)
     if problem:
         code = ResultCode.INVALID_LEGS if "both" in problem else ResultCode.UNBALANCED
@@ -280,7 +296,9 @@ def _check_scalars(
     problem = value_date_problem(value_date)
     if problem:
         return Rejection(ResultCode.INVALID_VALUE_DATE, problem)
-    if timeout_seconds and kind is not Kind.PENDING:
+    if not timeout_seconds:
+        return None
+    if kind is not Kind.PENDING:
         return Rejection(ResultCode.INVALID_TIMEOUT, "timeout_seconds is only for pending")
     if timeout_seconds > limits.pending_timeout_seconds_max:
         return Rejection(

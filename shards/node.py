@@ -23,9 +23,9 @@ from grpc_reflection.v1alpha import reflection
 
 from core import limits, store
 from shards.lease import Lease
-from shards.service import LedgerService
+from shards.service import LedgerService, ledger_handler
 from shards.writer import Writer, WriterConfig, WriterState
-from tally.v1 import ledger_pb2, ledger_pb2_grpc
+from tally.v1 import ledger_pb2
 
 log = logging.getLogger("tally.node")
 
@@ -86,7 +86,7 @@ class Node:
                 ("grpc.so_reuseport", 0),
             ]
         )
-        ledger_pb2_grpc.add_LedgerServicer_to_server(LedgerService(self), self._server)
+        self._server.add_generic_rpc_handlers((ledger_handler(LedgerService(self)),))
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         reflection.enable_server_reflection(
             (LEDGER_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server

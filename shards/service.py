@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any, NoReturn, Protocol
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from core import limits, store, validation
 from core.model import AccountState, Rejection, Result, ResultCode
@@ -221,3 +222,34 @@ def _list_problem(request: pb.ListPostingsRequest) -> str:
 
 def result_code_names() -> dict[int, str]:
     return {code.value: code.name for code in ResultCode}
+
+
+def ledger_handler(service: LedgerService) -> grpc.GenericRpcHandler:
+    """tally.v1.Ledger handlers that parse requests themselves, so a body that is not a valid
+    message is INVALID_ARGUMENT (gRPC's own deserialisation would answer UNKNOWN)."""
+    descriptor = pb.DESCRIPTOR.services_by_name["Ledger"]
+    handlers = {}
+    for method in descriptor.methods:
+        request_type = getattr(pb, method.input_type.name)
+        response_type = getattr(pb, method.output_type.name)
+        handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+            _parsing(getattr(service, method.name), request_type),
+            request_deserializer=None,
+            response_serializer=response_type.SerializeToString,
+        )
+    return grpc.method_handlers_generic_handler(descriptor.full_name, handlers)
+
+
+def _parsing(method: Any, request_type: Any) -> Any:
+    async def handle(body: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        try:
+            request = request_type.FromString(body)
+        except DecodeError as error:
+            await _abort(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"the request is not a valid {request_type.DESCRIPTOR.full_name}: {error}",
+            )
+        return await method(request, context)
+
+    return handle
