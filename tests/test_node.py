@@ -1,0 +1,102 @@
+"""The node as an operator sees it: health, reflection, graceful shutdown, back-pressure."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from shards.writer import WriterConfig
+from tally.v1 import ledger_pb2 as pb
+from tests.helpers import Client, account, audit_problems, start_node, transfer
+
+
+async def test_health_serving_and_reflection(channel: grpc.aio.Channel) -> None:
+    health = health_pb2_grpc.HealthStub(channel)
+    for service in ("", "tally.v1.Ledger"):
+        response = await health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+        assert response.status == health_pb2.HealthCheckResponse.SERVING
+    reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
+    request = reflection_pb2.ServerReflectionRequest(list_services="")
+    responses = [r async for r in reflection.ServerReflectionInfo(iter([request]), timeout=5)]
+    names = {s.name for s in responses[0].list_services_response.service}
+    assert {"tally.v1.Ledger", "grpc.health.v1.Health"} <= names
+
+
+async def test_graceful_stop_answers_in_flight_requests(dsn: str) -> None:
+    # A slow batch window keeps requests queued when the stop arrives.
+    handle = await start_node(dsn, writer=WriterConfig(batch_wait_ms=200.0))
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{handle.port}") as channel:
+        client = Client(channel)
+        await client.create(account("@cash"), *(account(f"c{n}/d") for n in range(50)))
+        calls = [
+            asyncio.ensure_future(client.post(transfer(f"t{n}", "@cash", f"c{n}/d", 1)))
+            for n in range(50)
+        ]
+        await asyncio.sleep(0.05)
+        await handle.stop()
+        results = await asyncio.gather(*calls, return_exceptions=True)
+    answered = [r for r in results if not isinstance(r, BaseException)]
+    assert len(answered) == 50, results
+    assert {r[0].code for r in answered} == {pb.RESULT_CODE_CREATED}
+    assert await audit_problems(dsn) == []
+
+
+async def test_standby_serves_reads_but_refuses_writes(node, dsn: str) -> None:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{node.port}") as channel:
+        await Client(channel).create(account("@cash"))
+    from shards.node import Node, NodeConfig
+
+    standby = Node(NodeConfig(dsn=dsn, listen="127.0.0.1:0"))
+    port = await standby.start()
+    task = asyncio.create_task(standby.run())
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            client = Client(channel)
+            assert (await client.account("@cash")).account.id == "@cash"
+            health = health_pb2_grpc.HealthStub(channel)
+            status = await health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
+            assert status.status == health_pb2.HealthCheckResponse.NOT_SERVING
+            try:
+                await client.create(account("other"))
+            except grpc.aio.AioRpcError as error:
+                assert error.code() == grpc.StatusCode.UNAVAILABLE
+                assert "standby" in (error.details() or "")
+            else:
+                raise AssertionError("a standby accepted a write")
+    finally:
+        standby.request_stop()
+        await asyncio.wait_for(task, timeout=30)
+
+
+async def test_full_queue_pushes_back(dsn: str) -> None:
+    import asyncpg
+
+    handle = await start_node(dsn, writer=WriterConfig(queue_request_count_max=2))
+    blocker = await asyncpg.connect(dsn)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{handle.port}") as channel:
+            client = Client(channel)
+            await client.create(account("@cash"), account("c/d"))
+            # Hold the lease row: the writer's next commit waits, so its queue fills up.
+            transaction = blocker.transaction()
+            await transaction.start()
+            await blocker.execute("SELECT * FROM writer_lease FOR UPDATE")
+            calls = []
+            for n in range(8):
+                calls.append(
+                    asyncio.ensure_future(client.post(transfer(f"t{n}", "@cash", "c/d", 1)))
+                )
+                await asyncio.sleep(0.05)
+            await transaction.rollback()
+            results = await asyncio.gather(*calls, return_exceptions=True)
+    finally:
+        await blocker.close()
+        await handle.stop()
+    refused = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
+    accepted = [r for r in results if not isinstance(r, BaseException)]
+    assert refused and all(e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED for e in refused)
+    assert accepted and all(r[0].code == pb.RESULT_CODE_CREATED for r in accepted)
+    assert len(refused) + len(accepted) == 8
