@@ -63,6 +63,27 @@ class Lease:
         log.info("writer lease acquired: epoch %d", self.epoch)
         return self.epoch
 
+    async def reacquire(self) -> bool:
+        """After the lease session died: take the lock again without bumping the epoch, which
+        is only right if nobody bumped it meanwhile. False means another writer took over."""
+        if self._connection is not None and not self._connection.is_closed():
+            self._connection.terminate()
+        self._connection = await self._connect()
+        got = await self._connection.fetchval(
+            "SELECT pg_try_advisory_lock($1)", schema.WRITER_LEASE_LOCK_KEY, timeout=10.0
+        )
+        if not got:
+            self.state = LeaseState.LOST
+            return False
+        epoch = await self._connection.fetchval(
+            "SELECT epoch FROM writer_lease WHERE id = 1", timeout=10.0
+        )
+        if epoch != self.epoch:
+            self.state = LeaseState.LOST
+            return False
+        self.state = LeaseState.HELD
+        return True
+
     def is_alive(self) -> bool:
         return (
             self.state is LeaseState.HELD

@@ -65,7 +65,13 @@ class Node:
         return self._read_pool
 
     async def _connect(self) -> Any:
-        return await asyncpg.connect(self.config.dsn, timeout=30.0, command_timeout=60.0)
+        # Acknowledged means durable: never inherit a database or role default of "off".
+        return await asyncpg.connect(
+            self.config.dsn,
+            timeout=30.0,
+            command_timeout=60.0,
+            server_settings={"synchronous_commit": "on"},
+        )
 
     async def start(self) -> int:
         """Migrate, open the read pool and start serving; returns the bound port."""
@@ -136,6 +142,7 @@ class Node:
         log.info("serving as writer on port %d (epoch %d)", self.port, writer.epoch)
         async with asyncio.TaskGroup() as group:
             group.create_task(self._expire_holds(writer))
+            group.create_task(self._watch_lease(writer))
             await writer.run()
             self._stopping.set()
         if writer.state is WriterState.FENCED:
@@ -157,6 +164,29 @@ class Node:
                 log.warning("expiry sweep failed: %r", error)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), timeout=interval_s)
+
+    async def _watch_lease(self, writer: Writer) -> None:
+        """If the lease session dies, take the lock back while the epoch is still ours;
+        otherwise another writer has (or may have) taken over: stop writing."""
+        while writer.state is WriterState.RUNNING and not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), timeout=1.0)
+            if self._stopping.is_set() or self._lease.is_alive():
+                continue
+            await self._set_serving(False)
+            try:
+                still_ours = await self._lease.reacquire()
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # PostgreSQL unreachable: commits fail too; try again
+                log.warning("writer lease session lost; reacquiring failed: %r", error)
+                continue
+            if not still_ours:
+                log.error("writer lease taken over (epoch moved past %d); stopping", writer.epoch)
+                writer.fence()
+                self._stopping.set()
+                return
+            await self._set_serving(True)
 
     async def _stop_when_requested(self) -> None:
         await self._stopping.wait()

@@ -183,6 +183,10 @@ class Writer:
             ) from None
         return await future
 
+    def fence(self) -> None:
+        """Another writer holds the lease: take no more work (commits would fail anyway)."""
+        self.state = WriterState.FENCED
+
     def begin_drain(self) -> None:
         if self.state is WriterState.RUNNING:
             self.state = WriterState.DRAINING

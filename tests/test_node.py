@@ -100,3 +100,30 @@ async def test_full_queue_pushes_back(dsn: str) -> None:
     assert refused and all(e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED for e in refused)
     assert accepted and all(r[0].code == pb.RESULT_CODE_CREATED for r in accepted)
     assert len(refused) + len(accepted) == 8
+
+
+async def test_lost_lease_session_is_taken_back_when_nobody_took_over(node, channel) -> None:
+    import asyncpg
+
+    client = Client(channel)
+    await client.create(account("@cash"), account("c/d"))
+    connection = await asyncpg.connect(node.dsn)
+    try:
+        epoch = await connection.fetchval("SELECT epoch FROM writer_lease")
+        lease_pid = await connection.fetchval(
+            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted"
+        )
+        assert await connection.fetchval("SELECT pg_terminate_backend($1, 5000)", lease_pid)
+        for _ in range(100):
+            holder = await connection.fetchval(
+                "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted"
+            )
+            if holder is not None and holder != lease_pid:
+                break
+            await asyncio.sleep(0.05)
+        assert holder is not None and holder != lease_pid
+        assert await connection.fetchval("SELECT epoch FROM writer_lease") == epoch
+    finally:
+        await connection.close()
+    assert await client.codes(transfer("after", "@cash", "c/d", 1)) == [pb.RESULT_CODE_CREATED]
+    assert not node.node.fenced
