@@ -377,6 +377,16 @@ class Batch:
                     ResultCode.AMOUNT_OVERFLOW,
                     f"a balance counter of {account_id!r} would exceed {amount_max}",
                 )
+            if (
+                debits_posted + debits_pending - credits_posted > amount_max
+                or credits_posted + credits_pending - debits_posted > amount_max
+            ):
+                # The available balance (posted minus pending, either side) must stay
+                # representable: it is reported as a signed 64-bit number.
+                return Result(
+                    ResultCode.AMOUNT_OVERFLOW,
+                    f"the net balance of {account_id!r} would exceed {amount_max}",
+                )
             account = self.accounts[account_id]
             assert account is not None
             spec = account.spec

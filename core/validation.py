@@ -218,7 +218,7 @@ def sides_problem(legs: Iterable[Leg]) -> str:
     credited = {leg.account_id for leg in legs if not leg.is_debit}
     both = debited & credited
     if both:
-        return f"account {sorted(both)[0]!r} is both debited and credited"
+        return f"legs: account {sorted(both)[0]!r} is both debited and credited"
     return ""
 
 
@@ -229,7 +229,7 @@ def balance_problem(legs: Iterable[Leg]) -> str:
         net[leg.currency] = net.get(leg.currency, 0) + (leg.amount if leg.is_debit else -leg.amount)
     for currency, difference in sorted(net.items()):
         if difference:
-            return f"{currency} debits and credits differ by {abs(difference)}"
+            return f"legs: {currency} debits and credits differ by {abs(difference)}"
     return ""
 
 

@@ -17,6 +17,7 @@ from tally.v1 import ledger_pb2_grpc as pb_grpc
 
 READ_TIMEOUT_S = 10.0
 EXPIRY_ID_PREFIX = "~expired/"
+CURSOR_MAX = 2**63 - 1
 
 
 class NodeView(Protocol):
@@ -211,7 +212,8 @@ def _transaction_id_problem(transaction_id: str, field: str) -> str:
 def _list_problem(request: pb.ListPostingsRequest) -> str:
     if request.limit > limits.list_postings_limit_max:
         return f"limit must be at most {limits.list_postings_limit_max}"
-    if request.cursor and (not request.cursor.isdigit() or len(request.cursor) > 19):
+    cursor = request.cursor
+    if cursor and not (cursor.isascii() and cursor.isdigit() and int(cursor) <= CURSOR_MAX):
         return "cursor is not one this API returned"
     if request.from_ns < 0 or request.to_ns < 0:
         return "from_ns and to_ns must not be negative"
