@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 async def _serve(args: argparse.Namespace) -> int:
-    from shards.node import Node, NodeConfig
+    from shards.node import Node, NodeConfig, tune_garbage_collector
 
     embedded = None
     if args.command == "up":
@@ -104,6 +104,7 @@ async def _serve(args: argparse.Namespace) -> int:
     node = Node(NodeConfig(dsn=dsn, listen=args.listen, writer=_writer_config(args)))
     try:
         port = await node.start()
+        tune_garbage_collector()
         host = args.listen.rsplit(":", 1)[0]
         print(f"tally: serving tally.v1.Ledger on {host}:{port}", flush=True)
         loop = asyncio.get_running_loop()

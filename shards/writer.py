@@ -12,6 +12,7 @@ import asyncio
 import enum
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,7 +27,11 @@ from core.model import (
     ResultCode,
     TransactionSpec,
     TransactionState,
+    account_from_record,
+    account_to_record,
     expiry_transaction_id,
+    transaction_from_record,
+    transaction_to_record,
 )
 from core.state import Batch, Item, JournalPosition, WriteSet, check_balanced, needed_ids
 
@@ -39,7 +44,7 @@ class WriterConfig:
     batch_wait_ms: float = 0.0
     queue_request_count_max: int = 10_000
     cache_account_count_max: int = 1_000_000
-    cache_transaction_count_max: int = 1_000_000
+    cache_transaction_count_max: int = 200_000
     commit_timeout_s: float = 30.0
     load_timeout_s: float = 30.0
 
@@ -66,20 +71,37 @@ class WriterUnavailableError(RuntimeError):
 
 
 class BoundedCache:
-    """A dict evicting its oldest entries past count_max (FIFO order, refreshed on put)."""
+    """Records by id, evicting the oldest past count_max (FIFO order, refreshed on put).
 
-    def __init__(self, count_max: int) -> None:
+    Values are stored as plain-tuple records (see core.model), which the garbage collector
+    stops tracking; get() and put() convert from and to the domain objects.
+    """
+
+    def __init__(
+        self,
+        count_max: int,
+        to_record: Callable[[Any], tuple[Any, ...]],
+        from_record: Callable[[tuple[Any, ...]], Any],
+    ) -> None:
         self.count_max = count_max
-        self.entries: dict[str, Any] = {}
+        # OrderedDict: evicting the oldest is O(1); a plain dict's next(iter()) after many
+        # deletions from its front scans their tombstones, every time.
+        self.entries: OrderedDict[str, tuple[Any, ...]] = OrderedDict()
+        self._to_record = to_record
+        self._from_record = from_record
         self.hits = 0
         self.misses = 0
 
+    def get(self, key: str) -> Any | None:
+        record = self.entries.get(key)
+        return None if record is None else self._from_record(record)
+
     def put(self, key: str, value: Any) -> None:
         entries = self.entries
-        entries.pop(key, None)
-        entries[key] = value
+        entries[key] = self._to_record(value)
+        entries.move_to_end(key)
         while len(entries) > self.count_max:
-            del entries[next(iter(entries))]
+            entries.popitem(last=False)
 
     def clear(self) -> None:
         self.entries.clear()
@@ -149,8 +171,12 @@ class Writer:
         self.epoch = epoch
         self.state = WriterState.RUNNING
         self.queue: asyncio.Queue[_Request] = asyncio.Queue(config.queue_request_count_max)
-        self.accounts = BoundedCache(config.cache_account_count_max)
-        self.transactions = BoundedCache(config.cache_transaction_count_max)
+        self.accounts = BoundedCache(
+            config.cache_account_count_max, account_to_record, account_from_record
+        )
+        self.transactions = BoundedCache(
+            config.cache_transaction_count_max, transaction_to_record, transaction_from_record
+        )
         self.connection: Any = None  # commits only
         self.load_connection: Any = None  # loads, concurrent with a commit
         self.previous = BlockHeader(0, b"", b"", 0, 0, 1, 0)
@@ -412,12 +438,12 @@ class Writer:
     ) -> dict[str, Any]:
         found: dict[str, Any] = {}
         missing: list[str] = []
-        entries = cache.entries
+        get = cache.get
         for key in ids:
             if key in newer:
                 found[key] = newer[key]
                 continue
-            value = entries.get(key)
+            value = get(key)
             if value is None:
                 missing.append(key)
             else:
