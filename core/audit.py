@@ -153,7 +153,9 @@ async def _block_lines(connection: Any, sequence: int) -> list[str]:
     for row in await connection.fetch(
         "SELECT * FROM transactions WHERE block_sequence = $1 ORDER BY timestamp_ns", sequence
     ):
-        lines.append(journal.transaction_line(_transaction_state(row)))
+        lines.append(
+            journal.transaction_line(_transaction_state(row), row["legs"], row["applied_legs"])
+        )
     for row in await connection.fetch(
         "SELECT * FROM postings WHERE block_sequence = $1 ORDER BY sequence", sequence
     ):

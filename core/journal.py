@@ -67,12 +67,20 @@ def account_line(account: AccountState) -> str:
     )
 
 
-def transaction_line(state: TransactionState) -> str:
+def legs_texts(state: TransactionState) -> tuple[str, str]:
+    """The encoded legs as submitted and as applied (most often the same tuple: encode once)."""
+    legs_text = encode_legs(state.spec.legs)
+    if state.applied_legs is state.spec.legs:
+        return legs_text, legs_text
+    return legs_text, encode_legs(state.applied_legs)
+
+
+def transaction_line(state: TransactionState, legs_text: str, applied_legs_text: str) -> str:
     spec = state.spec
     return (
         f"T|{spec.id}|{int(spec.kind)}|{spec.code}|{encode_metadata(spec.metadata)}|"
-        f"{spec.value_date}|{spec.timeout_seconds}|{spec.target_id}|{encode_legs(spec.legs)}|"
-        f"{encode_legs(state.applied_legs)}|{state.timestamp_ns}"
+        f"{spec.value_date}|{spec.timeout_seconds}|{spec.target_id}|{legs_text}|"
+        f"{applied_legs_text}|{state.timestamp_ns}"
     )
 
 

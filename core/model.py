@@ -296,7 +296,9 @@ def account_to_record(account: AccountState) -> AccountRecord:
 
 
 def account_from_record(record: AccountRecord) -> AccountState:
-    return AccountState(AccountSpec(*record[:6]), *record[6:])
+    # tuple.__new__ skips the NamedTuple's generated __new__ (a Python-level call).
+    spec: AccountSpec = tuple.__new__(AccountSpec, record[:6])
+    return AccountState(spec, *record[6:])
 
 
 def _legs_to_record(legs: tuple[Leg, ...]) -> tuple[tuple[str, bool, int, str], ...]:

@@ -32,7 +32,7 @@ MIGRATIONS: Final[tuple[tuple[int, str, str], ...]] = (
             credits_pending bigint NOT NULL CHECK (credits_pending >= 0),
             version bigint NOT NULL,
             block_sequence bigint NOT NULL
-        );
+        ) WITH (fillfactor = 70);
 
         CREATE TABLE transactions (
             id text PRIMARY KEY,
@@ -54,7 +54,6 @@ MIGRATIONS: Final[tuple[tuple[int, str, str], ...]] = (
 
         CREATE TABLE postings (
             sequence bigint PRIMARY KEY,
-            block_sequence bigint NOT NULL,
             transaction_id text NOT NULL,
             account_id text NOT NULL,
             is_debit boolean NOT NULL,
@@ -64,7 +63,10 @@ MIGRATIONS: Final[tuple[tuple[int, str, str], ...]] = (
             debits_posted_after bigint NOT NULL,
             credits_posted_after bigint NOT NULL,
             debits_pending_after bigint NOT NULL,
-            credits_pending_after bigint NOT NULL
+            credits_pending_after bigint NOT NULL,
+            -- Set once per commit (SET LOCAL), so the writer can COPY its posting tuples as is.
+            block_sequence bigint NOT NULL
+                DEFAULT current_setting('tally.block_sequence')::bigint
         );
         CREATE INDEX postings_by_account ON postings (account_id, sequence);
 

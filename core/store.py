@@ -144,7 +144,9 @@ def _account_record(account: AccountState, block_sequence: int) -> tuple[Any, ..
     )
 
 
-def _transaction_record(state: TransactionState, block_sequence: int) -> tuple[Any, ...]:
+def _transaction_record(
+    state: TransactionState, texts: tuple[str, str], block_sequence: int
+) -> tuple[Any, ...]:
     spec = state.spec
     return (
         spec.id,
@@ -154,8 +156,8 @@ def _transaction_record(state: TransactionState, block_sequence: int) -> tuple[A
         spec.value_date,
         spec.timeout_seconds,
         spec.target_id,
-        journal.encode_legs(spec.legs),
-        journal.encode_legs(state.applied_legs),
+        texts[0],
+        texts[1],
         state.timestamp_ns,
         int(state.status),
         state.expires_at_ns,
@@ -173,11 +175,8 @@ _TRANSACTION_COLUMNS = (
     "id kind code metadata value_date timeout_seconds target_id legs applied_legs timestamp_ns "
     "status expires_at_ns resolved_by_id reversed_by_id block_sequence"
 ).split()
-_POSTING_COLUMNS = (
-    "sequence block_sequence transaction_id account_id is_debit posted_amount pending_delta "
-    "timestamp_ns debits_posted_after credits_posted_after debits_pending_after "
-    "credits_pending_after"
-).split()
+# The order of core.model.Posting's fields: postings are copied as they are.
+_POSTING_COLUMNS = list(Posting._fields)
 
 
 # ---- the block a batch commits ----
@@ -187,6 +186,8 @@ _POSTING_COLUMNS = (
 class Block:
     header: BlockHeader
     writes: WriteSet
+    # Encoded (legs, applied legs) of each new transaction, in order: hashed and stored as is.
+    transaction_texts: list[tuple[str, str]]
 
 
 def build_block(
@@ -200,7 +201,11 @@ def build_block(
     """Hash the batch's records onto the chain."""
     sequence = previous.sequence + 1
     lines = [journal.account_line(account) for account in writes.new_accounts]
-    lines.extend(journal.transaction_line(state) for state in writes.new_transactions)
+    texts = [journal.legs_texts(state) for state in writes.new_transactions]
+    lines.extend(
+        journal.transaction_line(state, *text)
+        for state, text in zip(writes.new_transactions, texts, strict=True)
+    )
     lines.extend(journal.posting_line(posting) for posting in writes.postings)
     lines.extend(journal.closure_line(a, at) for a, at in writes.closures)
     header = BlockHeader(
@@ -212,7 +217,7 @@ def build_block(
         position_next_sequence,
         position_last_timestamp_ns,
     )
-    return Block(header, writes)
+    return Block(header, writes, texts)
 
 
 async def commit_block(connection: Connection, block: Block, timeout_s: float) -> None:
@@ -229,7 +234,7 @@ async def commit_block(connection: Connection, block: Block, timeout_s: float) -
         if status != "UPDATE 1":
             raise FencedError(f"writer epoch {header.epoch} no longer holds the lease")
         await _write_accounts(connection, writes, sequence, timeout_s)
-        await _write_transactions(connection, writes, sequence, timeout_s)
+        await _write_transactions(connection, block, sequence, timeout_s)
         await _write_postings(connection, writes.postings, sequence, timeout_s)
         await _write_holds(connection, writes, timeout_s)
         if writes.closures:
@@ -291,12 +296,18 @@ async def _write_accounts(
 
 
 async def _write_transactions(
-    connection: Connection, writes: WriteSet, sequence: int, timeout_s: float
+    connection: Connection, block: Block, sequence: int, timeout_s: float
 ) -> None:
+    writes = block.writes
     if writes.new_transactions:
         await connection.copy_records_to_table(
             "transactions",
-            records=[_transaction_record(s, sequence) for s in writes.new_transactions],
+            records=[
+                _transaction_record(state, texts, sequence)
+                for state, texts in zip(
+                    writes.new_transactions, block.transaction_texts, strict=True
+                )
+            ],
             columns=_TRANSACTION_COLUMNS,
             timeout=timeout_s,
         )
@@ -324,27 +335,12 @@ async def _write_postings(
 ) -> None:
     if not postings:
         return
+    # block_sequence comes from the column default (see the schema), set for this transaction.
+    await connection.execute(
+        "SELECT set_config('tally.block_sequence', $1, true)", str(sequence), timeout=timeout_s
+    )
     await connection.copy_records_to_table(
-        "postings",
-        records=[
-            (
-                p.sequence,
-                sequence,
-                p.transaction_id,
-                p.account_id,
-                p.is_debit,
-                p.posted_amount,
-                p.pending_delta,
-                p.timestamp_ns,
-                p.debits_posted_after,
-                p.credits_posted_after,
-                p.debits_pending_after,
-                p.credits_pending_after,
-            )
-            for p in postings
-        ],
-        columns=_POSTING_COLUMNS,
-        timeout=timeout_s,
+        "postings", records=postings, columns=_POSTING_COLUMNS, timeout=timeout_s
     )
 
 

@@ -25,6 +25,7 @@ from core.model import (
     Kind,
     Result,
     ResultCode,
+    Status,
     TransactionSpec,
     TransactionState,
     account_from_record,
@@ -462,8 +463,11 @@ class Writer:
             self.accounts.put(account.spec.id, account)
         for account_id, account in out.changed_accounts.items():
             self.accounts.put(account_id, account)
+        # Holds are cached: they are posted or voided soon. Other new transactions are not:
+        # only a retry or a reversal reads them again, and one query per batch finds those.
         for state in out.new_transactions:
-            self.transactions.put(state.spec.id, state)
+            if state.status is Status.PENDING:
+                self.transactions.put(state.spec.id, state)
         for transaction_id, state in out.changed_transactions.items():
             self.transactions.put(transaction_id, state)
 
