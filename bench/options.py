@@ -48,7 +48,13 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     add("--warmup-s", type=float, default=2.0, help="unmeasured seconds before each window")
     add("--clients", type=int, default=64, help="concurrent clients for (a) and row-lock pool")
     add("--batch-size", type=int, default=1000, help="transfers per call in (b)")
-    add("--batch-clients", type=int, default=4, help="concurrent batch senders in (b)")
+    add(
+        "--batch-clients",
+        type=int,
+        default=16,
+        help="concurrent batch senders in (b): group commit needs work in flight; 16 x 1,000 "
+        "transfers keeps the writer's next batch full while one commits",
+    )
     add("--seed-batch-size", type=int, default=5000, help="accounts per CreateAccounts call")
     add(
         "--workloads",
