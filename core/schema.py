@@ -99,6 +99,26 @@ MIGRATIONS: Final[tuple[tuple[int, str, str], ...]] = (
     ),
 )
 
+CONTROL_MIGRATIONS: Final[tuple[tuple[int, str, str], ...]] = (
+    (
+        1,
+        "shards and the slot map",
+        """
+        CREATE TABLE shards (
+            shard_id integer PRIMARY KEY CHECK (shard_id >= 0),
+            endpoint text NOT NULL,
+            updated_at timestamptz NOT NULL DEFAULT now()
+        );
+        CREATE TABLE slot_map (
+            id integer PRIMARY KEY CHECK (id = 1),
+            version bigint NOT NULL,
+            owners integer[] NOT NULL,
+            updated_at timestamptz NOT NULL DEFAULT now()
+        );
+        """,
+    ),
+)
+
 BOOTSTRAP_SQL: Final = """
 CREATE TABLE IF NOT EXISTS tally_schema_migrations (
     version integer PRIMARY KEY,

@@ -34,7 +34,10 @@ class FencedError(RuntimeError):
     """This writer's epoch is no longer the lease's epoch: another writer has taken over."""
 
 
-async def migrate(connection: Connection) -> list[int]:
+async def migrate(
+    connection: Connection,
+    migrations: tuple[tuple[int, str, str], ...] = schema.MIGRATIONS,
+) -> list[int]:
     """Apply missing migrations in order; returns the versions applied now."""
     applied_now: list[int] = []
     async with connection.transaction():
@@ -48,7 +51,7 @@ async def migrate(connection: Connection) -> list[int]:
                 "SELECT version FROM tally_schema_migrations", timeout=STATEMENT_TIMEOUT_S
             )
         }
-        for version, name, sql in schema.MIGRATIONS:
+        for version, name, sql in migrations:
             if version in done:
                 continue
             await connection.execute(sql, timeout=STATEMENT_TIMEOUT_S)

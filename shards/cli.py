@@ -66,12 +66,35 @@ def build_parser() -> argparse.ArgumentParser:
         default=int(_env("pg_port", "0")),
         help="PostgreSQL port (default: a free one, kept in the data dir)",
     )
+    up.add_argument(
+        "--shards",
+        type=int,
+        default=int(_env("shards", "1")),
+        help="1: one node serves directly; N > 1: N node processes behind a gateway",
+    )
     _add_writer_flags(up)
 
     node = commands.add_parser("node", help="one shard node on an existing PostgreSQL")
     node.add_argument("--dsn", default=_env("dsn", ""), required=not _env("dsn", ""))
     node.add_argument("--listen", default=_env("listen", DEFAULT_TARGET))
+    node.add_argument(
+        "--control-dsn",
+        default=_env("control_dsn", ""),
+        help="the cluster's control database (slot map); none: owns every slot",
+    )
+    node.add_argument("--shard-id", type=int, default=int(_env("shard_id", "0")))
+    node.add_argument(
+        "--advertise",
+        default=_env("advertise", ""),
+        help="host:port gateways use to reach this node (default: bound address)",
+    )
     _add_writer_flags(node)
+
+    gateway = commands.add_parser("gateway", help="the gateway of a cluster")
+    gateway.add_argument(
+        "--control-dsn", default=_env("control_dsn", ""), required=not _env("control_dsn", "")
+    )
+    gateway.add_argument("--listen", default=_env("listen", DEFAULT_TARGET))
 
     terminal.add_commands(commands, _env("target", DEFAULT_TARGET))
     return parser
@@ -85,10 +108,13 @@ def main(argv: list[str] | None = None) -> int:
         '"message":"%(message)s"}',
         stream=sys.stderr,
     )
-    if args.command in ("up", "node"):
+    if args.command in ("up", "node", "gateway"):
         import uvloop
 
-        exit_code: int = uvloop.run(_serve(args))
+        serve = _serve_gateway if args.command == "gateway" else _serve
+        if args.command == "up" and args.shards > 1:
+            serve = _serve_cluster
+        exit_code: int = uvloop.run(serve(args))
         return exit_code
     return terminal.run(args)
 
@@ -101,7 +127,16 @@ async def _serve(args: argparse.Namespace) -> int:
         embedded, dsn = await asyncio.to_thread(_start_embedded, args)
     else:
         dsn = args.dsn
-    node = Node(NodeConfig(dsn=dsn, listen=args.listen, writer=_writer_config(args)))
+    node = Node(
+        NodeConfig(
+            dsn=dsn,
+            listen=args.listen,
+            writer=_writer_config(args),
+            shard_id=getattr(args, "shard_id", 0),
+            control_dsn=getattr(args, "control_dsn", ""),
+            advertise=getattr(args, "advertise", ""),
+        )
+    )
     try:
         port = await node.start()
         tune_garbage_collector()
@@ -117,6 +152,40 @@ async def _serve(args: argparse.Namespace) -> int:
             await asyncio.to_thread(embedded.stop)
     print("tally: stopped", flush=True)
     return EXIT_FENCED if node.fenced else 0
+
+
+async def _serve_gateway(args: argparse.Namespace) -> int:
+    from shards.gateway import Gateway, GatewayConfig
+
+    gateway = Gateway(GatewayConfig(control_dsn=args.control_dsn, listen=args.listen))
+    port = await gateway.start()
+    host = args.listen.rsplit(":", 1)[0]
+    print(f"tally: serving tally.v1.Ledger on {host}:{port}", flush=True)
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, gateway.request_stop)
+    await gateway.run()
+    print("tally: stopped", flush=True)
+    return 0
+
+
+async def _serve_cluster(args: argparse.Namespace) -> int:
+    from shards.local_cluster import run_cluster
+
+    embedded, _ = await asyncio.to_thread(_start_embedded, args)
+    node_flags = [
+        f"--batch-item-count-max={args.batch_item_count_max}",
+        f"--batch-wait-ms={args.batch_wait_ms}",
+        f"--cache-account-count-max={args.cache_account_count_max}",
+    ]
+    try:
+        return await run_cluster(
+            embedded, args.shards, args.listen, args.data_dir.resolve(), node_flags
+        )
+    finally:
+        print("tally: stopping PostgreSQL", flush=True)
+        await asyncio.to_thread(embedded.stop)
+        print("tally: stopped", flush=True)
 
 
 def _start_embedded(args: argparse.Namespace) -> tuple[EmbeddedPostgres, str]:

@@ -23,6 +23,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from core import limits, store
+from core.slots import SlotMap
+from shards import control
 from shards.lease import Lease
 from shards.service import LedgerService, ledger_handler
 from shards.writer import Writer, WriterConfig, WriterState
@@ -43,6 +45,13 @@ class NodeConfig:
     read_pool_size_max: int = 4
     shutdown_grace_s: float = 10.0
     lease_poll_interval_s: float = 0.5
+    # Cluster: this node's shard and the control database with the slot map. Without a
+    # control database the node owns every slot (a single-shard ledger).
+    shard_id: int = 0
+    control_dsn: str = ""
+    # The address gateways use to reach this node (default: the bound listen address).
+    advertise: str = ""
+    slot_map_poll_interval_s: float = 1.0
 
 
 def tune_garbage_collector() -> None:
@@ -65,6 +74,9 @@ class Node:
         self._stopping = asyncio.Event()
         self.port = 0
         self.fenced = False
+        self.slot_map: SlotMap | None = None
+        self.owned_slots: frozenset[int] | None = None
+        self._slot_map_checked_at = 0.0
 
     @property
     def writer(self) -> Writer | None:
@@ -111,8 +123,67 @@ class Node:
         if self.port == 0:
             raise OSError(f"cannot listen on {self.config.listen}")
         await self._set_serving(False)
+        if self.config.control_dsn:
+            await self._join_cluster()
         await self._server.start()
         return self.port
+
+    async def _join_cluster(self) -> None:
+        host = self.config.listen.rsplit(":", 1)[0]
+        endpoint = self.config.advertise or f"{host}:{self.port}"
+        connection = await control.connect(self.config.control_dsn)
+        try:
+            await control.prepare(connection)
+            await control.register_shard(connection, self.config.shard_id, endpoint)
+            await self._refresh_slot_map(connection)
+        finally:
+            await connection.close(timeout=5.0)
+        if self.slot_map is None:
+            raise RuntimeError("the control database has no slot map (run tally up / init)")
+
+    async def _refresh_slot_map(self, connection: Any) -> None:
+        loaded = await control.load_slot_map(connection)
+        if loaded is not None and (self.slot_map is None or loaded.version > self.slot_map.version):
+            self.slot_map = loaded
+            self.owned_slots = loaded.owned_by(self.config.shard_id)
+            log.info("slot map version %d: %d slots owned", loaded.version, len(self.owned_slots))
+
+    async def refresh_slot_map_now(self) -> None:
+        """Reload the slot map at most every 100 ms (asked when refusing WRONG_SHARD)."""
+        now = time.monotonic()
+        if not self.config.control_dsn or now - self._slot_map_checked_at < 0.1:
+            return
+        self._slot_map_checked_at = now
+        try:
+            connection = await control.connect(self.config.control_dsn)
+            try:
+                await self._refresh_slot_map(connection)
+            finally:
+                await connection.close(timeout=5.0)
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:  # keep the map we have; the refusal stands
+            log.warning("slot map refresh failed: %r", error)
+
+    async def _poll_slot_map(self) -> None:
+        """Control plane: pick up slot moves (gateways learn of them through WRONG_SHARD)."""
+        while not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self._stopping.wait(), timeout=self.config.slot_map_poll_interval_s
+                )
+            if self._stopping.is_set():
+                return
+            try:
+                connection = await control.connect(self.config.control_dsn)
+                try:
+                    await self._refresh_slot_map(connection)
+                finally:
+                    await connection.close(timeout=5.0)
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # control database unreachable: keep the map we have
+                log.warning("slot map refresh failed: %r", error)
 
     async def _set_serving(self, serving: bool) -> None:
         status = (
@@ -129,6 +200,8 @@ class Node:
             async with asyncio.TaskGroup() as group:
                 group.create_task(self._write())
                 group.create_task(self._stop_when_requested())
+                if self.config.control_dsn:
+                    group.create_task(self._poll_slot_map())
         finally:
             await self._shutdown()
 

@@ -9,7 +9,8 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from core import limits, store, validation
-from core.model import AccountState, Rejection, Result, ResultCode
+from core.model import AccountSpec, AccountState, Rejection, Result, ResultCode, TransactionSpec
+from core.slots import SlotMap, account_slot, is_spread
 from shards import convert
 from shards.writer import QueueFullError, Writer, WriterUnavailableError
 from tally.v1 import ledger_pb2 as pb
@@ -21,13 +22,22 @@ CURSOR_MAX = 2**63 - 1
 
 
 class NodeView(Protocol):
-    """What the servicer needs from its node: the writer (None while standby) and a read pool."""
+    """What the servicer needs from its node: the writer (None while standby), a read pool,
+    and the slots it owns (None: all of them)."""
 
     @property
     def writer(self) -> Writer | None: ...
 
     @property
     def read_pool(self) -> Any: ...
+
+    @property
+    def owned_slots(self) -> frozenset[int] | None: ...
+
+    @property
+    def slot_map(self) -> SlotMap | None: ...
+
+    async def refresh_slot_map_now(self) -> None: ...
 
 
 async def _abort(
@@ -57,6 +67,15 @@ class LedgerService(pb_grpc.LedgerServicer):  # type: ignore[misc]
     async def _submit(
         self, context: grpc.aio.ServicerContext[Any, Any], items: Sequence[Any]
     ) -> list[Result]:
+        owned = self._node.owned_slots
+        if owned is not None:
+            marked = mark_wrong_shard(items, owned, self._node.slot_map)
+            if marked != list(items):
+                # Perhaps this node's map is the old one: look again before refusing.
+                await self._node.refresh_slot_map_now()
+                owned = self._node.owned_slots or frozenset()
+                marked = mark_wrong_shard(items, owned, self._node.slot_map)
+            items = marked
         if all(isinstance(item, Rejection) for item in items):
             return [Result(item.code, item.message) for item in items]
         writer = self._node.writer
@@ -255,3 +274,36 @@ def _parsing(method: Any, request_type: Any) -> Any:
         return await method(request, context)
 
     return handle
+
+
+def _foreign_account(item: Any, owned: frozenset[int]) -> str:
+    """The first account of an item whose slot this shard does not own, or ""."""
+    if isinstance(item, TransactionSpec):
+        for leg in item.legs:
+            if not is_spread(leg.account_id) and account_slot(leg.account_id) not in owned:
+                return leg.account_id
+        return ""
+    account_id = item.id if isinstance(item, AccountSpec) else item.account_id
+    if not is_spread(account_id) and account_slot(account_id) not in owned:
+        return str(account_id)
+    return ""
+
+
+def mark_wrong_shard(
+    items: Sequence[Any], owned: frozenset[int], slot_map: SlotMap | None
+) -> list[Any]:
+    """Refuse items for slots this shard does not own (a gateway with an old map sent them)."""
+    version = slot_map.version if slot_map is not None else 0
+    marked = []
+    for item in items:
+        if not isinstance(item, Rejection):
+            foreign = _foreign_account(item, owned)
+            if foreign:
+                item = Rejection(
+                    ResultCode.WRONG_SHARD,
+                    f"slot {account_slot(foreign)} of {foreign!r} is not on this shard "
+                    f"(slot map version {version})",
+                    getattr(item, "linked", False),
+                )
+        marked.append(item)
+    return marked

@@ -1,0 +1,75 @@
+"""Partition keys, slots and the slot map: which shard owns an account.
+
+The partition key of an account id is the text before its first '/' (the whole id without
+one). It hashes to one of SLOT_COUNT slots; the versioned slot map assigns slots to shards.
+Spread accounts ('@...') have a piece on every shard and route with the other legs.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Final
+
+from core.invariant import check
+
+SLOT_COUNT: Final = 4096
+
+
+def partition_key(account_id: str) -> str:
+    return account_id.split("/", 1)[0]
+
+
+def is_spread(account_id: str) -> bool:
+    return account_id.startswith("@")
+
+
+def slot_of(key: str) -> int:
+    """Stable across processes and versions: CRC-32 of the UTF-8 key, modulo SLOT_COUNT."""
+    return zlib.crc32(key.encode()) % SLOT_COUNT
+
+
+def account_slot(account_id: str) -> int:
+    return slot_of(partition_key(account_id))
+
+
+@dataclass(frozen=True, slots=True)
+class SlotMap:
+    """Version and owner shard of every slot."""
+
+    version: int
+    owners: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        check(len(self.owners) == SLOT_COUNT, f"a slot map has {SLOT_COUNT} slots")
+
+    @staticmethod
+    def even(shard_count: int, version: int = 1) -> SlotMap:
+        """Contiguous equal ranges: slot s belongs to shard s * shard_count // SLOT_COUNT."""
+        check(1 <= shard_count <= SLOT_COUNT, "shard count out of range")
+        return SlotMap(version, tuple(s * shard_count // SLOT_COUNT for s in range(SLOT_COUNT)))
+
+    @property
+    def shard_ids(self) -> tuple[int, ...]:
+        return tuple(sorted(set(self.owners)))
+
+    def shard_of_account(self, account_id: str) -> int:
+        return self.owners[account_slot(account_id)]
+
+    def shard_of_key(self, key: str) -> int:
+        return self.owners[slot_of(key)]
+
+    def owned_by(self, shard_id: int) -> frozenset[int]:
+        return frozenset(s for s, owner in enumerate(self.owners) if owner == shard_id)
+
+    def moved(self, slots: Iterable[int], shard_id: int) -> SlotMap:
+        owners = list(self.owners)
+        for slot in slots:
+            owners[slot] = shard_id
+        return SlotMap(self.version + 1, tuple(owners))
+
+
+def shards_of_accounts(slot_map: SlotMap, account_ids: Sequence[str]) -> set[int]:
+    """The shards a set of legs needs (spread accounts go wherever the others are)."""
+    return {slot_map.shard_of_account(a) for a in account_ids if not is_spread(a)}

@@ -1,0 +1,221 @@
+"""The gateway: a stateless grpc.aio process serving the whole tally.v1.Ledger API of a cluster.
+
+It validates each request (the same stateless rules as a node), splits it into units (items
+or linked groups), routes each unit to the shard owning its accounts' slots, sends every
+shard's share in one call (coalesced with other clients' requests), and merges the results in
+the original order. A shard answering WRONG_SHARD means the gateway's slot map is old: it
+reloads the map and sends those units again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from core import limits
+from core.model import Rejection, Result, ResultCode, TransactionSpec
+from core.slots import SlotMap, is_spread
+from shards import control, convert, routing
+from shards.links import CHANNEL_OPTIONS, ShardLink
+
+log = logging.getLogger("tally.gateway")
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayConfig:
+    control_dsn: str
+    listen: str = "127.0.0.1:7400"
+    shard_call_timeout_s: float = 30.0
+    wrong_shard_retry_max: int = 3
+    slot_map_poll_interval_s: float = 1.0
+    location_cache_count_max: int = 100_000
+    shutdown_grace_s: float = 10.0
+
+
+class Cluster:
+    """The gateway's view of the cluster: slot map, links to shards, where transactions live."""
+
+    def __init__(self, config: GatewayConfig) -> None:
+        self.config = config
+        self.slot_map: SlotMap | None = None
+        self.links: dict[int, ShardLink] = {}
+        self._locations: OrderedDict[str, int] = OrderedDict()
+        self._refresh_lock = asyncio.Lock()
+
+    async def refresh(self) -> None:
+        async with self._refresh_lock:
+            connection = await control.connect(self.config.control_dsn)
+            try:
+                await control.prepare(connection)
+                slot_map = await control.load_slot_map(connection)
+                endpoints = await control.shard_endpoints(connection)
+            finally:
+                await connection.close(timeout=5.0)
+            if slot_map is None:
+                raise RuntimeError("the control database has no slot map yet")
+            await self._update_links(endpoints)
+            if self.slot_map is None or slot_map.version > self.slot_map.version:
+                log.info("slot map version %d", slot_map.version)
+                self.slot_map = slot_map
+
+    async def _update_links(self, endpoints: dict[int, str]) -> None:
+        for shard_id, endpoint in endpoints.items():
+            link = self.links.get(shard_id)
+            if link is not None and link.endpoint == endpoint:
+                continue
+            self.links[shard_id] = ShardLink(shard_id, endpoint, self.config.shard_call_timeout_s)
+            if link is not None:
+                await link.close()
+
+    async def backoff_and_refresh(self, attempt: int) -> None:
+        """After WRONG_SHARD: the map moved; the shards may be a moment behind the control
+        database, so wait a little longer each round (50, 100, 200 ms) and reload."""
+        await asyncio.sleep(0.05 * 2 ** (attempt - 1))
+        await self.refresh()
+
+    def map(self) -> SlotMap:
+        if self.slot_map is None:
+            raise RuntimeError("no slot map")
+        return self.slot_map
+
+    def link(self, shard_id: int) -> ShardLink:
+        link = self.links.get(shard_id)
+        if link is None:
+            raise KeyError(f"shard {shard_id} has no registered endpoint")
+        return link
+
+    def remember(self, transaction_id: str, shard_id: int) -> None:
+        self._locations[transaction_id] = shard_id
+        self._locations.move_to_end(transaction_id)
+        while len(self._locations) > self.config.location_cache_count_max:
+            self._locations.popitem(last=False)
+
+    async def locate(self, transaction_ids: Sequence[str]) -> dict[str, int]:
+        """Shards holding these transactions (cached, else asked of every shard)."""
+        found = {t: self._locations[t] for t in transaction_ids if t in self._locations}
+        missing = [t for t in dict.fromkeys(transaction_ids) if t not in found]
+        if not missing:
+            return found
+        from tally.v1 import ledger_pb2 as pb
+
+        async def ask(shard_id: int) -> tuple[int, Any]:
+            response = await self.link(shard_id).stub.GetTransactions(
+                pb.GetTransactionsRequest(ids=missing), timeout=self.config.shard_call_timeout_s
+            )
+            return shard_id, response
+
+        for shard_id, response in await asyncio.gather(*(ask(s) for s in self.links)):
+            for transaction_id, lookup in zip(missing, response.results, strict=True):
+                if lookup.code == pb.RESULT_CODE_OK:
+                    found[transaction_id] = shard_id
+                    self.remember(transaction_id, shard_id)
+        return found
+
+    async def close(self) -> None:
+        for link in self.links.values():
+            await link.close()
+
+
+class Gateway:
+    def __init__(self, config: GatewayConfig) -> None:
+        self.config = config
+        self.cluster = Cluster(config)
+        self._server: grpc.aio.Server | None = None
+        self._health = health.aio.HealthServicer()
+        self._stopping = asyncio.Event()
+        self.port = 0
+
+    async def start(self) -> int:
+        from shards.gateway_service import GatewayService
+        from shards.service import ledger_handler
+        from tally.v1 import ledger_pb2
+
+        await self.cluster.refresh()
+        self._server = grpc.aio.server(options=CHANNEL_OPTIONS)
+        service = GatewayService(self.cluster)
+        self._server.add_generic_rpc_handlers((ledger_handler(service),))
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+        ledger_name = ledger_pb2.DESCRIPTOR.services_by_name["Ledger"].full_name
+        reflection.enable_server_reflection(
+            (ledger_name, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
+        )
+        self.port = self._server.add_insecure_port(self.config.listen)
+        if self.port == 0:
+            raise OSError(f"cannot listen on {self.config.listen}")
+        await self._server.start()
+        serving = health_pb2.HealthCheckResponse.SERVING
+        await self._health.set("", serving)
+        await self._health.set(ledger_name, serving)
+        return self.port
+
+    def request_stop(self) -> None:
+        self._stopping.set()
+
+    async def run(self) -> None:
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self._poll())
+                await self._stopping.wait()
+        finally:
+            if self._server is not None:
+                await self._server.stop(self.config.shutdown_grace_s)
+            await self.cluster.close()
+
+    async def _poll(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                await asyncio.wait_for(
+                    self._stopping.wait(), timeout=self.config.slot_map_poll_interval_s
+                )
+            except TimeoutError:
+                pass
+            if self._stopping.is_set():
+                return
+            try:
+                await self.cluster.refresh()
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # control database away: keep the map we have
+                log.warning("cluster refresh failed: %r", error)
+
+
+def merge_piece_results(results: Sequence[Any]) -> Result:
+    """One result for an item applied on every shard (a spread account): the first failure,
+    else CREATED if any piece was created now, else REPLAYED."""
+    codes = [ResultCode(r.code) for r in results]
+    for result, code in zip(results, codes, strict=True):
+        if code not in (ResultCode.CREATED, ResultCode.REPLAYED):
+            return Result(code, result.message)
+    timestamp_ns = max(r.timestamp_ns for r in results)
+    if ResultCode.CREATED in codes:
+        return Result(ResultCode.CREATED, "", timestamp_ns)
+    return Result(ResultCode.REPLAYED, "", timestamp_ns)
+
+
+def spread_or_owner(account_id: str, slot_map: SlotMap) -> list[int]:
+    if is_spread(account_id):
+        return list(slot_map.shard_ids)
+    return [slot_map.shard_of_account(account_id)]
+
+
+def transaction_units(
+    messages: Sequence[Any],
+) -> tuple[list[TransactionSpec | Rejection], list[tuple[int, int]]]:
+    items = convert.transactions_from_proto(messages)
+    return items, routing.units(items)
+
+
+def batch_too_large(count: int) -> str:
+    if count == 0:
+        return "the batch is empty"
+    if count > limits.batch_item_count_max:
+        return f"{count} items; at most {limits.batch_item_count_max} per request"
+    return ""

@@ -1,0 +1,353 @@
+"""tally.v1.Ledger served by the gateway over the shards of a cluster."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+import grpc
+
+from core import validation
+from core.model import AccountSpec, CloseSpec, Rejection, Result, TransactionSpec
+from core.slots import is_spread
+from shards import convert, routing
+from shards.gateway import Cluster, batch_too_large, merge_piece_results, spread_or_owner
+from tally.v1 import ledger_pb2 as pb
+from tally.v1 import ledger_pb2_grpc as pb_grpc
+
+Context = Any  # grpc.aio.ServicerContext; grpc ships no usable generic stubs
+
+
+async def _abort(context: Context, code: grpc.StatusCode, message: str) -> NoReturn:
+    await context.abort(code, message)
+    raise AssertionError("unreachable: abort raises")
+
+
+def _result(result: Result) -> pb.ItemResult:
+    return pb.ItemResult(
+        code=int(result.code), message=result.message, timestamp_ns=result.timestamp_ns
+    )
+
+
+class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
+    def __init__(self, cluster: Cluster) -> None:
+        self._cluster = cluster
+
+    async def _check_size(self, context: Context, count: int, what: str) -> None:
+        problem = batch_too_large(count)
+        if problem:
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"{what}: {problem}")
+
+    # ---- transactions ----
+
+    async def PostTransactions(
+        self, request: pb.PostTransactionsRequest, context: Context
+    ) -> pb.PostTransactionsResponse:
+        messages = list(request.transactions)
+        await self._check_size(context, len(messages), "transactions")
+        items = convert.transactions_from_proto(messages)
+        results: list[pb.ItemResult | None] = [None] * len(items)
+        todo = []
+        for start, end in routing.units(items):
+            failure = routing.local_failure(items[start:end])
+            if failure is None:
+                todo.append((start, end))
+            else:
+                results[start:end] = [_result(r) for r in failure]
+        await self._route_transactions(context, messages, items, todo, results)
+        return pb.PostTransactionsResponse(results=results)
+
+    async def _route_transactions(
+        self,
+        context: Context,
+        messages: list[pb.Transaction],
+        items: list[TransactionSpec | Rejection],
+        todo: list[tuple[int, int]],
+        results: list[pb.ItemResult | None],
+    ) -> None:
+        for attempt in range(self._cluster.config.wrong_shard_retry_max + 1):
+            if not todo:
+                return
+            if attempt:
+                await self._cluster.backoff_and_refresh(attempt)
+            slot_map = self._cluster.map()
+            specs: list[TransactionSpec] = [i for i in items if isinstance(i, TransactionSpec)]
+            located = await self._cluster.locate(routing.targets(specs))
+            plan: dict[int, list[tuple[int, int]]] = {}
+            crossing = []
+            for start, end in todo:
+                unit = [i for i in items[start:end] if isinstance(i, TransactionSpec)]
+                shards = routing.unit_shards(unit, slot_map, located)
+                if len(shards) > 1:
+                    crossing.append((start, sorted(shards)))
+                else:
+                    plan.setdefault(shards.pop(), []).append((start, end))
+            if crossing and attempt == 0:
+                await _refuse_cross_shard(context, crossing)
+            # On a later round, a unit the new map spreads over shards keeps its WRONG_SHARD.
+            todo = await self._send_units(messages, plan, results, self._post_shard)
+
+    async def _post_shard(self, shard_id: int, batch: list[Any]) -> list[pb.ItemResult]:
+        results = await self._cluster.link(shard_id).post(batch)
+        for message, result in zip(batch, results, strict=True):
+            if result.code in (pb.RESULT_CODE_CREATED, pb.RESULT_CODE_REPLAYED):
+                self._cluster.remember(message.id, shard_id)
+        return results
+
+    async def _send_units(
+        self,
+        messages: Sequence[Any],
+        plan: dict[int, list[tuple[int, int]]],
+        results: list[pb.ItemResult | None],
+        send: Any,
+    ) -> list[tuple[int, int]]:
+        """Send each shard its units in one call; return the units answered WRONG_SHARD."""
+
+        async def one(shard_id: int, ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+            batch = [messages[n] for start, end in ranges for n in range(start, end)]
+            answers = await send(shard_id, batch)
+            retry = []
+            offset = 0
+            for start, end in ranges:
+                unit_answers = answers[offset : offset + end - start]
+                offset += end - start
+                if any(a.code == pb.RESULT_CODE_WRONG_SHARD for a in unit_answers):
+                    retry.append((start, end))
+                results[start:end] = unit_answers
+            return retry
+
+        retries = await asyncio.gather(*(one(s, r) for s, r in plan.items()))
+        return [unit for shard_retries in retries for unit in shard_retries]
+
+    # ---- accounts ----
+
+    async def CreateAccounts(
+        self, request: pb.CreateAccountsRequest, context: Context
+    ) -> pb.CreateAccountsResponse:
+        messages = list(request.accounts)
+        await self._check_size(context, len(messages), "accounts")
+        items = convert.accounts_from_proto(messages)
+        results = await self._per_account(items, messages, lambda i: i.id, "create")
+        return pb.CreateAccountsResponse(results=results)
+
+    async def CloseAccounts(
+        self, request: pb.CloseAccountsRequest, context: Context
+    ) -> pb.CloseAccountsResponse:
+        messages = list(request.accounts)
+        await self._check_size(context, len(messages), "accounts")
+        items = convert.closes_from_proto(messages)
+        results = await self._per_account(items, messages, lambda i: i.account_id, "close")
+        return pb.CloseAccountsResponse(results=results)
+
+    async def _per_account(
+        self,
+        items: Sequence[AccountSpec | CloseSpec | Rejection],
+        messages: Sequence[Any],
+        account_of: Any,
+        kind: str,
+    ) -> list[pb.ItemResult]:
+        """Each item to its account's shard, a spread account's to every shard (merged)."""
+        results: list[pb.ItemResult | None] = [None] * len(items)
+        todo = []
+        for n, item in enumerate(items):
+            if isinstance(item, Rejection):
+                results[n] = _result(Result(item.code, item.message))
+            else:
+                todo.append(n)
+        for attempt in range(self._cluster.config.wrong_shard_retry_max + 1):
+            if not todo:
+                break
+            if attempt:
+                await self._cluster.backoff_and_refresh(attempt)
+            todo = await self._account_round(items, messages, account_of, kind, todo, results)
+        return [r if r is not None else pb.ItemResult() for r in results]
+
+    async def _account_round(
+        self,
+        items: Sequence[Any],
+        messages: Sequence[Any],
+        account_of: Any,
+        kind: str,
+        todo: list[int],
+        results: list[pb.ItemResult | None],
+    ) -> list[int]:
+        slot_map = self._cluster.map()
+        plan: dict[int, list[int]] = {}
+        for n in todo:
+            for shard_id in spread_or_owner(account_of(items[n]), slot_map):
+                plan.setdefault(shard_id, []).append(n)
+
+        async def one(shard_id: int, indexes: list[int]) -> tuple[int, list[Any]]:
+            link = self._cluster.link(shard_id)
+            batch = [messages[n] for n in indexes]
+            call = link.create if kind == "create" else link.close_accounts
+            return shard_id, await call(batch)
+
+        pieces: dict[int, list[Any]] = {n: [] for n in todo}
+        for shard_id, answers in await asyncio.gather(*(one(s, i) for s, i in plan.items())):
+            for n, answer in zip(plan[shard_id], answers, strict=True):
+                pieces[n].append(answer)
+        retry = []
+        for n, answers in pieces.items():
+            if any(a.code == pb.RESULT_CODE_WRONG_SHARD for a in answers):
+                retry.append(n)
+            results[n] = _result(merge_piece_results(answers))
+        return retry
+
+    # ---- reads ----
+
+    async def GetAccounts(
+        self, request: pb.GetAccountsRequest, context: Context
+    ) -> pb.GetAccountsResponse:
+        ids = list(request.ids)
+        await self._check_size(context, len(ids), "ids")
+        slot_map = self._cluster.map()
+        plan: dict[int, list[str]] = {}
+        for account_id in ids:
+            if validation.id_problem(account_id, "id"):
+                continue
+            for shard_id in spread_or_owner(account_id, slot_map):
+                plan.setdefault(shard_id, []).append(account_id)
+        found = await self._gather_accounts(plan)
+        results = []
+        for n, account_id in enumerate(ids):
+            problem = validation.id_problem(account_id, f"ids[{n}]")
+            if problem:
+                results.append(pb.AccountLookup(code=pb.RESULT_CODE_INVALID_ID, message=problem))
+                continue
+            records = found.get(account_id, [])
+            if not records:
+                results.append(
+                    pb.AccountLookup(
+                        code=pb.RESULT_CODE_ACCOUNT_NOT_FOUND,
+                        message=f"account {account_id!r} not found",
+                    )
+                )
+                continue
+            results.append(pb.AccountLookup(code=pb.RESULT_CODE_OK, account=_sum_pieces(records)))
+        return pb.GetAccountsResponse(results=results)
+
+    async def _gather_accounts(
+        self, plan: dict[int, list[str]]
+    ) -> dict[str, list[pb.AccountRecord]]:
+        async def one(shard_id: int, ids: list[str]) -> tuple[list[str], Any]:
+            link = self._cluster.link(shard_id)
+            response = await link.stub.GetAccounts(
+                pb.GetAccountsRequest(ids=ids), timeout=link.call_timeout_s
+            )
+            return ids, response
+
+        found: dict[str, list[pb.AccountRecord]] = {}
+        for ids, response in await asyncio.gather(*(one(s, i) for s, i in plan.items())):
+            for account_id, lookup in zip(ids, response.results, strict=True):
+                if lookup.code == pb.RESULT_CODE_OK:
+                    found.setdefault(account_id, []).append(lookup.account)
+        return found
+
+    async def GetTransactions(
+        self, request: pb.GetTransactionsRequest, context: Context
+    ) -> pb.GetTransactionsResponse:
+        ids = list(request.ids)
+        await self._check_size(context, len(ids), "ids")
+
+        async def one(shard_id: int) -> Any:
+            link = self._cluster.link(shard_id)
+            return await link.stub.GetTransactions(
+                pb.GetTransactionsRequest(ids=ids), timeout=link.call_timeout_s
+            )
+
+        responses = await asyncio.gather(*(one(s) for s in self._cluster.links))
+        results = []
+        for n in range(len(ids)):
+            lookups = [response.results[n] for response in responses]
+            ok = [lookup for lookup in lookups if lookup.code == pb.RESULT_CODE_OK]
+            results.append(ok[0] if ok else lookups[0])
+        return pb.GetTransactionsResponse(results=results)
+
+    async def ListPostings(
+        self, request: pb.ListPostingsRequest, context: Context
+    ) -> pb.ListPostingsResponse:
+        if is_spread(request.account_id):
+            await _abort(
+                context,
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "a spread account's postings are listed per piece: ask each shard node",
+            )
+        return await self._forward(context, "ListPostings", request, request.account_id)
+
+    async def BalanceAt(
+        self, request: pb.BalanceAtRequest, context: Context
+    ) -> pb.BalanceAtResponse:
+        if not is_spread(request.account_id):
+            return await self._forward(context, "BalanceAt", request, request.account_id)
+        return await self._spread_balance_at(context, request)
+
+    async def _spread_balance_at(
+        self, context: Context, request: pb.BalanceAtRequest
+    ) -> pb.BalanceAtResponse:
+        async def one(shard_id: int) -> Any:
+            link = self._cluster.link(shard_id)
+            try:
+                return await link.stub.BalanceAt(request, timeout=link.call_timeout_s)
+            except grpc.aio.AioRpcError as error:
+                if error.code() == grpc.StatusCode.NOT_FOUND:
+                    return None
+                raise
+
+        try:
+            pieces = [p for p in await asyncio.gather(*map(one, self._cluster.links)) if p]
+        except grpc.aio.AioRpcError as error:
+            await _abort(context, error.code(), error.details() or "")
+        if not pieces:
+            await _abort(
+                context, grpc.StatusCode.NOT_FOUND, f"account {request.account_id!r} not found"
+            )
+        total = _sum_balances([p.balance for p in pieces])
+        return pb.BalanceAtResponse(balance=total, as_of_sequence=0)
+
+    async def _forward(self, context: Context, method: str, request: Any, account_id: str) -> Any:
+        if validation.id_problem(account_id, "account_id"):
+            await _abort(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                validation.id_problem(account_id, "account_id"),
+            )
+        link = self._cluster.link(self._cluster.map().shard_of_account(account_id))
+        try:
+            return await getattr(link.stub, method)(request, timeout=link.call_timeout_s)
+        except grpc.aio.AioRpcError as error:
+            await _abort(context, error.code(), error.details() or "")
+
+
+async def _refuse_cross_shard(context: Context, crossing: list[tuple[int, list[int]]]) -> NoReturn:
+    described = ", ".join(f"item {start} (shards {shards})" for start, shards in crossing[:10])
+    await _abort(
+        context,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        f"{described}: atomic cross-shard transactions are not available in this version; "
+        "nothing in this request was applied",
+    )
+
+
+def _sum_balances(balances: Sequence[pb.Balance]) -> pb.Balance:
+    return pb.Balance(
+        debits_posted=sum(b.debits_posted for b in balances),
+        credits_posted=sum(b.credits_posted for b in balances),
+        debits_pending=sum(b.debits_pending for b in balances),
+        credits_pending=sum(b.credits_pending for b in balances),
+        available=sum(b.available for b in balances),
+    )
+
+
+def _sum_pieces(records: Sequence[pb.AccountRecord]) -> pb.AccountRecord:
+    """A spread account's pieces, one per shard, as one account."""
+    first = records[0]
+    return pb.AccountRecord(
+        account=first.account,
+        balance=_sum_balances([r.balance for r in records]),
+        version=sum(r.version for r in records),
+        closed=all(r.closed for r in records),
+        created_at_ns=min(r.created_at_ns for r in records),
+        closed_at_ns=max(r.closed_at_ns for r in records) if all(r.closed for r in records) else 0,
+    )

@@ -1,0 +1,148 @@
+"""A gateway's link to one shard node: a channel, and coalescing of concurrent small writes.
+
+While a call to the shard is in flight, further sub-batches queue; they leave together as one
+call when a slot frees (up to inflight_call_count_max calls at once), so many small client
+requests become few large shard batches. Each client request's linked groups are closed within
+it (the gateway checks), so concatenating requests never joins two groups.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+
+from core import limits
+from tally.v1 import ledger_pb2 as pb
+from tally.v1 import ledger_pb2_grpc as pb_grpc
+
+log = logging.getLogger("tally.links")
+
+CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", limits.message_size_max_bytes),
+    ("grpc.max_send_message_length", limits.message_size_max_bytes),
+]
+
+Results = list[pb.ItemResult]
+
+
+class _Coalescer:
+    """Queue of (items, future) for one write RPC of one shard."""
+
+    def __init__(
+        self,
+        call: Callable[[list[Any]], Any],
+        inflight_call_count_max: int,
+        item_count_max: int,
+    ) -> None:
+        self._call = call
+        self._queue: list[tuple[list[Any], asyncio.Future[Results]]] = []
+        self._inflight = 0
+        self._inflight_max = inflight_call_count_max
+        self._item_count_max = item_count_max
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def submit(self, items: list[Any]) -> Results:
+        future: asyncio.Future[Results] = asyncio.get_running_loop().create_future()
+        self._queue.append((items, future))
+        self._pump()
+        return await future
+
+    def _pump(self) -> None:
+        while self._queue and self._inflight < self._inflight_max:
+            group = self._take()
+            self._inflight += 1
+            task = asyncio.ensure_future(self._send(group))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    def _take(self) -> list[tuple[list[Any], asyncio.Future[Results]]]:
+        group = [self._queue.pop(0)]
+        count = len(group[0][0])
+        while self._queue and count + len(self._queue[0][0]) <= self._item_count_max:
+            entry = self._queue.pop(0)
+            group.append(entry)
+            count += len(entry[0])
+        return group
+
+    async def _send(self, group: list[tuple[list[Any], asyncio.Future[Results]]]) -> None:
+        try:
+            merged = [item for items, _ in group for item in items]
+            try:
+                results = list(await self._call(merged))
+            except grpc.aio.AioRpcError as error:
+                log.warning("shard call failed: %s %s", error.code().name, error.details())
+                results = [_unavailable(error)] * len(merged)
+            offset = 0
+            for items, future in group:
+                if not future.done():
+                    future.set_result(results[offset : offset + len(items)])
+                offset += len(items)
+        finally:
+            self._inflight -= 1
+            self._pump()
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            await task
+
+
+def _unavailable(error: grpc.aio.AioRpcError) -> pb.ItemResult:
+    return pb.ItemResult(
+        code=pb.RESULT_CODE_UNAVAILABLE,
+        message=f"shard unavailable ({error.code().name}); retry with the same id",
+    )
+
+
+class ShardLink:
+    def __init__(
+        self,
+        shard_id: int,
+        endpoint: str,
+        call_timeout_s: float,
+        inflight_call_count_max: int = 2,
+    ) -> None:
+        self.shard_id = shard_id
+        self.endpoint = endpoint
+        self.channel = grpc.aio.insecure_channel(endpoint, options=CHANNEL_OPTIONS)
+        self.stub = pb_grpc.LedgerStub(self.channel)
+        self.call_timeout_s = call_timeout_s
+        item_count_max = limits.batch_item_count_max
+        self._post = _Coalescer(self._post_call, inflight_call_count_max, item_count_max)
+        self._create = _Coalescer(self._create_call, inflight_call_count_max, item_count_max)
+        self._close = _Coalescer(self._close_call, inflight_call_count_max, item_count_max)
+
+    async def _post_call(self, items: list[pb.Transaction]) -> Any:
+        response = await self.stub.PostTransactions(
+            pb.PostTransactionsRequest(transactions=items), timeout=self.call_timeout_s
+        )
+        return response.results
+
+    async def _create_call(self, items: list[pb.Account]) -> Any:
+        response = await self.stub.CreateAccounts(
+            pb.CreateAccountsRequest(accounts=items), timeout=self.call_timeout_s
+        )
+        return response.results
+
+    async def _close_call(self, items: list[pb.CloseAccount]) -> Any:
+        response = await self.stub.CloseAccounts(
+            pb.CloseAccountsRequest(accounts=items), timeout=self.call_timeout_s
+        )
+        return response.results
+
+    async def post(self, items: list[pb.Transaction]) -> Results:
+        return await self._post.submit(items)
+
+    async def create(self, items: list[pb.Account]) -> Results:
+        return await self._create.submit(items)
+
+    async def close_accounts(self, items: list[pb.CloseAccount]) -> Results:
+        return await self._close.submit(items)
+
+    async def close(self) -> None:
+        for coalescer in (self._post, self._create, self._close):
+            await coalescer.close()
+        await self.channel.close()
