@@ -208,3 +208,12 @@ async def test_concurrent_small_requests_are_coalesced(cluster: Cluster, client:
     commits = shard.node.writer.committed_batch_count - before
     assert commits < 100, commits
     assert (await client.balance(f"{key}/dep")).credits_posted == 200
+
+
+async def test_readme_example_runs_unchanged_through_the_gateway(cluster: Cluster) -> None:
+    from tests.test_readme import TIME, example_steps, run_tally
+
+    for command, expected in example_steps():
+        output = await run_tally(command, cluster.gateway.port)
+        got = [TIME.sub("<time>", line) for line in output.rstrip("\n").splitlines()]
+        assert got == [TIME.sub("<time>", line) for line in expected], f"$ {command}"
