@@ -66,6 +66,15 @@ class Kind(enum.IntEnum):
     REVERSAL = 4
     # Written by the shard itself when a hold times out; never submitted by a client.
     EXPIRY = 5
+    # Cross-shard (two-phase commit, from gateways only). A participant's piece, held like a
+    # hold until resolved; target_id is the coordinator shard's number.
+    PREPARED = 6
+    # The coordinator's piece, posted; its presence is the commit decision. target_id names
+    # the abort marker that must not exist.
+    COMMIT = 7
+    # The coordinator's abort marker (id "~abort/<T>", target_id T, code: the ResultCode of
+    # the reason); it exists only if T was never committed.
+    ABORT = 8
 
 
 class Status(enum.IntEnum):
@@ -344,3 +353,11 @@ def transaction_from_record(record: TransactionRecord) -> TransactionState:
         resolved_by_id,
         reversed_by_id,
     )
+
+
+def abort_marker_id(transaction_id: str) -> str:
+    return "~abort/" + transaction_id
+
+
+def resolution_id(transaction_id: str, commit: bool) -> str:
+    return ("~commit/" if commit else "~void/") + transaction_id

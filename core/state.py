@@ -305,14 +305,33 @@ class Batch:
         if existing is not None:
             return _replay(existing, spec)
         kind = spec.kind
-        if kind is Kind.ORDINARY or kind is Kind.PENDING:
+        if kind is Kind.ORDINARY or kind is Kind.PENDING or kind is Kind.PREPARED:
             return self._apply_new(spec, spec.legs, timestamp_ns)
         if kind is Kind.REVERSAL:
             return self._reverse(spec, timestamp_ns)
+        if kind is Kind.COMMIT:
+            return self._commit_piece(spec, timestamp_ns)
+        if kind is Kind.ABORT:
+            return self._record_abort(spec, timestamp_ns)
         return self._resolve(spec, timestamp_ns)
 
+    def _commit_piece(self, spec: TransactionSpec, timestamp_ns: int) -> Result:
+        """The coordinator's piece: applying it records the commit, unless abort came first."""
+        marker = self._known_transaction(spec.target_id)
+        if marker is not None:
+            reason = ResultCode(marker.spec.code)
+            return Result(reason, f"transaction {spec.id!r} was aborted earlier ({reason.name})")
+        return self._apply_new(spec, spec.legs, timestamp_ns)
+
+    def _record_abort(self, spec: TransactionSpec, timestamp_ns: int) -> Result:
+        committed = self._known_transaction(spec.target_id)
+        if committed is not None:
+            return Result(ResultCode.IDEMPOTENCY_CONFLICT, f"{spec.target_id!r} is committed")
+        self._add_transaction(TransactionState(spec, (), timestamp_ns, Status.POSTED))
+        return Result(ResultCode.CREATED, "", timestamp_ns)
+
     def _apply_new(self, spec: TransactionSpec, legs: tuple[Leg, ...], timestamp_ns: int) -> Result:
-        pending = spec.kind is Kind.PENDING
+        pending = spec.kind is Kind.PENDING or spec.kind is Kind.PREPARED
         rejection = self._check_legs(legs, pending)
         if rejection is not None:
             return rejection
@@ -326,7 +345,7 @@ class Batch:
                     spec.id, leg.account_id, leg.is_debit, leg.amount, 0, timestamp_ns
                 )
         expires_at_ns = 0
-        if pending and spec.timeout_seconds:
+        if pending and spec.timeout_seconds:  # for PREPARED: when to ask the coordinator
             expires_at_ns = timestamp_ns + spec.timeout_seconds * 1_000_000_000
         status = Status.PENDING if pending else Status.POSTED
         self._add_transaction(TransactionState(spec, legs, timestamp_ns, status, expires_at_ns))
@@ -512,7 +531,14 @@ class Batch:
             return Result(
                 ResultCode.TRANSACTION_NOT_FOUND, f"reverses_id {spec.target_id!r} not found"
             )
-        if original.spec.kind in (Kind.PENDING, Kind.VOID_PENDING, Kind.EXPIRY):
+        if original.spec.kind in (
+            Kind.PENDING,
+            Kind.VOID_PENDING,
+            Kind.EXPIRY,
+            Kind.PREPARED,
+            Kind.COMMIT,
+            Kind.ABORT,
+        ):
             return Result(
                 ResultCode.NOT_REVERSIBLE,
                 f"{spec.target_id!r} is a {original.spec.kind.name.lower()} record; "
@@ -566,7 +592,7 @@ def _resolution_problem(
     pending: TransactionState | None, spec: TransactionSpec, timestamp_ns: int
 ) -> Result | None:
     field = "void_pending_id" if spec.kind is Kind.VOID_PENDING else "post_pending_id"
-    if pending is None or pending.spec.kind is not Kind.PENDING:
+    if pending is None or pending.spec.kind not in (Kind.PENDING, Kind.PREPARED):
         return Result(
             ResultCode.PENDING_NOT_FOUND, f"{field} {spec.target_id!r} is not a pending transaction"
         )
@@ -578,7 +604,8 @@ def _resolution_problem(
             f"hold {spec.target_id!r} was resolved by {pending.resolved_by_id!r}",
         )
     if (
-        spec.kind is not Kind.EXPIRY
+        pending.spec.kind is Kind.PENDING  # a prepared piece's deadline is not an expiry
+        and spec.kind is not Kind.EXPIRY
         and pending.expires_at_ns
         and timestamp_ns >= pending.expires_at_ns
     ):

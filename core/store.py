@@ -403,15 +403,35 @@ async def expired_holds(
 ) -> list[str]:
     rows = await connection.fetch(
         """
-        SELECT transaction_id FROM holds
-        WHERE expires_at_ns > 0 AND expires_at_ns <= $1
-        ORDER BY expires_at_ns LIMIT $2
+        SELECT h.transaction_id FROM holds h JOIN transactions t ON t.id = h.transaction_id
+        WHERE h.expires_at_ns > 0 AND h.expires_at_ns <= $1 AND t.kind = $3
+        ORDER BY h.expires_at_ns LIMIT $2
         """,
         now_ns,
         limit,
+        int(Kind.PENDING),
         timeout=timeout_s,
     )
     return [row["transaction_id"] for row in rows]
+
+
+async def prepared_past_deadline(
+    connection: Connection, now_ns: int, limit: int, timeout_s: float
+) -> list[tuple[str, int]]:
+    """Cross-shard pieces held past their deadline, with their coordinator shard."""
+    rows = await connection.fetch(
+        """
+        SELECT h.transaction_id, t.target_id FROM holds h
+        JOIN transactions t ON t.id = h.transaction_id
+        WHERE h.expires_at_ns > 0 AND h.expires_at_ns <= $1 AND t.kind = $3
+        ORDER BY h.expires_at_ns LIMIT $2
+        """,
+        now_ns,
+        limit,
+        int(Kind.PREPARED),
+        timeout=timeout_s,
+    )
+    return [(row["transaction_id"], int(row["target_id"])) for row in rows]
 
 
 async def list_postings(

@@ -139,7 +139,7 @@ def transaction_spec_to_proto(spec: TransactionSpec) -> pb.Transaction:
         code=spec.code,
         metadata=dict(spec.metadata),
         value_date=spec.value_date,
-        pending=spec.kind is Kind.PENDING,
+        pending=spec.kind in (Kind.PENDING, Kind.PREPARED),
         timeout_seconds=spec.timeout_seconds,
     )
     if spec.kind is Kind.POST_PENDING:

@@ -24,9 +24,15 @@ from core import limits
 from core.model import Rejection, Result, ResultCode, TransactionSpec
 from core.slots import SlotMap, is_spread
 from shards import control, convert, routing
+from shards.crossshard import Driver, clearing_account
 from shards.links import CHANNEL_OPTIONS, ShardLink
+from tally.v1 import ledger_pb2 as pb
+from tally.v1.shard_pb2_grpc import ShardStub
 
 log = logging.getLogger("tally.gateway")
+
+# The account type (code) of the inter-shard clearing accounts.
+CLEARING_CODE = 9999
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +55,7 @@ class Cluster:
         self.links: dict[int, ShardLink] = {}
         self._locations: OrderedDict[str, int] = OrderedDict()
         self._refresh_lock = asyncio.Lock()
+        self._clearing_ready: set[str] = set()
 
     async def refresh(self) -> None:
         async with self._refresh_lock:
@@ -81,6 +88,25 @@ class Cluster:
         await asyncio.sleep(0.05 * 2 ** (attempt - 1))
         await self.refresh()
 
+    def driver(self) -> Driver:
+        return Driver({shard: ShardStub(link.channel) for shard, link in self.links.items()})
+
+    async def ensure_clearing_accounts(self, currencies: set[str]) -> None:
+        """Each currency's inter-shard clearing account, a spread account (once per process)."""
+        missing = sorted(currencies - self._clearing_ready)
+        if not missing:
+            return
+        accounts = [
+            pb.Account(id=clearing_account(currency), currency=currency, code=CLEARING_CODE)
+            for currency in missing
+        ]
+        for shard_id in self.map().shard_ids:
+            results = await self.link(shard_id).create(accounts)
+            for account, result in zip(accounts, results, strict=True):
+                if result.code not in (pb.RESULT_CODE_CREATED, pb.RESULT_CODE_REPLAYED):
+                    raise RuntimeError(f"cannot create {account.id} on shard {shard_id}: {result}")
+        self._clearing_ready.update(missing)
+
     def map(self) -> SlotMap:
         if self.slot_map is None:
             raise RuntimeError("no slot map")
@@ -104,7 +130,6 @@ class Cluster:
         missing = [t for t in dict.fromkeys(transaction_ids) if t not in found]
         if not missing:
             return found
-        from tally.v1 import ledger_pb2 as pb
 
         async def ask(shard_id: int) -> tuple[int, Any]:
             response = await self.link(shard_id).stub.GetTransactions(

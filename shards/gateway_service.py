@@ -9,8 +9,8 @@ from typing import Any, NoReturn
 import grpc
 
 from core import validation
-from core.model import AccountSpec, CloseSpec, Rejection, Result, TransactionSpec
-from core.slots import is_spread
+from core.model import AccountSpec, CloseSpec, Kind, Rejection, Result, TransactionSpec
+from core.slots import SlotMap, is_spread
 from shards import convert, routing
 from shards.gateway import Cluster, batch_too_large, merge_piece_results, spread_or_owner
 from tally.v1 import ledger_pb2 as pb
@@ -75,18 +75,50 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
             specs: list[TransactionSpec] = [i for i in items if isinstance(i, TransactionSpec)]
             located = await self._cluster.locate(routing.targets(specs))
             plan: dict[int, list[tuple[int, int]]] = {}
-            crossing = []
+            crossing: list[int] = []
+            unsupported = []
             for start, end in todo:
                 unit = [i for i in items[start:end] if isinstance(i, TransactionSpec)]
                 shards = routing.unit_shards(unit, slot_map, located)
-                if len(shards) > 1:
-                    crossing.append((start, sorted(shards)))
-                else:
+                if len(shards) == 1:
                     plan.setdefault(shards.pop(), []).append((start, end))
-            if crossing and attempt == 0:
-                await _refuse_cross_shard(context, crossing)
+                elif end - start == 1 and unit[0].kind is Kind.ORDINARY:
+                    crossing.append(start)
+                else:
+                    unsupported.append((start, sorted(shards)))
+            if unsupported and attempt == 0:
+                await _refuse_cross_shard(context, unsupported)
             # On a later round, a unit the new map spreads over shards keeps its WRONG_SHARD.
-            todo = await self._send_units(messages, plan, results, self._post_shard)
+            sent, _ = await asyncio.gather(
+                self._send_units(messages, plan, results, self._post_shard),
+                self._cross_shard(messages, items, crossing, results, slot_map),
+            )
+            todo = sent
+
+    async def _cross_shard(
+        self,
+        messages: list[pb.Transaction],
+        items: list[TransactionSpec | Rejection],
+        indexes: list[int],
+        results: list[pb.ItemResult | None],
+        slot_map: SlotMap,
+    ) -> None:
+        """Atomic cross-shard transactions, each by two-phase commit (in parallel)."""
+        if not indexes:
+            return
+        specs = [items[n] for n in indexes]
+        currencies = {
+            leg.currency for spec in specs if isinstance(spec, TransactionSpec) for leg in spec.legs
+        }
+        await self._cluster.ensure_clearing_accounts(currencies)
+        driver = self._cluster.driver()
+
+        async def one(n: int) -> None:
+            spec = items[n]
+            assert isinstance(spec, TransactionSpec)
+            results[n] = await driver.execute(spec, messages[n], slot_map)
+
+        await asyncio.gather(*(one(n) for n in indexes))
 
     async def _post_shard(self, shard_id: int, batch: list[Any]) -> list[pb.ItemResult]:
         results = await self._cluster.link(shard_id).post(batch)
@@ -325,8 +357,9 @@ async def _refuse_cross_shard(context: Context, crossing: list[tuple[int, list[i
     await _abort(
         context,
         grpc.StatusCode.FAILED_PRECONDITION,
-        f"{described}: atomic cross-shard transactions are not available in this version; "
-        "nothing in this request was applied",
+        f"{described}: linked groups, holds and their resolution across shards are not "
+        "available in this version (single cross-shard transactions are); nothing in this "
+        "request was applied",
     )
 
 

@@ -25,14 +25,17 @@ from grpc_reflection.v1alpha import reflection
 from core import limits, store
 from core.slots import SlotMap
 from shards import control
+from shards.crossshard import settle_prepared
 from shards.lease import Lease
 from shards.service import LedgerService, ledger_handler
+from shards.shard_service import ShardService
 from shards.writer import Writer, WriterConfig, WriterState
-from tally.v1 import ledger_pb2
+from tally.v1 import ledger_pb2, shard_pb2, shard_pb2_grpc
 
 log = logging.getLogger("tally.node")
 
 LEDGER_SERVICE = ledger_pb2.DESCRIPTOR.services_by_name["Ledger"].full_name
+SHARD_SERVICE = shard_pb2.DESCRIPTOR.services_by_name["Shard"].full_name
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +80,7 @@ class Node:
         self.slot_map: SlotMap | None = None
         self.owned_slots: frozenset[int] | None = None
         self._slot_map_checked_at = 0.0
+        self.endpoints: dict[int, str] = {}
 
     @property
     def writer(self) -> Writer | None:
@@ -115,9 +119,11 @@ class Node:
             ]
         )
         self._server.add_generic_rpc_handlers((ledger_handler(LedgerService(self)),))
+        shard_pb2_grpc.add_ShardServicer_to_server(ShardService(self), self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         reflection.enable_server_reflection(
-            (LEDGER_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
+            (LEDGER_SERVICE, SHARD_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME),
+            self._server,
         )
         self.port = self._server.add_insecure_port(self.config.listen)
         if self.port == 0:
@@ -142,6 +148,7 @@ class Node:
             raise RuntimeError("the control database has no slot map (run tally up / init)")
 
     async def _refresh_slot_map(self, connection: Any) -> None:
+        self.endpoints = await control.shard_endpoints(connection)
         loaded = await control.load_slot_map(connection)
         if loaded is not None and (self.slot_map is None or loaded.version > self.slot_map.version):
             self.slot_map = loaded
@@ -225,6 +232,8 @@ class Node:
         log.info("serving as writer on port %d (epoch %d)", self.port, writer.epoch)
         async with asyncio.TaskGroup() as group:
             group.create_task(self._expire_holds(writer))
+            if self.config.control_dsn:
+                group.create_task(self._settle_prepared(writer))
             group.create_task(self._watch_lease(writer))
             await writer.run()
             self._stopping.set()
@@ -270,6 +279,24 @@ class Node:
                 self._stopping.set()
                 return
             await self._set_serving(True)
+
+    async def _settle_prepared(self, writer: Writer) -> None:
+        """Cross-shard pieces held past their deadline: ask the coordinator for the decision
+        (which records abort if it has none) and post or void the piece accordingly."""
+        interval_s = self.config.expiry_interval_ms / 1000.0
+        while writer.state is WriterState.RUNNING and not self._stopping.is_set():
+            try:
+                overdue = await store.prepared_past_deadline(
+                    self._read_pool, time.time_ns(), self.config.expiry_batch_max, 10.0
+                )
+                if overdue:
+                    await settle_prepared(writer, overdue, self.endpoints)
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # coordinator or storage away: next tick
+                log.warning("settling prepared pieces failed: %r", error)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), timeout=interval_s)
 
     async def _stop_when_requested(self) -> None:
         await self._stopping.wait()

@@ -60,6 +60,38 @@ async def _check_batch_size(
         )
 
 
+async def route_check(node: NodeView, items: Sequence[Any]) -> list[Any]:
+    """Items for slots this node does not own become WRONG_SHARD rejections."""
+    owned = node.owned_slots
+    if owned is None:
+        return list(items)
+    marked = mark_wrong_shard(items, owned, node.slot_map)
+    if marked != list(items):
+        # Perhaps this node's map is the old one: look again before refusing.
+        await node.refresh_slot_map_now()
+        marked = mark_wrong_shard(items, node.owned_slots or frozenset(), node.slot_map)
+    return marked
+
+
+async def submit_or_abort(
+    node: NodeView, context: grpc.aio.ServicerContext[Any, Any], items: Sequence[Any]
+) -> list[Result]:
+    """Hand items to the writer; operating errors become the gRPC status a client can act on."""
+    if all(isinstance(item, Rejection) for item in items):
+        return [Result(item.code, item.message) for item in items]
+    writer = node.writer
+    if writer is None:
+        await _abort(
+            context, grpc.StatusCode.UNAVAILABLE, "standby: this node does not hold the lease"
+        )
+    try:
+        return await writer.submit(items)
+    except QueueFullError as error:
+        await _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, str(error))
+    except WriterUnavailableError as error:
+        await _abort(context, grpc.StatusCode.UNAVAILABLE, str(error))
+
+
 class LedgerService(pb_grpc.LedgerServicer):  # type: ignore[misc]
     def __init__(self, node: NodeView) -> None:
         self._node = node
@@ -67,28 +99,7 @@ class LedgerService(pb_grpc.LedgerServicer):  # type: ignore[misc]
     async def _submit(
         self, context: grpc.aio.ServicerContext[Any, Any], items: Sequence[Any]
     ) -> list[Result]:
-        owned = self._node.owned_slots
-        if owned is not None:
-            marked = mark_wrong_shard(items, owned, self._node.slot_map)
-            if marked != list(items):
-                # Perhaps this node's map is the old one: look again before refusing.
-                await self._node.refresh_slot_map_now()
-                owned = self._node.owned_slots or frozenset()
-                marked = mark_wrong_shard(items, owned, self._node.slot_map)
-            items = marked
-        if all(isinstance(item, Rejection) for item in items):
-            return [Result(item.code, item.message) for item in items]
-        writer = self._node.writer
-        if writer is None:
-            await _abort(
-                context, grpc.StatusCode.UNAVAILABLE, "standby: this node does not hold the lease"
-            )
-        try:
-            return await writer.submit(items)
-        except QueueFullError as error:
-            await _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, str(error))
-        except WriterUnavailableError as error:
-            await _abort(context, grpc.StatusCode.UNAVAILABLE, str(error))
+        return await submit_or_abort(self._node, context, await route_check(self._node, items))
 
     # ---- writes ----
 

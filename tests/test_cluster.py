@@ -16,7 +16,18 @@ from core.slots import SlotMap, account_slot
 from shards import control
 from shards.gateway import Gateway, GatewayConfig
 from tally.v1 import ledger_pb2 as pb
-from tests.helpers import Client, NodeHandle, account, audit_problems, names, start_node, transfer
+from tests.helpers import (
+    CREDIT,
+    DEBIT,
+    Client,
+    NodeHandle,
+    account,
+    audit_problems,
+    leg,
+    names,
+    start_node,
+    transfer,
+)
 
 SHARD_COUNT = 4
 _numbers = itertools.count(1)
@@ -148,18 +159,152 @@ async def test_one_request_split_across_shards_answers_in_order(
     assert (await client.transaction("hold")).status == pb.TRANSACTION_STATUS_PENDING_POSTED
 
 
-async def test_cross_shard_request_is_refused_whole(cluster: Cluster, client: Client) -> None:
+async def _funded_pair(client: Client) -> tuple[str, str]:
     first, second = customers_on_distinct_shards(2)
-    await client.create(account(f"{first}/dep"), account(f"{second}/dep"), account("@cash"))
+    await client.create(account("@cash"))
+    await client.create(
+        account(f"{first}/dep", no_overdraft=True), account(f"{second}/dep", no_overdraft=True)
+    )
+    assert (
+        await client.codes(
+            transfer("fund-1", "@cash", f"{first}/dep", 100),
+            transfer("fund-2", "@cash", f"{second}/dep", 100),
+        )
+        == [pb.RESULT_CODE_CREATED] * 2
+    )
+    return first, second
+
+
+async def _clearing_nets_to_zero(client: Client) -> pb.Balance:
+    clearing = await client.balance("@clearing/USD")
+    assert clearing.debits_posted == clearing.credits_posted
+    assert clearing.debits_pending == clearing.credits_pending == 0
+    return clearing
+
+
+async def test_cross_shard_transfer_commits_atomically(cluster: Cluster, client: Client) -> None:
+    first, second = await _funded_pair(client)
+    result = (await client.post(transfer("x", f"{first}/dep", f"{second}/dep", 30)))[0]
+    assert result.code == pb.RESULT_CODE_CREATED, result.message
+    again = (await client.post(transfer("x", f"{first}/dep", f"{second}/dep", 30)))[0]
+    assert (again.code, again.timestamp_ns) == (pb.RESULT_CODE_REPLAYED, result.timestamp_ns)
+    one, two = await client.balance(f"{first}/dep"), await client.balance(f"{second}/dep")
+    assert (one.available, two.available) == (70, 130)
+    assert (one.debits_pending, two.credits_pending) == (0, 0)
+    clearing = await _clearing_nets_to_zero(client)
+    assert clearing.debits_posted == 30
+    for node in cluster.nodes:  # every shard's books balance on their own
+        assert await audit_problems(node.dsn) == []
+
+
+async def test_cross_shard_refusal_is_final_and_nothing_stays_held(
+    cluster: Cluster, client: Client
+) -> None:
+    first, second = await _funded_pair(client)
+    # The coordinator (first debit leg) refuses.
+    refused = (await client.post(transfer("big", f"{first}/dep", f"{second}/dep", 500)))[0]
+    assert refused.code == pb.RESULT_CODE_INSUFFICIENT_FUNDS
+    # A participant refuses: the second debit leg lives on the other shard.
+    three_legs = pb.Transaction(
+        id="three",
+        code=1,
+        legs=[
+            leg(f"{first}/dep", DEBIT, 5),
+            leg(f"{second}/dep", DEBIT, 900),
+            leg("@cash", CREDIT, 905),
+        ],
+    )
+    participant = (await client.post(three_legs))[0]
+    assert participant.code == pb.RESULT_CODE_INSUFFICIENT_FUNDS
+    one, two = await client.balance(f"{first}/dep"), await client.balance(f"{second}/dep")
+    assert (one.available, two.available) == (100, 100)
+    assert one.debits_pending == two.debits_pending == two.credits_pending == 0
+    await _clearing_nets_to_zero(client)
+    # The outcome of an id is final: after funding, the same id is still refused.
+    await client.codes(transfer("fund-3", "@cash", f"{first}/dep", 1_000))
+    retry = (await client.post(transfer("big", f"{first}/dep", f"{second}/dep", 500)))[0]
+    assert (retry.code, retry.message) == (refused.code, refused.message)
+    fresh = (await client.post(transfer("big-2", f"{first}/dep", f"{second}/dep", 500)))[0]
+    assert fresh.code == pb.RESULT_CODE_CREATED
+    for node in cluster.nodes:
+        assert await audit_problems(node.dsn) == []
+
+
+async def test_linked_group_across_shards_is_refused_whole(
+    cluster: Cluster, client: Client
+) -> None:
+    first, second = await _funded_pair(client)
     with pytest.raises(grpc.aio.AioRpcError) as error:
         await client.post(
             transfer("ok", "@cash", f"{first}/dep", 1),
-            transfer("x", f"{first}/dep", f"{second}/dep", 1),
+            transfer("l1", f"{first}/dep", "@cash", 1, linked=True),
+            transfer("l2", f"{second}/dep", "@cash", 1),
         )
     assert error.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "item 1" in (error.value.details() or "")
-    response = await client.stub.GetTransactions(pb.GetTransactionsRequest(ids=["ok", "x"]))
+    response = await client.stub.GetTransactions(pb.GetTransactionsRequest(ids=["ok", "l1"]))
     assert [r.code for r in response.results] == [pb.RESULT_CODE_TRANSACTION_NOT_FOUND] * 2
+
+
+async def _shard_stub(cluster: Cluster, shard_id: int) -> tuple[grpc.aio.Channel, object]:
+    from tally.v1 import shard_pb2_grpc
+
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{cluster.nodes[shard_id].port}")
+    return channel, shard_pb2_grpc.ShardStub(channel)
+
+
+async def test_participant_past_its_deadline_learns_the_decision(
+    cluster: Cluster, client: Client
+) -> None:
+    """What a crashed gateway leaves behind: pieces prepared and never resolved."""
+    from shards.crossshard import piece_message, split_pieces
+    from tally.v1 import shard_pb2 as spb
+
+    first, second = await _funded_pair(client)
+    await client.create(account("@clearing/USD", code=9999))
+    slot_map = SlotMap.even(SHARD_COUNT)
+    outcomes = {}
+    for tid, commit in (("undecided", False), ("decided", True)):
+        message = transfer(tid, f"{second}/dep", f"{first}/dep", 10)
+        legs = tuple(
+            __import__("core.model", fromlist=["Leg"]).Leg(
+                x.account_id, x.side == DEBIT, x.amount, x.currency
+            )
+            for x in message.legs
+        )
+        coordinator, pieces = split_pieces(legs, slot_map)
+        (participant,) = [s for s in pieces if s != coordinator]
+        channel, stub = await _shard_stub(cluster, participant)
+        async with channel:
+            item = spb.PrepareItem(
+                piece=piece_message(message, pieces[participant]),
+                coordinator_shard=coordinator,
+                deadline_seconds=1,
+            )
+            prepared = await stub.Prepare(spb.PrepareRequest(items=[item]))  # type: ignore[attr-defined]
+            assert prepared.results[0].code == pb.RESULT_CODE_CREATED
+        if commit:
+            channel, stub = await _shard_stub(cluster, coordinator)
+            async with channel:
+                piece = piece_message(message, pieces[coordinator])
+                committed = await stub.Commit(spb.CommitRequest(pieces=[piece]))  # type: ignore[attr-defined]
+                assert committed.results[0].code == pb.RESULT_CODE_CREATED
+        outcomes[tid] = participant
+    held = await client.balance(f"{first}/dep")
+    assert held.credits_pending == 20
+    for _ in range(200):
+        balance = await client.balance(f"{first}/dep")
+        if balance.credits_pending == 0:
+            break
+        await asyncio.sleep(0.05)
+    # The decided one was posted, the undecided one aborted (recorded at the coordinator).
+    assert balance.credits_pending == 0 and balance.credits_posted == 110
+    assert (await client.balance(f"{second}/dep")).debits_posted == 10
+    await _clearing_nets_to_zero(client)
+    retry = (await client.post(transfer("undecided", f"{second}/dep", f"{first}/dep", 10)))[0]
+    assert retry.code == pb.RESULT_CODE_UNAVAILABLE and "deadline passed" in retry.message
+    for node in cluster.nodes:
+        assert await audit_problems(node.dsn) == []
 
 
 async def test_moved_slot_old_shard_refuses_gateway_reaches_new(
