@@ -56,6 +56,7 @@ class Cluster:
         self._locations: OrderedDict[str, int] = OrderedDict()
         self._refresh_lock = asyncio.Lock()
         self._clearing_ready: set[str] = set()
+        self._clearing_lock = asyncio.Lock()
 
     async def refresh(self) -> None:
         async with self._refresh_lock:
@@ -93,7 +94,12 @@ class Cluster:
 
     async def ensure_clearing_accounts(self, currencies: set[str]) -> None:
         """Each currency's inter-shard clearing account, a spread account (once per process)."""
-        missing = sorted(currencies - self._clearing_ready)
+        if not currencies - self._clearing_ready:
+            return
+        async with self._clearing_lock:  # one creation at a time; the others find it done
+            await self._create_clearing_accounts(sorted(currencies - self._clearing_ready))
+
+    async def _create_clearing_accounts(self, missing: list[str]) -> None:
         if not missing:
             return
         accounts = [

@@ -37,8 +37,10 @@ class _Coalescer:
         call: Callable[[list[Any]], Any],
         inflight_call_count_max: int,
         item_count_max: int,
+        id_of: Callable[[Any], str],
     ) -> None:
         self._call = call
+        self._id_of = id_of
         self._queue: list[tuple[list[Any], asyncio.Future[Results]]] = []
         self._inflight = 0
         self._inflight_max = inflight_call_count_max
@@ -60,12 +62,20 @@ class _Coalescer:
             task.add_done_callback(self._tasks.discard)
 
     def _take(self) -> list[tuple[list[Any], asyncio.Future[Results]]]:
+        """The oldest request, and after it the next ones while they fit and share no id with
+        those taken: the same id twice in one shard batch would be DUPLICATE_ID_IN_BATCH, where
+        two separate requests get CREATED and REPLAYED."""
         group = [self._queue.pop(0)]
         count = len(group[0][0])
+        ids = {self._id_of(item) for item in group[0][0]}
         while self._queue and count + len(self._queue[0][0]) <= self._item_count_max:
+            next_ids = {self._id_of(item) for item in self._queue[0][0]}
+            if next_ids & ids:
+                break
             entry = self._queue.pop(0)
             group.append(entry)
             count += len(entry[0])
+            ids |= next_ids
         return group
 
     async def _send(self, group: list[tuple[list[Any], asyncio.Future[Results]]]) -> None:
@@ -97,6 +107,18 @@ def _unavailable(error: grpc.aio.AioRpcError) -> pb.ItemResult:
     )
 
 
+def _transaction_id(item: pb.Transaction) -> str:
+    return str(item.id)
+
+
+def _account_id(item: pb.Account) -> str:
+    return str(item.id)
+
+
+def _closed_id(item: pb.CloseAccount) -> str:
+    return str(item.account_id)
+
+
 class ShardLink:
     def __init__(
         self,
@@ -111,9 +133,10 @@ class ShardLink:
         self.stub = pb_grpc.LedgerStub(self.channel)
         self.call_timeout_s = call_timeout_s
         item_count_max = limits.batch_item_count_max
-        self._post = _Coalescer(self._post_call, inflight_call_count_max, item_count_max)
-        self._create = _Coalescer(self._create_call, inflight_call_count_max, item_count_max)
-        self._close = _Coalescer(self._close_call, inflight_call_count_max, item_count_max)
+        inflight = inflight_call_count_max
+        self._post = _Coalescer(self._post_call, inflight, item_count_max, _transaction_id)
+        self._create = _Coalescer(self._create_call, inflight, item_count_max, _account_id)
+        self._close = _Coalescer(self._close_call, inflight, item_count_max, _closed_id)
 
     async def _post_call(self, items: list[pb.Transaction]) -> Any:
         response = await self.stub.PostTransactions(

@@ -362,3 +362,42 @@ async def test_readme_example_runs_unchanged_through_the_gateway(cluster: Cluste
         output = await run_tally(command, cluster.gateway.port)
         got = [TIME.sub("<time>", line) for line in output.rstrip("\n").splitlines()]
         assert got == [TIME.sub("<time>", line) for line in expected], f"$ {command}"
+
+
+async def test_concurrent_requests_with_one_id_replay_rather_than_clash(
+    cluster: Cluster, client: Client
+) -> None:
+    """Coalescing must not put one id twice into a shard batch (DUPLICATE_ID_IN_BATCH)."""
+    key = customers_on_distinct_shards(1)[0]
+    await client.create(account("@cash"), account(f"{key}/dep"))
+    created = await asyncio.gather(*(client.create(account(f"{key}/new")) for _ in range(20)))
+    assert (
+        sorted(c[0] for c in created) == [pb.RESULT_CODE_CREATED] + [pb.RESULT_CODE_REPLAYED] * 19
+    )
+    posted = await asyncio.gather(
+        *(client.post(transfer("same", "@cash", f"{key}/dep", 5)) for _ in range(20))
+    )
+    assert (
+        sorted(p[0].code for p in posted)
+        == [pb.RESULT_CODE_CREATED] + [pb.RESULT_CODE_REPLAYED] * 19
+    )
+    assert len({p[0].timestamp_ns for p in posted}) == 1
+    assert (await client.balance(f"{key}/dep")).credits_posted == 5
+
+
+async def test_many_concurrent_cross_shard_transfers(cluster: Cluster, client: Client) -> None:
+    customers = customers_on_distinct_shards(SHARD_COUNT)
+    await client.create(account("@cash"), *(account(f"{c}/dep") for c in customers))
+    await client.codes(*(transfer(f"f-{c}", "@cash", f"{c}/dep", 1_000) for c in customers))
+
+    async def one(n: int) -> int:
+        debit, credit = customers[n % SHARD_COUNT], customers[(n + 1) % SHARD_COUNT]
+        return (await client.post(transfer(f"x{n}", f"{debit}/dep", f"{credit}/dep", 1)))[0].code
+
+    codes = await asyncio.gather(*(one(n) for n in range(200)))
+    assert set(codes) == {pb.RESULT_CODE_CREATED}
+    for c in customers:  # each sent 50 and received 50
+        assert (await client.balance(f"{c}/dep")).available == 1_000
+    await _clearing_nets_to_zero(client)
+    for node in cluster.nodes:
+        assert await audit_problems(node.dsn) == []
