@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime
 import re
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 from core import limits
 from core.currencies import is_known_currency
@@ -340,19 +341,25 @@ def _close_open_chain(
     return items
 
 
+def mark_duplicates(items: list[Any], field: str) -> list[Any]:
+    """Later items repeating an earlier valid item's `field` (an id) are refused."""
+    seen: set[str] = set()
+    marked: list[Any] = []
+    for item in items:
+        if not isinstance(item, Rejection):
+            value = getattr(item, field)
+            if value in seen:
+                item = Rejection(
+                    ResultCode.DUPLICATE_ID_IN_BATCH,
+                    f"{field} {value!r} appears earlier in this batch",
+                )
+            else:
+                seen.add(value)
+        marked.append(item)
+    return marked
+
+
 def mark_duplicate_accounts(
     items: list[AccountSpec | Rejection],
 ) -> list[AccountSpec | Rejection]:
-    seen: set[str] = set()
-    marked: list[AccountSpec | Rejection] = []
-    for item in items:
-        if isinstance(item, AccountSpec):
-            if item.id in seen:
-                item = Rejection(
-                    ResultCode.DUPLICATE_ID_IN_BATCH,
-                    f"id {item.id!r} appears earlier in this batch",
-                )
-            else:
-                seen.add(item.id)
-        marked.append(item)
-    return marked
+    return mark_duplicates(items, "id")

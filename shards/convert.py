@@ -14,7 +14,6 @@ from core.model import (
     Posting,
     Rejection,
     Result,
-    ResultCode,
     Status,
     TransactionSpec,
     TransactionState,
@@ -61,20 +60,9 @@ def transactions_from_proto(
 
 
 def closes_from_proto(messages: Sequence[pb.CloseAccount]) -> list[CloseSpec | Rejection]:
-    items = [validation.check_close(m.account_id) for m in messages]
-    seen: set[str] = set()
-    marked: list[CloseSpec | Rejection] = []
-    for item in items:
-        if isinstance(item, CloseSpec):
-            if item.account_id in seen:
-                item = Rejection(
-                    ResultCode.DUPLICATE_ID_IN_BATCH,
-                    f"account_id {item.account_id!r} appears earlier in this batch",
-                )
-            else:
-                seen.add(item.account_id)
-        marked.append(item)
-    return marked
+    return validation.mark_duplicates(
+        [validation.check_close(m.account_id) for m in messages], "account_id"
+    )
 
 
 def result_to_proto(result: Result) -> pb.ItemResult:
