@@ -51,6 +51,7 @@ class ResultCode(enum.IntEnum):
     ACCOUNT_HAS_PENDING = 34
     UNAVAILABLE = 35
     WRONG_SHARD = 36
+    ABORTED = 37
 
 
 SUCCESS_CODES = frozenset({ResultCode.OK, ResultCode.CREATED, ResultCode.REPLAYED})

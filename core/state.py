@@ -320,13 +320,16 @@ class Batch:
         marker = self._known_transaction(spec.target_id)
         if marker is not None:
             reason = ResultCode(marker.spec.code)
-            return Result(reason, f"transaction {spec.id!r} was aborted earlier ({reason.name})")
+            recorded = dict(marker.spec.metadata).get("message", "")
+            return Result(reason, recorded or f"transaction {spec.id!r} was aborted earlier")
         return self._apply_new(spec, spec.legs, timestamp_ns)
 
     def _record_abort(self, spec: TransactionSpec, timestamp_ns: int) -> Result:
         committed = self._known_transaction(spec.target_id)
-        if committed is not None:
+        if committed is not None and committed.spec.kind is Kind.COMMIT:
             return Result(ResultCode.IDEMPOTENCY_CONFLICT, f"{spec.target_id!r} is committed")
+        # An ordinary transaction under the same id here is another transaction: the
+        # cross-shard one can never commit on this shard, so its abort is recorded.
         self._add_transaction(TransactionState(spec, (), timestamp_ns, Status.POSTED))
         return Result(ResultCode.CREATED, "", timestamp_ns)
 
@@ -633,8 +636,11 @@ def account_differences(recorded: AccountSpec, submitted: AccountSpec) -> list[s
 
 
 def transaction_differences(recorded: TransactionSpec, submitted: TransactionSpec) -> list[str]:
-    """Fields that differ; `linked` is how the item was grouped, not what it does."""
-    names = ("kind", "legs", "code", "metadata", "value_date", "timeout_seconds", "target_id")
+    """Fields that differ; `linked` is how the item was grouped, not what it does, and a
+    prepared piece's timeout is the gateway's deadline setting, not the client's content."""
+    names: tuple[str, ...] = ("kind", "legs", "code", "metadata", "value_date", "target_id")
+    if recorded.kind is not Kind.PREPARED:
+        names += ("timeout_seconds",)
     return [name for name in names if getattr(recorded, name) != getattr(submitted, name)]
 
 

@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Sequence
 from typing import Any
 
 import grpc
 
+from core import failpoints
 from core.model import Kind, Leg, ResultCode, TransactionSpec, resolution_id
 from core.slots import SlotMap, is_spread
 from tally.v1 import ledger_pb2 as pb
@@ -29,7 +31,10 @@ from tally.v1 import shard_pb2_grpc as spb_grpc
 
 log = logging.getLogger("tally.crossshard")
 
-PREPARE_DEADLINE_S = 30
+# Seconds a participant holds a prepared piece before asking the coordinator (the gateway sends
+# it with each piece). Tests shorten it with TALLY_PREPARE_DEADLINE_S; all gateways of a cluster
+# must agree, since it is part of the piece a retry replays.
+PREPARE_DEADLINE_S = max(1, int(os.environ.get("TALLY_PREPARE_DEADLINE_S", "30")))
 CALL_TIMEOUT_S = 30.0
 OK_CODES = (pb.RESULT_CODE_CREATED, pb.RESULT_CODE_REPLAYED)
 
@@ -148,6 +153,8 @@ class Driver:
                 for shard in participants
             )
         )
+        if failpoints.ARMED:
+            await failpoints.hit("gateway.after_prepare")
         refused = [r for r in prepared if r.code not in OK_CODES]
         if any(r.code == pb.RESULT_CODE_UNAVAILABLE for r in refused):
             return next(r for r in refused if r.code == pb.RESULT_CODE_UNAVAILABLE)
@@ -158,6 +165,8 @@ class Driver:
             return result
         if result.code not in OK_CODES:
             return await self._finish_abort(coordinator, participants, message.id, result)
+        if failpoints.ARMED:
+            await failpoints.hit("gateway.after_commit")
         await self._resolve(participants, message.id, commit=True)
         return result
 
@@ -181,41 +190,77 @@ async def settle_prepared(
     writer: Any, overdue: Sequence[tuple[str, int]], endpoints: dict[int, str]
 ) -> None:
     """Ask each coordinator for its decisions (recording abort where there is none) and post
-    or void the pieces here accordingly."""
+    or void the pieces here accordingly. Coordinators are asked concurrently, and one that
+    cannot answer (down, or unable to decide one id) holds back only its own pieces."""
     by_coordinator: dict[int, list[str]] = {}
     for transaction_id, coordinator in overdue:
         by_coordinator.setdefault(coordinator, []).append(transaction_id)
-    for coordinator, transaction_ids in by_coordinator.items():
-        endpoint = endpoints.get(coordinator)
-        if endpoint is None:
-            log.warning("no endpoint for coordinator shard %d", coordinator)
-            continue
-        async with grpc.aio.insecure_channel(endpoint) as channel:
-            items = [
-                spb.AbortItem(
-                    transaction_id=t,
-                    reason=pb.RESULT_CODE_UNAVAILABLE,
-                    message="the participants' deadline passed before a decision",
-                )
-                for t in transaction_ids
-            ]
-            response = await spb_grpc.ShardStub(channel).Abort(
-                spb.AbortRequest(items=items), timeout=CALL_TIMEOUT_S
-            )
-        resolutions = [
-            TransactionSpec(
-                resolution_id(t, d.committed),
-                Kind.POST_PENDING if d.committed else Kind.VOID_PENDING,
-                (),
-                1,
-                (),
-                "",
-                0,
-                t,
-            )
-            for t, d in zip(transaction_ids, response.decisions, strict=True)
-        ]
-        results = await writer.submit(resolutions)
-        for transaction_id, result in zip(transaction_ids, results, strict=True):
-            if result.code not in (ResultCode.CREATED, ResultCode.REPLAYED):
-                log.warning("settling %s: %s %s", transaction_id, result.code.name, result.message)
+    outcomes = await asyncio.gather(
+        *(
+            _settle_with(writer, coordinator, transaction_ids, endpoints.get(coordinator))
+            for coordinator, transaction_ids in by_coordinator.items()
+        ),
+        return_exceptions=True,
+    )
+    for coordinator, outcome in zip(by_coordinator, outcomes, strict=True):
+        if isinstance(outcome, BaseException):  # say the writer is draining: next sweep
+            log.warning("settling pieces of coordinator %d failed: %r", coordinator, outcome)
+
+
+async def _settle_with(
+    writer: Any, coordinator: int, transaction_ids: list[str], endpoint: str | None
+) -> None:
+    if endpoint is None:
+        log.warning("no endpoint for coordinator shard %d", coordinator)
+        return
+    decided: list[tuple[str, Any]] = []
+    async with grpc.aio.insecure_channel(endpoint) as channel:
+        stub = spb_grpc.ShardStub(channel)
+        try:
+            decided = list(zip(transaction_ids, await _ask(stub, transaction_ids), strict=True))
+        except grpc.aio.AioRpcError as error:
+            log.warning("asking shard %d for decisions failed: %r", coordinator, error)
+            if len(transaction_ids) == 1 or error.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                return
+            # One id it cannot decide must not hold back the others: ask for each alone.
+            for transaction_id in transaction_ids:
+                try:
+                    (decision,) = await _ask(stub, [transaction_id])
+                except grpc.aio.AioRpcError as error:
+                    log.warning("asking for %s failed: %r", transaction_id, error)
+                    if error.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                        break
+                    continue
+                decided.append((transaction_id, decision))
+    if not decided:
+        return
+    resolutions = [
+        TransactionSpec(
+            resolution_id(t, d.committed),
+            Kind.POST_PENDING if d.committed else Kind.VOID_PENDING,
+            (),
+            1,
+            (),
+            "",
+            0,
+            t,
+        )
+        for t, d in decided
+    ]
+    results = await writer.submit(resolutions)
+    for (transaction_id, _), result in zip(decided, results, strict=True):
+        if result.code not in (ResultCode.CREATED, ResultCode.REPLAYED):
+            log.warning("settling %s: %s %s", transaction_id, result.code.name, result.message)
+
+
+async def _ask(stub: spb_grpc.ShardStub, transaction_ids: list[str]) -> Any:
+    items = [
+        spb.AbortItem(
+            transaction_id=t,
+            reason=pb.RESULT_CODE_ABORTED,
+            message="the participants' deadline passed before a decision",
+        )
+        for t in transaction_ids
+    ]
+    response = await stub.Abort(spb.AbortRequest(items=items), timeout=CALL_TIMEOUT_S)
+    return response.decisions

@@ -241,7 +241,10 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
                 continue
             for shard_id in spread_or_owner(account_id, slot_map):
                 plan.setdefault(shard_id, []).append(account_id)
-        found = await self._gather_accounts(plan)
+        try:
+            found = await self._gather_accounts(plan)
+        except grpc.aio.AioRpcError as error:
+            await _shard_failed(context, error)
         results = []
         for n, account_id in enumerate(ids):
             problem = validation.id_problem(account_id, f"ids[{n}]")
@@ -289,7 +292,10 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
                 pb.GetTransactionsRequest(ids=ids), timeout=link.call_timeout_s
             )
 
-        responses = await asyncio.gather(*(one(s) for s in self._cluster.links))
+        try:
+            responses = await asyncio.gather(*(one(s) for s in self._cluster.links))
+        except grpc.aio.AioRpcError as error:
+            await _shard_failed(context, error)
         results = []
         for n in range(len(ids)):
             lookups = [response.results[n] for response in responses]
@@ -350,6 +356,15 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
             return await getattr(link.stub, method)(request, timeout=link.call_timeout_s)
         except grpc.aio.AioRpcError as error:
             await _abort(context, error.code(), error.details() or "")
+
+
+async def _shard_failed(context: Context, error: grpc.aio.AioRpcError) -> NoReturn:
+    """A shard could not answer a read: retryable for the client, never UNKNOWN."""
+    await _abort(
+        context,
+        grpc.StatusCode.UNAVAILABLE,
+        f"a shard is unavailable ({error.code().name}: {error.details()}); retry",
+    )
 
 
 async def _refuse_cross_shard(context: Context, crossing: list[tuple[int, list[int]]]) -> NoReturn:

@@ -24,6 +24,10 @@ log = logging.getLogger("tally.links")
 CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", limits.message_size_max_bytes),
     ("grpc.max_send_message_length", limits.message_size_max_bytes),
+    # A restarted shard must be found again in seconds, not after gRPC's default backoff
+    # (which grows to two minutes).
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 2000),
 ]
 
 Results = list[pb.ItemResult]

@@ -7,7 +7,7 @@ from typing import Any
 
 import grpc
 
-from core import store, validation
+from core import failpoints, store, validation
 from core.model import (
     Kind,
     Rejection,
@@ -58,7 +58,10 @@ class ShardService(spb_grpc.ShardServicer):  # type: ignore[misc]
         items = [
             _piece(piece, Kind.COMMIT, abort_marker_id(piece.id), 0) for piece in request.pieces
         ]
-        return spb.CommitResponse(results=_results(await self._submit(context, items)))
+        results = await self._submit(context, items)
+        if failpoints.ARMED:  # the decision is durable; nobody has heard it yet
+            await failpoints.hit("shard.after_commit")
+        return spb.CommitResponse(results=_results(results))
 
     async def Abort(self, request: spb.AbortRequest, context: Context) -> spb.AbortResponse:
         """Record abort unless committed; answer the decision either way (read back after the

@@ -302,7 +302,7 @@ async def test_participant_past_its_deadline_learns_the_decision(
     assert (await client.balance(f"{second}/dep")).debits_posted == 10
     await _clearing_nets_to_zero(client)
     retry = (await client.post(transfer("undecided", f"{second}/dep", f"{first}/dep", 10)))[0]
-    assert retry.code == pb.RESULT_CODE_UNAVAILABLE and "deadline passed" in retry.message
+    assert retry.code == pb.RESULT_CODE_ABORTED and "deadline passed" in retry.message
     for node in cluster.nodes:
         assert await audit_problems(node.dsn) == []
 

@@ -46,6 +46,7 @@ class ResultCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     RESULT_CODE_ACCOUNT_HAS_PENDING: _ClassVar[ResultCode]
     RESULT_CODE_UNAVAILABLE: _ClassVar[ResultCode]
     RESULT_CODE_WRONG_SHARD: _ClassVar[ResultCode]
+    RESULT_CODE_ABORTED: _ClassVar[ResultCode]
 
 class Side(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -98,6 +99,7 @@ RESULT_CODE_ACCOUNT_HAS_BALANCE: ResultCode
 RESULT_CODE_ACCOUNT_HAS_PENDING: ResultCode
 RESULT_CODE_UNAVAILABLE: ResultCode
 RESULT_CODE_WRONG_SHARD: ResultCode
+RESULT_CODE_ABORTED: ResultCode
 SIDE_UNSPECIFIED: Side
 SIDE_DEBIT: Side
 SIDE_CREDIT: Side

@@ -1,0 +1,403 @@
+"""The bank test: money is neither created nor destroyed, whatever the clients and crashes do.
+
+A 4-shard cluster of real processes (four `tally node`, one `tally gateway`). 500 customers
+(250 in USD, 250 in EUR) each hold a deposit and a savings account, both with
+debits_must_not_exceed_credits, funded from @cash: 1,000 customer accounts spread over the
+shards by their partition key. 50 concurrent clients then move money at random for LOAD_S
+seconds: between two customers of the same currency (mostly across shards) and between a
+customer's own two accounts (single-shard), amounts sometimes above the balance (refused). In
+the middle, one node and then the gateway are killed with SIGKILL and restarted. Every client
+retries a transfer with the same id and the same content on any error until it has a
+definitive answer.
+
+Afterwards, per currency: the customers' total is what was funded and @cash still owes exactly
+that; every account's balance is what the definitive answers say; no account went negative;
+the clearing pieces net to zero; nothing is held; every transfer is wholly applied or wholly
+absent on every shard; retries return the recorded outcomes; every shard audits clean.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+
+from core.embedded_pg import EmbeddedPostgres
+from core.journal import FLAG_DEBITS_MUST_NOT_EXCEED_CREDITS
+from core.model import Kind, Status
+from shards.crossshard import clearing_account
+from tally.v1 import ledger_pb2 as pb
+from tally.v1 import ledger_pb2_grpc as pb_grpc
+from tests.cluster_processes import (
+    ProcessCluster,
+    fetch_each_shard,
+    process_cluster,
+    trial_balance,
+    wait_gateway_reaches_every_shard,
+    wait_nothing_pending,
+)
+from tests.helpers import Client, account, audit_problems, name, transfer
+
+CUSTOMER_COUNT = 500
+CURRENCIES = ("USD", "EUR")
+FUNDING = 10_000
+CLIENT_COUNT = 50
+LOAD_S = 10.0
+NODE_KILL_AT_S = 3.0
+GATEWAY_KILL_AT_S = 6.5
+KILLED_SHARD = 1
+DEADLINE_S = 5
+RPC_TIMEOUT_S = 10.0
+# After the load stops, every client must have its definitive answers within this.
+SETTLE_TIMEOUT_S = 40.0
+READ_CHUNK = 1000
+RETRY_SAMPLE_COUNT = 300
+
+CREATED = pb.RESULT_CODE_CREATED
+REPLAYED = pb.RESULT_CODE_REPLAYED
+APPLIED = (CREATED, REPLAYED)
+REFUSED = pb.RESULT_CODE_INSUFFICIENT_FUNDS
+UNAVAILABLE = pb.RESULT_CODE_UNAVAILABLE
+CHANNEL_OPTIONS = [
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 500),
+]
+
+
+def currency_of(customer: int) -> str:
+    return CURRENCIES[customer % len(CURRENCIES)]
+
+
+def accounts_of(customer: int) -> tuple[str, str]:
+    return f"bank-{customer}/dep", f"bank-{customer}/sav"
+
+
+def customer_accounts() -> list[tuple[str, str]]:
+    """(account id, currency) of every customer account."""
+    return [(a, currency_of(c)) for c in range(CUSTOMER_COUNT) for a in accounts_of(c)]
+
+
+def finally_aborted(result: pb.ItemResult) -> bool:
+    """A cross-shard transaction whose participants' deadline passed is aborted for good
+    (ABORTED, final for its id), unlike UNAVAILABLE, which asks for a retry."""
+    return result.code == pb.RESULT_CODE_ABORTED
+
+
+@dataclass
+class Outcome:
+    message: pb.Transaction
+    cross_shard: bool
+    result: pb.ItemResult | None = None  # the definitive answer
+    attempt_count: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def applied(self) -> bool:
+        return self.result is not None and self.result.code in APPLIED
+
+
+@dataclass
+class Ledger:
+    """Client-side truth: every transfer sent and its definitive answer."""
+
+    outcomes: dict[str, Outcome] = field(default_factory=dict)
+
+    def expected_balances(self) -> dict[str, int]:
+        balances = dict.fromkeys((a for a, _ in customer_accounts()), FUNDING)
+        for outcome in self.outcomes.values():
+            if outcome.applied:
+                debit, credit = outcome.message.legs
+                balances[debit.account_id] -= debit.amount
+                balances[credit.account_id] += credit.amount
+        return balances
+
+
+class BankClient:
+    def __init__(
+        self, number: int, stub: pb_grpc.LedgerStub, cluster: ProcessCluster, ledger: Ledger
+    ) -> None:
+        self.number = number
+        self.stub = stub
+        self.cluster = cluster
+        self.ledger = ledger
+        self.random = random.Random(number)
+        self.sequence = 0
+
+    def next_transfer(self) -> tuple[pb.Transaction, bool]:
+        self.sequence += 1
+        transaction_id = f"b{self.number}-{self.sequence}"
+        amount = self.random.randint(1, 3_000)
+        if self.random.random() < 0.1:
+            amount = self.random.randint(FUNDING, 3 * FUNDING)  # likely above the balance
+        payer = self.random.randrange(CUSTOMER_COUNT)
+        if self.random.random() < 0.2:  # between the customer's own accounts: one shard
+            debit, credit = accounts_of(payer)
+            if self.random.random() < 0.5:
+                debit, credit = credit, debit
+        else:
+            payee = self.random.randrange(len(CURRENCIES), CUSTOMER_COUNT, len(CURRENCIES))
+            payee = (payee + payer) % CUSTOMER_COUNT  # another customer, same currency
+            debit = self.random.choice(accounts_of(payer))
+            credit = self.random.choice(accounts_of(payee))
+        message = transfer(transaction_id, debit, credit, amount, currency=currency_of(payer))
+        cross = self.cluster.shard_of(debit) != self.cluster.shard_of(credit)
+        return message, cross
+
+    async def run(self, stop: asyncio.Event, give_up_at: list[float]) -> None:
+        while not stop.is_set():
+            message, cross = self.next_transfer()
+            outcome = Outcome(message, cross)
+            self.ledger.outcomes[message.id] = outcome
+            await self.until_definitive(outcome, give_up_at)
+
+    async def until_definitive(self, outcome: Outcome, give_up_at: list[float]) -> None:
+        """The same id and content again, on any error, until a definitive answer."""
+        request = pb.PostTransactionsRequest(transactions=[outcome.message])
+        pause_s = 0.05
+        while True:
+            outcome.attempt_count += 1
+            try:
+                response = await self.stub.PostTransactions(request, timeout=RPC_TIMEOUT_S)
+            except grpc.aio.AioRpcError as error:
+                outcome.errors.append(error.code().name)
+            else:
+                (result,) = response.results
+                if result.code != UNAVAILABLE or finally_aborted(result):
+                    outcome.result = result
+                    return
+                outcome.errors.append(name(result.code))
+            if time.monotonic() > give_up_at[0]:
+                return
+            await asyncio.sleep(pause_s)
+            pause_s = min(pause_s * 2, 0.5)
+
+
+# ---- set-up and chaos ----
+
+
+async def open_bank(client: Client) -> None:
+    """@cash/<CURRENCY> (spread accounts) and the customer accounts, each funded from it."""
+    assert await client.create(*(account(cash_of(c), currency=c) for c in CURRENCIES)) == [
+        CREATED
+    ] * len(CURRENCIES)
+    customers = [account(a, currency=c, no_overdraft=True) for a, c in customer_accounts()]
+    assert set(await client.create(*customers)) == {CREATED}
+    funding = [
+        transfer(f"fund-{a}", cash_of(c), a, FUNDING, currency=c) for a, c in customer_accounts()
+    ]
+    assert set(await client.codes(*funding)) == {CREATED}
+
+
+def cash_of(currency: str) -> str:
+    return f"@cash/{currency}"
+
+
+async def chaos(cluster: ProcessCluster, started: float, log: list[str]) -> None:
+    """kill -9 a node (restarted at once), later the gateway (likewise)."""
+    await asyncio.sleep(max(0.0, started + NODE_KILL_AT_S - time.monotonic()))
+    await cluster.kill_node(KILLED_SHARD)
+    log.append(f"node {KILLED_SHARD} killed at {time.monotonic() - started:.1f}s")
+    await cluster.start_node(KILLED_SHARD)
+    log.append(f"node {KILLED_SHARD} back at {time.monotonic() - started:.1f}s")
+    await asyncio.sleep(max(0.0, started + GATEWAY_KILL_AT_S - time.monotonic()))
+    await cluster.kill_gateway()
+    log.append(f"gateway killed at {time.monotonic() - started:.1f}s")
+    await cluster.start_gateway({"TALLY_PREPARE_DEADLINE_S": str(DEADLINE_S)})
+    log.append(f"gateway back at {time.monotonic() - started:.1f}s")
+
+
+# ---- checks ----
+
+
+def chunks(items: Sequence[str], size: int = READ_CHUNK) -> list[Sequence[str]]:
+    return [items[n : n + size] for n in range(0, len(items), size)]
+
+
+async def balances_through_gateway(client: Client, ids: Sequence[str]) -> dict[str, pb.Balance]:
+    found = {}
+    for chunk in chunks(ids):
+        response = await client.stub.GetAccounts(pb.GetAccountsRequest(ids=chunk), timeout=30)
+        for account_id, lookup in zip(chunk, response.results, strict=True):
+            assert lookup.code == pb.RESULT_CODE_OK, (account_id, lookup.message)
+            found[account_id] = lookup.account.balance
+    return found
+
+
+async def check_each_transfer_whole_or_absent(cluster: ProcessCluster, ledger: Ledger) -> None:
+    """In every shard's database: an applied transfer is one posted row (single-shard) or a
+    commit on its coordinator and a posted piece on its participant; any other is absent, or
+    an abort marker on its coordinator and a voided piece."""
+    ids = list(ledger.outcomes)
+    wanted = ids + [f"~abort/{i}" for i in ids]
+    rows_per_shard = await fetch_each_shard(
+        cluster, "SELECT id, kind, status FROM transactions WHERE id = ANY($1::text[])", wanted
+    )
+    found: dict[str, list[tuple[int, int, int]]] = {}
+    for shard_id, rows in enumerate(rows_per_shard):
+        for row in rows:
+            found.setdefault(row["id"], []).append((shard_id, row["kind"], row["status"]))
+    problems = []
+    for transaction_id, outcome in ledger.outcomes.items():
+        debit, credit = (leg.account_id for leg in outcome.message.legs)
+        here = sorted(found.get(transaction_id, []))
+        marker = found.get(f"~abort/{transaction_id}", [])
+        if not outcome.cross_shard:
+            shard = cluster.shard_of(debit)
+            expected = [(shard, Kind.ORDINARY, Status.POSTED)] if outcome.applied else []
+            if here != expected or marker:
+                problems.append(f"{transaction_id}: {here} {marker}")
+            continue
+        coordinator, participant = cluster.shard_of(debit), cluster.shard_of(credit)
+        if outcome.applied:
+            expected = sorted(
+                [
+                    (coordinator, Kind.COMMIT, Status.POSTED),
+                    (participant, Kind.PREPARED, Status.PENDING_POSTED),
+                ]
+            )
+            if here != expected or marker:
+                problems.append(f"{transaction_id} (applied): {here} {marker}")
+        else:
+            voided = [(participant, Kind.PREPARED, Status.PENDING_VOIDED)]
+            recorded = [(coordinator, Kind.ABORT, Status.POSTED)]
+            if here not in ([], voided) or marker not in ([], recorded):
+                problems.append(f"{transaction_id} (not applied): {here} {marker}")
+            if here and not marker:
+                problems.append(f"{transaction_id}: voided without a recorded abort")
+    assert problems == [], problems[:20]
+
+
+async def check_retries_return_the_recorded_outcome(client: Client, ledger: Ledger) -> None:
+    """Applied transfers (a sample, every one that saw an error among them) are REPLAYED with
+    their timestamp; cross-shard refusals and aborts keep their answer."""
+    rng = random.Random(7)
+    applied = [o for o in ledger.outcomes.values() if o.applied]
+    with_errors = [o for o in applied if o.errors]
+    sample = with_errors + rng.sample(applied, min(RETRY_SAMPLE_COUNT, len(applied)))
+    final_refusals = [o for o in ledger.outcomes.values() if o.cross_shard and not o.applied]
+    problems = []
+    for outcome in [*sample, *final_refusals]:
+        assert outcome.result is not None
+        (again,) = await client.post(outcome.message)
+        if outcome.applied:
+            if (again.code, again.timestamp_ns) != (REPLAYED, outcome.result.timestamp_ns):
+                problems.append(f"{outcome.message.id}: {name(again.code)} {again.message}")
+        elif again.code != outcome.result.code:
+            problems.append(f"{outcome.message.id}: {name(again.code)} {again.message}")
+    assert problems == [], problems[:20]
+
+
+async def check_books(cluster: ProcessCluster, client: Client, ledger: Ledger) -> None:
+    await wait_gateway_reaches_every_shard(client, cash_of("USD"))
+    ids = [a for a, _ in customer_accounts()]
+    balances = await balances_through_gateway(client, ids)
+    expected = ledger.expected_balances()
+    wrong = {
+        a: (b.credits_posted - b.debits_posted, expected[a])
+        for a, b in balances.items()
+        if b.credits_posted - b.debits_posted != expected[a]
+    }
+    assert wrong == {}, list(wrong.items())[:20]
+    negative = [a for a, b in balances.items() if b.credits_posted < b.debits_posted]
+    assert negative == []
+    # Per currency: the customers hold exactly what was funded, and @cash owes exactly that.
+    funded = CUSTOMER_COUNT * 2 // len(CURRENCIES) * FUNDING
+    for currency in CURRENCIES:
+        total = sum(
+            balances[a].credits_posted - balances[a].debits_posted
+            for a, c in customer_accounts()
+            if c == currency
+        )
+        assert total == funded, currency
+        cash = await client.balance(cash_of(currency))
+        assert (cash.debits_posted - cash.credits_posted, cash.debits_pending) == (funded, 0)
+        clearing = await client.balance(clearing_account(currency))
+        assert clearing.debits_posted == clearing.credits_posted, currency
+        assert clearing.debits_pending == clearing.credits_pending == 0, currency
+    # No account with the flag went below zero, on any shard (whatever its owner).
+    query = """
+        SELECT id, debits_posted, credits_posted FROM accounts
+        WHERE flags & $1 <> 0 AND debits_posted + debits_pending > credits_posted
+    """
+    overdrawn = await fetch_each_shard(cluster, query, FLAG_DEBITS_MUST_NOT_EXCEED_CREDITS)
+    assert overdrawn == [[] for _ in cluster.shard_dsns]
+    # Each shard's books balance on their own.
+    for shard_id, dsn in enumerate(cluster.shard_dsns):
+        for currency, (dp, cp, dq, cq) in (await trial_balance(dsn)).items():
+            assert (dp, dq, cq) == (cp, 0, 0), (shard_id, currency)
+
+
+# ---- the test ----
+
+
+async def test_money_is_conserved_under_concurrent_transfers_and_crashes(
+    pg: EmbeddedPostgres, tmp_path: Path
+) -> None:
+    gateway_environment = {"TALLY_PREPARE_DEADLINE_S": str(DEADLINE_S)}
+    async with process_cluster(pg, tmp_path, gateway_environment=gateway_environment) as cluster:
+        ledger = Ledger()
+        events: list[str] = []
+        async with grpc.aio.insecure_channel(cluster.target, options=CHANNEL_OPTIONS) as channel:
+            client = Client(channel)
+            await open_bank(client)
+            stop = asyncio.Event()
+            give_up_at = [time.monotonic() + LOAD_S + SETTLE_TIMEOUT_S]
+            clients = [
+                BankClient(n, pb_grpc.LedgerStub(channel), cluster, ledger)
+                for n in range(CLIENT_COUNT)
+            ]
+            started = time.monotonic()
+            tasks = [asyncio.create_task(c.run(stop, give_up_at)) for c in clients]
+            chaos_task = asyncio.create_task(chaos(cluster, started, events))
+            try:
+                await asyncio.sleep(LOAD_S)
+                stop.set()
+                await asyncio.wait_for(chaos_task, timeout=30)
+                await asyncio.wait_for(asyncio.gather(*tasks), timeout=SETTLE_TIMEOUT_S + 15)
+            finally:
+                stop.set()
+                for task in [*tasks, chaos_task]:
+                    task.cancel()
+                await asyncio.gather(*tasks, chaos_task, return_exceptions=True)
+
+            outcomes = list(ledger.outcomes.values())
+            undecided = [o.message.id for o in outcomes if o.result is None]
+            assert undecided == [], (undecided[:10], events, cluster.describe())
+            codes = Counter(name(o.result.code) for o in outcomes if o.result is not None)
+            unexpected = set(codes) - {
+                "RESULT_CODE_CREATED",
+                "RESULT_CODE_REPLAYED",
+                "RESULT_CODE_INSUFFICIENT_FUNDS",
+                "RESULT_CODE_ABORTED",  # the deadline passed before a decision
+            }
+            assert unexpected == set(), codes
+            cross = sum(o.cross_shard for o in outcomes)
+            retried = sum(o.attempt_count > 1 for o in outcomes)
+            errors = Counter(e for o in outcomes for e in o.errors)
+            summary = (
+                f"{len(outcomes)} transfers ({cross} cross-shard), {dict(codes)}, "
+                f"{retried} retried after {dict(errors)}; {events}"
+            )
+            print(summary)
+            assert len(outcomes) >= 1_000, summary
+            assert codes["RESULT_CODE_CREATED"] >= len(outcomes) // 2, summary
+            assert codes["RESULT_CODE_INSUFFICIENT_FUNDS"] >= 1, summary
+            assert cross >= len(outcomes) // 2, summary
+            assert retried >= 1, f"no client saw the crashes: {summary}"
+
+            # Pieces whose resolve was lost are settled by their participant's deadline.
+            await wait_nothing_pending(cluster, timeout_s=DEADLINE_S + 10)
+            await wait_gateway_reaches_every_shard(client, cash_of("USD"))
+            await check_each_transfer_whole_or_absent(cluster, ledger)
+            await check_retries_return_the_recorded_outcome(client, ledger)
+            await check_books(cluster, client, ledger)
+            await check_each_transfer_whole_or_absent(cluster, ledger)  # retries changed nothing
+        for dsn in cluster.shard_dsns:
+            assert await audit_problems(dsn) == []
