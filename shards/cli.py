@@ -44,6 +44,15 @@ def _add_writer_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_metrics_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--metrics-listen",
+        default=_env("metrics_listen", ""),
+        help="host:port for Prometheus /metrics (default: off; port 0: a free one; with "
+        "--shards N each node picks a free port, logged in its log)",
+    )
+
+
 def _writer_config(args: argparse.Namespace) -> WriterConfig:
     return replace(
         WriterConfig(),
@@ -73,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="1: one node serves directly; N > 1: N node processes behind a gateway",
     )
     _add_writer_flags(up)
+    _add_metrics_flag(up)
 
     node = commands.add_parser("node", help="one shard node on an existing PostgreSQL")
     node.add_argument("--dsn", default=_env("dsn", ""), required=not _env("dsn", ""))
@@ -89,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="host:port gateways use to reach this node (default: bound address)",
     )
     _add_writer_flags(node)
+    _add_metrics_flag(node)
 
     gateway = commands.add_parser("gateway", help="the gateway of a cluster")
     gateway.add_argument(
@@ -135,6 +146,7 @@ async def _serve(args: argparse.Namespace) -> int:
             shard_id=getattr(args, "shard_id", 0),
             control_dsn=getattr(args, "control_dsn", ""),
             advertise=getattr(args, "advertise", ""),
+            metrics_listen=args.metrics_listen,
         )
     )
     try:
@@ -142,6 +154,11 @@ async def _serve(args: argparse.Namespace) -> int:
         tune_garbage_collector()
         host = args.listen.rsplit(":", 1)[0]
         print(f"tally: serving tally.v1.Ledger on {host}:{port}", flush=True)
+        if node.metrics_port:
+            metrics_host = args.metrics_listen.rsplit(":", 1)[0]
+            print(
+                f"tally: metrics on http://{metrics_host}:{node.metrics_port}/metrics", flush=True
+            )
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, node.request_stop)
@@ -177,6 +194,8 @@ async def _serve_cluster(args: argparse.Namespace) -> int:
         f"--batch-item-count-max={args.batch_item_count_max}",
         f"--batch-wait-ms={args.batch_wait_ms}",
         f"--cache-account-count-max={args.cache_account_count_max}",
+        # Always passed, so TALLY_METRICS_LISTEN does not make N nodes race for one port.
+        f"--metrics-listen={_any_port(args.metrics_listen)}",
     ]
     try:
         return await run_cluster(
@@ -186,6 +205,11 @@ async def _serve_cluster(args: argparse.Namespace) -> int:
         print("tally: stopping PostgreSQL", flush=True)
         await asyncio.to_thread(embedded.stop)
         print("tally: stopped", flush=True)
+
+
+def _any_port(listen: str) -> str:
+    """The same host with port 0 ("" stays off)."""
+    return f"{listen.rsplit(':', 1)[0]}:0" if listen else ""
 
 
 def _start_embedded(args: argparse.Namespace) -> tuple[EmbeddedPostgres, str]:

@@ -27,6 +27,7 @@ from core.slots import SlotMap
 from shards import control
 from shards.crossshard import settle_prepared
 from shards.lease import Lease
+from shards.metrics import MetricsServer, NodeMetrics
 from shards.service import LedgerService, ledger_handler
 from shards.shard_service import ShardService
 from shards.writer import Writer, WriterConfig, WriterState
@@ -35,7 +36,8 @@ from tally.v1 import ledger_pb2, shard_pb2, shard_pb2_grpc
 log = logging.getLogger("tally.node")
 
 LEDGER_SERVICE = ledger_pb2.DESCRIPTOR.services_by_name["Ledger"].full_name
-SHARD_SERVICE = shard_pb2.DESCRIPTOR.services_by_name["Shard"].full_name
+SHARD_DESCRIPTOR = shard_pb2.DESCRIPTOR.services_by_name["Shard"]
+SHARD_SERVICE = SHARD_DESCRIPTOR.full_name
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +57,10 @@ class NodeConfig:
     # The address gateways use to reach this node (default: the bound listen address).
     advertise: str = ""
     slot_map_poll_interval_s: float = 1.0
+    # Prometheus /metrics on its own port ("": off; port 0: any free one, see Node.metrics_port).
+    metrics_listen: str = ""
+    # Counting held cross-shard pieces is a query: done this often, never per scrape.
+    metrics_prepared_interval_s: float = 5.0
 
 
 def tune_garbage_collector() -> None:
@@ -81,6 +87,9 @@ class Node:
         self.owned_slots: frozenset[int] | None = None
         self._slot_map_checked_at = 0.0
         self.endpoints: dict[int, str] = {}
+        self.metrics = NodeMetrics(config.shard_id, self)
+        self._metrics_server: MetricsServer | None = None
+        self.metrics_port = 0
 
     @property
     def writer(self) -> Writer | None:
@@ -118,8 +127,11 @@ class Node:
                 ("grpc.so_reuseport", 0),
             ]
         )
-        self._server.add_generic_rpc_handlers((ledger_handler(LedgerService(self)),))
-        shard_pb2_grpc.add_ShardServicer_to_server(ShardService(self), self._server)
+        rpc_metrics = self.metrics.rpc
+        self._server.add_generic_rpc_handlers((ledger_handler(LedgerService(self), rpc_metrics),))
+        shard_pb2_grpc.add_ShardServicer_to_server(
+            rpc_metrics.instrument(ShardService(self), SHARD_DESCRIPTOR), self._server
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         reflection.enable_server_reflection(
             (LEDGER_SERVICE, SHARD_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME),
@@ -131,6 +143,9 @@ class Node:
         await self._set_serving(False)
         if self.config.control_dsn:
             await self._join_cluster()
+        if self.config.metrics_listen:
+            self._metrics_server = MetricsServer(self.metrics.registry, self.config.metrics_listen)
+            self.metrics_port = self._metrics_server.start()
         await self._server.start()
         return self.port
 
@@ -209,6 +224,12 @@ class Node:
                 group.create_task(self._stop_when_requested())
                 if self.config.control_dsn:
                     group.create_task(self._poll_slot_map())
+                if self._metrics_server is not None:
+                    group.create_task(
+                        self.metrics.sample_prepared(
+                            self._read_pool, self._stopping, self.config.metrics_prepared_interval_s
+                        )
+                    )
         finally:
             await self._shutdown()
 
@@ -225,7 +246,9 @@ class Node:
                         await task
         if acquire not in done:
             return
-        writer = Writer(self.config.writer, self._connect, acquire.result())
+        writer = Writer(
+            self.config.writer, self._connect, acquire.result(), self.metrics.batch_committed
+        )
         await writer.start()
         self._writer = writer
         await self._set_serving(True)
@@ -249,7 +272,8 @@ class Node:
                     self._read_pool, time.time_ns(), self.config.expiry_batch_max, 10.0
                 )
                 if pending_ids:
-                    await writer.submit(writer.expiry_items(pending_ids))
+                    results = await writer.submit(writer.expiry_items(pending_ids))
+                    self.metrics.holds_expired(results)
             except asyncio.CancelledError:
                 raise
             except Exception as error:  # storage hiccup or writer draining: try next tick
@@ -316,3 +340,5 @@ class Node:
         await self._lease.release()
         if self._read_pool is not None:
             await self._read_pool.close()
+        if self._metrics_server is not None:
+            await self._metrics_server.stop()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, NoReturn, Protocol
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -15,6 +15,9 @@ from shards import convert
 from shards.writer import QueueFullError, Writer, WriterUnavailableError
 from tally.v1 import ledger_pb2 as pb
 from tally.v1 import ledger_pb2_grpc as pb_grpc
+
+if TYPE_CHECKING:
+    from shards.metrics import RpcMetrics
 
 READ_TIMEOUT_S = 10.0
 EXPIRY_ID_PREFIX = "~expired/"
@@ -256,16 +259,22 @@ def result_code_names() -> dict[int, str]:
     return {code.value: code.name for code in ResultCode}
 
 
-def ledger_handler(service: LedgerService) -> grpc.GenericRpcHandler:
+def ledger_handler(
+    service: LedgerService, metrics: RpcMetrics | None = None
+) -> grpc.GenericRpcHandler:
     """tally.v1.Ledger handlers that parse requests themselves, so a body that is not a valid
-    message is INVALID_ARGUMENT (gRPC's own deserialisation would answer UNKNOWN)."""
+    message is INVALID_ARGUMENT (gRPC's own deserialisation would answer UNKNOWN); timed and
+    counted (including unparseable requests) when given metrics."""
     descriptor = pb.DESCRIPTOR.services_by_name["Ledger"]
     handlers = {}
     for method in descriptor.methods:
         request_type = getattr(pb, method.input_type.name)
         response_type = getattr(pb, method.output_type.name)
+        handle = _parsing(getattr(service, method.name), request_type)
+        if metrics is not None:
+            handle = metrics.wrap(method, handle)
         handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-            _parsing(getattr(service, method.name), request_type),
+            handle,
             request_deserializer=None,
             response_serializer=response_type.SerializeToString,
         )
