@@ -12,7 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from core.embedded_pg import EmbeddedPostgres
-from shards import terminal
+from shards import auditing, terminal
 from shards.writer import WriterConfig
 
 DEFAULT_TARGET = "127.0.0.1:7400"
@@ -108,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     gateway.add_argument("--listen", default=_env("listen", DEFAULT_TARGET))
 
     terminal.add_commands(commands, _env("target", DEFAULT_TARGET))
+    auditing.add_commands(commands, _env("audit_dsns", ""))
     return parser
 
 
@@ -127,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
             serve = _serve_cluster
         exit_code: int = uvloop.run(serve(args))
         return exit_code
+    if args.command in auditing.COMMANDS:
+        return auditing.run(args)
     return terminal.run(args)
 
 
