@@ -176,6 +176,9 @@ class Node:
         if not self.config.control_dsn or now - self._slot_map_checked_at < 0.1:
             return
         self._slot_map_checked_at = now
+        await self._reload_slot_map()
+
+    async def _reload_slot_map(self) -> None:
         try:
             connection = await control.connect(self.config.control_dsn)
             try:
@@ -184,7 +187,7 @@ class Node:
                 await connection.close(timeout=5.0)
         except asyncio.CancelledError:
             raise
-        except Exception as error:  # keep the map we have; the refusal stands
+        except Exception as error:  # control database unreachable: keep the map we have
             log.warning("slot map refresh failed: %r", error)
 
     async def _poll_slot_map(self) -> None:
@@ -196,16 +199,7 @@ class Node:
                 )
             if self._stopping.is_set():
                 return
-            try:
-                connection = await control.connect(self.config.control_dsn)
-                try:
-                    await self._refresh_slot_map(connection)
-                finally:
-                    await connection.close(timeout=5.0)
-            except asyncio.CancelledError:
-                raise
-            except Exception as error:  # control database unreachable: keep the map we have
-                log.warning("slot map refresh failed: %r", error)
+            await self._reload_slot_map()
 
     async def _set_serving(self, serving: bool) -> None:
         status = (
