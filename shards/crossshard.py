@@ -99,88 +99,178 @@ def _unavailable(error: grpc.aio.AioRpcError) -> pb.ItemResult:
     )
 
 
+Plan = tuple[int, dict[int, list[Leg]]]
+"""A transaction's coordinator shard and each shard's balanced piece."""
+
+
 class Driver:
-    """The gateway side: one cross-shard transaction at a time (calls run in parallel)."""
+    """The gateway side. Many cross-shard transactions go through each phase together: one
+    Prepare call per participant shard, one Commit and one Abort call per coordinator, one
+    Resolve call per participant, whatever the number of transactions."""
 
     def __init__(self, stubs: dict[int, spb_grpc.ShardStub]) -> None:
         self._stubs = stubs
 
-    async def _call(self, shard: int, method: str, request: Any) -> Any:
-        return await getattr(self._stubs[shard], method)(request, timeout=CALL_TIMEOUT_S)
+    async def _per_shard(
+        self, method: str, requests: dict[int, Any], read: str
+    ) -> dict[int, list[Any] | grpc.aio.AioRpcError]:
+        """One call per shard, in parallel; each shard's answers, or the error of its call."""
 
-    async def _prepare(self, shard: int, piece: pb.Transaction, coordinator: int) -> pb.ItemResult:
-        item = spb.PrepareItem(
-            piece=piece, coordinator_shard=coordinator, deadline_seconds=PREPARE_DEADLINE_S
-        )
-        try:
-            response = await self._call(shard, "Prepare", spb.PrepareRequest(items=[item]))
-        except grpc.aio.AioRpcError as error:
-            return _unavailable(error)
-        return response.results[0]
+        async def one(shard: int) -> list[Any] | grpc.aio.AioRpcError:
+            try:
+                stub = self._stubs[shard]
+                response = await getattr(stub, method)(requests[shard], timeout=CALL_TIMEOUT_S)
+            except grpc.aio.AioRpcError as error:
+                return error
+            return list(getattr(response, read))
 
-    async def _commit(self, coordinator: int, piece: pb.Transaction) -> pb.ItemResult:
-        try:
-            response = await self._call(coordinator, "Commit", spb.CommitRequest(pieces=[piece]))
-        except grpc.aio.AioRpcError as error:
-            return _unavailable(error)
-        return response.results[0]
-
-    async def _abort(self, coordinator: int, transaction_id: str, why: pb.ItemResult) -> Any:
-        item = spb.AbortItem(transaction_id=transaction_id, reason=why.code, message=why.message)
-        response = await self._call(coordinator, "Abort", spb.AbortRequest(items=[item]))
-        return response.decisions[0]
-
-    async def _resolve(self, shards: Sequence[int], transaction_id: str, commit: bool) -> None:
-        request = spb.ResolveRequest(
-            items=[spb.ResolveItem(transaction_id=transaction_id, commit=commit)]
-        )
-        results = await asyncio.gather(
-            *(self._call(shard, "Resolve", request) for shard in shards), return_exceptions=True
-        )
-        for shard, result in zip(shards, results, strict=True):
-            if isinstance(result, BaseException):
-                # The participant settles it itself at its deadline (it asks the coordinator).
-                log.warning("resolving %s on shard %d failed: %r", transaction_id, shard, result)
+        shards = list(requests)
+        return dict(zip(shards, await asyncio.gather(*map(one, shards)), strict=True))
 
     async def execute(
-        self, spec: TransactionSpec, message: pb.Transaction, slot_map: SlotMap
-    ) -> pb.ItemResult:
-        coordinator, pieces = split_pieces(spec.legs, slot_map)
-        participants = sorted(shard for shard in pieces if shard != coordinator)
-        prepared = await asyncio.gather(
-            *(
-                self._prepare(shard, piece_message(message, pieces[shard]), coordinator)
-                for shard in participants
-            )
-        )
+        self,
+        specs: Sequence[TransactionSpec],
+        messages: Sequence[pb.Transaction],
+        slot_map: SlotMap,
+    ) -> list[pb.ItemResult]:
+        plans = [split_pieces(spec.legs, slot_map) for spec in specs]
+        results: list[pb.ItemResult | None] = [None] * len(specs)
+        prepared = await self._prepare(plans, messages)
         if failpoints.ARMED:
             await failpoints.hit("gateway.after_prepare")
-        refused = [r for r in prepared if r.code not in OK_CODES]
-        if any(r.code == pb.RESULT_CODE_UNAVAILABLE for r in refused):
-            return next(r for r in refused if r.code == pb.RESULT_CODE_UNAVAILABLE)
-        if refused:
-            return await self._finish_abort(coordinator, participants, message.id, refused[0])
-        result = await self._commit(coordinator, piece_message(message, pieces[coordinator]))
-        if result.code == pb.RESULT_CODE_UNAVAILABLE:
-            return result
-        if result.code not in OK_CODES:
-            return await self._finish_abort(coordinator, participants, message.id, result)
-        if failpoints.ARMED:
+        to_commit: list[int] = []
+        to_abort: list[tuple[int, pb.ItemResult]] = []
+        for n, answers in enumerate(prepared):
+            refused = [r for r in answers if r.code not in OK_CODES]
+            unavailable = [r for r in refused if r.code == pb.RESULT_CODE_UNAVAILABLE]
+            if unavailable:  # retryable: nothing recorded, the holds wait for a retry
+                results[n] = unavailable[0]
+            elif refused:
+                to_abort.append((n, refused[0]))
+            else:
+                to_commit.append(n)
+        resolves: dict[int, list[spb.ResolveItem]] = {}
+        committed = await self._commit(plans, messages, to_commit)
+        for n, result in zip(to_commit, committed, strict=True):
+            if result.code == pb.RESULT_CODE_UNAVAILABLE:
+                results[n] = result
+            elif result.code not in OK_CODES:
+                to_abort.append((n, result))
+            else:
+                results[n] = result
+                _add_resolves(resolves, plans[n], messages[n].id, commit=True)
+        if failpoints.ARMED and any(r.code in OK_CODES for r in committed):
             await failpoints.hit("gateway.after_commit")
-        await self._resolve(participants, message.id, commit=True)
-        return result
+        await self._abort(plans, messages, to_abort, results, resolves)
+        await self._resolve(resolves)
+        return [r if r is not None else pb.ItemResult() for r in results]
 
-    async def _finish_abort(
-        self, coordinator: int, participants: list[int], transaction_id: str, why: pb.ItemResult
-    ) -> pb.ItemResult:
-        try:
-            decision = await self._abort(coordinator, transaction_id, why)
-        except grpc.aio.AioRpcError as error:
-            return _unavailable(error)
-        await self._resolve(participants, transaction_id, commit=decision.committed)
-        if decision.committed:  # an earlier attempt committed: this is its replay
-            return pb.ItemResult(code=pb.RESULT_CODE_REPLAYED, timestamp_ns=decision.timestamp_ns)
-        return pb.ItemResult(code=decision.reason, message=decision.message or why.message)
+    async def _prepare(
+        self, plans: list[Plan], messages: Sequence[pb.Transaction]
+    ) -> list[list[pb.ItemResult]]:
+        """Each transaction's answers from its participants."""
+        items: dict[int, list[tuple[int, spb.PrepareItem]]] = {}
+        for n, (coordinator, pieces) in enumerate(plans):
+            for shard in sorted(pieces):
+                if shard != coordinator:
+                    piece = piece_message(messages[n], pieces[shard])
+                    item = spb.PrepareItem(
+                        piece=piece,
+                        coordinator_shard=coordinator,
+                        deadline_seconds=PREPARE_DEADLINE_S,
+                    )
+                    items.setdefault(shard, []).append((n, item))
+        requests = {s: spb.PrepareRequest(items=[i for _, i in v]) for s, v in items.items()}
+        answers = await self._per_shard("Prepare", requests, "results")
+        by_transaction: list[list[pb.ItemResult]] = [[] for _ in plans]
+        for shard, entries in items.items():
+            for position, (n, _) in enumerate(entries):
+                by_transaction[n].append(_answer(answers[shard], position))
+        return by_transaction
+
+    async def _commit(
+        self, plans: list[Plan], messages: Sequence[pb.Transaction], chosen: list[int]
+    ) -> list[pb.ItemResult]:
+        """Coordinators apply their pieces (recording the decisions): one answer each."""
+        items: dict[int, list[int]] = {}
+        for n in chosen:
+            items.setdefault(plans[n][0], []).append(n)
+        requests = {
+            shard: spb.CommitRequest(
+                pieces=[piece_message(messages[n], plans[n][1][shard]) for n in numbers]
+            )
+            for shard, numbers in items.items()
+        }
+        answers = await self._per_shard("Commit", requests, "results")
+        found: dict[int, pb.ItemResult] = {}
+        for shard, numbers in items.items():
+            for position, n in enumerate(numbers):
+                found[n] = _answer(answers[shard], position)
+        return [found[n] for n in chosen]
+
+    async def _abort(
+        self,
+        plans: list[Plan],
+        messages: Sequence[pb.Transaction],
+        chosen: list[tuple[int, pb.ItemResult]],
+        results: list[pb.ItemResult | None],
+        resolves: dict[int, list[spb.ResolveItem]],
+    ) -> None:
+        """Record abort at the coordinators (unless committed) and take their decisions."""
+        items: dict[int, list[tuple[int, pb.ItemResult]]] = {}
+        for n, why in chosen:
+            items.setdefault(plans[n][0], []).append((n, why))
+        requests = {
+            shard: spb.AbortRequest(
+                items=[
+                    spb.AbortItem(
+                        transaction_id=messages[n].id, reason=why.code, message=why.message
+                    )
+                    for n, why in entries
+                ]
+            )
+            for shard, entries in items.items()
+        }
+        answers = await self._per_shard("Abort", requests, "decisions")
+        for shard, entries in items.items():
+            decisions = answers[shard]
+            for position, (n, why) in enumerate(entries):
+                if isinstance(decisions, grpc.aio.AioRpcError):
+                    results[n] = _unavailable(decisions)
+                    continue
+                decision = decisions[position]
+                _add_resolves(resolves, plans[n], messages[n].id, commit=decision.committed)
+                if decision.committed:  # an earlier attempt committed: this is its replay
+                    results[n] = pb.ItemResult(
+                        code=pb.RESULT_CODE_REPLAYED, timestamp_ns=decision.timestamp_ns
+                    )
+                else:
+                    message = decision.message or why.message
+                    results[n] = pb.ItemResult(code=decision.reason, message=message)
+
+    async def _resolve(self, resolves: dict[int, list[spb.ResolveItem]]) -> None:
+        requests = {s: spb.ResolveRequest(items=items) for s, items in resolves.items()}
+        for shard, answer in (await self._per_shard("Resolve", requests, "results")).items():
+            if isinstance(answer, grpc.aio.AioRpcError):
+                # The participant settles its pieces itself at their deadline.
+                log.warning("resolving on shard %d failed: %s", shard, answer.code().name)
+
+
+def _answer(answers: list[Any] | grpc.aio.AioRpcError, position: int) -> pb.ItemResult:
+    if isinstance(answers, grpc.aio.AioRpcError):
+        return _unavailable(answers)
+    result: pb.ItemResult = answers[position]
+    return result
+
+
+def _add_resolves(
+    resolves: dict[int, list[spb.ResolveItem]], plan: Plan, transaction_id: str, commit: bool
+) -> None:
+    coordinator, pieces = plan
+    for shard in pieces:
+        if shard != coordinator:
+            item = spb.ResolveItem(transaction_id=transaction_id, commit=commit)
+            resolves.setdefault(shard, []).append(item)
 
 
 # ---- the participant side: pieces past their deadline ----

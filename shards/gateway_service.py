@@ -103,22 +103,19 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
         results: list[pb.ItemResult | None],
         slot_map: SlotMap,
     ) -> None:
-        """Atomic cross-shard transactions, each by two-phase commit (in parallel)."""
+        """Atomic cross-shard transactions, by two-phase commit, each phase in one call per
+        shard for all of them."""
         if not indexes:
             return
-        specs = [items[n] for n in indexes]
-        currencies = {
-            leg.currency for spec in specs if isinstance(spec, TransactionSpec) for leg in spec.legs
-        }
-        await self._cluster.ensure_clearing_accounts(currencies)
-        driver = self._cluster.driver()
-
-        async def one(n: int) -> None:
-            spec = items[n]
-            assert isinstance(spec, TransactionSpec)
-            results[n] = await driver.execute(spec, messages[n], slot_map)
-
-        await asyncio.gather(*(one(n) for n in indexes))
+        specs = [spec for spec in (items[n] for n in indexes) if isinstance(spec, TransactionSpec)]
+        await self._cluster.ensure_clearing_accounts(
+            {leg.currency for spec in specs for leg in spec.legs}
+        )
+        answers = await self._cluster.driver().execute(
+            specs, [messages[n] for n in indexes], slot_map
+        )
+        for n, answer in zip(indexes, answers, strict=True):
+            results[n] = answer
 
     async def _post_shard(self, shard_id: int, batch: list[Any]) -> list[pb.ItemResult]:
         results = await self._cluster.link(shard_id).post(batch)
