@@ -362,3 +362,17 @@ def abort_marker_id(transaction_id: str) -> str:
 
 def resolution_id(transaction_id: str, commit: bool) -> str:
     return ("~commit/" if commit else "~void/") + transaction_id
+
+
+def resolution_spec(transaction_id: str, commit: bool) -> TransactionSpec:
+    """A cross-shard piece's resolution here: post it (commit) or void it (abort)."""
+    return TransactionSpec(
+        resolution_id(transaction_id, commit),
+        Kind.POST_PENDING if commit else Kind.VOID_PENDING,
+        (),
+        1,
+        (),
+        "",
+        0,
+        transaction_id,
+    )

@@ -23,7 +23,7 @@ from typing import Any
 import grpc
 
 from core import failpoints
-from core.model import Kind, Leg, ResultCode, TransactionSpec, resolution_id
+from core.model import Leg, ResultCode, TransactionSpec, resolution_spec
 from core.slots import SlotMap, is_spread
 from tally.v1 import ledger_pb2 as pb
 from tally.v1 import shard_pb2 as spb
@@ -324,19 +324,7 @@ async def _settle_with(
                 decided.append((transaction_id, decision))
     if not decided:
         return
-    resolutions = [
-        TransactionSpec(
-            resolution_id(t, d.committed),
-            Kind.POST_PENDING if d.committed else Kind.VOID_PENDING,
-            (),
-            1,
-            (),
-            "",
-            0,
-            t,
-        )
-        for t, d in decided
-    ]
+    resolutions = [resolution_spec(t, d.committed) for t, d in decided]
     results = await writer.submit(resolutions)
     for (transaction_id, _), result in zip(decided, results, strict=True):
         if result.code not in (ResultCode.CREATED, ResultCode.REPLAYED):

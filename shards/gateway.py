@@ -20,10 +20,9 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from core import limits
-from core.model import Rejection, Result, ResultCode, TransactionSpec
+from core.model import Result, ResultCode
 from core.slots import SlotMap, is_spread
-from shards import control, convert, routing
+from shards import control
 from shards.crossshard import Driver, clearing_account
 from shards.links import CHANNEL_OPTIONS, ShardLink
 from tally.v1 import ledger_pb2 as pb
@@ -235,18 +234,3 @@ def spread_or_owner(account_id: str, slot_map: SlotMap) -> list[int]:
     if is_spread(account_id):
         return list(slot_map.shard_ids)
     return [slot_map.shard_of_account(account_id)]
-
-
-def transaction_units(
-    messages: Sequence[Any],
-) -> tuple[list[TransactionSpec | Rejection], list[tuple[int, int]]]:
-    items = convert.transactions_from_proto(messages)
-    return items, routing.units(items)
-
-
-def batch_too_large(count: int) -> str:
-    if count == 0:
-        return "the batch is empty"
-    if count > limits.batch_item_count_max:
-        return f"{count} items; at most {limits.batch_item_count_max} per request"
-    return ""

@@ -12,32 +12,17 @@ from core import validation
 from core.model import AccountSpec, CloseSpec, Kind, Rejection, Result, TransactionSpec
 from core.slots import SlotMap, is_spread
 from shards import convert, routing
-from shards.gateway import Cluster, batch_too_large, merge_piece_results, spread_or_owner
+from shards.gateway import Cluster, merge_piece_results, spread_or_owner
+from shards.service import abort, check_batch_size
 from tally.v1 import ledger_pb2 as pb
 from tally.v1 import ledger_pb2_grpc as pb_grpc
 
 Context = Any  # grpc.aio.ServicerContext; grpc ships no usable generic stubs
 
 
-async def _abort(context: Context, code: grpc.StatusCode, message: str) -> NoReturn:
-    await context.abort(code, message)
-    raise AssertionError("unreachable: abort raises")
-
-
-def _result(result: Result) -> pb.ItemResult:
-    return pb.ItemResult(
-        code=int(result.code), message=result.message, timestamp_ns=result.timestamp_ns
-    )
-
-
 class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
     def __init__(self, cluster: Cluster) -> None:
         self._cluster = cluster
-
-    async def _check_size(self, context: Context, count: int, what: str) -> None:
-        problem = batch_too_large(count)
-        if problem:
-            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"{what}: {problem}")
 
     # ---- transactions ----
 
@@ -45,7 +30,7 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
         self, request: pb.PostTransactionsRequest, context: Context
     ) -> pb.PostTransactionsResponse:
         messages = list(request.transactions)
-        await self._check_size(context, len(messages), "transactions")
+        await check_batch_size(context, len(messages), "transactions")
         items = convert.transactions_from_proto(messages)
         results: list[pb.ItemResult | None] = [None] * len(items)
         todo = []
@@ -54,7 +39,7 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
             if failure is None:
                 todo.append((start, end))
             else:
-                results[start:end] = [_result(r) for r in failure]
+                results[start:end] = [convert.result_to_proto(r) for r in failure]
         await self._route_transactions(context, messages, items, todo, results)
         return pb.PostTransactionsResponse(results=results)
 
@@ -155,7 +140,7 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
         self, request: pb.CreateAccountsRequest, context: Context
     ) -> pb.CreateAccountsResponse:
         messages = list(request.accounts)
-        await self._check_size(context, len(messages), "accounts")
+        await check_batch_size(context, len(messages), "accounts")
         items = convert.accounts_from_proto(messages)
         results = await self._per_account(items, messages, lambda i: i.id, "create")
         return pb.CreateAccountsResponse(results=results)
@@ -164,7 +149,7 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
         self, request: pb.CloseAccountsRequest, context: Context
     ) -> pb.CloseAccountsResponse:
         messages = list(request.accounts)
-        await self._check_size(context, len(messages), "accounts")
+        await check_batch_size(context, len(messages), "accounts")
         items = convert.closes_from_proto(messages)
         results = await self._per_account(items, messages, lambda i: i.account_id, "close")
         return pb.CloseAccountsResponse(results=results)
@@ -181,7 +166,7 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
         todo = []
         for n, item in enumerate(items):
             if isinstance(item, Rejection):
-                results[n] = _result(Result(item.code, item.message))
+                results[n] = convert.result_to_proto(Result(item.code, item.message))
             else:
                 todo.append(n)
         for attempt in range(self._cluster.config.wrong_shard_retry_max + 1):
@@ -221,7 +206,7 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
         for n, answers in pieces.items():
             if any(a.code == pb.RESULT_CODE_WRONG_SHARD for a in answers):
                 retry.append(n)
-            results[n] = _result(merge_piece_results(answers))
+            results[n] = convert.result_to_proto(merge_piece_results(answers))
         return retry
 
     # ---- reads ----
@@ -230,7 +215,7 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
         self, request: pb.GetAccountsRequest, context: Context
     ) -> pb.GetAccountsResponse:
         ids = list(request.ids)
-        await self._check_size(context, len(ids), "ids")
+        await check_batch_size(context, len(ids), "ids")
         slot_map = self._cluster.map()
         plan: dict[int, list[str]] = {}
         for account_id in ids:
@@ -281,7 +266,7 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
         self, request: pb.GetTransactionsRequest, context: Context
     ) -> pb.GetTransactionsResponse:
         ids = list(request.ids)
-        await self._check_size(context, len(ids), "ids")
+        await check_batch_size(context, len(ids), "ids")
 
         async def one(shard_id: int) -> Any:
             link = self._cluster.link(shard_id)
@@ -304,7 +289,7 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
         self, request: pb.ListPostingsRequest, context: Context
     ) -> pb.ListPostingsResponse:
         if is_spread(request.account_id):
-            await _abort(
+            await abort(
                 context,
                 grpc.StatusCode.FAILED_PRECONDITION,
                 "a spread account's postings are listed per piece: ask each shard node",
@@ -333,9 +318,9 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
         try:
             pieces = [p for p in await asyncio.gather(*map(one, self._cluster.links)) if p]
         except grpc.aio.AioRpcError as error:
-            await _abort(context, error.code(), error.details() or "")
+            await abort(context, error.code(), error.details() or "")
         if not pieces:
-            await _abort(
+            await abort(
                 context, grpc.StatusCode.NOT_FOUND, f"account {request.account_id!r} not found"
             )
         total = _sum_balances([p.balance for p in pieces])
@@ -343,7 +328,7 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
 
     async def _forward(self, context: Context, method: str, request: Any, account_id: str) -> Any:
         if validation.id_problem(account_id, "account_id"):
-            await _abort(
+            await abort(
                 context,
                 grpc.StatusCode.INVALID_ARGUMENT,
                 validation.id_problem(account_id, "account_id"),
@@ -352,12 +337,12 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
         try:
             return await getattr(link.stub, method)(request, timeout=link.call_timeout_s)
         except grpc.aio.AioRpcError as error:
-            await _abort(context, error.code(), error.details() or "")
+            await abort(context, error.code(), error.details() or "")
 
 
 async def _shard_failed(context: Context, error: grpc.aio.AioRpcError) -> NoReturn:
     """A shard could not answer a read: retryable for the client, never UNKNOWN."""
-    await _abort(
+    await abort(
         context,
         grpc.StatusCode.UNAVAILABLE,
         f"a shard is unavailable ({error.code().name}: {error.details()}); retry",
@@ -366,7 +351,7 @@ async def _shard_failed(context: Context, error: grpc.aio.AioRpcError) -> NoRetu
 
 async def _refuse_cross_shard(context: Context, crossing: list[tuple[int, list[int]]]) -> NoReturn:
     described = ", ".join(f"item {start} (shards {shards})" for start, shards in crossing[:10])
-    await _abort(
+    await abort(
         context,
         grpc.StatusCode.FAILED_PRECONDITION,
         f"{described}: linked groups, holds and their resolution across shards are not "

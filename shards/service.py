@@ -43,20 +43,20 @@ class NodeView(Protocol):
     async def refresh_slot_map_now(self) -> None: ...
 
 
-async def _abort(
+async def abort(
     context: grpc.aio.ServicerContext[Any, Any], code: grpc.StatusCode, message: str
 ) -> NoReturn:
     await context.abort(code, message)
     raise AssertionError("unreachable: abort raises")
 
 
-async def _check_batch_size(
+async def check_batch_size(
     context: grpc.aio.ServicerContext[Any, Any], count: int, what: str
 ) -> None:
     if count == 0:
-        await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"{what} is empty")
+        await abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"{what} is empty")
     if count > limits.batch_item_count_max:
-        await _abort(
+        await abort(
             context,
             grpc.StatusCode.INVALID_ARGUMENT,
             f"{what} has {count} items; at most {limits.batch_item_count_max} per request",
@@ -84,15 +84,15 @@ async def submit_or_abort(
         return [Result(item.code, item.message) for item in items]
     writer = node.writer
     if writer is None:
-        await _abort(
+        await abort(
             context, grpc.StatusCode.UNAVAILABLE, "standby: this node does not hold the lease"
         )
     try:
         return await writer.submit(items)
     except QueueFullError as error:
-        await _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, str(error))
+        await abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, str(error))
     except WriterUnavailableError as error:
-        await _abort(context, grpc.StatusCode.UNAVAILABLE, str(error))
+        await abort(context, grpc.StatusCode.UNAVAILABLE, str(error))
 
 
 class LedgerService(pb_grpc.LedgerServicer):  # type: ignore[misc]
@@ -109,14 +109,14 @@ class LedgerService(pb_grpc.LedgerServicer):  # type: ignore[misc]
     async def CreateAccounts(
         self, request: pb.CreateAccountsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.CreateAccountsResponse:
-        await _check_batch_size(context, len(request.accounts), "accounts")
+        await check_batch_size(context, len(request.accounts), "accounts")
         results = await self._submit(context, convert.accounts_from_proto(request.accounts))
         return pb.CreateAccountsResponse(results=convert.results_to_proto(results))
 
     async def PostTransactions(
         self, request: pb.PostTransactionsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.PostTransactionsResponse:
-        await _check_batch_size(context, len(request.transactions), "transactions")
+        await check_batch_size(context, len(request.transactions), "transactions")
         items = convert.transactions_from_proto(request.transactions)
         results = await self._submit(context, items)
         return pb.PostTransactionsResponse(results=convert.results_to_proto(results))
@@ -124,7 +124,7 @@ class LedgerService(pb_grpc.LedgerServicer):  # type: ignore[misc]
     async def CloseAccounts(
         self, request: pb.CloseAccountsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.CloseAccountsResponse:
-        await _check_batch_size(context, len(request.accounts), "accounts")
+        await check_batch_size(context, len(request.accounts), "accounts")
         results = await self._submit(context, convert.closes_from_proto(request.accounts))
         return pb.CloseAccountsResponse(results=convert.results_to_proto(results))
 
@@ -133,7 +133,7 @@ class LedgerService(pb_grpc.LedgerServicer):  # type: ignore[misc]
     async def GetAccounts(
         self, request: pb.GetAccountsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.GetAccountsResponse:
-        await _check_batch_size(context, len(request.ids), "ids")
+        await check_batch_size(context, len(request.ids), "ids")
         problems = [validation.id_problem(i, f"ids[{n}]") for n, i in enumerate(request.ids)]
         wanted = [i for i, problem in zip(request.ids, problems, strict=True) if not problem]
         found = await store.load_accounts(self._node.read_pool, wanted, READ_TIMEOUT_S)
@@ -156,7 +156,7 @@ class LedgerService(pb_grpc.LedgerServicer):  # type: ignore[misc]
     async def GetTransactions(
         self, request: pb.GetTransactionsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.GetTransactionsResponse:
-        await _check_batch_size(context, len(request.ids), "ids")
+        await check_batch_size(context, len(request.ids), "ids")
         problems = [_transaction_id_problem(i, f"ids[{n}]") for n, i in enumerate(request.ids)]
         wanted = [i for i, problem in zip(request.ids, problems, strict=True) if not problem]
         found = await store.load_transactions(self._node.read_pool, wanted, READ_TIMEOUT_S)
@@ -183,10 +183,10 @@ class LedgerService(pb_grpc.LedgerServicer):  # type: ignore[misc]
     ) -> AccountState:
         problem = validation.id_problem(account_id, "account_id")
         if problem:
-            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, problem)
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, problem)
         found = await store.load_accounts(self._node.read_pool, [account_id], READ_TIMEOUT_S)
         if account_id not in found:
-            await _abort(context, grpc.StatusCode.NOT_FOUND, f"account {account_id!r} not found")
+            await abort(context, grpc.StatusCode.NOT_FOUND, f"account {account_id!r} not found")
         return found[account_id]
 
     async def ListPostings(
@@ -194,7 +194,7 @@ class LedgerService(pb_grpc.LedgerServicer):  # type: ignore[misc]
     ) -> pb.ListPostingsResponse:
         problem = _list_problem(request)
         if problem:
-            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, problem)
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, problem)
         account = await self._existing_account(context, request.account_id)
         limit = request.limit or limits.list_postings_limit_default
         after = int(request.cursor) if request.cursor else 0
@@ -215,7 +215,7 @@ class LedgerService(pb_grpc.LedgerServicer):  # type: ignore[misc]
         self, request: pb.BalanceAtRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.BalanceAtResponse:
         if request.at_ns < 0:
-            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "at_ns must not be negative")
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "at_ns must not be negative")
         account = await self._existing_account(context, request.account_id)
         posting = await store.posting_at(
             self._node.read_pool, request.account_id, request.at_ns, READ_TIMEOUT_S
@@ -286,7 +286,7 @@ def _parsing(method: Any, request_type: Any) -> Any:
         try:
             request = request_type.FromString(body)
         except DecodeError as error:
-            await _abort(
+            await abort(
                 context,
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"the request is not a valid {request_type.DESCRIPTOR.full_name}: {error}",

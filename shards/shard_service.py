@@ -15,7 +15,7 @@ from core.model import (
     ResultCode,
     TransactionSpec,
     abort_marker_id,
-    resolution_id,
+    resolution_spec,
 )
 from shards import convert
 from shards.service import NodeView, route_check, submit_or_abort
@@ -102,17 +102,5 @@ class ShardService(spb_grpc.ShardServicer):  # type: ignore[misc]
         return spb.AbortResponse(decisions=decisions)
 
     async def Resolve(self, request: spb.ResolveRequest, context: Context) -> spb.ResolveResponse:
-        items: list[Any] = [
-            TransactionSpec(
-                resolution_id(i.transaction_id, i.commit),
-                Kind.POST_PENDING if i.commit else Kind.VOID_PENDING,
-                (),
-                1,
-                (),
-                "",
-                0,
-                i.transaction_id,
-            )
-            for i in request.items
-        ]
+        items: list[Any] = [resolution_spec(i.transaction_id, i.commit) for i in request.items]
         return spb.ResolveResponse(results=_results(await self._submit(context, items)))
