@@ -149,7 +149,7 @@ _STATUS = {
 
 
 def transaction_to_proto(state: TransactionState) -> pb.TransactionRecord:
-    return pb.TransactionRecord(
+    record = pb.TransactionRecord(
         transaction=transaction_spec_to_proto(state.spec),
         timestamp_ns=state.timestamp_ns,
         status=_STATUS[state.status],
@@ -158,6 +158,14 @@ def transaction_to_proto(state: TransactionState) -> pb.TransactionRecord:
         expires_at_ns=state.expires_at_ns if state.status is Status.PENDING else 0,
         applied_legs=[leg_to_proto(leg) for leg in state.applied_legs],
     )
+    kind = state.spec.kind
+    if kind is Kind.COMMIT or kind is Kind.PREPARED:
+        record.cross_shard_piece.SetInParent()
+    if kind is Kind.COMMIT:
+        record.cross_shard_piece.coordinator = True
+    elif kind is Kind.PREPARED:
+        record.cross_shard_piece.coordinator_shard = int(state.spec.target_id)
+    return record
 
 
 def posting_to_proto(posting: Posting, spec: AccountSpec, block_sequence: int) -> pb.Posting:

@@ -39,20 +39,27 @@ CALL_TIMEOUT_S = 30.0
 OK_CODES = (pb.RESULT_CODE_CREATED, pb.RESULT_CODE_REPLAYED)
 
 
+CLEARING_PREFIX = "@clearing/"
+
+
 def clearing_account(currency: str) -> str:
-    return f"@clearing/{currency}"
+    return CLEARING_PREFIX + currency
 
 
 def coordinator_of(legs: Sequence[Leg], slot_map: SlotMap) -> int:
+    """The shard of the first debit leg on a non-spread account (else of the first such leg)."""
     firm = [leg for leg in legs if not is_spread(leg.account_id)]
     first = next((leg for leg in firm if leg.is_debit), firm[0])
     return slot_map.shard_of_account(first.account_id)
 
 
-def split_pieces(legs: Sequence[Leg], slot_map: SlotMap) -> tuple[int, dict[int, list[Leg]]]:
+def split_pieces(
+    legs: Sequence[Leg], slot_map: SlotMap, coordinator: int | None = None
+) -> tuple[int, dict[int, list[Leg]]]:
     """Each shard's legs, balanced per currency by a leg on its clearing piece. Spread legs
-    go to the coordinator."""
-    coordinator = coordinator_of(legs, slot_map)
+    go to the coordinator (by default the transaction's own)."""
+    if coordinator is None:
+        coordinator = coordinator_of(legs, slot_map)
     pieces: dict[int, list[Leg]] = {}
     for leg in legs:
         shard = (
@@ -74,7 +81,9 @@ def split_pieces(legs: Sequence[Leg], slot_map: SlotMap) -> tuple[int, dict[int,
     return coordinator, pieces
 
 
-def piece_message(message: pb.Transaction, legs: Sequence[Leg]) -> pb.Transaction:
+def piece_message(
+    message: pb.Transaction, legs: Sequence[Leg], linked: bool = False
+) -> pb.Transaction:
     return pb.Transaction(
         id=message.id,
         legs=[
@@ -89,6 +98,7 @@ def piece_message(message: pb.Transaction, legs: Sequence[Leg]) -> pb.Transactio
         code=message.code,
         metadata=message.metadata,
         value_date=message.value_date,
+        linked=linked,
     )
 
 
@@ -99,14 +109,74 @@ def _unavailable(error: grpc.aio.AioRpcError) -> pb.ItemResult:
     )
 
 
-Plan = tuple[int, dict[int, list[Leg]]]
-"""A transaction's coordinator shard and each shard's balanced piece."""
+class Unit:
+    """One cross-shard unit: a transaction, or a linked group whose legs span shards, with one
+    coordinator for all of it. Each shard receives its pieces of the unit as one linked chain
+    (in the unit's order), so a shard applies all of them or none. At the coordinator every
+    transaction of the unit has a piece, without legs if none of its legs live there: its
+    commit records the decision for that transaction id, and the whole chain commits in one
+    database commit, so one decision covers the unit."""
+
+    __slots__ = ("coordinator", "messages", "pieces")
+
+    def __init__(
+        self,
+        specs: Sequence[TransactionSpec],
+        messages: Sequence[pb.Transaction],
+        slot_map: SlotMap,
+    ) -> None:
+        self.messages = list(messages)
+        self.coordinator = coordinator_of([leg for s in specs for leg in s.legs], slot_map)
+        self.pieces = [split_pieces(s.legs, slot_map, self.coordinator)[1] for s in specs]
+
+    def participants(self) -> list[int]:
+        shards = {shard for pieces in self.pieces for shard in pieces}
+        shards.discard(self.coordinator)
+        return sorted(shards)
+
+    def chain(self, shard: int) -> list[tuple[int, pb.Transaction]]:
+        """(position in the unit, piece) for this shard, linked but for the last."""
+        if shard == self.coordinator:
+            chosen = [(k, pieces.get(shard, [])) for k, pieces in enumerate(self.pieces)]
+        else:
+            chosen = [(k, pieces[shard]) for k, pieces in enumerate(self.pieces) if shard in pieces]
+        last = len(chosen) - 1
+        return [
+            (k, piece_message(self.messages[k], legs, linked=n < last))
+            for n, (k, legs) in enumerate(chosen)
+        ]
+
+    def judge(self, answers: Sequence[Sequence[pb.ItemResult]]) -> list[pb.ItemResult] | None:
+        """From each transaction's answers: None if all succeeded; else each transaction's
+        result: all UNAVAILABLE if any is (retryable, nothing recorded), else the refusal of
+        the first transaction refused on its own merits, and LINKED_ITEM_FAILED for the others.
+        """
+        refused = [(k, r) for k, rs in enumerate(answers) for r in rs if r.code not in OK_CODES]
+        if not refused:
+            return None
+        unavailable = [r for _, r in refused if r.code == pb.RESULT_CODE_UNAVAILABLE]
+        if unavailable:
+            return [unavailable[0]] * len(self.messages)
+        own = [(k, r) for k, r in refused if r.code != pb.RESULT_CODE_LINKED_ITEM_FAILED]
+        culprit, why = min(own or refused, key=lambda entry: entry[0])
+        linked = pb.ItemResult(
+            code=pb.RESULT_CODE_LINKED_ITEM_FAILED,
+            message=f"item {culprit} of this linked group failed",
+        )
+        return [why if k == culprit else linked for k in range(len(self.messages))]
+
+    def resolves(self, resolves: dict[int, list[spb.ResolveItem]], k: int, commit: bool) -> None:
+        transaction_id = self.messages[k].id
+        for shard in self.pieces[k]:
+            if shard != self.coordinator:
+                item = spb.ResolveItem(transaction_id=transaction_id, commit=commit)
+                resolves.setdefault(shard, []).append(item)
 
 
 class Driver:
-    """The gateway side. Many cross-shard transactions go through each phase together: one
-    Prepare call per participant shard, one Commit and one Abort call per coordinator, one
-    Resolve call per participant, whatever the number of transactions."""
+    """The gateway side. Many cross-shard units go through each phase together: one Prepare
+    call per participant shard, one Commit and one Abort call per coordinator, one Resolve call
+    per participant, whatever the number of units."""
 
     def __init__(self, stubs: dict[int, spb_grpc.ShardStub]) -> None:
         self._stubs = stubs
@@ -133,120 +203,135 @@ class Driver:
         messages: Sequence[pb.Transaction],
         slot_map: SlotMap,
     ) -> list[pb.ItemResult]:
-        plans = [split_pieces(spec.legs, slot_map) for spec in specs]
-        results: list[pb.ItemResult | None] = [None] * len(specs)
-        prepared = await self._prepare(plans, messages)
+        """Single cross-shard transactions: one result each."""
+        answers = await self.execute_units(
+            [
+                Unit([spec], [message], slot_map)
+                for spec, message in zip(specs, messages, strict=True)
+            ]
+        )
+        return [unit_results[0] for unit_results in answers]
+
+    async def execute_units(self, units: Sequence[Unit]) -> list[list[pb.ItemResult]]:
+        """Each unit's results, in the unit's order."""
+        results: list[list[pb.ItemResult] | None] = [None] * len(units)
+        prepared = await self._gather("Prepare", units, range(len(units)), participants=True)
         if failpoints.ARMED:
             await failpoints.hit("gateway.after_prepare")
         to_commit: list[int] = []
-        to_abort: list[tuple[int, pb.ItemResult]] = []
-        for n, answers in enumerate(prepared):
-            refused = [r for r in answers if r.code not in OK_CODES]
-            unavailable = [r for r in refused if r.code == pb.RESULT_CODE_UNAVAILABLE]
-            if unavailable:  # retryable: nothing recorded, the holds wait for a retry
-                results[n] = unavailable[0]
-            elif refused:
-                to_abort.append((n, refused[0]))
+        to_abort: list[tuple[int, list[pb.ItemResult]]] = []
+        for u, answers in enumerate(prepared):
+            verdict = units[u].judge(answers)
+            if verdict is None:
+                to_commit.append(u)
+            elif verdict[0].code == pb.RESULT_CODE_UNAVAILABLE:
+                results[u] = verdict  # retryable: nothing recorded, the holds wait for a retry
             else:
-                to_commit.append(n)
+                to_abort.append((u, verdict))
         resolves: dict[int, list[spb.ResolveItem]] = {}
-        committed = await self._commit(plans, messages, to_commit)
-        for n, result in zip(to_commit, committed, strict=True):
-            if result.code == pb.RESULT_CODE_UNAVAILABLE:
-                results[n] = result
-            elif result.code not in OK_CODES:
-                to_abort.append((n, result))
+        committed = await self._gather("Commit", units, to_commit, participants=False)
+        for u, answers in zip(to_commit, committed, strict=True):
+            verdict = units[u].judge(answers)
+            if verdict is None:
+                results[u] = [a[0] for a in answers]
+                for k in range(len(answers)):
+                    units[u].resolves(resolves, k, commit=True)
+            elif verdict[0].code == pb.RESULT_CODE_UNAVAILABLE:
+                results[u] = verdict
             else:
-                results[n] = result
-                _add_resolves(resolves, plans[n], messages[n].id, commit=True)
-        if failpoints.ARMED and any(r.code in OK_CODES for r in committed):
+                to_abort.append((u, verdict))
+        if failpoints.ARMED and resolves:  # some unit committed; no participant knows yet
             await failpoints.hit("gateway.after_commit")
-        await self._abort(plans, messages, to_abort, results, resolves)
+        await self._abort(units, to_abort, results, resolves)
         await self._resolve(resolves)
-        return [r if r is not None else pb.ItemResult() for r in results]
+        return [
+            r if r is not None else [pb.ItemResult()] * len(units[u].messages)
+            for u, r in enumerate(results)
+        ]
 
-    async def _prepare(
-        self, plans: list[Plan], messages: Sequence[pb.Transaction]
-    ) -> list[list[pb.ItemResult]]:
-        """Each transaction's answers from its participants."""
-        items: dict[int, list[tuple[int, spb.PrepareItem]]] = {}
-        for n, (coordinator, pieces) in enumerate(plans):
-            for shard in sorted(pieces):
-                if shard != coordinator:
-                    piece = piece_message(messages[n], pieces[shard])
-                    item = spb.PrepareItem(
-                        piece=piece,
-                        coordinator_shard=coordinator,
-                        deadline_seconds=PREPARE_DEADLINE_S,
-                    )
-                    items.setdefault(shard, []).append((n, item))
-        requests = {s: spb.PrepareRequest(items=[i for _, i in v]) for s, v in items.items()}
-        answers = await self._per_shard("Prepare", requests, "results")
-        by_transaction: list[list[pb.ItemResult]] = [[] for _ in plans]
-        for shard, entries in items.items():
-            for position, (n, _) in enumerate(entries):
-                by_transaction[n].append(_answer(answers[shard], position))
-        return by_transaction
-
-    async def _commit(
-        self, plans: list[Plan], messages: Sequence[pb.Transaction], chosen: list[int]
-    ) -> list[pb.ItemResult]:
-        """Coordinators apply their pieces (recording the decisions): one answer each."""
-        items: dict[int, list[int]] = {}
-        for n in chosen:
-            items.setdefault(plans[n][0], []).append(n)
-        requests = {
-            shard: spb.CommitRequest(
-                pieces=[piece_message(messages[n], plans[n][1][shard]) for n in numbers]
-            )
-            for shard, numbers in items.items()
+    async def _gather(
+        self, method: str, units: Sequence[Unit], chosen: Sequence[int], participants: bool
+    ) -> list[list[list[pb.ItemResult]]]:
+        """Prepare at the participants, or Commit at the coordinators, the chosen units: one
+        call per shard. For each chosen unit, each transaction's answers."""
+        entries: dict[int, list[tuple[int, int, pb.Transaction]]] = {}
+        for u in chosen:
+            unit = units[u]
+            for shard in unit.participants() if participants else [unit.coordinator]:
+                for k, piece in unit.chain(shard):
+                    entries.setdefault(shard, []).append((u, k, piece))
+        if participants:
+            requests = {
+                shard: spb.PrepareRequest(
+                    items=[
+                        spb.PrepareItem(
+                            piece=piece,
+                            coordinator_shard=units[u].coordinator,
+                            deadline_seconds=PREPARE_DEADLINE_S,
+                        )
+                        for u, _, piece in items
+                    ]
+                )
+                for shard, items in entries.items()
+            }
+        else:
+            requests = {
+                shard: spb.CommitRequest(pieces=[piece for _, _, piece in items])
+                for shard, items in entries.items()
+            }
+        answers = await self._per_shard(method, requests, "results")
+        found: dict[int, list[list[pb.ItemResult]]] = {
+            u: [[] for _ in units[u].messages] for u in chosen
         }
-        answers = await self._per_shard("Commit", requests, "results")
-        found: dict[int, pb.ItemResult] = {}
-        for shard, numbers in items.items():
-            for position, n in enumerate(numbers):
-                found[n] = _answer(answers[shard], position)
-        return [found[n] for n in chosen]
+        for shard, items in entries.items():
+            for position, (u, k, _) in enumerate(items):
+                found[u][k].append(_answer(answers[shard], position))
+        return [found[u] for u in chosen]
 
     async def _abort(
         self,
-        plans: list[Plan],
-        messages: Sequence[pb.Transaction],
-        chosen: list[tuple[int, pb.ItemResult]],
-        results: list[pb.ItemResult | None],
+        units: Sequence[Unit],
+        chosen: list[tuple[int, list[pb.ItemResult]]],
+        results: list[list[pb.ItemResult] | None],
         resolves: dict[int, list[spb.ResolveItem]],
     ) -> None:
-        """Record abort at the coordinators (unless committed) and take their decisions."""
-        items: dict[int, list[tuple[int, pb.ItemResult]]] = {}
-        for n, why in chosen:
-            items.setdefault(plans[n][0], []).append((n, why))
+        """Record abort at the coordinators (unless committed) for every transaction of the
+        chosen units, and take the decisions recorded."""
+        entries: dict[int, list[tuple[int, int, pb.ItemResult]]] = {}
+        for u, reasons in chosen:
+            for k, why in enumerate(reasons):
+                entries.setdefault(units[u].coordinator, []).append((u, k, why))
         requests = {
             shard: spb.AbortRequest(
                 items=[
                     spb.AbortItem(
-                        transaction_id=messages[n].id, reason=why.code, message=why.message
+                        transaction_id=units[u].messages[k].id, reason=why.code, message=why.message
                     )
-                    for n, why in entries
+                    for u, k, why in items
                 ]
             )
-            for shard, entries in items.items()
+            for shard, items in entries.items()
         }
+        for u, reasons in chosen:
+            results[u] = list(reasons)
         answers = await self._per_shard("Abort", requests, "decisions")
-        for shard, entries in items.items():
+        for shard, items in entries.items():
             decisions = answers[shard]
-            for position, (n, why) in enumerate(entries):
+            for position, (u, k, why) in enumerate(items):
+                unit_results = results[u]
+                assert unit_results is not None
                 if isinstance(decisions, grpc.aio.AioRpcError):
-                    results[n] = _unavailable(decisions)
+                    unit_results[k] = _unavailable(decisions)
                     continue
                 decision = decisions[position]
-                _add_resolves(resolves, plans[n], messages[n].id, commit=decision.committed)
+                units[u].resolves(resolves, k, commit=decision.committed)
                 if decision.committed:  # an earlier attempt committed: this is its replay
-                    results[n] = pb.ItemResult(
+                    unit_results[k] = pb.ItemResult(
                         code=pb.RESULT_CODE_REPLAYED, timestamp_ns=decision.timestamp_ns
                     )
                 else:
                     message = decision.message or why.message
-                    results[n] = pb.ItemResult(code=decision.reason, message=message)
+                    unit_results[k] = pb.ItemResult(code=decision.reason, message=message)
 
     async def _resolve(self, resolves: dict[int, list[spb.ResolveItem]]) -> None:
         requests = {s: spb.ResolveRequest(items=items) for s, items in resolves.items()}
@@ -261,16 +346,6 @@ def _answer(answers: list[Any] | grpc.aio.AioRpcError, position: int) -> pb.Item
         return _unavailable(answers)
     result: pb.ItemResult = answers[position]
     return result
-
-
-def _add_resolves(
-    resolves: dict[int, list[spb.ResolveItem]], plan: Plan, transaction_id: str, commit: bool
-) -> None:
-    coordinator, pieces = plan
-    for shard in pieces:
-        if shard != coordinator:
-            item = spb.ResolveItem(transaction_id=transaction_id, commit=commit)
-            resolves.setdefault(shard, []).append(item)
 
 
 # ---- the participant side: pieces past their deadline ----

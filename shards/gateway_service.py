@@ -9,9 +9,18 @@ from typing import Any, NoReturn
 import grpc
 
 from core import validation
-from core.model import AccountSpec, CloseSpec, Kind, Rejection, Result, TransactionSpec
+from core.model import (
+    AccountSpec,
+    CloseSpec,
+    Kind,
+    Rejection,
+    Result,
+    ResultCode,
+    TransactionSpec,
+)
 from core.slots import SlotMap, is_spread
 from shards import convert, routing
+from shards.crossshard import CLEARING_PREFIX, Unit
 from shards.gateway import Cluster, merge_piece_results, spread_or_owner
 from shards.service import abort, check_batch_size
 from tally.v1 import ledger_pb2 as pb
@@ -31,7 +40,7 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
     ) -> pb.PostTransactionsResponse:
         messages = list(request.transactions)
         await check_batch_size(context, len(messages), "transactions")
-        items = convert.transactions_from_proto(messages)
+        items = _refuse_clearing_legs(convert.transactions_from_proto(messages))
         results: list[pb.ItemResult | None] = [None] * len(items)
         todo = []
         for start, end in routing.units(items):
@@ -60,15 +69,15 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
             specs: list[TransactionSpec] = [i for i in items if isinstance(i, TransactionSpec)]
             located = await self._cluster.locate(routing.targets(specs))
             plan: dict[int, list[tuple[int, int]]] = {}
-            crossing: list[int] = []
+            crossing: list[tuple[int, int]] = []
             unsupported = []
             for start, end in todo:
                 unit = [i for i in items[start:end] if isinstance(i, TransactionSpec)]
                 shards = routing.unit_shards(unit, slot_map, located)
                 if len(shards) == 1:
                     plan.setdefault(shards.pop(), []).append((start, end))
-                elif end - start == 1 and unit[0].kind is Kind.ORDINARY:
-                    crossing.append(start)
+                elif all(item.kind is Kind.ORDINARY for item in unit):
+                    crossing.append((start, end))
                 else:
                     unsupported.append((start, sorted(shards)))
             if unsupported and attempt == 0:
@@ -84,23 +93,24 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
         self,
         messages: list[pb.Transaction],
         items: list[TransactionSpec | Rejection],
-        indexes: list[int],
+        ranges: list[tuple[int, int]],
         results: list[pb.ItemResult | None],
         slot_map: SlotMap,
     ) -> None:
-        """Atomic cross-shard transactions, by two-phase commit, each phase in one call per
-        shard for all of them."""
-        if not indexes:
+        """Atomic cross-shard units (transactions and linked groups), by two-phase commit,
+        each phase in one call per shard for all of them."""
+        if not ranges:
             return
-        specs = [spec for spec in (items[n] for n in indexes) if isinstance(spec, TransactionSpec)]
-        await self._cluster.ensure_clearing_accounts(
-            {leg.currency for spec in specs for leg in spec.legs}
-        )
-        answers = await self._cluster.driver().execute(
-            specs, [messages[n] for n in indexes], slot_map
-        )
-        for n, answer in zip(indexes, answers, strict=True):
-            results[n] = answer
+        units = []
+        currencies: set[str] = set()
+        for start, end in ranges:
+            specs = [i for i in items[start:end] if isinstance(i, TransactionSpec)]
+            currencies.update(leg.currency for spec in specs for leg in spec.legs)
+            units.append(Unit(specs, messages[start:end], slot_map))
+        await self._cluster.ensure_clearing_accounts(currencies)
+        answers = await self._cluster.driver().execute_units(units)
+        for (start, end), unit_results in zip(ranges, answers, strict=True):
+            results[start:end] = unit_results
 
     async def _post_shard(self, shard_id: int, batch: list[Any]) -> list[pb.ItemResult]:
         results = await self._cluster.link(shard_id).post(batch)
@@ -141,7 +151,7 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
     ) -> pb.CreateAccountsResponse:
         messages = list(request.accounts)
         await check_batch_size(context, len(messages), "accounts")
-        items = convert.accounts_from_proto(messages)
+        items = _refuse_clearing_accounts(convert.accounts_from_proto(messages), lambda i: i.id)
         results = await self._per_account(items, messages, lambda i: i.id, "create")
         return pb.CreateAccountsResponse(results=results)
 
@@ -150,7 +160,9 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
     ) -> pb.CloseAccountsResponse:
         messages = list(request.accounts)
         await check_batch_size(context, len(messages), "accounts")
-        items = convert.closes_from_proto(messages)
+        items = _refuse_clearing_accounts(
+            convert.closes_from_proto(messages), lambda i: i.account_id
+        )
         results = await self._per_account(items, messages, lambda i: i.account_id, "close")
         return pb.CloseAccountsResponse(results=results)
 
@@ -281,8 +293,7 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
         results = []
         for n in range(len(ids)):
             lookups = [response.results[n] for response in responses]
-            ok = [lookup for lookup in lookups if lookup.code == pb.RESULT_CODE_OK]
-            results.append(ok[0] if ok else lookups[0])
+            results.append(_one_transaction(ids[n], lookups))
         return pb.GetTransactionsResponse(results=results)
 
     async def ListPostings(
@@ -340,6 +351,85 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
             await abort(context, error.code(), error.details() or "")
 
 
+CLEARING_RESERVED = (
+    f"accounts under {CLEARING_PREFIX} are the cluster's own inter-shard clearing accounts; "
+    "clients cannot post to, create or close them"
+)
+
+
+def _refuse_clearing_legs(
+    items: list[TransactionSpec | Rejection],
+) -> list[TransactionSpec | Rejection]:
+    return [
+        Rejection(ResultCode.INVALID_LEGS, CLEARING_RESERVED, item.linked)
+        if isinstance(item, TransactionSpec)
+        and any(leg.account_id.startswith(CLEARING_PREFIX) for leg in item.legs)
+        else item
+        for item in items
+    ]
+
+
+def _refuse_clearing_accounts(items: list[Any], account_of: Any) -> list[Any]:
+    return [
+        Rejection(ResultCode.INVALID_ID, CLEARING_RESERVED)
+        if not isinstance(item, Rejection) and account_of(item).startswith(CLEARING_PREFIX)
+        else item
+        for item in items
+    ]
+
+
+def _one_transaction(
+    transaction_id: str, lookups: Sequence[pb.TransactionLookup]
+) -> pb.TransactionLookup:
+    """A transaction as the client sees it, from every shard's lookup of its id."""
+    found = [lookup for lookup in lookups if lookup.code == pb.RESULT_CODE_OK]
+    whole = [f for f in found if not f.transaction.HasField("cross_shard_piece")]
+    if whole:
+        return whole[0]
+    if not found:
+        return lookups[0]
+    pieces = [f.transaction for f in found]
+    decided = [p for p in pieces if p.cross_shard_piece.coordinator]
+    if not decided:  # held or voided pieces only: not committed (yet, or ever)
+        return pb.TransactionLookup(
+            code=pb.RESULT_CODE_TRANSACTION_NOT_FOUND,
+            message=f"transaction {transaction_id!r} not found (not committed)",
+        )
+    return pb.TransactionLookup(
+        code=pb.RESULT_CODE_OK, transaction=_merge_pieces(decided[0], pieces)
+    )
+
+
+def _merge_pieces(
+    coordinator: pb.TransactionRecord, pieces: Sequence[pb.TransactionRecord]
+) -> pb.TransactionRecord:
+    """One record from a committed cross-shard transaction's pieces: the coordinator's first,
+    then the participants' in shard order, without the clearing legs."""
+    participants = sorted(
+        (p for p in pieces if not p.cross_shard_piece.coordinator),
+        key=lambda p: p.cross_shard_piece.coordinator_shard,
+    )
+    legs = [
+        leg
+        for piece in (coordinator, *participants)
+        for leg in piece.transaction.legs
+        if not leg.account_id.startswith(CLEARING_PREFIX)
+    ]
+    client = coordinator.transaction
+    return pb.TransactionRecord(
+        transaction=pb.Transaction(
+            id=client.id,
+            legs=legs,
+            code=client.code,
+            metadata=client.metadata,
+            value_date=client.value_date,
+        ),
+        timestamp_ns=coordinator.timestamp_ns,
+        status=pb.TRANSACTION_STATUS_POSTED,
+        applied_legs=legs,
+    )
+
+
 async def _shard_failed(context: Context, error: grpc.aio.AioRpcError) -> NoReturn:
     """A shard could not answer a read: retryable for the client, never UNKNOWN."""
     await abort(
@@ -354,9 +444,9 @@ async def _refuse_cross_shard(context: Context, crossing: list[tuple[int, list[i
     await abort(
         context,
         grpc.StatusCode.FAILED_PRECONDITION,
-        f"{described}: linked groups, holds and their resolution across shards are not "
-        "available in this version (single cross-shard transactions are); nothing in this "
-        "request was applied",
+        f"{described}: holds, their post or void, and reversals whose legs span shards are "
+        "not available in this version (cross-shard transactions and linked groups of them "
+        "are); nothing in this request was applied",
     )
 
 

@@ -36,6 +36,25 @@ def _piece(message: pb.Transaction, kind: Kind, target_id: str, timeout_s: int) 
     return item._replace(kind=kind, target_id=target_id, timeout_seconds=timeout_s)
 
 
+def _decision_piece(message: pb.Transaction) -> Any:
+    """A coordinator piece without legs: a transaction of a cross-shard linked group with no
+    legs on the coordinator's shard. Its commit records the decision for its id."""
+    problem = validation.id_problem(message.id, "id")
+    if problem:
+        return Rejection(ResultCode.INVALID_ID, problem, message.linked)
+    return TransactionSpec(
+        message.id,
+        Kind.COMMIT,
+        (),
+        message.code,
+        validation.canonical_metadata(message.metadata),
+        message.value_date,
+        0,
+        abort_marker_id(message.id),
+        message.linked,
+    )
+
+
 def _results(results: Sequence[Result]) -> list[pb.ItemResult]:
     return convert.results_to_proto(results)
 
@@ -56,7 +75,10 @@ class ShardService(spb_grpc.ShardServicer):  # type: ignore[misc]
 
     async def Commit(self, request: spb.CommitRequest, context: Context) -> spb.CommitResponse:
         items = [
-            _piece(piece, Kind.COMMIT, abort_marker_id(piece.id), 0) for piece in request.pieces
+            _piece(piece, Kind.COMMIT, abort_marker_id(piece.id), 0)
+            if piece.legs
+            else _decision_piece(piece)
+            for piece in request.pieces
         ]
         results = await self._submit(context, items)
         if failpoints.ARMED:  # the decision is durable; nobody has heard it yet

@@ -195,6 +195,30 @@ async def test_cross_shard_transfer_commits_atomically(cluster: Cluster, client:
     assert clearing.debits_posted == 30
     for node in cluster.nodes:  # every shard's books balance on their own
         assert await audit_problems(node.dsn) == []
+    # Read through the gateway, it is one transaction: the client's legs, no clearing legs.
+    record = await client.transaction("x")
+    assert record.status == pb.TRANSACTION_STATUS_POSTED
+    assert record.timestamp_ns == result.timestamp_ns
+    assert not record.HasField("cross_shard_piece")
+    assert [(x.account_id, x.side, x.amount) for x in record.transaction.legs] == [
+        (f"{first}/dep", DEBIT, 30),
+        (f"{second}/dep", CREDIT, 30),
+    ]
+
+
+async def test_clearing_accounts_are_the_clusters_own(cluster: Cluster, client: Client) -> None:
+    first, _ = await _funded_pair(client)
+    results = await client.post(transfer("steal", "@clearing/USD", f"{first}/dep", 5))
+    assert results[0].code == pb.RESULT_CODE_INVALID_LEGS
+    assert "@clearing/" in results[0].message
+    created = await client.stub.CreateAccounts(
+        pb.CreateAccountsRequest(accounts=[account("@clearing/EUR", currency="EUR")])
+    )
+    assert created.results[0].code == pb.RESULT_CODE_INVALID_ID
+    closed = await client.stub.CloseAccounts(
+        pb.CloseAccountsRequest(accounts=[pb.CloseAccount(account_id="@clearing/USD")])
+    )
+    assert closed.results[0].code == pb.RESULT_CODE_INVALID_ID
 
 
 async def test_cross_shard_refusal_is_final_and_nothing_stays_held(
@@ -230,15 +254,70 @@ async def test_cross_shard_refusal_is_final_and_nothing_stays_held(
         assert await audit_problems(node.dsn) == []
 
 
-async def test_linked_group_across_shards_is_refused_whole(
-    cluster: Cluster, client: Client
-) -> None:
+async def _four_funded(client: Client) -> list[str]:
+    customers = [f"{c}/dep" for c in customers_on_distinct_shards(4)]
+    await client.create(account("@cash"))
+    await client.create(*(account(c, no_overdraft=True) for c in customers))
+    funding = [transfer(f"fund-{c}", "@cash", c, 100) for c in customers]
+    assert await client.codes(*funding) == [pb.RESULT_CODE_CREATED] * 4
+    return customers
+
+
+async def test_linked_group_across_shards_commits_as_one(cluster: Cluster, client: Client) -> None:
+    a, b, c, d = await _four_funded(client)
+    # The coordinator is a's shard; g2 has no leg there (its decision is recorded anyway).
+    group = [
+        transfer("g1", a, b, 10, linked=True),
+        transfer("g2", c, d, 20, linked=True),
+        transfer("g3", d, "@cash", 5),
+    ]
+    first = await client.post(*group)
+    assert [r.code for r in first] == [pb.RESULT_CODE_CREATED] * 3, first
+    again = await client.post(*group)
+    assert [r.code for r in again] == [pb.RESULT_CODE_REPLAYED] * 3
+    assert [r.timestamp_ns for r in again] == [r.timestamp_ns for r in first]
+    balances = [(await client.balance(x)).available for x in (a, b, c, d)]
+    assert balances == [90, 110, 80, 115]
+    await _clearing_nets_to_zero(client)
+    for node in cluster.nodes:
+        assert await audit_problems(node.dsn) == []
+
+
+async def test_linked_group_across_shards_fails_as_one(cluster: Cluster, client: Client) -> None:
+    a, b, c, d = await _four_funded(client)
+    group = [
+        transfer("h1", a, b, 10, linked=True),
+        transfer("h2", c, d, 500, linked=True),  # c has 100: refused by c's shard
+        transfer("h3", b, "@cash", 1),
+    ]
+    first = await client.post(*group)
+    assert names([r.code for r in first]) == [
+        "RESULT_CODE_LINKED_ITEM_FAILED",
+        "RESULT_CODE_INSUFFICIENT_FUNDS",
+        "RESULT_CODE_LINKED_ITEM_FAILED",
+    ]
+    assert first[0].message == "item 1 of this linked group failed"
+    for x in (a, b, c, d):
+        balance = await client.balance(x)
+        assert (balance.available, balance.debits_pending, balance.credits_pending) == (100, 0, 0)
+    await _clearing_nets_to_zero(client)
+    # Final for these ids, even once c could pay.
+    await client.codes(transfer("fund-more", "@cash", c, 1_000))
+    again = await client.post(*group)
+    assert [(r.code, r.message) for r in again] == [(r.code, r.message) for r in first]
+    response = await client.stub.GetTransactions(pb.GetTransactionsRequest(ids=["h1", "h2"]))
+    assert [r.code for r in response.results] == [pb.RESULT_CODE_TRANSACTION_NOT_FOUND] * 2
+    for node in cluster.nodes:
+        assert await audit_problems(node.dsn) == []
+
+
+async def test_cross_shard_hold_is_refused_whole(cluster: Cluster, client: Client) -> None:
     first, second = await _funded_pair(client)
     with pytest.raises(grpc.aio.AioRpcError) as error:
         await client.post(
             transfer("ok", "@cash", f"{first}/dep", 1),
             transfer("l1", f"{first}/dep", "@cash", 1, linked=True),
-            transfer("l2", f"{second}/dep", "@cash", 1),
+            transfer("l2", f"{first}/dep", f"{second}/dep", 1, pending=True),
         )
     assert error.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "item 1" in (error.value.details() or "")
@@ -261,7 +340,7 @@ async def test_participant_past_its_deadline_learns_the_decision(
     from tally.v1 import shard_pb2 as spb
 
     first, second = await _funded_pair(client)
-    await client.create(account("@clearing/USD", code=9999))
+    await cluster.gateway.cluster.ensure_clearing_accounts({"USD"})
     slot_map = SlotMap.even(SHARD_COUNT)
     outcomes = {}
     for tid, commit in (("undecided", False), ("decided", True)):

@@ -96,9 +96,12 @@ async def open_accounts(
     taken: set[str] = set()
     deposits = [customer_on(cluster, shard_id, taken) for shard_id in shards]
     accounts = [account("@cash"), *(account(d, no_overdraft=True) for d in deposits)]
-    if clearing:  # the gateway creates it with its first cross-shard transaction otherwise
-        accounts.append(account(CLEARING, code=9999))
     assert set(await client.create(*accounts)) == {pb.RESULT_CODE_CREATED}
+    if clearing:  # the gateway creates it with its first cross-shard transaction otherwise
+        for shard_id in range(len(cluster.shard_dsns)):  # clients may not: ask each node
+            async with grpc.aio.insecure_channel(cluster.node_target(shard_id)) as channel:
+                codes = await Client(channel).create(account(CLEARING, code=9999))
+                assert codes == [pb.RESULT_CODE_CREATED]
     funding = [transfer(f"fund-{d}", "@cash", d, FUNDING) for d in deposits]
     assert await client.codes(*funding) == [pb.RESULT_CODE_CREATED] * len(deposits)
     return deposits

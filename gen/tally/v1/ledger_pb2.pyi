@@ -283,7 +283,7 @@ class PostTransactionsResponse(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[ItemResult, _Mapping]]] = ...) -> None: ...
 
 class TransactionRecord(_message.Message):
-    __slots__ = ("transaction", "timestamp_ns", "status", "resolved_by_id", "reversed_by_id", "expires_at_ns", "applied_legs")
+    __slots__ = ("transaction", "timestamp_ns", "status", "resolved_by_id", "reversed_by_id", "expires_at_ns", "applied_legs", "cross_shard_piece")
     TRANSACTION_FIELD_NUMBER: _ClassVar[int]
     TIMESTAMP_NS_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
@@ -291,6 +291,7 @@ class TransactionRecord(_message.Message):
     REVERSED_BY_ID_FIELD_NUMBER: _ClassVar[int]
     EXPIRES_AT_NS_FIELD_NUMBER: _ClassVar[int]
     APPLIED_LEGS_FIELD_NUMBER: _ClassVar[int]
+    CROSS_SHARD_PIECE_FIELD_NUMBER: _ClassVar[int]
     transaction: Transaction
     timestamp_ns: int
     status: TransactionStatus
@@ -298,7 +299,16 @@ class TransactionRecord(_message.Message):
     reversed_by_id: str
     expires_at_ns: int
     applied_legs: _containers.RepeatedCompositeFieldContainer[Leg]
-    def __init__(self, transaction: _Optional[_Union[Transaction, _Mapping]] = ..., timestamp_ns: _Optional[int] = ..., status: _Optional[_Union[TransactionStatus, str]] = ..., resolved_by_id: _Optional[str] = ..., reversed_by_id: _Optional[str] = ..., expires_at_ns: _Optional[int] = ..., applied_legs: _Optional[_Iterable[_Union[Leg, _Mapping]]] = ...) -> None: ...
+    cross_shard_piece: CrossShardPiece
+    def __init__(self, transaction: _Optional[_Union[Transaction, _Mapping]] = ..., timestamp_ns: _Optional[int] = ..., status: _Optional[_Union[TransactionStatus, str]] = ..., resolved_by_id: _Optional[str] = ..., reversed_by_id: _Optional[str] = ..., expires_at_ns: _Optional[int] = ..., applied_legs: _Optional[_Iterable[_Union[Leg, _Mapping]]] = ..., cross_shard_piece: _Optional[_Union[CrossShardPiece, _Mapping]] = ...) -> None: ...
+
+class CrossShardPiece(_message.Message):
+    __slots__ = ("coordinator", "coordinator_shard")
+    COORDINATOR_FIELD_NUMBER: _ClassVar[int]
+    COORDINATOR_SHARD_FIELD_NUMBER: _ClassVar[int]
+    coordinator: bool
+    coordinator_shard: int
+    def __init__(self, coordinator: _Optional[bool] = ..., coordinator_shard: _Optional[int] = ...) -> None: ...
 
 class GetTransactionsRequest(_message.Message):
     __slots__ = ("ids",)
