@@ -356,8 +356,36 @@ def transaction_from_record(record: TransactionRecord) -> TransactionState:
     )
 
 
-def abort_marker_id(transaction_id: str) -> str:
-    return "~abort/" + transaction_id
+# ---- cross-shard attempts ----
+#
+# Each time a gateway runs a cross-shard transaction T it picks a fresh attempt name (a few hex
+# digits). Participants hold their piece under piece_id(T, attempt); the coordinator records
+# the commit as T itself (target_id: the attempt's abort marker) or the attempt's abort marker.
+# So at most one attempt of T ever commits, and an attempt that was refused or aborted leaves
+# the id free for the client's retry, as on a single shard. '~' is not allowed in client ids.
+
+ATTEMPT_LENGTH_MAX = 32
+
+
+def abort_marker_id(transaction_id: str, attempt: str) -> str:
+    return f"~abort/{attempt}/{transaction_id}"
+
+
+def piece_id(transaction_id: str, attempt: str) -> str:
+    return f"~piece/{attempt}/{transaction_id}"
+
+
+def split_piece_id(identifier: str) -> tuple[str, str]:
+    """(transaction id, attempt) of a participant's piece id."""
+    prefix, attempt, transaction_id = identifier.split("/", 2)
+    if prefix != "~piece" or not attempt or not transaction_id:
+        raise ValueError(f"{identifier!r} is not a cross-shard piece id")
+    return transaction_id, attempt
+
+
+def attempt_of_commit(commit: TransactionSpec) -> str:
+    """The attempt that a coordinator's COMMIT record committed (from its abort marker id)."""
+    return commit.target_id.split("/", 2)[1]
 
 
 def resolution_id(transaction_id: str, commit: bool) -> str:

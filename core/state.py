@@ -325,11 +325,16 @@ class Batch:
         return self._apply_new(spec, spec.legs, timestamp_ns)
 
     def _record_abort(self, spec: TransactionSpec, timestamp_ns: int) -> Result:
+        """An attempt's abort marker (its id), unless that attempt committed."""
         committed = self._known_transaction(spec.target_id)
-        if committed is not None and committed.spec.kind is Kind.COMMIT:
+        if (
+            committed is not None
+            and committed.spec.kind is Kind.COMMIT
+            and committed.spec.target_id == spec.id
+        ):
             return Result(ResultCode.IDEMPOTENCY_CONFLICT, f"{spec.target_id!r} is committed")
-        # An ordinary transaction under the same id here is another transaction: the
-        # cross-shard one can never commit on this shard, so its abort is recorded.
+        # Another attempt's commit, or an ordinary transaction under the same id here: this
+        # attempt can never commit on this shard, so its abort is recorded.
         self._add_transaction(TransactionState(spec, (), timestamp_ns, Status.POSTED))
         return Result(ResultCode.CREATED, "", timestamp_ns)
 

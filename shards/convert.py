@@ -17,7 +17,9 @@ from core.model import (
     Status,
     TransactionSpec,
     TransactionState,
+    attempt_of_commit,
     available_balance,
+    split_piece_id,
 )
 from tally.v1 import ledger_pb2 as pb
 
@@ -163,8 +165,10 @@ def transaction_to_proto(state: TransactionState) -> pb.TransactionRecord:
         record.cross_shard_piece.SetInParent()
     if kind is Kind.COMMIT:
         record.cross_shard_piece.coordinator = True
+        record.cross_shard_piece.attempt = attempt_of_commit(state.spec)
     elif kind is Kind.PREPARED:
         record.cross_shard_piece.coordinator_shard = int(state.spec.target_id)
+        record.cross_shard_piece.attempt = split_piece_id(state.spec.id)[1]
     return record
 
 

@@ -17,13 +17,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import secrets
 from collections.abc import Sequence
 from typing import Any
 
 import grpc
 
 from core import failpoints
-from core.model import Leg, ResultCode, TransactionSpec, resolution_spec
+from core.model import Leg, ResultCode, TransactionSpec, resolution_spec, split_piece_id
 from core.slots import SlotMap, is_spread
 from tally.v1 import ledger_pb2 as pb
 from tally.v1 import shard_pb2 as spb
@@ -36,6 +37,8 @@ log = logging.getLogger("tally.crossshard")
 # must agree, since it is part of the piece a retry replays.
 PREPARE_DEADLINE_S = max(1, int(os.environ.get("TALLY_PREPARE_DEADLINE_S", "30")))
 CALL_TIMEOUT_S = 30.0
+# An attempt's name: 12 hex digits, fresh for every run of a cross-shard unit.
+ATTEMPT_BYTES = 6
 OK_CODES = (pb.RESULT_CODE_CREATED, pb.RESULT_CODE_REPLAYED)
 
 
@@ -117,7 +120,7 @@ class Unit:
     commit records the decision for that transaction id, and the whole chain commits in one
     database commit, so one decision covers the unit."""
 
-    __slots__ = ("coordinator", "messages", "pieces")
+    __slots__ = ("attempt", "coordinator", "messages", "pieces")
 
     def __init__(
         self,
@@ -125,6 +128,7 @@ class Unit:
         messages: Sequence[pb.Transaction],
         slot_map: SlotMap,
     ) -> None:
+        self.attempt = secrets.token_hex(ATTEMPT_BYTES)
         self.messages = list(messages)
         self.coordinator = coordinator_of([leg for s in specs for leg in s.legs], slot_map)
         self.pieces = [split_pieces(s.legs, slot_map, self.coordinator)[1] for s in specs]
@@ -165,11 +169,16 @@ class Unit:
         )
         return [why if k == culprit else linked for k in range(len(self.messages))]
 
+    def coordinator_piece(self, k: int) -> pb.Transaction:
+        return piece_message(self.messages[k], self.pieces[k].get(self.coordinator, []))
+
     def resolves(self, resolves: dict[int, list[spb.ResolveItem]], k: int, commit: bool) -> None:
         transaction_id = self.messages[k].id
         for shard in self.pieces[k]:
             if shard != self.coordinator:
-                item = spb.ResolveItem(transaction_id=transaction_id, commit=commit)
+                item = spb.ResolveItem(
+                    transaction_id=transaction_id, commit=commit, attempt=self.attempt
+                )
                 resolves.setdefault(shard, []).append(item)
 
 
@@ -268,6 +277,7 @@ class Driver:
                             piece=piece,
                             coordinator_shard=units[u].coordinator,
                             deadline_seconds=PREPARE_DEADLINE_S,
+                            attempt=units[u].attempt,
                         )
                         for u, _, piece in items
                     ]
@@ -276,7 +286,12 @@ class Driver:
             }
         else:
             requests = {
-                shard: spb.CommitRequest(pieces=[piece for _, _, piece in items])
+                shard: spb.CommitRequest(
+                    items=[
+                        spb.CommitItem(piece=piece, attempt=units[u].attempt)
+                        for u, _, piece in items
+                    ]
+                )
                 for shard, items in entries.items()
             }
         answers = await self._per_shard(method, requests, "results")
@@ -305,7 +320,11 @@ class Driver:
             shard: spb.AbortRequest(
                 items=[
                     spb.AbortItem(
-                        transaction_id=units[u].messages[k].id, reason=why.code, message=why.message
+                        transaction_id=units[u].messages[k].id,
+                        reason=why.code,
+                        message=why.message,
+                        attempt=units[u].attempt,
+                        piece=units[u].coordinator_piece(k),
                     )
                     for u, k, why in items
                 ]
@@ -325,7 +344,9 @@ class Driver:
                     continue
                 decision = decisions[position]
                 units[u].resolves(resolves, k, commit=decision.committed)
-                if decision.committed:  # an earlier attempt committed: this is its replay
+                if decision.committed or decision.reason == pb.RESULT_CODE_REPLAYED:
+                    # Committed all the same (the Commit answer was lost), or by an earlier
+                    # attempt of the same transaction: this is its replay.
                     unit_results[k] = pb.ItemResult(
                         code=pb.RESULT_CODE_REPLAYED, timestamp_ns=decision.timestamp_ns
                     )
@@ -358,8 +379,8 @@ async def settle_prepared(
     or void the pieces here accordingly. Coordinators are asked concurrently, and one that
     cannot answer (down, or unable to decide one id) holds back only its own pieces."""
     by_coordinator: dict[int, list[str]] = {}
-    for transaction_id, coordinator in overdue:
-        by_coordinator.setdefault(coordinator, []).append(transaction_id)
+    for piece, coordinator in overdue:
+        by_coordinator.setdefault(coordinator, []).append(piece)
     outcomes = await asyncio.gather(
         *(
             _settle_with(writer, coordinator, transaction_ids, endpoints.get(coordinator))
@@ -373,7 +394,7 @@ async def settle_prepared(
 
 
 async def _settle_with(
-    writer: Any, coordinator: int, transaction_ids: list[str], endpoint: str | None
+    writer: Any, coordinator: int, pieces: list[str], endpoint: str | None
 ) -> None:
     if endpoint is None:
         log.warning("no endpoint for coordinator shard %d", coordinator)
@@ -382,38 +403,42 @@ async def _settle_with(
     async with grpc.aio.insecure_channel(endpoint) as channel:
         stub = spb_grpc.ShardStub(channel)
         try:
-            decided = list(zip(transaction_ids, await _ask(stub, transaction_ids), strict=True))
+            decided = list(zip(pieces, await _ask(stub, pieces), strict=True))
         except grpc.aio.AioRpcError as error:
             log.warning("asking shard %d for decisions failed: %r", coordinator, error)
-            if len(transaction_ids) == 1 or error.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+            if len(pieces) == 1 or error.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
                 return
             # One id it cannot decide must not hold back the others: ask for each alone.
-            for transaction_id in transaction_ids:
+            for piece in pieces:
                 try:
-                    (decision,) = await _ask(stub, [transaction_id])
+                    (decision,) = await _ask(stub, [piece])
                 except grpc.aio.AioRpcError as error:
-                    log.warning("asking for %s failed: %r", transaction_id, error)
+                    log.warning("asking for %s failed: %r", piece, error)
                     if error.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
                         break
                     continue
-                decided.append((transaction_id, decision))
+                decided.append((piece, decision))
     if not decided:
         return
-    resolutions = [resolution_spec(t, d.committed) for t, d in decided]
+    resolutions = [resolution_spec(piece, d.committed) for piece, d in decided]
     results = await writer.submit(resolutions)
-    for (transaction_id, _), result in zip(decided, results, strict=True):
+    for (piece, _), result in zip(decided, results, strict=True):
         if result.code not in (ResultCode.CREATED, ResultCode.REPLAYED):
-            log.warning("settling %s: %s %s", transaction_id, result.code.name, result.message)
+            log.warning("settling %s: %s %s", piece, result.code.name, result.message)
 
 
-async def _ask(stub: spb_grpc.ShardStub, transaction_ids: list[str]) -> Any:
-    items = [
-        spb.AbortItem(
-            transaction_id=t,
-            reason=pb.RESULT_CODE_ABORTED,
-            message="the participants' deadline passed before a decision",
+async def _ask(stub: spb_grpc.ShardStub, pieces: list[str]) -> Any:
+    items = []
+    for piece in pieces:
+        transaction_id, attempt = split_piece_id(piece)
+        items.append(
+            spb.AbortItem(
+                transaction_id=transaction_id,
+                attempt=attempt,
+                reason=pb.RESULT_CODE_ABORTED,
+                message="the participants' deadline passed before a decision; retry with the "
+                "same id",
+            )
         )
-        for t in transaction_ids
-    ]
     response = await stub.Abort(spb.AbortRequest(items=items), timeout=CALL_TIMEOUT_S)
     return response.decisions

@@ -17,6 +17,7 @@ from core.model import (
     Result,
     ResultCode,
     TransactionSpec,
+    piece_id,
 )
 from core.slots import SlotMap, is_spread
 from shards import convert, routing
@@ -279,6 +280,34 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
     ) -> pb.GetTransactionsResponse:
         ids = list(request.ids)
         await check_batch_size(context, len(ids), "ids")
+        try:
+            lookups = await self._lookup_everywhere(ids)
+            # Committed cross-shard transactions: their participants' pieces, to merge.
+            wanted = {}
+            for transaction_id, found in zip(ids, lookups, strict=True):
+                for lookup in found:
+                    piece = lookup.transaction.cross_shard_piece
+                    if lookup.code == pb.RESULT_CODE_OK and piece.coordinator:
+                        wanted[transaction_id] = piece_id(transaction_id, piece.attempt)
+            pieces = dict(
+                zip(
+                    wanted.values(),
+                    await self._lookup_everywhere(list(wanted.values())),
+                    strict=True,
+                )
+            )
+        except grpc.aio.AioRpcError as error:
+            await _shard_failed(context, error)
+        results = []
+        for transaction_id, found in zip(ids, lookups, strict=True):
+            participants = pieces.get(wanted.get(transaction_id, ""), [])
+            results.append(_one_transaction(transaction_id, found, participants))
+        return pb.GetTransactionsResponse(results=results)
+
+    async def _lookup_everywhere(self, ids: list[str]) -> list[list[pb.TransactionLookup]]:
+        """Each id's lookups, one per shard."""
+        if not ids:
+            return []
 
         async def one(shard_id: int) -> Any:
             link = self._cluster.link(shard_id)
@@ -286,15 +315,8 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
                 pb.GetTransactionsRequest(ids=ids), timeout=link.call_timeout_s
             )
 
-        try:
-            responses = await asyncio.gather(*(one(s) for s in self._cluster.links))
-        except grpc.aio.AioRpcError as error:
-            await _shard_failed(context, error)
-        results = []
-        for n in range(len(ids)):
-            lookups = [response.results[n] for response in responses]
-            results.append(_one_transaction(ids[n], lookups))
-        return pb.GetTransactionsResponse(results=results)
+        responses = await asyncio.gather(*(one(s) for s in self._cluster.links))
+        return [[response.results[n] for response in responses] for n in range(len(ids))]
 
     async def ListPostings(
         self, request: pb.ListPostingsRequest, context: Context
@@ -379,36 +401,30 @@ def _refuse_clearing_accounts(items: list[Any], account_of: Any) -> list[Any]:
 
 
 def _one_transaction(
-    transaction_id: str, lookups: Sequence[pb.TransactionLookup]
+    transaction_id: str,
+    lookups: Sequence[pb.TransactionLookup],
+    participants: Sequence[pb.TransactionLookup],
 ) -> pb.TransactionLookup:
-    """A transaction as the client sees it, from every shard's lookup of its id."""
+    """A transaction as the client sees it, from every shard's lookup of its id and, for a
+    committed cross-shard one, of its participants' pieces."""
     found = [lookup for lookup in lookups if lookup.code == pb.RESULT_CODE_OK]
     whole = [f for f in found if not f.transaction.HasField("cross_shard_piece")]
     if whole:
         return whole[0]
-    if not found:
+    decided = [f.transaction for f in found if f.transaction.cross_shard_piece.coordinator]
+    if not decided:
         return lookups[0]
-    pieces = [f.transaction for f in found]
-    decided = [p for p in pieces if p.cross_shard_piece.coordinator]
-    if not decided:  # held or voided pieces only: not committed (yet, or ever)
-        return pb.TransactionLookup(
-            code=pb.RESULT_CODE_TRANSACTION_NOT_FOUND,
-            message=f"transaction {transaction_id!r} not found (not committed)",
-        )
+    pieces = [p.transaction for p in participants if p.code == pb.RESULT_CODE_OK]
     return pb.TransactionLookup(
         code=pb.RESULT_CODE_OK, transaction=_merge_pieces(decided[0], pieces)
     )
 
 
 def _merge_pieces(
-    coordinator: pb.TransactionRecord, pieces: Sequence[pb.TransactionRecord]
+    coordinator: pb.TransactionRecord, participants: Sequence[pb.TransactionRecord]
 ) -> pb.TransactionRecord:
     """One record from a committed cross-shard transaction's pieces: the coordinator's first,
-    then the participants' in shard order, without the clearing legs."""
-    participants = sorted(
-        (p for p in pieces if not p.cross_shard_piece.coordinator),
-        key=lambda p: p.cross_shard_piece.coordinator_shard,
-    )
+    then the participants' (as the shards answered), without the clearing legs."""
     legs = [
         leg
         for piece in (coordinator, *participants)

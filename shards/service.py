@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
@@ -236,9 +237,24 @@ class LedgerService(pb_grpc.LedgerServicer):  # type: ignore[misc]
         )
 
 
+# Records the shard writes itself, readable by id: "~expired/<hold>", a cross-shard
+# attempt's "~piece/<attempt>/<T>" and "~abort/<attempt>/<T>", a piece's "~commit/<piece>" and
+# "~void/<piece>".
+_INTERNAL_PREFIXES = (EXPIRY_ID_PREFIX, "~commit/", "~void/")
+_ATTEMPT_PREFIXES = ("~piece/", "~abort/")
+_ATTEMPT = re.compile(r"[0-9a-f]{1,32}")
+
+
 def _transaction_id_problem(transaction_id: str, field: str) -> str:
-    if transaction_id.startswith(EXPIRY_ID_PREFIX):
-        return validation.id_problem(transaction_id[len(EXPIRY_ID_PREFIX) :], field)
+    for prefix in _INTERNAL_PREFIXES:
+        if transaction_id.startswith(prefix):
+            return _transaction_id_problem(transaction_id[len(prefix) :], field)
+    for prefix in _ATTEMPT_PREFIXES:
+        if transaction_id.startswith(prefix):
+            attempt, _, rest = transaction_id[len(prefix) :].partition("/")
+            if not _ATTEMPT.fullmatch(attempt):
+                return f"{field} {transaction_id[:40]!r} names no attempt"
+            return validation.id_problem(rest, field)
     return validation.id_problem(transaction_id, field)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -9,14 +10,18 @@ import grpc
 
 from core import failpoints, store, validation
 from core.model import (
+    ATTEMPT_LENGTH_MAX,
     Kind,
     Rejection,
     Result,
     ResultCode,
     TransactionSpec,
+    TransactionState,
     abort_marker_id,
+    piece_id,
     resolution_spec,
 )
+from core.state import transaction_differences
 from shards import convert
 from shards.service import NodeView, route_check, submit_or_abort
 from tally.v1 import ledger_pb2 as pb
@@ -24,21 +29,43 @@ from tally.v1 import shard_pb2 as spb
 from tally.v1 import shard_pb2_grpc as spb_grpc
 
 READ_TIMEOUT_S = 10.0
+ATTEMPT_PATTERN = re.compile(f"[0-9a-f]{{1,{ATTEMPT_LENGTH_MAX}}}")
 MESSAGE_LENGTH_MAX = 256
 
 Context = Any  # grpc.aio.ServicerContext
 
 
-def _piece(message: pb.Transaction, kind: Kind, target_id: str, timeout_s: int) -> Any:
-    item = convert.transaction_from_proto(message)
-    if isinstance(item, Rejection):
-        return item
-    return item._replace(kind=kind, target_id=target_id, timeout_seconds=timeout_s)
+async def _check_attempt(context: Context, attempt: str) -> None:
+    if not ATTEMPT_PATTERN.fullmatch(attempt):
+        await context.abort(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"attempt {attempt[:40]!r} must be 1..{ATTEMPT_LENGTH_MAX} characters 0-9 a-f",
+        )
 
 
-def _decision_piece(message: pb.Transaction) -> Any:
-    """A coordinator piece without legs: a transaction of a cross-shard linked group with no
-    legs on the coordinator's shard. Its commit records the decision for its id."""
+def _prepared(item: spb.PrepareItem) -> Any:
+    """A participant's piece: held under the attempt's piece id until resolved."""
+    spec = convert.transaction_from_proto(item.piece)
+    if isinstance(spec, Rejection):
+        return spec
+    return spec._replace(
+        id=piece_id(spec.id, item.attempt),
+        kind=Kind.PREPARED,
+        target_id=str(item.coordinator_shard),
+        timeout_seconds=max(1, item.deadline_seconds),
+    )
+
+
+def commit_piece(message: pb.Transaction, attempt: str) -> Any:
+    """The coordinator's piece under the client's id: applying it records the attempt's
+    commit. Without legs (a transaction of a linked group with none on this shard) it records
+    only the decision."""
+    marker_id = abort_marker_id(message.id, attempt)
+    if message.legs:
+        spec = convert.transaction_from_proto(message)
+        if isinstance(spec, Rejection):
+            return spec
+        return spec._replace(kind=Kind.COMMIT, target_id=marker_id, timeout_seconds=0)
     problem = validation.id_problem(message.id, "id")
     if problem:
         return Rejection(ResultCode.INVALID_ID, problem, message.linked)
@@ -50,7 +77,7 @@ def _decision_piece(message: pb.Transaction) -> Any:
         validation.canonical_metadata(message.metadata),
         message.value_date,
         0,
-        abort_marker_id(message.id),
+        marker_id,
         message.linked,
     )
 
@@ -67,36 +94,33 @@ class ShardService(spb_grpc.ShardServicer):  # type: ignore[misc]
         return await submit_or_abort(self._node, context, await route_check(self._node, items))
 
     async def Prepare(self, request: spb.PrepareRequest, context: Context) -> spb.PrepareResponse:
-        items = [
-            _piece(i.piece, Kind.PREPARED, str(i.coordinator_shard), max(1, i.deadline_seconds))
-            for i in request.items
-        ]
+        for item in request.items:
+            await _check_attempt(context, item.attempt)
+        items = [_prepared(item) for item in request.items]
         return spb.PrepareResponse(results=_results(await self._submit(context, items)))
 
     async def Commit(self, request: spb.CommitRequest, context: Context) -> spb.CommitResponse:
-        items = [
-            _piece(piece, Kind.COMMIT, abort_marker_id(piece.id), 0)
-            if piece.legs
-            else _decision_piece(piece)
-            for piece in request.pieces
-        ]
+        for item in request.items:
+            await _check_attempt(context, item.attempt)
+        items = [commit_piece(item.piece, item.attempt) for item in request.items]
         results = await self._submit(context, items)
         if failpoints.ARMED:  # the decision is durable; nobody has heard it yet
             await failpoints.hit("shard.after_commit")
         return spb.CommitResponse(results=_results(results))
 
     async def Abort(self, request: spb.AbortRequest, context: Context) -> spb.AbortResponse:
-        """Record abort unless committed; answer the decision either way (read back after the
-        write, so it is the durable truth)."""
+        """Record the attempt's abort unless it committed; answer the decision either way (read
+        back after the write, so it is the durable truth)."""
         items: list[Any] = []
         for item in request.items:
             problem = validation.id_problem(item.transaction_id, "transaction_id")
             if problem:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+            await _check_attempt(context, item.attempt)
             reason = item.reason or ResultCode.UNAVAILABLE
             items.append(
                 TransactionSpec(
-                    abort_marker_id(item.transaction_id),
+                    abort_marker_id(item.transaction_id, item.attempt),
                     Kind.ABORT,
                     (),
                     int(reason),
@@ -107,22 +131,51 @@ class ShardService(spb_grpc.ShardServicer):  # type: ignore[misc]
                 )
             )
         await self._submit(context, items)
-        ids = [i.transaction_id for i in request.items]
-        wanted = ids + [abort_marker_id(t) for t in ids]
+        wanted = [i.transaction_id for i in request.items] + [i.id for i in items]
         found = await store.load_transactions(self._node.read_pool, wanted, READ_TIMEOUT_S)
         decisions = []
-        for transaction_id in ids:
-            committed = found.get(transaction_id)
-            marker = found.get(abort_marker_id(transaction_id))
-            if committed is not None and committed.spec.kind is Kind.COMMIT:
-                decisions.append(spb.Decision(committed=True, timestamp_ns=committed.timestamp_ns))
-            elif marker is not None:
-                message = dict(marker.spec.metadata).get("message", "")
-                decisions.append(spb.Decision(reason=marker.spec.code, message=message))
-            else:  # the write failed (retryable): no decision can be reported yet
+        for item, marker_item in zip(request.items, items, strict=True):
+            decision = _decision(item, found.get(item.transaction_id), found.get(marker_item.id))
+            if decision is None:  # the write failed (retryable): no decision to report yet
                 await context.abort(grpc.StatusCode.UNAVAILABLE, "abort not recorded; retry")
+            decisions.append(decision)
         return spb.AbortResponse(decisions=decisions)
 
     async def Resolve(self, request: spb.ResolveRequest, context: Context) -> spb.ResolveResponse:
-        items: list[Any] = [resolution_spec(i.transaction_id, i.commit) for i in request.items]
+        for item in request.items:
+            await _check_attempt(context, item.attempt)
+        items: list[Any] = [
+            resolution_spec(piece_id(i.transaction_id, i.attempt), i.commit) for i in request.items
+        ]
         return spb.ResolveResponse(results=_results(await self._submit(context, items)))
+
+
+def _decision(
+    item: spb.AbortItem, recorded: TransactionState | None, marker: TransactionState | None
+) -> spb.Decision | None:
+    """The attempt's outcome at its coordinator: committed; or not, because another attempt
+    of the transaction committed (REPLAYED, or IDEMPOTENCY_CONFLICT if the asker's piece is
+    another transaction); or aborted, with the recorded reason."""
+    marker_id = abort_marker_id(item.transaction_id, item.attempt)
+    if recorded is not None and recorded.spec.kind is Kind.COMMIT:
+        if recorded.spec.target_id == marker_id:
+            return spb.Decision(committed=True, timestamp_ns=recorded.timestamp_ns)
+        reason, message = ResultCode.REPLAYED, "committed by an earlier attempt"
+        if item.HasField("piece"):
+            asked = commit_piece(item.piece, item.attempt)
+            if isinstance(asked, TransactionSpec):
+                differences = [
+                    d for d in transaction_differences(recorded.spec, asked) if d != "target_id"
+                ]
+                if differences:
+                    reason = ResultCode.IDEMPOTENCY_CONFLICT
+                    message = (
+                        f"transaction {item.transaction_id!r} exists with a different "
+                        + ", ".join(differences)
+                    )
+        return spb.Decision(reason=reason, message=message, timestamp_ns=recorded.timestamp_ns)
+    if marker is not None:
+        return spb.Decision(
+            reason=marker.spec.code, message=dict(marker.spec.metadata).get("message", "")
+        )
+    return None

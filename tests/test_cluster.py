@@ -221,7 +221,7 @@ async def test_clearing_accounts_are_the_clusters_own(cluster: Cluster, client: 
     assert closed.results[0].code == pb.RESULT_CODE_INVALID_ID
 
 
-async def test_cross_shard_refusal_is_final_and_nothing_stays_held(
+async def test_cross_shard_refusal_records_nothing_and_holds_nothing(
     cluster: Cluster, client: Client
 ) -> None:
     first, second = await _funded_pair(client)
@@ -244,12 +244,19 @@ async def test_cross_shard_refusal_is_final_and_nothing_stays_held(
     assert (one.available, two.available) == (100, 100)
     assert one.debits_pending == two.debits_pending == two.credits_pending == 0
     await _clearing_nets_to_zero(client)
-    # The outcome of an id is final: after funding, the same id is still refused.
+    # As on one shard, a refused transaction is not recorded: after funding, the same id
+    # succeeds, once.
     await client.codes(transfer("fund-3", "@cash", f"{first}/dep", 1_000))
     retry = (await client.post(transfer("big", f"{first}/dep", f"{second}/dep", 500)))[0]
-    assert (retry.code, retry.message) == (refused.code, refused.message)
-    fresh = (await client.post(transfer("big-2", f"{first}/dep", f"{second}/dep", 500)))[0]
-    assert fresh.code == pb.RESULT_CODE_CREATED
+    assert retry.code == pb.RESULT_CODE_CREATED
+    again = (await client.post(transfer("big", f"{first}/dep", f"{second}/dep", 500)))[0]
+    assert (again.code, again.timestamp_ns) == (pb.RESULT_CODE_REPLAYED, retry.timestamp_ns)
+    one, two = await client.balance(f"{first}/dep"), await client.balance(f"{second}/dep")
+    assert (one.available, two.available) == (600, 600)
+    # The same id with other content is another transaction: refused, naming what differs.
+    changed = (await client.post(transfer("big", f"{first}/dep", f"{second}/dep", 501)))[0]
+    assert changed.code == pb.RESULT_CODE_IDEMPOTENCY_CONFLICT and "legs" in changed.message
+    await _clearing_nets_to_zero(client)
     for node in cluster.nodes:
         assert await audit_problems(node.dsn) == []
 
@@ -301,12 +308,15 @@ async def test_linked_group_across_shards_fails_as_one(cluster: Cluster, client:
         balance = await client.balance(x)
         assert (balance.available, balance.debits_pending, balance.credits_pending) == (100, 0, 0)
     await _clearing_nets_to_zero(client)
-    # Final for these ids, even once c could pay.
-    await client.codes(transfer("fund-more", "@cash", c, 1_000))
-    again = await client.post(*group)
-    assert [(r.code, r.message) for r in again] == [(r.code, r.message) for r in first]
     response = await client.stub.GetTransactions(pb.GetTransactionsRequest(ids=["h1", "h2"]))
     assert [r.code for r in response.results] == [pb.RESULT_CODE_TRANSACTION_NOT_FOUND] * 2
+    # Nothing was recorded for these ids: once c can pay, the same group goes through.
+    await client.codes(transfer("fund-more", "@cash", c, 1_000))
+    again = await client.post(*group)
+    assert [r.code for r in again] == [pb.RESULT_CODE_CREATED] * 3
+    balances = [(await client.balance(x)).available for x in (a, b, c, d)]
+    assert balances == [90, 109, 600, 600]
+    await _clearing_nets_to_zero(client)
     for node in cluster.nodes:
         assert await audit_problems(node.dsn) == []
 
@@ -359,14 +369,17 @@ async def test_participant_past_its_deadline_learns_the_decision(
                 piece=piece_message(message, pieces[participant]),
                 coordinator_shard=coordinator,
                 deadline_seconds=1,
+                attempt="a1",
             )
             prepared = await stub.Prepare(spb.PrepareRequest(items=[item]))  # type: ignore[attr-defined]
             assert prepared.results[0].code == pb.RESULT_CODE_CREATED
         if commit:
             channel, stub = await _shard_stub(cluster, coordinator)
             async with channel:
-                piece = piece_message(message, pieces[coordinator])
-                committed = await stub.Commit(spb.CommitRequest(pieces=[piece]))  # type: ignore[attr-defined]
+                piece = spb.CommitItem(
+                    piece=piece_message(message, pieces[coordinator]), attempt="a1"
+                )
+                committed = await stub.Commit(spb.CommitRequest(items=[piece]))  # type: ignore[attr-defined]
                 assert committed.results[0].code == pb.RESULT_CODE_CREATED
         outcomes[tid] = participant
     held = await client.balance(f"{first}/dep")
@@ -380,8 +393,16 @@ async def test_participant_past_its_deadline_learns_the_decision(
     assert balance.credits_pending == 0 and balance.credits_posted == 110
     assert (await client.balance(f"{second}/dep")).debits_posted == 10
     await _clearing_nets_to_zero(client)
+    # The decided one's retry is a replay; the aborted attempt left its id free, so the
+    # undecided one's retry runs it now, once.
+    decided = (await client.post(transfer("decided", f"{second}/dep", f"{first}/dep", 10)))[0]
+    assert decided.code == pb.RESULT_CODE_REPLAYED
     retry = (await client.post(transfer("undecided", f"{second}/dep", f"{first}/dep", 10)))[0]
-    assert retry.code == pb.RESULT_CODE_ABORTED and "deadline passed" in retry.message
+    assert retry.code == pb.RESULT_CODE_CREATED
+    again = (await client.post(transfer("undecided", f"{second}/dep", f"{first}/dep", 10)))[0]
+    assert again.code == pb.RESULT_CODE_REPLAYED
+    assert (await client.balance(f"{first}/dep")).credits_posted == 120
+    await _clearing_nets_to_zero(client)
     for node in cluster.nodes:
         assert await audit_problems(node.dsn) == []
 

@@ -25,7 +25,7 @@ import grpc
 import pytest
 
 from core.embedded_pg import EmbeddedPostgres
-from core.model import Kind, Leg, Status, abort_marker_id, resolution_id
+from core.model import Kind, Leg, Status, abort_marker_id, piece_id, resolution_id, split_piece_id
 from shards.crossshard import clearing_account, piece_message, split_pieces
 from tally.v1 import ledger_pb2 as pb
 from tally.v1 import shard_pb2 as spb
@@ -116,13 +116,15 @@ async def funded_pair(cluster: ProcessCluster, client: Client, coordinator: int 
 # ---- what each shard's database says about one transaction ----
 
 
-def related_ids(transaction_id: str) -> list[str]:
-    """The transaction, its abort marker and its pieces' resolutions (commit, void)."""
+def related_patterns(transaction_id: str) -> list[str]:
+    """LIKE patterns of the transaction's records: the coordinator's commit (the id itself),
+    each attempt's abort marker and participant piece, and the pieces' resolutions."""
     return [
         transaction_id,
-        abort_marker_id(transaction_id),
-        resolution_id(transaction_id, True),
-        resolution_id(transaction_id, False),
+        f"~abort/%/{transaction_id}",
+        f"~piece/%/{transaction_id}",
+        f"~commit/~piece/%/{transaction_id}",
+        f"~void/~piece/%/{transaction_id}",
     ]
 
 
@@ -131,8 +133,8 @@ Row = dict[str, Any]
 
 async def rows_by_shard(cluster: ProcessCluster, transaction_id: str) -> list[dict[str, Row]]:
     """Per shard: id -> its transactions row, for the transaction and its related records."""
-    query = "SELECT * FROM transactions WHERE id = ANY($1::text[])"
-    found = await fetch_each_shard(cluster, query, related_ids(transaction_id))
+    query = "SELECT * FROM transactions WHERE id LIKE ANY($1::text[])"
+    found = await fetch_each_shard(cluster, query, related_patterns(transaction_id))
     return [{row["id"]: dict(row) for row in rows} for rows in found]
 
 
@@ -142,41 +144,59 @@ async def posted_by_shard(cluster: ProcessCluster, transaction_id: str) -> list[
     query = """
         SELECT account_id,
                sum(CASE WHEN is_debit THEN posted_amount ELSE -posted_amount END) AS net
-        FROM postings WHERE transaction_id = ANY($1::text[]) GROUP BY account_id
+        FROM postings WHERE transaction_id LIKE ANY($1::text[]) GROUP BY account_id
     """
-    found = await fetch_each_shard(cluster, query, related_ids(transaction_id))
+    found = await fetch_each_shard(cluster, query, related_patterns(transaction_id))
     return [{r["account_id"]: int(r["net"]) for r in rows if r["net"]} for rows in found]
+
+
+def held_transactions(held: set[str]) -> set[str]:
+    """Client transaction ids of held pieces ("~piece/<attempt>/<id>")."""
+    return {split_piece_id(h)[0] if h.startswith("~piece/") else h for h in held}
 
 
 async def held_on(cluster: ProcessCluster, shard_id: int) -> set[str]:
     rows = await fetch_rows(cluster.shard_dsns[shard_id], "SELECT transaction_id FROM holds")
-    return {row["transaction_id"] for row in rows}
+    return held_transactions({row["transaction_id"] for row in rows})
 
 
 async def check_outcome(
     cluster: ProcessCluster, client: Client, pair: Pair, transaction_id: str, applied: bool
 ) -> list[dict[str, Row]]:
-    """The transaction is wholly applied or wholly absent on every shard, nothing is held,
-    clearing nets to zero, every shard audits clean. Returns the rows per shard."""
+    """The transaction is wholly applied (by exactly one attempt) or wholly absent on every
+    shard, nothing is held, clearing nets to zero, every shard audits clean. Returns the rows
+    per shard."""
     context = cluster.describe
     await wait_gateway_reaches_every_shard(client, "@cash")
     rows = await rows_by_shard(cluster, transaction_id)
     coordinator, participant = rows[pair.coordinator], rows[pair.participant]
-    abort_id, commit_id, void_id = related_ids(transaction_id)[1:]
+    committed_attempt = ""
     if applied:
-        assert set(coordinator) == {transaction_id}, (coordinator, context())
-        assert coordinator[transaction_id]["kind"] == Kind.COMMIT
-        assert coordinator[transaction_id]["status"] == Status.POSTED
-        assert set(participant) == {transaction_id, commit_id}, (participant, context())
-        assert participant[transaction_id]["status"] == Status.PENDING_POSTED
-        assert participant[transaction_id]["resolved_by_id"] == commit_id
+        commit = coordinator.get(transaction_id)
+        assert commit is not None, (coordinator, context())
+        assert (commit["kind"], commit["status"]) == (Kind.COMMIT, Status.POSTED)
+        committed_attempt = commit["target_id"].split("/")[1]
     else:
-        assert set(coordinator) == {abort_id}, (coordinator, context())
-        assert coordinator[abort_id]["kind"] == Kind.ABORT
-        assert set(participant) == {transaction_id, void_id}, (participant, context())
-        assert participant[transaction_id]["status"] == Status.PENDING_VOIDED
-        assert participant[transaction_id]["resolved_by_id"] == void_id
-    assert participant[transaction_id]["kind"] == Kind.PREPARED
+        assert transaction_id not in coordinator, (coordinator, context())
+    markers = {i.split("/")[1] for i in coordinator if i.startswith("~abort/")}
+    assert set(coordinator) - {transaction_id} == {
+        abort_marker_id(transaction_id, a) for a in markers
+    }
+    assert committed_attempt not in markers
+    pieces = {i.split("/")[1] for i in participant if i.startswith("~piece/")}
+    assert pieces, (participant, context())
+    assert (committed_attempt in pieces) == applied
+    expected_rows = set()
+    for attempt in pieces:
+        piece = piece_id(transaction_id, attempt)
+        resolution = resolution_id(piece, attempt == committed_attempt)
+        expected_rows |= {piece, resolution}
+        assert participant[piece]["kind"] == Kind.PREPARED
+        assert participant[piece]["resolved_by_id"] == resolution, (participant, context())
+        assert participant[piece]["status"] == (
+            Status.PENDING_POSTED if attempt == committed_attempt else Status.PENDING_VOIDED
+        )
+    assert set(participant) == expected_rows, (participant, context())
     for shard_id, found in enumerate(rows):
         if shard_id not in (pair.coordinator, pair.participant):
             assert found == {}, (shard_id, found)
@@ -197,6 +217,14 @@ async def check_outcome(
     return rows
 
 
+def piece_rows(rows: dict[str, Row], transaction_id: str) -> list[Row]:
+    return [
+        row
+        for i, row in rows.items()
+        if i.startswith("~piece/") and i.endswith(f"/{transaction_id}")
+    ]
+
+
 async def check_clearing_nets_to_zero(client: Client) -> None:
     clearing = await client.balance(CLEARING)
     assert clearing.debits_posted == clearing.credits_posted
@@ -204,14 +232,15 @@ async def check_clearing_nets_to_zero(client: Client) -> None:
 
 
 async def retry_twice(client: Client, message: pb.Transaction) -> pb.ItemResult:
-    """The same id and content, twice (through whichever gateway `client` reaches): the answer
-    is the same both times."""
+    """The same id and content, twice (through whichever gateway `client` reaches): once
+    applied, the second answer is its replay (same timestamp); a refusal is answered alike."""
     (first,) = await client.post(message)
     (second,) = await client.post(message)
-    assert (second.code, second.message) == (first.code, first.message)
     if first.code in (pb.RESULT_CODE_CREATED, pb.RESULT_CODE_REPLAYED):
         assert second.code == pb.RESULT_CODE_REPLAYED
         assert second.timestamp_ns == first.timestamp_ns
+    else:
+        assert (second.code, second.message) == (first.code, first.message)
     return first
 
 
@@ -301,8 +330,9 @@ async def test_gateway_killed_between_prepare_and_commit(
 ) -> None:
     """The gateway dies (kill -9) after the participant prepared, before any decision. The
     participant holds the funds until its deadline, then asks the coordinator, which records
-    abort (presumed abort); the piece is voided. A retry through a new gateway returns that
-    recorded outcome, the same every time, and never applies the transfer."""
+    the attempt's abort (presumed abort); the piece is voided and nothing is applied. A retry
+    through a new gateway is a new attempt: it applies the transfer once, and retries after
+    it are replays."""
     environment = gateway_environment("gateway.after_prepare=exit")
     async with process_cluster(pg, tmp_path, gateway_environment=environment) as cluster:
         async with connected_to(cluster.target) as client:
@@ -316,7 +346,8 @@ async def test_gateway_killed_between_prepare_and_commit(
 
         rows = await rows_by_shard(cluster, "t-gateway")
         assert rows[pair.coordinator] == {}  # no decision
-        prepared_at_ns = rows[pair.participant]["t-gateway"]["timestamp_ns"]
+        (prepared,) = piece_rows(rows[pair.participant], "t-gateway")
+        prepared_at_ns = prepared["timestamp_ns"]
         payee = await fetch_rows(
             cluster.shard_dsns[pair.participant],
             "SELECT credits_pending FROM accounts WHERE id = $1",
@@ -331,14 +362,13 @@ async def test_gateway_killed_between_prepare_and_commit(
 
         async with connected_to(cluster.target) as client:
             rows = await check_outcome(cluster, client, pair, "t-gateway", applied=False)
-            marker = rows[pair.coordinator]["~abort/t-gateway"]
+            (marker,) = rows[pair.coordinator].values()
             assert marker["code"] == pb.RESULT_CODE_ABORTED
             assert "deadline passed" in marker["metadata"]
             again = await retry_twice(client, message)
-            assert again.code == pb.RESULT_CODE_ABORTED, (name(again.code), again.message)
-            assert "deadline passed" in again.message
-            # The retries changed nothing.
-            await check_outcome(cluster, client, pair, "t-gateway", applied=False)
+            assert again.code == pb.RESULT_CODE_CREATED, (name(again.code), again.message)
+            # Applied once, by the retry's attempt; the first attempt stays aborted.
+            await check_outcome(cluster, client, pair, "t-gateway", applied=True)
 
 
 async def test_gateway_killed_after_the_decision_before_resolving(
@@ -361,7 +391,8 @@ async def test_gateway_killed_after_the_decision_before_resolving(
 
         rows = await rows_by_shard(cluster, "t-decided")
         assert rows[pair.coordinator]["t-decided"]["kind"] == Kind.COMMIT
-        prepared_at_ns = rows[pair.participant]["t-decided"]["timestamp_ns"]
+        (prepared,) = piece_rows(rows[pair.participant], "t-decided")
+        prepared_at_ns = prepared["timestamp_ns"]
         await cluster.start_gateway(gateway_environment())
         await wait_nothing_pending(cluster, timeout_s=DEADLINE_S + 10)
         settled_after_s = (time.time_ns() - prepared_at_ns) / 1e9
@@ -403,6 +434,7 @@ async def test_a_dead_coordinator_holds_back_only_its_own_pieces(
                     piece=piece_message(message, pieces[participant]),
                     coordinator_shard=coordinator,
                     deadline_seconds=1,
+                    attempt="a1",
                 )
                 prepared = await stub.Prepare(spb.PrepareRequest(items=[item]), timeout=10)
                 assert prepared.results[0].code == pb.RESULT_CODE_CREATED, transaction_id
@@ -420,11 +452,13 @@ async def test_a_dead_coordinator_holds_back_only_its_own_pieces(
         await cluster.start_node(dead)
         await wait_nothing_pending(cluster, timeout_s=10)
         rows = await rows_by_shard(cluster, "t-dead")
-        assert rows[dead].keys() == {"~abort/t-dead"}
+        assert rows[dead].keys() == {"~abort/a1/t-dead"}
         async with connected_to(cluster.target) as client:
             for transaction_id, message in messages.items():
+                # The aborted attempts left the ids free: the retries apply them, once.
                 again = await retry_twice(client, message)
-                assert again.code == pb.RESULT_CODE_ABORTED, transaction_id
+                assert again.code == pb.RESULT_CODE_CREATED, transaction_id
+            assert (await client.balance(payee)).credits_posted == FUNDING + 30
             await check_clearing_nets_to_zero(client)
         for dsn in cluster.shard_dsns:
             assert await audit_problems(dsn) == []

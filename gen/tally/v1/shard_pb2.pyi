@@ -8,14 +8,16 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class PrepareItem(_message.Message):
-    __slots__ = ("piece", "coordinator_shard", "deadline_seconds")
+    __slots__ = ("piece", "coordinator_shard", "deadline_seconds", "attempt")
     PIECE_FIELD_NUMBER: _ClassVar[int]
     COORDINATOR_SHARD_FIELD_NUMBER: _ClassVar[int]
     DEADLINE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     piece: _ledger_pb2.Transaction
     coordinator_shard: int
     deadline_seconds: int
-    def __init__(self, piece: _Optional[_Union[_ledger_pb2.Transaction, _Mapping]] = ..., coordinator_shard: _Optional[int] = ..., deadline_seconds: _Optional[int] = ...) -> None: ...
+    attempt: str
+    def __init__(self, piece: _Optional[_Union[_ledger_pb2.Transaction, _Mapping]] = ..., coordinator_shard: _Optional[int] = ..., deadline_seconds: _Optional[int] = ..., attempt: _Optional[str] = ...) -> None: ...
 
 class PrepareRequest(_message.Message):
     __slots__ = ("items",)
@@ -29,11 +31,19 @@ class PrepareResponse(_message.Message):
     results: _containers.RepeatedCompositeFieldContainer[_ledger_pb2.ItemResult]
     def __init__(self, results: _Optional[_Iterable[_Union[_ledger_pb2.ItemResult, _Mapping]]] = ...) -> None: ...
 
+class CommitItem(_message.Message):
+    __slots__ = ("piece", "attempt")
+    PIECE_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    piece: _ledger_pb2.Transaction
+    attempt: str
+    def __init__(self, piece: _Optional[_Union[_ledger_pb2.Transaction, _Mapping]] = ..., attempt: _Optional[str] = ...) -> None: ...
+
 class CommitRequest(_message.Message):
-    __slots__ = ("pieces",)
-    PIECES_FIELD_NUMBER: _ClassVar[int]
-    pieces: _containers.RepeatedCompositeFieldContainer[_ledger_pb2.Transaction]
-    def __init__(self, pieces: _Optional[_Iterable[_Union[_ledger_pb2.Transaction, _Mapping]]] = ...) -> None: ...
+    __slots__ = ("items",)
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[CommitItem]
+    def __init__(self, items: _Optional[_Iterable[_Union[CommitItem, _Mapping]]] = ...) -> None: ...
 
 class CommitResponse(_message.Message):
     __slots__ = ("results",)
@@ -42,14 +52,18 @@ class CommitResponse(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[_ledger_pb2.ItemResult, _Mapping]]] = ...) -> None: ...
 
 class AbortItem(_message.Message):
-    __slots__ = ("transaction_id", "reason", "message")
+    __slots__ = ("transaction_id", "reason", "message", "attempt", "piece")
     TRANSACTION_ID_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    PIECE_FIELD_NUMBER: _ClassVar[int]
     transaction_id: str
     reason: _ledger_pb2.ResultCode
     message: str
-    def __init__(self, transaction_id: _Optional[str] = ..., reason: _Optional[_Union[_ledger_pb2.ResultCode, str]] = ..., message: _Optional[str] = ...) -> None: ...
+    attempt: str
+    piece: _ledger_pb2.Transaction
+    def __init__(self, transaction_id: _Optional[str] = ..., reason: _Optional[_Union[_ledger_pb2.ResultCode, str]] = ..., message: _Optional[str] = ..., attempt: _Optional[str] = ..., piece: _Optional[_Union[_ledger_pb2.Transaction, _Mapping]] = ...) -> None: ...
 
 class AbortRequest(_message.Message):
     __slots__ = ("items",)
@@ -76,12 +90,14 @@ class AbortResponse(_message.Message):
     def __init__(self, decisions: _Optional[_Iterable[_Union[Decision, _Mapping]]] = ...) -> None: ...
 
 class ResolveItem(_message.Message):
-    __slots__ = ("transaction_id", "commit")
+    __slots__ = ("transaction_id", "commit", "attempt")
     TRANSACTION_ID_FIELD_NUMBER: _ClassVar[int]
     COMMIT_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     transaction_id: str
     commit: bool
-    def __init__(self, transaction_id: _Optional[str] = ..., commit: _Optional[bool] = ...) -> None: ...
+    attempt: str
+    def __init__(self, transaction_id: _Optional[str] = ..., commit: _Optional[bool] = ..., attempt: _Optional[str] = ...) -> None: ...
 
 class ResolveRequest(_message.Message):
     __slots__ = ("items",)
