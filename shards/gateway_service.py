@@ -76,7 +76,10 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
                 unit = [i for i in items[start:end] if isinstance(i, TransactionSpec)]
                 shards = routing.unit_shards(unit, slot_map, located)
                 if len(shards) == 1:
-                    plan.setdefault(shards.pop(), []).append((start, end))
+                    shard = shards.pop()
+                    plan.setdefault(shard, []).append((start, end))
+                    # A later item of this request may post, void or reverse one of these.
+                    located.update((item.id, shard) for item in unit)
                 elif all(item.kind is Kind.ORDINARY for item in unit):
                     crossing.append((start, end))
                 else:
