@@ -434,6 +434,21 @@ async def prepared_past_deadline(
     return [(row["transaction_id"], int(row["target_id"])) for row in rows]
 
 
+async def prepared_pieces(connection: Connection, timeout_s: float) -> tuple[int, int]:
+    """Cross-shard pieces held here, and the oldest one's creation time (0: none). One scan of
+    holds (small: only open holds live there) joined on the transactions primary key."""
+    row = await connection.fetchrow(
+        """
+        SELECT count(*) AS piece_count, coalesce(min(t.timestamp_ns), 0) AS oldest_ns
+        FROM holds h JOIN transactions t ON t.id = h.transaction_id
+        WHERE t.kind = $1
+        """,
+        int(Kind.PREPARED),
+        timeout=timeout_s,
+    )
+    return int(row["piece_count"]), int(row["oldest_ns"])
+
+
 async def list_postings(
     connection: Connection,
     account_id: str,

@@ -44,13 +44,18 @@ def _add_writer_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_metrics_flag(parser: argparse.ArgumentParser) -> None:
+def _add_metrics_flag(parser: argparse.ArgumentParser, default: str = "") -> None:
     parser.add_argument(
         "--metrics-listen",
-        default=_env("metrics_listen", ""),
-        help="host:port for Prometheus /metrics (default: off; port 0: a free one; with "
-        "--shards N each node picks a free port, logged in its log)",
+        default=_env("metrics_listen", default),
+        help="host:port for Prometheus /metrics (default: %(default)r; '': off; port 0: a free "
+        "one; with --shards N every process picks a free port on that host); its URL is "
+        "printed before the serving line",
     )
+
+
+def _metrics_url(listen: str, port: int) -> str:
+    return f"http://{listen.rsplit(':', 1)[0]}:{port}/metrics"
 
 
 def _writer_config(args: argparse.Namespace) -> WriterConfig:
@@ -82,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="1: one node serves directly; N > 1: N node processes behind a gateway",
     )
     _add_writer_flags(up)
-    _add_metrics_flag(up)
+    _add_metrics_flag(up, default="127.0.0.1:0")
 
     node = commands.add_parser("node", help="one shard node on an existing PostgreSQL")
     node.add_argument("--dsn", default=_env("dsn", ""), required=not _env("dsn", ""))
@@ -106,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--control-dsn", default=_env("control_dsn", ""), required=not _env("control_dsn", "")
     )
     gateway.add_argument("--listen", default=_env("listen", DEFAULT_TARGET))
+    _add_metrics_flag(gateway)
 
     terminal.add_commands(commands, _env("target", DEFAULT_TARGET))
     auditing.add_commands(commands, _env("audit_dsns", ""))
@@ -155,13 +161,12 @@ async def _serve(args: argparse.Namespace) -> int:
     try:
         port = await node.start()
         tune_garbage_collector()
+        if node.metrics_port:  # before the serving line, which whoever started us waits for
+            whose = " of node-0" if args.command == "up" else ""
+            url = _metrics_url(args.metrics_listen, node.metrics_port)
+            print(f"tally: metrics{whose} on {url}", flush=True)
         host = args.listen.rsplit(":", 1)[0]
         print(f"tally: serving tally.v1.Ledger on {host}:{port}", flush=True)
-        if node.metrics_port:
-            metrics_host = args.metrics_listen.rsplit(":", 1)[0]
-            print(
-                f"tally: metrics on http://{metrics_host}:{node.metrics_port}/metrics", flush=True
-            )
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, node.request_stop)
@@ -177,8 +182,15 @@ async def _serve(args: argparse.Namespace) -> int:
 async def _serve_gateway(args: argparse.Namespace) -> int:
     from shards.gateway import Gateway, GatewayConfig
 
-    gateway = Gateway(GatewayConfig(control_dsn=args.control_dsn, listen=args.listen))
+    gateway = Gateway(
+        GatewayConfig(
+            control_dsn=args.control_dsn, listen=args.listen, metrics_listen=args.metrics_listen
+        )
+    )
     port = await gateway.start()
+    if gateway.metrics_port:  # before the serving line, which whoever started us waits for
+        url = _metrics_url(args.metrics_listen, gateway.metrics_port)
+        print(f"tally: metrics on {url}", flush=True)
     host = args.listen.rsplit(":", 1)[0]
     print(f"tally: serving tally.v1.Ledger on {host}:{port}", flush=True)
     loop = asyncio.get_running_loop()
@@ -197,12 +209,17 @@ async def _serve_cluster(args: argparse.Namespace) -> int:
         f"--batch-item-count-max={args.batch_item_count_max}",
         f"--batch-wait-ms={args.batch_wait_ms}",
         f"--cache-account-count-max={args.cache_account_count_max}",
-        # Always passed, so TALLY_METRICS_LISTEN does not make N nodes race for one port.
-        f"--metrics-listen={_any_port(args.metrics_listen)}",
     ]
+    # Always passed, so TALLY_METRICS_LISTEN does not make N + 1 processes race for one port.
+    metrics_flags = [f"--metrics-listen={_any_port(args.metrics_listen)}"]
     try:
         return await run_cluster(
-            embedded, args.shards, args.listen, args.data_dir.resolve(), node_flags
+            embedded,
+            args.shards,
+            args.listen,
+            args.data_dir.resolve(),
+            node_flags + metrics_flags,
+            metrics_flags,
         )
     finally:
         print("tally: stopping PostgreSQL", flush=True)

@@ -18,7 +18,8 @@ import asyncio
 import logging
 import os
 import secrets
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import grpc
@@ -187,8 +188,13 @@ class Driver:
     call per participant shard, one Commit and one Abort call per coordinator, one Resolve call
     per participant, whatever the number of units."""
 
-    def __init__(self, stubs: dict[int, spb_grpc.ShardStub]) -> None:
+    def __init__(
+        self,
+        stubs: dict[int, spb_grpc.ShardStub],
+        observe_phase: Callable[[str, float], None] | None = None,
+    ) -> None:
         self._stubs = stubs
+        self._observe_phase = observe_phase
 
     async def _per_shard(
         self, method: str, requests: dict[int, Any], read: str
@@ -204,7 +210,11 @@ class Driver:
             return list(getattr(response, read))
 
         shards = list(requests)
-        return dict(zip(shards, await asyncio.gather(*map(one, shards)), strict=True))
+        started = time.perf_counter()
+        answers = await asyncio.gather(*map(one, shards))
+        if self._observe_phase is not None and shards:
+            self._observe_phase(method, time.perf_counter() - started)
+        return dict(zip(shards, answers, strict=True))
 
     async def execute(
         self,

@@ -25,13 +25,16 @@ from core.slots import SlotMap, is_spread
 from shards import control
 from shards.crossshard import Driver, clearing_account
 from shards.links import CHANNEL_OPTIONS, ShardLink
+from shards.metrics import GatewayMetrics, MetricsServer
 from tally.v1 import ledger_pb2 as pb
+from tally.v1 import shard_pb2
 from tally.v1.shard_pb2_grpc import ShardStub
 
 log = logging.getLogger("tally.gateway")
 
 # The account type (code) of the inter-shard clearing accounts.
 CLEARING_CODE = 9999
+SHARD_DESCRIPTOR = shard_pb2.DESCRIPTOR.services_by_name["Shard"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +46,8 @@ class GatewayConfig:
     slot_map_poll_interval_s: float = 1.0
     location_cache_count_max: int = 100_000
     shutdown_grace_s: float = 10.0
+    # Prometheus /metrics on its own port ("": off; port 0: any free one, see Gateway.metrics_port).
+    metrics_listen: str = ""
 
 
 class Cluster:
@@ -56,6 +61,10 @@ class Cluster:
         self._refresh_lock = asyncio.Lock()
         self._clearing_ready: set[str] = set()
         self._clearing_lock = asyncio.Lock()
+        # Built after slot_map and links, which its collector reads at scrape time.
+        self.metrics = GatewayMetrics(self)
+        # Each link's two-phase-commit stub, timed as calls to its shard.
+        self._shard_stubs: dict[int, Any] = {}
 
     async def refresh(self) -> None:
         async with self._refresh_lock:
@@ -78,18 +87,24 @@ class Cluster:
             link = self.links.get(shard_id)
             if link is not None and link.endpoint == endpoint:
                 continue
-            self.links[shard_id] = ShardLink(shard_id, endpoint, self.config.shard_call_timeout_s)
+            self.links[shard_id] = ShardLink(
+                shard_id, endpoint, self.config.shard_call_timeout_s, metrics=self.metrics
+            )
+            self._shard_stubs[shard_id] = self.metrics.metered_stub(
+                ShardStub(self.links[shard_id].channel), SHARD_DESCRIPTOR, shard_id
+            )
             if link is not None:
                 await link.close()
 
     async def backoff_and_refresh(self, attempt: int) -> None:
         """After WRONG_SHARD: the map moved; the shards may be a moment behind the control
         database, so wait a little longer each round (50, 100, 200 ms) and reload."""
+        self.metrics.wrong_shard_retry()
         await asyncio.sleep(0.05 * 2 ** (attempt - 1))
         await self.refresh()
 
     def driver(self) -> Driver:
-        return Driver({shard: ShardStub(link.channel) for shard, link in self.links.items()})
+        return Driver(dict(self._shard_stubs), self.metrics.cross_shard_phase)
 
     async def ensure_clearing_accounts(self, currencies: set[str]) -> None:
         """Each currency's inter-shard clearing account, a spread account (once per process)."""
@@ -162,6 +177,8 @@ class Gateway:
         self._health = health.aio.HealthServicer()
         self._stopping = asyncio.Event()
         self.port = 0
+        self._metrics_server: MetricsServer | None = None
+        self.metrics_port = 0
 
     async def start(self) -> int:
         from shards.gateway_service import GatewayService
@@ -171,7 +188,7 @@ class Gateway:
         await self.cluster.refresh()
         self._server = grpc.aio.server(options=CHANNEL_OPTIONS)
         service = GatewayService(self.cluster)
-        self._server.add_generic_rpc_handlers((ledger_handler(service),))
+        self._server.add_generic_rpc_handlers((ledger_handler(service, self.cluster.metrics.rpc),))
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         ledger_name = ledger_pb2.DESCRIPTOR.services_by_name["Ledger"].full_name
         reflection.enable_server_reflection(
@@ -180,6 +197,10 @@ class Gateway:
         self.port = self._server.add_insecure_port(self.config.listen)
         if self.port == 0:
             raise OSError(f"cannot listen on {self.config.listen}")
+        if self.config.metrics_listen:
+            registry = self.cluster.metrics.registry
+            self._metrics_server = MetricsServer(registry, self.config.metrics_listen)
+            self.metrics_port = self._metrics_server.start()
         await self._server.start()
         serving = health_pb2.HealthCheckResponse.SERVING
         await self._health.set("", serving)
@@ -198,6 +219,8 @@ class Gateway:
             if self._server is not None:
                 await self._server.stop(self.config.shutdown_grace_s)
             await self.cluster.close()
+            if self._metrics_server is not None:
+                await self._metrics_server.stop()
 
     async def _poll(self) -> None:
         while not self._stopping.is_set():
@@ -214,6 +237,7 @@ class Gateway:
             except asyncio.CancelledError:
                 raise
             except Exception as error:  # control database away: keep the map we have
+                self.cluster.metrics.slot_map_refresh_failed()
                 log.warning("cluster refresh failed: %r", error)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
@@ -112,7 +113,9 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
             currencies.update(leg.currency for spec in specs for leg in spec.legs)
             units.append(Unit(specs, messages[start:end], slot_map))
         await self._cluster.ensure_clearing_accounts(currencies)
+        started = time.perf_counter()
         answers = await self._cluster.driver().execute_units(units)
+        self._cluster.metrics.cross_shard_executed(answers, time.perf_counter() - started)
         for (start, end), unit_results in zip(ranges, answers, strict=True):
             results[start:end] = unit_results
 

@@ -4,18 +4,23 @@ While a call to the shard is in flight, further sub-batches queue; they leave to
 call when a slot frees (up to inflight_call_count_max calls at once), so many small client
 requests become few large shard batches. Each client request's linked groups are closed within
 it (the gateway checks), so concatenating requests never joins two groups.
+
+Metrics (when given): per call, the requests and items it carried, its oldest request's wait
+and its duration; calls in flight and requests queued are plain ints read at scrape time.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
 import grpc
 
 from core import limits
+from shards.metrics import GatewayMetrics, ShardCallMetrics
 from tally.v1 import ledger_pb2 as pb
 from tally.v1 import ledger_pb2_grpc as pb_grpc
 
@@ -31,6 +36,12 @@ CHANNEL_OPTIONS = [
 ]
 
 Results = list[pb.ItemResult]
+# The write methods, as their metrics name them.
+POST = "PostTransactions"
+CREATE = "CreateAccounts"
+CLOSE = "CloseAccounts"
+# A client request's items, its answer, and when it was queued (time.perf_counter()).
+Entry = tuple[list[Any], "asyncio.Future[Results]", float]
 
 
 class _Coalescer:
@@ -42,18 +53,28 @@ class _Coalescer:
         inflight_call_count_max: int,
         item_count_max: int,
         id_of: Callable[[Any], str],
+        metrics: ShardCallMetrics | None = None,
     ) -> None:
         self._call = call
         self._id_of = id_of
-        self._queue: list[tuple[list[Any], asyncio.Future[Results]]] = []
+        self._queue: list[Entry] = []
         self._inflight = 0
         self._inflight_max = inflight_call_count_max
         self._item_count_max = item_count_max
         self._tasks: set[asyncio.Task[None]] = set()
+        self._metrics = metrics
+
+    @property
+    def inflight_call_count(self) -> int:
+        return self._inflight
+
+    @property
+    def queued_request_count(self) -> int:
+        return len(self._queue)
 
     async def submit(self, items: list[Any]) -> Results:
         future: asyncio.Future[Results] = asyncio.get_running_loop().create_future()
-        self._queue.append((items, future))
+        self._queue.append((items, future, time.perf_counter()))
         self._pump()
         return await future
 
@@ -65,7 +86,7 @@ class _Coalescer:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    def _take(self) -> list[tuple[list[Any], asyncio.Future[Results]]]:
+    def _take(self) -> list[Entry]:
         """The oldest request, and after it the next ones while they fit and share no id with
         those taken: the same id twice in one shard batch would be DUPLICATE_ID_IN_BATCH, where
         two separate requests get CREATED and REPLAYED."""
@@ -82,16 +103,27 @@ class _Coalescer:
             ids |= next_ids
         return group
 
-    async def _send(self, group: list[tuple[list[Any], asyncio.Future[Results]]]) -> None:
+    async def _send(self, group: list[Entry]) -> None:
         try:
-            merged = [item for items, _ in group for item in items]
+            merged = [item for items, _, _ in group for item in items]
+            started = time.perf_counter()
+            failed = False
             try:
                 results = list(await self._call(merged))
             except grpc.aio.AioRpcError as error:
                 log.warning("shard call failed: %s %s", error.code().name, error.details())
                 results = [_unavailable(error)] * len(merged)
+                failed = True
+            if self._metrics is not None:
+                self._metrics.observe(
+                    len(group),
+                    len(merged),
+                    started - group[0][2],
+                    time.perf_counter() - started,
+                    failed,
+                )
             offset = 0
-            for items, future in group:
+            for items, future, _ in group:
                 if not future.done():
                     future.set_result(results[offset : offset + len(items)])
                 offset += len(items)
@@ -130,6 +162,7 @@ class ShardLink:
         endpoint: str,
         call_timeout_s: float,
         inflight_call_count_max: int = 2,
+        metrics: GatewayMetrics | None = None,
     ) -> None:
         self.shard_id = shard_id
         self.endpoint = endpoint
@@ -138,9 +171,23 @@ class ShardLink:
         self.call_timeout_s = call_timeout_s
         item_count_max = limits.batch_item_count_max
         inflight = inflight_call_count_max
-        self._post = _Coalescer(self._post_call, inflight, item_count_max, _transaction_id)
-        self._create = _Coalescer(self._create_call, inflight, item_count_max, _account_id)
-        self._close = _Coalescer(self._close_call, inflight, item_count_max, _closed_id)
+
+        def calls(method: str) -> ShardCallMetrics | None:
+            return metrics.shard_calls(shard_id, method) if metrics is not None else None
+
+        self._post = _Coalescer(
+            self._post_call, inflight, item_count_max, _transaction_id, calls(POST)
+        )
+        self._create = _Coalescer(
+            self._create_call, inflight, item_count_max, _account_id, calls(CREATE)
+        )
+        self._close = _Coalescer(
+            self._close_call, inflight, item_count_max, _closed_id, calls(CLOSE)
+        )
+
+    def call_queues(self) -> tuple[tuple[str, _Coalescer], ...]:
+        """Each write method's coalescing queue (for the gateway's metrics)."""
+        return ((POST, self._post), (CREATE, self._create), (CLOSE, self._close))
 
     async def _post_call(self, items: list[pb.Transaction]) -> Any:
         response = await self.stub.PostTransactions(

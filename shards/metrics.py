@@ -1,13 +1,19 @@
 """Prometheus metrics of one process, in a registry of its own, served on their own HTTP port.
 
-RpcMetrics instruments gRPC handlers of any process that serves them (nodes; gateways too);
-NodeMetrics adds what a shard node knows: its writer, caches, cross-shard pieces, slot map.
-MetricsServer serves a registry at /metrics.
+RpcMetrics instruments gRPC handlers of any process that serves them; NodeMetrics adds what a
+shard node knows (its writer, caches, cross-shard pieces, slot map), GatewayMetrics what a
+gateway knows (its calls to the shards, coalescing, WRONG_SHARD retries, cross-shard
+transactions, slot map). MetricsServer serves a registry at /metrics.
+
+Naming: a node's series are `tally_*` labelled {shard="N"}; a gateway's are `tally_gateway_*`
+(the same RPC metrics under their own names), so that summing any family over everything one
+Prometheus scrapes never counts an item twice (once at the gateway, once at its shard).
 
 Hot-path budget: per request a clock read, a histogram and a counter update, and for write
-RPCs one collections.Counter pass over the item results. What the writer already counts
-(cache hits, failed commits, the queue) is read at scrape time by a collector, on the HTTP
-server's thread; reading plain ints and a deque's length there is safe under the GIL.
+RPCs one collections.Counter pass over the item results; per gateway call to a shard, a few
+histogram observations. What is already counted in plain ints (cache hits, failed commits,
+queues, calls in flight) is read at scrape time by a collector, on the HTTP server's thread;
+reading plain ints and a container's length there is safe under the GIL.
 """
 
 from __future__ import annotations
@@ -15,11 +21,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import itertools
 import logging
 import operator
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from types import SimpleNamespace
 from typing import Any, Protocol
 
@@ -28,7 +35,8 @@ from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from core.model import Kind, Result, ResultCode
+from core import store
+from core.model import Result, ResultCode
 from core.slots import SlotMap
 from shards.writer import Writer
 
@@ -44,16 +52,12 @@ COMMIT_SECONDS_BUCKETS = (
 )  # fmt: skip
 # Up to WriterConfig.batch_item_count_max (8,190 by default).
 BATCH_ITEMS_BUCKETS = (1, 8, 64, 256, 1024, 2048, 4096, 8190, 16384)
+# Client requests coalesced into one gateway call to a shard (up to its item limit).
+SHARD_CALL_REQUESTS_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 1024, 8190)
+# Cross-shard units (transactions, linked groups) that go through the two phases together.
+CROSS_SHARD_BATCH_BUCKETS = (1, 2, 4, 8, 16, 64, 256, 1024, 8190)
 PREPARED_QUERY_TIMEOUT_S = 10.0
 SERVER_STOP_TIMEOUT_S = 5.0
-
-# Cross-shard pieces still held, and the oldest one's creation time. One scan of holds (small:
-# only open holds live there) joined on the transactions primary key.
-PREPARED_PIECES_SQL = """
-    SELECT count(*) AS piece_count, coalesce(min(t.timestamp_ns), 0) AS oldest_ns
-    FROM holds h JOIN transactions t ON t.id = h.transaction_id
-    WHERE t.kind = $1
-"""
 
 _result_code = operator.attrgetter("code")
 
@@ -78,24 +82,29 @@ class RpcMetrics:
     into one Prometheus stay apart without relabelling.
     """
 
-    def __init__(self, registry: CollectorRegistry, fixed_labels: Mapping[str, str]) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        fixed_labels: Mapping[str, str],
+        prefix: str = "tally_",
+    ) -> None:
         names = tuple(fixed_labels)
         self._fixed = tuple(fixed_labels.values())
         self.duration = Histogram(
-            "tally_rpc_duration_seconds",
+            f"{prefix}rpc_duration_seconds",
             "Time to serve an RPC, from its request bytes to its response message",
             [*names, "method"],
             registry=registry,
             buckets=RPC_SECONDS_BUCKETS,
         )
         self.calls = Counter(
-            "tally_rpc",
+            f"{prefix}rpc",
             "RPCs served, by gRPC status",
             [*names, "method", "status"],
             registry=registry,
         )
         self.item_results = Counter(
-            "tally_item_results",
+            f"{prefix}item_results",
             "Items answered by write RPCs, by result code (REPLAYED: idempotent retries)",
             [*names, "method", "code"],
             registry=registry,
@@ -213,10 +222,10 @@ class NodeMetrics:
         query); the oldest one's age is computed at scrape time from its creation time."""
         while not stopping.is_set():
             try:
-                row = await read_pool.fetchrow(
-                    PREPARED_PIECES_SQL, int(Kind.PREPARED), timeout=PREPARED_QUERY_TIMEOUT_S
+                piece_count, oldest_ns = await store.prepared_pieces(
+                    read_pool, PREPARED_QUERY_TIMEOUT_S
                 )
-                self.prepared.update(int(row["piece_count"]), int(row["oldest_ns"]))
+                self.prepared.update(piece_count, oldest_ns)
             except asyncio.CancelledError:
                 raise
             except Exception as error:  # storage away: keep the last sample, try next tick
@@ -294,6 +303,225 @@ def _writer_counters(shard: str, writer: Writer | None) -> Iterator[Metric]:
         failures.add_metric([shard, "fenced"], writer.commit_fenced_count)
         failures.add_metric([shard, "error"], writer.commit_failed_count)
     yield from (hits, misses, entries, failures)
+
+
+class CallQueueView(Protocol):
+    """One coalescing queue of a gateway's link to a shard (plain ints, read at scrape time)."""
+
+    @property
+    def inflight_call_count(self) -> int: ...
+
+    @property
+    def queued_request_count(self) -> int: ...
+
+
+class LinkView(Protocol):
+    def call_queues(self) -> Iterable[tuple[str, CallQueueView]]: ...
+
+
+class GatewayView(Protocol):
+    """What the gateway's collector reads at scrape time."""
+
+    @property
+    def slot_map(self) -> SlotMap | None: ...
+
+    @property
+    def links(self) -> Mapping[int, LinkView]: ...
+
+
+class ShardCallMetrics:
+    """A gateway's coalesced calls of one write method to one shard; children bound once, so a
+    call costs four observations and no label lookups."""
+
+    __slots__ = ("_duration", "_failures", "_items", "_requests", "_wait")
+
+    def __init__(self, metrics: GatewayMetrics, shard: str, method: str) -> None:
+        self._duration = metrics.shard_call_duration.labels(shard, method)
+        self._failures = metrics.shard_call_failures.labels(shard, method)
+        self._items = metrics.shard_call_items.labels(shard, method)
+        self._requests = metrics.shard_call_requests.labels(shard, method)
+        self._wait = metrics.shard_call_wait.labels(shard, method)
+
+    def observe(
+        self, request_count: int, item_count: int, wait_s: float, seconds: float, failed: bool
+    ) -> None:
+        """One call: client requests and items it carried, how long its oldest request queued,
+        how long the call took, and whether it failed (its items answered UNAVAILABLE)."""
+        self._requests.observe(request_count)
+        self._items.observe(item_count)
+        self._wait.observe(wait_s)
+        self._duration.observe(seconds)
+        if failed:
+            self._failures.inc()
+
+
+class GatewayMetrics:
+    """Everything a gateway exports, in a registry of its own (always built; served only with
+    GatewayConfig.metrics_listen)."""
+
+    def __init__(self, gateway: GatewayView) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        registry = self.registry
+        self.rpc = RpcMetrics(registry, {}, prefix="tally_gateway_")
+        shard_method = ["shard", "method"]
+        self.shard_call_duration = Histogram(
+            "tally_gateway_shard_call_duration_seconds",
+            "The gateway's calls to shard nodes (coalesced writes and two-phase-commit calls)",
+            shard_method,
+            registry=registry,
+            buckets=RPC_SECONDS_BUCKETS,
+        )
+        self.shard_call_failures = Counter(
+            "tally_gateway_shard_call_failures",
+            "Calls to shard nodes that failed with a gRPC error",
+            shard_method,
+            registry=registry,
+        )
+        self.shard_call_items = Histogram(
+            "tally_gateway_shard_call_items",
+            "Items per coalesced write call to a shard",
+            shard_method,
+            registry=registry,
+            buckets=BATCH_ITEMS_BUCKETS,
+        )
+        self.shard_call_requests = Histogram(
+            "tally_gateway_shard_call_requests",
+            "Client requests coalesced into one write call to a shard",
+            shard_method,
+            registry=registry,
+            buckets=SHARD_CALL_REQUESTS_BUCKETS,
+        )
+        self.shard_call_wait = Histogram(
+            "tally_gateway_shard_call_wait_seconds",
+            "Time the oldest request of a coalesced call waited for a free call slot",
+            shard_method,
+            registry=registry,
+            buckets=RPC_SECONDS_BUCKETS,
+        )
+        self._wrong_shard_retries = Counter(
+            "tally_gateway_wrong_shard_retries",
+            "Rounds of resending after a shard answered WRONG_SHARD (each reloads the slot map)",
+            registry=registry,
+        )
+        self._slot_map_refresh_failures = Counter(
+            "tally_gateway_slot_map_refresh_failures",
+            "Slot map reloads from the control database that failed",
+            registry=registry,
+        )
+        self._cross_shard_seconds = Histogram(
+            "tally_gateway_cross_shard_duration_seconds",
+            "Two-phase commit of a request's cross-shard units, until their outcome",
+            registry=registry,
+            buckets=RPC_SECONDS_BUCKETS,
+        )
+        self._cross_shard_batch = Histogram(
+            "tally_gateway_cross_shard_batch_units",
+            "Cross-shard units (transactions, linked groups) taken through the phases together",
+            registry=registry,
+            buckets=CROSS_SHARD_BATCH_BUCKETS,
+        )
+        self._cross_shard_outcomes = Counter(
+            "tally_gateway_cross_shard_items",
+            "Items of cross-shard units, by result code (ABORTED: no decision before the deadline)",
+            ["code"],
+            registry=registry,
+        )
+        self._cross_shard_phase = Histogram(
+            "tally_gateway_cross_shard_phase_duration_seconds",
+            "One two-phase-commit phase (Prepare, Commit, Abort, Resolve) across its shards",
+            ["phase"],
+            registry=registry,
+            buckets=RPC_SECONDS_BUCKETS,
+        )
+        self._outcome_children: dict[int, Any] = {}
+        self._phase_children: dict[str, Any] = {}
+        registry.register(_GatewayStateCollector(gateway))
+
+    def shard_calls(self, shard_id: int, method: str) -> ShardCallMetrics:
+        return ShardCallMetrics(self, str(shard_id), method)
+
+    def metered_stub(self, stub: Any, service: ServiceDescriptor, shard_id: int) -> Any:
+        """A stand-in for a client stub of `service` whose calls are timed, and counted when
+        they fail, as calls to shard shard_id."""
+        shard = str(shard_id)
+        return SimpleNamespace(
+            **{m.name: self._timed(getattr(stub, m.name), shard, m.name) for m in service.methods}
+        )
+
+    def _timed(self, call: Callable[..., Any], shard: str, method: str) -> Callable[..., Any]:
+        duration = self.shard_call_duration.labels(shard, method)
+        failures = self.shard_call_failures.labels(shard, method)
+
+        async def timed(*args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return await call(*args, **kwargs)
+            except grpc.aio.AioRpcError:
+                failures.inc()
+                raise
+            finally:
+                duration.observe(time.perf_counter() - started)
+
+        return timed
+
+    def wrong_shard_retry(self) -> None:
+        self._wrong_shard_retries.inc()
+
+    def slot_map_refresh_failed(self) -> None:
+        self._slot_map_refresh_failures.inc()
+
+    def cross_shard_executed(self, unit_results: Sequence[Sequence[Any]], seconds: float) -> None:
+        """Once per two-phase-commit run: its duration, its units, and their items' results
+        (ItemResult-like: a `code`), counted in one Counter pass."""
+        self._cross_shard_seconds.observe(seconds)
+        self._cross_shard_batch.observe(len(unit_results))
+        children = self._outcome_children
+        codes = map(_result_code, itertools.chain.from_iterable(unit_results))
+        for code, count in collections.Counter(codes).items():
+            child = children.get(code)
+            if child is None:
+                child = children[code] = self._cross_shard_outcomes.labels(result_code_name(code))
+            child.inc(count)
+
+    def cross_shard_phase(self, phase: str, seconds: float) -> None:
+        """One phase of a two-phase-commit run, across its shards (the Shard method: "Prepare",
+        "Commit", "Abort", "Resolve")."""
+        child = self._phase_children.get(phase)
+        if child is None:
+            child = self._phase_children[phase] = self._cross_shard_phase.labels(phase)
+        child.observe(seconds)
+
+
+class _GatewayStateCollector:
+    """The gateway's slot map and its links' queues, read at scrape time."""
+
+    def __init__(self, gateway: GatewayView) -> None:
+        self._gateway = gateway
+
+    def collect(self) -> Iterator[Metric]:
+        slot_map = self._gateway.slot_map
+        version = GaugeMetricFamily(
+            "tally_gateway_slot_map_version", "Slot map version held (0: none)"
+        )
+        version.add_metric([], slot_map.version if slot_map is not None else 0)
+        yield version
+        inflight = GaugeMetricFamily(
+            "tally_gateway_shard_calls_in_flight",
+            "Coalesced write calls to a shard awaiting their answer",
+            labels=["shard", "method"],
+        )
+        queued = GaugeMetricFamily(
+            "tally_gateway_shard_queued_requests",
+            "Client requests waiting for a free call slot to a shard",
+            labels=["shard", "method"],
+        )
+        for shard_id, link in list(self._gateway.links.items()):
+            for method, queue in link.call_queues():
+                labels = [str(shard_id), method]
+                inflight.add_metric(labels, queue.inflight_call_count)
+                queued.add_metric(labels, queue.queued_request_count)
+        yield inflight
+        yield queued
 
 
 class MetricsServer:

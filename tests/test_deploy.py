@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 from pathlib import Path
 
+from core.embedded_pg import EmbeddedPostgres
+from shards import control
+from shards.gateway import Gateway, GatewayConfig
 from tests.helpers import start_node
 from tests.test_metrics import _get
 
@@ -19,7 +23,7 @@ def dashboard_metrics() -> set[str]:
     dashboard = json.loads((DEPLOY / "grafana" / "tally-dashboard.json").read_text())
     names = set()
     for panel in dashboard["panels"]:
-        for target in panel["targets"]:
+        for target in panel.get("targets", []):  # a row has none
             names.update(METRIC.findall(target["expr"]))
     return names
 
@@ -31,21 +35,55 @@ def family(name: str) -> str:
     return name
 
 
-async def test_dashboard_queries_only_exported_metrics(dsn: str) -> None:
-    handle = await start_node(dsn, metrics_listen="127.0.0.1:0")
+async def test_dashboard_queries_only_exported_metrics(pg: EmbeddedPostgres, dsn: str) -> None:
+    """What a node and a gateway of a one-shard cluster export, before any traffic: every
+    family is declared from the start (labelled ones at least by their HELP line)."""
+    control_name = f"t{os.getpid()}_deploy_control"
+    await pg.create_database_async(control_name)
+    control_dsn = pg.dsn(control_name)
+    connection = await control.connect(control_dsn)
     try:
-        text = await asyncio.to_thread(_get, handle.node.metrics_port)
+        await control.initialise(connection, 1)
+    finally:
+        await connection.close()
+    handle = await start_node(
+        dsn, metrics_listen="127.0.0.1:0", control_dsn=control_dsn, shard_id=0
+    )
+    try:
+        gateway = Gateway(
+            GatewayConfig(
+                control_dsn=control_dsn, listen="127.0.0.1:0", metrics_listen="127.0.0.1:0"
+            )
+        )
+        await gateway.start()
+        running = asyncio.create_task(gateway.run())
+        try:
+            node_text = await asyncio.to_thread(_get, handle.node.metrics_port)
+            gateway_text = await asyncio.to_thread(_get, gateway.metrics_port)
+        finally:
+            gateway.request_stop()
+            await asyncio.wait_for(running, timeout=30)
     finally:
         await handle.stop()
-    exported = {family(m) for m in METRIC.findall(text)}
+    node_families = {family(m) for m in METRIC.findall(node_text)}
+    gateway_families = {family(m) for m in METRIC.findall(gateway_text)}
+    # Apart by name, so a sum over a family never counts an item at its gateway and its shard.
+    assert not node_families & gateway_families, sorted(node_families & gateway_families)
+    assert all(name.startswith("tally_gateway_") for name in gateway_families)
     wanted = {family(m) for m in dashboard_metrics()}
-    assert len(wanted) >= 10
-    assert wanted <= exported, sorted(wanted - exported)
+    assert len(wanted & node_families) >= 10
+    assert len(wanted & gateway_families) >= 10
+    assert wanted <= node_families | gateway_families, sorted(
+        wanted - node_families - gateway_families
+    )
 
 
 def test_prometheus_config_scrapes_the_metrics_path() -> None:
     # No YAML parser among the dependencies: the few facts that matter, read as text.
     text = (DEPLOY / "prometheus" / "prometheus.yml").read_text()
-    assert re.search(r"^\s+metrics_path: /metrics$", text, re.MULTILINE)
-    targets = re.findall(r"^\s+- (127\.0\.0\.1:\d+)$", text, re.MULTILINE)
-    assert len(targets) >= 1
+    jobs = re.split(r"^\s+- job_name: ", text, flags=re.MULTILINE)[1:]
+    assert sorted(job.split()[0] for job in jobs) == ["tally-gateways", "tally-nodes"]
+    for job in jobs:
+        assert re.search(r"^\s+metrics_path: /metrics$", job, re.MULTILINE)
+        targets = re.findall(r"^\s+- (127\.0\.0\.1:\d+)$", job, re.MULTILINE)
+        assert len(targets) >= 1

@@ -56,7 +56,10 @@ async def client(metered: NodeHandle) -> AsyncIterator[Client]:
 
 
 def _get(port: int) -> str:
-    url = f"http://127.0.0.1:{port}/metrics"
+    return _get_url(f"http://127.0.0.1:{port}/metrics")
+
+
+def _get_url(url: str) -> str:
     with urllib.request.urlopen(url, timeout=SCRAPE_TIMEOUT_S) as response:
         body: bytes = response.read()
     return body.decode()
@@ -160,7 +163,11 @@ async def test_prepared_pieces_and_expired_holds(metered: NodeHandle, client: Cl
         piece = transfer("x-1", "cust-1/deposit", "cust-2/deposit", 10)
         response = await shard.Prepare(
             spb.PrepareRequest(
-                items=[spb.PrepareItem(piece=piece, coordinator_shard=0, deadline_seconds=60)]
+                items=[
+                    spb.PrepareItem(
+                        piece=piece, coordinator_shard=0, deadline_seconds=60, attempt="a1"
+                    )
+                ]
             ),
             timeout=10,
         )
@@ -219,7 +226,14 @@ def test_listen_addresses() -> None:
 
 
 def test_cli_flag_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TALLY_METRICS_LISTEN", raising=False)
     flag = build_parser().parse_args(["node", "--dsn", "x", "--metrics-listen", "0.0.0.0:9400"])
     assert flag.metrics_listen == "0.0.0.0:9400"
+    gateway = ["gateway", "--control-dsn", "x"]
+    assert build_parser().parse_args(gateway).metrics_listen == ""  # off unless asked
+    assert build_parser().parse_args(["up"]).metrics_listen == "127.0.0.1:0"  # on: a free port
+    flag = build_parser().parse_args([*gateway, "--metrics-listen", "127.0.0.1:9402"])
+    assert flag.metrics_listen == "127.0.0.1:9402"
     monkeypatch.setenv("TALLY_METRICS_LISTEN", "127.0.0.1:9401")
     assert build_parser().parse_args(["up"]).metrics_listen == "127.0.0.1:9401"
+    assert build_parser().parse_args(gateway).metrics_listen == "127.0.0.1:9401"
