@@ -5,7 +5,9 @@ Control plane only: read at start and polled; never on a posting's path.
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import asyncpg
 
@@ -13,6 +15,9 @@ from core import schema, store
 from core.slots import SLOT_COUNT, SlotMap
 
 TIMEOUT_S = 10.0
+CLOSE_TIMEOUT_S = 5.0
+
+T = TypeVar("T")
 
 
 async def connect(dsn: str) -> Any:
@@ -85,3 +90,36 @@ async def register_shard(connection: Any, shard_id: int, endpoint: str) -> None:
 async def shard_endpoints(connection: Any) -> dict[int, str]:
     rows = await connection.fetch("SELECT shard_id, endpoint FROM shards", timeout=TIMEOUT_S)
     return {row["shard_id"]: row["endpoint"] for row in rows}
+
+
+class ControlClient:
+    """One connection to the control database for a process's periodic reads, kept open
+    (a poll every second must not cost PostgreSQL a new backend each time) and opened again
+    after any failure. One use at a time."""
+
+    def __init__(self, dsn: str) -> None:
+        self._dsn = dsn
+        self._connection: Any = None
+        self._lock = asyncio.Lock()
+
+    async def use(self, work: Callable[[Any], Awaitable[T]]) -> T:
+        async with self._lock:
+            if self._connection is None or self._connection.is_closed():
+                self._connection = await connect(self._dsn)
+            try:
+                return await work(self._connection)
+            except BaseException:
+                await self._drop()
+                raise
+
+    async def close(self) -> None:
+        async with self._lock:
+            await self._drop()
+
+    async def _drop(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            try:
+                await connection.close(timeout=CLOSE_TIMEOUT_S)
+            except Exception:  # already broken: nothing left to release but the socket
+                connection.terminate()

@@ -59,6 +59,8 @@ class Cluster:
         self.links: dict[int, ShardLink] = {}
         self._locations: OrderedDict[str, int] = OrderedDict()
         self._refresh_lock = asyncio.Lock()
+        self._control = control.ControlClient(config.control_dsn)
+        self._control_prepared = False
         self._clearing_ready: set[str] = set()
         self._clearing_lock = asyncio.Lock()
         # Built after slot_map and links, which its collector reads at scrape time.
@@ -68,13 +70,11 @@ class Cluster:
 
     async def refresh(self) -> None:
         async with self._refresh_lock:
-            connection = await control.connect(self.config.control_dsn)
-            try:
-                await control.prepare(connection)
-                slot_map = await control.load_slot_map(connection)
-                endpoints = await control.shard_endpoints(connection)
-            finally:
-                await connection.close(timeout=5.0)
+            if not self._control_prepared:
+                await self._control.use(control.prepare)
+                self._control_prepared = True
+            slot_map = await self._control.use(control.load_slot_map)
+            endpoints = await self._control.use(control.shard_endpoints)
             if slot_map is None:
                 raise RuntimeError("the control database has no slot map yet")
             await self._update_links(endpoints)
@@ -167,6 +167,7 @@ class Cluster:
     async def close(self) -> None:
         for link in self.links.values():
             await link.close()
+        await self._control.close()
 
 
 class Gateway:

@@ -86,6 +86,7 @@ class Node:
         self.slot_map: SlotMap | None = None
         self.owned_slots: frozenset[int] | None = None
         self._slot_map_checked_at = 0.0
+        self._control = control.ControlClient(config.control_dsn)
         self.endpoints: dict[int, str] = {}
         self.metrics = NodeMetrics(config.shard_id, self)
         self._metrics_server: MetricsServer | None = None
@@ -180,11 +181,7 @@ class Node:
 
     async def _reload_slot_map(self) -> None:
         try:
-            connection = await control.connect(self.config.control_dsn)
-            try:
-                await self._refresh_slot_map(connection)
-            finally:
-                await connection.close(timeout=5.0)
+            await self._control.use(self._refresh_slot_map)
         except asyncio.CancelledError:
             raise
         except Exception as error:  # control database unreachable: keep the map we have
@@ -334,5 +331,6 @@ class Node:
         await self._lease.release()
         if self._read_pool is not None:
             await self._read_pool.close()
+        await self._control.close()
         if self._metrics_server is not None:
             await self._metrics_server.stop()
