@@ -53,7 +53,9 @@ CLUSTER: Final = -1
 # spread account whose pieces net to zero over the cluster once cross-shard work resolves.
 CLEARING_ACCOUNT_PREFIX: Final = "@clearing/"
 # Kinds whose legs post as they are (an abort marker has no legs, so no postings).
-_POSTED_KINDS: Final = frozenset({Kind.ORDINARY, Kind.REVERSAL, Kind.COMMIT, Kind.ABORT})
+_POSTED_KINDS: Final = frozenset(
+    {Kind.ORDINARY, Kind.REVERSAL, Kind.COMMIT, Kind.ABORT, Kind.REVERSAL_MARK}
+)
 # Kinds whose legs are held (pending) until posted, voided or expired: holds and the
 # participants' pieces of cross-shard transactions.
 _HELD_KINDS: Final = frozenset({Kind.PENDING, Kind.PREPARED})

@@ -76,6 +76,10 @@ class Kind(enum.IntEnum):
     # The coordinator's abort marker (id "~abort/<T>", target_id T, code: the ResultCode of
     # the reason); it exists only if T was never committed.
     ABORT = 8
+    # The coordinator's record that a committed cross-shard transaction (target_id, a COMMIT
+    # here) was reversed: id "~reversal/<target>", metadata (("reversal", <reversal id>),), no
+    # legs. One per target, so a transaction is reversed at most once.
+    REVERSAL_MARK = 9
 
 
 class Status(enum.IntEnum):
@@ -381,6 +385,25 @@ def split_piece_id(identifier: str) -> tuple[str, str]:
     if prefix != "~piece" or not attempt or not transaction_id:
         raise ValueError(f"{identifier!r} is not a cross-shard piece id")
     return transaction_id, attempt
+
+
+def reversal_mark_id(transaction_id: str) -> str:
+    return "~reversal/" + transaction_id
+
+
+def reversal_mark_spec(reversal_id: str, target_id: str, code: int) -> TransactionSpec:
+    """Marks target_id reversed by reversal_id; linked to the reversal's own piece."""
+    return TransactionSpec(
+        reversal_mark_id(target_id),
+        Kind.REVERSAL_MARK,
+        (),
+        code,
+        (("reversal", reversal_id),),
+        "",
+        0,
+        target_id,
+        True,
+    )
 
 
 def attempt_of_commit(commit: TransactionSpec) -> str:

@@ -303,6 +303,8 @@ class Batch:
     def _post(self, spec: TransactionSpec, timestamp_ns: int) -> Result:
         existing = self._known_transaction(spec.id)
         if existing is not None:
+            if spec.kind is Kind.REVERSAL_MARK:
+                return _mark_replay(existing, spec)
             return _replay(existing, spec)
         kind = spec.kind
         if kind is Kind.ORDINARY or kind is Kind.PENDING or kind is Kind.PREPARED:
@@ -313,6 +315,8 @@ class Batch:
             return self._commit_piece(spec, timestamp_ns)
         if kind is Kind.ABORT:
             return self._record_abort(spec, timestamp_ns)
+        if kind is Kind.REVERSAL_MARK:
+            return self._mark_reversal(spec, timestamp_ns)
         return self._resolve(spec, timestamp_ns)
 
     def _commit_piece(self, spec: TransactionSpec, timestamp_ns: int) -> Result:
@@ -335,6 +339,27 @@ class Batch:
             return Result(ResultCode.IDEMPOTENCY_CONFLICT, f"{spec.target_id!r} is committed")
         # Another attempt's commit, or an ordinary transaction under the same id here: this
         # attempt can never commit on this shard, so its abort is recorded.
+        self._add_transaction(TransactionState(spec, (), timestamp_ns, Status.POSTED))
+        return Result(ResultCode.CREATED, "", timestamp_ns)
+
+    def _mark_reversal(self, spec: TransactionSpec, timestamp_ns: int) -> Result:
+        """A cross-shard transaction committed here (the coordinator) is being reversed: once."""
+        original = self._known_transaction(spec.target_id)
+        if original is None:
+            return Result(
+                ResultCode.TRANSACTION_NOT_FOUND, f"reverses_id {spec.target_id!r} not found"
+            )
+        if original.spec.kind is not Kind.COMMIT:
+            return Result(
+                ResultCode.NOT_REVERSIBLE,
+                f"{spec.target_id!r} is not a committed cross-shard transaction here",
+            )
+        if original.reversed_by_id:
+            return Result(
+                ResultCode.ALREADY_REVERSED,
+                f"{spec.target_id!r} was reversed by {original.reversed_by_id!r}",
+            )
+        self._own_transaction(spec.target_id).reversed_by_id = dict(spec.metadata)["reversal"]
         self._add_transaction(TransactionState(spec, (), timestamp_ns, Status.POSTED))
         return Result(ResultCode.CREATED, "", timestamp_ns)
 
@@ -594,6 +619,16 @@ def _replay(existing: TransactionState, spec: TransactionSpec) -> Result:
             f"transaction {spec.id!r} exists with a different " + ", ".join(differences),
         )
     return Result(ResultCode.REPLAYED, "", existing.timestamp_ns)
+
+
+def _mark_replay(existing: TransactionState, spec: TransactionSpec) -> Result:
+    """The target was marked reversed already: by this reversal (a replay) or by another."""
+    recorded = dict(existing.spec.metadata).get("reversal", "")
+    if recorded == dict(spec.metadata).get("reversal"):
+        return Result(ResultCode.REPLAYED, "", existing.timestamp_ns)
+    return Result(
+        ResultCode.ALREADY_REVERSED, f"{spec.target_id!r} was reversed by {recorded!r}"
+    )
 
 
 def _resolution_problem(

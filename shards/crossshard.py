@@ -121,17 +121,25 @@ class Unit:
     commit records the decision for that transaction id, and the whole chain commits in one
     database commit, so one decision covers the unit."""
 
-    __slots__ = ("attempt", "coordinator", "messages", "pieces")
+    __slots__ = ("attempt", "coordinator", "messages", "pieces", "reverses")
 
     def __init__(
         self,
         specs: Sequence[TransactionSpec],
         messages: Sequence[pb.Transaction],
         slot_map: SlotMap,
+        coordinator: int | None = None,
+        reverses: Sequence[str] = (),
     ) -> None:
+        """coordinator: by default that of the unit's legs. reverses: for each transaction,
+        the cross-shard transaction it reverses ("": none), which must have been committed at
+        this unit's coordinator."""
         self.attempt = secrets.token_hex(ATTEMPT_BYTES)
         self.messages = list(messages)
-        self.coordinator = coordinator_of([leg for s in specs for leg in s.legs], slot_map)
+        self.reverses = list(reverses) or [""] * len(self.messages)
+        if coordinator is None:
+            coordinator = coordinator_of([leg for s in specs for leg in s.legs], slot_map)
+        self.coordinator = coordinator
         self.pieces = [split_pieces(s.legs, slot_map, self.coordinator)[1] for s in specs]
 
     def participants(self) -> list[int]:
@@ -298,8 +306,10 @@ class Driver:
             requests = {
                 shard: spb.CommitRequest(
                     items=[
-                        spb.CommitItem(piece=piece, attempt=units[u].attempt)
-                        for u, _, piece in items
+                        spb.CommitItem(
+                            piece=piece, attempt=units[u].attempt, reverses_id=units[u].reverses[k]
+                        )
+                        for u, k, piece in items
                     ]
                 )
                 for shard, items in entries.items()

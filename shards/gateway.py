@@ -58,6 +58,7 @@ class Cluster:
         self.slot_map: SlotMap | None = None
         self.links: dict[int, ShardLink] = {}
         self._locations: OrderedDict[str, int] = OrderedDict()
+        self._cross_shard: set[str] = set()  # those of _locations that are cross-shard
         self._refresh_lock = asyncio.Lock()
         self._control = control.ControlClient(config.control_dsn)
         self._control_prepared = False
@@ -138,11 +139,20 @@ class Cluster:
             raise KeyError(f"shard {shard_id} has no registered endpoint")
         return link
 
-    def remember(self, transaction_id: str, shard_id: int) -> None:
+    def remember(self, transaction_id: str, shard_id: int, cross_shard: bool = False) -> None:
+        """Where a transaction lives: its shard, or for a committed cross-shard one, its
+        coordinator's."""
         self._locations[transaction_id] = shard_id
         self._locations.move_to_end(transaction_id)
+        if cross_shard:
+            self._cross_shard.add(transaction_id)
         while len(self._locations) > self.config.location_cache_count_max:
-            self._locations.popitem(last=False)
+            evicted, _ = self._locations.popitem(last=False)
+            self._cross_shard.discard(evicted)
+
+    def is_cross_shard(self, transaction_id: str) -> bool:
+        """Located (by locate()) as a committed cross-shard transaction."""
+        return transaction_id in self._cross_shard
 
     async def locate(self, transaction_ids: Sequence[str]) -> dict[str, int]:
         """Shards holding these transactions (cached, else asked of every shard)."""
@@ -161,7 +171,8 @@ class Cluster:
             for transaction_id, lookup in zip(missing, response.results, strict=True):
                 if lookup.code == pb.RESULT_CODE_OK:
                     found[transaction_id] = shard_id
-                    self.remember(transaction_id, shard_id)
+                    coordinator = lookup.transaction.cross_shard_piece.coordinator
+                    self.remember(transaction_id, shard_id, cross_shard=coordinator)
         return found
 
     async def close(self) -> None:

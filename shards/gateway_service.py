@@ -14,6 +14,7 @@ from core.model import (
     AccountSpec,
     CloseSpec,
     Kind,
+    Leg,
     Rejection,
     Result,
     ResultCode,
@@ -72,9 +73,16 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
             located = await self._cluster.locate(routing.targets(specs))
             plan: dict[int, list[tuple[int, int]]] = {}
             crossing: list[tuple[int, int]] = []
+            reversals: list[int] = []
             unsupported = []
             for start, end in todo:
                 unit = [i for i in items[start:end] if isinstance(i, TransactionSpec)]
+                if any(self._reverses_cross_shard(item) for item in unit):
+                    if end - start == 1:
+                        reversals.append(start)
+                    else:  # in a linked group: not yet
+                        unsupported.append((start, sorted(slot_map.shard_ids)))
+                    continue
                 shards = routing.unit_shards(unit, slot_map, located)
                 if len(shards) == 1:
                     shard = shards.pop()
@@ -90,34 +98,101 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
             # On a later round, a unit the new map spreads over shards keeps its WRONG_SHARD.
             sent, _ = await asyncio.gather(
                 self._send_units(messages, plan, results, self._post_shard),
-                self._cross_shard(messages, items, crossing, results, slot_map),
+                self._cross_shard(messages, items, crossing, reversals, results, slot_map),
             )
             todo = sent
+
+    def _reverses_cross_shard(self, item: TransactionSpec) -> bool:
+        return item.kind is Kind.REVERSAL and self._cluster.is_cross_shard(item.target_id)
 
     async def _cross_shard(
         self,
         messages: list[pb.Transaction],
         items: list[TransactionSpec | Rejection],
         ranges: list[tuple[int, int]],
+        reversals: list[int],
         results: list[pb.ItemResult | None],
         slot_map: SlotMap,
     ) -> None:
-        """Atomic cross-shard units (transactions and linked groups), by two-phase commit,
-        each phase in one call per shard for all of them."""
-        if not ranges:
+        """Atomic cross-shard units (transactions, linked groups, reversals of cross-shard
+        transactions), by two-phase commit, each phase in one call per shard for all of them."""
+        if not ranges and not reversals:
             return
         units = []
-        currencies: set[str] = set()
+        placed = []
         for start, end in ranges:
             specs = [i for i in items[start:end] if isinstance(i, TransactionSpec)]
-            currencies.update(leg.currency for spec in specs for leg in spec.legs)
             units.append(Unit(specs, messages[start:end], slot_map))
-        await self._cluster.ensure_clearing_accounts(currencies)
+            placed.append((start, end))
+        for n, unit_or_result in zip(
+            reversals, await self._reversal_units(messages, items, reversals, slot_map), strict=True
+        ):
+            if isinstance(unit_or_result, Unit):
+                units.append(unit_or_result)
+                placed.append((n, n + 1))
+            else:
+                results[n] = unit_or_result
+        if not units:
+            return
+        await self._cluster.ensure_clearing_accounts(
+            {leg.currency for unit in units for m in unit.messages for leg in m.legs}
+        )
         started = time.perf_counter()
         answers = await self._cluster.driver().execute_units(units)
         self._cluster.metrics.cross_shard_executed(answers, time.perf_counter() - started)
-        for (start, end), unit_results in zip(ranges, answers, strict=True):
+        for (start, end), unit, unit_results in zip(placed, units, answers, strict=True):
             results[start:end] = unit_results
+            for message, result in zip(unit.messages, unit_results, strict=True):
+                if result.code in (pb.RESULT_CODE_CREATED, pb.RESULT_CODE_REPLAYED):
+                    self._cluster.remember(message.id, unit.coordinator, cross_shard=True)
+
+    async def _reversal_units(
+        self,
+        messages: list[pb.Transaction],
+        items: list[TransactionSpec | Rejection],
+        indexes: list[int],
+        slot_map: SlotMap,
+    ) -> list[Unit | pb.ItemResult]:
+        """The reversal of a committed cross-shard transaction: a cross-shard transaction with
+        its legs inverted, coordinated where the original was committed, which records there
+        that the original is reversed (once)."""
+        if not indexes:
+            return []
+        targets = []
+        for n in indexes:
+            item = items[n]
+            assert isinstance(item, TransactionSpec)
+            targets.append(item.target_id)
+        committed = await self._read_committed(targets)
+        built: list[Unit | pb.ItemResult] = []
+        for n, target in zip(indexes, targets, strict=True):
+            found = committed.get(target)
+            if found is None:
+                built.append(
+                    pb.ItemResult(
+                        code=pb.RESULT_CODE_TRANSACTION_NOT_FOUND,
+                        message=f"reverses_id {target!r} not found",
+                    )
+                )
+                continue
+            coordinator, record = found
+            message = messages[n]
+            legs = [
+                Leg(leg.account_id, leg.side != pb.SIDE_DEBIT, leg.amount, leg.currency)
+                for leg in record.transaction.legs
+            ]
+            inverted = pb.Transaction(
+                id=message.id,
+                legs=[convert.leg_to_proto(leg) for leg in legs],
+                code=message.code,
+                metadata=message.metadata,
+                value_date=message.value_date,
+            )
+            spec = TransactionSpec(
+                message.id, Kind.ORDINARY, tuple(legs), message.code, (), "", 0, ""
+            )
+            built.append(Unit([spec], [inverted], slot_map, coordinator, [target]))
+        return built
 
     async def _post_shard(self, shard_id: int, batch: list[Any]) -> list[pb.ItemResult]:
         results = await self._cluster.link(shard_id).post(batch)
@@ -287,42 +362,67 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
         ids = list(request.ids)
         await check_batch_size(context, len(ids), "ids")
         try:
-            lookups = await self._lookup_everywhere(ids)
-            # Committed cross-shard transactions: their participants' pieces, to merge.
-            wanted = {}
-            for transaction_id, found in zip(ids, lookups, strict=True):
-                for lookup in found:
-                    piece = lookup.transaction.cross_shard_piece
-                    if lookup.code == pb.RESULT_CODE_OK and piece.coordinator:
-                        wanted[transaction_id] = piece_id(transaction_id, piece.attempt)
-            pieces = dict(
-                zip(
-                    wanted.values(),
-                    await self._lookup_everywhere(list(wanted.values())),
-                    strict=True,
-                )
-            )
+            lookups, participants = await self._lookup_with_pieces(ids)
         except grpc.aio.AioRpcError as error:
             await _shard_failed(context, error)
-        results = []
-        for transaction_id, found in zip(ids, lookups, strict=True):
-            participants = pieces.get(wanted.get(transaction_id, ""), [])
-            results.append(_one_transaction(transaction_id, found, participants))
+        results = [
+            _one_transaction(t, [lookup for _, lookup in found], participants.get(t, []))
+            for t, found in zip(ids, lookups, strict=True)
+        ]
         return pb.GetTransactionsResponse(results=results)
 
-    async def _lookup_everywhere(self, ids: list[str]) -> list[list[pb.TransactionLookup]]:
-        """Each id's lookups, one per shard."""
+    async def _read_committed(self, ids: list[str]) -> dict[str, tuple[int, pb.TransactionRecord]]:
+        """Committed cross-shard transactions among ids: their coordinator shard and their
+        record as a client reads it."""
+        lookups, participants = await self._lookup_with_pieces(ids)
+        committed = {}
+        for transaction_id, found in zip(ids, lookups, strict=True):
+            for shard_id, lookup in found:
+                if (
+                    lookup.code == pb.RESULT_CODE_OK
+                    and lookup.transaction.cross_shard_piece.coordinator
+                ):
+                    merged = _one_transaction(
+                        transaction_id, [lookup], participants.get(transaction_id, [])
+                    )
+                    committed[transaction_id] = (shard_id, merged.transaction)
+        return committed
+
+    async def _lookup_with_pieces(
+        self, ids: list[str]
+    ) -> tuple[list[list[tuple[int, pb.TransactionLookup]]], dict[str, list[pb.TransactionLookup]]]:
+        """Each id's (shard, lookup) on every shard, and for a committed cross-shard
+        transaction, the lookups of its committed attempt's participant pieces."""
+        lookups = await self._lookup_everywhere(ids)
+        wanted = {}
+        for transaction_id, found in zip(ids, lookups, strict=True):
+            for _, lookup in found:
+                piece = lookup.transaction.cross_shard_piece
+                if lookup.code == pb.RESULT_CODE_OK and piece.coordinator:
+                    wanted[transaction_id] = piece_id(transaction_id, piece.attempt)
+        pieces = await self._lookup_everywhere(list(wanted.values()))
+        participants = {
+            transaction_id: [lookup for _, lookup in found]
+            for transaction_id, found in zip(wanted, pieces, strict=True)
+        }
+        return lookups, participants
+
+    async def _lookup_everywhere(
+        self, ids: list[str]
+    ) -> list[list[tuple[int, pb.TransactionLookup]]]:
+        """Each id's lookups, (shard, lookup) for every shard."""
         if not ids:
             return []
 
-        async def one(shard_id: int) -> Any:
+        async def one(shard_id: int) -> tuple[int, Any]:
             link = self._cluster.link(shard_id)
-            return await link.stub.GetTransactions(
+            response = await link.stub.GetTransactions(
                 pb.GetTransactionsRequest(ids=ids), timeout=link.call_timeout_s
             )
+            return shard_id, response
 
-        responses = await asyncio.gather(*(one(s) for s in self._cluster.links))
-        return [[response.results[n] for response in responses] for n in range(len(ids))]
+        responses = await asyncio.gather(*(one(s) for s in list(self._cluster.links)))
+        return [[(shard, r.results[n]) for shard, r in responses] for n in range(len(ids))]
 
     async def ListPostings(
         self, request: pb.ListPostingsRequest, context: Context
@@ -449,6 +549,7 @@ def _merge_pieces(
         timestamp_ns=coordinator.timestamp_ns,
         status=pb.TRANSACTION_STATUS_POSTED,
         applied_legs=legs,
+        reversed_by_id=coordinator.reversed_by_id,
     )
 
 
@@ -466,9 +567,10 @@ async def _refuse_cross_shard(context: Context, crossing: list[tuple[int, list[i
     await abort(
         context,
         grpc.StatusCode.FAILED_PRECONDITION,
-        f"{described}: holds, their post or void, and reversals whose legs span shards are "
-        "not available in this version (cross-shard transactions and linked groups of them "
-        "are); nothing in this request was applied",
+        f"{described}: holds and their post or void across shards, and reversals of "
+        "cross-shard transactions inside linked groups, are not available in this version "
+        "(cross-shard transactions, linked groups of them and their reversals alone are); "
+        "nothing in this request was applied",
     )
 
 

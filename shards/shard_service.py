@@ -11,6 +11,7 @@ import grpc
 from core import failpoints, store, validation
 from core.model import (
     ATTEMPT_LENGTH_MAX,
+    SUCCESS_CODES,
     Kind,
     Rejection,
     Result,
@@ -20,6 +21,7 @@ from core.model import (
     abort_marker_id,
     piece_id,
     resolution_spec,
+    reversal_mark_spec,
 )
 from core.state import transaction_differences
 from shards import convert
@@ -100,13 +102,33 @@ class ShardService(spb_grpc.ShardServicer):  # type: ignore[misc]
         return spb.PrepareResponse(results=_results(await self._submit(context, items)))
 
     async def Commit(self, request: spb.CommitRequest, context: Context) -> spb.CommitResponse:
+        items: list[Any] = []
         for item in request.items:
             await _check_attempt(context, item.attempt)
-        items = [commit_piece(item.piece, item.attempt) for item in request.items]
+            if item.reverses_id:
+                problem = validation.id_problem(item.reverses_id, "reverses_id")
+                if problem:
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+                items.append(reversal_mark_spec(item.piece.id, item.reverses_id, item.piece.code))
+            items.append(commit_piece(item.piece, item.attempt))
         results = await self._submit(context, items)
         if failpoints.ARMED:  # the decision is durable; nobody has heard it yet
             await failpoints.hit("shard.after_commit")
-        return spb.CommitResponse(results=_results(results))
+        answers = []
+        position = 0
+        for item in request.items:
+            if item.reverses_id:  # the mark and the piece, linked: one answer
+                mark, piece = results[position], results[position + 1]
+                position += 2
+                failed = (
+                    mark.code not in SUCCESS_CODES
+                    and mark.code is not ResultCode.LINKED_ITEM_FAILED
+                )
+                answers.append(mark if failed else piece)
+            else:
+                answers.append(results[position])
+                position += 1
+        return spb.CommitResponse(results=_results(answers))
 
     async def Abort(self, request: spb.AbortRequest, context: Context) -> spb.AbortResponse:
         """Record the attempt's abort unless it committed; answer the decision either way (read

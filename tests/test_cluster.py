@@ -321,6 +321,47 @@ async def test_linked_group_across_shards_fails_as_one(cluster: Cluster, client:
         assert await audit_problems(node.dsn) == []
 
 
+async def test_cross_shard_reversal_is_applied_once(cluster: Cluster, client: Client) -> None:
+    first, second = await _funded_pair(client)
+    payer, payee = f"{first}/dep", f"{second}/dep"
+    await client.create(account("@fees"))
+    original = pb.Transaction(
+        id="x",
+        code=1,
+        legs=[leg(payer, DEBIT, 30), leg(payee, CREDIT, 25), leg("@fees", CREDIT, 5)],
+    )
+    assert await client.codes(original) == [pb.RESULT_CODE_CREATED]
+    reverse = pb.Transaction(id="r1", code=9, reverses_id="x")
+    (reversed_,) = await client.post(reverse)
+    assert reversed_.code == pb.RESULT_CODE_CREATED, reversed_.message
+    one, two = await client.balance(payer), await client.balance(payee)
+    assert (one.available, two.available) == (100, 100)
+    assert (await client.balance("@fees")).credits_posted == (
+        await client.balance("@fees")
+    ).debits_posted
+    # Exactly once: the same reversal replays, another is refused.
+    (again,) = await client.post(reverse)
+    assert (again.code, again.timestamp_ns) == (pb.RESULT_CODE_REPLAYED, reversed_.timestamp_ns)
+    (other,) = await client.post(pb.Transaction(id="r2", code=9, reverses_id="x"))
+    assert other.code == pb.RESULT_CODE_ALREADY_REVERSED and "'r1'" in other.message
+    assert (await client.transaction("x")).reversed_by_id == "r1"
+    record = await client.transaction("r1")
+    assert [(x.account_id, x.side, x.amount) for x in record.transaction.legs] == [
+        (payer, CREDIT, 30),
+        ("@fees", DEBIT, 5),
+        (payee, DEBIT, 25),
+    ]
+    # Limited by funds, as on one shard: the payee spent what it received.
+    assert await client.codes(transfer("y", payer, payee, 50)) == [pb.RESULT_CODE_CREATED]
+    assert await client.codes(transfer("spend", payee, "@cash", 120)) == [pb.RESULT_CODE_CREATED]
+    (refused,) = await client.post(pb.Transaction(id="ry", code=9, reverses_id="y"))
+    assert refused.code == pb.RESULT_CODE_INSUFFICIENT_FUNDS
+    assert (await client.transaction("y")).reversed_by_id == ""
+    await _clearing_nets_to_zero(client)
+    for node in cluster.nodes:
+        assert await audit_problems(node.dsn) == []
+
+
 async def test_cross_shard_hold_is_refused_whole(cluster: Cluster, client: Client) -> None:
     first, second = await _funded_pair(client)
     with pytest.raises(grpc.aio.AioRpcError) as error:

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from tally.v1 import ledger_pb2 as tally_dot_v1_dot_ledger__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14tally/v1/shard.proto\x12\x08tally.v1\x1a\x15tally/v1/ledger.proto\"y\n\x0bPrepareItem\x12$\n\x05piece\x18\x01 \x01(\x0b\x32\x15.tally.v1.Transaction\x12\x19\n\x11\x63oordinator_shard\x18\x02 \x01(\r\x12\x18\n\x10\x64\x65\x61\x64line_seconds\x18\x03 \x01(\r\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\t\"6\n\x0ePrepareRequest\x12$\n\x05items\x18\x01 \x03(\x0b\x32\x15.tally.v1.PrepareItem\"8\n\x0fPrepareResponse\x12%\n\x07results\x18\x01 \x03(\x0b\x32\x14.tally.v1.ItemResult\"C\n\nCommitItem\x12$\n\x05piece\x18\x01 \x01(\x0b\x32\x15.tally.v1.Transaction\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\t\"4\n\rCommitRequest\x12#\n\x05items\x18\x01 \x03(\x0b\x32\x14.tally.v1.CommitItem\"7\n\x0e\x43ommitResponse\x12%\n\x07results\x18\x01 \x03(\x0b\x32\x14.tally.v1.ItemResult\"\x91\x01\n\tAbortItem\x12\x16\n\x0etransaction_id\x18\x01 \x01(\t\x12$\n\x06reason\x18\x02 \x01(\x0e\x32\x14.tally.v1.ResultCode\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\t\x12$\n\x05piece\x18\x05 \x01(\x0b\x32\x15.tally.v1.Transaction\"2\n\x0c\x41\x62ortRequest\x12\"\n\x05items\x18\x01 \x03(\x0b\x32\x13.tally.v1.AbortItem\"j\n\x08\x44\x65\x63ision\x12\x11\n\tcommitted\x18\x01 \x01(\x08\x12$\n\x06reason\x18\x02 \x01(\x0e\x32\x14.tally.v1.ResultCode\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x14\n\x0ctimestamp_ns\x18\x04 \x01(\x03\"6\n\rAbortResponse\x12%\n\tdecisions\x18\x01 \x03(\x0b\x32\x12.tally.v1.Decision\"F\n\x0bResolveItem\x12\x16\n\x0etransaction_id\x18\x01 \x01(\t\x12\x0e\n\x06\x63ommit\x18\x02 \x01(\x08\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\t\"6\n\x0eResolveRequest\x12$\n\x05items\x18\x01 \x03(\x0b\x32\x15.tally.v1.ResolveItem\"8\n\x0fResolveResponse\x12%\n\x07results\x18\x01 \x03(\x0b\x32\x14.tally.v1.ItemResult2\xfe\x01\n\x05Shard\x12>\n\x07Prepare\x12\x18.tally.v1.PrepareRequest\x1a\x19.tally.v1.PrepareResponse\x12;\n\x06\x43ommit\x12\x17.tally.v1.CommitRequest\x1a\x18.tally.v1.CommitResponse\x12\x38\n\x05\x41\x62ort\x12\x16.tally.v1.AbortRequest\x1a\x17.tally.v1.AbortResponse\x12>\n\x07Resolve\x12\x18.tally.v1.ResolveRequest\x1a\x19.tally.v1.ResolveResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14tally/v1/shard.proto\x12\x08tally.v1\x1a\x15tally/v1/ledger.proto\"y\n\x0bPrepareItem\x12$\n\x05piece\x18\x01 \x01(\x0b\x32\x15.tally.v1.Transaction\x12\x19\n\x11\x63oordinator_shard\x18\x02 \x01(\r\x12\x18\n\x10\x64\x65\x61\x64line_seconds\x18\x03 \x01(\r\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\t\"6\n\x0ePrepareRequest\x12$\n\x05items\x18\x01 \x03(\x0b\x32\x15.tally.v1.PrepareItem\"8\n\x0fPrepareResponse\x12%\n\x07results\x18\x01 \x03(\x0b\x32\x14.tally.v1.ItemResult\"X\n\nCommitItem\x12$\n\x05piece\x18\x01 \x01(\x0b\x32\x15.tally.v1.Transaction\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\t\x12\x13\n\x0breverses_id\x18\x03 \x01(\t\"4\n\rCommitRequest\x12#\n\x05items\x18\x01 \x03(\x0b\x32\x14.tally.v1.CommitItem\"7\n\x0e\x43ommitResponse\x12%\n\x07results\x18\x01 \x03(\x0b\x32\x14.tally.v1.ItemResult\"\x91\x01\n\tAbortItem\x12\x16\n\x0etransaction_id\x18\x01 \x01(\t\x12$\n\x06reason\x18\x02 \x01(\x0e\x32\x14.tally.v1.ResultCode\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\t\x12$\n\x05piece\x18\x05 \x01(\x0b\x32\x15.tally.v1.Transaction\"2\n\x0c\x41\x62ortRequest\x12\"\n\x05items\x18\x01 \x03(\x0b\x32\x13.tally.v1.AbortItem\"j\n\x08\x44\x65\x63ision\x12\x11\n\tcommitted\x18\x01 \x01(\x08\x12$\n\x06reason\x18\x02 \x01(\x0e\x32\x14.tally.v1.ResultCode\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x14\n\x0ctimestamp_ns\x18\x04 \x01(\x03\"6\n\rAbortResponse\x12%\n\tdecisions\x18\x01 \x03(\x0b\x32\x12.tally.v1.Decision\"F\n\x0bResolveItem\x12\x16\n\x0etransaction_id\x18\x01 \x01(\t\x12\x0e\n\x06\x63ommit\x18\x02 \x01(\x08\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\t\"6\n\x0eResolveRequest\x12$\n\x05items\x18\x01 \x03(\x0b\x32\x15.tally.v1.ResolveItem\"8\n\x0fResolveResponse\x12%\n\x07results\x18\x01 \x03(\x0b\x32\x14.tally.v1.ItemResult2\xfe\x01\n\x05Shard\x12>\n\x07Prepare\x12\x18.tally.v1.PrepareRequest\x1a\x19.tally.v1.PrepareResponse\x12;\n\x06\x43ommit\x12\x17.tally.v1.CommitRequest\x1a\x18.tally.v1.CommitResponse\x12\x38\n\x05\x41\x62ort\x12\x16.tally.v1.AbortRequest\x1a\x17.tally.v1.AbortResponse\x12>\n\x07Resolve\x12\x18.tally.v1.ResolveRequest\x1a\x19.tally.v1.ResolveResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,25 +39,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PREPARERESPONSE']._serialized_start=236
   _globals['_PREPARERESPONSE']._serialized_end=292
   _globals['_COMMITITEM']._serialized_start=294
-  _globals['_COMMITITEM']._serialized_end=361
-  _globals['_COMMITREQUEST']._serialized_start=363
-  _globals['_COMMITREQUEST']._serialized_end=415
-  _globals['_COMMITRESPONSE']._serialized_start=417
-  _globals['_COMMITRESPONSE']._serialized_end=472
-  _globals['_ABORTITEM']._serialized_start=475
-  _globals['_ABORTITEM']._serialized_end=620
-  _globals['_ABORTREQUEST']._serialized_start=622
-  _globals['_ABORTREQUEST']._serialized_end=672
-  _globals['_DECISION']._serialized_start=674
-  _globals['_DECISION']._serialized_end=780
-  _globals['_ABORTRESPONSE']._serialized_start=782
-  _globals['_ABORTRESPONSE']._serialized_end=836
-  _globals['_RESOLVEITEM']._serialized_start=838
-  _globals['_RESOLVEITEM']._serialized_end=908
-  _globals['_RESOLVEREQUEST']._serialized_start=910
-  _globals['_RESOLVEREQUEST']._serialized_end=964
-  _globals['_RESOLVERESPONSE']._serialized_start=966
-  _globals['_RESOLVERESPONSE']._serialized_end=1022
-  _globals['_SHARD']._serialized_start=1025
-  _globals['_SHARD']._serialized_end=1279
+  _globals['_COMMITITEM']._serialized_end=382
+  _globals['_COMMITREQUEST']._serialized_start=384
+  _globals['_COMMITREQUEST']._serialized_end=436
+  _globals['_COMMITRESPONSE']._serialized_start=438
+  _globals['_COMMITRESPONSE']._serialized_end=493
+  _globals['_ABORTITEM']._serialized_start=496
+  _globals['_ABORTITEM']._serialized_end=641
+  _globals['_ABORTREQUEST']._serialized_start=643
+  _globals['_ABORTREQUEST']._serialized_end=693
+  _globals['_DECISION']._serialized_start=695
+  _globals['_DECISION']._serialized_end=801
+  _globals['_ABORTRESPONSE']._serialized_start=803
+  _globals['_ABORTRESPONSE']._serialized_end=857
+  _globals['_RESOLVEITEM']._serialized_start=859
+  _globals['_RESOLVEITEM']._serialized_end=929
+  _globals['_RESOLVEREQUEST']._serialized_start=931
+  _globals['_RESOLVEREQUEST']._serialized_end=985
+  _globals['_RESOLVERESPONSE']._serialized_start=987
+  _globals['_RESOLVERESPONSE']._serialized_end=1043
+  _globals['_SHARD']._serialized_start=1046
+  _globals['_SHARD']._serialized_end=1300
 # @@protoc_insertion_point(module_scope)

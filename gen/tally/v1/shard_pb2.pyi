@@ -32,12 +32,14 @@ class PrepareResponse(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[_ledger_pb2.ItemResult, _Mapping]]] = ...) -> None: ...
 
 class CommitItem(_message.Message):
-    __slots__ = ("piece", "attempt")
+    __slots__ = ("piece", "attempt", "reverses_id")
     PIECE_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    REVERSES_ID_FIELD_NUMBER: _ClassVar[int]
     piece: _ledger_pb2.Transaction
     attempt: str
-    def __init__(self, piece: _Optional[_Union[_ledger_pb2.Transaction, _Mapping]] = ..., attempt: _Optional[str] = ...) -> None: ...
+    reverses_id: str
+    def __init__(self, piece: _Optional[_Union[_ledger_pb2.Transaction, _Mapping]] = ..., attempt: _Optional[str] = ..., reverses_id: _Optional[str] = ...) -> None: ...
 
 class CommitRequest(_message.Message):
     __slots__ = ("items",)
