@@ -33,8 +33,9 @@ test: lint typecheck pytest
 proto: $(STAMP)
 	./scripts/gen_proto.sh
 
+# The Locust suite: a local cluster, 100,000 customers, every scenario, report in bench/reports/.
 bench: $(STAMP)
-	$(BIN)/python -m bench.first
+	$(BIN)/python -m bench.locust_bench
 
 clean:
 	rm -rf $(VENV) .tally build *.egg-info

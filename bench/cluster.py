@@ -81,7 +81,9 @@ class CrossShareSource:
         return Transfer(f"{self._prefix}{self._sequence}", debit, credit, amount)
 
 
-def _role_sampler(root_pid: int, marker: str) -> cpu.Sampler:
+def role_sampler(root_pid: int, marker: str) -> cpu.Sampler:
+    """The descendants of root_pid whose command line contains marker (or named marker)."""
+
     def sample() -> dict[cpu.SampleKey, float]:
         try:
             children = psutil.Process(root_pid).children(recursive=True)
@@ -99,24 +101,61 @@ def _role_sampler(root_pid: int, marker: str) -> cpu.Sampler:
     return sample
 
 
+def postgres_sampler(data_dir: Path) -> cpu.Sampler:
+    """Every PostgreSQL process of `tally up --data-dir data_dir`: pg_ctl detaches the
+    postmaster (it is not a descendant of `tally up`), so it is found by its pid file."""
+
+    def sample() -> dict[cpu.SampleKey, float]:
+        try:
+            pid = int((data_dir / "pg" / "postmaster.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return {}
+        return cpu.process_tree(pid)()
+
+    return sample
+
+
 def _spawn(command: list[str], log_path: Path) -> subprocess.Popen[bytes]:
     with log_path.open("wb") as log:
         return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, cwd=REPO_ROOT)
 
 
-async def start_cluster(data_dir: Path, shards: int, port: int) -> subprocess.Popen[bytes]:
+async def start_cluster(
+    data_dir: Path,
+    shards: int,
+    port: int,
+    extra_args: Sequence[str] = (),
+    lines: list[str] | None = None,
+) -> subprocess.Popen[bytes]:
+    """`tally up --shards N` in the background; returns once its gateway serves. The lines it
+    printed until then (shard endpoints, metrics endpoints) are appended to `lines`."""
     command = [sys.executable, "-m", "shards.cli", "up", "--shards", str(shards)]
-    command += ["--data-dir", str(data_dir), "--listen", f"127.0.0.1:{port}"]
+    command += ["--data-dir", str(data_dir), "--listen", f"127.0.0.1:{port}", *extra_args]
     process = _spawn(command, data_dir.parent / "up.log")
     assert process.stdout is not None
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         line = await asyncio.to_thread(process.stdout.readline)
         if not line:
-            raise RuntimeError("tally up exited; see up.log")
-        if line.decode().startswith(READY):
+            raise RuntimeError(f"tally up exited; see {data_dir.parent / 'up.log'}")
+        text = line.decode().strip()
+        if lines is not None:
+            lines.append(text)
+        if text.startswith(READY):
             return process
+    process.kill()
     raise TimeoutError("the cluster did not start")
+
+
+async def stop_cluster(process: subprocess.Popen[bytes], timeout_s: float = 60.0) -> None:
+    """SIGINT (drain, commit, stop PostgreSQL), then kill if it takes longer than timeout_s."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+    try:
+        await asyncio.to_thread(process.wait, timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        await asyncio.to_thread(process.wait, 10)
 
 
 async def seed(client: TallyClient, accounts: list[str]) -> None:
@@ -234,9 +273,9 @@ async def run(args: argparse.Namespace) -> int:
             by_shard[slot_map.shard_of_account(account)].append(account)
         meter = cpu.CpuMeter(
             {
-                "nodes": _role_sampler(process.pid, "shards.cli node"),
-                "gateway": _role_sampler(process.pid, "shards.cli gateway"),
-                "postgres": _role_sampler(process.pid, "postgres"),
+                "nodes": role_sampler(process.pid, "shards.cli node"),
+                "gateway": role_sampler(process.pid, "shards.cli gateway"),
+                "postgres": postgres_sampler(workdir / "data"),
                 "bench": cpu.bench_process(),
             }
         )
@@ -255,11 +294,7 @@ async def run(args: argparse.Namespace) -> int:
         return 1 if errors else 0
     finally:
         await client.close()
-        process.send_signal(signal.SIGINT)
-        try:
-            await asyncio.to_thread(process.wait, 60)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        await stop_cluster(process)
         shutil.rmtree(workdir, ignore_errors=True)
 
 

@@ -53,9 +53,10 @@ def source_version() -> str:
 
 
 def _git(root: Path, *args: str) -> str:
+    # Only the trailing newline: a porcelain status line starts with a space (" M path").
     return subprocess.run(
         ["git", *args], cwd=root, capture_output=True, text=True, timeout=10.0, check=True
-    ).stdout.strip()
+    ).stdout.rstrip("\n")
 
 
 def host_info() -> dict[str, Any]:
