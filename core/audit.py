@@ -1,8 +1,9 @@
 """The audit: are a ledger's books whole? Computed from its shard databases' rows alone.
 
 `audit_cluster(dsns)` audits every shard, each in one REPEATABLE READ READ ONLY transaction (one
-consistent snapshot), streaming every table through server-side cursors: memory is bounded by
-the cursor chunk and one journal block, never by the size of the ledger. Checks, per shard:
+consistent snapshot, so a commit landing meanwhile cannot make a shard disagree with itself),
+streaming every table through server-side cursors: memory is bounded by the cursor chunk and
+one journal block, never by the size of the ledger. Checks, per shard:
 
 - journal: blocks 1..N without gaps; each block's previous_hash is the hash of the block before;
   each block's hash recomputed from its rows (core/journal.py's canonical lines, built by
@@ -14,22 +15,30 @@ the cursor chunk and one journal block, never by the size of the ledger. Checks,
   own amounts.
 - counters: every account's four counters equal the sums of its postings; must-not-exceed
   flags hold; closed accounts are empty; trial balance per currency (debits equal credits).
+- clearing: the clearing accounts' counters are exactly the sums of the shard's cross-shard
+  pieces; over the cluster, every cross-shard transaction decided on all its shards has clearing
+  pieces that net to zero (check_cross_shard: exact while the cluster writes).
 - holds: every open hold is a pending transaction, and none is past its deadline.
 - lease: the writer lease records the journal's last block (a deleted tail shows here).
 - anchors: blocks whose hashes were published elsewhere (an export's head) still have them.
 
-Every problem names the shard and exactly what is wrong (block, transaction, posting, account
-or currency) with what was expected against what was found.
+Every finding is a structured Finding (kind, shard, block, transaction, posting, account,
+currency, expected, found); the command line's text and the gRPC service's messages are both
+made from it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
+import heapq
+import json
+import tempfile
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import IO, Any, Final
 
 from core import journal
 from core.export import block_hash, journal_line
@@ -43,11 +52,13 @@ CHECK_NAMES: Final = (
     "chains",
     "counters",
     "trial balance",
+    "clearing",
     "holds",
     "lease",
     "anchors",
 )
-# The shard number of problems found across shards (the cluster's trial balance).
+# The shard number of findings about the cluster as a whole (its trial balance, cross-shard
+# transactions).
 CLUSTER: Final = -1
 # Each currency's inter-shard clearing account (shards/crossshard.py clearing_account): a
 # spread account whose pieces net to zero over the cluster once cross-shard work resolves.
@@ -60,10 +71,223 @@ _POSTED_KINDS: Final = frozenset(
 # participants' pieces of cross-shard transactions.
 _HELD_KINDS: Final = frozenset({Kind.PENDING, Kind.PREPARED})
 COUNTER_NAMES: Final = ("debits_posted", "credits_posted", "debits_pending", "credits_pending")
+# In-flight cross-shard transactions listed in a report (all are counted).
+IN_FLIGHT_KEPT_MAX: Final = 100
 
 Progress = Callable[[int, str, int, int], None]
 """Called with (shard, phase, done, total) while a shard is audited; phases are "journal"
 (postings streamed) and "accounts" (accounts checked)."""
+
+
+# ---- findings ----
+
+
+class FindingKind(enum.IntEnum):
+    """What is wrong, machine-readable. Mirrors tally.v1.FindingKind number for number (checked
+    by a test); the hundreds are the check (1 journal ... 9 anchors, as CHECK_NAMES)."""
+
+    # journal
+    BLOCK_MISSING = 101
+    EPOCH_DECREASED = 102
+    POSTING_RANGE_BACKWARDS = 103
+    POSTING_MISSING = 104
+    POSTING_IN_WRONG_BLOCK = 105
+    BLOCK_COUNT_MISMATCH = 106
+    BLOCK_HASH_ALTERED = 107
+    BLOCK_ROWS_ALTERED = 108
+    BLOCK_HASH_MISMATCH = 109
+    PREVIOUS_HASH_ALTERED = 110
+    PREVIOUS_HASH_MISMATCH = 111
+    ROW_OUTSIDE_JOURNAL = 112
+    POSTING_BEYOND_JOURNAL = 113
+    # postings
+    LEGS_UNREADABLE = 201
+    TRANSACTION_UNBALANCED = 202
+    POSTING_NOT_A_LEG = 203
+    POSTING_DIFFERS_FROM_LEG = 204
+    LEG_WITHOUT_POSTING = 205
+    POSTING_WITHOUT_TRANSACTION = 206
+    # chains
+    BALANCE_AFTER_BROKEN = 301
+    # counters
+    POSTINGS_OF_UNKNOWN_ACCOUNT = 401
+    COUNTER_MISMATCH = 402
+    LIMIT_EXCEEDED = 403
+    SPREAD_ACCOUNT_FLAG = 404
+    CLOSED_ACCOUNT_NOT_EMPTY = 405
+    # trial balance
+    TRIAL_BALANCE_UNBALANCED = 501
+    # clearing
+    CLEARING_COUNTERS_MISMATCH = 601
+    CROSS_SHARD_UNBALANCED = 602
+    CROSS_SHARD_CONTRADICTION = 603
+    CROSS_SHARD_UNDECIDED = 604
+    CROSS_SHARD_NOT_RECHECKED = 605
+    # holds
+    HOLD_WITHOUT_TRANSACTION = 701
+    HOLD_OF_WRONG_KIND = 702
+    HOLD_STATUS_MISMATCH = 703
+    HOLD_DEADLINE_MISMATCH = 704
+    HOLD_PAST_DEADLINE = 705
+    PENDING_WITHOUT_HOLD = 706
+    # lease
+    LEASE_AHEAD_OF_JOURNAL = 801
+    # anchors
+    ANCHOR_MISMATCH = 901
+
+    @property
+    def check(self) -> str:
+        return CHECK_NAMES[self.value // 100 - 1]
+
+
+class About(enum.StrEnum):
+    """What a finding's subject is, which says how its ids are shown."""
+
+    BLOCK = "block"
+    BLOCKS = "blocks"
+    POSTING = "posting"
+    TRANSACTION = "transaction"
+    ACCOUNT = "account"
+    CLOSURE = "closure"
+    HOLD = "hold"
+    CURRENCY = "currency"
+    CLEARING = "clearing account"
+    CROSS_SHARD = "cross-shard transaction"
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One thing wrong, with the ids of what it is about (0 or "" where they do not apply)."""
+
+    shard: int
+    kind: FindingKind
+    about: About
+    message: str
+    expected: str = ""
+    found: str = ""
+    block: int = 0
+    # The last block of a range (About.BLOCKS).
+    block_last: int = 0
+    transaction_id: str = ""
+    posting: int = 0
+    account_id: str = ""
+    currency: str = ""
+
+    @property
+    def check(self) -> str:
+        return self.kind.check
+
+    @property
+    def subject(self) -> str:
+        about = self.about
+        if about is About.BLOCK:
+            return f"block {self.block}"
+        if about is About.BLOCKS:
+            return f"blocks {self.block}..{self.block_last}"
+        if about is About.POSTING:
+            return (
+                f"posting {self.posting} (transaction {self.transaction_id}, "
+                f"account {self.account_id})"
+            )
+        if about is About.TRANSACTION:
+            block = f" (block {self.block})" if self.block else ""
+            return f"transaction {self.transaction_id}{block}"
+        if about is About.ACCOUNT:
+            return f"account {self.account_id}"
+        if about is About.CLOSURE:
+            return f"closure of {self.account_id}"
+        if about is About.HOLD:
+            return f"hold {self.transaction_id}"
+        if about is About.CURRENCY:
+            return self.currency
+        if about is About.CLEARING:
+            return self.account_id
+        return f"cross-shard transaction {self.transaction_id}"
+
+    def __str__(self) -> str:
+        where = "cluster" if self.shard == CLUSTER else f"shard {self.shard}"
+        return f"{where}: {self.subject}: {self.message}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "shard": self.shard,
+            "check": self.check,
+            "kind": self.kind.name.lower(),
+            "subject": self.subject,
+            "message": self.message,
+            "expected": self.expected,
+            "found": self.found,
+            "block": self.block,
+            "transaction_id": self.transaction_id,
+            "posting": self.posting,
+            "account_id": self.account_id,
+            "currency": self.currency,
+            "text": str(self),
+        }
+
+
+# The former names.
+Problem = Finding
+
+
+class FindingLog:
+    """A shard's findings: the first count_max of each check kept, all counted. Findings that
+    name a currency outside `currencies` (when given) are left out."""
+
+    def __init__(
+        self, shard: int, count_max: int, currencies: frozenset[str] = frozenset()
+    ) -> None:
+        self.shard = shard
+        self.count_max = count_max
+        self.currencies = currencies
+        self.kept: list[Finding] = []
+        self.counts: dict[str, int] = dict.fromkeys(CHECK_NAMES, 0)
+
+    def add(
+        self,
+        kind: FindingKind,
+        about: About,
+        message: str,
+        expected: object = "",
+        found: object = "",
+        *,
+        block: int = 0,
+        block_last: int = 0,
+        transaction_id: str = "",
+        posting: int = 0,
+        account_id: str = "",
+        currency: str = "",
+    ) -> None:
+        if currency and self.currencies and currency not in self.currencies:
+            return
+        check = kind.check
+        self.counts[check] = self.counts.get(check, 0) + 1
+        if self.counts[check] <= self.count_max:
+            self.kept.append(
+                Finding(
+                    self.shard,
+                    kind,
+                    about,
+                    message,
+                    str(expected),
+                    str(found),
+                    block,
+                    block_last,
+                    transaction_id,
+                    posting,
+                    account_id,
+                    currency,
+                )
+            )
+
+    def sorted_kept(self) -> list[Finding]:
+        return sorted(self.kept, key=lambda finding: CHECK_NAMES.index(finding.check))
+
+
+ProblemLog = FindingLog
+
+
+# ---- configuration and reports ----
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +303,7 @@ class Anchor:
 class AuditConfig:
     # Rows per cursor round trip: the audit's memory is a few chunks and one block.
     fetch_row_count: int = 10_000
-    # Problems kept per check and shard; the rest are counted.
+    # Findings kept per check and shard; the rest are counted.
     problem_count_max: int = 1_000
     # Budget for every statement and fetch.
     statement_timeout_s: float = 600.0
@@ -93,49 +317,11 @@ class AuditConfig:
     # Shards audited at once.
     shard_concurrency_max: int = 4
     anchors: tuple[Anchor, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class Problem:
-    shard: int
-    check: str
-    subject: str
-    message: str
-    expected: str = ""
-    found: str = ""
-
-    def __str__(self) -> str:
-        where = "cluster" if self.shard == CLUSTER else f"shard {self.shard}"
-        return f"{where}: {self.subject}: {self.message}"
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "shard": self.shard,
-            "check": self.check,
-            "subject": self.subject,
-            "message": self.message,
-            "expected": self.expected,
-            "found": self.found,
-            "text": str(self),
-        }
-
-
-class ProblemLog:
-    """A shard's problems: the first problem_count_max of each check kept, all counted."""
-
-    def __init__(self, shard: int, count_max: int) -> None:
-        self.shard = shard
-        self.count_max = count_max
-        self.kept: list[Problem] = []
-        self.counts: dict[str, int] = dict.fromkeys(CHECK_NAMES, 0)
-
-    def add(
-        self, check: str, subject: str, message: str, expected: object = "", found: object = ""
-    ) -> None:
-        self.counts[check] = self.counts.get(check, 0) + 1
-        if self.counts[check] <= self.count_max:
-            problem = Problem(self.shard, check, subject, message, str(expected), str(found))
-            self.kept.append(problem)
+    # Only these currencies' trial balances, clearing and findings (empty: every currency).
+    currencies: frozenset[str] = frozenset()
+    # Cross-shard transactions that did not net in the first snapshots, read again (see
+    # check_cross_shard); beyond this many they are findings.
+    recheck_count_max: int = 10_000
 
 
 @dataclass(slots=True)
@@ -153,15 +339,54 @@ class ShardReport:
     trial_balance: dict[str, list[int]] = field(default_factory=dict)
     # The same sums over this shard's clearing pieces only.
     clearing: dict[str, list[int]] = field(default_factory=dict)
-    problems: list[Problem] = field(default_factory=list)
+    # Cross-shard transactions (attempts) with rows on this shard.
+    cross_shard_count: int = 0
+    problems: list[Finding] = field(default_factory=list)
     problem_counts: dict[str, int] = field(default_factory=dict)
     duration_s: float = 0.0
     # Set when the shard could not be audited at all (unreachable, no schema).
     error: str = ""
+    # This shard's cross-shard pieces, one line per attempt in key order (check_cross_shard).
+    spool: IO[str] | None = None
 
     @property
     def ok(self) -> bool:
         return not self.error and not any(self.problem_counts.values())
+
+    @property
+    def findings(self) -> list[Finding]:
+        return self.problems
+
+
+@dataclass(frozen=True, slots=True)
+class InFlight:
+    """A cross-shard transaction not yet decided, or not yet resolved, on every shard."""
+
+    transaction_id: str
+    # The attempt's key (core.model: the part after "~piece/" or "~abort/").
+    key: str
+    decision: str
+    coordinator: int
+    # (shard, "pending" | "posted" | "voided" | "expired" | "decided") of each piece seen.
+    pieces: tuple[tuple[int, str], ...]
+    # The earliest deadline of a piece still held (0: none).
+    deadline_ns: int
+
+
+@dataclass(slots=True)
+class CrossShardReport:
+    # False when not every shard of the cluster was audited (see `reason`).
+    checked: bool = False
+    reason: str = ""
+    # Decided on all their shards, pieces netting to zero.
+    settled_count: int = 0
+    # Still held or undecided somewhere: excluded from the sum, not a finding.
+    in_flight_count: int = 0
+    # Read again in later snapshots because the first ones caught them mid-way.
+    rechecked_count: int = 0
+    in_flight: list[InFlight] = field(default_factory=list)
+    # Net posted clearing (debits minus credits) of the in-flight ones, per currency.
+    in_flight_clearing: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -171,29 +396,48 @@ class AuditReport:
     duration_s: float = 0.0
     # Per currency over every shard.
     trial_balance: dict[str, list[int]] = field(default_factory=dict)
-    cluster_problems: list[Problem] = field(default_factory=list)
+    cluster_problems: list[Finding] = field(default_factory=list)
+    cluster_problem_counts: dict[str, int] = field(default_factory=dict)
+    cross_shard: CrossShardReport = field(default_factory=CrossShardReport)
 
     @property
     def ok(self) -> bool:
-        return all(shard.ok for shard in self.shards) and not self.cluster_problems
+        return all(shard.ok for shard in self.shards) and not any(
+            self.cluster_problem_counts.values()
+        )
 
     @property
-    def problems(self) -> list[Problem]:
+    def complete(self) -> bool:
+        """Every shard asked for was audited."""
+        return not any(shard.error for shard in self.shards)
+
+    @property
+    def problems(self) -> list[Finding]:
         found = [p for shard in self.shards for p in shard.problems]
         return found + self.cluster_problems
+
+    @property
+    def problem_count(self) -> int:
+        counted = sum(sum(shard.problem_counts.values()) for shard in self.shards)
+        return counted + sum(self.cluster_problem_counts.values())
 
 
 # ---- the cluster ----
 
 
 async def connect(dsn: str, config: AuditConfig) -> Any:
+    """A read-only session: every transaction on it is READ ONLY unless it asks otherwise,
+    which the audit never does (its role should have SELECT rights only, too)."""
     import asyncpg  # here, so that the pure checks import without a driver
 
     return await asyncpg.connect(
         dsn,
         timeout=config.connect_timeout_s,
         command_timeout=config.statement_timeout_s,
-        server_settings={"application_name": "tally-audit"},
+        server_settings={
+            "application_name": "tally-audit",
+            "default_transaction_read_only": "on",
+        },
     )
 
 
@@ -208,62 +452,64 @@ def redact(dsn: str) -> str:
 
 
 async def audit_cluster(
-    dsns: Sequence[str], config: AuditConfig, progress: Progress | None = None
+    dsns: Sequence[str],
+    config: AuditConfig,
+    progress: Progress | None = None,
+    shards: Sequence[int] | None = None,
 ) -> AuditReport:
-    """Audit every shard (index = position in dsns), then the cluster-wide trial balance."""
+    """Audit the chosen shards (shard k is dsns[k]; default: all), then the cluster: its trial
+    balance, and its cross-shard transactions when every shard was audited."""
     started = time.monotonic()
     report = AuditReport([], time.time_ns())
+    chosen = list(range(len(dsns))) if shards is None else list(shards)
+    whole = sorted(chosen) == list(range(len(dsns)))
     limit = asyncio.Semaphore(config.shard_concurrency_max)
 
-    async def one(shard: int, dsn: str) -> ShardReport:
+    async def one(shard: int) -> ShardReport:
         async with limit:
-            return await _audit_dsn(shard, dsn, config, progress)
+            return await _audit_dsn(shard, dsns[shard], config, progress, spool=whole)
 
-    async with asyncio.TaskGroup() as group:
-        tasks = [group.create_task(one(shard, dsn)) for shard, dsn in enumerate(dsns)]
-    report.shards = [task.result() for task in tasks]
-    report.trial_balance = _sum_balances([shard.trial_balance for shard in report.shards])
-    report.cluster_problems = _cluster_problems(report)
+    tasks: list[asyncio.Task[ShardReport]] = []
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks += [group.create_task(one(shard)) for shard in chosen]
+        report.shards = [task.result() for task in tasks]
+        report.trial_balance = _sum_balances([shard.trial_balance for shard in report.shards])
+        log = FindingLog(CLUSTER, config.problem_count_max, config.currencies)
+        _check_cluster_trial_balance(log, report.trial_balance)
+        if not whole:
+            report.cross_shard.reason = "not every shard of the cluster was audited"
+        elif not report.complete:
+            report.cross_shard.reason = "a shard could not be audited"
+        else:
+            report.cross_shard = await check_cross_shard(report.shards, dsns, config, log)
+        report.cluster_problems = log.sorted_kept()
+        report.cluster_problem_counts = {k: v for k, v in log.counts.items() if v}
+    finally:  # the spools of every shard audited, even when another one failed
+        for task in tasks:
+            if task.done() and not task.cancelled() and task.exception() is None:
+                if (spool := task.result().spool) is not None:
+                    spool.close()
+                task.result().spool = None
     report.duration_s = time.monotonic() - started
     return report
 
 
-def _cluster_problems(report: AuditReport) -> list[Problem]:
-    """The cluster's trial balance, and its clearing pieces netting to zero."""
-    problems = []
-    for currency, (dp, cp, dq, cq) in sorted(report.trial_balance.items()):
+def _check_cluster_trial_balance(log: FindingLog, balances: dict[str, list[int]]) -> None:
+    for currency, (dp, cp, dq, cq) in sorted(balances.items()):
         if dp != cp or dq != cq:
-            problems.append(
-                Problem(
-                    CLUSTER,
-                    "trial balance",
-                    currency,
-                    f"posted debits {dp}, credits {cp}; pending debits {dq}, credits {cq}",
-                    f"{dp} = {cp}",
-                    f"{dp} != {cp}" if dp != cp else f"{dq} != {cq}",
-                )
+            log.add(
+                FindingKind.TRIAL_BALANCE_UNBALANCED,
+                About.CURRENCY,
+                f"posted debits {dp}, credits {cp}; pending debits {dq}, credits {cq}",
+                f"{dp} = {cp}",
+                f"{dp} != {cp}" if dp != cp else f"{dq} != {cq}",
+                currency=currency,
             )
-    clearing = _sum_balances([shard.clearing for shard in report.shards])
-    for currency, (dp, cp, dq, cq) in sorted(clearing.items()):
-        # While pieces are held, a transaction is in flight and the pieces need not net yet.
-        if dp != cp and dq == cq == 0:
-            problems.append(
-                Problem(
-                    CLUSTER,
-                    "trial balance",
-                    f"{CLEARING_ACCOUNT_PREFIX}{currency}",
-                    f"the clearing pieces net to {dp - cp} (debits {dp}, credits {cp}), "
-                    "expected 0 (if the cluster was writing, audit it again: shards are read "
-                    "one snapshot each)",
-                    "0",
-                    str(dp - cp),
-                )
-            )
-    return problems
 
 
 async def _audit_dsn(
-    shard: int, dsn: str, config: AuditConfig, progress: Progress | None
+    shard: int, dsn: str, config: AuditConfig, progress: Progress | None, spool: bool = False
 ) -> ShardReport:
     started = time.monotonic()
     try:
@@ -273,7 +519,7 @@ async def _audit_dsn(
     except Exception as error:  # asyncpg's errors: bad password, no database, ...
         return ShardReport(shard, redact(dsn), error=f"cannot connect: {error}")
     try:
-        report = await audit_shard(connection, shard, config, progress)
+        report = await audit_shard(connection, shard, config, progress, spool)
     except Exception as error:  # a shard without the schema, a lost connection
         report = ShardReport(shard, "", error=f"audit failed: {error!r}")
     finally:
@@ -295,10 +541,16 @@ def _sum_balances(parts: Sequence[dict[str, list[int]]]) -> dict[str, list[int]]
 
 
 async def audit_shard(
-    connection: Any, shard: int, config: AuditConfig, progress: Progress | None = None
+    connection: Any,
+    shard: int,
+    config: AuditConfig,
+    progress: Progress | None = None,
+    spool: bool = False,
 ) -> ShardReport:
-    """Every check on one shard database, from one snapshot."""
-    log = ProblemLog(shard, config.problem_count_max)
+    """Every check on one shard database, from one snapshot. With `spool`, the shard's
+    cross-shard pieces are also written to report.spool for check_cross_shard (the caller
+    closes it)."""
+    log = FindingLog(shard, config.problem_count_max, config.currencies)
     report = ShardReport(shard, "")
     timeout_s = config.statement_timeout_s
     async with connection.transaction(isolation="repeatable_read", readonly=True):
@@ -313,10 +565,11 @@ async def audit_shard(
         await JournalPass(connection, config, log, report, progress, sizes["postings"]).run()
         await check_accounts(connection, config, log, report, progress)
         await check_chains(connection, config, log)
+        await scan_cross_shard(connection, config, log, report, spool)
         await check_holds(connection, config, log, report)
         await _check_lease(connection, config, log, report)
         await _check_anchors(connection, config, log, shard)
-    report.problems = sorted(log.kept, key=lambda problem: CHECK_NAMES.index(problem.check))
+    report.problems = log.sorted_kept()
     report.problem_counts = dict(log.counts)
     return report
 
@@ -417,6 +670,15 @@ def posting_subject(row: Any) -> str:
     )
 
 
+def _posting_ids(row: Any) -> dict[str, Any]:
+    """A posting row's ids, as FindingLog.add takes them."""
+    return {
+        "posting": row[_P_SEQUENCE],
+        "transaction_id": row[_P_TRANSACTION],
+        "account_id": row[_P_ACCOUNT],
+    }
+
+
 def _hex(digest: bytes) -> str:
     # Whole: an auditor compares hashes with other records, which a prefix would not allow.
     return digest.hex()
@@ -436,7 +698,7 @@ class JournalPass:
         self,
         connection: Any,
         config: AuditConfig,
-        log: ProblemLog,
+        log: FindingLog,
         report: ShardReport,
         progress: Progress | None,
         posting_total: int,
@@ -511,31 +773,44 @@ class JournalPass:
         return own
 
     def _orphan(self, name: str, row: Any) -> None:
-        what = {"accounts": "account", "transactions": "transaction", "closures": "closure of"}
-        self.log.add(
-            "journal",
-            f"{what[name]} {row[1]}",
-            f"recorded in block {row[0]}, which is not in the journal",
-        )
+        kind, block = FindingKind.ROW_OUTSIDE_JOURNAL, row[0]
+        message = f"recorded in block {block}, which is not in the journal"
+        if name == "transactions":
+            self.log.add(
+                kind,
+                About.TRANSACTION,
+                f"block {block} is not in the journal",
+                block=block,
+                transaction_id=row[1],
+            )
+        elif name == "accounts":
+            self.log.add(kind, About.ACCOUNT, message, block=block, account_id=row[1])
+        else:
+            self.log.add(kind, About.CLOSURE, message, block=block, account_id=row[1])
 
     def _check_header(self, header: Any) -> None:
         block = header["sequence"]
         expected = self.previous_block + 1
         if block != expected:
             self.log.add(
-                "journal",
-                f"block {expected}" if block == expected + 1 else f"blocks {expected}..{block - 1}",
+                FindingKind.BLOCK_MISSING,
+                About.BLOCK if block == expected + 1 else About.BLOCKS,
                 f"missing from the journal (block {self.previous_block} is followed by "
                 f"block {block})",
                 expected,
                 block,
+                block=expected,
+                block_last=block - 1,
             )
         if header["epoch"] < self.previous_epoch:
             self.log.add(
-                "journal",
-                f"block {block}",
+                FindingKind.EPOCH_DECREASED,
+                About.BLOCK,
                 f"epoch {header['epoch']} is below block {self.previous_block}'s "
                 f"{self.previous_epoch} (writer epochs only grow)",
+                f">= {self.previous_epoch}",
+                header["epoch"],
+                block=block,
             )
         self.previous_block = block
         self.previous_epoch = header["epoch"]
@@ -546,9 +821,12 @@ class JournalPass:
         expected = self.next_posting
         if end < expected:
             self.log.add(
-                "journal",
-                f"block {block}",
+                FindingKind.POSTING_RANGE_BACKWARDS,
+                About.BLOCK,
                 f"next_posting_sequence {end} is below the block before's {expected}",
+                f">= {expected}",
+                end,
+                block=block,
             )
         for row in postings:
             sequence = row[_P_SEQUENCE]
@@ -556,12 +834,14 @@ class JournalPass:
                 self._missing_postings(block, expected, sequence)
             if row[_P_BLOCK] != block:
                 self.log.add(
-                    "journal",
-                    posting_subject(row),
+                    FindingKind.POSTING_IN_WRONG_BLOCK,
+                    About.POSTING,
                     f"block_sequence {row[_P_BLOCK]}, but its sequence lies in block {block} "
                     f"(postings {self.next_posting}..{end - 1})",
                     block,
                     row[_P_BLOCK],
+                    block=block,
+                    **_posting_ids(row),
                 )
             expected = sequence + 1
         if expected < end:
@@ -570,7 +850,15 @@ class JournalPass:
 
     def _missing_postings(self, block: int, first: int, end: int) -> None:
         which = f"posting {first}" if end == first + 1 else f"postings {first}..{end - 1}"
-        self.log.add("journal", f"block {block}", f"{which} missing (sequence gap)", which, "")
+        self.log.add(
+            FindingKind.POSTING_MISSING,
+            About.BLOCK,
+            f"{which} missing (sequence gap)",
+            which,
+            "",
+            block=block,
+            posting=first,
+        )
 
     def _check_counts(self, header: Any, rows: dict[str, list[Any]], postings: list[Any]) -> None:
         found = {
@@ -582,11 +870,12 @@ class JournalPass:
         for name, count in found.items():
             if header[name] != count:
                 self.log.add(
-                    "journal",
-                    f"block {header['sequence']}",
+                    FindingKind.BLOCK_COUNT_MISMATCH,
+                    About.BLOCK,
                     f"{name} {header[name]} in its header, but {count} rows found",
                     header[name],
                     count,
+                    block=header["sequence"],
                 )
 
     def _check_hash(self, header: Any, rows: dict[str, list[Any]], postings: list[Any]) -> None:
@@ -614,17 +903,19 @@ class JournalPass:
         """previous_hash is not the hash of the block before: was the field altered, or is the
         block before not the one this block was chained to? Returns the hash to carry on with."""
         expected = _hex(self.previous_stored)
+        kind = FindingKind.PREVIOUS_HASH_MISMATCH
         message = f"previous_hash {_hex(previous_field)} is not block {block - 1}'s hash {expected}"
         if recomputed != stored:
             from_before = block_hash(self.previous_stored, block, lines)
             if from_before == stored:
                 # The block was hashed onto the block before as stored: only the field changed.
+                kind = FindingKind.PREVIOUS_HASH_ALTERED
                 message = (
                     f"previous_hash {_hex(previous_field)} was altered: the block's hash was "
                     f"made from block {block - 1}'s hash {expected}"
                 )
                 recomputed = from_before
-        self.log.add("journal", f"block {block}", message, expected, _hex(previous_field))
+        self.log.add(kind, About.BLOCK, message, expected, _hex(previous_field), block=block)
         return recomputed
 
     def _report_mismatch(self, mismatch: _HashMismatch, next_previous: bytes | None) -> None:
@@ -632,18 +923,21 @@ class JournalPass:
         block = mismatch.block
         stored, recomputed = _hex(mismatch.stored), _hex(mismatch.recomputed)
         if next_previous == mismatch.recomputed:
+            kind = FindingKind.BLOCK_HASH_ALTERED
             message = (
                 f"hash {stored} was altered: its rows give {recomputed}, which block "
                 f"{block + 1}'s previous_hash also records"
             )
         elif next_previous == mismatch.stored:
+            kind = FindingKind.BLOCK_ROWS_ALTERED
             message = (
                 f"hash {stored} does not match its rows (recomputed {recomputed}): its rows "
                 "were changed after it was written"
             )
         else:
+            kind = FindingKind.BLOCK_HASH_MISMATCH
             message = f"hash {stored} does not match its rows (recomputed {recomputed})"
-        self.log.add("journal", f"block {block}", message, recomputed, stored)
+        self.log.add(kind, About.BLOCK, message, recomputed, stored, block=block)
 
     async def _check_postings(
         self, block: int, transactions: list[Any], postings: list[Any]
@@ -658,9 +952,11 @@ class JournalPass:
         for transaction_id, rows in by_transaction.items():
             for row in rows:
                 self.log.add(
-                    "postings",
-                    posting_subject(row),
+                    FindingKind.POSTING_WITHOUT_TRANSACTION,
+                    About.POSTING,
                     f"transaction {transaction_id} is not recorded in block {block}",
+                    block=block,
+                    **_posting_ids(row),
                 )
 
     async def _held_legs(self, transactions: list[Any]) -> dict[str, str]:
@@ -699,12 +995,14 @@ class JournalPass:
         while rows := await self.postings.rest():
             for row in rows:
                 self.log.add(
-                    "journal",
-                    posting_subject(row),
+                    FindingKind.POSTING_BEYOND_JOURNAL,
+                    About.POSTING,
                     f"beyond the journal (it claims block {row[_P_BLOCK]}, but the last block, "
                     f"{self.previous_block}, ends before posting {self.next_posting})",
                     f"sequence < {self.next_posting}",
                     row[_P_SEQUENCE],
+                    block=row[_P_BLOCK],
+                    **_posting_ids(row),
                 )
 
 
@@ -759,7 +1057,7 @@ def expected_postings(kind: int, applied_text: str, held_text: str | None) -> li
 
 
 def check_transaction_postings(
-    log: ProblemLog, block: int, transaction: Any, actual: list[Any], held: dict[str, str]
+    log: FindingLog, block: int, transaction: Any, actual: list[Any], held: dict[str, str]
 ) -> None:
     """Compare a transaction's postings with what its legs say they must be."""
     transaction_id = transaction[_T_ID]
@@ -768,15 +1066,19 @@ def check_transaction_postings(
             transaction[_T_KIND], transaction[_T_APPLIED], held.get(transaction[_T_TARGET])
         )
     except ValueError as error:
-        subject = f"transaction {transaction_id} (block {block})"
-        log.add("postings", subject, f"its legs cannot be checked: {error}")
+        log.add(
+            FindingKind.LEGS_UNREADABLE,
+            About.TRANSACTION,
+            f"its legs cannot be checked: {error}",
+            block=block,
+            transaction_id=transaction_id,
+        )
         return
     if not _is_balanced_pair(expected):
-        _check_balanced(log, f"transaction {transaction_id} (block {block})", expected)
+        _check_balanced(log, block, transaction_id, expected)
     timestamp_ns = transaction[_T_TIME]
     if not _postings_are(actual, expected, timestamp_ns):
-        subject = f"transaction {transaction_id} (block {block})"
-        _match_postings(log, subject, transaction_id, timestamp_ns, expected, actual)
+        _match_postings(log, block, transaction_id, timestamp_ns, expected, actual)
 
 
 def _is_balanced_pair(expected: list[ExpectedPosting]) -> bool:
@@ -803,7 +1105,9 @@ def _postings_are(actual: list[Any], expected: list[ExpectedPosting], timestamp_
     return True
 
 
-def _check_balanced(log: ProblemLog, subject: str, expected: list[ExpectedPosting]) -> None:
+def _check_balanced(
+    log: FindingLog, block: int, transaction_id: str, expected: list[ExpectedPosting]
+) -> None:
     net: dict[str, list[int]] = {}
     for _account, side, posted, pending, currency in expected:
         sums = net.setdefault(currency, [0, 0])
@@ -812,18 +1116,21 @@ def _check_balanced(log: ProblemLog, subject: str, expected: list[ExpectedPostin
     for currency, (posted, pending) in sorted(net.items()):
         if posted or pending:
             log.add(
-                "postings",
-                subject,
+                FindingKind.TRANSACTION_UNBALANCED,
+                About.TRANSACTION,
                 f"unbalanced in {currency}: debits minus credits {posted} posted, "
                 f"{pending} pending",
                 0,
                 posted or pending,
+                block=block,
+                transaction_id=transaction_id,
+                currency=currency,
             )
 
 
 def _match_postings(
-    log: ProblemLog,
-    subject: str,
+    log: FindingLog,
+    block: int,
     transaction_id: str,
     timestamp_ns: int,
     expected: list[ExpectedPosting],
@@ -837,10 +1144,12 @@ def _match_postings(
         legs = remaining.get((row[_P_ACCOUNT], row[_P_SIDE]))
         if not legs:
             log.add(
-                "postings",
-                posting_subject(row),
+                FindingKind.POSTING_NOT_A_LEG,
+                About.POSTING,
                 f"not a leg of transaction {transaction_id}: {_side_name(row[_P_SIDE])} "
                 f"posted {row[_P_POSTED]}, pending {row[_P_PENDING]}",
+                block=block,
+                **_posting_ids(row),
             )
             continue
         leg = legs.popleft()
@@ -851,21 +1160,28 @@ def _match_postings(
         ):
             if found != wanted:
                 log.add(
-                    "postings",
-                    posting_subject(row),
+                    FindingKind.POSTING_DIFFERS_FROM_LEG,
+                    About.POSTING,
                     f"{name} {found}, expected {wanted} (from transaction {transaction_id})",
                     wanted,
                     found,
+                    block=block,
+                    currency=leg[4],
+                    **_posting_ids(row),
                 )
     for legs in remaining.values():
         for account, side, posted, pending, currency in legs:
             log.add(
-                "postings",
-                subject,
+                FindingKind.LEG_WITHOUT_POSTING,
+                About.TRANSACTION,
                 f"no posting for its {_side_name(side)} of {account} "
                 f"(posted {posted}, pending {pending} {currency})",
                 f"a posting to {account}",
                 "none",
+                block=block,
+                transaction_id=transaction_id,
+                account_id=account,
+                currency=currency,
             )
 
 
@@ -896,7 +1212,7 @@ FROM accounts a FULL JOIN (
 async def check_accounts(
     connection: Any,
     config: AuditConfig,
-    log: ProblemLog,
+    log: FindingLog,
     report: ShardReport,
     progress: Progress | None = None,
 ) -> None:
@@ -912,16 +1228,21 @@ async def check_accounts(
         done += len(rows)
         if progress is not None:
             progress(log.shard, "accounts", done, max(done, report.account_count))
+    if config.currencies:
+        for balances in (report.trial_balance, report.clearing):
+            for currency in set(balances) - config.currencies:
+                del balances[currency]
     for currency, (dp, cp, dq, cq) in sorted(report.trial_balance.items()):
         for kind, debits, credits in (("posted", dp, cp), ("pending", dq, cq)):
             if debits != credits:
                 log.add(
-                    "trial balance",
-                    currency,
+                    FindingKind.TRIAL_BALANCE_UNBALANCED,
+                    About.CURRENCY,
                     f"{kind} debits {debits}, {kind} credits {credits} (differ by "
                     f"{debits - credits})",
                     f"{kind} debits = {kind} credits",
                     f"{debits} != {credits}",
+                    currency=currency,
                 )
 
 
@@ -932,38 +1253,45 @@ def _add_counters(sums: dict[str, list[int]], currency: str, counters: Sequence[
 
 
 def _check_account(
-    log: ProblemLog,
+    log: FindingLog,
     row: Any,
     trial_balance: dict[str, list[int]],
     clearing: dict[str, list[int]],
 ) -> None:
     account_id = row["id"]
-    subject = f"account {account_id}"
     posting_count = row["posting_count"]
     if not row["known"]:
-        log.add("counters", subject, f"has {posting_count} postings but is not in accounts")
+        log.add(
+            FindingKind.POSTINGS_OF_UNKNOWN_ACCOUNT,
+            About.ACCOUNT,
+            f"has {posting_count} postings but is not in accounts",
+            account_id=account_id,
+        )
         return
+    currency = row["currency"]
     counters = [row[name] for name in COUNTER_NAMES]
     sums = [int(row[name]) for name in ("sum_dp", "sum_cp", "sum_dq", "sum_cq")]
     for name, found, expected in zip(COUNTER_NAMES, counters, sums, strict=True):
         if found != expected:
             log.add(
-                "counters",
-                subject,
+                FindingKind.COUNTER_MISMATCH,
+                About.ACCOUNT,
                 f"{name} {found}, but its {posting_count} postings sum to {expected}",
                 expected,
                 found,
+                account_id=account_id,
+                currency=currency,
             )
-    _add_counters(trial_balance, row["currency"], counters)
+    _add_counters(trial_balance, currency, counters)
     if account_id.startswith(CLEARING_ACCOUNT_PREFIX):
-        _add_counters(clearing, row["currency"], counters)
-    _check_flags(log, subject, account_id, row["flags"], row["closed_at_ns"], counters)
+        _add_counters(clearing, currency, counters)
+    _check_flags(log, account_id, currency, row["flags"], row["closed_at_ns"], counters)
 
 
 def _check_flags(
-    log: ProblemLog,
-    subject: str,
+    log: FindingLog,
     account_id: str,
+    currency: str,
     flags: int,
     closed_at_ns: int,
     counters: list[int],
@@ -973,31 +1301,43 @@ def _check_flags(
     credit_limit = bool(flags & journal.FLAG_CREDITS_MUST_NOT_EXCEED_DEBITS)
     if no_overdraft and dp + dq > cp:
         log.add(
-            "counters",
-            subject,
+            FindingKind.LIMIT_EXCEEDED,
+            About.ACCOUNT,
             f"debits_posted {dp} + debits_pending {dq} exceed credits_posted {cp}, but it "
             "is debits_must_not_exceed_credits",
             f"<= {cp}",
             dp + dq,
+            account_id=account_id,
+            currency=currency,
         )
     if credit_limit and cp + cq > dp:
         log.add(
-            "counters",
-            subject,
+            FindingKind.LIMIT_EXCEEDED,
+            About.ACCOUNT,
             f"credits_posted {cp} + credits_pending {cq} exceed debits_posted {dp}, but it "
             "is credits_must_not_exceed_debits",
             f"<= {dp}",
             cp + cq,
+            account_id=account_id,
+            currency=currency,
         )
     if (no_overdraft or credit_limit) and account_id.startswith("@"):
-        log.add("counters", subject, "a spread account carries a must-not-exceed flag")
+        log.add(
+            FindingKind.SPREAD_ACCOUNT_FLAG,
+            About.ACCOUNT,
+            "a spread account carries a must-not-exceed flag",
+            account_id=account_id,
+            currency=currency,
+        )
     if closed_at_ns and (dp != cp or dq or cq):
         log.add(
-            "counters",
-            subject,
+            FindingKind.CLOSED_ACCOUNT_NOT_EMPTY,
+            About.ACCOUNT,
             f"closed, but its posted balance is {cp - dp} and {dq + cq} is pending",
             "0",
             f"{cp - dp}",
+            account_id=account_id,
+            currency=currency,
         )
 
 
@@ -1026,7 +1366,7 @@ ORDER BY sequence
 """
 
 
-async def check_chains(connection: Any, config: AuditConfig, log: ProblemLog) -> None:
+async def check_chains(connection: Any, config: AuditConfig, log: FindingLog) -> None:
     """Every posting's balance-after is the account's previous balance-after plus its amounts
     (PostgreSQL walks each account's postings in order; only broken links come back)."""
     stream = await RowStream.open(
@@ -1037,7 +1377,7 @@ async def check_chains(connection: Any, config: AuditConfig, log: ProblemLog) ->
             _report_chain_break(log, row)
 
 
-def _report_chain_break(log: ProblemLog, row: Any) -> None:
+def _report_chain_break(log: FindingLog, row: Any) -> None:
     is_debit = row["is_debit"]
     changes = (
         ("debits_posted", "dp", "pdp", row["posted_amount"] if is_debit else 0, "posted_amount"),
@@ -1057,11 +1397,16 @@ def _report_chain_break(log: ProblemLog, row: Any) -> None:
             )
             expected_first = expected_first or str(expected)
             found_first = found_first or str(row[found_key])
-    subject = (
-        f"posting {row['sequence']} (transaction {row['transaction_id']}, "
-        f"account {row['account_id']})"
+    log.add(
+        FindingKind.BALANCE_AFTER_BROKEN,
+        About.POSTING,
+        "; ".join(parts),
+        expected_first,
+        found_first,
+        posting=row["sequence"],
+        transaction_id=row["transaction_id"],
+        account_id=row["account_id"],
     )
-    log.add("chains", subject, "; ".join(parts), expected_first, found_first)
 
 
 # ---- holds ----
@@ -1079,7 +1424,7 @@ ORDER BY id
 
 
 async def check_holds(
-    connection: Any, config: AuditConfig, log: ProblemLog, report: ShardReport
+    connection: Any, config: AuditConfig, log: FindingLog, report: ShardReport
 ) -> None:
     """Open holds agree with their transactions, and none is past its deadline."""
     now_ns = config.now_ns or time.time_ns()
@@ -1099,28 +1444,55 @@ async def check_holds(
     )
     while rows := await orphans.rest():
         for row in rows:
-            log.add("holds", f"transaction {row['id']}", "pending, but has no open hold row")
+            log.add(
+                FindingKind.PENDING_WITHOUT_HOLD,
+                About.TRANSACTION,
+                "pending, but has no open hold row",
+                "a hold row",
+                "none",
+                transaction_id=row["id"],
+            )
 
 
-def _check_hold(log: ProblemLog, row: Any, grace_s: float | None, now_ns: int) -> None:
-    subject = f"hold {row['transaction_id']}"
+def _check_hold(log: FindingLog, row: Any, grace_s: float | None, now_ns: int) -> None:
+    transaction_id = row["transaction_id"]
     expires_at_ns = row["expires_at_ns"]
     if row["kind"] is None:
-        log.add("holds", subject, "open, but no such transaction is recorded")
+        log.add(
+            FindingKind.HOLD_WITHOUT_TRANSACTION,
+            About.HOLD,
+            "open, but no such transaction is recorded",
+            transaction_id=transaction_id,
+        )
         return
     if row["kind"] not in _HELD_KINDS:
         kind = Kind(row["kind"]).name if row["kind"] in set(Kind) else row["kind"]
-        log.add("holds", subject, f"open, but the transaction is a {kind}")
+        log.add(
+            FindingKind.HOLD_OF_WRONG_KIND,
+            About.HOLD,
+            f"open, but the transaction is a {kind}",
+            "PENDING or PREPARED",
+            kind,
+            transaction_id=transaction_id,
+        )
     if row["status"] != Status.PENDING:
         status = Status(row["status"]).name if row["status"] in set(Status) else row["status"]
-        log.add("holds", subject, f"open, but the transaction's status is {status}")
+        log.add(
+            FindingKind.HOLD_STATUS_MISMATCH,
+            About.HOLD,
+            f"open, but the transaction's status is {status}",
+            "PENDING",
+            status,
+            transaction_id=transaction_id,
+        )
     if row["recorded_ns"] != expires_at_ns:
         log.add(
-            "holds",
-            subject,
+            FindingKind.HOLD_DEADLINE_MISMATCH,
+            About.HOLD,
             f"expires_at_ns {expires_at_ns}, but the transaction records {row['recorded_ns']}",
             row["recorded_ns"],
             expires_at_ns,
+            transaction_id=transaction_id,
         )
     if grace_s is not None and expires_at_ns and expires_at_ns + grace_s * 1e9 < now_ns:
         late_s = (now_ns - expires_at_ns) / 1e9
@@ -1130,11 +1502,12 @@ def _check_hold(log: ProblemLog, row: Any, grace_s: float | None, now_ns: int) -
             else "holds are released when they expire"
         )
         log.add(
-            "holds",
-            subject,
+            FindingKind.HOLD_PAST_DEADLINE,
+            About.HOLD,
             f"still open {late_s:,.0f} s after its deadline ({_utc(expires_at_ns)}); {why}",
             f"resolved by {_utc(expires_at_ns)}",
             "open",
+            transaction_id=transaction_id,
         )
 
 
@@ -1146,7 +1519,7 @@ def _utc(timestamp_ns: int) -> str:
 
 
 async def _check_lease(
-    connection: Any, config: AuditConfig, log: ProblemLog, report: ShardReport
+    connection: Any, config: AuditConfig, log: FindingLog, report: ShardReport
 ) -> None:
     recorded = await connection.fetchval(
         "SELECT last_block_sequence FROM writer_lease WHERE id = 1",
@@ -1154,16 +1527,17 @@ async def _check_lease(
     )
     if recorded is not None and recorded != report.head_block:
         log.add(
-            "lease",
-            f"block {max(recorded, report.head_block)}",
+            FindingKind.LEASE_AHEAD_OF_JOURNAL,
+            About.BLOCK,
             f"the journal ends at block {report.head_block}, but the writer lease records "
             f"block {recorded} as the last committed",
             recorded,
             report.head_block,
+            block=max(recorded, report.head_block),
         )
 
 
-async def _check_anchors(connection: Any, config: AuditConfig, log: ProblemLog, shard: int) -> None:
+async def _check_anchors(connection: Any, config: AuditConfig, log: FindingLog, shard: int) -> None:
     for anchor in config.anchors:
         if anchor.shard != shard:
             continue
@@ -1174,12 +1548,449 @@ async def _check_anchors(connection: Any, config: AuditConfig, log: ProblemLog, 
         )
         if stored != anchor.hash_hex.lower():
             log.add(
-                "anchors",
-                f"block {anchor.block}",
+                FindingKind.ANCHOR_MISMATCH,
+                About.BLOCK,
                 f"hash {stored or 'missing'}, but the anchor records {anchor.hash_hex}",
                 anchor.hash_hex,
                 stored or "missing",
+                block=anchor.block,
             )
+
+
+# ---- cross-shard transactions: the clearing pieces, exactly ----
+#
+# A cross-shard transaction T leaves rows on several shards (core/model.py; each gateway run of
+# T is an attempt with its own name). Its coordinator records the attempt's decision: the
+# commit as T itself (kind COMMIT, target_id the attempt's abort marker "~abort/<attempt>/T"),
+# or that abort marker (kind ABORT). Each participant holds its piece "~piece/<attempt>/T"
+# (kind PREPARED, target_id the coordinator's shard number) until it posts or voids it. Every
+# piece is balanced on its own shard by a leg on that shard's @clearing/<CUR> piece, so the
+# clearing pieces of a transaction decided and resolved everywhere net to zero.
+#
+# Shards are read in separate snapshots, taken at different moments: comparing per-shard
+# clearing totals can catch a transaction half-way (committed in one snapshot, not yet posted
+# in another) and cry wolf. So the check goes attempt by attempt (the attempt's key: its marker
+# or piece id without the prefix; the older layout without attempts, piece id T and marker
+# "~abort/T", maps to keys the same way):
+#
+# 1. Each shard's snapshot lists, in key order, what its rows say of each attempt (decision,
+#    its piece's state, the clearing it posted); these must sum to exactly the clearing
+#    accounts' counters in the same snapshot, so no clearing posting escapes the check.
+# 2. Merged over shards: an attempt with a piece still held is in flight (excluded and listed;
+#    one held past its deadline is also a holds finding); a contradiction (committed, yet a
+#    piece voided) is a finding; an attempt decided and resolved everywhere must net to zero.
+# 3. An attempt that does not net to zero, or whose pieces are resolved while no snapshot shows
+#    a decision, is read again on every shard (rows after the first snapshot's last block), in
+#    snapshots taken after all the first ones ended. Protocol order (every prepare before the
+#    decision, the decision before any resolution; rows only ever added) then settles it: if a
+#    first snapshot showed the decision, every piece exists in the later ones; if one showed a
+#    piece resolved, the decision exists in the later ones. What still does not net to zero, or
+#    stays undecided, is wrong.
+
+_PIECE_PREFIX: Final = "~piece/"
+_MARKER_PREFIX: Final = "~abort/"
+_RESOLUTIONS: Final = {
+    Kind.POST_PENDING: "posted",
+    Kind.VOID_PENDING: "voided",
+    Kind.EXPIRY: "expired",
+}
+
+
+def _key_sql(column: str, prefix: str) -> str:
+    return (
+        f"CASE WHEN {column} LIKE '{prefix}%' THEN substr({column}, {len(prefix) + 1}) "
+        f"ELSE {column} END"
+    )
+
+
+def _cross_shard_rows(since: str) -> str:
+    commit, abort, prepared = int(Kind.COMMIT), int(Kind.ABORT), int(Kind.PREPARED)
+    resolutions = ", ".join(str(int(kind)) for kind in _RESOLUTIONS)
+    return f"""
+SELECT CASE t.kind WHEN {commit} THEN {_key_sql("t.target_id", _MARKER_PREFIX)}
+                   WHEN {abort} THEN {_key_sql("t.id", _MARKER_PREFIX)}
+                   ELSE {_key_sql("t.id", _PIECE_PREFIX)} END AS key,
+       t.id, t.kind, t.target_id, t.applied_legs, t.expires_at_ns, NULL::text AS held_legs
+FROM transactions t WHERE t.kind IN ({prepared}, {commit}, {abort}){since.format(table="t")}
+UNION ALL
+SELECT {_key_sql("p.id", _PIECE_PREFIX)}, r.id, r.kind, r.target_id, r.applied_legs,
+       r.expires_at_ns, p.applied_legs
+FROM transactions r JOIN transactions p ON p.id = r.target_id AND p.kind = {prepared}
+WHERE r.kind IN ({resolutions}){since.format(table="r")}
+"""
+
+
+# Every attempt with rows on the shard, in key order (byte order, as Python compares strings).
+_CROSS_SHARD_SQL: Final = f'SELECT * FROM ({_cross_shard_rows("")}) x ORDER BY key COLLATE "C"'
+# The rows of the given attempts recorded after block $1.
+_CROSS_SHARD_AGAIN_SQL: Final = (
+    f"SELECT * FROM ({_cross_shard_rows(' AND {table}.block_sequence > $1')}) x "
+    "WHERE key = ANY($2::text[])"
+)
+
+
+@dataclass(slots=True)
+class PieceView:
+    """One attempt of a cross-shard transaction as one shard's rows show it."""
+
+    key: str
+    shard: int
+    transaction_id: str = ""
+    # "commit", "abort" (this shard is the coordinator), or both (a contradiction).
+    decision: str = ""
+    piece_id: str = ""
+    # "posted", "voided", "expired"; "" while the piece is held.
+    resolution: str = ""
+    # The coordinator shard named by the piece (-1: no piece here).
+    coordinator: int = -1
+    deadline_ns: int = 0
+    # Clearing posted here, debits minus credits, per currency.
+    posted: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def state(self) -> str:
+        if self.piece_id:
+            return self.resolution or "pending"
+        return "decided" if self.decision else "seen"
+
+    def line(self) -> str:
+        fields = [
+            self.key,
+            self.shard,
+            self.transaction_id,
+            self.decision,
+            self.piece_id,
+            self.resolution,
+            self.coordinator,
+            self.deadline_ns,
+            self.posted,
+        ]
+        return json.dumps(fields, separators=(",", ":")) + "\n"
+
+    @classmethod
+    def from_line(cls, text: str) -> PieceView:
+        fields = json.loads(text)
+        return cls(*fields)
+
+
+def _client_id(piece_id: str) -> str:
+    """The client's transaction id of a piece id ("~piece/<attempt>/<T>", or T itself)."""
+    if piece_id.startswith(_PIECE_PREFIX) and piece_id.count("/") >= 2:
+        return piece_id.split("/", 2)[2]
+    return piece_id
+
+
+def _fold(view: PieceView, row: Any, totals: dict[str, list[int]] | None) -> None:
+    """Add one row of the attempt to this shard's view of it (and to the clearing totals)."""
+    kind = row["kind"]
+    if kind in (Kind.COMMIT, Kind.ABORT):
+        decision = "commit" if kind == Kind.COMMIT else "abort"
+        view.decision = decision if view.decision in ("", decision) else "commit and abort"
+        view.transaction_id = row["id"] if kind == Kind.COMMIT else row["target_id"]
+    elif kind == Kind.PREPARED:
+        view.piece_id = row["id"]
+        target = row["target_id"]
+        view.coordinator = int(target) if target.isdigit() else -1
+        view.deadline_ns = row["expires_at_ns"]
+        view.transaction_id = view.transaction_id or _client_id(row["id"])
+    else:
+        resolution = _RESOLUTIONS[Kind(kind)]
+        view.resolution = f"{view.resolution} and {resolution}" if view.resolution else resolution
+        view.piece_id = view.piece_id or row["target_id"]
+        view.transaction_id = view.transaction_id or _client_id(row["target_id"])
+    try:
+        postings = expected_postings(kind, row["applied_legs"], row["held_legs"])
+    except ValueError:
+        return  # the postings check names the transaction
+    for account, side, posted, pending, currency in postings:
+        if not account.startswith(CLEARING_ACCOUNT_PREFIX):
+            continue
+        if posted:
+            view.posted[currency] = view.posted.get(currency, 0) + _DEBIT_SIGN[side] * posted
+        if totals is not None:
+            debit = side == "D"
+            _add_counters(
+                totals,
+                currency,
+                (posted, 0, pending, 0) if debit else (0, posted, 0, pending),
+            )
+
+
+async def scan_cross_shard(
+    connection: Any, config: AuditConfig, log: FindingLog, report: ShardReport, spool: bool
+) -> None:
+    """This shard's cross-shard attempts in key order (written to report.spool if asked), and
+    its clearing accounts' counters against the sums of their pieces."""
+    totals: dict[str, list[int]] = {}
+    out = tempfile.TemporaryFile("w+", encoding="utf-8") if spool else None
+    report.spool = out
+    stream = await RowStream.open(
+        connection, _CROSS_SHARD_SQL, config.fetch_row_count, config.statement_timeout_s
+    )
+    view: PieceView | None = None
+    while rows := await stream.rest():
+        for row in rows:
+            if view is None or row["key"] != view.key:
+                if view is not None and out is not None:
+                    out.write(view.line())
+                view = PieceView(row["key"], report.shard)
+                report.cross_shard_count += 1
+            _fold(view, row, totals)
+    if view is not None and out is not None:
+        out.write(view.line())
+    _check_clearing_totals(log, totals, report.clearing, config.currencies)
+
+
+def _check_clearing_totals(
+    log: FindingLog,
+    pieces: dict[str, list[int]],
+    counters: dict[str, list[int]],
+    currencies: frozenset[str],
+) -> None:
+    for currency in sorted(set(pieces) | set(counters)):
+        if currencies and currency not in currencies:
+            continue
+        found = counters.get(currency, [0, 0, 0, 0])
+        expected = pieces.get(currency, [0, 0, 0, 0])
+        differ = [i for i in range(4) if found[i] != expected[i]]
+        if not differ:
+            continue
+        log.add(
+            FindingKind.CLEARING_COUNTERS_MISMATCH,
+            About.CLEARING,
+            "counters "
+            + ", ".join(f"{COUNTER_NAMES[i]} {found[i]}" for i in differ)
+            + ", but the cross-shard transactions recorded on this shard account for "
+            + ", ".join(f"{COUNTER_NAMES[i]} {expected[i]}" for i in differ)
+            + " (every posting to a clearing account must be part of one)",
+            expected[differ[0]],
+            found[differ[0]],
+            account_id=CLEARING_ACCOUNT_PREFIX + currency,
+            currency=currency,
+        )
+
+
+async def check_cross_shard(
+    reports: Sequence[ShardReport], dsns: Sequence[str], config: AuditConfig, log: FindingLog
+) -> CrossShardReport:
+    """Every cross-shard transaction over the shards' spools (see the comment above)."""
+    result = CrossShardReport(checked=True)
+    suspects: dict[str, list[PieceView]] = {}
+    for key, views in _merged(reports):
+        verdict = _judge(views, config, log, final=False)
+        if verdict == "suspect" and len(suspects) < config.recheck_count_max:
+            suspects[key] = views
+            continue
+        if verdict == "suspect":
+            _not_rechecked(log, views, f"more than {config.recheck_count_max:,} to recheck")
+            continue
+        _tally(result, verdict, views)
+    if not suspects:
+        return result
+    result.rechecked_count = len(suspects)
+    try:
+        await _read_again(suspects, reports, dsns, config)
+    except Exception as error:  # a shard gone since its audit: say so, do not guess
+        for views in suspects.values():
+            _not_rechecked(log, views, f"the shards could not be read again ({error!r})")
+        return result
+    for views in suspects.values():
+        _tally(result, _judge(views, config, log, final=True), views)
+    return result
+
+
+def _merged(reports: Sequence[ShardReport]) -> Iterator[tuple[str, list[PieceView]]]:
+    """(key, the shards' views of that attempt), in key order, from every shard's spool."""
+
+    def read(spool: IO[str]) -> Iterator[PieceView]:
+        spool.seek(0)
+        for text in spool:
+            yield PieceView.from_line(text)
+
+    streams = [read(report.spool) for report in reports if report.spool is not None]
+    group: list[PieceView] = []
+    for view in heapq.merge(*streams, key=lambda piece: piece.key):
+        if group and view.key != group[0].key:
+            yield group[0].key, group
+            group = []
+        group.append(view)
+    if group:
+        yield group[0].key, group
+
+
+def _judge(views: list[PieceView], config: AuditConfig, log: FindingLog, final: bool) -> str:
+    """ "settled", "in flight", "suspect" (not final: to be read again) or "wrong" (logged)."""
+    views.sort(key=lambda view: view.shard)
+    decided = [view for view in views if view.decision]
+    pieces = [view for view in views if view.piece_id]
+    contradictions = _contradictions(decided, pieces)
+    transaction_id = _transaction_id(views)
+    for message in contradictions:
+        log.add(
+            FindingKind.CROSS_SHARD_CONTRADICTION,
+            About.CROSS_SHARD,
+            message,
+            transaction_id=transaction_id,
+        )
+    if contradictions:
+        return "wrong"
+    if any(not view.resolution for view in pieces):
+        return "in flight"
+    net: dict[str, int] = {}
+    for view in views:
+        for currency, amount in view.posted.items():
+            if not config.currencies or currency in config.currencies:
+                net[currency] = net.get(currency, 0) + amount
+    unbalanced = {currency: amount for currency, amount in sorted(net.items()) if amount}
+    if decided and not unbalanced:
+        return "settled"
+    if not final:
+        return "suspect"
+    if not decided:
+        resolved = ", ".join(f"shard {view.shard} {view.resolution}" for view in pieces)
+        log.add(
+            FindingKind.CROSS_SHARD_UNDECIDED,
+            About.CROSS_SHARD,
+            f"its pieces were resolved ({resolved}), but no shard records its decision "
+            f"(abort marker {_MARKER_PREFIX}{views[0].key} or the commit)",
+            "a decision at the coordinator",
+            "none",
+            transaction_id=transaction_id,
+        )
+    for currency, amount in unbalanced.items():
+        parts = ", ".join(
+            f"shard {view.shard} ({_role(view)}) {view.posted.get(currency, 0)}" for view in views
+        )
+        log.add(
+            FindingKind.CROSS_SHARD_UNBALANCED,
+            About.CROSS_SHARD,
+            f"its clearing pieces net to {amount} {currency} (debits minus credits), "
+            f"expected 0: {parts}",
+            0,
+            amount,
+            transaction_id=transaction_id,
+            currency=currency,
+        )
+    return "wrong"
+
+
+def _contradictions(decided: list[PieceView], pieces: list[PieceView]) -> list[str]:
+    """What no order of events can explain: both decisions, a resolution against the
+    decision, a piece naming another coordinator."""
+    found = []
+    decisions = {view.decision for view in decided}
+    where = ", ".join(f"shard {view.shard} {view.decision}" for view in decided)
+    if len(decisions) > 1 or "commit and abort" in decisions:
+        found.append(f"both committed and aborted ({where})")
+    elif decisions == {"commit"}:
+        for view in pieces:
+            if view.resolution and view.resolution != "posted":
+                found.append(
+                    f"committed ({where}), but its piece {view.piece_id} on shard {view.shard} "
+                    f"was {view.resolution}"
+                )
+    elif decisions == {"abort"}:
+        for view in pieces:
+            if "posted" in view.resolution:
+                found.append(
+                    f"aborted ({where}), but its piece {view.piece_id} on shard {view.shard} "
+                    "was posted"
+                )
+    coordinators = {view.shard for view in decided}
+    for view in pieces:
+        if coordinators and view.coordinator not in coordinators:
+            found.append(
+                f"its piece {view.piece_id} on shard {view.shard} names shard "
+                f"{view.coordinator} as coordinator, but the decision is recorded on {where}"
+            )
+    return found
+
+
+def _transaction_id(views: Iterable[PieceView]) -> str:
+    ids = [view.transaction_id for view in views if view.transaction_id]
+    return ids[0] if ids else ""
+
+
+def _role(view: PieceView) -> str:
+    if view.piece_id:
+        return f"piece, {view.state}"
+    return f"coordinator, {'committed' if view.decision == 'commit' else view.decision}"
+
+
+def _not_rechecked(log: FindingLog, views: list[PieceView], why: str) -> None:
+    log.add(
+        FindingKind.CROSS_SHARD_NOT_RECHECKED,
+        About.CROSS_SHARD,
+        f"did not net to zero, or showed no decision, in the first snapshots and was not read "
+        f"again: {why}; audit again",
+        transaction_id=_transaction_id(views),
+    )
+
+
+def _tally(result: CrossShardReport, verdict: str, views: list[PieceView]) -> None:
+    if verdict == "settled":
+        result.settled_count += 1
+    elif verdict == "in flight":
+        result.in_flight_count += 1
+        for view in views:
+            for currency, amount in view.posted.items():
+                result.in_flight_clearing[currency] = (
+                    result.in_flight_clearing.get(currency, 0) + amount
+                )
+        if len(result.in_flight) < IN_FLIGHT_KEPT_MAX:
+            result.in_flight.append(_in_flight(views))
+
+
+def _in_flight(views: list[PieceView]) -> InFlight:
+    decided = [view for view in views if view.decision]
+    held = [view.deadline_ns for view in views if view.piece_id and not view.resolution]
+    coordinator = decided[0].shard if decided else -1
+    if coordinator < 0:
+        coordinator = next((view.coordinator for view in views if view.piece_id), -1)
+    return InFlight(
+        transaction_id=_transaction_id(views),
+        key=views[0].key,
+        decision=decided[0].decision if decided else "",
+        coordinator=coordinator,
+        pieces=tuple((view.shard, view.state) for view in views),
+        deadline_ns=min((d for d in held if d), default=0),
+    )
+
+
+async def _read_again(
+    suspects: dict[str, list[PieceView]],
+    reports: Sequence[ShardReport],
+    dsns: Sequence[str],
+    config: AuditConfig,
+) -> None:
+    """Fold into the suspects' views their rows written since each shard's first snapshot,
+    read in new snapshots (taken after every first snapshot ended)."""
+    keys = sorted(suspects)
+    views = {(view.key, view.shard): view for group in suspects.values() for view in group}
+
+    async def one(report: ShardReport) -> list[Any]:
+        connection = await connect(dsns[report.shard], config)
+        try:
+            async with connection.transaction(isolation="repeatable_read", readonly=True):
+                rows: list[Any] = await connection.fetch(
+                    _CROSS_SHARD_AGAIN_SQL,
+                    report.head_block,
+                    keys,
+                    timeout=config.statement_timeout_s,
+                )
+                return rows
+        finally:
+            await connection.close(timeout=config.connect_timeout_s)
+
+    async with asyncio.TaskGroup() as group:
+        tasks = {report.shard: group.create_task(one(report)) for report in reports}
+    for shard, task in tasks.items():
+        for row in task.result():
+            view = views.get((row["key"], shard))
+            if view is None:
+                view = views[(row["key"], shard)] = PieceView(row["key"], shard)
+                suspects[row["key"]].append(view)
+            _fold(view, row, None)
 
 
 # ---- the original building blocks (kept for their callers) ----
@@ -1210,7 +2021,7 @@ async def check_trial_balance(connection: Any) -> list[str]:
 
 async def check_counters(connection: Any) -> list[str]:
     """Every account's four counters equal the sum of its postings."""
-    log = ProblemLog(0, 10**9)
+    log = FindingLog(0, 10**9)
     async with connection.transaction(isolation="repeatable_read", readonly=True):
         await check_accounts(connection, AuditConfig(statement_timeout_s=TIMEOUT_S), log, _blank())
     return [f"{p.subject}: {p.message}" for p in log.kept if p.check == "counters"]
@@ -1218,7 +2029,7 @@ async def check_counters(connection: Any) -> list[str]:
 
 async def check_balance_after_chains(connection: Any) -> list[str]:
     """Each posting's balance-after equals the previous one's plus its own change."""
-    log = ProblemLog(0, 10**9)
+    log = FindingLog(0, 10**9)
     async with connection.transaction(isolation="repeatable_read", readonly=True):
         await check_chains(connection, AuditConfig(statement_timeout_s=TIMEOUT_S), log)
     return [f"{p.subject}: {p.message}" for p in log.kept]
@@ -1246,13 +2057,29 @@ async def check_transactions_balanced(connection: Any) -> list[str]:
     ]
 
 
+async def verify_chain(
+    connection: Any, shard: int, config: AuditConfig
+) -> tuple[ShardReport, FindingLog]:
+    """The journal pass (hash chain, block structure, postings against their transactions),
+    the lease and the anchors of one shard, from one snapshot; no account or hold checks."""
+    log = FindingLog(shard, config.problem_count_max, config.currencies)
+    report = ShardReport(shard, "")
+    async with connection.transaction(isolation="repeatable_read", readonly=True):
+        total = await connection.fetchval(
+            "SELECT coalesce(max(sequence), 0) FROM postings", timeout=config.statement_timeout_s
+        )
+        await JournalPass(connection, config, log, report, None, total).run()
+        await _check_lease(connection, config, log, report)
+        await _check_anchors(connection, config, log, shard)
+    report.problems = log.sorted_kept()
+    report.problem_counts = dict(log.counts)
+    return report, log
+
+
 async def check_hash_chain(connection: Any) -> list[str]:
     """Recompute every journal block's hash from its rows and the previous block's hash."""
-    log = ProblemLog(0, 10**9)
-    config = AuditConfig(statement_timeout_s=TIMEOUT_S)
-    async with connection.transaction(isolation="repeatable_read", readonly=True):
-        await JournalPass(connection, config, log, _blank(), None, 0).run()
-    return [f"{p.subject}: {p.message}" for p in log.kept if p.check == "journal"]
+    report, _ = await verify_chain(connection, 0, AuditConfig(statement_timeout_s=TIMEOUT_S))
+    return [f"{p.subject}: {p.message}" for p in report.problems if p.check == "journal"]
 
 
 async def check_all(connection: Any) -> list[str]:

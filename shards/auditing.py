@@ -27,6 +27,7 @@ import asyncpg
 
 from core import audit, export, reconcile, statement
 from core.audit import AuditConfig, AuditReport, ShardReport
+from core.currencies import minor_unit_scale
 
 DSN_ENV: Final = "TALLY_AUDIT_DSNS"
 EXIT_OK: Final = 0
@@ -107,6 +108,20 @@ def _audit_arguments(sub: argparse.ArgumentParser, with_dsns: Any) -> None:
         help="a block hash recorded elsewhere (an export's head) that must still be there",
     )
     sub.add_argument("--problem-count-max", type=int, default=1000, help="kept per check")
+    sub.add_argument(
+        "--shard",
+        action="append",
+        type=int,
+        default=None,
+        help="audit only this shard (its position in the --dsn list), repeatable; the "
+        "cross-shard check needs every shard",
+    )
+    sub.add_argument(
+        "--currency",
+        action="append",
+        default=[],
+        help="only this currency's trial balance, clearing and findings, repeatable",
+    )
 
 
 def _export_arguments(sub: argparse.ArgumentParser) -> None:
@@ -203,15 +218,25 @@ def _run_async(coroutine: Any) -> Any:
 
 
 def _audit_command(args: argparse.Namespace) -> int:
+    for currency in args.currency:
+        if currency not in minor_unit_scale:
+            raise UsageError(f"--currency {currency!r} is not an ISO 4217 currency Tally knows")
     config = AuditConfig(
         problem_count_max=args.problem_count_max,
         hold_grace_s=args.hold_grace_seconds,
         anchors=tuple(_anchor(text) for text in args.anchor),
+        currencies=frozenset(args.currency),
     )
     dsns = dsns_of(args)
+    shards = sorted(set(args.shard)) if args.shard else None
+    for shard in shards or ():
+        if not 0 <= shard < len(dsns):
+            raise UsageError(f"--shard {shard}: there are {len(dsns)} shard(s), 0..{len(dsns) - 1}")
     show_progress = sys.stderr.isatty() if args.progress is None else args.progress
-    bar = ProgressBar(sys.stderr, len(dsns)) if show_progress else None
-    report: AuditReport = _run_async(audit.audit_cluster(dsns, config, bar.update if bar else None))
+    bar = ProgressBar(sys.stderr, len(shards or dsns)) if show_progress else None
+    report: AuditReport = _run_async(
+        audit.audit_cluster(dsns, config, bar.update if bar else None, shards)
+    )
     if bar is not None:
         bar.clear()
     if args.json:
@@ -275,12 +300,54 @@ class ProgressBar:
 def audit_json(report: AuditReport) -> dict[str, Any]:
     return {
         "ok": report.ok,
+        "complete": report.complete,
         "started_at": _utc_text(report.started_at_ns),
         "duration_s": round(report.duration_s, 3),
         "shards": [_shard_json(shard) for shard in report.shards],
         "trial_balance": _balance_json(report.trial_balance),
+        "cross_shard": _cross_shard_json(report.cross_shard),
+        "problem_count": report.problem_count,
         "problems": [problem.to_json() for problem in report.problems],
     }
+
+
+def _cross_shard_json(cross: audit.CrossShardReport) -> dict[str, Any]:
+    return {
+        "checked": cross.checked,
+        "reason": cross.reason,
+        "settled": cross.settled_count,
+        "in_flight": cross.in_flight_count,
+        "rechecked": cross.rechecked_count,
+        "in_flight_clearing": dict(sorted(cross.in_flight_clearing.items())),
+        "in_flight_transactions": [
+            {
+                "transaction_id": flight.transaction_id,
+                "key": flight.key,
+                "decision": flight.decision,
+                "coordinator": flight.coordinator,
+                "pieces": [{"shard": shard, "state": state} for shard, state in flight.pieces],
+                "deadline": _utc_text(flight.deadline_ns) if flight.deadline_ns else "",
+            }
+            for flight in cross.in_flight
+        ],
+    }
+
+
+def cross_shard_text(cross: audit.CrossShardReport) -> str:
+    """One line on the cluster's cross-shard transactions (see core.audit.check_cross_shard)."""
+    if not cross.checked:
+        return f"cross-shard transactions: not checked ({cross.reason})"
+    text = (
+        f"cross-shard transactions: {cross.settled_count:,} settled (clearing pieces net to "
+        f"zero), {cross.in_flight_count:,} in flight"
+    )
+    if cross.rechecked_count:
+        text += f", {cross.rechecked_count:,} read again in later snapshots"
+    if cross.in_flight:
+        shown = ", ".join(flight.transaction_id for flight in cross.in_flight[:5])
+        more = ", ..." if cross.in_flight_count > 5 else ""
+        text += f" (in flight: {shown}{more})"
+    return text
 
 
 def _shard_json(shard: ShardReport) -> dict[str, Any]:
@@ -298,6 +365,7 @@ def _shard_json(shard: ShardReport) -> dict[str, Any]:
         "head": {"block": shard.head_block, "hash": shard.head_hash},
         "checks": {name: shard.problem_counts.get(name, 0) for name in audit.CHECK_NAMES},
         "trial_balance": _balance_json(shard.trial_balance),
+        "cross_shard_transactions": shard.cross_shard_count,
     }
 
 
@@ -379,9 +447,9 @@ def audit_text(report: AuditReport) -> str:
             lines.append(f"shard {shard.shard} ({shard.target}): {shard.error}")
         elif shard.head_block:
             lines.append(f"shard {shard.shard}: head block {shard.head_block} {shard.head_hash}")
+    lines.append(cross_shard_text(report.cross_shard))
     problems = report.problems
-    total = sum(sum(s.problem_counts.values()) for s in report.shards)
-    total += len(report.cluster_problems)
+    total = report.problem_count
     if total:
         lines += ["", f"{total:,} problem(s):"]
         lines += [f"  {problem}" for problem in problems[:PROBLEM_PRINT_COUNT_MAX]]
@@ -419,6 +487,8 @@ def audit_markdown(report: AuditReport) -> str:
         "",
         *_markdown_table(*_balance_rows(report)),
         "",
+        cross_shard_text(report.cross_shard) + ".",
+        "",
         "## Problems",
         "",
     ]
@@ -444,6 +514,7 @@ def audit_html(report: AuditReport) -> str:
         f"<p>Started {_utc_text(report.started_at_ns)}, {report.duration_s:.1f} s. Result: "
         f"<strong>{verdict}</strong>.</p><h2>Shards</h2>{_html_table(*_shard_rows(report))}"
         f"<h2>Trial balance (minor units)</h2>{_html_table(*_balance_rows(report))}"
+        f"<p>{html.escape(cross_shard_text(report.cross_shard))}.</p>"
         f"<h2>Problems</h2><ul>{problems or '<li>None.</li>'}</ul></body></html>\n"
     )
 

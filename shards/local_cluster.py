@@ -23,6 +23,7 @@ from shards import control
 log = logging.getLogger("tally.up")
 
 READY_PREFIX = "tally: serving tally.v1.Ledger on "
+AUDIT_READY_PREFIX = "tally: serving tally.v1.Audit on "
 METRICS_PREFIX = "tally: metrics on "
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 30.0
@@ -71,8 +72,8 @@ async def _read_until_ready(child: Child) -> None:
         text = line.decode().strip()
         if text.startswith(METRICS_PREFIX):
             child.metrics_url = text.removeprefix(METRICS_PREFIX)
-        elif text.startswith(READY_PREFIX):
-            child.endpoint = text.removeprefix(READY_PREFIX)
+        elif text.startswith((READY_PREFIX, AUDIT_READY_PREFIX)):
+            child.endpoint = text.split(" on ", 1)[1]
             return
 
 
@@ -164,6 +165,12 @@ async def run_cluster(
         gateway = children[-1]
         if gateway.metrics_url:
             print(f"tally: metrics of gateway on {gateway.metrics_url}", flush=True)
+        # The auditors' read-only service over every shard's database (stopped first).
+        audit_arguments = ["audit-serve", "--listen", "127.0.0.1:0"]
+        for shard_id in range(shard_count):
+            audit_arguments += ["--dsn", server.dsn(f"tally_shard_{shard_id}")]
+        children.append(await _spawn("audit", audit_arguments, log_dir))
+        print(f"tally: audit (tally.v1.Audit, read-only) on {children[-1].endpoint}", flush=True)
         print(f"{READY_PREFIX}{gateway.endpoint} (gateway, {shard_count} shards)", flush=True)
         waiters = [asyncio.ensure_future(c.process.wait()) for c in children]
         stopping = asyncio.ensure_future(stop.wait())

@@ -232,8 +232,8 @@ async def audit_cli(*dsns: str, extra: tuple[str, ...] = ()) -> tuple[int, str]:
     return code, stdout
 
 
-async def audit_json(*dsns: str) -> tuple[int, dict[str, Any]]:
-    code, stdout = await audit_cli(*dsns, extra=("--json",))
+async def audit_json(*dsns: str, extra: tuple[str, ...] = ()) -> tuple[int, dict[str, Any]]:
+    code, stdout = await audit_cli(*dsns, extra=("--json", *extra))
     return code, json.loads(stdout)
 
 
@@ -338,6 +338,8 @@ async def test_changed_balance_counter_is_named(books: str) -> None:
         f"shard 0: account c2/dep: credits_posted {old - 100}, but its "
     )
     assert counters[0]["expected"] == str(old) and counters[0]["found"] == str(old - 100)
+    assert counters[0]["kind"] == "counter_mismatch"
+    assert (counters[0]["account_id"], counters[0]["currency"]) == ("c2/dep", "USD")
     assert any(t.startswith("shard 0: USD: posted debits") for t in texts)
     # Counters are not hashed: the journal itself is intact, and the audit says so.
     assert report["shards"][0]["checks"]["journal"] == 0
@@ -517,6 +519,28 @@ async def test_problems_of_several_shards_are_named_by_shard(
     shards = [s["trial_balance"]["USD"] for s in report["shards"]]
     assert cluster["debits_posted"] == sum(s["debits_posted"] for s in shards)
     assert cluster["debits_posted"] == cluster["credits_posted"] + 1
+
+
+async def test_audit_limited_to_shards_and_currencies(
+    pg: EmbeddedPostgres, template: tuple[str, Ledger]
+) -> None:
+    shard_0, shard_1 = [await clone_database(pg, template[0]) for _ in range(2)]
+    await execute(
+        shard_1, "UPDATE accounts SET debits_posted = debits_posted + 1 WHERE id = '@fees'"
+    )
+    code, report = await audit_json(shard_0, shard_1)
+    assert code == 1 and report["cross_shard"]["checked"]
+    # Shard 0 alone is whole; the cross-shard check needs every shard, and says so.
+    code, stdout = await audit_cli(shard_0, shard_1, extra=("--shard", "0"))
+    assert code == 0, stdout
+    assert "cross-shard transactions: not checked (not every shard" in stdout
+    # In euros, the altered USD counter is left out.
+    code, report = await audit_json(shard_0, shard_1, extra=("--currency", "EUR"))
+    assert code == 0 and set(report["trial_balance"]) == {"EUR"}
+    code, stdout, stderr = await run_cli(
+        "audit", "--dsn", shard_0, "--shard", "1", "--currency", "usd", "--no-progress"
+    )
+    assert code == 2 and "--currency 'usd'" in stderr
 
 
 async def test_unreachable_shard_is_a_usage_error(books: str) -> None:

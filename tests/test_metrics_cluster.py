@@ -19,6 +19,7 @@ import grpc
 import pytest
 
 from core.slots import SlotMap
+from tally.v1 import audit_pb2, audit_pb2_grpc
 from tests.helpers import Client, account, names, transfer
 from tests.processes import REPO_ROOT
 from tests.test_metrics import _get_url
@@ -31,6 +32,7 @@ STOP_TIMEOUT_S = 30.0
 READY = "tally: serving tally.v1.Ledger on "
 METRICS_LINE = re.compile(r"^tally: metrics of (\S+) on (http://\S+/metrics)$")
 POST = "PostTransactions"
+AUDIT_LINE = "tally: audit (tally.v1.Audit, read-only) on "
 
 
 @dataclass
@@ -224,6 +226,12 @@ async def test_every_process_counts_a_posted_batch(up: UpProcess) -> None:
         assert version == value(after["gateway"], "tally_gateway_slot_map_version") >= 1
     # Items through node 0's writer: the post's two and the coordinator's committed piece.
     assert moved("node-0", "tally_batch_items_sum", shard="0") == 3
+    # tally up also serves the auditors' read-only Audit service over every shard: clean.
+    (audit_line,) = [line for line in up.lines if line.startswith(AUDIT_LINE)]
+    async with grpc.aio.insecure_channel(audit_line.removeprefix(AUDIT_LINE)) as channel:
+        report = await audit_pb2_grpc.AuditStub(channel).RunAudit(audit_pb2.RunAuditRequest())
+    assert report.ok, report
+    assert len(report.shards) == SHARD_COUNT
 
 
 async def _wait_for_batches(
