@@ -626,9 +626,7 @@ def _mark_replay(existing: TransactionState, spec: TransactionSpec) -> Result:
     recorded = dict(existing.spec.metadata).get("reversal", "")
     if recorded == dict(spec.metadata).get("reversal"):
         return Result(ResultCode.REPLAYED, "", existing.timestamp_ns)
-    return Result(
-        ResultCode.ALREADY_REVERSED, f"{spec.target_id!r} was reversed by {recorded!r}"
-    )
+    return Result(ResultCode.ALREADY_REVERSED, f"{spec.target_id!r} was reversed by {recorded!r}")
 
 
 def _resolution_problem(
