@@ -15,6 +15,7 @@ deadline passes, which then records abort.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
 import secrets
@@ -38,8 +39,10 @@ log = logging.getLogger("tally.crossshard")
 # must agree, since it is part of the piece a retry replays.
 PREPARE_DEADLINE_S = max(1, int(os.environ.get("TALLY_PREPARE_DEADLINE_S", "30")))
 CALL_TIMEOUT_S = 30.0
-# An attempt's name: 12 hex digits, fresh for every run of a cross-shard unit.
-ATTEMPT_BYTES = 6
+# An attempt's name: this process's random prefix (12 hex digits, drawn at start) and a
+# counter, so that no two runs of a unit anywhere share one.
+_ATTEMPT_PREFIX = secrets.token_hex(6)
+_attempt_numbers = itertools.count(1)
 OK_CODES = (pb.RESULT_CODE_CREATED, pb.RESULT_CODE_REPLAYED)
 
 
@@ -52,9 +55,17 @@ def clearing_account(currency: str) -> str:
 
 def coordinator_of(legs: Sequence[Leg], slot_map: SlotMap) -> int:
     """The shard of the first debit leg on a non-spread account (else of the first such leg)."""
-    firm = [leg for leg in legs if not is_spread(leg.account_id)]
-    first = next((leg for leg in firm if leg.is_debit), firm[0])
-    return slot_map.shard_of_account(first.account_id)
+    # Hot path (every cross-shard transaction): a plain loop, spread ids by their first "@".
+    first_firm = ""
+    for leg in legs:
+        account_id = leg.account_id
+        if account_id[0] != "@":
+            if leg.is_debit:
+                return slot_map.shard_of_account(account_id)
+            first_firm = first_firm or account_id
+    if not first_firm:
+        raise ValueError("a cross-shard transaction has no leg on a non-spread account")
+    return slot_map.shard_of_account(first_firm)
 
 
 def split_pieces(
@@ -134,11 +145,12 @@ class Unit:
         """coordinator: by default that of the unit's legs. reverses: for each transaction,
         the cross-shard transaction it reverses ("": none), which must have been committed at
         this unit's coordinator."""
-        self.attempt = secrets.token_hex(ATTEMPT_BYTES)
+        self.attempt = f"{_ATTEMPT_PREFIX}{next(_attempt_numbers):x}"
         self.messages = list(messages)
         self.reverses = list(reverses) or [""] * len(self.messages)
         if coordinator is None:
-            coordinator = coordinator_of([leg for s in specs for leg in s.legs], slot_map)
+            legs = specs[0].legs if len(specs) == 1 else [leg for s in specs for leg in s.legs]
+            coordinator = coordinator_of(legs, slot_map)
         self.coordinator = coordinator
         self.pieces = [split_pieces(s.legs, slot_map, self.coordinator)[1] for s in specs]
 
