@@ -28,10 +28,12 @@ import grpc
 from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry
 
 from core import audit
 from core.audit import AuditConfig, AuditReport, Finding
 from core.currencies import minor_unit_scale
+from shards.metrics import MetricsServer, RpcMetrics
 from tally.v1 import audit_pb2 as apb
 
 log = logging.getLogger("tally.audit_service")
@@ -62,6 +64,8 @@ class AuditServiceConfig:
     # Audits and chain verifications running at once in this process.
     audit_concurrency_max: int = 2
     shutdown_grace_s: float = 5.0
+    # Prometheus /metrics on its own port ("": off; port 0: any free one).
+    metrics_listen: str = ""
     # The audit's own settings (timeouts, cursor chunk, ...); requests set the rest.
     audit: AuditConfig = field(default_factory=AuditConfig)
 
@@ -432,15 +436,20 @@ async def _abort(context: Context, code: grpc.StatusCode, message: str) -> NoRet
     raise AssertionError("unreachable: abort raises")
 
 
-def audit_handler(service: AuditService) -> grpc.GenericRpcHandler:
+def audit_handler(
+    service: AuditService, metrics: RpcMetrics | None = None
+) -> grpc.GenericRpcHandler:
     """tally.v1.Audit handlers that parse requests themselves: a body that is not a valid
-    message is INVALID_ARGUMENT (gRPC's own deserialisation would answer UNKNOWN)."""
+    message is INVALID_ARGUMENT (gRPC's own deserialisation would answer UNKNOWN). With
+    metrics, the unary RPCs are timed and counted by status."""
     descriptor = apb.DESCRIPTOR.services_by_name["Audit"]
     handlers = {}
     for method in descriptor.methods:
         request_type = getattr(apb, method.input_type.name)
         response_type = getattr(apb, method.output_type.name)
         implementation = getattr(service, method.name)
+        if metrics is not None and not method.server_streaming:
+            implementation = metrics.wrap(method, implementation)
         if method.server_streaming:
             handlers[method.name] = grpc.unary_stream_rpc_method_handler(
                 _parsing_stream(implementation, request_type),
@@ -493,6 +502,10 @@ class AuditServer:
         self._health = health.aio.HealthServicer()
         self._stopping = asyncio.Event()
         self.port = 0
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.metrics = RpcMetrics(self.registry, {}, prefix="tally_audit_")
+        self._metrics_server: MetricsServer | None = None
+        self.metrics_port = 0
 
     async def connect(self, shard: int) -> Any:
         """A session as the service reads shard `shard` through (read-only)."""
@@ -505,7 +518,7 @@ class AuditServer:
             ("grpc.max_receive_message_length", 4 << 20),
         ]
         self._server = grpc.aio.server(options=options)
-        self._server.add_generic_rpc_handlers((audit_handler(self.service),))
+        self._server.add_generic_rpc_handlers((audit_handler(self.service, self.metrics),))
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
@@ -517,6 +530,9 @@ class AuditServer:
         serving = health_pb2.HealthCheckResponse.SERVING
         await self._health.set("", serving)
         await self._health.set(SERVICE_NAME, serving)
+        if self.config.metrics_listen:
+            self._metrics_server = MetricsServer(self.registry, self.config.metrics_listen)
+            self.metrics_port = self._metrics_server.start()
         return self.port
 
     async def _probe(self) -> None:
@@ -543,6 +559,8 @@ class AuditServer:
             await self._health.enter_graceful_shutdown()
             if self._server is not None:
                 await self._server.stop(self.config.shutdown_grace_s)
+            if self._metrics_server is not None:
+                await self._metrics_server.stop()
 
 
 # ---- the command ----
@@ -565,6 +583,12 @@ def add_command(commands: Any) -> None:
         default=os.environ.get(LISTEN_ENV, DEFAULT_LISTEN),
         help=f"host:port (default: ${LISTEN_ENV} or %(default)s; port 0: a free one)",
     )
+    sub.add_argument(
+        "--metrics-listen",
+        default=os.environ.get("TALLY_METRICS_LISTEN", ""),
+        help="host:port for Prometheus /metrics (default: off; port 0: a free one); its URL "
+        "is printed before the serving line",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -576,7 +600,10 @@ def run(args: argparse.Namespace) -> int:
         return 2
     import uvloop
 
-    code: int = uvloop.run(serve(AuditServiceConfig(dsns=tuple(dsns), listen=args.listen)))
+    config = AuditServiceConfig(
+        dsns=tuple(dsns), listen=args.listen, metrics_listen=args.metrics_listen
+    )
+    code: int = uvloop.run(serve(config))
     return code
 
 
@@ -587,6 +614,9 @@ async def serve(config: AuditServiceConfig) -> int:
     except OSError as error:
         print(f"tally {COMMAND}: {error}", flush=True)
         return 2
+    if server.metrics_port:  # before the serving line, which whoever started us waits for
+        metrics_host = config.metrics_listen.rsplit(":", 1)[0]
+        print(f"tally: metrics on http://{metrics_host}:{server.metrics_port}/metrics", flush=True)
     host = config.listen.rsplit(":", 1)[0]
     print(f"tally: serving tally.v1.Audit on {host}:{port}", flush=True)
     loop = asyncio.get_running_loop()

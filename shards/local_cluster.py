@@ -169,8 +169,12 @@ async def run_cluster(
         audit_arguments = ["audit-serve", "--listen", "127.0.0.1:0"]
         for shard_id in range(shard_count):
             audit_arguments += ["--dsn", server.dsn(f"tally_shard_{shard_id}")]
+        audit_arguments += [f for f in gateway_flags or [] if f.startswith("--metrics-listen")]
         children.append(await _spawn("audit", audit_arguments, log_dir))
-        print(f"tally: audit (tally.v1.Audit, read-only) on {children[-1].endpoint}", flush=True)
+        audit_server = children[-1]
+        if audit_server.metrics_url:
+            print(f"tally: metrics of audit on {audit_server.metrics_url}", flush=True)
+        print(f"tally: audit (tally.v1.Audit, read-only) on {audit_server.endpoint}", flush=True)
         print(f"{READY_PREFIX}{gateway.endpoint} (gateway, {shard_count} shards)", flush=True)
         waiters = [asyncio.ensure_future(c.process.wait()) for c in children]
         stopping = asyncio.ensure_future(stop.wait())

@@ -82,7 +82,11 @@ def test_prometheus_config_scrapes_the_metrics_path() -> None:
     # No YAML parser among the dependencies: the few facts that matter, read as text.
     text = (DEPLOY / "prometheus" / "prometheus.yml").read_text()
     jobs = re.split(r"^\s+- job_name: ", text, flags=re.MULTILINE)[1:]
-    assert sorted(job.split()[0] for job in jobs) == ["tally-gateways", "tally-nodes"]
+    assert sorted(job.split()[0] for job in jobs) == [
+        "tally-audit",
+        "tally-gateways",
+        "tally-nodes",
+    ]
     for job in jobs:
         assert re.search(r"^\s+metrics_path: /metrics$", job, re.MULTILINE)
         targets = re.findall(r"^\s+- (127\.0\.0\.1:\d+)$", job, re.MULTILINE)

@@ -135,7 +135,7 @@ def customers_on_each_shard() -> list[str]:
 
 async def test_every_process_counts_a_posted_batch(up: UpProcess) -> None:
     node_names = [f"node-{s}" for s in range(SHARD_COUNT)]
-    assert sorted(up.metrics) == sorted([*node_names, "gateway"])
+    assert sorted(up.metrics) == sorted([*node_names, "gateway", "audit"])
     metrics_lines = [n for n, line in enumerate(up.lines) if METRICS_LINE.match(line)]
     assert max(metrics_lines) < len(up.lines) - 1  # all before the serving line
     a, b = customers_on_each_shard()  # a on shard 0, b on shard 1
@@ -232,6 +232,10 @@ async def test_every_process_counts_a_posted_batch(up: UpProcess) -> None:
         report = await audit_pb2_grpc.AuditStub(channel).RunAudit(audit_pb2.RunAuditRequest())
     assert report.ok, report
     assert len(report.shards) == SHARD_COUNT
+    audited = await scrape_all(up)
+    calls = value(audited["audit"], "tally_audit_rpc_total", method="RunAudit", status="OK")
+    assert calls - value(before["audit"], "tally_audit_rpc_total", method="RunAudit") == 1
+    assert value(audited["audit"], "tally_audit_rpc_duration_seconds_count", method="RunAudit") == 1
 
 
 async def _wait_for_batches(
