@@ -8,6 +8,11 @@ import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+# Tests fork+exec processes (tally nodes, gateways, pg_ctl) while gRPC threads run in this
+# process; gRPC's fork handlers are for forks that do not exec, and in the child they can
+# crash it before it execs (a SIGSEGV seen in the bank test). Set before gRPC starts.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
 import grpc
 import pytest
 import uvloop

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
 import asyncpg
 
 from core import audit
+from core.embedded_pg import EmbeddedPostgres
+from shards import control
+from shards.gateway import Gateway, GatewayConfig
 from shards.node import Node, NodeConfig
 from shards.writer import WriterConfig
 from tally.v1 import ledger_pb2 as pb
@@ -143,3 +146,56 @@ async def audit_problems(dsn: str) -> list[str]:
         return await audit.check_all(connection)
     finally:
         await connection.close()
+
+
+@dataclass
+class InProcessCluster:
+    """Shard nodes and one gateway in this process, on the session's embedded PostgreSQL."""
+
+    control_dsn: str
+    nodes: list[NodeHandle]
+    gateway: Gateway
+    gateway_task: asyncio.Task[None]
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.gateway.port}"
+
+    @property
+    def dsns(self) -> list[str]:
+        return [node.dsn for node in self.nodes]
+
+
+@contextlib.asynccontextmanager
+async def in_process_cluster(
+    pg: EmbeddedPostgres, prefix: str, shard_count: int, **node_options: object
+) -> AsyncIterator[InProcessCluster]:
+    """A control database with an even slot map, a node per shard (each on its own database,
+    named from prefix) and a gateway; all stopped on the way out."""
+    await pg.create_database_async(f"{prefix}_control")
+    control_dsn = pg.dsn(f"{prefix}_control")
+    connection = await control.connect(control_dsn)
+    try:
+        await control.initialise(connection, shard_count)
+    finally:
+        await connection.close()
+    nodes: list[NodeHandle] = []
+    gateway: Gateway | None = None
+    task: asyncio.Task[None] | None = None
+    try:
+        for shard_id in range(shard_count):
+            await pg.create_database_async(f"{prefix}_s{shard_id}")
+            dsn = pg.dsn(f"{prefix}_s{shard_id}")
+            nodes.append(
+                await start_node(dsn, control_dsn=control_dsn, shard_id=shard_id, **node_options)
+            )
+        gateway = Gateway(GatewayConfig(control_dsn=control_dsn, listen="127.0.0.1:0"))
+        await gateway.start()
+        task = asyncio.create_task(gateway.run())
+        yield InProcessCluster(control_dsn, nodes, gateway, task)
+    finally:
+        if gateway is not None and task is not None:
+            gateway.request_stop()
+            await asyncio.wait_for(task, timeout=30)
+        for node in nodes:
+            await node.stop()

@@ -23,13 +23,12 @@ from core import audit, failpoints
 from core.audit import AuditConfig, FindingKind
 from core.embedded_pg import EmbeddedPostgres
 from core.slots import SlotMap
-from shards import control
 from shards.audit_service import AuditServer, AuditServiceConfig
-from shards.gateway import Gateway, GatewayConfig
+from shards.gateway import Gateway
 from tally.v1 import audit_pb2 as apb
 from tally.v1 import audit_pb2_grpc as apb_grpc
 from tally.v1 import ledger_pb2 as pb
-from tests.helpers import Client, NodeHandle, account, start_node, transfer
+from tests.helpers import Client, NodeHandle, account, in_process_cluster, transfer
 from tests.test_audit import audit_cli, audit_json, execute, fetch_one
 
 SHARD_COUNT = 4
@@ -55,38 +54,15 @@ class LiveCluster:
 @pytest.fixture(scope="module")
 async def live(pg: EmbeddedPostgres) -> AsyncIterator[LiveCluster]:
     prefix = f"ac{os.getpid()}_{next(_numbers)}"
-    await pg.create_database_async(f"{prefix}_control")
-    control_dsn = pg.dsn(f"{prefix}_control")
-    connection = await control.connect(control_dsn)
-    try:
-        await control.initialise(connection, SHARD_COUNT)
-    finally:
-        await connection.close()
-    nodes = []
-    for shard_id in range(SHARD_COUNT):
-        await pg.create_database_async(f"{prefix}_s{shard_id}")
-        nodes.append(
-            await start_node(
-                pg.dsn(f"{prefix}_s{shard_id}"), control_dsn=control_dsn, shard_id=shard_id
-            )
-        )
-    gateway = Gateway(GatewayConfig(control_dsn=control_dsn, listen="127.0.0.1:0"))
-    await gateway.start()
-    gateway_task = asyncio.create_task(gateway.run())
-    auditor = AuditServer(
-        AuditServiceConfig(dsns=tuple(n.dsn for n in nodes), listen="127.0.0.1:0")
-    )
-    await auditor.start()
-    auditor_task = asyncio.create_task(auditor.run())
-    try:
-        yield LiveCluster(nodes, gateway, auditor)
-    finally:
-        auditor.request_stop()
-        await asyncio.wait_for(auditor_task, timeout=30)
-        gateway.request_stop()
-        await asyncio.wait_for(gateway_task, timeout=30)
-        for node in nodes:
-            await node.stop()
+    async with in_process_cluster(pg, prefix, SHARD_COUNT) as cluster:
+        auditor = AuditServer(AuditServiceConfig(dsns=tuple(cluster.dsns), listen="127.0.0.1:0"))
+        await auditor.start()
+        auditor_task = asyncio.create_task(auditor.run())
+        try:
+            yield LiveCluster(cluster.nodes, cluster.gateway, auditor)
+        finally:
+            auditor.request_stop()
+            await asyncio.wait_for(auditor_task, timeout=30)
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ import asyncio
 import itertools
 import os
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
 import grpc
 import pytest
@@ -14,18 +13,17 @@ import pytest
 from core.embedded_pg import EmbeddedPostgres
 from core.slots import SlotMap, account_slot
 from shards import control
-from shards.gateway import Gateway, GatewayConfig
 from tally.v1 import ledger_pb2 as pb
 from tests.helpers import (
     CREDIT,
     DEBIT,
     Client,
-    NodeHandle,
+    InProcessCluster,
     account,
     audit_problems,
+    in_process_cluster,
     leg,
     names,
-    start_node,
     transfer,
 )
 
@@ -33,49 +31,14 @@ SHARD_COUNT = 4
 _numbers = itertools.count(1)
 
 
-@dataclass
-class Cluster:
-    control_dsn: str
-    nodes: list[NodeHandle]
-    gateway: Gateway
-    gateway_task: asyncio.Task[None]
-
-    @property
-    def target(self) -> str:
-        return f"127.0.0.1:{self.gateway.port}"
+Cluster = InProcessCluster
 
 
 @pytest.fixture
 async def cluster(pg: EmbeddedPostgres) -> AsyncIterator[Cluster]:
     prefix = f"c{os.getpid()}_{next(_numbers)}"
-    await pg.create_database_async(f"{prefix}_control")
-    control_dsn = pg.dsn(f"{prefix}_control")
-    connection = await control.connect(control_dsn)
-    try:
-        await control.initialise(connection, SHARD_COUNT)
-    finally:
-        await connection.close()
-    nodes = []
-    for shard_id in range(SHARD_COUNT):
-        await pg.create_database_async(f"{prefix}_s{shard_id}")
-        nodes.append(
-            await start_node(
-                pg.dsn(f"{prefix}_s{shard_id}"),
-                control_dsn=control_dsn,
-                shard_id=shard_id,
-                slot_map_poll_interval_s=0.2,
-            )
-        )
-    gateway = Gateway(GatewayConfig(control_dsn=control_dsn, listen="127.0.0.1:0"))
-    await gateway.start()
-    task = asyncio.create_task(gateway.run())
-    try:
-        yield Cluster(control_dsn, nodes, gateway, task)
-    finally:
-        gateway.request_stop()
-        await asyncio.wait_for(task, timeout=30)
-        for node in nodes:
-            await node.stop()
+    async with in_process_cluster(pg, prefix, SHARD_COUNT, slot_map_poll_interval_s=0.2) as c:
+        yield c
 
 
 @pytest.fixture
