@@ -22,7 +22,7 @@ from typing import Any, Final, TextIO
 import grpc
 
 from bench import locust_population as population
-from core import limits
+from bench.tally_client import MESSAGE_SIZE_OPTIONS
 from tally.v1 import ledger_pb2 as pb
 from tally.v1 import ledger_pb2_grpc as pb_grpc
 
@@ -133,10 +133,7 @@ class Loader:
     def __init__(self, target: str) -> None:
         self._channel = grpc.aio.insecure_channel(
             target,
-            options=[
-                ("grpc.max_send_message_length", limits.message_size_max_bytes),
-                ("grpc.max_receive_message_length", limits.message_size_max_bytes),
-            ],
+            options=MESSAGE_SIZE_OPTIONS,
         )
         self._stub = pb_grpc.LedgerStub(self._channel)
         self.codes: Counter[str] = Counter()

@@ -29,7 +29,7 @@ from typing import Any, Final
 
 import grpc
 
-from core import limits
+from bench.tally_client import MESSAGE_SIZE_OPTIONS
 from tally.v1 import ledger_pb2 as pb
 from tally.v1 import ledger_pb2_grpc as pb_grpc
 
@@ -124,10 +124,7 @@ FireRequest = Callable[..., None]
 def open_channel(target: str) -> grpc.Channel:
     return grpc.insecure_channel(
         target,
-        options=[
-            ("grpc.max_send_message_length", limits.message_size_max_bytes),
-            ("grpc.max_receive_message_length", limits.message_size_max_bytes),
-        ],
+        options=MESSAGE_SIZE_OPTIONS,
     )
 
 

@@ -61,15 +61,19 @@ def transfer_to_proto(transfer: Transfer) -> pb.Transaction:
     )
 
 
+# gRPC's default message limit (4 MiB) is below Tally's (limits.message_size_max_bytes).
+MESSAGE_SIZE_OPTIONS = [
+    ("grpc.max_send_message_length", limits.message_size_max_bytes),
+    ("grpc.max_receive_message_length", limits.message_size_max_bytes),
+]
+
+
 class TallyClient:
     def __init__(self, target: str) -> None:
         self.target = target
         self._channel = grpc.aio.insecure_channel(
             target,
-            options=[
-                ("grpc.max_send_message_length", limits.message_size_max_bytes),
-                ("grpc.max_receive_message_length", limits.message_size_max_bytes),
-            ],
+            options=MESSAGE_SIZE_OPTIONS,
         )
         self._stub = pb_grpc.LedgerStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
