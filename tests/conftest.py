@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -29,11 +31,14 @@ def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> d
 
 
 @pytest.fixture(scope="session")
-def pg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostgres]:
-    data_dir = Path(tmp_path_factory.mktemp("pg", numbered=True)) / "data"
+def pg() -> Iterator[EmbeddedPostgres]:
+    # Not under pytest's own temporary root: another pytest session starting meanwhile resets
+    # that root's permissions, and the server (run as an unprivileged user when we are root)
+    # then cannot reach its data directory to stop.
+    root = Path(tempfile.mkdtemp(prefix="tally-test-pg-"))
     server = EmbeddedPostgres(
         EmbeddedPostgresConfig(
-            data_dir=data_dir, port=free_port(), settings={"max_connections": "400"}
+            data_dir=root / "data", port=free_port(), settings={"max_connections": "400"}
         )
     )
     server.start()
@@ -41,6 +46,7 @@ def pg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostgres]:
         yield server
     finally:
         server.stop()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture
