@@ -123,13 +123,11 @@ class ProcessCluster:
         assert shard_id not in self.nodes or self.nodes[shard_id].returncode is not None
         arguments = ["node", "--dsn", self.shard_dsns[shard_id], "--control-dsn"]
         arguments += [self.control_dsn, "--shard-id", str(shard_id)]
-        child = await spawn_cli(
-            arguments,
-            self.node_ports[shard_id],
-            self.shard_dsns[shard_id],
-            self._log_path(f"node{shard_id}"),
+        child = await self._spawn(
+            arguments, self.node_ports[shard_id], self.shard_dsns[shard_id], f"node{shard_id}",
             environment,
-        )
+        )  # fmt: skip
+        self.node_ports[shard_id] = child.port
         self.nodes[shard_id] = child
         await wait_health(child, SERVING)
         return child
@@ -137,10 +135,32 @@ class ProcessCluster:
     async def start_gateway(self, environment: Mapping[str, str] | None = None) -> NodeProcess:
         assert self.gateway is None or self.gateway.returncode is not None
         arguments = ["gateway", "--control-dsn", self.control_dsn]
-        self.gateway = await spawn_cli(
-            arguments, self.gateway_port, self.control_dsn, self._log_path("gateway"), environment
+        self.gateway = await self._spawn(
+            arguments, self.gateway_port, self.control_dsn, "gateway", environment
         )
+        self.gateway_port = self.gateway.port
         return self.gateway
+
+    async def _spawn(
+        self,
+        arguments: Sequence[str],
+        port: int,
+        dsn: str,
+        role: str,
+        environment: Mapping[str, str] | None,
+    ) -> NodeProcess:
+        """spawn_cli on the port chosen for this process; if something else took that port
+        meanwhile (ports are picked free ahead of time, and outgoing connections draw from the
+        same range), on another free one. Nodes register their endpoint in the control
+        database and clients read cluster.target, so a new port is found."""
+        for attempt in range(3):
+            try:
+                return await spawn_cli(arguments, port, dsn, self._log_path(role), environment)
+            except AssertionError as error:
+                if "Address already in use" not in str(error) or attempt == 2:
+                    raise
+                port = free_port()
+        raise AssertionError("unreachable")
 
     async def kill_node(self, shard_id: int) -> None:
         await self.nodes[shard_id].kill()

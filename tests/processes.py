@@ -122,8 +122,27 @@ async def spawn_node(
     extra_args: tuple[str, ...] = (),
     timeout_s: float = START_TIMEOUT_S,
 ) -> NodeProcess:
-    """Start a node and wait until it prints its serving line (it may still be a standby)."""
-    port = port or free_port()
+    """Start a node and wait until it prints its serving line (it may still be a standby).
+    Without a port, on a free one (another, should something take it before the node binds)."""
+    for attempt in range(3):
+        try:
+            return await _spawn_node_on(
+                dsn, log_dir, name, port or free_port(), extra_args, timeout_s
+            )
+        except AssertionError as error:
+            if port or "Address already in use" not in str(error) or attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
+async def _spawn_node_on(
+    dsn: str,
+    log_dir: Path,
+    name: str,
+    port: int,
+    extra_args: tuple[str, ...],
+    timeout_s: float,
+) -> NodeProcess:
     log_path = log_dir / f"{name}.stderr.log"
     environment = {**os.environ, "PYTHONUNBUFFERED": "1", "TALLY_LOG_LEVEL": "INFO"}
     command = [sys.executable, "-m", "shards.cli", "node", "--dsn", dsn]
