@@ -11,6 +11,7 @@ import signal
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from core.embedded_pg import EmbeddedPostgres
 from shards import audit_service, auditing, terminal
@@ -42,6 +43,36 @@ def _add_writer_flags(parser: argparse.ArgumentParser) -> None:
         "--cache-account-count-max",
         type=int,
         default=int(_env("cache_account_count_max", str(defaults.cache_account_count_max))),
+    )
+
+
+def _at_least(minimum: float, kind: type[int] | type[float]) -> Any:
+    def parse(text: str) -> int | float:
+        value = kind(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {text}")
+        return value
+
+    return parse
+
+
+def _add_gateway_flags(parser: argparse.ArgumentParser) -> None:
+    from shards.gateway import GatewayConfig
+
+    defaults = GatewayConfig(control_dsn="")
+    parser.add_argument(
+        "--coalesce-wait-ms",
+        type=_at_least(0, float),
+        default=float(_env("coalesce_wait_ms", str(defaults.coalesce_wait_ms))),
+        help="how long a small write that could go to its shard at once may wait for others "
+        "to join its call (default %(default)s: it goes at once; calls in flight always "
+        "gather what queues behind them)",
+    )
+    parser.add_argument(
+        "--shard-calls-in-flight",
+        type=_at_least(1, int),
+        default=int(_env("shard_calls_in_flight", str(defaults.shard_calls_in_flight_max))),
+        help="write calls in flight to each shard at once (default %(default)s)",
     )
 
 
@@ -88,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="1: one node serves directly; N > 1: N node processes behind a gateway",
     )
     _add_writer_flags(up)
+    _add_gateway_flags(up)
     _add_metrics_flag(up, default="127.0.0.1:0")
 
     node = commands.add_parser("node", help="one shard node on an existing PostgreSQL")
@@ -112,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--control-dsn", default=_env("control_dsn", ""), required=not _env("control_dsn", "")
     )
     gateway.add_argument("--listen", default=_env("listen", DEFAULT_TARGET))
+    _add_gateway_flags(gateway)
     _add_metrics_flag(gateway)
 
     terminal.add_commands(commands, _env("target", DEFAULT_TARGET))
@@ -199,7 +232,11 @@ async def _serve_gateway(args: argparse.Namespace) -> int:
 
     gateway = Gateway(
         GatewayConfig(
-            control_dsn=args.control_dsn, listen=args.listen, metrics_listen=args.metrics_listen
+            control_dsn=args.control_dsn,
+            listen=args.listen,
+            metrics_listen=args.metrics_listen,
+            shard_calls_in_flight_max=args.shard_calls_in_flight,
+            coalesce_wait_ms=args.coalesce_wait_ms,
         )
     )
     port = await gateway.start()
@@ -227,6 +264,10 @@ async def _serve_cluster(args: argparse.Namespace) -> int:
     ]
     # Always passed, so TALLY_METRICS_LISTEN does not make N + 1 processes race for one port.
     metrics_flags = [f"--metrics-listen={_any_port(args.metrics_listen)}"]
+    gateway_flags = [
+        f"--coalesce-wait-ms={args.coalesce_wait_ms}",
+        f"--shard-calls-in-flight={args.shard_calls_in_flight}",
+    ]
     try:
         return await run_cluster(
             embedded,
@@ -234,7 +275,7 @@ async def _serve_cluster(args: argparse.Namespace) -> int:
             args.listen,
             args.data_dir.resolve(),
             node_flags + metrics_flags,
-            metrics_flags,
+            gateway_flags + metrics_flags,
         )
     finally:
         print("tally: stopping PostgreSQL", flush=True)

@@ -48,6 +48,10 @@ class GatewayConfig:
     shutdown_grace_s: float = 10.0
     # Prometheus /metrics on its own port ("": off; port 0: any free one, see Gateway.metrics_port).
     metrics_listen: str = ""
+    # Coalescing of small writes per shard: calls in flight at once, and how long a request
+    # that could leave at once may wait for others to join its call (0: it leaves at once).
+    shard_calls_in_flight_max: int = 2
+    coalesce_wait_ms: float = 0.0
 
 
 class Cluster:
@@ -89,7 +93,12 @@ class Cluster:
             if link is not None and link.endpoint == endpoint:
                 continue
             self.links[shard_id] = ShardLink(
-                shard_id, endpoint, self.config.shard_call_timeout_s, metrics=self.metrics
+                shard_id,
+                endpoint,
+                self.config.shard_call_timeout_s,
+                self.config.shard_calls_in_flight_max,
+                metrics=self.metrics,
+                coalesce_wait_s=self.config.coalesce_wait_ms / 1000.0,
             )
             self._shard_stubs[shard_id] = self.metrics.metered_stub(
                 ShardStub(self.links[shard_id].channel), SHARD_DESCRIPTOR, shard_id

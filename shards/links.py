@@ -2,8 +2,10 @@
 
 While a call to the shard is in flight, further sub-batches queue; they leave together as one
 call when a slot frees (up to inflight_call_count_max calls at once), so many small client
-requests become few large shard batches. Each client request's linked groups are closed within
-it (the gateway checks), so concatenating requests never joins two groups.
+requests become few large shard batches. With a coalescing wait (coalesce_wait_s > 0) a request
+that finds a free slot also waits, at most that long, for others to join it, unless the call
+is full already: fewer, larger calls for a bounded latency. Each client request's linked groups
+are closed within it (the gateway checks), so concatenating requests never joins two groups.
 
 Metrics (when given): per call, the requests and items it carried, its oldest request's wait
 and its duration; calls in flight and requests queued are plain ints read at scrape time.
@@ -54,15 +56,19 @@ class _Coalescer:
         item_count_max: int,
         id_of: Callable[[Any], str],
         metrics: ShardCallMetrics | None = None,
+        coalesce_wait_s: float = 0.0,
     ) -> None:
         self._call = call
         self._id_of = id_of
         self._queue: list[Entry] = []
+        self._queued_item_count = 0
         self._inflight = 0
         self._inflight_max = inflight_call_count_max
         self._item_count_max = item_count_max
         self._tasks: set[asyncio.Task[None]] = set()
         self._metrics = metrics
+        self._wait_s = coalesce_wait_s
+        self._timer: asyncio.TimerHandle | None = None
 
     @property
     def inflight_call_count(self) -> int:
@@ -75,16 +81,28 @@ class _Coalescer:
     async def submit(self, items: list[Any]) -> Results:
         future: asyncio.Future[Results] = asyncio.get_running_loop().create_future()
         self._queue.append((items, future, time.perf_counter()))
+        self._queued_item_count += len(items)
         self._pump()
         return await future
 
     def _pump(self) -> None:
         while self._queue and self._inflight < self._inflight_max:
+            if self._wait_s and self._queued_item_count < self._item_count_max:
+                waited_s = time.perf_counter() - self._queue[0][2]
+                if waited_s < self._wait_s:  # the oldest may wait a little longer for company
+                    if self._timer is None:
+                        loop = asyncio.get_running_loop()
+                        self._timer = loop.call_later(self._wait_s - waited_s, self._waited)
+                    return
             group = self._take()
             self._inflight += 1
             task = asyncio.ensure_future(self._send(group))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+
+    def _waited(self) -> None:
+        self._timer = None
+        self._pump()
 
     def _take(self) -> list[Entry]:
         """The oldest request, and after it the next ones while they fit and share no id with
@@ -101,6 +119,7 @@ class _Coalescer:
             group.append(entry)
             count += len(entry[0])
             ids |= next_ids
+        self._queued_item_count -= count
         return group
 
     async def _send(self, group: list[Entry]) -> None:
@@ -132,6 +151,11 @@ class _Coalescer:
             self._pump()
 
     async def close(self) -> None:
+        if self._timer is not None:  # nothing may stay queued: send what waits now
+            self._timer.cancel()
+            self._timer = None
+            self._wait_s = 0.0
+            self._pump()
         for task in list(self._tasks):
             await task
 
@@ -163,6 +187,7 @@ class ShardLink:
         call_timeout_s: float,
         inflight_call_count_max: int = 2,
         metrics: GatewayMetrics | None = None,
+        coalesce_wait_s: float = 0.0,
     ) -> None:
         self.shard_id = shard_id
         self.endpoint = endpoint
@@ -176,13 +201,13 @@ class ShardLink:
             return metrics.shard_calls(shard_id, method) if metrics is not None else None
 
         self._post = _Coalescer(
-            self._post_call, inflight, item_count_max, _transaction_id, calls(POST)
+            self._post_call, inflight, item_count_max, _transaction_id, calls(POST), coalesce_wait_s
         )
         self._create = _Coalescer(
-            self._create_call, inflight, item_count_max, _account_id, calls(CREATE)
+            self._create_call, inflight, item_count_max, _account_id, calls(CREATE), coalesce_wait_s
         )
         self._close = _Coalescer(
-            self._close_call, inflight, item_count_max, _closed_id, calls(CLOSE)
+            self._close_call, inflight, item_count_max, _closed_id, calls(CLOSE), coalesce_wait_s
         )
 
     def call_queues(self) -> tuple[tuple[str, _Coalescer], ...]:

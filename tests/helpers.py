@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import asyncpg
 
@@ -168,10 +168,15 @@ class InProcessCluster:
 
 @contextlib.asynccontextmanager
 async def in_process_cluster(
-    pg: EmbeddedPostgres, prefix: str, shard_count: int, **node_options: object
+    pg: EmbeddedPostgres,
+    prefix: str,
+    shard_count: int,
+    gateway_options: dict[str, object] | None = None,
+    **node_options: object,
 ) -> AsyncIterator[InProcessCluster]:
     """A control database with an even slot map, a node per shard (each on its own database,
-    named from prefix) and a gateway; all stopped on the way out."""
+    named from prefix) and a gateway (GatewayConfig fields in gateway_options); all stopped on
+    the way out."""
     await pg.create_database_async(f"{prefix}_control")
     control_dsn = pg.dsn(f"{prefix}_control")
     connection = await control.connect(control_dsn)
@@ -189,7 +194,8 @@ async def in_process_cluster(
             nodes.append(
                 await start_node(dsn, control_dsn=control_dsn, shard_id=shard_id, **node_options)
             )
-        gateway = Gateway(GatewayConfig(control_dsn=control_dsn, listen="127.0.0.1:0"))
+        config = GatewayConfig(control_dsn=control_dsn, listen="127.0.0.1:0")
+        gateway = Gateway(replace(config, **(gateway_options or {})))  # type: ignore[arg-type]
         await gateway.start()
         task = asyncio.create_task(gateway.run())
         yield InProcessCluster(control_dsn, nodes, gateway, task)

@@ -459,6 +459,34 @@ async def test_concurrent_small_requests_are_coalesced(cluster: Cluster, client:
     assert (await client.balance(f"{key}/dep")).credits_posted == 200
 
 
+@pytest.mark.parametrize("wait_ms", [0.0, 300.0])
+async def test_coalescing_wait_gathers_small_writes_into_one_call(
+    pg: EmbeddedPostgres, wait_ms: float
+) -> None:
+    """Five single transfers to one shard, 20 ms apart. Without a wait the first leaves at once
+    (and the second, on the other call slot); with a 300 ms wait all five share one call."""
+    prefix = f"w{os.getpid()}_{next(_numbers)}"
+    options: dict[str, object] = {"coalesce_wait_ms": wait_ms}
+    async with in_process_cluster(pg, prefix, SHARD_COUNT, gateway_options=options) as running:
+        async with grpc.aio.insecure_channel(running.target) as channel:
+            client = Client(channel)
+            key = customers_on_distinct_shards(1)[0]
+            await client.create(account("@cash"), account(f"{key}/dep"))
+            writer = running.nodes[SlotMap.even(SHARD_COUNT).shard_of_key(key)].node.writer
+            assert writer is not None
+            before = writer.committed_batch_count
+            posts = []
+            for n in range(5):
+                posts.append(
+                    asyncio.create_task(client.post(transfer(f"w{n}", "@cash", f"{key}/dep", 1)))
+                )
+                await asyncio.sleep(0.02)
+            results = await asyncio.gather(*posts)
+            assert {r[0].code for r in results} == {pb.RESULT_CODE_CREATED}
+            commits = writer.committed_batch_count - before
+    assert commits == 1 if wait_ms else commits >= 2, commits
+
+
 async def test_readme_example_runs_unchanged_through_the_gateway(cluster: Cluster) -> None:
     from tests.test_readme import TIME, example_steps, run_tally
 
