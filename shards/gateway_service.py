@@ -73,19 +73,14 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
             located = await self._cluster.locate(routing.targets(specs))
             plan: dict[int, list[tuple[int, int]]] = {}
             crossing: list[tuple[int, int]] = []
-            reversals: list[int] = []
+            reversals: list[tuple[int, int]] = []
             unsupported = []
             reversing = any(s.kind is Kind.REVERSAL for s in specs)
             for start, end in todo:
                 unit = [i for i in items[start:end] if isinstance(i, TransactionSpec)]
-                if reversing and any(self._reverses_cross_shard(item) for item in unit):
-                    if end - start == 1:
-                        reversals.append(start)
-                    else:  # in a linked group: not yet
-                        unsupported.append((start, sorted(slot_map.shard_ids)))
-                    continue
+                reverses_cross = reversing and any(self._reverses_cross_shard(i) for i in unit)
                 shards = routing.unit_shards(unit, slot_map, located)
-                if len(shards) == 1:
+                if len(shards) == 1 and not reverses_cross:
                     shard = shards.pop()
                     plan.setdefault(shard, []).append((start, end))
                     # A later item of this request may post, void or reverse one of these.
@@ -93,14 +88,38 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
                         located[item.id] = shard
                 elif all(item.kind is Kind.ORDINARY for item in unit):
                     crossing.append((start, end))
+                elif all(
+                    item.kind is Kind.ORDINARY
+                    or (
+                        item.kind is Kind.REVERSAL
+                        and (self._reverses_cross_shard(item) or item.target_id not in located)
+                    )
+                    for item in unit
+                ):
+                    # Reversals of cross-shard transactions (or of none at all: not found),
+                    # alone or linked with transfers.
+                    reversals.append((start, end))
                 else:
                     unsupported.append((start, sorted(shards)))
+            built = await self._reversal_units(messages, items, reversals, slot_map)
+            unsupported += [
+                (start, sorted(slot_map.shard_ids))
+                for (start, _), unit_or_results in zip(reversals, built, strict=True)
+                if unit_or_results is None
+            ]
             if unsupported and attempt == 0:
                 await _refuse_cross_shard(context, unsupported)
             # On a later round, a unit the new map spreads over shards keeps its WRONG_SHARD.
             sent, _ = await asyncio.gather(
                 self._send_units(messages, plan, results, self._post_shard),
-                self._cross_shard(messages, items, crossing, reversals, results, slot_map),
+                self._cross_shard(
+                    messages,
+                    items,
+                    crossing,
+                    list(zip(reversals, built, strict=True)),
+                    results,
+                    slot_map,
+                ),
             )
             todo = sent
 
@@ -112,7 +131,7 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
         messages: list[pb.Transaction],
         items: list[TransactionSpec | Rejection],
         ranges: list[tuple[int, int]],
-        reversals: list[int],
+        reversals: list[tuple[tuple[int, int], Unit | list[pb.ItemResult] | None]],
         results: list[pb.ItemResult | None],
         slot_map: SlotMap,
     ) -> None:
@@ -130,14 +149,12 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
             for spec in specs:
                 for leg in spec.legs:
                     currencies.add(leg.currency)
-        for n, unit_or_result in zip(
-            reversals, await self._reversal_units(messages, items, reversals, slot_map), strict=True
-        ):
-            if isinstance(unit_or_result, Unit):
-                units.append(unit_or_result)
-                placed.append((n, n + 1))
-            else:
-                results[n] = unit_or_result
+        for (start, end), built in reversals:
+            if isinstance(built, Unit):
+                units.append(built)
+                placed.append((start, end))
+            elif built is not None:  # (None: refused with the request as unsupported)
+                results[start:end] = built
         if not units:
             return
         for unit in units[len(ranges) :]:  # reversals: few
@@ -154,48 +171,69 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
         self,
         messages: list[pb.Transaction],
         items: list[TransactionSpec | Rejection],
-        indexes: list[int],
+        ranges: list[tuple[int, int]],
         slot_map: SlotMap,
-    ) -> list[Unit | pb.ItemResult]:
-        """The reversal of a committed cross-shard transaction: a cross-shard transaction with
-        its legs inverted, coordinated where the original was committed, which records there
-        that the original is reversed (once)."""
-        if not indexes:
-            return []
-        targets = []
-        for n in indexes:
-            item = items[n]
-            assert isinstance(item, TransactionSpec)
-            targets.append(item.target_id)
-        committed = await self._read_committed(targets)
-        built: list[Unit | pb.ItemResult] = []
-        for n, target in zip(indexes, targets, strict=True):
-            found = committed.get(target)
-            if found is None:
-                built.append(
-                    pb.ItemResult(
-                        code=pb.RESULT_CODE_TRANSACTION_NOT_FOUND,
-                        message=f"reverses_id {target!r} not found",
+    ) -> list[Unit | list[pb.ItemResult] | None]:
+        """Units reversing committed cross-shard transactions (alone, or linked with
+        transfers): each reversal is a cross-shard transaction with the original's legs
+        inverted, coordinated where the original was committed, which records there that the
+        original is reversed (once). Per range: its unit; its results if a target is not found;
+        None if its reversals' originals were committed at different shards (not supported)."""
+        targets = [
+            item.target_id
+            for start, end in ranges
+            for item in items[start:end]
+            if isinstance(item, TransactionSpec) and item.kind is Kind.REVERSAL
+        ]
+        if not targets:
+            return [None] * len(ranges)
+        committed = await self._read_committed(list(dict.fromkeys(targets)))
+        built: list[Unit | list[pb.ItemResult] | None] = []
+        for start, end in ranges:
+            specs: list[TransactionSpec] = []
+            unit_messages: list[pb.Transaction] = []
+            reverses: list[str] = []
+            coordinators: set[int] = set()
+            missing = -1
+            for n in range(start, end):
+                item, message = items[n], messages[n]
+                assert isinstance(item, TransactionSpec)
+                if item.kind is not Kind.REVERSAL:
+                    specs.append(item)
+                    unit_messages.append(message)
+                    reverses.append("")
+                    continue
+                found = committed.get(item.target_id)
+                if found is None:
+                    missing = n - start
+                    break
+                coordinator, record = found
+                coordinators.add(coordinator)
+                legs = [
+                    Leg(leg.account_id, leg.side != pb.SIDE_DEBIT, leg.amount, leg.currency)
+                    for leg in record.transaction.legs
+                ]
+                specs.append(
+                    TransactionSpec(
+                        message.id, Kind.ORDINARY, tuple(legs), message.code, (), "", 0, ""
                     )
                 )
-                continue
-            coordinator, record = found
-            message = messages[n]
-            legs = [
-                Leg(leg.account_id, leg.side != pb.SIDE_DEBIT, leg.amount, leg.currency)
-                for leg in record.transaction.legs
-            ]
-            inverted = pb.Transaction(
-                id=message.id,
-                legs=[convert.leg_to_proto(leg) for leg in legs],
-                code=message.code,
-                metadata=message.metadata,
-                value_date=message.value_date,
-            )
-            spec = TransactionSpec(
-                message.id, Kind.ORDINARY, tuple(legs), message.code, (), "", 0, ""
-            )
-            built.append(Unit([spec], [inverted], slot_map, coordinator, [target]))
+                unit_messages.append(
+                    pb.Transaction(
+                        id=message.id,
+                        legs=[convert.leg_to_proto(leg) for leg in legs],
+                        code=message.code,
+                        metadata=message.metadata,
+                        value_date=message.value_date,
+                    )
+                )
+                reverses.append(item.target_id)
+            if missing >= 0:
+                built.append(_not_found_in_unit(items[start:end], missing))
+            elif len(coordinators) > 1:
+                built.append(None)
+            else:
+                built.append(Unit(specs, unit_messages, slot_map, coordinators.pop(), reverses))
         return built
 
     async def _post_shard(self, shard_id: int, batch: list[Any]) -> list[pb.ItemResult]:
@@ -572,11 +610,24 @@ async def _refuse_cross_shard(context: Context, crossing: list[tuple[int, list[i
     await abort(
         context,
         grpc.StatusCode.FAILED_PRECONDITION,
-        f"{described}: holds and their post or void across shards, and reversals of "
-        "cross-shard transactions inside linked groups, are not available in this version "
-        "(cross-shard transactions, linked groups of them and their reversals alone are); "
-        "nothing in this request was applied",
+        f"{described}: holds and their post or void across shards, and a linked group "
+        "reversing cross-shard transactions committed at different shards, are not available "
+        "in this version (cross-shard transactions, linked groups of them and their reversals "
+        "are); nothing in this request was applied",
     )
+
+
+def _not_found_in_unit(unit: Sequence[Any], missing: int) -> list[pb.ItemResult]:
+    """A unit whose item `missing` reverses a transaction that does not exist."""
+    target = unit[missing].target_id
+    refused = pb.ItemResult(
+        code=pb.RESULT_CODE_TRANSACTION_NOT_FOUND, message=f"reverses_id {target!r} not found"
+    )
+    linked = pb.ItemResult(
+        code=pb.RESULT_CODE_LINKED_ITEM_FAILED,
+        message=f"item {missing} of this linked group failed",
+    )
+    return [refused if k == missing else linked for k in range(len(unit))]
 
 
 def _sum_balances(balances: Sequence[pb.Balance]) -> pb.Balance:

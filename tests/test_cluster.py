@@ -325,6 +325,33 @@ async def test_cross_shard_reversal_is_applied_once(cluster: Cluster, client: Cl
         assert await audit_problems(node.dsn) == []
 
 
+async def test_linked_group_with_a_cross_shard_reversal(cluster: Cluster, client: Client) -> None:
+    first, second = await _funded_pair(client)
+    payer, payee = f"{first}/dep", f"{second}/dep"
+    assert await client.codes(transfer("x", payer, payee, 40)) == [pb.RESULT_CODE_CREATED]
+    # Reverse x and send the money again, differently, as one group: both or neither.
+    group = [
+        pb.Transaction(id="undo", code=9, reverses_id="x", linked=True),
+        transfer("redo", payer, payee, 15),
+    ]
+    refused = await client.post(
+        pb.Transaction(id="undo-0", code=9, reverses_id="missing", linked=True),
+        transfer("redo-0", payer, payee, 15),
+    )
+    assert names([r.code for r in refused]) == [
+        "RESULT_CODE_TRANSACTION_NOT_FOUND",
+        "RESULT_CODE_LINKED_ITEM_FAILED",
+    ]
+    assert [r.code for r in await client.post(*group)] == [pb.RESULT_CODE_CREATED] * 2
+    assert [r.code for r in await client.post(*group)] == [pb.RESULT_CODE_REPLAYED] * 2
+    one, two = await client.balance(payer), await client.balance(payee)
+    assert (one.available, two.available) == (85, 115)
+    assert (await client.transaction("x")).reversed_by_id == "undo"
+    await _clearing_nets_to_zero(client)
+    for node in cluster.nodes:
+        assert await audit_problems(node.dsn) == []
+
+
 async def test_cross_shard_hold_is_refused_whole(cluster: Cluster, client: Client) -> None:
     first, second = await _funded_pair(client)
     with pytest.raises(grpc.aio.AioRpcError) as error:
