@@ -18,7 +18,6 @@ import contextlib
 import logging
 import math
 import os
-import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -34,6 +33,7 @@ from core import audit
 from core.audit import AuditConfig, AuditReport, Finding
 from core.currencies import minor_unit_scale
 from shards.metrics import MetricsServer, RpcMetrics
+from shards.serving import run_announced
 from tally.v1 import audit_pb2 as apb
 
 log = logging.getLogger("tally.audit_service")
@@ -614,14 +614,6 @@ async def serve(config: AuditServiceConfig) -> int:
     except OSError as error:
         print(f"tally {COMMAND}: {error}", flush=True)
         return 2
-    if server.metrics_port:  # before the serving line, which whoever started us waits for
-        metrics_host = config.metrics_listen.rsplit(":", 1)[0]
-        print(f"tally: metrics on http://{metrics_host}:{server.metrics_port}/metrics", flush=True)
-    host = config.listen.rsplit(":", 1)[0]
-    print(f"tally: serving tally.v1.Audit on {host}:{port}", flush=True)
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, server.request_stop)
-    await server.run()
-    print("tally: stopped", flush=True)
-    return 0
+    return await run_announced(
+        server, SERVICE_NAME, config.listen, port, config.metrics_listen, server.metrics_port
+    )

@@ -15,6 +15,7 @@ from typing import Any
 
 from core.embedded_pg import EmbeddedPostgres
 from shards import audit_service, auditing, terminal
+from shards.serving import metrics_url, run_announced
 from shards.writer import WriterConfig
 
 DEFAULT_TARGET = "127.0.0.1:7400"
@@ -84,10 +85,6 @@ def _add_metrics_flag(parser: argparse.ArgumentParser, default: str = "") -> Non
         "one; with --shards N every process picks a free port on that host); its URL is "
         "printed before the serving line",
     )
-
-
-def _metrics_url(listen: str, port: int) -> str:
-    return f"http://{listen.rsplit(':', 1)[0]}:{port}/metrics"
 
 
 def _writer_config(args: argparse.Namespace) -> WriterConfig:
@@ -211,7 +208,7 @@ async def _serve(args: argparse.Namespace) -> int:
         tune_garbage_collector()
         if node.metrics_port:  # before the serving line, which whoever started us waits for
             whose = " of node-0" if args.command == "up" else ""
-            url = _metrics_url(args.metrics_listen, node.metrics_port)
+            url = metrics_url(args.metrics_listen, node.metrics_port)
             print(f"tally: metrics{whose} on {url}", flush=True)
         host = args.listen.rsplit(":", 1)[0]
         print(f"tally: serving tally.v1.Ledger on {host}:{port}", flush=True)
@@ -240,17 +237,9 @@ async def _serve_gateway(args: argparse.Namespace) -> int:
         )
     )
     port = await gateway.start()
-    if gateway.metrics_port:  # before the serving line, which whoever started us waits for
-        url = _metrics_url(args.metrics_listen, gateway.metrics_port)
-        print(f"tally: metrics on {url}", flush=True)
-    host = args.listen.rsplit(":", 1)[0]
-    print(f"tally: serving tally.v1.Ledger on {host}:{port}", flush=True)
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, gateway.request_stop)
-    await gateway.run()
-    print("tally: stopped", flush=True)
-    return 0
+    return await run_announced(
+        gateway, "tally.v1.Ledger", args.listen, port, args.metrics_listen, gateway.metrics_port
+    )
 
 
 async def _serve_cluster(args: argparse.Namespace) -> int:
