@@ -50,7 +50,11 @@ class GatewayConfig:
     metrics_listen: str = ""
     # Coalescing of small writes per shard: calls in flight at once, and how long a request
     # that could leave at once may wait for others to join its call (0: it leaves at once).
-    shard_calls_in_flight_max: int = 2
+    # One call in flight: requests arriving meanwhile gather behind it into the next call, so
+    # a busy shard gets fewer, larger commits (bench.cluster, one transfer per call: +33%
+    # transfers/s and less CPU per transfer in every role than with two), and a lone request
+    # still leaves at once.
+    shard_calls_in_flight_max: int = 1
     coalesce_wait_ms: float = 0.0
 
 

@@ -185,7 +185,7 @@ class ShardLink:
         shard_id: int,
         endpoint: str,
         call_timeout_s: float,
-        inflight_call_count_max: int = 2,
+        inflight_call_count_max: int = 1,
         metrics: GatewayMetrics | None = None,
         coalesce_wait_s: float = 0.0,
     ) -> None:
