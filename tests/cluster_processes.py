@@ -220,9 +220,15 @@ async def process_cluster(
     )
     environments = node_environments or {}
     try:
-        await asyncio.gather(
-            *(cluster.start_node(s, environments.get(s)) for s in range(shard_count))
+        # Every start runs to its end before a failure is raised, so that close() below finds
+        # every node that did start (a failure raised at once left the others running).
+        started = await asyncio.gather(
+            *(cluster.start_node(s, environments.get(s)) for s in range(shard_count)),
+            return_exceptions=True,
         )
+        for outcome in started:
+            if isinstance(outcome, BaseException):
+                raise outcome
         await cluster.start_gateway(gateway_environment)
         yield cluster
     finally:
