@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import itertools
 import os
-import sys
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -27,50 +26,17 @@ from shards import control
 from tally.v1 import ledger_pb2 as pb
 from tests.helpers import Client
 from tests.processes import (
-    REPO_ROOT,
     SERVING,
-    START_TIMEOUT_S,
     NodeProcess,
-    _read_stdout,
-    _wait_serving_line,
     fetch_rows,
+    spawn_cli,
+    start_on_a_free_port,
     wait_health,
 )
 
 SHARD_COUNT = 4
 LOG_TAIL_BYTES = 3000
 _cluster_numbers = itertools.count(1)
-
-
-async def spawn_cli(
-    arguments: Sequence[str],
-    port: int,
-    dsn: str,
-    log_path: Path,
-    environment: Mapping[str, str] | None = None,
-    timeout_s: float = START_TIMEOUT_S,
-) -> NodeProcess:
-    """`python -m shards.cli ARGUMENTS --listen 127.0.0.1:PORT`, waited for until it prints its
-    serving line. Its stderr (the structured log) is appended to log_path."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TALLY_LOG_LEVEL": "INFO", **(environment or {})}
-    command = [sys.executable, "-m", "shards.cli", *arguments, "--listen", f"127.0.0.1:{port}"]
-    with log_path.open("ab") as log_file:
-        process = await asyncio.create_subprocess_exec(
-            *command,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=log_file,
-            stdin=asyncio.subprocess.DEVNULL,
-            cwd=REPO_ROOT,
-            env=env,
-        )
-    child = NodeProcess(process, port, dsn, log_path)
-    child.reader = asyncio.create_task(_read_stdout(child))
-    try:
-        await _wait_serving_line(child, timeout_s)
-    except BaseException:
-        await child.close()
-        raise
-    return child
 
 
 def log_text(child: NodeProcess) -> str:
@@ -149,18 +115,13 @@ class ProcessCluster:
         role: str,
         environment: Mapping[str, str] | None,
     ) -> NodeProcess:
-        """spawn_cli on the port chosen for this process; if something else took that port
-        meanwhile (ports are picked free ahead of time, and outgoing connections draw from the
-        same range), on another free one. Nodes register their endpoint in the control
-        database and clients read cluster.target, so a new port is found."""
-        for attempt in range(3):
-            try:
-                return await spawn_cli(arguments, port, dsn, self._log_path(role), environment)
-            except AssertionError as error:
-                if "Address already in use" not in str(error) or attempt == 2:
-                    raise
-                port = free_port()
-        raise AssertionError("unreachable")
+        """spawn_cli on the port chosen for this process, or on another free one if something
+        took it meanwhile. Nodes register their endpoint in the control database and clients
+        read cluster.target, so a new port is found."""
+        log_path = self._log_path(role)
+        return await start_on_a_free_port(
+            lambda on: spawn_cli(arguments, on, dsn, log_path, environment), port
+        )
 
     async def kill_node(self, shard_id: int) -> None:
         await self.nodes[shard_id].kill()

@@ -14,7 +14,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -124,46 +124,63 @@ async def spawn_node(
 ) -> NodeProcess:
     """Start a node and wait until it prints its serving line (it may still be a standby).
     Without a port, on a free one (another, should something take it before the node binds)."""
-    for attempt in range(3):
-        try:
-            return await _spawn_node_on(
-                dsn, log_dir, name, port or free_port(), extra_args, timeout_s
-            )
-        except AssertionError as error:
-            if port or "Address already in use" not in str(error) or attempt == 2:
-                raise
-    raise AssertionError("unreachable")
-
-
-async def _spawn_node_on(
-    dsn: str,
-    log_dir: Path,
-    name: str,
-    port: int,
-    extra_args: tuple[str, ...],
-    timeout_s: float,
-) -> NodeProcess:
     log_path = log_dir / f"{name}.stderr.log"
-    environment = {**os.environ, "PYTHONUNBUFFERED": "1", "TALLY_LOG_LEVEL": "INFO"}
-    command = [sys.executable, "-m", "shards.cli", "node", "--dsn", dsn]
-    command += ["--listen", f"127.0.0.1:{port}", *extra_args]
-    with log_path.open("wb") as log_file:
+
+    def start(on: int) -> Awaitable[NodeProcess]:
+        arguments = ["node", "--dsn", dsn, *extra_args]
+        return spawn_cli(arguments, on, dsn, log_path, timeout_s=timeout_s, log_mode="wb")
+
+    if port:
+        return await start(port)
+    return await start_on_a_free_port(start, free_port())
+
+
+async def spawn_cli(
+    arguments: Sequence[str],
+    port: int,
+    dsn: str,
+    log_path: Path,
+    environment: Mapping[str, str] | None = None,
+    timeout_s: float = START_TIMEOUT_S,
+    log_mode: str = "ab",
+) -> NodeProcess:
+    """`python -m shards.cli ARGUMENTS --listen 127.0.0.1:PORT`, waited for until it prints its
+    serving line. Its stderr (the structured log) goes to log_path (appended, or with log_mode
+    "wb" written afresh)."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TALLY_LOG_LEVEL": "INFO", **(environment or {})}
+    command = [sys.executable, "-m", "shards.cli", *arguments, "--listen", f"127.0.0.1:{port}"]
+    with log_path.open(log_mode) as log_file:
         process = await asyncio.create_subprocess_exec(
             *command,
             stdout=asyncio.subprocess.PIPE,
             stderr=log_file,
             stdin=asyncio.subprocess.DEVNULL,
             cwd=REPO_ROOT,
-            env=environment,
+            env=env,
         )
-    node = NodeProcess(process, port, dsn, log_path)
-    node.reader = asyncio.create_task(_read_stdout(node))
+    child = NodeProcess(process, port, dsn, log_path)
+    child.reader = asyncio.create_task(_read_stdout(child))
     try:
-        await _wait_serving_line(node, timeout_s)
+        await _wait_serving_line(child, timeout_s)
     except BaseException:
-        await node.close()
+        await child.close()
         raise
-    return node
+    return child
+
+
+async def start_on_a_free_port(
+    start: Callable[[int], Awaitable[NodeProcess]], port: int
+) -> NodeProcess:
+    """start(port); should that port have been taken since it was picked free (outgoing
+    connections draw from the same range), start(another free one), up to three tries."""
+    for attempt in range(3):
+        try:
+            return await start(port)
+        except AssertionError as error:
+            if "Address already in use" not in str(error) or attempt == 2:
+                raise
+            port = free_port()
+    raise AssertionError("unreachable")
 
 
 async def _wait_serving_line(node: NodeProcess, timeout_s: float) -> None:
