@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import re
 from typing import Any, NamedTuple
 
 from core import limits
@@ -369,6 +370,7 @@ def transaction_from_record(record: TransactionRecord) -> TransactionState:
 # the id free for the client's retry, as on a single shard. '~' is not allowed in client ids.
 
 ATTEMPT_LENGTH_MAX = 32
+ATTEMPT_PATTERN = re.compile(f"[0-9a-f]{{1,{ATTEMPT_LENGTH_MAX}}}")
 
 
 def abort_marker_id(transaction_id: str, attempt: str) -> str:

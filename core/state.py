@@ -612,7 +612,17 @@ def _leg_account_problem(index: int, leg: Leg, account: AccountState | None) -> 
 
 
 def _replay(existing: TransactionState, spec: TransactionSpec) -> Result:
+    return replay_result(existing, spec, ())
+
+
+def replay_result(
+    existing: TransactionState, spec: TransactionSpec, ignored: tuple[str, ...]
+) -> Result:
+    """REPLAYED with the recorded timestamp, or IDEMPOTENCY_CONFLICT naming the fields that
+    differ (but the ignored ones)."""
     differences = transaction_differences(existing.spec, spec)
+    if ignored:
+        differences = [name for name in differences if name not in ignored]
     if differences:
         return Result(
             ResultCode.IDEMPOTENCY_CONFLICT,

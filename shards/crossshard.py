@@ -236,21 +236,6 @@ class Driver:
             self._observe_phase(method, time.perf_counter() - started)
         return dict(zip(shards, answers, strict=True))
 
-    async def execute(
-        self,
-        specs: Sequence[TransactionSpec],
-        messages: Sequence[pb.Transaction],
-        slot_map: SlotMap,
-    ) -> list[pb.ItemResult]:
-        """Single cross-shard transactions: one result each."""
-        answers = await self.execute_units(
-            [
-                Unit([spec], [message], slot_map)
-                for spec, message in zip(specs, messages, strict=True)
-            ]
-        )
-        return [unit_results[0] for unit_results in answers]
-
     async def execute_units(self, units: Sequence[Unit]) -> list[list[pb.ItemResult]]:
         """Each unit's results, in the unit's order."""
         results: list[list[pb.ItemResult] | None] = [None] * len(units)

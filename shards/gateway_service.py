@@ -23,7 +23,7 @@ from core.model import (
 )
 from core.slots import SlotMap, is_spread
 from shards import convert, routing
-from shards.crossshard import CLEARING_PREFIX, Unit
+from shards.crossshard import CLEARING_PREFIX, Unit, piece_message
 from shards.gateway import Cluster, merge_piece_results, spread_or_owner
 from shards.service import abort, check_batch_size
 from tally.v1 import ledger_pb2 as pb
@@ -218,15 +218,7 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
                         message.id, Kind.ORDINARY, tuple(legs), message.code, (), "", 0, ""
                     )
                 )
-                unit_messages.append(
-                    pb.Transaction(
-                        id=message.id,
-                        legs=[convert.leg_to_proto(leg) for leg in legs],
-                        code=message.code,
-                        metadata=message.metadata,
-                        value_date=message.value_date,
-                    )
-                )
+                unit_messages.append(piece_message(message, legs))
                 reverses.append(item.target_id)
             if missing >= 0:
                 built.append(_not_found_in_unit(items[start:end], missing))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
@@ -10,7 +9,15 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from core import limits, store, validation
-from core.model import AccountSpec, AccountState, Rejection, Result, ResultCode, TransactionSpec
+from core.model import (
+    ATTEMPT_PATTERN,
+    AccountSpec,
+    AccountState,
+    Rejection,
+    Result,
+    ResultCode,
+    TransactionSpec,
+)
 from core.slots import SlotMap, account_slot, is_spread
 from shards import convert
 from shards.writer import QueueFullError, Writer, WriterUnavailableError
@@ -242,7 +249,6 @@ class LedgerService(pb_grpc.LedgerServicer):  # type: ignore[misc]
 # "~void/<piece>".
 _INTERNAL_PREFIXES = (EXPIRY_ID_PREFIX, "~commit/", "~void/")
 _ATTEMPT_PREFIXES = ("~piece/", "~abort/")
-_ATTEMPT = re.compile(r"[0-9a-f]{1,32}")
 
 
 def _transaction_id_problem(transaction_id: str, field: str) -> str:
@@ -252,7 +258,7 @@ def _transaction_id_problem(transaction_id: str, field: str) -> str:
     for prefix in _ATTEMPT_PREFIXES:
         if transaction_id.startswith(prefix):
             attempt, _, rest = transaction_id[len(prefix) :].partition("/")
-            if not _ATTEMPT.fullmatch(attempt):
+            if not ATTEMPT_PATTERN.fullmatch(attempt):
                 return f"{field} {transaction_id[:40]!r} names no attempt"
             return validation.id_problem(rest, field)
     return validation.id_problem(transaction_id, field)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -11,6 +10,7 @@ import grpc
 from core import failpoints, store, validation
 from core.model import (
     ATTEMPT_LENGTH_MAX,
+    ATTEMPT_PATTERN,
     SUCCESS_CODES,
     Kind,
     Rejection,
@@ -23,7 +23,7 @@ from core.model import (
     resolution_spec,
     reversal_mark_spec,
 )
-from core.state import transaction_differences
+from core.state import replay_result
 from shards import convert
 from shards.service import NodeView, route_check, submit_or_abort
 from tally.v1 import ledger_pb2 as pb
@@ -31,7 +31,6 @@ from tally.v1 import shard_pb2 as spb
 from tally.v1 import shard_pb2_grpc as spb_grpc
 
 READ_TIMEOUT_S = 10.0
-ATTEMPT_PATTERN = re.compile(f"[0-9a-f]{{1,{ATTEMPT_LENGTH_MAX}}}")
 MESSAGE_LENGTH_MAX = 256
 
 Context = Any  # grpc.aio.ServicerContext
@@ -185,16 +184,10 @@ def _decision(
         reason, message = ResultCode.REPLAYED, "committed by an earlier attempt"
         if item.HasField("piece"):
             asked = commit_piece(item.piece, item.attempt)
-            if isinstance(asked, TransactionSpec):
-                differences = [
-                    d for d in transaction_differences(recorded.spec, asked) if d != "target_id"
-                ]
-                if differences:
-                    reason = ResultCode.IDEMPOTENCY_CONFLICT
-                    message = (
-                        f"transaction {item.transaction_id!r} exists with a different "
-                        + ", ".join(differences)
-                    )
+            if isinstance(asked, TransactionSpec):  # the attempt's own marker is no difference
+                replay = replay_result(recorded, asked, ("target_id",))
+                if replay.code is ResultCode.IDEMPOTENCY_CONFLICT:
+                    reason, message = replay.code, replay.message
         return spb.Decision(reason=reason, message=message, timestamp_ns=recorded.timestamp_ns)
     if marker is not None:
         return spb.Decision(
