@@ -153,13 +153,14 @@ class Node:
     async def _join_cluster(self) -> None:
         host = self.config.listen.rsplit(":", 1)[0]
         endpoint = self.config.advertise or f"{host}:{self.port}"
-        connection = await control.connect(self.config.control_dsn)
-        try:
+
+        async def join(connection: Any) -> None:
             await control.prepare(connection)
             await control.register_shard(connection, self.config.shard_id, endpoint)
             await self._refresh_slot_map(connection)
-        finally:
-            await connection.close(timeout=5.0)
+
+        # The connection stays open for the slot-map polls that follow.
+        await self._control.use(join)
         if self.slot_map is None:
             raise RuntimeError("the control database has no slot map (run tally up / init)")
 
