@@ -81,6 +81,16 @@ class Kind(enum.IntEnum):
     # here) was reversed: id "~reversal/<target>", metadata (("reversal", <reversal id>),), no
     # legs. One per target, so a transaction is reversed at most once.
     REVERSAL_MARK = 9
+    # The coordinator's piece of a cross-shard hold (a PENDING whose legs span shards): its
+    # legs held, target_id the creating attempt's abort marker (its presence is the commit
+    # decision, as for COMMIT), timeout_seconds the client's. The hold's fate is decided here:
+    # the client's POST_PENDING / VOID_PENDING target it, or the shard's EXPIRY.
+    HOLD = 10
+    # A participant's record that a held cross-shard piece (target_id) now has another
+    # deadline: this record's expires_at_ns (0: none). No legs. Written when the hold a piece
+    # belongs to is committed (its deadline becomes the hold's expiry) and before its fate is
+    # decided (a short deadline, so that the participant asks if nobody tells it).
+    DEADLINE = 11
 
 
 class Status(enum.IntEnum):
@@ -270,6 +280,39 @@ class Posting(NamedTuple):
     credits_pending_after: int
 
 
+# Each currency's inter-shard clearing account: a spread account, one piece per shard.
+CLEARING_PREFIX = "@clearing/"
+
+
+def share_of_post(held: tuple[Leg, ...], post: tuple[Leg, ...]) -> tuple[Leg, ...]:
+    """What one shard posts of its piece of a cross-shard hold when the client posts `post`
+    (its legs over all shards; empty: the whole hold): the amounts of its own held keys
+    (account, side, currency) but the clearing legs, balanced per currency by a clearing leg.
+    The coordinator and every participant compute their share from their own piece."""
+    if not post:
+        return held
+    wanted: dict[tuple[str, bool, str], int] = {}
+    for leg in post:
+        key = (leg.account_id, leg.is_debit, leg.currency)
+        wanted[key] = wanted.get(key, 0) + leg.amount
+    share: list[Leg] = []
+    net: dict[str, int] = {}
+    seen: set[tuple[str, bool, str]] = set()
+    for leg in held:
+        key = (leg.account_id, leg.is_debit, leg.currency)
+        if key in seen or leg.account_id.startswith(CLEARING_PREFIX):
+            continue
+        seen.add(key)
+        amount = wanted.get(key, 0)
+        if amount:
+            share.append(Leg(leg.account_id, leg.is_debit, amount, leg.currency))
+            net[leg.currency] = net.get(leg.currency, 0) + (amount if leg.is_debit else -amount)
+    for currency, difference in sorted(net.items()):
+        if difference:
+            share.append(Leg(CLEARING_PREFIX + currency, difference < 0, abs(difference), currency))
+    return tuple(share)
+
+
 def expiry_transaction_id(pending_id: str) -> str:
     """The id of the record written when a hold expires. '~' is not allowed in client ids."""
     return "~expired/" + pending_id
@@ -411,6 +454,49 @@ def reversal_mark_spec(reversal_id: str, target_id: str, code: int) -> Transacti
 def attempt_of_commit(commit: TransactionSpec) -> str:
     """The attempt that a coordinator's COMMIT record committed (from its abort marker id)."""
     return commit.target_id.split("/", 2)[1]
+
+
+def deadline_spec(piece: str, expires_at_ns: int) -> TransactionSpec:
+    """Re-arms a held cross-shard piece's deadline (0: none). Idempotent by effect, not id:
+    the state machine records it as deadline_record_id(piece, its timestamp), or not at all if
+    the piece has that deadline already (a piece may return to an earlier deadline)."""
+    return TransactionSpec(
+        "~deadline/" + piece,
+        Kind.DEADLINE,
+        (),
+        1,
+        (("expires_at_ns", str(expires_at_ns)),),
+        "",
+        0,
+        piece,
+    )
+
+
+def deadline_record_id(piece: str, timestamp_ns: int) -> str:
+    return f"~deadline/{timestamp_ns}/{piece}"
+
+
+def deadline_of(spec: TransactionSpec) -> int:
+    return int(dict(spec.metadata)["expires_at_ns"])
+
+
+def hold_settlement_spec(
+    piece: str, kind: Kind, resolution_id_: str, legs: tuple[Leg, ...] = ()
+) -> TransactionSpec:
+    """A participant's piece of a cross-shard hold, settled as its coordinator decided: posted
+    (kind POST_PENDING, legs: the client's post legs, empty for the whole hold), voided or
+    expired. metadata names the client's resolution (the post's or void's id)."""
+    prefix = {Kind.POST_PENDING: "~commit/", Kind.VOID_PENDING: "~void/", Kind.EXPIRY: "~expired/"}
+    return TransactionSpec(
+        prefix[kind] + piece,
+        kind,
+        legs,
+        1,
+        (("resolution", resolution_id_),) if resolution_id_ else (),
+        "",
+        0,
+        piece,
+    )
 
 
 def resolution_id(transaction_id: str, commit: bool) -> str:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from core import limits
 from core.invariant import check, fail
 from core.model import (
+    CLEARING_PREFIX,
     SUCCESS_CODES,
     AccountSpec,
     AccountState,
@@ -27,6 +28,9 @@ from core.model import (
     Status,
     TransactionSpec,
     TransactionState,
+    deadline_of,
+    deadline_record_id,
+    share_of_post,
 )
 
 Item = AccountSpec | TransactionSpec | CloseSpec | Rejection
@@ -53,6 +57,8 @@ class WriteSet:
     changed_transactions: dict[str, TransactionState] = field(default_factory=dict)
     holds_opened: list[tuple[str, int]] = field(default_factory=list)
     holds_closed: list[str] = field(default_factory=list)
+    # Open holds given another deadline (cross-shard pieces: Kind.DEADLINE).
+    holds_rearmed: list[tuple[str, int]] = field(default_factory=list)
 
     @property
     def is_empty(self) -> bool:
@@ -79,6 +85,7 @@ class _Savepoint:
             len(out.closures),
             len(out.holds_opened),
             len(out.holds_closed),
+            len(out.holds_rearmed),
         )
         self.next_sequence = batch.next_sequence
         self.touched = (set(batch.touched_accounts), set(batch.touched_transactions))
@@ -195,9 +202,10 @@ class Batch:
         for transaction_id, state in savepoint.transactions.items():
             self.transactions[transaction_id] = state
         out = self.out
-        a, t, p, c, ho, hc = savepoint.lengths
+        a, t, p, c, ho, hc, hr = savepoint.lengths
         del out.new_accounts[a:], out.new_transactions[t:], out.postings[p:]
         del out.closures[c:], out.holds_opened[ho:], out.holds_closed[hc:]
+        del out.holds_rearmed[hr:]
         self.next_sequence = savepoint.next_sequence
         self.touched_accounts, self.touched_transactions = savepoint.touched
 
@@ -311,8 +319,10 @@ class Batch:
             return self._apply_new(spec, spec.legs, timestamp_ns)
         if kind is Kind.REVERSAL:
             return self._reverse(spec, timestamp_ns)
-        if kind is Kind.COMMIT:
+        if kind is Kind.COMMIT or kind is Kind.HOLD:
             return self._commit_piece(spec, timestamp_ns)
+        if kind is Kind.DEADLINE:
+            return self._set_deadline(spec, timestamp_ns)
         if kind is Kind.ABORT:
             return self._record_abort(spec, timestamp_ns)
         if kind is Kind.REVERSAL_MARK:
@@ -333,13 +343,36 @@ class Batch:
         committed = self._known_transaction(spec.target_id)
         if (
             committed is not None
-            and committed.spec.kind is Kind.COMMIT
+            and committed.spec.kind in (Kind.COMMIT, Kind.HOLD)
             and committed.spec.target_id == spec.id
         ):
             return Result(ResultCode.IDEMPOTENCY_CONFLICT, f"{spec.target_id!r} is committed")
         # Another attempt's commit, or an ordinary transaction under the same id here: this
         # attempt can never commit on this shard, so its abort is recorded.
         self._add_transaction(TransactionState(spec, (), timestamp_ns, Status.POSTED))
+        return Result(ResultCode.CREATED, "", timestamp_ns)
+
+    def _set_deadline(self, spec: TransactionSpec, timestamp_ns: int) -> Result:
+        """A held cross-shard piece gets another deadline (0: none)."""
+        piece = self._known_transaction(spec.target_id)
+        if piece is None or piece.spec.kind is not Kind.PREPARED:
+            return Result(
+                ResultCode.PENDING_NOT_FOUND, f"{spec.target_id!r} is not a cross-shard piece"
+            )
+        if piece.status is not Status.PENDING:
+            return Result(
+                ResultCode.PENDING_ALREADY_RESOLVED,
+                f"piece {spec.target_id!r} was resolved by {piece.resolved_by_id!r}",
+            )
+        expires_at_ns = deadline_of(spec)
+        if piece.expires_at_ns == expires_at_ns:
+            return Result(ResultCode.REPLAYED, "", timestamp_ns)
+        self._own_transaction(spec.target_id).expires_at_ns = expires_at_ns
+        self.out.holds_rearmed.append((spec.target_id, expires_at_ns))
+        record = spec._replace(id=deadline_record_id(spec.target_id, timestamp_ns))
+        self._add_transaction(
+            TransactionState(record, (), timestamp_ns, Status.POSTED, expires_at_ns)
+        )
         return Result(ResultCode.CREATED, "", timestamp_ns)
 
     def _mark_reversal(self, spec: TransactionSpec, timestamp_ns: int) -> Result:
@@ -364,7 +397,8 @@ class Batch:
         return Result(ResultCode.CREATED, "", timestamp_ns)
 
     def _apply_new(self, spec: TransactionSpec, legs: tuple[Leg, ...], timestamp_ns: int) -> Result:
-        pending = spec.kind is Kind.PENDING or spec.kind is Kind.PREPARED
+        kind = spec.kind
+        pending = kind is Kind.PENDING or kind is Kind.PREPARED or kind is Kind.HOLD
         rejection = self._check_legs(legs, pending)
         if rejection is not None:
             return rejection
@@ -511,9 +545,17 @@ class Batch:
         held = _sum_by_leg_key(pending.applied_legs)
         posted: dict[tuple[str, bool, str], int] = {}
         if spec.kind is Kind.POST_PENDING:
-            chosen = spec.legs or pending.applied_legs
+            # A piece of a cross-shard hold posts its share of the client's post (spec.legs
+            # name accounts of every shard), balanced by its clearing piece, whatever it held.
+            cross = pending.spec.kind is not Kind.PENDING
+            if cross:
+                chosen = share_of_post(pending.applied_legs, spec.legs)
+            else:
+                chosen = spec.legs or pending.applied_legs
             posted = _sum_by_leg_key(chosen)
             for key, amount in posted.items():
+                if cross and key[0].startswith(CLEARING_PREFIX):
+                    continue
                 if amount > held.get(key, 0):
                     return Result(
                         ResultCode.POST_EXCEEDS_PENDING,
@@ -525,9 +567,14 @@ class Batch:
         for (account_id, is_debit, _currency), amount in held.items():
             post_amount = posted.get((account_id, is_debit, _currency), 0)
             self._write_posting(spec.id, account_id, is_debit, post_amount, -amount, timestamp_ns)
+        for key, amount in posted.items():
+            if key not in held and amount:  # a clearing leg a cross-shard piece did not hold
+                self._write_posting(spec.id, key[0], key[1], amount, 0, timestamp_ns)
         applied = tuple(
             Leg(account_id, is_debit, amount, currency)
-            for (account_id, is_debit, currency), amount in (posted or held).items()
+            for (account_id, is_debit, currency), amount in (
+                posted if spec.kind is Kind.POST_PENDING else held
+            ).items()
             if amount
         )
         self._close_hold(pending, spec, timestamp_ns)
@@ -571,6 +618,8 @@ class Batch:
             Kind.PREPARED,
             Kind.COMMIT,
             Kind.ABORT,
+            Kind.HOLD,
+            Kind.DEADLINE,
         ):
             return Result(
                 ResultCode.NOT_REVERSIBLE,
@@ -643,7 +692,7 @@ def _resolution_problem(
     pending: TransactionState | None, spec: TransactionSpec, timestamp_ns: int
 ) -> Result | None:
     field = "void_pending_id" if spec.kind is Kind.VOID_PENDING else "post_pending_id"
-    if pending is None or pending.spec.kind not in (Kind.PENDING, Kind.PREPARED):
+    if pending is None or pending.spec.kind not in (Kind.PENDING, Kind.PREPARED, Kind.HOLD):
         return Result(
             ResultCode.PENDING_NOT_FOUND, f"{field} {spec.target_id!r} is not a pending transaction"
         )
@@ -655,7 +704,7 @@ def _resolution_problem(
             f"hold {spec.target_id!r} was resolved by {pending.resolved_by_id!r}",
         )
     if (
-        pending.spec.kind is Kind.PENDING  # a prepared piece's deadline is not an expiry
+        pending.spec.kind is not Kind.PREPARED  # a prepared piece's deadline is not an expiry
         and spec.kind is not Kind.EXPIRY
         and pending.expires_at_ns
         and timestamp_ns >= pending.expires_at_ns

@@ -320,15 +320,17 @@ async def _write_transactions(
     await connection.execute(
         """
         UPDATE transactions AS t SET
-            status = u.status, resolved_by_id = u.resolved, reversed_by_id = u.reversed
-        FROM unnest($1::text[], $2::smallint[], $3::text[], $4::text[])
-            AS u(id, status, resolved, reversed)
+            status = u.status, resolved_by_id = u.resolved, reversed_by_id = u.reversed,
+            expires_at_ns = u.expires
+        FROM unnest($1::text[], $2::smallint[], $3::text[], $4::text[], $5::bigint[])
+            AS u(id, status, resolved, reversed, expires)
         WHERE t.id = u.id
         """,
         [s.spec.id for s in changed],
         [int(s.status) for s in changed],
         [s.resolved_by_id for s in changed],
         [s.reversed_by_id for s in changed],
+        [s.expires_at_ns for s in changed],
         timeout=timeout_s,
     )
 
@@ -351,6 +353,19 @@ async def _write_holds(connection: Connection, writes: WriteSet, timeout_s: floa
     if writes.holds_opened:
         await connection.copy_records_to_table(
             "holds", records=writes.holds_opened, timeout=timeout_s
+        )
+    if writes.holds_rearmed:
+        # In order: a batch may re-arm a piece twice; the last deadline wins.
+        final = dict(writes.holds_rearmed)
+        await connection.execute(
+            """
+            UPDATE holds AS h SET expires_at_ns = u.expires
+            FROM unnest($1::text[], $2::bigint[]) AS u(id, expires)
+            WHERE h.transaction_id = u.id
+            """,
+            list(final),
+            list(final.values()),
+            timeout=timeout_s,
         )
     if writes.holds_closed:
         await connection.execute(
@@ -404,12 +419,12 @@ async def expired_holds(
     rows = await connection.fetch(
         """
         SELECT h.transaction_id FROM holds h JOIN transactions t ON t.id = h.transaction_id
-        WHERE h.expires_at_ns > 0 AND h.expires_at_ns <= $1 AND t.kind = $3
+        WHERE h.expires_at_ns > 0 AND h.expires_at_ns <= $1 AND t.kind = ANY($3::smallint[])
         ORDER BY h.expires_at_ns LIMIT $2
         """,
         now_ns,
         limit,
-        int(Kind.PENDING),
+        [int(Kind.PENDING), int(Kind.HOLD)],
         timeout=timeout_s,
     )
     return [row["transaction_id"] for row in rows]

@@ -113,6 +113,10 @@ def account_to_proto(account: AccountState) -> pb.AccountRecord:
     )
 
 
+def leg_from_proto(leg: pb.Leg) -> Leg:
+    return Leg(leg.account_id, leg.side == pb.SIDE_DEBIT, leg.amount, leg.currency)
+
+
 def leg_to_proto(leg: Leg) -> pb.Leg:
     return pb.Leg(
         account_id=leg.account_id,
@@ -129,7 +133,7 @@ def transaction_spec_to_proto(spec: TransactionSpec) -> pb.Transaction:
         code=spec.code,
         metadata=dict(spec.metadata),
         value_date=spec.value_date,
-        pending=spec.kind in (Kind.PENDING, Kind.PREPARED),
+        pending=spec.kind in (Kind.PENDING, Kind.PREPARED, Kind.HOLD),
         timeout_seconds=spec.timeout_seconds,
     )
     if spec.kind is Kind.POST_PENDING:
@@ -161,9 +165,9 @@ def transaction_to_proto(state: TransactionState) -> pb.TransactionRecord:
         applied_legs=[leg_to_proto(leg) for leg in state.applied_legs],
     )
     kind = state.spec.kind
-    if kind is Kind.COMMIT or kind is Kind.PREPARED:
+    if kind is Kind.COMMIT or kind is Kind.PREPARED or kind is Kind.HOLD:
         record.cross_shard_piece.SetInParent()
-    if kind is Kind.COMMIT:
+    if kind is Kind.COMMIT or kind is Kind.HOLD:
         record.cross_shard_piece.coordinator = True
         record.cross_shard_piece.attempt = attempt_of_commit(state.spec)
     elif kind is Kind.PREPARED:

@@ -26,8 +26,21 @@ from typing import Any
 import grpc
 
 from core import failpoints
-from core.model import Leg, ResultCode, TransactionSpec, resolution_spec, split_piece_id
+from core.model import (
+    CLEARING_PREFIX,
+    Kind,
+    Leg,
+    ResultCode,
+    Status,
+    TransactionSpec,
+    TransactionState,
+    deadline_spec,
+    hold_settlement_spec,
+    resolution_spec,
+    split_piece_id,
+)
 from core.slots import SlotMap, is_spread
+from shards import convert
 from tally.v1 import ledger_pb2 as pb
 from tally.v1 import shard_pb2 as spb
 from tally.v1 import shard_pb2_grpc as spb_grpc
@@ -44,9 +57,6 @@ CALL_TIMEOUT_S = 30.0
 _ATTEMPT_PREFIX = secrets.token_hex(6)
 _attempt_numbers = itertools.count(1)
 OK_CODES = (pb.RESULT_CODE_CREATED, pb.RESULT_CODE_REPLAYED)
-
-
-CLEARING_PREFIX = "@clearing/"
 
 
 def clearing_account(currency: str) -> str:
@@ -114,6 +124,8 @@ def piece_message(
         metadata=message.metadata,
         value_date=message.value_date,
         linked=linked,
+        pending=message.pending,
+        timeout_seconds=message.timeout_seconds,
     )
 
 
@@ -193,14 +205,69 @@ class Unit:
     def coordinator_piece(self, k: int) -> pb.Transaction:
         return piece_message(self.messages[k], self.pieces[k].get(self.coordinator, []))
 
-    def resolves(self, resolves: dict[int, list[spb.ResolveItem]], k: int, commit: bool) -> None:
-        transaction_id = self.messages[k].id
+    def resolves(self, outcome: Outcome, k: int, commit: bool, timestamp_ns: int = 0) -> None:
+        """What the participants of transaction k must hear: post or void their pieces; for a
+        committed hold, keep them held until the hold's expiry (its coordinator timestamp)."""
+        message = self.messages[k]
         for shard in self.pieces[k]:
-            if shard != self.coordinator:
-                item = spb.ResolveItem(
-                    transaction_id=transaction_id, commit=commit, attempt=self.attempt
+            if shard == self.coordinator:
+                continue
+            if commit and message.pending:
+                timeout_ns = message.timeout_seconds * 1_000_000_000
+                outcome.settles.setdefault(shard, []).append(
+                    spb.SettleHoldItem(
+                        transaction_id=message.id,
+                        attempt=self.attempt,
+                        fate=spb.HOLD_FATE_OPEN,
+                        deadline_ns=timestamp_ns + timeout_ns if timeout_ns else 0,
+                    )
                 )
-                resolves.setdefault(shard, []).append(item)
+                continue
+            item = spb.ResolveItem(transaction_id=message.id, commit=commit, attempt=self.attempt)
+            outcome.resolves.setdefault(shard, []).append(item)
+
+
+class Outcome:
+    """What participants must hear once units are decided, per shard."""
+
+    __slots__ = ("resolves", "settles")
+
+    def __init__(self) -> None:
+        self.resolves: dict[int, list[spb.ResolveItem]] = {}
+        self.settles: dict[int, list[spb.SettleHoldItem]] = {}
+
+
+class HoldResolution:
+    """A client's post or void of a committed cross-shard hold."""
+
+    __slots__ = ("attempt", "coordinator", "expires_at_ns", "message", "participants", "post")
+
+    def __init__(
+        self,
+        message: pb.Transaction,
+        coordinator: int,
+        attempt: str,
+        participants: Sequence[int],
+        expires_at_ns: int,
+    ) -> None:
+        self.message = message
+        self.post = bool(message.post_pending_id)
+        self.coordinator = coordinator
+        self.attempt = attempt
+        self.participants = list(participants)
+        self.expires_at_ns = expires_at_ns
+
+    @property
+    def hold_id(self) -> str:
+        return str(self.message.post_pending_id or self.message.void_pending_id)
+
+    def settle(self, fate: int, deadline_ns: int = 0) -> spb.SettleHoldItem:
+        item = spb.SettleHoldItem(
+            transaction_id=self.hold_id, attempt=self.attempt, fate=fate, deadline_ns=deadline_ns
+        )
+        if fate != spb.HOLD_FATE_OPEN:
+            item.resolution.CopyFrom(self.message)
+        return item
 
 
 class Driver:
@@ -252,22 +319,22 @@ class Driver:
                 results[u] = verdict  # retryable: nothing recorded, the holds wait for a retry
             else:
                 to_abort.append((u, verdict))
-        resolves: dict[int, list[spb.ResolveItem]] = {}
+        outcome = Outcome()
         committed = await self._gather("Commit", units, to_commit, participants=False)
         for u, answers in zip(to_commit, committed, strict=True):
             verdict = units[u].judge(answers)
             if verdict is None:
                 results[u] = [a[0] for a in answers]
                 for k in range(len(answers)):
-                    units[u].resolves(resolves, k, commit=True)
+                    units[u].resolves(outcome, k, True, answers[k][0].timestamp_ns)
             elif verdict[0].code == pb.RESULT_CODE_UNAVAILABLE:
                 results[u] = verdict
             else:
                 to_abort.append((u, verdict))
-        if failpoints.ARMED and resolves:  # some unit committed; no participant knows yet
+        if failpoints.ARMED and to_commit:  # some unit committed; no participant knows yet
             await failpoints.hit("gateway.after_commit")
-        await self._abort(units, to_abort, results, resolves)
-        await self._resolve(resolves)
+        await self._abort(units, to_abort, results, outcome)
+        await self._tell(outcome)
         return [
             r if r is not None else [pb.ItemResult()] * len(units[u].messages)
             for u, r in enumerate(results)
@@ -325,7 +392,7 @@ class Driver:
         units: Sequence[Unit],
         chosen: list[tuple[int, list[pb.ItemResult]]],
         results: list[list[pb.ItemResult] | None],
-        resolves: dict[int, list[spb.ResolveItem]],
+        outcome: Outcome,
     ) -> None:
         """Record abort at the coordinators (unless committed) for every transaction of the
         chosen units, and take the decisions recorded."""
@@ -360,7 +427,7 @@ class Driver:
                     unit_results[k] = _unavailable(decisions)
                     continue
                 decision = decisions[position]
-                units[u].resolves(resolves, k, commit=decision.committed)
+                units[u].resolves(outcome, k, decision.committed, decision.timestamp_ns)
                 if decision.committed or decision.reason == pb.RESULT_CODE_REPLAYED:
                     # Committed all the same (the Commit answer was lost), or by an earlier
                     # attempt of the same transaction: this is its replay.
@@ -371,12 +438,75 @@ class Driver:
                     message = decision.message or why.message
                     unit_results[k] = pb.ItemResult(code=decision.reason, message=message)
 
-    async def _resolve(self, resolves: dict[int, list[spb.ResolveItem]]) -> None:
-        requests = {s: spb.ResolveRequest(items=items) for s, items in resolves.items()}
-        for shard, answer in (await self._per_shard("Resolve", requests, "results")).items():
-            if isinstance(answer, grpc.aio.AioRpcError):
-                # The participant settles its pieces itself at their deadline.
-                log.warning("resolving on shard %d failed: %s", shard, answer.code().name)
+    async def _tell(self, outcome: Outcome) -> None:
+        """Resolve and settle at the participants. A participant that does not hear settles
+        its pieces itself at their deadline, asking the coordinator."""
+        resolves = {s: spb.ResolveRequest(items=i) for s, i in outcome.resolves.items()}
+        settles = {s: spb.SettleHoldsRequest(items=i) for s, i in outcome.settles.items()}
+        told = await asyncio.gather(
+            self._per_shard("Resolve", resolves, "results"),
+            self._per_shard("SettleHolds", settles, "results"),
+        )
+        for method, answers in zip(("Resolve", "SettleHolds"), told, strict=True):
+            for shard, answer in answers.items():
+                if isinstance(answer, grpc.aio.AioRpcError):
+                    log.warning("%s on shard %d failed: %s", method, shard, answer.code().name)
+
+    async def decide_holds(self, resolutions: Sequence[HoldResolution]) -> list[pb.ItemResult]:
+        """Posts and voids of cross-shard holds: the participants' pieces get a short deadline,
+        the coordinators decide, the participants settle as decided. Each one's result."""
+        now_ns = time.time_ns()
+        deadline_ns = now_ns + PREPARE_DEADLINE_S * 1_000_000_000
+        rearm: dict[int, list[tuple[int, spb.SettleHoldItem]]] = {}
+        for n, hold in enumerate(resolutions):
+            for shard in hold.participants:
+                deadline = deadline_ns
+                if hold.expires_at_ns:  # the hold's own expiry, if sooner, makes them ask
+                    deadline = min(deadline, hold.expires_at_ns)
+                rearm.setdefault(shard, []).append((n, hold.settle(spb.HOLD_FATE_OPEN, deadline)))
+        results: list[pb.ItemResult | None] = [None] * len(resolutions)
+        requests = {
+            shard: spb.SettleHoldsRequest(items=[item for _, item in items])
+            for shard, items in rearm.items()
+        }
+        for shard, answers in (await self._per_shard("SettleHolds", requests, "results")).items():
+            if isinstance(answers, grpc.aio.AioRpcError):
+                for n, _ in rearm[shard]:
+                    results[n] = _unavailable(answers)
+        decide: dict[int, list[int]] = {}
+        for n, hold in enumerate(resolutions):
+            if results[n] is None:
+                decide.setdefault(hold.coordinator, []).append(n)
+        half_ns = PREPARE_DEADLINE_S * 500_000_000
+        decided = await self._per_shard(
+            "DecideHolds",
+            {
+                shard: spb.DecideHoldsRequest(
+                    items=[
+                        spb.DecideHoldItem(
+                            resolution=resolutions[n].message, decide_before_ns=now_ns + half_ns
+                        )
+                        for n in chosen
+                    ]
+                )
+                for shard, chosen in decide.items()
+            },
+            "results",
+        )
+        if failpoints.ARMED and decided:  # the fates are durable; no participant knows yet
+            await failpoints.hit("gateway.after_hold_decided")
+        outcome = Outcome()
+        for shard, chosen in decide.items():
+            for position, n in enumerate(chosen):
+                result = _answer(decided[shard], position)
+                results[n] = result
+                if result.code in OK_CODES:
+                    hold = resolutions[n]
+                    fate = spb.HOLD_FATE_POSTED if hold.post else spb.HOLD_FATE_VOIDED
+                    for participant in hold.participants:
+                        outcome.settles.setdefault(participant, []).append(hold.settle(fate))
+        await self._tell(outcome)
+        return [r if r is not None else pb.ItemResult() for r in results]
 
 
 def _answer(answers: list[Any] | grpc.aio.AioRpcError, position: int) -> pb.ItemResult:
@@ -437,11 +567,25 @@ async def _settle_with(
                 decided.append((piece, decision))
     if not decided:
         return
-    resolutions = [resolution_spec(piece, d.committed) for piece, d in decided]
+    resolutions = [
+        _hold_settlement(piece, d.hold)
+        if d.committed and d.HasField("hold")
+        else resolution_spec(piece, d.committed)
+        for piece, d in decided
+    ]
     results = await writer.submit(resolutions)
     for (piece, _), result in zip(decided, results, strict=True):
         if result.code not in (ResultCode.CREATED, ResultCode.REPLAYED):
             log.warning("settling %s: %s %s", piece, result.code.name, result.message)
+
+
+def _hold_settlement(piece: str, hold: spb.HoldState) -> TransactionSpec:
+    """A committed hold's piece: kept until the hold's expiry while it is open, else settled
+    as its coordinator decided."""
+    spec = settlement_spec(piece, hold.fate, hold.expires_at_ns, hold.resolution)
+    if spec is None:
+        raise ValueError(f"coordinator answered {piece} with an unusable hold state {hold}")
+    return spec
 
 
 async def _ask(stub: spb_grpc.ShardStub, pieces: list[str]) -> Any:
@@ -459,3 +603,40 @@ async def _ask(stub: spb_grpc.ShardStub, pieces: list[str]) -> Any:
         )
     response = await stub.Abort(spb.AbortRequest(items=items), timeout=CALL_TIMEOUT_S)
     return response.decisions
+
+
+# ---- holds whose legs span shards ----
+
+_RESOLVED_FATES = {
+    Status.PENDING_POSTED: spb.HOLD_FATE_POSTED,
+    Status.PENDING_VOIDED: spb.HOLD_FATE_VOIDED,
+    Status.PENDING_EXPIRED: spb.HOLD_FATE_EXPIRED,
+}
+
+
+def hold_state(hold: TransactionState, resolution: TransactionState | None) -> spb.HoldState:
+    """A cross-shard hold's state at its coordinator, with the post or void that resolved it."""
+    if hold.status is Status.PENDING:
+        return spb.HoldState(fate=spb.HOLD_FATE_OPEN, expires_at_ns=hold.expires_at_ns)
+    state = spb.HoldState(fate=_RESOLVED_FATES[hold.status])
+    if resolution is not None and resolution.spec.kind is not Kind.EXPIRY:
+        state.resolution.CopyFrom(convert.transaction_spec_to_proto(resolution.spec))
+    return state
+
+
+def settlement_spec(
+    piece: str, fate: int, deadline_ns: int, resolution: pb.Transaction
+) -> TransactionSpec | None:
+    """The record that settles a participant's piece of a cross-shard hold as decided."""
+    if fate == spb.HOLD_FATE_OPEN:
+        return deadline_spec(piece, deadline_ns) if deadline_ns >= 0 else None
+    if fate == spb.HOLD_FATE_EXPIRED:
+        return hold_settlement_spec(piece, Kind.EXPIRY, "")
+    if not resolution.id:
+        return None
+    if fate == spb.HOLD_FATE_VOIDED:
+        return hold_settlement_spec(piece, Kind.VOID_PENDING, resolution.id)
+    if fate == spb.HOLD_FATE_POSTED:
+        legs = tuple(convert.leg_from_proto(leg) for leg in resolution.legs)
+        return hold_settlement_spec(piece, Kind.POST_PENDING, resolution.id, legs)
+    return None

@@ -11,6 +11,7 @@ import grpc
 
 from core import validation
 from core.model import (
+    CLEARING_PREFIX,
     AccountSpec,
     CloseSpec,
     Kind,
@@ -23,7 +24,7 @@ from core.model import (
 )
 from core.slots import SlotMap, is_spread
 from shards import convert, routing
-from shards.crossshard import CLEARING_PREFIX, Unit, piece_message
+from shards.crossshard import HoldResolution, Unit, piece_message
 from shards.gateway import Cluster, merge_piece_results, spread_or_owner
 from shards.service import abort, check_batch_size
 from tally.v1 import ledger_pb2 as pb
@@ -74,19 +75,27 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
             plan: dict[int, list[tuple[int, int]]] = {}
             crossing: list[tuple[int, int]] = []
             reversals: list[tuple[int, int]] = []
+            hold_fates: list[int] = []
             unsupported = []
             reversing = any(s.kind is Kind.REVERSAL for s in specs)
+            resolving = any(s.kind in _RESOLUTIONS for s in specs)
             for start, end in todo:
                 unit = [i for i in items[start:end] if isinstance(i, TransactionSpec)]
                 reverses_cross = reversing and any(self._reverses_cross_shard(i) for i in unit)
                 shards = routing.unit_shards(unit, slot_map, located)
-                if len(shards) == 1 and not reverses_cross:
+                if resolving and any(self._resolves_cross_shard(i) for i in unit):
+                    # The post or void of a cross-shard hold, decided at its coordinator.
+                    if end - start == 1:
+                        hold_fates.append(start)
+                    else:
+                        unsupported.append((start, sorted(shards)))
+                elif len(shards) == 1 and not reverses_cross:
                     shard = shards.pop()
                     plan.setdefault(shard, []).append((start, end))
                     # A later item of this request may post, void or reverse one of these.
                     for item in unit:
                         located[item.id] = shard
-                elif all(item.kind is Kind.ORDINARY for item in unit):
+                elif all(item.kind is Kind.ORDINARY or item.kind is Kind.PENDING for item in unit):
                     crossing.append((start, end))
                 elif all(
                     item.kind is Kind.ORDINARY
@@ -110,7 +119,7 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
             if unsupported and attempt == 0:
                 await _refuse_cross_shard(context, unsupported)
             # On a later round, a unit the new map spreads over shards keeps its WRONG_SHARD.
-            sent, _ = await asyncio.gather(
+            sent, _, _ = await asyncio.gather(
                 self._send_units(messages, plan, results, self._post_shard),
                 self._cross_shard(
                     messages,
@@ -120,11 +129,88 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
                     results,
                     slot_map,
                 ),
+                self._decide_holds(messages, items, hold_fates, results),
             )
             todo = sent
 
     def _reverses_cross_shard(self, item: TransactionSpec) -> bool:
         return item.kind is Kind.REVERSAL and self._cluster.is_cross_shard(item.target_id)
+
+    def _resolves_cross_shard(self, item: TransactionSpec) -> bool:
+        return item.kind in _RESOLUTIONS and self._cluster.is_cross_shard(item.target_id)
+
+    async def _decide_holds(
+        self,
+        messages: list[pb.Transaction],
+        items: list[TransactionSpec | Rejection],
+        starts: list[int],
+        results: list[pb.ItemResult | None],
+    ) -> None:
+        """Posts and voids of cross-shard holds: checked against the whole hold (its legs
+        never change), decided at its coordinator, then settled by its participants."""
+        if not starts:
+            return
+        targets = [item.target_id for n in starts if isinstance(item := items[n], TransactionSpec)]
+        holds = await self._read_holds(list(dict.fromkeys(targets)))
+        chosen: list[tuple[int, HoldResolution]] = []
+        for n in starts:
+            item = items[n]
+            assert isinstance(item, TransactionSpec)
+            found = holds.get(item.target_id)
+            if found is None:
+                field = "post_pending_id" if item.kind is Kind.POST_PENDING else "void_pending_id"
+                results[n] = convert.result_to_proto(
+                    Result(
+                        ResultCode.PENDING_NOT_FOUND,
+                        f"{field} {item.target_id!r} is not a pending transaction",
+                    )
+                )
+                continue
+            coordinator, record, pieces = found
+            if record.status == pb.TRANSACTION_STATUS_PENDING and item.legs:
+                excess = _post_excess(item.legs, record, [piece for _, piece in pieces])
+                if excess is not None:
+                    results[n] = convert.result_to_proto(excess)
+                    continue
+            resolution = HoldResolution(
+                messages[n],
+                coordinator,
+                record.cross_shard_piece.attempt,
+                sorted({shard for shard, _ in pieces}),
+                record.expires_at_ns,
+            )
+            chosen.append((n, resolution))
+        if not chosen:
+            return
+        started = time.perf_counter()
+        answers = await self._cluster.driver().decide_holds([r for _, r in chosen])
+        self._cluster.metrics.cross_shard_executed(
+            [[a] for a in answers], time.perf_counter() - started
+        )
+        for (n, _), answer in zip(chosen, answers, strict=True):
+            results[n] = answer
+
+    async def _read_holds(
+        self, ids: list[str]
+    ) -> dict[str, tuple[int, pb.TransactionRecord, list[tuple[int, pb.TransactionRecord]]]]:
+        """Committed cross-shard holds among ids: their coordinator, its record, and their
+        participants' pieces (shard, record)."""
+        lookups, participants = await self._lookup_with_pieces(ids)
+        holds = {}
+        for transaction_id, found in zip(ids, lookups, strict=True):
+            for shard_id, lookup in found:
+                if (
+                    lookup.code == pb.RESULT_CODE_OK
+                    and lookup.transaction.cross_shard_piece.coordinator
+                    and lookup.transaction.transaction.pending
+                ):
+                    pieces = [
+                        (shard, piece.transaction)
+                        for shard, piece in participants.get(transaction_id, [])
+                        if piece.code == pb.RESULT_CODE_OK
+                    ]
+                    holds[transaction_id] = (shard_id, lookup.transaction, pieces)
+        return holds
 
     async def _cross_shard(
         self,
@@ -400,10 +486,38 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
         except grpc.aio.AioRpcError as error:
             await _shard_failed(context, error)
         results = [
-            _one_transaction(t, [lookup for _, lookup in found], participants.get(t, []))
+            _one_transaction(
+                t, [lookup for _, lookup in found], [p for _, p in participants.get(t, [])]
+            )
             for t, found in zip(ids, lookups, strict=True)
         ]
+        await self._complete_hold_posts(results)
         return pb.GetTransactionsResponse(results=results)
+
+    async def _complete_hold_posts(self, results: list[pb.TransactionLookup]) -> None:
+        """A post of a cross-shard hold is recorded at the hold's coordinator, whose record
+        holds what that shard posted; the client reads what the post posted in all: its
+        legs, or for a post of the whole hold, the hold's legs."""
+        whole_posts = []
+        for lookup in results:
+            record = lookup.transaction
+            if lookup.code == pb.RESULT_CODE_OK and any(
+                leg.account_id.startswith(CLEARING_PREFIX) for leg in record.applied_legs
+            ):
+                del record.applied_legs[:]
+                record.applied_legs.extend(record.transaction.legs)
+                if not record.transaction.legs:
+                    whole_posts.append(record)
+        if whole_posts:
+            holds = await self._read_holds(
+                list({r.transaction.post_pending_id for r in whole_posts})
+            )
+            for record in whole_posts:
+                found = holds.get(record.transaction.post_pending_id)
+                if found is not None:
+                    _, hold, pieces = found
+                    merged = _merge_pieces(hold, [piece for _, piece in pieces])
+                    record.applied_legs.extend(merged.applied_legs)
 
     async def _read_committed(self, ids: list[str]) -> dict[str, tuple[int, pb.TransactionRecord]]:
         """Committed cross-shard transactions among ids: their coordinator shard and their
@@ -417,16 +531,21 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
                     and lookup.transaction.cross_shard_piece.coordinator
                 ):
                     merged = _one_transaction(
-                        transaction_id, [lookup], participants.get(transaction_id, [])
+                        transaction_id,
+                        [lookup],
+                        [p for _, p in participants.get(transaction_id, [])],
                     )
                     committed[transaction_id] = (shard_id, merged.transaction)
         return committed
 
     async def _lookup_with_pieces(
         self, ids: list[str]
-    ) -> tuple[list[list[tuple[int, pb.TransactionLookup]]], dict[str, list[pb.TransactionLookup]]]:
+    ) -> tuple[
+        list[list[tuple[int, pb.TransactionLookup]]],
+        dict[str, list[tuple[int, pb.TransactionLookup]]],
+    ]:
         """Each id's (shard, lookup) on every shard, and for a committed cross-shard
-        transaction, the lookups of its committed attempt's participant pieces."""
+        transaction, the (shard, lookup) of its committed attempt's participant pieces."""
         lookups = await self._lookup_everywhere(ids)
         wanted = {}
         for transaction_id, found in zip(ids, lookups, strict=True):
@@ -435,10 +554,7 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
                 if lookup.code == pb.RESULT_CODE_OK and piece.coordinator:
                     wanted[transaction_id] = piece_id(transaction_id, piece.attempt)
         pieces = await self._lookup_everywhere(list(wanted.values()))
-        participants = {
-            transaction_id: [lookup for _, lookup in found]
-            for transaction_id, found in zip(wanted, pieces, strict=True)
-        }
+        participants = dict(zip(wanted, pieces, strict=True))
         return lookups, participants
 
     async def _lookup_everywhere(
@@ -513,6 +629,8 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
             await abort(context, error.code(), error.details() or "")
 
 
+_RESOLUTIONS = (Kind.POST_PENDING, Kind.VOID_PENDING)
+
 CLEARING_RESERVED = (
     f"accounts under {CLEARING_PREFIX} are the cluster's own inter-shard clearing accounts; "
     "clients cannot post to, create or close them"
@@ -580,9 +698,14 @@ def _merge_pieces(
             code=client.code,
             metadata=client.metadata,
             value_date=client.value_date,
+            pending=client.pending,
+            timeout_seconds=client.timeout_seconds,
         ),
         timestamp_ns=coordinator.timestamp_ns,
-        status=pb.TRANSACTION_STATUS_POSTED,
+        # A hold's fate is its coordinator's record's.
+        status=coordinator.status,
+        expires_at_ns=coordinator.expires_at_ns,
+        resolved_by_id=coordinator.resolved_by_id,
         applied_legs=legs,
         reversed_by_id=coordinator.reversed_by_id,
     )
@@ -602,11 +725,34 @@ async def _refuse_cross_shard(context: Context, crossing: list[tuple[int, list[i
     await abort(
         context,
         grpc.StatusCode.FAILED_PRECONDITION,
-        f"{described}: holds and their post or void across shards, and a linked group "
-        "reversing cross-shard transactions committed at different shards, are not available "
-        "in this version (cross-shard transactions, linked groups of them and their reversals "
-        "are); nothing in this request was applied",
+        f"{described}: a linked group holding the post or void of a cross-shard hold, or "
+        "reversing cross-shard transactions committed at different shards, is not available "
+        "in this version (each on its own is, as are linked groups of cross-shard transfers "
+        "and holds); nothing in this request was applied",
     )
+
+
+def _post_excess(
+    legs: Sequence[Leg], hold: pb.TransactionRecord, pieces: Sequence[pb.TransactionRecord]
+) -> Result | None:
+    """A post naming more than the whole hold holds on some account and side (as one shard
+    answers: POST_EXCEEDS_PENDING)."""
+    held: dict[tuple[str, bool, str], int] = {}
+    for record in (hold, *pieces):
+        for leg in record.applied_legs:
+            key = (leg.account_id, leg.side == pb.SIDE_DEBIT, leg.currency)
+            held[key] = held.get(key, 0) + leg.amount
+    posted: dict[tuple[str, bool, str], int] = {}
+    for leg in legs:
+        key = (leg.account_id, leg.is_debit, leg.currency)
+        posted[key] = posted.get(key, 0) + leg.amount
+    for key, amount in posted.items():
+        if amount > held.get(key, 0):
+            return Result(
+                ResultCode.POST_EXCEEDS_PENDING,
+                f"posting {amount} to {key[0]!r} but {held.get(key, 0)} is held there",
+            )
+    return None
 
 
 def _not_found_in_unit(unit: Sequence[Any], missing: int) -> list[pb.ItemResult]:

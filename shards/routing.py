@@ -44,8 +44,9 @@ def local_failure(unit_items: Sequence[Any]) -> list[Result] | None:
 
 
 def targets(unit_items: Sequence[TransactionSpec]) -> list[str]:
-    """Transaction ids whose shard must be known: those of post/void/reversal items."""
-    return [item.target_id for item in unit_items if item.target_id and not item.legs]
+    """Transaction ids whose shard must be known: those of post/void/reversal items (a
+    partial post names its legs, but goes where its hold is)."""
+    return [item.target_id for item in unit_items if item.target_id]
 
 
 def unit_shards(
@@ -55,12 +56,12 @@ def unit_shards(
     legs only goes to the shard of its first transaction id's partition key."""
     shards: set[int] = set()
     for item in unit_items:
-        if item.legs:
+        if item.target_id in located:
+            shards.add(located[item.target_id])
+        elif item.legs:
             for leg in item.legs:
                 if not is_spread(leg.account_id):
                     shards.add(slot_map.shard_of_account(leg.account_id))
-        elif item.target_id in located:
-            shards.add(located[item.target_id])
         else:
             shards.add(slot_map.shard_of_key(partition_key(item.target_id)))
     if not shards:

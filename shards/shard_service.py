@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -16,6 +17,7 @@ from core.model import (
     Rejection,
     Result,
     ResultCode,
+    Status,
     TransactionSpec,
     TransactionState,
     abort_marker_id,
@@ -25,6 +27,7 @@ from core.model import (
 )
 from core.state import replay_result
 from shards import convert
+from shards.crossshard import hold_state, settlement_spec
 from shards.service import NodeView, route_check, submit_or_abort
 from tally.v1 import ledger_pb2 as pb
 from tally.v1 import shard_pb2 as spb
@@ -62,22 +65,25 @@ def commit_piece(message: pb.Transaction, attempt: str) -> Any:
     commit. Without legs (a transaction of a linked group with none on this shard) it records
     only the decision."""
     marker_id = abort_marker_id(message.id, attempt)
+    # A hold's piece here is the hold record (its legs held, expiring as the client asked).
+    kind = Kind.HOLD if message.pending else Kind.COMMIT
+    timeout_seconds = message.timeout_seconds if message.pending else 0
     if message.legs:
         spec = convert.transaction_from_proto(message)
         if isinstance(spec, Rejection):
             return spec
-        return spec._replace(kind=Kind.COMMIT, target_id=marker_id, timeout_seconds=0)
+        return spec._replace(kind=kind, target_id=marker_id, timeout_seconds=timeout_seconds)
     problem = validation.id_problem(message.id, "id")
     if problem:
         return Rejection(ResultCode.INVALID_ID, problem, message.linked)
     return TransactionSpec(
         message.id,
-        Kind.COMMIT,
+        kind,
         (),
         message.code,
         validation.canonical_metadata(message.metadata),
         message.value_date,
-        0,
+        timeout_seconds,
         marker_id,
         message.linked,
     )
@@ -154,13 +160,103 @@ class ShardService(spb_grpc.ShardServicer):  # type: ignore[misc]
         await self._submit(context, items)
         wanted = [i.transaction_id for i in request.items] + [i.id for i in items]
         found = await store.load_transactions(self._node.read_pool, wanted, READ_TIMEOUT_S)
+        holds = await self._hold_states(context, request.items, found)
         decisions = []
         for item, marker_item in zip(request.items, items, strict=True):
             decision = _decision(item, found.get(item.transaction_id), found.get(marker_item.id))
             if decision is None:  # the write failed (retryable): no decision to report yet
                 await context.abort(grpc.StatusCode.UNAVAILABLE, "abort not recorded; retry")
+            assert decision is not None
+            if decision.committed and item.transaction_id in holds:
+                decision.hold.CopyFrom(holds[item.transaction_id])
             decisions.append(decision)
         return spb.AbortResponse(decisions=decisions)
+
+    async def _hold_states(
+        self,
+        context: Context,
+        items: Sequence[spb.AbortItem],
+        found: dict[str, TransactionState],
+    ) -> dict[str, spb.HoldState]:
+        """The state of the holds among the asked transactions that these attempts committed;
+        an open hold past its expiry is expired first (a participant asks at that deadline)."""
+        asked = {
+            i.transaction_id: found[i.transaction_id]
+            for i in items
+            if (state := found.get(i.transaction_id)) is not None
+            and state.spec.kind is Kind.HOLD
+            and state.spec.target_id == abort_marker_id(i.transaction_id, i.attempt)
+        }
+        if not asked:
+            return {}
+        now_ns = time.time_ns()
+        overdue = [
+            t
+            for t, state in asked.items()
+            if state.status is Status.PENDING and 0 < state.expires_at_ns <= now_ns
+        ]
+        if overdue:
+            writer = self._node.writer
+            await self._submit(context, writer.expiry_items(overdue) if writer else [])
+            again = await store.load_transactions(self._node.read_pool, overdue, READ_TIMEOUT_S)
+            asked.update(again)
+        resolutions = [s.resolved_by_id for s in asked.values() if s.resolved_by_id]
+        resolved = await store.load_transactions(self._node.read_pool, resolutions, READ_TIMEOUT_S)
+        return {
+            t: hold_state(state, resolved.get(state.resolved_by_id)) for t, state in asked.items()
+        }
+
+    async def DecideHolds(
+        self, request: spb.DecideHoldsRequest, context: Context
+    ) -> spb.DecideHoldsResponse:
+        """The fate of cross-shard holds recorded here: the clients' posts and voids."""
+        items: list[Any] = []
+        for n, item in enumerate(request.items):
+            spec = convert.transaction_from_proto(item.resolution)
+            if isinstance(spec, TransactionSpec) and spec.kind not in (
+                Kind.POST_PENDING,
+                Kind.VOID_PENDING,
+            ):
+                await context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT, f"items[{n}] is not a post or a void"
+                )
+            items.append(spec)
+        if any(item.decide_before_ns <= time.time_ns() for item in request.items):
+            late = "the participants' deadline is too near; retry with the same id"
+            return spb.DecideHoldsResponse(
+                results=_results([Result(ResultCode.UNAVAILABLE, late)] * len(items))
+            )
+        # No slot check: the legs name accounts of every shard; the hold is recorded here.
+        results = await submit_or_abort(self._node, context, items)
+        if failpoints.ARMED:  # the fate is durable; no participant has heard it
+            await failpoints.hit("shard.after_hold_decided")
+        return spb.DecideHoldsResponse(results=_results(results))
+
+    async def SettleHolds(
+        self, request: spb.SettleHoldsRequest, context: Context
+    ) -> spb.SettleHoldsResponse:
+        """Pieces of cross-shard holds held here: another deadline, or settled as decided."""
+        items: list[Any] = []
+        for item in request.items:
+            problem = validation.id_problem(item.transaction_id, "transaction_id")
+            if problem:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+            await _check_attempt(context, item.attempt)
+            spec = settlement_spec(
+                piece_id(item.transaction_id, item.attempt),
+                item.fate,
+                item.deadline_ns,
+                item.resolution,
+            )
+            if spec is None:
+                await context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"settling {item.transaction_id!r}: fate {item.fate} needs "
+                    "deadline_ns >= 0 (OPEN) or the client's post or void (POSTED, VOIDED)",
+                )
+            items.append(spec)
+        results = await submit_or_abort(self._node, context, items)
+        return spb.SettleHoldsResponse(results=_results(results))
 
     async def Resolve(self, request: spb.ResolveRequest, context: Context) -> spb.ResolveResponse:
         for item in request.items:
@@ -178,7 +274,7 @@ def _decision(
     of the transaction committed (REPLAYED, or IDEMPOTENCY_CONFLICT if the asker's piece is
     another transaction); or aborted, with the recorded reason."""
     marker_id = abort_marker_id(item.transaction_id, item.attempt)
-    if recorded is not None and recorded.spec.kind is Kind.COMMIT:
+    if recorded is not None and recorded.spec.kind in (Kind.COMMIT, Kind.HOLD):
         if recorded.spec.target_id == marker_id:
             return spb.Decision(committed=True, timestamp_ns=recorded.timestamp_ns)
         reason, message = ResultCode.REPLAYED, "committed by an earlier attempt"

@@ -21,6 +21,7 @@ from core import store
 from core.invariant import check
 from core.journal import BlockHeader
 from core.model import (
+    CLEARING_PREFIX,
     AccountState,
     Kind,
     Result,
@@ -441,6 +442,11 @@ class Writer:
         for state in transactions.values():
             if state is not None:
                 account_ids.update(leg.account_id for leg in state.applied_legs)
+                kind = state.spec.kind
+                if kind is Kind.PREPARED or kind is Kind.HOLD:
+                    # The post of a cross-shard hold's piece may post to a clearing leg it
+                    # did not hold (see core.model.share_of_post).
+                    account_ids.update(CLEARING_PREFIX + leg.currency for leg in state.applied_legs)
         accounts = await self._lookup(
             self.accounts, newer_accounts, account_ids, store.load_accounts
         )

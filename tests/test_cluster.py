@@ -352,18 +352,42 @@ async def test_linked_group_with_a_cross_shard_reversal(cluster: Cluster, client
         assert await audit_problems(node.dsn) == []
 
 
-async def test_cross_shard_hold_is_refused_whole(cluster: Cluster, client: Client) -> None:
+async def test_linked_group_with_a_cross_shard_hold_commits_whole(
+    cluster: Cluster, client: Client
+) -> None:
     first, second = await _funded_pair(client)
+    group = [
+        transfer("ok", "@cash", f"{first}/dep", 1),
+        transfer("l1", f"{first}/dep", "@cash", 1, linked=True),
+        transfer("l2", f"{first}/dep", f"{second}/dep", 500, pending=True),
+    ]
+    refused = await client.post(*group)  # l2 holds more than first has: nothing of l1, l2
+    assert names([r.code for r in refused]) == [
+        "RESULT_CODE_CREATED",
+        "RESULT_CODE_LINKED_ITEM_FAILED",
+        "RESULT_CODE_INSUFFICIENT_FUNDS",
+    ]
+    group[2].legs[0].amount = group[2].legs[1].amount = 50
+    group[0].id = "ok2"
+    assert await client.codes(*group) == [pb.RESULT_CODE_CREATED] * 3
+    one, two = await client.balance(f"{first}/dep"), await client.balance(f"{second}/dep")
+    assert (one.available, one.debits_pending, two.credits_pending) == (51, 50, 50)
+    # A linked group holding a post of a cross-shard hold is not available: refused whole.
     with pytest.raises(grpc.aio.AioRpcError) as error:
         await client.post(
-            transfer("ok", "@cash", f"{first}/dep", 1),
-            transfer("l1", f"{first}/dep", "@cash", 1, linked=True),
-            transfer("l2", f"{first}/dep", f"{second}/dep", 1, pending=True),
+            transfer("l3", f"{first}/dep", "@cash", 1, linked=True),
+            pb.Transaction(id="p2", code=1, post_pending_id="l2"),
         )
     assert error.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert "item 1" in (error.value.details() or "")
-    response = await client.stub.GetTransactions(pb.GetTransactionsRequest(ids=["ok", "l1"]))
-    assert [r.code for r in response.results] == [pb.RESULT_CODE_TRANSACTION_NOT_FOUND] * 2
+    assert "item 0" in (error.value.details() or "")
+    assert await client.codes(pb.Transaction(id="p2", code=1, post_pending_id="l2")) == [
+        pb.RESULT_CODE_CREATED
+    ]
+    one, two = await client.balance(f"{first}/dep"), await client.balance(f"{second}/dep")
+    assert (one.available, one.debits_pending, two.credits_pending) == (51, 0, 0)
+    await _clearing_nets_to_zero(client)
+    for node in cluster.nodes:
+        assert await audit_problems(node.dsn) == []
 
 
 async def _shard_stub(cluster: Cluster, shard_id: int) -> tuple[grpc.aio.Channel, object]:

@@ -1,11 +1,35 @@
 from tally.v1 import ledger_pb2 as _ledger_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class HoldFate(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    HOLD_FATE_UNSPECIFIED: _ClassVar[HoldFate]
+    HOLD_FATE_OPEN: _ClassVar[HoldFate]
+    HOLD_FATE_POSTED: _ClassVar[HoldFate]
+    HOLD_FATE_VOIDED: _ClassVar[HoldFate]
+    HOLD_FATE_EXPIRED: _ClassVar[HoldFate]
+HOLD_FATE_UNSPECIFIED: HoldFate
+HOLD_FATE_OPEN: HoldFate
+HOLD_FATE_POSTED: HoldFate
+HOLD_FATE_VOIDED: HoldFate
+HOLD_FATE_EXPIRED: HoldFate
+
+class HoldState(_message.Message):
+    __slots__ = ("fate", "expires_at_ns", "resolution")
+    FATE_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_NS_FIELD_NUMBER: _ClassVar[int]
+    RESOLUTION_FIELD_NUMBER: _ClassVar[int]
+    fate: HoldFate
+    expires_at_ns: int
+    resolution: _ledger_pb2.Transaction
+    def __init__(self, fate: _Optional[_Union[HoldFate, str]] = ..., expires_at_ns: _Optional[int] = ..., resolution: _Optional[_Union[_ledger_pb2.Transaction, _Mapping]] = ...) -> None: ...
 
 class PrepareItem(_message.Message):
     __slots__ = ("piece", "coordinator_shard", "deadline_seconds", "attempt")
@@ -74,16 +98,18 @@ class AbortRequest(_message.Message):
     def __init__(self, items: _Optional[_Iterable[_Union[AbortItem, _Mapping]]] = ...) -> None: ...
 
 class Decision(_message.Message):
-    __slots__ = ("committed", "reason", "message", "timestamp_ns")
+    __slots__ = ("committed", "reason", "message", "timestamp_ns", "hold")
     COMMITTED_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     TIMESTAMP_NS_FIELD_NUMBER: _ClassVar[int]
+    HOLD_FIELD_NUMBER: _ClassVar[int]
     committed: bool
     reason: _ledger_pb2.ResultCode
     message: str
     timestamp_ns: int
-    def __init__(self, committed: _Optional[bool] = ..., reason: _Optional[_Union[_ledger_pb2.ResultCode, str]] = ..., message: _Optional[str] = ..., timestamp_ns: _Optional[int] = ...) -> None: ...
+    hold: HoldState
+    def __init__(self, committed: _Optional[bool] = ..., reason: _Optional[_Union[_ledger_pb2.ResultCode, str]] = ..., message: _Optional[str] = ..., timestamp_ns: _Optional[int] = ..., hold: _Optional[_Union[HoldState, _Mapping]] = ...) -> None: ...
 
 class AbortResponse(_message.Message):
     __slots__ = ("decisions",)
@@ -108,6 +134,52 @@ class ResolveRequest(_message.Message):
     def __init__(self, items: _Optional[_Iterable[_Union[ResolveItem, _Mapping]]] = ...) -> None: ...
 
 class ResolveResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[_ledger_pb2.ItemResult]
+    def __init__(self, results: _Optional[_Iterable[_Union[_ledger_pb2.ItemResult, _Mapping]]] = ...) -> None: ...
+
+class DecideHoldItem(_message.Message):
+    __slots__ = ("resolution", "decide_before_ns")
+    RESOLUTION_FIELD_NUMBER: _ClassVar[int]
+    DECIDE_BEFORE_NS_FIELD_NUMBER: _ClassVar[int]
+    resolution: _ledger_pb2.Transaction
+    decide_before_ns: int
+    def __init__(self, resolution: _Optional[_Union[_ledger_pb2.Transaction, _Mapping]] = ..., decide_before_ns: _Optional[int] = ...) -> None: ...
+
+class DecideHoldsRequest(_message.Message):
+    __slots__ = ("items",)
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[DecideHoldItem]
+    def __init__(self, items: _Optional[_Iterable[_Union[DecideHoldItem, _Mapping]]] = ...) -> None: ...
+
+class DecideHoldsResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[_ledger_pb2.ItemResult]
+    def __init__(self, results: _Optional[_Iterable[_Union[_ledger_pb2.ItemResult, _Mapping]]] = ...) -> None: ...
+
+class SettleHoldItem(_message.Message):
+    __slots__ = ("transaction_id", "attempt", "fate", "deadline_ns", "resolution")
+    TRANSACTION_ID_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    FATE_FIELD_NUMBER: _ClassVar[int]
+    DEADLINE_NS_FIELD_NUMBER: _ClassVar[int]
+    RESOLUTION_FIELD_NUMBER: _ClassVar[int]
+    transaction_id: str
+    attempt: str
+    fate: HoldFate
+    deadline_ns: int
+    resolution: _ledger_pb2.Transaction
+    def __init__(self, transaction_id: _Optional[str] = ..., attempt: _Optional[str] = ..., fate: _Optional[_Union[HoldFate, str]] = ..., deadline_ns: _Optional[int] = ..., resolution: _Optional[_Union[_ledger_pb2.Transaction, _Mapping]] = ...) -> None: ...
+
+class SettleHoldsRequest(_message.Message):
+    __slots__ = ("items",)
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[SettleHoldItem]
+    def __init__(self, items: _Optional[_Iterable[_Union[SettleHoldItem, _Mapping]]] = ...) -> None: ...
+
+class SettleHoldsResponse(_message.Message):
     __slots__ = ("results",)
     RESULTS_FIELD_NUMBER: _ClassVar[int]
     results: _containers.RepeatedCompositeFieldContainer[_ledger_pb2.ItemResult]

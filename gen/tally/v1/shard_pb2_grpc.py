@@ -54,6 +54,16 @@ class ShardStub:
                 request_serializer=tally_dot_v1_dot_shard__pb2.ResolveRequest.SerializeToString,
                 response_deserializer=tally_dot_v1_dot_shard__pb2.ResolveResponse.FromString,
                 _registered_method=True)
+        self.DecideHolds = channel.unary_unary(
+                '/tally.v1.Shard/DecideHolds',
+                request_serializer=tally_dot_v1_dot_shard__pb2.DecideHoldsRequest.SerializeToString,
+                response_deserializer=tally_dot_v1_dot_shard__pb2.DecideHoldsResponse.FromString,
+                _registered_method=True)
+        self.SettleHolds = channel.unary_unary(
+                '/tally.v1.Shard/SettleHolds',
+                request_serializer=tally_dot_v1_dot_shard__pb2.SettleHoldsRequest.SerializeToString,
+                response_deserializer=tally_dot_v1_dot_shard__pb2.SettleHoldsResponse.FromString,
+                _registered_method=True)
 
 
 class ShardServicer:
@@ -83,6 +93,18 @@ class ShardServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DecideHolds(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SettleHolds(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ShardServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -105,6 +127,16 @@ def add_ShardServicer_to_server(servicer, server):
                     servicer.Resolve,
                     request_deserializer=tally_dot_v1_dot_shard__pb2.ResolveRequest.FromString,
                     response_serializer=tally_dot_v1_dot_shard__pb2.ResolveResponse.SerializeToString,
+            ),
+            'DecideHolds': grpc.unary_unary_rpc_method_handler(
+                    servicer.DecideHolds,
+                    request_deserializer=tally_dot_v1_dot_shard__pb2.DecideHoldsRequest.FromString,
+                    response_serializer=tally_dot_v1_dot_shard__pb2.DecideHoldsResponse.SerializeToString,
+            ),
+            'SettleHolds': grpc.unary_unary_rpc_method_handler(
+                    servicer.SettleHolds,
+                    request_deserializer=tally_dot_v1_dot_shard__pb2.SettleHoldsRequest.FromString,
+                    response_serializer=tally_dot_v1_dot_shard__pb2.SettleHoldsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -215,6 +247,60 @@ class Shard:
             '/tally.v1.Shard/Resolve',
             tally_dot_v1_dot_shard__pb2.ResolveRequest.SerializeToString,
             tally_dot_v1_dot_shard__pb2.ResolveResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DecideHolds(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tally.v1.Shard/DecideHolds',
+            tally_dot_v1_dot_shard__pb2.DecideHoldsRequest.SerializeToString,
+            tally_dot_v1_dot_shard__pb2.DecideHoldsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SettleHolds(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tally.v1.Shard/SettleHolds',
+            tally_dot_v1_dot_shard__pb2.SettleHoldsRequest.SerializeToString,
+            tally_dot_v1_dot_shard__pb2.SettleHoldsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,296 @@
+"""Holds whose legs span shards, through the gateway of a 4-shard cluster.
+
+A cross-shard hold holds funds on every shard it touches; its fate (posted in full or in
+part, voided, expired) is decided once, at its coordinator, and every other shard settles its
+piece as decided. Each test ends with the cluster's books checked: clearing pieces net to zero,
+nothing held that should not be, and every shard's audit clean.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+
+from core import audit
+from core.audit import AuditConfig
+from core.slots import SlotMap
+from shards import crossshard
+from tally.v1 import ledger_pb2 as pb
+from tally.v1 import shard_pb2 as spb
+from tally.v1 import shard_pb2_grpc as spb_grpc
+from tests.helpers import CREDIT, DEBIT, Client, account, audit_problems, leg, names, transfer
+from tests.test_cluster import SHARD_COUNT, Cluster, cluster, customers_on_distinct_shards  # noqa: F401
+
+CREATED, REPLAYED = pb.RESULT_CODE_CREATED, pb.RESULT_CODE_REPLAYED
+
+
+@pytest.fixture
+async def client(cluster: Cluster) -> AsyncIterator[Client]:  # noqa: F811
+    async with grpc.aio.insecure_channel(cluster.target) as channel:
+        yield Client(channel)
+    await _books_balance(cluster, client_channel_target=cluster.target)
+
+
+async def _books_balance(running: Cluster, client_channel_target: str) -> None:
+    """Clearing nets to zero, and the cluster's audit (every shard, and every cross-shard
+    transaction and hold merged over the shards) finds nothing."""
+    async with grpc.aio.insecure_channel(client_channel_target) as channel:
+        clearing = await Client(channel).balance("@clearing/USD")
+    assert clearing.debits_posted == clearing.credits_posted
+    for node in running.nodes:
+        assert await audit_problems(node.dsn) == []
+    report = await audit.audit_cluster(running.dsns, AuditConfig())
+    found = [f.message for shard in report.shards for f in shard.findings]
+    assert report.ok, found + [f.message for f in report.cluster_problems]
+    assert report.cross_shard.checked
+    assert report.cross_shard.in_flight_count == 0
+
+
+async def _customers(client: Client, count: int, funded: int = 1_000) -> list[str]:
+    """count customers on distinct shards, each with a no-overdraft deposit holding `funded`."""
+    customers = customers_on_distinct_shards(count)
+    await client.create(account("@cash"))
+    await client.create(*(account(f"{c}/dep", no_overdraft=True) for c in customers))
+    codes = await client.codes(
+        *(transfer(f"fund-{c}", "@cash", f"{c}/dep", funded) for c in customers)
+    )
+    assert codes == [CREATED] * count
+    return customers
+
+
+def _post(tid: str, hold: str, *legs: pb.Leg) -> pb.Transaction:
+    return pb.Transaction(id=tid, code=1, post_pending_id=hold, legs=legs)
+
+
+def _void(tid: str, hold: str) -> pb.Transaction:
+    return pb.Transaction(id=tid, code=1, void_pending_id=hold)
+
+
+async def _counters(client: Client, account_id: str) -> tuple[int, int, int, int]:
+    b = await client.balance(account_id)
+    return (b.debits_posted, b.credits_posted, b.debits_pending, b.credits_pending)
+
+
+async def test_hold_across_shards_posted_in_part(client: Client) -> None:
+    payer, payee = (f"{c}/dep" for c in await _customers(client, 2))
+    hold = transfer("h1", payer, payee, 400, pending=True)
+    created = (await client.post(hold))[0]
+    assert created.code == CREATED, created.message
+    again = (await client.post(hold))[0]
+    assert (again.code, again.timestamp_ns) == (REPLAYED, created.timestamp_ns)
+    assert (await client.balance(payer)).available == 600
+    assert await _counters(client, payee) == (0, 1_000, 0, 400)
+    record = await client.transaction("h1")
+    assert record.status == pb.TRANSACTION_STATUS_PENDING
+    assert record.transaction.pending
+    assert sorted(x.account_id for x in record.applied_legs) == sorted([payer, payee])
+
+    too_much = _post("p0", "h1", leg(payer, DEBIT, 401), leg(payee, CREDIT, 401))
+    refused = (await client.post(too_much))[0]
+    assert refused.code == pb.RESULT_CODE_POST_EXCEEDS_PENDING, refused.message
+    assert "401" in refused.message and "400" in refused.message
+    elsewhere = _post("p0", "h1", leg(payer, DEBIT, 1), leg("@cash", CREDIT, 1))
+    assert await client.codes(elsewhere) == [pb.RESULT_CODE_POST_EXCEEDS_PENDING]
+
+    post = _post("p1", "h1", leg(payer, DEBIT, 250), leg(payee, CREDIT, 250))
+    posted = (await client.post(post))[0]
+    assert posted.code == CREATED, posted.message
+    assert (await client.post(post))[0].code == REPLAYED
+    changed = _post("p1", "h1", leg(payer, DEBIT, 200), leg(payee, CREDIT, 200))
+    assert await client.codes(changed) == [pb.RESULT_CODE_IDEMPOTENCY_CONFLICT]
+    later = await client.post(_post("p2", "h1"), _void("v1", "h1"))
+    assert names([r.code for r in later]) == ["RESULT_CODE_PENDING_ALREADY_RESOLVED"] * 2
+    assert "p1" in later[0].message
+
+    assert await _counters(client, payer) == (250, 1_000, 0, 0)
+    assert await _counters(client, payee) == (0, 1_250, 0, 0)
+    record = await client.transaction("h1")
+    assert (record.status, record.resolved_by_id) == (pb.TRANSACTION_STATUS_PENDING_POSTED, "p1")
+    post_record = await client.transaction("p1")
+    assert post_record.transaction.post_pending_id == "h1"
+    assert sorted((x.account_id, x.amount) for x in post_record.applied_legs) == sorted(
+        [(payer, 250), (payee, 250)]
+    )
+
+
+async def test_hold_across_shards_posted_in_full_and_voided(client: Client) -> None:
+    payer, payee = (f"{c}/dep" for c in await _customers(client, 2))
+    assert (
+        await client.codes(
+            transfer("h1", payer, payee, 60, pending=True),
+            transfer("h2", payee, payer, 40, pending=True),
+        )
+        == [CREATED] * 2
+    )
+    assert await client.codes(_post("post-h1", "h1"), _void("void-h2", "h2")) == [CREATED] * 2
+    assert await client.codes(_void("void-h2", "h2")) == [REPLAYED]
+    assert await _counters(client, payer) == (60, 1_000, 0, 0)
+    assert await _counters(client, payee) == (0, 1_060, 0, 0)
+    assert (await client.transaction("h2")).status == pb.TRANSACTION_STATUS_PENDING_VOIDED
+    full = await client.transaction("post-h1")
+    assert sorted((x.account_id, x.amount) for x in full.applied_legs) == sorted(
+        [(payer, 60), (payee, 60)]
+    )
+    # A void or post of what is not a hold, or of nothing, is refused as on one shard.
+    refused = await client.post(_void("v-x", "nothing"), _post("p-x", "post-h1"))
+    assert names([r.code for r in refused]) == ["RESULT_CODE_PENDING_NOT_FOUND"] * 2
+
+
+async def test_hold_held_on_an_insufficient_shard_is_refused_whole(client: Client) -> None:
+    payer, payee = (f"{c}/dep" for c in await _customers(client, 2))
+    refused = (await client.post(transfer("h1", payer, payee, 1_001, pending=True)))[0]
+    assert refused.code == pb.RESULT_CODE_INSUFFICIENT_FUNDS, refused.message
+    assert await _counters(client, payee) == (0, 1_000, 0, 0)
+    lookup = await client.stub.GetTransactions(pb.GetTransactionsRequest(ids=["h1"]))
+    assert lookup.results[0].code == pb.RESULT_CODE_TRANSACTION_NOT_FOUND
+    # The id is free: a smaller hold under it works.
+    assert await client.codes(transfer("h1", payer, payee, 1_000, pending=True)) == [CREATED]
+    assert await client.codes(_void("v", "h1")) == [CREATED]
+
+
+async def test_hold_across_shards_expires_everywhere(client: Client) -> None:
+    payer, payee = (f"{c}/dep" for c in await _customers(client, 2))
+    hold = transfer("h1", payer, payee, 70, pending=True, timeout_seconds=1)
+    assert await client.codes(hold) == [CREATED]
+    assert (await client.balance(payer)).debits_pending == 70
+    for _ in range(100):
+        if (await _counters(client, payer))[2:] == (0, 0) and (await _counters(client, payee))[
+            2:
+        ] == (0, 0):
+            break
+        await asyncio.sleep(0.1)
+    assert await _counters(client, payer) == (0, 1_000, 0, 0)
+    assert await _counters(client, payee) == (0, 1_000, 0, 0)
+    record = await client.transaction("h1")
+    assert record.status == pb.TRANSACTION_STATUS_PENDING_EXPIRED
+    late = (await client.post(_post("late", "h1")))[0]
+    assert late.code == pb.RESULT_CODE_PENDING_EXPIRED, late.message
+
+
+async def test_partial_post_over_three_shards_moves_clearing_where_none_was_held(
+    client: Client,
+) -> None:
+    """A shard whose held legs net to zero holds no clearing; posting part of it needs some."""
+    a, b, c = await _customers(client, 3)
+    await client.create(account(f"{a}/other"))
+    hold = pb.Transaction(
+        id="h3",
+        code=1,
+        pending=True,
+        legs=[
+            leg(f"{a}/dep", DEBIT, 100),
+            leg(f"{a}/other", CREDIT, 50),
+            leg(f"{b}/dep", DEBIT, 50),
+            leg(f"{c}/dep", CREDIT, 100),
+        ],
+    )
+    assert await client.codes(hold) == [CREATED]
+    post = _post("p3", "h3", leg(f"{a}/dep", DEBIT, 60), leg(f"{c}/dep", CREDIT, 60))
+    result = (await client.post(post))[0]
+    assert result.code == CREATED, result.message
+    assert await _counters(client, f"{a}/dep") == (60, 1_000, 0, 0)
+    assert await _counters(client, f"{a}/other") == (0, 0, 0, 0)
+    assert await _counters(client, f"{b}/dep") == (0, 1_000, 0, 0)
+    assert await _counters(client, f"{c}/dep") == (0, 1_060, 0, 0)
+    clearing = await client.balance("@clearing/USD")
+    assert clearing.debits_pending == clearing.credits_pending == 0
+
+
+async def _stub(running: Cluster, shard: int) -> tuple[grpc.aio.Channel, spb_grpc.ShardStub]:
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.nodes[shard].port}")
+    return channel, spb_grpc.ShardStub(channel)
+
+
+def _shards_of(payer: str, payee: str) -> tuple[int, int]:
+    slot_map = SlotMap.even(SHARD_COUNT)
+    return slot_map.shard_of_account(payer), slot_map.shard_of_account(payee)
+
+
+async def test_participants_settle_a_decision_nobody_told_them(
+    cluster: Cluster,  # noqa: F811
+    client: Client,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What a gateway that died after the coordinator decided leaves behind: the participants
+    had been given a short deadline; at it they ask the coordinator and settle as decided."""
+    payer, payee = (f"{c}/dep" for c in await _customers(client, 2))
+    assert await client.codes(transfer("h1", payer, payee, 300, pending=True)) == [CREATED]
+    coordinator, participant = _shards_of(payer, payee)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{cluster.nodes[coordinator].port}") as node:
+        record = await Client(node).transaction("h1")  # the coordinator's own record
+    attempt = record.cross_shard_piece.attempt
+    assert record.cross_shard_piece.coordinator and attempt
+    post = _post("p1", "h1", leg(payer, DEBIT, 120), leg(payee, CREDIT, 120))
+    channel, stub = await _stub(cluster, participant)
+    async with channel:
+        soon = time.time_ns() + 1_000_000_000
+        rearm = spb.SettleHoldItem(
+            transaction_id="h1", attempt=attempt, fate=spb.HOLD_FATE_OPEN, deadline_ns=soon
+        )
+        answer = await stub.SettleHolds(spb.SettleHoldsRequest(items=[rearm]))
+        assert answer.results[0].code == CREATED
+    channel, stub = await _stub(cluster, coordinator)
+    async with channel:
+        item = spb.DecideHoldItem(resolution=post, decide_before_ns=soon)
+        decided = await stub.DecideHolds(spb.DecideHoldsRequest(items=[item]))
+        assert decided.results[0].code == CREATED, decided.results[0].message
+        late = spb.DecideHoldItem(resolution=_void("v", "h1"), decide_before_ns=time.time_ns())
+        too_late = await stub.DecideHolds(spb.DecideHoldsRequest(items=[late]))
+        assert too_late.results[0].code == pb.RESULT_CODE_UNAVAILABLE
+    assert await _counters(client, payer) == (120, 1_000, 0, 0)  # the coordinator's side
+    assert (await client.balance(payee)).credits_pending == 300  # not told yet
+    for _ in range(100):
+        if (await client.balance(payee)).credits_pending == 0:
+            break
+        await asyncio.sleep(0.1)
+    assert await _counters(client, payee) == (0, 1_120, 0, 0)
+
+
+async def test_a_participant_that_missed_the_commit_keeps_holding_until_expiry(
+    cluster: Cluster,  # noqa: F811
+    client: Client,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Prepared, then committed at the coordinator, and nobody told the participant: at its
+    prepare deadline it asks, learns the hold is open, and keeps holding until the hold's
+    own expiry; then it asks again and the coordinator expires the hold."""
+    payer, payee = (f"{c}/dep" for c in await _customers(client, 2))
+    coordinator, participant = _shards_of(payer, payee)
+    await cluster.gateway.cluster.ensure_clearing_accounts({"USD"})
+    message = transfer("h1", payer, payee, 90, pending=True, timeout_seconds=4)
+    legs = tuple(
+        crossshard.Leg(x.account_id, x.side == DEBIT, x.amount, x.currency) for x in message.legs
+    )
+    _, pieces = crossshard.split_pieces(legs, SlotMap.even(SHARD_COUNT))
+    channel, stub = await _stub(cluster, participant)
+    async with channel:
+        item = spb.PrepareItem(
+            piece=crossshard.piece_message(message, pieces[participant]),
+            coordinator_shard=coordinator,
+            deadline_seconds=1,
+            attempt="b1",
+        )
+        assert (await stub.Prepare(spb.PrepareRequest(items=[item]))).results[0].code == CREATED
+    channel, stub = await _stub(cluster, coordinator)
+    async with channel:
+        piece = spb.CommitItem(
+            piece=crossshard.piece_message(message, pieces[coordinator]), attempt="b1"
+        )
+        committed = await stub.Commit(spb.CommitRequest(items=[piece]))
+        assert committed.results[0].code == CREATED, committed.results[0].message
+    started = time.monotonic()
+    await asyncio.sleep(2.5)  # past the prepare deadline, before the hold's expiry
+    assert (await client.balance(payee)).credits_pending == 90
+    assert (await client.transaction("h1")).status == pb.TRANSACTION_STATUS_PENDING
+    for _ in range(100):
+        if (await client.balance(payee)).credits_pending == 0:
+            break
+        await asyncio.sleep(0.1)
+    assert time.monotonic() - started >= 1.0
+    assert await _counters(client, payee) == (0, 1_000, 0, 0)
+    assert await _counters(client, payer) == (0, 1_000, 0, 0)
+    assert (await client.transaction("h1")).status == pb.TRANSACTION_STATUS_PENDING_EXPIRED
