@@ -63,13 +63,15 @@ CLUSTER: Final = -1
 # Each currency's inter-shard clearing account (shards/crossshard.py clearing_account): a
 # spread account whose pieces net to zero over the cluster once cross-shard work resolves.
 CLEARING_ACCOUNT_PREFIX: Final = "@clearing/"
-# Kinds whose legs post as they are (an abort marker has no legs, so no postings).
+# Kinds whose legs post as they are (abort markers, reversal marks and a piece's deadline
+# records have no legs, so no postings).
 _POSTED_KINDS: Final = frozenset(
-    {Kind.ORDINARY, Kind.REVERSAL, Kind.COMMIT, Kind.ABORT, Kind.REVERSAL_MARK}
+    {Kind.ORDINARY, Kind.REVERSAL, Kind.COMMIT, Kind.ABORT, Kind.REVERSAL_MARK, Kind.DEADLINE}
 )
-# Kinds whose legs are held (pending) until posted, voided or expired: holds and the
-# participants' pieces of cross-shard transactions.
-_HELD_KINDS: Final = frozenset({Kind.PENDING, Kind.PREPARED})
+# Kinds whose legs are held (pending) until posted, voided or expired: holds, the
+# participants' pieces of cross-shard transactions and the coordinator's piece of a
+# cross-shard hold.
+_HELD_KINDS: Final = frozenset({Kind.PENDING, Kind.PREPARED, Kind.HOLD})
 COUNTER_NAMES: Final = ("debits_posted", "credits_posted", "debits_pending", "credits_pending")
 # In-flight cross-shard transactions listed in a report (all are counted).
 IN_FLIGHT_KEPT_MAX: Final = 100
@@ -365,9 +367,12 @@ class InFlight:
     transaction_id: str
     # The attempt's key (core.model: the part after "~piece/" or "~abort/").
     key: str
+    # "commit", "abort", "" (none seen yet); for a cross-shard hold, "hold " and its fate at
+    # the coordinator ("hold posted", ...), whose pieces are being settled.
     decision: str
     coordinator: int
-    # (shard, "pending" | "posted" | "voided" | "expired" | "decided") of each piece seen.
+    # (shard, "pending" | "posted" | "voided" | "expired" | "decided") of each piece seen; a
+    # hold's coordinator is "hold " and its fate ("hold posted", ...).
     pieces: tuple[tuple[int, str], ...]
     # The earliest deadline of a piece still held (0: none).
     deadline_ns: int
@@ -382,6 +387,9 @@ class CrossShardReport:
     settled_count: int = 0
     # Still held or undecided somewhere: excluded from the sum, not a finding.
     in_flight_count: int = 0
+    # Cross-shard holds committed and open (no fate yet), every piece held, nothing posted to
+    # clearing: not in flight, not a finding.
+    open_hold_count: int = 0
     # Read again in later snapshots because the first ones caught them mid-way.
     rechecked_count: int = 0
     in_flight: list[InFlight] = field(default_factory=list)
@@ -1048,11 +1056,22 @@ def expected_postings(kind: int, applied_text: str, held_text: str | None) -> li
     if kind == Kind.POST_PENDING:
         if held_text is None:
             raise ValueError("the hold it posts is not a recorded hold")
+        # Every key held is released (posted: its applied amount, or 0). A piece of a
+        # cross-shard hold posts its share, balanced by its clearing piece, which may be on a
+        # key it did not hold (a piece netting to zero, or the clearing side flipped): posted
+        # as it is, nothing released.
         posted = _sum_by_key(applied)
-        return [
+        held = _sum_by_key(parse_legs(held_text))
+        expected = [
             (account, side, posted.get((account, side, cur), 0), -amount, cur)
-            for (account, side, cur), amount in _sum_by_key(parse_legs(held_text)).items()
+            for (account, side, cur), amount in held.items()
         ]
+        expected += [
+            (account, side, amount, 0, cur)
+            for (account, side, cur), amount in posted.items()
+            if (account, side, cur) not in held
+        ]
+        return expected
     raise ValueError(f"kind {kind} is not a kind of transaction")
 
 
@@ -1471,7 +1490,7 @@ def _check_hold(log: FindingLog, row: Any, grace_s: float | None, now_ns: int) -
             FindingKind.HOLD_OF_WRONG_KIND,
             About.HOLD,
             f"open, but the transaction is a {kind}",
-            "PENDING or PREPARED",
+            "PENDING, PREPARED or HOLD",
             kind,
             transaction_id=transaction_id,
         )
@@ -1567,6 +1586,16 @@ async def _check_anchors(connection: Any, config: AuditConfig, log: FindingLog, 
 # piece is balanced on its own shard by a leg on that shard's @clearing/<CUR> piece, so the
 # clearing pieces of a transaction decided and resolved everywhere net to zero.
 #
+# A cross-shard hold H is created the same way, but its coordinator's record is H of kind HOLD
+# (legs held, the commit decision as COMMIT is) and the participants' pieces stay held after
+# it: their deadline records (kind DEADLINE, target_id the piece) re-arm them. The hold's
+# fate is decided once, at the coordinator: the client's post or void of H, or the shard's
+# expiry "~expired/H", all targeting H and read under H's key; each participant then settles
+# its piece the same way ("~commit/", "~void/", "~expired/" + the piece id), a post by its
+# share of the client's post, balanced by its clearing piece. A hold whose fate is not decided
+# is open (its pieces held, nothing posted to clearing); once decided, it is in flight until
+# every piece follows, then its clearing pieces net to zero like a transfer's.
+#
 # Shards are read in separate snapshots, taken at different moments: comparing per-shard
 # clearing totals can catch a transaction half-way (committed in one snapshot, not yet posted
 # in another) and cry wolf. So the check goes attempt by attempt (the attempt's key: its marker
@@ -1580,12 +1609,12 @@ async def _check_anchors(connection: Any, config: AuditConfig, log: FindingLog, 
 #    one held past its deadline is also a holds finding); a contradiction (committed, yet a
 #    piece voided) is a finding; an attempt decided and resolved everywhere must net to zero.
 # 3. An attempt that does not net to zero, or whose pieces are resolved while no snapshot shows
-#    a decision, is read again on every shard (rows after the first snapshot's last block), in
-#    snapshots taken after all the first ones ended. Protocol order (every prepare before the
-#    decision, the decision before any resolution; rows only ever added) then settles it: if a
-#    first snapshot showed the decision, every piece exists in the later ones; if one showed a
-#    piece resolved, the decision exists in the later ones. What still does not net to zero, or
-#    stays undecided, is wrong.
+#    a decision (or, for a hold, its fate), is read again on every shard (rows after the first
+#    snapshot's last block), in snapshots taken after all the first ones ended. Protocol order
+#    (every prepare before the decision, the decision before any resolution; rows only ever
+#    added) then settles it: if a first snapshot showed the decision, every piece exists in the
+#    later ones; if one showed a piece resolved, the decision exists in the later ones. What
+#    still does not net to zero, or stays undecided, is wrong.
 
 _PIECE_PREFIX: Final = "~piece/"
 _MARKER_PREFIX: Final = "~abort/"
@@ -1605,27 +1634,39 @@ def _key_sql(column: str, prefix: str) -> str:
 
 def _cross_shard_rows(since: str) -> str:
     commit, abort, prepared = int(Kind.COMMIT), int(Kind.ABORT), int(Kind.PREPARED)
+    hold, deadline = int(Kind.HOLD), int(Kind.DEADLINE)
     resolutions = ", ".join(str(int(kind)) for kind in _RESOLUTIONS)
+    # A decision (COMMIT, HOLD: keyed by their abort marker; ABORT), a piece (PREPARED) or its
+    # deadline record (DEADLINE: keyed by the piece); then the resolutions of pieces and of
+    # holds (keyed by what they resolve), with what that held.
     return f"""
-SELECT CASE t.kind WHEN {commit} THEN {_key_sql("t.target_id", _MARKER_PREFIX)}
-                   WHEN {abort} THEN {_key_sql("t.id", _MARKER_PREFIX)}
-                   ELSE {_key_sql("t.id", _PIECE_PREFIX)} END AS key,
-       t.id, t.kind, t.target_id, t.applied_legs, t.expires_at_ns, NULL::text AS held_legs
-FROM transactions t WHERE t.kind IN ({prepared}, {commit}, {abort}){since.format(table="t")}
+SELECT CASE WHEN t.kind IN ({commit}, {hold}) THEN {_key_sql("t.target_id", _MARKER_PREFIX)}
+            WHEN t.kind = {abort} THEN {_key_sql("t.id", _MARKER_PREFIX)}
+            WHEN t.kind = {deadline} THEN {_key_sql("t.target_id", _PIECE_PREFIX)}
+            ELSE {_key_sql("t.id", _PIECE_PREFIX)} END AS key,
+       t.id, t.kind, t.target_id, t.applied_legs, t.expires_at_ns, NULL::text AS held_legs,
+       NULL::smallint AS target_kind, t.timestamp_ns, t.timeout_seconds, t.block_sequence,
+       CASE WHEN t.kind = {deadline} THEN t.metadata END AS metadata
+FROM transactions t
+WHERE t.kind IN ({prepared}, {commit}, {abort}, {hold}, {deadline}){since.format(table="t")}
 UNION ALL
-SELECT {_key_sql("p.id", _PIECE_PREFIX)}, r.id, r.kind, r.target_id, r.applied_legs,
-       r.expires_at_ns, p.applied_legs
-FROM transactions r JOIN transactions p ON p.id = r.target_id AND p.kind = {prepared}
+SELECT CASE WHEN p.kind = {hold} THEN {_key_sql("p.target_id", _MARKER_PREFIX)}
+            ELSE {_key_sql("p.id", _PIECE_PREFIX)} END,
+       r.id, r.kind, r.target_id, r.applied_legs, r.expires_at_ns, p.applied_legs, p.kind,
+       r.timestamp_ns, r.timeout_seconds, r.block_sequence, NULL::text
+FROM transactions r JOIN transactions p ON p.id = r.target_id AND p.kind IN ({prepared}, {hold})
 WHERE r.kind IN ({resolutions}){since.format(table="r")}
 """
 
 
+# Within an attempt, its rows in the order they were written (a piece's deadline records).
+_ROW_ORDER: Final = 'key COLLATE "C", block_sequence, timestamp_ns, id COLLATE "C"'
 # Every attempt with rows on the shard, in key order (byte order, as Python compares strings).
-_CROSS_SHARD_SQL: Final = f'SELECT * FROM ({_cross_shard_rows("")}) x ORDER BY key COLLATE "C"'
+_CROSS_SHARD_SQL: Final = f"SELECT * FROM ({_cross_shard_rows('')}) x ORDER BY {_ROW_ORDER}"
 # The rows of the given attempts recorded after block $1.
 _CROSS_SHARD_AGAIN_SQL: Final = (
     f"SELECT * FROM ({_cross_shard_rows(' AND {table}.block_sequence > $1')}) x "
-    "WHERE key = ANY($2::text[])"
+    f"WHERE key = ANY($2::text[]) ORDER BY {_ROW_ORDER}"
 )
 
 
@@ -1636,7 +1677,8 @@ class PieceView:
     key: str
     shard: int
     transaction_id: str = ""
-    # "commit", "abort" (this shard is the coordinator), or both (a contradiction).
+    # "commit", "abort" (this shard is the coordinator), or both (a contradiction). A
+    # cross-shard hold's HOLD record is its "commit".
     decision: str = ""
     piece_id: str = ""
     # "posted", "voided", "expired"; "" while the piece is held.
@@ -1646,11 +1688,17 @@ class PieceView:
     deadline_ns: int = 0
     # Clearing posted here, debits minus credits, per currency.
     posted: dict[str, int] = field(default_factory=dict)
+    # The decision is a cross-shard hold's HOLD record (this shard is its coordinator).
+    hold: bool = False
+    # The hold's fate here: "posted", "voided", "expired"; "" while it is open.
+    hold_fate: str = ""
 
     @property
     def state(self) -> str:
         if self.piece_id:
             return self.resolution or "pending"
+        if self.hold:
+            return f"hold {self.hold_fate or 'open'}"
         return "decided" if self.decision else "seen"
 
     def line(self) -> str:
@@ -1664,6 +1712,8 @@ class PieceView:
             self.coordinator,
             self.deadline_ns,
             self.posted,
+            self.hold,
+            self.hold_fate,
         ]
         return json.dumps(fields, separators=(",", ":")) + "\n"
 
@@ -1680,22 +1730,35 @@ def _client_id(piece_id: str) -> str:
     return piece_id
 
 
+def _both(first: str, second: str) -> str:
+    return f"{first} and {second}" if first else second
+
+
 def _fold(view: PieceView, row: Any, totals: dict[str, list[int]] | None) -> None:
     """Add one row of the attempt to this shard's view of it (and to the clearing totals)."""
     kind = row["kind"]
-    if kind in (Kind.COMMIT, Kind.ABORT):
-        decision = "commit" if kind == Kind.COMMIT else "abort"
+    if kind in (Kind.COMMIT, Kind.ABORT, Kind.HOLD):
+        decision = "abort" if kind == Kind.ABORT else "commit"
         view.decision = decision if view.decision in ("", decision) else "commit and abort"
-        view.transaction_id = row["id"] if kind == Kind.COMMIT else row["target_id"]
+        view.transaction_id = row["target_id"] if kind == Kind.ABORT else row["id"]
+        view.hold = view.hold or kind == Kind.HOLD
     elif kind == Kind.PREPARED:
         view.piece_id = row["id"]
         target = row["target_id"]
         view.coordinator = int(target) if target.isdigit() else -1
         view.deadline_ns = row["expires_at_ns"]
         view.transaction_id = view.transaction_id or _client_id(row["id"])
+    elif kind == Kind.DEADLINE:
+        # Rows come in the order they were written: the last one is the piece's deadline.
+        view.piece_id = view.piece_id or row["target_id"]
+        view.deadline_ns = _deadline_of(row)
+        view.transaction_id = view.transaction_id or _client_id(row["target_id"])
+    elif row["target_kind"] == Kind.HOLD:
+        # The coordinator's post, void or expiry of a cross-shard hold: the hold's fate.
+        view.hold_fate = _both(view.hold_fate, _RESOLUTIONS[Kind(kind)])
+        view.transaction_id = view.transaction_id or row["target_id"]
     else:
-        resolution = _RESOLUTIONS[Kind(kind)]
-        view.resolution = f"{view.resolution} and {resolution}" if view.resolution else resolution
+        view.resolution = _both(view.resolution, _RESOLUTIONS[Kind(kind)])
         view.piece_id = view.piece_id or row["target_id"]
         view.transaction_id = view.transaction_id or _client_id(row["target_id"])
     try:
@@ -1716,11 +1779,61 @@ def _fold(view: PieceView, row: Any, totals: dict[str, list[int]] | None) -> Non
             )
 
 
+def _deadline_of(row: Any) -> int:
+    """The deadline a DEADLINE record sets: its metadata's expires_at_ns (hashed, unlike its
+    expires_at_ns column), else that column."""
+    try:
+        return int(json.loads(row["metadata"])["expires_at_ns"])
+    except (TypeError, ValueError, KeyError):
+        return int(row["expires_at_ns"])
+
+
+@dataclass(slots=True)
+class _PieceDeadline:
+    """A held piece's deadline as its rows tell it: set at its creation (timestamp plus
+    timeout_seconds, as core.state sets it), then by each of its DEADLINE records in order."""
+
+    # The piece's expires_at_ns column (-1: no piece row seen).
+    recorded_ns: int = -1
+    expected_ns: int = 0
+    # The DEADLINE record that set expected_ns ("": the piece's creation).
+    record_id: str = ""
+
+    def see(self, row: Any) -> None:
+        kind = row["kind"]
+        if kind == Kind.PREPARED:
+            self.recorded_ns = row["expires_at_ns"]
+            timeout_s = row["timeout_seconds"]
+            self.expected_ns = row["timestamp_ns"] + timeout_s * 1_000_000_000 if timeout_s else 0
+        elif kind == Kind.DEADLINE:
+            self.expected_ns = _deadline_of(row)
+            self.record_id = row["id"]
+
+    def check(self, log: FindingLog, view: PieceView) -> None:
+        """An open piece's deadline is the one its last deadline record (or its creation) set."""
+        if self.recorded_ns < 0 or view.resolution or self.recorded_ns == self.expected_ns:
+            return
+        source = (
+            f"its last deadline record {self.record_id}"
+            if self.record_id
+            else "its creation (timestamp_ns + timeout_seconds)"
+        )
+        log.add(
+            FindingKind.HOLD_DEADLINE_MISMATCH,
+            About.HOLD,
+            f"expires_at_ns {self.recorded_ns}, but {source} sets {self.expected_ns}",
+            self.expected_ns,
+            self.recorded_ns,
+            transaction_id=view.piece_id,
+        )
+
+
 async def scan_cross_shard(
     connection: Any, config: AuditConfig, log: FindingLog, report: ShardReport, spool: bool
 ) -> None:
     """This shard's cross-shard attempts in key order (written to report.spool if asked), and
-    its clearing accounts' counters against the sums of their pieces."""
+    its clearing accounts' counters against the sums of their pieces; an open piece's deadline
+    against its deadline records."""
     totals: dict[str, list[int]] = {}
     out = tempfile.TemporaryFile("w+", encoding="utf-8") if spool else None
     report.spool = out
@@ -1728,17 +1841,28 @@ async def scan_cross_shard(
         connection, _CROSS_SHARD_SQL, config.fetch_row_count, config.statement_timeout_s
     )
     view: PieceView | None = None
+    deadline = _PieceDeadline()
     while rows := await stream.rest():
         for row in rows:
             if view is None or row["key"] != view.key:
-                if view is not None and out is not None:
-                    out.write(view.line())
+                if view is not None:
+                    _close_view(view, deadline, log, out)
                 view = PieceView(row["key"], report.shard)
+                deadline = _PieceDeadline()
                 report.cross_shard_count += 1
+            deadline.see(row)
             _fold(view, row, totals)
-    if view is not None and out is not None:
-        out.write(view.line())
+    if view is not None:
+        _close_view(view, deadline, log, out)
     _check_clearing_totals(log, totals, report.clearing, config.currencies)
+
+
+def _close_view(
+    view: PieceView, deadline: _PieceDeadline, log: FindingLog, out: IO[str] | None
+) -> None:
+    deadline.check(log, view)
+    if out is not None:
+        out.write(view.line())
 
 
 def _check_clearing_totals(
@@ -1818,13 +1942,30 @@ def _merged(reports: Sequence[ShardReport]) -> Iterator[tuple[str, list[PieceVie
         yield group[0].key, group
 
 
+def _hold_of(decided: list[PieceView]) -> PieceView | None:
+    """The coordinator's view of a cross-shard hold (None: not a hold)."""
+    return next((view for view in decided if view.hold), None)
+
+
 def _judge(views: list[PieceView], config: AuditConfig, log: FindingLog, final: bool) -> str:
-    """ "settled", "in flight", "suspect" (not final: to be read again) or "wrong" (logged)."""
+    """ "settled", "in flight", "open hold", "suspect" (not final: to be read again) or
+    "wrong" (logged)."""
     views.sort(key=lambda view: view.shard)
     decided = [view for view in views if view.decision]
     pieces = [view for view in views if view.piece_id]
     contradictions = _contradictions(decided, pieces)
     transaction_id = _transaction_id(views)
+    hold = _hold_of(decided) if {view.decision for view in decided} == {"commit"} else None
+    open_hold = hold if hold is not None and not hold.hold_fate else None
+    # Pieces settled while their hold is open at the coordinator: the coordinator's snapshot
+    # was taken before the hold's fate (read again), or they were settled on their own.
+    ahead = [view for view in pieces if view.resolution] if open_hold is not None else []
+    if open_hold is not None and ahead and final and not contradictions:
+        contradictions = [
+            f"its hold is open at its coordinator (shard {open_hold.shard}), but its piece "
+            f"{view.piece_id} on shard {view.shard} was {view.resolution}"
+            for view in ahead
+        ]
     for message in contradictions:
         log.add(
             FindingKind.CROSS_SHARD_CONTRADICTION,
@@ -1834,6 +1975,10 @@ def _judge(views: list[PieceView], config: AuditConfig, log: FindingLog, final: 
         )
     if contradictions:
         return "wrong"
+    if ahead:
+        return "suspect"
+    if open_hold is not None:
+        return _judge_open_hold(views, config, log, final, transaction_id)
     if any(not view.resolution for view in pieces):
         return "in flight"
     net: dict[str, int] = {}
@@ -1874,14 +2019,45 @@ def _judge(views: list[PieceView], config: AuditConfig, log: FindingLog, final: 
     return "wrong"
 
 
+def _judge_open_hold(
+    views: list[PieceView], config: AuditConfig, log: FindingLog, final: bool, transaction_id: str
+) -> str:
+    """A hold committed and open, every piece held: nothing may be posted to clearing yet."""
+    posted = [
+        (view, currency, amount)
+        for view in views
+        for currency, amount in sorted(view.posted.items())
+        if amount and (not config.currencies or currency in config.currencies)
+    ]
+    if not posted:
+        return "open hold"
+    if not final:
+        return "suspect"
+    for view, currency, amount in posted:
+        log.add(
+            FindingKind.CROSS_SHARD_UNBALANCED,
+            About.CROSS_SHARD,
+            f"its hold is open, yet shard {view.shard} ({_role(view)}) posted {amount} "
+            f"{currency} to clearing (debits minus credits), expected 0 until its fate",
+            0,
+            amount,
+            transaction_id=transaction_id,
+            currency=currency,
+        )
+    return "wrong"
+
+
 def _contradictions(decided: list[PieceView], pieces: list[PieceView]) -> list[str]:
     """What no order of events can explain: both decisions, a resolution against the
-    decision, a piece naming another coordinator."""
+    decision (or a hold's fate), a piece naming another coordinator."""
     found = []
     decisions = {view.decision for view in decided}
     where = ", ".join(f"shard {view.shard} {view.decision}" for view in decided)
+    hold = _hold_of(decided)
     if len(decisions) > 1 or "commit and abort" in decisions:
         found.append(f"both committed and aborted ({where})")
+    elif decisions == {"commit"} and hold is not None:
+        found += _hold_contradictions(hold, pieces)
     elif decisions == {"commit"}:
         for view in pieces:
             if view.resolution and view.resolution != "posted":
@@ -1906,6 +2082,24 @@ def _contradictions(decided: list[PieceView], pieces: list[PieceView]) -> list[s
     return found
 
 
+def _hold_contradictions(hold: PieceView, pieces: list[PieceView]) -> list[str]:
+    """A hold's fate is decided once, at its coordinator; every piece settles the same way.
+    (Pieces settled while the hold is open are judged by _judge: maybe a snapshot race.)"""
+    fate = hold.hold_fate
+    if " and " in fate:
+        return [
+            f"its hold was resolved more than once at its coordinator (shard {hold.shard}: {fate})"
+        ]
+    if not fate:
+        return []
+    return [
+        f"its hold was {fate} at its coordinator (shard {hold.shard}), but its piece "
+        f"{view.piece_id} on shard {view.shard} was {view.resolution}"
+        for view in pieces
+        if view.resolution and view.resolution != fate
+    ]
+
+
 def _transaction_id(views: Iterable[PieceView]) -> str:
     ids = [view.transaction_id for view in views if view.transaction_id]
     return ids[0] if ids else ""
@@ -1914,6 +2108,8 @@ def _transaction_id(views: Iterable[PieceView]) -> str:
 def _role(view: PieceView) -> str:
     if view.piece_id:
         return f"piece, {view.state}"
+    if view.hold:
+        return f"coordinator, hold {view.hold_fate or 'open'}"
     return f"coordinator, {'committed' if view.decision == 'commit' else view.decision}"
 
 
@@ -1930,6 +2126,8 @@ def _not_rechecked(log: FindingLog, views: list[PieceView], why: str) -> None:
 def _tally(result: CrossShardReport, verdict: str, views: list[PieceView]) -> None:
     if verdict == "settled":
         result.settled_count += 1
+    elif verdict == "open hold":
+        result.open_hold_count += 1
     elif verdict == "in flight":
         result.in_flight_count += 1
         for view in views:
@@ -1947,10 +2145,14 @@ def _in_flight(views: list[PieceView]) -> InFlight:
     coordinator = decided[0].shard if decided else -1
     if coordinator < 0:
         coordinator = next((view.coordinator for view in views if view.piece_id), -1)
+    decision = decided[0].decision if decided else ""
+    hold = _hold_of(decided)
+    if hold is not None:
+        decision = f"hold {hold.hold_fate or 'open'}"
     return InFlight(
         transaction_id=_transaction_id(views),
         key=views[0].key,
-        decision=decided[0].decision if decided else "",
+        decision=decision,
         coordinator=coordinator,
         pieces=tuple((view.shard, view.state) for view in views),
         deadline_ns=min((d for d in held if d), default=0),

@@ -233,6 +233,7 @@ def report_to_proto(report: AuditReport) -> apb.AuditReport:
             settled_count=cross.settled_count,
             in_flight_count=cross.in_flight_count,
             rechecked_count=cross.rechecked_count,
+            open_hold_count=cross.open_hold_count,
             in_flight=[
                 apb.InFlightTransaction(
                     transaction_id=flight.transaction_id,

@@ -317,6 +317,7 @@ def _cross_shard_json(cross: audit.CrossShardReport) -> dict[str, Any]:
         "reason": cross.reason,
         "settled": cross.settled_count,
         "in_flight": cross.in_flight_count,
+        "open_holds": cross.open_hold_count,
         "rechecked": cross.rechecked_count,
         "in_flight_clearing": dict(sorted(cross.in_flight_clearing.items())),
         "in_flight_transactions": [
@@ -339,7 +340,7 @@ def cross_shard_text(cross: audit.CrossShardReport) -> str:
         return f"cross-shard transactions: not checked ({cross.reason})"
     text = (
         f"cross-shard transactions: {cross.settled_count:,} settled (clearing pieces net to "
-        f"zero), {cross.in_flight_count:,} in flight"
+        f"zero), {cross.open_hold_count:,} open holds, {cross.in_flight_count:,} in flight"
     )
     if cross.rechecked_count:
         text += f", {cross.rechecked_count:,} read again in later snapshots"

@@ -240,20 +240,22 @@ class CurrencyBalance(_message.Message):
     def __init__(self, currency: _Optional[str] = ..., debits_posted: _Optional[str] = ..., credits_posted: _Optional[str] = ..., debits_pending: _Optional[str] = ..., credits_pending: _Optional[str] = ..., balanced: _Optional[bool] = ...) -> None: ...
 
 class CrossShard(_message.Message):
-    __slots__ = ("checked", "reason", "settled_count", "in_flight_count", "rechecked_count", "in_flight")
+    __slots__ = ("checked", "reason", "settled_count", "in_flight_count", "rechecked_count", "in_flight", "open_hold_count")
     CHECKED_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     SETTLED_COUNT_FIELD_NUMBER: _ClassVar[int]
     IN_FLIGHT_COUNT_FIELD_NUMBER: _ClassVar[int]
     RECHECKED_COUNT_FIELD_NUMBER: _ClassVar[int]
     IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
+    OPEN_HOLD_COUNT_FIELD_NUMBER: _ClassVar[int]
     checked: bool
     reason: str
     settled_count: int
     in_flight_count: int
     rechecked_count: int
     in_flight: _containers.RepeatedCompositeFieldContainer[InFlightTransaction]
-    def __init__(self, checked: _Optional[bool] = ..., reason: _Optional[str] = ..., settled_count: _Optional[int] = ..., in_flight_count: _Optional[int] = ..., rechecked_count: _Optional[int] = ..., in_flight: _Optional[_Iterable[_Union[InFlightTransaction, _Mapping]]] = ...) -> None: ...
+    open_hold_count: int
+    def __init__(self, checked: _Optional[bool] = ..., reason: _Optional[str] = ..., settled_count: _Optional[int] = ..., in_flight_count: _Optional[int] = ..., rechecked_count: _Optional[int] = ..., in_flight: _Optional[_Iterable[_Union[InFlightTransaction, _Mapping]]] = ..., open_hold_count: _Optional[int] = ...) -> None: ...
 
 class InFlightTransaction(_message.Message):
     __slots__ = ("transaction_id", "attempt_key", "decision", "coordinator_shard", "pieces", "deadline_ns")
