@@ -382,7 +382,7 @@ class Batch:
             return Result(
                 ResultCode.TRANSACTION_NOT_FOUND, f"reverses_id {spec.target_id!r} not found"
             )
-        if original.spec.kind is not Kind.COMMIT:
+        if not (original.spec.kind is Kind.COMMIT or self._is_hold_post(original)):
             return Result(
                 ResultCode.NOT_REVERSIBLE,
                 f"{spec.target_id!r} is not a committed cross-shard transaction here",
@@ -631,6 +631,12 @@ class Batch:
                 ResultCode.ALREADY_REVERSED,
                 f"{spec.target_id!r} was reversed by {original.reversed_by_id!r}",
             )
+        if self._is_hold_post(original):  # legs on several shards: the gateway reverses it
+            return Result(
+                ResultCode.NOT_REVERSIBLE,
+                f"{spec.target_id!r} posted a hold whose legs span shards: reverse it through "
+                "the gateway",
+            )
         inverted = tuple(
             Leg(leg.account_id, not leg.is_debit, leg.amount, leg.currency)
             for leg in original.applied_legs
@@ -639,6 +645,14 @@ class Batch:
         if result.code is ResultCode.CREATED:
             self._own_transaction(spec.target_id).reversed_by_id = spec.id
         return result
+
+    def _is_hold_post(self, state: TransactionState) -> bool:
+        """The post of a cross-shard hold recorded here (its coordinator). The writer loads
+        the target of a post a batch reverses (see reversed_posts)."""
+        if state.spec.kind is not Kind.POST_PENDING:
+            return False
+        hold = self.transactions.get(state.spec.target_id)
+        return hold is not None and hold.spec.kind is Kind.HOLD
 
     def iter_touched_account_ids(self) -> Iterator[str]:
         return iter(self.touched_accounts)
@@ -758,6 +772,18 @@ def needed_ids(requests: Sequence[Sequence[Item]]) -> tuple[set[str], set[str]]:
             elif isinstance(item, CloseSpec):
                 account_ids.add(item.account_id)
     return account_ids, transaction_ids
+
+
+def reversal_targets(requests: Sequence[Sequence[Item]]) -> set[str]:
+    """Ids a batch reverses (or marks reversed): if one is a post of a hold, the batch must
+    know that hold too (Batch._is_hold_post)."""
+    return {
+        item.target_id
+        for items in requests
+        for item in items
+        if isinstance(item, TransactionSpec)
+        and (item.kind is Kind.REVERSAL or item.kind is Kind.REVERSAL_MARK)
+    }
 
 
 def check_balanced(writes: WriteSet, accounts: dict[str, AccountState | None]) -> None:

@@ -281,6 +281,7 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
             reverses: list[str] = []
             coordinators: set[int] = set()
             missing = -1
+            built_results: list[pb.ItemResult] = []
             for n in range(start, end):
                 item, message = items[n], messages[n]
                 assert isinstance(item, TransactionSpec)
@@ -294,10 +295,19 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
                     missing = n - start
                     break
                 coordinator, record = found
+                if record.transaction.pending:
+                    refused = Result(
+                        ResultCode.NOT_REVERSIBLE,
+                        f"{item.target_id!r} is a pending record; void a hold instead of "
+                        "reversing it",
+                    )
+                    built_results = _failed_in_unit(end - start, n - start, refused)
+                    break
                 coordinators.add(coordinator)
+                # What it applied: its legs, or for the post of a hold, what the post posted.
                 legs = [
                     Leg(leg.account_id, leg.side != pb.SIDE_DEBIT, leg.amount, leg.currency)
-                    for leg in record.transaction.legs
+                    for leg in record.applied_legs
                 ]
                 specs.append(
                     TransactionSpec(
@@ -306,7 +316,9 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
                 )
                 unit_messages.append(piece_message(message, legs))
                 reverses.append(item.target_id)
-            if missing >= 0:
+            if built_results:
+                built.append(built_results)
+            elif missing >= 0:
                 built.append(_not_found_in_unit(items[start:end], missing))
             elif len(coordinators) > 1:
                 built.append(None)
@@ -501,9 +513,8 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
         whole_posts = []
         for lookup in results:
             record = lookup.transaction
-            if lookup.code == pb.RESULT_CODE_OK and any(
-                leg.account_id.startswith(CLEARING_PREFIX) for leg in record.applied_legs
-            ):
+            if lookup.code == pb.RESULT_CODE_OK and is_hold_post(record):
+                record.ClearField("cross_shard_piece")
                 del record.applied_legs[:]
                 record.applied_legs.extend(record.transaction.legs)
                 if not record.transaction.legs:
@@ -524,18 +535,22 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
         record as a client reads it."""
         lookups, participants = await self._lookup_with_pieces(ids)
         committed = {}
+        hold_posts = []
         for transaction_id, found in zip(ids, lookups, strict=True):
             for shard_id, lookup in found:
-                if (
-                    lookup.code == pb.RESULT_CODE_OK
-                    and lookup.transaction.cross_shard_piece.coordinator
-                ):
+                if lookup.code != pb.RESULT_CODE_OK:
+                    continue
+                if is_hold_post(lookup.transaction):
+                    hold_posts.append(lookup)
+                    committed[transaction_id] = (shard_id, lookup.transaction)
+                elif lookup.transaction.cross_shard_piece.coordinator:
                     merged = _one_transaction(
                         transaction_id,
                         [lookup],
                         [p for _, p in participants.get(transaction_id, [])],
                     )
                     committed[transaction_id] = (shard_id, merged.transaction)
+        await self._complete_hold_posts(hold_posts)
         return committed
 
     async def _lookup_with_pieces(
@@ -667,7 +682,11 @@ def _one_transaction(
     """A transaction as the client sees it, from every shard's lookup of its id and, for a
     committed cross-shard one, of its participants' pieces."""
     found = [lookup for lookup in lookups if lookup.code == pb.RESULT_CODE_OK]
-    whole = [f for f in found if not f.transaction.HasField("cross_shard_piece")]
+    whole = [
+        f
+        for f in found
+        if not f.transaction.HasField("cross_shard_piece") or is_hold_post(f.transaction)
+    ]
     if whole:
         return whole[0]
     decided = [f.transaction for f in found if f.transaction.cross_shard_piece.coordinator]
@@ -758,14 +777,23 @@ def _post_excess(
 def _not_found_in_unit(unit: Sequence[Any], missing: int) -> list[pb.ItemResult]:
     """A unit whose item `missing` reverses a transaction that does not exist."""
     target = unit[missing].target_id
-    refused = pb.ItemResult(
-        code=pb.RESULT_CODE_TRANSACTION_NOT_FOUND, message=f"reverses_id {target!r} not found"
-    )
+    refused = Result(ResultCode.TRANSACTION_NOT_FOUND, f"reverses_id {target!r} not found")
+    return _failed_in_unit(len(unit), missing, refused)
+
+
+def _failed_in_unit(size: int, failed: int, why: Result) -> list[pb.ItemResult]:
+    """A unit (one item, or a linked group) whose item `failed` is refused."""
     linked = pb.ItemResult(
         code=pb.RESULT_CODE_LINKED_ITEM_FAILED,
-        message=f"item {missing} of this linked group failed",
+        message=f"item {failed} of this linked group failed",
     )
-    return [refused if k == missing else linked for k in range(len(unit))]
+    return [convert.result_to_proto(why) if k == failed else linked for k in range(size)]
+
+
+def is_hold_post(record: pb.TransactionRecord) -> bool:
+    """The post of a cross-shard hold as its coordinator records it (what that shard posted,
+    clearing legs included), marked a cross-shard piece by the shard."""
+    return bool(record.transaction.post_pending_id) and record.cross_shard_piece.coordinator
 
 
 def _sum_balances(balances: Sequence[pb.Balance]) -> pb.Balance:

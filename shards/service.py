@@ -13,6 +13,7 @@ from core.model import (
     ATTEMPT_PATTERN,
     AccountSpec,
     AccountState,
+    Kind,
     Rejection,
     Result,
     ResultCode,
@@ -168,6 +169,19 @@ class LedgerService(pb_grpc.LedgerServicer):  # type: ignore[misc]
         problems = [_transaction_id_problem(i, f"ids[{n}]") for n, i in enumerate(request.ids)]
         wanted = [i for i, problem in zip(request.ids, problems, strict=True) if not problem]
         found = await store.load_transactions(self._node.read_pool, wanted, READ_TIMEOUT_S)
+        # Posts of cross-shard holds recorded here (their coordinator) read as a cross-shard
+        # piece: what this shard posted of the client's post.
+        holds = [s.spec.target_id for s in found.values() if s.spec.kind is Kind.POST_PENDING]
+        hold_kinds = (
+            {
+                i: s.spec.kind
+                for i, s in (
+                    await store.load_transactions(self._node.read_pool, holds, READ_TIMEOUT_S)
+                ).items()
+            }
+            if holds
+            else {}
+        )
         results = []
         for transaction_id, problem in zip(request.ids, problems, strict=True):
             if problem:
@@ -182,7 +196,10 @@ class LedgerService(pb_grpc.LedgerServicer):  # type: ignore[misc]
                     )
                 )
             else:
-                record = convert.transaction_to_proto(found[transaction_id])
+                state = found[transaction_id]
+                record = convert.transaction_to_proto(state)
+                if hold_kinds.get(state.spec.target_id) is Kind.HOLD:
+                    record.cross_shard_piece.coordinator = True
                 results.append(pb.TransactionLookup(code=pb.RESULT_CODE_OK, transaction=record))
         return pb.GetTransactionsResponse(results=results)
 

@@ -35,7 +35,15 @@ from core.model import (
     transaction_from_record,
     transaction_to_record,
 )
-from core.state import Batch, Item, JournalPosition, WriteSet, check_balanced, needed_ids
+from core.state import (
+    Batch,
+    Item,
+    JournalPosition,
+    WriteSet,
+    check_balanced,
+    needed_ids,
+    reversal_targets,
+)
 
 log = logging.getLogger("tally.writer")
 
@@ -439,6 +447,21 @@ class Writer:
         transactions = await self._lookup(
             self.transactions, newer_transactions, transaction_ids, store.load_transactions
         )
+        reversed_posts = {
+            state.spec.target_id
+            for target in reversal_targets(item_lists)
+            if (state := transactions.get(target)) is not None
+            and state.spec.kind is Kind.POST_PENDING
+        }
+        if reversed_posts:  # the holds they posted: is one a cross-shard hold?
+            transactions.update(
+                await self._lookup(
+                    self.transactions,
+                    newer_transactions,
+                    reversed_posts - transactions.keys(),
+                    store.load_transactions,
+                )
+            )
         for state in transactions.values():
             if state is not None:
                 account_ids.update(leg.account_id for leg in state.applied_legs)

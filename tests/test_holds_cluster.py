@@ -294,3 +294,39 @@ async def test_a_participant_that_missed_the_commit_keeps_holding_until_expiry(
     assert await _counters(client, payee) == (0, 1_000, 0, 0)
     assert await _counters(client, payer) == (0, 1_000, 0, 0)
     assert (await client.transaction("h1")).status == pb.TRANSACTION_STATUS_PENDING_EXPIRED
+
+
+async def test_posts_of_cross_shard_holds_are_reversed_once_and_holds_never(
+    cluster: Cluster,  # noqa: F811
+    client: Client,
+) -> None:
+    payer, payee = (f"{c}/dep" for c in await _customers(client, 2))
+    assert await client.codes(
+        transfer("h1", payer, payee, 300, pending=True),
+        transfer("h2", payer, payee, 200, pending=True),
+    ) == [CREATED] * 2
+    refused = (await client.post(pb.Transaction(id="r0", code=1, reverses_id="h1")))[0]
+    assert refused.code == pb.RESULT_CODE_NOT_REVERSIBLE, refused.message
+    post = _post("p1", "h1", leg(payer, DEBIT, 120), leg(payee, CREDIT, 120))
+    assert await client.codes(post, _post("p2", "h2")) == [CREATED] * 2
+    assert await _counters(client, payer) == (320, 1_000, 0, 0)
+    # On its own shard alone, the post cannot be reversed: its legs live on two shards.
+    coordinator = SlotMap.even(SHARD_COUNT).shard_of_account(payer)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{cluster.nodes[coordinator].port}") as node:
+        alone = (await Client(node).post(pb.Transaction(id="r-x", code=1, reverses_id="p1")))[0]
+    assert alone.code == pb.RESULT_CODE_NOT_REVERSIBLE, alone.message
+    assert "gateway" in alone.message
+
+    reversals = [pb.Transaction(id=f"r{n}", code=1, reverses_id=f"p{n}") for n in (1, 2)]
+    results = await client.post(*reversals)
+    assert [r.code for r in results] == [CREATED] * 2, [r.message for r in results]
+    assert await client.codes(*reversals) == [REPLAYED] * 2
+    again = (await client.post(pb.Transaction(id="r9", code=1, reverses_id="p1")))[0]
+    assert again.code == pb.RESULT_CODE_ALREADY_REVERSED, again.message
+    assert await _counters(client, payer) == (320, 1_320, 0, 0)
+    assert await _counters(client, payee) == (320, 1_320, 0, 0)
+    assert (await client.transaction("p2")).reversed_by_id == "r2"
+    undo = await client.transaction("r2")
+    assert sorted((x.account_id, x.side, x.amount) for x in undo.applied_legs) == sorted(
+        [(payer, CREDIT, 200), (payee, DEBIT, 200)]
+    )
