@@ -331,7 +331,8 @@ class Driver:
                 results[u] = verdict
             else:
                 to_abort.append((u, verdict))
-        if failpoints.ARMED and to_commit:  # some unit committed; no participant knows yet
+        if failpoints.ARMED and (outcome.resolves or outcome.settles):
+            # Some unit committed; no participant knows yet.
             await failpoints.hit("gateway.after_commit")
         await self._abort(units, to_abort, results, outcome)
         await self._tell(outcome)

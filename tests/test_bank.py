@@ -8,12 +8,15 @@ seconds: between two customers of the same currency (mostly across shards) and b
 customer's own two accounts (single-shard), amounts sometimes above the balance (refused). In
 the middle, one node and then the gateway are killed with SIGKILL and restarted. Every client
 retries a transfer with the same id and the same content on any error until it has a
-definitive answer.
+definitive answer. About one operation in seven is a hold instead (mostly across shards, some
+expiring after a second), then settled: posted in full, posted in part, or voided, possibly
+after it expired.
 
 Afterwards, per currency: the customers' total is what was funded and @cash still owes exactly
 that; every account's balance is what the definitive answers say; no account went negative;
-the clearing pieces net to zero; nothing is held; every transfer is wholly applied or wholly
-absent on every shard; retries return the recorded outcomes; every shard audits clean.
+the clearing pieces net to zero; no hold remains; every transfer is wholly applied or wholly
+absent on every shard, and every hold's fate is the one its client was told; retries return
+the recorded outcomes; every shard audits clean, and so does the cluster audit.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ from pathlib import Path
 
 import grpc
 
+from core import audit
+from core.audit import AuditConfig
 from core.embedded_pg import EmbeddedPostgres
 from core.journal import FLAG_DEBITS_MUST_NOT_EXCEED_CREDITS
 from core.model import Kind, Status
@@ -58,6 +63,8 @@ RPC_TIMEOUT_S = 10.0
 SETTLE_TIMEOUT_S = 40.0
 READ_CHUNK = 1000
 RETRY_SAMPLE_COUNT = 300
+# The share of operations that are a hold then its post or void.
+HOLD_SHARE = 0.15
 
 CREATED = pb.RESULT_CODE_CREATED
 REPLAYED = pb.RESULT_CODE_REPLAYED
@@ -104,10 +111,28 @@ class Outcome:
 
 
 @dataclass
+class HoldFlow:
+    """A hold and what its client did with it: a post (in full or in part) or a void."""
+
+    hold: Outcome
+    settle: Outcome | None = None
+
+    def posted(self) -> int:
+        """What moved: the post's amount if the post was applied."""
+        if self.settle is None or not self.settle.applied:
+            return 0
+        message = self.settle.message
+        if not message.post_pending_id:
+            return 0
+        return (message.legs[0] if message.legs else self.hold.message.legs[0]).amount
+
+
+@dataclass
 class Ledger:
-    """Client-side truth: every transfer sent and its definitive answer."""
+    """Client-side truth: every transfer and hold sent and its definitive answer."""
 
     outcomes: dict[str, Outcome] = field(default_factory=dict)
+    holds: dict[str, HoldFlow] = field(default_factory=dict)
 
     def expected_balances(self) -> dict[str, int]:
         balances = dict.fromkeys((a for a, _ in customer_accounts()), FUNDING)
@@ -116,6 +141,10 @@ class Ledger:
                 debit, credit = outcome.message.legs
                 balances[debit.account_id] -= debit.amount
                 balances[credit.account_id] += credit.amount
+        for flow in self.holds.values():
+            debit, credit = flow.hold.message.legs
+            balances[debit.account_id] -= flow.posted()
+            balances[credit.account_id] += flow.posted()
         return balances
 
 
@@ -153,9 +182,58 @@ class BankClient:
     async def run(self, stop: asyncio.Event, give_up_at: list[float]) -> None:
         while not stop.is_set():
             message, cross = self.next_transfer()
+            if self.random.random() < HOLD_SHARE:
+                await self.hold_and_settle(message, cross, give_up_at)
+                continue
             outcome = Outcome(message, cross)
             self.ledger.outcomes[message.id] = outcome
             await self.until_definitive(outcome, give_up_at)
+
+    async def hold_and_settle(
+        self, message: pb.Transaction, cross: bool, give_up_at: list[float]
+    ) -> None:
+        """The transfer as a hold (some expiring in a second), then, after a moment, its
+        post in full, in part, or its void, each retried until definitive."""
+        hold = pb.Transaction()
+        hold.CopyFrom(message)
+        hold.id = "h" + message.id
+        hold.pending = True
+        short = self.random.random() < 0.25
+        hold.timeout_seconds = 1 if short else 0
+        flow = HoldFlow(Outcome(hold, cross))
+        self.ledger.holds[hold.id] = flow
+        await self.until_definitive(flow.hold, give_up_at)
+        if not flow.hold.applied:
+            return
+        await asyncio.sleep(self.random.choice((0.0, 0.1, 1.2 if short else 0.3)))
+        settle = pb.Transaction(id="s" + message.id, code=1)
+        choice = self.random.random()
+        debit, credit = hold.legs
+        if choice < 0.4:
+            settle.post_pending_id = hold.id
+        elif choice < 0.7:
+            settle.post_pending_id = hold.id
+            part = max(1, debit.amount // 2)
+            settle.legs.extend(
+                [
+                    pb.Leg(
+                        account_id=debit.account_id,
+                        side=debit.side,
+                        amount=part,
+                        currency=debit.currency,
+                    ),
+                    pb.Leg(
+                        account_id=credit.account_id,
+                        side=credit.side,
+                        amount=part,
+                        currency=credit.currency,
+                    ),
+                ]
+            )
+        else:
+            settle.void_pending_id = hold.id
+        flow.settle = Outcome(settle, cross)
+        await self.until_definitive(flow.settle, give_up_at)
 
     async def until_definitive(self, outcome: Outcome, give_up_at: list[float]) -> None:
         """The same id and content again, on any error, until a definitive answer."""
@@ -293,12 +371,52 @@ async def check_each_transfer_whole_or_absent(cluster: ProcessCluster, ledger: L
     assert problems == [], problems[:20]
 
 
+async def check_each_hold_fate(cluster: ProcessCluster, ledger: Ledger) -> None:
+    """Every hold applied has the fate its client was told, at the shard that decides it (its
+    only shard, or its coordinator); one refused is recorded nowhere; none is left open."""
+    ids = list(ledger.holds)
+    rows_per_shard = await fetch_each_shard(
+        cluster, "SELECT id, kind, status FROM transactions WHERE id = ANY($1::text[])", ids
+    )
+    found: dict[str, list[tuple[int, int, int]]] = {}
+    for shard_id, rows in enumerate(rows_per_shard):
+        for row in rows:
+            found.setdefault(row["id"], []).append((shard_id, row["kind"], row["status"]))
+    problems = []
+    fates: Counter[str] = Counter()
+    for hold_id, flow in ledger.holds.items():
+        here = found.get(hold_id, [])
+        if not flow.hold.applied:
+            if here:
+                problems.append(f"{hold_id} (refused): {here}")
+            continue
+        debit = flow.hold.message.legs[0].account_id
+        kind = Kind.HOLD if flow.hold.cross_shard else Kind.PENDING
+        settle = flow.settle
+        assert settle is not None and settle.result is not None
+        if settle.applied:
+            status = (
+                Status.PENDING_POSTED if settle.message.post_pending_id else Status.PENDING_VOIDED
+            )
+        elif settle.result.code == pb.RESULT_CODE_PENDING_EXPIRED:
+            status = Status.PENDING_EXPIRED
+        else:
+            problems.append(f"{hold_id}: settled {name(settle.result.code)}")
+            continue
+        fates[Status(status).name] += 1
+        if here != [(cluster.shard_of(debit), kind, status)]:
+            problems.append(f"{hold_id}: {here}, expected {kind.name} {Status(status).name}")
+    assert problems == [], problems[:20]
+    assert fates["PENDING_POSTED"] >= 1 and fates["PENDING_VOIDED"] >= 1, fates
+
+
 async def check_retries_return_the_recorded_outcome(client: Client, ledger: Ledger) -> None:
     """Applied transfers (a sample, every one that saw an error among them) are REPLAYED with
     their timestamp. (A refused one is not recorded, cross-shard or not: its retry could now
     succeed, so it is not retried here.)"""
     rng = random.Random(7)
-    applied = [o for o in ledger.outcomes.values() if o.applied]
+    settles = [f.settle for f in ledger.holds.values() if f.settle is not None]
+    applied = [o for o in [*ledger.outcomes.values(), *settles] if o.applied]
     with_errors = [o for o in applied if o.errors]
     sample = with_errors + rng.sample(applied, min(RETRY_SAMPLE_COUNT, len(applied)))
     problems = []
@@ -384,7 +502,10 @@ async def test_money_is_conserved_under_concurrent_transfers_and_crashes(
                 await asyncio.gather(*tasks, chaos_task, return_exceptions=True)
 
             outcomes = list(ledger.outcomes.values())
-            undecided = [o.message.id for o in outcomes if o.result is None]
+            hold_outcomes = [
+                o for f in ledger.holds.values() for o in (f.hold, f.settle) if o is not None
+            ]
+            undecided = [o.message.id for o in [*outcomes, *hold_outcomes] if o.result is None]
             assert undecided == [], (undecided[:10], events, cluster.describe())
             codes = Counter(name(o.result.code) for o in outcomes if o.result is not None)
             unexpected = set(codes) - {
@@ -393,12 +514,21 @@ async def test_money_is_conserved_under_concurrent_transfers_and_crashes(
                 "RESULT_CODE_INSUFFICIENT_FUNDS",
             }
             assert unexpected == set(), codes
+            hold_codes = Counter(name(o.result.code) for o in hold_outcomes if o.result)
+            assert set(hold_codes) <= {
+                "RESULT_CODE_CREATED",
+                "RESULT_CODE_REPLAYED",
+                "RESULT_CODE_INSUFFICIENT_FUNDS",
+                "RESULT_CODE_PENDING_EXPIRED",
+            }, hold_codes
+            cross_holds = sum(f.hold.cross_shard and f.hold.applied for f in ledger.holds.values())
             cross = sum(o.cross_shard for o in outcomes)
             retried = sum(o.attempt_count > 1 for o in outcomes)
             errors = Counter(e for o in outcomes for e in o.errors)
             summary = (
                 f"{len(outcomes)} transfers ({cross} cross-shard), {dict(codes)}, "
-                f"{retried} retried after {dict(errors)}; {events}"
+                f"{retried} retried after {dict(errors)}; {len(ledger.holds)} holds "
+                f"({cross_holds} across shards) {dict(hold_codes)}; {events}"
             )
             print(summary)
             assert len(outcomes) >= 1_000, summary
@@ -406,13 +536,19 @@ async def test_money_is_conserved_under_concurrent_transfers_and_crashes(
             assert codes["RESULT_CODE_INSUFFICIENT_FUNDS"] >= 1, summary
             assert cross >= len(outcomes) // 2, summary
             assert retried >= 1, f"no client saw the crashes: {summary}"
+            assert cross_holds >= 50, summary
 
             # Pieces whose resolve was lost are settled by their participant's deadline.
             await wait_nothing_pending(cluster, timeout_s=DEADLINE_S + 10)
             await wait_gateway_reaches_every_shard(client, cash_of("USD"))
             await check_each_transfer_whole_or_absent(cluster, ledger)
+            await check_each_hold_fate(cluster, ledger)
             await check_retries_return_the_recorded_outcome(client, ledger)
             await check_books(cluster, client, ledger)
             await check_each_transfer_whole_or_absent(cluster, ledger)  # retries changed nothing
         for dsn in cluster.shard_dsns:
             assert await audit_problems(dsn) == []
+        report = await audit.audit_cluster(cluster.shard_dsns, AuditConfig())
+        found = [f.message for shard in report.shards for f in shard.findings]
+        assert report.ok, found + [f.message for f in report.cluster_problems]
+        assert (report.cross_shard.in_flight_count, report.cross_shard.open_hold_count) == (0, 0)
