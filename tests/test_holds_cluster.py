@@ -301,10 +301,13 @@ async def test_posts_of_cross_shard_holds_are_reversed_once_and_holds_never(
     client: Client,
 ) -> None:
     payer, payee = (f"{c}/dep" for c in await _customers(client, 2))
-    assert await client.codes(
-        transfer("h1", payer, payee, 300, pending=True),
-        transfer("h2", payer, payee, 200, pending=True),
-    ) == [CREATED] * 2
+    assert (
+        await client.codes(
+            transfer("h1", payer, payee, 300, pending=True),
+            transfer("h2", payer, payee, 200, pending=True),
+        )
+        == [CREATED] * 2
+    )
     refused = (await client.post(pb.Transaction(id="r0", code=1, reverses_id="h1")))[0]
     assert refused.code == pb.RESULT_CODE_NOT_REVERSIBLE, refused.message
     post = _post("p1", "h1", leg(payer, DEBIT, 120), leg(payee, CREDIT, 120))
