@@ -144,7 +144,7 @@ class Unit:
     commit records the decision for that transaction id, and the whole chain commits in one
     database commit, so one decision covers the unit."""
 
-    __slots__ = ("attempt", "coordinator", "messages", "pieces", "reverses")
+    __slots__ = ("attempt", "coordinator", "fates", "messages", "pieces", "reverses")
 
     def __init__(
         self,
@@ -153,18 +153,24 @@ class Unit:
         slot_map: SlotMap,
         coordinator: int | None = None,
         reverses: Sequence[str] = (),
+        fates: dict[int, HoldResolution] | None = None,
     ) -> None:
         """coordinator: by default that of the unit's legs. reverses: for each transaction,
         the cross-shard transaction it reverses ("": none), which must have been committed at
-        this unit's coordinator."""
+        this unit's coordinator. fates: by position, the unit's posts and voids of cross-shard
+        holds recorded at this unit's coordinator (decided in its commit, settled after)."""
         self.attempt = f"{_ATTEMPT_PREFIX}{next(_attempt_numbers):x}"
         self.messages = list(messages)
         self.reverses = list(reverses) or [""] * len(self.messages)
+        self.fates = fates or {}
         if coordinator is None:
             legs = specs[0].legs if len(specs) == 1 else [leg for s in specs for leg in s.legs]
             coordinator = coordinator_of(legs, slot_map)
         self.coordinator = coordinator
-        self.pieces = [split_pieces(s.legs, slot_map, self.coordinator)[1] for s in specs]
+        self.pieces = [
+            {} if k in self.fates else split_pieces(s.legs, slot_map, self.coordinator)[1]
+            for k, s in enumerate(specs)
+        ]
 
     def participants(self) -> list[int]:
         shards = {shard for pieces in self.pieces for shard in pieces}
@@ -179,9 +185,22 @@ class Unit:
             chosen = [(k, pieces[shard]) for k, pieces in enumerate(self.pieces) if shard in pieces]
         last = len(chosen) - 1
         return [
-            (k, piece_message(self.messages[k], legs, linked=n < last))
+            (k, self._fate_message(k, n < last))
+            if k in self.fates
+            else (k, piece_message(self.messages[k], legs, linked=n < last))
             for n, (k, legs) in enumerate(chosen)
         ]
+
+    def _fate_message(self, k: int, linked: bool) -> pb.Transaction:
+        """A post or void of a cross-shard hold goes to the coordinator as the client sent it."""
+        message = pb.Transaction()
+        message.CopyFrom(self.messages[k])
+        message.linked = linked
+        return message
+
+    def decide_before_ns(self, k: int) -> int:
+        fate = self.fates.get(k)
+        return fate.decide_before_ns if fate is not None else 0
 
     def judge(self, answers: Sequence[Sequence[pb.ItemResult]]) -> list[pb.ItemResult] | None:
         """From each transaction's answers: None if all succeeded; else each transaction's
@@ -203,12 +222,19 @@ class Unit:
         return [why if k == culprit else linked for k in range(len(self.messages))]
 
     def coordinator_piece(self, k: int) -> pb.Transaction:
+        if k in self.fates:
+            return self._fate_message(k, False)
         return piece_message(self.messages[k], self.pieces[k].get(self.coordinator, []))
 
     def resolves(self, outcome: Outcome, k: int, commit: bool, timestamp_ns: int = 0) -> None:
         """What the participants of transaction k must hear: post or void their pieces; for a
         committed hold, keep them held until the hold's expiry (its coordinator timestamp)."""
         message = self.messages[k]
+        fate = self.fates.get(k)
+        if fate is not None:  # the hold's participants settle as decided (else they ask)
+            if commit:
+                outcome.settle_fate(fate)
+            return
         for shard in self.pieces[k]:
             if shard == self.coordinator:
                 continue
@@ -236,11 +262,24 @@ class Outcome:
         self.resolves: dict[int, list[spb.ResolveItem]] = {}
         self.settles: dict[int, list[spb.SettleHoldItem]] = {}
 
+    def settle_fate(self, hold: HoldResolution) -> None:
+        fate = spb.HOLD_FATE_POSTED if hold.post else spb.HOLD_FATE_VOIDED
+        for participant in hold.participants:
+            self.settles.setdefault(participant, []).append(hold.settle(fate))
+
 
 class HoldResolution:
     """A client's post or void of a committed cross-shard hold."""
 
-    __slots__ = ("attempt", "coordinator", "expires_at_ns", "message", "participants", "post")
+    __slots__ = (
+        "attempt",
+        "coordinator",
+        "decide_before_ns",
+        "expires_at_ns",
+        "message",
+        "participants",
+        "post",
+    )
 
     def __init__(
         self,
@@ -256,6 +295,16 @@ class HoldResolution:
         self.attempt = attempt
         self.participants = list(participants)
         self.expires_at_ns = expires_at_ns
+        self.decide_before_ns = 0
+
+    def rearm(self, now_ns: int) -> list[tuple[int, spb.SettleHoldItem]]:
+        """Before its fate is decided: each participant's piece gets the short deadline (the
+        hold's expiry if sooner); the coordinator must decide before half of it."""
+        deadline = now_ns + PREPARE_DEADLINE_S * 1_000_000_000
+        if self.expires_at_ns:
+            deadline = min(deadline, self.expires_at_ns)
+        self.decide_before_ns = now_ns + PREPARE_DEADLINE_S * 500_000_000
+        return [(shard, self.settle(spb.HOLD_FATE_OPEN, deadline)) for shard in self.participants]
 
     @property
     def hold_id(self) -> str:
@@ -306,12 +355,20 @@ class Driver:
     async def execute_units(self, units: Sequence[Unit]) -> list[list[pb.ItemResult]]:
         """Each unit's results, in the unit's order."""
         results: list[list[pb.ItemResult] | None] = [None] * len(units)
-        prepared = await self._gather("Prepare", units, range(len(units)), participants=True)
+        fated = [(u, hold) for u, unit in enumerate(units) for hold in unit.fates.values()]
+        chosen = list(range(len(units)))
+        if fated:  # units deciding the fate of cross-shard holds: their participants first
+            failed = await self._rearm([hold for _, hold in fated])
+            for n in failed:
+                u = fated[n][0]
+                results[u] = [failed[n]] * len(units[u].messages)
+            chosen = [u for u in chosen if results[u] is None]
+        prepared = await self._gather("Prepare", units, chosen, participants=True)
         if failpoints.ARMED:
             await failpoints.hit("gateway.after_prepare")
         to_commit: list[int] = []
         to_abort: list[tuple[int, list[pb.ItemResult]]] = []
-        for u, answers in enumerate(prepared):
+        for u, answers in zip(chosen, prepared, strict=True):
             verdict = units[u].judge(answers)
             if verdict is None:
                 to_commit.append(u)
@@ -372,7 +429,10 @@ class Driver:
                 shard: spb.CommitRequest(
                     items=[
                         spb.CommitItem(
-                            piece=piece, attempt=units[u].attempt, reverses_id=units[u].reverses[k]
+                            piece=piece,
+                            attempt=units[u].attempt,
+                            reverses_id=units[u].reverses[k],
+                            decide_before_ns=units[u].decide_before_ns(k),
                         )
                         for u, k, piece in items
                     ]
@@ -456,36 +516,20 @@ class Driver:
     async def decide_holds(self, resolutions: Sequence[HoldResolution]) -> list[pb.ItemResult]:
         """Posts and voids of cross-shard holds: the participants' pieces get a short deadline,
         the coordinators decide, the participants settle as decided. Each one's result."""
-        now_ns = time.time_ns()
-        deadline_ns = now_ns + PREPARE_DEADLINE_S * 1_000_000_000
-        rearm: dict[int, list[tuple[int, spb.SettleHoldItem]]] = {}
-        for n, hold in enumerate(resolutions):
-            for shard in hold.participants:
-                deadline = deadline_ns
-                if hold.expires_at_ns:  # the hold's own expiry, if sooner, makes them ask
-                    deadline = min(deadline, hold.expires_at_ns)
-                rearm.setdefault(shard, []).append((n, hold.settle(spb.HOLD_FATE_OPEN, deadline)))
-        results: list[pb.ItemResult | None] = [None] * len(resolutions)
-        requests = {
-            shard: spb.SettleHoldsRequest(items=[item for _, item in items])
-            for shard, items in rearm.items()
-        }
-        for shard, answers in (await self._per_shard("SettleHolds", requests, "results")).items():
-            if isinstance(answers, grpc.aio.AioRpcError):
-                for n, _ in rearm[shard]:
-                    results[n] = _unavailable(answers)
+        failed = await self._rearm(resolutions)
+        results: list[pb.ItemResult | None] = [failed.get(n) for n in range(len(resolutions))]
         decide: dict[int, list[int]] = {}
         for n, hold in enumerate(resolutions):
             if results[n] is None:
                 decide.setdefault(hold.coordinator, []).append(n)
-        half_ns = PREPARE_DEADLINE_S * 500_000_000
         decided = await self._per_shard(
             "DecideHolds",
             {
                 shard: spb.DecideHoldsRequest(
                     items=[
                         spb.DecideHoldItem(
-                            resolution=resolutions[n].message, decide_before_ns=now_ns + half_ns
+                            resolution=resolutions[n].message,
+                            decide_before_ns=resolutions[n].decide_before_ns,
                         )
                         for n in chosen
                     ]
@@ -502,12 +546,29 @@ class Driver:
                 result = _answer(decided[shard], position)
                 results[n] = result
                 if result.code in OK_CODES:
-                    hold = resolutions[n]
-                    fate = spb.HOLD_FATE_POSTED if hold.post else spb.HOLD_FATE_VOIDED
-                    for participant in hold.participants:
-                        outcome.settles.setdefault(participant, []).append(hold.settle(fate))
+                    outcome.settle_fate(resolutions[n])
         await self._tell(outcome)
         return [r if r is not None else pb.ItemResult() for r in results]
+
+    async def _rearm(self, holds: Sequence[HoldResolution]) -> dict[int, pb.ItemResult]:
+        """Give the participants of these holds the short deadline before their fates are
+        decided. The holds (by position) whose participants could not be reached: not to be
+        decided now (retryable)."""
+        now_ns = time.time_ns()
+        rearm: dict[int, list[tuple[int, spb.SettleHoldItem]]] = {}
+        for n, hold in enumerate(holds):
+            for shard, item in hold.rearm(now_ns):
+                rearm.setdefault(shard, []).append((n, item))
+        requests = {
+            shard: spb.SettleHoldsRequest(items=[item for _, item in items])
+            for shard, items in rearm.items()
+        }
+        failed = {}
+        for shard, answers in (await self._per_shard("SettleHolds", requests, "results")).items():
+            if isinstance(answers, grpc.aio.AioRpcError):
+                for n, _ in rearm[shard]:
+                    failed[n] = _unavailable(answers)
+        return failed
 
 
 def _answer(answers: list[Any] | grpc.aio.AioRpcError, position: int) -> pb.ItemResult:

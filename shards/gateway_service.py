@@ -76,6 +76,7 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
             crossing: list[tuple[int, int]] = []
             reversals: list[tuple[int, int]] = []
             hold_fates: list[int] = []
+            fate_groups: list[tuple[int, int]] = []
             unsupported = []
             reversing = any(s.kind is Kind.REVERSAL for s in specs)
             resolving = any(s.kind in _RESOLUTIONS for s in specs)
@@ -88,7 +89,7 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
                     if end - start == 1:
                         hold_fates.append(start)
                     else:
-                        unsupported.append((start, sorted(shards)))
+                        fate_groups.append((start, end))
                 elif len(shards) == 1 and not reverses_cross:
                     shard = shards.pop()
                     plan.setdefault(shard, []).append((start, end))
@@ -111,6 +112,8 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
                 else:
                     unsupported.append((start, sorted(shards)))
             built = await self._reversal_units(messages, items, reversals, slot_map)
+            built += await self._fate_units(messages, items, fate_groups, slot_map)
+            reversals += fate_groups
             unsupported += [
                 (start, sorted(slot_map.shard_ids))
                 for (start, _), unit_or_results in zip(reversals, built, strict=True)
@@ -157,21 +160,12 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
             item = items[n]
             assert isinstance(item, TransactionSpec)
             found = holds.get(item.target_id)
-            if found is None:
-                field = "post_pending_id" if item.kind is Kind.POST_PENDING else "void_pending_id"
-                results[n] = convert.result_to_proto(
-                    Result(
-                        ResultCode.PENDING_NOT_FOUND,
-                        f"{field} {item.target_id!r} is not a pending transaction",
-                    )
-                )
+            refusal = _hold_refusal(item, found)
+            if refusal is not None:
+                results[n] = convert.result_to_proto(refusal)
                 continue
+            assert found is not None
             coordinator, record, pieces = found
-            if record.status == pb.TRANSACTION_STATUS_PENDING and item.legs:
-                excess = _post_excess(item.legs, record, [piece for _, piece in pieces])
-                if excess is not None:
-                    results[n] = convert.result_to_proto(excess)
-                    continue
             resolution = HoldResolution(
                 messages[n],
                 coordinator,
@@ -189,6 +183,67 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
         )
         for (n, _), answer in zip(chosen, answers, strict=True):
             results[n] = answer
+
+    async def _fate_units(
+        self,
+        messages: list[pb.Transaction],
+        items: list[TransactionSpec | Rejection],
+        ranges: list[tuple[int, int]],
+        slot_map: SlotMap,
+    ) -> list[Unit | list[pb.ItemResult] | None]:
+        """Linked groups posting or voiding cross-shard holds together with transfers and
+        holds: one unit each, coordinated where those holds are recorded, whose commit decides
+        the holds' fates with the rest. Per range: its unit; its results if a hold is not
+        found or over-posted; None if its holds are recorded at different shards, or it holds
+        another kind of item (not supported)."""
+        if not ranges:
+            return []
+        targets = [
+            item.target_id
+            for start, end in ranges
+            for item in items[start:end]
+            if isinstance(item, TransactionSpec) and self._resolves_cross_shard(item)
+        ]
+        holds = await self._read_holds(list(dict.fromkeys(targets)))
+        built: list[Unit | list[pb.ItemResult] | None] = []
+        for start, end in ranges:
+            specs: list[TransactionSpec] = []
+            fates: dict[int, HoldResolution] = {}
+            coordinators: set[int] = set()
+            outcome: list[pb.ItemResult] | None = None
+            supported = True
+            for n in range(start, end):
+                item = items[n]
+                assert isinstance(item, TransactionSpec)
+                specs.append(item)
+                if item.kind is Kind.ORDINARY or item.kind is Kind.PENDING:
+                    continue
+                if not self._resolves_cross_shard(item):
+                    supported = False
+                    break
+                found = holds.get(item.target_id)
+                refusal = _hold_refusal(item, found)
+                if refusal is not None:
+                    outcome = _failed_in_unit(end - start, n - start, refusal)
+                    break
+                assert found is not None
+                coordinator, record, pieces = found
+                coordinators.add(coordinator)
+                fates[n - start] = HoldResolution(
+                    messages[n],
+                    coordinator,
+                    record.cross_shard_piece.attempt,
+                    sorted({shard for shard, _ in pieces}),
+                    record.expires_at_ns,
+                )
+            if outcome is not None:
+                built.append(outcome)
+            elif not supported or len(coordinators) != 1:
+                built.append(None)
+            else:
+                unit_messages = messages[start:end]
+                built.append(Unit(specs, unit_messages, slot_map, coordinators.pop(), fates=fates))
+        return built
 
     async def _read_holds(
         self, ids: list[str]
@@ -744,11 +799,28 @@ async def _refuse_cross_shard(context: Context, crossing: list[tuple[int, list[i
     await abort(
         context,
         grpc.StatusCode.FAILED_PRECONDITION,
-        f"{described}: a linked group holding the post or void of a cross-shard hold, or "
-        "reversing cross-shard transactions committed at different shards, is not available "
-        "in this version (each on its own is, as are linked groups of cross-shard transfers "
-        "and holds); nothing in this request was applied",
+        f"{described}: a linked group reversing cross-shard transactions committed at "
+        "different shards, or deciding the fate of cross-shard holds recorded at different "
+        "shards (or with reversals, or posts of holds on one shard), is not available in this "
+        "version (each on its own is); nothing in this request was applied",
     )
+
+
+def _hold_refusal(
+    item: TransactionSpec,
+    found: tuple[int, pb.TransactionRecord, list[tuple[int, pb.TransactionRecord]]] | None,
+) -> Result | None:
+    """The gateway's own refusal of a post or void of a cross-shard hold: not found, or a post
+    naming more than the whole hold holds (the rest is decided by its coordinator)."""
+    if found is None:
+        field = "post_pending_id" if item.kind is Kind.POST_PENDING else "void_pending_id"
+        return Result(
+            ResultCode.PENDING_NOT_FOUND, f"{field} {item.target_id!r} is not a pending transaction"
+        )
+    _, record, pieces = found
+    if record.status == pb.TRANSACTION_STATUS_PENDING and item.legs:
+        return _post_excess(item.legs, record, [piece for _, piece in pieces])
+    return None
 
 
 def _post_excess(

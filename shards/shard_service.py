@@ -89,6 +89,20 @@ def commit_piece(message: pb.Transaction, attempt: str) -> Any:
     )
 
 
+def _hold_fate(item: spb.CommitItem, now_ns: int) -> Any:
+    """The client's post or void of a cross-shard hold recorded here, in a linked chain."""
+    spec = convert.transaction_from_proto(item.piece)
+    if isinstance(spec, TransactionSpec) and spec.kind not in (
+        Kind.POST_PENDING,
+        Kind.VOID_PENDING,
+    ):
+        return Rejection(ResultCode.INVALID_FLAGS, "a hold's fate is a post or a void", True)
+    if item.decide_before_ns <= now_ns:
+        late = "the participants' deadline is too near; retry with the same id"
+        return Rejection(ResultCode.UNAVAILABLE, late, item.piece.linked)
+    return spec
+
+
 def _results(results: Sequence[Result]) -> list[pb.ItemResult]:
     return convert.results_to_proto(results)
 
@@ -108,6 +122,8 @@ class ShardService(spb_grpc.ShardServicer):  # type: ignore[misc]
 
     async def Commit(self, request: spb.CommitRequest, context: Context) -> spb.CommitResponse:
         items: list[Any] = []
+        fates: list[tuple[int, Any]] = []  # (position, item): hold fates, not slot-checked
+        now_ns = time.time_ns()
         for item in request.items:
             await _check_attempt(context, item.attempt)
             if item.reverses_id:
@@ -115,8 +131,15 @@ class ShardService(spb_grpc.ShardServicer):  # type: ignore[misc]
                 if problem:
                     await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
                 items.append(reversal_mark_spec(item.piece.id, item.reverses_id, item.piece.code))
+            if item.decide_before_ns:
+                fates.append((len(items), _hold_fate(item, now_ns)))
+                items.append(None)
+                continue
             items.append(commit_piece(item.piece, item.attempt))
-        results = await self._submit(context, items)
+        checked = await route_check(self._node, [i for i in items if i is not None])
+        for position, fate in fates:
+            checked.insert(position, fate)
+        results = await submit_or_abort(self._node, context, checked)
         if failpoints.ARMED:  # the decision is durable; nobody has heard it yet
             await failpoints.hit("shard.after_commit")
         answers = []
@@ -285,6 +308,23 @@ def _decision(
                 if replay.code is ResultCode.IDEMPOTENCY_CONFLICT:
                     reason, message = replay.code, replay.message
         return spb.Decision(reason=reason, message=message, timestamp_ns=recorded.timestamp_ns)
+    if (
+        recorded is not None
+        and recorded.spec.kind in (Kind.POST_PENDING, Kind.VOID_PENDING)
+        and (item.piece.post_pending_id or item.piece.void_pending_id)
+    ):
+        # The fate of a cross-shard hold decided here, in a linked group, by an earlier
+        # attempt of the group (this attempt's commit was refused: it would have replayed).
+        asked = convert.transaction_from_proto(item.piece)
+        if isinstance(asked, TransactionSpec):
+            replay = replay_result(recorded, asked, ())
+            if replay.code is ResultCode.IDEMPOTENCY_CONFLICT:
+                return spb.Decision(reason=replay.code, message=replay.message)
+            return spb.Decision(
+                reason=ResultCode.REPLAYED,
+                message="decided by an earlier attempt",
+                timestamp_ns=recorded.timestamp_ns,
+            )
     if marker is not None:
         return spb.Decision(
             reason=marker.spec.code, message=dict(marker.spec.metadata).get("message", "")

@@ -333,3 +333,67 @@ async def test_posts_of_cross_shard_holds_are_reversed_once_and_holds_never(
     assert sorted((x.account_id, x.side, x.amount) for x in undo.applied_legs) == sorted(
         [(payer, CREDIT, 200), (payee, DEBIT, 200)]
     )
+
+
+async def test_linked_groups_decide_hold_fates_with_other_transactions(
+    client: Client,
+) -> None:
+    """A post or void of a cross-shard hold linked with transfers and holds: all or nothing."""
+    payer, payee, third = (f"{c}/dep" for c in await _customers(client, 3))
+    assert (
+        await client.codes(
+            transfer("h1", payer, payee, 300, pending=True),
+            transfer("h2", payer, third, 100, pending=True),  # coordinated at payer's shard too
+        )
+        == [CREATED] * 2
+    )
+    capture = _post("p1", "h1", leg(payer, DEBIT, 200), leg(payee, CREDIT, 200))
+    capture.linked = True
+    fee = transfer("fee1", payer, "@cash", 2_000, linked=True)  # more than payer has
+    release = _void("v2", "h2")
+    refused = await client.post(capture, fee, release)
+    assert names([r.code for r in refused]) == [
+        "RESULT_CODE_LINKED_ITEM_FAILED",
+        "RESULT_CODE_INSUFFICIENT_FUNDS",
+        "RESULT_CODE_LINKED_ITEM_FAILED",
+    ]
+    assert (await client.transaction("h1")).status == pb.TRANSACTION_STATUS_PENDING
+    assert (await client.transaction("h2")).status == pb.TRANSACTION_STATUS_PENDING
+    assert await _counters(client, payee) == (0, 1_000, 0, 300)
+    assert await _counters(client, third) == (0, 1_000, 0, 100)
+
+    fee.legs[0].amount = fee.legs[1].amount = 5
+    also = transfer("h3", third, payer, 50, pending=True, linked=True)
+    assert await client.codes(capture, also, fee, release) == [CREATED] * 4
+    assert await client.codes(capture, also, fee, release) == [REPLAYED] * 4
+    assert await _counters(client, payer) == (205, 1_000, 0, 50)
+    assert await _counters(client, payee) == (0, 1_200, 0, 0)
+    assert await _counters(client, third) == (0, 1_000, 50, 0)
+    assert (await client.transaction("h2")).resolved_by_id == "v2"
+    # A fate already decided fails the group, naming why.
+    late = _void("v1", "h1")
+    late.linked = True
+    answered = await client.post(late, transfer("fee2", payer, "@cash", 1))
+    assert names([r.code for r in answered]) == [
+        "RESULT_CODE_PENDING_ALREADY_RESOLVED",
+        "RESULT_CODE_LINKED_ITEM_FAILED",
+    ]
+    assert await client.codes(_void("v3", "h3")) == [CREATED]
+
+
+async def test_a_linked_group_deciding_holds_of_two_coordinators_is_refused_whole(
+    client: Client,
+) -> None:
+    a, b = (f"{c}/dep" for c in await _customers(client, 2))
+    assert (
+        await client.codes(
+            transfer("h1", a, b, 10, pending=True), transfer("h2", b, a, 10, pending=True)
+        )
+        == [CREATED] * 2
+    )
+    first = _post("p1", "h1")
+    first.linked = True
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await client.post(first, _post("p2", "h2"))
+    assert error.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert await client.codes(_void("v1", "h1"), _void("v2", "h2")) == [CREATED] * 2
