@@ -144,7 +144,7 @@ class Unit:
     commit records the decision for that transaction id, and the whole chain commits in one
     database commit, so one decision covers the unit."""
 
-    __slots__ = ("attempt", "coordinator", "fates", "messages", "pieces", "reverses")
+    __slots__ = ("as_sent", "attempt", "coordinator", "fates", "messages", "pieces", "reverses")
 
     def __init__(
         self,
@@ -154,21 +154,25 @@ class Unit:
         coordinator: int | None = None,
         reverses: Sequence[str] = (),
         fates: dict[int, HoldResolution] | None = None,
+        as_sent: set[int] | None = None,
     ) -> None:
         """coordinator: by default that of the unit's legs. reverses: for each transaction,
         the cross-shard transaction it reverses ("": none), which must have been committed at
         this unit's coordinator. fates: by position, the unit's posts and voids of cross-shard
-        holds recorded at this unit's coordinator (decided in its commit, settled after)."""
+        holds recorded at this unit's coordinator (decided in its commit, settled after).
+        as_sent: positions of reversals, posts and voids of single-shard records there. Both
+        go to the coordinator as the client sent them."""
         self.attempt = f"{_ATTEMPT_PREFIX}{next(_attempt_numbers):x}"
         self.messages = list(messages)
         self.reverses = list(reverses) or [""] * len(self.messages)
         self.fates = fates or {}
+        self.as_sent = (as_sent or set()) | set(self.fates)
         if coordinator is None:
             legs = specs[0].legs if len(specs) == 1 else [leg for s in specs for leg in s.legs]
             coordinator = coordinator_of(legs, slot_map)
         self.coordinator = coordinator
         self.pieces = [
-            {} if k in self.fates else split_pieces(s.legs, slot_map, self.coordinator)[1]
+            {} if k in self.as_sent else split_pieces(s.legs, slot_map, self.coordinator)[1]
             for k, s in enumerate(specs)
         ]
 
@@ -185,14 +189,13 @@ class Unit:
             chosen = [(k, pieces[shard]) for k, pieces in enumerate(self.pieces) if shard in pieces]
         last = len(chosen) - 1
         return [
-            (k, self._fate_message(k, n < last))
-            if k in self.fates
+            (k, self._as_sent(k, n < last))
+            if k in self.as_sent
             else (k, piece_message(self.messages[k], legs, linked=n < last))
             for n, (k, legs) in enumerate(chosen)
         ]
 
-    def _fate_message(self, k: int, linked: bool) -> pb.Transaction:
-        """A post or void of a cross-shard hold goes to the coordinator as the client sent it."""
+    def _as_sent(self, k: int, linked: bool) -> pb.Transaction:
         message = pb.Transaction()
         message.CopyFrom(self.messages[k])
         message.linked = linked
@@ -222,8 +225,8 @@ class Unit:
         return [why if k == culprit else linked for k in range(len(self.messages))]
 
     def coordinator_piece(self, k: int) -> pb.Transaction:
-        if k in self.fates:
-            return self._fate_message(k, False)
+        if k in self.as_sent:
+            return self._as_sent(k, False)
         return piece_message(self.messages[k], self.pieces[k].get(self.coordinator, []))
 
     def resolves(self, outcome: Outcome, k: int, commit: bool, timestamp_ns: int = 0) -> None:
@@ -231,9 +234,9 @@ class Unit:
         committed hold, keep them held until the hold's expiry (its coordinator timestamp)."""
         message = self.messages[k]
         fate = self.fates.get(k)
-        if fate is not None:  # the hold's participants settle as decided (else they ask)
-            if commit:
-                outcome.settle_fate(fate)
+        if fate is not None and commit:  # the hold's participants settle as decided
+            outcome.settle_fate(fate)
+        if k in self.as_sent:  # (if not told, they ask at their short deadline)
             return
         for shard in self.pieces[k]:
             if shard == self.coordinator:
@@ -433,6 +436,7 @@ class Driver:
                             attempt=units[u].attempt,
                             reverses_id=units[u].reverses[k],
                             decide_before_ns=units[u].decide_before_ns(k),
+                            as_sent=k in units[u].as_sent,
                         )
                         for u, k, piece in items
                     ]

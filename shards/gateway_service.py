@@ -74,23 +74,17 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
             located = await self._cluster.locate(routing.targets(specs))
             plan: dict[int, list[tuple[int, int]]] = {}
             crossing: list[tuple[int, int]] = []
-            reversals: list[tuple[int, int]] = []
+            anchored: list[tuple[int, int]] = []
             hold_fates: list[int] = []
-            fate_groups: list[tuple[int, int]] = []
-            unsupported = []
             reversing = any(s.kind is Kind.REVERSAL for s in specs)
             resolving = any(s.kind in _RESOLUTIONS for s in specs)
             for start, end in todo:
                 unit = [i for i in items[start:end] if isinstance(i, TransactionSpec)]
-                reverses_cross = reversing and any(self._reverses_cross_shard(i) for i in unit)
                 shards = routing.unit_shards(unit, slot_map, located)
-                if resolving and any(self._resolves_cross_shard(i) for i in unit):
-                    # The post or void of a cross-shard hold, decided at its coordinator.
-                    if end - start == 1:
-                        hold_fates.append(start)
-                    else:
-                        fate_groups.append((start, end))
-                elif len(shards) == 1 and not reverses_cross:
+                decides_cross = (
+                    reversing and any(self._reverses_cross_shard(i) for i in unit)
+                ) or (resolving and any(self._resolves_cross_shard(i) for i in unit))
+                if len(shards) == 1 and not decides_cross:
                     shard = shards.pop()
                     plan.setdefault(shard, []).append((start, end))
                     # A later item of this request may post, void or reverse one of these.
@@ -98,25 +92,16 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
                         located[item.id] = shard
                 elif all(item.kind is Kind.ORDINARY or item.kind is Kind.PENDING for item in unit):
                     crossing.append((start, end))
-                elif all(
-                    item.kind is Kind.ORDINARY
-                    or (
-                        item.kind is Kind.REVERSAL
-                        and (self._reverses_cross_shard(item) or item.target_id not in located)
-                    )
-                    for item in unit
-                ):
-                    # Reversals of cross-shard transactions (or of none at all: not found),
-                    # alone or linked with transfers.
-                    reversals.append((start, end))
+                elif end - start == 1 and self._resolves_cross_shard(unit[0]):
+                    hold_fates.append(start)  # a lone post or void of a cross-shard hold
                 else:
-                    unsupported.append((start, sorted(shards)))
-            built = await self._reversal_units(messages, items, reversals, slot_map)
-            built += await self._fate_units(messages, items, fate_groups, slot_map)
-            reversals += fate_groups
-            unsupported += [
+                    # Items that must be decided where a record lives (reversals, posts and
+                    # voids), with others whose legs span shards.
+                    anchored.append((start, end))
+            built = await self._anchored_units(messages, items, anchored, located, slot_map)
+            unsupported = [
                 (start, sorted(slot_map.shard_ids))
-                for (start, _), unit_or_results in zip(reversals, built, strict=True)
+                for (start, _), unit_or_results in zip(anchored, built, strict=True)
                 if unit_or_results is None
             ]
             if unsupported and attempt == 0:
@@ -128,7 +113,7 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
                     messages,
                     items,
                     crossing,
-                    list(zip(reversals, built, strict=True)),
+                    list(zip(anchored, built, strict=True)),
                     results,
                     slot_map,
                 ),
@@ -184,65 +169,116 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
         for (n, _), answer in zip(chosen, answers, strict=True):
             results[n] = answer
 
-    async def _fate_units(
+    async def _anchored_units(
         self,
         messages: list[pb.Transaction],
         items: list[TransactionSpec | Rejection],
         ranges: list[tuple[int, int]],
+        located: dict[str, int],
         slot_map: SlotMap,
     ) -> list[Unit | list[pb.ItemResult] | None]:
-        """Linked groups posting or voiding cross-shard holds together with transfers and
-        holds: one unit each, coordinated where those holds are recorded, whose commit decides
-        the holds' fates with the rest. Per range: its unit; its results if a hold is not
-        found or over-posted; None if its holds are recorded at different shards, or it holds
-        another kind of item (not supported)."""
+        """Cross-shard units holding items that must be decided where a record lives: the
+        reversal of a cross-shard transaction (its legs inverted, decided where the original
+        was committed, which records that it is reversed, once), the post or void of a
+        cross-shard hold (decided where the hold is recorded), and the reversal, post or void
+        of a single-shard record (applied on its shard), with transfers and holds. Such a unit
+        is coordinated by that shard, whose commit applies them with the rest. Per range: its
+        unit; its results if a target is not found (or cannot be reversed, or is over-posted);
+        None if its items must be decided on different shards (not supported)."""
         if not ranges:
             return []
-        targets = [
-            item.target_id
+        in_ranges = [
+            item
             for start, end in ranges
             for item in items[start:end]
-            if isinstance(item, TransactionSpec) and self._resolves_cross_shard(item)
+            if isinstance(item, TransactionSpec)
         ]
-        holds = await self._read_holds(list(dict.fromkeys(targets)))
+        reversed_ids = [i.target_id for i in in_ranges if self._reverses_cross_shard(i)]
+        hold_ids = [i.target_id for i in in_ranges if self._resolves_cross_shard(i)]
+        committed, holds = await asyncio.gather(
+            self._read_committed(list(dict.fromkeys(reversed_ids))),
+            self._read_holds(list(dict.fromkeys(hold_ids))),
+        )
         built: list[Unit | list[pb.ItemResult] | None] = []
         for start, end in ranges:
             specs: list[TransactionSpec] = []
+            unit_messages: list[pb.Transaction] = []
+            reverses: list[str] = []
             fates: dict[int, HoldResolution] = {}
-            coordinators: set[int] = set()
+            as_sent: set[int] = set()
+            anchors: set[int] = set()
             outcome: list[pb.ItemResult] | None = None
-            supported = True
             for n in range(start, end):
-                item = items[n]
+                item, message, k = items[n], messages[n], n - start
                 assert isinstance(item, TransactionSpec)
-                specs.append(item)
+                spec, unit_message, reverses_id = item, message, ""
+                refusal: Result | None = None
                 if item.kind is Kind.ORDINARY or item.kind is Kind.PENDING:
-                    continue
-                if not self._resolves_cross_shard(item):
-                    supported = False
-                    break
-                found = holds.get(item.target_id)
-                refusal = _hold_refusal(item, found)
+                    pass
+                elif item.kind is Kind.REVERSAL and item.target_id in committed:
+                    coordinator, record = committed[item.target_id]
+                    if record.transaction.pending:
+                        refusal = Result(
+                            ResultCode.NOT_REVERSIBLE,
+                            f"{item.target_id!r} is a pending record; void a hold instead of "
+                            "reversing it",
+                        )
+                    anchors.add(coordinator)
+                    # What it applied: its legs, or for the post of a hold, what it posted.
+                    legs = tuple(
+                        Leg(leg.account_id, leg.side != pb.SIDE_DEBIT, leg.amount, leg.currency)
+                        for leg in record.applied_legs
+                    )
+                    spec = TransactionSpec(
+                        message.id, Kind.ORDINARY, legs, message.code, (), "", 0, ""
+                    )
+                    unit_message = piece_message(message, legs)
+                    reverses_id = item.target_id
+                elif self._resolves_cross_shard(item):
+                    found = holds.get(item.target_id)
+                    refusal = _hold_refusal(item, found)
+                    if found is not None:
+                        coordinator, record, pieces = found
+                        anchors.add(coordinator)
+                        fates[k] = HoldResolution(
+                            message,
+                            coordinator,
+                            record.cross_shard_piece.attempt,
+                            sorted({shard for shard, _ in pieces}),
+                            record.expires_at_ns,
+                        )
+                elif item.target_id in located:
+                    anchors.add(located[item.target_id])
+                    as_sent.add(k)
+                elif item.kind is Kind.REVERSAL:
+                    refusal = Result(
+                        ResultCode.TRANSACTION_NOT_FOUND,
+                        f"reverses_id {item.target_id!r} not found",
+                    )
+                else:
+                    refusal = _hold_refusal(item, None)
                 if refusal is not None:
-                    outcome = _failed_in_unit(end - start, n - start, refusal)
+                    outcome = _failed_in_unit(end - start, k, refusal)
                     break
-                assert found is not None
-                coordinator, record, pieces = found
-                coordinators.add(coordinator)
-                fates[n - start] = HoldResolution(
-                    messages[n],
-                    coordinator,
-                    record.cross_shard_piece.attempt,
-                    sorted({shard for shard, _ in pieces}),
-                    record.expires_at_ns,
-                )
+                specs.append(spec)
+                unit_messages.append(unit_message)
+                reverses.append(reverses_id)
             if outcome is not None:
                 built.append(outcome)
-            elif not supported or len(coordinators) != 1:
+            elif len(anchors) != 1:
                 built.append(None)
             else:
-                unit_messages = messages[start:end]
-                built.append(Unit(specs, unit_messages, slot_map, coordinators.pop(), fates=fates))
+                built.append(
+                    Unit(
+                        specs,
+                        unit_messages,
+                        slot_map,
+                        anchors.pop(),
+                        reverses,
+                        fates=fates,
+                        as_sent=as_sent,
+                    )
+                )
         return built
 
     async def _read_holds(
@@ -307,79 +343,6 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
         # (Not remembered for a later reversal: locate() finds them then, in one fan-out.)
         for (start, end), unit_results in zip(placed, answers, strict=True):
             results[start:end] = unit_results
-
-    async def _reversal_units(
-        self,
-        messages: list[pb.Transaction],
-        items: list[TransactionSpec | Rejection],
-        ranges: list[tuple[int, int]],
-        slot_map: SlotMap,
-    ) -> list[Unit | list[pb.ItemResult] | None]:
-        """Units reversing committed cross-shard transactions (alone, or linked with
-        transfers): each reversal is a cross-shard transaction with the original's legs
-        inverted, coordinated where the original was committed, which records there that the
-        original is reversed (once). Per range: its unit; its results if a target is not found;
-        None if its reversals' originals were committed at different shards (not supported)."""
-        targets = [
-            item.target_id
-            for start, end in ranges
-            for item in items[start:end]
-            if isinstance(item, TransactionSpec) and item.kind is Kind.REVERSAL
-        ]
-        if not targets:
-            return [None] * len(ranges)
-        committed = await self._read_committed(list(dict.fromkeys(targets)))
-        built: list[Unit | list[pb.ItemResult] | None] = []
-        for start, end in ranges:
-            specs: list[TransactionSpec] = []
-            unit_messages: list[pb.Transaction] = []
-            reverses: list[str] = []
-            coordinators: set[int] = set()
-            missing = -1
-            built_results: list[pb.ItemResult] = []
-            for n in range(start, end):
-                item, message = items[n], messages[n]
-                assert isinstance(item, TransactionSpec)
-                if item.kind is not Kind.REVERSAL:
-                    specs.append(item)
-                    unit_messages.append(message)
-                    reverses.append("")
-                    continue
-                found = committed.get(item.target_id)
-                if found is None:
-                    missing = n - start
-                    break
-                coordinator, record = found
-                if record.transaction.pending:
-                    refused = Result(
-                        ResultCode.NOT_REVERSIBLE,
-                        f"{item.target_id!r} is a pending record; void a hold instead of "
-                        "reversing it",
-                    )
-                    built_results = _failed_in_unit(end - start, n - start, refused)
-                    break
-                coordinators.add(coordinator)
-                # What it applied: its legs, or for the post of a hold, what the post posted.
-                legs = [
-                    Leg(leg.account_id, leg.side != pb.SIDE_DEBIT, leg.amount, leg.currency)
-                    for leg in record.applied_legs
-                ]
-                specs.append(
-                    TransactionSpec(
-                        message.id, Kind.ORDINARY, tuple(legs), message.code, (), "", 0, ""
-                    )
-                )
-                unit_messages.append(piece_message(message, legs))
-                reverses.append(item.target_id)
-            if built_results:
-                built.append(built_results)
-            elif missing >= 0:
-                built.append(_not_found_in_unit(items[start:end], missing))
-            elif len(coordinators) > 1:
-                built.append(None)
-            else:
-                built.append(Unit(specs, unit_messages, slot_map, coordinators.pop(), reverses))
-        return built
 
     async def _post_shard(self, shard_id: int, batch: list[Any]) -> list[pb.ItemResult]:
         results = await self._cluster.link(shard_id).post(batch)
@@ -844,13 +807,6 @@ def _post_excess(
                 f"posting {amount} to {key[0]!r} but {held.get(key, 0)} is held there",
             )
     return None
-
-
-def _not_found_in_unit(unit: Sequence[Any], missing: int) -> list[pb.ItemResult]:
-    """A unit whose item `missing` reverses a transaction that does not exist."""
-    target = unit[missing].target_id
-    refused = Result(ResultCode.TRANSACTION_NOT_FOUND, f"reverses_id {target!r} not found")
-    return _failed_in_unit(len(unit), missing, refused)
 
 
 def _failed_in_unit(size: int, failed: int, why: Result) -> list[pb.ItemResult]:

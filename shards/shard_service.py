@@ -135,6 +135,9 @@ class ShardService(spb_grpc.ShardServicer):  # type: ignore[misc]
                 fates.append((len(items), _hold_fate(item, now_ns)))
                 items.append(None)
                 continue
+            if item.as_sent:
+                items.append(convert.transaction_from_proto(item.piece))
+                continue
             items.append(commit_piece(item.piece, item.attempt))
         checked = await route_check(self._node, [i for i in items if i is not None])
         for position, fate in fates:
@@ -310,11 +313,11 @@ def _decision(
         return spb.Decision(reason=reason, message=message, timestamp_ns=recorded.timestamp_ns)
     if (
         recorded is not None
-        and recorded.spec.kind in (Kind.POST_PENDING, Kind.VOID_PENDING)
-        and (item.piece.post_pending_id or item.piece.void_pending_id)
+        and recorded.spec.kind in (Kind.POST_PENDING, Kind.VOID_PENDING, Kind.REVERSAL)
+        and (item.piece.post_pending_id or item.piece.void_pending_id or item.piece.reverses_id)
     ):
-        # The fate of a cross-shard hold decided here, in a linked group, by an earlier
-        # attempt of the group (this attempt's commit was refused: it would have replayed).
+        # A reversal, post or void applied here as the client sent it (in a linked group) by
+        # an earlier attempt of the group, or alone: this attempt's commit was refused.
         asked = convert.transaction_from_proto(item.piece)
         if isinstance(asked, TransactionSpec):
             replay = replay_result(recorded, asked, ())

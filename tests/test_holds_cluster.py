@@ -397,3 +397,60 @@ async def test_a_linked_group_deciding_holds_of_two_coordinators_is_refused_whol
         await client.post(first, _post("p2", "h2"))
     assert error.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert await client.codes(_void("v1", "h1"), _void("v2", "h2")) == [CREATED] * 2
+
+
+async def test_linked_groups_decided_where_their_records_live(client: Client) -> None:
+    """Reversals, posts and voids of records on one shard, and of cross-shard transactions
+    and holds recorded there, linked with transfers spanning shards: one unit coordinated by
+    that shard, all or nothing. Groups whose items must be decided on two shards: refused."""
+    a, b, c = (f"{x}/dep" for x in await _customers(client, 3))
+    await client.create(account(f"{a.split('/')[0]}/sav"))
+    a_sav = f"{a.split('/')[0]}/sav"
+    assert (
+        await client.codes(
+            transfer("local", a, a_sav, 100),  # one shard: a's
+            transfer("local-hold", a, a_sav, 50, pending=True),
+            transfer("cross", a, b, 70),  # coordinated at a's shard
+            transfer("cross-hold", a, c, 30, pending=True),
+        )
+        == [CREATED] * 4
+    )
+    undo = pb.Transaction(id="undo-local", code=1, reverses_id="local", linked=True)
+    capture = _post("cap-local", "local-hold")
+    capture.linked = True
+    undo_cross = pb.Transaction(id="undo-cross", code=1, reverses_id="cross", linked=True)
+    release = _void("rel-cross", "cross-hold")
+    release.linked = True
+    pay = transfer("pay", b, c, 10)
+    group = [undo, capture, undo_cross, release, pay]
+    results = await client.post(*group)
+    assert [r.code for r in results] == [CREATED] * 5, [r.message for r in results]
+    assert await client.codes(*group) == [REPLAYED] * 5
+    assert await _counters(client, a) == (220, 1_170, 0, 0)
+    assert await _counters(client, a_sav) == (100, 150, 0, 0)
+    assert await _counters(client, b) == (80, 1_070, 0, 0)
+    assert await _counters(client, c) == (0, 1_010, 0, 0)
+    assert (await client.transaction("local")).reversed_by_id == "undo-local"
+    assert (await client.transaction("cross")).reversed_by_id == "undo-cross"
+
+    # A group failing on its last item applies none of the others.
+    assert (
+        await client.codes(
+            transfer("h4", a, b, 5, pending=True), transfer("h5", c, a, 5, pending=True)
+        )
+        == [CREATED] * 2
+    )
+    first = _void("v4", "h4")
+    first.linked = True
+    failing = [first, transfer("too-much", b, c, 5_000)]
+    assert names([r.code for r in await client.post(*failing)]) == [
+        "RESULT_CODE_LINKED_ITEM_FAILED",
+        "RESULT_CODE_INSUFFICIENT_FUNDS",
+    ]
+    assert (await client.transaction("h4")).status == pb.TRANSACTION_STATUS_PENDING
+    # h4 is decided at a's shard, h5 at c's: one group cannot decide both.
+    first.id = "v4b"
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await client.post(first, _void("v5", "h5"))
+    assert error.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert await client.codes(_void("v4", "h4"), _void("v5", "h5")) == [CREATED] * 2

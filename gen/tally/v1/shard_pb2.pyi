@@ -56,16 +56,18 @@ class PrepareResponse(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[_ledger_pb2.ItemResult, _Mapping]]] = ...) -> None: ...
 
 class CommitItem(_message.Message):
-    __slots__ = ("piece", "attempt", "reverses_id", "decide_before_ns")
+    __slots__ = ("piece", "attempt", "reverses_id", "as_sent", "decide_before_ns")
     PIECE_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     REVERSES_ID_FIELD_NUMBER: _ClassVar[int]
+    AS_SENT_FIELD_NUMBER: _ClassVar[int]
     DECIDE_BEFORE_NS_FIELD_NUMBER: _ClassVar[int]
     piece: _ledger_pb2.Transaction
     attempt: str
     reverses_id: str
+    as_sent: bool
     decide_before_ns: int
-    def __init__(self, piece: _Optional[_Union[_ledger_pb2.Transaction, _Mapping]] = ..., attempt: _Optional[str] = ..., reverses_id: _Optional[str] = ..., decide_before_ns: _Optional[int] = ...) -> None: ...
+    def __init__(self, piece: _Optional[_Union[_ledger_pb2.Transaction, _Mapping]] = ..., attempt: _Optional[str] = ..., reverses_id: _Optional[str] = ..., as_sent: _Optional[bool] = ..., decide_before_ns: _Optional[int] = ...) -> None: ...
 
 class CommitRequest(_message.Message):
     __slots__ = ("items",)
