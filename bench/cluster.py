@@ -44,11 +44,14 @@ class Case:
     cross_share: float
     batch_size: int
     client_count: int
+    # Each transfer as a hold, then that hold posted (two calls; both count as transactions).
+    holds: bool = False
 
     @property
     def name(self) -> str:
         shape = "single" if self.batch_size == 1 else f"batch{self.batch_size}"
-        return f"{shape}-cross{round(self.cross_share * 100)}"
+        kind = "-hold+post" if self.holds else ""
+        return f"{shape}{kind}-cross{round(self.cross_share * 100)}"
 
 
 def customer_id(number: int) -> str:
@@ -179,7 +182,10 @@ async def measure(
 
     async def call(number: int) -> CallOutcome:
         source = sources[number]
-        return await client.post([source.next() for _ in range(case.batch_size)])
+        transfers = [source.next() for _ in range(case.batch_size)]
+        if case.holds:
+            return await client.hold_and_post(transfers)
+        return await client.post(transfers)
 
     async def begin() -> None:
         meter.start()
@@ -217,7 +223,7 @@ def report(results: Sequence[dict[str, object]], args: argparse.Namespace) -> st
         f"Command: `python -m bench.cluster {' '.join(sys.argv[1:])}`; {args.accounts:,} funded "
         f"customer accounts; {args.duration_s:g} s measured after {args.warmup_s:g} s warm-up.",
         "",
-        "| case | clients | transfers/s | p50 ms | p99 ms | non-CREATED | errors "
+        "| case | clients | transactions/s | p50 ms | p99 ms | non-CREATED | errors "
         "| CPU µs/t nodes | gateway | postgres | bench | cores nodes/gw/pg/bench/other |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -238,7 +244,9 @@ def report(results: Sequence[dict[str, object]], args: argparse.Namespace) -> st
         "",
         "*non-CREATED*: item results other than CREATED over the whole run (none expected: every",
         "account is funded far beyond what the run can spend). *CPU µs/t*: CPU microseconds per",
-        "created transfer by role, *nodes* summed over the shard node processes.",
+        "created transaction by role, *nodes* summed over the shard node processes.",
+        "*hold+post*: each transfer is a hold, then (another call) the hold posted in full;",
+        "both count as transactions, so a hold's whole life costs twice the figure shown.",
     ]
     return "\n".join(lines) + "\n"
 
@@ -253,6 +261,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=1000)
     parser.add_argument("--batch-clients", type=int, default=16)
     parser.add_argument("--cross", default="0,0.1,0.5", help="cross-shard shares")
+    parser.add_argument(
+        "--hold-cross",
+        default="0,0.5",
+        help="cross-shard shares of the hold-then-post cases (empty: none)",
+    )
     parser.add_argument("--out", type=Path, default=None)
     return parser.parse_args(argv)
 
@@ -280,9 +293,15 @@ async def run(args: argparse.Namespace) -> int:
             }
         )
         results = []
-        for share in (float(s) for s in args.cross.split(",")):
+        for share in (float(s) for s in args.cross.split(",") if s):
             for batch_size, clients in ((1, args.clients), (args.batch_size, args.batch_clients)):
                 case = Case(share, batch_size, clients)
+                result = await measure(client, case, by_shard, meter, args)
+                print(json.dumps(result), flush=True)
+                results.append(result)
+        for share in (float(s) for s in args.hold_cross.split(",") if s):
+            for batch_size, clients in ((1, args.clients), (args.batch_size, args.batch_clients)):
+                case = Case(share, batch_size, clients, holds=True)
                 result = await measure(client, case, by_shard, meter, args)
                 print(json.dumps(result), flush=True)
                 results.append(result)

@@ -100,6 +100,22 @@ class TallyClient:
         request = pb.PostTransactionsRequest(transactions=[transfer_to_proto(t) for t in transfers])
         return await self._post_request(request)
 
+    async def hold_and_post(self, transfers: Sequence[Transfer]) -> CallOutcome:
+        """The transfers as holds (one call), then each hold posted in full (a second call):
+        a card authorisation and its capture. Codes of both calls."""
+        holds = [transfer_to_proto(t) for t in transfers]
+        for message in holds:
+            message.pending = True
+        held = await self._post_request(pb.PostTransactionsRequest(transactions=holds))
+        if held.error:
+            return held
+        captures = [
+            pb.Transaction(id="p" + t.transaction_id, code=1, post_pending_id=t.transaction_id)
+            for t in transfers
+        ]
+        posted = await self._post_request(pb.PostTransactionsRequest(transactions=captures))
+        return CallOutcome(codes=held.codes + posted.codes, error=posted.error)
+
     async def _post_request(self, request: pb.PostTransactionsRequest) -> CallOutcome:
         try:
             response = await self._stub.PostTransactions(request, timeout=CALL_TIMEOUT_S)
