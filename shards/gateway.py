@@ -14,7 +14,7 @@ import logging
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -35,6 +35,16 @@ log = logging.getLogger("tally.gateway")
 # The account type (code) of the inter-shard clearing accounts.
 CLEARING_CODE = 9999
 SHARD_DESCRIPTOR = shard_pb2.DESCRIPTOR.services_by_name["Shard"]
+
+
+class KnownHold(NamedTuple):
+    """What never changes of a committed cross-shard hold: its coordinator shard, its
+    participants, and its record as the client reads it (its legs over all shards, attempt,
+    expiry; its status, which changes, is not known: PENDING)."""
+
+    coordinator: int
+    participants: tuple[int, ...]
+    record: pb.TransactionRecord
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +77,9 @@ class Cluster:
         self.links: dict[int, ShardLink] = {}
         self._locations: OrderedDict[str, int] = OrderedDict()
         self._cross_shard: set[str] = set()  # those of _locations that are cross-shard
+        # Cross-shard holds this gateway committed: what never changes of them, so that their
+        # post or void needs no read (a hold and its capture usually pass the same gateway).
+        self._holds: OrderedDict[str, KnownHold] = OrderedDict()
         self._refresh_lock = asyncio.Lock()
         self._control = control.ControlClient(config.control_dsn)
         self._control_prepared = False
@@ -162,6 +175,16 @@ class Cluster:
         while len(self._locations) > self.config.location_cache_count_max:
             evicted, _ = self._locations.popitem(last=False)
             self._cross_shard.discard(evicted)
+
+    def remember_hold(self, hold_id: str, hold: KnownHold) -> None:
+        """A cross-shard hold this gateway committed."""
+        self._holds[hold_id] = hold
+        self._holds.move_to_end(hold_id)
+        while len(self._holds) > self.config.location_cache_count_max:
+            self._holds.popitem(last=False)
+
+    def known_hold(self, hold_id: str) -> KnownHold | None:
+        return self._holds.get(hold_id)
 
     def is_cross_shard(self, transaction_id: str) -> bool:
         """Located (by locate()) as a committed cross-shard transaction."""

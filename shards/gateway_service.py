@@ -25,7 +25,7 @@ from core.model import (
 from core.slots import SlotMap, is_spread
 from shards import convert, routing
 from shards.crossshard import HoldResolution, Unit, piece_message
-from shards.gateway import Cluster, merge_piece_results, spread_or_owner
+from shards.gateway import Cluster, KnownHold, merge_piece_results, spread_or_owner
 from shards.service import abort, check_batch_size
 from tally.v1 import ledger_pb2 as pb
 from tally.v1 import ledger_pb2_grpc as pb_grpc
@@ -285,9 +285,21 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
         self, ids: list[str]
     ) -> dict[str, tuple[int, pb.TransactionRecord, list[tuple[int, pb.TransactionRecord]]]]:
         """Committed cross-shard holds among ids: their coordinator, its record, and their
-        participants' pieces (shard, record)."""
-        lookups, participants = await self._lookup_with_pieces(ids)
+        participants' pieces (shard, record). Holds this gateway committed are known without
+        reading: their record then holds what never changes (status unknown: PENDING)."""
         holds = {}
+        unknown = []
+        for hold_id in ids:
+            known = self._cluster.known_hold(hold_id)
+            if known is None:
+                unknown.append(hold_id)
+                continue
+            pieces = [(shard, pb.TransactionRecord()) for shard in known.participants]
+            holds[hold_id] = (known.coordinator, known.record, pieces)
+        if not unknown:
+            return holds
+        ids = unknown
+        lookups, participants = await self._lookup_with_pieces(ids)
         for transaction_id, found in zip(ids, lookups, strict=True):
             for shard_id, lookup in found:
                 if (
@@ -340,6 +352,14 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
         started = time.perf_counter()
         answers = await self._cluster.driver().execute_units(units)
         self._cluster.metrics.cross_shard_executed(answers, time.perf_counter() - started)
+        for unit, unit_results in zip(units, answers, strict=True):
+            for k, message in enumerate(unit.messages):
+                # Created by this attempt (a replay's committed attempt is another one).
+                if message.pending and unit_results[k].code == pb.RESULT_CODE_CREATED:
+                    self._cluster.remember(message.id, unit.coordinator, cross_shard=True)
+                    self._cluster.remember_hold(
+                        message.id, _known_hold(unit, k, unit_results[k].timestamp_ns)
+                    )
         # (Not remembered for a later reversal: locate() finds them then, in one fan-out.)
         for (start, end), unit_results in zip(placed, answers, strict=True):
             results[start:end] = unit_results
@@ -767,6 +787,23 @@ async def _refuse_cross_shard(context: Context, crossing: list[tuple[int, list[i
         "shards (or with reversals, or posts of holds on one shard), is not available in this "
         "version (each on its own is); nothing in this request was applied",
     )
+
+
+def _known_hold(unit: Unit, k: int, timestamp_ns: int) -> KnownHold:
+    """What never changes of a cross-shard hold the unit just committed."""
+    message = unit.messages[k]
+    timeout_ns = message.timeout_seconds * 1_000_000_000
+    record = pb.TransactionRecord(
+        transaction=message,
+        timestamp_ns=timestamp_ns,
+        status=pb.TRANSACTION_STATUS_PENDING,
+        expires_at_ns=timestamp_ns + timeout_ns if timeout_ns else 0,
+        applied_legs=message.legs,
+    )
+    record.cross_shard_piece.coordinator = True
+    record.cross_shard_piece.attempt = unit.attempt
+    participants = tuple(s for s in sorted(unit.pieces[k]) if s != unit.coordinator)
+    return KnownHold(unit.coordinator, participants, record)
 
 
 def _hold_refusal(
