@@ -456,19 +456,34 @@ def attempt_of_commit(commit: TransactionSpec) -> str:
     return commit.target_id.split("/", 2)[1]
 
 
-def deadline_spec(piece: str, expires_at_ns: int) -> TransactionSpec:
-    """Re-arms a held cross-shard piece's deadline (0: none). Idempotent by effect, not id:
-    the state machine records it as deadline_record_id(piece, its timestamp), or not at all if
-    the piece has that deadline already (a piece may return to an earlier deadline)."""
+class DeadlineMode(enum.Enum):
+    """Why a held cross-shard piece gets another deadline, which decides whether it may:
+    a participant must never stop waiting for an answer a gateway may still be deciding."""
+
+    # The hold committed: keep the piece until the hold's expiry, unless a decision has
+    # re-armed it since (only while it still has its prepare deadline).
+    CONFIRM = "confirm"
+    # A gateway is about to decide the hold's fate: ask by then. A deadline already short
+    # (another decision's, at most two prepare deadlines away) is only ever made later; a
+    # long one (the hold's expiry, or none) earlier.
+    DECISION = "decision"
+    # The participant asked at its deadline and the hold is open: back to the hold's expiry,
+    # unless a decision re-armed the piece meanwhile (only if it still has the deadline seen).
+    ASKED = "asked"
+
+
+def deadline_spec(
+    piece: str, expires_at_ns: int, mode: DeadlineMode, seen_ns: int = 0
+) -> TransactionSpec:
+    """Re-arms a held cross-shard piece's deadline (0: none) as `mode` allows; for ASKED,
+    seen_ns is the deadline that made the participant ask. Idempotent by effect, not id: the
+    state machine records it as deadline_record_id(piece, its timestamp), with the deadline it
+    set, or not at all if the piece keeps its deadline."""
+    metadata = [("expires_at_ns", str(expires_at_ns)), ("mode", mode.value)]
+    if mode is DeadlineMode.ASKED:
+        metadata.append(("seen_ns", str(seen_ns)))
     return TransactionSpec(
-        "~deadline/" + piece,
-        Kind.DEADLINE,
-        (),
-        1,
-        (("expires_at_ns", str(expires_at_ns)),),
-        "",
-        0,
-        piece,
+        "~deadline/" + piece, Kind.DEADLINE, (), 1, tuple(metadata), "", 0, piece
     )
 
 
@@ -478,6 +493,23 @@ def deadline_record_id(piece: str, timestamp_ns: int) -> str:
 
 def deadline_of(spec: TransactionSpec) -> int:
     return int(dict(spec.metadata)["expires_at_ns"])
+
+
+def next_deadline(spec: TransactionSpec, piece: TransactionState, now_ns: int) -> int:
+    """The deadline a DEADLINE spec gives a held piece (see DeadlineMode)."""
+    fields = dict(spec.metadata)
+    wanted = int(fields["expires_at_ns"])
+    current = piece.expires_at_ns
+    mode = DeadlineMode(fields.get("mode", DeadlineMode.DECISION.value))
+    if mode is DeadlineMode.CONFIRM:
+        prepared_until = piece.timestamp_ns + piece.spec.timeout_seconds * 1_000_000_000
+        return wanted if current == prepared_until else current
+    if mode is DeadlineMode.ASKED:
+        return wanted if current == int(fields.get("seen_ns", "0")) else current
+    # Another decision's deadline is at most one prepare deadline away (two, for clock skew
+    # between machines); a hold's expiry that near is kept too (asking then is as good).
+    short = 0 < current <= now_ns + 2 * piece.spec.timeout_seconds * 1_000_000_000
+    return max(current, wanted) if short else wanted
 
 
 def hold_settlement_spec(

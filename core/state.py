@@ -28,8 +28,8 @@ from core.model import (
     Status,
     TransactionSpec,
     TransactionState,
-    deadline_of,
     deadline_record_id,
+    next_deadline,
     share_of_post,
 )
 
@@ -364,12 +364,22 @@ class Batch:
                 ResultCode.PENDING_ALREADY_RESOLVED,
                 f"piece {spec.target_id!r} was resolved by {piece.resolved_by_id!r}",
             )
-        expires_at_ns = deadline_of(spec)
+        expires_at_ns = next_deadline(spec, piece, timestamp_ns)
         if piece.expires_at_ns == expires_at_ns:
             return Result(ResultCode.REPLAYED, "", timestamp_ns)
         self._own_transaction(spec.target_id).expires_at_ns = expires_at_ns
         self.out.holds_rearmed.append((spec.target_id, expires_at_ns))
-        record = spec._replace(id=deadline_record_id(spec.target_id, timestamp_ns))
+        # Recorded with the deadline it set (the one asked for, in its mode's terms, kept too).
+        asked = dict(spec.metadata)
+        metadata = {
+            **asked,
+            "expires_at_ns": str(expires_at_ns),
+            "asked_ns": asked["expires_at_ns"],
+        }
+        record = spec._replace(
+            id=deadline_record_id(spec.target_id, timestamp_ns),
+            metadata=tuple(sorted(metadata.items())),
+        )
         self._add_transaction(
             TransactionState(record, (), timestamp_ns, Status.POSTED, expires_at_ns)
         )

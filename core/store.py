@@ -432,11 +432,12 @@ async def expired_holds(
 
 async def prepared_past_deadline(
     connection: Connection, now_ns: int, limit: int, timeout_s: float
-) -> list[tuple[str, int]]:
-    """Cross-shard pieces held past their deadline, with their coordinator shard."""
+) -> list[tuple[str, int, int]]:
+    """Cross-shard pieces held past their deadline, with their coordinator shard and that
+    deadline."""
     rows = await connection.fetch(
         """
-        SELECT h.transaction_id, t.target_id FROM holds h
+        SELECT h.transaction_id, t.target_id, h.expires_at_ns FROM holds h
         JOIN transactions t ON t.id = h.transaction_id
         WHERE h.expires_at_ns > 0 AND h.expires_at_ns <= $1 AND t.kind = $3
         ORDER BY h.expires_at_ns LIMIT $2
@@ -446,7 +447,9 @@ async def prepared_past_deadline(
         int(Kind.PREPARED),
         timeout=timeout_s,
     )
-    return [(row["transaction_id"], int(row["target_id"])) for row in rows]
+    return [
+        (row["transaction_id"], int(row["target_id"]), int(row["expires_at_ns"])) for row in rows
+    ]
 
 
 async def prepared_pieces(connection: Connection, timeout_s: float) -> tuple[int, int]:

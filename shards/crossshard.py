@@ -28,6 +28,7 @@ import grpc
 from core import failpoints
 from core.model import (
     CLEARING_PREFIX,
+    DeadlineMode,
     Kind,
     Leg,
     ResultCode,
@@ -307,7 +308,9 @@ class HoldResolution:
         if self.expires_at_ns:
             deadline = min(deadline, self.expires_at_ns)
         self.decide_before_ns = now_ns + PREPARE_DEADLINE_S * 500_000_000
-        return [(shard, self.settle(spb.HOLD_FATE_OPEN, deadline)) for shard in self.participants]
+        item = self.settle(spb.HOLD_FATE_OPEN, deadline)
+        item.before_decision = True
+        return [(shard, item) for shard in self.participants]
 
     @property
     def hold_id(self) -> str:
@@ -586,17 +589,19 @@ def _answer(answers: list[Any] | grpc.aio.AioRpcError, position: int) -> pb.Item
 
 
 async def settle_prepared(
-    writer: Any, overdue: Sequence[tuple[str, int]], endpoints: dict[int, str]
+    writer: Any, overdue: Sequence[tuple[str, int, int]], endpoints: dict[int, str]
 ) -> None:
     """Ask each coordinator for its decisions (recording abort where there is none) and post
     or void the pieces here accordingly. Coordinators are asked concurrently, and one that
     cannot answer (down, or unable to decide one id) holds back only its own pieces."""
     by_coordinator: dict[int, list[str]] = {}
-    for piece, coordinator in overdue:
+    seen = {}
+    for piece, coordinator, deadline_ns in overdue:
         by_coordinator.setdefault(coordinator, []).append(piece)
+        seen[piece] = deadline_ns
     outcomes = await asyncio.gather(
         *(
-            _settle_with(writer, coordinator, transaction_ids, endpoints.get(coordinator))
+            _settle_with(writer, coordinator, transaction_ids, endpoints.get(coordinator), seen)
             for coordinator, transaction_ids in by_coordinator.items()
         ),
         return_exceptions=True,
@@ -607,7 +612,7 @@ async def settle_prepared(
 
 
 async def _settle_with(
-    writer: Any, coordinator: int, pieces: list[str], endpoint: str | None
+    writer: Any, coordinator: int, pieces: list[str], endpoint: str | None, seen: dict[str, int]
 ) -> None:
     if endpoint is None:
         log.warning("no endpoint for coordinator shard %d", coordinator)
@@ -634,7 +639,7 @@ async def _settle_with(
     if not decided:
         return
     resolutions = [
-        _hold_settlement(piece, d.hold)
+        _hold_settlement(piece, d.hold, seen[piece])
         if d.committed and d.HasField("hold")
         else resolution_spec(piece, d.committed)
         for piece, d in decided
@@ -645,10 +650,13 @@ async def _settle_with(
             log.warning("settling %s: %s %s", piece, result.code.name, result.message)
 
 
-def _hold_settlement(piece: str, hold: spb.HoldState) -> TransactionSpec:
-    """A committed hold's piece: kept until the hold's expiry while it is open, else settled
-    as its coordinator decided."""
-    spec = settlement_spec(piece, hold.fate, hold.expires_at_ns, hold.resolution)
+def _hold_settlement(piece: str, hold: spb.HoldState, seen_ns: int) -> TransactionSpec:
+    """A committed hold's piece, asked about at its deadline seen_ns: kept until the hold's
+    expiry while it is open (unless a decision re-armed it meanwhile), else settled as its
+    coordinator decided."""
+    spec = settlement_spec(
+        piece, hold.fate, hold.expires_at_ns, hold.resolution, DeadlineMode.ASKED, seen_ns
+    )
     if spec is None:
         raise ValueError(f"coordinator answered {piece} with an unusable hold state {hold}")
     return spec
@@ -691,11 +699,17 @@ def hold_state(hold: TransactionState, resolution: TransactionState | None) -> s
 
 
 def settlement_spec(
-    piece: str, fate: int, deadline_ns: int, resolution: pb.Transaction
+    piece: str,
+    fate: int,
+    deadline_ns: int,
+    resolution: pb.Transaction,
+    mode: DeadlineMode = DeadlineMode.CONFIRM,
+    seen_ns: int = 0,
 ) -> TransactionSpec | None:
-    """The record that settles a participant's piece of a cross-shard hold as decided."""
+    """The record that settles a participant's piece of a cross-shard hold as decided (for
+    OPEN: gives it another deadline, as `mode` allows)."""
     if fate == spb.HOLD_FATE_OPEN:
-        return deadline_spec(piece, deadline_ns) if deadline_ns >= 0 else None
+        return deadline_spec(piece, deadline_ns, mode, seen_ns) if deadline_ns >= 0 else None
     if fate == spb.HOLD_FATE_EXPIRED:
         return hold_settlement_spec(piece, Kind.EXPIRY, "")
     if not resolution.id:

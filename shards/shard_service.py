@@ -13,6 +13,7 @@ from core.model import (
     ATTEMPT_LENGTH_MAX,
     ATTEMPT_PATTERN,
     SUCCESS_CODES,
+    DeadlineMode,
     Kind,
     Rejection,
     Result,
@@ -268,11 +269,13 @@ class ShardService(spb_grpc.ShardServicer):  # type: ignore[misc]
             if problem:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
             await _check_attempt(context, item.attempt)
+            mode = DeadlineMode.DECISION if item.before_decision else DeadlineMode.CONFIRM
             spec = settlement_spec(
                 piece_id(item.transaction_id, item.attempt),
                 item.fate,
                 item.deadline_ns,
                 item.resolution,
+                mode,
             )
             if spec is None:
                 await context.abort(

@@ -35,6 +35,7 @@ from core.model import (
     SUCCESS_CODES,
     AccountSpec,
     AccountState,
+    DeadlineMode,
     Kind,
     Leg,
     Result,
@@ -187,10 +188,11 @@ async def rearm(
     attempt: str,
     pieces: Mapping[int, tuple[Leg, ...]],
     expires_at_ns: int,
+    mode: DeadlineMode = DeadlineMode.CONFIRM,
 ) -> None:
     for shard in pieces:
         if shard != COORDINATOR:
-            spec = deadline_spec(piece_id(hold_id, attempt), expires_at_ns)
+            spec = deadline_spec(piece_id(hold_id, attempt), expires_at_ns, mode)
             await cluster.shards[shard].apply(spec)
 
 
@@ -289,7 +291,12 @@ async def write_holds(cluster: Cluster, forge_posted_against_void: bool = False)
     # Posted in part: the coordinator decides, the participants post their shares.
     await prepare_hold(cluster, "H-part", "a1", PART_PIECES)
     await rearm(
-        cluster, "H-part", "a1", PART_PIECES, time.time_ns() + PREPARE_TIMEOUT_S * SECOND_NS
+        cluster,
+        "H-part",
+        "a1",
+        PART_PIECES,
+        time.time_ns() + PREPARE_TIMEOUT_S * SECOND_NS,
+        DeadlineMode.DECISION,
     )
     await decide(cluster, post("P-part", "H-part", PART_POST))
     await settle(cluster, "H-part", "a1", [1, 2], Kind.POST_PENDING, "P-part", PART_POST)
@@ -393,7 +400,12 @@ async def test_every_fate_of_a_cross_shard_hold_audits_clean(cluster: Cluster) -
     # One more, being settled: posted at its coordinator, its participant not told yet.
     await prepare_hold(cluster, "H-settling", "a7", SETTLING_PIECES)
     await rearm(
-        cluster, "H-settling", "a7", SETTLING_PIECES, time.time_ns() + PREPARE_TIMEOUT_S * SECOND_NS
+        cluster,
+        "H-settling",
+        "a7",
+        SETTLING_PIECES,
+        time.time_ns() + PREPARE_TIMEOUT_S * SECOND_NS,
+        DeadlineMode.DECISION,
     )
     await decide(cluster, post("P-settling", "H-settling"))
     report = await audit.audit_cluster(cluster.dsns, AuditConfig())

@@ -229,7 +229,11 @@ async def test_participants_settle_a_decision_nobody_told_them(
     async with channel:
         soon = time.time_ns() + 1_000_000_000
         rearm = spb.SettleHoldItem(
-            transaction_id="h1", attempt=attempt, fate=spb.HOLD_FATE_OPEN, deadline_ns=soon
+            transaction_id="h1",
+            attempt=attempt,
+            fate=spb.HOLD_FATE_OPEN,
+            deadline_ns=soon,
+            before_decision=True,
         )
         answer = await stub.SettleHolds(spb.SettleHoldsRequest(items=[rearm]))
         assert answer.results[0].code == CREATED

@@ -164,18 +164,20 @@ class DecideHoldsResponse(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[_ledger_pb2.ItemResult, _Mapping]]] = ...) -> None: ...
 
 class SettleHoldItem(_message.Message):
-    __slots__ = ("transaction_id", "attempt", "fate", "deadline_ns", "resolution")
+    __slots__ = ("transaction_id", "attempt", "fate", "deadline_ns", "resolution", "before_decision")
     TRANSACTION_ID_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     FATE_FIELD_NUMBER: _ClassVar[int]
     DEADLINE_NS_FIELD_NUMBER: _ClassVar[int]
     RESOLUTION_FIELD_NUMBER: _ClassVar[int]
+    BEFORE_DECISION_FIELD_NUMBER: _ClassVar[int]
     transaction_id: str
     attempt: str
     fate: HoldFate
     deadline_ns: int
     resolution: _ledger_pb2.Transaction
-    def __init__(self, transaction_id: _Optional[str] = ..., attempt: _Optional[str] = ..., fate: _Optional[_Union[HoldFate, str]] = ..., deadline_ns: _Optional[int] = ..., resolution: _Optional[_Union[_ledger_pb2.Transaction, _Mapping]] = ...) -> None: ...
+    before_decision: bool
+    def __init__(self, transaction_id: _Optional[str] = ..., attempt: _Optional[str] = ..., fate: _Optional[_Union[HoldFate, str]] = ..., deadline_ns: _Optional[int] = ..., resolution: _Optional[_Union[_ledger_pb2.Transaction, _Mapping]] = ..., before_decision: _Optional[bool] = ...) -> None: ...
 
 class SettleHoldsRequest(_message.Message):
     __slots__ = ("items",)
