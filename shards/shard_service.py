@@ -48,6 +48,13 @@ async def _check_attempt(context: Context, attempt: str) -> None:
         )
 
 
+async def _check_id_and_attempt(context: Context, transaction_id: str, attempt: str) -> None:
+    problem = validation.id_problem(transaction_id, "transaction_id")
+    if problem:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+    await _check_attempt(context, attempt)
+
+
 def _prepared(item: spb.PrepareItem) -> Any:
     """A participant's piece: held under the attempt's piece id until resolved."""
     spec = convert.transaction_from_proto(item.piece)
@@ -167,10 +174,7 @@ class ShardService(spb_grpc.ShardServicer):  # type: ignore[misc]
         back after the write, so it is the durable truth)."""
         items: list[Any] = []
         for item in request.items:
-            problem = validation.id_problem(item.transaction_id, "transaction_id")
-            if problem:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
-            await _check_attempt(context, item.attempt)
+            await _check_id_and_attempt(context, item.transaction_id, item.attempt)
             reason = item.reason or ResultCode.UNAVAILABLE
             items.append(
                 TransactionSpec(
@@ -265,10 +269,7 @@ class ShardService(spb_grpc.ShardServicer):  # type: ignore[misc]
         """Pieces of cross-shard holds held here: another deadline, or settled as decided."""
         items: list[Any] = []
         for item in request.items:
-            problem = validation.id_problem(item.transaction_id, "transaction_id")
-            if problem:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
-            await _check_attempt(context, item.attempt)
+            await _check_id_and_attempt(context, item.transaction_id, item.attempt)
             mode = DeadlineMode.DECISION if item.before_decision else DeadlineMode.CONFIRM
             spec = settlement_spec(
                 piece_id(item.transaction_id, item.attempt),
