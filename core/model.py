@@ -432,6 +432,23 @@ def split_piece_id(identifier: str) -> tuple[str, str]:
     return transaction_id, attempt
 
 
+# Metadata key of a participant's piece that reverses a transaction recorded on its shard (a
+# linked group reversing transactions committed at different shards): the piece locks it as
+# reversed (reversed_by_id) while held, keeps it so if posted, and frees it if voided.
+# Clients' metadata keys cannot start with "~".
+REVERSES_KEY = "~reverses"
+
+
+def reversed_by_piece(spec: TransactionSpec) -> str:
+    """The transaction a participant's piece reverses ("": none)."""
+    if spec.kind is not Kind.PREPARED or not spec.metadata:
+        return ""
+    for key, value in spec.metadata:
+        if key == REVERSES_KEY:
+            return value
+    return ""
+
+
 def reversal_mark_id(transaction_id: str) -> str:
     return "~reversal/" + transaction_id
 

@@ -30,7 +30,9 @@ from core.model import (
     TransactionState,
     deadline_record_id,
     next_deadline,
+    reversed_by_piece,
     share_of_post,
+    split_piece_id,
 )
 
 Item = AccountSpec | TransactionSpec | CloseSpec | Rejection
@@ -315,6 +317,8 @@ class Batch:
                 return _mark_replay(existing, spec)
             return _replay(existing, spec)
         kind = spec.kind
+        if kind is Kind.PREPARED and spec.metadata and reversed_by_piece(spec):
+            return self._prepare_reversal(spec, timestamp_ns)
         if kind is Kind.ORDINARY or kind is Kind.PENDING or kind is Kind.PREPARED:
             return self._apply_new(spec, spec.legs, timestamp_ns)
         if kind is Kind.REVERSAL:
@@ -384,6 +388,32 @@ class Batch:
             TransactionState(record, (), timestamp_ns, Status.POSTED, expires_at_ns)
         )
         return Result(ResultCode.CREATED, "", timestamp_ns)
+
+    def _prepare_reversal(self, spec: TransactionSpec, timestamp_ns: int) -> Result:
+        """A participant's piece of a reversal whose original is recorded here: the original
+        must be reversible and not reversed; it is marked reversed by the piece's transaction
+        while the piece is held (voiding the piece frees it)."""
+        target = reversed_by_piece(spec)
+        original = self._known_transaction(target)
+        if original is None:
+            return Result(ResultCode.TRANSACTION_NOT_FOUND, f"reverses_id {target!r} not found")
+        if original.spec.kind not in (Kind.ORDINARY, Kind.REVERSAL, Kind.COMMIT) and not (
+            self._is_hold_post(original)
+        ):
+            return Result(
+                ResultCode.NOT_REVERSIBLE,
+                f"{target!r} is a {original.spec.kind.name.lower()} record; "
+                "void a hold instead of reversing it",
+            )
+        if original.reversed_by_id:
+            return Result(
+                ResultCode.ALREADY_REVERSED,
+                f"{target!r} was reversed by {original.reversed_by_id!r}",
+            )
+        result = self._apply_new(spec, spec.legs, timestamp_ns)
+        if result.code is ResultCode.CREATED:
+            self._own_transaction(target).reversed_by_id = split_piece_id(spec.id)[0]
+        return result
 
     def _mark_reversal(self, spec: TransactionSpec, timestamp_ns: int) -> Result:
         """A cross-shard transaction committed here (the coordinator) is being reversed: once."""
@@ -589,6 +619,16 @@ class Batch:
         )
         self._close_hold(pending, spec, timestamp_ns)
         self._add_transaction(TransactionState(spec, applied, timestamp_ns, Status.POSTED))
+        if spec.kind is not Kind.POST_PENDING and pending.spec.metadata:
+            # A voided piece of a reversal frees the original it had marked reversed.
+            target = reversed_by_piece(pending.spec)
+            if target:
+                original = self._known_transaction(target)
+                if (
+                    original is not None
+                    and original.reversed_by_id == split_piece_id(pending.spec.id)[0]
+                ):
+                    self._own_transaction(target).reversed_by_id = ""
         return Result(ResultCode.CREATED, "", timestamp_ns)
 
     def _post_overflow(self, posted: dict[tuple[str, bool, str], int]) -> Result | None:
@@ -777,6 +817,10 @@ def needed_ids(requests: Sequence[Sequence[Item]]) -> tuple[set[str], set[str]]:
                     transaction_ids.add(item.target_id)
                 for leg in item.legs:
                     account_ids.add(leg.account_id)
+                if item.metadata and item.kind is Kind.PREPARED:
+                    reversed_id = reversed_by_piece(item)
+                    if reversed_id:
+                        transaction_ids.add(reversed_id)
             elif isinstance(item, AccountSpec):
                 account_ids.add(item.id)
             elif isinstance(item, CloseSpec):

@@ -145,7 +145,16 @@ class Unit:
     commit records the decision for that transaction id, and the whole chain commits in one
     database commit, so one decision covers the unit."""
 
-    __slots__ = ("as_sent", "attempt", "coordinator", "fates", "messages", "pieces", "reverses")
+    __slots__ = (
+        "as_sent",
+        "attempt",
+        "coordinator",
+        "fates",
+        "messages",
+        "pieces",
+        "remote_reverses",
+        "reverses",
+    )
 
     def __init__(
         self,
@@ -156,18 +165,22 @@ class Unit:
         reverses: Sequence[str] = (),
         fates: dict[int, HoldResolution] | None = None,
         as_sent: set[int] | None = None,
+        remote_reverses: dict[int, tuple[int, str]] | None = None,
     ) -> None:
         """coordinator: by default that of the unit's legs. reverses: for each transaction,
         the cross-shard transaction it reverses ("": none), which must have been committed at
         this unit's coordinator. fates: by position, the unit's posts and voids of cross-shard
         holds recorded at this unit's coordinator (decided in its commit, settled after).
         as_sent: positions of reversals, posts and voids of single-shard records there. Both
-        go to the coordinator as the client sent them."""
+        go to the coordinator as the client sent them. remote_reverses: by position, the
+        reversals of transactions recorded at a participant (its shard and the original's id):
+        that shard's piece locks the original (see PrepareItem.reverses_id)."""
         self.attempt = f"{_ATTEMPT_PREFIX}{next(_attempt_numbers):x}"
         self.messages = list(messages)
         self.reverses = list(reverses) or [""] * len(self.messages)
         self.fates = fates or {}
         self.as_sent = (as_sent or set()) | set(self.fates)
+        self.remote_reverses = remote_reverses or {}
         if coordinator is None:
             legs = specs[0].legs if len(specs) == 1 else [leg for s in specs for leg in s.legs]
             coordinator = coordinator_of(legs, slot_map)
@@ -201,6 +214,11 @@ class Unit:
         message.CopyFrom(self.messages[k])
         message.linked = linked
         return message
+
+    def reversed_at(self, shard: int, k: int) -> str:
+        """The original that transaction k reverses, if recorded at this participant."""
+        remote = self.remote_reverses.get(k)
+        return remote[1] if remote is not None and remote[0] == shard else ""
 
     def decide_before_ns(self, k: int) -> int:
         fate = self.fates.get(k)
@@ -424,8 +442,9 @@ class Driver:
                             coordinator_shard=units[u].coordinator,
                             deadline_seconds=PREPARE_DEADLINE_S,
                             attempt=units[u].attempt,
+                            reverses_id=units[u].reversed_at(shard, k),
                         )
-                        for u, _, piece in items
+                        for u, k, piece in items
                     ]
                 )
                 for shard, items in entries.items()

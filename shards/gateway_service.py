@@ -182,9 +182,11 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
         was committed, which records that it is reversed, once), the post or void of a
         cross-shard hold (decided where the hold is recorded), and the reversal, post or void
         of a single-shard record (applied on its shard), with transfers and holds. Such a unit
-        is coordinated by that shard, whose commit applies them with the rest. Per range: its
+        is coordinated by that shard, whose commit applies them with the rest. A reversal
+        whose original is recorded at another shard is decided there instead, by its piece,
+        which marks the original reversed while held (PrepareItem.reverses_id). Per range: its
         unit; its results if a target is not found (or cannot be reversed, or is over-posted);
-        None if its items must be decided on different shards (not supported)."""
+        None if its posts and voids must be decided on different shards (not supported)."""
         if not ranges:
             return []
         in_ranges = [
@@ -193,10 +195,11 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
             for item in items[start:end]
             if isinstance(item, TransactionSpec)
         ]
-        reversed_ids = [i.target_id for i in in_ranges if self._reverses_cross_shard(i)]
+        reversed_ids = [i.target_id for i in in_ranges if i.kind is Kind.REVERSAL]
         hold_ids = [i.target_id for i in in_ranges if self._resolves_cross_shard(i)]
+        single: dict[str, tuple[int, pb.TransactionRecord]] = {}
         committed, holds = await asyncio.gather(
-            self._read_committed(list(dict.fromkeys(reversed_ids))),
+            self._read_committed(list(dict.fromkeys(reversed_ids)), single),
             self._read_holds(list(dict.fromkeys(hold_ids))),
         )
         built: list[Unit | list[pb.ItemResult] | None] = []
@@ -207,6 +210,10 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
             fates: dict[int, HoldResolution] = {}
             as_sent: set[int] = set()
             anchors: set[int] = set()
+            # Where each reversal is decided: its position, shard and original (one that
+            # cannot be decided elsewhere: the others).
+            reversals: list[tuple[int, int, str]] = []
+            fixed: set[int] = set()
             outcome: list[pb.ItemResult] | None = None
             for n in range(start, end):
                 item, message, k = items[n], messages[n], n - start
@@ -234,12 +241,14 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
                     )
                     unit_message = piece_message(message, legs)
                     reverses_id = item.target_id
+                    reversals.append((k, coordinator, item.target_id))
                 elif self._resolves_cross_shard(item):
                     found = holds.get(item.target_id)
                     refusal = _hold_refusal(item, found)
                     if found is not None:
                         coordinator, record, pieces = found
                         anchors.add(coordinator)
+                        fixed.add(coordinator)
                         fates[k] = HoldResolution(
                             message,
                             coordinator,
@@ -250,6 +259,10 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
                 elif item.target_id in located:
                     anchors.add(located[item.target_id])
                     as_sent.add(k)
+                    if item.kind is Kind.REVERSAL and item.target_id in single:
+                        reversals.append((k, located[item.target_id], item.target_id))
+                    else:
+                        fixed.add(located[item.target_id])
                 elif item.kind is Kind.REVERSAL:
                     refusal = Result(
                         ResultCode.TRANSACTION_NOT_FOUND,
@@ -265,20 +278,44 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
                 reverses.append(reverses_id)
             if outcome is not None:
                 built.append(outcome)
-            elif len(anchors) != 1:
+                continue
+            if len(fixed) > 1:  # posts and voids to decide on two shards
                 built.append(None)
-            else:
-                built.append(
-                    Unit(
-                        specs,
-                        unit_messages,
-                        slot_map,
-                        anchors.pop(),
-                        reverses,
-                        fates=fates,
-                        as_sent=as_sent,
+                continue
+            coordinator = fixed.pop() if fixed else min(anchors)
+            remote: dict[int, tuple[int, str]] = {}
+            for k, shard, original in reversals:
+                if shard == coordinator:
+                    continue
+                # Decided at its original's shard, a participant: its piece there locks it.
+                remote[k] = (shard, original)
+                reverses[k] = ""
+                if k in as_sent:  # a single-shard original: reversed as its legs inverted
+                    as_sent.discard(k)
+                    record = single[original][1]
+                    legs = tuple(
+                        Leg(leg.account_id, leg.side != pb.SIDE_DEBIT, leg.amount, leg.currency)
+                        for leg in record.applied_legs
                     )
-                )
+                    message = messages[start + k]
+                    specs[k] = TransactionSpec(
+                        message.id, Kind.ORDINARY, legs, message.code, (), "", 0, ""
+                    )
+                    unit_messages[k] = piece_message(message, legs)
+            unit = Unit(
+                specs,
+                unit_messages,
+                slot_map,
+                coordinator,
+                reverses,
+                fates=fates,
+                as_sent=as_sent,
+                remote_reverses=remote,
+            )
+            # The original's shard must hold a piece of its reversal (it has none if the
+            # original had no legs there: not supported).
+            supported = all(shard in unit.pieces[k] for k, (shard, _) in remote.items())
+            built.append(unit if supported else None)
         return built
 
     async def _read_holds(
@@ -568,9 +605,12 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
                     merged = _merge_pieces(hold, [piece for _, piece in pieces])
                     record.applied_legs.extend(merged.applied_legs)
 
-    async def _read_committed(self, ids: list[str]) -> dict[str, tuple[int, pb.TransactionRecord]]:
+    async def _read_committed(
+        self, ids: list[str], single: dict[str, tuple[int, pb.TransactionRecord]] | None = None
+    ) -> dict[str, tuple[int, pb.TransactionRecord]]:
         """Committed cross-shard transactions among ids: their coordinator shard and their
-        record as a client reads it."""
+        record as a client reads it (and into `single`, if given, the others found, with
+        their shard)."""
         lookups, participants = await self._lookup_with_pieces(ids)
         committed = {}
         hold_posts = []
@@ -578,7 +618,10 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
             for shard_id, lookup in found:
                 if lookup.code != pb.RESULT_CODE_OK:
                     continue
-                if is_hold_post(lookup.transaction):
+                if not lookup.transaction.HasField("cross_shard_piece"):
+                    if single is not None:
+                        single[transaction_id] = (shard_id, lookup.transaction)
+                elif is_hold_post(lookup.transaction):
                     hold_posts.append(lookup)
                     committed[transaction_id] = (shard_id, lookup.transaction)
                 elif lookup.transaction.cross_shard_piece.coordinator:

@@ -12,6 +12,7 @@ from core import failpoints, store, validation
 from core.model import (
     ATTEMPT_LENGTH_MAX,
     ATTEMPT_PATTERN,
+    REVERSES_KEY,
     SUCCESS_CODES,
     DeadlineMode,
     Kind,
@@ -60,11 +61,18 @@ def _prepared(item: spb.PrepareItem) -> Any:
     spec = convert.transaction_from_proto(item.piece)
     if isinstance(spec, Rejection):
         return spec
+    metadata = spec.metadata
+    if item.reverses_id:
+        problem = validation.id_problem(item.reverses_id, "reverses_id")
+        if problem:
+            return Rejection(ResultCode.INVALID_ID, problem, spec.linked)
+        metadata = tuple(sorted((*metadata, (REVERSES_KEY, item.reverses_id))))
     return spec._replace(
         id=piece_id(spec.id, item.attempt),
         kind=Kind.PREPARED,
         target_id=str(item.coordinator_shard),
         timeout_seconds=max(1, item.deadline_seconds),
+        metadata=metadata,
     )
 
 

@@ -32,6 +32,7 @@ from core.model import (
     account_from_record,
     account_to_record,
     expiry_transaction_id,
+    reversed_by_piece,
     transaction_from_record,
     transaction_to_record,
 )
@@ -447,18 +448,27 @@ class Writer:
         transactions = await self._lookup(
             self.transactions, newer_transactions, transaction_ids, store.load_transactions
         )
-        reversed_posts = {
+        also = {
             state.spec.target_id
             for target in reversal_targets(item_lists)
             if (state := transactions.get(target)) is not None
             and state.spec.kind is Kind.POST_PENDING
         }
-        if reversed_posts:  # the holds they posted: is one a cross-shard hold?
+        # A piece voided or posted here may have marked an original reversed (see
+        # core.model.REVERSES_KEY).
+        also.update(
+            reversed_id
+            for state in transactions.values()
+            if state is not None
+            and state.spec.metadata
+            and (reversed_id := reversed_by_piece(state.spec))
+        )
+        if also:  # the holds posts posted (is one cross-shard?), originals pieces reverse
             transactions.update(
                 await self._lookup(
                     self.transactions,
                     newer_transactions,
-                    reversed_posts - transactions.keys(),
+                    also - transactions.keys(),
                     store.load_transactions,
                 )
             )

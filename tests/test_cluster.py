@@ -10,6 +10,8 @@ from collections.abc import AsyncIterator
 import grpc
 import pytest
 
+from core import audit
+from core.audit import AuditConfig
 from core.embedded_pg import EmbeddedPostgres
 from core.slots import SlotMap, account_slot
 from shards import control
@@ -581,3 +583,115 @@ async def test_many_concurrent_cross_shard_transfers(cluster: Cluster, client: C
     await _clearing_nets_to_zero(client)
     for node in cluster.nodes:
         assert await audit_problems(node.dsn) == []
+
+
+async def test_linked_reversals_of_transactions_recorded_at_different_shards(
+    cluster: Cluster, client: Client
+) -> None:
+    """One group reverses transactions decided at three shards: two cross-shard ones with
+    different coordinators and a single-shard one. All or nothing; each reversed once."""
+    a, b, c = (f"{x}/dep" for x in customers_on_distinct_shards(3))
+    await client.create(account("@cash"))
+    await client.create(*(account(x, no_overdraft=True) for x in (a, b, c)))
+    funding = [transfer(f"fund-{x}", "@cash", x, 100) for x in (a, b, c)]
+    assert await client.codes(*funding) == [pb.RESULT_CODE_CREATED] * 3
+    originals = [
+        transfer("t1", a, b, 10),  # coordinated at a's shard
+        transfer("t2", b, c, 20),  # at b's
+        transfer("t3", c, "@cash", 5),  # c's shard alone
+        transfer("t4", a, b, 1),
+        transfer("t5", b, c, 2),
+    ]
+    assert await client.codes(*originals) == [pb.RESULT_CODE_CREATED] * 5
+
+    def undo(tid: str, original: str, linked: bool = True) -> pb.Transaction:
+        return pb.Transaction(id=tid, code=1, reverses_id=original, linked=linked)
+
+    # A group failing on its last item leaves every original unreversed.
+    failing = [undo("u4", "t4"), undo("u5", "t5"), transfer("big", c, a, 10_000)]
+    assert names([r.code for r in await client.post(*failing)]) == [
+        "RESULT_CODE_LINKED_ITEM_FAILED",
+        "RESULT_CODE_LINKED_ITEM_FAILED",
+        "RESULT_CODE_INSUFFICIENT_FUNDS",
+    ]
+    assert (await client.transaction("t5")).reversed_by_id == ""
+    group = [undo("u1", "t1"), undo("u2", "t2"), undo("u3", "t3", linked=False)]
+    results = await client.post(*group)
+    assert [r.code for r in results] == [pb.RESULT_CODE_CREATED] * 3, [r.message for r in results]
+    assert await client.codes(*group) == [pb.RESULT_CODE_REPLAYED] * 3
+    for original, reversal in (("t1", "u1"), ("t2", "u2"), ("t3", "u3")):
+        assert (await client.transaction(original)).reversed_by_id == reversal
+    again = await client.post(undo("u9", "t2", linked=False))
+    assert again[0].code == pb.RESULT_CODE_ALREADY_REVERSED, again[0].message
+    assert "u2" in again[0].message
+    balances = [await client.balance(x) for x in (a, b, c)]
+    assert [x.credits_posted - x.debits_posted for x in balances] == [99, 99, 102]
+    read = await client.transaction("u2")
+    assert sorted((x.account_id, x.side, x.amount) for x in read.applied_legs) == sorted(
+        [(b, CREDIT, 20), (c, DEBIT, 20)]
+    )
+    # The failed group's originals are free: reversed now, by a group of their own.
+    assert (
+        await client.codes(undo("u4", "t4"), undo("u5", "t5", linked=False))
+        == [pb.RESULT_CODE_CREATED] * 2
+    )
+    await _clearing_nets_to_zero(client)
+    for node in cluster.nodes:
+        assert await audit_problems(node.dsn) == []
+    report = await audit.audit_cluster(cluster.dsns, AuditConfig())
+    assert report.ok, [f.message for shard in report.shards for f in shard.findings]
+    assert report.cross_shard.in_flight_count == 0
+
+
+async def test_a_reversal_piece_nobody_decided_frees_its_original(
+    cluster: Cluster, client: Client
+) -> None:
+    """What a gateway dead after preparing leaves: a reversal's piece at the original's shard
+    marks it reversed while held; past its deadline the participant asks the coordinator,
+    which records abort; the piece is voided and the original can be reversed again."""
+    from core.model import Leg
+    from shards.crossshard import piece_message
+    from tally.v1 import shard_pb2 as spb
+
+    first, second = await _funded_pair(client)
+    assert await client.codes(transfer("t", first + "/dep", second + "/dep", 7)) == [
+        pb.RESULT_CODE_CREATED
+    ]
+    slot_map = SlotMap.even(SHARD_COUNT)
+    original_shard = slot_map.shard_of_account(first + "/dep")
+    other = slot_map.shard_of_account(second + "/dep")
+    message = pb.Transaction(id="u", code=1, reverses_id="t")
+    piece = piece_message(
+        message,
+        [
+            Leg(first + "/dep", False, 7, "USD"),
+            Leg("@clearing/USD", True, 7, "USD"),
+        ],
+    )
+    channel, stub = await _shard_stub(cluster, original_shard)
+    async with channel:
+        item = spb.PrepareItem(
+            piece=piece,
+            coordinator_shard=other,
+            deadline_seconds=1,
+            attempt="c1",
+            reverses_id="t",
+        )
+        prepared = await stub.Prepare(spb.PrepareRequest(items=[item]))  # type: ignore[attr-defined]
+        assert prepared.results[0].code == pb.RESULT_CODE_CREATED
+        again = spb.PrepareItem()
+        again.CopyFrom(item)
+        again.attempt = "c2"
+        locked = await stub.Prepare(spb.PrepareRequest(items=[again]))  # type: ignore[attr-defined]
+        assert locked.results[0].code == pb.RESULT_CODE_ALREADY_REVERSED
+    assert (await client.transaction("t")).reversed_by_id == "u"  # locked while held
+    for _ in range(100):
+        if (await client.transaction("t")).reversed_by_id == "":
+            break
+        await asyncio.sleep(0.1)
+    assert (await client.transaction("t")).reversed_by_id == ""
+    assert await client.codes(pb.Transaction(id="u", code=1, reverses_id="t")) == [
+        pb.RESULT_CODE_CREATED
+    ]
+    assert (await client.transaction("t")).reversed_by_id == "u"
+    await _clearing_nets_to_zero(client)

@@ -32,16 +32,18 @@ class HoldState(_message.Message):
     def __init__(self, fate: _Optional[_Union[HoldFate, str]] = ..., expires_at_ns: _Optional[int] = ..., resolution: _Optional[_Union[_ledger_pb2.Transaction, _Mapping]] = ...) -> None: ...
 
 class PrepareItem(_message.Message):
-    __slots__ = ("piece", "coordinator_shard", "deadline_seconds", "attempt")
+    __slots__ = ("piece", "coordinator_shard", "deadline_seconds", "attempt", "reverses_id")
     PIECE_FIELD_NUMBER: _ClassVar[int]
     COORDINATOR_SHARD_FIELD_NUMBER: _ClassVar[int]
     DEADLINE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    REVERSES_ID_FIELD_NUMBER: _ClassVar[int]
     piece: _ledger_pb2.Transaction
     coordinator_shard: int
     deadline_seconds: int
     attempt: str
-    def __init__(self, piece: _Optional[_Union[_ledger_pb2.Transaction, _Mapping]] = ..., coordinator_shard: _Optional[int] = ..., deadline_seconds: _Optional[int] = ..., attempt: _Optional[str] = ...) -> None: ...
+    reverses_id: str
+    def __init__(self, piece: _Optional[_Union[_ledger_pb2.Transaction, _Mapping]] = ..., coordinator_shard: _Optional[int] = ..., deadline_seconds: _Optional[int] = ..., attempt: _Optional[str] = ..., reverses_id: _Optional[str] = ...) -> None: ...
 
 class PrepareRequest(_message.Message):
     __slots__ = ("items",)
