@@ -449,6 +449,82 @@ def reversed_by_piece(spec: TransactionSpec) -> str:
     return ""
 
 
+def encode_legs(legs: tuple[Leg, ...]) -> str:
+    """'D account amount CUR,C account amount CUR': ids never hold spaces or commas."""
+    return ",".join(
+        f"{'D' if leg.is_debit else 'C'} {leg.account_id} {leg.amount} {leg.currency}"
+        for leg in legs
+    )
+
+
+def decode_legs(text: str) -> tuple[Leg, ...]:
+    if not text:
+        return ()
+    legs = []
+    for part in text.split(","):
+        side, account_id, amount, currency = part.split(" ")
+        legs.append(Leg(account_id, side == "D", int(amount), currency))
+    return tuple(legs)
+
+
+# Metadata keys of a participant's piece that decides a hold recorded on its shard (a linked
+# group posting or voiding holds recorded at different shards): the hold, "post" or "void",
+# and the post's legs (encode_legs). The piece holds nothing; while held it locks the hold
+# (its resolved_by_id names the post or void while it is still PENDING); posted, it applies
+# the post or void there; voided, it frees the hold.
+DECIDES_KEY = "~decides"
+FATE_KEY = "~fate"
+FATE_LEGS_KEY = "~legs"
+
+
+def decided_by_piece(spec: TransactionSpec) -> str:
+    """The hold a participant's piece decides ("": none)."""
+    if spec.kind is not Kind.PREPARED or not spec.metadata:
+        return ""
+    for key, value in spec.metadata:
+        if key == DECIDES_KEY:
+            return value
+    return ""
+
+
+def fate_piece(
+    piece_id_: str, coordinator: int, deadline_s: int, fate: TransactionSpec
+) -> TransactionSpec:
+    """The piece deciding the client's post or void `fate` of a hold recorded here."""
+    metadata = (
+        *fate.metadata,
+        (DECIDES_KEY, fate.target_id),
+        (FATE_KEY, "post" if fate.kind is Kind.POST_PENDING else "void"),
+        (FATE_LEGS_KEY, encode_legs(fate.legs)),
+    )
+    return TransactionSpec(
+        piece_id_,
+        Kind.PREPARED,
+        (),
+        fate.code,
+        tuple(sorted(metadata)),
+        fate.value_date,
+        deadline_s,
+        str(coordinator),
+        fate.linked,
+    )
+
+
+def fate_of_piece(piece: TransactionSpec) -> TransactionSpec:
+    """The client's post or void a fate piece decides, as the client sent it."""
+    fields = dict(piece.metadata)
+    return TransactionSpec(
+        split_piece_id(piece.id)[0],
+        Kind.POST_PENDING if fields[FATE_KEY] == "post" else Kind.VOID_PENDING,
+        decode_legs(fields[FATE_LEGS_KEY]),
+        piece.code,
+        tuple((k, v) for k, v in piece.metadata if not k.startswith("~")),
+        piece.value_date,
+        0,
+        fields[DECIDES_KEY],
+    )
+
+
 def reversal_mark_id(transaction_id: str) -> str:
     return "~reversal/" + transaction_id
 

@@ -29,6 +29,8 @@ from core.model import (
     TransactionSpec,
     TransactionState,
     deadline_record_id,
+    decided_by_piece,
+    fate_of_piece,
     next_deadline,
     reversed_by_piece,
     share_of_post,
@@ -317,8 +319,11 @@ class Batch:
                 return _mark_replay(existing, spec)
             return _replay(existing, spec)
         kind = spec.kind
-        if kind is Kind.PREPARED and spec.metadata and reversed_by_piece(spec):
-            return self._prepare_reversal(spec, timestamp_ns)
+        if kind is Kind.PREPARED and spec.metadata:
+            if reversed_by_piece(spec):
+                return self._prepare_reversal(spec, timestamp_ns)
+            if decided_by_piece(spec):
+                return self._prepare_fate(spec, timestamp_ns)
         if kind is Kind.ORDINARY or kind is Kind.PENDING or kind is Kind.PREPARED:
             return self._apply_new(spec, spec.legs, timestamp_ns)
         if kind is Kind.REVERSAL:
@@ -413,6 +418,35 @@ class Batch:
         result = self._apply_new(spec, spec.legs, timestamp_ns)
         if result.code is ResultCode.CREATED:
             self._own_transaction(target).reversed_by_id = split_piece_id(spec.id)[0]
+        return result
+
+    def _prepare_fate(self, spec: TransactionSpec, timestamp_ns: int) -> Result:
+        """A participant's piece deciding the post or void of a hold recorded here: refused
+        as the post or void would be now; else it locks the hold until the piece is resolved
+        (posted: the post or void is applied; voided: the hold is free again)."""
+        fate = fate_of_piece(spec)
+        existing = self._known_transaction(fate.id)
+        if existing is not None:
+            return _replay(existing, fate)
+        hold = self._known_transaction(fate.target_id)
+        problem = _resolution_problem(hold, fate, timestamp_ns)
+        if problem is None:
+            assert hold is not None
+            if hold.spec.kind is Kind.PREPARED:
+                problem = Result(
+                    ResultCode.PENDING_NOT_FOUND,
+                    f"{fate.target_id!r} is not a pending transaction",
+                )
+            elif fate.kind is Kind.POST_PENDING:
+                chosen = self._chosen_post(hold, fate)
+                if isinstance(chosen, Result):
+                    problem = chosen
+        if problem is not None:
+            return problem
+        assert hold is not None
+        result = self._apply_new(spec, (), timestamp_ns)
+        if result.code is ResultCode.CREATED:
+            self._own_transaction(hold.spec.id).resolved_by_id = fate.id  # the lock
         return result
 
     def _mark_reversal(self, spec: TransactionSpec, timestamp_ns: int) -> Result:
@@ -576,34 +610,21 @@ class Batch:
 
     # ---- holds: post, void, expire ----
 
-    def _resolve(self, spec: TransactionSpec, timestamp_ns: int) -> Result:
+    def _resolve(self, spec: TransactionSpec, timestamp_ns: int, locked: bool = False) -> Result:
+        """locked: a post or void its piece decided (its hold locked for it since then: no
+        expiry by the clock since)."""
         pending = self._known_transaction(spec.target_id)
-        rejection = _resolution_problem(pending, spec, timestamp_ns)
+        rejection = _resolution_problem(pending, spec, timestamp_ns, locked)
         if rejection is not None:
             return rejection
         assert pending is not None
         held = _sum_by_leg_key(pending.applied_legs)
         posted: dict[tuple[str, bool, str], int] = {}
         if spec.kind is Kind.POST_PENDING:
-            # A piece of a cross-shard hold posts its share of the client's post (spec.legs
-            # name accounts of every shard), balanced by its clearing piece, whatever it held.
-            cross = pending.spec.kind is not Kind.PENDING
-            if cross:
-                chosen = share_of_post(pending.applied_legs, spec.legs)
-            else:
-                chosen = spec.legs or pending.applied_legs
-            posted = _sum_by_leg_key(chosen)
-            for key, amount in posted.items():
-                if cross and key[0].startswith(CLEARING_PREFIX):
-                    continue
-                if amount > held.get(key, 0):
-                    return Result(
-                        ResultCode.POST_EXCEEDS_PENDING,
-                        f"posting {amount} to {key[0]!r} but {held.get(key, 0)} is held there",
-                    )
-            overflow = self._post_overflow(posted)
-            if overflow is not None:
-                return overflow
+            chosen = self._chosen_post(pending, spec)
+            if isinstance(chosen, Result):
+                return chosen
+            posted = chosen
         for (account_id, is_debit, _currency), amount in held.items():
             post_amount = posted.get((account_id, is_debit, _currency), 0)
             self._write_posting(spec.id, account_id, is_debit, post_amount, -amount, timestamp_ns)
@@ -619,17 +640,59 @@ class Batch:
         )
         self._close_hold(pending, spec, timestamp_ns)
         self._add_transaction(TransactionState(spec, applied, timestamp_ns, Status.POSTED))
-        if spec.kind is not Kind.POST_PENDING and pending.spec.metadata:
-            # A voided piece of a reversal frees the original it had marked reversed.
-            target = reversed_by_piece(pending.spec)
-            if target:
-                original = self._known_transaction(target)
-                if (
-                    original is not None
-                    and original.reversed_by_id == split_piece_id(pending.spec.id)[0]
-                ):
-                    self._own_transaction(target).reversed_by_id = ""
+        if pending.spec.metadata and pending.spec.kind is Kind.PREPARED:
+            self._after_piece(pending, spec.kind is Kind.POST_PENDING, timestamp_ns)
         return Result(ResultCode.CREATED, "", timestamp_ns)
+
+    def _after_piece(self, piece: TransactionState, posted: bool, timestamp_ns: int) -> None:
+        """A participant's piece that locked a record here was resolved: a voided reversal
+        piece frees its original; a fate piece frees its hold and, posted, applies the post
+        or void it decided (refused only if the hold is gone: an invariant)."""
+        transaction_id = split_piece_id(piece.spec.id)[0]
+        original_id = reversed_by_piece(piece.spec)
+        if original_id and not posted:
+            original = self._known_transaction(original_id)
+            if original is not None and original.reversed_by_id == transaction_id:
+                self._own_transaction(original_id).reversed_by_id = ""
+        hold_id = decided_by_piece(piece.spec)
+        if hold_id:
+            hold = self._known_transaction(hold_id)
+            if hold is not None and hold.resolved_by_id == transaction_id:
+                self._own_transaction(hold_id).resolved_by_id = ""
+            if posted:
+                # A record of its own, so a timestamp of its own (the journal orders a block's
+                # records by timestamp): the next one, as if it were the next item.
+                self.item_count += 1
+                at_ns = self.base_timestamp_ns + self.item_count - 1
+                result = self._resolve(fate_of_piece(piece.spec), at_ns, locked=True)
+                check(
+                    result.code is ResultCode.CREATED,
+                    f"{transaction_id} decided at {piece.spec.id}: {result}",
+                )
+
+    def _chosen_post(
+        self, pending: TransactionState, spec: TransactionSpec
+    ) -> dict[tuple[str, bool, str], int] | Result:
+        """What a post posts of the hold, by leg key, or why it cannot."""
+        held = _sum_by_leg_key(pending.applied_legs)
+        # A piece of a cross-shard hold posts its share of the client's post (spec.legs name
+        # accounts of every shard), balanced by its clearing piece, whatever it held.
+        cross = pending.spec.kind is not Kind.PENDING
+        if cross:
+            chosen = share_of_post(pending.applied_legs, spec.legs)
+        else:
+            chosen = spec.legs or pending.applied_legs
+        posted = _sum_by_leg_key(chosen)
+        for key, amount in posted.items():
+            if cross and key[0].startswith(CLEARING_PREFIX):
+                continue
+            if amount > held.get(key, 0):
+                return Result(
+                    ResultCode.POST_EXCEEDS_PENDING,
+                    f"posting {amount} to {key[0]!r} but {held.get(key, 0)} is held there",
+                )
+        overflow = self._post_overflow(posted)
+        return overflow if overflow is not None else posted
 
     def _post_overflow(self, posted: dict[tuple[str, bool, str], int]) -> Result | None:
         for (account_id, is_debit, _currency), amount in posted.items():
@@ -753,7 +816,10 @@ def _mark_replay(existing: TransactionState, spec: TransactionSpec) -> Result:
 
 
 def _resolution_problem(
-    pending: TransactionState | None, spec: TransactionSpec, timestamp_ns: int
+    pending: TransactionState | None,
+    spec: TransactionSpec,
+    timestamp_ns: int,
+    locked: bool = False,
 ) -> Result | None:
     field = "void_pending_id" if spec.kind is Kind.VOID_PENDING else "post_pending_id"
     if pending is None or pending.spec.kind not in (Kind.PENDING, Kind.PREPARED, Kind.HOLD):
@@ -767,8 +833,16 @@ def _resolution_problem(
             ResultCode.PENDING_ALREADY_RESOLVED,
             f"hold {spec.target_id!r} was resolved by {pending.resolved_by_id!r}",
         )
+    if pending.resolved_by_id and pending.spec.kind is not Kind.PREPARED and not locked:
+        # Locked by a participant's piece deciding it (see core.model.DECIDES_KEY).
+        return Result(
+            ResultCode.UNAVAILABLE,
+            f"hold {spec.target_id!r} is being decided by {pending.resolved_by_id!r}; retry "
+            "with the same id",
+        )
     if (
-        pending.spec.kind is not Kind.PREPARED  # a prepared piece's deadline is not an expiry
+        not locked
+        and pending.spec.kind is not Kind.PREPARED  # a prepared piece's deadline is not an expiry
         and spec.kind is not Kind.EXPIRY
         and pending.expires_at_ns
         and timestamp_ns >= pending.expires_at_ns
@@ -821,6 +895,9 @@ def needed_ids(requests: Sequence[Sequence[Item]]) -> tuple[set[str], set[str]]:
                     reversed_id = reversed_by_piece(item)
                     if reversed_id:
                         transaction_ids.add(reversed_id)
+                    if decided_by_piece(item):
+                        fate = fate_of_piece(item)
+                        transaction_ids.update((fate.id, fate.target_id))
             elif isinstance(item, AccountSpec):
                 account_ids.add(item.id)
             elif isinstance(item, CloseSpec):

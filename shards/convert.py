@@ -159,7 +159,9 @@ def transaction_to_proto(state: TransactionState) -> pb.TransactionRecord:
         transaction=transaction_spec_to_proto(state.spec),
         timestamp_ns=state.timestamp_ns,
         status=_STATUS[state.status],
-        resolved_by_id=state.resolved_by_id,
+        # While PENDING, a hold's resolved_by_id is a participant's lock (core.model
+        # DECIDES_KEY), not yet its resolution.
+        resolved_by_id=state.resolved_by_id if state.status is not Status.PENDING else "",
         reversed_by_id=state.reversed_by_id,
         expires_at_ns=state.expires_at_ns if state.status is Status.PENDING else 0,
         applied_legs=[leg_to_proto(leg) for leg in state.applied_legs],

@@ -152,6 +152,7 @@ class Unit:
         "fates",
         "messages",
         "pieces",
+        "remote_fates",
         "remote_reverses",
         "reverses",
     )
@@ -166,6 +167,7 @@ class Unit:
         fates: dict[int, HoldResolution] | None = None,
         as_sent: set[int] | None = None,
         remote_reverses: dict[int, tuple[int, str]] | None = None,
+        remote_fates: dict[int, int] | None = None,
     ) -> None:
         """coordinator: by default that of the unit's legs. reverses: for each transaction,
         the cross-shard transaction it reverses ("": none), which must have been committed at
@@ -174,19 +176,26 @@ class Unit:
         as_sent: positions of reversals, posts and voids of single-shard records there. Both
         go to the coordinator as the client sent them. remote_reverses: by position, the
         reversals of transactions recorded at a participant (its shard and the original's id):
-        that shard's piece locks the original (see PrepareItem.reverses_id)."""
+        that shard's piece locks the original (see PrepareItem.reverses_id). remote_fates: by
+        position, the posts and voids of holds recorded at a participant (its shard): that
+        shard's piece decides it (see PrepareItem.decides)."""
         self.attempt = f"{_ATTEMPT_PREFIX}{next(_attempt_numbers):x}"
         self.messages = list(messages)
         self.reverses = list(reverses) or [""] * len(self.messages)
         self.fates = fates or {}
-        self.as_sent = (as_sent or set()) | set(self.fates)
+        self.remote_fates = remote_fates or {}
+        self.as_sent = ((as_sent or set()) | set(self.fates)) - set(self.remote_fates)
         self.remote_reverses = remote_reverses or {}
         if coordinator is None:
             legs = specs[0].legs if len(specs) == 1 else [leg for s in specs for leg in s.legs]
             coordinator = coordinator_of(legs, slot_map)
         self.coordinator = coordinator
-        self.pieces = [
-            {} if k in self.as_sent else split_pieces(s.legs, slot_map, self.coordinator)[1]
+        self.pieces: list[dict[int, list[Leg]]] = [
+            {self.remote_fates[k]: []}
+            if k in self.remote_fates
+            else {}
+            if k in self.as_sent
+            else split_pieces(s.legs, slot_map, self.coordinator)[1]
             for k, s in enumerate(specs)
         ]
 
@@ -204,7 +213,7 @@ class Unit:
         last = len(chosen) - 1
         return [
             (k, self._as_sent(k, n < last))
-            if k in self.as_sent
+            if k in self.as_sent or self.remote_fates.get(k, -1) == shard
             else (k, piece_message(self.messages[k], legs, linked=n < last))
             for n, (k, legs) in enumerate(chosen)
         ]
@@ -222,7 +231,11 @@ class Unit:
 
     def decide_before_ns(self, k: int) -> int:
         fate = self.fates.get(k)
-        return fate.decide_before_ns if fate is not None else 0
+        return fate.decide_before_ns if fate is not None and k in self.as_sent else 0
+
+    def decides_at(self, shard: int, k: int) -> bool:
+        """Whether this participant's piece of transaction k decides a hold recorded there."""
+        return self.remote_fates.get(k, -1) == shard
 
     def judge(self, answers: Sequence[Sequence[pb.ItemResult]]) -> list[pb.ItemResult] | None:
         """From each transaction's answers: None if all succeeded; else each transaction's
@@ -443,6 +456,7 @@ class Driver:
                             deadline_seconds=PREPARE_DEADLINE_S,
                             attempt=units[u].attempt,
                             reverses_id=units[u].reversed_at(shard, k),
+                            decides=units[u].decides_at(shard, k),
                         )
                         for u, k, piece in items
                     ]
@@ -673,8 +687,11 @@ def _hold_settlement(piece: str, hold: spb.HoldState, seen_ns: int) -> Transacti
     """A committed hold's piece, asked about at its deadline seen_ns: kept until the hold's
     expiry while it is open (unless a decision re-armed it meanwhile), else settled as its
     coordinator decided."""
+    deadline_ns = hold.expires_at_ns
+    if hold.deciding:  # a linked group's piece at the coordinator decides it: ask again
+        deadline_ns = time.time_ns() + PREPARE_DEADLINE_S * 1_000_000_000
     spec = settlement_spec(
-        piece, hold.fate, hold.expires_at_ns, hold.resolution, DeadlineMode.ASKED, seen_ns
+        piece, hold.fate, deadline_ns, hold.resolution, DeadlineMode.ASKED, seen_ns
     )
     if spec is None:
         raise ValueError(f"coordinator answered {piece} with an unusable hold state {hold}")
@@ -710,7 +727,11 @@ _RESOLVED_FATES = {
 def hold_state(hold: TransactionState, resolution: TransactionState | None) -> spb.HoldState:
     """A cross-shard hold's state at its coordinator, with the post or void that resolved it."""
     if hold.status is Status.PENDING:
-        return spb.HoldState(fate=spb.HOLD_FATE_OPEN, expires_at_ns=hold.expires_at_ns)
+        return spb.HoldState(
+            fate=spb.HOLD_FATE_OPEN,
+            expires_at_ns=hold.expires_at_ns,
+            deciding=bool(hold.resolved_by_id),
+        )
     state = spb.HoldState(fate=_RESOLVED_FATES[hold.status])
     if resolution is not None and resolution.spec.kind is not Kind.EXPIRY:
         state.resolution.CopyFrom(convert.transaction_spec_to_proto(resolution.spec))

@@ -186,7 +186,9 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
         whose original is recorded at another shard is decided there instead, by its piece,
         which marks the original reversed while held (PrepareItem.reverses_id). Per range: its
         unit; its results if a target is not found (or cannot be reversed, or is over-posted);
-        None if its posts and voids must be decided on different shards (not supported)."""
+        None if a reversal's original has no legs on its own shard (not supported). Posts and
+        voids of holds recorded at other shards than the coordinator are decided there, by
+        their pieces (PrepareItem.decides)."""
         if not ranges:
             return []
         in_ranges = [
@@ -213,7 +215,8 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
             # Where each reversal is decided: its position, shard and original (one that
             # cannot be decided elsewhere: the others).
             reversals: list[tuple[int, int, str]] = []
-            fixed: set[int] = set()
+            # Where each post or void is decided: the shard of its hold.
+            decided_at: dict[int, int] = {}
             outcome: list[pb.ItemResult] | None = None
             for n in range(start, end):
                 item, message, k = items[n], messages[n], n - start
@@ -248,7 +251,7 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
                     if found is not None:
                         coordinator, record, pieces = found
                         anchors.add(coordinator)
-                        fixed.add(coordinator)
+                        decided_at[k] = coordinator
                         fates[k] = HoldResolution(
                             message,
                             coordinator,
@@ -262,7 +265,7 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
                     if item.kind is Kind.REVERSAL and item.target_id in single:
                         reversals.append((k, located[item.target_id], item.target_id))
                     else:
-                        fixed.add(located[item.target_id])
+                        decided_at[k] = located[item.target_id]
                 elif item.kind is Kind.REVERSAL:
                     refusal = Result(
                         ResultCode.TRANSACTION_NOT_FOUND,
@@ -279,10 +282,11 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
             if outcome is not None:
                 built.append(outcome)
                 continue
-            if len(fixed) > 1:  # posts and voids to decide on two shards
-                built.append(None)
-                continue
-            coordinator = fixed.pop() if fixed else min(anchors)
+            # Coordinated where its first post or void is decided (else where a reversal is);
+            # the others are decided at their holds' shards, by those shards' pieces.
+            coordinator = next(iter(decided_at.values()), min(anchors))
+            remote_fates = {k: s for k, s in decided_at.items() if s != coordinator}
+            as_sent -= set(remote_fates)
             remote: dict[int, tuple[int, str]] = {}
             for k, shard, original in reversals:
                 if shard == coordinator:
@@ -311,6 +315,7 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
                 fates=fates,
                 as_sent=as_sent,
                 remote_reverses=remote,
+                remote_fates=remote_fates,
             )
             # The original's shard must hold a piece of its reversal (it has none if the
             # original had no legs there: not supported).

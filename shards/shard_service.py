@@ -23,6 +23,7 @@ from core.model import (
     TransactionSpec,
     TransactionState,
     abort_marker_id,
+    fate_piece,
     piece_id,
     resolution_spec,
     reversal_mark_spec,
@@ -61,6 +62,12 @@ def _prepared(item: spb.PrepareItem) -> Any:
     spec = convert.transaction_from_proto(item.piece)
     if isinstance(spec, Rejection):
         return spec
+    if item.decides:
+        if spec.kind not in (Kind.POST_PENDING, Kind.VOID_PENDING):
+            return Rejection(ResultCode.INVALID_FLAGS, "decides: not a post or void", spec.linked)
+        identifier = piece_id(spec.id, item.attempt)
+        deadline_s = max(1, item.deadline_seconds)
+        return fate_piece(identifier, item.coordinator_shard, deadline_s, spec)
     metadata = spec.metadata
     if item.reverses_id:
         problem = validation.id_problem(item.reverses_id, "reverses_id")

@@ -31,7 +31,9 @@ from core.model import (
     TransactionState,
     account_from_record,
     account_to_record,
+    decided_by_piece,
     expiry_transaction_id,
+    fate_of_piece,
     reversed_by_piece,
     transaction_from_record,
     transaction_to_record,
@@ -463,6 +465,10 @@ class Writer:
             and state.spec.metadata
             and (reversed_id := reversed_by_piece(state.spec))
         )
+        for state in list(transactions.values()):  # pieces deciding a hold here
+            if state is not None and state.spec.metadata and decided_by_piece(state.spec):
+                fate = fate_of_piece(state.spec)
+                also.update((fate.id, fate.target_id))
         if also:  # the holds posts posted (is one cross-shard?), originals pieces reverse
             transactions.update(
                 await self._lookup(

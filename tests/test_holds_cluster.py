@@ -385,28 +385,71 @@ async def test_linked_groups_decide_hold_fates_with_other_transactions(
     assert await client.codes(_void("v3", "h3")) == [CREATED]
 
 
-async def test_a_linked_group_deciding_holds_of_two_coordinators_is_refused_whole(
+async def test_a_linked_group_decides_holds_recorded_at_different_shards(
+    cluster: Cluster,  # noqa: F811
     client: Client,
 ) -> None:
-    a, b = (f"{c}/dep" for c in await _customers(client, 2))
+    """Holds recorded at three shards (two across shards, one on a single shard), decided by
+    one linked group: the group is coordinated where the first is recorded; at the others a
+    piece locks the hold until the group's decision, then applies the post or void there."""
+    a, b, c = (f"{x}/dep" for x in await _customers(client, 3))
+    await client.create(account(f"{c.split('/')[0]}/sav"))
+    c_sav = f"{c.split('/')[0]}/sav"
     assert (
         await client.codes(
-            transfer("h1", a, b, 10, pending=True), transfer("h2", b, a, 10, pending=True)
+            transfer("h1", a, b, 10, pending=True),  # recorded at a's shard
+            transfer("h2", b, a, 20, pending=True),  # at b's
+            transfer("h3", c, c_sav, 30, pending=True),  # c's shard alone
+            transfer("h4", b, c, 40, pending=True),
+            transfer("h5", c, c_sav, 50, pending=True),
         )
-        == [CREATED] * 2
+        == [CREATED] * 5
     )
-    first = _post("p1", "h1")
-    first.linked = True
-    with pytest.raises(grpc.aio.AioRpcError) as error:
-        await client.post(first, _post("p2", "h2"))
-    assert error.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert await client.codes(_void("v1", "h1"), _void("v2", "h2")) == [CREATED] * 2
+
+    def linked(message: pb.Transaction) -> pb.Transaction:
+        message.linked = True
+        return message
+
+    # A group failing on its last item decides nothing, and leaves no hold locked.
+    failing = [linked(_void("v4", "h4")), linked(_post("p5", "h5")), transfer("big", a, b, 9_999)]
+    assert names([r.code for r in await client.post(*failing)]) == [
+        "RESULT_CODE_LINKED_ITEM_FAILED",
+        "RESULT_CODE_LINKED_ITEM_FAILED",
+        "RESULT_CODE_INSUFFICIENT_FUNDS",
+    ]
+    for hold in ("h4", "h5"):
+        record = await client.transaction(hold)
+        assert (record.status, record.resolved_by_id) == (pb.TRANSACTION_STATUS_PENDING, "")
+    group = [
+        linked(_post("p1", "h1")),
+        linked(_post("p2", "h2", leg(b, DEBIT, 5), leg(a, CREDIT, 5))),
+        _void("v3", "h3"),
+    ]
+    results = await client.post(*group)
+    assert [r.code for r in results] == [CREATED] * 3, [r.message for r in results]
+    assert await client.codes(*group) == [REPLAYED] * 3
+    expected = {
+        "h1": (pb.TRANSACTION_STATUS_PENDING_POSTED, "p1"),
+        "h2": (pb.TRANSACTION_STATUS_PENDING_POSTED, "p2"),
+        "h3": (pb.TRANSACTION_STATUS_PENDING_VOIDED, "v3"),
+    }
+    for hold, (status, by) in expected.items():
+        record = await client.transaction(hold)
+        assert (record.status, record.resolved_by_id) == (status, by), hold
+    assert await _counters(client, a) == (10, 1_005, 0, 0)
+    assert await _counters(client, b) == (5, 1_010, 40, 0)
+    assert await _counters(client, c_sav) == (0, 0, 0, 50)
+    post = await client.transaction("p2")
+    assert sorted((x.account_id, x.amount) for x in post.applied_legs) == sorted([(a, 5), (b, 5)])
+    # The failed group's holds were free all along: decided now, one group again.
+    assert await client.codes(linked(_void("v4", "h4")), _post("p5", "h5")) == [CREATED] * 2
+    assert await _counters(client, c_sav) == (0, 50, 0, 0)
 
 
 async def test_linked_groups_decided_where_their_records_live(client: Client) -> None:
     """Reversals, posts and voids of records on one shard, and of cross-shard transactions
     and holds recorded there, linked with transfers spanning shards: one unit coordinated by
-    that shard, all or nothing. Groups whose items must be decided on two shards: refused."""
+    that shard, all or nothing."""
     a, b, c = (f"{x}/dep" for x in await _customers(client, 3))
     await client.create(account(f"{a.split('/')[0]}/sav"))
     a_sav = f"{a.split('/')[0]}/sav"
@@ -452,9 +495,6 @@ async def test_linked_groups_decided_where_their_records_live(client: Client) ->
         "RESULT_CODE_INSUFFICIENT_FUNDS",
     ]
     assert (await client.transaction("h4")).status == pb.TRANSACTION_STATUS_PENDING
-    # h4 is decided at a's shard, h5 at c's: one group cannot decide both.
-    first.id = "v4b"
-    with pytest.raises(grpc.aio.AioRpcError) as error:
-        await client.post(first, _void("v5", "h5"))
-    assert error.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert await client.codes(_void("v4", "h4"), _void("v5", "h5")) == [CREATED] * 2
+    # h4 is decided at a's shard, h5 at c's: one group decides both.
+    first.id = "v4"
+    assert await client.codes(first, _void("v5", "h5")) == [CREATED] * 2

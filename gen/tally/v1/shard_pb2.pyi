@@ -22,28 +22,32 @@ HOLD_FATE_VOIDED: HoldFate
 HOLD_FATE_EXPIRED: HoldFate
 
 class HoldState(_message.Message):
-    __slots__ = ("fate", "expires_at_ns", "resolution")
+    __slots__ = ("fate", "expires_at_ns", "resolution", "deciding")
     FATE_FIELD_NUMBER: _ClassVar[int]
     EXPIRES_AT_NS_FIELD_NUMBER: _ClassVar[int]
     RESOLUTION_FIELD_NUMBER: _ClassVar[int]
+    DECIDING_FIELD_NUMBER: _ClassVar[int]
     fate: HoldFate
     expires_at_ns: int
     resolution: _ledger_pb2.Transaction
-    def __init__(self, fate: _Optional[_Union[HoldFate, str]] = ..., expires_at_ns: _Optional[int] = ..., resolution: _Optional[_Union[_ledger_pb2.Transaction, _Mapping]] = ...) -> None: ...
+    deciding: bool
+    def __init__(self, fate: _Optional[_Union[HoldFate, str]] = ..., expires_at_ns: _Optional[int] = ..., resolution: _Optional[_Union[_ledger_pb2.Transaction, _Mapping]] = ..., deciding: _Optional[bool] = ...) -> None: ...
 
 class PrepareItem(_message.Message):
-    __slots__ = ("piece", "coordinator_shard", "deadline_seconds", "attempt", "reverses_id")
+    __slots__ = ("piece", "coordinator_shard", "deadline_seconds", "attempt", "reverses_id", "decides")
     PIECE_FIELD_NUMBER: _ClassVar[int]
     COORDINATOR_SHARD_FIELD_NUMBER: _ClassVar[int]
     DEADLINE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     REVERSES_ID_FIELD_NUMBER: _ClassVar[int]
+    DECIDES_FIELD_NUMBER: _ClassVar[int]
     piece: _ledger_pb2.Transaction
     coordinator_shard: int
     deadline_seconds: int
     attempt: str
     reverses_id: str
-    def __init__(self, piece: _Optional[_Union[_ledger_pb2.Transaction, _Mapping]] = ..., coordinator_shard: _Optional[int] = ..., deadline_seconds: _Optional[int] = ..., attempt: _Optional[str] = ..., reverses_id: _Optional[str] = ...) -> None: ...
+    decides: bool
+    def __init__(self, piece: _Optional[_Union[_ledger_pb2.Transaction, _Mapping]] = ..., coordinator_shard: _Optional[int] = ..., deadline_seconds: _Optional[int] = ..., attempt: _Optional[str] = ..., reverses_id: _Optional[str] = ..., decides: _Optional[bool] = ...) -> None: ...
 
 class PrepareRequest(_message.Message):
     __slots__ = ("items",)
