@@ -99,13 +99,6 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
                     # voids), with others whose legs span shards.
                     anchored.append((start, end))
             built = await self._anchored_units(messages, items, anchored, located, slot_map)
-            unsupported = [
-                (start, sorted(slot_map.shard_ids))
-                for (start, _), unit_or_results in zip(anchored, built, strict=True)
-                if unit_or_results is None
-            ]
-            if unsupported and attempt == 0:
-                await _refuse_cross_shard(context, unsupported)
             # On a later round, a unit the new map spreads over shards keeps its WRONG_SHARD.
             sent, _, _ = await asyncio.gather(
                 self._send_units(messages, plan, results, self._post_shard),
@@ -176,7 +169,7 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
         ranges: list[tuple[int, int]],
         located: dict[str, int],
         slot_map: SlotMap,
-    ) -> list[Unit | list[pb.ItemResult] | None]:
+    ) -> list[Unit | list[pb.ItemResult]]:
         """Cross-shard units holding items that must be decided where a record lives: the
         reversal of a cross-shard transaction (its legs inverted, decided where the original
         was committed, which records that it is reversed, once), the post or void of a
@@ -185,10 +178,9 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
         is coordinated by that shard, whose commit applies them with the rest. A reversal
         whose original is recorded at another shard is decided there instead, by its piece,
         which marks the original reversed while held (PrepareItem.reverses_id). Per range: its
-        unit; its results if a target is not found (or cannot be reversed, or is over-posted);
-        None if a reversal's original has no legs on its own shard (not supported). Posts and
-        voids of holds recorded at other shards than the coordinator are decided there, by
-        their pieces (PrepareItem.decides)."""
+        unit, or its results if a target is not found (or cannot be reversed, or is
+        over-posted). Posts and voids of holds recorded at other shards than the coordinator
+        are decided there, by their pieces (PrepareItem.decides)."""
         if not ranges:
             return []
         in_ranges = [
@@ -204,7 +196,7 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
             self._read_committed(list(dict.fromkeys(reversed_ids)), single),
             self._read_holds(list(dict.fromkeys(hold_ids))),
         )
-        built: list[Unit | list[pb.ItemResult] | None] = []
+        built: list[Unit | list[pb.ItemResult]] = []
         for start, end in ranges:
             specs: list[TransactionSpec] = []
             unit_messages: list[pb.Transaction] = []
@@ -317,10 +309,11 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
                 remote_reverses=remote,
                 remote_fates=remote_fates,
             )
-            # The original's shard must hold a piece of its reversal (it has none if the
-            # original had no legs there: not supported).
-            supported = all(shard in unit.pieces[k] for k, (shard, _) in remote.items())
-            built.append(unit if supported else None)
+            for k, (shard, _) in remote.items():
+                # The original's shard holds a piece of its reversal (without legs if the
+                # original had none there): the piece is what locks the original.
+                unit.pieces[k].setdefault(shard, [])
+            built.append(unit)
         return built
 
     async def _read_holds(
@@ -362,7 +355,7 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
         messages: list[pb.Transaction],
         items: list[TransactionSpec | Rejection],
         ranges: list[tuple[int, int]],
-        reversals: list[tuple[tuple[int, int], Unit | list[pb.ItemResult] | None]],
+        reversals: list[tuple[tuple[int, int], Unit | list[pb.ItemResult]]],
         results: list[pb.ItemResult | None],
         slot_map: SlotMap,
     ) -> None:
@@ -384,7 +377,7 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
             if isinstance(built, Unit):
                 units.append(built)
                 placed.append((start, end))
-            elif built is not None:  # (None: refused with the request as unsupported)
+            else:
                 results[start:end] = built
         if not units:
             return
@@ -822,18 +815,6 @@ async def _shard_failed(context: Context, error: grpc.aio.AioRpcError) -> NoRetu
         context,
         grpc.StatusCode.UNAVAILABLE,
         f"a shard is unavailable ({error.code().name}: {error.details()}); retry",
-    )
-
-
-async def _refuse_cross_shard(context: Context, crossing: list[tuple[int, list[int]]]) -> NoReturn:
-    described = ", ".join(f"item {start} (shards {shards})" for start, shards in crossing[:10])
-    await abort(
-        context,
-        grpc.StatusCode.FAILED_PRECONDITION,
-        f"{described}: a linked group reversing cross-shard transactions committed at "
-        "different shards, or deciding the fate of cross-shard holds recorded at different "
-        "shards (or with reversals, or posts of holds on one shard), is not available in this "
-        "version (each on its own is); nothing in this request was applied",
     )
 
 

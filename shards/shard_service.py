@@ -59,6 +59,8 @@ async def _check_id_and_attempt(context: Context, transaction_id: str, attempt: 
 
 def _prepared(item: spb.PrepareItem) -> Any:
     """A participant's piece: held under the attempt's piece id until resolved."""
+    if item.reverses_id and not item.piece.legs:
+        return _legless_reversal_piece(item)
     spec = convert.transaction_from_proto(item.piece)
     if isinstance(spec, Rejection):
         return spec
@@ -80,6 +82,28 @@ def _prepared(item: spb.PrepareItem) -> Any:
         target_id=str(item.coordinator_shard),
         timeout_seconds=max(1, item.deadline_seconds),
         metadata=metadata,
+    )
+
+
+def _legless_reversal_piece(item: spb.PrepareItem) -> Any:
+    """The piece of a reversal at its original's shard, where the original had no legs (a
+    transaction of a linked group with none there): it holds nothing, only the lock."""
+    message = item.piece
+    for value, field in ((message.id, "id"), (item.reverses_id, "reverses_id")):
+        problem = validation.id_problem(value, field)
+        if problem:
+            return Rejection(ResultCode.INVALID_ID, problem, message.linked)
+    metadata = (*validation.canonical_metadata(message.metadata), (REVERSES_KEY, item.reverses_id))
+    return TransactionSpec(
+        piece_id(message.id, item.attempt),
+        Kind.PREPARED,
+        (),
+        message.code,
+        tuple(sorted(metadata)),
+        message.value_date,
+        max(1, item.deadline_seconds),
+        str(item.coordinator_shard),
+        message.linked,
     )
 
 

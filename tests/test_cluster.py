@@ -695,3 +695,33 @@ async def test_a_reversal_piece_nobody_decided_frees_its_original(
     ]
     assert (await client.transaction("t")).reversed_by_id == "u"
     await _clearing_nets_to_zero(client)
+
+
+async def test_reversing_a_transaction_with_no_legs_where_it_was_committed(
+    cluster: Cluster, client: Client
+) -> None:
+    """A linked group's transaction may have no legs at the shard that committed it; reversed
+    in a group coordinated elsewhere, that shard's piece of the reversal holds nothing but
+    the lock on the original."""
+    c0, c1, c2, c3 = (f"{x}/dep" for x in customers_on_distinct_shards(4))
+    await client.create(account("@cash"))
+    await client.create(*(account(x, no_overdraft=True) for x in (c0, c1, c2, c3)))
+    funding = [transfer(f"fund-{x}", "@cash", x, 100) for x in (c0, c1, c2, c3)]
+    assert await client.codes(*funding) == [pb.RESULT_CODE_CREATED] * 4
+    group = [transfer("x1", c1, c2, 10, linked=True), transfer("x2", c3, c0, 20)]
+    assert await client.codes(*group) == [pb.RESULT_CODE_CREATED] * 2  # committed at c1's shard
+    assert await client.codes(transfer("t3", c0, "@cash", 5)) == [pb.RESULT_CODE_CREATED]
+    undo = [
+        pb.Transaction(id="u3", code=1, reverses_id="t3", linked=True),
+        pb.Transaction(id="u2", code=1, reverses_id="x2"),
+    ]
+    results = await client.post(*undo)
+    assert [r.code for r in results] == [pb.RESULT_CODE_CREATED] * 2, [r.message for r in results]
+    assert (await client.transaction("x2")).reversed_by_id == "u2"
+    again = await client.post(pb.Transaction(id="u9", code=1, reverses_id="x2"))
+    assert again[0].code == pb.RESULT_CODE_ALREADY_REVERSED
+    balances = [await client.balance(x) for x in (c0, c1, c2, c3)]
+    assert [b.credits_posted - b.debits_posted for b in balances] == [100, 90, 110, 100]
+    await _clearing_nets_to_zero(client)
+    report = await audit.audit_cluster(cluster.dsns, AuditConfig())
+    assert report.ok, [f.message for shard in report.shards for f in shard.findings]
