@@ -402,8 +402,11 @@ class Batch:
         original = self._known_transaction(target)
         if original is None:
             return Result(ResultCode.TRANSACTION_NOT_FOUND, f"reverses_id {target!r} not found")
-        if original.spec.kind not in (Kind.ORDINARY, Kind.REVERSAL, Kind.COMMIT) and not (
-            self._is_hold_post(original)
+        if original.spec.kind not in (
+            Kind.ORDINARY,
+            Kind.REVERSAL,
+            Kind.POST_PENDING,
+            Kind.COMMIT,
         ):
             return Result(
                 ResultCode.NOT_REVERSIBLE,

@@ -725,3 +725,41 @@ async def test_reversing_a_transaction_with_no_legs_where_it_was_committed(
     await _clearing_nets_to_zero(client)
     report = await audit.audit_cluster(cluster.dsns, AuditConfig())
     assert report.ok, [f.message for shard in report.shards for f in shard.findings]
+
+
+async def test_a_group_reverses_a_single_shard_post_decided_at_its_own_shard(
+    cluster: Cluster, client: Client
+) -> None:
+    c0, c1 = (f"{x}/dep" for x in customers_on_distinct_shards(2))
+    await client.create(account("@cash"))
+    await client.create(*(account(x, no_overdraft=True) for x in (c0, c1)))
+    funding = [transfer(f"fund-{x}", "@cash", x, 100) for x in (c0, c1)]
+    assert await client.codes(*funding) == [pb.RESULT_CODE_CREATED] * 2
+    assert (
+        await client.codes(
+            transfer("t0", c0, "@cash", 7),
+            transfer("h", c1, "@cash", 30, pending=True),
+        )
+        == [pb.RESULT_CODE_CREATED] * 2
+    )
+    assert await client.codes(pb.Transaction(id="p", code=1, post_pending_id="h")) == [
+        pb.RESULT_CODE_CREATED
+    ]
+    undo = [
+        pb.Transaction(id="u0", code=1, reverses_id="t0", linked=True),
+        pb.Transaction(id="up", code=1, reverses_id="p"),
+    ]
+    results = await client.post(*undo)
+    assert [r.code for r in results] == [pb.RESULT_CODE_CREATED] * 2, [r.message for r in results]
+    assert (await client.transaction("p")).reversed_by_id == "up"
+    balances = [await client.balance(x) for x in (c0, c1)]
+    assert [b.credits_posted - b.debits_posted for b in balances] == [100, 100]
+    refused = await client.post(
+        pb.Transaction(id="u9", code=1, reverses_id="p", linked=True),
+        pb.Transaction(id="u8", code=1, reverses_id="h"),
+    )
+    assert names([r.code for r in refused]) == [
+        "RESULT_CODE_ALREADY_REVERSED",
+        "RESULT_CODE_LINKED_ITEM_FAILED",
+    ]
+    await _clearing_nets_to_zero(client)
