@@ -439,14 +439,19 @@ def split_piece_id(identifier: str) -> tuple[str, str]:
 REVERSES_KEY = "~reverses"
 
 
-def reversed_by_piece(spec: TransactionSpec) -> str:
-    """The transaction a participant's piece reverses ("": none)."""
+def _piece_field(spec: TransactionSpec, wanted: str) -> str:
+    """A cluster metadata key of a participant's piece ("": not one, or not set)."""
     if spec.kind is not Kind.PREPARED or not spec.metadata:
         return ""
     for key, value in spec.metadata:
-        if key == REVERSES_KEY:
+        if key == wanted:
             return value
     return ""
+
+
+def reversed_by_piece(spec: TransactionSpec) -> str:
+    """The transaction a participant's piece reverses ("": none)."""
+    return _piece_field(spec, REVERSES_KEY)
 
 
 def encode_legs(legs: tuple[Leg, ...]) -> str:
@@ -479,12 +484,7 @@ FATE_LEGS_KEY = "~legs"
 
 def decided_by_piece(spec: TransactionSpec) -> str:
     """The hold a participant's piece decides ("": none)."""
-    if spec.kind is not Kind.PREPARED or not spec.metadata:
-        return ""
-    for key, value in spec.metadata:
-        if key == DECIDES_KEY:
-            return value
-    return ""
+    return _piece_field(spec, DECIDES_KEY)
 
 
 def fate_piece(
