@@ -23,7 +23,7 @@ from core.embedded_pg import EmbeddedPostgres
 from core.model import Kind, Status
 from tally.v1 import ledger_pb2 as pb
 from tests.cluster_processes import ProcessCluster, process_cluster, wait_log, wait_nothing_pending
-from tests.helpers import CREDIT, DEBIT, Client, leg, name, transfer
+from tests.helpers import CREDIT, DEBIT, Client, account, leg, name, transfer
 from tests.processes import fetch_rows
 from tests.test_cluster_crash import (
     DEADLINE_S,
@@ -35,6 +35,7 @@ from tests.test_cluster_crash import (
     funded_pair,
     gateway_environment,
     held_on,
+    open_accounts,
     retry_twice,
 )
 
@@ -188,3 +189,118 @@ async def test_participant_killed_before_it_heard_the_hold_commit(
             post = pb.Transaction(id="p-pa", code=1, post_pending_id="h-pa")
             assert await client.codes(post) == [pb.RESULT_CODE_CREATED]
             await books_are_right(cluster, client, pair, posted=HELD)
+
+
+async def test_gateway_killed_in_a_group_deciding_records_at_three_shards(
+    pg: EmbeddedPostgres, tmp_path: Path
+) -> None:
+    """One linked group posts a hold recorded at one shard and voids a cross-shard hold and
+    reverses a cross-shard transfer recorded at two others (decided there by pieces that lock
+    them). The gateway dies (kill -9) after the coordinator committed, before anyone was told.
+    Each locking shard asks the coordinator at its deadline and applies its part; the
+    cross-shard hold's own participant follows; a retry through a new gateway replays all."""
+    async with process_cluster(pg, tmp_path, gateway_environment=gateway_environment()) as cluster:
+        async with connected_to(cluster.target) as client:
+            a, b, c = await open_accounts(cluster, client, [0, 1, 2])
+            sav = a.split("/")[0] + "/sav"
+            assert await client.create(account(sav)) == [pb.RESULT_CODE_CREATED]
+            setup = [
+                transfer("h-a", a, sav, 100, pending=True),  # recorded at shard 0 alone
+                transfer("h-b", b, c, 200, pending=True),  # across shards, at shard 1
+                transfer("t-c", c, a, 300),  # across shards, committed at shard 2
+            ]
+            assert await client.codes(*setup) == [pb.RESULT_CODE_CREATED] * 3
+        await cluster.kill_gateway()
+        await cluster.start_gateway(gateway_environment("gateway.after_commit=exit"))
+        async with connected_to(cluster.target) as client:
+            group = [
+                pb.Transaction(id="p-a", code=1, post_pending_id="h-a", linked=True),
+                pb.Transaction(id="v-b", code=1, void_pending_id="h-b", linked=True),
+                pb.Transaction(id="u-c", code=1, reverses_id="t-c"),
+            ]
+            with pytest.raises(grpc.aio.AioRpcError) as lost:
+                await client.post(*group)
+        assert lost.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert cluster.gateway is not None
+        assert await asyncio.wait_for(cluster.gateway.process.wait(), timeout=10) == -9
+        locked = await record(cluster, 1, "h-b")
+        assert (locked["status"], locked["resolved_by_id"]) == (Status.PENDING, "v-b")
+        assert (await record(cluster, 2, "t-c"))["reversed_by_id"] == "u-c"
+
+        await cluster.start_gateway(gateway_environment())
+        await wait_nothing_pending(cluster, timeout_s=2 * DEADLINE_S + 10)
+        async with connected_to(cluster.target) as client:
+            results = await client.post(*group)
+            assert [r.code for r in results] == [pb.RESULT_CODE_REPLAYED] * 3, [
+                (name(r.code), r.message) for r in results
+            ]
+            assert (await client.transaction("h-a")).status == pb.TRANSACTION_STATUS_PENDING_POSTED
+            assert (await client.transaction("h-b")).status == pb.TRANSACTION_STATUS_PENDING_VOIDED
+            assert (await client.transaction("t-c")).reversed_by_id == "u-c"
+            balances = [await client.balance(x) for x in (a, b, c, sav)]
+            assert [x.credits_posted - x.debits_posted for x in balances] == [
+                FUNDING - 100,
+                FUNDING,
+                FUNDING,
+                100,
+            ]
+            await check_clearing_nets_to_zero(client)
+        report = await audit.audit_cluster(cluster.shard_dsns, AuditConfig())
+        assert report.ok, [f.message for shard in report.shards for f in shard.findings]
+
+
+async def test_gateway_killed_before_a_group_locking_records_was_decided(
+    pg: EmbeddedPostgres, tmp_path: Path
+) -> None:
+    """The same kind of group, the gateway dying (kill -9) after the pieces were prepared and
+    the records locked, before any decision. At their deadline the locking shards ask the
+    coordinator, which records abort: the locks are freed and nothing is applied; a retry
+    through a new gateway applies the group once."""
+    async with process_cluster(pg, tmp_path, gateway_environment=gateway_environment()) as cluster:
+        async with connected_to(cluster.target) as client:
+            a, b, c = await open_accounts(cluster, client, [0, 1, 2])
+            setup = [
+                transfer("t-a", a, "@cash", 10),  # shard 0 alone
+                transfer("h-b", b, c, 200, pending=True),  # across shards, at shard 1
+                transfer("t-c", c, a, 300),  # across shards, committed at shard 2
+            ]
+            assert await client.codes(*setup) == [pb.RESULT_CODE_CREATED] * 3
+        await cluster.kill_gateway()
+        await cluster.start_gateway(gateway_environment("gateway.after_prepare=exit"))
+        async with connected_to(cluster.target) as client:
+            group = [
+                pb.Transaction(id="u-a", code=1, reverses_id="t-a", linked=True),
+                pb.Transaction(id="p-b", code=1, post_pending_id="h-b", linked=True),
+                pb.Transaction(id="u-c", code=1, reverses_id="t-c"),
+            ]
+            with pytest.raises(grpc.aio.AioRpcError) as lost:
+                await client.post(*group)
+        assert lost.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert cluster.gateway is not None
+        assert await asyncio.wait_for(cluster.gateway.process.wait(), timeout=10) == -9
+        assert (await record(cluster, 2, "t-c"))["reversed_by_id"] == "u-c"  # locked
+
+        await cluster.start_gateway(gateway_environment())
+        for _ in range(int((2 * DEADLINE_S + 10) / 0.1)):
+            if (await record(cluster, 2, "t-c"))["reversed_by_id"] == "":
+                break
+            await asyncio.sleep(0.1)
+        assert (await record(cluster, 2, "t-c"))["reversed_by_id"] == ""
+        hold = await record(cluster, 1, "h-b")
+        assert (hold["status"], hold["resolved_by_id"]) == (Status.PENDING, "")
+        async with connected_to(cluster.target) as client:
+            results = await client.post(*group)
+            assert [r.code for r in results] == [pb.RESULT_CODE_CREATED] * 3, [
+                (name(r.code), r.message) for r in results
+            ]
+            assert await client.codes(*group) == [pb.RESULT_CODE_REPLAYED] * 3
+            await wait_nothing_pending(cluster, timeout_s=DEADLINE_S + 10)
+            balances = [await client.balance(x) for x in (a, b, c)]
+            assert [x.credits_posted - x.debits_posted for x in balances] == [
+                FUNDING,
+                FUNDING - 200,
+                FUNDING + 200,
+            ]
+            await check_clearing_nets_to_zero(client)
+        report = await audit.audit_cluster(cluster.shard_dsns, AuditConfig())
+        assert report.ok, [f.message for shard in report.shards for f in shard.findings]
