@@ -432,12 +432,12 @@ async def expired_holds(
 
 async def prepared_past_deadline(
     connection: Connection, now_ns: int, limit: int, timeout_s: float
-) -> list[tuple[str, int, int]]:
-    """Cross-shard pieces held past their deadline, with their coordinator shard and that
-    deadline."""
+) -> list[tuple[str, int, int, int]]:
+    """Cross-shard pieces held past their deadline: (id, coordinator shard, that deadline,
+    the piece's prepare deadline in seconds)."""
     rows = await connection.fetch(
         """
-        SELECT h.transaction_id, t.target_id, h.expires_at_ns FROM holds h
+        SELECT h.transaction_id, t.target_id, h.expires_at_ns, t.timeout_seconds FROM holds h
         JOIN transactions t ON t.id = h.transaction_id
         WHERE h.expires_at_ns > 0 AND h.expires_at_ns <= $1 AND t.kind = $3
         ORDER BY h.expires_at_ns LIMIT $2
@@ -448,7 +448,13 @@ async def prepared_past_deadline(
         timeout=timeout_s,
     )
     return [
-        (row["transaction_id"], int(row["target_id"]), int(row["expires_at_ns"])) for row in rows
+        (
+            row["transaction_id"],
+            int(row["target_id"]),
+            int(row["expires_at_ns"]),
+            int(row["timeout_seconds"]),
+        )
+        for row in rows
     ]
 
 

@@ -622,16 +622,16 @@ def _answer(answers: list[Any] | grpc.aio.AioRpcError, position: int) -> pb.Item
 
 
 async def settle_prepared(
-    writer: Any, overdue: Sequence[tuple[str, int, int]], endpoints: dict[int, str]
+    writer: Any, overdue: Sequence[tuple[str, int, int, int]], endpoints: dict[int, str]
 ) -> None:
     """Ask each coordinator for its decisions (recording abort where there is none) and post
     or void the pieces here accordingly. Coordinators are asked concurrently, and one that
     cannot answer (down, or unable to decide one id) holds back only its own pieces."""
     by_coordinator: dict[int, list[str]] = {}
     seen = {}
-    for piece, coordinator, deadline_ns in overdue:
+    for piece, coordinator, deadline_ns, timeout_s in overdue:
         by_coordinator.setdefault(coordinator, []).append(piece)
-        seen[piece] = deadline_ns
+        seen[piece] = (deadline_ns, timeout_s)
     outcomes = await asyncio.gather(
         *(
             _settle_with(writer, coordinator, transaction_ids, endpoints.get(coordinator), seen)
@@ -645,7 +645,11 @@ async def settle_prepared(
 
 
 async def _settle_with(
-    writer: Any, coordinator: int, pieces: list[str], endpoint: str | None, seen: dict[str, int]
+    writer: Any,
+    coordinator: int,
+    pieces: list[str],
+    endpoint: str | None,
+    seen: dict[str, tuple[int, int]],
 ) -> None:
     if endpoint is None:
         log.warning("no endpoint for coordinator shard %d", coordinator)
@@ -672,7 +676,7 @@ async def _settle_with(
     if not decided:
         return
     resolutions = [
-        _hold_settlement(piece, d.hold, seen[piece])
+        _hold_settlement(piece, d.hold, *seen[piece])
         if d.committed and d.HasField("hold")
         else resolution_spec(piece, d.committed)
         for piece, d in decided
@@ -683,13 +687,15 @@ async def _settle_with(
             log.warning("settling %s: %s %s", piece, result.code.name, result.message)
 
 
-def _hold_settlement(piece: str, hold: spb.HoldState, seen_ns: int) -> TransactionSpec:
+def _hold_settlement(
+    piece: str, hold: spb.HoldState, seen_ns: int, timeout_s: int
+) -> TransactionSpec:
     """A committed hold's piece, asked about at its deadline seen_ns: kept until the hold's
     expiry while it is open (unless a decision re-armed it meanwhile), else settled as its
-    coordinator decided."""
+    coordinator decided. timeout_s: the piece's prepare deadline."""
     deadline_ns = hold.expires_at_ns
     if hold.deciding:  # a linked group's piece at the coordinator decides it: ask again
-        deadline_ns = time.time_ns() + PREPARE_DEADLINE_S * 1_000_000_000
+        deadline_ns = time.time_ns() + max(1, timeout_s) * 1_000_000_000
     spec = settlement_spec(
         piece, hold.fate, deadline_ns, hold.resolution, DeadlineMode.ASKED, seen_ns
     )

@@ -23,6 +23,7 @@ from tally.v1 import ledger_pb2 as pb
 from tally.v1 import shard_pb2 as spb
 from tally.v1 import shard_pb2_grpc as spb_grpc
 from tests.helpers import CREDIT, DEBIT, Client, account, audit_problems, leg, names, transfer
+from tests.processes import fetch_rows
 from tests.test_cluster import SHARD_COUNT, Cluster, cluster, customers_on_distinct_shards  # noqa: F401
 
 CREATED, REPLAYED = pb.RESULT_CODE_CREATED, pb.RESULT_CODE_REPLAYED
@@ -498,3 +499,51 @@ async def test_linked_groups_decided_where_their_records_live(client: Client) ->
     # h4 is decided at a's shard, h5 at c's: one group decides both.
     first.id = "v4"
     assert await client.codes(first, _void("v5", "h5")) == [CREATED] * 2
+
+
+async def test_a_participant_asking_about_a_hold_being_decided_keeps_asking(
+    cluster: Cluster,  # noqa: F811
+    client: Client,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A hold locked at its coordinator by another unit's piece (a linked group deciding it,
+    its gateway gone): the hold's participant, asking at its short deadline, hears "open,
+    deciding" and keeps asking every prepare deadline, rather than going back to the hold's
+    expiry (none here). When the lock's unit is found undecided and aborted, the hold is free
+    again and the participant goes back to waiting for the hold's fate."""
+    monkeypatch.setattr(crossshard, "PREPARE_DEADLINE_S", 1)
+    payer, payee, other = (f"{c}/dep" for c in await _customers(client, 3))
+    assert await client.codes(transfer("h1", payer, payee, 40, pending=True)) == [CREATED]
+    coordinator, participant = _shards_of(payer, payee)
+    third = SlotMap.even(SHARD_COUNT).shard_of_account(other)
+    piece_deadline = await _piece_deadlines(cluster, participant)
+    assert list(piece_deadline.values()) == [0]  # confirmed: the hold never expires
+    channel, stub = await _stub(cluster, coordinator)
+    async with channel:  # the lock: a piece of another unit, coordinated at a third shard
+        lock = spb.PrepareItem(
+            piece=_void("v1", "h1"),
+            coordinator_shard=third,
+            deadline_seconds=3,
+            attempt="d1",
+            decides=True,
+        )
+        answer = await stub.Prepare(spb.PrepareRequest(items=[lock]))
+        assert answer.results[0].code == CREATED, answer.results[0].message
+    # A post meanwhile: its participant re-armed for a second, the decision refused.
+    refused = (await client.post(_void("v2", "h1")))[0]
+    assert refused.code == pb.RESULT_CODE_UNAVAILABLE and "being decided" in refused.message
+    await asyncio.sleep(2.0)  # past that second, before the lock's deadline
+    assert list((await _piece_deadlines(cluster, participant)).values()) != [0]  # still asking
+    for _ in range(100):  # the lock's unit is undecided: aborted at its deadline, lock freed
+        if (await client.post(_void("v3", "h1")))[0].code == CREATED:
+            break
+        await asyncio.sleep(0.1)
+    assert (await client.transaction("h1")).resolved_by_id == "v3"
+    assert await _counters(client, payee) == (0, 1_000, 0, 0)
+
+
+async def _piece_deadlines(running: Cluster, shard: int) -> dict[str, int]:
+    rows = await fetch_rows(
+        running.nodes[shard].dsn, "SELECT transaction_id, expires_at_ns FROM holds"
+    )
+    return {row["transaction_id"]: row["expires_at_ns"] for row in rows}
