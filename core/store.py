@@ -420,6 +420,7 @@ async def expired_holds(
         """
         SELECT h.transaction_id FROM holds h JOIN transactions t ON t.id = h.transaction_id
         WHERE h.expires_at_ns > 0 AND h.expires_at_ns <= $1 AND t.kind = ANY($3::smallint[])
+          AND t.resolved_by_id = ''  -- not locked by a piece deciding it (it waits for that)
         ORDER BY h.expires_at_ns LIMIT $2
         """,
         now_ns,

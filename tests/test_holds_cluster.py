@@ -547,3 +547,43 @@ async def _piece_deadlines(running: Cluster, shard: int) -> dict[str, int]:
         running.nodes[shard].dsn, "SELECT transaction_id, expires_at_ns FROM holds"
     )
     return {row["transaction_id"]: row["expires_at_ns"] for row in rows}
+
+
+async def test_a_locked_hold_expires_once_its_lock_is_gone(
+    cluster: Cluster,  # noqa: F811
+    client: Client,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A hold being decided by another unit's piece does not expire under it; once that
+    unit is found undecided and the lock freed, the hold expires on every shard (its
+    participant, told "deciding" at the hold's expiry, asks again a prepare deadline later)."""
+    monkeypatch.setattr(crossshard, "PREPARE_DEADLINE_S", 1)
+    payer, payee, other = (f"{c}/dep" for c in await _customers(client, 3))
+    hold = transfer("h1", payer, payee, 40, pending=True, timeout_seconds=1)
+    assert await client.codes(hold) == [CREATED]
+    coordinator, _ = _shards_of(payer, payee)
+    third = SlotMap.even(SHARD_COUNT).shard_of_account(other)
+    channel, stub = await _stub(cluster, coordinator)
+    async with channel:
+        lock = spb.PrepareItem(
+            piece=_void("v1", "h1"),
+            coordinator_shard=third,
+            deadline_seconds=3,
+            attempt="d1",
+            decides=True,
+        )
+        answer = await stub.Prepare(spb.PrepareRequest(items=[lock]))
+        assert answer.results[0].code == CREATED, answer.results[0].message
+    await asyncio.sleep(1.5)  # past the hold's expiry, before the lock's deadline
+    assert (await client.transaction("h1")).status == pb.TRANSACTION_STATUS_PENDING
+    for _ in range(100):
+        if (await client.transaction("h1")).status == pb.TRANSACTION_STATUS_PENDING_EXPIRED:
+            break
+        await asyncio.sleep(0.1)
+    assert (await client.transaction("h1")).status == pb.TRANSACTION_STATUS_PENDING_EXPIRED
+    for _ in range(100):
+        if (await client.balance(payee)).credits_pending == 0:
+            break
+        await asyncio.sleep(0.1)
+    assert await _counters(client, payee) == (0, 1_000, 0, 0)
+    assert await _counters(client, payer) == (0, 1_000, 0, 0)
