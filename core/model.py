@@ -313,6 +313,13 @@ def share_of_post(held: tuple[Leg, ...], post: tuple[Leg, ...]) -> tuple[Leg, ..
     return tuple(share)
 
 
+def expires_at(timestamp_ns: int, timeout_seconds: int) -> int:
+    """When a hold (or a prepared piece, by its deadline) recorded at timestamp_ns with this
+    timeout expires; 0: never. Gateways compute a cross-shard hold's expiry with it from its
+    coordinator's timestamp, so it must be exactly what the state machine records."""
+    return timestamp_ns + timeout_seconds * 1_000_000_000 if timeout_seconds else 0
+
+
 def expiry_transaction_id(pending_id: str) -> str:
     """The id of the record written when a hold expires. '~' is not allowed in client ids."""
     return "~expired/" + pending_id
@@ -595,7 +602,7 @@ def next_deadline(spec: TransactionSpec, piece: TransactionState, now_ns: int) -
     current = piece.expires_at_ns
     mode = DeadlineMode(fields.get("mode", DeadlineMode.DECISION.value))
     if mode is DeadlineMode.CONFIRM:
-        prepared_until = piece.timestamp_ns + piece.spec.timeout_seconds * 1_000_000_000
+        prepared_until = expires_at(piece.timestamp_ns, piece.spec.timeout_seconds)
         return wanted if current == prepared_until else current
     if mode is DeadlineMode.ASKED:
         return wanted if current == int(fields.get("seen_ns", "0")) else current

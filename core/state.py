@@ -30,6 +30,7 @@ from core.model import (
     TransactionState,
     deadline_record_id,
     decided_by_piece,
+    expires_at,
     fate_of_piece,
     next_deadline,
     reversed_by_piece,
@@ -488,9 +489,8 @@ class Batch:
                 self._write_posting(
                     spec.id, leg.account_id, leg.is_debit, leg.amount, 0, timestamp_ns
                 )
-        expires_at_ns = 0
-        if pending and spec.timeout_seconds:  # for PREPARED: when to ask the coordinator
-            expires_at_ns = timestamp_ns + spec.timeout_seconds * 1_000_000_000
+        # (For PREPARED: when to ask the coordinator.)
+        expires_at_ns = expires_at(timestamp_ns, spec.timeout_seconds) if pending else 0
         status = Status.PENDING if pending else Status.POSTED
         self._add_transaction(TransactionState(spec, legs, timestamp_ns, status, expires_at_ns))
         if pending:

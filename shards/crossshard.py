@@ -36,6 +36,7 @@ from core.model import (
     TransactionSpec,
     TransactionState,
     deadline_spec,
+    expires_at,
     hold_settlement_spec,
     resolution_spec,
     split_piece_id,
@@ -274,13 +275,12 @@ class Unit:
             if shard == self.coordinator:
                 continue
             if commit and message.pending:
-                timeout_ns = message.timeout_seconds * 1_000_000_000
                 outcome.settles.setdefault(shard, []).append(
                     spb.SettleHoldItem(
                         transaction_id=message.id,
                         attempt=self.attempt,
                         fate=spb.HOLD_FATE_OPEN,
-                        deadline_ns=timestamp_ns + timeout_ns if timeout_ns else 0,
+                        deadline_ns=expires_at(timestamp_ns, message.timeout_seconds),
                     )
                 )
                 continue

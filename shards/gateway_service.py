@@ -20,6 +20,7 @@ from core.model import (
     Result,
     ResultCode,
     TransactionSpec,
+    expires_at,
     piece_id,
 )
 from core.slots import SlotMap, is_spread
@@ -821,12 +822,11 @@ async def _shard_failed(context: Context, error: grpc.aio.AioRpcError) -> NoRetu
 def _known_hold(unit: Unit, k: int, timestamp_ns: int) -> KnownHold:
     """What never changes of a cross-shard hold the unit just committed."""
     message = unit.messages[k]
-    timeout_ns = message.timeout_seconds * 1_000_000_000
     record = pb.TransactionRecord(
         transaction=message,
         timestamp_ns=timestamp_ns,
         status=pb.TRANSACTION_STATUS_PENDING,
-        expires_at_ns=timestamp_ns + timeout_ns if timeout_ns else 0,
+        expires_at_ns=expires_at(timestamp_ns, message.timeout_seconds),
         applied_legs=message.legs,
     )
     record.cross_shard_piece.coordinator = True
