@@ -8,8 +8,9 @@ transaction the first time it changes it, so a failed commit leaves the caller's
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Final
 
 from core import limits
 from core.invariant import check, fail
@@ -400,25 +401,11 @@ class Batch:
         must be reversible and not reversed; it is marked reversed by the piece's transaction
         while the piece is held (voiding the piece frees it)."""
         target = reversed_by_piece(spec)
-        original = self._known_transaction(target)
-        if original is None:
-            return Result(ResultCode.TRANSACTION_NOT_FOUND, f"reverses_id {target!r} not found")
-        if original.spec.kind not in (
-            Kind.ORDINARY,
-            Kind.REVERSAL,
-            Kind.POST_PENDING,
-            Kind.COMMIT,
-        ):
-            return Result(
-                ResultCode.NOT_REVERSIBLE,
-                f"{target!r} is a {original.spec.kind.name.lower()} record; "
-                "void a hold instead of reversing it",
-            )
-        if original.reversed_by_id:
-            return Result(
-                ResultCode.ALREADY_REVERSED,
-                f"{target!r} was reversed by {original.reversed_by_id!r}",
-            )
+        problem = _reversal_problem(
+            target, self._known_transaction(target), lambda t: t.spec.kind in _REVERSIBLE_HERE
+        )
+        if problem is not None:
+            return problem
         result = self._apply_new(spec, spec.legs, timestamp_ns)
         if result.code is ResultCode.CREATED:
             self._own_transaction(target).reversed_by_id = split_piece_id(spec.id)[0]
@@ -455,21 +442,14 @@ class Batch:
 
     def _mark_reversal(self, spec: TransactionSpec, timestamp_ns: int) -> Result:
         """A cross-shard transaction committed here (the coordinator) is being reversed: once."""
-        original = self._known_transaction(spec.target_id)
-        if original is None:
-            return Result(
-                ResultCode.TRANSACTION_NOT_FOUND, f"reverses_id {spec.target_id!r} not found"
-            )
-        if not (original.spec.kind is Kind.COMMIT or self._is_hold_post(original)):
-            return Result(
-                ResultCode.NOT_REVERSIBLE,
-                f"{spec.target_id!r} is not a committed cross-shard transaction here",
-            )
-        if original.reversed_by_id:
-            return Result(
-                ResultCode.ALREADY_REVERSED,
-                f"{spec.target_id!r} was reversed by {original.reversed_by_id!r}",
-            )
+        problem = _reversal_problem(
+            spec.target_id,
+            self._known_transaction(spec.target_id),
+            lambda t: t.spec.kind is Kind.COMMIT or self._is_hold_post(t),
+            "is not a committed cross-shard transaction here",
+        )
+        if problem is not None:
+            return problem
         self._own_transaction(spec.target_id).reversed_by_id = dict(spec.metadata)["reversal"]
         self._add_transaction(TransactionState(spec, (), timestamp_ns, Status.POSTED))
         return Result(ResultCode.CREATED, "", timestamp_ns)
@@ -723,30 +703,12 @@ class Batch:
 
     def _reverse(self, spec: TransactionSpec, timestamp_ns: int) -> Result:
         original = self._known_transaction(spec.target_id)
-        if original is None:
-            return Result(
-                ResultCode.TRANSACTION_NOT_FOUND, f"reverses_id {spec.target_id!r} not found"
-            )
-        if original.spec.kind in (
-            Kind.PENDING,
-            Kind.VOID_PENDING,
-            Kind.EXPIRY,
-            Kind.PREPARED,
-            Kind.COMMIT,
-            Kind.ABORT,
-            Kind.HOLD,
-            Kind.DEADLINE,
-        ):
-            return Result(
-                ResultCode.NOT_REVERSIBLE,
-                f"{spec.target_id!r} is a {original.spec.kind.name.lower()} record; "
-                "void a hold instead of reversing it",
-            )
-        if original.reversed_by_id:
-            return Result(
-                ResultCode.ALREADY_REVERSED,
-                f"{spec.target_id!r} was reversed by {original.reversed_by_id!r}",
-            )
+        problem = _reversal_problem(
+            spec.target_id, original, lambda t: t.spec.kind not in _NOT_REVERSIBLE_ALONE
+        )
+        if problem is not None:
+            return problem
+        assert original is not None
         if self._is_hold_post(original):  # legs on several shards: the gateway reverses it
             return Result(
                 ResultCode.NOT_REVERSIBLE,
@@ -772,6 +734,47 @@ class Batch:
 
     def iter_touched_account_ids(self) -> Iterator[str]:
         return iter(self.touched_accounts)
+
+
+# Kinds a reversal on one shard refuses (void a hold instead; the rest are the cluster's).
+_NOT_REVERSIBLE_ALONE: Final = frozenset(
+    {
+        Kind.PENDING,
+        Kind.VOID_PENDING,
+        Kind.EXPIRY,
+        Kind.PREPARED,
+        Kind.COMMIT,
+        Kind.ABORT,
+        Kind.HOLD,
+        Kind.DEADLINE,
+    }
+)
+# Kinds a participant's reversal piece may lock as reversed: what one shard reverses, and a
+# cross-shard transaction committed here.
+_REVERSIBLE_HERE: Final = frozenset({Kind.ORDINARY, Kind.REVERSAL, Kind.POST_PENDING, Kind.COMMIT})
+
+
+def _reversal_problem(
+    target_id: str,
+    original: TransactionState | None,
+    reversible: Callable[[TransactionState], bool],
+    not_reversible: str = "",
+) -> Result | None:
+    """Why `original` (target_id's record here, or None) cannot be reversed now: not found,
+    not `reversible` (not_reversible says why; by default its kind), or reversed already."""
+    if original is None:
+        return Result(ResultCode.TRANSACTION_NOT_FOUND, f"reverses_id {target_id!r} not found")
+    if not reversible(original):
+        why = not_reversible or (
+            f"is a {original.spec.kind.name.lower()} record; void a hold instead of reversing it"
+        )
+        return Result(ResultCode.NOT_REVERSIBLE, f"{target_id!r} {why}")
+    if original.reversed_by_id:
+        return Result(
+            ResultCode.ALREADY_REVERSED,
+            f"{target_id!r} was reversed by {original.reversed_by_id!r}",
+        )
+    return None
 
 
 def _leg_account_problem(index: int, leg: Leg, account: AccountState | None) -> Result | None:
