@@ -518,17 +518,7 @@ async def test_a_participant_asking_about_a_hold_being_decided_keeps_asking(
     third = SlotMap.even(SHARD_COUNT).shard_of_account(other)
     piece_deadline = await _piece_deadlines(cluster, participant)
     assert list(piece_deadline.values()) == [0]  # confirmed: the hold never expires
-    channel, stub = await _stub(cluster, coordinator)
-    async with channel:  # the lock: a piece of another unit, coordinated at a third shard
-        lock = spb.PrepareItem(
-            piece=_void("v1", "h1"),
-            coordinator_shard=third,
-            deadline_seconds=3,
-            attempt="d1",
-            decides=True,
-        )
-        answer = await stub.Prepare(spb.PrepareRequest(items=[lock]))
-        assert answer.results[0].code == CREATED, answer.results[0].message
+    await _lock_by_an_undecided_unit(cluster, "h1", coordinator, third)
     # A post meanwhile: its participant re-armed for a second, the decision refused.
     refused = (await client.post(_void("v2", "h1")))[0]
     assert refused.code == pb.RESULT_CODE_UNAVAILABLE and "being decided" in refused.message
@@ -540,6 +530,27 @@ async def test_a_participant_asking_about_a_hold_being_decided_keeps_asking(
         await asyncio.sleep(0.1)
     assert (await client.transaction("h1")).resolved_by_id == "v3"
     assert await _counters(client, payee) == (0, 1_000, 0, 0)
+
+
+async def _lock_by_an_undecided_unit(
+    running: Cluster,
+    hold_id: str,
+    coordinator: int,
+    unit_coordinator: int,
+) -> None:
+    """Lock a hold at its coordinator by a piece voiding it, of a unit coordinated at another
+    shard that never decides (its gateway gone): aborted at the piece's 3 s deadline."""
+    channel, stub = await _stub(running, coordinator)
+    async with channel:
+        lock = spb.PrepareItem(
+            piece=_void("v1", hold_id),
+            coordinator_shard=unit_coordinator,
+            deadline_seconds=3,
+            attempt="d1",
+            decides=True,
+        )
+        answer = await stub.Prepare(spb.PrepareRequest(items=[lock]))
+        assert answer.results[0].code == CREATED, answer.results[0].message
 
 
 async def _piece_deadlines(running: Cluster, shard: int) -> dict[str, int]:
@@ -563,17 +574,7 @@ async def test_a_locked_hold_expires_once_its_lock_is_gone(
     assert await client.codes(hold) == [CREATED]
     coordinator, _ = _shards_of(payer, payee)
     third = SlotMap.even(SHARD_COUNT).shard_of_account(other)
-    channel, stub = await _stub(cluster, coordinator)
-    async with channel:
-        lock = spb.PrepareItem(
-            piece=_void("v1", "h1"),
-            coordinator_shard=third,
-            deadline_seconds=3,
-            attempt="d1",
-            decides=True,
-        )
-        answer = await stub.Prepare(spb.PrepareRequest(items=[lock]))
-        assert answer.results[0].code == CREATED, answer.results[0].message
+    await _lock_by_an_undecided_unit(cluster, "h1", coordinator, third)
     await asyncio.sleep(1.5)  # past the hold's expiry, before the lock's deadline
     assert (await client.transaction("h1")).status == pb.TRANSACTION_STATUS_PENDING
     for _ in range(100):
