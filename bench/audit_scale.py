@@ -27,8 +27,8 @@ from typing import Any, Final
 import grpc
 import uvloop
 
-from core.embedded_pg import EmbeddedPostgres, EmbeddedPostgresConfig, free_port
-from shards.node import Node, NodeConfig
+from shards.local.embedded_pg import EmbeddedPostgres, EmbeddedPostgresConfig, free_port
+from shards.node.server import Node, NodeConfig
 from tally.v1 import ledger_pb2 as pb
 from tally.v1 import ledger_pb2_grpc as pb_grpc
 

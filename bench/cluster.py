@@ -31,8 +31,8 @@ from bench import cpu
 from bench.measure import CallOutcome, latency_summary_ms, run_closed_loop
 from bench.tally_client import TallyClient, chunks
 from bench.workload import HOT_ACCOUNT_ID, TRANSFER_AMOUNT_MAX_CENTS, Transfer
-from core.embedded_pg import free_port
 from core.slots import SlotMap
+from shards.local.embedded_pg import free_port
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 READY = "tally: serving tally.v1.Ledger on "

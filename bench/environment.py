@@ -19,7 +19,7 @@ from bench import cpu
 from bench.node_process import NodeProcess, start_node, stop_node
 from bench.options import Options
 from bench.tally_client import TallyClient
-from core.embedded_pg import EmbeddedPostgres, EmbeddedPostgresConfig, free_port
+from shards.local.embedded_pg import EmbeddedPostgres, EmbeddedPostgresConfig, free_port
 
 TALLY_DATABASE: Final = "tally"
 ROWLOCK_DATABASE: Final = "rowlock"

@@ -35,8 +35,8 @@ from bench.runner import Runner
 from bench.tally_client import seed
 from bench.workload import customer_account_ids
 from core import audit as core_audit
-from shards.node import NodeConfig
-from shards.writer import WriterConfig
+from shards.node.server import NodeConfig
+from shards.node.writer import WriterConfig
 
 SETUP_TIMEOUT_S: Final = 900.0
 AUDIT_TIMEOUT_S: Final = 300.0

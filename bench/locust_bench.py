@@ -42,7 +42,7 @@ from bench import locust_population as population
 from bench.cluster import postgres_sampler, role_sampler, start_cluster, stop_cluster
 from bench.measure import CallOutcome, latency_summary_ms, run_closed_loop
 from bench.workload import Distribution, Shape, TransferSource, Workload
-from core.embedded_pg import free_port
+from shards.local.embedded_pg import free_port
 
 REPO_ROOT: Final = Path(__file__).resolve().parent.parent
 LOCUSTFILE: Final = REPO_ROOT / "bench" / "locustfile.py"

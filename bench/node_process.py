@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Final
 
-from core.embedded_pg import free_port
+from shards.local.embedded_pg import free_port
 
 SERVING_LINE: Final = "tally: serving tally.v1.Ledger on "
 START_TIMEOUT_S: Final = 60.0

@@ -11,8 +11,9 @@ from typing import Any, TypeVar
 
 import asyncpg
 
-from core import schema, store
 from core.slots import SLOT_COUNT, SlotMap
+from core.store import schema
+from core.store import shard as store
 
 TIMEOUT_S = 10.0
 CLOSE_TIMEOUT_S = 5.0

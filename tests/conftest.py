@@ -19,8 +19,8 @@ import grpc
 import pytest
 import uvloop
 
-from core.embedded_pg import EmbeddedPostgres, EmbeddedPostgresConfig, free_port
-from tests.helpers import NodeHandle, start_node
+from shards.local.embedded_pg import EmbeddedPostgres, EmbeddedPostgresConfig, free_port
+from tests.support.helpers import NodeHandle, start_node
 
 _database_numbers = itertools.count(1)
 

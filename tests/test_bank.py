@@ -33,13 +33,13 @@ import grpc
 
 from core import audit
 from core.audit import AuditConfig
-from core.embedded_pg import EmbeddedPostgres
 from core.journal import FLAG_DEBITS_MUST_NOT_EXCEED_CREDITS
 from core.model import Kind, Status
-from shards.crossshard import clearing_account
+from shards.crossshard.coordinator import clearing_account
+from shards.local.embedded_pg import EmbeddedPostgres
 from tally.v1 import ledger_pb2 as pb
 from tally.v1 import ledger_pb2_grpc as pb_grpc
-from tests.cluster_processes import (
+from tests.support.cluster_processes import (
     ProcessCluster,
     fetch_each_shard,
     process_cluster,
@@ -47,7 +47,7 @@ from tests.cluster_processes import (
     wait_gateway_reaches_every_shard,
     wait_nothing_pending,
 )
-from tests.helpers import Client, account, audit_problems, name, transfer
+from tests.support.helpers import Client, account, audit_problems, name, transfer
 
 CUSTOMER_COUNT = 500
 CURRENCIES = ("USD", "EUR")

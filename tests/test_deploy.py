@@ -6,15 +6,15 @@ import asyncio
 import json
 import os
 import re
-from pathlib import Path
 
-from core.embedded_pg import EmbeddedPostgres
 from shards import control
-from shards.gateway import Gateway, GatewayConfig
-from tests.helpers import start_node
-from tests.test_metrics import _get
+from shards.gateway.server import Gateway, GatewayConfig
+from shards.local.embedded_pg import EmbeddedPostgres
+from tests.shards.node.test_metrics import _get
+from tests.support.helpers import start_node
+from tests.support.paths import REPO_ROOT
 
-DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+DEPLOY = REPO_ROOT / "deploy"
 METRIC = re.compile(r"\btally_[a-z_]+")
 SUFFIXES = ("_bucket", "_sum", "_count", "_total")
 

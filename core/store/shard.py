@@ -1,0 +1,517 @@
+"""The PostgreSQL store of one shard: migrations, bulk loads, one-transaction batch commits, reads.
+
+Every statement is set-based (COPY or unnest over arrays); a batch costs a fixed number of round
+trips whatever its size. Every awaited call carries an explicit timeout.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+from core import journal
+from core.journal import BlockHeader, account_flags, decode_legs, decode_metadata
+from core.model import (
+    AccountSpec,
+    AccountState,
+    Kind,
+    Posting,
+    Status,
+    TransactionSpec,
+    TransactionState,
+)
+from core.state import WriteSet
+from core.store import schema
+
+STATEMENT_TIMEOUT_S = 30.0
+
+Connection = Any  # asyncpg.Connection or a pool proxy; asyncpg ships no complete stubs
+
+
+class FencedError(RuntimeError):
+    """This writer's epoch is no longer the lease's epoch: another writer has taken over."""
+
+
+async def migrate(
+    connection: Connection,
+    migrations: tuple[tuple[int, str, str], ...] = schema.MIGRATIONS,
+) -> list[int]:
+    """Apply missing migrations in order; returns the versions applied now."""
+    applied_now: list[int] = []
+    async with connection.transaction():
+        await connection.execute(
+            "SELECT pg_advisory_xact_lock($1)", schema.MIGRATION_LOCK_KEY, timeout=60.0
+        )
+        await connection.execute(schema.BOOTSTRAP_SQL, timeout=STATEMENT_TIMEOUT_S)
+        done = {
+            row["version"]
+            for row in await connection.fetch(
+                "SELECT version FROM tally_schema_migrations", timeout=STATEMENT_TIMEOUT_S
+            )
+        }
+        for version, name, sql in migrations:
+            if version in done:
+                continue
+            await connection.execute(sql, timeout=STATEMENT_TIMEOUT_S)
+            await connection.execute(
+                "INSERT INTO tally_schema_migrations (version, name) VALUES ($1, $2)",
+                version,
+                name,
+                timeout=STATEMENT_TIMEOUT_S,
+            )
+            applied_now.append(version)
+    return applied_now
+
+
+# ---- row <-> domain ----
+
+
+def account_from_row(row: asyncpg.Record) -> AccountState:
+    flags = row["flags"]
+    spec = AccountSpec(
+        row["id"],
+        row["currency"],
+        row["code"],
+        bool(flags & journal.FLAG_DEBITS_MUST_NOT_EXCEED_CREDITS),
+        bool(flags & journal.FLAG_CREDITS_MUST_NOT_EXCEED_DEBITS),
+        decode_metadata(row["metadata"]),
+    )
+    return AccountState(
+        spec,
+        row["created_at_ns"],
+        row["debits_posted"],
+        row["credits_posted"],
+        row["debits_pending"],
+        row["credits_pending"],
+        row["version"],
+        row["closed_at_ns"],
+    )
+
+
+def transaction_from_row(row: asyncpg.Record) -> TransactionState:
+    spec = TransactionSpec(
+        row["id"],
+        Kind(row["kind"]),
+        decode_legs(row["legs"]),
+        row["code"],
+        decode_metadata(row["metadata"]),
+        row["value_date"],
+        row["timeout_seconds"],
+        row["target_id"],
+    )
+    return TransactionState(
+        spec,
+        decode_legs(row["applied_legs"]),
+        row["timestamp_ns"],
+        Status(row["status"]),
+        row["expires_at_ns"],
+        row["resolved_by_id"],
+        row["reversed_by_id"],
+    )
+
+
+def posting_from_row(row: asyncpg.Record) -> Posting:
+    return Posting(
+        row["sequence"],
+        row["transaction_id"],
+        row["account_id"],
+        row["is_debit"],
+        row["posted_amount"],
+        row["pending_delta"],
+        row["timestamp_ns"],
+        row["debits_posted_after"],
+        row["credits_posted_after"],
+        row["debits_pending_after"],
+        row["credits_pending_after"],
+    )
+
+
+def _account_record(account: AccountState, block_sequence: int) -> tuple[Any, ...]:
+    spec = account.spec
+    return (
+        spec.id,
+        spec.currency,
+        spec.code,
+        account_flags(spec),
+        journal.encode_metadata(spec.metadata),
+        account.created_at_ns,
+        account.closed_at_ns,
+        account.debits_posted,
+        account.credits_posted,
+        account.debits_pending,
+        account.credits_pending,
+        account.version,
+        block_sequence,
+    )
+
+
+def _transaction_record(
+    state: TransactionState, texts: tuple[str, str], block_sequence: int
+) -> tuple[Any, ...]:
+    spec = state.spec
+    return (
+        spec.id,
+        int(spec.kind),
+        spec.code,
+        journal.encode_metadata(spec.metadata),
+        spec.value_date,
+        spec.timeout_seconds,
+        spec.target_id,
+        texts[0],
+        texts[1],
+        state.timestamp_ns,
+        int(state.status),
+        state.expires_at_ns,
+        state.resolved_by_id,
+        state.reversed_by_id,
+        block_sequence,
+    )
+
+
+_ACCOUNT_COLUMNS = (
+    "id currency code flags metadata created_at_ns closed_at_ns debits_posted credits_posted "
+    "debits_pending credits_pending version block_sequence"
+).split()
+_TRANSACTION_COLUMNS = (
+    "id kind code metadata value_date timeout_seconds target_id legs applied_legs timestamp_ns "
+    "status expires_at_ns resolved_by_id reversed_by_id block_sequence"
+).split()
+# The order of core.model.Posting's fields: postings are copied as they are.
+_POSTING_COLUMNS = list(Posting._fields)
+
+
+# ---- the block a batch commits ----
+
+
+@dataclass(frozen=True, slots=True)
+class Block:
+    header: BlockHeader
+    writes: WriteSet
+    # Encoded (legs, applied legs) of each new transaction, in order: hashed and stored as is.
+    transaction_texts: list[tuple[str, str]]
+
+
+def build_block(
+    writes: WriteSet,
+    previous: BlockHeader,
+    epoch: int,
+    position_next_sequence: int,
+    position_last_timestamp_ns: int,
+    created_at_ns: int,
+) -> Block:
+    """Hash the batch's records onto the chain."""
+    sequence = previous.sequence + 1
+    lines = [journal.account_line(account) for account in writes.new_accounts]
+    texts = [journal.legs_texts(state) for state in writes.new_transactions]
+    lines.extend(
+        journal.transaction_line(state, *text)
+        for state, text in zip(writes.new_transactions, texts, strict=True)
+    )
+    lines.extend(journal.posting_line(posting) for posting in writes.postings)
+    lines.extend(journal.closure_line(a, at) for a, at in writes.closures)
+    header = BlockHeader(
+        sequence,
+        previous.hash,
+        journal.block_hash(previous.hash, sequence, lines),
+        epoch,
+        created_at_ns,
+        position_next_sequence,
+        position_last_timestamp_ns,
+    )
+    return Block(header, writes, texts)
+
+
+async def commit_block(connection: Connection, block: Block, timeout_s: float) -> None:
+    """Persist one batch in one database transaction, fenced by the writer's epoch."""
+    header, writes = block.header, block.writes
+    sequence = header.sequence
+    async with connection.transaction():
+        status = await connection.execute(
+            "UPDATE writer_lease SET last_block_sequence = $2 WHERE id = 1 AND epoch = $1",
+            header.epoch,
+            sequence,
+            timeout=timeout_s,
+        )
+        if status != "UPDATE 1":
+            raise FencedError(f"writer epoch {header.epoch} no longer holds the lease")
+        await _write_accounts(connection, writes, sequence, timeout_s)
+        await _write_transactions(connection, block, sequence, timeout_s)
+        await _write_postings(connection, writes.postings, sequence, timeout_s)
+        await _write_holds(connection, writes, timeout_s)
+        if writes.closures:
+            await connection.copy_records_to_table(
+                "account_closures",
+                records=[(a, at, sequence) for a, at in writes.closures],
+                timeout=timeout_s,
+            )
+        await connection.execute(
+            "INSERT INTO journal_blocks VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+            sequence,
+            header.previous_hash,
+            header.hash,
+            header.epoch,
+            header.created_at_ns,
+            header.next_posting_sequence,
+            header.last_timestamp_ns,
+            len(writes.new_accounts),
+            len(writes.new_transactions),
+            len(writes.postings),
+            len(writes.closures),
+            timeout=timeout_s,
+        )
+
+
+async def _write_accounts(
+    connection: Connection, writes: WriteSet, sequence: int, timeout_s: float
+) -> None:
+    new_ids = {account.spec.id for account in writes.new_accounts}
+    if writes.new_accounts:
+        final = [writes.changed_accounts.get(a.spec.id, a) for a in writes.new_accounts]
+        await connection.copy_records_to_table(
+            "accounts",
+            records=[_account_record(account, sequence) for account in final],
+            columns=_ACCOUNT_COLUMNS,
+            timeout=timeout_s,
+        )
+    changed = [a for i, a in writes.changed_accounts.items() if i not in new_ids]
+    if not changed:
+        return
+    await connection.execute(
+        """
+        UPDATE accounts AS a SET
+            debits_posted = u.dp, credits_posted = u.cp, debits_pending = u.dq,
+            credits_pending = u.cq, version = u.v, closed_at_ns = u.closed
+        FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[],
+                    $6::bigint[], $7::bigint[]) AS u(id, dp, cp, dq, cq, v, closed)
+        WHERE a.id = u.id
+        """,
+        [a.spec.id for a in changed],
+        [a.debits_posted for a in changed],
+        [a.credits_posted for a in changed],
+        [a.debits_pending for a in changed],
+        [a.credits_pending for a in changed],
+        [a.version for a in changed],
+        [a.closed_at_ns for a in changed],
+        timeout=timeout_s,
+    )
+
+
+async def _write_transactions(
+    connection: Connection, block: Block, sequence: int, timeout_s: float
+) -> None:
+    writes = block.writes
+    if writes.new_transactions:
+        await connection.copy_records_to_table(
+            "transactions",
+            records=[
+                _transaction_record(state, texts, sequence)
+                for state, texts in zip(
+                    writes.new_transactions, block.transaction_texts, strict=True
+                )
+            ],
+            columns=_TRANSACTION_COLUMNS,
+            timeout=timeout_s,
+        )
+    changed = list(writes.changed_transactions.values())
+    if not changed:
+        return
+    await connection.execute(
+        """
+        UPDATE transactions AS t SET
+            status = u.status, resolved_by_id = u.resolved, reversed_by_id = u.reversed,
+            expires_at_ns = u.expires
+        FROM unnest($1::text[], $2::smallint[], $3::text[], $4::text[], $5::bigint[])
+            AS u(id, status, resolved, reversed, expires)
+        WHERE t.id = u.id
+        """,
+        [s.spec.id for s in changed],
+        [int(s.status) for s in changed],
+        [s.resolved_by_id for s in changed],
+        [s.reversed_by_id for s in changed],
+        [s.expires_at_ns for s in changed],
+        timeout=timeout_s,
+    )
+
+
+async def _write_postings(
+    connection: Connection, postings: Sequence[Posting], sequence: int, timeout_s: float
+) -> None:
+    if not postings:
+        return
+    # block_sequence comes from the column default (see the schema), set for this transaction.
+    await connection.execute(
+        "SELECT set_config('tally.block_sequence', $1, true)", str(sequence), timeout=timeout_s
+    )
+    await connection.copy_records_to_table(
+        "postings", records=postings, columns=_POSTING_COLUMNS, timeout=timeout_s
+    )
+
+
+async def _write_holds(connection: Connection, writes: WriteSet, timeout_s: float) -> None:
+    if writes.holds_opened:
+        await connection.copy_records_to_table(
+            "holds", records=writes.holds_opened, timeout=timeout_s
+        )
+    if writes.holds_rearmed:
+        # In order: a batch may re-arm a piece twice; the last deadline wins.
+        final = dict(writes.holds_rearmed)
+        await connection.execute(
+            """
+            UPDATE holds AS h SET expires_at_ns = u.expires
+            FROM unnest($1::text[], $2::bigint[]) AS u(id, expires)
+            WHERE h.transaction_id = u.id
+            """,
+            list(final),
+            list(final.values()),
+            timeout=timeout_s,
+        )
+    if writes.holds_closed:
+        await connection.execute(
+            "DELETE FROM holds WHERE transaction_id = ANY($1::text[])",
+            writes.holds_closed,
+            timeout=timeout_s,
+        )
+
+
+# ---- loads and reads ----
+
+
+async def load_accounts(
+    connection: Connection, ids: Iterable[str], timeout_s: float
+) -> dict[str, AccountState]:
+    rows = await connection.fetch(
+        "SELECT * FROM accounts WHERE id = ANY($1::text[])", list(ids), timeout=timeout_s
+    )
+    return {row["id"]: account_from_row(row) for row in rows}
+
+
+async def load_transactions(
+    connection: Connection, ids: Iterable[str], timeout_s: float
+) -> dict[str, TransactionState]:
+    rows = await connection.fetch(
+        "SELECT * FROM transactions WHERE id = ANY($1::text[])", list(ids), timeout=timeout_s
+    )
+    return {row["id"]: transaction_from_row(row) for row in rows}
+
+
+async def last_block(connection: Connection, timeout_s: float) -> BlockHeader:
+    row = await connection.fetchrow(
+        "SELECT * FROM journal_blocks ORDER BY sequence DESC LIMIT 1", timeout=timeout_s
+    )
+    if row is None:
+        return BlockHeader(0, journal.GENESIS_HASH, journal.GENESIS_HASH, 0, 0, 1, 0)
+    return BlockHeader(
+        row["sequence"],
+        bytes(row["previous_hash"]),
+        bytes(row["hash"]),
+        row["epoch"],
+        row["created_at_ns"],
+        row["next_posting_sequence"],
+        row["last_timestamp_ns"],
+    )
+
+
+async def expired_holds(
+    connection: Connection, now_ns: int, limit: int, timeout_s: float
+) -> list[str]:
+    rows = await connection.fetch(
+        """
+        SELECT h.transaction_id FROM holds h JOIN transactions t ON t.id = h.transaction_id
+        WHERE h.expires_at_ns > 0 AND h.expires_at_ns <= $1 AND t.kind = ANY($3::smallint[])
+          AND t.resolved_by_id = ''  -- not locked by a piece deciding it (it waits for that)
+        ORDER BY h.expires_at_ns LIMIT $2
+        """,
+        now_ns,
+        limit,
+        [int(Kind.PENDING), int(Kind.HOLD)],
+        timeout=timeout_s,
+    )
+    return [row["transaction_id"] for row in rows]
+
+
+async def prepared_past_deadline(
+    connection: Connection, now_ns: int, limit: int, timeout_s: float
+) -> list[tuple[str, int, int, int]]:
+    """Cross-shard pieces held past their deadline: (id, coordinator shard, that deadline,
+    the piece's prepare deadline in seconds)."""
+    rows = await connection.fetch(
+        """
+        SELECT h.transaction_id, t.target_id, h.expires_at_ns, t.timeout_seconds FROM holds h
+        JOIN transactions t ON t.id = h.transaction_id
+        WHERE h.expires_at_ns > 0 AND h.expires_at_ns <= $1 AND t.kind = $3
+        ORDER BY h.expires_at_ns LIMIT $2
+        """,
+        now_ns,
+        limit,
+        int(Kind.PREPARED),
+        timeout=timeout_s,
+    )
+    return [
+        (
+            row["transaction_id"],
+            int(row["target_id"]),
+            int(row["expires_at_ns"]),
+            int(row["timeout_seconds"]),
+        )
+        for row in rows
+    ]
+
+
+async def prepared_pieces(connection: Connection, timeout_s: float) -> tuple[int, int]:
+    """Cross-shard pieces held here, and the oldest one's creation time (0: none). One scan of
+    holds (small: only open holds live there) joined on the transactions primary key."""
+    row = await connection.fetchrow(
+        """
+        SELECT count(*) AS piece_count, coalesce(min(t.timestamp_ns), 0) AS oldest_ns
+        FROM holds h JOIN transactions t ON t.id = h.transaction_id
+        WHERE t.kind = $1
+        """,
+        int(Kind.PREPARED),
+        timeout=timeout_s,
+    )
+    return int(row["piece_count"]), int(row["oldest_ns"])
+
+
+async def list_postings(
+    connection: Connection,
+    account_id: str,
+    after_sequence: int,
+    limit: int,
+    from_ns: int,
+    to_ns: int,
+    timeout_s: float,
+) -> list[tuple[Posting, int]]:
+    """Postings with the sequence of the journal block each was committed in."""
+    rows = await connection.fetch(
+        """
+        SELECT * FROM postings
+        WHERE account_id = $1 AND sequence > $2::bigint AND timestamp_ns >= $3::bigint
+          AND ($4::bigint = 0 OR timestamp_ns < $4::bigint)
+        ORDER BY sequence LIMIT $5
+        """,
+        account_id,
+        after_sequence,
+        from_ns,
+        to_ns,
+        limit,
+        timeout=timeout_s,
+    )
+    return [(posting_from_row(row), row["block_sequence"]) for row in rows]
+
+
+async def posting_at(
+    connection: Connection, account_id: str, at_ns: int, timeout_s: float
+) -> Posting | None:
+    row = await connection.fetchrow(
+        """
+        SELECT * FROM postings WHERE account_id = $1 AND timestamp_ns <= $2
+        ORDER BY sequence DESC LIMIT 1
+        """,
+        account_id,
+        at_ns,
+        timeout=timeout_s,
+    )
+    return None if row is None else posting_from_row(row)

@@ -1,0 +1,698 @@
+"""The auditor's commands: audit, export, verify-export, reconcile, statement.
+
+They read the shard databases directly (asyncpg, read-only, one REPEATABLE READ snapshot per
+shard), never through a node, so they work on a stopped cluster, a restored backup or a replica.
+Every command takes a list of shard DSNs: `--dsn` once per shard, in shard order, or the
+comma-separated TALLY_AUDIT_DSNS. Exit status: 0 when all is well, 1 when the books (export,
+statement) show problems, 2 for usage and connection errors.
+
+Wired into `tally` by shards/cli.py (add_commands, run); standalone for tests and scripts:
+`python -m shards.auditing audit --dsn postgresql://...`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import html
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Final, TextIO
+
+import asyncpg
+
+from core import audit
+from core.audit import AuditConfig, AuditReport, ShardReport, export, reconcile, statement
+from core.currencies import minor_unit_scale
+
+DSN_ENV: Final = "TALLY_AUDIT_DSNS"
+EXIT_OK: Final = 0
+EXIT_PROBLEMS: Final = 1
+EXIT_USAGE: Final = 2
+PROGRESS_INTERVAL_S: Final = 0.1
+# Problems printed in the terminal; the JSON and the report file carry every kept problem.
+PROBLEM_PRINT_COUNT_MAX: Final = 50
+COMMANDS: Final = ("audit", "export", "verify-export", "reconcile", "statement")
+
+
+class UsageError(Exception):
+    pass
+
+
+# ---- arguments ----
+
+
+def add_commands(commands: Any, default_dsn_env: str) -> None:
+    """Add the auditor's subcommands. default_dsn_env is the value of TALLY_AUDIT_DSNS
+    (comma-separated DSNs), or the name of the variable to read it from."""
+    default_dsns = _default_dsns(default_dsn_env)
+
+    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+        sub: argparse.ArgumentParser = commands.add_parser(name, help=help_text)
+        return sub
+
+    def with_dsns(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument(
+            "--dsn",
+            action="append",
+            default=None,
+            help=f"a shard database, once per shard in shard order (default: ${DSN_ENV})",
+        )
+        sub.set_defaults(default_dsns=default_dsns)
+
+    _audit_arguments(command("audit", "verify the books of every shard (read-only)"), with_dsns)
+    _export_arguments(command("export", "export the journal of a period (CSV or JSON Lines)"))
+    with_dsns(commands.choices["export"])
+    verify = command("verify-export", "verify an export from its files alone")
+    verify.add_argument("directory", type=Path)
+    verify.add_argument("--json", action="store_true", help="print the result as JSON")
+    reconcile = command("reconcile", "reconcile an external statement (CSV) with an account")
+    _reconcile_arguments(reconcile)
+    with_dsns(reconcile)
+    statement = command("statement", "an account's statement for a period (CSV, HTML)")
+    _statement_arguments(statement)
+    with_dsns(statement)
+
+
+def _default_dsns(value: str) -> str:
+    if value and "://" not in value and "=" not in value:
+        return os.environ.get(value, "")  # the name of the variable, not its value
+    return value
+
+
+def _audit_arguments(sub: argparse.ArgumentParser, with_dsns: Any) -> None:
+    with_dsns(sub)
+    sub.add_argument("--json", action="store_true", help="print the report as JSON")
+    sub.add_argument("--report", type=Path, help="also write the report (.md or .html)")
+    sub.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bar on stderr (default: when stderr is a terminal)",
+    )
+    sub.add_argument(
+        "--hold-grace-seconds",
+        type=float,
+        default=60.0,
+        help="a hold this long past its deadline is a problem (default %(default)s)",
+    )
+    sub.add_argument(
+        "--anchor",
+        action="append",
+        default=[],
+        metavar="SHARD:BLOCK:HASH",
+        help="a block hash recorded elsewhere (an export's head) that must still be there",
+    )
+    sub.add_argument("--problem-count-max", type=int, default=1000, help="kept per check")
+    sub.add_argument(
+        "--shard",
+        action="append",
+        type=int,
+        default=None,
+        help="audit only this shard (its position in the --dsn list), repeatable; the "
+        "cross-shard check needs every shard",
+    )
+    sub.add_argument(
+        "--currency",
+        action="append",
+        default=[],
+        help="only this currency's trial balance, clearing and findings, repeatable",
+    )
+
+
+def _export_arguments(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("--out", type=Path, required=True, help="directory (shard-N/ per shard)")
+    sub.add_argument("--format", choices=export.FORMATS, default="csv")
+    sub.add_argument("--from", dest="from_time", default="", help="period start (UTC date/time)")
+    sub.add_argument("--to", dest="to_time", default="", help="period end, exclusive")
+    sub.add_argument("--first-block", type=int, default=0, help="or: blocks from this one")
+    sub.add_argument("--last-block", type=int, default=0, help="to this one (inclusive)")
+
+
+def _reconcile_arguments(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("account")
+    sub.add_argument("statement", type=Path, help="CSV: value_date,amount,reference,description")
+    _period_arguments(sub)
+    sub.add_argument(
+        "--date-window-days",
+        type=int,
+        default=3,
+        help="lines without a matching reference match by amount within this many days",
+    )
+    sub.add_argument("--opening-balance", default=None, help="the statement's, major units")
+    sub.add_argument("--closing-balance", default=None, help="the statement's, major units")
+    sub.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def _statement_arguments(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("account")
+    _period_arguments(sub)
+    sub.add_argument("--csv", type=Path, help="write the statement as CSV")
+    sub.add_argument("--html", type=Path, help="write the statement as a printable HTML page")
+
+
+def _period_arguments(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("--from", dest="from_time", required=True, help="UTC date/time, inclusive")
+    sub.add_argument("--to", dest="to_time", required=True, help="UTC date/time, exclusive")
+
+
+def dsns_of(args: argparse.Namespace) -> list[str]:
+    dsns: list[str] = list(args.dsn or [])
+    if not dsns:
+        dsns = [d.strip() for d in (args.default_dsns or "").split(",") if d.strip()]
+    if not dsns:
+        raise UsageError(f"no shard database: pass --dsn (once per shard) or set {DSN_ENV}")
+    return dsns
+
+
+def parse_time_ns(text: str) -> int:
+    """'2026-03-01', '2026-03-01T12:00:00', with an offset or 'Z' (default UTC), or integer
+    nanoseconds since the epoch; '' is 0 (unbounded)."""
+    if not text:
+        return 0
+    if text.isdigit():
+        return int(text)
+    try:
+        moment = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise UsageError(f"{text!r} is not a date, a date and time, or nanoseconds") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.UTC)
+    delta = moment - datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1_000
+
+
+# ---- dispatch ----
+
+
+def run(args: argparse.Namespace) -> int:
+    handlers = {
+        "audit": _audit_command,
+        "export": _export_command,
+        "verify-export": _verify_command,
+        "reconcile": _reconcile_command,
+        "statement": _statement_command,
+    }
+    try:
+        return handlers[args.command](args)
+    except UsageError as error:
+        print(f"tally {args.command}: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except (OSError, TimeoutError, asyncpg.PostgresError) as error:
+        # Unreachable or not a Tally shard database (no such table): nothing was audited.
+        print(f"tally {args.command}: {error}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _run_async(coroutine: Any) -> Any:
+    import uvloop  # a dependency of the project; asyncpg decodes rows faster on it
+
+    return uvloop.run(coroutine)
+
+
+# ---- audit ----
+
+
+def _audit_command(args: argparse.Namespace) -> int:
+    for currency in args.currency:
+        if currency not in minor_unit_scale:
+            raise UsageError(f"--currency {currency!r} is not an ISO 4217 currency Tally knows")
+    config = AuditConfig(
+        problem_count_max=args.problem_count_max,
+        hold_grace_s=args.hold_grace_seconds,
+        anchors=tuple(_anchor(text) for text in args.anchor),
+        currencies=frozenset(args.currency),
+    )
+    dsns = dsns_of(args)
+    shards = sorted(set(args.shard)) if args.shard else None
+    for shard in shards or ():
+        if not 0 <= shard < len(dsns):
+            raise UsageError(f"--shard {shard}: there are {len(dsns)} shard(s), 0..{len(dsns) - 1}")
+    show_progress = sys.stderr.isatty() if args.progress is None else args.progress
+    bar = ProgressBar(sys.stderr, len(shards or dsns)) if show_progress else None
+    report: AuditReport = _run_async(
+        audit.audit_cluster(dsns, config, bar.update if bar else None, shards)
+    )
+    if bar is not None:
+        bar.clear()
+    if args.json:
+        print(json.dumps(audit_json(report), indent=2))
+    else:
+        print(audit_text(report))
+    if args.report is not None:
+        _write_report(args.report, report)
+    failed = [shard for shard in report.shards if shard.error]
+    for shard in failed:
+        print(f"tally audit: shard {shard.shard}: {shard.error}", file=sys.stderr)
+    if failed:
+        return EXIT_USAGE
+    return EXIT_OK if report.ok else EXIT_PROBLEMS
+
+
+def _anchor(text: str) -> audit.Anchor:
+    parts = text.split(":")
+    if len(parts) != 3 or not parts[0].isdigit() or not parts[1].isdigit():
+        raise UsageError(f"--anchor {text!r} must be SHARD:BLOCK:HASH")
+    try:
+        bytes.fromhex(parts[2])
+    except ValueError:
+        raise UsageError(f"--anchor {text!r}: the hash is not hexadecimal") from None
+    return audit.Anchor(int(parts[0]), int(parts[1]), parts[2])
+
+
+class ProgressBar:
+    """One line on stderr: the share of postings and accounts streamed, over all shards."""
+
+    def __init__(self, stream: TextIO, shard_count: int) -> None:
+        self.stream = stream
+        self.shard_count = shard_count
+        self.phases: dict[tuple[int, str], tuple[int, int]] = {}
+        self.last_drawn = 0.0
+
+    def update(self, shard: int, phase: str, done: int, total: int) -> None:
+        self.phases[(shard, phase)] = (done, total)
+        now = time.monotonic()
+        if now - self.last_drawn < PROGRESS_INTERVAL_S and done < total:
+            return
+        self.last_drawn = now
+        done_sum = sum(d for d, _ in self.phases.values())
+        # Shards not heard from yet count as one unit each, so the bar never runs backwards far.
+        total_sum = sum(t for _, t in self.phases.values()) + (
+            self.shard_count - len({s for s, _ in self.phases})
+        )
+        share = done_sum / total_sum if total_sum else 1.0
+        filled = int(share * 30)
+        self.stream.write(
+            f"\raudit [{'#' * filled}{'.' * (30 - filled)}] {share:6.1%}  shard {shard} "
+            f"{phase} {done:,}/{total:,}   "
+        )
+        self.stream.flush()
+
+    def clear(self) -> None:
+        self.stream.write("\r" + " " * 100 + "\r")
+        self.stream.flush()
+
+
+def audit_json(report: AuditReport) -> dict[str, Any]:
+    return {
+        "ok": report.ok,
+        "complete": report.complete,
+        "started_at": _utc_text(report.started_at_ns),
+        "duration_s": round(report.duration_s, 3),
+        "shards": [_shard_json(shard) for shard in report.shards],
+        "trial_balance": _balance_json(report.trial_balance),
+        "cross_shard": _cross_shard_json(report.cross_shard),
+        "problem_count": report.problem_count,
+        "problems": [problem.to_json() for problem in report.problems],
+    }
+
+
+def _cross_shard_json(cross: audit.CrossShardReport) -> dict[str, Any]:
+    return {
+        "checked": cross.checked,
+        "reason": cross.reason,
+        "settled": cross.settled_count,
+        "in_flight": cross.in_flight_count,
+        "open_holds": cross.open_hold_count,
+        "rechecked": cross.rechecked_count,
+        "in_flight_clearing": dict(sorted(cross.in_flight_clearing.items())),
+        "in_flight_transactions": [
+            {
+                "transaction_id": flight.transaction_id,
+                "key": flight.key,
+                "decision": flight.decision,
+                "coordinator": flight.coordinator,
+                "pieces": [{"shard": shard, "state": state} for shard, state in flight.pieces],
+                "deadline": _utc_text(flight.deadline_ns) if flight.deadline_ns else "",
+            }
+            for flight in cross.in_flight
+        ],
+    }
+
+
+def cross_shard_text(cross: audit.CrossShardReport) -> str:
+    """One line on the cluster's cross-shard transactions (see core.audit.check_cross_shard)."""
+    if not cross.checked:
+        return f"cross-shard transactions: not checked ({cross.reason})"
+    text = (
+        f"cross-shard transactions: {cross.settled_count:,} settled (clearing pieces net to "
+        f"zero), {cross.open_hold_count:,} open holds, {cross.in_flight_count:,} in flight"
+    )
+    if cross.rechecked_count:
+        text += f", {cross.rechecked_count:,} read again in later snapshots"
+    if cross.in_flight:
+        shown = ", ".join(flight.transaction_id for flight in cross.in_flight[:5])
+        more = ", ..." if cross.in_flight_count > 5 else ""
+        text += f" (in flight: {shown}{more})"
+    return text
+
+
+def _shard_json(shard: ShardReport) -> dict[str, Any]:
+    return {
+        "shard": shard.shard,
+        "target": shard.target,
+        "ok": shard.ok,
+        "error": shard.error,
+        "duration_s": round(shard.duration_s, 3),
+        "blocks": shard.block_count,
+        "transactions": shard.transaction_count,
+        "postings": shard.posting_count,
+        "accounts": shard.account_count,
+        "holds": shard.hold_count,
+        "head": {"block": shard.head_block, "hash": shard.head_hash},
+        "checks": {name: shard.problem_counts.get(name, 0) for name in audit.CHECK_NAMES},
+        "trial_balance": _balance_json(shard.trial_balance),
+        "cross_shard_transactions": shard.cross_shard_count,
+    }
+
+
+def _balance_json(balances: dict[str, list[int]]) -> dict[str, dict[str, int]]:
+    return {
+        currency: dict(zip(audit.COUNTER_NAMES, sums, strict=True))
+        for currency, sums in sorted(balances.items())
+    }
+
+
+def _utc_text(timestamp_ns: int) -> str:
+    moment = datetime.datetime.fromtimestamp(timestamp_ns / 1e9, tz=datetime.UTC)
+    return moment.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
+    return [
+        "  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in [header, *rows]
+    ]
+
+
+def _shard_rows(report: AuditReport) -> tuple[list[str], list[list[str]]]:
+    header = ["shard", "blocks", "transactions", "postings", "accounts", "holds"]
+    header += [*audit.CHECK_NAMES, "result"]
+    rows = []
+    for shard in report.shards:
+        if shard.error:
+            rows.append([str(shard.shard), *["-"] * (len(header) - 2), "ERROR"])
+            continue
+        counts = [shard.problem_counts.get(name, 0) for name in audit.CHECK_NAMES]
+        rows.append(
+            [
+                str(shard.shard),
+                f"{shard.block_count:,}",
+                f"{shard.transaction_count:,}",
+                f"{shard.posting_count:,}",
+                f"{shard.account_count:,}",
+                f"{shard.hold_count:,}",
+                *["ok" if count == 0 else f"{count:,} FAIL" for count in counts],
+                "OK" if shard.ok else "FAIL",
+            ]
+        )
+    return header, rows
+
+
+def _balance_rows(report: AuditReport) -> tuple[list[str], list[list[str]]]:
+    header = ["currency", "scope", *audit.COUNTER_NAMES, "balanced"]
+    rows = []
+    currencies = sorted(report.trial_balance)
+    for currency in currencies:
+        scopes = [
+            (f"shard {s.shard}", s.trial_balance[currency])
+            for s in report.shards
+            if currency in s.trial_balance
+        ]
+        scopes.append(("cluster", report.trial_balance[currency]))
+        for scope, (dp, cp, dq, cq) in scopes:
+            balanced = "yes" if dp == cp and dq == cq else "NO"
+            rows.append([currency, scope, f"{dp:,}", f"{cp:,}", f"{dq:,}", f"{cq:,}", balanced])
+    return header, rows
+
+
+def audit_text(report: AuditReport) -> str:
+    postings = sum(shard.posting_count for shard in report.shards)
+    accounts = sum(shard.account_count for shard in report.shards)
+    lines = [
+        f"tally audit: {len(report.shards)} shard(s), {postings:,} postings, {accounts:,} "
+        f"accounts, in {report.duration_s:.1f} s",
+        "",
+        *_table(*_shard_rows(report)),
+        "",
+        "trial balance (minor units):",
+        *_table(*_balance_rows(report)),
+    ]
+    for shard in report.shards:
+        if shard.error:
+            lines.append(f"shard {shard.shard} ({shard.target}): {shard.error}")
+        elif shard.head_block:
+            lines.append(f"shard {shard.shard}: head block {shard.head_block} {shard.head_hash}")
+    lines.append(cross_shard_text(report.cross_shard))
+    problems = report.problems
+    total = report.problem_count
+    if total:
+        lines += ["", f"{total:,} problem(s):"]
+        lines += [f"  {problem}" for problem in problems[:PROBLEM_PRINT_COUNT_MAX]]
+        if total > PROBLEM_PRINT_COUNT_MAX:
+            lines.append(f"  ... {total - PROBLEM_PRINT_COUNT_MAX:,} more (see --json or --report)")
+    lines += ["", "the books are whole" if report.ok else "the books are NOT whole"]
+    return "\n".join(lines)
+
+
+def _write_report(path: Path, report: AuditReport) -> None:
+    if path.suffix.lower() in (".html", ".htm"):
+        path.write_text(audit_html(report), encoding="utf-8")
+    else:
+        path.write_text(audit_markdown(report), encoding="utf-8")
+
+
+def _markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
+    return lines
+
+
+def audit_markdown(report: AuditReport) -> str:
+    lines = [
+        "# Tally audit",
+        "",
+        f"Started {_utc_text(report.started_at_ns)}, {report.duration_s:.1f} s. "
+        f"Result: **{'the books are whole' if report.ok else 'the books are NOT whole'}**.",
+        "",
+        "## Shards",
+        "",
+        *_markdown_table(*_shard_rows(report)),
+        "",
+        "## Trial balance (minor units)",
+        "",
+        *_markdown_table(*_balance_rows(report)),
+        "",
+        cross_shard_text(report.cross_shard) + ".",
+        "",
+        "## Problems",
+        "",
+    ]
+    problems = report.problems
+    lines += [f"- `{problem}`" for problem in problems] or ["None."]
+    return "\n".join(lines) + "\n"
+
+
+def _html_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    head = "".join(f"<th>{html.escape(cell)}</th>" for cell in header)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in row) + "</tr>" for row in rows
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def audit_html(report: AuditReport) -> str:
+    verdict = "the books are whole" if report.ok else "the books are NOT whole"
+    problems = "".join(f"<li><code>{html.escape(str(p))}</code></li>" for p in report.problems)
+    return (
+        "<!doctype html><html><head><meta charset='utf-8'><title>Tally audit</title>"
+        f"<style>{_CSS}</style></head><body><h1>Tally audit</h1>"
+        f"<p>Started {_utc_text(report.started_at_ns)}, {report.duration_s:.1f} s. Result: "
+        f"<strong>{verdict}</strong>.</p><h2>Shards</h2>{_html_table(*_shard_rows(report))}"
+        f"<h2>Trial balance (minor units)</h2>{_html_table(*_balance_rows(report))}"
+        f"<p>{html.escape(cross_shard_text(report.cross_shard))}.</p>"
+        f"<h2>Problems</h2><ul>{problems or '<li>None.</li>'}</ul></body></html>\n"
+    )
+
+
+_CSS: Final = (
+    "body{font-family:system-ui,sans-serif;margin:2em;color:#111}"
+    "table{border-collapse:collapse;margin:1em 0}"
+    "th,td{border:1px solid #999;padding:.25em .6em;text-align:right}"
+    "th:first-child,td:first-child{text-align:left}"
+    "@media print{body{margin:0}a{color:inherit}}"
+)
+
+
+# ---- export and verify ----
+
+
+def _export_command(args: argparse.Namespace) -> int:
+    selection = export.Selection(
+        parse_time_ns(args.from_time),
+        parse_time_ns(args.to_time),
+        args.first_block,
+        args.last_block,
+    )
+    dsns = dsns_of(args)
+    summaries = _run_async(_export_all(dsns, args.out, selection, args.format))
+    for summary in summaries:
+        counts = ", ".join(f"{count:,} {name}" for name, count in summary.row_counts.items())
+        print(
+            f"{summary.directory}: blocks {summary.first_block}..{summary.last_block}, {counts}; "
+            f"head hash {summary.head_hash}"
+        )
+    print(f"verify with: tally verify-export {args.out}")
+    return EXIT_OK
+
+
+async def _export_all(
+    dsns: Sequence[str], out: Path, selection: export.Selection, export_format: str
+) -> list[export.ExportSummary]:
+    config = AuditConfig()
+    summaries = []
+    for shard, dsn in enumerate(dsns):
+        directory = out / f"shard-{shard}"
+        directory.mkdir(parents=True, exist_ok=True)
+        connection = await _connect(dsn, config)
+        try:
+            summaries.append(
+                await export.export_shard(
+                    connection,
+                    directory,
+                    str(shard),
+                    selection,
+                    export_format,
+                    config.statement_timeout_s,
+                )
+            )
+        finally:
+            await connection.close(timeout=config.connect_timeout_s)
+    return summaries
+
+
+async def _connect(dsn: str, config: AuditConfig) -> Any:
+    try:
+        return await audit.connect(dsn, config)
+    except (OSError, TimeoutError):
+        raise
+    except Exception as error:  # asyncpg: no such database, authentication failed, ...
+        raise UsageError(f"cannot connect to {audit.redact(dsn)}: {error}") from None
+
+
+def _verify_command(args: argparse.Namespace) -> int:
+    verification = export.verify_export(args.directory)
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "ok": verification.ok,
+                    "shards": [_verified_shard_json(shard) for shard in verification.shards],
+                    "error_count": verification.error_count,
+                    "errors": [
+                        {"file": e.file, "line": e.line, "message": e.message, "text": str(e)}
+                        for e in verification.errors
+                    ],
+                },
+                indent=2,
+            )
+        )
+    else:
+        print(export.format_verification(verification))
+    return EXIT_OK if verification.ok else EXIT_PROBLEMS
+
+
+def _verified_shard_json(shard: export.ShardVerification) -> dict[str, Any]:
+    return {
+        "directory": shard.directory,
+        "format": shard.export_format,
+        "first_block": shard.first_block,
+        "last_block": shard.last_block,
+        "blocks": shard.block_count,
+        "transactions": shard.transaction_count,
+        "postings": shard.posting_count,
+        "head_hash": shard.head_hash,
+        "movements": _balance_json(shard.movements),
+    }
+
+
+# ---- reconcile and statement ----
+
+
+def _reconcile_command(args: argparse.Namespace) -> int:
+    ledger = _load_statement(args)
+    currency = ledger.account.currency
+    try:
+        external = reconcile.read_statement_csv(args.statement, currency)
+        if args.opening_balance is not None:
+            external.opening_balance = reconcile.parse_amount(args.opening_balance, currency)
+        if args.closing_balance is not None:
+            external.closing_balance = reconcile.parse_amount(args.closing_balance, currency)
+    except (reconcile.StatementFormatError, ValueError) as error:
+        raise UsageError(str(error)) from None
+    result = reconcile.reconcile(ledger, external, args.date_window_days)
+    if args.json:
+        print(json.dumps(reconcile.reconciliation_json(result), indent=2))
+    else:
+        print(reconcile.reconciliation_text(result))
+    return EXIT_OK if result.ok else EXIT_PROBLEMS
+
+
+def _statement_command(args: argparse.Namespace) -> int:
+    ledger = _load_statement(args)
+    if args.csv is not None:
+        args.csv.write_text(statement.statement_csv(ledger), encoding="utf-8")
+    if args.html is not None:
+        args.html.write_text(statement.statement_html(ledger, time.time_ns()), encoding="utf-8")
+    print(statement.statement_text(ledger))
+    return EXIT_OK if ledger.consistent else EXIT_PROBLEMS
+
+
+def _load_statement(args: argparse.Namespace) -> statement.Statement:
+    from_ns, to_ns = parse_time_ns(args.from_time), parse_time_ns(args.to_time)
+    try:
+        loaded: statement.Statement = _run_async(
+            _read_statement(dsns_of(args), args.account, from_ns, to_ns)
+        )
+    except statement.StatementError as error:
+        raise UsageError(str(error)) from None
+    return loaded
+
+
+async def _read_statement(
+    dsns: Sequence[str], account_id: str, from_ns: int, to_ns: int
+) -> statement.Statement:
+    config = AuditConfig()
+    connections = []
+    try:
+        for dsn in dsns:
+            connections.append(await _connect(dsn, config))
+        return await statement.load_statement(
+            connections, account_id, from_ns, to_ns, config.statement_timeout_s
+        )
+    finally:
+        for connection in connections:
+            await connection.close(timeout=config.connect_timeout_s)
+
+
+# ---- standalone ----
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tally", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    add_commands(commands, os.environ.get(DSN_ENV, ""))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(build_parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,300 @@
+"""The `tally` command: run a node (`up`, `node`) and talk to one from a terminal."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import logging
+import os
+import signal
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from shards.audit import commands as auditing
+from shards.audit import server as audit_service
+from shards.cli import terminal
+from shards.local.embedded_pg import EmbeddedPostgres
+from shards.node.writer import WriterConfig
+from shards.rpc.serving import metrics_url, run_announced
+
+DEFAULT_TARGET = "127.0.0.1:7400"
+EXIT_FENCED = 3
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get("TALLY_" + name.upper().replace("-", "_"), default)
+
+
+def _add_writer_flags(parser: argparse.ArgumentParser) -> None:
+    defaults = WriterConfig()
+    parser.add_argument(
+        "--batch-item-count-max",
+        type=int,
+        default=int(_env("batch_item_count_max", str(defaults.batch_item_count_max))),
+        help="a batch closes at this many items (default %(default)s)",
+    )
+    parser.add_argument(
+        "--batch-wait-ms",
+        type=float,
+        default=float(_env("batch_wait_ms", str(defaults.batch_wait_ms))),
+        help="or this long after its first request (default %(default)s)",
+    )
+    parser.add_argument(
+        "--cache-account-count-max",
+        type=int,
+        default=int(_env("cache_account_count_max", str(defaults.cache_account_count_max))),
+    )
+
+
+def _at_least(minimum: float, kind: type[int] | type[float]) -> Any:
+    def parse(text: str) -> int | float:
+        value = kind(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {text}")
+        return value
+
+    return parse
+
+
+def _add_gateway_flags(parser: argparse.ArgumentParser) -> None:
+    from shards.gateway.server import GatewayConfig
+
+    defaults = GatewayConfig(control_dsn="")
+    parser.add_argument(
+        "--coalesce-wait-ms",
+        type=_at_least(0, float),
+        default=float(_env("coalesce_wait_ms", str(defaults.coalesce_wait_ms))),
+        help="how long a small write that could go to its shard at once may wait for others "
+        "to join its call (default %(default)s: it goes at once; calls in flight always "
+        "gather what queues behind them)",
+    )
+    parser.add_argument(
+        "--shard-calls-in-flight",
+        type=_at_least(1, int),
+        default=int(_env("shard_calls_in_flight", str(defaults.shard_calls_in_flight_max))),
+        help="write calls in flight to each shard at once (default %(default)s)",
+    )
+
+
+def _add_metrics_flag(parser: argparse.ArgumentParser, default: str = "") -> None:
+    parser.add_argument(
+        "--metrics-listen",
+        default=_env("metrics_listen", default),
+        help="host:port for Prometheus /metrics (default: %(default)r; '': off; port 0: a free "
+        "one; with --shards N every process picks a free port on that host); its URL is "
+        "printed before the serving line",
+    )
+
+
+def _writer_config(args: argparse.Namespace) -> WriterConfig:
+    return replace(
+        WriterConfig(),
+        batch_item_count_max=args.batch_item_count_max,
+        batch_wait_ms=args.batch_wait_ms,
+        cache_account_count_max=args.cache_account_count_max,
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tally", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    up = commands.add_parser("up", help="embedded PostgreSQL + one node, in the foreground")
+    up.add_argument("--data-dir", default=_env("data_dir", ".tally"), type=Path)
+    up.add_argument("--listen", default=_env("listen", DEFAULT_TARGET))
+    up.add_argument(
+        "--pg-port",
+        type=int,
+        default=int(_env("pg_port", "0")),
+        help="PostgreSQL port (default: a free one, kept in the data dir)",
+    )
+    up.add_argument(
+        "--shards",
+        type=int,
+        default=int(_env("shards", "1")),
+        help="1: one node serves directly; N > 1: N node processes behind a gateway",
+    )
+    _add_writer_flags(up)
+    _add_gateway_flags(up)
+    _add_metrics_flag(up, default="127.0.0.1:0")
+
+    node = commands.add_parser("node", help="one shard node on an existing PostgreSQL")
+    node.add_argument("--dsn", default=_env("dsn", ""), required=not _env("dsn", ""))
+    node.add_argument("--listen", default=_env("listen", DEFAULT_TARGET))
+    node.add_argument(
+        "--control-dsn",
+        default=_env("control_dsn", ""),
+        help="the cluster's control database (slot map); none: owns every slot",
+    )
+    node.add_argument("--shard-id", type=int, default=int(_env("shard_id", "0")))
+    node.add_argument(
+        "--advertise",
+        default=_env("advertise", ""),
+        help="host:port gateways use to reach this node (default: bound address)",
+    )
+    _add_writer_flags(node)
+    _add_metrics_flag(node)
+
+    gateway = commands.add_parser("gateway", help="the gateway of a cluster")
+    gateway.add_argument(
+        "--control-dsn", default=_env("control_dsn", ""), required=not _env("control_dsn", "")
+    )
+    gateway.add_argument("--listen", default=_env("listen", DEFAULT_TARGET))
+    _add_gateway_flags(gateway)
+    _add_metrics_flag(gateway)
+
+    terminal.add_commands(commands, _env("target", DEFAULT_TARGET))
+    auditing.add_commands(commands, _env("audit_dsns", ""))
+    commands.add_parser(
+        "bench",
+        help="the Locust benchmark suite and its report (`tally bench --help`)",
+        add_help=False,
+    )
+    audit_service.add_command(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    arguments = sys.argv[1:] if argv is None else argv
+    if arguments[:1] == ["bench"]:
+        # Its options are its own (bench/locust_bench.py); loaded only when asked for.
+        bench_main = importlib.import_module("bench.locust_bench").main
+        bench_exit_code: int = bench_main(arguments[1:])
+        return bench_exit_code
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=_env("log_level", "INFO"),
+        format='{"time":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s",'
+        '"message":"%(message)s"}',
+        stream=sys.stderr,
+    )
+    if args.command in ("up", "node", "gateway"):
+        import uvloop
+
+        serve = _serve_gateway if args.command == "gateway" else _serve
+        if args.command == "up" and args.shards > 1:
+            serve = _serve_cluster
+        exit_code: int = uvloop.run(serve(args))
+        return exit_code
+    if args.command in auditing.COMMANDS:
+        return auditing.run(args)
+    if args.command == audit_service.COMMAND:
+        return audit_service.run(args)
+    return terminal.run(args)
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    from shards.node.server import Node, NodeConfig, tune_garbage_collector
+
+    embedded = None
+    if args.command == "up":
+        embedded, dsn = await asyncio.to_thread(_start_embedded, args)
+    else:
+        dsn = args.dsn
+    node = Node(
+        NodeConfig(
+            dsn=dsn,
+            listen=args.listen,
+            writer=_writer_config(args),
+            shard_id=getattr(args, "shard_id", 0),
+            control_dsn=getattr(args, "control_dsn", ""),
+            advertise=getattr(args, "advertise", ""),
+            metrics_listen=args.metrics_listen,
+        )
+    )
+    try:
+        port = await node.start()
+        tune_garbage_collector()
+        if node.metrics_port:  # before the serving line, which whoever started us waits for
+            whose = " of node-0" if args.command == "up" else ""
+            url = metrics_url(args.metrics_listen, node.metrics_port)
+            print(f"tally: metrics{whose} on {url}", flush=True)
+        host = args.listen.rsplit(":", 1)[0]
+        print(f"tally: serving tally.v1.Ledger on {host}:{port}", flush=True)
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, node.request_stop)
+        await node.run()
+    finally:
+        if embedded is not None:
+            print("tally: stopping PostgreSQL", flush=True)
+            await asyncio.to_thread(embedded.stop)
+    print("tally: stopped", flush=True)
+    return EXIT_FENCED if node.fenced else 0
+
+
+async def _serve_gateway(args: argparse.Namespace) -> int:
+    from shards.gateway.server import Gateway, GatewayConfig
+
+    gateway = Gateway(
+        GatewayConfig(
+            control_dsn=args.control_dsn,
+            listen=args.listen,
+            metrics_listen=args.metrics_listen,
+            shard_calls_in_flight_max=args.shard_calls_in_flight,
+            coalesce_wait_ms=args.coalesce_wait_ms,
+        )
+    )
+    port = await gateway.start()
+    return await run_announced(
+        gateway, "tally.v1.Ledger", args.listen, port, args.metrics_listen, gateway.metrics_port
+    )
+
+
+async def _serve_cluster(args: argparse.Namespace) -> int:
+    from shards.local.cluster import run_cluster
+
+    embedded, _ = await asyncio.to_thread(_start_embedded, args)
+    node_flags = [
+        f"--batch-item-count-max={args.batch_item_count_max}",
+        f"--batch-wait-ms={args.batch_wait_ms}",
+        f"--cache-account-count-max={args.cache_account_count_max}",
+    ]
+    # Always passed, so TALLY_METRICS_LISTEN does not make N + 1 processes race for one port.
+    metrics_flags = [f"--metrics-listen={_any_port(args.metrics_listen)}"]
+    gateway_flags = [
+        f"--coalesce-wait-ms={args.coalesce_wait_ms}",
+        f"--shard-calls-in-flight={args.shard_calls_in_flight}",
+    ]
+    try:
+        return await run_cluster(
+            embedded,
+            args.shards,
+            args.listen,
+            args.data_dir.resolve(),
+            node_flags + metrics_flags,
+            gateway_flags + metrics_flags,
+        )
+    finally:
+        print("tally: stopping PostgreSQL", flush=True)
+        await asyncio.to_thread(embedded.stop)
+        print("tally: stopped", flush=True)
+
+
+def _any_port(listen: str) -> str:
+    """The same host with port 0 ("" stays off)."""
+    return f"{listen.rsplit(':', 1)[0]}:0" if listen else ""
+
+
+def _start_embedded(args: argparse.Namespace) -> tuple[EmbeddedPostgres, str]:
+    from shards.local.embedded_pg import EmbeddedPostgresConfig, free_port
+
+    data_dir: Path = args.data_dir.resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    port_file = data_dir / "pg-port"
+    port = args.pg_port
+    if not port:
+        port = int(port_file.read_text()) if port_file.exists() else free_port()
+    port_file.write_text(str(port))
+    server = EmbeddedPostgres(EmbeddedPostgresConfig(data_dir=data_dir / "pg", port=port))
+    print(f"tally: starting PostgreSQL in {data_dir / 'pg'} on 127.0.0.1:{port}", flush=True)
+    server.start()
+    server.create_database("tally_shard_0")
+    return server, server.dsn("tally_shard_0")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,768 @@
+"""Atomic cross-shard transactions: the gateway's driver and the participant's deadline sweep.
+
+Two-phase commit with presumed abort (see proto/tally/v1/shard.proto). The coordinator is the
+shard of the first debit leg on a non-spread account; it votes last, recording the decision in
+the same database commit that applies its own piece, so a transaction costs two commit rounds
+before the client is answered (prepare, then commit) and the participants' resolution follows.
+
+A definitive refusal (say insufficient funds on one shard) is recorded as an abort at the
+coordinator, so the id's outcome is final: a retry returns the same refusal. A retryable
+failure (a shard unreachable) records nothing: the client's retry with the same id completes
+the transaction, and if nobody retries, the participants ask the coordinator once their
+deadline passes, which then records abort.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import secrets
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import grpc
+
+from core.model import (
+    CLEARING_PREFIX,
+    DeadlineMode,
+    Kind,
+    Leg,
+    ResultCode,
+    Status,
+    TransactionSpec,
+    TransactionState,
+    deadline_spec,
+    expires_at,
+    hold_settlement_spec,
+    resolution_spec,
+    split_piece_id,
+)
+from core.slots import SlotMap, is_spread
+from shards import failpoints
+from shards.rpc import convert
+from tally.v1 import ledger_pb2 as pb
+from tally.v1 import shard_pb2 as spb
+from tally.v1 import shard_pb2_grpc as spb_grpc
+
+log = logging.getLogger("tally.crossshard")
+
+# Seconds a participant holds a prepared piece before asking the coordinator (the gateway sends
+# it with each piece). Tests shorten it with TALLY_PREPARE_DEADLINE_S; all gateways of a cluster
+# must agree, since it is part of the piece a retry replays.
+PREPARE_DEADLINE_S = max(1, int(os.environ.get("TALLY_PREPARE_DEADLINE_S", "30")))
+CALL_TIMEOUT_S = 30.0
+# An attempt's name: this process's random prefix (12 hex digits, drawn at start) and a
+# counter, so that no two runs of a unit anywhere share one.
+_ATTEMPT_PREFIX = secrets.token_hex(6)
+_attempt_numbers = itertools.count(1)
+OK_CODES = (pb.RESULT_CODE_CREATED, pb.RESULT_CODE_REPLAYED)
+
+
+def clearing_account(currency: str) -> str:
+    return CLEARING_PREFIX + currency
+
+
+def coordinator_of(legs: Sequence[Leg], slot_map: SlotMap) -> int:
+    """The shard of the first debit leg on a non-spread account (else of the first such leg)."""
+    # Hot path (every cross-shard transaction): a plain loop, spread ids by their first "@".
+    first_firm = ""
+    for leg in legs:
+        account_id = leg.account_id
+        if account_id[0] != "@":
+            if leg.is_debit:
+                return slot_map.shard_of_account(account_id)
+            first_firm = first_firm or account_id
+    if not first_firm:
+        raise ValueError("a cross-shard transaction has no leg on a non-spread account")
+    return slot_map.shard_of_account(first_firm)
+
+
+def split_pieces(
+    legs: Sequence[Leg], slot_map: SlotMap, coordinator: int | None = None
+) -> tuple[int, dict[int, list[Leg]]]:
+    """Each shard's legs, balanced per currency by a leg on its clearing piece. Spread legs
+    go to the coordinator (by default the transaction's own)."""
+    if coordinator is None:
+        coordinator = coordinator_of(legs, slot_map)
+    pieces: dict[int, list[Leg]] = {}
+    for leg in legs:
+        shard = (
+            coordinator if is_spread(leg.account_id) else slot_map.shard_of_account(leg.account_id)
+        )
+        pieces.setdefault(shard, []).append(leg)
+    for piece in pieces.values():
+        net: dict[str, int] = {}
+        for leg in piece:
+            net[leg.currency] = net.get(leg.currency, 0) + (
+                leg.amount if leg.is_debit else -leg.amount
+            )
+        for currency, difference in sorted(net.items()):
+            if difference:
+                # More debits than credits here: the clearing piece is credited (due to others).
+                piece.append(
+                    Leg(clearing_account(currency), difference < 0, abs(difference), currency)
+                )
+    return coordinator, pieces
+
+
+def piece_message(
+    message: pb.Transaction, legs: Sequence[Leg], linked: bool = False
+) -> pb.Transaction:
+    return pb.Transaction(
+        id=message.id,
+        legs=[
+            pb.Leg(
+                account_id=leg.account_id,
+                side=pb.SIDE_DEBIT if leg.is_debit else pb.SIDE_CREDIT,
+                amount=leg.amount,
+                currency=leg.currency,
+            )
+            for leg in legs
+        ],
+        code=message.code,
+        metadata=message.metadata,
+        value_date=message.value_date,
+        linked=linked,
+        pending=message.pending,
+        timeout_seconds=message.timeout_seconds,
+    )
+
+
+def _unavailable(error: grpc.aio.AioRpcError) -> pb.ItemResult:
+    return pb.ItemResult(
+        code=pb.RESULT_CODE_UNAVAILABLE,
+        message=f"a shard is unavailable ({error.code().name}); retry with the same id",
+    )
+
+
+class Unit:
+    """One cross-shard unit: a transaction, or a linked group whose legs span shards, with one
+    coordinator for all of it. Each shard receives its pieces of the unit as one linked chain
+    (in the unit's order), so a shard applies all of them or none. At the coordinator every
+    transaction of the unit has a piece, without legs if none of its legs live there: its
+    commit records the decision for that transaction id, and the whole chain commits in one
+    database commit, so one decision covers the unit."""
+
+    __slots__ = (
+        "as_sent",
+        "attempt",
+        "coordinator",
+        "fates",
+        "messages",
+        "pieces",
+        "remote_fates",
+        "remote_reverses",
+        "reverses",
+    )
+
+    def __init__(
+        self,
+        specs: Sequence[TransactionSpec],
+        messages: Sequence[pb.Transaction],
+        slot_map: SlotMap,
+        coordinator: int | None = None,
+        reverses: Sequence[str] = (),
+        fates: dict[int, HoldResolution] | None = None,
+        as_sent: set[int] | None = None,
+        remote_reverses: dict[int, tuple[int, str]] | None = None,
+        remote_fates: dict[int, int] | None = None,
+    ) -> None:
+        """coordinator: by default that of the unit's legs. reverses: for each transaction,
+        the cross-shard transaction it reverses ("": none), which must have been committed at
+        this unit's coordinator. fates: by position, the unit's posts and voids of cross-shard
+        holds recorded at this unit's coordinator (decided in its commit, settled after).
+        as_sent: positions of reversals, posts and voids of single-shard records there. Both
+        go to the coordinator as the client sent them. remote_reverses: by position, the
+        reversals of transactions recorded at a participant (its shard and the original's id):
+        that shard's piece locks the original (see PrepareItem.reverses_id). remote_fates: by
+        position, the posts and voids of holds recorded at a participant (its shard): that
+        shard's piece decides it (see PrepareItem.decides)."""
+        self.attempt = f"{_ATTEMPT_PREFIX}{next(_attempt_numbers):x}"
+        self.messages = list(messages)
+        self.reverses = list(reverses) or [""] * len(self.messages)
+        self.fates = fates or {}
+        self.remote_fates = remote_fates or {}
+        self.as_sent = ((as_sent or set()) | set(self.fates)) - set(self.remote_fates)
+        self.remote_reverses = remote_reverses or {}
+        if coordinator is None:
+            legs = specs[0].legs if len(specs) == 1 else [leg for s in specs for leg in s.legs]
+            coordinator = coordinator_of(legs, slot_map)
+        self.coordinator = coordinator
+        self.pieces: list[dict[int, list[Leg]]] = [
+            {self.remote_fates[k]: []}
+            if k in self.remote_fates
+            else {}
+            if k in self.as_sent
+            else split_pieces(s.legs, slot_map, self.coordinator)[1]
+            for k, s in enumerate(specs)
+        ]
+
+    def participants(self) -> list[int]:
+        shards = {shard for pieces in self.pieces for shard in pieces}
+        shards.discard(self.coordinator)
+        return sorted(shards)
+
+    def chain(self, shard: int) -> list[tuple[int, pb.Transaction]]:
+        """(position in the unit, piece) for this shard, linked but for the last."""
+        if shard == self.coordinator:
+            chosen = [(k, pieces.get(shard, [])) for k, pieces in enumerate(self.pieces)]
+        else:
+            chosen = [(k, pieces[shard]) for k, pieces in enumerate(self.pieces) if shard in pieces]
+        last = len(chosen) - 1
+        return [
+            (k, self._as_sent(k, n < last))
+            if k in self.as_sent or self.remote_fates.get(k, -1) == shard
+            else (k, piece_message(self.messages[k], legs, linked=n < last))
+            for n, (k, legs) in enumerate(chosen)
+        ]
+
+    def _as_sent(self, k: int, linked: bool) -> pb.Transaction:
+        message = pb.Transaction()
+        message.CopyFrom(self.messages[k])
+        message.linked = linked
+        return message
+
+    def reversed_at(self, shard: int, k: int) -> str:
+        """The original that transaction k reverses, if recorded at this participant."""
+        remote = self.remote_reverses.get(k)
+        return remote[1] if remote is not None and remote[0] == shard else ""
+
+    def decide_before_ns(self, k: int) -> int:
+        fate = self.fates.get(k)
+        return fate.decide_before_ns if fate is not None and k in self.as_sent else 0
+
+    def decides_at(self, shard: int, k: int) -> bool:
+        """Whether this participant's piece of transaction k decides a hold recorded there."""
+        return self.remote_fates.get(k, -1) == shard
+
+    def judge(self, answers: Sequence[Sequence[pb.ItemResult]]) -> list[pb.ItemResult] | None:
+        """From each transaction's answers: None if all succeeded; else each transaction's
+        result: all UNAVAILABLE if any is (retryable, nothing recorded), else the refusal of
+        the first transaction refused on its own merits, and LINKED_ITEM_FAILED for the others.
+        """
+        refused = [(k, r) for k, rs in enumerate(answers) for r in rs if r.code not in OK_CODES]
+        if not refused:
+            return None
+        unavailable = [r for _, r in refused if r.code == pb.RESULT_CODE_UNAVAILABLE]
+        if unavailable:
+            return [unavailable[0]] * len(self.messages)
+        own = [(k, r) for k, r in refused if r.code != pb.RESULT_CODE_LINKED_ITEM_FAILED]
+        culprit, why = min(own or refused, key=lambda entry: entry[0])
+        linked = pb.ItemResult(
+            code=pb.RESULT_CODE_LINKED_ITEM_FAILED,
+            message=f"item {culprit} of this linked group failed",
+        )
+        return [why if k == culprit else linked for k in range(len(self.messages))]
+
+    def coordinator_piece(self, k: int) -> pb.Transaction:
+        if k in self.as_sent:
+            return self._as_sent(k, False)
+        return piece_message(self.messages[k], self.pieces[k].get(self.coordinator, []))
+
+    def resolves(self, outcome: Outcome, k: int, commit: bool, timestamp_ns: int = 0) -> None:
+        """What the participants of transaction k must hear: post or void their pieces; for a
+        committed hold, keep them held until the hold's expiry (its coordinator timestamp)."""
+        message = self.messages[k]
+        fate = self.fates.get(k)
+        if fate is not None and commit:  # the hold's participants settle as decided
+            outcome.settle_fate(fate)
+        if k in self.as_sent:  # (if not told, they ask at their short deadline)
+            return
+        for shard in self.pieces[k]:
+            if shard == self.coordinator:
+                continue
+            if commit and message.pending:
+                outcome.settles.setdefault(shard, []).append(
+                    spb.SettleHoldItem(
+                        transaction_id=message.id,
+                        attempt=self.attempt,
+                        fate=spb.HOLD_FATE_OPEN,
+                        deadline_ns=expires_at(timestamp_ns, message.timeout_seconds),
+                    )
+                )
+                continue
+            item = spb.ResolveItem(transaction_id=message.id, commit=commit, attempt=self.attempt)
+            outcome.resolves.setdefault(shard, []).append(item)
+
+
+class Outcome:
+    """What participants must hear once units are decided, per shard."""
+
+    __slots__ = ("resolves", "settles")
+
+    def __init__(self) -> None:
+        self.resolves: dict[int, list[spb.ResolveItem]] = {}
+        self.settles: dict[int, list[spb.SettleHoldItem]] = {}
+
+    def settle_fate(self, hold: HoldResolution) -> None:
+        fate = spb.HOLD_FATE_POSTED if hold.post else spb.HOLD_FATE_VOIDED
+        for participant in hold.participants:
+            self.settles.setdefault(participant, []).append(hold.settle(fate))
+
+
+class HoldResolution:
+    """A client's post or void of a committed cross-shard hold."""
+
+    __slots__ = (
+        "attempt",
+        "coordinator",
+        "decide_before_ns",
+        "expires_at_ns",
+        "message",
+        "participants",
+        "post",
+    )
+
+    def __init__(
+        self,
+        message: pb.Transaction,
+        coordinator: int,
+        attempt: str,
+        participants: Sequence[int],
+        expires_at_ns: int,
+    ) -> None:
+        self.message = message
+        self.post = bool(message.post_pending_id)
+        self.coordinator = coordinator
+        self.attempt = attempt
+        self.participants = list(participants)
+        self.expires_at_ns = expires_at_ns
+        self.decide_before_ns = 0
+
+    def rearm(self, now_ns: int) -> list[tuple[int, spb.SettleHoldItem]]:
+        """Before its fate is decided: each participant's piece gets the short deadline (the
+        hold's expiry if sooner); the coordinator must decide before half of it."""
+        deadline = now_ns + PREPARE_DEADLINE_S * 1_000_000_000
+        if self.expires_at_ns:
+            deadline = min(deadline, self.expires_at_ns)
+        self.decide_before_ns = now_ns + PREPARE_DEADLINE_S * 500_000_000
+        item = self.settle(spb.HOLD_FATE_OPEN, deadline)
+        item.before_decision = True
+        return [(shard, item) for shard in self.participants]
+
+    @property
+    def hold_id(self) -> str:
+        return str(self.message.post_pending_id or self.message.void_pending_id)
+
+    def settle(self, fate: int, deadline_ns: int = 0) -> spb.SettleHoldItem:
+        item = spb.SettleHoldItem(
+            transaction_id=self.hold_id, attempt=self.attempt, fate=fate, deadline_ns=deadline_ns
+        )
+        if fate != spb.HOLD_FATE_OPEN:
+            item.resolution.CopyFrom(self.message)
+        return item
+
+
+class Driver:
+    """The gateway side. Many cross-shard units go through each phase together: one Prepare
+    call per participant shard, one Commit and one Abort call per coordinator, one Resolve call
+    per participant, whatever the number of units."""
+
+    def __init__(
+        self,
+        stubs: dict[int, spb_grpc.ShardStub],
+        observe_phase: Callable[[str, float], None] | None = None,
+    ) -> None:
+        self._stubs = stubs
+        self._observe_phase = observe_phase
+
+    async def _per_shard(
+        self, method: str, requests: dict[int, Any], read: str
+    ) -> dict[int, list[Any] | grpc.aio.AioRpcError]:
+        """One call per shard, in parallel; each shard's answers, or the error of its call."""
+
+        async def one(shard: int) -> list[Any] | grpc.aio.AioRpcError:
+            try:
+                stub = self._stubs[shard]
+                response = await getattr(stub, method)(requests[shard], timeout=CALL_TIMEOUT_S)
+            except grpc.aio.AioRpcError as error:
+                return error
+            return list(getattr(response, read))
+
+        shards = list(requests)
+        started = time.perf_counter()
+        answers = await asyncio.gather(*map(one, shards))
+        if self._observe_phase is not None and shards:
+            self._observe_phase(method, time.perf_counter() - started)
+        return dict(zip(shards, answers, strict=True))
+
+    async def execute_units(self, units: Sequence[Unit]) -> list[list[pb.ItemResult]]:
+        """Each unit's results, in the unit's order."""
+        results: list[list[pb.ItemResult] | None] = [None] * len(units)
+        fated = [(u, hold) for u, unit in enumerate(units) for hold in unit.fates.values()]
+        chosen = list(range(len(units)))
+        if fated:  # units deciding the fate of cross-shard holds: their participants first
+            failed = await self._rearm([hold for _, hold in fated])
+            for n in failed:
+                u = fated[n][0]
+                results[u] = [failed[n]] * len(units[u].messages)
+            chosen = [u for u in chosen if results[u] is None]
+        prepared = await self._gather("Prepare", units, chosen, participants=True)
+        if failpoints.ARMED:
+            await failpoints.hit("gateway.after_prepare")
+        to_commit: list[int] = []
+        to_abort: list[tuple[int, list[pb.ItemResult]]] = []
+        for u, answers in zip(chosen, prepared, strict=True):
+            verdict = units[u].judge(answers)
+            if verdict is None:
+                to_commit.append(u)
+            elif verdict[0].code == pb.RESULT_CODE_UNAVAILABLE:
+                results[u] = verdict  # retryable: nothing recorded, the holds wait for a retry
+            else:
+                to_abort.append((u, verdict))
+        outcome = Outcome()
+        committed = await self._gather("Commit", units, to_commit, participants=False)
+        for u, answers in zip(to_commit, committed, strict=True):
+            verdict = units[u].judge(answers)
+            if verdict is None:
+                results[u] = [a[0] for a in answers]
+                for k in range(len(answers)):
+                    units[u].resolves(outcome, k, True, answers[k][0].timestamp_ns)
+            elif verdict[0].code == pb.RESULT_CODE_UNAVAILABLE:
+                results[u] = verdict
+            else:
+                to_abort.append((u, verdict))
+        if failpoints.ARMED and (outcome.resolves or outcome.settles):
+            # Some unit committed; no participant knows yet.
+            await failpoints.hit("gateway.after_commit")
+        await self._abort(units, to_abort, results, outcome)
+        await self._tell(outcome)
+        return [
+            r if r is not None else [pb.ItemResult()] * len(units[u].messages)
+            for u, r in enumerate(results)
+        ]
+
+    async def _gather(
+        self, method: str, units: Sequence[Unit], chosen: Sequence[int], participants: bool
+    ) -> list[list[list[pb.ItemResult]]]:
+        """Prepare at the participants, or Commit at the coordinators, the chosen units: one
+        call per shard. For each chosen unit, each transaction's answers."""
+        entries: dict[int, list[tuple[int, int, pb.Transaction]]] = {}
+        for u in chosen:
+            unit = units[u]
+            for shard in unit.participants() if participants else [unit.coordinator]:
+                for k, piece in unit.chain(shard):
+                    entries.setdefault(shard, []).append((u, k, piece))
+        if participants:
+            requests = {
+                shard: spb.PrepareRequest(
+                    items=[
+                        spb.PrepareItem(
+                            piece=piece,
+                            coordinator_shard=units[u].coordinator,
+                            deadline_seconds=PREPARE_DEADLINE_S,
+                            attempt=units[u].attempt,
+                            reverses_id=units[u].reversed_at(shard, k),
+                            decides=units[u].decides_at(shard, k),
+                        )
+                        for u, k, piece in items
+                    ]
+                )
+                for shard, items in entries.items()
+            }
+        else:
+            requests = {
+                shard: spb.CommitRequest(
+                    items=[
+                        spb.CommitItem(
+                            piece=piece,
+                            attempt=units[u].attempt,
+                            reverses_id=units[u].reverses[k],
+                            decide_before_ns=units[u].decide_before_ns(k),
+                            as_sent=k in units[u].as_sent,
+                        )
+                        for u, k, piece in items
+                    ]
+                )
+                for shard, items in entries.items()
+            }
+        answers = await self._per_shard(method, requests, "results")
+        found: dict[int, list[list[pb.ItemResult]]] = {
+            u: [[] for _ in units[u].messages] for u in chosen
+        }
+        for shard, items in entries.items():
+            for position, (u, k, _) in enumerate(items):
+                found[u][k].append(_answer(answers[shard], position))
+        return [found[u] for u in chosen]
+
+    async def _abort(
+        self,
+        units: Sequence[Unit],
+        chosen: list[tuple[int, list[pb.ItemResult]]],
+        results: list[list[pb.ItemResult] | None],
+        outcome: Outcome,
+    ) -> None:
+        """Record abort at the coordinators (unless committed) for every transaction of the
+        chosen units, and take the decisions recorded."""
+        entries: dict[int, list[tuple[int, int, pb.ItemResult]]] = {}
+        for u, reasons in chosen:
+            for k, why in enumerate(reasons):
+                entries.setdefault(units[u].coordinator, []).append((u, k, why))
+        requests = {
+            shard: spb.AbortRequest(
+                items=[
+                    spb.AbortItem(
+                        transaction_id=units[u].messages[k].id,
+                        reason=why.code,
+                        message=why.message,
+                        attempt=units[u].attempt,
+                        piece=units[u].coordinator_piece(k),
+                    )
+                    for u, k, why in items
+                ]
+            )
+            for shard, items in entries.items()
+        }
+        for u, reasons in chosen:
+            results[u] = list(reasons)
+        answers = await self._per_shard("Abort", requests, "decisions")
+        for shard, items in entries.items():
+            decisions = answers[shard]
+            for position, (u, k, why) in enumerate(items):
+                unit_results = results[u]
+                assert unit_results is not None
+                if isinstance(decisions, grpc.aio.AioRpcError):
+                    unit_results[k] = _unavailable(decisions)
+                    continue
+                decision = decisions[position]
+                units[u].resolves(outcome, k, decision.committed, decision.timestamp_ns)
+                if decision.committed or decision.reason == pb.RESULT_CODE_REPLAYED:
+                    # Committed all the same (the Commit answer was lost), or by an earlier
+                    # attempt of the same transaction: this is its replay.
+                    unit_results[k] = pb.ItemResult(
+                        code=pb.RESULT_CODE_REPLAYED, timestamp_ns=decision.timestamp_ns
+                    )
+                else:
+                    message = decision.message or why.message
+                    unit_results[k] = pb.ItemResult(code=decision.reason, message=message)
+
+    async def _tell(self, outcome: Outcome) -> None:
+        """Resolve and settle at the participants. A participant that does not hear settles
+        its pieces itself at their deadline, asking the coordinator."""
+        resolves = {s: spb.ResolveRequest(items=i) for s, i in outcome.resolves.items()}
+        settles = {s: spb.SettleHoldsRequest(items=i) for s, i in outcome.settles.items()}
+        told = await asyncio.gather(
+            self._per_shard("Resolve", resolves, "results"),
+            self._per_shard("SettleHolds", settles, "results"),
+        )
+        for method, answers in zip(("Resolve", "SettleHolds"), told, strict=True):
+            for shard, answer in answers.items():
+                if isinstance(answer, grpc.aio.AioRpcError):
+                    log.warning("%s on shard %d failed: %s", method, shard, answer.code().name)
+
+    async def decide_holds(self, resolutions: Sequence[HoldResolution]) -> list[pb.ItemResult]:
+        """Posts and voids of cross-shard holds: the participants' pieces get a short deadline,
+        the coordinators decide, the participants settle as decided. Each one's result."""
+        failed = await self._rearm(resolutions)
+        results: list[pb.ItemResult | None] = [failed.get(n) for n in range(len(resolutions))]
+        decide: dict[int, list[int]] = {}
+        for n, hold in enumerate(resolutions):
+            if results[n] is None:
+                decide.setdefault(hold.coordinator, []).append(n)
+        decided = await self._per_shard(
+            "DecideHolds",
+            {
+                shard: spb.DecideHoldsRequest(
+                    items=[
+                        spb.DecideHoldItem(
+                            resolution=resolutions[n].message,
+                            decide_before_ns=resolutions[n].decide_before_ns,
+                        )
+                        for n in chosen
+                    ]
+                )
+                for shard, chosen in decide.items()
+            },
+            "results",
+        )
+        if failpoints.ARMED and decided:  # the fates are durable; no participant knows yet
+            await failpoints.hit("gateway.after_hold_decided")
+        outcome = Outcome()
+        for shard, chosen in decide.items():
+            for position, n in enumerate(chosen):
+                result = _answer(decided[shard], position)
+                results[n] = result
+                if result.code in OK_CODES:
+                    outcome.settle_fate(resolutions[n])
+        await self._tell(outcome)
+        return [r if r is not None else pb.ItemResult() for r in results]
+
+    async def _rearm(self, holds: Sequence[HoldResolution]) -> dict[int, pb.ItemResult]:
+        """Give the participants of these holds the short deadline before their fates are
+        decided. The holds (by position) whose participants could not be reached: not to be
+        decided now (retryable)."""
+        now_ns = time.time_ns()
+        rearm: dict[int, list[tuple[int, spb.SettleHoldItem]]] = {}
+        for n, hold in enumerate(holds):
+            for shard, item in hold.rearm(now_ns):
+                rearm.setdefault(shard, []).append((n, item))
+        requests = {
+            shard: spb.SettleHoldsRequest(items=[item for _, item in items])
+            for shard, items in rearm.items()
+        }
+        failed = {}
+        for shard, answers in (await self._per_shard("SettleHolds", requests, "results")).items():
+            if isinstance(answers, grpc.aio.AioRpcError):
+                for n, _ in rearm[shard]:
+                    failed[n] = _unavailable(answers)
+        return failed
+
+
+def _answer(answers: list[Any] | grpc.aio.AioRpcError, position: int) -> pb.ItemResult:
+    if isinstance(answers, grpc.aio.AioRpcError):
+        return _unavailable(answers)
+    result: pb.ItemResult = answers[position]
+    return result
+
+
+# ---- the participant side: pieces past their deadline ----
+
+
+async def settle_prepared(
+    writer: Any, overdue: Sequence[tuple[str, int, int, int]], endpoints: dict[int, str]
+) -> None:
+    """Ask each coordinator for its decisions (recording abort where there is none) and post
+    or void the pieces here accordingly. Coordinators are asked concurrently, and one that
+    cannot answer (down, or unable to decide one id) holds back only its own pieces."""
+    by_coordinator: dict[int, list[str]] = {}
+    seen = {}
+    for piece, coordinator, deadline_ns, timeout_s in overdue:
+        by_coordinator.setdefault(coordinator, []).append(piece)
+        seen[piece] = (deadline_ns, timeout_s)
+    outcomes = await asyncio.gather(
+        *(
+            _settle_with(writer, coordinator, transaction_ids, endpoints.get(coordinator), seen)
+            for coordinator, transaction_ids in by_coordinator.items()
+        ),
+        return_exceptions=True,
+    )
+    for coordinator, outcome in zip(by_coordinator, outcomes, strict=True):
+        if isinstance(outcome, BaseException):  # say the writer is draining: next sweep
+            log.warning("settling pieces of coordinator %d failed: %r", coordinator, outcome)
+
+
+async def _settle_with(
+    writer: Any,
+    coordinator: int,
+    pieces: list[str],
+    endpoint: str | None,
+    seen: dict[str, tuple[int, int]],
+) -> None:
+    if endpoint is None:
+        log.warning("no endpoint for coordinator shard %d", coordinator)
+        return
+    decided: list[tuple[str, Any]] = []
+    async with grpc.aio.insecure_channel(endpoint) as channel:
+        stub = spb_grpc.ShardStub(channel)
+        try:
+            decided = list(zip(pieces, await _ask(stub, pieces), strict=True))
+        except grpc.aio.AioRpcError as error:
+            log.warning("asking shard %d for decisions failed: %r", coordinator, error)
+            if len(pieces) == 1 or error.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                return
+            # One id it cannot decide must not hold back the others: ask for each alone.
+            for piece in pieces:
+                try:
+                    (decision,) = await _ask(stub, [piece])
+                except grpc.aio.AioRpcError as error:
+                    log.warning("asking for %s failed: %r", piece, error)
+                    if error.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                        break
+                    continue
+                decided.append((piece, decision))
+    if not decided:
+        return
+    resolutions = [
+        _hold_settlement(piece, d.hold, *seen[piece])
+        if d.committed and d.HasField("hold")
+        else resolution_spec(piece, d.committed)
+        for piece, d in decided
+    ]
+    results = await writer.submit(resolutions)
+    for (piece, _), result in zip(decided, results, strict=True):
+        if result.code not in (ResultCode.CREATED, ResultCode.REPLAYED):
+            log.warning("settling %s: %s %s", piece, result.code.name, result.message)
+
+
+def _hold_settlement(
+    piece: str, hold: spb.HoldState, seen_ns: int, timeout_s: int
+) -> TransactionSpec:
+    """A committed hold's piece, asked about at its deadline seen_ns: kept until the hold's
+    expiry while it is open (unless a decision re-armed it meanwhile), else settled as its
+    coordinator decided. timeout_s: the piece's prepare deadline."""
+    deadline_ns = hold.expires_at_ns
+    if hold.deciding:  # a linked group's piece at the coordinator decides it: ask again
+        deadline_ns = time.time_ns() + max(1, timeout_s) * 1_000_000_000
+    spec = settlement_spec(
+        piece, hold.fate, deadline_ns, hold.resolution, DeadlineMode.ASKED, seen_ns
+    )
+    if spec is None:
+        raise ValueError(f"coordinator answered {piece} with an unusable hold state {hold}")
+    return spec
+
+
+async def _ask(stub: spb_grpc.ShardStub, pieces: list[str]) -> Any:
+    items = []
+    for piece in pieces:
+        transaction_id, attempt = split_piece_id(piece)
+        items.append(
+            spb.AbortItem(
+                transaction_id=transaction_id,
+                attempt=attempt,
+                reason=pb.RESULT_CODE_ABORTED,
+                message="the participants' deadline passed before a decision; retry with the "
+                "same id",
+            )
+        )
+    response = await stub.Abort(spb.AbortRequest(items=items), timeout=CALL_TIMEOUT_S)
+    return response.decisions
+
+
+# ---- holds whose legs span shards ----
+
+_RESOLVED_FATES = {
+    Status.PENDING_POSTED: spb.HOLD_FATE_POSTED,
+    Status.PENDING_VOIDED: spb.HOLD_FATE_VOIDED,
+    Status.PENDING_EXPIRED: spb.HOLD_FATE_EXPIRED,
+}
+
+
+def hold_state(hold: TransactionState, resolution: TransactionState | None) -> spb.HoldState:
+    """A cross-shard hold's state at its coordinator, with the post or void that resolved it."""
+    if hold.status is Status.PENDING:
+        return spb.HoldState(
+            fate=spb.HOLD_FATE_OPEN,
+            expires_at_ns=hold.expires_at_ns,
+            deciding=bool(hold.resolved_by_id),
+        )
+    state = spb.HoldState(fate=_RESOLVED_FATES[hold.status])
+    if resolution is not None and resolution.spec.kind is not Kind.EXPIRY:
+        state.resolution.CopyFrom(convert.transaction_spec_to_proto(resolution.spec))
+    return state
+
+
+def settlement_spec(
+    piece: str,
+    fate: int,
+    deadline_ns: int,
+    resolution: pb.Transaction,
+    mode: DeadlineMode = DeadlineMode.CONFIRM,
+    seen_ns: int = 0,
+) -> TransactionSpec | None:
+    """The record that settles a participant's piece of a cross-shard hold as decided (for
+    OPEN: gives it another deadline, as `mode` allows)."""
+    if fate == spb.HOLD_FATE_OPEN:
+        return deadline_spec(piece, deadline_ns, mode, seen_ns) if deadline_ns >= 0 else None
+    if fate == spb.HOLD_FATE_EXPIRED:
+        return hold_settlement_spec(piece, Kind.EXPIRY, "")
+    if not resolution.id:
+        return None
+    if fate == spb.HOLD_FATE_VOIDED:
+        return hold_settlement_spec(piece, Kind.VOID_PENDING, resolution.id)
+    if fate == spb.HOLD_FATE_POSTED:
+        legs = tuple(convert.leg_from_proto(leg) for leg in resolution.legs)
+        return hold_settlement_spec(piece, Kind.POST_PENDING, resolution.id, legs)
+    return None

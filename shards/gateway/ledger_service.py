@@ -1,0 +1,914 @@
+"""tally.v1.Ledger served by the gateway over the shards of a cluster."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+import grpc
+
+from core import validation
+from core.model import (
+    CLEARING_PREFIX,
+    AccountSpec,
+    CloseSpec,
+    Kind,
+    Leg,
+    Rejection,
+    Result,
+    ResultCode,
+    TransactionSpec,
+    expires_at,
+    piece_id,
+)
+from core.slots import SlotMap, is_spread
+from shards.crossshard.coordinator import HoldResolution, Unit, piece_message
+from shards.gateway import routing
+from shards.gateway.server import Cluster, KnownHold, merge_piece_results, spread_or_owner
+from shards.node.ledger_service import abort, check_batch_size
+from shards.rpc import convert
+from tally.v1 import ledger_pb2 as pb
+from tally.v1 import ledger_pb2_grpc as pb_grpc
+
+Context = Any  # grpc.aio.ServicerContext; grpc ships no usable generic stubs
+
+
+class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
+    def __init__(self, cluster: Cluster) -> None:
+        self._cluster = cluster
+
+    # ---- transactions ----
+
+    async def PostTransactions(
+        self, request: pb.PostTransactionsRequest, context: Context
+    ) -> pb.PostTransactionsResponse:
+        messages = list(request.transactions)
+        await check_batch_size(context, len(messages), "transactions")
+        items = _refuse_clearing_legs(convert.transactions_from_proto(messages))
+        results: list[pb.ItemResult | None] = [None] * len(items)
+        todo = []
+        for start, end in routing.units(items):
+            failure = routing.local_failure(items[start:end])
+            if failure is None:
+                todo.append((start, end))
+            else:
+                results[start:end] = [convert.result_to_proto(r) for r in failure]
+        await self._route_transactions(context, messages, items, todo, results)
+        return pb.PostTransactionsResponse(results=results)
+
+    async def _route_transactions(
+        self,
+        context: Context,
+        messages: list[pb.Transaction],
+        items: list[TransactionSpec | Rejection],
+        todo: list[tuple[int, int]],
+        results: list[pb.ItemResult | None],
+    ) -> None:
+        for attempt in range(self._cluster.config.wrong_shard_retry_max + 1):
+            if not todo:
+                return
+            if attempt:
+                await self._cluster.backoff_and_refresh(attempt)
+            slot_map = self._cluster.map()
+            specs: list[TransactionSpec] = [i for i in items if isinstance(i, TransactionSpec)]
+            located = await self._cluster.locate(routing.targets(specs))
+            plan: dict[int, list[tuple[int, int]]] = {}
+            crossing: list[tuple[int, int]] = []
+            anchored: list[tuple[int, int]] = []
+            hold_fates: list[int] = []
+            reversing = any(s.kind is Kind.REVERSAL for s in specs)
+            resolving = any(s.kind in _RESOLUTIONS for s in specs)
+            for start, end in todo:
+                unit = [i for i in items[start:end] if isinstance(i, TransactionSpec)]
+                shards = routing.unit_shards(unit, slot_map, located)
+                decides_cross = (
+                    reversing and any(self._reverses_cross_shard(i) for i in unit)
+                ) or (resolving and any(self._resolves_cross_shard(i) for i in unit))
+                if len(shards) == 1 and not decides_cross:
+                    shard = shards.pop()
+                    plan.setdefault(shard, []).append((start, end))
+                    # A later item of this request may post, void or reverse one of these.
+                    for item in unit:
+                        located[item.id] = shard
+                elif all(item.kind is Kind.ORDINARY or item.kind is Kind.PENDING for item in unit):
+                    crossing.append((start, end))
+                elif end - start == 1 and self._resolves_cross_shard(unit[0]):
+                    hold_fates.append(start)  # a lone post or void of a cross-shard hold
+                else:
+                    # Items that must be decided where a record lives (reversals, posts and
+                    # voids), with others whose legs span shards.
+                    anchored.append((start, end))
+            built = await self._anchored_units(messages, items, anchored, located, slot_map)
+            # On a later round, a unit the new map spreads over shards keeps its WRONG_SHARD.
+            sent, _, _ = await asyncio.gather(
+                self._send_units(messages, plan, results, self._post_shard),
+                self._cross_shard(
+                    messages,
+                    items,
+                    crossing,
+                    list(zip(anchored, built, strict=True)),
+                    results,
+                    slot_map,
+                ),
+                self._decide_holds(messages, items, hold_fates, results),
+            )
+            todo = sent
+
+    def _reverses_cross_shard(self, item: TransactionSpec) -> bool:
+        return item.kind is Kind.REVERSAL and self._cluster.is_cross_shard(item.target_id)
+
+    def _resolves_cross_shard(self, item: TransactionSpec) -> bool:
+        return item.kind in _RESOLUTIONS and self._cluster.is_cross_shard(item.target_id)
+
+    async def _decide_holds(
+        self,
+        messages: list[pb.Transaction],
+        items: list[TransactionSpec | Rejection],
+        starts: list[int],
+        results: list[pb.ItemResult | None],
+    ) -> None:
+        """Posts and voids of cross-shard holds: checked against the whole hold (its legs
+        never change), decided at its coordinator, then settled by its participants."""
+        if not starts:
+            return
+        targets = [item.target_id for n in starts if isinstance(item := items[n], TransactionSpec)]
+        holds = await self._read_holds(list(dict.fromkeys(targets)))
+        chosen: list[tuple[int, HoldResolution]] = []
+        for n in starts:
+            item = items[n]
+            assert isinstance(item, TransactionSpec)
+            found = holds.get(item.target_id)
+            refusal = _hold_refusal(item, found)
+            if refusal is not None:
+                results[n] = convert.result_to_proto(refusal)
+                continue
+            assert found is not None
+            coordinator, record, pieces = found
+            resolution = HoldResolution(
+                messages[n],
+                coordinator,
+                record.cross_shard_piece.attempt,
+                sorted({shard for shard, _ in pieces}),
+                record.expires_at_ns,
+            )
+            chosen.append((n, resolution))
+        if not chosen:
+            return
+        started = time.perf_counter()
+        answers = await self._cluster.driver().decide_holds([r for _, r in chosen])
+        self._cluster.metrics.cross_shard_executed(
+            [[a] for a in answers], time.perf_counter() - started
+        )
+        for (n, _), answer in zip(chosen, answers, strict=True):
+            results[n] = answer
+
+    async def _anchored_units(
+        self,
+        messages: list[pb.Transaction],
+        items: list[TransactionSpec | Rejection],
+        ranges: list[tuple[int, int]],
+        located: dict[str, int],
+        slot_map: SlotMap,
+    ) -> list[Unit | list[pb.ItemResult]]:
+        """Cross-shard units holding items that must be decided where a record lives: the
+        reversal of a cross-shard transaction (its legs inverted, decided where the original
+        was committed, which records that it is reversed, once), the post or void of a
+        cross-shard hold (decided where the hold is recorded), and the reversal, post or void
+        of a single-shard record (applied on its shard), with transfers and holds. Such a unit
+        is coordinated by that shard, whose commit applies them with the rest. A reversal
+        whose original is recorded at another shard is decided there instead, by its piece,
+        which marks the original reversed while held (PrepareItem.reverses_id). Per range: its
+        unit, or its results if a target is not found (or cannot be reversed, or is
+        over-posted). Posts and voids of holds recorded at other shards than the coordinator
+        are decided there, by their pieces (PrepareItem.decides)."""
+        if not ranges:
+            return []
+        in_ranges = [
+            item
+            for start, end in ranges
+            for item in items[start:end]
+            if isinstance(item, TransactionSpec)
+        ]
+        reversed_ids = [i.target_id for i in in_ranges if i.kind is Kind.REVERSAL]
+        hold_ids = [i.target_id for i in in_ranges if self._resolves_cross_shard(i)]
+        single: dict[str, tuple[int, pb.TransactionRecord]] = {}
+        committed, holds = await asyncio.gather(
+            self._read_committed(list(dict.fromkeys(reversed_ids)), single),
+            self._read_holds(list(dict.fromkeys(hold_ids))),
+        )
+        built: list[Unit | list[pb.ItemResult]] = []
+        for start, end in ranges:
+            specs: list[TransactionSpec] = []
+            unit_messages: list[pb.Transaction] = []
+            reverses: list[str] = []
+            fates: dict[int, HoldResolution] = {}
+            as_sent: set[int] = set()
+            anchors: set[int] = set()
+            # Where each reversal is decided: its position, shard and original (one that
+            # cannot be decided elsewhere: the others).
+            reversals: list[tuple[int, int, str]] = []
+            # Where each post or void is decided: the shard of its hold.
+            decided_at: dict[int, int] = {}
+            outcome: list[pb.ItemResult] | None = None
+            for n in range(start, end):
+                item, message, k = items[n], messages[n], n - start
+                assert isinstance(item, TransactionSpec)
+                spec, unit_message, reverses_id = item, message, ""
+                refusal: Result | None = None
+                if item.kind is Kind.ORDINARY or item.kind is Kind.PENDING:
+                    pass
+                elif item.kind is Kind.REVERSAL and item.target_id in committed:
+                    coordinator, record = committed[item.target_id]
+                    if record.transaction.pending:
+                        refusal = Result(
+                            ResultCode.NOT_REVERSIBLE,
+                            f"{item.target_id!r} is a pending record; void a hold instead of "
+                            "reversing it",
+                        )
+                    anchors.add(coordinator)
+                    # What it applied: its legs, or for the post of a hold, what it posted.
+                    legs = tuple(
+                        Leg(leg.account_id, leg.side != pb.SIDE_DEBIT, leg.amount, leg.currency)
+                        for leg in record.applied_legs
+                    )
+                    spec = TransactionSpec(
+                        message.id, Kind.ORDINARY, legs, message.code, (), "", 0, ""
+                    )
+                    unit_message = piece_message(message, legs)
+                    reverses_id = item.target_id
+                    reversals.append((k, coordinator, item.target_id))
+                elif self._resolves_cross_shard(item):
+                    found = holds.get(item.target_id)
+                    refusal = _hold_refusal(item, found)
+                    if found is not None:
+                        coordinator, record, pieces = found
+                        anchors.add(coordinator)
+                        decided_at[k] = coordinator
+                        fates[k] = HoldResolution(
+                            message,
+                            coordinator,
+                            record.cross_shard_piece.attempt,
+                            sorted({shard for shard, _ in pieces}),
+                            record.expires_at_ns,
+                        )
+                elif item.target_id in located:
+                    anchors.add(located[item.target_id])
+                    as_sent.add(k)
+                    if item.kind is Kind.REVERSAL and item.target_id in single:
+                        reversals.append((k, located[item.target_id], item.target_id))
+                    else:
+                        decided_at[k] = located[item.target_id]
+                elif item.kind is Kind.REVERSAL:
+                    refusal = Result(
+                        ResultCode.TRANSACTION_NOT_FOUND,
+                        f"reverses_id {item.target_id!r} not found",
+                    )
+                else:
+                    refusal = _hold_refusal(item, None)
+                if refusal is not None:
+                    outcome = _failed_in_unit(end - start, k, refusal)
+                    break
+                specs.append(spec)
+                unit_messages.append(unit_message)
+                reverses.append(reverses_id)
+            if outcome is not None:
+                built.append(outcome)
+                continue
+            # Coordinated where its first post or void is decided (else where a reversal is);
+            # the others are decided at their holds' shards, by those shards' pieces.
+            coordinator = next(iter(decided_at.values()), min(anchors))
+            remote_fates = {k: s for k, s in decided_at.items() if s != coordinator}
+            as_sent -= set(remote_fates)
+            remote: dict[int, tuple[int, str]] = {}
+            for k, shard, original in reversals:
+                if shard == coordinator:
+                    continue
+                # Decided at its original's shard, a participant: its piece there locks it.
+                remote[k] = (shard, original)
+                reverses[k] = ""
+                if k in as_sent:  # a single-shard original: reversed as its legs inverted
+                    as_sent.discard(k)
+                    record = single[original][1]
+                    legs = tuple(
+                        Leg(leg.account_id, leg.side != pb.SIDE_DEBIT, leg.amount, leg.currency)
+                        for leg in record.applied_legs
+                    )
+                    message = messages[start + k]
+                    specs[k] = TransactionSpec(
+                        message.id, Kind.ORDINARY, legs, message.code, (), "", 0, ""
+                    )
+                    unit_messages[k] = piece_message(message, legs)
+            unit = Unit(
+                specs,
+                unit_messages,
+                slot_map,
+                coordinator,
+                reverses,
+                fates=fates,
+                as_sent=as_sent,
+                remote_reverses=remote,
+                remote_fates=remote_fates,
+            )
+            for k, (shard, _) in remote.items():
+                # The original's shard holds a piece of its reversal (without legs if the
+                # original had none there): the piece is what locks the original.
+                unit.pieces[k].setdefault(shard, [])
+            built.append(unit)
+        return built
+
+    async def _read_holds(
+        self, ids: list[str]
+    ) -> dict[str, tuple[int, pb.TransactionRecord, list[tuple[int, pb.TransactionRecord]]]]:
+        """Committed cross-shard holds among ids: their coordinator, its record, and their
+        participants' pieces (shard, record). Holds this gateway committed are known without
+        reading: their record then holds what never changes (status unknown: PENDING)."""
+        holds = {}
+        unknown = []
+        for hold_id in ids:
+            known = self._cluster.known_hold(hold_id)
+            if known is None:
+                unknown.append(hold_id)
+                continue
+            pieces = [(shard, pb.TransactionRecord()) for shard in known.participants]
+            holds[hold_id] = (known.coordinator, known.record, pieces)
+        if not unknown:
+            return holds
+        ids = unknown
+        lookups, participants = await self._lookup_with_pieces(ids)
+        for transaction_id, found in zip(ids, lookups, strict=True):
+            for shard_id, lookup in found:
+                if (
+                    lookup.code == pb.RESULT_CODE_OK
+                    and lookup.transaction.cross_shard_piece.coordinator
+                    and lookup.transaction.transaction.pending
+                ):
+                    pieces = [
+                        (shard, piece.transaction)
+                        for shard, piece in participants.get(transaction_id, [])
+                        if piece.code == pb.RESULT_CODE_OK
+                    ]
+                    holds[transaction_id] = (shard_id, lookup.transaction, pieces)
+        return holds
+
+    async def _cross_shard(
+        self,
+        messages: list[pb.Transaction],
+        items: list[TransactionSpec | Rejection],
+        ranges: list[tuple[int, int]],
+        reversals: list[tuple[tuple[int, int], Unit | list[pb.ItemResult]]],
+        results: list[pb.ItemResult | None],
+        slot_map: SlotMap,
+    ) -> None:
+        """Atomic cross-shard units (transactions, linked groups, reversals of cross-shard
+        transactions), by two-phase commit, each phase in one call per shard for all of them."""
+        if not ranges and not reversals:
+            return
+        units = []
+        placed = []
+        currencies: set[str] = set()
+        for start, end in ranges:
+            specs = [i for i in items[start:end] if isinstance(i, TransactionSpec)]
+            units.append(Unit(specs, messages[start:end], slot_map))
+            placed.append((start, end))
+            for spec in specs:
+                for leg in spec.legs:
+                    currencies.add(leg.currency)
+        for (start, end), built in reversals:
+            if isinstance(built, Unit):
+                units.append(built)
+                placed.append((start, end))
+            else:
+                results[start:end] = built
+        if not units:
+            return
+        for unit in units[len(ranges) :]:  # reversals: few
+            currencies.update(leg.currency for m in unit.messages for leg in m.legs)
+        await self._cluster.ensure_clearing_accounts(currencies)
+        started = time.perf_counter()
+        answers = await self._cluster.driver().execute_units(units)
+        self._cluster.metrics.cross_shard_executed(answers, time.perf_counter() - started)
+        for unit, unit_results in zip(units, answers, strict=True):
+            for k, message in enumerate(unit.messages):
+                # Created by this attempt (a replay's committed attempt is another one).
+                if message.pending and unit_results[k].code == pb.RESULT_CODE_CREATED:
+                    self._cluster.remember(message.id, unit.coordinator, cross_shard=True)
+                    self._cluster.remember_hold(
+                        message.id, _known_hold(unit, k, unit_results[k].timestamp_ns)
+                    )
+        # (Not remembered for a later reversal: locate() finds them then, in one fan-out.)
+        for (start, end), unit_results in zip(placed, answers, strict=True):
+            results[start:end] = unit_results
+
+    async def _post_shard(self, shard_id: int, batch: list[Any]) -> list[pb.ItemResult]:
+        results = await self._cluster.link(shard_id).post(batch)
+        for message, result in zip(batch, results, strict=True):
+            if result.code in (pb.RESULT_CODE_CREATED, pb.RESULT_CODE_REPLAYED):
+                self._cluster.remember(message.id, shard_id)
+        return results
+
+    async def _send_units(
+        self,
+        messages: Sequence[Any],
+        plan: dict[int, list[tuple[int, int]]],
+        results: list[pb.ItemResult | None],
+        send: Any,
+    ) -> list[tuple[int, int]]:
+        """Send each shard its units in one call; return the units answered WRONG_SHARD."""
+
+        async def one(shard_id: int, ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+            batch = [messages[n] for start, end in ranges for n in range(start, end)]
+            answers = await send(shard_id, batch)
+            retry = []
+            offset = 0
+            for start, end in ranges:
+                unit_answers = answers[offset : offset + end - start]
+                offset += end - start
+                if any(a.code == pb.RESULT_CODE_WRONG_SHARD for a in unit_answers):
+                    retry.append((start, end))
+                results[start:end] = unit_answers
+            return retry
+
+        retries = await asyncio.gather(*(one(s, r) for s, r in plan.items()))
+        return [unit for shard_retries in retries for unit in shard_retries]
+
+    # ---- accounts ----
+
+    async def CreateAccounts(
+        self, request: pb.CreateAccountsRequest, context: Context
+    ) -> pb.CreateAccountsResponse:
+        messages = list(request.accounts)
+        await check_batch_size(context, len(messages), "accounts")
+        items = _refuse_clearing_accounts(convert.accounts_from_proto(messages), lambda i: i.id)
+        results = await self._per_account(items, messages, lambda i: i.id, "create")
+        return pb.CreateAccountsResponse(results=results)
+
+    async def CloseAccounts(
+        self, request: pb.CloseAccountsRequest, context: Context
+    ) -> pb.CloseAccountsResponse:
+        messages = list(request.accounts)
+        await check_batch_size(context, len(messages), "accounts")
+        items = _refuse_clearing_accounts(
+            convert.closes_from_proto(messages), lambda i: i.account_id
+        )
+        results = await self._per_account(items, messages, lambda i: i.account_id, "close")
+        return pb.CloseAccountsResponse(results=results)
+
+    async def _per_account(
+        self,
+        items: Sequence[AccountSpec | CloseSpec | Rejection],
+        messages: Sequence[Any],
+        account_of: Any,
+        kind: str,
+    ) -> list[pb.ItemResult]:
+        """Each item to its account's shard, a spread account's to every shard (merged)."""
+        results: list[pb.ItemResult | None] = [None] * len(items)
+        todo = []
+        for n, item in enumerate(items):
+            if isinstance(item, Rejection):
+                results[n] = convert.result_to_proto(Result(item.code, item.message))
+            else:
+                todo.append(n)
+        for attempt in range(self._cluster.config.wrong_shard_retry_max + 1):
+            if not todo:
+                break
+            if attempt:
+                await self._cluster.backoff_and_refresh(attempt)
+            todo = await self._account_round(items, messages, account_of, kind, todo, results)
+        return [r if r is not None else pb.ItemResult() for r in results]
+
+    async def _account_round(
+        self,
+        items: Sequence[Any],
+        messages: Sequence[Any],
+        account_of: Any,
+        kind: str,
+        todo: list[int],
+        results: list[pb.ItemResult | None],
+    ) -> list[int]:
+        slot_map = self._cluster.map()
+        plan: dict[int, list[int]] = {}
+        for n in todo:
+            for shard_id in spread_or_owner(account_of(items[n]), slot_map):
+                plan.setdefault(shard_id, []).append(n)
+
+        async def one(shard_id: int, indexes: list[int]) -> tuple[int, list[Any]]:
+            link = self._cluster.link(shard_id)
+            batch = [messages[n] for n in indexes]
+            call = link.create if kind == "create" else link.close_accounts
+            return shard_id, await call(batch)
+
+        pieces: dict[int, list[Any]] = {n: [] for n in todo}
+        for shard_id, answers in await asyncio.gather(*(one(s, i) for s, i in plan.items())):
+            for n, answer in zip(plan[shard_id], answers, strict=True):
+                pieces[n].append(answer)
+        retry = []
+        for n, answers in pieces.items():
+            if any(a.code == pb.RESULT_CODE_WRONG_SHARD for a in answers):
+                retry.append(n)
+            results[n] = convert.result_to_proto(merge_piece_results(answers))
+        return retry
+
+    # ---- reads ----
+
+    async def GetAccounts(
+        self, request: pb.GetAccountsRequest, context: Context
+    ) -> pb.GetAccountsResponse:
+        ids = list(request.ids)
+        await check_batch_size(context, len(ids), "ids")
+        slot_map = self._cluster.map()
+        plan: dict[int, list[str]] = {}
+        for account_id in ids:
+            if validation.id_problem(account_id, "id"):
+                continue
+            for shard_id in spread_or_owner(account_id, slot_map):
+                plan.setdefault(shard_id, []).append(account_id)
+        try:
+            found = await self._gather_accounts(plan)
+        except grpc.aio.AioRpcError as error:
+            await _shard_failed(context, error)
+        results = []
+        for n, account_id in enumerate(ids):
+            problem = validation.id_problem(account_id, f"ids[{n}]")
+            if problem:
+                results.append(pb.AccountLookup(code=pb.RESULT_CODE_INVALID_ID, message=problem))
+                continue
+            records = found.get(account_id, [])
+            if not records:
+                results.append(
+                    pb.AccountLookup(
+                        code=pb.RESULT_CODE_ACCOUNT_NOT_FOUND,
+                        message=f"account {account_id!r} not found",
+                    )
+                )
+                continue
+            results.append(pb.AccountLookup(code=pb.RESULT_CODE_OK, account=_sum_pieces(records)))
+        return pb.GetAccountsResponse(results=results)
+
+    async def _gather_accounts(
+        self, plan: dict[int, list[str]]
+    ) -> dict[str, list[pb.AccountRecord]]:
+        async def one(shard_id: int, ids: list[str]) -> tuple[list[str], Any]:
+            link = self._cluster.link(shard_id)
+            response = await link.stub.GetAccounts(
+                pb.GetAccountsRequest(ids=ids), timeout=link.call_timeout_s
+            )
+            return ids, response
+
+        found: dict[str, list[pb.AccountRecord]] = {}
+        for ids, response in await asyncio.gather(*(one(s, i) for s, i in plan.items())):
+            for account_id, lookup in zip(ids, response.results, strict=True):
+                if lookup.code == pb.RESULT_CODE_OK:
+                    found.setdefault(account_id, []).append(lookup.account)
+        return found
+
+    async def GetTransactions(
+        self, request: pb.GetTransactionsRequest, context: Context
+    ) -> pb.GetTransactionsResponse:
+        ids = list(request.ids)
+        await check_batch_size(context, len(ids), "ids")
+        try:
+            lookups, participants = await self._lookup_with_pieces(ids)
+        except grpc.aio.AioRpcError as error:
+            await _shard_failed(context, error)
+        results = [
+            _one_transaction(
+                t, [lookup for _, lookup in found], [p for _, p in participants.get(t, [])]
+            )
+            for t, found in zip(ids, lookups, strict=True)
+        ]
+        await self._complete_hold_posts(results)
+        return pb.GetTransactionsResponse(results=results)
+
+    async def _complete_hold_posts(self, results: list[pb.TransactionLookup]) -> None:
+        """A post of a cross-shard hold is recorded at the hold's coordinator, whose record
+        holds what that shard posted; the client reads what the post posted in all: its
+        legs, or for a post of the whole hold, the hold's legs."""
+        whole_posts = []
+        for lookup in results:
+            record = lookup.transaction
+            if lookup.code == pb.RESULT_CODE_OK and is_hold_post(record):
+                record.ClearField("cross_shard_piece")
+                del record.applied_legs[:]
+                record.applied_legs.extend(record.transaction.legs)
+                if not record.transaction.legs:
+                    whole_posts.append(record)
+        if whole_posts:
+            holds = await self._read_holds(
+                list({r.transaction.post_pending_id for r in whole_posts})
+            )
+            for record in whole_posts:
+                found = holds.get(record.transaction.post_pending_id)
+                if found is not None:
+                    _, hold, pieces = found
+                    merged = _merge_pieces(hold, [piece for _, piece in pieces])
+                    record.applied_legs.extend(merged.applied_legs)
+
+    async def _read_committed(
+        self, ids: list[str], single: dict[str, tuple[int, pb.TransactionRecord]] | None = None
+    ) -> dict[str, tuple[int, pb.TransactionRecord]]:
+        """Committed cross-shard transactions among ids: their coordinator shard and their
+        record as a client reads it (and into `single`, if given, the others found, with
+        their shard)."""
+        lookups, participants = await self._lookup_with_pieces(ids)
+        committed = {}
+        hold_posts = []
+        for transaction_id, found in zip(ids, lookups, strict=True):
+            for shard_id, lookup in found:
+                if lookup.code != pb.RESULT_CODE_OK:
+                    continue
+                if not lookup.transaction.HasField("cross_shard_piece"):
+                    if single is not None:
+                        single[transaction_id] = (shard_id, lookup.transaction)
+                elif is_hold_post(lookup.transaction):
+                    hold_posts.append(lookup)
+                    committed[transaction_id] = (shard_id, lookup.transaction)
+                elif lookup.transaction.cross_shard_piece.coordinator:
+                    merged = _one_transaction(
+                        transaction_id,
+                        [lookup],
+                        [p for _, p in participants.get(transaction_id, [])],
+                    )
+                    committed[transaction_id] = (shard_id, merged.transaction)
+        await self._complete_hold_posts(hold_posts)
+        return committed
+
+    async def _lookup_with_pieces(
+        self, ids: list[str]
+    ) -> tuple[
+        list[list[tuple[int, pb.TransactionLookup]]],
+        dict[str, list[tuple[int, pb.TransactionLookup]]],
+    ]:
+        """Each id's (shard, lookup) on every shard, and for a committed cross-shard
+        transaction, the (shard, lookup) of its committed attempt's participant pieces."""
+        lookups = await self._lookup_everywhere(ids)
+        wanted = {}
+        for transaction_id, found in zip(ids, lookups, strict=True):
+            for _, lookup in found:
+                piece = lookup.transaction.cross_shard_piece
+                if lookup.code == pb.RESULT_CODE_OK and piece.coordinator:
+                    wanted[transaction_id] = piece_id(transaction_id, piece.attempt)
+        pieces = await self._lookup_everywhere(list(wanted.values()))
+        participants = dict(zip(wanted, pieces, strict=True))
+        return lookups, participants
+
+    async def _lookup_everywhere(
+        self, ids: list[str]
+    ) -> list[list[tuple[int, pb.TransactionLookup]]]:
+        """Each id's lookups, (shard, lookup) for every shard."""
+        if not ids:
+            return []
+
+        async def one(shard_id: int) -> tuple[int, Any]:
+            link = self._cluster.link(shard_id)
+            response = await link.stub.GetTransactions(
+                pb.GetTransactionsRequest(ids=ids), timeout=link.call_timeout_s
+            )
+            return shard_id, response
+
+        responses = await asyncio.gather(*(one(s) for s in list(self._cluster.links)))
+        return [[(shard, r.results[n]) for shard, r in responses] for n in range(len(ids))]
+
+    async def ListPostings(
+        self, request: pb.ListPostingsRequest, context: Context
+    ) -> pb.ListPostingsResponse:
+        if is_spread(request.account_id):
+            await abort(
+                context,
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "a spread account's postings are listed per piece: ask each shard node",
+            )
+        return await self._forward(context, "ListPostings", request, request.account_id)
+
+    async def BalanceAt(
+        self, request: pb.BalanceAtRequest, context: Context
+    ) -> pb.BalanceAtResponse:
+        if not is_spread(request.account_id):
+            return await self._forward(context, "BalanceAt", request, request.account_id)
+        return await self._spread_balance_at(context, request)
+
+    async def _spread_balance_at(
+        self, context: Context, request: pb.BalanceAtRequest
+    ) -> pb.BalanceAtResponse:
+        async def one(shard_id: int) -> Any:
+            link = self._cluster.link(shard_id)
+            try:
+                return await link.stub.BalanceAt(request, timeout=link.call_timeout_s)
+            except grpc.aio.AioRpcError as error:
+                if error.code() == grpc.StatusCode.NOT_FOUND:
+                    return None
+                raise
+
+        try:
+            pieces = [p for p in await asyncio.gather(*map(one, self._cluster.links)) if p]
+        except grpc.aio.AioRpcError as error:
+            await abort(context, error.code(), error.details() or "")
+        if not pieces:
+            await abort(
+                context, grpc.StatusCode.NOT_FOUND, f"account {request.account_id!r} not found"
+            )
+        total = _sum_balances([p.balance for p in pieces])
+        return pb.BalanceAtResponse(balance=total, as_of_sequence=0)
+
+    async def _forward(self, context: Context, method: str, request: Any, account_id: str) -> Any:
+        if validation.id_problem(account_id, "account_id"):
+            await abort(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                validation.id_problem(account_id, "account_id"),
+            )
+        link = self._cluster.link(self._cluster.map().shard_of_account(account_id))
+        try:
+            return await getattr(link.stub, method)(request, timeout=link.call_timeout_s)
+        except grpc.aio.AioRpcError as error:
+            await abort(context, error.code(), error.details() or "")
+
+
+_RESOLUTIONS = (Kind.POST_PENDING, Kind.VOID_PENDING)
+
+CLEARING_RESERVED = (
+    f"accounts under {CLEARING_PREFIX} are the cluster's own inter-shard clearing accounts; "
+    "clients cannot post to, create or close them"
+)
+
+
+def _refuse_clearing_legs(
+    items: list[TransactionSpec | Rejection],
+) -> list[TransactionSpec | Rejection]:
+    # Hot path (every item of every request): plain loops, the list untouched if clean.
+    for n, item in enumerate(items):
+        if isinstance(item, TransactionSpec):
+            for leg in item.legs:
+                if leg.account_id.startswith(CLEARING_PREFIX):
+                    items[n] = Rejection(ResultCode.INVALID_LEGS, CLEARING_RESERVED, item.linked)
+                    break
+    return items
+
+
+def _refuse_clearing_accounts(items: list[Any], account_of: Any) -> list[Any]:
+    return [
+        Rejection(ResultCode.INVALID_ID, CLEARING_RESERVED)
+        if not isinstance(item, Rejection) and account_of(item).startswith(CLEARING_PREFIX)
+        else item
+        for item in items
+    ]
+
+
+def _one_transaction(
+    transaction_id: str,
+    lookups: Sequence[pb.TransactionLookup],
+    participants: Sequence[pb.TransactionLookup],
+) -> pb.TransactionLookup:
+    """A transaction as the client sees it, from every shard's lookup of its id and, for a
+    committed cross-shard one, of its participants' pieces."""
+    found = [lookup for lookup in lookups if lookup.code == pb.RESULT_CODE_OK]
+    whole = [
+        f
+        for f in found
+        if not f.transaction.HasField("cross_shard_piece") or is_hold_post(f.transaction)
+    ]
+    if whole:
+        return whole[0]
+    decided = [f.transaction for f in found if f.transaction.cross_shard_piece.coordinator]
+    if not decided:
+        return lookups[0]
+    pieces = [p.transaction for p in participants if p.code == pb.RESULT_CODE_OK]
+    return pb.TransactionLookup(
+        code=pb.RESULT_CODE_OK, transaction=_merge_pieces(decided[0], pieces)
+    )
+
+
+def _merge_pieces(
+    coordinator: pb.TransactionRecord, participants: Sequence[pb.TransactionRecord]
+) -> pb.TransactionRecord:
+    """One record from a committed cross-shard transaction's pieces: the coordinator's first,
+    then the participants' (as the shards answered), without the clearing legs."""
+    legs = [
+        leg
+        for piece in (coordinator, *participants)
+        for leg in piece.transaction.legs
+        if not leg.account_id.startswith(CLEARING_PREFIX)
+    ]
+    client = coordinator.transaction
+    return pb.TransactionRecord(
+        transaction=pb.Transaction(
+            id=client.id,
+            legs=legs,
+            code=client.code,
+            metadata=client.metadata,
+            value_date=client.value_date,
+            pending=client.pending,
+            timeout_seconds=client.timeout_seconds,
+        ),
+        timestamp_ns=coordinator.timestamp_ns,
+        # A hold's fate is its coordinator's record's.
+        status=coordinator.status,
+        expires_at_ns=coordinator.expires_at_ns,
+        resolved_by_id=coordinator.resolved_by_id,
+        applied_legs=legs,
+        reversed_by_id=coordinator.reversed_by_id,
+    )
+
+
+async def _shard_failed(context: Context, error: grpc.aio.AioRpcError) -> NoReturn:
+    """A shard could not answer a read: retryable for the client, never UNKNOWN."""
+    await abort(
+        context,
+        grpc.StatusCode.UNAVAILABLE,
+        f"a shard is unavailable ({error.code().name}: {error.details()}); retry",
+    )
+
+
+def _known_hold(unit: Unit, k: int, timestamp_ns: int) -> KnownHold:
+    """What never changes of a cross-shard hold the unit just committed."""
+    message = unit.messages[k]
+    record = pb.TransactionRecord(
+        transaction=message,
+        timestamp_ns=timestamp_ns,
+        status=pb.TRANSACTION_STATUS_PENDING,
+        expires_at_ns=expires_at(timestamp_ns, message.timeout_seconds),
+        applied_legs=message.legs,
+    )
+    record.cross_shard_piece.coordinator = True
+    record.cross_shard_piece.attempt = unit.attempt
+    participants = tuple(s for s in sorted(unit.pieces[k]) if s != unit.coordinator)
+    return KnownHold(unit.coordinator, participants, record)
+
+
+def _hold_refusal(
+    item: TransactionSpec,
+    found: tuple[int, pb.TransactionRecord, list[tuple[int, pb.TransactionRecord]]] | None,
+) -> Result | None:
+    """The gateway's own refusal of a post or void of a cross-shard hold: not found, or a post
+    naming more than the whole hold holds (the rest is decided by its coordinator)."""
+    if found is None:
+        field = "post_pending_id" if item.kind is Kind.POST_PENDING else "void_pending_id"
+        return Result(
+            ResultCode.PENDING_NOT_FOUND, f"{field} {item.target_id!r} is not a pending transaction"
+        )
+    _, record, pieces = found
+    if record.status == pb.TRANSACTION_STATUS_PENDING and item.legs:
+        return _post_excess(item.legs, record, [piece for _, piece in pieces])
+    return None
+
+
+def _post_excess(
+    legs: Sequence[Leg], hold: pb.TransactionRecord, pieces: Sequence[pb.TransactionRecord]
+) -> Result | None:
+    """A post naming more than the whole hold holds on some account and side (as one shard
+    answers: POST_EXCEEDS_PENDING)."""
+    held: dict[tuple[str, bool, str], int] = {}
+    for record in (hold, *pieces):
+        for leg in record.applied_legs:
+            key = (leg.account_id, leg.side == pb.SIDE_DEBIT, leg.currency)
+            held[key] = held.get(key, 0) + leg.amount
+    posted: dict[tuple[str, bool, str], int] = {}
+    for leg in legs:
+        key = (leg.account_id, leg.is_debit, leg.currency)
+        posted[key] = posted.get(key, 0) + leg.amount
+    for key, amount in posted.items():
+        if amount > held.get(key, 0):
+            return Result(
+                ResultCode.POST_EXCEEDS_PENDING,
+                f"posting {amount} to {key[0]!r} but {held.get(key, 0)} is held there",
+            )
+    return None
+
+
+def _failed_in_unit(size: int, failed: int, why: Result) -> list[pb.ItemResult]:
+    """A unit (one item, or a linked group) whose item `failed` is refused."""
+    linked = pb.ItemResult(
+        code=pb.RESULT_CODE_LINKED_ITEM_FAILED,
+        message=f"item {failed} of this linked group failed",
+    )
+    return [convert.result_to_proto(why) if k == failed else linked for k in range(size)]
+
+
+def is_hold_post(record: pb.TransactionRecord) -> bool:
+    """The post of a cross-shard hold as its coordinator records it (what that shard posted,
+    clearing legs included), marked a cross-shard piece by the shard."""
+    return bool(record.transaction.post_pending_id) and record.cross_shard_piece.coordinator
+
+
+def _sum_balances(balances: Sequence[pb.Balance]) -> pb.Balance:
+    return pb.Balance(
+        debits_posted=sum(b.debits_posted for b in balances),
+        credits_posted=sum(b.credits_posted for b in balances),
+        debits_pending=sum(b.debits_pending for b in balances),
+        credits_pending=sum(b.credits_pending for b in balances),
+        available=sum(b.available for b in balances),
+    )
+
+
+def _sum_pieces(records: Sequence[pb.AccountRecord]) -> pb.AccountRecord:
+    """A spread account's pieces, one per shard, as one account."""
+    first = records[0]
+    return pb.AccountRecord(
+        account=first.account,
+        balance=_sum_balances([r.balance for r in records]),
+        version=sum(r.version for r in records),
+        closed=all(r.closed for r in records),
+        created_at_ns=min(r.created_at_ns for r in records),
+        closed_at_ns=max(r.closed_at_ns for r in records) if all(r.closed for r in records) else 0,
+    )

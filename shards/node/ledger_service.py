@@ -1,0 +1,369 @@
+"""tally.v1.Ledger servicer of one shard node: converts, submits to the writer, reads the store."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol
+
+import grpc
+from google.protobuf.message import DecodeError
+
+from core import limits, validation
+from core.model import (
+    ATTEMPT_PATTERN,
+    AccountSpec,
+    AccountState,
+    Kind,
+    Rejection,
+    Result,
+    ResultCode,
+    TransactionSpec,
+)
+from core.slots import SlotMap, account_slot, is_spread
+from core.store import shard as store
+from shards.node.writer import QueueFullError, Writer, WriterUnavailableError
+from shards.rpc import convert
+from tally.v1 import ledger_pb2 as pb
+from tally.v1 import ledger_pb2_grpc as pb_grpc
+
+if TYPE_CHECKING:
+    from shards.rpc.metrics import RpcMetrics
+
+READ_TIMEOUT_S = 10.0
+EXPIRY_ID_PREFIX = "~expired/"
+CURSOR_MAX = 2**63 - 1
+
+
+class NodeView(Protocol):
+    """What the servicer needs from its node: the writer (None while standby), a read pool,
+    and the slots it owns (None: all of them)."""
+
+    @property
+    def writer(self) -> Writer | None: ...
+
+    @property
+    def read_pool(self) -> Any: ...
+
+    @property
+    def owned_slots(self) -> frozenset[int] | None: ...
+
+    @property
+    def slot_map(self) -> SlotMap | None: ...
+
+    async def refresh_slot_map_now(self) -> None: ...
+
+
+async def abort(
+    context: grpc.aio.ServicerContext[Any, Any], code: grpc.StatusCode, message: str
+) -> NoReturn:
+    await context.abort(code, message)
+    raise AssertionError("unreachable: abort raises")
+
+
+async def check_batch_size(
+    context: grpc.aio.ServicerContext[Any, Any], count: int, what: str
+) -> None:
+    if count == 0:
+        await abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"{what} is empty")
+    if count > limits.batch_item_count_max:
+        await abort(
+            context,
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"{what} has {count} items; at most {limits.batch_item_count_max} per request",
+        )
+
+
+async def route_check(node: NodeView, items: Sequence[Any]) -> list[Any]:
+    """Items for slots this node does not own become WRONG_SHARD rejections."""
+    owned = node.owned_slots
+    if owned is None:
+        return list(items)
+    marked = mark_wrong_shard(items, owned, node.slot_map)
+    if marked != list(items):
+        # Perhaps this node's map is the old one: look again before refusing.
+        await node.refresh_slot_map_now()
+        marked = mark_wrong_shard(items, node.owned_slots or frozenset(), node.slot_map)
+    return marked
+
+
+async def submit_or_abort(
+    node: NodeView, context: grpc.aio.ServicerContext[Any, Any], items: Sequence[Any]
+) -> list[Result]:
+    """Hand items to the writer; operating errors become the gRPC status a client can act on."""
+    if all(isinstance(item, Rejection) for item in items):
+        return [Result(item.code, item.message) for item in items]
+    writer = node.writer
+    if writer is None:
+        await abort(
+            context, grpc.StatusCode.UNAVAILABLE, "standby: this node does not hold the lease"
+        )
+    try:
+        return await writer.submit(items)
+    except QueueFullError as error:
+        await abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, str(error))
+    except WriterUnavailableError as error:
+        await abort(context, grpc.StatusCode.UNAVAILABLE, str(error))
+
+
+class LedgerService(pb_grpc.LedgerServicer):  # type: ignore[misc]
+    def __init__(self, node: NodeView) -> None:
+        self._node = node
+
+    async def _submit(
+        self, context: grpc.aio.ServicerContext[Any, Any], items: Sequence[Any]
+    ) -> list[Result]:
+        return await submit_or_abort(self._node, context, await route_check(self._node, items))
+
+    # ---- writes ----
+
+    async def CreateAccounts(
+        self, request: pb.CreateAccountsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.CreateAccountsResponse:
+        await check_batch_size(context, len(request.accounts), "accounts")
+        results = await self._submit(context, convert.accounts_from_proto(request.accounts))
+        return pb.CreateAccountsResponse(results=convert.results_to_proto(results))
+
+    async def PostTransactions(
+        self, request: pb.PostTransactionsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.PostTransactionsResponse:
+        await check_batch_size(context, len(request.transactions), "transactions")
+        items = convert.transactions_from_proto(request.transactions)
+        results = await self._submit(context, items)
+        return pb.PostTransactionsResponse(results=convert.results_to_proto(results))
+
+    async def CloseAccounts(
+        self, request: pb.CloseAccountsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.CloseAccountsResponse:
+        await check_batch_size(context, len(request.accounts), "accounts")
+        results = await self._submit(context, convert.closes_from_proto(request.accounts))
+        return pb.CloseAccountsResponse(results=convert.results_to_proto(results))
+
+    # ---- reads ----
+
+    async def GetAccounts(
+        self, request: pb.GetAccountsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.GetAccountsResponse:
+        await check_batch_size(context, len(request.ids), "ids")
+        problems = [validation.id_problem(i, f"ids[{n}]") for n, i in enumerate(request.ids)]
+        wanted = [i for i, problem in zip(request.ids, problems, strict=True) if not problem]
+        found = await store.load_accounts(self._node.read_pool, wanted, READ_TIMEOUT_S)
+        results = []
+        for account_id, problem in zip(request.ids, problems, strict=True):
+            if problem:
+                results.append(pb.AccountLookup(code=pb.RESULT_CODE_INVALID_ID, message=problem))
+            elif account_id not in found:
+                results.append(
+                    pb.AccountLookup(
+                        code=pb.RESULT_CODE_ACCOUNT_NOT_FOUND,
+                        message=f"account {account_id!r} not found",
+                    )
+                )
+            else:
+                record = convert.account_to_proto(found[account_id])
+                results.append(pb.AccountLookup(code=pb.RESULT_CODE_OK, account=record))
+        return pb.GetAccountsResponse(results=results)
+
+    async def GetTransactions(
+        self, request: pb.GetTransactionsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.GetTransactionsResponse:
+        await check_batch_size(context, len(request.ids), "ids")
+        problems = [_transaction_id_problem(i, f"ids[{n}]") for n, i in enumerate(request.ids)]
+        wanted = [i for i, problem in zip(request.ids, problems, strict=True) if not problem]
+        found = await store.load_transactions(self._node.read_pool, wanted, READ_TIMEOUT_S)
+        # Posts of cross-shard holds recorded here (their coordinator) read as a cross-shard
+        # piece: what this shard posted of the client's post.
+        holds = [s.spec.target_id for s in found.values() if s.spec.kind is Kind.POST_PENDING]
+        hold_kinds = (
+            {
+                i: s.spec.kind
+                for i, s in (
+                    await store.load_transactions(self._node.read_pool, holds, READ_TIMEOUT_S)
+                ).items()
+            }
+            if holds
+            else {}
+        )
+        results = []
+        for transaction_id, problem in zip(request.ids, problems, strict=True):
+            if problem:
+                results.append(
+                    pb.TransactionLookup(code=pb.RESULT_CODE_INVALID_ID, message=problem)
+                )
+            elif transaction_id not in found:
+                results.append(
+                    pb.TransactionLookup(
+                        code=pb.RESULT_CODE_TRANSACTION_NOT_FOUND,
+                        message=f"transaction {transaction_id!r} not found",
+                    )
+                )
+            else:
+                state = found[transaction_id]
+                record = convert.transaction_to_proto(state)
+                if hold_kinds.get(state.spec.target_id) is Kind.HOLD:
+                    record.cross_shard_piece.coordinator = True
+                results.append(pb.TransactionLookup(code=pb.RESULT_CODE_OK, transaction=record))
+        return pb.GetTransactionsResponse(results=results)
+
+    async def _existing_account(
+        self, context: grpc.aio.ServicerContext[Any, Any], account_id: str
+    ) -> AccountState:
+        problem = validation.id_problem(account_id, "account_id")
+        if problem:
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, problem)
+        found = await store.load_accounts(self._node.read_pool, [account_id], READ_TIMEOUT_S)
+        if account_id not in found:
+            await abort(context, grpc.StatusCode.NOT_FOUND, f"account {account_id!r} not found")
+        return found[account_id]
+
+    async def ListPostings(
+        self, request: pb.ListPostingsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ListPostingsResponse:
+        problem = _list_problem(request)
+        if problem:
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, problem)
+        account = await self._existing_account(context, request.account_id)
+        limit = request.limit or limits.list_postings_limit_default
+        after = int(request.cursor) if request.cursor else 0
+        rows = await store.list_postings(
+            self._node.read_pool,
+            request.account_id,
+            after,
+            limit,
+            request.from_ns,
+            request.to_ns,
+            READ_TIMEOUT_S,
+        )
+        postings = [convert.posting_to_proto(p, account.spec, block) for p, block in rows]
+        next_cursor = str(rows[-1][0].sequence) if len(rows) == limit else ""
+        return pb.ListPostingsResponse(postings=postings, next_cursor=next_cursor)
+
+    async def BalanceAt(
+        self, request: pb.BalanceAtRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.BalanceAtResponse:
+        if request.at_ns < 0:
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "at_ns must not be negative")
+        account = await self._existing_account(context, request.account_id)
+        posting = await store.posting_at(
+            self._node.read_pool, request.account_id, request.at_ns, READ_TIMEOUT_S
+        )
+        if posting is None:
+            return pb.BalanceAtResponse(
+                balance=convert.balance_to_proto(account.spec, (0, 0, 0, 0)), as_of_sequence=0
+            )
+        counters = (
+            posting.debits_posted_after,
+            posting.credits_posted_after,
+            posting.debits_pending_after,
+            posting.credits_pending_after,
+        )
+        return pb.BalanceAtResponse(
+            balance=convert.balance_to_proto(account.spec, counters),
+            as_of_sequence=posting.sequence,
+        )
+
+
+# Records the shard writes itself, readable by id: "~expired/<hold>", a cross-shard
+# attempt's "~piece/<attempt>/<T>" and "~abort/<attempt>/<T>", a piece's "~commit/<piece>" and
+# "~void/<piece>".
+_INTERNAL_PREFIXES = (EXPIRY_ID_PREFIX, "~commit/", "~void/")
+_ATTEMPT_PREFIXES = ("~piece/", "~abort/")
+
+
+def _transaction_id_problem(transaction_id: str, field: str) -> str:
+    for prefix in _INTERNAL_PREFIXES:
+        if transaction_id.startswith(prefix):
+            return _transaction_id_problem(transaction_id[len(prefix) :], field)
+    for prefix in _ATTEMPT_PREFIXES:
+        if transaction_id.startswith(prefix):
+            attempt, _, rest = transaction_id[len(prefix) :].partition("/")
+            if not ATTEMPT_PATTERN.fullmatch(attempt):
+                return f"{field} {transaction_id[:40]!r} names no attempt"
+            return validation.id_problem(rest, field)
+    return validation.id_problem(transaction_id, field)
+
+
+def _list_problem(request: pb.ListPostingsRequest) -> str:
+    if request.limit > limits.list_postings_limit_max:
+        return f"limit must be at most {limits.list_postings_limit_max}"
+    cursor = request.cursor
+    if cursor and not (cursor.isascii() and cursor.isdigit() and int(cursor) <= CURSOR_MAX):
+        return "cursor is not one this API returned"
+    if request.from_ns < 0 or request.to_ns < 0:
+        return "from_ns and to_ns must not be negative"
+    if request.to_ns and request.to_ns <= request.from_ns:
+        return "to_ns must be after from_ns"
+    return ""
+
+
+def result_code_names() -> dict[int, str]:
+    return {code.value: code.name for code in ResultCode}
+
+
+def ledger_handler(
+    service: LedgerService, metrics: RpcMetrics | None = None
+) -> grpc.GenericRpcHandler:
+    """tally.v1.Ledger handlers that parse requests themselves, so a body that is not a valid
+    message is INVALID_ARGUMENT (gRPC's own deserialisation would answer UNKNOWN); timed and
+    counted (including unparseable requests) when given metrics."""
+    descriptor = pb.DESCRIPTOR.services_by_name["Ledger"]
+    handlers = {}
+    for method in descriptor.methods:
+        request_type = getattr(pb, method.input_type.name)
+        response_type = getattr(pb, method.output_type.name)
+        handle = _parsing(getattr(service, method.name), request_type)
+        if metrics is not None:
+            handle = metrics.wrap(method, handle)
+        handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+            handle,
+            request_deserializer=None,
+            response_serializer=response_type.SerializeToString,
+        )
+    return grpc.method_handlers_generic_handler(descriptor.full_name, handlers)
+
+
+def _parsing(method: Any, request_type: Any) -> Any:
+    async def handle(body: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        try:
+            request = request_type.FromString(body)
+        except DecodeError as error:
+            await abort(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"the request is not a valid {request_type.DESCRIPTOR.full_name}: {error}",
+            )
+        return await method(request, context)
+
+    return handle
+
+
+def _foreign_account(item: Any, owned: frozenset[int]) -> str:
+    """The first account of an item whose slot this shard does not own, or ""."""
+    if isinstance(item, TransactionSpec):
+        for leg in item.legs:
+            if not is_spread(leg.account_id) and account_slot(leg.account_id) not in owned:
+                return leg.account_id
+        return ""
+    account_id = item.id if isinstance(item, AccountSpec) else item.account_id
+    if not is_spread(account_id) and account_slot(account_id) not in owned:
+        return str(account_id)
+    return ""
+
+
+def mark_wrong_shard(
+    items: Sequence[Any], owned: frozenset[int], slot_map: SlotMap | None
+) -> list[Any]:
+    """Refuse items for slots this shard does not own (a gateway with an old map sent them)."""
+    version = slot_map.version if slot_map is not None else 0
+    marked = []
+    for item in items:
+        if not isinstance(item, Rejection):
+            foreign = _foreign_account(item, owned)
+            if foreign:
+                item = Rejection(
+                    ResultCode.WRONG_SHARD,
+                    f"slot {account_slot(foreign)} of {foreign!r} is not on this shard "
+                    f"(slot map version {version})",
+                    getattr(item, "linked", False),
+                )
+        marked.append(item)
+    return marked

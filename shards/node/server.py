@@ -1,0 +1,338 @@
+"""A shard node: one grpc.aio server serving tally.v1.Ledger for one shard database.
+
+Lifecycle: migrate, serve (health NOT_SERVING, reads only) while waiting for the writer lease,
+take the lease, start the writer, health SERVING. On stop: refuse new RPCs, let in-flight ones
+finish, drain the writer's queue (commit it), release the lease.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from core import limits
+from core.slots import SlotMap
+from core.store import shard as store
+from shards import control
+from shards.crossshard.coordinator import settle_prepared
+from shards.node.lease import Lease
+from shards.node.ledger_service import LedgerService, ledger_handler
+from shards.node.shard_service import ShardService
+from shards.node.writer import Writer, WriterConfig, WriterState
+from shards.rpc.metrics import MetricsServer, NodeMetrics
+from tally.v1 import ledger_pb2, shard_pb2, shard_pb2_grpc
+
+log = logging.getLogger("tally.node")
+
+LEDGER_SERVICE = ledger_pb2.DESCRIPTOR.services_by_name["Ledger"].full_name
+SHARD_DESCRIPTOR = shard_pb2.DESCRIPTOR.services_by_name["Shard"]
+SHARD_SERVICE = SHARD_DESCRIPTOR.full_name
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    dsn: str
+    listen: str = "127.0.0.1:7400"
+    writer: WriterConfig = field(default_factory=WriterConfig)
+    expiry_interval_ms: int = 500
+    expiry_batch_max: int = 1000
+    read_pool_size_max: int = 4
+    shutdown_grace_s: float = 10.0
+    lease_poll_interval_s: float = 0.5
+    # Cluster: this node's shard and the control database with the slot map. Without a
+    # control database the node owns every slot (a single-shard ledger).
+    shard_id: int = 0
+    control_dsn: str = ""
+    # The address gateways use to reach this node (default: the bound listen address).
+    advertise: str = ""
+    slot_map_poll_interval_s: float = 1.0
+    # Prometheus /metrics on its own port ("": off; port 0: any free one, see Node.metrics_port).
+    metrics_listen: str = ""
+    # Counting held cross-shard pieces is a query: done this often, never per scrape.
+    metrics_prepared_interval_s: float = 5.0
+
+
+def tune_garbage_collector() -> None:
+    """For a node process, after start-up: what exists now (modules, the server) is never
+    garbage, so move it out of the collector's sight; and collect the young generation less
+    often, since a batch allocates many short-lived objects that reference counting frees."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 20, 20)
+
+
+class Node:
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        self._writer: Writer | None = None
+        self._read_pool: Any = None
+        self._server: grpc.aio.Server | None = None
+        self._health = health.aio.HealthServicer()
+        self._lease = Lease(self._connect, f"{socket.gethostname()}:{os.getpid()}")
+        self._stopping = asyncio.Event()
+        self.port = 0
+        self.fenced = False
+        self.slot_map: SlotMap | None = None
+        self.owned_slots: frozenset[int] | None = None
+        self._slot_map_checked_at = 0.0
+        self._control = control.ControlClient(config.control_dsn)
+        self.endpoints: dict[int, str] = {}
+        self.metrics = NodeMetrics(config.shard_id, self)
+        self._metrics_server: MetricsServer | None = None
+        self.metrics_port = 0
+
+    @property
+    def writer(self) -> Writer | None:
+        return self._writer
+
+    @property
+    def read_pool(self) -> Any:
+        return self._read_pool
+
+    async def _connect(self) -> Any:
+        # Acknowledged means durable: never inherit a database or role default of "off".
+        return await asyncpg.connect(
+            self.config.dsn,
+            timeout=30.0,
+            command_timeout=60.0,
+            server_settings={"synchronous_commit": "on"},
+        )
+
+    async def start(self) -> int:
+        """Migrate, open the read pool and start serving; returns the bound port."""
+        connection = await self._connect()
+        try:
+            applied = await store.migrate(connection)
+            if applied:
+                log.info("applied migrations %s", applied)
+        finally:
+            await connection.close(timeout=5.0)
+        self._read_pool = await asyncpg.create_pool(
+            self.config.dsn, min_size=1, max_size=self.config.read_pool_size_max, timeout=30.0
+        )
+        self._server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", limits.message_size_max_bytes),
+                ("grpc.max_send_message_length", limits.message_size_max_bytes),
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        rpc_metrics = self.metrics.rpc
+        self._server.add_generic_rpc_handlers((ledger_handler(LedgerService(self), rpc_metrics),))
+        shard_pb2_grpc.add_ShardServicer_to_server(
+            rpc_metrics.instrument(ShardService(self), SHARD_DESCRIPTOR), self._server
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+        reflection.enable_server_reflection(
+            (LEDGER_SERVICE, SHARD_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME),
+            self._server,
+        )
+        self.port = self._server.add_insecure_port(self.config.listen)
+        if self.port == 0:
+            raise OSError(f"cannot listen on {self.config.listen}")
+        await self._set_serving(False)
+        if self.config.control_dsn:
+            await self._join_cluster()
+        if self.config.metrics_listen:
+            self._metrics_server = MetricsServer(self.metrics.registry, self.config.metrics_listen)
+            self.metrics_port = self._metrics_server.start()
+        await self._server.start()
+        return self.port
+
+    async def _join_cluster(self) -> None:
+        host = self.config.listen.rsplit(":", 1)[0]
+        endpoint = self.config.advertise or f"{host}:{self.port}"
+
+        async def join(connection: Any) -> None:
+            await control.prepare(connection)
+            await control.register_shard(connection, self.config.shard_id, endpoint)
+            await self._refresh_slot_map(connection)
+
+        # The connection stays open for the slot-map polls that follow.
+        await self._control.use(join)
+        if self.slot_map is None:
+            raise RuntimeError("the control database has no slot map (run tally up / init)")
+
+    async def _refresh_slot_map(self, connection: Any) -> None:
+        self.endpoints = await control.shard_endpoints(connection)
+        loaded = await control.load_slot_map(connection)
+        if loaded is not None and (self.slot_map is None or loaded.version > self.slot_map.version):
+            self.slot_map = loaded
+            self.owned_slots = loaded.owned_by(self.config.shard_id)
+            log.info("slot map version %d: %d slots owned", loaded.version, len(self.owned_slots))
+
+    async def refresh_slot_map_now(self) -> None:
+        """Reload the slot map at most every 100 ms (asked when refusing WRONG_SHARD)."""
+        now = time.monotonic()
+        if not self.config.control_dsn or now - self._slot_map_checked_at < 0.1:
+            return
+        self._slot_map_checked_at = now
+        await self._reload_slot_map()
+
+    async def _reload_slot_map(self) -> None:
+        try:
+            await self._control.use(self._refresh_slot_map)
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:  # control database unreachable: keep the map we have
+            log.warning("slot map refresh failed: %r", error)
+
+    async def _poll_slot_map(self) -> None:
+        """Control plane: pick up slot moves (gateways learn of them through WRONG_SHARD)."""
+        while not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self._stopping.wait(), timeout=self.config.slot_map_poll_interval_s
+                )
+            if self._stopping.is_set():
+                return
+            await self._reload_slot_map()
+
+    async def _set_serving(self, serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        await self._health.set("", status)
+        await self._health.set(LEDGER_SERVICE, status)
+
+    async def run(self) -> None:
+        """Take the lease (waiting as a standby), write until stopped or fenced, then shut down."""
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self._write())
+                group.create_task(self._stop_when_requested())
+                if self.config.control_dsn:
+                    group.create_task(self._poll_slot_map())
+                if self._metrics_server is not None:
+                    group.create_task(
+                        self.metrics.sample_prepared(
+                            self._read_pool, self._stopping, self.config.metrics_prepared_interval_s
+                        )
+                    )
+        finally:
+            await self._shutdown()
+
+    async def _write(self) -> None:
+        acquire = asyncio.ensure_future(self._lease.acquire(self.config.lease_poll_interval_s))
+        stopping = asyncio.ensure_future(self._stopping.wait())
+        try:
+            done, _ = await asyncio.wait({acquire, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (acquire, stopping):
+                if not task.done():
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+        if acquire not in done:
+            return
+        writer = Writer(
+            self.config.writer, self._connect, acquire.result(), self.metrics.batch_committed
+        )
+        await writer.start()
+        self._writer = writer
+        await self._set_serving(True)
+        log.info("serving as writer on port %d (epoch %d)", self.port, writer.epoch)
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self._expire_holds(writer))
+            if self.config.control_dsn:
+                group.create_task(self._settle_prepared(writer))
+            group.create_task(self._watch_lease(writer))
+            await writer.run()
+            self._stopping.set()
+        if writer.state is WriterState.FENCED:
+            self.fenced = True
+
+    async def _expire_holds(self, writer: Writer) -> None:
+        """Holds past their timeout are released without a client asking."""
+        interval_s = self.config.expiry_interval_ms / 1000.0
+        while writer.state is WriterState.RUNNING and not self._stopping.is_set():
+            try:
+                pending_ids = await store.expired_holds(
+                    self._read_pool, time.time_ns(), self.config.expiry_batch_max, 10.0
+                )
+                if pending_ids:
+                    results = await writer.submit(writer.expiry_items(pending_ids))
+                    self.metrics.holds_expired(results)
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # storage hiccup or writer draining: try next tick
+                log.warning("expiry sweep failed: %r", error)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), timeout=interval_s)
+
+    async def _watch_lease(self, writer: Writer) -> None:
+        """If the lease session dies, take the lock back while the epoch is still ours;
+        otherwise another writer has (or may have) taken over: stop writing."""
+        while writer.state is WriterState.RUNNING and not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), timeout=1.0)
+            if self._stopping.is_set() or self._lease.is_alive():
+                continue
+            await self._set_serving(False)
+            try:
+                still_ours = await self._lease.reacquire()
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # PostgreSQL unreachable: commits fail too; try again
+                log.warning("writer lease session lost; reacquiring failed: %r", error)
+                continue
+            if not still_ours:
+                log.error("writer lease taken over (epoch moved past %d); stopping", writer.epoch)
+                writer.fence()
+                self._stopping.set()
+                return
+            await self._set_serving(True)
+
+    async def _settle_prepared(self, writer: Writer) -> None:
+        """Cross-shard pieces held past their deadline: ask the coordinator for the decision
+        (which records abort if it has none) and post or void the piece accordingly."""
+        interval_s = self.config.expiry_interval_ms / 1000.0
+        while writer.state is WriterState.RUNNING and not self._stopping.is_set():
+            try:
+                overdue = await store.prepared_past_deadline(
+                    self._read_pool, time.time_ns(), self.config.expiry_batch_max, 10.0
+                )
+                if overdue:
+                    await settle_prepared(writer, overdue, self.endpoints)
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # coordinator or storage away: next tick
+                log.warning("settling prepared pieces failed: %r", error)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), timeout=interval_s)
+
+    async def _stop_when_requested(self) -> None:
+        await self._stopping.wait()
+        await self._set_serving(False)
+        if self._server is not None:
+            # Refuse new RPCs; in-flight ones still reach the running writer and get answers.
+            await self._server.stop(self.config.shutdown_grace_s)
+        if self._writer is not None:
+            self._writer.begin_drain()
+
+    def request_stop(self) -> None:
+        self._stopping.set()
+
+    async def _shutdown(self) -> None:
+        if self._server is not None:
+            await self._server.stop(0)
+        await self._lease.release()
+        if self._read_pool is not None:
+            await self._read_pool.close()
+        await self._control.close()
+        if self._metrics_server is not None:
+            await self._metrics_server.stop()

@@ -1,0 +1,553 @@
+"""The single writer of a shard: queue, group commit, bounded cache.
+
+One asyncio task owns the ledger state. Requests queue up (bounded); a batch closes at
+batch_item_count_max items or batch_wait_ms after its first request; the batch loads what it
+misses in one query per table, is applied in memory by core.state, committed in one PostgreSQL
+transaction, and only then is the cache updated and are the clients answered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from core.invariant import check
+from core.journal import BlockHeader
+from core.model import (
+    CLEARING_PREFIX,
+    AccountState,
+    Kind,
+    Result,
+    ResultCode,
+    Status,
+    TransactionSpec,
+    TransactionState,
+    account_from_record,
+    account_to_record,
+    decided_by_piece,
+    expiry_transaction_id,
+    fate_of_piece,
+    reversed_by_piece,
+    transaction_from_record,
+    transaction_to_record,
+)
+from core.state import (
+    Batch,
+    Item,
+    JournalPosition,
+    WriteSet,
+    check_balanced,
+    needed_ids,
+    reversal_targets,
+)
+from core.store import shard as store
+
+log = logging.getLogger("tally.writer")
+
+
+@dataclass(frozen=True, slots=True)
+class WriterConfig:
+    batch_item_count_max: int = 8190
+    batch_wait_ms: float = 0.0
+    queue_request_count_max: int = 10_000
+    cache_account_count_max: int = 1_000_000
+    cache_transaction_count_max: int = 200_000
+    commit_timeout_s: float = 30.0
+    load_timeout_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        check(self.batch_item_count_max >= 1, "batch_item_count_max must be positive")
+        check(self.batch_wait_ms >= 0, "batch_wait_ms must not be negative")
+        check(self.queue_request_count_max >= 1, "queue_request_count_max must be positive")
+        check(self.cache_account_count_max >= 1, "cache_account_count_max must be positive")
+
+
+class WriterState(enum.Enum):
+    RUNNING = "running"
+    DRAINING = "draining"
+    STOPPED = "stopped"
+    FENCED = "fenced"
+
+
+class QueueFullError(RuntimeError):
+    """Back-pressure: the writer's queue is at queue_request_count_max."""
+
+
+class WriterUnavailableError(RuntimeError):
+    """The writer is draining, stopped or fenced and takes no new work."""
+
+
+class BoundedCache:
+    """Records by id, evicting the oldest past count_max (FIFO order, refreshed on put).
+
+    Values are stored as plain-tuple records (see core.model), which the garbage collector
+    stops tracking; get() and put() convert from and to the domain objects.
+    """
+
+    def __init__(
+        self,
+        count_max: int,
+        to_record: Callable[[Any], tuple[Any, ...]],
+        from_record: Callable[[tuple[Any, ...]], Any],
+    ) -> None:
+        self.count_max = count_max
+        # OrderedDict: evicting the oldest is O(1); a plain dict's next(iter()) after many
+        # deletions from its front scans their tombstones, every time.
+        self.entries: OrderedDict[str, tuple[Any, ...]] = OrderedDict()
+        self._to_record = to_record
+        self._from_record = from_record
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: str) -> Any | None:
+        record = self.entries.get(key)
+        return None if record is None else self._from_record(record)
+
+    def put(self, key: str, value: Any) -> None:
+        entries = self.entries
+        entries[key] = self._to_record(value)
+        entries.move_to_end(key)
+        while len(entries) > self.count_max:
+            entries.popitem(last=False)
+
+    def clear(self) -> None:
+        self.entries.clear()
+
+
+class _Prepared:
+    """A batch applied in memory, possibly on top of the batch committing before it."""
+
+    __slots__ = (
+        "batch",
+        "block",
+        "commit_seconds",
+        "head",
+        "item_count",
+        "load_seconds",
+        "requests",
+        "results",
+    )
+
+    def __init__(
+        self,
+        batch: Batch,
+        block: store.Block | None,
+        head: BlockHeader,
+        requests: list[_Request],
+        results: list[list[Result]],
+        item_count: int,
+        load_seconds: float,
+    ) -> None:
+        self.batch = batch
+        self.block = block
+        # The journal's head once this batch commits: its own block, or the one before it.
+        self.head = head
+        self.requests = requests
+        self.results = results
+        self.item_count = item_count
+        self.load_seconds = load_seconds
+        self.commit_seconds = 0.0  # set by _commit
+
+
+class _InFlight:
+    """A prepared batch whose commit is running."""
+
+    __slots__ = ("prepared", "task")
+
+    def __init__(self, prepared: _Prepared, task: asyncio.Future[BaseException | None]) -> None:
+        self.prepared = prepared
+        self.task = task
+
+    @property
+    def batch(self) -> Batch:
+        return self.prepared.batch
+
+
+class _Request:
+    __slots__ = ("future", "items")
+
+    def __init__(self, items: Sequence[Item], future: asyncio.Future[list[Result]]) -> None:
+        self.items = items
+        self.future = future
+
+
+BatchObserver = Callable[[int, float, float], None]
+"""Called after each committed batch (one that wrote a block) with (item_count, load_seconds,
+commit_seconds); commit_seconds is the database commit's own round trip."""
+
+
+class Writer:
+    def __init__(
+        self,
+        config: WriterConfig,
+        connect: Callable[[], Any],
+        epoch: int,
+        observer: BatchObserver | None = None,
+    ) -> None:
+        self.config = config
+        self._connect = connect
+        self.epoch = epoch
+        self.state = WriterState.RUNNING
+        self.queue: asyncio.Queue[_Request] = asyncio.Queue(config.queue_request_count_max)
+        self.accounts = BoundedCache(
+            config.cache_account_count_max, account_to_record, account_from_record
+        )
+        self.transactions = BoundedCache(
+            config.cache_transaction_count_max, transaction_to_record, transaction_from_record
+        )
+        self.connection: Any = None  # commits only
+        self.load_connection: Any = None  # loads, concurrent with a commit
+        self.previous = BlockHeader(0, b"", b"", 0, 0, 1, 0)
+        self.position = JournalPosition(1, 0)
+        self._observer = observer
+        self.committed_batch_count = 0
+        # Read by metrics at scrape time: plain counters cost the commit path nothing.
+        self.commit_fenced_count = 0
+        self.commit_failed_count = 0
+
+    # ---- lifecycle ----
+
+    async def start(self) -> None:
+        self.connection = await self._connect()
+        self.load_connection = await self._connect()
+        await self._load_position()
+
+    async def _load_position(self) -> None:
+        self.previous = await store.last_block(self.connection, self.config.load_timeout_s)
+        self.position = JournalPosition(
+            self.previous.next_posting_sequence, self.previous.last_timestamp_ns
+        )
+
+    async def submit(self, items: Sequence[Item]) -> list[Result]:
+        if self.state is not WriterState.RUNNING:
+            raise WriterUnavailableError(f"writer is {self.state.value}")
+        future: asyncio.Future[list[Result]] = asyncio.get_running_loop().create_future()
+        try:
+            self.queue.put_nowait(_Request(items, future))
+        except asyncio.QueueFull:
+            raise QueueFullError(
+                f"writer queue is full ({self.config.queue_request_count_max} requests)"
+            ) from None
+        return await future
+
+    def fence(self) -> None:
+        """Another writer holds the lease: take no more work (commits would fail anyway)."""
+        self.state = WriterState.FENCED
+
+    def begin_drain(self) -> None:
+        if self.state is WriterState.RUNNING:
+            self.state = WriterState.DRAINING
+
+    async def run(self) -> None:
+        """Serve batches until drained (after begin_drain) or fenced.
+
+        Two stages overlap: while batch k commits on the commit connection, batch k+1 is
+        collected, loaded (load connection) and applied on top of batch k's uncommitted state.
+        Batch k+1 is answered or committed only after batch k's outcome is known; if batch k
+        fails, batch k+1 is failed too (retryable), since it was decided on top of it.
+        """
+        inflight: _InFlight | None = None
+        try:
+            while self.state is not WriterState.FENCED:
+                if self.state is WriterState.DRAINING and self.queue.empty() and inflight is None:
+                    break
+                requests = await self._next_batch(inflight)
+                prepared = await self._prepare(requests, inflight) if requests else None
+                if inflight is not None and (prepared is not None or inflight.task.done()):
+                    committed = await self._settle(inflight)
+                    inflight = None
+                    if not committed and prepared is not None:
+                        _answer_unavailable(
+                            prepared.requests, "an earlier batch failed to commit; retry"
+                        )
+                        prepared = None
+                if prepared is not None:
+                    inflight = self._launch(prepared)
+        finally:
+            if inflight is not None:
+                await self._settle(inflight)
+            if self.state is not WriterState.FENCED:
+                self.state = WriterState.STOPPED
+            self._fail_queued("writer stopped")
+            for connection in (self.connection, self.load_connection):
+                if connection is not None and not connection.is_closed():
+                    await connection.close(timeout=5.0)
+
+    def _fail_queued(self, message: str) -> None:
+        while not self.queue.empty():
+            request = self.queue.get_nowait()
+            _answer_unavailable([request], message)
+
+    async def _next_batch(self, inflight: _InFlight | None) -> list[_Request]:
+        first = await self._first_request(inflight)
+        if first is None:
+            return []
+        requests = [first]
+        item_count = len(first.items)
+        deadline = time.monotonic() + self.config.batch_wait_ms / 1000.0
+        while item_count < self.config.batch_item_count_max:
+            if self.queue.empty():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                await asyncio.sleep(min(remaining, 0.0005))
+                continue
+            head = self.queue._queue[0]  # type: ignore[attr-defined]  # peek: never split a request
+            if item_count + len(head.items) > self.config.batch_item_count_max:
+                break
+            request = self.queue.get_nowait()
+            requests.append(request)
+            item_count += len(request.items)
+        return requests
+
+    async def _first_request(self, inflight: _InFlight | None) -> _Request | None:
+        """The next request, or None when a commit finished first (or after 100 ms idle)."""
+        if not self.queue.empty():
+            return self.queue.get_nowait()
+        get = asyncio.ensure_future(self.queue.get())
+        waiting: set[asyncio.Future[Any]] = {get}
+        if inflight is not None:
+            waiting.add(inflight.task)
+        try:
+            await asyncio.wait(waiting, timeout=0.1, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not get.done():
+                get.cancel()
+        try:
+            # A cancelled get leaves its item in the queue; one that won the race returns it.
+            return await get
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if get.cancelled() and (current is None or not current.cancelling()):
+                return None
+            raise
+
+    # ---- one batch ----
+
+    async def _prepare(self, requests: list[_Request], base: _InFlight | None) -> _Prepared | None:
+        """Load, apply and hash one batch; None when it failed to load (already answered)."""
+        item_lists = [request.items for request in requests]
+        started = time.perf_counter()
+        try:
+            accounts, transactions = await self._resolve(item_lists, base)
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:  # storage failure while reading: retryable, keep serving
+            log.warning("loading a batch failed: %r", error)
+            _answer_unavailable(requests, "storage unavailable while loading; retry")
+            await self._reconnect_loader()
+            return None
+        position = base.batch.position if base is not None else self.position
+        previous = base.prepared.head if base is not None else self.previous
+        batch = Batch(accounts, transactions, position, time.time_ns())
+        results = batch.apply(item_lists)
+        block = None
+        if not batch.out.is_empty:
+            check_balanced(batch.out, batch.accounts)
+            end = batch.position
+            block = store.build_block(
+                batch.out,
+                previous,
+                self.epoch,
+                end.next_posting_sequence,
+                end.last_timestamp_ns,
+                time.time_ns(),
+            )
+        item_count = sum(len(items) for items in item_lists)
+        head = block.header if block is not None else previous
+        load_seconds = time.perf_counter() - started
+        return _Prepared(batch, block, head, requests, results, item_count, load_seconds)
+
+    def _launch(self, prepared: _Prepared) -> _InFlight:
+        return _InFlight(prepared, asyncio.ensure_future(self._commit(prepared)))
+
+    async def _commit(self, prepared: _Prepared) -> BaseException | None:
+        if prepared.block is None:
+            return None
+        started = time.perf_counter()
+        try:
+            await store.commit_block(self.connection, prepared.block, self.config.commit_timeout_s)
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:  # fenced, lost connection, timeout, server error
+            return error
+        prepared.commit_seconds = time.perf_counter() - started
+        return None
+
+    async def _settle(self, inflight: _InFlight) -> bool:
+        """Wait for a commit's outcome, then install and answer, or fail and recover."""
+        error = await inflight.task
+        prepared = inflight.prepared
+        if isinstance(error, store.FencedError):
+            log.error("fenced: %s; this writer stops", error)
+            self.commit_fenced_count += 1
+            self.state = WriterState.FENCED
+            _answer_unavailable(prepared.requests, "this node lost its writer lease; retry")
+            return False
+        if error is not None:
+            log.warning("commit failed: %r", error)
+            self.commit_failed_count += 1
+            _answer_unavailable(prepared.requests, "the batch could not be made durable; retry")
+            await self._recover()
+            return False
+        if prepared.block is not None:
+            self.previous = prepared.block.header
+            self.position = prepared.batch.position
+            self.committed_batch_count += 1
+            self._install(prepared.batch)
+        _answer(prepared.requests, prepared.results)
+        if self._observer is not None and prepared.block is not None:
+            self._observer(prepared.item_count, prepared.load_seconds, prepared.commit_seconds)
+        return True
+
+    async def _recover(self) -> None:
+        """After an ambiguous failure the commit may or may not have landed: forget the cache
+        and re-read the journal tail, so retries see the truth (replayed or applied once)."""
+        self.accounts.clear()
+        self.transactions.clear()
+        while self.state is not WriterState.FENCED:
+            try:
+                for connection in (self.connection, self.load_connection):
+                    if connection is not None and not connection.is_closed():
+                        connection.terminate()
+                self.connection = await self._connect()
+                self.load_connection = await self._connect()
+                await self._load_position()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                log.warning("writer reconnect failed: %r; retrying", error)
+                await asyncio.sleep(0.5)
+
+    async def _reconnect_loader(self) -> None:
+        try:
+            if self.load_connection is not None and not self.load_connection.is_closed():
+                self.load_connection.terminate()
+            self.load_connection = await self._connect()
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:  # the next batch's load will try again
+            log.warning("load connection reconnect failed: %r", error)
+            self.load_connection = None
+
+    async def _resolve(
+        self, item_lists: Sequence[Sequence[Item]], base: _InFlight | None
+    ) -> tuple[dict[str, AccountState | None], dict[str, TransactionState | None]]:
+        """Everything the batch can touch: from the batch committing before it (its state is
+        the newest), else the cache, else one query per table."""
+        if self.load_connection is None:
+            self.load_connection = await self._connect()
+        account_ids, transaction_ids = needed_ids(item_lists)
+        newer_transactions = base.batch.transactions if base is not None else {}
+        newer_accounts = base.batch.accounts if base is not None else {}
+        transactions = await self._lookup(
+            self.transactions, newer_transactions, transaction_ids, store.load_transactions
+        )
+        also = {
+            state.spec.target_id
+            for target in reversal_targets(item_lists)
+            if (state := transactions.get(target)) is not None
+            and state.spec.kind is Kind.POST_PENDING
+        }
+        # A piece voided or posted here may have marked an original reversed (see
+        # core.model.REVERSES_KEY).
+        also.update(
+            reversed_id
+            for state in transactions.values()
+            if state is not None
+            and state.spec.metadata
+            and (reversed_id := reversed_by_piece(state.spec))
+        )
+        for state in list(transactions.values()):  # pieces deciding a hold here
+            if state is not None and state.spec.metadata and decided_by_piece(state.spec):
+                fate = fate_of_piece(state.spec)
+                also.update((fate.id, fate.target_id))
+        if also:  # the holds posts posted (is one cross-shard?), originals pieces reverse
+            transactions.update(
+                await self._lookup(
+                    self.transactions,
+                    newer_transactions,
+                    also - transactions.keys(),
+                    store.load_transactions,
+                )
+            )
+        for state in transactions.values():
+            if state is not None:
+                account_ids.update(leg.account_id for leg in state.applied_legs)
+                kind = state.spec.kind
+                if kind is Kind.PREPARED or kind is Kind.HOLD:
+                    # The post of a cross-shard hold's piece may post to a clearing leg it
+                    # did not hold (see core.model.share_of_post).
+                    account_ids.update(CLEARING_PREFIX + leg.currency for leg in state.applied_legs)
+        accounts = await self._lookup(
+            self.accounts, newer_accounts, account_ids, store.load_accounts
+        )
+        return accounts, transactions
+
+    async def _lookup(
+        self,
+        cache: BoundedCache,
+        newer: dict[str, Any],
+        ids: set[str],
+        load: Callable[..., Any],
+    ) -> dict[str, Any]:
+        found: dict[str, Any] = {}
+        missing: list[str] = []
+        get = cache.get
+        for key in ids:
+            if key in newer:
+                found[key] = newer[key]
+                continue
+            value = get(key)
+            if value is None:
+                missing.append(key)
+            else:
+                found[key] = value
+        cache.hits += len(ids) - len(missing)
+        cache.misses += len(missing)
+        if missing:
+            loaded = await load(self.load_connection, missing, self.config.load_timeout_s)
+            for key in missing:
+                found[key] = loaded.get(key)
+        return found
+
+    def _install(self, batch: Batch) -> None:
+        out: WriteSet = batch.out
+        for account in out.new_accounts:
+            self.accounts.put(account.spec.id, account)
+        for account_id, account in out.changed_accounts.items():
+            self.accounts.put(account_id, account)
+        # Holds are cached: they are posted or voided soon. Other new transactions are not:
+        # only a retry or a reversal reads them again, and one query per batch finds those.
+        for state in out.new_transactions:
+            if state.status is Status.PENDING:
+                self.transactions.put(state.spec.id, state)
+        for transaction_id, state in out.changed_transactions.items():
+            self.transactions.put(transaction_id, state)
+
+    def expiry_items(self, pending_ids: Sequence[str]) -> list[Item]:
+        return [
+            TransactionSpec(expiry_transaction_id(pid), Kind.EXPIRY, (), 0, (), "", 0, pid)
+            for pid in pending_ids
+        ]
+
+
+def _answer(requests: list[_Request], results: list[list[Result]]) -> None:
+    for request, request_results in zip(requests, results, strict=True):
+        if not request.future.done():
+            request.future.set_result(request_results)
+
+
+def _answer_unavailable(requests: Sequence[_Request], message: str) -> None:
+    for request in requests:
+        if not request.future.done():
+            request.future.set_result(
+                [Result(ResultCode.UNAVAILABLE, message)] * len(request.items)
+            )

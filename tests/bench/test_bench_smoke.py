@@ -1,0 +1,50 @@
+"""The first benchmark runs end to end with tiny parameters (timing is never asserted here:
+performance is measured by `make bench`, not by tests)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.support.paths import REPO_ROOT
+
+WORKLOADS = {"single-uniform", "single-hot", "batch-uniform", "batch-hot"}
+
+
+@pytest.mark.timeout(60)
+def test_first_benchmark_end_to_end(tmp_path: Path) -> None:
+    out_dir = tmp_path / "report"
+    command = [
+        sys.executable, "-m", "bench.first",
+        "--accounts", "2000",
+        "--duration-s", "1",
+        "--warmup-s", "0.2",
+        "--clients", "8",
+        "--batch-size", "100",
+        "--batch-clients", "2",
+        "--seed-batch-size", "1000",
+        "--quiet-wait-s", "0",
+        "--out", str(out_dir),
+        "--data-dir", str(tmp_path / "data"),
+    ]  # fmt: skip
+    finished = subprocess.run(
+        command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=55, check=False
+    )
+    assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
+
+    results = json.loads((out_dir / "results.json").read_text())
+    runs = {(run["system"], run["workload"]): run for run in results["runs"]}
+    assert set(runs) == {(system, w) for system in ("tally", "rowlock") for w in WORKLOADS}
+    for key, run in runs.items():
+        assert run["transfers_created"] > 0, key
+        assert run["unexpected_results"] == 0, (key, run["results"])
+        assert run["call_errors"] == {}, (key, run["call_errors"])
+        assert set(run["results"]) == {"CREATED"}, (key, run["results"])
+    assert results["clean"] is True
+    assert results["seeding"]["audit"] == {"tally": [], "rowlock": []}
+    assert {target["verdict"] for target in results["targets"]} <= {"PASS", "MISS"}
+    assert (out_dir / "report.md").read_text().startswith("# Tally first benchmark")

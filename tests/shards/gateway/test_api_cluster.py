@@ -1,0 +1,85 @@
+"""The single-shard semantic tests, unchanged, through the gateway of a 4-shard cluster.
+
+Every test function of tests/test_api.py is collected again here; only the fixtures differ:
+`channel` reaches the gateway of a 4-shard cluster whose slot map puts each customer of those
+tests on a shard of its own (cust-1, cust-2, cust-3 and eu on shards 0, 1, 2 and 3), so
+transfers between customers cross shards (the linked group of cust-1 -> cust-2 transfers, the
+two-currency fx1, ...), and spread accounts (@funding/..., @income/...) have a piece on every
+shard. `node` and `dsn` are cust-1's shard (the restart test stops that node and restarts it
+alone on its database); a test asking for `dsn` alone gets a fresh database, as in test_api.
+
+After each test the clearing pieces net to zero and nothing stays held anywhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+
+from core.slots import account_slot
+from shards import control
+from shards.local.embedded_pg import EmbeddedPostgres
+from tests.shards.gateway.test_cluster import Cluster, cluster  # noqa: F401  (the 4-shard cluster fixture)
+from tests.shards.node.test_api import *  # noqa: F403  (the semantic tests, collected again here)
+from tests.support.helpers import NodeHandle
+from tests.support.processes import fetch_rows
+
+PLACEMENT = {"cust-1": 0, "cust-2": 1, "cust-3": 2, "eu": 3}
+
+
+@pytest.fixture
+async def placed(cluster: Cluster) -> AsyncIterator[Cluster]:  # noqa: F811
+    """The cluster, with each customer's slot moved to its shard before any account exists."""
+    connection = await control.connect(cluster.control_dsn)
+    try:
+        for key, shard_id in PLACEMENT.items():
+            await control.move_slots(connection, [account_slot(f"{key}/x")], shard_id)
+    finally:
+        await connection.close()
+    for handle in cluster.nodes:
+        await handle.node.refresh_slot_map_now()
+    await cluster.gateway.cluster.refresh()
+    yield cluster
+    await _check_cluster_books(cluster)
+
+
+async def _check_cluster_books(running: Cluster) -> None:
+    """Every clearing account nets to zero over the shards, and no hold is left."""
+    net: dict[str, int] = {}
+    for handle in running.nodes:
+        rows = await fetch_rows(
+            handle.dsn,
+            "SELECT id, debits_posted - credits_posted AS net, debits_pending + credits_pending"
+            " AS pending FROM accounts WHERE id LIKE '@clearing/%'",
+        )
+        for row in rows:
+            net[row["id"]] = net.get(row["id"], 0) + int(row["net"])
+            assert row["pending"] == 0, (handle.dsn, row["id"])
+    assert all(value == 0 for value in net.values()), net
+
+
+@pytest.fixture
+async def channel(placed: Cluster) -> AsyncIterator[grpc.aio.Channel]:
+    async with grpc.aio.insecure_channel(placed.target) as channel:
+        yield channel
+
+
+@pytest.fixture
+async def node(placed: Cluster) -> NodeHandle:
+    return placed.nodes[PLACEMENT["cust-1"]]
+
+
+@pytest.fixture
+async def dsn(request: pytest.FixtureRequest, pg: EmbeddedPostgres) -> str:
+    if "node" in request.fixturenames:
+        handle: NodeHandle = request.getfixturevalue("node")
+        return handle.dsn
+    name = f"api_cluster_{request.node.name[:40]}".lower().replace("[", "_").replace("]", "")
+    await pg.create_database_async(name)
+    return pg.dsn(name)
+
+
+def test_the_placement_spreads_the_customers_over_every_shard() -> None:
+    assert sorted(PLACEMENT.values()) == [0, 1, 2, 3]

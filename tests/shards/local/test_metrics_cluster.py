@@ -1,0 +1,256 @@
+"""Metrics on every process of `tally up --shards 2` (two nodes and a gateway, real processes):
+each prints its metrics URL before the serving line, and a posted batch moves the counters it
+should on every process, by exactly what it did."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import pytest
+
+from core.slots import SlotMap
+from tally.v1 import audit_pb2, audit_pb2_grpc
+from tests.shards.node.test_metrics import _get_url
+from tests.support.helpers import Client, account, names, transfer
+from tests.support.processes import REPO_ROOT
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+SHARD_COUNT = 2
+START_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 30.0
+READY = "tally: serving tally.v1.Ledger on "
+METRICS_LINE = re.compile(r"^tally: metrics of (\S+) on (http://\S+/metrics)$")
+POST = "PostTransactions"
+AUDIT_LINE = "tally: audit (tally.v1.Audit, read-only) on "
+
+
+@dataclass
+class UpProcess:
+    process: asyncio.subprocess.Process
+    target: str = ""
+    metrics: dict[str, str] = field(default_factory=dict)  # process name -> URL
+    lines: list[str] = field(default_factory=list)
+    reader: asyncio.Task[None] | None = None
+
+
+async def _read_until_ready(up: UpProcess) -> None:
+    assert up.process.stdout is not None
+    while True:
+        line = (await up.process.stdout.readline()).decode()
+        assert line, f"tally up exited before serving: {up.lines}"
+        up.lines.append(line.rstrip("\n"))
+        text = line.strip()
+        if match := METRICS_LINE.match(text):
+            up.metrics[match.group(1)] = match.group(2)
+        elif text.startswith(READY):
+            up.target = text.removeprefix(READY).split()[0]
+            return
+
+
+async def _drain(up: UpProcess) -> None:
+    assert up.process.stdout is not None
+    while line := await up.process.stdout.readline():
+        up.lines.append(line.decode().rstrip("\n"))
+
+
+async def _stop(up: UpProcess) -> None:
+    """SIGINT (tally up stops its children and PostgreSQL); if that hangs, kill the group."""
+    if up.process.returncode is None:
+        up.process.send_signal(signal.SIGINT)
+        try:
+            await asyncio.wait_for(up.process.wait(), timeout=STOP_TIMEOUT_S)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(up.process.pid, signal.SIGKILL)
+            await up.process.wait()
+    if up.reader is not None:
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(up.reader, timeout=STOP_TIMEOUT_S)
+
+
+@pytest.fixture
+async def up(tmp_path: Path) -> AsyncIterator[UpProcess]:
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("TALLY_")}
+    process = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "shards.cli", "up", "--shards", str(SHARD_COUNT)),
+        *("--data-dir", str(tmp_path / "data"), "--listen", "127.0.0.1:0"),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+        stdin=asyncio.subprocess.DEVNULL,
+        cwd=REPO_ROOT,
+        env={**environment, "PYTHONUNBUFFERED": "1"},
+        start_new_session=True,  # its own process group, so a hung stop can kill it all
+    )
+    handle = UpProcess(process)
+    try:
+        await asyncio.wait_for(_read_until_ready(handle), timeout=START_TIMEOUT_S)
+        handle.reader = asyncio.create_task(_drain(handle))
+        yield handle
+    finally:
+        await _stop(handle)
+
+
+async def scrape(url: str) -> Samples:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = await asyncio.to_thread(_get_url, url)
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+async def scrape_all(up: UpProcess) -> dict[str, Samples]:
+    names = list(up.metrics)
+    pages = await asyncio.gather(*(scrape(up.metrics[n]) for n in names))
+    return dict(zip(names, pages, strict=True))
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    """A sample with exactly these labels (absent: 0, as a counter not yet incremented)."""
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+def customers_on_each_shard() -> list[str]:
+    slot_map = SlotMap.even(SHARD_COUNT)
+    chosen: dict[int, str] = {}
+    for n in range(10_000):
+        chosen.setdefault(slot_map.shard_of_key(f"cust-{n}"), f"cust-{n}")
+        if len(chosen) == SHARD_COUNT:
+            break
+    return [chosen[s] for s in range(SHARD_COUNT)]
+
+
+async def test_every_process_counts_a_posted_batch(up: UpProcess) -> None:
+    node_names = [f"node-{s}" for s in range(SHARD_COUNT)]
+    assert sorted(up.metrics) == sorted([*node_names, "gateway", "audit"])
+    metrics_lines = [n for n, line in enumerate(up.lines) if METRICS_LINE.match(line)]
+    assert max(metrics_lines) < len(up.lines) - 1  # all before the serving line
+    a, b = customers_on_each_shard()  # a on shard 0, b on shard 1
+    async with grpc.aio.insecure_channel(up.target) as channel:
+        client = Client(channel)
+        created = await client.create(
+            account("@funding"),
+            *(account(f"{c}/dep", no_overdraft=True) for c in (a, b)),
+            *(account(f"{c}/loan") for c in (a, b)),
+        )
+        assert set(names(created)) == {"RESULT_CODE_CREATED"}
+        warm_up = await client.codes(
+            transfer("fund-a", "@funding", f"{a}/dep", 10_000),
+            transfer("fund-b", "@funding", f"{b}/dep", 10_000),
+            transfer("warm-cross", f"{a}/dep", f"{b}/dep", 1),  # creates the clearing accounts
+        )
+        assert set(names(warm_up)) == {"RESULT_CODE_CREATED"}
+
+        before = await scrape_all(up)
+        started = time.monotonic()
+        results = await client.post(
+            transfer("fund-a", "@funding", f"{a}/dep", 10_000),  # a retry: replayed, shard 0
+            transfer("local-a", f"{a}/dep", f"{a}/loan", 100),  # shard 0
+            transfer("cross", f"{a}/dep", f"{b}/dep", 200),  # coordinator shard 0, prepare on 1
+            transfer("spread-b", "@funding", f"{b}/dep", 300),  # a spread leg, shard 1
+            transfer("over-b", f"{b}/dep", f"{b}/loan", 10**9),  # refused, shard 1
+        )
+        seconds = time.monotonic() - started
+    assert names([r.code for r in results]) == [
+        "RESULT_CODE_REPLAYED",
+        "RESULT_CODE_CREATED",
+        "RESULT_CODE_CREATED",
+        "RESULT_CODE_CREATED",
+        "RESULT_CODE_INSUFFICIENT_FUNDS",
+    ]
+    # Resolving the cross-shard piece on shard 1 may follow the answer: wait for its batch.
+    after = await _wait_for_batches(up, before, "node-1", item_count=4)
+
+    def moved(process: str, name: str, **labels: str) -> float:
+        return value(after[process], name, **labels) - value(before[process], name, **labels)
+
+    # The gateway: one request, its items by code, one call per shard for the single-shard ones.
+    assert moved("gateway", "tally_gateway_rpc_total", method=POST, status="OK") == 1
+    assert moved("gateway", "tally_gateway_rpc_duration_seconds_count", method=POST) == 1
+    assert 0 < moved("gateway", "tally_gateway_rpc_duration_seconds_sum", method=POST) <= seconds
+    gateway_items = "tally_gateway_item_results_total"
+    assert moved("gateway", gateway_items, method=POST, code="CREATED") == 3
+    assert moved("gateway", gateway_items, method=POST, code="REPLAYED") == 1
+    assert moved("gateway", gateway_items, method=POST, code="INSUFFICIENT_FUNDS") == 1
+    for shard in ("0", "1"):
+        calls = {"shard": shard, "method": POST}
+        assert moved("gateway", "tally_gateway_shard_call_duration_seconds_count", **calls) == 1
+        assert moved("gateway", "tally_gateway_shard_call_items_sum", **calls) == 2
+        assert moved("gateway", "tally_gateway_shard_call_requests_sum", **calls) == 1
+        assert moved("gateway", "tally_gateway_shard_call_wait_seconds_count", **calls) == 1
+        assert moved("gateway", "tally_gateway_shard_call_failures_total", **calls) == 0
+        assert value(after["gateway"], "tally_gateway_shard_calls_in_flight", **calls) == 0
+        assert value(after["gateway"], "tally_gateway_shard_queued_requests", **calls) == 0
+    two_phase = "tally_gateway_shard_call_duration_seconds_count"
+    assert moved("gateway", two_phase, shard="1", method="Prepare") == 1
+    assert moved("gateway", two_phase, shard="0", method="Commit") == 1
+    assert moved("gateway", "tally_gateway_wrong_shard_retries_total") == 0
+    cross = "tally_gateway_cross_shard_items_total"
+    assert moved("gateway", cross, code="CREATED") == 1
+    assert moved("gateway", "tally_gateway_cross_shard_duration_seconds_count") == 1
+    phases = "tally_gateway_cross_shard_phase_duration_seconds_count"
+    assert (
+        moved("gateway", phases, phase="Prepare") == moved("gateway", phases, phase="Commit") == 1
+    )
+    # The nodes: what each applied, by the method that brought it.
+    node_items = "tally_item_results_total"
+    assert moved("node-0", node_items, shard="0", method=POST, code="REPLAYED") == 1
+    assert moved("node-0", node_items, shard="0", method=POST, code="CREATED") == 1
+    assert moved("node-0", node_items, shard="0", method="Commit", code="CREATED") == 1
+    assert moved("node-1", node_items, shard="1", method=POST, code="CREATED") == 1
+    assert moved("node-1", node_items, shard="1", method=POST, code="INSUFFICIENT_FUNDS") == 1
+    assert moved("node-1", node_items, shard="1", method="Prepare", code="CREATED") == 1
+    # Node 0 took the post and the commit; node 1 the post, the prepare and the resolution. The
+    # writer may group calls that arrive together into one batch.
+    for node, shard, call_count in (("node-0", "0", 2), ("node-1", "1", 3)):
+        assert moved(node, "tally_rpc_total", shard=shard, method=POST, status="OK") == 1
+        assert 1 <= moved(node, "tally_batches_committed_total", shard=shard) <= call_count
+        assert moved(node, "tally_commit_duration_seconds_count", shard=shard) == moved(
+            node, "tally_batches_committed_total", shard=shard
+        )
+        assert ("tally_prepared_pieces", frozenset({("shard", shard)})) in after[node]
+        version = value(after[node], "tally_slot_map_version", shard=shard)
+        assert version == value(after["gateway"], "tally_gateway_slot_map_version") >= 1
+    # Items through node 0's writer: the post's two and the coordinator's committed piece.
+    assert moved("node-0", "tally_batch_items_sum", shard="0") == 3
+    # tally up also serves the auditors' read-only Audit service over every shard: clean.
+    (audit_line,) = [line for line in up.lines if line.startswith(AUDIT_LINE)]
+    async with grpc.aio.insecure_channel(audit_line.removeprefix(AUDIT_LINE)) as channel:
+        report = await audit_pb2_grpc.AuditStub(channel).RunAudit(audit_pb2.RunAuditRequest())
+    assert report.ok, report
+    assert len(report.shards) == SHARD_COUNT
+    audited = await scrape_all(up)
+    calls = value(audited["audit"], "tally_audit_rpc_total", method="RunAudit", status="OK")
+    assert calls - value(before["audit"], "tally_audit_rpc_total", method="RunAudit") == 1
+    assert value(audited["audit"], "tally_audit_rpc_duration_seconds_count", method="RunAudit") == 1
+
+
+async def _wait_for_batches(
+    up: UpProcess, before: dict[str, Samples], node: str, item_count: int, timeout_s: float = 10.0
+) -> dict[str, Samples]:
+    """Scrapes until `node`'s writer has taken item_count more items (post, prepare, resolve)."""
+    shard = node.removeprefix("node-")
+    deadline = time.monotonic() + timeout_s
+    while True:
+        after = await scrape_all(up)
+        taken = value(after[node], "tally_batch_items_sum", shard=shard) - value(
+            before[node], "tally_batch_items_sum", shard=shard
+        )
+        if taken >= item_count:
+            assert taken == item_count
+            return after
+        assert time.monotonic() < deadline, f"{node} took {taken} items, not {item_count}"
+        await asyncio.sleep(0.05)

@@ -1,0 +1,160 @@
+"""The node as an operator sees it: health, reflection, graceful shutdown, back-pressure."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from shards.node.writer import WriterConfig
+from tally.v1 import ledger_pb2 as pb
+from tests.support.helpers import Client, account, audit_problems, start_node, transfer
+
+
+async def test_health_serving_and_reflection(channel: grpc.aio.Channel) -> None:
+    health = health_pb2_grpc.HealthStub(channel)
+    for service in ("", "tally.v1.Ledger"):
+        response = await health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+        assert response.status == health_pb2.HealthCheckResponse.SERVING
+    reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
+    request = reflection_pb2.ServerReflectionRequest(list_services="")
+    responses = [r async for r in reflection.ServerReflectionInfo(iter([request]), timeout=5)]
+    names = {s.name for s in responses[0].list_services_response.service}
+    assert {"tally.v1.Ledger", "grpc.health.v1.Health"} <= names
+
+
+async def test_graceful_stop_answers_in_flight_requests(dsn: str) -> None:
+    import asyncpg
+
+    handle = await start_node(dsn)
+    blocker = await asyncpg.connect(dsn)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{handle.port}") as channel:
+            client = Client(channel)
+            await client.create(account("@cash"), *(account(f"c{n}/d") for n in range(50)))
+            # Hold the lease row: the writer's commit waits, so requests pile up in its queue.
+            transaction = blocker.transaction()
+            await transaction.start()
+            await blocker.execute("SELECT * FROM writer_lease FOR UPDATE")
+            calls = [
+                asyncio.ensure_future(client.post(transfer(f"t{n}", "@cash", f"c{n}/d", 1)))
+                for n in range(50)
+            ]
+            writer = handle.node.writer
+            assert writer is not None
+            for _ in range(200):  # until some requests wait in the queue, behind the commit
+                if writer.queue.qsize() > 0:
+                    break
+                await asyncio.sleep(0.01)
+            queued = writer.queue.qsize()
+            assert queued > 0
+            stopping = asyncio.ensure_future(handle.stop())
+            await asyncio.sleep(0.2)
+            await transaction.rollback()  # the commit proceeds; the drain must finish the queue
+            await stopping
+            results = await asyncio.gather(*calls, return_exceptions=True)
+    finally:
+        await blocker.close()
+    answered = [r for r in results if not isinstance(r, BaseException)]
+    refused = [r for r in results if isinstance(r, BaseException)]
+    # Everything that reached the node is answered CREATED; only calls the stopping server
+    # never took (they had not arrived, say on a loaded machine) are refused, and those are
+    # not applied: the stored transactions are exactly the answered ones.
+    assert len(answered) >= queued + 1, (len(answered), queued)
+    assert {r[0].code for r in answered} == {pb.RESULT_CODE_CREATED}
+    refusals = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED}
+    assert all(e.code() in refusals for e in refused), [e.code() for e in refused[:3]]
+    connection = await asyncpg.connect(dsn)
+    try:
+        stored = await connection.fetchval("SELECT count(*) FROM transactions")
+    finally:
+        await connection.close()
+    assert stored == len(answered)
+    assert await audit_problems(dsn) == []
+
+
+async def test_standby_serves_reads_but_refuses_writes(node, dsn: str) -> None:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{node.port}") as channel:
+        await Client(channel).create(account("@cash"))
+    from shards.node.server import Node, NodeConfig
+
+    standby = Node(NodeConfig(dsn=dsn, listen="127.0.0.1:0"))
+    port = await standby.start()
+    task = asyncio.create_task(standby.run())
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            client = Client(channel)
+            assert (await client.account("@cash")).account.id == "@cash"
+            health = health_pb2_grpc.HealthStub(channel)
+            status = await health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
+            assert status.status == health_pb2.HealthCheckResponse.NOT_SERVING
+            try:
+                await client.create(account("other"))
+            except grpc.aio.AioRpcError as error:
+                assert error.code() == grpc.StatusCode.UNAVAILABLE
+                assert "standby" in (error.details() or "")
+            else:
+                raise AssertionError("a standby accepted a write")
+    finally:
+        standby.request_stop()
+        await asyncio.wait_for(task, timeout=30)
+
+
+async def test_full_queue_pushes_back(dsn: str) -> None:
+    import asyncpg
+
+    handle = await start_node(dsn, writer=WriterConfig(queue_request_count_max=2))
+    blocker = await asyncpg.connect(dsn)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{handle.port}") as channel:
+            client = Client(channel)
+            await client.create(account("@cash"), account("c/d"))
+            # Hold the lease row: the writer's next commit waits, so its queue fills up.
+            transaction = blocker.transaction()
+            await transaction.start()
+            await blocker.execute("SELECT * FROM writer_lease FOR UPDATE")
+            calls = []
+            for n in range(8):
+                calls.append(
+                    asyncio.ensure_future(client.post(transfer(f"t{n}", "@cash", "c/d", 1)))
+                )
+                await asyncio.sleep(0.05)
+            await transaction.rollback()
+            results = await asyncio.gather(*calls, return_exceptions=True)
+    finally:
+        await blocker.close()
+        await handle.stop()
+    refused = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
+    accepted = [r for r in results if not isinstance(r, BaseException)]
+    assert refused and all(e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED for e in refused)
+    assert accepted and all(r[0].code == pb.RESULT_CODE_CREATED for r in accepted)
+    assert len(refused) + len(accepted) == 8
+
+
+async def test_lost_lease_session_is_taken_back_when_nobody_took_over(node, channel) -> None:
+    import asyncpg
+
+    client = Client(channel)
+    await client.create(account("@cash"), account("c/d"))
+    connection = await asyncpg.connect(node.dsn)
+    try:
+        epoch = await connection.fetchval("SELECT epoch FROM writer_lease")
+        lease_pid = await connection.fetchval(
+            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted"
+        )
+        assert await connection.fetchval("SELECT pg_terminate_backend($1, 5000)", lease_pid)
+        for _ in range(100):
+            holder = await connection.fetchval(
+                "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted"
+            )
+            if holder is not None and holder != lease_pid:
+                break
+            await asyncio.sleep(0.05)
+        assert holder is not None and holder != lease_pid
+        assert await connection.fetchval("SELECT epoch FROM writer_lease") == epoch
+    finally:
+        await connection.close()
+    assert await client.codes(transfer("after", "@cash", "c/d", 1)) == [pb.RESULT_CODE_CREATED]
+    assert not node.node.fenced
