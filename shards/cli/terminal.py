@@ -1,7 +1,7 @@
 """Terminal commands for people: accounts, postings, history, over gRPC to a node or gateway.
 
-Amounts are typed and shown in major units ("1500.00 USD") and converted exactly (Decimal,
-never float) to the currency's minor units on the wire.
+Amounts are typed and shown in major units ("1500.00 USD") and converted exactly (core.money,
+integers only) to the currency's minor units on the wire.
 """
 
 from __future__ import annotations
@@ -10,12 +10,11 @@ import argparse
 import datetime
 import sys
 from collections.abc import Sequence
-from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import grpc
 
-from core.currencies import minor_unit_scale
+from core.money import AmountTextError, format_minor_units, parse_minor_units
 from tally.v1 import ledger_pb2 as pb
 from tally.v1 import ledger_pb2_grpc as pb_grpc
 
@@ -24,25 +23,6 @@ RPC_TIMEOUT_S = 30.0
 
 class UsageError(Exception):
     pass
-
-
-def to_minor_units(text: str, currency: str) -> int:
-    scale = minor_unit_scale.get(currency)
-    if scale is None:
-        raise UsageError(f"unknown currency {currency!r}")
-    try:
-        value = Decimal(text)
-    except InvalidOperation:
-        raise UsageError(f"{text!r} is not an amount") from None
-    minor = value.scaleb(scale)
-    if minor != minor.to_integral_value():
-        raise UsageError(f"{text} has more than {scale} decimals for {currency}")
-    return int(minor)
-
-
-def from_minor_units(amount: int, currency: str) -> str:
-    scale = minor_unit_scale.get(currency, 0)
-    return f"{Decimal(amount).scaleb(-scale):,.{scale}f}"
 
 
 def add_commands(commands: Any, default_target: str) -> None:
@@ -114,7 +94,7 @@ def _legs(args: argparse.Namespace) -> list[pb.Leg]:
                 pb.Leg(
                     account_id=account,
                     side=side,
-                    amount=to_minor_units(amount, args.currency),
+                    amount=parse_minor_units(amount, args.currency),
                     currency=args.currency,
                 )
             )
@@ -135,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
             stub = pb_grpc.LedgerStub(channel)
             ok: bool = handlers[args.command](stub, args)
             return 0 if ok else 1
-    except UsageError as error:
+    except (UsageError, AmountTextError) as error:
         print(f"tally: {error}", file=sys.stderr)
         return 2
     except grpc.RpcError as error:
@@ -149,6 +129,11 @@ def _print_result(what: str, result: pb.ItemResult) -> bool:
     detail = f": {result.message}" if result.message else ""
     print(f"{what}: {name}{detail}" + (f" at {when}" if when else ""))
     return result.code in (pb.RESULT_CODE_CREATED, pb.RESULT_CODE_REPLAYED)
+
+
+def _shown(amount_minor: int, currency: str) -> str:
+    """An amount as the terminal shows it: grouped, '1,500.00'."""
+    return format_minor_units(amount_minor, currency, grouped=True)
 
 
 def _format_time(timestamp_ns: int) -> str:
@@ -185,14 +170,14 @@ def _show(stub: pb_grpc.LedgerStub, args: argparse.Namespace) -> bool:
         state = "closed" if record.closed else "open"
         print(f"{account_id}  {cur}  code {record.account.code}  {state}  version {record.version}")
         print(
-            f"  posted   debits {from_minor_units(balance.debits_posted, cur):>16}"
-            f"  credits {from_minor_units(balance.credits_posted, cur):>16}"
+            f"  posted   debits {_shown(balance.debits_posted, cur):>16}"
+            f"  credits {_shown(balance.credits_posted, cur):>16}"
         )
         print(
-            f"  pending  debits {from_minor_units(balance.debits_pending, cur):>16}"
-            f"  credits {from_minor_units(balance.credits_pending, cur):>16}"
+            f"  pending  debits {_shown(balance.debits_pending, cur):>16}"
+            f"  credits {_shown(balance.credits_pending, cur):>16}"
         )
-        print(f"  available {from_minor_units(balance.available, cur)} {cur}")
+        print(f"  available {_shown(balance.available, cur)} {cur}")
     return ok
 
 
@@ -236,7 +221,7 @@ def _tx(stub: pb_grpc.LedgerStub, args: argparse.Namespace) -> bool:
         print(f"{transaction_id}  {status.lower()}  at {_format_time(record.timestamp_ns)}")
         for leg in record.applied_legs:
             side = "debit " if leg.side == pb.SIDE_DEBIT else "credit"
-            amount = from_minor_units(leg.amount, leg.currency)
+            amount = _shown(leg.amount, leg.currency)
             print(f"  {side} {leg.account_id:<32} {amount:>16} {leg.currency}")
         for label, value in (
             ("resolved by", record.resolved_by_id),
@@ -268,10 +253,10 @@ def _history(stub: pb_grpc.LedgerStub, args: argparse.Namespace) -> bool:
         balance = after.credits_posted - after.debits_posted
         print(
             f"{_format_time(posting.timestamp_ns):<30} {posting.transaction_id:<24} "
-            f"{from_minor_units(debit, currency) if debit else '':>14} "
-            f"{from_minor_units(credit, currency) if credit else '':>14} "
-            f"{from_minor_units(pending, currency):>14} "
-            f"{from_minor_units(balance, currency):>14}"
+            f"{_shown(debit, currency) if debit else '':>14} "
+            f"{_shown(credit, currency) if credit else '':>14} "
+            f"{_shown(pending, currency):>14} "
+            f"{_shown(balance, currency):>14}"
         )
     if response.next_cursor:
         print(f"(more: use a larger --limit; next cursor {response.next_cursor})")
