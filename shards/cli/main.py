@@ -1,11 +1,14 @@
 """The `tally` command: run a node (`up`, `node`) and talk to one from a terminal."""
 
+# argparse, not click or typer: it is the stdlib (no dependency for the one entry point of every
+# process), the subcommands are already argparse-shaped (shards.audit and the terminal add
+# theirs to the same subparsers), and TALLY_* environment defaults fit its `default=`.
+
 from __future__ import annotations
 
 import argparse
 import asyncio
 import importlib
-import logging
 import os
 import signal
 import sys
@@ -16,6 +19,7 @@ from typing import Any
 from shards.audit import commands as auditing
 from shards.audit import server as audit_service
 from shards.cli import terminal
+from shards.cli.logs import start_logging
 from shards.local.embedded_pg import EmbeddedPostgres
 from shards.node.writer import WriterConfig
 from shards.rpc.serving import metrics_url, run_announced
@@ -165,12 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         bench_exit_code: int = bench_main(arguments[1:])
         return bench_exit_code
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=_env("log_level", "INFO"),
-        format='{"time":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s",'
-        '"message":"%(message)s"}',
-        stream=sys.stderr,
-    )
+    start_logging(_env("log_level", "INFO"))
     if args.command in ("up", "node", "gateway"):
         import uvloop
 
