@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import subprocess
 import sys
 
-from shards.cli.logs import JsonLineFormatter
+import pytest
+
+from shards.cli.logs import JsonLineFormatter, log_handler
+from shards.cli.main import build_parser
 from tests.support.paths import REPO_ROOT
 
 NASTY_MESSAGES = [
@@ -26,7 +30,7 @@ _PROGRAM = """
 import json, logging, sys
 from shards.cli.logs import start_logging
 
-start_logging("INFO")
+start_logging("INFO", "json")
 log = logging.getLogger("tally.test")
 for message in json.loads(sys.argv[1]):
     log.warning("%s", message)
@@ -71,3 +75,28 @@ def test_a_plain_message_gives_the_line_the_old_format_string_gave() -> None:
         '{"time":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","message":"%(message)s"}'
     )
     assert JsonLineFormatter().format(record) == old_format.format(record)
+
+
+def test_text_for_people() -> None:
+    stream = io.StringIO()
+    log = logging.getLogger("tally.test-text")
+    log.propagate = False
+    log.addHandler(log_handler(stream, "text"))
+    try:
+        log.warning('a "quoted" word')
+    finally:
+        log.handlers.clear()
+    assert stream.getvalue().endswith(' WARNING tally.test-text: a "quoted" word\n')
+
+
+def test_every_command_takes_the_log_flags(monkeypatch: pytest.MonkeyPatch) -> None:
+    defaults = build_parser().parse_args(["show", "a"])
+    assert (defaults.log_format, defaults.log_level) == ("json", "INFO")
+    given = build_parser().parse_args(["up", "--log-format=text", "--log-level=debug"])
+    assert (given.log_format, given.log_level) == ("text", "DEBUG")
+    monkeypatch.setenv("TALLY_LOG_FORMAT", "text")
+    monkeypatch.setenv("TALLY_LOG_LEVEL", "WARNING")
+    from_environment = build_parser().parse_args(["node", "--dsn=x"])
+    assert (from_environment.log_format, from_environment.log_level) == ("text", "WARNING")
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["gateway", "--control-dsn=x", "--log-format=xml"])
