@@ -24,21 +24,18 @@ from __future__ import annotations
 import csv
 import datetime
 import io
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, Final
 
-from core.audit.statement import Statement, StatementLine, major_units, utc_time_text
-from core.currencies import minor_unit_scale
+from core.audit.statement import Statement, StatementLine, utc_time_text
+from core.money import format_minor_units, parse_minor_units
 
 REQUIRED_COLUMNS: Final = ("value_date", "amount", "reference", "description")
 LINE_TYPES: Final = ("line", "opening", "closing")
 # The statement is read whole (it is matched against the ledger in memory): a limit.
 STATEMENT_LINE_COUNT_MAX: Final = 1_000_000
-_AMOUNT_TEXT: Final = re.compile(r"[+-]?[0-9]+(\.[0-9]+)?")
 
 
 class StatementFormatError(Exception):
@@ -62,21 +59,6 @@ class ExternalStatement:
     lines: list[ExternalLine]
     opening_balance: int | None = None
     closing_balance: int | None = None
-
-
-def parse_amount(text: str, currency: str) -> int:
-    """'-1500.00' -> -150000 (USD); exact, never through a float."""
-    text = text.strip()
-    if not _AMOUNT_TEXT.fullmatch(text):
-        raise ValueError(f"amount {text!r} is not a decimal like -1500.00")
-    scale = minor_unit_scale.get(currency, 0)
-    try:
-        minor = Decimal(text).scaleb(scale)
-    except InvalidOperation:
-        raise ValueError(f"amount {text!r} is not a decimal") from None
-    if minor != minor.to_integral_value():
-        raise ValueError(f"amount {text} has more than {scale} decimals for {currency}")
-    return int(minor)
 
 
 def parse_statement_csv(
@@ -126,7 +108,7 @@ def _add_row(
     kind = cell("type").lower() or "line"
     if kind not in LINE_TYPES:
         raise ValueError(f"type {kind!r} is not one of {', '.join(LINE_TYPES)}")
-    balance = parse_amount(cell("balance"), currency) if cell("balance") else None
+    balance = parse_minor_units(cell("balance"), currency) if cell("balance") else None
     if kind != "line":
         if balance is None:
             raise ValueError(f"an {kind} row needs its balance")
@@ -139,7 +121,7 @@ def _add_row(
         value_date = datetime.date.fromisoformat(cell("value_date"))
     except ValueError:
         raise ValueError(f"value_date {cell('value_date')!r} is not YYYY-MM-DD") from None
-    amount = parse_amount(cell("amount"), currency)
+    amount = parse_minor_units(cell("amount"), currency)
     statement.lines.append(
         ExternalLine(
             line_number, value_date, amount, cell("reference"), cell("description"), balance
@@ -326,8 +308,7 @@ def _check_balances(result: Reconciliation, ledger: Statement, external: Externa
 def _money(amount: int | None, currency: str, signed: bool = False) -> str:
     if amount is None:
         return "-"
-    text = major_units(amount, currency, True)
-    return f"+{text}" if signed and amount > 0 else text
+    return format_minor_units(amount, currency, grouped=True, plus_sign=signed)
 
 
 def reconciliation_text(result: Reconciliation) -> str:

@@ -23,12 +23,11 @@ import io
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from decimal import Decimal
 from typing import Any, Final
 
-from core.currencies import minor_unit_scale
 from core.journal import FLAG_CREDITS_MUST_NOT_EXCEED_DEBITS
 from core.model import Kind
+from core.money import format_minor_units
 
 # A statement is built in memory (it is read by a person): refuse rather than exhaust memory.
 LINE_COUNT_MAX_DEFAULT: Final = 1_000_000
@@ -124,13 +123,6 @@ def utc_time_text(timestamp_ns: int) -> str:
 
 def date_start_ns(day: datetime.date) -> int:
     return (day - _EPOCH.date()).days * NS_PER_DAY
-
-
-def major_units(amount: int, currency: str, grouped: bool = False) -> str:
-    """Minor units as an exact decimal text: 150000 USD -> '1500.00' (or '1,500.00')."""
-    scale = minor_unit_scale.get(currency, 0)
-    value = Decimal(amount).scaleb(-scale)
-    return f"{value:,.{scale}f}" if grouped else f"{value:.{scale}f}"
 
 
 # ---- reading ----
@@ -329,7 +321,7 @@ def statement_csv(statement: Statement) -> str:
             "opening balance",
             "",
             "",
-            major_units(statement.opening_balance, currency),
+            format_minor_units(statement.opening_balance, currency),
         ]
     )
     for line in statement.lines:
@@ -338,12 +330,12 @@ def statement_csv(statement: Statement) -> str:
                 "line",
                 utc_time_text(line.timestamp_ns),
                 line.value_date.isoformat(),
-                major_units(line.amount, currency),
+                format_minor_units(line.amount, currency),
                 line.transaction_id,
                 line.description,
-                major_units(line.debit, currency) if line.debit else "",
-                major_units(line.credit, currency) if line.credit else "",
-                major_units(line.balance, currency),
+                format_minor_units(line.debit, currency) if line.debit else "",
+                format_minor_units(line.credit, currency) if line.credit else "",
+                format_minor_units(line.balance, currency),
             ]
         )
     writer.writerow(
@@ -356,10 +348,15 @@ def statement_csv(statement: Statement) -> str:
             "closing balance",
             "",
             "",
-            major_units(statement.closing_balance, currency),
+            format_minor_units(statement.closing_balance, currency),
         ]
     )
     return buffer.getvalue()
+
+
+def _grouped(amount: int, currency: str) -> str:
+    """For people (the page, the terminal); the CSV, read back by programs, is not grouped."""
+    return format_minor_units(amount, currency, grouped=True)
 
 
 _STATEMENT_CSS: Final = """
@@ -415,7 +412,7 @@ def statement_html(statement: Statement, generated_at_ns: int) -> str:
         "account's history needs an audit.</p>"
     )
     pending = (
-        f"<p>On hold at the close: {major_units(statement.pending_at_close, currency, True)} "
+        f"<p>On hold at the close: {_grouped(statement.pending_at_close, currency)} "
         f"{escape(currency)} (not included in the balance).</p>"
         if statement.pending_at_close
         else ""
@@ -428,8 +425,8 @@ def statement_html(statement: Statement, generated_at_ns: int) -> str:
         "<th>Description</th><th class='money'>Debit</th><th class='money'>Credit</th>"
         f"<th class='money'>Balance</th></tr></thead><tbody>{opening}{body}{closing}</tbody>"
         f"<tfoot><tr><td colspan='4'>Totals ({len(statement.lines)} lines)</td>"
-        f"<td class='money'>{major_units(statement.total_debits, currency, True)}</td>"
-        f"<td class='money'>{major_units(statement.total_credits, currency, True)}</td>"
+        f"<td class='money'>{_grouped(statement.total_debits, currency)}</td>"
+        f"<td class='money'>{_grouped(statement.total_credits, currency)}</td>"
         f"<td></td></tr></tfoot></table>{warning}{pending}"
         f"<p class='footer'>Generated {utc_time_text(generated_at_ns)} UTC by Tally from the "
         "ledger's journal. Amounts in "
@@ -439,21 +436,21 @@ def statement_html(statement: Statement, generated_at_ns: int) -> str:
 
 def _html_line(line: StatementLine, currency: str) -> str:
     escape = html.escape
-    debit = major_units(line.debit, currency, True) if line.debit else ""
-    credit = major_units(line.credit, currency, True) if line.credit else ""
+    debit = _grouped(line.debit, currency) if line.debit else ""
+    credit = _grouped(line.credit, currency) if line.credit else ""
     return (
         f"<tr class='line'><td>{escape(utc_time_text(line.timestamp_ns)[:19])}</td>"
         f"<td>{line.value_date.isoformat()}</td><td>{escape(line.transaction_id)}</td>"
         f"<td>{escape(line.description)}</td><td class='money'>{debit}</td>"
         f"<td class='money'>{credit}</td>"
-        f"<td class='money'>{major_units(line.balance, currency, True)}</td></tr>"
+        f"<td class='money'>{_grouped(line.balance, currency)}</td></tr>"
     )
 
 
 def _html_balance_row(label: str, balance: int, currency: str) -> str:
     return (
         f"<tr class='balance'><td colspan='6'>{label}</td>"
-        f"<td class='money'>{major_units(balance, currency, True)}</td></tr>"
+        f"<td class='money'>{_grouped(balance, currency)}</td></tr>"
     )
 
 
@@ -466,21 +463,21 @@ def statement_text(statement: Statement) -> str:
         f"{'booked':<20} {'value date':<10} {'reference':<24} {'debit':>14} {'credit':>14} "
         f"{'balance':>14}",
         f"{'':<20} {'':<10} {'opening balance':<24} {'':>14} {'':>14} "
-        f"{major_units(statement.opening_balance, currency, True):>14}",
+        f"{_grouped(statement.opening_balance, currency):>14}",
     ]
     for line in statement.lines:
-        debit = major_units(line.debit, currency, True) if line.debit else ""
-        credit = major_units(line.credit, currency, True) if line.credit else ""
+        debit = _grouped(line.debit, currency) if line.debit else ""
+        credit = _grouped(line.credit, currency) if line.credit else ""
         lines.append(
             f"{utc_time_text(line.timestamp_ns)[:19]:<20} {line.value_date.isoformat():<10} "
             f"{line.transaction_id:<24} {debit:>14} {credit:>14} "
-            f"{major_units(line.balance, currency, True):>14}"
+            f"{_grouped(line.balance, currency):>14}"
         )
     lines.append(
         f"{'':<20} {'':<10} {'closing balance':<24} "
-        f"{major_units(statement.total_debits, currency, True):>14} "
-        f"{major_units(statement.total_credits, currency, True):>14} "
-        f"{major_units(statement.closing_balance, currency, True):>14}"
+        f"{_grouped(statement.total_debits, currency):>14} "
+        f"{_grouped(statement.total_credits, currency):>14} "
+        f"{_grouped(statement.closing_balance, currency):>14}"
     )
     if not statement.consistent:
         lines.append("WARNING: the lines do not add up to the closing balance; run tally audit")

@@ -28,6 +28,7 @@ import asyncpg
 from core import audit
 from core.audit import AuditConfig, AuditReport, ShardReport, export, reconcile, statement
 from core.currencies import minor_unit_scale
+from core.money import parse_minor_units
 
 DSN_ENV: Final = "TALLY_AUDIT_DSNS"
 EXIT_OK: Final = 0
@@ -630,9 +631,9 @@ def _reconcile_command(args: argparse.Namespace) -> int:
     try:
         external = reconcile.read_statement_csv(args.statement, currency)
         if args.opening_balance is not None:
-            external.opening_balance = reconcile.parse_amount(args.opening_balance, currency)
+            external.opening_balance = parse_minor_units(args.opening_balance, currency)
         if args.closing_balance is not None:
-            external.closing_balance = reconcile.parse_amount(args.closing_balance, currency)
+            external.closing_balance = parse_minor_units(args.closing_balance, currency)
     except (reconcile.StatementFormatError, ValueError) as error:
         raise UsageError(str(error)) from None
     result = reconcile.reconcile(ledger, external, args.date_window_days)

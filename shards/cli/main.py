@@ -1,11 +1,14 @@
 """The `tally` command: run a node (`up`, `node`) and talk to one from a terminal."""
 
+# argparse, not click or typer: it is the stdlib (no dependency for the one entry point of every
+# process), the subcommands are already argparse-shaped (shards.audit and the terminal add
+# theirs to the same subparsers), and TALLY_* environment defaults fit its `default=`.
+
 from __future__ import annotations
 
 import argparse
 import asyncio
 import importlib
-import logging
 import os
 import signal
 import sys
@@ -16,6 +19,7 @@ from typing import Any
 from shards.audit import commands as auditing
 from shards.audit import server as audit_service
 from shards.cli import terminal
+from shards.cli.logs import LOG_FORMATS, LOG_LEVELS, start_logging
 from shards.local.embedded_pg import EmbeddedPostgres
 from shards.node.writer import WriterConfig
 from shards.rpc.serving import metrics_url, run_announced
@@ -89,6 +93,22 @@ def _add_metrics_flag(parser: argparse.ArgumentParser, default: str = "") -> Non
     )
 
 
+def _add_logging_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default=_env("log_format", "json"),
+        help="stderr log: json, one JSON object a line, or text for people (default %(default)s)",
+    )
+    parser.add_argument(
+        "--log-level",
+        type=str.upper,
+        choices=LOG_LEVELS,
+        default=_env("log_level", "INFO"),
+        help="log records at this level and above (default %(default)s)",
+    )
+
+
 def _writer_config(args: argparse.Namespace) -> WriterConfig:
     return replace(
         WriterConfig(),
@@ -154,6 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
         add_help=False,
     )
     audit_service.add_command(commands)
+    for command in commands.choices.values():  # every command logs
+        _add_logging_flags(command)
     return parser
 
 
@@ -165,12 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         bench_exit_code: int = bench_main(arguments[1:])
         return bench_exit_code
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=_env("log_level", "INFO"),
-        format='{"time":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s",'
-        '"message":"%(message)s"}',
-        stream=sys.stderr,
-    )
+    start_logging(args.log_level, args.log_format)
     if args.command in ("up", "node", "gateway"):
         import uvloop
 
@@ -255,6 +272,8 @@ async def _serve_cluster(args: argparse.Namespace) -> int:
     ]
     # Always passed, so TALLY_METRICS_LISTEN does not make N + 1 processes race for one port.
     metrics_flags = [f"--metrics-listen={_any_port(args.metrics_listen)}"]
+    # The children log as this process was asked to (into their files under the data dir).
+    log_flags = [f"--log-format={args.log_format}", f"--log-level={args.log_level}"]
     gateway_flags = [
         f"--coalesce-wait-ms={args.coalesce_wait_ms}",
         f"--shard-calls-in-flight={args.shard_calls_in_flight}",
@@ -265,8 +284,8 @@ async def _serve_cluster(args: argparse.Namespace) -> int:
             args.shards,
             args.listen,
             args.data_dir.resolve(),
-            node_flags + metrics_flags,
-            gateway_flags + metrics_flags,
+            node_flags + metrics_flags + log_flags,
+            gateway_flags + metrics_flags + log_flags,
         )
     finally:
         print("tally: stopping PostgreSQL", flush=True)

@@ -1,7 +1,9 @@
 """Terminal commands for people: accounts, postings, history, over gRPC to a node or gateway.
 
-Amounts are typed and shown in major units ("1500.00 USD") and converted exactly (Decimal,
-never float) to the currency's minor units on the wire.
+Amounts are typed and shown in major units ("1500.00 USD") and converted exactly (core.money,
+integers only) to the currency's minor units on the wire. Tables are laid out by rich, in the
+plain one-space-between-columns layout of the README's example (tests/shards/cli/test_readme.py
+runs it): no box, no colour unless stdout is a terminal, never wrapped.
 """
 
 from __future__ import annotations
@@ -9,40 +11,29 @@ from __future__ import annotations
 import argparse
 import datetime
 import sys
-from collections.abc import Sequence
-from decimal import Decimal, InvalidOperation
-from typing import Any
+from collections.abc import Iterable, Sequence
+from typing import Any, Final, TextIO
 
 import grpc
+from rich.console import Console
+from rich.padding import Padding
+from rich.table import Column, Table
 
-from core.currencies import minor_unit_scale
+from core.money import AmountTextError, format_minor_units, parse_minor_units
 from tally.v1 import ledger_pb2 as pb
 from tally.v1 import ledger_pb2_grpc as pb_grpc
 
 RPC_TIMEOUT_S = 30.0
+# Wider than any row, so rich never wraps or crops one: a long row goes out whole and the
+# terminal wraps it, as when rows were printed by hand.
+_CONSOLE_WIDTH: Final = 10_000
+# (top, right, bottom, left): one space after each column, none after the last.
+_COLUMN_GAP: Final = (0, 1, 0, 0)
+_INDENT: Final = (0, 0, 0, 2)
 
 
 class UsageError(Exception):
     pass
-
-
-def to_minor_units(text: str, currency: str) -> int:
-    scale = minor_unit_scale.get(currency)
-    if scale is None:
-        raise UsageError(f"unknown currency {currency!r}")
-    try:
-        value = Decimal(text)
-    except InvalidOperation:
-        raise UsageError(f"{text!r} is not an amount") from None
-    minor = value.scaleb(scale)
-    if minor != minor.to_integral_value():
-        raise UsageError(f"{text} has more than {scale} decimals for {currency}")
-    return int(minor)
-
-
-def from_minor_units(amount: int, currency: str) -> str:
-    scale = minor_unit_scale.get(currency, 0)
-    return f"{Decimal(amount).scaleb(-scale):,.{scale}f}"
 
 
 def add_commands(commands: Any, default_target: str) -> None:
@@ -114,7 +105,7 @@ def _legs(args: argparse.Namespace) -> list[pb.Leg]:
                 pb.Leg(
                     account_id=account,
                     side=side,
-                    amount=to_minor_units(amount, args.currency),
+                    amount=parse_minor_units(amount, args.currency),
                     currency=args.currency,
                 )
             )
@@ -135,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
             stub = pb_grpc.LedgerStub(channel)
             ok: bool = handlers[args.command](stub, args)
             return 0 if ok else 1
-    except UsageError as error:
+    except (UsageError, AmountTextError) as error:
         print(f"tally: {error}", file=sys.stderr)
         return 2
     except grpc.RpcError as error:
@@ -149,6 +140,11 @@ def _print_result(what: str, result: pb.ItemResult) -> bool:
     detail = f": {result.message}" if result.message else ""
     print(f"{what}: {name}{detail}" + (f" at {when}" if when else ""))
     return result.code in (pb.RESULT_CODE_CREATED, pb.RESULT_CODE_REPLAYED)
+
+
+def _shown(amount_minor: int, currency: str) -> str:
+    """An amount as the terminal shows it: grouped, '1,500.00'."""
+    return format_minor_units(amount_minor, currency, grouped=True)
 
 
 def _format_time(timestamp_ns: int) -> str:
@@ -184,15 +180,8 @@ def _show(stub: pb_grpc.LedgerStub, args: argparse.Namespace) -> bool:
         balance = record.balance
         state = "closed" if record.closed else "open"
         print(f"{account_id}  {cur}  code {record.account.code}  {state}  version {record.version}")
-        print(
-            f"  posted   debits {from_minor_units(balance.debits_posted, cur):>16}"
-            f"  credits {from_minor_units(balance.credits_posted, cur):>16}"
-        )
-        print(
-            f"  pending  debits {from_minor_units(balance.debits_pending, cur):>16}"
-            f"  credits {from_minor_units(balance.credits_pending, cur):>16}"
-        )
-        print(f"  available {from_minor_units(balance.available, cur)} {cur}")
+        print_table(balance_table(balance, cur), indented=True)
+        print(f"  available {_shown(balance.available, cur)} {cur}")
     return ok
 
 
@@ -234,10 +223,7 @@ def _tx(stub: pb_grpc.LedgerStub, args: argparse.Namespace) -> bool:
         record = lookup.transaction
         status = pb.TransactionStatus.Name(record.status).removeprefix("TRANSACTION_STATUS_")
         print(f"{transaction_id}  {status.lower()}  at {_format_time(record.timestamp_ns)}")
-        for leg in record.applied_legs:
-            side = "debit " if leg.side == pb.SIDE_DEBIT else "credit"
-            amount = from_minor_units(leg.amount, leg.currency)
-            print(f"  {side} {leg.account_id:<32} {amount:>16} {leg.currency}")
+        print_table(legs_table(record.applied_legs), indented=True)
         for label, value in (
             ("resolved by", record.resolved_by_id),
             ("reversed by", record.reversed_by_id),
@@ -256,23 +242,98 @@ def _history(stub: pb_grpc.LedgerStub, args: argparse.Namespace) -> bool:
     response = stub.ListPostings(
         pb.ListPostingsRequest(account_id=args.id, limit=args.limit), timeout=RPC_TIMEOUT_S
     )
-    print(
-        f"{'time':<30} {'transaction':<24} {'debit':>14} {'credit':>14} "
-        f"{'pending':>14} {'balance':>14}"
-    )
-    for posting in response.postings:
-        debit = posting.posted_amount if posting.side == pb.SIDE_DEBIT else 0
-        credit = posting.posted_amount if posting.side == pb.SIDE_CREDIT else 0
-        after = posting.balance_after
-        pending = after.debits_pending + after.credits_pending
-        balance = after.credits_posted - after.debits_posted
-        print(
-            f"{_format_time(posting.timestamp_ns):<30} {posting.transaction_id:<24} "
-            f"{from_minor_units(debit, currency) if debit else '':>14} "
-            f"{from_minor_units(credit, currency) if credit else '':>14} "
-            f"{from_minor_units(pending, currency):>14} "
-            f"{from_minor_units(balance, currency):>14}"
-        )
+    print_table(history_table(response.postings, currency))
     if response.next_cursor:
         print(f"(more: use a larger --limit; next cursor {response.next_cursor})")
     return True
+
+
+# ---- tables ----
+# The minimum column widths are the README example's layout; a longer cell widens its column
+# for every row instead of pushing the rest of its own row out of line.
+
+
+def console(stream: TextIO | None = None) -> Console:
+    """Writes to stdout (at call time, so redirections apply). Cells are ids and amounts, never
+    rich markup, emoji codes or anything to highlight; colour (bold headers) only on a
+    terminal, whatever FORCE_COLOR says, so piped output is plain text."""
+    out = sys.stdout if stream is None else stream
+    return Console(
+        file=out,
+        width=_CONSOLE_WIDTH,
+        color_system="auto" if out.isatty() else None,
+        markup=False,
+        emoji=False,
+        highlight=False,
+    )
+
+
+def print_table(table: Table, *, indented: bool = False, stream: TextIO | None = None) -> None:
+    console(stream).print(Padding(table, _INDENT, expand=False) if indented else table)
+
+
+def _grid(*columns: Column) -> Table:
+    return Table.grid(*columns, padding=_COLUMN_GAP, pad_edge=False)
+
+
+def balance_table(balance: pb.Balance, currency: str) -> Table:
+    """Posted and pending debits and credits of an account (`tally show`)."""
+    table = _grid(
+        Column(min_width=len("pending") + 1),
+        Column(),
+        Column(justify="right", min_width=16),
+        # Right-justified one wider than its word: two spaces before "credits".
+        Column(justify="right", min_width=len("credits") + 1),
+        Column(justify="right", min_width=16),
+    )
+    for label, debits, credits in (
+        ("posted", balance.debits_posted, balance.credits_posted),
+        ("pending", balance.debits_pending, balance.credits_pending),
+    ):
+        table.add_row(
+            label, "debits", _shown(debits, currency), "credits", _shown(credits, currency)
+        )
+    return table
+
+
+def legs_table(legs: Iterable[pb.Leg]) -> Table:
+    """A transaction's legs: side, account, amount, currency (`tally tx`)."""
+    table = _grid(
+        Column(min_width=len("credit")),
+        Column(min_width=32),
+        Column(justify="right", min_width=16),
+        Column(),
+    )
+    for leg in legs:
+        side = "debit" if leg.side == pb.SIDE_DEBIT else "credit"
+        table.add_row(side, leg.account_id, _shown(leg.amount, leg.currency), leg.currency)
+    return table
+
+
+def history_table(postings: Iterable[pb.Posting], currency: str) -> Table:
+    """An account's postings with the balance after each (`tally history`)."""
+    table = Table(
+        Column("time", min_width=len(_format_time(0))),
+        Column("transaction", min_width=24),
+        *(
+            Column(name, justify="right", min_width=14)
+            for name in ("debit", "credit", "pending", "balance")
+        ),
+        box=None,
+        padding=_COLUMN_GAP,
+        pad_edge=False,
+        show_edge=False,
+    )
+    for posting in postings:
+        debit = posting.posted_amount if posting.side == pb.SIDE_DEBIT else 0
+        credit = posting.posted_amount if posting.side == pb.SIDE_CREDIT else 0
+        after = posting.balance_after
+        table.add_row(
+            _format_time(posting.timestamp_ns),
+            posting.transaction_id,
+            _shown(debit, currency) if debit else "",
+            _shown(credit, currency) if credit else "",
+            _shown(after.debits_pending + after.credits_pending, currency),
+            _shown(after.credits_posted - after.debits_posted, currency),
+        )
+    return table

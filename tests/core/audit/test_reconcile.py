@@ -14,6 +14,7 @@ import grpc
 import pytest
 
 from core.audit import reconcile
+from core.money import parse_minor_units
 from tally.v1 import ledger_pb2 as pb
 from tests.core.audit.test_audit import run_cli
 from tests.support.helpers import Client, NodeHandle, account, transfer
@@ -242,5 +243,5 @@ async def test_statement_format_errors_name_the_line(node: NodeHandle, tmp_path:
         reconcile.parse_statement_csv(
             "value_date,amount,reference,description\n2026-03-01,1.001,a,b\n", "x.csv", "USD"
         )
-    assert reconcile.parse_amount("-1500.5", "USD") == -150050
-    assert reconcile.parse_amount("7", "JPY") == 7
+    assert parse_minor_units("-1500.5", "USD") == -150050
+    assert parse_minor_units("7", "JPY") == 7

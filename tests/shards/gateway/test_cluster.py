@@ -538,7 +538,7 @@ async def test_coalescing_wait_gathers_small_writes_into_one_call(
 
 
 async def test_readme_example_runs_unchanged_through_the_gateway(cluster: Cluster) -> None:
-    from tests.shards.cli.test_readme import TIME, example_steps, run_tally
+    from tests.support.readme import TIME, example_steps, run_tally
 
     for command, expected in example_steps():
         output = await run_tally(command, cluster.gateway.port)

@@ -1,0 +1,111 @@
+"""The terminal's tables (rich) and amount errors, without a node: the README example
+(test_readme.py) runs them against one."""
+
+from __future__ import annotations
+
+import io
+import os
+
+import pytest
+from rich.table import Table
+
+from shards.cli import terminal
+from shards.cli.main import main
+from tally.v1 import ledger_pb2 as pb
+
+TIME_NS = 1_795_672_900_488_084_000  # 2026-11-26 06:01:40.488084 UTC
+
+
+def rendered(table: Table, *, indented: bool = False) -> list[str]:
+    stream = io.StringIO()
+    terminal.print_table(table, indented=indented, stream=stream)
+    return stream.getvalue().splitlines()
+
+
+def posting(transaction_id: str, side: int, amount: int, credits_posted: int) -> pb.Posting:
+    return pb.Posting(
+        transaction_id=transaction_id,
+        side=side,
+        posted_amount=amount,
+        timestamp_ns=TIME_NS,
+        balance_after=pb.Balance(credits_posted=credits_posted, debits_pending=12_000),
+    )
+
+
+def test_history_long_transaction_id_widens_its_column_for_every_row() -> None:
+    rows = [
+        posting("disb-7", pb.SIDE_CREDIT, 150_000, 150_000),
+        posting("a-transaction-id-longer-than-24", pb.SIDE_DEBIT, 500, 149_500),
+    ]
+    assert rendered(terminal.history_table(rows, "USD")) == [
+        "time                           transaction                    "
+        "          debit         credit        pending        balance",
+        "2026-11-26 06:01:40.488084 UTC disb-7                         "
+        "                      1,500.00         120.00       1,500.00",
+        "2026-11-26 06:01:40.488084 UTC a-transaction-id-longer-than-24"
+        "           5.00                        120.00       1,495.00",
+    ]
+
+
+def test_history_without_postings_is_its_header() -> None:
+    assert rendered(terminal.history_table([], "JPY")) == [
+        "time                           transaction                       debit         credit"
+        "        pending        balance"
+    ]
+
+
+def test_legs_in_a_scale_three_currency_and_a_long_account_id() -> None:
+    legs = [
+        pb.Leg(account_id="cust-1/dep", side=pb.SIDE_DEBIT, amount=1_500, currency="KWD"),
+        pb.Leg(account_id="x" * 40, side=pb.SIDE_CREDIT, amount=1_500, currency="KWD"),
+    ]
+    assert rendered(terminal.legs_table(legs), indented=True) == [
+        "  debit  cust-1/dep                                          1.500 KWD",
+        "  credit xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx            1.500 KWD",
+    ]
+
+
+def test_cells_are_text_not_rich_markup() -> None:
+    legs = [pb.Leg(account_id="[bold]a:smile:", side=pb.SIDE_DEBIT, amount=7, currency="JPY")]
+    assert rendered(terminal.legs_table(legs)) == [
+        "debit  [bold]a:smile:                                  7 JPY"
+    ]
+
+
+def test_balances_of_an_account() -> None:
+    balance = pb.Balance(debits_posted=40_500, credits_posted=150_500_000)
+    assert rendered(terminal.balance_table(balance, "USD"), indented=True) == [
+        "  posted   debits           405.00  credits     1,505,000.00",
+        "  pending  debits             0.00  credits             0.00",
+    ]
+
+
+def test_plain_text_when_piped_even_if_colour_is_forced(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FORCE_COLOR", "1")
+    assert "\x1b" not in "".join(rendered(terminal.history_table([], "USD")))
+
+
+def test_bold_headers_on_a_terminal() -> None:
+    controller, terminal_end = os.openpty()
+    with os.fdopen(terminal_end, "w") as stream:
+        terminal.print_table(terminal.history_table([], "USD"), stream=stream)
+    written = os.read(controller, 4096).decode()
+    os.close(controller)
+    assert "\x1b[1m" in written and "transaction" in written
+
+
+@pytest.mark.parametrize(
+    ("amount", "error"),
+    [
+        ("1.001", "amount 1.001 has more than 2 decimals for USD"),
+        ("1,000.00", "amount '1,000.00' is not a decimal like -1500.00"),
+    ],
+)
+def test_an_amount_that_is_not_one_is_a_usage_error(
+    amount: str, error: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Refused before any call: the target need not exist.
+    words = ["post", "t-1", "--currency=USD", "--code=1", "--target=127.0.0.1:9"]
+    exit_code = main([*words, f"--debit=a={amount}", f"--credit=b={amount}"])
+    assert exit_code == 2
+    assert capsys.readouterr().err == f"tally: {error}\n"
