@@ -20,11 +20,9 @@ import pytest
 
 from core.slots import SlotMap
 from tally.v1 import audit_pb2, audit_pb2_grpc
-from tests.shards.node.test_metrics import _get_url
 from tests.support.helpers import Client, account, names, transfer
-from tests.support.processes import REPO_ROOT
-
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+from tests.support.metrics import Samples, metrics_text_at, parse_samples
+from tests.support.paths import REPO_ROOT
 
 SHARD_COUNT = 2
 START_TIMEOUT_S = 60.0
@@ -102,14 +100,7 @@ async def up(tmp_path: Path) -> AsyncIterator[UpProcess]:
 
 
 async def scrape(url: str) -> Samples:
-    from prometheus_client.parser import text_string_to_metric_families
-
-    text = await asyncio.to_thread(_get_url, url)
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
+    return parse_samples(await asyncio.to_thread(metrics_text_at, url))
 
 
 async def scrape_all(up: UpProcess) -> dict[str, Samples]:
