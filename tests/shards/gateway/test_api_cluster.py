@@ -21,8 +21,8 @@ import pytest
 from core.slots import account_slot
 from shards import control
 from shards.local.embedded_pg import EmbeddedPostgres
-from tests.shards.gateway.test_cluster import Cluster, cluster  # noqa: F401  (the 4-shard cluster fixture)
 from tests.shards.node.test_api import *  # noqa: F403  (the semantic tests, collected again here)
+from tests.support.cluster import Cluster
 from tests.support.helpers import NodeHandle
 from tests.support.processes import fetch_rows
 
@@ -30,7 +30,7 @@ PLACEMENT = {"cust-1": 0, "cust-2": 1, "cust-3": 2, "eu": 3}
 
 
 @pytest.fixture
-async def placed(cluster: Cluster) -> AsyncIterator[Cluster]:  # noqa: F811
+async def placed(cluster: Cluster) -> AsyncIterator[Cluster]:
     """The cluster, with each customer's slot moved to its shard before any account exists."""
     connection = await control.connect(cluster.control_dsn)
     try:
