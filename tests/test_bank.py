@@ -471,6 +471,72 @@ async def check_books(cluster: ProcessCluster, client: Client, ledger: Ledger) -
 # ---- the test ----
 
 
+async def run_the_load_through_chaos(
+    cluster: ProcessCluster, channel: grpc.aio.Channel, ledger: Ledger, events: list[str]
+) -> None:
+    """CLIENT_COUNT bank clients for LOAD_S seconds while chaos kills processes, then until
+    every client has its answers (or SETTLE_TIMEOUT_S passes)."""
+    stop = asyncio.Event()
+    give_up_at = [time.monotonic() + LOAD_S + SETTLE_TIMEOUT_S]
+    clients = [
+        BankClient(n, pb_grpc.LedgerStub(channel), cluster, ledger) for n in range(CLIENT_COUNT)
+    ]
+    started = time.monotonic()
+    tasks = [asyncio.create_task(c.run(stop, give_up_at)) for c in clients]
+    chaos_task = asyncio.create_task(chaos(cluster, started, events))
+    try:
+        await asyncio.sleep(LOAD_S)
+        stop.set()
+        await asyncio.wait_for(chaos_task, timeout=30)
+        await asyncio.wait_for(asyncio.gather(*tasks), timeout=SETTLE_TIMEOUT_S + 15)
+    finally:
+        stop.set()
+        for task in [*tasks, chaos_task]:
+            task.cancel()
+        await asyncio.gather(*tasks, chaos_task, return_exceptions=True)
+
+
+def check_every_outcome_decided_and_counted(
+    cluster: ProcessCluster, ledger: Ledger, events: list[str]
+) -> None:
+    """Every transfer and hold has a result, of the expected codes, and the run did what it is
+    for: enough transfers, across shards, refused, retried through crashes (printed summary)."""
+    outcomes = list(ledger.outcomes.values())
+    hold_outcomes = [o for f in ledger.holds.values() for o in (f.hold, f.settle) if o is not None]
+    undecided = [o.message.id for o in [*outcomes, *hold_outcomes] if o.result is None]
+    assert undecided == [], (undecided[:10], events, cluster.describe())
+    codes = Counter(name(o.result.code) for o in outcomes if o.result is not None)
+    unexpected = set(codes) - {
+        "RESULT_CODE_CREATED",
+        "RESULT_CODE_REPLAYED",
+        "RESULT_CODE_INSUFFICIENT_FUNDS",
+    }
+    assert unexpected == set(), codes
+    hold_codes = Counter(name(o.result.code) for o in hold_outcomes if o.result)
+    assert set(hold_codes) <= {
+        "RESULT_CODE_CREATED",
+        "RESULT_CODE_REPLAYED",
+        "RESULT_CODE_INSUFFICIENT_FUNDS",
+        "RESULT_CODE_PENDING_EXPIRED",
+    }, hold_codes
+    cross_holds = sum(f.hold.cross_shard and f.hold.applied for f in ledger.holds.values())
+    cross = sum(o.cross_shard for o in outcomes)
+    retried = sum(o.attempt_count > 1 for o in outcomes)
+    errors = Counter(e for o in outcomes for e in o.errors)
+    summary = (
+        f"{len(outcomes)} transfers ({cross} cross-shard), {dict(codes)}, "
+        f"{retried} retried after {dict(errors)}; {len(ledger.holds)} holds "
+        f"({cross_holds} across shards) {dict(hold_codes)}; {events}"
+    )
+    print(summary)
+    assert len(outcomes) >= 1_000, summary
+    assert codes["RESULT_CODE_CREATED"] >= len(outcomes) // 2, summary
+    assert codes["RESULT_CODE_INSUFFICIENT_FUNDS"] >= 1, summary
+    assert cross >= len(outcomes) // 2, summary
+    assert retried >= 1, f"no client saw the crashes: {summary}"
+    assert cross_holds >= 50, summary
+
+
 async def test_money_is_conserved_under_concurrent_transfers_and_crashes(
     pg: EmbeddedPostgres, tmp_path: Path
 ) -> None:
@@ -481,62 +547,8 @@ async def test_money_is_conserved_under_concurrent_transfers_and_crashes(
         async with grpc.aio.insecure_channel(cluster.target, options=CHANNEL_OPTIONS) as channel:
             client = Client(channel)
             await open_bank(client)
-            stop = asyncio.Event()
-            give_up_at = [time.monotonic() + LOAD_S + SETTLE_TIMEOUT_S]
-            clients = [
-                BankClient(n, pb_grpc.LedgerStub(channel), cluster, ledger)
-                for n in range(CLIENT_COUNT)
-            ]
-            started = time.monotonic()
-            tasks = [asyncio.create_task(c.run(stop, give_up_at)) for c in clients]
-            chaos_task = asyncio.create_task(chaos(cluster, started, events))
-            try:
-                await asyncio.sleep(LOAD_S)
-                stop.set()
-                await asyncio.wait_for(chaos_task, timeout=30)
-                await asyncio.wait_for(asyncio.gather(*tasks), timeout=SETTLE_TIMEOUT_S + 15)
-            finally:
-                stop.set()
-                for task in [*tasks, chaos_task]:
-                    task.cancel()
-                await asyncio.gather(*tasks, chaos_task, return_exceptions=True)
-
-            outcomes = list(ledger.outcomes.values())
-            hold_outcomes = [
-                o for f in ledger.holds.values() for o in (f.hold, f.settle) if o is not None
-            ]
-            undecided = [o.message.id for o in [*outcomes, *hold_outcomes] if o.result is None]
-            assert undecided == [], (undecided[:10], events, cluster.describe())
-            codes = Counter(name(o.result.code) for o in outcomes if o.result is not None)
-            unexpected = set(codes) - {
-                "RESULT_CODE_CREATED",
-                "RESULT_CODE_REPLAYED",
-                "RESULT_CODE_INSUFFICIENT_FUNDS",
-            }
-            assert unexpected == set(), codes
-            hold_codes = Counter(name(o.result.code) for o in hold_outcomes if o.result)
-            assert set(hold_codes) <= {
-                "RESULT_CODE_CREATED",
-                "RESULT_CODE_REPLAYED",
-                "RESULT_CODE_INSUFFICIENT_FUNDS",
-                "RESULT_CODE_PENDING_EXPIRED",
-            }, hold_codes
-            cross_holds = sum(f.hold.cross_shard and f.hold.applied for f in ledger.holds.values())
-            cross = sum(o.cross_shard for o in outcomes)
-            retried = sum(o.attempt_count > 1 for o in outcomes)
-            errors = Counter(e for o in outcomes for e in o.errors)
-            summary = (
-                f"{len(outcomes)} transfers ({cross} cross-shard), {dict(codes)}, "
-                f"{retried} retried after {dict(errors)}; {len(ledger.holds)} holds "
-                f"({cross_holds} across shards) {dict(hold_codes)}; {events}"
-            )
-            print(summary)
-            assert len(outcomes) >= 1_000, summary
-            assert codes["RESULT_CODE_CREATED"] >= len(outcomes) // 2, summary
-            assert codes["RESULT_CODE_INSUFFICIENT_FUNDS"] >= 1, summary
-            assert cross >= len(outcomes) // 2, summary
-            assert retried >= 1, f"no client saw the crashes: {summary}"
-            assert cross_holds >= 50, summary
+            await run_the_load_through_chaos(cluster, channel, ledger, events)
+            check_every_outcome_decided_and_counted(cluster, ledger, events)
 
             # Pieces whose resolve was lost are settled by their participant's deadline.
             await wait_nothing_pending(cluster, timeout_s=DEADLINE_S + 10)

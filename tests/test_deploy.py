@@ -10,8 +10,8 @@ import re
 from shards import control
 from shards.gateway.server import Gateway, GatewayConfig
 from shards.local.embedded_pg import EmbeddedPostgres
-from tests.shards.node.test_metrics import _get
 from tests.support.helpers import start_node
+from tests.support.metrics import metrics_text_on_port
 from tests.support.paths import REPO_ROOT
 
 DEPLOY = REPO_ROOT / "deploy"
@@ -58,8 +58,8 @@ async def test_dashboard_queries_only_exported_metrics(pg: EmbeddedPostgres, dsn
         await gateway.start()
         running = asyncio.create_task(gateway.run())
         try:
-            node_text = await asyncio.to_thread(_get, handle.node.metrics_port)
-            gateway_text = await asyncio.to_thread(_get, gateway.metrics_port)
+            node_text = await asyncio.to_thread(metrics_text_on_port, handle.node.metrics_port)
+            gateway_text = await asyncio.to_thread(metrics_text_on_port, gateway.metrics_port)
         finally:
             gateway.request_stop()
             await asyncio.wait_for(running, timeout=30)

@@ -289,6 +289,14 @@ async def make_cluster(pg: EmbeddedPostgres, shard_count: int = 3) -> Cluster:
 async def write_holds(cluster: Cluster, forge_posted_against_void: bool = False) -> Layout:
     """Every fate of a cross-shard hold, a cross-shard transfer and an aborted attempt."""
     layout = Layout(cluster)
+    layout.open_expires_at_ns = await _write_every_hold_fate(cluster, forge_posted_against_void)
+    await _write_cross_shard_transfer(cluster)
+    await _write_aborted_hold_attempt(cluster)
+    return layout
+
+
+async def _write_every_hold_fate(cluster: Cluster, forge_posted_against_void: bool) -> int:
+    """Holds posted in part, voided, expired and left open; the open one's expiry (ns)."""
     # Posted in part: the coordinator decides, the participants post their shares.
     await prepare_hold(cluster, "H-part", "a1", PART_PIECES)
     await rearm(
@@ -313,7 +321,10 @@ async def write_holds(cluster: Cluster, forge_posted_against_void: bool = False)
     await decide(cluster, expiry("H-exp"))
     await settle(cluster, "H-exp", "a3", [2], Kind.EXPIRY, "")
     # Open: committed, its piece held until the hold's expiry.
-    layout.open_expires_at_ns = await prepare_hold(cluster, "H-open", "a4", OPEN_PIECES)
+    return await prepare_hold(cluster, "H-open", "a4", OPEN_PIECES)
+
+
+async def _write_cross_shard_transfer(cluster: Cluster) -> None:
     # A cross-shard transfer, committed and posted everywhere.
     transfer_piece = piece_id("T-1", "a5")
     await cluster.shards[1].apply(
@@ -341,6 +352,9 @@ async def write_holds(cluster: Cluster, forge_posted_against_void: bool = False)
         )
     )
     await cluster.shards[1].apply(resolution_spec(transfer_piece, True))
+
+
+async def _write_aborted_hold_attempt(cluster: Cluster) -> None:
     # An attempt of a hold that aborted: its piece voided.
     aborted_piece = piece_id("H-abort", "a6")
     await cluster.shards[2].apply(
@@ -368,7 +382,6 @@ async def write_holds(cluster: Cluster, forge_posted_against_void: bool = False)
         )
     )
     await cluster.shards[2].apply(resolution_spec(aborted_piece, False))
-    return layout
 
 
 async def close(cluster: Cluster) -> None:

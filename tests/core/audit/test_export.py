@@ -19,14 +19,9 @@ from core import journal
 from core.audit import export
 from core.model import Posting
 from shards.local.embedded_pg import EmbeddedPostgres
-from tests.core.audit.test_audit import (
-    CLI_TIMEOUT_S,
-    clone_database,
-    execute,
-    fetch_one,
-    make_template,
-    run_cli,
-)
+from tests.support.audit_commands import CLI_TIMEOUT_S, run_cli
+from tests.support.seeded_ledger import clone_database, make_template
+from tests.support.sql import execute, fetch_one
 
 REPLACEMENT_BYTES = b'0123456789abcdefXYZ,"|\n {}:-'
 

@@ -16,7 +16,7 @@ import pytest
 from core.audit import reconcile
 from core.money import parse_minor_units
 from tally.v1 import ledger_pb2 as pb
-from tests.core.audit.test_audit import run_cli
+from tests.support.audit_commands import run_cli
 from tests.support.helpers import Client, NodeHandle, account, transfer
 
 CREATED = pb.RESULT_CODE_CREATED

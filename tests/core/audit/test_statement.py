@@ -11,7 +11,7 @@ import grpc
 
 from shards.local.embedded_pg import EmbeddedPostgres
 from tally.v1 import ledger_pb2 as pb
-from tests.core.audit.test_audit import run_cli
+from tests.support.audit_commands import run_cli
 from tests.support.helpers import Client, NodeHandle, account, leg, start_node, transfer
 
 CREATED = pb.RESULT_CODE_CREATED

@@ -29,8 +29,9 @@ from shards.local.embedded_pg import EmbeddedPostgres
 from tally.v1 import audit_pb2 as apb
 from tally.v1 import audit_pb2_grpc as apb_grpc
 from tally.v1 import ledger_pb2 as pb
-from tests.core.audit.test_audit import audit_cli, audit_json, execute, fetch_one
+from tests.support.audit_commands import audit_cli, audit_json
 from tests.support.helpers import Client, NodeHandle, account, in_process_cluster, transfer
+from tests.support.sql import execute, fetch_one
 
 SHARD_COUNT = 4
 CREATED = pb.RESULT_CODE_CREATED

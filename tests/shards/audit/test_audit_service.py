@@ -2,7 +2,8 @@
 (one implementation), structured; bad requests are INVALID_ARGUMENT naming the field; its
 sessions cannot write; health and reflection; `tally audit-serve` as a process.
 
-Two shards: copies of test_audit's seeded ledger (every kind of transaction).
+Two shards: copies of the seeded ledger (tests/support/seeded_ledger.py, every kind of
+transaction).
 """
 
 from __future__ import annotations
@@ -26,14 +27,10 @@ from shards.audit.server import AuditServer, AuditServiceConfig
 from shards.local.embedded_pg import EmbeddedPostgres
 from tally.v1 import audit_pb2 as apb
 from tally.v1 import audit_pb2_grpc as apb_grpc
-from tests.core.audit.test_audit import (
-    REPO,
-    Ledger,
-    audit_cli,
-    clone_database,
-    execute,
-    make_template,
-)
+from tests.support.audit_commands import audit_cli
+from tests.support.paths import REPO_ROOT
+from tests.support.seeded_ledger import Ledger, clone_database, make_template
+from tests.support.sql import execute
 
 TIMEOUT_S = 60.0
 
@@ -334,7 +331,7 @@ async def test_audit_serve_command(dsns: list[str]) -> None:
         dsns[1],
         "--listen",
         "127.0.0.1:0",
-        cwd=REPO,
+        cwd=REPO_ROOT,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.DEVNULL,
     )

@@ -1,7 +1,7 @@
 """Cross-shard transactions survive kill -9 of any process at any step of two-phase commit.
 
 Four `tally node` processes and a `tally gateway` process run on the session's embedded
-PostgreSQL (a database per shard plus the control database). Failpoints (core/failpoints.py,
+PostgreSQL (a database per shard plus the control database). Failpoints (shards/failpoints.py,
 armed per process through TALLY_FAILPOINTS) stop a process at an exact protocol step; the
 participants' deadline is shortened to DEADLINE_S through TALLY_PREPARE_DEADLINE_S.
 
@@ -16,16 +16,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 
-from core.model import Kind, Leg, Status, abort_marker_id, piece_id, resolution_id, split_piece_id
-from shards.crossshard.coordinator import clearing_account, piece_message, split_pieces
+from core.model import Kind, Leg, Status, abort_marker_id, piece_id, resolution_id
+from shards.crossshard.coordinator import piece_message, split_pieces
 from shards.local.embedded_pg import EmbeddedPostgres
 from tally.v1 import ledger_pb2 as pb
 from tally.v1 import shard_pb2 as spb
@@ -39,79 +37,23 @@ from tests.support.cluster_processes import (
     wait_log,
     wait_nothing_pending,
 )
-from tests.support.helpers import Client, account, audit_problems, name, transfer
+from tests.support.crossshard_crash import (
+    AMOUNT,
+    CLEARING,
+    DEADLINE_S,
+    FUNDING,
+    SETTLE_SLACK_S,
+    Pair,
+    check_clearing_nets_to_zero,
+    connected_to,
+    funded_pair,
+    gateway_environment,
+    held_on,
+    open_accounts,
+    retry_twice,
+)
+from tests.support.helpers import Client, audit_problems, name, transfer
 from tests.support.processes import fetch_rows
-
-DEADLINE_S = 2
-FUNDING = 1_000
-AMOUNT = 300
-CLEARING = clearing_account("USD")
-# Once a piece is overdue, its participant settles it at its next sweep (every 0.5 s).
-SETTLE_SLACK_S = 2.0
-CLIENT_CHANNEL_OPTIONS = [
-    ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 500),
-]
-
-
-def gateway_environment(failpoints: str = "") -> dict[str, str]:
-    return {"TALLY_PREPARE_DEADLINE_S": str(DEADLINE_S), "TALLY_FAILPOINTS": failpoints}
-
-
-@contextlib.asynccontextmanager
-async def connected_to(target: str) -> AsyncIterator[Client]:
-    """A fresh channel (a restarted process on the same port is reached at once)."""
-    async with grpc.aio.insecure_channel(target, options=CLIENT_CHANNEL_OPTIONS) as channel:
-        yield Client(channel)
-
-
-@dataclass(frozen=True)
-class Pair:
-    """Two funded customers on different shards; a transfer from the first to the second has
-    the first's shard as coordinator (first debit leg) and the second's as participant."""
-
-    payer: str
-    payee: str
-    coordinator: int
-    participant: int
-
-    def transfer(self, transaction_id: str, amount: int = AMOUNT) -> pb.Transaction:
-        return transfer(transaction_id, self.payer, self.payee, amount)
-
-
-def customer_on(cluster: ProcessCluster, shard_id: int, taken: set[str]) -> str:
-    for number in range(100_000):
-        key = f"cust-{number}"
-        if key not in taken and cluster.slot_map.shard_of_key(key) == shard_id:
-            taken.add(key)
-            return f"{key}/dep"
-    raise AssertionError(f"no customer key for shard {shard_id}")
-
-
-async def open_accounts(
-    cluster: ProcessCluster, client: Client, shards: list[int], clearing: bool = False
-) -> list[str]:
-    """@cash, and a deposit account funded with FUNDING on each of these shards."""
-    taken: set[str] = set()
-    deposits = [customer_on(cluster, shard_id, taken) for shard_id in shards]
-    accounts = [account("@cash"), *(account(d, no_overdraft=True) for d in deposits)]
-    assert set(await client.create(*accounts)) == {pb.RESULT_CODE_CREATED}
-    if clearing:  # the gateway creates it with its first cross-shard transaction otherwise
-        for shard_id in range(len(cluster.shard_dsns)):  # clients may not: ask each node
-            async with grpc.aio.insecure_channel(cluster.node_target(shard_id)) as channel:
-                codes = await Client(channel).create(account(CLEARING, code=9999))
-                assert codes == [pb.RESULT_CODE_CREATED]
-    funding = [transfer(f"fund-{d}", "@cash", d, FUNDING) for d in deposits]
-    assert await client.codes(*funding) == [pb.RESULT_CODE_CREATED] * len(deposits)
-    return deposits
-
-
-async def funded_pair(cluster: ProcessCluster, client: Client, coordinator: int = 0) -> Pair:
-    participant = (coordinator + 1) % len(cluster.shard_dsns)
-    payer, payee = await open_accounts(cluster, client, [coordinator, participant])
-    return Pair(payer, payee, coordinator, participant)
-
 
 # ---- what each shard's database says about one transaction ----
 
@@ -148,16 +90,6 @@ async def posted_by_shard(cluster: ProcessCluster, transaction_id: str) -> list[
     """
     found = await fetch_each_shard(cluster, query, related_patterns(transaction_id))
     return [{r["account_id"]: int(r["net"]) for r in rows if r["net"]} for rows in found]
-
-
-def held_transactions(held: set[str]) -> set[str]:
-    """Client transaction ids of held pieces ("~piece/<attempt>/<id>")."""
-    return {split_piece_id(h)[0] if h.startswith("~piece/") else h for h in held}
-
-
-async def held_on(cluster: ProcessCluster, shard_id: int) -> set[str]:
-    rows = await fetch_rows(cluster.shard_dsns[shard_id], "SELECT transaction_id FROM holds")
-    return held_transactions({row["transaction_id"] for row in rows})
 
 
 async def check_outcome(
@@ -223,25 +155,6 @@ def piece_rows(rows: dict[str, Row], transaction_id: str) -> list[Row]:
         for i, row in rows.items()
         if i.startswith("~piece/") and i.endswith(f"/{transaction_id}")
     ]
-
-
-async def check_clearing_nets_to_zero(client: Client) -> None:
-    clearing = await client.balance(CLEARING)
-    assert clearing.debits_posted == clearing.credits_posted
-    assert clearing.debits_pending == clearing.credits_pending == 0
-
-
-async def retry_twice(client: Client, message: pb.Transaction) -> pb.ItemResult:
-    """The same id and content, twice (through whichever gateway `client` reaches): once
-    applied, the second answer is its replay (same timestamp); a refusal is answered alike."""
-    (first,) = await client.post(message)
-    (second,) = await client.post(message)
-    if first.code in (pb.RESULT_CODE_CREATED, pb.RESULT_CODE_REPLAYED):
-        assert second.code == pb.RESULT_CODE_REPLAYED
-        assert second.timestamp_ns == first.timestamp_ns
-    else:
-        assert (second.code, second.message) == (first.code, first.message)
-    return first
 
 
 # ---- the scenarios ----

@@ -22,12 +22,7 @@ from shards.crossshard import coordinator as crossshard
 from tally.v1 import ledger_pb2 as pb
 from tally.v1 import shard_pb2 as spb
 from tally.v1 import shard_pb2_grpc as spb_grpc
-from tests.shards.gateway.test_cluster import (  # noqa: F401
-    SHARD_COUNT,
-    Cluster,
-    cluster,
-    customers_on_distinct_shards,
-)
+from tests.support.cluster import SHARD_COUNT, Cluster, customers_on_distinct_shards
 from tests.support.helpers import (
     CREDIT,
     DEBIT,
@@ -44,7 +39,7 @@ CREATED, REPLAYED = pb.RESULT_CODE_CREATED, pb.RESULT_CODE_REPLAYED
 
 
 @pytest.fixture
-async def client(cluster: Cluster) -> AsyncIterator[Client]:  # noqa: F811
+async def client(cluster: Cluster) -> AsyncIterator[Client]:
     async with grpc.aio.insecure_channel(cluster.target) as channel:
         yield Client(channel)
     await _books_balance(cluster, client_channel_target=cluster.target)
@@ -226,7 +221,7 @@ def _shards_of(payer: str, payee: str) -> tuple[int, int]:
 
 
 async def test_participants_settle_a_decision_nobody_told_them(
-    cluster: Cluster,  # noqa: F811
+    cluster: Cluster,
     client: Client,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -270,7 +265,7 @@ async def test_participants_settle_a_decision_nobody_told_them(
 
 
 async def test_a_participant_that_missed_the_commit_keeps_holding_until_expiry(
-    cluster: Cluster,  # noqa: F811
+    cluster: Cluster,
     client: Client,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -316,7 +311,7 @@ async def test_a_participant_that_missed_the_commit_keeps_holding_until_expiry(
 
 
 async def test_posts_of_cross_shard_holds_are_reversed_once_and_holds_never(
-    cluster: Cluster,  # noqa: F811
+    cluster: Cluster,
     client: Client,
 ) -> None:
     payer, payee = (f"{c}/dep" for c in await _customers(client, 2))
@@ -401,7 +396,7 @@ async def test_linked_groups_decide_hold_fates_with_other_transactions(
 
 
 async def test_a_linked_group_decides_holds_recorded_at_different_shards(
-    cluster: Cluster,  # noqa: F811
+    cluster: Cluster,
     client: Client,
 ) -> None:
     """Holds recorded at three shards (two across shards, one on a single shard), decided by
@@ -516,7 +511,7 @@ async def test_linked_groups_decided_where_their_records_live(client: Client) ->
 
 
 async def test_a_participant_asking_about_a_hold_being_decided_keeps_asking(
-    cluster: Cluster,  # noqa: F811
+    cluster: Cluster,
     client: Client,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -575,7 +570,7 @@ async def _piece_deadlines(running: Cluster, shard: int) -> dict[str, int]:
 
 
 async def test_a_locked_hold_expires_once_its_lock_is_gone(
-    cluster: Cluster,  # noqa: F811
+    cluster: Cluster,
     client: Client,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -1,6 +1,6 @@
 """Cross-shard holds survive kill -9 of any process while their fate is decided.
 
-Real `tally node` and `tally gateway` processes (tests/cluster_processes.py), failpoints at
+Real `tally node` and `tally gateway` processes (tests/support/cluster_processes.py), failpoints at
 exact protocol steps, the participants' deadline shortened to DEADLINE_S. In each case, once
 the crashed process is back: the hold's fate is applied on every shard or on none, nothing is
 held that should not be, within the deadline; a retry with the same id is answered with the
@@ -22,7 +22,13 @@ from core.audit import AuditConfig
 from core.model import Kind, Status
 from shards.local.embedded_pg import EmbeddedPostgres
 from tally.v1 import ledger_pb2 as pb
-from tests.shards.crossshard.test_cluster_crash import (
+from tests.support.cluster_processes import (
+    ProcessCluster,
+    process_cluster,
+    wait_log,
+    wait_nothing_pending,
+)
+from tests.support.crossshard_crash import (
     DEADLINE_S,
     FUNDING,
     SETTLE_SLACK_S,
@@ -34,12 +40,6 @@ from tests.shards.crossshard.test_cluster_crash import (
     held_on,
     open_accounts,
     retry_twice,
-)
-from tests.support.cluster_processes import (
-    ProcessCluster,
-    process_cluster,
-    wait_log,
-    wait_nothing_pending,
 )
 from tests.support.helpers import CREDIT, DEBIT, Client, account, leg, name, transfer
 from tests.support.processes import fetch_rows

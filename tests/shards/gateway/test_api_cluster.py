@@ -1,6 +1,7 @@
 """The single-shard semantic tests, unchanged, through the gateway of a 4-shard cluster.
 
-Every test function of tests/test_api.py is collected again here; only the fixtures differ:
+Every scenario of tests/support/ledger_api.py that tests/shards/node/test_api.py runs against
+a single node runs here too, under the same test name; only the fixtures differ:
 `channel` reaches the gateway of a 4-shard cluster whose slot map puts each customer of those
 tests on a shard of its own (cust-1, cust-2, cust-3 and eu on shards 0, 1, 2 and 3), so
 transfers between customers cross shards (the linked group of cust-1 -> cust-2 transfers, the
@@ -21,16 +22,16 @@ import pytest
 from core.slots import account_slot
 from shards import control
 from shards.local.embedded_pg import EmbeddedPostgres
-from tests.shards.gateway.test_cluster import Cluster, cluster  # noqa: F401  (the 4-shard cluster fixture)
-from tests.shards.node.test_api import *  # noqa: F403  (the semantic tests, collected again here)
-from tests.support.helpers import NodeHandle
+from tests.support import ledger_api
+from tests.support.cluster import Cluster
+from tests.support.helpers import Client, NodeHandle
 from tests.support.processes import fetch_rows
 
 PLACEMENT = {"cust-1": 0, "cust-2": 1, "cust-3": 2, "eu": 3}
 
 
 @pytest.fixture
-async def placed(cluster: Cluster) -> AsyncIterator[Cluster]:  # noqa: F811
+async def placed(cluster: Cluster) -> AsyncIterator[Cluster]:
     """The cluster, with each customer's slot moved to its shard before any account exists."""
     connection = await control.connect(cluster.control_dsn)
     try:
@@ -81,5 +82,78 @@ async def dsn(request: pytest.FixtureRequest, pg: EmbeddedPostgres) -> str:
     return pg.dsn(name)
 
 
+@pytest.fixture
+async def client(channel: grpc.aio.Channel) -> Client:
+    return await ledger_api.client_with_accounts(channel)
+
+
 def test_the_placement_spreads_the_customers_over_every_shard() -> None:
     assert sorted(PLACEMENT.values()) == [0, 1, 2, 3]
+
+
+async def test_accounts_replay_and_conflict(client: Client) -> None:
+    await ledger_api.accounts_replay_and_conflict(client)
+
+
+async def test_transaction_replay_returns_original_and_conflict_names_field(client: Client) -> None:
+    await ledger_api.transaction_replay_returns_original_and_conflict_names_field(client)
+
+
+async def test_replay_after_restart(client: Client, node: NodeHandle, dsn: str) -> None:
+    await ledger_api.replay_after_restart(client, node, dsn)
+
+
+async def test_limits_insufficient_funds_and_credits_exceed_debits(client: Client) -> None:
+    await ledger_api.limits_insufficient_funds_and_credits_exceed_debits(client)
+
+
+async def test_stateful_rejections(client: Client) -> None:
+    await ledger_api.stateful_rejections(client)
+
+
+async def test_unbalanced_and_multi_currency(client: Client) -> None:
+    await ledger_api.unbalanced_and_multi_currency(client)
+
+
+async def test_linked_group_is_all_or_nothing(client: Client) -> None:
+    await ledger_api.linked_group_is_all_or_nothing(client)
+
+
+async def test_hold_posted_in_part(client: Client) -> None:
+    await ledger_api.hold_posted_in_part(client)
+
+
+async def test_hold_posted_in_full_and_voided(client: Client) -> None:
+    await ledger_api.hold_posted_in_full_and_voided(client)
+
+
+async def test_hold_expires_without_a_client_asking(dsn: str) -> None:
+    await ledger_api.hold_expires_without_a_client_asking(dsn)
+
+
+async def test_reversal(client: Client) -> None:
+    await ledger_api.reversal(client)
+
+
+async def test_reversal_limited_by_funds(client: Client) -> None:
+    await ledger_api.reversal_limited_by_funds(client)
+
+
+async def test_close_account(client: Client) -> None:
+    await ledger_api.close_account(client)
+
+
+async def test_history_pagination_and_balance_at(client: Client) -> None:
+    await ledger_api.history_pagination_and_balance_at(client)
+
+
+async def test_get_accounts_reports_each_id(client: Client) -> None:
+    await ledger_api.get_accounts_reports_each_id(client)
+
+
+async def test_books_balance_after_everything(client: Client, node: NodeHandle) -> None:
+    await ledger_api.books_balance_after_everything(client, node)
+
+
+def test_every_scenario_runs_through_the_gateway() -> None:
+    assert ledger_api.scenarios_not_run(globals()) == []

@@ -16,11 +16,11 @@ from core.slots import SlotMap, account_slot
 from shards import control
 from shards.local.embedded_pg import EmbeddedPostgres
 from tally.v1 import ledger_pb2 as pb
+from tests.support.cluster import SHARD_COUNT, Cluster, customers_on_distinct_shards
 from tests.support.helpers import (
     CREDIT,
     DEBIT,
     Client,
-    InProcessCluster,
     account,
     audit_problems,
     in_process_cluster,
@@ -28,37 +28,15 @@ from tests.support.helpers import (
     names,
     transfer,
 )
+from tests.support.readme import TIME, example_steps, run_tally
 
-SHARD_COUNT = 4
 _numbers = itertools.count(1)
-
-
-Cluster = InProcessCluster
-
-
-@pytest.fixture
-async def cluster(pg: EmbeddedPostgres) -> AsyncIterator[Cluster]:
-    prefix = f"c{os.getpid()}_{next(_numbers)}"
-    async with in_process_cluster(pg, prefix, SHARD_COUNT, slot_map_poll_interval_s=0.2) as c:
-        yield c
 
 
 @pytest.fixture
 async def client(cluster: Cluster) -> AsyncIterator[Client]:
     async with grpc.aio.insecure_channel(cluster.target) as channel:
         yield Client(channel)
-
-
-def customers_on_distinct_shards(count: int) -> list[str]:
-    """Customer partition keys, one per shard, under the even map."""
-    slot_map = SlotMap.even(SHARD_COUNT)
-    chosen: dict[int, str] = {}
-    for n in range(10_000):
-        key = f"cust-{n}"
-        chosen.setdefault(slot_map.shard_of_key(key), key)
-        if len(chosen) == count:
-            break
-    return [chosen[s] for s in sorted(chosen)]
 
 
 async def test_spread_account_has_a_piece_on_every_shard(cluster: Cluster, client: Client) -> None:
@@ -538,8 +516,6 @@ async def test_coalescing_wait_gathers_small_writes_into_one_call(
 
 
 async def test_readme_example_runs_unchanged_through_the_gateway(cluster: Cluster) -> None:
-    from tests.support.readme import TIME, example_steps, run_tally
-
     for command, expected in example_steps():
         output = await run_tally(command, cluster.gateway.port)
         got = [TIME.sub("<time>", line) for line in output.rstrip("\n").splitlines()]

@@ -20,11 +20,10 @@ import pytest
 
 from core.slots import SlotMap
 from tally.v1 import audit_pb2, audit_pb2_grpc
-from tests.shards.node.test_metrics import _get_url
+from tally.v1 import ledger_pb2 as pb
 from tests.support.helpers import Client, account, names, transfer
-from tests.support.processes import REPO_ROOT
-
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+from tests.support.metrics import Samples, metrics_text_at, parse_samples
+from tests.support.paths import REPO_ROOT
 
 SHARD_COUNT = 2
 START_TIMEOUT_S = 60.0
@@ -102,14 +101,7 @@ async def up(tmp_path: Path) -> AsyncIterator[UpProcess]:
 
 
 async def scrape(url: str) -> Samples:
-    from prometheus_client.parser import text_string_to_metric_families
-
-    text = await asyncio.to_thread(_get_url, url)
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
+    return parse_samples(await asyncio.to_thread(metrics_text_at, url))
 
 
 async def scrape_all(up: UpProcess) -> dict[str, Samples]:
@@ -138,6 +130,40 @@ async def test_every_process_counts_a_posted_batch(up: UpProcess) -> None:
     assert sorted(up.metrics) == sorted([*node_names, "gateway", "audit"])
     metrics_lines = [n for n, line in enumerate(up.lines) if METRICS_LINE.match(line)]
     assert max(metrics_lines) < len(up.lines) - 1  # all before the serving line
+    before, results, seconds = await _post_a_batch_over_two_shards(up)
+    assert names([r.code for r in results]) == [
+        "RESULT_CODE_REPLAYED",
+        "RESULT_CODE_CREATED",
+        "RESULT_CODE_CREATED",
+        "RESULT_CODE_CREATED",
+        "RESULT_CODE_INSUFFICIENT_FUNDS",
+    ]
+    # Resolving the cross-shard piece on shard 1 may follow the answer: wait for its batch.
+    after = await _wait_for_batches(up, before, "node-1", item_count=4)
+    scrapes = Scrapes(before, after)
+    _check_the_gateway_counted(scrapes, seconds)
+    _check_the_nodes_counted(scrapes)
+    await _check_the_audit_service_counted(up, before)
+
+
+@dataclass
+class Scrapes:
+    """Every process's samples, before and after the batch."""
+
+    before: dict[str, Samples]
+    after: dict[str, Samples]
+
+    def moved(self, process: str, name: str, **labels: str) -> float:
+        return value(self.after[process], name, **labels) - value(
+            self.before[process], name, **labels
+        )
+
+
+async def _post_a_batch_over_two_shards(
+    up: UpProcess,
+) -> tuple[dict[str, Samples], list[pb.ItemResult], float]:
+    """Accounts on shards 0 and 1 funded, then one batch of every kind of item through the
+    gateway: (the samples before it, its results, how long it took in seconds)."""
     a, b = customers_on_each_shard()  # a on shard 0, b on shard 1
     async with grpc.aio.insecure_channel(up.target) as channel:
         client = Client(channel)
@@ -164,19 +190,11 @@ async def test_every_process_counts_a_posted_batch(up: UpProcess) -> None:
             transfer("over-b", f"{b}/dep", f"{b}/loan", 10**9),  # refused, shard 1
         )
         seconds = time.monotonic() - started
-    assert names([r.code for r in results]) == [
-        "RESULT_CODE_REPLAYED",
-        "RESULT_CODE_CREATED",
-        "RESULT_CODE_CREATED",
-        "RESULT_CODE_CREATED",
-        "RESULT_CODE_INSUFFICIENT_FUNDS",
-    ]
-    # Resolving the cross-shard piece on shard 1 may follow the answer: wait for its batch.
-    after = await _wait_for_batches(up, before, "node-1", item_count=4)
+    return before, results, seconds
 
-    def moved(process: str, name: str, **labels: str) -> float:
-        return value(after[process], name, **labels) - value(before[process], name, **labels)
 
+def _check_the_gateway_counted(scrapes: Scrapes, seconds: float) -> None:
+    moved, after = scrapes.moved, scrapes.after
     # The gateway: one request, its items by code, one call per shard for the single-shard ones.
     assert moved("gateway", "tally_gateway_rpc_total", method=POST, status="OK") == 1
     assert moved("gateway", "tally_gateway_rpc_duration_seconds_count", method=POST) == 1
@@ -205,6 +223,10 @@ async def test_every_process_counts_a_posted_batch(up: UpProcess) -> None:
     assert (
         moved("gateway", phases, phase="Prepare") == moved("gateway", phases, phase="Commit") == 1
     )
+
+
+def _check_the_nodes_counted(scrapes: Scrapes) -> None:
+    moved, after = scrapes.moved, scrapes.after
     # The nodes: what each applied, by the method that brought it.
     node_items = "tally_item_results_total"
     assert moved("node-0", node_items, shard="0", method=POST, code="REPLAYED") == 1
@@ -226,6 +248,9 @@ async def test_every_process_counts_a_posted_batch(up: UpProcess) -> None:
         assert version == value(after["gateway"], "tally_gateway_slot_map_version") >= 1
     # Items through node 0's writer: the post's two and the coordinator's committed piece.
     assert moved("node-0", "tally_batch_items_sum", shard="0") == 3
+
+
+async def _check_the_audit_service_counted(up: UpProcess, before: dict[str, Samples]) -> None:
     # tally up also serves the auditors' read-only Audit service over every shard: clean.
     (audit_line,) = [line for line in up.lines if line.startswith(AUDIT_LINE)]
     async with grpc.aio.insecure_channel(audit_line.removeprefix(AUDIT_LINE)) as channel:

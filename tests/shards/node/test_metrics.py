@@ -5,12 +5,10 @@ from __future__ import annotations
 import asyncio
 import os
 import urllib.error
-import urllib.request
 from collections.abc import AsyncIterator
 
 import grpc
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from shards import control
 from shards.cli.main import build_parser
@@ -21,11 +19,9 @@ from tally.v1 import ledger_pb2 as pb
 from tally.v1 import shard_pb2 as spb
 from tally.v1 import shard_pb2_grpc as spb_grpc
 from tests.support.helpers import Client, NodeHandle, account, names, start_node, transfer
-
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+from tests.support.metrics import Samples, metrics_text_on_port, parse_samples
 
 POST = "PostTransactions"
-SCRAPE_TIMEOUT_S = 5.0
 
 
 @pytest.fixture
@@ -55,23 +51,8 @@ async def client(metered: NodeHandle) -> AsyncIterator[Client]:
         yield client
 
 
-def _get(port: int) -> str:
-    return _get_url(f"http://127.0.0.1:{port}/metrics")
-
-
-def _get_url(url: str) -> str:
-    with urllib.request.urlopen(url, timeout=SCRAPE_TIMEOUT_S) as response:
-        body: bytes = response.read()
-    return body.decode()
-
-
 async def scrape(port: int) -> Samples:
-    text = await asyncio.to_thread(_get, port)
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
+    return parse_samples(await asyncio.to_thread(metrics_text_on_port, port))
 
 
 def value(samples: Samples, name: str, **labels: str) -> float:
@@ -209,7 +190,7 @@ async def test_slot_map_version_and_endpoint_lifecycle(pg: EmbeddedPostgres, dsn
     finally:
         await handle.stop()
     with pytest.raises(urllib.error.URLError):
-        await asyncio.to_thread(_get, port)  # stopped with the node
+        await asyncio.to_thread(metrics_text_on_port, port)  # stopped with the node
 
 
 async def test_metrics_endpoint_is_off_by_default() -> None:
