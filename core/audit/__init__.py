@@ -228,10 +228,6 @@ class Finding:
         }
 
 
-# The former names.
-Problem = Finding
-
-
 class FindingLog:
     """A shard's findings: the first count_max of each check kept, all counted. Findings that
     name a currency outside `currencies` (when given) are left out."""
@@ -284,9 +280,6 @@ class FindingLog:
 
     def sorted_kept(self) -> list[Finding]:
         return sorted(self.kept, key=lambda finding: CHECK_NAMES.index(finding.check))
-
-
-ProblemLog = FindingLog
 
 
 # ---- configuration and reports ----
@@ -670,12 +663,6 @@ _P_SEQUENCE, _P_TRANSACTION, _P_ACCOUNT, _P_SIDE, _P_POSTED, _P_PENDING, _P_TIME
 _P_BLOCK = 11
 # Column positions in the transaction rows above.
 _T_ID, _T_KIND, _T_TARGET, _T_APPLIED, _T_TIME = 1, 2, 7, 9, 10
-
-
-def posting_subject(row: Any) -> str:
-    return (
-        f"posting {row[_P_SEQUENCE]} (transaction {row[_P_TRANSACTION]}, account {row[_P_ACCOUNT]})"
-    )
 
 
 def _posting_ids(row: Any) -> dict[str, Any]:
@@ -2195,7 +2182,7 @@ async def _read_again(
             _fold(view, row, None)
 
 
-# ---- the original building blocks (kept for their callers) ----
+# ---- building blocks for the service, the benchmark and tests ----
 
 
 async def trial_balance(connection: Any) -> dict[str, tuple[int, int, int, int]]:
@@ -2229,36 +2216,6 @@ async def check_counters(connection: Any) -> list[str]:
     return [f"{p.subject}: {p.message}" for p in log.kept if p.check == "counters"]
 
 
-async def check_balance_after_chains(connection: Any) -> list[str]:
-    """Each posting's balance-after equals the previous one's plus its own change."""
-    log = FindingLog(0, 10**9)
-    async with connection.transaction(isolation="repeatable_read", readonly=True):
-        await check_chains(connection, AuditConfig(statement_timeout_s=TIMEOUT_S), log)
-    return [f"{p.subject}: {p.message}" for p in log.kept]
-
-
-async def check_transactions_balanced(connection: Any) -> list[str]:
-    """Per transaction and currency, debits equal credits in both posted and pending changes."""
-    rows = await connection.fetch(
-        """
-        SELECT p.transaction_id, a.currency,
-               sum(CASE WHEN p.is_debit THEN p.posted_amount ELSE -p.posted_amount END) AS posted,
-               sum(CASE WHEN p.is_debit THEN p.pending_delta ELSE -p.pending_delta END) AS pending
-        FROM postings p JOIN accounts a ON a.id = p.account_id
-        GROUP BY p.transaction_id, a.currency
-        HAVING sum(CASE WHEN p.is_debit THEN p.posted_amount ELSE -p.posted_amount END) <> 0
-            OR sum(CASE WHEN p.is_debit THEN p.pending_delta ELSE -p.pending_delta END) <> 0
-        ORDER BY 1, 2
-        """,
-        timeout=TIMEOUT_S,
-    )
-    return [
-        f"transaction {r['transaction_id']} {r['currency']}: unbalanced by "
-        f"{r['posted']} posted, {r['pending']} pending"
-        for r in rows
-    ]
-
-
 async def verify_chain(
     connection: Any, shard: int, config: AuditConfig
 ) -> tuple[ShardReport, FindingLog]:
@@ -2276,12 +2233,6 @@ async def verify_chain(
     report.problems = log.sorted_kept()
     report.problem_counts = dict(log.counts)
     return report, log
-
-
-async def check_hash_chain(connection: Any) -> list[str]:
-    """Recompute every journal block's hash from its rows and the previous block's hash."""
-    report, _ = await verify_chain(connection, 0, AuditConfig(statement_timeout_s=TIMEOUT_S))
-    return [f"{p.subject}: {p.message}" for p in report.problems if p.check == "journal"]
 
 
 async def check_all(connection: Any) -> list[str]:
