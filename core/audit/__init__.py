@@ -43,6 +43,24 @@ from typing import IO, Any, Final
 from core import journal
 from core.audit.export import block_hash, journal_line
 from core.model import Kind, Status
+from core.store import audit as queries
+from core.store.audit import (
+    MARKER_PREFIX,
+    P_ACCOUNT,
+    P_BLOCK,
+    P_PENDING,
+    P_POSTED,
+    P_SEQUENCE,
+    P_SIDE,
+    P_TIME,
+    P_TRANSACTION,
+    PIECE_PREFIX,
+    T_APPLIED,
+    T_ID,
+    T_KIND,
+    T_TARGET,
+    T_TIME,
+)
 
 TIMEOUT_S = 300.0
 
@@ -555,13 +573,7 @@ async def audit_shard(
     report = ShardReport(shard, "")
     timeout_s = config.statement_timeout_s
     async with connection.transaction(isolation="repeatable_read", readonly=True):
-        sizes = await connection.fetchrow(
-            """
-            SELECT (SELECT count(*) FROM accounts) AS accounts,
-                   (SELECT coalesce(max(sequence), 0) FROM postings) AS postings
-            """,
-            timeout=timeout_s,
-        )
+        sizes = await connection.fetchrow(queries.SIZES_SQL, timeout=timeout_s)
         report.account_count = sizes["accounts"]
         await JournalPass(connection, config, log, report, progress, sizes["postings"]).run()
         await check_accounts(connection, config, log, report, progress)
@@ -634,43 +646,13 @@ class RowStream:
 
 # ---- the journal pass: hash chain, block structure, postings against transactions ----
 
-_BLOCKS_SQL = """
-SELECT sequence, previous_hash, hash, epoch, next_posting_sequence, account_count,
-       transaction_count, posting_count, closure_count
-FROM journal_blocks ORDER BY sequence
-"""
-_ACCOUNTS_SQL = """
-SELECT block_sequence, id, currency, code, flags, metadata, created_at_ns
-FROM accounts ORDER BY block_sequence, created_at_ns, id
-"""
-_TRANSACTIONS_SQL = """
-SELECT block_sequence, id, kind, code, metadata, value_date, timeout_seconds, target_id, legs,
-       applied_legs, timestamp_ns
-FROM transactions ORDER BY block_sequence, timestamp_ns, id
-"""
-_POSTINGS_SQL = """
-SELECT sequence, transaction_id, account_id, CASE WHEN is_debit THEN 'D' ELSE 'C' END,
-       posted_amount, pending_delta, timestamp_ns, debits_posted_after, credits_posted_after,
-       debits_pending_after, credits_pending_after, block_sequence
-FROM postings ORDER BY sequence
-"""
-_CLOSURES_SQL = """
-SELECT block_sequence, account_id, closed_at_ns
-FROM account_closures ORDER BY block_sequence, closed_at_ns, account_id
-"""
-# Column positions in the posting rows above.
-_P_SEQUENCE, _P_TRANSACTION, _P_ACCOUNT, _P_SIDE, _P_POSTED, _P_PENDING, _P_TIME = range(7)
-_P_BLOCK = 11
-# Column positions in the transaction rows above.
-_T_ID, _T_KIND, _T_TARGET, _T_APPLIED, _T_TIME = 1, 2, 7, 9, 10
-
 
 def _posting_ids(row: Any) -> dict[str, Any]:
     """A posting row's ids, as FindingLog.add takes them."""
     return {
-        "posting": row[_P_SEQUENCE],
-        "transaction_id": row[_P_TRANSACTION],
-        "account_id": row[_P_ACCOUNT],
+        "posting": row[P_SEQUENCE],
+        "transaction_id": row[P_TRANSACTION],
+        "account_id": row[P_ACCOUNT],
     }
 
 
@@ -719,13 +701,13 @@ class JournalPass:
         )
 
     async def run(self) -> None:
-        blocks = await self._open(_BLOCKS_SQL)
+        blocks = await self._open(queries.BLOCKS_SQL)
         self.streams = {
-            "accounts": await self._open(_ACCOUNTS_SQL),
-            "transactions": await self._open(_TRANSACTIONS_SQL),
-            "closures": await self._open(_CLOSURES_SQL),
+            "accounts": await self._open(queries.ACCOUNTS_SQL),
+            "transactions": await self._open(queries.TRANSACTIONS_SQL),
+            "closures": await self._open(queries.CLOSURES_SQL),
         }
-        self.postings = await self._open(_POSTINGS_SQL)
+        self.postings = await self._open(queries.POSTINGS_SQL)
         while headers := await blocks.rest():
             for header in headers:
                 await self._block(header)
@@ -746,7 +728,7 @@ class JournalPass:
         rows = {}
         for name, stream in self.streams.items():
             rows[name] = self._own_rows(name, block, await stream.take_below(0, block + 1))
-        postings = await self.postings.take_below(_P_SEQUENCE, header["next_posting_sequence"])
+        postings = await self.postings.take_below(P_SEQUENCE, header["next_posting_sequence"])
         self._check_posting_range(header, postings)
         self._check_counts(header, rows, postings)
         self._check_hash(header, rows, postings)
@@ -824,17 +806,17 @@ class JournalPass:
                 block=block,
             )
         for row in postings:
-            sequence = row[_P_SEQUENCE]
+            sequence = row[P_SEQUENCE]
             if sequence > expected:
                 self._missing_postings(block, expected, sequence)
-            if row[_P_BLOCK] != block:
+            if row[P_BLOCK] != block:
                 self.log.add(
                     FindingKind.POSTING_IN_WRONG_BLOCK,
                     About.POSTING,
-                    f"block_sequence {row[_P_BLOCK]}, but its sequence lies in block {block} "
+                    f"block_sequence {row[P_BLOCK]}, but its sequence lies in block {block} "
                     f"(postings {self.next_posting}..{end - 1})",
                     block,
-                    row[_P_BLOCK],
+                    row[P_BLOCK],
                     block=block,
                     **_posting_ids(row),
                 )
@@ -882,7 +864,7 @@ class JournalPass:
             self.suspect = None
         lines = [journal_line("A", row[1:]) for row in rows["accounts"]]
         lines += [journal_line("T", row[1:]) for row in rows["transactions"]]
-        lines += [journal_line("P", row[:_P_BLOCK]) for row in postings]
+        lines += [journal_line("P", row[:P_BLOCK]) for row in postings]
         lines += [journal_line("X", row[1:]) for row in rows["closures"]]
         recomputed = block_hash(previous_field, block, lines)
         if previous_field not in (self.previous_stored, self.previous_recomputed):
@@ -939,10 +921,10 @@ class JournalPass:
     ) -> None:
         by_transaction: dict[str, list[Any]] = {}
         for row in postings:
-            by_transaction.setdefault(row[_P_TRANSACTION], []).append(row)
+            by_transaction.setdefault(row[P_TRANSACTION], []).append(row)
         held = await self._held_legs(transactions)
         for transaction in transactions:
-            actual = by_transaction.pop(transaction[_T_ID], [])
+            actual = by_transaction.pop(transaction[T_ID], [])
             check_transaction_postings(self.log, block, transaction, actual, held)
         for transaction_id, rows in by_transaction.items():
             for row in rows:
@@ -959,21 +941,20 @@ class JournalPass:
         held: dict[str, str] = {}
         missing: list[str] = []
         for row in transactions:
-            kind = row[_T_KIND]
+            kind = row[T_KIND]
             if kind in _HELD_KINDS:
-                self.holds[row[_T_ID]] = row[_T_APPLIED]
+                self.holds[row[T_ID]] = row[T_APPLIED]
                 if len(self.holds) > self.config.hold_cache_count_max:
                     self.holds.popitem(last=False)
             elif kind in (Kind.POST_PENDING, Kind.VOID_PENDING, Kind.EXPIRY):
-                legs = self.holds.pop(row[_T_TARGET], None)
+                legs = self.holds.pop(row[T_TARGET], None)
                 if legs is not None:
-                    held[row[_T_TARGET]] = legs
+                    held[row[T_TARGET]] = legs
                 elif kind == Kind.POST_PENDING:
-                    missing.append(row[_T_TARGET])
+                    missing.append(row[T_TARGET])
         if missing:
             for found in await self.connection.fetch(
-                "SELECT id, applied_legs FROM transactions WHERE id = ANY($1::text[]) "
-                "AND kind = ANY($2::smallint[])",
+                queries.HELD_LEGS_SQL,
                 missing,
                 sorted(int(kind) for kind in _HELD_KINDS),
                 timeout=self.config.statement_timeout_s,
@@ -992,11 +973,11 @@ class JournalPass:
                 self.log.add(
                     FindingKind.POSTING_BEYOND_JOURNAL,
                     About.POSTING,
-                    f"beyond the journal (it claims block {row[_P_BLOCK]}, but the last block, "
+                    f"beyond the journal (it claims block {row[P_BLOCK]}, but the last block, "
                     f"{self.previous_block}, ends before posting {self.next_posting})",
                     f"sequence < {self.next_posting}",
-                    row[_P_SEQUENCE],
-                    block=row[_P_BLOCK],
+                    row[P_SEQUENCE],
+                    block=row[P_BLOCK],
                     **_posting_ids(row),
                 )
 
@@ -1066,10 +1047,10 @@ def check_transaction_postings(
     log: FindingLog, block: int, transaction: Any, actual: list[Any], held: dict[str, str]
 ) -> None:
     """Compare a transaction's postings with what its legs say they must be."""
-    transaction_id = transaction[_T_ID]
+    transaction_id = transaction[T_ID]
     try:
         expected = expected_postings(
-            transaction[_T_KIND], transaction[_T_APPLIED], held.get(transaction[_T_TARGET])
+            transaction[T_KIND], transaction[T_APPLIED], held.get(transaction[T_TARGET])
         )
     except ValueError as error:
         log.add(
@@ -1082,7 +1063,7 @@ def check_transaction_postings(
         return
     if not _is_balanced_pair(expected):
         _check_balanced(log, block, transaction_id, expected)
-    timestamp_ns = transaction[_T_TIME]
+    timestamp_ns = transaction[T_TIME]
     if not _postings_are(actual, expected, timestamp_ns):
         _match_postings(log, block, transaction_id, timestamp_ns, expected, actual)
 
@@ -1101,11 +1082,11 @@ def _postings_are(actual: list[Any], expected: list[ExpectedPosting], timestamp_
         return False
     for row, leg in zip(actual, expected, strict=True):
         if (
-            row[_P_ACCOUNT] != leg[0]
-            or row[_P_SIDE] != leg[1]
-            or row[_P_POSTED] != leg[2]
-            or row[_P_PENDING] != leg[3]
-            or row[_P_TIME] != timestamp_ns
+            row[P_ACCOUNT] != leg[0]
+            or row[P_SIDE] != leg[1]
+            or row[P_POSTED] != leg[2]
+            or row[P_PENDING] != leg[3]
+            or row[P_TIME] != timestamp_ns
         ):
             return False
     return True
@@ -1147,22 +1128,22 @@ def _match_postings(
     for leg in expected:
         remaining.setdefault((leg[0], leg[1]), deque()).append(leg)
     for row in actual:
-        legs = remaining.get((row[_P_ACCOUNT], row[_P_SIDE]))
+        legs = remaining.get((row[P_ACCOUNT], row[P_SIDE]))
         if not legs:
             log.add(
                 FindingKind.POSTING_NOT_A_LEG,
                 About.POSTING,
-                f"not a leg of transaction {transaction_id}: {_side_name(row[_P_SIDE])} "
-                f"posted {row[_P_POSTED]}, pending {row[_P_PENDING]}",
+                f"not a leg of transaction {transaction_id}: {_side_name(row[P_SIDE])} "
+                f"posted {row[P_POSTED]}, pending {row[P_PENDING]}",
                 block=block,
                 **_posting_ids(row),
             )
             continue
         leg = legs.popleft()
         for name, found, wanted in (
-            ("posted_amount", row[_P_POSTED], leg[2]),
-            ("pending_delta", row[_P_PENDING], leg[3]),
-            ("timestamp_ns", row[_P_TIME], timestamp_ns),
+            ("posted_amount", row[P_POSTED], leg[2]),
+            ("pending_delta", row[P_PENDING], leg[3]),
+            ("timestamp_ns", row[P_TIME], timestamp_ns),
         ):
             if found != wanted:
                 log.add(
@@ -1197,23 +1178,6 @@ def _side_name(side: str) -> str:
 
 # ---- accounts: counters against their postings, flags, trial balance ----
 
-_ACCOUNT_SUMS_SQL = """
-SELECT coalesce(a.id, s.account_id) AS id, a.id IS NOT NULL AS known, a.currency, a.flags,
-       a.closed_at_ns, a.debits_posted, a.credits_posted, a.debits_pending, a.credits_pending,
-       coalesce(s.dp, 0) AS sum_dp, coalesce(s.cp, 0) AS sum_cp,
-       coalesce(s.dq, 0) AS sum_dq, coalesce(s.cq, 0) AS sum_cq,
-       coalesce(s.posting_count, 0) AS posting_count
-FROM accounts a FULL JOIN (
-    SELECT account_id,
-           sum(posted_amount) FILTER (WHERE is_debit) AS dp,
-           sum(posted_amount) FILTER (WHERE NOT is_debit) AS cp,
-           sum(pending_delta) FILTER (WHERE is_debit) AS dq,
-           sum(pending_delta) FILTER (WHERE NOT is_debit) AS cq,
-           count(*) AS posting_count
-    FROM postings GROUP BY account_id
-) s ON s.account_id = a.id
-"""
-
 
 async def check_accounts(
     connection: Any,
@@ -1225,7 +1189,7 @@ async def check_accounts(
     """Each account's counters equal the sums of its postings; flags hold; the per-currency
     trial balance of the counters (every account streams through once)."""
     stream = await RowStream.open(
-        connection, _ACCOUNT_SUMS_SQL, config.fetch_row_count, config.statement_timeout_s
+        connection, queries.ACCOUNT_SUMS_SQL, config.fetch_row_count, config.statement_timeout_s
     )
     done = 0
     while rows := await stream.rest():
@@ -1349,34 +1313,12 @@ def _check_flags(
 
 # ---- balance-after chains ----
 
-_CHAINS_SQL = """
-SELECT sequence, transaction_id, account_id, is_debit, posted_amount, pending_delta,
-       dp, cp, dq, cq, pdp, pcp, pdq, pcq, previous_sequence
-FROM (
-    SELECT sequence, transaction_id, account_id, is_debit, posted_amount, pending_delta,
-           debits_posted_after AS dp, credits_posted_after AS cp,
-           debits_pending_after AS dq, credits_pending_after AS cq,
-           coalesce(lag(debits_posted_after) OVER w, 0) AS pdp,
-           coalesce(lag(credits_posted_after) OVER w, 0) AS pcp,
-           coalesce(lag(debits_pending_after) OVER w, 0) AS pdq,
-           coalesce(lag(credits_pending_after) OVER w, 0) AS pcq,
-           lag(sequence) OVER w AS previous_sequence
-    FROM postings WINDOW w AS (PARTITION BY account_id ORDER BY sequence)
-) p
--- numeric: a tampered row must not overflow bigint and abort the audit.
-WHERE dp::numeric <> pdp::numeric + CASE WHEN is_debit THEN posted_amount ELSE 0 END
-   OR cp::numeric <> pcp::numeric + CASE WHEN is_debit THEN 0 ELSE posted_amount END
-   OR dq::numeric <> pdq::numeric + CASE WHEN is_debit THEN pending_delta ELSE 0 END
-   OR cq::numeric <> pcq::numeric + CASE WHEN is_debit THEN 0 ELSE pending_delta END
-ORDER BY sequence
-"""
-
 
 async def check_chains(connection: Any, config: AuditConfig, log: FindingLog) -> None:
     """Every posting's balance-after is the account's previous balance-after plus its amounts
     (PostgreSQL walks each account's postings in order; only broken links come back)."""
     stream = await RowStream.open(
-        connection, _CHAINS_SQL, config.fetch_row_count, config.statement_timeout_s
+        connection, queries.CHAINS_SQL, config.fetch_row_count, config.statement_timeout_s
     )
     while rows := await stream.rest():
         for row in rows:
@@ -1417,17 +1359,6 @@ def _report_chain_break(log: FindingLog, row: Any) -> None:
 
 # ---- holds ----
 
-_HOLDS_SQL = """
-SELECT h.transaction_id, h.expires_at_ns, t.kind, t.status, t.expires_at_ns AS recorded_ns
-FROM holds h LEFT JOIN transactions t ON t.id = h.transaction_id
-ORDER BY h.transaction_id
-"""
-_PENDING_WITHOUT_HOLD_SQL = """
-SELECT id, expires_at_ns FROM transactions t
-WHERE status = $1 AND NOT EXISTS (SELECT 1 FROM holds h WHERE h.transaction_id = t.id)
-ORDER BY id
-"""
-
 
 async def check_holds(
     connection: Any, config: AuditConfig, log: FindingLog, report: ShardReport
@@ -1435,7 +1366,7 @@ async def check_holds(
     """Open holds agree with their transactions, and none is past its deadline."""
     now_ns = config.now_ns or time.time_ns()
     stream = await RowStream.open(
-        connection, _HOLDS_SQL, config.fetch_row_count, config.statement_timeout_s
+        connection, queries.HOLDS_SQL, config.fetch_row_count, config.statement_timeout_s
     )
     while rows := await stream.rest():
         report.hold_count += len(rows)
@@ -1443,7 +1374,7 @@ async def check_holds(
             _check_hold(log, row, config.hold_grace_s, now_ns)
     orphans = await RowStream.open(
         connection,
-        _PENDING_WITHOUT_HOLD_SQL,
+        queries.PENDING_WITHOUT_HOLD_SQL,
         config.fetch_row_count,
         config.statement_timeout_s,
         int(Status.PENDING),
@@ -1528,7 +1459,7 @@ async def _check_lease(
     connection: Any, config: AuditConfig, log: FindingLog, report: ShardReport
 ) -> None:
     recorded = await connection.fetchval(
-        "SELECT last_block_sequence FROM writer_lease WHERE id = 1",
+        queries.LEASE_LAST_BLOCK_SQL,
         timeout=config.statement_timeout_s,
     )
     if recorded is not None and recorded != report.head_block:
@@ -1548,7 +1479,7 @@ async def _check_anchors(connection: Any, config: AuditConfig, log: FindingLog, 
         if anchor.shard != shard:
             continue
         stored = await connection.fetchval(
-            "SELECT encode(hash, 'hex') FROM journal_blocks WHERE sequence = $1",
+            queries.BLOCK_HASH_HEX_SQL,
             anchor.block,
             timeout=config.statement_timeout_s,
         )
@@ -1603,58 +1534,12 @@ async def _check_anchors(connection: Any, config: AuditConfig, log: FindingLog, 
 #    later ones; if one showed a piece resolved, the decision exists in the later ones. What
 #    still does not net to zero, or stays undecided, is wrong.
 
-_PIECE_PREFIX: Final = "~piece/"
-_MARKER_PREFIX: Final = "~abort/"
+# What each of core.store.audit.RESOLUTION_KINDS makes of what it resolves.
 _RESOLUTIONS: Final = {
     Kind.POST_PENDING: "posted",
     Kind.VOID_PENDING: "voided",
     Kind.EXPIRY: "expired",
 }
-
-
-def _key_sql(column: str, prefix: str) -> str:
-    return (
-        f"CASE WHEN {column} LIKE '{prefix}%' THEN substr({column}, {len(prefix) + 1}) "
-        f"ELSE {column} END"
-    )
-
-
-def _cross_shard_rows(since: str) -> str:
-    commit, abort, prepared = int(Kind.COMMIT), int(Kind.ABORT), int(Kind.PREPARED)
-    hold, deadline = int(Kind.HOLD), int(Kind.DEADLINE)
-    resolutions = ", ".join(str(int(kind)) for kind in _RESOLUTIONS)
-    # A decision (COMMIT, HOLD: keyed by their abort marker; ABORT), a piece (PREPARED) or its
-    # deadline record (DEADLINE: keyed by the piece); then the resolutions of pieces and of
-    # holds (keyed by what they resolve), with what that held.
-    return f"""
-SELECT CASE WHEN t.kind IN ({commit}, {hold}) THEN {_key_sql("t.target_id", _MARKER_PREFIX)}
-            WHEN t.kind = {abort} THEN {_key_sql("t.id", _MARKER_PREFIX)}
-            WHEN t.kind = {deadline} THEN {_key_sql("t.target_id", _PIECE_PREFIX)}
-            ELSE {_key_sql("t.id", _PIECE_PREFIX)} END AS key,
-       t.id, t.kind, t.target_id, t.applied_legs, t.expires_at_ns, NULL::text AS held_legs,
-       NULL::smallint AS target_kind, t.timestamp_ns, t.timeout_seconds, t.block_sequence,
-       CASE WHEN t.kind = {deadline} THEN t.metadata END AS metadata
-FROM transactions t
-WHERE t.kind IN ({prepared}, {commit}, {abort}, {hold}, {deadline}){since.format(table="t")}
-UNION ALL
-SELECT CASE WHEN p.kind = {hold} THEN {_key_sql("p.target_id", _MARKER_PREFIX)}
-            ELSE {_key_sql("p.id", _PIECE_PREFIX)} END,
-       r.id, r.kind, r.target_id, r.applied_legs, r.expires_at_ns, p.applied_legs, p.kind,
-       r.timestamp_ns, r.timeout_seconds, r.block_sequence, NULL::text
-FROM transactions r JOIN transactions p ON p.id = r.target_id AND p.kind IN ({prepared}, {hold})
-WHERE r.kind IN ({resolutions}){since.format(table="r")}
-"""
-
-
-# Within an attempt, its rows in the order they were written (a piece's deadline records).
-_ROW_ORDER: Final = 'key COLLATE "C", block_sequence, timestamp_ns, id COLLATE "C"'
-# Every attempt with rows on the shard, in key order (byte order, as Python compares strings).
-_CROSS_SHARD_SQL: Final = f"SELECT * FROM ({_cross_shard_rows('')}) x ORDER BY {_ROW_ORDER}"
-# The rows of the given attempts recorded after block $1.
-_CROSS_SHARD_AGAIN_SQL: Final = (
-    f"SELECT * FROM ({_cross_shard_rows(' AND {table}.block_sequence > $1')}) x "
-    f"WHERE key = ANY($2::text[]) ORDER BY {_ROW_ORDER}"
-)
 
 
 @dataclass(slots=True)
@@ -1712,7 +1597,7 @@ class PieceView:
 
 def _client_id(piece_id: str) -> str:
     """The client's transaction id of a piece id ("~piece/<attempt>/<T>", or T itself)."""
-    if piece_id.startswith(_PIECE_PREFIX) and piece_id.count("/") >= 2:
+    if piece_id.startswith(PIECE_PREFIX) and piece_id.count("/") >= 2:
         return piece_id.split("/", 2)[2]
     return piece_id
 
@@ -1825,7 +1710,7 @@ async def scan_cross_shard(
     out = tempfile.TemporaryFile("w+", encoding="utf-8") if spool else None
     report.spool = out
     stream = await RowStream.open(
-        connection, _CROSS_SHARD_SQL, config.fetch_row_count, config.statement_timeout_s
+        connection, queries.CROSS_SHARD_SQL, config.fetch_row_count, config.statement_timeout_s
     )
     view: PieceView | None = None
     deadline = _PieceDeadline()
@@ -1984,7 +1869,7 @@ def _judge(views: list[PieceView], config: AuditConfig, log: FindingLog, final: 
             FindingKind.CROSS_SHARD_UNDECIDED,
             About.CROSS_SHARD,
             f"its pieces were resolved ({resolved}), but no shard records its decision "
-            f"(abort marker {_MARKER_PREFIX}{views[0].key} or the commit)",
+            f"(abort marker {MARKER_PREFIX}{views[0].key} or the commit)",
             "a decision at the coordinator",
             "none",
             transaction_id=transaction_id,
@@ -2162,7 +2047,7 @@ async def _read_again(
         try:
             async with connection.transaction(isolation="repeatable_read", readonly=True):
                 rows: list[Any] = await connection.fetch(
-                    _CROSS_SHARD_AGAIN_SQL,
+                    queries.CROSS_SHARD_AGAIN_SQL,
                     report.head_block,
                     keys,
                     timeout=config.statement_timeout_s,
@@ -2187,14 +2072,7 @@ async def _read_again(
 
 async def trial_balance(connection: Any) -> dict[str, tuple[int, int, int, int]]:
     """Per currency: (debits_posted, credits_posted, debits_pending, credits_pending)."""
-    rows = await connection.fetch(
-        """
-        SELECT currency, sum(debits_posted)::numeric AS dp, sum(credits_posted)::numeric AS cp,
-               sum(debits_pending)::numeric AS dq, sum(credits_pending)::numeric AS cq
-        FROM accounts GROUP BY currency ORDER BY currency
-        """,
-        timeout=TIMEOUT_S,
-    )
+    rows = await connection.fetch(queries.TRIAL_BALANCE_SQL, timeout=TIMEOUT_S)
     return {r["currency"]: (int(r["dp"]), int(r["cp"]), int(r["dq"]), int(r["cq"])) for r in rows}
 
 
@@ -2225,7 +2103,7 @@ async def verify_chain(
     report = ShardReport(shard, "")
     async with connection.transaction(isolation="repeatable_read", readonly=True):
         total = await connection.fetchval(
-            "SELECT coalesce(max(sequence), 0) FROM postings", timeout=config.statement_timeout_s
+            queries.POSTING_TOTAL_SQL, timeout=config.statement_timeout_s
         )
         await JournalPass(connection, config, log, report, None, total).run()
         await _check_lease(connection, config, log, report)

@@ -32,6 +32,7 @@ from prometheus_client import CollectorRegistry
 from core import audit
 from core.audit import AuditConfig, AuditReport, Finding
 from core.currencies import minor_unit_scale
+from core.store.audit import PROBE_SQL
 from shards.rpc.metrics import MetricsServer, RpcMetrics
 from shards.rpc.serving import run_announced
 from tally.v1 import audit_pb2 as apb
@@ -544,7 +545,7 @@ class AuditServer:
                 async with asyncio.timeout(PROBE_TIMEOUT_S):
                     connection = await self.connect(shard)
                     try:
-                        await connection.fetchval("SELECT 1 FROM journal_blocks LIMIT 1")
+                        await connection.fetchval(PROBE_SQL)
                     finally:
                         await connection.close()
             except Exception as error:
