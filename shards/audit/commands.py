@@ -7,7 +7,7 @@ comma-separated TALLY_AUDIT_DSNS. Exit status: 0 when all is well, 1 when the bo
 statement) show problems, 2 for usage and connection errors.
 
 Wired into `tally` by shards/cli.py (add_commands, run); standalone for tests and scripts:
-`python -m shards.auditing audit --dsn postgresql://...`.
+`python -m shards.audit.commands audit --dsn postgresql://...`.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The read-only tally.v1.Audit gRPC service, run as `tally audit-serve`.
 
 A process apart from nodes and gateways: it reads the shard databases directly (shard k is the
-k-th --dsn), through read-only sessions (core.audit.connect), and runs core/audit.py's checks,
+k-th --dsn), through read-only sessions (core.audit.connect), and runs core.audit's checks,
 the same code as `tally audit`, turning its structured findings into protobuf messages here (no
 _pb2 past this module). Auditors run it with a database role that can only SELECT.
 
