@@ -24,15 +24,16 @@ one journal block, never by the size of the ledger. Checks, per shard:
 - anchors: blocks whose hashes were published elsewhere (an export's head) still have them.
 
 Every finding is a structured Finding (kind, shard, block, transaction, posting, account,
-currency, expected, found); the command line's text and the gRPC service's messages are both
-made from it.
+currency, expected, found). core.audit.report makes one structured report of an audit, which
+every renderer reads: the command line's text, JSON, Markdown and HTML (core.audit.render) and
+the gRPC service's messages (shards/audit/server.py).
 
 The package, by concern: findings (findings, the configuration, the reports the checks fill
 in), source (read-only sessions, streamed reads), journal_pass (hash chain, block structure,
 the lease, anchors), postings (a transaction's postings against its legs), accounts
 (counters, flags, chains, holds), crossshard (the cross-shard judge), run (a shard, the
-cluster); the auditor's other tools are export, reconcile and statement. This module is the
-names callers use.
+cluster), report and render (the structured report, its renderers); the auditor's other tools
+are export, reconcile and statement. This module is the names callers use.
 """
 
 from core.audit.accounts import check_counters, check_trial_balance, trial_balance

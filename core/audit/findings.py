@@ -7,7 +7,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import IO, Any, Final
+from typing import IO, Final
 
 CHECK_NAMES: Final = (
     "journal",
@@ -158,23 +158,6 @@ class Finding:
     def __str__(self) -> str:
         where = "cluster" if self.shard == CLUSTER else f"shard {self.shard}"
         return f"{where}: {self.subject}: {self.message}"
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "shard": self.shard,
-            "check": self.check,
-            "kind": self.kind.name.lower(),
-            "subject": self.subject,
-            "message": self.message,
-            "expected": self.expected,
-            "found": self.found,
-            "block": self.block,
-            "transaction_id": self.transaction_id,
-            "posting": self.posting,
-            "account_id": self.account_id,
-            "currency": self.currency,
-            "text": str(self),
-        }
 
 
 class FindingLog:
