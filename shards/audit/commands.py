@@ -13,6 +13,7 @@ Wired into `tally` by shards/cli.py (add_commands, run); standalone for tests an
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -23,6 +24,8 @@ from pathlib import Path
 from typing import Any, Final, TextIO
 
 import asyncpg
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn
 
 from core import audit
 from core.audit import AuditConfig, AuditReport, export, reconcile, render, statement
@@ -231,12 +234,11 @@ def _audit_command(args: argparse.Namespace) -> int:
         if not 0 <= shard < len(dsns):
             raise UsageError(f"--shard {shard}: there are {len(dsns)} shard(s), 0..{len(dsns) - 1}")
     show_progress = sys.stderr.isatty() if args.progress is None else args.progress
-    bar = ProgressBar(sys.stderr, len(shards or dsns)) if show_progress else None
-    report: AuditReport = _run_async(
-        audit.audit_cluster(dsns, config, bar.update if bar else None, shards)
-    )
-    if bar is not None:
-        bar.clear()
+    progress = AuditProgress(sys.stderr, len(shards or dsns)) if show_progress else None
+    with progress or contextlib.nullcontext():
+        report: AuditReport = _run_async(
+            audit.audit_cluster(dsns, config, progress.update if progress else None, shards)
+        )
     structured_report = structured(report)
     if args.json:
         print(json.dumps(render.audit_json(structured_report), indent=2))
@@ -270,37 +272,47 @@ def _anchor(text: str) -> audit.Anchor:
     return audit.Anchor(int(parts[0]), int(parts[1]), parts[2])
 
 
-class ProgressBar:
-    """One line on stderr: the share of postings and accounts streamed, over all shards."""
+class AuditProgress:
+    """A progress bar on stderr (rich): the share of postings and accounts streamed, over all
+    shards; erased when the audit ends. Only made when it is to be drawn (a terminal, or
+    --progress), so it writes as to a terminal."""
 
     def __init__(self, stream: TextIO, shard_count: int) -> None:
-        self.stream = stream
         self.shard_count = shard_count
         self.phases: dict[tuple[int, str], tuple[int, int]] = {}
-        self.last_drawn = 0.0
+        self.bar = Progress(
+            TextColumn("audit [", markup=False),
+            BarColumn(bar_width=30),
+            TextColumn("]", markup=False),
+            TextColumn("{task.percentage:5.1f}%", markup=False),
+            TextColumn("{task.fields[detail]}", markup=False),
+            console=Console(file=stream, force_terminal=True),
+            transient=True,
+            refresh_per_second=1 / PROGRESS_INTERVAL_S,
+        )
+        self.task = self.bar.add_task("audit", total=shard_count, detail="")
+
+    def __enter__(self) -> AuditProgress:
+        self.bar.start()
+        return self
+
+    def __exit__(self, *exception: object) -> None:
+        self.bar.stop()
 
     def update(self, shard: int, phase: str, done: int, total: int) -> None:
+        """audit.Progress: (shard, phase, done, total) of the phase last heard from."""
         self.phases[(shard, phase)] = (done, total)
-        now = time.monotonic()
-        if now - self.last_drawn < PROGRESS_INTERVAL_S and done < total:
-            return
-        self.last_drawn = now
         done_sum = sum(d for d, _ in self.phases.values())
         # Shards not heard from yet count as one unit each, so the bar never runs backwards far.
         total_sum = sum(t for _, t in self.phases.values()) + (
             self.shard_count - len({s for s, _ in self.phases})
         )
-        share = done_sum / total_sum if total_sum else 1.0
-        filled = int(share * 30)
-        self.stream.write(
-            f"\raudit [{'#' * filled}{'.' * (30 - filled)}] {share:6.1%}  shard {shard} "
-            f"{phase} {done:,}/{total:,}   "
+        self.bar.update(
+            self.task,
+            completed=done_sum,
+            total=total_sum,
+            detail=f" shard {shard} {phase} {done:,}/{total:,}",
         )
-        self.stream.flush()
-
-    def clear(self) -> None:
-        self.stream.write("\r" + " " * 100 + "\r")
-        self.stream.flush()
 
 
 # ---- export and verify ----
