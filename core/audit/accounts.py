@@ -18,9 +18,7 @@ from core.audit.findings import (
     Progress,
     ShardReport,
 )
-from core.audit.postings import (
-    HELD_KINDS,
-)
+from core.audit.postings import HELD_KINDS
 from core.audit.source import TIMEOUT_S, RowStream
 from core.model import Kind, Status
 from core.store import audit as queries

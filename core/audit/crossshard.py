@@ -12,10 +12,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any, Final
 
-from core.audit.accounts import (
-    CLEARING_ACCOUNT_PREFIX,
-    add_counters,
-)
+from core.audit.accounts import CLEARING_ACCOUNT_PREFIX, add_counters
 from core.audit.findings import (
     COUNTER_NAMES,
     About,
@@ -26,17 +23,11 @@ from core.audit.findings import (
     InFlight,
     ShardReport,
 )
-from core.audit.postings import (
-    DEBIT_SIGN,
-    expected_postings,
-)
+from core.audit.postings import DEBIT_SIGN, expected_postings
 from core.audit.source import RowStream, connect
 from core.model import Kind
 from core.store import audit as queries
-from core.store.audit import (
-    MARKER_PREFIX,
-    PIECE_PREFIX,
-)
+from core.store.audit import MARKER_PREFIX, PIECE_PREFIX
 
 # In-flight cross-shard transactions listed in a report (all are counted).
 IN_FLIGHT_KEPT_MAX: Final = 100

@@ -6,11 +6,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Any, Final
 
-from core.audit.findings import (
-    About,
-    FindingKind,
-    FindingLog,
-)
+from core.audit.findings import About, FindingKind, FindingLog
 from core.model import Kind
 from core.store.audit import (
     P_ACCOUNT,

@@ -8,12 +8,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from core.audit.accounts import (
-    add_counters,
-    check_accounts,
-    check_chains,
-    check_holds,
-)
+from core.audit.accounts import add_counters, check_accounts, check_chains, check_holds
 from core.audit.crossshard import check_cross_shard, scan_cross_shard
 from core.audit.findings import (
     CLUSTER,

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from core.audit.findings import (
-    AuditConfig,
-)
+from core.audit.findings import AuditConfig
 
 TIMEOUT_S = 300.0
 
