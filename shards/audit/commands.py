@@ -7,14 +7,14 @@ comma-separated TALLY_AUDIT_DSNS. Exit status: 0 when all is well, 1 when the bo
 statement) show problems, 2 for usage and connection errors.
 
 Wired into `tally` by shards/cli.py (add_commands, run); standalone for tests and scripts:
-`python -m shards.auditing audit --dsn postgresql://...`.
+`python -m shards.audit.commands audit --dsn postgresql://...`.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
-import html
 import json
 import os
 import sys
@@ -24,9 +24,12 @@ from pathlib import Path
 from typing import Any, Final, TextIO
 
 import asyncpg
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn
 
 from core import audit
-from core.audit import AuditConfig, AuditReport, ShardReport, export, reconcile, statement
+from core.audit import AuditConfig, AuditReport, export, reconcile, render, statement
+from core.audit.report import StructuredReport, balances, structured
 from core.currencies import minor_unit_scale
 from core.money import parse_minor_units
 
@@ -35,8 +38,6 @@ EXIT_OK: Final = 0
 EXIT_PROBLEMS: Final = 1
 EXIT_USAGE: Final = 2
 PROGRESS_INTERVAL_S: Final = 0.1
-# Problems printed in the terminal; the JSON and the report file carry every kept problem.
-PROBLEM_PRINT_COUNT_MAX: Final = 50
 COMMANDS: Final = ("audit", "export", "verify-export", "reconcile", "statement")
 
 
@@ -234,24 +235,31 @@ def _audit_command(args: argparse.Namespace) -> int:
         if not 0 <= shard < len(dsns):
             raise UsageError(f"--shard {shard}: there are {len(dsns)} shard(s), 0..{len(dsns) - 1}")
     show_progress = sys.stderr.isatty() if args.progress is None else args.progress
-    bar = ProgressBar(sys.stderr, len(shards or dsns)) if show_progress else None
-    report: AuditReport = _run_async(
-        audit.audit_cluster(dsns, config, bar.update if bar else None, shards)
-    )
-    if bar is not None:
-        bar.clear()
+    progress = AuditProgress(sys.stderr, len(shards or dsns)) if show_progress else None
+    with progress or contextlib.nullcontext():
+        report: AuditReport = _run_async(
+            audit.audit_cluster(dsns, config, progress.update if progress else None, shards)
+        )
+    structured_report = structured(report)
     if args.json:
-        print(json.dumps(audit_json(report), indent=2))
+        print(json.dumps(render.audit_json(structured_report), indent=2))
     else:
-        print(audit_text(report))
+        print(render.audit_text(structured_report))
     if args.report is not None:
-        _write_report(args.report, report)
+        _write_report(args.report, structured_report)
     failed = [shard for shard in report.shards if shard.error]
     for shard in failed:
         print(f"tally audit: shard {shard.shard}: {shard.error}", file=sys.stderr)
     if failed:
         return EXIT_USAGE
     return EXIT_OK if report.ok else EXIT_PROBLEMS
+
+
+def _write_report(path: Path, report: StructuredReport) -> None:
+    if path.suffix.lower() in (".html", ".htm"):
+        path.write_text(render.audit_html(report), encoding="utf-8")
+    else:
+        path.write_text(render.audit_markdown(report), encoding="utf-8")
 
 
 def _anchor(text: str) -> audit.Anchor:
@@ -265,269 +273,47 @@ def _anchor(text: str) -> audit.Anchor:
     return audit.Anchor(int(parts[0]), int(parts[1]), parts[2])
 
 
-class ProgressBar:
-    """One line on stderr: the share of postings and accounts streamed, over all shards."""
+class AuditProgress:
+    """A progress bar on stderr (rich): the share of postings and accounts streamed, over all
+    shards; erased when the audit ends. Only made when it is to be drawn (a terminal, or
+    --progress), so it writes as to a terminal."""
 
     def __init__(self, stream: TextIO, shard_count: int) -> None:
-        self.stream = stream
         self.shard_count = shard_count
         self.phases: dict[tuple[int, str], tuple[int, int]] = {}
-        self.last_drawn = 0.0
+        self.bar = Progress(
+            TextColumn("audit [", markup=False),
+            BarColumn(bar_width=30),
+            TextColumn("]", markup=False),
+            TextColumn("{task.percentage:5.1f}%", markup=False),
+            TextColumn("{task.fields[detail]}", markup=False),
+            console=Console(file=stream, force_terminal=True),
+            transient=True,
+            refresh_per_second=1 / PROGRESS_INTERVAL_S,
+        )
+        self.task = self.bar.add_task("audit", total=shard_count, detail="")
+
+    def __enter__(self) -> AuditProgress:
+        self.bar.start()
+        return self
+
+    def __exit__(self, *exception: object) -> None:
+        self.bar.stop()
 
     def update(self, shard: int, phase: str, done: int, total: int) -> None:
+        """audit.Progress: (shard, phase, done, total) of the phase last heard from."""
         self.phases[(shard, phase)] = (done, total)
-        now = time.monotonic()
-        if now - self.last_drawn < PROGRESS_INTERVAL_S and done < total:
-            return
-        self.last_drawn = now
         done_sum = sum(d for d, _ in self.phases.values())
         # Shards not heard from yet count as one unit each, so the bar never runs backwards far.
         total_sum = sum(t for _, t in self.phases.values()) + (
             self.shard_count - len({s for s, _ in self.phases})
         )
-        share = done_sum / total_sum if total_sum else 1.0
-        filled = int(share * 30)
-        self.stream.write(
-            f"\raudit [{'#' * filled}{'.' * (30 - filled)}] {share:6.1%}  shard {shard} "
-            f"{phase} {done:,}/{total:,}   "
+        self.bar.update(
+            self.task,
+            completed=done_sum,
+            total=total_sum,
+            detail=f" shard {shard} {phase} {done:,}/{total:,}",
         )
-        self.stream.flush()
-
-    def clear(self) -> None:
-        self.stream.write("\r" + " " * 100 + "\r")
-        self.stream.flush()
-
-
-def audit_json(report: AuditReport) -> dict[str, Any]:
-    return {
-        "ok": report.ok,
-        "complete": report.complete,
-        "started_at": _utc_text(report.started_at_ns),
-        "duration_s": round(report.duration_s, 3),
-        "shards": [_shard_json(shard) for shard in report.shards],
-        "trial_balance": _balance_json(report.trial_balance),
-        "cross_shard": _cross_shard_json(report.cross_shard),
-        "problem_count": report.problem_count,
-        "problems": [problem.to_json() for problem in report.problems],
-    }
-
-
-def _cross_shard_json(cross: audit.CrossShardReport) -> dict[str, Any]:
-    return {
-        "checked": cross.checked,
-        "reason": cross.reason,
-        "settled": cross.settled_count,
-        "in_flight": cross.in_flight_count,
-        "open_holds": cross.open_hold_count,
-        "rechecked": cross.rechecked_count,
-        "in_flight_clearing": dict(sorted(cross.in_flight_clearing.items())),
-        "in_flight_transactions": [
-            {
-                "transaction_id": flight.transaction_id,
-                "key": flight.key,
-                "decision": flight.decision,
-                "coordinator": flight.coordinator,
-                "pieces": [{"shard": shard, "state": state} for shard, state in flight.pieces],
-                "deadline": _utc_text(flight.deadline_ns) if flight.deadline_ns else "",
-            }
-            for flight in cross.in_flight
-        ],
-    }
-
-
-def cross_shard_text(cross: audit.CrossShardReport) -> str:
-    """One line on the cluster's cross-shard transactions (see core.audit.check_cross_shard)."""
-    if not cross.checked:
-        return f"cross-shard transactions: not checked ({cross.reason})"
-    text = (
-        f"cross-shard transactions: {cross.settled_count:,} settled (clearing pieces net to "
-        f"zero), {cross.open_hold_count:,} open holds, {cross.in_flight_count:,} in flight"
-    )
-    if cross.rechecked_count:
-        text += f", {cross.rechecked_count:,} read again in later snapshots"
-    if cross.in_flight:
-        shown = ", ".join(flight.transaction_id for flight in cross.in_flight[:5])
-        more = ", ..." if cross.in_flight_count > 5 else ""
-        text += f" (in flight: {shown}{more})"
-    return text
-
-
-def _shard_json(shard: ShardReport) -> dict[str, Any]:
-    return {
-        "shard": shard.shard,
-        "target": shard.target,
-        "ok": shard.ok,
-        "error": shard.error,
-        "duration_s": round(shard.duration_s, 3),
-        "blocks": shard.block_count,
-        "transactions": shard.transaction_count,
-        "postings": shard.posting_count,
-        "accounts": shard.account_count,
-        "holds": shard.hold_count,
-        "head": {"block": shard.head_block, "hash": shard.head_hash},
-        "checks": {name: shard.problem_counts.get(name, 0) for name in audit.CHECK_NAMES},
-        "trial_balance": _balance_json(shard.trial_balance),
-        "cross_shard_transactions": shard.cross_shard_count,
-    }
-
-
-def _balance_json(balances: dict[str, list[int]]) -> dict[str, dict[str, int]]:
-    return {
-        currency: dict(zip(audit.COUNTER_NAMES, sums, strict=True))
-        for currency, sums in sorted(balances.items())
-    }
-
-
-def _utc_text(timestamp_ns: int) -> str:
-    moment = datetime.datetime.fromtimestamp(timestamp_ns / 1e9, tz=datetime.UTC)
-    return moment.strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
-    return [
-        "  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-        for row in [header, *rows]
-    ]
-
-
-def _shard_rows(report: AuditReport) -> tuple[list[str], list[list[str]]]:
-    header = ["shard", "blocks", "transactions", "postings", "accounts", "holds"]
-    header += [*audit.CHECK_NAMES, "result"]
-    rows = []
-    for shard in report.shards:
-        if shard.error:
-            rows.append([str(shard.shard), *["-"] * (len(header) - 2), "ERROR"])
-            continue
-        counts = [shard.problem_counts.get(name, 0) for name in audit.CHECK_NAMES]
-        rows.append(
-            [
-                str(shard.shard),
-                f"{shard.block_count:,}",
-                f"{shard.transaction_count:,}",
-                f"{shard.posting_count:,}",
-                f"{shard.account_count:,}",
-                f"{shard.hold_count:,}",
-                *["ok" if count == 0 else f"{count:,} FAIL" for count in counts],
-                "OK" if shard.ok else "FAIL",
-            ]
-        )
-    return header, rows
-
-
-def _balance_rows(report: AuditReport) -> tuple[list[str], list[list[str]]]:
-    header = ["currency", "scope", *audit.COUNTER_NAMES, "balanced"]
-    rows = []
-    currencies = sorted(report.trial_balance)
-    for currency in currencies:
-        scopes = [
-            (f"shard {s.shard}", s.trial_balance[currency])
-            for s in report.shards
-            if currency in s.trial_balance
-        ]
-        scopes.append(("cluster", report.trial_balance[currency]))
-        for scope, (dp, cp, dq, cq) in scopes:
-            balanced = "yes" if dp == cp and dq == cq else "NO"
-            rows.append([currency, scope, f"{dp:,}", f"{cp:,}", f"{dq:,}", f"{cq:,}", balanced])
-    return header, rows
-
-
-def audit_text(report: AuditReport) -> str:
-    postings = sum(shard.posting_count for shard in report.shards)
-    accounts = sum(shard.account_count for shard in report.shards)
-    lines = [
-        f"tally audit: {len(report.shards)} shard(s), {postings:,} postings, {accounts:,} "
-        f"accounts, in {report.duration_s:.1f} s",
-        "",
-        *_table(*_shard_rows(report)),
-        "",
-        "trial balance (minor units):",
-        *_table(*_balance_rows(report)),
-    ]
-    for shard in report.shards:
-        if shard.error:
-            lines.append(f"shard {shard.shard} ({shard.target}): {shard.error}")
-        elif shard.head_block:
-            lines.append(f"shard {shard.shard}: head block {shard.head_block} {shard.head_hash}")
-    lines.append(cross_shard_text(report.cross_shard))
-    problems = report.problems
-    total = report.problem_count
-    if total:
-        lines += ["", f"{total:,} problem(s):"]
-        lines += [f"  {problem}" for problem in problems[:PROBLEM_PRINT_COUNT_MAX]]
-        if total > PROBLEM_PRINT_COUNT_MAX:
-            lines.append(f"  ... {total - PROBLEM_PRINT_COUNT_MAX:,} more (see --json or --report)")
-    lines += ["", "the books are whole" if report.ok else "the books are NOT whole"]
-    return "\n".join(lines)
-
-
-def _write_report(path: Path, report: AuditReport) -> None:
-    if path.suffix.lower() in (".html", ".htm"):
-        path.write_text(audit_html(report), encoding="utf-8")
-    else:
-        path.write_text(audit_markdown(report), encoding="utf-8")
-
-
-def _markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
-    return lines
-
-
-def audit_markdown(report: AuditReport) -> str:
-    lines = [
-        "# Tally audit",
-        "",
-        f"Started {_utc_text(report.started_at_ns)}, {report.duration_s:.1f} s. "
-        f"Result: **{'the books are whole' if report.ok else 'the books are NOT whole'}**.",
-        "",
-        "## Shards",
-        "",
-        *_markdown_table(*_shard_rows(report)),
-        "",
-        "## Trial balance (minor units)",
-        "",
-        *_markdown_table(*_balance_rows(report)),
-        "",
-        cross_shard_text(report.cross_shard) + ".",
-        "",
-        "## Problems",
-        "",
-    ]
-    problems = report.problems
-    lines += [f"- `{problem}`" for problem in problems] or ["None."]
-    return "\n".join(lines) + "\n"
-
-
-def _html_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    head = "".join(f"<th>{html.escape(cell)}</th>" for cell in header)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in row) + "</tr>" for row in rows
-    )
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def audit_html(report: AuditReport) -> str:
-    verdict = "the books are whole" if report.ok else "the books are NOT whole"
-    problems = "".join(f"<li><code>{html.escape(str(p))}</code></li>" for p in report.problems)
-    return (
-        "<!doctype html><html><head><meta charset='utf-8'><title>Tally audit</title>"
-        f"<style>{_CSS}</style></head><body><h1>Tally audit</h1>"
-        f"<p>Started {_utc_text(report.started_at_ns)}, {report.duration_s:.1f} s. Result: "
-        f"<strong>{verdict}</strong>.</p><h2>Shards</h2>{_html_table(*_shard_rows(report))}"
-        f"<h2>Trial balance (minor units)</h2>{_html_table(*_balance_rows(report))}"
-        f"<p>{html.escape(cross_shard_text(report.cross_shard))}.</p>"
-        f"<h2>Problems</h2><ul>{problems or '<li>None.</li>'}</ul></body></html>\n"
-    )
-
-
-_CSS: Final = (
-    "body{font-family:system-ui,sans-serif;margin:2em;color:#111}"
-    "table{border-collapse:collapse;margin:1em 0}"
-    "th,td{border:1px solid #999;padding:.25em .6em;text-align:right}"
-    "th:first-child,td:first-child{text-align:left}"
-    "@media print{body{margin:0}a{color:inherit}}"
-)
 
 
 # ---- export and verify ----
@@ -618,7 +404,7 @@ def _verified_shard_json(shard: export.ShardVerification) -> dict[str, Any]:
         "transactions": shard.transaction_count,
         "postings": shard.posting_count,
         "head_hash": shard.head_hash,
-        "movements": _balance_json(shard.movements),
+        "movements": render.balances_json(balances(shard.movements)),
     }
 
 

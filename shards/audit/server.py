@@ -1,7 +1,7 @@
 """The read-only tally.v1.Audit gRPC service, run as `tally audit-serve`.
 
 A process apart from nodes and gateways: it reads the shard databases directly (shard k is the
-k-th --dsn), through read-only sessions (core.audit.connect), and runs core/audit.py's checks,
+k-th --dsn), through read-only sessions (core.audit.connect), and runs core.audit's checks,
 the same code as `tally audit`, turning its structured findings into protobuf messages here (no
 _pb2 past this module). Auditors run it with a database role that can only SELECT.
 
@@ -19,7 +19,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Final, NoReturn, TypeVar
 
@@ -31,7 +31,19 @@ from prometheus_client import CollectorRegistry
 
 from core import audit
 from core.audit import AuditConfig, AuditReport, Finding
+from core.audit.report import (
+    Balance,
+    CheckResult,
+    CrossShardSummary,
+    ShardSummary,
+    StructuredReport,
+    balances,
+    check_number,
+    shard_summary,
+    structured,
+)
 from core.currencies import minor_unit_scale
+from core.store.audit import PROBE_SQL
 from shards.rpc.metrics import MetricsServer, RpcMetrics
 from shards.rpc.serving import run_announced
 from tally.v1 import audit_pb2 as apb
@@ -150,13 +162,11 @@ def parse_run_request(
 
 # ---- reports as messages ----
 
-_CHECKS: Final = {name: number for number, name in enumerate(audit.CHECK_NAMES, start=1)}
-
 
 def finding_to_proto(finding: Finding) -> apb.Finding:
     return apb.Finding(
         kind=int(finding.kind),
-        check=_CHECKS[finding.check],
+        check=check_number(finding.check),
         shard=finding.shard,
         about=str(finding.about),
         block=finding.block,
@@ -172,17 +182,17 @@ def finding_to_proto(finding: Finding) -> apb.Finding:
     )
 
 
-def balances_to_proto(balances: Mapping[str, Sequence[int]]) -> list[apb.CurrencyBalance]:
+def balances_to_proto(balances: Sequence[Balance]) -> list[apb.CurrencyBalance]:
     return [
         apb.CurrencyBalance(
-            currency=currency,
-            debits_posted=str(dp),
-            credits_posted=str(cp),
-            debits_pending=str(dq),
-            credits_pending=str(cq),
-            balanced=dp == cp and dq == cq,
+            currency=balance.currency,
+            debits_posted=str(balance.debits_posted),
+            credits_posted=str(balance.credits_posted),
+            debits_pending=str(balance.debits_pending),
+            credits_pending=str(balance.credits_pending),
+            balanced=balance.balanced,
         )
-        for currency, (dp, cp, dq, cq) in sorted(balances.items())
+        for balance in balances
     ]
 
 
@@ -191,63 +201,64 @@ def _findings(findings: Sequence[Finding]) -> tuple[list[apb.Finding], bool]:
     return [finding_to_proto(f) for f in kept], len(findings) > len(kept)
 
 
-def _checks(counts: dict[str, int]) -> list[apb.CheckResult]:
-    return [
-        apb.CheckResult(check=_CHECKS[name], finding_count=counts.get(name, 0))
-        for name in audit.CHECK_NAMES
-    ]
+def _checks(checks: Sequence[CheckResult]) -> list[apb.CheckResult]:
+    return [apb.CheckResult(check=c.number, finding_count=c.finding_count) for c in checks]
 
 
-def report_to_proto(report: AuditReport) -> apb.AuditReport:
-    findings, truncated = _findings(report.problems)
-    cross = report.cross_shard
+def _shard_to_proto(shard: ShardSummary) -> apb.ShardAudit:
+    return apb.ShardAudit(
+        shard=shard.shard,
+        target=shard.target,
+        ok=shard.ok,
+        error=shard.error,
+        duration_seconds=shard.duration_s,
+        block_count=shard.block_count,
+        transaction_count=shard.transaction_count,
+        posting_count=shard.posting_count,
+        account_count=shard.account_count,
+        hold_count=shard.hold_count,
+        head_block=shard.head_block,
+        head_hash=shard.head_hash,
+        checks=_checks(shard.checks),
+        trial_balance=balances_to_proto(shard.trial_balance),
+        cross_shard_count=shard.cross_shard_count,
+    )
+
+
+def _cross_shard_to_proto(cross: CrossShardSummary) -> apb.CrossShard:
+    return apb.CrossShard(
+        checked=cross.checked,
+        reason=cross.reason,
+        settled_count=cross.settled_count,
+        in_flight_count=cross.in_flight_count,
+        rechecked_count=cross.rechecked_count,
+        open_hold_count=cross.open_hold_count,
+        in_flight=[
+            apb.InFlightTransaction(
+                transaction_id=flight.transaction_id,
+                attempt_key=flight.key,
+                decision=flight.decision,
+                coordinator_shard=flight.coordinator,
+                pieces=[apb.PieceState(shard=s, state=state) for s, state in flight.pieces],
+                deadline_ns=flight.deadline_ns,
+            )
+            for flight in cross.in_flight
+        ],
+    )
+
+
+def report_to_proto(report: StructuredReport) -> apb.AuditReport:
+    findings, truncated = _findings(report.findings)
     return apb.AuditReport(
         ok=report.ok,
         complete=report.complete,
         started_at_ns=report.started_at_ns,
         duration_seconds=report.duration_s,
-        shards=[
-            apb.ShardAudit(
-                shard=shard.shard,
-                target=shard.target,
-                ok=shard.ok,
-                error=shard.error,
-                duration_seconds=shard.duration_s,
-                block_count=shard.block_count,
-                transaction_count=shard.transaction_count,
-                posting_count=shard.posting_count,
-                account_count=shard.account_count,
-                hold_count=shard.hold_count,
-                head_block=shard.head_block,
-                head_hash=shard.head_hash,
-                checks=_checks(shard.problem_counts),
-                trial_balance=balances_to_proto(shard.trial_balance),
-                cross_shard_count=shard.cross_shard_count,
-            )
-            for shard in report.shards
-        ],
+        shards=[_shard_to_proto(shard) for shard in report.shards],
         trial_balance=balances_to_proto(report.trial_balance),
-        cross_shard=apb.CrossShard(
-            checked=cross.checked,
-            reason=cross.reason,
-            settled_count=cross.settled_count,
-            in_flight_count=cross.in_flight_count,
-            rechecked_count=cross.rechecked_count,
-            open_hold_count=cross.open_hold_count,
-            in_flight=[
-                apb.InFlightTransaction(
-                    transaction_id=flight.transaction_id,
-                    attempt_key=flight.key,
-                    decision=flight.decision,
-                    coordinator_shard=flight.coordinator,
-                    pieces=[apb.PieceState(shard=s, state=state) for s, state in flight.pieces],
-                    deadline_ns=flight.deadline_ns,
-                )
-                for flight in cross.in_flight
-            ],
-        ),
+        cross_shard=_cross_shard_to_proto(report.cross_shard),
         findings=findings,
-        finding_count=report.problem_count,
+        finding_count=report.finding_count,
         findings_truncated=truncated,
     )
 
@@ -292,7 +303,7 @@ class AuditService:
         config, shards = await self._run_request(request, context)
         async with self._slot(context):
             report = await audit.audit_cluster(self._config.dsns, config, None, shards)
-        return report_to_proto(report)
+        return report_to_proto(structured(report))
 
     async def StreamAudit(
         self, request: apb.RunAuditRequest, context: Context
@@ -322,7 +333,7 @@ class AuditService:
             try:
                 while (event := await queue.get()) is not None:
                     yield apb.AuditEvent(progress=event)
-                yield apb.AuditEvent(report=report_to_proto(await task))
+                yield apb.AuditEvent(report=report_to_proto(structured(await task)))
             finally:
                 if not task.done():  # the client went away: stop reading the shards
                     task.cancel()
@@ -354,19 +365,20 @@ class AuditService:
                     apb.ChainVerification(shard=shard, target=target, ok=False, error=result)
                 )
                 continue
-            report, _ = result
-            response.ok = response.ok and report.ok
-            response.finding_count += sum(report.problem_counts.values())
-            found += report.problems
+            shard_report, _ = result
+            summary = shard_summary(shard_report)
+            response.ok = response.ok and summary.ok
+            response.finding_count += summary.finding_count
+            found += summary.findings
             response.shards.append(
                 apb.ChainVerification(
                     shard=shard,
                     target=audit.redact(self._config.dsns[shard]),
-                    ok=report.ok,
-                    block_count=report.block_count,
-                    posting_count=report.posting_count,
-                    head_block=report.head_block,
-                    head_hash=report.head_hash,
+                    ok=summary.ok,
+                    block_count=summary.block_count,
+                    posting_count=summary.posting_count,
+                    head_block=summary.head_block,
+                    head_hash=summary.head_hash,
                 )
             )
         findings, response.findings_truncated = _findings(found)
@@ -400,10 +412,10 @@ class AuditService:
                 into = total.setdefault(currency, [0, 0, 0, 0])
                 for index, value in enumerate(sums):
                     into[index] += value
-            balances = balances_to_proto(chosen)
-            response.balanced = response.balanced and all(b.balanced for b in balances)
-            response.shards.append(apb.ShardBalance(shard=shard, target=target, balances=balances))
-        response.cluster.extend(balances_to_proto(total))
+            messages = balances_to_proto(balances(chosen))
+            response.balanced = response.balanced and all(b.balanced for b in messages)
+            response.shards.append(apb.ShardBalance(shard=shard, target=target, balances=messages))
+        response.cluster.extend(balances_to_proto(balances(total)))
         return response
 
     async def _per_shard(
@@ -544,7 +556,7 @@ class AuditServer:
                 async with asyncio.timeout(PROBE_TIMEOUT_S):
                     connection = await self.connect(shard)
                     try:
-                        await connection.fetchval("SELECT 1 FROM journal_blocks LIMIT 1")
+                        await connection.fetchval(PROBE_SQL)
                     finally:
                         await connection.close()
             except Exception as error:

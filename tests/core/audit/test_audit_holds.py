@@ -27,6 +27,7 @@ from core.audit import (
     FindingKind,
     FindingLog,
     PieceView,
+    crossshard,
     expected_postings,
 )
 from core.journal import BlockHeader
@@ -673,9 +674,9 @@ def _views_of_a_hold(fate_at_coordinator: Kind | None, piece: Kind | None) -> li
     key = "a1/H"
     held = "D x/a 10 USD,C @clearing/USD 10 USD"
     coordinator = PieceView(key, 0)
-    audit._fold(coordinator, _row(key, Kind.HOLD, "H", "~abort/a1/H", held), None)
+    crossshard.fold(coordinator, _row(key, Kind.HOLD, "H", "~abort/a1/H", held), None)
     if fate_at_coordinator is not None:
-        audit._fold(
+        crossshard.fold(
             coordinator,
             _row(
                 key,
@@ -690,9 +691,9 @@ def _views_of_a_hold(fate_at_coordinator: Kind | None, piece: Kind | None) -> li
         )
     participant = PieceView(key, 1)
     piece_held = "C y/b 10 USD,D @clearing/USD 10 USD"
-    audit._fold(participant, _row(key, Kind.PREPARED, "~piece/a1/H", "0", piece_held), None)
+    crossshard.fold(participant, _row(key, Kind.PREPARED, "~piece/a1/H", "0", piece_held), None)
     if piece is not None:
-        audit._fold(
+        crossshard.fold(
             participant,
             _row(
                 key,
@@ -726,8 +727,8 @@ def _views_of_a_hold(fate_at_coordinator: Kind | None, piece: Kind | None) -> li
 def test_judging_a_hold(fate: Kind | None, piece: Kind | None, first: str, final: str) -> None:
     config = AuditConfig()
     log = FindingLog(audit.CLUSTER, 10)
-    assert audit._judge(_views_of_a_hold(fate, piece), config, log, final=False) == first
-    verdicts = audit._judge(_views_of_a_hold(fate, piece), config, log, final=True)
+    assert crossshard.judge(_views_of_a_hold(fate, piece), config, log, final=False) == first
+    verdicts = crossshard.judge(_views_of_a_hold(fate, piece), config, log, final=True)
     assert verdicts == final
     kinds = {finding.kind for finding in log.kept}
     if final == "wrong":
@@ -741,8 +742,8 @@ def test_an_open_hold_with_clearing_posted_is_named() -> None:
     views = _views_of_a_hold(None, None)
     views[1].posted["USD"] = 4
     log = FindingLog(audit.CLUSTER, 10)
-    assert audit._judge(views, AuditConfig(), log, final=False) == "suspect"
-    assert audit._judge(views, AuditConfig(), log, final=True) == "wrong"
+    assert crossshard.judge(views, AuditConfig(), log, final=False) == "suspect"
+    assert crossshard.judge(views, AuditConfig(), log, final=True) == "wrong"
     (found,) = log.kept
     assert found.kind is FindingKind.CROSS_SHARD_UNBALANCED and found.transaction_id == "H"
     assert found.message == (
@@ -753,7 +754,7 @@ def test_an_open_hold_with_clearing_posted_is_named() -> None:
 
 def test_open_holds_are_counted_apart() -> None:
     result = CrossShardReport(checked=True)
-    audit._tally(result, "open hold", _views_of_a_hold(None, None))
+    crossshard.tally(result, "open hold", _views_of_a_hold(None, None))
     assert (result.open_hold_count, result.in_flight_count, result.in_flight) == (1, 0, [])
 
 
@@ -764,9 +765,9 @@ def test_an_open_piece_keeps_the_deadline_its_records_set() -> None:
     )
     created["expires_at_ns"] = 5 + 30 * SECOND_NS + 1  # not what its creation set
     log = FindingLog(1, 10)
-    view, deadline = PieceView(key, 1), audit._PieceDeadline()
+    view, deadline = PieceView(key, 1), crossshard.PieceDeadline()
     deadline.see(created)
-    audit._fold(view, created, None)
+    crossshard.fold(view, created, None)
     deadline.check(log, view)
     (found,) = log.kept
     assert found.kind is FindingKind.HOLD_DEADLINE_MISMATCH and found.transaction_id == piece
@@ -777,14 +778,14 @@ def test_an_open_piece_keeps_the_deadline_its_records_set() -> None:
     # A deadline record sets it (from its hashed metadata), the last one wins; once the piece
     # is settled its deadline no longer matters.
     log = FindingLog(1, 10)
-    view, deadline = PieceView(key, 1), audit._PieceDeadline()
+    view, deadline = PieceView(key, 1), crossshard.PieceDeadline()
     rearmed = [
         _row(key, Kind.DEADLINE, f"~deadline/{n}/{piece}", piece, metadata=text, expires_at_ns=7)
         for n, text in ((6, '{"expires_at_ns":"900"}'), (7, '{"expires_at_ns":"700"}'))
     ]
     for row in (created, *rearmed):
         deadline.see(row)
-        audit._fold(view, row, None)
+        crossshard.fold(view, row, None)
     assert view.deadline_ns == 700
     view.resolution = "posted"
     deadline.check(log, view)

@@ -1,0 +1,182 @@
+"""The audit's SQL: every statement core.audit runs against a shard database, all read-only.
+
+The journal's five streams are ordered as the journal pass merges them (block by block); rows
+the audit reads by position have their column positions named here, next to their statement.
+Cross-shard rows are keyed by attempt in SQL (cross_shard_rows_sql), so that each shard's
+attempts stream in the one order every shard shares.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from core.model import Kind
+
+# ---- one shard's sizes, for progress ----
+
+SIZES_SQL: Final = """
+SELECT (SELECT count(*) FROM accounts) AS accounts,
+       (SELECT coalesce(max(sequence), 0) FROM postings) AS postings
+"""
+POSTING_TOTAL_SQL: Final = "SELECT coalesce(max(sequence), 0) FROM postings"
+# Whether a database has a Tally shard's schema at all (the service's start-up probe).
+PROBE_SQL: Final = "SELECT 1 FROM journal_blocks LIMIT 1"
+
+# ---- the journal pass: five streams in block order ----
+
+BLOCKS_SQL: Final = """
+SELECT sequence, previous_hash, hash, epoch, next_posting_sequence, account_count,
+       transaction_count, posting_count, closure_count
+FROM journal_blocks ORDER BY sequence
+"""
+ACCOUNTS_SQL: Final = """
+SELECT block_sequence, id, currency, code, flags, metadata, created_at_ns
+FROM accounts ORDER BY block_sequence, created_at_ns, id
+"""
+TRANSACTIONS_SQL: Final = """
+SELECT block_sequence, id, kind, code, metadata, value_date, timeout_seconds, target_id, legs,
+       applied_legs, timestamp_ns
+FROM transactions ORDER BY block_sequence, timestamp_ns, id
+"""
+POSTINGS_SQL: Final = """
+SELECT sequence, transaction_id, account_id, CASE WHEN is_debit THEN 'D' ELSE 'C' END,
+       posted_amount, pending_delta, timestamp_ns, debits_posted_after, credits_posted_after,
+       debits_pending_after, credits_pending_after, block_sequence
+FROM postings ORDER BY sequence
+"""
+CLOSURES_SQL: Final = """
+SELECT block_sequence, account_id, closed_at_ns
+FROM account_closures ORDER BY block_sequence, closed_at_ns, account_id
+"""
+# Column positions in the posting rows above (the hashed columns are those before P_BLOCK).
+P_SEQUENCE, P_TRANSACTION, P_ACCOUNT, P_SIDE, P_POSTED, P_PENDING, P_TIME = range(7)
+P_BLOCK: Final = 11
+# Column positions in the transaction rows above.
+T_ID, T_KIND, T_TARGET, T_APPLIED, T_TIME = 1, 2, 7, 9, 10
+# The applied legs of holds a block's posts resolve but the pass no longer remembers: $1 the
+# hold ids, $2 the kinds that hold.
+HELD_LEGS_SQL: Final = (
+    "SELECT id, applied_legs FROM transactions WHERE id = ANY($1::text[]) "
+    "AND kind = ANY($2::smallint[])"
+)
+LEASE_LAST_BLOCK_SQL: Final = "SELECT last_block_sequence FROM writer_lease WHERE id = 1"
+# $1: the block.
+BLOCK_HASH_HEX_SQL: Final = "SELECT encode(hash, 'hex') FROM journal_blocks WHERE sequence = $1"
+
+# ---- accounts: counters against the sums of their postings ----
+
+ACCOUNT_SUMS_SQL: Final = """
+SELECT coalesce(a.id, s.account_id) AS id, a.id IS NOT NULL AS known, a.currency, a.flags,
+       a.closed_at_ns, a.debits_posted, a.credits_posted, a.debits_pending, a.credits_pending,
+       coalesce(s.dp, 0) AS sum_dp, coalesce(s.cp, 0) AS sum_cp,
+       coalesce(s.dq, 0) AS sum_dq, coalesce(s.cq, 0) AS sum_cq,
+       coalesce(s.posting_count, 0) AS posting_count
+FROM accounts a FULL JOIN (
+    SELECT account_id,
+           sum(posted_amount) FILTER (WHERE is_debit) AS dp,
+           sum(posted_amount) FILTER (WHERE NOT is_debit) AS cp,
+           sum(pending_delta) FILTER (WHERE is_debit) AS dq,
+           sum(pending_delta) FILTER (WHERE NOT is_debit) AS cq,
+           count(*) AS posting_count
+    FROM postings GROUP BY account_id
+) s ON s.account_id = a.id
+"""
+# Per currency, the sums of the accounts' counters (the service's TrialBalance).
+TRIAL_BALANCE_SQL: Final = """
+SELECT currency, sum(debits_posted)::numeric AS dp, sum(credits_posted)::numeric AS cp,
+       sum(debits_pending)::numeric AS dq, sum(credits_pending)::numeric AS cq
+FROM accounts GROUP BY currency ORDER BY currency
+"""
+
+# ---- balance-after chains: only the broken links come back ----
+
+CHAINS_SQL: Final = """
+SELECT sequence, transaction_id, account_id, is_debit, posted_amount, pending_delta,
+       dp, cp, dq, cq, pdp, pcp, pdq, pcq, previous_sequence
+FROM (
+    SELECT sequence, transaction_id, account_id, is_debit, posted_amount, pending_delta,
+           debits_posted_after AS dp, credits_posted_after AS cp,
+           debits_pending_after AS dq, credits_pending_after AS cq,
+           coalesce(lag(debits_posted_after) OVER w, 0) AS pdp,
+           coalesce(lag(credits_posted_after) OVER w, 0) AS pcp,
+           coalesce(lag(debits_pending_after) OVER w, 0) AS pdq,
+           coalesce(lag(credits_pending_after) OVER w, 0) AS pcq,
+           lag(sequence) OVER w AS previous_sequence
+    FROM postings WINDOW w AS (PARTITION BY account_id ORDER BY sequence)
+) p
+-- numeric: a tampered row must not overflow bigint and abort the audit.
+WHERE dp::numeric <> pdp::numeric + CASE WHEN is_debit THEN posted_amount ELSE 0 END
+   OR cp::numeric <> pcp::numeric + CASE WHEN is_debit THEN 0 ELSE posted_amount END
+   OR dq::numeric <> pdq::numeric + CASE WHEN is_debit THEN pending_delta ELSE 0 END
+   OR cq::numeric <> pcq::numeric + CASE WHEN is_debit THEN 0 ELSE pending_delta END
+ORDER BY sequence
+"""
+
+# ---- holds ----
+
+HOLDS_SQL: Final = """
+SELECT h.transaction_id, h.expires_at_ns, t.kind, t.status, t.expires_at_ns AS recorded_ns
+FROM holds h LEFT JOIN transactions t ON t.id = h.transaction_id
+ORDER BY h.transaction_id
+"""
+# $1: the pending status.
+PENDING_WITHOUT_HOLD_SQL: Final = """
+SELECT id, expires_at_ns FROM transactions t
+WHERE status = $1 AND NOT EXISTS (SELECT 1 FROM holds h WHERE h.transaction_id = t.id)
+ORDER BY id
+"""
+
+# ---- cross-shard attempts, keyed ----
+
+# An attempt's key is its piece id or abort marker without these prefixes (core/model.py).
+PIECE_PREFIX: Final = "~piece/"
+MARKER_PREFIX: Final = "~abort/"
+# What resolves a held piece or a cross-shard hold: its post, void or expiry.
+RESOLUTION_KINDS: Final = (Kind.POST_PENDING, Kind.VOID_PENDING, Kind.EXPIRY)
+
+
+def _key_sql(column: str, prefix: str) -> str:
+    return (
+        f"CASE WHEN {column} LIKE '{prefix}%' THEN substr({column}, {len(prefix) + 1}) "
+        f"ELSE {column} END"
+    )
+
+
+def cross_shard_rows_sql(since: str) -> str:
+    """Every row of a cross-shard attempt, with its key; `since` is appended to both parts'
+    WHERE, "{table}" in it naming the part's table."""
+    commit, abort, prepared = int(Kind.COMMIT), int(Kind.ABORT), int(Kind.PREPARED)
+    hold, deadline = int(Kind.HOLD), int(Kind.DEADLINE)
+    resolutions = ", ".join(str(int(kind)) for kind in RESOLUTION_KINDS)
+    # A decision (COMMIT, HOLD: keyed by their abort marker; ABORT), a piece (PREPARED) or its
+    # deadline record (DEADLINE: keyed by the piece); then the resolutions of pieces and of
+    # holds (keyed by what they resolve), with what that held.
+    return f"""
+SELECT CASE WHEN t.kind IN ({commit}, {hold}) THEN {_key_sql("t.target_id", MARKER_PREFIX)}
+            WHEN t.kind = {abort} THEN {_key_sql("t.id", MARKER_PREFIX)}
+            WHEN t.kind = {deadline} THEN {_key_sql("t.target_id", PIECE_PREFIX)}
+            ELSE {_key_sql("t.id", PIECE_PREFIX)} END AS key,
+       t.id, t.kind, t.target_id, t.applied_legs, t.expires_at_ns, NULL::text AS held_legs,
+       NULL::smallint AS target_kind, t.timestamp_ns, t.timeout_seconds, t.block_sequence,
+       CASE WHEN t.kind = {deadline} THEN t.metadata END AS metadata
+FROM transactions t
+WHERE t.kind IN ({prepared}, {commit}, {abort}, {hold}, {deadline}){since.format(table="t")}
+UNION ALL
+SELECT CASE WHEN p.kind = {hold} THEN {_key_sql("p.target_id", MARKER_PREFIX)}
+            ELSE {_key_sql("p.id", PIECE_PREFIX)} END,
+       r.id, r.kind, r.target_id, r.applied_legs, r.expires_at_ns, p.applied_legs, p.kind,
+       r.timestamp_ns, r.timeout_seconds, r.block_sequence, NULL::text
+FROM transactions r JOIN transactions p ON p.id = r.target_id AND p.kind IN ({prepared}, {hold})
+WHERE r.kind IN ({resolutions}){since.format(table="r")}
+"""
+
+
+# Within an attempt, its rows in the order they were written (a piece's deadline records).
+_ROW_ORDER: Final = 'key COLLATE "C", block_sequence, timestamp_ns, id COLLATE "C"'
+# Every attempt with rows on the shard, in key order (byte order, as Python compares strings).
+CROSS_SHARD_SQL: Final = f"SELECT * FROM ({cross_shard_rows_sql('')}) x ORDER BY {_ROW_ORDER}"
+# The rows of the given attempts ($2, keys) recorded after block $1.
+CROSS_SHARD_AGAIN_SQL: Final = (
+    f"SELECT * FROM ({cross_shard_rows_sql(' AND {table}.block_sequence > $1')}) x "
+    f"WHERE key = ANY($2::text[]) ORDER BY {_ROW_ORDER}"
+)
