@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib
 import logging
 import os
 import signal
@@ -148,22 +147,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     terminal.add_commands(commands, _env("target", DEFAULT_TARGET))
     auditing.add_commands(commands, _env("audit_dsns", ""))
-    commands.add_parser(
-        "bench",
-        help="the Locust benchmark suite and its report (`tally bench --help`)",
-        add_help=False,
-    )
     audit_service.add_command(commands)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    arguments = sys.argv[1:] if argv is None else argv
-    if arguments[:1] == ["bench"]:
-        # Its options are its own (bench/locust_bench.py); loaded only when asked for.
-        bench_main = importlib.import_module("bench.locust_bench").main
-        bench_exit_code: int = bench_main(arguments[1:])
-        return bench_exit_code
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=_env("log_level", "INFO"),
