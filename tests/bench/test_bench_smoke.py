@@ -19,7 +19,7 @@ WORKLOADS = {"single-uniform", "single-hot", "batch-uniform", "batch-hot"}
 def test_first_benchmark_end_to_end(tmp_path: Path) -> None:
     out_dir = tmp_path / "report"
     command = [
-        sys.executable, "-m", "bench.first",
+        sys.executable, "-m", "bench.closed_loop.single_node",
         "--accounts", "2000",
         "--duration-s", "1",
         "--warmup-s", "0.2",

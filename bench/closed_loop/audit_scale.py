@@ -1,10 +1,10 @@
 """How long the audit takes on a large shard, and how much memory it needs.
 
-`python -m bench.audit_scale` starts an embedded PostgreSQL, writes --transfer-count two-leg
-transfers (2 postings each; 500,000 by default, so 1,000,000 postings) through an in-process
-shard node in batches of --batch-size, stops the node, then runs `tally audit`,
-`tally export` and `tally verify-export` as child processes, timing each and reading each
-one's peak resident memory from the kernel (getrusage of the waited-for child).
+`python -m bench.closed_loop.audit_scale` starts an embedded PostgreSQL, writes
+--transfer-count two-leg transfers (2 postings each; 500,000 by default, so 1,000,000 postings)
+through an in-process shard node in batches of --batch-size, stops the node, then runs
+`tally audit`, `tally export` and `tally verify-export` as child processes, timing each and
+reading each one's peak resident memory from the kernel (getrusage of the waited-for child).
 
 --data-dir keeps the database between runs; --reuse audits it again without writing.
 Writes results.json next to the data when --out is given.
@@ -38,7 +38,9 @@ CONCURRENT_REQUESTS: Final = 3
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.closed_loop.audit_scale", description=__doc__
+    )
     parser.add_argument("--transfer-count", type=int, default=500_000)
     parser.add_argument("--account-count", type=int, default=20_000)
     parser.add_argument("--batch-size", type=int, default=8_000)
@@ -113,7 +115,7 @@ async def _write(dsn: str, arguments: argparse.Namespace) -> float:
 # ru_maxrss of a child would include this process's pages that the fork copied before exec.)
 _MEASURED_CHILD: Final = """
 import resource, sys
-from shards import auditing
+from shards.audit import commands as auditing
 code = auditing.main(sys.argv[1:])
 with open("/proc/self/status") as status:
     peak = next(line for line in status if line.startswith("VmHWM:"))

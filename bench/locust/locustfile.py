@@ -1,13 +1,13 @@
 """Locust load against a Tally gateway (or a single node) over gRPC.
 
-    locust -f bench/locustfile.py --headless -H 127.0.0.1:7400 -u 32 -r 32 -t 60s \\
+    locust -f bench/locust/locustfile.py --headless -H 127.0.0.1:7400 -u 32 -r 32 -t 60s \\
         --tags transfers --tally-population 100000 --tally-shards 2 --tally-cross-share 0.1
 
-Scenarios (bench/locust_users.py), each selectable by tag (`--tags loans`) or by class name
+Scenarios (bench/locust/users.py), each selectable by tag (`--tags loans`) or by class name
 (`LoanProductsUser`): loans, transfers, hot, eod, mixed. The population must have been loaded
-first (`python -m bench.loader --target HOST:PORT --population N`, or `tally bench`, which
-does everything). Distributed: `--master` here, `--worker --master-host HOST` on the load
-machines (see bench/README.md).
+first (`python -m bench.locust.loader --target HOST:PORT --population N`, or `make bench` =
+`python -m bench.locust.suite`, which does everything). Distributed: `--master` here,
+`--worker --master-host HOST` on the load machines (see bench/README.md).
 
 Options (also environment variables TALLY_BENCH_<NAME>):
   --tally-population N        customers loaded (ids cust-000000 .. N-1)
@@ -38,7 +38,7 @@ from typing import Any  # noqa: E402
 from locust import events  # noqa: E402
 from locust.runners import MasterRunner, WorkerRunner  # noqa: E402
 
-from bench.locust_users import (  # noqa: E402
+from bench.locust.users import (  # noqa: E402
     CustomerTransfersUser,
     EndOfDayInterestUser,
     HotAccountUser,

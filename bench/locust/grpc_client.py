@@ -29,7 +29,7 @@ from typing import Any, Final
 
 import grpc
 
-from bench.tally_client import MESSAGE_SIZE_OPTIONS
+from bench.common.tally_client import MESSAGE_SIZE_OPTIONS
 from tally.v1 import ledger_pb2 as pb
 from tally.v1 import ledger_pb2_grpc as pb_grpc
 

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from bench.measure import Recorder, Window, latency_summary_ms
+from bench.common.measure import Recorder, Window, latency_summary_ms
 
 EXPECTED_CODES: Final = frozenset({"CREATED"})
 ROLES: Final = ("node", "postgres", "bench")

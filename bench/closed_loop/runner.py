@@ -7,13 +7,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench import cpu, profiling
-from bench.environment import Environment, checkpoint
-from bench.measure import Call, CallOutcome, run_closed_loop
-from bench.options import Options
-from bench.probes import Probe, Reading
-from bench.report import RunResult, build_result
-from bench.workload import ALL_WORKLOADS, Shape, TransferSource, Workload
+from bench.closed_loop import profiling
+from bench.closed_loop.environment import Environment, checkpoint
+from bench.closed_loop.options import Options
+from bench.closed_loop.probes import Probe, Reading
+from bench.closed_loop.report import RunResult, build_result
+from bench.common import cpu
+from bench.common.measure import Call, CallOutcome, run_closed_loop
+from bench.common.workload import ALL_WORKLOADS, Shape, TransferSource, Workload
 
 
 @dataclass(slots=True)

@@ -15,8 +15,8 @@ from typing import Final
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from bench.measure import CallOutcome
-from bench.workload import (
+from bench.common.measure import CallOutcome
+from bench.common.workload import (
     ACCOUNT_CODE,
     CURRENCY,
     FUNDING_AMOUNT_CENTS,

@@ -13,6 +13,8 @@ import asyncpg
 import grpc
 import psutil
 
+from bench.common.paths import REPO_ROOT
+
 # The settings that decide a write benchmark's result on PostgreSQL.
 PG_SETTINGS: Final = (
     "server_version",
@@ -42,10 +44,9 @@ def cpu_model() -> str:
 
 def source_version() -> str:
     """The commit measured, and whether core/ or shards/ differ from it (others edit them)."""
-    root = Path(__file__).resolve().parent.parent
     try:
-        commit = _git(root, "rev-parse", "--short", "HEAD")
-        dirty = _git(root, "status", "--porcelain", "--", "core", "shards", "proto")
+        commit = _git(REPO_ROOT, "rev-parse", "--short", "HEAD")
+        dirty = _git(REPO_ROOT, "status", "--porcelain", "--", "core", "shards", "proto")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     changed = [line[3:] for line in dirty.splitlines()]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -15,15 +16,19 @@ from typing import Any, Final
 import asyncpg
 import psutil
 
-from bench import cpu
-from bench.node_process import NodeProcess, start_node, stop_node
-from bench.options import Options
-from bench.tally_client import TallyClient
+from bench.closed_loop.options import Options
+from bench.common import cpu
+from bench.common.paths import REPO_ROOT
+from bench.common.tally_client import TallyClient
+from shards.local import supervisor
 from shards.local.embedded_pg import EmbeddedPostgres, EmbeddedPostgresConfig, free_port
+from shards.local.supervisor import LEDGER_SERVING_PREFIX, TallyProcess
 
 TALLY_DATABASE: Final = "tally"
 ROWLOCK_DATABASE: Final = "rowlock"
 SERVING_TIMEOUT_S: Final = 60.0
+NODE_START_TIMEOUT_S: Final = 60.0
+NODE_STOP_TIMEOUT_S: Final = 60.0
 
 
 @dataclass(slots=True)
@@ -32,7 +37,7 @@ class Environment:
     tally_dsn: str | None
     rowlock_dsn: str | None
     roles: dict[str, cpu.Sampler]
-    node: NodeProcess | None = None
+    node: TallyProcess | None = None
     notes: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -63,6 +68,28 @@ async def local_environment(options: Options) -> AsyncIterator[Environment]:
             await asyncio.to_thread(server.stop)
 
 
+async def start_node(
+    dsn: str, log_dir: Path, extra_args: list[str], profile_path: Path | None
+) -> TallyProcess:
+    """The shard node under test, its own process exactly as an operator runs it (its own CPU
+    apart from the load generator's, its own GIL), optionally under cProfile (written when the
+    node exits). It gets its own session, so a Ctrl-C in the terminal reaches only the bench,
+    which then stops the node in order."""
+    profiler = ["-m", "cProfile", "-o", str(profile_path)] if profile_path is not None else []
+    return await supervisor.start(
+        ["node", "--dsn", dsn, "--listen", f"127.0.0.1:{free_port()}", *extra_args],
+        log_dir / "node.log",
+        name="node",
+        interpreter_arguments=profiler,
+        append=False,
+        stdout_copy=log_dir / "node.stdout",
+        cwd=REPO_ROOT,
+        new_session=True,
+        serving_prefixes=(LEDGER_SERVING_PREFIX,),
+        serving_timeout_s=NODE_START_TIMEOUT_S,
+    )
+
+
 @contextlib.asynccontextmanager
 async def _local_node(options: Options, server: EmbeddedPostgres) -> AsyncIterator[Environment]:
     profile_path = options.out_dir / "node.prof" if options.node_profile == "cprofile" else None
@@ -71,7 +98,7 @@ async def _local_node(options: Options, server: EmbeddedPostgres) -> AsyncIterat
     )
     environment: Environment | None = None
     try:
-        client = TallyClient(node.target)
+        client = TallyClient(node.endpoint)
         try:
             await client.wait_serving(SERVING_TIMEOUT_S)
             roles = {
@@ -87,11 +114,13 @@ async def _local_node(options: Options, server: EmbeddedPostgres) -> AsyncIterat
         finally:
             await client.close()
     finally:
-        exit_code = await stop_node(node)
+        # SIGINT: refuse new calls, drain the writer queue, release the lease; and under
+        # cProfile exit normally, so the profile is complete.
+        exit_code = await node.stop(NODE_STOP_TIMEOUT_S, signal.SIGINT)
         if environment is not None:
             environment.notes["exit_code"] = exit_code
         if exit_code != 0:
-            print(f"bench: the node exited with {exit_code}; see {node.stderr_path}")
+            print(f"bench: the node exited with {exit_code}; see {node.log_path}")
 
 
 def _postmaster_pid(server: EmbeddedPostgres) -> int:

@@ -29,8 +29,8 @@ from typing import Any, Final
 
 import asyncpg
 
-from bench.measure import CallOutcome
-from bench.workload import (
+from bench.common.measure import CallOutcome
+from bench.common.workload import (
     CURRENCY,
     FUNDING_AMOUNT_CENTS,
     HOT_ACCOUNT_ID,

@@ -16,7 +16,7 @@ import itertools
 
 import matplotlib.pyplot as plt
 
-from bench import cost, locust_metrics
+from bench.locust import cost, metrics
 
 DPI = 110
 
@@ -83,18 +83,17 @@ def throughput_and_latency(history: list[dict[str, str]], title: str, path: Path
     return True
 
 
-def node_metrics(rows: list[locust_metrics.Row], title: str, path: Path) -> bool:
+def node_metrics(rows: list[metrics.Row], title: str, path: Path) -> bool:
     """Commit latency, batch size, commits/s and queue depth per node over the run."""
-    commit_ms = locust_metrics.histogram_mean(rows, "tally_commit_duration_seconds")
+    commit_ms = metrics.histogram_mean(rows, "tally_commit_duration_seconds")
     if not commit_ms:
         return False
-    batch = locust_metrics.histogram_mean(rows, "tally_batch_items")
+    batch = metrics.histogram_mean(rows, "tally_batch_items")
     commits = {
-        e: locust_metrics.rate(p)
-        for e, p in locust_metrics.series(rows, "tally_batches_committed_total").items()
+        e: metrics.rate(p) for e, p in metrics.series(rows, "tally_batches_committed_total").items()
     }
-    depth = locust_metrics.series(rows, "tally_queue_depth")
-    pieces = locust_metrics.series(rows, "tally_prepared_pieces")
+    depth = metrics.series(rows, "tally_queue_depth")
+    pieces = metrics.series(rows, "tally_prepared_pieces")
     figure, axes = plt.subplots(2, 2, figsize=(11, 7), sharex=True)
     panels = [
         (axes[0][0], {e: [(t, v * 1000) for t, v in p] for e, p in commit_ms.items()},

@@ -1,4 +1,5 @@
-"""The first benchmark extended to the cluster: `python -m bench.cluster`.
+"""The single-node closed-loop benchmark extended to the cluster:
+`python -m bench.closed_loop.cluster`.
 
 Starts `tally up --shards N` (one embedded PostgreSQL, N node processes, one gateway) in a
 temporary directory, seeds funded customer accounts, and measures transfers/s and latency
@@ -10,13 +11,10 @@ role (nodes, gateway, PostgreSQL, this load generator). Writes results.json and 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import random
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,18 +23,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import psutil
-
-from bench import cpu
-from bench.measure import CallOutcome, latency_summary_ms, run_closed_loop
-from bench.tally_client import TallyClient, chunks
-from bench.workload import HOT_ACCOUNT_ID, TRANSFER_AMOUNT_MAX_CENTS, Transfer
+from bench.common import cpu
+from bench.common.local_cluster import postgres_sampler, role_sampler, start_cluster, stop_cluster
+from bench.common.measure import CallOutcome, latency_summary_ms, run_closed_loop
+from bench.common.paths import REPORTS_DIR
+from bench.common.tally_client import TallyClient, chunks
+from bench.common.workload import HOT_ACCOUNT_ID, TRANSFER_AMOUNT_MAX_CENTS, Transfer
 from core.slots import SlotMap
 from shards.local.embedded_pg import free_port
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-READY = "tally: serving tally.v1.Ledger on "
-START_TIMEOUT_S = 120.0
+MODULE = "bench.closed_loop.cluster"
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,83 +78,6 @@ class CrossShareSource:
         self._sequence += 1
         amount = pick(1, TRANSFER_AMOUNT_MAX_CENTS + 1)
         return Transfer(f"{self._prefix}{self._sequence}", debit, credit, amount)
-
-
-def role_sampler(root_pid: int, marker: str) -> cpu.Sampler:
-    """The descendants of root_pid whose command line contains marker (or named marker)."""
-
-    def sample() -> dict[cpu.SampleKey, float]:
-        try:
-            children = psutil.Process(root_pid).children(recursive=True)
-        except psutil.NoSuchProcess:
-            return {}
-        chosen = []
-        for child in children:
-            try:
-                if marker in " ".join(child.cmdline()) or child.name() == marker:
-                    chosen.append(child)
-            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-                continue
-        return cpu._sample(chosen)
-
-    return sample
-
-
-def postgres_sampler(data_dir: Path) -> cpu.Sampler:
-    """Every PostgreSQL process of `tally up --data-dir data_dir`: pg_ctl detaches the
-    postmaster (it is not a descendant of `tally up`), so it is found by its pid file."""
-
-    def sample() -> dict[cpu.SampleKey, float]:
-        try:
-            pid = int((data_dir / "pg" / "postmaster.pid").read_text().split()[0])
-        except (OSError, ValueError, IndexError):
-            return {}
-        return cpu.process_tree(pid)()
-
-    return sample
-
-
-def _spawn(command: list[str], log_path: Path) -> subprocess.Popen[bytes]:
-    with log_path.open("wb") as log:
-        return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, cwd=REPO_ROOT)
-
-
-async def start_cluster(
-    data_dir: Path,
-    shards: int,
-    port: int,
-    extra_args: Sequence[str] = (),
-    lines: list[str] | None = None,
-) -> subprocess.Popen[bytes]:
-    """`tally up --shards N` in the background; returns once its gateway serves. The lines it
-    printed until then (shard endpoints, metrics endpoints) are appended to `lines`."""
-    command = [sys.executable, "-m", "shards.cli", "up", "--shards", str(shards)]
-    command += ["--data-dir", str(data_dir), "--listen", f"127.0.0.1:{port}", *extra_args]
-    process = _spawn(command, data_dir.parent / "up.log")
-    assert process.stdout is not None
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        line = await asyncio.to_thread(process.stdout.readline)
-        if not line:
-            raise RuntimeError(f"tally up exited; see {data_dir.parent / 'up.log'}")
-        text = line.decode().strip()
-        if lines is not None:
-            lines.append(text)
-        if text.startswith(READY):
-            return process
-    process.kill()
-    raise TimeoutError("the cluster did not start")
-
-
-async def stop_cluster(process: subprocess.Popen[bytes], timeout_s: float = 60.0) -> None:
-    """SIGINT (drain, commit, stop PostgreSQL), then kill if it takes longer than timeout_s."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGINT)
-    try:
-        await asyncio.to_thread(process.wait, timeout_s)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        await asyncio.to_thread(process.wait, 10)
 
 
 async def seed(client: TallyClient, accounts: list[str]) -> None:
@@ -220,7 +139,7 @@ def report(results: Sequence[dict[str, object]], args: argparse.Namespace) -> st
     lines = [
         f"# Tally cluster benchmark ({args.shards} shards) — {time.strftime('%Y-%m-%dT%H:%M:%S')}",
         "",
-        f"Command: `python -m bench.cluster {' '.join(sys.argv[1:])}`; {args.accounts:,} funded "
+        f"Command: `python -m {MODULE} {' '.join(sys.argv[1:])}`; {args.accounts:,} funded "
         f"customer accounts; {args.duration_s:g} s measured after {args.warmup_s:g} s warm-up.",
         "",
         "| case | clients | transactions/s | p50 ms | p99 ms | non-CREATED | errors "
@@ -252,7 +171,7 @@ def report(results: Sequence[dict[str, object]], args: argparse.Namespace) -> st
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m bench.cluster", description=__doc__)
+    parser = argparse.ArgumentParser(prog=f"python -m {MODULE}", description=__doc__)
     parser.add_argument("--shards", type=int, default=4)
     parser.add_argument("--accounts", type=int, default=20_000)
     parser.add_argument("--duration-s", type=float, default=8.0)
@@ -271,11 +190,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 async def run(args: argparse.Namespace) -> int:
-    out = args.out or REPO_ROOT / "bench" / "reports" / f"cluster-{time.strftime('%Y%m%d-%H%M%S')}"
+    out = args.out or REPORTS_DIR / f"cluster-{time.strftime('%Y%m%d-%H%M%S')}"
     out.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="tally-cluster-bench-"))
     port = free_port()
-    process = await start_cluster(workdir / "data", args.shards, port)
+    up = await start_cluster(workdir / "data", args.shards, port)
     client = TallyClient(f"127.0.0.1:{port}")
     try:
         accounts = [customer_id(n) for n in range(args.accounts)]
@@ -286,8 +205,8 @@ async def run(args: argparse.Namespace) -> int:
             by_shard[slot_map.shard_of_account(account)].append(account)
         meter = cpu.CpuMeter(
             {
-                "nodes": role_sampler(process.pid, "shards.cli node"),
-                "gateway": role_sampler(process.pid, "shards.cli gateway"),
+                "nodes": role_sampler(up.pid, "shards.cli node"),
+                "gateway": role_sampler(up.pid, "shards.cli gateway"),
                 "postgres": postgres_sampler(workdir / "data"),
                 "bench": cpu.bench_process(),
             }
@@ -313,7 +232,7 @@ async def run(args: argparse.Namespace) -> int:
         return 1 if errors else 0
     finally:
         await client.close()
-        await stop_cluster(process)
+        await stop_cluster(up)
         shutil.rmtree(workdir, ignore_errors=True)
 
 

@@ -1,4 +1,5 @@
-"""Fast bulk loader of the Locust scenarios' bank: `python -m bench.loader --target HOST:PORT`.
+"""Fast bulk loader of the Locust scenarios' bank:
+`python -m bench.locust.loader --target HOST:PORT`.
 
 Creates the internal (spread) accounts, then every customer's deposit and loan account in large
 CreateAccounts batches, then one opening transaction per customer (the deposit funded from
@@ -21,8 +22,8 @@ from typing import Any, Final, TextIO
 
 import grpc
 
-from bench import locust_population as population
-from bench.tally_client import MESSAGE_SIZE_OPTIONS
+from bench.common.tally_client import MESSAGE_SIZE_OPTIONS
+from bench.locust import population
 from tally.v1 import ledger_pb2 as pb
 from tally.v1 import ledger_pb2_grpc as pb_grpc
 
@@ -219,7 +220,7 @@ async def load(target: str, population_size: int, stream: TextIO = sys.stderr) -
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.loader", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m bench.locust.loader", description=__doc__)
     parser.add_argument("--target", default="127.0.0.1:7400", help="gateway or node HOST:PORT")
     parser.add_argument("--population", type=int, default=100_000, help="customers")
     args = parser.parse_args(argv)

@@ -1,4 +1,5 @@
-"""The report of `tally bench`: results.json, the plots, report.md and report.html."""
+"""The report of the Locust suite (bench.locust.suite): results.json, the plots, report.md and
+report.html."""
 
 from __future__ import annotations
 
@@ -6,8 +7,8 @@ import json
 from pathlib import Path
 from typing import Any, Final
 
-from bench import cost, locust_metrics, plots
-from bench.locust_report import Document, cell
+from bench.locust import cost, metrics, plots
+from bench.locust.document import Document, cell
 
 SERVER_ROLES: Final = ("nodes", "gateway", "postgres")
 SCENARIO_TITLES: Final = {
@@ -84,7 +85,7 @@ def draw(report: dict[str, Any], out: Path, estimate: cost.Estimate | None) -> d
             images[f"{name}/locust"] = f"{name}_locust.png"
         metrics_csv = out / f"{name}_metrics.csv"
         if metrics_csv.exists():
-            rows = locust_metrics.read_csv(metrics_csv)
+            rows = metrics.read_csv(metrics_csv)
             if plots.node_metrics(rows, name, out / f"{name}_metrics.png"):
                 images[f"{name}/metrics"] = f"{name}_metrics.png"
     if plots.comparison(comparison_rows(report), out / "rowlock_comparison.png"):
@@ -230,11 +231,11 @@ def _comparison(d: Document, report: dict[str, Any], images: dict[str, str]) -> 
     )  # fmt: skip
     options = report.get("options", {})
     d.paragraph(
-        "The row-locking ledger (bench/rowlock.py: one database transaction per transfer, "
+        "The row-locking ledger (bench/common/rowlock.py: one database transaction per transfer, "
         "`SELECT … FOR UPDATE` in id order, durable at COMMIT) runs on the same embedded "
         "PostgreSQL in the same run, with the same customers and the same number of concurrent "
         "clients as Locust users, one transfer per call. It is driven by the closed-loop harness "
-        "of the first benchmark (bench/measure.py) inside the bench process, not by Locust: "
+        "(bench/common/measure.py) inside the bench process, not by Locust: "
         "Locust's gevent workers cannot drive asyncpg, and a Locust-driven version would add a "
         "gRPC server the design does not have. That flatters it (no RPC hop, no load generator "
         f"of its own on the cores). Measured for {options.get('rowlock_duration_s')} s after "
@@ -353,7 +354,7 @@ def _cost(
         "of postings, transactions, journal_blocks and holds / postings rows, over every shard "
         "(indexes included; WAL and free space not). Memory is not modelled: the writer's cache "
         "is bounded and PostgreSQL reads the rest from disk. Override any input with the options "
-        "in `tally bench --help`."
+        "in `python -m bench.locust.suite --help`."
     )
     for note in notes:
         d.paragraph(f"Note: {note}.")
@@ -376,14 +377,14 @@ def _machine(d: Document, report: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m bench.locust_bench_report DIR`: redraw the plots and rewrite the report of a
+    """`python -m bench.locust.report DIR`: redraw the plots and rewrite the report of a
     run from its results.json (e.g. after changing the cost inputs stored in its options)."""
     import argparse
     import sys
 
-    from bench.locust_bench import cost_inputs
+    from bench.locust.suite import cost_inputs
 
-    parser = argparse.ArgumentParser(prog="python -m bench.locust_bench_report")
+    parser = argparse.ArgumentParser(prog="python -m bench.locust.report")
     parser.add_argument("folder", type=Path)
     folder = parser.parse_args(argv).folder
     report = json.loads((folder / "results.json").read_text())

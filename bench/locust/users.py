@@ -12,7 +12,7 @@
 
 Every transaction id is unique per run (idempotency is permanent): run id, scenario, a token of
 this process, the user's number and a sequence. Options are Locust command line arguments
-(`--tally-...`, also as TALLY_BENCH_... environment variables), added by bench/locustfile.py.
+(`--tally-...`, also as TALLY_BENCH_... environment variables), added by bench/locust/locustfile.py.
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ from locust import User, constant, tag, task
 from locust.exception import StopUser
 from locust.runners import LocalRunner
 
-from bench import locust_population as population
-from bench.locust_grpc import LedgerClient, Tallies, leg, open_channel
+from bench.locust import population
+from bench.locust.grpc_client import LedgerClient, Tallies, leg, open_channel
 from tally.v1 import ledger_pb2 as pb
 
 CUR: Final = population.CURRENCY

@@ -1,7 +1,7 @@
 """The bank the Locust scenarios run against: customers, their accounts, the internal accounts.
 
-Shared by the bulk loader (bench/loader.py), the Locust users (bench/locust_users.py) and the
-row-locking comparison, so that every side names the same accounts.
+Shared by the bulk loader (bench/locust/loader.py), the Locust users (bench/locust/users.py) and
+the row-locking comparison, so that every side names the same accounts.
 
 Customer n has two accounts with the same partition key, so they always live on one shard:
 `cust-000042/deposit` (code 100, cannot be overdrawn) and `cust-000042/loan` (code 200, the loan
@@ -18,7 +18,7 @@ from typing import Final
 
 from core.slots import SlotMap
 
-# Scenario (Locust tag) -> its User class in bench/locust_users.py. Named here, not imported:
+# Scenario (Locust tag) -> its User class in bench/locust/users.py. Named here, not imported:
 # importing Locust monkey-patches the whole process with gevent, which only Locust's own
 # processes may have.
 SCENARIO_CLASSES: Final = {
@@ -42,7 +42,7 @@ INTEREST_ACCOUNT_ID: Final = f"@interest/{CURRENCY}"  # interest income, credite
 HOLDS_ACCOUNT_ID: Final = f"@holds/{CURRENCY}"  # card authorisations settle here
 SETTLEMENT_ACCOUNT_ID: Final = f"@settlement/{CURRENCY}"  # card purchases of the retail day
 # The hot account scenario: every transfer debits it. The same id as the first benchmark's
-# (bench/workload.HOT_ACCOUNT_ID), so the row-locking comparison posts the very same shape.
+# (bench/common/workload.HOT_ACCOUNT_ID), so the row-locking comparison posts the very same shape.
 HOT_ACCOUNT_ID: Final = "@cash"
 INTERNAL_ACCOUNT_IDS: Final = (
     FUNDING_ACCOUNT_ID,

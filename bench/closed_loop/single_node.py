@@ -1,4 +1,5 @@
-"""Tally's first benchmark: `python -m bench.first` (also `make bench`).
+"""Tally's first benchmark, one shard node against a row-locking ledger, closed loop:
+`python -m bench.closed_loop.single_node`.
 
 Starts an embedded PostgreSQL and one shard node (a separate process), seeds accounts, then
 measures transfers/s and latency for
@@ -8,9 +9,10 @@ measures transfers/s and latency for
 
 each with every transfer between two uniformly drawn customer accounts (uniform) and with every
 transfer debiting one hot account (hot); and, on the same PostgreSQL in the same run, the same
-workloads against a conventional row-locking ledger (bench/rowlock.py). Writes results.json and
-report.md to --out and prints the table. Exit status: 0 when every transfer was CREATED and no
-call failed (targets missed do not fail the run: they are the measurement), 1 otherwise.
+workloads against a conventional row-locking ledger (bench/common/rowlock.py). Writes
+results.json and report.md to --out and prints the table. Exit status: 0 when every transfer was
+CREATED and no call failed (targets missed do not fail the run: they are the measurement), 1
+otherwise.
 """
 
 from __future__ import annotations
@@ -27,13 +29,14 @@ from typing import Any, Final
 import asyncpg
 import uvloop
 
-from bench import machine, profiling, rowlock
-from bench.environment import Environment, local_environment, target_environment
-from bench.options import Options, parse_options
-from bench.report import Report, targets_text, text_table, write
-from bench.runner import Runner
-from bench.tally_client import seed
-from bench.workload import customer_account_ids
+from bench.closed_loop import profiling
+from bench.closed_loop.environment import Environment, local_environment, target_environment
+from bench.closed_loop.options import Options, parse_options
+from bench.closed_loop.report import Report, targets_text, text_table, write
+from bench.closed_loop.runner import Runner
+from bench.common import machine, rowlock
+from bench.common.tally_client import seed
+from bench.common.workload import customer_account_ids
 from core import audit as core_audit
 from shards.node.server import NodeConfig
 from shards.node.writer import WriterConfig
@@ -135,7 +138,7 @@ async def main_async(options: Options) -> int:
     options.out_dir.mkdir(parents=True, exist_ok=True)
     report = Report(
         started_at=datetime.datetime.now().isoformat(timespec="seconds"),
-        command=["python", "-m", "bench.first", *sys.argv[1:]],
+        command=["python", "-m", "bench.closed_loop.single_node", *sys.argv[1:]],
         options=_options_summary(options),
         host={**machine.host_info(), "hostname": socket.gethostname()},
         postgres={},

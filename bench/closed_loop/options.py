@@ -8,10 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from bench.workload import ALL_WORKLOADS, Workload, parse_workloads
+from bench.common.paths import REPORTS_DIR
+from bench.common.workload import ALL_WORKLOADS, Workload, parse_workloads
 
 SYSTEMS: Final = ("tally", "rowlock")
-REPORTS_DIR: Final = Path(__file__).resolve().parent / "reports"
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +38,7 @@ class Options:
 
 def build_parser(description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m bench.first",
+        prog="python -m bench.closed_loop.single_node",
         description=description,
         formatter_class=_Formatter,
     )

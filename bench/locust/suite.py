@@ -1,15 +1,16 @@
-"""The Locust benchmark suite in one command: `make bench`, `tally bench [options]`,
-`python -m bench.locust_bench [options]`.
+"""The Locust benchmark suite in one command: `make bench`, or
+`python -m bench.locust.suite [options]`.
 
 Without --target it starts a cluster on the embedded PostgreSQL (`tally up --shards N` in a
-temporary directory, metrics on), loads the population (bench/loader.py, with a progress bar),
-and seeds the conventional row-locking ledger (bench/rowlock.py) in its own database of the same
+temporary directory, metrics on), loads the population (bench/locust/loader.py, with a progress
+bar), and seeds the conventional row-locking ledger (bench/common/rowlock.py) in its own
+database of the same
 PostgreSQL. Then, for each scenario, it runs Locust headless as a subprocess (gevent's
 monkey-patching stays out of this process) while it scrapes every process's /metrics about
 once a second and meters the CPU of each process role; after the transfers and hot account
 scenarios it runs the row-locking ledger on the same shape (closed loop, in this process).
 Finally it measures bytes on disk per account and per posting, applies the cost model
-(bench/cost.py), draws the plots and writes the report folder (default
+(bench/locust/cost.py), draws the plots and writes the report folder (default
 bench/reports/<timestamp>/): Locust's CSVs, metrics CSVs, PNG plots, report.md, report.html and
 results.json.
 
@@ -37,15 +38,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from bench import cost, cpu, loader, locust_metrics, machine, rowlock
-from bench import locust_population as population
-from bench.cluster import postgres_sampler, role_sampler, start_cluster, stop_cluster
-from bench.measure import CallOutcome, latency_summary_ms, run_closed_loop
-from bench.workload import Distribution, Shape, TransferSource, Workload
+from bench.common import cpu, machine, rowlock
+from bench.common.local_cluster import postgres_sampler, role_sampler, start_cluster, stop_cluster
+from bench.common.measure import CallOutcome, latency_summary_ms, run_closed_loop
+from bench.common.paths import REPO_ROOT, REPORTS_DIR
+from bench.common.workload import Distribution, Shape, TransferSource, Workload
+from bench.locust import cost, loader, metrics, population
 from shards.local.embedded_pg import free_port
 
-REPO_ROOT: Final = Path(__file__).resolve().parent.parent
-LOCUSTFILE: Final = REPO_ROOT / "bench" / "locustfile.py"
+MODULE: Final = "bench.locust.suite"
+LOCUSTFILE: Final = REPO_ROOT / "bench" / "locust" / "locustfile.py"
 ALL_SCENARIOS: Final = tuple(population.SCENARIO_CLASSES)
 DEFAULT_USERS: Final = {"loans": 32, "transfers": 32, "hot": 32, "eod": 4, "mixed": 32}
 ROWLOCK_SHAPES: Final = {"transfers": Distribution.UNIFORM, "hot": Distribution.HOT}
@@ -66,7 +68,7 @@ class Cluster:
 
     target: str
     shards: int
-    endpoints: list[locust_metrics.Endpoint]
+    endpoints: list[metrics.Endpoint]
     shard_dsns: list[str]
     rowlock_dsn: str | None
     roles: dict[str, cpu.Sampler] = field(default_factory=dict)
@@ -85,7 +87,7 @@ async def local_cluster(args: argparse.Namespace, out: Path) -> AsyncIterator[Cl
     lines: list[str] = []
     print(f"bench: starting tally up --shards {args.shards} in {workdir}", flush=True)
     metrics_flag = ["--metrics-listen", "127.0.0.1:0"]
-    process = await start_cluster(data_dir, args.shards, port, metrics_flag, lines)
+    up = await start_cluster(data_dir, args.shards, port, metrics_flag, lines)
     try:
         pg_port = int((data_dir / "pg-port").read_text())
         base = f"postgresql://postgres@127.0.0.1:{pg_port}"
@@ -96,18 +98,18 @@ async def local_cluster(args: argparse.Namespace, out: Path) -> AsyncIterator[Cl
         yield Cluster(
             target=f"127.0.0.1:{port}",
             shards=args.shards,
-            endpoints=locust_metrics.endpoints_from_lines(lines),
+            endpoints=metrics.endpoints_from_lines(lines),
             shard_dsns=[f"{base}/tally_shard_{n}" for n in range(args.shards)],
             rowlock_dsn=rowlock_dsn,
             roles={
-                "nodes": role_sampler(process.pid, "shards.cli node"),
-                "gateway": role_sampler(process.pid, "shards.cli gateway"),
+                "nodes": role_sampler(up.pid, "shards.cli node"),
+                "gateway": role_sampler(up.pid, "shards.cli gateway"),
                 "postgres": postgres_sampler(data_dir),
             },
             local=True,
         )
     finally:
-        await stop_cluster(process)
+        await stop_cluster(up)
         _keep_logs(workdir, out)
         if args.keep_data:
             print(f"bench: cluster data kept in {workdir}", flush=True)
@@ -120,7 +122,7 @@ async def remote_cluster(args: argparse.Namespace) -> AsyncIterator[Cluster]:
     cluster = Cluster(
         target=args.target,
         shards=args.shards,
-        endpoints=locust_metrics.endpoints_from_urls(args.metrics),
+        endpoints=metrics.endpoints_from_urls(args.metrics),
         shard_dsns=list(args.shard_dsn),
         rowlock_dsn=args.rowlock_dsn if args.rowlock else None,
     )
@@ -207,7 +209,7 @@ async def run_scenario(
     # as `other` cores in the report.
     busy_cores_before = await cpu.wait_for_quiet(args.quiet_cores, args.quiet_wait_s)
     before = await journal_totals(cluster.shard_dsns)
-    scraper = locust_metrics.Scraper(cluster.endpoints)
+    scraper = metrics.Scraper(cluster.endpoints)
     stop = asyncio.Event()
     scraping = asyncio.create_task(scraper.run(stop))
     log_path = out / f"{name}_locust.log"
@@ -235,7 +237,7 @@ async def run_scenario(
     result["busy_cores_before"] = busy_cores_before
     result["other_cores"] = round(result["cpu_s"].get("other", 0.0) / max(1e-6, wall_s), 2)
     result["journal"] = {k: after[k] - before[k] for k in after}
-    result["metrics"] = locust_metrics.summary(scraper.rows)
+    result["metrics"] = metrics.summary(scraper.rows)
     result["gateway_metrics"] = gateway_summary(scraper.rows)
     result["scrapes"] = scraper.scrapes
     result["scrape_failures"] = dict(scraper.failures)
@@ -311,7 +313,7 @@ def _num(text: Any) -> float:
         return 0.0
 
 
-def gateway_summary(rows: list[locust_metrics.Row]) -> dict[str, float]:
+def gateway_summary(rows: list[metrics.Row]) -> dict[str, float]:
     """What the gateway did with the load: client requests and items per shard call (its
     coalescing) and the mean time of a cross-shard transaction."""
     out: dict[str, float] = {}
@@ -321,8 +323,8 @@ def gateway_summary(rows: list[locust_metrics.Row]) -> dict[str, float]:
         ("cross_shard_ms", "tally_gateway_cross_shard_duration_seconds"),
         ("rpc_ms", "tally_gateway_rpc_duration_seconds"),
     ):
-        total = sum(locust_metrics.increase_over_run(rows, name + "_sum").values())
-        count = sum(locust_metrics.increase_over_run(rows, name + "_count").values())
+        total = sum(metrics.increase_over_run(rows, name + "_sum").values())
+        count = sum(metrics.increase_over_run(rows, name + "_count").values())
         if count:
             scale = 1000.0 if label.endswith("_ms") else 1.0
             out[label] = round(scale * total / count, 2)
@@ -388,7 +390,7 @@ async def run_all(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     run_id = format(time.time_ns() // 1_000_000, "x")
     report: dict[str, Any] = {
         "started_at": datetime.datetime.now().isoformat(timespec="seconds"),
-        "command": ["tally", "bench", *args.argv],
+        "command": ["python", "-m", MODULE, *args.argv],
         "options": {k: v for k, v in vars(args).items() if k != "argv"},
         "host": {**machine.host_info(), "hostname": socket.gethostname()},
         "scenarios": [],
@@ -478,7 +480,7 @@ def clean(report: dict[str, Any], args: argparse.Namespace) -> bool:
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="tally bench",
+        prog=f"python -m {MODULE}",
         description=(__doc__ or "").split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -521,7 +523,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 def add_cost_arguments(parser: argparse.ArgumentParser) -> None:
     prices, activity = cost.Prices(), cost.Activity()
-    group = parser.add_argument_group("the cost model (bench/cost.py)")
+    group = parser.add_argument_group("the cost model (bench/locust/cost.py)")
     group.add_argument("--instance-name", default=prices.instance_name)
     group.add_argument("--price-per-hour", type=float, default=prices.price_per_hour_usd)
     group.add_argument("--price-date", default=prices.price_date)
@@ -565,10 +567,11 @@ def cost_inputs(args: argparse.Namespace) -> tuple[cost.Prices, cost.Activity]:
 
 
 async def main_async(args: argparse.Namespace) -> int:
-    from bench import locust_bench_report
+    # Loaded only now: the report draws its plots with matplotlib.
+    from bench.locust.report import write as write_report
 
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    out: Path = args.out or REPO_ROOT / "bench" / "reports" / stamp
+    out: Path = args.out or REPORTS_DIR / stamp
     await asyncio.to_thread(out.mkdir, parents=True, exist_ok=True)
     started = time.monotonic()
     report: dict[str, Any] = {}
@@ -578,7 +581,7 @@ async def main_async(args: argparse.Namespace) -> int:
         report["wall_s"] = round(time.monotonic() - started, 1)
         report["clean"] = clean(report, args)
         prices, activity = cost_inputs(args)
-        text = locust_bench_report.write(report, out, prices, activity, args.cost_scenario)
+        text = write_report(report, out, prices, activity, args.cost_scenario)
         print()
         print(text)
         print(f"bench: wrote {out / 'report.md'}, report.html, plots and CSVs", flush=True)
