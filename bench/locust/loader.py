@@ -4,7 +4,7 @@
 Creates the internal (spread) accounts, then every customer's deposit and loan account in large
 CreateAccounts batches, then one opening transaction per customer (the deposit funded from
 @funding/USD, a loan outstanding against @loans/USD), with a few calls in flight so the shards'
-writers always have the next batch waiting. A progress bar shows items per second.
+writers always have the next batch waiting. A progress bar (rich's) shows items per second.
 
 Idempotent: account creates and the opening transactions (ids `open.<customer>`) replay on a
 cluster that already holds the population, so loading twice never funds anyone twice.
@@ -21,6 +21,18 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final, TextIO
 
 import grpc
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.text import Text
 
 from bench.common.tally_client import MESSAGE_SIZE_OPTIONS
 from bench.locust import population
@@ -46,43 +58,26 @@ _NAMES: Final = {
 }
 
 
-class Progress:
-    """A one-line progress bar (redrawn in place on a terminal, a line every few seconds
-    otherwise, so a log stays readable)."""
+class ItemRateColumn(ProgressColumn):
+    """Items per second over rich's recent window (a byte-rate column would say B/s)."""
 
-    def __init__(self, total: int, label: str, stream: TextIO = sys.stderr) -> None:
-        self.total = max(1, total)
-        self.label = label
-        self.done = 0
-        self._stream = stream
-        self._tty = stream.isatty()
-        self._started = time.monotonic()
-        self._drawn = 0.0
+    def render(self, task: Task) -> Text:
+        return Text(f"{task.speed or 0.0:,.0f} items/s", style="progress.data.speed")
 
-    def advance(self, count: int) -> None:
-        self.done += count
-        now = time.monotonic()
-        if now - self._drawn >= (0.2 if self._tty else 5.0) or self.done >= self.total:
-            self._drawn = now
-            self._draw(now)
 
-    def _draw(self, now: float) -> None:
-        share = min(1.0, self.done / self.total)
-        rate = self.done / max(1e-6, now - self._started)
-        bar = "#" * int(share * 30)
-        text = (
-            f"{self.label} [{bar:<30}] {share:4.0%} {self.done:,}/{self.total:,} items "
-            f"{rate:,.0f}/s"
-        )
-        if self._tty:
-            self._stream.write("\r" + text + ("\n" if self.done >= self.total else ""))
-        else:
-            self._stream.write(text + "\n")
-        self._stream.flush()
-
-    @property
-    def seconds(self) -> float:
-        return time.monotonic() - self._started
+def progress_bar(stream: TextIO) -> Progress:
+    """rich's progress bar on stream: redrawn in place on a terminal; written once, in its final
+    state, when the stream is a file (a log stays readable)."""
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        MofNCompleteColumn(),
+        TextColumn("items"),
+        ItemRateColumn(),
+        TimeElapsedColumn(),
+        console=Console(file=stream),
+    )
 
 
 def internal_accounts() -> list[pb.Account]:
@@ -189,32 +184,40 @@ async def load(target: str, population_size: int, stream: TextIO = sys.stderr) -
     """Load the population; returns what was done (items, seconds, result codes)."""
     loader = Loader(target)
     numbers = range(population_size)
-    progress = Progress(3 * population_size + len(population.INTERNAL_ACCOUNT_IDS), "load", stream)
-    try:
-        await loader.create_accounts(internal_accounts())
-        progress.advance(len(population.INTERNAL_ACCOUNT_IDS))
+    internal_count = len(population.INTERNAL_ACCOUNT_IDS)
+    items_done = 0
+    started = time.monotonic()
+    with progress_bar(stream) as progress:
+        bar = progress.add_task("load", total=3 * population_size + internal_count)
+
+        def advance(item_count: int) -> int:
+            nonlocal items_done
+            items_done += item_count
+            progress.advance(bar, item_count)
+            return item_count
 
         async def accounts(part: Sequence[int]) -> int:
             await loader.create_accounts(customer_accounts(part))
-            progress.advance(2 * len(part))
-            return 2 * len(part)
+            return advance(2 * len(part))
 
         async def openings(part: Sequence[int]) -> int:
             await loader.post([opening_transaction(n) for n in part])
-            progress.advance(len(part))
-            return len(part)
+            return advance(len(part))
 
-        await _batches(accounts, numbers, ACCOUNT_BATCH_SIZE // 2)
-        await _batches(openings, numbers, OPENING_BATCH_SIZE)
-    finally:
-        await loader.close()
-    seconds = progress.seconds
+        try:
+            await loader.create_accounts(internal_accounts())
+            advance(internal_count)
+            await _batches(accounts, numbers, ACCOUNT_BATCH_SIZE // 2)
+            await _batches(openings, numbers, OPENING_BATCH_SIZE)
+        finally:
+            await loader.close()
+    seconds = time.monotonic() - started
     return {
         "customers": population_size,
-        "accounts": 2 * population_size + len(population.INTERNAL_ACCOUNT_IDS),
+        "accounts": 2 * population_size + internal_count,
         "opening_transactions": population_size,
         "seconds": round(seconds, 2),
-        "items_per_s": round(progress.done / max(1e-6, seconds)),
+        "items_per_s": round(items_done / max(1e-6, seconds)),
         "results": dict(loader.codes),
     }
 
