@@ -170,6 +170,10 @@ class TallyProcess:
     async def wait_output_closed(self, timeout_s: float, give_up: bool = False) -> None:
         """Until stdout has been read to its end; after timeout_s TimeoutError, or with give_up
         the reader is cancelled instead (a process the child started may hold the pipe)."""
+        if self._reader.done():
+            if not self._reader.cancelled():
+                self._reader.result()  # a failure of the reader itself surfaces here
+            return
         try:
             await asyncio.wait_for(asyncio.shield(self._reader), timeout=timeout_s)
         except TimeoutError:
