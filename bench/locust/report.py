@@ -382,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
     import sys
 
-    from bench.locust.suite import cost_inputs
+    from bench.locust.options import cost_inputs
 
     parser = argparse.ArgumentParser(prog="python -m bench.locust.report")
     parser.add_argument("folder", type=Path)
