@@ -34,8 +34,9 @@ proto: $(STAMP)
 	./scripts/gen_proto.sh
 
 # The Locust suite: a local cluster, 100,000 customers, every scenario, report in bench/reports/.
+# Its options go in BENCH_ARGS: make bench BENCH_ARGS='--scenarios transfers,hot --users 64'.
 bench: $(STAMP)
-	$(BIN)/python -m bench.locust_bench
+	$(BIN)/python -m bench.locust.suite $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .tally build *.egg-info

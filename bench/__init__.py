@@ -1,4 +1,11 @@
-"""Benchmarks of Tally: `python -m bench.first` is the first one (see bench/first.py)."""
+"""Benchmarks of Tally, run from a checkout (not shipped): two suites and what they share.
+
+- bench.closed_loop: closed-loop measurements (`python -m bench.closed_loop.single_node`, the
+  first benchmark; `bench.closed_loop.cluster`; `bench.closed_loop.audit_scale`);
+- bench.locust: the Locust suite (`make bench` = `python -m bench.locust.suite`);
+- bench.common: CPU metering, the machine, the closed-loop harness, workloads, the bench's gRPC
+  client, the row-locking ledger and a local `tally up` cluster, used by both.
+"""
 
 import os
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib
 import os
 import signal
 import sys
@@ -168,11 +167,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     terminal.add_commands(commands, _env("target", DEFAULT_TARGET))
     auditing.add_commands(commands, _env("audit_dsns", ""))
-    commands.add_parser(
-        "bench",
-        help="the Locust benchmark suite and its report (`tally bench --help`)",
-        add_help=False,
-    )
     audit_service.add_command(commands)
     for command in commands.choices.values():  # every command logs
         _add_logging_flags(command)
@@ -180,12 +174,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    arguments = sys.argv[1:] if argv is None else argv
-    if arguments[:1] == ["bench"]:
-        # Its options are its own (bench/locust_bench.py); loaded only when asked for.
-        bench_main = importlib.import_module("bench.locust_bench").main
-        bench_exit_code: int = bench_main(arguments[1:])
-        return bench_exit_code
     args = build_parser().parse_args(argv)
     start_logging(args.log_level, args.log_format)
     if args.command in ("up", "node", "gateway"):

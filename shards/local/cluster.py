@@ -13,116 +13,50 @@ import asyncio
 import contextlib
 import logging
 import signal
-import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 from shards import control
+from shards.local import supervisor
 from shards.local.embedded_pg import EmbeddedPostgres
+from shards.local.supervisor import LEDGER_SERVING_PREFIX as READY_PREFIX
+from shards.local.supervisor import TallyProcess
 
 log = logging.getLogger("tally.up")
 
-READY_PREFIX = "tally: serving tally.v1.Ledger on "
-AUDIT_READY_PREFIX = "tally: serving tally.v1.Audit on "
 METRICS_PREFIX = "tally: metrics on "
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 30.0
-DRAIN_TIMEOUT_S = 5.0
-DRAIN_CHUNK_BYTES = 65536
 
 
-@dataclass
-class Child:
-    name: str
-    process: asyncio.subprocess.Process
-    log_path: Path
-    endpoint: str = ""
-    metrics_url: str = ""
-    drain: asyncio.Task[None] | None = None
-
-
-async def _spawn(name: str, arguments: list[str], log_dir: Path) -> Child:
+async def _spawn(name: str, arguments: list[str], log_dir: Path) -> TallyProcess:
+    """A child whose stdout, once it serves, is appended to its log as well."""
     log_path = log_dir / f"{name}.log"
-    with log_path.open("ab") as log_file:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "shards.cli",
-            *arguments,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=log_file,
-        )
-    child = Child(name, process, log_path)
-    try:
-        await asyncio.wait_for(_read_until_ready(child), timeout=START_TIMEOUT_S)
-    except BaseException:
-        await _kill(child)
-        raise
-    child.drain = asyncio.create_task(_drain(child))
-    return child
+    return await supervisor.start(
+        arguments,
+        log_path,
+        name=name,
+        stdout_copy=log_path,
+        serving_timeout_s=START_TIMEOUT_S,
+    )
 
 
-async def _read_until_ready(child: Child) -> None:
-    """The child's stdout up to its serving line, noting its metrics URL on the way."""
-    assert child.process.stdout is not None
-    while True:
-        line = await child.process.stdout.readline()
-        if not line:
-            raise RuntimeError(f"{child.name} exited before serving (see its log)")
-        text = line.decode().strip()
-        if text.startswith(METRICS_PREFIX):
-            child.metrics_url = text.removeprefix(METRICS_PREFIX)
-        elif text.startswith((READY_PREFIX, AUDIT_READY_PREFIX)):
-            child.endpoint = text.split(" on ", 1)[1]
-            return
+def _metrics_url(child: TallyProcess) -> str:
+    """The metrics URL the child printed before its serving line ("" when metrics are off)."""
+    for line in child.stdout_lines:
+        if line.startswith(METRICS_PREFIX):
+            return line.removeprefix(METRICS_PREFIX).strip()
+    return ""
 
 
-async def _drain(child: Child) -> None:
-    """The rest of the child's stdout, appended to its log, until it exits."""
-    assert child.process.stdout is not None
-    while chunk := await child.process.stdout.read(DRAIN_CHUNK_BYTES):
-        with contextlib.suppress(OSError), child.log_path.open("ab") as log_file:
-            log_file.write(chunk)
-
-
-async def _kill(child: Child) -> None:
-    if child.process.returncode is None:
-        with contextlib.suppress(ProcessLookupError):
-            child.process.kill()
-        await child.process.wait()
-
-
-async def _stop(children: list[Child]) -> None:
+async def _stop(children: list[TallyProcess]) -> None:
     for child in reversed(children):  # the gateway first, then the nodes (they drain)
-        try:
-            if child.process.returncode is None:
-                child.process.send_signal(signal.SIGTERM)
-                try:
-                    await asyncio.wait_for(child.process.wait(), timeout=STOP_TIMEOUT_S)
-                except TimeoutError:
-                    await _kill(child)
-        finally:
-            if child.drain is not None:
-                await _finish_drain(child.drain)
+        await child.stop(STOP_TIMEOUT_S, signal.SIGTERM)
 
 
-async def _finish_drain(drain: asyncio.Task[None]) -> None:
-    """The drain ends at the exited child's end of file; it is cancelled if that never comes."""
-    try:
-        await asyncio.wait_for(asyncio.shield(drain), timeout=DRAIN_TIMEOUT_S)
-    except TimeoutError:
-        drain.cancel()
-    except asyncio.CancelledError:
-        drain.cancel()
-        raise
-    with contextlib.suppress(asyncio.CancelledError):
-        await drain
-
-
-def _print_started(child: Child, line: str) -> None:
+def _print_started(child: TallyProcess, line: str) -> None:
     print(line, flush=True)
-    if child.metrics_url:
-        print(f"tally: metrics of {child.name} on {child.metrics_url}", flush=True)
+    if metrics_url := _metrics_url(child):
+        print(f"tally: metrics of {child.name} on {metrics_url}", flush=True)
 
 
 async def run_cluster(
@@ -146,7 +80,7 @@ async def run_cluster(
         )
     log_dir = data_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
-    children: list[Child] = []
+    children: list[TallyProcess] = []
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -163,8 +97,8 @@ async def run_cluster(
         gateway_arguments += gateway_flags or []
         children.append(await _spawn("gateway", gateway_arguments, log_dir))
         gateway = children[-1]
-        if gateway.metrics_url:
-            print(f"tally: metrics of gateway on {gateway.metrics_url}", flush=True)
+        if metrics_url := _metrics_url(gateway):
+            print(f"tally: metrics of gateway on {metrics_url}", flush=True)
         # The auditors' read-only service over every shard's database (stopped first).
         audit_arguments = ["audit-serve", "--listen", "127.0.0.1:0"]
         for shard_id in range(shard_count):
@@ -172,8 +106,8 @@ async def run_cluster(
         audit_arguments += [f for f in gateway_flags or [] if f.startswith("--metrics-listen")]
         children.append(await _spawn("audit", audit_arguments, log_dir))
         audit_server = children[-1]
-        if audit_server.metrics_url:
-            print(f"tally: metrics of audit on {audit_server.metrics_url}", flush=True)
+        if metrics_url := _metrics_url(audit_server):
+            print(f"tally: metrics of audit on {metrics_url}", flush=True)
         print(f"tally: audit (tally.v1.Audit, read-only) on {audit_server.endpoint}", flush=True)
         print(f"{READY_PREFIX}{gateway.endpoint} (gateway, {shard_count} shards)", flush=True)
         waiters = [asyncio.ensure_future(c.process.wait()) for c in children]

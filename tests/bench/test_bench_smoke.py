@@ -4,8 +4,11 @@ performance is measured by `make bench`, not by tests)."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,11 +18,23 @@ from tests.support.paths import REPO_ROOT
 WORKLOADS = {"single-uniform", "single-hot", "batch-uniform", "batch-hot"}
 
 
+@pytest.fixture
+def data_dir() -> Iterator[Path]:
+    """PostgreSQL's data, not under pytest's temporary root: another pytest session starting
+    meanwhile resets that root's permissions, and the server (an unprivileged user when we are
+    root) then loses its data directory mid-run (as tests/conftest.py's pg fixture explains)."""
+    root = Path(tempfile.mkdtemp(prefix="tally-bench-smoke-"))
+    try:
+        yield root / "data"
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
 @pytest.mark.timeout(60)
-def test_first_benchmark_end_to_end(tmp_path: Path) -> None:
+def test_first_benchmark_end_to_end(tmp_path: Path, data_dir: Path) -> None:
     out_dir = tmp_path / "report"
     command = [
-        sys.executable, "-m", "bench.first",
+        sys.executable, "-m", "bench.closed_loop.single_node",
         "--accounts", "2000",
         "--duration-s", "1",
         "--warmup-s", "0.2",
@@ -29,7 +44,7 @@ def test_first_benchmark_end_to_end(tmp_path: Path) -> None:
         "--seed-batch-size", "1000",
         "--quiet-wait-s", "0",
         "--out", str(out_dir),
-        "--data-dir", str(tmp_path / "data"),
+        "--data-dir", str(data_dir),
     ]  # fmt: skip
     finished = subprocess.run(
         command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=55, check=False

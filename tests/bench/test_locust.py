@@ -1,6 +1,7 @@
 """The Locust benchmark suite: the cost model's arithmetic, the Locust client's judgement of
-results and retries, the metrics scraper's arithmetic, and one short `tally bench` run against
-a real 2-shard cluster that runs every scenario through Locust headless and writes the report.
+results and retries, the metrics scraper's arithmetic, and one short run of the suite
+(`python -m bench.locust.suite`, what `make bench` runs) against a real 2-shard cluster that
+runs every scenario through Locust headless and writes the report.
 
 No timing is asserted: performance is measured by `make bench`, never by tests. This process
 never imports Locust (it would monkey-patch it with gevent); Locust runs in subprocesses.
@@ -19,9 +20,9 @@ from typing import Any
 import grpc
 import pytest
 
-from bench import cost, locust_metrics
-from bench import locust_population as population
-from bench.locust_grpc import LedgerClient, Tallies, leg
+from bench.locust import cost, population
+from bench.locust import metrics as locust_metrics
+from bench.locust.grpc_client import LedgerClient, Tallies, leg
 from tally.v1 import ledger_pb2 as pb
 from tests.support.paths import REPO_ROOT
 
@@ -308,11 +309,11 @@ other_metric 1
 
 @pytest.fixture(scope="module")
 def bench_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any], str]:
-    """`tally bench` with no target: it starts `tally up --shards 2`, loads 200 customers and
-    runs each scenario through Locust headless for a few seconds."""
+    """`python -m bench.locust.suite` with no target: it starts `tally up --shards 2`, loads 200
+    customers and runs each scenario through Locust headless for a few seconds."""
     out = tmp_path_factory.mktemp("bench") / "report"
     command = [
-        sys.executable, "-m", "shards.cli", "bench",
+        sys.executable, "-m", "bench.locust.suite",
         "--shards", "2",
         "--population", str(BENCH_POPULATION),
         "--users", "4",

@@ -10,19 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
-import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from shards.local import supervisor
 from shards.local.embedded_pg import free_port
+from shards.local.supervisor import TallyProcess
 from tests.support.helpers import Client
 from tests.support.paths import REPO_ROOT
 
@@ -30,7 +30,6 @@ SERVING_LINE = "tally: serving tally.v1.Ledger on"
 STOPPED_LINE = "tally: stopped"
 START_TIMEOUT_S = 30.0
 EXIT_TIMEOUT_S = 20.0
-LOG_TAIL_BYTES = 4000
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -38,19 +37,19 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 @dataclass
 class NodeProcess:
-    """One `python -m shards.cli node` child process."""
+    """One `python -m shards.cli node` (or gateway) child process on a known port."""
 
-    process: asyncio.subprocess.Process
+    child: TallyProcess
     port: int
     dsn: str
-    log_path: Path
-    stdout_lines: list[str] = field(default_factory=list)
-    serving_line_seen: asyncio.Event = field(default_factory=asyncio.Event)
-    reader: asyncio.Task[None] | None = None
+
+    @property
+    def process(self) -> asyncio.subprocess.Process:
+        return self.child.process
 
     @property
     def pid(self) -> int:
-        return self.process.pid
+        return self.child.pid
 
     @property
     def target(self) -> str:
@@ -58,13 +57,18 @@ class NodeProcess:
 
     @property
     def returncode(self) -> int | None:
-        return self.process.returncode
+        return self.child.returncode
+
+    @property
+    def log_path(self) -> Path:
+        return self.child.log_path
+
+    @property
+    def stdout_lines(self) -> list[str]:
+        return self.child.stdout_lines
 
     def log_tail(self) -> str:
-        with contextlib.suppress(OSError):
-            data = self.log_path.read_bytes()[-LOG_TAIL_BYTES:]
-            return data.decode(errors="replace")
-        return ""
+        return self.child.log_tail()
 
     def describe(self) -> str:
         return (
@@ -74,44 +78,19 @@ class NodeProcess:
 
     async def kill(self) -> None:
         """SIGKILL: no drain, no lease release, sockets closed by the kernel."""
-        if self.process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.process.send_signal(signal.SIGKILL)
-        await asyncio.wait_for(self.process.wait(), timeout=EXIT_TIMEOUT_S)
+        await self.child.kill(EXIT_TIMEOUT_S)
 
     async def terminate(self, timeout_s: float = EXIT_TIMEOUT_S) -> int:
         """SIGTERM, then wait (bounded) for the graceful exit; returns the exit code."""
-        if self.process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.process.send_signal(signal.SIGTERM)
-        return await asyncio.wait_for(self.process.wait(), timeout=timeout_s)
+        self.child.send_signal(signal.SIGTERM)
+        return await self.child.wait(timeout_s)
 
     async def wait_stdout_closed(self, timeout_s: float = EXIT_TIMEOUT_S) -> None:
-        if self.reader is not None:
-            await asyncio.wait_for(asyncio.shield(self.reader), timeout=timeout_s)
+        await self.child.wait_output_closed(timeout_s)
 
     async def close(self) -> None:
         """Kill if still running and reap the stdout reader. Safe to call twice."""
-        try:
-            await self.kill()
-        finally:
-            if self.reader is not None:
-                self.reader.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self.reader
-
-
-async def _read_stdout(node: NodeProcess) -> None:
-    stream = node.process.stdout
-    assert stream is not None
-    while True:
-        line = await stream.readline()
-        if not line:
-            return
-        text = line.decode(errors="replace").rstrip("\n")
-        node.stdout_lines.append(text)
-        if text.startswith(SERVING_LINE):
-            node.serving_line_seen.set()
+        await self.child.close()
 
 
 async def spawn_node(
@@ -128,7 +107,7 @@ async def spawn_node(
 
     def start(on: int) -> Awaitable[NodeProcess]:
         arguments = ["node", "--dsn", dsn, *extra_args]
-        return spawn_cli(arguments, on, dsn, log_path, timeout_s=timeout_s, log_mode="wb")
+        return spawn_cli(arguments, on, dsn, log_path, timeout_s=timeout_s, append=False)
 
     if port:
         return await start(port)
@@ -142,30 +121,31 @@ async def spawn_cli(
     log_path: Path,
     environment: Mapping[str, str] | None = None,
     timeout_s: float = START_TIMEOUT_S,
-    log_mode: str = "ab",
+    append: bool = True,
 ) -> NodeProcess:
     """`python -m shards.cli ARGUMENTS --listen 127.0.0.1:PORT`, waited for until it prints its
-    serving line. Its stderr (the structured log) goes to log_path (appended, or with log_mode
-    "wb" written afresh)."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TALLY_LOG_LEVEL": "INFO", **(environment or {})}
-    command = [sys.executable, "-m", "shards.cli", *arguments, "--listen", f"127.0.0.1:{port}"]
-    with log_path.open(log_mode) as log_file:
-        process = await asyncio.create_subprocess_exec(
-            *command,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=log_file,
-            stdin=asyncio.subprocess.DEVNULL,
-            cwd=REPO_ROOT,
-            env=env,
-        )
-    child = NodeProcess(process, port, dsn, log_path)
-    child.reader = asyncio.create_task(_read_stdout(child))
+    serving line. Its stderr (the structured log) goes to log_path (appended, or without append
+    written afresh)."""
     try:
-        await _wait_serving_line(child, timeout_s)
-    except BaseException:
-        await child.close()
-        raise
-    return child
+        child = await supervisor.start(
+            [*arguments, "--listen", f"127.0.0.1:{port}"],
+            log_path,
+            name=log_path.stem,
+            environment={"TALLY_LOG_LEVEL": "INFO", **(environment or {})},
+            append=append,
+            cwd=REPO_ROOT,
+            serving_prefixes=(SERVING_LINE,),
+            serving_timeout_s=timeout_s,
+        )
+    except supervisor.NotServing as error:
+        failed = NodeProcess(error.child, port, dsn)
+        raise AssertionError(f"node did not print {SERVING_LINE!r}: {failed.describe()}") from error
+    node = NodeProcess(child, port, dsn)
+    expected = f"{SERVING_LINE} 127.0.0.1:{port}"
+    if expected not in node.stdout_lines:
+        await node.close()
+        raise AssertionError(f"expected {expected!r}: {node.describe()}")
+    return node
 
 
 async def start_on_a_free_port(
@@ -181,26 +161,6 @@ async def start_on_a_free_port(
                 raise
             port = free_port()
     raise AssertionError("unreachable")
-
-
-async def _wait_serving_line(node: NodeProcess, timeout_s: float) -> None:
-    seen = asyncio.ensure_future(node.serving_line_seen.wait())
-    exited = asyncio.ensure_future(node.process.wait())
-    try:
-        done, _ = await asyncio.wait(
-            {seen, exited}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED
-        )
-    finally:
-        for future in (seen, exited):
-            if not future.done():
-                future.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await future
-    if seen not in done:
-        raise AssertionError(f"node did not print {SERVING_LINE!r}: {node.describe()}")
-    expected = f"{SERVING_LINE} 127.0.0.1:{node.port}"
-    if expected not in node.stdout_lines:
-        raise AssertionError(f"expected {expected!r}: {node.describe()}")
 
 
 async def health_status(target: str, timeout_s: float = 2.0) -> int | None:

@@ -1,0 +1,85 @@
+"""A local cluster for a benchmark: `tally up --shards N` started in the background through the
+process supervisor, stopped in order, and the CPU samplers of its process roles (shard nodes,
+gateway, PostgreSQL). Both suites use it (bench.closed_loop.cluster, bench.locust.suite)."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Final
+
+import psutil
+
+from bench.common import cpu
+from bench.common.paths import REPO_ROOT
+from shards.local import supervisor
+from shards.local.supervisor import LEDGER_SERVING_PREFIX, TallyProcess
+
+START_TIMEOUT_S: Final = 120.0
+STOP_TIMEOUT_S: Final = 60.0
+
+
+def role_sampler(root_pid: int, marker: str) -> cpu.Sampler:
+    """The descendants of root_pid whose command line contains marker (or named marker)."""
+
+    def sample() -> dict[cpu.SampleKey, float]:
+        try:
+            children = psutil.Process(root_pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            return {}
+        chosen = []
+        for child in children:
+            try:
+                if marker in " ".join(child.cmdline()) or child.name() == marker:
+                    chosen.append(child)
+            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                continue
+        return cpu._sample(chosen)
+
+    return sample
+
+
+def postgres_sampler(data_dir: Path) -> cpu.Sampler:
+    """Every PostgreSQL process of `tally up --data-dir data_dir`: pg_ctl detaches the
+    postmaster (it is not a descendant of `tally up`), so it is found by its pid file."""
+
+    def sample() -> dict[cpu.SampleKey, float]:
+        try:
+            pid = int((data_dir / "pg" / "postmaster.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return {}
+        return cpu.process_tree(pid)()
+
+    return sample
+
+
+async def start_cluster(
+    data_dir: Path,
+    shards: int,
+    port: int,
+    extra_args: Sequence[str] = (),
+    lines: list[str] | None = None,
+) -> TallyProcess:
+    """`tally up --shards N` in the background (its log in data_dir's parent, up.log); returns
+    once its gateway serves. The lines it printed until then (shard endpoints, metrics
+    endpoints) are appended to `lines`."""
+    arguments = ["up", "--shards", str(shards), "--data-dir", str(data_dir)]
+    arguments += ["--listen", f"127.0.0.1:{port}", *extra_args]
+    up = await supervisor.start(
+        arguments,
+        data_dir.parent / "up.log",
+        name="tally up",
+        append=False,
+        cwd=REPO_ROOT,
+        serving_prefixes=(LEDGER_SERVING_PREFIX,),
+        serving_timeout_s=START_TIMEOUT_S,
+    )
+    if lines is not None:
+        lines += up.stdout_lines
+    return up
+
+
+async def stop_cluster(up: TallyProcess, timeout_s: float = STOP_TIMEOUT_S) -> None:
+    """SIGINT (drain, commit, stop PostgreSQL), then kill if it takes longer than timeout_s."""
+    await up.stop(timeout_s, signal.SIGINT)
