@@ -197,6 +197,7 @@ async def start(
     *,
     name: str = "tally",
     environment: Mapping[str, str] | None = None,
+    inherit_environment: bool = True,
     interpreter_arguments: Sequence[str] = (),
     append: bool = True,
     stdout_copy: Path | None = None,
@@ -207,7 +208,8 @@ async def start(
 ) -> TallyProcess:
     """`python [INTERPRETER_ARGUMENTS] -m shards.cli ARGUMENTS`, returned once it prints a line
     starting with one of serving_prefixes. Its stderr goes to log_path (appended, or without
-    append written afresh, as is stdout_copy); environment is added to this process's.
+    append written afresh, as is stdout_copy); environment is added to this process's (or,
+    without inherit_environment, is all of the child's).
     new_session: its own session, so a Ctrl-C in the terminal reaches only this process,
     which then stops it in order. On any failure to start it is killed, and NotServing (or the
     error) raised."""
@@ -215,7 +217,8 @@ async def start(
         for path in {log_path, *([stdout_copy] if stdout_copy else [])}:
             path.write_bytes(b"")
     command = [sys.executable, *interpreter_arguments, "-m", "shards.cli", *arguments]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(environment or {})}
+    inherited = os.environ if inherit_environment else {}
+    env = {**inherited, "PYTHONUNBUFFERED": "1", **(environment or {})}
     with log_path.open("ab") as log_file:
         process = await asyncio.create_subprocess_exec(
             *command,

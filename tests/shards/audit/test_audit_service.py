@@ -12,8 +12,8 @@ import asyncio
 import contextlib
 import os
 import signal
-import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -24,6 +24,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from core import audit
 from shards.audit.server import AuditServer, AuditServiceConfig
+from shards.local import supervisor
 from shards.local.embedded_pg import EmbeddedPostgres
 from tally.v1 import audit_pb2 as apb
 from tally.v1 import audit_pb2_grpc as apb_grpc
@@ -319,25 +320,17 @@ def test_finding_kinds_and_checks_mirror_the_proto() -> None:
     assert len(apb.FindingKind.keys()) == len(audit.FindingKind) + 1
 
 
-async def test_audit_serve_command(dsns: list[str]) -> None:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "shards.cli",
-        "audit-serve",
-        "--dsn",
-        dsns[0],
-        "--dsn",
-        dsns[1],
-        "--listen",
-        "127.0.0.1:0",
+async def test_audit_serve_command(dsns: list[str], tmp_path: Path) -> None:
+    child = await supervisor.start(
+        ["audit-serve", "--dsn", dsns[0], "--dsn", dsns[1], "--listen", "127.0.0.1:0"],
+        tmp_path / "audit-serve.log",
+        name="audit-serve",
         cwd=REPO_ROOT,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
+        serving_prefixes=(supervisor.AUDIT_SERVING_PREFIX,),
+        serving_timeout_s=30,
     )
     try:
-        assert process.stdout is not None
-        line = (await asyncio.wait_for(process.stdout.readline(), timeout=30)).decode()
+        line = child.stdout_lines[0]  # the first line it prints
         assert line.startswith("tally: serving tally.v1.Audit on 127.0.0.1:"), line
         async with grpc.aio.insecure_channel(line.split(" on ")[1].strip()) as channel:
             health = health_pb2_grpc.HealthStub(channel)
@@ -349,9 +342,6 @@ async def test_audit_serve_command(dsns: list[str]) -> None:
                 apb.RunAuditRequest(), timeout=TIMEOUT_S
             )
             assert report.ok and len(report.shards) == 2
-        process.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(process.wait(), timeout=30) == 0
+        assert await child.stop(timeout_s=30, signum=signal.SIGTERM) == 0
     finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
+        await child.close()

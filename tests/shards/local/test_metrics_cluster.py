@@ -9,7 +9,6 @@ import contextlib
 import os
 import re
 import signal
-import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -19,6 +18,8 @@ import grpc
 import pytest
 
 from core.slots import SlotMap
+from shards.local import supervisor
+from shards.local.supervisor import TallyProcess
 from tally.v1 import audit_pb2, audit_pb2_grpc
 from tally.v1 import ledger_pb2 as pb
 from tests.support.helpers import Client, account, names, transfer
@@ -28,7 +29,6 @@ from tests.support.paths import REPO_ROOT
 SHARD_COUNT = 2
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 30.0
-READY = "tally: serving tally.v1.Ledger on "
 METRICS_LINE = re.compile(r"^tally: metrics of (\S+) on (http://\S+/metrics)$")
 POST = "PostTransactions"
 AUDIT_LINE = "tally: audit (tally.v1.Audit, read-only) on "
@@ -36,68 +36,56 @@ AUDIT_LINE = "tally: audit (tally.v1.Audit, read-only) on "
 
 @dataclass
 class UpProcess:
-    process: asyncio.subprocess.Process
+    child: TallyProcess
     target: str = ""
     metrics: dict[str, str] = field(default_factory=dict)  # process name -> URL
-    lines: list[str] = field(default_factory=list)
-    reader: asyncio.Task[None] | None = None
+
+    @property
+    def lines(self) -> list[str]:
+        return self.child.stdout_lines
 
 
-async def _read_until_ready(up: UpProcess) -> None:
-    assert up.process.stdout is not None
-    while True:
-        line = (await up.process.stdout.readline()).decode()
-        assert line, f"tally up exited before serving: {up.lines}"
-        up.lines.append(line.rstrip("\n"))
-        text = line.strip()
-        if match := METRICS_LINE.match(text):
-            up.metrics[match.group(1)] = match.group(2)
-        elif text.startswith(READY):
-            up.target = text.removeprefix(READY).split()[0]
-            return
-
-
-async def _drain(up: UpProcess) -> None:
-    assert up.process.stdout is not None
-    while line := await up.process.stdout.readline():
-        up.lines.append(line.decode().rstrip("\n"))
-
-
-async def _stop(up: UpProcess) -> None:
+async def _stop(child: TallyProcess) -> None:
     """SIGINT (tally up stops its children and PostgreSQL); if that hangs, kill the group."""
-    if up.process.returncode is None:
-        up.process.send_signal(signal.SIGINT)
-        try:
-            await asyncio.wait_for(up.process.wait(), timeout=STOP_TIMEOUT_S)
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(up.process.pid, signal.SIGKILL)
-            await up.process.wait()
-    if up.reader is not None:
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.wait_for(up.reader, timeout=STOP_TIMEOUT_S)
+    child.send_signal(signal.SIGINT)
+    try:
+        await child.wait(STOP_TIMEOUT_S)
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.pid, signal.SIGKILL)
+    await child.close()
 
 
 @pytest.fixture
 async def up(tmp_path: Path) -> AsyncIterator[UpProcess]:
     environment = {k: v for k, v in os.environ.items() if not k.startswith("TALLY_")}
-    process = await asyncio.create_subprocess_exec(
-        *(sys.executable, "-m", "shards.cli", "up", "--shards", str(SHARD_COUNT)),
-        *("--data-dir", str(tmp_path / "data"), "--listen", "127.0.0.1:0"),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
-        stdin=asyncio.subprocess.DEVNULL,
+    child = await supervisor.start(
+        [
+            "up",
+            "--shards",
+            str(SHARD_COUNT),
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        tmp_path / "up.log",
+        name="tally up",
+        environment=environment,
+        inherit_environment=False,
         cwd=REPO_ROOT,
-        env={**environment, "PYTHONUNBUFFERED": "1"},
-        start_new_session=True,  # its own process group, so a hung stop can kill it all
+        new_session=True,  # its own process group, so a hung stop can kill it all
+        serving_prefixes=(supervisor.LEDGER_SERVING_PREFIX,),
+        serving_timeout_s=START_TIMEOUT_S,
     )
-    handle = UpProcess(process)
     try:
-        await asyncio.wait_for(_read_until_ready(handle), timeout=START_TIMEOUT_S)
-        handle.reader = asyncio.create_task(_drain(handle))
+        handle = UpProcess(child, target=child.endpoint.split()[0])
+        for line in child.stdout_lines:
+            if match := METRICS_LINE.match(line.strip()):
+                handle.metrics[match.group(1)] = match.group(2)
         yield handle
     finally:
-        await _stop(handle)
+        await _stop(child)
 
 
 async def scrape(url: str) -> Samples:
