@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import enum
-import re
 from typing import Any, NamedTuple
 
-from core import limits
+from core import ids, limits
 
 Metadata = tuple[tuple[str, str], ...]
 """Metadata as sorted (key, value) pairs: hashable, and canonical for comparison and hashing."""
@@ -74,12 +73,13 @@ class Kind(enum.IntEnum):
     # The coordinator's piece, posted; its presence is the commit decision. target_id names
     # the abort marker that must not exist.
     COMMIT = 7
-    # The coordinator's abort marker (id "~abort/<T>", target_id T, code: the ResultCode of
-    # the reason); it exists only if T was never committed.
+    # The coordinator's abort marker of one attempt of T (id core.ids.abort_marker_id(T,
+    # attempt): "~abort/<attempt>/<T>", target_id T, code: the ResultCode of the reason); it
+    # exists only if that attempt never committed (another attempt of T still may).
     ABORT = 8
     # The coordinator's record that a committed cross-shard transaction (target_id, a COMMIT
-    # here) was reversed: id "~reversal/<target>", metadata (("reversal", <reversal id>),), no
-    # legs. One per target, so a transaction is reversed at most once.
+    # here) was reversed: id core.ids.reversal_mark_id(target), metadata (("reversal",
+    # <reversal id>),), no legs. One per target, so a transaction is reversed at most once.
     REVERSAL_MARK = 9
     # The coordinator's piece of a cross-shard hold (a PENDING whose legs span shards): its
     # legs held, target_id the creating attempt's abort marker (its presence is the commit
@@ -280,10 +280,6 @@ class Posting(NamedTuple):
     credits_pending_after: int
 
 
-# Each currency's inter-shard clearing account: a spread account, one piece per shard.
-CLEARING_PREFIX = "@clearing/"
-
-
 def share_of_post(held: tuple[Leg, ...], post: tuple[Leg, ...]) -> tuple[Leg, ...]:
     """What one shard posts of its piece of a cross-shard hold when the client posts `post`
     (its legs over all shards; empty: the whole hold): the amounts of its own held keys
@@ -300,7 +296,7 @@ def share_of_post(held: tuple[Leg, ...], post: tuple[Leg, ...]) -> tuple[Leg, ..
     seen: set[tuple[str, bool, str]] = set()
     for leg in held:
         key = (leg.account_id, leg.is_debit, leg.currency)
-        if key in seen or leg.account_id.startswith(CLEARING_PREFIX):
+        if key in seen or ids.is_clearing(leg.account_id):
             continue
         seen.add(key)
         amount = wanted.get(key, 0)
@@ -309,7 +305,8 @@ def share_of_post(held: tuple[Leg, ...], post: tuple[Leg, ...]) -> tuple[Leg, ..
             net[leg.currency] = net.get(leg.currency, 0) + (amount if leg.is_debit else -amount)
     for currency, difference in sorted(net.items()):
         if difference:
-            share.append(Leg(CLEARING_PREFIX + currency, difference < 0, abs(difference), currency))
+            clearing = ids.clearing_account(currency)
+            share.append(Leg(clearing, difference < 0, abs(difference), currency))
     return tuple(share)
 
 
@@ -318,11 +315,6 @@ def expires_at(timestamp_ns: int, timeout_seconds: int) -> int:
     timeout expires; 0: never. Gateways compute a cross-shard hold's expiry with it from its
     coordinator's timestamp, so it must be exactly what the state machine records."""
     return timestamp_ns + timeout_seconds * 1_000_000_000 if timeout_seconds else 0
-
-
-def expiry_transaction_id(pending_id: str) -> str:
-    """The id of the record written when a hold expires. '~' is not allowed in client ids."""
-    return "~expired/" + pending_id
 
 
 def amount_fits(value: int) -> bool:
@@ -411,39 +403,9 @@ def transaction_from_record(record: TransactionRecord) -> TransactionState:
     )
 
 
-# ---- cross-shard attempts ----
+# ---- cross-shard pieces ----
 #
-# Each time a gateway runs a cross-shard transaction T it picks a fresh attempt name (a few hex
-# digits). Participants hold their piece under piece_id(T, attempt); the coordinator records
-# the commit as T itself (target_id: the attempt's abort marker) or the attempt's abort marker.
-# So at most one attempt of T ever commits, and an attempt that was refused or aborted leaves
-# the id free for the client's retry, as on a single shard. '~' is not allowed in client ids.
-
-ATTEMPT_LENGTH_MAX = 32
-ATTEMPT_PATTERN = re.compile(f"[0-9a-f]{{1,{ATTEMPT_LENGTH_MAX}}}")
-
-
-def abort_marker_id(transaction_id: str, attempt: str) -> str:
-    return f"~abort/{attempt}/{transaction_id}"
-
-
-def piece_id(transaction_id: str, attempt: str) -> str:
-    return f"~piece/{attempt}/{transaction_id}"
-
-
-def split_piece_id(identifier: str) -> tuple[str, str]:
-    """(transaction id, attempt) of a participant's piece id."""
-    prefix, attempt, transaction_id = identifier.split("/", 2)
-    if prefix != "~piece" or not attempt or not transaction_id:
-        raise ValueError(f"{identifier!r} is not a cross-shard piece id")
-    return transaction_id, attempt
-
-
-# Metadata key of a participant's piece that reverses a transaction recorded on its shard (a
-# linked group reversing transactions committed at different shards): the piece locks it as
-# reversed (reversed_by_id) while held, keeps it so if posted, and frees it if voided.
-# Clients' metadata keys cannot start with "~".
-REVERSES_KEY = "~reverses"
+# (The ids and metadata keys these records use are core.ids'.)
 
 
 def _piece_field(spec: TransactionSpec, wanted: str) -> str:
@@ -458,7 +420,7 @@ def _piece_field(spec: TransactionSpec, wanted: str) -> str:
 
 def reversed_by_piece(spec: TransactionSpec) -> str:
     """The transaction a participant's piece reverses ("": none)."""
-    return _piece_field(spec, REVERSES_KEY)
+    return _piece_field(spec, ids.REVERSES_KEY)
 
 
 def encode_legs(legs: tuple[Leg, ...]) -> str:
@@ -479,19 +441,9 @@ def decode_legs(text: str) -> tuple[Leg, ...]:
     return tuple(legs)
 
 
-# Metadata keys of a participant's piece that decides a hold recorded on its shard (a linked
-# group posting or voiding holds recorded at different shards): the hold, "post" or "void",
-# and the post's legs (encode_legs). The piece holds nothing; while held it locks the hold
-# (its resolved_by_id names the post or void while it is still PENDING); posted, it applies
-# the post or void there; voided, it frees the hold.
-DECIDES_KEY = "~decides"
-FATE_KEY = "~fate"
-FATE_LEGS_KEY = "~legs"
-
-
 def decided_by_piece(spec: TransactionSpec) -> str:
     """The hold a participant's piece decides ("": none)."""
-    return _piece_field(spec, DECIDES_KEY)
+    return _piece_field(spec, ids.DECIDES_KEY)
 
 
 def fate_piece(
@@ -500,9 +452,9 @@ def fate_piece(
     """The piece deciding the client's post or void `fate` of a hold recorded here."""
     metadata = (
         *fate.metadata,
-        (DECIDES_KEY, fate.target_id),
-        (FATE_KEY, "post" if fate.kind is Kind.POST_PENDING else "void"),
-        (FATE_LEGS_KEY, encode_legs(fate.legs)),
+        (ids.DECIDES_KEY, fate.target_id),
+        (ids.FATE_KEY, "post" if fate.kind is Kind.POST_PENDING else "void"),
+        (ids.FATE_LEGS_KEY, encode_legs(fate.legs)),
     )
     return TransactionSpec(
         piece_id_,
@@ -521,25 +473,21 @@ def fate_of_piece(piece: TransactionSpec) -> TransactionSpec:
     """The client's post or void a fate piece decides, as the client sent it."""
     fields = dict(piece.metadata)
     return TransactionSpec(
-        split_piece_id(piece.id)[0],
-        Kind.POST_PENDING if fields[FATE_KEY] == "post" else Kind.VOID_PENDING,
-        decode_legs(fields[FATE_LEGS_KEY]),
+        ids.parse_piece_id(piece.id)[0],
+        Kind.POST_PENDING if fields[ids.FATE_KEY] == "post" else Kind.VOID_PENDING,
+        decode_legs(fields[ids.FATE_LEGS_KEY]),
         piece.code,
-        tuple((k, v) for k, v in piece.metadata if not k.startswith("~")),
+        tuple((k, v) for k, v in piece.metadata if not ids.is_reserved_key(k)),
         piece.value_date,
         0,
-        fields[DECIDES_KEY],
+        fields[ids.DECIDES_KEY],
     )
-
-
-def reversal_mark_id(transaction_id: str) -> str:
-    return "~reversal/" + transaction_id
 
 
 def reversal_mark_spec(reversal_id: str, target_id: str, code: int) -> TransactionSpec:
     """Marks target_id reversed by reversal_id; linked to the reversal's own piece."""
     return TransactionSpec(
-        reversal_mark_id(target_id),
+        ids.reversal_mark_id(target_id),
         Kind.REVERSAL_MARK,
         (),
         code,
@@ -553,7 +501,7 @@ def reversal_mark_spec(reversal_id: str, target_id: str, code: int) -> Transacti
 
 def attempt_of_commit(commit: TransactionSpec) -> str:
     """The attempt that a coordinator's COMMIT record committed (from its abort marker id)."""
-    return commit.target_id.split("/", 2)[1]
+    return ids.parse_abort_marker(commit.target_id)[1]
 
 
 class DeadlineMode(enum.Enum):
@@ -577,18 +525,14 @@ def deadline_spec(
 ) -> TransactionSpec:
     """Re-arms a held cross-shard piece's deadline (0: none) as `mode` allows; for ASKED,
     seen_ns is the deadline that made the participant ask. Idempotent by effect, not id: the
-    state machine records it as deadline_record_id(piece, its timestamp), with the deadline it
-    set, or not at all if the piece keeps its deadline."""
+    state machine records it as core.ids.deadline_record_id(piece, its timestamp), with the
+    deadline it set, or not at all if the piece keeps its deadline."""
     metadata = [("expires_at_ns", str(expires_at_ns)), ("mode", mode.value)]
     if mode is DeadlineMode.ASKED:
         metadata.append(("seen_ns", str(seen_ns)))
     return TransactionSpec(
-        "~deadline/" + piece, Kind.DEADLINE, (), 1, tuple(metadata), "", 0, piece
+        ids.deadline_request_id(piece), Kind.DEADLINE, (), 1, tuple(metadata), "", 0, piece
     )
-
-
-def deadline_record_id(piece: str, timestamp_ns: int) -> str:
-    return f"~deadline/{timestamp_ns}/{piece}"
 
 
 def deadline_of(spec: TransactionSpec) -> int:
@@ -618,9 +562,10 @@ def hold_settlement_spec(
     """A participant's piece of a cross-shard hold, settled as its coordinator decided: posted
     (kind POST_PENDING, legs: the client's post legs, empty for the whole hold), voided or
     expired. metadata names the client's resolution (the post's or void's id)."""
-    prefix = {Kind.POST_PENDING: "~commit/", Kind.VOID_PENDING: "~void/", Kind.EXPIRY: "~expired/"}
+    posted = kind is Kind.POST_PENDING
+    settled_id = ids.expiry_id(piece) if kind is Kind.EXPIRY else ids.settlement_id(piece, posted)
     return TransactionSpec(
-        prefix[kind] + piece,
+        settled_id,
         kind,
         legs,
         1,
@@ -631,14 +576,10 @@ def hold_settlement_spec(
     )
 
 
-def resolution_id(transaction_id: str, commit: bool) -> str:
-    return ("~commit/" if commit else "~void/") + transaction_id
-
-
 def resolution_spec(transaction_id: str, commit: bool) -> TransactionSpec:
     """A cross-shard piece's resolution here: post it (commit) or void it (abort)."""
     return TransactionSpec(
-        resolution_id(transaction_id, commit),
+        ids.settlement_id(transaction_id, commit),
         Kind.POST_PENDING if commit else Kind.VOID_PENDING,
         (),
         1,

@@ -5,11 +5,13 @@ shard of the first debit leg on a non-spread account; it votes last, recording t
 the same database commit that applies its own piece, so a transaction costs two commit rounds
 before the client is answered (prepare, then commit) and the participants' resolution follows.
 
-A definitive refusal (say insufficient funds on one shard) is recorded as an abort at the
-coordinator, so the id's outcome is final: a retry returns the same refusal. A retryable
-failure (a shard unreachable) records nothing: the client's retry with the same id completes
-the transaction, and if nobody retries, the participants ask the coordinator once their
-deadline passes, which then records abort.
+Each run of a transaction is an attempt of its own (core.ids). A definitive refusal (say
+insufficient funds on one shard) is recorded as that attempt's abort marker at the coordinator,
+so that attempt can never commit; the id stays free, as on a single shard: a retry with the
+same id is a new attempt, which may succeed (once: at most one attempt of an id commits). A
+retryable failure (a shard unreachable) records nothing: the client's retry with the same id
+completes the transaction as a new attempt, and the participants ask the coordinator about the
+old attempt's pieces once their deadline passes, which then records its abort.
 """
 
 from __future__ import annotations
@@ -25,8 +27,8 @@ from typing import Any
 
 import grpc
 
+from core import ids
 from core.model import (
-    CLEARING_PREFIX,
     DeadlineMode,
     Kind,
     Leg,
@@ -38,7 +40,6 @@ from core.model import (
     expires_at,
     hold_settlement_spec,
     resolution_spec,
-    split_piece_id,
 )
 from core.slots import SlotMap, is_spread
 from shards import failpoints
@@ -59,10 +60,6 @@ CALL_TIMEOUT_S = 30.0
 _ATTEMPT_PREFIX = secrets.token_hex(6)
 _attempt_numbers = itertools.count(1)
 OK_CODES = (pb.RESULT_CODE_CREATED, pb.RESULT_CODE_REPLAYED)
-
-
-def clearing_account(currency: str) -> str:
-    return CLEARING_PREFIX + currency
 
 
 def coordinator_of(legs: Sequence[Leg], slot_map: SlotMap) -> int:
@@ -103,7 +100,7 @@ def split_pieces(
             if difference:
                 # More debits than credits here: the clearing piece is credited (due to others).
                 piece.append(
-                    Leg(clearing_account(currency), difference < 0, abs(difference), currency)
+                    Leg(ids.clearing_account(currency), difference < 0, abs(difference), currency)
                 )
     return coordinator, pieces
 
@@ -707,7 +704,7 @@ def _hold_settlement(
 async def _ask(stub: spb_grpc.ShardStub, pieces: list[str]) -> Any:
     items = []
     for piece in pieces:
-        transaction_id, attempt = split_piece_id(piece)
+        transaction_id, attempt = ids.parse_piece_id(piece)
         items.append(
             spb.AbortItem(
                 transaction_id=transaction_id,

@@ -20,10 +20,11 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from core import ids
 from core.model import Result, ResultCode
 from core.slots import SlotMap, is_spread
 from shards import control
-from shards.crossshard.coordinator import Driver, clearing_account
+from shards.crossshard.coordinator import Driver
 from shards.gateway.links import CHANNEL_OPTIONS, ShardLink
 from shards.rpc.metrics import GatewayMetrics, MetricsServer
 from tally.v1 import ledger_pb2 as pb
@@ -144,7 +145,7 @@ class Cluster:
         if not missing:
             return
         accounts = [
-            pb.Account(id=clearing_account(currency), currency=currency, code=CLEARING_CODE)
+            pb.Account(id=ids.clearing_account(currency), currency=currency, code=CLEARING_CODE)
             for currency in missing
         ]
         for shard_id in self.map().shard_ids:

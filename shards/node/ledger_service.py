@@ -8,9 +8,8 @@ from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 import grpc
 from google.protobuf.message import DecodeError
 
-from core import limits, validation
+from core import ids, limits, validation
 from core.model import (
-    ATTEMPT_PATTERN,
     AccountSpec,
     AccountState,
     Kind,
@@ -30,7 +29,6 @@ if TYPE_CHECKING:
     from shards.rpc.metrics import RpcMetrics
 
 READ_TIMEOUT_S = 10.0
-EXPIRY_ID_PREFIX = "~expired/"
 CURSOR_MAX = 2**63 - 1
 
 
@@ -262,24 +260,18 @@ class LedgerService(pb_grpc.LedgerServicer):  # type: ignore[misc]
         )
 
 
-# Records the shard writes itself, readable by id: "~expired/<hold>", a cross-shard
-# attempt's "~piece/<attempt>/<T>" and "~abort/<attempt>/<T>", a piece's "~commit/<piece>" and
-# "~void/<piece>".
-_INTERNAL_PREFIXES = (EXPIRY_ID_PREFIX, "~commit/", "~void/")
-_ATTEMPT_PREFIXES = ("~piece/", "~abort/")
-
-
 def _transaction_id_problem(transaction_id: str, field: str) -> str:
-    for prefix in _INTERNAL_PREFIXES:
-        if transaction_id.startswith(prefix):
-            return _transaction_id_problem(transaction_id[len(prefix) :], field)
-    for prefix in _ATTEMPT_PREFIXES:
-        if transaction_id.startswith(prefix):
-            attempt, _, rest = transaction_id[len(prefix) :].partition("/")
-            if not ATTEMPT_PATTERN.fullmatch(attempt):
-                return f"{field} {transaction_id[:40]!r} names no attempt"
-            return validation.id_problem(rest, field)
-    return validation.id_problem(transaction_id, field)
+    """Why an id names no transaction a client may read ("": it may): a client's id, or a
+    record the shard writes itself around one (core.ids.readable_parts)."""
+    parts = ids.readable_parts(transaction_id)
+    if parts is None:
+        return validation.id_problem(transaction_id, field)
+    attempt, wrapped = parts
+    if attempt is None:  # an expiry or a settlement, of a client's hold or of a piece
+        return _transaction_id_problem(wrapped, field)
+    if not ids.is_attempt(attempt):
+        return f"{field} {transaction_id[:40]!r} names no attempt"
+    return validation.id_problem(wrapped, field)
 
 
 def _list_problem(request: pb.ListPostingsRequest) -> str:

@@ -8,11 +8,8 @@ from typing import Any
 
 import grpc
 
-from core import validation
+from core import ids, validation
 from core.model import (
-    ATTEMPT_LENGTH_MAX,
-    ATTEMPT_PATTERN,
-    REVERSES_KEY,
     SUCCESS_CODES,
     DeadlineMode,
     Kind,
@@ -22,9 +19,7 @@ from core.model import (
     Status,
     TransactionSpec,
     TransactionState,
-    abort_marker_id,
     fate_piece,
-    piece_id,
     resolution_spec,
     reversal_mark_spec,
 )
@@ -45,10 +40,10 @@ Context = Any  # grpc.aio.ServicerContext
 
 
 async def _check_attempt(context: Context, attempt: str) -> None:
-    if not ATTEMPT_PATTERN.fullmatch(attempt):
+    if not ids.is_attempt(attempt):
         await context.abort(
             grpc.StatusCode.INVALID_ARGUMENT,
-            f"attempt {attempt[:40]!r} must be 1..{ATTEMPT_LENGTH_MAX} characters 0-9 a-f",
+            f"attempt {attempt[:40]!r} must be 1..{ids.ATTEMPT_LENGTH_MAX} characters 0-9 a-f",
         )
 
 
@@ -69,7 +64,7 @@ def _prepared(item: spb.PrepareItem) -> Any:
     if item.decides:
         if spec.kind not in (Kind.POST_PENDING, Kind.VOID_PENDING):
             return Rejection(ResultCode.INVALID_FLAGS, "decides: not a post or void", spec.linked)
-        identifier = piece_id(spec.id, item.attempt)
+        identifier = ids.piece_id(spec.id, item.attempt)
         deadline_s = max(1, item.deadline_seconds)
         return fate_piece(identifier, item.coordinator_shard, deadline_s, spec)
     metadata = spec.metadata
@@ -77,9 +72,9 @@ def _prepared(item: spb.PrepareItem) -> Any:
         problem = validation.id_problem(item.reverses_id, "reverses_id")
         if problem:
             return Rejection(ResultCode.INVALID_ID, problem, spec.linked)
-        metadata = tuple(sorted((*metadata, (REVERSES_KEY, item.reverses_id))))
+        metadata = tuple(sorted((*metadata, (ids.REVERSES_KEY, item.reverses_id))))
     return spec._replace(
-        id=piece_id(spec.id, item.attempt),
+        id=ids.piece_id(spec.id, item.attempt),
         kind=Kind.PREPARED,
         target_id=str(item.coordinator_shard),
         timeout_seconds=max(1, item.deadline_seconds),
@@ -95,9 +90,12 @@ def _legless_reversal_piece(item: spb.PrepareItem) -> Any:
         problem = validation.id_problem(value, field)
         if problem:
             return Rejection(ResultCode.INVALID_ID, problem, message.linked)
-    metadata = (*validation.canonical_metadata(message.metadata), (REVERSES_KEY, item.reverses_id))
+    metadata = (
+        *validation.canonical_metadata(message.metadata),
+        (ids.REVERSES_KEY, item.reverses_id),
+    )
     return TransactionSpec(
-        piece_id(message.id, item.attempt),
+        ids.piece_id(message.id, item.attempt),
         Kind.PREPARED,
         (),
         message.code,
@@ -113,7 +111,7 @@ def commit_piece(message: pb.Transaction, attempt: str) -> Any:
     """The coordinator's piece under the client's id: applying it records the attempt's
     commit. Without legs (a transaction of a linked group with none on this shard) it records
     only the decision."""
-    marker_id = abort_marker_id(message.id, attempt)
+    marker_id = ids.abort_marker_id(message.id, attempt)
     # A hold's piece here is the hold record (its legs held, expiring as the client asked).
     kind = Kind.HOLD if message.pending else Kind.COMMIT
     timeout_seconds = message.timeout_seconds if message.pending else 0
@@ -219,7 +217,7 @@ class ShardService(spb_grpc.ShardServicer):  # type: ignore[misc]
             reason = item.reason or ResultCode.UNAVAILABLE
             items.append(
                 TransactionSpec(
-                    abort_marker_id(item.transaction_id, item.attempt),
+                    ids.abort_marker_id(item.transaction_id, item.attempt),
                     Kind.ABORT,
                     (),
                     int(reason),
@@ -257,7 +255,7 @@ class ShardService(spb_grpc.ShardServicer):  # type: ignore[misc]
             for i in items
             if (state := found.get(i.transaction_id)) is not None
             and state.spec.kind is Kind.HOLD
-            and state.spec.target_id == abort_marker_id(i.transaction_id, i.attempt)
+            and state.spec.target_id == ids.abort_marker_id(i.transaction_id, i.attempt)
         }
         if not asked:
             return {}
@@ -313,7 +311,7 @@ class ShardService(spb_grpc.ShardServicer):  # type: ignore[misc]
             await _check_id_and_attempt(context, item.transaction_id, item.attempt)
             mode = DeadlineMode.DECISION if item.before_decision else DeadlineMode.CONFIRM
             spec = settlement_spec(
-                piece_id(item.transaction_id, item.attempt),
+                ids.piece_id(item.transaction_id, item.attempt),
                 item.fate,
                 item.deadline_ns,
                 item.resolution,
@@ -333,7 +331,8 @@ class ShardService(spb_grpc.ShardServicer):  # type: ignore[misc]
         for item in request.items:
             await _check_attempt(context, item.attempt)
         items: list[Any] = [
-            resolution_spec(piece_id(i.transaction_id, i.attempt), i.commit) for i in request.items
+            resolution_spec(ids.piece_id(i.transaction_id, i.attempt), i.commit)
+            for i in request.items
         ]
         return spb.ResolveResponse(results=_results(await self._submit(context, items)))
 
@@ -344,7 +343,7 @@ def _decision(
     """The attempt's outcome at its coordinator: committed; or not, because another attempt
     of the transaction committed (REPLAYED, or IDEMPOTENCY_CONFLICT if the asker's piece is
     another transaction); or aborted, with the recorded reason."""
-    marker_id = abort_marker_id(item.transaction_id, item.attempt)
+    marker_id = ids.abort_marker_id(item.transaction_id, item.attempt)
     if recorded is not None and recorded.spec.kind in (Kind.COMMIT, Kind.HOLD):
         if recorded.spec.target_id == marker_id:
             return spb.Decision(committed=True, timestamp_ns=recorded.timestamp_ns)

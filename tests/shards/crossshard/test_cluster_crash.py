@@ -24,8 +24,9 @@ from typing import Any
 import grpc
 import pytest
 
-from core.model import Kind, Leg, Status, abort_marker_id, piece_id, resolution_id, split_piece_id
-from shards.crossshard.coordinator import clearing_account, piece_message, split_pieces
+from core.ids import abort_marker_id, clearing_account, parse_piece_id, piece_id, settlement_id
+from core.model import Kind, Leg, Status
+from shards.crossshard.coordinator import piece_message, split_pieces
 from shards.local.embedded_pg import EmbeddedPostgres
 from tally.v1 import ledger_pb2 as pb
 from tally.v1 import shard_pb2 as spb
@@ -152,7 +153,7 @@ async def posted_by_shard(cluster: ProcessCluster, transaction_id: str) -> list[
 
 def held_transactions(held: set[str]) -> set[str]:
     """Client transaction ids of held pieces ("~piece/<attempt>/<id>")."""
-    return {split_piece_id(h)[0] if h.startswith("~piece/") else h for h in held}
+    return {parse_piece_id(h)[0] if h.startswith("~piece/") else h for h in held}
 
 
 async def held_on(cluster: ProcessCluster, shard_id: int) -> set[str]:
@@ -189,7 +190,7 @@ async def check_outcome(
     expected_rows = set()
     for attempt in pieces:
         piece = piece_id(transaction_id, attempt)
-        resolution = resolution_id(piece, attempt == committed_attempt)
+        resolution = settlement_id(piece, attempt == committed_attempt)
         expected_rows |= {piece, resolution}
         assert participant[piece]["kind"] == Kind.PREPARED
         assert participant[piece]["resolved_by_id"] == resolution, (participant, context())
