@@ -28,8 +28,10 @@ from core.model import (
     Status,
     TransactionSpec,
     TransactionState,
-    decided_by_piece,
     expires_at,
+)
+from core.pieces import (
+    decided_by_piece,
     fate_of_piece,
     next_deadline,
     reversed_by_piece,

@@ -28,19 +28,8 @@ from typing import Any
 import grpc
 
 from core import ids
-from core.model import (
-    DeadlineMode,
-    Kind,
-    Leg,
-    ResultCode,
-    Status,
-    TransactionSpec,
-    TransactionState,
-    deadline_spec,
-    expires_at,
-    hold_settlement_spec,
-    resolution_spec,
-)
+from core.model import Kind, Leg, ResultCode, Status, TransactionSpec, TransactionState, expires_at
+from core.pieces import DeadlineMode, deadline_spec, hold_settlement_spec, resolution_spec
 from core.slots import SlotMap, is_spread
 from shards import failpoints
 from shards.rpc import convert

@@ -11,7 +11,6 @@ import grpc
 from core import ids, validation
 from core.model import (
     SUCCESS_CODES,
-    DeadlineMode,
     Kind,
     Rejection,
     Result,
@@ -19,10 +18,8 @@ from core.model import (
     Status,
     TransactionSpec,
     TransactionState,
-    fate_piece,
-    resolution_spec,
-    reversal_mark_spec,
 )
+from core.pieces import DeadlineMode, fate_piece, resolution_spec, reversal_mark_spec
 from core.state import replay_result
 from core.store import shard as store
 from shards import failpoints

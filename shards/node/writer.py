@@ -30,12 +30,10 @@ from core.model import (
     TransactionState,
     account_from_record,
     account_to_record,
-    decided_by_piece,
-    fate_of_piece,
-    reversed_by_piece,
     transaction_from_record,
     transaction_to_record,
 )
+from core.pieces import decided_by_piece, fate_of_piece, reversed_by_piece
 from core.state import (
     Batch,
     Item,
@@ -483,7 +481,7 @@ class Writer:
                 kind = state.spec.kind
                 if kind is Kind.PREPARED or kind is Kind.HOLD:
                     # The post of a cross-shard hold's piece may post to a clearing leg it
-                    # did not hold (see core.model.share_of_post).
+                    # did not hold (see core.pieces.share_of_post).
                     account_ids.update(
                         ids.clearing_account(leg.currency) for leg in state.applied_legs
                     )

@@ -17,9 +17,9 @@ from core.model import (
     Status,
     TransactionSpec,
     TransactionState,
-    attempt_of_commit,
     available_balance,
 )
+from core.pieces import attempt_of_commit
 from tally.v1 import ledger_pb2 as pb
 
 

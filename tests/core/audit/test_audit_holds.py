@@ -35,17 +35,14 @@ from core.model import (
     SUCCESS_CODES,
     AccountSpec,
     AccountState,
-    DeadlineMode,
     Kind,
     Leg,
     Result,
     ResultCode,
     TransactionSpec,
     TransactionState,
-    deadline_spec,
-    hold_settlement_spec,
-    resolution_spec,
 )
+from core.pieces import DeadlineMode, deadline_spec, hold_settlement_spec, resolution_spec
 from core.state import Batch, Item, JournalPosition, check_balanced, needed_ids
 from core.store import shard as store
 from shards.local.embedded_pg import EmbeddedPostgres
