@@ -8,7 +8,8 @@ import os
 import re
 
 from shards import control
-from shards.gateway.server import Gateway, GatewayConfig
+from shards.gateway.cluster import GatewayConfig
+from shards.gateway.server import Gateway
 from shards.local.embedded_pg import EmbeddedPostgres
 from tests.shards.node.test_metrics import _get
 from tests.support.helpers import start_node

@@ -25,9 +25,9 @@ from core.model import (
 from core.slots import SlotMap, is_spread
 from shards.crossshard.coordinator import HoldResolution, Unit, piece_message
 from shards.gateway import routing
-from shards.gateway.server import Cluster, KnownHold, merge_piece_results, spread_or_owner
-from shards.node.ledger_service import abort, check_batch_size
+from shards.gateway.cluster import Cluster, KnownHold, merge_piece_results, spread_or_owner
 from shards.rpc import convert
+from shards.rpc.servicer import abort, check_batch_size
 from tally.v1 import ledger_pb2 as pb
 from tally.v1 import ledger_pb2_grpc as pb_grpc
 

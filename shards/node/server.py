@@ -28,10 +28,12 @@ from core.store import shard as store
 from shards import control
 from shards.crossshard.coordinator import settle_prepared
 from shards.node.lease import Lease
-from shards.node.ledger_service import LedgerService, ledger_handler
+from shards.node.ledger_service import LedgerService
+from shards.node.metrics import NodeMetrics
 from shards.node.shard_service import ShardService
 from shards.node.writer import Writer, WriterConfig, WriterState
-from shards.rpc.metrics import MetricsServer, NodeMetrics
+from shards.rpc.metrics import MetricsServer
+from shards.rpc.servicer import ledger_handler
 from tally.v1 import ledger_pb2, shard_pb2, shard_pb2_grpc
 
 log = logging.getLogger("tally.node")

@@ -11,7 +11,8 @@ import asyncpg
 
 from core import audit
 from shards import control
-from shards.gateway.server import Gateway, GatewayConfig
+from shards.gateway.cluster import GatewayConfig
+from shards.gateway.server import Gateway
 from shards.local.embedded_pg import EmbeddedPostgres
 from shards.node.server import Node, NodeConfig
 from shards.node.writer import WriterConfig
