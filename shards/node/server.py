@@ -26,7 +26,7 @@ from core import limits
 from core.slots import SlotMap
 from core.store import shard as store
 from shards import control
-from shards.crossshard.coordinator import settle_prepared
+from shards.crossshard.participant import settle_prepared
 from shards.node.lease import Lease
 from shards.node.ledger_service import LedgerService
 from shards.node.metrics import NodeMetrics
