@@ -13,6 +13,7 @@ from typing import Any, NamedTuple
 from core import ids
 from core.model import Result, ResultCode
 from core.slots import SlotMap, is_spread
+from core.store import control as control_store
 from shards import control
 from shards.crossshard.coordinator import Driver
 from shards.gateway.links import ShardLink
@@ -84,10 +85,10 @@ class Cluster:
     async def refresh(self) -> None:
         async with self._refresh_lock:
             if not self._control_prepared:
-                await self._control.use(control.prepare)
+                await self._control.use(control_store.prepare)
                 self._control_prepared = True
-            slot_map = await self._control.use(control.load_slot_map)
-            endpoints = await self._control.use(control.shard_endpoints)
+            slot_map = await self._control.use(control_store.load_slot_map)
+            endpoints = await self._control.use(control_store.shard_endpoints)
             if slot_map is None:
                 raise RuntimeError("the control database has no slot map yet")
             await self._update_links(endpoints)
