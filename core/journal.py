@@ -11,17 +11,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-from core.model import (
-    AccountSpec,
-    AccountState,
-    Metadata,
-    Posting,
-    TransactionState,
-    decode_legs,
-    encode_legs,
-)
-
-__all__ = ["decode_legs", "encode_legs"]
+from core.model import AccountSpec, AccountState, Leg, Metadata, Posting, TransactionState
 
 GENESIS_HASH = bytes(32)
 
@@ -49,6 +39,24 @@ def decode_metadata(text: str) -> Metadata:
         return ()
     loaded: dict[str, str] = json.loads(text)
     return tuple(sorted(loaded.items()))
+
+
+def encode_legs(legs: tuple[Leg, ...]) -> str:
+    """'D account amount CUR,C account amount CUR': ids never hold spaces or commas."""
+    return ",".join(
+        f"{'D' if leg.is_debit else 'C'} {leg.account_id} {leg.amount} {leg.currency}"
+        for leg in legs
+    )
+
+
+def decode_legs(text: str) -> tuple[Leg, ...]:
+    if not text:
+        return ()
+    legs = []
+    for part in text.split(","):
+        side, account_id, amount, currency = part.split(" ")
+        legs.append(Leg(account_id, side == "D", int(amount), currency))
+    return tuple(legs)
 
 
 def account_line(account: AccountState) -> str:

@@ -1,9 +1,10 @@
-"""Domain types of the ledger. Plain slotted classes; no protobuf past the servicer layer."""
+"""Domain types of the ledger, and their cache records. Plain slotted classes; no protobuf
+past the servicer layer. (The cross-shard protocol's records are core.pieces', under the
+reserved ids of core.ids.)"""
 
 from __future__ import annotations
 
 import enum
-import re
 from typing import Any, NamedTuple
 
 from core import limits
@@ -74,12 +75,13 @@ class Kind(enum.IntEnum):
     # The coordinator's piece, posted; its presence is the commit decision. target_id names
     # the abort marker that must not exist.
     COMMIT = 7
-    # The coordinator's abort marker (id "~abort/<T>", target_id T, code: the ResultCode of
-    # the reason); it exists only if T was never committed.
+    # The coordinator's abort marker of one attempt of T (id core.ids.abort_marker_id(T,
+    # attempt): "~abort/<attempt>/<T>", target_id T, code: the ResultCode of the reason); it
+    # exists only if that attempt never committed (another attempt of T still may).
     ABORT = 8
     # The coordinator's record that a committed cross-shard transaction (target_id, a COMMIT
-    # here) was reversed: id "~reversal/<target>", metadata (("reversal", <reversal id>),), no
-    # legs. One per target, so a transaction is reversed at most once.
+    # here) was reversed: id core.ids.reversal_mark_id(target), metadata (("reversal",
+    # <reversal id>),), no legs. One per target, so a transaction is reversed at most once.
     REVERSAL_MARK = 9
     # The coordinator's piece of a cross-shard hold (a PENDING whose legs span shards): its
     # legs held, target_id the creating attempt's abort marker (its presence is the commit
@@ -280,49 +282,11 @@ class Posting(NamedTuple):
     credits_pending_after: int
 
 
-# Each currency's inter-shard clearing account: a spread account, one piece per shard.
-CLEARING_PREFIX = "@clearing/"
-
-
-def share_of_post(held: tuple[Leg, ...], post: tuple[Leg, ...]) -> tuple[Leg, ...]:
-    """What one shard posts of its piece of a cross-shard hold when the client posts `post`
-    (its legs over all shards; empty: the whole hold): the amounts of its own held keys
-    (account, side, currency) but the clearing legs, balanced per currency by a clearing leg.
-    The coordinator and every participant compute their share from their own piece."""
-    if not post:
-        return held
-    wanted: dict[tuple[str, bool, str], int] = {}
-    for leg in post:
-        key = (leg.account_id, leg.is_debit, leg.currency)
-        wanted[key] = wanted.get(key, 0) + leg.amount
-    share: list[Leg] = []
-    net: dict[str, int] = {}
-    seen: set[tuple[str, bool, str]] = set()
-    for leg in held:
-        key = (leg.account_id, leg.is_debit, leg.currency)
-        if key in seen or leg.account_id.startswith(CLEARING_PREFIX):
-            continue
-        seen.add(key)
-        amount = wanted.get(key, 0)
-        if amount:
-            share.append(Leg(leg.account_id, leg.is_debit, amount, leg.currency))
-            net[leg.currency] = net.get(leg.currency, 0) + (amount if leg.is_debit else -amount)
-    for currency, difference in sorted(net.items()):
-        if difference:
-            share.append(Leg(CLEARING_PREFIX + currency, difference < 0, abs(difference), currency))
-    return tuple(share)
-
-
 def expires_at(timestamp_ns: int, timeout_seconds: int) -> int:
     """When a hold (or a prepared piece, by its deadline) recorded at timestamp_ns with this
     timeout expires; 0: never. Gateways compute a cross-shard hold's expiry with it from its
     coordinator's timestamp, so it must be exactly what the state machine records."""
     return timestamp_ns + timeout_seconds * 1_000_000_000 if timeout_seconds else 0
-
-
-def expiry_transaction_id(pending_id: str) -> str:
-    """The id of the record written when a hold expires. '~' is not allowed in client ids."""
-    return "~expired/" + pending_id
 
 
 def amount_fits(value: int) -> bool:
@@ -408,242 +372,4 @@ def transaction_from_record(record: TransactionRecord) -> TransactionState:
         expires_at_ns,
         resolved_by_id,
         reversed_by_id,
-    )
-
-
-# ---- cross-shard attempts ----
-#
-# Each time a gateway runs a cross-shard transaction T it picks a fresh attempt name (a few hex
-# digits). Participants hold their piece under piece_id(T, attempt); the coordinator records
-# the commit as T itself (target_id: the attempt's abort marker) or the attempt's abort marker.
-# So at most one attempt of T ever commits, and an attempt that was refused or aborted leaves
-# the id free for the client's retry, as on a single shard. '~' is not allowed in client ids.
-
-ATTEMPT_LENGTH_MAX = 32
-ATTEMPT_PATTERN = re.compile(f"[0-9a-f]{{1,{ATTEMPT_LENGTH_MAX}}}")
-
-
-def abort_marker_id(transaction_id: str, attempt: str) -> str:
-    return f"~abort/{attempt}/{transaction_id}"
-
-
-def piece_id(transaction_id: str, attempt: str) -> str:
-    return f"~piece/{attempt}/{transaction_id}"
-
-
-def split_piece_id(identifier: str) -> tuple[str, str]:
-    """(transaction id, attempt) of a participant's piece id."""
-    prefix, attempt, transaction_id = identifier.split("/", 2)
-    if prefix != "~piece" or not attempt or not transaction_id:
-        raise ValueError(f"{identifier!r} is not a cross-shard piece id")
-    return transaction_id, attempt
-
-
-# Metadata key of a participant's piece that reverses a transaction recorded on its shard (a
-# linked group reversing transactions committed at different shards): the piece locks it as
-# reversed (reversed_by_id) while held, keeps it so if posted, and frees it if voided.
-# Clients' metadata keys cannot start with "~".
-REVERSES_KEY = "~reverses"
-
-
-def _piece_field(spec: TransactionSpec, wanted: str) -> str:
-    """A cluster metadata key of a participant's piece ("": not one, or not set)."""
-    if spec.kind is not Kind.PREPARED or not spec.metadata:
-        return ""
-    for key, value in spec.metadata:
-        if key == wanted:
-            return value
-    return ""
-
-
-def reversed_by_piece(spec: TransactionSpec) -> str:
-    """The transaction a participant's piece reverses ("": none)."""
-    return _piece_field(spec, REVERSES_KEY)
-
-
-def encode_legs(legs: tuple[Leg, ...]) -> str:
-    """'D account amount CUR,C account amount CUR': ids never hold spaces or commas."""
-    return ",".join(
-        f"{'D' if leg.is_debit else 'C'} {leg.account_id} {leg.amount} {leg.currency}"
-        for leg in legs
-    )
-
-
-def decode_legs(text: str) -> tuple[Leg, ...]:
-    if not text:
-        return ()
-    legs = []
-    for part in text.split(","):
-        side, account_id, amount, currency = part.split(" ")
-        legs.append(Leg(account_id, side == "D", int(amount), currency))
-    return tuple(legs)
-
-
-# Metadata keys of a participant's piece that decides a hold recorded on its shard (a linked
-# group posting or voiding holds recorded at different shards): the hold, "post" or "void",
-# and the post's legs (encode_legs). The piece holds nothing; while held it locks the hold
-# (its resolved_by_id names the post or void while it is still PENDING); posted, it applies
-# the post or void there; voided, it frees the hold.
-DECIDES_KEY = "~decides"
-FATE_KEY = "~fate"
-FATE_LEGS_KEY = "~legs"
-
-
-def decided_by_piece(spec: TransactionSpec) -> str:
-    """The hold a participant's piece decides ("": none)."""
-    return _piece_field(spec, DECIDES_KEY)
-
-
-def fate_piece(
-    piece_id_: str, coordinator: int, deadline_s: int, fate: TransactionSpec
-) -> TransactionSpec:
-    """The piece deciding the client's post or void `fate` of a hold recorded here."""
-    metadata = (
-        *fate.metadata,
-        (DECIDES_KEY, fate.target_id),
-        (FATE_KEY, "post" if fate.kind is Kind.POST_PENDING else "void"),
-        (FATE_LEGS_KEY, encode_legs(fate.legs)),
-    )
-    return TransactionSpec(
-        piece_id_,
-        Kind.PREPARED,
-        (),
-        fate.code,
-        tuple(sorted(metadata)),
-        fate.value_date,
-        deadline_s,
-        str(coordinator),
-        fate.linked,
-    )
-
-
-def fate_of_piece(piece: TransactionSpec) -> TransactionSpec:
-    """The client's post or void a fate piece decides, as the client sent it."""
-    fields = dict(piece.metadata)
-    return TransactionSpec(
-        split_piece_id(piece.id)[0],
-        Kind.POST_PENDING if fields[FATE_KEY] == "post" else Kind.VOID_PENDING,
-        decode_legs(fields[FATE_LEGS_KEY]),
-        piece.code,
-        tuple((k, v) for k, v in piece.metadata if not k.startswith("~")),
-        piece.value_date,
-        0,
-        fields[DECIDES_KEY],
-    )
-
-
-def reversal_mark_id(transaction_id: str) -> str:
-    return "~reversal/" + transaction_id
-
-
-def reversal_mark_spec(reversal_id: str, target_id: str, code: int) -> TransactionSpec:
-    """Marks target_id reversed by reversal_id; linked to the reversal's own piece."""
-    return TransactionSpec(
-        reversal_mark_id(target_id),
-        Kind.REVERSAL_MARK,
-        (),
-        code,
-        (("reversal", reversal_id),),
-        "",
-        0,
-        target_id,
-        True,
-    )
-
-
-def attempt_of_commit(commit: TransactionSpec) -> str:
-    """The attempt that a coordinator's COMMIT record committed (from its abort marker id)."""
-    return commit.target_id.split("/", 2)[1]
-
-
-class DeadlineMode(enum.Enum):
-    """Why a held cross-shard piece gets another deadline, which decides whether it may:
-    a participant must never stop waiting for an answer a gateway may still be deciding."""
-
-    # The hold committed: keep the piece until the hold's expiry, unless a decision has
-    # re-armed it since (only while it still has its prepare deadline).
-    CONFIRM = "confirm"
-    # A gateway is about to decide the hold's fate: ask by then. A deadline already short
-    # (another decision's, at most two prepare deadlines away) is only ever made later; a
-    # long one (the hold's expiry, or none) earlier.
-    DECISION = "decision"
-    # The participant asked at its deadline and the hold is open: back to the hold's expiry,
-    # unless a decision re-armed the piece meanwhile (only if it still has the deadline seen).
-    ASKED = "asked"
-
-
-def deadline_spec(
-    piece: str, expires_at_ns: int, mode: DeadlineMode, seen_ns: int = 0
-) -> TransactionSpec:
-    """Re-arms a held cross-shard piece's deadline (0: none) as `mode` allows; for ASKED,
-    seen_ns is the deadline that made the participant ask. Idempotent by effect, not id: the
-    state machine records it as deadline_record_id(piece, its timestamp), with the deadline it
-    set, or not at all if the piece keeps its deadline."""
-    metadata = [("expires_at_ns", str(expires_at_ns)), ("mode", mode.value)]
-    if mode is DeadlineMode.ASKED:
-        metadata.append(("seen_ns", str(seen_ns)))
-    return TransactionSpec(
-        "~deadline/" + piece, Kind.DEADLINE, (), 1, tuple(metadata), "", 0, piece
-    )
-
-
-def deadline_record_id(piece: str, timestamp_ns: int) -> str:
-    return f"~deadline/{timestamp_ns}/{piece}"
-
-
-def deadline_of(spec: TransactionSpec) -> int:
-    return int(dict(spec.metadata)["expires_at_ns"])
-
-
-def next_deadline(spec: TransactionSpec, piece: TransactionState, now_ns: int) -> int:
-    """The deadline a DEADLINE spec gives a held piece (see DeadlineMode)."""
-    fields = dict(spec.metadata)
-    wanted = int(fields["expires_at_ns"])
-    current = piece.expires_at_ns
-    mode = DeadlineMode(fields.get("mode", DeadlineMode.DECISION.value))
-    if mode is DeadlineMode.CONFIRM:
-        prepared_until = expires_at(piece.timestamp_ns, piece.spec.timeout_seconds)
-        return wanted if current == prepared_until else current
-    if mode is DeadlineMode.ASKED:
-        return wanted if current == int(fields.get("seen_ns", "0")) else current
-    # Another decision's deadline is at most one prepare deadline away (two, for clock skew
-    # between machines); a hold's expiry that near is kept too (asking then is as good).
-    short = 0 < current <= now_ns + 2 * piece.spec.timeout_seconds * 1_000_000_000
-    return max(current, wanted) if short else wanted
-
-
-def hold_settlement_spec(
-    piece: str, kind: Kind, resolution_id_: str, legs: tuple[Leg, ...] = ()
-) -> TransactionSpec:
-    """A participant's piece of a cross-shard hold, settled as its coordinator decided: posted
-    (kind POST_PENDING, legs: the client's post legs, empty for the whole hold), voided or
-    expired. metadata names the client's resolution (the post's or void's id)."""
-    prefix = {Kind.POST_PENDING: "~commit/", Kind.VOID_PENDING: "~void/", Kind.EXPIRY: "~expired/"}
-    return TransactionSpec(
-        prefix[kind] + piece,
-        kind,
-        legs,
-        1,
-        (("resolution", resolution_id_),) if resolution_id_ else (),
-        "",
-        0,
-        piece,
-    )
-
-
-def resolution_id(transaction_id: str, commit: bool) -> str:
-    return ("~commit/" if commit else "~void/") + transaction_id
-
-
-def resolution_spec(transaction_id: str, commit: bool) -> TransactionSpec:
-    """A cross-shard piece's resolution here: post it (commit) or void it (abort)."""
-    return TransactionSpec(
-        resolution_id(transaction_id, commit),
-        Kind.POST_PENDING if commit else Kind.VOID_PENDING,
-        (),
-        1,
-        (),
-        "",
-        0,
-        transaction_id,
     )

@@ -12,10 +12,9 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
-from core import limits
+from core import ids, limits
 from core.invariant import check, fail
 from core.model import (
-    CLEARING_PREFIX,
     SUCCESS_CODES,
     AccountSpec,
     AccountState,
@@ -29,14 +28,14 @@ from core.model import (
     Status,
     TransactionSpec,
     TransactionState,
-    deadline_record_id,
-    decided_by_piece,
     expires_at,
+)
+from core.pieces import (
+    decided_by_piece,
     fate_of_piece,
     next_deadline,
     reversed_by_piece,
     share_of_post,
-    split_piece_id,
 )
 
 Item = AccountSpec | TransactionSpec | CloseSpec | Rejection
@@ -388,7 +387,7 @@ class Batch:
             "asked_ns": asked["expires_at_ns"],
         }
         record = spec._replace(
-            id=deadline_record_id(spec.target_id, timestamp_ns),
+            id=ids.deadline_record_id(spec.target_id, timestamp_ns),
             metadata=tuple(sorted(metadata.items())),
         )
         self._add_transaction(
@@ -408,7 +407,7 @@ class Batch:
             return problem
         result = self._apply_new(spec, spec.legs, timestamp_ns)
         if result.code is ResultCode.CREATED:
-            self._own_transaction(target).reversed_by_id = split_piece_id(spec.id)[0]
+            self._own_transaction(target).reversed_by_id = ids.parse_piece_id(spec.id)[0]
         return result
 
     def _prepare_fate(self, spec: TransactionSpec, timestamp_ns: int) -> Result:
@@ -631,7 +630,7 @@ class Batch:
         """A participant's piece that locked a record here was resolved: a voided reversal
         piece frees its original; a fate piece frees its hold and, posted, applies the post
         or void it decided (refused only if the hold is gone: an invariant)."""
-        transaction_id = split_piece_id(piece.spec.id)[0]
+        transaction_id = ids.parse_piece_id(piece.spec.id)[0]
         original_id = reversed_by_piece(piece.spec)
         if original_id and not posted:
             original = self._known_transaction(original_id)
@@ -667,7 +666,7 @@ class Batch:
             chosen = spec.legs or pending.applied_legs
         posted = _sum_by_leg_key(chosen)
         for key, amount in posted.items():
-            if cross and key[0].startswith(CLEARING_PREFIX):
+            if cross and ids.is_clearing(key[0]):
                 continue
             if amount > held.get(key, 0):
                 return Result(
@@ -840,7 +839,7 @@ def _resolution_problem(
             f"hold {spec.target_id!r} was resolved by {pending.resolved_by_id!r}",
         )
     if pending.resolved_by_id and pending.spec.kind is not Kind.PREPARED and not locked:
-        # Locked by a participant's piece deciding it (see core.model.DECIDES_KEY).
+        # Locked by a participant's piece deciding it (see core.ids.DECIDES_KEY).
         return Result(
             ResultCode.UNAVAILABLE,
             f"hold {spec.target_id!r} is being decided by {pending.resolved_by_id!r}; retry "

@@ -24,6 +24,7 @@ from core.model import (
     TransactionSpec,
 )
 
+# Neither admits core.ids' reserved ids and keys ("~..."): no client can submit or forge one.
 _ID_PATTERN = re.compile(r"@?[A-Za-z0-9][A-Za-z0-9_.:/+=-]*")
 _METADATA_KEY_PATTERN = re.compile(r"[A-Za-z0-9_.-]+")
 _VALUE_DATE_PATTERN = re.compile(r"\d{4}-\d{2}-\d{2}")

@@ -33,9 +33,9 @@ import grpc
 
 from core import audit
 from core.audit import AuditConfig
+from core.ids import clearing_account
 from core.journal import FLAG_DEBITS_MUST_NOT_EXCEED_CREDITS
 from core.model import Kind, Status
-from shards.crossshard.coordinator import clearing_account
 from shards.local.embedded_pg import EmbeddedPostgres
 from tally.v1 import ledger_pb2 as pb
 from tally.v1 import ledger_pb2_grpc as pb_grpc

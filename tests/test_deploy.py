@@ -7,8 +7,10 @@ import json
 import os
 import re
 
+from core.store import control as control_store
 from shards import control
-from shards.gateway.server import Gateway, GatewayConfig
+from shards.gateway.cluster import GatewayConfig
+from shards.gateway.server import Gateway
 from shards.local.embedded_pg import EmbeddedPostgres
 from tests.support.helpers import start_node
 from tests.support.metrics import metrics_text_on_port
@@ -43,7 +45,7 @@ async def test_dashboard_queries_only_exported_metrics(pg: EmbeddedPostgres, dsn
     control_dsn = pg.dsn(control_name)
     connection = await control.connect(control_dsn)
     try:
-        await control.initialise(connection, 1)
+        await control_store.initialise(connection, 1)
     finally:
         await connection.close()
     handle = await start_node(

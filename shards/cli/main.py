@@ -63,7 +63,7 @@ def _at_least(minimum: float, kind: type[int] | type[float]) -> Any:
 
 
 def _add_gateway_flags(parser: argparse.ArgumentParser) -> None:
-    from shards.gateway.server import GatewayConfig
+    from shards.gateway.cluster import GatewayConfig
 
     defaults = GatewayConfig(control_dsn="")
     parser.add_argument(
@@ -232,7 +232,8 @@ async def _serve(args: argparse.Namespace) -> int:
 
 
 async def _serve_gateway(args: argparse.Namespace) -> int:
-    from shards.gateway.server import Gateway, GatewayConfig
+    from shards.gateway.cluster import GatewayConfig
+    from shards.gateway.server import Gateway
 
     gateway = Gateway(
         GatewayConfig(

@@ -1,15 +1,17 @@
-"""Atomic cross-shard transactions: the gateway's driver and the participant's deadline sweep.
+"""Atomic cross-shard transactions: the gateway's driver (the shards' side is participant.py).
 
 Two-phase commit with presumed abort (see proto/tally/v1/shard.proto). The coordinator is the
 shard of the first debit leg on a non-spread account; it votes last, recording the decision in
 the same database commit that applies its own piece, so a transaction costs two commit rounds
 before the client is answered (prepare, then commit) and the participants' resolution follows.
 
-A definitive refusal (say insufficient funds on one shard) is recorded as an abort at the
-coordinator, so the id's outcome is final: a retry returns the same refusal. A retryable
-failure (a shard unreachable) records nothing: the client's retry with the same id completes
-the transaction, and if nobody retries, the participants ask the coordinator once their
-deadline passes, which then records abort.
+Each run of a transaction is an attempt of its own (core.ids). A definitive refusal (say
+insufficient funds on one shard) is recorded as that attempt's abort marker at the coordinator,
+so that attempt can never commit; the id stays free, as on a single shard: a retry with the
+same id is a new attempt, which may succeed (once: at most one attempt of an id commits). A
+retryable failure (a shard unreachable) records nothing: the client's retry with the same id
+completes the transaction as a new attempt, and the participants ask the coordinator about the
+old attempt's pieces once their deadline passes, which then records its abort.
 """
 
 from __future__ import annotations
@@ -25,24 +27,10 @@ from typing import Any
 
 import grpc
 
-from core.model import (
-    CLEARING_PREFIX,
-    DeadlineMode,
-    Kind,
-    Leg,
-    ResultCode,
-    Status,
-    TransactionSpec,
-    TransactionState,
-    deadline_spec,
-    expires_at,
-    hold_settlement_spec,
-    resolution_spec,
-    split_piece_id,
-)
+from core import ids
+from core.model import Leg, TransactionSpec, expires_at
 from core.slots import SlotMap, is_spread
 from shards import failpoints
-from shards.rpc import convert
 from tally.v1 import ledger_pb2 as pb
 from tally.v1 import shard_pb2 as spb
 from tally.v1 import shard_pb2_grpc as spb_grpc
@@ -59,10 +47,6 @@ CALL_TIMEOUT_S = 30.0
 _ATTEMPT_PREFIX = secrets.token_hex(6)
 _attempt_numbers = itertools.count(1)
 OK_CODES = (pb.RESULT_CODE_CREATED, pb.RESULT_CODE_REPLAYED)
-
-
-def clearing_account(currency: str) -> str:
-    return CLEARING_PREFIX + currency
 
 
 def coordinator_of(legs: Sequence[Leg], slot_map: SlotMap) -> int:
@@ -103,7 +87,7 @@ def split_pieces(
             if difference:
                 # More debits than credits here: the clearing piece is credited (due to others).
                 piece.append(
-                    Leg(clearing_account(currency), difference < 0, abs(difference), currency)
+                    Leg(ids.clearing_account(currency), difference < 0, abs(difference), currency)
                 )
     return coordinator, pieces
 
@@ -616,153 +600,3 @@ def _answer(answers: list[Any] | grpc.aio.AioRpcError, position: int) -> pb.Item
         return _unavailable(answers)
     result: pb.ItemResult = answers[position]
     return result
-
-
-# ---- the participant side: pieces past their deadline ----
-
-
-async def settle_prepared(
-    writer: Any, overdue: Sequence[tuple[str, int, int, int]], endpoints: dict[int, str]
-) -> None:
-    """Ask each coordinator for its decisions (recording abort where there is none) and post
-    or void the pieces here accordingly. Coordinators are asked concurrently, and one that
-    cannot answer (down, or unable to decide one id) holds back only its own pieces."""
-    by_coordinator: dict[int, list[str]] = {}
-    seen = {}
-    for piece, coordinator, deadline_ns, timeout_s in overdue:
-        by_coordinator.setdefault(coordinator, []).append(piece)
-        seen[piece] = (deadline_ns, timeout_s)
-    outcomes = await asyncio.gather(
-        *(
-            _settle_with(writer, coordinator, transaction_ids, endpoints.get(coordinator), seen)
-            for coordinator, transaction_ids in by_coordinator.items()
-        ),
-        return_exceptions=True,
-    )
-    for coordinator, outcome in zip(by_coordinator, outcomes, strict=True):
-        if isinstance(outcome, BaseException):  # say the writer is draining: next sweep
-            log.warning("settling pieces of coordinator %d failed: %r", coordinator, outcome)
-
-
-async def _settle_with(
-    writer: Any,
-    coordinator: int,
-    pieces: list[str],
-    endpoint: str | None,
-    seen: dict[str, tuple[int, int]],
-) -> None:
-    if endpoint is None:
-        log.warning("no endpoint for coordinator shard %d", coordinator)
-        return
-    decided: list[tuple[str, Any]] = []
-    async with grpc.aio.insecure_channel(endpoint) as channel:
-        stub = spb_grpc.ShardStub(channel)
-        try:
-            decided = list(zip(pieces, await _ask(stub, pieces), strict=True))
-        except grpc.aio.AioRpcError as error:
-            log.warning("asking shard %d for decisions failed: %r", coordinator, error)
-            if len(pieces) == 1 or error.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
-                return
-            # One id it cannot decide must not hold back the others: ask for each alone.
-            for piece in pieces:
-                try:
-                    (decision,) = await _ask(stub, [piece])
-                except grpc.aio.AioRpcError as error:
-                    log.warning("asking for %s failed: %r", piece, error)
-                    if error.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
-                        break
-                    continue
-                decided.append((piece, decision))
-    if not decided:
-        return
-    resolutions = [
-        _hold_settlement(piece, d.hold, *seen[piece])
-        if d.committed and d.HasField("hold")
-        else resolution_spec(piece, d.committed)
-        for piece, d in decided
-    ]
-    results = await writer.submit(resolutions)
-    for (piece, _), result in zip(decided, results, strict=True):
-        if result.code not in (ResultCode.CREATED, ResultCode.REPLAYED):
-            log.warning("settling %s: %s %s", piece, result.code.name, result.message)
-
-
-def _hold_settlement(
-    piece: str, hold: spb.HoldState, seen_ns: int, timeout_s: int
-) -> TransactionSpec:
-    """A committed hold's piece, asked about at its deadline seen_ns: kept until the hold's
-    expiry while it is open (unless a decision re-armed it meanwhile), else settled as its
-    coordinator decided. timeout_s: the piece's prepare deadline."""
-    deadline_ns = hold.expires_at_ns
-    if hold.deciding:  # a linked group's piece at the coordinator decides it: ask again
-        deadline_ns = time.time_ns() + max(1, timeout_s) * 1_000_000_000
-    spec = settlement_spec(
-        piece, hold.fate, deadline_ns, hold.resolution, DeadlineMode.ASKED, seen_ns
-    )
-    if spec is None:
-        raise ValueError(f"coordinator answered {piece} with an unusable hold state {hold}")
-    return spec
-
-
-async def _ask(stub: spb_grpc.ShardStub, pieces: list[str]) -> Any:
-    items = []
-    for piece in pieces:
-        transaction_id, attempt = split_piece_id(piece)
-        items.append(
-            spb.AbortItem(
-                transaction_id=transaction_id,
-                attempt=attempt,
-                reason=pb.RESULT_CODE_ABORTED,
-                message="the participants' deadline passed before a decision; retry with the "
-                "same id",
-            )
-        )
-    response = await stub.Abort(spb.AbortRequest(items=items), timeout=CALL_TIMEOUT_S)
-    return response.decisions
-
-
-# ---- holds whose legs span shards ----
-
-_RESOLVED_FATES = {
-    Status.PENDING_POSTED: spb.HOLD_FATE_POSTED,
-    Status.PENDING_VOIDED: spb.HOLD_FATE_VOIDED,
-    Status.PENDING_EXPIRED: spb.HOLD_FATE_EXPIRED,
-}
-
-
-def hold_state(hold: TransactionState, resolution: TransactionState | None) -> spb.HoldState:
-    """A cross-shard hold's state at its coordinator, with the post or void that resolved it."""
-    if hold.status is Status.PENDING:
-        return spb.HoldState(
-            fate=spb.HOLD_FATE_OPEN,
-            expires_at_ns=hold.expires_at_ns,
-            deciding=bool(hold.resolved_by_id),
-        )
-    state = spb.HoldState(fate=_RESOLVED_FATES[hold.status])
-    if resolution is not None and resolution.spec.kind is not Kind.EXPIRY:
-        state.resolution.CopyFrom(convert.transaction_spec_to_proto(resolution.spec))
-    return state
-
-
-def settlement_spec(
-    piece: str,
-    fate: int,
-    deadline_ns: int,
-    resolution: pb.Transaction,
-    mode: DeadlineMode = DeadlineMode.CONFIRM,
-    seen_ns: int = 0,
-) -> TransactionSpec | None:
-    """The record that settles a participant's piece of a cross-shard hold as decided (for
-    OPEN: gives it another deadline, as `mode` allows)."""
-    if fate == spb.HOLD_FATE_OPEN:
-        return deadline_spec(piece, deadline_ns, mode, seen_ns) if deadline_ns >= 0 else None
-    if fate == spb.HOLD_FATE_EXPIRED:
-        return hold_settlement_spec(piece, Kind.EXPIRY, "")
-    if not resolution.id:
-        return None
-    if fate == spb.HOLD_FATE_VOIDED:
-        return hold_settlement_spec(piece, Kind.VOID_PENDING, resolution.id)
-    if fate == spb.HOLD_FATE_POSTED:
-        legs = tuple(convert.leg_from_proto(leg) for leg in resolution.legs)
-        return hold_settlement_spec(piece, Kind.POST_PENDING, resolution.id, legs)
-    return None

@@ -10,8 +10,8 @@ from typing import Any, NoReturn
 import grpc
 
 from core import validation
+from core.ids import CLEARING_PREFIX, is_clearing, piece_id
 from core.model import (
-    CLEARING_PREFIX,
     AccountSpec,
     CloseSpec,
     Kind,
@@ -21,14 +21,13 @@ from core.model import (
     ResultCode,
     TransactionSpec,
     expires_at,
-    piece_id,
 )
 from core.slots import SlotMap, is_spread
 from shards.crossshard.coordinator import HoldResolution, Unit, piece_message
 from shards.gateway import routing
-from shards.gateway.server import Cluster, KnownHold, merge_piece_results, spread_or_owner
-from shards.node.ledger_service import abort, check_batch_size
+from shards.gateway.cluster import Cluster, KnownHold, merge_piece_results, spread_or_owner
 from shards.rpc import convert
+from shards.rpc.servicer import abort, check_batch_size
 from tally.v1 import ledger_pb2 as pb
 from tally.v1 import ledger_pb2_grpc as pb_grpc
 
@@ -749,7 +748,7 @@ def _refuse_clearing_legs(
 def _refuse_clearing_accounts(items: list[Any], account_of: Any) -> list[Any]:
     return [
         Rejection(ResultCode.INVALID_ID, CLEARING_RESERVED)
-        if not isinstance(item, Rejection) and account_of(item).startswith(CLEARING_PREFIX)
+        if not isinstance(item, Rejection) and is_clearing(account_of(item))
         else item
         for item in items
     ]
@@ -788,7 +787,7 @@ def _merge_pieces(
         leg
         for piece in (coordinator, *participants)
         for leg in piece.transaction.legs
-        if not leg.account_id.startswith(CLEARING_PREFIX)
+        if not is_clearing(leg.account_id)
     ]
     client = coordinator.transaction
     return pb.TransactionRecord(

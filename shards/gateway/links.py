@@ -22,7 +22,7 @@ from typing import Any
 import grpc
 
 from core import limits
-from shards.rpc.metrics import GatewayMetrics, ShardCallMetrics
+from shards.gateway.metrics import GatewayMetrics, ShardCallMetrics
 from tally.v1 import ledger_pb2 as pb
 from tally.v1 import ledger_pb2_grpc as pb_grpc
 

@@ -15,6 +15,7 @@ import logging
 import signal
 from pathlib import Path
 
+from core.store import control as control_store
 from shards import control
 from shards.local import supervisor
 from shards.local.embedded_pg import EmbeddedPostgres
@@ -71,7 +72,7 @@ async def run_cluster(
     await server.create_database_async("tally_control")
     connection = await control.connect(control_dsn)
     try:
-        slot_map = await control.initialise(connection, shard_count)
+        slot_map = await control_store.initialise(connection, shard_count)
     finally:
         await connection.close(timeout=5.0)
     if len(slot_map.shard_ids) != shard_count:

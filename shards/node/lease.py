@@ -14,7 +14,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from core.store import schema
+from core.store import lease as lease_store
 
 log = logging.getLogger("tally.lease")
 
@@ -42,23 +42,13 @@ class Lease:
         while True:
             if self._connection is None or self._connection.is_closed():
                 self._connection = await self._connect()
-            got = await self._connection.fetchval(
-                "SELECT pg_try_advisory_lock($1)", schema.WRITER_LEASE_LOCK_KEY, timeout=10.0
-            )
-            if got:
+            if await lease_store.try_lock(self._connection, 10.0):
                 break
             if not announced:
                 log.info("standby: another writer holds the lease; waiting")
                 announced = True
             await asyncio.sleep(poll_interval_s)
-        self.epoch = await self._connection.fetchval(
-            """
-            UPDATE writer_lease SET epoch = epoch + 1, holder = $1, acquired_at = now()
-            WHERE id = 1 RETURNING epoch
-            """,
-            self.holder,
-            timeout=30.0,
-        )
+        self.epoch = await lease_store.bump_epoch(self._connection, self.holder, 30.0)
         self.state = LeaseState.HELD
         log.info("writer lease acquired: epoch %d", self.epoch)
         return self.epoch
@@ -69,16 +59,10 @@ class Lease:
         if self._connection is not None and not self._connection.is_closed():
             self._connection.terminate()
         self._connection = await self._connect()
-        got = await self._connection.fetchval(
-            "SELECT pg_try_advisory_lock($1)", schema.WRITER_LEASE_LOCK_KEY, timeout=10.0
-        )
-        if not got:
+        if not await lease_store.try_lock(self._connection, 10.0):
             self.state = LeaseState.LOST
             return False
-        epoch = await self._connection.fetchval(
-            "SELECT epoch FROM writer_lease WHERE id = 1", timeout=10.0
-        )
-        if epoch != self.epoch:
+        if await lease_store.current_epoch(self._connection, 10.0) != self.epoch:
             self.state = LeaseState.LOST
             return False
         self.state = LeaseState.HELD
@@ -97,9 +81,7 @@ class Lease:
             return
         try:
             if self.state is LeaseState.HELD and not self._connection.is_closed():
-                await self._connection.execute(
-                    "SELECT pg_advisory_unlock($1)", schema.WRITER_LEASE_LOCK_KEY, timeout=5.0
-                )
+                await lease_store.unlock(self._connection, 5.0)
         finally:
             await self._connection.close(timeout=5.0)
             self._connection = None

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, NoReturn, Protocol
+from typing import Any, Protocol
 
 import grpc
-from google.protobuf.message import DecodeError
 
-from core import limits, validation
+from core import ids, limits, validation
 from core.model import (
-    ATTEMPT_PATTERN,
     AccountSpec,
     AccountState,
     Kind,
@@ -23,14 +21,11 @@ from core.slots import SlotMap, account_slot, is_spread
 from core.store import shard as store
 from shards.node.writer import QueueFullError, Writer, WriterUnavailableError
 from shards.rpc import convert
+from shards.rpc.servicer import abort, check_batch_size
 from tally.v1 import ledger_pb2 as pb
 from tally.v1 import ledger_pb2_grpc as pb_grpc
 
-if TYPE_CHECKING:
-    from shards.rpc.metrics import RpcMetrics
-
 READ_TIMEOUT_S = 10.0
-EXPIRY_ID_PREFIX = "~expired/"
 CURSOR_MAX = 2**63 - 1
 
 
@@ -51,26 +46,6 @@ class NodeView(Protocol):
     def slot_map(self) -> SlotMap | None: ...
 
     async def refresh_slot_map_now(self) -> None: ...
-
-
-async def abort(
-    context: grpc.aio.ServicerContext[Any, Any], code: grpc.StatusCode, message: str
-) -> NoReturn:
-    await context.abort(code, message)
-    raise AssertionError("unreachable: abort raises")
-
-
-async def check_batch_size(
-    context: grpc.aio.ServicerContext[Any, Any], count: int, what: str
-) -> None:
-    if count == 0:
-        await abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"{what} is empty")
-    if count > limits.batch_item_count_max:
-        await abort(
-            context,
-            grpc.StatusCode.INVALID_ARGUMENT,
-            f"{what} has {count} items; at most {limits.batch_item_count_max} per request",
-        )
 
 
 async def route_check(node: NodeView, items: Sequence[Any]) -> list[Any]:
@@ -262,24 +237,18 @@ class LedgerService(pb_grpc.LedgerServicer):  # type: ignore[misc]
         )
 
 
-# Records the shard writes itself, readable by id: "~expired/<hold>", a cross-shard
-# attempt's "~piece/<attempt>/<T>" and "~abort/<attempt>/<T>", a piece's "~commit/<piece>" and
-# "~void/<piece>".
-_INTERNAL_PREFIXES = (EXPIRY_ID_PREFIX, "~commit/", "~void/")
-_ATTEMPT_PREFIXES = ("~piece/", "~abort/")
-
-
 def _transaction_id_problem(transaction_id: str, field: str) -> str:
-    for prefix in _INTERNAL_PREFIXES:
-        if transaction_id.startswith(prefix):
-            return _transaction_id_problem(transaction_id[len(prefix) :], field)
-    for prefix in _ATTEMPT_PREFIXES:
-        if transaction_id.startswith(prefix):
-            attempt, _, rest = transaction_id[len(prefix) :].partition("/")
-            if not ATTEMPT_PATTERN.fullmatch(attempt):
-                return f"{field} {transaction_id[:40]!r} names no attempt"
-            return validation.id_problem(rest, field)
-    return validation.id_problem(transaction_id, field)
+    """Why an id names no transaction a client may read ("": it may): a client's id, or a
+    record the shard writes itself around one (core.ids.readable_parts)."""
+    parts = ids.readable_parts(transaction_id)
+    if parts is None:
+        return validation.id_problem(transaction_id, field)
+    attempt, wrapped = parts
+    if attempt is None:  # an expiry or a settlement, of a client's hold or of a piece
+        return _transaction_id_problem(wrapped, field)
+    if not ids.is_attempt(attempt):
+        return f"{field} {transaction_id[:40]!r} names no attempt"
+    return validation.id_problem(wrapped, field)
 
 
 def _list_problem(request: pb.ListPostingsRequest) -> str:
@@ -293,47 +262,6 @@ def _list_problem(request: pb.ListPostingsRequest) -> str:
     if request.to_ns and request.to_ns <= request.from_ns:
         return "to_ns must be after from_ns"
     return ""
-
-
-def result_code_names() -> dict[int, str]:
-    return {code.value: code.name for code in ResultCode}
-
-
-def ledger_handler(
-    service: LedgerService, metrics: RpcMetrics | None = None
-) -> grpc.GenericRpcHandler:
-    """tally.v1.Ledger handlers that parse requests themselves, so a body that is not a valid
-    message is INVALID_ARGUMENT (gRPC's own deserialisation would answer UNKNOWN); timed and
-    counted (including unparseable requests) when given metrics."""
-    descriptor = pb.DESCRIPTOR.services_by_name["Ledger"]
-    handlers = {}
-    for method in descriptor.methods:
-        request_type = getattr(pb, method.input_type.name)
-        response_type = getattr(pb, method.output_type.name)
-        handle = _parsing(getattr(service, method.name), request_type)
-        if metrics is not None:
-            handle = metrics.wrap(method, handle)
-        handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-            handle,
-            request_deserializer=None,
-            response_serializer=response_type.SerializeToString,
-        )
-    return grpc.method_handlers_generic_handler(descriptor.full_name, handlers)
-
-
-def _parsing(method: Any, request_type: Any) -> Any:
-    async def handle(body: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        try:
-            request = request_type.FromString(body)
-        except DecodeError as error:
-            await abort(
-                context,
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"the request is not a valid {request_type.DESCRIPTOR.full_name}: {error}",
-            )
-        return await method(request, context)
-
-    return handle
 
 
 def _foreign_account(item: Any, owned: frozenset[int]) -> str:

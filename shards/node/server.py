@@ -24,14 +24,17 @@ from grpc_reflection.v1alpha import reflection
 
 from core import limits
 from core.slots import SlotMap
+from core.store import control as control_store
 from core.store import shard as store
 from shards import control
-from shards.crossshard.coordinator import settle_prepared
+from shards.crossshard.participant import settle_prepared
 from shards.node.lease import Lease
-from shards.node.ledger_service import LedgerService, ledger_handler
+from shards.node.ledger_service import LedgerService
+from shards.node.metrics import NodeMetrics
 from shards.node.shard_service import ShardService
 from shards.node.writer import Writer, WriterConfig, WriterState
-from shards.rpc.metrics import MetricsServer, NodeMetrics
+from shards.rpc.metrics import MetricsServer
+from shards.rpc.servicer import ledger_handler
 from tally.v1 import ledger_pb2, shard_pb2, shard_pb2_grpc
 
 log = logging.getLogger("tally.node")
@@ -156,8 +159,8 @@ class Node:
         endpoint = self.config.advertise or f"{host}:{self.port}"
 
         async def join(connection: Any) -> None:
-            await control.prepare(connection)
-            await control.register_shard(connection, self.config.shard_id, endpoint)
+            await control_store.prepare(connection)
+            await control_store.register_shard(connection, self.config.shard_id, endpoint)
             await self._refresh_slot_map(connection)
 
         # The connection stays open for the slot-map polls that follow.
@@ -166,8 +169,8 @@ class Node:
             raise RuntimeError("the control database has no slot map (run tally up / init)")
 
     async def _refresh_slot_map(self, connection: Any) -> None:
-        self.endpoints = await control.shard_endpoints(connection)
-        loaded = await control.load_slot_map(connection)
+        self.endpoints = await control_store.shard_endpoints(connection)
+        loaded = await control_store.load_slot_map(connection)
         if loaded is not None and (self.slot_map is None or loaded.version > self.slot_map.version):
             self.slot_map = loaded
             self.owned_slots = loaded.owned_by(self.config.shard_id)

@@ -17,10 +17,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from core import ids
 from core.invariant import check
 from core.journal import BlockHeader
 from core.model import (
-    CLEARING_PREFIX,
     AccountState,
     Kind,
     Result,
@@ -30,13 +30,10 @@ from core.model import (
     TransactionState,
     account_from_record,
     account_to_record,
-    decided_by_piece,
-    expiry_transaction_id,
-    fate_of_piece,
-    reversed_by_piece,
     transaction_from_record,
     transaction_to_record,
 )
+from core.pieces import decided_by_piece, fate_of_piece, reversed_by_piece
 from core.state import (
     Batch,
     Item,
@@ -457,7 +454,7 @@ class Writer:
             and state.spec.kind is Kind.POST_PENDING
         }
         # A piece voided or posted here may have marked an original reversed (see
-        # core.model.REVERSES_KEY).
+        # core.ids.REVERSES_KEY).
         also.update(
             reversed_id
             for state in transactions.values()
@@ -484,8 +481,10 @@ class Writer:
                 kind = state.spec.kind
                 if kind is Kind.PREPARED or kind is Kind.HOLD:
                     # The post of a cross-shard hold's piece may post to a clearing leg it
-                    # did not hold (see core.model.share_of_post).
-                    account_ids.update(CLEARING_PREFIX + leg.currency for leg in state.applied_legs)
+                    # did not hold (see core.pieces.share_of_post).
+                    account_ids.update(
+                        ids.clearing_account(leg.currency) for leg in state.applied_legs
+                    )
         accounts = await self._lookup(
             self.accounts, newer_accounts, account_ids, store.load_accounts
         )
@@ -534,7 +533,7 @@ class Writer:
 
     def expiry_items(self, pending_ids: Sequence[str]) -> list[Item]:
         return [
-            TransactionSpec(expiry_transaction_id(pid), Kind.EXPIRY, (), 0, (), "", 0, pid)
+            TransactionSpec(ids.expiry_id(pid), Kind.EXPIRY, (), 0, (), "", 0, pid)
             for pid in pending_ids
         ]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from core import validation
+from core import ids, validation
 from core.model import (
     AccountSpec,
     AccountState,
@@ -17,10 +17,9 @@ from core.model import (
     Status,
     TransactionSpec,
     TransactionState,
-    attempt_of_commit,
     available_balance,
-    split_piece_id,
 )
+from core.pieces import attempt_of_commit
 from tally.v1 import ledger_pb2 as pb
 
 
@@ -159,7 +158,7 @@ def transaction_to_proto(state: TransactionState) -> pb.TransactionRecord:
         transaction=transaction_spec_to_proto(state.spec),
         timestamp_ns=state.timestamp_ns,
         status=_STATUS[state.status],
-        # While PENDING, a hold's resolved_by_id is a participant's lock (core.model
+        # While PENDING, a hold's resolved_by_id is a participant's lock (core.ids
         # DECIDES_KEY), not yet its resolution.
         resolved_by_id=state.resolved_by_id if state.status is not Status.PENDING else "",
         reversed_by_id=state.reversed_by_id,
@@ -174,7 +173,7 @@ def transaction_to_proto(state: TransactionState) -> pb.TransactionRecord:
         record.cross_shard_piece.attempt = attempt_of_commit(state.spec)
     elif kind is Kind.PREPARED:
         record.cross_shard_piece.coordinator_shard = int(state.spec.target_id)
-        record.cross_shard_piece.attempt = split_piece_id(state.spec.id)[1]
+        record.cross_shard_piece.attempt = ids.parse_piece_id(state.spec.id)[1]
     return record
 
 

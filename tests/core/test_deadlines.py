@@ -1,4 +1,4 @@
-"""How a held cross-shard piece's deadline moves (core.model.next_deadline, applied by the
+"""How a held cross-shard piece's deadline moves (core.pieces.next_deadline, applied by the
 state machine as DEADLINE records): a participant must never stop waiting for a decision a
 gateway may still make, whatever order the re-arms arrive in."""
 
@@ -7,15 +7,8 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from core.model import (
-    DeadlineMode,
-    Kind,
-    Status,
-    TransactionSpec,
-    TransactionState,
-    deadline_spec,
-    next_deadline,
-)
+from core.model import Kind, Status, TransactionSpec, TransactionState
+from core.pieces import DeadlineMode, deadline_spec, next_deadline
 from core.state import Batch, JournalPosition
 
 S = 1_000_000_000

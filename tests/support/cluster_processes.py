@@ -21,6 +21,7 @@ import asyncpg
 import grpc
 
 from core.slots import SlotMap, is_spread
+from core.store import control as control_store
 from shards import control
 from shards.local.embedded_pg import EmbeddedPostgres, free_port
 from tally.v1 import ledger_pb2 as pb
@@ -166,7 +167,7 @@ async def process_cluster(
         shard_dsns.append(pg.dsn(f"{name}_s{shard_id}"))
     connection = await control.connect(control_dsn)
     try:
-        slot_map = await control.initialise(connection, shard_count)
+        slot_map = await control_store.initialise(connection, shard_count)
     finally:
         await connection.close(timeout=5.0)
     await asyncio.to_thread(log_dir.mkdir, parents=True, exist_ok=True)

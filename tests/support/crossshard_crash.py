@@ -11,8 +11,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from core.model import split_piece_id
-from shards.crossshard.coordinator import clearing_account
+from core.ids import clearing_account, parse_piece_id
 from tally.v1 import ledger_pb2 as pb
 from tests.support.cluster_processes import ProcessCluster
 from tests.support.helpers import Client, account, transfer
@@ -93,7 +92,7 @@ async def funded_pair(cluster: ProcessCluster, client: Client, coordinator: int 
 
 def held_transactions(held: set[str]) -> set[str]:
     """Client transaction ids of held pieces ("~piece/<attempt>/<id>")."""
-    return {split_piece_id(h)[0] if h.startswith("~piece/") else h for h in held}
+    return {parse_piece_id(h)[0] if h.startswith("~piece/") else h for h in held}
 
 
 async def held_on(cluster: ProcessCluster, shard_id: int) -> set[str]:

@@ -10,8 +10,10 @@ from dataclasses import dataclass, field, replace
 import asyncpg
 
 from core import audit
+from core.store import control as control_store
 from shards import control
-from shards.gateway.server import Gateway, GatewayConfig
+from shards.gateway.cluster import GatewayConfig
+from shards.gateway.server import Gateway
 from shards.local.embedded_pg import EmbeddedPostgres
 from shards.node.server import Node, NodeConfig
 from shards.node.writer import WriterConfig
@@ -181,7 +183,7 @@ async def in_process_cluster(
     control_dsn = pg.dsn(f"{prefix}_control")
     connection = await control.connect(control_dsn)
     try:
-        await control.initialise(connection, shard_count)
+        await control_store.initialise(connection, shard_count)
     finally:
         await connection.close()
     nodes: list[NodeHandle] = []

@@ -30,25 +30,20 @@ from core.audit import (
     crossshard,
     expected_postings,
 )
+from core.ids import abort_marker_id, expiry_id, piece_id
 from core.journal import BlockHeader
 from core.model import (
     SUCCESS_CODES,
     AccountSpec,
     AccountState,
-    DeadlineMode,
     Kind,
     Leg,
     Result,
     ResultCode,
     TransactionSpec,
     TransactionState,
-    abort_marker_id,
-    deadline_spec,
-    expiry_transaction_id,
-    hold_settlement_spec,
-    piece_id,
-    resolution_spec,
 )
+from core.pieces import DeadlineMode, deadline_spec, hold_settlement_spec, resolution_spec
 from core.state import Batch, Item, JournalPosition, check_balanced, needed_ids
 from core.store import shard as store
 from shards.local.embedded_pg import EmbeddedPostgres
@@ -225,7 +220,7 @@ def void(void_id: str, hold_id: str) -> TransactionSpec:
 
 
 def expiry(hold_id: str) -> TransactionSpec:
-    return TransactionSpec(expiry_transaction_id(hold_id), Kind.EXPIRY, (), 0, (), "", 0, hold_id)
+    return TransactionSpec(expiry_id(hold_id), Kind.EXPIRY, (), 0, (), "", 0, hold_id)
 
 
 # Holds: shard 0 (a/dep) coordinates; b/dep lives on shard 1, c/dep and c/sav on shard 2.

@@ -22,7 +22,8 @@ from typing import Any
 import grpc
 import pytest
 
-from core.model import Kind, Leg, Status, abort_marker_id, piece_id, resolution_id
+from core.ids import abort_marker_id, piece_id, settlement_id
+from core.model import Kind, Leg, Status
 from shards.crossshard.coordinator import piece_message, split_pieces
 from shards.local.embedded_pg import EmbeddedPostgres
 from tally.v1 import ledger_pb2 as pb
@@ -121,7 +122,7 @@ async def check_outcome(
     expected_rows = set()
     for attempt in pieces:
         piece = piece_id(transaction_id, attempt)
-        resolution = resolution_id(piece, attempt == committed_attempt)
+        resolution = settlement_id(piece, attempt == committed_attempt)
         expected_rows |= {piece, resolution}
         assert participant[piece]["kind"] == Kind.PREPARED
         assert participant[piece]["resolved_by_id"] == resolution, (participant, context())

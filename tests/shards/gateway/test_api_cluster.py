@@ -20,6 +20,7 @@ import grpc
 import pytest
 
 from core.slots import account_slot
+from core.store import control as control_store
 from shards import control
 from shards.local.embedded_pg import EmbeddedPostgres
 from tests.support import ledger_api
@@ -36,7 +37,7 @@ async def placed(cluster: Cluster) -> AsyncIterator[Cluster]:
     connection = await control.connect(cluster.control_dsn)
     try:
         for key, shard_id in PLACEMENT.items():
-            await control.move_slots(connection, [account_slot(f"{key}/x")], shard_id)
+            await control_store.move_slots(connection, [account_slot(f"{key}/x")], shard_id)
     finally:
         await connection.close()
     for handle in cluster.nodes:

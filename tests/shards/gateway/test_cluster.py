@@ -13,6 +13,7 @@ import pytest
 from core import audit
 from core.audit import AuditConfig
 from core.slots import SlotMap, account_slot
+from core.store import control as control_store
 from shards import control
 from shards.local.embedded_pg import EmbeddedPostgres
 from tally.v1 import ledger_pb2 as pb
@@ -448,7 +449,7 @@ async def test_moved_slot_old_shard_refuses_gateway_reaches_new(
     new_owner = (old_owner + 1) % SHARD_COUNT
     connection = await control.connect(cluster.control_dsn)
     try:
-        moved = await control.move_slots(connection, [account_slot(f"{key}/a")], new_owner)
+        moved = await control_store.move_slots(connection, [account_slot(f"{key}/a")], new_owner)
     finally:
         await connection.close()
     old_node = cluster.nodes[old_owner]

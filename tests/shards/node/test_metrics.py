@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 import grpc
 import pytest
 
+from core.store import control as control_store
 from shards import control
 from shards.cli.main import build_parser
 from shards.local.embedded_pg import EmbeddedPostgres
@@ -177,7 +178,7 @@ async def test_slot_map_version_and_endpoint_lifecycle(pg: EmbeddedPostgres, dsn
     await pg.create_database_async(control_name)
     connection = await control.connect(pg.dsn(control_name))
     try:
-        slot_map = await control.initialise(connection, 1)
+        slot_map = await control_store.initialise(connection, 1)
     finally:
         await connection.close()
     handle = await start_node(

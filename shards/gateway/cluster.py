@@ -1,0 +1,228 @@
+"""The gateway's view of the cluster: its configuration, the slot map, links to the shards,
+where transactions live, and the cross-shard holds it committed."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from core import ids
+from core.model import Result, ResultCode
+from core.slots import SlotMap, is_spread
+from core.store import control as control_store
+from shards import control
+from shards.crossshard.coordinator import Driver
+from shards.gateway.links import ShardLink
+from shards.gateway.metrics import GatewayMetrics
+from tally.v1 import ledger_pb2 as pb
+from tally.v1 import shard_pb2
+from tally.v1.shard_pb2_grpc import ShardStub
+
+log = logging.getLogger("tally.gateway")
+
+# The account type (code) of the inter-shard clearing accounts.
+CLEARING_CODE = 9999
+SHARD_DESCRIPTOR = shard_pb2.DESCRIPTOR.services_by_name["Shard"]
+
+
+class KnownHold(NamedTuple):
+    """What never changes of a committed cross-shard hold: its coordinator shard, its
+    participants, and its record as the client reads it (its legs over all shards, attempt,
+    expiry; its status, which changes, is not known: PENDING)."""
+
+    coordinator: int
+    participants: tuple[int, ...]
+    record: pb.TransactionRecord
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayConfig:
+    control_dsn: str
+    listen: str = "127.0.0.1:7400"
+    shard_call_timeout_s: float = 30.0
+    wrong_shard_retry_max: int = 3
+    slot_map_poll_interval_s: float = 1.0
+    location_cache_count_max: int = 100_000
+    shutdown_grace_s: float = 10.0
+    # Prometheus /metrics on its own port ("": off; port 0: any free one, see Gateway.metrics_port).
+    metrics_listen: str = ""
+    # Coalescing of small writes per shard: calls in flight at once, and how long a request
+    # that could leave at once may wait for others to join its call (0: it leaves at once).
+    # One call in flight: requests arriving meanwhile gather behind it into the next call, so
+    # a busy shard gets fewer, larger commits (bench.cluster, one transfer per call: +33%
+    # transfers/s and less CPU per transfer in every role than with two), and a lone request
+    # still leaves at once.
+    shard_calls_in_flight_max: int = 1
+    coalesce_wait_ms: float = 0.0
+
+
+class Cluster:
+    """The gateway's view of the cluster: slot map, links to shards, where transactions live."""
+
+    def __init__(self, config: GatewayConfig) -> None:
+        self.config = config
+        self.slot_map: SlotMap | None = None
+        self.links: dict[int, ShardLink] = {}
+        self._locations: OrderedDict[str, int] = OrderedDict()
+        self._cross_shard: set[str] = set()  # those of _locations that are cross-shard
+        # Cross-shard holds this gateway committed: what never changes of them, so that their
+        # post or void needs no read (a hold and its capture usually pass the same gateway).
+        self._holds: OrderedDict[str, KnownHold] = OrderedDict()
+        self._refresh_lock = asyncio.Lock()
+        self._control = control.ControlClient(config.control_dsn)
+        self._control_prepared = False
+        self._clearing_ready: set[str] = set()
+        self._clearing_lock = asyncio.Lock()
+        # Built after slot_map and links, which its collector reads at scrape time.
+        self.metrics = GatewayMetrics(self)
+        # Each link's two-phase-commit stub, timed as calls to its shard.
+        self._shard_stubs: dict[int, Any] = {}
+
+    async def refresh(self) -> None:
+        async with self._refresh_lock:
+            if not self._control_prepared:
+                await self._control.use(control_store.prepare)
+                self._control_prepared = True
+            slot_map = await self._control.use(control_store.load_slot_map)
+            endpoints = await self._control.use(control_store.shard_endpoints)
+            if slot_map is None:
+                raise RuntimeError("the control database has no slot map yet")
+            await self._update_links(endpoints)
+            if self.slot_map is None or slot_map.version > self.slot_map.version:
+                log.info("slot map version %d", slot_map.version)
+                self.slot_map = slot_map
+
+    async def _update_links(self, endpoints: dict[int, str]) -> None:
+        for shard_id, endpoint in endpoints.items():
+            link = self.links.get(shard_id)
+            if link is not None and link.endpoint == endpoint:
+                continue
+            self.links[shard_id] = ShardLink(
+                shard_id,
+                endpoint,
+                self.config.shard_call_timeout_s,
+                self.config.shard_calls_in_flight_max,
+                metrics=self.metrics,
+                coalesce_wait_s=self.config.coalesce_wait_ms / 1000.0,
+            )
+            self._shard_stubs[shard_id] = self.metrics.metered_stub(
+                ShardStub(self.links[shard_id].channel), SHARD_DESCRIPTOR, shard_id
+            )
+            if link is not None:
+                await link.close()
+
+    async def backoff_and_refresh(self, attempt: int) -> None:
+        """After WRONG_SHARD: the map moved; the shards may be a moment behind the control
+        database, so wait a little longer each round (50, 100, 200 ms) and reload."""
+        self.metrics.wrong_shard_retry()
+        await asyncio.sleep(0.05 * 2 ** (attempt - 1))
+        await self.refresh()
+
+    def driver(self) -> Driver:
+        return Driver(dict(self._shard_stubs), self.metrics.cross_shard_phase)
+
+    async def ensure_clearing_accounts(self, currencies: set[str]) -> None:
+        """Each currency's inter-shard clearing account, a spread account (once per process)."""
+        if not currencies - self._clearing_ready:
+            return
+        async with self._clearing_lock:  # one creation at a time; the others find it done
+            await self._create_clearing_accounts(sorted(currencies - self._clearing_ready))
+
+    async def _create_clearing_accounts(self, missing: list[str]) -> None:
+        if not missing:
+            return
+        accounts = [
+            pb.Account(id=ids.clearing_account(currency), currency=currency, code=CLEARING_CODE)
+            for currency in missing
+        ]
+        for shard_id in self.map().shard_ids:
+            results = await self.link(shard_id).create(accounts)
+            for account, result in zip(accounts, results, strict=True):
+                if result.code not in (pb.RESULT_CODE_CREATED, pb.RESULT_CODE_REPLAYED):
+                    raise RuntimeError(f"cannot create {account.id} on shard {shard_id}: {result}")
+        self._clearing_ready.update(missing)
+
+    def map(self) -> SlotMap:
+        if self.slot_map is None:
+            raise RuntimeError("no slot map")
+        return self.slot_map
+
+    def link(self, shard_id: int) -> ShardLink:
+        link = self.links.get(shard_id)
+        if link is None:
+            raise KeyError(f"shard {shard_id} has no registered endpoint")
+        return link
+
+    def remember(self, transaction_id: str, shard_id: int, cross_shard: bool = False) -> None:
+        """Where a transaction lives: its shard, or for a committed cross-shard one, its
+        coordinator's."""
+        self._locations[transaction_id] = shard_id
+        self._locations.move_to_end(transaction_id)
+        if cross_shard:
+            self._cross_shard.add(transaction_id)
+        while len(self._locations) > self.config.location_cache_count_max:
+            evicted, _ = self._locations.popitem(last=False)
+            self._cross_shard.discard(evicted)
+
+    def remember_hold(self, hold_id: str, hold: KnownHold) -> None:
+        """A cross-shard hold this gateway committed."""
+        self._holds[hold_id] = hold
+        self._holds.move_to_end(hold_id)
+        while len(self._holds) > self.config.location_cache_count_max:
+            self._holds.popitem(last=False)
+
+    def known_hold(self, hold_id: str) -> KnownHold | None:
+        return self._holds.get(hold_id)
+
+    def is_cross_shard(self, transaction_id: str) -> bool:
+        """Located (by locate()) as a committed cross-shard transaction."""
+        return transaction_id in self._cross_shard
+
+    async def locate(self, transaction_ids: Sequence[str]) -> dict[str, int]:
+        """Shards holding these transactions (cached, else asked of every shard)."""
+        found = {t: self._locations[t] for t in transaction_ids if t in self._locations}
+        missing = [t for t in dict.fromkeys(transaction_ids) if t not in found]
+        if not missing:
+            return found
+
+        async def ask(shard_id: int) -> tuple[int, Any]:
+            response = await self.link(shard_id).stub.GetTransactions(
+                pb.GetTransactionsRequest(ids=missing), timeout=self.config.shard_call_timeout_s
+            )
+            return shard_id, response
+
+        for shard_id, response in await asyncio.gather(*(ask(s) for s in self.links)):
+            for transaction_id, lookup in zip(missing, response.results, strict=True):
+                if lookup.code == pb.RESULT_CODE_OK:
+                    found[transaction_id] = shard_id
+                    coordinator = lookup.transaction.cross_shard_piece.coordinator
+                    self.remember(transaction_id, shard_id, cross_shard=coordinator)
+        return found
+
+    async def close(self) -> None:
+        for link in self.links.values():
+            await link.close()
+        await self._control.close()
+
+
+def merge_piece_results(results: Sequence[Any]) -> Result:
+    """One result for an item applied on every shard (a spread account): the first failure,
+    else CREATED if any piece was created now, else REPLAYED."""
+    codes = [ResultCode(r.code) for r in results]
+    for result, code in zip(results, codes, strict=True):
+        if code not in (ResultCode.CREATED, ResultCode.REPLAYED):
+            return Result(code, result.message)
+    timestamp_ns = max(r.timestamp_ns for r in results)
+    if ResultCode.CREATED in codes:
+        return Result(ResultCode.CREATED, "", timestamp_ns)
+    return Result(ResultCode.REPLAYED, "", timestamp_ns)
+
+
+def spread_or_owner(account_id: str, slot_map: SlotMap) -> list[int]:
+    if is_spread(account_id):
+        return list(slot_map.shard_ids)
+    return [slot_map.shard_of_account(account_id)]

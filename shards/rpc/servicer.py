@@ -1,0 +1,76 @@
+"""What every tally.v1.Ledger servicer shares (a shard node's, the gateway's): aborting an RPC
+with a status, the batch-size check, and handlers that parse their own requests."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, NoReturn
+
+import grpc
+from google.protobuf.message import DecodeError
+
+from core import limits
+from core.model import ResultCode
+from tally.v1 import ledger_pb2 as pb
+
+if TYPE_CHECKING:
+    from shards.rpc.metrics import RpcMetrics
+
+
+async def abort(
+    context: grpc.aio.ServicerContext[Any, Any], code: grpc.StatusCode, message: str
+) -> NoReturn:
+    await context.abort(code, message)
+    raise AssertionError("unreachable: abort raises")
+
+
+async def check_batch_size(
+    context: grpc.aio.ServicerContext[Any, Any], count: int, what: str
+) -> None:
+    if count == 0:
+        await abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"{what} is empty")
+    if count > limits.batch_item_count_max:
+        await abort(
+            context,
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"{what} has {count} items; at most {limits.batch_item_count_max} per request",
+        )
+
+
+def result_code_names() -> dict[int, str]:
+    return {code.value: code.name for code in ResultCode}
+
+
+def ledger_handler(service: Any, metrics: RpcMetrics | None = None) -> grpc.GenericRpcHandler:
+    """tally.v1.Ledger handlers of `service` (a LedgerServicer) that parse requests themselves,
+    so a body that is not a valid message is INVALID_ARGUMENT (gRPC's own deserialisation
+    would answer UNKNOWN); timed and counted (including unparseable requests) when given
+    metrics."""
+    descriptor = pb.DESCRIPTOR.services_by_name["Ledger"]
+    handlers = {}
+    for method in descriptor.methods:
+        request_type = getattr(pb, method.input_type.name)
+        response_type = getattr(pb, method.output_type.name)
+        handle = _parsing(getattr(service, method.name), request_type)
+        if metrics is not None:
+            handle = metrics.wrap(method, handle)
+        handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+            handle,
+            request_deserializer=None,
+            response_serializer=response_type.SerializeToString,
+        )
+    return grpc.method_handlers_generic_handler(descriptor.full_name, handlers)
+
+
+def _parsing(method: Any, request_type: Any) -> Any:
+    async def handle(body: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        try:
+            request = request_type.FromString(body)
+        except DecodeError as error:
+            await abort(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"the request is not a valid {request_type.DESCRIPTOR.full_name}: {error}",
+            )
+        return await method(request, context)
+
+    return handle
