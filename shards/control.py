@@ -11,6 +11,9 @@ from typing import Any, TypeVar
 
 import asyncpg
 
+from core.slots import SlotMap
+from core.store import control as control_store
+
 CLOSE_TIMEOUT_S = 5.0
 
 T = TypeVar("T")
@@ -29,6 +32,7 @@ class ControlClient:
         self._dsn = dsn
         self._connection: Any = None
         self._lock = asyncio.Lock()
+        self._prepared = False
 
     async def use(self, work: Callable[[Any], Awaitable[T]]) -> T:
         async with self._lock:
@@ -39,6 +43,19 @@ class ControlClient:
             except BaseException:
                 await self._drop()
                 raise
+
+    async def read_cluster(self) -> tuple[SlotMap | None, dict[int, str]]:
+        """The slot map (None before the cluster is initialised) and the shards' endpoints,
+        the tables created first if this process is the first to look."""
+
+        async def read(connection: Any) -> tuple[SlotMap | None, dict[int, str]]:
+            if not self._prepared:
+                await control_store.prepare(connection)
+                self._prepared = True
+            slot_map = await control_store.load_slot_map(connection)
+            return slot_map, await control_store.shard_endpoints(connection)
+
+        return await self.use(read)
 
     async def close(self) -> None:
         async with self._lock:

@@ -13,7 +13,6 @@ from typing import Any, NamedTuple
 from core import ids
 from core.model import Result, ResultCode
 from core.slots import SlotMap, is_spread
-from core.store import control as control_store
 from shards import control
 from shards.crossshard.coordinator import Driver
 from shards.gateway.links import ShardLink
@@ -74,7 +73,6 @@ class Cluster:
         self._holds: OrderedDict[str, KnownHold] = OrderedDict()
         self._refresh_lock = asyncio.Lock()
         self._control = control.ControlClient(config.control_dsn)
-        self._control_prepared = False
         self._clearing_ready: set[str] = set()
         self._clearing_lock = asyncio.Lock()
         # Built after slot_map and links, which its collector reads at scrape time.
@@ -84,11 +82,7 @@ class Cluster:
 
     async def refresh(self) -> None:
         async with self._refresh_lock:
-            if not self._control_prepared:
-                await self._control.use(control_store.prepare)
-                self._control_prepared = True
-            slot_map = await self._control.use(control_store.load_slot_map)
-            endpoints = await self._control.use(control_store.shard_endpoints)
+            slot_map, endpoints = await self._control.read_cluster()
             if slot_map is None:
                 raise RuntimeError("the control database has no slot map yet")
             await self._update_links(endpoints)

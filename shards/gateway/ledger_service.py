@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 import grpc
@@ -199,123 +200,82 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
         )
         built: list[Unit | list[pb.ItemResult]] = []
         for start, end in ranges:
-            specs: list[TransactionSpec] = []
-            unit_messages: list[pb.Transaction] = []
-            reverses: list[str] = []
-            fates: dict[int, HoldResolution] = {}
-            as_sent: set[int] = set()
-            anchors: set[int] = set()
-            # Where each reversal is decided: its position, shard and original (one that
-            # cannot be decided elsewhere: the others).
-            reversals: list[tuple[int, int, str]] = []
-            # Where each post or void is decided: the shard of its hold.
-            decided_at: dict[int, int] = {}
-            outcome: list[pb.ItemResult] | None = None
-            for n in range(start, end):
-                item, message, k = items[n], messages[n], n - start
-                assert isinstance(item, TransactionSpec)
-                spec, unit_message, reverses_id = item, message, ""
-                refusal: Result | None = None
-                if item.kind is Kind.ORDINARY or item.kind is Kind.PENDING:
-                    pass
-                elif item.kind is Kind.REVERSAL and item.target_id in committed:
-                    coordinator, record = committed[item.target_id]
-                    if record.transaction.pending:
-                        refusal = Result(
-                            ResultCode.NOT_REVERSIBLE,
-                            f"{item.target_id!r} is a pending record; void a hold instead of "
-                            "reversing it",
-                        )
-                    anchors.add(coordinator)
-                    # What it applied: its legs, or for the post of a hold, what it posted.
-                    legs = tuple(
-                        Leg(leg.account_id, leg.side != pb.SIDE_DEBIT, leg.amount, leg.currency)
-                        for leg in record.applied_legs
-                    )
-                    spec = TransactionSpec(
-                        message.id, Kind.ORDINARY, legs, message.code, (), "", 0, ""
-                    )
-                    unit_message = piece_message(message, legs)
-                    reverses_id = item.target_id
-                    reversals.append((k, coordinator, item.target_id))
-                elif self._resolves_cross_shard(item):
-                    found = holds.get(item.target_id)
-                    refusal = _hold_refusal(item, found)
-                    if found is not None:
-                        coordinator, record, pieces = found
-                        anchors.add(coordinator)
-                        decided_at[k] = coordinator
-                        fates[k] = HoldResolution(
-                            message,
-                            coordinator,
-                            record.cross_shard_piece.attempt,
-                            sorted({shard for shard, _ in pieces}),
-                            record.expires_at_ns,
-                        )
-                elif item.target_id in located:
-                    anchors.add(located[item.target_id])
-                    as_sent.add(k)
-                    if item.kind is Kind.REVERSAL and item.target_id in single:
-                        reversals.append((k, located[item.target_id], item.target_id))
-                    else:
-                        decided_at[k] = located[item.target_id]
-                elif item.kind is Kind.REVERSAL:
-                    refusal = Result(
-                        ResultCode.TRANSACTION_NOT_FOUND,
-                        f"reverses_id {item.target_id!r} not found",
-                    )
-                else:
-                    refusal = _hold_refusal(item, None)
-                if refusal is not None:
-                    outcome = _failed_in_unit(end - start, k, refusal)
-                    break
-                specs.append(spec)
-                unit_messages.append(unit_message)
-                reverses.append(reverses_id)
-            if outcome is not None:
-                built.append(outcome)
-                continue
-            # Coordinated where its first post or void is decided (else where a reversal is);
-            # the others are decided at their holds' shards, by those shards' pieces.
-            coordinator = next(iter(decided_at.values()), min(anchors))
-            remote_fates = {k: s for k, s in decided_at.items() if s != coordinator}
-            as_sent -= set(remote_fates)
-            remote: dict[int, tuple[int, str]] = {}
-            for k, shard, original in reversals:
-                if shard == coordinator:
-                    continue
-                # Decided at its original's shard, a participant: its piece there locks it.
-                remote[k] = (shard, original)
-                reverses[k] = ""
-                if k in as_sent:  # a single-shard original: reversed as its legs inverted
-                    as_sent.discard(k)
-                    record = single[original][1]
-                    legs = tuple(
-                        Leg(leg.account_id, leg.side != pb.SIDE_DEBIT, leg.amount, leg.currency)
-                        for leg in record.applied_legs
-                    )
-                    message = messages[start + k]
-                    specs[k] = TransactionSpec(
-                        message.id, Kind.ORDINARY, legs, message.code, (), "", 0, ""
-                    )
-                    unit_messages[k] = piece_message(message, legs)
-            unit = Unit(
-                specs,
-                unit_messages,
-                slot_map,
-                coordinator,
-                reverses,
-                fates=fates,
-                as_sent=as_sent,
-                remote_reverses=remote,
-                remote_fates=remote_fates,
+            draft = self._draft_unit(
+                items, messages, (start, end), committed, holds, single, located
             )
-            for k, (shard, _) in remote.items():
-                # The original's shard holds a piece of its reversal (without legs if the
-                # original had none there): the piece is what locks the original.
-                unit.pieces[k].setdefault(shard, [])
-            built.append(unit)
+            if isinstance(draft, list):
+                built.append(draft)
+                continue
+            built.append(_unit_of_draft(draft, messages, start, single, slot_map))
         return built
+
+    def _draft_unit(
+        self,
+        items: list[TransactionSpec | Rejection],
+        messages: list[pb.Transaction],
+        span: tuple[int, int],
+        committed: dict[str, tuple[int, pb.TransactionRecord]],
+        holds: dict[str, tuple[int, pb.TransactionRecord, list[tuple[int, pb.TransactionRecord]]]],
+        single: dict[str, tuple[int, pb.TransactionRecord]],
+        located: dict[str, int],
+    ) -> _UnitDraft | list[pb.ItemResult]:
+        """Where each item of one anchored range is decided (see _anchored_units), or the
+        range's results if one of its items is refused."""
+        start, end = span
+        draft = _UnitDraft()
+        for n in range(start, end):
+            item, message, k = items[n], messages[n], n - start
+            assert isinstance(item, TransactionSpec)
+            spec, unit_message, reverses_id = item, message, ""
+            refusal: Result | None = None
+            if item.kind is Kind.ORDINARY or item.kind is Kind.PENDING:
+                pass
+            elif item.kind is Kind.REVERSAL and item.target_id in committed:
+                coordinator, record = committed[item.target_id]
+                if record.transaction.pending:
+                    refusal = Result(
+                        ResultCode.NOT_REVERSIBLE,
+                        f"{item.target_id!r} is a pending record; void a hold instead of "
+                        "reversing it",
+                    )
+                draft.anchors.add(coordinator)
+                spec, unit_message = _inverted(message, record)
+                reverses_id = item.target_id
+                draft.reversals.append((k, coordinator, item.target_id))
+            elif self._resolves_cross_shard(item):
+                found = holds.get(item.target_id)
+                refusal = _hold_refusal(item, found)
+                if found is not None:
+                    coordinator, record, pieces = found
+                    draft.anchors.add(coordinator)
+                    draft.decided_at[k] = coordinator
+                    draft.fates[k] = HoldResolution(
+                        message,
+                        coordinator,
+                        record.cross_shard_piece.attempt,
+                        sorted({shard for shard, _ in pieces}),
+                        record.expires_at_ns,
+                    )
+            elif item.target_id in located:
+                draft.anchors.add(located[item.target_id])
+                draft.as_sent.add(k)
+                if item.kind is Kind.REVERSAL and item.target_id in single:
+                    draft.reversals.append((k, located[item.target_id], item.target_id))
+                else:
+                    draft.decided_at[k] = located[item.target_id]
+            elif item.kind is Kind.REVERSAL:
+                refusal = Result(
+                    ResultCode.TRANSACTION_NOT_FOUND,
+                    f"reverses_id {item.target_id!r} not found",
+                )
+            else:
+                refusal = _hold_refusal(item, None)
+            if refusal is not None:
+                return _failed_in_unit(end - start, k, refusal)
+            draft.specs.append(spec)
+            draft.unit_messages.append(unit_message)
+            draft.reverses.append(reverses_id)
+        return draft
 
     async def _read_holds(
         self, ids: list[str]
@@ -730,6 +690,80 @@ CLEARING_RESERVED = (
     f"accounts under {CLEARING_PREFIX} are the cluster's own inter-shard clearing accounts; "
     "clients cannot post to, create or close them"
 )
+
+
+@dataclass
+class _UnitDraft:
+    """What _draft_unit found of one anchored range, for _unit_of_draft to build its unit."""
+
+    specs: list[TransactionSpec] = field(default_factory=list)
+    unit_messages: list[pb.Transaction] = field(default_factory=list)
+    # Per item: the original it reverses where the coordinator decides it ("": none).
+    reverses: list[str] = field(default_factory=list)
+    fates: dict[int, HoldResolution] = field(default_factory=dict)
+    as_sent: set[int] = field(default_factory=set)
+    anchors: set[int] = field(default_factory=set)
+    # Where each reversal is decided: its position, shard and original (one that cannot be
+    # decided elsewhere: the others).
+    reversals: list[tuple[int, int, str]] = field(default_factory=list)
+    # Where each post or void is decided: the shard of its hold.
+    decided_at: dict[int, int] = field(default_factory=dict)
+
+
+def _inverted(
+    message: pb.Transaction, record: pb.TransactionRecord
+) -> tuple[TransactionSpec, pb.Transaction]:
+    """A reversal as a transfer: the legs the original applied (for the post of a hold, what it
+    posted), inverted, as a spec and as the piece message carrying them."""
+    legs = tuple(
+        Leg(leg.account_id, leg.side != pb.SIDE_DEBIT, leg.amount, leg.currency)
+        for leg in record.applied_legs
+    )
+    spec = TransactionSpec(message.id, Kind.ORDINARY, legs, message.code, (), "", 0, "")
+    return spec, piece_message(message, legs)
+
+
+def _unit_of_draft(
+    draft: _UnitDraft,
+    messages: list[pb.Transaction],
+    start: int,
+    single: dict[str, tuple[int, pb.TransactionRecord]],
+    slot_map: SlotMap,
+) -> Unit:
+    """The unit of a drafted range. It is coordinated where its first post or void is decided
+    (else where a reversal is); the others are decided at their holds' shards, by those shards'
+    pieces."""
+    coordinator = next(iter(draft.decided_at.values()), min(draft.anchors))
+    remote_fates = {k: s for k, s in draft.decided_at.items() if s != coordinator}
+    draft.as_sent -= set(remote_fates)
+    remote: dict[int, tuple[int, str]] = {}
+    for k, shard, original in draft.reversals:
+        if shard == coordinator:
+            continue
+        # Decided at its original's shard, a participant: its piece there locks it.
+        remote[k] = (shard, original)
+        draft.reverses[k] = ""
+        if k in draft.as_sent:  # a single-shard original: reversed as its legs inverted
+            draft.as_sent.discard(k)
+            draft.specs[k], draft.unit_messages[k] = _inverted(
+                messages[start + k], single[original][1]
+            )
+    unit = Unit(
+        draft.specs,
+        draft.unit_messages,
+        slot_map,
+        coordinator,
+        draft.reverses,
+        fates=draft.fates,
+        as_sent=draft.as_sent,
+        remote_reverses=remote,
+        remote_fates=remote_fates,
+    )
+    for k, (shard, _) in remote.items():
+        # The original's shard holds a piece of its reversal (without legs if the
+        # original had none there): the piece is what locks the original.
+        unit.pieces[k].setdefault(shard, [])
+    return unit
 
 
 def _refuse_clearing_legs(
