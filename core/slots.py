@@ -18,6 +18,7 @@ SLOT_COUNT: Final = 4096
 
 
 def partition_key(account_id: str) -> str:
+    """The text before the first '/': accounts sharing it always live on the same shard."""
     return account_id.split("/", 1)[0]
 
 

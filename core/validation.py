@@ -52,11 +52,6 @@ def id_problem(value: str, field: str) -> str:
     return ""
 
 
-def partition_key(account_id: str) -> str:
-    """The text before the first '/': accounts sharing it always live on the same shard."""
-    return account_id.split("/", 1)[0]
-
-
 def metadata_problem(metadata: Mapping[str, str]) -> str:
     if len(metadata) > limits.metadata_entry_count_max:
         return f"metadata has more than {limits.metadata_entry_count_max} entries"

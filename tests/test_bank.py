@@ -33,7 +33,15 @@ import grpc
 
 from core import audit
 from core.audit import AuditConfig
-from core.ids import clearing_account
+from core.ids import (
+    abort_marker_id,
+    clearing_account,
+    is_piece_id,
+    is_reserved,
+    parse_abort_marker,
+    parse_piece_id,
+    piece_id,
+)
 from core.journal import FLAG_DEBITS_MUST_NOT_EXCEED_CREDITS
 from core.model import Kind, Status
 from shards.local.embedded_pg import EmbeddedPostgres
@@ -314,11 +322,14 @@ async def check_each_transfer_whole_or_absent(cluster: ProcessCluster, ledger: L
     attempt's piece posted on its participant. Every other attempt of a transfer (refused,
     aborted, or run again by a retry) has an abort marker on the coordinator and, if its
     participant prepared, a voided piece. A transfer not applied has no commit anywhere."""
+    # '%' for the attempt and the transaction: core.ids' builders spell the LIKE patterns of
+    # every piece and every abort marker.
     query = """
         SELECT id, kind, status, target_id FROM transactions
-        WHERE id = ANY($1::text[]) OR id LIKE '~piece/%' OR id LIKE '~abort/%'
+        WHERE id = ANY($1::text[]) OR id LIKE $2 OR id LIKE $3
     """
-    rows_per_shard = await fetch_each_shard(cluster, query, list(ledger.outcomes))
+    patterns = (piece_id("%", "%"), abort_marker_id("%", "%"))
+    rows_per_shard = await fetch_each_shard(cluster, query, list(ledger.outcomes), *patterns)
     found: dict[str, list[tuple[int, int, int]]] = {}
     commits: dict[str, str] = {}  # transaction -> its committed attempt
     pieces: dict[str, dict[str, tuple[int, int]]] = {}  # transaction -> attempt -> shard, status
@@ -326,17 +337,18 @@ async def check_each_transfer_whole_or_absent(cluster: ProcessCluster, ledger: L
     for shard_id, rows in enumerate(rows_per_shard):
         for row in rows:
             identifier = row["id"]
-            if identifier.startswith(("~piece/", "~abort/")):
-                prefix, attempt, transaction_id = identifier.split("/", 2)
-                if prefix == "~piece":
-                    assert row["kind"] == Kind.PREPARED
-                    pieces.setdefault(transaction_id, {})[attempt] = (shard_id, row["status"])
-                else:
-                    markers.setdefault(transaction_id, {})[attempt] = shard_id
+            if is_piece_id(identifier):
+                transaction_id, attempt = parse_piece_id(identifier)
+                assert row["kind"] == Kind.PREPARED
+                pieces.setdefault(transaction_id, {})[attempt] = (shard_id, row["status"])
+                continue
+            if is_reserved(identifier):  # the query reads no other reserved id
+                transaction_id, attempt = parse_abort_marker(identifier)
+                markers.setdefault(transaction_id, {})[attempt] = shard_id
                 continue
             found.setdefault(identifier, []).append((shard_id, row["kind"], row["status"]))
-            if row["kind"] == Kind.COMMIT:
-                commits[identifier] = row["target_id"].split("/")[1]
+            if row["kind"] == Kind.COMMIT:  # its target: the committed attempt's abort marker
+                commits[identifier] = parse_abort_marker(row["target_id"])[1]
     problems = []
     for transaction_id, outcome in ledger.outcomes.items():
         debit, credit = (leg.account_id for leg in outcome.message.legs)

@@ -30,6 +30,10 @@ _CONSOLE_WIDTH: Final = 10_000
 # (top, right, bottom, left): one space after each column, none after the last.
 _COLUMN_GAP: Final = (0, 1, 0, 0)
 _INDENT: Final = (0, 0, 0, 2)
+# The widest integers the API's fields carry (ledger.proto's uint32 and uint64): protobuf raises
+# a bare ValueError on anything outside 0..max, so the terminal refuses such values first.
+_UINT32_MAX: Final = 2**32 - 1
+_UINT64_MAX: Final = 2**64 - 1
 
 
 class UsageError(Exception):
@@ -94,6 +98,30 @@ def _metadata(pairs: Sequence[str]) -> dict[str, str]:
     return metadata
 
 
+def _uint32_flag(flag: str, value: int) -> int:
+    """A flag's integer if its API field (a uint32) can carry it. Only that is checked here: a
+    value the field carries but the ledger refuses (a code of 0) gets the ledger's own result."""
+    if value < 0:
+        raise UsageError(f"{flag} {value} is negative")
+    if value > _UINT32_MAX:
+        raise UsageError(f"{flag} {value} is larger than {_UINT32_MAX}")
+    return value
+
+
+def _leg_amount(text: str, currency: str) -> int:
+    """A leg's amount in minor units: positive, as the side (--debit, --credit) says which way
+    the money moves; zero and amounts above the ledger's maximum get the ledger's result."""
+    amount_minor = parse_minor_units(text, currency)
+    if amount_minor < 0:
+        raise UsageError(
+            f"amount {text.strip()} is negative: a leg's amount is positive, "
+            "--debit or --credit says which way it moves"
+        )
+    if amount_minor > _UINT64_MAX:
+        raise UsageError(f"amount {text.strip()} is larger than {_UINT64_MAX} minor units")
+    return amount_minor
+
+
 def _legs(args: argparse.Namespace) -> list[pb.Leg]:
     legs = []
     for side, entries in ((pb.SIDE_DEBIT, args.debit), (pb.SIDE_CREDIT, args.credit)):
@@ -105,7 +133,7 @@ def _legs(args: argparse.Namespace) -> list[pb.Leg]:
                 pb.Leg(
                     account_id=account,
                     side=side,
-                    amount=parse_minor_units(amount, args.currency),
+                    amount=_leg_amount(amount, args.currency),
                     currency=args.currency,
                 )
             )
@@ -156,7 +184,7 @@ def _create_account(stub: pb_grpc.LedgerStub, args: argparse.Namespace) -> bool:
     account = pb.Account(
         id=args.id,
         currency=args.currency,
-        code=args.code,
+        code=_uint32_flag("--code", args.code),
         debits_must_not_exceed_credits=args.no_overdraft,
         credits_must_not_exceed_debits=args.credit_limit,
         metadata=_metadata(args.meta),
@@ -197,11 +225,11 @@ def _post(stub: pb_grpc.LedgerStub, args: argparse.Namespace) -> bool:
     transaction = pb.Transaction(
         id=args.id,
         legs=_legs(args),
-        code=args.code,
+        code=_uint32_flag("--code", args.code),
         metadata=_metadata(args.meta),
         value_date=args.value_date,
         pending=args.pending,
-        timeout_seconds=args.timeout,
+        timeout_seconds=_uint32_flag("--timeout", args.timeout),
         post_pending_id=args.post_pending,
         void_pending_id=args.void_pending,
         reverses_id=args.reverse,
@@ -234,13 +262,14 @@ def _tx(stub: pb_grpc.LedgerStub, args: argparse.Namespace) -> bool:
 
 
 def _history(stub: pb_grpc.LedgerStub, args: argparse.Namespace) -> bool:
+    limit = _uint32_flag("--limit", args.limit)
     account = stub.GetAccounts(pb.GetAccountsRequest(ids=[args.id]), timeout=RPC_TIMEOUT_S)
     if account.results[0].code != pb.RESULT_CODE_OK:
         print(f"{args.id}: {account.results[0].message}")
         return False
     currency = account.results[0].account.account.currency
     response = stub.ListPostings(
-        pb.ListPostingsRequest(account_id=args.id, limit=args.limit), timeout=RPC_TIMEOUT_S
+        pb.ListPostingsRequest(account_id=args.id, limit=limit), timeout=RPC_TIMEOUT_S
     )
     print_table(history_table(response.postings, currency))
     if response.next_cursor:

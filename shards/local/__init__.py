@@ -1,0 +1,8 @@
+"""shards.local: running Tally on one machine (embedded PostgreSQL, `tally up`, the supervisor).
+
+May import: core, core.store, shards.rpc, shards.control (docs/design.md, "Layout").
+
+Public face, imported by other rooms: embedded_pg (EmbeddedPostgres, free_port; by shards.cli
+and bench), cluster (run_cluster, `tally up`; by shards.cli) and supervisor (the one supervisor
+of `tally` child processes; by bench and the tests).
+"""

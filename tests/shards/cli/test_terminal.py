@@ -1,5 +1,5 @@
-"""The terminal's tables (rich) and amount errors, without a node: the README example
-(test_readme.py) runs them against one."""
+"""The terminal's tables (rich) and its usage errors (amounts, integer flags), without a node:
+the README example (test_readme.py) runs them against one."""
 
 from __future__ import annotations
 
@@ -99,6 +99,16 @@ def test_bold_headers_on_a_terminal() -> None:
     [
         ("1.001", "amount 1.001 has more than 2 decimals for USD"),
         ("1,000.00", "amount '1,000.00' is not a decimal like -1500.00"),
+        # A negative amount once reached protobuf's unsigned field: a ValueError traceback.
+        (
+            "-5.00",
+            "amount -5.00 is negative: a leg's amount is positive, "
+            "--debit or --credit says which way it moves",
+        ),
+        (
+            "184467440737095516.16",
+            "amount 184467440737095516.16 is larger than 18446744073709551615 minor units",
+        ),
     ],
 )
 def test_an_amount_that_is_not_one_is_a_usage_error(
@@ -107,5 +117,31 @@ def test_an_amount_that_is_not_one_is_a_usage_error(
     # Refused before any call: the target need not exist.
     words = ["post", "t-1", "--currency=USD", "--code=1", "--target=127.0.0.1:9"]
     exit_code = main([*words, f"--debit=a={amount}", f"--credit=b={amount}"])
+    assert exit_code == 2
+    assert capsys.readouterr().err == f"tally: {error}\n"
+
+
+@pytest.mark.parametrize(
+    ("words", "error"),
+    [
+        (["post", "t-1", "--code=-1", "--debit=a=1", "--credit=b=1"], "--code -1 is negative"),
+        (
+            ["post", "t-1", "--code=4294967296", "--debit=a=1", "--credit=b=1"],
+            "--code 4294967296 is larger than 4294967295",
+        ),
+        (
+            ["post", "t-1", "--code=1", "--pending", "--timeout=-60", "--debit=a=1"],
+            "--timeout -60 is negative",
+        ),
+        (["create-account", "a", "--code=-1"], "--code -1 is negative"),
+        (["history", "a", "--limit=-1"], "--limit -1 is negative"),
+    ],
+)
+def test_an_integer_its_field_cannot_carry_is_a_usage_error(
+    words: list[str], error: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Refused before any call, where protobuf would raise a ValueError: no target needed.
+    extra = ["--currency=USD"] if words[0] != "history" else []
+    exit_code = main([*words, *extra, "--target=127.0.0.1:9"])
     assert exit_code == 2
     assert capsys.readouterr().err == f"tally: {error}\n"
