@@ -1,4 +1,7 @@
-"""The audit's SQL: every statement core.audit runs against a shard database, all read-only.
+"""The audit's SQL: every statement the audit's checks run against a shard database, read-only.
+
+The auditor's other tools have theirs next door: core.store.export (the journal export) and
+core.store.statement (an account's statement).
 
 The journal's five streams are ordered as the journal pass merges them (block by block); rows
 the audit reads by position have their column positions named here, next to their statement.
