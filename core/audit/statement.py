@@ -8,7 +8,7 @@ not statement lines (the amount on hold at the close is shown apart).
 Amounts and balances are signed on the account's natural side: for most accounts (deposits,
 income, ...) a credit increases the balance (balance = credits - debits); for an account with
 credits_must_not_exceed_debits (a loan, a limit) a debit does (balance = debits - credits).
-The same convention is used for external statements (core.reconcile).
+The same convention is used for external statements (core.audit.reconcile).
 
 A spread account (id starting with '@') has a piece on every shard; its statement merges the
 pieces' postings in time order and sums their balances.
