@@ -33,7 +33,9 @@ in), source (read-only sessions, streamed reads), journal_pass (hash chain, bloc
 the lease, anchors), postings (a transaction's postings against its legs), accounts
 (counters, flags, chains, holds), crossshard (the cross-shard judge), run (a shard, the
 cluster), report and render (the structured report, its renderers); the auditor's other tools
-are export, reconcile and statement. This module is the names callers use.
+are export (the export's files and their stand-alone verifier) and exporter (which writes
+them), reconcile and statement. Their SQL is in core.store (audit, export, statement). This
+module is the names callers use.
 """
 
 from core.audit.accounts import check_counters, check_trial_balance, trial_balance

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import Any, Final
+from typing import Any
 
-from core import journal
+from core import ids, journal
 from core.audit.findings import (
     COUNTER_NAMES,
     About,
@@ -21,13 +21,8 @@ from core.audit.findings import (
 from core.audit.postings import HELD_KINDS
 from core.audit.source import TIMEOUT_S, RowStream
 from core.model import Kind, Status
+from core.slots import is_spread
 from core.store import audit as queries
-
-# Each currency's inter-shard clearing account (clearing_account in shards/crossshard/
-# coordinator.py): a spread account whose pieces net to zero over the cluster once cross-shard
-# work resolves.
-CLEARING_ACCOUNT_PREFIX: Final = "@clearing/"
-
 
 # ---- accounts: counters against their postings, flags, trial balance ----
 
@@ -106,7 +101,7 @@ def _check_account(
                 currency=currency,
             )
     add_counters(trial_balance, currency, counters)
-    if account_id.startswith(CLEARING_ACCOUNT_PREFIX):
+    if ids.is_clearing(account_id):
         add_counters(clearing, currency, counters)
     _check_flags(log, account_id, currency, row["flags"], row["closed_at_ns"], counters)
 
@@ -144,7 +139,7 @@ def _check_flags(
             account_id=account_id,
             currency=currency,
         )
-    if (no_overdraft or credit_limit) and account_id.startswith("@"):
+    if (no_overdraft or credit_limit) and is_spread(account_id):
         log.add(
             FindingKind.SPREAD_ACCOUNT_FLAG,
             About.ACCOUNT,

@@ -12,7 +12,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any, Final
 
-from core.audit.accounts import CLEARING_ACCOUNT_PREFIX, add_counters
+from core import ids
+from core.audit.accounts import add_counters
 from core.audit.findings import (
     COUNTER_NAMES,
     About,
@@ -27,7 +28,6 @@ from core.audit.postings import DEBIT_SIGN, expected_postings
 from core.audit.source import RowStream, connect
 from core.model import Kind
 from core.store import audit as queries
-from core.store.audit import MARKER_PREFIX, PIECE_PREFIX
 
 # In-flight cross-shard transactions listed in a report (all are counted).
 IN_FLIGHT_KEPT_MAX: Final = 100
@@ -35,29 +35,31 @@ IN_FLIGHT_KEPT_MAX: Final = 100
 
 # ---- cross-shard transactions: the clearing pieces, exactly ----
 #
-# A cross-shard transaction T leaves rows on several shards (core/model.py; each gateway run of
-# T is an attempt with its own name). Its coordinator records the attempt's decision: the
-# commit as T itself (kind COMMIT, target_id the attempt's abort marker "~abort/<attempt>/T"),
-# or that abort marker (kind ABORT). Each participant holds its piece "~piece/<attempt>/T"
-# (kind PREPARED, target_id the coordinator's shard number) until it posts or voids it. Every
-# piece is balanced on its own shard by a leg on that shard's @clearing/<CUR> piece, so the
-# clearing pieces of a transaction decided and resolved everywhere net to zero.
+# A cross-shard transaction T leaves rows on several shards (their ids: core.ids; the records:
+# core.pieces; each gateway run of T is an attempt with its own name). Its coordinator records
+# the attempt's decision: the commit as T itself (kind COMMIT, target_id the attempt's abort
+# marker, ids.abort_marker_id(T, attempt)), or that abort marker (kind ABORT). Each participant
+# holds its piece ids.piece_id(T, attempt) (kind PREPARED, target_id the coordinator's shard
+# number) until it posts or voids it. Every piece is balanced on its own shard by a leg on that
+# shard's piece of the clearing account (ids.clearing_account(CUR)), so the clearing pieces of
+# a transaction decided and resolved everywhere net to zero.
 #
 # A cross-shard hold H is created the same way, but its coordinator's record is H of kind HOLD
 # (legs held, the commit decision as COMMIT is) and the participants' pieces stay held after
 # it: their deadline records (kind DEADLINE, target_id the piece) re-arm them. The hold's
 # fate is decided once, at the coordinator: the client's post or void of H, or the shard's
-# expiry "~expired/H", all targeting H and read under H's key; each participant then settles
-# its piece the same way ("~commit/", "~void/", "~expired/" + the piece id), a post by its
-# share of the client's post, balanced by its clearing piece. A hold whose fate is not decided
-# is open (its pieces held, nothing posted to clearing); once decided, it is in flight until
-# every piece follows, then its clearing pieces net to zero like a transfer's.
+# expiry ids.expiry_id(H), all targeting H and read under H's key; each participant then
+# settles its piece the same way (ids.settlement_id or ids.expiry_id of the piece), a post by
+# its share of the client's post, balanced by its clearing piece. A hold whose fate is not
+# decided is open (its pieces held, nothing posted to clearing); once decided, it is in flight
+# until every piece follows, then its clearing pieces net to zero like a transfer's.
 #
 # Shards are read in separate snapshots, taken at different moments: comparing per-shard
 # clearing totals can catch a transaction half-way (committed in one snapshot, not yet posted
-# in another) and cry wolf. So the check goes attempt by attempt (the attempt's key: its marker
-# or piece id without the prefix; the older layout without attempts, piece id T and marker
-# "~abort/T", maps to keys the same way):
+# in another) and cry wolf. So the check goes attempt by attempt (the attempt's key,
+# "<attempt>/<T>": its abort marker or piece id without the prefix, core.store.audit; rows
+# written before attempts existed, piece id T itself and an abort marker without attempt, key
+# as T):
 #
 # 1. Each shard's snapshot lists, in key order, what its rows say of each attempt (decision,
 #    its piece's state, the clearing it posted); these must sum to exactly the clearing
@@ -135,10 +137,12 @@ class PieceView:
 
 
 def _client_id(piece_id: str) -> str:
-    """The client's transaction id of a piece id ("~piece/<attempt>/<T>", or T itself)."""
-    if piece_id.startswith(PIECE_PREFIX) and piece_id.count("/") >= 2:
-        return piece_id.split("/", 2)[2]
-    return piece_id
+    """The client's transaction id of a participant's piece id (core.ids.piece_id), or the id
+    itself when it is not one (a piece written before attempts existed is T itself)."""
+    try:
+        return ids.parse_piece_id(piece_id)[0]
+    except ValueError:
+        return piece_id
 
 
 def _both(first: str, second: str) -> str:
@@ -177,7 +181,7 @@ def fold(view: PieceView, row: Any, totals: dict[str, list[int]] | None) -> None
     except ValueError:
         return  # the postings check names the transaction
     for account, side, posted, pending, currency in postings:
-        if not account.startswith(CLEARING_ACCOUNT_PREFIX):
+        if not ids.is_clearing(account):
             continue
         if posted:
             view.posted[currency] = view.posted.get(currency, 0) + DEBIT_SIGN[side] * posted
@@ -300,7 +304,7 @@ def _check_clearing_totals(
             + " (every posting to a clearing account must be part of one)",
             expected[differ[0]],
             found[differ[0]],
-            account_id=CLEARING_ACCOUNT_PREFIX + currency,
+            account_id=ids.clearing_account(currency),
             currency=currency,
         )
 
@@ -408,7 +412,7 @@ def judge(views: list[PieceView], config: AuditConfig, log: FindingLog, final: b
             FindingKind.CROSS_SHARD_UNDECIDED,
             About.CROSS_SHARD,
             f"its pieces were resolved ({resolved}), but no shard records its decision "
-            f"(abort marker {MARKER_PREFIX}{views[0].key} or the commit)",
+            f"(abort marker {queries.marker_of_key(views[0].key)} or the commit)",
             "a decision at the coordinator",
             "none",
             transaction_id=transaction_id,

@@ -1,10 +1,11 @@
-"""Journal export of one shard for a period, and the verifier a third party runs on it alone.
+"""The journal export's files, and the verifier a third party runs on them alone.
 
 An export is a directory of CSV or JSON Lines files (blocks, accounts, transactions, postings,
 closures, balances and a manifest); docs/audit.md documents every column and the verification
-procedure. This module imports nothing outside the Python standard library, on purpose: an
-auditor can copy this one file and run `python3 export.py DIR` to verify an export without
-Tally, its database or its dependencies.
+procedure. This module defines the files (their columns, canonical lines and digests) and
+verifies them; core.audit.exporter writes them from a shard database. It imports nothing
+outside the Python standard library, on purpose: an auditor can copy this one file and run
+`python3 export.py DIR` to verify an export without Tally, its database or its dependencies.
 
 Every line of every file ends with `line_digest`, the first 16 hex digits of the SHA-256 of the
 line's other columns joined by "|". It is a locator, not the proof: a changed byte anywhere is
@@ -20,8 +21,7 @@ import io
 import json
 import re
 import sys
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -30,8 +30,6 @@ FORMAT: Final = "tally-journal-export/1"
 DIGEST_HEX_LENGTH: Final = 16
 GENESIS_HASH_HEX: Final = "00" * 32
 FORMATS: Final = ("csv", "jsonl")
-# Rows fetched per round trip while exporting: bounds the exporter's memory.
-FETCH_ROW_COUNT: Final = 10_000
 ERROR_COUNT_MAX_DEFAULT: Final = 100
 
 _INTEGER_TEXT = re.compile(r"-?(0|[1-9][0-9]*)")  # the canonical text of an integer
@@ -672,206 +670,6 @@ def format_verification(verification: Verification) -> str:
         lines.append(f"... and {hidden} more errors")
     lines.append("export verifies" if verification.ok else "export does NOT verify")
     return "\n".join(lines)
-
-
-# ---- export: rows from a shard database (any asyncpg-like connection) ----
-
-
-@dataclass(frozen=True, slots=True)
-class Selection:
-    """Blocks created in [from_ns, to_ns) (0: unbounded), or blocks first..last (0: open)."""
-
-    from_ns: int = 0
-    to_ns: int = 0
-    first_block: int = 0
-    last_block: int = 0
-
-
-@dataclass(slots=True)
-class ExportSummary:
-    directory: str
-    first_block: int
-    last_block: int
-    head_hash: str
-    row_counts: dict[str, int]
-
-
-Progress = Callable[[str, int], None]
-"""Called with (file name, rows written so far) while exporting."""
-
-_BLOCKS_SQL = """
-SELECT sequence, encode(previous_hash, 'hex'), encode(hash, 'hex'), epoch, created_at_ns,
-       next_posting_sequence, last_timestamp_ns, account_count, transaction_count,
-       posting_count, closure_count
-FROM journal_blocks WHERE sequence BETWEEN $1 AND $2 ORDER BY sequence
-"""
-_ROWS_SQL = {
-    "accounts": """
-        SELECT block_sequence, id, currency, code, flags, metadata, created_at_ns
-        FROM accounts WHERE block_sequence BETWEEN $1 AND $2
-        ORDER BY block_sequence, created_at_ns, id""",
-    "transactions": """
-        SELECT block_sequence, id, kind, code, metadata, value_date, timeout_seconds,
-               target_id, legs, applied_legs, timestamp_ns
-        FROM transactions WHERE block_sequence BETWEEN $1 AND $2
-        ORDER BY block_sequence, timestamp_ns, id""",
-    "closures": """
-        SELECT block_sequence, account_id, closed_at_ns
-        FROM account_closures WHERE block_sequence BETWEEN $1 AND $2
-        ORDER BY block_sequence, closed_at_ns, account_id""",
-}
-_POSTINGS_SQL = """
-SELECT block_sequence, sequence, transaction_id, account_id,
-       CASE WHEN is_debit THEN 'D' ELSE 'C' END, posted_amount, pending_delta, timestamp_ns,
-       debits_posted_after, credits_posted_after, debits_pending_after, credits_pending_after
-FROM postings WHERE sequence >= $1 AND sequence < $2 ORDER BY sequence
-"""
-# Opening: the balance-after of the account's last posting before the period (the ledger's
-# own record, so a break in the chain at the period's start shows in the verifier).
-_BALANCES_SQL = """
-WITH touched AS (
-    SELECT account_id, count(*) AS posting_count, max(sequence) AS last_sequence
-    FROM postings WHERE sequence >= $1 AND sequence < $2 GROUP BY account_id
-)
-SELECT t.account_id, coalesce(a.currency, ''),
-       coalesce(o.debits_posted_after, 0), coalesce(o.credits_posted_after, 0),
-       coalesce(o.debits_pending_after, 0), coalesce(o.credits_pending_after, 0),
-       l.debits_posted_after, l.credits_posted_after, l.debits_pending_after,
-       l.credits_pending_after, t.posting_count
-FROM touched t
-LEFT JOIN accounts a ON a.id = t.account_id
-LEFT JOIN LATERAL (
-    SELECT * FROM postings p WHERE p.account_id = t.account_id AND p.sequence < $1
-    ORDER BY p.sequence DESC LIMIT 1
-) o ON true
-JOIN postings l ON l.sequence = t.last_sequence
-ORDER BY t.account_id
-"""
-
-
-async def export_shard(
-    connection: Any,
-    directory: Path,
-    shard: str,
-    selection: Selection,
-    export_format: str,
-    timeout_s: float,
-    progress: Progress | None = None,
-) -> ExportSummary:
-    """Write one shard's export for the selection into an existing directory, from one
-    consistent snapshot."""
-    if export_format not in FORMATS:
-        raise ValueError(f"format must be one of {', '.join(FORMATS)}")
-    async with connection.transaction(isolation="repeatable_read", readonly=True):
-        first, last = await _block_range(connection, selection, timeout_s)
-        before = await _block_row(connection, first - 1, timeout_s)
-        head = await _block_row(connection, last, timeout_s) if last >= first else before
-        anchor = before["hash"] if before else GENESIS_HASH_HEX
-        first_posting = before["next_posting_sequence"] if before else 1
-        next_posting = head["next_posting_sequence"] if head else 1
-        counts: dict[str, int] = {}
-        ranges = {
-            "blocks": (first, last),
-            "postings": (first_posting, next_posting),
-            "balances": (first_posting, next_posting),
-        }
-        for name in ("blocks", *JOURNAL_FILES, "balances"):
-            query = {"blocks": _BLOCKS_SQL, "postings": _POSTINGS_SQL, "balances": _BALANCES_SQL}
-            sql = query.get(name) or _ROWS_SQL[name]
-            bounds = ranges.get(name, (first, last))
-            counts[name] = await _write_file(
-                connection, directory, name, export_format, sql, bounds, timeout_s, progress
-            )
-    head_hash = head["hash"] if head else GENESIS_HASH_HEX
-    manifest = {
-        "format": FORMAT,
-        "shard": shard,
-        "first_block": first,
-        "last_block": last,
-        "anchor_hash": anchor,
-        "head_hash": head_hash,
-        "first_posting_sequence": first_posting,
-        "next_posting_sequence": next_posting,
-        "period_from_ns": selection.from_ns,
-        "period_to_ns": selection.to_ns,
-        "block_count": counts["blocks"],
-        **{name[:-1] + "_count": counts[name] for name in (*JOURNAL_FILES, "balances")},
-        "exported_at_ns": time.time_ns(),
-    }
-    writer = ExportWriter(directory, SCHEMAS["manifest"], export_format)
-    for key in MANIFEST_KEYS:
-        writer.write([key, str(manifest[key])])
-    writer.close()
-    return ExportSummary(str(directory), first, last, head_hash, counts)
-
-
-async def _block_range(connection: Any, selection: Selection, timeout_s: float) -> tuple[int, int]:
-    """[first, last] block sequences; first > last when the period holds no block."""
-    if selection.first_block or selection.last_block:
-        top = await connection.fetchval(
-            "SELECT coalesce(max(sequence), 0) FROM journal_blocks", timeout=timeout_s
-        )
-        first = max(selection.first_block, 1)
-        last = min(selection.last_block or top, top)
-        return first, last
-    row = await connection.fetchrow(
-        """
-        SELECT min(sequence) AS first, max(sequence) AS last FROM journal_blocks
-        WHERE created_at_ns >= $1::bigint AND ($2::bigint = 0 OR created_at_ns < $2::bigint)
-        """,
-        selection.from_ns,
-        selection.to_ns,
-        timeout=timeout_s,
-    )
-    if row["first"] is None:
-        # Nothing in the period: an empty export anchored after the last block before it.
-        last = await connection.fetchval(
-            "SELECT coalesce(max(sequence), 0) FROM journal_blocks "
-            "WHERE created_at_ns < $1::bigint",
-            selection.from_ns,
-            timeout=timeout_s,
-        )
-        return last + 1, last
-    return int(row["first"]), int(row["last"])
-
-
-async def _block_row(connection: Any, sequence: int, timeout_s: float) -> Any:
-    if sequence < 1:
-        return None
-    return await connection.fetchrow(
-        """
-        SELECT encode(hash, 'hex') AS hash, next_posting_sequence
-        FROM journal_blocks WHERE sequence = $1
-        """,
-        sequence,
-        timeout=timeout_s,
-    )
-
-
-async def _write_file(
-    connection: Any,
-    directory: Path,
-    name: str,
-    export_format: str,
-    sql: str,
-    bounds: tuple[int, int],
-    timeout_s: float,
-    progress: Progress | None,
-) -> int:
-    writer = ExportWriter(directory, SCHEMAS[name], export_format)
-    try:
-        cursor = await connection.cursor(sql, *bounds, timeout=timeout_s)
-        while True:
-            rows = await cursor.fetch(FETCH_ROW_COUNT, timeout=timeout_s)
-            for row in rows:
-                writer.write(list(row))
-            if progress is not None:
-                progress(writer.schema.name, writer.row_count)
-            if len(rows) < FETCH_ROW_COUNT:
-                break
-    finally:
-        writer.close()
-    return writer.row_count
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -290,7 +290,8 @@ class InFlight:
     """A cross-shard transaction not yet decided, or not yet resolved, on every shard."""
 
     transaction_id: str
-    # The attempt's key (core.model: the part after "~piece/" or "~abort/").
+    # The attempt's key, "<attempt>/<T>": its piece id or abort marker without the prefix
+    # (core.store.audit).
     key: str
     # "commit", "abort", "" (none seen yet); for a cross-shard hold, "hold " and its fate at
     # the coordinator ("hold posted", ...), whose pieces are being settled.

@@ -3,7 +3,7 @@
 The statement format is documented in docs/audit.md: a header row naming the columns
 value_date, amount, reference, description (any order, other columns ignored), optionally
 type (line / opening / closing) and balance. Amounts are signed decimals in major units on the
-account's natural side (core.statement): positive increases the balance.
+account's natural side (core.audit.statement): positive increases the balance.
 
 Matching, deterministic and greedy in statement order:
 1. by reference: a statement line whose reference is a ledger line's transaction id (or its

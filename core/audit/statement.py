@@ -8,7 +8,7 @@ not statement lines (the amount on hold at the close is shown apart).
 Amounts and balances are signed on the account's natural side: for most accounts (deposits,
 income, ...) a credit increases the balance (balance = credits - debits); for an account with
 credits_must_not_exceed_debits (a loan, a limit) a debit does (balance = debits - credits).
-The same convention is used for external statements (core.reconcile).
+The same convention is used for external statements (core.audit.reconcile).
 
 A spread account (id starting with '@') has a piece on every shard; its statement merges the
 pieces' postings in time order and sums their balances.
@@ -28,6 +28,7 @@ from typing import Any, Final
 from core.journal import FLAG_CREDITS_MUST_NOT_EXCEED_DEBITS
 from core.model import Kind
 from core.money import format_minor_units
+from core.store import statement as queries
 
 # A statement is built in memory (it is read by a person): refuse rather than exhaust memory.
 LINE_COUNT_MAX_DEFAULT: Final = 1_000_000
@@ -127,28 +128,6 @@ def date_start_ns(day: datetime.date) -> int:
 
 # ---- reading ----
 
-_ACCOUNT_SQL = """
-SELECT id, currency, code, flags, metadata, created_at_ns, closed_at_ns
-FROM accounts WHERE id = $1
-"""
-# The balance as of a time: the balance-after of the last posting before it.
-_BALANCE_BEFORE_SQL = """
-SELECT debits_posted_after, credits_posted_after, debits_pending_after, credits_pending_after
-FROM postings WHERE account_id = $1 AND timestamp_ns < $2
-ORDER BY sequence DESC LIMIT 1
-"""
-_LINES_SQL = """
-SELECT p.sequence, p.timestamp_ns, p.transaction_id, p.is_debit, p.posted_amount,
-       coalesce(t.value_date, '') AS value_date, coalesce(t.kind, 0) AS kind,
-       coalesce(t.code, 0) AS code, coalesce(t.metadata, '{}') AS metadata,
-       coalesce(t.target_id, '') AS target_id
-FROM postings p LEFT JOIN transactions t ON t.id = p.transaction_id
-WHERE p.account_id = $1 AND p.timestamp_ns >= $2 AND p.timestamp_ns < $3
-  AND p.posted_amount <> 0
-ORDER BY p.sequence
-LIMIT $4
-"""
-
 
 @dataclass(slots=True)
 class _ShardPart:
@@ -195,13 +174,13 @@ async def _read_shard(
 ) -> _ShardPart | None:
     from_ns, to_ns = period
     async with connection.transaction(isolation="repeatable_read", readonly=True):
-        account = await connection.fetchrow(_ACCOUNT_SQL, account_id, timeout=timeout_s)
+        account = await connection.fetchrow(queries.ACCOUNT_SQL, account_id, timeout=timeout_s)
         if account is None:
             return None
         opening = await _balance_before(connection, account_id, from_ns, timeout_s)
         closing = await _balance_before(connection, account_id, to_ns, timeout_s)
         rows = await connection.fetch(
-            _LINES_SQL, account_id, from_ns, to_ns, line_count_max + 1, timeout=timeout_s
+            queries.LINES_SQL, account_id, from_ns, to_ns, line_count_max + 1, timeout=timeout_s
         )
     return _ShardPart(shard, account, opening, closing, list(rows))
 
@@ -209,7 +188,9 @@ async def _read_shard(
 async def _balance_before(
     connection: Any, account_id: str, at_ns: int, timeout_s: float
 ) -> tuple[int, int, int, int]:
-    row = await connection.fetchrow(_BALANCE_BEFORE_SQL, account_id, at_ns, timeout=timeout_s)
+    row = await connection.fetchrow(
+        queries.BALANCE_BEFORE_SQL, account_id, at_ns, timeout=timeout_s
+    )
     if row is None:
         return (0, 0, 0, 0)
     return (row[0], row[1], row[2], row[3])

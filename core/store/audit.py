@@ -1,4 +1,7 @@
-"""The audit's SQL: every statement core.audit runs against a shard database, all read-only.
+"""The audit's SQL: every statement the audit's checks run against a shard database, read-only.
+
+The auditor's other tools have theirs next door: core.store.export (the journal export) and
+core.store.statement (an account's statement).
 
 The journal's five streams are ordered as the journal pass merges them (block by block); rows
 the audit reads by position have their column positions named here, next to their statement.
@@ -8,8 +11,10 @@ attempts stream in the one order every shard shares.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Final
 
+from core import ids
 from core.model import Kind
 
 # ---- one shard's sizes, for progress ----
@@ -128,9 +133,17 @@ ORDER BY id
 
 # ---- cross-shard attempts, keyed ----
 
-# An attempt's key is its piece id or abort marker without these prefixes (core/model.py).
-PIECE_PREFIX: Final = "~piece/"
-MARKER_PREFIX: Final = "~abort/"
+
+def _prefix_before_attempt(build: Callable[[str, str], str]) -> str:
+    """What a core.ids builder of an attempt's ids writes before "<attempt>/<T>"."""
+    return build("T", "0").removesuffix("0/T")
+
+
+# An attempt's key is its piece id or abort marker without these prefixes (core.ids.piece_id,
+# core.ids.abort_marker_id): "<attempt>/<T>" for both. Rows written before attempts existed
+# (piece id T itself, abort marker MARKER_PREFIX + T) key as T.
+PIECE_PREFIX: Final = _prefix_before_attempt(ids.piece_id)
+MARKER_PREFIX: Final = _prefix_before_attempt(ids.abort_marker_id)
 # What resolves a held piece or a cross-shard hold: its post, void or expiry.
 RESOLUTION_KINDS: Final = (Kind.POST_PENDING, Kind.VOID_PENDING, Kind.EXPIRY)
 
@@ -169,6 +182,11 @@ SELECT CASE WHEN p.kind = {hold} THEN {_key_sql("p.target_id", MARKER_PREFIX)}
 FROM transactions r JOIN transactions p ON p.id = r.target_id AND p.kind IN ({prepared}, {hold})
 WHERE r.kind IN ({resolutions}){since.format(table="r")}
 """
+
+
+def marker_of_key(key: str) -> str:
+    """The abort marker whose key is `key` (the inverse of the key SQL's marker case)."""
+    return MARKER_PREFIX + key
 
 
 # Within an attempt, its rows in the order they were written (a piece's deadline records).

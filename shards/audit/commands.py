@@ -28,7 +28,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn
 
 from core import audit
-from core.audit import AuditConfig, AuditReport, export, reconcile, render, statement
+from core.audit import AuditConfig, AuditReport, export, exporter, reconcile, render, statement
 from core.audit.report import StructuredReport, balances, structured
 from core.currencies import minor_unit_scale
 from core.money import parse_minor_units
@@ -320,7 +320,7 @@ class AuditProgress:
 
 
 def _export_command(args: argparse.Namespace) -> int:
-    selection = export.Selection(
+    selection = exporter.Selection(
         parse_time_ns(args.from_time),
         parse_time_ns(args.to_time),
         args.first_block,
@@ -339,8 +339,8 @@ def _export_command(args: argparse.Namespace) -> int:
 
 
 async def _export_all(
-    dsns: Sequence[str], out: Path, selection: export.Selection, export_format: str
-) -> list[export.ExportSummary]:
+    dsns: Sequence[str], out: Path, selection: exporter.Selection, export_format: str
+) -> list[exporter.ExportSummary]:
     config = AuditConfig()
     summaries = []
     for shard, dsn in enumerate(dsns):
@@ -349,7 +349,7 @@ async def _export_all(
         connection = await _connect(dsn, config)
         try:
             summaries.append(
-                await export.export_shard(
+                await exporter.export_shard(
                     connection,
                     directory,
                     str(shard),

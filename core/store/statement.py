@@ -1,0 +1,36 @@
+"""An account statement's SQL: every statement core.audit.statement runs against a shard.
+
+Read-only, one account at a time, inside the caller's snapshot. Rows are read by column name,
+except a balance's, read by position: debits posted, credits posted, debits pending, credits
+pending (BALANCE_BEFORE_SQL's column order).
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+# $1: the account.
+ACCOUNT_SQL: Final = """
+SELECT id, currency, code, flags, metadata, created_at_ns, closed_at_ns
+FROM accounts WHERE id = $1
+"""
+# The balance as of a time: the balance-after of the last posting before it. $1: the account,
+# $2: the time (ns).
+BALANCE_BEFORE_SQL: Final = """
+SELECT debits_posted_after, credits_posted_after, debits_pending_after, credits_pending_after
+FROM postings WHERE account_id = $1 AND timestamp_ns < $2
+ORDER BY sequence DESC LIMIT 1
+"""
+# The postings that moved the account's posted balance in [$2, $3) (ns), with what their
+# transactions say of them, at most $4 of them. $1: the account.
+LINES_SQL: Final = """
+SELECT p.sequence, p.timestamp_ns, p.transaction_id, p.is_debit, p.posted_amount,
+       coalesce(t.value_date, '') AS value_date, coalesce(t.kind, 0) AS kind,
+       coalesce(t.code, 0) AS code, coalesce(t.metadata, '{}') AS metadata,
+       coalesce(t.target_id, '') AS target_id
+FROM postings p LEFT JOIN transactions t ON t.id = p.transaction_id
+WHERE p.account_id = $1 AND p.timestamp_ns >= $2 AND p.timestamp_ns < $3
+  AND p.posted_amount <> 0
+ORDER BY p.sequence
+LIMIT $4
+"""
