@@ -18,6 +18,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Final
 
+from bench.common.paths import REPO_ROOT
+
 PY_SPY_RATE_HZ: Final = 250
 SUMMARY_ROW_COUNT: Final = 25
 # Leaves that mean a thread is waiting, not working (seen with --native, which keeps idle stacks).
@@ -80,7 +82,7 @@ def _short(frame: str) -> str:
     # "apply (core/state.py:112)" -> "apply (core/state.py)"; line numbers split one function.
     name, _, location = frame.partition(" (")
     path = location.rstrip(")").rsplit(":", 1)[0]
-    for marker in ("site-packages/", "/work/main/", "python3.11/"):
+    for marker in ("site-packages/", f"{REPO_ROOT}/", "python3.11/"):
         if marker in path:
             path = path.split(marker, 1)[1]
     return f"{name} ({path})" if path else name
