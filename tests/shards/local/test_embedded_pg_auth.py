@@ -5,7 +5,9 @@ before passwords (trust), which is given one at its next start."""
 from __future__ import annotations
 
 import asyncio
+import shutil
 import stat
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,13 +28,17 @@ REFUSED = (asyncpg.InvalidPasswordError, asyncpg.InvalidAuthorizationSpecificati
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[EmbeddedPostgres]:
-    pg = EmbeddedPostgres(EmbeddedPostgresConfig(data_dir=tmp_path / "pgdata", port=free_port()))
+def server() -> Iterator[EmbeddedPostgres]:
+    # Not under pytest's temporary root, as in conftest.py: another pytest session resets its
+    # permissions, and the server (tally-pg, under root) could no longer reach its data.
+    root = Path(tempfile.mkdtemp(prefix="tally-test-pg-auth-"))
+    pg = EmbeddedPostgres(EmbeddedPostgresConfig(data_dir=root / "pgdata", port=free_port()))
     pg.start()
     try:
         yield pg
     finally:
         pg.stop()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 async def _select_one(pg: EmbeddedPostgres, password: str | None, *, unix: bool) -> int:
