@@ -6,6 +6,6 @@ holds it). core.store and core.audit are rooms of their own, above this one.
 Public face: every module, each imported by the rooms above by its full path: model (the
 domain types), ids (reserved ids: builders and parsers), pieces (the cross-shard protocol's
 records), money (amounts as text), currencies, limits, invariant, validation, state (the state
-machine), journal (canonical encodings, the block hash chain) and slots (partition keys, slots,
-the slot map).
+machine), journal (canonical encodings, the block hash chain), slots (partition keys, slots,
+the slot map) and dsn (DSN secrets: redacted from a DSN, scrubbed from any text).
 """

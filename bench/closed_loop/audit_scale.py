@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import resource
 import subprocess
@@ -126,13 +127,17 @@ sys.exit(code)
 """
 
 
-def _child(arguments: list[str]) -> dict[str, Any]:
-    """Run one auditing command in a child process: its wall time, CPU time and peak RSS."""
+def _child(arguments: list[str], dsn: str = "") -> dict[str, Any]:
+    """Run one auditing command in a child process: its wall time, CPU time and peak RSS. Its
+    shard database is given in TALLY_AUDIT_DSNS (it holds a password: never on a command
+    line)."""
     started = time.monotonic()
+    environment = {**os.environ, **({"TALLY_AUDIT_DSNS": dsn} if dsn else {})}
     process = subprocess.Popen(
         [sys.executable, "-c", _MEASURED_CHILD, *arguments],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
+        env=environment,
     )
     stdout, stderr = process.communicate()
     seconds = time.monotonic() - started
@@ -169,10 +174,10 @@ def main(argv: list[str] | None = None) -> int:
             results["transfers"] = arguments.transfer_count
             results["write_seconds"] = round(uvloop.run(_write(dsn, arguments)), 1)
             print(f"wrote {arguments.transfer_count:,} transfers", flush=True)
-        results["audit"] = _child(["audit", "--dsn", dsn, "--no-progress"])
+        results["audit"] = _child(["audit", "--no-progress"], dsn)
         results["postings"] = _postings_audited(results["audit"]["stdout_tail"])
         export_dir = data_dir / "export"
-        results["export"] = _child(["export", "--dsn", dsn, "--out", str(export_dir)])
+        results["export"] = _child(["export", "--out", str(export_dir)], dsn)
         results["verify"] = _child(["verify-export", str(export_dir)])
         results["export_bytes"] = sum(
             p.stat().st_size for p in export_dir.rglob("*") if p.is_file()

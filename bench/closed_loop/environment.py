@@ -77,9 +77,10 @@ async def start_node(
     which then stops the node in order."""
     profiler = ["-m", "cProfile", "-o", str(profile_path)] if profile_path is not None else []
     return await supervisor.start(
-        ["node", "--dsn", dsn, "--listen", f"127.0.0.1:{free_port()}", *extra_args],
+        ["node", "--listen", f"127.0.0.1:{free_port()}", *extra_args],
         log_dir / "node.log",
         name="node",
+        environment=supervisor.dsn_environment(dsn=dsn),  # never on the command line
         interpreter_arguments=profiler,
         append=False,
         stdout_copy=log_dir / "node.stdout",

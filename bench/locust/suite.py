@@ -45,7 +45,7 @@ from bench.common.paths import REPO_ROOT, REPORTS_DIR
 from bench.common.workload import Distribution, Shape, TransferSource, Workload
 from bench.locust import cost, loader, metrics, population
 from bench.locust.options import SUITE_MODULE, cost_inputs, parse
-from shards.local.embedded_pg import free_port
+from shards.local.embedded_pg import EmbeddedPostgres, EmbeddedPostgresConfig, free_port
 
 LOCUSTFILE: Final = REPO_ROOT / "bench" / "locust" / "locustfile.py"
 DEFAULT_USERS: Final = {"loans": 32, "transfers": 32, "hot": 32, "eod": 4, "mixed": 32}
@@ -89,16 +89,17 @@ async def local_cluster(args: argparse.Namespace, out: Path) -> AsyncIterator[Cl
     up = await start_cluster(data_dir, args.shards, port, metrics_flag, lines)
     try:
         pg_port = int((data_dir / "pg-port").read_text())
-        base = f"postgresql://postgres@127.0.0.1:{pg_port}"
+        # The server `tally up` started: its DSNs carry the password kept in its data dir.
+        server = EmbeddedPostgres(EmbeddedPostgresConfig(data_dir=data_dir / "pg", port=pg_port))
         rowlock_dsn = None
         if args.rowlock:
-            await _create_database(f"{base}/postgres", "rowlock")
-            rowlock_dsn = f"{base}/rowlock"
+            await _create_database(server.dsn("postgres"), "rowlock")
+            rowlock_dsn = server.dsn("rowlock")
         yield Cluster(
             target=f"127.0.0.1:{port}",
             shards=args.shards,
             endpoints=metrics.endpoints_from_lines(lines),
-            shard_dsns=[f"{base}/tally_shard_{n}" for n in range(args.shards)],
+            shard_dsns=[server.dsn(f"tally_shard_{n}") for n in range(args.shards)],
             rowlock_dsn=rowlock_dsn,
             roles={
                 "nodes": role_sampler(up.pid, "shards.cli node"),

@@ -58,7 +58,7 @@ from core.audit.findings import (
 )
 from core.audit.postings import expected_postings
 from core.audit.run import audit_cluster, audit_shard, check_all, verify_chain
-from core.audit.source import connect, redact
+from core.audit.source import connect, describe_error, redact
 
 __all__ = [
     "CHECK_NAMES",
@@ -83,6 +83,7 @@ __all__ = [
     "check_cross_shard",
     "check_trial_balance",
     "connect",
+    "describe_error",
     "expected_postings",
     "redact",
     "trial_balance",

@@ -21,7 +21,7 @@ from core.audit.findings import (
     ShardReport,
 )
 from core.audit.journal_pass import JournalPass, check_anchors, check_lease
-from core.audit.source import TIMEOUT_S, connect, redact
+from core.audit.source import TIMEOUT_S, connect, describe_error, redact
 from core.store import audit as queries
 
 # ---- the cluster ----
@@ -91,13 +91,16 @@ async def _audit_dsn(
     try:
         connection = await connect(dsn, config)
     except (OSError, TimeoutError) as error:
-        return ShardReport(shard, redact(dsn), error=f"cannot connect: {error!r}")
+        error_text = describe_error(dsn, error, as_repr=True)
+        return ShardReport(shard, redact(dsn), error=f"cannot connect: {error_text}")
     except Exception as error:  # asyncpg's errors: bad password, no database, ...
-        return ShardReport(shard, redact(dsn), error=f"cannot connect: {error}")
+        error_text = describe_error(dsn, error)
+        return ShardReport(shard, redact(dsn), error=f"cannot connect: {error_text}")
     try:
         report = await audit_shard(connection, shard, config, progress, spool)
     except Exception as error:  # a shard without the schema, a lost connection
-        report = ShardReport(shard, "", error=f"audit failed: {error!r}")
+        error_text = describe_error(dsn, error, as_repr=True)
+        report = ShardReport(shard, "", error=f"audit failed: {error_text}")
     finally:
         await connection.close(timeout=config.connect_timeout_s)
     report.target = redact(dsn)

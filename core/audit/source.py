@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from core import dsn as dsn_text
 from core.audit.findings import AuditConfig
 
 TIMEOUT_S = 300.0
@@ -27,13 +28,17 @@ async def connect(dsn: str, config: AuditConfig) -> Any:
 
 
 def redact(dsn: str) -> str:
-    """A DSN without its password, for reports."""
-    scheme, sep, rest = dsn.partition("://")
-    if not sep or "@" not in rest:
-        return dsn
-    credentials, _, host = rest.rpartition("@")
-    user = credentials.split(":", 1)[0]
-    return f"{scheme}://{user}@{host}" if user else f"{scheme}://{host}"
+    """A DSN without its secrets, for reports and answers: the URL form's ``user:password@``
+    and ``?password=`` parameters, the keyword form's ``password=...`` (quoted or not); see
+    core.dsn."""
+    return dsn_text.redact(dsn)
+
+
+def describe_error(dsn: str, error: BaseException, *, as_repr: bool = False) -> str:
+    """An error met reading the shard at `dsn`, as text without the DSN's secrets (should a
+    driver's message ever quote them)."""
+    text = repr(error) if as_repr else str(error)
+    return dsn_text.scrub(text, dsn_text.secrets_of(dsn))
 
 
 class RowStream:

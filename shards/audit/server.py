@@ -8,6 +8,11 @@ _pb2 past this module). Auditors run it with a database role that can only SELEC
 Requests are validated first (INVALID_ARGUMENT naming the field); an audit is heavy, so at most
 audit_concurrency_max run at once (RESOURCE_EXHAUSTED beyond). Request bodies are parsed here,
 so a body that is not a valid message is INVALID_ARGUMENT too, never UNKNOWN.
+
+No answer or log line holds a DSN secret: each shard is named by its DSN redacted (core.dsn:
+the URL form's password and ?password=, the keyword form's password=...), and an error met
+reading a shard is scrubbed of its DSN's secrets. Give the DSNs in TALLY_AUDIT_DSNS rather than
+--dsn flags, which every local user can read in the process list.
 """
 
 from __future__ import annotations
@@ -427,15 +432,16 @@ class AuditService:
         limit = asyncio.Semaphore(config.shard_concurrency_max)
 
         async def one(shard: int) -> T | str:
+            dsn = self._config.dsns[shard]
             async with limit:
                 try:
-                    connection = await audit.connect(self._config.dsns[shard], config)
+                    connection = await audit.connect(dsn, config)
                 except Exception as error:  # unreachable, bad password, no such database
-                    return f"cannot connect: {error}"
+                    return f"cannot connect: {audit.describe_error(dsn, error)}"
                 try:
                     return await work(connection, shard)
                 except Exception as error:  # not a Tally shard database, a lost connection
-                    return f"cannot read: {error!r}"
+                    return f"cannot read: {audit.describe_error(dsn, error, as_repr=True)}"
                 finally:
                     await connection.close(timeout=config.connect_timeout_s)
 
@@ -560,7 +566,8 @@ class AuditServer:
                     finally:
                         await connection.close()
             except Exception as error:
-                log.warning("shard %d (%s) cannot be read yet: %r", shard, audit.redact(dsn), error)
+                why = audit.describe_error(dsn, error, as_repr=True)
+                log.warning("shard %d (%s) cannot be read yet: %s", shard, audit.redact(dsn), why)
 
     def request_stop(self) -> None:
         self._stopping.set()

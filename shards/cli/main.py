@@ -18,7 +18,7 @@ from typing import Any
 from shards.audit import commands as auditing
 from shards.audit import server as audit_service
 from shards.cli import terminal
-from shards.cli.logs import LOG_FORMATS, LOG_LEVELS, start_logging
+from shards.cli.logs import LOG_FORMATS, LOG_LEVELS, hide_secrets, start_logging
 from shards.local.embedded_pg import EmbeddedPostgres
 from shards.node.writer import WriterConfig
 from shards.rpc.serving import metrics_url, run_announced
@@ -175,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    start_logging(args.log_level, args.log_format)
+    start_logging(args.log_level, args.log_format, secret_dsns=_given_dsns(args))
     if args.command in ("up", "node", "gateway"):
         import uvloop
 
@@ -189,6 +189,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == audit_service.COMMAND:
         return audit_service.run(args)
     return terminal.run(args)
+
+
+def _given_dsns(args: argparse.Namespace) -> list[str]:
+    """Every DSN this process was given, by flag or TALLY_* variable: its log never shows their
+    secrets."""
+    given: list[str] = []
+    for value in (getattr(args, name, None) for name in ("dsn", "control_dsn", "default_dsns")):
+        if isinstance(value, str):
+            given += value.split(",")
+        elif isinstance(value, list):
+            given += value
+    for name in ("dsn", "control_dsn", "audit_dsns"):
+        given += _env(name, "").split(",")
+    return [dsn.strip() for dsn in given if dsn.strip()]
 
 
 async def _serve(args: argparse.Namespace) -> int:
@@ -300,6 +314,7 @@ def _start_embedded(args: argparse.Namespace) -> tuple[EmbeddedPostgres, str]:
     server = EmbeddedPostgres(EmbeddedPostgresConfig(data_dir=data_dir / "pg", port=port))
     print(f"tally: starting PostgreSQL in {data_dir / 'pg'} on 127.0.0.1:{port}", flush=True)
     server.start()
+    hide_secrets([server.dsn()])  # its password never reaches this process's log
     server.create_database("tally_shard_0")
     return server, server.dsn("tally_shard_0")
 

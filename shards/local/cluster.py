@@ -29,13 +29,17 @@ START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 30.0
 
 
-async def _spawn(name: str, arguments: list[str], log_dir: Path) -> TallyProcess:
-    """A child whose stdout, once it serves, is appended to its log as well."""
+async def _spawn(
+    name: str, arguments: list[str], log_dir: Path, environment: dict[str, str]
+) -> TallyProcess:
+    """A child whose stdout, once it serves, is appended to its log as well. Its DSNs are in
+    environment (they carry the embedded server's password: never on a command line)."""
     log_path = log_dir / f"{name}.log"
     return await supervisor.start(
         arguments,
         log_path,
         name=name,
+        environment=environment,
         stdout_copy=log_path,
         serving_timeout_s=START_TIMEOUT_S,
     )
@@ -90,22 +94,26 @@ async def run_cluster(
         for shard_id in range(shard_count):
             database = f"tally_shard_{shard_id}"
             await server.create_database_async(database)
-            arguments = ["node", "--dsn", server.dsn(database), "--listen", "127.0.0.1:0"]
-            arguments += ["--control-dsn", control_dsn, "--shard-id", str(shard_id), *node_flags]
-            children.append(await _spawn(f"node-{shard_id}", arguments, log_dir))
+            arguments = ["node", "--listen", "127.0.0.1:0", "--shard-id", str(shard_id)]
+            databases = supervisor.dsn_environment(
+                dsn=server.dsn(database), control_dsn=control_dsn
+            )
+            children.append(
+                await _spawn(f"node-{shard_id}", [*arguments, *node_flags], log_dir, databases)
+            )
             _print_started(children[-1], f"tally: shard {shard_id} on {children[-1].endpoint}")
-        gateway_arguments = ["gateway", "--control-dsn", control_dsn, "--listen", listen]
-        gateway_arguments += gateway_flags or []
-        children.append(await _spawn("gateway", gateway_arguments, log_dir))
+        gateway_arguments = ["gateway", "--listen", listen, *(gateway_flags or [])]
+        control_only = supervisor.dsn_environment(control_dsn=control_dsn)
+        children.append(await _spawn("gateway", gateway_arguments, log_dir, control_only))
         gateway = children[-1]
         if metrics_url := _metrics_url(gateway):
             print(f"tally: metrics of gateway on {metrics_url}", flush=True)
         # The auditors' read-only service over every shard's database (stopped first).
         audit_arguments = ["audit-serve", "--listen", "127.0.0.1:0"]
-        for shard_id in range(shard_count):
-            audit_arguments += ["--dsn", server.dsn(f"tally_shard_{shard_id}")]
         audit_arguments += [f for f in gateway_flags or [] if f.startswith("--metrics-listen")]
-        children.append(await _spawn("audit", audit_arguments, log_dir))
+        shard_dsns = [server.dsn(f"tally_shard_{shard_id}") for shard_id in range(shard_count)]
+        audit_databases = supervisor.dsn_environment(audit_dsns=shard_dsns)
+        children.append(await _spawn("audit", audit_arguments, log_dir, audit_databases))
         audit_server = children[-1]
         if metrics_url := _metrics_url(audit_server):
             print(f"tally: metrics of audit on {metrics_url}", flush=True)

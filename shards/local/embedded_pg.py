@@ -16,6 +16,16 @@ Lifecycle rules, in short:
   with `stop()` or use the object as a context manager.
 * As root, the server runs as the system user `tally-pg`, because PostgreSQL
   refuses to run as root.
+
+Authentication: every connection, over TCP and over the Unix socket, needs the superuser's
+password (scram-sha-256; pg_hba.conf is ours and rewritten at start if it differs). The password
+is generated once per data directory (at initdb, or at the first start of a data directory made
+before passwords, which is then given one in single-user mode) and kept in the data directory as
+`superuser.password` (0600, owned as the data is, inside the 0700 data directory); `dsn()`
+includes it, so a DSN of this server is a secret (core.dsn redacts it). Why a password on the
+socket too, not peer authentication: as root the server runs as `tally-pg` while its clients run
+as root, so peer needs a user map, and only the password file's permissions decide who gets in,
+the same rule for both ways in.
 """
 
 from __future__ import annotations
@@ -31,6 +41,7 @@ import math
 import os
 import pwd
 import re
+import secrets
 import shlex
 import shutil
 import socket
@@ -49,6 +60,7 @@ import asyncpg
 
 __all__ = [
     "DEFAULT_SETTINGS",
+    "PASSWORD_FILE",
     "PG_SYSTEM_USER",
     "SUPERUSER",
     "EmbeddedPostgres",
@@ -61,6 +73,18 @@ __all__ = [
 
 PG_SYSTEM_USER: Final = "tally-pg"
 SUPERUSER: Final = "postgres"
+# In the data directory: the superuser's password, one line, mode 0600.
+PASSWORD_FILE: Final = "superuser.password"
+# Every way in needs the password; nothing but loopback is listened on (see _check_loopback).
+HBA_CONF: Final = """\
+# Written by Tally (shards/local/embedded_pg.py) at every start: every connection needs the
+# superuser's password (scram-sha-256), kept in superuser.password beside this file.
+# TYPE  DATABASE  USER  ADDRESS       METHOD
+local   all       all                 scram-sha-256
+host    all       all   127.0.0.1/32  scram-sha-256
+host    all       all   ::1/128       scram-sha-256
+"""
+_PASSWORD_BYTES: Final = 24
 
 StopMode = Literal["smart", "fast", "immediate"]
 
@@ -146,7 +170,8 @@ class EmbeddedPostgresConfig:
 
 
 def _check_loopback(host: str) -> None:
-    # Authentication is `trust`, so anything beyond loopback would hand out superuser.
+    # A local server for one machine: it is the superuser's password alone that guards it, so
+    # it is never offered beyond loopback.
     if host == "localhost":
         return
     try:
@@ -189,6 +214,7 @@ class EmbeddedPostgres:
         self.config = config
         self.bin_dir = pg_bin_dir()
         self._identity: _Identity | None = None
+        self._password: str | None = None
 
     # ----------------------------------------------------------------- public API
 
@@ -210,12 +236,38 @@ class EmbeddedPostgres:
         digest = hashlib.sha256(os.fsencode(self.data_dir)).hexdigest()[:16]
         return Path(tempfile.gettempdir()) / f"tally-pg-{digest}"
 
+    @property
+    def password_file(self) -> Path:
+        return self.data_dir / PASSWORD_FILE
+
+    @property
+    def password(self) -> str:
+        """The superuser's password (read from the data directory once it exists)."""
+        if self._password is None:
+            try:
+                text = self.password_file.read_text().strip()
+            except FileNotFoundError:
+                raise EmbeddedPostgresError(
+                    f"{self.password_file} does not exist: start() the server first"
+                ) from None
+            except PermissionError:
+                raise EmbeddedPostgresError(
+                    f"{self.password_file} is not readable by this user: connect as the "
+                    "user that owns the data directory (or root)"
+                ) from None
+            if not text:
+                raise EmbeddedPostgresError(f"{self.password_file} is empty")
+            self._password = text
+        return self._password
+
     def dsn(self, database: str = "postgres") -> str:
+        """A URL DSN for the superuser, with its password: a secret (redact with core.dsn)."""
         host = self.config.host
         if ":" in host:  # IPv6 literal
             host = f"[{host}]"
         db = urllib.parse.quote(database, safe="")
-        return f"postgresql://{SUPERUSER}@{host}:{self.config.port}/{db}"
+        password = urllib.parse.quote(self.password, safe="")
+        return f"postgresql://{SUPERUSER}:{password}@{host}:{self.config.port}/{db}"
 
     def start(self) -> None:
         """Initialise if needed, then make sure the server runs and accepts connections.
@@ -226,7 +278,11 @@ class EmbeddedPostgres:
         deadline = time.monotonic() + self.config.start_timeout_s
         with self._dir_lock():
             self._prepare()
+            self._ensure_password(deadline)
+            hba_changed = self._write_hba()
             if self._adopt_running_server(deadline):
+                if hba_changed:
+                    self._reload()
                 return
             self._launch(deadline)
 
@@ -337,20 +393,28 @@ class EmbeddedPostgres:
                 f"{data} is not empty but has no PG_VERSION; refusing to initdb over it"
             )
         staging = data.with_name(f".{data.name}.initdb")
+        pwfile = data.with_name(f".{data.name}.pwfile")
         shutil.rmtree(staging, ignore_errors=True)  # leftover of a crashed initdb
         _private_dir(staging, identity)
-        self._run_initdb(staging, identity)
+        password = _new_password()
+        try:
+            _write_private(pwfile, password, identity)
+            self._run_initdb(staging, identity, pwfile)
+        finally:
+            pwfile.unlink(missing_ok=True)
+        _write_private(staging / PASSWORD_FILE, password, identity)
         if data.exists():
             data.rmdir()  # empty (checked above); rename cannot replace a mount point
         staging.rename(data)
         _fsync_dir(data.parent)
 
-    def _run_initdb(self, target: Path, identity: _Identity) -> None:
+    def _run_initdb(self, target: Path, identity: _Identity, pwfile: Path) -> None:
         args = [
             str(self.bin_dir / "initdb"),
             "--pgdata", str(target),
             "--username", SUPERUSER,
-            "--auth=trust",
+            "--pwfile", str(pwfile),
+            "--auth=scram-sha-256",
             "--encoding=UTF8",
             "--locale=C",
             "--no-instructions",
@@ -372,6 +436,42 @@ class EmbeddedPostgres:
             _chown_tree(self.data_dir, identity)
         if st.st_mode & 0o027:  # PostgreSQL accepts only 0700 or 0750
             self.data_dir.chmod(0o700)
+
+    # ---------------------------------------------------------- authentication
+
+    def _ensure_password(self, deadline: float) -> None:
+        """Give the superuser a password when the data directory keeps none: one made before
+        passwords (trust), or whose password file was removed. Set in single-user mode, which
+        needs the server stopped and no authentication; the file is written last, so a crash
+        in between only means doing it again."""
+        if self.password_file.exists():
+            return
+        self._stop_locked("fast", timeout_s=max(deadline - time.monotonic(), 10.0))
+        password = _new_password()
+        statement = f"ALTER ROLE {_quote_identifier(SUPERUSER)} PASSWORD '{password}';\n"
+        args = [str(self.bin_dir / "postgres"), "--single", "-D", str(self.data_dir), "postgres"]
+        # The statement goes in on stdin, never on a command line.
+        code, output = _run(args, self._get_identity(), stdin_text=statement)
+        if code != 0 or "ERROR" in output:
+            raise self._error(f"could not set the superuser's password (exit {code})", output)
+        _write_private(self.password_file, password, self._get_identity())
+        self._password = None
+
+    def _write_hba(self) -> bool:
+        """Make pg_hba.conf ours (password for every way in); True when it changed."""
+        hba = self.data_dir / "pg_hba.conf"
+        with contextlib.suppress(FileNotFoundError):
+            if hba.read_text() == HBA_CONF:
+                return False
+        _write_private(hba, HBA_CONF, self._get_identity())
+        return True
+
+    def _reload(self) -> None:
+        """A running server rereads pg_hba.conf (new connections follow it)."""
+        args = [str(self.bin_dir / "pg_ctl"), "reload", "--pgdata", str(self.data_dir)]
+        code, output = _run(args, self._get_identity())
+        if code != 0:
+            raise self._error(f"pg_ctl reload failed (exit {code})", output)
 
     # ------------------------------------------------------------ start / stop
 
@@ -520,19 +620,29 @@ class EmbeddedPostgres:
 
 
 def _run(
-    args: list[str], identity: _Identity | None, *, timeout: float = _CMD_TIMEOUT_S
+    args: list[str],
+    identity: _Identity | None,
+    *,
+    timeout: float = _CMD_TIMEOUT_S,
+    stdin_text: str | None = None,
 ) -> tuple[int, str]:
     """Run a PostgreSQL program; return its exit code and combined output.
 
     Output goes to a temporary file, not a pipe: a server forked by pg_ctl could
-    inherit a pipe and keep it open, and we would wait for EOF forever.
+    inherit a pipe and keep it open, and we would wait for EOF forever. stdin_text,
+    if any, is read from an (unlinked, private) temporary file too.
     """
     kwargs = identity.popen_kwargs() if identity else {}
-    with tempfile.TemporaryFile() as out:
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as given:
+        stdin: Any = subprocess.DEVNULL
+        if stdin_text is not None:
+            given.write(stdin_text.encode())
+            given.seek(0)
+            stdin = given
         try:
             proc = subprocess.run(
                 args,
-                stdin=subprocess.DEVNULL,
+                stdin=stdin,
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 cwd="/",  # the server user may not be able to enter our cwd
@@ -595,6 +705,26 @@ def _private_dir(path: Path, identity: _Identity) -> None:
         os.chown(path, identity.uid, identity.gid)
     if stat.S_IMODE(st.st_mode) != 0o700:
         path.chmod(0o700)
+
+
+def _new_password() -> str:
+    # URL-safe (letters, digits, - and _): nothing to quote in a DSN or in SQL.
+    return secrets.token_urlsafe(_PASSWORD_BYTES)
+
+
+def _write_private(path: Path, text: str, identity: _Identity) -> None:
+    """Write a 0600 file owned by the server user, atomically (a temporary file renamed)."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.unlink(missing_ok=True)
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, text.encode())
+        os.fsync(fd)
+        if identity.switch:
+            os.fchown(fd, identity.uid, identity.gid)
+    finally:
+        os.close(fd)
+    temporary.rename(path)
 
 
 def _chown_tree(root: Path, identity: _Identity) -> None:

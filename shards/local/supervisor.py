@@ -6,6 +6,11 @@ after a bound) or kill it.
 processes through `start`. Every wait is bounded. The child's stderr (its structured log) goes to
 a file; its stdout is a pipe read to its end (kept line by line, and copied to a file when
 asked), so a full pipe can never block the child.
+
+DSNs reach a child through its environment (`dsn_environment`: TALLY_DSN, TALLY_CONTROL_DSN,
+TALLY_AUDIT_DSNS, which `tally node`, `gateway` and `audit-serve` read), never its command line:
+any user can read every process's argv (`ps`, /proc/PID/cmdline), while /proc/PID/environ is
+readable only by the process's own user. `start` refuses an argument holding a DSN secret.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Final
 
+from core import dsn as dsn_text
+
 LEDGER_SERVING_PREFIX: Final = "tally: serving tally.v1.Ledger on "
 AUDIT_SERVING_PREFIX: Final = "tally: serving tally.v1.Audit on "
 SERVING_PREFIXES: Final = (LEDGER_SERVING_PREFIX, AUDIT_SERVING_PREFIX)
@@ -30,6 +37,36 @@ KILL_TIMEOUT_S: Final = 10.0
 OUTPUT_END_TIMEOUT_S: Final = 5.0
 READ_CHUNK_BYTES: Final = 65536
 LOG_TAIL_BYTES: Final = 4000
+DSN_ENV: Final = "TALLY_DSN"
+CONTROL_DSN_ENV: Final = "TALLY_CONTROL_DSN"
+AUDIT_DSNS_ENV: Final = "TALLY_AUDIT_DSNS"
+
+
+def dsn_environment(
+    *, dsn: str = "", control_dsn: str = "", audit_dsns: Sequence[str] = ()
+) -> dict[str, str]:
+    """The environment that gives a `tally` child its databases: the node's --dsn, the
+    node's and gateway's --control-dsn, audit-serve's --dsn list (comma-separated, in shard
+    order). Only what is given is set."""
+    environment = {}
+    if dsn:
+        environment[DSN_ENV] = dsn
+    if control_dsn:
+        environment[CONTROL_DSN_ENV] = control_dsn
+    if audit_dsns:
+        if any("," in one for one in audit_dsns):
+            raise ValueError(f"{AUDIT_DSNS_ENV} is comma-separated: a DSN may not hold a comma")
+        environment[AUDIT_DSNS_ENV] = ",".join(audit_dsns)
+    return environment
+
+
+def _refuse_secrets_in(command: Sequence[str]) -> None:
+    for argument in command:
+        if dsn_text.scrub(argument) != argument:
+            raise ValueError(
+                f"a DSN secret in a child's command line ({dsn_text.scrub(argument)!r}) would "
+                "show in every process list: pass it in the environment (dsn_environment)"
+            )
 
 
 class NotServing(RuntimeError):
@@ -212,7 +249,9 @@ async def start(
     without inherit_environment, is all of the child's).
     new_session: its own session, so a Ctrl-C in the terminal reaches only this process,
     which then stops it in order. On any failure to start it is killed, and NotServing (or the
-    error) raised."""
+    error) raised. An argument holding a DSN secret is refused (ValueError): pass DSNs in
+    environment (dsn_environment)."""
+    _refuse_secrets_in([*interpreter_arguments, *arguments])
     if not append:
         for path in {log_path, *([stdout_copy] if stdout_copy else [])}:
             path.write_bytes(b"")

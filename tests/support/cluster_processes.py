@@ -23,6 +23,7 @@ import grpc
 from core.slots import SlotMap, is_spread
 from core.store import control as control_store
 from shards import control
+from shards.local import supervisor
 from shards.local.embedded_pg import EmbeddedPostgres, free_port
 from tally.v1 import ledger_pb2 as pb
 from tests.support.helpers import Client
@@ -88,11 +89,13 @@ class ProcessCluster:
     ) -> NodeProcess:
         """Start (or restart, on its port) a shard's node; wait until it is the writer."""
         assert shard_id not in self.nodes or self.nodes[shard_id].returncode is not None
-        arguments = ["node", "--dsn", self.shard_dsns[shard_id], "--control-dsn"]
-        arguments += [self.control_dsn, "--shard-id", str(shard_id)]
+        arguments = ["node", "--shard-id", str(shard_id)]
+        databases = supervisor.dsn_environment(
+            dsn=self.shard_dsns[shard_id], control_dsn=self.control_dsn
+        )
         child = await self._spawn(
             arguments, self.node_ports[shard_id], self.shard_dsns[shard_id], f"node{shard_id}",
-            environment,
+            {**databases, **(environment or {})},
         )  # fmt: skip
         self.node_ports[shard_id] = child.port
         self.nodes[shard_id] = child
@@ -101,10 +104,11 @@ class ProcessCluster:
 
     async def start_gateway(self, environment: Mapping[str, str] | None = None) -> NodeProcess:
         assert self.gateway is None or self.gateway.returncode is not None
-        arguments = ["gateway", "--control-dsn", self.control_dsn]
+        databases = supervisor.dsn_environment(control_dsn=self.control_dsn)
         self.gateway = await self._spawn(
-            arguments, self.gateway_port, self.control_dsn, "gateway", environment
-        )
+            ["gateway"], self.gateway_port, self.control_dsn, "gateway",
+            {**databases, **(environment or {})},
+        )  # fmt: skip
         self.gateway_port = self.gateway.port
         return self.gateway
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -102,12 +103,15 @@ async def spawn_node(
     timeout_s: float = START_TIMEOUT_S,
 ) -> NodeProcess:
     """Start a node and wait until it prints its serving line (it may still be a standby).
-    Without a port, on a free one (another, should something take it before the node binds)."""
+    Without a port, on a free one (another, should something take it before the node binds).
+    Its DSN goes in its environment (TALLY_DSN), never on its command line."""
     log_path = log_dir / f"{name}.stderr.log"
+    environment = supervisor.dsn_environment(dsn=dsn)
 
     def start(on: int) -> Awaitable[NodeProcess]:
-        arguments = ["node", "--dsn", dsn, *extra_args]
-        return spawn_cli(arguments, on, dsn, log_path, timeout_s=timeout_s, append=False)
+        return spawn_cli(
+            ["node", *extra_args], on, dsn, log_path, environment, timeout_s=timeout_s, append=False
+        )
 
     if port:
         return await start(port)
@@ -125,7 +129,8 @@ async def spawn_cli(
 ) -> NodeProcess:
     """`python -m shards.cli ARGUMENTS --listen 127.0.0.1:PORT`, waited for until it prints its
     serving line. Its stderr (the structured log) goes to log_path (appended, or without append
-    written afresh)."""
+    written afresh). DSNs belong in environment (supervisor.dsn_environment), never in
+    ARGUMENTS (the supervisor refuses a secret there)."""
     try:
         child = await supervisor.start(
             [*arguments, "--listen", f"127.0.0.1:{port}"],
@@ -161,6 +166,28 @@ async def start_on_a_free_port(
                 raise
             port = free_port()
     raise AssertionError("unreachable")
+
+
+def proc_file(pid: int, name: str) -> bytes:
+    """/proc/PID/NAME (cmdline, environ, ...): what the kernel shows of a process."""
+    with open(f"/proc/{pid}/{name}", "rb") as file:
+        return file.read()
+
+
+def child_pids(pid: int) -> list[int]:
+    """The processes whose parent is pid (from /proc/*/stat), in pid order."""
+    children = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat_file:
+                fields = stat_file.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # exited meanwhile
+        if int(fields[1]) == pid:
+            children.append(int(entry))
+    return sorted(children)
 
 
 async def health_status(target: str, timeout_s: float = 2.0) -> int | None:

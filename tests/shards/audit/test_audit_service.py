@@ -322,9 +322,10 @@ def test_finding_kinds_and_checks_mirror_the_proto() -> None:
 
 async def test_audit_serve_command(dsns: list[str], tmp_path: Path) -> None:
     child = await supervisor.start(
-        ["audit-serve", "--dsn", dsns[0], "--dsn", dsns[1], "--listen", "127.0.0.1:0"],
+        ["audit-serve", "--listen", "127.0.0.1:0"],
         tmp_path / "audit-serve.log",
         name="audit-serve",
+        environment=supervisor.dsn_environment(audit_dsns=dsns),
         cwd=REPO_ROOT,
         serving_prefixes=(supervisor.AUDIT_SERVING_PREFIX,),
         serving_timeout_s=30,

@@ -17,6 +17,7 @@ import asyncpg
 import pytest
 
 from shards.local.embedded_pg import (
+    PASSWORD_FILE,
     EmbeddedPostgres,
     EmbeddedPostgresConfig,
     EmbeddedPostgresError,
@@ -86,10 +87,14 @@ def test_config_validation(tmp_path: Path) -> None:
 
 def test_dsn(tmp_path: Path) -> None:
     pg = EmbeddedPostgres(EmbeddedPostgresConfig(tmp_path / "d", 5433))
-    assert pg.dsn() == "postgresql://postgres@127.0.0.1:5433/postgres"
-    assert pg.dsn("ledger 1") == "postgresql://postgres@127.0.0.1:5433/ledger%201"
+    with pytest.raises(EmbeddedPostgresError, match="start"):
+        pg.dsn()  # no password yet: the data directory was never started
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / PASSWORD_FILE).write_text("pw-1_x\n")
+    assert pg.dsn() == "postgresql://postgres:pw-1_x@127.0.0.1:5433/postgres"
+    assert pg.dsn("ledger 1") == "postgresql://postgres:pw-1_x@127.0.0.1:5433/ledger%201"
     pg6 = EmbeddedPostgres(EmbeddedPostgresConfig(tmp_path / "d", 5433, host="::1"))
-    assert pg6.dsn("x") == "postgresql://postgres@[::1]:5433/x"
+    assert pg6.dsn("x") == "postgresql://postgres:pw-1_x@[::1]:5433/x"
 
 
 # --------------------------------------------------------------- real server

@@ -1,6 +1,7 @@
 """Metrics on every process of `tally up --shards 2` (two nodes and a gateway, real processes):
 each prints its metrics URL before the serving line, and a posted batch moves the counters it
-should on every process, by exactly what it did."""
+should on every process, by exactly what it did. And no child shows the embedded server's
+password on its command line or in its log."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from tally.v1 import ledger_pb2 as pb
 from tests.support.helpers import Client, account, names, transfer
 from tests.support.metrics import Samples, metrics_text_at, parse_samples
 from tests.support.paths import REPO_ROOT
+from tests.support.processes import child_pids, proc_file
 
 SHARD_COUNT = 2
 START_TIMEOUT_S = 60.0
@@ -267,3 +269,38 @@ async def _wait_for_batches(
             return after
         assert time.monotonic() < deadline, f"{node} took {taken} items, not {item_count}"
         await asyncio.sleep(0.05)
+
+
+async def test_no_child_shows_the_password_in_its_command_line_or_log(
+    up: UpProcess, tmp_path: Path
+) -> None:
+    password = (tmp_path / "data" / "pg" / "superuser.password").read_text().strip()
+    assert len(password) >= 32
+    commands = {}
+    for pid in child_pids(up.child.pid):
+        command_line = proc_file(pid, "cmdline")
+        if b"shards.cli" not in command_line:
+            continue  # not a tally child (PostgreSQL's tools run under the supervisor too)
+        assert password.encode() not in command_line, command_line
+        words = command_line.split(b"\0")
+        role = words[words.index(b"shards.cli") + 1].decode()
+        environment = dict(
+            entry.split(b"=", 1)
+            for entry in proc_file(pid, "environ").split(b"\0")
+            if b"=" in entry
+        )
+        commands.setdefault(role, []).append(environment)
+    assert sorted((role, len(found)) for role, found in commands.items()) == [
+        ("audit-serve", 1),
+        ("gateway", 1),
+        ("node", SHARD_COUNT),
+    ]
+    # They have their databases from their environment instead.
+    assert all(password.encode() in e[b"TALLY_DSN"] for e in commands["node"])
+    assert password.encode() in commands["gateway"][0][b"TALLY_CONTROL_DSN"]
+    assert commands["audit-serve"][0][b"TALLY_AUDIT_DSNS"].count(password.encode()) == SHARD_COUNT
+    logs = [*(tmp_path / "data" / "logs").glob("*.log"), tmp_path / "up.log"]
+    assert len(logs) == SHARD_COUNT + 3
+    for log in logs:
+        assert password not in log.read_text(), log
+    assert not any(password in line for line in up.lines)

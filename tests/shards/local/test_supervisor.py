@@ -4,13 +4,17 @@ stdout read to the end, a stuck stop ends in SIGKILL within its bound."""
 
 from __future__ import annotations
 
+import os
 import signal
+import stat
 from pathlib import Path
 
 import pytest
 
+from core import dsn as dsn_text
 from shards.local import supervisor
 from tests.support.paths import REPO_ROOT
+from tests.support.processes import proc_file
 
 STOPPED_LINE = "tally: stopped"
 
@@ -47,9 +51,10 @@ async def test_a_serving_node_stops_gracefully_and_its_stdout_is_read_to_the_end
     dsn: str, tmp_path: Path
 ) -> None:
     node = await supervisor.start(
-        ["node", "--dsn", dsn, "--listen", "127.0.0.1:0"],
+        ["node", "--listen", "127.0.0.1:0"],
         tmp_path / "node.log",
         name="node",
+        environment=supervisor.dsn_environment(dsn=dsn),
         append=False,
         cwd=REPO_ROOT,
     )
@@ -67,11 +72,61 @@ async def test_a_child_that_ignores_the_stop_signal_is_killed_after_the_bound(
     dsn: str, tmp_path: Path
 ) -> None:
     node = await supervisor.start(
-        ["node", "--dsn", dsn, "--listen", "127.0.0.1:0"], tmp_path / "node.log", cwd=REPO_ROOT
+        ["node", "--listen", "127.0.0.1:0"],
+        tmp_path / "node.log",
+        environment=supervisor.dsn_environment(dsn=dsn),
+        cwd=REPO_ROOT,
     )
     try:
         # SIGCONT does not stop anything: the bound passes and SIGKILL follows.
         assert await node.stop(0.5, signal.SIGCONT) == -signal.SIGKILL
         await node.close()  # and a second ending is harmless
+    finally:
+        await node.close()
+
+
+@pytest.mark.parametrize(
+    "argument",
+    [
+        "postgresql://postgres:s3cret@127.0.0.1:5432/db",
+        "--dsn=postgresql://postgres:s3cret@127.0.0.1:5432/db",
+        "host=127.0.0.1 password=s3cret",
+        "postgresql://postgres@127.0.0.1/db?password=s3cret",
+    ],
+)
+async def test_a_dsn_secret_on_a_command_line_is_refused(argument: str, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="environment") as raised:
+        await supervisor.start(["node", "--dsn", argument], tmp_path / "node.log", cwd=REPO_ROOT)
+    assert "s3cret" not in str(raised.value)
+    assert not (tmp_path / "node.log").exists()  # refused before anything started
+
+
+def test_dsn_environment_names_what_the_commands_read() -> None:
+    assert supervisor.dsn_environment(dsn="a", control_dsn="b", audit_dsns=["c", "d"]) == {
+        "TALLY_DSN": "a",
+        "TALLY_CONTROL_DSN": "b",
+        "TALLY_AUDIT_DSNS": "c,d",
+    }
+    assert supervisor.dsn_environment(control_dsn="b") == {"TALLY_CONTROL_DSN": "b"}
+    with pytest.raises(ValueError, match="comma"):
+        supervisor.dsn_environment(audit_dsns=["postgresql://u@h1,h2/db"])
+
+
+async def test_a_node_started_by_the_supervisor_shows_no_password_in_its_command_line(
+    dsn: str, tmp_path: Path
+) -> None:
+    password = dsn_text.secrets_of(dsn)[0]
+    node = await supervisor.start(
+        ["node", "--listen", "127.0.0.1:0"],
+        tmp_path / "node.log",
+        environment=supervisor.dsn_environment(dsn=dsn),
+        cwd=REPO_ROOT,
+    )
+    try:
+        command_line = proc_file(node.pid, "cmdline")
+        assert b"shards.cli\x00node" in command_line  # it is the node's
+        assert password.encode() not in command_line
+        assert dsn.encode() in proc_file(node.pid, "environ")
+        assert stat.S_IMODE(os.stat(f"/proc/{node.pid}/environ").st_mode) == 0o400
     finally:
         await node.close()
