@@ -72,6 +72,14 @@ def add_commands(commands: Any, default_dsn_env: str) -> None:
     verify = command("verify-export", "verify an export from its files alone")
     verify.add_argument("directory", type=Path)
     verify.add_argument("--json", action="store_true", help="print the result as JSON")
+    verify.add_argument(
+        "--verify-key",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="an Ed25519 public key (PEM) every block's signature is checked with, "
+        "repeatable (needs the cryptography package)",
+    )
     reconcile = command("reconcile", "reconcile an external statement (CSV) with an account")
     _reconcile_arguments(reconcile)
     with_dsns(reconcile)
@@ -426,7 +434,15 @@ async def _connect(dsn: str, config: AuditConfig) -> Any:
 
 
 def _verify_command(args: argparse.Namespace) -> int:
-    verification = export.verify_export(args.directory)
+    try:
+        keys = export.load_verify_keys(args.verify_key)
+    except export.SignatureSupportMissing as error:
+        raise UsageError(str(error)) from None
+    except OSError as error:
+        raise UsageError(f"--verify-key {error.filename}: {error.strerror or error}") from None
+    except ValueError as error:
+        raise UsageError(f"--verify-key {error}") from None
+    verification = export.verify_export(args.directory, keys=keys)
     if args.json:
         print(
             json.dumps(
@@ -457,6 +473,7 @@ def _verified_shard_json(shard: export.ShardVerification) -> dict[str, Any]:
         "transactions": shard.transaction_count,
         "postings": shard.posting_count,
         "head_hash": shard.head_hash,
+        "signatures_verified": shard.signed_count,
         "movements": render.balances_json(balances(shard.movements)),
     }
 
