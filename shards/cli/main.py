@@ -246,9 +246,11 @@ def _keygen(private_path: Path) -> int:
     return 0
 
 
-def _local_signing(args: argparse.Namespace) -> None:
+def _local_signing(args: argparse.Namespace) -> bool:
     """tally up: sign with the data directory's own key (made on first start) unless given
-    one, publish heads under the data directory unless told where, and say where they are."""
+    one, publish heads under the data directory unless told where, and say where they are;
+    False (after saying why) when the data directory's key cannot be read or made."""
+    from core.signing import SigningKeyError
     from shards.local.signing_keys import local_key, public_path_of
 
     data_dir: Path = args.data_dir.resolve()
@@ -256,7 +258,11 @@ def _local_signing(args: argparse.Namespace) -> None:
         public_path = public_path_of(Path(args.signing_key))
         made = "given"
     else:
-        private_path, public_path, key_id, created = local_key(data_dir)
+        try:
+            private_path, public_path, key_id, created = local_key(data_dir)
+        except (OSError, SigningKeyError) as error:
+            print(f"tally up: signing key: {error}", file=sys.stderr)
+            return False
         args.signing_key = str(private_path)
         made = f"{key_id}, {'made now' if created else 'kept'} in {private_path.parent}"
     if not args.publish_heads:
@@ -271,6 +277,7 @@ def _local_signing(args: argparse.Namespace) -> None:
         f"--published-heads {args.publish_heads}",
         flush=True,
     )
+    return True
 
 
 async def _serve(args: argparse.Namespace) -> int:
@@ -279,7 +286,8 @@ async def _serve(args: argparse.Namespace) -> int:
 
     embedded = None
     if args.command == "up":
-        _local_signing(args)
+        if not _local_signing(args):
+            return 2
         embedded, dsn = await asyncio.to_thread(_start_embedded, args)
     else:
         dsn = args.dsn
@@ -345,7 +353,8 @@ async def _serve_gateway(args: argparse.Namespace) -> int:
 async def _serve_cluster(args: argparse.Namespace) -> int:
     from shards.local.cluster import run_cluster
 
-    _local_signing(args)
+    if not _local_signing(args):
+        return 2
     embedded, _ = await asyncio.to_thread(_start_embedded, args)
     node_flags = [
         f"--signing-key={args.signing_key}",
