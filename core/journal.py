@@ -113,3 +113,6 @@ class BlockHeader:
     created_at_ns: int
     next_posting_sequence: int
     last_timestamp_ns: int
+    # The writer's signature over the head (core.signing.head_message); "" and b"": unsigned.
+    key_id: str = ""
+    signature: bytes = b""

@@ -11,6 +11,11 @@ Every line of every file ends with `line_digest`, the first 16 hex digits of the
 line's other columns joined by "|". It is a locator, not the proof: a changed byte anywhere is
 found at its file and line, while the proof that nothing was altered is the block hash chain,
 recomputed from the journal lines the rows encode (the same lines core/journal.py hashed).
+
+Each block also carries its writer's Ed25519 signature over its head (core/signing.py). Checking
+signatures needs public keys and the `cryptography` package: it is an explicit option
+(`--verify-key PATH`), and without `cryptography` installed that option fails saying so, while
+everything else still runs with the standard library alone.
 """
 
 from __future__ import annotations
@@ -26,7 +31,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-FORMAT: Final = "tally-journal-export/1"
+# /2: blocks carry key_id and signature (signed heads).
+FORMAT: Final = "tally-journal-export/2"
+HEAD_PREFIX: Final = "tally-journal-head/1"
 DIGEST_HEX_LENGTH: Final = 16
 GENESIS_HASH_HEX: Final = "00" * 32
 FORMATS: Final = ("csv", "jsonl")
@@ -64,7 +71,8 @@ SCHEMAS: Final[dict[str, FileSchema]] = {
         _schema(
             "blocks",
             "block previous_hash hash epoch created_at_ns next_posting_sequence "
-            "last_timestamp_ns account_count transaction_count posting_count closure_count",
+            "last_timestamp_ns account_count transaction_count posting_count closure_count "
+            "key_id signature",
             "block epoch created_at_ns next_posting_sequence last_timestamp_ns account_count "
             "transaction_count posting_count closure_count",
         ),
@@ -128,6 +136,54 @@ def block_hash(previous_hash: bytes, sequence: int, lines: Sequence[str]) -> byt
     digest.update(f"block|{sequence}\n".encode())
     digest.update("\n".join(lines).encode())
     return digest.digest()
+
+
+def head_message(shard: int, sequence: int, hash_hex: str, key_id: str) -> bytes:
+    """As core.signing.head_message: what a block's signature covers."""
+    return f"{HEAD_PREFIX}|{shard}|{sequence}|{hash_hex}|{key_id}".encode()
+
+
+class SignatureSupportMissing(Exception):
+    """--verify-key was given, but the cryptography package is not installed."""
+
+
+class VerifyKeys:
+    """Ed25519 public keys by key id, loaded with `cryptography` (the one import outside the
+    standard library, made only when signatures are to be checked)."""
+
+    def __init__(self, pem_keys: Sequence[tuple[str, bytes]]) -> None:
+        try:
+            from cryptography.exceptions import InvalidSignature
+            from cryptography.hazmat.primitives import serialization
+            from cryptography.hazmat.primitives.asymmetric import ed25519
+        except ImportError:
+            raise SignatureSupportMissing(
+                "checking signatures (--verify-key) needs the cryptography package "
+                "(pip install cryptography); without --verify-key the export is verified "
+                "without its signatures"
+            ) from None
+        self._invalid = InvalidSignature
+        self.keys: dict[str, Any] = {}
+        for where, pem in pem_keys:
+            try:
+                key = serialization.load_pem_public_key(pem)
+            except (ValueError, TypeError) as error:
+                raise ValueError(f"{where}: not a PEM public key ({error})") from None
+            if not isinstance(key, ed25519.Ed25519PublicKey):
+                raise ValueError(f"{where}: not an Ed25519 public key")
+            raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+            self.keys[hashlib.sha256(raw).hexdigest()[:DIGEST_HEX_LENGTH]] = key
+
+    def problem(self, shard: int, block: int, hash_hex: str, key_id: str, signature: str) -> str:
+        key = self.keys.get(key_id)
+        if key is None:
+            known = ", ".join(sorted(self.keys))
+            return f"signed by key {key_id or '(none)'}, which is not a verify key ({known})"
+        try:
+            key.verify(bytes.fromhex(signature), head_message(shard, block, hash_hex, key_id))
+        except (self._invalid, ValueError):
+            return f"signature does not verify with key {key_id} for shard {shard}"
+        return ""
 
 
 def file_name(schema_name: str, export_format: str) -> str:
@@ -353,6 +409,8 @@ class ShardVerification:
     first_block: int = 0
     last_block: int = 0
     head_hash: str = ""
+    # Blocks whose signature verified (with verify keys given; else 0).
+    signed_count: int = 0
     # Per currency: [posted debits, posted credits, pending debits, pending credits].
     movements: dict[str, list[int]] = field(default_factory=dict)
 
@@ -362,6 +420,7 @@ class Verification:
     shards: list[ShardVerification]
     errors: list[ExportError]
     error_count: int
+    signatures_checked: bool = False
 
     @property
     def ok(self) -> bool:
@@ -376,21 +435,29 @@ def shard_directories(directory: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name[6:]))
 
 
-def verify_export(directory: Path, error_count_max: int = ERROR_COUNT_MAX_DEFAULT) -> Verification:
+def verify_export(
+    directory: Path,
+    error_count_max: int = ERROR_COUNT_MAX_DEFAULT,
+    keys: VerifyKeys | None = None,
+) -> Verification:
+    """Verify an export; with keys, every block's signature too (else only that no unsigned
+    block follows a signed one)."""
     errors = Errors(error_count_max)
     shards = []
     directories = shard_directories(directory)
     if not directories:
         errors.add(str(directory), 0, "no manifest.csv or manifest.jsonl (nor shard-N/ in it)")
     for shard_directory in directories:
-        shards.append(_ShardVerifier(shard_directory, errors).run())
-    return Verification(shards, errors.kept, errors.count)
+        shards.append(_ShardVerifier(shard_directory, errors, keys).run())
+    return Verification(shards, errors.kept, errors.count, keys is not None)
 
 
 class _ShardVerifier:
-    def __init__(self, directory: Path, errors: Errors) -> None:
+    def __init__(self, directory: Path, errors: Errors, keys: VerifyKeys | None = None) -> None:
         self.directory = directory
         self.errors = errors
+        self.keys = keys
+        self.last_signed = 0
         self.format = next(
             (f for f in FORMATS if (directory / file_name("manifest", f)).exists()), "csv"
         )
@@ -514,6 +581,7 @@ class _ShardVerifier:
                     f"found {len(rows[name])} in {self._file(name)}",
                 )
         self._verify_hash(header, rows)
+        self._verify_signature(header)
         self._verify_postings(header, rows["postings"], rows["transactions"])
         self.previous_hash = header["hash"]
         self.result.head_hash = header["hash"]
@@ -536,6 +604,29 @@ class _ShardVerifier:
                 f"block {header['block']}: hash {header['hash']} does not match its rows "
                 f"(recomputed {recomputed}; its rows start at line {first} of each file)",
             )
+
+    def _verify_signature(self, header: Row) -> None:
+        """Unsigned after signed is an error; with keys, every block must verify."""
+        block, key_id, signature = header["block"], header["key_id"], header["signature"]
+        if not key_id and not signature:
+            if self.keys is not None or self.last_signed:
+                after = f", after block {self.last_signed}, which was signed"
+                self._error(
+                    header, f"block {block}: unsigned" + (after if self.last_signed else "")
+                )
+            return
+        self.last_signed = block
+        if self.keys is None:
+            return
+        shard_text = self._manifest_text("shard")
+        if not _INTEGER_TEXT.fullmatch(shard_text):
+            self._error(header, f"block {block}: shard {shard_text!r} is not an integer")
+            return
+        problem = self.keys.problem(int(shard_text), block, header["hash"], key_id, signature)
+        if problem:
+            self._error(header, f"block {block}: {problem}")
+        else:
+            self.result.signed_count += 1
 
     # ---- postings: sequence, transaction, balance-after chain, trial balance ----
 
@@ -659,6 +750,8 @@ def format_verification(verification: Verification) -> str:
             f"({shard.block_count}), {shard.transaction_count} transactions, "
             f"{shard.posting_count} postings, head hash {shard.head_hash or '-'}"
         )
+        if verification.signatures_checked:
+            lines.append(f"  signatures: {shard.signed_count} of {shard.block_count} blocks verify")
         for currency, (dp, cp, dq, cq) in sorted(shard.movements.items()):
             lines.append(
                 f"  {currency}: posted debits {dp} credits {cp}, pending debits {dq} credits {cq}"
@@ -672,13 +765,35 @@ def format_verification(verification: Verification) -> str:
     return "\n".join(lines)
 
 
+def load_verify_keys(paths: Sequence[str]) -> VerifyKeys | None:
+    """The public keys of --verify-key (None: none given); SignatureSupportMissing, OSError or
+    ValueError saying what is wrong."""
+    if not paths:
+        return None
+    return VerifyKeys([(path, Path(path).read_bytes()) for path in paths])
+
+
 def main(argv: list[str] | None = None) -> int:
-    """`python3 export.py DIR`: verify an export with nothing but this file."""
+    """`python3 export.py DIR [--verify-key PUBLIC_KEY ...]`: verify an export with nothing but
+    this file (and `cryptography`, only to check signatures)."""
     arguments = sys.argv[1:] if argv is None else argv
-    if len(arguments) != 1:
-        print("usage: python3 export.py EXPORT_DIRECTORY", file=sys.stderr)
+    paths, keys = [], []
+    while arguments:
+        argument, arguments = arguments[0], arguments[1:]
+        if argument == "--verify-key" and arguments:
+            keys.append(arguments[0])
+            arguments = arguments[1:]
+        else:
+            paths.append(argument)
+    if len(paths) != 1 or paths[0].startswith("-"):
+        print("usage: python3 export.py EXPORT_DIRECTORY [--verify-key PEM ...]", file=sys.stderr)
         return 2
-    verification = verify_export(Path(arguments[0]))
+    try:
+        verify_keys = load_verify_keys(keys)
+    except (SignatureSupportMissing, OSError, ValueError) as error:
+        print(f"export.py: {error}", file=sys.stderr)
+        return 2
+    verification = verify_export(Path(paths[0]), keys=verify_keys)
     print(format_verification(verification))
     return 0 if verification.ok else 1
 

@@ -9,6 +9,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import IO, Final
 
+from core.signing import Head, VerifyKey
+
 CHECK_NAMES: Final = (
     "journal",
     "postings",
@@ -51,6 +53,9 @@ class FindingKind(enum.IntEnum):
     PREVIOUS_HASH_MISMATCH = 111
     ROW_OUTSIDE_JOURNAL = 112
     POSTING_BEYOND_JOURNAL = 113
+    BLOCK_UNSIGNED = 114
+    BLOCK_SIGNATURE_INVALID = 115
+    BLOCK_SIGNED_BY_UNKNOWN_KEY = 116
     # postings
     LEGS_UNREADABLE = 201
     TRANSACTION_UNBALANCED = 202
@@ -85,6 +90,8 @@ class FindingKind(enum.IntEnum):
     LEASE_AHEAD_OF_JOURNAL = 801
     # anchors
     ANCHOR_MISMATCH = 901
+    PUBLISHED_HEAD_MISMATCH = 902
+    PUBLISHED_HEAD_MISSING = 903
 
     @property
     def check(self) -> str:
@@ -244,6 +251,13 @@ class AuditConfig:
     # Shards audited at once.
     shard_concurrency_max: int = 4
     anchors: tuple[Anchor, ...] = ()
+    # Public keys the block heads' signatures are checked with (by key id; several for
+    # rotation). Empty: signatures are not checked, but an unsigned block after a signed one
+    # is still a finding.
+    verify_keys: tuple[VerifyKey, ...] = ()
+    # Heads published outside the database (tally node --publish-heads), every shard's: each
+    # must name the hash the database holds for its block.
+    published_heads: tuple[Head, ...] = ()
     # Only these currencies' trial balances, clearing and findings (empty: every currency).
     currencies: frozenset[str] = frozenset()
     # Cross-shard transactions that did not net in the first snapshots, read again (see

@@ -8,7 +8,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-from core import journal
+from core import journal, signing
 from core.audit.export import block_hash, journal_line
 from core.audit.findings import About, AuditConfig, FindingKind, FindingLog, Progress, ShardReport
 from core.audit.postings import HELD_KINDS, check_transaction_postings, posting_ids
@@ -58,6 +58,15 @@ class JournalPass:
         self.suspect: _HashMismatch | None = None
         # Open holds seen so far: id -> applied legs text (bounded, oldest dropped first).
         self.holds: OrderedDict[str, str] = OrderedDict()
+        # Signatures: checked when verify keys are given; runs of unsigned blocks are one
+        # finding each, reported when the run ends.
+        keys = config.verify_keys
+        self.verifier = signing.Verifier(keys) if keys else None
+        self.last_signed = 0
+        self.unsigned_from = 0
+        self.published = {
+            head.block: head.hash_hex for head in config.published_heads if head.shard == log.shard
+        }
 
     async def _open(self, sql: str) -> RowStream:
         return await RowStream.open(
@@ -78,6 +87,8 @@ class JournalPass:
             self._report_progress()
         if self.suspect is not None:
             self._report_mismatch(self.suspect, None)
+        self._end_unsigned_run(self.previous_block)
+        self._report_unpublished()
         await self._finish_streams()
         self._report_progress()
 
@@ -96,6 +107,8 @@ class JournalPass:
         self._check_posting_range(header, postings)
         self._check_counts(header, rows, postings)
         self._check_hash(header, rows, postings)
+        self._check_signature(header)
+        self._check_published(header)
         await self._check_postings(block, rows["transactions"], postings)
         self.report.block_count += 1
         self.report.transaction_count += len(rows["transactions"])
@@ -258,6 +271,77 @@ class JournalPass:
                 recomputed = from_before
         self.log.add(kind, About.BLOCK, message, expected, _hex(previous_field), block=block)
         return recomputed
+
+    # ---- signatures and published heads ----
+
+    def _check_signature(self, header: Any) -> None:
+        """The head's signature over (shard, block, hash, key id): the hash chain proves the
+        rows make the hashes; the signature proves the writer's key made the head."""
+        block, key_id, signature = header["sequence"], header["key_id"], bytes(header["signature"])
+        if not key_id and not signature:
+            self.unsigned_from = self.unsigned_from or block
+            return
+        self._end_unsigned_run(block - 1)
+        self.last_signed = block
+        if self.verifier is None:
+            return
+        hash_ = bytes(header["hash"])
+        problem = self.verifier.problem(self.log.shard, block, hash_, key_id, signature)
+        if not problem:
+            return
+        kind = FindingKind.BLOCK_SIGNATURE_INVALID
+        if key_id not in self.verifier.keys:
+            kind = FindingKind.BLOCK_SIGNED_BY_UNKNOWN_KEY
+        self.log.add(kind, About.BLOCK, problem, "a valid signature", key_id, block=block)
+
+    def _end_unsigned_run(self, last: int) -> None:
+        """Blocks first..last were unsigned: a finding when verify keys are given, or when a
+        signed block came before them (a writer that lost its key, or signatures stripped)."""
+        first, self.unsigned_from = self.unsigned_from, 0
+        if not first or (self.verifier is None and not self.last_signed):
+            return
+        after = f", after block {self.last_signed}, which was signed" if self.last_signed else ""
+        self.log.add(
+            FindingKind.BLOCK_UNSIGNED,
+            About.BLOCK if first == last else About.BLOCKS,
+            f"unsigned (no key id, no signature){after}",
+            "signed",
+            "unsigned",
+            block=first,
+            block_last=last,
+        )
+
+    def _check_published(self, header: Any) -> None:
+        block = header["sequence"]
+        published = self.published.pop(block, None)
+        stored = bytes(header["hash"]).hex()
+        if published is not None and published != stored:
+            self.log.add(
+                FindingKind.PUBLISHED_HEAD_MISMATCH,
+                About.BLOCK,
+                f"hash {stored}, but its published head records {published}: the block was "
+                "rewritten after its head was published",
+                published,
+                stored,
+                block=block,
+            )
+
+    def _report_unpublished(self) -> None:
+        """Published heads of blocks the journal does not have: it was cut back or lost them."""
+        if not self.published:
+            return
+        blocks = sorted(self.published)
+        first, last = blocks[0], blocks[-1]
+        self.log.add(
+            FindingKind.PUBLISHED_HEAD_MISSING,
+            About.BLOCK if first == last else About.BLOCKS,
+            f"{len(blocks)} published head(s) name blocks the journal does not have (its last "
+            f"block is {self.previous_block})",
+            f"{len(blocks)} blocks",
+            "missing",
+            block=first,
+            block_last=last,
+        )
 
     def _report_mismatch(self, mismatch: _HashMismatch, next_previous: bytes | None) -> None:
         """Tell an altered hash from altered rows by the next block's previous_hash."""

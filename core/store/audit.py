@@ -31,7 +31,7 @@ PROBE_SQL: Final = "SELECT 1 FROM journal_blocks LIMIT 1"
 
 BLOCKS_SQL: Final = """
 SELECT sequence, previous_hash, hash, epoch, next_posting_sequence, account_count,
-       transaction_count, posting_count, closure_count
+       transaction_count, posting_count, closure_count, key_id, signature
 FROM journal_blocks ORDER BY sequence
 """
 ACCOUNTS_SQL: Final = """

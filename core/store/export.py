@@ -35,7 +35,8 @@ BY_BLOCK_SQL: Final = {
     "blocks": """
         SELECT sequence, encode(previous_hash, 'hex'), encode(hash, 'hex'), epoch,
                created_at_ns, next_posting_sequence, last_timestamp_ns, account_count,
-               transaction_count, posting_count, closure_count
+               transaction_count, posting_count, closure_count, key_id,
+               encode(signature, 'hex')
         FROM journal_blocks WHERE sequence BETWEEN $1 AND $2 ORDER BY sequence""",
     "accounts": """
         SELECT block_sequence, id, currency, code, flags, metadata, created_at_ns

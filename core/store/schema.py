@@ -110,6 +110,19 @@ MIGRATIONS: Final[tuple[tuple[int, str, str], ...]] = (
         CREATE INDEX accounts_by_block ON accounts (block_sequence);
         """,
     ),
+    (
+        3,
+        "signed journal heads",
+        # The writer's Ed25519 signature over each block's head (core/signing.py) and the id of
+        # the key that made it; '' and an empty signature: an unsigned block (a node without a
+        # key, or a block written before this migration). The key itself is never stored here.
+        # Adding columns with constant defaults rewrites nothing (PostgreSQL 11+).
+        """
+        ALTER TABLE journal_blocks
+            ADD COLUMN key_id text NOT NULL DEFAULT '',
+            ADD COLUMN signature bytea NOT NULL DEFAULT ''::bytea;
+        """,
+    ),
 )
 
 CONTROL_MIGRATIONS: Final[tuple[tuple[int, str, str], ...]] = (

@@ -23,6 +23,7 @@ from core.model import (
     TransactionSpec,
     TransactionState,
 )
+from core.signing import Signer
 from core.state import WriteSet
 from core.store import schema
 
@@ -201,8 +202,10 @@ def build_block(
     position_next_sequence: int,
     position_last_timestamp_ns: int,
     created_at_ns: int,
+    signer: Signer | None = None,
+    shard_id: int = 0,
 ) -> Block:
-    """Hash the batch's records onto the chain."""
+    """Hash the batch's records onto the chain, and sign the head when given a signer."""
     sequence = previous.sequence + 1
     lines = [journal.account_line(account) for account in writes.new_accounts]
     texts = [journal.legs_texts(state) for state in writes.new_transactions]
@@ -212,14 +215,20 @@ def build_block(
     )
     lines.extend(journal.posting_line(posting) for posting in writes.postings)
     lines.extend(journal.closure_line(a, at) for a, at in writes.closures)
+    hash_ = journal.block_hash(previous.hash, sequence, lines)
+    key_id, signature = "", b""
+    if signer is not None:
+        key_id, signature = signer.key_id, signer.sign(shard_id, sequence, hash_)
     header = BlockHeader(
         sequence,
         previous.hash,
-        journal.block_hash(previous.hash, sequence, lines),
+        hash_,
         epoch,
         created_at_ns,
         position_next_sequence,
         position_last_timestamp_ns,
+        key_id,
+        signature,
     )
     return Block(header, writes, texts)
 
@@ -248,7 +257,8 @@ async def commit_block(connection: Connection, block: Block, timeout_s: float) -
                 timeout=timeout_s,
             )
         await connection.execute(
-            "INSERT INTO journal_blocks VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+            "INSERT INTO journal_blocks VALUES "
+            "($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
             sequence,
             header.previous_hash,
             header.hash,
@@ -260,6 +270,8 @@ async def commit_block(connection: Connection, block: Block, timeout_s: float) -
             len(writes.new_transactions),
             len(writes.postings),
             len(writes.closures),
+            header.key_id,
+            header.signature,
             timeout=timeout_s,
         )
 
@@ -411,7 +423,23 @@ async def last_block(connection: Connection, timeout_s: float) -> BlockHeader:
         row["created_at_ns"],
         row["next_posting_sequence"],
         row["last_timestamp_ns"],
+        row["key_id"],
+        bytes(row["signature"]),
     )
+
+
+async def signed_heads_after(
+    connection: Connection, sequence: int, count_max: int, timeout_s: float
+) -> list[tuple[int, bytes, str, bytes]]:
+    """(sequence, hash, key id, signature) of the signed blocks after `sequence`, in order."""
+    rows = await connection.fetch(
+        "SELECT sequence, hash, key_id, signature FROM journal_blocks "
+        "WHERE sequence > $1 AND key_id <> '' ORDER BY sequence LIMIT $2",
+        sequence,
+        count_max,
+        timeout=timeout_s,
+    )
+    return [(r["sequence"], bytes(r["hash"]), r["key_id"], bytes(r["signature"])) for r in rows]
 
 
 async def expired_holds(

@@ -27,7 +27,7 @@ import asyncpg
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn
 
-from core import audit
+from core import audit, signing
 from core.audit import AuditConfig, AuditReport, export, exporter, reconcile, render, statement
 from core.audit.report import StructuredReport, balances, structured
 from core.currencies import minor_unit_scale
@@ -72,6 +72,14 @@ def add_commands(commands: Any, default_dsn_env: str) -> None:
     verify = command("verify-export", "verify an export from its files alone")
     verify.add_argument("directory", type=Path)
     verify.add_argument("--json", action="store_true", help="print the result as JSON")
+    verify.add_argument(
+        "--verify-key",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="an Ed25519 public key (PEM) every block's signature is checked with, "
+        "repeatable (needs the cryptography package)",
+    )
     reconcile = command("reconcile", "reconcile an external statement (CSV) with an account")
     _reconcile_arguments(reconcile)
     with_dsns(reconcile)
@@ -108,6 +116,24 @@ def _audit_arguments(sub: argparse.ArgumentParser, with_dsns: Any) -> None:
         default=[],
         metavar="SHARD:BLOCK:HASH",
         help="a block hash recorded elsewhere (an export's head) that must still be there",
+    )
+    sub.add_argument(
+        "--verify-key",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="an Ed25519 public key (PEM) the journal heads' signatures are checked with, "
+        "repeatable (old and new keys after a rotation: each head names its key id); with "
+        "one, unsigned and wrongly signed blocks are findings",
+    )
+    sub.add_argument(
+        "--published-heads",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="signed heads published outside the database (a directory of "
+        "shard-N.heads.jsonl, or one such file), repeatable: every head must match the "
+        "database's block",
     )
     sub.add_argument("--problem-count-max", type=int, default=1000, help="kept per check")
     sub.add_argument(
@@ -228,6 +254,8 @@ def _audit_command(args: argparse.Namespace) -> int:
         hold_grace_s=args.hold_grace_seconds,
         anchors=tuple(_anchor(text) for text in args.anchor),
         currencies=frozenset(args.currency),
+        verify_keys=verify_keys(args.verify_key),
+        published_heads=published_heads(args.published_heads),
     )
     dsns = dsns_of(args)
     shards = sorted(set(args.shard)) if args.shard else None
@@ -271,6 +299,39 @@ def _anchor(text: str) -> audit.Anchor:
     except ValueError:
         raise UsageError(f"--anchor {text!r}: the hash is not hexadecimal") from None
     return audit.Anchor(int(parts[0]), int(parts[1]), parts[2])
+
+
+def verify_keys(paths: Sequence[str]) -> tuple[signing.VerifyKey, ...]:
+    keys = []
+    for path in paths:
+        try:
+            keys.append(signing.load_public(Path(path).read_bytes(), path))
+        except OSError as error:
+            raise UsageError(f"--verify-key {path}: {error.strerror or error}") from None
+        except signing.SigningKeyError as error:
+            raise UsageError(f"--verify-key {error}") from None
+    return tuple(keys)
+
+
+def published_heads(paths: Sequence[str]) -> tuple[signing.Head, ...]:
+    """Every head of the files named (a directory: its shard-N.heads.jsonl files)."""
+    heads = []
+    for text in paths:
+        path = Path(text)
+        files = sorted(path.glob("shard-*.heads.jsonl")) if path.is_dir() else [path]
+        if path.is_dir() and not files:
+            raise UsageError(f"--published-heads {text}: no shard-N.heads.jsonl in it")
+        for file in files:
+            try:
+                lines = file.read_text(encoding="utf-8").splitlines()
+            except (OSError, UnicodeDecodeError) as error:
+                raise UsageError(f"--published-heads {file}: {error}") from None
+            for number, line in enumerate(lines, 1):
+                try:
+                    heads.append(signing.parse_head_line(line))
+                except ValueError as error:
+                    raise UsageError(f"--published-heads {file} line {number}: {error}") from None
+    return tuple(heads)
 
 
 class AuditProgress:
@@ -373,7 +434,15 @@ async def _connect(dsn: str, config: AuditConfig) -> Any:
 
 
 def _verify_command(args: argparse.Namespace) -> int:
-    verification = export.verify_export(args.directory)
+    try:
+        keys = export.load_verify_keys(args.verify_key)
+    except export.SignatureSupportMissing as error:
+        raise UsageError(str(error)) from None
+    except OSError as error:
+        raise UsageError(f"--verify-key {error.filename}: {error.strerror or error}") from None
+    except ValueError as error:
+        raise UsageError(f"--verify-key {error}") from None
+    verification = export.verify_export(args.directory, keys=keys)
     if args.json:
         print(
             json.dumps(
@@ -404,6 +473,7 @@ def _verified_shard_json(shard: export.ShardVerification) -> dict[str, Any]:
         "transactions": shard.transaction_count,
         "postings": shard.posting_count,
         "head_hash": shard.head_hash,
+        "signatures_verified": shard.signed_count,
         "movements": render.balances_json(balances(shard.movements)),
     }
 

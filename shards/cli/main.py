@@ -108,6 +108,29 @@ def _add_logging_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_signing_flags(parser: argparse.ArgumentParser, up: bool) -> None:
+    default_help = (
+        "default: the key tally up keeps in DATA_DIR/keys, made on first start"
+        if up
+        else "default: none, and blocks are written unsigned"
+    )
+    parser.add_argument(
+        "--signing-key",
+        default=_env("signing_key", ""),
+        metavar="PATH",
+        help=f"Ed25519 private key (PEM, see tally keygen) the writer signs every journal "
+        f"block's head with; never stored in the database ({default_help})",
+    )
+    parser.add_argument(
+        "--publish-heads",
+        default=_env("publish_heads", ""),
+        metavar="DIR",
+        help="append each signed head (a JSON line) to DIR/shard-N.heads.jsonl, after its "
+        "commit, for an auditor to keep (tally audit --published-heads DIR)"
+        + ("; default: DATA_DIR/heads" if up else ""),
+    )
+
+
 def _writer_config(args: argparse.Namespace) -> WriterConfig:
     return replace(
         WriterConfig(),
@@ -138,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_writer_flags(up)
     _add_gateway_flags(up)
+    _add_signing_flags(up, up=True)
     _add_metrics_flag(up, default="127.0.0.1:0")
 
     node = commands.add_parser("node", help="one shard node on an existing PostgreSQL")
@@ -155,7 +179,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="host:port gateways use to reach this node (default: bound address)",
     )
     _add_writer_flags(node)
+    _add_signing_flags(node, up=False)
     _add_metrics_flag(node)
+
+    keygen = commands.add_parser(
+        "keygen", help="make an Ed25519 key pair for signing journal heads (tally node)"
+    )
+    keygen.add_argument(
+        "private_key",
+        type=Path,
+        metavar="PATH",
+        help="where the private key goes (created 0600, never overwritten); the public key, "
+        "for auditors, goes to PATH.pub",
+    )
 
     gateway = commands.add_parser("gateway", help="the gateway of a cluster")
     gateway.add_argument(
@@ -188,6 +224,8 @@ def main(argv: list[str] | None = None) -> int:
         return auditing.run(args)
     if args.command == audit_service.COMMAND:
         return audit_service.run(args)
+    if args.command == "keygen":
+        return _keygen(args.private_key)
     return terminal.run(args)
 
 
@@ -205,25 +243,87 @@ def _given_dsns(args: argparse.Namespace) -> list[str]:
     return [dsn.strip() for dsn in given if dsn.strip()]
 
 
+def _keygen(private_path: Path) -> int:
+    from shards.local.signing_keys import write_key_pair
+
+    try:
+        public_path, key_id = write_key_pair(private_path)
+    except FileExistsError:
+        print(f"tally keygen: {private_path} exists; it is never overwritten", file=sys.stderr)
+        return 2
+    except OSError as error:
+        print(f"tally keygen: {error}", file=sys.stderr)
+        return 2
+    print(f"tally: signing key {key_id}: private key {private_path} (0600, give it to the node:")
+    print(f"  tally node --signing-key {private_path}); public key {public_path} (give it to")
+    print(f"  auditors: tally audit --verify-key {public_path})")
+    return 0
+
+
+def _local_signing(args: argparse.Namespace) -> bool:
+    """tally up: sign with the data directory's own key (made on first start) unless given
+    one, publish heads under the data directory unless told where, and say where they are;
+    False (after saying why) when the data directory's key cannot be read or made."""
+    from core.signing import SigningKeyError
+    from shards.local.signing_keys import local_key, public_path_of
+
+    data_dir: Path = args.data_dir.resolve()
+    if args.signing_key:
+        public_path = public_path_of(Path(args.signing_key))
+        made = "given"
+    else:
+        try:
+            private_path, public_path, key_id, created = local_key(data_dir)
+        except (OSError, SigningKeyError) as error:
+            print(f"tally up: signing key: {error}", file=sys.stderr)
+            return False
+        args.signing_key = str(private_path)
+        made = f"{key_id}, {'made now' if created else 'kept'} in {private_path.parent}"
+    if not args.publish_heads:
+        args.publish_heads = str(data_dir / "heads")
+    print(
+        f"tally: journal heads signed (key {made}); public key {public_path}; heads published "
+        f"to {args.publish_heads}",
+        flush=True,
+    )
+    print(
+        f"tally: check them with: tally audit --verify-key {public_path} "
+        f"--published-heads {args.publish_heads}",
+        flush=True,
+    )
+    return True
+
+
 async def _serve(args: argparse.Namespace) -> int:
+    from core.signing import SigningKeyError
     from shards.node.server import Node, NodeConfig, tune_garbage_collector
 
     embedded = None
     if args.command == "up":
+        if not _local_signing(args):
+            return 2
         embedded, dsn = await asyncio.to_thread(_start_embedded, args)
     else:
         dsn = args.dsn
-    node = Node(
-        NodeConfig(
-            dsn=dsn,
-            listen=args.listen,
-            writer=_writer_config(args),
-            shard_id=getattr(args, "shard_id", 0),
-            control_dsn=getattr(args, "control_dsn", ""),
-            advertise=getattr(args, "advertise", ""),
-            metrics_listen=args.metrics_listen,
+    try:
+        node = Node(
+            NodeConfig(
+                dsn=dsn,
+                listen=args.listen,
+                writer=_writer_config(args),
+                shard_id=getattr(args, "shard_id", 0),
+                control_dsn=getattr(args, "control_dsn", ""),
+                advertise=getattr(args, "advertise", ""),
+                metrics_listen=args.metrics_listen,
+                signing_key=args.signing_key,
+                publish_heads=args.publish_heads,
+            )
         )
-    )
+    except (OSError, SigningKeyError, ValueError) as error:
+        print(f"tally {args.command}: {error}", file=sys.stderr)
+        if embedded is not None:
+            await asyncio.to_thread(embedded.stop)
+        return 2
     try:
         port = await node.start()
         tune_garbage_collector()
@@ -267,8 +367,12 @@ async def _serve_gateway(args: argparse.Namespace) -> int:
 async def _serve_cluster(args: argparse.Namespace) -> int:
     from shards.local.cluster import run_cluster
 
+    if not _local_signing(args):
+        return 2
     embedded, _ = await asyncio.to_thread(_start_embedded, args)
     node_flags = [
+        f"--signing-key={args.signing_key}",
+        f"--publish-heads={args.publish_heads}",
         f"--batch-item-count-max={args.batch_item_count_max}",
         f"--batch-wait-ms={args.batch_wait_ms}",
         f"--cache-account-count-max={args.cache_account_count_max}",

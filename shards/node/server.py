@@ -15,6 +15,7 @@ import os
 import socket
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -28,6 +29,7 @@ from core.store import control as control_store
 from core.store import shard as store
 from shards import control
 from shards.crossshard.participant import settle_prepared
+from shards.node.heads import HeadPublisher, load_signer
 from shards.node.lease import Lease
 from shards.node.ledger_service import LedgerService
 from shards.node.metrics import NodeMetrics
@@ -65,6 +67,10 @@ class NodeConfig:
     metrics_listen: str = ""
     # Counting held cross-shard pieces is a query: done this often, never per scrape.
     metrics_prepared_interval_s: float = 5.0
+    # An Ed25519 private key (PEM) to sign journal heads with ("": blocks are unsigned), and a
+    # directory to publish the signed heads to ("": not published); see shards/node/heads.py.
+    signing_key: str = ""
+    publish_heads: str = ""
 
 
 def tune_garbage_collector() -> None:
@@ -95,6 +101,10 @@ class Node:
         self.metrics = NodeMetrics(config.shard_id, self)
         self._metrics_server: MetricsServer | None = None
         self.metrics_port = 0
+        # Read at construction, so a bad key file stops the node before it serves anything.
+        self.signer = load_signer(config.signing_key) if config.signing_key else None
+        if config.publish_heads and self.signer is None:
+            raise ValueError("--publish-heads needs --signing-key: only signed heads are published")
 
     @property
     def writer(self) -> Writer | None:
@@ -115,6 +125,10 @@ class Node:
 
     async def start(self) -> int:
         """Migrate, open the read pool and start serving; returns the bound port."""
+        if self.signer is None:
+            log.warning("no signing key (--signing-key): journal blocks are written unsigned")
+        else:
+            log.info("journal heads are signed with key %s", self.signer.key_id)
         connection = await self._connect()
         try:
             applied = await store.migrate(connection)
@@ -242,8 +256,35 @@ class Node:
                         await task
         if acquire not in done:
             return
+        publisher = await self._start_publisher()
+        try:
+            await self._write_as(acquire.result(), publisher)
+        finally:
+            if publisher is not None:
+                await asyncio.to_thread(publisher.close)
+
+    async def _start_publisher(self) -> HeadPublisher | None:
+        if self.signer is None or not self.config.publish_heads:
+            return None
+        publisher = HeadPublisher(Path(self.config.publish_heads), self.config.shard_id)
+        async with self._read_pool.acquire() as connection:
+            head = await store.last_block(connection, 30.0)
+            caught_up = await publisher.catch_up(connection, self.signer, head.sequence)
+        if caught_up:
+            log.info("published %d heads the last writer left unpublished", caught_up)
+        publisher.start()
+        log.info("publishing signed heads to %s", publisher.path)
+        return publisher
+
+    async def _write_as(self, epoch: int, publisher: HeadPublisher | None) -> None:
         writer = Writer(
-            self.config.writer, self._connect, acquire.result(), self.metrics.batch_committed
+            self.config.writer,
+            self._connect,
+            epoch,
+            self.metrics.batch_committed,
+            self.signer,
+            self.config.shard_id,
+            publisher.publish if publisher is not None else None,
         )
         await writer.start()
         self._writer = writer

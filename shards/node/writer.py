@@ -34,6 +34,7 @@ from core.model import (
     transaction_to_record,
 )
 from core.pieces import decided_by_piece, fate_of_piece, reversed_by_piece
+from core.signing import Signer
 from core.state import (
     Batch,
     Item,
@@ -178,6 +179,9 @@ BatchObserver = Callable[[int, float, float], None]
 """Called after each committed batch (one that wrote a block) with (item_count, load_seconds,
 commit_seconds); commit_seconds is the database commit's own round trip."""
 
+HeadSink = Callable[[BlockHeader], None]
+"""Called with each committed block's signed head, in commit order (the heads publisher)."""
+
 
 class Writer:
     def __init__(
@@ -186,8 +190,15 @@ class Writer:
         connect: Callable[[], Any],
         epoch: int,
         observer: BatchObserver | None = None,
+        signer: Signer | None = None,
+        shard_id: int = 0,
+        publish: HeadSink | None = None,
     ) -> None:
         self.config = config
+        # Signs each block's head (None: unsigned blocks); the key never reaches the database.
+        self.signer = signer
+        self.shard_id = shard_id
+        self._publish = publish
         self._connect = connect
         self.epoch = epoch
         self.state = WriterState.RUNNING
@@ -355,6 +366,8 @@ class Writer:
                 end.next_posting_sequence,
                 end.last_timestamp_ns,
                 time.time_ns(),
+                self.signer,
+                self.shard_id,
             )
         item_count = sum(len(items) for items in item_lists)
         head = block.header if block is not None else previous
@@ -398,6 +411,8 @@ class Writer:
             self.position = prepared.batch.position
             self.committed_batch_count += 1
             self._install(prepared.batch)
+            if self._publish is not None:  # after the commit: never a head rolled back
+                self._publish(prepared.block.header)
         _answer(prepared.requests, prepared.results)
         if self._observer is not None and prepared.block is not None:
             self._observer(prepared.item_count, prepared.load_seconds, prepared.commit_seconds)
