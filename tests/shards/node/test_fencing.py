@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -248,18 +249,27 @@ async def test_writer_whose_lease_session_died_is_fenced_by_the_new_holder(
     """A zombie: A's lease session dies (as in a network partition) while its writer connection
     lives. Standby B takes the lease; A still believes it is the writer, but its next batch is
     refused by the epoch check (items UNAVAILABLE, nothing written) and A exits with
-    EXIT_FENCED. B then applies the same items."""
+    EXIT_FENCED. B then applies the same items.
+
+    A is paused (SIGSTOP) while its lease session is cut and B takes over, as a partitioned or
+    stalled writer would be: a running A notices the lost session at once and rightly takes
+    the lock back while the epoch is still its own, and B would then wait forever."""
     async with running_node(dsn, tmp_path, "a") as node_a, connected(node_a) as client_a:
         await set_up(client_a)
         (before,) = await client_a.post(transfer("before"))
         assert name(before.code) == CREATED
         async with running_node(dsn, tmp_path, "b", wait_writer=False) as node_b:
             assert await health_status(node_b.target) == NOT_SERVING
-            terminated = await fetch_rows(
-                dsn, "SELECT pg_terminate_backend($1, 5000) AS ok", await _lease_session_pid(dsn)
-            )
-            assert terminated[0]["ok"]
-            await wait_health(node_b, SERVING, TAKEOVER_TIMEOUT_S)
+            lease_session = await _lease_session_pid(dsn)
+            node_a.process.send_signal(signal.SIGSTOP)
+            try:
+                terminated = await fetch_rows(
+                    dsn, "SELECT pg_terminate_backend($1, 5000) AS ok", lease_session
+                )
+                assert terminated[0]["ok"]
+                await wait_health(node_b, SERVING, TAKEOVER_TIMEOUT_S)
+            finally:
+                node_a.process.send_signal(signal.SIGCONT)
             lease_b = await lease_row(dsn)
             assert lease_b["holder"].endswith(f":{node_b.pid}")
 
