@@ -104,6 +104,15 @@ class Node:
     def read_pool(self) -> Any:
         return self._read_pool
 
+    @property
+    def shard_ids(self) -> frozenset[int]:
+        """The shards of this node's cluster: of its slot map and registered (itself alone
+        without a control database)."""
+        known = {self.config.shard_id, *self.endpoints}
+        if self.slot_map is not None:
+            known.update(self.slot_map.shard_ids)
+        return frozenset(known)
+
     async def _connect(self) -> Any:
         # Acknowledged means durable: never inherit a database or role default of "off".
         return await asyncpg.connect(
