@@ -80,6 +80,9 @@ def prepared_piece(item: spb.PrepareItem) -> TransactionSpec | Rejection:
     if item.decides:
         if spec.kind not in (Kind.POST_PENDING, Kind.VOID_PENDING):
             return Rejection(ResultCode.INVALID_FLAGS, "decides: not a post or void", spec.linked)
+        problem = validation.clearing_leg_problem(spec.legs)  # the client's post, as sent
+        if problem:
+            return Rejection(ResultCode.INVALID_LEGS, problem, spec.linked)
         identifier = ids.piece_id(spec.id, item.attempt)
         deadline_s = max(1, item.deadline_seconds)
         return fate_piece(identifier, item.coordinator_shard, deadline_s, spec)

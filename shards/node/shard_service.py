@@ -72,6 +72,9 @@ class ShardService(spb_grpc.ShardServicer):  # type: ignore[misc]
     async def Prepare(self, request: spb.PrepareRequest, context: Context) -> spb.PrepareResponse:
         await _check_count(context, len(request.items))
         shards = self._node.shard_ids
+        if any(item.coordinator_shard not in shards for item in request.items):
+            await self._node.refresh_slot_map_now()  # perhaps a shard this node has not seen
+            shards = self._node.shard_ids
         for n, item in enumerate(request.items):
             await _check_attempt(context, item.attempt)
             if item.coordinator_shard not in shards:  # nobody to ask: held forever

@@ -340,6 +340,23 @@ async def test_prepare_piece_kinds(shard: Shard) -> None:
     assert (await shard.client.transaction("fund-c1")).reversed_by_id == ""
 
 
+async def test_prepare_deciding_piece_refuses_clearing_legs(shard: Shard) -> None:
+    """A piece deciding a hold here carries the client's post: checked as a client's."""
+    post = pb.Transaction(
+        id="pr-7",
+        code=1,
+        post_pending_id="hold-c1",
+        legs=[leg("c1/dep", DEBIT, 1), leg(CLEARING, CREDIT, 1)],
+    )
+    item = spb.PrepareItem(
+        piece=post, coordinator_shard=0, deadline_seconds=30, attempt="a1", decides=True
+    )
+    response = await shard.stub.Prepare(spb.PrepareRequest(items=[item]), timeout=30)
+    assert [(name(r.code), r.message) for r in response.results] == [
+        ("RESULT_CODE_INVALID_LEGS", CLEARING_RESERVED)
+    ]
+
+
 async def test_commit_without_legs_checks_its_fields(shard: Shard) -> None:
     items = [
         spb.CommitItem(piece=pb.Transaction(id="cm-1", code=0), attempt="a1"),
