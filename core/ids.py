@@ -4,8 +4,8 @@ A shard records some transactions no client submits (a hold's expiry, the record
 cross-shard protocol), and the gateway keeps one clearing account per currency. Their ids live
 in namespaces no client id can enter: transaction ids and metadata keys starting with "~" (client
 ids start with a letter or digit, after an optional "@": core.validation), and the clearing
-accounts under "@clearing/", which the gateway refuses to clients. This module spells all of
-them; nothing else writes these prefixes by hand.
+accounts under "@clearing/", which the gateway and every node refuse to clients. This module
+spells all of them; nothing else writes these prefixes by hand.
 
 Conventions: a builder returns the id; parse_* returns its parts and raises ValueError for an id
 not of its form. Parsers are pure and check the grammar (prefix, attempt, non-empty parts), not

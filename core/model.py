@@ -54,6 +54,7 @@ class ResultCode(enum.IntEnum):
     UNAVAILABLE = 35
     WRONG_SHARD = 36
     ABORTED = 37
+    ITEM_FAULT = 38
 
 
 SUCCESS_CODES = frozenset({ResultCode.OK, ResultCode.CREATED, ResultCode.REPLAYED})

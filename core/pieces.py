@@ -15,7 +15,15 @@ import enum
 
 from core import ids
 from core.journal import decode_legs, encode_legs
-from core.model import Kind, Leg, TransactionSpec, TransactionState, expires_at
+from core.model import AccountSpec, Kind, Leg, TransactionSpec, TransactionState, expires_at
+
+CLEARING_CODE = 9999
+"""The account code of every clearing account."""
+
+
+def clearing_account_spec(currency: str) -> AccountSpec:
+    """A shard's piece of the clearing account of `currency` (core.ids.clearing_account)."""
+    return AccountSpec(ids.clearing_account(currency), currency, CLEARING_CODE, False, False, ())
 
 
 def share_of_post(held: tuple[Leg, ...], post: tuple[Leg, ...]) -> tuple[Leg, ...]:

@@ -8,12 +8,13 @@ transaction the first time it changes it, so a failed commit leaves the caller's
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
 from core import ids, limits
-from core.invariant import check, fail
+from core.invariant import InvariantError, check, fail
 from core.model import (
     SUCCESS_CODES,
     AccountSpec,
@@ -39,6 +40,8 @@ from core.pieces import (
 )
 
 Item = AccountSpec | TransactionSpec | CloseSpec | Rejection
+
+log = logging.getLogger("tally.state")
 
 
 @dataclass(slots=True)
@@ -77,7 +80,18 @@ class WriteSet:
 
 
 class _Savepoint:
-    __slots__ = ("accounts", "lengths", "next_sequence", "touched", "transactions")
+    """What undoing the items applied since it was taken needs (a linked group's, or one item's
+    that met a fault): earlier values of what they changed, the write set's lengths, and the
+    ids they were the first to touch (so taking one costs nothing per item already applied)."""
+
+    __slots__ = (
+        "accounts",
+        "lengths",
+        "next_sequence",
+        "touched_accounts",
+        "touched_transactions",
+        "transactions",
+    )
 
     def __init__(self, batch: Batch) -> None:
         self.accounts: dict[str, AccountState | None] = {}
@@ -93,11 +107,19 @@ class _Savepoint:
             len(out.holds_rearmed),
         )
         self.next_sequence = batch.next_sequence
-        self.touched = (set(batch.touched_accounts), set(batch.touched_transactions))
+        self.touched_accounts: list[str] = []
+        self.touched_transactions: list[str] = []
 
 
 class Batch:
-    """One batch being applied. Create, call apply(), then read `out` and `position`."""
+    """One batch being applied. Create, call apply(), then read `out` and `position`.
+
+    No item can stop the batch but a broken invariant (core.invariant.InvariantError): an item
+    whose application raises anything else is answered ITEM_FAULT with nothing of it applied
+    (logged with its traceback), and the rest of the batch goes on. Applying costs nothing more
+    for it while no item faults: the batch is applied again from its inputs only then, each
+    item under a savepoint of its own (see apply).
+    """
 
     def __init__(
         self,
@@ -106,6 +128,12 @@ class Batch:
         position: JournalPosition,
         now_ns: int,
     ) -> None:
+        self._inputs = (accounts, transactions, position, now_ns)
+        self._guarded = False
+        self._start()
+
+    def _start(self) -> None:
+        accounts, transactions, position, now_ns = self._inputs
         # The batch's own views; values are shared with the caller until copied on write.
         self.accounts = dict(accounts)
         self.transactions = dict(transactions)
@@ -122,7 +150,16 @@ class Batch:
     # ---- entry point ----
 
     def apply(self, requests: Sequence[Sequence[Item]]) -> list[list[Result]]:
-        results = [self._apply_request(items) for items in requests]
+        try:
+            results = [self._apply_request(items) for items in requests]
+        except InvariantError:
+            raise
+        except Exception:
+            # An item met a fault, its effects half made. The inputs were never mutated (copy
+            # on write): start again from them, each item guarded, to find it and undo only it.
+            self._guarded = True
+            self._start()
+            results = [self._apply_request(items) for items in requests]
         self._finish()
         return results
 
@@ -212,9 +249,37 @@ class Batch:
         del out.closures[c:], out.holds_opened[ho:], out.holds_closed[hc:]
         del out.holds_rearmed[hr:]
         self.next_sequence = savepoint.next_sequence
-        self.touched_accounts, self.touched_transactions = savepoint.touched
+        self.touched_accounts.difference_update(savepoint.touched_accounts)
+        self.touched_transactions.difference_update(savepoint.touched_transactions)
 
     def _apply_item(self, item: Item) -> Result:
+        if not self._guarded:
+            return self._apply_one(item)
+        # Inside a linked group, the group's savepoint undoes the item (it failed); alone, it
+        # gets one of its own.
+        alone = self._savepoint is None
+        if alone:
+            self._savepoint = _Savepoint(self)
+        savepoint = self._savepoint
+        assert savepoint is not None
+        try:
+            return self._apply_one(item)
+        except InvariantError:
+            raise
+        except Exception as error:
+            if alone:
+                self._rollback(savepoint)
+            log.exception("unexpected fault applying %s; answered ITEM_FAULT", _describe(item))
+            return Result(
+                ResultCode.ITEM_FAULT,
+                f"the node met an unexpected fault applying this item ({type(error).__name__}; "
+                "logged); nothing of it was applied",
+            )
+        finally:
+            if alone:
+                self._savepoint = None
+
+    def _apply_one(self, item: Item) -> Result:
         self.item_count += 1
         if isinstance(item, Rejection):
             return Result(item.code, item.message)
@@ -247,8 +312,20 @@ class Batch:
             account = account.copy()
             self.accounts[account_id] = account
             self.owned_accounts.add(account_id)
-        self.touched_accounts.add(account_id)
+        self._touch_account(account_id)
         return account
+
+    def _touch_account(self, account_id: str) -> None:
+        if account_id not in self.touched_accounts:
+            self.touched_accounts.add(account_id)
+            if self._savepoint is not None:
+                self._savepoint.touched_accounts.append(account_id)
+
+    def _touch_transaction(self, transaction_id: str) -> None:
+        if transaction_id not in self.touched_transactions:
+            self.touched_transactions.add(transaction_id)
+            if self._savepoint is not None:
+                self._savepoint.touched_transactions.append(transaction_id)
 
     def _own_transaction(self, transaction_id: str) -> TransactionState:
         state = self.transactions[transaction_id]
@@ -260,7 +337,7 @@ class Batch:
             state = state.copy()
             self.transactions[transaction_id] = state
             self.owned_transactions.add(transaction_id)
-        self.touched_transactions.add(transaction_id)
+        self._touch_transaction(transaction_id)
         return state
 
     def _add_transaction(self, state: TransactionState) -> None:
@@ -269,7 +346,7 @@ class Batch:
             self._savepoint.transactions[transaction_id] = self.transactions.get(transaction_id)
         self.transactions[transaction_id] = state
         self.owned_transactions.add(transaction_id)
-        self.touched_transactions.add(transaction_id)
+        self._touch_transaction(transaction_id)
         self.out.new_transactions.append(state)
 
     # ---- accounts ----
@@ -776,6 +853,17 @@ def _reversal_problem(
     return None
 
 
+def _describe(item: Item) -> str:
+    """An item for the log: its kind and id (ids are bounded by validation)."""
+    if isinstance(item, TransactionSpec):
+        return f"transaction {item.id[:200]!r} ({item.kind.name})"
+    if isinstance(item, AccountSpec):
+        return f"account {item.id[:200]!r}"
+    if isinstance(item, CloseSpec):
+        return f"closing of {item.account_id[:200]!r}"
+    return "a rejection"
+
+
 def _leg_account_problem(index: int, leg: Leg, account: AccountState | None) -> Result | None:
     if account is None:
         return Result(
@@ -901,7 +989,10 @@ def needed_ids(requests: Sequence[Sequence[Item]]) -> tuple[set[str], set[str]]:
                     if reversed_id:
                         transaction_ids.add(reversed_id)
                     if decided_by_piece(item):
-                        fate = fate_of_piece(item)
+                        try:
+                            fate = fate_of_piece(item)
+                        except Exception:  # applying it faults the same way: ITEM_FAULT
+                            continue
                         transaction_ids.update((fate.id, fate.target_id))
             elif isinstance(item, AccountSpec):
                 account_ids.add(item.id)

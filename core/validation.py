@@ -11,7 +11,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from core import limits
+from core import ids, limits
 from core.currencies import is_known_currency
 from core.model import (
     AccountSpec,
@@ -34,6 +34,19 @@ RawLeg = tuple[str, int, int, str]
 
 SIDE_DEBIT = 1
 SIDE_CREDIT = 2
+
+CLEARING_RESERVED = (
+    f"accounts under {ids.CLEARING_PREFIX} are the cluster's own inter-shard clearing accounts; "
+    "clients cannot post to, create or close them"
+)
+"""Why a client's item naming a clearing account is refused (by the gateway and by a node)."""
+
+# What an abort marker may record as the reason an attempt did not commit: a refusal, never a
+# success (a later commit of the attempt answers the recorded reason as its own).
+_NOT_REFUSALS = frozenset(
+    {ResultCode.UNSPECIFIED, ResultCode.OK, ResultCode.CREATED, ResultCode.REPLAYED}
+)
+REFUSAL_CODES = frozenset(code for code in ResultCode if code not in _NOT_REFUSALS)
 
 _ORDINARY = (Kind.ORDINARY, "")
 
@@ -281,6 +294,14 @@ def check_transaction(
     )
 
 
+def check_scalars(
+    code: int, metadata: Mapping[str, str], value_date: str, kind: Kind, timeout_seconds: int
+) -> Rejection | None:
+    """A transaction's code, metadata, value date and timeout (as for a `kind`), or why not:
+    for records built without check_transaction (a cross-shard piece without legs)."""
+    return _check_scalars(code, metadata, value_date, kind, timeout_seconds)
+
+
 def _check_scalars(
     code: int, metadata: Mapping[str, str], value_date: str, kind: Kind, timeout_seconds: int
 ) -> Rejection | None:
@@ -359,3 +380,48 @@ def mark_duplicate_accounts(
     items: list[AccountSpec | Rejection],
 ) -> list[AccountSpec | Rejection]:
     return mark_duplicates(items, "id")
+
+
+# ---- the cluster's clearing accounts, refused to clients ----
+
+
+def clearing_leg_problem(legs: Iterable[Leg]) -> str:
+    """CLEARING_RESERVED if a leg names a clearing account, else ""."""
+    for leg in legs:
+        if leg.account_id.startswith(ids.CLEARING_PREFIX):
+            return CLEARING_RESERVED
+    return ""
+
+
+def refuse_clearing_legs(
+    items: list[TransactionSpec | Rejection],
+) -> list[TransactionSpec | Rejection]:
+    """Clients' transactions with a leg on a clearing account become INVALID_LEGS (in place)."""
+    # Hot path (every item of every request): plain loops, the list untouched if clean.
+    prefix = ids.CLEARING_PREFIX
+    for n, item in enumerate(items):
+        if isinstance(item, TransactionSpec):
+            for leg in item.legs:
+                if leg.account_id.startswith(prefix):
+                    items[n] = Rejection(ResultCode.INVALID_LEGS, CLEARING_RESERVED, item.linked)
+                    break
+    return items
+
+
+def refuse_clearing_accounts(items: list[Any], account_of: Any) -> list[Any]:
+    """Clients' creations or closings of a clearing account become INVALID_ID."""
+    return [
+        Rejection(ResultCode.INVALID_ID, CLEARING_RESERVED)
+        if not isinstance(item, Rejection) and ids.is_clearing(account_of(item))
+        else item
+        for item in items
+    ]
+
+
+def abort_reason_problem(reason: int, field: str) -> str:
+    """Why an abort marker cannot record `reason` ("": it can; 0 means UNAVAILABLE)."""
+    if reason == 0 or reason in REFUSAL_CODES:
+        return ""
+    return (
+        f"{field} {reason} is not a refusal code (a ResultCode other than OK, CREATED and REPLAYED)"
+    )

@@ -19,8 +19,10 @@ from typing import Any, Protocol
 import grpc
 
 from core import ids, validation
+from core.currencies import is_known_currency
 from core.model import (
     SUCCESS_CODES,
+    AccountSpec,
     Kind,
     Rejection,
     Result,
@@ -31,6 +33,7 @@ from core.model import (
 )
 from core.pieces import (
     DeadlineMode,
+    clearing_account_spec,
     deadline_spec,
     fate_piece,
     hold_settlement_spec,
@@ -63,14 +66,23 @@ class Submitter(Protocol):
 
 def prepared_piece(item: spb.PrepareItem) -> TransactionSpec | Rejection:
     """A participant's piece: held under the attempt's piece id until resolved."""
+    if item.reverses_id and item.decides:
+        return Rejection(
+            ResultCode.INVALID_FLAGS, "reverses_id and decides are exclusive", item.piece.linked
+        )
     if item.reverses_id and not item.piece.legs:
         return _legless_reversal_piece(item)
     spec = convert.transaction_from_proto(item.piece)
     if isinstance(spec, Rejection):
         return spec
+    if not item.decides and spec.kind not in _PLAIN_KINDS:
+        return Rejection(ResultCode.INVALID_FLAGS, _NOT_PLAIN, spec.linked)
     if item.decides:
         if spec.kind not in (Kind.POST_PENDING, Kind.VOID_PENDING):
             return Rejection(ResultCode.INVALID_FLAGS, "decides: not a post or void", spec.linked)
+        problem = validation.clearing_leg_problem(spec.legs)  # the client's post, as sent
+        if problem:
+            return Rejection(ResultCode.INVALID_LEGS, problem, spec.linked)
         identifier = ids.piece_id(spec.id, item.attempt)
         deadline_s = max(1, item.deadline_seconds)
         return fate_piece(identifier, item.coordinator_shard, deadline_s, spec)
@@ -97,6 +109,9 @@ def _legless_reversal_piece(item: spb.PrepareItem) -> TransactionSpec | Rejectio
         problem = validation.id_problem(value, field)
         if problem:
             return Rejection(ResultCode.INVALID_ID, problem, message.linked)
+    rejection = _legless_problem(message)
+    if rejection is not None:
+        return rejection
     metadata = (
         *validation.canonical_metadata(message.metadata),
         (ids.REVERSES_KEY, item.reverses_id),
@@ -114,6 +129,28 @@ def _legless_reversal_piece(item: spb.PrepareItem) -> TransactionSpec | Rejectio
     )
 
 
+# A piece of a unit's legs is a transfer or a hold; the reversals, posts and voids among a
+# unit's transactions travel as the fields of the items (reverses_id, decides, as_sent).
+_PLAIN_KINDS = frozenset({Kind.ORDINARY, Kind.PENDING})
+_NOT_PLAIN = (
+    "a piece's post_pending_id, void_pending_id and reverses_id must be empty (the item says "
+    "what the piece reverses or decides)"
+)
+
+
+def _legless_problem(message: pb.Transaction) -> Rejection | None:
+    """A piece without legs, built without check_transaction: its other fields checked."""
+    if message.post_pending_id or message.void_pending_id or message.reverses_id:
+        return Rejection(ResultCode.INVALID_FLAGS, _NOT_PLAIN, message.linked)
+    kind = Kind.PENDING if message.pending else Kind.ORDINARY
+    rejection = validation.check_scalars(
+        message.code, message.metadata, message.value_date, kind, message.timeout_seconds
+    )
+    if rejection is None:
+        return None
+    return Rejection(rejection.code, rejection.message, message.linked)
+
+
 def commit_piece(message: pb.Transaction, attempt: str) -> TransactionSpec | Rejection:
     """The coordinator's piece under the client's id: applying it records the attempt's
     commit. Without legs (a transaction of a linked group with none on this shard) it records
@@ -126,10 +163,15 @@ def commit_piece(message: pb.Transaction, attempt: str) -> TransactionSpec | Rej
         spec = convert.transaction_from_proto(message)
         if isinstance(spec, Rejection):
             return spec
+        if spec.kind not in _PLAIN_KINDS:
+            return Rejection(ResultCode.INVALID_FLAGS, _NOT_PLAIN, spec.linked)
         return spec._replace(kind=kind, target_id=marker_id, timeout_seconds=timeout_seconds)
     problem = validation.id_problem(message.id, "id")
     if problem:
         return Rejection(ResultCode.INVALID_ID, problem, message.linked)
+    rejection = _legless_problem(message)
+    if rejection is not None:
+        return rejection
     return TransactionSpec(
         message.id,
         kind,
@@ -141,6 +183,14 @@ def commit_piece(message: pb.Transaction, attempt: str) -> TransactionSpec | Rej
         marker_id,
         message.linked,
     )
+
+
+def as_sent_problem(message: pb.Transaction) -> str:
+    """Why a Commit item's piece cannot be applied as the client sent it ("": it can): that is
+    only for a client's reversal, post or void, and never with a leg on a clearing account."""
+    if not (message.post_pending_id or message.void_pending_id or message.reverses_id):
+        return "as_sent is only for a client's reversal, post or void"
+    return validation.clearing_leg_problem(convert.leg_from_proto(leg) for leg in message.legs)
 
 
 def hold_fate(item: spb.CommitItem, now_ns: int) -> TransactionSpec | Rejection:
@@ -199,6 +249,15 @@ def commit_answers(items: Sequence[spb.CommitItem], results: Sequence[Result]) -
             answers.append(results[position])
             position += 1
     return answers
+
+
+def clearing_account_item(index: int, currency: str) -> AccountSpec | Rejection:
+    """The clearing account of one currency of a CreateClearingAccounts call."""
+    if not is_known_currency(currency):
+        return Rejection(
+            ResultCode.INVALID_CURRENCY, f"currencies[{index}] {currency[:8]!r} is not ISO 4217"
+        )
+    return clearing_account_spec(currency)
 
 
 def abort_marker(item: spb.AbortItem) -> TransactionSpec:
@@ -405,6 +464,26 @@ def hold_state(hold: TransactionState, resolution: TransactionState | None) -> s
     if resolution is not None and resolution.spec.kind is not Kind.EXPIRY:
         state.resolution.CopyFrom(convert.transaction_spec_to_proto(resolution.spec))
     return state
+
+
+def resolution_problem(item: spb.SettleHoldItem) -> str:
+    """Why a SettleHolds item's resolution is not the client's post or void of its hold, as
+    the gateway checked it ("": it is; OPEN and EXPIRED carry none)."""
+    if item.fate not in (spb.HOLD_FATE_POSTED, spb.HOLD_FATE_VOIDED):
+        return ""
+    spec = convert.transaction_from_proto(item.resolution)
+    if isinstance(spec, Rejection):
+        return f"resolution: {spec.message}"
+    posted = item.fate == spb.HOLD_FATE_POSTED
+    wanted = Kind.POST_PENDING if posted else Kind.VOID_PENDING
+    field = "post_pending_id" if posted else "void_pending_id"
+    if spec.kind is not wanted:
+        fate, what = ("POSTED", "post") if posted else ("VOIDED", "void")
+        return f"resolution of a {fate} hold must be its {what} ({field})"
+    if spec.target_id != item.transaction_id:
+        return f"resolution.{field} {spec.target_id!r} is not the hold {item.transaction_id!r}"
+    problem = validation.clearing_leg_problem(spec.legs)
+    return f"resolution: {problem}" if problem else ""
 
 
 def settlement_spec(

@@ -10,7 +10,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from core import ids
 from core.model import Result, ResultCode
 from core.slots import SlotMap, is_spread
 from shards import control
@@ -23,8 +22,6 @@ from tally.v1.shard_pb2_grpc import ShardStub
 
 log = logging.getLogger("tally.gateway")
 
-# The account type (code) of the inter-shard clearing accounts.
-CLEARING_CODE = 9999
 SHARD_DESCRIPTOR = shard_pb2.DESCRIPTOR.services_by_name["Shard"]
 
 
@@ -129,15 +126,20 @@ class Cluster:
     async def _create_clearing_accounts(self, missing: list[str]) -> None:
         if not missing:
             return
-        accounts = [
-            pb.Account(id=ids.clearing_account(currency), currency=currency, code=CLEARING_CODE)
-            for currency in missing
-        ]
+        request = shard_pb2.CreateClearingAccountsRequest(currencies=missing)
         for shard_id in self.map().shard_ids:
-            results = await self.link(shard_id).create(accounts)
-            for account, result in zip(accounts, results, strict=True):
+            stub = self._shard_stubs.get(shard_id)
+            if stub is None:
+                raise KeyError(f"shard {shard_id} has no registered endpoint")
+            response = await stub.CreateClearingAccounts(
+                request, timeout=self.config.shard_call_timeout_s
+            )
+            for currency, result in zip(missing, response.results, strict=True):
                 if result.code not in (pb.RESULT_CODE_CREATED, pb.RESULT_CODE_REPLAYED):
-                    raise RuntimeError(f"cannot create {account.id} on shard {shard_id}: {result}")
+                    raise RuntimeError(
+                        f"cannot create the clearing account of {currency} on shard {shard_id}: "
+                        f"{result}"
+                    )
         self._clearing_ready.update(missing)
 
     def map(self) -> SlotMap:

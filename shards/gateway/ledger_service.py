@@ -11,7 +11,7 @@ from typing import Any, NoReturn
 import grpc
 
 from core import validation
-from core.ids import CLEARING_PREFIX, is_clearing, piece_id
+from core.ids import is_clearing, piece_id
 from core.model import (
     AccountSpec,
     CloseSpec,
@@ -46,7 +46,7 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
     ) -> pb.PostTransactionsResponse:
         messages = list(request.transactions)
         await check_batch_size(context, len(messages), "transactions")
-        items = _refuse_clearing_legs(convert.transactions_from_proto(messages))
+        items = validation.refuse_clearing_legs(convert.transactions_from_proto(messages))
         results: list[pb.ItemResult | None] = [None] * len(items)
         todo = []
         for start, end in routing.units(items):
@@ -399,7 +399,9 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
     ) -> pb.CreateAccountsResponse:
         messages = list(request.accounts)
         await check_batch_size(context, len(messages), "accounts")
-        items = _refuse_clearing_accounts(convert.accounts_from_proto(messages), lambda i: i.id)
+        items = validation.refuse_clearing_accounts(
+            convert.accounts_from_proto(messages), lambda i: i.id
+        )
         results = await self._per_account(items, messages, lambda i: i.id, "create")
         return pb.CreateAccountsResponse(results=results)
 
@@ -408,7 +410,7 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
     ) -> pb.CloseAccountsResponse:
         messages = list(request.accounts)
         await check_batch_size(context, len(messages), "accounts")
-        items = _refuse_clearing_accounts(
+        items = validation.refuse_clearing_accounts(
             convert.closes_from_proto(messages), lambda i: i.account_id
         )
         results = await self._per_account(items, messages, lambda i: i.account_id, "close")
@@ -686,11 +688,6 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
 
 _RESOLUTIONS = (Kind.POST_PENDING, Kind.VOID_PENDING)
 
-CLEARING_RESERVED = (
-    f"accounts under {CLEARING_PREFIX} are the cluster's own inter-shard clearing accounts; "
-    "clients cannot post to, create or close them"
-)
-
 
 @dataclass
 class _UnitDraft:
@@ -764,28 +761,6 @@ def _unit_of_draft(
         # original had none there): the piece is what locks the original.
         unit.pieces[k].setdefault(shard, [])
     return unit
-
-
-def _refuse_clearing_legs(
-    items: list[TransactionSpec | Rejection],
-) -> list[TransactionSpec | Rejection]:
-    # Hot path (every item of every request): plain loops, the list untouched if clean.
-    for n, item in enumerate(items):
-        if isinstance(item, TransactionSpec):
-            for leg in item.legs:
-                if leg.account_id.startswith(CLEARING_PREFIX):
-                    items[n] = Rejection(ResultCode.INVALID_LEGS, CLEARING_RESERVED, item.linked)
-                    break
-    return items
-
-
-def _refuse_clearing_accounts(items: list[Any], account_of: Any) -> list[Any]:
-    return [
-        Rejection(ResultCode.INVALID_ID, CLEARING_RESERVED)
-        if not isinstance(item, Rejection) and is_clearing(account_of(item))
-        else item
-        for item in items
-    ]
 
 
 def _one_transaction(

@@ -11,6 +11,7 @@ from core import ids, limits, validation
 from core.model import (
     AccountSpec,
     AccountState,
+    CloseSpec,
     Kind,
     Rejection,
     Result,
@@ -31,7 +32,8 @@ CURSOR_MAX = 2**63 - 1
 
 class NodeView(Protocol):
     """What the servicer needs from its node: the writer (None while standby), a read pool,
-    and the slots it owns (None: all of them)."""
+    the slots it owns (None: all of them) and the shards of its cluster (itself alone when it
+    has no slot map)."""
 
     @property
     def writer(self) -> Writer | None: ...
@@ -44,6 +46,9 @@ class NodeView(Protocol):
 
     @property
     def slot_map(self) -> SlotMap | None: ...
+
+    @property
+    def shard_ids(self) -> frozenset[int]: ...
 
     async def refresh_slot_map_now(self) -> None: ...
 
@@ -95,14 +100,20 @@ class LedgerService(pb_grpc.LedgerServicer):  # type: ignore[misc]
         self, request: pb.CreateAccountsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.CreateAccountsResponse:
         await check_batch_size(context, len(request.accounts), "accounts")
-        results = await self._submit(context, convert.accounts_from_proto(request.accounts))
+        # The clearing accounts come through tally.v1.Shard (CreateClearingAccounts) only.
+        items = validation.refuse_clearing_accounts(
+            convert.accounts_from_proto(request.accounts), _account_id
+        )
+        results = await self._submit(context, items)
         return pb.CreateAccountsResponse(results=convert.results_to_proto(results))
 
     async def PostTransactions(
         self, request: pb.PostTransactionsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.PostTransactionsResponse:
         await check_batch_size(context, len(request.transactions), "transactions")
-        items = convert.transactions_from_proto(request.transactions)
+        items = validation.refuse_clearing_legs(
+            convert.transactions_from_proto(request.transactions)
+        )
         results = await self._submit(context, items)
         return pb.PostTransactionsResponse(results=convert.results_to_proto(results))
 
@@ -110,7 +121,10 @@ class LedgerService(pb_grpc.LedgerServicer):  # type: ignore[misc]
         self, request: pb.CloseAccountsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.CloseAccountsResponse:
         await check_batch_size(context, len(request.accounts), "accounts")
-        results = await self._submit(context, convert.closes_from_proto(request.accounts))
+        items = validation.refuse_clearing_accounts(
+            convert.closes_from_proto(request.accounts), _closed_account_id
+        )
+        results = await self._submit(context, items)
         return pb.CloseAccountsResponse(results=convert.results_to_proto(results))
 
     # ---- reads ----
@@ -235,6 +249,14 @@ class LedgerService(pb_grpc.LedgerServicer):  # type: ignore[misc]
             balance=convert.balance_to_proto(account.spec, counters),
             as_of_sequence=posting.sequence,
         )
+
+
+def _account_id(spec: AccountSpec) -> str:
+    return spec.id
+
+
+def _closed_account_id(spec: CloseSpec) -> str:
+    return spec.account_id
 
 
 def _transaction_id_problem(transaction_id: str, field: str) -> str:

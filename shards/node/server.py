@@ -36,8 +36,8 @@ from shards.node.metrics import NodeMetrics
 from shards.node.shard_service import ShardService
 from shards.node.writer import Writer, WriterConfig, WriterState
 from shards.rpc.metrics import MetricsServer
-from shards.rpc.servicer import ledger_handler
-from tally.v1 import ledger_pb2, shard_pb2, shard_pb2_grpc
+from shards.rpc.servicer import ledger_handler, shard_handler
+from tally.v1 import ledger_pb2, shard_pb2
 
 log = logging.getLogger("tally.node")
 
@@ -114,6 +114,15 @@ class Node:
     def read_pool(self) -> Any:
         return self._read_pool
 
+    @property
+    def shard_ids(self) -> frozenset[int]:
+        """The shards of this node's cluster: of its slot map and registered (itself alone
+        without a control database)."""
+        known = {self.config.shard_id, *self.endpoints}
+        if self.slot_map is not None:
+            known.update(self.slot_map.shard_ids)
+        return frozenset(known)
+
     async def _connect(self) -> Any:
         # Acknowledged means durable: never inherit a database or role default of "off".
         return await asyncpg.connect(
@@ -148,9 +157,9 @@ class Node:
         )
         rpc_metrics = self.metrics.rpc
         self._server.add_generic_rpc_handlers((ledger_handler(LedgerService(self), rpc_metrics),))
-        shard_pb2_grpc.add_ShardServicer_to_server(
-            rpc_metrics.instrument(ShardService(self), SHARD_DESCRIPTOR), self._server
-        )
+        # Parsing its own requests, as the Ledger's: a body that does not parse is
+        # INVALID_ARGUMENT, not gRPC's UNKNOWN.
+        self._server.add_generic_rpc_handlers((shard_handler(ShardService(self), rpc_metrics),))
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         reflection.enable_server_reflection(
             (LEDGER_SERVICE, SHARD_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME),

@@ -9,7 +9,7 @@ from typing import Any
 
 import grpc
 
-from core import ids, validation
+from core import ids, limits, validation
 from core.model import Kind, Result, ResultCode, TransactionSpec, TransactionState
 from core.pieces import DeadlineMode, resolution_spec
 from core.store import shard as store
@@ -34,11 +34,28 @@ async def _check_attempt(context: Context, attempt: str) -> None:
         )
 
 
-async def _check_id_and_attempt(context: Context, transaction_id: str, attempt: str) -> None:
-    problem = validation.id_problem(transaction_id, "transaction_id")
+async def _check_id_and_attempt(
+    context: Context, n: int, transaction_id: str, attempt: str
+) -> None:
+    problem = validation.id_problem(transaction_id, f"items[{n}].transaction_id")
     if problem:
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
     await _check_attempt(context, attempt)
+
+
+async def _refuse(context: Context, n: int, problem: str) -> None:
+    """A field of item n is wrong (problem names it): the whole call is refused."""
+    if problem:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"items[{n}].{problem}")
+
+
+async def _check_count(context: Context, count: int, what: str = "items") -> None:
+    """At most a batch of items (an empty call is answered empty)."""
+    if count > limits.batch_item_count_max:
+        await context.abort(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"{what} has {count} items; at most {limits.batch_item_count_max} per request",
+        )
 
 
 def _results(results: Sequence[Result]) -> list[pb.ItemResult]:
@@ -53,19 +70,43 @@ class ShardService(spb_grpc.ShardServicer):  # type: ignore[misc]
         return await submit_or_abort(self._node, context, await route_check(self._node, items))
 
     async def Prepare(self, request: spb.PrepareRequest, context: Context) -> spb.PrepareResponse:
-        for item in request.items:
+        await _check_count(context, len(request.items))
+        shards = self._node.shard_ids
+        if any(item.coordinator_shard not in shards for item in request.items):
+            await self._node.refresh_slot_map_now()  # perhaps a shard this node has not seen
+            shards = self._node.shard_ids
+        for n, item in enumerate(request.items):
             await _check_attempt(context, item.attempt)
+            if item.coordinator_shard not in shards:  # nobody to ask: held forever
+                await _refuse(
+                    context,
+                    n,
+                    f"coordinator_shard {item.coordinator_shard} is no shard of this cluster "
+                    f"(shards {sorted(shards)})",
+                )
+            if item.deadline_seconds > limits.pending_timeout_seconds_max:
+                await _refuse(
+                    context,
+                    n,
+                    f"deadline_seconds must be at most {limits.pending_timeout_seconds_max}",
+                )
         items: list[Any] = [participant.prepared_piece(item) for item in request.items]
         return spb.PrepareResponse(results=_results(await self._submit(context, items)))
 
     async def Commit(self, request: spb.CommitRequest, context: Context) -> spb.CommitResponse:
         now_ns = time.time_ns()
-        for item in request.items:
+        await _check_count(context, len(request.items))
+        for n, item in enumerate(request.items):
             await _check_attempt(context, item.attempt)
             if item.reverses_id:
                 problem = validation.id_problem(item.reverses_id, "reverses_id")
                 if problem:
                     await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+            if item.decide_before_ns and not item.as_sent:
+                await _refuse(context, n, "decide_before_ns is only for an as_sent post or void")
+            if item.as_sent:
+                problem = participant.as_sent_problem(item.piece)
+                await _refuse(context, n, f"piece: {problem}" if problem else "")
         records, fates = participant.commit_records(request.items, now_ns)
         # The hold fates are not slot-checked: back in their places after the check.
         checked = await route_check(self._node, records)
@@ -80,9 +121,12 @@ class ShardService(spb_grpc.ShardServicer):  # type: ignore[misc]
     async def Abort(self, request: spb.AbortRequest, context: Context) -> spb.AbortResponse:
         """Record the attempt's abort unless it committed; answer the decision either way (read
         back after the write, so it is the durable truth)."""
+        await _check_count(context, len(request.items))
         items: list[Any] = []
-        for item in request.items:
-            await _check_id_and_attempt(context, item.transaction_id, item.attempt)
+        for n, item in enumerate(request.items):
+            await _check_id_and_attempt(context, n, item.transaction_id, item.attempt)
+            # A later Commit of the attempt answers this reason as its own: never a success.
+            await _refuse(context, n, validation.abort_reason_problem(item.reason, "reason"))
             items.append(participant.abort_marker(item))
         await self._submit(context, items)
         wanted = [i.transaction_id for i in request.items] + [i.id for i in items]
@@ -129,6 +173,7 @@ class ShardService(spb_grpc.ShardServicer):  # type: ignore[misc]
         self, request: spb.DecideHoldsRequest, context: Context
     ) -> spb.DecideHoldsResponse:
         """The fate of cross-shard holds recorded here: the clients' posts and voids."""
+        await _check_count(context, len(request.items))
         items: list[Any] = []
         for n, item in enumerate(request.items):
             spec = convert.transaction_from_proto(item.resolution)
@@ -139,6 +184,9 @@ class ShardService(spb_grpc.ShardServicer):  # type: ignore[misc]
                 await context.abort(
                     grpc.StatusCode.INVALID_ARGUMENT, f"items[{n}] is not a post or a void"
                 )
+            if isinstance(spec, TransactionSpec):
+                problem = validation.clearing_leg_problem(spec.legs)
+                await _refuse(context, n, f"resolution: {problem}" if problem else "")
             items.append(spec)
         if any(item.decide_before_ns <= time.time_ns() for item in request.items):
             late = Result(ResultCode.UNAVAILABLE, participant.TOO_LATE)
@@ -153,9 +201,11 @@ class ShardService(spb_grpc.ShardServicer):  # type: ignore[misc]
         self, request: spb.SettleHoldsRequest, context: Context
     ) -> spb.SettleHoldsResponse:
         """Pieces of cross-shard holds held here: another deadline, or settled as decided."""
+        await _check_count(context, len(request.items))
         items: list[Any] = []
-        for item in request.items:
-            await _check_id_and_attempt(context, item.transaction_id, item.attempt)
+        for n, item in enumerate(request.items):
+            await _check_id_and_attempt(context, n, item.transaction_id, item.attempt)
+            await _refuse(context, n, participant.resolution_problem(item))
             mode = DeadlineMode.DECISION if item.before_decision else DeadlineMode.CONFIRM
             spec = participant.settlement_spec(
                 ids.piece_id(item.transaction_id, item.attempt),
@@ -175,10 +225,22 @@ class ShardService(spb_grpc.ShardServicer):  # type: ignore[misc]
         return spb.SettleHoldsResponse(results=_results(results))
 
     async def Resolve(self, request: spb.ResolveRequest, context: Context) -> spb.ResolveResponse:
-        for item in request.items:
-            await _check_attempt(context, item.attempt)
+        await _check_count(context, len(request.items))
+        for n, item in enumerate(request.items):
+            await _check_id_and_attempt(context, n, item.transaction_id, item.attempt)
         items: list[Any] = [
             resolution_spec(ids.piece_id(i.transaction_id, i.attempt), i.commit)
             for i in request.items
         ]
         return spb.ResolveResponse(results=_results(await self._submit(context, items)))
+
+    async def CreateClearingAccounts(
+        self, request: spb.CreateClearingAccountsRequest, context: Context
+    ) -> spb.CreateClearingAccountsResponse:
+        """Each currency's clearing account on this shard: the only way one is created."""
+        await _check_count(context, len(request.currencies), "currencies")
+        items = validation.mark_duplicate_accounts(
+            [participant.clearing_account_item(n, c) for n, c in enumerate(request.currencies)]
+        )
+        results = await self._submit(context, items)
+        return spb.CreateClearingAccountsResponse(results=_results(results))

@@ -1,5 +1,6 @@
 """What every tally.v1.Ledger servicer shares (a shard node's, the gateway's): aborting an RPC
-with a status, the batch-size check, and handlers that parse their own requests."""
+with a status, the batch-size check, and handlers that parse their own requests (for the
+node's tally.v1.Shard servicer too)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from google.protobuf.message import DecodeError
 from core import limits
 from core.model import ResultCode
 from tally.v1 import ledger_pb2 as pb
+from tally.v1 import shard_pb2 as spb
 
 if TYPE_CHECKING:
     from shards.rpc.metrics import RpcMetrics
@@ -45,11 +47,23 @@ def ledger_handler(service: Any, metrics: RpcMetrics | None = None) -> grpc.Gene
     so a body that is not a valid message is INVALID_ARGUMENT (gRPC's own deserialisation
     would answer UNKNOWN); timed and counted (including unparseable requests) when given
     metrics."""
-    descriptor = pb.DESCRIPTOR.services_by_name["Ledger"]
+    return parsing_handler(service, pb, "Ledger", metrics)
+
+
+def shard_handler(service: Any, metrics: RpcMetrics | None = None) -> grpc.GenericRpcHandler:
+    """tally.v1.Shard handlers of `service` (a ShardServicer), as ledger_handler's."""
+    return parsing_handler(service, spb, "Shard", metrics)
+
+
+def parsing_handler(
+    service: Any, module: Any, name: str, metrics: RpcMetrics | None = None
+) -> grpc.GenericRpcHandler:
+    """The handlers of service `name` of the generated `module` (see ledger_handler)."""
+    descriptor = module.DESCRIPTOR.services_by_name[name]
     handlers = {}
     for method in descriptor.methods:
-        request_type = getattr(pb, method.input_type.name)
-        response_type = getattr(pb, method.output_type.name)
+        request_type = getattr(module, method.input_type.name)
+        response_type = getattr(module, method.output_type.name)
         handle = _parsing(getattr(service, method.name), request_type)
         if metrics is not None:
             handle = metrics.wrap(method, handle)

@@ -13,6 +13,8 @@ import grpc
 
 from core.ids import clearing_account, parse_piece_id
 from tally.v1 import ledger_pb2 as pb
+from tally.v1.shard_pb2 import CreateClearingAccountsRequest
+from tally.v1.shard_pb2_grpc import ShardStub
 from tests.support.cluster_processes import ProcessCluster
 from tests.support.helpers import Client, account, transfer
 from tests.support.processes import fetch_rows
@@ -77,8 +79,10 @@ async def open_accounts(
     if clearing:  # the gateway creates it with its first cross-shard transaction otherwise
         for shard_id in range(len(cluster.shard_dsns)):  # clients may not: ask each node
             async with grpc.aio.insecure_channel(cluster.node_target(shard_id)) as channel:
-                codes = await Client(channel).create(account(CLEARING, code=9999))
-                assert codes == [pb.RESULT_CODE_CREATED]
+                response = await ShardStub(channel).CreateClearingAccounts(
+                    CreateClearingAccountsRequest(currencies=["USD"]), timeout=30
+                )
+                assert [r.code for r in response.results] == [pb.RESULT_CODE_CREATED]
     funding = [transfer(f"fund-{d}", "@cash", d, FUNDING) for d in deposits]
     assert await client.codes(*funding) == [pb.RESULT_CODE_CREATED] * len(deposits)
     return deposits

@@ -47,6 +47,7 @@ class ResultCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     RESULT_CODE_UNAVAILABLE: _ClassVar[ResultCode]
     RESULT_CODE_WRONG_SHARD: _ClassVar[ResultCode]
     RESULT_CODE_ABORTED: _ClassVar[ResultCode]
+    RESULT_CODE_ITEM_FAULT: _ClassVar[ResultCode]
 
 class Side(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -100,6 +101,7 @@ RESULT_CODE_ACCOUNT_HAS_PENDING: ResultCode
 RESULT_CODE_UNAVAILABLE: ResultCode
 RESULT_CODE_WRONG_SHARD: ResultCode
 RESULT_CODE_ABORTED: ResultCode
+RESULT_CODE_ITEM_FAULT: ResultCode
 SIDE_UNSPECIFIED: Side
 SIDE_DEBIT: Side
 SIDE_CREDIT: Side

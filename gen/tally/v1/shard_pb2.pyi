@@ -196,3 +196,15 @@ class SettleHoldsResponse(_message.Message):
     RESULTS_FIELD_NUMBER: _ClassVar[int]
     results: _containers.RepeatedCompositeFieldContainer[_ledger_pb2.ItemResult]
     def __init__(self, results: _Optional[_Iterable[_Union[_ledger_pb2.ItemResult, _Mapping]]] = ...) -> None: ...
+
+class CreateClearingAccountsRequest(_message.Message):
+    __slots__ = ("currencies",)
+    CURRENCIES_FIELD_NUMBER: _ClassVar[int]
+    currencies: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, currencies: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class CreateClearingAccountsResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[_ledger_pb2.ItemResult]
+    def __init__(self, results: _Optional[_Iterable[_Union[_ledger_pb2.ItemResult, _Mapping]]] = ...) -> None: ...

@@ -64,6 +64,11 @@ class ShardStub:
                 request_serializer=tally_dot_v1_dot_shard__pb2.SettleHoldsRequest.SerializeToString,
                 response_deserializer=tally_dot_v1_dot_shard__pb2.SettleHoldsResponse.FromString,
                 _registered_method=True)
+        self.CreateClearingAccounts = channel.unary_unary(
+                '/tally.v1.Shard/CreateClearingAccounts',
+                request_serializer=tally_dot_v1_dot_shard__pb2.CreateClearingAccountsRequest.SerializeToString,
+                response_deserializer=tally_dot_v1_dot_shard__pb2.CreateClearingAccountsResponse.FromString,
+                _registered_method=True)
 
 
 class ShardServicer:
@@ -105,6 +110,14 @@ class ShardServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateClearingAccounts(self, request, context):
+        """Each currency's inter-shard clearing account on this shard (the cluster's own: clients
+        can neither create, close nor post to an account under "@clearing/" through Ledger).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ShardServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -137,6 +150,11 @@ def add_ShardServicer_to_server(servicer, server):
                     servicer.SettleHolds,
                     request_deserializer=tally_dot_v1_dot_shard__pb2.SettleHoldsRequest.FromString,
                     response_serializer=tally_dot_v1_dot_shard__pb2.SettleHoldsResponse.SerializeToString,
+            ),
+            'CreateClearingAccounts': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateClearingAccounts,
+                    request_deserializer=tally_dot_v1_dot_shard__pb2.CreateClearingAccountsRequest.FromString,
+                    response_serializer=tally_dot_v1_dot_shard__pb2.CreateClearingAccountsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -301,6 +319,33 @@ class Shard:
             '/tally.v1.Shard/SettleHolds',
             tally_dot_v1_dot_shard__pb2.SettleHoldsRequest.SerializeToString,
             tally_dot_v1_dot_shard__pb2.SettleHoldsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateClearingAccounts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tally.v1.Shard/CreateClearingAccounts',
+            tally_dot_v1_dot_shard__pb2.CreateClearingAccountsRequest.SerializeToString,
+            tally_dot_v1_dot_shard__pb2.CreateClearingAccountsResponse.FromString,
             options,
             channel_credentials,
             insecure,
