@@ -6,6 +6,8 @@ multiplied repeated items, oversize maps), and byte-level damage to a serialized
 from __future__ import annotations
 
 import random
+from collections import Counter
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from google.protobuf import descriptor
@@ -16,6 +18,21 @@ from tests.support.helpers import leg
 
 MAX = limits.amount_max
 GROWTH_BYTES_MAX = 40 << 20  # a multiplied repeated field stays below this
+
+
+@dataclass
+class Tally:
+    """What a fuzz run saw: the gRPC statuses and result codes of its answers, and the failures
+    it must not see (each with the start of the request's body, for reproducing it)."""
+
+    preview_byte_count: int = 120
+    statuses: Counter[str] = field(default_factory=Counter)
+    codes: Counter[str] = field(default_factory=Counter)
+    failures: list[str] = field(default_factory=list)
+
+    def fail(self, method: str, body: bytes, problem: str) -> None:
+        preview = body[: self.preview_byte_count]
+        self.failures.append(f"{method} ({len(body)} bytes, {preview!r}...): {problem}")
 
 
 class FuzzWorld(Protocol):

@@ -25,7 +25,6 @@ import asyncio
 import os
 import random
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +40,7 @@ from core.model import Rejection, ResultCode, TransactionSpec
 from tally.v1 import ledger_pb2 as pb
 from tests.support.fuzzing import (
     NASTY_STRINGS,
+    Tally,
     corrupt,
     mutate,
     random_unicode,
@@ -273,16 +273,6 @@ def gen_message(world: World) -> tuple[str, bytes]:
 # ---- checking the answers ----
 
 
-@dataclass
-class Tally:
-    statuses: Counter[str] = field(default_factory=Counter)
-    codes: Counter[str] = field(default_factory=Counter)
-    failures: list[str] = field(default_factory=list)
-
-    def fail(self, method: str, body: bytes, problem: str) -> None:
-        self.failures.append(f"{method} ({len(body)} bytes, {body[:120]!r}...): {problem}")
-
-
 def check_response(method: str, request: Message, response: Message, tally: Tally) -> str:
     """Problems with a successful answer, or ""."""
     if method in WRITE_ITEMS:
@@ -376,7 +366,7 @@ async def test_fuzz_random_and_mutated_messages(
     client = Client(channel)
     world = await setup_world(client, random.Random(SEED))
     calls = {method: channel.unary_unary(f"/{SERVICE.full_name}/{method}") for method in METHODS}
-    tally = Tally()
+    tally = Tally(preview_byte_count=120)
     started = time.monotonic()
     sent = 0
     while sent < MESSAGE_COUNT and time.monotonic() - started < TIME_BUDGET_S:

@@ -27,7 +27,6 @@ import logging
 import os
 import random
 import time
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,7 +42,7 @@ from shards.crossshard.coordinator import piece_message, split_pieces
 from shards.local.embedded_pg import EmbeddedPostgres
 from tally.v1 import ledger_pb2 as pb
 from tally.v1 import shard_pb2 as spb
-from tests.support.fuzzing import NASTY_STRINGS, corrupt, mutate, random_unicode
+from tests.support.fuzzing import NASTY_STRINGS, Tally, corrupt, mutate, random_unicode
 from tests.support.helpers import (
     Client,
     InProcessCluster,
@@ -295,16 +294,6 @@ def gen_message(world: World) -> tuple[int, str, bytes]:
 # ---- checking the answers ----
 
 
-@dataclass
-class Tally:
-    statuses: Counter[str] = field(default_factory=Counter)
-    codes: Counter[str] = field(default_factory=Counter)
-    failures: list[str] = field(default_factory=list)
-
-    def fail(self, method: str, body: bytes, problem: str) -> None:
-        self.failures.append(f"{method} ({len(body)} bytes, {body[:160]!r}...): {problem}")
-
-
 def check_response(method: str, request: Message, response: Message, tally: Tally) -> str:
     items = getattr(request, ITEMS[method])
     answers = getattr(response, ANSWERS[method])
@@ -417,7 +406,7 @@ async def _fuzz(
         for shard, channel in enumerate(channels)
         for method in METHODS
     }
-    tally = Tally()
+    tally = Tally(preview_byte_count=160)
     started = time.monotonic()
     sent = 0
     while sent < MESSAGE_COUNT and time.monotonic() - started < TIME_BUDGET_S:
