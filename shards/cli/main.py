@@ -327,15 +327,17 @@ async def _serve(args: argparse.Namespace) -> int:
     try:
         port = await node.start()
         tune_garbage_collector()
+        # Handlers before the serving line: a SIGTERM sent as soon as it is read stops the
+        # node gracefully instead of killing the process.
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, node.request_stop)
         if node.metrics_port:  # before the serving line, which whoever started us waits for
             whose = " of node-0" if args.command == "up" else ""
             url = metrics_url(args.metrics_listen, node.metrics_port)
             print(f"tally: metrics{whose} on {url}", flush=True)
         host = args.listen.rsplit(":", 1)[0]
         print(f"tally: serving tally.v1.Ledger on {host}:{port}", flush=True)
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, node.request_stop)
         await node.run()
     finally:
         if embedded is not None:
