@@ -10,7 +10,6 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from core import limits
-from core.model import ResultCode
 from tally.v1 import ledger_pb2 as pb
 from tally.v1 import shard_pb2 as spb
 
@@ -36,10 +35,6 @@ async def check_batch_size(
             grpc.StatusCode.INVALID_ARGUMENT,
             f"{what} has {count} items; at most {limits.batch_item_count_max} per request",
         )
-
-
-def result_code_names() -> dict[int, str]:
-    return {code.value: code.name for code in ResultCode}
 
 
 def ledger_handler(service: Any, metrics: RpcMetrics | None = None) -> grpc.GenericRpcHandler:
