@@ -20,6 +20,7 @@ import pytest
 import uvloop
 
 from shards.local.embedded_pg import EmbeddedPostgres, EmbeddedPostgresConfig, free_port
+from tests.support import security
 from tests.support.helpers import NodeHandle, start_node
 
 _database_numbers = itertools.count(1)
@@ -67,5 +68,5 @@ async def node(dsn: str) -> AsyncIterator[NodeHandle]:
 
 @pytest.fixture
 async def channel(node: NodeHandle) -> AsyncIterator[grpc.aio.Channel]:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{node.port}") as channel:
+    async with security.channel(node.target) as channel:
         yield channel

@@ -51,6 +51,9 @@ from core.currencies import minor_unit_scale
 from core.store.audit import PROBE_SQL
 from shards.rpc.metrics import MetricsServer, RpcMetrics
 from shards.rpc.serving import run_announced
+from shards.security import flags as security_flags
+from shards.security import guard
+from shards.security.credentials import SecurityConfigError, ServerSecurity
 from tally.v1 import audit_pb2 as apb
 
 log = logging.getLogger("tally.audit_service")
@@ -85,6 +88,8 @@ class AuditServiceConfig:
     metrics_listen: str = ""
     # The audit's own settings (timeouts, cursor chunk, ...); requests set the rest.
     audit: AuditConfig = field(default_factory=AuditConfig)
+    # TLS and who may call (role auditor): required, the server refuses to start without it.
+    security: ServerSecurity | None = None
 
 
 class BadRequest(Exception):
@@ -515,6 +520,11 @@ class AuditServer:
     def __init__(self, config: AuditServiceConfig) -> None:
         if not config.dsns:
             raise ValueError("the audit server needs at least one shard database")
+        if config.security is None:
+            raise SecurityConfigError(
+                "every listener is TLS: the audit server needs its certificate, key and CA "
+                "(--tls-cert, --tls-key, --tls-ca)"
+            )
         self.config = config
         self.service = AuditService(config)
         self._server: grpc.aio.Server | None = None
@@ -523,6 +533,8 @@ class AuditServer:
         self.port = 0
         self.registry = CollectorRegistry(auto_describe=True)
         self.metrics = RpcMetrics(self.registry, {}, prefix="tally_audit_")
+        denials = guard.denials_counter(self.registry)
+        self._guard = guard.Guard(config.security, guard.CLIENT, denials)
         self._metrics_server: MetricsServer | None = None
         self.metrics_port = 0
 
@@ -536,13 +548,15 @@ class AuditServer:
             ("grpc.max_send_message_length", MESSAGE_BYTES_MAX),
             ("grpc.max_receive_message_length", 4 << 20),
         ]
-        self._server = grpc.aio.server(options=options)
+        self._server = grpc.aio.server(interceptors=[self._guard.interceptor()], options=options)
         self._server.add_generic_rpc_handlers((audit_handler(self.service, self.metrics),))
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
         )
-        self.port = self._server.add_insecure_port(self.config.listen)
+        self.port = self._server.add_secure_port(
+            self.config.listen, self._guard.server_credentials()
+        )
         if self.port == 0:
             raise OSError(f"cannot listen on {self.config.listen}")
         await self._server.start()
@@ -609,6 +623,7 @@ def add_command(commands: Any) -> None:
         help="host:port for Prometheus /metrics (default: off; port 0: a free one); its URL "
         "is printed before the serving line",
     )
+    security_flags.add_server_flags(sub)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -620,8 +635,16 @@ def run(args: argparse.Namespace) -> int:
         return 2
     import uvloop
 
+    try:
+        security = security_flags.server_security(args)
+    except (SecurityConfigError, ValueError) as error:
+        print(f"tally {COMMAND}: {error}", flush=True)
+        return 2
     config = AuditServiceConfig(
-        dsns=tuple(dsns), listen=args.listen, metrics_listen=args.metrics_listen
+        dsns=tuple(dsns),
+        listen=args.listen,
+        metrics_listen=args.metrics_listen,
+        security=security,
     )
     code: int = uvloop.run(serve(config))
     return code

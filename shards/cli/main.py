@@ -17,11 +17,14 @@ from typing import Any
 
 from shards.audit import commands as auditing
 from shards.audit import server as audit_service
+from shards.cli import credentials as credential_commands
 from shards.cli import terminal
 from shards.cli.logs import LOG_FORMATS, LOG_LEVELS, hide_secrets, start_logging
 from shards.local.embedded_pg import EmbeddedPostgres
 from shards.node.writer import WriterConfig
 from shards.rpc.serving import metrics_url, run_announced
+from shards.security import flags as security_flags
+from shards.security.credentials import SecurityConfigError
 
 DEFAULT_TARGET = "127.0.0.1:7400"
 EXIT_FENCED = 3
@@ -176,11 +179,20 @@ def build_parser() -> argparse.ArgumentParser:
     node.add_argument(
         "--advertise",
         default=_env("advertise", ""),
-        help="host:port gateways use to reach this node (default: bound address)",
+        help="host:port gateways and peers use to reach this node's internal listener "
+        "(default: its bound address)",
+    )
+    node.add_argument(
+        "--internal-listen",
+        default=_env("internal_listen", ""),
+        help="host:port of the internal listener (tally.v1.Shard, cluster identities only; "
+        "default with --control-dsn: --listen's host, a free port, registered in the control "
+        "database; without: none)",
     )
     _add_writer_flags(node)
     _add_signing_flags(node, up=False)
     _add_metrics_flag(node)
+    security_flags.add_server_flags(node)
 
     keygen = commands.add_parser(
         "keygen", help="make an Ed25519 key pair for signing journal heads (tally node)"
@@ -200,8 +212,10 @@ def build_parser() -> argparse.ArgumentParser:
     gateway.add_argument("--listen", default=_env("listen", DEFAULT_TARGET))
     _add_gateway_flags(gateway)
     _add_metrics_flag(gateway)
+    security_flags.add_server_flags(gateway)
 
     terminal.add_commands(commands, _env("target", DEFAULT_TARGET))
+    credential_commands.add_command(commands)
     auditing.add_commands(commands, _env("audit_dsns", ""))
     audit_service.add_command(commands)
     for command in commands.choices.values():  # every command logs
@@ -226,6 +240,8 @@ def main(argv: list[str] | None = None) -> int:
         return audit_service.run(args)
     if args.command == "keygen":
         return _keygen(args.private_key)
+    if args.command == credential_commands.COMMAND:
+        return credential_commands.run(args)
     return terminal.run(args)
 
 
@@ -294,10 +310,53 @@ def _local_signing(args: argparse.Namespace) -> bool:
     return True
 
 
+def _local_security(args: argparse.Namespace) -> Path | None:
+    """tally up: the data directory's CA, cluster certificate, admin identity and token key
+    (made on first start, kept after); say where they are. None (after saying why) when they
+    cannot be read or made."""
+    from shards.security import directory
+    from shards.security.pki import CertificateError
+
+    root = security_flags.local_directory(args.data_dir.resolve())
+    try:
+        made = directory.init(root)
+    except (OSError, CertificateError, ValueError) as error:
+        print(f"tally up: credentials: {error}", file=sys.stderr)
+        return None
+    paths = directory.Paths(root)
+    state = f"made now: {', '.join(made)}" if made else "kept"
+    print(
+        f"tally: TLS and credentials in {root} ({state}); CA {paths.certificate('ca')}", flush=True
+    )
+    print(
+        f"tally: admin identity {paths.certificate('admin')} (tally commands use it by "
+        f"default); issue others with: tally credentials issue NAME --role ROLE",
+        flush=True,
+    )
+    return root
+
+
+def _server_security(args: argparse.Namespace) -> Any:
+    """The TLS credentials of this server: tally up's own, or the flags'."""
+    if args.command == "up":
+        from shards.security import directory
+
+        root = _local_security(args)
+        if root is None:
+            raise SecurityConfigError("tally up could not set up its credentials")
+        return directory.server_security(root)
+    return security_flags.server_security(args)
+
+
 async def _serve(args: argparse.Namespace) -> int:
     from core.signing import SigningKeyError
     from shards.node.server import Node, NodeConfig, tune_garbage_collector
 
+    try:
+        security = _server_security(args)
+    except (SecurityConfigError, ValueError) as error:
+        print(f"tally {args.command}: {error}", file=sys.stderr)
+        return 2
     embedded = None
     if args.command == "up":
         if not _local_signing(args):
@@ -317,6 +376,8 @@ async def _serve(args: argparse.Namespace) -> int:
                 metrics_listen=args.metrics_listen,
                 signing_key=args.signing_key,
                 publish_heads=args.publish_heads,
+                security=security,
+                internal_listen=getattr(args, "internal_listen", ""),
             )
         )
     except (OSError, SigningKeyError, ValueError) as error:
@@ -336,6 +397,8 @@ async def _serve(args: argparse.Namespace) -> int:
             whose = " of node-0" if args.command == "up" else ""
             url = metrics_url(args.metrics_listen, node.metrics_port)
             print(f"tally: metrics{whose} on {url}", flush=True)
+        if node.internal_port:
+            print(f"tally: internal tally.v1.Shard on {node.internal_target}", flush=True)
         host = args.listen.rsplit(":", 1)[0]
         print(f"tally: serving tally.v1.Ledger on {host}:{port}", flush=True)
         await node.run()
@@ -351,6 +414,11 @@ async def _serve_gateway(args: argparse.Namespace) -> int:
     from shards.gateway.cluster import GatewayConfig
     from shards.gateway.server import Gateway
 
+    try:
+        security = security_flags.server_security(args)
+    except (SecurityConfigError, ValueError) as error:
+        print(f"tally gateway: {error}", file=sys.stderr)
+        return 2
     gateway = Gateway(
         GatewayConfig(
             control_dsn=args.control_dsn,
@@ -358,6 +426,7 @@ async def _serve_gateway(args: argparse.Namespace) -> int:
             metrics_listen=args.metrics_listen,
             shard_calls_in_flight_max=args.shard_calls_in_flight,
             coalesce_wait_ms=args.coalesce_wait_ms,
+            security=security,
         )
     )
     port = await gateway.start()
@@ -368,8 +437,10 @@ async def _serve_gateway(args: argparse.Namespace) -> int:
 
 async def _serve_cluster(args: argparse.Namespace) -> int:
     from shards.local.cluster import run_cluster
+    from shards.security import directory
 
-    if not _local_signing(args):
+    root = _local_security(args)
+    if root is None or not _local_signing(args):
         return 2
     embedded, _ = await asyncio.to_thread(_start_embedded, args)
     node_flags = [
@@ -381,6 +452,8 @@ async def _serve_cluster(args: argparse.Namespace) -> int:
     ]
     # Always passed, so TALLY_METRICS_LISTEN does not make N + 1 processes race for one port.
     metrics_flags = [f"--metrics-listen={_any_port(args.metrics_listen)}"]
+    # Paths only: the keys stay in their 0600 files.
+    tls_flags = directory.server_flags(root)
     # The children log as this process was asked to (into their files under the data dir).
     log_flags = [f"--log-format={args.log_format}", f"--log-level={args.log_level}"]
     gateway_flags = [
@@ -393,8 +466,8 @@ async def _serve_cluster(args: argparse.Namespace) -> int:
             args.shards,
             args.listen,
             args.data_dir.resolve(),
-            node_flags + metrics_flags + log_flags,
-            gateway_flags + metrics_flags + log_flags,
+            node_flags + metrics_flags + log_flags + tls_flags,
+            gateway_flags + metrics_flags + log_flags + tls_flags,
         )
     finally:
         print("tally: stopping PostgreSQL", flush=True)

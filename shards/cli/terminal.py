@@ -20,6 +20,9 @@ from rich.padding import Padding
 from rich.table import Column, Table
 
 from core.money import AmountTextError, format_minor_units, parse_minor_units
+from shards.security import flags as security_flags
+from shards.security.credentials import SecurityConfigError
+from shards.security.credentials import channel as secure_channel
 from tally.v1 import ledger_pb2 as pb
 from tally.v1 import ledger_pb2_grpc as pb_grpc
 
@@ -44,6 +47,7 @@ def add_commands(commands: Any, default_target: str) -> None:
     def command(name: str, help_text: str) -> argparse.ArgumentParser:
         sub: argparse.ArgumentParser = commands.add_parser(name, help=help_text)
         sub.add_argument("--target", default=default_target, help="node or gateway host:port")
+        security_flags.add_client_flags(sub)
         return sub
 
     create = command("create-account", "create an account")
@@ -150,7 +154,12 @@ def run(args: argparse.Namespace) -> int:
         "history": _history,
     }
     try:
-        with grpc.insecure_channel(args.target) as channel:
+        security = security_flags.client_security(args)
+    except SecurityConfigError as error:
+        print(f"tally: {error}", file=sys.stderr)
+        return 2
+    try:
+        with secure_channel(args.target, security) as channel:
             stub = pb_grpc.LedgerStub(channel)
             ok: bool = handlers[args.command](stub, args)
             return 0 if ok else 1

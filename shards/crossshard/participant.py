@@ -42,6 +42,7 @@ from core.pieces import (
 )
 from core.state import Item, replay_result
 from shards.rpc import convert
+from shards.security.credentials import ClientSecurity, aio_channel
 from tally.v1 import ledger_pb2 as pb
 from tally.v1 import shard_pb2 as spb
 from tally.v1 import shard_pb2_grpc as spb_grpc
@@ -344,7 +345,10 @@ def decision(
 
 
 async def settle_prepared(
-    writer: Submitter, overdue: Sequence[tuple[str, int, int, int]], endpoints: dict[int, str]
+    writer: Submitter,
+    overdue: Sequence[tuple[str, int, int, int]],
+    endpoints: dict[int, str],
+    security: ClientSecurity,
 ) -> None:
     """Ask each coordinator for its decisions (recording abort where there is none) and post
     or void the pieces here accordingly. Coordinators are asked concurrently, and one that
@@ -356,7 +360,9 @@ async def settle_prepared(
         seen[piece] = (deadline_ns, timeout_s)
     outcomes = await asyncio.gather(
         *(
-            _settle_with(writer, coordinator, transaction_ids, endpoints.get(coordinator), seen)
+            _settle_with(
+                writer, coordinator, transaction_ids, endpoints.get(coordinator), seen, security
+            )
             for coordinator, transaction_ids in by_coordinator.items()
         ),
         return_exceptions=True,
@@ -372,12 +378,14 @@ async def _settle_with(
     pieces: list[str],
     endpoint: str | None,
     seen: dict[str, tuple[int, int]],
+    security: ClientSecurity,
 ) -> None:
     if endpoint is None:
         log.warning("no endpoint for coordinator shard %d", coordinator)
         return
     decided: list[tuple[str, Any]] = []
-    async with grpc.aio.insecure_channel(endpoint) as channel:
+    # The coordinator's internal listener, as a cluster identity (this node's certificate).
+    async with aio_channel(endpoint, security) as channel:
         stub = spb_grpc.ShardStub(channel)
         try:
             decided = list(zip(pieces, await _ask(stub, pieces), strict=True))

@@ -16,6 +16,7 @@ from shards import control
 from shards.crossshard.coordinator import Driver
 from shards.gateway.links import ShardLink
 from shards.gateway.metrics import GatewayMetrics
+from shards.security.credentials import ServerSecurity
 from tally.v1 import ledger_pb2 as pb
 from tally.v1 import shard_pb2
 from tally.v1.shard_pb2_grpc import ShardStub
@@ -54,6 +55,9 @@ class GatewayConfig:
     # still leaves at once.
     shard_calls_in_flight_max: int = 1
     coalesce_wait_ms: float = 0.0
+    # Every listener is TLS, and links to the shards are mutual TLS with this certificate
+    # (a cluster identity): required, a gateway without it refuses to start.
+    security: ServerSecurity | None = None
 
 
 class Cluster:
@@ -99,6 +103,7 @@ class Cluster:
                 self.config.shard_calls_in_flight_max,
                 metrics=self.metrics,
                 coalesce_wait_s=self.config.coalesce_wait_ms / 1000.0,
+                security=self.config.security.as_client() if self.config.security else None,
             )
             self._shard_stubs[shard_id] = self.metrics.metered_stub(
                 ShardStub(self.links[shard_id].channel), SHARD_DESCRIPTOR, shard_id

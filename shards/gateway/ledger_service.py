@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 import grpc
 
 from core import validation
+from core.authority import Action
 from core.ids import is_clearing, piece_id
 from core.model import (
     AccountSpec,
@@ -29,6 +30,7 @@ from shards.gateway import routing
 from shards.gateway.cluster import Cluster, KnownHold, merge_piece_results, spread_or_owner
 from shards.rpc import convert
 from shards.rpc.servicer import abort, check_batch_size
+from shards.security.guard import check_accounts_of_caller, check_posting_of_caller
 from tally.v1 import ledger_pb2 as pb
 from tally.v1 import ledger_pb2_grpc as pb_grpc
 
@@ -47,6 +49,11 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
         messages = list(request.transactions)
         await check_batch_size(context, len(messages), "transactions")
         items = validation.refuse_clearing_legs(convert.transactions_from_proto(messages))
+
+        async def target_accounts(target_ids: list[str]) -> Mapping[str, Iterable[str]]:
+            return await self._target_accounts(context, target_ids)
+
+        await check_posting_of_caller(context, items, target_accounts)
         results: list[pb.ItemResult | None] = [None] * len(items)
         todo = []
         for start, end in routing.units(items):
@@ -392,6 +399,25 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
         retries = await asyncio.gather(*(one(s, r) for s, r in plan.items()))
         return [unit for shard_retries in retries for unit in shard_retries]
 
+    async def _target_accounts(
+        self, context: Context, target_ids: list[str]
+    ) -> Mapping[str, Iterable[str]]:
+        """The accounts of the holds and originals a scoped poster's batch names, over every
+        shard they live on."""
+        try:
+            lookups, participants = await self._lookup_with_pieces(target_ids)
+        except grpc.aio.AioRpcError as error:
+            await _shard_failed(context, error)
+        found: dict[str, list[str]] = {}
+        for target_id, looked in zip(target_ids, lookups, strict=True):
+            pieces = [p for _, p in participants.get(target_id, [])]
+            lookup = _one_transaction(target_id, [one for _, one in looked], pieces)
+            if lookup.code == pb.RESULT_CODE_OK:
+                record = lookup.transaction
+                legs = (*record.transaction.legs, *record.applied_legs)
+                found[target_id] = [leg.account_id for leg in legs]
+        return found
+
     # ---- accounts ----
 
     async def CreateAccounts(
@@ -399,6 +425,7 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
     ) -> pb.CreateAccountsResponse:
         messages = list(request.accounts)
         await check_batch_size(context, len(messages), "accounts")
+        await check_accounts_of_caller(context, Action.MANAGE, (m.id for m in messages))
         items = validation.refuse_clearing_accounts(
             convert.accounts_from_proto(messages), lambda i: i.id
         )
@@ -410,6 +437,7 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
     ) -> pb.CloseAccountsResponse:
         messages = list(request.accounts)
         await check_batch_size(context, len(messages), "accounts")
+        await check_accounts_of_caller(context, Action.MANAGE, (m.account_id for m in messages))
         items = validation.refuse_clearing_accounts(
             convert.closes_from_proto(messages), lambda i: i.account_id
         )
@@ -478,6 +506,7 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
     ) -> pb.GetAccountsResponse:
         ids = list(request.ids)
         await check_batch_size(context, len(ids), "ids")
+        await check_accounts_of_caller(context, Action.READ, ids)
         slot_map = self._cluster.map()
         plan: dict[int, list[str]] = {}
         for account_id in ids:
@@ -539,6 +568,16 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
             )
             for t, found in zip(ids, lookups, strict=True)
         ]
+        await check_accounts_of_caller(
+            context,
+            Action.READ,
+            (
+                leg.account_id
+                for lookup in results
+                if lookup.code == pb.RESULT_CODE_OK
+                for leg in (*lookup.transaction.transaction.legs, *lookup.transaction.applied_legs)
+            ),
+        )
         await self._complete_hold_posts(results)
         return pb.GetTransactionsResponse(results=results)
 
@@ -634,6 +673,7 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
     async def ListPostings(
         self, request: pb.ListPostingsRequest, context: Context
     ) -> pb.ListPostingsResponse:
+        await check_accounts_of_caller(context, Action.READ, (request.account_id,))
         if is_spread(request.account_id):
             await abort(
                 context,
@@ -645,6 +685,7 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
     async def BalanceAt(
         self, request: pb.BalanceAtRequest, context: Context
     ) -> pb.BalanceAtResponse:
+        await check_accounts_of_caller(context, Action.READ, (request.account_id,))
         if not is_spread(request.account_id):
             return await self._forward(context, "BalanceAt", request, request.account_id)
         return await self._spread_balance_at(context, request)

@@ -23,6 +23,7 @@ import grpc
 
 from core import limits
 from shards.gateway.metrics import GatewayMetrics, ShardCallMetrics
+from shards.security.credentials import ClientSecurity, aio_channel
 from tally.v1 import ledger_pb2 as pb
 from tally.v1 import ledger_pb2_grpc as pb_grpc
 
@@ -188,10 +189,14 @@ class ShardLink:
         inflight_call_count_max: int = 1,
         metrics: GatewayMetrics | None = None,
         coalesce_wait_s: float = 0.0,
+        security: ClientSecurity | None = None,
     ) -> None:
         self.shard_id = shard_id
         self.endpoint = endpoint
-        self.channel = grpc.aio.insecure_channel(endpoint, options=CHANNEL_OPTIONS)
+        if security is None:
+            raise ValueError("a link to a shard is mutual TLS: give the gateway's credentials")
+        # The node's internal listener, as a cluster identity (the gateway's certificate).
+        self.channel = aio_channel(endpoint, security, CHANNEL_OPTIONS)
         self.stub = pb_grpc.LedgerStub(self.channel)
         self.call_timeout_s = call_timeout_s
         item_count_max = limits.batch_item_count_max

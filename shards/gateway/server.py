@@ -21,6 +21,8 @@ from shards.gateway.ledger_service import GatewayService
 from shards.gateway.links import CHANNEL_OPTIONS
 from shards.rpc.metrics import MetricsServer
 from shards.rpc.servicer import ledger_handler
+from shards.security import guard
+from shards.security.credentials import SecurityConfigError
 from tally.v1 import ledger_pb2
 
 log = logging.getLogger("tally.gateway")
@@ -28,8 +30,15 @@ log = logging.getLogger("tally.gateway")
 
 class Gateway:
     def __init__(self, config: GatewayConfig) -> None:
+        if config.security is None:
+            raise SecurityConfigError(
+                "every listener is TLS: a gateway needs its certificate, key and CA (--tls-cert, "
+                "--tls-key, --tls-ca); it calls the shards with the same certificate"
+            )
         self.config = config
         self.cluster = Cluster(config)
+        denials = guard.denials_counter(self.cluster.metrics.registry)
+        self._guard = guard.Guard(config.security, guard.CLIENT, denials)
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
         self._stopping = asyncio.Event()
@@ -39,7 +48,9 @@ class Gateway:
 
     async def start(self) -> int:
         await self.cluster.refresh()
-        self._server = grpc.aio.server(options=CHANNEL_OPTIONS)
+        self._server = grpc.aio.server(
+            interceptors=[self._guard.interceptor()], options=CHANNEL_OPTIONS
+        )
         service = GatewayService(self.cluster)
         self._server.add_generic_rpc_handlers((ledger_handler(service, self.cluster.metrics.rpc),))
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
@@ -47,7 +58,9 @@ class Gateway:
         reflection.enable_server_reflection(
             (ledger_name, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
         )
-        self.port = self._server.add_insecure_port(self.config.listen)
+        self.port = self._server.add_secure_port(
+            self.config.listen, self._guard.server_credentials()
+        )
         if self.port == 0:
             raise OSError(f"cannot listen on {self.config.listen}")
         if self.config.metrics_listen:

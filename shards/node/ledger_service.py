@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 import grpc
 
 from core import ids, limits, validation
+from core.authority import Action
 from core.model import (
     AccountSpec,
     AccountState,
@@ -17,12 +18,14 @@ from core.model import (
     Result,
     ResultCode,
     TransactionSpec,
+    TransactionState,
 )
 from core.slots import SlotMap, account_slot, is_spread
 from core.store import shard as store
 from shards.node.writer import QueueFullError, Writer, WriterUnavailableError
 from shards.rpc import convert
 from shards.rpc.servicer import abort, check_batch_size
+from shards.security.guard import check_accounts_of_caller, check_posting_of_caller
 from tally.v1 import ledger_pb2 as pb
 from tally.v1 import ledger_pb2_grpc as pb_grpc
 
@@ -94,12 +97,18 @@ class LedgerService(pb_grpc.LedgerServicer):  # type: ignore[misc]
     ) -> list[Result]:
         return await submit_or_abort(self._node, context, await route_check(self._node, items))
 
+    async def _target_accounts(self, target_ids: list[str]) -> Mapping[str, Iterable[str]]:
+        """The accounts of the holds and originals a scoped poster's batch names."""
+        found = await store.load_transactions(self._node.read_pool, target_ids, READ_TIMEOUT_S)
+        return {target_id: _accounts_of(state) for target_id, state in found.items()}
+
     # ---- writes ----
 
     async def CreateAccounts(
         self, request: pb.CreateAccountsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.CreateAccountsResponse:
         await check_batch_size(context, len(request.accounts), "accounts")
+        await check_accounts_of_caller(context, Action.MANAGE, (a.id for a in request.accounts))
         # The clearing accounts come through tally.v1.Shard (CreateClearingAccounts) only.
         items = validation.refuse_clearing_accounts(
             convert.accounts_from_proto(request.accounts), _account_id
@@ -114,6 +123,7 @@ class LedgerService(pb_grpc.LedgerServicer):  # type: ignore[misc]
         items = validation.refuse_clearing_legs(
             convert.transactions_from_proto(request.transactions)
         )
+        await check_posting_of_caller(context, items, self._target_accounts)
         results = await self._submit(context, items)
         return pb.PostTransactionsResponse(results=convert.results_to_proto(results))
 
@@ -121,6 +131,9 @@ class LedgerService(pb_grpc.LedgerServicer):  # type: ignore[misc]
         self, request: pb.CloseAccountsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.CloseAccountsResponse:
         await check_batch_size(context, len(request.accounts), "accounts")
+        await check_accounts_of_caller(
+            context, Action.MANAGE, (a.account_id for a in request.accounts)
+        )
         items = validation.refuse_clearing_accounts(
             convert.closes_from_proto(request.accounts), _closed_account_id
         )
@@ -133,6 +146,7 @@ class LedgerService(pb_grpc.LedgerServicer):  # type: ignore[misc]
         self, request: pb.GetAccountsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.GetAccountsResponse:
         await check_batch_size(context, len(request.ids), "ids")
+        await check_accounts_of_caller(context, Action.READ, request.ids)
         problems = [validation.id_problem(i, f"ids[{n}]") for n, i in enumerate(request.ids)]
         wanted = [i for i, problem in zip(request.ids, problems, strict=True) if not problem]
         found = await store.load_accounts(self._node.read_pool, wanted, READ_TIMEOUT_S)
@@ -159,6 +173,9 @@ class LedgerService(pb_grpc.LedgerServicer):  # type: ignore[misc]
         problems = [_transaction_id_problem(i, f"ids[{n}]") for n, i in enumerate(request.ids)]
         wanted = [i for i, problem in zip(request.ids, problems, strict=True) if not problem]
         found = await store.load_transactions(self._node.read_pool, wanted, READ_TIMEOUT_S)
+        await check_accounts_of_caller(
+            context, Action.READ, (a for state in found.values() for a in _accounts_of(state))
+        )
         # Posts of cross-shard holds recorded here (their coordinator) read as a cross-shard
         # piece: what this shard posted of the client's post.
         holds = [s.spec.target_id for s in found.values() if s.spec.kind is Kind.POST_PENDING]
@@ -199,6 +216,7 @@ class LedgerService(pb_grpc.LedgerServicer):  # type: ignore[misc]
         problem = validation.id_problem(account_id, "account_id")
         if problem:
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT, problem)
+        await check_accounts_of_caller(context, Action.READ, (account_id,))
         found = await store.load_accounts(self._node.read_pool, [account_id], READ_TIMEOUT_S)
         if account_id not in found:
             await abort(context, grpc.StatusCode.NOT_FOUND, f"account {account_id!r} not found")
@@ -249,6 +267,11 @@ class LedgerService(pb_grpc.LedgerServicer):  # type: ignore[misc]
             balance=convert.balance_to_proto(account.spec, counters),
             as_of_sequence=posting.sequence,
         )
+
+
+def _accounts_of(state: TransactionState) -> list[str]:
+    """Every account a recorded transaction touches, as submitted and as applied."""
+    return [leg.account_id for leg in (*state.spec.legs, *state.applied_legs)]
 
 
 def _account_id(spec: AccountSpec) -> str:

@@ -1,4 +1,10 @@
-"""A shard node: one grpc.aio server serving tally.v1.Ledger for one shard database.
+"""A shard node: grpc.aio servers for one shard database, each on its own TLS listener.
+
+- The client listener (`listen`) serves tally.v1.Ledger, health checking and reflection to
+  callers authenticated by their certificate or bearer token and authorised by their roles.
+- The internal listener (`internal_listen`, in a cluster) serves tally.v1.Shard, and the Ledger
+  for gateways, only to cluster identities (mutual TLS with the cluster CA, role `cluster`).
+  The Shard service is never served or listed on the client listener.
 
 Lifecycle: migrate, serve (health NOT_SERVING, reads only) while waiting for the writer lease,
 take the lease, start the writer, health SERVING. On stop: refuse new RPCs, let in-flight ones
@@ -37,6 +43,8 @@ from shards.node.shard_service import ShardService
 from shards.node.writer import Writer, WriterConfig, WriterState
 from shards.rpc.metrics import MetricsServer
 from shards.rpc.servicer import ledger_handler, shard_handler
+from shards.security import guard
+from shards.security.credentials import SecurityConfigError, ServerSecurity
 from tally.v1 import ledger_pb2, shard_pb2
 
 log = logging.getLogger("tally.node")
@@ -71,6 +79,13 @@ class NodeConfig:
     # directory to publish the signed heads to ("": not published); see shards/node/heads.py.
     signing_key: str = ""
     publish_heads: str = ""
+    # Every listener is TLS: the node's certificate, the CA it trusts, how clients authenticate
+    # (shards/security/credentials.py). Required: a node without it refuses to start.
+    security: ServerSecurity | None = None
+    # The internal listener (tally.v1.Shard, cluster identities only). "" with a control
+    # database: the client listener's host, any free port (registered in the control database,
+    # where gateways and peers find it); "" without one: no internal listener.
+    internal_listen: str = ""
 
 
 def tune_garbage_collector() -> None:
@@ -88,10 +103,12 @@ class Node:
         self._writer: Writer | None = None
         self._read_pool: Any = None
         self._server: grpc.aio.Server | None = None
+        self._internal_server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
         self._lease = Lease(self._connect, f"{socket.gethostname()}:{os.getpid()}")
         self._stopping = asyncio.Event()
         self.port = 0
+        self.internal_port = 0
         self.fenced = False
         self.slot_map: SlotMap | None = None
         self.owned_slots: frozenset[int] | None = None
@@ -105,6 +122,15 @@ class Node:
         self.signer = load_signer(config.signing_key) if config.signing_key else None
         if config.publish_heads and self.signer is None:
             raise ValueError("--publish-heads needs --signing-key: only signed heads are published")
+        if config.security is None:
+            raise SecurityConfigError(
+                "every listener is TLS: a node needs its certificate, key and CA (--tls-cert, "
+                "--tls-key, --tls-ca)"
+            )
+        self.security = config.security
+        denials = guard.denials_counter(self.metrics.registry)
+        self._client_guard = guard.Guard(config.security, guard.CLIENT, denials)
+        self._internal_guard = guard.Guard(config.security, guard.INTERNAL, denials)
 
     @property
     def writer(self) -> Writer | None:
@@ -148,26 +174,32 @@ class Node:
         self._read_pool = await asyncpg.create_pool(
             self.config.dsn, min_size=1, max_size=self.config.read_pool_size_max, timeout=30.0
         )
-        self._server = grpc.aio.server(
-            options=[
-                ("grpc.max_receive_message_length", limits.message_size_max_bytes),
-                ("grpc.max_send_message_length", limits.message_size_max_bytes),
-                ("grpc.so_reuseport", 0),
-            ]
-        )
         rpc_metrics = self.metrics.rpc
-        self._server.add_generic_rpc_handlers((ledger_handler(LedgerService(self), rpc_metrics),))
-        # Parsing its own requests, as the Ledger's: a body that does not parse is
-        # INVALID_ARGUMENT, not gRPC's UNKNOWN.
-        self._server.add_generic_rpc_handlers((shard_handler(ShardService(self), rpc_metrics),))
+        ledger = ledger_handler(LedgerService(self), rpc_metrics)
+        self._server = self._grpc_server(self._client_guard)
+        self._server.add_generic_rpc_handlers((ledger,))
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         reflection.enable_server_reflection(
-            (LEDGER_SERVICE, SHARD_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME),
-            self._server,
+            (LEDGER_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
         )
-        self.port = self._server.add_insecure_port(self.config.listen)
-        if self.port == 0:
-            raise OSError(f"cannot listen on {self.config.listen}")
+        self.port = self._listen(self._server, self.config.listen, self._client_guard)
+        internal_listen = self.config.internal_listen
+        if not internal_listen and self.config.control_dsn:
+            internal_listen = f"{self.config.listen.rsplit(':', 1)[0]}:0"
+        if internal_listen:
+            internal = self._grpc_server(self._internal_guard)
+            # Parsing its own requests, as the Ledger's: a body that does not parse is
+            # INVALID_ARGUMENT, not gRPC's UNKNOWN.
+            internal.add_generic_rpc_handlers(
+                (shard_handler(ShardService(self), rpc_metrics), ledger)
+            )
+            health_pb2_grpc.add_HealthServicer_to_server(self._health, internal)
+            reflection.enable_server_reflection(
+                (SHARD_SERVICE, LEDGER_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME),
+                internal,
+            )
+            self.internal_port = self._listen(internal, internal_listen, self._internal_guard)
+            self._internal_server = internal
         await self._set_serving(False)
         if self.config.control_dsn:
             await self._join_cluster()
@@ -175,11 +207,36 @@ class Node:
             self._metrics_server = MetricsServer(self.metrics.registry, self.config.metrics_listen)
             self.metrics_port = self._metrics_server.start()
         await self._server.start()
+        if self._internal_server is not None:
+            await self._internal_server.start()
         return self.port
 
+    @staticmethod
+    def _grpc_server(listener_guard: guard.Guard) -> grpc.aio.Server:
+        return grpc.aio.server(
+            interceptors=[listener_guard.interceptor()],
+            options=[
+                ("grpc.max_receive_message_length", limits.message_size_max_bytes),
+                ("grpc.max_send_message_length", limits.message_size_max_bytes),
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+
+    @staticmethod
+    def _listen(server: grpc.aio.Server, address: str, listener_guard: guard.Guard) -> int:
+        port: int = server.add_secure_port(address, listener_guard.server_credentials())
+        if port == 0:
+            raise OSError(f"cannot listen on {address}")
+        return port
+
+    @property
+    def internal_target(self) -> str:
+        """Where gateways and peers reach this node (its internal listener)."""
+        internal_listen = self.config.internal_listen or self.config.listen
+        return f"{internal_listen.rsplit(':', 1)[0]}:{self.internal_port}"
+
     async def _join_cluster(self) -> None:
-        host = self.config.listen.rsplit(":", 1)[0]
-        endpoint = self.config.advertise or f"{host}:{self.port}"
+        endpoint = self.config.advertise or self.internal_target
 
         async def join(connection: Any) -> None:
             await control_store.prepare(connection)
@@ -360,7 +417,9 @@ class Node:
                     self._read_pool, time.time_ns(), self.config.expiry_batch_max, 10.0
                 )
                 if overdue:
-                    await settle_prepared(writer, overdue, self.endpoints)
+                    await settle_prepared(
+                        writer, overdue, self.endpoints, self.security.as_client()
+                    )
             except asyncio.CancelledError:
                 raise
             except Exception as error:  # coordinator or storage away: next tick
@@ -373,7 +432,13 @@ class Node:
         await self._set_serving(False)
         if self._server is not None:
             # Refuse new RPCs; in-flight ones still reach the running writer and get answers.
-            await self._server.stop(self.config.shutdown_grace_s)
+            await asyncio.gather(
+                *(
+                    server.stop(self.config.shutdown_grace_s)
+                    for server in (self._server, self._internal_server)
+                    if server is not None
+                )
+            )
         if self._writer is not None:
             self._writer.begin_drain()
 
@@ -381,8 +446,9 @@ class Node:
         self._stopping.set()
 
     async def _shutdown(self) -> None:
-        if self._server is not None:
-            await self._server.stop(0)
+        for server in (self._server, self._internal_server):
+            if server is not None:
+                await server.stop(0)
         await self._lease.release()
         if self._read_pool is not None:
             await self._read_pool.close()

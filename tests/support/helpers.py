@@ -17,6 +17,7 @@ from shards.gateway.server import Gateway
 from shards.local.embedded_pg import EmbeddedPostgres
 from shards.node.server import Node, NodeConfig
 from shards.node.writer import WriterConfig
+from tests.support import security
 from tally.v1 import ledger_pb2 as pb
 from tally.v1 import ledger_pb2_grpc as pb_grpc
 
@@ -32,6 +33,15 @@ class NodeHandle:
     dsn: str
     stopped: bool = field(default=False)
 
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def internal_target(self) -> str:
+        """The internal listener (tally.v1.Shard; a node of a cluster only)."""
+        return self.node.internal_target
+
     async def stop(self) -> None:
         if self.stopped:
             return
@@ -42,6 +52,7 @@ class NodeHandle:
 
 
 async def start_node(dsn: str, writer: WriterConfig | None = None, **options: object) -> NodeHandle:
+    options.setdefault("security", security.server_security())
     config = NodeConfig(dsn=dsn, listen="127.0.0.1:0", writer=writer or WriterConfig(), **options)  # type: ignore[arg-type]
     node = Node(config)
     port = await node.start()
@@ -196,7 +207,9 @@ async def in_process_cluster(
             nodes.append(
                 await start_node(dsn, control_dsn=control_dsn, shard_id=shard_id, **node_options)
             )
-        config = GatewayConfig(control_dsn=control_dsn, listen="127.0.0.1:0")
+        config = GatewayConfig(
+            control_dsn=control_dsn, listen="127.0.0.1:0", security=security.server_security()
+        )
         gateway = Gateway(replace(config, **(gateway_options or {})))  # type: ignore[arg-type]
         await gateway.start()
         task = asyncio.create_task(gateway.run())

@@ -24,10 +24,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from shards.local import supervisor
 from shards.local.embedded_pg import free_port
 from shards.local.supervisor import TallyProcess
+from tests.support import security
 from tests.support.helpers import Client
 from tests.support.paths import REPO_ROOT
 
 SERVING_LINE = "tally: serving tally.v1.Ledger on"
+INTERNAL_LINE = "tally: internal tally.v1.Shard on "
 STOPPED_LINE = "tally: stopped"
 START_TIMEOUT_S = 30.0
 EXIT_TIMEOUT_S = 20.0
@@ -55,6 +57,14 @@ class NodeProcess:
     @property
     def target(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def internal_target(self) -> str:
+        """The internal listener it printed (a node of a cluster only)."""
+        for line in self.stdout_lines:
+            if line.startswith(INTERNAL_LINE):
+                return line.removeprefix(INTERNAL_LINE).strip()
+        raise AssertionError(f"no internal listener: {self.describe()}")
 
     @property
     def returncode(self) -> int | None:
@@ -133,7 +143,7 @@ async def spawn_cli(
     ARGUMENTS (the supervisor refuses a secret there)."""
     try:
         child = await supervisor.start(
-            [*arguments, "--listen", f"127.0.0.1:{port}"],
+            [*arguments, "--listen", f"127.0.0.1:{port}", *security.server_flags()],
             log_path,
             name=log_path.stem,
             environment={"TALLY_LOG_LEVEL": "INFO", **(environment or {})},
@@ -192,7 +202,7 @@ def child_pids(pid: int) -> list[int]:
 
 async def health_status(target: str, timeout_s: float = 2.0) -> int | None:
     """The node's overall health status, or None when it does not answer."""
-    async with grpc.aio.insecure_channel(target) as channel:
+    async with security.channel(target) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         try:
             response = await stub.Check(
@@ -238,7 +248,7 @@ async def running_node(
 @contextlib.asynccontextmanager
 async def connected(node: NodeProcess) -> AsyncIterator[Client]:
     """A test client on a fresh channel to the node."""
-    async with grpc.aio.insecure_channel(node.target) as channel:
+    async with security.channel(node.target) as channel:
         yield Client(channel)
 
 
