@@ -17,9 +17,9 @@ from shards.gateway.server import Gateway
 from shards.local.embedded_pg import EmbeddedPostgres
 from shards.node.server import Node, NodeConfig
 from shards.node.writer import WriterConfig
-from tests.support import security
 from tally.v1 import ledger_pb2 as pb
 from tally.v1 import ledger_pb2_grpc as pb_grpc
+from tests.support import security
 
 DEBIT = pb.SIDE_DEBIT
 CREDIT = pb.SIDE_CREDIT
