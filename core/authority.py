@@ -172,9 +172,7 @@ def check_action(identity: Identity, action: Action) -> Denial | None:
     if _grants(identity, action):
         return None
     needed = " or ".join(sorted(role.value for role in _ALLOWED[action]))
-    return Denial(
-        "role", f"{action.value} needs the role {needed}; {identity.describe()} has neither"
-    )
+    return Denial("role", f"{action.value} needs the role {needed}; {identity.describe()} has none")
 
 
 def is_unscoped(identity: Identity, action: Action) -> bool:

@@ -2,10 +2,11 @@
 
 JSON: one object a line, whatever the message holds. Fields: time (local, as logging's
 asctime: "2026-11-26 06:01:39,727"), level, logger, message; and, when there is one, exception
-(the traceback) and stack. json.dumps escapes quotes, backslashes, newlines and control
-characters, and ensure_ascii keeps each line ASCII, so every line parses whatever the locale's
-encoding. A message with nothing to escape gives the line the old format string gave, byte for
-byte.
+(the traceback), stack, and security (the fields of a security-log record: event, listener,
+method, code, reason, peer, subject, credential, via). json.dumps escapes quotes, backslashes,
+newlines and control characters, and ensure_ascii keeps each line ASCII, so every line parses
+whatever the locale's encoding. A message with nothing to escape gives the line the old format
+string gave, byte for byte.
 
 The stdlib's logging with a json.dumps formatter rather than structlog: every logger in Tally
 (and in asyncio and grpc) is a stdlib logger with %-style messages, so a Formatter is the whole
@@ -70,6 +71,10 @@ class JsonLineFormatter(logging.Formatter):
             entry["exception"] = scrub(self.formatException(record.exc_info))
         if record.stack_info:
             entry["stack"] = scrub(self.formatStack(record.stack_info))
+        # The security log's structured fields (shards/security/guard.py), as an object.
+        fields = getattr(record, "security", None)
+        if isinstance(fields, dict):
+            entry["security"] = {key: scrub(str(value)) for key, value in fields.items()}
         # Compact, as the lines were when a format string made them: the same bytes whenever
         # the message has nothing to escape.
         return json.dumps(entry, separators=(",", ":"))

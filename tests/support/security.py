@@ -95,10 +95,10 @@ def identity(
     valid_for: datetime.timedelta = datetime.timedelta(days=1),
 ) -> ClientSecurity:
     """A client certificate of the tests' CA for these roles and account patterns."""
-    name = name or f"test-identity-{next(_issued)}"
-    out = root() / "issued" / name
+    name = name or "test-identity"
+    out = root() / "issued" / f"{name}-{next(_issued)}"
     certificate, key, _ = directory.issue_certificate(
-        root(), name, frozenset(roles), tuple(accounts), valid_for=valid_for, out=out
+        root(), name, frozenset(roles), tuple(accounts), valid_for=valid_for, out=out, file=name
     )
     return ClientSecurity(admin().ca, certificate.read_bytes(), key.read_bytes())
 
