@@ -61,7 +61,7 @@ class JsonLineFormatter(logging.Formatter):
     """A record as one line of JSON (the fields above)."""
 
     def format(self, record: logging.LogRecord) -> str:
-        entry = {
+        entry: dict[str, object] = {
             "time": self.formatTime(record),
             "level": record.levelname,
             "logger": record.name,
