@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import re
 import sys
 from pathlib import Path
 from typing import Any, Final
@@ -24,6 +25,7 @@ from shards.security.flags import local_directory
 from shards.security.pki import CertificateError
 
 COMMAND: Final = "credentials"
+NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}")
 SCOPED_ROLES: Final = frozenset({Role.POSTER, Role.READER, Role.ADMIN})
 
 
@@ -96,6 +98,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _issue(args: argparse.Namespace, root: Path) -> int:
+    if NAME.fullmatch(args.name) is None:
+        print(
+            f"tally credentials: the name {args.name!r} must be 1..64 characters of "
+            "A-Z a-z 0-9 - _ . @, starting with a letter or digit (it names files)",
+            file=sys.stderr,
+        )
+        return 2
     roles = parse_roles(args.role)
     try:
         accounts = [check_pattern(pattern) for pattern in args.accounts]
