@@ -239,6 +239,9 @@ async def check_accounts_of_caller(
 class _Interceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     def __init__(self, guard: Guard) -> None:
         self._guard = guard
+        # Each method's handler and its guarded twin, made once: a server's handlers are the
+        # same objects call after call.
+        self._guarded: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     async def intercept_service(
         self,
@@ -248,7 +251,13 @@ class _Interceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         handler = await continuation(handler_call_details)
         if handler is None:
             return None
-        return _guarded(handler, self._guard, handler_call_details.method)
+        method = handler_call_details.method
+        known = self._guarded.get(method)
+        if known is not None and known[0] is handler:
+            return known[1]
+        guarded = _guarded(handler, self._guard, method)
+        self._guarded[method] = (handler, guarded)
+        return guarded
 
 
 def _guarded(handler: grpc.RpcMethodHandler, guard: Guard, method: str) -> grpc.RpcMethodHandler:
