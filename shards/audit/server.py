@@ -26,6 +26,7 @@ import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, Final, NoReturn, TypeVar
 
 import grpc
@@ -34,7 +35,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 
-from core import audit
+from core import audit, signing
 from core.audit import AuditConfig, AuditReport, Finding
 from core.audit.report import (
     Balance,
@@ -623,6 +624,14 @@ def add_command(commands: Any) -> None:
         help="host:port for Prometheus /metrics (default: off; port 0: a free one); its URL "
         "is printed before the serving line",
     )
+    sub.add_argument(
+        "--verify-key",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="an Ed25519 public key journal heads are checked against (repeat for rotated "
+        "keys); without one, every audit reports the signed blocks it could not check",
+    )
     security_flags.add_server_flags(sub)
 
 
@@ -637,13 +646,15 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         security = security_flags.server_security(args)
-    except (SecurityConfigError, ValueError) as error:
+        keys = tuple(signing.load_public(Path(path).read_bytes(), path) for path in args.verify_key)
+    except (SecurityConfigError, ValueError, OSError) as error:
         print(f"tally {COMMAND}: {error}", flush=True)
         return 2
     config = AuditServiceConfig(
         dsns=tuple(dsns),
         listen=args.listen,
         metrics_listen=args.metrics_listen,
+        audit=AuditConfig(verify_keys=keys),
         security=security,
     )
     code: int = uvloop.run(serve(config))

@@ -110,9 +110,14 @@ async def run_cluster(
             print(f"tally: metrics of gateway on {metrics_url}", flush=True)
         # The auditors' read-only service over every shard's database (stopped first).
         audit_arguments = ["audit-serve", "--listen", "127.0.0.1:0"]
-        # Its metrics and TLS as the gateway's.
+        # Its metrics and TLS as the gateway's; the nodes' signing key's public half.
         shared = ("--metrics-listen", "--tls-", "--token-key", "--revoked")
         audit_arguments += [f for f in gateway_flags or [] if f.startswith(shared)]
+        audit_arguments += [
+            f"--verify-key={flag.removeprefix('--signing-key=')}.pub"
+            for flag in node_flags
+            if flag.startswith("--signing-key=")
+        ]
         shard_dsns = [server.dsn(f"tally_shard_{shard_id}") for shard_id in range(shard_count)]
         audit_databases = supervisor.dsn_environment(audit_dsns=shard_dsns)
         children.append(await _spawn("audit", audit_arguments, log_dir, audit_databases))
