@@ -19,6 +19,14 @@ Options (also environment variables TALLY_BENCH_<NAME>):
   --tally-run-id ID           prefix of every transaction id (default: a new one per run)
   --tally-results-file PATH   item results by code, expected rejections, retries and the
                               end-of-day time to finish, as JSON (on the master)
+
+Every call is TLS and presents client credentials, as the `tally` commands do (environment
+variables TALLY_CA, TALLY_CERT, TALLY_KEY, TALLY_TOKEN; with none given, the admin identity of
+`tally up`'s DATA_DIR/tls, DATA_DIR from TALLY_DATA_DIR, default .tally):
+  --tally-ca PATH             the CA bundle the target is checked against
+  --tally-cert PATH           a client certificate (mutual TLS), with --tally-key PATH
+  --tally-token PATH          a file holding a bearer token (a --client-auth token target)
+Workers are handed the master's paths: the files must be at the same paths on every machine.
 """
 
 from __future__ import annotations
@@ -81,6 +89,18 @@ def add_arguments(parser: Any) -> None:
     option("eod-workers", int, _DEFAULTS.eod_workers, "workers sharing the end-of-day run")
     option("run-id", str, _DEFAULTS.run_id, "transaction id prefix (default: new per run)")
     option("results-file", str, _DEFAULTS.results_file, "JSON file for item result counts")
+    for name, text in (
+        ("ca", "CA bundle the target is checked against"),
+        ("cert", "client certificate (mutual TLS)"),
+        ("key", "its key"),
+        ("token", "file holding a bearer token"),
+    ):
+        group.add_argument(
+            f"--tally-{name}",
+            default="",
+            env_var=f"TALLY_{name.upper()}",  # as the `tally` commands read them
+            help=f"{text} (default: tally up's admin identity in TALLY_DATA_DIR/tls)",
+        )
 
 
 @events.test_start.add_listener
