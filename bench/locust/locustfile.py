@@ -43,6 +43,7 @@ import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
+import gevent  # noqa: E402
 from locust import events  # noqa: E402
 from locust.runners import MasterRunner, WorkerRunner  # noqa: E402
 
@@ -116,6 +117,11 @@ _ENVIRONMENT: list[Any] = []
 def on_init(environment: Any, **_: Any) -> None:
     _ENVIRONMENT[:] = [environment]
     keep_tagged_classes(environment)
+    # gevent's loop caches its clock at each iteration, and nothing has run it since
+    # init_gevent() above: the imports since (this file's, seconds on a busy machine) make that
+    # clock stale, and Locust's run-time limit (spawn_later, right after this event) would
+    # fire that much early. Time it from now.
+    gevent.get_hub().loop.update_now()
 
 
 def keep_tagged_classes(environment: Any) -> None:
