@@ -68,14 +68,15 @@ class ClientCredentials:
         return ClientSecurity.from_files(self.ca, self.certificate, self.key, self.token)
 
     def locust_flags(self) -> list[str]:
-        """The same credentials for bench/locust/locustfile.py's --tally-ca ... options."""
+        """The same credentials for bench/locust/locustfile.py's --tally-ca ... options, as
+        absolute paths (Locust runs in the repository root, this process maybe not)."""
         given = (
             ("--tally-ca", self.ca),
             ("--tally-cert", self.certificate),
             ("--tally-key", self.key),
             ("--tally-token", self.token),
         )
-        return [f"{flag}={value}" for flag, value in given if value]
+        return [f"{flag}={Path(value).absolute()}" for flag, value in given if value]
 
 
 def add_client_flags(parser: argparse.ArgumentParser) -> None:
