@@ -6,7 +6,9 @@ through an in-process shard node in batches of --batch-size, stops the node, the
 `tally audit`, `tally export` and `tally verify-export` as child processes, timing each and
 reading each one's peak resident memory from the kernel (getrusage of the waited-for child).
 
---data-dir keeps the database between runs; --reuse audits it again without writing.
+The node serves TLS with a credentials directory made next to the data (DATA_DIR/tls) and is
+called with that directory's admin identity. --data-dir keeps the database (and the
+credentials) between runs; --reuse audits it again without writing.
 Writes results.json next to the data when --out is given.
 """
 
@@ -25,11 +27,12 @@ import time
 from pathlib import Path
 from typing import Any, Final
 
-import grpc
 import uvloop
 
 from shards.local.embedded_pg import EmbeddedPostgres, EmbeddedPostgresConfig, free_port
 from shards.node.server import Node, NodeConfig
+from shards.security import directory
+from shards.security.credentials import ClientSecurity, aio_channel
 from tally.v1 import ledger_pb2 as pb
 from tally.v1 import ledger_pb2_grpc as pb_grpc
 
@@ -51,12 +54,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-async def _post_all(port: int, arguments: argparse.Namespace) -> float:
+async def _post_all(port: int, arguments: argparse.Namespace, security: ClientSecurity) -> float:
     accounts = [f"c{i}/dep" for i in range(arguments.account_count)]
     rng = random.Random(7)
     started = time.monotonic()
-    async with grpc.aio.insecure_channel(
-        f"127.0.0.1:{port}", options=[("grpc.max_receive_message_length", 64 << 20)]
+    async with aio_channel(
+        f"127.0.0.1:{port}", security, [("grpc.max_receive_message_length", 64 << 20)]
     ) as channel:
         stub = pb_grpc.LedgerStub(channel)
         for first in range(0, len(accounts), arguments.batch_size):
@@ -97,8 +100,9 @@ def _transfer(number: int, rng: random.Random, accounts: list[str]) -> pb.Transa
     )
 
 
-async def _write(dsn: str, arguments: argparse.Namespace) -> float:
-    node = Node(NodeConfig(dsn=dsn, listen="127.0.0.1:0"))
+async def _write(dsn: str, arguments: argparse.Namespace, credentials: Path) -> float:
+    security = directory.server_security(credentials)
+    node = Node(NodeConfig(dsn=dsn, listen="127.0.0.1:0", security=security))
     port = await node.start()
     task = asyncio.create_task(node.run())
     try:
@@ -106,7 +110,7 @@ async def _write(dsn: str, arguments: argparse.Namespace) -> float:
             # The node exposes no event for taking the lease: poll.
             while node.writer is None:  # noqa: ASYNC110
                 await asyncio.sleep(0.05)
-        return await _post_all(port, arguments)
+        return await _post_all(port, arguments, directory.client_security(credentials))
     finally:
         node.request_stop()
         await asyncio.wait_for(task, timeout=120)
@@ -172,7 +176,9 @@ def main(argv: list[str] | None = None) -> int:
         results: dict[str, Any] = {}
         if not arguments.reuse:
             results["transfers"] = arguments.transfer_count
-            results["write_seconds"] = round(uvloop.run(_write(dsn, arguments)), 1)
+            credentials = data_dir / "tls"
+            directory.init(credentials)
+            results["write_seconds"] = round(uvloop.run(_write(dsn, arguments, credentials)), 1)
             print(f"wrote {arguments.transfer_count:,} transfers", flush=True)
         results["audit"] = _child(["audit", "--no-progress"], dsn)
         results["postings"] = _postings_audited(results["audit"]["stdout_tail"])

@@ -2,7 +2,8 @@
 `python -m bench.closed_loop.cluster`.
 
 Starts `tally up --shards N` (one embedded PostgreSQL, N node processes, one gateway) in a
-temporary directory, seeds funded customer accounts, and measures transfers/s and latency
+temporary directory (TLS with the credentials `tally up` makes in it; the bench presents its
+admin identity), seeds funded customer accounts, and measures transfers/s and latency
 through the gateway with 0%, 10% and 50% of transfers crossing shards, for one transfer per
 call (many clients) and 1,000-transfer batches, with CPU seconds per transfer of each process
 role (nodes, gateway, PostgreSQL, this load generator). Writes results.json and report.md.
@@ -24,7 +25,13 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import cpu
-from bench.common.local_cluster import postgres_sampler, role_sampler, start_cluster, stop_cluster
+from bench.common.local_cluster import (
+    admin_credentials,
+    postgres_sampler,
+    role_sampler,
+    start_cluster,
+    stop_cluster,
+)
 from bench.common.measure import CallOutcome, latency_summary_ms, run_closed_loop
 from bench.common.paths import REPORTS_DIR
 from bench.common.tally_client import TallyClient, chunks
@@ -195,8 +202,9 @@ async def run(args: argparse.Namespace) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="tally-cluster-bench-"))
     port = free_port()
     up = await start_cluster(workdir / "data", args.shards, port)
-    client = TallyClient(f"127.0.0.1:{port}")
+    client: TallyClient | None = None
     try:
+        client = TallyClient(f"127.0.0.1:{port}", admin_credentials(workdir / "data").security())
         accounts = [customer_id(n) for n in range(args.accounts)]
         await seed(client, accounts)
         slot_map = SlotMap.even(args.shards)
@@ -231,7 +239,8 @@ async def run(args: argparse.Namespace) -> int:
         errors = sum(sum(dict(r["errors"]).values()) for r in results)  # type: ignore[call-overload]
         return 1 if errors else 0
     finally:
-        await client.close()
+        if client is not None:
+            await client.close()
         await stop_cluster(up)
         shutil.rmtree(workdir, ignore_errors=True)
 

@@ -1,6 +1,10 @@
 """What the benchmark runs against: its own embedded PostgreSQL and node, or --target.
 
-Everything started here is stopped here, also on error or Ctrl-C."""
+Its own node serves TLS with the credentials directory the bench makes next to PostgreSQL's
+data (BASE/tls, kept with --data-dir), and the bench's client presents that directory's admin
+identity; a --target is called with the client credentials of the command line
+(bench/common/credentials.py). Everything started here is stopped here, also on error or
+Ctrl-C."""
 
 from __future__ import annotations
 
@@ -23,8 +27,10 @@ from bench.common.tally_client import TallyClient
 from shards.local import supervisor
 from shards.local.embedded_pg import EmbeddedPostgres, EmbeddedPostgresConfig, free_port
 from shards.local.supervisor import LEDGER_SERVING_PREFIX, TallyProcess
+from shards.security import directory
 
 TALLY_DATABASE: Final = "tally"
+CREDENTIALS_DIRECTORY: Final = "tls"
 ROWLOCK_DATABASE: Final = "rowlock"
 SERVING_TIMEOUT_S: Final = 60.0
 NODE_START_TIMEOUT_S: Final = 60.0
@@ -62,22 +68,30 @@ async def local_environment(options: Options) -> AsyncIterator[Environment]:
         await asyncio.to_thread(server.start)
         try:
             await recreate_databases(server.dsn(), (TALLY_DATABASE, ROWLOCK_DATABASE))
-            async with _local_node(options, server) as environment:
+            credentials = base / CREDENTIALS_DIRECTORY
+            await asyncio.to_thread(directory.init, credentials)
+            async with _local_node(options, server, credentials) as environment:
                 yield environment
         finally:
             await asyncio.to_thread(server.stop)
 
 
 async def start_node(
-    dsn: str, log_dir: Path, extra_args: list[str], profile_path: Path | None
+    dsn: str,
+    log_dir: Path,
+    extra_args: list[str],
+    profile_path: Path | None,
+    credentials: Path,
 ) -> TallyProcess:
     """The shard node under test, its own process exactly as an operator runs it (its own CPU
-    apart from the load generator's, its own GIL), optionally under cProfile (written when the
-    node exits). It gets its own session, so a Ctrl-C in the terminal reaches only the bench,
-    which then stops the node in order."""
+    apart from the load generator's, its own GIL; TLS with the server credentials of the
+    directory `credentials`), optionally under cProfile (written when the node exits). It gets
+    its own session, so a Ctrl-C in the terminal reaches only the bench, which then stops the
+    node in order."""
     profiler = ["-m", "cProfile", "-o", str(profile_path)] if profile_path is not None else []
+    tls_flags = directory.server_flags(credentials)  # paths only: the keys stay in their files
     return await supervisor.start(
-        ["node", "--listen", f"127.0.0.1:{free_port()}", *extra_args],
+        ["node", "--listen", f"127.0.0.1:{free_port()}", *tls_flags, *extra_args],
         log_dir / "node.log",
         name="node",
         environment=supervisor.dsn_environment(dsn=dsn),  # never on the command line
@@ -92,14 +106,20 @@ async def start_node(
 
 
 @contextlib.asynccontextmanager
-async def _local_node(options: Options, server: EmbeddedPostgres) -> AsyncIterator[Environment]:
+async def _local_node(
+    options: Options, server: EmbeddedPostgres, credentials: Path
+) -> AsyncIterator[Environment]:
     profile_path = options.out_dir / "node.prof" if options.node_profile == "cprofile" else None
     node = await start_node(
-        server.dsn(TALLY_DATABASE), options.out_dir, list(options.node_args), profile_path
+        server.dsn(TALLY_DATABASE),
+        options.out_dir,
+        list(options.node_args),
+        profile_path,
+        credentials,
     )
     environment: Environment | None = None
     try:
-        client = TallyClient(node.endpoint)
+        client = TallyClient(node.endpoint, directory.client_security(credentials))
         try:
             await client.wait_serving(SERVING_TIMEOUT_S)
             roles = {
@@ -132,9 +152,9 @@ def _postmaster_pid(server: EmbeddedPostgres) -> int:
 async def target_environment(options: Options) -> AsyncIterator[Environment]:
     """A node someone else runs. Its CPU is measured if it listens on this machine; PostgreSQL's
     is the sum over every local process named `postgres` (approximate on a shared host)."""
-    if options.target is None:
-        raise ValueError("target_environment needs --target")
-    client = TallyClient(options.target)
+    if options.target is None or options.credentials is None:
+        raise ValueError("target_environment needs --target and its client credentials")
+    client = TallyClient(options.target, options.credentials.security())
     try:
         await client.wait_serving(SERVING_TIMEOUT_S)
         node_pid = _listening_pid(options.target)

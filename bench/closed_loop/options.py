@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from bench.common.credentials import ClientCredentials, add_client_flags, parse_client_credentials
 from bench.common.paths import REPORTS_DIR
 from bench.common.workload import ALL_WORKLOADS, Workload, parse_workloads
 
@@ -30,6 +31,8 @@ class Options:
     target: str | None
     rowlock_dsn: str | None
     tally_dsn: str | None
+    # With --target: what the bench's clients present (else it makes a credentials directory).
+    credentials: ClientCredentials | None
     node_args: tuple[str, ...]
     node_profile: str
     quiet_wait_s: float
@@ -89,6 +92,7 @@ def build_parser(description: str) -> argparse.ArgumentParser:
         help="before each window wait up to this long for the machine to be quiet (shared hosts)",
     )
     add("--quiet-cores", type=float, default=0.3, help="'quiet' means at most this many busy cores")
+    add_client_flags(parser)  # with --target; else the bench makes its own credentials
     return parser
 
 
@@ -108,6 +112,7 @@ def parse_options(argv: list[str] | None, description: str) -> Options:
         parser.error(f"--systems must name some of {SYSTEMS}")
     if (args.rowlock_dsn or args.tally_dsn) and not args.target:
         parser.error("--rowlock-dsn and --tally-dsn go with --target (else the bench makes them)")
+    credentials = parse_client_credentials(parser, args) if args.target else None
     if args.accounts < 2 or args.clients < 1 or args.batch_size < 1 or args.batch_clients < 1:
         parser.error("--accounts >= 2, --clients, --batch-size and --batch-clients >= 1")
     if args.target and "rowlock" in systems and not args.rowlock_dsn:
@@ -128,6 +133,7 @@ def parse_options(argv: list[str] | None, description: str) -> Options:
         target=args.target,
         rowlock_dsn=args.rowlock_dsn,
         tally_dsn=args.tally_dsn,
+        credentials=credentials,
         node_args=tuple(args.node_arg),
         node_profile=args.node_profile,
         quiet_wait_s=args.quiet_wait_s,

@@ -1,6 +1,10 @@
 """A local cluster for a benchmark: `tally up --shards N` started in the background through the
 process supervisor, stopped in order, and the CPU samplers of its process roles (shard nodes,
-gateway, PostgreSQL). Both suites use it (bench.closed_loop.cluster, bench.locust.suite)."""
+gateway, PostgreSQL). Both suites use it (bench.closed_loop.cluster, bench.locust.suite).
+
+`tally up` makes its credentials directory (DATA_DIR/tls: CA, cluster certificate, admin
+identity) before it serves and gives its nodes and gateway their TLS flags itself; the bench's
+clients present that directory's admin identity (admin_credentials)."""
 
 from __future__ import annotations
 
@@ -12,9 +16,11 @@ from typing import Final
 import psutil
 
 from bench.common import cpu
+from bench.common.credentials import ClientCredentials
 from bench.common.paths import REPO_ROOT
 from shards.local import supervisor
 from shards.local.supervisor import LEDGER_SERVING_PREFIX, TallyProcess
+from shards.security import flags
 
 START_TIMEOUT_S: Final = 120.0
 STOP_TIMEOUT_S: Final = 60.0
@@ -52,6 +58,11 @@ def postgres_sampler(data_dir: Path) -> cpu.Sampler:
         return cpu.process_tree(pid)()
 
     return sample
+
+
+def admin_credentials(data_dir: Path) -> ClientCredentials:
+    """The admin identity of `tally up --data-dir data_dir` (there once its gateway serves)."""
+    return ClientCredentials.admin_of(flags.local_directory(data_dir))
 
 
 async def start_cluster(

@@ -1,4 +1,5 @@
-"""The load generator's side of Tally: a grpc.aio channel to one shard node.
+"""The load generator's side of Tally: a grpc.aio TLS channel to one shard node (or a gateway),
+presenting the bench's client credentials (bench/common/credentials.py).
 
 Every call carries a deadline. Item results are counted by code name (CREATED, REPLAYED, ...);
 a transport failure is counted by gRPC status and is never mistaken for an item result.
@@ -26,6 +27,7 @@ from bench.common.workload import (
     funding_transaction_id,
 )
 from core import limits
+from shards.security.credentials import ClientSecurity, aio_channel
 from tally.v1 import ledger_pb2 as pb
 from tally.v1 import ledger_pb2_grpc as pb_grpc
 
@@ -69,12 +71,9 @@ MESSAGE_SIZE_OPTIONS = [
 
 
 class TallyClient:
-    def __init__(self, target: str) -> None:
+    def __init__(self, target: str, security: ClientSecurity) -> None:
         self.target = target
-        self._channel = grpc.aio.insecure_channel(
-            target,
-            options=MESSAGE_SIZE_OPTIONS,
-        )
+        self._channel = aio_channel(target, security, MESSAGE_SIZE_OPTIONS)
         self._stub = pb_grpc.LedgerStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
@@ -85,15 +84,19 @@ class TallyClient:
         """The node listens before it holds the writer lease; wait for health SERVING."""
         deadline = time.monotonic() + timeout_s
         request = health_pb2.HealthCheckRequest(service="tally.v1.Ledger")
+        last_error = ""
         while True:
             try:
                 response = await self._health.Check(request, timeout=2.0)
                 if response.status == health_pb2.HealthCheckResponse.SERVING:
                     return
-            except grpc.aio.AioRpcError:
-                pass  # not up yet
+            except grpc.aio.AioRpcError as error:
+                # Not up yet, or (said in the timeout) a TLS handshake or credential refused.
+                last_error = f" (last: {error.code().name} {error.details()})"
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{self.target} was not SERVING within {timeout_s:g}s")
+                raise TimeoutError(
+                    f"{self.target} was not SERVING within {timeout_s:g}s{last_error}"
+                )
             await asyncio.sleep(0.1)
 
     async def post(self, transfers: Sequence[Transfer]) -> CallOutcome:

@@ -30,6 +30,7 @@ from typing import Any, Final
 import grpc
 
 from bench.common.tally_client import MESSAGE_SIZE_OPTIONS
+from shards.security.credentials import ClientSecurity, channel
 from tally.v1 import ledger_pb2 as pb
 from tally.v1 import ledger_pb2_grpc as pb_grpc
 
@@ -121,11 +122,9 @@ class Tallies:
 FireRequest = Callable[..., None]
 
 
-def open_channel(target: str) -> grpc.Channel:
-    return grpc.insecure_channel(
-        target,
-        options=MESSAGE_SIZE_OPTIONS,
-    )
+def open_channel(target: str, security: ClientSecurity) -> grpc.Channel:
+    """A TLS channel presenting security (bench/common/credentials.py)."""
+    return channel(target, security, MESSAGE_SIZE_OPTIONS)
 
 
 class LedgerClient:

@@ -8,6 +8,9 @@ writers always have the next batch waiting. A progress bar (rich's) shows items 
 
 Idempotent: account creates and the opening transactions (ids `open.<customer>`) replay on a
 cluster that already holds the population, so loading twice never funds anyone twice.
+
+Over TLS, presenting --ca with --cert/--key or --token (TALLY_CA, ...; default: tally up's admin
+identity), as the `tally` commands do.
 """
 
 from __future__ import annotations
@@ -34,8 +37,10 @@ from rich.progress import (
 )
 from rich.text import Text
 
+from bench.common.credentials import add_client_flags, parse_client_credentials
 from bench.common.tally_client import MESSAGE_SIZE_OPTIONS
 from bench.locust import population
+from shards.security.credentials import ClientSecurity, aio_channel
 from tally.v1 import ledger_pb2 as pb
 from tally.v1 import ledger_pb2_grpc as pb_grpc
 
@@ -126,11 +131,8 @@ def opening_transaction(number: int) -> pb.Transaction:
 
 
 class Loader:
-    def __init__(self, target: str) -> None:
-        self._channel = grpc.aio.insecure_channel(
-            target,
-            options=MESSAGE_SIZE_OPTIONS,
-        )
+    def __init__(self, target: str, security: ClientSecurity) -> None:
+        self._channel = aio_channel(target, security, MESSAGE_SIZE_OPTIONS)
         self._stub = pb_grpc.LedgerStub(self._channel)
         self.codes: Counter[str] = Counter()
 
@@ -180,9 +182,11 @@ async def _batches(
             group.create_task(one(numbers[start : start + size]))
 
 
-async def load(target: str, population_size: int, stream: TextIO = sys.stderr) -> dict[str, Any]:
+async def load(
+    target: str, population_size: int, security: ClientSecurity, stream: TextIO = sys.stderr
+) -> dict[str, Any]:
     """Load the population; returns what was done (items, seconds, result codes)."""
-    loader = Loader(target)
+    loader = Loader(target, security)
     numbers = range(population_size)
     internal_count = len(population.INTERNAL_ACCOUNT_IDS)
     items_done = 0
@@ -226,10 +230,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.locust.loader", description=__doc__)
     parser.add_argument("--target", default="127.0.0.1:7400", help="gateway or node HOST:PORT")
     parser.add_argument("--population", type=int, default=100_000, help="customers")
+    add_client_flags(parser)
     args = parser.parse_args(argv)
+    security = parse_client_credentials(parser, args).security()
     import uvloop
 
-    summary = uvloop.run(load(args.target, args.population))
+    summary = uvloop.run(load(args.target, args.population, security))
     print(f"loaded {summary}")
     return 0
 

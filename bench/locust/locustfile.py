@@ -19,6 +19,14 @@ Options (also environment variables TALLY_BENCH_<NAME>):
   --tally-run-id ID           prefix of every transaction id (default: a new one per run)
   --tally-results-file PATH   item results by code, expected rejections, retries and the
                               end-of-day time to finish, as JSON (on the master)
+
+Every call is TLS and presents client credentials, as the `tally` commands do (environment
+variables TALLY_CA, TALLY_CERT, TALLY_KEY, TALLY_TOKEN; with none given, the admin identity of
+`tally up`'s DATA_DIR/tls, DATA_DIR from TALLY_DATA_DIR, default .tally):
+  --tally-ca PATH             the CA bundle the target is checked against
+  --tally-cert PATH           a client certificate (mutual TLS), with --tally-key PATH
+  --tally-token PATH          a file holding a bearer token (a --client-auth token target)
+Workers are handed the master's paths: the files must be at the same paths on every machine.
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
+import gevent  # noqa: E402
 from locust import events  # noqa: E402
 from locust.runners import MasterRunner, WorkerRunner  # noqa: E402
 
@@ -81,6 +90,18 @@ def add_arguments(parser: Any) -> None:
     option("eod-workers", int, _DEFAULTS.eod_workers, "workers sharing the end-of-day run")
     option("run-id", str, _DEFAULTS.run_id, "transaction id prefix (default: new per run)")
     option("results-file", str, _DEFAULTS.results_file, "JSON file for item result counts")
+    for name, text in (
+        ("ca", "CA bundle the target is checked against"),
+        ("cert", "client certificate (mutual TLS)"),
+        ("key", "its key"),
+        ("token", "file holding a bearer token"),
+    ):
+        group.add_argument(
+            f"--tally-{name}",
+            default="",
+            env_var=f"TALLY_{name.upper()}",  # as the `tally` commands read them
+            help=f"{text} (default: tally up's admin identity in TALLY_DATA_DIR/tls)",
+        )
 
 
 @events.test_start.add_listener
@@ -96,6 +117,11 @@ _ENVIRONMENT: list[Any] = []
 def on_init(environment: Any, **_: Any) -> None:
     _ENVIRONMENT[:] = [environment]
     keep_tagged_classes(environment)
+    # gevent's loop caches its clock at each iteration, and nothing has run it since
+    # init_gevent() above: the imports since (this file's, seconds on a busy machine) make that
+    # clock stale, and Locust's run-time limit (spawn_later, right after this event) would
+    # fire that much early. Time it from now.
+    gevent.get_hub().loop.update_now()
 
 
 def keep_tagged_classes(environment: Any) -> None:

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Final
 
+from bench.common.credentials import add_client_flags, parse_client_credentials
 from bench.locust import cost, population
 
 SUITE_MODULE: Final = "bench.locust.suite"
@@ -46,7 +47,10 @@ def parse(argv: list[str] | None, description: str) -> argparse.Namespace:
     rowlock_group.add_argument("--no-rowlock", dest="rowlock", action="store_false")
     rowlock_group.add_argument("--rowlock-duration-s", type=float, default=20.0)
     add_cost_arguments(parser)
+    add_client_flags(parser)  # with --target; a local cluster's are tally up's own
     args = parser.parse_args(argv)
+    if args.target:
+        parse_client_credentials(parser, args)  # checked before anything starts
     args.argv = list(sys.argv[1:] if argv is None else argv)
     args.scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
     if args.scenarios == ["all"]:

@@ -2,7 +2,9 @@
 `python -m bench.locust.suite [options]`.
 
 Without --target it starts a cluster on the embedded PostgreSQL (`tally up --shards N` in a
-temporary directory, metrics on), loads the population (bench/locust/loader.py, with a progress
+temporary directory, metrics on; TLS with the credentials tally up makes there, the loader and
+Locust presenting its admin identity; against a --target, --ca --cert --key or --token as the
+`tally` commands take them), loads the population (bench/locust/loader.py, with a progress
 bar), and seeds the conventional row-locking ledger (bench/common/rowlock.py) in its own
 database of the same
 PostgreSQL. Then, for each scenario, it runs Locust headless as a subprocess (gevent's
@@ -39,7 +41,14 @@ from pathlib import Path
 from typing import Any, Final
 
 from bench.common import cpu, machine, rowlock
-from bench.common.local_cluster import postgres_sampler, role_sampler, start_cluster, stop_cluster
+from bench.common.credentials import ClientCredentials
+from bench.common.local_cluster import (
+    admin_credentials,
+    postgres_sampler,
+    role_sampler,
+    start_cluster,
+    stop_cluster,
+)
 from bench.common.measure import CallOutcome, latency_summary_ms, run_closed_loop
 from bench.common.paths import REPO_ROOT, REPORTS_DIR
 from bench.common.workload import Distribution, Shape, TransferSource, Workload
@@ -67,6 +76,7 @@ class Cluster:
 
     target: str
     shards: int
+    credentials: ClientCredentials  # what the loader and Locust present (TLS)
     endpoints: list[metrics.Endpoint]
     shard_dsns: list[str]
     rowlock_dsn: str | None
@@ -98,6 +108,7 @@ async def local_cluster(args: argparse.Namespace, out: Path) -> AsyncIterator[Cl
         yield Cluster(
             target=f"127.0.0.1:{port}",
             shards=args.shards,
+            credentials=admin_credentials(data_dir),
             endpoints=metrics.endpoints_from_lines(lines),
             shard_dsns=[server.dsn(f"tally_shard_{n}") for n in range(args.shards)],
             rowlock_dsn=rowlock_dsn,
@@ -122,6 +133,7 @@ async def remote_cluster(args: argparse.Namespace) -> AsyncIterator[Cluster]:
     cluster = Cluster(
         target=args.target,
         shards=args.shards,
+        credentials=ClientCredentials.of(args.ca, args.cert, args.key, args.token),
         endpoints=metrics.endpoints_from_urls(args.metrics),
         shard_dsns=list(args.shard_dsn),
         rowlock_dsn=args.rowlock_dsn if args.rowlock else None,
@@ -197,6 +209,7 @@ def locust_command(
         "--tally-eod-batch-size", str(args.eod_batch_size),
         "--tally-run-id", run_id,
         "--tally-results-file", str(out / f"{name}_results.json"),
+        *cluster.credentials.locust_flags(),
     ]  # fmt: skip
 
 
@@ -424,7 +437,8 @@ async def prepare(args: argparse.Namespace, cluster: Cluster, report: dict[str, 
         report["load"] = {"skipped": True}
     else:
         print(f"bench: loading {args.population:,} customers into {cluster.target}", flush=True)
-        report["load"] = await loader.load(cluster.target, args.population)
+        security = cluster.credentials.security()
+        report["load"] = await loader.load(cluster.target, args.population, security)
     if cluster.rowlock_dsn:
         started = time.monotonic()
         accounts = [population.deposit_id(n) for n in range(args.population)]

@@ -13,6 +13,8 @@
 Every transaction id is unique per run (idempotency is permanent): run id, scenario, a token of
 this process, the user's number and a sequence. Options are Locust command line arguments
 (`--tally-...`, also as TALLY_BENCH_... environment variables), added by bench/locust/locustfile.py.
+Every call goes over TLS and presents the client credentials of `--tally-ca`, `--tally-cert`,
+`--tally-key`, `--tally-token` (by default tally up's admin identity).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from locust import User, constant, tag, task
 from locust.exception import StopUser
 from locust.runners import LocalRunner
 
+from bench.common.credentials import ClientCredentials
 from bench.locust import population
 from bench.locust.grpc_client import LedgerClient, Tallies, leg, open_channel
 from tally.v1 import ledger_pb2 as pb
@@ -56,6 +59,15 @@ class Options:
     eod_workers: int = 1
     run_id: str = ""
     results_file: str = ""
+    # Client credentials (paths; bench/common/credentials.py): --tally-ca with --tally-cert
+    # and --tally-key, or --tally-token; none: tally up's admin identity (TALLY_DATA_DIR/tls).
+    ca: str = ""
+    cert: str = ""
+    key: str = ""
+    token: str = ""
+
+    def credentials(self) -> ClientCredentials:
+        return ClientCredentials.of(self.ca, self.cert, self.key, self.token)
 
     @staticmethod
     def of(parsed: Any) -> Options:
@@ -82,7 +94,7 @@ class Bank:
         self.run_id = self.options.run_id or format(time.time_ns() // 1_000_000, "x")
         self.token = secrets.token_hex(3)  # this process: workers never share an id
         self.user_numbers = itertools.count()
-        self.channel = open_channel(self.target)
+        self.channel = open_channel(self.target, self.options.credentials().security())
         self.eod = EodWork.of(self.options, environment)
 
     @classmethod
