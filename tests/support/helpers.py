@@ -39,7 +39,14 @@ class NodeHandle:
 
     @property
     def internal_target(self) -> str:
-        """The internal listener (tally.v1.Shard; a node of a cluster only)."""
+        """The internal listener (tally.v1.Shard, cluster identities only): a node of a
+        cluster has one; a node without a control DSN only if started with
+        internal_listen="127.0.0.1:0"."""
+        if self.node.internal_port == 0:
+            raise AssertionError(
+                "this node has no internal listener: pass internal_listen='127.0.0.1:0' "
+                "to start_node (or a control_dsn)"
+            )
         return self.node.internal_target
 
     async def stop(self) -> None:

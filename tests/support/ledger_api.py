@@ -16,6 +16,7 @@ import grpc
 import pytest
 
 from tally.v1 import ledger_pb2 as pb
+from tests.support import security
 from tests.support.helpers import (
     CREDIT,
     DEBIT,
@@ -81,7 +82,7 @@ async def replay_after_restart(client: Client, node: NodeHandle, dsn: str) -> No
     await node.stop()
     restarted = await start_node(dsn)
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{restarted.port}") as channel:
+        async with security.channel(f"127.0.0.1:{restarted.port}") as channel:
             again = Client(channel)
             replay = (await again.post(transfer("r-1", "@funding/loans", "cust-1/deposit", 10)))[0]
             conflict = (await again.post(transfer("r-1", "@funding/loans", "cust-2/deposit", 10)))[
@@ -231,7 +232,7 @@ async def hold_posted_in_full_and_voided(client: Client) -> None:
 async def hold_expires_without_a_client_asking(dsn: str) -> None:
     handle = await start_node(dsn, expiry_interval_ms=50)
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{handle.port}") as channel:
+        async with security.channel(f"127.0.0.1:{handle.port}") as channel:
             client = Client(channel)
             await client.create(account("@cash"), account("c/dep", no_overdraft=True))
             await client.codes(transfer("f", "@cash", "c/dep", 100))

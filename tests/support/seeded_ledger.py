@@ -9,10 +9,10 @@ import random
 from dataclasses import dataclass, field
 
 import asyncpg
-import grpc
 
 from shards.local.embedded_pg import EmbeddedPostgres
 from tally.v1 import ledger_pb2 as pb
+from tests.support import security
 from tests.support.helpers import CREDIT, DEBIT, Client, account, leg, start_node, transfer
 
 CUSTOMERS = [f"c{i}/dep" for i in range(6)]
@@ -35,7 +35,7 @@ async def build_ledger(dsn: str, seed: int = 1) -> Ledger:
     in part, voided and expired, reversals, linked groups, multi-currency, a closed account."""
     node = await start_node(dsn, expiry_interval_ms=50)
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{node.port}") as channel:
+        async with security.channel(f"127.0.0.1:{node.port}") as channel:
             client = Client(channel)
             ledger = Ledger()
             await _open_accounts(client)

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-import grpc
 import pytest
 
 from core import journal, signing
@@ -30,6 +29,7 @@ from shards.local.embedded_pg import EmbeddedPostgres
 from shards.local.signing_keys import write_key_pair
 from shards.node.heads import heads_path
 from tally.v1 import ledger_pb2 as pb
+from tests.support import security
 from tests.support.audit_commands import audit_json, run_cli
 from tests.support.helpers import Client, account, start_node, transfer
 from tests.support.seeded_ledger import clone_database
@@ -53,7 +53,7 @@ async def _write_ledger(dsn: str, key: Path, heads: Path) -> None:
     """Accounts, then BATCH_COUNT batches of transfers: one block each."""
     node = await start_node(dsn, signing_key=str(key), publish_heads=str(heads))
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{node.port}") as channel:
+        async with security.channel(f"127.0.0.1:{node.port}") as channel:
             client = Client(channel)
             codes = await client.create(account("@bank"), account("a/dep"), account("b/dep"))
             assert set(codes) == {CREATED}

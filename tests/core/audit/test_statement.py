@@ -11,6 +11,7 @@ import grpc
 
 from shards.local.embedded_pg import EmbeddedPostgres
 from tally.v1 import ledger_pb2 as pb
+from tests.support import security
 from tests.support.audit_commands import run_cli
 from tests.support.helpers import Client, NodeHandle, account, leg, start_node, transfer
 
@@ -131,7 +132,7 @@ async def test_spread_account_statement_merges_its_shards(pg: EmbeddedPostgres) 
         dsns.append(pg.dsn(name))
         handle = await start_node(pg.dsn(name))
         try:
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{handle.port}") as channel:
+            async with security.channel(f"127.0.0.1:{handle.port}") as channel:
                 client = Client(channel)
                 await client.create(account("@cash"), account(f"s{shard}/dep"))
                 await _post(

@@ -20,6 +20,7 @@ from core import limits
 from shards.local.embedded_pg import EmbeddedPostgres
 from tally.v1 import ledger_pb2 as pb
 from tally.v1 import ledger_pb2_grpc as pb_grpc
+from tests.support import security
 from tests.support.helpers import (
     CREDIT,
     DEBIT,
@@ -69,7 +70,7 @@ async def ledger(pg: EmbeddedPostgres) -> AsyncIterator[Ledger]:
     await pg.create_database_async(database)
     handle = await start_node(pg.dsn(database))
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{handle.port}") as channel:
+        async with security.channel(f"127.0.0.1:{handle.port}") as channel:
             client = Client(channel)
             assert set(names(await client.create(*SETUP_ACCOUNTS))) == {"RESULT_CODE_CREATED"}
             yield Ledger(handle, channel, client)

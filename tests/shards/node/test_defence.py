@@ -1,13 +1,15 @@
 """Defence in depth at one node: what the gateway refuses, the node refuses too.
 
-A node is reachable without its gateway (today on its client port, for both services), so it
+A node is reachable without its gateway (its client listener serves tally.v1.Ledger), so it
 must not rely on the gateway's checks: clients cannot post to, create or close the cluster's
-`@clearing/...` accounts, nor use ids or metadata keys of the reserved `~` namespace; and every
-field of the internal tally.v1.Shard RPCs is checked before anything reaches the writer. The
-clearing accounts themselves reach a node only through Shard.CreateClearingAccounts.
+`@clearing/...` accounts, nor use ids or metadata keys of the reserved `~` namespace. The
+internal tally.v1.Shard service is served only on the internal listener, to cluster identities
+(the client listener neither serves nor lists it), and even there every field of its RPCs is
+checked before anything reaches the writer. The clearing accounts themselves reach a node only
+through Shard.CreateClearingAccounts.
 
-All cases share one node (module scope); each uses its own ids, and the last test audits that
-nothing was half-applied.
+All cases share one node (module scope, with an internal listener); each uses its own ids, and
+the last test audits that nothing was half-applied.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from core import ids, limits
 from core.validation import CLEARING_RESERVED
@@ -28,6 +31,7 @@ from shards.local.embedded_pg import EmbeddedPostgres
 from tally.v1 import ledger_pb2 as pb
 from tally.v1 import shard_pb2 as spb
 from tally.v1 import shard_pb2_grpc as spb_grpc
+from tests.support import security
 from tests.support.helpers import (
     CREDIT,
     DEBIT,
@@ -47,9 +51,13 @@ CLEARING = ids.clearing_account("USD")
 
 @dataclass
 class Shard:
+    """The node, a client on its client listener (the admin identity) and a Shard stub on its
+    internal listener (the cluster identity, as a gateway's)."""
+
     node: NodeHandle
     channel: grpc.aio.Channel
     client: Client
+    internal: grpc.aio.Channel
     stub: spb_grpc.ShardStub
 
     async def balance(self, account_id: str) -> pb.Balance:
@@ -60,20 +68,23 @@ class Shard:
 async def shard(pg: EmbeddedPostgres) -> AsyncIterator[Shard]:
     database = f"defence_{os.getpid()}_{time.time_ns()}"
     await pg.create_database_async(database)
-    handle = await start_node(pg.dsn(database))
+    handle = await start_node(pg.dsn(database), internal_listen="127.0.0.1:0")
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{handle.port}") as channel:
+        async with (
+            security.channel(handle.target) as channel,
+            security.cluster_channel(handle.internal_target) as internal,
+        ):
             client = Client(channel)
             accounts = [account("@bank"), account("c1/dep"), account("c2/dep")]
             assert set(names(await client.create(*accounts))) == {"RESULT_CODE_CREATED"}
             funding = transfer("fund-c1", "@bank", "c1/dep", 1_000)
             assert names(await client.codes(funding)) == ["RESULT_CODE_CREATED"]
-            stub = spb_grpc.ShardStub(channel)
+            stub = spb_grpc.ShardStub(internal)
             response = await stub.CreateClearingAccounts(
                 spb.CreateClearingAccountsRequest(currencies=["USD"]), timeout=30
             )
             assert names([r.code for r in response.results]) == ["RESULT_CODE_CREATED"]
-            yield Shard(handle, channel, client, stub)
+            yield Shard(handle, channel, client, internal, stub)
     finally:
         await handle.stop()
 
@@ -221,6 +232,49 @@ async def test_reserved_namespace_refused_in_accounts(shard: Shard) -> None:
         pb.CloseAccountsRequest(accounts=[pb.CloseAccount(account_id="~x")]), timeout=30
     )
     assert closed.results[0].code == pb.RESULT_CODE_INVALID_ID
+
+
+# ---- the Shard API: only on the internal listener ----
+
+
+async def _listed_services(channel: grpc.aio.Channel) -> set[str]:
+    reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
+    request = reflection_pb2.ServerReflectionRequest(list_services="")
+    responses = [r async for r in reflection.ServerReflectionInfo(iter([request]), timeout=10)]
+    return {service.name for service in responses[0].list_services_response.service}
+
+
+async def test_client_listener_does_not_serve_the_shard_api(shard: Shard) -> None:
+    """Not to the admin identity, nor to the cluster identity: the client listener has no
+    tally.v1.Shard at all (UNIMPLEMENTED, as for any method it does not have), and its
+    reflection does not list it; the internal listener lists it and serves it."""
+    request = spb.CreateClearingAccountsRequest(currencies=["CHF"])
+    async with security.cluster_channel(shard.node.target) as cluster_on_client:
+        for channel in (shard.channel, cluster_on_client):
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await spb_grpc.ShardStub(channel).CreateClearingAccounts(request, timeout=30)
+            assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED, refused.value.details()
+        assert "tally.v1.Shard" not in await _listed_services(cluster_on_client)
+    client_listed = await _listed_services(shard.channel)
+    assert "tally.v1.Shard" not in client_listed
+    assert {"tally.v1.Ledger", "grpc.health.v1.Health"} <= client_listed
+    assert "tally.v1.Shard" in await _listed_services(shard.internal)
+    lookup = await shard.client.stub.GetAccounts(
+        pb.GetAccountsRequest(ids=[ids.clearing_account("CHF")]), timeout=30
+    )
+    assert lookup.results[0].code == pb.RESULT_CODE_ACCOUNT_NOT_FOUND  # nothing was applied
+
+
+async def test_internal_listener_refuses_identities_that_are_not_the_clusters(
+    shard: Shard,
+) -> None:
+    """The admin identity (every client role, every account) is no cluster identity."""
+    request = spb.CreateClearingAccountsRequest(currencies=["CHF"])
+    async with security.channel(shard.node.internal_target) as admin_on_internal:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await spb_grpc.ShardStub(admin_on_internal).CreateClearingAccounts(request, timeout=30)
+    assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED, refused.value.details()
+    assert "cluster identities" in (refused.value.details() or "")
 
 
 # ---- the Shard API: every field checked before the writer ----

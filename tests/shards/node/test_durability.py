@@ -24,6 +24,7 @@ import pytest
 from shards.local.embedded_pg import EmbeddedPostgres
 from tally.v1 import ledger_pb2 as pb
 from tally.v1 import ledger_pb2_grpc as pb_grpc
+from tests.support import security
 from tests.support.helpers import (
     CREDIT,
     DEBIT,
@@ -383,7 +384,7 @@ async def check_holds_resolved(client: Client, record: Record) -> None:
 
 async def run_load(node: NodeProcess, record: Record, stop: asyncio.Event) -> list[LoadClient]:
     """Clients posting until `stop`; returns them once every one has finished."""
-    async with grpc.aio.insecure_channel(node.target) as channel:
+    async with security.channel(node.target) as channel:
         stub = pb_grpc.LedgerStub(channel)
         clients = [LoadClient(stub, n, record) for n in range(CLIENT_COUNT)]
         async with asyncio.timeout(60), asyncio.TaskGroup() as group:

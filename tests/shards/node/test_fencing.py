@@ -28,6 +28,7 @@ from shards.cli.main import EXIT_FENCED
 from shards.local.embedded_pg import EmbeddedPostgres
 from shards.node.writer import WriterState
 from tally.v1 import ledger_pb2 as pb
+from tests.support import security
 from tests.support.helpers import (
     Client,
     NodeHandle,
@@ -341,7 +342,7 @@ async def test_node_stops_when_its_epoch_is_taken(node: NodeHandle, channel: obj
     successor = await start_node(dsn)
     try:
         assert successor.node.writer is not None and successor.node.writer.epoch == epoch + 1
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{successor.port}") as successor_channel:
+        async with security.channel(f"127.0.0.1:{successor.port}") as successor_channel:
             successor_client = Client(successor_channel)
             results = await successor_client.post(*batch)
             assert names([r.code for r in results]) == [CREATED] * 3

@@ -19,6 +19,7 @@ from shards.rpc.metrics import parse_listen
 from tally.v1 import ledger_pb2 as pb
 from tally.v1 import shard_pb2 as spb
 from tally.v1 import shard_pb2_grpc as spb_grpc
+from tests.support import security
 from tests.support.helpers import Client, NodeHandle, account, names, start_node, transfer
 from tests.support.metrics import Samples, metrics_text_on_port, parse_samples
 
@@ -28,7 +29,11 @@ POST = "PostTransactions"
 @pytest.fixture
 async def metered(dsn: str) -> AsyncIterator[NodeHandle]:
     handle = await start_node(
-        dsn, metrics_listen="127.0.0.1:0", metrics_prepared_interval_s=0.05, expiry_interval_ms=50
+        dsn,
+        metrics_listen="127.0.0.1:0",
+        metrics_prepared_interval_s=0.05,
+        expiry_interval_ms=50,
+        internal_listen="127.0.0.1:0",  # tally.v1.Shard, for the prepared piece below
     )
     try:
         yield handle
@@ -38,7 +43,7 @@ async def metered(dsn: str) -> AsyncIterator[NodeHandle]:
 
 @pytest.fixture
 async def client(metered: NodeHandle) -> AsyncIterator[Client]:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{metered.port}") as channel:
+    async with security.channel(f"127.0.0.1:{metered.port}") as channel:
         client = Client(channel)
         codes = await client.create(
             account("@funding"),
@@ -120,7 +125,7 @@ async def test_refused_calls_count_by_status(metered: NodeHandle, client: Client
     with pytest.raises(grpc.aio.AioRpcError) as empty:
         await client.stub.PostTransactions(pb.PostTransactionsRequest(), timeout=10)
     assert empty.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{metered.port}") as channel:
+    async with security.channel(f"127.0.0.1:{metered.port}") as channel:
         raw = channel.unary_unary("/tally.v1.Ledger/GetAccounts")
         with pytest.raises(grpc.aio.AioRpcError) as garbage:  # not a valid message
             await raw(b"\xff\xff\xff", timeout=10)
@@ -140,7 +145,7 @@ async def test_prepared_pieces_and_expired_holds(metered: NodeHandle, client: Cl
     """Both are counted by background tasks (sampled every 50 ms, swept every 50 ms here)."""
     hold = transfer("h-1", "cust-1/deposit", "@funding", 70, pending=True, timeout_seconds=1)
     assert names(await client.codes(hold)) == ["RESULT_CODE_CREATED"]
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{metered.port}") as channel:
+    async with security.cluster_channel(metered.internal_target) as channel:
         shard = spb_grpc.ShardStub(channel)
         piece = transfer("x-1", "cust-1/deposit", "cust-2/deposit", 10)
         response = await shard.Prepare(
@@ -195,7 +200,7 @@ async def test_slot_map_version_and_endpoint_lifecycle(pg: EmbeddedPostgres, dsn
 
 
 async def test_metrics_endpoint_is_off_by_default() -> None:
-    node = Node(NodeConfig(dsn="postgresql://unused"))
+    node = Node(NodeConfig(dsn="postgresql://unused", security=security.server_security()))
     assert (node.config.metrics_listen, node.metrics_port) == ("", 0)
 
 

@@ -10,6 +10,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from shards.node.writer import WriterConfig
 from tally.v1 import ledger_pb2 as pb
+from tests.support import security
 from tests.support.helpers import Client, account, audit_problems, start_node, transfer
 
 
@@ -31,7 +32,7 @@ async def test_graceful_stop_answers_in_flight_requests(dsn: str) -> None:
     handle = await start_node(dsn)
     blocker = await asyncpg.connect(dsn)
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{handle.port}") as channel:
+        async with security.channel(f"127.0.0.1:{handle.port}") as channel:
             client = Client(channel)
             await client.create(account("@cash"), *(account(f"c{n}/d") for n in range(50)))
             # Hold the lease row: the writer's commit waits, so requests pile up in its queue.
@@ -76,15 +77,15 @@ async def test_graceful_stop_answers_in_flight_requests(dsn: str) -> None:
 
 
 async def test_standby_serves_reads_but_refuses_writes(node, dsn: str) -> None:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{node.port}") as channel:
+    async with security.channel(f"127.0.0.1:{node.port}") as channel:
         await Client(channel).create(account("@cash"))
     from shards.node.server import Node, NodeConfig
 
-    standby = Node(NodeConfig(dsn=dsn, listen="127.0.0.1:0"))
+    standby = Node(NodeConfig(dsn=dsn, listen="127.0.0.1:0", security=security.server_security()))
     port = await standby.start()
     task = asyncio.create_task(standby.run())
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        async with security.channel(f"127.0.0.1:{port}") as channel:
             client = Client(channel)
             assert (await client.account("@cash")).account.id == "@cash"
             health = health_pb2_grpc.HealthStub(channel)
@@ -108,7 +109,7 @@ async def test_full_queue_pushes_back(dsn: str) -> None:
     handle = await start_node(dsn, writer=WriterConfig(queue_request_count_max=2))
     blocker = await asyncpg.connect(dsn)
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{handle.port}") as channel:
+        async with security.channel(f"127.0.0.1:{handle.port}") as channel:
             client = Client(channel)
             await client.create(account("@cash"), account("c/d"))
             # Hold the lease row: the writer's next commit waits, so its queue fills up.

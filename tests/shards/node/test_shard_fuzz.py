@@ -6,14 +6,15 @@ their posts and voids, reversals), aimed at the shard a gateway would call, then
 random through their descriptors (tests/support/fuzzing.py: nasty strings, integers at the type
 boundaries, unknown enum numbers such as an abort reason of 12345, repeated items dropped,
 duplicated or multiplied to beyond a batch); a share are raw bytes (random, or a valid request
-corrupted). The nodes serve the Shard API on their client port today (issue 11 moves it to an
-internal listener).
+corrupted). They are sent where a gateway sends them: to each node's internal listener, with
+the cluster's credentials (mutual TLS, role `cluster`), the only listener that serves Shard.
 
 Every RPC must answer (one result per item, each a known ResultCode; and no item may fault in
 the writer's loop, which the state machine logs: a fault is a bug this fuzz exists to find; an
 ITEM_FAULT answer alone may be an abort reason recorded as sent) or fail with INVALID_ARGUMENT or
 RESOURCE_EXHAUSTED (or UNAVAILABLE "abort not recorded": the documented retryable answer),
-never INTERNAL or UNKNOWN. At the end both nodes are healthy, a transfer within a shard and one
+never INTERNAL or UNKNOWN (nor an authentication or permission refusal: the caller is the
+cluster). At the end both nodes are healthy on both listeners, a transfer within a shard and one
 across shards still apply through the gateway, and the audit of each shard finds no problem.
 
 Reproduce with TALLY_SHARD_FUZZ_SEED=<seed printed on failure>; TALLY_SHARD_FUZZ_MESSAGES and
@@ -42,6 +43,7 @@ from shards.crossshard.coordinator import piece_message, split_pieces
 from shards.local.embedded_pg import EmbeddedPostgres
 from tally.v1 import ledger_pb2 as pb
 from tally.v1 import shard_pb2 as spb
+from tests.support import security
 from tests.support.fuzzing import NASTY_STRINGS, Tally, corrupt, mutate, random_unicode
 from tests.support.helpers import (
     Client,
@@ -379,12 +381,10 @@ async def test_fuzz_the_shard_api(pg: EmbeddedPostgres) -> None:
     print(f"shard fuzz seed {SEED}, up to {MESSAGE_COUNT} messages / {TIME_BUDGET_S}s")
     prefix = f"sfz{os.getpid()}_{time.time_ns() % 10**6}"
     async with in_process_cluster(pg, prefix, SHARDS, expiry_interval_ms=100) as cluster:
-        async with grpc.aio.insecure_channel(cluster.target) as gateway_channel:
+        async with security.channel(cluster.target) as gateway_channel:
             client = Client(gateway_channel)
             world = await setup_world(cluster, client)
-            channels = [
-                grpc.aio.insecure_channel(f"127.0.0.1:{node.port}") for node in cluster.nodes
-            ]
+            channels = [security.cluster_channel(node.internal_target) for node in cluster.nodes]
             faults = _Faults()
             logging.getLogger("tally.state").addHandler(faults)
             try:
@@ -422,11 +422,17 @@ async def _fuzz(
         + "\n".join(tally.failures[:20])
     )
 
-    # Both nodes are up and healthy, and the cluster still moves money.
+    # Both nodes are up and healthy (on the internal listener fuzzed and on the client one),
+    # and the cluster still moves money.
     for node, channel in zip(cluster.nodes, channels, strict=True):
         health = await health_pb2_grpc.HealthStub(channel).Check(
             health_pb2.HealthCheckRequest(service="tally.v1.Ledger"), timeout=10
         )
+        assert health.status == health_pb2.HealthCheckResponse.SERVING
+        async with security.channel(node.target) as client_listener:
+            health = await health_pb2_grpc.HealthStub(client_listener).Check(
+                health_pb2.HealthCheckRequest(service="tally.v1.Ledger"), timeout=10
+            )
         assert health.status == health_pb2.HealthCheckResponse.SERVING
         assert node.node.writer is not None and not node.task.done()
     here, there = world.customers[0][0], world.customers[1][0]

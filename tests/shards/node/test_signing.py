@@ -10,7 +10,6 @@ import stat
 import sys
 from pathlib import Path
 
-import grpc
 import pytest
 
 from core import audit, signing
@@ -18,12 +17,13 @@ from shards.local.signing_keys import local_key, write_key_pair
 from shards.node.heads import heads_path
 from shards.node.server import Node, NodeConfig
 from tally.v1 import ledger_pb2 as pb
+from tests.support import security
 from tests.support.helpers import Client, account, start_node, transfer
 from tests.support.paths import REPO_ROOT
 
 
 async def _post_batches(port: int, prefix: str, count: int, open_accounts: bool) -> None:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+    async with security.channel(f"127.0.0.1:{port}") as channel:
         client = Client(channel)
         if open_accounts:
             assert set(await client.create(account("@bank"), account("a/dep"))) == {
@@ -92,15 +92,17 @@ async def test_heads_left_unpublished_by_a_crash_are_published_at_the_next_start
 
 
 async def test_a_node_refuses_a_bad_key_and_publishing_without_one(tmp_path: Path) -> None:
+    # With TLS, as every node has: the key (or its absence) is what is refused.
+    tls = security.server_security()
     not_a_key = tmp_path / "not.key"
     not_a_key.write_text("not a key\n")
     with pytest.raises(signing.SigningKeyError, match="not an unencrypted PEM private key"):
-        Node(NodeConfig(dsn="postgresql://unused", signing_key=str(not_a_key)))
+        Node(NodeConfig(dsn="postgresql://unused", signing_key=str(not_a_key), security=tls))
     with pytest.raises(ValueError, match="--publish-heads needs --signing-key"):
-        Node(NodeConfig(dsn="postgresql://unused", publish_heads=str(tmp_path)))
+        Node(NodeConfig(dsn="postgresql://unused", publish_heads=str(tmp_path), security=tls))
     public_path, _ = write_key_pair(tmp_path / "k.key")
     with pytest.raises(signing.SigningKeyError, match="not an unencrypted PEM private key"):
-        Node(NodeConfig(dsn="postgresql://unused", signing_key=str(public_path)))
+        Node(NodeConfig(dsn="postgresql://unused", signing_key=str(public_path), security=tls))
 
 
 async def _tally(*arguments: str) -> tuple[int, str, str]:
@@ -121,7 +123,12 @@ async def _tally(*arguments: str) -> tuple[int, str, str]:
 async def test_tally_node_with_a_bad_key_exits_with_a_clear_error(tmp_path: Path) -> None:
     missing = tmp_path / "missing.key"
     code, _, stderr = await _tally(
-        "node", "--dsn", "postgresql://127.0.0.1:1/x", "--signing-key", str(missing)
+        "node",
+        "--dsn",
+        "postgresql://127.0.0.1:1/x",
+        "--signing-key",
+        str(missing),
+        *security.server_flags(),  # TLS as every node has: the key is what is wrong
     )
     assert code == 2 and f"tally node: [Errno 2] No such file or directory: '{missing}'" in stderr
     assert "Traceback" not in stderr

@@ -4,13 +4,15 @@ The record that once killed a node remotely: an abort marker whose reason is no 
 (Shard.Abort took any integer before it checked the reason; a journal written then still holds
 such markers). A Commit of that attempt made the state machine raise inside the writer's batch,
 and the writer task died with every item of the batch. Now that item is answered ITEM_FAULT,
-its batch's other items apply, and the node keeps serving.
+its batch's other items apply, and the node keeps serving. The Shard call goes to the node's
+internal listener, as a gateway's would, with the cluster identity.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator
 
 import grpc
 import pytest
@@ -21,7 +23,26 @@ from core.model import Kind, Leg, ResultCode, TransactionSpec
 from tally.v1 import ledger_pb2 as pb
 from tally.v1 import shard_pb2 as spb
 from tally.v1 import shard_pb2_grpc as spb_grpc
-from tests.support.helpers import Client, NodeHandle, account, audit_problems, names, transfer
+from tests.support import security
+from tests.support.helpers import (
+    Client,
+    NodeHandle,
+    account,
+    audit_problems,
+    names,
+    start_node,
+    transfer,
+)
+
+
+@pytest.fixture
+async def node(dsn: str) -> AsyncIterator[NodeHandle]:
+    """The conftest node, with an internal listener (tally.v1.Shard) as a cluster's has."""
+    handle = await start_node(dsn, internal_listen="127.0.0.1:0")
+    try:
+        yield handle
+    finally:
+        await handle.stop()
 
 
 def _marker(transaction_id: str, reason: int) -> TransactionSpec:
@@ -70,12 +91,13 @@ async def test_a_faulting_item_does_not_stop_the_writer(
     assert (await client.balance("c2/dep")).credits_posted == 50
 
     # Through the Shard API, the Commit of that attempt is an answer too, not a dead node.
-    committed = await spb_grpc.ShardStub(channel).Commit(
-        spb.CommitRequest(
-            items=[spb.CommitItem(piece=transfer("x", "@bank", "c1/dep", 1_000), attempt="a1")]
-        ),
-        timeout=30,
-    )
+    async with security.cluster_channel(node.internal_target) as internal:
+        committed = await spb_grpc.ShardStub(internal).Commit(
+            spb.CommitRequest(
+                items=[spb.CommitItem(piece=transfer("x", "@bank", "c1/dep", 1_000), attempt="a1")]
+            ),
+            timeout=30,
+        )
     assert [r.code for r in committed.results] == [pb.RESULT_CODE_ITEM_FAULT]
 
     assert not node.task.done() and node.node.writer is writer
