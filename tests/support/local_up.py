@@ -15,6 +15,7 @@ import contextlib
 import os
 import shutil
 import signal
+import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -34,6 +35,7 @@ from tests.support.paths import REPO_ROOT
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 30.0
 SERVING_TIMEOUT_S = 30.0
+COMMAND_TIMEOUT_S = 60.0
 CREDENTIALS_LINE = "tally: TLS and credentials in "
 
 
@@ -140,3 +142,21 @@ async def wait_serving(up: LocalUp, timeout_s: float = SERVING_TIMEOUT_S) -> Non
             if time.monotonic() > deadline:
                 raise TimeoutError(f"tally up did not become SERVING: {up.child.describe()}")
             await asyncio.sleep(0.05)
+
+
+async def run_as_user(cwd: Path, words: Sequence[str]) -> tuple[int, str]:
+    """`tally WORDS` as a user of a `tally up` started in cwd runs it: there, with no TALLY_*
+    variable, so it finds tally up's credentials by itself. (Exit code, stdout and stderr.)"""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "shards.cli",
+        *words,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env=user_environment(),
+        cwd=cwd,
+    )
+    output, _ = await asyncio.wait_for(process.communicate(), timeout=COMMAND_TIMEOUT_S)
+    assert process.returncode is not None
+    return process.returncode, output.decode()

@@ -45,20 +45,19 @@ async def run_tally(command: str, port: int, user_of_up_in: Path | None = None) 
     finds tally up's admin identity in .tally/tls by itself."""
     words = shlex.split(command)
     assert words[0] == "tally"
-    if user_of_up_in is None:
-        environment, cwd = {**os.environ, **security.client_environment()}, None
-    else:
-        environment, cwd = local_up.user_environment(), user_of_up_in
+    target = f"--target=127.0.0.1:{port}"
+    if user_of_up_in is not None:
+        _, output = await local_up.run_as_user(user_of_up_in, [*words[1:], target])
+        return output
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "shards.cli",
         *words[1:],
-        f"--target=127.0.0.1:{port}",
+        target,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
-        env=environment,
-        cwd=cwd,
+        env={**os.environ, **security.client_environment()},
     )
-    output, _ = await asyncio.wait_for(process.communicate(), timeout=60)
-    return output.decode()
+    output_bytes, _ = await asyncio.wait_for(process.communicate(), timeout=60)
+    return output_bytes.decode()
