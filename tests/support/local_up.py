@@ -40,8 +40,13 @@ CREDENTIALS_LINE = "tally: TLS and credentials in "
 
 
 def user_environment() -> dict[str, str]:
-    """This process's environment without a TALLY_* variable: as a user's shell has it."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("TALLY_")}
+    """This process's environment without a TALLY_* variable: as a user's shell has it. And
+    the checkout under test first on PYTHONPATH: run from another directory, `python -m
+    shards.cli` would otherwise import whatever checkout the venv was installed from."""
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("TALLY_")}
+    path = [str(REPO_ROOT), *filter(None, environment.get("PYTHONPATH", "").split(os.pathsep))]
+    environment["PYTHONPATH"] = os.pathsep.join(path)
+    return environment
 
 
 @contextlib.contextmanager
