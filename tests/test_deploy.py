@@ -12,6 +12,7 @@ from shards import control
 from shards.gateway.cluster import GatewayConfig
 from shards.gateway.server import Gateway
 from shards.local.embedded_pg import EmbeddedPostgres
+from tests.support import security
 from tests.support.helpers import start_node
 from tests.support.metrics import metrics_text_on_port
 from tests.support.paths import REPO_ROOT
@@ -54,7 +55,10 @@ async def test_dashboard_queries_only_exported_metrics(pg: EmbeddedPostgres, dsn
     try:
         gateway = Gateway(
             GatewayConfig(
-                control_dsn=control_dsn, listen="127.0.0.1:0", metrics_listen="127.0.0.1:0"
+                control_dsn=control_dsn,
+                listen="127.0.0.1:0",
+                metrics_listen="127.0.0.1:0",
+                security=security.server_security(),
             )
         )
         await gateway.start()

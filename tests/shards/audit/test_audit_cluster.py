@@ -3,8 +3,8 @@
 shards' snapshots, in-flight transactions reported and not blamed, and a clearing piece altered
 in PostgreSQL named.
 
-One in-process cluster (4 nodes, a gateway, an audit server) for the module; each test creates
-the customers it uses.
+One in-process cluster (4 nodes, a gateway, an audit server, all TLS) for the module; each test
+creates the customers it uses.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import random
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-import grpc
 import pytest
 
 from core import audit
@@ -29,6 +28,7 @@ from shards.local.embedded_pg import EmbeddedPostgres
 from tally.v1 import audit_pb2 as apb
 from tally.v1 import audit_pb2_grpc as apb_grpc
 from tally.v1 import ledger_pb2 as pb
+from tests.support import security
 from tests.support.audit_commands import audit_cli, audit_json
 from tests.support.helpers import Client, NodeHandle, account, in_process_cluster, transfer
 from tests.support.sql import execute, fetch_one
@@ -57,7 +57,10 @@ class LiveCluster:
 async def live(pg: EmbeddedPostgres) -> AsyncIterator[LiveCluster]:
     prefix = f"ac{os.getpid()}_{next(_numbers)}"
     async with in_process_cluster(pg, prefix, SHARD_COUNT) as cluster:
-        auditor = AuditServer(AuditServiceConfig(dsns=tuple(cluster.dsns), listen="127.0.0.1:0"))
+        config = AuditServiceConfig(
+            dsns=tuple(cluster.dsns), listen="127.0.0.1:0", security=security.server_security()
+        )
+        auditor = AuditServer(config)
         await auditor.start()
         auditor_task = asyncio.create_task(auditor.run())
         try:
@@ -69,7 +72,7 @@ async def live(pg: EmbeddedPostgres) -> AsyncIterator[LiveCluster]:
 
 @pytest.fixture
 async def client(live: LiveCluster) -> AsyncIterator[Client]:
-    async with grpc.aio.insecure_channel(live.target) as channel:
+    async with security.channel(live.target) as channel:
         yield Client(channel)
 
 
@@ -98,7 +101,7 @@ async def open_customers(client: Client, keys: list[str]) -> None:
 
 
 async def run_audit_service(live: LiveCluster, **fields: object) -> apb.AuditReport:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{live.auditor.port}") as channel:
+    async with security.channel(f"127.0.0.1:{live.auditor.port}") as channel:
         stub = apb_grpc.AuditStub(channel)
         report: apb.AuditReport = await stub.RunAudit(apb.RunAuditRequest(**fields), timeout=120)
         return report

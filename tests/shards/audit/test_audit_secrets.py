@@ -1,6 +1,7 @@
 """The audit server never hands out a DSN secret: its answers (every RPC's targets and errors)
 name each shard's database redacted, in the URL and the keyword form, and `tally audit-serve`
-as a process shows no password in its command line or its log."""
+as a process shows no password in its command line or its log. (Over TLS: its flags name the
+credentials' files, never a key.)"""
 
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import grpc
 import pytest
 
 from shards.audit.server import AuditServer, AuditServiceConfig
@@ -19,6 +19,7 @@ from shards.local import supervisor
 from shards.local.embedded_pg import EmbeddedPostgres
 from tally.v1 import audit_pb2 as apb
 from tally.v1 import audit_pb2_grpc as apb_grpc
+from tests.support import security
 from tests.support.helpers import NodeHandle
 from tests.support.paths import REPO_ROOT
 from tests.support.processes import proc_file
@@ -58,11 +59,14 @@ def _assert_no_secret(text: str, pg: EmbeddedPostgres) -> None:
 
 @contextlib.asynccontextmanager
 async def serving(dsns: list[str]) -> AsyncIterator[apb_grpc.AuditStub]:
-    server = AuditServer(AuditServiceConfig(dsns=tuple(dsns), listen="127.0.0.1:0"))
+    config = AuditServiceConfig(
+        dsns=tuple(dsns), listen="127.0.0.1:0", security=security.server_security()
+    )
+    server = AuditServer(config)
     port = await server.start()
     task = asyncio.create_task(server.run())
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        async with security.channel(f"127.0.0.1:{port}") as channel:
             yield apb_grpc.AuditStub(channel)
     finally:
         server.request_stop()
@@ -106,7 +110,14 @@ async def test_audit_serve_takes_its_dsns_from_the_environment_and_logs_no_secre
     dsns = _shard_dsns(pg, node.dsn)
     log_path = tmp_path / "audit-serve.log"
     child = await supervisor.start(
-        ["audit-serve", "--listen", "127.0.0.1:0", "--log-format", "text"],
+        [
+            "audit-serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "text",
+            *security.server_flags(),
+        ],
         log_path,
         name="audit-serve",
         environment=supervisor.dsn_environment(audit_dsns=dsns),
@@ -115,8 +126,10 @@ async def test_audit_serve_takes_its_dsns_from_the_environment_and_logs_no_secre
         serving_timeout_s=30,
     )
     try:
-        _assert_no_secret(proc_file(child.pid, "cmdline").decode(errors="replace"), pg)
-        async with grpc.aio.insecure_channel(child.endpoint) as channel:
+        command_line = proc_file(child.pid, "cmdline").decode(errors="replace")
+        _assert_no_secret(command_line, pg)
+        assert "PRIVATE KEY" not in command_line and "--tls-key=" in command_line
+        async with security.channel(child.endpoint) as channel:
             report = await apb_grpc.AuditStub(channel).RunAudit(
                 apb.RunAuditRequest(), timeout=TIMEOUT_S
             )
@@ -129,3 +142,4 @@ async def test_audit_serve_takes_its_dsns_from_the_environment_and_logs_no_secre
     log = log_path.read_text()
     assert log.count("cannot be read yet") == 2, log
     _assert_no_secret(log + "\n".join(child.stdout_lines), pg)
+    assert "PRIVATE KEY" not in log

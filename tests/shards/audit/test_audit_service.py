@@ -1,6 +1,8 @@
 """The read-only tally.v1.Audit gRPC service: the same checks and findings as `tally audit`
 (one implementation), structured; bad requests are INVALID_ARGUMENT naming the field; its
-sessions cannot write; health and reflection; `tally audit-serve` as a process.
+sessions cannot write; health and reflection; `tally audit-serve` as a process. Over TLS, as
+the admin identity of the tests (tests/support/security.py), which holds the role auditor; only
+an auditor may audit.
 
 Two shards: copies of the seeded ledger (tests/support/seeded_ledger.py, every kind of
 transaction).
@@ -23,11 +25,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from core import audit
+from core.authority import Role
 from shards.audit.server import AuditServer, AuditServiceConfig
 from shards.local import supervisor
 from shards.local.embedded_pg import EmbeddedPostgres
+from shards.security.credentials import aio_channel
 from tally.v1 import audit_pb2 as apb
 from tally.v1 import audit_pb2_grpc as apb_grpc
+from tests.support import security
 from tests.support.audit_commands import audit_cli
 from tests.support.paths import REPO_ROOT
 from tests.support.seeded_ledger import Ledger, clone_database, make_template
@@ -48,18 +53,25 @@ async def dsns(pg: EmbeddedPostgres, template: tuple[str, Ledger]) -> list[str]:
 
 
 @contextlib.asynccontextmanager
-async def serving(
-    dsns: list[str], **options: Any
-) -> AsyncIterator[tuple[apb_grpc.AuditStub, grpc.aio.Channel]]:
+async def running(dsns: list[str], **options: Any) -> AsyncIterator[str]:
+    """An audit server in this process, serving TLS with the tests' credentials: its target."""
+    options.setdefault("security", security.server_security())
     server = AuditServer(AuditServiceConfig(dsns=tuple(dsns), listen="127.0.0.1:0", **options))
     port = await server.start()
     task = asyncio.create_task(server.run())
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            yield apb_grpc.AuditStub(channel), channel
+        yield f"127.0.0.1:{port}"
     finally:
         server.request_stop()
         await asyncio.wait_for(task, timeout=30)
+
+
+@contextlib.asynccontextmanager
+async def serving(
+    dsns: list[str], **options: Any
+) -> AsyncIterator[tuple[apb_grpc.AuditStub, grpc.aio.Channel]]:
+    async with running(dsns, **options) as target, security.channel(target) as channel:
+        yield apb_grpc.AuditStub(channel), channel
 
 
 async def test_clean_books_health_and_reflection(dsns: list[str]) -> None:
@@ -266,7 +278,10 @@ async def test_other_bad_requests(dsns: list[str]) -> None:
 
 
 async def test_the_services_sessions_cannot_write(dsns: list[str]) -> None:
-    server = AuditServer(AuditServiceConfig(dsns=tuple(dsns), listen="127.0.0.1:0"))
+    config = AuditServiceConfig(
+        dsns=tuple(dsns), listen="127.0.0.1:0", security=security.server_security()
+    )
+    server = AuditServer(config)
     connection = await server.connect(0)
     try:
         assert await connection.fetchval("SHOW default_transaction_read_only") == "on"
@@ -312,6 +327,37 @@ async def test_an_unreadable_shard_is_reported_in_the_report(dsns: list[str]) ->
         assert not balances.balanced and balances.shards[1].error
 
 
+async def test_only_an_auditor_may_audit(dsns: list[str]) -> None:
+    """Every call is authenticated (TLS, a certificate of the cluster's CA) and only the role
+    auditor audits; any authenticated caller may check its health; a plain channel gets
+    nothing at all."""
+    probe = health_pb2.HealthCheckRequest(service="tally.v1.Audit")
+    async with running(dsns) as target:
+        async with aio_channel(target, security.identity({Role.AUDITOR})) as channel:
+            balances = await apb_grpc.AuditStub(channel).TrialBalance(
+                apb.TrialBalanceRequest(), timeout=TIMEOUT_S
+            )
+            assert balances.balanced and len(balances.shards) == 2
+        everything_else = security.identity({Role.ADMIN, Role.POSTER, Role.READER}, ["**"])
+        async with aio_channel(target, everything_else) as channel:
+            stub = apb_grpc.AuditStub(channel)
+            for call, request in (
+                (stub.RunAudit, apb.RunAuditRequest()),
+                (_streamed(stub), apb.RunAuditRequest()),
+                (stub.VerifyChain, apb.VerifyChainRequest()),
+                (stub.TrialBalance, apb.TrialBalanceRequest()),
+            ):
+                with pytest.raises(grpc.aio.AioRpcError) as raised:
+                    await call(request, timeout=TIMEOUT_S)
+                assert raised.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            answer = await health_pb2_grpc.HealthStub(channel).Check(probe, timeout=10)
+            assert answer.status == health_pb2.HealthCheckResponse.SERVING
+        async with grpc.aio.insecure_channel(target) as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as raised:
+                await health_pb2_grpc.HealthStub(channel).Check(probe, timeout=10)
+            assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
 def test_finding_kinds_and_checks_mirror_the_proto() -> None:
     for kind in audit.FindingKind:
         assert apb.FindingKind.Value(f"FINDING_KIND_{kind.name}") == kind.value
@@ -322,7 +368,7 @@ def test_finding_kinds_and_checks_mirror_the_proto() -> None:
 
 async def test_audit_serve_command(dsns: list[str], tmp_path: Path) -> None:
     child = await supervisor.start(
-        ["audit-serve", "--listen", "127.0.0.1:0"],
+        ["audit-serve", "--listen", "127.0.0.1:0", *security.server_flags()],
         tmp_path / "audit-serve.log",
         name="audit-serve",
         environment=supervisor.dsn_environment(audit_dsns=dsns),
@@ -333,7 +379,7 @@ async def test_audit_serve_command(dsns: list[str], tmp_path: Path) -> None:
     try:
         line = child.stdout_lines[0]  # the first line it prints
         assert line.startswith("tally: serving tally.v1.Audit on 127.0.0.1:"), line
-        async with grpc.aio.insecure_channel(line.split(" on ")[1].strip()) as channel:
+        async with security.channel(line.split(" on ")[1].strip()) as channel:
             health = health_pb2_grpc.HealthStub(channel)
             answer = await health.Check(
                 health_pb2.HealthCheckRequest(service="tally.v1.Audit"), timeout=10

@@ -1,10 +1,13 @@
 """The terminal's tables (rich) and its usage errors (amounts, integer flags), without a node:
-the README example (test_readme.py) runs them against one."""
+the README example (test_readme.py) runs them against one. The usage errors are checked with
+credentials given (the tests' admin identity, in TALLY_CA/CERT/KEY), as a user of `tally up`
+has them: the error then named is the usage error, found before any call."""
 
 from __future__ import annotations
 
 import io
 import os
+from pathlib import Path
 
 import pytest
 from rich.table import Table
@@ -12,8 +15,16 @@ from rich.table import Table
 from shards.cli import terminal
 from shards.cli.main import main
 from tally.v1 import ledger_pb2 as pb
+from tests.support import security
 
 TIME_NS = 1_795_672_900_488_084_000  # 2026-11-26 06:01:40.488084 UTC
+
+
+@pytest.fixture
+def credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The commands present the tests' admin identity (read from TALLY_* when parsing)."""
+    for name, value in security.client_environment().items():
+        monkeypatch.setenv(name, value)
 
 
 def rendered(table: Table, *, indented: bool = False) -> list[str]:
@@ -111,6 +122,7 @@ def test_bold_headers_on_a_terminal() -> None:
         ),
     ],
 )
+@pytest.mark.usefixtures("credentials")
 def test_an_amount_that_is_not_one_is_a_usage_error(
     amount: str, error: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -137,6 +149,7 @@ def test_an_amount_that_is_not_one_is_a_usage_error(
         (["history", "a", "--limit=-1"], "--limit -1 is negative"),
     ],
 )
+@pytest.mark.usefixtures("credentials")
 def test_an_integer_its_field_cannot_carry_is_a_usage_error(
     words: list[str], error: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -145,3 +158,16 @@ def test_an_integer_its_field_cannot_carry_is_a_usage_error(
     exit_code = main([*words, *extra, "--target=127.0.0.1:9"])
     assert exit_code == 2
     assert capsys.readouterr().err == f"tally: {error}\n"
+
+
+def test_without_credentials_a_command_says_where_it_looked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # No flags, no TALLY_* variables, and no tally up here: nothing to present, no call made.
+    for name in [n for n in os.environ if n.startswith("TALLY_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    assert main(["show", "a", "--target=127.0.0.1:9"]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("tally: no credentials: give --ca with --cert/--key or --token")
+    assert "(.tally/tls not found)" in error

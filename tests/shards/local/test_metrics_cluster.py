@@ -1,93 +1,49 @@
 """Metrics on every process of `tally up --shards 2` (two nodes and a gateway, real processes):
 each prints its metrics URL before the serving line, and a posted batch moves the counters it
 should on every process, by exactly what it did. And no child shows the embedded server's
-password on its command line or in its log."""
+password on its command line or in its log. The clients are TLS, as the admin identity tally up
+keeps in its data directory (tests/support/local_up.py)."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
 import re
-import signal
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import grpc
 import pytest
 
 from core.slots import SlotMap
-from shards.local import supervisor
-from shards.local.supervisor import TallyProcess
 from tally.v1 import audit_pb2, audit_pb2_grpc
 from tally.v1 import ledger_pb2 as pb
 from tests.support.helpers import Client, account, names, transfer
+from tests.support.local_up import LocalUp, running_up, scratch_directory
 from tests.support.metrics import Samples, metrics_text_at, parse_samples
-from tests.support.paths import REPO_ROOT
 from tests.support.processes import child_pids, proc_file
 
 SHARD_COUNT = 2
-START_TIMEOUT_S = 60.0
-STOP_TIMEOUT_S = 30.0
 METRICS_LINE = re.compile(r"^tally: metrics of (\S+) on (http://\S+/metrics)$")
 POST = "PostTransactions"
 AUDIT_LINE = "tally: audit (tally.v1.Audit, read-only) on "
 
 
 @dataclass
-class UpProcess:
-    child: TallyProcess
-    target: str = ""
+class UpProcess(LocalUp):
     metrics: dict[str, str] = field(default_factory=dict)  # process name -> URL
-
-    @property
-    def lines(self) -> list[str]:
-        return self.child.stdout_lines
-
-
-async def _stop(child: TallyProcess) -> None:
-    """SIGINT (tally up stops its children and PostgreSQL); if that hangs, kill the group."""
-    child.send_signal(signal.SIGINT)
-    try:
-        await child.wait(STOP_TIMEOUT_S)
-    except TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(child.pid, signal.SIGKILL)
-    await child.close()
 
 
 @pytest.fixture
 async def up(tmp_path: Path) -> AsyncIterator[UpProcess]:
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("TALLY_")}
-    child = await supervisor.start(
-        [
-            "up",
-            "--shards",
-            str(SHARD_COUNT),
-            "--data-dir",
-            str(tmp_path / "data"),
-            "--listen",
-            "127.0.0.1:0",
-        ],
-        tmp_path / "up.log",
-        name="tally up",
-        environment=environment,
-        inherit_environment=False,
-        cwd=REPO_ROOT,
-        new_session=True,  # its own process group, so a hung stop can kill it all
-        serving_prefixes=(supervisor.LEDGER_SERVING_PREFIX,),
-        serving_timeout_s=START_TIMEOUT_S,
-    )
-    try:
-        handle = UpProcess(child, target=child.endpoint.split()[0])
-        for line in child.stdout_lines:
-            if match := METRICS_LINE.match(line.strip()):
-                handle.metrics[match.group(1)] = match.group(2)
-        yield handle
-    finally:
-        await _stop(child)
+    with scratch_directory() as scratch:
+        arguments = ["--shards", str(SHARD_COUNT)]
+        async with running_up(tmp_path / "up.log", arguments, data_dir=scratch / "data") as up:
+            handle = UpProcess(up.child, up.data_dir)
+            for line in up.lines:
+                if match := METRICS_LINE.match(line.strip()):
+                    handle.metrics[match.group(1)] = match.group(2)
+            yield handle
 
 
 async def scrape(url: str) -> Samples:
@@ -155,7 +111,7 @@ async def _post_a_batch_over_two_shards(
     """Accounts on shards 0 and 1 funded, then one batch of every kind of item through the
     gateway: (the samples before it, its results, how long it took in seconds)."""
     a, b = customers_on_each_shard()  # a on shard 0, b on shard 1
-    async with grpc.aio.insecure_channel(up.target) as channel:
+    async with up.channel() as channel:
         client = Client(channel)
         created = await client.create(
             account("@funding"),
@@ -243,7 +199,7 @@ def _check_the_nodes_counted(scrapes: Scrapes) -> None:
 async def _check_the_audit_service_counted(up: UpProcess, before: dict[str, Samples]) -> None:
     # tally up also serves the auditors' read-only Audit service over every shard: clean.
     (audit_line,) = [line for line in up.lines if line.startswith(AUDIT_LINE)]
-    async with grpc.aio.insecure_channel(audit_line.removeprefix(AUDIT_LINE)) as channel:
+    async with up.channel(audit_line.removeprefix(AUDIT_LINE)) as channel:
         report = await audit_pb2_grpc.AuditStub(channel).RunAudit(audit_pb2.RunAuditRequest())
     assert report.ok, report
     assert len(report.shards) == SHARD_COUNT
@@ -274,8 +230,9 @@ async def _wait_for_batches(
 async def test_no_child_shows_the_password_in_its_command_line_or_log(
     up: UpProcess, tmp_path: Path
 ) -> None:
-    password = (tmp_path / "data" / "pg" / "superuser.password").read_text().strip()
+    password = (up.data_dir / "pg" / "superuser.password").read_text().strip()
     assert len(password) >= 32
+    tls_key = up.credentials / "cluster.key"
     commands = {}
     for pid in child_pids(up.child.pid):
         command_line = proc_file(pid, "cmdline")
@@ -283,6 +240,8 @@ async def test_no_child_shows_the_password_in_its_command_line_or_log(
             continue  # not a tally child (PostgreSQL's tools run under the supervisor too)
         assert password.encode() not in command_line, command_line
         words = command_line.split(b"\0")
+        # Its TLS key as a path to tally up's 0600 file, never the key itself.
+        assert f"--tls-key={tls_key}".encode() in words and b"PRIVATE KEY" not in command_line
         role = words[words.index(b"shards.cli") + 1].decode()
         environment = dict(
             entry.split(b"=", 1)
@@ -299,8 +258,9 @@ async def test_no_child_shows_the_password_in_its_command_line_or_log(
     assert all(password.encode() in e[b"TALLY_DSN"] for e in commands["node"])
     assert password.encode() in commands["gateway"][0][b"TALLY_CONTROL_DSN"]
     assert commands["audit-serve"][0][b"TALLY_AUDIT_DSNS"].count(password.encode()) == SHARD_COUNT
-    logs = [*(tmp_path / "data" / "logs").glob("*.log"), tmp_path / "up.log"]
+    logs = [*(up.data_dir / "logs").glob("*.log"), tmp_path / "up.log"]
     assert len(logs) == SHARD_COUNT + 3
     for log in logs:
         assert password not in log.read_text(), log
+        assert "PRIVATE KEY" not in log.read_text(), log
     assert not any(password in line for line in up.lines)

@@ -1,6 +1,7 @@
 """The process supervisor with real `python -m shards.cli` children: a child that exits before
 serving is reported with its log and reaped, a serving node is stopped gracefully and its
-stdout read to the end, a stuck stop ends in SIGKILL within its bound."""
+stdout read to the end, a stuck stop ends in SIGKILL within its bound. The nodes serve TLS with
+the tests' credentials (tests/support/security.py)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pytest
 
 from core import dsn as dsn_text
 from shards.local import supervisor
+from tests.support import security
 from tests.support.paths import REPO_ROOT
 from tests.support.processes import proc_file
 
@@ -27,6 +29,7 @@ async def test_a_child_that_exits_before_serving_is_reported_with_its_log(tmp_pa
         "postgresql://postgres@127.0.0.1:1/none",
         "--listen",
         "127.0.0.1:0",
+        *security.server_flags(),  # so it gets as far as its database
     ]
     with pytest.raises(supervisor.NotServing) as raised:
         await supervisor.start(arguments, log_path, name="node", cwd=REPO_ROOT)
@@ -51,7 +54,7 @@ async def test_a_serving_node_stops_gracefully_and_its_stdout_is_read_to_the_end
     dsn: str, tmp_path: Path
 ) -> None:
     node = await supervisor.start(
-        ["node", "--listen", "127.0.0.1:0"],
+        ["node", "--listen", "127.0.0.1:0", *security.server_flags()],
         tmp_path / "node.log",
         name="node",
         environment=supervisor.dsn_environment(dsn=dsn),
@@ -72,7 +75,7 @@ async def test_a_child_that_ignores_the_stop_signal_is_killed_after_the_bound(
     dsn: str, tmp_path: Path
 ) -> None:
     node = await supervisor.start(
-        ["node", "--listen", "127.0.0.1:0"],
+        ["node", "--listen", "127.0.0.1:0", *security.server_flags()],
         tmp_path / "node.log",
         environment=supervisor.dsn_environment(dsn=dsn),
         cwd=REPO_ROOT,
@@ -117,7 +120,7 @@ async def test_a_node_started_by_the_supervisor_shows_no_password_in_its_command
 ) -> None:
     password = dsn_text.secrets_of(dsn)[0]
     node = await supervisor.start(
-        ["node", "--listen", "127.0.0.1:0"],
+        ["node", "--listen", "127.0.0.1:0", *security.server_flags()],
         tmp_path / "node.log",
         environment=supervisor.dsn_environment(dsn=dsn),
         cwd=REPO_ROOT,

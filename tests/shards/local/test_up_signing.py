@@ -1,49 +1,36 @@
 """`tally up` signs journal heads out of the box (real processes): it makes a key pair in its
 data directory (0600, nothing leaves the machine), says where the public key is, passes the key
-to every node, and every node publishes heads that verify with that public key."""
+to every node, and every node publishes heads that verify with that public key. (Its clients
+here are TLS, as the admin identity tally up keeps in its data directory.)"""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import os
-import signal
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 
-import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from core import signing
 from core.slots import SlotMap
-from shards.local import supervisor
 from shards.local.signing_keys import LOCAL_KEY_DIRECTORY, LOCAL_PRIVATE_KEY
 from tally.v1 import ledger_pb2 as pb
 from tests.support.helpers import Client, account, transfer
-from tests.support.paths import REPO_ROOT
+from tests.support.local_up import running_up, scratch_directory, wait_serving
 
-START_TIMEOUT_S = 60.0
-STOP_TIMEOUT_S = 30.0
+
+@pytest.fixture
+def scratch() -> Iterator[Path]:
+    """Where tally up keeps its data (outside pytest's root: see tests/support/local_up.py)."""
+    with scratch_directory() as path:
+        yield path
 
 
 async def _run_up(data: Path, log: Path, shard_count: int, run: str) -> list[str]:
     """Start `tally up`, post a transfer on every shard, stop it; returns its stdout lines."""
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("TALLY_")}
-    child = await supervisor.start(
-        ["up", "--shards", str(shard_count), "--data-dir", str(data), "--listen", "127.0.0.1:0"],
-        log,
-        name="tally up",
-        environment=environment,
-        inherit_environment=False,
-        cwd=REPO_ROOT,
-        new_session=True,
-        serving_prefixes=(supervisor.LEDGER_SERVING_PREFIX,),
-        serving_timeout_s=START_TIMEOUT_S,
-    )
-    try:
-        async with grpc.aio.insecure_channel(child.endpoint.split()[0]) as channel:
-            await _wait_serving(channel)
+    async with running_up(log, ["--shards", str(shard_count)], data_dir=data) as up:
+        await wait_serving(up)
+        async with up.channel() as channel:  # TLS, as tally up's admin
             client = Client(channel)
             ids = _customers_on_each_shard(shard_count, run)
             bank = f"@bank-{run}"
@@ -51,15 +38,7 @@ async def _run_up(data: Path, log: Path, shard_count: int, run: str) -> list[str
             assert set(codes) == {pb.RESULT_CODE_CREATED}
             results = await client.post(*(transfer(f"t-{i}", bank, i, 10) for i in ids))
             assert {r.code for r in results} == {pb.RESULT_CODE_CREATED}
-        return list(child.stdout_lines)
-    finally:
-        child.send_signal(signal.SIGINT)
-        try:
-            await child.wait(STOP_TIMEOUT_S)
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(child.pid, signal.SIGKILL)
-        await child.close()
+    return list(up.lines)
 
 
 def _customers_on_each_shard(shard_count: int, run: str) -> list[str]:
@@ -72,22 +51,11 @@ def _customers_on_each_shard(shard_count: int, run: str) -> list[str]:
     return [chosen[s] for s in range(shard_count)]
 
 
-async def _wait_serving(channel: grpc.aio.Channel) -> None:
-    """One node serves (as a standby) before it holds the writer lease: wait for SERVING."""
-    stub = health_pb2_grpc.HealthStub(channel)
-    for _ in range(200):
-        answer = await stub.Check(health_pb2.HealthCheckRequest(service=""))
-        if answer.status == health_pb2.HealthCheckResponse.SERVING:
-            return
-        await asyncio.sleep(0.05)
-    raise TimeoutError("tally up did not become SERVING")
-
-
 @pytest.mark.parametrize("shard_count", [1, 2])
 async def test_tally_up_signs_with_its_own_key_and_publishes_heads(
-    tmp_path: Path, shard_count: int
+    tmp_path: Path, scratch: Path, shard_count: int
 ) -> None:
-    data = tmp_path / "data"
+    data = scratch / "data"
     lines = await _run_up(data, tmp_path / "up.log", shard_count, "first")
     private_path = data / LOCAL_KEY_DIRECTORY / LOCAL_PRIVATE_KEY
     public_path = private_path.with_name(private_path.name + ".pub")
