@@ -534,7 +534,7 @@ class AuditServer:
         self.port = 0
         self.registry = CollectorRegistry(auto_describe=True)
         self.metrics = RpcMetrics(self.registry, {}, prefix="tally_audit_")
-        denials = guard.denials_counter(self.registry)
+        denials = guard.denials_counter(self.registry, "tally_audit_")
         self._guard = guard.Guard(config.security, guard.CLIENT, denials)
         self._metrics_server: MetricsServer | None = None
         self.metrics_port = 0

@@ -143,30 +143,7 @@ def _writer_config(args: argparse.Namespace) -> WriterConfig:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tally", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-
-    up = commands.add_parser("up", help="embedded PostgreSQL + one node, in the foreground")
-    up.add_argument("--data-dir", default=_env("data_dir", ".tally"), type=Path)
-    up.add_argument("--listen", default=_env("listen", DEFAULT_TARGET))
-    up.add_argument(
-        "--pg-port",
-        type=int,
-        default=int(_env("pg_port", "0")),
-        help="PostgreSQL port (default: a free one, kept in the data dir)",
-    )
-    up.add_argument(
-        "--shards",
-        type=int,
-        default=int(_env("shards", "1")),
-        help="1: one node serves directly; N > 1: N node processes behind a gateway",
-    )
-    _add_writer_flags(up)
-    _add_gateway_flags(up)
-    _add_signing_flags(up, up=True)
-    _add_metrics_flag(up, default="127.0.0.1:0")
-
+def _add_node_command(commands: Any) -> None:
     node = commands.add_parser("node", help="one shard node on an existing PostgreSQL")
     node.add_argument("--dsn", default=_env("dsn", ""), required=not _env("dsn", ""))
     node.add_argument("--listen", default=_env("listen", DEFAULT_TARGET))
@@ -193,6 +170,33 @@ def build_parser() -> argparse.ArgumentParser:
     _add_signing_flags(node, up=False)
     _add_metrics_flag(node)
     security_flags.add_server_flags(node)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tally", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    up = commands.add_parser("up", help="embedded PostgreSQL + one node, in the foreground")
+    up.add_argument("--data-dir", default=_env("data_dir", ".tally"), type=Path)
+    up.add_argument("--listen", default=_env("listen", DEFAULT_TARGET))
+    up.add_argument(
+        "--pg-port",
+        type=int,
+        default=int(_env("pg_port", "0")),
+        help="PostgreSQL port (default: a free one, kept in the data dir)",
+    )
+    up.add_argument(
+        "--shards",
+        type=int,
+        default=int(_env("shards", "1")),
+        help="1: one node serves directly; N > 1: N node processes behind a gateway",
+    )
+    _add_writer_flags(up)
+    _add_gateway_flags(up)
+    _add_signing_flags(up, up=True)
+    _add_metrics_flag(up, default="127.0.0.1:0")
+
+    _add_node_command(commands)
 
     keygen = commands.add_parser(
         "keygen", help="make an Ed25519 key pair for signing journal heads (tally node)"

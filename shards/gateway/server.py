@@ -37,7 +37,7 @@ class Gateway:
             )
         self.config = config
         self.cluster = Cluster(config)
-        denials = guard.denials_counter(self.cluster.metrics.registry)
+        denials = guard.denials_counter(self.cluster.metrics.registry, "tally_gateway_")
         self._guard = guard.Guard(config.security, guard.CLIENT, denials)
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()

@@ -64,6 +64,32 @@ def _print_started(child: TallyProcess, line: str) -> None:
         print(f"tally: metrics of {child.name} on {metrics_url}", flush=True)
 
 
+async def _spawn_audit(
+    server: EmbeddedPostgres,
+    shard_count: int,
+    node_flags: list[str],
+    gateway_flags: list[str],
+    log_dir: Path,
+) -> TallyProcess:
+    """`tally audit-serve` over every shard's database, its metrics and TLS as the gateway's,
+    checking signatures with the public half of the nodes' signing key."""
+    arguments = ["audit-serve", "--listen", "127.0.0.1:0"]
+    shared = ("--metrics-listen", "--tls-", "--token-key", "--revoked")
+    arguments += [flag for flag in gateway_flags if flag.startswith(shared)]
+    arguments += [
+        f"--verify-key={flag.removeprefix('--signing-key=')}.pub"
+        for flag in node_flags
+        if flag.startswith("--signing-key=")
+    ]
+    shard_dsns = [server.dsn(f"tally_shard_{shard_id}") for shard_id in range(shard_count)]
+    databases = supervisor.dsn_environment(audit_dsns=shard_dsns)
+    audit_server = await _spawn("audit", arguments, log_dir, databases)
+    if metrics_url := _metrics_url(audit_server):
+        print(f"tally: metrics of audit on {metrics_url}", flush=True)
+    print(f"tally: audit (tally.v1.Audit, read-only) on {audit_server.endpoint}", flush=True)
+    return audit_server
+
+
 async def run_cluster(
     server: EmbeddedPostgres,
     shard_count: int,
@@ -109,22 +135,9 @@ async def run_cluster(
         if metrics_url := _metrics_url(gateway):
             print(f"tally: metrics of gateway on {metrics_url}", flush=True)
         # The auditors' read-only service over every shard's database (stopped first).
-        audit_arguments = ["audit-serve", "--listen", "127.0.0.1:0"]
-        # Its metrics and TLS as the gateway's; the nodes' signing key's public half.
-        shared = ("--metrics-listen", "--tls-", "--token-key", "--revoked")
-        audit_arguments += [f for f in gateway_flags or [] if f.startswith(shared)]
-        audit_arguments += [
-            f"--verify-key={flag.removeprefix('--signing-key=')}.pub"
-            for flag in node_flags
-            if flag.startswith("--signing-key=")
-        ]
-        shard_dsns = [server.dsn(f"tally_shard_{shard_id}") for shard_id in range(shard_count)]
-        audit_databases = supervisor.dsn_environment(audit_dsns=shard_dsns)
-        children.append(await _spawn("audit", audit_arguments, log_dir, audit_databases))
-        audit_server = children[-1]
-        if metrics_url := _metrics_url(audit_server):
-            print(f"tally: metrics of audit on {metrics_url}", flush=True)
-        print(f"tally: audit (tally.v1.Audit, read-only) on {audit_server.endpoint}", flush=True)
+        children.append(
+            await _spawn_audit(server, shard_count, node_flags, gateway_flags or [], log_dir)
+        )
         print(f"{READY_PREFIX}{gateway.endpoint} (gateway, {shard_count} shards)", flush=True)
         waiters = [asyncio.ensure_future(c.process.wait()) for c in children]
         stopping = asyncio.ensure_future(stop.wait())

@@ -66,11 +66,13 @@ def caller() -> Identity:
     return _current.get()[0]
 
 
-def denials_counter(registry: CollectorRegistry | None) -> Counter | None:
+def denials_counter(registry: CollectorRegistry | None, prefix: str = "tally_") -> Counter | None:
+    """The denials of a process's listeners, named with the process's metric prefix (a
+    gateway's series are tally_gateway_*, so a sum over a cluster never counts one twice)."""
     if registry is None:
         return None
     return Counter(
-        "tally_security_denials",
+        f"{prefix}security_denials",
         "RPCs refused by authentication (UNAUTHENTICATED) or authorisation (PERMISSION_DENIED)",
         ["listener", "method", "code", "reason"],
         registry=registry,
