@@ -47,6 +47,7 @@ from core.model import Kind, Status
 from shards.local.embedded_pg import EmbeddedPostgres
 from tally.v1 import ledger_pb2 as pb
 from tally.v1 import ledger_pb2_grpc as pb_grpc
+from tests.support import security
 from tests.support.cluster_processes import (
     ProcessCluster,
     fetch_each_shard,
@@ -556,7 +557,7 @@ async def test_money_is_conserved_under_concurrent_transfers_and_crashes(
     async with process_cluster(pg, tmp_path, gateway_environment=gateway_environment) as cluster:
         ledger = Ledger()
         events: list[str] = []
-        async with grpc.aio.insecure_channel(cluster.target, options=CHANNEL_OPTIONS) as channel:
+        async with security.channel(cluster.target, CHANNEL_OPTIONS) as channel:
             client = Client(channel)
             await open_bank(client)
             await run_the_load_through_chaos(cluster, channel, ledger, events)

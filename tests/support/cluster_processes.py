@@ -1,6 +1,9 @@
 """A cluster of real processes for crash tests: one database per shard plus the control database
 on the session's embedded PostgreSQL, `tally node` per shard and `tally gateway`, each its own
-`python -m shards.cli` process, killable with SIGKILL and restartable on the same port.
+`python -m shards.cli` process, killable with SIGKILL and restartable on the same ports.
+Every process serves TLS with the tests' cluster certificate (spawn_cli gives it the flags);
+each node's internal listener (tally.v1.Shard) is on a port of its own, chosen here and kept
+across restarts, so the endpoint it registers in the control database does not change.
 
 Every wait is bounded; `process_cluster` kills every process it started, whatever happens.
 Per-process environment (failpoints, the prepare deadline) is given at each (re)start.
@@ -13,7 +16,7 @@ import contextlib
 import itertools
 import os
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -65,6 +68,7 @@ class ProcessCluster:
     name: str
     slot_map: SlotMap
     node_ports: list[int]
+    node_internal_ports: list[int]
     gateway_port: int
     nodes: dict[int, NodeProcess] = field(default_factory=dict)
     gateway: NodeProcess | None = None
@@ -75,7 +79,12 @@ class ProcessCluster:
         return f"127.0.0.1:{self.gateway_port}"
 
     def node_target(self, shard_id: int) -> str:
+        """A node's client listener (tally.v1.Ledger, health)."""
         return f"127.0.0.1:{self.node_ports[shard_id]}"
+
+    def node_internal_target(self, shard_id: int) -> str:
+        """A node's internal listener (tally.v1.Shard: security.cluster_channel)."""
+        return f"127.0.0.1:{self.node_internal_ports[shard_id]}"
 
     def shard_of(self, account_id: str) -> int:
         assert not is_spread(account_id)
@@ -87,17 +96,25 @@ class ProcessCluster:
     async def start_node(
         self, shard_id: int, environment: Mapping[str, str] | None = None
     ) -> NodeProcess:
-        """Start (or restart, on its port) a shard's node; wait until it is the writer."""
+        """Start (or restart, on its ports) a shard's node; wait until it is the writer."""
         assert shard_id not in self.nodes or self.nodes[shard_id].returncode is not None
-        arguments = ["node", "--shard-id", str(shard_id)]
         databases = supervisor.dsn_environment(
             dsn=self.shard_dsns[shard_id], control_dsn=self.control_dsn
         )
+        ports = iter([self.node_internal_ports[shard_id]])
+
+        def arguments() -> list[str]:
+            # Should a port have been taken meanwhile, the retry takes other free ones.
+            internal = next(ports, 0) or free_port()
+            self.node_internal_ports[shard_id] = internal
+            return ["node", "--shard-id", str(shard_id), f"--internal-listen=127.0.0.1:{internal}"]
+
         child = await self._spawn(
             arguments, self.node_ports[shard_id], self.shard_dsns[shard_id], f"node{shard_id}",
             {**databases, **(environment or {})},
         )  # fmt: skip
         self.node_ports[shard_id] = child.port
+        assert child.internal_target == self.node_internal_target(shard_id), child.describe()
         self.nodes[shard_id] = child
         await wait_health(child, SERVING)
         return child
@@ -106,7 +123,7 @@ class ProcessCluster:
         assert self.gateway is None or self.gateway.returncode is not None
         databases = supervisor.dsn_environment(control_dsn=self.control_dsn)
         self.gateway = await self._spawn(
-            ["gateway"], self.gateway_port, self.control_dsn, "gateway",
+            lambda: ["gateway"], self.gateway_port, self.control_dsn, "gateway",
             {**databases, **(environment or {})},
         )  # fmt: skip
         self.gateway_port = self.gateway.port
@@ -114,18 +131,19 @@ class ProcessCluster:
 
     async def _spawn(
         self,
-        arguments: Sequence[str],
+        arguments: Callable[[], Sequence[str]],
         port: int,
         dsn: str,
         role: str,
         environment: Mapping[str, str] | None,
     ) -> NodeProcess:
         """spawn_cli on the port chosen for this process, or on another free one if something
-        took it meanwhile. Nodes register their endpoint in the control database and clients
-        read cluster.target, so a new port is found."""
+        took it meanwhile (arguments() is asked again at each try). Nodes register their
+        internal endpoint in the control database and clients read cluster.target, so a new
+        port is found."""
         log_path = self._log_path(role)
         return await start_on_a_free_port(
-            lambda on: spawn_cli(arguments, on, dsn, log_path, environment), port
+            lambda on: spawn_cli(arguments(), on, dsn, log_path, environment), port
         )
 
     async def kill_node(self, shard_id: int) -> None:
@@ -181,6 +199,7 @@ async def process_cluster(
         log_dir,
         name,
         slot_map,
+        [free_port() for _ in range(shard_count)],
         [free_port() for _ in range(shard_count)],
         free_port(),
     )

@@ -9,12 +9,11 @@ import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-import grpc
-
 from core.ids import clearing_account, parse_piece_id
 from tally.v1 import ledger_pb2 as pb
 from tally.v1.shard_pb2 import CreateClearingAccountsRequest
 from tally.v1.shard_pb2_grpc import ShardStub
+from tests.support import security
 from tests.support.cluster_processes import ProcessCluster
 from tests.support.helpers import Client, account, transfer
 from tests.support.processes import fetch_rows
@@ -40,8 +39,9 @@ def gateway_environment(failpoints: str = "") -> dict[str, str]:
 
 @contextlib.asynccontextmanager
 async def connected_to(target: str) -> AsyncIterator[Client]:
-    """A fresh channel (a restarted process on the same port is reached at once)."""
-    async with grpc.aio.insecure_channel(target, options=CLIENT_CHANNEL_OPTIONS) as channel:
+    """A fresh channel, as the admin identity (a restarted process on the same port is
+    reached at once)."""
+    async with security.channel(target, CLIENT_CHANNEL_OPTIONS) as channel:
         yield Client(channel)
 
 
@@ -78,7 +78,8 @@ async def open_accounts(
     assert set(await client.create(*accounts)) == {pb.RESULT_CODE_CREATED}
     if clearing:  # the gateway creates it with its first cross-shard transaction otherwise
         for shard_id in range(len(cluster.shard_dsns)):  # clients may not: ask each node
-            async with grpc.aio.insecure_channel(cluster.node_target(shard_id)) as channel:
+            target = cluster.node_internal_target(shard_id)  # tally.v1.Shard: cluster only
+            async with security.cluster_channel(target) as channel:
                 response = await ShardStub(channel).CreateClearingAccounts(
                     CreateClearingAccountsRequest(currencies=["USD"]), timeout=30
                 )

@@ -29,6 +29,7 @@ from shards.local.embedded_pg import EmbeddedPostgres
 from tally.v1 import ledger_pb2 as pb
 from tally.v1 import shard_pb2 as spb
 from tally.v1 import shard_pb2_grpc as spb_grpc
+from tests.support import security
 from tests.support.cluster_processes import (
     ProcessCluster,
     fetch_each_shard,
@@ -336,7 +337,7 @@ async def test_a_dead_coordinator_holds_back_only_its_own_pieces(
             "t-dead": transfer("t-dead", payer_dead, payee, 10),
             "t-alive": transfer("t-alive", payer_alive, payee, 20),
         }
-        async with grpc.aio.insecure_channel(cluster.node_target(participant)) as channel:
+        async with security.cluster_channel(cluster.node_internal_target(participant)) as channel:
             stub = spb_grpc.ShardStub(channel)
             for transaction_id, message in messages.items():  # t-dead first: it is older
                 legs = tuple(

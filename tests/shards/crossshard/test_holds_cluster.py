@@ -22,6 +22,7 @@ from shards.crossshard import coordinator as crossshard
 from tally.v1 import ledger_pb2 as pb
 from tally.v1 import shard_pb2 as spb
 from tally.v1 import shard_pb2_grpc as spb_grpc
+from tests.support import security
 from tests.support.cluster import SHARD_COUNT, Cluster, customers_on_distinct_shards
 from tests.support.helpers import (
     CREDIT,
@@ -40,7 +41,7 @@ CREATED, REPLAYED = pb.RESULT_CODE_CREATED, pb.RESULT_CODE_REPLAYED
 
 @pytest.fixture
 async def client(cluster: Cluster) -> AsyncIterator[Client]:
-    async with grpc.aio.insecure_channel(cluster.target) as channel:
+    async with security.channel(cluster.target) as channel:
         yield Client(channel)
     await _books_balance(cluster, client_channel_target=cluster.target)
 
@@ -48,7 +49,7 @@ async def client(cluster: Cluster) -> AsyncIterator[Client]:
 async def _books_balance(running: Cluster, client_channel_target: str) -> None:
     """Clearing nets to zero, and the cluster's audit (every shard, and every cross-shard
     transaction and hold merged over the shards) finds nothing."""
-    async with grpc.aio.insecure_channel(client_channel_target) as channel:
+    async with security.channel(client_channel_target) as channel:
         clearing = await Client(channel).balance("@clearing/USD")
     assert clearing.debits_posted == clearing.credits_posted
     for node in running.nodes:
@@ -211,7 +212,8 @@ async def test_partial_post_over_three_shards_moves_clearing_where_none_was_held
 
 
 async def _stub(running: Cluster, shard: int) -> tuple[grpc.aio.Channel, spb_grpc.ShardStub]:
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.nodes[shard].port}")
+    # tally.v1.Shard is served on the node's internal listener alone, to cluster identities.
+    channel = security.cluster_channel(running.nodes[shard].internal_target)
     return channel, spb_grpc.ShardStub(channel)
 
 
@@ -230,7 +232,7 @@ async def test_participants_settle_a_decision_nobody_told_them(
     payer, payee = (f"{c}/dep" for c in await _customers(client, 2))
     assert await client.codes(transfer("h1", payer, payee, 300, pending=True)) == [CREATED]
     coordinator, participant = _shards_of(payer, payee)
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{cluster.nodes[coordinator].port}") as node:
+    async with security.channel(cluster.nodes[coordinator].target) as node:
         record = await Client(node).transaction("h1")  # the coordinator's own record
     attempt = record.cross_shard_piece.attempt
     assert record.cross_shard_piece.coordinator and attempt
@@ -329,7 +331,7 @@ async def test_posts_of_cross_shard_holds_are_reversed_once_and_holds_never(
     assert await _counters(client, payer) == (320, 1_000, 0, 0)
     # On its own shard alone, the post cannot be reversed: its legs live on two shards.
     coordinator = SlotMap.even(SHARD_COUNT).shard_of_account(payer)
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{cluster.nodes[coordinator].port}") as node:
+    async with security.channel(cluster.nodes[coordinator].target) as node:
         alone = (await Client(node).post(pb.Transaction(id="r-x", code=1, reverses_id="p1")))[0]
     assert alone.code == pb.RESULT_CODE_NOT_REVERSIBLE, alone.message
     assert "gateway" in alone.message

@@ -23,7 +23,7 @@ from core.slots import account_slot
 from core.store import control as control_store
 from shards import control
 from shards.local.embedded_pg import EmbeddedPostgres
-from tests.support import ledger_api
+from tests.support import ledger_api, security
 from tests.support.cluster import Cluster
 from tests.support.helpers import Client, NodeHandle
 from tests.support.processes import fetch_rows
@@ -64,7 +64,7 @@ async def _check_cluster_books(running: Cluster) -> None:
 
 @pytest.fixture
 async def channel(placed: Cluster) -> AsyncIterator[grpc.aio.Channel]:
-    async with grpc.aio.insecure_channel(placed.target) as channel:
+    async with security.channel(placed.target) as channel:
         yield channel
 
 

@@ -17,6 +17,7 @@ from core.store import control as control_store
 from shards import control
 from shards.local.embedded_pg import EmbeddedPostgres
 from tally.v1 import ledger_pb2 as pb
+from tests.support import security
 from tests.support.cluster import SHARD_COUNT, Cluster, customers_on_distinct_shards
 from tests.support.helpers import (
     CREDIT,
@@ -36,7 +37,7 @@ _numbers = itertools.count(1)
 
 @pytest.fixture
 async def client(cluster: Cluster) -> AsyncIterator[Client]:
-    async with grpc.aio.insecure_channel(cluster.target) as channel:
+    async with security.channel(cluster.target) as channel:
         yield Client(channel)
 
 
@@ -60,7 +61,7 @@ async def test_spread_account_has_a_piece_on_every_shard(cluster: Cluster, clien
     cash = await client.balance("@cash")
     assert cash.debits_posted == 100 + 200 + 300 + 400
     for node in cluster.nodes:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{node.port}") as channel:
+        async with security.channel(node.target) as channel:
             piece = await Client(channel).balance("@cash")
             assert piece.debits_posted in (100, 200, 300, 400)
     for node in cluster.nodes:
@@ -371,7 +372,8 @@ async def test_linked_group_with_a_cross_shard_hold_commits_whole(
 async def _shard_stub(cluster: Cluster, shard_id: int) -> tuple[grpc.aio.Channel, object]:
     from tally.v1 import shard_pb2_grpc
 
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{cluster.nodes[shard_id].port}")
+    # tally.v1.Shard is served on the node's internal listener alone, to cluster identities.
+    channel = security.cluster_channel(cluster.nodes[shard_id].internal_target)
     return channel, shard_pb2_grpc.ShardStub(channel)
 
 
@@ -457,7 +459,7 @@ async def test_moved_slot_old_shard_refuses_gateway_reaches_new(
         if old_node.node.slot_map is not None and old_node.node.slot_map.version == moved.version:
             break
         await asyncio.sleep(0.05)
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{old_node.port}") as channel:
+    async with security.channel(old_node.target) as channel:
         direct = await Client(channel).stub.CreateAccounts(
             pb.CreateAccountsRequest(accounts=[account(f"{key}/a")])
         )
@@ -469,7 +471,7 @@ async def test_moved_slot_old_shard_refuses_gateway_reaches_new(
         "RESULT_CODE_CREATED",
     ]
     assert await client.codes(transfer("t", "@cash", f"{key}/a", 3)) == [pb.RESULT_CODE_CREATED]
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{cluster.nodes[new_owner].port}") as channel:
+    async with security.channel(cluster.nodes[new_owner].target) as channel:
         assert (await Client(channel).balance(f"{key}/a")).credits_posted == 3
 
 
@@ -497,7 +499,7 @@ async def test_coalescing_wait_gathers_small_writes_into_one_call(
     prefix = f"w{os.getpid()}_{next(_numbers)}"
     options: dict[str, object] = {"coalesce_wait_ms": wait_ms}
     async with in_process_cluster(pg, prefix, SHARD_COUNT, gateway_options=options) as running:
-        async with grpc.aio.insecure_channel(running.target) as channel:
+        async with security.channel(running.target) as channel:
             client = Client(channel)
             key = customers_on_distinct_shards(1)[0]
             await client.create(account("@cash"), account(f"{key}/dep"))
@@ -516,7 +518,13 @@ async def test_coalescing_wait_gathers_small_writes_into_one_call(
     assert commits == 1 if wait_ms else commits >= 2, commits
 
 
-async def test_readme_example_runs_unchanged_through_the_gateway(cluster: Cluster) -> None:
+async def test_readme_example_runs_unchanged_through_the_gateway(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The commands run as a user's would, in an environment naming the admin identity (the
+    # tests' credentials, not those of a `tally up` data directory); run_tally inherits it.
+    for variable, value in security.client_environment().items():
+        monkeypatch.setenv(variable, value)
     for command, expected in example_steps():
         output = await run_tally(command, cluster.gateway.port)
         got = [TIME.sub("<time>", line) for line in output.rstrip("\n").splitlines()]
