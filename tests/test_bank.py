@@ -4,8 +4,9 @@ A 4-shard cluster of real processes (four `tally node`, one `tally gateway`). 50
 (250 in USD, 250 in EUR) each hold a deposit and a savings account, both with
 debits_must_not_exceed_credits, funded from @cash: 1,000 customer accounts spread over the
 shards by their partition key. 50 concurrent clients then move money at random for LOAD_S
-seconds: between two customers of the same currency (mostly across shards) and between a
-customer's own two accounts (single-shard), amounts sometimes above the balance (refused). In
+seconds (and on until 1,000 transfers were sent): between two customers of the same currency
+(mostly across shards) and between a customer's own two accounts (single-shard), amounts
+sometimes above the balance (refused). In
 the middle, one node and then the gateway are killed with SIGKILL and restarted. Every client
 retries a transfer with the same id and the same content on any error until it has a
 definitive answer. About one operation in seven is a hold instead (mostly across shards, some
@@ -63,6 +64,10 @@ CURRENCIES = ("USD", "EUR")
 FUNDING = 10_000
 CLIENT_COUNT = 50
 LOAD_S = 10.0
+# The load goes on past LOAD_S until this many transfers were sent (so the checks below always
+# have enough to judge, on a slow machine too), for at most LOAD_MAX_S.
+TRANSFER_COUNT_MIN = 1_000
+LOAD_MAX_S = 60.0
 NODE_KILL_AT_S = 3.0
 GATEWAY_KILL_AT_S = 6.5
 KILLED_SHARD = 1
@@ -487,10 +492,11 @@ async def check_books(cluster: ProcessCluster, client: Client, ledger: Ledger) -
 async def run_the_load_through_chaos(
     cluster: ProcessCluster, channel: grpc.aio.Channel, ledger: Ledger, events: list[str]
 ) -> None:
-    """CLIENT_COUNT bank clients for LOAD_S seconds while chaos kills processes, then until
-    every client has its answers (or SETTLE_TIMEOUT_S passes)."""
+    """CLIENT_COUNT bank clients for LOAD_S seconds while chaos kills processes (and on until
+    TRANSFER_COUNT_MIN transfers were sent, within LOAD_MAX_S), then until every client has its
+    answers (or SETTLE_TIMEOUT_S passes)."""
     stop = asyncio.Event()
-    give_up_at = [time.monotonic() + LOAD_S + SETTLE_TIMEOUT_S]
+    give_up_at = [time.monotonic() + LOAD_MAX_S + SETTLE_TIMEOUT_S]
     clients = [
         BankClient(n, pb_grpc.LedgerStub(channel), cluster, ledger) for n in range(CLIENT_COUNT)
     ]
@@ -499,7 +505,10 @@ async def run_the_load_through_chaos(
     chaos_task = asyncio.create_task(chaos(cluster, started, events))
     try:
         await asyncio.sleep(LOAD_S)
+        while len(ledger.outcomes) < TRANSFER_COUNT_MIN and time.monotonic() - started < LOAD_MAX_S:
+            await asyncio.sleep(0.2)
         stop.set()
+        give_up_at[0] = time.monotonic() + SETTLE_TIMEOUT_S
         await asyncio.wait_for(chaos_task, timeout=30)
         await asyncio.wait_for(asyncio.gather(*tasks), timeout=SETTLE_TIMEOUT_S + 15)
     finally:
@@ -542,7 +551,7 @@ def check_every_outcome_decided_and_counted(
         f"({cross_holds} across shards) {dict(hold_codes)}; {events}"
     )
     print(summary)
-    assert len(outcomes) >= 1_000, summary
+    assert len(outcomes) >= TRANSFER_COUNT_MIN, summary
     assert codes["RESULT_CODE_CREATED"] >= len(outcomes) // 2, summary
     assert codes["RESULT_CODE_INSUFFICIENT_FUNDS"] >= 1, summary
     assert cross >= len(outcomes) // 2, summary
