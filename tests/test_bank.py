@@ -491,7 +491,7 @@ async def check_books(cluster: ProcessCluster, client: Client, ledger: Ledger) -
 
 async def enough_transfers_sent(ledger: Ledger, started: float) -> None:
     """Until TRANSFER_COUNT_MIN transfers were sent, or LOAD_MAX_S since the start."""
-    while len(ledger.outcomes) < TRANSFER_COUNT_MIN:  # noqa: ASYNC110 (polling a count)
+    while len(ledger.outcomes) < TRANSFER_COUNT_MIN:
         if time.monotonic() - started >= LOAD_MAX_S:
             return
         await asyncio.sleep(0.2)
