@@ -52,6 +52,7 @@ log = logging.getLogger("tally.node")
 LEDGER_SERVICE = ledger_pb2.DESCRIPTOR.services_by_name["Ledger"].full_name
 SHARD_DESCRIPTOR = shard_pb2.DESCRIPTOR.services_by_name["Shard"]
 SHARD_SERVICE = SHARD_DESCRIPTOR.full_name
+WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +129,14 @@ class Node:
                 "--tls-key, --tls-ca)"
             )
         self.security = config.security
+        if config.control_dsn and not config.advertise:
+            host = (config.internal_listen or config.listen).rsplit(":", 1)[0].strip("[]")
+            if host in WILDCARD_HOSTS:
+                raise SecurityConfigError(
+                    f"the internal listener binds {host!r}, which peers cannot reach nor check "
+                    "against a certificate: give --advertise HOST:PORT, a name or address the "
+                    "node's certificate covers"
+                )
         denials = guard.denials_counter(self.metrics.registry)
         self._client_guard = guard.Guard(config.security, guard.CLIENT, denials)
         self._internal_guard = guard.Guard(config.security, guard.INTERNAL, denials)

@@ -5,6 +5,7 @@ to the security log."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -178,3 +179,21 @@ async def test_denials_are_counted_and_logged(dsn: str, caplog: pytest.LogCaptur
         assert fields["peer"].startswith("ipv4:127.0.0.1:")
     finally:
         await handle.stop()
+
+
+@pytest.mark.parametrize("listen", ["0.0.0.0:0", "[::]:0"])
+def test_a_cluster_node_on_a_wildcard_address_needs_advertise(listen: str) -> None:
+    """Registered as 0.0.0.0, the node could never be reached over TLS (no certificate names
+    it): refused at start, naming --advertise."""
+    from shards.node.server import Node, NodeConfig
+    from shards.security.credentials import SecurityConfigError
+
+    config = NodeConfig(
+        dsn="postgresql://unused",
+        control_dsn="postgresql://unused",
+        internal_listen=listen,
+        security=security.server_security(),
+    )
+    with pytest.raises(SecurityConfigError, match="--advertise"):
+        Node(config)
+    Node(dataclasses.replace(config, advertise="node-0.example:7401"))
