@@ -117,25 +117,8 @@ async def call(
     channel: grpc.aio.Channel, method: str, request: Any, response_type: Any, stream: bool = False
 ) -> grpc.StatusCode:
     """The status an RPC ends with (OK, or the code it failed with)."""
-    try:
-        if stream:
-            streaming = channel.unary_stream(
-                method,
-                request_serializer=type(request).SerializeToString,
-                response_deserializer=response_type.FromString,
-            )
-            async for _ in streaming(request, timeout=30):
-                pass
-        else:
-            unary = channel.unary_unary(
-                method,
-                request_serializer=type(request).SerializeToString,
-                response_deserializer=response_type.FromString,
-            )
-            await unary(request, timeout=30)
-    except grpc.aio.AioRpcError as error:
-        return error.code()
-    return grpc.StatusCode.OK
+    code, _ = await call_detailed(channel, method, request, response_type, stream)
+    return code
 
 
 async def call_detailed(
