@@ -9,6 +9,7 @@ not from core.authority, so a change of policy in the code fails here.
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import uuid
 from collections.abc import AsyncIterator
@@ -370,6 +371,22 @@ async def refused_before_any_rpc(node: NodeHandle, presented: str, listener: str
     assert lookup.results[0].code == pb.RESULT_CODE_TRANSACTION_NOT_FOUND
 
 
+async def first_refusal(
+    channel: grpc.aio.Channel, request: pb.GetAccountsRequest
+) -> tuple[grpc.StatusCode, str]:
+    """GetAccounts again until it is refused (servers re-read the revocation list at most every
+    second), for at most 4 s; the last status and details."""
+    code, details = grpc.StatusCode.OK, ""
+    for _ in range(40):
+        code, details = await call_detailed(
+            channel, "/tally.v1.Ledger/GetAccounts", request, pb.GetAccountsResponse
+        )
+        if code != grpc.StatusCode.OK:
+            break
+        await asyncio.sleep(0.1)
+    return code, details
+
+
 async def test_revoked_certificate_is_unauthenticated(node: NodeHandle) -> None:
     root = security.root()
     out = root / "issued" / f"revoked-{uuid.uuid4().hex[:6]}"
@@ -384,17 +401,7 @@ async def test_revoked_certificate_is_unauthenticated(node: NodeHandle) -> None:
             == grpc.StatusCode.OK
         )
         directory.revoke(root, serial, "test")
-        # Servers re-read the list at most every second.
-        import asyncio
-
-        code, details = grpc.StatusCode.OK, ""
-        for _ in range(40):
-            code, details = await call_detailed(
-                channel, "/tally.v1.Ledger/GetAccounts", request, pb.GetAccountsResponse
-            )
-            if code != grpc.StatusCode.OK:
-                break
-            await asyncio.sleep(0.1)
+        code, details = await first_refusal(channel, request)
     assert code == grpc.StatusCode.UNAUTHENTICATED
     assert serial in details and "revoked" in details
 
@@ -501,8 +508,6 @@ async def token_row(token_node: NodeHandle, caller: Caller) -> None:
 
 
 async def test_revoked_token_is_unauthenticated(token_node: NodeHandle) -> None:
-    import asyncio
-
     text, jti = directory.issue_token(security.root(), "to-revoke", {Role.READER}, ("**",))
     presented = ClientSecurity(security.admin().ca, token=text)
     request = pb.GetAccountsRequest(ids=[IN_SCOPE])
@@ -512,14 +517,7 @@ async def test_revoked_token_is_unauthenticated(token_node: NodeHandle) -> None:
             == grpc.StatusCode.OK
         )
         directory.revoke(security.root(), jti)
-        code, details = grpc.StatusCode.OK, ""
-        for _ in range(40):
-            code, details = await call_detailed(
-                channel, "/tally.v1.Ledger/GetAccounts", request, pb.GetAccountsResponse
-            )
-            if code != grpc.StatusCode.OK:
-                break
-            await asyncio.sleep(0.1)
+        code, details = await first_refusal(channel, request)
     assert code == grpc.StatusCode.UNAUTHENTICATED and jti in details
 
 
