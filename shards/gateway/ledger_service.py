@@ -351,7 +351,21 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
             return
         for unit in units[len(ranges) :]:  # reversals: few
             currencies.update(leg.currency for m in unit.messages for leg in m.legs)
-        await self._cluster.ensure_clearing_accounts(currencies)
+        try:
+            await self._cluster.ensure_clearing_accounts(currencies)
+        except (grpc.aio.AioRpcError, KeyError, RuntimeError) as error:
+            # Before any piece is prepared: nothing of these units was applied.
+            why = error.code().name if isinstance(error, grpc.aio.AioRpcError) else str(error)
+            for start, end in placed:
+                results[start:end] = [
+                    pb.ItemResult(
+                        code=pb.RESULT_CODE_UNAVAILABLE,
+                        message=f"a shard could not ready its clearing account ({why}); nothing "
+                        "was applied: retry with the same id",
+                    )
+                    for _ in range(start, end)
+                ]
+            return
         started = time.perf_counter()
         answers = await self._cluster.driver().execute_units(units)
         self._cluster.metrics.cross_shard_executed(answers, time.perf_counter() - started)
