@@ -13,7 +13,7 @@ import signal
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shards.audit import commands as auditing
 from shards.audit import server as audit_service
@@ -25,6 +25,9 @@ from shards.node.writer import WriterConfig
 from shards.rpc.serving import metrics_url, run_announced
 from shards.security import flags as security_flags
 from shards.security.credentials import SecurityConfigError
+
+if TYPE_CHECKING:
+    from shards.local.data_lock import DataDirectoryLock
 
 DEFAULT_TARGET = "127.0.0.1:7400"
 EXIT_FENCED = 3
@@ -234,8 +237,8 @@ def main(argv: list[str] | None = None) -> int:
         import uvloop
 
         serve = _serve_gateway if args.command == "gateway" else _serve
-        if args.command == "up" and args.shards > 1:
-            serve = _serve_cluster
+        if args.command == "up":
+            serve = _serve_up
         exit_code: int = uvloop.run(serve(args))
         return exit_code
     if args.command in auditing.COMMANDS:
@@ -350,6 +353,32 @@ def _server_security(args: argparse.Namespace) -> Any:
             raise SecurityConfigError("tally up could not set up its credentials")
         return directory.server_security(root)
     return security_flags.server_security(args)
+
+
+def _lock_data_dir(args: argparse.Namespace) -> DataDirectoryLock | None:
+    """tally up: the lock on its data directory, taken before anything in it is touched and
+    held until PostgreSQL has stopped; None (after saying why) when another tally up holds it."""
+    from shards.local import data_lock
+
+    try:
+        return data_lock.acquire(args.data_dir)
+    except data_lock.DataDirectoryInUse as error:
+        print(f"tally up: {error}", file=sys.stderr, flush=True)
+    except OSError as error:
+        print(f"tally up: cannot lock {args.data_dir.resolve()}: {error}", file=sys.stderr)
+    return None
+
+
+async def _serve_up(args: argparse.Namespace) -> int:
+    """tally up: with one shard its node in this process, with more a supervised cluster; on
+    the embedded PostgreSQL, in a data directory locked for as long as this process runs."""
+    lock = _lock_data_dir(args)
+    if lock is None:
+        return 2
+    try:
+        return await (_serve_cluster(args) if args.shards > 1 else _serve(args))
+    finally:
+        lock.release()  # after PostgreSQL has stopped: the next tally up finds it stopped
 
 
 async def _serve(args: argparse.Namespace) -> int:

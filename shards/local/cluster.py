@@ -42,6 +42,7 @@ async def _spawn(
         environment=environment,
         stdout_copy=log_path,
         serving_timeout_s=START_TIMEOUT_S,
+        die_with_parent=True,  # a kill -9 of tally up leaves no node holding its lease
     )
 
 
