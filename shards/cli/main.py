@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import signal
 import sys
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -381,6 +383,24 @@ async def _serve_up(args: argparse.Namespace) -> int:
         lock.release()  # after PostgreSQL has stopped: the next tally up finds it stopped
 
 
+@contextlib.asynccontextmanager
+async def _postgres_supervised(embedded: EmbeddedPostgres | None) -> AsyncIterator[None]:
+    """tally up: its PostgreSQL started again whenever it exits, for as long as the block runs
+    (the node retries its connections meanwhile). Nothing without an embedded server."""
+    if embedded is None:
+        yield
+        return
+    from shards.local.cluster import keep_postgres_running
+
+    stopping = asyncio.Event()
+    watcher = asyncio.create_task(keep_postgres_running(embedded, stopping))
+    try:
+        yield
+    finally:
+        stopping.set()
+        await watcher
+
+
 async def _serve(args: argparse.Namespace) -> int:
     from core.signing import SigningKeyError
     from shards.node.server import Node, NodeConfig, tune_garbage_collector
@@ -419,22 +439,23 @@ async def _serve(args: argparse.Namespace) -> int:
             await asyncio.to_thread(embedded.stop)
         return 2
     try:
-        port = await node.start()
-        tune_garbage_collector()
-        # Handlers before the serving line: a SIGTERM sent as soon as it is read stops the
-        # node gracefully instead of killing the process.
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, node.request_stop)
-        if node.metrics_port:  # before the serving line, which whoever started us waits for
-            whose = " of node-0" if args.command == "up" else ""
-            url = metrics_url(args.metrics_listen, node.metrics_port)
-            print(f"tally: metrics{whose} on {url}", flush=True)
-        if node.internal_port:
-            print(f"tally: internal tally.v1.Shard on {node.internal_target}", flush=True)
-        host = args.listen.rsplit(":", 1)[0]
-        print(f"tally: serving tally.v1.Ledger on {host}:{port}", flush=True)
-        await node.run()
+        async with _postgres_supervised(embedded):
+            port = await node.start()
+            tune_garbage_collector()
+            # Handlers before the serving line: a SIGTERM sent as soon as it is read stops the
+            # node gracefully instead of killing the process.
+            loop = asyncio.get_running_loop()
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(signum, node.request_stop)
+            if node.metrics_port:  # before the serving line, which whoever started us waits for
+                whose = " of node-0" if args.command == "up" else ""
+                url = metrics_url(args.metrics_listen, node.metrics_port)
+                print(f"tally: metrics{whose} on {url}", flush=True)
+            if node.internal_port:
+                print(f"tally: internal tally.v1.Shard on {node.internal_target}", flush=True)
+            host = args.listen.rsplit(":", 1)[0]
+            print(f"tally: serving tally.v1.Ledger on {host}:{port}", flush=True)
+            await node.run()
     finally:
         if embedded is not None:
             print("tally: stopping PostgreSQL", flush=True)
