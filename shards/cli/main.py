@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import signal
 import sys
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shards.audit import commands as auditing
 from shards.audit import server as audit_service
@@ -25,6 +27,9 @@ from shards.node.writer import WriterConfig
 from shards.rpc.serving import metrics_url, run_announced
 from shards.security import flags as security_flags
 from shards.security.credentials import SecurityConfigError
+
+if TYPE_CHECKING:
+    from shards.local.data_lock import DataDirectoryLock
 
 DEFAULT_TARGET = "127.0.0.1:7400"
 EXIT_FENCED = 3
@@ -234,8 +239,8 @@ def main(argv: list[str] | None = None) -> int:
         import uvloop
 
         serve = _serve_gateway if args.command == "gateway" else _serve
-        if args.command == "up" and args.shards > 1:
-            serve = _serve_cluster
+        if args.command == "up":
+            serve = _serve_up
         exit_code: int = uvloop.run(serve(args))
         return exit_code
     if args.command in auditing.COMMANDS:
@@ -352,6 +357,50 @@ def _server_security(args: argparse.Namespace) -> Any:
     return security_flags.server_security(args)
 
 
+def _lock_data_dir(args: argparse.Namespace) -> DataDirectoryLock | None:
+    """tally up: the lock on its data directory, taken before anything in it is touched and
+    held until PostgreSQL has stopped; None (after saying why) when another tally up holds it."""
+    from shards.local import data_lock
+
+    try:
+        return data_lock.acquire(args.data_dir)
+    except data_lock.DataDirectoryInUse as error:
+        print(f"tally up: {error}", file=sys.stderr, flush=True)
+    except OSError as error:
+        print(f"tally up: cannot lock {args.data_dir.resolve()}: {error}", file=sys.stderr)
+    return None
+
+
+async def _serve_up(args: argparse.Namespace) -> int:
+    """tally up: with one shard its node in this process, with more a supervised cluster; on
+    the embedded PostgreSQL, in a data directory locked for as long as this process runs."""
+    lock = _lock_data_dir(args)
+    if lock is None:
+        return 2
+    try:
+        return await (_serve_cluster(args) if args.shards > 1 else _serve(args))
+    finally:
+        lock.release()  # after PostgreSQL has stopped: the next tally up finds it stopped
+
+
+@contextlib.asynccontextmanager
+async def _postgres_supervised(embedded: EmbeddedPostgres | None) -> AsyncIterator[None]:
+    """tally up: its PostgreSQL started again whenever it exits, for as long as the block runs
+    (the node retries its connections meanwhile). Nothing without an embedded server."""
+    if embedded is None:
+        yield
+        return
+    from shards.local.cluster import keep_postgres_running
+
+    stopping = asyncio.Event()
+    watcher = asyncio.create_task(keep_postgres_running(embedded, stopping))
+    try:
+        yield
+    finally:
+        stopping.set()
+        await watcher
+
+
 async def _serve(args: argparse.Namespace) -> int:
     from core.signing import SigningKeyError
     from shards.node.server import Node, NodeConfig, tune_garbage_collector
@@ -390,22 +439,23 @@ async def _serve(args: argparse.Namespace) -> int:
             await asyncio.to_thread(embedded.stop)
         return 2
     try:
-        port = await node.start()
-        tune_garbage_collector()
-        # Handlers before the serving line: a SIGTERM sent as soon as it is read stops the
-        # node gracefully instead of killing the process.
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, node.request_stop)
-        if node.metrics_port:  # before the serving line, which whoever started us waits for
-            whose = " of node-0" if args.command == "up" else ""
-            url = metrics_url(args.metrics_listen, node.metrics_port)
-            print(f"tally: metrics{whose} on {url}", flush=True)
-        if node.internal_port:
-            print(f"tally: internal tally.v1.Shard on {node.internal_target}", flush=True)
-        host = args.listen.rsplit(":", 1)[0]
-        print(f"tally: serving tally.v1.Ledger on {host}:{port}", flush=True)
-        await node.run()
+        async with _postgres_supervised(embedded):
+            port = await node.start()
+            tune_garbage_collector()
+            # Handlers before the serving line: a SIGTERM sent as soon as it is read stops the
+            # node gracefully instead of killing the process.
+            loop = asyncio.get_running_loop()
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(signum, node.request_stop)
+            if node.metrics_port:  # before the serving line, which whoever started us waits for
+                whose = " of node-0" if args.command == "up" else ""
+                url = metrics_url(args.metrics_listen, node.metrics_port)
+                print(f"tally: metrics{whose} on {url}", flush=True)
+            if node.internal_port:
+                print(f"tally: internal tally.v1.Shard on {node.internal_target}", flush=True)
+            host = args.listen.rsplit(":", 1)[0]
+            print(f"tally: serving tally.v1.Ledger on {host}:{port}", flush=True)
+            await node.run()
     finally:
         if embedded is not None:
             print("tally: stopping PostgreSQL", flush=True)

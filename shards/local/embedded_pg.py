@@ -295,8 +295,12 @@ class EmbeddedPostgres:
 
     def is_running(self) -> bool:
         """True when a live postmaster owns this data directory's postmaster.pid."""
+        return self.running_pid() is not None
+
+    def running_pid(self) -> int | None:
+        """The pid of the live postmaster that owns this data directory, or None."""
         pid = _read_postmaster_pid(self.data_dir)
-        return pid is not None and _is_live_postgres(pid)
+        return pid if pid is not None and _is_live_postgres(pid) else None
 
     async def create_database_async(self, name: str) -> None:
         """CREATE DATABASE unless it exists; safe to call repeatedly and concurrently."""

@@ -11,18 +11,28 @@ DSNs reach a child through its environment (`dsn_environment`: TALLY_DSN, TALLY_
 TALLY_AUDIT_DSNS, which `tally node`, `gateway` and `audit-serve` read), never its command line:
 any user can read every process's argv (`ps`, /proc/PID/cmdline), while /proc/PID/environ is
 readable only by the process's own user. `start` refuses an argument holding a DSN secret.
+
+Restarts: `keep_running` watches one restartable thing (a child here, or `tally up`'s
+PostgreSQL) until told to stop, and restarts it each time it exits, after a delay that doubles
+from RestartPolicy.first_delay_s to delay_max_s and starts again from the first once it has
+served reset_after_s; it says every exit and restart on stdout. A child started with
+die_with_parent gets SIGTERM from the kernel when this process dies, kill -9 included (Linux),
+so a killed `tally up` leaves no node holding its shard's writer lease.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import os
 import signal
 import sys
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Final, Protocol, TypeVar
 
 from core import dsn as dsn_text
 
@@ -40,6 +50,12 @@ LOG_TAIL_BYTES: Final = 4000
 DSN_ENV: Final = "TALLY_DSN"
 CONTROL_DSN_ENV: Final = "TALLY_CONTROL_DSN"
 AUDIT_DSNS_ENV: Final = "TALLY_AUDIT_DSNS"
+# prctl(2) option: the signal this process gets when the thread that forked it ends.
+_PR_SET_PDEATHSIG: Final = 1
+# A failed restart's reason is said on one line of at most this many characters.
+RESTART_REASON_CHARACTERS_MAX: Final = 300
+
+_T = TypeVar("_T")
 
 
 def dsn_environment(
@@ -242,15 +258,18 @@ async def start(
     new_session: bool = False,
     serving_prefixes: Sequence[str] = SERVING_PREFIXES,
     serving_timeout_s: float = START_TIMEOUT_S,
+    die_with_parent: bool = False,
 ) -> TallyProcess:
     """`python [INTERPRETER_ARGUMENTS] -m shards.cli ARGUMENTS`, returned once it prints a line
     starting with one of serving_prefixes. Its stderr goes to log_path (appended, or without
     append written afresh, as is stdout_copy); environment is added to this process's (or,
     without inherit_environment, is all of the child's).
     new_session: its own session, so a Ctrl-C in the terminal reaches only this process,
-    which then stops it in order. On any failure to start it is killed, and NotServing (or the
-    error) raised. An argument holding a DSN secret is refused (ValueError): pass DSNs in
-    environment (dsn_environment)."""
+    which then stops it in order. die_with_parent: SIGTERM from the kernel when this process
+    dies, however it dies (Linux; the thread that starts it must live as long as this process:
+    the event loop's). On any failure to start it is killed, and NotServing (or the error)
+    raised. An argument holding a DSN secret is refused (ValueError): pass DSNs in environment
+    (dsn_environment)."""
     _refuse_secrets_in([*interpreter_arguments, *arguments])
     if not append:
         for path in {log_path, *([stdout_copy] if stdout_copy else [])}:
@@ -267,6 +286,7 @@ async def start(
             cwd=cwd,
             env=env,
             start_new_session=new_session,
+            preexec_fn=_signalled_when_parent_dies(signal.SIGTERM) if die_with_parent else None,
         )
     child = TallyProcess(name, command, process, log_path, stdout_copy, serving_prefixes)
     try:
@@ -275,3 +295,132 @@ async def start(
         await child.close()
         raise
     return child
+
+
+def _signalled_when_parent_dies(signum: int) -> Callable[[], None] | None:
+    """What the child runs before exec so that the kernel sends it signum when this process
+    dies (None where there is no prctl: the child then outlives a killed parent)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before the fork, not in it
+    parent = os.getpid()
+
+    def arm() -> None:
+        prctl(_PR_SET_PDEATHSIG, signum)
+        if os.getppid() != parent:  # the parent died before prctl: nobody will signal us
+            os.kill(os.getpid(), signum)
+
+    return arm
+
+
+@dataclass(frozen=True, slots=True)
+class RestartPolicy:
+    """How soon a supervised thing that exited is started again: first_delay_s after its first
+    exit, doubling at every exit that follows up to delay_max_s, and from first_delay_s again
+    once it has run reset_after_s before exiting."""
+
+    first_delay_s: float = 0.5
+    delay_max_s: float = 10.0
+    reset_after_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        if not self.first_delay_s > 0:
+            raise ValueError(f"first_delay_s must be positive, got {self.first_delay_s}")
+        if not self.delay_max_s >= self.first_delay_s:
+            raise ValueError(
+                f"delay_max_s ({self.delay_max_s}) must be at least first_delay_s "
+                f"({self.first_delay_s})"
+            )
+        if not self.reset_after_s >= 0:
+            raise ValueError(f"reset_after_s must not be negative, got {self.reset_after_s}")
+
+
+class Backoff:
+    """The delays of one supervised thing's restarts, by RestartPolicy."""
+
+    def __init__(self, policy: RestartPolicy) -> None:
+        self.policy = policy
+        self._next_delay_s = policy.first_delay_s
+
+    def next_delay_s(self, served_s: float) -> float:
+        """The delay before the restart after a run of served_s seconds."""
+        if served_s >= self.policy.reset_after_s:
+            self._next_delay_s = self.policy.first_delay_s
+        delay_s = self._next_delay_s
+        self._next_delay_s = min(delay_s * 2, self.policy.delay_max_s)
+        return delay_s
+
+
+class Restartable(Protocol):
+    """What keep_running supervises: something running now that can be started again."""
+
+    @property
+    def name(self) -> str: ...
+
+    async def wait_exit(self) -> str:
+        """Once it has exited: how (`code -9`, `pid 1234`), for the line that says so."""
+        ...
+
+    async def restart(self) -> str:
+        """Start it again, returned once it serves: what it is now (`pid 1234`). Any exception
+        is a failed start, said and tried again after the next delay."""
+        ...
+
+
+def say(line: str) -> None:
+    print(line, flush=True)
+
+
+async def keep_running(
+    thing: Restartable,
+    stopping: asyncio.Event,
+    policy: RestartPolicy | None = None,
+    announce: Callable[[str], None] = say,
+) -> None:
+    """Restart thing every time it exits, until stopping is set (then it is left as it is, for
+    the caller to stop; a restart under way is cancelled, which kills what it started). Every
+    exit, delay and restart is announced: `tally: node-1 exited (code -9); restarting in 0.5 s`,
+    then `tally: node-1 restarted (pid 1234)`."""
+    backoff = Backoff(policy or RestartPolicy())
+    while True:
+        started = time.monotonic()
+        how = await _unless_stopping(thing.wait_exit(), stopping)
+        if how is None:
+            return
+        delay_s = backoff.next_delay_s(time.monotonic() - started)
+        announce(f"tally: {thing.name} exited ({how}); restarting in {delay_s:g} s")
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), timeout=delay_s)
+            if stopping.is_set():
+                return
+            try:
+                now = await _unless_stopping(thing.restart(), stopping)
+            except Exception as error:  # a failed start: said, and tried again
+                delay_s = backoff.next_delay_s(0.0)
+                reason = " ".join(str(error).split())[:RESTART_REASON_CHARACTERS_MAX]
+                announce(f"tally: {thing.name} did not start ({reason}); retrying in {delay_s:g} s")
+                continue
+            if now is None:
+                return
+            announce(f"tally: {thing.name} restarted ({now})")
+            break
+
+
+async def _unless_stopping(work: Awaitable[_T], stopping: asyncio.Event) -> _T | None:
+    """work's result, or None (work cancelled) if stopping is set first or meanwhile."""
+    task = asyncio.ensure_future(work)
+    stopped = asyncio.ensure_future(stopping.wait())
+    try:
+        await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for future in (task, stopped):
+            if not future.done():
+                future.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await future
+    if stopping.is_set():
+        if task.done() and not task.cancelled():
+            task.exception()  # retrieved: what it did no longer matters
+        return None
+    return task.result()
