@@ -143,6 +143,17 @@ CONTROL_MIGRATIONS: Final[tuple[tuple[int, str, str], ...]] = (
         );
         """,
     ),
+    (
+        2,
+        "the writer epoch of each shard's endpoint",
+        # A shard's endpoint is registered by its writer once it holds the lease, with the
+        # lease's epoch; a registration of an older epoch never overwrites a newer one
+        # (core/store/control.py). Endpoints registered before: epoch 0, which any writer's
+        # registration replaces.
+        """
+        ALTER TABLE shards ADD COLUMN epoch bigint NOT NULL DEFAULT 0 CHECK (epoch >= 0);
+        """,
+    ),
 )
 
 BOOTSTRAP_SQL: Final = """

@@ -354,7 +354,7 @@ def _server_security(args: argparse.Namespace) -> Any:
 
 async def _serve(args: argparse.Namespace) -> int:
     from core.signing import SigningKeyError
-    from shards.node.server import Node, NodeConfig, tune_garbage_collector
+    from shards.node.server import Node, NodeConfig, NodeRefusedError, tune_garbage_collector
 
     try:
         security = _server_security(args)
@@ -390,7 +390,11 @@ async def _serve(args: argparse.Namespace) -> int:
             await asyncio.to_thread(embedded.stop)
         return 2
     try:
-        port = await node.start()
+        try:
+            port = await node.start()
+        except NodeRefusedError as error:  # its databases are not what its flags say
+            print(f"tally {args.command}: {error}", file=sys.stderr)
+            return 2
         tune_garbage_collector()
         # Handlers before the serving line: a SIGTERM sent as soon as it is read stops the
         # node gracefully instead of killing the process.
