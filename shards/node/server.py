@@ -6,8 +6,9 @@
   for gateways, only to cluster identities (mutual TLS with the cluster CA, role `cluster`).
   The Shard service is never served or listed on the client listener.
 
-Lifecycle: migrate, serve (health NOT_SERVING, reads only) while waiting for the writer lease,
-take the lease, register as the shard's endpoint in the control database with the lease's epoch
+Lifecycle: migrate, check that the database is this node's shard's (recording the shard on
+first start), serve (health NOT_SERVING, reads only) while waiting for the writer lease, take
+the lease, register as the shard's endpoint in the control database with the lease's epoch
 (a cluster's node; refused if a newer epoch is registered), start the writer, health SERVING.
 A lease free at start is taken before the first RPC is served, so a node that starts as the
 writer is registered by the time it prints its serving line. On stop: refuse new RPCs, let
@@ -56,11 +57,16 @@ log = logging.getLogger("tally.node")
 LEDGER_SERVICE = ledger_pb2.DESCRIPTOR.services_by_name["Ledger"].full_name
 SHARD_DESCRIPTOR = shard_pb2.DESCRIPTOR.services_by_name["Shard"]
 SHARD_SERVICE = SHARD_DESCRIPTOR.full_name
+IDENTITY_TIMEOUT_S = 30.0
 
 
 class NodeRefusedError(RuntimeError):
     """The node's flags do not match its databases: it refuses to start (`tally node` says why
     and exits 2) before it serves a request, commits a block or registers its endpoint."""
+
+
+class ShardIdentityError(NodeRefusedError):
+    """The shard database records another shard than this node's."""
 
 
 class EpochBehindError(NodeRefusedError):
@@ -79,7 +85,7 @@ class NodeConfig:
     shutdown_grace_s: float = 10.0
     lease_poll_interval_s: float = 0.5
     # Cluster: this node's shard and the control database with the slot map. Without a
-    # control database the node owns every slot (a single-shard ledger).
+    # control database the node owns every slot: the single shard 0.
     shard_id: int = 0
     control_dsn: str = ""
     # The address gateways use to reach this node (default: the bound listen address).
@@ -113,6 +119,13 @@ def tune_garbage_collector() -> None:
 
 class Node:
     def __init__(self, config: NodeConfig) -> None:
+        if config.shard_id < 0:
+            raise ValueError(f"--shard-id must not be negative (got {config.shard_id})")
+        if config.shard_id != 0 and not config.control_dsn:
+            raise ValueError(
+                f"--shard-id {config.shard_id} needs a control database (--control-dsn): a node "
+                "without one owns every slot, as the single shard 0"
+            )
         self.config = config
         self._writer: Writer | None = None
         self._read_pool: Any = None
@@ -183,6 +196,7 @@ class Node:
             applied = await store.migrate(connection)
             if applied:
                 log.info("applied migrations %s", applied)
+            await self._check_identity(connection)
         finally:
             await connection.close(timeout=5.0)
         try:
@@ -190,6 +204,23 @@ class Node:
         except BaseException:
             await self._shutdown()
             raise
+
+    async def _check_identity(self, connection: Any) -> None:
+        """Refuse another shard's database (recording this shard's id on a first start)."""
+        shard_id = self.config.shard_id
+        recorded = await store.claim_shard(connection, shard_id, IDENTITY_TIMEOUT_S)
+        if recorded == shard_id:
+            return
+        told = (
+            f"--shard-id {shard_id}"
+            if self.config.control_dsn
+            else "a node without a control database is the single shard 0"
+        )
+        raise ShardIdentityError(
+            f"the database {redact(self.config.dsn)} belongs to shard {recorded}, not to this "
+            f"node's shard {shard_id} ({told}): give the node shard {shard_id}'s database, or "
+            f"--shard-id {recorded}"
+        )
 
     async def _start_serving(self) -> int:
         self._read_pool = await asyncpg.create_pool(
