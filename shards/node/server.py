@@ -42,7 +42,7 @@ from shards import control
 from shards.crossshard.participant import settle_prepared
 from shards.node.heads import HeadPublisher, load_signer
 from shards.node.lease import Lease, LeaseState
-from shards.node.ledger_service import LedgerService
+from shards.node.ledger_service import READ_TIMEOUT_S, LedgerService
 from shards.node.metrics import NodeMetrics
 from shards.node.shard_service import ShardService
 from shards.node.writer import Writer, WriterConfig, WriterState
@@ -82,6 +82,8 @@ class NodeConfig:
     expiry_interval_ms: int = 500
     expiry_batch_max: int = 1000
     read_pool_size_max: int = 4
+    # How long a read (tally.v1.Ledger) waits for the storage before DEADLINE_EXCEEDED.
+    read_timeout_s: float = READ_TIMEOUT_S
     shutdown_grace_s: float = 10.0
     lease_poll_interval_s: float = 0.5
     # Cluster: this node's shard and the control database with the slot map. Without a
@@ -227,7 +229,7 @@ class Node:
             self.config.dsn, min_size=1, max_size=self.config.read_pool_size_max, timeout=30.0
         )
         rpc_metrics = self.metrics.rpc
-        ledger = ledger_handler(LedgerService(self), rpc_metrics)
+        ledger = ledger_handler(LedgerService(self, self.config.read_timeout_s), rpc_metrics)
         self._server = self._grpc_server(self._client_guard)
         self._server.add_generic_rpc_handlers((ledger,))
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
