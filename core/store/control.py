@@ -1,4 +1,5 @@
-"""The control database's tables: the shards' endpoints and the versioned slot map.
+"""The control database's tables: the shards' endpoints (each with the lease epoch of the writer
+that registered it) and the versioned slot map.
 
 Control plane only: read at a process's start and polled (shards.control); never on a posting's
 path. Each function takes an open connection; every statement carries a timeout.
@@ -66,16 +67,30 @@ async def move_slots(connection: Any, slots: list[int], shard_id: int) -> SlotMa
     return moved
 
 
-async def register_shard(connection: Any, shard_id: int, endpoint: str) -> None:
-    await connection.execute(
+async def register_shard(connection: Any, shard_id: int, endpoint: str, epoch: int) -> int | None:
+    """Record endpoint as shard_id's, registered by its writer of this lease epoch, unless a
+    newer epoch is recorded: None when recorded, else the newer epoch that refused it. An equal
+    epoch (the same writer again) replaces the endpoint; epochs only grow, so a refusal is
+    final for this epoch."""
+    recorded = await connection.fetchval(
         """
-        INSERT INTO shards (shard_id, endpoint) VALUES ($1, $2)
-        ON CONFLICT (shard_id) DO UPDATE SET endpoint = excluded.endpoint, updated_at = now()
+        INSERT INTO shards AS s (shard_id, endpoint, epoch) VALUES ($1, $2, $3)
+        ON CONFLICT (shard_id) DO UPDATE
+            SET endpoint = excluded.endpoint, epoch = excluded.epoch, updated_at = now()
+            WHERE s.epoch <= excluded.epoch
+        RETURNING epoch
         """,
         shard_id,
         endpoint,
+        epoch,
         timeout=TIMEOUT_S,
     )
+    if recorded is not None:
+        return None
+    newer: int = await connection.fetchval(
+        "SELECT epoch FROM shards WHERE shard_id = $1", shard_id, timeout=TIMEOUT_S
+    )
+    return newer
 
 
 async def shard_endpoints(connection: Any) -> dict[int, str]:

@@ -123,6 +123,21 @@ MIGRATIONS: Final[tuple[tuple[int, str, str], ...]] = (
             ADD COLUMN signature bytea NOT NULL DEFAULT ''::bytea;
         """,
     ),
+    (
+        4,
+        "the shard this database belongs to",
+        # Empty until a node first starts on the database, which records its --shard-id (0 for
+        # a node without a control database); every later start compares and a node of another
+        # shard refuses to start (shards/node/server.py), so it never serves this shard's rows
+        # as another shard's slots. One row, never updated.
+        """
+        CREATE TABLE shard_identity (
+            id integer PRIMARY KEY CHECK (id = 1),
+            shard_id integer NOT NULL CHECK (shard_id >= 0),
+            recorded_at timestamptz NOT NULL DEFAULT now()
+        );
+        """,
+    ),
 )
 
 CONTROL_MIGRATIONS: Final[tuple[tuple[int, str, str], ...]] = (
@@ -141,6 +156,17 @@ CONTROL_MIGRATIONS: Final[tuple[tuple[int, str, str], ...]] = (
             owners integer[] NOT NULL,
             updated_at timestamptz NOT NULL DEFAULT now()
         );
+        """,
+    ),
+    (
+        2,
+        "the writer epoch of each shard's endpoint",
+        # A shard's endpoint is registered by its writer once it holds the lease, with the
+        # lease's epoch; a registration of an older epoch never overwrites a newer one
+        # (core/store/control.py). Endpoints registered before: epoch 0, which any writer's
+        # registration replaces.
+        """
+        ALTER TABLE shards ADD COLUMN epoch bigint NOT NULL DEFAULT 0 CHECK (epoch >= 0);
         """,
     ),
 )

@@ -67,6 +67,22 @@ async def migrate(
     return applied_now
 
 
+async def claim_shard(connection: Connection, shard_id: int, timeout_s: float) -> int:
+    """The shard this database belongs to: shard_id if nobody recorded one yet (recorded now),
+    else the one recorded first. The caller compares. Two statements, outside a transaction:
+    the insert waits for a concurrent first claim to commit, and the select's snapshot, taken
+    after it, sees that claim."""
+    await connection.execute(
+        "INSERT INTO shard_identity (id, shard_id) VALUES (1, $1) ON CONFLICT (id) DO NOTHING",
+        shard_id,
+        timeout=timeout_s,
+    )
+    recorded: int = await connection.fetchval(
+        "SELECT shard_id FROM shard_identity WHERE id = 1", timeout=timeout_s
+    )
+    return recorded
+
+
 # ---- row <-> domain ----
 
 

@@ -403,7 +403,7 @@ async def _postgres_supervised(embedded: EmbeddedPostgres | None) -> AsyncIterat
 
 async def _serve(args: argparse.Namespace) -> int:
     from core.signing import SigningKeyError
-    from shards.node.server import Node, NodeConfig, tune_garbage_collector
+    from shards.node.server import Node, NodeConfig, NodeRefusedError, tune_garbage_collector
 
     try:
         security = _server_security(args)
@@ -440,7 +440,11 @@ async def _serve(args: argparse.Namespace) -> int:
         return 2
     try:
         async with _postgres_supervised(embedded):
-            port = await node.start()
+            try:
+                port = await node.start()
+            except NodeRefusedError as error:  # its databases are not what its flags say
+                print(f"tally {args.command}: {error}", file=sys.stderr)
+                return 2
             tune_garbage_collector()
             # Handlers before the serving line: a SIGTERM sent as soon as it is read stops the
             # node gracefully instead of killing the process.

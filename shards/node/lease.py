@@ -34,23 +34,28 @@ class Lease:
         self.epoch = 0
         self._connection: Any = None
 
-    async def acquire(self, poll_interval_s: float = 0.5) -> int:
-        """Wait (as a standby) until the lease is free, take it, and return the new epoch."""
+    async def try_acquire(self) -> bool:
+        """One attempt: take the lease if it is free now (True: held, the epoch bumped), else
+        False and still waiting."""
         if self.state is not LeaseState.WAITING:
             raise RuntimeError(f"lease is {self.state.value}, cannot acquire")
+        if self._connection is None or self._connection.is_closed():
+            self._connection = await self._connect()
+        if not await lease_store.try_lock(self._connection, 10.0):
+            return False
+        self.epoch = await lease_store.bump_epoch(self._connection, self.holder, 30.0)
+        self.state = LeaseState.HELD
+        log.info("writer lease acquired: epoch %d", self.epoch)
+        return True
+
+    async def acquire(self, poll_interval_s: float = 0.5) -> int:
+        """Wait (as a standby) until the lease is free, take it, and return the new epoch."""
         announced = False
-        while True:
-            if self._connection is None or self._connection.is_closed():
-                self._connection = await self._connect()
-            if await lease_store.try_lock(self._connection, 10.0):
-                break
+        while not await self.try_acquire():
             if not announced:
                 log.info("standby: another writer holds the lease; waiting")
                 announced = True
             await asyncio.sleep(poll_interval_s)
-        self.epoch = await lease_store.bump_epoch(self._connection, self.holder, 30.0)
-        self.state = LeaseState.HELD
-        log.info("writer lease acquired: epoch %d", self.epoch)
         return self.epoch
 
     async def reacquire(self) -> bool:

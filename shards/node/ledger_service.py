@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+import contextlib
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
+import asyncpg
 import grpc
 
-from core import ids, limits, validation
+from core import dsn, ids, limits, validation
 from core.authority import Action
 from core.model import (
     AccountSpec,
@@ -31,6 +33,41 @@ from tally.v1 import ledger_pb2_grpc as pb_grpc
 
 READ_TIMEOUT_S = 10.0
 CURSOR_MAX = 2**63 - 1
+
+# A storage that a read cannot reach: refused or lost connections (OSError, asyncpg's own
+# connection errors), a server shutting down or starting (57P*), out of connections or disk
+# (53*), or refusing the node's credentials (28*). Each is retryable once PostgreSQL is back.
+STORAGE_UNREACHABLE: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.OperatorInterventionError,
+    asyncpg.InsufficientResourcesError,
+    asyncpg.InvalidAuthorizationSpecificationError,
+)
+
+
+@contextlib.asynccontextmanager
+async def storage_answers(
+    context: grpc.aio.ServicerContext[Any, Any], timeout_s: float
+) -> AsyncIterator[None]:
+    """Around a read of the store: its operating errors become retryable gRPC codes (a read
+    changes nothing, so retrying is always safe), never gRPC's UNKNOWN. A read the storage did
+    not answer within its timeout (asyncpg's, or PostgreSQL's statement_timeout) is
+    DEADLINE_EXCEEDED; a storage that cannot be reached, UNAVAILABLE."""
+    try:
+        yield
+    except (TimeoutError, asyncpg.QueryCanceledError):
+        await abort(
+            context,
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+            f"the storage did not answer within {timeout_s:g} s; retry",
+        )
+    except STORAGE_UNREACHABLE as error:
+        reason = dsn.scrub(f"{type(error).__name__}: {error}")
+        await abort(
+            context, grpc.StatusCode.UNAVAILABLE, f"the storage is unreachable ({reason}); retry"
+        )
 
 
 class NodeView(Protocol):
@@ -89,8 +126,9 @@ async def submit_or_abort(
 
 
 class LedgerService(pb_grpc.LedgerServicer):  # type: ignore[misc]
-    def __init__(self, node: NodeView) -> None:
+    def __init__(self, node: NodeView, read_timeout_s: float = READ_TIMEOUT_S) -> None:
         self._node = node
+        self._read_timeout_s = read_timeout_s
 
     async def _submit(
         self, context: grpc.aio.ServicerContext[Any, Any], items: Sequence[Any]
@@ -99,7 +137,9 @@ class LedgerService(pb_grpc.LedgerServicer):  # type: ignore[misc]
 
     async def _target_accounts(self, target_ids: list[str]) -> Mapping[str, Iterable[str]]:
         """The accounts of the holds and originals a scoped poster's batch names."""
-        found = await store.load_transactions(self._node.read_pool, target_ids, READ_TIMEOUT_S)
+        found = await store.load_transactions(
+            self._node.read_pool, target_ids, self._read_timeout_s
+        )
         return {target_id: _accounts_of(state) for target_id, state in found.items()}
 
     # ---- writes ----
@@ -123,7 +163,8 @@ class LedgerService(pb_grpc.LedgerServicer):  # type: ignore[misc]
         items = validation.refuse_clearing_legs(
             convert.transactions_from_proto(request.transactions)
         )
-        await check_posting_of_caller(context, items, self._target_accounts)
+        async with storage_answers(context, self._read_timeout_s):  # a scoped poster's reads
+            await check_posting_of_caller(context, items, self._target_accounts)
         results = await self._submit(context, items)
         return pb.PostTransactionsResponse(results=convert.results_to_proto(results))
 
@@ -149,7 +190,8 @@ class LedgerService(pb_grpc.LedgerServicer):  # type: ignore[misc]
         await check_accounts_of_caller(context, Action.READ, request.ids)
         problems = [validation.id_problem(i, f"ids[{n}]") for n, i in enumerate(request.ids)]
         wanted = [i for i, problem in zip(request.ids, problems, strict=True) if not problem]
-        found = await store.load_accounts(self._node.read_pool, wanted, READ_TIMEOUT_S)
+        async with storage_answers(context, self._read_timeout_s):
+            found = await store.load_accounts(self._node.read_pool, wanted, self._read_timeout_s)
         results = []
         for account_id, problem in zip(request.ids, problems, strict=True):
             if problem:
@@ -172,23 +214,23 @@ class LedgerService(pb_grpc.LedgerServicer):  # type: ignore[misc]
         await check_batch_size(context, len(request.ids), "ids")
         problems = [_transaction_id_problem(i, f"ids[{n}]") for n, i in enumerate(request.ids)]
         wanted = [i for i, problem in zip(request.ids, problems, strict=True) if not problem]
-        found = await store.load_transactions(self._node.read_pool, wanted, READ_TIMEOUT_S)
+        async with storage_answers(context, self._read_timeout_s):
+            found = await store.load_transactions(
+                self._node.read_pool, wanted, self._read_timeout_s
+            )
         await check_accounts_of_caller(
             context, Action.READ, (a for state in found.values() for a in _accounts_of(state))
         )
         # Posts of cross-shard holds recorded here (their coordinator) read as a cross-shard
         # piece: what this shard posted of the client's post.
         holds = [s.spec.target_id for s in found.values() if s.spec.kind is Kind.POST_PENDING]
-        hold_kinds = (
-            {
-                i: s.spec.kind
-                for i, s in (
-                    await store.load_transactions(self._node.read_pool, holds, READ_TIMEOUT_S)
-                ).items()
-            }
-            if holds
-            else {}
-        )
+        hold_kinds: dict[str, Kind] = {}
+        if holds:
+            async with storage_answers(context, self._read_timeout_s):
+                loaded = await store.load_transactions(
+                    self._node.read_pool, holds, self._read_timeout_s
+                )
+            hold_kinds = {i: s.spec.kind for i, s in loaded.items()}
         results = []
         for transaction_id, problem in zip(request.ids, problems, strict=True):
             if problem:
@@ -217,7 +259,10 @@ class LedgerService(pb_grpc.LedgerServicer):  # type: ignore[misc]
         if problem:
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT, problem)
         await check_accounts_of_caller(context, Action.READ, (account_id,))
-        found = await store.load_accounts(self._node.read_pool, [account_id], READ_TIMEOUT_S)
+        async with storage_answers(context, self._read_timeout_s):
+            found = await store.load_accounts(
+                self._node.read_pool, [account_id], self._read_timeout_s
+            )
         if account_id not in found:
             await abort(context, grpc.StatusCode.NOT_FOUND, f"account {account_id!r} not found")
         return found[account_id]
@@ -231,15 +276,16 @@ class LedgerService(pb_grpc.LedgerServicer):  # type: ignore[misc]
         account = await self._existing_account(context, request.account_id)
         limit = request.limit or limits.list_postings_limit_default
         after = int(request.cursor) if request.cursor else 0
-        rows = await store.list_postings(
-            self._node.read_pool,
-            request.account_id,
-            after,
-            limit,
-            request.from_ns,
-            request.to_ns,
-            READ_TIMEOUT_S,
-        )
+        async with storage_answers(context, self._read_timeout_s):
+            rows = await store.list_postings(
+                self._node.read_pool,
+                request.account_id,
+                after,
+                limit,
+                request.from_ns,
+                request.to_ns,
+                self._read_timeout_s,
+            )
         postings = [convert.posting_to_proto(p, account.spec, block) for p, block in rows]
         next_cursor = str(rows[-1][0].sequence) if len(rows) == limit else ""
         return pb.ListPostingsResponse(postings=postings, next_cursor=next_cursor)
@@ -250,9 +296,10 @@ class LedgerService(pb_grpc.LedgerServicer):  # type: ignore[misc]
         if request.at_ns < 0:
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "at_ns must not be negative")
         account = await self._existing_account(context, request.account_id)
-        posting = await store.posting_at(
-            self._node.read_pool, request.account_id, request.at_ns, READ_TIMEOUT_S
-        )
+        async with storage_answers(context, self._read_timeout_s):
+            posting = await store.posting_at(
+                self._node.read_pool, request.account_id, request.at_ns, self._read_timeout_s
+            )
         if posting is None:
             return pb.BalanceAtResponse(
                 balance=convert.balance_to_proto(account.spec, (0, 0, 0, 0)), as_of_sequence=0

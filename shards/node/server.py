@@ -6,9 +6,13 @@
   for gateways, only to cluster identities (mutual TLS with the cluster CA, role `cluster`).
   The Shard service is never served or listed on the client listener.
 
-Lifecycle: migrate, serve (health NOT_SERVING, reads only) while waiting for the writer lease,
-take the lease, start the writer, health SERVING. On stop: refuse new RPCs, let in-flight ones
-finish, drain the writer's queue (commit it), release the lease.
+Lifecycle: migrate, check that the database is this node's shard's (recording the shard on
+first start), serve (health NOT_SERVING, reads only) while waiting for the writer lease, take
+the lease, register as the shard's endpoint in the control database with the lease's epoch
+(a cluster's node; refused if a newer epoch is registered), start the writer, health SERVING.
+A lease free at start is taken before the first RPC is served, so a node that starts as the
+writer is registered by the time it prints its serving line. On stop: refuse new RPCs, let
+in-flight ones finish, drain the writer's queue (commit it), release the lease.
 """
 
 from __future__ import annotations
@@ -30,14 +34,15 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from core import limits
+from core.dsn import redact
 from core.slots import SlotMap
 from core.store import control as control_store
 from core.store import shard as store
 from shards import control
 from shards.crossshard.participant import settle_prepared
 from shards.node.heads import HeadPublisher, load_signer
-from shards.node.lease import Lease
-from shards.node.ledger_service import LedgerService
+from shards.node.lease import Lease, LeaseState
+from shards.node.ledger_service import READ_TIMEOUT_S, LedgerService
 from shards.node.metrics import NodeMetrics
 from shards.node.shard_service import ShardService
 from shards.node.writer import Writer, WriterConfig, WriterState
@@ -53,6 +58,21 @@ LEDGER_SERVICE = ledger_pb2.DESCRIPTOR.services_by_name["Ledger"].full_name
 SHARD_DESCRIPTOR = shard_pb2.DESCRIPTOR.services_by_name["Shard"]
 SHARD_SERVICE = SHARD_DESCRIPTOR.full_name
 WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::"})
+IDENTITY_TIMEOUT_S = 30.0
+
+
+class NodeRefusedError(RuntimeError):
+    """The node's flags do not match its databases: it refuses to start (`tally node` says why
+    and exits 2) before it serves a request, commits a block or registers its endpoint."""
+
+
+class ShardIdentityError(NodeRefusedError):
+    """The shard database records another shard than this node's."""
+
+
+class EpochBehindError(NodeRefusedError):
+    """The control database records a newer writer epoch for this node's shard than the one
+    this node holds on its database."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,10 +83,12 @@ class NodeConfig:
     expiry_interval_ms: int = 500
     expiry_batch_max: int = 1000
     read_pool_size_max: int = 4
+    # How long a read (tally.v1.Ledger) waits for the storage before DEADLINE_EXCEEDED.
+    read_timeout_s: float = READ_TIMEOUT_S
     shutdown_grace_s: float = 10.0
     lease_poll_interval_s: float = 0.5
     # Cluster: this node's shard and the control database with the slot map. Without a
-    # control database the node owns every slot (a single-shard ledger).
+    # control database the node owns every slot: the single shard 0.
     shard_id: int = 0
     control_dsn: str = ""
     # The address gateways use to reach this node (default: the bound listen address).
@@ -100,6 +122,13 @@ def tune_garbage_collector() -> None:
 
 class Node:
     def __init__(self, config: NodeConfig) -> None:
+        if config.shard_id < 0:
+            raise ValueError(f"--shard-id must not be negative (got {config.shard_id})")
+        if config.shard_id != 0 and not config.control_dsn:
+            raise ValueError(
+                f"--shard-id {config.shard_id} needs a control database (--control-dsn): a node "
+                "without one owns every slot, as the single shard 0"
+            )
         self.config = config
         self._writer: Writer | None = None
         self._read_pool: Any = None
@@ -178,13 +207,38 @@ class Node:
             applied = await store.migrate(connection)
             if applied:
                 log.info("applied migrations %s", applied)
+            await self._check_identity(connection)
         finally:
             await connection.close(timeout=5.0)
+        try:
+            return await self._start_serving()
+        except BaseException:
+            await self._shutdown()
+            raise
+
+    async def _check_identity(self, connection: Any) -> None:
+        """Refuse another shard's database (recording this shard's id on a first start)."""
+        shard_id = self.config.shard_id
+        recorded = await store.claim_shard(connection, shard_id, IDENTITY_TIMEOUT_S)
+        if recorded == shard_id:
+            return
+        told = (
+            f"--shard-id {shard_id}"
+            if self.config.control_dsn
+            else "a node without a control database is the single shard 0"
+        )
+        raise ShardIdentityError(
+            f"the database {redact(self.config.dsn)} belongs to shard {recorded}, not to this "
+            f"node's shard {shard_id} ({told}): give the node shard {shard_id}'s database, or "
+            f"--shard-id {recorded}"
+        )
+
+    async def _start_serving(self) -> int:
         self._read_pool = await asyncpg.create_pool(
             self.config.dsn, min_size=1, max_size=self.config.read_pool_size_max, timeout=30.0
         )
         rpc_metrics = self.metrics.rpc
-        ledger = ledger_handler(LedgerService(self), rpc_metrics)
+        ledger = ledger_handler(LedgerService(self, self.config.read_timeout_s), rpc_metrics)
         self._server = self._grpc_server(self._client_guard)
         self._server.add_generic_rpc_handlers((ledger,))
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
@@ -212,6 +266,10 @@ class Node:
         await self._set_serving(False)
         if self.config.control_dsn:
             await self._join_cluster()
+        # A free lease is taken now, and a cluster's node registered with its epoch, before the
+        # serving line: whoever waits for that line (tally up, then its gateway) finds it.
+        if await self._lease.try_acquire() and self.config.control_dsn:
+            await self._register(self._lease.epoch)
         if self.config.metrics_listen:
             self._metrics_server = MetricsServer(self.metrics.registry, self.config.metrics_listen)
             self.metrics_port = self._metrics_server.start()
@@ -245,17 +303,54 @@ class Node:
         return f"{internal_listen.rsplit(':', 1)[0]}:{self.internal_port}"
 
     async def _join_cluster(self) -> None:
-        endpoint = self.config.advertise or self.internal_target
+        """Read the slot map and the endpoints. This node's own endpoint is registered only
+        once it holds the lease (_register): a standby never takes its shard's endpoint."""
 
         async def join(connection: Any) -> None:
             await control_store.prepare(connection)
-            await control_store.register_shard(connection, self.config.shard_id, endpoint)
             await self._refresh_slot_map(connection)
 
         # The connection stays open for the slot-map polls that follow.
         await self._control.use(join)
         if self.slot_map is None:
             raise RuntimeError("the control database has no slot map (run tally up / init)")
+
+    async def _register(self, epoch: int) -> None:
+        """Register as this shard's endpoint, as its writer of this lease epoch; a newer epoch
+        registered (another writer of this shard, on another database or a newer copy of this
+        one) refuses it: EpochBehindError."""
+        shard_id = self.config.shard_id
+        endpoint = self.config.advertise or self.internal_target
+
+        async def register(connection: Any) -> int | None:
+            return await control_store.register_shard(connection, shard_id, endpoint, epoch)
+
+        newer = await self._control.use(register)
+        if newer is not None:
+            raise EpochBehindError(
+                f"the control database records epoch {newer} for shard {shard_id}, newer than "
+                f"this writer's epoch {epoch} on {redact(self.config.dsn)}: shard {shard_id}'s "
+                "writers use another database, or this one is an older copy; not serving it"
+            )
+        self.endpoints = {**self.endpoints, shard_id: endpoint}
+        log.info("registered as shard %d's endpoint %s (epoch %d)", shard_id, endpoint, epoch)
+
+    async def _register_after_takeover(self, epoch: int) -> bool:
+        """_register, retried while the control database is unreachable: True once registered,
+        False if the node was asked to stop first. EpochBehindError propagates."""
+        while not self._stopping.is_set():
+            try:
+                await self._register(epoch)
+                return True
+            except (asyncio.CancelledError, EpochBehindError):
+                raise
+            except Exception as error:  # control database away: gateways cannot find us yet
+                log.warning("registering as shard %d failed: %r", self.config.shard_id, error)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self._stopping.wait(), timeout=self.config.lease_poll_interval_s
+                )
+        return False
 
     async def _refresh_slot_map(self, connection: Any) -> None:
         self.endpoints = await control_store.shard_endpoints(connection)
@@ -319,6 +414,18 @@ class Node:
             await self._shutdown()
 
     async def _write(self) -> None:
+        if self._lease.state is not LeaseState.HELD and not await self._take_over():
+            return
+        publisher = await self._start_publisher()
+        try:
+            await self._write_as(self._lease.epoch, publisher)
+        finally:
+            if publisher is not None:
+                await asyncio.to_thread(publisher.close)
+
+    async def _take_over(self) -> bool:
+        """As a standby: wait for the lease, then register (a cluster's node). False: stopped
+        first, or fenced by a newer registered epoch (the node then stops, exit code 3)."""
         acquire = asyncio.ensure_future(self._lease.acquire(self.config.lease_poll_interval_s))
         stopping = asyncio.ensure_future(self._stopping.wait())
         try:
@@ -330,13 +437,17 @@ class Node:
                     with contextlib.suppress(asyncio.CancelledError):
                         await task
         if acquire not in done:
-            return
-        publisher = await self._start_publisher()
+            return False
+        epoch = acquire.result()
+        if not self.config.control_dsn:
+            return True
         try:
-            await self._write_as(acquire.result(), publisher)
-        finally:
-            if publisher is not None:
-                await asyncio.to_thread(publisher.close)
+            return await self._register_after_takeover(epoch)
+        except EpochBehindError as error:
+            log.error("%s; stopping as fenced", error)
+            self.fenced = True
+            self._stopping.set()
+            return False
 
     async def _start_publisher(self) -> HeadPublisher | None:
         if self.signer is None or not self.config.publish_heads:

@@ -4,6 +4,10 @@ A node takes the lease (advisory lock + epoch bump) before it writes, and every 
 the epoch inside its own database transaction. These tests run real node processes for the
 standby and takeover paths, an in-process node for the epoch fence, and the store directly for
 the commit-time check and its race with a new holder.
+
+A node of a cluster registers as its shard's endpoint in the control database only once it
+holds the lease, with its epoch: a standby never takes its shard's endpoint, and a registration
+carrying an older epoch than the one recorded never overwrites it.
 """
 
 from __future__ import annotations
@@ -22,13 +26,18 @@ import pytest
 from core.journal import BlockHeader
 from core.model import AccountSpec
 from core.state import Batch, JournalPosition
+from core.store import control as control_store
 from core.store import schema
 from core.store import shard as store
+from shards import control
 from shards.cli.main import EXIT_FENCED
-from shards.local.embedded_pg import EmbeddedPostgres
+from shards.local import supervisor
+from shards.local.embedded_pg import EmbeddedPostgres, free_port
+from shards.node.server import EpochBehindError, Node, NodeConfig
 from shards.node.writer import WriterState
 from tally.v1 import ledger_pb2 as pb
 from tests.support import security
+from tests.support.cluster_processes import process_cluster
 from tests.support.helpers import (
     Client,
     NodeHandle,
@@ -48,6 +57,7 @@ from tests.support.processes import (
     fetch_rows,
     health_status,
     running_node,
+    spawn_cli,
     spawn_node,
     wait_health,
 )
@@ -499,3 +509,191 @@ async def test_commit_racing_a_new_holder_waits_for_it(dsn: str, new_holder_comm
     finally:
         await holder.close(timeout=5.0)
         await zombie.close(timeout=5.0)
+
+
+# ---- the control database: a shard's endpoint follows its lease ----
+
+
+async def endpoint_row(control_dsn: str, shard_id: int) -> tuple[str, int] | None:
+    rows = await fetch_rows(
+        control_dsn, "SELECT endpoint, epoch FROM shards WHERE shard_id = $1", shard_id
+    )
+    return (rows[0]["endpoint"], rows[0]["epoch"]) if rows else None
+
+
+async def control_database(pg: EmbeddedPostgres, dsn: str, shard_count: int = 1) -> str:
+    """A fresh control database (named after the test's shard database), slot map made."""
+    name = dsn.rsplit("/", 1)[1].split("?", 1)[0] + "_control"
+    await pg.create_database_async(name)
+    control_dsn = pg.dsn(name)
+    connection = await control.connect(control_dsn)
+    try:
+        await control_store.initialise(connection, shard_count)
+    finally:
+        await connection.close(timeout=5.0)
+    return control_dsn
+
+
+async def post_until_created(client: Client, transaction: pb.Transaction) -> None:
+    """Through a gateway that may still call the shard's old endpoint for a poll or two."""
+    deadline = time.monotonic() + TAKEOVER_TIMEOUT_S
+    while True:
+        try:
+            (result,) = await client.post(transaction)
+            if name(result.code) in (CREATED, REPLAYED):
+                return
+            assert name(result.code) == UNAVAILABLE, result
+        except grpc.aio.AioRpcError as error:
+            assert error.code() == grpc.StatusCode.UNAVAILABLE, error
+        assert time.monotonic() < deadline, f"{transaction.id} not created through the gateway"
+        await asyncio.sleep(0.1)
+
+
+async def test_a_standby_never_takes_its_shards_endpoint_the_next_writer_does(
+    pg: EmbeddedPostgres, tmp_path: Path
+) -> None:
+    """A one-shard cluster of processes (node, gateway) and a standby node started on the
+    shard's database: the control database keeps the writer's endpoint and epoch, and writes
+    through the gateway keep succeeding, for several of the gateway's polls. kill -9 the writer:
+    the standby takes the lease, registers with the next epoch, and the gateway follows."""
+    async with process_cluster(pg, tmp_path, shard_count=1) as cluster:
+        writer, dsn, control_dsn = cluster.nodes[0], cluster.shard_dsns[0], cluster.control_dsn
+        assert await endpoint_row(control_dsn, 0) == (writer.internal_target, 1)
+        async with security.channel(cluster.target) as channel:
+            client = Client(channel)
+            await set_up(client)
+            standby = await spawn_cli(
+                ["node", "--shard-id", "0"],
+                free_port(),
+                dsn,
+                tmp_path / "standby.stderr.log",
+                supervisor.dsn_environment(dsn=dsn, control_dsn=control_dsn),
+            )
+            try:
+                for n in range(6):  # the gateway polls the control database every second
+                    assert await health_status(standby.target) == NOT_SERVING
+                    assert await endpoint_row(control_dsn, 0) == (writer.internal_target, 1)
+                    (result,) = await client.post(transfer(f"during-{n}"))
+                    assert name(result.code) == CREATED, result
+                    await asyncio.sleep(0.4)
+                await cluster.kill_node(0)
+                await wait_health(standby, SERVING, TAKEOVER_TIMEOUT_S)
+                assert await endpoint_row(control_dsn, 0) == (standby.internal_target, 2)
+                await post_until_created(client, transfer("after-takeover"))
+            finally:
+                await standby.close()
+    assert await audit_problems(dsn) == []
+
+
+async def test_a_registration_with_an_older_epoch_never_overwrites_a_newer_one(
+    pg: EmbeddedPostgres, dsn: str
+) -> None:
+    control_dsn = await control_database(pg, dsn, 2)
+    connection = await control.connect(control_dsn)
+    try:
+        assert await control_store.register_shard(connection, 0, "127.0.0.1:7001", 2) is None
+        assert await control_store.register_shard(connection, 1, "127.0.0.1:7101", 1) is None
+        # Shard 0's writer of epoch 1 (a zombie, or a stale standby) comes second: refused, and
+        # told the epoch that beat it.
+        assert await control_store.register_shard(connection, 0, "127.0.0.1:7002", 1) == 2
+        assert await control_store.shard_endpoints(connection) == {
+            0: "127.0.0.1:7001",
+            1: "127.0.0.1:7101",
+        }
+        # The same epoch again (the same writer) and a newer one both take the endpoint.
+        assert await control_store.register_shard(connection, 0, "127.0.0.1:7003", 2) is None
+        assert await control_store.register_shard(connection, 0, "127.0.0.1:7004", 3) is None
+    finally:
+        await connection.close(timeout=5.0)
+    assert await endpoint_row(control_dsn, 0) == ("127.0.0.1:7004", 3)
+    assert await endpoint_row(control_dsn, 1) == ("127.0.0.1:7101", 1)
+
+
+async def test_the_control_migration_keeps_the_endpoints_registered_before_it(
+    pg: EmbeddedPostgres, dsn: str
+) -> None:
+    """A control database of the first schema (endpoints without epochs): migrated in place,
+    its rows kept at epoch 0, which any writer's registration then overwrites."""
+    name_ = dsn.rsplit("/", 1)[1].split("?", 1)[0] + "_old_control"
+    await pg.create_database_async(name_)
+    connection = await control.connect(pg.dsn(name_))
+    try:
+        await store.migrate(connection, schema.CONTROL_MIGRATIONS[:1])
+        await connection.execute("INSERT INTO shards (shard_id, endpoint) VALUES (0, 'old:1')")
+        await control_store.prepare(connection)
+        versions = await connection.fetch("SELECT version FROM tally_schema_migrations")
+        every = [version for version, _, _ in schema.CONTROL_MIGRATIONS]
+        assert sorted(r["version"] for r in versions) == every
+        assert await endpoint_row(pg.dsn(name_), 0) == ("old:1", 0)
+        assert await control_store.register_shard(connection, 0, "new:1", 1) is None
+    finally:
+        await connection.close(timeout=5.0)
+    assert await endpoint_row(pg.dsn(name_), 0) == ("new:1", 1)
+
+
+def _cluster_node(dsn: str, control_dsn: str) -> Node:
+    return Node(
+        NodeConfig(
+            dsn=dsn,
+            listen="127.0.0.1:0",
+            control_dsn=control_dsn,
+            shard_id=0,
+            lease_poll_interval_s=0.1,
+            security=security.server_security(),
+        )
+    )
+
+
+async def test_a_writer_behind_the_registered_epoch_never_registers_nor_serves(
+    pg: EmbeddedPostgres, dsn: str
+) -> None:
+    """The control database records epoch 7 for shard 0 (its writers use another database, or
+    this one was restored from an old backup). A node taking this database's lease at epoch 1
+    refuses to start; the endpoint and the lease stay as they were."""
+    control_dsn = await control_database(pg, dsn)
+    connection = await control.connect(control_dsn)
+    try:
+        await control_store.register_shard(connection, 0, "127.0.0.1:7001", 7)
+    finally:
+        await connection.close(timeout=5.0)
+    node = _cluster_node(dsn, control_dsn)
+    with pytest.raises(EpochBehindError) as refused:
+        await node.start()
+    message = str(refused.value)
+    assert "epoch 7" in message and "epoch 1" in message and "shard 0" in message, message
+    assert await endpoint_row(control_dsn, 0) == ("127.0.0.1:7001", 7)
+    held = await fetch_rows(dsn, "SELECT 1 FROM pg_locks WHERE locktype = 'advisory'")
+    assert held == []
+    successor = await start_node(dsn)  # the lease was let go: a single node takes it
+    await successor.stop()
+
+
+async def test_a_standby_behind_the_registered_epoch_stops_fenced_at_takeover(
+    pg: EmbeddedPostgres, dsn: str
+) -> None:
+    """Writer A registered at epoch 1, standby B waits. Then a writer of shard 0 elsewhere
+    registers epoch 99, and A stops: B takes this database's lease (epoch 2) but its
+    registration is refused, so it stops as fenced without serving, leaving the endpoint be."""
+    control_dsn = await control_database(pg, dsn)
+    writer = await start_node(dsn, control_dsn=control_dsn, shard_id=0)
+    standby = _cluster_node(dsn, control_dsn)
+    await standby.start()
+    task = asyncio.create_task(standby.run())
+    try:
+        assert await endpoint_row(control_dsn, 0) == (writer.node.internal_target, 1)
+        connection = await control.connect(control_dsn)
+        try:
+            await connection.execute(
+                "UPDATE shards SET endpoint = '127.0.0.1:7001', epoch = 99 WHERE shard_id = 0"
+            )
+        finally:
+            await connection.close(timeout=5.0)
+        await writer.stop()
+        await asyncio.wait_for(asyncio.shield(task), timeout=20)
+    finally:
+        if not task.done():
+            standby.request_stop()
+            await asyncio.wait_for(task, timeout=20)
+    assert standby.fenced and standby.writer is None
+    assert (await lease_row(dsn))["epoch"] == 2
+    assert await endpoint_row(control_dsn, 0) == ("127.0.0.1:7001", 99)
