@@ -16,6 +16,7 @@ from shards import control
 from shards.crossshard.coordinator import Driver
 from shards.gateway.links import ShardLink
 from shards.gateway.metrics import GatewayMetrics
+from shards.rpc.servicer import Unavailable
 from shards.security.credentials import ServerSecurity
 from tally.v1 import ledger_pb2 as pb
 from tally.v1 import shard_pb2
@@ -135,7 +136,9 @@ class Cluster:
         for shard_id in self.map().shard_ids:
             stub = self._shard_stubs.get(shard_id)
             if stub is None:
-                raise KeyError(f"shard {shard_id} has no registered endpoint")
+                raise Unavailable(
+                    f"shard {shard_id} has no registered endpoint (no writer yet); retry"
+                )
             response = await stub.CreateClearingAccounts(
                 request, timeout=self.config.shard_call_timeout_s
             )
@@ -155,7 +158,7 @@ class Cluster:
     def link(self, shard_id: int) -> ShardLink:
         link = self.links.get(shard_id)
         if link is None:
-            raise KeyError(f"shard {shard_id} has no registered endpoint")
+            raise Unavailable(f"shard {shard_id} has no registered endpoint (no writer yet); retry")
         return link
 
     def remember(self, transaction_id: str, shard_id: int, cross_shard: bool = False) -> None:

@@ -29,7 +29,7 @@ from shards.crossshard.coordinator import HoldResolution, Unit, piece_message
 from shards.gateway import routing
 from shards.gateway.cluster import Cluster, KnownHold, merge_piece_results, spread_or_owner
 from shards.rpc import convert
-from shards.rpc.servicer import abort, check_batch_size
+from shards.rpc.servicer import Unavailable, abort, check_batch_size
 from shards.security.guard import check_accounts_of_caller, check_posting_of_caller
 from tally.v1 import ledger_pb2 as pb
 from tally.v1 import ledger_pb2_grpc as pb_grpc
@@ -353,7 +353,7 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
             currencies.update(leg.currency for m in unit.messages for leg in m.legs)
         try:
             await self._cluster.ensure_clearing_accounts(currencies)
-        except (grpc.aio.AioRpcError, KeyError, RuntimeError) as error:
+        except (grpc.aio.AioRpcError, Unavailable, RuntimeError) as error:
             # Before any piece is prepared: nothing of these units was applied.
             why = error.code().name if isinstance(error, grpc.aio.AioRpcError) else str(error)
             for start, end in placed:

@@ -17,6 +17,11 @@ if TYPE_CHECKING:
     from shards.rpc.metrics import RpcMetrics
 
 
+class Unavailable(Exception):
+    """Raised by a servicer for a dependency that is away (a shard with no endpoint yet):
+    answered UNAVAILABLE with its message, which says to retry."""
+
+
 async def abort(
     context: grpc.aio.ServicerContext[Any, Any], code: grpc.StatusCode, message: str
 ) -> NoReturn:
@@ -80,6 +85,9 @@ def _parsing(method: Any, request_type: Any) -> Any:
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"the request is not a valid {request_type.DESCRIPTOR.full_name}: {error}",
             )
-        return await method(request, context)
+        try:
+            return await method(request, context)
+        except Unavailable as error:
+            await abort(context, grpc.StatusCode.UNAVAILABLE, str(error))
 
     return handle

@@ -33,3 +33,52 @@ async def test_a_shard_down_before_the_first_cross_shard_transfer_is_retryable(p
         (result,) = response.results
         assert result.code == pb.RESULT_CODE_UNAVAILABLE, result
         assert "retry with the same id" in result.message
+
+
+async def test_a_shard_with_no_endpoint_yet_is_unavailable(pg: Any) -> None:
+    """A shard whose node has not registered (none started, or only a standby) answers every
+    request that needs it UNAVAILABLE, not UNKNOWN; a request that does not need it works."""
+    import asyncio
+    from dataclasses import replace
+
+    import grpc
+
+    from core.store import control as control_store
+    from shards import control
+    from shards.gateway.cluster import GatewayConfig
+    from shards.gateway.server import Gateway
+    from tests.support.helpers import start_node
+
+    await pg.create_database_async("half_control")
+    control_dsn = pg.dsn("half_control")
+    connection = await control.connect(control_dsn)
+    try:
+        slot_map = await control_store.initialise(connection, 2)
+    finally:
+        await connection.close()
+    await pg.create_database_async("half_s0")
+    node = await start_node(pg.dsn("half_s0"), control_dsn=control_dsn, shard_id=0)
+    config = GatewayConfig(control_dsn=control_dsn, listen="127.0.0.1:0")
+    gateway = Gateway(replace(config, security=security.server_security()))
+    await gateway.start()
+    task = asyncio.create_task(gateway.run())
+    try:
+        ids = [f"cust-{n}/deposit" for n in range(40)]
+        on = {slot_map.shard_of_account(i): i for i in ids}
+        async with security.channel(f"127.0.0.1:{gateway.port}") as channel:
+            stub = pb_grpc.LedgerStub(channel)
+            with_node = await stub.CreateAccounts(
+                pb.CreateAccountsRequest(accounts=[account(on[0])]), timeout=30
+            )
+            assert with_node.results[0].code == pb.RESULT_CODE_CREATED
+            try:
+                await stub.BalanceAt(pb.BalanceAtRequest(account_id=on[1], at_ns=1), timeout=30)
+            except grpc.aio.AioRpcError as error:
+                assert error.code() == grpc.StatusCode.UNAVAILABLE, error
+                assert "retry" in (error.details() or "")
+            else:
+                raise AssertionError("a read of a shard with no endpoint succeeded")
+    finally:
+        gateway.request_stop()
+        await asyncio.wait_for(task, timeout=30)
+        await node.stop()
