@@ -416,6 +416,8 @@ class Node:
     async def _write(self) -> None:
         if self._lease.state is not LeaseState.HELD and not await self._take_over():
             return
+        if self._stopping.is_set():  # asked to stop before writing anything
+            return
         publisher = await self._start_publisher()
         try:
             await self._write_as(self._lease.epoch, publisher)
@@ -474,7 +476,12 @@ class Node:
         )
         await writer.start()
         self._writer = writer
-        await self._set_serving(True)
+        if self._stopping.is_set():
+            # Asked to stop while the writer was starting (a SIGTERM right after the serving
+            # line, the lease taken at start): _stop_when_requested found no writer to drain.
+            writer.begin_drain()
+        else:
+            await self._set_serving(True)
         log.info("serving as writer on port %d (epoch %d)", self.port, writer.epoch)
         async with asyncio.TaskGroup() as group:
             group.create_task(self._expire_holds(writer))

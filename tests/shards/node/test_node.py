@@ -159,3 +159,16 @@ async def test_lost_lease_session_is_taken_back_when_nobody_took_over(node, chan
         await connection.close()
     assert await client.codes(transfer("after", "@cash", "c/d", 1)) == [pb.RESULT_CODE_CREATED]
     assert not node.node.fenced
+
+
+async def test_a_stop_asked_before_the_writer_runs_stops_the_node(dsn: str) -> None:
+    """The lease is taken at start, so a SIGTERM that arrives right after the serving line (before
+    run() has made the writer) must still stop the node, not leave its writer running."""
+    from shards.node.server import Node, NodeConfig
+    from tests.support import security
+
+    node = Node(NodeConfig(dsn=dsn, listen="127.0.0.1:0", security=security.server_security()))
+    await node.start()
+    node.request_stop()
+    await asyncio.wait_for(node.run(), timeout=30)
+    assert node.writer is None or node.writer.state.name != "RUNNING"
