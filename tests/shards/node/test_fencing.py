@@ -364,6 +364,29 @@ async def test_node_stops_when_its_epoch_is_taken(node: NodeHandle, channel: obj
     assert await audit_problems(dsn) == []
 
 
+async def _taken_by_the_writer(node: NodeHandle, timeout_s: float = 10.0) -> None:
+    """Until the next request reaches the writer's queue and the writer has taken it (however
+    long the RPC takes to arrive on a busy machine), and a moment for it to be applied."""
+    writer = node.node.writer
+    assert writer is not None
+    put = writer.queue.put_nowait
+    queued = asyncio.Event()
+
+    def recording(request: object) -> None:
+        put(request)  # type: ignore[arg-type]
+        queued.set()
+
+    writer.queue.put_nowait = recording  # type: ignore[method-assign]
+    try:
+        await asyncio.wait_for(queued.wait(), timeout_s)
+    finally:
+        writer.queue.put_nowait = put  # type: ignore[method-assign]
+    deadline = time.monotonic() + timeout_s
+    while writer.queue.qsize() and time.monotonic() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.1)
+
+
 async def _wait_for_waiting_query(dsn: str, prefix: str, timeout_s: float = 10.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -399,7 +422,7 @@ async def test_new_holder_waits_for_a_commit_in_progress_and_fences_the_next_bat
             post_k = asyncio.create_task(client.post(*batch_k))
             await blocker.wait_until_a_commit_waits()
             post_k1 = asyncio.create_task(client.post(*batch_k1))
-            await asyncio.sleep(0.3)  # k+1 is queued (and applied on top of k) meanwhile
+            await _taken_by_the_writer(node)  # k+1 queued, then collected on top of k
             bump = asyncio.create_task(
                 holder.fetchval(
                     "UPDATE writer_lease SET epoch = epoch + 1, holder = 'new' RETURNING epoch",
