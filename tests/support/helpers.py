@@ -186,6 +186,18 @@ class InProcessCluster:
         return [node.dsn for node in self.nodes]
 
 
+async def control_database(pg: EmbeddedPostgres, name: str, shard_count: int) -> str:
+    """A fresh control database `name` with an even slot map over shard_count shards."""
+    await pg.create_database_async(name)
+    control_dsn = pg.dsn(name)
+    connection = await control.connect(control_dsn)
+    try:
+        await control_store.initialise(connection, shard_count)
+    finally:
+        await connection.close(timeout=5.0)
+    return control_dsn
+
+
 @contextlib.asynccontextmanager
 async def in_process_cluster(
     pg: EmbeddedPostgres,
@@ -197,13 +209,7 @@ async def in_process_cluster(
     """A control database with an even slot map, a node per shard (each on its own database,
     named from prefix) and a gateway (GatewayConfig fields in gateway_options); all stopped on
     the way out."""
-    await pg.create_database_async(f"{prefix}_control")
-    control_dsn = pg.dsn(f"{prefix}_control")
-    connection = await control.connect(control_dsn)
-    try:
-        await control_store.initialise(connection, shard_count)
-    finally:
-        await connection.close()
+    control_dsn = await control_database(pg, f"{prefix}_control", shard_count)
     nodes: list[NodeHandle] = []
     gateway: Gateway | None = None
     task: asyncio.Task[None] | None = None

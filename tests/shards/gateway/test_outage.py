@@ -8,7 +8,7 @@ from typing import Any
 from tally.v1 import ledger_pb2 as pb
 from tally.v1 import ledger_pb2_grpc as pb_grpc
 from tests.support import security
-from tests.support.helpers import account, in_process_cluster, transfer
+from tests.support.helpers import account, control_database, in_process_cluster, transfer
 
 
 async def test_a_shard_down_before_the_first_cross_shard_transfer_is_retryable(pg: Any) -> None:
@@ -43,19 +43,11 @@ async def test_a_shard_with_no_endpoint_yet_is_unavailable(pg: Any) -> None:
 
     import grpc
 
-    from core.store import control as control_store
-    from shards import control
     from shards.gateway.cluster import GatewayConfig
     from shards.gateway.server import Gateway
     from tests.support.helpers import start_node
 
-    await pg.create_database_async("half_control")
-    control_dsn = pg.dsn("half_control")
-    connection = await control.connect(control_dsn)
-    try:
-        slot_map = await control_store.initialise(connection, 2)
-    finally:
-        await connection.close()
+    control_dsn = await control_database(pg, "half_control", 2)
     await pg.create_database_async("half_s0")
     node = await start_node(pg.dsn("half_s0"), control_dsn=control_dsn, shard_id=0)
     config = GatewayConfig(control_dsn=control_dsn, listen="127.0.0.1:0")
@@ -63,6 +55,7 @@ async def test_a_shard_with_no_endpoint_yet_is_unavailable(pg: Any) -> None:
     await gateway.start()
     task = asyncio.create_task(gateway.run())
     try:
+        slot_map = gateway.cluster.map()
         ids = [f"cust-{n}/deposit" for n in range(40)]
         on = {slot_map.shard_of_account(i): i for i in ids}
         async with security.channel(f"127.0.0.1:{gateway.port}") as channel:

@@ -36,7 +36,7 @@ from shards.local.embedded_pg import EmbeddedPostgres, free_port
 from shards.node.server import EpochBehindError, Node, NodeConfig
 from shards.node.writer import WriterState
 from tally.v1 import ledger_pb2 as pb
-from tests.support import security
+from tests.support import helpers, security
 from tests.support.cluster_processes import process_cluster
 from tests.support.helpers import (
     Client,
@@ -547,14 +547,7 @@ async def endpoint_row(control_dsn: str, shard_id: int) -> tuple[str, int] | Non
 async def control_database(pg: EmbeddedPostgres, dsn: str, shard_count: int = 1) -> str:
     """A fresh control database (named after the test's shard database), slot map made."""
     name = dsn.rsplit("/", 1)[1].split("?", 1)[0] + "_control"
-    await pg.create_database_async(name)
-    control_dsn = pg.dsn(name)
-    connection = await control.connect(control_dsn)
-    try:
-        await control_store.initialise(connection, shard_count)
-    finally:
-        await connection.close(timeout=5.0)
-    return control_dsn
+    return await helpers.control_database(pg, name, shard_count)
 
 
 async def post_until_created(client: Client, transaction: pb.Transaction) -> None:

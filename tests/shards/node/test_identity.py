@@ -14,12 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from core.store import control as control_store
-from shards import control
 from shards.local import supervisor
 from shards.local.embedded_pg import EmbeddedPostgres, free_port
 from shards.node.server import Node, NodeConfig, ShardIdentityError
-from tests.support import security
+from tests.support import helpers, security
 from tests.support.helpers import start_node
 from tests.support.paths import REPO_ROOT
 from tests.support.processes import SERVING_LINE, fetch_rows
@@ -30,14 +28,7 @@ _numbers = itertools.count(1)
 async def control_database(pg: EmbeddedPostgres, shard_count: int) -> str:
     """A fresh control database with an even slot map over shard_count shards."""
     name = f"t{os.getpid()}_identity_control_{next(_numbers)}"
-    await pg.create_database_async(name)
-    control_dsn = pg.dsn(name)
-    connection = await control.connect(control_dsn)
-    try:
-        await control_store.initialise(connection, shard_count)
-    finally:
-        await connection.close(timeout=5.0)
-    return control_dsn
+    return await helpers.control_database(pg, name, shard_count)
 
 
 async def recorded_shard(dsn: str) -> list[int]:

@@ -217,17 +217,21 @@ async def test_client_listener_ledger_matrix(node: NodeHandle) -> None:
 
 
 async def client_ledger_row(node: NodeHandle, caller: Caller) -> None:
-    requests = ledger_requests(IN_SCOPE, SEEDED_TRANSFER)
     async with aio_channel(node.target, credentials_of(caller)) as channel:
-        for method, request in requests.items():
-            code, details = await call_detailed(
-                channel, f"/tally.v1.Ledger/{method}", request, LEDGER_RESPONSES[method]
-            )
-            if caller.name in LEDGER_ALLOWED[method]:
-                assert code not in DENIALS, (method, caller.name, code, details)
-            else:
-                assert code == grpc.StatusCode.PERMISSION_DENIED, (method, caller.name, code)
-                assert "needs the role" in details, details
+        await ledger_row(channel, caller)
+
+
+async def ledger_row(channel: grpc.aio.Channel, caller: Caller) -> None:
+    """Every Ledger method on accounts in scope: allowed, or refused for the role missing."""
+    for method, request in ledger_requests(IN_SCOPE, SEEDED_TRANSFER).items():
+        code, details = await call_detailed(
+            channel, f"/tally.v1.Ledger/{method}", request, LEDGER_RESPONSES[method]
+        )
+        if caller.name in LEDGER_ALLOWED[method]:
+            assert code not in DENIALS, (method, caller.name, code, details)
+        else:
+            assert code == grpc.StatusCode.PERMISSION_DENIED, (method, caller.name, code)
+            assert "needs the role" in details, details
 
 
 async def test_client_listener_scope_matrix(node: NodeHandle) -> None:
@@ -490,14 +494,7 @@ async def test_token_listener_ledger_matrix(token_node: NodeHandle) -> None:
 
 async def token_row(token_node: NodeHandle, caller: Caller) -> None:
     async with aio_channel(token_node.target, token_of(caller)) as channel:
-        for method, request in ledger_requests(IN_SCOPE, SEEDED_TRANSFER).items():
-            code, details = await call_detailed(
-                channel, f"/tally.v1.Ledger/{method}", request, LEDGER_RESPONSES[method]
-            )
-            if caller.name in LEDGER_ALLOWED[method]:
-                assert code not in DENIALS, (method, caller.name, code, details)
-            else:
-                assert code == grpc.StatusCode.PERMISSION_DENIED, (method, caller.name, code)
+        await ledger_row(channel, caller)
         if caller.name in SCOPED:
             for method, request in ledger_requests(OUT_OF_SCOPE, SEEDED_OUTSIDE).items():
                 if caller.name in LEDGER_ALLOWED[method]:
