@@ -578,7 +578,7 @@ class Driver:
         """Give the participants of these holds the short deadline before their fates are
         decided. The holds (by position) whose participants could not be reached: not to be
         decided now (retryable)."""
-        now_ns = time.time_ns()
+        now_ns = failpoints.wall_ns()
         rearm: dict[int, list[tuple[int, spb.SettleHoldItem]]] = {}
         for n, hold in enumerate(holds):
             for shard, item in hold.rearm(now_ns):

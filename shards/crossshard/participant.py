@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -41,6 +40,7 @@ from core.pieces import (
     reversal_mark_spec,
 )
 from core.state import Item, replay_result
+from shards import failpoints
 from shards.rpc import convert
 from shards.security.credentials import ClientSecurity, aio_channel
 from tally.v1 import ledger_pb2 as pb
@@ -425,7 +425,7 @@ def _hold_settlement(
     coordinator decided. timeout_s: the piece's prepare deadline."""
     deadline_ns = hold.expires_at_ns
     if hold.deciding:  # a linked group's piece at the coordinator decides it: ask again
-        deadline_ns = time.time_ns() + max(1, timeout_s) * 1_000_000_000
+        deadline_ns = failpoints.wall_ns() + max(1, timeout_s) * 1_000_000_000
     spec = settlement_spec(
         piece, hold.fate, deadline_ns, hold.resolution, DeadlineMode.ASKED, seen_ns
     )

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
@@ -16,6 +15,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from core.model import Result, ResultCode
 from core.slots import SlotMap
 from core.store import shard as store
+from shards import failpoints
 from shards.node.writer import Writer
 from shards.rpc.metrics import BATCH_ITEMS_BUCKETS, RpcMetrics
 
@@ -136,7 +136,7 @@ class _NodeStateCollector:
         writer = self._node.writer
         slot_map = self._node.slot_map
         piece_count, oldest_ns = self._prepared.value
-        age_s = max(0.0, (time.time_ns() - oldest_ns) / 1e9) if piece_count else 0.0
+        age_s = max(0.0, (failpoints.wall_ns() - oldest_ns) / 1e9) if piece_count else 0.0
         epoch = writer.epoch if writer is not None else 0
         version = slot_map.version if slot_map is not None else 0
         depth = writer.queue.qsize() if writer is not None else 0

@@ -38,7 +38,7 @@ from core.dsn import redact
 from core.slots import SlotMap
 from core.store import control as control_store
 from core.store import shard as store
-from shards import control
+from shards import control, failpoints
 from shards.crossshard.participant import settle_prepared
 from shards.node.heads import HeadPublisher, load_signer
 from shards.node.lease import Lease, LeaseState
@@ -499,7 +499,7 @@ class Node:
         while writer.state is WriterState.RUNNING and not self._stopping.is_set():
             try:
                 pending_ids = await store.expired_holds(
-                    self._read_pool, time.time_ns(), self.config.expiry_batch_max, 10.0
+                    self._read_pool, failpoints.wall_ns(), self.config.expiry_batch_max, 10.0
                 )
                 if pending_ids:
                     results = await writer.submit(writer.expiry_items(pending_ids))
@@ -541,7 +541,7 @@ class Node:
         while writer.state is WriterState.RUNNING and not self._stopping.is_set():
             try:
                 overdue = await store.prepared_past_deadline(
-                    self._read_pool, time.time_ns(), self.config.expiry_batch_max, 10.0
+                    self._read_pool, failpoints.wall_ns(), self.config.expiry_batch_max, 10.0
                 )
                 if overdue:
                     await settle_prepared(

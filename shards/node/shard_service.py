@@ -3,7 +3,6 @@ as participant and as coordinator (shards.crossshard.participant)."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -94,7 +93,7 @@ class ShardService(spb_grpc.ShardServicer):  # type: ignore[misc]
         return spb.PrepareResponse(results=_results(await self._submit(context, items)))
 
     async def Commit(self, request: spb.CommitRequest, context: Context) -> spb.CommitResponse:
-        now_ns = time.time_ns()
+        now_ns = failpoints.wall_ns()
         await _check_count(context, len(request.items))
         for n, item in enumerate(request.items):
             await _check_attempt(context, item.attempt)
@@ -156,7 +155,7 @@ class ShardService(spb_grpc.ShardServicer):  # type: ignore[misc]
         asked = participant.committed_holds(items, found)
         if not asked:
             return {}
-        overdue = participant.overdue_holds(asked, time.time_ns())
+        overdue = participant.overdue_holds(asked, failpoints.wall_ns())
         if overdue:
             writer = self._node.writer
             await self._submit(context, writer.expiry_items(overdue) if writer else [])
@@ -188,7 +187,7 @@ class ShardService(spb_grpc.ShardServicer):  # type: ignore[misc]
                 problem = validation.clearing_leg_problem(spec.legs)
                 await _refuse(context, n, f"resolution: {problem}" if problem else "")
             items.append(spec)
-        if any(item.decide_before_ns <= time.time_ns() for item in request.items):
+        if any(item.decide_before_ns <= failpoints.wall_ns() for item in request.items):
             late = Result(ResultCode.UNAVAILABLE, participant.TOO_LATE)
             return spb.DecideHoldsResponse(results=_results([late] * len(items)))
         # No slot check: the legs name accounts of every shard; the hold is recorded here.

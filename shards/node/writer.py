@@ -45,6 +45,7 @@ from core.state import (
     reversal_targets,
 )
 from core.store import shard as store
+from shards import failpoints
 
 log = logging.getLogger("tally.writer")
 
@@ -353,7 +354,7 @@ class Writer:
             return None
         position = base.batch.position if base is not None else self.position
         previous = base.prepared.head if base is not None else self.previous
-        batch = Batch(accounts, transactions, position, time.time_ns())
+        batch = Batch(accounts, transactions, position, failpoints.wall_ns())
         results = batch.apply(item_lists)
         block = None
         if not batch.out.is_empty:
@@ -365,7 +366,7 @@ class Writer:
                 self.epoch,
                 end.next_posting_sequence,
                 end.last_timestamp_ns,
-                time.time_ns(),
+                failpoints.wall_ns(),
                 self.signer,
                 self.shard_id,
             )
