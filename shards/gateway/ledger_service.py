@@ -57,7 +57,9 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
         results: list[pb.ItemResult | None] = [None] * len(items)
         todo = []
         for start, end in routing.units(items):
-            failure = routing.local_failure(items[start:end])
+            failure = routing.local_failure(items[start:end]) or routing.mixed_homes(
+                items[start:end]
+            )
             if failure is None:
                 todo.append((start, end))
             else:
@@ -89,23 +91,29 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
             resolving = any(s.kind in _RESOLUTIONS for s in specs)
             for start, end in todo:
                 unit = [i for i in items[start:end] if isinstance(i, TransactionSpec)]
+                # Recorded at its ids' home (core.slots): there if nothing else is needed.
+                home = slot_map.home_of(unit[0].id)
                 shards = routing.unit_shards(unit, slot_map, located)
                 decides_cross = (
                     reversing and any(self._reverses_cross_shard(i) for i in unit)
                 ) or (resolving and any(self._resolves_cross_shard(i) for i in unit))
-                if len(shards) == 1 and not decides_cross:
-                    shard = shards.pop()
-                    plan.setdefault(shard, []).append((start, end))
+                if shards == {home} and not decides_cross:
+                    plan.setdefault(home, []).append((start, end))
                     # A later item of this request may post, void or reverse one of these.
                     for item in unit:
-                        located[item.id] = shard
+                        located[item.id] = home
                 elif all(item.kind is Kind.ORDINARY or item.kind is Kind.PENDING for item in unit):
                     crossing.append((start, end))
-                elif end - start == 1 and self._resolves_cross_shard(unit[0]):
-                    hold_fates.append(start)  # a lone post or void of a cross-shard hold
+                elif (
+                    end - start == 1
+                    and self._resolves_cross_shard(unit[0])
+                    and located.get(unit[0].target_id) == home
+                ):
+                    # A lone post or void of a cross-shard hold, recorded with its hold.
+                    hold_fates.append(start)
                 else:
                     # Items that must be decided where a record lives (reversals, posts and
-                    # voids), with others whose legs span shards.
+                    # voids), with others whose legs span shards, or recorded at another home.
                     anchored.append((start, end))
             built = await self._anchored_units(messages, items, anchored, located, slot_map)
             # On a later round, a unit the new map spreads over shards keeps its WRONG_SHARD.
@@ -336,7 +344,8 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
         currencies: set[str] = set()
         for start, end in ranges:
             specs = [i for i in items[start:end] if isinstance(i, TransactionSpec)]
-            units.append(Unit(specs, messages[start:end], slot_map))
+            home = slot_map.home_of(specs[0].id)
+            units.append(Unit(specs, messages[start:end], slot_map, home))
             placed.append((start, end))
             for spec in specs:
                 for leg in spec.legs:
@@ -654,9 +663,10 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
         list[list[tuple[int, pb.TransactionLookup]]],
         dict[str, list[tuple[int, pb.TransactionLookup]]],
     ]:
-        """Each id's (shard, lookup) on every shard, and for a committed cross-shard
-        transaction, the (shard, lookup) of its committed attempt's participant pieces."""
-        lookups = await self._lookup_everywhere(ids)
+        """Each id's (shard, lookup) at its home (the one shard recording it), and for a
+        committed cross-shard transaction, the (shard, lookup) of its committed attempt's
+        participant pieces."""
+        lookups = [[found] for found in await self._cluster.lookup_at_home(ids)] if ids else []
         wanted = {}
         for transaction_id, found in zip(ids, lookups, strict=True):
             for _, lookup in found:
@@ -782,10 +792,11 @@ def _unit_of_draft(
     single: dict[str, tuple[int, pb.TransactionRecord]],
     slot_map: SlotMap,
 ) -> Unit:
-    """The unit of a drafted range. It is coordinated where its first post or void is decided
-    (else where a reversal is); the others are decided at their holds' shards, by those shards'
+    """The unit of a drafted range. It is coordinated at its ids' home (core.slots), which
+    records them; posts and voids of holds recorded elsewhere are decided at their holds'
+    shards, and reversals of originals recorded elsewhere at theirs, by those shards'
     pieces."""
-    coordinator = next(iter(draft.decided_at.values()), min(draft.anchors))
+    coordinator = slot_map.home_of(messages[start].id)
     remote_fates = {k: s for k, s in draft.decided_at.items() if s != coordinator}
     draft.as_sent -= set(remote_fates)
     remote: dict[int, tuple[int, str]] = {}
