@@ -362,7 +362,7 @@ async def history_pagination_and_balance_at(client: Client) -> None:
     ranged = await stub.ListPostings(
         pb.ListPostingsRequest(account_id="cust-1/deposit", from_ns=stamps[1], to_ns=stamps[3])
     )
-    assert [p.transaction_id for p in ranged.postings] == ["t1", "t2"]
+    assert [p.transaction_id for p in ranged.postings] == ["cust-1/t1", "cust-1/t2"]
     at = await stub.BalanceAt(pb.BalanceAtRequest(account_id="cust-1/deposit", at_ns=stamps[2]))
     assert at.balance.credits_posted == 30 and at.balance.available == 30
     before = await stub.BalanceAt(pb.BalanceAtRequest(account_id="cust-1/deposit", at_ns=1))
