@@ -991,20 +991,26 @@ def transaction_differences(recorded: TransactionSpec, submitted: TransactionSpe
     if recorded.kind not in _COORDINATED and submitted.kind not in _COORDINATED:
         return [name for name in names if getattr(recorded, name) != getattr(submitted, name)]
     before, after = _client_view(recorded), _client_view(submitted)
-    return [name for name in names if before[name] != after[name]]
+    if not (before["digest"] and after["digest"]):
+        # A piece recorded before pieces carried the digest: its own legs are all it says.
+        before["digest"], after["digest"] = recorded.legs, submitted.legs
+    names = tuple("digest" if name == "legs" else name for name in names)
+    differences = [name for name in names if before[name] != after[name]]
+    return ["legs" if name == "digest" else name for name in differences]
 
 
 _COORDINATED: Final = {Kind.COMMIT: Kind.ORDINARY, Kind.HOLD: Kind.PENDING}
 
 
 def _client_view(spec: TransactionSpec) -> dict[str, object]:
-    """A transaction's content as its client sent it (see transaction_differences)."""
+    """A transaction's content as its client sent it (see transaction_differences); "digest"
+    stands for its legs ("" if a coordinator's piece does not carry one)."""
     metadata = dict(spec.metadata)
     digest = metadata.pop(ids.DIGEST_KEY, "")
     coordinated = spec.kind in _COORDINATED
     return {
         "kind": _COORDINATED.get(spec.kind, spec.kind),
-        "legs": (digest if coordinated else "") or legs_digest(spec.legs),
+        "digest": digest if coordinated else legs_digest(spec.legs),
         "code": spec.code,
         "metadata": tuple(sorted(metadata.items())),
         "value_date": spec.value_date,
