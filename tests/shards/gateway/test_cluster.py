@@ -584,6 +584,8 @@ async def test_many_concurrent_cross_shard_transfers(cluster: Cluster, client: C
         assert await audit_problems(node.dsn) == []
 
 
+# Why long: one scenario (originals at three shards, a failed group, a committed one, its replay
+# and a second reversal) whose steps build on each other.
 async def test_linked_reversals_of_transactions_recorded_at_different_shards(
     cluster: Cluster, client: Client
 ) -> None:
