@@ -7,6 +7,7 @@ import os
 import shutil
 import signal
 import socket
+import tempfile
 import time
 import warnings
 from collections.abc import Iterator
@@ -100,8 +101,19 @@ def test_dsn(tmp_path: Path) -> None:
 # --------------------------------------------------------------- real server
 
 
-def test_fresh_start_has_durable_settings(tmp_path: Path) -> None:
-    pg = EmbeddedPostgres(_config(tmp_path / "pgdata", settings={"work_mem": "8MB"}))
+@pytest.fixture
+def short_path() -> Iterator[Path]:
+    """A directory whose socket path fits a Unix socket address: pytest-xdist's workers'
+    temporary paths can be too long, and the socket then goes elsewhere (tested below)."""
+    path = Path(tempfile.mkdtemp(prefix="tpg-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def test_fresh_start_has_durable_settings(short_path: Path) -> None:
+    pg = EmbeddedPostgres(_config(short_path / "pgdata", settings={"work_mem": "8MB"}))
     began = time.monotonic()
     pg.start()
     try:
