@@ -12,6 +12,7 @@ records here, and core.state applies them.
 from __future__ import annotations
 
 import enum
+import hashlib
 
 from core import ids
 from core.journal import decode_legs, encode_legs
@@ -24,6 +25,21 @@ CLEARING_CODE = 9999
 def clearing_account_spec(currency: str) -> AccountSpec:
     """A shard's piece of the clearing account of `currency` (core.ids.clearing_account)."""
     return AccountSpec(ids.clearing_account(currency), currency, CLEARING_CODE, False, False, ())
+
+
+def legs_digest(legs: tuple[Leg, ...]) -> str:
+    """What a coordinator's piece records of the client's legs on every shard (core.ids
+    DIGEST_KEY): 32 hex digits of SHA-256 over their canonical encoding, in the client's order,
+    as a single shard compares a replay's legs."""
+    return hashlib.sha256(encode_legs(legs).encode()).hexdigest()[:32]
+
+
+def with_digest(spec: TransactionSpec, digest: str) -> TransactionSpec:
+    """A coordinator's piece carrying the digest of the client's legs (none: as it is)."""
+    if not digest:
+        return spec
+    metadata = tuple(sorted((*spec.metadata, (ids.DIGEST_KEY, digest))))
+    return spec._replace(metadata=metadata)
 
 
 def share_of_post(held: tuple[Leg, ...], post: tuple[Leg, ...]) -> tuple[Leg, ...]:

@@ -57,7 +57,9 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
         results: list[pb.ItemResult | None] = [None] * len(items)
         todo = []
         for start, end in routing.units(items):
-            failure = routing.local_failure(items[start:end])
+            failure = routing.local_failure(items[start:end]) or routing.mixed_homes(
+                items[start:end]
+            )
             if failure is None:
                 todo.append((start, end))
             else:
@@ -73,55 +75,97 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
         todo: list[tuple[int, int]],
         results: list[pb.ItemResult | None],
     ) -> None:
+        """Each unit to its shard (or shards), in waves: a unit naming a transaction that an
+        earlier unit of the request creates elsewhere than in the same shard call waits for
+        the wave after that unit's, so a request's items apply in their order."""
+        while todo:
+            todo = await self._route_wave(messages, items, todo, results)
+
+    async def _route_wave(
+        self,
+        messages: list[pb.Transaction],
+        items: list[TransactionSpec | Rejection],
+        todo: list[tuple[int, int]],
+        results: list[pb.ItemResult | None],
+    ) -> list[tuple[int, int]]:
+        """Route the units of one wave (resent while a shard answers WRONG_SHARD); return
+        the units deferred to the next wave."""
+        deferred: list[tuple[int, int]] = []
         for attempt in range(self._cluster.config.wrong_shard_retry_max + 1):
             if not todo:
-                return
+                break
             if attempt:
                 await self._cluster.backoff_and_refresh(attempt)
             slot_map = self._cluster.map()
             specs: list[TransactionSpec] = [i for i in items if isinstance(i, TransactionSpec)]
             located = await self._cluster.locate(routing.targets(specs))
-            plan: dict[int, list[tuple[int, int]]] = {}
-            crossing: list[tuple[int, int]] = []
-            anchored: list[tuple[int, int]] = []
-            hold_fates: list[int] = []
-            reversing = any(s.kind is Kind.REVERSAL for s in specs)
-            resolving = any(s.kind in _RESOLUTIONS for s in specs)
-            for start, end in todo:
-                unit = [i for i in items[start:end] if isinstance(i, TransactionSpec)]
-                shards = routing.unit_shards(unit, slot_map, located)
-                decides_cross = (
-                    reversing and any(self._reverses_cross_shard(i) for i in unit)
-                ) or (resolving and any(self._resolves_cross_shard(i) for i in unit))
-                if len(shards) == 1 and not decides_cross:
-                    shard = shards.pop()
-                    plan.setdefault(shard, []).append((start, end))
-                    # A later item of this request may post, void or reverse one of these.
-                    for item in unit:
-                        located[item.id] = shard
-                elif all(item.kind is Kind.ORDINARY or item.kind is Kind.PENDING for item in unit):
-                    crossing.append((start, end))
-                elif end - start == 1 and self._resolves_cross_shard(unit[0]):
-                    hold_fates.append(start)  # a lone post or void of a cross-shard hold
-                else:
-                    # Items that must be decided where a record lives (reversals, posts and
-                    # voids), with others whose legs span shards.
-                    anchored.append((start, end))
-            built = await self._anchored_units(messages, items, anchored, located, slot_map)
+            plan = self._plan(items, todo, slot_map, located)
+            deferred += plan.deferred
+            built = await self._anchored_units(messages, items, plan.anchored, located, slot_map)
             # On a later round, a unit the new map spreads over shards keeps its WRONG_SHARD.
             sent, _, _ = await asyncio.gather(
-                self._send_units(messages, plan, results, self._post_shard),
+                self._send_units(messages, plan.direct, results, self._post_shard),
                 self._cross_shard(
                     messages,
                     items,
-                    crossing,
-                    list(zip(anchored, built, strict=True)),
+                    plan.crossing,
+                    list(zip(plan.anchored, built, strict=True)),
                     results,
                     slot_map,
                 ),
-                self._decide_holds(messages, items, hold_fates, results),
+                self._decide_holds(messages, items, plan.hold_fates, results),
             )
             todo = sent
+        return sorted(deferred)
+
+    def _plan(
+        self,
+        items: list[TransactionSpec | Rejection],
+        todo: list[tuple[int, int]],
+        slot_map: SlotMap,
+        located: dict[str, int],
+    ) -> _Plan:
+        """Where each unit goes. A unit is recorded at its ids' home (core.slots): sent there
+        alone if its legs and targets live there too, else run across shards."""
+        plan = _Plan()
+        specs = [i for i in items if isinstance(i, TransactionSpec)]
+        reversing = any(s.kind is Kind.REVERSAL for s in specs)
+        resolving = any(s.kind in _RESOLUTIONS for s in specs)
+        # Ids this wave's units create or name, and their units' shard call (-1: none): a unit
+        # naming one of them goes in the same call or waits for the next wave.
+        earlier: dict[str, int] = {}
+        for start, end in todo:
+            unit = [i for i in items[start:end] if isinstance(i, TransactionSpec)]
+            home = slot_map.home_of(unit[0].id)
+            shards = routing.unit_shards(unit, slot_map, located)
+            decides_cross = (reversing and any(self._reverses_cross_shard(i) for i in unit)) or (
+                resolving and any(self._resolves_cross_shard(i) for i in unit)
+            )
+            direct = shards == {home} and not decides_cross
+            waits = [i.target_id for i in unit if i.target_id in earlier]
+            if waits and not (direct and all(earlier[t] == home for t in waits)):
+                plan.deferred.append((start, end))
+                earlier.update(_named(unit, -1))
+                continue
+            if direct:
+                plan.direct.setdefault(home, []).append((start, end))
+                # A later item of this request may post, void or reverse one of these.
+                for item in unit:
+                    located[item.id] = home
+            elif all(item.kind is Kind.ORDINARY or item.kind is Kind.PENDING for item in unit):
+                plan.crossing.append((start, end))
+            elif (
+                end - start == 1
+                and self._resolves_cross_shard(unit[0])
+                and located.get(unit[0].target_id) == home
+            ):
+                plan.hold_fates.append(start)  # a lone post or void, recorded with its hold
+            else:
+                # Items that must be decided where a record lives (reversals, posts and
+                # voids), with others whose legs span shards, or recorded at another home.
+                plan.anchored.append((start, end))
+            earlier.update(_named(unit, home if direct else -1))
+        return plan
 
     def _reverses_cross_shard(self, item: TransactionSpec) -> bool:
         return item.kind is Kind.REVERSAL and self._cluster.is_cross_shard(item.target_id)
@@ -336,7 +380,8 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
         currencies: set[str] = set()
         for start, end in ranges:
             specs = [i for i in items[start:end] if isinstance(i, TransactionSpec)]
-            units.append(Unit(specs, messages[start:end], slot_map))
+            home = slot_map.home_of(specs[0].id)
+            units.append(Unit(specs, messages[start:end], slot_map, home))
             placed.append((start, end))
             for spec in specs:
                 for leg in spec.legs:
@@ -654,9 +699,10 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
         list[list[tuple[int, pb.TransactionLookup]]],
         dict[str, list[tuple[int, pb.TransactionLookup]]],
     ]:
-        """Each id's (shard, lookup) on every shard, and for a committed cross-shard
-        transaction, the (shard, lookup) of its committed attempt's participant pieces."""
-        lookups = await self._lookup_everywhere(ids)
+        """Each id's (shard, lookup) at its home (the one shard recording it), and for a
+        committed cross-shard transaction, the (shard, lookup) of its committed attempt's
+        participant pieces."""
+        lookups = [[found] for found in await self._cluster.lookup_at_home(ids)] if ids else []
         wanted = {}
         for transaction_id, found in zip(ids, lookups, strict=True):
             for _, lookup in found:
@@ -744,6 +790,22 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
 _RESOLUTIONS = (Kind.POST_PENDING, Kind.VOID_PENDING)
 
 
+def _named(unit: Sequence[TransactionSpec], call: int) -> list[tuple[str, int]]:
+    """The ids a unit creates and names, each with the unit's shard call."""
+    return [(i.id, call) for i in unit] + [(i.target_id, call) for i in unit if i.target_id]
+
+
+@dataclass
+class _Plan:
+    """Where the units of one wave go (see GatewayService._plan)."""
+
+    direct: dict[int, list[tuple[int, int]]] = field(default_factory=dict)
+    crossing: list[tuple[int, int]] = field(default_factory=list)
+    anchored: list[tuple[int, int]] = field(default_factory=list)
+    hold_fates: list[int] = field(default_factory=list)
+    deferred: list[tuple[int, int]] = field(default_factory=list)
+
+
 @dataclass
 class _UnitDraft:
     """What _draft_unit found of one anchored range, for _unit_of_draft to build its unit."""
@@ -782,10 +844,11 @@ def _unit_of_draft(
     single: dict[str, tuple[int, pb.TransactionRecord]],
     slot_map: SlotMap,
 ) -> Unit:
-    """The unit of a drafted range. It is coordinated where its first post or void is decided
-    (else where a reversal is); the others are decided at their holds' shards, by those shards'
+    """The unit of a drafted range. It is coordinated at its ids' home (core.slots), which
+    records them; posts and voids of holds recorded elsewhere are decided at their holds'
+    shards, and reversals of originals recorded elsewhere at theirs, by those shards'
     pieces."""
-    coordinator = next(iter(draft.decided_at.values()), min(draft.anchors))
+    coordinator = slot_map.home_of(messages[start].id)
     remote_fates = {k: s for k, s in draft.decided_at.items() if s != coordinator}
     draft.as_sent -= set(remote_fates)
     remote: dict[int, tuple[int, str]] = {}

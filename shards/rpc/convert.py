@@ -126,11 +126,14 @@ def leg_to_proto(leg: Leg) -> pb.Leg:
 
 
 def transaction_spec_to_proto(spec: TransactionSpec) -> pb.Transaction:
+    metadata = dict(spec.metadata)
+    if spec.kind is Kind.COMMIT or spec.kind is Kind.HOLD:
+        metadata.pop(ids.DIGEST_KEY, None)  # the cluster's own, not the client's
     message = pb.Transaction(
         id=spec.id,
         legs=[leg_to_proto(leg) for leg in spec.legs],
         code=spec.code,
-        metadata=dict(spec.metadata),
+        metadata=metadata,
         value_date=spec.value_date,
         pending=spec.kind in (Kind.PENDING, Kind.PREPARED, Kind.HOLD),
         timeout_seconds=spec.timeout_seconds,
