@@ -35,7 +35,12 @@ from bench.common.local_cluster import (
 from bench.common.measure import CallOutcome, latency_summary_ms, run_closed_loop
 from bench.common.paths import REPORTS_DIR
 from bench.common.tally_client import TallyClient, chunks
-from bench.common.workload import HOT_ACCOUNT_ID, TRANSFER_AMOUNT_MAX_CENTS, Transfer
+from bench.common.workload import (
+    HOT_ACCOUNT_ID,
+    TRANSFER_AMOUNT_MAX_CENTS,
+    Transfer,
+    home_named,
+)
 from core.slots import SlotMap
 from shards.local.embedded_pg import free_port
 
@@ -84,7 +89,8 @@ class CrossShareSource:
             credit = self._by_shard[other][pick(len(self._by_shard[other]))]
         self._sequence += 1
         amount = pick(1, TRANSFER_AMOUNT_MAX_CENTS + 1)
-        return Transfer(f"{self._prefix}{self._sequence}", debit, credit, amount)
+        name = f"{self._prefix}{self._sequence}"
+        return Transfer(home_named(name, debit, credit), debit, credit, amount)
 
 
 async def seed(client: TallyClient, accounts: list[str]) -> None:
