@@ -70,7 +70,15 @@ class CrossShareSource:
     """Transfers between customers; a given share of them has the two accounts on different
     shards (by the cluster's even slot map), the rest on the same shard."""
 
-    def __init__(self, by_shard: list[list[str]], share: float, prefix: str, seed: int) -> None:
+    def __init__(
+        self,
+        by_shard: list[list[str]],
+        share: float,
+        prefix: str,
+        seed: int,
+        bare_ids: bool = False,
+    ) -> None:
+        self._bare_ids = bare_ids
         self._by_shard = by_shard
         self._share = share
         self._prefix = prefix
@@ -90,6 +98,8 @@ class CrossShareSource:
         self._sequence += 1
         amount = pick(1, TRANSFER_AMOUNT_MAX_CENTS + 1)
         name = f"{self._prefix}{self._sequence}"
+        if self._bare_ids:  # the id's home is wherever its slot is
+            return Transfer(name, debit, credit, amount)
         return Transfer(home_named(name, debit, credit), debit, credit, amount)
 
 
@@ -108,7 +118,9 @@ async def measure(
     client: TallyClient, case: Case, by_shard: list[list[str]], meter: cpu.CpuMeter, args: Any
 ) -> dict[str, object]:
     sources = [
-        CrossShareSource(by_shard, case.cross_share, f"{case.name}.{n}.", seed=n)
+        CrossShareSource(
+            by_shard, case.cross_share, f"{case.name}.{n}.", seed=n, bare_ids=args.bare_ids
+        )
         for n in range(case.client_count)
     ]
 
@@ -197,6 +209,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         "--hold-cross",
         default="0,0.5",
         help="cross-shard shares of the hold-then-post cases (empty: none)",
+    )
+    parser.add_argument(
+        "--bare-ids",
+        action="store_true",
+        help="transaction ids without their accounts' partition key (by default ids are named "
+        "under the debit account's, as a client library names them)",
     )
     parser.add_argument("--out", type=Path, default=None)
     return parser.parse_args(argv)
