@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+from collections.abc import Sequence
 
 from core import ids
 from core.journal import decode_legs, encode_legs
@@ -34,12 +35,22 @@ def legs_digest(legs: tuple[Leg, ...]) -> str:
     return hashlib.sha256(encode_legs(legs).encode()).hexdigest()[:32]
 
 
-def with_digest(spec: TransactionSpec, digest: str) -> TransactionSpec:
-    """A coordinator's piece carrying the digest of the client's legs (none: as it is)."""
-    if not digest:
+def with_digest(spec: TransactionSpec, digest: str, shards: Sequence[int] = ()) -> TransactionSpec:
+    """A coordinator's piece carrying the digest of the client's legs and the shards of its
+    attempt's other pieces (none: as it is)."""
+    added = [(ids.DIGEST_KEY, digest)] if digest else []
+    if shards:
+        added.append((ids.SHARDS_KEY, ",".join(str(s) for s in sorted(set(shards)))))
+    if not added:
         return spec
-    metadata = tuple(sorted((*spec.metadata, (ids.DIGEST_KEY, digest))))
+    metadata = tuple(sorted((*spec.metadata, *added)))
     return spec._replace(metadata=metadata)
+
+
+def participant_shards(spec: TransactionSpec) -> tuple[int, ...]:
+    """The shards a coordinator's piece records for its attempt's other pieces (() if none)."""
+    text = dict(spec.metadata).get(ids.SHARDS_KEY, "")
+    return tuple(int(s) for s in text.split(",")) if text else ()
 
 
 def share_of_post(held: tuple[Leg, ...], post: tuple[Leg, ...]) -> tuple[Leg, ...]:

@@ -1007,6 +1007,7 @@ def _client_view(spec: TransactionSpec) -> dict[str, object]:
     stands for its legs ("" if a coordinator's piece does not carry one)."""
     metadata = dict(spec.metadata)
     digest = metadata.pop(ids.DIGEST_KEY, "")
+    metadata.pop(ids.SHARDS_KEY, None)  # where its pieces are: no content of the client's
     coordinated = spec.kind in _COORDINATED
     return {
         "kind": _COORDINATED.get(spec.kind, spec.kind),

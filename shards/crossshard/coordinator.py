@@ -190,6 +190,13 @@ class Unit:
             for k, s in enumerate(specs)
         ]
 
+    def shards_of(self, k: int) -> list[int]:
+        """The shards other than the coordinator holding a piece of transaction k (none for
+        one applied as sent)."""
+        if k in self.as_sent:
+            return []
+        return sorted(s for s in self.pieces[k] if s != self.coordinator)
+
     def participants(self) -> list[int]:
         shards = {shard for pieces in self.pieces for shard in pieces}
         shards.discard(self.coordinator)
@@ -464,6 +471,7 @@ class Driver:
                             decide_before_ns=units[u].decide_before_ns(k),
                             as_sent=k in units[u].as_sent,
                             legs_digest=units[u].digests[k],
+                            participant_shards=units[u].shards_of(k),
                         )
                         for u, k, piece in items
                     ]

@@ -40,6 +40,7 @@ from core.pieces import (
     reversal_mark_spec,
     with_digest,
 )
+from core.slots import SLOT_COUNT
 from core.state import Item, replay_result
 from shards import failpoints
 from shards.rpc import convert
@@ -154,12 +155,13 @@ def _legless_problem(message: pb.Transaction) -> Rejection | None:
 
 
 def commit_piece(
-    message: pb.Transaction, attempt: str, digest: str = ""
+    message: pb.Transaction, attempt: str, digest: str = "", shards: Sequence[int] = ()
 ) -> TransactionSpec | Rejection:
     """The coordinator's piece under the client's id: applying it records the attempt's
     commit. Without legs (a transaction of a linked group with none on this shard, or one
     whose id's home holds none of its legs) it records only the decision. It carries the
-    digest of the client's legs on every shard (core.ids.DIGEST_KEY) when given."""
+    digest of the client's legs on every shard (core.ids.DIGEST_KEY) and the shards of the
+    attempt's other pieces (core.ids.SHARDS_KEY) when given."""
     spec = _commit_piece(message, attempt)
     if isinstance(spec, Rejection):
         return spec
@@ -167,7 +169,13 @@ def commit_piece(
         return Rejection(
             ResultCode.INVALID_METADATA, "legs_digest must be 32 hex digits", spec.linked
         )
-    return with_digest(spec, digest)
+    if len(shards) > SLOT_COUNT or any(s >= SLOT_COUNT for s in shards):
+        return Rejection(
+            ResultCode.INVALID_METADATA,
+            f"participant_shards: at most {SLOT_COUNT} shard ids, each below {SLOT_COUNT}",
+            spec.linked,
+        )
+    return with_digest(spec, digest, shards)
 
 
 def _commit_piece(message: pb.Transaction, attempt: str) -> TransactionSpec | Rejection:
@@ -244,7 +252,9 @@ def commit_records(
         if item.as_sent:
             records.append(convert.transaction_from_proto(item.piece))
             continue
-        records.append(commit_piece(item.piece, item.attempt, item.legs_digest))
+        records.append(
+            commit_piece(item.piece, item.attempt, item.legs_digest, item.participant_shards)
+        )
     return [record for record in records if record is not None], fates
 
 

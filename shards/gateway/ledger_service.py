@@ -12,7 +12,7 @@ import grpc
 
 from core import validation
 from core.authority import Action
-from core.ids import is_clearing, piece_id
+from core.ids import DECIDES_KEY, is_clearing, piece_id
 from core.model import (
     AccountSpec,
     CloseSpec,
@@ -703,32 +703,64 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
         committed cross-shard transaction, the (shard, lookup) of its committed attempt's
         participant pieces."""
         lookups = [[found] for found in await self._cluster.lookup_at_home(ids)] if ids else []
-        wanted = {}
+        wanted: dict[str, tuple[str, list[int]]] = {}
         for transaction_id, found in zip(ids, lookups, strict=True):
             for _, lookup in found:
                 piece = lookup.transaction.cross_shard_piece
-                if lookup.code == pb.RESULT_CODE_OK and piece.coordinator:
-                    wanted[transaction_id] = piece_id(transaction_id, piece.attempt)
-        pieces = await self._lookup_everywhere(list(wanted.values()))
-        participants = dict(zip(wanted, pieces, strict=True))
-        return lookups, participants
-
-    async def _lookup_everywhere(
-        self, ids: list[str]
-    ) -> list[list[tuple[int, pb.TransactionLookup]]]:
-        """Each id's lookups, (shard, lookup) for every shard."""
-        if not ids:
-            return []
-
-        async def one(shard_id: int) -> tuple[int, Any]:
+                if (
+                    lookup.code == pb.RESULT_CODE_OK
+                    and piece.coordinator
+                    and not is_hold_post(lookup.transaction)  # whole where it is recorded
+                ):
+                    # Only the shards its record names hold its pieces (every shard for a
+                    # record that names none, from before records did).
+                    shards = list(piece.participant_shards) or list(self._cluster.links)
+                    wanted[transaction_id] = (piece_id(transaction_id, piece.attempt), shards)
+        participants = await self._lookup_pieces(wanted)
+        # A post or void recorded at its home but decided at its hold's shard: that shard
+        # applied it under the client's id, and its record there is what the client reads.
+        settled: dict[int, list[int]] = {}
+        for n, transaction_id in enumerate(ids):
+            for shard_id, piece in participants.get(transaction_id, []):
+                if piece.code == pb.RESULT_CODE_OK and (
+                    piece.transaction.transaction.metadata.get(DECIDES_KEY)
+                ):
+                    settled.setdefault(shard_id, []).append(n)
+        for shard_id, positions in settled.items():
             link = self._cluster.link(shard_id)
             response = await link.stub.GetTransactions(
-                pb.GetTransactionsRequest(ids=ids), timeout=link.call_timeout_s
+                pb.GetTransactionsRequest(ids=[ids[n] for n in positions]),
+                timeout=link.call_timeout_s,
             )
-            return shard_id, response
+            for n, lookup in zip(positions, response.results, strict=True):
+                if lookup.code == pb.RESULT_CODE_OK:
+                    lookups[n].append((shard_id, lookup))
+        return lookups, participants
 
-        responses = await asyncio.gather(*(one(s) for s in list(self._cluster.links)))
-        return [[(shard, r.results[n]) for shard, r in responses] for n in range(len(ids))]
+    async def _lookup_pieces(
+        self, wanted: dict[str, tuple[str, list[int]]]
+    ) -> dict[str, list[tuple[int, pb.TransactionLookup]]]:
+        """For each transaction id, the (shard, lookup) of its piece id at each of its shards:
+        one call per shard for all of them."""
+        asked: dict[int, list[str]] = {}
+        for transaction_id, (_, shards) in wanted.items():
+            for shard_id in shards:
+                if shard_id in self._cluster.links:
+                    asked.setdefault(shard_id, []).append(transaction_id)
+
+        async def one(shard_id: int, transaction_ids: list[str]) -> list[Any]:
+            link = self._cluster.link(shard_id)
+            request = pb.GetTransactionsRequest(ids=[wanted[t][0] for t in transaction_ids])
+            response = await link.stub.GetTransactions(request, timeout=link.call_timeout_s)
+            return list(response.results)
+
+        shard_ids = list(asked)
+        answers = await asyncio.gather(*(one(s, asked[s]) for s in shard_ids))
+        found: dict[str, list[tuple[int, pb.TransactionLookup]]] = {t: [] for t in wanted}
+        for shard_id, results in zip(shard_ids, answers, strict=True):
+            for transaction_id, lookup in zip(asked[shard_id], results, strict=True):
+                found[transaction_id].append((shard_id, lookup))
+        return found
 
     async def ListPostings(
         self, request: pb.ListPostingsRequest, context: Context
