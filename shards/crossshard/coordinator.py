@@ -29,6 +29,7 @@ import grpc
 
 from core import ids
 from core.model import Leg, TransactionSpec, expires_at
+from core.pieces import legs_digest
 from core.slots import SlotMap, is_spread
 from shards import failpoints
 from tally.v1 import ledger_pb2 as pb
@@ -134,6 +135,7 @@ class Unit:
         "as_sent",
         "attempt",
         "coordinator",
+        "digests",
         "fates",
         "messages",
         "pieces",
@@ -175,6 +177,10 @@ class Unit:
             legs = specs[0].legs if len(specs) == 1 else [leg for s in specs for leg in s.legs]
             coordinator = coordinator_of(legs, slot_map)
         self.coordinator = coordinator
+        # What the coordinator's piece of each transaction records of the client's legs.
+        self.digests = [
+            "" if k in self.as_sent else legs_digest(s.legs) for k, s in enumerate(specs)
+        ]
         self.pieces: list[dict[int, list[Leg]]] = [
             {self.remote_fates[k]: []}
             if k in self.remote_fates
@@ -183,6 +189,13 @@ class Unit:
             else split_pieces(s.legs, slot_map, self.coordinator)[1]
             for k, s in enumerate(specs)
         ]
+
+    def shards_of(self, k: int) -> list[int]:
+        """The shards other than the coordinator holding a piece of transaction k (none for
+        one applied as sent)."""
+        if k in self.as_sent:
+            return []
+        return sorted(s for s in self.pieces[k] if s != self.coordinator)
 
     def participants(self) -> list[int]:
         shards = {shard for pieces in self.pieces for shard in pieces}
@@ -457,6 +470,8 @@ class Driver:
                             reverses_id=units[u].reverses[k],
                             decide_before_ns=units[u].decide_before_ns(k),
                             as_sent=k in units[u].as_sent,
+                            legs_digest=units[u].digests[k],
+                            participant_shards=units[u].shards_of(k),
                         )
                         for u, k, piece in items
                     ]
@@ -494,6 +509,7 @@ class Driver:
                         message=why.message,
                         attempt=units[u].attempt,
                         piece=units[u].coordinator_piece(k),
+                        legs_digest=units[u].digests[k],
                     )
                     for u, k, why in items
                 ]
