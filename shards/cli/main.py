@@ -58,6 +58,13 @@ def _add_writer_flags(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=int(_env("cache_account_count_max", str(defaults.cache_account_count_max))),
     )
+    parser.add_argument(
+        "--queue-size-max-bytes",
+        type=_at_least(1, int),
+        default=int(_env("queue_size_max_bytes", str(defaults.queue_size_max_bytes))),
+        help="bytes of requests waiting for the writer (as sent); past it one more is "
+        "RESOURCE_EXHAUSTED (default %(default)s)",
+    )
 
 
 def _at_least(minimum: float, kind: type[int] | type[float]) -> Any:
@@ -145,6 +152,7 @@ def _writer_config(args: argparse.Namespace) -> WriterConfig:
         batch_item_count_max=args.batch_item_count_max,
         batch_wait_ms=args.batch_wait_ms,
         cache_account_count_max=args.cache_account_count_max,
+        queue_size_max_bytes=args.queue_size_max_bytes,
     )
 
 
@@ -512,6 +520,7 @@ async def _serve_cluster(args: argparse.Namespace) -> int:
         f"--batch-item-count-max={args.batch_item_count_max}",
         f"--batch-wait-ms={args.batch_wait_ms}",
         f"--cache-account-count-max={args.cache_account_count_max}",
+        f"--queue-size-max-bytes={args.queue_size_max_bytes}",
         f"--rpc-concurrency-max={args.rpc_concurrency_max}",
     ]
     # Always passed, so TALLY_METRICS_LISTEN does not make N + 1 processes race for one port.
