@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from core import limits
 from core.model import Result, ResultCode
 from core.slots import SlotMap, is_spread
 from shards import control
@@ -56,6 +57,8 @@ class GatewayConfig:
     # still leaves at once.
     shard_calls_in_flight_max: int = 1
     coalesce_wait_ms: float = 0.0
+    # RPCs the client listener serves at once; beyond, RESOURCE_EXHAUSTED.
+    rpc_concurrency_max: int = limits.rpc_concurrency_max_default
     # Every listener is TLS, and links to the shards are mutual TLS with this certificate
     # (a cluster identity): required, a gateway without it refuses to start.
     security: ServerSecurity | None = None

@@ -26,7 +26,7 @@ from core.slots import SlotMap, account_slot, is_spread, transaction_slot
 from core.store import shard as store
 from shards.node.writer import QueueFullError, Writer, WriterUnavailableError
 from shards.rpc import convert
-from shards.rpc.servicer import abort, check_batch_size
+from shards.rpc.servicer import abort, check_batch_size, request_size_bytes
 from shards.security.guard import check_accounts_of_caller, check_posting_of_caller
 from tally.v1 import ledger_pb2 as pb
 from tally.v1 import ledger_pb2_grpc as pb_grpc
@@ -118,7 +118,7 @@ async def submit_or_abort(
             context, grpc.StatusCode.UNAVAILABLE, "standby: this node does not hold the lease"
         )
     try:
-        return await writer.submit(items)
+        return await writer.submit(items, request_size_bytes())
     except QueueFullError as error:
         await abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, str(error))
     except WriterUnavailableError as error:

@@ -10,11 +10,12 @@ from collections.abc import AsyncIterator
 import grpc
 import pytest
 
-from core import audit
+from core import audit, limits
 from core.audit import AuditConfig
 from core.slots import SlotMap, account_slot
 from core.store import control as control_store
 from shards import control
+from shards.gateway import links
 from shards.local.embedded_pg import EmbeddedPostgres
 from tally.v1 import ledger_pb2 as pb
 from tests.support import security
@@ -528,6 +529,40 @@ async def test_coalescing_wait_gathers_small_writes_into_one_call(
             assert {r[0].code for r in results} == {pb.RESULT_CODE_CREATED}
             commits = writer.committed_batch_count - before
     assert commits == 1 if wait_ms else commits >= 2, commits
+
+
+async def test_coalesced_calls_stay_below_the_message_limit(pg: EmbeddedPostgres) -> None:
+    """Two requests to one shard of about 9 MiB each, each within the 16 MiB message limit.
+    Before (issue 12): coalescing bounded calls in items only, joined them into one call of
+    18 MiB that the shard refused, and answered every item of both UNAVAILABLE (and so again
+    on every retry). Now a call is bounded in encoded bytes too: two calls, every item
+    answered by the shard itself."""
+    prefix = f"mb{os.getpid()}_{next(_numbers)}"
+    options: dict[str, object] = {"coalesce_wait_ms": 1000.0}  # so that the two would join
+    metadata = {f"k{n:02d}" + "x" * 60: "v" * 256 for n in range(16)}
+    key = customers_on_distinct_shards(1)[0]
+
+    def request(name: str) -> list[pb.Transaction]:
+        return [
+            pb.Transaction(
+                id=f"{name}-{n}",
+                code=1,
+                legs=[leg(f"{key}/gone", DEBIT, 1), leg(f"{key}/away", CREDIT, 1)],
+                metadata=metadata,
+            )
+            for n in range(1_750)
+        ]
+
+    first, second = request("a"), request("b")
+    size_bytes = pb.PostTransactionsRequest(transactions=first).ByteSize()
+    assert limits.message_size_max_bytes / 2 < size_bytes < links.CALL_SIZE_MAX_BYTES
+    assert links.encoded_size_bytes(first) == size_bytes  # what the gateway measures
+    async with in_process_cluster(pg, prefix, SHARD_COUNT, gateway_options=options) as running:
+        async with security.channel(running.target) as channel:
+            client = Client(channel)
+            results = await asyncio.gather(client.post(*first), client.post(*second))
+    codes = set(names([r.code for answer in results for r in answer]))
+    assert codes == {"RESULT_CODE_ACCOUNT_NOT_FOUND"}, codes
 
 
 async def test_readme_example_runs_unchanged_through_the_gateway(
