@@ -31,6 +31,7 @@ from core import ids
 from core.model import Leg, TransactionSpec, expires_at
 from core.slots import SlotMap, is_spread
 from shards import failpoints
+from shards.crossshard.clocks import clock_skew_max_ns, open_hold_deadline
 from tally.v1 import ledger_pb2 as pb
 from tally.v1 import shard_pb2 as spb
 from tally.v1 import shard_pb2_grpc as spb_grpc
@@ -264,7 +265,9 @@ class Unit:
                         transaction_id=message.id,
                         attempt=self.attempt,
                         fate=spb.HOLD_FATE_OPEN,
-                        deadline_ns=expires_at(timestamp_ns, message.timeout_seconds),
+                        deadline_ns=open_hold_deadline(
+                            timestamp_ns, expires_at(timestamp_ns, message.timeout_seconds)
+                        ),
                     )
                 )
                 continue
@@ -384,6 +387,8 @@ class Driver:
                 u = fated[n][0]
                 results[u] = [failed[n]] * len(units[u].messages)
             chosen = [u for u in chosen if results[u] is None]
+            if failpoints.ARMED:
+                await failpoints.hit("gateway.after_rearm")
         prepared = await self._gather("Prepare", units, chosen, participants=True)
         if failpoints.ARMED:
             await failpoints.hit("gateway.after_prepare")
@@ -541,6 +546,8 @@ class Driver:
         """Posts and voids of cross-shard holds: the participants' pieces get a short deadline,
         the coordinators decide, the participants settle as decided. Each one's result."""
         failed = await self._rearm(resolutions)
+        if failpoints.ARMED:  # the participants wait for a decision that is not made yet
+            await failpoints.hit("gateway.after_rearm")
         results: list[pb.ItemResult | None] = [failed.get(n) for n in range(len(resolutions))]
         decide: dict[int, list[int]] = {}
         for n, hold in enumerate(resolutions):
@@ -576,8 +583,9 @@ class Driver:
 
     async def _rearm(self, holds: Sequence[HoldResolution]) -> dict[int, pb.ItemResult]:
         """Give the participants of these holds the short deadline before their fates are
-        decided. The holds (by position) whose participants could not be reached: not to be
-        decided now (retryable)."""
+        decided. The holds (by position) not to be decided now (retryable): a participant could
+        not be reached, did not re-arm its piece (it would not ask in time), or has a clock
+        ahead of this one's beyond the bound (it would ask before the decision's limit)."""
         now_ns = failpoints.wall_ns()
         rearm: dict[int, list[tuple[int, spb.SettleHoldItem]]] = {}
         for n, hold in enumerate(holds):
@@ -587,12 +595,55 @@ class Driver:
             shard: spb.SettleHoldsRequest(items=[item for _, item in items])
             for shard, items in rearm.items()
         }
-        failed = {}
-        for shard, answers in (await self._per_shard("SettleHolds", requests, "results")).items():
-            if isinstance(answers, grpc.aio.AioRpcError):
-                for n, _ in rearm[shard]:
+        answered = await self._per_shard("SettleHolds", requests, "results")
+        answered_ns = failpoints.wall_ns()
+        failed: dict[int, pb.ItemResult] = {}
+        for shard, answers in answered.items():
+            for position, (n, item) in enumerate(rearm[shard]):
+                if isinstance(answers, grpc.aio.AioRpcError):
                     failed[n] = _unavailable(answers)
+                    continue
+                problem = _rearm_problem(shard, item, answers[position], answered_ns)
+                if problem is not None:
+                    failed.setdefault(n, problem)
         return failed
+
+
+def _rearm_problem(
+    shard: int, item: spb.SettleHoldItem, answer: pb.ItemResult, answered_ns: int
+) -> pb.ItemResult | None:
+    """Why a participant's answer to a re-arm forbids deciding its hold now (None: it allows).
+    A piece already settled needs no deadline (its hold is decided: the coordinator says so).
+    The answer's timestamp is the participant's clock before answered_ns on this one's: how far
+    ahead it reads is at least their difference."""
+    if answer.code == pb.RESULT_CODE_PENDING_ALREADY_RESOLVED:
+        return None
+    if answer.code not in OK_CODES:
+        log.warning(
+            "re-arming %s on shard %d failed: %s %s; not deciding it",
+            item.transaction_id, shard, pb.ResultCode.Name(answer.code), answer.message,
+        )  # fmt: skip
+        return pb.ItemResult(
+            code=pb.RESULT_CODE_UNAVAILABLE,
+            message=f"shard {shard} could not give its piece of hold {item.transaction_id!r} "
+            f"a deadline ({answer.message or pb.ResultCode.Name(answer.code)}); nothing was "
+            "decided, retry with the same id",
+        )
+    ahead_ns = answer.timestamp_ns - answered_ns
+    bound_ns = clock_skew_max_ns(PREPARE_DEADLINE_S)
+    if ahead_ns <= bound_ns:
+        return None
+    log.error(
+        "shard %d's clock reads at least %.3f s ahead of this gateway's, beyond the bound of "
+        "%.3f s: not deciding hold %s",
+        shard, ahead_ns / 1e9, bound_ns / 1e9, item.transaction_id,
+    )  # fmt: skip
+    return pb.ItemResult(
+        code=pb.RESULT_CODE_UNAVAILABLE,
+        message=f"shard {shard}'s clock reads {ahead_ns / 1e9:.3f} s ahead of the gateway's, "
+        f"beyond the cluster's bound of {bound_ns / 1e9:.3f} s (docs/cross-shard.md, Clocks); "
+        f"hold {item.transaction_id!r} was not decided, retry with the same id",
+    )
 
 
 def _answer(answers: list[Any] | grpc.aio.AioRpcError, position: int) -> pb.ItemResult:
