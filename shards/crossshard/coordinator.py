@@ -359,7 +359,8 @@ class Driver:
     async def _per_shard(
         self, method: str, requests: dict[int, Any], read: str
     ) -> dict[int, list[Any] | grpc.aio.AioRpcError]:
-        """One call per shard, in parallel; each shard's answers, or the error of its call."""
+        """One call per shard, in parallel; each shard's answers (the field `read` of its
+        response; "": the response itself), or the error of its call."""
 
         async def one(shard: int) -> list[Any] | grpc.aio.AioRpcError:
             try:
@@ -367,7 +368,7 @@ class Driver:
                 response = await getattr(stub, method)(requests[shard], timeout=CALL_TIMEOUT_S)
             except grpc.aio.AioRpcError as error:
                 return error
-            return list(getattr(response, read))
+            return list(getattr(response, read)) if read else [response]
 
         shards = list(requests)
         started = time.perf_counter()
@@ -595,27 +596,29 @@ class Driver:
             shard: spb.SettleHoldsRequest(items=[item for _, item in items])
             for shard, items in rearm.items()
         }
-        answered = await self._per_shard("SettleHolds", requests, "results")
+        answered = await self._per_shard("SettleHolds", requests, "")
         answered_ns = failpoints.wall_ns()
         failed: dict[int, pb.ItemResult] = {}
-        for shard, answers in answered.items():
+        for shard, answer in answered.items():
             for position, (n, item) in enumerate(rearm[shard]):
-                if isinstance(answers, grpc.aio.AioRpcError):
-                    failed[n] = _unavailable(answers)
+                if isinstance(answer, grpc.aio.AioRpcError):
+                    failed[n] = _unavailable(answer)
                     continue
-                problem = _rearm_problem(shard, item, answers[position], answered_ns)
+                (response,) = answer
+                ahead_ns = response.clock_ns - answered_ns if response.clock_ns else 0
+                problem = _rearm_problem(shard, item, response.results[position], ahead_ns)
                 if problem is not None:
                     failed.setdefault(n, problem)
         return failed
 
 
 def _rearm_problem(
-    shard: int, item: spb.SettleHoldItem, answer: pb.ItemResult, answered_ns: int
+    shard: int, item: spb.SettleHoldItem, answer: pb.ItemResult, ahead_ns: int
 ) -> pb.ItemResult | None:
     """Why a participant's answer to a re-arm forbids deciding its hold now (None: it allows).
     A piece already settled needs no deadline (its hold is decided: the coordinator says so).
-    The answer's timestamp is the participant's clock before answered_ns on this one's: how far
-    ahead it reads is at least their difference."""
+    ahead_ns: the participant's clock as it answered less this one's once the answer came, so
+    at most how far ahead it is (a clock within the bound is never refused)."""
     if answer.code == pb.RESULT_CODE_PENDING_ALREADY_RESOLVED:
         return None
     if answer.code not in OK_CODES:
@@ -629,7 +632,6 @@ def _rearm_problem(
             f"a deadline ({answer.message or pb.ResultCode.Name(answer.code)}); nothing was "
             "decided, retry with the same id",
         )
-    ahead_ns = answer.timestamp_ns - answered_ns
     bound_ns = clock_skew_max_ns(PREPARE_DEADLINE_S)
     if ahead_ns <= bound_ns:
         return None

@@ -428,7 +428,10 @@ def _hold_settlement(
     decision whose news is lost is heard then."""
     now_ns = failpoints.wall_ns()
     deadline_ns = open_hold_deadline(now_ns, hold.expires_at_ns)
-    if hold.deciding:  # a linked group's piece at the coordinator decides it: ask again
+    if hold.deciding or deadline_ns <= now_ns:
+        # A linked group's piece at the coordinator decides it, or the hold is past its expiry
+        # here but not on the coordinator's clock (behind this one's): ask again after a
+        # prepare deadline, not at every sweep.
         deadline_ns = now_ns + max(1, timeout_s) * 1_000_000_000
     spec = settlement_spec(
         piece, hold.fate, deadline_ns, hold.resolution, DeadlineMode.ASKED, seen_ns
