@@ -37,7 +37,7 @@ from tests.support.crossshard_crash import (
     funded_pair,
     gateway_environment,
 )
-from tests.support.helpers import name
+from tests.support.helpers import name, transfer
 
 REASK_S = 3
 
@@ -70,10 +70,10 @@ async def test_a_hold_is_not_decided_while_a_participant_cannot_rearm_its_piece(
     pg: EmbeddedPostgres, tmp_path: Path
 ) -> None:
     """The participant answers the re-arm before a post, but its storage refuses the write (its
-    result: UNAVAILABLE). The post is not decided: answered UNAVAILABLE, the hold open at its
-    coordinator, held everywhere. (Deciding it anyway, the participant, which never heard, kept
-    a hold without a timeout that it never asked about again.) With the storage back, the retry
-    with the same id posts it on both shards."""
+    result: UNAVAILABLE). The post is not decided, alone or in a linked group: answered
+    UNAVAILABLE, the hold open at its coordinator, held everywhere. (Deciding it anyway, the
+    participant, which never heard, kept a hold without a timeout that it never asked about
+    again.) With the storage back, the retry with the same id posts it on both shards."""
     async with process_cluster(
         pg, tmp_path, gateway_environment=gateway_environment(), shard_count=2
     ) as cluster:
@@ -90,6 +90,13 @@ async def test_a_hold_is_not_decided_while_a_participant_cannot_rearm_its_piece(
                     refused.message,
                 )
                 assert "could not give its piece" in refused.message, refused.message
+                # The same in a linked group deciding the hold (the driver's other path).
+                grouped = pb.Transaction(id="p-grouped", code=1, post_pending_id="h-rearm")
+                grouped.linked = True
+                fee = transfer("fee-grouped", pair.payer, "@cash", 5)
+                answers = await client.post(grouped, fee)
+                assert [a.code for a in answers] == [pb.RESULT_CODE_UNAVAILABLE] * 2, answers
+                assert "could not give its piece" in answers[0].message, answers
                 assert await status_of(cluster, roles.coordinator, "h-rearm") == Status.PENDING
                 assert await piece_deadline_ns(cluster, roles) is not None
             (posted,) = await client.post(post)
