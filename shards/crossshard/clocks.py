@@ -7,8 +7,9 @@ refuses a decision past that limit, the participant's asks at D. A decision is h
 participant that asks at D as long as the participant's clock is less than P/2 ahead of the
 coordinator's (less the time a decision takes from its check to its write). The cluster's bound
 is half of that, P/4 between any two processes (7.5 s at the default P = 30 s); the other P/4 is
-for delays. The gateway measures each participant's clock at the re-arm before a decision and
-refuses to decide (retryable) when one is ahead of its own by more than the bound.
+for delays. The gateway reads each participant's and coordinator's clock in the re-arm round
+before a decision and refuses to decide (retryable) when a participant's is ahead of its
+coordinator's by more than the bound.
 
 Whatever the clocks say, atomicity never rests on them: a participant settles a piece only as
 its coordinator answers, and the coordinator's single writer orders every decision and every

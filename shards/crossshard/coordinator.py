@@ -584,13 +584,16 @@ class Driver:
 
     async def _rearm(self, holds: Sequence[HoldResolution]) -> dict[int, pb.ItemResult]:
         """Give the participants of these holds the short deadline before their fates are
-        decided. The holds (by position) not to be decided now (retryable): a participant could
-        not be reached, did not re-arm its piece (it would not ask in time), or has a clock
-        ahead of this one's beyond the bound (it would ask before the decision's limit)."""
-        now_ns = failpoints.wall_ns()
+        decided, and learn the clocks of their coordinators in the same round (an empty call).
+        The holds (by position) not to be decided now (retryable): a participant or the
+        coordinator could not be reached, a participant did not re-arm its piece (it would not
+        ask in time), or a participant's clock is ahead of the coordinator's beyond the bound
+        (it could ask before the decision's limit on the coordinator's clock)."""
+        sent_ns = failpoints.wall_ns()
         rearm: dict[int, list[tuple[int, spb.SettleHoldItem]]] = {}
         for n, hold in enumerate(holds):
-            for shard, item in hold.rearm(now_ns):
+            rearm.setdefault(hold.coordinator, [])
+            for shard, item in hold.rearm(sent_ns):
                 rearm.setdefault(shard, []).append((n, item))
         requests = {
             shard: spb.SettleHoldsRequest(items=[item for _, item in items])
@@ -599,52 +602,85 @@ class Driver:
         answered = await self._per_shard("SettleHolds", requests, "")
         answered_ns = failpoints.wall_ns()
         failed: dict[int, pb.ItemResult] = {}
-        for shard, answer in answered.items():
-            for position, (n, item) in enumerate(rearm[shard]):
+        for n, hold in enumerate(holds):
+            unreachable = answered[hold.coordinator]
+            if isinstance(unreachable, grpc.aio.AioRpcError):
+                failed[n] = _unavailable(unreachable)
+        for shard, entries in rearm.items():
+            answer = answered[shard]
+            for position, (n, item) in enumerate(entries):
                 if isinstance(answer, grpc.aio.AioRpcError):
-                    failed[n] = _unavailable(answer)
+                    failed.setdefault(n, _unavailable(answer))
                     continue
-                (response,) = answer
-                ahead_ns = response.clock_ns - answered_ns if response.clock_ns else 0
-                problem = _rearm_problem(shard, item, response.results[position], ahead_ns)
+                problem = _rearm_problem(shard, item, answer[0].results[position])
+                if problem is None:
+                    coordinator = holds[n].coordinator
+                    ahead_ns = _ahead_at_least_ns(
+                        answer, answered[coordinator], sent_ns, answered_ns
+                    )
+                    problem = _skew_problem(shard, coordinator, item, ahead_ns)
                 if problem is not None:
                     failed.setdefault(n, problem)
         return failed
 
 
+def _ahead_at_least_ns(
+    participant: list[Any] | grpc.aio.AioRpcError,
+    coordinator: list[Any] | grpc.aio.AioRpcError,
+    sent_ns: int,
+    answered_ns: int,
+) -> int:
+    """The least by which the participant's clock is ahead of the coordinator's, from their
+    answers to one round of calls sent at sent_ns and all answered by answered_ns on this
+    clock: each read its clock in between (0: not known, say a node that does not tell)."""
+    if isinstance(participant, grpc.aio.AioRpcError) or isinstance(
+        coordinator, grpc.aio.AioRpcError
+    ):
+        return 0
+    participant_ns, coordinator_ns = participant[0].clock_ns, coordinator[0].clock_ns
+    if not participant_ns or not coordinator_ns:
+        return 0
+    return int((participant_ns - answered_ns) - (coordinator_ns - sent_ns))
+
+
 def _rearm_problem(
-    shard: int, item: spb.SettleHoldItem, answer: pb.ItemResult, ahead_ns: int
+    shard: int, item: spb.SettleHoldItem, answer: pb.ItemResult
 ) -> pb.ItemResult | None:
     """Why a participant's answer to a re-arm forbids deciding its hold now (None: it allows).
-    A piece already settled needs no deadline (its hold is decided: the coordinator says so).
-    ahead_ns: the participant's clock as it answered less this one's once the answer came, so
-    at most how far ahead it is (a clock within the bound is never refused)."""
-    if answer.code == pb.RESULT_CODE_PENDING_ALREADY_RESOLVED:
+    A piece already settled needs no deadline (its hold is decided: the coordinator says so)."""
+    if answer.code in OK_CODES or answer.code == pb.RESULT_CODE_PENDING_ALREADY_RESOLVED:
         return None
-    if answer.code not in OK_CODES:
-        log.warning(
-            "re-arming %s on shard %d failed: %s %s; not deciding it",
-            item.transaction_id, shard, pb.ResultCode.Name(answer.code), answer.message,
-        )  # fmt: skip
-        return pb.ItemResult(
-            code=pb.RESULT_CODE_UNAVAILABLE,
-            message=f"shard {shard} could not give its piece of hold {item.transaction_id!r} "
-            f"a deadline ({answer.message or pb.ResultCode.Name(answer.code)}); nothing was "
-            "decided, retry with the same id",
-        )
+    log.warning(
+        "re-arming %s on shard %d failed: %s %s; not deciding it",
+        item.transaction_id, shard, pb.ResultCode.Name(answer.code), answer.message,
+    )  # fmt: skip
+    return pb.ItemResult(
+        code=pb.RESULT_CODE_UNAVAILABLE,
+        message=f"shard {shard} could not give its piece of hold {item.transaction_id!r} "
+        f"a deadline ({answer.message or pb.ResultCode.Name(answer.code)}); nothing was "
+        "decided, retry with the same id",
+    )
+
+
+def _skew_problem(
+    shard: int, coordinator: int, item: spb.SettleHoldItem, ahead_ns: int
+) -> pb.ItemResult | None:
+    """A participant's clock ahead of its coordinator's by more than the bound (measured so
+    that a clock within it is never refused) forbids the decision: None if within it."""
     bound_ns = clock_skew_max_ns(PREPARE_DEADLINE_S)
     if ahead_ns <= bound_ns:
         return None
     log.error(
-        "shard %d's clock reads at least %.3f s ahead of this gateway's, beyond the bound of "
+        "shard %d's clock reads at least %.3f s ahead of shard %d's, beyond the bound of "
         "%.3f s: not deciding hold %s",
-        shard, ahead_ns / 1e9, bound_ns / 1e9, item.transaction_id,
+        shard, ahead_ns / 1e9, coordinator, bound_ns / 1e9, item.transaction_id,
     )  # fmt: skip
     return pb.ItemResult(
         code=pb.RESULT_CODE_UNAVAILABLE,
-        message=f"shard {shard}'s clock reads {ahead_ns / 1e9:.3f} s ahead of the gateway's, "
-        f"beyond the cluster's bound of {bound_ns / 1e9:.3f} s (docs/cross-shard.md, Clocks); "
-        f"hold {item.transaction_id!r} was not decided, retry with the same id",
+        message=f"shard {shard}'s clock reads {ahead_ns / 1e9:.3f} s ahead of the coordinator "
+        f"shard {coordinator}'s, beyond the cluster's bound of {bound_ns / 1e9:.3f} s "
+        f"(docs/cross-shard.md, Clocks); hold {item.transaction_id!r} was not decided, retry "
+        "with the same id",
     )
 
 

@@ -125,19 +125,29 @@ async def test_skew_at_the_bound_a_participant_hears_the_decision_at_its_deadlin
             await books_are_right(cluster, client, pair.payer, pair.payee, posted=HELD)
 
 
-@pytest.mark.parametrize("offset_s", [BOUND_S + 1, DEADLINE_S * 3 / 4], ids=["3s", "6s"])
-async def test_a_participant_ahead_beyond_the_bound_stops_the_decision(
-    pg: EmbeddedPostgres, tmp_path: Path, offset_s: float
+@pytest.mark.parametrize(
+    ("skewed", "offset_s"),
+    [
+        ("participant", BOUND_S + 1),
+        ("participant", DEADLINE_S * 3 / 4),
+        ("coordinator", -(BOUND_S + 1)),
+    ],
+    ids=["participant-3s-ahead", "participant-6s-ahead", "coordinator-3s-behind"],
+)
+async def test_a_participant_ahead_of_its_coordinator_beyond_the_bound_stops_the_decision(
+    pg: EmbeddedPostgres, tmp_path: Path, skewed: str, offset_s: float
 ) -> None:
-    """The participant's clock ahead beyond the bound (6 s is past P/2: it would ask before
-    the decision's limit on the coordinator's clock and could miss it). The gateway sees it in
-    the re-arm's answer and does not decide: UNAVAILABLE naming the clock, the hold open,
-    held on both shards. Once the clock is back, the retry with the same id posts it."""
+    """The participant's clock ahead of the coordinator's beyond the bound (6 s is past P/2:
+    it would ask before the decision's limit on the coordinator's clock and could miss it).
+    The gateway sees it in the re-arm round's answers and does not decide: UNAVAILABLE naming
+    the clocks, the hold open, held on both shards. Once the clock is back, the retry with the
+    same id posts it."""
     async with skewable_cluster(pg, tmp_path) as (cluster, clocks):
         async with connected_to(cluster.target) as client:
             pair = await _open_hold(cluster, client, "h-ahead")
             roles = await roles_of(cluster, "h-ahead")
-            clocks.set(node_role(roles.participant), offset_s)
+            shard = roles.participant if skewed == "participant" else roles.coordinator
+            clocks.set(node_role(shard), offset_s)
             await clocks.settle()
             post = pb.Transaction(id="p-ahead", code=1, post_pending_id="h-ahead")
             (refused,) = await client.post(post)
@@ -146,7 +156,7 @@ async def test_a_participant_ahead_beyond_the_bound_stops_the_decision(
             assert await status_of(cluster, roles.coordinator, "h-ahead") == Status.PENDING
             assert await piece_deadline_ns(cluster, roles) is not None
             assert (await client.balance(pair.payee)).credits_pending == HELD
-            clocks.set(node_role(roles.participant), 0)
+            clocks.set(node_role(shard), 0)
             await clocks.settle()
             (posted,) = await client.post(post)
             assert posted.code == pb.RESULT_CODE_CREATED, (name(posted.code), posted.message)
@@ -154,23 +164,21 @@ async def test_a_participant_ahead_beyond_the_bound_stops_the_decision(
             await books_are_right(cluster, client, pair.payer, pair.payee, posted=HELD)
 
 
-async def test_beyond_the_bound_unseen_a_missed_decision_is_heard_at_the_next_question(
+async def test_a_step_unseen_during_a_decision_is_heard_at_the_next_question(
     pg: EmbeddedPostgres, tmp_path: Path
 ) -> None:
-    """Beyond the bound where no gateway can see it: the coordinator's clock 10 s behind the
-    gateway's (more than P/2), and the gateway stalled P + 2 s between the re-arm and the
-    decision. The participant asks at its short deadline, hears "open" and goes back to
-    waiting; the coordinator, on its late clock, still takes the decision; the gateway dies
-    before telling anyone. The participant asks again within HOLD_REASK_S (before, a hold
-    without a timeout went back to no deadline: held forever) and posts its share."""
-    stall_s = DEADLINE_S + 2
+    """Beyond the bound where no gateway can see it: the participant's clock steps 7 s forward
+    (more than P/2) after the re-arm round measured it, while the gateway is stalled before
+    the decision. The participant asks at its short deadline, early, hears "open" and goes back
+    to waiting; the coordinator then takes the decision; the gateway dies before telling
+    anyone. The participant asks again within HOLD_REASK_S (before, a hold without a timeout
+    went back to no deadline: held forever) and posts its share."""
+    stall_s = DEADLINE_S * 3 / 8  # the coordinator still decides: before P/2 on its clock
     failpoints = f"gateway.after_rearm=sleep:{stall_s},gateway.after_hold_decided=exit"
     async with skewable_cluster(pg, tmp_path, failpoints) as (cluster, clocks):
         async with connected_to(cluster.target) as client:
             pair = await _open_hold(cluster, client, "h-late")
             roles = await roles_of(cluster, "h-late")
-            clocks.set(node_role(roles.coordinator), -10)
-            await clocks.settle()
             posting = asyncio.create_task(
                 _post_lost_with_the_gateway(
                     client, pb.Transaction(id="p-late", code=1, post_pending_id="h-late")
@@ -178,6 +186,7 @@ async def test_beyond_the_bound_unseen_a_missed_decision_is_heard_at_the_next_qu
             )
             assert cluster.gateway is not None
             await wait_log(cluster.gateway, "failpoint gateway.after_rearm reached")
+            clocks.set(node_role(roles.participant), DEADLINE_S * 7 / 8)
             short = await piece_deadline_ns(cluster, roles)  # the decision's short deadline
             assert short is not None and short <= time.time_ns() + DEADLINE_S * 10**9, short
             await asyncio.wait_for(posting, timeout=stall_s + 20)
