@@ -43,6 +43,7 @@ from core.pieces import (
 from core.slots import SLOT_COUNT
 from core.state import Item, replay_result
 from shards import failpoints
+from shards.crossshard.clocks import open_hold_deadline
 from shards.rpc import convert
 from shards.security.credentials import ClientSecurity, aio_channel
 from tally.v1 import ledger_pb2 as pb
@@ -466,10 +467,16 @@ def _hold_settlement(
 ) -> TransactionSpec:
     """A committed hold's piece, asked about at its deadline seen_ns: kept until the hold's
     expiry while it is open (unless a decision re-armed it meanwhile), else settled as its
-    coordinator decided. timeout_s: the piece's prepare deadline."""
-    deadline_ns = hold.expires_at_ns
-    if hold.deciding:  # a linked group's piece at the coordinator decides it: ask again
-        deadline_ns = failpoints.wall_ns() + max(1, timeout_s) * 1_000_000_000
+    coordinator decided. timeout_s: the piece's prepare deadline. An open hold's piece is
+    asked about again by its expiry or within HOLD_REASK_S (clocks.open_hold_deadline): a
+    decision whose news is lost is heard then."""
+    now_ns = failpoints.wall_ns()
+    deadline_ns = open_hold_deadline(now_ns, hold.expires_at_ns)
+    if hold.deciding or deadline_ns <= now_ns:
+        # A linked group's piece at the coordinator decides it, or the hold is past its expiry
+        # here but not on the coordinator's clock (behind this one's): ask again after a
+        # prepare deadline, not at every sweep.
+        deadline_ns = now_ns + max(1, timeout_s) * 1_000_000_000
     spec = settlement_spec(
         piece, hold.fate, deadline_ns, hold.resolution, DeadlineMode.ASKED, seen_ns
     )

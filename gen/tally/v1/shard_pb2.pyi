@@ -198,10 +198,12 @@ class SettleHoldsRequest(_message.Message):
     def __init__(self, items: _Optional[_Iterable[_Union[SettleHoldItem, _Mapping]]] = ...) -> None: ...
 
 class SettleHoldsResponse(_message.Message):
-    __slots__ = ("results",)
+    __slots__ = ("results", "clock_ns")
     RESULTS_FIELD_NUMBER: _ClassVar[int]
+    CLOCK_NS_FIELD_NUMBER: _ClassVar[int]
     results: _containers.RepeatedCompositeFieldContainer[_ledger_pb2.ItemResult]
-    def __init__(self, results: _Optional[_Iterable[_Union[_ledger_pb2.ItemResult, _Mapping]]] = ...) -> None: ...
+    clock_ns: int
+    def __init__(self, results: _Optional[_Iterable[_Union[_ledger_pb2.ItemResult, _Mapping]]] = ..., clock_ns: _Optional[int] = ...) -> None: ...
 
 class CreateClearingAccountsRequest(_message.Message):
     __slots__ = ("currencies",)

@@ -541,13 +541,15 @@ async def test_a_participant_asking_about_a_hold_being_decided_keeps_asking(
     coordinator, participant = _shards_of(payer, payee)
     third = SlotMap.even(SHARD_COUNT).shard_of_account(other)
     piece_deadline = await _piece_deadlines(cluster, participant)
-    assert list(piece_deadline.values()) == [0]  # confirmed: the hold never expires
+    # Confirmed: the hold never expires, so the piece is asked about after HOLD_REASK_S.
+    assert [d > time.time_ns() + 600 * 10**9 for d in piece_deadline.values()] == [True]
     await _lock_by_an_undecided_unit(cluster, "h1", coordinator, third)
     # A post meanwhile: its participant re-armed for a second, the decision refused.
     refused = (await client.post(_void("v2", "h1")))[0]
     assert refused.code == pb.RESULT_CODE_UNAVAILABLE and "being decided" in refused.message
     await asyncio.sleep(2.0)  # past that second, before the lock's deadline
-    assert list((await _piece_deadlines(cluster, participant)).values()) != [0]  # still asking
+    asking = (await _piece_deadlines(cluster, participant)).values()
+    assert [d < time.time_ns() + 10 * 10**9 for d in asking] == [True]  # still asking, often
     for _ in range(100):  # the lock's unit is undecided: aborted at its deadline, lock freed
         if (await client.post(_void("v3", "h1")))[0].code == CREATED:
             break
