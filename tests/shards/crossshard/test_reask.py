@@ -91,9 +91,10 @@ async def test_a_hold_is_not_decided_while_a_participant_cannot_rearm_its_piece(
                 )
                 assert "could not give its piece" in refused.message, refused.message
                 # The same in a linked group deciding the hold (the driver's other path).
-                grouped = pb.Transaction(id="p-grouped", code=1, post_pending_id="h-rearm")
+                # (a linked group's ids share one partition key: the payer's here)
+                grouped = pb.Transaction(id=pair.id("p-grouped"), code=1, post_pending_id="h-rearm")
                 grouped.linked = True
-                fee = transfer("fee-grouped", pair.payer, "@cash", 5)
+                fee = transfer(pair.id("fee-grouped"), pair.payer, "@cash", 5)
                 answers = await client.post(grouped, fee)
                 assert [a.code for a in answers] == [pb.RESULT_CODE_UNAVAILABLE] * 2, answers
                 assert "could not give its piece" in answers[0].message, answers
