@@ -219,6 +219,9 @@ class Writer:
         # Read by metrics at scrape time: plain counters cost the commit path nothing.
         self.commit_fenced_count = 0
         self.commit_failed_count = 0
+        # Commits that failed while their COMMIT was in flight (answered OUTCOME_UNKNOWN); the
+        # failed ones above failed before it was sent (answered UNAVAILABLE, nothing written).
+        self.commit_outcome_unknown_count = 0
 
     # ---- lifecycle ----
 
@@ -386,8 +389,8 @@ class Writer:
             await store.commit_block(self.connection, prepared.block, self.config.commit_timeout_s)
         except asyncio.CancelledError:
             raise
-        except Exception as error:  # fenced, lost connection, timeout, server error
-            return error
+        except Exception as error:  # fenced, lost connection, timeout, server error: classified
+            return error  # by store.commit_block (CommitOutcomeUnknownError: COMMIT in flight)
         prepared.commit_seconds = time.perf_counter() - started
         return None
 
@@ -401,7 +404,13 @@ class Writer:
             self.state = WriterState.FENCED
             _answer_unavailable(prepared.requests, "this node lost its writer lease; retry")
             return False
-        if error is not None:
+        if isinstance(error, store.CommitOutcomeUnknownError):
+            log.warning("commit outcome unknown: %s", error)
+            self.commit_outcome_unknown_count += 1
+            _answer(prepared.requests, _outcome_unknown(prepared.requests))
+            await self._recover()
+            return False
+        if error is not None:  # before COMMIT was sent: nothing of the batch was written
             log.warning("commit failed: %r", error)
             self.commit_failed_count += 1
             _answer_unavailable(prepared.requests, "the batch could not be made durable; retry")
@@ -566,3 +575,15 @@ def _answer_unavailable(requests: Sequence[_Request], message: str) -> None:
             request.future.set_result(
                 [Result(ResultCode.UNAVAILABLE, message)] * len(request.items)
             )
+
+
+OUTCOME_UNKNOWN_MESSAGE = (
+    "the storage's answer to this batch's COMMIT was lost (connection lost or commit timed "
+    "out): it may have been applied; retry with the same id to learn the outcome"
+)
+
+
+def _outcome_unknown(requests: Sequence[_Request]) -> list[list[Result]]:
+    """Every item of a batch whose COMMIT may have landed: not a refusal, not a success."""
+    unknown = Result(ResultCode.OUTCOME_UNKNOWN, OUTCOME_UNKNOWN_MESSAGE)
+    return [[unknown] * len(request.items) for request in requests]
