@@ -6,6 +6,8 @@ trips whatever its size. Every awaited call carries an explicit timeout.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -277,7 +279,7 @@ async def commit_block(connection: Connection, block: Block, timeout_s: float) -
     try:
         await _write_block(connection, block, timeout_s)
     except Exception:
-        await _roll_back(connection)
+        await _roll_back(connection, timeout_s)
         raise
     except BaseException:  # cancelled: no await here; closing the connection rolls back
         connection.terminate()
@@ -292,13 +294,34 @@ async def commit_block(connection: Connection, block: Block, timeout_s: float) -
         raise CommitOutcomeUnknownError(f"COMMIT of block {sequence}: {error!r}") from error
 
 
-async def _roll_back(connection: Connection) -> None:
+async def end_backends(connection: Connection, pids: Sequence[int], timeout_s: float) -> None:
+    """Terminate these server processes (a writer's own old connections) and wait until they
+    are gone: a COMMIT one of them was running has then landed or not, for good."""
+    if not pids:
+        return
+    deadline_s = time.monotonic() + timeout_s
+    await connection.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = ANY($1::int[])",
+        list(pids),
+        timeout=timeout_s,
+    )
+    while await connection.fetchval(
+        "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1::int[])",
+        list(pids),
+        timeout=timeout_s,
+    ):
+        if time.monotonic() > deadline_s:
+            raise TimeoutError(f"server processes {list(pids)} did not end")
+        await asyncio.sleep(0.01)
+
+
+async def _roll_back(connection: Connection, timeout_s: float) -> None:
     """Best effort after a failure before COMMIT: a connection that cannot even roll back is
     closed, which the server takes as a rollback (the writer reconnects either way)."""
     if connection.is_closed():
         return
     try:
-        await connection.execute("ROLLBACK", timeout=STATEMENT_TIMEOUT_S)
+        await connection.execute("ROLLBACK", timeout=timeout_s)
     except Exception:  # the connection is broken: closing it rolls back on the server
         connection.terminate()
 

@@ -433,6 +433,9 @@ class Writer:
         and re-read the journal tail, so retries see the truth (replayed or applied once)."""
         self.accounts.clear()
         self.transactions.clear()
+        # The old commit's backend may still be committing (closing our end does not stop it):
+        # the tail is read only once it has ended, or a commit landing later would be missed.
+        old_pids = _server_pids(self.connection)
         while self.state is not WriterState.FENCED:
             try:
                 for connection in (self.connection, self.load_connection):
@@ -440,6 +443,7 @@ class Writer:
                         connection.terminate()
                 self.connection = await self._connect()
                 self.load_connection = await self._connect()
+                await store.end_backends(self.connection, old_pids, self.config.load_timeout_s)
                 await self._load_position()
                 return
             except asyncio.CancelledError:
@@ -581,6 +585,16 @@ OUTCOME_UNKNOWN_MESSAGE = (
     "the storage's answer to this batch's COMMIT was lost (connection lost or commit timed "
     "out): it may have been applied; retry with the same id to learn the outcome"
 )
+
+
+def _server_pids(connection: Any) -> list[int]:
+    """The server process of a connection that may still be running a statement of ours."""
+    if connection is None:
+        return []
+    try:
+        return [int(connection.get_server_pid())]
+    except Exception:  # never connected: nothing of ours runs on the server
+        return []
 
 
 def _outcome_unknown(requests: Sequence[_Request]) -> list[list[Result]]:
