@@ -189,6 +189,10 @@ class BankClient:
             payee = (payee + payer) % CUSTOMER_COUNT  # another customer, same currency
             debit = self.random.choice(accounts_of(payer))
             credit = self.random.choice(accounts_of(payee))
+        # Named under the payer's partition key, as a client library names them: recorded
+        # with the debit leg (core.slots).
+        key = debit.split("/", 1)[0]
+        transaction_id = f"{key}/{transaction_id}"
         message = transfer(transaction_id, debit, credit, amount, currency=currency_of(payer))
         cross = self.cluster.shard_of(debit) != self.cluster.shard_of(credit)
         return message, cross
@@ -210,7 +214,8 @@ class BankClient:
         post in full, in part, or its void, each retried until definitive."""
         hold = pb.Transaction()
         hold.CopyFrom(message)
-        hold.id = "h" + message.id
+        key, name_ = message.id.split("/", 1)
+        hold.id = f"{key}/h{name_}"
         hold.pending = True
         short = self.random.random() < 0.25
         hold.timeout_seconds = 1 if short else 0
@@ -220,7 +225,7 @@ class BankClient:
         if not flow.hold.applied:
             return
         await asyncio.sleep(self.random.choice((0.0, 0.1, 1.2 if short else 0.3)))
-        settle = pb.Transaction(id="s" + message.id, code=1)
+        settle = pb.Transaction(id=f"{key}/s{name_}", code=1)
         choice = self.random.random()
         debit, credit = hold.legs
         if choice < 0.4:
@@ -282,7 +287,7 @@ async def open_bank(client: Client) -> None:
     customers = [account(a, currency=c, no_overdraft=True) for a, c in customer_accounts()]
     assert set(await client.create(*customers)) == {CREATED}
     funding = [
-        transfer(f"fund-{a}", cash_of(c), a, FUNDING, currency=c) for a, c in customer_accounts()
+        transfer(f"{a}/fund", cash_of(c), a, FUNDING, currency=c) for a, c in customer_accounts()
     ]
     assert set(await client.codes(*funding)) == {CREATED}
 
