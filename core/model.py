@@ -55,6 +55,7 @@ class ResultCode(enum.IntEnum):
     WRONG_SHARD = 36
     ABORTED = 37
     ITEM_FAULT = 38
+    OUTCOME_UNKNOWN = 39
 
 
 SUCCESS_CODES = frozenset({ResultCode.OK, ResultCode.CREATED, ResultCode.REPLAYED})

@@ -42,9 +42,16 @@ CLEARING_RESERVED = (
 """Why a client's item naming a clearing account is refused (by the gateway and by a node)."""
 
 # What an abort marker may record as the reason an attempt did not commit: a refusal, never a
-# success (a later commit of the attempt answers the recorded reason as its own).
+# success (a later commit of the attempt answers the recorded reason as its own), nor "not
+# known yet" (which a recorded abort is not).
 _NOT_REFUSALS = frozenset(
-    {ResultCode.UNSPECIFIED, ResultCode.OK, ResultCode.CREATED, ResultCode.REPLAYED}
+    {
+        ResultCode.UNSPECIFIED,
+        ResultCode.OK,
+        ResultCode.CREATED,
+        ResultCode.REPLAYED,
+        ResultCode.OUTCOME_UNKNOWN,
+    }
 )
 REFUSAL_CODES = frozenset(code for code in ResultCode if code not in _NOT_REFUSALS)
 

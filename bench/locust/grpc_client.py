@@ -13,7 +13,8 @@ INSUFFICIENT_FUNDS): those count as successes and are tallied apart (`Tallies`),
 can say how many there were.
 
 Retries: UNAVAILABLE, DEADLINE_EXCEEDED and RESOURCE_EXHAUSTED (a full writer queue) are
-retried with the very same request, and an item answered UNAVAILABLE (nothing applied) is sent
+retried with the very same request, and an item answered UNAVAILABLE (nothing applied) or
+OUTCOME_UNKNOWN (not known yet) is sent
 again with the same id: idempotency makes every retry safe. REPLAYED is accepted only for an
 item that was sent more than once; on a first attempt it would mean a transaction id clash.
 """
@@ -50,6 +51,9 @@ CODE_NAMES: Final[dict[int, str]] = {
     number: name.removeprefix(_PREFIX) for name, number in pb.ResultCode.items()
 }
 UNAVAILABLE: Final = pb.RESULT_CODE_UNAVAILABLE
+# Items retried with the same id: nothing applied (UNAVAILABLE), or not known yet
+# (OUTCOME_UNKNOWN: the retry answers REPLAYED if it was applied).
+RETRYABLE_RESULTS: Final = frozenset({UNAVAILABLE, pb.RESULT_CODE_OUTCOME_UNKNOWN})
 WRITE_OK: Final = frozenset({"CREATED"})
 READ_OK: Final = frozenset({"OK"})
 
@@ -178,10 +182,10 @@ class LedgerClient:
             response_bytes += response.ByteSize()
             still_pending = []
             for n, result in zip(pending, response.results, strict=True):
-                if result.code == UNAVAILABLE and attempt < RETRY_COUNT_MAX:
+                if result.code in RETRYABLE_RESULTS and attempt < RETRY_COUNT_MAX:
                     still_pending.append(n)
                     sent_before[n] = True
-                    self._tallies.retried("item UNAVAILABLE")
+                    self._tallies.retried(f"item {code_name(result.code)}")
                 else:
                     codes[n] = code_name(result.code)
             if not still_pending:

@@ -157,7 +157,8 @@ class Loader:
                 await asyncio.sleep(RETRY_PAUSE_S * (attempt + 1))
                 continue
             codes = Counter(_NAMES.get(r.code, str(r.code)) for r in response.results)
-            if codes.get("UNAVAILABLE") and attempt < RETRY_COUNT_MAX:
+            retry = codes.get("UNAVAILABLE") or codes.get("OUTCOME_UNKNOWN")
+            if retry and attempt < RETRY_COUNT_MAX:
                 await asyncio.sleep(RETRY_PAUSE_S * (attempt + 1))
                 continue
             self.codes.update(codes)

@@ -6,6 +6,8 @@ trips whatever its size. Every awaited call carries an explicit timeout.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +36,20 @@ Connection = Any  # asyncpg.Connection or a pool proxy; asyncpg ships no complet
 
 class FencedError(RuntimeError):
     """This writer's epoch is no longer the lease's epoch: another writer has taken over."""
+
+
+class CommitOutcomeUnknownError(RuntimeError):
+    """The COMMIT was sent but its answer never came back (the connection was lost, the commit
+    timed out, the server went away while committing): the block may be durable or not. Any
+    other failure of commit_block happened before COMMIT was sent, or the server answered
+    COMMIT with a rollback, so nothing of the block was written."""
+
+
+# SQLSTATE classes a server answers COMMIT with when it rolled the transaction back instead:
+# integrity constraint violation (a deferred check) and transaction rollback (serialization).
+# Any other error met at COMMIT (an administrator's terminate, a crash, a lost link) may come
+# after the commit record is durable.
+_ROLLED_BACK_AT_COMMIT_CLASSES = ("23", "40")
 
 
 async def migrate(
@@ -250,46 +266,106 @@ def build_block(
 
 
 async def commit_block(connection: Connection, block: Block, timeout_s: float) -> None:
-    """Persist one batch in one database transaction, fenced by the writer's epoch."""
+    """Persist one batch in one database transaction, fenced by the writer's epoch.
+
+    A failure before COMMIT is sent (a refused or lost connection, a statement's error or
+    timeout, FencedError) raises as it is: the server never commits a transaction whose COMMIT
+    it did not receive. A failure once COMMIT is in flight raises CommitOutcomeUnknownError.
+    COMMIT gets the same timeout as every statement (asyncpg's managed transactions give it
+    none, so a commit stuck in the server would hold the writer forever).
+    """
+    sequence = block.header.sequence
+    await connection.execute("BEGIN", timeout=timeout_s)
+    try:
+        await _write_block(connection, block, timeout_s)
+    except Exception:
+        await _roll_back(connection, timeout_s)
+        raise
+    except BaseException:  # cancelled: no await here; closing the connection rolls back
+        connection.terminate()
+        raise
+    try:
+        await connection.execute("COMMIT", timeout=timeout_s)
+    except asyncpg.PostgresError as error:
+        if str(error.sqlstate or "")[:2] in _ROLLED_BACK_AT_COMMIT_CLASSES:
+            raise
+        raise CommitOutcomeUnknownError(f"COMMIT of block {sequence}: {error!r}") from error
+    except Exception as error:  # lost connection, timeout: the answer never came
+        raise CommitOutcomeUnknownError(f"COMMIT of block {sequence}: {error!r}") from error
+
+
+async def end_backends(connection: Connection, pids: Sequence[int], timeout_s: float) -> None:
+    """Terminate these server processes (a writer's own old connections) and wait until they
+    are gone: a COMMIT one of them was running has then landed or not, for good."""
+    if not pids:
+        return
+    deadline_s = time.monotonic() + timeout_s
+    await connection.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = ANY($1::int[])",
+        list(pids),
+        timeout=timeout_s,
+    )
+    while await connection.fetchval(
+        "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1::int[])",
+        list(pids),
+        timeout=timeout_s,
+    ):
+        if time.monotonic() > deadline_s:
+            raise TimeoutError(f"server processes {list(pids)} did not end")
+        await asyncio.sleep(0.01)
+
+
+async def _roll_back(connection: Connection, timeout_s: float) -> None:
+    """Best effort after a failure before COMMIT: a connection that cannot even roll back is
+    closed, which the server takes as a rollback (the writer reconnects either way)."""
+    if connection.is_closed():
+        return
+    try:
+        await connection.execute("ROLLBACK", timeout=timeout_s)
+    except Exception:  # the connection is broken: closing it rolls back on the server
+        connection.terminate()
+
+
+async def _write_block(connection: Connection, block: Block, timeout_s: float) -> None:
+    """Every statement of one block, inside the caller's open transaction."""
     header, writes = block.header, block.writes
     sequence = header.sequence
-    async with connection.transaction():
-        status = await connection.execute(
-            "UPDATE writer_lease SET last_block_sequence = $2 WHERE id = 1 AND epoch = $1",
-            header.epoch,
-            sequence,
+    status = await connection.execute(
+        "UPDATE writer_lease SET last_block_sequence = $2 WHERE id = 1 AND epoch = $1",
+        header.epoch,
+        sequence,
+        timeout=timeout_s,
+    )
+    if status != "UPDATE 1":
+        raise FencedError(f"writer epoch {header.epoch} no longer holds the lease")
+    await _write_accounts(connection, writes, sequence, timeout_s)
+    await _write_transactions(connection, block, sequence, timeout_s)
+    await _write_postings(connection, writes.postings, sequence, timeout_s)
+    await _write_holds(connection, writes, timeout_s)
+    if writes.closures:
+        await connection.copy_records_to_table(
+            "account_closures",
+            records=[(a, at, sequence) for a, at in writes.closures],
             timeout=timeout_s,
         )
-        if status != "UPDATE 1":
-            raise FencedError(f"writer epoch {header.epoch} no longer holds the lease")
-        await _write_accounts(connection, writes, sequence, timeout_s)
-        await _write_transactions(connection, block, sequence, timeout_s)
-        await _write_postings(connection, writes.postings, sequence, timeout_s)
-        await _write_holds(connection, writes, timeout_s)
-        if writes.closures:
-            await connection.copy_records_to_table(
-                "account_closures",
-                records=[(a, at, sequence) for a, at in writes.closures],
-                timeout=timeout_s,
-            )
-        await connection.execute(
-            "INSERT INTO journal_blocks VALUES "
-            "($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-            sequence,
-            header.previous_hash,
-            header.hash,
-            header.epoch,
-            header.created_at_ns,
-            header.next_posting_sequence,
-            header.last_timestamp_ns,
-            len(writes.new_accounts),
-            len(writes.new_transactions),
-            len(writes.postings),
-            len(writes.closures),
-            header.key_id,
-            header.signature,
-            timeout=timeout_s,
-        )
+    await connection.execute(
+        "INSERT INTO journal_blocks VALUES "
+        "($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+        sequence,
+        header.previous_hash,
+        header.hash,
+        header.epoch,
+        header.created_at_ns,
+        header.next_posting_sequence,
+        header.last_timestamp_ns,
+        len(writes.new_accounts),
+        len(writes.new_transactions),
+        len(writes.postings),
+        len(writes.closures),
+        header.key_id,
+        header.signature,
+        timeout=timeout_s,
+    )
 
 
 async def _write_accounts(

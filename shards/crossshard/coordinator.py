@@ -33,6 +33,7 @@ from core.pieces import legs_digest
 from core.slots import SlotMap, is_spread
 from shards import failpoints
 from shards.crossshard.clocks import clock_skew_max_ns, open_hold_deadline
+from shards.rpc import outcomes
 from tally.v1 import ledger_pb2 as pb
 from tally.v1 import shard_pb2 as spb
 from tally.v1 import shard_pb2_grpc as spb_grpc
@@ -115,6 +116,26 @@ def piece_message(
         pending=message.pending,
         timeout_seconds=message.timeout_seconds,
     )
+
+
+# Prepare-phase verdicts: the unit is not committed, so nothing of it applies.
+_NOT_DECIDED = (pb.RESULT_CODE_UNAVAILABLE, pb.RESULT_CODE_OUTCOME_UNKNOWN)
+
+
+def _not_applied(result: pb.ItemResult) -> pb.ItemResult:
+    """A piece's OUTCOME_UNKNOWN in a unit that is not committed: nothing of the unit applied."""
+    if result.code != pb.RESULT_CODE_OUTCOME_UNKNOWN:
+        return result
+    return pb.ItemResult(
+        code=pb.RESULT_CODE_UNAVAILABLE,
+        message="a participant could not prepare its piece; nothing was applied: retry with "
+        "the same id",
+    )
+
+
+def _abort_reason(code: int) -> int:
+    """The reason an abort marker records: an unknown Commit outcome aborts as UNAVAILABLE."""
+    return pb.RESULT_CODE_UNAVAILABLE if code == pb.RESULT_CODE_OUTCOME_UNKNOWN else code
 
 
 def _unavailable(error: grpc.aio.AioRpcError) -> pb.ItemResult:
@@ -244,6 +265,9 @@ class Unit:
         refused = [(k, r) for k, rs in enumerate(answers) for r in rs if r.code not in OK_CODES]
         if not refused:
             return None
+        unknown = [r for _, r in refused if r.code == pb.RESULT_CODE_OUTCOME_UNKNOWN]
+        if unknown:
+            return [unknown[0]] * len(self.messages)
         unavailable = [r for _, r in refused if r.code == pb.RESULT_CODE_UNAVAILABLE]
         if unavailable:
             return [unavailable[0]] * len(self.messages)
@@ -412,8 +436,10 @@ class Driver:
             verdict = units[u].judge(answers)
             if verdict is None:
                 to_commit.append(u)
-            elif verdict[0].code == pb.RESULT_CODE_UNAVAILABLE:
-                results[u] = verdict  # retryable: nothing recorded, the holds wait for a retry
+            elif verdict[0].code in _NOT_DECIDED:
+                # Retryable: this attempt is never committed (the gateway sends no Commit), so
+                # nothing of it is applied, even where a piece's own outcome is not known.
+                results[u] = [_not_applied(r) for r in verdict]
             else:
                 to_abort.append((u, verdict))
         outcome = Outcome()
@@ -424,6 +450,11 @@ class Driver:
                 results[u] = [a[0] for a in answers]
                 for k in range(len(answers)):
                     units[u].resolves(outcome, k, True, answers[k][0].timestamp_ns)
+            elif verdict[0].code == pb.RESULT_CODE_OUTCOME_UNKNOWN:
+                # The Commit may have landed: ask the coordinator (an Abort of this attempt
+                # answers its decision, and if none was recorded records the abort, so the
+                # attempt can no longer commit).
+                to_abort.append((u, verdict))
             elif verdict[0].code == pb.RESULT_CODE_UNAVAILABLE:
                 results[u] = verdict
             else:
@@ -490,7 +521,9 @@ class Driver:
         }
         for shard, items in entries.items():
             for position, (u, k, _) in enumerate(items):
-                found[u][k].append(_answer(answers[shard], position))
+                found[u][k].append(
+                    _answer(answers[shard], position, outcome_if_lost=not participants)
+                )
         return [found[u] for u in chosen]
 
     async def _abort(
@@ -511,7 +544,7 @@ class Driver:
                 items=[
                     spb.AbortItem(
                         transaction_id=units[u].messages[k].id,
-                        reason=why.code,
+                        reason=_abort_reason(why.code),
                         message=why.message,
                         attempt=units[u].attempt,
                         piece=units[u].coordinator_piece(k),
@@ -531,7 +564,13 @@ class Driver:
                 unit_results = results[u]
                 assert unit_results is not None
                 if isinstance(decisions, grpc.aio.AioRpcError):
-                    unit_results[k] = _unavailable(decisions)
+                    # Asked after a lost Commit answer: still not known. After a refusal (no
+                    # Commit sent, or one the coordinator refused): nothing was applied.
+                    unit_results[k] = (
+                        outcomes.outcome_unknown(decisions, "the coordinator shard was not reached")
+                        if why.code == pb.RESULT_CODE_OUTCOME_UNKNOWN
+                        else outcomes.unavailable(decisions, "a shard")
+                    )
                     continue
                 decision = decisions[position]
                 units[u].resolves(outcome, k, decision.committed, decision.timestamp_ns)
@@ -540,6 +579,13 @@ class Driver:
                     # attempt of the same transaction: this is its replay.
                     unit_results[k] = pb.ItemResult(
                         code=pb.RESULT_CODE_REPLAYED, timestamp_ns=decision.timestamp_ns
+                    )
+                elif why.code == pb.RESULT_CODE_OUTCOME_UNKNOWN:
+                    # The lost Commit had not landed, and now never will: nothing applied.
+                    unit_results[k] = pb.ItemResult(
+                        code=pb.RESULT_CODE_UNAVAILABLE,
+                        message="the coordinator shard did not answer the commit; it was not "
+                        "applied, and this attempt is aborted: retry with the same id",
                     )
                 else:
                     message = decision.message or why.message
@@ -591,7 +637,9 @@ class Driver:
         outcome = Outcome()
         for shard, chosen in decide.items():
             for position, n in enumerate(chosen):
-                result = _answer(decided[shard], position)
+                # A DecideHolds that failed in transport may have decided the hold: the retry
+                # with the same id learns it (REPLAYED); never "nothing was applied".
+                result = _answer(decided[shard], position, outcome_if_lost=True)
                 results[n] = result
                 if result.code in OK_CODES:
                     outcome.settle_fate(resolutions[n])
@@ -700,8 +748,15 @@ def _skew_problem(
     )
 
 
-def _answer(answers: list[Any] | grpc.aio.AioRpcError, position: int) -> pb.ItemResult:
+def _answer(
+    answers: list[Any] | grpc.aio.AioRpcError, position: int, outcome_if_lost: bool = False
+) -> pb.ItemResult:
+    """The answer at position, or for a failed call: the Commit of a coordinator that may have
+    landed is OUTCOME_UNKNOWN until asked (see execute_units); a Prepare's is UNAVAILABLE,
+    since an attempt that is not committed applies nothing."""
     if isinstance(answers, grpc.aio.AioRpcError):
+        if outcome_if_lost:
+            return outcomes.failed_call_result(answers, "shard")
         return _unavailable(answers)
     result: pb.ItemResult = answers[position]
     return result

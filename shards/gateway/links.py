@@ -28,6 +28,7 @@ import grpc
 
 from core import limits
 from shards.gateway.metrics import GatewayMetrics, ShardCallMetrics
+from shards.rpc import outcomes
 from shards.security.credentials import ClientSecurity, aio_channel
 from tally.v1 import ledger_pb2 as pb
 from tally.v1 import ledger_pb2_grpc as pb_grpc
@@ -177,8 +178,11 @@ class _Coalescer:
                 results = list(await self._call(merged))
             except grpc.aio.AioRpcError as error:
                 log.warning("shard call failed: %s %s", error.code().name, error.details())
-                results = [_unavailable(error)] * len(merged)
+                results = await self._learn(merged, error)
                 failed = True
+            else:
+                if any(r.code == pb.RESULT_CODE_OUTCOME_UNKNOWN for r in results):
+                    results = await self._learn_unknown(merged, results)
             if self._metrics is not None:
                 self._metrics.observe(
                     len(group),
@@ -196,6 +200,32 @@ class _Coalescer:
             self._inflight -= 1
             self._pump()
 
+    async def _learn(self, merged: list[Any], error: grpc.aio.AioRpcError) -> Results:
+        """A call that failed: nothing applied if it never arrived; else ask the shard by
+        sending the same items again (same ids: the shard's writer answers REPLAYED for what
+        landed, after the first call's items, which it serialises before these), and answer
+        OUTCOME_UNKNOWN if that fails too."""
+        if not outcomes.may_have_applied(error):
+            return [outcomes.unavailable(error)] * len(merged)
+        try:
+            return list(await self._call(merged))
+        except grpc.aio.AioRpcError as again:
+            log.warning("asking the shard again failed: %s", again.code().name)
+            return [outcomes.outcome_unknown(error, "the shard did not answer")] * len(merged)
+
+    async def _learn_unknown(self, merged: list[Any], results: Results) -> Results:
+        """Items the shard itself answered OUTCOME_UNKNOWN (its commit's answer was lost): sent
+        again once, after its writer re-read its journal, they answer the truth."""
+        unknown = [n for n, r in enumerate(results) if r.code == pb.RESULT_CODE_OUTCOME_UNKNOWN]
+        try:
+            again = list(await self._call([merged[n] for n in unknown]))
+        except grpc.aio.AioRpcError as error:
+            log.warning("asking the shard again failed: %s", error.code().name)
+            return results
+        for n, result in zip(unknown, again, strict=True):
+            results[n] = result
+        return results
+
     async def close(self) -> None:
         if self._timer is not None:  # nothing may stay queued: send what waits now
             self._timer.cancel()
@@ -204,13 +234,6 @@ class _Coalescer:
             self._pump()
         for task in list(self._tasks):
             await task
-
-
-def _unavailable(error: grpc.aio.AioRpcError) -> pb.ItemResult:
-    return pb.ItemResult(
-        code=pb.RESULT_CODE_UNAVAILABLE,
-        message=f"shard unavailable ({error.code().name}); retry with the same id",
-    )
 
 
 def _transaction_id(item: pb.Transaction) -> str:

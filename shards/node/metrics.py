@@ -161,7 +161,10 @@ def _writer_counters(shard: str, writer: Writer | None) -> Iterator[Metric]:
     )
     entries = GaugeMetricFamily("tally_cache_entries", "Records cached", labels=["shard", "cache"])
     failures = CounterMetricFamily(
-        "tally_commit_failures", "Batches whose commit failed", labels=["shard", "kind"]
+        "tally_commit_failures",
+        "Batches whose commit failed: fenced, error (before COMMIT was sent: nothing written) "
+        "or outcome_unknown (COMMIT in flight)",
+        labels=["shard", "kind"],
     )
     if writer is not None:  # a standby has no writer yet: no series
         for name, cache in (("accounts", writer.accounts), ("transactions", writer.transactions)):
@@ -170,4 +173,5 @@ def _writer_counters(shard: str, writer: Writer | None) -> Iterator[Metric]:
             entries.add_metric([shard, name], len(cache.entries))
         failures.add_metric([shard, "fenced"], writer.commit_fenced_count)
         failures.add_metric([shard, "error"], writer.commit_failed_count)
+        failures.add_metric([shard, "outcome_unknown"], writer.commit_outcome_unknown_count)
     yield from (hits, misses, entries, failures)

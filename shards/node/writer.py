@@ -251,6 +251,9 @@ class Writer:
         # Read by metrics at scrape time: plain counters cost the commit path nothing.
         self.commit_fenced_count = 0
         self.commit_failed_count = 0
+        # Commits that failed while their COMMIT was in flight (answered OUTCOME_UNKNOWN); the
+        # failed ones above failed before it was sent (answered UNAVAILABLE, nothing written).
+        self.commit_outcome_unknown_count = 0
         # Bytes of the requests admitted and not yet answered (see queue_size_max_bytes).
         self.pending_size_bytes = 0
 
@@ -449,8 +452,8 @@ class Writer:
             await store.commit_block(self.connection, prepared.block, self.config.commit_timeout_s)
         except asyncio.CancelledError:
             raise
-        except Exception as error:  # fenced, lost connection, timeout, server error
-            return error
+        except Exception as error:  # fenced, lost connection, timeout, server error: classified
+            return error  # by store.commit_block (CommitOutcomeUnknownError: COMMIT in flight)
         prepared.commit_seconds = time.perf_counter() - started
         return None
 
@@ -464,7 +467,13 @@ class Writer:
             self.state = WriterState.FENCED
             _answer_unavailable(prepared.requests, "this node lost its writer lease; retry")
             return False
-        if error is not None:
+        if isinstance(error, store.CommitOutcomeUnknownError):
+            log.warning("commit outcome unknown: %s", error)
+            self.commit_outcome_unknown_count += 1
+            _answer(prepared.requests, _outcome_unknown(prepared.requests))
+            await self._recover()
+            return False
+        if error is not None:  # before COMMIT was sent: nothing of the batch was written
             log.warning("commit failed: %r", error)
             self.commit_failed_count += 1
             _answer_unavailable(prepared.requests, "the batch could not be made durable; retry")
@@ -487,6 +496,9 @@ class Writer:
         and re-read the journal tail, so retries see the truth (replayed or applied once)."""
         self.accounts.clear()
         self.transactions.clear()
+        # The old commit's backend may still be committing (closing our end does not stop it):
+        # the tail is read only once it has ended, or a commit landing later would be missed.
+        old_pids = _server_pids(self.connection)
         while self.state is not WriterState.FENCED:
             try:
                 for connection in (self.connection, self.load_connection):
@@ -494,6 +506,7 @@ class Writer:
                         connection.terminate()
                 self.connection = await self._connect()
                 self.load_connection = await self._connect()
+                await store.end_backends(self.connection, old_pids, self.config.load_timeout_s)
                 await self._load_position()
                 return
             except asyncio.CancelledError:
@@ -629,3 +642,25 @@ def _answer_unavailable(requests: Sequence[_Request], message: str) -> None:
             request.future.set_result(
                 [Result(ResultCode.UNAVAILABLE, message)] * len(request.items)
             )
+
+
+OUTCOME_UNKNOWN_MESSAGE = (
+    "the storage's answer to this batch's COMMIT was lost (connection lost or commit timed "
+    "out): it may have been applied; retry with the same id to learn the outcome"
+)
+
+
+def _server_pids(connection: Any) -> list[int]:
+    """The server process of a connection that may still be running a statement of ours."""
+    if connection is None:
+        return []
+    try:
+        return [int(connection.get_server_pid())]
+    except Exception:  # never connected: nothing of ours runs on the server
+        return []
+
+
+def _outcome_unknown(requests: Sequence[_Request]) -> list[list[Result]]:
+    """Every item of a batch whose COMMIT may have landed: not a refusal, not a success."""
+    unknown = Result(ResultCode.OUTCOME_UNKNOWN, OUTCOME_UNKNOWN_MESSAGE)
+    return [[unknown] * len(request.items) for request in requests]

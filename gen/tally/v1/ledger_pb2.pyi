@@ -48,6 +48,7 @@ class ResultCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     RESULT_CODE_WRONG_SHARD: _ClassVar[ResultCode]
     RESULT_CODE_ABORTED: _ClassVar[ResultCode]
     RESULT_CODE_ITEM_FAULT: _ClassVar[ResultCode]
+    RESULT_CODE_OUTCOME_UNKNOWN: _ClassVar[ResultCode]
 
 class Side(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -102,6 +103,7 @@ RESULT_CODE_UNAVAILABLE: ResultCode
 RESULT_CODE_WRONG_SHARD: ResultCode
 RESULT_CODE_ABORTED: ResultCode
 RESULT_CODE_ITEM_FAULT: ResultCode
+RESULT_CODE_OUTCOME_UNKNOWN: ResultCode
 SIDE_UNSPECIFIED: Side
 SIDE_DEBIT: Side
 SIDE_CREDIT: Side

@@ -213,7 +213,9 @@ async def test_coordinator_killed_after_recording_the_decision(
     pg: EmbeddedPostgres, tmp_path: Path
 ) -> None:
     """The coordinator commits its piece (the decision, durable) and dies before answering. The
-    client is told UNAVAILABLE (the gateway cannot know) and the participant keeps holding. With
+    gateway asks it (an Abort of the attempt) and cannot reach it either: the client is told
+    OUTCOME_UNKNOWN (never UNAVAILABLE, "nothing was applied": it was), and the participant
+    keeps holding. With
     the coordinator back, the participant's deadline sweep asks it, learns "committed" and posts
     its piece, without any retry; a retry then is REPLAYED with the commit's timestamp."""
     coordinator = 2
@@ -225,7 +227,8 @@ async def test_coordinator_killed_after_recording_the_decision(
             pair = await funded_pair(cluster, client, coordinator=coordinator)
             message = pair.transfer("t-coordinator")
             (result,) = await client.post(message)
-        assert result.code == pb.RESULT_CODE_UNAVAILABLE, (name(result.code), result.message)
+        assert result.code == pb.RESULT_CODE_OUTCOME_UNKNOWN, (name(result.code), result.message)
+        assert "retry with the same id" in result.message
         dead = cluster.nodes[coordinator]
         assert await asyncio.wait_for(dead.process.wait(), timeout=10) == -9
         assert "failpoint shard.after_commit reached" in (dead.log_tail() or "")

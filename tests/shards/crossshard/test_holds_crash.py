@@ -129,7 +129,8 @@ async def test_coordinator_killed_after_recording_a_void(
     pg: EmbeddedPostgres, tmp_path: Path
 ) -> None:
     """The coordinator records the void and dies before answering: the client is told
-    UNAVAILABLE and the participant keeps holding. With the coordinator back, the
+    OUTCOME_UNKNOWN (never UNAVAILABLE, "nothing was applied": it was) and the participant
+    keeps holding. With the coordinator back, the
     participant's short deadline passes, it asks, and releases its piece; a retry is
     REPLAYED."""
     coordinator = 2
@@ -142,7 +143,7 @@ async def test_coordinator_killed_after_recording_a_void(
             assert await client.codes(hold(pair, "h-co")) == [pb.RESULT_CODE_CREATED]
             void = pb.Transaction(id=pair.id("v-co"), code=1, void_pending_id=pair.id("h-co"))
             (result,) = await client.post(void)
-        assert result.code == pb.RESULT_CODE_UNAVAILABLE, (name(result.code), result.message)
+        assert result.code == pb.RESULT_CODE_OUTCOME_UNKNOWN, (name(result.code), result.message)
         dead = cluster.nodes[coordinator]
         assert await asyncio.wait_for(dead.process.wait(), timeout=10) == -9
         assert "failpoint shard.after_hold_decided reached" in (dead.log_tail() or "")
