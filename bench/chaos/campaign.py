@@ -228,7 +228,9 @@ async def settle_and_check(
         watchdog = group.create_task(cluster.keep_running(stop))
         try:
             await wait_healthy(gateways, history.bank, HEALTHY_TIMEOUT_S)
+            timings["healthy_s"] = time.monotonic() - quiet
             await resolve(gateways, history)
+            timings["resolve_s"] = time.monotonic() - quiet - timings["healthy_s"]
             await wait_settled(cluster, SETTLED_TIMEOUT_S)
             timings["settle_s"] = time.monotonic() - quiet
             started = time.monotonic()

@@ -152,7 +152,9 @@ def write(outcome: Outcome) -> Path:
         f"{config.shard_count} shards (a PostgreSQL each, and one for the control database), "
         f"{config.gateway_count} gateways, {config.client_count} clients, "
         f"{config.customer_count} customers; load {outcome.timings_s.get('load_s', 0):.0f} s, "
-        f"settling {outcome.timings_s.get('settle_s', 0):.0f} s, "
+        f"settling {outcome.timings_s.get('settle_s', 0):.0f} s (every gateway serving "
+        f"{outcome.timings_s.get('healthy_s', 0):.0f} s, unanswered requests resent "
+        f"{outcome.timings_s.get('resolve_s', 0):.0f} s), "
         f"checking {outcome.timings_s.get('check_s', 0):.0f} s.",
         f"Faults injected by kind: {dict(sorted(kinds_run.items()))}.",
         f"Checked: {checked}.",

@@ -1,0 +1,44 @@
+"""The fault campaign (bench/chaos), short: every kind of fault at least once on a cluster of
+real processes (a PostgreSQL per shard, three nodes behind fault proxies, two gateways) under
+bank clients, then the checker over the whole history and the report. `make chaos` runs the
+same campaign for as long as asked."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bench.chaos import campaign, faults
+
+DURATION_S = 40.0
+SEED = 12
+
+
+@pytest.mark.timeout(300)
+async def test_a_short_campaign_injects_every_fault_and_finds_no_anomaly(tmp_path: Path) -> None:
+    config = campaign.CampaignConfig(
+        out_dir=tmp_path / "chaos", duration_s=DURATION_S, seed=SEED, client_count=12
+    )
+    outcome = await campaign.run(config)
+    injected = {f.kind for f in outcome.schedule if f.started_s is not None}
+    assert injected == set(faults.KINDS), outcome.schedule
+    problems = [(f.describe(), f.problems) for f in outcome.schedule if f.problems]
+    assert problems == []
+    assert all(f.healed_s is not None for f in outcome.schedule if f.started_s is not None)
+    # The checker ran over the whole history, and the load was what the campaign is for.
+    history = outcome.history
+    assert outcome.verdict.checked["items"] == len(history.items)
+    assert outcome.verdict.checked["audited shards"] == config.shard_count
+    transfers = history.of_kind("transfer")
+    assert sum(i.cross_shard for i in transfers) >= len(transfers) // 2
+    for kind in ("transfer", "linked", "hold", "post", "post_part", "void", "reversal"):
+        assert any(i.applied for i in history.of_kind(kind)), kind
+    assert any(i.attempt_count > 1 for i in history.items.values()), "no fault was felt"
+    assert outcome.report_path is not None
+    text = outcome.report_path.read_text()
+    assert f"seed {SEED}" in text and "## Anomalies" in text
+    assert (config.out_dir / "latency.png").stat().st_size > 0
+    # A failing run keeps its history beside the report.
+    assert (config.out_dir / "history.jsonl").exists() == (not outcome.ok)
+    assert outcome.verdict.ok, outcome.verdict.summary()
