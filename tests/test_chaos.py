@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from bench.chaos import campaign, faults
+from bench.chaos.outcome import CampaignConfig
 
 DURATION_S = 40.0
 SEED = 12
@@ -17,7 +18,7 @@ SEED = 12
 
 @pytest.mark.timeout(300)
 async def test_a_short_campaign_injects_every_fault_and_finds_no_anomaly(tmp_path: Path) -> None:
-    config = campaign.CampaignConfig(
+    config = CampaignConfig(
         out_dir=tmp_path / "chaos", duration_s=DURATION_S, seed=SEED, client_count=12
     )
     outcome = await campaign.run(config)

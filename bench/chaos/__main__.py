@@ -16,9 +16,10 @@ from pathlib import Path
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 from bench.chaos import campaign, faults
+from bench.chaos.outcome import CampaignConfig
 
 
-def parse_arguments(argv: list[str] | None = None) -> campaign.CampaignConfig:
+def parse_arguments(argv: list[str] | None = None) -> CampaignConfig:
     parser = argparse.ArgumentParser(prog="python -m bench.chaos", description=__doc__)
     parser.add_argument("--duration", type=float, default=600.0, help="seconds of load and faults")
     parser.add_argument("--seed", type=int, default=int(time.time()) % 100_000)
@@ -43,7 +44,7 @@ def parse_arguments(argv: list[str] | None = None) -> campaign.CampaignConfig:
     if args.duration <= 0:
         parser.error("--duration must be positive")
     out = args.out or Path("bench/reports") / f"chaos-{args.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
-    return campaign.CampaignConfig(
+    return CampaignConfig(
         out_dir=out.resolve(),
         duration_s=args.duration,
         seed=args.seed,

@@ -11,7 +11,7 @@ import contextlib
 import json
 import time
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import grpc
@@ -28,6 +28,7 @@ from bench.chaos.bank import (
     send_until_definitive,
 )
 from bench.chaos.cluster import Cluster, ClusterConfig, start_cluster
+from bench.chaos.outcome import CampaignConfig, Outcome
 from shards.security import directory
 from shards.security.credentials import aio_channel
 from tally.v1 import ledger_pb2 as pb
@@ -43,35 +44,6 @@ CLIENT_FINISH_TIMEOUT_S = 60.0
 RESOLVE_TIMEOUT_S = 120.0
 HEALTHY_TIMEOUT_S = 120.0
 SETTLED_TIMEOUT_S = 120.0
-
-
-@dataclass(frozen=True)
-class CampaignConfig:
-    out_dir: Path
-    duration_s: float = 60.0
-    seed: int = 1
-    shard_count: int = 3
-    gateway_count: int = 2
-    client_count: int = 16
-    customer_count: int = 200
-    prepare_deadline_s: int = 5
-    kinds: tuple[str, ...] = faults.KINDS
-    keep_history: bool = False  # also when the run is clean
-
-
-@dataclass
-class Outcome:
-    config: CampaignConfig
-    schedule: list[faults.Fault]
-    history: History
-    verdict: checker.Verdict
-    events: list[str] = field(default_factory=list)
-    timings_s: dict[str, float] = field(default_factory=dict)
-    report_path: Path | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.verdict.ok and not any(f.problems for f in self.schedule)
 
 
 @contextlib.asynccontextmanager

@@ -9,13 +9,10 @@ import statistics
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from bench.chaos.bank import Sample, code_name
-
-if TYPE_CHECKING:
-    from bench.chaos.campaign import Outcome
-    from bench.chaos.faults import Fault
+from bench.chaos.faults import Fault
+from bench.chaos.outcome import Outcome
 
 EXAMPLES_MAX = 10
 
