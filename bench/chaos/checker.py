@@ -8,7 +8,8 @@ shard's database and what the gateways answer, as anomalies by kind.
   (`refused_present`); no transaction is recorded that no client sent (`phantom`);
 - a cross-shard transfer is whole or absent on every shard (`cross_shard_records`);
 - every hold has the fate its client was told, is resolved (`hold_unresolved`, `hold_fate`), and
-  none is posted after its deadline (`hold_after_deadline`);
+  none is posted after its deadline (`hold_after_deadline`); nothing, hold or cross-shard piece,
+  is still held once every deadline has passed (`held_at_end`);
 - every customer's balance is what the answers say (`balance`); per currency the customers hold
   exactly what was funded and @cash owes exactly that (`total`), the clearing pieces net to zero
   (`clearing`), each shard's books balance with nothing pending (`trial_balance`), no account
@@ -414,6 +415,18 @@ def _cross_shard_problem(
     return ""
 
 
+async def check_nothing_held(books: Books, verdict: Verdict) -> None:
+    """Once the cluster is quiet, nothing is held anywhere: every hold and every cross-shard
+    piece was decided by its deadline (the campaign waited past every deadline)."""
+    query = "SELECT transaction_id, expires_at_ns FROM holds ORDER BY transaction_id"
+    for shard_id, rows in enumerate(await fetch_each_shard(books.shard_dsns, query)):
+        for row in rows:
+            deadline = f"deadline {row['expires_at_ns']}" if row["expires_at_ns"] else "no deadline"
+            verdict.add(
+                "held_at_end", row["transaction_id"], f"still held on shard {shard_id} ({deadline})"
+            )
+
+
 async def check_audit(books: Books, verdict: Verdict) -> None:
     """`tally audit`'s checks: every shard, then the cluster."""
     report = await audit.audit_cluster(list(books.shard_dsns), AuditConfig())
@@ -441,6 +454,7 @@ async def check(books: Books, history: History, seed: int = 0) -> Verdict:
         check_presence(history, records, verdict)
         await check_content(books, history, verdict)
         check_holds(history, records, verdict)
+        await check_nothing_held(books, verdict)
         await check_cross_shard_records(books, history, verdict)
         await check_books(books, history, records, verdict)
         await check_audit(books, verdict)
