@@ -34,6 +34,9 @@ def parse_arguments(argv: list[str] | None = None) -> CampaignConfig:
         "--kinds", default=",".join(faults.KINDS), help="fault kinds, comma-separated"
     )
     parser.add_argument("--keep-history", action="store_true", help="also for a clean run")
+    parser.add_argument(
+        "--keep-data", action="store_true", help="keep the PostgreSQL data directories"
+    )
     args = parser.parse_args(argv)
     kinds = tuple(k.strip() for k in args.kinds.split(",") if k.strip())
     unknown = set(kinds) - set(faults.KINDS)
@@ -54,6 +57,7 @@ def parse_arguments(argv: list[str] | None = None) -> CampaignConfig:
         customer_count=args.customers,
         kinds=kinds,
         keep_history=args.keep_history,
+        keep_data=args.keep_data,
     )
 
 

@@ -52,8 +52,10 @@ RETRYABLE = frozenset(
     )
     if code is not None
 )
-# Operation kinds and their weights.
-OPERATIONS = (("transfer", 40), ("hold", 30), ("linked", 15), ("reversal", 15))
+# Operation kinds and their weights (a read: one of the client's applied transactions by id).
+OPERATIONS = (("transfer", 35), ("hold", 30), ("linked", 15), ("reversal", 10), ("read", 10))
+# gRPC statuses no request may ever meet (docs/design.md: no client input produces them).
+FORBIDDEN_STATUSES = frozenset({"UNKNOWN", "INTERNAL"})
 SETTLES = (("post", 30), ("post_part", 25), ("void", 25), ("expire", 20))
 
 
@@ -163,6 +165,8 @@ class History:
     started_at: float = field(default_factory=time.monotonic)
     items: dict[str, Item] = field(default_factory=dict)
     samples: list[Sample] = field(default_factory=list)
+    # Reads by id: (transaction id, what came back: a result code or a gRPC status).
+    reads: list[tuple[str, str]] = field(default_factory=list)
 
     def add(self, item: Item) -> None:
         if item.transaction_id in self.items:
@@ -301,6 +305,8 @@ class BankClient:
             operation = _choose(self.rng, self.workload.operations)
             if operation == "reversal" and self.reversible:
                 await self.reversal(give_up_at)
+            elif operation == "read" and self.reversible:
+                await self.read()
             elif operation == "hold":
                 await self.hold_and_settle(give_up_at)
             elif operation == "linked":
@@ -337,6 +343,19 @@ class BankClient:
             group = items[0].transaction_id if items else message.id
             items.append(Item(message, "linked", cross, self.number, group=group))
         await self._send(items, give_up_at)
+
+    async def read(self) -> None:
+        """One of its applied transfers by id, once, through the next gateway: any answer
+        but a forbidden status will do (a read during a fault may well fail, retryably)."""
+        target = self.rng.choice(self.reversible).transaction_id
+        request = pb.GetTransactionsRequest(ids=[target])
+        try:
+            response = await self.gateways.next().GetTransactions(request, timeout=RPC_TIMEOUT_S)
+        except grpc.aio.AioRpcError as error:
+            self.history.reads.append((target, error.code().name))
+            await asyncio.sleep(PAUSE_FIRST_S)
+        else:
+            self.history.reads.append((target, code_name(response.results[0].code)))
 
     async def reversal(self, give_up_at: Callable[[], float]) -> None:
         target = self.reversible.pop(self.rng.randrange(len(self.reversible)))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import shutil
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import asdict
@@ -181,6 +182,9 @@ async def run(config: CampaignConfig) -> Outcome:
         outcome = Outcome(config, schedule, history, verdict, cluster.events, timings)
     finally:
         await cluster.close()
+        if not config.keep_data:
+            for server in cluster.postgres:
+                await asyncio.to_thread(shutil.rmtree, server.server.data_dir, True)
     outcome.report_path = report.write(outcome)
     if not outcome.ok or config.keep_history:
         write_history(outcome)

@@ -4,6 +4,8 @@ shard's database and what the gateways answer, as anomalies by kind.
 - every acknowledged transaction is recorded exactly once in the cluster (`ack_missing`,
   `ack_duplicated`), with the acknowledged content and timestamp as read back through a gateway
   (`ack_content`, `ack_unreadable`); retried again it is REPLAYED with its timestamp (`replay`);
+- no request, write or read, met gRPC UNKNOWN or INTERNAL (`forbidden_status`); a read by id
+  of an applied transaction answered OK or a retryable status (`read_failed`);
 - nothing unacknowledged is recorded twice (`unacked_twice`); nothing refused is recorded
   (`refused_present`); no transaction is recorded that no client sent (`phantom`);
 - a cross-shard transfer is whole or absent on every shard (`cross_shard_records`);
@@ -30,7 +32,16 @@ from dataclasses import dataclass, field
 import asyncpg
 import grpc
 
-from bench.chaos.bank import CURRENCIES, REPLAYED, Bank, Gateways, History, Item, cash_of
+from bench.chaos.bank import (
+    CURRENCIES,
+    FORBIDDEN_STATUSES,
+    REPLAYED,
+    Bank,
+    Gateways,
+    History,
+    Item,
+    cash_of,
+)
 from core import audit
 from core.audit import AuditConfig
 from core.ids import (
@@ -170,6 +181,20 @@ def check_presence(history: History, records: dict[str, list[Row]], verdict: Ver
             verdict.add("unacked_twice", item.transaction_id, f"{here}")
     for transaction_id in records.keys() - history.items.keys():
         verdict.add("phantom", transaction_id, f"recorded, never sent: {records[transaction_id]}")
+
+
+def check_statuses(history: History, verdict: Verdict) -> None:
+    """No request met gRPC UNKNOWN or INTERNAL, writes or reads, whatever the faults."""
+    for item in history.items.values():
+        met = FORBIDDEN_STATUSES.intersection(item.errors)
+        if met:
+            verdict.add("forbidden_status", item.transaction_id, f"post met {sorted(met)}")
+    for transaction_id, answer in history.reads:
+        verdict.checked["reads during the load"] += 1
+        if answer in FORBIDDEN_STATUSES:
+            verdict.add("forbidden_status", transaction_id, f"read met {answer}")
+        elif answer not in ("OK", "UNAVAILABLE", "DEADLINE_EXCEEDED"):
+            verdict.add("read_failed", transaction_id, f"read of an applied transaction: {answer}")
 
 
 def _content(transaction: pb.Transaction) -> tuple[object, ...]:
@@ -452,6 +477,7 @@ async def check(books: Books, history: History, seed: int = 0) -> Verdict:
         await check_replays(books, history, verdict, seed)
         records = await read_records(books)
         check_presence(history, records, verdict)
+        check_statuses(history, verdict)
         await check_content(books, history, verdict)
         check_holds(history, records, verdict)
         await check_nothing_held(books, verdict)

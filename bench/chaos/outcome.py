@@ -22,6 +22,7 @@ class CampaignConfig:
     prepare_deadline_s: int = 5
     kinds: tuple[str, ...] = faults.KINDS
     keep_history: bool = False  # also when the run is clean
+    keep_data: bool = False  # the PostgreSQL data directories (removed by default: ~40 MB each)
 
 
 @dataclass

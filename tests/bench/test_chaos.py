@@ -5,6 +5,8 @@ same campaign for as long as asked."""
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -17,11 +19,13 @@ SEED = 12
 
 
 @pytest.mark.timeout(300)
-async def test_a_short_campaign_injects_every_fault_and_finds_no_anomaly(tmp_path: Path) -> None:
-    config = CampaignConfig(
-        out_dir=tmp_path / "chaos", duration_s=DURATION_S, seed=SEED, client_count=12
-    )
+async def test_a_short_campaign_injects_every_fault_and_finds_no_anomaly() -> None:
+    # Not under pytest's temporary root, whose permissions another pytest session may reset
+    # under the PostgreSQL servers (tests/conftest.py says more); kept if the test fails.
+    out_dir = Path(tempfile.mkdtemp(prefix="tally-chaos-"))
+    config = CampaignConfig(out_dir=out_dir, duration_s=DURATION_S, seed=SEED, client_count=12)
     outcome = await campaign.run(config)
+    print(f"campaign report: {outcome.report_path}")
     injected = {f.kind for f in outcome.schedule if f.started_s is not None}
     assert injected == set(faults.KINDS), outcome.schedule
     problems = [(f.describe(), f.problems) for f in outcome.schedule if f.problems]
@@ -43,3 +47,4 @@ async def test_a_short_campaign_injects_every_fault_and_finds_no_anomaly(tmp_pat
     # A failing run keeps its history beside the report.
     assert (config.out_dir / "history.jsonl").exists() == (not outcome.ok)
     assert outcome.verdict.ok, outcome.verdict.summary()
+    shutil.rmtree(out_dir, ignore_errors=True)
