@@ -157,6 +157,16 @@ class Sample:
     outcome: str  # the definitive code, or GAVE_UP
 
 
+@dataclass(frozen=True)
+class Read:
+    """A read by id during the load, and what came back (a result code or a gRPC status)."""
+
+    transaction_id: str
+    answer: str
+    started_at: float  # seconds since the campaign's start
+    latency_s: float
+
+
 @dataclass
 class History:
     """Every item sent and its answer, in the order sent; latency samples."""
@@ -165,8 +175,7 @@ class History:
     started_at: float = field(default_factory=time.monotonic)
     items: dict[str, Item] = field(default_factory=dict)
     samples: list[Sample] = field(default_factory=list)
-    # Reads by id: (transaction id, what came back: a result code or a gRPC status).
-    reads: list[tuple[str, str]] = field(default_factory=list)
+    reads: list[Read] = field(default_factory=list)
 
     def add(self, item: Item) -> None:
         if item.transaction_id in self.items:
@@ -349,13 +358,17 @@ class BankClient:
         but a forbidden status will do (a read during a fault may well fail, retryably)."""
         target = self.rng.choice(self.reversible).transaction_id
         request = pb.GetTransactionsRequest(ids=[target])
+        started = time.monotonic()
         try:
             response = await self.gateways.next().GetTransactions(request, timeout=RPC_TIMEOUT_S)
+            answer = code_name(response.results[0].code)
         except grpc.aio.AioRpcError as error:
-            self.history.reads.append((target, error.code().name))
+            answer = error.code().name
             await asyncio.sleep(PAUSE_FIRST_S)
-        else:
-            self.history.reads.append((target, code_name(response.results[0].code)))
+        now = time.monotonic()
+        self.history.reads.append(
+            Read(target, answer, started - self.history.started_at, now - started)
+        )
 
     async def reversal(self, give_up_at: Callable[[], float]) -> None:
         target = self.reversible.pop(self.rng.randrange(len(self.reversible)))

@@ -11,7 +11,7 @@ import contextlib
 import json
 import shutil
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -179,6 +179,7 @@ async def run(config: CampaignConfig) -> Outcome:
             await run_load(cluster, gateways, history, config, schedule)
             timings["load_s"] = time.monotonic() - history.started_at
             verdict = await settle_and_check(cluster, gateways, history, config, timings)
+            check_outage_isolation(history, schedule, cluster.shard_of, verdict)
         outcome = Outcome(config, schedule, history, verdict, cluster.events, timings)
     finally:
         await cluster.close()
@@ -221,13 +222,63 @@ async def settle_and_check(
     return verdict
 
 
+def shard_under(fault: faults.Fault) -> int | None:
+    """The shard a fault takes out for the gateways (a node or its PostgreSQL stopped, or the
+    gateways cut from it), or None for faults that do not (clocks, peers, gateways, control)."""
+    target = fault.target
+    if fault.kind in ("kill", "pause") and target.startswith("node-"):
+        return int(target.split("-")[1])
+    if fault.kind in ("pg_kill", "pg_restart") and target.startswith("pg-shard"):
+        return int(target.removeprefix("pg-shard"))
+    if fault.kind == "partition_gateways":
+        return int(target.split("-")[1])
+    return None
+
+
+def check_outage_isolation(
+    history: History,
+    schedule: Sequence[faults.Fault],
+    shard_of: Callable[[str], int],
+    verdict: checker.Verdict,
+) -> None:
+    """A read that failed while one shard was out, of a transaction that does not touch that
+    shard, is `outage_spread`: one shard's outage is that shard's problem. (Reads meeting
+    another kind of fault, or none, are not judged here.)"""
+    for read in history.reads:
+        if read.answer not in checker.RETRYABLE_READS:
+            continue
+        ended_at = read.started_at + read.latency_s
+        out = {
+            shard_under(f)
+            for f in schedule
+            if f.started_s is not None
+            and f.healed_s is not None
+            and f.started_s <= ended_at
+            and read.started_at <= f.healed_s
+        }
+        if None in out or len(out) != 1:
+            continue  # another kind of fault under way too: not this check's to judge
+        touched = {shard_of(g.account_id) for g in history.items[read.transaction_id].message.legs}
+        verdict.checked["reads during one shard's outage"] += 1
+        if not out & touched:
+            verdict.add(
+                "outage_spread", read.transaction_id,
+                f"read answered {read.answer} after {read.latency_s:.1f}s while shard "
+                f"{out.pop()} was out; it touches shards {sorted(touched)} only",
+            )  # fmt: skip
+
+
 def write_history(outcome: Outcome) -> Path:
-    """history.jsonl: every item as sent, with its answers; faults.json: the schedule."""
+    """history.jsonl: every item as sent, with its answers; reads.json: the reads by id during
+    the load; faults.json: the schedule."""
     out = outcome.config.out_dir
     path = out / "history.jsonl"
     with path.open("w", encoding="utf-8") as file:
         for item in outcome.history.items.values():
             file.write(json.dumps(item_record(item)) + "\n")
+    (out / "reads.json").write_text(
+        json.dumps([asdict(r) for r in outcome.history.reads]), encoding="utf-8"
+    )
     (out / "faults.json").write_text(
         json.dumps([asdict(f) for f in outcome.schedule], indent=1), encoding="utf-8"
     )

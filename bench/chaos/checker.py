@@ -60,6 +60,7 @@ from core.model import Kind, Status
 from tally.v1 import ledger_pb2 as pb
 
 READ_CHUNK = 500
+RETRYABLE_READS = ("UNAVAILABLE", "DEADLINE_EXCEEDED")
 SQL_TIMEOUT_S = 120.0
 RPC_TIMEOUT_S = 30.0
 REPLAY_SAMPLE_COUNT = 200
@@ -191,12 +192,14 @@ def check_statuses(history: History, verdict: Verdict) -> None:
         met = FORBIDDEN_STATUSES.intersection(item.errors)
         if met:
             verdict.add("forbidden_status", item.transaction_id, f"post met {sorted(met)}")
-    for transaction_id, answer in history.reads:
+    for read in history.reads:
         verdict.checked["reads during the load"] += 1
-        if answer in FORBIDDEN_STATUSES:
-            verdict.add("forbidden_status", transaction_id, f"read met {answer}")
-        elif answer not in ("OK", "UNAVAILABLE", "DEADLINE_EXCEEDED"):
-            verdict.add("read_failed", transaction_id, f"read of an applied transaction: {answer}")
+        if read.answer in FORBIDDEN_STATUSES:
+            verdict.add("forbidden_status", read.transaction_id, f"read met {read.answer}")
+        elif read.answer not in ("OK", *RETRYABLE_READS):
+            verdict.add(
+                "read_failed", read.transaction_id, f"read of an applied one: {read.answer}"
+            )
 
 
 def _content(transaction: pb.Transaction) -> tuple[object, ...]:

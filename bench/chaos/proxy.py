@@ -83,7 +83,8 @@ class FaultProxy:
         self.target_port = target_port
         self._sources = sources
         self._rules: dict[str, Rule] = {}
-        self._open: dict[asyncio.Task[None], str] = {}
+        # Every connection forwarded now: its task, its source and its caller's end.
+        self._open: dict[asyncio.Task[None], tuple[str, asyncio.StreamWriter]] = {}
         self._server: asyncio.Server | None = None
         self.listen_port = 0
         self.connection_count = 0
@@ -104,9 +105,11 @@ class FaultProxy:
         follow rule; a drop also closes the open ones it selects."""
         self._rules[selector] = rule
         if rule.mode == DROP:
-            for task, source in list(self._open.items()):
+            for source, writer in list(self._open.values()):
                 if self.rule_of(source).mode == DROP:
-                    task.cancel()
+                    # Closed under it: its pipes read the end and finish (a cancelled
+                    # connection task would be logged by asyncio's stream callback).
+                    writer.transport.abort()
 
     def clear(self) -> None:
         self._rules.clear()
@@ -130,7 +133,7 @@ class FaultProxy:
             return
         task = asyncio.current_task()
         assert task is not None
-        self._open[task] = source
+        self._open[task] = (source, writer)
         self.connection_count += 1
         try:
             await self._forward(reader, writer, source)
