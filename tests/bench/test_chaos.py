@@ -1,7 +1,15 @@
 """The fault campaign (bench/chaos), short: every kind of fault at least once on a cluster of
 real processes (a PostgreSQL per shard, three nodes behind fault proxies, two gateways) under
 bank clients, then the checker over the whole history and the report. `make chaos` runs the
-same campaign for as long as asked."""
+same campaign for as long as asked.
+
+On main (2026-12-02) this test fails on its last assertion, the checker's, with the findings of
+issue 12 that other work is fixing (not marked xfail, on purpose): a cross-shard reversal reads
+back without its reverses_id (reversal_read_as_transfer); a post, void or reversal through the
+gateway answers gRPC UNKNOWN while a shard's PostgreSQL is down (forbidden_status: the gateway's
+lookup on every shard lets one shard's UNAVAILABLE escape); and, in some runs, a cross-shard
+hold's piece is left held (one with no deadline) and the books are short by its amount
+(held_at_end, balance, total, clearing, trial_balance, audit)."""
 
 from __future__ import annotations
 
