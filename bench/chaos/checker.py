@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -473,7 +474,9 @@ async def check_nothing_held(books: Books, verdict: Verdict) -> None:
     query = "SELECT transaction_id, expires_at_ns FROM holds ORDER BY transaction_id"
     for shard_id, rows in enumerate(await fetch_each_shard(books.shard_dsns, query)):
         for row in rows:
-            deadline = f"deadline {row['expires_at_ns']}" if row["expires_at_ns"] else "no deadline"
+            expires_at_ns = row["expires_at_ns"]
+            late_s = (time.time_ns() - expires_at_ns) / 1e9
+            deadline = f"deadline passed {late_s:.1f}s ago" if expires_at_ns else "no deadline"
             verdict.add(
                 "held_at_end", row["transaction_id"], f"still held on shard {shard_id} ({deadline})"
             )
