@@ -54,6 +54,13 @@ FATE_KEY: Final = "~fate"
 """That hold's fate: "post" or "void"."""
 FATE_LEGS_KEY: Final = "~legs"
 """The post's legs (core.pieces.encode_legs)."""
+SHARDS_KEY: Final = "~shards"
+"""On a coordinator's piece: the other shards holding pieces of its attempt, as comma-separated
+shard ids (core.pieces.with_digest). Never shown to clients as metadata."""
+DIGEST_KEY: Final = "~digest"
+"""On a coordinator's piece: the digest of the client's legs on every shard
+(core.pieces.legs_digest), which the transaction's replays are compared by. Never shown to
+clients."""
 
 
 def is_reserved(identifier: str) -> bool:

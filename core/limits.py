@@ -14,3 +14,5 @@ pending_timeout_seconds_max: Final = 90 * 24 * 3600
 list_postings_limit_max: Final = 1000
 list_postings_limit_default: Final = 100
 message_size_max_bytes: Final = 16 * 1024 * 1024
+# RPCs one listener serves at once (--rpc-concurrency-max); beyond, RESOURCE_EXHAUSTED at once.
+rpc_concurrency_max_default: Final = 1000

@@ -12,6 +12,8 @@ records here, and core.state applies them.
 from __future__ import annotations
 
 import enum
+import hashlib
+from collections.abc import Sequence
 
 from core import ids
 from core.journal import decode_legs, encode_legs
@@ -24,6 +26,31 @@ CLEARING_CODE = 9999
 def clearing_account_spec(currency: str) -> AccountSpec:
     """A shard's piece of the clearing account of `currency` (core.ids.clearing_account)."""
     return AccountSpec(ids.clearing_account(currency), currency, CLEARING_CODE, False, False, ())
+
+
+def legs_digest(legs: tuple[Leg, ...]) -> str:
+    """What a coordinator's piece records of the client's legs on every shard (core.ids
+    DIGEST_KEY): 32 hex digits of SHA-256 over their canonical encoding, in the client's order,
+    as a single shard compares a replay's legs."""
+    return hashlib.sha256(encode_legs(legs).encode()).hexdigest()[:32]
+
+
+def with_digest(spec: TransactionSpec, digest: str, shards: Sequence[int] = ()) -> TransactionSpec:
+    """A coordinator's piece carrying the digest of the client's legs and the shards of its
+    attempt's other pieces (none: as it is)."""
+    added = [(ids.DIGEST_KEY, digest)] if digest else []
+    if shards:
+        added.append((ids.SHARDS_KEY, ",".join(str(s) for s in sorted(set(shards)))))
+    if not added:
+        return spec
+    metadata = tuple(sorted((*spec.metadata, *added)))
+    return spec._replace(metadata=metadata)
+
+
+def participant_shards(spec: TransactionSpec) -> tuple[int, ...]:
+    """The shards a coordinator's piece records for its attempt's other pieces (() if none)."""
+    text = dict(spec.metadata).get(ids.SHARDS_KEY, "")
+    return tuple(int(s) for s in text.split(",")) if text else ()
 
 
 def share_of_post(held: tuple[Leg, ...], post: tuple[Leg, ...]) -> tuple[Leg, ...]:

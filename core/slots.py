@@ -3,6 +3,12 @@
 The partition key of an account id is the text before its first '/' (the whole id without
 one). It hashes to one of SLOT_COUNT slots; the versioned slot map assigns slots to shards.
 Spread accounts ('@...') have a piece on every shard and route with the other legs.
+
+A transaction id has a partition key too, by the same rule, and so a home: the shard owning
+its slot. A transaction is recorded under its id at its home only, which makes the id one
+idempotency key for the whole cluster (docs/design.md, "Transactions"): an id whose partition
+key is that of its accounts ('cust-42/repayment-7') is recorded where its legs are, and costs
+nothing more than a single-shard transaction.
 """
 
 from __future__ import annotations
@@ -35,6 +41,11 @@ def account_slot(account_id: str) -> int:
     return slot_of(partition_key(account_id))
 
 
+def transaction_slot(transaction_id: str) -> int:
+    """The slot of a transaction id's partition key: its home's."""
+    return slot_of(partition_key(transaction_id))
+
+
 @dataclass(frozen=True, slots=True)
 class SlotMap:
     """Version and owner shard of every slot."""
@@ -57,6 +68,10 @@ class SlotMap:
 
     def shard_of_account(self, account_id: str) -> int:
         return self.owners[account_slot(account_id)]
+
+    def home_of(self, transaction_id: str) -> int:
+        """The shard that records this transaction id (see the module's docstring)."""
+        return self.owners[transaction_slot(transaction_id)]
 
     def shard_of_key(self, key: str) -> int:
         return self.owners[slot_of(key)]

@@ -34,6 +34,7 @@ from core.model import (
 from core.pieces import (
     decided_by_piece,
     fate_of_piece,
+    legs_digest,
     next_deadline,
     reversed_by_piece,
     share_of_post,
@@ -881,6 +882,20 @@ def _leg_account_problem(index: int, leg: Leg, account: AccountState | None) -> 
 
 
 def _replay(existing: TransactionState, spec: TransactionSpec) -> Result:
+    if spec.kind in _COORDINATED and (
+        existing.spec.kind is not spec.kind or existing.spec.target_id != spec.target_id
+    ):
+        # Another attempt of the id committed here, or a single-shard record holds it: this
+        # attempt can never commit. Its gateway then records the attempt's abort, whose
+        # decision says whether it was the same transaction (REPLAYED) or not
+        # (shards.crossshard.participant.decision): a replay here would commit its pieces.
+        differences = transaction_differences(existing.spec, spec)
+        why = (
+            "exists with a different " + ", ".join(differences)
+            if differences
+            else "was recorded by another attempt"
+        )
+        return Result(ResultCode.IDEMPOTENCY_CONFLICT, f"transaction {spec.id!r} {why}")
     return replay_result(existing, spec, ())
 
 
@@ -964,12 +979,45 @@ def account_differences(recorded: AccountSpec, submitted: AccountSpec) -> list[s
 
 
 def transaction_differences(recorded: TransactionSpec, submitted: TransactionSpec) -> list[str]:
-    """Fields that differ; `linked` is how the item was grouped, not what it does, and a
-    prepared piece's timeout is the gateway's deadline setting, not the client's content."""
+    """Fields that differ, as the client sees its transaction; `linked` is how the item was
+    grouped, not what it does, and a prepared piece's timeout is the gateway's deadline
+    setting, not the client's content. A coordinator's piece (COMMIT, HOLD) is the client's
+    transfer or hold: its legs are the digest of the client's legs on every shard that it
+    carries (core.pieces.legs_digest), and its target, its attempt's abort marker, is no
+    content of the client's."""
     names: tuple[str, ...] = ("kind", "legs", "code", "metadata", "value_date", "target_id")
     if recorded.kind is not Kind.PREPARED:
         names += ("timeout_seconds",)
-    return [name for name in names if getattr(recorded, name) != getattr(submitted, name)]
+    if recorded.kind not in _COORDINATED and submitted.kind not in _COORDINATED:
+        return [name for name in names if getattr(recorded, name) != getattr(submitted, name)]
+    before, after = _client_view(recorded), _client_view(submitted)
+    if not (before["digest"] and after["digest"]):
+        # A piece recorded before pieces carried the digest: its own legs are all it says.
+        before["digest"], after["digest"] = recorded.legs, submitted.legs
+    names = tuple("digest" if name == "legs" else name for name in names)
+    differences = [name for name in names if before[name] != after[name]]
+    return ["legs" if name == "digest" else name for name in differences]
+
+
+_COORDINATED: Final = {Kind.COMMIT: Kind.ORDINARY, Kind.HOLD: Kind.PENDING}
+
+
+def _client_view(spec: TransactionSpec) -> dict[str, object]:
+    """A transaction's content as its client sent it (see transaction_differences); "digest"
+    stands for its legs ("" if a coordinator's piece does not carry one)."""
+    metadata = dict(spec.metadata)
+    digest = metadata.pop(ids.DIGEST_KEY, "")
+    metadata.pop(ids.SHARDS_KEY, None)  # where its pieces are: no content of the client's
+    coordinated = spec.kind in _COORDINATED
+    return {
+        "kind": _COORDINATED.get(spec.kind, spec.kind),
+        "digest": digest if coordinated else legs_digest(spec.legs),
+        "code": spec.code,
+        "metadata": tuple(sorted(metadata.items())),
+        "value_date": spec.value_date,
+        "target_id": "" if coordinated else spec.target_id,
+        "timeout_seconds": spec.timeout_seconds,
+    }
 
 
 def needed_ids(requests: Sequence[Sequence[Item]]) -> tuple[set[str], set[str]]:

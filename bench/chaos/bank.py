@@ -283,11 +283,12 @@ class BankClient:
         self.sequence += 1
         return f"{partition}/c{self.number}-{tag}{self.sequence}"
 
-    def _pair(self) -> tuple[str, str, str, bool]:
+    def _pair(self, payer: int | None = None) -> tuple[str, str, str, bool]:
         """A payer's account, a payee's, their currency and whether they are on two shards:
         mostly two customers (CROSS_SHARE of them on two shards), else a customer's own two."""
         bank, rng = self.bank, self.rng
-        payer = rng.randrange(bank.customer_count)
+        if payer is None:
+            payer = rng.randrange(bank.customer_count)
         currency = bank.currency_of(payer)
         if rng.random() < 0.15:
             debit, credit = bank.accounts_of(payer)
@@ -340,11 +341,14 @@ class BankClient:
         return item
 
     async def linked(self, give_up_at: Callable[[], float]) -> None:
-        """2 to LINKED_SIZE_MAX transfers, all or nothing (linked: each but the last)."""
+        """2 to LINKED_SIZE_MAX transfers of one payer, all or nothing (linked: each but the
+        last). One payer: a group's ids share one partition key (the payer's), which the
+        gateway requires (one shard records the group) and which is one of each item's."""
         count = self.rng.randint(2, LINKED_SIZE_MAX)
+        payer = self.rng.randrange(self.bank.customer_count)
         items: list[Item] = []
         for index in range(count):
-            debit, credit, currency, cross = self._pair()
+            debit, credit, currency, cross = self._pair(payer)  # debit: one of the payer's
             message = transfer(
                 self._next_id(partition_of(debit), "l"),
                 debit, credit, self._amount(), currency, linked=index < count - 1,

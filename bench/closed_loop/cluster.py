@@ -35,7 +35,12 @@ from bench.common.local_cluster import (
 from bench.common.measure import CallOutcome, latency_summary_ms, run_closed_loop
 from bench.common.paths import REPORTS_DIR
 from bench.common.tally_client import TallyClient, chunks
-from bench.common.workload import HOT_ACCOUNT_ID, TRANSFER_AMOUNT_MAX_CENTS, Transfer
+from bench.common.workload import (
+    HOT_ACCOUNT_ID,
+    TRANSFER_AMOUNT_MAX_CENTS,
+    Transfer,
+    home_named,
+)
 from core.slots import SlotMap
 from shards.local.embedded_pg import free_port
 
@@ -65,7 +70,15 @@ class CrossShareSource:
     """Transfers between customers; a given share of them has the two accounts on different
     shards (by the cluster's even slot map), the rest on the same shard."""
 
-    def __init__(self, by_shard: list[list[str]], share: float, prefix: str, seed: int) -> None:
+    def __init__(
+        self,
+        by_shard: list[list[str]],
+        share: float,
+        prefix: str,
+        seed: int,
+        bare_ids: bool = False,
+    ) -> None:
+        self._bare_ids = bare_ids
         self._by_shard = by_shard
         self._share = share
         self._prefix = prefix
@@ -84,7 +97,10 @@ class CrossShareSource:
             credit = self._by_shard[other][pick(len(self._by_shard[other]))]
         self._sequence += 1
         amount = pick(1, TRANSFER_AMOUNT_MAX_CENTS + 1)
-        return Transfer(f"{self._prefix}{self._sequence}", debit, credit, amount)
+        name = f"{self._prefix}{self._sequence}"
+        if self._bare_ids:  # the id's home is wherever its slot is
+            return Transfer(name, debit, credit, amount)
+        return Transfer(home_named(name, debit, credit), debit, credit, amount)
 
 
 async def seed(client: TallyClient, accounts: list[str]) -> None:
@@ -102,7 +118,9 @@ async def measure(
     client: TallyClient, case: Case, by_shard: list[list[str]], meter: cpu.CpuMeter, args: Any
 ) -> dict[str, object]:
     sources = [
-        CrossShareSource(by_shard, case.cross_share, f"{case.name}.{n}.", seed=n)
+        CrossShareSource(
+            by_shard, case.cross_share, f"{case.name}.{n}.", seed=n, bare_ids=args.bare_ids
+        )
         for n in range(case.client_count)
     ]
 
@@ -191,6 +209,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         "--hold-cross",
         default="0,0.5",
         help="cross-shard shares of the hold-then-post cases (empty: none)",
+    )
+    parser.add_argument(
+        "--bare-ids",
+        action="store_true",
+        help="transaction ids without their accounts' partition key (by default ids are named "
+        "under the debit account's, as a client library names them)",
     )
     parser.add_argument("--out", type=Path, default=None)
     return parser.parse_args(argv)

@@ -113,7 +113,7 @@ class TallyClient:
         if held.error:
             return held
         captures = [
-            pb.Transaction(id="p" + t.transaction_id, code=1, post_pending_id=t.transaction_id)
+            pb.Transaction(id=t.transaction_id + ".post", code=1, post_pending_id=t.transaction_id)
             for t in transfers
         ]
         posted = await self._post_request(pb.PostTransactionsRequest(transactions=captures))

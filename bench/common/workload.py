@@ -11,6 +11,8 @@ import random
 from dataclasses import dataclass
 from typing import Final
 
+from core.slots import is_spread, partition_key
+
 CURRENCY: Final = "USD"
 TRANSFER_CODE: Final = 1
 ACCOUNT_CODE: Final = 100
@@ -76,10 +78,18 @@ def customer_account_ids(account_count: int) -> list[str]:
     return [customer_account_id(n) for n in range(account_count)]
 
 
+def home_named(name: str, *account_ids: str) -> str:
+    """A transaction id under the partition key of the first non-spread account among
+    account_ids, so that it is recorded on the shard of its legs (an id's home: docs/design.md,
+    "Transactions"): what a client library does for its users."""
+    key = next((partition_key(a) for a in account_ids if not is_spread(a)), "")
+    return f"{key}/{name}" if key else name
+
+
 def funding_transaction_id(account_id: str) -> str:
     # Deterministic, so seeding a node that already has the accounts replays instead of
     # funding twice.
-    return "fund." + account_id
+    return home_named("fund." + account_id, account_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,7 +137,8 @@ class TransferSource:
             credit = accounts[credit_number]
         self._sequence += 1
         amount = randrange(1, TRANSFER_AMOUNT_MAX_CENTS + 1)
-        return Transfer(self._prefix + str(self._sequence), debit, credit, amount)
+        name = self._prefix + str(self._sequence)
+        return Transfer(home_named(name, debit, credit), debit, credit, amount)
 
     def take(self, count: int) -> list[Transfer]:
         return [self.next() for _ in range(count)]

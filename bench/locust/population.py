@@ -78,7 +78,8 @@ def loan_id(number: int) -> str:
 def opening_transaction_id(number: int) -> str:
     # Deterministic: loading a cluster that already holds the population replays, never posts
     # the opening balances twice.
-    return f"open.{customer_key(number)}"
+    # Under the customer's partition key: recorded on the customer's shard.
+    return f"{customer_key(number)}/open"
 
 
 def accrual_amount_cents(number: int) -> int:

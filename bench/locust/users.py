@@ -36,6 +36,7 @@ from locust.exception import StopUser
 from locust.runners import LocalRunner
 
 from bench.common.credentials import ClientCredentials
+from bench.common.workload import home_named
 from bench.locust import population
 from bench.locust.grpc_client import LedgerClient, Tallies, leg, open_channel
 from tally.v1 import ledger_pb2 as pb
@@ -130,8 +131,10 @@ class TallyUser(User):
         self._sequence = itertools.count(1)
         self.population = self.bank.options.population
 
-    def new_id(self) -> str:
-        return self._prefix + str(next(self._sequence))
+    def new_id(self, *named: str) -> str:
+        """A fresh id under the partition key of the first non-spread account (or hold id)
+        it names: recorded on the shard of its legs."""
+        return home_named(self._prefix + str(next(self._sequence)), *named)
 
     def customer(self) -> int:
         return self.random.randrange(self.population)
@@ -141,7 +144,7 @@ class TallyUser(User):
 
     def transfer(self, debit_id: str, credit_id: str, amount: int, **fields: Any) -> Any:
         legs = [leg(debit_id, True, amount, CUR), leg(credit_id, False, amount, CUR)]
-        return pb.Transaction(id=self.new_id(), code=1, legs=legs, **fields)
+        return pb.Transaction(id=self.new_id(debit_id, credit_id), code=1, legs=legs, **fields)
 
 
 class LoanProductsUser(TallyUser):
@@ -164,7 +167,8 @@ class LoanProductsUser(TallyUser):
             leg(population.LOAN_BOOK_ACCOUNT_ID, False, amount, CUR),
         ]
         meta = {"product": "seasonal-loan"}
-        self.ledger.post([pb.Transaction(id=self.new_id(), code=10, legs=legs, metadata=meta)])
+        tid = self.new_id(population.deposit_id(number))
+        self.ledger.post([pb.Transaction(id=tid, code=10, legs=legs, metadata=meta)])
 
     @tag("loans")
     @task(4)
@@ -176,7 +180,8 @@ class LoanProductsUser(TallyUser):
             leg(population.LOAN_BOOK_ACCOUNT_ID, True, amount, CUR),
             leg(population.loan_id(number), False, amount, CUR),
         ]
-        self.ledger.post([pb.Transaction(id=self.new_id(), code=11, legs=legs)])
+        tid = self.new_id(population.deposit_id(number))
+        self.ledger.post([pb.Transaction(id=tid, code=11, legs=legs)])
 
     @tag("loans")
     @task(2)
@@ -211,16 +216,18 @@ class LoanProductsUser(TallyUser):
         hold_id, number, amount = self.open_holds.popleft()
         choice = self.random.random()
         if choice < 0.5:
-            item = pb.Transaction(id=self.new_id(), code=3, post_pending_id=hold_id)
+            item = pb.Transaction(id=self.new_id(hold_id), code=3, post_pending_id=hold_id)
         elif choice < 0.75:
             part = max(1, amount // 2)
             legs = [
                 leg(population.deposit_id(number), True, part, CUR),
                 leg(population.HOLDS_ACCOUNT_ID, False, part, CUR),
             ]
-            item = pb.Transaction(id=self.new_id(), code=3, post_pending_id=hold_id, legs=legs)
+            item = pb.Transaction(
+                id=self.new_id(hold_id), code=3, post_pending_id=hold_id, legs=legs
+            )
         else:
-            item = pb.Transaction(id=self.new_id(), code=4, void_pending_id=hold_id)
+            item = pb.Transaction(id=self.new_id(hold_id), code=4, void_pending_id=hold_id)
         self.ledger.post([item])
 
     @tag("loans")
@@ -343,7 +350,7 @@ class EndOfDayInterestUser(TallyUser):
             for number in batch
         ]
         for number, item in zip(batch, items, strict=True):
-            item.id = f"eod.{self.bank.run_id}.{population.customer_key(number)}"
+            item.id = f"{population.customer_key(number)}/eod.{self.bank.run_id}"
             item.code = 20
         self.ledger.post(items)
         if work.done(self.bank.tallies, len(items)):

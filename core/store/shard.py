@@ -480,13 +480,19 @@ async def prepared_past_deadline(
     connection: Connection, now_ns: int, limit: int, timeout_s: float
 ) -> list[tuple[str, int, int, int]]:
     """Cross-shard pieces held past their deadline: (id, coordinator shard, that deadline,
-    the piece's prepare deadline in seconds)."""
+    the piece's prepare deadline in seconds), at most `limit`, taken round robin across
+    coordinators (each one's earliest first, then each one's second, ...): the pieces of a
+    coordinator that never answers stay overdue, and ordered by deadline alone they would
+    fill every sweep and starve the pieces of the coordinators that do answer."""
     rows = await connection.fetch(
         """
-        SELECT h.transaction_id, t.target_id, h.expires_at_ns, t.timeout_seconds FROM holds h
-        JOIN transactions t ON t.id = h.transaction_id
-        WHERE h.expires_at_ns > 0 AND h.expires_at_ns <= $1 AND t.kind = $3
-        ORDER BY h.expires_at_ns LIMIT $2
+        SELECT transaction_id, target_id, expires_at_ns, timeout_seconds FROM (
+            SELECT h.transaction_id, t.target_id, h.expires_at_ns, t.timeout_seconds,
+                   row_number() OVER (PARTITION BY t.target_id ORDER BY h.expires_at_ns) AS turn
+            FROM holds h JOIN transactions t ON t.id = h.transaction_id
+            WHERE h.expires_at_ns > 0 AND h.expires_at_ns <= $1 AND t.kind = $3
+        ) overdue
+        ORDER BY turn, expires_at_ns LIMIT $2
         """,
         now_ns,
         limit,

@@ -35,7 +35,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 
-from core import audit, signing
+from core import audit, limits, signing
 from core.audit import AuditConfig, AuditReport, Finding
 from core.audit.report import (
     Balance,
@@ -51,7 +51,7 @@ from core.audit.report import (
 from core.currencies import minor_unit_scale
 from core.store.audit import PROBE_SQL
 from shards.rpc.metrics import MetricsServer, RpcMetrics
-from shards.rpc.serving import run_announced
+from shards.rpc.serving import add_rpc_concurrency_flag, grpc_server, run_announced
 from shards.security import flags as security_flags
 from shards.security import guard
 from shards.security.credentials import SecurityConfigError, ServerSecurity
@@ -84,6 +84,9 @@ class AuditServiceConfig:
     listen: str = DEFAULT_LISTEN
     # Audits and chain verifications running at once in this process.
     audit_concurrency_max: int = 2
+    # RPCs of any kind (health, reflection, reads) the listener serves at once; beyond,
+    # RESOURCE_EXHAUSTED before any handler runs.
+    rpc_concurrency_max: int = limits.rpc_concurrency_max_default
     shutdown_grace_s: float = 5.0
     # Prometheus /metrics on its own port ("": off; port 0: any free one).
     metrics_listen: str = ""
@@ -549,7 +552,9 @@ class AuditServer:
             ("grpc.max_send_message_length", MESSAGE_BYTES_MAX),
             ("grpc.max_receive_message_length", 4 << 20),
         ]
-        self._server = grpc.aio.server(interceptors=[self._guard.interceptor()], options=options)
+        self._server = grpc_server(
+            [self._guard.interceptor()], options, self.config.rpc_concurrency_max
+        )
         self._server.add_generic_rpc_handlers((audit_handler(self.service, self.metrics),))
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         reflection.enable_server_reflection(
@@ -632,6 +637,7 @@ def add_command(commands: Any) -> None:
         help="an Ed25519 public key journal heads are checked against (repeat for rotated "
         "keys); without one, every audit reports the signed blocks it could not check",
     )
+    add_rpc_concurrency_flag(sub)
     security_flags.add_server_flags(sub)
 
 
@@ -656,6 +662,7 @@ def run(args: argparse.Namespace) -> int:
         metrics_listen=args.metrics_listen,
         audit=AuditConfig(verify_keys=keys),
         security=security,
+        rpc_concurrency_max=args.rpc_concurrency_max,
     )
     code: int = uvloop.run(serve(config))
     return code

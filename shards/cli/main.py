@@ -24,7 +24,7 @@ from shards.cli import terminal
 from shards.cli.logs import LOG_FORMATS, LOG_LEVELS, hide_secrets, start_logging
 from shards.local.embedded_pg import EmbeddedPostgres
 from shards.node.writer import WriterConfig
-from shards.rpc.serving import metrics_url, run_announced
+from shards.rpc.serving import add_rpc_concurrency_flag, metrics_url, run_announced
 from shards.security import flags as security_flags
 from shards.security.credentials import SecurityConfigError
 
@@ -57,6 +57,13 @@ def _add_writer_flags(parser: argparse.ArgumentParser) -> None:
         "--cache-account-count-max",
         type=int,
         default=int(_env("cache_account_count_max", str(defaults.cache_account_count_max))),
+    )
+    parser.add_argument(
+        "--queue-size-max-bytes",
+        type=_at_least(1, int),
+        default=int(_env("queue_size_max_bytes", str(defaults.queue_size_max_bytes))),
+        help="bytes of requests waiting for the writer (as sent); past it one more is "
+        "RESOURCE_EXHAUSTED (default %(default)s)",
     )
 
 
@@ -145,6 +152,7 @@ def _writer_config(args: argparse.Namespace) -> WriterConfig:
         batch_item_count_max=args.batch_item_count_max,
         batch_wait_ms=args.batch_wait_ms,
         cache_account_count_max=args.cache_account_count_max,
+        queue_size_max_bytes=args.queue_size_max_bytes,
     )
 
 
@@ -172,6 +180,7 @@ def _add_node_command(commands: Any) -> None:
         "database; without: none)",
     )
     _add_writer_flags(node)
+    add_rpc_concurrency_flag(node)
     _add_signing_flags(node, up=False)
     _add_metrics_flag(node)
     security_flags.add_server_flags(node)
@@ -198,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_writer_flags(up)
     _add_gateway_flags(up)
+    add_rpc_concurrency_flag(up)
     _add_signing_flags(up, up=True)
     _add_metrics_flag(up, default="127.0.0.1:0")
 
@@ -220,6 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gateway.add_argument("--listen", default=_env("listen", DEFAULT_TARGET))
     _add_gateway_flags(gateway)
+    add_rpc_concurrency_flag(gateway)
     _add_metrics_flag(gateway)
     security_flags.add_server_flags(gateway)
 
@@ -431,6 +442,7 @@ async def _serve(args: argparse.Namespace) -> int:
                 publish_heads=args.publish_heads,
                 security=security,
                 internal_listen=getattr(args, "internal_listen", ""),
+                rpc_concurrency_max=args.rpc_concurrency_max,
             )
         )
     except (OSError, SigningKeyError, ValueError) as error:
@@ -484,6 +496,7 @@ async def _serve_gateway(args: argparse.Namespace) -> int:
             metrics_listen=args.metrics_listen,
             shard_calls_in_flight_max=args.shard_calls_in_flight,
             coalesce_wait_ms=args.coalesce_wait_ms,
+            rpc_concurrency_max=args.rpc_concurrency_max,
             security=security,
         )
     )
@@ -507,6 +520,8 @@ async def _serve_cluster(args: argparse.Namespace) -> int:
         f"--batch-item-count-max={args.batch_item_count_max}",
         f"--batch-wait-ms={args.batch_wait_ms}",
         f"--cache-account-count-max={args.cache_account_count_max}",
+        f"--queue-size-max-bytes={args.queue_size_max_bytes}",
+        f"--rpc-concurrency-max={args.rpc_concurrency_max}",
     ]
     # Always passed, so TALLY_METRICS_LISTEN does not make N + 1 processes race for one port.
     metrics_flags = [f"--metrics-listen={_any_port(args.metrics_listen)}"]
@@ -517,6 +532,7 @@ async def _serve_cluster(args: argparse.Namespace) -> int:
     gateway_flags = [
         f"--coalesce-wait-ms={args.coalesce_wait_ms}",
         f"--shard-calls-in-flight={args.shard_calls_in_flight}",
+        f"--rpc-concurrency-max={args.rpc_concurrency_max}",
     ]
     try:
         return await run_cluster(

@@ -29,8 +29,10 @@ import grpc
 
 from core import ids
 from core.model import Leg, TransactionSpec, expires_at
+from core.pieces import legs_digest
 from core.slots import SlotMap, is_spread
 from shards import failpoints
+from shards.crossshard.clocks import clock_skew_max_ns, open_hold_deadline
 from tally.v1 import ledger_pb2 as pb
 from tally.v1 import shard_pb2 as spb
 from tally.v1 import shard_pb2_grpc as spb_grpc
@@ -134,6 +136,7 @@ class Unit:
         "as_sent",
         "attempt",
         "coordinator",
+        "digests",
         "fates",
         "messages",
         "pieces",
@@ -175,6 +178,10 @@ class Unit:
             legs = specs[0].legs if len(specs) == 1 else [leg for s in specs for leg in s.legs]
             coordinator = coordinator_of(legs, slot_map)
         self.coordinator = coordinator
+        # What the coordinator's piece of each transaction records of the client's legs.
+        self.digests = [
+            "" if k in self.as_sent else legs_digest(s.legs) for k, s in enumerate(specs)
+        ]
         self.pieces: list[dict[int, list[Leg]]] = [
             {self.remote_fates[k]: []}
             if k in self.remote_fates
@@ -183,6 +190,13 @@ class Unit:
             else split_pieces(s.legs, slot_map, self.coordinator)[1]
             for k, s in enumerate(specs)
         ]
+
+    def shards_of(self, k: int) -> list[int]:
+        """The shards other than the coordinator holding a piece of transaction k (none for
+        one applied as sent)."""
+        if k in self.as_sent:
+            return []
+        return sorted(s for s in self.pieces[k] if s != self.coordinator)
 
     def participants(self) -> list[int]:
         shards = {shard for pieces in self.pieces for shard in pieces}
@@ -264,7 +278,9 @@ class Unit:
                         transaction_id=message.id,
                         attempt=self.attempt,
                         fate=spb.HOLD_FATE_OPEN,
-                        deadline_ns=expires_at(timestamp_ns, message.timeout_seconds),
+                        deadline_ns=open_hold_deadline(
+                            timestamp_ns, expires_at(timestamp_ns, message.timeout_seconds)
+                        ),
                     )
                 )
                 continue
@@ -356,7 +372,8 @@ class Driver:
     async def _per_shard(
         self, method: str, requests: dict[int, Any], read: str
     ) -> dict[int, list[Any] | grpc.aio.AioRpcError]:
-        """One call per shard, in parallel; each shard's answers, or the error of its call."""
+        """One call per shard, in parallel; each shard's answers (the field `read` of its
+        response; "": the response itself), or the error of its call."""
 
         async def one(shard: int) -> list[Any] | grpc.aio.AioRpcError:
             try:
@@ -364,7 +381,7 @@ class Driver:
                 response = await getattr(stub, method)(requests[shard], timeout=CALL_TIMEOUT_S)
             except grpc.aio.AioRpcError as error:
                 return error
-            return list(getattr(response, read))
+            return list(getattr(response, read)) if read else [response]
 
         shards = list(requests)
         started = time.perf_counter()
@@ -384,6 +401,8 @@ class Driver:
                 u = fated[n][0]
                 results[u] = [failed[n]] * len(units[u].messages)
             chosen = [u for u in chosen if results[u] is None]
+            if failpoints.ARMED:
+                await failpoints.hit("gateway.after_rearm")
         prepared = await self._gather("Prepare", units, chosen, participants=True)
         if failpoints.ARMED:
             await failpoints.hit("gateway.after_prepare")
@@ -457,6 +476,8 @@ class Driver:
                             reverses_id=units[u].reverses[k],
                             decide_before_ns=units[u].decide_before_ns(k),
                             as_sent=k in units[u].as_sent,
+                            legs_digest=units[u].digests[k],
+                            participant_shards=units[u].shards_of(k),
                         )
                         for u, k, piece in items
                     ]
@@ -494,6 +515,7 @@ class Driver:
                         message=why.message,
                         attempt=units[u].attempt,
                         piece=units[u].coordinator_piece(k),
+                        legs_digest=units[u].digests[k],
                     )
                     for u, k, why in items
                 ]
@@ -541,6 +563,8 @@ class Driver:
         """Posts and voids of cross-shard holds: the participants' pieces get a short deadline,
         the coordinators decide, the participants settle as decided. Each one's result."""
         failed = await self._rearm(resolutions)
+        if failpoints.ARMED:  # the participants wait for a decision that is not made yet
+            await failpoints.hit("gateway.after_rearm")
         results: list[pb.ItemResult | None] = [failed.get(n) for n in range(len(resolutions))]
         decide: dict[int, list[int]] = {}
         for n, hold in enumerate(resolutions):
@@ -576,23 +600,104 @@ class Driver:
 
     async def _rearm(self, holds: Sequence[HoldResolution]) -> dict[int, pb.ItemResult]:
         """Give the participants of these holds the short deadline before their fates are
-        decided. The holds (by position) whose participants could not be reached: not to be
-        decided now (retryable)."""
-        now_ns = failpoints.wall_ns()
+        decided, and learn the clocks of their coordinators in the same round (an empty call).
+        The holds (by position) not to be decided now (retryable): a participant or the
+        coordinator could not be reached, a participant did not re-arm its piece (it would not
+        ask in time), or a participant's clock is ahead of the coordinator's beyond the bound
+        (it could ask before the decision's limit on the coordinator's clock)."""
+        sent_ns = failpoints.wall_ns()
         rearm: dict[int, list[tuple[int, spb.SettleHoldItem]]] = {}
         for n, hold in enumerate(holds):
-            for shard, item in hold.rearm(now_ns):
+            rearm.setdefault(hold.coordinator, [])
+            for shard, item in hold.rearm(sent_ns):
                 rearm.setdefault(shard, []).append((n, item))
         requests = {
             shard: spb.SettleHoldsRequest(items=[item for _, item in items])
             for shard, items in rearm.items()
         }
-        failed = {}
-        for shard, answers in (await self._per_shard("SettleHolds", requests, "results")).items():
-            if isinstance(answers, grpc.aio.AioRpcError):
-                for n, _ in rearm[shard]:
-                    failed[n] = _unavailable(answers)
+        answered = await self._per_shard("SettleHolds", requests, "")
+        answered_ns = failpoints.wall_ns()
+        failed: dict[int, pb.ItemResult] = {}
+        for n, hold in enumerate(holds):
+            unreachable = answered[hold.coordinator]
+            if isinstance(unreachable, grpc.aio.AioRpcError):
+                failed[n] = _unavailable(unreachable)
+        for shard, entries in rearm.items():
+            answer = answered[shard]
+            for position, (n, item) in enumerate(entries):
+                if isinstance(answer, grpc.aio.AioRpcError):
+                    failed.setdefault(n, _unavailable(answer))
+                    continue
+                problem = _rearm_problem(shard, item, answer[0].results[position])
+                if problem is None:
+                    coordinator = holds[n].coordinator
+                    ahead_ns = _ahead_at_least_ns(
+                        answer, answered[coordinator], sent_ns, answered_ns
+                    )
+                    problem = _skew_problem(shard, coordinator, item, ahead_ns)
+                if problem is not None:
+                    failed.setdefault(n, problem)
         return failed
+
+
+def _ahead_at_least_ns(
+    participant: list[Any] | grpc.aio.AioRpcError,
+    coordinator: list[Any] | grpc.aio.AioRpcError,
+    sent_ns: int,
+    answered_ns: int,
+) -> int:
+    """The least by which the participant's clock is ahead of the coordinator's, from their
+    answers to one round of calls sent at sent_ns and all answered by answered_ns on this
+    clock: each read its clock in between (0: not known, say a node that does not tell)."""
+    if isinstance(participant, grpc.aio.AioRpcError) or isinstance(
+        coordinator, grpc.aio.AioRpcError
+    ):
+        return 0
+    participant_ns, coordinator_ns = participant[0].clock_ns, coordinator[0].clock_ns
+    if not participant_ns or not coordinator_ns:
+        return 0
+    return int((participant_ns - answered_ns) - (coordinator_ns - sent_ns))
+
+
+def _rearm_problem(
+    shard: int, item: spb.SettleHoldItem, answer: pb.ItemResult
+) -> pb.ItemResult | None:
+    """Why a participant's answer to a re-arm forbids deciding its hold now (None: it allows).
+    A piece already settled needs no deadline (its hold is decided: the coordinator says so)."""
+    if answer.code in OK_CODES or answer.code == pb.RESULT_CODE_PENDING_ALREADY_RESOLVED:
+        return None
+    log.warning(
+        "re-arming %s on shard %d failed: %s %s; not deciding it",
+        item.transaction_id, shard, pb.ResultCode.Name(answer.code), answer.message,
+    )  # fmt: skip
+    return pb.ItemResult(
+        code=pb.RESULT_CODE_UNAVAILABLE,
+        message=f"shard {shard} could not give its piece of hold {item.transaction_id!r} "
+        f"a deadline ({answer.message or pb.ResultCode.Name(answer.code)}); nothing was "
+        "decided, retry with the same id",
+    )
+
+
+def _skew_problem(
+    shard: int, coordinator: int, item: spb.SettleHoldItem, ahead_ns: int
+) -> pb.ItemResult | None:
+    """A participant's clock ahead of its coordinator's by more than the bound (measured so
+    that a clock within it is never refused) forbids the decision: None if within it."""
+    bound_ns = clock_skew_max_ns(PREPARE_DEADLINE_S)
+    if ahead_ns <= bound_ns:
+        return None
+    log.error(
+        "shard %d's clock reads at least %.3f s ahead of shard %d's, beyond the bound of "
+        "%.3f s: not deciding hold %s",
+        shard, ahead_ns / 1e9, coordinator, bound_ns / 1e9, item.transaction_id,
+    )  # fmt: skip
+    return pb.ItemResult(
+        code=pb.RESULT_CODE_UNAVAILABLE,
+        message=f"shard {shard}'s clock reads {ahead_ns / 1e9:.3f} s ahead of the coordinator "
+        f"shard {coordinator}'s, beyond the cluster's bound of {bound_ns / 1e9:.3f} s "
+        f"(docs/cross-shard.md, Clocks); hold {item.transaction_id!r} was not decided, retry "
+        "with the same id",
+    )
 
 
 def _answer(answers: list[Any] | grpc.aio.AioRpcError, position: int) -> pb.ItemResult:

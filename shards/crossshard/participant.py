@@ -38,9 +38,12 @@ from core.pieces import (
     hold_settlement_spec,
     resolution_spec,
     reversal_mark_spec,
+    with_digest,
 )
+from core.slots import SLOT_COUNT
 from core.state import Item, replay_result
 from shards import failpoints
+from shards.crossshard.clocks import open_hold_deadline
 from shards.rpc import convert
 from shards.security.credentials import ClientSecurity, aio_channel
 from tally.v1 import ledger_pb2 as pb
@@ -152,10 +155,31 @@ def _legless_problem(message: pb.Transaction) -> Rejection | None:
     return Rejection(rejection.code, rejection.message, message.linked)
 
 
-def commit_piece(message: pb.Transaction, attempt: str) -> TransactionSpec | Rejection:
+def commit_piece(
+    message: pb.Transaction, attempt: str, digest: str = "", shards: Sequence[int] = ()
+) -> TransactionSpec | Rejection:
     """The coordinator's piece under the client's id: applying it records the attempt's
-    commit. Without legs (a transaction of a linked group with none on this shard) it records
-    only the decision."""
+    commit. Without legs (a transaction of a linked group with none on this shard, or one
+    whose id's home holds none of its legs) it records only the decision. It carries the
+    digest of the client's legs on every shard (core.ids.DIGEST_KEY) and the shards of the
+    attempt's other pieces (core.ids.SHARDS_KEY) when given."""
+    spec = _commit_piece(message, attempt)
+    if isinstance(spec, Rejection):
+        return spec
+    if digest and not (len(digest) == 32 and all(c in "0123456789abcdef" for c in digest)):
+        return Rejection(
+            ResultCode.INVALID_METADATA, "legs_digest must be 32 hex digits", spec.linked
+        )
+    if len(shards) > SLOT_COUNT or any(s >= SLOT_COUNT for s in shards):
+        return Rejection(
+            ResultCode.INVALID_METADATA,
+            f"participant_shards: at most {SLOT_COUNT} shard ids, each below {SLOT_COUNT}",
+            spec.linked,
+        )
+    return with_digest(spec, digest, shards)
+
+
+def _commit_piece(message: pb.Transaction, attempt: str) -> TransactionSpec | Rejection:
     marker_id = ids.abort_marker_id(message.id, attempt)
     # A hold's piece here is the hold record (its legs held, expiring as the client asked).
     kind = Kind.HOLD if message.pending else Kind.COMMIT
@@ -229,7 +253,9 @@ def commit_records(
         if item.as_sent:
             records.append(convert.transaction_from_proto(item.piece))
             continue
-        records.append(commit_piece(item.piece, item.attempt))
+        records.append(
+            commit_piece(item.piece, item.attempt, item.legs_digest, item.participant_shards)
+        )
     return [record for record in records if record is not None], fates
 
 
@@ -311,12 +337,31 @@ def decision(
             return spb.Decision(committed=True, timestamp_ns=recorded.timestamp_ns)
         reason, message = ResultCode.REPLAYED, "committed by an earlier attempt"
         if item.HasField("piece"):
-            asked = commit_piece(item.piece, item.attempt)
+            asked = commit_piece(item.piece, item.attempt, item.legs_digest)
             if isinstance(asked, TransactionSpec):  # the attempt's own marker is no difference
                 replay = replay_result(recorded, asked, ("target_id",))
                 if replay.code is ResultCode.IDEMPOTENCY_CONFLICT:
                     reason, message = replay.code, replay.message
         return spb.Decision(reason=reason, message=message, timestamp_ns=recorded.timestamp_ns)
+    if (
+        recorded is not None
+        and recorded.spec.kind in (Kind.ORDINARY, Kind.PENDING)
+        and item.HasField("piece")
+        and item.legs_digest
+    ):
+        # The id's home holds a single-shard transaction under it: this attempt never commits;
+        # it is that transaction again (REPLAYED: say, after the slot map moved its accounts)
+        # or another one (IDEMPOTENCY_CONFLICT, naming what differs).
+        asked = commit_piece(item.piece, item.attempt, item.legs_digest)
+        if isinstance(asked, TransactionSpec):
+            replay = replay_result(recorded, asked, ())
+            if replay.code is ResultCode.IDEMPOTENCY_CONFLICT:
+                return spb.Decision(reason=replay.code, message=replay.message)
+            return spb.Decision(
+                reason=ResultCode.REPLAYED,
+                message="recorded earlier as a single-shard transaction",
+                timestamp_ns=recorded.timestamp_ns,
+            )
     if (
         recorded is not None
         and recorded.spec.kind in (Kind.POST_PENDING, Kind.VOID_PENDING, Kind.REVERSAL)
@@ -422,10 +467,16 @@ def _hold_settlement(
 ) -> TransactionSpec:
     """A committed hold's piece, asked about at its deadline seen_ns: kept until the hold's
     expiry while it is open (unless a decision re-armed it meanwhile), else settled as its
-    coordinator decided. timeout_s: the piece's prepare deadline."""
-    deadline_ns = hold.expires_at_ns
-    if hold.deciding:  # a linked group's piece at the coordinator decides it: ask again
-        deadline_ns = failpoints.wall_ns() + max(1, timeout_s) * 1_000_000_000
+    coordinator decided. timeout_s: the piece's prepare deadline. An open hold's piece is
+    asked about again by its expiry or within HOLD_REASK_S (clocks.open_hold_deadline): a
+    decision whose news is lost is heard then."""
+    now_ns = failpoints.wall_ns()
+    deadline_ns = open_hold_deadline(now_ns, hold.expires_at_ns)
+    if hold.deciding or deadline_ns <= now_ns:
+        # A linked group's piece at the coordinator decides it, or the hold is past its expiry
+        # here but not on the coordinator's clock (behind this one's): ask again after a
+        # prepare deadline, not at every sweep.
+        deadline_ns = now_ns + max(1, timeout_s) * 1_000_000_000
     spec = settlement_spec(
         piece, hold.fate, deadline_ns, hold.resolution, DeadlineMode.ASKED, seen_ns
     )

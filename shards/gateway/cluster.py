@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from core import limits
 from core.model import Result, ResultCode
 from core.slots import SlotMap, is_spread
 from shards import control
@@ -56,6 +57,8 @@ class GatewayConfig:
     # still leaves at once.
     shard_calls_in_flight_max: int = 1
     coalesce_wait_ms: float = 0.0
+    # RPCs the client listener serves at once; beyond, RESOURCE_EXHAUSTED.
+    rpc_concurrency_max: int = limits.rpc_concurrency_max_default
     # Every listener is TLS, and links to the shards are mutual TLS with this certificate
     # (a cluster identity): required, a gateway without it refuses to start.
     security: ServerSecurity | None = None
@@ -187,25 +190,40 @@ class Cluster:
         return transaction_id in self._cross_shard
 
     async def locate(self, transaction_ids: Sequence[str]) -> dict[str, int]:
-        """Shards holding these transactions (cached, else asked of every shard)."""
+        """Shards recording these transactions, of those that exist: each id's home
+        (core.slots), asked there alone (cached: whether it is a cross-shard one)."""
         found = {t: self._locations[t] for t in transaction_ids if t in self._locations}
         missing = [t for t in dict.fromkeys(transaction_ids) if t not in found]
         if not missing:
             return found
-
-        async def ask(shard_id: int) -> tuple[int, Any]:
-            response = await self.link(shard_id).stub.GetTransactions(
-                pb.GetTransactionsRequest(ids=missing), timeout=self.config.shard_call_timeout_s
-            )
-            return shard_id, response
-
-        for shard_id, response in await asyncio.gather(*(ask(s) for s in self.links)):
-            for transaction_id, lookup in zip(missing, response.results, strict=True):
-                if lookup.code == pb.RESULT_CODE_OK:
-                    found[transaction_id] = shard_id
-                    coordinator = lookup.transaction.cross_shard_piece.coordinator
-                    self.remember(transaction_id, shard_id, cross_shard=coordinator)
+        lookups = await self.lookup_at_home(missing)
+        for transaction_id, (shard_id, lookup) in zip(missing, lookups, strict=True):
+            if lookup.code == pb.RESULT_CODE_OK:
+                found[transaction_id] = shard_id
+                coordinator = lookup.transaction.cross_shard_piece.coordinator
+                self.remember(transaction_id, shard_id, cross_shard=coordinator)
         return found
+
+    async def lookup_at_home(self, transaction_ids: Sequence[str]) -> list[tuple[int, Any]]:
+        """Each id's (home shard, pb.TransactionLookup there): one call per home shard."""
+        slot_map = self.map()
+        asked: dict[int, list[int]] = {}
+        for n, transaction_id in enumerate(transaction_ids):
+            asked.setdefault(slot_map.home_of(transaction_id), []).append(n)
+
+        async def ask(shard_id: int, positions: list[int]) -> tuple[int, list[int], Any]:
+            link = self.link(shard_id)
+            request = pb.GetTransactionsRequest(ids=[transaction_ids[n] for n in positions])
+            response = await link.stub.GetTransactions(request, timeout=link.call_timeout_s)
+            return shard_id, positions, response
+
+        answers: list[tuple[int, Any]] = [(0, None)] * len(transaction_ids)
+        for shard_id, positions, response in await asyncio.gather(
+            *(ask(s, p) for s, p in asked.items())
+        ):
+            for n, lookup in zip(positions, response.results, strict=True):
+                answers[n] = (shard_id, lookup)
+        return answers
 
     async def close(self) -> None:
         for link in self.links.values():

@@ -12,7 +12,7 @@ import grpc
 
 from core import validation
 from core.authority import Action
-from core.ids import is_clearing, piece_id
+from core.ids import DECIDES_KEY, is_clearing, piece_id
 from core.model import (
     AccountSpec,
     CloseSpec,
@@ -57,7 +57,9 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
         results: list[pb.ItemResult | None] = [None] * len(items)
         todo = []
         for start, end in routing.units(items):
-            failure = routing.local_failure(items[start:end])
+            failure = routing.local_failure(items[start:end]) or routing.mixed_homes(
+                items[start:end]
+            )
             if failure is None:
                 todo.append((start, end))
             else:
@@ -73,55 +75,97 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
         todo: list[tuple[int, int]],
         results: list[pb.ItemResult | None],
     ) -> None:
+        """Each unit to its shard (or shards), in waves: a unit naming a transaction that an
+        earlier unit of the request creates elsewhere than in the same shard call waits for
+        the wave after that unit's, so a request's items apply in their order."""
+        while todo:
+            todo = await self._route_wave(messages, items, todo, results)
+
+    async def _route_wave(
+        self,
+        messages: list[pb.Transaction],
+        items: list[TransactionSpec | Rejection],
+        todo: list[tuple[int, int]],
+        results: list[pb.ItemResult | None],
+    ) -> list[tuple[int, int]]:
+        """Route the units of one wave (resent while a shard answers WRONG_SHARD); return
+        the units deferred to the next wave."""
+        deferred: list[tuple[int, int]] = []
         for attempt in range(self._cluster.config.wrong_shard_retry_max + 1):
             if not todo:
-                return
+                break
             if attempt:
                 await self._cluster.backoff_and_refresh(attempt)
             slot_map = self._cluster.map()
             specs: list[TransactionSpec] = [i for i in items if isinstance(i, TransactionSpec)]
             located = await self._cluster.locate(routing.targets(specs))
-            plan: dict[int, list[tuple[int, int]]] = {}
-            crossing: list[tuple[int, int]] = []
-            anchored: list[tuple[int, int]] = []
-            hold_fates: list[int] = []
-            reversing = any(s.kind is Kind.REVERSAL for s in specs)
-            resolving = any(s.kind in _RESOLUTIONS for s in specs)
-            for start, end in todo:
-                unit = [i for i in items[start:end] if isinstance(i, TransactionSpec)]
-                shards = routing.unit_shards(unit, slot_map, located)
-                decides_cross = (
-                    reversing and any(self._reverses_cross_shard(i) for i in unit)
-                ) or (resolving and any(self._resolves_cross_shard(i) for i in unit))
-                if len(shards) == 1 and not decides_cross:
-                    shard = shards.pop()
-                    plan.setdefault(shard, []).append((start, end))
-                    # A later item of this request may post, void or reverse one of these.
-                    for item in unit:
-                        located[item.id] = shard
-                elif all(item.kind is Kind.ORDINARY or item.kind is Kind.PENDING for item in unit):
-                    crossing.append((start, end))
-                elif end - start == 1 and self._resolves_cross_shard(unit[0]):
-                    hold_fates.append(start)  # a lone post or void of a cross-shard hold
-                else:
-                    # Items that must be decided where a record lives (reversals, posts and
-                    # voids), with others whose legs span shards.
-                    anchored.append((start, end))
-            built = await self._anchored_units(messages, items, anchored, located, slot_map)
+            plan = self._plan(items, todo, slot_map, located)
+            deferred += plan.deferred
+            built = await self._anchored_units(messages, items, plan.anchored, located, slot_map)
             # On a later round, a unit the new map spreads over shards keeps its WRONG_SHARD.
             sent, _, _ = await asyncio.gather(
-                self._send_units(messages, plan, results, self._post_shard),
+                self._send_units(messages, plan.direct, results, self._post_shard),
                 self._cross_shard(
                     messages,
                     items,
-                    crossing,
-                    list(zip(anchored, built, strict=True)),
+                    plan.crossing,
+                    list(zip(plan.anchored, built, strict=True)),
                     results,
                     slot_map,
                 ),
-                self._decide_holds(messages, items, hold_fates, results),
+                self._decide_holds(messages, items, plan.hold_fates, results),
             )
             todo = sent
+        return sorted(deferred)
+
+    def _plan(
+        self,
+        items: list[TransactionSpec | Rejection],
+        todo: list[tuple[int, int]],
+        slot_map: SlotMap,
+        located: dict[str, int],
+    ) -> _Plan:
+        """Where each unit goes. A unit is recorded at its ids' home (core.slots): sent there
+        alone if its legs and targets live there too, else run across shards."""
+        plan = _Plan()
+        specs = [i for i in items if isinstance(i, TransactionSpec)]
+        reversing = any(s.kind is Kind.REVERSAL for s in specs)
+        resolving = any(s.kind in _RESOLUTIONS for s in specs)
+        # Ids this wave's units create or name, and their units' shard call (-1: none): a unit
+        # naming one of them goes in the same call or waits for the next wave.
+        earlier: dict[str, int] = {}
+        for start, end in todo:
+            unit = [i for i in items[start:end] if isinstance(i, TransactionSpec)]
+            home = slot_map.home_of(unit[0].id)
+            shards = routing.unit_shards(unit, slot_map, located)
+            decides_cross = (reversing and any(self._reverses_cross_shard(i) for i in unit)) or (
+                resolving and any(self._resolves_cross_shard(i) for i in unit)
+            )
+            direct = shards == {home} and not decides_cross
+            waits = [i.target_id for i in unit if i.target_id in earlier]
+            if waits and not (direct and all(earlier[t] == home for t in waits)):
+                plan.deferred.append((start, end))
+                earlier.update(_named(unit, -1))
+                continue
+            if direct:
+                plan.direct.setdefault(home, []).append((start, end))
+                # A later item of this request may post, void or reverse one of these.
+                for item in unit:
+                    located[item.id] = home
+            elif all(item.kind is Kind.ORDINARY or item.kind is Kind.PENDING for item in unit):
+                plan.crossing.append((start, end))
+            elif (
+                end - start == 1
+                and self._resolves_cross_shard(unit[0])
+                and located.get(unit[0].target_id) == home
+            ):
+                plan.hold_fates.append(start)  # a lone post or void, recorded with its hold
+            else:
+                # Items that must be decided where a record lives (reversals, posts and
+                # voids), with others whose legs span shards, or recorded at another home.
+                plan.anchored.append((start, end))
+            earlier.update(_named(unit, home if direct else -1))
+        return plan
 
     def _reverses_cross_shard(self, item: TransactionSpec) -> bool:
         return item.kind is Kind.REVERSAL and self._cluster.is_cross_shard(item.target_id)
@@ -336,7 +380,8 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
         currencies: set[str] = set()
         for start, end in ranges:
             specs = [i for i in items[start:end] if isinstance(i, TransactionSpec)]
-            units.append(Unit(specs, messages[start:end], slot_map))
+            home = slot_map.home_of(specs[0].id)
+            units.append(Unit(specs, messages[start:end], slot_map, home))
             placed.append((start, end))
             for spec in specs:
                 for leg in spec.legs:
@@ -654,35 +699,68 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
         list[list[tuple[int, pb.TransactionLookup]]],
         dict[str, list[tuple[int, pb.TransactionLookup]]],
     ]:
-        """Each id's (shard, lookup) on every shard, and for a committed cross-shard
-        transaction, the (shard, lookup) of its committed attempt's participant pieces."""
-        lookups = await self._lookup_everywhere(ids)
-        wanted = {}
+        """Each id's (shard, lookup) at its home (the one shard recording it), and for a
+        committed cross-shard transaction, the (shard, lookup) of its committed attempt's
+        participant pieces."""
+        lookups = [[found] for found in await self._cluster.lookup_at_home(ids)] if ids else []
+        wanted: dict[str, tuple[str, list[int]]] = {}
         for transaction_id, found in zip(ids, lookups, strict=True):
             for _, lookup in found:
                 piece = lookup.transaction.cross_shard_piece
-                if lookup.code == pb.RESULT_CODE_OK and piece.coordinator:
-                    wanted[transaction_id] = piece_id(transaction_id, piece.attempt)
-        pieces = await self._lookup_everywhere(list(wanted.values()))
-        participants = dict(zip(wanted, pieces, strict=True))
-        return lookups, participants
-
-    async def _lookup_everywhere(
-        self, ids: list[str]
-    ) -> list[list[tuple[int, pb.TransactionLookup]]]:
-        """Each id's lookups, (shard, lookup) for every shard."""
-        if not ids:
-            return []
-
-        async def one(shard_id: int) -> tuple[int, Any]:
+                if (
+                    lookup.code == pb.RESULT_CODE_OK
+                    and piece.coordinator
+                    and not is_hold_post(lookup.transaction)  # whole where it is recorded
+                ):
+                    # Only the shards its record names hold its pieces (every shard for a
+                    # record that names none, from before records did).
+                    shards = list(piece.participant_shards) or list(self._cluster.links)
+                    wanted[transaction_id] = (piece_id(transaction_id, piece.attempt), shards)
+        participants = await self._lookup_pieces(wanted)
+        # A post or void recorded at its home but decided at its hold's shard: that shard
+        # applied it under the client's id, and its record there is what the client reads.
+        settled: dict[int, list[int]] = {}
+        for n, transaction_id in enumerate(ids):
+            for shard_id, piece in participants.get(transaction_id, []):
+                if piece.code == pb.RESULT_CODE_OK and (
+                    piece.transaction.transaction.metadata.get(DECIDES_KEY)
+                ):
+                    settled.setdefault(shard_id, []).append(n)
+        for shard_id, positions in settled.items():
             link = self._cluster.link(shard_id)
             response = await link.stub.GetTransactions(
-                pb.GetTransactionsRequest(ids=ids), timeout=link.call_timeout_s
+                pb.GetTransactionsRequest(ids=[ids[n] for n in positions]),
+                timeout=link.call_timeout_s,
             )
-            return shard_id, response
+            for n, lookup in zip(positions, response.results, strict=True):
+                if lookup.code == pb.RESULT_CODE_OK:
+                    lookups[n].append((shard_id, lookup))
+        return lookups, participants
 
-        responses = await asyncio.gather(*(one(s) for s in list(self._cluster.links)))
-        return [[(shard, r.results[n]) for shard, r in responses] for n in range(len(ids))]
+    async def _lookup_pieces(
+        self, wanted: dict[str, tuple[str, list[int]]]
+    ) -> dict[str, list[tuple[int, pb.TransactionLookup]]]:
+        """For each transaction id, the (shard, lookup) of its piece id at each of its shards:
+        one call per shard for all of them."""
+        asked: dict[int, list[str]] = {}
+        for transaction_id, (_, shards) in wanted.items():
+            for shard_id in shards:
+                if shard_id in self._cluster.links:
+                    asked.setdefault(shard_id, []).append(transaction_id)
+
+        async def one(shard_id: int, transaction_ids: list[str]) -> list[Any]:
+            link = self._cluster.link(shard_id)
+            request = pb.GetTransactionsRequest(ids=[wanted[t][0] for t in transaction_ids])
+            response = await link.stub.GetTransactions(request, timeout=link.call_timeout_s)
+            return list(response.results)
+
+        shard_ids = list(asked)
+        answers = await asyncio.gather(*(one(s, asked[s]) for s in shard_ids))
+        found: dict[str, list[tuple[int, pb.TransactionLookup]]] = {t: [] for t in wanted}
+        for shard_id, results in zip(shard_ids, answers, strict=True):
+            for transaction_id, lookup in zip(asked[shard_id], results, strict=True):
+                found[transaction_id].append((shard_id, lookup))
+        return found
 
     async def ListPostings(
         self, request: pb.ListPostingsRequest, context: Context
@@ -744,6 +822,22 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
 _RESOLUTIONS = (Kind.POST_PENDING, Kind.VOID_PENDING)
 
 
+def _named(unit: Sequence[TransactionSpec], call: int) -> list[tuple[str, int]]:
+    """The ids a unit creates and names, each with the unit's shard call."""
+    return [(i.id, call) for i in unit] + [(i.target_id, call) for i in unit if i.target_id]
+
+
+@dataclass
+class _Plan:
+    """Where the units of one wave go (see GatewayService._plan)."""
+
+    direct: dict[int, list[tuple[int, int]]] = field(default_factory=dict)
+    crossing: list[tuple[int, int]] = field(default_factory=list)
+    anchored: list[tuple[int, int]] = field(default_factory=list)
+    hold_fates: list[int] = field(default_factory=list)
+    deferred: list[tuple[int, int]] = field(default_factory=list)
+
+
 @dataclass
 class _UnitDraft:
     """What _draft_unit found of one anchored range, for _unit_of_draft to build its unit."""
@@ -782,10 +876,11 @@ def _unit_of_draft(
     single: dict[str, tuple[int, pb.TransactionRecord]],
     slot_map: SlotMap,
 ) -> Unit:
-    """The unit of a drafted range. It is coordinated where its first post or void is decided
-    (else where a reversal is); the others are decided at their holds' shards, by those shards'
+    """The unit of a drafted range. It is coordinated at its ids' home (core.slots), which
+    records them; posts and voids of holds recorded elsewhere are decided at their holds'
+    shards, and reversals of originals recorded elsewhere at theirs, by those shards'
     pieces."""
-    coordinator = next(iter(draft.decided_at.values()), min(draft.anchors))
+    coordinator = slot_map.home_of(messages[start].id)
     remote_fates = {k: s for k, s in draft.decided_at.items() if s != coordinator}
     draft.as_sent -= set(remote_fates)
     remote: dict[int, tuple[int, str]] = {}

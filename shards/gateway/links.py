@@ -7,6 +7,11 @@ that finds a free slot also waits, at most that long, for others to join it, unl
 is full already: fewer, larger calls for a bounded latency. Each client request's linked groups
 are closed within it (the gateway checks), so concatenating requests never joins two groups.
 
+A call is full at limits.batch_item_count_max items or at CALL_SIZE_MAX_BYTES, its encoded size
+measured from the items it carries: bounded in items alone, requests that fit the message limit
+one by one coalesced into a call beyond it, which the shard refused, failing every request in
+it, again on every retry. A request larger than that on its own leaves alone.
+
 Metrics (when given): per call, the requests and items it carried, its oldest request's wait
 and its duration; calls in flight and requests queued are plain ints read at scrape time.
 """
@@ -38,13 +43,32 @@ CHANNEL_OPTIONS = [
     ("grpc.max_reconnect_backoff_ms", 2000),
 ]
 
+# A coalesced call's encoded request stays below the gRPC message limit, with room for what the
+# transport counts beside the message.
+CALL_SIZE_MAX_BYTES = limits.message_size_max_bytes - 64 * 1024
+
 Results = list[pb.ItemResult]
 # The write methods, as their metrics name them.
 POST = "PostTransactions"
 CREATE = "CreateAccounts"
 CLOSE = "CloseAccounts"
-# A client request's items, its answer, and when it was queued (time.perf_counter()).
-Entry = tuple[list[Any], "asyncio.Future[Results]", float]
+# A client request's items, its answer, when it was queued (time.perf_counter()) and the
+# items' encoded size in a request.
+Entry = tuple[list[Any], "asyncio.Future[Results]", float, int]
+
+
+def encoded_size_bytes(items: list[Any]) -> int:
+    """The bytes items take as the repeated field of a request: each its tag (one byte: field
+    numbers below 16), its length as a varint, and itself."""
+    size = 0
+    for item in items:
+        length = item.ByteSize()
+        size += 1 + _varint_size(length) + length
+    return size
+
+
+def _varint_size(value: int) -> int:
+    return max(1, (value.bit_length() + 6) // 7)
 
 
 class _Coalescer:
@@ -58,11 +82,14 @@ class _Coalescer:
         id_of: Callable[[Any], str],
         metrics: ShardCallMetrics | None = None,
         coalesce_wait_s: float = 0.0,
+        size_max_bytes: int = CALL_SIZE_MAX_BYTES,
     ) -> None:
         self._call = call
         self._id_of = id_of
         self._queue: list[Entry] = []
         self._queued_item_count = 0
+        self._queued_size_bytes = 0
+        self._size_max_bytes = size_max_bytes
         self._inflight = 0
         self._inflight_max = inflight_call_count_max
         self._item_count_max = item_count_max
@@ -81,14 +108,16 @@ class _Coalescer:
 
     async def submit(self, items: list[Any]) -> Results:
         future: asyncio.Future[Results] = asyncio.get_running_loop().create_future()
-        self._queue.append((items, future, time.perf_counter()))
+        size_bytes = encoded_size_bytes(items)
+        self._queue.append((items, future, time.perf_counter(), size_bytes))
         self._queued_item_count += len(items)
+        self._queued_size_bytes += size_bytes
         self._pump()
         return await future
 
     def _pump(self) -> None:
         while self._queue and self._inflight < self._inflight_max:
-            if self._wait_s and self._queued_item_count < self._item_count_max:
+            if self._wait_s and not self._queued_full():
                 waited_s = time.perf_counter() - self._queue[0][2]
                 if waited_s < self._wait_s:  # the oldest may wait a little longer for company
                     if self._timer is None:
@@ -101,31 +130,47 @@ class _Coalescer:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
+    def _queued_full(self) -> bool:
+        """What queues fills a call already: no reason to wait for more."""
+        return (
+            self._queued_item_count >= self._item_count_max
+            or self._queued_size_bytes >= self._size_max_bytes
+        )
+
     def _waited(self) -> None:
         self._timer = None
         self._pump()
 
     def _take(self) -> list[Entry]:
-        """The oldest request, and after it the next ones while they fit and share no id with
-        those taken: the same id twice in one shard batch would be DUPLICATE_ID_IN_BATCH, where
-        two separate requests get CREATED and REPLAYED."""
+        """The oldest request, and after it the next ones while they fit (in items and in
+        bytes) and share no id with those taken: the same id twice in one shard batch would be
+        DUPLICATE_ID_IN_BATCH, where two separate requests get CREATED and REPLAYED."""
         group = [self._queue.pop(0)]
         count = len(group[0][0])
+        size_bytes = group[0][3]
         ids = {self._id_of(item) for item in group[0][0]}
-        while self._queue and count + len(self._queue[0][0]) <= self._item_count_max:
+        while self._queue and self._fits(count, size_bytes, self._queue[0]):
             next_ids = {self._id_of(item) for item in self._queue[0][0]}
             if next_ids & ids:
                 break
             entry = self._queue.pop(0)
             group.append(entry)
             count += len(entry[0])
+            size_bytes += entry[3]
             ids |= next_ids
         self._queued_item_count -= count
+        self._queued_size_bytes -= size_bytes
         return group
+
+    def _fits(self, count: int, size_bytes: int, entry: Entry) -> bool:
+        return (
+            count + len(entry[0]) <= self._item_count_max
+            and size_bytes + entry[3] <= self._size_max_bytes
+        )
 
     async def _send(self, group: list[Entry]) -> None:
         try:
-            merged = [item for items, _, _ in group for item in items]
+            merged = [item for items, _, _, _ in group for item in items]
             started = time.perf_counter()
             failed = False
             try:
@@ -143,7 +188,7 @@ class _Coalescer:
                     failed,
                 )
             offset = 0
-            for items, future, _ in group:
+            for items, future, _, _ in group:
                 if not future.done():
                     future.set_result(results[offset : offset + len(items)])
                 offset += len(items)

@@ -43,6 +43,26 @@ def local_failure(unit_items: Sequence[Any]) -> list[Result] | None:
     ]
 
 
+def mixed_homes(unit_items: Sequence[Any]) -> list[Result] | None:
+    """Results for a linked group whose transaction ids do not share one partition key, or
+    None. A transaction is recorded at its id's home (core.slots), and a group commits as
+    one decision at one shard: so its ids share one home, whatever the slot map."""
+    if len(unit_items) < 2:
+        return None
+    key = partition_key(unit_items[0].id)
+    for n, item in enumerate(unit_items):
+        if partition_key(item.id) != key:
+            why = Result(
+                ResultCode.INVALID_ID,
+                f"id {item.id[:64]!r}: the transactions of a linked group share one partition "
+                f"key (the text of their ids before the first '/'; {key[:64]!r} here), so that "
+                "one shard records them all",
+            )
+            linked = Result(ResultCode.LINKED_ITEM_FAILED, f"item {n} of this linked group failed")
+            return [why if k == n else linked for k in range(len(unit_items))]
+    return None
+
+
 def targets(unit_items: Sequence[TransactionSpec]) -> list[str]:
     """Transaction ids whose shard must be known: those of post/void/reversal items (a
     partial post names its legs, but goes where its hold is)."""

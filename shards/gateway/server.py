@@ -21,6 +21,7 @@ from shards.gateway.ledger_service import GatewayService
 from shards.gateway.links import CHANNEL_OPTIONS
 from shards.rpc.metrics import MetricsServer
 from shards.rpc.servicer import ledger_handler
+from shards.rpc.serving import grpc_server
 from shards.security import guard
 from shards.security.credentials import SecurityConfigError
 from tally.v1 import ledger_pb2
@@ -48,8 +49,8 @@ class Gateway:
 
     async def start(self) -> int:
         await self.cluster.refresh()
-        self._server = grpc.aio.server(
-            interceptors=[self._guard.interceptor()], options=CHANNEL_OPTIONS
+        self._server = grpc_server(
+            [self._guard.interceptor()], CHANNEL_OPTIONS, self.config.rpc_concurrency_max
         )
         service = GatewayService(self.cluster)
         self._server.add_generic_rpc_handlers((ledger_handler(service, self.cluster.metrics.rpc),))

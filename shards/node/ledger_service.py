@@ -22,11 +22,11 @@ from core.model import (
     TransactionSpec,
     TransactionState,
 )
-from core.slots import SlotMap, account_slot, is_spread
+from core.slots import SlotMap, account_slot, is_spread, transaction_slot
 from core.store import shard as store
 from shards.node.writer import QueueFullError, Writer, WriterUnavailableError
 from shards.rpc import convert
-from shards.rpc.servicer import abort, check_batch_size
+from shards.rpc.servicer import abort, check_batch_size, request_size_bytes
 from shards.security.guard import check_accounts_of_caller, check_posting_of_caller
 from tally.v1 import ledger_pb2 as pb
 from tally.v1 import ledger_pb2_grpc as pb_grpc
@@ -118,7 +118,7 @@ async def submit_or_abort(
             context, grpc.StatusCode.UNAVAILABLE, "standby: this node does not hold the lease"
         )
     try:
-        return await writer.submit(items)
+        return await writer.submit(items, request_size_bytes())
     except QueueFullError as error:
         await abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, str(error))
     except WriterUnavailableError as error:
@@ -356,17 +356,40 @@ def _list_problem(request: pb.ListPostingsRequest) -> str:
     return ""
 
 
-def _foreign_account(item: Any, owned: frozenset[int]) -> str:
-    """The first account of an item whose slot this shard does not own, or ""."""
+# Kinds recorded under a client's transaction id (a coordinator's piece carries it too): they
+# belong at the id's home (core.slots), the one shard where the id is an idempotency key. (A
+# shard's own records of these kinds, settlements and expiries, have reserved ids.)
+_RECORDED_UNDER_CLIENT_ID = frozenset(
+    {
+        Kind.ORDINARY,
+        Kind.PENDING,
+        Kind.POST_PENDING,
+        Kind.VOID_PENDING,
+        Kind.REVERSAL,
+        Kind.COMMIT,
+        Kind.HOLD,
+    }
+)
+
+
+def _foreign_slot(item: Any, owned: frozenset[int]) -> tuple[int, str]:
+    """The first slot of an item that this shard does not own, and what it is the slot of
+    (an account, or the transaction id's home), or (-1, "")."""
     if isinstance(item, TransactionSpec):
+        if item.kind in _RECORDED_UNDER_CLIENT_ID and not ids.is_reserved(item.id):
+            slot = transaction_slot(item.id)
+            if slot not in owned:
+                return slot, f"transaction id {item.id!r} (its home)"
         for leg in item.legs:
-            if not is_spread(leg.account_id) and account_slot(leg.account_id) not in owned:
-                return leg.account_id
-        return ""
+            if not is_spread(leg.account_id):
+                slot = account_slot(leg.account_id)
+                if slot not in owned:
+                    return slot, repr(leg.account_id)
+        return -1, ""
     account_id = item.id if isinstance(item, AccountSpec) else item.account_id
     if not is_spread(account_id) and account_slot(account_id) not in owned:
-        return str(account_id)
-    return ""
+        return account_slot(account_id), repr(account_id)
+    return -1, ""
 
 
 def mark_wrong_shard(
@@ -377,12 +400,11 @@ def mark_wrong_shard(
     marked = []
     for item in items:
         if not isinstance(item, Rejection):
-            foreign = _foreign_account(item, owned)
-            if foreign:
+            slot, of = _foreign_slot(item, owned)
+            if of:
                 item = Rejection(
                     ResultCode.WRONG_SHARD,
-                    f"slot {account_slot(foreign)} of {foreign!r} is not on this shard "
-                    f"(slot map version {version})",
+                    f"slot {slot} of {of} is not on this shard (slot map version {version})",
                     getattr(item, "linked", False),
                 )
         marked.append(item)

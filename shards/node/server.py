@@ -48,6 +48,7 @@ from shards.node.shard_service import ShardService
 from shards.node.writer import Writer, WriterConfig, WriterState
 from shards.rpc.metrics import MetricsServer
 from shards.rpc.servicer import ledger_handler, shard_handler
+from shards.rpc.serving import grpc_server
 from shards.security import guard
 from shards.security.credentials import SecurityConfigError, ServerSecurity
 from tally.v1 import ledger_pb2, shard_pb2
@@ -109,6 +110,8 @@ class NodeConfig:
     # database: the client listener's host, any free port (registered in the control database,
     # where gateways and peers find it); "" without one: no internal listener.
     internal_listen: str = ""
+    # RPCs each listener (client, internal) serves at once; beyond, RESOURCE_EXHAUSTED.
+    rpc_concurrency_max: int = limits.rpc_concurrency_max_default
 
 
 def tune_garbage_collector() -> None:
@@ -278,15 +281,15 @@ class Node:
             await self._internal_server.start()
         return self.port
 
-    @staticmethod
-    def _grpc_server(listener_guard: guard.Guard) -> grpc.aio.Server:
-        return grpc.aio.server(
-            interceptors=[listener_guard.interceptor()],
-            options=[
+    def _grpc_server(self, listener_guard: guard.Guard) -> grpc.aio.Server:
+        return grpc_server(
+            [listener_guard.interceptor()],
+            [
                 ("grpc.max_receive_message_length", limits.message_size_max_bytes),
                 ("grpc.max_send_message_length", limits.message_size_max_bytes),
                 ("grpc.so_reuseport", 0),
             ],
+            self.config.rpc_concurrency_max,
         )
 
     @staticmethod

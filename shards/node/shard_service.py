@@ -221,7 +221,7 @@ class ShardService(spb_grpc.ShardServicer):  # type: ignore[misc]
                 )
             items.append(spec)
         results = await submit_or_abort(self._node, context, items)
-        return spb.SettleHoldsResponse(results=_results(results))
+        return spb.SettleHoldsResponse(results=_results(results), clock_ns=failpoints.wall_ns())
 
     async def Resolve(self, request: spb.ResolveRequest, context: Context) -> spb.ResolveResponse:
         await _check_count(context, len(request.items))

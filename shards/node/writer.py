@@ -1,7 +1,8 @@
 """The single writer of a shard: queue, group commit, bounded cache.
 
-One asyncio task owns the ledger state. Requests queue up (bounded); a batch closes at
-batch_item_count_max items or batch_wait_ms after its first request; the batch loads what it
+One asyncio task owns the ledger state. Requests queue up (bounded in requests and in bytes; a
+request larger than a batch queues as parts); a batch closes at batch_item_count_max items or
+batch_wait_ms after its first request; the batch loads what it
 misses in one query per table, is applied in memory by core.state, committed in one PostgreSQL
 transaction, and only then is the cache updated and are the clients answered.
 """
@@ -55,6 +56,12 @@ class WriterConfig:
     batch_item_count_max: int = 8190
     batch_wait_ms: float = 0.0
     queue_request_count_max: int = 10_000
+    # Bytes of the requests admitted and not yet answered (queued, batching or committing),
+    # as they came on the wire (ITEM_SIZE_BYTES_ESTIMATE per item for the node's own): one
+    # more is refused, unless nothing is pending (a request as large as the gRPC message limit
+    # always gets through alone). 64 MiB: four of the largest requests, some forty full
+    # batches of ordinary transfers, many commits' worth of work.
+    queue_size_max_bytes: int = 64 * 1024 * 1024
     cache_account_count_max: int = 1_000_000
     cache_transaction_count_max: int = 200_000
     commit_timeout_s: float = 30.0
@@ -64,6 +71,7 @@ class WriterConfig:
         check(self.batch_item_count_max >= 1, "batch_item_count_max must be positive")
         check(self.batch_wait_ms >= 0, "batch_wait_ms must not be negative")
         check(self.queue_request_count_max >= 1, "queue_request_count_max must be positive")
+        check(self.queue_size_max_bytes >= 1, "queue_size_max_bytes must be positive")
         check(self.cache_account_count_max >= 1, "cache_account_count_max must be positive")
 
 
@@ -74,8 +82,14 @@ class WriterState(enum.Enum):
     FENCED = "fenced"
 
 
+# What a request of the node's own (the expiry and deadline sweeps) counts per item against
+# queue_size_max_bytes: an ordinary transfer's encoded size, rounded up.
+ITEM_SIZE_BYTES_ESTIMATE = 256
+
+
 class QueueFullError(RuntimeError):
-    """Back-pressure: the writer's queue is at queue_request_count_max."""
+    """Back-pressure: the writer's queue is at queue_request_count_max requests or at
+    queue_size_max_bytes bytes."""
 
 
 class WriterUnavailableError(RuntimeError):
@@ -184,6 +198,24 @@ HeadSink = Callable[[BlockHeader], None]
 """Called with each committed block's signed head, in commit order (the heads publisher)."""
 
 
+def split_request(items: Sequence[Item], count_max: int) -> list[Sequence[Item]]:
+    """items in parts of at most count_max, each ending where a linked group does (a group is
+    all-or-nothing within one batch); a group longer than count_max is a part of its own."""
+    if len(items) <= count_max:
+        return [items]
+    parts: list[Sequence[Item]] = []
+    start = 0
+    group_end = 0  # where the last whole linked group since start ends
+    for index, item in enumerate(items):
+        if index - start >= count_max and group_end > start:
+            parts.append(items[start:group_end])
+            start = group_end
+        if not getattr(item, "linked", False):
+            group_end = index + 1
+    parts.append(items[start:])
+    return parts
+
+
 class Writer:
     def __init__(
         self,
@@ -219,6 +251,8 @@ class Writer:
         # Read by metrics at scrape time: plain counters cost the commit path nothing.
         self.commit_fenced_count = 0
         self.commit_failed_count = 0
+        # Bytes of the requests admitted and not yet answered (see queue_size_max_bytes).
+        self.pending_size_bytes = 0
 
     # ---- lifecycle ----
 
@@ -233,17 +267,46 @@ class Writer:
             self.previous.next_posting_sequence, self.previous.last_timestamp_ns
         )
 
-    async def submit(self, items: Sequence[Item]) -> list[Result]:
+    async def submit(self, items: Sequence[Item], size_bytes: int | None = None) -> list[Result]:
+        """The results of items, once their batch is committed. size_bytes: the request's
+        size on the wire (None: ITEM_SIZE_BYTES_ESTIMATE per item), counted against
+        queue_size_max_bytes until the writer answers, even if the caller stops waiting.
+
+        A request of more than batch_item_count_max items (a Commit's records, two a reversal)
+        queues as parts (split_request) one after the other: consecutive batches, in order,
+        each applied on top of the one before (and failed with it if its commit fails)."""
         if self.state is not WriterState.RUNNING:
             raise WriterUnavailableError(f"writer is {self.state.value}")
-        future: asyncio.Future[list[Result]] = asyncio.get_running_loop().create_future()
-        try:
-            self.queue.put_nowait(_Request(items, future))
-        except asyncio.QueueFull:
+        size = len(items) * ITEM_SIZE_BYTES_ESTIMATE if size_bytes is None else size_bytes
+        pending = self.pending_size_bytes
+        if pending and pending + size > self.config.queue_size_max_bytes:
             raise QueueFullError(
-                f"writer queue is full ({self.config.queue_request_count_max} requests)"
-            ) from None
-        return await future
+                f"writer queue is full ({pending} bytes of requests waiting, this one {size}; "
+                f"at most {self.config.queue_size_max_bytes} bytes): retry after a delay"
+            )
+        parts = split_request(items, self.config.batch_item_count_max)
+        if self.queue.qsize() + len(parts) > self.config.queue_request_count_max:
+            raise QueueFullError(
+                f"writer queue is full ({self.config.queue_request_count_max} requests): "
+                "retry after a delay"
+            )
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[list[Result]]] = []
+        for part in parts:  # no await in between: the parts queue one after the other
+            futures.append(loop.create_future())
+            self.queue.put_nowait(_Request(part, futures[-1]))
+        self.pending_size_bytes += size
+        # Shielded: a caller that stops waiting (its deadline) leaves the request queued, and
+        # its bytes counted, until the writer has answered it.
+        if len(futures) == 1:
+            futures[0].add_done_callback(lambda _: self._release(size))
+            return await asyncio.shield(futures[0])
+        answered = asyncio.gather(*futures)
+        answered.add_done_callback(lambda _: self._release(size))
+        return [result for part in await asyncio.shield(answered) for result in part]
+
+    def _release(self, size_bytes: int) -> None:
+        self.pending_size_bytes -= size_bytes
 
     def fence(self) -> None:
         """Another writer holds the lease: take no more work (commits would fail anyway)."""

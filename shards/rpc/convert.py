@@ -19,7 +19,7 @@ from core.model import (
     TransactionState,
     available_balance,
 )
-from core.pieces import attempt_of_commit
+from core.pieces import attempt_of_commit, participant_shards
 from tally.v1 import ledger_pb2 as pb
 
 
@@ -126,11 +126,15 @@ def leg_to_proto(leg: Leg) -> pb.Leg:
 
 
 def transaction_spec_to_proto(spec: TransactionSpec) -> pb.Transaction:
+    metadata = dict(spec.metadata)
+    if spec.kind is Kind.COMMIT or spec.kind is Kind.HOLD:
+        metadata.pop(ids.DIGEST_KEY, None)  # the cluster's own, not the client's
+        metadata.pop(ids.SHARDS_KEY, None)
     message = pb.Transaction(
         id=spec.id,
         legs=[leg_to_proto(leg) for leg in spec.legs],
         code=spec.code,
-        metadata=dict(spec.metadata),
+        metadata=metadata,
         value_date=spec.value_date,
         pending=spec.kind in (Kind.PENDING, Kind.PREPARED, Kind.HOLD),
         timeout_seconds=spec.timeout_seconds,
@@ -171,6 +175,7 @@ def transaction_to_proto(state: TransactionState) -> pb.TransactionRecord:
     if kind is Kind.COMMIT or kind is Kind.HOLD:
         record.cross_shard_piece.coordinator = True
         record.cross_shard_piece.attempt = attempt_of_commit(state.spec)
+        record.cross_shard_piece.participant_shards.extend(participant_shards(state.spec))
     elif kind is Kind.PREPARED:
         record.cross_shard_piece.coordinator_shard = int(state.spec.target_id)
         record.cross_shard_piece.attempt = ids.parse_piece_id(state.spec.id)[1]

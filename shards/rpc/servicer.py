@@ -4,6 +4,7 @@ node's tally.v1.Shard servicer too)."""
 
 from __future__ import annotations
 
+import contextvars
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import grpc
@@ -15,6 +16,18 @@ from tally.v1 import shard_pb2 as spb
 
 if TYPE_CHECKING:
     from shards.rpc.metrics import RpcMetrics
+
+
+# The size on the wire of the request the current RPC serves (0 outside one), set by the
+# parsing handlers: what a node's writer counts against its queue's byte bound.
+_request_size_bytes: contextvars.ContextVar[int] = contextvars.ContextVar(
+    "request_size_bytes", default=0
+)
+
+
+def request_size_bytes() -> int | None:
+    """The current RPC's request size on the wire; None outside an RPC's handler."""
+    return _request_size_bytes.get() or None
 
 
 class Unavailable(Exception):
@@ -85,6 +98,7 @@ def _parsing(method: Any, request_type: Any) -> Any:
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"the request is not a valid {request_type.DESCRIPTOR.full_name}: {error}",
             )
+        _request_size_bytes.set(len(body))  # this RPC's own task and context
         try:
             return await method(request, context)
         except Unavailable as error:

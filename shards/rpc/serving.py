@@ -1,10 +1,56 @@
-"""The foreground life of a server process: announce it, run it until SIGINT/SIGTERM."""
+"""The foreground life of a server process: announce it, run it until SIGINT/SIGTERM; and the
+one way every listener's grpc.aio server is built (its concurrency limit)."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import os
 import signal
-from typing import Protocol
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import grpc
+
+from core import limits
+
+RPC_CONCURRENCY_MAX_MESSAGE = "Concurrent RPC limit exceeded!"  # gRPC's own words
+
+
+def grpc_server(
+    interceptors: Sequence[Any], options: Sequence[tuple[str, Any]], rpc_concurrency_max: int
+) -> grpc.aio.Server:
+    """A listener's server. At most rpc_concurrency_max RPCs run at once; one more is refused
+    at once with RESOURCE_EXHAUSTED (retryable), before any handler or the guard runs, rather
+    than queued without bound: each RPC in flight holds its request (up to 16 MiB) and a
+    coroutine."""
+    if rpc_concurrency_max < 1:
+        raise ValueError(f"rpc_concurrency_max must be at least 1, got {rpc_concurrency_max}")
+    return grpc.aio.server(
+        interceptors=list(interceptors),
+        options=list(options),
+        maximum_concurrent_rpcs=rpc_concurrency_max,
+    )
+
+
+def add_rpc_concurrency_flag(parser: argparse.ArgumentParser) -> None:
+    """--rpc-concurrency-max (TALLY_RPC_CONCURRENCY_MAX), for every server command."""
+
+    def at_least_one(text: str) -> int:
+        value = int(text)
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
+        return value
+
+    parser.add_argument(
+        "--rpc-concurrency-max",
+        type=at_least_one,
+        default=int(
+            os.environ.get("TALLY_RPC_CONCURRENCY_MAX", str(limits.rpc_concurrency_max_default))
+        ),
+        help="RPCs each listener serves at once; one more is refused with RESOURCE_EXHAUSTED "
+        "(default %(default)s)",
+    )
 
 
 class Server(Protocol):

@@ -47,16 +47,22 @@ async def connected_to(target: str) -> AsyncIterator[Client]:
 
 @dataclass(frozen=True)
 class Pair:
-    """Two funded customers on different shards; a transfer from the first to the second has
-    the first's shard as coordinator (first debit leg) and the second's as participant."""
+    """Two funded customers on different shards; a transfer from the first to the second, named
+    under the first's partition key (id()), has the first's shard as coordinator (its home)
+    and the second's as participant."""
 
     payer: str
     payee: str
     coordinator: int
     participant: int
 
-    def transfer(self, transaction_id: str, amount: int = AMOUNT) -> pb.Transaction:
-        return transfer(transaction_id, self.payer, self.payee, amount)
+    def id(self, name: str) -> str:
+        """A transaction id under the payer's partition key: its home is the payer's shard,
+        which coordinates the pair's cross-shard transactions."""
+        return f"{self.payer.split('/')[0]}/{name}"
+
+    def transfer(self, name: str, amount: int = AMOUNT) -> pb.Transaction:
+        return transfer(self.id(name), self.payer, self.payee, amount)
 
 
 def customer_on(cluster: ProcessCluster, shard_id: int, taken: set[str]) -> str:
@@ -84,7 +90,9 @@ async def open_accounts(
                     CreateClearingAccountsRequest(currencies=["USD"]), timeout=30
                 )
                 assert [r.code for r in response.results] == [pb.RESULT_CODE_CREATED]
-    funding = [transfer(f"fund-{d}", "@cash", d, FUNDING) for d in deposits]
+    # Under each deposit's partition key: recorded at its shard, a single-shard transfer
+    # (@cash is spread over every shard).
+    funding = [transfer(f"{d.split('/')[0]}/fund", "@cash", d, FUNDING) for d in deposits]
     assert await client.codes(*funding) == [pb.RESULT_CODE_CREATED] * len(deposits)
     return deposits
 

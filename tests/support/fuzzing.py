@@ -205,7 +205,7 @@ def _mutate_repeated(world: FuzzWorld, message: Message, fd: Any) -> None:
         if fd.type == FD.TYPE_MESSAGE:
             item_bytes = max(item.ByteSize() for item in items)
         else:
-            item_bytes = max(len(item.encode()) for item in items)
+            item_bytes = max(len(str(item).encode()) for item in items)
         # Keep the fuzzer's own memory bounded: a few times the server's message limit.
         target = min(target, max(len(items), GROWTH_BYTES_MAX // (item_bytes + 2)))
         while len(container) < target:
@@ -224,8 +224,10 @@ def _mutate_repeated(world: FuzzWorld, message: Message, fd: Any) -> None:
                 if not _is_repeated(child_fd) and child_fd.type != FD.TYPE_MESSAGE:
                     if rng.random() < 0.5:
                         setattr(child, child_fd.name, _scalar(world, child_fd))
-    else:
+    elif fd.type == FD.TYPE_STRING:
         container.append(world.string())
+    else:  # a repeated number (e.g. shard ids)
+        container.append(_scalar(world, fd))
 
 
 def mutate(world: FuzzWorld, message: Message) -> None:

@@ -52,6 +52,9 @@ async def client_with_accounts(channel: grpc.aio.Channel) -> Client:
 
 
 async def fund(client: Client, account_id: str, amount: int, tid: str) -> None:
+    """Fund account_id by a transaction named tid under the account's partition key (so that,
+    through a gateway, it is recorded with the account: core.slots)."""
+    tid = f"{account_id.split('/', 1)[0]}/{tid}"
     assert await client.codes(transfer(tid, "@funding/loans", account_id, amount)) == [CREATED]
 
 
@@ -68,9 +71,15 @@ async def accounts_replay_and_conflict(client: Client) -> None:
 
 
 async def transaction_replay_returns_original_and_conflict_names_field(client: Client) -> None:
-    original = (await client.post(transfer("loan-1", "@funding/loans", "cust-1/deposit", 900)))[0]
-    replay = (await client.post(transfer("loan-1", "@funding/loans", "cust-1/deposit", 900)))[0]
-    changed = (await client.post(transfer("loan-1", "@funding/loans", "cust-1/deposit", 901)))[0]
+    original = (
+        await client.post(transfer("cust-1/loan-1", "@funding/loans", "cust-1/deposit", 900))
+    )[0]
+    replay = (
+        await client.post(transfer("cust-1/loan-1", "@funding/loans", "cust-1/deposit", 900))
+    )[0]
+    changed = (
+        await client.post(transfer("cust-1/loan-1", "@funding/loans", "cust-1/deposit", 901))
+    )[0]
     assert (original.code, replay.code) == (CREATED, REPLAYED)
     assert replay.timestamp_ns == original.timestamp_ns
     assert changed.code == pb.RESULT_CODE_IDEMPOTENCY_CONFLICT and "legs" in changed.message
@@ -78,16 +87,20 @@ async def transaction_replay_returns_original_and_conflict_names_field(client: C
 
 
 async def replay_after_restart(client: Client, node: NodeHandle, dsn: str) -> None:
-    original = (await client.post(transfer("r-1", "@funding/loans", "cust-1/deposit", 10)))[0]
+    original = (await client.post(transfer("cust-1/r-1", "@funding/loans", "cust-1/deposit", 10)))[
+        0
+    ]
     await node.stop()
     restarted = await start_node(dsn)
     try:
         async with security.channel(f"127.0.0.1:{restarted.port}") as channel:
             again = Client(channel)
-            replay = (await again.post(transfer("r-1", "@funding/loans", "cust-1/deposit", 10)))[0]
-            conflict = (await again.post(transfer("r-1", "@funding/loans", "cust-2/deposit", 10)))[
-                0
-            ]
+            replay = (
+                await again.post(transfer("cust-1/r-1", "@funding/loans", "cust-1/deposit", 10))
+            )[0]
+            conflict = (
+                await again.post(transfer("cust-1/r-1", "@funding/loans", "cust-2/deposit", 10))
+            )[0]
             assert replay.code == REPLAYED and replay.timestamp_ns == original.timestamp_ns
             assert conflict.code == pb.RESULT_CODE_IDEMPOTENCY_CONFLICT
             assert (await again.balance("cust-1/deposit")).credits_posted == 10
@@ -99,9 +112,9 @@ async def limits_insufficient_funds_and_credits_exceed_debits(client: Client) ->
     await fund(client, "cust-1/deposit", 100, "f1")
     assert names(
         await client.codes(
-            transfer("w1", "cust-1/deposit", "@income/fees", 101),
-            transfer("w2", "cust-1/deposit", "@income/fees", 100),
-            transfer("c1", "@funding/loans", "cust-3/limit", 1),
+            transfer("cust-1/w1", "cust-1/deposit", "@income/fees", 101),
+            transfer("cust-1/w2", "cust-1/deposit", "@income/fees", 100),
+            transfer("cust-3/c1", "@funding/loans", "cust-3/limit", 1),
         )
     ) == [
         "RESULT_CODE_INSUFFICIENT_FUNDS",
@@ -110,16 +123,18 @@ async def limits_insufficient_funds_and_credits_exceed_debits(client: Client) ->
     ]
     # A rejected transaction is not recorded: the same id succeeds after funding.
     await fund(client, "cust-1/deposit", 1, "f2")
-    assert await client.codes(transfer("w1", "cust-1/deposit", "@income/fees", 1)) == [CREATED]
+    assert await client.codes(transfer("cust-1/w1", "cust-1/deposit", "@income/fees", 1)) == [
+        CREATED
+    ]
     assert (await client.balance("cust-1/deposit")).available == 0
 
 
 async def stateful_rejections(client: Client) -> None:
     results = await client.post(
-        transfer("x1", "@funding/loans", "nobody/deposit", 5),
-        transfer("x2", "@funding/loans", "eu/wallet", 5),
-        transfer("x3", "@funding/eur", "eu/wallet", 2**62, currency="EUR"),
-        transfer("x4", "@funding/eur", "eu/wallet", 2**62, currency="EUR"),
+        transfer("nobody/x1", "@funding/loans", "nobody/deposit", 5),
+        transfer("eu/x2", "@funding/loans", "eu/wallet", 5),
+        transfer("eu/x3", "@funding/eur", "eu/wallet", 2**62, currency="EUR"),
+        transfer("eu/x4", "@funding/eur", "eu/wallet", 2**62, currency="EUR"),
     )
     assert names([r.code for r in results]) == [
         "RESULT_CODE_ACCOUNT_NOT_FOUND",
@@ -133,12 +148,12 @@ async def stateful_rejections(client: Client) -> None:
 
 async def unbalanced_and_multi_currency(client: Client) -> None:
     unbalanced = pb.Transaction(
-        id="u1",
+        id="cust-1/u1",
         code=1,
         legs=[leg("@funding/loans", DEBIT, 10), leg("cust-1/deposit", CREDIT, 9)],
     )
     fx = pb.Transaction(
-        id="fx1",
+        id="cust-1/fx1",
         code=7,
         legs=[
             leg("@funding/loans", DEBIT, 110),
@@ -156,10 +171,10 @@ async def unbalanced_and_multi_currency(client: Client) -> None:
 async def linked_group_is_all_or_nothing(client: Client) -> None:
     await fund(client, "cust-1/deposit", 50, "f1")
     codes = await client.codes(
-        transfer("l1", "cust-1/deposit", "cust-2/deposit", 30, linked=True),
-        transfer("l2", "cust-1/deposit", "cust-2/deposit", 30, linked=True),
-        transfer("l3", "@funding/loans", "cust-2/deposit", 1),
-        transfer("after", "@funding/loans", "cust-2/deposit", 2),
+        transfer("cust-1/l1", "cust-1/deposit", "cust-2/deposit", 30, linked=True),
+        transfer("cust-1/l2", "cust-1/deposit", "cust-2/deposit", 30, linked=True),
+        transfer("cust-1/l3", "@funding/loans", "cust-2/deposit", 1),
+        transfer("cust-2/after", "@funding/loans", "cust-2/deposit", 2),
     )
     assert names(codes) == [
         "RESULT_CODE_LINKED_ITEM_FAILED",
@@ -170,8 +185,8 @@ async def linked_group_is_all_or_nothing(client: Client) -> None:
     assert (await client.balance("cust-2/deposit")).credits_posted == 2
     assert (await client.balance("cust-1/deposit")).available == 50
     codes = await client.codes(
-        transfer("l1", "cust-1/deposit", "cust-2/deposit", 30, linked=True),
-        transfer("l2", "cust-1/deposit", "cust-2/deposit", 20),
+        transfer("cust-1/l1", "cust-1/deposit", "cust-2/deposit", 30, linked=True),
+        transfer("cust-1/l2", "cust-1/deposit", "cust-2/deposit", 20),
     )
     assert codes == [CREATED, CREATED]
     assert (await client.balance("cust-1/deposit")).available == 0
@@ -179,28 +194,28 @@ async def linked_group_is_all_or_nothing(client: Client) -> None:
 
 async def hold_posted_in_part(client: Client) -> None:
     await fund(client, "cust-1/deposit", 1000, "f1")
-    hold = transfer("h1", "cust-1/deposit", "@income/fees", 400, pending=True)
+    hold = transfer("cust-1/h1", "cust-1/deposit", "@income/fees", 400, pending=True)
     assert await client.codes(hold) == [CREATED]
     balance = await client.balance("cust-1/deposit")
     assert (balance.debits_pending, balance.available) == (400, 600)
     # Cannot spend what is held.
-    assert names(await client.codes(transfer("w", "cust-1/deposit", "@income/fees", 601))) == [
-        "RESULT_CODE_INSUFFICIENT_FUNDS"
-    ]
+    assert names(
+        await client.codes(transfer("cust-1/w", "cust-1/deposit", "@income/fees", 601))
+    ) == ["RESULT_CODE_INSUFFICIENT_FUNDS"]
     too_much = pb.Transaction(
-        id="p-too-much",
+        id="cust-1/p-too-much",
         code=1,
-        post_pending_id="h1",
+        post_pending_id="cust-1/h1",
         legs=[leg("cust-1/deposit", DEBIT, 401), leg("@income/fees", CREDIT, 401)],
     )
     part = pb.Transaction(
-        id="p1",
+        id="cust-1/p1",
         code=1,
-        post_pending_id="h1",
+        post_pending_id="cust-1/h1",
         legs=[leg("cust-1/deposit", DEBIT, 250), leg("@income/fees", CREDIT, 250)],
     )
-    again = pb.Transaction(id="p2", code=1, post_pending_id="h1")
-    void = pb.Transaction(id="v1", code=1, void_pending_id="h1")
+    again = pb.Transaction(id="cust-1/p2", code=1, post_pending_id="cust-1/h1")
+    void = pb.Transaction(id="cust-1/v1", code=1, void_pending_id="cust-1/h1")
     assert names(await client.codes(too_much, part, again, void)) == [
         "RESULT_CODE_POST_EXCEEDS_PENDING",
         "RESULT_CODE_CREATED",
@@ -209,24 +224,27 @@ async def hold_posted_in_part(client: Client) -> None:
     ]
     balance = await client.balance("cust-1/deposit")
     assert (balance.debits_pending, balance.debits_posted, balance.available) == (0, 250, 750)
-    record = await client.transaction("h1")
-    assert record.status == pb.TRANSACTION_STATUS_PENDING_POSTED and record.resolved_by_id == "p1"
+    record = await client.transaction("cust-1/h1")
+    assert (
+        record.status == pb.TRANSACTION_STATUS_PENDING_POSTED
+        and record.resolved_by_id == "cust-1/p1"
+    )
 
 
 async def hold_posted_in_full_and_voided(client: Client) -> None:
     await fund(client, "cust-1/deposit", 100, "f1")
     codes = await client.codes(
-        transfer("h1", "cust-1/deposit", "@income/fees", 60, pending=True),
-        transfer("h2", "cust-1/deposit", "@income/fees", 40, pending=True),
-        pb.Transaction(id="post-h1", code=1, post_pending_id="h1"),
-        pb.Transaction(id="void-h2", code=1, void_pending_id="h2"),
-        pb.Transaction(id="void-missing", code=1, void_pending_id="nothing"),
-        pb.Transaction(id="void-f1", code=1, void_pending_id="f1"),
+        transfer("cust-1/h1", "cust-1/deposit", "@income/fees", 60, pending=True),
+        transfer("cust-1/h2", "cust-1/deposit", "@income/fees", 40, pending=True),
+        pb.Transaction(id="cust-1/post-h1", code=1, post_pending_id="cust-1/h1"),
+        pb.Transaction(id="cust-1/void-h2", code=1, void_pending_id="cust-1/h2"),
+        pb.Transaction(id="cust-1/void-missing", code=1, void_pending_id="cust-1/nothing"),
+        pb.Transaction(id="cust-1/void-f1", code=1, void_pending_id="cust-1/f1"),
     )
     assert names(codes) == ["RESULT_CODE_CREATED"] * 4 + ["RESULT_CODE_PENDING_NOT_FOUND"] * 2
     balance = await client.balance("cust-1/deposit")
     assert (balance.debits_posted, balance.debits_pending, balance.available) == (60, 0, 40)
-    assert (await client.transaction("h2")).status == pb.TRANSACTION_STATUS_PENDING_VOIDED
+    assert (await client.transaction("cust-1/h2")).status == pb.TRANSACTION_STATUS_PENDING_VOIDED
 
 
 async def hold_expires_without_a_client_asking(dsn: str) -> None:
@@ -235,19 +253,21 @@ async def hold_expires_without_a_client_asking(dsn: str) -> None:
         async with security.channel(f"127.0.0.1:{handle.port}") as channel:
             client = Client(channel)
             await client.create(account("@cash"), account("c/dep", no_overdraft=True))
-            await client.codes(transfer("f", "@cash", "c/dep", 100))
-            hold = transfer("h", "c/dep", "@cash", 70, pending=True, timeout_seconds=1)
+            await client.codes(transfer("c/f", "@cash", "c/dep", 100))
+            hold = transfer("c/h", "c/dep", "@cash", 70, pending=True, timeout_seconds=1)
             assert await client.codes(hold) == [CREATED]
             assert (await client.balance("c/dep")).available == 30
             for _ in range(100):
-                if (await client.transaction("h")).status == pb.TRANSACTION_STATUS_PENDING_EXPIRED:
+                if (
+                    await client.transaction("c/h")
+                ).status == pb.TRANSACTION_STATUS_PENDING_EXPIRED:
                     break
                 await asyncio.sleep(0.05)
-            record = await client.transaction("h")
+            record = await client.transaction("c/h")
             assert record.status == pb.TRANSACTION_STATUS_PENDING_EXPIRED
             balance = await client.balance("c/dep")
             assert (balance.debits_pending, balance.available) == (0, 100)
-            late = pb.Transaction(id="late", code=1, post_pending_id="h")
+            late = pb.Transaction(id="c/late", code=1, post_pending_id="c/h")
             assert names(await client.codes(late)) == ["RESULT_CODE_PENDING_EXPIRED"]
             expiry = await client.transaction(record.resolved_by_id)
             assert expiry.applied_legs[0].amount == 70
@@ -259,11 +279,11 @@ async def hold_expires_without_a_client_asking(dsn: str) -> None:
 async def reversal(client: Client) -> None:
     await fund(client, "cust-1/deposit", 100, "disb")
     codes = await client.codes(
-        pb.Transaction(id="rev1", code=9, reverses_id="disb"),
-        pb.Transaction(id="rev2", code=9, reverses_id="disb"),
-        pb.Transaction(id="rev3", code=9, reverses_id="missing"),
-        transfer("hold", "@funding/loans", "cust-2/deposit", 1, pending=True),
-        pb.Transaction(id="rev4", code=9, reverses_id="hold"),
+        pb.Transaction(id="cust-1/rev1", code=9, reverses_id="cust-1/disb"),
+        pb.Transaction(id="cust-1/rev2", code=9, reverses_id="cust-1/disb"),
+        pb.Transaction(id="cust-1/rev3", code=9, reverses_id="cust-1/missing"),
+        transfer("cust-2/hold", "@funding/loans", "cust-2/deposit", 1, pending=True),
+        pb.Transaction(id="cust-2/rev4", code=9, reverses_id="cust-2/hold"),
     )
     assert names(codes) == [
         "RESULT_CODE_CREATED",
@@ -274,9 +294,9 @@ async def reversal(client: Client) -> None:
     ]
     balance = await client.balance("cust-1/deposit")
     assert (balance.debits_posted, balance.credits_posted) == (100, 100)
-    original = await client.transaction("disb")
-    assert original.reversed_by_id == "rev1"
-    reversal = await client.transaction("rev1")
+    original = await client.transaction("cust-1/disb")
+    assert original.reversed_by_id == "cust-1/rev1"
+    reversal = await client.transaction("cust-1/rev1")
     assert [(x.account_id, x.side) for x in reversal.applied_legs] == [
         ("@funding/loans", CREDIT),
         ("cust-1/deposit", DEBIT),
@@ -285,10 +305,10 @@ async def reversal(client: Client) -> None:
 
 async def reversal_limited_by_funds(client: Client) -> None:
     await fund(client, "cust-1/deposit", 100, "disb")
-    await client.codes(transfer("spend", "cust-1/deposit", "cust-2/deposit", 60))
-    assert names(await client.codes(pb.Transaction(id="r", code=9, reverses_id="disb"))) == [
-        "RESULT_CODE_INSUFFICIENT_FUNDS"
-    ]
+    await client.codes(transfer("cust-1/spend", "cust-1/deposit", "cust-2/deposit", 60))
+    assert names(
+        await client.codes(pb.Transaction(id="cust-1/r", code=9, reverses_id="cust-1/disb"))
+    ) == ["RESULT_CODE_INSUFFICIENT_FUNDS"]
 
 
 async def close_account(client: Client) -> None:
@@ -311,12 +331,12 @@ async def close_account(client: Client) -> None:
         pb.CloseAccountsRequest(accounts=[pb.CloseAccount(account_id="cust-1/loan")])
     )
     assert again.results[0].code == REPLAYED
-    assert names(await client.codes(transfer("x", "@funding/loans", "cust-1/loan", 1))) == [
+    assert names(await client.codes(transfer("cust-1/x", "@funding/loans", "cust-1/loan", 1))) == [
         "RESULT_CODE_ACCOUNT_CLOSED"
     ]
     record = await client.account("cust-1/loan")
     assert record.closed and record.closed_at_ns > 0
-    await client.codes(transfer("h", "cust-2/deposit", "@income/fees", 5, pending=True))
+    await client.codes(transfer("cust-2/h", "cust-2/deposit", "@income/fees", 5, pending=True))
     pending = await close(
         pb.CloseAccountsRequest(accounts=[pb.CloseAccount(account_id="cust-2/deposit")])
     )
@@ -326,7 +346,9 @@ async def close_account(client: Client) -> None:
 async def history_pagination_and_balance_at(client: Client) -> None:
     stamps = []
     for n in range(5):
-        result = (await client.post(transfer(f"t{n}", "@funding/loans", "cust-1/deposit", 10)))[0]
+        result = (
+            await client.post(transfer(f"cust-1/t{n}", "@funding/loans", "cust-1/deposit", 10))
+        )[0]
         stamps.append(result.timestamp_ns)
     stub = client.stub
     page1 = await stub.ListPostings(pb.ListPostingsRequest(account_id="cust-1/deposit", limit=3))
@@ -334,13 +356,13 @@ async def history_pagination_and_balance_at(client: Client) -> None:
         pb.ListPostingsRequest(account_id="cust-1/deposit", limit=3, cursor=page1.next_cursor)
     )
     postings = list(page1.postings) + list(page2.postings)
-    assert [p.transaction_id for p in postings] == [f"t{n}" for n in range(5)]
+    assert [p.transaction_id for p in postings] == [f"cust-1/t{n}" for n in range(5)]
     assert [p.balance_after.credits_posted for p in postings] == [10, 20, 30, 40, 50]
     assert page2.next_cursor == ""
     ranged = await stub.ListPostings(
         pb.ListPostingsRequest(account_id="cust-1/deposit", from_ns=stamps[1], to_ns=stamps[3])
     )
-    assert [p.transaction_id for p in ranged.postings] == ["t1", "t2"]
+    assert [p.transaction_id for p in ranged.postings] == ["cust-1/t1", "cust-1/t2"]
     at = await stub.BalanceAt(pb.BalanceAtRequest(account_id="cust-1/deposit", at_ns=stamps[2]))
     assert at.balance.credits_posted == 30 and at.balance.available == 30
     before = await stub.BalanceAt(pb.BalanceAtRequest(account_id="cust-1/deposit", at_ns=1))

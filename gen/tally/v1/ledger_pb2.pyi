@@ -305,14 +305,16 @@ class TransactionRecord(_message.Message):
     def __init__(self, transaction: _Optional[_Union[Transaction, _Mapping]] = ..., timestamp_ns: _Optional[int] = ..., status: _Optional[_Union[TransactionStatus, str]] = ..., resolved_by_id: _Optional[str] = ..., reversed_by_id: _Optional[str] = ..., expires_at_ns: _Optional[int] = ..., applied_legs: _Optional[_Iterable[_Union[Leg, _Mapping]]] = ..., cross_shard_piece: _Optional[_Union[CrossShardPiece, _Mapping]] = ...) -> None: ...
 
 class CrossShardPiece(_message.Message):
-    __slots__ = ("coordinator", "coordinator_shard", "attempt")
+    __slots__ = ("coordinator", "coordinator_shard", "attempt", "participant_shards")
     COORDINATOR_FIELD_NUMBER: _ClassVar[int]
     COORDINATOR_SHARD_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    PARTICIPANT_SHARDS_FIELD_NUMBER: _ClassVar[int]
     coordinator: bool
     coordinator_shard: int
     attempt: str
-    def __init__(self, coordinator: _Optional[bool] = ..., coordinator_shard: _Optional[int] = ..., attempt: _Optional[str] = ...) -> None: ...
+    participant_shards: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, coordinator: _Optional[bool] = ..., coordinator_shard: _Optional[int] = ..., attempt: _Optional[str] = ..., participant_shards: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class GetTransactionsRequest(_message.Message):
     __slots__ = ("ids",)

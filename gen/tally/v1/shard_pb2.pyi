@@ -62,18 +62,22 @@ class PrepareResponse(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[_ledger_pb2.ItemResult, _Mapping]]] = ...) -> None: ...
 
 class CommitItem(_message.Message):
-    __slots__ = ("piece", "attempt", "reverses_id", "as_sent", "decide_before_ns")
+    __slots__ = ("piece", "attempt", "reverses_id", "as_sent", "decide_before_ns", "legs_digest", "participant_shards")
     PIECE_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     REVERSES_ID_FIELD_NUMBER: _ClassVar[int]
     AS_SENT_FIELD_NUMBER: _ClassVar[int]
     DECIDE_BEFORE_NS_FIELD_NUMBER: _ClassVar[int]
+    LEGS_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    PARTICIPANT_SHARDS_FIELD_NUMBER: _ClassVar[int]
     piece: _ledger_pb2.Transaction
     attempt: str
     reverses_id: str
     as_sent: bool
     decide_before_ns: int
-    def __init__(self, piece: _Optional[_Union[_ledger_pb2.Transaction, _Mapping]] = ..., attempt: _Optional[str] = ..., reverses_id: _Optional[str] = ..., as_sent: _Optional[bool] = ..., decide_before_ns: _Optional[int] = ...) -> None: ...
+    legs_digest: str
+    participant_shards: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, piece: _Optional[_Union[_ledger_pb2.Transaction, _Mapping]] = ..., attempt: _Optional[str] = ..., reverses_id: _Optional[str] = ..., as_sent: _Optional[bool] = ..., decide_before_ns: _Optional[int] = ..., legs_digest: _Optional[str] = ..., participant_shards: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class CommitRequest(_message.Message):
     __slots__ = ("items",)
@@ -88,18 +92,20 @@ class CommitResponse(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[_ledger_pb2.ItemResult, _Mapping]]] = ...) -> None: ...
 
 class AbortItem(_message.Message):
-    __slots__ = ("transaction_id", "reason", "message", "attempt", "piece")
+    __slots__ = ("transaction_id", "reason", "message", "attempt", "piece", "legs_digest")
     TRANSACTION_ID_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     PIECE_FIELD_NUMBER: _ClassVar[int]
+    LEGS_DIGEST_FIELD_NUMBER: _ClassVar[int]
     transaction_id: str
     reason: _ledger_pb2.ResultCode
     message: str
     attempt: str
     piece: _ledger_pb2.Transaction
-    def __init__(self, transaction_id: _Optional[str] = ..., reason: _Optional[_Union[_ledger_pb2.ResultCode, str]] = ..., message: _Optional[str] = ..., attempt: _Optional[str] = ..., piece: _Optional[_Union[_ledger_pb2.Transaction, _Mapping]] = ...) -> None: ...
+    legs_digest: str
+    def __init__(self, transaction_id: _Optional[str] = ..., reason: _Optional[_Union[_ledger_pb2.ResultCode, str]] = ..., message: _Optional[str] = ..., attempt: _Optional[str] = ..., piece: _Optional[_Union[_ledger_pb2.Transaction, _Mapping]] = ..., legs_digest: _Optional[str] = ...) -> None: ...
 
 class AbortRequest(_message.Message):
     __slots__ = ("items",)
@@ -192,10 +198,12 @@ class SettleHoldsRequest(_message.Message):
     def __init__(self, items: _Optional[_Iterable[_Union[SettleHoldItem, _Mapping]]] = ...) -> None: ...
 
 class SettleHoldsResponse(_message.Message):
-    __slots__ = ("results",)
+    __slots__ = ("results", "clock_ns")
     RESULTS_FIELD_NUMBER: _ClassVar[int]
+    CLOCK_NS_FIELD_NUMBER: _ClassVar[int]
     results: _containers.RepeatedCompositeFieldContainer[_ledger_pb2.ItemResult]
-    def __init__(self, results: _Optional[_Iterable[_Union[_ledger_pb2.ItemResult, _Mapping]]] = ...) -> None: ...
+    clock_ns: int
+    def __init__(self, results: _Optional[_Iterable[_Union[_ledger_pb2.ItemResult, _Mapping]]] = ..., clock_ns: _Optional[int] = ...) -> None: ...
 
 class CreateClearingAccountsRequest(_message.Message):
     __slots__ = ("currencies",)

@@ -286,13 +286,15 @@ async def test_in_flight_transaction_is_reported_not_blamed(
     monkeypatch.setattr(failpoints, "hit", hold_after_prepare)
     source, target = by_shard[2][0], by_shard[3][0]
     posting = asyncio.create_task(
-        client.post(transfer("held-1", f"{source}/dep", f"{target}/dep", 70))
+        client.post(transfer(f"{source}/held-1", f"{source}/dep", f"{target}/dep", 70))
     )
     try:
         await asyncio.wait_for(prepared.wait(), timeout=30)
         report = await audit.audit_cluster(live.dsns, AuditConfig())
         assert report.ok, explain(report)
-        flights = [f for f in report.cross_shard.in_flight if f.transaction_id == "held-1"]
+        flights = [
+            f for f in report.cross_shard.in_flight if f.transaction_id == f"{source}/held-1"
+        ]
         assert len(flights) == 1, report.cross_shard.in_flight
         assert flights[0].decision == "" and (3, "pending") in flights[0].pieces
         assert flights[0].coordinator == 2 and flights[0].deadline_ns > 0
@@ -302,7 +304,9 @@ async def test_in_flight_transaction_is_reported_not_blamed(
         overdue = [p for p in report.problems if p.kind is FindingKind.HOLD_PAST_DEADLINE]
         assert [(p.shard, p.transaction_id.endswith("held-1")) for p in overdue] == [(3, True)]
         served = await run_audit_service(live)
-        assert served.ok and "held-1" in [f.transaction_id for f in served.cross_shard.in_flight]
+        assert served.ok and f"{source}/held-1" in [
+            f.transaction_id for f in served.cross_shard.in_flight
+        ]
     finally:
         release.set()
         results = await asyncio.wait_for(posting, timeout=30)

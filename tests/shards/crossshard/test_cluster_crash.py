@@ -176,7 +176,7 @@ async def test_participant_killed_after_it_prepared(pg: EmbeddedPostgres, tmp_pa
             try:
                 assert cluster.gateway is not None
                 await wait_log(cluster.gateway, "failpoint gateway.after_prepare reached")
-                assert "t-participant" in await held_on(cluster, pair.participant)
+                assert pair.id("t-participant") in await held_on(cluster, pair.participant)
                 await cluster.kill_node(pair.participant)
                 (result,) = await asyncio.wait_for(post, timeout=30)
             finally:
@@ -186,7 +186,7 @@ async def test_participant_killed_after_it_prepared(pg: EmbeddedPostgres, tmp_pa
                         await post
             assert result.code == pb.RESULT_CODE_CREATED, (name(result.code), result.message)
             # Decided and answered; the dead participant still holds its piece.
-            assert "t-participant" in await held_on(cluster, pair.participant)
+            assert pair.id("t-participant") in await held_on(cluster, pair.participant)
 
         # Restart the participant; replace the gateway by one without the failpoint (retries
         # would stall in it).
@@ -198,8 +198,13 @@ async def test_participant_killed_after_it_prepared(pg: EmbeddedPostgres, tmp_pa
         assert settled_s <= DEADLINE_S + SETTLE_SLACK_S, settled_s
 
         async with connected_to(cluster.target) as client:
-            rows = await check_outcome(cluster, client, pair, "t-participant", applied=True)
-            assert rows[pair.coordinator]["t-participant"]["timestamp_ns"] == result.timestamp_ns
+            rows = await check_outcome(
+                cluster, client, pair, pair.id("t-participant"), applied=True
+            )
+            assert (
+                rows[pair.coordinator][pair.id("t-participant")]["timestamp_ns"]
+                == result.timestamp_ns
+            )
             again = await retry_twice(client, message)
         assert (again.code, again.timestamp_ns) == (pb.RESULT_CODE_REPLAYED, result.timestamp_ns)
 
@@ -225,17 +230,21 @@ async def test_coordinator_killed_after_recording_the_decision(
         assert await asyncio.wait_for(dead.process.wait(), timeout=10) == -9
         assert "failpoint shard.after_commit reached" in (dead.log_tail() or "")
 
-        rows = await rows_by_shard(cluster, "t-coordinator")
-        assert rows[coordinator]["t-coordinator"]["kind"] == Kind.COMMIT  # decided
-        assert await held_on(cluster, pair.participant) == {"t-coordinator"}  # not yet heard
+        rows = await rows_by_shard(cluster, pair.id("t-coordinator"))
+        assert rows[coordinator][pair.id("t-coordinator")]["kind"] == Kind.COMMIT  # decided
+        assert await held_on(cluster, pair.participant) == {
+            pair.id("t-coordinator")
+        }  # not yet heard
 
         await cluster.start_node(coordinator)
         settled_s = await wait_nothing_pending(cluster, timeout_s=DEADLINE_S + 10)
         assert settled_s <= DEADLINE_S + SETTLE_SLACK_S, settled_s
 
         async with connected_to(cluster.target) as client:
-            rows = await check_outcome(cluster, client, pair, "t-coordinator", applied=True)
-            committed_at = rows[coordinator]["t-coordinator"]["timestamp_ns"]
+            rows = await check_outcome(
+                cluster, client, pair, pair.id("t-coordinator"), applied=True
+            )
+            committed_at = rows[coordinator][pair.id("t-coordinator")]["timestamp_ns"]
             again = await retry_twice(client, message)
         assert (again.code, again.timestamp_ns) == (pb.RESULT_CODE_REPLAYED, committed_at)
 
@@ -259,9 +268,9 @@ async def test_gateway_killed_between_prepare_and_commit(
         assert cluster.gateway is not None
         assert await asyncio.wait_for(cluster.gateway.process.wait(), timeout=10) == -9
 
-        rows = await rows_by_shard(cluster, "t-gateway")
+        rows = await rows_by_shard(cluster, pair.id("t-gateway"))
         assert rows[pair.coordinator] == {}  # no decision
-        (prepared,) = piece_rows(rows[pair.participant], "t-gateway")
+        (prepared,) = piece_rows(rows[pair.participant], pair.id("t-gateway"))
         prepared_at_ns = prepared["timestamp_ns"]
         payee = await fetch_rows(
             cluster.shard_dsns[pair.participant],
@@ -276,14 +285,14 @@ async def test_gateway_killed_between_prepare_and_commit(
         assert settled_after_s <= DEADLINE_S + SETTLE_SLACK_S, settled_after_s
 
         async with connected_to(cluster.target) as client:
-            rows = await check_outcome(cluster, client, pair, "t-gateway", applied=False)
+            rows = await check_outcome(cluster, client, pair, pair.id("t-gateway"), applied=False)
             (marker,) = rows[pair.coordinator].values()
             assert marker["code"] == pb.RESULT_CODE_ABORTED
             assert "deadline passed" in marker["metadata"]
             again = await retry_twice(client, message)
             assert again.code == pb.RESULT_CODE_CREATED, (name(again.code), again.message)
             # Applied once, by the retry's attempt; the first attempt stays aborted.
-            await check_outcome(cluster, client, pair, "t-gateway", applied=True)
+            await check_outcome(cluster, client, pair, pair.id("t-gateway"), applied=True)
 
 
 async def test_gateway_killed_after_the_decision_before_resolving(
@@ -304,9 +313,9 @@ async def test_gateway_killed_after_the_decision_before_resolving(
         assert cluster.gateway is not None
         assert await asyncio.wait_for(cluster.gateway.process.wait(), timeout=10) == -9
 
-        rows = await rows_by_shard(cluster, "t-decided")
-        assert rows[pair.coordinator]["t-decided"]["kind"] == Kind.COMMIT
-        (prepared,) = piece_rows(rows[pair.participant], "t-decided")
+        rows = await rows_by_shard(cluster, pair.id("t-decided"))
+        assert rows[pair.coordinator][pair.id("t-decided")]["kind"] == Kind.COMMIT
+        (prepared,) = piece_rows(rows[pair.participant], pair.id("t-decided"))
         prepared_at_ns = prepared["timestamp_ns"]
         await cluster.start_gateway(gateway_environment())
         await wait_nothing_pending(cluster, timeout_s=DEADLINE_S + 10)
@@ -314,8 +323,8 @@ async def test_gateway_killed_after_the_decision_before_resolving(
         assert settled_after_s <= DEADLINE_S + SETTLE_SLACK_S, settled_after_s
 
         async with connected_to(cluster.target) as client:
-            rows = await check_outcome(cluster, client, pair, "t-decided", applied=True)
-            committed_at = rows[pair.coordinator]["t-decided"]["timestamp_ns"]
+            rows = await check_outcome(cluster, client, pair, pair.id("t-decided"), applied=True)
+            committed_at = rows[pair.coordinator][pair.id("t-decided")]["timestamp_ns"]
             again = await retry_twice(client, message)
         assert (again.code, again.timestamp_ns) == (pb.RESULT_CODE_REPLAYED, committed_at)
 
@@ -333,9 +342,13 @@ async def test_a_dead_coordinator_holds_back_only_its_own_pieces(
                 cluster, client, [participant, dead, alive], clearing=True
             )
         await cluster.kill_node(dead)
+        # Each named under its payer's partition key: its home is its payer's shard.
+        t_dead, t_alive = (
+            f"{x.split('/')[0]}/{n}" for x, n in ((payer_dead, "t-dead"), (payer_alive, "t-alive"))
+        )
         messages = {
-            "t-dead": transfer("t-dead", payer_dead, payee, 10),
-            "t-alive": transfer("t-alive", payer_alive, payee, 20),
+            t_dead: transfer(t_dead, payer_dead, payee, 10),
+            t_alive: transfer(t_alive, payer_alive, payee, 20),
         }
         async with security.cluster_channel(cluster.node_internal_target(participant)) as channel:
             stub = spb_grpc.ShardStub(channel)
@@ -353,21 +366,21 @@ async def test_a_dead_coordinator_holds_back_only_its_own_pieces(
                 )
                 prepared = await stub.Prepare(spb.PrepareRequest(items=[item]), timeout=10)
                 assert prepared.results[0].code == pb.RESULT_CODE_CREATED, transaction_id
-        assert await held_on(cluster, participant) == {"t-dead", "t-alive"}
+        assert await held_on(cluster, participant) == {t_dead, t_alive}
 
         deadline = time.monotonic() + 1 + SETTLE_SLACK_S + 2
-        while "t-alive" in await held_on(cluster, participant):
+        while t_alive in await held_on(cluster, participant):
             assert time.monotonic() < deadline, (
                 "the live coordinator's piece stayed held behind the dead one's\n"
                 + cluster.describe()
             )
             await asyncio.sleep(0.1)
-        assert await held_on(cluster, participant) == {"t-dead"}
+        assert await held_on(cluster, participant) == {t_dead}
 
         await cluster.start_node(dead)
         await wait_nothing_pending(cluster, timeout_s=10)
-        rows = await rows_by_shard(cluster, "t-dead")
-        assert rows[dead].keys() == {"~abort/a1/t-dead"}
+        rows = await rows_by_shard(cluster, t_dead)
+        assert rows[dead].keys() == {f"~abort/a1/{t_dead}"}
         async with connected_to(cluster.target) as client:
             for transaction_id, message in messages.items():
                 # The aborted attempts left the ids free: the retries apply them, once.
@@ -388,7 +401,7 @@ async def test_cross_shard_reuse_of_a_single_shard_id_is_refused_and_holds_nothi
     async with process_cluster(pg, tmp_path, gateway_environment=gateway_environment()) as cluster:
         async with connected_to(cluster.target) as client:
             pair = await funded_pair(cluster, client)
-            first = transfer("reused", "@cash", pair.payer, 5)  # on the coordinator only
+            first = transfer(pair.id("reused"), "@cash", pair.payer, 5)  # on the coordinator only
             assert await client.codes(first) == [pb.RESULT_CODE_CREATED]
             (result,) = await client.post(pair.transfer("reused"))
             settled = True

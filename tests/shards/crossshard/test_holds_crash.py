@@ -49,7 +49,12 @@ HELD = 400
 
 def hold(pair: Pair, transaction_id: str, timeout_seconds: int = 0) -> pb.Transaction:
     return transfer(
-        transaction_id, pair.payer, pair.payee, HELD, pending=True, timeout_seconds=timeout_seconds
+        pair.id(transaction_id),
+        pair.payer,
+        pair.payee,
+        HELD,
+        pending=True,
+        timeout_seconds=timeout_seconds,
     )
 
 
@@ -90,9 +95,9 @@ async def test_gateway_killed_after_the_post_was_decided(
                 pb.RESULT_CODE_CREATED
             ]
             post = pb.Transaction(
-                id="p-gw",
+                id=pair.id("p-gw"),
                 code=1,
-                post_pending_id="h-gw",
+                post_pending_id=pair.id("h-gw"),
                 legs=[leg(pair.payer, DEBIT, 250), leg(pair.payee, CREDIT, 250)],
             )
             with pytest.raises(grpc.aio.AioRpcError) as lost:
@@ -101,10 +106,10 @@ async def test_gateway_killed_after_the_post_was_decided(
         assert cluster.gateway is not None
         assert await asyncio.wait_for(cluster.gateway.process.wait(), timeout=10) == -9
 
-        decided = await record(cluster, pair.coordinator, "h-gw")
+        decided = await record(cluster, pair.coordinator, pair.id("h-gw"))
         assert (decided["kind"], decided["status"]) == (Kind.HOLD, Status.PENDING_POSTED)
-        assert await held_on(cluster, pair.participant) == {"h-gw"}  # not told
-        posted_at = (await record(cluster, pair.coordinator, "p-gw"))["timestamp_ns"]
+        assert await held_on(cluster, pair.participant) == {pair.id("h-gw")}  # not told
+        posted_at = (await record(cluster, pair.coordinator, pair.id("p-gw")))["timestamp_ns"]
 
         await cluster.start_gateway(gateway_environment())
         await wait_nothing_pending(cluster, timeout_s=DEADLINE_S + 10)
@@ -114,7 +119,9 @@ async def test_gateway_killed_after_the_post_was_decided(
             await books_are_right(cluster, client, pair, posted=250)
             again = await retry_twice(client, post)
             assert (again.code, again.timestamp_ns) == (pb.RESULT_CODE_REPLAYED, posted_at)
-            late_void = await client.post(pb.Transaction(id="v", code=1, void_pending_id="h-gw"))
+            late_void = await client.post(
+                pb.Transaction(id=pair.id("v"), code=1, void_pending_id=pair.id("h-gw"))
+            )
             assert late_void[0].code == pb.RESULT_CODE_PENDING_ALREADY_RESOLVED
 
 
@@ -133,15 +140,15 @@ async def test_coordinator_killed_after_recording_a_void(
         async with connected_to(cluster.target) as client:
             pair = await funded_pair(cluster, client, coordinator=coordinator)
             assert await client.codes(hold(pair, "h-co")) == [pb.RESULT_CODE_CREATED]
-            void = pb.Transaction(id="v-co", code=1, void_pending_id="h-co")
+            void = pb.Transaction(id=pair.id("v-co"), code=1, void_pending_id=pair.id("h-co"))
             (result,) = await client.post(void)
         assert result.code == pb.RESULT_CODE_UNAVAILABLE, (name(result.code), result.message)
         dead = cluster.nodes[coordinator]
         assert await asyncio.wait_for(dead.process.wait(), timeout=10) == -9
         assert "failpoint shard.after_hold_decided reached" in (dead.log_tail() or "")
-        decided = await record(cluster, coordinator, "h-co")
+        decided = await record(cluster, coordinator, pair.id("h-co"))
         assert decided["status"] == Status.PENDING_VOIDED
-        assert await held_on(cluster, pair.participant) == {"h-co"}
+        assert await held_on(cluster, pair.participant) == {pair.id("h-co")}
 
         await cluster.start_node(coordinator)
         await wait_nothing_pending(cluster, timeout_s=DEADLINE_S + 10)
@@ -179,7 +186,7 @@ async def test_participant_killed_before_it_heard_the_hold_commit(
         await asyncio.gather(
             cluster.start_node(pair.participant), cluster.start_gateway(gateway_environment())
         )
-        expires_at = (await record(cluster, pair.coordinator, "h-pa"))["expires_at_ns"]
+        expires_at = (await record(cluster, pair.coordinator, pair.id("h-pa")))["expires_at_ns"]
         assert int(str(expires_at)) > 0
         for _ in range(int((DEADLINE_S + 10) / 0.1)):
             rows = await fetch_rows(
@@ -191,7 +198,7 @@ async def test_participant_killed_before_it_heard_the_hold_commit(
         assert [row["expires_at_ns"] for row in rows] == [expires_at]  # re-armed, still held
         async with connected_to(cluster.target) as client:
             assert (await client.balance(pair.payee)).credits_pending == HELD
-            post = pb.Transaction(id="p-pa", code=1, post_pending_id="h-pa")
+            post = pb.Transaction(id=pair.id("p-pa"), code=1, post_pending_id=pair.id("h-pa"))
             assert await client.codes(post) == [pb.RESULT_CODE_CREATED]
             await books_are_right(cluster, client, pair, posted=HELD)
 
@@ -207,30 +214,33 @@ async def test_gateway_killed_in_a_group_deciding_records_at_three_shards(
     async with process_cluster(pg, tmp_path, gateway_environment=gateway_environment()) as cluster:
         async with connected_to(cluster.target) as client:
             a, b, c = await open_accounts(cluster, client, [0, 1, 2])
+            # Each record named under the partition key of the shard that records it; the
+            # group under a's (shard 0 coordinates it).
+            ka, kb, kc = (x.split("/")[0] for x in (a, b, c))
             sav = a.split("/")[0] + "/sav"
             assert await client.create(account(sav)) == [pb.RESULT_CODE_CREATED]
             setup = [
-                transfer("h-a", a, sav, 100, pending=True),  # recorded at shard 0 alone
-                transfer("h-b", b, c, 200, pending=True),  # across shards, at shard 1
-                transfer("t-c", c, a, 300),  # across shards, committed at shard 2
+                transfer(f"{ka}/h-a", a, sav, 100, pending=True),  # recorded at shard 0 alone
+                transfer(f"{kb}/h-b", b, c, 200, pending=True),  # across shards, at shard 1
+                transfer(f"{kc}/t-c", c, a, 300),  # across shards, committed at shard 2
             ]
             assert await client.codes(*setup) == [pb.RESULT_CODE_CREATED] * 3
         await cluster.kill_gateway()
         await cluster.start_gateway(gateway_environment("gateway.after_commit=exit"))
         async with connected_to(cluster.target) as client:
             group = [
-                pb.Transaction(id="p-a", code=1, post_pending_id="h-a", linked=True),
-                pb.Transaction(id="v-b", code=1, void_pending_id="h-b", linked=True),
-                pb.Transaction(id="u-c", code=1, reverses_id="t-c"),
+                pb.Transaction(id=f"{ka}/p-a", code=1, post_pending_id=f"{ka}/h-a", linked=True),
+                pb.Transaction(id=f"{ka}/v-b", code=1, void_pending_id=f"{kb}/h-b", linked=True),
+                pb.Transaction(id=f"{ka}/u-c", code=1, reverses_id=f"{kc}/t-c"),
             ]
             with pytest.raises(grpc.aio.AioRpcError) as lost:
                 await client.post(*group)
         assert lost.value.code() == grpc.StatusCode.UNAVAILABLE
         assert cluster.gateway is not None
         assert await asyncio.wait_for(cluster.gateway.process.wait(), timeout=10) == -9
-        locked = await record(cluster, 1, "h-b")
-        assert (locked["status"], locked["resolved_by_id"]) == (Status.PENDING, "v-b")
-        assert (await record(cluster, 2, "t-c"))["reversed_by_id"] == "u-c"
+        locked = await record(cluster, 1, f"{kb}/h-b")
+        assert (locked["status"], locked["resolved_by_id"]) == (Status.PENDING, f"{ka}/v-b")
+        assert (await record(cluster, 2, f"{kc}/t-c"))["reversed_by_id"] == f"{ka}/u-c"
 
         await cluster.start_gateway(gateway_environment())
         await wait_nothing_pending(cluster, timeout_s=2 * DEADLINE_S + 10)
@@ -239,9 +249,13 @@ async def test_gateway_killed_in_a_group_deciding_records_at_three_shards(
             assert [r.code for r in results] == [pb.RESULT_CODE_REPLAYED] * 3, [
                 (name(r.code), r.message) for r in results
             ]
-            assert (await client.transaction("h-a")).status == pb.TRANSACTION_STATUS_PENDING_POSTED
-            assert (await client.transaction("h-b")).status == pb.TRANSACTION_STATUS_PENDING_VOIDED
-            assert (await client.transaction("t-c")).reversed_by_id == "u-c"
+            assert (
+                await client.transaction(f"{ka}/h-a")
+            ).status == pb.TRANSACTION_STATUS_PENDING_POSTED
+            assert (
+                await client.transaction(f"{kb}/h-b")
+            ).status == pb.TRANSACTION_STATUS_PENDING_VOIDED
+            assert (await client.transaction(f"{kc}/t-c")).reversed_by_id == f"{ka}/u-c"
             balances = [await client.balance(x) for x in (a, b, c, sav)]
             assert [x.credits_posted - x.debits_posted for x in balances] == [
                 FUNDING - 100,
@@ -264,38 +278,41 @@ async def test_gateway_killed_before_a_group_locking_records_was_decided(
     async with process_cluster(pg, tmp_path, gateway_environment=gateway_environment()) as cluster:
         async with connected_to(cluster.target) as client:
             a, b, c = await open_accounts(cluster, client, [0, 1, 2])
+            # Each record named under the partition key of the shard that records it; the
+            # group under b's (shard 1 coordinates it, where h-b is decided).
+            ka, kb, kc = (x.split("/")[0] for x in (a, b, c))
             setup = [
-                transfer("t-a", a, "@cash", 10),  # shard 0 alone
-                transfer("h-b", b, c, 200, pending=True),  # across shards, at shard 1
-                transfer("t-c", c, a, 300),  # across shards, committed at shard 2
+                transfer(f"{ka}/t-a", a, "@cash", 10),  # shard 0 alone
+                transfer(f"{kb}/h-b", b, c, 200, pending=True),  # across shards, at shard 1
+                transfer(f"{kc}/t-c", c, a, 300),  # across shards, committed at shard 2
             ]
             assert await client.codes(*setup) == [pb.RESULT_CODE_CREATED] * 3
         await cluster.kill_gateway()
         await cluster.start_gateway(gateway_environment("gateway.after_prepare=exit"))
         async with connected_to(cluster.target) as client:
             group = [
-                pb.Transaction(id="u-a", code=1, reverses_id="t-a", linked=True),
-                pb.Transaction(id="p-b", code=1, post_pending_id="h-b", linked=True),
-                pb.Transaction(id="u-c", code=1, reverses_id="t-c"),
+                pb.Transaction(id=f"{kb}/u-a", code=1, reverses_id=f"{ka}/t-a", linked=True),
+                pb.Transaction(id=f"{kb}/p-b", code=1, post_pending_id=f"{kb}/h-b", linked=True),
+                pb.Transaction(id=f"{kb}/u-c", code=1, reverses_id=f"{kc}/t-c"),
             ]
             with pytest.raises(grpc.aio.AioRpcError) as lost:
                 await client.post(*group)
         assert lost.value.code() == grpc.StatusCode.UNAVAILABLE
         assert cluster.gateway is not None
         assert await asyncio.wait_for(cluster.gateway.process.wait(), timeout=10) == -9
-        assert (await record(cluster, 2, "t-c"))["reversed_by_id"] == "u-c"  # locked
+        assert (await record(cluster, 2, f"{kc}/t-c"))["reversed_by_id"] == f"{kb}/u-c"  # locked
 
         # Both locking shards (0 for t-a, 2 for t-c) ask the coordinator at their own pieces'
         # deadlines, independently: each lock is freed in its own time.
         await cluster.start_gateway(gateway_environment())
-        locks = [(0, "t-a"), (2, "t-c")]
+        locks = [(0, f"{ka}/t-a"), (2, f"{kc}/t-c")]
         for _ in range(int((2 * DEADLINE_S + 10) / 0.1)):
             if all([(await record(cluster, s, t))["reversed_by_id"] == "" for s, t in locks]):
                 break
             await asyncio.sleep(0.1)
         for shard, original in locks:
             assert (await record(cluster, shard, original))["reversed_by_id"] == "", original
-        hold = await record(cluster, 1, "h-b")
+        hold = await record(cluster, 1, f"{kb}/h-b")
         assert (hold["status"], hold["resolved_by_id"]) == (Status.PENDING, "")
         async with connected_to(cluster.target) as client:
             results = await client.post(*group)

@@ -120,20 +120,23 @@ async def _post_a_batch_over_two_shards(
         )
         assert set(names(created)) == {"RESULT_CODE_CREATED"}
         warm_up = await client.codes(
-            transfer("fund-a", "@funding", f"{a}/dep", 10_000),
-            transfer("fund-b", "@funding", f"{b}/dep", 10_000),
-            transfer("warm-cross", f"{a}/dep", f"{b}/dep", 1),  # creates the clearing accounts
+            transfer(f"{a}/fund", "@funding", f"{a}/dep", 10_000),
+            transfer(f"{b}/fund", "@funding", f"{b}/dep", 10_000),
+        )
+        # After the funding (units of one request on different shards run concurrently).
+        warm_up += await client.codes(
+            transfer(f"{a}/warm-cross", f"{a}/dep", f"{b}/dep", 1),  # makes the clearing accounts
         )
         assert set(names(warm_up)) == {"RESULT_CODE_CREATED"}
 
         before = await scrape_all(up)
         started = time.monotonic()
         results = await client.post(
-            transfer("fund-a", "@funding", f"{a}/dep", 10_000),  # a retry: replayed, shard 0
-            transfer("local-a", f"{a}/dep", f"{a}/loan", 100),  # shard 0
-            transfer("cross", f"{a}/dep", f"{b}/dep", 200),  # coordinator shard 0, prepare on 1
-            transfer("spread-b", "@funding", f"{b}/dep", 300),  # a spread leg, shard 1
-            transfer("over-b", f"{b}/dep", f"{b}/loan", 10**9),  # refused, shard 1
+            transfer(f"{a}/fund", "@funding", f"{a}/dep", 10_000),  # a retry: replayed, shard 0
+            transfer(f"{a}/local", f"{a}/dep", f"{a}/loan", 100),  # shard 0
+            transfer(f"{a}/cross", f"{a}/dep", f"{b}/dep", 200),  # coordinator 0, prepare on 1
+            transfer(f"{b}/spread", "@funding", f"{b}/dep", 300),  # a spread leg, shard 1
+            transfer(f"{b}/over", f"{b}/dep", f"{b}/loan", 10**9),  # refused, shard 1
         )
         seconds = time.monotonic() - started
     return before, results, seconds

@@ -537,3 +537,34 @@ async def test_zz_node_serves_and_books_are_whole(shard: Shard) -> None:
         "RESULT_CODE_CREATED"
     ]
     assert await audit_problems(shard.node.dsn) == []
+
+
+# ---- the Shard API's limits: those of the Ledger's ----
+
+SHARD_BATCHES = {
+    "Prepare": lambda n: spb.PrepareRequest(items=[spb.PrepareItem()] * n),
+    "Commit": lambda n: spb.CommitRequest(items=[spb.CommitItem()] * n),
+    "Abort": lambda n: spb.AbortRequest(items=[spb.AbortItem()] * n),
+    "Resolve": lambda n: spb.ResolveRequest(items=[spb.ResolveItem()] * n),
+    "DecideHolds": lambda n: spb.DecideHoldsRequest(items=[spb.DecideHoldItem()] * n),
+    "SettleHolds": lambda n: spb.SettleHoldsRequest(items=[spb.SettleHoldItem()] * n),
+    "CreateClearingAccounts": lambda n: spb.CreateClearingAccountsRequest(currencies=[""] * n),
+}
+
+
+@pytest.mark.parametrize("method", list(SHARD_BATCHES))
+async def test_every_shard_rpc_takes_at_most_a_batch(shard: Shard, method: str) -> None:
+    """An internal RPC is limited as a client's: more than a batch of items is refused whole,
+    before any of it reaches the writer."""
+    what = "currencies" if method == "CreateClearingAccounts" else "items"
+    request = SHARD_BATCHES[method](limits.batch_item_count_max + 1)
+    details = await _invalid_argument(getattr(shard.stub, method), request, f"{what} has 8191")
+    assert f"at most {limits.batch_item_count_max} per request" in details
+
+
+async def test_a_shard_request_over_the_message_limit_is_resource_exhausted(shard: Shard) -> None:
+    big = spb.AbortItem(transaction_id="x", attempt="a1", message="m" * (1 << 20))
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await shard.stub.Abort(spb.AbortRequest(items=[big] * 17), timeout=30)
+    assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "CLIENT" not in (raised.value.details() or ""), "refused by the node, not the caller"

@@ -11,7 +11,16 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from shards.node.writer import WriterConfig
 from tally.v1 import ledger_pb2 as pb
 from tests.support import security
-from tests.support.helpers import Client, account, audit_problems, start_node, transfer
+from tests.support.helpers import (
+    CREDIT,
+    DEBIT,
+    Client,
+    account,
+    audit_problems,
+    leg,
+    start_node,
+    transfer,
+)
 
 
 async def test_health_serving_and_reflection(channel: grpc.aio.Channel) -> None:
@@ -132,6 +141,58 @@ async def test_full_queue_pushes_back(dsn: str) -> None:
     assert refused and all(e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED for e in refused)
     assert accepted and all(r[0].code == pb.RESULT_CODE_CREATED for r in accepted)
     assert len(refused) + len(accepted) == 8
+
+
+async def test_queue_is_bounded_in_bytes_too(dsn: str) -> None:
+    """Before (issue 12): bounded in requests only, so a few thousand requests of 16 MiB each
+    could queue. Now the bytes of the requests waiting for the writer are bounded too: past
+    the bound one more is RESOURCE_EXHAUSTED saying so, and the bytes are counted until the
+    writer answers (then released)."""
+    import asyncpg
+
+    metadata = {f"k{n:02d}" + "x" * 60: "v" * 256 for n in range(16)}
+
+    def big(n: int) -> pb.Transaction:
+        return pb.Transaction(
+            id=f"big{n}",
+            code=1,
+            legs=[leg("@cash", DEBIT, 1), leg("c/d", CREDIT, 1)],
+            metadata=metadata,
+        )
+
+    size_bytes = pb.PostTransactionsRequest(transactions=[big(0)]).ByteSize()
+    bound_bytes = 3 * size_bytes + size_bytes // 2  # three requests fit, not four
+    handle = await start_node(dsn, writer=WriterConfig(queue_size_max_bytes=bound_bytes))
+    blocker = await asyncpg.connect(dsn)
+    try:
+        async with security.channel(f"127.0.0.1:{handle.port}") as channel:
+            client = Client(channel)
+            await client.create(account("@cash"), account("c/d"))
+            # Hold the lease row: the writer's next commit waits, so requests pile up.
+            transaction = blocker.transaction()
+            await transaction.start()
+            await blocker.execute("SELECT * FROM writer_lease FOR UPDATE")
+            calls = []
+            for n in range(8):
+                calls.append(asyncio.ensure_future(client.post(big(n))))
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.3)
+            writer = handle.node.writer
+            assert writer is not None
+            assert writer.pending_size_bytes == 3 * size_bytes
+            await transaction.rollback()
+            results = await asyncio.gather(*calls, return_exceptions=True)
+            assert writer.pending_size_bytes == 0
+    finally:
+        await blocker.close()
+        await handle.stop()
+    refused = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
+    accepted = [r for r in results if not isinstance(r, BaseException)]
+    assert len(accepted) == 3 and all(r[0].code == pb.RESULT_CODE_CREATED for r in accepted)
+    assert len(refused) == 5
+    for error in refused:
+        assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert f"at most {bound_bytes} bytes" in (error.details() or ""), error.details()
 
 
 async def test_lost_lease_session_is_taken_back_when_nobody_took_over(node, channel) -> None:

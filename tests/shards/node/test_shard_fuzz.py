@@ -145,7 +145,9 @@ def new_unit(world: World, pending: bool = False) -> Unit:
     fields: dict[str, Any] = {"pending": True, "timeout_seconds": 3600} if pending else {}
     if rng.random() < 0.2:
         fields["metadata"] = {"ref": random_unicode(rng, 8)}
-    message = transfer(world.fresh("fz-x"), payer, payee, world.amount(), **fields)
+    # Named under the payer's key, as the gateway's units are: its home coordinates it.
+    tid = world.fresh(f"{payer.split('/', 1)[0]}/fz-x")
+    message = transfer(tid, payer, payee, world.amount(), **fields)
     legs = [Leg(x.account_id, x.side == pb.SIDE_DEBIT, x.amount, x.currency) for x in message.legs]
     coordinator, pieces = split_pieces(legs, world.slot_map)
     unit = Unit(message, coordinator, pieces, world.attempt())
@@ -435,11 +437,18 @@ async def _fuzz(
             )
         assert health.status == health_pb2.HealthCheckResponse.SERVING
         assert node.node.writer is not None and not node.task.done()
-    here, there = world.customers[0][0], world.customers[1][0]
-    local = transfer("after-local", here, world.customers[0][1], 5)
-    cross = transfer("after-cross", here, there, 7)
-    assert names(await client.codes(local, cross)) == ["RESULT_CODE_CREATED"] * 2
-    assert (await client.transaction("after-cross")).status == pb.TRANSACTION_STATUS_POSTED
+    # Fresh accounts on each shard, in a currency the fuzz never used (it may have pushed its
+    # accounts and the USD clearing pieces to a counter's limit).
+    key, there_key = (world.customers[n][0].split("/", 1)[0] for n in (0, 1))
+    here, near, there = f"{key}/after-a", f"{key}/after-b", f"{there_key}/after-c"
+    assert set(await client.create(*(account(a, currency="GBP") for a in (here, near, there)))) == {
+        pb.RESULT_CODE_CREATED
+    }
+    local = transfer(f"{key}/after-local", here, near, 5, currency="GBP")  # at here's shard
+    cross = transfer(f"{key}/after-cross", here, there, 7, currency="GBP")
+    after = await client.post(local, cross)
+    assert names([r.code for r in after]) == ["RESULT_CODE_CREATED"] * 2, after
+    assert (await client.transaction(f"{key}/after-cross")).status == pb.TRANSACTION_STATUS_POSTED
     for node in cluster.nodes:
         assert await audit_problems(node.dsn) == [], node.dsn
     assert sent >= min(MESSAGE_COUNT, 500), f"only {sent} messages in {elapsed:.1f}s"
