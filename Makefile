@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup up test lint typecheck pytest proto bench clean
+.PHONY: setup up test lint typecheck pytest proto bench chaos clean
 
 setup: $(STAMP)
 
@@ -40,6 +40,12 @@ proto: $(STAMP)
 # Its options go in BENCH_ARGS: make bench BENCH_ARGS='--scenarios transfers,hot --users 64'.
 bench: $(STAMP)
 	$(BIN)/python -m bench.locust.suite $(BENCH_ARGS)
+
+# The fault campaign (bench/chaos): a cluster of real processes under bank clients and a seeded
+# schedule of faults, then the history checker; report in bench/reports/chaos-SEED-TIME/ (or
+# --out). Its options go in CHAOS_ARGS: make chaos CHAOS_ARGS='--duration 1800 --seed 7'.
+chaos: $(STAMP)
+	$(BIN)/python -m bench.chaos $(CHAOS_ARGS)
 
 clean:
 	rm -rf $(VENV) .tally build *.egg-info
