@@ -54,6 +54,9 @@ FATE_KEY: Final = "~fate"
 """That hold's fate: "post" or "void"."""
 FATE_LEGS_KEY: Final = "~legs"
 """The post's legs (core.pieces.encode_legs)."""
+REVERSAL_OF_KEY: Final = "~of"
+"""On a coordinator's piece of a reversal: the transaction it reverses (core.pieces
+with_digest). Shown to clients as the record's reverses_id, never as metadata."""
 SHARDS_KEY: Final = "~shards"
 """On a coordinator's piece: the other shards holding pieces of its attempt, as comma-separated
 shard ids (core.pieces.with_digest). Never shown to clients as metadata."""

@@ -35,16 +35,25 @@ def legs_digest(legs: tuple[Leg, ...]) -> str:
     return hashlib.sha256(encode_legs(legs).encode()).hexdigest()[:32]
 
 
-def with_digest(spec: TransactionSpec, digest: str, shards: Sequence[int] = ()) -> TransactionSpec:
-    """A coordinator's piece carrying the digest of the client's legs and the shards of its
-    attempt's other pieces (none: as it is)."""
+def with_digest(
+    spec: TransactionSpec, digest: str, shards: Sequence[int] = (), reversal_of: str = ""
+) -> TransactionSpec:
+    """A coordinator's piece carrying the digest of the client's legs, the shards of its
+    attempt's other pieces and, for a reversal, what it reverses (none: as it is)."""
     added = [(ids.DIGEST_KEY, digest)] if digest else []
+    if reversal_of:
+        added.append((ids.REVERSAL_OF_KEY, reversal_of))
     if shards:
         added.append((ids.SHARDS_KEY, ",".join(str(s) for s in sorted(set(shards)))))
     if not added:
         return spec
     metadata = tuple(sorted((*spec.metadata, *added)))
     return spec._replace(metadata=metadata)
+
+
+def reversal_of(spec: TransactionSpec) -> str:
+    """What a coordinator's piece of a reversal reverses ("" if none is recorded)."""
+    return dict(spec.metadata).get(ids.REVERSAL_OF_KEY, "")
 
 
 def participant_shards(spec: TransactionSpec) -> tuple[int, ...]:

@@ -1008,6 +1008,7 @@ def _client_view(spec: TransactionSpec) -> dict[str, object]:
     metadata = dict(spec.metadata)
     digest = metadata.pop(ids.DIGEST_KEY, "")
     metadata.pop(ids.SHARDS_KEY, None)  # where its pieces are: no content of the client's
+    metadata.pop(ids.REVERSAL_OF_KEY, None)  # what its legs say already
     coordinated = spec.kind in _COORDINATED
     return {
         "kind": _COORDINATED.get(spec.kind, spec.kind),

@@ -44,13 +44,7 @@ REPLAYED = pb.RESULT_CODE_REPLAYED
 APPLIED = frozenset({CREATED, REPLAYED})
 # Nothing applied yet, or not known yet: either way a retry with the same id tells.
 RETRYABLE = frozenset(
-    code
-    for code in (
-        pb.RESULT_CODE_UNAVAILABLE,
-        pb.RESULT_CODE_ABORTED,
-        getattr(pb, "RESULT_CODE_OUTCOME_UNKNOWN", None),
-    )
-    if code is not None
+    {pb.RESULT_CODE_UNAVAILABLE, pb.RESULT_CODE_ABORTED, pb.RESULT_CODE_OUTCOME_UNKNOWN}
 )
 # Operation kinds and their weights (a read: one of the client's applied transactions by id).
 OPERATIONS = (("transfer", 35), ("hold", 30), ("linked", 15), ("reversal", 10), ("read", 10))

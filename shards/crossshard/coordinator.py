@@ -212,6 +212,14 @@ class Unit:
             for k, s in enumerate(specs)
         ]
 
+    def reversal_of(self, k: int) -> str:
+        """The original transaction k reverses, wherever recorded ("" if not a reversal or
+        applied as sent)."""
+        if k in self.as_sent:
+            return ""
+        remote = self.remote_reverses.get(k)
+        return self.reverses[k] or (remote[1] if remote is not None else "")
+
     def shards_of(self, k: int) -> list[int]:
         """The shards other than the coordinator holding a piece of transaction k (none for
         one applied as sent)."""
@@ -509,6 +517,7 @@ class Driver:
                             as_sent=k in units[u].as_sent,
                             legs_digest=units[u].digests[k],
                             participant_shards=units[u].shards_of(k),
+                            reversal_of=units[u].reversal_of(k),
                         )
                         for u, k, piece in items
                     ]

@@ -156,13 +156,18 @@ def _legless_problem(message: pb.Transaction) -> Rejection | None:
 
 
 def commit_piece(
-    message: pb.Transaction, attempt: str, digest: str = "", shards: Sequence[int] = ()
+    message: pb.Transaction,
+    attempt: str,
+    digest: str = "",
+    shards: Sequence[int] = (),
+    reversal_of: str = "",
 ) -> TransactionSpec | Rejection:
     """The coordinator's piece under the client's id: applying it records the attempt's
     commit. Without legs (a transaction of a linked group with none on this shard, or one
     whose id's home holds none of its legs) it records only the decision. It carries the
     digest of the client's legs on every shard (core.ids.DIGEST_KEY) and the shards of the
-    attempt's other pieces (core.ids.SHARDS_KEY) when given."""
+    attempt's other pieces (core.ids.SHARDS_KEY) and, for a reversal, what it reverses
+    (core.ids.REVERSAL_OF_KEY) when given."""
     spec = _commit_piece(message, attempt)
     if isinstance(spec, Rejection):
         return spec
@@ -176,7 +181,10 @@ def commit_piece(
             f"participant_shards: at most {SLOT_COUNT} shard ids, each below {SLOT_COUNT}",
             spec.linked,
         )
-    return with_digest(spec, digest, shards)
+    problem = validation.id_problem(reversal_of, "reversal_of") if reversal_of else ""
+    if problem:
+        return Rejection(ResultCode.INVALID_ID, problem, spec.linked)
+    return with_digest(spec, digest, shards, reversal_of)
 
 
 def _commit_piece(message: pb.Transaction, attempt: str) -> TransactionSpec | Rejection:
@@ -254,7 +262,13 @@ def commit_records(
             records.append(convert.transaction_from_proto(item.piece))
             continue
         records.append(
-            commit_piece(item.piece, item.attempt, item.legs_digest, item.participant_shards)
+            commit_piece(
+                item.piece,
+                item.attempt,
+                item.legs_digest,
+                item.participant_shards,
+                item.reversal_of,
+            )
         )
     return [record for record in records if record is not None], fates
 

@@ -28,7 +28,7 @@ from core.slots import SlotMap, is_spread
 from shards.crossshard.coordinator import HoldResolution, Unit, piece_message
 from shards.gateway import routing
 from shards.gateway.cluster import Cluster, KnownHold, merge_piece_results, spread_or_owner
-from shards.rpc import convert
+from shards.rpc import convert, outcomes
 from shards.rpc.servicer import Unavailable, abort, check_batch_size
 from shards.security.guard import check_accounts_of_caller, check_posting_of_caller
 from tally.v1 import ledger_pb2 as pb
@@ -64,7 +64,14 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
                 todo.append((start, end))
             else:
                 results[start:end] = [convert.result_to_proto(r) for r in failure]
-        await self._route_transactions(context, messages, items, todo, results)
+        try:
+            await self._route_transactions(context, messages, items, todo, results)
+        except (grpc.aio.AioRpcError, Unavailable) as error:
+            # A shard failed under a call whose items' fates are not all known (a send in
+            # flight beside the failed read): what is unanswered may have been applied.
+            failure = error if isinstance(error, grpc.aio.AioRpcError) else None
+            unknown = outcomes.outcome_unknown(failure, "a shard failed during the request")
+            results = [unknown if r is None else r for r in results]
         return pb.PostTransactionsResponse(results=results)
 
     async def _route_transactions(
@@ -98,10 +105,17 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
                 await self._cluster.backoff_and_refresh(attempt)
             slot_map = self._cluster.map()
             specs: list[TransactionSpec] = [i for i in items if isinstance(i, TransactionSpec)]
-            located = await self._cluster.locate(routing.targets(specs))
-            plan = self._plan(items, todo, slot_map, located)
+            try:
+                located = await self._cluster.locate(routing.targets(specs))
+                plan = self._plan(items, todo, slot_map, located)
+                built = await self._anchored_units(
+                    messages, items, plan.anchored, located, slot_map
+                )
+            except (grpc.aio.AioRpcError, Unavailable) as error:
+                # Reading what the items name failed before this wave sent anything.
+                _answer_unavailable(todo + deferred, results, error)
+                return []
             deferred += plan.deferred
-            built = await self._anchored_units(messages, items, plan.anchored, located, slot_map)
             # On a later round, a unit the new map spreads over shards keeps its WRONG_SHARD.
             sent, _, _ = await asyncio.gather(
                 self._send_units(messages, plan.direct, results, self._post_shard),
@@ -185,7 +199,11 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
         if not starts:
             return
         targets = [item.target_id for n in starts if isinstance(item := items[n], TransactionSpec)]
-        holds = await self._read_holds(list(dict.fromkeys(targets)))
+        try:
+            holds = await self._read_holds(list(dict.fromkeys(targets)))
+        except (grpc.aio.AioRpcError, Unavailable) as error:
+            _answer_unavailable([(n, n + 1) for n in starts], results, error)  # none decided
+            return
         chosen: list[tuple[int, HoldResolution]] = []
         for n in starts:
             item = items[n]
@@ -822,6 +840,24 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
 _RESOLUTIONS = (Kind.POST_PENDING, Kind.VOID_PENDING)
 
 
+def _answer_unavailable(
+    ranges: Sequence[tuple[int, int]],
+    results: list[pb.ItemResult | None],
+    error: grpc.aio.AioRpcError | Unavailable,
+) -> None:
+    """Nothing of these units was sent: each item is unavailable (retry with the same id)."""
+    why = error.code().name if isinstance(error, grpc.aio.AioRpcError) else str(error)
+    answer = pb.ItemResult(
+        code=pb.RESULT_CODE_UNAVAILABLE,
+        message=f"a shard holding what this item names is unavailable ({why}); nothing was "
+        "applied: retry with the same id",
+    )
+    for start, end in ranges:
+        for n in range(start, end):
+            if results[n] is None:
+                results[n] = answer
+
+
 def _named(unit: Sequence[TransactionSpec], call: int) -> list[tuple[str, int]]:
     """The ids a unit creates and names, each with the unit's shard call."""
     return [(i.id, call) for i in unit] + [(i.target_id, call) for i in unit if i.target_id]
@@ -952,7 +988,9 @@ def _merge_pieces(
     return pb.TransactionRecord(
         transaction=pb.Transaction(
             id=client.id,
-            legs=legs,
+            # A reversal's client sent no legs (they are the original's, inverted).
+            legs=[] if client.reverses_id else legs,
+            reverses_id=client.reverses_id,
             code=client.code,
             metadata=client.metadata,
             value_date=client.value_date,

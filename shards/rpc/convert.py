@@ -127,9 +127,11 @@ def leg_to_proto(leg: Leg) -> pb.Leg:
 
 def transaction_spec_to_proto(spec: TransactionSpec) -> pb.Transaction:
     metadata = dict(spec.metadata)
+    reverses = ""
     if spec.kind is Kind.COMMIT or spec.kind is Kind.HOLD:
         metadata.pop(ids.DIGEST_KEY, None)  # the cluster's own, not the client's
         metadata.pop(ids.SHARDS_KEY, None)
+        reverses = metadata.pop(ids.REVERSAL_OF_KEY, "")
     message = pb.Transaction(
         id=spec.id,
         legs=[leg_to_proto(leg) for leg in spec.legs],
@@ -145,6 +147,8 @@ def transaction_spec_to_proto(spec: TransactionSpec) -> pb.Transaction:
         message.void_pending_id = spec.target_id
     elif spec.kind is Kind.REVERSAL:
         message.reverses_id = spec.target_id
+    elif spec.kind is Kind.COMMIT and reverses:
+        message.reverses_id = reverses  # a cross-shard reversal, as its client sent it
     return message
 
 

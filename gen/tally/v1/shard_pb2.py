@@ -25,15 +25,15 @@ _sym_db = _symbol_database.Default()
 from tally.v1 import ledger_pb2 as tally_dot_v1_dot_ledger__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14tally/v1/shard.proto\x12\x08tally.v1\x1a\x15tally/v1/ledger.proto\"\x81\x01\n\tHoldState\x12 \n\x04\x66\x61te\x18\x01 \x01(\x0e\x32\x12.tally.v1.HoldFate\x12\x15\n\rexpires_at_ns\x18\x02 \x01(\x03\x12)\n\nresolution\x18\x03 \x01(\x0b\x32\x15.tally.v1.Transaction\x12\x10\n\x08\x64\x65\x63iding\x18\x04 \x01(\x08\"\x9f\x01\n\x0bPrepareItem\x12$\n\x05piece\x18\x01 \x01(\x0b\x32\x15.tally.v1.Transaction\x12\x19\n\x11\x63oordinator_shard\x18\x02 \x01(\r\x12\x18\n\x10\x64\x65\x61\x64line_seconds\x18\x03 \x01(\r\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\t\x12\x13\n\x0breverses_id\x18\x05 \x01(\t\x12\x0f\n\x07\x64\x65\x63ides\x18\x06 \x01(\x08\"6\n\x0ePrepareRequest\x12$\n\x05items\x18\x01 \x03(\x0b\x32\x15.tally.v1.PrepareItem\"8\n\x0fPrepareResponse\x12%\n\x07results\x18\x01 \x03(\x0b\x32\x14.tally.v1.ItemResult\"\xb4\x01\n\nCommitItem\x12$\n\x05piece\x18\x01 \x01(\x0b\x32\x15.tally.v1.Transaction\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\t\x12\x13\n\x0breverses_id\x18\x03 \x01(\t\x12\x0f\n\x07\x61s_sent\x18\x05 \x01(\x08\x12\x18\n\x10\x64\x65\x63ide_before_ns\x18\x04 \x01(\x03\x12\x13\n\x0blegs_digest\x18\x06 \x01(\t\x12\x1a\n\x12participant_shards\x18\x07 \x03(\r\"4\n\rCommitRequest\x12#\n\x05items\x18\x01 \x03(\x0b\x32\x14.tally.v1.CommitItem\"7\n\x0e\x43ommitResponse\x12%\n\x07results\x18\x01 \x03(\x0b\x32\x14.tally.v1.ItemResult\"\xa6\x01\n\tAbortItem\x12\x16\n\x0etransaction_id\x18\x01 \x01(\t\x12$\n\x06reason\x18\x02 \x01(\x0e\x32\x14.tally.v1.ResultCode\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\t\x12$\n\x05piece\x18\x05 \x01(\x0b\x32\x15.tally.v1.Transaction\x12\x13\n\x0blegs_digest\x18\x06 \x01(\t\"2\n\x0c\x41\x62ortRequest\x12\"\n\x05items\x18\x01 \x03(\x0b\x32\x13.tally.v1.AbortItem\"\x8d\x01\n\x08\x44\x65\x63ision\x12\x11\n\tcommitted\x18\x01 \x01(\x08\x12$\n\x06reason\x18\x02 \x01(\x0e\x32\x14.tally.v1.ResultCode\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x14\n\x0ctimestamp_ns\x18\x04 \x01(\x03\x12!\n\x04hold\x18\x05 \x01(\x0b\x32\x13.tally.v1.HoldState\"6\n\rAbortResponse\x12%\n\tdecisions\x18\x01 \x03(\x0b\x32\x12.tally.v1.Decision\"F\n\x0bResolveItem\x12\x16\n\x0etransaction_id\x18\x01 \x01(\t\x12\x0e\n\x06\x63ommit\x18\x02 \x01(\x08\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\t\"6\n\x0eResolveRequest\x12$\n\x05items\x18\x01 \x03(\x0b\x32\x15.tally.v1.ResolveItem\"8\n\x0fResolveResponse\x12%\n\x07results\x18\x01 \x03(\x0b\x32\x14.tally.v1.ItemResult\"U\n\x0e\x44\x65\x63ideHoldItem\x12)\n\nresolution\x18\x01 \x01(\x0b\x32\x15.tally.v1.Transaction\x12\x18\n\x10\x64\x65\x63ide_before_ns\x18\x02 \x01(\x03\"=\n\x12\x44\x65\x63ideHoldsRequest\x12\'\n\x05items\x18\x01 \x03(\x0b\x32\x18.tally.v1.DecideHoldItem\"<\n\x13\x44\x65\x63ideHoldsResponse\x12%\n\x07results\x18\x01 \x03(\x0b\x32\x14.tally.v1.ItemResult\"\xb4\x01\n\x0eSettleHoldItem\x12\x16\n\x0etransaction_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\t\x12 \n\x04\x66\x61te\x18\x03 \x01(\x0e\x32\x12.tally.v1.HoldFate\x12\x13\n\x0b\x64\x65\x61\x64line_ns\x18\x04 \x01(\x03\x12)\n\nresolution\x18\x05 \x01(\x0b\x32\x15.tally.v1.Transaction\x12\x17\n\x0f\x62\x65\x66ore_decision\x18\x06 \x01(\x08\"=\n\x12SettleHoldsRequest\x12\'\n\x05items\x18\x01 \x03(\x0b\x32\x18.tally.v1.SettleHoldItem\"N\n\x13SettleHoldsResponse\x12%\n\x07results\x18\x01 \x03(\x0b\x32\x14.tally.v1.ItemResult\x12\x10\n\x08\x63lock_ns\x18\x02 \x01(\x03\"3\n\x1d\x43reateClearingAccountsRequest\x12\x12\n\ncurrencies\x18\x01 \x03(\t\"G\n\x1e\x43reateClearingAccountsResponse\x12%\n\x07results\x18\x01 \x03(\x0b\x32\x14.tally.v1.ItemResult*|\n\x08HoldFate\x12\x19\n\x15HOLD_FATE_UNSPECIFIED\x10\x00\x12\x12\n\x0eHOLD_FATE_OPEN\x10\x01\x12\x14\n\x10HOLD_FATE_POSTED\x10\x02\x12\x14\n\x10HOLD_FATE_VOIDED\x10\x03\x12\x15\n\x11HOLD_FATE_EXPIRED\x10\x04\x32\x83\x04\n\x05Shard\x12>\n\x07Prepare\x12\x18.tally.v1.PrepareRequest\x1a\x19.tally.v1.PrepareResponse\x12;\n\x06\x43ommit\x12\x17.tally.v1.CommitRequest\x1a\x18.tally.v1.CommitResponse\x12\x38\n\x05\x41\x62ort\x12\x16.tally.v1.AbortRequest\x1a\x17.tally.v1.AbortResponse\x12>\n\x07Resolve\x12\x18.tally.v1.ResolveRequest\x1a\x19.tally.v1.ResolveResponse\x12J\n\x0b\x44\x65\x63ideHolds\x12\x1c.tally.v1.DecideHoldsRequest\x1a\x1d.tally.v1.DecideHoldsResponse\x12J\n\x0bSettleHolds\x12\x1c.tally.v1.SettleHoldsRequest\x1a\x1d.tally.v1.SettleHoldsResponse\x12k\n\x16\x43reateClearingAccounts\x12\'.tally.v1.CreateClearingAccountsRequest\x1a(.tally.v1.CreateClearingAccountsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14tally/v1/shard.proto\x12\x08tally.v1\x1a\x15tally/v1/ledger.proto\"\x81\x01\n\tHoldState\x12 \n\x04\x66\x61te\x18\x01 \x01(\x0e\x32\x12.tally.v1.HoldFate\x12\x15\n\rexpires_at_ns\x18\x02 \x01(\x03\x12)\n\nresolution\x18\x03 \x01(\x0b\x32\x15.tally.v1.Transaction\x12\x10\n\x08\x64\x65\x63iding\x18\x04 \x01(\x08\"\x9f\x01\n\x0bPrepareItem\x12$\n\x05piece\x18\x01 \x01(\x0b\x32\x15.tally.v1.Transaction\x12\x19\n\x11\x63oordinator_shard\x18\x02 \x01(\r\x12\x18\n\x10\x64\x65\x61\x64line_seconds\x18\x03 \x01(\r\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\t\x12\x13\n\x0breverses_id\x18\x05 \x01(\t\x12\x0f\n\x07\x64\x65\x63ides\x18\x06 \x01(\x08\"6\n\x0ePrepareRequest\x12$\n\x05items\x18\x01 \x03(\x0b\x32\x15.tally.v1.PrepareItem\"8\n\x0fPrepareResponse\x12%\n\x07results\x18\x01 \x03(\x0b\x32\x14.tally.v1.ItemResult\"\xc9\x01\n\nCommitItem\x12$\n\x05piece\x18\x01 \x01(\x0b\x32\x15.tally.v1.Transaction\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\t\x12\x13\n\x0breverses_id\x18\x03 \x01(\t\x12\x0f\n\x07\x61s_sent\x18\x05 \x01(\x08\x12\x18\n\x10\x64\x65\x63ide_before_ns\x18\x04 \x01(\x03\x12\x13\n\x0blegs_digest\x18\x06 \x01(\t\x12\x1a\n\x12participant_shards\x18\x07 \x03(\r\x12\x13\n\x0breversal_of\x18\x08 \x01(\t\"4\n\rCommitRequest\x12#\n\x05items\x18\x01 \x03(\x0b\x32\x14.tally.v1.CommitItem\"7\n\x0e\x43ommitResponse\x12%\n\x07results\x18\x01 \x03(\x0b\x32\x14.tally.v1.ItemResult\"\xa6\x01\n\tAbortItem\x12\x16\n\x0etransaction_id\x18\x01 \x01(\t\x12$\n\x06reason\x18\x02 \x01(\x0e\x32\x14.tally.v1.ResultCode\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\t\x12$\n\x05piece\x18\x05 \x01(\x0b\x32\x15.tally.v1.Transaction\x12\x13\n\x0blegs_digest\x18\x06 \x01(\t\"2\n\x0c\x41\x62ortRequest\x12\"\n\x05items\x18\x01 \x03(\x0b\x32\x13.tally.v1.AbortItem\"\x8d\x01\n\x08\x44\x65\x63ision\x12\x11\n\tcommitted\x18\x01 \x01(\x08\x12$\n\x06reason\x18\x02 \x01(\x0e\x32\x14.tally.v1.ResultCode\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x14\n\x0ctimestamp_ns\x18\x04 \x01(\x03\x12!\n\x04hold\x18\x05 \x01(\x0b\x32\x13.tally.v1.HoldState\"6\n\rAbortResponse\x12%\n\tdecisions\x18\x01 \x03(\x0b\x32\x12.tally.v1.Decision\"F\n\x0bResolveItem\x12\x16\n\x0etransaction_id\x18\x01 \x01(\t\x12\x0e\n\x06\x63ommit\x18\x02 \x01(\x08\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\t\"6\n\x0eResolveRequest\x12$\n\x05items\x18\x01 \x03(\x0b\x32\x15.tally.v1.ResolveItem\"8\n\x0fResolveResponse\x12%\n\x07results\x18\x01 \x03(\x0b\x32\x14.tally.v1.ItemResult\"U\n\x0e\x44\x65\x63ideHoldItem\x12)\n\nresolution\x18\x01 \x01(\x0b\x32\x15.tally.v1.Transaction\x12\x18\n\x10\x64\x65\x63ide_before_ns\x18\x02 \x01(\x03\"=\n\x12\x44\x65\x63ideHoldsRequest\x12\'\n\x05items\x18\x01 \x03(\x0b\x32\x18.tally.v1.DecideHoldItem\"<\n\x13\x44\x65\x63ideHoldsResponse\x12%\n\x07results\x18\x01 \x03(\x0b\x32\x14.tally.v1.ItemResult\"\xb4\x01\n\x0eSettleHoldItem\x12\x16\n\x0etransaction_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\t\x12 \n\x04\x66\x61te\x18\x03 \x01(\x0e\x32\x12.tally.v1.HoldFate\x12\x13\n\x0b\x64\x65\x61\x64line_ns\x18\x04 \x01(\x03\x12)\n\nresolution\x18\x05 \x01(\x0b\x32\x15.tally.v1.Transaction\x12\x17\n\x0f\x62\x65\x66ore_decision\x18\x06 \x01(\x08\"=\n\x12SettleHoldsRequest\x12\'\n\x05items\x18\x01 \x03(\x0b\x32\x18.tally.v1.SettleHoldItem\"N\n\x13SettleHoldsResponse\x12%\n\x07results\x18\x01 \x03(\x0b\x32\x14.tally.v1.ItemResult\x12\x10\n\x08\x63lock_ns\x18\x02 \x01(\x03\"3\n\x1d\x43reateClearingAccountsRequest\x12\x12\n\ncurrencies\x18\x01 \x03(\t\"G\n\x1e\x43reateClearingAccountsResponse\x12%\n\x07results\x18\x01 \x03(\x0b\x32\x14.tally.v1.ItemResult*|\n\x08HoldFate\x12\x19\n\x15HOLD_FATE_UNSPECIFIED\x10\x00\x12\x12\n\x0eHOLD_FATE_OPEN\x10\x01\x12\x14\n\x10HOLD_FATE_POSTED\x10\x02\x12\x14\n\x10HOLD_FATE_VOIDED\x10\x03\x12\x15\n\x11HOLD_FATE_EXPIRED\x10\x04\x32\x83\x04\n\x05Shard\x12>\n\x07Prepare\x12\x18.tally.v1.PrepareRequest\x1a\x19.tally.v1.PrepareResponse\x12;\n\x06\x43ommit\x12\x17.tally.v1.CommitRequest\x1a\x18.tally.v1.CommitResponse\x12\x38\n\x05\x41\x62ort\x12\x16.tally.v1.AbortRequest\x1a\x17.tally.v1.AbortResponse\x12>\n\x07Resolve\x12\x18.tally.v1.ResolveRequest\x1a\x19.tally.v1.ResolveResponse\x12J\n\x0b\x44\x65\x63ideHolds\x12\x1c.tally.v1.DecideHoldsRequest\x1a\x1d.tally.v1.DecideHoldsResponse\x12J\n\x0bSettleHolds\x12\x1c.tally.v1.SettleHoldsRequest\x1a\x1d.tally.v1.SettleHoldsResponse\x12k\n\x16\x43reateClearingAccounts\x12\'.tally.v1.CreateClearingAccountsRequest\x1a(.tally.v1.CreateClearingAccountsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tally.v1.shard_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_HOLDFATE']._serialized_start=2030
-  _globals['_HOLDFATE']._serialized_end=2154
+  _globals['_HOLDFATE']._serialized_start=2051
+  _globals['_HOLDFATE']._serialized_end=2175
   _globals['_HOLDSTATE']._serialized_start=58
   _globals['_HOLDSTATE']._serialized_end=187
   _globals['_PREPAREITEM']._serialized_start=190
@@ -43,41 +43,41 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PREPARERESPONSE']._serialized_start=407
   _globals['_PREPARERESPONSE']._serialized_end=463
   _globals['_COMMITITEM']._serialized_start=466
-  _globals['_COMMITITEM']._serialized_end=646
-  _globals['_COMMITREQUEST']._serialized_start=648
-  _globals['_COMMITREQUEST']._serialized_end=700
-  _globals['_COMMITRESPONSE']._serialized_start=702
-  _globals['_COMMITRESPONSE']._serialized_end=757
-  _globals['_ABORTITEM']._serialized_start=760
-  _globals['_ABORTITEM']._serialized_end=926
-  _globals['_ABORTREQUEST']._serialized_start=928
-  _globals['_ABORTREQUEST']._serialized_end=978
-  _globals['_DECISION']._serialized_start=981
-  _globals['_DECISION']._serialized_end=1122
-  _globals['_ABORTRESPONSE']._serialized_start=1124
-  _globals['_ABORTRESPONSE']._serialized_end=1178
-  _globals['_RESOLVEITEM']._serialized_start=1180
-  _globals['_RESOLVEITEM']._serialized_end=1250
-  _globals['_RESOLVEREQUEST']._serialized_start=1252
-  _globals['_RESOLVEREQUEST']._serialized_end=1306
-  _globals['_RESOLVERESPONSE']._serialized_start=1308
-  _globals['_RESOLVERESPONSE']._serialized_end=1364
-  _globals['_DECIDEHOLDITEM']._serialized_start=1366
-  _globals['_DECIDEHOLDITEM']._serialized_end=1451
-  _globals['_DECIDEHOLDSREQUEST']._serialized_start=1453
-  _globals['_DECIDEHOLDSREQUEST']._serialized_end=1514
-  _globals['_DECIDEHOLDSRESPONSE']._serialized_start=1516
-  _globals['_DECIDEHOLDSRESPONSE']._serialized_end=1576
-  _globals['_SETTLEHOLDITEM']._serialized_start=1579
-  _globals['_SETTLEHOLDITEM']._serialized_end=1759
-  _globals['_SETTLEHOLDSREQUEST']._serialized_start=1761
-  _globals['_SETTLEHOLDSREQUEST']._serialized_end=1822
-  _globals['_SETTLEHOLDSRESPONSE']._serialized_start=1824
-  _globals['_SETTLEHOLDSRESPONSE']._serialized_end=1902
-  _globals['_CREATECLEARINGACCOUNTSREQUEST']._serialized_start=1904
-  _globals['_CREATECLEARINGACCOUNTSREQUEST']._serialized_end=1955
-  _globals['_CREATECLEARINGACCOUNTSRESPONSE']._serialized_start=1957
-  _globals['_CREATECLEARINGACCOUNTSRESPONSE']._serialized_end=2028
-  _globals['_SHARD']._serialized_start=2157
-  _globals['_SHARD']._serialized_end=2672
+  _globals['_COMMITITEM']._serialized_end=667
+  _globals['_COMMITREQUEST']._serialized_start=669
+  _globals['_COMMITREQUEST']._serialized_end=721
+  _globals['_COMMITRESPONSE']._serialized_start=723
+  _globals['_COMMITRESPONSE']._serialized_end=778
+  _globals['_ABORTITEM']._serialized_start=781
+  _globals['_ABORTITEM']._serialized_end=947
+  _globals['_ABORTREQUEST']._serialized_start=949
+  _globals['_ABORTREQUEST']._serialized_end=999
+  _globals['_DECISION']._serialized_start=1002
+  _globals['_DECISION']._serialized_end=1143
+  _globals['_ABORTRESPONSE']._serialized_start=1145
+  _globals['_ABORTRESPONSE']._serialized_end=1199
+  _globals['_RESOLVEITEM']._serialized_start=1201
+  _globals['_RESOLVEITEM']._serialized_end=1271
+  _globals['_RESOLVEREQUEST']._serialized_start=1273
+  _globals['_RESOLVEREQUEST']._serialized_end=1327
+  _globals['_RESOLVERESPONSE']._serialized_start=1329
+  _globals['_RESOLVERESPONSE']._serialized_end=1385
+  _globals['_DECIDEHOLDITEM']._serialized_start=1387
+  _globals['_DECIDEHOLDITEM']._serialized_end=1472
+  _globals['_DECIDEHOLDSREQUEST']._serialized_start=1474
+  _globals['_DECIDEHOLDSREQUEST']._serialized_end=1535
+  _globals['_DECIDEHOLDSRESPONSE']._serialized_start=1537
+  _globals['_DECIDEHOLDSRESPONSE']._serialized_end=1597
+  _globals['_SETTLEHOLDITEM']._serialized_start=1600
+  _globals['_SETTLEHOLDITEM']._serialized_end=1780
+  _globals['_SETTLEHOLDSREQUEST']._serialized_start=1782
+  _globals['_SETTLEHOLDSREQUEST']._serialized_end=1843
+  _globals['_SETTLEHOLDSRESPONSE']._serialized_start=1845
+  _globals['_SETTLEHOLDSRESPONSE']._serialized_end=1923
+  _globals['_CREATECLEARINGACCOUNTSREQUEST']._serialized_start=1925
+  _globals['_CREATECLEARINGACCOUNTSREQUEST']._serialized_end=1976
+  _globals['_CREATECLEARINGACCOUNTSRESPONSE']._serialized_start=1978
+  _globals['_CREATECLEARINGACCOUNTSRESPONSE']._serialized_end=2049
+  _globals['_SHARD']._serialized_start=2178
+  _globals['_SHARD']._serialized_end=2693
 # @@protoc_insertion_point(module_scope)

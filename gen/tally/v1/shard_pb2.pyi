@@ -62,7 +62,7 @@ class PrepareResponse(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[_ledger_pb2.ItemResult, _Mapping]]] = ...) -> None: ...
 
 class CommitItem(_message.Message):
-    __slots__ = ("piece", "attempt", "reverses_id", "as_sent", "decide_before_ns", "legs_digest", "participant_shards")
+    __slots__ = ("piece", "attempt", "reverses_id", "as_sent", "decide_before_ns", "legs_digest", "participant_shards", "reversal_of")
     PIECE_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     REVERSES_ID_FIELD_NUMBER: _ClassVar[int]
@@ -70,6 +70,7 @@ class CommitItem(_message.Message):
     DECIDE_BEFORE_NS_FIELD_NUMBER: _ClassVar[int]
     LEGS_DIGEST_FIELD_NUMBER: _ClassVar[int]
     PARTICIPANT_SHARDS_FIELD_NUMBER: _ClassVar[int]
+    REVERSAL_OF_FIELD_NUMBER: _ClassVar[int]
     piece: _ledger_pb2.Transaction
     attempt: str
     reverses_id: str
@@ -77,7 +78,8 @@ class CommitItem(_message.Message):
     decide_before_ns: int
     legs_digest: str
     participant_shards: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, piece: _Optional[_Union[_ledger_pb2.Transaction, _Mapping]] = ..., attempt: _Optional[str] = ..., reverses_id: _Optional[str] = ..., as_sent: _Optional[bool] = ..., decide_before_ns: _Optional[int] = ..., legs_digest: _Optional[str] = ..., participant_shards: _Optional[_Iterable[int]] = ...) -> None: ...
+    reversal_of: str
+    def __init__(self, piece: _Optional[_Union[_ledger_pb2.Transaction, _Mapping]] = ..., attempt: _Optional[str] = ..., reverses_id: _Optional[str] = ..., as_sent: _Optional[bool] = ..., decide_before_ns: _Optional[int] = ..., legs_digest: _Optional[str] = ..., participant_shards: _Optional[_Iterable[int]] = ..., reversal_of: _Optional[str] = ...) -> None: ...
 
 class CommitRequest(_message.Message):
     __slots__ = ("items",)

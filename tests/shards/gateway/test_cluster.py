@@ -296,8 +296,10 @@ async def test_cross_shard_reversal_is_applied_once(cluster: Cluster, client: Cl
     (other,) = await client.post(pb.Transaction(id=r2, code=9, reverses_id=x))
     assert other.code == pb.RESULT_CODE_ALREADY_REVERSED and repr(r1) in other.message
     assert (await client.transaction(x)).reversed_by_id == r1
+    # Read back as its client sent it (a reversal, no legs of its own), and what it applied.
     record = await client.transaction(r1)
-    assert [(x.account_id, x.side, x.amount) for x in record.transaction.legs] == [
+    assert (record.transaction.reverses_id, list(record.transaction.legs)) == (x, [])
+    assert [(x.account_id, x.side, x.amount) for x in record.applied_legs] == [
         (payer, CREDIT, 30),
         ("@fees", DEBIT, 5),
         (payee, DEBIT, 25),
