@@ -368,13 +368,8 @@ def decision(
         # or another one (IDEMPOTENCY_CONFLICT, naming what differs).
         asked = commit_piece(item.piece, item.attempt, item.legs_digest)
         if isinstance(asked, TransactionSpec):
-            replay = replay_result(recorded, asked, ())
-            if replay.code is ResultCode.IDEMPOTENCY_CONFLICT:
-                return spb.Decision(reason=replay.code, message=replay.message)
-            return spb.Decision(
-                reason=ResultCode.REPLAYED,
-                message="recorded earlier as a single-shard transaction",
-                timestamp_ns=recorded.timestamp_ns,
+            return _replayed_or_conflict(
+                recorded, asked, "recorded earlier as a single-shard transaction"
             )
     if (
         recorded is not None
@@ -385,14 +380,7 @@ def decision(
         # an earlier attempt of the group, or alone: this attempt's commit was refused.
         asked = convert.transaction_from_proto(item.piece)
         if isinstance(asked, TransactionSpec):
-            replay = replay_result(recorded, asked, ())
-            if replay.code is ResultCode.IDEMPOTENCY_CONFLICT:
-                return spb.Decision(reason=replay.code, message=replay.message)
-            return spb.Decision(
-                reason=ResultCode.REPLAYED,
-                message="decided by an earlier attempt",
-                timestamp_ns=recorded.timestamp_ns,
-            )
+            return _replayed_or_conflict(recorded, asked, "decided by an earlier attempt")
     if marker is not None:
         return spb.Decision(
             reason=marker.spec.code, message=dict(marker.spec.metadata).get("message", "")
@@ -581,3 +569,17 @@ def settlement_spec(
         legs = tuple(convert.leg_from_proto(leg) for leg in resolution.legs)
         return hold_settlement_spec(piece, Kind.POST_PENDING, resolution.id, legs)
     return None
+
+
+def _replayed_or_conflict(
+    recorded: TransactionState, asked: TransactionSpec, replayed_because: str
+) -> spb.Decision:
+    """The decision for an attempt whose id is recorded here by something else: the same
+    transaction (REPLAYED, with its timestamp) or another one (IDEMPOTENCY_CONFLICT, naming
+    what differs)."""
+    replay = replay_result(recorded, asked, ())
+    if replay.code is ResultCode.IDEMPOTENCY_CONFLICT:
+        return spb.Decision(reason=replay.code, message=replay.message)
+    return spb.Decision(
+        reason=ResultCode.REPLAYED, message=replayed_because, timestamp_ns=recorded.timestamp_ns
+    )

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -112,29 +115,54 @@ async def test_standby_serves_reads_but_refuses_writes(node, dsn: str) -> None:
         await asyncio.wait_for(task, timeout=30)
 
 
-async def test_full_queue_pushes_back(dsn: str) -> None:
+@contextlib.asynccontextmanager
+async def _writer_stalled(dsn: str) -> AsyncIterator[Callable[[], Awaitable[None]]]:
+    """Another session holds the lease row, so the writer's next commit waits; yields the
+    release (also done on leaving the block)."""
     import asyncpg
 
-    handle = await start_node(dsn, writer=WriterConfig(queue_request_count_max=2))
     blocker = await asyncpg.connect(dsn)
+    transaction = blocker.transaction()
+    await transaction.start()
+    await blocker.execute("SELECT * FROM writer_lease FOR UPDATE")
+    released = False
+
+    async def release() -> None:
+        nonlocal released
+        if not released:
+            released = True
+            await transaction.rollback()
+
+    try:
+        yield release
+    finally:
+        await release()
+        await blocker.close()
+
+
+async def _spaced(client: Client, messages: list[pb.Transaction]) -> list[asyncio.Future[Any]]:
+    """Each message posted in its own call, 50 ms apart, not awaited."""
+    calls = []
+    for message in messages:
+        calls.append(asyncio.ensure_future(client.post(message)))
+        await asyncio.sleep(0.05)
+    return calls
+
+
+async def test_full_queue_pushes_back(dsn: str) -> None:
+
+    handle = await start_node(dsn, writer=WriterConfig(queue_request_count_max=2))
     try:
         async with security.channel(f"127.0.0.1:{handle.port}") as channel:
             client = Client(channel)
             await client.create(account("@cash"), account("c/d"))
-            # Hold the lease row: the writer's next commit waits, so its queue fills up.
-            transaction = blocker.transaction()
-            await transaction.start()
-            await blocker.execute("SELECT * FROM writer_lease FOR UPDATE")
-            calls = []
-            for n in range(8):
-                calls.append(
-                    asyncio.ensure_future(client.post(transfer(f"t{n}", "@cash", "c/d", 1)))
+            async with _writer_stalled(dsn) as release:  # so its queue fills up
+                calls = await _spaced(
+                    client, [transfer(f"t{n}", "@cash", "c/d", 1) for n in range(8)]
                 )
-                await asyncio.sleep(0.05)
-            await transaction.rollback()
+                await release()
             results = await asyncio.gather(*calls, return_exceptions=True)
     finally:
-        await blocker.close()
         await handle.stop()
     refused = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
     accepted = [r for r in results if not isinstance(r, BaseException)]
@@ -148,7 +176,6 @@ async def test_queue_is_bounded_in_bytes_too(dsn: str) -> None:
     could queue. Now the bytes of the requests waiting for the writer are bounded too: past
     the bound one more is RESOURCE_EXHAUSTED saying so, and the bytes are counted until the
     writer answers (then released)."""
-    import asyncpg
 
     metadata = {f"k{n:02d}" + "x" * 60: "v" * 256 for n in range(16)}
 
@@ -163,28 +190,20 @@ async def test_queue_is_bounded_in_bytes_too(dsn: str) -> None:
     size_bytes = pb.PostTransactionsRequest(transactions=[big(0)]).ByteSize()
     bound_bytes = 3 * size_bytes + size_bytes // 2  # three requests fit, not four
     handle = await start_node(dsn, writer=WriterConfig(queue_size_max_bytes=bound_bytes))
-    blocker = await asyncpg.connect(dsn)
     try:
         async with security.channel(f"127.0.0.1:{handle.port}") as channel:
             client = Client(channel)
             await client.create(account("@cash"), account("c/d"))
-            # Hold the lease row: the writer's next commit waits, so requests pile up.
-            transaction = blocker.transaction()
-            await transaction.start()
-            await blocker.execute("SELECT * FROM writer_lease FOR UPDATE")
-            calls = []
-            for n in range(8):
-                calls.append(asyncio.ensure_future(client.post(big(n))))
-                await asyncio.sleep(0.05)
-            await asyncio.sleep(0.3)
-            writer = handle.node.writer
-            assert writer is not None
-            assert writer.pending_size_bytes == 3 * size_bytes
-            await transaction.rollback()
+            async with _writer_stalled(dsn) as release:  # so requests pile up
+                calls = await _spaced(client, [big(n) for n in range(8)])
+                await asyncio.sleep(0.3)
+                writer = handle.node.writer
+                assert writer is not None
+                assert writer.pending_size_bytes == 3 * size_bytes
+                await release()
             results = await asyncio.gather(*calls, return_exceptions=True)
             assert writer.pending_size_bytes == 0
     finally:
-        await blocker.close()
         await handle.stop()
     refused = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
     accepted = [r for r in results if not isinstance(r, BaseException)]
