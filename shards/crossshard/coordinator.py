@@ -27,7 +27,7 @@ from typing import Any
 
 import grpc
 
-from core import ids
+from core import ids, limits
 from core.model import Leg, TransactionSpec, expires_at
 from core.pieces import legs_digest
 from core.slots import SlotMap, is_spread
@@ -93,6 +93,44 @@ def split_pieces(
                     Leg(ids.clearing_account(currency), difference < 0, abs(difference), currency)
                 )
     return coordinator, pieces
+
+
+# A call's encoded request stays below the gRPC message limit, with room for the transport.
+CALL_SIZE_MAX_BYTES = limits.message_size_max_bytes - 64 * 1024
+
+
+def split_by_bytes(request: Any, size_max_bytes: int) -> list[Any]:
+    """The request itself if it encodes within size_max_bytes, else requests of its `items`
+    in order, each within the bound where it can be, cut only where a linked chain of pieces
+    ends (a chain is applied whole or not at all, so it travels in one call; one larger than
+    the bound goes alone). Requests without items are never cut."""
+    if request.ByteSize() <= size_max_bytes or not hasattr(request, "items"):
+        return [request]
+    parts: list[Any] = []
+    chunk: list[Any] = []
+    chunk_bytes = 0
+    chain: list[Any] = []
+    chain_bytes = 0
+    for item in request.items:
+        chain.append(item)
+        chain_bytes += item.ByteSize() + 8  # the field's tag and length
+        if _continues_chain(item):
+            continue
+        if chunk and chunk_bytes + chain_bytes > size_max_bytes:
+            parts.append(type(request)(items=chunk))
+            chunk, chunk_bytes = [], 0
+        chunk += chain
+        chunk_bytes += chain_bytes
+        chain, chain_bytes = [], 0
+    chunk += chain  # (a chain left open: the shard refuses it as it would have whole)
+    if chunk:
+        parts.append(type(request)(items=chunk))
+    return parts
+
+
+def _continues_chain(item: Any) -> bool:
+    piece = getattr(item, "piece", None)
+    return piece is not None and item.HasField("piece") and piece.linked
 
 
 def piece_message(
@@ -408,12 +446,18 @@ class Driver:
         response; "": the response itself), or the error of its call."""
 
         async def one(shard: int) -> list[Any] | grpc.aio.AioRpcError:
-            try:
-                stub = self._stubs[shard]
-                response = await getattr(stub, method)(requests[shard], timeout=CALL_TIMEOUT_S)
-            except grpc.aio.AioRpcError as error:
-                return error
-            return list(getattr(response, read)) if read else [response]
+            answers: list[Any] = []
+            # A call over the message limit would fail on every retry: sent in parts.
+            # (A call read whole, as SettleHolds' clock, is never cut: its items are ids.)
+            parts = split_by_bytes(requests[shard], CALL_SIZE_MAX_BYTES) if read else []
+            for part in parts or [requests[shard]]:
+                try:
+                    stub = self._stubs[shard]
+                    response = await getattr(stub, method)(part, timeout=CALL_TIMEOUT_S)
+                except grpc.aio.AioRpcError as error:
+                    return error
+                answers += list(getattr(response, read)) if read else [response]
+            return answers
 
         shards = list(requests)
         started = time.perf_counter()
