@@ -207,23 +207,30 @@ class Cluster:
     async def lookup_at_home(self, transaction_ids: Sequence[str]) -> list[tuple[int, Any]]:
         """Each id's (home shard, pb.TransactionLookup there): one call per home shard."""
         slot_map = self.map()
-        asked: dict[int, list[int]] = {}
-        for n, transaction_id in enumerate(transaction_ids):
-            asked.setdefault(slot_map.home_of(transaction_id), []).append(n)
-
-        async def ask(shard_id: int, positions: list[int]) -> tuple[int, list[int], Any]:
-            link = self.link(shard_id)
-            request = pb.GetTransactionsRequest(ids=[transaction_ids[n] for n in positions])
-            response = await link.stub.GetTransactions(request, timeout=link.call_timeout_s)
-            return shard_id, positions, response
-
-        answers: list[tuple[int, Any]] = [(0, None)] * len(transaction_ids)
-        for shard_id, positions, response in await asyncio.gather(
-            *(ask(s, p) for s, p in asked.items())
-        ):
-            for n, lookup in zip(positions, response.results, strict=True):
-                answers[n] = (shard_id, lookup)
+        asked: dict[int, list[str]] = {}
+        for transaction_id in transaction_ids:
+            asked.setdefault(slot_map.home_of(transaction_id), []).append(transaction_id)
+        found = await self.lookup_on(asked)
+        taken = {shard_id: iter(lookups) for shard_id, lookups in found.items()}
+        answers = []
+        for transaction_id in transaction_ids:
+            home = slot_map.home_of(transaction_id)
+            answers.append((home, next(taken[home])))
         return answers
+
+    async def lookup_on(self, asked: dict[int, list[str]]) -> dict[int, list[Any]]:
+        """Per shard, the pb.TransactionLookup of each id asked of it, in order: one call per
+        shard, all in parallel."""
+
+        async def ask(shard_id: int, ids: list[str]) -> list[Any]:
+            link = self.link(shard_id)
+            request = pb.GetTransactionsRequest(ids=ids)
+            response = await link.stub.GetTransactions(request, timeout=link.call_timeout_s)
+            return list(response.results)
+
+        shard_ids = list(asked)
+        answers = await asyncio.gather(*(ask(s, asked[s]) for s in shard_ids))
+        return dict(zip(shard_ids, answers, strict=True))
 
     async def close(self) -> None:
         for link in self.links.values():

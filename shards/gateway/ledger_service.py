@@ -744,13 +744,11 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
                     piece.transaction.transaction.metadata.get(DECIDES_KEY)
                 ):
                     settled.setdefault(shard_id, []).append(n)
+        records = await self._cluster.lookup_on(
+            {shard_id: [ids[n] for n in positions] for shard_id, positions in settled.items()}
+        )
         for shard_id, positions in settled.items():
-            link = self._cluster.link(shard_id)
-            response = await link.stub.GetTransactions(
-                pb.GetTransactionsRequest(ids=[ids[n] for n in positions]),
-                timeout=link.call_timeout_s,
-            )
-            for n, lookup in zip(positions, response.results, strict=True):
+            for n, lookup in zip(positions, records[shard_id], strict=True):
                 if lookup.code == pb.RESULT_CODE_OK:
                     lookups[n].append((shard_id, lookup))
         return lookups, participants
@@ -765,18 +763,12 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
             for shard_id in shards:
                 if shard_id in self._cluster.links:
                     asked.setdefault(shard_id, []).append(transaction_id)
-
-        async def one(shard_id: int, transaction_ids: list[str]) -> list[Any]:
-            link = self._cluster.link(shard_id)
-            request = pb.GetTransactionsRequest(ids=[wanted[t][0] for t in transaction_ids])
-            response = await link.stub.GetTransactions(request, timeout=link.call_timeout_s)
-            return list(response.results)
-
-        shard_ids = list(asked)
-        answers = await asyncio.gather(*(one(s, asked[s]) for s in shard_ids))
+        answers = await self._cluster.lookup_on(
+            {s: [wanted[t][0] for t in transaction_ids] for s, transaction_ids in asked.items()}
+        )
         found: dict[str, list[tuple[int, pb.TransactionLookup]]] = {t: [] for t in wanted}
-        for shard_id, results in zip(shard_ids, answers, strict=True):
-            for transaction_id, lookup in zip(asked[shard_id], results, strict=True):
+        for shard_id, transaction_ids in asked.items():
+            for transaction_id, lookup in zip(transaction_ids, answers[shard_id], strict=True):
                 found[transaction_id].append((shard_id, lookup))
         return found
 
