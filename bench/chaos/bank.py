@@ -159,6 +159,7 @@ class Read:
     answer: str
     started_at: float  # seconds since the campaign's start
     latency_s: float
+    detail: str = ""  # a gRPC error's details (which shard failed, and how)
 
 
 @dataclass
@@ -357,15 +358,16 @@ class BankClient:
         target = self.rng.choice(self.reversible).transaction_id
         request = pb.GetTransactionsRequest(ids=[target])
         started = time.monotonic()
+        detail = ""
         try:
             response = await self.gateways.next().GetTransactions(request, timeout=RPC_TIMEOUT_S)
             answer = code_name(response.results[0].code)
         except grpc.aio.AioRpcError as error:
-            answer = error.code().name
+            answer, detail = error.code().name, error.details() or ""
             await asyncio.sleep(PAUSE_FIRST_S)
         now = time.monotonic()
         self.history.reads.append(
-            Read(target, answer, started - self.history.started_at, now - started)
+            Read(target, answer, started - self.history.started_at, now - started, detail[:200])
         )
 
     async def reversal(self, give_up_at: Callable[[], float]) -> None:

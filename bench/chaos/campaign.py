@@ -267,7 +267,8 @@ def check_outage_isolation(
             verdict.add(
                 "outage_spread", read.transaction_id,
                 f"read answered {read.answer} after {read.latency_s:.1f}s while shard "
-                f"{out.pop()} was out; it touches shards {sorted(touched)} only",
+                f"{out.pop()} was out; it touches shards {sorted(touched)} only"
+                + (f" ({read.detail})" if read.detail else ""),
             )  # fmt: skip
 
 

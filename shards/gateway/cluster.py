@@ -10,6 +10,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+import grpc
+
 from core import limits
 from core.model import Result, ResultCode
 from core.slots import SlotMap, is_spread
@@ -225,7 +227,16 @@ class Cluster:
         async def ask(shard_id: int, ids: list[str]) -> list[Any]:
             link = self.link(shard_id)
             request = pb.GetTransactionsRequest(ids=ids)
-            response = await link.stub.GetTransactions(request, timeout=link.call_timeout_s)
+            try:
+                response = await link.stub.GetTransactions(request, timeout=link.call_timeout_s)
+            except grpc.aio.AioRpcError as error:  # the same status, naming the shard
+                raise grpc.aio.AioRpcError(
+                    error.code(),
+                    error.initial_metadata(),
+                    error.trailing_metadata(),
+                    f"shard {shard_id}: {error.details()}",
+                    error.debug_error_string(),
+                ) from error
             return list(response.results)
 
         shard_ids = list(asked)

@@ -136,7 +136,10 @@ class ShardService(spb_grpc.ShardServicer):  # type: ignore[misc]
             decision = participant.decision(
                 item, found.get(item.transaction_id), found.get(marker_item.id)
             )
-            if decision is None:  # the write failed (retryable): no decision to report yet
+            if decision is None or (not decision.committed and marker_item.id not in found):
+                # The marker's write failed (retryable). Even where the decision is already
+                # known (another attempt committed the id), the attempt's pieces are voided
+                # only once its marker records why: the books say what decided every attempt.
                 await context.abort(grpc.StatusCode.UNAVAILABLE, "abort not recorded; retry")
             assert decision is not None
             if decision.committed and item.transaction_id in holds:
