@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any, Final
 
 from core.flows import features, rules
@@ -39,6 +40,18 @@ PAIR_RETENTION_DAYS: Final = max(WINDOW_DAYS)
 """A pair of counterparties that paid each other is kept this long after it last did."""
 
 Days = dict[int, dict[str, DayTotals]]  # day -> currency -> bucket
+
+
+@dataclass(frozen=True, slots=True)
+class Footprint:
+    borrower_count: int  # partition keys with a retained day
+    day_count: int
+    bucket_count: int  # (borrower, day, currency)
+    counterparty_entry_max: int  # in any one bucket
+    oldest_day: int | None
+    pair_count: int
+    loan_account_count: int
+    active_alert_count: int
 
 
 class SnapshotError(ValueError):
@@ -152,8 +165,20 @@ class FlowEngine:
     def loans_of(self, key: str) -> list[LoanAccount]:
         return [self._loans[a] for a in sorted(self._loans_by_key.get(key, ()))]
 
-    def pair_count(self) -> int:
-        return self._pair_count
+    def footprint(self) -> Footprint:
+        """What the engine holds, for its bounds' tests and the service's metrics."""
+        buckets = [b for days in self._books.values() for bs in days.values() for b in bs.values()]
+        oldest = min((d for days in self._books.values() for d in days), default=None)
+        return Footprint(
+            borrower_count=len(self._books),
+            day_count=sum(len(days) for days in self._books.values()),
+            bucket_count=len(buckets),
+            counterparty_entry_max=max((len(b.counterparties) for b in buckets), default=0),
+            oldest_day=oldest,
+            pair_count=self._pair_count,
+            loan_account_count=len(self._loans),
+            active_alert_count=len(self._active),
+        )
 
     def paid_each_other_since(self, first: str, second: str, day: int) -> bool:
         """Whether the two counterparties paid each other (either way) on or after day."""
