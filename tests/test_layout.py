@@ -5,9 +5,9 @@ the same rules run on this checkout and, in the `planted` tests below, on small 
 break one rule each: a rule that stopped finding anything would fail there.
 
 The rules (docs/design.md, "Layout"):
-- the pure ledger (core/ outside core/store and core/audit; core/flows too) imports no database driver, gRPC,
-  protobuf, subprocess or os-level process API; nothing in core/ imports shards/, bench/,
-  tests/ or the generated API;
+- the pure ledger (core/ outside core/store and core/audit; core/flows too) imports no
+  database driver, gRPC, protobuf, subprocess or os-level process API; nothing in core/
+  imports shards/, bench/, tests/ or the generated API;
 - each room imports only the rooms below it (LAYERS): the gateway never imports the node, the
   cross-shard protocol neither, and no product code imports bench/ or tests/;
 - the pure ledger and the security room import no third-party package but those THIRD_PARTY
