@@ -60,3 +60,47 @@ def flows(draw: st.DrawFn, day_span: int = 540) -> Flow:
     timestamp_ns = day * NS_PER_DAY + draw(st.integers(0, NS_PER_DAY - 1))
     identifier = f"t-{draw(st.integers(0, 10**9))}"
     return Flow(identifier, timestamp_ns, 1, (), tuple(draw(st.permutations(legs))))
+
+
+@st.composite
+def streams(
+    draw: st.DrawFn, min_size: int = 0, max_size: int = 40, day_span: int = 540
+) -> list[Flow]:
+    """Flows, some followed later by their reply (the same legs the other way round, up to
+    8 days after): round trips and counterparties that pay each other, as in life."""
+    found: list[Flow] = []
+    for flow in draw(st.lists(flows(day_span=day_span), min_size=min_size, max_size=max_size)):
+        found.append(flow)
+        if draw(st.booleans()):
+            legs = tuple(leg._replace(is_debit=not leg.is_debit) for leg in flow.legs)
+            later = flow.timestamp_ns + draw(st.integers(0, 8)) * NS_PER_DAY
+            found.append(Flow(flow.transaction_id + "-reply", later, 1, (), legs))
+    return found
+
+
+def _pay(day: int, source: str, destination: str, amount: int, currency: str = "USD") -> Flow:
+    legs = (Leg(source, True, amount, currency), Leg(destination, False, amount, currency))
+    return Flow(f"{day}-{source}-{destination}-{amount}", day * NS_PER_DAY + 7, 1, (), legs)
+
+
+def reaching_stream() -> list[Flow]:
+    """A hand-made stream reaching every feature the properties compare: disbursement,
+    repayment, own transfers, round trips, counterparties paying each other, a day past its
+    counterparty limit (of 2), a baseline, a late flow and a dropped day."""
+    d = DAY_ZERO
+    stream = [
+        _pay(d, "b0/loan", "b0/deposit", 9000),
+        _pay(d + 190, "@funding/loans", "b1/deposit", 5000),
+        _pay(d + 190, "b1/deposit", "b1/savings", 300),
+        *(_pay(d + 40 * k, "c0/deposit", "b0/deposit", 1000 + 50 * k) for k in range(6)),
+        _pay(d + 200, "b0/deposit", "c1/deposit", 800),
+        _pay(d + 203, "c1/deposit", "b0/deposit", 500),
+        _pay(d + 204, "c0/deposit", "c1/deposit", 20),
+        _pay(d + 204, "b2/deposit", "b0/deposit", 30),
+        _pay(d + 204, "@cash", "b0/deposit", 40),
+        _pay(d + 204, "c1/deposit", "b0/deposit", 5),  # a third that day: past the limit
+        _pay(d + 205, "b0/deposit", "b0/loan", 700),
+        _pay(d + 290, "b1/deposit", "c0/deposit", 10, "KES"),
+        _pay(d + 2, "c0/deposit", "b1/deposit", 10),  # late by then
+    ]
+    return stream

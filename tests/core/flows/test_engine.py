@@ -257,3 +257,13 @@ def test_a_damaged_snapshot_is_refused() -> None:
     for damaged in (good.replace('"inflow":1', '"inflow":-1'), good.replace('"day":', '"dy":')):
         with pytest.raises(SnapshotError):
             FlowEngine.restore(damaged.encode())
+
+
+def test_a_pair_is_recorded_while_its_day_is_within_the_longest_window() -> None:
+    engine = FlowEngine()
+    engine.advance((D0 + 100) * NS_PER_DAY)
+    for source, destination in (("x", "b"), ("y", "b"), ("x", "y")):
+        pay(engine, D0 + 11, f"{source}/deposit", f"{destination}/deposit", 10)  # 89 days ago
+    pay(engine, D0 + 10, "z/deposit", "x/deposit", 10)  # 90 days ago: no pair recorded
+    assert window(engine, D0 + 100, 90).linked_inflow_amount == 20
+    assert engine.footprint().pair_count == 3
