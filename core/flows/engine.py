@@ -69,7 +69,7 @@ class FlowEngine:
         self._loans_by_key: dict[str, set[str]] = {}
         self._pairs: dict[str, dict[str, int]] = {}  # key -> other key -> last day (both ways)
         self._pair_count = 0
-        self._active: rules.Active = {}
+        self._active: dict[str, rules.Active] = {}  # by borrower
 
     # ---- input ----
 
@@ -177,7 +177,7 @@ class FlowEngine:
             oldest_day=oldest,
             pair_count=self._pair_count,
             loan_account_count=len(self._loans),
-            active_alert_count=len(self._active),
+            active_alert_count=sum(len(active) for active in self._active.values()),
         )
 
     def paid_each_other_since(self, first: str, second: str, day: int) -> bool:
@@ -268,7 +268,7 @@ class FlowEngine:
                 else:
                     coverages.append(window.coverage)
         by_rule: dict[str, int] = {}
-        for rule, _, _ in self._active:
+        for rule, _, _ in (key for active in self._active.values() for key in active):
             by_rule[rule] = by_rule.get(rule, 0) + 1
         return PortfolioSummary(
             as_of_ns,
@@ -289,16 +289,17 @@ class FlowEngine:
         hold and clears when it stops; nothing otherwise. Only borrowers (keys with a loan
         account) have alerts: another key's active alerts clear."""
         if keys is None:
-            keys = set(self._loans_by_key) | {borrower for _, borrower, _ in self._active}
+            keys = set(self._loans_by_key) | set(self._active)
         found: list[rules.Alert] = []
         for key in sorted(set(keys)):
             profile = self.profile(key, as_of_ns) if key in self._loans_by_key else None
             readings = rules.readings(rule_set, profile)
-            active = {k: v for k, v in self._active.items() if k[1] == key}
+            active = self._active.get(key, {})
             found += rules.transitions(active, readings, as_of_ns)
-            for stale in [k for k in self._active if k[1] == key and k not in active]:
-                del self._active[stale]
-            self._active.update(active)
+            if active:
+                self._active[key] = active
+            else:
+                self._active.pop(key, None)
         return found
 
     # ---- checkpoints ----
@@ -347,7 +348,9 @@ class FlowEngine:
                 for other, last in others.items()
                 if key < other
             ),
-            "active": sorted([*key, *fired] for key, fired in self._active.items()),
+            "active": sorted(
+                [*key, *fired] for active in self._active.values() for key, fired in active.items()
+            ),
         }
 
 
@@ -487,7 +490,7 @@ def _engine_of(state: dict[str, Any]) -> FlowEngine:
         engine._pair_count += 1
     for rule, borrower, currency, window_days, threshold in state["active"]:
         key = (_text(rule), _text(borrower), _text(currency))
-        engine._active[key] = (_integer(window_days), float(threshold))
+        engine._active.setdefault(key[1], {})[key] = (_integer(window_days), float(threshold))
     return engine
 
 
