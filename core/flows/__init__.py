@@ -11,7 +11,8 @@ May import: `core` (the standard library besides); tests/test_layout.py holds it
 Public face: model (the inputs, the engine's configuration and limits, UTC days),
 attribution (a flow as money moved between accounts, and what it is to each borrower),
 schedule (a loan account's repayment schedule from its metadata, what falls due in a
-window), buckets (a borrower's day in one currency), features (the profile's records and the formulas that make them from sums), engine
-(`FlowEngine`: daily buckets per borrower, profiles, the portfolio, checkpoints) and rules
-(alert rules from TOML, alerts on transition).
+window), buckets (a borrower's day in one currency), features (the profile's records and the
+formulas that make them from sums), engine (`FlowEngine`: daily buckets per borrower,
+profiles, the portfolio, checkpoints) and rules (alert rules from TOML, alerts on
+transition).
 """

@@ -61,6 +61,7 @@ class SnapshotError(ValueError):
 class FlowEngine:
     def __init__(self, config: EngineConfig | None = None) -> None:
         self.config = config or EngineConfig()
+        self._funding = frozenset(self.config.funding_account_ids)
         self.day: int | None = None
         self.late_flow_count = 0
         self.pair_overflow_count = 0
@@ -95,9 +96,8 @@ class FlowEngine:
         if day < self._horizon():
             self.late_flow_count += 1
             return False
-        funding = frozenset(self.config.funding_account_ids)
         grouped: dict[tuple[str, str], list[Movement]] = {}
-        for movement in movements(flow, self.is_loan, funding):
+        for movement in movements(flow, self.is_loan, self._funding):
             grouped.setdefault((movement.borrower, movement.currency), []).append(movement)
         for (borrower, currency), found in grouped.items():
             buckets = self._books.setdefault(borrower, {}).setdefault(day, {})
