@@ -8,7 +8,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from core.flows.engine import FlowEngine
-from core.flows.model import NS_PER_DAY, RETENTION_DAYS, EngineConfig, Flow
+from core.flows.model import NS_PER_DAY, RETENTION_DAYS, AccountInfo, EngineConfig, Flow
 from core.flows.rules import Alert, parse_rules
 from tests.core.flows.strategies import DAY_ZERO, flows, loan_accounts, reaching_stream, streams
 from tests.support.flows_reference import Reference
@@ -60,12 +60,20 @@ def test_the_engine_equals_the_reference_recomputation(
         assert engine.profile(key, as_of_ns) == reference.profile(key, as_of_ns), key
 
 
-def _run(engine: FlowEngine, events: list[Flow | int]) -> list[Alert]:
-    """Flows, and evaluations of the rules (an int: the day to evaluate on)."""
+Event = Flow | int | AccountInfo | str
+
+
+def _run(engine: FlowEngine, events: list[Event]) -> list[Alert]:
+    """Flows, evaluations of the rules (an int: the day to evaluate on), loan accounts
+    opened (AccountInfo) and closed (their id)."""
     alerts: list[Alert] = []
     for event in events:
         if isinstance(event, Flow):
             engine.add_flow(event)
+        elif isinstance(event, AccountInfo):
+            engine.add_account(event)
+        elif isinstance(event, str):
+            engine.forget_account(event)
         else:
             alerts += engine.evaluate(RULES, event * NS_PER_DAY)
     return alerts
@@ -74,12 +82,20 @@ def _run(engine: FlowEngine, events: list[Flow | int]) -> list[Alert]:
 @SMALL
 @given(
     events=st.lists(
-        st.one_of(flows(), st.integers(DAY_ZERO, DAY_ZERO + 560)), min_size=5, max_size=50
+        st.one_of(
+            flows(),
+            flows(),
+            st.integers(DAY_ZERO, DAY_ZERO + 560),
+            st.sampled_from(loan_accounts()),
+            st.sampled_from([info.account_id for info in loan_accounts()]),
+        ),
+        min_size=5,
+        max_size=50,
     ),
     data=st.data(),
 )
 def test_a_checkpoint_restored_goes_on_as_if_never_stopped(
-    events: list[Flow | int], data: st.DataObject
+    events: list[Event], data: st.DataObject
 ) -> None:
     config = EngineConfig(counterparty_per_day_max=2, pair_count_max=3)
     uninterrupted = _engine(config, [])
