@@ -229,11 +229,7 @@ class FlowEngine:
             features.round_trip_amount(d, self.config.round_trip_days) for d in daily.values()
         )
         payers = {name for name, (inflow, _) in per_counterparty.items() if inflow}
-        linked = sum(
-            per_counterparty[name][0]
-            for name in payers
-            if any(self.paid_each_other_since(name, o, start) for o in payers if o != name)
-        )
+        linked = sum(per_counterparty[n][0] for n in payers if self._linked(n, payers, start))
         due = sum(s.due(start, end) for s in schedules if s is not None)
         truncated = any(b.overflow_inflow or b.overflow_outflow for _, b in inside)
         return make_window(
@@ -248,6 +244,15 @@ class FlowEngine:
             round_trip,
             linked,
         )
+
+    def _linked(self, name: str, payers: set[str], start: int) -> bool:
+        """Whether name paid (or was paid by) another of payers on or after start: through
+        the smaller of its pairs and the payers, so a hub of many pairs or a window of many
+        payers costs the other's size."""
+        pairs = self._pairs.get(name, {})
+        if len(pairs) <= len(payers):
+            return any(last >= start and o in payers for o, last in pairs.items())
+        return any(self.paid_each_other_since(name, o, start) for o in payers if o != name)
 
     # ---- the portfolio and alerts ----
 

@@ -267,3 +267,13 @@ def test_a_pair_is_recorded_while_its_day_is_within_the_longest_window() -> None
     pay(engine, D0 + 10, "z/deposit", "x/deposit", 10)  # 90 days ago: no pair recorded
     assert window(engine, D0 + 100, 90).linked_inflow_amount == 20
     assert engine.footprint().pair_count == 3
+
+
+def test_a_hub_of_many_pairs_links_like_any_counterparty() -> None:
+    engine = FlowEngine()
+    for other in ("p", "q", "r", "s", "t"):
+        pay(engine, D0, "h/deposit", f"{other}/deposit", 1)  # h has more pairs than b payers
+    pay(engine, D0, "h/deposit", "b/deposit", 100)
+    pay(engine, D0, "t/deposit", "b/deposit", 50)
+    pay(engine, D0, "u/deposit", "b/deposit", 25)
+    assert window(engine, D0, 7).linked_inflow_amount == 150
