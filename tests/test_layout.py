@@ -5,9 +5,9 @@ the same rules run on this checkout and, in the `planted` tests below, on small 
 break one rule each: a rule that stopped finding anything would fail there.
 
 The rules (docs/design.md, "Layout"):
-- the pure ledger (core/ outside core/store and core/audit) imports no database driver, gRPC,
-  protobuf, subprocess or os-level process API; nothing in core/ imports shards/, bench/,
-  tests/ or the generated API;
+- the pure ledger (core/ outside core/store and core/audit; core/flows too) imports no
+  database driver, gRPC, protobuf, subprocess or os-level process API; nothing in core/
+  imports shards/, bench/, tests/ or the generated API;
 - each room imports only the rooms below it (LAYERS): the gateway never imports the node, the
   cross-shard protocol neither, and no product code imports bench/ or tests/;
 - the pure ledger and the security room import no third-party package but those THIRD_PARTY
@@ -85,6 +85,8 @@ LAYERS: dict[str, frozenset[str]] = {
     "core": frozenset(),
     "core.store": frozenset({"core"}),
     "core.audit": frozenset({"core", "core.store"}),
+    # The cash-flow profile engine of in-loan monitoring: pure, like the ledger below it.
+    "core.flows": frozenset({"core"}),
     "shards.failpoints": frozenset(),
     "shards.rpc": frozenset({"core", "core.store"}),
     # TLS, the CA, tokens, the guard: it decides nothing itself (core.authority does).
@@ -142,6 +144,7 @@ OUTSIDE = {"bench": frozenset({"core", "shards"}), "tests": frozenset({"core", "
 # and the rooms LAYERS lets them import. The generated API (`tally`) counts as third-party.
 THIRD_PARTY: dict[str, frozenset[str]] = {
     "core": frozenset({"cryptography"}),  # core.signing's Ed25519
+    "core.flows": frozenset(),
     "shards.security": frozenset({"grpc", "cryptography", "jwt", "prometheus_client"}),
 }
 PRODUCT = frozenset({"core", "shards"})
@@ -201,8 +204,12 @@ def room_of(name: str, rooms: dict[str, frozenset[str]]) -> str | None:
     return best
 
 
+# Rooms of core/ held to the pure ledger's rules (PURE_FORBIDDEN) besides core itself.
+PURE_ROOMS = frozenset({"core", "core.flows"})
+
+
 def is_pure_core(name: str) -> bool:
-    return room_of(name, LAYERS) == "core"
+    return room_of(name, LAYERS) in PURE_ROOMS
 
 
 # ---- the rules ----
@@ -493,6 +500,10 @@ def test_private_names_and_the_pure_core_are_caught(tmp_path: Path) -> None:
     assert cross_test_import_problems(_tree(tmp_path / "a", {**_CLEAN, **private}))
     pure = {"core/model.py": "import os\n"}
     assert core_import_problems(_tree(tmp_path / "b", {**_CLEAN, **pure}))
+    flows = {"core/flows/__init__.py": "", "core/flows/engine.py": "import os\n"}
+    assert core_import_problems(_tree(tmp_path / "e", {**_CLEAN, **flows}))
+    flows_third = {"core/flows/__init__.py": "", "core/flows/engine.py": "import cryptography\n"}
+    assert third_party_problems(_tree(tmp_path / "f", {**_CLEAN, **flows_third}))
     store_may = {"core/store/shard.py": "import os\nimport asyncpg\n"}
     assert core_import_problems(_tree(tmp_path / "c", {**_CLEAN, **store_may})) == []
     commented = {"core/model.py": "# Why long: a table.\ndef f():\n" + "    x = 1\n" * 80}

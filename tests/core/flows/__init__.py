@@ -1,0 +1,1 @@
+"""Tests of core.flows, the cash-flow profile engine."""
