@@ -20,7 +20,7 @@ import asyncpg
 from core.model import Status
 from shards.local.embedded_pg import EmbeddedPostgres
 from tally.v1 import ledger_pb2 as pb
-from tests.support.cluster_processes import process_cluster
+from tests.support.cluster_processes import ProcessCluster, process_cluster
 from tests.support.crossshard_clocks import (
     HELD,
     books_are_right,
@@ -64,6 +64,20 @@ async def writes_refused(dsn: str) -> AsyncIterator[None]:
             timeout=30.0,
         )
         await connection.close(timeout=5.0)
+
+
+@contextlib.asynccontextmanager
+async def reasking_cluster(pg: EmbeddedPostgres, tmp_path: Path) -> AsyncIterator[ProcessCluster]:
+    """Two shards whose open holds' pieces are asked about again every REASK_S."""
+    reask = {"TALLY_HOLD_REASK_S": str(REASK_S)}
+    async with process_cluster(
+        pg,
+        tmp_path,
+        gateway_environment={**gateway_environment(), **reask},
+        node_environments={0: reask, 1: reask},
+        shard_count=2,
+    ) as cluster:
+        yield cluster
 
 
 async def test_a_hold_is_not_decided_while_a_participant_cannot_rearm_its_piece(
@@ -113,14 +127,7 @@ async def test_every_piece_of_an_open_hold_has_a_deadline_and_is_asked_again(
     after the commit. At it the participant asks the coordinator, hears the hold is open and
     keeps holding, with the next deadline another HOLD_REASK_S on; the hold's post then
     settles it on both shards."""
-    reask = {"TALLY_HOLD_REASK_S": str(REASK_S)}
-    async with process_cluster(
-        pg,
-        tmp_path,
-        gateway_environment={**gateway_environment(), **reask},
-        node_environments={0: reask, 1: reask},
-        shard_count=2,
-    ) as cluster:
+    async with reasking_cluster(pg, tmp_path) as cluster:
         async with connected_to(cluster.target) as client:
             pair = await funded_pair(cluster, client, coordinator=0)
             before_ns = time.time_ns()
@@ -151,14 +158,7 @@ async def test_a_piece_left_without_a_deadline_is_armed_when_its_node_starts(
     the sweep never takes: held until someone noticed. A writer now arms such pieces when it
     starts (a deadline of now), so the participant asks the coordinator, hears the hold is
     open and keeps it with a re-ask deadline; the hold's post then settles it."""
-    reask = {"TALLY_HOLD_REASK_S": str(REASK_S)}
-    async with process_cluster(
-        pg,
-        tmp_path,
-        gateway_environment={**gateway_environment(), **reask},
-        node_environments={0: reask, 1: reask},
-        shard_count=2,
-    ) as cluster:
+    async with reasking_cluster(pg, tmp_path) as cluster:
         async with connected_to(cluster.target) as client:
             pair = await funded_pair(cluster, client, coordinator=0)
             assert await client.codes(hold(pair.payer, pair.payee, "h-legacy")) == [

@@ -28,18 +28,16 @@ from tally.v1 import shard_pb2 as spb
 from tally.v1 import shard_pb2_grpc as spb_grpc
 from tests.support import security
 from tests.support.helpers import Client, account, audit_problems, name, start_node, transfer
+from tests.support.processes import fetch_rows
 
 
 async def _markers(dsn: str, transaction_id: str) -> list[str]:
-    connection = await asyncpg.connect(dsn)
-    try:
-        rows = await connection.fetch(
-            "SELECT id FROM transactions WHERE target_id = $1 AND id LIKE '~abort/%' ORDER BY id",
-            transaction_id,
-        )
-        return [row["id"] for row in rows]
-    finally:
-        await connection.close()
+    rows = await fetch_rows(
+        dsn,
+        "SELECT id FROM transactions WHERE target_id = $1 AND id LIKE '~abort/%' ORDER BY id",
+        transaction_id,
+    )
+    return [row["id"] for row in rows]
 
 
 async def test_the_losing_attempt_is_decided_only_with_its_marker_recorded(
