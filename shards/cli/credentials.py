@@ -64,8 +64,8 @@ def add_command(commands: Any) -> None:
         action="append",
         default=[],
         metavar="PATTERN",
-        help="account patterns poster, reader, admin and monitor are limited to ('*': any text within "
-        "a segment, '**': any; e.g. 'cust-*/loan-*', '@funding/loans'); repeat for several",
+        help="account patterns poster, reader, admin and monitor are limited to ('*': any text "
+        "within a segment, '**': any; e.g. 'cust-*/loan-*', '@funding/loans'); repeat for several",
     )
     issue.add_argument("--token", action="store_true", help="a bearer token, not a certificate")
     issue.add_argument("--valid-days", type=int, default=0, help="default: 365, a token 30")
