@@ -571,6 +571,8 @@ class Node:
     async def _stop_when_requested(self) -> None:
         await self._stopping.wait()
         await self._set_serving(False)
+        if self.streams is not None:
+            self.streams.stop()  # they would hold the servers' stop for its grace period
         if self._server is not None:
             # Refuse new RPCs; in-flight ones still reach the running writer and get answers.
             await asyncio.gather(

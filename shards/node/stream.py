@@ -11,7 +11,6 @@ the store; nothing is buffered for it but the page it is sending.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 from typing import Any, Final
 
@@ -55,6 +54,12 @@ class JournalStreams:
         self._metrics = metrics
         self._stream_count_max = stream_count_max
         self.open_count = 0
+        self._stopping = asyncio.Event()
+
+    def stop(self) -> None:
+        """The node is stopping: every stream ends (UNAVAILABLE) at its next block or wait, so
+        none holds the server's shutdown for its grace period."""
+        self._stopping.set()
 
     async def serve(
         self, request: pb.StreamJournalRequest, context: Context
@@ -116,6 +121,12 @@ class JournalStreams:
             )
         position = after
         while True:
+            if self._stopping.is_set():
+                await abort(
+                    context,
+                    grpc.StatusCode.UNAVAILABLE,
+                    "this node is stopping: resume from the last block received",
+                )
             advanced = writer.head_advanced() if follow and writer is not None else None
             if writer is not None and follow:
                 head = writer.head_sequence  # committed: its rows are visible to the pool
@@ -142,8 +153,14 @@ class JournalStreams:
                 "this node's writer stopped (lease lost, draining or fenced): resume from the "
                 "last block received, at the shard's writer",
             )
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(advanced.wait(), timeout=FOLLOW_CHECK_INTERVAL_S)
+        waits = [asyncio.ensure_future(e.wait()) for e in (advanced, self._stopping)]
+        try:
+            await asyncio.wait(
+                waits, timeout=FOLLOW_CHECK_INTERVAL_S, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            for wait in waits:
+                wait.cancel()
 
     async def _page(self, context: Context, position: int, head: int) -> journal_stream.Page:
         """The next page after position, read again while a later block is seen without the
