@@ -1,0 +1,170 @@
+"""The change stream through the gateway of a 2-shard cluster: cluster positions (one sequence
+per shard), each shard's journal exactly as its node streams it, a monitor's scope, bad input;
+and with real processes, a node killed (kill -9) while the other shard keeps streaming, then
+restarted: the stream resumes gap-free and duplicate-free."""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import grpc
+import pytest
+
+from core.authority import Role
+from core.slots import SlotMap
+from shards.local.embedded_pg import EmbeddedPostgres
+from shards.security.credentials import aio_channel
+from tally.v1 import ledger_pb2 as pb
+from tally.v1 import ledger_pb2_grpc as pb_grpc
+from tests.support import security, streams
+from tests.support.cluster_processes import log_text, process_cluster
+from tests.support.crossshard_crash import connected_to, customer_on
+from tests.support.helpers import Client, InProcessCluster, account, in_process_cluster, transfer
+from tests.support.processes import fetch_rows
+
+CREATED = pb.RESULT_CODE_CREATED
+SHARDS = 2
+
+
+def _customers() -> list[str]:
+    """A customer key on each of the two shards (the even map)."""
+    slot_map = SlotMap.even(SHARDS)
+    chosen: dict[int, str] = {}
+    for n in range(1_000):
+        chosen.setdefault(slot_map.shard_of_key(f"cust-{n}"), f"cust-{n}")
+    return [chosen[s] for s in range(SHARDS)]
+
+
+_numbers = itertools.count(1)
+
+
+@pytest.fixture
+async def two_shards(pg: EmbeddedPostgres) -> AsyncIterator[InProcessCluster]:
+    async with in_process_cluster(pg, f"gs{os.getpid()}_{next(_numbers)}", SHARDS) as c:
+        yield c
+
+
+async def _books(client: Client, customers: list[str], rounds: int) -> None:
+    await client.create(account("@cash"), *(account(f"{c}/dep") for c in customers))
+    for n in range(rounds):
+        for c in customers:
+            assert await client.codes(transfer(f"{c}/t{n}", "@cash", f"{c}/dep", 10 + n)) == [
+                CREATED
+            ]
+
+
+async def _heads(dsns: list[str]) -> dict[int, int]:
+    heads = {}
+    for shard_id, dsn in enumerate(dsns):
+        rows = await fetch_rows(
+            dsn, "SELECT coalesce(max(sequence), 0) AS head FROM journal_blocks"
+        )
+        heads[shard_id] = rows[0]["head"]
+    return heads
+
+
+async def test_cluster_positions_and_each_shard_as_its_node_streams_it(
+    two_shards: InProcessCluster,
+) -> None:
+    cluster = two_shards
+    customers = _customers()
+    async with security.channel(cluster.target) as channel:
+        await _books(Client(channel), customers, 3)
+        merged = await streams.collect(channel)
+        heads = await _heads(cluster.dsns)
+        assert streams.check_contiguous(merged, {}) == heads
+        for shard_id, node in enumerate(cluster.nodes):
+            async with security.channel(node.target) as direct:
+                assert [b for b in merged if b.shard_id == shard_id] == await streams.collect(
+                    direct
+                )
+        # Resuming from a cluster position: exactly the rest of each shard.
+        position = {0: 2, 1: heads[1] - 1}
+        rest = await streams.collect(channel, position)
+        assert streams.check_contiguous(rest, position) == heads
+        assert sorted((b.shard_id, b.sequence) for b in rest) == sorted(
+            (b.shard_id, b.sequence) for b in merged if b.sequence > position[b.shard_id]
+        )
+        assert await streams.collect(channel, heads) == []
+
+        for message, code, words in [
+            (streams.request({5: 0}), grpc.StatusCode.INVALID_ARGUMENT, "shard 5"),
+            (streams.request({0: -3}), grpc.StatusCode.INVALID_ARGUMENT, "negative"),
+            (
+                streams.request({1: heads[1] + 1}),
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"shard 1's head, block {heads[1]}",
+            ),
+        ]:
+            got, details = await streams.refusal(channel, message)
+            assert (got, words in details) == (code, True), (message, got, details)
+
+    monitor = security.identity({Role.MONITOR}, (f"{customers[1]}/*",), name="gw-monitor")
+    async with aio_channel(cluster.target, monitor) as channel:
+        seen = await streams.collect(channel)
+    assert sorted((b.shard_id, b.sequence) for b in seen) == sorted(
+        (b.shard_id, b.sequence) for b in merged
+    )
+    assert {p.account_id for b in seen for p in b.postings} == {f"{customers[1]}/dep"}
+    assert {t.transaction.id.split("/")[0] for b in seen for t in b.transactions} == {customers[1]}
+
+    poster = security.identity({Role.POSTER}, ("**",), name="gw-poster")
+    async with aio_channel(cluster.target, poster) as channel:
+        code, details = await streams.refusal(channel, streams.request())
+    assert code == grpc.StatusCode.PERMISSION_DENIED and "monitor" in details
+
+
+async def test_a_killed_node_stops_only_its_shard_and_resumes_gap_free(
+    pg: EmbeddedPostgres, tmp_path: Path
+) -> None:
+    """kill -9 of shard 1's node while a follower streams the cluster: shard 0's blocks keep
+    arriving meanwhile; once shard 1's node is back the stream (the same call) carries on with
+    shard 1's next block; in the end every block of both journals arrived once, in order."""
+    async with process_cluster(pg, tmp_path, shard_count=SHARDS) as cluster:
+        taken: set[str] = set()
+        deposits = [customer_on(cluster, s, taken) for s in range(SHARDS)]
+        keys = [d.split("/")[0] for d in deposits]
+        async with connected_to(cluster.target) as client:
+            await client.create(account("@cash"), *(account(d) for d in deposits))
+
+            async def post(shard_id: int, name: str) -> None:
+                item = transfer(f"{keys[shard_id]}/{name}", "@cash", deposits[shard_id], 5)
+                assert await client.codes(item) == [CREATED], cluster.describe()
+
+            async with security.channel(cluster.target) as channel:
+                stream = pb_grpc.LedgerStub(channel).StreamJournal(
+                    streams.request(follow=True), timeout=120
+                )
+                received: list[pb.JournalBlock] = []
+
+                async def until(predicate: Callable[[], bool]) -> None:
+                    while not predicate():
+                        received.extend(await streams.take(stream, 1, timeout_s=30))
+
+                try:
+                    for shard_id in range(SHARDS):
+                        await post(shard_id, "before")
+                    heads = await _heads(cluster.shard_dsns)
+                    await until(lambda: streams.check_contiguous(received, {}) == heads)
+
+                    await cluster.kill_node(1)
+                    for n in range(3):
+                        await post(0, f"during-{n}")
+                    during = await _heads(cluster.shard_dsns[:1])
+                    await until(lambda: streams.check_contiguous(received, {})[0] == during[0])
+
+                    await cluster.start_node(1)
+                    await post(1, "after")
+                    heads = await _heads(cluster.shard_dsns)
+                    await until(lambda: streams.check_contiguous(received, {}) == heads)
+                finally:
+                    stream.cancel()
+        streams.check_contiguous(received, {})  # gap-free, no duplicates, chained
+        assert cluster.gateway is not None
+        # The gateway's stream from shard 1 failed and was opened again from its position.
+        assert "stream from shard 1 after" in log_text(cluster.gateway), cluster.describe()
+        ids = {t.transaction.id for b in received for t in b.transactions}
+        assert {f"{keys[0]}/during-{n}" for n in range(3)} | {f"{keys[1]}/after"} <= ids
