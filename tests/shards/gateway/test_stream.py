@@ -5,6 +5,7 @@ restarted: the stream resumes gap-free and duplicate-free."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import os
 from collections.abc import AsyncIterator, Callable
@@ -131,8 +132,15 @@ async def test_a_killed_node_stops_only_its_shard_and_resumes_gap_free(
             await client.create(account("@cash"), *(account(d) for d in deposits))
 
             async def post(shard_id: int, name: str) -> None:
+                """Retried while UNAVAILABLE (nothing applied): the gateway's link to a
+                restarted node may still be in its reconnect backoff."""
                 item = transfer(f"{keys[shard_id]}/{name}", "@cash", deposits[shard_id], 5)
-                assert await client.codes(item) == [CREATED], cluster.describe()
+                for _ in range(50):
+                    codes = await client.codes(item)
+                    if codes != [pb.RESULT_CODE_UNAVAILABLE]:
+                        break
+                    await asyncio.sleep(0.2)
+                assert codes == [CREATED], cluster.describe()
 
             async with security.channel(cluster.target) as channel:
                 stream = pb_grpc.LedgerStub(channel).StreamJournal(
@@ -155,6 +163,13 @@ async def test_a_killed_node_stops_only_its_shard_and_resumes_gap_free(
                         await post(0, f"during-{n}")
                     during = await _heads(cluster.shard_dsns[:1])
                     await until(lambda: streams.check_contiguous(received, {})[0] == during[0])
+                    # Without follow, a shard that stays away ends the stream, retryably.
+                    try:
+                        await streams.collect(channel, heads)
+                        raise AssertionError("a stream without shard 1 ended OK")
+                    except grpc.aio.AioRpcError as error:
+                        assert error.code() == grpc.StatusCode.UNAVAILABLE, error
+                        assert "shard 1" in (error.details() or ""), error
 
                     await cluster.start_node(1)
                     await post(1, "after")
@@ -168,3 +183,39 @@ async def test_a_killed_node_stops_only_its_shard_and_resumes_gap_free(
         assert "stream from shard 1 after" in log_text(cluster.gateway), cluster.describe()
         ids = {t.transaction.id for b in received for t in b.transactions}
         assert {f"{keys[0]}/during-{n}" for n in range(3)} | {f"{keys[1]}/after"} <= ids
+
+
+async def test_a_slow_client_holds_back_the_gateway_not_the_writers(
+    two_shards: InProcessCluster,
+) -> None:
+    """A follower through the gateway that reads nothing while both shards commit 60 wide
+    blocks each (some 10 MB): every write is answered, the gateway sends only what the client's
+    flow-control window takes, and then the client gets every block of both shards."""
+    cluster = two_shards
+    customers = _customers()
+    wide = {f"note-{n}": "x" * 250 for n in range(16)}
+    async with security.channel(cluster.target) as channel:
+        client = Client(channel)
+        await client.create(account("@cash"), *(account(f"{c}/dep") for c in customers))
+        follower = pb_grpc.LedgerStub(channel).StreamJournal(
+            streams.request(follow=True), timeout=120
+        )
+        received = await streams.take(follower, 2)  # open, and sending
+        for n in range(60):
+            batch = [
+                transfer(f"{c}/w{n}-{k}", "@cash", f"{c}/dep", 1, metadata=wide)
+                for c in customers
+                for k in range(10)
+            ]
+            assert await client.codes(*batch) == [CREATED] * 20
+        registry = cluster.gateway.cluster.metrics.registry
+        sent = registry.get_sample_value("tally_gateway_stream_blocks_sent_total")
+        heads = await _heads(cluster.dsns)
+        assert sent is not None and sent < sum(heads.values()), (sent, heads)
+        assert registry.get_sample_value("tally_gateway_streams_open") == 1
+        try:
+            while streams.check_contiguous(received, {}) != heads:
+                received.extend(await streams.take(follower, 1))
+        finally:
+            follower.cancel()
+    assert sum(len(b.transactions) for b in received) == 60 * 20
