@@ -224,19 +224,24 @@ async def _transactions(
     # Only the columns that never change; timestamps are strictly increasing within a shard.
     rows = await connection.fetch(
         """
-        SELECT t.id, t.kind, t.code, t.metadata, t.value_date, t.timeout_seconds, t.target_id,
-               t.legs, t.applied_legs, t.timestamp_ns, t.block_sequence, h.kind AS target_kind
-        FROM transactions t
-        LEFT JOIN transactions h ON t.kind = $3 AND h.id = t.target_id
-        WHERE t.block_sequence BETWEEN $1 AND $2
-        ORDER BY t.block_sequence, t.timestamp_ns, t.id
+        SELECT id, kind, code, metadata, value_date, timeout_seconds, target_id, legs,
+               applied_legs, timestamp_ns, block_sequence
+        FROM transactions WHERE block_sequence BETWEEN $1 AND $2
+        ORDER BY block_sequence, timestamp_ns, id
         """,
         first,
         last,
-        int(Kind.POST_PENDING),
         timeout=timeout_s,
     )
-    found: dict[int, list[StreamedTransaction]] = {}
+    # The kinds of the holds posted here, by their key (a join let the planner scan the table).
+    held = list({r["target_id"] for r in rows if r["kind"] == Kind.POST_PENDING})
+    kinds: dict[str, Kind] = {}
+    if held:
+        found = await connection.fetch(
+            "SELECT id, kind FROM transactions WHERE id = ANY($1::text[])", held, timeout=timeout_s
+        )
+        kinds = {r["id"]: Kind(r["kind"]) for r in found}
+    transactions: dict[int, list[StreamedTransaction]] = {}
     for row in rows:
         spec = TransactionSpec(
             row["id"],
@@ -249,9 +254,11 @@ async def _transactions(
             row["target_id"],
         )
         state = created_state(spec, decode_legs(row["applied_legs"]), row["timestamp_ns"])
-        target_kind = None if row["target_kind"] is None else Kind(row["target_kind"])
-        found.setdefault(row["block_sequence"], []).append(StreamedTransaction(state, target_kind))
-    return found
+        target_kind = kinds.get(spec.target_id) if spec.kind is Kind.POST_PENDING else None
+        transactions.setdefault(row["block_sequence"], []).append(
+            StreamedTransaction(state, target_kind)
+        )
+    return transactions
 
 
 async def _postings(

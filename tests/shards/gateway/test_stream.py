@@ -28,6 +28,11 @@ from tests.support.processes import fetch_rows
 
 CREATED = pb.RESULT_CODE_CREATED
 SHARDS = 2
+RESOLVED = (
+    pb.TRANSACTION_STATUS_PENDING_POSTED,
+    pb.TRANSACTION_STATUS_PENDING_VOIDED,
+    pb.TRANSACTION_STATUS_PENDING_EXPIRED,
+)
 
 
 def _customers() -> list[str]:
@@ -67,14 +72,58 @@ async def _heads(dsns: list[str]) -> dict[int, int]:
     return heads
 
 
+def _in_journal_order(blocks: list[pb.JournalBlock]) -> list[pb.JournalBlock]:
+    """Shard by shard (the merge interleaves shards as their blocks arrive)."""
+    return sorted(blocks, key=lambda b: (b.shard_id, b.sequence))
+
+
+async def _same_as_each_node_reads(
+    cluster: InProcessCluster, blocks: list[pb.JournalBlock]
+) -> None:
+    """Every streamed transaction is its shard's record as the node's GetTransactions reads it
+    (pieces and all), but as created: the cross-shard hold and its pieces still PENDING."""
+    pieces = resolved = 0
+    for shard_id, node in enumerate(cluster.nodes):
+        records = [t for b in blocks if b.shard_id == shard_id for t in b.transactions]
+        async with security.channel(node.target) as direct:
+            stub = pb_grpc.LedgerStub(direct)
+            for record in records:
+                request = pb.GetTransactionsRequest(ids=[record.transaction.id])
+                (lookup,) = (await stub.GetTransactions(request, timeout=30)).results
+                if lookup.code == pb.RESULT_CODE_INVALID_ID:  # a record no client reads by id
+                    assert record.transaction.id.startswith("~deadline/"), lookup.message
+                    continue
+                assert lookup.code == pb.RESULT_CODE_OK, lookup.message
+                now = lookup.transaction
+                assert record.transaction == now.transaction
+                assert record.applied_legs == now.applied_legs
+                assert record.cross_shard_piece == now.cross_shard_piece, record.transaction.id
+                pieces += record.HasField("cross_shard_piece")
+                if now.status in RESOLVED:  # its fate came in a later block
+                    assert record.status == pb.TRANSACTION_STATUS_PENDING, record
+                    resolved += 1
+                else:
+                    assert record.status == now.status, record
+    assert pieces >= 5  # the transfer's two, the hold's two, the post's at the coordinator
+    assert resolved >= 3  # the hold's pieces and the transfer's participant piece
+
+
 async def test_cluster_positions_and_each_shard_as_its_node_streams_it(
     two_shards: InProcessCluster,
 ) -> None:
     cluster = two_shards
     customers = _customers()
     async with security.channel(cluster.target) as channel:
-        await _books(Client(channel), customers, 3)
+        client = Client(channel)
+        await _books(client, customers, 3)
+        # Cross-shard: a transfer, and a hold posted later (each shard streams its pieces).
+        a, b = (f"{c}/dep" for c in customers)
+        hold = transfer(f"{customers[0]}/x-hold", a, b, 4, pending=True)
+        capture = pb.Transaction(id=f"{customers[0]}/x-post", code=1, post_pending_id=hold.id)
+        for item in (transfer(f"{customers[0]}/x", a, b, 3), hold, capture):
+            assert await client.codes(item) == [CREATED], item.id
         merged = await streams.collect(channel)
+        await _same_as_each_node_reads(cluster, merged)
         heads = await _heads(cluster.dsns)
         assert streams.check_contiguous(merged, {}) == heads
         for shard_id, node in enumerate(cluster.nodes):
@@ -110,7 +159,15 @@ async def test_cluster_positions_and_each_shard_as_its_node_streams_it(
         (b.shard_id, b.sequence) for b in merged
     )
     assert {p.account_id for b in seen for p in b.postings} == {f"{customers[1]}/dep"}
-    assert {t.transaction.id.split("/")[0] for b in seen for t in b.transactions} == {customers[1]}
+    mine = f"{customers[1]}/dep"
+    touching = [
+        t
+        for b in _in_journal_order(merged)
+        for t in b.transactions
+        if mine in {leg.account_id for leg in (*t.transaction.legs, *t.applied_legs)}
+    ]
+    assert [t for b in _in_journal_order(seen) for t in b.transactions] == touching
+    assert any(t.transaction.id.startswith("~piece/") for t in touching)  # pieces count too
 
     poster = security.identity({Role.POSTER}, ("**",), name="gw-poster")
     async with aio_channel(cluster.target, poster) as channel:
