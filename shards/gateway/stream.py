@@ -78,7 +78,7 @@ class GatewayStreams:
 
     def __init__(self, cluster: Cluster, stream_count_max: int) -> None:
         self._cluster = cluster
-        self._stream_count_max = stream_count_max
+        self.stream_count_max = stream_count_max
         self._metrics = cluster.metrics
         self._queues: set[asyncio.Queue[_Item]] = set()
 
@@ -98,11 +98,11 @@ class GatewayStreams:
         positions, problem = messages.positions_of(request, shard_ids, "this cluster")
         if problem:
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT, problem)
-        if self.open_count >= self._stream_count_max:
+        if self.open_count >= self.stream_count_max:
             await abort(
                 context,
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"this gateway serves at most {self._stream_count_max} streams at once; retry "
+                f"this gateway serves at most {self.stream_count_max} streams at once; retry "
                 "after a delay",
             )
         in_scope = stream_scope(caller())

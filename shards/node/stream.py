@@ -52,7 +52,7 @@ class JournalStreams:
         self._node = node
         self._read_timeout_s = read_timeout_s
         self._metrics = metrics
-        self._stream_count_max = stream_count_max
+        self.stream_count_max = stream_count_max
         self.open_count = 0
         self._stopping = asyncio.Event()
 
@@ -70,11 +70,11 @@ class JournalStreams:
         )
         if problem:
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT, problem)
-        if self.open_count >= self._stream_count_max:
+        if self.open_count >= self.stream_count_max:
             await abort(
                 context,
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"this node serves at most {self._stream_count_max} streams at once; retry "
+                f"this node serves at most {self.stream_count_max} streams at once; retry "
                 "after a delay",
             )
         in_scope = stream_scope(caller())

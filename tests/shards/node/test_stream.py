@@ -13,6 +13,7 @@ import pytest
 from core.authority import Role
 from core.store import shard as store
 from core.store import stream as journal_stream
+from shards.node.server import Node, NodeConfig
 from shards.security.credentials import aio_channel
 from tally.v1 import ledger_pb2 as pb
 from tally.v1 import ledger_pb2_grpc as pb_grpc
@@ -278,3 +279,41 @@ async def test_a_page_never_skips_a_block_it_cannot_see_yet(dsn: str) -> None:
         assert (await journal_stream.read_page(connection, 3, 10, 10.0)).blocks == []
     finally:
         await connection.close()
+
+
+async def test_streams_past_the_limit_are_refused(
+    channel: grpc.aio.Channel, node: NodeHandle
+) -> None:
+    streams_of_node = node.node.streams
+    assert streams_of_node is not None
+    await Client(channel).create(account("@cash"))
+    streams_of_node.stream_count_max = 1  # the limit, made small for the test
+    call = pb_grpc.LedgerStub(channel).StreamJournal(streams.request(follow=True), timeout=60)
+    try:
+        assert len(await streams.take(call, 1)) == 1
+        code, details = await streams.refusal(channel, streams.request())
+        assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "at most 1 streams" in details
+    finally:
+        call.cancel()
+
+
+async def test_a_standby_serves_its_journal_but_cannot_follow(node: NodeHandle) -> None:
+    """A second node on the writer's database waits as a standby: it streams the stored
+    journal, and refuses follow UNAVAILABLE (the client follows the writer instead)."""
+    async with security.channel(node.target) as channel:
+        await Client(channel).create(account("@cash"))
+        stored = await streams.collect(channel)
+    standby = Node(
+        NodeConfig(dsn=node.dsn, listen="127.0.0.1:0", security=security.server_security())
+    )
+    port = await standby.start()
+    running = asyncio.create_task(standby.run())
+    try:
+        assert standby.writer is None
+        async with security.channel(f"127.0.0.1:{port}") as channel:
+            assert await streams.collect(channel) == stored
+            code, details = await streams.refusal(channel, streams.request(follow=True))
+        assert code == grpc.StatusCode.UNAVAILABLE and "standby" in details
+    finally:
+        standby.request_stop()
+        await asyncio.wait_for(running, timeout=30)
