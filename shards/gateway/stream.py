@@ -139,16 +139,18 @@ class GatewayStreams:
             try:
                 link = self._cluster.link(shard_id)
                 call = link.stub.StreamJournal(messages_request(shard_id, position, follow))
-                async for block in call:
-                    if block.shard_id != shard_id or block.sequence != position + 1:
-                        queue.put_nowait(_Failed(grpc.StatusCode.DATA_LOSS, _disorder(
-                            shard_id, position, block
-                        )))  # fmt: skip
-                        return
-                    await credit.acquire()
-                    queue.put_nowait(_Block(block, credit))
-                    position = block.sequence
-                    failures = 0
+                try:
+                    async for block in call:
+                        if block.shard_id != shard_id or block.sequence != position + 1:
+                            disorder = _disorder(shard_id, position, block)
+                            queue.put_nowait(_Failed(grpc.StatusCode.DATA_LOSS, disorder))
+                            return
+                        await credit.acquire()
+                        queue.put_nowait(_Block(block, credit))
+                        position = block.sequence
+                        failures = 0
+                finally:
+                    call.cancel()  # a no-op once it ended; else the node stops sending
                 queue.put_nowait(_Done(shard_id))
                 return
             except grpc.aio.AioRpcError as error:

@@ -276,3 +276,11 @@ async def test_a_slow_client_holds_back_the_gateway_not_the_writers(
         finally:
             follower.cancel()
     assert sum(len(b.transactions) for b in received) == 60 * 20
+    # The client went away: the gateway closed its streams at both nodes.
+    for _ in range(250):
+        counts = [node.node.streams.open_count for node in cluster.nodes if node.node.streams]
+        if counts == [0, 0]:
+            break
+        await asyncio.sleep(0.02)
+    assert counts == [0, 0], counts
+    assert cluster.gateway.streams is not None and cluster.gateway.streams.open_count == 0
