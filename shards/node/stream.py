@@ -11,6 +11,7 @@ the store; nothing is buffered for it but the page it is sending.
 from __future__ import annotations
 
 import asyncio
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from typing import Any, Final
 
@@ -37,6 +38,9 @@ GAP_RETRY_COUNT_MAX: Final = 100
 GAP_RETRY_INTERVAL_S: Final = 0.01
 # A following stream looks at the head at least this often even without a commit.
 FOLLOW_CHECK_INTERVAL_S: Final = 1.0
+# Pages kept to share between streams asking for the same one (followers at the head all ask
+# for the block just committed): one read per commit, not one per follower.
+SHARED_PAGE_COUNT_MAX: Final = 8
 
 
 class JournalStreams:
@@ -55,6 +59,11 @@ class JournalStreams:
         self.stream_count_max = stream_count_max
         self.open_count = 0
         self._stopping = asyncio.Event()
+        # (position, head) -> the read of that page, running or done (never a failed one).
+        self._pages: OrderedDict[tuple[int, int], asyncio.Future[journal_stream.Page]] = (
+            OrderedDict()
+        )
+        self.page_read_count = 0
 
     def stop(self) -> None:
         """The node is stopping: every stream ends (UNAVAILABLE) at its next block or wait, so
@@ -169,10 +178,7 @@ class JournalStreams:
         for _ in range(GAP_RETRY_COUNT_MAX):
             try:
                 async with storage_answers(context, self._read_timeout_s):
-                    async with self._node.read_pool.acquire(timeout=self._read_timeout_s) as c:
-                        page = await journal_stream.read_page(
-                            c, position, head, self._read_timeout_s
-                        )
+                    page = await self._shared_page(position, head)
                 if page.blocks:
                     return page
                 await asyncio.sleep(GAP_RETRY_INTERVAL_S)  # the head is committed: read again
@@ -189,3 +195,32 @@ class JournalStreams:
             f"shard {self._node.shard_id}'s journal has no block {missing} though later blocks "
             "exist: report it",
         )
+
+    async def _shared_page(self, position: int, head: int) -> journal_stream.Page:
+        """The page after position up to head, read once for every stream asking for it
+        meanwhile or soon after (a committed block never changes); a failed read is forgotten,
+        so the next ask reads again."""
+        key = (position, head)
+        read = self._pages.get(key)
+        if read is None:
+            read = asyncio.ensure_future(self._read_page(position, head))
+            self._pages[key] = read
+            while len(self._pages) > SHARED_PAGE_COUNT_MAX:
+                self._pages.popitem(last=False)
+            read.add_done_callback(lambda done: self._forget_failed(key, done))
+        page = await asyncio.shield(read)  # a stream going away does not cancel the others'
+        if not page.blocks:
+            self._pages.pop(key, None)  # nothing yet (a gap): not worth keeping
+        return page
+
+    def _forget_failed(
+        self, key: tuple[int, int], read: asyncio.Future[journal_stream.Page]
+    ) -> None:
+        if read.cancelled() or read.exception() is not None:  # retrieved: never unobserved
+            if self._pages.get(key) is read:
+                del self._pages[key]
+
+    async def _read_page(self, position: int, head: int) -> journal_stream.Page:
+        self.page_read_count += 1
+        async with self._node.read_pool.acquire(timeout=self._read_timeout_s) as connection:
+            return await journal_stream.read_page(connection, position, head, self._read_timeout_s)

@@ -317,3 +317,31 @@ async def test_a_standby_serves_its_journal_but_cannot_follow(node: NodeHandle) 
     finally:
         standby.request_stop()
         await asyncio.wait_for(running, timeout=30)
+
+
+async def test_followers_at_the_head_share_one_read_per_commit(
+    channel: grpc.aio.Channel, node: NodeHandle
+) -> None:
+    """Three followers waiting at the head: each commit is read from PostgreSQL once for all
+    of them (the read pool and the database serve one page read, not one per follower)."""
+    client = Client(channel)
+    await client.create(account("@cash"), account("cust-1/d"))
+    shared = node.node.streams
+    assert shared is not None
+    stub = pb_grpc.LedgerStub(channel)
+    calls = [stub.StreamJournal(streams.request({0: 1}, follow=True), timeout=60) for _ in "abc"]
+    try:
+        for n in range(3):
+            for _ in range(500):  # every follower open (bounded wait), then at the head
+                if shared.open_count == 3:
+                    break
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.05)
+            reads_before = shared.page_read_count
+            assert await client.codes(transfer(f"cust-1/t{n}", "@cash", "cust-1/d", 1)) == [CREATED]
+            blocks = [await streams.take(call, 1) for call in calls]
+            assert {b[0].sequence for b in blocks} == {n + 2}
+            assert shared.page_read_count == reads_before + 1, (n, shared.page_read_count)
+    finally:
+        for call in calls:
+            call.cancel()
