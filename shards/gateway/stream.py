@@ -138,6 +138,8 @@ class GatewayStreams:
         while True:
             try:
                 link = self._cluster.link(shard_id)
+                # No deadline: a follower is open-ended by design; it ends with its client
+                # (cancelled below) or its node, and each node read has its own timeout.
                 call = link.stub.StreamJournal(messages_request(shard_id, position, follow))
                 try:
                     async for block in call:
