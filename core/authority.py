@@ -10,6 +10,8 @@ An identity carries roles and an account scope:
 - `reader`: reads accounts, transactions and postings in its scope;
 - `admin`: creates and closes accounts in its scope, and reads them; cluster operations;
 - `auditor`: the Audit service and every read, unscoped (an audit reads the whole ledger);
+- `monitor`: follows the change stream of the books (Ledger.StreamJournal), each block's
+  content filtered to its scope (risk teams watching borrowers' cash flows);
 - `cluster`: a gateway or a node of the cluster, the only identity the internal listener
   (tally.v1.Shard) accepts; unscoped, since a gateway acts for clients it has authorised.
 
@@ -26,7 +28,7 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Final
@@ -39,6 +41,7 @@ class Role(enum.Enum):
     READER = "reader"
     ADMIN = "admin"
     AUDITOR = "auditor"
+    MONITOR = "monitor"
     CLUSTER = "cluster"
 
 
@@ -49,6 +52,7 @@ class Action(enum.Enum):
     READ = "read"  # Ledger reads
     MANAGE = "manage"  # Ledger.CreateAccounts, CloseAccounts
     AUDIT = "audit"  # the Audit service
+    STREAM = "stream"  # Ledger.StreamJournal: the change stream
     INTERNAL = "internal"  # tally.v1.Shard: only the cluster's own processes
     PROBE = "probe"  # health checking and reflection: any authenticated caller
 
@@ -65,6 +69,7 @@ _ALLOWED: Final[dict[Action, dict[Role, bool]]] = {
     },
     Action.MANAGE: {Role.ADMIN: True, Role.CLUSTER: False},
     Action.AUDIT: {Role.AUDITOR: False},
+    Action.STREAM: {Role.MONITOR: True, Role.AUDITOR: False, Role.CLUSTER: False},
     Action.INTERNAL: {Role.CLUSTER: False},
 }
 
@@ -80,6 +85,7 @@ _LEDGER_ACTIONS: Final = {
     "GetTransactions": Action.READ,
     "ListPostings": Action.READ,
     "BalanceAt": Action.READ,
+    "StreamJournal": Action.STREAM,
 }
 
 
@@ -197,6 +203,19 @@ def check_accounts(identity: Identity, action: Action, account_ids: Iterable[str
                 f"{identity.describe()}: {', '.join(identity.accounts) or 'no accounts'}",
             )
     return None
+
+
+def stream_scope(identity: Identity) -> Callable[[str], bool] | None:
+    """What of the change stream an identity may see: None, every block whole (an unscoped
+    grant: auditor, cluster, or a monitor over '**'); else whether an account is in its scope
+    (a scoped monitor sees, of each block, only what touches its accounts). Call it only for
+    an identity allowed Action.STREAM (check_action)."""
+    check_denied = check_action(identity, Action.STREAM)
+    if check_denied is not None:
+        raise ValueError(check_denied.message)
+    if is_unscoped(identity, Action.STREAM):
+        return None
+    return identity.in_scope
 
 
 def parse_roles(names: Iterable[str]) -> frozenset[Role]:

@@ -16,3 +16,8 @@ list_postings_limit_default: Final = 100
 message_size_max_bytes: Final = 16 * 1024 * 1024
 # RPCs one listener serves at once (--rpc-concurrency-max); beyond, RESOURCE_EXHAUSTED at once.
 rpc_concurrency_max_default: Final = 1000
+# The change stream (Ledger.StreamJournal): positions per request (one per shard), and streams
+# one node or gateway serves at once (beyond, RESOURCE_EXHAUSTED; a gateway's stream holds one
+# stream at each node, so a node's bound is also how many gateway streams its shard can feed).
+stream_position_count_max: Final = 1024
+stream_count_max: Final = 256

@@ -138,6 +138,17 @@ MIGRATIONS: Final[tuple[tuple[int, str, str], ...]] = (
         );
         """,
     ),
+    (
+        5,
+        "closures in journal order, for the change stream",
+        # The change stream (core/store/stream.py) reads each page's closures by block; without
+        # an index that is a scan of every closure ever recorded, for each page with one.
+        # Closures are rare, so the index is small. (Its postings need none: a block's postings
+        # are a range of the postings' key.)
+        """
+        CREATE INDEX account_closures_by_block ON account_closures (block_sequence);
+        """,
+    ),
 )
 
 CONTROL_MIGRATIONS: Final[tuple[tuple[int, str, str], ...]] = (

@@ -26,7 +26,7 @@ from shards.security.pki import CertificateError
 
 COMMAND: Final = "credentials"
 NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}")
-SCOPED_ROLES: Final = frozenset({Role.POSTER, Role.READER, Role.ADMIN})
+SCOPED_ROLES: Final = frozenset({Role.POSTER, Role.READER, Role.ADMIN, Role.MONITOR})
 
 
 def add_command(commands: Any) -> None:
@@ -64,8 +64,8 @@ def add_command(commands: Any) -> None:
         action="append",
         default=[],
         metavar="PATTERN",
-        help="account patterns poster, reader and admin are limited to ('*': any text within "
-        "a segment, '**': any; e.g. 'cust-*/loan-*', '@funding/loans'); repeat for several",
+        help="account patterns poster, reader, admin and monitor are limited to ('*': any text "
+        "within a segment, '**': any; e.g. 'cust-*/loan-*', '@funding/loans'); repeat for several",
     )
     issue.add_argument("--token", action="store_true", help="a bearer token, not a certificate")
     issue.add_argument("--valid-days", type=int, default=0, help="default: 365, a token 30")
@@ -113,7 +113,7 @@ def _issue(args: argparse.Namespace, root: Path) -> int:
         return 2
     if roles & SCOPED_ROLES and not accounts:
         print(
-            "tally credentials: poster, reader and admin are scoped: give --accounts "
+            "tally credentials: poster, reader, admin and monitor are scoped: give --accounts "
             "(--accounts '**' for every account)",
             file=sys.stderr,
         )

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 import grpc
 
-from core import validation
+from core import limits, validation
 from core.authority import Action
 from core.ids import DECIDES_KEY, is_clearing, piece_id
 from core.model import (
@@ -28,6 +28,7 @@ from core.slots import SlotMap, is_spread
 from shards.crossshard.coordinator import HoldResolution, Unit, piece_message
 from shards.gateway import routing
 from shards.gateway.cluster import Cluster, KnownHold, merge_piece_results, spread_or_owner
+from shards.gateway.stream import GatewayStreams
 from shards.rpc import convert, outcomes
 from shards.rpc.servicer import Unavailable, abort, check_batch_size
 from shards.security.guard import check_accounts_of_caller, check_posting_of_caller
@@ -38,8 +39,17 @@ Context = Any  # grpc.aio.ServicerContext; grpc ships no usable generic stubs
 
 
 class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
-    def __init__(self, cluster: Cluster) -> None:
+    def __init__(self, cluster: Cluster, streams: GatewayStreams | None = None) -> None:
         self._cluster = cluster
+        self._streams = streams or GatewayStreams(cluster, limits.stream_count_max)
+
+    # ---- the change stream ----
+
+    async def StreamJournal(
+        self, request: pb.StreamJournalRequest, context: Context
+    ) -> AsyncIterator[pb.JournalBlock]:
+        async for block in self._streams.serve(request, context):
+            yield block
 
     # ---- transactions ----
 

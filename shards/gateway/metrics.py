@@ -21,6 +21,7 @@ from shards.rpc.metrics import (
     BATCH_ITEMS_BUCKETS,
     RPC_SECONDS_BUCKETS,
     RpcMetrics,
+    StreamMetrics,
     result_code_name,
     result_code_of,
 )
@@ -167,6 +168,13 @@ class GatewayMetrics:
             "why: unreachable, rearm_failed, clock_skew (a participant's clock ahead of its "
             "coordinator's beyond the bound)",
             ["reason"],
+            registry=registry,
+        )
+        self.streams = StreamMetrics(registry, {}, prefix="tally_gateway_")
+        self.stream_shard_retries = Counter(
+            "tally_gateway_stream_shard_retries",
+            "A StreamJournal's stream from one shard opened again after it failed",
+            ["shard"],
             registry=registry,
         )
         self._outcome_children: dict[int, Any] = {}

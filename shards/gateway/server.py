@@ -16,9 +16,11 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from core import limits
 from shards.gateway.cluster import Cluster, GatewayConfig
 from shards.gateway.ledger_service import GatewayService
 from shards.gateway.links import CHANNEL_OPTIONS
+from shards.gateway.stream import GatewayStreams
 from shards.rpc.metrics import MetricsServer
 from shards.rpc.servicer import ledger_handler
 from shards.rpc.serving import grpc_server
@@ -46,13 +48,15 @@ class Gateway:
         self.port = 0
         self._metrics_server: MetricsServer | None = None
         self.metrics_port = 0
+        self.streams: GatewayStreams | None = None
 
     async def start(self) -> int:
         await self.cluster.refresh()
         self._server = grpc_server(
             [self._guard.interceptor()], CHANNEL_OPTIONS, self.config.rpc_concurrency_max
         )
-        service = GatewayService(self.cluster)
+        self.streams = GatewayStreams(self.cluster, limits.stream_count_max)
+        service = GatewayService(self.cluster, self.streams)
         self._server.add_generic_rpc_handlers((ledger_handler(service, self.cluster.metrics.rpc),))
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         ledger_name = ledger_pb2.DESCRIPTOR.services_by_name["Ledger"].full_name
@@ -83,6 +87,8 @@ class Gateway:
                 group.create_task(self._poll())
                 await self._stopping.wait()
         finally:
+            if self.streams is not None:
+                self.streams.stop()  # they would hold the server's stop for its grace period
             if self._server is not None:
                 await self._server.stop(self.config.shutdown_grace_s)
             await self.cluster.close()

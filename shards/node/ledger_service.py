@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 import asyncpg
@@ -90,6 +90,9 @@ class NodeView(Protocol):
     @property
     def shard_ids(self) -> frozenset[int]: ...
 
+    @property
+    def shard_id(self) -> int: ...
+
     async def refresh_slot_map_now(self) -> None: ...
 
 
@@ -125,10 +128,22 @@ async def submit_or_abort(
         await abort(context, grpc.StatusCode.UNAVAILABLE, str(error))
 
 
+# Serves StreamJournal (shards.node.stream.JournalStreams.serve, given by the node's server).
+StreamServer = Callable[
+    [pb.StreamJournalRequest, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[pb.JournalBlock]
+]
+
+
 class LedgerService(pb_grpc.LedgerServicer):  # type: ignore[misc]
-    def __init__(self, node: NodeView, read_timeout_s: float = READ_TIMEOUT_S) -> None:
+    def __init__(
+        self,
+        node: NodeView,
+        read_timeout_s: float = READ_TIMEOUT_S,
+        stream: StreamServer | None = None,
+    ) -> None:
         self._node = node
         self._read_timeout_s = read_timeout_s
+        self._stream = stream
 
     async def _submit(
         self, context: grpc.aio.ServicerContext[Any, Any], items: Sequence[Any]
@@ -314,6 +329,14 @@ class LedgerService(pb_grpc.LedgerServicer):  # type: ignore[misc]
             balance=convert.balance_to_proto(account.spec, counters),
             as_of_sequence=posting.sequence,
         )
+
+    async def StreamJournal(
+        self, request: pb.StreamJournalRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[pb.JournalBlock]:
+        if self._stream is None:
+            await abort(context, grpc.StatusCode.UNIMPLEMENTED, "this server has no change stream")
+        async for block in self._stream(request, context):
+            yield block
 
 
 def _accounts_of(state: TransactionState) -> list[str]:

@@ -17,7 +17,7 @@ from core.slots import SlotMap
 from core.store import shard as store
 from shards import failpoints
 from shards.node.writer import Writer
-from shards.rpc.metrics import BATCH_ITEMS_BUCKETS, RpcMetrics
+from shards.rpc.metrics import BATCH_ITEMS_BUCKETS, RpcMetrics, StreamMetrics
 
 log = logging.getLogger("tally.metrics")
 
@@ -45,6 +45,7 @@ class NodeMetrics:
         self.registry = CollectorRegistry(auto_describe=True)
         shard = str(shard_id)
         self.rpc = RpcMetrics(self.registry, {"shard": shard})
+        self.streams = StreamMetrics(self.registry, {"shard": shard})
         self._batch_items = _histogram(
             self.registry, "tally_batch_items", "Items per committed batch", BATCH_ITEMS_BUCKETS
         ).labels(shard)

@@ -47,6 +47,7 @@ from shards.node.lease import Lease, LeaseState
 from shards.node.ledger_service import READ_TIMEOUT_S, LedgerService
 from shards.node.metrics import NodeMetrics
 from shards.node.shard_service import ShardService
+from shards.node.stream import JournalStreams
 from shards.node.writer import Writer, WriterConfig, WriterState
 from shards.rpc.metrics import MetricsServer
 from shards.rpc.servicer import ledger_handler, shard_handler
@@ -153,6 +154,7 @@ class Node:
         self.metrics = NodeMetrics(config.shard_id, self)
         self._metrics_server: MetricsServer | None = None
         self.metrics_port = 0
+        self.streams: JournalStreams | None = None
         # Read at construction, so a bad key file stops the node before it serves anything.
         self.signer = load_signer(config.signing_key) if config.signing_key else None
         if config.publish_heads and self.signer is None:
@@ -182,6 +184,10 @@ class Node:
     @property
     def read_pool(self) -> Any:
         return self._read_pool
+
+    @property
+    def shard_id(self) -> int:
+        return self.config.shard_id
 
     @property
     def shard_ids(self) -> frozenset[int]:
@@ -243,7 +249,12 @@ class Node:
             self.config.dsn, min_size=1, max_size=self.config.read_pool_size_max, timeout=30.0
         )
         rpc_metrics = self.metrics.rpc
-        ledger = ledger_handler(LedgerService(self, self.config.read_timeout_s), rpc_metrics)
+        streams = JournalStreams(
+            self, self.config.read_timeout_s, self.metrics.streams, limits.stream_count_max
+        )
+        self.streams = streams
+        service = LedgerService(self, self.config.read_timeout_s, streams.serve)
+        ledger = ledger_handler(service, rpc_metrics)
         self._server = self._grpc_server(self._client_guard)
         self._server.add_generic_rpc_handlers((ledger,))
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
@@ -582,6 +593,8 @@ class Node:
     async def _stop_when_requested(self) -> None:
         await self._stopping.wait()
         await self._set_serving(False)
+        if self.streams is not None:
+            self.streams.stop()  # they would hold the servers' stop for its grace period
         if self._server is not None:
             # Refuse new RPCs; in-flight ones still reach the running writer and get answers.
             await asyncio.gather(

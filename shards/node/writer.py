@@ -256,6 +256,10 @@ class Writer:
         self.commit_outcome_unknown_count = 0
         # Bytes of the requests admitted and not yet answered (see queue_size_max_bytes).
         self.pending_size_bytes = 0
+        # The change stream's one signal: set, and replaced by a fresh one, each time the head
+        # advances (after the commit and the cache update) and when the writer stops. The
+        # writer keeps nothing per reader and never awaits one.
+        self._head_advanced = asyncio.Event()
 
     # ---- lifecycle ----
 
@@ -308,6 +312,23 @@ class Writer:
         answered.add_done_callback(lambda _: self._release(size))
         return [result for part in await asyncio.shield(answered) for result in part]
 
+    @property
+    def head_sequence(self) -> int:
+        """The sequence of the last committed block."""
+        return self.previous.sequence
+
+    def head_advanced(self) -> asyncio.Event:
+        """An event set once the head moves past head_sequence as it is now, or the writer
+        stops. Take it before reading head_sequence (no await between), so no commit is
+        missed."""
+        return self._head_advanced
+
+    def _announce_head(self) -> None:
+        """O(1) here: waking the streams (a fraction of a microsecond each) runs as a callback
+        of its own on the event loop, not inside the writer's step."""
+        announced, self._head_advanced = self._head_advanced, asyncio.Event()
+        asyncio.get_running_loop().call_soon(announced.set)
+
     def _release(self, size_bytes: int) -> None:
         self.pending_size_bytes -= size_bytes
 
@@ -349,6 +370,7 @@ class Writer:
                 await self._settle(inflight)
             if self.state is not WriterState.FENCED:
                 self.state = WriterState.STOPPED
+            self._announce_head()  # streams waiting for a commit learn there will be none
             self._fail_queued("writer stopped")
             for connection in (self.connection, self.load_connection):
                 if connection is not None and not connection.is_closed():
@@ -487,6 +509,8 @@ class Writer:
             if self._publish is not None:  # after the commit: never a head rolled back
                 self._publish(prepared.block.header)
         _answer(prepared.requests, prepared.results)
+        if prepared.block is not None:
+            self._announce_head()  # after the clients' answers: they never wait for streams
         if self._observer is not None and prepared.block is not None:
             self._observer(prepared.item_count, prepared.load_seconds, prepared.commit_seconds)
         return True
@@ -508,6 +532,7 @@ class Writer:
                 self.load_connection = await self._connect()
                 await store.end_backends(self.connection, old_pids, self.config.load_timeout_s)
                 await self._load_position()
+                self._announce_head()  # a commit whose answer was lost may have landed
                 return
             except asyncio.CancelledError:
                 raise

@@ -25,19 +25,20 @@ import logging
 import operator
 import threading
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from types import SimpleNamespace
 from typing import Any
 
 import grpc
 from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from core.model import ResultCode
 
 log = logging.getLogger("tally.metrics")
 
 Handler = Callable[[Any, Any], Awaitable[Any]]
+StreamHandler = Callable[[Any, Any], AsyncIterator[Any]]
 
 RPC_SECONDS_BUCKETS = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -102,16 +103,8 @@ class RpcMetrics:
         """handler(request, context), timed and counted. Label children are bound here or on
         first use, so a call costs no label lookups."""
         name = method.name
-        duration = self.duration.labels(*self._fixed, name)
-        calls: dict[grpc.StatusCode, Any] = {}
+        count_call = self._call_counter(name)
         item_results: dict[int, Any] | None = {} if returns_item_results(method) else None
-
-        def count_call(status: grpc.StatusCode, started: float) -> None:
-            duration.observe(time.perf_counter() - started)
-            child = calls.get(status)
-            if child is None:
-                child = calls[status] = self.calls.labels(*self._fixed, name, status.name)
-            child.inc()
 
         async def handle(request: Any, context: Any) -> Any:
             started = time.perf_counter()
@@ -130,6 +123,39 @@ class RpcMetrics:
 
         return handle
 
+    def _call_counter(self, name: str) -> Callable[[grpc.StatusCode, float], None]:
+        duration = self.duration.labels(*self._fixed, name)
+        calls: dict[grpc.StatusCode, Any] = {}
+
+        def count_call(status: grpc.StatusCode, started: float) -> None:
+            duration.observe(time.perf_counter() - started)
+            child = calls.get(status)
+            if child is None:
+                child = calls[status] = self.calls.labels(*self._fixed, name, status.name)
+            child.inc()
+
+        return count_call
+
+    def wrap_stream(self, method: MethodDescriptor, handler: StreamHandler) -> StreamHandler:
+        """A server-streaming handler (an async generator), timed from its request to its end
+        and counted by how it ended (a client that goes away: CANCELLED)."""
+        count_call = self._call_counter(method.name)
+
+        async def handle(request: Any, context: Any) -> AsyncIterator[Any]:
+            started = time.perf_counter()
+            try:
+                async for response in handler(request, context):
+                    yield response
+            except Exception:  # an abort (its status is on the context) or a bug (UNKNOWN)
+                count_call(context.code() or grpc.StatusCode.UNKNOWN, started)
+                raise
+            except BaseException:  # cancelled, or closed by gRPC as its client went away
+                count_call(grpc.StatusCode.CANCELLED, started)
+                raise
+            count_call(context.code() or grpc.StatusCode.OK, started)
+
+        return handle
+
     def _count_items(self, children: dict[int, Any], method: str, results: Sequence[Any]) -> None:
         # One C-level pass over the items, then one increment per distinct code.
         for code, count in collections.Counter(map(result_code_of, results)).items():
@@ -145,6 +171,29 @@ class RpcMetrics:
         return SimpleNamespace(
             **{m.name: self.wrap(m, getattr(servicer, m.name)) for m in service.methods}
         )
+
+
+class StreamMetrics:
+    """The change streams one process serves: open now, and blocks sent (after the caller's
+    scope filtered them)."""
+
+    def __init__(
+        self, registry: CollectorRegistry, fixed_labels: Mapping[str, str], prefix: str = "tally_"
+    ) -> None:
+        names = tuple(fixed_labels)
+        values = tuple(fixed_labels.values())
+        self.open = Gauge(
+            f"{prefix}streams_open", "StreamJournal streams open", names, registry=registry
+        )
+        self.blocks_sent = Counter(
+            f"{prefix}stream_blocks_sent",
+            "Journal blocks sent by StreamJournal streams",
+            names,
+            registry=registry,
+        )
+        if values:
+            self.open = self.open.labels(*values)
+            self.blocks_sent = self.blocks_sent.labels(*values)
 
 
 class MetricsServer:

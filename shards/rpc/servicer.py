@@ -77,6 +77,16 @@ def parsing_handler(
     for method in descriptor.methods:
         request_type = getattr(module, method.input_type.name)
         response_type = getattr(module, method.output_type.name)
+        if method.server_streaming:
+            stream = _parsing_stream(getattr(service, method.name), request_type)
+            if metrics is not None:
+                stream = metrics.wrap_stream(method, stream)
+            handlers[method.name] = grpc.unary_stream_rpc_method_handler(
+                stream,
+                request_deserializer=None,
+                response_serializer=response_type.SerializeToString,
+            )
+            continue
         handle = _parsing(getattr(service, method.name), request_type)
         if metrics is not None:
             handle = metrics.wrap(method, handle)
@@ -101,6 +111,28 @@ def _parsing(method: Any, request_type: Any) -> Any:
         _request_size_bytes.set(len(body))  # this RPC's own task and context
         try:
             return await method(request, context)
+        except Unavailable as error:
+            await abort(context, grpc.StatusCode.UNAVAILABLE, str(error))
+
+    return handle
+
+
+def _parsing_stream(method: Any, request_type: Any) -> Any:
+    """_parsing for a server-streaming method (an async generator)."""
+
+    async def handle(body: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        try:
+            request = request_type.FromString(body)
+        except DecodeError as error:
+            await abort(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"the request is not a valid {request_type.DESCRIPTOR.full_name}: {error}",
+            )
+        _request_size_bytes.set(len(body))
+        try:
+            async for response in method(request, context):
+                yield response
         except Unavailable as error:
             await abort(context, grpc.StatusCode.UNAVAILABLE, str(error))
 

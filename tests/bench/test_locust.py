@@ -134,6 +134,14 @@ class FakeChannel:
 
         return call
 
+    def unary_stream(self, path: str, *args: Any, **kwargs: Any) -> Callable[..., Any]:
+        """The stub builds every method (StreamJournal too); the load never streams."""
+
+        def call(request: Any, timeout: float | None = None) -> Any:
+            raise AssertionError(f"{path} was not scripted")
+
+        return call
+
 
 def _results(*codes: int) -> pb.PostTransactionsResponse:
     return pb.PostTransactionsResponse(results=[pb.ItemResult(code=c) for c in codes])

@@ -19,6 +19,7 @@ from core.authority import (
     check_pattern,
     check_posting,
     parse_roles,
+    stream_scope,
     targets_to_look_up,
 )
 from core.model import Kind, Leg, TransactionSpec
@@ -131,3 +132,27 @@ def test_check_posting_follows_targets() -> None:
     assert unseen is not None and "'old'" in unseen.message
     # An unscoped poster needs no lookups at all.
     assert check_posting(poster("**"), looked_up, {}) is None
+
+
+def test_the_change_stream_is_for_monitors_auditors_and_the_cluster() -> None:
+    """StreamJournal is its own action: a monitor is scoped (its scope filters each block), an
+    auditor and the cluster see every block whole, and no other role may stream."""
+    assert action_of("/tally.v1.Ledger/StreamJournal") is Action.STREAM
+    monitor = Identity("m", frozenset({Role.MONITOR}), ("cust-*/loan-*",))
+    assert check_action(monitor, Action.STREAM) is None
+    scope = stream_scope(monitor)
+    assert scope is not None
+    assert scope("cust-4/loan-1") and not scope("cust-4/deposit")
+    assert stream_scope(Identity("m", frozenset({Role.MONITOR}), ("**",))) is None
+    assert stream_scope(Identity("a", frozenset({Role.AUDITOR}))) is None
+    assert stream_scope(Identity("c", frozenset({Role.CLUSTER}))) is None
+    for role in (Role.POSTER, Role.READER, Role.ADMIN):
+        someone = Identity("x", frozenset({role}), ("**",))
+        denial = check_action(someone, Action.STREAM)
+        assert denial is not None and "monitor" in denial.message
+        with pytest.raises(ValueError, match="monitor"):
+            stream_scope(someone)
+    # A monitor may not read, post or manage: roles do not imply one another.
+    for action in (Action.READ, Action.POST, Action.MANAGE, Action.AUDIT):
+        assert check_action(monitor, action) is not None
+    assert parse_roles(["monitor"]) == {Role.MONITOR}

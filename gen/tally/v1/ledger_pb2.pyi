@@ -399,3 +399,57 @@ class BalanceAtResponse(_message.Message):
     balance: Balance
     as_of_sequence: int
     def __init__(self, balance: _Optional[_Union[Balance, _Mapping]] = ..., as_of_sequence: _Optional[int] = ...) -> None: ...
+
+class ShardPosition(_message.Message):
+    __slots__ = ("shard_id", "sequence")
+    SHARD_ID_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    shard_id: int
+    sequence: int
+    def __init__(self, shard_id: _Optional[int] = ..., sequence: _Optional[int] = ...) -> None: ...
+
+class StreamJournalRequest(_message.Message):
+    __slots__ = ("after", "follow")
+    AFTER_FIELD_NUMBER: _ClassVar[int]
+    FOLLOW_FIELD_NUMBER: _ClassVar[int]
+    after: _containers.RepeatedCompositeFieldContainer[ShardPosition]
+    follow: bool
+    def __init__(self, after: _Optional[_Iterable[_Union[ShardPosition, _Mapping]]] = ..., follow: _Optional[bool] = ...) -> None: ...
+
+class AccountClosure(_message.Message):
+    __slots__ = ("account_id", "closed_at_ns")
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    CLOSED_AT_NS_FIELD_NUMBER: _ClassVar[int]
+    account_id: str
+    closed_at_ns: int
+    def __init__(self, account_id: _Optional[str] = ..., closed_at_ns: _Optional[int] = ...) -> None: ...
+
+class CreatedAccount(_message.Message):
+    __slots__ = ("account", "created_at_ns")
+    ACCOUNT_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_NS_FIELD_NUMBER: _ClassVar[int]
+    account: Account
+    created_at_ns: int
+    def __init__(self, account: _Optional[_Union[Account, _Mapping]] = ..., created_at_ns: _Optional[int] = ...) -> None: ...
+
+class JournalBlock(_message.Message):
+    __slots__ = ("shard_id", "sequence", "hash", "previous_hash", "created_at_ns", "transactions", "postings", "accounts", "closures")
+    SHARD_ID_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    HASH_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_HASH_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_NS_FIELD_NUMBER: _ClassVar[int]
+    TRANSACTIONS_FIELD_NUMBER: _ClassVar[int]
+    POSTINGS_FIELD_NUMBER: _ClassVar[int]
+    ACCOUNTS_FIELD_NUMBER: _ClassVar[int]
+    CLOSURES_FIELD_NUMBER: _ClassVar[int]
+    shard_id: int
+    sequence: int
+    hash: bytes
+    previous_hash: bytes
+    created_at_ns: int
+    transactions: _containers.RepeatedCompositeFieldContainer[TransactionRecord]
+    postings: _containers.RepeatedCompositeFieldContainer[Posting]
+    accounts: _containers.RepeatedCompositeFieldContainer[CreatedAccount]
+    closures: _containers.RepeatedCompositeFieldContainer[AccountClosure]
+    def __init__(self, shard_id: _Optional[int] = ..., sequence: _Optional[int] = ..., hash: _Optional[bytes] = ..., previous_hash: _Optional[bytes] = ..., created_at_ns: _Optional[int] = ..., transactions: _Optional[_Iterable[_Union[TransactionRecord, _Mapping]]] = ..., postings: _Optional[_Iterable[_Union[Posting, _Mapping]]] = ..., accounts: _Optional[_Iterable[_Union[CreatedAccount, _Mapping]]] = ..., closures: _Optional[_Iterable[_Union[AccountClosure, _Mapping]]] = ...) -> None: ...

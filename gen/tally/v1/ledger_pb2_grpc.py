@@ -69,6 +69,11 @@ class LedgerStub:
                 request_serializer=tally_dot_v1_dot_ledger__pb2.BalanceAtRequest.SerializeToString,
                 response_deserializer=tally_dot_v1_dot_ledger__pb2.BalanceAtResponse.FromString,
                 _registered_method=True)
+        self.StreamJournal = channel.unary_stream(
+                '/tally.v1.Ledger/StreamJournal',
+                request_serializer=tally_dot_v1_dot_ledger__pb2.StreamJournalRequest.SerializeToString,
+                response_deserializer=tally_dot_v1_dot_ledger__pb2.JournalBlock.FromString,
+                _registered_method=True)
 
 
 class LedgerServicer:
@@ -129,6 +134,27 @@ class LedgerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StreamJournal(self, request, context):
+        """The change stream of the books: every committed journal block with its content, in
+        journal order per shard, from the position the client keeps (see StreamJournalRequest).
+        Gap-free and without duplicates: each shard's blocks arrive with contiguous sequences,
+        each once, starting after the client's position for that shard. A slow reader never slows
+        the writer: it falls behind and catches up from the stored journal. Needs the role
+        `monitor` (scoped: see JournalBlock), `auditor` or `cluster`.
+
+        Errors: INVALID_ARGUMENT for a malformed request (a negative sequence, a shard the
+        cluster does not have, a shard named twice, more than stream_position_count_max
+        positions); FAILED_PRECONDITION for a position beyond the shard's head (the message names
+        the head: the client's position is not of this journal); RESOURCE_EXHAUSTED past
+        stream_count_max open streams, or for a block larger than the 16 MiB message limit;
+        UNAVAILABLE when a node's writer is lost or a node is a standby (with follow) and when a
+        shard stays unreachable without follow: resume from the position kept. On a node, follow
+        needs its writer; without follow a standby serves its stored journal too.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LedgerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -166,6 +192,11 @@ def add_LedgerServicer_to_server(servicer, server):
                     servicer.BalanceAt,
                     request_deserializer=tally_dot_v1_dot_ledger__pb2.BalanceAtRequest.FromString,
                     response_serializer=tally_dot_v1_dot_ledger__pb2.BalanceAtResponse.SerializeToString,
+            ),
+            'StreamJournal': grpc.unary_stream_rpc_method_handler(
+                    servicer.StreamJournal,
+                    request_deserializer=tally_dot_v1_dot_ledger__pb2.StreamJournalRequest.FromString,
+                    response_serializer=tally_dot_v1_dot_ledger__pb2.JournalBlock.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -357,6 +388,33 @@ class Ledger:
             '/tally.v1.Ledger/BalanceAt',
             tally_dot_v1_dot_ledger__pb2.BalanceAtRequest.SerializeToString,
             tally_dot_v1_dot_ledger__pb2.BalanceAtResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamJournal(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/tally.v1.Ledger/StreamJournal',
+            tally_dot_v1_dot_ledger__pb2.StreamJournalRequest.SerializeToString,
+            tally_dot_v1_dot_ledger__pb2.JournalBlock.FromString,
             options,
             channel_credentials,
             insecure,

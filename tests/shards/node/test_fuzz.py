@@ -1,10 +1,12 @@
 """Fuzz the Ledger API: thousands of random and mutated messages, and raw bytes.
 
-Valid requests for all seven Ledger methods are generated against a small ledger, then mutated
+Valid requests for every Ledger method are generated against a small ledger, then mutated
 at random through their descriptors (nasty strings, integers at the type boundaries, unknown
 enum numbers, flag combinations, duplicated / dropped / multiplied repeated items, oversize
 maps); a share of the requests are raw bytes (random, or a valid request with corrupted bytes)
-sent with identity serializers. Everything goes over one generic unary-unary call per method.
+sent with identity serializers. Everything goes over one generic call per method (unary-unary,
+or unary-stream for StreamJournal, whose answers are read for a while and then cancelled: a
+following stream never ends on its own).
 
 Every RPC must either answer (one result per item, each a known ResultCode) or fail with
 INVALID_ARGUMENT / NOT_FOUND / RESOURCE_EXHAUSTED, never INTERNAL or UNKNOWN. At the end the
@@ -73,7 +75,12 @@ ALLOWED_ERRORS = {
     grpc.StatusCode.INVALID_ARGUMENT,
     grpc.StatusCode.NOT_FOUND,
     grpc.StatusCode.RESOURCE_EXHAUSTED,
+    # StreamJournal: a position beyond the head.
+    grpc.StatusCode.FAILED_PRECONDITION,
 }
+# Server-streaming methods, and how long a stream may be quiet before the fuzzer moves on.
+STREAMS = {m.name for m in SERVICE.methods if m.server_streaming}
+STREAM_QUIET_S = 0.2
 KNOWN_CODES = {code.value for code in ResultCode}
 # Never the answer to a client's mistake on a healthy single-shard node.
 WRITE_CODES_NEVER = {
@@ -251,6 +258,15 @@ def gen_request(world: World, method: str) -> Message:
             from_ns=rng.choice([0, 0, now - 10**12]),
             to_ns=rng.choice([0, 0, now + 10**12]),
         )
+    if method == "StreamJournal":
+        positions = [
+            pb.ShardPosition(
+                shard_id=rng.choice([0, 0, 0, 1, 2**32 - 1]),
+                sequence=rng.choice([0, 0, 1, 3, 10, 10**6, -1, 2**63 - 1]),
+            )
+            for _ in range(rng.choice([0, 0, 1, 1, 2]))
+        ]
+        return pb.StreamJournalRequest(after=positions, follow=rng.random() < 0.3)
     return pb.BalanceAtRequest(
         account_id=rng.choice(world.all_accounts()),
         at_ns=rng.choice([0, time.time_ns(), MAX, rng.randint(0, MAX)]),
@@ -317,6 +333,9 @@ async def send(calls: dict[str, Any], method: str, body: bytes, dsn: str, tally:
     except DecodeError:
         request = None
     try:
+        if method in STREAMS:
+            await read_stream(calls[method], body, tally)
+            return
         raw = await calls[method](body, timeout=60)
     except grpc.aio.AioRpcError as error:
         status = error.code()
@@ -342,6 +361,28 @@ async def send(calls: dict[str, Any], method: str, body: bytes, dsn: str, tally:
         tally.fail(method, body, problem)
 
 
+async def read_stream(call: Any, body: bytes, tally: Tally) -> None:
+    """A stream's blocks until it ends or is quiet for STREAM_QUIET_S (a follower at the head),
+    then cancelled; its blocks must be contiguous."""
+    stream = call(body, timeout=60)
+    previous = -1
+    try:
+        while True:
+            try:
+                raw = await asyncio.wait_for(stream.read(), timeout=STREAM_QUIET_S)
+            except TimeoutError:
+                break
+            if raw is grpc.aio.EOF:
+                break
+            block = pb.JournalBlock.FromString(raw)
+            if previous >= 0 and block.sequence != previous + 1:
+                tally.fail("StreamJournal", body, f"block {block.sequence} after {previous}")
+            previous = block.sequence
+    finally:
+        stream.cancel()
+    tally.statuses["StreamJournal OK"] += 1
+
+
 async def setup_world(client: Client, rng: random.Random) -> World:
     world = World(rng)
     accounts = base_accounts()
@@ -365,7 +406,12 @@ async def test_fuzz_random_and_mutated_messages(
     print(f"fuzz seed {SEED} (TALLY_FUZZ_SEED), up to {MESSAGE_COUNT} messages / {TIME_BUDGET_S}s")
     client = Client(channel)
     world = await setup_world(client, random.Random(SEED))
-    calls = {method: channel.unary_unary(f"/{SERVICE.full_name}/{method}") for method in METHODS}
+    calls = {
+        method: (channel.unary_stream if method in STREAMS else channel.unary_unary)(
+            f"/{SERVICE.full_name}/{method}"
+        )
+        for method in METHODS
+    }
     tally = Tally(preview_byte_count=120)
     started = time.monotonic()
     sent = 0

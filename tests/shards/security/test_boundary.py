@@ -55,6 +55,7 @@ CALLERS = (
     Caller("admin", frozenset({Role.ADMIN}), LOAN_SCOPE),
     Caller("auditor", frozenset({Role.AUDITOR})),
     Caller("cluster", frozenset({Role.CLUSTER})),
+    Caller("monitor", frozenset({Role.MONITOR}), LOAN_SCOPE),
     Caller("nobody", frozenset()),
 )
 
@@ -69,7 +70,10 @@ LEDGER_ALLOWED = {
     "GetTransactions": {"superuser", "reader", "admin", "auditor", "cluster"},
     "ListPostings": {"superuser", "reader", "admin", "auditor", "cluster"},
     "BalanceAt": {"superuser", "reader", "admin", "auditor", "cluster"},
+    "StreamJournal": {"superuser", "auditor", "cluster", "monitor"},
 }
+# Server-streaming methods (called as streams).
+LEDGER_STREAMS = {"StreamJournal"}
 AUDIT_ALLOWED = {"superuser", "auditor"}
 # Callers whose scope limits them, and which role each lacks for the methods it is denied.
 SCOPED = {"poster", "reader", "admin"}
@@ -90,6 +94,7 @@ def ledger_requests(account_id: str, transaction_id: str) -> dict[str, Any]:
         "GetTransactions": pb.GetTransactionsRequest(ids=[transaction_id]),
         "ListPostings": pb.ListPostingsRequest(account_id=account_id),
         "BalanceAt": pb.BalanceAtRequest(account_id=account_id, at_ns=1),
+        "StreamJournal": pb.StreamJournalRequest(),
     }
 
 
@@ -101,6 +106,7 @@ LEDGER_RESPONSES = {
     "GetTransactions": pb.GetTransactionsResponse,
     "ListPostings": pb.ListPostingsResponse,
     "BalanceAt": pb.BalanceAtResponse,
+    "StreamJournal": pb.JournalBlock,
 }
 SHARD_METHODS = {
     name: (getattr(spb, method.input_type.name), getattr(spb, method.output_type.name))
@@ -225,7 +231,11 @@ async def ledger_row(channel: grpc.aio.Channel, caller: Caller) -> None:
     """Every Ledger method on accounts in scope: allowed, or refused for the role missing."""
     for method, request in ledger_requests(IN_SCOPE, SEEDED_TRANSFER).items():
         code, details = await call_detailed(
-            channel, f"/tally.v1.Ledger/{method}", request, LEDGER_RESPONSES[method]
+            channel,
+            f"/tally.v1.Ledger/{method}",
+            request,
+            LEDGER_RESPONSES[method],
+            method in LEDGER_STREAMS,
         )
         if caller.name in LEDGER_ALLOWED[method]:
             assert code not in DENIALS, (method, caller.name, code, details)
@@ -248,7 +258,11 @@ async def client_scope_row(node: NodeHandle, caller: Caller) -> None:
             if caller.name not in LEDGER_ALLOWED[method]:
                 continue  # refused for its role already (the matrix above)
             code, details = await call_detailed(
-                channel, f"/tally.v1.Ledger/{method}", request, LEDGER_RESPONSES[method]
+                channel,
+                f"/tally.v1.Ledger/{method}",
+                request,
+                LEDGER_RESPONSES[method],
+                method in LEDGER_STREAMS,
             )
             assert code == grpc.StatusCode.PERMISSION_DENIED, (method, caller.name, code)
             assert "outside the scope" in details and "cust-" in details, details
@@ -309,7 +323,8 @@ async def internal_row(node: NodeHandle, caller: Caller) -> None:
             )
         }
         for method, (request, response_type) in {**shard_calls, **ledger_calls, **probes}.items():
-            code, details = await call_detailed(channel, method, request, response_type)
+            stream = method.removeprefix("/tally.v1.Ledger/") in LEDGER_STREAMS
+            code, details = await call_detailed(channel, method, request, response_type, stream)
             if caller.name == "cluster":
                 assert code not in (*DENIALS, grpc.StatusCode.UNIMPLEMENTED), (method, code)
             else:

@@ -1,0 +1,226 @@
+"""A shard node's change stream (Ledger.StreamJournal): its journal from a position, read from
+PostgreSQL a page at a time, then (follow) each block as the writer commits it.
+
+The writer's part is one event it sets after each commit (Writer.head_advanced): a stream
+waits on it only once it has sent everything up to the head, and reads the new blocks from the
+store itself, through the read pool. So a slow reader costs the writer nothing: the reader
+falls behind, its gRPC send waits on the client's flow-control window, and it catches up from
+the store; nothing is buffered for it but the page it is sending.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+from typing import Any, Final
+
+import grpc
+
+from core.authority import stream_scope
+from core.invariant import InvariantError
+from core.model import AccountSpec
+from core.store import stream as journal_stream
+from shards.node.ledger_service import NodeView, storage_answers
+from shards.node.writer import Writer, WriterState
+from shards.rpc import stream as messages
+from shards.rpc.metrics import StreamMetrics
+from shards.rpc.servicer import abort
+from shards.security.guard import caller
+from tally.v1 import ledger_pb2 as pb
+
+Context = Any  # grpc.aio.ServicerContext
+
+# A block after the position seen without it is read again this often, this many times, before
+# the stream ends with DATA_LOSS (sequences are contiguous and a block's rows commit with it:
+# a gap that lasts is a journal missing a block).
+GAP_RETRY_COUNT_MAX: Final = 100
+GAP_RETRY_INTERVAL_S: Final = 0.01
+# A following stream looks at the head at least this often even without a commit.
+FOLLOW_CHECK_INTERVAL_S: Final = 1.0
+# Pages kept to share between streams asking for the same one (followers at the head all ask
+# for the block just committed): one read per commit, not one per follower.
+SHARED_PAGE_COUNT_MAX: Final = 8
+
+
+class JournalStreams:
+    """The StreamJournal streams of one node, counted against limits.stream_count_max."""
+
+    def __init__(
+        self,
+        node: NodeView,
+        read_timeout_s: float,
+        metrics: StreamMetrics | None,
+        stream_count_max: int,
+    ) -> None:
+        self._node = node
+        self._read_timeout_s = read_timeout_s
+        self._metrics = metrics
+        self.stream_count_max = stream_count_max
+        self.open_count = 0
+        self._stopping = asyncio.Event()
+        # (position, head) -> the read of that page, running or done (never a failed one).
+        self._pages: OrderedDict[tuple[int, int], asyncio.Future[journal_stream.Page]] = (
+            OrderedDict()
+        )
+        self.page_read_count = 0
+
+    def stop(self) -> None:
+        """The node is stopping: every stream ends (UNAVAILABLE) at its next block or wait, so
+        none holds the server's shutdown for its grace period."""
+        self._stopping.set()
+
+    async def serve(
+        self, request: pb.StreamJournalRequest, context: Context
+    ) -> AsyncIterator[pb.JournalBlock]:
+        shard_id = self._node.shard_id
+        positions, problem = messages.positions_of(
+            request, (shard_id,), f"this node (shard {shard_id})"
+        )
+        if problem:
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, problem)
+        if self.open_count >= self.stream_count_max:
+            await abort(
+                context,
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"this node serves at most {self.stream_count_max} streams at once; retry "
+                "after a delay",
+            )
+        in_scope = stream_scope(caller())
+        self.open_count += 1
+        if self._metrics is not None:
+            self._metrics.open.inc()
+        try:
+            async for block in self._blocks(context, positions.get(shard_id, 0), request.follow):
+                message = messages.block_to_proto(shard_id, *block)
+                if in_scope is not None:
+                    message = messages.in_scope_of(message, in_scope)
+                problem = messages.oversized(message)
+                if problem:
+                    await abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, problem)
+                yield message
+                if self._metrics is not None:
+                    self._metrics.blocks_sent.inc()
+        finally:
+            self.open_count -= 1
+            if self._metrics is not None:
+                self._metrics.open.dec()
+
+    async def _blocks(
+        self, context: Context, after: int, follow: bool
+    ) -> AsyncIterator[tuple[journal_stream.StreamedBlock, dict[str, AccountSpec]]]:
+        """Each block after `after`, in order, once; up to the head as of now, or (follow)
+        for as long as this node's writer writes."""
+        writer = self._node.writer
+        if follow and writer is None:
+            await abort(
+                context,
+                grpc.StatusCode.UNAVAILABLE,
+                "standby: this node does not hold the writer lease, so it cannot follow the "
+                "journal; stream from its writer (or without follow)",
+            )
+        async with storage_answers(context, self._read_timeout_s):
+            head = await journal_stream.head_sequence(self._node.read_pool, self._read_timeout_s)
+        if after > head:
+            await abort(
+                context,
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"position {after} is beyond shard {self._node.shard_id}'s head, block {head}: "
+                "the position is not of this shard's journal",
+            )
+        position = after
+        while True:
+            if self._stopping.is_set():
+                await abort(
+                    context,
+                    grpc.StatusCode.UNAVAILABLE,
+                    "this node is stopping: resume from the last block received",
+                )
+            advanced = writer.head_advanced() if follow and writer is not None else None
+            if writer is not None and follow:
+                head = writer.head_sequence  # committed: its rows are visible to the pool
+            if position < head:
+                page = await self._page(context, position, head)
+                for block in page.blocks:
+                    yield block, page.posted_accounts
+                    position = block.sequence
+                continue
+            if advanced is None:
+                return
+            await self._wait(context, writer, advanced)
+
+    async def _wait(self, context: Context, writer: Writer | None, advanced: asyncio.Event) -> None:
+        """Until the head moves; UNAVAILABLE if this node's writer stopped or changed."""
+        if (
+            writer is None
+            or writer.state is not WriterState.RUNNING
+            or self._node.writer is not writer
+        ):
+            await abort(
+                context,
+                grpc.StatusCode.UNAVAILABLE,
+                "this node's writer stopped (lease lost, draining or fenced): resume from the "
+                "last block received, at the shard's writer",
+            )
+        waits = [asyncio.ensure_future(e.wait()) for e in (advanced, self._stopping)]
+        try:
+            await asyncio.wait(
+                waits, timeout=FOLLOW_CHECK_INTERVAL_S, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            for wait in waits:
+                wait.cancel()
+
+    async def _page(self, context: Context, position: int, head: int) -> journal_stream.Page:
+        """The next page after position, read again while a later block is seen without the
+        next one; DATA_LOSS for a gap that lasts or content that contradicts its block."""
+        missing = position + 1
+        for _ in range(GAP_RETRY_COUNT_MAX):
+            try:
+                async with storage_answers(context, self._read_timeout_s):
+                    page = await self._shared_page(position, head)
+                if page.blocks:
+                    return page
+                await asyncio.sleep(GAP_RETRY_INTERVAL_S)  # the head is committed: read again
+            except journal_stream.GapError as gap:
+                missing = gap.missing_sequence
+                await asyncio.sleep(GAP_RETRY_INTERVAL_S)
+            except InvariantError as error:
+                await abort(
+                    context, grpc.StatusCode.DATA_LOSS, f"shard {self._node.shard_id}: {error}"
+                )
+        await abort(
+            context,
+            grpc.StatusCode.DATA_LOSS,
+            f"shard {self._node.shard_id}'s journal has no block {missing} though later blocks "
+            "exist: report it",
+        )
+
+    async def _shared_page(self, position: int, head: int) -> journal_stream.Page:
+        """The page after position up to head, read once for every stream asking for it
+        meanwhile or soon after (a committed block never changes); a failed read is forgotten,
+        so the next ask reads again."""
+        key = (position, head)
+        read = self._pages.get(key)
+        if read is None:
+            read = asyncio.ensure_future(self._read_page(position, head))
+            self._pages[key] = read
+            while len(self._pages) > SHARED_PAGE_COUNT_MAX:
+                self._pages.popitem(last=False)
+            read.add_done_callback(lambda done: self._forget_failed(key, done))
+        page = await asyncio.shield(read)  # a stream going away does not cancel the others'
+        if not page.blocks:
+            self._pages.pop(key, None)  # nothing yet (a gap): not worth keeping
+        return page
+
+    def _forget_failed(
+        self, key: tuple[int, int], read: asyncio.Future[journal_stream.Page]
+    ) -> None:
+        if read.cancelled() or read.exception() is not None:  # retrieved: never unobserved
+            if self._pages.get(key) is read:
+                del self._pages[key]
+
+    async def _read_page(self, position: int, head: int) -> journal_stream.Page:
+        self.page_read_count += 1
+        async with self._node.read_pool.acquire(timeout=self._read_timeout_s) as connection:
+            return await journal_stream.read_page(connection, position, head, self._read_timeout_s)
