@@ -586,6 +586,25 @@ async def prepared_past_deadline(
     ]
 
 
+async def prepared_without_deadline(
+    connection: Connection, limit: int, timeout_s: float
+) -> list[str]:
+    """Cross-shard pieces held with no deadline (0), which prepared_past_deadline never takes:
+    left by code from before every held piece had one (a re-arm to 0, since refused). At most
+    `limit`; a scan of holds (small: only open holds live there), run once per writer."""
+    rows = await connection.fetch(
+        """
+        SELECT h.transaction_id FROM holds h JOIN transactions t ON t.id = h.transaction_id
+        WHERE h.expires_at_ns = 0 AND t.kind = $1
+        ORDER BY h.transaction_id LIMIT $2
+        """,
+        int(Kind.PREPARED),
+        limit,
+        timeout=timeout_s,
+    )
+    return [row["transaction_id"] for row in rows]
+
+
 async def prepared_pieces(connection: Connection, timeout_s: float) -> tuple[int, int]:
     """Cross-shard pieces held here, and the oldest one's creation time (0: none). One scan of
     holds (small: only open holds live there) joined on the transactions primary key."""

@@ -95,6 +95,14 @@ def _add_gateway_flags(parser: argparse.ArgumentParser) -> None:
         default=int(_env("shard_calls_in_flight", str(defaults.shard_calls_in_flight_max))),
         help="write calls in flight to each shard at once (default %(default)s)",
     )
+    parser.add_argument(
+        "--shard-call-timeout-s",
+        type=_at_least(0.1, float),
+        default=float(_env("shard_call_timeout_s", str(defaults.shard_call_timeout_s))),
+        help="how long a call to a shard may take before the gateway gives up on it: a read "
+        "answers UNAVAILABLE, a write is sent again once and then answered OUTCOME_UNKNOWN "
+        "(default %(default)s)",
+    )
 
 
 def _add_metrics_flag(parser: argparse.ArgumentParser, default: str = "") -> None:
@@ -496,6 +504,7 @@ async def _serve_gateway(args: argparse.Namespace) -> int:
             metrics_listen=args.metrics_listen,
             shard_calls_in_flight_max=args.shard_calls_in_flight,
             coalesce_wait_ms=args.coalesce_wait_ms,
+            shard_call_timeout_s=args.shard_call_timeout_s,
             rpc_concurrency_max=args.rpc_concurrency_max,
             security=security,
         )
@@ -532,6 +541,7 @@ async def _serve_cluster(args: argparse.Namespace) -> int:
     gateway_flags = [
         f"--coalesce-wait-ms={args.coalesce_wait_ms}",
         f"--shard-calls-in-flight={args.shard_calls_in_flight}",
+        f"--shard-call-timeout-s={args.shard_call_timeout_s}",
         f"--rpc-concurrency-max={args.rpc_concurrency_max}",
     ]
     try:

@@ -435,9 +435,13 @@ class Driver:
         self,
         stubs: dict[int, spb_grpc.ShardStub],
         observe_phase: Callable[[str, float], None] | None = None,
+        observe_undecided: Callable[[str], None] | None = None,
     ) -> None:
         self._stubs = stubs
         self._observe_phase = observe_phase
+        # A hold whose fate was not decided now, by why: "unreachable", "rearm_failed" or
+        # "clock_skew" (a participant's clock ahead of its coordinator's beyond the bound).
+        self._observe_undecided = observe_undecided
 
     async def _per_shard(
         self, method: str, requests: dict[int, Any], read: str
@@ -719,25 +723,35 @@ class Driver:
         answered = await self._per_shard("SettleHolds", requests, "")
         answered_ns = failpoints.wall_ns()
         failed: dict[int, pb.ItemResult] = {}
+        why: dict[int, str] = {}
         for n, hold in enumerate(holds):
             unreachable = answered[hold.coordinator]
             if isinstance(unreachable, grpc.aio.AioRpcError):
-                failed[n] = _unavailable(unreachable)
+                failed[n], why[n] = _unavailable(unreachable), "unreachable"
         for shard, entries in rearm.items():
             answer = answered[shard]
             for position, (n, item) in enumerate(entries):
                 if isinstance(answer, grpc.aio.AioRpcError):
                     failed.setdefault(n, _unavailable(answer))
+                    why.setdefault(n, "unreachable")
                     continue
                 problem = _rearm_problem(shard, item, answer[0].results[position])
+                reason = "rearm_failed"
                 if problem is None:
                     coordinator = holds[n].coordinator
                     ahead_ns = _ahead_at_least_ns(
                         answer, answered[coordinator], sent_ns, answered_ns
                     )
-                    problem = _skew_problem(shard, coordinator, item, ahead_ns)
+                    problem, reason = (
+                        _skew_problem(shard, coordinator, item, ahead_ns),
+                        "clock_skew",
+                    )
                 if problem is not None:
                     failed.setdefault(n, problem)
+                    why.setdefault(n, reason)
+        if self._observe_undecided is not None:
+            for reason in why.values():
+                self._observe_undecided(reason)
         return failed
 
 

@@ -558,7 +558,8 @@ def settlement_spec(
     """The record that settles a participant's piece of a cross-shard hold as decided (for
     OPEN: gives it another deadline, as `mode` allows)."""
     if fate == spb.HOLD_FATE_OPEN:
-        return deadline_spec(piece, deadline_ns, mode, seen_ns) if deadline_ns >= 0 else None
+        # Never 0 ("none"): a held piece without a deadline would never be asked about again.
+        return deadline_spec(piece, deadline_ns, mode, seen_ns) if deadline_ns > 0 else None
     if fate == spb.HOLD_FATE_EXPIRED:
         return hold_settlement_spec(piece, Kind.EXPIRY, "")
     if not resolution.id:

@@ -125,7 +125,11 @@ class Cluster:
         await self.refresh()
 
     def driver(self) -> Driver:
-        return Driver(dict(self._shard_stubs), self.metrics.cross_shard_phase)
+        return Driver(
+            dict(self._shard_stubs),
+            self.metrics.cross_shard_phase,
+            self.metrics.hold_decision_refused,
+        )
 
     async def ensure_clearing_accounts(self, currencies: set[str]) -> None:
         """Each currency's inter-shard clearing account, a spread account (once per process)."""

@@ -169,6 +169,14 @@ class GatewayMetrics:
             ["shard"],
             registry=registry,
         )
+        self._holds_undecided = Counter(
+            "tally_gateway_hold_decisions_refused",
+            "Posts and voids of cross-shard holds not decided now (answered retryable), by "
+            "why: unreachable, rearm_failed, clock_skew (a participant's clock ahead of its "
+            "coordinator's beyond the bound)",
+            ["reason"],
+            registry=registry,
+        )
         self._outcome_children: dict[int, Any] = {}
         self._phase_children: dict[str, Any] = {}
         registry.register(_GatewayStateCollector(gateway))
@@ -218,6 +226,9 @@ class GatewayMetrics:
             if child is None:
                 child = children[code] = self._cross_shard_outcomes.labels(result_code_name(code))
             child.inc(count)
+
+    def hold_decision_refused(self, reason: str) -> None:
+        self._holds_undecided.labels(reason=reason).inc()
 
     def cross_shard_phase(self, phase: str, seconds: float) -> None:
         """One phase of a two-phase-commit run, across its shards (the Shard method: "Prepare",

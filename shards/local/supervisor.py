@@ -286,7 +286,7 @@ async def start(
             cwd=cwd,
             env=env,
             start_new_session=new_session,
-            preexec_fn=_signalled_when_parent_dies(signal.SIGTERM) if die_with_parent else None,
+            preexec_fn=signalled_when_parent_dies(signal.SIGTERM) if die_with_parent else None,
         )
     child = TallyProcess(name, command, process, log_path, stdout_copy, serving_prefixes)
     try:
@@ -297,7 +297,7 @@ async def start(
     return child
 
 
-def _signalled_when_parent_dies(signum: int) -> Callable[[], None] | None:
+def signalled_when_parent_dies(signum: int) -> Callable[[], None] | None:
     """What the child runs before exec so that the kernel sends it signum when this process
     dies (None where there is no prctl: the child then outlives a killed parent)."""
     if not sys.platform.startswith("linux"):

@@ -35,6 +35,8 @@ from grpc_reflection.v1alpha import reflection
 
 from core import limits
 from core.dsn import redact
+from core.model import ResultCode
+from core.pieces import DeadlineMode, deadline_spec
 from core.slots import SlotMap
 from core.store import control as control_store
 from core.store import shard as store
@@ -552,8 +554,11 @@ class Node:
         """Cross-shard pieces held past their deadline: ask the coordinator for the decision
         (which records abort if it has none) and post or void the piece accordingly."""
         interval_s = self.config.expiry_interval_ms / 1000.0
+        unarmed = True  # pieces without a deadline may be left from older code: arm them
         while writer.state is WriterState.RUNNING and not self._stopping.is_set():
             try:
+                if unarmed:
+                    unarmed = await self._arm_pieces_without_deadline(writer)
                 overdue = await store.prepared_past_deadline(
                     self._read_pool, failpoints.wall_ns(), self.config.expiry_batch_max, 10.0
                 )
@@ -567,6 +572,23 @@ class Node:
                 log.warning("settling prepared pieces failed: %r", error)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), timeout=interval_s)
+
+    async def _arm_pieces_without_deadline(self, writer: Writer) -> bool:
+        """Give the held pieces that have no deadline one of now, so the sweep asks their
+        coordinators (ASKED: only while the piece still has none). Whether more may remain."""
+        batch_max = self.config.expiry_batch_max
+        pieces = await store.prepared_without_deadline(self._read_pool, batch_max, 10.0)
+        if not pieces:
+            return False
+        log.warning("%d held cross-shard pieces had no deadline; asking about them", len(pieces))
+        now_ns = failpoints.wall_ns()
+        results = await writer.submit(
+            [deadline_spec(p, now_ns, DeadlineMode.ASKED, 0) for p in pieces]
+        )
+        # A write that failed (retryable) leaves its pieces for the next tick.
+        settled = (ResultCode.CREATED, ResultCode.REPLAYED, ResultCode.PENDING_ALREADY_RESOLVED)
+        failed = any(r.code not in settled for r in results)
+        return failed or len(pieces) == batch_max
 
     async def _stop_when_requested(self) -> None:
         await self._stopping.wait()

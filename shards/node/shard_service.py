@@ -220,7 +220,7 @@ class ShardService(spb_grpc.ShardServicer):  # type: ignore[misc]
                 await context.abort(
                     grpc.StatusCode.INVALID_ARGUMENT,
                     f"settling {item.transaction_id!r}: fate {item.fate} needs "
-                    "deadline_ns >= 0 (OPEN) or the client's post or void (POSTED, VOIDED)",
+                    "deadline_ns > 0 (OPEN) or the client's post or void (POSTED, VOIDED)",
                 )
             items.append(spec)
         results = await submit_or_abort(self._node, context, items)

@@ -72,6 +72,8 @@ class ProcessCluster:
     gateway_port: int
     nodes: dict[int, NodeProcess] = field(default_factory=dict)
     gateway: NodeProcess | None = None
+    # The gateway's /metrics port (tests/support/metrics.py), chosen at its first start.
+    gateway_metrics_port: int = 0
     _starts: itertools.count[int] = field(default_factory=itertools.count)
 
     @property
@@ -122,8 +124,10 @@ class ProcessCluster:
     async def start_gateway(self, environment: Mapping[str, str] | None = None) -> NodeProcess:
         assert self.gateway is None or self.gateway.returncode is not None
         databases = supervisor.dsn_environment(control_dsn=self.control_dsn)
+        self.gateway_metrics_port = self.gateway_metrics_port or free_port()
+        metrics = f"--metrics-listen=127.0.0.1:{self.gateway_metrics_port}"
         self.gateway = await self._spawn(
-            lambda: ["gateway"], self.gateway_port, self.control_dsn, "gateway",
+            lambda: ["gateway", metrics], self.gateway_port, self.control_dsn, "gateway",
             {**databases, **(environment or {})},
         )  # fmt: skip
         self.gateway_port = self.gateway.port

@@ -45,6 +45,7 @@ from tests.support.crossshard_crash import (
     funded_pair,
 )
 from tests.support.helpers import Client, name
+from tests.support.metrics import metrics_text_on_port, parse_samples
 
 DEADLINE_S = 8  # P: the participants' short deadline before a decision
 BOUND_S = DEADLINE_S / 4  # the documented skew bound between any two processes
@@ -81,6 +82,12 @@ async def _open_hold(cluster: ProcessCluster, client: Client, hold_id: str) -> P
     created = await client.codes(hold(pair.payer, pair.payee, hold_id))  # no timeout
     assert created == [pb.RESULT_CODE_CREATED]
     return pair
+
+
+async def _refused_for_skew(cluster: ProcessCluster) -> float:
+    text = await asyncio.to_thread(metrics_text_on_port, cluster.gateway_metrics_port)
+    key = ("tally_gateway_hold_decisions_refused_total", frozenset({("reason", "clock_skew")}))
+    return parse_samples(text).get(key, 0.0)
 
 
 async def _post_lost_with_the_gateway(client: Client, post: pb.Transaction) -> None:
@@ -153,6 +160,7 @@ async def test_a_participant_ahead_of_its_coordinator_beyond_the_bound_stops_the
             (refused,) = await client.post(post)
             assert refused.code == pb.RESULT_CODE_UNAVAILABLE, (name(refused.code), refused.message)
             assert "clock reads" in refused.message and "beyond" in refused.message, refused
+            assert await _refused_for_skew(cluster) == 1  # an SRE sees why holds wait
             assert await status_of(cluster, roles.coordinator, "h-ahead") == Status.PENDING
             assert await piece_deadline_ns(cluster, roles) is not None
             assert (await client.balance(pair.payee)).credits_pending == HELD

@@ -142,3 +142,54 @@ async def test_every_piece_of_an_open_hold_has_a_deadline_and_is_asked_again(
             assert await client.codes(post) == [pb.RESULT_CODE_CREATED]
             await wait_piece_settled(cluster, roles, timeout_s=SETTLE_SLACK_S + 10)
             await books_are_right(cluster, client, pair.payer, pair.payee, posted=HELD)
+
+
+async def test_a_piece_left_without_a_deadline_is_armed_when_its_node_starts(
+    pg: EmbeddedPostgres, tmp_path: Path
+) -> None:
+    """Older code could leave a held piece with no deadline (a re-arm to 0, now refused), which
+    the sweep never takes: held until someone noticed. A writer now arms such pieces when it
+    starts (a deadline of now), so the participant asks the coordinator, hears the hold is
+    open and keeps it with a re-ask deadline; the hold's post then settles it."""
+    reask = {"TALLY_HOLD_REASK_S": str(REASK_S)}
+    async with process_cluster(
+        pg,
+        tmp_path,
+        gateway_environment={**gateway_environment(), **reask},
+        node_environments={0: reask, 1: reask},
+        shard_count=2,
+    ) as cluster:
+        async with connected_to(cluster.target) as client:
+            pair = await funded_pair(cluster, client, coordinator=0)
+            assert await client.codes(hold(pair.payer, pair.payee, "h-legacy")) == [
+                pb.RESULT_CODE_CREATED
+            ]
+            roles = await roles_of(cluster, "h-legacy")
+            await cluster.kill_node(roles.participant)
+            # The rows such a piece has: no deadline on the piece nor in holds.
+            dsn = cluster.shard_dsns[roles.participant]
+            connection = await asyncpg.connect(dsn, timeout=30.0)
+            try:
+                await connection.execute(
+                    "UPDATE holds SET expires_at_ns = 0 WHERE transaction_id = $1;", roles.piece
+                )
+                await connection.execute(
+                    "UPDATE transactions SET expires_at_ns = 0 WHERE id = $1", roles.piece
+                )
+            finally:
+                await connection.close(timeout=5.0)
+            assert await piece_deadline_ns(cluster, roles) == 0
+            await cluster.start_node(roles.participant)
+            deadline = time.monotonic() + 20
+            armed = 0
+            while time.monotonic() < deadline:
+                armed = await piece_deadline_ns(cluster, roles) or 0
+                if armed > time.time_ns():  # asked, heard "open", kept until its re-ask
+                    break
+                await asyncio.sleep(0.1)
+            assert armed > time.time_ns(), (armed, cluster.describe())
+            assert await status_of(cluster, roles.coordinator, "h-legacy") == Status.PENDING
+            post = pb.Transaction(id="p-legacy", code=1, post_pending_id="h-legacy")
+            assert await client.codes(post) == [pb.RESULT_CODE_CREATED]
+            await wait_piece_settled(cluster, roles, timeout_s=SETTLE_SLACK_S + 10)
+            await books_are_right(cluster, client, pair.payer, pair.payee, posted=HELD)

@@ -519,6 +519,20 @@ async def test_settle_holds_resolution_matches_the_fate(shard: Shard) -> None:
         )
 
 
+@pytest.mark.parametrize("deadline_ns", [0, -5])
+async def test_settle_holds_never_leaves_a_piece_without_a_deadline(
+    shard: Shard, deadline_ns: int
+) -> None:
+    """Before: deadline 0 ("none") was accepted, and a held piece without a deadline is never
+    asked about again (its funds held for good if the decision's news is lost)."""
+    item = spb.SettleHoldItem(
+        transaction_id="sh-hold", attempt="a1", fate=spb.HOLD_FATE_OPEN, deadline_ns=deadline_ns
+    )
+    await _invalid_argument(
+        shard.stub.SettleHolds, spb.SettleHoldsRequest(items=[item]), "deadline_ns > 0"
+    )
+
+
 async def test_resolve_checks_the_transaction_id(shard: Shard) -> None:
     for bad in ("", "a b", "~piece/a1/x", "x" * 200):
         request = spb.ResolveRequest(
