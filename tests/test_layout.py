@@ -119,6 +119,8 @@ LAYERS: dict[str, frozenset[str]] = {
     "shards.audit": frozenset(
         {"core", "core.store", "core.audit", "shards.rpc", "shards.security"}
     ),
+    # The change stream's relay: a client of the ledger's API and of the broker.
+    "shards.relay": frozenset({"core", "shards.rpc", "shards.security"}),
     "shards.local": frozenset(
         {"core", "core.store", "shards.rpc", "shards.security", "shards.control"}
     ),
@@ -134,6 +136,7 @@ LAYERS: dict[str, frozenset[str]] = {
             "shards.gateway",
             "shards.audit",
             "shards.local",
+            "shards.relay",
         }
     ),
     "shards": frozenset(),

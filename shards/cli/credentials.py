@@ -3,6 +3,7 @@
     tally credentials init [--dir DIR] [--host H ...]
     tally credentials issue NAME --role ROLE [--role ...] [--accounts PATTERN ...]
                             [--token] [--valid-days N] [--host H ...] [--out DIR] [--dir DIR]
+    tally credentials issue NAME --broker [--host H ...] [--out DIR] [--dir DIR]
     tally credentials revoke ID [--reason TEXT] [--dir DIR]
 
 DIR defaults to tally up's (DATA_DIR/tls). A certificate and its key are written to --out
@@ -55,9 +56,16 @@ def add_command(commands: Any) -> None:
     issue.add_argument(
         "--role",
         action="append",
-        required=True,
+        default=[],
         choices=[role.value for role in Role],
-        help="repeat for several",
+        help="repeat for several (one at least, but for --broker)",
+    )
+    issue.add_argument(
+        "--broker",
+        action="store_true",
+        help="a certificate for the change stream's broker (NATS) or one of its clients (the "
+        "relay, a reader): a name and no roles, since NATS authorises by name and refuses "
+        "Tally's role extension (shards/local/embedded_nats.py)",
     )
     issue.add_argument(
         "--accounts",
@@ -104,6 +112,16 @@ def _issue(args: argparse.Namespace, root: Path) -> int:
             "A-Z a-z 0-9 - _ . @, starting with a letter or digit (it names files)",
             file=sys.stderr,
         )
+        return 2
+    if args.broker and (args.role or args.accounts or args.token):
+        print(
+            "tally credentials: --broker is a certificate with a name only: no --role, "
+            "--accounts or --token",
+            file=sys.stderr,
+        )
+        return 2
+    if not args.broker and not args.role:
+        print("tally credentials: give --role (repeat for several), or --broker", file=sys.stderr)
         return 2
     roles = parse_roles(args.role)
     try:

@@ -24,6 +24,7 @@ from shards.cli import terminal
 from shards.cli.logs import LOG_FORMATS, LOG_LEVELS, hide_secrets, start_logging
 from shards.local.embedded_pg import EmbeddedPostgres
 from shards.node.writer import WriterConfig
+from shards.relay import command as relay_command
 from shards.rpc.serving import add_rpc_concurrency_flag, metrics_url, run_announced
 from shards.security import flags as security_flags
 from shards.security.credentials import SecurityConfigError
@@ -246,6 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     credential_commands.add_command(commands)
     auditing.add_commands(commands, _env("audit_dsns", ""))
     audit_service.add_command(commands)
+    relay_command.add_command(commands, _env("target", DEFAULT_TARGET))
     for command in commands.choices.values():  # every command logs
         _add_logging_flags(command)
     return parser
@@ -270,6 +272,8 @@ def main(argv: list[str] | None = None) -> int:
         return _keygen(args.private_key)
     if args.command == credential_commands.COMMAND:
         return credential_commands.run(args)
+    if args.command == relay_command.COMMAND:
+        return relay_command.run(args)
     return terminal.run(args)
 
 

@@ -47,6 +47,7 @@ START_TIMEOUT_S: Final = 30.0
 STOP_TIMEOUT_S: Final = 15.0
 # The configuration's JetStream limits: bounded, so a runaway stream cannot fill the disk
 # unnoticed (the relay's stream has its own limits below these).
+MAX_PAYLOAD_BYTES: Final = 20 * 1024 * 1024
 MAX_MEMORY_STORE_BYTES: Final = 256 * 1024 * 1024
 MAX_FILE_STORE_BYTES: Final = 10 * 1024 * 1024 * 1024
 RELAY_NAME: Final = "tally-relay"  # the relay's certificate name
@@ -117,6 +118,8 @@ def configuration(config: EmbeddedNatsConfig) -> str:
         "host": config.host,
         "port": config.port,
         "server_name": "tally-nats",
+        # A journal block is one message: above the ledger's 16 MiB message limit.
+        "max_payload": MAX_PAYLOAD_BYTES,
         "log_file": str(config.data_dir / "nats.log"),
         "tls": {
             "cert_file": str(config.certificate_file),

@@ -86,6 +86,25 @@ def test_scoped_roles_need_accounts_and_roles_must_exist(
     assert "names files" in capsys.readouterr().err
 
 
+def test_a_broker_certificate_has_a_name_and_no_roles(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The change stream's broker (NATS) authorises by name and its Go x509 parser refuses the
+    grant extension: --broker issues a certificate without it."""
+    root = tmp_path / "tls"
+    directory.init(root)
+    out = tmp_path / "relay"
+    assert tally("issue", "tally-relay", "--broker", "--dir", str(root), "--out", str(out)) == 0
+    certificate = pki.load_certificate((out / "tally-relay.pem").read_bytes(), "relay")
+    assert pki.common_name(certificate) == "tally-relay"
+    oids = {extension.oid for extension in certificate.extensions}
+    assert pki.GRANT_OID not in oids
+    assert tally("issue", "x", "--broker", "--role", "auditor", "--dir", str(root)) == 2
+    assert "name only" in capsys.readouterr().err
+    assert tally("issue", "x", "--dir", str(root)) == 2
+    assert "--role" in capsys.readouterr().err
+
+
 def test_issue_a_token(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     root = tmp_path / "tls"
     directory.init(root)
