@@ -124,8 +124,9 @@ def account_from_row(row: asyncpg.Record) -> AccountState:
     )
 
 
-def transaction_from_row(row: asyncpg.Record) -> TransactionState:
-    spec = TransactionSpec(
+def spec_from_row(row: asyncpg.Record) -> TransactionSpec:
+    """A transactions row's spec: the columns that never change after it is written."""
+    return TransactionSpec(
         row["id"],
         Kind(row["kind"]),
         decode_legs(row["legs"]),
@@ -135,8 +136,11 @@ def transaction_from_row(row: asyncpg.Record) -> TransactionState:
         row["timeout_seconds"],
         row["target_id"],
     )
+
+
+def transaction_from_row(row: asyncpg.Record) -> TransactionState:
     return TransactionState(
-        spec,
+        spec_from_row(row),
         decode_legs(row["applied_legs"]),
         row["timestamp_ns"],
         Status(row["status"]),

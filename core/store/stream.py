@@ -40,6 +40,7 @@ from core.model import (
     TransactionState,
     expires_at,
 )
+from core.store.shard import spec_from_row
 
 BLOCK_COUNT_PER_PAGE_MAX: Final = 64
 ROW_COUNT_PER_PAGE_MAX: Final = 5_000
@@ -243,16 +244,7 @@ async def _transactions(
         kinds = {r["id"]: Kind(r["kind"]) for r in found}
     transactions: dict[int, list[StreamedTransaction]] = {}
     for row in rows:
-        spec = TransactionSpec(
-            row["id"],
-            Kind(row["kind"]),
-            decode_legs(row["legs"]),
-            row["code"],
-            decode_metadata(row["metadata"]),
-            row["value_date"],
-            row["timeout_seconds"],
-            row["target_id"],
-        )
+        spec = spec_from_row(row)
         state = created_state(spec, decode_legs(row["applied_legs"]), row["timestamp_ns"])
         target_kind = kinds.get(spec.target_id) if spec.kind is Kind.POST_PENDING else None
         transactions.setdefault(row["block_sequence"], []).append(
