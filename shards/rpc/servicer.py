@@ -98,17 +98,26 @@ def parsing_handler(
     return grpc.method_handlers_generic_handler(descriptor.full_name, handlers)
 
 
+async def _parsed(
+    body: bytes, request_type: Any, context: grpc.aio.ServicerContext[Any, Any]
+) -> Any:
+    """The request of a body (INVALID_ARGUMENT if it is not one), its size noted for this
+    RPC's own task and context."""
+    try:
+        request = request_type.FromString(body)
+    except DecodeError as error:
+        await abort(
+            context,
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"the request is not a valid {request_type.DESCRIPTOR.full_name}: {error}",
+        )
+    _request_size_bytes.set(len(body))
+    return request
+
+
 def _parsing(method: Any, request_type: Any) -> Any:
     async def handle(body: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        try:
-            request = request_type.FromString(body)
-        except DecodeError as error:
-            await abort(
-                context,
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"the request is not a valid {request_type.DESCRIPTOR.full_name}: {error}",
-            )
-        _request_size_bytes.set(len(body))  # this RPC's own task and context
+        request = await _parsed(body, request_type, context)
         try:
             return await method(request, context)
         except Unavailable as error:
@@ -121,15 +130,7 @@ def _parsing_stream(method: Any, request_type: Any) -> Any:
     """_parsing for a server-streaming method (an async generator)."""
 
     async def handle(body: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        try:
-            request = request_type.FromString(body)
-        except DecodeError as error:
-            await abort(
-                context,
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"the request is not a valid {request_type.DESCRIPTOR.full_name}: {error}",
-            )
-        _request_size_bytes.set(len(body))
+        request = await _parsed(body, request_type, context)
         try:
             async for response in method(request, context):
                 yield response
