@@ -4,10 +4,8 @@ allowed only what it is configured for, and a store that survives kill -9."""
 
 from __future__ import annotations
 
-import asyncio
 import ssl
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import nats
@@ -16,57 +14,18 @@ import nats.js.errors
 import pytest
 from nats.aio.client import Client as NatsClient
 
-from shards.local.embedded_nats import EmbeddedNats, EmbeddedNatsConfig, configuration
-from shards.local.embedded_pg import free_port
+from shards.local.embedded_nats import EmbeddedNatsConfig, configuration
 from shards.security import directory
+from tests.support.broker import Broker, running_broker
 
 STREAM = "TALLY_JOURNAL_TEST"
 SUBJECT = "tally.journal.0"
 
 
-@dataclass
-class Broker:
-    server: EmbeddedNats
-    credentials: Path
-
-    def tls(self, name: str) -> ssl.SSLContext:
-        context = ssl.create_default_context(cafile=str(self.credentials / "ca.pem"))
-        context.load_cert_chain(self.credentials / f"{name}.pem", self.credentials / f"{name}.key")
-        return context
-
-    async def connect(self, name: str) -> NatsClient:
-        return await asyncio.wait_for(
-            nats.connect(
-                self.server.url, tls=self.tls(name), connect_timeout=5,
-                max_reconnect_attempts=0, allow_reconnect=False,
-            ),
-            timeout=15,
-        )  # fmt: skip
-
-
 @pytest.fixture
 async def broker(tmp_path: Path) -> AsyncIterator[Broker]:
-    credentials = tmp_path / "tls"
-    directory.init(credentials)
-    # Named certificates without Tally roles (embedded_nats says why).
-    directory.issue_certificate(credentials, "tally-nats", (), (), ("127.0.0.1",))
-    directory.issue_certificate(credentials, "tally-relay", (), ())
-    directory.issue_certificate(credentials, "monitor", (), ())
-    server = EmbeddedNats(
-        EmbeddedNatsConfig(
-            data_dir=tmp_path / "nats",
-            port=free_port(),
-            ca_file=credentials / "ca.pem",
-            certificate_file=credentials / "tally-nats.pem",
-            key_file=credentials / "tally-nats.key",
-            readers=("monitor",),
-        )
-    )
-    await server.start()
-    try:
-        yield Broker(server, credentials)
-    finally:
-        await server.stop()
+    async with running_broker(tmp_path) as running:
+        yield running
 
 
 async def _publish(client: NatsClient, message_id: str) -> bool:
