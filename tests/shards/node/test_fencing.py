@@ -287,11 +287,12 @@ async def test_writer_whose_lease_session_died_is_fenced_by_the_new_holder(
             zombie_batch = [transfer("z-1", linked=True), transfer("z-2"), transfer("z-3", 5)]
             # A either still answers (each item UNAVAILABLE: the epoch check refuses the
             # commit) or has already noticed, through its lease watch, that the lease moved on
-            # and stopped (the RPC fails UNAVAILABLE). Either way nothing of it is written.
+            # and stopped (the RPC fails UNAVAILABLE, or CANCELLED when it reached A's server as
+            # it stopped: gRPC's own answer, grpc/grpc#41785). Either way nothing of it is written.
             try:
                 results = await client_a.post(*zombie_batch)
             except grpc.aio.AioRpcError as error:
-                assert error.code() == grpc.StatusCode.UNAVAILABLE
+                assert error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
             else:
                 assert names([r.code for r in results]) == [UNAVAILABLE] * 3, results
             assert await present_ids(dsn, ["z-1", "z-2", "z-3"]) == (set(), set())
