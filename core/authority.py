@@ -53,6 +53,7 @@ class Action(enum.Enum):
     MANAGE = "manage"  # Ledger.CreateAccounts, CloseAccounts
     AUDIT = "audit"  # the Audit service
     STREAM = "stream"  # Ledger.StreamJournal: the change stream
+    PROFILE = "profile"  # the Monitor service: borrowers' cash-flow profiles
     INTERNAL = "internal"  # tally.v1.Shard: only the cluster's own processes
     PROBE = "probe"  # health checking and reflection: any authenticated caller
 
@@ -70,12 +71,14 @@ _ALLOWED: Final[dict[Action, dict[Role, bool]]] = {
     Action.MANAGE: {Role.ADMIN: True, Role.CLUSTER: False},
     Action.AUDIT: {Role.AUDITOR: False},
     Action.STREAM: {Role.MONITOR: True, Role.AUDITOR: False, Role.CLUSTER: False},
+    Action.PROFILE: {Role.MONITOR: True, Role.READER: True, Role.AUDITOR: False},
     Action.INTERNAL: {Role.CLUSTER: False},
 }
 
 _LEDGER: Final = "/tally.v1.Ledger/"
 _SHARD: Final = "/tally.v1.Shard/"
 _AUDIT: Final = "/tally.v1.Audit/"
+_MONITOR: Final = "/tally.v1.Monitor/"
 _PROBES: Final = ("/grpc.health.v1.Health/", "/grpc.reflection.v1alpha.ServerReflection/")
 _LEDGER_ACTIONS: Final = {
     "CreateAccounts": Action.MANAGE,
@@ -88,6 +91,8 @@ _LEDGER_ACTIONS: Final = {
     "StreamJournal": Action.STREAM,
 }
 
+_MONITOR_ACTIONS: Final = {"GetFlowProfile": Action.PROFILE, "GetPortfolio": Action.PROFILE}
+
 
 def action_of(method: str) -> Action | None:
     """The action of a gRPC method ("/tally.v1.Ledger/PostTransactions"); None for a method
@@ -98,6 +103,8 @@ def action_of(method: str) -> Action | None:
         return Action.INTERNAL
     if method.startswith(_AUDIT):
         return Action.AUDIT
+    if method.startswith(_MONITOR):
+        return _MONITOR_ACTIONS.get(method.removeprefix(_MONITOR))
     if method.startswith(_PROBES):
         return Action.PROBE
     return None
@@ -203,6 +210,25 @@ def check_accounts(identity: Identity, action: Action, account_ids: Iterable[str
                 f"{identity.describe()}: {', '.join(identity.accounts) or 'no accounts'}",
             )
     return None
+
+
+def check_partition(identity: Identity, action: Action, key: str) -> Denial | None:
+    """None if the identity may do the action to every account of partition key `key`
+    (a borrower's profile is made of all of them): an unscoped grant, or a pattern of its
+    scope of the form P/** whose P (no '/') matches the key; else a Denial naming the key."""
+    denial = check_action(identity, action)
+    if denial is not None or is_unscoped(identity, action):
+        return denial
+    for pattern in identity.accounts:
+        head, slash, tail = pattern.partition("/")
+        if slash and tail == "**" and _compiled(head).fullmatch(key) is not None:
+            return None
+    return Denial(
+        "scope",
+        f"{action.value} of partition key {key!r} needs a scope over all of its accounts "
+        f"({key}/** or wider); {identity.describe()} has "
+        f"{', '.join(identity.accounts) or 'no accounts'}",
+    )
 
 
 def stream_scope(identity: Identity) -> Callable[[str], bool] | None:

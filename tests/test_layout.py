@@ -121,6 +121,8 @@ LAYERS: dict[str, frozenset[str]] = {
     ),
     # The change stream's relay: a client of the ledger's API and of the broker.
     "shards.relay": frozenset({"core", "shards.rpc", "shards.security"}),
+    # The monitor: a consumer of the broker, the flow engine, a server of its own API.
+    "shards.monitor": frozenset({"core", "core.flows", "shards.rpc", "shards.security"}),
     "shards.local": frozenset(
         {"core", "core.store", "shards.rpc", "shards.security", "shards.control"}
     ),
@@ -137,6 +139,7 @@ LAYERS: dict[str, frozenset[str]] = {
             "shards.audit",
             "shards.local",
             "shards.relay",
+            "shards.monitor",
         }
     ),
     "shards": frozenset(),

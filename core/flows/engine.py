@@ -165,6 +165,10 @@ class FlowEngine:
     def loans_of(self, key: str) -> list[LoanAccount]:
         return [self._loans[a] for a in sorted(self._loans_by_key.get(key, ()))]
 
+    def active_alerts(self, key: str) -> rules.Active:
+        """The borrower's alerts active now (a copy): (rule, key, currency) -> (window, limit)."""
+        return dict(self._active.get(key, {}))
+
     def footprint(self) -> Footprint:
         """What the engine holds, for its bounds' tests and the service's metrics."""
         buckets = [b for days in self._books.values() for bs in days.values() for b in bs.values()]

@@ -23,6 +23,7 @@ from shards.cli import credentials as credential_commands
 from shards.cli import terminal
 from shards.cli.logs import LOG_FORMATS, LOG_LEVELS, hide_secrets, start_logging
 from shards.local.embedded_pg import EmbeddedPostgres
+from shards.monitor import command as monitor_command
 from shards.node.writer import WriterConfig
 from shards.relay import command as relay_command
 from shards.rpc.serving import add_rpc_concurrency_flag, metrics_url, run_announced
@@ -248,6 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     auditing.add_commands(commands, _env("audit_dsns", ""))
     audit_service.add_command(commands)
     relay_command.add_command(commands, _env("target", DEFAULT_TARGET))
+    monitor_command.add_command(commands)
     for command in commands.choices.values():  # every command logs
         _add_logging_flags(command)
     return parser
@@ -274,6 +276,8 @@ def main(argv: list[str] | None = None) -> int:
         return credential_commands.run(args)
     if args.command == relay_command.COMMAND:
         return relay_command.run(args)
+    if args.command == monitor_command.COMMAND:
+        return monitor_command.run(args)
     return terminal.run(args)
 
 

@@ -85,9 +85,15 @@ def test_patterns_are_checked(bad: str) -> None:
 
 
 def test_every_served_method_has_an_action() -> None:
-    from tally.v1 import audit_pb2, ledger_pb2, shard_pb2
+    from tally.v1 import audit_pb2, ledger_pb2, monitor_pb2, shard_pb2
 
-    for module, service in ((ledger_pb2, "Ledger"), (shard_pb2, "Shard"), (audit_pb2, "Audit")):
+    services = (
+        (ledger_pb2, "Ledger"),
+        (shard_pb2, "Shard"),
+        (audit_pb2, "Audit"),
+        (monitor_pb2, "Monitor"),
+    )
+    for module, service in services:
         descriptor = module.DESCRIPTOR.services_by_name[service]
         for method in descriptor.methods:
             assert action_of(f"/{descriptor.full_name}/{method.name}") is not None, method.name
@@ -156,3 +162,29 @@ def test_the_change_stream_is_for_monitors_auditors_and_the_cluster() -> None:
     for action in (Action.READ, Action.POST, Action.MANAGE, Action.AUDIT):
         assert check_action(monitor, action) is not None
     assert parse_roles(["monitor"]) == {Role.MONITOR}
+
+
+@pytest.mark.parametrize(
+    ("roles", "accounts", "key", "allowed"),
+    [
+        ({Role.MONITOR}, ("cust-42/**",), "cust-42", True),
+        ({Role.MONITOR}, ("cust-*/**",), "cust-42", True),
+        ({Role.READER}, ("**",), "cust-42", True),
+        ({Role.AUDITOR}, (), "cust-42", True),
+        ({Role.MONITOR}, ("cust-42/deposit",), "cust-42", False),  # not all of its accounts
+        ({Role.MONITOR}, ("cust-42/*",), "cust-42", False),  # not cust-42/loan/1
+        ({Role.MONITOR}, ("cust-4/**",), "cust-42", False),
+        ({Role.MONITOR}, ("cust-42*/**",), "cust-42", True),
+        ({Role.POSTER}, ("**",), "cust-42", False),  # the role, not the scope
+        ({Role.ADMIN}, ("**",), "cust-42", False),
+    ],
+)
+def test_a_profile_needs_a_scope_over_every_account_of_its_key(
+    roles: set[Role], accounts: tuple[str, ...], key: str, allowed: bool
+) -> None:
+    from core.authority import check_partition
+
+    denial = check_partition(Identity("who", frozenset(roles), accounts), Action.PROFILE, key)
+    assert (denial is None) is allowed, denial
+    if denial is not None:
+        assert key in denial.message or "needs the role" in denial.message

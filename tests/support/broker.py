@@ -20,6 +20,7 @@ from shards.security import directory
 from tally.v1 import ledger_pb2 as pb
 
 READER_NAME = "monitor"
+MONITOR_NAME = "tally-monitor"  # the monitor's: it publishes the alert stream
 
 
 @dataclass
@@ -62,11 +63,13 @@ class Broker:
 
 
 def make_credentials(root: Path) -> Path:
-    """A CA and the broker's, the relay's and a reader's certificates (names, no roles)."""
+    """A CA and the broker's, the relay's, a reader's and the monitor's certificates (names,
+    no roles)."""
     directory.init(root)
     directory.issue_certificate(root, "tally-nats", (), (), ("127.0.0.1",))
     directory.issue_certificate(root, RELAY_NAME, (), ())
     directory.issue_certificate(root, READER_NAME, (), ())
+    directory.issue_certificate(root, MONITOR_NAME, (), ())
     return root
 
 
@@ -80,6 +83,7 @@ async def running_broker(root: Path) -> AsyncIterator[Broker]:
             ca_file=credentials / "ca.pem",
             certificate_file=credentials / "tally-nats.pem",
             key_file=credentials / "tally-nats.key",
+            publishers=(RELAY_NAME, MONITOR_NAME),
             readers=(READER_NAME,),
         )
     )
