@@ -47,6 +47,7 @@ from core.flows.model import FlowError
 from shards.monitor.books import Books, GapError, PositionedAlert
 from shards.monitor.convert import alert_to_proto
 from shards.monitor.join import JoinError
+from shards.rpc import broker as broker_connection
 from tally.v1 import ledger_pb2 as pb
 
 log = logging.getLogger("tally.monitor")
@@ -56,7 +57,6 @@ MESSAGE_ID_HEADER: Final = "Nats-Msg-Id"
 EXPECTED_LAST_HEADER: Final = "Nats-Expected-Last-Sequence"
 FETCH_BATCH: Final = 256
 FETCH_TIMEOUT_S: Final = 1.0
-CONNECT_TIMEOUT_S: Final = 10.0
 PUBLISH_TIMEOUT_S: Final = 10.0
 RETRY_FIRST_S: Final = 0.2
 RETRY_MAX_S: Final = 5.0
@@ -167,13 +167,7 @@ class Consumer:
                 self._checkpoint()
 
     async def _consume_until_failure(self, stopping: asyncio.Event) -> None:
-        broker = await nats.connect(
-            self.config.nats_url,
-            tls=self.config.nats_tls,
-            connect_timeout=CONNECT_TIMEOUT_S,
-            allow_reconnect=False,
-            max_reconnect_attempts=0,
-        )
+        broker = await broker_connection.connect(self.config.nats_url, self.config.nats_tls)
         try:
             js = broker.jetstream()
             await self._ensure_alerts_stream(js)

@@ -33,6 +33,7 @@ from core import validation
 from core.authority import Action, Denial, check_action, check_partition, is_unscoped
 from core.flows import rules
 from core.flows.engine import FlowEngine
+from core.flows.features import PortfolioSummary
 from core.flows.model import WINDOW_DAYS
 from shards.monitor import convert
 from shards.monitor.books import end_of_day_ns
@@ -137,44 +138,17 @@ class _Collector:
     def describe(self) -> Iterator[Metric]:
         return iter(())
 
-    def collect(self) -> Iterator[Metric]:  # Why long: one family after another, flat
-        consumer = self._consumer
-        books = consumer.books
+    def collect(self) -> Iterator[Metric]:
+        books = self._consumer.books
         engine = books.engine
         summary = engine.portfolio(_engine_now(engine), PORTFOLIO_WINDOW_DAYS)
-        buckets = []
-        cumulative = 0
-        total = 0
-        for bound, count in summary.coverage_counts:
-            cumulative += count
-            buckets.append((str(bound) if bound != float("inf") else "+Inf", cumulative))
-            total += count
-        coverage = HistogramMetricFamily(
-            "tally_monitor_coverage",
-            "Debt-service coverage (inflow over principal and interest due) over the last 30 "
-            "days, per borrower and currency with something due",
-            labels=["window_days"],
-        )
-        coverage.add_metric([str(PORTFOLIO_WINDOW_DAYS)], buckets, float("nan"))
-        yield coverage
-        gauges = GaugeMetricFamily(
-            "tally_monitor_borrowers", "Borrowers (partition keys with a loan account)"
-        )
-        gauges.add_metric([], summary.borrower_count)
-        yield gauges
-        undefined = GaugeMetricFamily(
-            "tally_monitor_coverage_undefined",
-            "Borrower-currency pairs with nothing due in the window (no coverage)",
-        )
-        undefined.add_metric([], summary.coverage_undefined_count)
-        yield undefined
-        active = GaugeMetricFamily(
-            "tally_monitor_alerts_active", "Alerts firing now, by rule", labels=["rule"]
-        )
-        counts = dict(summary.active_alert_counts)
-        for rule in sorted(set(counts) | set(rules.RULE_NAMES)):
-            active.add_metric([rule], counts.get(rule, 0))
-        yield active
+        yield from _portfolio_families(summary)
+        yield from self._counter_families()
+        yield from self._position_families()
+
+    def _counter_families(self) -> Iterator[Metric]:
+        consumer = self._consumer
+        books = consumer.books
         joined = books.joiner.counters
         counters = (
             ("alerts_published", "Alerts published to the alert stream",
@@ -183,7 +157,7 @@ class _Collector:
             ("postings_applied", "Postings of the blocks applied", books.posting_count),
             ("flows_joined", "Client transactions made whole and profiled", joined.flow_count),
             ("late_flows", "Flows of a day no longer retained (not profiled)",
-             engine.late_flow_count),
+             books.engine.late_flow_count),
             ("split_flows", "Parts of a cross-shard flow that came after it was made whole",
              joined.split_count),
             ("checkpoints", "Checkpoints written", consumer.checkpoint_count),
@@ -194,6 +168,10 @@ class _Collector:
             family = CounterMetricFamily(f"tally_monitor_{name}", help_text)
             family.add_metric([], value)
             yield family
+
+    def _position_families(self) -> Iterator[Metric]:
+        consumer = self._consumer
+        books = consumer.books
         lag = GaugeMetricFamily(
             "tally_monitor_lag_messages",
             "Journal messages the broker holds that the monitor has not applied yet",
@@ -210,6 +188,40 @@ class _Collector:
         )
         position.add_metric([], books.stream_sequence)
         yield position
+
+
+def _portfolio_families(summary: PortfolioSummary) -> Iterator[Metric]:
+    buckets = []
+    cumulative = 0
+    for bound, count in summary.coverage_counts:
+        cumulative += count
+        buckets.append((str(bound) if bound != float("inf") else "+Inf", cumulative))
+    coverage = HistogramMetricFamily(
+        "tally_monitor_coverage",
+        "Debt-service coverage (inflow over principal and interest due) over the last 30 "
+        "days, per borrower and currency with something due",
+        labels=["window_days"],
+    )
+    coverage.add_metric([str(PORTFOLIO_WINDOW_DAYS)], buckets, float("nan"))
+    yield coverage
+    gauges = GaugeMetricFamily(
+        "tally_monitor_borrowers", "Borrowers (partition keys with a loan account)"
+    )
+    gauges.add_metric([], summary.borrower_count)
+    yield gauges
+    undefined = GaugeMetricFamily(
+        "tally_monitor_coverage_undefined",
+        "Borrower-currency pairs with nothing due in the window (no coverage)",
+    )
+    undefined.add_metric([], summary.coverage_undefined_count)
+    yield undefined
+    active = GaugeMetricFamily(
+        "tally_monitor_alerts_active", "Alerts firing now, by rule", labels=["rule"]
+    )
+    counts = dict(summary.active_alert_counts)
+    for rule in sorted(set(counts) | set(rules.RULE_NAMES)):
+        active.add_metric([rule], counts.get(rule, 0))
+    yield active
 
 
 class MonitorServer:

@@ -46,6 +46,7 @@ from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 from nats.js.api import StorageType, StreamConfig
 
+from shards.rpc import broker as broker_connection
 from shards.security.credentials import ClientSecurity, aio_channel
 from tally.v1 import ledger_pb2 as pb
 from tally.v1 import ledger_pb2_grpc as pb_grpc
@@ -57,7 +58,6 @@ SEQUENCE_HEADER: Final = "Tally-Sequence"
 MESSAGE_ID_HEADER: Final = "Nats-Msg-Id"
 EXPECTED_LAST_HEADER: Final = "Nats-Expected-Last-Subject-Sequence"
 PUBLISH_TIMEOUT_S: Final = 10.0
-CONNECT_TIMEOUT_S: Final = 10.0
 # JetStream drops a resent message id within this window (the relay's own check does not
 # depend on it).
 DUPLICATE_WINDOW_S: Final = 120.0
@@ -181,13 +181,7 @@ class Relay:
                 delay_s = min(delay_s * 2, RETRY_MAX_S)
 
     async def _relay_until_failure(self, stopping: asyncio.Event) -> None:
-        broker = await nats.connect(
-            self.config.nats_url,
-            tls=self.config.nats_tls,
-            connect_timeout=CONNECT_TIMEOUT_S,
-            allow_reconnect=False,
-            max_reconnect_attempts=0,
-        )
+        broker = await broker_connection.connect(self.config.nats_url, self.config.nats_tls)
         try:
             js = broker.jetstream()
             await ensure_stream(js, self.config)
