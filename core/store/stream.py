@@ -33,6 +33,7 @@ from core.invariant import check
 from core.journal import decode_legs, decode_metadata
 from core.model import (
     AccountSpec,
+    AccountState,
     Kind,
     Posting,
     Status,
@@ -40,6 +41,7 @@ from core.model import (
     TransactionState,
     expires_at,
 )
+from core.state import WriteSet
 from core.store.shard import spec_from_row
 
 BLOCK_COUNT_PER_PAGE_MAX: Final = 64
@@ -98,6 +100,50 @@ def created_state(
         expires_at_ns = expires_at(timestamp_ns, spec.timeout_seconds)
         return TransactionState(spec, applied_legs, timestamp_ns, Status.PENDING, expires_at_ns)
     return TransactionState(spec, applied_legs, timestamp_ns, Status.POSTED)
+
+
+def committed_block(
+    header: journal.BlockHeader,
+    writes: WriteSet,
+    accounts: dict[str, AccountState | None],
+    transactions: dict[str, TransactionState | None],
+) -> Page:
+    """A block just committed, from what its writer held in memory, equal to what read_page
+    reads of it from the store (tests/core/test_stream_memory.py holds them equal): the same
+    records as created, in the same order. accounts and transactions are the batch's (every
+    account posted to and every hold posted is there). A page of that one block."""
+    created = sorted(
+        (created_state(t.spec, t.applied_legs, t.timestamp_ns) for t in writes.new_transactions),
+        key=lambda state: (state.timestamp_ns, state.spec.id),
+    )
+    streamed = []
+    for state in created:
+        target_kind = None
+        if state.spec.kind is Kind.POST_PENDING:
+            target = transactions.get(state.spec.target_id)
+            target_kind = target.spec.kind if target is not None else None
+        streamed.append(StreamedTransaction(state, target_kind))
+    posted_accounts: dict[str, AccountSpec] = {}
+    for posting in writes.postings:
+        if posting.account_id not in posted_accounts:
+            account = accounts.get(posting.account_id)
+            check(account is not None, f"posted account {posting.account_id} is in its batch")
+            assert account is not None
+            posted_accounts[posting.account_id] = account.spec
+    block = StreamedBlock(
+        header.sequence,
+        header.hash,
+        header.previous_hash,
+        header.created_at_ns,
+        streamed,
+        list(writes.postings),
+        sorted(
+            ((a.spec, a.created_at_ns) for a in writes.new_accounts),
+            key=lambda created_account: (created_account[1], created_account[0].id),
+        ),
+        sorted(writes.closures, key=lambda closure: (closure[1], closure[0])),
+    )
+    return Page([block], posted_accounts)
 
 
 async def head_sequence(connection: Connection, timeout_s: float) -> int:

@@ -128,9 +128,11 @@ async def submit_or_abort(
         await abort(context, grpc.StatusCode.UNAVAILABLE, str(error))
 
 
-# Serves StreamJournal (shards.node.stream.JournalStreams.serve, given by the node's server).
+# Serves StreamJournal (shards.node.stream.JournalStreams.serve, given by the node's server):
+# its blocks as messages or, encoded once for every stream, as bytes.
 StreamServer = Callable[
-    [pb.StreamJournalRequest, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[pb.JournalBlock]
+    [pb.StreamJournalRequest, grpc.aio.ServicerContext[Any, Any]],
+    AsyncIterator[pb.JournalBlock | bytes],
 ]
 
 
@@ -332,7 +334,7 @@ class LedgerService(pb_grpc.LedgerServicer):  # type: ignore[misc]
 
     async def StreamJournal(
         self, request: pb.StreamJournalRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> AsyncIterator[pb.JournalBlock]:
+    ) -> AsyncIterator[pb.JournalBlock | bytes]:
         if self._stream is None:
             await abort(context, grpc.StatusCode.UNIMPLEMENTED, "this server has no change stream")
         async for block in self._stream(request, context):

@@ -1,11 +1,16 @@
 """A shard node's change stream (Ledger.StreamJournal): its journal from a position, read from
 PostgreSQL a page at a time, then (follow) each block as the writer commits it.
 
-The writer's part is one event it sets after each commit (Writer.head_advanced): a stream
-waits on it only once it has sent everything up to the head, and reads the new blocks from the
-store itself, through the read pool. So a slow reader costs the writer nothing: the reader
-falls behind, its gRPC send waits on the client's flow-control window, and it catches up from
-the store; nothing is buffered for it but the page it is sending.
+The writer's part is one event it sets after each commit (Writer.head_advanced) and a reference
+to each of its last RECENT_BLOCK_COUNT_MAX batches (Writer.recent_blocks): a stream waits on the
+event only once it has sent everything up to the head, and takes the new blocks from those
+batches (core.store.stream.committed_block: the same records the store read would give), so a
+follower at the head reads nothing back from PostgreSQL. A stream further behind reads pages
+from the store through the read pool. Either way each block is built into its message and
+encoded once, for every stream that sends it (ENCODED_BLOCK_COUNT_MAX kept). So a slow reader
+costs the writer nothing: the reader falls behind, its gRPC send waits on the client's
+flow-control window, and it catches up from the store; nothing is buffered for it but the page
+it is sending.
 """
 
 from __future__ import annotations
@@ -19,7 +24,9 @@ import grpc
 
 from core.authority import stream_scope
 from core.invariant import InvariantError
+from core.journal import BlockHeader
 from core.model import AccountSpec
+from core.state import Batch
 from core.store import stream as journal_stream
 from shards.node.ledger_service import NodeView, storage_answers
 from shards.node.writer import Writer, WriterState
@@ -41,6 +48,30 @@ FOLLOW_CHECK_INTERVAL_S: Final = 1.0
 # Pages kept to share between streams asking for the same one (followers at the head all ask
 # for the block just committed): one read per commit, not one per follower.
 SHARED_PAGE_COUNT_MAX: Final = 8
+# Blocks kept built and encoded, to send to every stream at the same place (followers at the
+# head all send the block just committed).
+ENCODED_BLOCK_COUNT_MAX: Final = 64
+
+
+class _Encoded:
+    """A block's message, its encoding (made on first need) and why it cannot be sent."""
+
+    __slots__ = ("_data", "message", "problem")
+
+    def __init__(self, message: pb.JournalBlock) -> None:
+        self.message = message
+        self.problem = messages.oversized(message)
+        self._data: bytes | None = None
+
+    @property
+    def data(self) -> bytes:
+        if self._data is None:
+            self._data = self.message.SerializeToString()
+        return self._data
+
+
+# Where a block to send comes from: a page read from the store, or a batch its writer holds.
+_Source = tuple[journal_stream.StreamedBlock, dict[str, AccountSpec]] | tuple[BlockHeader, Batch]
 
 
 class JournalStreams:
@@ -64,6 +95,9 @@ class JournalStreams:
             OrderedDict()
         )
         self.page_read_count = 0
+        self.memory_block_count = 0  # blocks taken from the writer's batches, not the store
+        self._encoded: OrderedDict[int, _Encoded] = OrderedDict()
+        self._built_count = 0
 
     def stop(self) -> None:
         """The node is stopping: every stream ends (UNAVAILABLE) at its next block or wait, so
@@ -72,7 +106,7 @@ class JournalStreams:
 
     async def serve(
         self, request: pb.StreamJournalRequest, context: Context
-    ) -> AsyncIterator[pb.JournalBlock]:
+    ) -> AsyncIterator[pb.JournalBlock | bytes]:
         shard_id = self._node.shard_id
         positions, problem = messages.positions_of(
             request, (shard_id,), f"this node (shard {shard_id})"
@@ -91,14 +125,20 @@ class JournalStreams:
         if self._metrics is not None:
             self._metrics.open.inc()
         try:
-            async for block in self._blocks(context, positions.get(shard_id, 0), request.follow):
-                message = messages.block_to_proto(shard_id, *block)
-                if in_scope is not None:
-                    message = messages.in_scope_of(message, in_scope)
-                problem = messages.oversized(message)
-                if problem:
-                    await abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, problem)
-                yield message
+            async for sequence, source in self._blocks(
+                context, positions.get(shard_id, 0), request.follow
+            ):
+                encoded = self._encoded_block(sequence, source)
+                if in_scope is None:
+                    if encoded.problem:
+                        await abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, encoded.problem)
+                    yield encoded.data  # sent as encoded (servicer.stream_serializer)
+                else:
+                    scoped = messages.in_scope_of(encoded.message, in_scope)
+                    problem = messages.oversized(scoped)
+                    if problem:
+                        await abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, problem)
+                    yield scoped
                 if self._metrics is not None:
                     self._metrics.blocks_sent.inc()
         finally:
@@ -106,9 +146,36 @@ class JournalStreams:
             if self._metrics is not None:
                 self._metrics.open.dec()
 
+    @property
+    def encoded_block_count(self) -> int:
+        """Blocks built into their message since the node started (once each while kept)."""
+        return self._built_count
+
+    def _encoded_block(self, sequence: int, source: _Source) -> _Encoded:
+        """The block's message, built once for every stream sending it."""
+        encoded = self._encoded.get(sequence)
+        if encoded is not None:
+            return encoded
+        first, second = source
+        if isinstance(first, BlockHeader):
+            assert isinstance(second, Batch)
+            page = journal_stream.committed_block(
+                first, second.out, second.accounts, second.transactions
+            )
+            block, posted = page.blocks[0], page.posted_accounts
+        else:
+            assert isinstance(second, dict)
+            block, posted = first, second
+        encoded = _Encoded(messages.block_to_proto(self._node.shard_id, block, posted))
+        self._built_count += 1
+        self._encoded[sequence] = encoded
+        while len(self._encoded) > ENCODED_BLOCK_COUNT_MAX:
+            self._encoded.popitem(last=False)
+        return encoded
+
     async def _blocks(
         self, context: Context, after: int, follow: bool
-    ) -> AsyncIterator[tuple[journal_stream.StreamedBlock, dict[str, AccountSpec]]]:
+    ) -> AsyncIterator[tuple[int, _Source]]:
         """Each block after `after`, in order, once; up to the head as of now, or (follow)
         for as long as this node's writer writes."""
         writer = self._node.writer
@@ -140,9 +207,16 @@ class JournalStreams:
             if writer is not None and follow:
                 head = writer.head_sequence  # committed: its rows are visible to the pool
             if position < head:
+                recent = writer.recent_blocks(position) if follow and writer is not None else None
+                if recent:
+                    for header, batch in recent:
+                        self.memory_block_count += 1
+                        yield header.sequence, (header, batch)
+                        position = header.sequence
+                    continue
                 page = await self._page(context, position, head)
                 for block in page.blocks:
-                    yield block, page.posted_accounts
+                    yield block.sequence, (block, page.posted_accounts)
                     position = block.sequence
                 continue
             if advanced is None:

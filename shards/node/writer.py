@@ -13,7 +13,7 @@ import asyncio
 import enum
 import logging
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -85,6 +85,9 @@ class WriterState(enum.Enum):
 # What a request of the node's own (the expiry and deadline sweeps) counts per item against
 # queue_size_max_bytes: an ordinary transfer's encoded size, rounded up.
 ITEM_SIZE_BYTES_ESTIMATE = 256
+# The last blocks committed, kept as the writer made them (a reference to each batch) for the
+# change stream's followers at the head, who then read nothing back from the store.
+RECENT_BLOCK_COUNT_MAX = 64
 
 
 class QueueFullError(RuntimeError):
@@ -260,6 +263,9 @@ class Writer:
         # advances (after the commit and the cache update) and when the writer stops. The
         # writer keeps nothing per reader and never awaits one.
         self._head_advanced = asyncio.Event()
+        # The last blocks committed, contiguous up to the head (cleared when the writer cannot
+        # know the tail: after an ambiguous failure it reloads the head from the store).
+        self._recent: deque[tuple[BlockHeader, Batch]] = deque(maxlen=RECENT_BLOCK_COUNT_MAX)
 
     # ---- lifecycle ----
 
@@ -322,6 +328,18 @@ class Writer:
         stops. Take it before reading head_sequence (no await between), so no commit is
         missed."""
         return self._head_advanced
+
+    def recent_blocks(self, after: int) -> list[tuple[BlockHeader, Batch]] | None:
+        """The blocks committed after block `after` up to the head, as committed (the batch
+        each was made of), if this writer still holds every one of them; else None (read them
+        from the store). Costs the writer nothing: one reference kept per commit."""
+        recent = self._recent
+        if not recent or after >= recent[-1][0].sequence:
+            return [] if after == self.head_sequence else None
+        first = recent[0][0].sequence
+        if after + 1 < first:
+            return None
+        return list(recent)[after + 1 - first :]
 
     def _announce_head(self) -> None:
         """O(1) here: waking the streams (a fraction of a microsecond each) runs as a callback
@@ -506,6 +524,7 @@ class Writer:
             self.position = prepared.batch.position
             self.committed_batch_count += 1
             self._install(prepared.batch)
+            self._recent.append((prepared.block.header, prepared.batch))
             if self._publish is not None:  # after the commit: never a head rolled back
                 self._publish(prepared.block.header)
         _answer(prepared.requests, prepared.results)
@@ -520,6 +539,7 @@ class Writer:
         and re-read the journal tail, so retries see the truth (replayed or applied once)."""
         self.accounts.clear()
         self.transactions.clear()
+        self._recent.clear()
         # The old commit's backend may still be committing (closing our end does not stop it):
         # the tail is read only once it has ended, or a commit landing later would be missed.
         old_pids = _server_pids(self.connection)

@@ -5,6 +5,7 @@ node's tally.v1.Shard servicer too)."""
 from __future__ import annotations
 
 import contextvars
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import grpc
@@ -84,7 +85,7 @@ def parsing_handler(
             handlers[method.name] = grpc.unary_stream_rpc_method_handler(
                 stream,
                 request_deserializer=None,
-                response_serializer=response_type.SerializeToString,
+                response_serializer=stream_serializer(response_type),
             )
             continue
         handle = _parsing(getattr(service, method.name), request_type)
@@ -96,6 +97,17 @@ def parsing_handler(
             response_serializer=response_type.SerializeToString,
         )
     return grpc.method_handlers_generic_handler(descriptor.full_name, handlers)
+
+
+def stream_serializer(response_type: Any) -> Callable[[Any], bytes]:
+    """A stream's messages serialized, or sent as they are when already encoded (bytes): a
+    message sent to many streams (a journal block) is encoded once, not once per stream."""
+    serialize = response_type.SerializeToString
+
+    def serialized(message: Any) -> bytes:
+        return message if isinstance(message, bytes) else serialize(message)
+
+    return serialized
 
 
 async def _parsed(

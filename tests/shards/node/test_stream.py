@@ -319,11 +319,11 @@ async def test_a_standby_serves_its_journal_but_cannot_follow(node: NodeHandle) 
         await asyncio.wait_for(running, timeout=30)
 
 
-async def test_followers_at_the_head_share_one_read_per_commit(
+async def test_followers_at_the_head_share_one_encoding_and_read_nothing_back(
     channel: grpc.aio.Channel, node: NodeHandle
 ) -> None:
-    """Three followers waiting at the head: each commit is read from PostgreSQL once for all
-    of them (the read pool and the database serve one page read, not one per follower)."""
+    """Three followers waiting at the head: each commit is taken from the batch the writer
+    holds, built and encoded once for all of them; nothing is read back from PostgreSQL."""
     client = Client(channel)
     await client.create(account("@cash"), account("cust-1/d"))
     shared = node.node.streams
@@ -337,11 +337,74 @@ async def test_followers_at_the_head_share_one_read_per_commit(
                     break
                 await asyncio.sleep(0.01)
             await asyncio.sleep(0.05)
-            reads_before = shared.page_read_count
+            reads_before, taken_before = shared.page_read_count, shared.memory_block_count
             assert await client.codes(transfer(f"cust-1/t{n}", "@cash", "cust-1/d", 1)) == [CREATED]
             blocks = [await streams.take(call, 1) for call in calls]
             assert {b[0].sequence for b in blocks} == {n + 2}
-            assert shared.page_read_count == reads_before + 1, (n, shared.page_read_count)
+            assert shared.page_read_count == reads_before, (n, shared.page_read_count)
+            assert shared.memory_block_count == taken_before + 3
+            assert shared.encoded_block_count == n + 1  # once per block, not per follower
     finally:
         for call in calls:
             call.cancel()
+
+
+async def test_what_followers_get_from_memory_is_what_the_store_holds(dsn: str) -> None:
+    """Every kind of record (accounts with metadata, transfers, a hold with a timeout and its
+    post, a hold voided, a reversal, a closure), followed from the head as each commits, so
+    every block comes from the writer's batches; a new node on the same database, with nothing
+    in memory, reads the same blocks from the store: byte for byte, and as a scoped monitor
+    sees them."""
+    monitor = security.identity({Role.MONITOR}, ("cust-2/*",), name="stream-monitor")
+    handle = await start_node(dsn)
+    try:
+        async with (
+            security.channel(handle.target) as channel,
+            aio_channel(handle.target, monitor) as scoped_channel,
+        ):
+            shared = handle.node.streams
+            assert shared is not None
+            every = pb_grpc.LedgerStub(channel).StreamJournal(
+                streams.request({0: 0}, follow=True), timeout=60
+            )
+            scoped = pb_grpc.LedgerStub(scoped_channel).StreamJournal(
+                streams.request({0: 0}, follow=True), timeout=60
+            )
+            for _ in range(500):
+                if shared.open_count == 2:
+                    break
+                await asyncio.sleep(0.01)
+            client = Client(channel)
+            await _books(client)
+            more = [
+                transfer("cust-1/held", "cust-1/deposit", "@cash", 5, pending=True,
+                         timeout_seconds=3600),
+                transfer("cust-2/held", "cust-2/deposit", "@cash", 7, pending=True),
+                pb.Transaction(id="cust-2/let-go", code=1, void_pending_id="cust-2/held"),
+            ]  # fmt: skip
+            for item in more:
+                assert await client.codes(item) == [CREATED], item.id
+            head = handle.node.writer.head_sequence if handle.node.writer else 0
+            followed = await streams.take(every, head)
+            followed_scoped = await streams.take(scoped, head)
+            every.cancel()
+            scoped.cancel()
+            assert shared.page_read_count == 0
+            assert shared.memory_block_count == 2 * head
+    finally:
+        await handle.stop()
+    fresh = await start_node(dsn)
+    try:
+        async with (
+            security.channel(fresh.target) as channel,
+            aio_channel(fresh.target, monitor) as scoped_channel,
+        ):
+            stored = await streams.collect(channel)
+            stored_scoped = await streams.collect(scoped_channel)
+    finally:
+        await fresh.stop()
+    assert len(stored) == head >= 10
+    assert [b.SerializeToString() for b in followed] == [b.SerializeToString() for b in stored]
+    assert [b.SerializeToString() for b in followed_scoped] == [
+        b.SerializeToString() for b in stored_scoped
+    ]
