@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from shards.audit import commands as auditing
 from shards.audit import server as audit_service
 from shards.cli import credentials as credential_commands
-from shards.cli import terminal
+from shards.cli import flow_profile, terminal
 from shards.cli.logs import LOG_FORMATS, LOG_LEVELS, hide_secrets, start_logging
 from shards.local.embedded_pg import EmbeddedPostgres
 from shards.local.stream import StreamSetupError
@@ -296,6 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     audit_service.add_command(commands)
     relay_command.add_command(commands, _env("target", DEFAULT_TARGET))
     monitor_command.add_command(commands)
+    flow_profile.add_command(commands)
     for command in commands.choices.values():  # every command logs
         _add_logging_flags(command)
     return parser
@@ -324,6 +325,8 @@ def main(argv: list[str] | None = None) -> int:
         return relay_command.run(args)
     if args.command == monitor_command.COMMAND:
         return monitor_command.run(args)
+    if args.command == flow_profile.COMMAND:
+        return flow_profile.run(args)
     return terminal.run(args)
 
 

@@ -9,6 +9,7 @@ before PostgreSQL starts: a NATS port in use, a rules file that does not parse."
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import time
 import urllib.request
@@ -170,6 +171,25 @@ async def profile_window(up: LocalUp, inflow: int) -> mpb.WindowFeatures:
     raise AssertionError(f"no profile with inflow {inflow}: {last}")
 
 
+async def flow_profile_command_answers(up: LocalUp) -> None:
+    """`tally flow-profile KEY --monitor ADDRESS` prints the profile as JSON; a key the monitor
+    holds nothing of is its NOT_FOUND, exit 1."""
+    credentials = [
+        f"--ca={up.credentials / 'ca.pem'}",
+        f"--cert={up.credentials / 'admin.pem'}",
+        f"--key={up.credentials / 'admin.key'}",
+    ]
+    words = ["flow-profile", "--monitor", printed(up, MONITOR_LINE), *credentials]
+    code, output = await run_as_user(up.data_dir, [*words, BORROWER])
+    assert code == 0, output
+    profile = json.loads(output)
+    assert (profile["partition_key"], profile["product"]) == (BORROWER, "sme"), profile
+    (window,) = [w for w in profile["windows"] if w["window_days"] == 90]
+    assert int(window["disbursed"]) == DISBURSED, window
+    code, output = await run_as_user(up.data_dir, [*words, "cust-nobody"])
+    assert code == 1 and "tally flow-profile: NOT_FOUND: " in output, output
+
+
 def stream_pids(up: LocalUp) -> list[int]:
     """The broker's, the relay's and the monitor's processes, children of tally up."""
     found = [child_of(up, "relay"), child_of(up, "monitor")]
@@ -212,6 +232,7 @@ async def test_up_stream_runs_the_monitoring_pipeline_and_restarts_a_killed_rela
     assert block_count == 1 + 1 + len(SALES) + 1 + len(LATER_SALES), block_count
     await profile_window(up, sum(amount for _, amount in SALES + LATER_SALES))
 
+    await flow_profile_command_answers(up)
     pids = stream_pids(up)
     assert await stop(up.child) == 0
     assert not [pid for pid in pids if running(pid)], pids
