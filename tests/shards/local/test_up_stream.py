@@ -2,7 +2,8 @@
 `tally relay` and a `tally monitor`): it comes up and says where each part is; transfers posted
 to the node reach the broker's TALLY_JOURNAL stream as the node's journal, block for block; the
 monitor's GetFlowProfile answers a borrower's profile made of them; a relay killed with kill -9
-is restarted by tally up and the stream is still the whole journal, each block once; Ctrl-C
+is restarted by tally up, and so is the broker, and the stream is still the whole journal,
+each block once; Ctrl-C
 leaves no part running. And bad input is refused at once (exit 2, a message naming the flag),
 before PostgreSQL starts: a NATS port in use, a rules file that does not parse."""
 
@@ -190,14 +191,20 @@ async def flow_profile_command_answers(up: LocalUp) -> None:
     assert code == 1 and "tally flow-profile: NOT_FOUND: " in output, output
 
 
+def nats_pid(up: LocalUp) -> int:
+    """The broker's process, a child of tally up."""
+    found = [
+        pid
+        for pid in child_pids(up.child.pid)
+        if proc_file(pid, "cmdline").split(b"\0")[0].endswith(b"nats-server")
+    ]
+    assert len(found) == 1, (found, up.child.describe())
+    return found[0]
+
+
 def stream_pids(up: LocalUp) -> list[int]:
     """The broker's, the relay's and the monitor's processes, children of tally up."""
-    found = [child_of(up, "relay"), child_of(up, "monitor")]
-    for pid in child_pids(up.child.pid):
-        if proc_file(pid, "cmdline").split(b"\0")[0].endswith(b"nats-server"):
-            found.append(pid)
-    assert len(found) == 3, (found, up.child.describe())
-    return found
+    return [nats_pid(up), child_of(up, "relay"), child_of(up, "monitor")]
 
 
 @pytest.mark.timeout(180)
@@ -225,8 +232,15 @@ async def test_up_stream_runs_the_monitoring_pipeline_and_restarts_a_killed_rela
         assert said == "tally: relay exited (code -9); restarting in 0.5 s", said
         await wait_line(up, "tally: relay restarted (pid ", after=seen)
         assert child_of(up, "relay") != relay
-        for number, (date, amount) in enumerate(LATER_SALES, start=len(SALES)):
-            await post(client, _sale(number, date, amount))
+        first, second = enumerate(LATER_SALES, start=len(SALES))
+        await post(client, _sale(first[0], *first[1]))
+        # The broker too: its JetStream store outlives it, and relay and monitor reconnect.
+        broker = nats_pid(up)
+        seen = len(up.lines)
+        await kill_9(broker)
+        await wait_line(up, "tally: nats exited (code -9); restarting in 0.5 s", after=seen)
+        await wait_line(up, "tally: nats restarted (pid ", after=seen)
+        await post(client, _sale(second[0], *second[1]))
     # The restarted relay resumed from what the broker held: nothing missing, nothing twice.
     block_count = await stream_is_the_journal(up)
     assert block_count == 1 + 1 + len(SALES) + 1 + len(LATER_SALES), block_count
