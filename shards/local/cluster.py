@@ -53,7 +53,8 @@ class Child:
     again on the ports its first run bound (argparse takes the last of a repeated flag, so the
     pins follow the arguments). serving_prefixes: the line that says it is up (a server's
     serving line; the relay's, which listens on nothing, is its first); pin_ports: False for
-    a child that binds no port (the relay), whose line names no endpoint."""
+    a child that binds no port (the relay), whose line names no endpoint; new_session: a
+    terminal's Ctrl-C reaches only tally up, which stops the child in its turn."""
 
     def __init__(
         self,
@@ -63,6 +64,7 @@ class Child:
         environment: dict[str, str],
         serving_prefixes: Sequence[str] = supervisor.SERVING_PREFIXES,
         pin_ports: bool = True,
+        new_session: bool = False,
     ) -> None:
         self.name = name
         self._arguments = arguments
@@ -71,6 +73,7 @@ class Child:
         self._environment = environment
         self._serving_prefixes = tuple(serving_prefixes)
         self._pin_ports = pin_ports
+        self._new_session = new_session
         self._process: TallyProcess | None = None
 
     @property
@@ -99,6 +102,7 @@ class Child:
             stdout_copy=log_path,
             serving_prefixes=self._serving_prefixes,
             serving_timeout_s=START_TIMEOUT_S,
+            new_session=self._new_session,
             die_with_parent=True,
         )
         if self._pin_ports and not self._pins:  # its later runs bind the same ports again

@@ -20,8 +20,10 @@ on first start, then the operator's to edit) unless --monitor-rules names anothe
 
 Supervision: the broker, the relay and the monitor are each restarted with tally up's backoff
 when they exit (shards.local.supervisor.keep_running), on the ports they had; all three die
-with tally up (the kernel's parent-death signal). They stop in the order monitor, relay,
-broker, before the ledger does.
+with tally up (the kernel's parent-death signal). Each runs in a session of its own, so a
+terminal's Ctrl-C reaches tally up alone, which stops them in the order monitor, relay, broker
+(rather than all at once, each exit then said as one to restart): under --shards N before the
+gateway and nodes, with one shard after the node in this process.
 """
 
 from __future__ import annotations
@@ -229,7 +231,15 @@ class LocalStream:
             f"--key={paths.key(RELAY_LEDGER_NAME)}",
             *self.config.child_flags,
         ]
-        return Child("relay", arguments, self._log_dir, {}, (RELAY_READY_PREFIX,), pin_ports=False)
+        return Child(
+            "relay",
+            arguments,
+            self._log_dir,
+            {},
+            (RELAY_READY_PREFIX,),
+            pin_ports=False,
+            new_session=True,
+        )
 
     def _monitor_child(self) -> Child:
         metrics = f"{self.config.metrics_host}:0" if self.config.metrics_host else ""
@@ -246,7 +256,9 @@ class LocalStream:
             *directory.server_flags(self.config.credentials),
             *self.config.child_flags,
         ]
-        return Child("monitor", arguments, self._log_dir, {}, (MONITOR_READY_PREFIX,))
+        return Child(
+            "monitor", arguments, self._log_dir, {}, (MONITOR_READY_PREFIX,), new_session=True
+        )
 
     async def start(self, target: str) -> None:
         """The broker, then the relay of target's stream, then the monitor, each once it is
