@@ -463,6 +463,7 @@ def _stream_of(args: argparse.Namespace) -> LocalStream | None:
             rules_path=args.monitor_rules,
             metrics_host=args.metrics_listen.rsplit(":", 1)[0] if args.metrics_listen else "",
             child_flags=(f"--log-format={args.log_format}", f"--log-level={args.log_level}"),
+            monitor_flags=(f"--rpc-concurrency-max={args.rpc_concurrency_max}",),
         )
     )
 

@@ -71,7 +71,8 @@ class StreamSetupError(RuntimeError):
 class StreamConfig:
     """What `tally up --stream` was asked for: nats_port and monitor_port 0 for a free one;
     rules_path "" for DATA_DIR/monitor/rules.toml; metrics_host "" for no monitor metrics;
-    child_flags (logging) given to the relay and the monitor."""
+    child_flags (logging) given to the relay and the monitor, monitor_flags (its listener's
+    limits, as tally up's others have them) to the monitor alone."""
 
     data_dir: Path
     nats_port: int = DEFAULT_NATS_PORT
@@ -79,6 +80,7 @@ class StreamConfig:
     rules_path: str = ""
     metrics_host: str = HOST
     child_flags: tuple[str, ...] = ()
+    monitor_flags: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for flag, port in (("--nats-port", self.nats_port), ("--monitor-port", self.monitor_port)):
@@ -254,6 +256,7 @@ class LocalStream:
             f"--listen={HOST}:{self.config.monitor_port}",
             f"--metrics-listen={metrics}",
             *directory.server_flags(self.config.credentials),
+            *self.config.monitor_flags,
             *self.config.child_flags,
         ]
         return Child(
