@@ -196,7 +196,9 @@ def loopback_target(endpoint: str) -> str:
 
 class LocalStream:
     """The broker, the relay and the monitor of one `tally up --stream` (see the module's
-    docstring): start, supervise, stop. Its lines on stdout say where each is."""
+    docstring): start, supervise, stop. Its lines on stdout say where each is. Made before
+    anything starts: making it checks the ports and the rules and issues the certificates
+    (StreamSetupError saying what to change), so a bad input costs no PostgreSQL start."""
 
     def __init__(self, config: StreamConfig) -> None:
         check_ports(config)
