@@ -1,4 +1,6 @@
-# Tally: `make up` runs a local node on the embedded PostgreSQL; `make test` runs the suite.
+# Tally: `make up` runs a local node on the embedded PostgreSQL, with the change stream on the
+# embedded NATS broker and the in-loan monitor (`tally up --stream`; more flags in UP_ARGS:
+# make up UP_ARGS='--shards 4 --nats-port 0'); `make test` runs the suite.
 # Both set themselves up first (a venv in .venv with the pinned dependencies).
 PYTHON ?= python3
 VENV := .venv
@@ -15,8 +17,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+UP_ARGS ?=
 up: $(STAMP)
-	$(BIN)/tally up
+	$(BIN)/tally up --stream $(UP_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

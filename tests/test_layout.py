@@ -123,8 +123,9 @@ LAYERS: dict[str, frozenset[str]] = {
     "shards.relay": frozenset({"core", "shards.rpc", "shards.security"}),
     # The monitor: a consumer of the broker, the flow engine, a server of its own API.
     "shards.monitor": frozenset({"core", "core.flows", "shards.rpc", "shards.security"}),
+    # core.flows: `tally up --stream` checks the monitor's rules file before starting anything.
     "shards.local": frozenset(
-        {"core", "core.store", "shards.rpc", "shards.security", "shards.control"}
+        {"core", "core.store", "core.flows", "shards.rpc", "shards.security", "shards.control"}
     ),
     "shards.cli": frozenset(
         {

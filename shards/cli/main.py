@@ -20,9 +20,10 @@ from typing import TYPE_CHECKING, Any
 from shards.audit import commands as auditing
 from shards.audit import server as audit_service
 from shards.cli import credentials as credential_commands
-from shards.cli import terminal
+from shards.cli import flow_profile, terminal
 from shards.cli.logs import LOG_FORMATS, LOG_LEVELS, hide_secrets, start_logging
 from shards.local.embedded_pg import EmbeddedPostgres
+from shards.local.stream import StreamSetupError
 from shards.monitor import command as monitor_command
 from shards.node.writer import WriterConfig
 from shards.relay import command as relay_command
@@ -32,6 +33,7 @@ from shards.security.credentials import SecurityConfigError
 
 if TYPE_CHECKING:
     from shards.local.data_lock import DataDirectoryLock
+    from shards.local.stream import LocalStream
 
 DEFAULT_TARGET = "127.0.0.1:7400"
 EXIT_FENCED = 3
@@ -114,6 +116,49 @@ def _add_metrics_flag(parser: argparse.ArgumentParser, default: str = "") -> Non
         help="host:port for Prometheus /metrics (default: %(default)r; '': off; port 0: a free "
         "one; with --shards N every process picks a free port on that host); its URL is "
         "printed before the serving line",
+    )
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= port < 65536:
+        raise argparse.ArgumentTypeError(f"must be 0..65535 (0: a free one), got {port}")
+    return port
+
+
+def _add_stream_flags(up: argparse.ArgumentParser) -> None:
+    from shards.local.stream import DEFAULT_MONITOR_PORT, DEFAULT_NATS_PORT
+
+    group = up.add_argument_group("the change stream and in-loan monitoring (--stream)")
+    group.add_argument(
+        "--stream",
+        action="store_true",
+        default=_env("stream", "") not in ("", "0", "false"),
+        help="also run the embedded NATS JetStream broker, a tally relay of the ledger's change "
+        "stream into it and a tally monitor reading it, all supervised (README, 'The change "
+        "stream and tally monitor')",
+    )
+    group.add_argument(
+        "--nats-port",
+        type=_port,
+        default=_port(_env("nats_port", str(DEFAULT_NATS_PORT))),
+        help="the broker's port on 127.0.0.1 (default %(default)s; 0: a free one)",
+    )
+    group.add_argument(
+        "--monitor-port",
+        type=_port,
+        default=_port(_env("monitor_port", str(DEFAULT_MONITOR_PORT))),
+        help="tally.v1.Monitor's port on 127.0.0.1 (default %(default)s; 0: a free one)",
+    )
+    group.add_argument(
+        "--monitor-rules",
+        default=_env("monitor_rules", ""),
+        metavar="PATH",
+        help="the monitor's alert rules (TOML; default DATA_DIR/monitor/rules.toml, copied "
+        "from deploy/monitor/rules.toml on first start)",
     )
 
 
@@ -220,6 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_rpc_concurrency_flag(up)
     _add_signing_flags(up, up=True)
     _add_metrics_flag(up, default="127.0.0.1:0")
+    _add_stream_flags(up)
 
     _add_node_command(commands)
 
@@ -250,6 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     audit_service.add_command(commands)
     relay_command.add_command(commands, _env("target", DEFAULT_TARGET))
     monitor_command.add_command(commands)
+    flow_profile.add_command(commands)
     for command in commands.choices.values():  # every command logs
         _add_logging_flags(command)
     return parser
@@ -278,6 +325,8 @@ def main(argv: list[str] | None = None) -> int:
         return relay_command.run(args)
     if args.command == monitor_command.COMMAND:
         return monitor_command.run(args)
+    if args.command == flow_profile.COMMAND:
+        return flow_profile.run(args)
     return terminal.run(args)
 
 
@@ -398,6 +447,59 @@ def _lock_data_dir(args: argparse.Namespace) -> DataDirectoryLock | None:
     return None
 
 
+def _stream_of(args: argparse.Namespace) -> LocalStream | None:
+    """tally up --stream: its broker, relay and monitor, ready to start (their ports checked,
+    their certificates issued, their rules read), after tally up's credentials exist; None
+    without --stream. StreamSetupError says what to change."""
+    if args.command != "up" or not args.stream:
+        return None
+    from shards.local.stream import LocalStream, StreamConfig
+
+    return LocalStream(
+        StreamConfig(
+            data_dir=args.data_dir.resolve(),
+            nats_port=args.nats_port,
+            monitor_port=args.monitor_port,
+            rules_path=args.monitor_rules,
+            metrics_host=args.metrics_listen.rsplit(":", 1)[0] if args.metrics_listen else "",
+            child_flags=(f"--log-format={args.log_format}", f"--log-level={args.log_level}"),
+            monitor_flags=(f"--rpc-concurrency-max={args.rpc_concurrency_max}",),
+        )
+    )
+
+
+@contextlib.asynccontextmanager
+async def _stream_supervised(stream: LocalStream | None) -> AsyncIterator[None]:
+    """tally up --stream with one shard: its broker, relay and monitor restarted whenever they
+    exit for as long as the block runs (the node in this process), then stopped."""
+    if stream is None:
+        yield
+        return
+    stopping = asyncio.Event()
+    watcher = asyncio.create_task(stream.supervise(stopping))
+    try:
+        yield
+    finally:
+        stopping.set()
+        await watcher
+        await stream.stop()
+
+
+async def _start_stream(stream: LocalStream | None, node: Any, target: str) -> bool:
+    """The stream started on the node at target; False (after saying why, and stopping the
+    node) if it cannot be."""
+    if stream is None:
+        return True
+    try:
+        await stream.start(target)
+    except StreamSetupError as error:
+        print(f"tally up: --stream: {error}", file=sys.stderr, flush=True)
+        node.request_stop()
+        await node.run()
+        return False
+    return True
+
+
 async def _serve_up(args: argparse.Namespace) -> int:
     """tally up: with one shard its node in this process, with more a supervised cluster; on
     the embedded PostgreSQL, in a data directory locked for as long as this process runs."""
@@ -434,7 +536,8 @@ async def _serve(args: argparse.Namespace) -> int:
 
     try:
         security = _server_security(args)
-    except (SecurityConfigError, ValueError) as error:
+        stream = _stream_of(args)
+    except (SecurityConfigError, ValueError, StreamSetupError) as error:
         print(f"tally {args.command}: {error}", file=sys.stderr)
         return 2
     embedded = None
@@ -486,8 +589,11 @@ async def _serve(args: argparse.Namespace) -> int:
             if node.internal_port:
                 print(f"tally: internal tally.v1.Shard on {node.internal_target}", flush=True)
             host = args.listen.rsplit(":", 1)[0]
+            if not await _start_stream(stream, node, f"{host}:{port}"):
+                return 2
             print(f"tally: serving tally.v1.Ledger on {host}:{port}", flush=True)
-            await node.run()
+            async with _stream_supervised(stream):
+                await node.run()
     finally:
         if embedded is not None:
             print("tally: stopping PostgreSQL", flush=True)
@@ -530,6 +636,11 @@ async def _serve_cluster(args: argparse.Namespace) -> int:
     root = _local_security(args)
     if root is None or not _local_signing(args):
         return 2
+    try:
+        stream = _stream_of(args)
+    except StreamSetupError as error:
+        print(f"tally up: {error}", file=sys.stderr)
+        return 2
     embedded, _ = await asyncio.to_thread(_start_embedded, args)
     node_flags = [
         f"--signing-key={args.signing_key}",
@@ -560,7 +671,11 @@ async def _serve_cluster(args: argparse.Namespace) -> int:
             args.data_dir.resolve(),
             node_flags + metrics_flags + log_flags + tls_flags,
             gateway_flags + metrics_flags + log_flags + tls_flags,
+            stream,
         )
+    except StreamSetupError as error:
+        print(f"tally up: --stream: {error}", file=sys.stderr, flush=True)
+        return 2
     finally:
         print("tally: stopping PostgreSQL", flush=True)
         await asyncio.to_thread(embedded.stop)

@@ -26,8 +26,9 @@ import asyncio
 import logging
 import signal
 import urllib.parse
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Final
+from typing import Final, Protocol
 
 from core.store import control as control_store
 from shards import control
@@ -50,16 +51,29 @@ POSTGRES_POLL_S: Final = 0.5
 class Child:
     """One supervised child of `tally up`: what it runs, its process now, and how to start it
     again on the ports its first run bound (argparse takes the last of a repeated flag, so the
-    pins follow the arguments)."""
+    pins follow the arguments). serving_prefixes: the line that says it is up (a server's
+    serving line; the relay's, which listens on nothing, is its first); pin_ports: False for
+    a child that binds no port (the relay), whose line names no endpoint; new_session: a
+    terminal's Ctrl-C reaches only tally up, which stops the child in its turn."""
 
     def __init__(
-        self, name: str, arguments: list[str], log_dir: Path, environment: dict[str, str]
+        self,
+        name: str,
+        arguments: list[str],
+        log_dir: Path,
+        environment: dict[str, str],
+        serving_prefixes: Sequence[str] = supervisor.SERVING_PREFIXES,
+        pin_ports: bool = True,
+        new_session: bool = False,
     ) -> None:
         self.name = name
         self._arguments = arguments
         self._pins: list[str] = []
         self._log_dir = log_dir
         self._environment = environment
+        self._serving_prefixes = tuple(serving_prefixes)
+        self._pin_ports = pin_ports
+        self._new_session = new_session
         self._process: TallyProcess | None = None
 
     @property
@@ -86,10 +100,12 @@ class Child:
             name=self.name,
             environment=self._environment,
             stdout_copy=log_path,
+            serving_prefixes=self._serving_prefixes,
             serving_timeout_s=START_TIMEOUT_S,
+            new_session=self._new_session,
             die_with_parent=True,
         )
-        if not self._pins:  # its later runs bind the same ports again
+        if self._pin_ports and not self._pins:  # its later runs bind the same ports again
             self._pins = _pins(self._process)
         return self._process
 
@@ -113,6 +129,20 @@ def _pins(child: TallyProcess) -> list[str]:
     if metrics := _metrics_url(child):
         pins.append(f"--metrics-listen={urllib.parse.urlsplit(metrics).netloc}")
     return pins
+
+
+class Companion(Protocol):
+    """What runs beside the cluster on its gateway's endpoint (shards.local.stream)."""
+
+    async def start(self, target: str) -> None:
+        """Start it, reading the ledger at target; on failure what it started is stopped."""
+        ...
+
+    async def supervise(self, stopping: asyncio.Event) -> None:
+        """Keep it running until stopping is set."""
+        ...
+
+    async def stop(self) -> None: ...
 
 
 class SupervisedPostgres:
@@ -211,9 +241,10 @@ async def _start_children(
     node_flags: list[str],
     gateway_flags: list[str],
     children: list[Child],
-) -> None:
+) -> str:
     """Every child started in order (the nodes, the gateway, the audit server), each appended
-    to children as soon as it exists so that the caller stops what was started."""
+    to children as soon as it exists so that the caller stops what was started; the gateway's
+    endpoint."""
     control_dsn = server.dsn("tally_control")
     for shard_id in range(shard_count):
         database = f"tally_shard_{shard_id}"
@@ -235,7 +266,7 @@ async def _start_children(
     if metrics_url := _metrics_url(audit_server):
         print(f"tally: metrics of audit on {metrics_url}", flush=True)
     print(f"tally: audit (tally.v1.Audit, read-only) on {audit_server.endpoint}", flush=True)
-    print(f"{READY_PREFIX}{gateway.endpoint} (gateway, {shard_count} shards)", flush=True)
+    return gateway.endpoint
 
 
 async def run_cluster(
@@ -245,9 +276,12 @@ async def run_cluster(
     data_dir: Path,
     node_flags: list[str],
     gateway_flags: list[str] | None = None,
+    companion: Companion | None = None,
 ) -> int:
-    """Start the cluster on server (started by the caller, who stops it after), supervise
-    every child and the server until SIGINT or SIGTERM, then stop the children."""
+    """Start the cluster on server (started by the caller, who stops it after), then the
+    companion (`tally up --stream`'s broker, relay and monitor) on the gateway's endpoint;
+    supervise every child, the server and the companion until SIGINT or SIGTERM, then stop the
+    companion and the children."""
     await _initialise_control(server, shard_count, data_dir)
     log_dir = data_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -259,14 +293,21 @@ async def run_cluster(
     try:
         # A child that does not start at first fails the whole start (a wrong flag, a port in
         # use): that is said at once rather than retried for ever.
-        await _start_children(
+        gateway_endpoint = await _start_children(
             server, shard_count, listen, log_dir, node_flags, gateway_flags or [], children
         )
+        if companion is not None:
+            await companion.start(gateway_endpoint)
+        print(f"{READY_PREFIX}{gateway_endpoint} (gateway, {shard_count} shards)", flush=True)
         async with asyncio.TaskGroup() as group:
             group.create_task(keep_postgres_running(server, stop))
             for child in children:
                 group.create_task(supervisor.keep_running(child, stop, RESTART_POLICY))
+            if companion is not None:
+                group.create_task(companion.supervise(stop))
     finally:
         stop.set()  # whatever ended the supervision ends all of it
+        if companion is not None:
+            await companion.stop()  # first: it reads the gateway's stream
         await _stop(children)
     return 0

@@ -18,8 +18,9 @@ field"). NATS does not read Tally's revocation list: revoke a
 reader by restarting the server without its name (docs/design.md, "The change stream").
 
 Lifecycle: `start()` writes the configuration (in the data directory, 0600) and spawns the
-server, which the kernel signals when this process dies (so a killed `tally up` leaves no
-broker behind); it returns once the server accepts connections on its port. `stop()` sends
+server in a session of its own (a terminal's Ctrl-C is for its owner, which stops it in turn),
+which the kernel signals when this process dies (so a killed `tally up` leaves no broker
+behind); it returns once the server accepts connections on its port. `stop()` sends
 SIGTERM (JetStream flushes its store) and kills it after a bound. The JetStream store
 (`jetstream/` in the data directory) outlives the server: a restart finds every stream and
 message it kept.
@@ -180,6 +181,9 @@ class EmbeddedNats:
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.DEVNULL,
                 stderr=stderr,
+                # Its own session: a terminal's Ctrl-C reaches only its owner, which stops it
+                # after its clients (tally up: the monitor and the relay first).
+                start_new_session=True,
                 preexec_fn=signalled_when_parent_dies(signal.SIGTERM),
             )
         try:

@@ -29,9 +29,7 @@ class Broker:
     credentials: Path
 
     def tls(self, name: str = RELAY_NAME) -> ssl.SSLContext:
-        context = ssl.create_default_context(cafile=str(self.credentials / "ca.pem"))
-        context.load_cert_chain(self.credentials / f"{name}.pem", self.credentials / f"{name}.key")
-        return context
+        return tls_of(self.credentials, name)
 
     async def connect(self, name: str = RELAY_NAME) -> NatsClient:
         return await asyncio.wait_for(
@@ -44,22 +42,40 @@ class Broker:
 
     async def blocks(self, stream: str) -> list[pb.JournalBlock]:
         """Every message the stream holds, in stream order, as journal blocks."""
-        client = await self.connect()
-        try:
-            js = client.jetstream()
-            info = await js.stream_info(stream)
-            found = []
-            for seq in range(info.state.first_seq, info.state.last_seq + 1):
-                message = await js.get_msg(stream, seq)
-                block = pb.JournalBlock()
-                assert message.data is not None
-                block.ParseFromString(message.data)
-                assert message.headers is not None
-                assert message.headers["Tally-Sequence"] == str(block.sequence)
-                found.append(block)
-            return found
-        finally:
-            await client.close()
+        return await stored_blocks(self.server.url, self.tls(), stream)
+
+
+def tls_of(credentials: Path, name: str = RELAY_NAME) -> ssl.SSLContext:
+    """The TLS context of certificate name of a credentials directory, for its broker."""
+    context = ssl.create_default_context(cafile=str(credentials / "ca.pem"))
+    context.load_cert_chain(credentials / f"{name}.pem", credentials / f"{name}.key")
+    return context
+
+
+async def stored_blocks(url: str, tls: ssl.SSLContext, stream: str) -> list[pb.JournalBlock]:
+    """Every message stream holds at the broker at url, in stream order, as journal blocks
+    (each message's Tally-Sequence header checked against its block)."""
+    client = await asyncio.wait_for(
+        nats.connect(
+            url, tls=tls, connect_timeout=5, max_reconnect_attempts=0, allow_reconnect=False
+        ),
+        timeout=15,
+    )
+    try:
+        js = client.jetstream()
+        info = await js.stream_info(stream)
+        found = []
+        for seq in range(info.state.first_seq, info.state.last_seq + 1):
+            message = await js.get_msg(stream, seq)
+            block = pb.JournalBlock()
+            assert message.data is not None
+            block.ParseFromString(message.data)
+            assert message.headers is not None
+            assert message.headers["Tally-Sequence"] == str(block.sequence)
+            found.append(block)
+        return found
+    finally:
+        await client.close()
 
 
 def make_credentials(root: Path) -> Path:

@@ -31,12 +31,14 @@ from shards.security import directory
 from shards.security.credentials import ClientSecurity, aio_channel
 from shards.security.flags import DEFAULT_DATA_DIR, LOCAL_DIRECTORY
 from tests.support.paths import REPO_ROOT
+from tests.support.processes import child_pids, proc_file
 
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 30.0
 SERVING_TIMEOUT_S = 30.0
 COMMAND_TIMEOUT_S = 60.0
 CREDENTIALS_LINE = "tally: TLS and credentials in "
+LINE_TIMEOUT_S = 30.0
 
 
 def user_environment() -> dict[str, str]:
@@ -165,3 +167,46 @@ async def run_as_user(cwd: Path, words: Sequence[str]) -> tuple[int, str]:
     output, _ = await asyncio.wait_for(process.communicate(), timeout=COMMAND_TIMEOUT_S)
     assert process.returncode is not None
     return process.returncode, output.decode()
+
+
+def child_of(up: LocalUp, *words: str) -> int:
+    """The pid of the one tally child whose command line holds every one of words in order."""
+    found = []
+    for pid in child_pids(up.child.pid):
+        command = proc_file(pid, "cmdline").split(b"\0")
+        if b"shards.cli" not in command:
+            continue
+        wanted = [word.encode() for word in words]
+        start = command.index(b"shards.cli") + 1
+        if all(word in command[start:] for word in wanted):
+            found.append(pid)
+    assert len(found) == 1, (words, found, up.child.describe())
+    return found[0]
+
+
+async def kill_9(pid: int) -> None:
+    """SIGKILL, returned once pid is gone (or a zombie)."""
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + LINE_TIMEOUT_S
+    while running(pid):
+        assert time.monotonic() < deadline, f"pid {pid} survived SIGKILL"
+        await asyncio.sleep(0.05)
+
+
+def running(pid: int) -> bool:
+    """pid exists and is not a zombie."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+async def wait_line(up: LocalUp, wanted: str, after: int = 0) -> str:
+    """The first stdout line from index after on that starts with wanted."""
+    deadline = time.monotonic() + LINE_TIMEOUT_S
+    while True:
+        for line in up.lines[after:]:
+            if line.startswith(wanted):
+                return line
+        assert time.monotonic() < deadline, f"no {wanted!r}: {up.child.describe()}"
+        await asyncio.sleep(0.05)

@@ -7,8 +7,6 @@ said on stdout; and Ctrl-C after all that still stops everything, PostgreSQL inc
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -21,7 +19,17 @@ from shards.local.embedded_pg import EmbeddedPostgres, EmbeddedPostgresConfig
 from tally.v1 import audit_pb2, audit_pb2_grpc
 from tally.v1 import ledger_pb2 as pb
 from tests.support.helpers import Client, account, transfer
-from tests.support.local_up import LocalUp, running_up, scratch_directory, stop, wait_serving
+from tests.support.local_up import (
+    LocalUp,
+    child_of,
+    kill_9,
+    running,
+    running_up,
+    scratch_directory,
+    stop,
+    wait_line,
+    wait_serving,
+)
 from tests.support.processes import child_pids, proc_file
 
 SHARD_COUNT = 2
@@ -61,21 +69,6 @@ def customers_on_each_shard() -> list[str]:
     return [chosen[shard] for shard in range(SHARD_COUNT)]
 
 
-def child_of(up: LocalUp, *words: str) -> int:
-    """The pid of the one tally child whose command line holds every one of words in order."""
-    found = []
-    for pid in child_pids(up.child.pid):
-        command = proc_file(pid, "cmdline").split(b"\0")
-        if b"shards.cli" not in command:
-            continue
-        wanted = [word.encode() for word in words]
-        start = command.index(b"shards.cli") + 1
-        if all(word in command[start:] for word in wanted):
-            found.append(pid)
-    assert len(found) == 1, (words, found, up.child.describe())
-    return found[0]
-
-
 def printed_endpoint(up: LocalUp, name: str) -> str:
     """Where tally up said, at its start, that child name listens."""
     if name == "gateway":
@@ -87,33 +80,6 @@ def printed_endpoint(up: LocalUp, name: str) -> str:
 
 def postmaster_pid(up: LocalUp) -> int:
     return int((up.data_dir / "pg" / "postmaster.pid").read_text().splitlines()[0])
-
-
-async def kill_9(pid: int) -> None:
-    os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + LINE_TIMEOUT_S
-    while running(pid):
-        assert time.monotonic() < deadline, f"pid {pid} survived SIGKILL"
-        await asyncio.sleep(0.05)
-
-
-def running(pid: int) -> bool:
-    """pid exists and is not a zombie."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-async def wait_line(up: LocalUp, wanted: str, after: int = 0) -> str:
-    """The first stdout line from index after on that starts with wanted."""
-    deadline = time.monotonic() + LINE_TIMEOUT_S
-    while True:
-        for line in up.lines[after:]:
-            if line.startswith(wanted):
-                return line
-        assert time.monotonic() < deadline, f"no {wanted!r}: {up.child.describe()}"
-        await asyncio.sleep(0.05)
 
 
 async def post_until_applied(
