@@ -27,9 +27,10 @@ def block_to_proto(
         hash=block.hash,
         previous_hash=block.previous_hash,
         created_at_ns=block.created_at_ns,
+        # As fields, so the whole block is made in one call (convert: the *_fields functions).
         transactions=[_transaction(t) for t in block.transactions],
         postings=[
-            convert.posting_to_proto(p, posted_accounts[p.account_id], block.sequence)
+            convert.posting_fields(p, posted_accounts[p.account_id], block.sequence)
             for p in block.postings
         ],
         accounts=[
@@ -43,13 +44,15 @@ def block_to_proto(
     )
 
 
-def _transaction(streamed: StreamedTransaction) -> pb.TransactionRecord:
+def _transaction(streamed: StreamedTransaction) -> dict[str, object]:
     """As GetTransactions reads it at a node (a post of a cross-shard hold recorded here reads
     as a coordinator's piece), with its state as created."""
-    record = convert.transaction_to_proto(streamed.state)
+    fields = convert.transaction_fields(streamed.state)
     if streamed.target_kind is Kind.HOLD:
-        record.cross_shard_piece.coordinator = True
-    return record
+        piece = fields.setdefault("cross_shard_piece", {})
+        assert isinstance(piece, dict)
+        piece["coordinator"] = True
+    return fields
 
 
 def in_scope_of(block: pb.JournalBlock, in_scope: Callable[[str], bool]) -> pb.JournalBlock:
