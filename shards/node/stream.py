@@ -11,11 +11,18 @@ encoded once, for every stream that sends it (ENCODED_BLOCK_COUNT_MAX kept). So 
 costs the writer nothing: the reader falls behind, its gRPC send waits on the client's
 flow-control window, and it catches up from the store; nothing is buffered for it but the page
 it is sending.
+
+A standby (a node of the shard that does not hold the writer lease) follows too, from the
+store alone: it reads the stored head every STORE_POLL_INTERVAL_S (one query for all its
+followers) and the new blocks as pages. Streams served there cost the writer's process nothing
+(docs/design.md, "The change stream": where a heavy follower such as the relay should read).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 from typing import Any, Final
@@ -45,6 +52,9 @@ GAP_RETRY_COUNT_MAX: Final = 100
 GAP_RETRY_INTERVAL_S: Final = 0.01
 # A following stream looks at the head at least this often even without a commit.
 FOLLOW_CHECK_INTERVAL_S: Final = 1.0
+# A stream following at a standby (a node of the shard without its writer lease) reads the
+# stored head this often: a block reaches it within about this long of its commit.
+STORE_POLL_INTERVAL_S: Final = 0.05
 # Pages kept to share between streams asking for the same one (followers at the head all ask
 # for the block just committed): one read per commit, not one per follower.
 SHARED_PAGE_COUNT_MAX: Final = 8
@@ -98,6 +108,9 @@ class JournalStreams:
         self.memory_block_count = 0  # blocks taken from the writer's batches, not the store
         self._encoded: OrderedDict[int, _Encoded] = OrderedDict()
         self._built_count = 0
+        self._head_read: asyncio.Future[int] | None = None
+        self._head_read_at = 0.0
+        self.head_read_count = 0
 
     def stop(self) -> None:
         """The node is stopping: every stream ends (UNAVAILABLE) at its next block or wait, so
@@ -178,14 +191,7 @@ class JournalStreams:
     ) -> AsyncIterator[tuple[int, _Source]]:
         """Each block after `after`, in order, once; up to the head as of now, or (follow)
         for as long as this node's writer writes."""
-        writer = self._node.writer
-        if follow and writer is None:
-            await abort(
-                context,
-                grpc.StatusCode.UNAVAILABLE,
-                "standby: this node does not hold the writer lease, so it cannot follow the "
-                "journal; stream from its writer (or without follow)",
-            )
+        writer = self._node.writer  # None: a standby, which follows the stored journal
         async with storage_answers(context, self._read_timeout_s):
             head = await journal_stream.head_sequence(self._node.read_pool, self._read_timeout_s)
         if after > head:
@@ -204,10 +210,12 @@ class JournalStreams:
                     "this node is stopping: resume from the last block received",
                 )
             advanced = writer.head_advanced() if follow and writer is not None else None
-            if writer is not None and follow:
+            if advanced is not None and writer is not None:
                 head = writer.head_sequence  # committed: its rows are visible to the pool
             if position < head:
-                recent = writer.recent_blocks(position) if follow and writer is not None else None
+                recent = None
+                if advanced is not None and writer is not None:
+                    recent = writer.recent_blocks(position)
                 if recent:
                     for header, batch in recent:
                         self.memory_block_count += 1
@@ -219,9 +227,28 @@ class JournalStreams:
                     yield block.sequence, (block, page.posted_accounts)
                     position = block.sequence
                 continue
-            if advanced is None:
+            if not follow:
                 return
+            if advanced is None:  # a standby: the stored head, looked at again shortly
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), STORE_POLL_INTERVAL_S)
+                head = await self._stored_head(context)
+                continue
             await self._wait(context, writer, advanced)
+
+    async def _stored_head(self, context: Context) -> int:
+        """The stored journal's head, read once for every standby follower asking within half
+        a poll interval (one query per interval however many follow)."""
+        read = self._head_read
+        now = time.monotonic()
+        if read is None or (read.done() and now - self._head_read_at >= STORE_POLL_INTERVAL_S / 2):
+            read = asyncio.ensure_future(
+                journal_stream.head_sequence(self._node.read_pool, self._read_timeout_s)
+            )
+            self._head_read, self._head_read_at = read, now
+            self.head_read_count += 1
+        async with storage_answers(context, self._read_timeout_s):
+            return await asyncio.shield(read)
 
     async def _wait(self, context: Context, writer: Writer | None, advanced: asyncio.Event) -> None:
         """Until the head moves; UNAVAILABLE if this node's writer stopped or changed."""

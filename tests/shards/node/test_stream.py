@@ -297,11 +297,15 @@ async def test_streams_past_the_limit_are_refused(
         call.cancel()
 
 
-async def test_a_standby_serves_its_journal_but_cannot_follow(node: NodeHandle) -> None:
+async def test_a_standby_follows_the_stored_journal_off_the_writers_process(
+    node: NodeHandle,
+) -> None:
     """A second node on the writer's database waits as a standby: it streams the stored
-    journal, and refuses follow UNAVAILABLE (the client follows the writer instead)."""
+    journal and follows it (polling the stored head, one read for all its followers), so a
+    heavy follower costs the writer's process nothing; blocks as the writer's own stream."""
     async with security.channel(node.target) as channel:
-        await Client(channel).create(account("@cash"))
+        client = Client(channel)
+        await client.create(account("@cash"), account("cust-1/d"))
         stored = await streams.collect(channel)
     standby = Node(
         NodeConfig(dsn=node.dsn, listen="127.0.0.1:0", security=security.server_security())
@@ -312,8 +316,29 @@ async def test_a_standby_serves_its_journal_but_cannot_follow(node: NodeHandle) 
         assert standby.writer is None
         async with security.channel(f"127.0.0.1:{port}") as channel:
             assert await streams.collect(channel) == stored
-            code, details = await streams.refusal(channel, streams.request(follow=True))
-        assert code == grpc.StatusCode.UNAVAILABLE and "standby" in details
+            stub = pb_grpc.LedgerStub(channel)
+            calls = [
+                stub.StreamJournal(streams.request({0: 1}, follow=True), timeout=60) for _ in "ab"
+            ]
+            try:
+                async with security.channel(node.target) as writer_channel:
+                    client = Client(writer_channel)
+                    for n in range(3):
+                        item = transfer(f"cust-1/t{n}", "@cash", "cust-1/d", 1)
+                        assert await client.codes(item) == [CREATED]
+                    followed = [await streams.take(call, 3) for call in calls]
+                    at_writer = await streams.collect(writer_channel, {0: 1})
+            finally:
+                for call in calls:
+                    call.cancel()
+        assert followed[0] == followed[1] == at_writer
+        assert [t.transaction.id for b in followed[0] for t in b.transactions] == [
+            f"cust-1/t{n}" for n in range(3)
+        ]
+        shared = standby.streams
+        assert shared is not None
+        # From the store, by polling its head: one read an interval for both followers.
+        assert shared.memory_block_count == 0 and shared.head_read_count > 0
     finally:
         standby.request_stop()
         await asyncio.wait_for(running, timeout=30)
