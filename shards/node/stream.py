@@ -59,17 +59,20 @@ STORE_POLL_INTERVAL_S: Final = 0.05
 # for the block just committed): one read per commit, not one per follower.
 SHARED_PAGE_COUNT_MAX: Final = 8
 # Blocks kept built and encoded, to send to every stream at the same place (followers at the
-# head all send the block just committed).
+# head all send the block just committed): at most this many, and (beyond the newest) at most
+# this many bytes of them in all.
 ENCODED_BLOCK_COUNT_MAX: Final = 64
+ENCODED_SIZE_MAX_BYTES: Final = 32 * 1024 * 1024
 
 
 class _Encoded:
     """A block's message, its encoding (made on first need) and why it cannot be sent."""
 
-    __slots__ = ("_data", "message", "problem")
+    __slots__ = ("_data", "message", "problem", "size")
 
     def __init__(self, message: pb.JournalBlock) -> None:
         self.message = message
+        self.size = message.ByteSize()
         self.problem = messages.oversized(message)
         self._data: bytes | None = None
 
@@ -108,6 +111,7 @@ class JournalStreams:
         self.memory_block_count = 0  # blocks taken from the writer's batches, not the store
         self._encoded: OrderedDict[int, _Encoded] = OrderedDict()
         self._built_count = 0
+        self._encoded_size = 0
         self._head_read: asyncio.Future[int] | None = None
         self._head_read_at = 0.0
         self.head_read_count = 0
@@ -182,8 +186,12 @@ class JournalStreams:
         encoded = _Encoded(messages.block_to_proto(self._node.shard_id, block, posted))
         self._built_count += 1
         self._encoded[sequence] = encoded
-        while len(self._encoded) > ENCODED_BLOCK_COUNT_MAX:
-            self._encoded.popitem(last=False)
+        self._encoded_size += encoded.size
+        while len(self._encoded) > 1 and (
+            len(self._encoded) > ENCODED_BLOCK_COUNT_MAX
+            or self._encoded_size > ENCODED_SIZE_MAX_BYTES
+        ):
+            self._encoded_size -= self._encoded.popitem(last=False)[1].size
         return encoded
 
     async def _blocks(

@@ -86,8 +86,11 @@ class WriterState(enum.Enum):
 # queue_size_max_bytes: an ordinary transfer's encoded size, rounded up.
 ITEM_SIZE_BYTES_ESTIMATE = 256
 # The last blocks committed, kept as the writer made them (a reference to each batch) for the
-# change stream's followers at the head, who then read nothing back from the store.
+# change stream's followers at the head, who then read nothing back from the store: at most
+# this many, and (beyond the newest) at most this many postings in all, so that large batches
+# keep tens of MB, not hundreds (followers at the head need the last few).
 RECENT_BLOCK_COUNT_MAX = 64
+RECENT_POSTING_COUNT_MAX = 65_536
 
 
 class QueueFullError(RuntimeError):
@@ -265,7 +268,8 @@ class Writer:
         self._head_advanced = asyncio.Event()
         # The last blocks committed, contiguous up to the head (cleared when the writer cannot
         # know the tail: after an ambiguous failure it reloads the head from the store).
-        self._recent: deque[tuple[BlockHeader, Batch]] = deque(maxlen=RECENT_BLOCK_COUNT_MAX)
+        self._recent: deque[tuple[BlockHeader, Batch]] = deque()
+        self._recent_posting_count = 0
 
     # ---- lifecycle ----
 
@@ -328,6 +332,15 @@ class Writer:
         stops. Take it before reading head_sequence (no await between), so no commit is
         missed."""
         return self._head_advanced
+
+    def _remember(self, header: BlockHeader, batch: Batch) -> None:
+        recent = self._recent
+        recent.append((header, batch))
+        self._recent_posting_count += len(batch.out.postings)
+        if len(recent) > RECENT_BLOCK_COUNT_MAX:
+            self._recent_posting_count -= len(recent.popleft()[1].out.postings)
+        while len(recent) > 1 and self._recent_posting_count > RECENT_POSTING_COUNT_MAX:
+            self._recent_posting_count -= len(recent.popleft()[1].out.postings)
 
     def recent_blocks(self, after: int) -> list[tuple[BlockHeader, Batch]] | None:
         """The blocks committed after block `after` up to the head, as committed (the batch
@@ -524,7 +537,7 @@ class Writer:
             self.position = prepared.batch.position
             self.committed_batch_count += 1
             self._install(prepared.batch)
-            self._recent.append((prepared.block.header, prepared.batch))
+            self._remember(prepared.block.header, prepared.batch)
             if self._publish is not None:  # after the commit: never a head rolled back
                 self._publish(prepared.block.header)
         _answer(prepared.requests, prepared.results)
@@ -540,6 +553,7 @@ class Writer:
         self.accounts.clear()
         self.transactions.clear()
         self._recent.clear()
+        self._recent_posting_count = 0
         # The old commit's backend may still be committing (closing our end does not stop it):
         # the tail is read only once it has ended, or a commit landing later would be missed.
         old_pids = _server_pids(self.connection)

@@ -13,6 +13,7 @@ import pytest
 from core.authority import Role
 from core.store import shard as store
 from core.store import stream as journal_stream
+from shards.node import writer as writer_module
 from shards.node.server import Node, NodeConfig
 from shards.security.credentials import aio_channel
 from tally.v1 import ledger_pb2 as pb
@@ -433,3 +434,28 @@ async def test_what_followers_get_from_memory_is_what_the_store_holds(dsn: str) 
     assert [b.SerializeToString() for b in followed_scoped] == [
         b.SerializeToString() for b in stored_scoped
     ]
+
+
+async def test_the_writer_keeps_its_last_blocks_within_a_posting_bound(
+    channel: grpc.aio.Channel, node: NodeHandle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The batches kept for followers are bounded in postings as well as blocks (large
+    batches would otherwise hold hundreds of MB): beyond the bound the oldest go, and a
+    follower behind them reads the store; the newest is always kept."""
+    monkeypatch.setattr(writer_module, "RECENT_POSTING_COUNT_MAX", 4)
+    client = Client(channel)
+    await client.create(account("@cash"), account("cust-1/d"))
+    writer = node.node.writer
+    assert writer is not None
+    for n in range(3):  # a block of 2 postings each
+        assert await client.codes(transfer(f"cust-1/b{n}", "@cash", "cust-1/d", 1)) == [CREATED]
+    head = writer.head_sequence
+    kept = writer.recent_blocks(head - 2)
+    assert kept is not None and [h.sequence for h, _ in kept] == [head - 1, head]
+    assert writer.recent_blocks(head - 3) is None  # evicted: read from the store
+    assert writer.recent_blocks(head) == []
+    big = [transfer(f"cust-1/big{n}", "@cash", "cust-1/d", 1) for n in range(5)]
+    assert await client.codes(*big) == [CREATED] * 5  # one block of 10 postings: kept alone
+    assert [h.sequence for h, _ in writer.recent_blocks(head) or []] == [head + 1]
+    blocks = await streams.collect(channel, {0: head - 3})
+    assert [b.sequence for b in blocks] == [head - 2, head - 1, head, head + 1]
