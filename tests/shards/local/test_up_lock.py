@@ -12,7 +12,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -24,7 +24,6 @@ from tests.support.helpers import Client, account, transfer
 from tests.support.local_up import (
     LocalUp,
     running_up,
-    scratch_directory,
     user_environment,
     wait_serving,
 )
@@ -34,13 +33,6 @@ from tests.support.processes import child_pids
 REFUSAL_TIMEOUT_S = 30.0
 EXIT_TIMEOUT_S = 30.0
 APPLIED = {pb.RESULT_CODE_CREATED, pb.RESULT_CODE_REPLAYED}
-
-
-@pytest.fixture
-def scratch() -> Iterator[Path]:
-    """Where tally up keeps its data (outside pytest's root: see tests/support/local_up.py)."""
-    with scratch_directory() as path:
-        yield path
 
 
 # ------------------------------------------------------------------ the lock on its own

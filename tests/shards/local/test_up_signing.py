@@ -6,7 +6,6 @@ here are TLS, as the admin identity tally up keeps in its data directory.)"""
 from __future__ import annotations
 
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,14 +15,7 @@ from core.slots import SlotMap
 from shards.local.signing_keys import LOCAL_KEY_DIRECTORY, LOCAL_PRIVATE_KEY
 from tally.v1 import ledger_pb2 as pb
 from tests.support.helpers import Client, account, transfer
-from tests.support.local_up import running_up, scratch_directory, wait_serving
-
-
-@pytest.fixture
-def scratch() -> Iterator[Path]:
-    """Where tally up keeps its data (outside pytest's root: see tests/support/local_up.py)."""
-    with scratch_directory() as path:
-        yield path
+from tests.support.local_up import running_up, wait_serving
 
 
 async def _run_up(data: Path, log: Path, shard_count: int, run: str) -> list[str]:

@@ -15,7 +15,7 @@ import json
 import socket
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -35,7 +35,6 @@ from tests.support.local_up import (
     run_as_user,
     running,
     running_up,
-    scratch_directory,
     stop,
     wait_line,
     wait_serving,
@@ -52,13 +51,6 @@ SALES = [("2026-06-03", 1_200), ("2026-06-08", 2_500), ("2026-06-13", 900)]
 LATER_SALES = [("2026-06-16", 700), ("2026-06-18", 1_100)]
 DISBURSED = 60_000
 REPAID = 5_000
-
-
-@pytest.fixture
-def scratch() -> Iterator[Path]:
-    """Where tally up keeps its data (outside pytest's root: see tests/support/local_up.py)."""
-    with scratch_directory() as path:
-        yield path
 
 
 @pytest.fixture

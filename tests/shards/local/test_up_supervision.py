@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -25,7 +25,6 @@ from tests.support.local_up import (
     kill_9,
     running,
     running_up,
-    scratch_directory,
     stop,
     wait_line,
     wait_serving,
@@ -42,13 +41,6 @@ AUDIT_LINE = "tally: audit (tally.v1.Audit, read-only) on "
 
 
 # ------------------------------------------------------------------ helpers
-
-
-@pytest.fixture
-def scratch() -> Iterator[Path]:
-    """Where tally up keeps its data (outside pytest's root: see tests/support/local_up.py)."""
-    with scratch_directory() as path:
-        yield path
 
 
 @pytest.fixture
