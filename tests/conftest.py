@@ -19,9 +19,10 @@ import grpc
 import pytest
 import uvloop
 
-from shards.local.embedded_pg import EmbeddedPostgres, EmbeddedPostgresConfig, free_port
+from shards.local.embedded_pg import EmbeddedPostgres, EmbeddedPostgresConfig
 from tests.support import security
 from tests.support.helpers import NodeHandle, start_node
+from tests.support.postgres import started_on_a_free_port
 
 _database_numbers = itertools.count(1)
 
@@ -37,12 +38,11 @@ def pg() -> Iterator[EmbeddedPostgres]:
     # that root's permissions, and the server (run as an unprivileged user when we are root)
     # then cannot reach its data directory to stop.
     root = Path(tempfile.mkdtemp(prefix="tally-test-pg-"))
-    server = EmbeddedPostgres(
-        EmbeddedPostgresConfig(
-            data_dir=root / "data", port=free_port(), settings={"max_connections": "400"}
+    server = started_on_a_free_port(
+        lambda port: EmbeddedPostgresConfig(
+            data_dir=root / "data", port=port, settings={"max_connections": "400"}
         )
     )
-    server.start()
     try:
         yield server
     finally:

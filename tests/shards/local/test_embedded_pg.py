@@ -25,6 +25,7 @@ from shards.local.embedded_pg import (
     free_port,
     pg_bin_dir,
 )
+from tests.support.postgres import started_on_a_free_port
 
 
 def _config(data_dir: Path, **kwargs: Any) -> EmbeddedPostgresConfig:
@@ -50,8 +51,9 @@ def _postmaster_pid(pg: EmbeddedPostgres) -> int:
 
 @pytest.fixture
 def pg(tmp_path: Path) -> Iterator[EmbeddedPostgres]:
-    server = EmbeddedPostgres(_config(tmp_path / "pgdata"))
-    server.start()
+    server = started_on_a_free_port(
+        lambda port: EmbeddedPostgresConfig(data_dir=tmp_path / "pgdata", port=port)
+    )
     try:
         yield server
     finally:
