@@ -113,6 +113,7 @@ class OnlineRun:
     monitor_postings_at_start: int = 0
     monitor_postings_at_end: int = 0
     lag_messages_at_end: int = 0
+    scrape_failures: list[str] = field(default_factory=list)  # when, and what went wrong
     journal_postings: int = 0
     journal_blocks: int = 0
 
@@ -360,10 +361,14 @@ async def _sample_until(
 ) -> None:
     while not stop.is_set():
         # The monitor first: what it applied the journals held already, so lag is never < 0.
-        metrics = await monitor_metrics(pipeline)
-        postings, blocks = await journal_heads(connections)
-        at_s = time.monotonic() - run.posting_started_s
-        run.samples.append(Sample(at_s, postings, blocks, metrics))
+        try:
+            metrics = await monitor_metrics(pipeline)
+        except OSError as error:  # urllib's HTTPError and URLError too: counted, reported
+            run.scrape_failures.append(f"{time.monotonic() - run.posting_started_s:.1f}s {error}")
+        else:
+            postings, blocks = await journal_heads(connections)
+            at_s = time.monotonic() - run.posting_started_s
+            run.samples.append(Sample(at_s, postings, blocks, metrics))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=SAMPLE_INTERVAL_S)
 

@@ -123,6 +123,7 @@ def _results(inputs: Inputs, figures: dict[str, float]) -> dict[str, Any]:
         },
         "throughput": figures,
         "calls": run.calls, "retried_items": run.retried_items, "codes": dict(run.codes),
+        "scrape_failures": run.scrape_failures,
         "alerts": {"messages": len(run.alerts),
                    "firing": sum(1 for a in run.alerts if a.firing)},
         "score": inputs.score.as_json(),
@@ -310,6 +311,7 @@ def _markdown_throughput(inputs: Inputs, f: dict[str, float]) -> list[str]:
         f"| journal | {f['journal_blocks']:,} blocks, {f['journal_postings']:,} postings; "
         f"monitor applied {f['monitor_postings_applied']:,} |",
         f"| retried items | {run.retried_items:,} |",
+        f"| failed scrapes of the monitor's /metrics | {len(run.scrape_failures)} |",
         "",
         "![throughput](throughput.png)",
         "",
