@@ -65,6 +65,9 @@ RETRYABLE_CALL: Final = frozenset(
      grpc.StatusCode.RESOURCE_EXHAUSTED}
 )  # fmt: skip
 POSTINGS_APPLIED: Final = "tally_monitor_postings_applied_total"
+ALERTS_STREAM: Final = "TALLY_ALERTS"
+REPLAY_ALERTS_STREAM: Final = "TALLY_ALERTS_REPLAY"
+REPLAY_ALERTS_PREFIX: Final = "tally.alerts-replay"
 
 
 class PipelineError(RuntimeError):
@@ -83,6 +86,9 @@ class Pipeline:
     monitor_target: str
     metrics_url: str
     shard_dsns: list[str]
+    workdir: Path
+    rules_path: Path
+    log_dir: Path
 
 
 @dataclass
@@ -114,6 +120,7 @@ class OnlineRun:
     monitor_postings_at_end: int = 0
     lag_messages_at_end: int = 0
     scrape_failures: list[str] = field(default_factory=list)  # when, and what went wrong
+    replay: Replay | None = None
     journal_postings: int = 0
     journal_blocks: int = 0
 
@@ -181,6 +188,9 @@ async def running(
                     monitor_target=f"127.0.0.1:{monitor_port}",
                     metrics_url=f"http://127.0.0.1:{metrics_port}/metrics",
                     shard_dsns=_shard_dsns(data_dir, shard_count),
+                    workdir=workdir,
+                    rules_path=rules_path,
+                    log_dir=log_dir,
                 )
         finally:
             await broker.stop()
@@ -213,16 +223,10 @@ async def _relay_and_monitor(
         die_with_parent=True,
     )  # fmt: skip
     try:
-        (workdir / "monitor").mkdir(exist_ok=True)
         port, metrics_port = free_port(), free_port()
-        monitor = await supervisor.start(
-            ["monitor", "--nats-url", broker.url, *_nats_flags(root, MONITOR_CERTIFICATE),
-             "--rules", str(rules_path), "--checkpoint", str(workdir / "monitor" / "cp.json"),
-             "--checkpoint-interval-s", "10", "--listen", f"127.0.0.1:{port}",
-             "--metrics-listen", f"127.0.0.1:{metrics_port}", *directory.server_flags(root)],
-            log_dir / "monitor.log", name="tally monitor", append=False, cwd=REPO_ROOT,
-            serving_prefixes=(MONITOR_PREFIX,), serving_timeout_s=START_TIMEOUT_S,
-            die_with_parent=True,
+        monitor = await start_monitor(
+            root, broker.url, rules_path, workdir / "monitor", log_dir / "monitor.log",
+            port, metrics_port,
         )  # fmt: skip
         try:
             yield relay, monitor, port, metrics_port
@@ -230,6 +234,30 @@ async def _relay_and_monitor(
             await _stopped(monitor)
     finally:
         await _stopped(relay)
+
+
+async def start_monitor(
+    root: Path,
+    nats_url: str,
+    rules_path: Path,
+    state_dir: Path,
+    log_path: Path,
+    port: int,
+    metrics_port: int,
+    extra_arguments: Sequence[str] = (),
+) -> TallyProcess:
+    """`tally monitor` with its checkpoint in state_dir, once it serves."""
+    await asyncio.to_thread(state_dir.mkdir, parents=True, exist_ok=True)
+    return await supervisor.start(
+        ["monitor", "--nats-url", nats_url, *_nats_flags(root, MONITOR_CERTIFICATE),
+         "--rules", str(rules_path), "--checkpoint", str(state_dir / "cp.json"),
+         "--checkpoint-interval-s", "10", "--listen", f"127.0.0.1:{port}",
+         "--metrics-listen", f"127.0.0.1:{metrics_port}", *directory.server_flags(root),
+         *extra_arguments],
+        log_path, name=f"tally monitor ({state_dir.name})", append=False, cwd=REPO_ROOT,
+        serving_prefixes=(MONITOR_PREFIX,), serving_timeout_s=START_TIMEOUT_S,
+        die_with_parent=True,
+    )  # fmt: skip
 
 
 async def _stopped(process: TallyProcess) -> None:
@@ -445,6 +473,7 @@ async def run(pipeline: Pipeline, scenario: Scenario) -> OnlineRun:
     result.final_monitor = await monitor_metrics(pipeline)
     result.alerts = await read_alerts(pipeline)
     await _read_profiles(pipeline, scenario, result)
+    result.replay = await replay(pipeline, result.alerts)
     return result
 
 
@@ -465,15 +494,15 @@ async def _post_all(poster: _Poster, scenario: Scenario) -> None:
             print(f"lending: day {offset} ({value_date}) posted", flush=True)
 
 
-async def read_alerts(pipeline: Pipeline) -> list[mpb.FlowAlert]:
-    """Every message of TALLY_ALERTS, in stream order."""
+async def read_alerts(pipeline: Pipeline, stream: str = ALERTS_STREAM) -> list[mpb.FlowAlert]:
+    """Every message of an alert stream, in stream order."""
     client = await _nats(pipeline)
     try:
         js = client.jetstream()
-        info = await js.stream_info("TALLY_ALERTS")
+        info = await js.stream_info(stream)
         found = []
         for sequence in range(int(info.state.first_seq or 1), int(info.state.last_seq or 0) + 1):
-            message = await js.get_msg("TALLY_ALERTS", sequence)
+            message = await js.get_msg(stream, sequence)
             found.append(mpb.FlowAlert.FromString(message.data or b""))
         return found
     finally:
@@ -487,3 +516,57 @@ async def _read_profiles(pipeline: Pipeline, scenario: Scenario, result: OnlineR
             request = mpb.GetFlowProfileRequest(partition_key=borrower.key)
             result.profiles[borrower.key] = await stub.GetFlowProfile(request, timeout=30)
         result.portfolio = await stub.GetPortfolio(mpb.GetPortfolioRequest(), timeout=30)
+
+
+# ---- the monitor's own pace ----
+
+
+@dataclass
+class Replay:
+    """A second monitor, fresh, reading the whole journal stream the broker holds once the
+    ledger is idle: how fast the monitor consumes when it is not waiting for the ledger."""
+
+    seconds: float
+    postings: int
+    blocks: int
+    postings_per_s: float
+    samples: list[tuple[float, int]]  # (seconds since it served, postings applied)
+    same_alerts: bool  # its alert stream is the first monitor's, message for message
+
+
+async def replay(pipeline: Pipeline, first_alerts: list[mpb.FlowAlert]) -> Replay:
+    """Its alerts go to a stream of their own (REPLAY_ALERTS_STREAM): the first monitor's
+    stream is left as it was."""
+    count = await _broker_journal_count(pipeline)
+    port, metrics_port = free_port(), free_port()
+    monitor = await start_monitor(
+        pipeline.tls_root, pipeline.broker.url, pipeline.rules_path,
+        pipeline.workdir / "replay", pipeline.log_dir / "monitor-replay.log", port, metrics_port,
+        ("--alerts-stream", REPLAY_ALERTS_STREAM, "--alerts-prefix", REPLAY_ALERTS_PREFIX),
+    )  # fmt: skip
+    started_s = time.monotonic()
+    url = f"http://127.0.0.1:{metrics_port}/metrics"
+    samples: list[tuple[float, int]] = []
+    try:
+        while True:
+            metrics = await asyncio.to_thread(_scrape, url)
+            elapsed_s = time.monotonic() - started_s
+            samples.append((elapsed_s, int(metrics.get(POSTINGS_APPLIED, 0))))
+            done = int(metrics.get("tally_monitor_stream_sequence", 0)) == count
+            if done and int(metrics.get("tally_monitor_pending_joins", 0)) == 0:
+                break
+            if elapsed_s > CATCH_UP_TIMEOUT_S or monitor.returncode is not None:
+                raise PipelineError(f"the replay did not finish: {monitor.describe()}")
+            await asyncio.sleep(SAMPLE_INTERVAL_S / 5)
+        alerts = await read_alerts(pipeline, REPLAY_ALERTS_STREAM)
+    finally:
+        await _stopped(monitor)
+    postings = samples[-1][1]
+    return Replay(
+        seconds=elapsed_s,
+        postings=postings,
+        blocks=int(metrics.get("tally_monitor_blocks_applied_total", 0)),
+        postings_per_s=postings / max(elapsed_s, 1e-9),
+        samples=samples,
+        same_alerts=alerts == first_alerts,
+    )
