@@ -444,7 +444,9 @@ async def _caught_up(pipeline: Pipeline, connections: list[Any], run: OnlineRun)
 
 async def run(pipeline: Pipeline, scenario: Scenario) -> OnlineRun:
     result = OnlineRun()
+    # The sampler reads on connections of its own: one asyncpg connection runs one query.
     connections = [await asyncpg.connect(dsn, timeout=30) for dsn in pipeline.shard_dsns]
+    sampling = [await asyncpg.connect(dsn, timeout=30) for dsn in pipeline.shard_dsns]
     try:
         async with aio_channel(pipeline.target, pipeline.security, MESSAGE_SIZE_OPTIONS) as ch:
             poster = _Poster(pb_grpc.LedgerStub(ch), result)
@@ -455,7 +457,7 @@ async def run(pipeline: Pipeline, scenario: Scenario) -> OnlineRun:
             metrics = await monitor_metrics(pipeline)
             result.monitor_postings_at_start = int(metrics.get(POSTINGS_APPLIED, 0))
             result.posting_started_s = time.monotonic()
-            sampler = asyncio.create_task(_sample_until(pipeline, connections, result, stop))
+            sampler = asyncio.create_task(_sample_until(pipeline, sampling, result, stop))
             try:
                 await _post_all(poster, scenario)
                 result.posting_s = time.monotonic() - result.posting_started_s
@@ -468,7 +470,7 @@ async def run(pipeline: Pipeline, scenario: Scenario) -> OnlineRun:
                 await sampler
         result.journal_postings, result.journal_blocks = await journal_heads(connections)
     finally:
-        for connection in connections:
+        for connection in connections + sampling:
             await connection.close()
     result.final_monitor = await monitor_metrics(pipeline)
     result.alerts = await read_alerts(pipeline)
