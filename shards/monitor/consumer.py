@@ -247,6 +247,10 @@ class Consumer:
                         alerts_sequence = await self._publish(js, positioned, alerts_sequence)
                         last_position = positioned.position
                     self._unsettled = False
+                    # Between two blocks, the loop's other work: GetFlowProfile, the metrics
+                    # (made on the loop, shards/monitor/server.py) and the broker connection's
+                    # own reads. A fetch of FETCH_BATCH blocks held it for seconds.
+                    await asyncio.sleep(0)
                 if self._checkpoint_due():
                     await self._checkpoint_in_background()
         finally:
