@@ -475,7 +475,7 @@ async def run(pipeline: Pipeline, scenario: Scenario) -> OnlineRun:
     result.final_monitor = await monitor_metrics(pipeline)
     result.alerts = await read_alerts(pipeline)
     await _read_profiles(pipeline, scenario, result)
-    result.replay = await replay(pipeline, result.alerts)
+    result.replay = await replay(pipeline, result.alerts, result.scrape_failures)
     return result
 
 
@@ -536,7 +536,9 @@ class Replay:
     same_alerts: bool  # its alert stream is the first monitor's, message for message
 
 
-async def replay(pipeline: Pipeline, first_alerts: list[mpb.FlowAlert]) -> Replay:
+async def replay(
+    pipeline: Pipeline, first_alerts: list[mpb.FlowAlert], failures: list[str]
+) -> Replay:
     """Its alerts go to a stream of their own (REPLAY_ALERTS_STREAM): the first monitor's
     stream is left as it was."""
     count = await _broker_journal_count(pipeline)
@@ -551,7 +553,11 @@ async def replay(pipeline: Pipeline, first_alerts: list[mpb.FlowAlert]) -> Repla
     samples: list[tuple[float, int]] = []
     try:
         while True:
-            metrics = await asyncio.to_thread(_scrape, url)
+            try:
+                metrics = await asyncio.to_thread(_scrape, url)
+            except OSError as error:  # counted and reported, as during the run
+                failures.append(f"replay {time.monotonic() - started_s:.1f}s {error}")
+                continue
             elapsed_s = time.monotonic() - started_s
             samples.append((elapsed_s, int(metrics.get(POSTINGS_APPLIED, 0))))
             done = int(metrics.get("tally_monitor_stream_sequence", 0)) == count
