@@ -236,7 +236,10 @@ class Consumer:
             while not stopping.is_set():
                 try:
                     messages = await subscription.fetch(FETCH_BATCH, timeout=FETCH_TIMEOUT_S)
-                except nats.errors.TimeoutError:
+                except TimeoutError:
+                    # Nothing in time. nats-py raises its own TimeoutError, or a bare
+                    # asyncio.TimeoutError when its first request's answer is handled after the
+                    # whole timeout (a busy loop): neither is a failure of the connection.
                     messages = []
                 for message in messages:
                     self._unsettled = True
