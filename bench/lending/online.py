@@ -65,6 +65,7 @@ RETRYABLE_CALL: Final = frozenset(
      grpc.StatusCode.RESOURCE_EXHAUSTED}
 )  # fmt: skip
 POSTINGS_APPLIED: Final = "tally_monitor_postings_applied_total"
+RESTARTS: Final = "tally_monitor_restarts_total"
 ALERTS_STREAM: Final = "TALLY_ALERTS"
 REPLAY_ALERTS_STREAM: Final = "TALLY_ALERTS_REPLAY"
 REPLAY_ALERTS_PREFIX: Final = "tally.alerts-replay"
@@ -121,6 +122,7 @@ class OnlineRun:
     lag_messages_at_end: int = 0
     scrape_failures: list[str] = field(default_factory=list)  # when, and what went wrong
     replay: Replay | None = None
+    restarts: int = 0  # the first monitor's, at the very end
     journal_postings: int = 0
     journal_blocks: int = 0
 
@@ -476,6 +478,8 @@ async def run(pipeline: Pipeline, scenario: Scenario) -> OnlineRun:
     result.alerts = await read_alerts(pipeline)
     await _read_profiles(pipeline, scenario, result)
     result.replay = await replay(pipeline, result.alerts, result.scrape_failures)
+    # The first monitor, idle meanwhile: its restarts over the whole run.
+    result.restarts = int((await monitor_metrics(pipeline)).get(RESTARTS, 0))
     return result
 
 
@@ -553,18 +557,19 @@ async def replay(
     samples: list[tuple[float, int]] = []
     try:
         while True:
+            elapsed_s = time.monotonic() - started_s
+            if elapsed_s > CATCH_UP_TIMEOUT_S or monitor.returncode is not None:
+                raise PipelineError(f"the replay did not finish: {monitor.describe()}")
             try:
                 metrics = await asyncio.to_thread(_scrape, url)
             except OSError as error:  # counted and reported, as during the run
-                failures.append(f"replay {time.monotonic() - started_s:.1f}s {error}")
+                failures.append(f"replay {elapsed_s:.1f}s {error}")
                 continue
             elapsed_s = time.monotonic() - started_s
             samples.append((elapsed_s, int(metrics.get(POSTINGS_APPLIED, 0))))
             done = int(metrics.get("tally_monitor_stream_sequence", 0)) == count
             if done and int(metrics.get("tally_monitor_pending_joins", 0)) == 0:
                 break
-            if elapsed_s > CATCH_UP_TIMEOUT_S or monitor.returncode is not None:
-                raise PipelineError(f"the replay did not finish: {monitor.describe()}")
             await asyncio.sleep(SAMPLE_INTERVAL_S / 5)
         alerts = await read_alerts(pipeline, REPLAY_ALERTS_STREAM)
     finally:

@@ -138,6 +138,7 @@ def _results(inputs: Inputs, figures: dict[str, float]) -> dict[str, Any]:
         "throughput": figures,
         "calls": run.calls, "retried_items": run.retried_items, "codes": dict(run.codes),
         "scrape_failures": run.scrape_failures,
+        "monitor_restarts": run.restarts,
         "alerts": {"messages": len(run.alerts),
                    "firing": sum(1 for a in run.alerts if a.firing)},
         "score": inputs.score.as_json(),
@@ -282,16 +283,29 @@ def _markdown_score(inputs: Inputs) -> list[str]:
         "for it at least once):",
         "",
         "| rule | planted | alerted | true positives | precision | recall | false positives "
-        "| missed |",
-        "|---|---:|---:|---:|---:|---:|---|---|",
+        "| missed | firing messages |",
+        "|---|---:|---:|---:|---:|---:|---|---|---:|",
     ]
+    firings = {rule: 0 for rule in rules.RULE_NAMES}
+    for alert in inputs.online.alerts:
+        firings[alert.rule] = firings.get(alert.rule, 0) + alert.firing
     for r in score.rules:
         lines.append(
             f"| {r.rule} | {len(r.planted)} | {len(r.alerted)} | {r.true_positives} "
             f"| {_ratio(r.precision)} | {_ratio(r.recall)} "
-            f"| {', '.join(r.false_positives) or '–'} | {', '.join(r.missed) or '–'} |"
+            f"| {', '.join(r.false_positives) or '–'} | {', '.join(r.missed) or '–'} "
+            f"| {firings[r.rule]} |"
         )
-    lines += ["", "![coverage](coverage.png)", "", "![alerts](alerts.png)", ""]
+    lines += [
+        "",
+        "Firing messages above the borrowers alerted: a rule that cleared and fired again for "
+        "the same borrower (a share hovering near its threshold).",
+        "",
+        "![coverage](coverage.png)",
+        "",
+        "![alerts](alerts.png)",
+        "",
+    ]
     return lines
 
 
@@ -328,6 +342,8 @@ def _markdown_throughput(inputs: Inputs, f: dict[str, float]) -> list[str]:
         f"monitor applied {f['monitor_postings_applied']:,} |",
         f"| retried items | {run.retried_items:,} |",
         f"| failed scrapes of the monitor's /metrics | {len(run.scrape_failures)} |",
+        f"| monitor restarts (reloaded its checkpoint after a failure; its log says which) | "
+        f"{run.restarts} |",
         *_replay_rows(f),
         "",
         "![throughput](throughput.png)",

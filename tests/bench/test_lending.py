@@ -117,6 +117,8 @@ def test_a_small_run_through_the_real_pipeline_finds_every_planted_pattern(
     assert figures["monitor_postings_applied"] == figures["journal_postings"] > 0
     assert results["codes"].keys() <= {"CREATED", "REPLAYED"}
     assert results["scrape_failures"] == []  # /metrics answered while the books changed
+    assert results["monitor_restarts"] == 0
+    assert results["throughput"]["replay_same_alerts"] is True
     # The online profiles and alerts are what the engine makes of the scenario itself.
     assert results["offline"]["same_fired"] is True
     assert results["offline"]["profile_differences"] == []
