@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup up test lint typecheck pytest proto bench chaos clean
+.PHONY: setup up test lint typecheck pytest proto bench bench-lending chaos clean
 
 setup: $(STAMP)
 
@@ -43,6 +43,13 @@ proto: $(STAMP)
 # Its options go in BENCH_ARGS: make bench BENCH_ARGS='--scenarios transfers,hot --users 64'.
 bench: $(STAMP)
 	$(BIN)/python -m bench.locust.suite $(BENCH_ARGS)
+
+# The lending scenario (bench/lending): a seeded portfolio of borrowers with planted cash-flow
+# patterns through tally up, NATS, tally relay and tally monitor; precision and recall per alert
+# rule, and whether the monitor keeps up. Options in LENDING_ARGS: make bench-lending
+# LENDING_ARGS='--days 180 --out /tmp/lending'.
+bench-lending: $(STAMP)
+	$(BIN)/python -m bench.lending $(LENDING_ARGS)
 
 # The fault campaign (bench/chaos): a cluster of real processes under bank clients and a seeded
 # schedule of faults, then the history checker; report in bench/reports/chaos-SEED-TIME/ (or

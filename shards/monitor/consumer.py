@@ -236,7 +236,10 @@ class Consumer:
             while not stopping.is_set():
                 try:
                     messages = await subscription.fetch(FETCH_BATCH, timeout=FETCH_TIMEOUT_S)
-                except nats.errors.TimeoutError:
+                except TimeoutError:
+                    # Nothing in time. nats-py raises its own TimeoutError, or a bare
+                    # asyncio.TimeoutError when its first request's answer is handled after the
+                    # whole timeout (a busy loop): neither is a failure of the connection.
                     messages = []
                 for message in messages:
                     self._unsettled = True
@@ -247,6 +250,10 @@ class Consumer:
                         alerts_sequence = await self._publish(js, positioned, alerts_sequence)
                         last_position = positioned.position
                     self._unsettled = False
+                    # Between two blocks, the loop's other work: GetFlowProfile, the metrics
+                    # (made on the loop, shards/monitor/server.py) and the broker connection's
+                    # own reads. A fetch of FETCH_BATCH blocks held it for seconds.
+                    await asyncio.sleep(0)
                 if self._checkpoint_due():
                     await self._checkpoint_in_background()
         finally:

@@ -49,6 +49,8 @@ log = logging.getLogger("tally.monitor")
 
 SERVICE_NAME: Final = "tally.v1.Monitor"
 PORTFOLIO_WINDOW_DAYS: Final = 30
+COLLECT_TIMEOUT_S: Final = 10.0
+"""How long a scrape waits for the event loop to make the metrics (between two blocks)."""
 Context = Any  # grpc.aio.ServicerContext
 
 
@@ -132,13 +134,38 @@ def _engine_now(engine: FlowEngine) -> int:
 
 
 class _Collector:
+    """Prometheus collects on the metrics server's thread, while the consumer applies blocks to
+    the same books on the event loop: read there, the engine's dicts change under the reading
+    (RuntimeError: dictionary changed size during iteration, an HTTP 500), or a reading mixes
+    two states. So the families are made on the loop, between blocks, as GetFlowProfile reads
+    its profiles, and handed to the thread; a loop busy for longer than COLLECT_TIMEOUT_S
+    fails the scrape (TimeoutError: an HTTP 500) rather than answer from half a block."""
+
     def __init__(self, consumer: Consumer) -> None:
         self._consumer = consumer
+        self.loop: asyncio.AbstractEventLoop | None = None  # set once the server starts
 
     def describe(self) -> Iterator[Metric]:
         return iter(())
 
     def collect(self) -> Iterator[Metric]:
+        loop = self.loop
+        if loop is None or _running_loop() is loop:
+            return iter(self._families())
+        future = asyncio.run_coroutine_threadsafe(self._families_on_loop(), loop)
+        try:
+            return iter(future.result(timeout=COLLECT_TIMEOUT_S))
+        except TimeoutError:
+            future.cancel()
+            raise
+
+    async def _families_on_loop(self) -> list[Metric]:
+        return self._families()
+
+    def _families(self) -> list[Metric]:
+        return list(self._made())
+
+    def _made(self) -> Iterator[Metric]:
         books = self._consumer.books
         engine = books.engine
         summary = engine.portfolio(_engine_now(engine), PORTFOLIO_WINDOW_DAYS)
@@ -190,6 +217,13 @@ class _Collector:
         yield position
 
 
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
 def _portfolio_families(summary: PortfolioSummary) -> Iterator[Metric]:
     buckets = []
     cumulative = 0
@@ -230,7 +264,8 @@ class MonitorServer:
         self.consumer = Consumer(config.consumer, config.rule_set)
         self.registry = CollectorRegistry(auto_describe=False)
         self.metrics = RpcMetrics(self.registry, {}, prefix="tally_monitor_")
-        self.registry.register(_Collector(self.consumer))
+        self._collector = _Collector(self.consumer)
+        self.registry.register(self._collector)
         denials = guard.denials_counter(self.registry, "tally_monitor_")
         self._guard = guard.Guard(config.security, guard.CLIENT, denials)
         self._server: grpc.aio.Server | None = None
@@ -262,6 +297,7 @@ class MonitorServer:
         serving = health_pb2.HealthCheckResponse.SERVING
         await self._health.set("", serving)
         await self._health.set(SERVICE_NAME, serving)
+        self._collector.loop = asyncio.get_running_loop()
         if self.config.metrics_listen:
             self._metrics_server = MetricsServer(self.registry, self.config.metrics_listen)
             self.metrics_port = self._metrics_server.start()
