@@ -422,7 +422,7 @@ async def _nats(pipeline: Pipeline) -> Any:
     )  # fmt: skip
 
 
-async def _caught_up(pipeline: Pipeline, connections: list[Any], run: OnlineRun) -> None:
+async def caught_up(pipeline: Pipeline, connections: list[Any]) -> None:
     """Until the broker holds every block the shards committed and the monitor applied them
     all and joined every cross-shard transaction (positions, not time)."""
     deadline = time.monotonic() + CATCH_UP_TIMEOUT_S
@@ -465,7 +465,7 @@ async def run(pipeline: Pipeline, scenario: Scenario) -> OnlineRun:
                 result.posting_s = time.monotonic() - result.posting_started_s
                 await _note_posting_end(pipeline, connections, result)
                 print(f"lending: posted in {result.posting_s:.1f} s; waiting", flush=True)
-                await _caught_up(pipeline, connections, result)
+                await caught_up(pipeline, connections)
                 result.caught_up_s = time.monotonic() - result.posting_started_s
             finally:
                 stop.set()

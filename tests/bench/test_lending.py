@@ -123,3 +123,23 @@ def test_a_small_run_through_the_real_pipeline_finds_every_planted_pattern(
     assert results["offline"]["same_fired"] is True
     assert results["offline"]["profile_differences"] == []
     assert "Every planted pattern found: **yes**" in (out / "report.md").read_text()
+
+
+def test_the_pace_run_measures_the_monitor_against_a_batched_load(tmp_path: Path) -> None:
+    """`python -m bench.lending pace`, briefly: the monitor applied every posting the ledger
+    produced once it caught up, and the report says both rates."""
+    out = tmp_path / "pace"
+    command = [
+        sys.executable, "-m", "bench.lending", "pace", "--accounts", "2000",
+        "--duration-s", "2", "--out", str(out),
+    ]  # fmt: skip
+    finished = subprocess.run(
+        command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=110, check=False
+    )
+    assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert results["postings_produced"] > 0
+    caught_up = results["caught_up"]
+    assert caught_up["monitor_postings"] == caught_up["ledger_postings"] > 0
+    assert caught_up["monitor_blocks"] == caught_up["ledger_blocks"]
+    assert "postings the monitor consumed" in (out / "report.md").read_text()
