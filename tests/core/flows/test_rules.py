@@ -68,6 +68,8 @@ def test_products_override_the_default_key_by_key() -> None:
         ("[default]\nwindow_days = 31\n", "default.window_days: 31 is not one of"),
         ("[products.agri]\nwindow_days = 7.0\n", "products.agri.window_days: 7.0 is not"),
         ("[products]\nagri = 1\n", "products.agri: is not a table"),
+        ("[default]\nmin_inflow_count = 2.5\n", "default.min_inflow_count: 2.5 is not a whole"),
+        ("[default]\nmin_inflow_count = -1\n", "default.min_inflow_count: -1 is not a whole"),
     ],
 )
 def test_a_bad_file_is_refused_naming_the_key_at_fault(text: str, message: str) -> None:
@@ -122,4 +124,25 @@ def test_an_alert_whose_value_becomes_undefined_clears_with_what_it_fired_with()
     engine.forget_account("b/loan")  # the loan closed: no borrower, no profile
     assert engine.evaluate(rules, at) == [
         Alert("coverage_below", "b", "USD", 30, None, 1.0, at, False)
+    ]
+
+
+def test_share_rules_read_nothing_below_the_least_inflow_count() -> None:
+    """One payment is a share of 1.0: with min_inflow_count = 3 the share rule holds only
+    once three inflow transactions are in the window; coverage is read regardless."""
+    text = "[default]\ncoverage_below = 1.0\nlargest_counterparty_share_above = 0.9\n"
+    rules = parse_rules(text + "min_inflow_count = 3\n")
+    assert rules.default.min_inflow_count == 3
+    assert parse_rules(text).default.min_inflow_count == 0
+    engine = FlowEngine()
+    engine.add_account(loan("b"))
+    at = day("2026-03-06") * NS_PER_DAY
+    pay(engine, D0, "c/deposit", "b/deposit", 600)
+    assert [a.rule for a in engine.evaluate(rules, at)] == ["coverage_below"]
+    pay(engine, D0 + 1, "c/deposit", "b/deposit", 601)
+    pay(engine, D0 + 2, "c/deposit", "b/deposit", 602)  # three, all from c: a share of 1.0
+    later = at + 1
+    assert engine.evaluate(rules, later) == [
+        Alert("coverage_below", "b", "USD", 30, 1.803, 1.0, later, False),
+        Alert("largest_counterparty_share_above", "b", "USD", 30, 1.0, 0.9, later, True),
     ]
