@@ -50,14 +50,19 @@ def _postmaster_pid(pg: EmbeddedPostgres) -> int:
 
 
 @pytest.fixture
-def pg(tmp_path: Path) -> Iterator[EmbeddedPostgres]:
+def pg() -> Iterator[EmbeddedPostgres]:
+    # Not under pytest's temporary root (as tests/conftest.py's server): another pytest session
+    # starting meanwhile resets that root's permissions, and the server, run as an unprivileged
+    # user when we are root, then cannot reach its data directory.
+    root = Path(tempfile.mkdtemp(prefix="tally-test-epg-"))
     server = started_on_a_free_port(
-        lambda port: EmbeddedPostgresConfig(data_dir=tmp_path / "pgdata", port=port)
+        lambda port: EmbeddedPostgresConfig(data_dir=root / "pgdata", port=port)
     )
     try:
         yield server
     finally:
         server.stop()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 # ------------------------------------------------------------ no server needed
