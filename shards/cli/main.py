@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from shards.audit import commands as auditing
 from shards.audit import server as audit_service
 from shards.cli import credentials as credential_commands
-from shards.cli import flow_profile, terminal
+from shards.cli import flow_profile, health, init_cluster, terminal
 from shards.cli.logs import LOG_FORMATS, LOG_LEVELS, hide_secrets, start_logging
 from shards.local.embedded_pg import EmbeddedPostgres
 from shards.local.stream import StreamSetupError
@@ -297,6 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
     relay_command.add_command(commands, _env("target", DEFAULT_TARGET))
     monitor_command.add_command(commands)
     flow_profile.add_command(commands)
+    health.add_command(commands, _env("target", DEFAULT_TARGET))
+    init_cluster.add_command(commands)
     for command in commands.choices.values():  # every command logs
         _add_logging_flags(command)
     return parser
@@ -327,6 +329,10 @@ def main(argv: list[str] | None = None) -> int:
         return monitor_command.run(args)
     if args.command == flow_profile.COMMAND:
         return flow_profile.run(args)
+    if args.command == health.COMMAND:
+        return health.run(args)
+    if args.command == init_cluster.COMMAND:
+        return init_cluster.run(args)
     return terminal.run(args)
 
 
