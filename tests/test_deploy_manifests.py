@@ -486,3 +486,120 @@ def test_compose_grafana_is_provisioned_with_the_dashboard() -> None:
     provider = yaml.safe_load((COMPOSE / "grafana/provisioning/dashboards/tally.yaml").read_text())
     assert provider["providers"][0]["options"]["path"] == dashboard_directory
     assert mounted["./grafana/provisioning"] == "/etc/grafana/provisioning"
+
+
+# ---- deploy/README.md's commands make what the manifests need ----
+
+
+def readme_commands(*prefix: str) -> list[list[str]]:
+    """The shell commands of deploy/README.md's sh blocks that start with prefix, their
+    continuation lines joined and split as the shell would."""
+    text = (DEPLOY / "README.md").read_text()
+    commands = []
+    for block in re.findall(r"```sh\n(.*?)```", text, flags=re.DOTALL):
+        for line in block.replace("\\\n", " ").splitlines():
+            words = shlex.split(line, comments=True)
+            if tuple(words[: len(prefix)]) == prefix:
+                commands.append(words)
+    assert commands, f"deploy/README.md runs no {' '.join(prefix)}"
+    return commands
+
+
+def readme_credentials() -> tuple[argparse.Namespace, argparse.Namespace]:
+    [init] = readme_commands("tally", "credentials", "init")
+    [keygen] = readme_commands("tally", "keygen")
+    return parse(init[1:], {})[0], parse(keygen[1:], {})[0]
+
+
+def readme_secrets() -> dict[str, set[str]]:
+    """Every Secret the README makes, with its keys; each file it puts in one is one that
+    tally credentials init or tally keygen made."""
+    init, keygen = readme_credentials()
+    paths = directory.Paths(Path(init.dir))
+    made = {
+        path.name: path
+        for path in (
+            paths.certificate(directory.CA),
+            paths.certificate(directory.CLUSTER),
+            paths.key(directory.CLUSTER),
+            paths.token_public_key,
+            paths.revoked,
+            keygen.private_key,
+            Path(f"{keygen.private_key}.pub"),
+        )
+    }
+    secrets: dict[str, set[str]] = {}
+    for words in readme_commands("kubectl", "-n", "tally", "create", "secret", "generic"):
+        keys = secrets.setdefault(words[6], set())
+        for word in words[7:]:
+            if word.startswith("--from-literal="):
+                keys.add(word.removeprefix("--from-literal=").split("=", 1)[0])
+            elif word.startswith("--from-file="):
+                source = word.removeprefix("--from-file=")
+                key, _, path = source.rpartition("=")
+                keys.add(key or Path(path).name)
+                if Path(path).parent in (Path(init.dir), keygen.private_key.parent):
+                    assert made[Path(path).name] == Path(path), path
+    return secrets
+
+
+def secrets_needed(overlay: str) -> dict[str, set[str]]:
+    """Every Secret key the overlay's pods read: by secretKeyRef, as a volume's items, or as a
+    file a tally container is given under a whole Secret's mount."""
+    needed: dict[str, set[str]] = {}
+    for document in rendered(overlay):
+        if document["kind"] not in WORKLOAD_KINDS:
+            continue
+        for spec in document["spec"]["template"]["spec"]["containers"]:
+            for variable in spec.get("env", []):
+                reference = variable.get("valueFrom", {}).get("secretKeyRef")
+                if reference:
+                    needed.setdefault(reference["name"], set()).add(reference["key"])
+    for _, container in k8s_containers(overlay):
+        given = [a.split("=", 1)[1] for a in container.argv if "=" in a]
+        given += [*container.environment.values(), *container.probes.get("readinessProbe", [])]
+        for mount, volume_name in container.mounts.items():
+            secret = container.volumes[volume_name].get("secret")
+            if secret is None:
+                continue
+            keys = needed.setdefault(secret["secretName"], set())
+            items = {item["path"]: item["key"] for item in secret.get("items", [])}
+            for value in given:
+                if value.startswith(mount + "/"):
+                    name = value.removeprefix(mount + "/")
+                    assert not items or name in items, (container.where, value)
+                    keys.add(items.get(name, name))
+    return needed
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_readme_makes_every_secret_the_overlay_reads(overlay: str) -> None:
+    made = readme_secrets()
+    for secret, keys in secrets_needed(overlay).items():
+        assert secret in made, f"deploy/README.md never makes the Secret {secret}"
+        assert keys <= made[secret], (secret, keys - made[secret])
+    assert ["kubectl", "apply", "-k", f"deploy/k8s/overlays/{overlay}"] in readme_commands(
+        "kubectl", "apply"
+    )
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_cluster_certificate_names_every_host_the_pods_are_reached_at(overlay: str) -> None:
+    init, _ = readme_credentials()
+    hosts = set(init.host)
+    assert "127.0.0.1" in hosts  # the probes
+    for document, container in k8s_containers(overlay):
+        arguments = container.parsed()
+        if arguments.command != "node":
+            continue
+        namespace = document["metadata"]["namespace"]
+        for ordinal in range(document["spec"]["replicas"]):
+            pod = f"{document['metadata']['name']}-{ordinal}"
+            advertised = arguments.advertise.replace("$(POD_NAME)", pod)
+            advertised = advertised.replace("$(POD_NAMESPACE)", namespace)
+            assert host_of(advertised) in hosts, advertised
+    services = [d for d in rendered(overlay) if d["kind"] == "Service"]
+    for service in services:
+        if service["metadata"]["name"] in ("tally-gateway", "tally-audit"):
+            name, namespace = service["metadata"]["name"], service["metadata"]["namespace"]
+            assert {name, f"{name}.{namespace}.svc.cluster.local"} <= hosts, name
