@@ -603,3 +603,25 @@ def test_the_cluster_certificate_names_every_host_the_pods_are_reached_at(overla
         if service["metadata"]["name"] in ("tally-gateway", "tally-audit"):
             name, namespace = service["metadata"]["name"], service["metadata"]["namespace"]
             assert {name, f"{name}.{namespace}.svc.cluster.local"} <= hosts, name
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_each_shard_has_its_own_nodes_database_and_a_place_in_the_slot_map(overlay: str) -> None:
+    shards = []
+    for document, container in k8s_containers(overlay):
+        arguments = container.parsed()
+        if arguments.command == "init-cluster":
+            shard_count = arguments.shards
+        if arguments.command != "node":
+            continue
+        shards.append(arguments.shard_id)
+        assert container.labels["tally.dev/shard"] == str(arguments.shard_id)
+        assert f"-{arguments.shard_id}." in arguments.advertise  # its own StatefulSet's name
+        [dsn] = [
+            v["valueFrom"]["secretKeyRef"]
+            for c in document["spec"]["template"]["spec"]["containers"]
+            for v in c.get("env", [])
+            if v["name"] == "TALLY_DSN"
+        ]
+        assert dsn == {"name": "tally-databases", "key": f"shard-{arguments.shard_id}-dsn"}
+    assert sorted(shards) == list(range(shard_count))
