@@ -84,16 +84,25 @@ def parse(
 ) -> tuple[argparse.Namespace, dict[str, str]]:
     """argv as `tally` parses it with environment as its only TALLY_* variables, and the
     variables it reads when it runs; a flag the code does not have fails the test."""
+    return parsed_once(tuple(argv), tuple(sorted(environment.items())))
+
+
+@functools.cache
+def parsed_once(
+    argv: tuple[str, ...], environment: tuple[tuple[str, str], ...]
+) -> tuple[argparse.Namespace, dict[str, str]]:
+    """parse's work, once per command line and environment (building the parser costs
+    milliseconds, and the checks ask again and again)."""
     with pytest.MonkeyPatch.context() as patch:
         for name in os.environ:
             if name.startswith("TALLY_"):
                 patch.delenv(name)
-        for name, value in environment.items():
+        for name, value in environment:
             patch.setenv(name, value)
         parser = build_parser()
         try:
             with contextlib.redirect_stderr(io.StringIO()) as errors:
-                arguments = parser.parse_args(argv)
+                arguments = parser.parse_args(list(argv))
         except SystemExit:
             pytest.fail(f"tally {shlex.join(argv)}: refused by shards/cli: {errors.getvalue()}")
         return arguments, read_when_run(arguments.command, arguments)
