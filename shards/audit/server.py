@@ -641,10 +641,17 @@ def add_command(commands: Any) -> None:
     security_flags.add_server_flags(sub)
 
 
-def run(args: argparse.Namespace) -> int:
+def dsns_of(args: argparse.Namespace) -> list[str]:
+    """The shard databases, in shard order: --dsn's, or else TALLY_AUDIT_DSNS's (read when the
+    command runs, so a DSN never sits in the parser's defaults)."""
     dsns = list(args.dsn or [])
     if not dsns:
         dsns = [d.strip() for d in os.environ.get(DSN_ENV, "").split(",") if d.strip()]
+    return dsns
+
+
+def run(args: argparse.Namespace) -> int:
+    dsns = dsns_of(args)
     if not dsns:
         print(f"tally {COMMAND}: no shard database: pass --dsn or set {DSN_ENV}", flush=True)
         return 2

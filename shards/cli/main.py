@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from shards.audit import commands as auditing
 from shards.audit import server as audit_service
 from shards.cli import credentials as credential_commands
-from shards.cli import flow_profile, terminal
+from shards.cli import flow_profile, health, init_cluster, terminal
 from shards.cli.logs import LOG_FORMATS, LOG_LEVELS, hide_secrets, start_logging
 from shards.local.embedded_pg import EmbeddedPostgres
 from shards.local.stream import StreamSetupError
@@ -279,6 +279,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="where the private key goes (created 0600, never overwritten); the public key, "
         "for auditors, goes to PATH.pub",
     )
+    keygen.add_argument(
+        "--keep",
+        action="store_true",
+        help="a key pair already at PATH is kept and the command succeeds (a one-shot init "
+        "run again: deploy/); without it an existing key is an error",
+    )
 
     gateway = commands.add_parser("gateway", help="the gateway of a cluster")
     gateway.add_argument(
@@ -297,6 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
     relay_command.add_command(commands, _env("target", DEFAULT_TARGET))
     monitor_command.add_command(commands)
     flow_profile.add_command(commands)
+    health.add_command(commands, _env("target", DEFAULT_TARGET))
+    init_cluster.add_command(commands)
     for command in commands.choices.values():  # every command logs
         _add_logging_flags(command)
     return parser
@@ -318,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == audit_service.COMMAND:
         return audit_service.run(args)
     if args.command == "keygen":
-        return _keygen(args.private_key)
+        return _keygen(args.private_key, args.keep)
     if args.command == credential_commands.COMMAND:
         return credential_commands.run(args)
     if args.command == relay_command.COMMAND:
@@ -327,6 +335,10 @@ def main(argv: list[str] | None = None) -> int:
         return monitor_command.run(args)
     if args.command == flow_profile.COMMAND:
         return flow_profile.run(args)
+    if args.command == health.COMMAND:
+        return health.run(args)
+    if args.command == init_cluster.COMMAND:
+        return init_cluster.run(args)
     return terminal.run(args)
 
 
@@ -344,9 +356,12 @@ def _given_dsns(args: argparse.Namespace) -> list[str]:
     return [dsn.strip() for dsn in given if dsn.strip()]
 
 
-def _keygen(private_path: Path) -> int:
-    from shards.local.signing_keys import write_key_pair
+def _keygen(private_path: Path, keep: bool) -> int:
+    from shards.local.signing_keys import public_path_of, write_key_pair
 
+    if keep and private_path.exists() and public_path_of(private_path).exists():
+        print(f"tally: signing key {private_path} kept (and {public_path_of(private_path)})")
+        return 0
     try:
         public_path, key_id = write_key_pair(private_path)
     except FileExistsError:

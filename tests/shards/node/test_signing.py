@@ -148,6 +148,9 @@ async def test_keygen_makes_a_private_key_0600_and_never_overwrites_it(tmp_path:
     code, _, stderr = await _tally("keygen", str(key))
     assert code == 2 and "exists; it is never overwritten" in stderr
     assert key.read_bytes() == before
+    code, stdout, _ = await _tally("keygen", str(key), "--keep")
+    assert code == 0 and f"tally: signing key {key} kept" in stdout
+    assert key.read_bytes() == before
 
 
 def test_tally_up_makes_its_key_once_and_keeps_it(tmp_path: Path) -> None:
