@@ -12,6 +12,7 @@ are exact (`snapshot`, `restore`).
 
 from __future__ import annotations
 
+import bisect
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -189,26 +190,47 @@ class FlowEngine:
         last = self._pairs.get(first, {}).get(second)
         return last is not None and last >= day
 
-    def profile(self, key: str, as_of_ns: int) -> FlowProfile | None:
+    def profile(
+        self,
+        key: str,
+        as_of_ns: int,
+        window_days_wanted: Iterable[int] = WINDOW_DAYS,
+        with_baselines: bool = True,
+    ) -> FlowProfile | None:
         """The borrower's profile on the UTC day of as_of_ns; None if it has neither flows
-        retained nor loan accounts."""
+        retained nor loan accounts. Only the windows wanted (and the baselines if asked): what
+        evaluate's rules read, the rest left out (a day's close evaluates every borrower)."""
         days = self._books.get(key, {})
         loans = self.loans_of(key)
         if not days and not loans:
             return None
         as_of_day = day_of(as_of_ns)
         currencies = sorted({c for buckets in days.values() for c in buckets} | _currencies(loans))
+        wanted = tuple(window_days_wanted)
         windows = []
         baselines = []
         for currency in currencies:
             series = sorted((d, b[currency]) for d, b in days.items() if currency in b)
             schedules = [loan.schedule for loan in loans if loan.currency == currency]
-            for window_days in WINDOW_DAYS:
+            for window_days in wanted:
                 window = self._window(series, window_days, currency, as_of_day, schedules)
                 windows.append(window)
-            baselines.append(_baseline(series, currency, as_of_day))
+            if with_baselines:
+                baselines.append(_baseline(series, currency, as_of_day))
         product = next((loan.product for loan in loans if loan.product), None)
         return FlowProfile(key, as_of_ns, as_of_day, product, tuple(windows), tuple(baselines))
+
+    def _rules_profile(
+        self, rule_set: rules.RuleSet, key: str, as_of_ns: int
+    ) -> FlowProfile | None:
+        """The part of the borrower's profile its product's rules read."""
+        loans = self.loans_of(key)
+        product = next((loan.product for loan in loans if loan.product), None)
+        product_rules = rule_set.for_product(product)
+        on = {rule for rule, _ in product_rules.thresholds}
+        # The window gives the currencies readings goes over, the baseline rule's too.
+        windows = (product_rules.window_days,)
+        return self.profile(key, as_of_ns, windows, rules.INFLOW_DROP_BELOW in on)
 
     def _window(
         self,
@@ -301,7 +323,9 @@ class FlowEngine:
             keys = set(self._loans_by_key) | set(self._active)
         found: list[rules.Alert] = []
         for key in sorted(set(keys)):
-            profile = self.profile(key, as_of_ns) if key in self._loans_by_key else None
+            profile = (
+                self._rules_profile(rule_set, key, as_of_ns) if key in self._loans_by_key else None
+            )
             readings = rules.readings(rule_set, profile)
             active = self._active.get(key, {})
             found += rules.transitions(active, readings, as_of_ns)
@@ -431,8 +455,15 @@ def baseline_windows(first_day: int | None, as_of_day: int) -> list[tuple[int, i
 
 
 def _baseline(series: list[tuple[int, DayTotals]], currency: str, as_of_day: int) -> Baseline:
+    # Prefix sums over the (sorted) series: each window's inflow by two bisections, not a pass
+    # over every retained day per window.
+    days = [day for day, _ in series]
+    totals = [0]
+    for _, bucket in series:
+        totals.append(totals[-1] + bucket.inflow)
+
     def inflow(start: int, end: int) -> int:
-        return sum(bucket.inflow for day, bucket in series if start <= day <= end)
+        return totals[bisect.bisect_right(days, end)] - totals[bisect.bisect_left(days, start)]
 
     first_day = series[0][0] if series else None
     previous = [inflow(s, e) for s, e in baseline_windows(first_day, as_of_day)]
