@@ -38,7 +38,7 @@ from core.flows.model import WINDOW_DAYS
 from shards.monitor import convert
 from shards.monitor.books import end_of_day_ns
 from shards.monitor.consumer import Consumer, MonitorConfig
-from shards.rpc.metrics import MetricsServer, RpcMetrics
+from shards.rpc.metrics import LoopMetricsServer, RpcMetrics
 from shards.rpc.servicer import abort, parsing_handler
 from shards.rpc.serving import grpc_server
 from shards.security import guard
@@ -49,8 +49,6 @@ log = logging.getLogger("tally.monitor")
 
 SERVICE_NAME: Final = "tally.v1.Monitor"
 PORTFOLIO_WINDOW_DAYS: Final = 30
-COLLECT_TIMEOUT_S: Final = 10.0
-"""How long a scrape waits for the event loop to make the metrics (between two blocks)."""
 Context = Any  # grpc.aio.ServicerContext
 
 
@@ -134,36 +132,20 @@ def _engine_now(engine: FlowEngine) -> int:
 
 
 class _Collector:
-    """Prometheus collects on the metrics server's thread, while the consumer applies blocks to
-    the same books on the event loop: read there, the engine's dicts change under the reading
-    (RuntimeError: dictionary changed size during iteration, an HTTP 500), or a reading mixes
-    two states. So the families are made on the loop, between blocks, as GetFlowProfile reads
-    its profiles, and handed to the thread; a loop busy for longer than COLLECT_TIMEOUT_S
-    fails the scrape (TimeoutError: an HTTP 500) rather than answer from half a block."""
+    """The monitor's families, made from its books. Its /metrics is served on the event loop
+    (shards.rpc.metrics.LoopMetricsServer), so they are made there, between two blocks, as
+    GetFlowProfile reads its profiles: never beside the consumer changing the books (read from
+    a thread, the engine's dicts changed under the reading, an HTTP 500, found by the lending
+    bench)."""
 
     def __init__(self, consumer: Consumer) -> None:
         self._consumer = consumer
-        self.loop: asyncio.AbstractEventLoop | None = None  # set once the server starts
 
     def describe(self) -> Iterator[Metric]:
         return iter(())
 
     def collect(self) -> Iterator[Metric]:
-        loop = self.loop
-        if loop is None or _running_loop() is loop:
-            return iter(self._families())
-        future = asyncio.run_coroutine_threadsafe(self._families_on_loop(), loop)
-        try:
-            return iter(future.result(timeout=COLLECT_TIMEOUT_S))
-        except TimeoutError:
-            future.cancel()
-            raise
-
-    async def _families_on_loop(self) -> list[Metric]:
-        return self._families()
-
-    def _families(self) -> list[Metric]:
-        return list(self._made())
+        return iter(list(self._made()))
 
     def _made(self) -> Iterator[Metric]:
         books = self._consumer.books
@@ -217,13 +199,6 @@ class _Collector:
         yield position
 
 
-def _running_loop() -> asyncio.AbstractEventLoop | None:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None
-
-
 def _portfolio_families(summary: PortfolioSummary) -> Iterator[Metric]:
     buckets = []
     cumulative = 0
@@ -271,7 +246,7 @@ class MonitorServer:
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
         self._stopping = asyncio.Event()
-        self._metrics_server: MetricsServer | None = None
+        self._metrics_server: LoopMetricsServer | None = None
         self.port = 0
         self.metrics_port = 0
         self.started_s = time.monotonic()
@@ -297,10 +272,9 @@ class MonitorServer:
         serving = health_pb2.HealthCheckResponse.SERVING
         await self._health.set("", serving)
         await self._health.set(SERVICE_NAME, serving)
-        self._collector.loop = asyncio.get_running_loop()
         if self.config.metrics_listen:
-            self._metrics_server = MetricsServer(self.registry, self.config.metrics_listen)
-            self.metrics_port = self._metrics_server.start()
+            self._metrics_server = LoopMetricsServer(self.registry, self.config.metrics_listen)
+            self.metrics_port = await self._metrics_server.start()
         return self.port
 
     def request_stop(self) -> None:

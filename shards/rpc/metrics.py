@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import operator
 import threading
@@ -31,7 +32,15 @@ from typing import Any
 
 import grpc
 from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    start_http_server,
+)
 
 from core.model import ResultCode
 
@@ -225,6 +234,66 @@ class MetricsServer:
         if self._thread is not None:
             self._thread.join(SERVER_STOP_TIMEOUT_S)
         self._server = None
+
+
+class LoopMetricsServer:
+    """/metrics for one registry, served on the event loop (asyncio), for a process whose
+    collectors read state the loop changes (the monitor's books): the text is made between two
+    of the loop's steps, never beside them, and the server never waits for the GIL behind a
+    busy loop, as a thread's server does (a scrape of a monitor applying blocks took seconds
+    that way). Answers GET and HEAD of /metrics (and /), 404 for other paths, 405 for other
+    methods; a request head larger than REQUEST_HEAD_MAX_BYTES or slower than
+    REQUEST_TIMEOUT_S is dropped."""
+
+    REQUEST_HEAD_MAX_BYTES = 16 * 1024
+    REQUEST_TIMEOUT_S = 10.0
+
+    def __init__(self, registry: CollectorRegistry, listen: str) -> None:
+        self._registry = registry
+        self._listen = listen
+        self._server: asyncio.Server | None = None
+        self.port = 0
+
+    async def start(self) -> int:
+        host, port = parse_listen(self._listen)
+        self._server = await asyncio.start_server(
+            self._serve, host, port, limit=self.REQUEST_HEAD_MAX_BYTES
+        )
+        self.port = int(self._server.sockets[0].getsockname()[1])
+        log.info("metrics on http://%s:%d/metrics", host, self.port)
+        return self.port
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), self.REQUEST_TIMEOUT_S)
+            parts = head.split(b"\r\n", 1)[0].split()
+            method = parts[0] if parts else b""
+            path = parts[1].split(b"?", 1)[0] if len(parts) > 1 else b""
+            if method not in (b"GET", b"HEAD"):
+                status, body, content_type = b"405 Method Not Allowed", b"", b"text/plain"
+            elif path not in (b"/metrics", b"/"):
+                status, body, content_type = b"404 Not Found", b"", b"text/plain"
+            else:
+                status, body = b"200 OK", generate_latest(self._registry)
+                content_type = CONTENT_TYPE_LATEST.encode()
+            writer.write(
+                b"HTTP/1.1 " + status + b"\r\nContent-Type: " + content_type
+                + b"\r\nContent-Length: " + str(len(body)).encode()
+                + b"\r\nConnection: close\r\n\r\n" + (body if method == b"GET" else b"")
+            )  # fmt: skip
+            await writer.drain()
+        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, OSError):
+            pass  # a client that went away, or sent too much or too slowly: dropped
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
 
 
 def parse_listen(listen: str) -> tuple[str, int]:

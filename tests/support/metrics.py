@@ -3,6 +3,8 @@ parsed into samples."""
 
 from __future__ import annotations
 
+import asyncio
+import sys
 import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -23,6 +25,27 @@ def metrics_text_at(url: str) -> str:
 def metrics_text_on_port(port: int) -> str:
     """The body of the /metrics endpoint on a loopback port (blocking, as metrics_text_at)."""
     return metrics_text_at(f"http://127.0.0.1:{port}/metrics")
+
+
+_SCRAPER = (
+    "import sys, urllib.request\n"
+    "with urllib.request.urlopen(sys.argv[1], timeout=float(sys.argv[2])) as response:\n"
+    "    sys.stdout.write(response.read().decode())\n"
+)
+
+
+async def metrics_text_from_another_process(port: int) -> str:
+    """The body of a loopback /metrics endpoint, read by a process of its own, as Prometheus
+    reads it. A thread of the test's process would wait for the GIL behind a busy event loop
+    for every step of its request (seconds to minutes when the loop never blocks), which a
+    scraper elsewhere never does. AssertionError when the scrape fails."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _SCRAPER, f"http://127.0.0.1:{port}/metrics", str(SCRAPE_TIMEOUT_S),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await process.communicate()
+    assert process.returncode == 0, err.decode()[-2000:]
+    return out.decode()
 
 
 def parse_samples(text: str) -> Samples:
