@@ -37,8 +37,12 @@ from bench.locust.metrics import parse_samples
 from shards.local import supervisor
 from shards.local.embedded_nats import RELAY_NAME, EmbeddedNats, EmbeddedNatsConfig
 from shards.local.embedded_pg import EmbeddedPostgres, EmbeddedPostgresConfig, free_port
+from shards.local.stream import MONITOR_READY_PREFIX as MONITOR_PREFIX
+from shards.local.stream import NATS_NAME as BROKER_NAME
+from shards.local.stream import RELAY_READY_PREFIX as RELAY_PREFIX
 from shards.local.supervisor import TallyProcess
 from shards.monitor.command import MONITOR_CERTIFICATE
+from shards.rpc.broker import ALERTS_STREAM, JOURNAL_STREAM
 from shards.security import directory, flags
 from shards.security.credentials import ClientSecurity, aio_channel
 from tally.v1 import ledger_pb2 as pb
@@ -46,10 +50,7 @@ from tally.v1 import ledger_pb2_grpc as pb_grpc
 from tally.v1 import monitor_pb2 as mpb
 from tally.v1 import monitor_pb2_grpc as mpb_grpc
 
-BROKER_NAME: Final = "tally-nats"
 READER_NAME: Final = "lending-reader"
-RELAY_PREFIX: Final = "tally: relaying "
-MONITOR_PREFIX: Final = "tally: serving tally.v1.Monitor on "
 POST_BATCH_MAX: Final = 500
 CALLS_IN_FLIGHT_MAX: Final = 4
 CALL_TIMEOUT_S: Final = 60.0
@@ -66,7 +67,6 @@ RETRYABLE_CALL: Final = frozenset(
 )  # fmt: skip
 POSTINGS_APPLIED: Final = "tally_monitor_postings_applied_total"
 RESTARTS: Final = "tally_monitor_restarts_total"
-ALERTS_STREAM: Final = "TALLY_ALERTS"
 REPLAY_ALERTS_STREAM: Final = "TALLY_ALERTS_REPLAY"
 REPLAY_ALERTS_PREFIX: Final = "tally.alerts-replay"
 
@@ -406,7 +406,7 @@ async def _sample_until(
 async def _broker_journal_count(pipeline: Pipeline) -> int:
     client = await _nats(pipeline)
     try:
-        info = await client.jetstream().stream_info("TALLY_JOURNAL")
+        info = await client.jetstream().stream_info(JOURNAL_STREAM)
         return int(info.state.last_seq or 0)
     finally:
         await client.close()

@@ -21,6 +21,7 @@ from typing import Any, Final
 import grpc
 from google.protobuf import json_format
 
+from shards.monitor.command import DEFAULT_LISTEN
 from shards.security import flags as security_flags
 from shards.security.credentials import SecurityConfigError
 from shards.security.credentials import channel as secure_channel
@@ -28,7 +29,6 @@ from tally.v1 import monitor_pb2 as mpb
 from tally.v1 import monitor_pb2_grpc as mpb_grpc
 
 COMMAND: Final = "flow-profile"
-DEFAULT_MONITOR: Final = "127.0.0.1:50071"
 RPC_TIMEOUT_S: Final = 30.0
 
 
@@ -39,7 +39,7 @@ def add_command(commands: Any) -> None:
     sub.add_argument("partition_key", metavar="KEY", help="the borrower: its accounts' key")
     sub.add_argument(
         "--monitor",
-        default=os.environ.get("TALLY_MONITOR_TARGET", DEFAULT_MONITOR),
+        default=os.environ.get("TALLY_MONITOR_TARGET", DEFAULT_LISTEN),
         metavar="HOST:PORT",
         help="tally monitor's tally.v1.Monitor (default %(default)s: tally up --stream's)",
     )

@@ -130,7 +130,7 @@ def _port(text: str) -> int:
 
 
 def _add_stream_flags(up: argparse.ArgumentParser) -> None:
-    from shards.local.stream import DEFAULT_MONITOR_PORT, DEFAULT_NATS_PORT
+    from shards.rpc.broker import DEFAULT_MONITOR_PORT, DEFAULT_NATS_PORT
 
     group = up.add_argument_group("the change stream and in-loan monitoring (--stream)")
     group.add_argument(

@@ -42,6 +42,14 @@ from shards.local import supervisor
 from shards.local.cluster import RESTART_POLICY, STOP_TIMEOUT_S, Child
 from shards.local.embedded_nats import EmbeddedNats, EmbeddedNatsConfig, EmbeddedNatsError
 from shards.local.embedded_pg import free_port
+from shards.rpc.broker import (
+    ALERTS_STREAM,
+    ALERTS_SUBJECTS,
+    DEFAULT_MONITOR_PORT,
+    DEFAULT_NATS_PORT,
+    JOURNAL_STREAM,
+    JOURNAL_SUBJECTS,
+)
 from shards.security import directory
 from shards.security.pki import CertificateError
 
@@ -51,12 +59,6 @@ MONITOR_NAME: Final = "tally-monitor"
 RELAY_LEDGER_NAME: Final = "tally-relay-ledger"
 NATS_HOSTS: Final = ("127.0.0.1", "localhost")
 HOST: Final = "127.0.0.1"
-DEFAULT_NATS_PORT: Final = 4222
-DEFAULT_MONITOR_PORT: Final = 50071
-JOURNAL_STREAM: Final = "TALLY_JOURNAL"
-JOURNAL_SUBJECTS: Final = "tally.journal.>"
-ALERTS_STREAM: Final = "TALLY_ALERTS"
-ALERTS_SUBJECTS: Final = "tally.alerts.>"
 RELAY_READY_PREFIX: Final = "tally: relaying "
 MONITOR_READY_PREFIX: Final = "tally: serving tally.v1.Monitor on "
 METRICS_PREFIX: Final = "tally: metrics on "

@@ -24,14 +24,14 @@ from typing import Any, Final
 from core.flows import rules
 from shards.monitor.consumer import MonitorConfig, MonitorError
 from shards.monitor.server import SERVICE_NAME, MonitorServer, MonitorServerConfig
+from shards.rpc import broker
 from shards.rpc.serving import add_rpc_concurrency_flag, run_announced
 from shards.security import flags as security_flags
 from shards.security.credentials import SecurityConfigError
 
 COMMAND: Final = "monitor"
-DEFAULT_NATS_URL: Final = "tls://127.0.0.1:4222"
 MONITOR_CERTIFICATE: Final = "tally-monitor"
-DEFAULT_LISTEN: Final = "127.0.0.1:50071"
+DEFAULT_LISTEN: Final = f"127.0.0.1:{broker.DEFAULT_MONITOR_PORT}"
 
 
 def _env(name: str, default: str = "") -> str:
@@ -42,14 +42,15 @@ def add_command(commands: Any) -> None:
     sub: argparse.ArgumentParser = commands.add_parser(
         COMMAND, help="cash-flow profiles and alerts of every borrower, from the change stream"
     )
-    sub.add_argument("--nats-url", default=_env("nats_url", DEFAULT_NATS_URL))
+    sub.add_argument("--nats-url", default=_env("nats_url", broker.DEFAULT_NATS_URL))
     sub.add_argument("--nats-ca", default=_env("nats_ca"), help="CA the broker is checked against")
     sub.add_argument("--nats-cert", default=_env("nats_cert"), help="the monitor's certificate")
     sub.add_argument("--nats-key", default=_env("nats_key"), help="its key")
-    sub.add_argument("--journal-stream", default=_env("journal_stream", "TALLY_JOURNAL"))
-    sub.add_argument("--journal-subjects", default=_env("journal_subjects", "tally.journal.>"))
-    sub.add_argument("--alerts-stream", default=_env("alerts_stream", "TALLY_ALERTS"))
-    sub.add_argument("--alerts-prefix", default=_env("alerts_prefix", "tally.alerts"))
+    sub.add_argument("--journal-stream", default=_env("journal_stream", broker.JOURNAL_STREAM))
+    subjects = _env("journal_subjects", broker.JOURNAL_SUBJECTS)
+    sub.add_argument("--journal-subjects", default=subjects)
+    sub.add_argument("--alerts-stream", default=_env("alerts_stream", broker.ALERTS_STREAM))
+    sub.add_argument("--alerts-prefix", default=_env("alerts_prefix", broker.ALERTS_SUBJECT_PREFIX))
     sub.add_argument("--rules", default=_env("rules"), required=not _env("rules"),
                      help="the alert rules (TOML; docs/design.md, In-loan monitoring)")  # fmt: skip
     sub.add_argument("--checkpoint", default=_env("checkpoint"), required=not _env("checkpoint"),

@@ -72,10 +72,10 @@ class MonitorConfig:
     nats_url: str
     nats_tls: ssl.SSLContext | None
     checkpoint_path: Path
-    journal_stream: str = "TALLY_JOURNAL"
-    journal_subjects: str = "tally.journal.>"
-    alerts_stream: str = "TALLY_ALERTS"
-    alerts_prefix: str = "tally.alerts"
+    journal_stream: str = broker_connection.JOURNAL_STREAM
+    journal_subjects: str = broker_connection.JOURNAL_SUBJECTS
+    alerts_stream: str = broker_connection.ALERTS_STREAM
+    alerts_prefix: str = broker_connection.ALERTS_SUBJECT_PREFIX
     checkpoint_interval_s: float = 5.0
     checkpoint_block_count: int = 10_000
 

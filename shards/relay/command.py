@@ -24,11 +24,11 @@ from pathlib import Path
 from typing import Any, Final
 
 from shards.relay.relay import Relay, RelayConfig, RelayError
+from shards.rpc import broker
 from shards.security import flags as security_flags
 from shards.security.credentials import SecurityConfigError
 
 COMMAND: Final = "relay"
-DEFAULT_NATS_URL: Final = "tls://127.0.0.1:4222"
 RELAY_CERTIFICATE: Final = "tally-relay"
 
 
@@ -41,12 +41,13 @@ def add_command(commands: Any, default_target: str) -> None:
         COMMAND, help="publish the change stream of the books to NATS JetStream"
     )
     sub.add_argument("--target", default=_env("target", default_target), help="gateway or node")
-    sub.add_argument("--nats-url", default=_env("nats_url", DEFAULT_NATS_URL))
+    sub.add_argument("--nats-url", default=_env("nats_url", broker.DEFAULT_NATS_URL))
     sub.add_argument("--nats-ca", default=_env("nats_ca"), help="CA the broker is checked against")
     sub.add_argument("--nats-cert", default=_env("nats_cert"), help="the relay's certificate")
     sub.add_argument("--nats-key", default=_env("nats_key"), help="its key")
-    sub.add_argument("--stream", default=_env("nats_stream", "TALLY_JOURNAL"))
-    sub.add_argument("--subject-prefix", default=_env("nats_subject_prefix", "tally.journal"))
+    sub.add_argument("--stream", default=_env("nats_stream", broker.JOURNAL_STREAM))
+    prefix = _env("nats_subject_prefix", broker.JOURNAL_SUBJECT_PREFIX)
+    sub.add_argument("--subject-prefix", default=prefix)
     security_flags.add_client_flags(sub)
 
 

@@ -81,8 +81,8 @@ class RelayConfig:
     security: ClientSecurity
     nats_url: str
     nats_tls: ssl.SSLContext
-    stream_name: str = "TALLY_JOURNAL"
-    subject_prefix: str = "tally.journal"
+    stream_name: str = broker_connection.JOURNAL_STREAM
+    subject_prefix: str = broker_connection.JOURNAL_SUBJECT_PREFIX
 
     def __post_init__(self) -> None:
         for part in self.subject_prefix.split("."):

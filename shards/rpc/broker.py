@@ -17,6 +17,16 @@ from nats.aio.client import Client as NatsClient
 log = logging.getLogger("tally.broker")
 
 CONNECT_TIMEOUT_S: Final = 10.0
+# The names the relay, the monitor and `tally up --stream` agree on (each a flag's default).
+DEFAULT_NATS_PORT: Final = 4222
+DEFAULT_NATS_URL: Final = f"tls://127.0.0.1:{DEFAULT_NATS_PORT}"
+JOURNAL_STREAM: Final = "TALLY_JOURNAL"  # the relay's blocks, subject tally.journal.<shard>
+JOURNAL_SUBJECT_PREFIX: Final = "tally.journal"
+JOURNAL_SUBJECTS: Final = f"{JOURNAL_SUBJECT_PREFIX}.>"
+ALERTS_STREAM: Final = "TALLY_ALERTS"  # the monitor's alerts, subject tally.alerts.<key>
+ALERTS_SUBJECT_PREFIX: Final = "tally.alerts"
+ALERTS_SUBJECTS: Final = f"{ALERTS_SUBJECT_PREFIX}.>"
+DEFAULT_MONITOR_PORT: Final = 50071  # tally.v1.Monitor, the alerts' reader's API
 
 
 async def _log_error(error: Exception) -> None:
