@@ -5,7 +5,7 @@ reserved ids of core.ids.)"""
 from __future__ import annotations
 
 import enum
-from typing import Any, NamedTuple
+from typing import Any, Final, NamedTuple
 
 from core import limits
 
@@ -95,6 +95,12 @@ class Kind(enum.IntEnum):
     # belongs to is committed (its deadline becomes the hold's expiry) and before its fate is
     # decided (a short deadline, so that the participant asks if nobody tells it).
     DEADLINE = 11
+
+
+# Kinds whose legs are held (pending) until posted, voided or expired: holds, the
+# participants' pieces of cross-shard transactions and the coordinator's piece of a
+# cross-shard hold.
+HELD_KINDS: Final = frozenset({Kind.PENDING, Kind.PREPARED, Kind.HOLD})
 
 
 class Status(enum.IntEnum):

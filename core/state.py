@@ -16,6 +16,7 @@ from typing import Final
 from core import ids, limits
 from core.invariant import InvariantError, check, fail
 from core.model import (
+    HELD_KINDS,
     SUCCESS_CODES,
     AccountSpec,
     AccountState,
@@ -930,7 +931,7 @@ def _resolution_problem(
     locked: bool = False,
 ) -> Result | None:
     field = "void_pending_id" if spec.kind is Kind.VOID_PENDING else "post_pending_id"
-    if pending is None or pending.spec.kind not in (Kind.PENDING, Kind.PREPARED, Kind.HOLD):
+    if pending is None or pending.spec.kind not in HELD_KINDS:
         return Result(
             ResultCode.PENDING_NOT_FOUND, f"{field} {spec.target_id!r} is not a pending transaction"
         )

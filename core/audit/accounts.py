@@ -18,9 +18,8 @@ from core.audit.findings import (
     Progress,
     ShardReport,
 )
-from core.audit.postings import HELD_KINDS
 from core.audit.source import TIMEOUT_S, RowStream
-from core.model import Kind, Status
+from core.model import HELD_KINDS, Kind, Status
 from core.slots import is_spread
 from core.store import audit as queries
 

@@ -11,9 +11,9 @@ from typing import Any
 from core import journal, signing
 from core.audit.export import block_hash, journal_line
 from core.audit.findings import About, AuditConfig, FindingKind, FindingLog, Progress, ShardReport
-from core.audit.postings import HELD_KINDS, check_transaction_postings, posting_ids
+from core.audit.postings import check_transaction_postings, posting_ids
 from core.audit.source import RowStream
-from core.model import Kind
+from core.model import HELD_KINDS, Kind
 from core.store import audit as queries
 from core.store.audit import P_BLOCK, P_SEQUENCE, P_TRANSACTION, T_APPLIED, T_ID, T_KIND, T_TARGET
 

@@ -7,7 +7,7 @@ from collections import deque
 from typing import Any, Final
 
 from core.audit.findings import About, FindingKind, FindingLog
-from core.model import Kind
+from core.model import HELD_KINDS, Kind
 from core.store.audit import (
     P_ACCOUNT,
     P_PENDING,
@@ -28,10 +28,6 @@ from core.store.audit import (
 POSTED_KINDS: Final = frozenset(
     {Kind.ORDINARY, Kind.REVERSAL, Kind.COMMIT, Kind.ABORT, Kind.REVERSAL_MARK, Kind.DEADLINE}
 )
-# Kinds whose legs are held (pending) until posted, voided or expired: holds, the
-# participants' pieces of cross-shard transactions and the coordinator's piece of a
-# cross-shard hold.
-HELD_KINDS: Final = frozenset({Kind.PENDING, Kind.PREPARED, Kind.HOLD})
 
 
 def posting_ids(row: Any) -> dict[str, Any]:

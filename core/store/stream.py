@@ -32,6 +32,7 @@ from core import journal
 from core.invariant import check
 from core.journal import decode_legs, decode_metadata
 from core.model import (
+    HELD_KINDS,
     AccountSpec,
     AccountState,
     Kind,
@@ -48,10 +49,6 @@ BLOCK_COUNT_PER_PAGE_MAX: Final = 64
 ROW_COUNT_PER_PAGE_MAX: Final = 5_000
 
 Connection = Any  # asyncpg.Connection or a pool; asyncpg ships no complete stubs
-
-# Held at creation (core.state: a hold, a participant's cross-shard piece, a cross-shard hold's
-# coordinator piece); every other kind is created POSTED.
-_HELD_KINDS: Final = frozenset({Kind.PENDING, Kind.PREPARED, Kind.HOLD})
 
 
 class GapError(RuntimeError):
@@ -96,7 +93,7 @@ def created_state(
 ) -> TransactionState:
     """A transaction as its block created it: held (PENDING, with the expiry its timeout gives)
     for the held kinds, POSTED otherwise; resolved and reversed by nothing yet."""
-    if spec.kind in _HELD_KINDS:
+    if spec.kind in HELD_KINDS:  # held at creation; every other kind is created POSTED
         expires_at_ns = expires_at(timestamp_ns, spec.timeout_seconds)
         return TransactionState(spec, applied_legs, timestamp_ns, Status.PENDING, expires_at_ns)
     return TransactionState(spec, applied_legs, timestamp_ns, Status.POSTED)
@@ -109,9 +106,10 @@ def committed_block(
     transactions: dict[str, TransactionState | None],
 ) -> Page:
     """A block just committed, from what its writer held in memory, equal to what read_page
-    reads of it from the store (tests/core/test_stream_memory.py holds them equal): the same
-    records as created, in the same order. accounts and transactions are the batch's (every
-    account posted to and every hold posted is there). A page of that one block."""
+    reads of it from the store (tests/shards/node/test_stream.py holds them equal, byte for
+    byte): the same records as created, in the same order. accounts and transactions are the
+    batch's (every account posted to and every hold posted is there). A page of that one
+    block."""
     created = sorted(
         (created_state(t.spec, t.applied_legs, t.timestamp_ns) for t in writes.new_transactions),
         key=lambda state: (state.timestamp_ns, state.spec.id),

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 from core import ids, validation
 from core.model import (
+    HELD_KINDS,
     AccountSpec,
     AccountState,
     CloseSpec,
@@ -135,7 +136,6 @@ def leg_fields(leg: Leg) -> dict[str, object]:
     }
 
 
-_HELD_KINDS = frozenset({Kind.PENDING, Kind.PREPARED, Kind.HOLD})
 # The field naming a transaction's target, by kind (a cross-shard reversal's is in metadata).
 _TARGET_FIELD = {
     Kind.POST_PENDING: "post_pending_id",
@@ -170,7 +170,7 @@ def transaction_spec_fields(
         fields["metadata"] = metadata
     if spec.value_date:
         fields["value_date"] = spec.value_date
-    if kind in _HELD_KINDS:
+    if kind in HELD_KINDS:
         fields["pending"] = True
     if spec.timeout_seconds:
         fields["timeout_seconds"] = spec.timeout_seconds
@@ -246,10 +246,9 @@ def posting_fields(posting: Posting, spec: AccountSpec, block_sequence: int) -> 
         debits_pending,
         credits_pending,
     ) = posting
-    if spec.credits_must_not_exceed_debits:  # available_balance's rule, inline
-        available = debits_posted - credits_posted - credits_pending
-    else:
-        available = credits_posted - debits_posted - debits_pending
+    available = available_balance(
+        spec, debits_posted, credits_posted, debits_pending, credits_pending
+    )
     return {
         "sequence": sequence,
         "transaction_id": transaction_id,
