@@ -73,7 +73,7 @@ class _Encoded:
     def __init__(self, message: pb.JournalBlock) -> None:
         self.message = message
         self.size = message.ByteSize()
-        self.problem = messages.oversized(message)
+        self.problem = messages.oversized(message, self.size)
         self._data: bytes | None = None
 
     @property

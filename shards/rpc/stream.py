@@ -104,9 +104,10 @@ def positions_of(
     return positions, ""
 
 
-def oversized(block: pb.JournalBlock) -> str:
-    """Why a block cannot be sent as one message ("" if it can)."""
-    size = block.ByteSize()
+def oversized(block: pb.JournalBlock, size: int | None = None) -> str:
+    """Why a block cannot be sent as one message ("" if it can); size: its ByteSize(), when
+    the caller has it already."""
+    size = block.ByteSize() if size is None else size
     if size <= BLOCK_SIZE_MAX_BYTES:
         return ""
     return (
