@@ -157,7 +157,7 @@ async def target_environment(options: Options) -> AsyncIterator[Environment]:
     client = TallyClient(options.target, options.credentials.security())
     try:
         await client.wait_serving(SERVING_TIMEOUT_S)
-        node_pid = _listening_pid(options.target)
+        node_pid = listening_pid(options.target)
         roles = {
             "node": cpu.single_process(node_pid),
             "postgres": cpu.processes_named("postgres"),
@@ -171,7 +171,7 @@ async def target_environment(options: Options) -> AsyncIterator[Environment]:
         await client.close()
 
 
-def _listening_pid(target: str) -> int | None:
+def listening_pid(target: str) -> int | None:
     port = target.rpartition(":")[2]
     with contextlib.suppress(psutil.Error, OSError):
         for connection in psutil.net_connections(kind="tcp"):

@@ -33,7 +33,13 @@ from typing import Any
 
 import psutil
 
-from bench.common.local_cluster import admin_credentials, start_cluster, stop_cluster
+from bench.closed_loop.environment import listening_pid
+from bench.common.local_cluster import (
+    admin_credentials,
+    batched_load,
+    start_cluster,
+    stop_cluster,
+)
 from bench.common.paths import REPO_ROOT
 from shards.local import supervisor
 from shards.local.embedded_pg import EmbeddedPostgres, EmbeddedPostgresConfig, free_port
@@ -41,33 +47,6 @@ from shards.local.supervisor import TallyProcess
 from shards.security import directory, flags
 
 FOLLOW_AT = ("writer", "standby")
-
-
-def _credential_flags(data_dir: Path) -> list[str]:
-    credentials = admin_credentials(data_dir)
-    return ["--ca", credentials.ca, "--cert", credentials.certificate, "--key", credentials.key]
-
-
-async def _load(target: str, data_dir: Path, out: Path, args: argparse.Namespace) -> dict[str, Any]:
-    """One measured window of the batched write rate against the running node."""
-    command = [
-        sys.executable, "-m", "bench.closed_loop.single_node", "--target", target,
-        "--systems", "tally", "--workloads", "batch-uniform", "--accounts", str(args.accounts),
-        "--duration-s", str(args.duration_s), "--warmup-s", "2", "--out", str(out),
-        "--quiet-wait-s", "0", *_credential_flags(data_dir),
-    ]  # fmt: skip
-    process = await asyncio.create_subprocess_exec(*command, cwd=REPO_ROOT)
-    code = await process.wait()
-    if code != 0:
-        raise RuntimeError(f"the load failed (exit {code}); see {out}")
-    results = json.loads((out / "results.json").read_text())
-    (run,) = [r for r in results["runs"] if r["system"] == "tally"]
-    return {
-        "transfers_per_s": run["transfers_per_s"],
-        "latency_ms": run["latency_ms"],
-        "cpu_us_per_transfer": run.get("cpu_us_per_transfer", {}),
-        "cores": run.get("cores", {}),
-    }
 
 
 async def _start_standby(data_dir: Path, log: Path) -> TallyProcess:
@@ -90,7 +69,7 @@ async def _followers(target: str, data_dir: Path, count: int, from_head: bool, l
     command = [
         sys.executable, "-m", "bench.closed_loop.stream_followers", "--target", target,
         "--count", str(count), *(["--from-head"] if from_head else []),
-        *_credential_flags(data_dir),
+        *admin_credentials(data_dir).client_flags(),
     ]  # fmt: skip
     with log.open("ab") as file:
         return await asyncio.create_subprocess_exec(
@@ -99,12 +78,10 @@ async def _followers(target: str, data_dir: Path, count: int, from_head: bool, l
 
 
 def _listening_pid(address: str) -> int:
-    port = int(address.rpartition(":")[2])
-    for connection in psutil.net_connections(kind="tcp"):
-        if connection.status == psutil.CONN_LISTEN and connection.laddr.port == port:
-            if connection.pid is not None:
-                return int(connection.pid)
-    raise RuntimeError(f"no process listens on {address}")
+    pid = listening_pid(address)
+    if pid is None:
+        raise RuntimeError(f"no process listens on {address}")
+    return pid
 
 
 def _cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
@@ -132,7 +109,10 @@ async def _phase(
         await asyncio.sleep(1.0)
     print(f"stream-cost: phase {n + 1}, streams {'on' if with_streams else 'off'}", flush=True)
     before, started = _cpu_seconds(pids), time.monotonic()
-    measured = await _load(cluster["writer"], data_dir, out / f"phase-{n + 1}", args)
+    measured = await batched_load(
+        cluster["writer"], admin_credentials(data_dir), args.accounts, args.duration_s,
+        out / f"phase-{n + 1}",
+    )  # fmt: skip
     after, seconds = _cpu_seconds(pids), time.monotonic() - started
     if followers is not None:
         followers.send_signal(signal.SIGINT)

@@ -67,6 +67,13 @@ class ClientCredentials:
         """The files' contents; SecurityConfigError names what is missing or unreadable."""
         return ClientSecurity.from_files(self.ca, self.certificate, self.key, self.token)
 
+    def client_flags(self) -> list[str]:
+        """The same credentials as the --ca --cert --key --token flags of the `tally` commands
+        and of the bench clients (add_client_flags)."""
+        given = (("--ca", self.ca), ("--cert", self.certificate), ("--key", self.key),
+                 ("--token", self.token))  # fmt: skip
+        return [part for flag, value in given if value for part in (flag, value)]
+
     def locust_flags(self) -> list[str]:
         """The same credentials for bench/locust/locustfile.py's --tally-ca ... options, as
         absolute paths (Locust runs in the repository root, this process maybe not)."""

@@ -8,10 +8,13 @@ clients present that directory's admin identity (admin_credentials)."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import signal
+import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import psutil
 
@@ -94,3 +97,29 @@ async def start_cluster(
 async def stop_cluster(up: TallyProcess, timeout_s: float = STOP_TIMEOUT_S) -> None:
     """SIGINT (drain, commit, stop PostgreSQL), then kill if it takes longer than timeout_s."""
     await up.stop(timeout_s, signal.SIGINT)
+
+
+async def batched_load(
+    target: str, credentials: ClientCredentials, accounts: int, duration_s: float, out: Path
+) -> dict[str, Any]:
+    """One measured window of the batched write rate against target (`bench.closed_loop.
+    single_node --systems tally --workloads batch-uniform`, a process of its own, its report in
+    out): its rate, latency and CPU per transfer by role."""
+    command = [
+        sys.executable, "-m", "bench.closed_loop.single_node", "--target", target,
+        "--systems", "tally", "--workloads", "batch-uniform", "--accounts", str(accounts),
+        "--duration-s", str(duration_s), "--warmup-s", "2", "--out", str(out),
+        "--quiet-wait-s", "0", *credentials.client_flags(),
+    ]  # fmt: skip
+    process = await asyncio.create_subprocess_exec(*command, cwd=REPO_ROOT)
+    code = await process.wait()
+    if code != 0:
+        raise RuntimeError(f"the load failed (exit {code}); see {out}")
+    results = json.loads((out / "results.json").read_text())
+    (run,) = [r for r in results["runs"] if r["system"] == "tally"]
+    return {
+        "transfers_per_s": run["transfers_per_s"],
+        "latency_ms": run["latency_ms"],
+        "cpu_us_per_transfer": run.get("cpu_us_per_transfer", {}),
+        "cores_busy": run.get("cores_busy", {}),
+    }

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,36 +25,11 @@ from typing import Any
 
 import asyncpg
 
-from bench.common.paths import REPO_ROOT
+from bench.common.credentials import ClientCredentials
+from bench.common.local_cluster import batched_load
 from bench.lending import online
-from shards.security import directory
 
 DEFAULT_RULES = Path(__file__).with_name("rules.toml")
-
-
-def _credential_flags(root: Path) -> list[str]:
-    paths = directory.Paths(root)
-    return [
-        "--ca", str(paths.certificate(directory.CA)),
-        "--cert", str(paths.certificate(directory.ADMIN)),
-        "--key", str(paths.key(directory.ADMIN)),
-    ]  # fmt: skip
-
-
-async def _load(pipeline: online.Pipeline, out: Path, args: argparse.Namespace) -> dict[str, Any]:
-    command = [
-        sys.executable, "-m", "bench.closed_loop.single_node", "--target", pipeline.target,
-        "--systems", "tally", "--workloads", "batch-uniform", "--accounts", str(args.accounts),
-        "--duration-s", str(args.duration_s), "--warmup-s", "2", "--out", str(out / "load"),
-        "--quiet-wait-s", "0", *_credential_flags(pipeline.tls_root),
-    ]  # fmt: skip
-    process = await asyncio.create_subprocess_exec(*command, cwd=REPO_ROOT)
-    code = await process.wait()
-    if code != 0:
-        raise online.PipelineError(f"the load failed (exit {code}); see {out / 'load'}")
-    results = json.loads((out / "load" / "results.json").read_text())
-    (run,) = [r for r in results["runs"] if r["system"] == "tally"]
-    return {"transfers_per_s": run["transfers_per_s"], "latency_ms": run["latency_ms"]}
 
 
 async def _sample(
@@ -97,7 +71,10 @@ async def measure(args: argparse.Namespace, out: Path) -> dict[str, Any]:
             done = asyncio.Event()
             sampling = asyncio.create_task(_sampling(pipeline, connections, started, done))
             try:
-                load = await _load(pipeline, out, args)
+                load = await batched_load(
+                    pipeline.target, ClientCredentials.admin_of(pipeline.tls_root),
+                    args.accounts, args.duration_s, out / "load",
+                )  # fmt: skip
             finally:
                 done.set()
             samples = await sampling
