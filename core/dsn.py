@@ -20,7 +20,7 @@ import urllib.parse
 from collections.abc import Iterable
 from typing import Final
 
-__all__ = ["HIDDEN", "SECRET_KEYS", "redact", "scrub", "secrets_of"]
+__all__ = ["HIDDEN", "SECRET_KEYS", "join_list", "redact", "scrub", "secrets_of", "split_list"]
 
 HIDDEN: Final = "***"
 SECRET_KEYS: Final = frozenset({"password", "sslpassword"})
@@ -121,3 +121,18 @@ def scrub(text: str, secrets: Iterable[str] = ()) -> str:
             text = text.replace(secret, HIDDEN)
     text = _TEXT_URL_CREDENTIALS.sub(r"\g<head>:" + HIDDEN + "@", text)
     return _TEXT_SECRET_VALUE.sub(lambda m: m.group("key") + m.group("sep") + HIDDEN, text)
+
+
+def join_list(dsns: Iterable[str]) -> str:
+    """Several DSNs as one value (an environment variable's): comma-separated, or one per line
+    when one of them holds a comma (a DSN naming several hosts: `h1:5432,h2:5432`)."""
+    dsns = list(dsns)
+    if any("\n" in dsn for dsn in dsns):
+        raise ValueError("a DSN may not hold a line break")
+    return ("\n" if any("," in dsn for dsn in dsns) else ",").join(dsns)
+
+
+def split_list(text: str) -> list[str]:
+    """The DSNs of join_list's value: one per line if it has several lines, else comma-separated."""
+    parts = text.splitlines() if "\n" in text.strip() else text.split(",")
+    return [part.strip() for part in parts if part.strip()]

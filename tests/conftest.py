@@ -14,6 +14,10 @@ from pathlib import Path
 # process; gRPC's fork handlers are for forks that do not exec, and in the child they can
 # crash it before it execs (a SIGSEGV seen in the bank test). Set before gRPC starts.
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+# The suite's PostgreSQL servers have no standby: the `tally node` processes it starts are told
+# that one server's disk will do (tests/shards/node/test_durability.py unsets it, and `tally up
+# --replicas 1` passes its nodes the default).
+os.environ.setdefault("TALLY_DURABILITY", "single-server")
 
 import grpc
 import pytest

@@ -281,6 +281,7 @@ def _node(cluster: Cluster, shard_id: int, proxy_port: int, log_dir: Path) -> Me
     arguments = [
         "node", "--shard-id", str(shard_id),
         "--listen", f"127.0.0.1:{free_port()}",
+        "--durability=single-server",  # each shard's PostgreSQL is one server, without standby
         "--internal-listen", f"127.0.0.1:{cluster.proxies[shard_id].target_port}",
         "--advertise", f"127.0.0.1:{proxy_port}",
         *directory.server_flags(cluster.tls_root),

@@ -102,7 +102,9 @@ def _transfer(number: int, rng: random.Random, accounts: list[str]) -> pb.Transa
 
 async def _write(dsn: str, arguments: argparse.Namespace, credentials: Path) -> float:
     security = directory.server_security(credentials)
-    node = Node(NodeConfig(dsn=dsn, listen="127.0.0.1:0", security=security))
+    node = Node(
+        NodeConfig(dsn=dsn, listen="127.0.0.1:0", security=security, durability="single-server")
+    )
     port = await node.start()
     task = asyncio.create_task(node.run())
     try:

@@ -91,7 +91,15 @@ async def start_node(
     profiler = ["-m", "cProfile", "-o", str(profile_path)] if profile_path is not None else []
     tls_flags = directory.server_flags(credentials)  # paths only: the keys stay in their files
     return await supervisor.start(
-        ["node", "--listen", f"127.0.0.1:{free_port()}", *tls_flags, *extra_args],
+        # The bench's embedded PostgreSQL is one server, said so.
+        [
+            "node",
+            "--listen",
+            f"127.0.0.1:{free_port()}",
+            "--durability=single-server",
+            *tls_flags,
+            *extra_args,
+        ],
         log_dir / "node.log",
         name="node",
         environment=supervisor.dsn_environment(dsn=dsn),  # never on the command line

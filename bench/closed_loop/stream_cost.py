@@ -57,6 +57,7 @@ async def _start_standby(data_dir: Path, log: Path) -> TallyProcess:
     environment = supervisor.dsn_environment(dsn=server.dsn("tally_shard_0"))
     arguments = [
         "node", "--shard-id", "0", "--listen", f"127.0.0.1:{free_port()}",
+        "--durability=single-server",  # tally up's one embedded server, as tally up says
         *directory.server_flags(flags.local_directory(data_dir)),
     ]  # fmt: skip
     return await supervisor.start(

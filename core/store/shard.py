@@ -99,6 +99,40 @@ async def claim_shard(connection: Connection, shard_id: int, timeout_s: float) -
     return recorded
 
 
+# The server settings that decide how durable a commit is (see shards/node/durability.py).
+DURABILITY_SETTINGS = (
+    "fsync",
+    "full_page_writes",
+    "synchronous_commit",
+    "synchronous_standby_names",
+)
+
+
+async def durability_settings(connection: Connection, timeout_s: float) -> dict[str, str]:
+    """What this session's commits are made durable by: the DURABILITY_SETTINGS as the
+    server applies them to this session, and in_recovery ("on" on a standby)."""
+    rows = await connection.fetch(
+        "SELECT name, setting FROM pg_settings WHERE name = ANY($1::text[])",
+        list(DURABILITY_SETTINGS),
+        timeout=timeout_s,
+    )
+    settings = {row["name"]: row["setting"] for row in rows}
+    in_recovery = await connection.fetchval("SELECT pg_is_in_recovery()", timeout=timeout_s)
+    settings["in_recovery"] = "on" if in_recovery else "off"
+    return settings
+
+
+async def wait_durable(connection: Connection, timeout_s: float) -> None:
+    """Return once everything committed on this server so far is as durable as a commit made
+    now (flushed, and on the synchronous standby where one is named): a transaction that takes
+    a transaction id commits, and waits for its commit record, which comes after all of it.
+    For a writer that re-reads a journal after an ambiguous commit, which may have landed on
+    the primary alone (a commit whose wait for the standby was cancelled is still committed
+    there): what it reads is then never more than what a failover keeps."""
+    async with connection.transaction():
+        await connection.execute("SELECT pg_current_xact_id()", timeout=timeout_s)
+
+
 # ---- row <-> domain ----
 
 

@@ -28,6 +28,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn
 
 from core import audit, signing
+from core import dsn as dsn_text
 from core.audit import AuditConfig, AuditReport, export, exporter, reconcile, render, statement
 from core.audit.report import StructuredReport, balances, structured
 from core.currencies import minor_unit_scale
@@ -191,7 +192,7 @@ def _period_arguments(sub: argparse.ArgumentParser) -> None:
 def dsns_of(args: argparse.Namespace) -> list[str]:
     dsns: list[str] = list(args.dsn or [])
     if not dsns:
-        dsns = [d.strip() for d in (args.default_dsns or "").split(",") if d.strip()]
+        dsns = dsn_text.split_list(args.default_dsns or "")
     if not dsns:
         raise UsageError(f"no shard database: pass --dsn (once per shard) or set {DSN_ENV}")
     return dsns

@@ -36,6 +36,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 
 from core import audit, limits, signing
+from core import dsn as dsn_text
 from core.audit import AuditConfig, AuditReport, Finding
 from core.audit.report import (
     Balance,
@@ -646,7 +647,7 @@ def dsns_of(args: argparse.Namespace) -> list[str]:
     command runs, so a DSN never sits in the parser's defaults)."""
     dsns = list(args.dsn or [])
     if not dsns:
-        dsns = [d.strip() for d in os.environ.get(DSN_ENV, "").split(",") if d.strip()]
+        dsns = dsn_text.split_list(os.environ.get(DSN_ENV, ""))
     return dsns
 
 

@@ -22,9 +22,10 @@ from shards.audit import server as audit_service
 from shards.cli import credentials as credential_commands
 from shards.cli import flow_profile, health, init_cluster, terminal
 from shards.cli.logs import LOG_FORMATS, LOG_LEVELS, hide_secrets, start_logging
-from shards.local.embedded_pg import EmbeddedPostgres
+from shards.local.replicated_pg import LocalPostgres
 from shards.local.stream import StreamSetupError
 from shards.monitor import command as monitor_command
+from shards.node import durability
 from shards.node.writer import WriterConfig
 from shards.relay import command as relay_command
 from shards.rpc.serving import add_rpc_concurrency_flag, metrics_url, run_announced
@@ -234,6 +235,16 @@ def _add_node_command(commands: Any) -> None:
         "default with --control-dsn: --listen's host, a free port, registered in the control "
         "database; without: none)",
     )
+    node.add_argument(
+        "--durability",
+        choices=durability.MODES,
+        default=_env("durability", durability.SYNC_STANDBY),
+        help="what the database must make of a commit before this node writes on it: "
+        f"{durability.SYNC_STANDBY} (default) needs a synchronous standby "
+        "(synchronous_standby_names), so an acknowledged transaction is on two servers; "
+        f"{durability.SINGLE_SERVER} accepts one server's disk (development, or a managed "
+        "database whose storage replication is trusted instead)",
+    )
     _add_writer_flags(node)
     add_rpc_concurrency_flag(node)
     _add_signing_flags(node, up=False)
@@ -241,10 +252,7 @@ def _add_node_command(commands: Any) -> None:
     security_flags.add_server_flags(node)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tally", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-
+def _add_up_command(commands: Any) -> None:
     up = commands.add_parser("up", help="embedded PostgreSQL + one node, in the foreground")
     up.add_argument("--data-dir", default=_env("data_dir", ".tally"), type=Path)
     up.add_argument("--listen", default=_env("listen", DEFAULT_TARGET))
@@ -260,6 +268,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=int(_env("shards", "1")),
         help="1: one node serves directly; N > 1: N node processes behind a gateway",
     )
+    up.add_argument(
+        "--replicas",
+        type=int,
+        choices=(0, 1),
+        default=int(_env("replicas", "0")),
+        help="1: PostgreSQL with a synchronous streaming standby and failover (an acknowledged "
+        "transaction is on both servers; the nodes require it); 0: one server",
+    )
     _add_writer_flags(up)
     _add_gateway_flags(up)
     add_rpc_concurrency_flag(up)
@@ -267,6 +283,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_metrics_flag(up, default="127.0.0.1:0")
     _add_stream_flags(up)
 
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tally", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    _add_up_command(commands)
     _add_node_command(commands)
 
     keygen = commands.add_parser(
@@ -528,7 +550,7 @@ async def _serve_up(args: argparse.Namespace) -> int:
 
 
 @contextlib.asynccontextmanager
-async def _postgres_supervised(embedded: EmbeddedPostgres | None) -> AsyncIterator[None]:
+async def _postgres_supervised(embedded: LocalPostgres | None) -> AsyncIterator[None]:
     """tally up: its PostgreSQL started again whenever it exits, for as long as the block runs
     (the node retries its connections meanwhile). Nothing without an embedded server."""
     if embedded is None:
@@ -545,9 +567,30 @@ async def _postgres_supervised(embedded: EmbeddedPostgres | None) -> AsyncIterat
         await watcher
 
 
+def _node_config(args: argparse.Namespace, dsn: str, security: Any) -> Any:
+    """The NodeConfig of `tally node`, or of the node `tally up` runs in its own process."""
+    from shards.node.server import NodeConfig
+
+    return NodeConfig(
+        dsn=dsn,
+        listen=args.listen,
+        writer=_writer_config(args),
+        shard_id=getattr(args, "shard_id", 0),
+        control_dsn=getattr(args, "control_dsn", ""),
+        advertise=getattr(args, "advertise", ""),
+        metrics_listen=args.metrics_listen,
+        signing_key=args.signing_key,
+        publish_heads=args.publish_heads,
+        security=security,
+        internal_listen=getattr(args, "internal_listen", ""),
+        rpc_concurrency_max=args.rpc_concurrency_max,
+        durability=_durability(args),
+    )
+
+
 async def _serve(args: argparse.Namespace) -> int:
     from core.signing import SigningKeyError
-    from shards.node.server import Node, NodeConfig, NodeRefusedError, tune_garbage_collector
+    from shards.node.server import Node, NodeRefusedError, tune_garbage_collector
 
     try:
         security = _server_security(args)
@@ -563,22 +606,7 @@ async def _serve(args: argparse.Namespace) -> int:
     else:
         dsn = args.dsn
     try:
-        node = Node(
-            NodeConfig(
-                dsn=dsn,
-                listen=args.listen,
-                writer=_writer_config(args),
-                shard_id=getattr(args, "shard_id", 0),
-                control_dsn=getattr(args, "control_dsn", ""),
-                advertise=getattr(args, "advertise", ""),
-                metrics_listen=args.metrics_listen,
-                signing_key=args.signing_key,
-                publish_heads=args.publish_heads,
-                security=security,
-                internal_listen=getattr(args, "internal_listen", ""),
-                rpc_concurrency_max=args.rpc_concurrency_max,
-            )
-        )
+        node = Node(_node_config(args, dsn, security))
     except (OSError, SigningKeyError, ValueError) as error:
         print(f"tally {args.command}: {error}", file=sys.stderr)
         if embedded is not None:
@@ -665,6 +693,7 @@ async def _serve_cluster(args: argparse.Namespace) -> int:
         f"--cache-account-count-max={args.cache_account_count_max}",
         f"--queue-size-max-bytes={args.queue_size_max_bytes}",
         f"--rpc-concurrency-max={args.rpc_concurrency_max}",
+        f"--durability={_durability(args)}",
     ]
     # Always passed, so TALLY_METRICS_LISTEN does not make N + 1 processes race for one port.
     metrics_flags = [f"--metrics-listen={_any_port(args.metrics_listen)}"]
@@ -702,18 +731,21 @@ def _any_port(listen: str) -> str:
     return f"{listen.rsplit(':', 1)[0]}:0" if listen else ""
 
 
-def _start_embedded(args: argparse.Namespace) -> tuple[EmbeddedPostgres, str]:
-    from shards.local.embedded_pg import EmbeddedPostgresConfig, free_port
+def _durability(args: argparse.Namespace) -> str:
+    """A node's --durability; under tally up what its PostgreSQL gives: a synchronous standby
+    with --replicas 1, one server's disk without (said, not assumed)."""
+    if args.command != "up":
+        return str(args.durability)
+    return durability.SYNC_STANDBY if args.replicas else durability.SINGLE_SERVER
+
+
+def _start_embedded(args: argparse.Namespace) -> tuple[LocalPostgres, str]:
+    from shards.local.replicated_pg import local_server
 
     data_dir: Path = args.data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
-    port_file = data_dir / "pg-port"
-    port = args.pg_port
-    if not port:
-        port = int(port_file.read_text()) if port_file.exists() else free_port()
-    port_file.write_text(str(port))
-    server = EmbeddedPostgres(EmbeddedPostgresConfig(data_dir=data_dir / "pg", port=port))
-    print(f"tally: starting PostgreSQL in {data_dir / 'pg'} on 127.0.0.1:{port}", flush=True)
+    server = local_server(data_dir, args.pg_port, args.replicas)
+    print(f"tally: starting PostgreSQL: {server}", flush=True)
     server.start()
     hide_secrets([server.dsn()])  # its password never reaches this process's log
     server.create_database("tally_shard_0")

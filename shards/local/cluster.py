@@ -34,6 +34,7 @@ from core.store import control as control_store
 from shards import control
 from shards.local import supervisor
 from shards.local.embedded_pg import EmbeddedPostgres
+from shards.local.replicated_pg import LocalPostgres, ReplicatedPostgres
 from shards.local.supervisor import LEDGER_SERVING_PREFIX as READY_PREFIX
 from shards.local.supervisor import RestartPolicy, TallyProcess
 
@@ -170,8 +171,12 @@ class SupervisedPostgres:
         return f"pid {self.server.running_pid()}"
 
 
-async def keep_postgres_running(server: EmbeddedPostgres, stopping: asyncio.Event) -> None:
-    """Restart the embedded PostgreSQL whenever it exits, until stopping is set."""
+async def keep_postgres_running(server: LocalPostgres, stopping: asyncio.Event) -> None:
+    """Restart the embedded PostgreSQL whenever it exits, until stopping is set; a replicated
+    one fails over to its standby instead (shards.local.replicated_pg)."""
+    if isinstance(server, ReplicatedPostgres):
+        await server.supervise(stopping)
+        return
     await supervisor.keep_running(SupervisedPostgres(server), stopping, RESTART_POLICY)
 
 
@@ -196,7 +201,7 @@ def _print_started(child: TallyProcess, line: str) -> None:
 
 
 def _audit_child(
-    server: EmbeddedPostgres,
+    server: LocalPostgres,
     shard_count: int,
     node_flags: list[str],
     gateway_flags: list[str],
@@ -217,7 +222,7 @@ def _audit_child(
     return Child("audit", arguments, log_dir, databases)
 
 
-async def _initialise_control(server: EmbeddedPostgres, shard_count: int, data_dir: Path) -> str:
+async def _initialise_control(server: LocalPostgres, shard_count: int, data_dir: Path) -> str:
     """The control database with its slot map (made on first start); its DSN."""
     control_dsn = server.dsn("tally_control")
     await server.create_database_async("tally_control")
@@ -234,7 +239,7 @@ async def _initialise_control(server: EmbeddedPostgres, shard_count: int, data_d
 
 
 async def _start_children(
-    server: EmbeddedPostgres,
+    server: LocalPostgres,
     shard_count: int,
     listen: str,
     log_dir: Path,
@@ -270,7 +275,7 @@ async def _start_children(
 
 
 async def run_cluster(
-    server: EmbeddedPostgres,
+    server: LocalPostgres,
     shard_count: int,
     listen: str,
     data_dir: Path,

@@ -60,8 +60,10 @@ import asyncpg
 
 __all__ = [
     "DEFAULT_SETTINGS",
+    "PASSFILE",
     "PASSWORD_FILE",
     "PG_SYSTEM_USER",
+    "STANDBY_SIGNAL",
     "SUPERUSER",
     "EmbeddedPostgres",
     "EmbeddedPostgresConfig",
@@ -69,6 +71,7 @@ __all__ = [
     "StopMode",
     "free_port",
     "pg_bin_dir",
+    "run_sync",
 ]
 
 PG_SYSTEM_USER: Final = "tally-pg"
@@ -79,25 +82,37 @@ PASSWORD_FILE: Final = "superuser.password"
 HBA_CONF: Final = """\
 # Written by Tally (shards/local/embedded_pg.py) at every start: every connection needs the
 # superuser's password (scram-sha-256), kept in superuser.password beside this file.
-# TYPE  DATABASE  USER  ADDRESS       METHOD
-local   all       all                 scram-sha-256
-host    all       all   127.0.0.1/32  scram-sha-256
-host    all       all   ::1/128       scram-sha-256
+# TYPE  DATABASE     USER  ADDRESS       METHOD
+local   all          all                 scram-sha-256
+host    all          all   127.0.0.1/32  scram-sha-256
+host    all          all   ::1/128       scram-sha-256
+local   replication  all                 scram-sha-256
+host    replication  all   127.0.0.1/32  scram-sha-256
+host    replication  all   ::1/128       scram-sha-256
 """
 _PASSWORD_BYTES: Final = 24
+# In the data directory: the same password as a libpq password file (0600), for the server's
+# own client connections (a standby's to its primary, pg_basebackup's), so that no password is
+# ever on a command line or in postmaster.opts.
+PASSFILE: Final = "superuser.pgpass"
+# PostgreSQL's own marker of a standby's data directory (removed by PostgreSQL on promotion).
+STANDBY_SIGNAL: Final = "standby.signal"
 
 StopMode = Literal["smart", "fast", "immediate"]
 
-# Durable settings for a ledger on a small machine. wal_level=minimal is allowed
-# only without WAL senders; it skips WAL for bulk loads into new tables, and we
-# never replicate this server (production uses its own PostgreSQL).
+# Durable settings for a ledger on a small machine. wal_level=replica (not minimal, which
+# would skip WAL only for bulk loads into tables made in the same transaction, something the
+# write path never does) so that the server can have streaming standbys (`tally up
+# --replicas`), base backups and a WAL archive for point-in-time restore; wal_keep_size lets a
+# standby that was down for a while catch up from the primary's WAL.
 DEFAULT_SETTINGS: Final[Mapping[str, str]] = MappingProxyType(
     {
         "fsync": "on",
         "synchronous_commit": "on",
         "full_page_writes": "on",
-        "wal_level": "minimal",
-        "max_wal_senders": "0",
+        "wal_level": "replica",
+        "max_wal_senders": "10",
+        "wal_keep_size": "1GB",
         "shared_buffers": "256MB",
         "max_connections": "200",
         "checkpoint_timeout": "15min",
@@ -279,6 +294,7 @@ class EmbeddedPostgres:
         with self._dir_lock():
             self._prepare()
             self._ensure_password(deadline)
+            self._write_passfile()
             hba_changed = self._write_hba()
             if self._adopt_running_server(deadline):
                 if hba_changed:
@@ -319,7 +335,81 @@ class EmbeddedPostgres:
 
     def create_database(self, name: str) -> None:
         """Synchronous create_database_async; works even inside a running event loop."""
-        _run_sync(lambda: self.create_database_async(name))
+        run_sync(lambda: self.create_database_async(name))
+
+    # ---------------------------------------------------------- replication
+
+    @property
+    def passfile(self) -> Path:
+        return self.data_dir / PASSFILE
+
+    def is_standby(self) -> bool:
+        """True when this data directory is a standby's (it holds standby.signal)."""
+        return (self.data_dir / STANDBY_SIGNAL).exists()
+
+    def run_program(
+        self, program: str, arguments: list[str], timeout_s: float = _CMD_TIMEOUT_S
+    ) -> tuple[int, str]:
+        """One of the wheel's programs (pg_basebackup, pg_ctl, ...) as the server's OS user,
+        with a clean environment: its exit code and output."""
+        identity = self._get_identity()
+        if identity.switch:
+            self._open_paths_for_server_user()
+        return _run([str(self.bin_dir / program), *arguments], identity, timeout=timeout_s)
+
+    def conninfo(self, application_name: str = "") -> str:
+        """A libpq keyword DSN of this server for the server's own tools: the password comes
+        from the passfile, never in the text."""
+        words = {
+            "host": self.config.host,
+            "port": str(self.config.port),
+            "user": SUPERUSER,
+            "passfile": str(self.passfile),
+            **({"application_name": application_name} if application_name else {}),
+        }
+        return " ".join(f"{key}={_conninfo_value(value)}" for key, value in words.items())
+
+    def clone_from(self, source: EmbeddedPostgres, timeout_s: float = _CMD_TIMEOUT_S) -> None:
+        """Make this data directory a standby of source: a base backup of the running source
+        (pg_basebackup, with the WAL it needs streamed along) into a staging directory, marked
+        as a standby, then renamed into place, so that a crash leaves either the old directory
+        or the whole new one. Whatever this data directory held is replaced; this server must
+        be stopped."""
+        with self._dir_lock():
+            if self.is_running():
+                raise self._error("cannot replace the data of a running server", "")
+            identity = self._get_identity()
+            if identity.switch:
+                self._open_paths_for_server_user()
+            staging = self.data_dir.with_name(f".{self.data_dir.name}.clone")
+            shutil.rmtree(staging, ignore_errors=True)  # leftover of a crashed clone
+            _private_dir(staging, identity)
+            args = [
+                str(self.bin_dir / "pg_basebackup"),
+                "--pgdata", str(staging),
+                "--dbname", source.conninfo("pg_basebackup"),
+                "--wal-method=stream",
+                "--checkpoint=fast",
+            ]  # fmt: skip
+            code, output = _run(args, identity, timeout=timeout_s)
+            if code != 0:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise self._error(f"pg_basebackup from {source} failed (exit {code})", output)
+            # The source's socket locks and log came along: they are not this server's.
+            shutil.rmtree(staging / "socket", ignore_errors=True)
+            shutil.rmtree(staging / "log", ignore_errors=True)
+            _write_private(staging / STANDBY_SIGNAL, "", identity)
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+            staging.rename(self.data_dir)
+            _fsync_dir(self.data_dir.parent)
+            self._password = None
+
+    def promote(self, timeout_s: float = 60.0) -> None:
+        """Make this standby a primary (pg_ctl promote, waiting until it accepts writes)."""
+        args = ["promote", "--pgdata", str(self.data_dir), "--wait"]
+        code, output = self.run_program("pg_ctl", [*args, "--timeout", str(math.ceil(timeout_s))])
+        if code != 0:
+            raise self._error(f"pg_ctl promote failed (exit {code})", output)
 
     def __enter__(self) -> EmbeddedPostgres:
         self.start()
@@ -460,6 +550,13 @@ class EmbeddedPostgres:
             raise self._error(f"could not set the superuser's password (exit {code})", output)
         _write_private(self.password_file, password, self._get_identity())
         self._password = None
+
+    def _write_passfile(self) -> None:
+        line = f"*:*:*:{SUPERUSER}:{self.password}\n"
+        with contextlib.suppress(FileNotFoundError):
+            if self.passfile.read_text() == line:
+                return
+        _write_private(self.passfile, line, self._get_identity())
 
     def _write_hba(self) -> bool:
         """Make pg_hba.conf ours (password for every way in); True when it changed."""
@@ -801,6 +898,13 @@ def _check_identifier(name: str) -> None:
         raise ValueError(f"invalid database name: {name!r}")
 
 
+def _conninfo_value(value: str) -> str:
+    """A libpq keyword value, quoted when it holds a space, a quote or a backslash."""
+    if value and not any(character in value for character in " '\\"):
+        return value
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
 def _quote_list_item(item: str) -> str:
     # unix_socket_directories is a comma-separated list; quote paths with spaces etc.
     return '"' + item.replace('"', '""') + '"'
@@ -828,7 +932,7 @@ def _log_tail(path: Path, max_bytes: int = _LOG_TAIL_BYTES) -> str:
     return tail or "(empty or missing)"
 
 
-def _run_sync(make_coro: Callable[[], Coroutine[Any, Any, _T]]) -> _T:
+def run_sync(make_coro: Callable[[], Coroutine[Any, Any, _T]]) -> _T:
     """Run a coroutine from sync code, even when this thread already runs a loop.
 
     asyncio.run() refuses inside a running loop (sync code called from async

@@ -62,17 +62,16 @@ def dsn_environment(
     *, dsn: str = "", control_dsn: str = "", audit_dsns: Sequence[str] = ()
 ) -> dict[str, str]:
     """The environment that gives a `tally` child its databases: the node's --dsn, the
-    node's and gateway's --control-dsn, audit-serve's --dsn list (comma-separated, in shard
-    order). Only what is given is set."""
+    node's and gateway's --control-dsn, audit-serve's --dsn list (in shard order:
+    comma-separated, or one per line when a DSN names several hosts). Only what is given is
+    set."""
     environment = {}
     if dsn:
         environment[DSN_ENV] = dsn
     if control_dsn:
         environment[CONTROL_DSN_ENV] = control_dsn
     if audit_dsns:
-        if any("," in one for one in audit_dsns):
-            raise ValueError(f"{AUDIT_DSNS_ENV} is comma-separated: a DSN may not hold a comma")
-        environment[AUDIT_DSNS_ENV] = ",".join(audit_dsns)
+        environment[AUDIT_DSNS_ENV] = dsn_text.join_list(audit_dsns)
     return environment
 
 

@@ -42,6 +42,7 @@ from core.store import control as control_store
 from core.store import shard as store
 from shards import control, failpoints
 from shards.crossshard.participant import settle_prepared
+from shards.node import durability
 from shards.node.heads import HeadPublisher, load_signer
 from shards.node.lease import Lease, LeaseState
 from shards.node.ledger_service import READ_TIMEOUT_S, LedgerService
@@ -72,6 +73,10 @@ class NodeRefusedError(RuntimeError):
 
 class ShardIdentityError(NodeRefusedError):
     """The shard database records another shard than this node's."""
+
+
+class NotDurableError(NodeRefusedError):
+    """The database does not make commits as durable as --durability requires."""
 
 
 class EpochBehindError(NodeRefusedError):
@@ -115,6 +120,9 @@ class NodeConfig:
     internal_listen: str = ""
     # RPCs each listener (client, internal) serves at once; beyond, RESOURCE_EXHAUSTED.
     rpc_concurrency_max: int = limits.rpc_concurrency_max_default
+    # What the database must make of a commit before the node writes on it
+    # (shards/node/durability.py): a synchronous standby, unless told a single server will do.
+    durability: str = durability.SYNC_STANDBY
 
 
 def tune_garbage_collector() -> None:
@@ -141,7 +149,8 @@ class Node:
         self._server: grpc.aio.Server | None = None
         self._internal_server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
-        self._lease = Lease(self._connect, f"{socket.gethostname()}:{os.getpid()}")
+        durability.refusal(config.durability, {})  # an unknown mode: ValueError now
+        self._lease = Lease(self._connect_writer, f"{socket.gethostname()}:{os.getpid()}")
         self._stopping = asyncio.Event()
         self.port = 0
         self.internal_port = 0
@@ -207,6 +216,26 @@ class Node:
             server_settings={"synchronous_commit": "on"},
         )
 
+    async def _connect_writer(self) -> Any:
+        """A connection to commit on, once its database is as durable as required (else
+        NotDurableError, the connection closed)."""
+        connection = await self._connect()
+        try:
+            await self._check_durability(connection)
+        except BaseException:
+            connection.terminate()
+            raise
+        return connection
+
+    async def _check_durability(self, connection: Any) -> None:
+        settings = await store.durability_settings(connection, IDENTITY_TIMEOUT_S)
+        reason = durability.refusal(self.config.durability, settings)
+        if reason is not None:
+            raise NotDurableError(
+                f"refusing to write on this database (--durability {self.config.durability}): "
+                f"{reason}"
+            )
+
     async def start(self) -> int:
         """Migrate, open the read pool and start serving; returns the bound port."""
         if self.signer is None:
@@ -219,8 +248,14 @@ class Node:
             if applied:
                 log.info("applied migrations %s", applied)
             await self._check_identity(connection)
+            await self._check_durability(connection)
         finally:
             await connection.close(timeout=5.0)
+        if self.config.durability == durability.SINGLE_SERVER:
+            log.warning(
+                "--durability %s: acknowledged transactions are on one server's disk",
+                durability.SINGLE_SERVER,
+            )
         try:
             return await self._start_serving()
         except BaseException:
@@ -483,7 +518,7 @@ class Node:
     async def _write_as(self, epoch: int, publisher: HeadPublisher | None) -> None:
         writer = Writer(
             self.config.writer,
-            self._connect,
+            self._connect_writer,
             epoch,
             self.metrics.batch_committed,
             self.signer,

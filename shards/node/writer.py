@@ -276,6 +276,8 @@ class Writer:
     async def start(self) -> None:
         self.connection = await self._connect()
         self.load_connection = await self._connect()
+        # A writer before this one may have left a commit on the primary alone (see _recover).
+        await store.wait_durable(self.connection, self.config.commit_timeout_s)
         await self._load_position()
 
     async def _load_position(self) -> None:
@@ -565,6 +567,9 @@ class Writer:
                 self.connection = await self._connect()
                 self.load_connection = await self._connect()
                 await store.end_backends(self.connection, old_pids, self.config.load_timeout_s)
+                # What the tail shows must be what a failover keeps: a commit whose wait for
+                # the synchronous standby was cut short is on the primary alone until then.
+                await store.wait_durable(self.connection, self.config.commit_timeout_s)
                 await self._load_position()
                 self._announce_head()  # a commit whose answer was lost may have landed
                 return

@@ -15,6 +15,7 @@ from shards import control
 from shards.gateway.cluster import GatewayConfig
 from shards.gateway.server import Gateway
 from shards.local.embedded_pg import EmbeddedPostgres
+from shards.node.durability import SINGLE_SERVER
 from shards.node.server import Node, NodeConfig
 from shards.node.writer import WriterConfig
 from tally.v1 import ledger_pb2 as pb
@@ -60,6 +61,7 @@ class NodeHandle:
 
 async def start_node(dsn: str, writer: WriterConfig | None = None, **options: object) -> NodeHandle:
     options.setdefault("security", security.server_security())
+    options.setdefault("durability", SINGLE_SERVER)  # the suite's PostgreSQL has no standby
     config = NodeConfig(dsn=dsn, listen="127.0.0.1:0", writer=writer or WriterConfig(), **options)  # type: ignore[arg-type]
     node = Node(config)
     port = await node.start()

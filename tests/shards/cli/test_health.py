@@ -34,6 +34,7 @@ async def test_a_standby_is_alive_but_not_ready(node: NodeHandle) -> None:
             listen="127.0.0.1:0",
             writer=WriterConfig(),
             security=security.server_security(),
+            durability="single-server",
         )
     )
     port = await standby.start()

@@ -138,7 +138,7 @@ def test_fresh_start_has_durable_settings(short_path: Path) -> None:
             "SHOW work_mem",
             "SHOW server_encoding",
         )
-        assert shown == ["on", "on", "on", "minimal", "256MB", "200", "8MB", "UTF8"]
+        assert shown == ["on", "on", "on", "replica", "256MB", "200", "8MB", "UTF8"]
         assert pg.log_file.is_file()
         # Inside the data directory where its path fits a socket address (pytest-xdist's
         # temporary paths may be too long: then under the temporary directory, tested below).

@@ -111,8 +111,14 @@ def test_dsn_environment_names_what_the_commands_read() -> None:
         "TALLY_AUDIT_DSNS": "c,d",
     }
     assert supervisor.dsn_environment(control_dsn="b") == {"TALLY_CONTROL_DSN": "b"}
-    with pytest.raises(ValueError, match="comma"):
-        supervisor.dsn_environment(audit_dsns=["postgresql://u@h1,h2/db"])
+    # A DSN naming several hosts (a primary and its standby) holds commas: one DSN per line.
+    several_hosts = ["postgresql://u@h1:1,h2:2/a", "postgresql://u@h1:1,h2:2/b"]
+    environment = supervisor.dsn_environment(audit_dsns=several_hosts)
+    assert environment == {"TALLY_AUDIT_DSNS": "\n".join(several_hosts)}
+    assert dsn_text.split_list(environment["TALLY_AUDIT_DSNS"]) == several_hosts
+    assert dsn_text.split_list("c, d,") == ["c", "d"]
+    with pytest.raises(ValueError, match="line break"):
+        supervisor.dsn_environment(audit_dsns=["a\nb"])
 
 
 async def test_a_node_started_by_the_supervisor_shows_no_password_in_its_command_line(

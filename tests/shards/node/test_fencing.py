@@ -657,6 +657,7 @@ def _cluster_node(dsn: str, control_dsn: str) -> Node:
             shard_id=0,
             lease_poll_interval_s=0.1,
             security=security.server_security(),
+            durability="single-server",
         )
     )
 

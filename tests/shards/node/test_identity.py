@@ -46,6 +46,7 @@ def node_config(dsn: str, **fields: object) -> NodeConfig:
         dsn=dsn,
         listen="127.0.0.1:0",
         security=security.server_security(),
+        durability="single-server",
         **fields,  # type: ignore[arg-type]
     )
 

@@ -93,7 +93,14 @@ async def test_standby_serves_reads_but_refuses_writes(node, dsn: str) -> None:
         await Client(channel).create(account("@cash"))
     from shards.node.server import Node, NodeConfig
 
-    standby = Node(NodeConfig(dsn=dsn, listen="127.0.0.1:0", security=security.server_security()))
+    standby = Node(
+        NodeConfig(
+            dsn=dsn,
+            listen="127.0.0.1:0",
+            security=security.server_security(),
+            durability="single-server",
+        )
+    )
     port = await standby.start()
     task = asyncio.create_task(standby.run())
     try:
@@ -247,7 +254,14 @@ async def test_a_stop_asked_before_the_writer_runs_stops_the_node(dsn: str) -> N
     from shards.node.server import Node, NodeConfig
     from tests.support import security
 
-    node = Node(NodeConfig(dsn=dsn, listen="127.0.0.1:0", security=security.server_security()))
+    node = Node(
+        NodeConfig(
+            dsn=dsn,
+            listen="127.0.0.1:0",
+            security=security.server_security(),
+            durability="single-server",
+        )
+    )
     await node.start()
     node.request_stop()
     await asyncio.wait_for(node.run(), timeout=30)

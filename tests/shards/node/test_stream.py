@@ -309,7 +309,12 @@ async def test_a_standby_follows_the_stored_journal_off_the_writers_process(
         await client.create(account("@cash"), account("cust-1/d"))
         stored = await streams.collect(channel)
     standby = Node(
-        NodeConfig(dsn=node.dsn, listen="127.0.0.1:0", security=security.server_security())
+        NodeConfig(
+            dsn=node.dsn,
+            listen="127.0.0.1:0",
+            security=security.server_security(),
+            durability="single-server",
+        )
     )
     port = await standby.start()
     running = asyncio.create_task(standby.run())
