@@ -1,5 +1,6 @@
 """Where a shard database's bytes go (issue 13, "measure the bytes first"):
-`python -m bench.closed_loop.storage --dsn DSN` (or `--data-dir DIR` of a running `tally up`).
+`python -m bench.closed_loop.storage --dsn DSN` (or `--data-dir DIR` of a `tally up`, or
+`--data-dir DIR --database tally` of a `single_node --data-dir DIR`).
 
 For every table of the schema (read from the catalog, so a table or index added by a migration
 shows up by itself) and every one of its indexes: bytes on disk (pg_relation_size of the main
@@ -27,9 +28,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -37,7 +39,7 @@ from typing import Any, Final
 import asyncpg
 
 from bench.locust import cost
-from shards.local.embedded_pg import EmbeddedPostgres, EmbeddedPostgresConfig
+from shards.local.embedded_pg import EmbeddedPostgres, EmbeddedPostgresConfig, free_port
 
 TIMEOUT_S: Final = 600.0
 # The issue's targets for the schema redesign (issue 13), indexes included.
@@ -376,14 +378,28 @@ def text(breakdown: Breakdown) -> str:
 # ---- the command ----
 
 
-def _dsn(args: argparse.Namespace) -> str:
+@contextlib.contextmanager
+def _database(args: argparse.Namespace) -> Iterator[str]:
+    """The DSN to read: --dsn as given, or the database of DATA_DIR/pg (a `tally up`'s, or a
+    `single_node --data-dir`'s): its running server, or else started for the reading and
+    stopped after."""
     if args.dsn:
-        dsn: str = args.dsn
-        return dsn
-    data_dir: Path = args.data_dir.resolve()
-    port = int((data_dir / "pg-port").read_text())
-    server = EmbeddedPostgres(EmbeddedPostgresConfig(data_dir=data_dir / "pg", port=port))
-    return server.dsn(f"tally_shard_{args.shard}")
+        yield args.dsn
+        return
+    pg_dir = Path(args.data_dir).resolve() / "pg"
+    database = args.database or f"tally_shard_{args.shard}"
+    probe = EmbeddedPostgres(EmbeddedPostgresConfig(data_dir=pg_dir, port=5432))
+    if probe.is_running():
+        # postmaster.pid's 4th line is the port it listens on
+        port = int((pg_dir / "postmaster.pid").read_text().splitlines()[3])
+        yield EmbeddedPostgres(EmbeddedPostgresConfig(data_dir=pg_dir, port=port)).dsn(database)
+        return
+    server = EmbeddedPostgres(EmbeddedPostgresConfig(data_dir=pg_dir, port=free_port()))
+    server.start()
+    try:
+        yield server.dsn(database)
+    finally:
+        server.stop()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -394,13 +410,22 @@ def main(argv: list[str] | None = None) -> int:
     )
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--dsn", help="the shard database (a superuser's for pgstattuple)")
-    where.add_argument("--data-dir", type=Path, help="DATA_DIR of a running `tally up`")
+    where.add_argument(
+        "--data-dir",
+        type=Path,
+        help="a directory with PostgreSQL's data in pg/: `tally up`'s DATA_DIR or single_node's "
+        "--data-dir (a stopped server is started for the reading, then stopped)",
+    )
     parser.add_argument("--shard", type=int, default=0, help="with --data-dir: tally_shard_N")
+    parser.add_argument(
+        "--database", help="with --data-dir: this database (single_node's: tally) instead"
+    )
     parser.add_argument("--schema", default="public")
     parser.add_argument("--no-pgstattuple", action="store_true", help="sizes and counts only")
     parser.add_argument("--out", type=Path, help="write storage.json and storage.md here")
     args = parser.parse_args(argv)
-    breakdown = asyncio.run(measure(_dsn(args), args.schema, not args.no_pgstattuple))
+    with _database(args) as dsn:
+        breakdown = asyncio.run(measure(dsn, args.schema, not args.no_pgstattuple))
     print(text(breakdown))
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
