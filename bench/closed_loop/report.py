@@ -12,7 +12,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from bench.closed_loop import storage
+from bench.closed_loop.storage import Breakdown
+from bench.closed_loop.storage import markdown as storage_markdown
 from bench.common.measure import Recorder, Window, latency_summary_ms
 
 EXPECTED_CODES: Final = frozenset({"CREATED"})
@@ -335,7 +336,7 @@ class Report:
     runs: list[RunResult] = field(default_factory=list)
     profiles: dict[str, str] = field(default_factory=dict)
     # Tally's shard database after the runs (bench/closed_loop/storage.py)
-    storage: storage.Breakdown | None = None
+    storage: Breakdown | None = None
 
     @property
     def clean(self) -> bool:
@@ -384,7 +385,7 @@ def markdown(report: Report) -> str:
     if report.storage is not None:
         sections.append(
             "## Storage of Tally's shard database after the runs\n\n"
-            + storage.markdown(report.storage)
+            + storage_markdown(report.storage)
         )
     for name, text in report.profiles.items():
         sections.append(f"## Profile: {name}\n\n```\n{text}\n```")

@@ -9,10 +9,12 @@ measures transfers/s and latency for
 
 each with every transfer between two uniformly drawn customer accounts (uniform) and with every
 transfer debiting one hot account (hot); and, on the same PostgreSQL in the same run, the same
-workloads against a conventional row-locking ledger (bench/common/rowlock.py). Writes
-results.json and report.md to --out and prints the table. Exit status: 0 when every transfer was
-CREATED and no call failed (targets missed do not fail the run: they are the measurement), 1
-otherwise.
+workloads against a conventional row-locking ledger (bench/common/rowlock.py), and the batch
+workloads written straight into PostgreSQL, its own batched ceiling for the same rows
+(bench/common/ceiling.py). Writes results.json and report.md to --out (with the storage breakdown
+of Tally's shard database after the runs, bench/closed_loop/storage.py) and prints the table.
+Exit status: 0 when every transfer was CREATED and no call failed (targets missed do not fail the
+run: they are the measurement), 1 otherwise.
 """
 
 from __future__ import annotations
