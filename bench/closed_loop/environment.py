@@ -32,6 +32,7 @@ from shards.security import directory
 TALLY_DATABASE: Final = "tally"
 CREDENTIALS_DIRECTORY: Final = "tls"
 ROWLOCK_DATABASE: Final = "rowlock"
+CEILING_DATABASE: Final = "ceiling"
 SERVING_TIMEOUT_S: Final = 60.0
 NODE_START_TIMEOUT_S: Final = 60.0
 NODE_STOP_TIMEOUT_S: Final = 60.0
@@ -45,6 +46,7 @@ class Environment:
     roles: dict[str, cpu.Sampler]
     node: TallyProcess | None = None
     notes: dict[str, Any] = field(default_factory=dict)
+    ceiling_dsn: str | None = None
 
     @property
     def node_pid(self) -> int | None:
@@ -57,7 +59,8 @@ class Environment:
 
 @contextlib.asynccontextmanager
 async def local_environment(options: Options) -> AsyncIterator[Environment]:
-    """Embedded PostgreSQL with fresh `tally` and `rowlock` databases, and a node on `tally`.
+    """Embedded PostgreSQL with fresh `tally`, `rowlock` and `ceiling` databases, and a node on
+    `tally`.
     Everything started here is stopped here, also on error or Ctrl-C."""
     with contextlib.ExitStack() as stack:
         if options.data_dir is None:
@@ -67,7 +70,8 @@ async def local_environment(options: Options) -> AsyncIterator[Environment]:
         server = EmbeddedPostgres(EmbeddedPostgresConfig(data_dir=base / "pg", port=free_port()))
         await asyncio.to_thread(server.start)
         try:
-            await recreate_databases(server.dsn(), (TALLY_DATABASE, ROWLOCK_DATABASE))
+            databases = (TALLY_DATABASE, ROWLOCK_DATABASE, CEILING_DATABASE)
+            await recreate_databases(server.dsn(), databases)
             credentials = base / CREDENTIALS_DIRECTORY
             await asyncio.to_thread(directory.init, credentials)
             async with _local_node(options, server, credentials) as environment:
@@ -136,7 +140,12 @@ async def _local_node(
                 "bench": cpu.bench_process(),
             }
             environment = Environment(
-                client, server.dsn(TALLY_DATABASE), server.dsn(ROWLOCK_DATABASE), roles, node
+                client,
+                server.dsn(TALLY_DATABASE),
+                server.dsn(ROWLOCK_DATABASE),
+                roles,
+                node,
+                ceiling_dsn=server.dsn(CEILING_DATABASE),
             )
             environment.notes["command"] = " ".join(node.command)
             yield environment
@@ -171,7 +180,9 @@ async def target_environment(options: Options) -> AsyncIterator[Environment]:
             "postgres": cpu.processes_named("postgres"),
             "bench": cpu.bench_process(),
         }
-        environment = Environment(client, options.tally_dsn, options.rowlock_dsn, roles)
+        environment = Environment(
+            client, options.tally_dsn, options.rowlock_dsn, roles, ceiling_dsn=options.ceiling_dsn
+        )
         environment.notes["target"] = options.target
         environment.notes["node_pid"] = node_pid
         yield environment

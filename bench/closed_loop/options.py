@@ -12,7 +12,9 @@ from bench.common.credentials import ClientCredentials, add_client_flags, parse_
 from bench.common.paths import REPORTS_DIR
 from bench.common.workload import ALL_WORKLOADS, Workload, parse_workloads
 
-SYSTEMS: Final = ("tally", "rowlock")
+SYSTEMS: Final = ("tally", "rowlock", "ceiling")
+# PostgreSQL's own batched ceiling (bench/common/ceiling.py) runs the batch workloads only.
+BATCH_ONLY_SYSTEMS: Final = frozenset({"ceiling"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +33,7 @@ class Options:
     target: str | None
     rowlock_dsn: str | None
     tally_dsn: str | None
+    ceiling_dsn: str | None
     # With --target: what the bench's clients present (else it makes a credentials directory).
     credentials: ClientCredentials | None
     node_args: tuple[str, ...]
@@ -64,11 +67,17 @@ def build_parser(description: str) -> argparse.ArgumentParser:
         default="all",
         help="comma-separated subset of " + ", ".join(w.name for w in ALL_WORKLOADS),
     )
-    add("--systems", default="tally,rowlock", help="comma-separated subset of tally, rowlock")
+    add(
+        "--systems",
+        default="tally,rowlock,ceiling",
+        help="comma-separated subset of tally, rowlock, ceiling (PostgreSQL's own batched "
+        "ceiling for the same rows: batch workloads only)",
+    )
     add("--out", type=Path, help="report directory; None: bench/reports/<timestamp>")
     add("--data-dir", type=Path, help="PostgreSQL data lives here; None: a temp dir, removed after")
     add("--target", help="HOST:PORT of a running node: start neither PostgreSQL nor a node")
     add("--rowlock-dsn", help="with --target: PostgreSQL for the row-locking comparison")
+    add("--ceiling-dsn", help="with --target: PostgreSQL for the batched ceiling (schema rebuilt)")
     add(
         "--tally-dsn",
         help="with --target: the node's database, read for WAL/commit counters and the audit",
@@ -110,13 +119,18 @@ def parse_options(argv: list[str] | None, description: str) -> Options:
     systems = tuple(s for s in SYSTEMS if s in {p.strip() for p in args.systems.split(",")})
     if not systems:
         parser.error(f"--systems must name some of {SYSTEMS}")
-    if (args.rowlock_dsn or args.tally_dsn) and not args.target:
-        parser.error("--rowlock-dsn and --tally-dsn go with --target (else the bench makes them)")
+    if (args.rowlock_dsn or args.tally_dsn or args.ceiling_dsn) and not args.target:
+        parser.error(
+            "--rowlock-dsn, --tally-dsn and --ceiling-dsn go with --target (else the bench "
+            "makes them)"
+        )
     credentials = parse_client_credentials(parser, args) if args.target else None
     if args.accounts < 2 or args.clients < 1 or args.batch_size < 1 or args.batch_clients < 1:
         parser.error("--accounts >= 2, --clients, --batch-size and --batch-clients >= 1")
     if args.target and "rowlock" in systems and not args.rowlock_dsn:
         systems = tuple(s for s in systems if s != "rowlock")  # nothing to run it on
+    if args.target and "ceiling" in systems and not args.ceiling_dsn:
+        systems = tuple(s for s in systems if s != "ceiling")
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     return Options(
         account_count=args.accounts,
@@ -133,6 +147,7 @@ def parse_options(argv: list[str] | None, description: str) -> Options:
         target=args.target,
         rowlock_dsn=args.rowlock_dsn,
         tally_dsn=args.tally_dsn,
+        ceiling_dsn=args.ceiling_dsn,
         credentials=credentials,
         node_args=tuple(args.node_arg),
         node_profile=args.node_profile,

@@ -12,9 +12,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from bench.closed_loop.storage import Breakdown
+from bench.closed_loop.storage import markdown as storage_markdown
 from bench.common.measure import Recorder, Window, latency_summary_ms
 
 EXPECTED_CODES: Final = frozenset({"CREATED"})
+# Issue 13: Tally's batched rate as a share of PostgreSQL's own batched ceiling (the same rows,
+# same server, same run), and the hot account at least as fast as uniform.
+CEILING_SHARE_MIN: Final = 0.7
+CEILING_WORKLOADS: Final = ("batch-uniform", "batch-hot")
 ROLES: Final = ("node", "postgres", "bench")
 
 
@@ -149,6 +155,24 @@ def targets(runs: Sequence[RunResult]) -> list[Target]:
             "x",
         ),
         Target(
+            "(b) uniform: Tally / PostgreSQL's batched ceiling",
+            _ratio(rate("tally", "batch-uniform"), rate("ceiling", "batch-uniform")),
+            CEILING_SHARE_MIN,
+            "x",
+        ),
+        Target(
+            "(b) hot: Tally / PostgreSQL's batched ceiling",
+            _ratio(rate("tally", "batch-hot"), rate("ceiling", "batch-hot")),
+            CEILING_SHARE_MIN,
+            "x",
+        ),
+        Target(
+            "(b) Tally hot / uniform, issue 13 (hot at least as fast)",
+            _ratio(rate("tally", "batch-hot"), rate("tally", "batch-uniform")),
+            1.0,
+            "x",
+        ),
+        Target(
             "unexpected results + failed calls, all runs",
             sum(r.unexpected_results + sum(r.call_errors.values()) for r in runs) if runs else None,
             0,
@@ -181,6 +205,69 @@ def informative_ratios(runs: Sequence[RunResult]) -> dict[str, float | None]:
             rate("tally", "batch-uniform"), rate("rowlock", "batch-uniform")
         ),
     }
+
+
+def ceiling_comparison(runs: Sequence[RunResult]) -> dict[str, Any]:
+    """Per batch workload: Tally's transfers/s, the ceiling's, and Tally's share of it; and
+    for each whether hot is at least as fast as uniform."""
+    rows = []
+    for workload in CEILING_WORKLOADS:
+        tally, ceiling = _rate(runs, "tally", workload), _rate(runs, "ceiling", workload)
+        rows.append(
+            {
+                "workload": workload,
+                "tally_transfers_per_s": tally,
+                "ceiling_transfers_per_s": ceiling,
+                "tally_share_of_ceiling": _ratio(tally, ceiling),
+            }
+        )
+    hot_at_least_uniform: dict[str, bool | None] = {}
+    for system in ("tally", "ceiling"):
+        hot, uniform = _rate(runs, system, "batch-hot"), _rate(runs, system, "batch-uniform")
+        hot_at_least_uniform[system] = None if hot is None or uniform is None else hot >= uniform
+    return {"workloads": rows, "hot_at_least_uniform": hot_at_least_uniform}
+
+
+def _ceiling_rows(runs: Sequence[RunResult]) -> list[list[str]]:
+    rows = []
+    for row in ceiling_comparison(runs)["workloads"]:
+        share = row["tally_share_of_ceiling"]
+        verdict = "n/a" if share is None else ("PASS" if share >= CEILING_SHARE_MIN else "MISS")
+        rows.append(
+            [
+                row["workload"],
+                _number(row["tally_transfers_per_s"]),
+                _number(row["ceiling_transfers_per_s"]),
+                "-" if share is None else f"{share:.2f}",
+                verdict,
+            ]
+        )
+    return rows
+
+
+_CEILING_HEADER: Final = (
+    "workload", "Tally transfers/s", "ceiling transfers/s", "Tally / ceiling",
+    f"share >= {CEILING_SHARE_MIN:g}",
+)  # fmt: skip
+
+
+def _yes_no(value: bool | None) -> str:
+    return "n/a" if value is None else ("yes" if value else "no")
+
+
+def ceiling_text(runs: Sequence[RunResult]) -> str:
+    """The comparison as printed at the end of a run."""
+    lines = ["PostgreSQL's batched ceiling (same rows, same server, same run):"]
+    for row in _ceiling_rows(runs):
+        lines.append(
+            f"  {row[0]}: Tally {row[1]}/s, ceiling {row[2]}/s, Tally / ceiling {row[3]} "
+            f"({row[4]} against {CEILING_SHARE_MIN:g})"
+        )
+    hot = ceiling_comparison(runs)["hot_at_least_uniform"]
+    lines.append(
+        f"  hot >= uniform: Tally {_yes_no(hot['tally'])}, ceiling {_yes_no(hot['ceiling'])}"
+    )
+    return "\n".join(lines)
 
 
 # ---- rendering ----
@@ -248,6 +335,8 @@ class Report:
     seeding: dict[str, Any]
     runs: list[RunResult] = field(default_factory=list)
     profiles: dict[str, str] = field(default_factory=dict)
+    # Tally's shard database after the runs (bench/closed_loop/storage.py)
+    storage: Breakdown | None = None
 
     @property
     def clean(self) -> bool:
@@ -258,6 +347,7 @@ class Report:
         data = asdict(self)
         data["targets"] = [{**asdict(t), "verdict": t.verdict} for t in targets(self.runs)]
         data["ratios"] = informative_ratios(self.runs)
+        data["ceiling"] = ceiling_comparison(self.runs)
         data["clean"] = self.clean
         return data
 
@@ -283,6 +373,7 @@ def markdown(report: Report) -> str:
         "## Targets (2 cores)\n\n"
         + markdown_table(["target", "measured", "target", "verdict"], target_rows),
         "Other ratios: " + ", ".join(f"{k} = {v}" for k, v in informative_ratios(runs).items()),
+        _ceiling_section(runs),
         "## Per run: result codes, errors, storage\n\n" + _codes_table(runs),
         _DETAIL_NOTES,
         "## Machine\n\n" + _key_values(report.host),
@@ -291,9 +382,30 @@ def markdown(report: Report) -> str:
         "## Seeding\n\n" + _key_values(report.seeding),
         "## Options\n\n" + _key_values(report.options),
     ]
+    if report.storage is not None:
+        sections.append(
+            "## Storage of Tally's shard database after the runs\n\n"
+            + storage_markdown(report.storage)
+        )
     for name, text in report.profiles.items():
         sections.append(f"## Profile: {name}\n\n```\n{text}\n```")
     return "\n\n".join(sections) + "\n"
+
+
+def _ceiling_section(runs: Sequence[RunResult]) -> str:
+    hot = ceiling_comparison(runs)["hot_at_least_uniform"]
+    return (
+        "## PostgreSQL's batched ceiling (same rows, same server, same run)\n\n"
+        + markdown_table(_CEILING_HEADER, _ceiling_rows(runs))
+        + f"\n\nHot at least as fast as uniform: Tally {_yes_no(hot['tally'])}, ceiling "
+        f"{_yes_no(hot['ceiling'])}.\n\n"
+        "*ceiling* (bench/common/ceiling.py): the batch workloads' very transfers written by "
+        "the bench process straight into PostgreSQL, on its own database of the same server, in "
+        "tables with the shard schema's columns and indexes: one statement per batch (the "
+        "transactions and their postings inserted set-based, one update per touched account, "
+        "rows locked in id order), one commit, synchronous_commit on; as many connections as "
+        "batch clients."
+    )
 
 
 _COLUMN_NOTES: Final = """\

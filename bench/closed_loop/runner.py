@@ -102,7 +102,8 @@ class Runner:
         busy_cores_before = await cpu.wait_for_quiet(
             self.options.quiet_cores, self.options.quiet_wait_s
         )
-        dsn = self.environment.tally_dsn or self.environment.rowlock_dsn
+        environment = self.environment
+        dsn = environment.tally_dsn or environment.rowlock_dsn or environment.ceiling_dsn
         if dsn is not None:
             await checkpoint(dsn)
         edges = WindowEdges(
@@ -138,7 +139,9 @@ class Runner:
         )
 
     async def _probe(self, system: str) -> Probe | None:
-        dsn = self.environment.tally_dsn if system == "tally" else self.environment.rowlock_dsn
+        environment = self.environment
+        dsns = {"tally": environment.tally_dsn, "ceiling": environment.ceiling_dsn}
+        dsn = dsns.get(system, environment.rowlock_dsn)
         return await Probe.open(dsn, reads_journal=system == "tally") if dsn else None
 
     def _py_spy(self, system: str, workload: Workload) -> profiling.PySpyRecording | None:

@@ -9,10 +9,12 @@ measures transfers/s and latency for
 
 each with every transfer between two uniformly drawn customer accounts (uniform) and with every
 transfer debiting one hot account (hot); and, on the same PostgreSQL in the same run, the same
-workloads against a conventional row-locking ledger (bench/common/rowlock.py). Writes
-results.json and report.md to --out and prints the table. Exit status: 0 when every transfer was
-CREATED and no call failed (targets missed do not fail the run: they are the measurement), 1
-otherwise.
+workloads against a conventional row-locking ledger (bench/common/rowlock.py), and the batch
+workloads written straight into PostgreSQL, its own batched ceiling for the same rows
+(bench/common/ceiling.py). Writes results.json and report.md to --out (with the storage breakdown
+of Tally's shard database after the runs, bench/closed_loop/storage.py) and prints the table.
+Exit status: 0 when every transfer was CREATED and no call failed (targets missed do not fail the
+run: they are the measurement), 1 otherwise.
 """
 
 from __future__ import annotations
@@ -29,14 +31,14 @@ from typing import Any, Final
 import asyncpg
 import uvloop
 
-from bench.closed_loop import profiling
+from bench.closed_loop import profiling, storage
 from bench.closed_loop.environment import Environment, local_environment, target_environment
-from bench.closed_loop.options import Options, parse_options
-from bench.closed_loop.report import Report, targets_text, text_table, write
+from bench.closed_loop.options import BATCH_ONLY_SYSTEMS, Options, parse_options
+from bench.closed_loop.report import Report, ceiling_text, targets_text, text_table, write
 from bench.closed_loop.runner import Runner
-from bench.common import machine, rowlock
+from bench.common import ceiling, machine, rowlock
 from bench.common.tally_client import seed
-from bench.common.workload import customer_account_ids
+from bench.common.workload import Shape, Workload, customer_account_ids
 from core import audit as core_audit
 from shards.node.server import NodeConfig
 from shards.node.writer import WriterConfig
@@ -63,7 +65,16 @@ async def seed_systems(
         started = time.monotonic()
         await rowlock.create_and_seed(environment.rowlock_dsn, accounts)
         seeding["rowlock_seconds"] = round(time.monotonic() - started, 2)
+    if "ceiling" in options.systems and environment.ceiling_dsn:
+        started = time.monotonic()
+        await ceiling.create_and_seed(environment.ceiling_dsn, accounts)
+        seeding["ceiling_seconds"] = round(time.monotonic() - started, 2)
     return seeding
+
+
+def runs(system: str, workload: Workload) -> bool:
+    """The ceiling is a batched one: it has nothing to say about one transfer per call."""
+    return system not in BATCH_ONLY_SYSTEMS or workload.shape is Shape.BATCH
 
 
 async def run_all(options: Options, environment: Environment, report: Report) -> None:
@@ -72,14 +83,20 @@ async def run_all(options: Options, environment: Environment, report: Report) ->
     report.postgres = await _postgres_settings(environment)
     runner = Runner(options, environment, accounts, _run_id())
     posts: dict[str, Callable[[list[Any]], Any]] = {"tally": environment.tally.post}
-    ledger = None
+    ledger = batched = None
     if "rowlock" in options.systems and environment.rowlock_dsn:
         ledger = await rowlock.RowLockLedger.open(environment.rowlock_dsn, options.client_count)
         posts["rowlock"] = ledger.post
+    if "ceiling" in options.systems and environment.ceiling_dsn:
+        # One connection per concurrent batch sender, as Tally's batch workloads have.
+        batched = await ceiling.CeilingLedger.open(
+            environment.ceiling_dsn, options.batch_client_count
+        )
+        posts["ceiling"] = batched.post
     try:
         # Workloads outer, systems inner: each comparison pair runs back to back.
         for workload in options.workloads:
-            for system in options.systems:
+            for system in (s for s in options.systems if runs(s, workload)):
                 print(f"bench: {system} {workload.name} ...", flush=True)
                 result = await runner.measure(system, workload, posts[system])
                 report.runs.append(result)
@@ -88,7 +105,12 @@ async def run_all(options: Options, environment: Environment, report: Report) ->
         report.profiles.update(runner.profiles)
         if ledger is not None:
             await ledger.close()
+        if batched is not None:
+            await batched.close()
     report.seeding["audit"] = await audit(options, environment)
+    if "tally" in options.systems and environment.tally_dsn:
+        # After the audit, on the database as the runs left it: one query set.
+        report.storage = await storage.measure(environment.tally_dsn)
 
 
 async def _postgres_settings(environment: Environment) -> dict[str, str]:
@@ -105,6 +127,8 @@ async def audit(options: Options, environment: Environment) -> dict[str, Any]:
             problems["tally"] = await _audit_tally(environment.tally_dsn)
         if "rowlock" in options.systems and environment.rowlock_dsn:
             problems["rowlock"] = await rowlock.audit(environment.rowlock_dsn)
+        if "ceiling" in options.systems and environment.ceiling_dsn:
+            problems["ceiling"] = await ceiling.audit(environment.ceiling_dsn)
     return problems
 
 
@@ -169,7 +193,8 @@ def _options_summary(options: Options) -> dict[str, Any]:
 
 def _budget_s(options: Options) -> float:
     per_run_s = options.warmup_s + options.duration_s + 120.0
-    return SETUP_TIMEOUT_S + per_run_s * len(options.workloads) * len(options.systems)
+    run_count = sum(runs(s, w) for w in options.workloads for s in options.systems)
+    return SETUP_TIMEOUT_S + per_run_s * run_count
 
 
 def _finish(options: Options, report: Report) -> None:
@@ -182,6 +207,11 @@ def _finish(options: Options, report: Report) -> None:
     print(text_table(report.runs))
     print()
     print(targets_text(report.runs))
+    print()
+    print(ceiling_text(report.runs))
+    if report.storage is not None:
+        print("\nstorage of Tally's shard database after the runs:")
+        print("\n".join(storage.totals_lines(report.storage)))
     print(f"\nbench: wrote {options.out_dir / 'report.md'} and results.json", flush=True)
 
 
