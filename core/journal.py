@@ -11,7 +11,16 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-from core.model import AccountSpec, AccountState, Leg, Metadata, Posting, TransactionState
+from core.model import (
+    AccountSpec,
+    AccountState,
+    Kind,
+    Leg,
+    Metadata,
+    Posting,
+    TransactionSpec,
+    TransactionState,
+)
 
 GENESIS_HASH = bytes(32)
 
@@ -60,10 +69,13 @@ def decode_legs(text: str) -> tuple[Leg, ...]:
 
 
 def account_line(account: AccountState) -> str:
-    spec = account.spec
+    return created_account_line(account.spec, account.created_at_ns)
+
+
+def created_account_line(spec: AccountSpec, created_at_ns: int) -> str:
     return (
         f"A|{spec.id}|{spec.currency}|{spec.code}|{account_flags(spec)}|"
-        f"{encode_metadata(spec.metadata)}|{account.created_at_ns}"
+        f"{encode_metadata(spec.metadata)}|{created_at_ns}"
     )
 
 
@@ -97,11 +109,100 @@ def closure_line(account_id: str, closed_at_ns: int) -> str:
     return f"X|{account_id}|{closed_at_ns}"
 
 
+def block_body(lines: list[str]) -> bytes:
+    """A block's canonical lines as the bytes its hash covers (and the change stream's LINES
+    encoding sends)."""
+    return "\n".join(lines).encode()
+
+
 def block_hash(previous_hash: bytes, sequence: int, lines: list[str]) -> bytes:
+    return body_hash(previous_hash, sequence, block_body(lines))
+
+
+def body_hash(previous_hash: bytes, sequence: int, body: bytes) -> bytes:
     digest = hashlib.sha256(previous_hash)
     digest.update(f"block|{sequence}\n".encode())
-    digest.update("\n".join(lines).encode())
+    digest.update(body)
     return digest.digest()
+
+
+class LineError(ValueError):
+    """A block's lines that are not canonical lines."""
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedBlock:
+    """What a block's canonical lines record, in their order: the accounts created (with their
+    creation time), the transactions created (spec, legs as applied, timestamp: their state as
+    created follows from those), the postings and the closures (account, time)."""
+
+    accounts: list[tuple[AccountSpec, int]]
+    transactions: list[tuple[TransactionSpec, tuple[Leg, ...], int]]
+    postings: list[Posting]
+    closures: list[tuple[str, int]]
+
+
+def parse_lines(body: bytes) -> ParsedBlock:
+    """The records of a block's canonical lines (block_body's bytes): the inverse of
+    account_line, transaction_line, posting_line and closure_line. Ids and every other field
+    but metadata never hold '|'; metadata (JSON, which escapes line breaks) may, so it is what
+    lies between the fields counted from either end. LineError for anything else."""
+    parsed = ParsedBlock([], [], [], [])
+    if not body:
+        return parsed
+    for number, raw in enumerate(body.split(b"\n"), 1):
+        try:
+            _parse_line(raw.decode(), parsed)
+        except (ValueError, KeyError, IndexError) as error:
+            raise LineError(f"line {number} is not a canonical line: {error}") from None
+    return parsed
+
+
+def _parse_line(line: str, parsed: ParsedBlock) -> None:
+    parts = line.split("|")
+    kind = parts[0]
+    if kind == "A" and len(parts) >= 7:
+        _, account_id, currency, code, flags, *metadata, created = parts
+        bits = int(flags)
+        spec = AccountSpec(
+            account_id,
+            currency,
+            int(code),
+            bool(bits & FLAG_DEBITS_MUST_NOT_EXCEED_CREDITS),
+            bool(bits & FLAG_CREDITS_MUST_NOT_EXCEED_DEBITS),
+            decode_metadata("|".join(metadata)),
+        )
+        parsed.accounts.append((spec, int(created)))
+    elif kind == "T" and len(parts) >= 11:
+        _, transaction_id, kind_number, code, *metadata = parts[:-6]
+        value_date, timeout, target_id, legs, applied, timestamp = parts[-6:]
+        transaction = TransactionSpec(
+            transaction_id,
+            Kind(int(kind_number)),
+            decode_legs(legs),
+            int(code),
+            decode_metadata("|".join(metadata)),
+            value_date,
+            int(timeout),
+            target_id,
+        )
+        applied_legs = transaction.legs if applied == legs else decode_legs(applied)
+        parsed.transactions.append((transaction, applied_legs, int(timestamp)))
+    elif kind == "P" and len(parts) == 12:
+        _, sequence, transaction_id, account_id, side, *numbers = parts
+        if side not in ("D", "C"):
+            raise ValueError(f"side {side!r}")
+        posted, pending, at, debits, credits, debits_pending, credits_pending = map(int, numbers)
+        parsed.postings.append(
+            Posting(
+                int(sequence), transaction_id, account_id, side == "D", posted, pending, at,
+                debits, credits, debits_pending, credits_pending,
+            )
+        )  # fmt: skip
+    elif kind == "X" and len(parts) == 3:
+        parsed.closures.append((parts[1], int(parts[2])))
+    else:
+        raise ValueError(f"{kind!r} with {len(parts)} fields")
 
 
 @dataclass(frozen=True, slots=True)

@@ -66,10 +66,12 @@ async def _start_standby(data_dir: Path, log: Path) -> TallyProcess:
     )  # fmt: skip
 
 
-async def _followers(target: str, data_dir: Path, count: int, from_head: bool, log: Path) -> Any:
+async def _followers(
+    target: str, data_dir: Path, count: int, from_head: bool, log: Path, encoding: str
+) -> Any:
     command = [
         sys.executable, "-m", "bench.closed_loop.stream_followers", "--target", target,
-        "--count", str(count), *(["--from-head"] if from_head else []),
+        "--count", str(count), *(["--from-head"] if from_head else []), "--encoding", encoding,
         *admin_credentials(data_dir).client_flags(),
     ]  # fmt: skip
     with log.open("ab") as file:
@@ -104,8 +106,9 @@ async def _phase(
     pids = {role: _listening_pid(address) for role, address in cluster.items() if role != "at"}
     if with_streams:
         followers = await _followers(
-            cluster["at"], data_dir, args.followers, args.from_head, out / "followers.log"
-        )
+            cluster["at"], data_dir, args.followers, args.from_head, out / "followers.log",
+            args.encoding,
+        )  # fmt: skip
         pids["followers"] = followers.pid
         await asyncio.sleep(1.0)
     print(f"stream-cost: phase {n + 1}, streams {'on' if with_streams else 'off'}", flush=True)
@@ -174,7 +177,7 @@ def _write(out: Path, args: argparse.Namespace, phases: list[dict[str, Any]]) ->
         f"batch-uniform`, {args.accounts:,} accounts, {args.duration_s:g} s windows), alternating "
         f"phases without streams and with {args.followers} StreamJournal readers following from "
         f"the journal's {'head' if args.from_head else 'start'} at the {args.follow_at} "
-        "(--follow-at), in one sitting.",
+        f"(--follow-at), asking for {args.encoding} (--encoding), in one sitting.",
         "",
         "CPU µs per transfer of each process (psutil, over the whole phase): the writer node, "
         "the standby node (with --follow-at standby) and the followers' process.",
@@ -225,6 +228,13 @@ def main(argv: list[str] | None = None) -> int:
         "--follow-at", choices=FOLLOW_AT, default="writer",
         help="where the followers read the stream (see the module's docstring)",
     )  # fmt: skip
+    parser.add_argument(
+        "--encoding",
+        choices=("records", "lines"),
+        default="lines",
+        help="how the followers ask for the blocks (JOURNAL_ENCODING_*): lines costs the writer "
+        "nothing but the send, records a message built per block",
+    )
     args = parser.parse_args(argv)
     if args.followers < 1 or args.rounds < 1:
         parser.error("--followers and --rounds must be at least 1")

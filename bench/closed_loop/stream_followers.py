@@ -42,6 +42,9 @@ async def _head(stub: pb_grpc.LedgerStub) -> int:
     raise RuntimeError("the node streamed a block beyond 2**62")
 
 
+ENCODINGS = {"records": pb.JOURNAL_ENCODING_RECORDS, "lines": pb.JOURNAL_ENCODING_LINES}
+
+
 async def _follow(target: str, args: argparse.Namespace, stopping: asyncio.Event) -> dict[str, int]:
     read = {"blocks": 0, "postings": 0, "last_sequence": 0, "errors": 0}
     security = ClientCredentials.from_args(args).security()
@@ -51,7 +54,9 @@ async def _follow(target: str, args: argparse.Namespace, stopping: asyncio.Event
             read["last_sequence"] = await _head(stub)
         while not stopping.is_set():
             after = [pb.ShardPosition(shard_id=0, sequence=read["last_sequence"])]
-            call = stub.StreamJournal(pb.StreamJournalRequest(after=after, follow=True))
+            encoding = ENCODINGS[args.encoding]
+            request = pb.StreamJournalRequest(after=after, follow=True, encoding=encoding)
+            call = stub.StreamJournal(request)
             stopped = asyncio.ensure_future(stopping.wait())
             try:
                 while True:
@@ -65,7 +70,7 @@ async def _follow(target: str, args: argparse.Namespace, stopping: asyncio.Event
                     if message is grpc.aio.EOF:
                         break
                     read["blocks"] += 1
-                    read["postings"] += len(message.postings)
+                    read["postings"] += len(message.postings) or message.lines.count(b"\nP|")
                     read["last_sequence"] = message.sequence
             except grpc.aio.AioRpcError:
                 read["errors"] += 1
@@ -97,6 +102,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--from-head", action="store_true", help="follow from the head (default: the start)"
     )
+    parser.add_argument(
+        "--encoding", choices=sorted(ENCODINGS), default="records",
+        help="the blocks as records (messages) or as the lines the writer hashed",
+    )  # fmt: skip
     add_client_flags(parser)
     args = parser.parse_args(argv)
     if args.count < 1:

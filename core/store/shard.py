@@ -263,6 +263,9 @@ class Block:
     writes: WriteSet
     # Encoded (legs, applied legs) of each new transaction, in order: hashed and stored as is.
     transaction_texts: list[tuple[str, str]]
+    # The canonical lines the hash covers (journal.block_body), as the change stream's LINES
+    # encoding sends them.
+    body: bytes = b""
 
 
 def build_block(
@@ -285,7 +288,8 @@ def build_block(
     )
     lines.extend(journal.posting_line(posting) for posting in writes.postings)
     lines.extend(journal.closure_line(a, at) for a, at in writes.closures)
-    hash_ = journal.block_hash(previous.hash, sequence, lines)
+    body = journal.block_body(lines)
+    hash_ = journal.body_hash(previous.hash, sequence, body)
     key_id, signature = "", b""
     if signer is not None:
         key_id, signature = signer.key_id, signer.sign(shard_id, sequence, hash_)
@@ -300,7 +304,7 @@ def build_block(
         key_id,
         signature,
     )
-    return Block(header, writes, texts)
+    return Block(header, writes, texts, body)
 
 
 async def commit_block(connection: Connection, block: Block, timeout_s: float) -> None:

@@ -381,3 +381,20 @@ def _spec(row: asyncpg.Record) -> AccountSpec:
         bool(flags & journal.FLAG_CREDITS_MUST_NOT_EXCEED_DEBITS),
         decode_metadata(row["metadata"]),
     )
+
+
+def block_body(block: StreamedBlock) -> bytes:
+    """A stored block's canonical lines, as its writer hashed them (journal.block_body), made
+    again from its records; InvariantError unless they hash to the block's hash."""
+    lines = [journal.created_account_line(spec, at) for spec, at in block.accounts]
+    lines.extend(
+        journal.transaction_line(t.state, *journal.legs_texts(t.state)) for t in block.transactions
+    )
+    lines.extend(journal.posting_line(posting) for posting in block.postings)
+    lines.extend(journal.closure_line(account_id, at) for account_id, at in block.closures)
+    body = journal.block_body(lines)
+    check(
+        journal.body_hash(block.previous_hash, block.sequence, body) == block.hash,
+        f"block {block.sequence}'s records do not hash to its hash",
+    )
+    return body

@@ -106,10 +106,15 @@ class GatewayStreams:
                 "after a delay",
             )
         in_scope = stream_scope(caller())
+        lines = request.encoding == pb.JOURNAL_ENCODING_LINES
+        if lines and in_scope is not None:
+            await abort(context, grpc.StatusCode.FAILED_PRECONDITION, messages.LINES_NEED_WHOLE)
         queue: asyncio.Queue[_Item] = asyncio.Queue()  # bounded by each shard's credits
         readers = [
             asyncio.ensure_future(
-                self._read_shard(shard_id, positions.get(shard_id, 0), request.follow, queue)
+                self._read_shard(
+                    shard_id, positions.get(shard_id, 0), request.follow, queue, request.encoding
+                )
             )
             for shard_id in shard_ids
         ]
@@ -128,7 +133,12 @@ class GatewayStreams:
             await asyncio.gather(*readers, return_exceptions=True)
 
     async def _read_shard(
-        self, shard_id: int, after: int, follow: bool, queue: asyncio.Queue[_Item]
+        self,
+        shard_id: int,
+        after: int,
+        follow: bool,
+        queue: asyncio.Queue[_Item],
+        encoding: pb.JournalEncoding.ValueType = pb.JOURNAL_ENCODING_RECORDS,
     ) -> None:
         """One shard's blocks into the queue, in order, each once, from `after`; opened again
         after a retryable failure, from the last block queued."""
@@ -140,7 +150,8 @@ class GatewayStreams:
                 link = self._cluster.link(shard_id)
                 # No deadline: a follower is open-ended by design; it ends with its client
                 # (cancelled below) or its node, and each node read has its own timeout.
-                call = link.stub.StreamJournal(messages_request(shard_id, position, follow))
+                request = messages_request(shard_id, position, follow, encoding)
+                call = link.stub.StreamJournal(request)
                 try:
                     async for block in call:
                         if block.shard_id != shard_id or block.sequence != position + 1:
@@ -190,9 +201,16 @@ async def _merged(
             yield item.block
 
 
-def messages_request(shard_id: int, position: int, follow: bool) -> pb.StreamJournalRequest:
+def messages_request(
+    shard_id: int,
+    position: int,
+    follow: bool,
+    encoding: pb.JournalEncoding.ValueType = pb.JOURNAL_ENCODING_RECORDS,
+) -> pb.StreamJournalRequest:
     return pb.StreamJournalRequest(
-        after=[pb.ShardPosition(shard_id=shard_id, sequence=position)], follow=follow
+        after=[pb.ShardPosition(shard_id=shard_id, sequence=position)],
+        follow=follow,
+        encoding=encoding,
     )
 
 

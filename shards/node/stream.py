@@ -31,12 +31,10 @@ import grpc
 
 from core.authority import stream_scope
 from core.invariant import InvariantError
-from core.journal import BlockHeader
 from core.model import AccountSpec
-from core.state import Batch
 from core.store import stream as journal_stream
 from shards.node.ledger_service import NodeView, storage_answers
-from shards.node.writer import Writer, WriterState
+from shards.node.writer import CommittedBlock, Writer, WriterState
 from shards.rpc import stream as messages
 from shards.rpc.metrics import StreamMetrics
 from shards.rpc.servicer import abort
@@ -83,8 +81,8 @@ class _Encoded:
         return self._data
 
 
-# Where a block to send comes from: a page read from the store, or a batch its writer holds.
-_Source = tuple[journal_stream.StreamedBlock, dict[str, AccountSpec]] | tuple[BlockHeader, Batch]
+# Where a block to send comes from: a page read from the store, or a block its writer holds.
+_Source = tuple[journal_stream.StreamedBlock, dict[str, AccountSpec]] | CommittedBlock
 
 
 class JournalStreams:
@@ -112,6 +110,9 @@ class JournalStreams:
         self._encoded: OrderedDict[int, _Encoded] = OrderedDict()
         self._built_count = 0
         self._encoded_size = 0
+        # The same for the LINES encoding: each block's message, serialised.
+        self._lines: OrderedDict[int, tuple[bytes, str]] = OrderedDict()
+        self._lines_size = 0
         self._head_read: asyncio.Future[int] | None = None
         self._head_read_at = 0.0
         self.head_read_count = 0
@@ -138,6 +139,9 @@ class JournalStreams:
                 "after a delay",
             )
         in_scope = stream_scope(caller())
+        lines = request.encoding == pb.JOURNAL_ENCODING_LINES
+        if lines and in_scope is not None:
+            await abort(context, grpc.StatusCode.FAILED_PRECONDITION, messages.LINES_NEED_WHOLE)
         self.open_count += 1
         if self._metrics is not None:
             self._metrics.open.inc()
@@ -145,6 +149,21 @@ class JournalStreams:
             async for sequence, source in self._blocks(
                 context, positions.get(shard_id, 0), request.follow
             ):
+                if lines:
+                    try:
+                        data, problem = self._lines_block(sequence, source)
+                    except InvariantError as error:  # stored rows that no longer hash
+                        await abort(
+                            context,
+                            grpc.StatusCode.DATA_LOSS,
+                            f"shard {self._node.shard_id}: {error}: report it (tally audit)",
+                        )
+                    if problem:
+                        await abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, problem)
+                    yield data
+                    if self._metrics is not None:
+                        self._metrics.blocks_sent.inc()
+                    continue
                 encoded = self._encoded_block(sequence, source)
                 if in_scope is None:
                     if encoded.problem:
@@ -173,16 +192,14 @@ class JournalStreams:
         encoded = self._encoded.get(sequence)
         if encoded is not None:
             return encoded
-        first, second = source
-        if isinstance(first, BlockHeader):
-            assert isinstance(second, Batch)
+        if isinstance(source, CommittedBlock):
+            header, batch = source.header, source.batch
             page = journal_stream.committed_block(
-                first, second.out, second.accounts, second.transactions
+                header, batch.out, batch.accounts, batch.transactions
             )
             block, posted = page.blocks[0], page.posted_accounts
         else:
-            assert isinstance(second, dict)
-            block, posted = first, second
+            block, posted = source
         encoded = _Encoded(messages.block_to_proto(self._node.shard_id, block, posted))
         self._built_count += 1
         self._encoded[sequence] = encoded
@@ -193,6 +210,47 @@ class JournalStreams:
         ):
             self._encoded_size -= self._encoded.popitem(last=False)[1].size
         return encoded
+
+    def _lines_block(self, sequence: int, source: _Source) -> tuple[bytes, str]:
+        """The block as JOURNAL_ENCODING_LINES sends it, serialised once for every stream:
+        from its writer, the lines it hashed; from the store, the lines its records make
+        (checked against its hash: InvariantError, DATA_LOSS to the caller, otherwise); and
+        why it cannot be sent, if so."""
+        kept = self._lines.get(sequence)
+        if kept is not None:
+            return kept
+        if isinstance(source, CommittedBlock):
+            header, body = source.header, source.body
+            hash_, previous_hash, created_at_ns = (
+                header.hash,
+                header.previous_hash,
+                header.created_at_ns,
+            )
+        else:
+            block = source[0]
+            body = journal_stream.block_body(block)
+            hash_, previous_hash, created_at_ns = (
+                block.hash,
+                block.previous_hash,
+                block.created_at_ns,
+            )
+        message = pb.JournalBlock(
+            shard_id=self._node.shard_id,
+            sequence=sequence,
+            hash=hash_,
+            previous_hash=previous_hash,
+            created_at_ns=created_at_ns,
+            lines=body,
+        )
+        data = message.SerializeToString()
+        kept = data, messages.oversized(message, len(data))
+        self._lines[sequence] = kept
+        self._lines_size += len(data)
+        while len(self._lines) > 1 and (
+            len(self._lines) > ENCODED_BLOCK_COUNT_MAX or self._lines_size > ENCODED_SIZE_MAX_BYTES
+        ):
+            self._lines_size -= len(self._lines.popitem(last=False)[1][0])
+        return kept
 
     async def _blocks(
         self, context: Context, after: int, follow: bool
@@ -225,10 +283,10 @@ class JournalStreams:
                 if advanced is not None and writer is not None:
                     recent = writer.recent_blocks(position)
                 if recent:
-                    for header, batch in recent:
+                    for committed in recent:
                         self.memory_block_count += 1
-                        yield header.sequence, (header, batch)
-                        position = header.sequence
+                        yield committed.header.sequence, committed
+                        position = committed.header.sequence
                     continue
                 page = await self._page(context, position, head)
                 for block in page.blocks:

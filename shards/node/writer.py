@@ -16,7 +16,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from core import ids
 from core.invariant import check
@@ -49,6 +49,15 @@ from core.store import shard as store
 from shards import failpoints
 
 log = logging.getLogger("tally.writer")
+
+
+class CommittedBlock(NamedTuple):
+    """A block this writer committed: its head, the batch it was made of, and its canonical
+    lines as hashed (the change stream's LINES encoding sends them as they are)."""
+
+    header: BlockHeader
+    batch: Batch
+    body: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,7 +277,7 @@ class Writer:
         self._head_advanced = asyncio.Event()
         # The last blocks committed, contiguous up to the head (cleared when the writer cannot
         # know the tail: after an ambiguous failure it reloads the head from the store).
-        self._recent: deque[tuple[BlockHeader, Batch]] = deque()
+        self._recent: deque[CommittedBlock] = deque()
         self._recent_posting_count = 0
 
     # ---- lifecycle ----
@@ -335,23 +344,23 @@ class Writer:
         missed."""
         return self._head_advanced
 
-    def _remember(self, header: BlockHeader, batch: Batch) -> None:
+    def _remember(self, committed: CommittedBlock) -> None:
         recent = self._recent
-        recent.append((header, batch))
-        self._recent_posting_count += len(batch.out.postings)
+        recent.append(committed)
+        self._recent_posting_count += len(committed.batch.out.postings)
         if len(recent) > RECENT_BLOCK_COUNT_MAX:
-            self._recent_posting_count -= len(recent.popleft()[1].out.postings)
+            self._recent_posting_count -= len(recent.popleft().batch.out.postings)
         while len(recent) > 1 and self._recent_posting_count > RECENT_POSTING_COUNT_MAX:
-            self._recent_posting_count -= len(recent.popleft()[1].out.postings)
+            self._recent_posting_count -= len(recent.popleft().batch.out.postings)
 
-    def recent_blocks(self, after: int) -> list[tuple[BlockHeader, Batch]] | None:
+    def recent_blocks(self, after: int) -> list[CommittedBlock] | None:
         """The blocks committed after block `after` up to the head, as committed (the batch
         each was made of), if this writer still holds every one of them; else None (read them
         from the store). Costs the writer nothing: one reference kept per commit."""
         recent = self._recent
-        if not recent or after >= recent[-1][0].sequence:
+        if not recent or after >= recent[-1].header.sequence:
             return [] if after == self.head_sequence else None
-        first = recent[0][0].sequence
+        first = recent[0].header.sequence
         if after + 1 < first:
             return None
         return list(recent)[after + 1 - first :]
@@ -539,7 +548,9 @@ class Writer:
             self.position = prepared.batch.position
             self.committed_batch_count += 1
             self._install(prepared.batch)
-            self._remember(prepared.block.header, prepared.batch)
+            self._remember(
+                CommittedBlock(prepared.block.header, prepared.batch, prepared.block.body)
+            )
             if self._publish is not None:  # after the commit: never a head rolled back
                 self._publish(prepared.block.header)
         _answer(prepared.requests, prepared.results)

@@ -1,7 +1,7 @@
 """The relay: Ledger.StreamJournal (a gateway's, or one node's) into a NATS JetStream stream.
 
 Each journal block is one message on `<prefix>.<shard>` (default `tally.journal.0`, ...): its
-payload the `tally.v1.JournalBlock` as the ledger sent it (protobuf bytes), its headers
+payload the `tally.v1.JournalBlock` with its records (protobuf bytes), its headers
 `Tally-Shard`, `Tally-Sequence` and `Nats-Msg-Id: tally:<shard>:<sequence>` (a message id
 derived from the journal position).
 
@@ -20,6 +20,13 @@ broker:
   sent again. (The message id also lets JetStream's duplicate window drop such a resend.)
 - The ledger's stream is gap-free and in order per shard; the relay checks each block's
   sequence follows the one before, and starts over if one does not.
+
+The relay asks the ledger for JOURNAL_ENCODING_LINES, the lines each block's writer hashed,
+which costs the writer nothing (the records cost it a message build per block); it checks each
+block's lines against its hash and makes the records itself (shards.rpc.stream.records_of_lines:
+the records the ledger sends but for a posting's available balance, 0, and the coordinator's
+view of a cross-shard hold's post), so a block that does not match its hash is never published:
+the relay stops with an error naming it.
 
 Back-pressure: the relay reads the ledger's stream only as fast as the broker acknowledges,
 so a slow broker makes the relay fall behind, never the ledger's writer (StreamJournal reads
@@ -47,6 +54,7 @@ from nats.js import JetStreamContext
 from nats.js.api import StorageType, StreamConfig
 
 from shards.rpc import broker as broker_connection
+from shards.rpc import stream as messages
 from shards.security.credentials import ClientSecurity, aio_channel
 from tally.v1 import ledger_pb2 as pb
 from tally.v1 import ledger_pb2_grpc as pb_grpc
@@ -208,6 +216,7 @@ class Relay:
                 for shard, stored in sorted(positions.items())
             ],
             follow=True,
+            encoding=pb.JOURNAL_ENCODING_LINES,
         )
         options = [("grpc.max_receive_message_length", RECEIVE_MESSAGE_MAX_BYTES)]
         async with aio_channel(self.config.target, self.config.security, options) as channel:
@@ -224,7 +233,11 @@ class Relay:
                     block = read.result()
                     if block is grpc.aio.EOF:
                         raise OSError("the ledger ended its stream")
-                    await self._publish(broker, js, positions, block)
+                    try:
+                        records = messages.records_of_lines(block)
+                    except messages.LinesError as error:
+                        raise RelayError(f"{error}: not published") from None
+                    await self._publish(broker, js, positions, records)
             finally:
                 stopped.cancel()
 

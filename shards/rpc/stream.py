@@ -1,21 +1,71 @@
 """What a shard node's and the gateway's change streams (Ledger.StreamJournal) share: a stored
 block as a JournalBlock, a block filtered to a scoped caller, the request's positions checked,
-and the size a block message may have."""
+the size a block message may have; and, for a consumer of JOURNAL_ENCODING_LINES, a block's
+lines checked against its hash and made into the records (records_of_lines)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from typing import Final
 
-from core import limits
+from core import journal, limits
 from core.model import AccountSpec, Kind
-from core.store.stream import StreamedBlock, StreamedTransaction
+from core.store.stream import StreamedBlock, StreamedTransaction, created_state
 from shards.rpc import convert
 from tally.v1 import ledger_pb2 as pb
 
 # A block message must fit the gRPC message limit with room for the transport's own framing.
 BLOCK_SIZE_MAX_BYTES: Final = limits.message_size_max_bytes - 64 * 1024
 _SHARDS_NAMED_MAX: Final = 16
+LINES_NEED_WHOLE: Final = (
+    "JOURNAL_ENCODING_LINES sends whole blocks (lines cut to a scope would no longer match "
+    "their hash), and this caller may read only its scope: ask for JOURNAL_ENCODING_RECORDS"
+)
+
+
+class LinesError(ValueError):
+    """A LINES block whose lines do not hash to its hash, or are not canonical lines."""
+
+
+def records_of_lines(block: pb.JournalBlock) -> pb.JournalBlock:
+    """A JOURNAL_ENCODING_LINES block as the RECORDS block of the same content: its lines
+    checked against its hash first (LinesError if they do not match, or do not parse). The
+    records are those the node sends but for what a block's lines do not hold: a posting's
+    balance_after.available (it needs the account's flags, which only the block creating the
+    account records: left 0) and, on the post of a cross-shard hold at its coordinator, the
+    coordinator's cross_shard_piece (it needs the hold's kind, recorded in an earlier block)."""
+    if journal.body_hash(block.previous_hash, block.sequence, block.lines) != block.hash:
+        raise LinesError(
+            f"block {block.sequence} of shard {block.shard_id}: its lines do not hash to its hash"
+        )
+    try:
+        parsed = journal.parse_lines(block.lines)
+    except journal.LineError as error:
+        raise LinesError(f"block {block.sequence} of shard {block.shard_id}: {error}") from None
+    streamed = StreamedBlock(
+        block.sequence,
+        block.hash,
+        block.previous_hash,
+        block.created_at_ns,
+        [
+            StreamedTransaction(created_state(spec, applied, at), None)
+            for spec, applied, at in parsed.transactions
+        ],
+        parsed.postings,
+        parsed.accounts,
+        parsed.closures,
+    )
+    created = {spec.id: spec for spec, _ in parsed.accounts}
+    flagless = {
+        p.account_id: created.get(p.account_id)
+        or AccountSpec(p.account_id, "", 0, False, False, ())
+        for p in parsed.postings
+    }
+    records = block_to_proto(block.shard_id, streamed, flagless)
+    for posting in records.postings:
+        if posting.account_id not in created:
+            posting.balance_after.available = 0
+    return records
 
 
 def block_to_proto(

@@ -64,6 +64,12 @@ class TransactionStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     TRANSACTION_STATUS_PENDING_POSTED: _ClassVar[TransactionStatus]
     TRANSACTION_STATUS_PENDING_VOIDED: _ClassVar[TransactionStatus]
     TRANSACTION_STATUS_PENDING_EXPIRED: _ClassVar[TransactionStatus]
+
+class JournalEncoding(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    JOURNAL_ENCODING_UNSPECIFIED: _ClassVar[JournalEncoding]
+    JOURNAL_ENCODING_RECORDS: _ClassVar[JournalEncoding]
+    JOURNAL_ENCODING_LINES: _ClassVar[JournalEncoding]
 RESULT_CODE_UNSPECIFIED: ResultCode
 RESULT_CODE_OK: ResultCode
 RESULT_CODE_CREATED: ResultCode
@@ -113,6 +119,9 @@ TRANSACTION_STATUS_PENDING: TransactionStatus
 TRANSACTION_STATUS_PENDING_POSTED: TransactionStatus
 TRANSACTION_STATUS_PENDING_VOIDED: TransactionStatus
 TRANSACTION_STATUS_PENDING_EXPIRED: TransactionStatus
+JOURNAL_ENCODING_UNSPECIFIED: JournalEncoding
+JOURNAL_ENCODING_RECORDS: JournalEncoding
+JOURNAL_ENCODING_LINES: JournalEncoding
 
 class ItemResult(_message.Message):
     __slots__ = ("code", "message", "timestamp_ns")
@@ -409,12 +418,14 @@ class ShardPosition(_message.Message):
     def __init__(self, shard_id: _Optional[int] = ..., sequence: _Optional[int] = ...) -> None: ...
 
 class StreamJournalRequest(_message.Message):
-    __slots__ = ("after", "follow")
+    __slots__ = ("after", "follow", "encoding")
     AFTER_FIELD_NUMBER: _ClassVar[int]
     FOLLOW_FIELD_NUMBER: _ClassVar[int]
+    ENCODING_FIELD_NUMBER: _ClassVar[int]
     after: _containers.RepeatedCompositeFieldContainer[ShardPosition]
     follow: bool
-    def __init__(self, after: _Optional[_Iterable[_Union[ShardPosition, _Mapping]]] = ..., follow: _Optional[bool] = ...) -> None: ...
+    encoding: JournalEncoding
+    def __init__(self, after: _Optional[_Iterable[_Union[ShardPosition, _Mapping]]] = ..., follow: _Optional[bool] = ..., encoding: _Optional[_Union[JournalEncoding, str]] = ...) -> None: ...
 
 class AccountClosure(_message.Message):
     __slots__ = ("account_id", "closed_at_ns")
@@ -433,7 +444,7 @@ class CreatedAccount(_message.Message):
     def __init__(self, account: _Optional[_Union[Account, _Mapping]] = ..., created_at_ns: _Optional[int] = ...) -> None: ...
 
 class JournalBlock(_message.Message):
-    __slots__ = ("shard_id", "sequence", "hash", "previous_hash", "created_at_ns", "transactions", "postings", "accounts", "closures")
+    __slots__ = ("shard_id", "sequence", "hash", "previous_hash", "created_at_ns", "transactions", "postings", "accounts", "closures", "lines")
     SHARD_ID_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     HASH_FIELD_NUMBER: _ClassVar[int]
@@ -443,6 +454,7 @@ class JournalBlock(_message.Message):
     POSTINGS_FIELD_NUMBER: _ClassVar[int]
     ACCOUNTS_FIELD_NUMBER: _ClassVar[int]
     CLOSURES_FIELD_NUMBER: _ClassVar[int]
+    LINES_FIELD_NUMBER: _ClassVar[int]
     shard_id: int
     sequence: int
     hash: bytes
@@ -452,4 +464,5 @@ class JournalBlock(_message.Message):
     postings: _containers.RepeatedCompositeFieldContainer[Posting]
     accounts: _containers.RepeatedCompositeFieldContainer[CreatedAccount]
     closures: _containers.RepeatedCompositeFieldContainer[AccountClosure]
-    def __init__(self, shard_id: _Optional[int] = ..., sequence: _Optional[int] = ..., hash: _Optional[bytes] = ..., previous_hash: _Optional[bytes] = ..., created_at_ns: _Optional[int] = ..., transactions: _Optional[_Iterable[_Union[TransactionRecord, _Mapping]]] = ..., postings: _Optional[_Iterable[_Union[Posting, _Mapping]]] = ..., accounts: _Optional[_Iterable[_Union[CreatedAccount, _Mapping]]] = ..., closures: _Optional[_Iterable[_Union[AccountClosure, _Mapping]]] = ...) -> None: ...
+    lines: bytes
+    def __init__(self, shard_id: _Optional[int] = ..., sequence: _Optional[int] = ..., hash: _Optional[bytes] = ..., previous_hash: _Optional[bytes] = ..., created_at_ns: _Optional[int] = ..., transactions: _Optional[_Iterable[_Union[TransactionRecord, _Mapping]]] = ..., postings: _Optional[_Iterable[_Union[Posting, _Mapping]]] = ..., accounts: _Optional[_Iterable[_Union[CreatedAccount, _Mapping]]] = ..., closures: _Optional[_Iterable[_Union[AccountClosure, _Mapping]]] = ..., lines: _Optional[bytes] = ...) -> None: ...

@@ -22,6 +22,7 @@ import grpc
 import pytest
 
 from core.slots import SlotMap
+from shards.rpc import stream as messages
 from tally.v1 import ledger_pb2 as pb
 from tally.v1 import monitor_pb2 as mpb
 from tally.v1 import monitor_pb2_grpc as mpb_grpc
@@ -112,7 +113,9 @@ async def stream_is_the_journal(up: LocalUp) -> int:
     deadline = time.monotonic() + WAIT_S
     async with up.channel() as channel:
         while True:
-            journal = sorted(await streams.collect(channel), key=_position)
+            # As the relay publishes it: the lines the writer hashed, made into records.
+            lines = await streams.collect(channel, encoding=pb.JOURNAL_ENCODING_LINES)
+            journal = sorted((messages.records_of_lines(b) for b in lines), key=_position)
             stored: list[pb.JournalBlock] = []
             try:
                 stored = await stored_blocks(printed(up, NATS_LINE), tls, "TALLY_JOURNAL")

@@ -25,33 +25,6 @@ from tests.support.processes import fetch_rows
 CREATED = pb.RESULT_CODE_CREATED
 # 16 entries of 250 bytes: some 4 KiB per transaction in a block message.
 WIDE = {f"note-{n}": "x" * 250 for n in range(16)}
-ACCOUNTS = ("@cash", "cust-1/deposit", "cust-1/loan", "cust-2/deposit", "cust-2/spare")
-
-
-async def _books(client: Client) -> list[str]:
-    """A journal with every kind of record: accounts (one with metadata), transfers, a hold
-    and its post, a reversal, a closure. Returns the transaction ids, in order."""
-    await client.create(
-        *(
-            account(a, metadata={"branch": "north"} if a == "cust-1/loan" else None)
-            for a in ACCOUNTS
-        )
-    )
-    posted = [
-        transfer("cust-1/fund", "@cash", "cust-1/deposit", 1_000),
-        transfer("cust-2/fund", "@cash", "cust-2/deposit", 500),
-        transfer("cust-1/hold", "cust-1/deposit", "cust-1/loan", 300, pending=True),
-        pb.Transaction(id="cust-1/capture", code=1, post_pending_id="cust-1/hold"),
-        transfer("cust-2/pay", "cust-2/deposit", "cust-1/loan", 70),
-        pb.Transaction(id="cust-2/undo", code=1, reverses_id="cust-2/pay"),
-    ]
-    for item in posted:  # one block each
-        assert await client.codes(item) == [CREATED], item.id
-    closed = await client.stub.CloseAccounts(
-        pb.CloseAccountsRequest(accounts=[pb.CloseAccount(account_id="cust-2/spare")]), timeout=30
-    )
-    assert [r.code for r in closed.results] == [CREATED]
-    return [item.id for item in posted]
 
 
 async def _postings_of(client: Client, account_id: str) -> list[pb.Posting]:
@@ -65,7 +38,7 @@ async def test_a_stream_from_the_start_is_the_journal_once_with_its_content(
     channel: grpc.aio.Channel, node: NodeHandle
 ) -> None:
     client = Client(channel)
-    transaction_ids = await _books(client)
+    transaction_ids = await streams.every_kind_of_record(client)
     blocks = await streams.collect(channel)
     rows = await fetch_rows(node.dsn, "SELECT sequence, hash FROM journal_blocks ORDER BY 1")
     assert [(b.sequence, b.hash) for b in blocks] == [
@@ -78,7 +51,7 @@ async def test_a_stream_from_the_start_is_the_journal_once_with_its_content(
     streamed = [p for b in blocks for p in b.postings]
     assert [p.sequence for p in streamed] == sorted(p.sequence for p in streamed)
     assert all(p.block_sequence == b.sequence for b in blocks for p in b.postings)
-    for account_id in ACCOUNTS:
+    for account_id in streams.ACCOUNTS:
         mine = [p for p in streamed if p.account_id == account_id]
         assert mine == await _postings_of(client, account_id), account_id
 
@@ -101,8 +74,8 @@ async def test_a_stream_from_the_start_is_the_journal_once_with_its_content(
 
     # Accounts as created, and the closure.
     created = {a.account.id: a for b in blocks for a in b.accounts}
-    assert set(created) == set(ACCOUNTS)
-    for account_id in ACCOUNTS:
+    assert set(created) == set(streams.ACCOUNTS)
+    for account_id in streams.ACCOUNTS:
         record = await client.account(account_id)
         assert created[account_id].account == record.account
         assert created[account_id].created_at_ns == record.created_at_ns
@@ -113,7 +86,7 @@ async def test_a_stream_from_the_start_is_the_journal_once_with_its_content(
 
 
 async def test_resuming_from_a_position_gets_exactly_the_rest(channel: grpc.aio.Channel) -> None:
-    await _books(Client(channel))
+    await streams.every_kind_of_record(Client(channel))
     every = await streams.collect(channel)
     for position in (0, 1, 3, len(every) - 1, len(every)):
         rest = await streams.collect(channel, {0: position})
@@ -125,7 +98,7 @@ async def test_following_delivers_blocks_committed_after_the_call(
     channel: grpc.aio.Channel,
 ) -> None:
     client = Client(channel)
-    await _books(client)
+    await streams.every_kind_of_record(client)
     head = len(await streams.collect(channel))
     stub = pb_grpc.LedgerStub(channel)
     call = stub.StreamJournal(streams.request({0: head}, follow=True), timeout=60)
@@ -176,7 +149,7 @@ async def test_a_slow_reader_does_not_hold_the_writer_and_catches_up(
 
 async def test_a_scoped_monitor_gets_every_block_with_only_its_accounts(node: NodeHandle) -> None:
     async with security.channel(node.target) as channel:
-        await _books(Client(channel))
+        await streams.every_kind_of_record(Client(channel))
         every = await streams.collect(channel)
     monitor = security.identity({Role.MONITOR}, ("cust-2/*",), name="stream-monitor")
     async with aio_channel(node.target, monitor) as channel:
@@ -205,7 +178,7 @@ async def test_other_roles_cannot_stream(node: NodeHandle, role: Role) -> None:
 
 
 async def test_bad_positions_are_refused_naming_the_fault(channel: grpc.aio.Channel) -> None:
-    await _books(Client(channel))
+    await streams.every_kind_of_record(Client(channel))
     head = len(await streams.collect(channel))
     too_many = [pb.ShardPosition(shard_id=0, sequence=0)] * 1025
     cases = [
@@ -406,7 +379,7 @@ async def test_what_followers_get_from_memory_is_what_the_store_holds(dsn: str) 
                     break
                 await asyncio.sleep(0.01)
             client = Client(channel)
-            await _books(client)
+            await streams.every_kind_of_record(client)
             more = [
                 transfer("cust-1/held", "cust-1/deposit", "@cash", 5, pending=True,
                          timeout_seconds=3600),
@@ -456,11 +429,11 @@ async def test_the_writer_keeps_its_last_blocks_within_a_posting_bound(
         assert await client.codes(transfer(f"cust-1/b{n}", "@cash", "cust-1/d", 1)) == [CREATED]
     head = writer.head_sequence
     kept = writer.recent_blocks(head - 2)
-    assert kept is not None and [h.sequence for h, _ in kept] == [head - 1, head]
+    assert kept is not None and [c.header.sequence for c in kept] == [head - 1, head]
     assert writer.recent_blocks(head - 3) is None  # evicted: read from the store
     assert writer.recent_blocks(head) == []
     big = [transfer(f"cust-1/big{n}", "@cash", "cust-1/d", 1) for n in range(5)]
     assert await client.codes(*big) == [CREATED] * 5  # one block of 10 postings: kept alone
-    assert [h.sequence for h, _ in writer.recent_blocks(head) or []] == [head + 1]
+    assert [c.header.sequence for c in writer.recent_blocks(head) or []] == [head + 1]
     blocks = await streams.collect(channel, {0: head - 3})
     assert [b.sequence for b in blocks] == [head - 2, head - 1, head, head + 1]

@@ -23,6 +23,7 @@ import pytest
 
 from shards.local.embedded_pg import EmbeddedPostgres
 from shards.relay.relay import Relay, RelayConfig
+from shards.rpc import stream as messages
 from tally.v1 import ledger_pb2 as pb
 from tests.support import security
 from tests.support.broker import Broker, running_broker
@@ -71,8 +72,12 @@ async def _post(node: NodeHandle, first: int, count: int) -> None:
 
 
 async def _journal(node: NodeHandle | NodeProcess) -> list[pb.JournalBlock]:
+    """The node's journal as the relay publishes it: the lines the writer hashed, checked and
+    made into records (what they lose against the records the node sends is held to its two
+    fields by tests/shards/node/test_stream_lines.py)."""
     async with security.channel(node.target) as channel:
-        return await collect(channel)
+        lines = await collect(channel, encoding=pb.JOURNAL_ENCODING_LINES)
+    return [messages.records_of_lines(block) for block in lines]
 
 
 async def _until_relayed(node: NodeHandle | NodeProcess, broker: Broker) -> list[pb.JournalBlock]:
