@@ -12,6 +12,7 @@ import datetime
 import json
 import os
 import re
+import signal
 import sys
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -20,8 +21,9 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from shards.local.backup import BACKUP_INFO, primary_of
-from shards.local.embedded_pg import EmbeddedPostgres, EmbeddedPostgresConfig
+from shards.local.backup import BACKUP_INFO, RestoreRequest, primary_of, restore, take_backup
+from shards.local.embedded_pg import EmbeddedPostgres, EmbeddedPostgresConfig, free_port
+from shards.local.replicated_pg import ReplicatedPostgres
 from tally.v1 import ledger_pb2 as pb
 from tests.support.helpers import Client, account, audit_problems, transfer
 from tests.support.local_up import LocalUp, running_up, user_environment, wait_serving
@@ -229,3 +231,50 @@ async def test_a_backup_refused_says_why(scratch: Path) -> None:
     code, output = await tally(["backup", *backups, *both])
     assert code == 2 and "not both" in output, output
     assert not any((scratch / "backups").glob("*")), "a refused backup leaves nothing"
+
+
+async def insert(dsn: str, value: int) -> None:
+    connection = await asyncpg.connect(dsn, timeout=10)
+    try:
+        await connection.execute("CREATE TABLE IF NOT EXISTS t (x int PRIMARY KEY)")
+        await connection.execute("INSERT INTO t VALUES ($1)", value)
+    finally:
+        await connection.close()
+
+
+@pytest.mark.timeout(180)
+async def test_a_replicated_archive_spans_a_failover_and_a_restore_follows_the_new_timeline(
+    scratch: Path,
+) -> None:
+    """tally up --replicas 1 --wal-archive: both members archive into one directory; a backup
+    taken before a failover restores to a moment after it (recovery follows the new primary's
+    timeline through the history file it archived)."""
+    archive = scratch / "archive"
+    server = ReplicatedPostgres(scratch / "data", [free_port(), free_port()], wal_archive=archive)
+    await asyncio.to_thread(server.start)
+    try:
+        await insert(server.dsn(), 1)
+        info = await asyncio.to_thread(take_backup, scratch / "backups", dsn=server.dsn())
+        await insert(server.dsn(), 2)  # on timeline 1
+        old_primary = server.primary.running_pid()
+        assert old_primary is not None
+        os.kill(old_primary, signal.SIGKILL)
+        await asyncio.to_thread(server.fail_over)
+        await insert(server.dsn(), 3)  # on timeline 2
+        moment = await fetch_value(server.dsn(), "SELECT clock_timestamp()")
+        assert isinstance(moment, datetime.datetime)
+        await asyncio.sleep(1.0)
+        await insert(server.dsn(), 4)
+        await archive_current_segment(server.primary.dsn())
+        assert (archive / "00000002.history").exists()
+        request = RestoreRequest(info.directory, moment, archive, scratch / "restored")
+        result = await asyncio.to_thread(restore, request)
+        try:
+            rows = await fetch_value(result.server.dsn(), "SELECT array_agg(x ORDER BY x) FROM t")
+            assert rows == [1, 2, 3]
+            assert result.timeline == 3  # a new timeline after 1 and the failover's 2
+        finally:
+            await asyncio.to_thread(result.server.stop, "immediate")
+    finally:
+        for member in server.members:
+            await asyncio.to_thread(member.stop, "immediate")
