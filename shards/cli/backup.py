@@ -27,6 +27,7 @@ from shards.local.embedded_pg import SUPERUSER, EmbeddedPostgresError, pg_bin_di
 COMMANDS: Final = ("backup", "restore")
 EXIT_OK: Final = 0
 EXIT_USAGE: Final = 2
+SHARD_PREFIX: Final = "tally_shard_"  # tally up's shard databases: tally_shard_0, ...
 
 
 def _env(name: str) -> str:
@@ -168,9 +169,15 @@ def _report(result: RestoreResult, to: datetime.datetime) -> None:
     print(f"  PostgreSQL runs on {server.config.host}:{server.config.port} (its password is in")
     print(f"  {server.password_file}); databases: {', '.join(result.databases) or 'none'}")
     where = f"{server.config.host}:{server.config.port}"
-    for database in result.databases:
-        dsn = f"postgresql://{SUPERUSER}:$(cat {server.password_file})@{where}/{database}"
-        print(f'  audit it: TALLY_AUDIT_DSNS="{dsn}" tally audit')
+    password = f"$(cat {server.password_file})"
+    shards = sorted(
+        (int(name.removeprefix(SHARD_PREFIX)), name)
+        for name in result.databases
+        if name.removeprefix(SHARD_PREFIX).isdigit() and name.startswith(SHARD_PREFIX)
+    )
+    if shards:  # every shard database in it, in shard order (tally up --shards N keeps them all)
+        dsns = ",".join(f"postgresql://{SUPERUSER}:{password}@{where}/{name}" for _, name in shards)
+        print(f'  audit it: TALLY_AUDIT_DSNS="{dsns}" tally audit')
     print(
         "  serve it (a copy: never beside the original shard, whose journal it forks): "
         'TALLY_DSN="..." tally node --durability single-server --shard-id N'

@@ -155,6 +155,21 @@ async def test_a_backup_restored_to_a_moment_between_two_transactions_holds_the_
         await asyncio.to_thread(restored.stop, "immediate")
 
 
+async def printed_audit_command_passes(output: str) -> None:
+    """The audit command tally restore printed, run by a shell as printed (the password read
+    from the restored directory's file, never written out)."""
+    line = next(line for line in output.splitlines() if "audit it: " in line)
+    command = line.split("audit it: ", 1)[1]
+    assert command.endswith(" tally audit") and "$(cat " in command, command
+    command = command.removesuffix("tally audit") + f"{sys.executable} -m shards.cli audit"
+    process = await asyncio.create_subprocess_exec(
+        "bash", "-c", command, env=user_environment(),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    report, _ = await asyncio.wait_for(process.communicate(), timeout=COMMAND_TIMEOUT_S)
+    assert process.returncode == 0, report.decode()
+
+
 def restored_server(target: Path, output: str) -> EmbeddedPostgres:
     """The server tally restore left running on target (its port read from what it said)."""
     found = re.search(r"PostgreSQL runs on 127\.0\.0\.1:(\d+)", output)
@@ -171,6 +186,7 @@ async def check_restored(up: LocalUp, dsn: str, moment: datetime.datetime, outpu
     assert replayed is not None, output
     assert datetime.datetime.fromisoformat(replayed.group(1)) <= moment
     assert await audit_problems(dsn) == []
+    await printed_audit_command_passes(output)
     check = next(line for line in up.lines if line.startswith(CHECK_LINE))
     heads_words = check.removeprefix("tally: check them with: tally ").split()
     environment = {"TALLY_AUDIT_DSNS": dsn}
