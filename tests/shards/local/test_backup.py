@@ -153,6 +153,21 @@ async def test_a_backup_restored_to_a_moment_between_two_transactions_holds_the_
         await check_restored(up, restored.dsn(SHARD_DATABASE), moment, output)
     finally:
         await asyncio.to_thread(restored.stop, "immediate")
+    await an_archive_short_of_the_time_is_said(up, common, scratch / "short")
+
+
+async def an_archive_short_of_the_time_is_said(
+    up: LocalUp, common: Sequence[str], target: Path
+) -> None:
+    """T3 committed but its segment not archived: a restore to after it cannot get there, and
+    says so in PostgreSQL's terms (the copy left for a look, its server stopped)."""
+    await post(up, transfer("T3", "a", "b", 300))
+    await asyncio.sleep(0.2)
+    after = datetime.datetime.now(datetime.UTC).isoformat()
+    code, output = await tally(["restore", *common, "--to", after, "--target-dir", str(target)])
+    assert code == 2 and "the WAL archive ends before the time asked for" in output, output
+    assert "Traceback" not in output, output
+    assert not EmbeddedPostgres(EmbeddedPostgresConfig(data_dir=target, port=5432)).is_running()
 
 
 async def printed_audit_command_passes(output: str) -> None:
