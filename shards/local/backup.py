@@ -25,6 +25,7 @@ import os
 import re
 import shlex
 import shutil
+import socket
 import tarfile
 import tempfile
 import time
@@ -64,6 +65,7 @@ BACKUP_INFO: Final = "tally-backup.json"
 RECOVERY_SIGNAL: Final = "recovery.signal"
 BACKUP_TIMEOUT_S: Final = 6 * 3600.0
 CONNECT_TIMEOUT_S: Final = 30.0
+QUERY_TIMEOUT_S: Final = 30.0
 POLL_S: Final = 0.2
 # tally up's member i keeps its port in DATA_DIR/<PORT_FILES[i]> (shards/local/replicated_pg.py).
 PORT_FILES: Final = ("pg-port", "pg-replica-1-port")
@@ -280,7 +282,9 @@ def _server_clock(dsn: str, source: str) -> datetime.datetime:
     async def query() -> datetime.datetime:
         connection = await asyncpg.connect(dsn, timeout=CONNECT_TIMEOUT_S)
         try:
-            now: datetime.datetime = await connection.fetchval("SELECT clock_timestamp()")
+            now: datetime.datetime = await connection.fetchval(
+                "SELECT clock_timestamp()", timeout=QUERY_TIMEOUT_S
+            )
             return now
         finally:
             await connection.close(timeout=5.0)
@@ -346,6 +350,8 @@ def restore(request: RestoreRequest) -> RestoreResult:
     archive = request.wal_archive.resolve()
     if not archive.is_dir():
         raise BackupError(f"the WAL archive {archive} is not a directory")
+    if request.port and not _port_free(request.port):
+        raise BackupError(f"port {request.port} is in use on 127.0.0.1: give another --port")
     _unpack(backup.directory, target)
     config = EmbeddedPostgresConfig(
         data_dir=target,
@@ -362,6 +368,15 @@ def restore(request: RestoreRequest) -> RestoreResult:
             server.stop("immediate")
         raise BackupError(_recovery_failure(server, error)) from None
     return RestoreResult(backup, server, last, timeline, databases)
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def _backup_for(path: Path, to: datetime.datetime) -> BackupInfo:
@@ -456,7 +471,9 @@ def _wait_promoted(
         while True:
             connection = await asyncpg.connect(server.dsn(), timeout=CONNECT_TIMEOUT_S)
             try:
-                if not await connection.fetchval("SELECT pg_is_in_recovery()"):
+                if not await connection.fetchval(
+                    "SELECT pg_is_in_recovery()", timeout=QUERY_TIMEOUT_S
+                ):
                     return await _restored_state(connection)
             finally:
                 await connection.close(timeout=5.0)
@@ -475,11 +492,16 @@ def _wait_promoted(
 async def _restored_state(
     connection: Any,
 ) -> tuple[datetime.datetime | None, int, list[str]]:
-    last = await connection.fetchval("SELECT pg_last_xact_replay_timestamp()")
-    timeline = await connection.fetchval("SELECT timeline_id FROM pg_control_checkpoint()")
+    last = await connection.fetchval(
+        "SELECT pg_last_xact_replay_timestamp()", timeout=QUERY_TIMEOUT_S
+    )
+    timeline = await connection.fetchval(
+        "SELECT timeline_id FROM pg_control_checkpoint()", timeout=QUERY_TIMEOUT_S
+    )
     rows = await connection.fetch(
         "SELECT datname FROM pg_database WHERE NOT datistemplate AND datname <> 'postgres' "
-        "ORDER BY datname"
+        "ORDER BY datname",
+        timeout=QUERY_TIMEOUT_S,
     )
     return last, int(timeline), [row["datname"] for row in rows]
 

@@ -13,6 +13,7 @@ import json
 import os
 import re
 import signal
+import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -121,6 +122,30 @@ async def test_a_backup_restored_to_a_moment_between_two_transactions_holds_the_
 
     target = scratch / "restored"
     common = ["--backup", str(backup), "--wal-archive", str(archive)]
+    await bad_restores_are_refused(common, target, moment, info, scratch)
+    assert not target.exists()
+
+    code, output = await tally(
+        ["restore", *common, "--to", moment.isoformat(), "--target-dir", str(target)]
+    )
+    restored = restored_server(target, output)
+    try:
+        assert code == 0, output
+        assert "promoted" in output and SHARD_DATABASE in output, output
+        await check_restored(up, restored.dsn(SHARD_DATABASE), moment, output)
+    finally:
+        await asyncio.to_thread(restored.stop, "immediate")
+    await an_archive_short_of_the_time_is_said(up, common, scratch / "short")
+
+
+async def bad_restores_are_refused(
+    common: Sequence[str],
+    target: Path,
+    moment: datetime.datetime,
+    info: dict[str, str],
+    scratch: Path,
+) -> None:
+    """Each bad restore is one message and exit 2, and touches nothing."""
     future = datetime.datetime.now(datetime.UTC) + datetime.timedelta(hours=1)
     await refused(
         [*common, "--to", future.isoformat(), "--target-dir", str(target)], "is in the future"
@@ -139,21 +164,14 @@ async def test_a_backup_restored_to_a_moment_between_two_transactions_holds_the_
         [*common, "--to", moment.isoformat(), "--target-dir", str(occupied)], "is not empty"
     )
     assert (occupied / "something").read_text() == "kept"
-    missing = ["--backup", str(scratch / "nowhere"), "--wal-archive", str(archive)]
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = str(busy.getsockname()[1])
+        words = [*common, "--to", moment.isoformat(), "--target-dir", str(target)]
+        await refused([*words, "--port", port], "is in use")
+    missing = ["--backup", str(scratch / "nowhere"), *common[2:]]  # the same --wal-archive
     await refused([*missing, "--to", moment.isoformat(), "--target-dir", str(target)], "no backup")
-    assert not target.exists()
-
-    code, output = await tally(
-        ["restore", *common, "--to", moment.isoformat(), "--target-dir", str(target)]
-    )
-    restored = restored_server(target, output)
-    try:
-        assert code == 0, output
-        assert "promoted" in output and SHARD_DATABASE in output, output
-        await check_restored(up, restored.dsn(SHARD_DATABASE), moment, output)
-    finally:
-        await asyncio.to_thread(restored.stop, "immediate")
-    await an_archive_short_of_the_time_is_said(up, common, scratch / "short")
 
 
 async def an_archive_short_of_the_time_is_said(
