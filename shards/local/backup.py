@@ -513,6 +513,12 @@ def _recovery_failure(server: EmbeddedPostgres, error: Exception) -> str:
     except OSError:
         log = ""
     reasons = [line for line in log.splitlines() if "FATAL" in line or "PANIC" in line]
+    if any("Permission denied" in line for line in log.splitlines()):
+        return (
+            "the restored server's user cannot read the WAL archive (cp: Permission denied): "
+            "make it readable by the user PostgreSQL runs as (tally-pg as root), remove "
+            f"{server.data_dir} and restore again (log: {server.log_file})"
+        )
     if any("before configured recovery target was reached" in line for line in reasons):
         return (
             "the WAL archive ends before the time asked for: PostgreSQL replayed every "
