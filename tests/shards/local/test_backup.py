@@ -327,3 +327,44 @@ async def test_a_replicated_archive_spans_a_failover_and_a_restore_follows_the_n
     finally:
         for member in server.members:
             await asyncio.to_thread(member.stop, "immediate")
+
+
+@pytest.mark.parametrize(
+    ("dsn", "password"),
+    [
+        ("postgresql://backup:s%40cret@db.example:5432/postgres", "s@cret"),
+        ("postgresql://backup@db.example/postgres?password=pa%26ss&sslmode=require", "pa&ss"),
+        ("host=db.example user=backup password='a b\\'c' dbname=postgres", "a b'c"),
+        ("host=db.example user=backup", ""),
+    ],
+)
+def test_pg_basebackup_gets_the_password_in_a_passfile_and_never_in_its_conninfo(
+    dsn: str, password: str, tmp_path: Path
+) -> None:
+    from shards.local import backup
+
+    assert backup._password_of(dsn) == password
+    conninfo = backup._with_passfile(dsn, tmp_path / "pgpass")
+    assert "passfile" in conninfo and "db.example" in conninfo
+    assert not password or password not in conninfo
+    with backup._passfile_for(dsn) as passfile:
+        assert passfile.stat().st_mode & 0o777 == 0o600
+        escaped = password.replace("\\", "\\\\").replace(":", "\\:")
+        assert passfile.read_text() == f"*:*:*:*:{escaped}\n"
+    assert not passfile.exists()
+
+
+def test_the_archive_and_backups_directories_come_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from shards.cli.main import build_parser
+
+    monkeypatch.setenv("TALLY_WAL_ARCHIVE", "/srv/archive")
+    monkeypatch.setenv("TALLY_BACKUPS_DIR", "/srv/backups")
+    parser = build_parser()
+    assert parser.parse_args(["up"]).wal_archive == Path("/srv/archive")
+    assert parser.parse_args(["backup"]).backups_dir == Path("/srv/backups")
+    restore_words = ["restore", "--backup", "b", "--to", "t", "--target-dir", "n"]
+    assert parser.parse_args(restore_words).wal_archive == Path("/srv/archive")
+    monkeypatch.delenv("TALLY_WAL_ARCHIVE")
+    assert build_parser().parse_args(["up"]).wal_archive is None
