@@ -198,11 +198,11 @@ def take_backup(backups_dir: Path, *, dsn: str = "", data_dir: Path | None = Non
     with contextlib.ExitStack() as stack:
         if data_dir is not None:
             server = primary_of(data_dir)
-            source, conninfo, clock_dsn = str(data_dir.resolve()), server.conninfo(), ""
-            with contextlib.suppress(EmbeddedPostgresError):
-                clock_dsn = server.dsn()
-            if not clock_dsn:
-                raise BackupError(f"{server.password_file} cannot be read: run as its owner")
+            try:
+                clock_dsn = server.dsn()  # reads its password file: says so when it cannot
+            except EmbeddedPostgresError as error:
+                raise BackupError(str(error)) from None
+            source, conninfo = str(data_dir.resolve()), server.conninfo()
         else:
             passfile = stack.enter_context(_passfile_for(dsn))
             source, conninfo, clock_dsn = dsn_text.redact(dsn), _with_passfile(dsn, passfile), dsn
