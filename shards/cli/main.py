@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from shards.audit import commands as auditing
 from shards.audit import server as audit_service
+from shards.cli import backup as backup_commands
 from shards.cli import credentials as credential_commands
 from shards.cli import flow_profile, health, init_cluster, terminal
 from shards.cli.logs import LOG_FORMATS, LOG_LEVELS, hide_secrets, start_logging
@@ -276,6 +277,15 @@ def _add_up_command(commands: Any) -> None:
         help="1: PostgreSQL with a synchronous streaming standby and failover (an acknowledged "
         "transaction is on both servers; the nodes require it); 0: one server",
     )
+    up.add_argument(
+        "--wal-archive",
+        type=Path,
+        default=Path(_env("wal_archive", "")) if _env("wal_archive", "") else None,
+        metavar="DIR",
+        help="archive every WAL segment of the embedded PostgreSQL into DIR (PostgreSQL's "
+        "basic_archive; with --replicas 1 both servers archive there), for point-in-time "
+        "restore with tally backup and tally restore (default: no archive)",
+    )
     _add_writer_flags(up)
     _add_gateway_flags(up)
     add_rpc_concurrency_flag(up)
@@ -327,6 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     flow_profile.add_command(commands)
     health.add_command(commands, _env("target", DEFAULT_TARGET))
     init_cluster.add_command(commands)
+    backup_commands.add_commands(commands)
     for command in commands.choices.values():  # every command logs
         _add_logging_flags(command)
     return parser
@@ -361,6 +372,8 @@ def main(argv: list[str] | None = None) -> int:
         return health.run(args)
     if args.command == init_cluster.COMMAND:
         return init_cluster.run(args)
+    if args.command in backup_commands.COMMANDS:
+        return backup_commands.run(args)
     return terminal.run(args)
 
 
@@ -744,9 +757,12 @@ def _start_embedded(args: argparse.Namespace) -> tuple[LocalPostgres, str]:
 
     data_dir: Path = args.data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
-    server = local_server(data_dir, args.pg_port, args.replicas)
+    archive = args.wal_archive.resolve() if args.wal_archive else None
+    server = local_server(data_dir, args.pg_port, args.replicas, archive)
     print(f"tally: starting PostgreSQL: {server}", flush=True)
     server.start()
+    if archive is not None:
+        print(f"tally: PostgreSQL archives its WAL into {archive}", flush=True)
     hide_secrets([server.dsn()])  # its password never reaches this process's log
     server.create_database("tally_shard_0")
     return server, server.dsn("tally_shard_0")

@@ -69,8 +69,10 @@ __all__ = [
     "EmbeddedPostgresConfig",
     "EmbeddedPostgresError",
     "StopMode",
+    "archive_settings",
     "free_port",
     "pg_bin_dir",
+    "run_client_program",
     "run_sync",
 ]
 
@@ -123,6 +125,19 @@ DEFAULT_SETTINGS: Final[Mapping[str, str]] = MappingProxyType(
     }
 )
 
+
+def archive_settings(directory: Path) -> dict[str, str]:
+    """A WAL archive in directory with PostgreSQL's own basic_archive module (shipped in the
+    wheel's lib directory): each finished segment is copied, fsynced and renamed into place,
+    so the archive never holds a torn segment, and one already there with the same content is
+    accepted (a retry after a crash, or two members archiving the same segment)."""
+    return {
+        "archive_mode": "on",
+        "archive_library": "basic_archive",
+        "basic_archive.archive_directory": str(directory),
+    }
+
+
 # Derived from the config; letting `settings` override them would make dsn() lie.
 _RESERVED_SETTINGS: Final = frozenset({"port", "listen_addresses", "unix_socket_directories"})
 _SETTING_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*")
@@ -163,13 +178,15 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 @dataclass(frozen=True)
 class EmbeddedPostgresConfig:
-    """Where and how to run the server. `settings` override or extend DEFAULT_SETTINGS."""
+    """Where and how to run the server. `settings` override or extend DEFAULT_SETTINGS (and
+    the archive's settings, when wal_archive names a directory: see archive_settings)."""
 
     data_dir: Path
     port: int
     host: str = "127.0.0.1"
     start_timeout_s: float = 60.0
     settings: Mapping[str, str] = field(default_factory=dict, hash=False)
+    wal_archive: Path | None = None
 
     def __post_init__(self) -> None:
         _check_loopback(self.host)
@@ -181,6 +198,8 @@ class EmbeddedPostgresConfig:
         # Absolute and symlink-free: subprocesses run with cwd=/ and we chmod the
         # real parents. A read-only copy keeps the frozen config really frozen.
         object.__setattr__(self, "data_dir", Path(self.data_dir).resolve())
+        if self.wal_archive is not None:
+            object.__setattr__(self, "wal_archive", Path(self.wal_archive).resolve())
         object.__setattr__(self, "settings", MappingProxyType(dict(self.settings)))
 
 
@@ -357,6 +376,21 @@ class EmbeddedPostgres:
             self._open_paths_for_server_user()
         return _run([str(self.bin_dir / program), *arguments], identity, timeout=timeout_s)
 
+    def prepare_archive(self) -> None:
+        """Make the WAL archive directory (0700, the server user's) unless it exists as one the
+        server user owns; its parents made traversable for that user."""
+        archive = self.config.wal_archive
+        if archive is None:
+            return
+        identity = self._get_identity()
+        try:
+            archive.parent.mkdir(parents=True, exist_ok=True)
+            if identity.switch:
+                _make_traversable(list(archive.parents))
+            _private_dir(archive, identity)
+        except OSError as error:
+            raise EmbeddedPostgresError(f"WAL archive {archive}: {error}") from error
+
     def conninfo(self, application_name: str = "") -> str:
         """A libpq keyword DSN of this server for the server's own tools: the password comes
         from the passfile, never in the text."""
@@ -450,6 +484,7 @@ class EmbeddedPostgres:
             self._open_paths_for_server_user()
         self._initdb_if_needed(identity)
         self._fix_data_dir_ownership(identity)
+        self.prepare_archive()
         _private_dir(self.log_file.parent, identity)
         _private_dir(self.socket_dir, identity)
 
@@ -599,8 +634,10 @@ class EmbeddedPostgres:
 
     def _server_args(self) -> list[str]:
         """postgres argv after the program name, exactly as pg_ctl passes it."""
+        archive = self.config.wal_archive
         settings = {
             **DEFAULT_SETTINGS,
+            **(archive_settings(archive) if archive is not None else {}),
             **self.config.settings,
             "port": str(self.config.port),
             "listen_addresses": self.config.host,
@@ -758,6 +795,14 @@ def _run(
             raise EmbeddedPostgresError(f"could not run {args[0]}: {exc}") from exc
         out.seek(0)
         return proc.returncode, out.read().decode(errors="replace")
+
+
+def run_client_program(
+    program: str, arguments: list[str], timeout_s: float = _CMD_TIMEOUT_S
+) -> tuple[int, str]:
+    """One of the wheel's client programs (pg_basebackup, pg_verifybackup) as this process's
+    own user, with a clean environment (no PG* variable): its exit code and output."""
+    return _run([str(pg_bin_dir() / program), *arguments], None, timeout=timeout_s)
 
 
 def _clean_env() -> dict[str, str]:

@@ -81,7 +81,13 @@ def member_name(index: int) -> str:
 class ReplicatedPostgres:
     """A primary and its synchronous standby on this machine, as `tally up` runs them."""
 
-    def __init__(self, data_dir: Path, ports: Sequence[int], host: str = "127.0.0.1") -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        ports: Sequence[int],
+        host: str = "127.0.0.1",
+        wal_archive: Path | None = None,
+    ) -> None:
         if len(ports) != len(MEMBER_DIRECTORIES):
             raise ValueError(f"a replicated server has {len(MEMBER_DIRECTORIES)} members")
         self.data_dir = data_dir.resolve()
@@ -93,7 +99,8 @@ class ReplicatedPostgres:
                     data_dir=directory,
                     port=port,
                     host=host,
-                    settings=_member_settings(index, directory, host, ports),
+                    settings=_member_settings(index, directory, host, ports, wal_archive),
+                    wal_archive=wal_archive,
                 )
             )
             for index, (directory, port) in enumerate(zip(directories, ports, strict=True))
@@ -273,7 +280,7 @@ class ReplicatedPostgres:
 
 
 def _member_settings(
-    index: int, directory: Path, host: str, ports: Sequence[int]
+    index: int, directory: Path, host: str, ports: Sequence[int], wal_archive: Path | None
 ) -> dict[str, str]:
     peer = 1 - index
     passfile = directory.resolve() / PASSFILE
@@ -283,10 +290,18 @@ def _member_settings(
     )
     if any(character in str(passfile) for character in " '\\"):
         raise EmbeddedPostgresError(f"a replicated data directory needs a plain path: {passfile}")
+    # With an archive both members archive (archive_mode=always: the standby too, every segment
+    # it has received), into the same directory, where basic_archive accepts a segment that is
+    # already there with the same content. With archive_mode=on only the primary would, and a
+    # segment it had finished but not yet archived when it died would be archived by nobody:
+    # the standby marks what it receives as done. The new primary archives its new timeline's
+    # history file and segments after a failover.
+    archive = {"archive_mode": "always"} if wal_archive is not None else {}
     return {
         "cluster_name": member_name(index),
         "synchronous_standby_names": member_name(peer),
         "primary_conninfo": conninfo,
+        **archive,
     }
 
 
@@ -311,10 +326,13 @@ def _sync_state(dsn: str, application_name: str) -> str | None:
 LocalPostgres = EmbeddedPostgres | ReplicatedPostgres
 
 
-def local_server(data_dir: Path, pg_port: int, replicas: int) -> LocalPostgres:
+def local_server(
+    data_dir: Path, pg_port: int, replicas: int, wal_archive: Path | None = None
+) -> LocalPostgres:
     """tally up's PostgreSQL in data_dir: one server in DATA_DIR/pg, or (replicas=1) that one
     and a synchronous standby; their ports chosen free once and kept (pg-port, and
-    pg-replica-1-port), member 0's pinned by pg_port when given."""
+    pg-replica-1-port), member 0's pinned by pg_port when given; archiving its WAL into
+    wal_archive when given (tally up --wal-archive)."""
     if replicas not in (0, 1):
         raise ValueError(f"--replicas is 0 or 1, not {replicas}")
     ports = [_kept_port(data_dir / "pg-port", pg_port)]
@@ -325,9 +343,11 @@ def local_server(data_dir: Path, pg_port: int, replicas: int) -> LocalPostgres:
                 f"{data_dir}'s primary PostgreSQL is {MEMBER_DIRECTORIES[recorded]} since a "
                 "failover: run tally up with --replicas 1"
             )
-        return EmbeddedPostgres(EmbeddedPostgresConfig(data_dir=data_dir / "pg", port=ports[0]))
+        return EmbeddedPostgres(
+            EmbeddedPostgresConfig(data_dir=data_dir / "pg", port=ports[0], wal_archive=wal_archive)
+        )
     ports.append(_kept_port(data_dir / "pg-replica-1-port", 0))
-    return ReplicatedPostgres(data_dir, ports)
+    return ReplicatedPostgres(data_dir, ports, wal_archive=wal_archive)
 
 
 def _kept_port(path: Path, pinned: int) -> int:
