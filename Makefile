@@ -26,7 +26,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 typecheck: $(STAMP)
-	$(BIN)/mypy core shards
+	$(BIN)/mypy core shards client
 
 # Two workers (pytest-xdist), each file on one worker so that module fixtures start once: half
 # of the suite waits on processes (tally up, PostgreSQL, kill -9 and restarts), not on the CPU.

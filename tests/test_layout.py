@@ -34,7 +34,7 @@ import pytest
 
 from tests.support.paths import REPO_ROOT
 
-HAND_WRITTEN = ("core", "shards", "bench", "tests")
+HAND_WRITTEN = ("core", "shards", "client", "bench", "tests")
 FUNCTION_LINES_MAX = 70
 WHY_LONG = "# Why long:"
 
@@ -144,6 +144,9 @@ LAYERS: dict[str, frozenset[str]] = {
         }
     ),
     "shards": frozenset(),
+    # The client library for products (installed as tally.client): it stands alone, on the
+    # wire API and gRPC only, so a product's process carries no ledger code.
+    "client": frozenset(),
 }
 # Rooms outside the product: they may import the product, never the other way round.
 OUTSIDE = {"bench": frozenset({"core", "shards"}), "tests": frozenset({"core", "shards", "bench"})}
@@ -153,8 +156,9 @@ THIRD_PARTY: dict[str, frozenset[str]] = {
     "core": frozenset({"cryptography"}),  # core.signing's Ed25519
     "core.flows": frozenset(),
     "shards.security": frozenset({"grpc", "cryptography", "jwt", "prometheus_client"}),
+    "client": frozenset({"grpc", "tally"}),
 }
-PRODUCT = frozenset({"core", "shards"})
+PRODUCT = frozenset({"core", "shards", "client"})
 
 
 # ---- reading the tree ----
@@ -412,6 +416,8 @@ def packaging_problems(root: Path) -> list[str]:
     wanted = {
         name for name, path in modules(root, ("core", "shards")) if path.name == "__init__.py"
     } | {"tally", "tally.v1"}
+    if (root / "client" / "__init__.py").exists():
+        wanted.add("tally.client")  # client/ is installed as tally.client
     problems = [f"pyproject.toml does not ship the package {n}" for n in sorted(wanted - listed)]
     problems += [
         f"pyproject.toml ships {n}, which is not a runtime package" for n in sorted(listed - wanted)
