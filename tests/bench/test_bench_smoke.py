@@ -66,3 +66,24 @@ def test_first_benchmark_end_to_end(tmp_path: Path, data_dir: Path) -> None:
     assert results["seeding"]["audit"] == {"tally": [], "rowlock": [], "ceiling": []}
     assert {target["verdict"] for target in results["targets"]} <= {"PASS", "MISS"}
     assert (out_dir / "report.md").read_text().startswith("# Tally first benchmark")
+
+
+@pytest.mark.timeout(120)
+def test_client_singles_runs_end_to_end(tmp_path: Path) -> None:
+    """bench.closed_loop.client_singles: raw one-item RPCs and tally.client calls, both phases
+    posting, nothing failed, the report written."""
+    out_dir = tmp_path / "report"
+    command = [
+        sys.executable, "-m", "bench.closed_loop.client_singles",
+        "--callers", "8", "--customers", "100", "--duration-s", "1", "--rounds", "1",
+        "--out", str(out_dir),
+    ]  # fmt: skip
+    finished = subprocess.run(
+        command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=110, check=False
+    )
+    assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
+    results = json.loads((out_dir / "results.json").read_text())
+    assert [p["phase"] for p in results["phases"]] == ["raw", "library"]
+    for phase in results["phases"]:
+        assert phase["transfers"] > 0 and phase["failed"] == 0, phase
+    assert (out_dir / "report.md").read_text().startswith("# One transfer per call")
