@@ -95,6 +95,9 @@ class AsyncClient:
         self._accounts: Batcher[pb.Account] = self._batcher(
             "CreateAccounts", self._send_accounts, batching
         )
+        self._closures: Batcher[pb.CloseAccount] = self._batcher(
+            "CloseAccounts", self._send_closures, batching
+        )
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -105,6 +108,7 @@ class AsyncClient:
     async def close(self) -> None:
         await self._transactions.close()
         await self._accounts.close()
+        await self._closures.close()
         await self._channel.close()
 
     # ---- writes ----
@@ -118,6 +122,14 @@ class AsyncClient:
     ) -> list[Result]:
         units = [[account.to_message()] for account in accounts]
         return await self._write_units(self._accounts, units, timeout_s)
+
+    async def close_accounts(
+        self, account_ids: Iterable[str], *, timeout_s: float | None = None
+    ) -> list[Result]:
+        """Close accounts (no further postings): each needs a zero balance and nothing held
+        (else refused: account_has_balance, account_has_pending); closing again is replayed."""
+        units = [[pb.CloseAccount(account_id=account_id)] for account_id in account_ids]
+        return await self._write_units(self._closures, units, timeout_s)
 
     async def post(self, transaction: Transaction, *, timeout_s: float | None = None) -> Result:
         """Post one transaction (a transfer, hold, capture, void or reversal)."""
@@ -226,6 +238,10 @@ class AsyncClient:
         request = pb.CreateAccountsRequest(accounts=messages)
         return (await self._stub.CreateAccounts(request, timeout=timeout_s)).results
 
+    async def _send_closures(self, messages: list[pb.CloseAccount], timeout_s: float) -> Any:
+        request = pb.CloseAccountsRequest(accounts=messages)
+        return (await self._stub.CloseAccounts(request, timeout=timeout_s)).results
+
     async def _write_units(
         self, batcher: Batcher[Any], units: list[list[Any]], timeout_s: float | None
     ) -> list[Result]:
@@ -239,7 +255,7 @@ class AsyncClient:
         budget is spent; always the same messages, so always the same ids."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + (self.retry.timeout_s if timeout_s is None else timeout_s)
-        ids = [m.id for m in messages]
+        ids = [_id_of(m) for m in messages]
         size = sum(m.ByteSize() for m in messages)
         state = _Attempts()
         while True:
@@ -345,6 +361,13 @@ def _result(answer: Any, transaction_id: str, attempts: int) -> Result:
     outcome = Outcome.APPLIED if code in APPLIED_CODES else Outcome.REFUSED
     stamp = answer.timestamp_ns if outcome is Outcome.APPLIED else 0
     return Result(transaction_id, outcome, code_name(code), answer.message, stamp, attempts)
+
+
+def _id_of(message: Any) -> str:
+    """The item's id: a transaction's or account's `id`, a closure's `account_id`."""
+    if isinstance(message, pb.CloseAccount):
+        return str(message.account_id)
+    return str(message.id)
 
 
 def _found(item: Any) -> Any:

@@ -64,6 +64,11 @@ class Client:
     ) -> list[Result]:
         return self._run(self._client.create_accounts(list(accounts), timeout_s=timeout_s))
 
+    def close_accounts(
+        self, account_ids: Iterable[str], *, timeout_s: float | None = None
+    ) -> list[Result]:
+        return self._run(self._client.close_accounts(list(account_ids), timeout_s=timeout_s))
+
     def post(self, transaction: Transaction, *, timeout_s: float | None = None) -> Result:
         return self._run(self._client.post(transaction, timeout_s=timeout_s))
 

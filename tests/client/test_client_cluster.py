@@ -86,6 +86,38 @@ async def test_concurrent_single_posts_share_rpcs_and_each_applies_once(
     assert await balance(tally, f"{CUSTOMERS[0]}/dep") == sum(range(1, 51))
 
 
+async def test_concurrent_calls_keep_their_order_and_never_share_a_batch_with_their_id(
+    tally: AsyncClient,
+) -> None:
+    """A hold and its capture called together (as tasks, in that order) coalesce without the
+    capture overtaking the hold; the same transaction called twice at once is created once and
+    replayed once, never refused as a duplicate in one batch."""
+    customer = CUSTOMERS[6]
+    await tally.post(transfer(new_id(customer), "@bank", f"{customer}/dep", 1000, "USD"))
+    calls = []
+    for n in range(20):
+        held = hold(new_id(customer, f"h{n}"), f"{customer}/dep", "@bank", 10, "USD")
+        calls += [tally.post(held), tally.post(capture(new_id(customer, f"c{n}"), held.id))]
+    twice = transfer(new_id(customer), f"{customer}/dep", "@bank", 7, "USD")
+    calls += [tally.post(twice), tally.post(twice)]
+    results = await asyncio.gather(*calls)
+    assert [r.code for r in results[:40]] == ["created"] * 40
+    assert sorted(r.code for r in results[40:]) == ["created", "replayed"]
+    assert await balance(tally, f"{customer}/dep") == 1000 - 20 * 10 - 7
+
+
+async def test_accounts_close_through_the_client(tally: AsyncClient) -> None:
+    customer = CUSTOMERS[7]
+    await tally.post(transfer(new_id(customer), "@bank", f"{customer}/dep", 5, "USD"))
+    (refused,) = await tally.close_accounts([f"{customer}/dep"])
+    assert (refused.outcome, refused.code) == (Outcome.REFUSED, "account_has_balance")
+    await tally.post(transfer(new_id(customer), f"{customer}/dep", "@bank", 5, "USD"))
+    assert [r.code for r in await tally.close_accounts([f"{customer}/dep"])] == ["created"]
+    assert [r.code for r in await tally.close_accounts([f"{customer}/dep"])] == ["replayed"]
+    state = await tally.get_account(f"{customer}/dep")
+    assert state is not None and state.closed
+
+
 async def test_a_refusal_is_final_and_never_retried(tally: AsyncClient) -> None:
     customer = CUSTOMERS[1]
     rpcs = tally.stats.rpcs.get("PostTransactions", 0)
