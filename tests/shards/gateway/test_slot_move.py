@@ -1,0 +1,156 @@
+"""Online slot moves (issue 14, docs/design.md "Moving slots"): `tally slots move` run as its
+own process moves a slot with its accounts and the transaction records homed in it from one
+node of a 4-shard in-process cluster to another, while clients post through the gateway."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import sys
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+
+from core.slots import SlotMap, slot_of
+from shards.security import directory
+from tally.v1 import ledger_pb2 as pb
+from tests.support import security
+from tests.support.audit_commands import audit_json
+from tests.support.cluster import SHARD_COUNT, Cluster
+from tests.support.helpers import Client, account, audit_problems, transfer
+from tests.support.paths import REPO_ROOT
+
+CREATED, REPLAYED = pb.RESULT_CODE_CREATED, pb.RESULT_CODE_REPLAYED
+SOURCE, TARGET = 0, 2
+
+
+def _customer_on(shard_id: int, skip: int = 0) -> str:
+    """A customer key whose slot shard_id owns under the even map (the skip-th such key)."""
+    even = SlotMap.even(SHARD_COUNT)
+    keys = (f"mover-{n}" for n in range(100_000))
+    found = [key for key in keys if even.shard_of_key(key) == shard_id]
+    return found[skip]
+
+
+def cluster_flags() -> list[str]:
+    paths = directory.Paths(security.root())
+    return [
+        f"--ca={paths.certificate(directory.CA)}",
+        f"--cert={paths.certificate(directory.CLUSTER)}",
+        f"--key={paths.key(directory.CLUSTER)}",
+    ]
+
+
+async def run_slots(control_dsn: str, *arguments: str) -> tuple[int, str, str]:
+    """`python -m shards.cli slots ...` in a child process, the control DSN in its environment
+    (as an operator keeps secrets off the command line)."""
+    environment = {**os.environ, "TALLY_CONTROL_DSN": control_dsn}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "shards.cli", "slots", *arguments, *cluster_flags(),
+        cwd=REPO_ROOT, env=environment,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=120)
+    assert process.returncode is not None
+    return process.returncode, stdout.decode(), stderr.decode()
+
+
+@pytest.fixture
+async def client(cluster: Cluster) -> AsyncIterator[Client]:
+    async with security.channel(cluster.target) as channel:
+        yield Client(channel)
+
+
+async def _open(client: Client, key: str) -> None:
+    codes = await client.create(account("@cash"), account(f"{key}/dep"), account(f"{key}/sav"))
+    assert codes[1:] == [CREATED, CREATED]
+
+
+async def _load(client: Client, key: str, stop: asyncio.Event, tag: str) -> int:
+    """Transfers of 1 from key/dep to key/sav until stopped: how many were applied. Every one
+    must be applied: a client never sees the move (no wrong_shard, no retry asked of it)."""
+    count = 0
+    while not stop.is_set():
+        result = (
+            await client.post(transfer(f"{key}/{tag}-{count}", f"{key}/dep", f"{key}/sav", 1))
+        )[0]
+        assert result.code == CREATED, (pb.ResultCode.Name(result.code), result.message)
+        count += 1
+        await asyncio.sleep(0.005)
+    return count
+
+
+async def test_a_slot_moves_with_its_accounts_and_ids_under_load(
+    cluster: Cluster, client: Client
+) -> None:
+    key, other = _customer_on(SOURCE), _customer_on(SOURCE, skip=1)
+    slot = slot_of(key)
+    assert slot_of(other) != slot
+    for customer in (key, other):
+        await _open(client, customer)
+        funded = transfer(f"{customer}/fund", "@cash", f"{customer}/dep", 10_000)
+        assert await client.codes(funded) == [CREATED]
+    before = await client.post(transfer(f"{key}/t1", f"{key}/dep", f"{key}/sav", 250))
+    assert before[0].code == CREATED
+
+    stop = asyncio.Event()
+    loads = [asyncio.create_task(_load(client, c, stop, "load")) for c in (key, other)]
+    await asyncio.sleep(0.3)
+    code, stdout, stderr = await run_slots(
+        cluster.control_dsn, "move", "--slots", str(slot), "--to", str(TARGET)
+    )
+    await asyncio.sleep(0.3)
+    stop.set()
+    moved_count, other_count = await asyncio.gather(*loads)
+    assert code == 0, stderr
+    print(stdout)  # the pause per slot, for the record
+    pause = re.search(rf"slot {slot} pause_ms ([0-9.]+)", stdout)
+    assert pause is not None, stdout
+    assert moved_count > 0 and other_count > 0
+
+    # Balances exact, now at the target.
+    dep, sav = await client.balance(f"{key}/dep"), await client.balance(f"{key}/sav")
+    assert (dep.debits_posted, dep.credits_posted) == (250 + moved_count, 10_000)
+    assert (sav.debits_posted, sav.credits_posted) == (0, 250 + moved_count)
+    target = cluster.nodes[TARGET]
+    async with security.channel(target.target) as channel:
+        at_target = await Client(channel).balance(f"{key}/sav")
+    assert at_target.credits_posted == 250 + moved_count
+
+    # The source refuses the slot; the gateway routes to the target.
+    async with security.channel(cluster.nodes[SOURCE].target) as channel:
+        refused = (
+            await Client(channel).post(transfer(f"{key}/late", f"{key}/dep", f"{key}/sav", 1))
+        )[0]
+    assert refused.code == pb.RESULT_CODE_WRONG_SHARD, refused.message
+
+    # A pre-move id is a replay at the target, with its original timestamp; applied once.
+    again = await client.post(transfer(f"{key}/t1", f"{key}/dep", f"{key}/sav", 250))
+    assert (again[0].code, again[0].timestamp_ns) == (REPLAYED, before[0].timestamp_ns)
+    assert (await client.balance(f"{key}/sav")).credits_posted == 250 + moved_count
+    record = await client.transaction(f"{key}/t1")
+    assert record.timestamp_ns == before[0].timestamp_ns
+
+    # Each shard's audit, and the cluster's, clean; the move-account pieces net to zero.
+    for node in cluster.nodes:
+        assert await audit_problems(node.dsn) == [], node.dsn
+    audit_code, report = await audit_json(*cluster.dsns)
+    assert audit_code == 0, report
+    assert await _moves_net(cluster.dsns) == 0
+
+
+async def _moves_net(dsns: list[str]) -> int:
+    """Debits minus credits of the slot-move accounts over every shard."""
+    net = 0
+    for dsn in dsns:
+        connection = await asyncpg.connect(dsn)
+        try:
+            net += await connection.fetchval(
+                "SELECT coalesce(sum(debits_posted - credits_posted), 0) FROM accounts "
+                "WHERE id LIKE '@moves/%'"
+            )
+        finally:
+            await connection.close()
+    return net
