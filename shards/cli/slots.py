@@ -28,7 +28,7 @@ import grpc
 from core import moves
 from core.slots import SLOT_COUNT, SlotMap
 from core.store import control as control_store
-from shards import control
+from shards import control, failpoints
 from shards.security import directory
 from shards.security import flags as security_flags
 from shards.security.credentials import ClientSecurity, SecurityConfigError, aio_channel
@@ -231,12 +231,16 @@ async def _drive(
         move_id=move.move_id, slots=list(move.slots), target_shard=move.target_shard
     )
     started = time.monotonic()
+    if failpoints.ARMED:
+        await failpoints.hit("slots.before_move_out")
     out = await _step(
         endpoints[move.source_shard], security, lambda stub: stub.MoveSlotsOut(
             out_request, timeout=STEP_TIMEOUT_S
         ),
         refused=lambda d: _refused_out(connection, move, d),
     )  # fmt: skip
+    if failpoints.ARMED:  # the source has moved out; the control database does not say so
+        await failpoints.hit("slots.after_move_out")
     if move.state == "planned":
         await control_store.set_move_state(connection, move.move_id, "out")
     if move.state in ("planned", "out"):
@@ -249,7 +253,11 @@ async def _drive(
             lambda stub: stub.MoveSlotsIn(in_request, timeout=STEP_TIMEOUT_S),
             refused=lambda d: _refused_in(move, d),
         )  # fmt: skip
+        if failpoints.ARMED:  # the target has moved in; the control database does not say so
+            await failpoints.hit("slots.after_move_in")
         await control_store.set_move_state(connection, move.move_id, "in")
+    if failpoints.ARMED:  # recorded 'in'; the map not moved yet
+        await failpoints.hit("slots.before_map")
     try:
         slot_map, pause_ms = await control_store.finish_move(connection, move)
     except control_store.MoveConflictError as error:

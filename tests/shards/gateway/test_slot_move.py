@@ -43,10 +43,13 @@ def cluster_flags() -> list[str]:
     ]
 
 
-async def run_slots(control_dsn: str, *arguments: str) -> tuple[int, str, str]:
+async def run_slots(control_dsn: str, *arguments: str, failpoint: str = "") -> tuple[int, str, str]:
     """`python -m shards.cli slots ...` in a child process, the control DSN in its environment
-    (as an operator keeps secrets off the command line)."""
+    (as an operator keeps secrets off the command line); failpoint: one to arm (NAME=exit)."""
     environment = {**os.environ, "TALLY_CONTROL_DSN": control_dsn}
+    environment.pop("TALLY_FAILPOINTS", None)
+    if failpoint:
+        environment["TALLY_FAILPOINTS"] = failpoint
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "shards.cli", "slots", *arguments, *cluster_flags(),
         cwd=REPO_ROOT, env=environment,
@@ -154,3 +157,78 @@ async def _moves_net(dsns: list[str]) -> int:
         finally:
             await connection.close()
     return net
+
+
+async def test_moves_that_cannot_be_made_are_refused_clearly_and_move_nothing(
+    cluster: Cluster, client: Client
+) -> None:
+    key = _customer_on(SOURCE, skip=2)
+    slot = slot_of(key)
+    await _open(client, key)
+    assert await client.codes(transfer(f"{key}/fund", "@cash", f"{key}/dep", 500)) == [CREATED]
+    hold = transfer(f"{key}/h1", f"{key}/dep", "@cash", 100, pending=True)
+    assert await client.codes(hold) == [CREATED]
+    other_shard_slot = slot_of(_customer_on(1))
+    refusals = {
+        ("--slots", "4096", "--to", "1"): "is not a slot",
+        ("--slots", "x", "--to", "1"): "is not a slot",
+        ("--slots", f"{slot},{slot}", "--to", "1"): "named twice",
+        ("--slots", str(slot), "--to", "9"): "no shard of the slot map",
+        ("--slots", str(slot), "--to", str(SOURCE)): "already",
+        ("--slots", f"{slot},{other_shard_slot}", "--to", "3"): "move one at a time",
+        ("--slots", str(slot), "--to", str(TARGET)): "amounts held",
+    }
+    for arguments, expected in refusals.items():
+        code, stdout, stderr = await run_slots(cluster.control_dsn, "move", *arguments)
+        assert (code, expected in stderr) == (2, True), (arguments, stdout, stderr)
+        assert "Traceback" not in stderr
+    # Nothing moved, nothing refused: the slot still takes writes at its shard.
+    void = pb.Transaction(id=f"{key}/v1", code=1, void_pending_id=f"{key}/h1")
+    assert await client.codes(void) == [CREATED]
+    assert await client.codes(transfer(f"{key}/after", f"{key}/dep", f"{key}/sav", 1)) == [CREATED]
+    code, stdout, _ = await run_slots(cluster.control_dsn, "resume")
+    assert (code, stdout.strip()) == (0, "tally slots: no unfinished move")
+    # Once the hold is voided the same move goes through.
+    code, stdout, stderr = await run_slots(
+        cluster.control_dsn, "move", "--slots", str(slot), "--to", str(TARGET)
+    )
+    assert code == 0, stderr
+    assert (await client.balance(f"{key}/sav")).credits_posted == 1
+
+
+@pytest.mark.parametrize(
+    "failpoint",
+    ["slots.before_move_out", "slots.after_move_out", "slots.after_move_in", "slots.before_map"],
+)
+async def test_a_mover_killed_at_any_step_is_resumed_with_nothing_lost_or_doubled(
+    cluster: Cluster, client: Client, failpoint: str
+) -> None:
+    key = _customer_on(SOURCE, skip=3)
+    slot = slot_of(key)
+    await _open(client, key)
+    assert await client.codes(transfer(f"{key}/fund", "@cash", f"{key}/dep", 10_000)) == [CREATED]
+    before = await client.post(transfer(f"{key}/t1", f"{key}/dep", f"{key}/sav", 40))
+    stop = asyncio.Event()
+    load = asyncio.create_task(_load(client, key, stop, "load"))
+    await asyncio.sleep(0.2)
+    code, _, stderr = await run_slots(
+        cluster.control_dsn, "move", "--slots", str(slot), "--to", str(TARGET),
+        failpoint=f"{failpoint}=exit",
+    )  # fmt: skip
+    assert code == -9, stderr  # killed (SIGKILL) at the failpoint
+    code, stdout, stderr = await run_slots(cluster.control_dsn, "resume")
+    assert code == 0, stderr
+    assert "resumed and finished" in stdout, stdout
+    await asyncio.sleep(0.2)
+    stop.set()
+    count = await load
+    sav = await client.balance(f"{key}/sav")
+    assert (sav.debits_posted, sav.credits_posted) == (0, 40 + count)
+    again = await client.post(transfer(f"{key}/t1", f"{key}/dep", f"{key}/sav", 40))
+    assert (again[0].code, again[0].timestamp_ns) == (REPLAYED, before[0].timestamp_ns)
+    async with security.channel(cluster.nodes[SOURCE].target) as channel:
+        late = transfer(f"{key}/late", f"{key}/dep", f"{key}/sav", 1)
+        assert (await Client(channel).post(late))[0].code == pb.RESULT_CODE_WRONG_SHARD
+    for node in cluster.nodes:
+        assert await audit_problems(node.dsn) == [], node.dsn
+    assert await _moves_net(cluster.dsns) == 0
