@@ -594,15 +594,9 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
         ids = list(request.ids)
         await check_batch_size(context, len(ids), "ids")
         await check_accounts_of_caller(context, Action.READ, ids)
-        slot_map = self._cluster.map()
-        plan: dict[int, list[str]] = {}
-        for account_id in ids:
-            if validation.id_problem(account_id, "id"):
-                continue
-            for shard_id in spread_or_owner(account_id, slot_map):
-                plan.setdefault(shard_id, []).append(account_id)
+        valid = [account_id for account_id in ids if not validation.id_problem(account_id, "id")]
         try:
-            found = await self._gather_accounts(plan)
+            found, moving = await self._accounts_following_moves(valid)
         except grpc.aio.AioRpcError as error:
             await _shard_failed(context, error)
         results = []
@@ -612,6 +606,14 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
                 results.append(pb.AccountLookup(code=pb.RESULT_CODE_INVALID_ID, message=problem))
                 continue
             records = found.get(account_id, [])
+            if account_id in moving:
+                results.append(
+                    pb.AccountLookup(
+                        code=pb.RESULT_CODE_UNAVAILABLE,
+                        message=f"account {account_id!r} is in a slot being moved; retry",
+                    )
+                )
+                continue
             if not records:
                 results.append(
                     pb.AccountLookup(
@@ -623,9 +625,32 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
             results.append(pb.AccountLookup(code=pb.RESULT_CODE_OK, account=_sum_pieces(records)))
         return pb.GetAccountsResponse(results=results)
 
+    async def _accounts_following_moves(
+        self, ids: list[str]
+    ) -> tuple[dict[str, list[pb.AccountRecord]], set[str]]:
+        """The accounts' records from their shards, and the ids still in a slot being moved
+        after every round: a shard that moved an account's slot out answers WRONG_SHARD, and
+        the account is asked again of its owner under a reloaded map, as writes are."""
+        found: dict[str, list[pb.AccountRecord]] = {}
+        wanted, moving = ids, set[str]()
+        for attempt in range(self._cluster.config.wrong_shard_retry_max + 1):
+            if attempt:
+                await self._cluster.backoff_and_refresh(attempt)
+            slot_map = self._cluster.map()
+            plan: dict[int, list[str]] = {}
+            for account_id in wanted:
+                for shard_id in spread_or_owner(account_id, slot_map):
+                    plan.setdefault(shard_id, []).append(account_id)
+            more, moving = await self._gather_accounts(plan)
+            found.update(more)
+            if not moving:
+                break
+            wanted = sorted(moving)
+        return found, moving
+
     async def _gather_accounts(
         self, plan: dict[int, list[str]]
-    ) -> dict[str, list[pb.AccountRecord]]:
+    ) -> tuple[dict[str, list[pb.AccountRecord]], set[str]]:
         async def one(shard_id: int, ids: list[str]) -> tuple[list[str], Any]:
             link = self._cluster.link(shard_id)
             response = await link.stub.GetAccounts(
@@ -634,11 +659,14 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
             return ids, response
 
         found: dict[str, list[pb.AccountRecord]] = {}
+        moving: set[str] = set()
         for ids, response in await asyncio.gather(*(one(s, i) for s, i in plan.items())):
             for account_id, lookup in zip(ids, response.results, strict=True):
                 if lookup.code == pb.RESULT_CODE_OK:
                     found.setdefault(account_id, []).append(lookup.account)
-        return found
+                elif lookup.code == pb.RESULT_CODE_WRONG_SHARD:
+                    moving.add(account_id)
+        return found, moving
 
     async def GetTransactions(
         self, request: pb.GetTransactionsRequest, context: Context

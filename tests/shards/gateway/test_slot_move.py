@@ -85,6 +85,18 @@ async def _load(client: Client, key: str, stop: asyncio.Event, tag: str) -> int:
     return count
 
 
+async def _read(client: Client, account_id: str, stop: asyncio.Event) -> int:
+    """Read a balance until stopped: it never goes back (a source's move-out zero is never
+    read as the account's balance). How many reads."""
+    seen, count = 0, 0
+    while not stop.is_set():
+        credits = (await client.balance(account_id)).credits_posted
+        assert credits >= seen, (credits, seen)
+        seen, count = credits, count + 1
+        await asyncio.sleep(0.005)
+    return count
+
+
 async def test_a_slot_moves_with_its_accounts_and_ids_under_load(
     cluster: Cluster, client: Client
 ) -> None:
@@ -97,9 +109,15 @@ async def test_a_slot_moves_with_its_accounts_and_ids_under_load(
         assert await client.codes(funded) == [CREATED]
     before = await client.post(transfer(f"{key}/t1", f"{key}/dep", f"{key}/sav", 250))
     assert before[0].code == CREATED
+    far = _customer_on(1)  # a cross-shard transfer homed in the slot: its record moves too
+    await _open(client, far)
+    crossing = transfer(f"{key}/x1", f"{key}/dep", f"{far}/sav", 30)
+    crossed = await client.post(crossing)
+    assert crossed[0].code == CREATED, crossed[0].message
 
     stop = asyncio.Event()
     loads = [asyncio.create_task(_load(client, c, stop, "load")) for c in (key, other)]
+    reader = asyncio.create_task(_read(client, f"{key}/sav", stop))
     await asyncio.sleep(0.3)
     code, stdout, stderr = await run_slots(
         cluster.control_dsn, "move", "--slots", str(slot), "--to", str(TARGET)
@@ -107,6 +125,7 @@ async def test_a_slot_moves_with_its_accounts_and_ids_under_load(
     await asyncio.sleep(0.3)
     stop.set()
     moved_count, other_count = await asyncio.gather(*loads)
+    assert await reader > 0
     assert code == 0, stderr
     print(stdout)  # the pause per slot, for the record
     pause = re.search(rf"slot {slot} pause_ms ([0-9.]+)", stdout)
@@ -115,26 +134,15 @@ async def test_a_slot_moves_with_its_accounts_and_ids_under_load(
 
     # Balances exact, now at the target.
     dep, sav = await client.balance(f"{key}/dep"), await client.balance(f"{key}/sav")
-    assert (dep.debits_posted, dep.credits_posted) == (250 + moved_count, 10_000)
+    assert (dep.debits_posted, dep.credits_posted) == (280 + moved_count, 10_000)
     assert (sav.debits_posted, sav.credits_posted) == (0, 250 + moved_count)
     target = cluster.nodes[TARGET]
     async with security.channel(target.target) as channel:
         at_target = await Client(channel).balance(f"{key}/sav")
     assert at_target.credits_posted == 250 + moved_count
 
-    # The source refuses the slot; the gateway routes to the target.
-    async with security.channel(cluster.nodes[SOURCE].target) as channel:
-        refused = (
-            await Client(channel).post(transfer(f"{key}/late", f"{key}/dep", f"{key}/sav", 1))
-        )[0]
-    assert refused.code == pb.RESULT_CODE_WRONG_SHARD, refused.message
-
-    # A pre-move id is a replay at the target, with its original timestamp; applied once.
-    again = await client.post(transfer(f"{key}/t1", f"{key}/dep", f"{key}/sav", 250))
-    assert (again[0].code, again[0].timestamp_ns) == (REPLAYED, before[0].timestamp_ns)
-    assert (await client.balance(f"{key}/sav")).credits_posted == 250 + moved_count
-    record = await client.transaction(f"{key}/t1")
-    assert record.timestamp_ns == before[0].timestamp_ns
+    await _source_refuses(cluster, key)
+    await _ids_answered_at_the_target(client, key, far, before[0], crossed[0], moved_count)
 
     # Each shard's audit, and the cluster's, clean; the move-account pieces net to zero.
     for node in cluster.nodes:
@@ -142,6 +150,44 @@ async def test_a_slot_moves_with_its_accounts_and_ids_under_load(
     audit_code, report = await audit_json(*cluster.dsns)
     assert audit_code == 0, report
     assert await _moves_net(cluster.dsns) == 0
+
+
+async def _source_refuses(cluster: Cluster, key: str) -> None:
+    """The source refuses the slot's writes and reads (the gateway routes to the target)."""
+    async with security.channel(cluster.nodes[SOURCE].target) as channel:
+        late = transfer(f"{key}/late", f"{key}/dep", f"{key}/sav", 1)
+        refused = (await Client(channel).post(late))[0]
+        assert refused.code == pb.RESULT_CODE_WRONG_SHARD, refused.message
+        stub = Client(channel).stub
+        lookup = await stub.GetAccounts(pb.GetAccountsRequest(ids=[f"{key}/sav"]), timeout=30)
+    assert lookup.results[0].code == pb.RESULT_CODE_WRONG_SHARD, lookup.results[0]
+
+
+async def _ids_answered_at_the_target(
+    client: Client,
+    key: str,
+    far: str,
+    before: pb.ItemResult,
+    crossed: pb.ItemResult,
+    moved_count: int,
+) -> None:
+    """Pre-move ids are replays at the target, with their original timestamps, applied once;
+    a pre-move transaction is reversed there, once."""
+    again = await client.post(transfer(f"{key}/t1", f"{key}/dep", f"{key}/sav", 250))
+    assert (again[0].code, again[0].timestamp_ns) == (REPLAYED, before.timestamp_ns)
+    assert (await client.balance(f"{key}/sav")).credits_posted == 250 + moved_count
+    record = await client.transaction(f"{key}/t1")
+    assert record.timestamp_ns == before.timestamp_ns
+    replayed = await client.post(transfer(f"{key}/x1", f"{key}/dep", f"{far}/sav", 30))
+    assert (replayed[0].code, replayed[0].timestamp_ns) == (REPLAYED, crossed.timestamp_ns)
+    assert (await client.balance(f"{far}/sav")).credits_posted == 30
+    reversals = await client.codes(
+        pb.Transaction(id=f"{key}/r1", code=9, reverses_id=f"{key}/t1"),
+        pb.Transaction(id=f"{key}/r2", code=9, reverses_id=f"{key}/t1"),
+    )
+    assert reversals == [CREATED, pb.RESULT_CODE_ALREADY_REVERSED]
+    assert (await client.transaction(f"{key}/t1")).reversed_by_id == f"{key}/r1"
+    assert (await client.balance(f"{key}/sav")).debits_posted == 250
 
 
 async def _moves_net(dsns: list[str]) -> int:
