@@ -64,8 +64,12 @@ def move_out(move_id: str, slots: frozenset[int], target: int) -> Any:
                 connection, move_id, slots, "out", target, sequence, timeout_s
             )
 
+        if failpoints.ARMED:
+            await failpoints.hit("moves.before_out_commit")
         sequence = await writer.commit_entries(writes, position, states, extra)
         writer.moved_out.update(dict.fromkeys(slots, move_id))
+        if failpoints.ARMED:  # committed; the mover has not heard it
+            await failpoints.hit("moves.after_out_commit")
         log.info(
             "move %s: slots %s moved out to shard %d in block %d (%d accounts, %d records)",
             move_id, sorted(slots), target, sequence, len(accounts), len(records),
@@ -101,7 +105,11 @@ def move_in(
             )
             await store_moves.insert_moved_records(connection, move_id, source, records, timeout_s)
 
+        if failpoints.ARMED:
+            await failpoints.hit("moves.before_in_commit")
         sequence = await writer.commit_entries(writes, position, states, extra)
+        if failpoints.ARMED:  # committed; the mover has not heard it
+            await failpoints.hit("moves.after_in_commit")
         log.info(
             "move %s: slots %s moved in from shard %d in block %d (%d accounts, %d records)",
             move_id, sorted(slots), source, sequence, len(accounts), len(records),

@@ -5,59 +5,25 @@ node of a 4-shard in-process cluster to another, while clients post through the 
 from __future__ import annotations
 
 import asyncio
-import os
 import re
-import sys
 from collections.abc import AsyncIterator
 
-import asyncpg
 import pytest
 
-from core.slots import SlotMap, slot_of
-from shards.security import directory
+from core.slots import slot_of
 from tally.v1 import ledger_pb2 as pb
 from tests.support import security
 from tests.support.audit_commands import audit_json
 from tests.support.cluster import SHARD_COUNT, Cluster
 from tests.support.helpers import Client, account, audit_problems, transfer
-from tests.support.paths import REPO_ROOT
+from tests.support.slot_moves import customer_on, moves_net, run_slots
 
 CREATED, REPLAYED = pb.RESULT_CODE_CREATED, pb.RESULT_CODE_REPLAYED
 SOURCE, TARGET = 0, 2
 
 
 def _customer_on(shard_id: int, skip: int = 0) -> str:
-    """A customer key whose slot shard_id owns under the even map (the skip-th such key)."""
-    even = SlotMap.even(SHARD_COUNT)
-    keys = (f"mover-{n}" for n in range(100_000))
-    found = [key for key in keys if even.shard_of_key(key) == shard_id]
-    return found[skip]
-
-
-def cluster_flags() -> list[str]:
-    paths = directory.Paths(security.root())
-    return [
-        f"--ca={paths.certificate(directory.CA)}",
-        f"--cert={paths.certificate(directory.CLUSTER)}",
-        f"--key={paths.key(directory.CLUSTER)}",
-    ]
-
-
-async def run_slots(control_dsn: str, *arguments: str, failpoint: str = "") -> tuple[int, str, str]:
-    """`python -m shards.cli slots ...` in a child process, the control DSN in its environment
-    (as an operator keeps secrets off the command line); failpoint: one to arm (NAME=exit)."""
-    environment = {**os.environ, "TALLY_CONTROL_DSN": control_dsn}
-    environment.pop("TALLY_FAILPOINTS", None)
-    if failpoint:
-        environment["TALLY_FAILPOINTS"] = failpoint
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "shards.cli", "slots", *arguments, *cluster_flags(),
-        cwd=REPO_ROOT, env=environment,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=120)
-    assert process.returncode is not None
-    return process.returncode, stdout.decode(), stderr.decode()
+    return customer_on(shard_id, SHARD_COUNT, skip)
 
 
 @pytest.fixture
@@ -149,7 +115,7 @@ async def test_a_slot_moves_with_its_accounts_and_ids_under_load(
         assert await audit_problems(node.dsn) == [], node.dsn
     audit_code, report = await audit_json(*cluster.dsns)
     assert audit_code == 0, report
-    assert await _moves_net(cluster.dsns) == 0
+    assert await moves_net(cluster.dsns) == 0
 
 
 async def _source_refuses(cluster: Cluster, key: str) -> None:
@@ -188,21 +154,6 @@ async def _ids_answered_at_the_target(
     assert reversals == [CREATED, pb.RESULT_CODE_ALREADY_REVERSED]
     assert (await client.transaction(f"{key}/t1")).reversed_by_id == f"{key}/r1"
     assert (await client.balance(f"{key}/sav")).debits_posted == 250
-
-
-async def _moves_net(dsns: list[str]) -> int:
-    """Debits minus credits of the slot-move accounts over every shard."""
-    net = 0
-    for dsn in dsns:
-        connection = await asyncpg.connect(dsn)
-        try:
-            net += await connection.fetchval(
-                "SELECT coalesce(sum(debits_posted - credits_posted), 0) FROM accounts "
-                "WHERE id LIKE '@moves/%'"
-            )
-        finally:
-            await connection.close()
-    return net
 
 
 async def test_moves_that_cannot_be_made_are_refused_clearly_and_move_nothing(
@@ -277,4 +228,4 @@ async def test_a_mover_killed_at_any_step_is_resumed_with_nothing_lost_or_double
         assert (await Client(channel).post(late))[0].code == pb.RESULT_CODE_WRONG_SHARD
     for node in cluster.nodes:
         assert await audit_problems(node.dsn) == [], node.dsn
-    assert await _moves_net(cluster.dsns) == 0
+    assert await moves_net(cluster.dsns) == 0
