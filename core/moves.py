@@ -56,6 +56,11 @@ class MoveRefusedError(ValueError):
     """A move that cannot be made as asked; the message says why (nothing was written)."""
 
 
+class MoveBusyError(MoveRefusedError):
+    """A move that cannot be made now but may be soon: amounts are held in the slots (an open
+    hold, a cross-shard piece between its prepare and its resolution). Nothing was written."""
+
+
 def moves_account_spec(currency: str) -> AccountSpec:
     return AccountSpec(ids.moves_account(currency), currency, MOVES_CODE, False, False, ())
 
@@ -82,8 +87,9 @@ def record_moves(transaction_id: str, slots: frozenset[int]) -> bool:
     return not ids.is_reserved(transaction_id) and transaction_slot(transaction_id) in slots
 
 
-def refusal_of(accounts: Sequence[AccountState], records: Sequence[TransactionState]) -> str:
-    """Why these cannot move yet ("": they can): open holds and held pieces are not moved."""
+def held_refusal(accounts: Sequence[AccountState], records: Sequence[TransactionState]) -> str:
+    """Why these cannot move now, though they may soon ("": nothing held): open holds and held
+    cross-shard pieces are not moved."""
     for account in accounts:
         if account.debits_pending or account.credits_pending:
             return (
@@ -91,11 +97,17 @@ def refusal_of(accounts: Sequence[AccountState], records: Sequence[TransactionSt
                 "cross-shard piece): moving open holds is not built; post, void or let them "
                 "expire first"
             )
-        if account.debits_posted + account.credits_posted > amount_max:
-            return f"account {account.spec.id!r}: its move-out would overflow its counters"
     for record in records:
         if record.status is Status.PENDING:
             return f"transaction {record.spec.id!r} homed in the slots is an open hold"
+    return ""
+
+
+def refusal_of(accounts: Sequence[AccountState], records: Sequence[TransactionState]) -> str:
+    """Why these cannot move at all ("": they can)."""
+    for account in accounts:
+        if account.debits_posted + account.credits_posted > amount_max:
+            return f"account {account.spec.id!r}: its move-out would overflow its counters"
     if len(accounts) + len(records) > MOVE_RECORD_COUNT_MAX:
         return (
             f"{len(accounts)} accounts and {len(records)} records: at most "
@@ -191,11 +203,17 @@ def move_in_entries(
     moves_accounts: dict[str, AccountState | None],
     position: JournalPosition,
     now_ns: int,
+    spread_missing: Sequence[AccountState] = (),
 ) -> tuple[WriteSet, JournalPosition, dict[str, AccountState]]:
     """The target's move-in block: every account created as it was made, its counters brought
-    to the source's by one transaction; the first carries the records' count and digest."""
+    to the source's by one transaction; the first carries the records' count and digest. The
+    spread accounts missing here are created too, empty."""
     entries = _Entries(position, now_ns)
     _moves_pieces(entries, (a.spec.currency for a in accounts), moves_accounts)
+    for piece in spread_missing:
+        fresh = AccountState(piece.spec, piece.created_at_ns)
+        entries.writes.new_accounts.append(fresh)
+        entries.accounts[piece.spec.id] = fresh
     summary: Metadata = (
         (COUNT_KEY, str(len(records))),
         (DIGEST_KEY, records_digest(records)),
@@ -298,3 +316,28 @@ def refuse_moved(items: Sequence[Item], moved_out: dict[int, str]) -> list[Item]
             )
         refused.append(item)
     return refused
+
+
+def rebalance_step(
+    owners: Sequence[int], shard_ids: Iterable[int], slot_count_max: int
+) -> tuple[int, int, list[int]] | None:
+    """The next move of a rebalance that spreads the slots evenly over shard_ids (a shard new
+    to the cluster included): (source, target, slots), at most slot_count_max slots, or None
+    when every shard holds its share. Shares: SLOT_COUNT // n each, one more for the first
+    SLOT_COUNT % n shards in id order. The most loaded shard gives its highest slots to the
+    least loaded one, so slots move once and ranges stay mostly contiguous."""
+    shards = sorted(set(shard_ids) | set(owners))
+    if not shards or slot_count_max < 1:
+        raise MoveRefusedError("a rebalance needs shards and at least one slot per move")
+    base, extra = divmod(len(owners), len(shards))
+    share = {shard: base + (1 if n < extra else 0) for n, shard in enumerate(shards)}
+    held: dict[int, list[int]] = {shard: [] for shard in shards}
+    for slot, owner in enumerate(owners):
+        held[owner].append(slot)
+    surplus = {s: len(held[s]) - share[s] for s in shards}
+    source = max(shards, key=lambda s: (surplus[s], -s))
+    target = min(shards, key=lambda s: (surplus[s], s))
+    if surplus[source] <= 0 or surplus[target] >= 0:
+        return None
+    count = min(surplus[source], -surplus[target], slot_count_max)
+    return source, target, held[source][-count:]

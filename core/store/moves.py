@@ -173,3 +173,13 @@ async def existing_accounts(
 ) -> list[str]:
     """Those of these accounts that exist here already."""
     return sorted(await load_accounts(connection, account_ids, timeout_s))
+
+
+async def spread_accounts(connection: Connection, timeout_s: float) -> list[AccountState]:
+    """This shard's pieces of the spread accounts (but the slot-move accounts, which every
+    move makes where it needs them), counters zeroed: what a target lacking them creates."""
+    rows = await connection.fetch(
+        "SELECT * FROM accounts WHERE id LIKE '@%' AND id NOT LIKE '@moves/%' ORDER BY id",
+        timeout=timeout_s,
+    )
+    return [AccountState(account_from_row(row).spec, row["created_at_ns"]) for row in rows]

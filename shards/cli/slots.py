@@ -36,11 +36,19 @@ from tally.v1 import shard_pb2 as spb
 from tally.v1 import shard_pb2_grpc as spb_grpc
 
 CONTROL_DSN_ENV: Final = "TALLY_CONTROL_DSN"
+# A rebalance moves at most this many slots at once: each move pauses its slots' writes for one
+# scan of the source's tables and carries at most MOVE_RECORD_COUNT_MAX records.
+REBALANCE_SLOTS_PER_MOVE: Final = 256
 # A step asked of a node that is restarting or taking over its lease is asked again, for up
 # to this long, each wait doubling from STEP_RETRY_FIRST_S.
 STEP_RETRY_S: Final = 60.0
 STEP_RETRY_FIRST_S: Final = 0.1
 STEP_TIMEOUT_S: Final = 60.0
+# A move-out refused because amounts are held in the slots (a cross-shard piece between its
+# prepare and resolution: milliseconds; an open hold: until it is posted, voided or expires) is
+# asked again for this long by default (--held-wait-s), then abandoned with the reason.
+HELD_WAIT_S: Final = 10.0
+HELD_RETRY_S: Final = 0.02
 # Large enough for a move of MOVE_RECORD_COUNT_MAX records.
 MESSAGE_BYTES_MAX: Final = 64 * 1024 * 1024
 _CHANNEL_OPTIONS: Final = (
@@ -81,7 +89,24 @@ def add_command(commands: Any) -> None:
     )
     move.add_argument("--to", type=int, required=True, dest="to", help="the target shard")
     resume = actions.add_parser("resume", help="finish a move a mover left unfinished")
-    for sub in (move, resume):
+    rebalance = actions.add_parser(
+        "rebalance",
+        help="spread the slots evenly over every shard, a newly added one included",
+    )
+    rebalance.add_argument(
+        "--slots-per-move",
+        type=int,
+        default=REBALANCE_SLOTS_PER_MOVE,
+        help=f"at most this many slots in one move (default {REBALANCE_SLOTS_PER_MOVE})",
+    )
+    for sub in (move, resume, rebalance):
+        sub.add_argument(
+            "--held-wait-s",
+            type=float,
+            default=HELD_WAIT_S,
+            help="how long to keep asking when amounts are held in the slots (an open hold, a "
+            f"cross-shard piece in flight) before giving the move up (default {HELD_WAIT_S:g})",
+        )
         sub.add_argument(
             "--control-dsn",
             default=os.environ.get(CONTROL_DSN_ENV, ""),
@@ -131,11 +156,20 @@ def run(args: argparse.Namespace) -> int:
     except (SecurityConfigError, ValueError) as error:
         print(f"tally slots: {error}", file=sys.stderr)
         return 2
+    if not 0 <= args.held_wait_s <= 3600:
+        print("tally slots: --held-wait-s must be 0..3600", file=sys.stderr)
+        return 2
+    if args.slots_command == "rebalance" and not 1 <= args.slots_per_move <= SLOT_COUNT:
+        print(f"tally slots: --slots-per-move must be 1..{SLOT_COUNT}", file=sys.stderr)
+        return 2
     try:
         if args.slots_command == "move":
-            reports = asyncio.run(move_slots(args.control_dsn, security, slots, args.to))
+            work = move_slots(args.control_dsn, security, slots, args.to, args.held_wait_s)
+        elif args.slots_command == "rebalance":
+            work = rebalance(args.control_dsn, security, args.slots_per_move, args.held_wait_s)
         else:
-            reports = asyncio.run(resume_move(args.control_dsn, security))
+            work = resume_move(args.control_dsn, security, args.held_wait_s)
+        reports = asyncio.run(work)
     except MoveError as error:
         print(f"tally slots: {error}", file=sys.stderr)
         return 2
@@ -145,7 +179,8 @@ def run(args: argparse.Namespace) -> int:
     for report in reports:
         print_report(report)
     if not reports:
-        print("tally slots: no unfinished move")
+        done = "the slots are spread evenly" if args.slots_command == "rebalance" else ""
+        print(f"tally slots: {done or 'no unfinished move'}")
     return 0
 
 
@@ -164,7 +199,11 @@ def print_report(report: MoveReport) -> None:
 
 
 async def move_slots(
-    control_dsn: str, security: ClientSecurity, slots: list[int], target: int
+    control_dsn: str,
+    security: ClientSecurity,
+    slots: list[int],
+    target: int,
+    held_wait_s: float = HELD_WAIT_S,
 ) -> list[MoveReport]:
     """Resume an unfinished move if there is one, then move `slots` to shard `target`: the
     reports of both. MoveError when the move is refused (nothing moved) or stops."""
@@ -178,22 +217,56 @@ async def move_slots(
         reports = []
         unfinished = await control_store.unfinished_move(connection)
         if unfinished is not None:
-            reports.append(await _drive(connection, security, unfinished, resumed=True))
+            reports.append(await _drive(connection, security, unfinished, True, held_wait_s))
         move = await _plan(connection, sorted(checked), target)
-        reports.append(await _drive(connection, security, move, resumed=False))
+        reports.append(await _drive(connection, security, move, False, held_wait_s))
         return reports
     finally:
         await connection.close(timeout=5.0)
 
 
-async def resume_move(control_dsn: str, security: ClientSecurity) -> list[MoveReport]:
+async def resume_move(
+    control_dsn: str, security: ClientSecurity, held_wait_s: float = HELD_WAIT_S
+) -> list[MoveReport]:
     connection = await control.connect(control_dsn)
     try:
         await control_store.prepare(connection)
         unfinished = await control_store.unfinished_move(connection)
         if unfinished is None:
             return []
-        return [await _drive(connection, security, unfinished, resumed=True)]
+        return [await _drive(connection, security, unfinished, True, held_wait_s)]
+    finally:
+        await connection.close(timeout=5.0)
+
+
+async def rebalance(
+    control_dsn: str,
+    security: ClientSecurity,
+    slot_count_max: int,
+    held_wait_s: float = HELD_WAIT_S,
+) -> list[MoveReport]:
+    """Resume an unfinished move, then move slots until every shard, registered ones owning no
+    slot included, holds its even share (core.moves.rebalance_step): one move at a time, each
+    recorded and resumable as `tally slots move`'s."""
+    connection = await control.connect(control_dsn)
+    try:
+        await control_store.prepare(connection)
+        reports = []
+        unfinished = await control_store.unfinished_move(connection)
+        if unfinished is not None:
+            reports.append(await _drive(connection, security, unfinished, True, held_wait_s))
+        for _ in range(SLOT_COUNT):  # each move gives a shard at least one slot of its share
+            slot_map = await control_store.load_slot_map(connection)
+            if slot_map is None:
+                raise MoveError("the control database has no slot map (tally init-cluster)")
+            shards = {*slot_map.shard_ids, *await control_store.shard_endpoints(connection)}
+            step = moves.rebalance_step(slot_map.owners, shards, slot_count_max)
+            if step is None:
+                break
+            _, target, slots = step
+            move = await _plan(connection, slots, target)
+            reports.append(await _drive(connection, security, move, False, held_wait_s))
+        return reports
     finally:
         await connection.close(timeout=5.0)
 
@@ -202,8 +275,10 @@ async def _plan(connection: Any, slots: list[int], target: int) -> control_store
     slot_map = await control_store.load_slot_map(connection)
     if slot_map is None:
         raise MoveError("the control database has no slot map (tally init-cluster)")
-    if target not in slot_map.shard_ids:
-        raise MoveError(f"shard {target} is no shard of the slot map {list(slot_map.shard_ids)}")
+    # A shard new to the cluster owns no slot yet: it is known by its registered endpoint.
+    known = sorted({*slot_map.shard_ids, *await control_store.shard_endpoints(connection)})
+    if target not in known:
+        raise MoveError(f"shard {target} is no shard of this cluster (shards {known})")
     sources = {slot_map.owners[slot] for slot in slots}
     if len(sources) != 1:
         raise MoveError(f"slots {slots} belong to shards {sorted(sources)}: move one at a time")
@@ -220,7 +295,11 @@ async def _plan(connection: Any, slots: list[int], target: int) -> control_store
 
 
 async def _drive(
-    connection: Any, security: ClientSecurity, move: control_store.SlotMove, resumed: bool
+    connection: Any,
+    security: ClientSecurity,
+    move: control_store.SlotMove,
+    resumed: bool,
+    held_wait_s: float,
 ) -> MoveReport:
     """Take the move from its recorded step to done, recording each step before the next."""
     endpoints = await control_store.shard_endpoints(connection)
@@ -237,7 +316,7 @@ async def _drive(
         endpoints[move.source_shard], security, lambda stub: stub.MoveSlotsOut(
             out_request, timeout=STEP_TIMEOUT_S
         ),
-        refused=lambda d: _refused_out(connection, move, d),
+        refused=lambda d: _refused_out(connection, move, d), held_wait_s=held_wait_s,
     )  # fmt: skip
     if failpoints.ARMED:  # the source has moved out; the control database does not say so
         await failpoints.hit("slots.after_move_out")
@@ -246,7 +325,7 @@ async def _drive(
     if move.state in ("planned", "out"):
         in_request = spb.MoveSlotsInRequest(
             move_id=move.move_id, slots=list(move.slots), source_shard=move.source_shard,
-            accounts=out.accounts, records=out.records,
+            accounts=out.accounts, records=out.records, spread_accounts=out.spread_accounts,
         )  # fmt: skip
         await _step(
             endpoints[move.target_shard], security,
@@ -311,10 +390,13 @@ async def _step(
     security: ClientSecurity,
     call: Callable[[Any], Awaitable[T]],
     refused: Callable[[str], Awaitable[None]],
+    held_wait_s: float = 0.0,
 ) -> T:
     """Ask a node for a step until it answers (UNAVAILABLE and timeouts: it is restarting or
-    between writers; the step is safe to ask again), or refuses (refused is called)."""
-    deadline = time.monotonic() + STEP_RETRY_S
+    between writers; ABORTED, for up to held_wait_s: amounts held in the slots; the step is
+    safe to ask again), or refuses (refused is called)."""
+    started = time.monotonic()
+    deadline = started + STEP_RETRY_S
     wait_s = STEP_RETRY_FIRST_S
     while True:
         try:
@@ -323,6 +405,10 @@ async def _step(
         except grpc.aio.AioRpcError as error:
             code = error.code()
             details = f"{code.name}: {error.details()}"
+            held = code == grpc.StatusCode.ABORTED
+            if held and time.monotonic() - started < held_wait_s:
+                await asyncio.sleep(HELD_RETRY_S)  # a piece in flight settles in milliseconds
+                continue
             if code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                 await refused(details)  # an answer: nothing was written by this call
                 raise MoveError(details) from None

@@ -127,7 +127,7 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
                 return []
             deferred += plan.deferred
             # On a later round, a unit the new map spreads over shards keeps its WRONG_SHARD.
-            sent, _, _ = await asyncio.gather(
+            sent, crossed, _ = await asyncio.gather(
                 self._send_units(messages, plan.direct, results, self._post_shard),
                 self._cross_shard(
                     messages,
@@ -139,7 +139,7 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
                 ),
                 self._decide_holds(messages, items, plan.hold_fates, results),
             )
-            todo = sent
+            todo = sorted(sent + crossed)
         return sorted(deferred)
 
     def _plan(
@@ -398,11 +398,13 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
         reversals: list[tuple[tuple[int, int], Unit | list[pb.ItemResult]]],
         results: list[pb.ItemResult | None],
         slot_map: SlotMap,
-    ) -> None:
+    ) -> list[tuple[int, int]]:
         """Atomic cross-shard units (transactions, linked groups, reversals of cross-shard
-        transactions), by two-phase commit, each phase in one call per shard for all of them."""
+        transactions), by two-phase commit, each phase in one call per shard for all of them.
+        The units a shard answered WRONG_SHARD (a slot moved or moving: that attempt did not
+        commit), to run again, as a new attempt, under a reloaded map."""
         if not ranges and not reversals:
-            return
+            return []
         units = []
         placed = []
         currencies: set[str] = set()
@@ -421,7 +423,7 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
             else:
                 results[start:end] = built
         if not units:
-            return
+            return []
         for unit in units[len(ranges) :]:  # reversals: few
             currencies.update(leg.currency for m in unit.messages for leg in m.legs)
         try:
@@ -438,7 +440,7 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
                     )
                     for _ in range(start, end)
                 ]
-            return
+            return []
         started = time.perf_counter()
         answers = await self._cluster.driver().execute_units(units)
         self._cluster.metrics.cross_shard_executed(answers, time.perf_counter() - started)
@@ -451,8 +453,12 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
                         message.id, _known_hold(unit, k, unit_results[k].timestamp_ns)
                     )
         # (Not remembered for a later reversal: locate() finds them then, in one fan-out.)
+        again = []
         for (start, end), unit_results in zip(placed, answers, strict=True):
             results[start:end] = unit_results
+            if any(r.code == pb.RESULT_CODE_WRONG_SHARD for r in unit_results):
+                again.append((start, end))
+        return again
 
     async def _post_shard(self, shard_id: int, batch: list[Any]) -> list[pb.ItemResult]:
         results = await self._cluster.link(shard_id).post(batch)

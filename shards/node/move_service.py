@@ -77,6 +77,22 @@ def account_of(n: int, message: spb.MovedAccount) -> AccountState:
     )
 
 
+def spread_of(n: int, message: spb.MovedAccount) -> AccountState:
+    """A spread account to create if missing, empty; ValueError naming spread_accounts[n]."""
+    try:
+        parsed = journal.parse_lines(message.line.encode())
+    except journal.LineError as error:
+        raise ValueError(f"spread_accounts[{n}].line: {error}") from None
+    if len(parsed.accounts) != 1 or parsed.transactions or parsed.postings or parsed.closures:
+        raise ValueError(f"spread_accounts[{n}].line must be one account line")
+    spec, created_at_ns = parsed.accounts[0]
+    if not spec.is_spread or ids.is_moves_account(spec.id):
+        raise ValueError(f"spread_accounts[{n}]: {spec.id[:80]!r} is not a spread account")
+    if message.debits_posted or message.credits_posted or message.closed_at_ns:
+        raise ValueError(f"spread_accounts[{n}]: a spread account moves empty and open")
+    return AccountState(spec, created_at_ns)
+
+
 def record_of(n: int, message: spb.MovedRecord) -> TransactionState:
     """ValueError naming records[n] and its fault."""
     try:
@@ -127,6 +143,8 @@ async def _run(node: NodeView, context: Context, operation: Any) -> Any:
     assert writer is not None
     try:
         return await writer.run_operation(operation)
+    except moves.MoveBusyError as error:  # may pass soon: the mover asks again for a while
+        await context.abort(grpc.StatusCode.ABORTED, str(error))
     except moves.MoveRefusedError as error:
         await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(error))
     except (QueueFullError, WriterUnavailableError) as error:
@@ -168,6 +186,7 @@ async def move_slots_out(
         records=[moved_record(r) for r in moved.records],
         block_sequence=moved.block_sequence,
         again=moved.again,
+        spread_accounts=[moved_account(a) for a in moved.spread],
     )
 
 
@@ -195,6 +214,7 @@ async def move_slots_in(
     try:
         accounts = [account_of(n, a) for n, a in enumerate(request.accounts)]
         records = [record_of(n, r) for n, r in enumerate(request.records)]
+        spread = [spread_of(n, a) for n, a in enumerate(request.spread_accounts)]
     except ValueError as error:
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
     strays = [r.spec.id for r in records if not moves.record_moves(r.spec.id, slots)]
@@ -202,5 +222,6 @@ async def move_slots_in(
         await context.abort(
             grpc.StatusCode.INVALID_ARGUMENT, f"records {strays[:5]} are not homed in the slots"
         )
-    done = await _run(node, context, move_in(request.move_id, source, slots, accounts, records))
+    operation = move_in(request.move_id, source, slots, accounts, records, spread)
+    done = await _run(node, context, operation)
     return spb.MoveSlotsInResponse(again=not done)

@@ -30,6 +30,8 @@ class MovedOut:
     records: list[TransactionState]
     block_sequence: int
     again: bool
+    # The source's spread accounts, counters zeroed (the target creates those it lacks).
+    spread: list[AccountState]
 
 
 async def _moves_accounts(
@@ -48,12 +50,16 @@ def move_out(move_id: str, slots: frozenset[int], target: int) -> Any:
         if "out" in await store_moves.move_sides(connection, move_id, timeout_s):
             accounts = await store_moves.accounts_before_out(connection, move_id, slots, timeout_s)
             records = await store_moves.homed_records(connection, slots, timeout_s)
-            return MovedOut(accounts, records, 0, again=True)
+            spread = await store_moves.spread_accounts(connection, timeout_s)
+            return MovedOut(accounts, records, 0, again=True, spread=spread)
         accounts = await store_moves.slot_accounts(connection, slots, timeout_s)
         records = await store_moves.homed_records(connection, slots, timeout_s)
         problem = moves.refusal_of(accounts, records)
         if problem:
             raise moves.MoveRefusedError(problem)
+        held = moves.held_refusal(accounts, records)
+        if held:
+            raise moves.MoveBusyError(held)
         writes, position, states = moves.move_out_entries(
             move_id, target, accounts, await _moves_accounts(writer, accounts),
             writer.position, failpoints.wall_ns(),
@@ -74,7 +80,8 @@ def move_out(move_id: str, slots: frozenset[int], target: int) -> Any:
             "move %s: slots %s moved out to shard %d in block %d (%d accounts, %d records)",
             move_id, sorted(slots), target, sequence, len(accounts), len(records),
         )  # fmt: skip
-        return MovedOut(accounts, records, sequence, again=False)
+        spread = await store_moves.spread_accounts(connection, timeout_s)
+        return MovedOut(accounts, records, sequence, again=False, spread=spread)
 
     return operation
 
@@ -85,18 +92,21 @@ def move_in(
     slots: frozenset[int],
     accounts: list[AccountState],
     records: list[TransactionState],
+    spread: list[AccountState],
 ) -> Any:
-    """The operation: write the move-in block and the records (True: done now; False: it was
-    done before)."""
+    """The operation: write the move-in block and the records, and create the spread accounts
+    this shard lacks (True: done now; False: it was done before)."""
 
     async def operation(writer: Writer) -> bool:
         connection, timeout_s = writer.connection, writer.config.load_timeout_s
         if "in" in await store_moves.move_sides(connection, move_id, timeout_s):
             return False
         await _check_free(connection, slots, accounts, records, timeout_s)
+        there = await store.load_accounts(connection, [a.spec.id for a in spread], timeout_s)
+        missing = [a for a in spread if a.spec.id not in there]
         writes, position, states = moves.move_in_entries(
             move_id, source, accounts, records, await _moves_accounts(writer, accounts),
-            writer.position, failpoints.wall_ns(),
+            writer.position, failpoints.wall_ns(), missing,
         )  # fmt: skip
 
         async def extra(connection: Any, sequence: int, timeout_s: float) -> None:

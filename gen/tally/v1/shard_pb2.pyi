@@ -60,30 +60,34 @@ class MoveSlotsOutRequest(_message.Message):
     def __init__(self, move_id: _Optional[str] = ..., slots: _Optional[_Iterable[int]] = ..., target_shard: _Optional[int] = ...) -> None: ...
 
 class MoveSlotsOutResponse(_message.Message):
-    __slots__ = ("accounts", "records", "block_sequence", "again")
+    __slots__ = ("accounts", "records", "block_sequence", "again", "spread_accounts")
     ACCOUNTS_FIELD_NUMBER: _ClassVar[int]
     RECORDS_FIELD_NUMBER: _ClassVar[int]
     BLOCK_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     AGAIN_FIELD_NUMBER: _ClassVar[int]
+    SPREAD_ACCOUNTS_FIELD_NUMBER: _ClassVar[int]
     accounts: _containers.RepeatedCompositeFieldContainer[MovedAccount]
     records: _containers.RepeatedCompositeFieldContainer[MovedRecord]
     block_sequence: int
     again: bool
-    def __init__(self, accounts: _Optional[_Iterable[_Union[MovedAccount, _Mapping]]] = ..., records: _Optional[_Iterable[_Union[MovedRecord, _Mapping]]] = ..., block_sequence: _Optional[int] = ..., again: _Optional[bool] = ...) -> None: ...
+    spread_accounts: _containers.RepeatedCompositeFieldContainer[MovedAccount]
+    def __init__(self, accounts: _Optional[_Iterable[_Union[MovedAccount, _Mapping]]] = ..., records: _Optional[_Iterable[_Union[MovedRecord, _Mapping]]] = ..., block_sequence: _Optional[int] = ..., again: _Optional[bool] = ..., spread_accounts: _Optional[_Iterable[_Union[MovedAccount, _Mapping]]] = ...) -> None: ...
 
 class MoveSlotsInRequest(_message.Message):
-    __slots__ = ("move_id", "slots", "source_shard", "accounts", "records")
+    __slots__ = ("move_id", "slots", "source_shard", "accounts", "records", "spread_accounts")
     MOVE_ID_FIELD_NUMBER: _ClassVar[int]
     SLOTS_FIELD_NUMBER: _ClassVar[int]
     SOURCE_SHARD_FIELD_NUMBER: _ClassVar[int]
     ACCOUNTS_FIELD_NUMBER: _ClassVar[int]
     RECORDS_FIELD_NUMBER: _ClassVar[int]
+    SPREAD_ACCOUNTS_FIELD_NUMBER: _ClassVar[int]
     move_id: str
     slots: _containers.RepeatedScalarFieldContainer[int]
     source_shard: int
     accounts: _containers.RepeatedCompositeFieldContainer[MovedAccount]
     records: _containers.RepeatedCompositeFieldContainer[MovedRecord]
-    def __init__(self, move_id: _Optional[str] = ..., slots: _Optional[_Iterable[int]] = ..., source_shard: _Optional[int] = ..., accounts: _Optional[_Iterable[_Union[MovedAccount, _Mapping]]] = ..., records: _Optional[_Iterable[_Union[MovedRecord, _Mapping]]] = ...) -> None: ...
+    spread_accounts: _containers.RepeatedCompositeFieldContainer[MovedAccount]
+    def __init__(self, move_id: _Optional[str] = ..., slots: _Optional[_Iterable[int]] = ..., source_shard: _Optional[int] = ..., accounts: _Optional[_Iterable[_Union[MovedAccount, _Mapping]]] = ..., records: _Optional[_Iterable[_Union[MovedRecord, _Mapping]]] = ..., spread_accounts: _Optional[_Iterable[_Union[MovedAccount, _Mapping]]] = ...) -> None: ...
 
 class MoveSlotsInResponse(_message.Message):
     __slots__ = ("again",)

@@ -132,8 +132,9 @@ class ShardServicer:
         """Slot moves (docs/design.md, "Moving slots"), driven by `tally slots move` as a cluster
         identity. At the source: from this call on the slots are refused here (WRONG_SHARD), the
         move-out is committed, and what moves is answered; asked again with the same move_id, the
-        same answer and nothing written. FAILED_PRECONDITION names what stops the move (an open
-        hold, the slots not this shard's, too much for one move): nothing was written.
+        same answer and nothing written. FAILED_PRECONDITION names what stops the move (the slots
+        not this shard's, too much for one move), ABORTED what stops it now but may pass (amounts
+        held in the slots: an open hold, a cross-shard piece in flight); nothing was written.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

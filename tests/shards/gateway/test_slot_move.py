@@ -5,17 +5,22 @@ node of a 4-shard in-process cluster to another, while clients post through the 
 from __future__ import annotations
 
 import asyncio
+import collections
+import os
 import re
 from collections.abc import AsyncIterator
 
+import asyncpg
 import pytest
 
-from core.slots import slot_of
+from core.moves import rebalance_step
+from core.slots import SlotMap, slot_of
+from shards.local.embedded_pg import EmbeddedPostgres
 from tally.v1 import ledger_pb2 as pb
 from tests.support import security
 from tests.support.audit_commands import audit_json
 from tests.support.cluster import SHARD_COUNT, Cluster
-from tests.support.helpers import Client, account, audit_problems, transfer
+from tests.support.helpers import Client, account, audit_problems, start_node, transfer
 from tests.support.slot_moves import customer_on, moves_net, run_slots
 
 CREATED, REPLAYED = pb.RESULT_CODE_CREATED, pb.RESULT_CODE_REPLAYED
@@ -170,13 +175,15 @@ async def test_moves_that_cannot_be_made_are_refused_clearly_and_move_nothing(
         ("--slots", "4096", "--to", "1"): "is not a slot",
         ("--slots", "x", "--to", "1"): "is not a slot",
         ("--slots", f"{slot},{slot}", "--to", "1"): "named twice",
-        ("--slots", str(slot), "--to", "9"): "no shard of the slot map",
+        ("--slots", str(slot), "--to", "9"): "no shard of this cluster",
         ("--slots", str(slot), "--to", str(SOURCE)): "already",
         ("--slots", f"{slot},{other_shard_slot}", "--to", "3"): "move one at a time",
         ("--slots", str(slot), "--to", str(TARGET)): "amounts held",
     }
     for arguments, expected in refusals.items():
-        code, stdout, stderr = await run_slots(cluster.control_dsn, "move", *arguments)
+        code, stdout, stderr = await run_slots(
+            cluster.control_dsn, "move", *arguments, "--held-wait-s", "0.5"
+        )
         assert (code, expected in stderr) == (2, True), (arguments, stdout, stderr)
         assert "Traceback" not in stderr
     # Nothing moved, nothing refused: the slot still takes writes at its shard.
@@ -229,3 +236,98 @@ async def test_a_mover_killed_at_any_step_is_resumed_with_nothing_lost_or_double
     for node in cluster.nodes:
         assert await audit_problems(node.dsn) == [], node.dsn
     assert await moves_net(cluster.dsns) == 0
+
+
+def _moved_by_rebalance(shard_count: int, slots_per_move: int) -> dict[int, int]:
+    """Slot -> its new shard, for a rebalance of the even map onto one more shard."""
+    owners = list(SlotMap.even(shard_count).owners)
+    moved: dict[int, int] = {}
+    while (step := rebalance_step(owners, range(shard_count + 1), slots_per_move)) is not None:
+        _, target, slots = step
+        for slot in slots:
+            owners[slot] = moved[slot] = target
+    return moved
+
+
+async def _cross_load(client: Client, keys: list[str], stop: asyncio.Event) -> list[int]:
+    """Cross-shard transfers of 1 round a ring of customers (keys[i]/dep to keys[i+1]/sav, id
+    homed at keys[i]) until stopped: how many from each. Every one applied at once."""
+    counts = [0] * len(keys)
+    while not stop.is_set():
+        for n, key in enumerate(keys):
+            after = keys[(n + 1) % len(keys)]
+            item = transfer(f"{key}/x-{counts[n]}", f"{key}/dep", f"{after}/sav", 1)
+            result = (await client.post(item))[0]
+            assert result.code == CREATED, (pb.ResultCode.Name(result.code), result.message)
+            counts[n] += 1
+        await asyncio.sleep(0.01)
+    return counts
+
+
+async def test_a_shard_added_under_load_gets_its_even_share_by_rebalance(
+    pg: EmbeddedPostgres, cluster: Cluster, client: Client
+) -> None:
+    moved = _moved_by_rebalance(SHARD_COUNT, 256)
+    even = SlotMap.even(SHARD_COUNT)
+    # One customer from each shard whose slot the rebalance moves to the new shard.
+    keys = [
+        next(k for n in range(100_000) if (k := f"rb-{n}") and slot_of(k) in moved
+             and even.shard_of_key(k) == shard)
+        for shard in range(SHARD_COUNT)
+    ]  # fmt: skip
+    for key in keys:
+        await _open(client, key)
+        assert await client.codes(transfer(f"{key}/fund", "@cash", f"{key}/dep", 10**6)) == [
+            CREATED
+        ]
+    name = f"c{os.getpid()}_added_{slot_of(keys[0])}"
+    await pg.create_database_async(name)
+    added = await start_node(
+        pg.dsn(name), control_dsn=cluster.control_dsn, shard_id=SHARD_COUNT,
+        slot_map_poll_interval_s=0.2,
+    )  # fmt: skip
+    try:
+        stop = asyncio.Event()
+        loads = [asyncio.create_task(_load(client, key, stop, "load")) for key in keys]
+        crossing = asyncio.create_task(_cross_load(client, keys, stop))
+        await asyncio.sleep(0.3)
+        code, stdout, stderr = await run_slots(cluster.control_dsn, "rebalance")
+        await asyncio.sleep(0.3)
+        stop.set()
+        local = await asyncio.gather(*loads)
+        cross = await crossing
+        assert code == 0, stderr
+        pauses = [float(p) for p in re.findall(r"pause_ms ([0-9.]+)", stdout)]
+        print(stdout.count("done:"), "moves; pause per slot, ms: max", max(pauses))
+        assert len(pauses) == len(moved)
+        await _check_rebalanced(cluster, added.dsn, client, keys, local, cross)
+    finally:
+        await added.stop()
+
+
+async def _check_rebalanced(
+    cluster: Cluster,
+    added_dsn: str,
+    client: Client,
+    keys: list[str],
+    local: list[int],
+    cross: list[int],
+) -> None:
+    """The map spread evenly, every balance exact at its new shard, every audit clean."""
+    connection = await asyncpg.connect(cluster.control_dsn)
+    try:
+        owners = await connection.fetchval("SELECT owners FROM slot_map WHERE id = 1")
+    finally:
+        await connection.close()
+    assert sorted(collections.Counter(owners).values()) == [819, 819, 819, 819, 820]
+    for n, key in enumerate(keys):
+        dep, sav = await client.balance(f"{key}/dep"), await client.balance(f"{key}/sav")
+        assert (dep.debits_posted, dep.credits_posted) == (local[n] + cross[n], 10**6)
+        assert (sav.debits_posted, sav.credits_posted) == (0, local[n] + cross[n - 1])
+        assert owners[slot_of(key)] == SHARD_COUNT
+    dsns = [*cluster.dsns, added_dsn]
+    for dsn in dsns:
+        assert await audit_problems(dsn) == [], dsn
+    audit_code, report = await audit_json(*dsns)
+    assert audit_code == 0, report
+    assert await moves_net(dsns) == 0
