@@ -7,13 +7,17 @@ import os
 import sys
 
 import asyncpg
+import grpc
 
 from core.slots import SlotMap
 from shards.security import directory
+from tally.v1 import ledger_pb2 as pb
 from tests.support import security
+from tests.support.helpers import Client, transfer
 from tests.support.paths import REPO_ROOT
 
 SLOTS_TIMEOUT_S = 120.0
+CREATED, REPLAYED = pb.RESULT_CODE_CREATED, pb.RESULT_CODE_REPLAYED
 
 
 def customer_on(shard_id: int, shard_count: int, skip: int = 0) -> str:
@@ -64,3 +68,41 @@ async def moves_net(dsns: list[str]) -> int:
         finally:
             await connection.close()
     return net
+
+
+# Answers a bank client retries with the same id (a shard restarting, a slot moving).
+RETRYABLE = {
+    pb.RESULT_CODE_UNAVAILABLE,
+    pb.RESULT_CODE_OUTCOME_UNKNOWN,
+    pb.RESULT_CODE_WRONG_SHARD,
+}
+
+
+async def post_until_done(client: Client, item: pb.Transaction, seen: dict[str, int]) -> int:
+    """Post with the same id until it is applied or replayed (a bank client's retry); the
+    retryable answers met on the way are counted in `seen` by name."""
+    while True:
+        try:
+            result = (await client.post(item))[0]
+        except grpc.aio.AioRpcError as error:
+            seen[error.code().name] = seen.get(error.code().name, 0) + 1
+            await asyncio.sleep(0.05)
+            continue
+        if result.code in (CREATED, REPLAYED):
+            return result.timestamp_ns
+        assert result.code in RETRYABLE, (pb.ResultCode.Name(result.code), result.message)
+        name = pb.ResultCode.Name(result.code)
+        seen[name] = seen.get(name, 0) + 1
+        await asyncio.sleep(0.05)
+
+
+async def retrying_load(client: Client, key: str, stop: asyncio.Event, seen: dict[str, int]) -> int:
+    """Transfers of 1 from key/dep to key/sav, each posted until done, until stopped: how many
+    were applied (each exactly once)."""
+    count = 0
+    while not stop.is_set():
+        item = transfer(f"{key}/load-{count}", f"{key}/dep", f"{key}/sav", 1)
+        await post_until_done(client, item, seen)
+        count += 1
+        await asyncio.sleep(0.01)
+    return count

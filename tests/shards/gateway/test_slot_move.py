@@ -21,7 +21,7 @@ from tests.support import security
 from tests.support.audit_commands import audit_json
 from tests.support.cluster import SHARD_COUNT, Cluster
 from tests.support.helpers import Client, account, audit_problems, start_node, transfer
-from tests.support.slot_moves import customer_on, moves_net, run_slots
+from tests.support.slot_moves import customer_on, moves_net, retrying_load, run_slots
 
 CREATED, REPLAYED = pb.RESULT_CODE_CREATED, pb.RESULT_CODE_REPLAYED
 SOURCE, TARGET = 0, 2
@@ -212,8 +212,10 @@ async def test_a_mover_killed_at_any_step_is_resumed_with_nothing_lost_or_double
     await _open(client, key)
     assert await client.codes(transfer(f"{key}/fund", "@cash", f"{key}/dep", 10_000)) == [CREATED]
     before = await client.post(transfer(f"{key}/t1", f"{key}/dep", f"{key}/sav", 40))
-    stop = asyncio.Event()
-    load = asyncio.create_task(_load(client, key, stop, "load"))
+    # The slot's writes wait from the move-out until the resumed mover moves the map: a bank
+    # client retries with the same ids meanwhile (WRONG_SHARD once the gateway's rounds end).
+    stop, seen = asyncio.Event(), dict[str, int]()
+    load = asyncio.create_task(retrying_load(client, key, stop, seen))
     await asyncio.sleep(0.2)
     code, _, stderr = await run_slots(
         cluster.control_dsn, "move", "--slots", str(slot), "--to", str(TARGET),
@@ -226,6 +228,7 @@ async def test_a_mover_killed_at_any_step_is_resumed_with_nothing_lost_or_double
     await asyncio.sleep(0.2)
     stop.set()
     count = await load
+    print("retryable answers seen by the client:", seen)
     sav = await client.balance(f"{key}/sav")
     assert (sav.debits_posted, sav.credits_posted) == (0, 40 + count)
     again = await client.post(transfer(f"{key}/t1", f"{key}/dep", f"{key}/sav", 40))

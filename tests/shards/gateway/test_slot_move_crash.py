@@ -9,7 +9,6 @@ import asyncio
 import time
 from pathlib import Path
 
-import grpc
 import pytest
 
 from core.slots import slot_of
@@ -18,44 +17,16 @@ from tally.v1 import ledger_pb2 as pb
 from tests.support import security
 from tests.support.cluster_processes import SHARD_COUNT, ProcessCluster, process_cluster
 from tests.support.helpers import Client, account, audit_problems, transfer
-from tests.support.slot_moves import customer_on, moves_net, run_slots
+from tests.support.slot_moves import (
+    customer_on,
+    moves_net,
+    post_until_done,
+    retrying_load,
+    run_slots,
+)
 
 CREATED, REPLAYED = pb.RESULT_CODE_CREATED, pb.RESULT_CODE_REPLAYED
 SOURCE, TARGET = 1, 3
-# Answers a bank client retries with the same id (a shard restarting, a slot moving).
-RETRYABLE = {
-    pb.RESULT_CODE_UNAVAILABLE,
-    pb.RESULT_CODE_OUTCOME_UNKNOWN,
-    pb.RESULT_CODE_WRONG_SHARD,
-}
-
-
-async def _post_until_done(client: Client, item: pb.Transaction, seen: dict[str, int]) -> int:
-    """Post with the same id until it is applied or replayed (a bank client's retry); the
-    retryable answers met on the way are counted in `seen` by name."""
-    while True:
-        try:
-            result = (await client.post(item))[0]
-        except grpc.aio.AioRpcError as error:
-            seen[error.code().name] = seen.get(error.code().name, 0) + 1
-            await asyncio.sleep(0.05)
-            continue
-        if result.code in (CREATED, REPLAYED):
-            return result.timestamp_ns
-        assert result.code in RETRYABLE, (pb.ResultCode.Name(result.code), result.message)
-        name = pb.ResultCode.Name(result.code)
-        seen[name] = seen.get(name, 0) + 1
-        await asyncio.sleep(0.05)
-
-
-async def _load(client: Client, key: str, stop: asyncio.Event, seen: dict[str, int]) -> int:
-    count = 0
-    while not stop.is_set():
-        item = transfer(f"{key}/load-{count}", f"{key}/dep", f"{key}/sav", 1)
-        await _post_until_done(client, item, seen)
-        count += 1
-        await asyncio.sleep(0.01)
-    return count
 
 
 async def _wait_exit(cluster: ProcessCluster, shard_id: int, timeout_s: float = 60.0) -> None:
@@ -86,11 +57,11 @@ async def test_a_node_killed_at_its_step_of_a_move_loses_and_doubles_nothing(
             await client.create(account("@cash"), account(f"{key}/dep"), account(f"{key}/sav"))
             funding = transfer(f"{key}/fund", "@cash", f"{key}/dep", 10_000)
             seen: dict[str, int] = {}
-            await _post_until_done(client, funding, seen)
+            await post_until_done(client, funding, seen)
             first = transfer(f"{key}/t1", f"{key}/dep", f"{key}/sav", 40)
-            first_at = await _post_until_done(client, first, seen)
+            first_at = await post_until_done(client, first, seen)
             stop = asyncio.Event()
-            load = asyncio.create_task(_load(client, key, stop, seen))
+            load = asyncio.create_task(retrying_load(client, key, stop, seen))
             mover = asyncio.create_task(
                 run_slots(cluster.control_dsn, "move", "--slots", str(slot), "--to", str(TARGET))
             )
