@@ -309,14 +309,15 @@ async def _drive(
     out_request = spb.MoveSlotsOutRequest(
         move_id=move.move_id, slots=list(move.slots), target_shard=move.target_shard
     )
-    started = time.monotonic()
     if failpoints.ARMED:
         await failpoints.hit("slots.before_move_out")
+    sent_at: list[float] = []  # when the answered move-out was asked: the pause's start
     out = await _step(
         endpoints[move.source_shard], security, lambda stub: stub.MoveSlotsOut(
             out_request, timeout=STEP_TIMEOUT_S
         ),
         refused=lambda d: _refused_out(connection, move, d), held_wait_s=held_wait_s,
+        sent_at=sent_at,
     )  # fmt: skip
     if failpoints.ARMED:  # the source has moved out; the control database does not say so
         await failpoints.hit("slots.after_move_out")
@@ -342,7 +343,7 @@ async def _drive(
     except control_store.MoveConflictError as error:
         raise MoveError(str(error)) from None
     if not resumed:
-        pause_ms = (time.monotonic() - started) * 1000
+        pause_ms = (time.monotonic() - sent_at[-1]) * 1000
     return _report(move, out, slot_map, pause_ms, resumed)
 
 
@@ -391,16 +392,19 @@ async def _step(
     call: Callable[[Any], Awaitable[T]],
     refused: Callable[[str], Awaitable[None]],
     held_wait_s: float = 0.0,
+    sent_at: list[float] | None = None,
 ) -> T:
     """Ask a node for a step until it answers (UNAVAILABLE and timeouts: it is restarting or
     between writers; ABORTED, for up to held_wait_s: amounts held in the slots; the step is
-    safe to ask again), or refuses (refused is called)."""
+    safe to ask again), or refuses (refused is called). sent_at: each ask's time, appended."""
     started = time.monotonic()
     deadline = started + STEP_RETRY_S
     wait_s = STEP_RETRY_FIRST_S
     while True:
         try:
             async with aio_channel(endpoint, security, _CHANNEL_OPTIONS) as channel:
+                if sent_at is not None:
+                    sent_at.append(time.monotonic())
                 return await call(spb_grpc.ShardStub(channel))
         except grpc.aio.AioRpcError as error:
             code = error.code()

@@ -267,6 +267,22 @@ async def _cross_load(client: Client, keys: list[str], stop: asyncio.Event) -> l
     return counts
 
 
+async def _hold_load(client: Client, keys: list[str], stop: asyncio.Event) -> int:
+    """Holds of 1 on each customer (dep to sav), each posted in full at once, until stopped:
+    how many rounds. A move waits for the moment none of its slots' holds is open."""
+    rounds = 0
+    while not stop.is_set():
+        for key in keys:
+            hold = transfer(f"{key}/h-{rounds}", f"{key}/dep", f"{key}/sav", 1, pending=True)
+            post = pb.Transaction(id=f"{key}/hp-{rounds}", code=1, post_pending_id=hold.id)
+            for item in (hold, post):
+                result = (await client.post(item))[0]
+                assert result.code == CREATED, (pb.ResultCode.Name(result.code), result.message)
+        rounds += 1
+        await asyncio.sleep(0.01)
+    return rounds
+
+
 async def test_a_shard_added_under_load_gets_its_even_share_by_rebalance(
     pg: EmbeddedPostgres, cluster: Cluster, client: Client
 ) -> None:
@@ -293,12 +309,15 @@ async def test_a_shard_added_under_load_gets_its_even_share_by_rebalance(
         stop = asyncio.Event()
         loads = [asyncio.create_task(_load(client, key, stop, "load")) for key in keys]
         crossing = asyncio.create_task(_cross_load(client, keys, stop))
+        holding = asyncio.create_task(_hold_load(client, keys, stop))
         await asyncio.sleep(0.3)
         code, stdout, stderr = await run_slots(cluster.control_dsn, "rebalance")
         await asyncio.sleep(0.3)
         stop.set()
         local = await asyncio.gather(*loads)
         cross = await crossing
+        held = await holding
+        local = [count + held for count in local]  # each hold posted: one more transfer of 1
         assert code == 0, stderr
         pauses = [float(p) for p in re.findall(r"pause_ms ([0-9.]+)", stdout)]
         print(stdout.count("done:"), "moves; pause per slot, ms: max", max(pauses))
