@@ -11,12 +11,15 @@ import re
 from collections.abc import AsyncIterator
 
 import asyncpg
+import grpc
 import pytest
 
 from core.moves import rebalance_step
 from core.slots import SlotMap, slot_of
 from shards.local.embedded_pg import EmbeddedPostgres
 from tally.v1 import ledger_pb2 as pb
+from tally.v1 import shard_pb2 as spb
+from tally.v1 import shard_pb2_grpc as spb_grpc
 from tests.support import security
 from tests.support.audit_commands import audit_json
 from tests.support.cluster import SHARD_COUNT, Cluster
@@ -353,3 +356,70 @@ async def _check_rebalanced(
     audit_code, report = await audit_json(*dsns)
     assert audit_code == 0, report
     assert await moves_net(dsns) == 0
+
+
+async def test_the_move_rpcs_refuse_bad_input_with_a_status_naming_it(cluster: Cluster) -> None:
+    source, target = cluster.nodes[SOURCE], cluster.nodes[TARGET]
+    slot = slot_of(_customer_on(SOURCE, skip=5))
+    foreign = slot_of(_customer_on(1, skip=5))
+    targets_own = slot_of(_customer_on(TARGET, skip=5))
+    outs = [
+        (spb.MoveSlotsOutRequest(move_id="", slots=[slot], target_shard=2), "move_id"),
+        (spb.MoveSlotsOutRequest(move_id="XYZ", slots=[slot], target_shard=2), "move_id"),
+        (spb.MoveSlotsOutRequest(move_id="ab", slots=[], target_shard=2), "no slots"),
+        (spb.MoveSlotsOutRequest(move_id="ab", slots=[4096], target_shard=2), "not in"),
+        (spb.MoveSlotsOutRequest(move_id="ab", slots=[slot], target_shard=9), "target_shard"),
+        (spb.MoveSlotsOutRequest(move_id="ab", slots=[slot], target_shard=SOURCE), "target_shard"),
+        (spb.MoveSlotsOutRequest(move_id="ab", slots=[foreign], target_shard=2), "not this shard"),
+    ]
+    line = spb.MovedAccount(line="A|x/y|USD|1|0|{}|5")
+    ins = [
+        (spb.MoveSlotsInRequest(move_id="ab", slots=[slot], source_shard=9), "source_shard"),
+        (spb.MoveSlotsInRequest(move_id="ab", slots=[slot], source_shard=0, accounts=[
+            spb.MovedAccount(line="garbage")]), "accounts[0].line"),
+        (spb.MoveSlotsInRequest(move_id="ab", slots=[slot], source_shard=0, accounts=[
+            spb.MovedAccount(line="A|@cash|USD|1|0|{}|5")]), "spread"),
+        (spb.MoveSlotsInRequest(move_id="ab", slots=[slot], source_shard=0, accounts=[
+            spb.MovedAccount(line=line.line, debits_posted=-1)]), "negative"),
+        (spb.MoveSlotsInRequest(move_id="ab", slots=[slot], source_shard=0, records=[
+            spb.MovedRecord(line="T|x")]), "records[0].line"),
+        (spb.MoveSlotsInRequest(move_id="ab", slots=[slot], source_shard=0, spread_accounts=[
+            line]), "spread_accounts[0]"),
+        (spb.MoveSlotsInRequest(move_id="ab", slots=[targets_own], source_shard=0), "already"),
+    ]  # fmt: skip
+    for node, requests in ((source, outs), (target, ins)):
+        async with security.cluster_channel(node.internal_target) as channel:
+            stub = spb_grpc.ShardStub(channel)
+            for request, expected in requests:
+                call = (
+                    stub.MoveSlotsOut
+                    if isinstance(request, spb.MoveSlotsOutRequest)
+                    else stub.MoveSlotsIn
+                )
+                with pytest.raises(grpc.aio.AioRpcError) as refused:
+                    await call(request, timeout=30)
+                code = refused.value.code()
+                assert code in (
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                ), (request, code)
+                assert expected in (refused.value.details() or ""), (
+                    request,
+                    refused.value.details(),
+                )
+    # The client listener does not serve them; an admin identity is not a cluster one.
+    async with security.channel(source.target) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await spb_grpc.ShardStub(channel).MoveSlotsOut(
+                spb.MoveSlotsOutRequest(move_id="ab", slots=[slot], target_shard=2), timeout=30
+            )
+        assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    async with security.channel(source.internal_target) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await spb_grpc.ShardStub(channel).MoveSlotsOut(
+                spb.MoveSlotsOutRequest(move_id="ab", slots=[slot], target_shard=2), timeout=30
+            )
+        assert refused.value.code() in (
+            grpc.StatusCode.PERMISSION_DENIED,
+            grpc.StatusCode.UNAVAILABLE,
+        )
