@@ -23,6 +23,9 @@ The forms (T: a client's transaction id; A: an attempt; P: a participant's piece
     ~deadline/P      a request to give held piece P another deadline (as submitted)
     ~deadline/N/P    that request as recorded, N its timestamp in ns
     @clearing/CUR    the inter-shard clearing account of currency CUR (a spread account)
+    ~moveout/M/X     slot move M's move-out of account X at its source shard
+    ~movein/M/X      slot move M's move-in of account X at its target shard
+    @moves/CUR       the account a slot move's entries balance on (a spread account)
 """
 
 from __future__ import annotations
@@ -43,6 +46,17 @@ _DEADLINE: Final = "~deadline/"
 
 CLEARING_PREFIX: Final = "@clearing/"
 """Each currency's inter-shard clearing account: a spread account, one piece per shard."""
+
+MOVES_PREFIX: Final = "@moves/"
+"""Each currency's slot-move account: a spread account whose pieces balance the move-out at a
+source and the move-in at a target (docs/design.md, "Moving slots"); refused to clients as the
+clearing accounts are."""
+
+CLUSTER_ACCOUNT_PREFIXES: Final = (CLEARING_PREFIX, MOVES_PREFIX)
+"""Every prefix of the accounts the cluster keeps itself (str.startswith takes the tuple)."""
+
+_MOVE_OUT: Final = "~moveout/"
+_MOVE_IN: Final = "~movein/"
 
 # ---- metadata keys of a participant's piece (clients' keys cannot start with "~") ----
 
@@ -216,6 +230,54 @@ def readable_parts(identifier: str) -> tuple[str | None, str] | None:
             attempt, _, transaction_id = identifier[len(prefix) :].partition("/")
             return attempt, transaction_id
     return None
+
+
+# ---- slot moves ----
+
+MOVE_ID_LENGTH_MAX: Final = 32
+_MOVE_ID_PATTERN: Final = re.compile(f"[0-9a-f]{{1,{MOVE_ID_LENGTH_MAX}}}")
+
+
+def is_move_id(text: str) -> bool:
+    """A slot move's name: 1..MOVE_ID_LENGTH_MAX characters 0-9 a-f."""
+    return _MOVE_ID_PATTERN.fullmatch(text) is not None
+
+
+def move_out_id(move_id: str, account_id: str) -> str:
+    return f"{_MOVE_OUT}{move_id}/{account_id}"
+
+
+def move_in_id(move_id: str, account_id: str) -> str:
+    return f"{_MOVE_IN}{move_id}/{account_id}"
+
+
+def parse_move_out_id(identifier: str) -> tuple[str, str]:
+    """(move id, account id) of a move-out transaction's id."""
+    return _parse_move(identifier, _MOVE_OUT, "a move-out id")
+
+
+def parse_move_in_id(identifier: str) -> tuple[str, str]:
+    return _parse_move(identifier, _MOVE_IN, "a move-in id")
+
+
+def _parse_move(identifier: str, prefix: str, what: str) -> tuple[str, str]:
+    move_id, _, account_id = _parse_wrapped(identifier, prefix, what).partition("/")
+    if not is_move_id(move_id) or not account_id:
+        raise ValueError(f"{identifier[:80]!r} is not {what}")
+    return move_id, account_id
+
+
+def moves_account(currency: str) -> str:
+    return MOVES_PREFIX + currency
+
+
+def is_moves_account(account_id: str) -> bool:
+    return account_id.startswith(MOVES_PREFIX)
+
+
+def is_cluster_account(account_id: str) -> bool:
+    """A clearing or slot-move account: the cluster's own, never a client's."""
+    return account_id.startswith(CLUSTER_ACCOUNT_PREFIXES)
 
 
 # ---- clearing accounts ----

@@ -41,6 +41,17 @@ CLEARING_RESERVED = (
 )
 """Why a client's item naming a clearing account is refused (by the gateway and by a node)."""
 
+MOVES_RESERVED = (
+    f"accounts under {ids.MOVES_PREFIX} are the cluster's own slot-move accounts; "
+    "clients cannot post to, create or close them"
+)
+"""Why a client's item naming a slot-move account is refused (as CLEARING_RESERVED)."""
+
+
+def _reserved_account_problem(account_id: str) -> str:
+    return CLEARING_RESERVED if ids.is_clearing(account_id) else MOVES_RESERVED
+
+
 # What an abort marker may record as the reason an attempt did not commit: a refusal, never a
 # success (a later commit of the attempt answers the recorded reason as its own), nor "not
 # known yet" (which a recorded abort is not).
@@ -393,33 +404,36 @@ def mark_duplicate_accounts(
 
 
 def clearing_leg_problem(legs: Iterable[Leg]) -> str:
-    """CLEARING_RESERVED if a leg names a clearing account, else ""."""
+    """CLEARING_RESERVED (MOVES_RESERVED) if a leg names a clearing (slot-move) account, else
+    ""."""
     for leg in legs:
-        if leg.account_id.startswith(ids.CLEARING_PREFIX):
-            return CLEARING_RESERVED
+        if leg.account_id.startswith(ids.CLUSTER_ACCOUNT_PREFIXES):
+            return _reserved_account_problem(leg.account_id)
     return ""
 
 
 def refuse_clearing_legs(
     items: list[TransactionSpec | Rejection],
 ) -> list[TransactionSpec | Rejection]:
-    """Clients' transactions with a leg on a clearing account become INVALID_LEGS (in place)."""
+    """Clients' transactions with a leg on a clearing or slot-move account become INVALID_LEGS
+    (in place)."""
     # Hot path (every item of every request): plain loops, the list untouched if clean.
-    prefix = ids.CLEARING_PREFIX
+    prefixes = ids.CLUSTER_ACCOUNT_PREFIXES
     for n, item in enumerate(items):
         if isinstance(item, TransactionSpec):
             for leg in item.legs:
-                if leg.account_id.startswith(prefix):
-                    items[n] = Rejection(ResultCode.INVALID_LEGS, CLEARING_RESERVED, item.linked)
+                if leg.account_id.startswith(prefixes):
+                    problem = _reserved_account_problem(leg.account_id)
+                    items[n] = Rejection(ResultCode.INVALID_LEGS, problem, item.linked)
                     break
     return items
 
 
 def refuse_clearing_accounts(items: list[Any], account_of: Any) -> list[Any]:
-    """Clients' creations or closings of a clearing account become INVALID_ID."""
+    """Clients' creations or closings of a clearing or slot-move account become INVALID_ID."""
     return [
-        Rejection(ResultCode.INVALID_ID, CLEARING_RESERVED)
-        if not isinstance(item, Rejection) and ids.is_clearing(account_of(item))
+        Rejection(ResultCode.INVALID_ID, _reserved_account_problem(account_of(item)))
+        if not isinstance(item, Rejection) and ids.is_cluster_account(account_of(item))
         else item
         for item in items
     ]

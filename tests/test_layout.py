@@ -141,6 +141,7 @@ LAYERS: dict[str, frozenset[str]] = {
             "shards.local",
             "shards.relay",
             "shards.monitor",
+            "shards.failpoints",
         }
     ),
     "shards": frozenset(),

@@ -7,6 +7,7 @@ path. Each function takes an open connection; every statement carries a timeout.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from core.slots import SLOT_COUNT, SlotMap
@@ -52,7 +53,8 @@ async def load_slot_map(connection: Any) -> SlotMap | None:
 
 
 async def move_slots(connection: Any, slots: list[int], shard_id: int) -> SlotMap:
-    """Reassign slots (a new map version). Moving data with them is a later capability."""
+    """Reassign slots (a new map version), moving no data: a move with its data is
+    `tally slots move` (plan_move ... finish_move)."""
     async with connection.transaction():
         row = await connection.fetchrow(
             "SELECT version, owners FROM slot_map WHERE id = 1 FOR UPDATE", timeout=TIMEOUT_S
@@ -96,3 +98,133 @@ async def register_shard(connection: Any, shard_id: int, endpoint: str, epoch: i
 async def shard_endpoints(connection: Any) -> dict[int, str]:
     rows = await connection.fetch("SELECT shard_id, endpoint FROM shards", timeout=TIMEOUT_S)
     return {row["shard_id"]: row["endpoint"] for row in rows}
+
+
+# ---- slot moves: one row per move, its step (docs/design.md, "Moving slots") ----
+
+MOVE_STATES_UNFINISHED = ("planned", "out", "in")
+
+
+class MoveConflictError(RuntimeError):
+    """The control database refuses this step of a move (the message says why)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SlotMove:
+    move_id: str
+    slots: tuple[int, ...]
+    source_shard: int
+    target_shard: int
+    from_version: int
+    state: str
+    pause_ms: float
+
+
+def _move_of(row: Any) -> SlotMove:
+    return SlotMove(
+        row["move_id"],
+        tuple(row["slots"]),
+        row["source_shard"],
+        row["target_shard"],
+        row["from_version"],
+        row["state"],
+        float(row["pause_ms"]),
+    )
+
+
+async def unfinished_move(connection: Any) -> SlotMove | None:
+    """The move not yet done or abandoned (there is at most one at a time)."""
+    row = await connection.fetchrow(
+        "SELECT * FROM slot_moves WHERE state = ANY($1::text[]) ORDER BY created_at LIMIT 1",
+        list(MOVE_STATES_UNFINISHED),
+        timeout=TIMEOUT_S,
+    )
+    return None if row is None else _move_of(row)
+
+
+async def plan_move(
+    connection: Any, move_id: str, slots: list[int], source: int, target: int, version: int
+) -> SlotMove:
+    """Record a new move, planned; MoveConflictError while another one is unfinished (one at a
+    time: each starts from the map its predecessor left) or the map moved on since `version`."""
+    async with connection.transaction():
+        await connection.execute(
+            "LOCK TABLE slot_moves IN SHARE ROW EXCLUSIVE MODE", timeout=TIMEOUT_S
+        )
+        unfinished = await unfinished_move(connection)
+        if unfinished is not None:
+            raise MoveConflictError(
+                f"move {unfinished.move_id} is unfinished ({unfinished.state}): resume it first"
+            )
+        current = await connection.fetchval(
+            "SELECT version FROM slot_map WHERE id = 1", timeout=TIMEOUT_S
+        )
+        if current != version:
+            raise MoveConflictError(f"the slot map moved on to version {current}; plan again")
+        row = await connection.fetchrow(
+            """
+            INSERT INTO slot_moves (move_id, slots, source_shard, target_shard, from_version, state)
+            VALUES ($1, $2, $3, $4, $5, 'planned') RETURNING *
+            """,
+            move_id,
+            sorted(slots),
+            source,
+            target,
+            version,
+            timeout=TIMEOUT_S,
+        )
+    return _move_of(row)
+
+
+async def set_move_state(connection: Any, move_id: str, state: str) -> None:
+    """The move reached `state` ('out' also notes when its pause began)."""
+    await connection.execute(
+        """
+        UPDATE slot_moves SET state = $2, updated_at = now(),
+            out_at = CASE WHEN $2 = 'out' THEN coalesce(out_at, now()) ELSE out_at END
+        WHERE move_id = $1
+        """,
+        move_id,
+        state,
+        timeout=TIMEOUT_S,
+    )
+
+
+async def finish_move(connection: Any, move: SlotMove) -> tuple[SlotMap, float]:
+    """Give the move's slots to its target in the slot map and mark it done, in one
+    transaction: the map's new version and the pause (ms since the move-out). The map update
+    is conditional: the map must still be at the move's starting version (nothing else moves
+    meanwhile), or already show this move done (a mover resumed after the update)."""
+    async with connection.transaction():
+        row = await connection.fetchrow(
+            "SELECT version, owners FROM slot_map WHERE id = 1 FOR UPDATE", timeout=TIMEOUT_S
+        )
+        current = SlotMap(row["version"], tuple(row["owners"]))
+        if current.version == move.from_version:
+            current = await _write_map(connection, current.moved(move.slots, move.target_shard))
+        elif any(current.owners[slot] != move.target_shard for slot in move.slots):
+            raise MoveConflictError(
+                f"the slot map moved from version {move.from_version} to {current.version} "
+                f"under move {move.move_id}, and not by it"
+            )
+        pause_ms = await connection.fetchval(
+            """
+            UPDATE slot_moves SET state = 'done', updated_at = now(),
+                pause_ms = CASE WHEN state = 'done' THEN pause_ms
+                    ELSE coalesce(extract(epoch FROM clock_timestamp() - out_at) * 1000, 0) END
+            WHERE move_id = $1 RETURNING pause_ms
+            """,
+            move.move_id,
+            timeout=TIMEOUT_S,
+        )
+    return current, float(pause_ms)
+
+
+async def _write_map(connection: Any, slot_map: SlotMap) -> SlotMap:
+    await connection.execute(
+        "UPDATE slot_map SET version = $1, owners = $2, updated_at = now() WHERE id = 1",
+        slot_map.version,
+        list(slot_map.owners),
+        timeout=TIMEOUT_S,
+    )
+    return slot_map

@@ -149,6 +149,30 @@ MIGRATIONS: Final[tuple[tuple[int, str, str], ...]] = (
         CREATE INDEX account_closures_by_block ON account_closures (block_sequence);
         """,
     ),
+    (
+        6,
+        "slot moves: the slots moved out and in, and the records moved in",
+        # docs/design.md, "Moving slots". slot_moves: one row per slot and side of a move,
+        # written in the same commit as its move-out or move-in block; a slot whose latest row
+        # here is 'out' is refused by the writer, across restarts. moved_transactions: the
+        # transaction records homed in slots moved in (the columns of transactions, plus the
+        # move and its source), read by id with transactions and updated where they lie.
+        """
+        CREATE TABLE slot_moves (
+            move_id text NOT NULL,
+            slot integer NOT NULL CHECK (slot >= 0),
+            direction text NOT NULL CHECK (direction IN ('out', 'in')),
+            peer_shard integer NOT NULL CHECK (peer_shard >= 0),
+            block_sequence bigint NOT NULL,
+            PRIMARY KEY (move_id, slot, direction)
+        );
+        CREATE TABLE moved_transactions (LIKE transactions INCLUDING DEFAULTS);
+        ALTER TABLE moved_transactions
+            ADD PRIMARY KEY (id),
+            ADD COLUMN move_id text NOT NULL DEFAULT '',
+            ADD COLUMN source_shard integer NOT NULL DEFAULT 0;
+        """,
+    ),
 )
 
 CONTROL_MIGRATIONS: Final[tuple[tuple[int, str, str], ...]] = (
@@ -178,6 +202,29 @@ CONTROL_MIGRATIONS: Final[tuple[tuple[int, str, str], ...]] = (
         # registration replaces.
         """
         ALTER TABLE shards ADD COLUMN epoch bigint NOT NULL DEFAULT 0 CHECK (epoch >= 0);
+        """,
+    ),
+    (
+        3,
+        "slot moves and their steps",
+        # One row per slot move (docs/design.md, "Moving slots"): its slots, source, target,
+        # the map version it started from and the step it reached (planned, out, in, done, or
+        # abandoned before its move-out). The mover resumes an unfinished move from here.
+        """
+        CREATE TABLE slot_moves (
+            move_id text PRIMARY KEY,
+            slots integer[] NOT NULL,
+            source_shard integer NOT NULL CHECK (source_shard >= 0),
+            target_shard integer NOT NULL CHECK (target_shard >= 0),
+            from_version bigint NOT NULL,
+            state text NOT NULL
+                CHECK (state IN ('planned', 'out', 'in', 'done', 'abandoned')),
+            -- When the source committed its move-out: writes to the slots wait from then on.
+            out_at timestamptz,
+            pause_ms double precision NOT NULL DEFAULT 0,
+            created_at timestamptz NOT NULL DEFAULT now(),
+            updated_at timestamptz NOT NULL DEFAULT now()
+        );
         """,
     ),
 )

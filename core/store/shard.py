@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -246,7 +246,7 @@ _ACCOUNT_COLUMNS = (
     "id currency code flags metadata created_at_ns closed_at_ns debits_posted credits_posted "
     "debits_pending credits_pending version block_sequence"
 ).split()
-_TRANSACTION_COLUMNS = (
+TRANSACTION_COLUMNS = (
     "id kind code metadata value_date timeout_seconds target_id legs applied_legs timestamp_ns "
     "status expires_at_ns resolved_by_id reversed_by_id block_sequence"
 ).split()
@@ -307,7 +307,14 @@ def build_block(
     return Block(header, writes, texts, body)
 
 
-async def commit_block(connection: Connection, block: Block, timeout_s: float) -> None:
+BlockExtra = Callable[[Connection, int, float], Awaitable[None]]
+"""More statements for a block's own database transaction (a slot move's rows): called with
+the connection, the block's sequence and the timeout, after the block's rows."""
+
+
+async def commit_block(
+    connection: Connection, block: Block, timeout_s: float, extra: BlockExtra | None = None
+) -> None:
     """Persist one batch in one database transaction, fenced by the writer's epoch.
 
     A failure before COMMIT is sent (a refused or lost connection, a statement's error or
@@ -320,6 +327,8 @@ async def commit_block(connection: Connection, block: Block, timeout_s: float) -
     await connection.execute("BEGIN", timeout=timeout_s)
     try:
         await _write_block(connection, block, timeout_s)
+        if extra is not None:
+            await extra(connection, sequence, timeout_s)
     except Exception:
         await _roll_back(connection, timeout_s)
         raise
@@ -458,20 +467,29 @@ async def _write_transactions(
                     writes.new_transactions, block.transaction_texts, strict=True
                 )
             ],
-            columns=_TRANSACTION_COLUMNS,
+            columns=TRANSACTION_COLUMNS,
             timeout=timeout_s,
         )
     changed = list(writes.changed_transactions.values())
     if not changed:
         return
+    # One statement for both tables a record can lie in (moved_transactions: records moved in
+    # with slots), so the commit pays no extra round trip for them.
     await connection.execute(
         """
+        WITH u AS (
+            SELECT * FROM unnest($1::text[], $2::smallint[], $3::text[], $4::text[],
+                                 $5::bigint[]) AS u(id, status, resolved, reversed, expires)
+        ), moved AS (
+            UPDATE moved_transactions AS m SET
+                status = u.status, resolved_by_id = u.resolved, reversed_by_id = u.reversed,
+                expires_at_ns = u.expires
+            FROM u WHERE m.id = u.id
+        )
         UPDATE transactions AS t SET
             status = u.status, resolved_by_id = u.resolved, reversed_by_id = u.reversed,
             expires_at_ns = u.expires
-        FROM unnest($1::text[], $2::smallint[], $3::text[], $4::text[], $5::bigint[])
-            AS u(id, status, resolved, reversed, expires)
-        WHERE t.id = u.id
+        FROM u WHERE t.id = u.id
         """,
         [s.spec.id for s in changed],
         [int(s.status) for s in changed],
@@ -537,10 +555,17 @@ async def load_accounts(
 async def load_transactions(
     connection: Connection, ids: Iterable[str], timeout_s: float
 ) -> dict[str, TransactionState]:
-    rows = await connection.fetch(
-        "SELECT * FROM transactions WHERE id = ANY($1::text[])", list(ids), timeout=timeout_s
-    )
+    """By id, from transactions and from the records moved in with slots (moved_transactions:
+    docs/design.md, "Moving slots"); an id is in one of them at most."""
+    rows = await connection.fetch(_LOAD_TRANSACTIONS_SQL, list(ids), timeout=timeout_s)
     return {row["id"]: transaction_from_row(row) for row in rows}
+
+
+_LOAD_TRANSACTIONS_SQL = f"""
+SELECT {", ".join(TRANSACTION_COLUMNS)} FROM transactions WHERE id = ANY($1::text[])
+UNION ALL
+SELECT {", ".join(TRANSACTION_COLUMNS)} FROM moved_transactions WHERE id = ANY($1::text[])
+"""
 
 
 async def last_block(connection: Connection, timeout_s: float) -> BlockHeader:

@@ -45,7 +45,10 @@ class GatewayConfig:
     control_dsn: str
     listen: str = "127.0.0.1:7400"
     shard_call_timeout_s: float = 30.0
-    wrong_shard_retry_max: int = 3
+    # A slot being moved is refused (WRONG_SHARD) from its move-out until the map moves: about
+    # 4.5 s of rounds (below) covers the pause, so clients never see it (docs/design.md,
+    # "Moving slots").
+    wrong_shard_retry_max: int = 12
     slot_map_poll_interval_s: float = 1.0
     location_cache_count_max: int = 100_000
     shutdown_grace_s: float = 10.0
@@ -118,10 +121,11 @@ class Cluster:
                 await link.close()
 
     async def backoff_and_refresh(self, attempt: int) -> None:
-        """After WRONG_SHARD: the map moved; the shards may be a moment behind the control
-        database, so wait a little longer each round (50, 100, 200 ms) and reload."""
+        """After WRONG_SHARD: the map moved, or a slot is moving (refused by its old owner until
+        the map moves); the shards may be a moment behind the control database, so wait a
+        little longer each round (50, 100, 200, 400 ms, then 500 ms) and reload."""
         self.metrics.wrong_shard_retry()
-        await asyncio.sleep(0.05 * 2 ** (attempt - 1))
+        await asyncio.sleep(min(0.05 * 2 ** (attempt - 1), 0.5))
         await self.refresh()
 
     def driver(self) -> Driver:

@@ -127,7 +127,7 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
                 return []
             deferred += plan.deferred
             # On a later round, a unit the new map spreads over shards keeps its WRONG_SHARD.
-            sent, _, _ = await asyncio.gather(
+            sent, crossed, _ = await asyncio.gather(
                 self._send_units(messages, plan.direct, results, self._post_shard),
                 self._cross_shard(
                     messages,
@@ -139,7 +139,7 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
                 ),
                 self._decide_holds(messages, items, plan.hold_fates, results),
             )
-            todo = sent
+            todo = sorted(sent + crossed)
         return sorted(deferred)
 
     def _plan(
@@ -398,11 +398,13 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
         reversals: list[tuple[tuple[int, int], Unit | list[pb.ItemResult]]],
         results: list[pb.ItemResult | None],
         slot_map: SlotMap,
-    ) -> None:
+    ) -> list[tuple[int, int]]:
         """Atomic cross-shard units (transactions, linked groups, reversals of cross-shard
-        transactions), by two-phase commit, each phase in one call per shard for all of them."""
+        transactions), by two-phase commit, each phase in one call per shard for all of them.
+        The units a shard answered WRONG_SHARD (a slot moved or moving: that attempt did not
+        commit), to run again, as a new attempt, under a reloaded map."""
         if not ranges and not reversals:
-            return
+            return []
         units = []
         placed = []
         currencies: set[str] = set()
@@ -421,7 +423,7 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
             else:
                 results[start:end] = built
         if not units:
-            return
+            return []
         for unit in units[len(ranges) :]:  # reversals: few
             currencies.update(leg.currency for m in unit.messages for leg in m.legs)
         try:
@@ -438,7 +440,7 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
                     )
                     for _ in range(start, end)
                 ]
-            return
+            return []
         started = time.perf_counter()
         answers = await self._cluster.driver().execute_units(units)
         self._cluster.metrics.cross_shard_executed(answers, time.perf_counter() - started)
@@ -451,8 +453,12 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
                         message.id, _known_hold(unit, k, unit_results[k].timestamp_ns)
                     )
         # (Not remembered for a later reversal: locate() finds them then, in one fan-out.)
+        again = []
         for (start, end), unit_results in zip(placed, answers, strict=True):
             results[start:end] = unit_results
+            if any(r.code == pb.RESULT_CODE_WRONG_SHARD for r in unit_results):
+                again.append((start, end))
+        return again
 
     async def _post_shard(self, shard_id: int, batch: list[Any]) -> list[pb.ItemResult]:
         results = await self._cluster.link(shard_id).post(batch)
@@ -594,15 +600,9 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
         ids = list(request.ids)
         await check_batch_size(context, len(ids), "ids")
         await check_accounts_of_caller(context, Action.READ, ids)
-        slot_map = self._cluster.map()
-        plan: dict[int, list[str]] = {}
-        for account_id in ids:
-            if validation.id_problem(account_id, "id"):
-                continue
-            for shard_id in spread_or_owner(account_id, slot_map):
-                plan.setdefault(shard_id, []).append(account_id)
+        valid = [account_id for account_id in ids if not validation.id_problem(account_id, "id")]
         try:
-            found = await self._gather_accounts(plan)
+            found, moving = await self._accounts_following_moves(valid)
         except grpc.aio.AioRpcError as error:
             await _shard_failed(context, error)
         results = []
@@ -612,6 +612,14 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
                 results.append(pb.AccountLookup(code=pb.RESULT_CODE_INVALID_ID, message=problem))
                 continue
             records = found.get(account_id, [])
+            if account_id in moving:
+                results.append(
+                    pb.AccountLookup(
+                        code=pb.RESULT_CODE_UNAVAILABLE,
+                        message=f"account {account_id!r} is in a slot being moved; retry",
+                    )
+                )
+                continue
             if not records:
                 results.append(
                     pb.AccountLookup(
@@ -623,9 +631,32 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
             results.append(pb.AccountLookup(code=pb.RESULT_CODE_OK, account=_sum_pieces(records)))
         return pb.GetAccountsResponse(results=results)
 
+    async def _accounts_following_moves(
+        self, ids: list[str]
+    ) -> tuple[dict[str, list[pb.AccountRecord]], set[str]]:
+        """The accounts' records from their shards, and the ids still in a slot being moved
+        after every round: a shard that moved an account's slot out answers WRONG_SHARD, and
+        the account is asked again of its owner under a reloaded map, as writes are."""
+        found: dict[str, list[pb.AccountRecord]] = {}
+        wanted, moving = ids, set[str]()
+        for attempt in range(self._cluster.config.wrong_shard_retry_max + 1):
+            if attempt:
+                await self._cluster.backoff_and_refresh(attempt)
+            slot_map = self._cluster.map()
+            plan: dict[int, list[str]] = {}
+            for account_id in wanted:
+                for shard_id in spread_or_owner(account_id, slot_map):
+                    plan.setdefault(shard_id, []).append(account_id)
+            more, moving = await self._gather_accounts(plan)
+            found.update(more)
+            if not moving:
+                break
+            wanted = sorted(moving)
+        return found, moving
+
     async def _gather_accounts(
         self, plan: dict[int, list[str]]
-    ) -> dict[str, list[pb.AccountRecord]]:
+    ) -> tuple[dict[str, list[pb.AccountRecord]], set[str]]:
         async def one(shard_id: int, ids: list[str]) -> tuple[list[str], Any]:
             link = self._cluster.link(shard_id)
             response = await link.stub.GetAccounts(
@@ -634,11 +665,14 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
             return ids, response
 
         found: dict[str, list[pb.AccountRecord]] = {}
+        moving: set[str] = set()
         for ids, response in await asyncio.gather(*(one(s, i) for s, i in plan.items())):
             for account_id, lookup in zip(ids, response.results, strict=True):
                 if lookup.code == pb.RESULT_CODE_OK:
                     found.setdefault(account_id, []).append(lookup.account)
-        return found
+                elif lookup.code == pb.RESULT_CODE_WRONG_SHARD:
+                    moving.add(account_id)
+        return found, moving
 
     async def GetTransactions(
         self, request: pb.GetTransactionsRequest, context: Context

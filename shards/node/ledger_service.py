@@ -9,7 +9,7 @@ from typing import Any, Protocol
 import asyncpg
 import grpc
 
-from core import dsn, ids, limits, validation
+from core import dsn, ids, limits, moves, validation
 from core.authority import Action
 from core.model import (
     AccountSpec,
@@ -209,10 +209,20 @@ class LedgerService(pb_grpc.LedgerServicer):  # type: ignore[misc]
         wanted = [i for i, problem in zip(request.ids, problems, strict=True) if not problem]
         async with storage_answers(context, self._read_timeout_s):
             found = await store.load_accounts(self._node.read_pool, wanted, self._read_timeout_s)
+        writer = self._node.writer
+        moved_out = frozenset(writer.moved_out) if writer is not None else frozenset()
         results = []
         for account_id, problem in zip(request.ids, problems, strict=True):
             if problem:
                 results.append(pb.AccountLookup(code=pb.RESULT_CODE_INVALID_ID, message=problem))
+            elif moved_out and moves.account_moves(account_id, moved_out):
+                # Its balance here is the move-out's zero: its owner is the move's target.
+                results.append(
+                    pb.AccountLookup(
+                        code=pb.RESULT_CODE_WRONG_SHARD,
+                        message=f"account {account_id!r} has moved out of this shard",
+                    )
+                )
             elif account_id not in found:
                 results.append(
                     pb.AccountLookup(

@@ -408,8 +408,20 @@ class Node:
         loaded = await control_store.load_slot_map(connection)
         if loaded is not None and (self.slot_map is None or loaded.version > self.slot_map.version):
             self.slot_map = loaded
-            self.owned_slots = loaded.owned_by(self.config.shard_id)
-            log.info("slot map version %d: %d slots owned", loaded.version, len(self.owned_slots))
+            self.note_moved_out()
+            owned = self.owned_slots or frozenset()
+            log.info("slot map version %d: %d slots owned", loaded.version, len(owned))
+
+    def note_moved_out(self) -> None:
+        """The slots this node serves: the map's, but for those its writer moved out (refused
+        from the move-out until the map moves them: docs/design.md, "Moving slots")."""
+        if self.slot_map is None:
+            return
+        owned = self.slot_map.owned_by(self.config.shard_id)
+        writer = self._writer
+        if writer is not None and writer.moved_out:
+            owned -= frozenset(writer.moved_out)
+        self.owned_slots = owned
 
     async def refresh_slot_map_now(self) -> None:
         """Reload the slot map at most every 100 ms (asked when refusing WRONG_SHARD)."""
@@ -527,6 +539,7 @@ class Node:
         )
         await writer.start()
         self._writer = writer
+        self.note_moved_out()
         if self._stopping.is_set():
             # Asked to stop while the writer was starting (a SIGTERM right after the serving
             # line, the lease taken at start): _stop_when_requested found no writer to drain.

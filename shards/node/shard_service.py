@@ -14,7 +14,8 @@ from core.pieces import DeadlineMode, resolution_spec
 from core.store import shard as store
 from shards import failpoints
 from shards.crossshard import participant
-from shards.node.ledger_service import NodeView, route_check, submit_or_abort
+from shards.node import move_service
+from shards.node.ledger_service import route_check, submit_or_abort
 from shards.rpc import convert
 from tally.v1 import ledger_pb2 as pb
 from tally.v1 import shard_pb2 as spb
@@ -62,7 +63,7 @@ def _results(results: Sequence[Result]) -> list[pb.ItemResult]:
 
 
 class ShardService(spb_grpc.ShardServicer):  # type: ignore[misc]
-    def __init__(self, node: NodeView) -> None:
+    def __init__(self, node: move_service.MoveNode) -> None:
         self._node = node
 
     async def _submit(self, context: Context, items: list[Any]) -> list[Result]:
@@ -246,3 +247,13 @@ class ShardService(spb_grpc.ShardServicer):  # type: ignore[misc]
         )
         results = await self._submit(context, items)
         return spb.CreateClearingAccountsResponse(results=_results(results))
+
+    async def MoveSlotsOut(
+        self, request: spb.MoveSlotsOutRequest, context: Context
+    ) -> spb.MoveSlotsOutResponse:
+        return await move_service.move_slots_out(self._node, request, context)
+
+    async def MoveSlotsIn(
+        self, request: spb.MoveSlotsInRequest, context: Context
+    ) -> spb.MoveSlotsInResponse:
+        return await move_service.move_slots_in(self._node, request, context)

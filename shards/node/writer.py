@@ -14,7 +14,7 @@ import enum
 import logging
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -34,6 +34,7 @@ from core.model import (
     transaction_from_record,
     transaction_to_record,
 )
+from core.moves import refuse_moved
 from core.pieces import decided_by_piece, fate_of_piece, reversed_by_piece
 from core.signing import Signer
 from core.state import (
@@ -45,6 +46,7 @@ from core.state import (
     needed_ids,
     reversal_targets,
 )
+from core.store import moves as store_moves
 from core.store import shard as store
 from shards import failpoints
 
@@ -205,12 +207,25 @@ class _Request:
         self.future = future
 
 
+class _OperationRequest(_Request):
+    """A step the writer runs alone, between batches (Writer.run_operation)."""
+
+    __slots__ = ("operation",)
+
+    def __init__(self, operation: Operation, future: asyncio.Future[Any]) -> None:
+        super().__init__((), future)
+        self.operation = operation
+
+
 BatchObserver = Callable[[int, float, float], None]
 """Called after each committed batch (one that wrote a block) with (item_count, load_seconds,
 commit_seconds); commit_seconds is the database commit's own round trip."""
 
 HeadSink = Callable[[BlockHeader], None]
 """Called with each committed block's signed head, in commit order (the heads publisher)."""
+
+Operation = Callable[["Writer"], Awaitable[Any]]
+"""A step the writer runs alone between batches (Writer.run_operation)."""
 
 
 def split_request(items: Sequence[Item], count_max: int) -> list[Sequence[Item]]:
@@ -279,6 +294,10 @@ class Writer:
         # know the tail: after an ambiguous failure it reloads the head from the store).
         self._recent: deque[CommittedBlock] = deque()
         self._recent_posting_count = 0
+        # Slots moved out of this shard (slot -> the move): their items are refused here, by
+        # the writer itself, so nothing lands after the records a move-out handed over. Empty
+        # almost always, and then checked at no cost (docs/design.md, "Moving slots").
+        self.moved_out: dict[int, str] = {}
 
     # ---- lifecycle ----
 
@@ -288,6 +307,9 @@ class Writer:
         # A writer before this one may have left a commit on the primary alone (see _recover).
         await store.wait_durable(self.connection, self.config.commit_timeout_s)
         await self._load_position()
+        self.moved_out = await store_moves.moved_out_slots(
+            self.connection, self.config.load_timeout_s
+        )
 
     async def _load_position(self) -> None:
         self.previous = await store.last_block(self.connection, self.config.load_timeout_s)
@@ -332,6 +354,62 @@ class Writer:
         answered = asyncio.gather(*futures)
         answered.add_done_callback(lambda _: self._release(size))
         return [result for part in await asyncio.shield(answered) for result in part]
+
+    async def run_operation(self, operation: Operation) -> Any:
+        """Run `operation` as a step of the writer of its own, in queue order: after every
+        request queued before it has committed and before any queued after it is applied (a
+        slot move's side: shards.node.moves). Its result, or the exception it raised."""
+        if self.state is not WriterState.RUNNING:
+            raise WriterUnavailableError(f"writer is {self.state.value}")
+        if self.queue.full():
+            raise QueueFullError("writer queue is full: retry after a delay")
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.queue.put_nowait(_OperationRequest(operation, future))
+        return await asyncio.shield(future)
+
+    async def commit_entries(
+        self,
+        writes: WriteSet,
+        position: JournalPosition,
+        accounts: dict[str, AccountState],
+        extra: store.BlockExtra,
+    ) -> int:
+        """Commit writes made outside the state machine (a slot move's entries) as the next
+        block, with `extra` statements in its transaction; only from an operation. The block's
+        sequence; on a failure the writer recovers as after a batch and the error is raised."""
+        block = store.build_block(
+            writes,
+            self.previous,
+            self.epoch,
+            position.next_posting_sequence,
+            position.last_timestamp_ns,
+            failpoints.wall_ns(),
+            self.signer,
+            self.shard_id,
+        )
+        check_balanced(writes, dict(accounts))
+        try:
+            await store.commit_block(self.connection, block, self.config.commit_timeout_s, extra)
+        except store.FencedError:
+            self.commit_fenced_count += 1
+            self.state = WriterState.FENCED
+            raise
+        except Exception:
+            self.commit_failed_count += 1
+            await self._recover()
+            raise
+        self.previous = block.header
+        self.position = position
+        self.committed_batch_count += 1
+        for account_id, account in accounts.items():
+            self.accounts.put(account_id, account)
+        # Not kept as a batch: streams read this block from the store.
+        self._recent.clear()
+        self._recent_posting_count = 0
+        if self._publish is not None:
+            self._publish(block.header)
+        self._announce_head()
+        return block.header.sequence
 
     @property
     def head_sequence(self) -> int:
@@ -396,6 +474,12 @@ class Writer:
                 if self.state is WriterState.DRAINING and self.queue.empty() and inflight is None:
                     break
                 requests = await self._next_batch(inflight)
+                if requests and isinstance(requests[0], _OperationRequest):
+                    if inflight is not None:
+                        await self._settle(inflight)
+                        inflight = None
+                    await self._run(requests[0])
+                    continue
                 prepared = await self._prepare(requests, inflight) if requests else None
                 if inflight is not None and (prepared is not None or inflight.task.done()):
                     committed = await self._settle(inflight)
@@ -418,15 +502,34 @@ class Writer:
                 if connection is not None and not connection.is_closed():
                     await connection.close(timeout=5.0)
 
+    async def _run(self, request: _OperationRequest) -> None:
+        try:
+            result = await request.operation(self)
+        except asyncio.CancelledError:
+            request.future.cancel()
+            raise
+        except Exception as error:  # the operation's own answer (a refusal, a failed commit)
+            if not request.future.done():
+                request.future.set_exception(error)
+            return
+        if not request.future.done():
+            request.future.set_result(result)
+
     def _fail_queued(self, message: str) -> None:
         while not self.queue.empty():
             request = self.queue.get_nowait()
+            if isinstance(request, _OperationRequest):
+                if not request.future.done():
+                    request.future.set_exception(WriterUnavailableError(message))
+                continue
             _answer_unavailable([request], message)
 
     async def _next_batch(self, inflight: _InFlight | None) -> list[_Request]:
         first = await self._first_request(inflight)
         if first is None:
             return []
+        if isinstance(first, _OperationRequest):
+            return [first]
         requests = [first]
         item_count = len(first.items)
         deadline = time.monotonic() + self.config.batch_wait_ms / 1000.0
@@ -438,6 +541,8 @@ class Writer:
                 await asyncio.sleep(min(remaining, 0.0005))
                 continue
             head = self.queue._queue[0]  # type: ignore[attr-defined]  # peek: never split a request
+            if isinstance(head, _OperationRequest):  # an operation runs alone, after this batch
+                break
             if item_count + len(head.items) > self.config.batch_item_count_max:
                 break
             request = self.queue.get_nowait()
@@ -472,6 +577,8 @@ class Writer:
     async def _prepare(self, requests: list[_Request], base: _InFlight | None) -> _Prepared | None:
         """Load, apply and hash one batch; None when it failed to load (already answered)."""
         item_lists = [request.items for request in requests]
+        if self.moved_out:
+            item_lists = [refuse_moved(items, self.moved_out) for items in item_lists]
         started = time.perf_counter()
         try:
             accounts, transactions = await self._resolve(item_lists, base)

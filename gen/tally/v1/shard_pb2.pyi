@@ -21,6 +21,80 @@ HOLD_FATE_POSTED: HoldFate
 HOLD_FATE_VOIDED: HoldFate
 HOLD_FATE_EXPIRED: HoldFate
 
+class MovedAccount(_message.Message):
+    __slots__ = ("line", "debits_posted", "credits_posted", "version", "closed_at_ns")
+    LINE_FIELD_NUMBER: _ClassVar[int]
+    DEBITS_POSTED_FIELD_NUMBER: _ClassVar[int]
+    CREDITS_POSTED_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    CLOSED_AT_NS_FIELD_NUMBER: _ClassVar[int]
+    line: str
+    debits_posted: int
+    credits_posted: int
+    version: int
+    closed_at_ns: int
+    def __init__(self, line: _Optional[str] = ..., debits_posted: _Optional[int] = ..., credits_posted: _Optional[int] = ..., version: _Optional[int] = ..., closed_at_ns: _Optional[int] = ...) -> None: ...
+
+class MovedRecord(_message.Message):
+    __slots__ = ("line", "status", "expires_at_ns", "resolved_by_id", "reversed_by_id")
+    LINE_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_NS_FIELD_NUMBER: _ClassVar[int]
+    RESOLVED_BY_ID_FIELD_NUMBER: _ClassVar[int]
+    REVERSED_BY_ID_FIELD_NUMBER: _ClassVar[int]
+    line: str
+    status: int
+    expires_at_ns: int
+    resolved_by_id: str
+    reversed_by_id: str
+    def __init__(self, line: _Optional[str] = ..., status: _Optional[int] = ..., expires_at_ns: _Optional[int] = ..., resolved_by_id: _Optional[str] = ..., reversed_by_id: _Optional[str] = ...) -> None: ...
+
+class MoveSlotsOutRequest(_message.Message):
+    __slots__ = ("move_id", "slots", "target_shard")
+    MOVE_ID_FIELD_NUMBER: _ClassVar[int]
+    SLOTS_FIELD_NUMBER: _ClassVar[int]
+    TARGET_SHARD_FIELD_NUMBER: _ClassVar[int]
+    move_id: str
+    slots: _containers.RepeatedScalarFieldContainer[int]
+    target_shard: int
+    def __init__(self, move_id: _Optional[str] = ..., slots: _Optional[_Iterable[int]] = ..., target_shard: _Optional[int] = ...) -> None: ...
+
+class MoveSlotsOutResponse(_message.Message):
+    __slots__ = ("accounts", "records", "block_sequence", "again", "spread_accounts")
+    ACCOUNTS_FIELD_NUMBER: _ClassVar[int]
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    BLOCK_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    AGAIN_FIELD_NUMBER: _ClassVar[int]
+    SPREAD_ACCOUNTS_FIELD_NUMBER: _ClassVar[int]
+    accounts: _containers.RepeatedCompositeFieldContainer[MovedAccount]
+    records: _containers.RepeatedCompositeFieldContainer[MovedRecord]
+    block_sequence: int
+    again: bool
+    spread_accounts: _containers.RepeatedCompositeFieldContainer[MovedAccount]
+    def __init__(self, accounts: _Optional[_Iterable[_Union[MovedAccount, _Mapping]]] = ..., records: _Optional[_Iterable[_Union[MovedRecord, _Mapping]]] = ..., block_sequence: _Optional[int] = ..., again: _Optional[bool] = ..., spread_accounts: _Optional[_Iterable[_Union[MovedAccount, _Mapping]]] = ...) -> None: ...
+
+class MoveSlotsInRequest(_message.Message):
+    __slots__ = ("move_id", "slots", "source_shard", "accounts", "records", "spread_accounts")
+    MOVE_ID_FIELD_NUMBER: _ClassVar[int]
+    SLOTS_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_SHARD_FIELD_NUMBER: _ClassVar[int]
+    ACCOUNTS_FIELD_NUMBER: _ClassVar[int]
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    SPREAD_ACCOUNTS_FIELD_NUMBER: _ClassVar[int]
+    move_id: str
+    slots: _containers.RepeatedScalarFieldContainer[int]
+    source_shard: int
+    accounts: _containers.RepeatedCompositeFieldContainer[MovedAccount]
+    records: _containers.RepeatedCompositeFieldContainer[MovedRecord]
+    spread_accounts: _containers.RepeatedCompositeFieldContainer[MovedAccount]
+    def __init__(self, move_id: _Optional[str] = ..., slots: _Optional[_Iterable[int]] = ..., source_shard: _Optional[int] = ..., accounts: _Optional[_Iterable[_Union[MovedAccount, _Mapping]]] = ..., records: _Optional[_Iterable[_Union[MovedRecord, _Mapping]]] = ..., spread_accounts: _Optional[_Iterable[_Union[MovedAccount, _Mapping]]] = ...) -> None: ...
+
+class MoveSlotsInResponse(_message.Message):
+    __slots__ = ("again",)
+    AGAIN_FIELD_NUMBER: _ClassVar[int]
+    again: bool
+    def __init__(self, again: _Optional[bool] = ...) -> None: ...
+
 class HoldState(_message.Message):
     __slots__ = ("fate", "expires_at_ns", "resolution", "deciding")
     FATE_FIELD_NUMBER: _ClassVar[int]

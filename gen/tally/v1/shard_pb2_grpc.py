@@ -69,6 +69,16 @@ class ShardStub:
                 request_serializer=tally_dot_v1_dot_shard__pb2.CreateClearingAccountsRequest.SerializeToString,
                 response_deserializer=tally_dot_v1_dot_shard__pb2.CreateClearingAccountsResponse.FromString,
                 _registered_method=True)
+        self.MoveSlotsOut = channel.unary_unary(
+                '/tally.v1.Shard/MoveSlotsOut',
+                request_serializer=tally_dot_v1_dot_shard__pb2.MoveSlotsOutRequest.SerializeToString,
+                response_deserializer=tally_dot_v1_dot_shard__pb2.MoveSlotsOutResponse.FromString,
+                _registered_method=True)
+        self.MoveSlotsIn = channel.unary_unary(
+                '/tally.v1.Shard/MoveSlotsIn',
+                request_serializer=tally_dot_v1_dot_shard__pb2.MoveSlotsInRequest.SerializeToString,
+                response_deserializer=tally_dot_v1_dot_shard__pb2.MoveSlotsInResponse.FromString,
+                _registered_method=True)
 
 
 class ShardServicer:
@@ -118,6 +128,26 @@ class ShardServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def MoveSlotsOut(self, request, context):
+        """Slot moves (docs/design.md, "Moving slots"), driven by `tally slots move` as a cluster
+        identity. At the source: from this call on the slots are refused here (WRONG_SHARD), the
+        move-out is committed, and what moves is answered; asked again with the same move_id, the
+        same answer and nothing written. FAILED_PRECONDITION names what stops the move (the slots
+        not this shard's, too much for one move), ABORTED what stops it now but may pass (amounts
+        held in the slots: an open hold, a cross-shard piece in flight); nothing was written.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MoveSlotsIn(self, request, context):
+        """At the target: commit the move-in of what MoveSlotsOut answered (the slots stay refused
+        here until the slot map gives them to this shard); asked again once done, again = true.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ShardServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -155,6 +185,16 @@ def add_ShardServicer_to_server(servicer, server):
                     servicer.CreateClearingAccounts,
                     request_deserializer=tally_dot_v1_dot_shard__pb2.CreateClearingAccountsRequest.FromString,
                     response_serializer=tally_dot_v1_dot_shard__pb2.CreateClearingAccountsResponse.SerializeToString,
+            ),
+            'MoveSlotsOut': grpc.unary_unary_rpc_method_handler(
+                    servicer.MoveSlotsOut,
+                    request_deserializer=tally_dot_v1_dot_shard__pb2.MoveSlotsOutRequest.FromString,
+                    response_serializer=tally_dot_v1_dot_shard__pb2.MoveSlotsOutResponse.SerializeToString,
+            ),
+            'MoveSlotsIn': grpc.unary_unary_rpc_method_handler(
+                    servicer.MoveSlotsIn,
+                    request_deserializer=tally_dot_v1_dot_shard__pb2.MoveSlotsInRequest.FromString,
+                    response_serializer=tally_dot_v1_dot_shard__pb2.MoveSlotsInResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -346,6 +386,60 @@ class Shard:
             '/tally.v1.Shard/CreateClearingAccounts',
             tally_dot_v1_dot_shard__pb2.CreateClearingAccountsRequest.SerializeToString,
             tally_dot_v1_dot_shard__pb2.CreateClearingAccountsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MoveSlotsOut(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tally.v1.Shard/MoveSlotsOut',
+            tally_dot_v1_dot_shard__pb2.MoveSlotsOutRequest.SerializeToString,
+            tally_dot_v1_dot_shard__pb2.MoveSlotsOutResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MoveSlotsIn(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tally.v1.Shard/MoveSlotsIn',
+            tally_dot_v1_dot_shard__pb2.MoveSlotsInRequest.SerializeToString,
+            tally_dot_v1_dot_shard__pb2.MoveSlotsInResponse.FromString,
             options,
             channel_credentials,
             insecure,

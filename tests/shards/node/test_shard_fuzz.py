@@ -282,7 +282,9 @@ GENERATORS: dict[str, Callable[[World], tuple[int, Message]]] = {
 
 def gen_message(world: World) -> tuple[int, str, bytes]:
     rng = world.rng
-    method = rng.choice(list(METHODS))
+    # Not the slot-move RPCs: a well-formed one moves slots, by design, out of the world this
+    # fuzz checks; their bad inputs are tested in tests/shards/gateway/test_slot_move.py.
+    method = rng.choice(list(GENERATORS))
     shard, request = GENERATORS[method](world)
     if rng.random() < 0.1:
         shard = 1 - shard  # a gateway with an old map, or no gateway at all

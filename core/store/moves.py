@@ -1,0 +1,185 @@
+"""The SQL of slot moves on a shard database (docs/design.md, "Moving slots"): finding a slot's
+accounts and homed records, the slots moved out, and the rows a move-out or move-in commits
+with its block. Every statement carries a timeout.
+
+A slot is a hash of the partition key, not a column, so finding a slot's rows scans accounts
+and transactions once each (filtered here with core.moves). The next step is a slot column.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from core import ids, journal, moves
+from core.model import AccountState, TransactionState
+from core.store.shard import (
+    TRANSACTION_COLUMNS,
+    account_from_row,
+    load_accounts,
+    load_transactions,
+    transaction_from_row,
+)
+
+Connection = Any
+
+# How many rows each scan fetches at once (a cursor: the scan never holds a table in memory).
+_SCAN_ROW_COUNT = 5_000
+
+
+async def slot_accounts(
+    connection: Connection, slots: frozenset[int], timeout_s: float
+) -> list[AccountState]:
+    """The accounts of the slots, in id order (spread accounts never move)."""
+    found: list[AccountState] = []
+    async with connection.transaction(isolation="repeatable_read", readonly=True):
+        cursor = connection.cursor(
+            "SELECT * FROM accounts WHERE id NOT LIKE '@%' ORDER BY id",
+            prefetch=_SCAN_ROW_COUNT,
+            timeout=timeout_s,
+        )
+        async for row in cursor:
+            if moves.account_moves(row["id"], slots):
+                found.append(account_from_row(row))
+    return found
+
+
+async def homed_records(
+    connection: Connection, slots: frozenset[int], timeout_s: float
+) -> list[TransactionState]:
+    """The transaction records homed in the slots (their own and those moved in before), in
+    id order."""
+    columns = ", ".join(TRANSACTION_COLUMNS)
+    found: list[TransactionState] = []
+    async with connection.transaction(isolation="repeatable_read", readonly=True):
+        for table in ("transactions", "moved_transactions"):
+            cursor = connection.cursor(
+                f"SELECT {columns} FROM {table} WHERE id NOT LIKE '~%'",
+                prefetch=_SCAN_ROW_COUNT,
+                timeout=timeout_s,
+            )
+            async for row in cursor:
+                if moves.record_moves(row["id"], slots):
+                    found.append(transaction_from_row(row))
+    found.sort(key=lambda record: record.spec.id)
+    return found
+
+
+async def moved_out_slots(connection: Connection, timeout_s: float) -> dict[int, str]:
+    """Slot -> the move that took it, for every slot whose latest move here was out."""
+    rows = await connection.fetch(
+        """
+        SELECT DISTINCT ON (slot) slot, move_id, direction FROM slot_moves
+        ORDER BY slot, block_sequence DESC
+        """,
+        timeout=timeout_s,
+    )
+    return {row["slot"]: row["move_id"] for row in rows if row["direction"] == "out"}
+
+
+async def move_sides(connection: Connection, move_id: str, timeout_s: float) -> set[str]:
+    """The sides of this move committed here: "out", "in", both or none."""
+    rows = await connection.fetch(
+        "SELECT DISTINCT direction FROM slot_moves WHERE move_id = $1", move_id, timeout=timeout_s
+    )
+    return {row["direction"] for row in rows}
+
+
+async def slots_held_before(
+    connection: Connection, slots: frozenset[int], timeout_s: float
+) -> list[int]:
+    """The slots of these that this shard moved out before (moving a slot back is not built)."""
+    rows = await connection.fetch(
+        "SELECT DISTINCT slot FROM slot_moves WHERE slot = ANY($1::int[]) AND direction = 'out'",
+        sorted(slots),
+        timeout=timeout_s,
+    )
+    return sorted(row["slot"] for row in rows)
+
+
+async def record_side(
+    connection: Connection,
+    move_id: str,
+    slots: frozenset[int],
+    direction: str,
+    peer_shard: int,
+    block_sequence: int,
+    timeout_s: float,
+) -> None:
+    """This side of the move, inside the transaction committing its block."""
+    await connection.executemany(
+        "INSERT INTO slot_moves (move_id, slot, direction, peer_shard, block_sequence) "
+        "VALUES ($1, $2, $3, $4, $5)",
+        [(move_id, slot, direction, peer_shard, block_sequence) for slot in sorted(slots)],
+        timeout=timeout_s,
+    )
+
+
+async def insert_moved_records(
+    connection: Connection,
+    move_id: str,
+    source_shard: int,
+    records: Sequence[TransactionState],
+    timeout_s: float,
+) -> None:
+    """The records moved in, inside the transaction committing the move-in block."""
+    if not records:
+        return
+    rows = []
+    for record in records:
+        spec = record.spec
+        legs_text, applied_text = journal.legs_texts(record)
+        rows.append(
+            (
+                spec.id, int(spec.kind), spec.code, journal.encode_metadata(spec.metadata),
+                spec.value_date, spec.timeout_seconds, spec.target_id, legs_text, applied_text,
+                record.timestamp_ns, int(record.status), record.expires_at_ns,
+                record.resolved_by_id, record.reversed_by_id, 0, move_id, source_shard,
+            )
+        )  # fmt: skip
+    await connection.copy_records_to_table(
+        "moved_transactions",
+        records=rows,
+        columns=[*TRANSACTION_COLUMNS, "move_id", "source_shard"],
+        timeout=timeout_s,
+    )
+
+
+async def accounts_before_out(
+    connection: Connection, move_id: str, slots: frozenset[int], timeout_s: float
+) -> list[AccountState]:
+    """The slots' accounts as they were before this move's move-out here (read again when a
+    move-out is asked a second time): its transactions' legs say what each account held."""
+    accounts = await slot_accounts(connection, slots, timeout_s)
+    out_ids = [ids.move_out_id(move_id, account.spec.id) for account in accounts]
+    outs = await load_transactions(connection, out_ids, timeout_s)
+    before = []
+    for account in accounts:
+        out = outs.get(ids.move_out_id(move_id, account.spec.id))
+        if out is not None:
+            account = account.copy()
+            account.debits_posted, account.credits_posted = moves.counters_before_out(
+                out.applied_legs, account.spec.id
+            )
+            account.version -= sum(
+                1 for leg in out.applied_legs if leg.account_id == account.spec.id
+            )
+        before.append(account)
+    return before
+
+
+async def existing_accounts(
+    connection: Connection, account_ids: Sequence[str], timeout_s: float
+) -> list[str]:
+    """Those of these accounts that exist here already."""
+    return sorted(await load_accounts(connection, account_ids, timeout_s))
+
+
+async def spread_accounts(connection: Connection, timeout_s: float) -> list[AccountState]:
+    """This shard's pieces of the spread accounts (but the slot-move accounts, which every
+    move makes where it needs them), counters zeroed: what a target lacking them creates."""
+    rows = await connection.fetch(
+        "SELECT * FROM accounts WHERE id LIKE '@%' AND id NOT LIKE '@moves/%' ORDER BY id",
+        timeout=timeout_s,
+    )
+    return [AccountState(account_from_row(row).spec, row["created_at_ns"]) for row in rows]

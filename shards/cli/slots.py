@@ -1,0 +1,425 @@
+"""`tally slots move --slots S[,S...] --to SHARD` and `tally slots resume`: move slots with
+their data from the shard owning them to another while the cluster serves (docs/design.md,
+"Moving slots").
+
+The mover is a cluster process: it reads and writes the move's row in the control database
+(`--control-dsn`, TALLY_CONTROL_DSN) and calls the two nodes' internal listeners (their
+endpoints in the control database) as a cluster identity (`--ca/--cert/--key`, by default
+tally up's cluster certificate in DATA_DIR/tls). Each step is recorded before the next begins,
+and every step is safe to ask again, so a mover killed anywhere is resumed by `tally slots
+resume` (or the next `tally slots move`, which resumes an unfinished move first).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import secrets
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Final, TypeVar
+
+import asyncpg
+import grpc
+
+from core import moves
+from core.slots import SLOT_COUNT, SlotMap
+from core.store import control as control_store
+from shards import control, failpoints
+from shards.security import directory
+from shards.security import flags as security_flags
+from shards.security.credentials import ClientSecurity, SecurityConfigError, aio_channel
+from tally.v1 import shard_pb2 as spb
+from tally.v1 import shard_pb2_grpc as spb_grpc
+
+CONTROL_DSN_ENV: Final = "TALLY_CONTROL_DSN"
+# A rebalance moves at most this many slots at once: each move pauses its slots' writes for one
+# scan of the source's tables and carries at most MOVE_RECORD_COUNT_MAX records.
+REBALANCE_SLOTS_PER_MOVE: Final = 256
+# A step asked of a node that is restarting or taking over its lease is asked again, for up
+# to this long, each wait doubling from STEP_RETRY_FIRST_S.
+STEP_RETRY_S: Final = 60.0
+STEP_RETRY_FIRST_S: Final = 0.1
+STEP_TIMEOUT_S: Final = 60.0
+# A move-out refused because amounts are held in the slots (a cross-shard piece between its
+# prepare and resolution: milliseconds; an open hold: until it is posted, voided or expires) is
+# asked again for this long by default (--held-wait-s), then abandoned with the reason.
+HELD_WAIT_S: Final = 10.0
+HELD_RETRY_S: Final = 0.02
+# Large enough for a move of MOVE_RECORD_COUNT_MAX records.
+MESSAGE_BYTES_MAX: Final = 64 * 1024 * 1024
+_CHANNEL_OPTIONS: Final = (
+    ("grpc.max_receive_message_length", MESSAGE_BYTES_MAX),
+    ("grpc.max_send_message_length", MESSAGE_BYTES_MAX),
+)
+
+T = TypeVar("T")
+
+
+class MoveError(RuntimeError):
+    """A move refused or stopped; the message says why and what state it was left in."""
+
+
+@dataclass(frozen=True, slots=True)
+class MoveReport:
+    move_id: str
+    slots: tuple[int, ...]
+    source_shard: int
+    target_shard: int
+    account_count: int
+    record_count: int
+    map_version: int
+    # From the source's move-out to the map moved: how long writes to the slots waited.
+    pause_ms: float
+    resumed: bool
+
+
+# ---- the command ----
+
+
+def add_command(commands: Any) -> None:
+    slots = commands.add_parser("slots", help="move slots, with their data, between shards")
+    actions = slots.add_subparsers(dest="slots_command", required=True)
+    move = actions.add_parser("move", help="move slots to a shard while the cluster serves")
+    move.add_argument(
+        "--slots", required=True, help=f"the slots, comma-separated (0..{SLOT_COUNT - 1})"
+    )
+    move.add_argument("--to", type=int, required=True, dest="to", help="the target shard")
+    resume = actions.add_parser("resume", help="finish a move a mover left unfinished")
+    rebalance = actions.add_parser(
+        "rebalance",
+        help="spread the slots evenly over every shard, a newly added one included",
+    )
+    rebalance.add_argument(
+        "--slots-per-move",
+        type=int,
+        default=REBALANCE_SLOTS_PER_MOVE,
+        help=f"at most this many slots in one move (default {REBALANCE_SLOTS_PER_MOVE})",
+    )
+    for sub in (move, resume, rebalance):
+        sub.add_argument(
+            "--held-wait-s",
+            type=float,
+            default=HELD_WAIT_S,
+            help="how long to keep asking when amounts are held in the slots (an open hold, a "
+            f"cross-shard piece in flight) before giving the move up (default {HELD_WAIT_S:g})",
+        )
+        sub.add_argument(
+            "--control-dsn",
+            default=os.environ.get(CONTROL_DSN_ENV, ""),
+            help=f"the control database (default: ${CONTROL_DSN_ENV}; keep secrets off the "
+            "command line)",
+        )
+        security_flags.add_client_flags(sub)
+        sub.description = (
+            "Credentials: a cluster identity (the nodes' internal listeners take no other); "
+            "by default tally up's cluster certificate in DATA_DIR/tls."
+        )
+
+
+def parse_slots(text: str) -> list[int]:
+    """'1,2,7' as slots; ValueError naming the part that is not one."""
+    slots = []
+    for part in text.split(","):
+        part = part.strip()
+        if not (part.isascii() and part.isdigit()) or int(part) >= SLOT_COUNT:
+            raise ValueError(f"{part[:20]!r} is not a slot (0..{SLOT_COUNT - 1})")
+        slots.append(int(part))
+    if len(set(slots)) != len(slots):
+        raise ValueError("a slot is named twice")
+    return slots
+
+
+def mover_security(args: argparse.Namespace) -> ClientSecurity:
+    """As given, or tally up's cluster identity: the internal Shard API takes no other role."""
+    if args.ca or args.cert or args.key or args.token:
+        return security_flags.client_security(args)
+    root = security_flags.local_directory()
+    if not directory.Paths(root).certificate(directory.CLUSTER).exists():
+        raise SecurityConfigError(
+            f"no credentials: give --ca with --cert/--key of a cluster identity (or TALLY_CA, "
+            f"TALLY_CERT, TALLY_KEY), or run where tally up keeps them ({root} not found)"
+        )
+    return directory.client_security(root, directory.CLUSTER)
+
+
+def run(args: argparse.Namespace) -> int:
+    if not args.control_dsn:
+        print(f"tally slots: give --control-dsn or set {CONTROL_DSN_ENV}", file=sys.stderr)
+        return 2
+    try:
+        security = mover_security(args)
+        slots = parse_slots(args.slots) if args.slots_command == "move" else []
+    except (SecurityConfigError, ValueError) as error:
+        print(f"tally slots: {error}", file=sys.stderr)
+        return 2
+    if not 0 <= args.held_wait_s <= 3600:
+        print("tally slots: --held-wait-s must be 0..3600", file=sys.stderr)
+        return 2
+    if args.slots_command == "rebalance" and not 1 <= args.slots_per_move <= SLOT_COUNT:
+        print(f"tally slots: --slots-per-move must be 1..{SLOT_COUNT}", file=sys.stderr)
+        return 2
+    try:
+        if args.slots_command == "move":
+            work = move_slots(args.control_dsn, security, slots, args.to, args.held_wait_s)
+        elif args.slots_command == "rebalance":
+            work = rebalance(args.control_dsn, security, args.slots_per_move, args.held_wait_s)
+        else:
+            work = resume_move(args.control_dsn, security, args.held_wait_s)
+        reports = asyncio.run(work)
+    except MoveError as error:
+        print(f"tally slots: {error}", file=sys.stderr)
+        return 2
+    except (OSError, TimeoutError, asyncpg.PostgresError) as error:
+        print(f"tally slots: the control database: {error!r}", file=sys.stderr)
+        return 2
+    for report in reports:
+        print_report(report)
+    if not reports:
+        done = "the slots are spread evenly" if args.slots_command == "rebalance" else ""
+        print(f"tally slots: {done or 'no unfinished move'}")
+    return 0
+
+
+def print_report(report: MoveReport) -> None:
+    how = "resumed and finished" if report.resumed else "done"
+    print(
+        f"tally slots: move {report.move_id} {how}: slots {list(report.slots)} from shard "
+        f"{report.source_shard} to shard {report.target_shard}, {report.account_count} "
+        f"accounts, {report.record_count} records, slot map version {report.map_version}"
+    )
+    for slot in report.slots:
+        print(f"tally slots: slot {slot} pause_ms {report.pause_ms:.1f}")
+
+
+# ---- the mover ----
+
+
+async def move_slots(
+    control_dsn: str,
+    security: ClientSecurity,
+    slots: list[int],
+    target: int,
+    held_wait_s: float = HELD_WAIT_S,
+) -> list[MoveReport]:
+    """Resume an unfinished move if there is one, then move `slots` to shard `target`: the
+    reports of both. MoveError when the move is refused (nothing moved) or stops."""
+    try:
+        checked = moves.check_slots(slots)
+    except moves.MoveRefusedError as error:
+        raise MoveError(str(error)) from None
+    connection = await control.connect(control_dsn)
+    try:
+        await control_store.prepare(connection)
+        reports = []
+        unfinished = await control_store.unfinished_move(connection)
+        if unfinished is not None:
+            reports.append(await _drive(connection, security, unfinished, True, held_wait_s))
+        move = await _plan(connection, sorted(checked), target)
+        reports.append(await _drive(connection, security, move, False, held_wait_s))
+        return reports
+    finally:
+        await connection.close(timeout=5.0)
+
+
+async def resume_move(
+    control_dsn: str, security: ClientSecurity, held_wait_s: float = HELD_WAIT_S
+) -> list[MoveReport]:
+    connection = await control.connect(control_dsn)
+    try:
+        await control_store.prepare(connection)
+        unfinished = await control_store.unfinished_move(connection)
+        if unfinished is None:
+            return []
+        return [await _drive(connection, security, unfinished, True, held_wait_s)]
+    finally:
+        await connection.close(timeout=5.0)
+
+
+async def rebalance(
+    control_dsn: str,
+    security: ClientSecurity,
+    slot_count_max: int,
+    held_wait_s: float = HELD_WAIT_S,
+) -> list[MoveReport]:
+    """Resume an unfinished move, then move slots until every shard, registered ones owning no
+    slot included, holds its even share (core.moves.rebalance_step): one move at a time, each
+    recorded and resumable as `tally slots move`'s."""
+    connection = await control.connect(control_dsn)
+    try:
+        await control_store.prepare(connection)
+        reports = []
+        unfinished = await control_store.unfinished_move(connection)
+        if unfinished is not None:
+            reports.append(await _drive(connection, security, unfinished, True, held_wait_s))
+        for _ in range(SLOT_COUNT):  # each move gives a shard at least one slot of its share
+            slot_map = await control_store.load_slot_map(connection)
+            if slot_map is None:
+                raise MoveError("the control database has no slot map (tally init-cluster)")
+            shards = {*slot_map.shard_ids, *await control_store.shard_endpoints(connection)}
+            step = moves.rebalance_step(slot_map.owners, shards, slot_count_max)
+            if step is None:
+                break
+            _, target, slots = step
+            move = await _plan(connection, slots, target)
+            reports.append(await _drive(connection, security, move, False, held_wait_s))
+        return reports
+    finally:
+        await connection.close(timeout=5.0)
+
+
+async def _plan(connection: Any, slots: list[int], target: int) -> control_store.SlotMove:
+    slot_map = await control_store.load_slot_map(connection)
+    if slot_map is None:
+        raise MoveError("the control database has no slot map (tally init-cluster)")
+    # A shard new to the cluster owns no slot yet: it is known by its registered endpoint.
+    known = sorted({*slot_map.shard_ids, *await control_store.shard_endpoints(connection)})
+    if target not in known:
+        raise MoveError(f"shard {target} is no shard of this cluster (shards {known})")
+    sources = {slot_map.owners[slot] for slot in slots}
+    if len(sources) != 1:
+        raise MoveError(f"slots {slots} belong to shards {sorted(sources)}: move one at a time")
+    source = sources.pop()
+    if source == target:
+        raise MoveError(f"slots {slots} are shard {target}'s already")
+    move_id = secrets.token_hex(8)
+    try:
+        return await control_store.plan_move(
+            connection, move_id, slots, source, target, slot_map.version
+        )
+    except control_store.MoveConflictError as error:
+        raise MoveError(str(error)) from None
+
+
+async def _drive(
+    connection: Any,
+    security: ClientSecurity,
+    move: control_store.SlotMove,
+    resumed: bool,
+    held_wait_s: float,
+) -> MoveReport:
+    """Take the move from its recorded step to done, recording each step before the next."""
+    endpoints = await control_store.shard_endpoints(connection)
+    for shard in (move.source_shard, move.target_shard):
+        if shard not in endpoints:
+            raise MoveError(f"shard {shard} has no endpoint in the control database")
+    out_request = spb.MoveSlotsOutRequest(
+        move_id=move.move_id, slots=list(move.slots), target_shard=move.target_shard
+    )
+    if failpoints.ARMED:
+        await failpoints.hit("slots.before_move_out")
+    sent_at: list[float] = []  # when the answered move-out was asked: the pause's start
+    out = await _step(
+        endpoints[move.source_shard], security, lambda stub: stub.MoveSlotsOut(
+            out_request, timeout=STEP_TIMEOUT_S
+        ),
+        refused=lambda d: _refused_out(connection, move, d), held_wait_s=held_wait_s,
+        sent_at=sent_at,
+    )  # fmt: skip
+    if failpoints.ARMED:  # the source has moved out; the control database does not say so
+        await failpoints.hit("slots.after_move_out")
+    if move.state == "planned":
+        await control_store.set_move_state(connection, move.move_id, "out")
+    if move.state in ("planned", "out"):
+        in_request = spb.MoveSlotsInRequest(
+            move_id=move.move_id, slots=list(move.slots), source_shard=move.source_shard,
+            accounts=out.accounts, records=out.records, spread_accounts=out.spread_accounts,
+        )  # fmt: skip
+        await _step(
+            endpoints[move.target_shard], security,
+            lambda stub: stub.MoveSlotsIn(in_request, timeout=STEP_TIMEOUT_S),
+            refused=lambda d: _refused_in(move, d),
+        )  # fmt: skip
+        if failpoints.ARMED:  # the target has moved in; the control database does not say so
+            await failpoints.hit("slots.after_move_in")
+        await control_store.set_move_state(connection, move.move_id, "in")
+    if failpoints.ARMED:  # recorded 'in'; the map not moved yet
+        await failpoints.hit("slots.before_map")
+    try:
+        slot_map, pause_ms = await control_store.finish_move(connection, move)
+    except control_store.MoveConflictError as error:
+        raise MoveError(str(error)) from None
+    if not resumed:
+        pause_ms = (time.monotonic() - sent_at[-1]) * 1000
+    return _report(move, out, slot_map, pause_ms, resumed)
+
+
+def _report(
+    move: control_store.SlotMove,
+    out: spb.MoveSlotsOutResponse,
+    slot_map: SlotMap,
+    pause_ms: float,
+    resumed: bool,
+) -> MoveReport:
+    return MoveReport(
+        move.move_id,
+        move.slots,
+        move.source_shard,
+        move.target_shard,
+        len(out.accounts),
+        len(out.records),
+        slot_map.version,
+        pause_ms,
+        resumed,
+    )
+
+
+async def _refused_out(connection: Any, move: control_store.SlotMove, details: str) -> None:
+    """The source refused the move-out: nothing was written, so the move is abandoned."""
+    if move.state == "planned":
+        await control_store.set_move_state(connection, move.move_id, "abandoned")
+        raise MoveError(f"move {move.move_id} refused by shard {move.source_shard}: {details}")
+    raise MoveError(
+        f"move {move.move_id} ({move.state}): shard {move.source_shard} refused to answer its "
+        f"move-out again: {details}"
+    )
+
+
+async def _refused_in(move: control_store.SlotMove, details: str) -> None:
+    raise MoveError(
+        f"move {move.move_id}: shard {move.target_shard} refused the move-in ({details}); the "
+        f"slots stay refused at shard {move.source_shard} until it is fixed and the move resumed "
+        "(tally slots resume)"
+    )
+
+
+async def _step(
+    endpoint: str,
+    security: ClientSecurity,
+    call: Callable[[Any], Awaitable[T]],
+    refused: Callable[[str], Awaitable[None]],
+    held_wait_s: float = 0.0,
+    sent_at: list[float] | None = None,
+) -> T:
+    """Ask a node for a step until it answers (UNAVAILABLE and timeouts: it is restarting or
+    between writers; ABORTED, for up to held_wait_s: amounts held in the slots; the step is
+    safe to ask again), or refuses (refused is called). sent_at: each ask's time, appended."""
+    started = time.monotonic()
+    deadline = started + STEP_RETRY_S
+    wait_s = STEP_RETRY_FIRST_S
+    while True:
+        try:
+            async with aio_channel(endpoint, security, _CHANNEL_OPTIONS) as channel:
+                if sent_at is not None:
+                    sent_at.append(time.monotonic())
+                return await call(spb_grpc.ShardStub(channel))
+        except grpc.aio.AioRpcError as error:
+            code = error.code()
+            details = f"{code.name}: {error.details()}"
+            held = code == grpc.StatusCode.ABORTED
+            if held and time.monotonic() - started < held_wait_s:
+                await asyncio.sleep(HELD_RETRY_S)  # a piece in flight settles in milliseconds
+                continue
+            if code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                await refused(details)  # an answer: nothing was written by this call
+                raise MoveError(details) from None
+            if time.monotonic() + wait_s > deadline:  # the step may have been done: not undone
+                raise MoveError(
+                    f"{endpoint} did not answer for {STEP_RETRY_S:g} s ({details}); the move is "
+                    "left where it was: tally slots resume"
+                ) from None
+        await asyncio.sleep(wait_s)
+        wait_s = min(wait_s * 2, 2.0)

@@ -1,0 +1,227 @@
+"""The node's slot-move RPCs (tally.v1.Shard MoveSlotsOut and MoveSlotsIn, served on the
+internal listener to cluster identities only, like the rest of Shard): every field checked,
+every refusal a status naming what is wrong, the work done by the writer (shards.node.moves).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any, Protocol
+
+import grpc
+
+from core import ids, journal, moves
+from core.model import AccountState, Status, TransactionState
+from core.store import shard as store
+from shards.node.ledger_service import NodeView
+from shards.node.moves import MovedOut, move_in, move_out
+from shards.node.writer import QueueFullError, WriterUnavailableError
+from tally.v1 import shard_pb2 as spb
+
+log = logging.getLogger("tally.moves")
+
+Context = Any  # grpc.aio.ServicerContext
+
+
+class MoveNode(NodeView, Protocol):
+    def note_moved_out(self) -> None: ...
+
+
+# ---- domain <-> wire ----
+
+
+def moved_account(account: AccountState) -> spb.MovedAccount:
+    return spb.MovedAccount(
+        line=journal.account_line(account),
+        debits_posted=account.debits_posted,
+        credits_posted=account.credits_posted,
+        version=account.version,
+        closed_at_ns=account.closed_at_ns,
+    )
+
+
+def moved_record(record: TransactionState) -> spb.MovedRecord:
+    return spb.MovedRecord(
+        line=journal.transaction_line(record, *journal.legs_texts(record)),
+        status=int(record.status),
+        expires_at_ns=record.expires_at_ns,
+        resolved_by_id=record.resolved_by_id,
+        reversed_by_id=record.reversed_by_id,
+    )
+
+
+def account_of(n: int, message: spb.MovedAccount) -> AccountState:
+    """ValueError naming accounts[n] and its fault."""
+    try:
+        parsed = journal.parse_lines(message.line.encode())
+    except journal.LineError as error:
+        raise ValueError(f"accounts[{n}].line: {error}") from None
+    if len(parsed.accounts) != 1 or parsed.transactions or parsed.postings or parsed.closures:
+        raise ValueError(f"accounts[{n}].line must be one account line")
+    spec, created_at_ns = parsed.accounts[0]
+    numbers = (message.debits_posted, message.credits_posted, message.version)
+    if min(numbers) < 0 or message.closed_at_ns < 0:
+        raise ValueError(f"accounts[{n}]: counters, version and closed_at_ns must not be negative")
+    if spec.is_spread:
+        raise ValueError(f"accounts[{n}]: spread account {spec.id!r} never moves")
+    return AccountState(
+        spec,
+        created_at_ns,
+        message.debits_posted,
+        message.credits_posted,
+        0,
+        0,
+        message.version,
+        message.closed_at_ns,
+    )
+
+
+def spread_of(n: int, message: spb.MovedAccount) -> AccountState:
+    """A spread account to create if missing, empty; ValueError naming spread_accounts[n]."""
+    try:
+        parsed = journal.parse_lines(message.line.encode())
+    except journal.LineError as error:
+        raise ValueError(f"spread_accounts[{n}].line: {error}") from None
+    if len(parsed.accounts) != 1 or parsed.transactions or parsed.postings or parsed.closures:
+        raise ValueError(f"spread_accounts[{n}].line must be one account line")
+    spec, created_at_ns = parsed.accounts[0]
+    if not spec.is_spread or ids.is_moves_account(spec.id):
+        raise ValueError(f"spread_accounts[{n}]: {spec.id[:80]!r} is not a spread account")
+    if message.debits_posted or message.credits_posted or message.closed_at_ns:
+        raise ValueError(f"spread_accounts[{n}]: a spread account moves empty and open")
+    return AccountState(spec, created_at_ns)
+
+
+def record_of(n: int, message: spb.MovedRecord) -> TransactionState:
+    """ValueError naming records[n] and its fault."""
+    try:
+        parsed = journal.parse_lines(message.line.encode())
+    except journal.LineError as error:
+        raise ValueError(f"records[{n}].line: {error}") from None
+    if len(parsed.transactions) != 1 or parsed.accounts or parsed.postings or parsed.closures:
+        raise ValueError(f"records[{n}].line must be one transaction line")
+    spec, applied_legs, timestamp_ns = parsed.transactions[0]
+    if message.status not in {int(s) for s in Status} or message.status == Status.PENDING:
+        raise ValueError(f"records[{n}].status {message.status} is not a settled status")
+    if ids.is_reserved(spec.id):
+        raise ValueError(f"records[{n}]: reserved record {spec.id[:80]!r} never moves")
+    return TransactionState(
+        spec,
+        applied_legs,
+        timestamp_ns,
+        Status(message.status),
+        message.expires_at_ns,
+        message.resolved_by_id,
+        message.reversed_by_id,
+    )
+
+
+# ---- the handlers ----
+
+
+async def _checked_slots(context: Context, move_id: str, slots: Iterable[int]) -> frozenset[int]:
+    if not ids.is_move_id(move_id):
+        await context.abort(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"move_id {move_id[:40]!r} must be 1..{ids.MOVE_ID_LENGTH_MAX} characters 0-9 a-f",
+        )
+    try:
+        return moves.check_slots(slots)
+    except moves.MoveRefusedError as error:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        raise  # not reached: abort raises
+
+
+async def _run(node: NodeView, context: Context, operation: Any) -> Any:
+    """The operation's result; every way it can fail as a status the mover can act on."""
+    writer = node.writer
+    if writer is None:
+        await context.abort(
+            grpc.StatusCode.UNAVAILABLE, "standby: this node does not hold the lease"
+        )
+    assert writer is not None
+    try:
+        return await writer.run_operation(operation)
+    except moves.MoveBusyError as error:  # may pass soon: the mover asks again for a while
+        await context.abort(grpc.StatusCode.ABORTED, str(error))
+    except moves.MoveRefusedError as error:
+        await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(error))
+    except (QueueFullError, WriterUnavailableError) as error:
+        await context.abort(grpc.StatusCode.UNAVAILABLE, str(error))
+    except store.FencedError:
+        await context.abort(grpc.StatusCode.UNAVAILABLE, "this node lost its writer lease; retry")
+    except Exception as error:  # storage: the step committed or not; asking again is safe
+        log.warning("a slot move's step failed: %r", error)
+        await context.abort(
+            grpc.StatusCode.UNAVAILABLE, f"the step could not be completed ({error!r}); retry"
+        )
+
+
+async def move_slots_out(
+    node: MoveNode, request: spb.MoveSlotsOutRequest, context: Context
+) -> spb.MoveSlotsOutResponse:
+    slots = await _checked_slots(context, request.move_id, request.slots)
+    if request.target_shard not in node.shard_ids or request.target_shard == node.shard_id:
+        await context.abort(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"target_shard {request.target_shard} is no other shard of this cluster",
+        )
+    owned = node.owned_slots
+    writer = node.writer
+    moved_here = writer.moved_out if writer is not None else {}
+    foreign = sorted(s for s in slots if owned is not None and s not in owned)
+    if any(moved_here.get(s) != request.move_id for s in foreign):
+        await context.abort(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            f"slots {foreign[:10]} are not this shard's (slot map version "
+            f"{node.slot_map.version if node.slot_map else 0})",
+        )
+    moved: MovedOut = await _run(
+        node, context, move_out(request.move_id, slots, request.target_shard)
+    )
+    node.note_moved_out()
+    return spb.MoveSlotsOutResponse(
+        accounts=[moved_account(a) for a in moved.accounts],
+        records=[moved_record(r) for r in moved.records],
+        block_sequence=moved.block_sequence,
+        again=moved.again,
+        spread_accounts=[moved_account(a) for a in moved.spread],
+    )
+
+
+async def move_slots_in(
+    node: NodeView, request: spb.MoveSlotsInRequest, context: Context
+) -> spb.MoveSlotsInResponse:
+    slots = await _checked_slots(context, request.move_id, request.slots)
+    source = request.source_shard
+    if source not in node.shard_ids or source == node.shard_id:
+        await context.abort(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"source_shard {source} is no other shard of this cluster",
+        )
+    owned = node.owned_slots
+    if owned is not None and slots & owned:
+        await context.abort(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            f"slots {sorted(slots & owned)[:10]} are this shard's already",
+        )
+    if len(request.accounts) + len(request.records) > moves.MOVE_RECORD_COUNT_MAX:
+        await context.abort(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"at most {moves.MOVE_RECORD_COUNT_MAX} accounts and records in one move",
+        )
+    try:
+        accounts = [account_of(n, a) for n, a in enumerate(request.accounts)]
+        records = [record_of(n, r) for n, r in enumerate(request.records)]
+        spread = [spread_of(n, a) for n, a in enumerate(request.spread_accounts)]
+    except ValueError as error:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+    strays = [r.spec.id for r in records if not moves.record_moves(r.spec.id, slots)]
+    if strays:
+        await context.abort(
+            grpc.StatusCode.INVALID_ARGUMENT, f"records {strays[:5]} are not homed in the slots"
+        )
+    operation = move_in(request.move_id, source, slots, accounts, records, spread)
+    done = await _run(node, context, operation)
+    return spb.MoveSlotsInResponse(again=not done)

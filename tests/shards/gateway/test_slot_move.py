@@ -1,0 +1,425 @@
+"""Online slot moves (issue 14, docs/design.md "Moving slots"): `tally slots move` run as its
+own process moves a slot with its accounts and the transaction records homed in it from one
+node of a 4-shard in-process cluster to another, while clients post through the gateway."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import os
+import re
+from collections.abc import AsyncIterator
+
+import asyncpg
+import grpc
+import pytest
+
+from core.moves import rebalance_step
+from core.slots import SlotMap, slot_of
+from shards.local.embedded_pg import EmbeddedPostgres
+from tally.v1 import ledger_pb2 as pb
+from tally.v1 import shard_pb2 as spb
+from tally.v1 import shard_pb2_grpc as spb_grpc
+from tests.support import security
+from tests.support.audit_commands import audit_json
+from tests.support.cluster import SHARD_COUNT, Cluster
+from tests.support.helpers import Client, account, audit_problems, start_node, transfer
+from tests.support.slot_moves import customer_on, moves_net, retrying_load, run_slots
+
+CREATED, REPLAYED = pb.RESULT_CODE_CREATED, pb.RESULT_CODE_REPLAYED
+SOURCE, TARGET = 0, 2
+
+
+def _customer_on(shard_id: int, skip: int = 0) -> str:
+    return customer_on(shard_id, SHARD_COUNT, skip)
+
+
+@pytest.fixture
+async def client(cluster: Cluster) -> AsyncIterator[Client]:
+    async with security.channel(cluster.target) as channel:
+        yield Client(channel)
+
+
+async def _open(client: Client, key: str) -> None:
+    codes = await client.create(account("@cash"), account(f"{key}/dep"), account(f"{key}/sav"))
+    assert codes[1:] == [CREATED, CREATED]
+
+
+async def _load(client: Client, key: str, stop: asyncio.Event, tag: str) -> int:
+    """Transfers of 1 from key/dep to key/sav until stopped: how many were applied. Every one
+    must be applied: a client never sees the move (no wrong_shard, no retry asked of it)."""
+    count = 0
+    while not stop.is_set():
+        result = (
+            await client.post(transfer(f"{key}/{tag}-{count}", f"{key}/dep", f"{key}/sav", 1))
+        )[0]
+        assert result.code == CREATED, (pb.ResultCode.Name(result.code), result.message)
+        count += 1
+        await asyncio.sleep(0.005)
+    return count
+
+
+async def _read(client: Client, account_id: str, stop: asyncio.Event) -> int:
+    """Read a balance until stopped: it never goes back (a source's move-out zero is never
+    read as the account's balance). How many reads."""
+    seen, count = 0, 0
+    while not stop.is_set():
+        credits = (await client.balance(account_id)).credits_posted
+        assert credits >= seen, (credits, seen)
+        seen, count = credits, count + 1
+        await asyncio.sleep(0.005)
+    return count
+
+
+async def test_a_slot_moves_with_its_accounts_and_ids_under_load(
+    cluster: Cluster, client: Client
+) -> None:
+    key, other = _customer_on(SOURCE), _customer_on(SOURCE, skip=1)
+    slot = slot_of(key)
+    assert slot_of(other) != slot
+    for customer in (key, other):
+        await _open(client, customer)
+        funded = transfer(f"{customer}/fund", "@cash", f"{customer}/dep", 10_000)
+        assert await client.codes(funded) == [CREATED]
+    before = await client.post(transfer(f"{key}/t1", f"{key}/dep", f"{key}/sav", 250))
+    assert before[0].code == CREATED
+    far = _customer_on(1)  # a cross-shard transfer homed in the slot: its record moves too
+    await _open(client, far)
+    crossing = transfer(f"{key}/x1", f"{key}/dep", f"{far}/sav", 30)
+    crossed = await client.post(crossing)
+    assert crossed[0].code == CREATED, crossed[0].message
+
+    stop = asyncio.Event()
+    loads = [asyncio.create_task(_load(client, c, stop, "load")) for c in (key, other)]
+    reader = asyncio.create_task(_read(client, f"{key}/sav", stop))
+    await asyncio.sleep(0.3)
+    code, stdout, stderr = await run_slots(
+        cluster.control_dsn, "move", "--slots", str(slot), "--to", str(TARGET)
+    )
+    await asyncio.sleep(0.3)
+    stop.set()
+    moved_count, other_count = await asyncio.gather(*loads)
+    assert await reader > 0
+    assert code == 0, stderr
+    print(stdout)  # the pause per slot, for the record
+    pause = re.search(rf"slot {slot} pause_ms ([0-9.]+)", stdout)
+    assert pause is not None, stdout
+    assert moved_count > 0 and other_count > 0
+
+    # Balances exact, now at the target.
+    dep, sav = await client.balance(f"{key}/dep"), await client.balance(f"{key}/sav")
+    assert (dep.debits_posted, dep.credits_posted) == (280 + moved_count, 10_000)
+    assert (sav.debits_posted, sav.credits_posted) == (0, 250 + moved_count)
+    target = cluster.nodes[TARGET]
+    async with security.channel(target.target) as channel:
+        at_target = await Client(channel).balance(f"{key}/sav")
+    assert at_target.credits_posted == 250 + moved_count
+
+    await _source_refuses(cluster, key)
+    await _ids_answered_at_the_target(client, key, far, before[0], crossed[0], moved_count)
+
+    # Each shard's audit, and the cluster's, clean; the move-account pieces net to zero.
+    for node in cluster.nodes:
+        assert await audit_problems(node.dsn) == [], node.dsn
+    audit_code, report = await audit_json(*cluster.dsns)
+    assert audit_code == 0, report
+    assert await moves_net(cluster.dsns) == 0
+
+
+async def _source_refuses(cluster: Cluster, key: str) -> None:
+    """The source refuses the slot's writes and reads (the gateway routes to the target)."""
+    async with security.channel(cluster.nodes[SOURCE].target) as channel:
+        late = transfer(f"{key}/late", f"{key}/dep", f"{key}/sav", 1)
+        refused = (await Client(channel).post(late))[0]
+        assert refused.code == pb.RESULT_CODE_WRONG_SHARD, refused.message
+        stub = Client(channel).stub
+        lookup = await stub.GetAccounts(pb.GetAccountsRequest(ids=[f"{key}/sav"]), timeout=30)
+    assert lookup.results[0].code == pb.RESULT_CODE_WRONG_SHARD, lookup.results[0]
+
+
+async def _ids_answered_at_the_target(
+    client: Client,
+    key: str,
+    far: str,
+    before: pb.ItemResult,
+    crossed: pb.ItemResult,
+    moved_count: int,
+) -> None:
+    """Pre-move ids are replays at the target, with their original timestamps, applied once;
+    a pre-move transaction is reversed there, once."""
+    again = await client.post(transfer(f"{key}/t1", f"{key}/dep", f"{key}/sav", 250))
+    assert (again[0].code, again[0].timestamp_ns) == (REPLAYED, before.timestamp_ns)
+    assert (await client.balance(f"{key}/sav")).credits_posted == 250 + moved_count
+    record = await client.transaction(f"{key}/t1")
+    assert record.timestamp_ns == before.timestamp_ns
+    replayed = await client.post(transfer(f"{key}/x1", f"{key}/dep", f"{far}/sav", 30))
+    assert (replayed[0].code, replayed[0].timestamp_ns) == (REPLAYED, crossed.timestamp_ns)
+    assert (await client.balance(f"{far}/sav")).credits_posted == 30
+    reversals = await client.codes(
+        pb.Transaction(id=f"{key}/r1", code=9, reverses_id=f"{key}/t1"),
+        pb.Transaction(id=f"{key}/r2", code=9, reverses_id=f"{key}/t1"),
+    )
+    assert reversals == [CREATED, pb.RESULT_CODE_ALREADY_REVERSED]
+    assert (await client.transaction(f"{key}/t1")).reversed_by_id == f"{key}/r1"
+    assert (await client.balance(f"{key}/sav")).debits_posted == 250
+
+
+async def test_moves_that_cannot_be_made_are_refused_clearly_and_move_nothing(
+    cluster: Cluster, client: Client
+) -> None:
+    key = _customer_on(SOURCE, skip=2)
+    slot = slot_of(key)
+    await _open(client, key)
+    assert await client.codes(transfer(f"{key}/fund", "@cash", f"{key}/dep", 500)) == [CREATED]
+    hold = transfer(f"{key}/h1", f"{key}/dep", "@cash", 100, pending=True)
+    assert await client.codes(hold) == [CREATED]
+    other_shard_slot = slot_of(_customer_on(1))
+    refusals = {
+        ("--slots", "4096", "--to", "1"): "is not a slot",
+        ("--slots", "x", "--to", "1"): "is not a slot",
+        ("--slots", f"{slot},{slot}", "--to", "1"): "named twice",
+        ("--slots", str(slot), "--to", "9"): "no shard of this cluster",
+        ("--slots", str(slot), "--to", str(SOURCE)): "already",
+        ("--slots", f"{slot},{other_shard_slot}", "--to", "3"): "move one at a time",
+        ("--slots", str(slot), "--to", str(TARGET)): "amounts held",
+    }
+    for arguments, expected in refusals.items():
+        code, stdout, stderr = await run_slots(
+            cluster.control_dsn, "move", *arguments, "--held-wait-s", "0.5"
+        )
+        assert (code, expected in stderr) == (2, True), (arguments, stdout, stderr)
+        assert "Traceback" not in stderr
+    # Nothing moved, nothing refused: the slot still takes writes at its shard.
+    void = pb.Transaction(id=f"{key}/v1", code=1, void_pending_id=f"{key}/h1")
+    assert await client.codes(void) == [CREATED]
+    assert await client.codes(transfer(f"{key}/after", f"{key}/dep", f"{key}/sav", 1)) == [CREATED]
+    code, stdout, _ = await run_slots(cluster.control_dsn, "resume")
+    assert (code, stdout.strip()) == (0, "tally slots: no unfinished move")
+    # Once the hold is voided the same move goes through.
+    code, stdout, stderr = await run_slots(
+        cluster.control_dsn, "move", "--slots", str(slot), "--to", str(TARGET)
+    )
+    assert code == 0, stderr
+    assert (await client.balance(f"{key}/sav")).credits_posted == 1
+
+
+@pytest.mark.parametrize(
+    "failpoint",
+    ["slots.before_move_out", "slots.after_move_out", "slots.after_move_in", "slots.before_map"],
+)
+async def test_a_mover_killed_at_any_step_is_resumed_with_nothing_lost_or_doubled(
+    cluster: Cluster, client: Client, failpoint: str
+) -> None:
+    key = _customer_on(SOURCE, skip=3)
+    slot = slot_of(key)
+    await _open(client, key)
+    assert await client.codes(transfer(f"{key}/fund", "@cash", f"{key}/dep", 10_000)) == [CREATED]
+    before = await client.post(transfer(f"{key}/t1", f"{key}/dep", f"{key}/sav", 40))
+    # The slot's writes wait from the move-out until the resumed mover moves the map: a bank
+    # client retries with the same ids meanwhile (WRONG_SHARD once the gateway's rounds end).
+    stop, seen = asyncio.Event(), dict[str, int]()
+    load = asyncio.create_task(retrying_load(client, key, stop, seen))
+    await asyncio.sleep(0.2)
+    code, _, stderr = await run_slots(
+        cluster.control_dsn, "move", "--slots", str(slot), "--to", str(TARGET),
+        failpoint=f"{failpoint}=exit",
+    )  # fmt: skip
+    assert code == -9, stderr  # killed (SIGKILL) at the failpoint
+    code, stdout, stderr = await run_slots(cluster.control_dsn, "resume")
+    assert code == 0, stderr
+    assert "resumed and finished" in stdout, stdout
+    await asyncio.sleep(0.2)
+    stop.set()
+    count = await load
+    print("retryable answers seen by the client:", seen)
+    sav = await client.balance(f"{key}/sav")
+    assert (sav.debits_posted, sav.credits_posted) == (0, 40 + count)
+    again = await client.post(transfer(f"{key}/t1", f"{key}/dep", f"{key}/sav", 40))
+    assert (again[0].code, again[0].timestamp_ns) == (REPLAYED, before[0].timestamp_ns)
+    async with security.channel(cluster.nodes[SOURCE].target) as channel:
+        late = transfer(f"{key}/late", f"{key}/dep", f"{key}/sav", 1)
+        assert (await Client(channel).post(late))[0].code == pb.RESULT_CODE_WRONG_SHARD
+    for node in cluster.nodes:
+        assert await audit_problems(node.dsn) == [], node.dsn
+    assert await moves_net(cluster.dsns) == 0
+
+
+def _moved_by_rebalance(shard_count: int, slots_per_move: int) -> dict[int, int]:
+    """Slot -> its new shard, for a rebalance of the even map onto one more shard."""
+    owners = list(SlotMap.even(shard_count).owners)
+    moved: dict[int, int] = {}
+    while (step := rebalance_step(owners, range(shard_count + 1), slots_per_move)) is not None:
+        _, target, slots = step
+        for slot in slots:
+            owners[slot] = moved[slot] = target
+    return moved
+
+
+async def _cross_load(client: Client, keys: list[str], stop: asyncio.Event) -> list[int]:
+    """Cross-shard transfers of 1 round a ring of customers (keys[i]/dep to keys[i+1]/sav, id
+    homed at keys[i]) until stopped: how many from each. Every one applied at once."""
+    counts = [0] * len(keys)
+    while not stop.is_set():
+        for n, key in enumerate(keys):
+            after = keys[(n + 1) % len(keys)]
+            item = transfer(f"{key}/x-{counts[n]}", f"{key}/dep", f"{after}/sav", 1)
+            result = (await client.post(item))[0]
+            assert result.code == CREATED, (pb.ResultCode.Name(result.code), result.message)
+            counts[n] += 1
+        await asyncio.sleep(0.01)
+    return counts
+
+
+async def _hold_load(client: Client, keys: list[str], stop: asyncio.Event) -> int:
+    """Holds of 1 on each customer (dep to sav), each posted in full at once, until stopped:
+    how many rounds. A move waits for the moment none of its slots' holds is open."""
+    rounds = 0
+    while not stop.is_set():
+        for key in keys:
+            hold = transfer(f"{key}/h-{rounds}", f"{key}/dep", f"{key}/sav", 1, pending=True)
+            post = pb.Transaction(id=f"{key}/hp-{rounds}", code=1, post_pending_id=hold.id)
+            for item in (hold, post):
+                result = (await client.post(item))[0]
+                assert result.code == CREATED, (pb.ResultCode.Name(result.code), result.message)
+        rounds += 1
+        await asyncio.sleep(0.01)
+    return rounds
+
+
+async def test_a_shard_added_under_load_gets_its_even_share_by_rebalance(
+    pg: EmbeddedPostgres, cluster: Cluster, client: Client
+) -> None:
+    moved = _moved_by_rebalance(SHARD_COUNT, 256)
+    even = SlotMap.even(SHARD_COUNT)
+    # One customer from each shard whose slot the rebalance moves to the new shard.
+    keys = [
+        next(k for n in range(100_000) if (k := f"rb-{n}") and slot_of(k) in moved
+             and even.shard_of_key(k) == shard)
+        for shard in range(SHARD_COUNT)
+    ]  # fmt: skip
+    for key in keys:
+        await _open(client, key)
+        assert await client.codes(transfer(f"{key}/fund", "@cash", f"{key}/dep", 10**6)) == [
+            CREATED
+        ]
+    name = f"c{os.getpid()}_added_{slot_of(keys[0])}"
+    await pg.create_database_async(name)
+    added = await start_node(
+        pg.dsn(name), control_dsn=cluster.control_dsn, shard_id=SHARD_COUNT,
+        slot_map_poll_interval_s=0.2,
+    )  # fmt: skip
+    try:
+        stop = asyncio.Event()
+        loads = [asyncio.create_task(_load(client, key, stop, "load")) for key in keys]
+        crossing = asyncio.create_task(_cross_load(client, keys, stop))
+        holding = asyncio.create_task(_hold_load(client, keys, stop))
+        await asyncio.sleep(0.3)
+        code, stdout, stderr = await run_slots(cluster.control_dsn, "rebalance")
+        await asyncio.sleep(0.3)
+        stop.set()
+        local = await asyncio.gather(*loads)
+        cross = await crossing
+        held = await holding
+        local = [count + held for count in local]  # each hold posted: one more transfer of 1
+        assert code == 0, stderr
+        pauses = [float(p) for p in re.findall(r"pause_ms ([0-9.]+)", stdout)]
+        print(stdout.count("done:"), "moves; pause per slot, ms: max", max(pauses))
+        assert len(pauses) == len(moved)
+        await _check_rebalanced(cluster, added.dsn, client, keys, local, cross)
+    finally:
+        await added.stop()
+
+
+async def _check_rebalanced(
+    cluster: Cluster,
+    added_dsn: str,
+    client: Client,
+    keys: list[str],
+    local: list[int],
+    cross: list[int],
+) -> None:
+    """The map spread evenly, every balance exact at its new shard, every audit clean."""
+    connection = await asyncpg.connect(cluster.control_dsn)
+    try:
+        owners = await connection.fetchval("SELECT owners FROM slot_map WHERE id = 1")
+    finally:
+        await connection.close()
+    assert sorted(collections.Counter(owners).values()) == [819, 819, 819, 819, 820]
+    for n, key in enumerate(keys):
+        dep, sav = await client.balance(f"{key}/dep"), await client.balance(f"{key}/sav")
+        assert (dep.debits_posted, dep.credits_posted) == (local[n] + cross[n], 10**6)
+        assert (sav.debits_posted, sav.credits_posted) == (0, local[n] + cross[n - 1])
+        assert owners[slot_of(key)] == SHARD_COUNT
+    dsns = [*cluster.dsns, added_dsn]
+    for dsn in dsns:
+        assert await audit_problems(dsn) == [], dsn
+    audit_code, report = await audit_json(*dsns)
+    assert audit_code == 0, report
+    assert await moves_net(dsns) == 0
+
+
+async def test_the_move_rpcs_refuse_bad_input_with_a_status_naming_it(cluster: Cluster) -> None:
+    source, target = cluster.nodes[SOURCE], cluster.nodes[TARGET]
+    slot = slot_of(_customer_on(SOURCE, skip=5))
+    foreign = slot_of(_customer_on(1, skip=5))
+    targets_own = slot_of(_customer_on(TARGET, skip=5))
+    outs = [
+        (spb.MoveSlotsOutRequest(move_id="", slots=[slot], target_shard=2), "move_id"),
+        (spb.MoveSlotsOutRequest(move_id="XYZ", slots=[slot], target_shard=2), "move_id"),
+        (spb.MoveSlotsOutRequest(move_id="ab", slots=[], target_shard=2), "no slots"),
+        (spb.MoveSlotsOutRequest(move_id="ab", slots=[4096], target_shard=2), "not in"),
+        (spb.MoveSlotsOutRequest(move_id="ab", slots=[slot], target_shard=9), "target_shard"),
+        (spb.MoveSlotsOutRequest(move_id="ab", slots=[slot], target_shard=SOURCE), "target_shard"),
+        (spb.MoveSlotsOutRequest(move_id="ab", slots=[foreign], target_shard=2), "not this shard"),
+    ]
+    line = spb.MovedAccount(line="A|x/y|USD|1|0|{}|5")
+    ins = [
+        (spb.MoveSlotsInRequest(move_id="ab", slots=[slot], source_shard=9), "source_shard"),
+        (spb.MoveSlotsInRequest(move_id="ab", slots=[slot], source_shard=0, accounts=[
+            spb.MovedAccount(line="garbage")]), "accounts[0].line"),
+        (spb.MoveSlotsInRequest(move_id="ab", slots=[slot], source_shard=0, accounts=[
+            spb.MovedAccount(line="A|@cash|USD|1|0|{}|5")]), "spread"),
+        (spb.MoveSlotsInRequest(move_id="ab", slots=[slot], source_shard=0, accounts=[
+            spb.MovedAccount(line=line.line, debits_posted=-1)]), "negative"),
+        (spb.MoveSlotsInRequest(move_id="ab", slots=[slot], source_shard=0, records=[
+            spb.MovedRecord(line="T|x")]), "records[0].line"),
+        (spb.MoveSlotsInRequest(move_id="ab", slots=[slot], source_shard=0, spread_accounts=[
+            line]), "spread_accounts[0]"),
+        (spb.MoveSlotsInRequest(move_id="ab", slots=[targets_own], source_shard=0), "already"),
+    ]  # fmt: skip
+    for node, requests in ((source, outs), (target, ins)):
+        async with security.cluster_channel(node.internal_target) as channel:
+            stub = spb_grpc.ShardStub(channel)
+            for request, expected in requests:
+                call = (
+                    stub.MoveSlotsOut
+                    if isinstance(request, spb.MoveSlotsOutRequest)
+                    else stub.MoveSlotsIn
+                )
+                with pytest.raises(grpc.aio.AioRpcError) as refused:
+                    await call(request, timeout=30)
+                code = refused.value.code()
+                assert code in (
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                ), (request, code)
+                assert expected in (refused.value.details() or ""), (
+                    request,
+                    refused.value.details(),
+                )
+    # The client listener does not serve them; an admin identity is not a cluster one.
+    async with security.channel(source.target) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await spb_grpc.ShardStub(channel).MoveSlotsOut(
+                spb.MoveSlotsOutRequest(move_id="ab", slots=[slot], target_shard=2), timeout=30
+            )
+        assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    async with security.channel(source.internal_target) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await spb_grpc.ShardStub(channel).MoveSlotsOut(
+                spb.MoveSlotsOutRequest(move_id="ab", slots=[slot], target_shard=2), timeout=30
+            )
+        assert refused.value.code() in (
+            grpc.StatusCode.PERMISSION_DENIED,
+            grpc.StatusCode.UNAVAILABLE,
+        )
