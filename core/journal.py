@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from core.model import (
@@ -107,6 +108,22 @@ def posting_line(posting: Posting) -> str:
 
 def closure_line(account_id: str, closed_at_ns: int) -> str:
     return f"X|{account_id}|{closed_at_ns}"
+
+
+def block_lines(
+    accounts: Iterable[tuple[AccountSpec, int]],
+    transactions: Iterable[tuple[TransactionState, tuple[str, str]]],
+    postings: Iterable[Posting],
+    closures: Iterable[tuple[str, int]],
+) -> list[str]:
+    """A block's canonical lines, in the order its hash covers: the accounts it creates (spec,
+    creation time), its transactions (each with its legs_texts, which the writer keeps for its
+    rows), its postings, its closures (account, time)."""
+    lines = [created_account_line(spec, at) for spec, at in accounts]
+    lines.extend(transaction_line(state, *texts) for state, texts in transactions)
+    lines.extend(posting_line(posting) for posting in postings)
+    lines.extend(closure_line(account_id, at) for account_id, at in closures)
+    return lines
 
 
 def block_body(lines: list[str]) -> bytes:

@@ -280,14 +280,13 @@ def build_block(
 ) -> Block:
     """Hash the batch's records onto the chain, and sign the head when given a signer."""
     sequence = previous.sequence + 1
-    lines = [journal.account_line(account) for account in writes.new_accounts]
     texts = [journal.legs_texts(state) for state in writes.new_transactions]
-    lines.extend(
-        journal.transaction_line(state, *text)
-        for state, text in zip(writes.new_transactions, texts, strict=True)
+    lines = journal.block_lines(
+        ((account.spec, account.created_at_ns) for account in writes.new_accounts),
+        zip(writes.new_transactions, texts, strict=True),
+        writes.postings,
+        writes.closures,
     )
-    lines.extend(journal.posting_line(posting) for posting in writes.postings)
-    lines.extend(journal.closure_line(a, at) for a, at in writes.closures)
     body = journal.block_body(lines)
     hash_ = journal.body_hash(previous.hash, sequence, body)
     key_id, signature = "", b""

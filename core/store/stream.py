@@ -386,12 +386,13 @@ def _spec(row: asyncpg.Record) -> AccountSpec:
 def block_body(block: StreamedBlock) -> bytes:
     """A stored block's canonical lines, as its writer hashed them (journal.block_body), made
     again from its records; InvariantError unless they hash to the block's hash."""
-    lines = [journal.created_account_line(spec, at) for spec, at in block.accounts]
-    lines.extend(
-        journal.transaction_line(t.state, *journal.legs_texts(t.state)) for t in block.transactions
+    states = [t.state for t in block.transactions]
+    lines = journal.block_lines(
+        block.accounts,
+        ((state, journal.legs_texts(state)) for state in states),
+        block.postings,
+        block.closures,
     )
-    lines.extend(journal.posting_line(posting) for posting in block.postings)
-    lines.extend(journal.closure_line(account_id, at) for account_id, at in block.closures)
     body = journal.block_body(lines)
     check(
         journal.body_hash(block.previous_hash, block.sequence, body) == block.hash,
