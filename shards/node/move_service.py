@@ -12,7 +12,7 @@ from typing import Any, Protocol
 import grpc
 
 from core import ids, journal, moves
-from core.model import AccountState, Status, TransactionState
+from core.model import AccountSpec, AccountState, Status, TransactionState
 from core.store import shard as store
 from shards.node.ledger_service import NodeView
 from shards.node.moves import MovedOut, move_in, move_out
@@ -51,15 +51,21 @@ def moved_record(record: TransactionState) -> spb.MovedRecord:
     )
 
 
-def account_of(n: int, message: spb.MovedAccount) -> AccountState:
-    """ValueError naming accounts[n] and its fault."""
+def _account_line(field: str, message: spb.MovedAccount) -> tuple[AccountSpec, int]:
+    """The one account line a moved account carries: its spec and creation time; ValueError
+    naming field when it is not exactly one canonical account line."""
     try:
         parsed = journal.parse_lines(message.line.encode())
     except journal.LineError as error:
-        raise ValueError(f"accounts[{n}].line: {error}") from None
+        raise ValueError(f"{field}.line: {error}") from None
     if len(parsed.accounts) != 1 or parsed.transactions or parsed.postings or parsed.closures:
-        raise ValueError(f"accounts[{n}].line must be one account line")
-    spec, created_at_ns = parsed.accounts[0]
+        raise ValueError(f"{field}.line must be one account line")
+    return parsed.accounts[0]
+
+
+def account_of(n: int, message: spb.MovedAccount) -> AccountState:
+    """ValueError naming accounts[n] and its fault."""
+    spec, created_at_ns = _account_line(f"accounts[{n}]", message)
     numbers = (message.debits_posted, message.credits_posted, message.version)
     if min(numbers) < 0 or message.closed_at_ns < 0:
         raise ValueError(f"accounts[{n}]: counters, version and closed_at_ns must not be negative")
@@ -79,13 +85,7 @@ def account_of(n: int, message: spb.MovedAccount) -> AccountState:
 
 def spread_of(n: int, message: spb.MovedAccount) -> AccountState:
     """A spread account to create if missing, empty; ValueError naming spread_accounts[n]."""
-    try:
-        parsed = journal.parse_lines(message.line.encode())
-    except journal.LineError as error:
-        raise ValueError(f"spread_accounts[{n}].line: {error}") from None
-    if len(parsed.accounts) != 1 or parsed.transactions or parsed.postings or parsed.closures:
-        raise ValueError(f"spread_accounts[{n}].line must be one account line")
-    spec, created_at_ns = parsed.accounts[0]
+    spec, created_at_ns = _account_line(f"spread_accounts[{n}]", message)
     if not spec.is_spread or ids.is_moves_account(spec.id):
         raise ValueError(f"spread_accounts[{n}]: {spec.id[:80]!r} is not a spread account")
     if message.debits_posted or message.credits_posted or message.closed_at_ns:
