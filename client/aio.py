@@ -254,7 +254,7 @@ class AsyncClient:
         """One unit (an item or a linked group), attempted until its answer is final or the
         budget is spent; always the same messages, so always the same ids."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + (self.retry.timeout_s if timeout_s is None else timeout_s)
+        deadline = self._deadline(timeout_s)
         ids = [_id_of(m) for m in messages]
         size = sum(m.ByteSize() for m in messages)
         state = _Attempts()
@@ -281,6 +281,11 @@ class AsyncClient:
                 return [Result(i, outcome, state.code, state.message, 0, state.number) for i in ids]
             self.stats.retries += 1
 
+    def _deadline(self, timeout_s: float | None) -> float:
+        """When a call's budget ends, on the loop's clock (RetryOptions.timeout_s by default)."""
+        budget = self.retry.timeout_s if timeout_s is None else timeout_s
+        return asyncio.get_running_loop().time() + budget
+
     async def _backoff(self, attempt: int, deadline: float) -> bool:
         """Sleep before the next attempt (full jitter, exponential); False when the budget
         cannot hold a sleep and another attempt."""
@@ -295,7 +300,7 @@ class AsyncClient:
     async def _read(self, method: Any, request: Any, timeout_s: float | None) -> Any:
         """A read, retried on a retryable status within the budget; CallError otherwise."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + (self.retry.timeout_s if timeout_s is None else timeout_s)
+        deadline = self._deadline(timeout_s)
         attempt = 0
         while True:
             attempt += 1
@@ -314,7 +319,7 @@ class AsyncClient:
         """A lookup by ids: each found record, or None for not found; retried while any item
         is unavailable; CallError for an invalid id or when the budget runs out."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + (self.retry.timeout_s if timeout_s is None else timeout_s)
+        deadline = self._deadline(timeout_s)
         attempt = 0
         while True:
             attempt += 1
