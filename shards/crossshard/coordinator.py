@@ -494,8 +494,12 @@ class Driver:
                 to_commit.append(u)
             elif verdict[0].code in _NOT_DECIDED:
                 # Retryable: this attempt is never committed (the gateway sends no Commit), so
-                # nothing of it is applied, even where a piece's own outcome is not known.
-                results[u] = [_not_applied(r) for r in verdict]
+                # nothing of it is applied, even where a piece's own outcome is not known. Its
+                # abort is recorded all the same, so the pieces that were prepared are voided
+                # now rather than held until their deadline (and a same-id retry meanwhile would
+                # hold the amounts again); a coordinator that cannot be reached leaves that to
+                # the deadline, and the answer stays retryable.
+                to_abort.append((u, [_not_applied(r) for r in verdict]))
             else:
                 to_abort.append((u, verdict))
         outcome = Outcome()
