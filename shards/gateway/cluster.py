@@ -16,7 +16,7 @@ from core import limits
 from core.model import Result, ResultCode
 from core.slots import SlotMap, is_spread
 from shards import control
-from shards.crossshard.coordinator import Driver
+from shards.crossshard.coordinator import Driver, LaterAborts
 from shards.gateway.links import ShardLink
 from shards.gateway.metrics import GatewayMetrics
 from shards.rpc.servicer import Unavailable
@@ -89,6 +89,8 @@ class Cluster:
         self.metrics = GatewayMetrics(self)
         # Each link's two-phase-commit stub, timed as calls to its shard.
         self._shard_stubs: dict[int, Any] = {}
+        # Attempts whose Commit never reached their coordinator: aborted once it answers.
+        self.later_aborts = LaterAborts()
 
     async def refresh(self) -> None:
         async with self._refresh_lock:
@@ -133,6 +135,7 @@ class Cluster:
             dict(self._shard_stubs),
             self.metrics.cross_shard_phase,
             self.metrics.hold_decision_refused,
+            self.later_aborts,
         )
 
     async def ensure_clearing_accounts(self, currencies: set[str]) -> None:
