@@ -91,6 +91,30 @@ class SlotHolders:
         return len(self._move_ids)
 
 
+def holder_order(moved_to: dict[int, Sequence[int]]) -> list[int]:
+    """The shards of moved_to (each with the shards it moved a slot to) in the order they held
+    it: each before those it moved it to; ties, and any shards a damaged record would put in a
+    cycle, in shard order."""
+    incoming = {shard: 0 for shard in moved_to}
+    for targets in moved_to.values():
+        for target in targets:
+            if target in incoming:
+                incoming[target] += 1
+    ordered: list[int] = []
+    ready = sorted(shard for shard, count in incoming.items() if count == 0)
+    while ready:
+        shard = ready.pop(0)
+        ordered.append(shard)
+        for target in sorted(moved_to[shard]):
+            if target in incoming:
+                incoming[target] -= 1
+                if incoming[target] == 0:
+                    ready.append(target)
+                    ready.sort()
+    ordered += sorted(set(moved_to) - set(ordered))
+    return ordered
+
+
 # ---- a page of history ----
 
 

@@ -1,0 +1,304 @@
+"""An account's history across slot moves (issue 14, docs/design.md "Reads across the move"): a
+slot moved from shard 0 to shard 2 and then to shard 3 with postings before, between and
+after; through the gateway, ListPostings in pages of every size, BalanceAt at any time, a
+statement and an export over the moves, the audit after them (clean; a tampered moved record,
+a move left half done named).
+
+One in-process 4-shard cluster for the module, the slot moved twice by `tally slots move` (its
+own process) in the module's fixture; the tests read it, and those that break something put
+it back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import asyncpg
+import grpc
+import pytest
+
+from core.audit import export, exporter, statement
+from core.slots import slot_of
+from shards.local.embedded_pg import EmbeddedPostgres
+from tally.v1 import ledger_pb2 as pb
+from tests.support import security
+from tests.support.audit_commands import run_cli
+from tests.support.cluster import SHARD_COUNT
+from tests.support.helpers import Client, InProcessCluster, account, in_process_cluster, transfer
+from tests.support.slot_moves import customer_on, run_slots
+
+CREATED = pb.RESULT_CODE_CREATED
+HOLDERS = (0, 2, 3)
+LIMITS = (1, 2, 3, 4, 5, 7, 100)
+_numbers = itertools.count(1)
+
+
+@dataclass
+class Moved:
+    cluster: InProcessCluster
+    key: str
+    move_ids: list[str]
+    # Per holder, how many of the account's own postings were made there.
+    counts: list[int] = field(default_factory=list)
+
+    @property
+    def dep(self) -> str:
+        return f"{self.key}/dep"
+
+
+async def _phase(client: Client, key: str, phase: int) -> None:
+    """Transfers out of key/dep; a hold captured in the first phase, a reversal of one of its
+    transfers at the next shard."""
+    for n in range(4):
+        item = transfer(f"{key}/p{phase}-{n}", f"{key}/dep", f"{key}/sav", 10 * phase + n + 1)
+        assert await client.codes(item) == [CREATED]
+    if phase == 0:
+        hold = transfer(f"{key}/h", f"{key}/dep", f"{key}/sav", 70, pending=True)
+        capture = pb.Transaction(id=f"{key}/hc", code=1, post_pending_id=hold.id)
+        assert await client.codes(hold, capture) == [CREATED, CREATED]
+    if phase == 1:
+        back = pb.Transaction(id=f"{key}/r", code=9, reverses_id=f"{key}/p0-1")
+        assert await client.codes(back) == [CREATED]
+
+
+async def _move(cluster: InProcessCluster, slot: int, target: int) -> str:
+    code, stdout, stderr = await run_slots(
+        cluster.control_dsn, "move", "--slots", str(slot), "--to", str(target)
+    )
+    assert code == 0, stderr
+    found = re.search(r"move ([0-9a-f]+) done", stdout)
+    assert found is not None, stdout
+    await asyncio.sleep(0.3)  # the gateway's map poll (0.2 s): it reads the move done
+    return found.group(1)
+
+
+@pytest.fixture(scope="module")
+async def moved(pg: EmbeddedPostgres) -> AsyncIterator[Moved]:
+    prefix = f"mh{os.getpid()}_{next(_numbers)}"
+    options = {"slot_map_poll_interval_s": 0.2}
+    async with in_process_cluster(pg, prefix, SHARD_COUNT, gateway_options=options) as cluster:
+        key = customer_on(HOLDERS[0], SHARD_COUNT, skip=5)
+        async with security.channel(cluster.target) as channel:
+            client = Client(channel)
+            codes = await client.create(
+                account("@cash"), account(f"{key}/dep"), account(f"{key}/sav")
+            )
+            assert codes[1:] == [CREATED, CREATED]
+            fund = transfer(f"{key}/fund", "@cash", f"{key}/dep", 100_000)
+            assert await client.codes(fund) == [CREATED]
+            moves = []
+            for phase, target in enumerate((*HOLDERS[1:], None)):
+                await _phase(client, key, phase)
+                if target is not None:
+                    moves.append(await _move(cluster, slot_of(key), target))
+        yield Moved(cluster, key, moves)
+
+
+@pytest.fixture
+async def client(moved: Moved) -> AsyncIterator[Client]:
+    async with security.channel(moved.cluster.target) as channel:
+        yield Client(channel)
+
+
+async def _at_node(moved: Moved, shard: int) -> list[pb.Posting]:
+    """The account's postings as one node lists them (the move's entries included)."""
+    async with security.channel(moved.cluster.nodes[shard].target) as channel:
+        stub = Client(channel).stub
+        request = pb.ListPostingsRequest(account_id=moved.dep, limit=1000)
+        return list((await stub.ListPostings(request, timeout=30)).postings)
+
+
+async def _expected(moved: Moved) -> tuple[list[pb.Posting], list[list[pb.Posting]]]:
+    """The account's own postings, holder after holder, and each holder's raw listing."""
+    raw = [await _at_node(moved, shard) for shard in HOLDERS]
+    own = [p for listing in raw for p in listing if not p.transaction_id.startswith("~move")]
+    return own, raw
+
+
+async def _pages(client: Client, account_id: str, limit: int, **fields: int) -> list[list[str]]:
+    """Every page's transaction ids, each page asked with the cursor of the one before."""
+    pages: list[list[str]] = []
+    cursor = ""
+    while True:
+        request = pb.ListPostingsRequest(
+            account_id=account_id, limit=limit, cursor=cursor, **fields
+        )
+        page = await client.stub.ListPostings(request, timeout=30)
+        pages.append([p.transaction_id for p in page.postings])
+        if not page.next_cursor:
+            return pages
+        assert len(page.postings) == limit  # a page is full but for the last
+        cursor = page.next_cursor
+
+
+def _delta(posting: pb.Posting) -> tuple[int, int, int, int]:
+    debit = posting.side == pb.SIDE_DEBIT
+    posted, pending = posting.posted_amount, posting.pending_delta
+    return (posted if debit else 0, 0 if debit else posted, pending if debit else 0,
+            0 if debit else pending)  # fmt: skip
+
+
+def _counters(balance: pb.Balance) -> tuple[int, int, int, int]:
+    return (balance.debits_posted, balance.credits_posted, balance.debits_pending,
+            balance.credits_pending)  # fmt: skip
+
+
+async def test_list_postings_reads_every_holder_once_in_order_without_the_moves(
+    moved: Moved, client: Client
+) -> None:
+    own, raw = await _expected(moved)
+    # Each holder's own listing has the moves' entries: the source's end with its move-out,
+    # the targets' start with their move-in.
+    for listing, shard in zip(raw, HOLDERS, strict=True):
+        ids = [p.transaction_id for p in listing]
+        assert shard == HOLDERS[0] or ids[0].startswith("~movein/"), (shard, ids)
+        assert shard == HOLDERS[-1] or ids[-1].startswith("~moveout/"), (shard, ids)
+    expected = [p.transaction_id for p in own]
+    boundaries = list(itertools.accumulate(
+        len([p for p in listing if not p.transaction_id.startswith("~move")]) for listing in raw
+    ))[:-1]  # fmt: skip
+    for limit in LIMITS:
+        pages = await _pages(client, moved.dep, limit)
+        assert [t for page in pages for t in page] == expected, limit
+    # Pages of these sizes start and end everywhere: each boundary falls inside some page.
+    for boundary in boundaries:
+        assert any(boundary % limit for limit in LIMITS)
+    whole = await client.stub.ListPostings(
+        pb.ListPostingsRequest(account_id=moved.dep, limit=1000), timeout=30
+    )
+    assert list(whole.postings) == own and whole.next_cursor == ""
+    # The balance-after chain runs on unbroken across both moves, to the balance now.
+    before = (0, 0, 0, 0)
+    for posting in whole.postings:
+        step = _delta(posting)
+        after = tuple(a + b for a, b in zip(before, step, strict=True))
+        assert _counters(posting.balance_after) == after, posting
+        before = after
+    assert before == _counters(await client.balance(moved.dep))
+    # A time range across the moves: the postings in it, from every holder.
+    first, last = own[2].timestamp_ns, own[-2].timestamp_ns
+    ranged = await _pages(client, moved.dep, 3, from_ns=first, to_ns=last)
+    in_range = [p.transaction_id for p in own if first <= p.timestamp_ns < last]
+    assert [t for page in ranged for t in page] == in_range
+
+
+async def test_balance_at_any_time_is_the_recomputed_balance(moved: Moved, client: Client) -> None:
+    own, raw = await _expected(moved)
+
+    async def at(at_ns: int) -> pb.BalanceAtResponse:
+        request = pb.BalanceAtRequest(account_id=moved.dep, at_ns=at_ns)
+        response: pb.BalanceAtResponse = await client.stub.BalanceAt(request, timeout=30)
+        return response
+
+    times = sorted({p.timestamp_ns for p in own})
+    for moment in times:
+        last = [p for p in own if p.timestamp_ns <= moment][-1]
+        answer = await at(moment)
+        assert _counters(answer.balance) == _counters(last.balance_after), moment
+        assert answer.as_of_sequence == last.sequence
+    # Before the first posting: nothing yet.
+    early = await at(times[0] - 1)
+    assert _counters(early.balance) == (0, 0, 0, 0) and early.as_of_sequence == 0
+    # In each move's pause (after its move-out, before its move-in) and right at its ends: the
+    # balance the account left its source with.
+    for source, target in itertools.pairwise(raw):
+        out_ns = source[-1].timestamp_ns
+        in_ns = target[0].timestamp_ns
+        left_with = [p for p in own if p.timestamp_ns < out_ns][-1].balance_after
+        for moment in (out_ns, (out_ns + in_ns) // 2, in_ns):
+            assert _counters((await at(moment)).balance) == _counters(left_with), moment
+    now = await at(2**62)
+    assert _counters(now.balance) == _counters(await client.balance(moved.dep))
+
+
+async def test_bad_page_tokens_are_invalid_arguments(moved: Moved, client: Client) -> None:
+    first = await client.stub.ListPostings(
+        pb.ListPostingsRequest(account_id=moved.dep, limit=2), timeout=30
+    )
+    cursor = first.next_cursor
+    assert cursor
+    other = f"{moved.key}/sav"
+    edited = cursor[:-2] + ("00" if not cursor.endswith("00") else "11")
+    bad = ["nonsense", "12", edited, cursor + "0", "h1." + "A" * 300, "h1.x.y"]
+    for token in bad:
+        request = pb.ListPostingsRequest(account_id=moved.dep, limit=2, cursor=token)
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await client.stub.ListPostings(request, timeout=30)
+        assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT, token
+        assert "cursor" in (error.value.details() or ""), token
+    with pytest.raises(grpc.aio.AioRpcError) as error:  # another account's cursor
+        await client.stub.ListPostings(
+            pb.ListPostingsRequest(account_id=other, limit=2, cursor=cursor), timeout=30
+        )
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await client.stub.ListPostings(
+            pb.ListPostingsRequest(account_id=moved.dep, limit=1001), timeout=30
+        )
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await client.stub.ListPostings(
+            pb.ListPostingsRequest(account_id=f"{moved.key}/ghost"), timeout=30
+        )
+    assert error.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def _statement(moved: Moved, from_ns: int, to_ns: int) -> statement.Statement:
+    connections = [await asyncpg.connect(dsn) for dsn in moved.cluster.dsns]
+    try:
+        return await statement.load_statement(connections, moved.dep, from_ns, to_ns, 30.0)
+    finally:
+        for connection in connections:
+            await connection.close()
+
+
+async def test_a_statement_over_the_moves_has_every_holders_lines(moved: Moved) -> None:
+    own, _ = await _expected(moved)
+    lines = [p for p in own if p.posted_amount]
+    natural = lambda p: p.balance_after.credits_posted - p.balance_after.debits_posted  # noqa: E731
+    # The whole history, and a period starting between the moves and ending after the second.
+    periods = [(1, 2**62), (lines[len(lines) // 2].timestamp_ns, lines[-2].timestamp_ns)]
+    for from_ns, to_ns in periods:
+        read = await _statement(moved, from_ns, to_ns)
+        inside = [p for p in lines if from_ns <= p.timestamp_ns < to_ns]
+        assert [line.transaction_id for line in read.lines] == [p.transaction_id for p in inside]
+        assert [line.shard for line in read.lines] == sorted(line.shard for line in read.lines)
+        opening = [p for p in lines if p.timestamp_ns < from_ns]
+        assert read.opening_balance == (natural(opening[-1]) if opening else 0)
+        assert read.closing_balance == natural(inside[-1])
+        assert read.consistent and read.account.shard_count == len(HOLDERS)
+    # As the auditor runs it.
+    arguments = [a for dsn in moved.cluster.dsns for a in ("--dsn", dsn)]
+    code, stdout, stderr = await run_cli(
+        "statement", *arguments, moved.dep, "--from", "1970-01-02",
+        "--to", "2100-01-01",
+    )  # fmt: skip
+    assert code == 0, stderr
+    assert "~move" not in stdout and f"{moved.key}/p2-3" in stdout and "WARNING" not in stdout
+
+
+async def test_an_export_over_the_moves_verifies_with_each_shards_part(
+    moved: Moved, tmp_path: Path
+) -> None:
+    for shard, dsn in enumerate(moved.cluster.dsns):
+        directory = tmp_path / f"shard-{shard}"
+        directory.mkdir()
+        connection = await asyncpg.connect(dsn)
+        try:
+            await exporter.export_shard(
+                connection, directory, str(shard), exporter.Selection(), "csv", 30.0
+            )
+        finally:
+            await connection.close()
+    verification = export.verify_export(tmp_path)
+    assert verification.error_count == 0, verification.errors
+    # Each holder's journal holds the account's postings there, the moves' entries with them.
+    for shard in HOLDERS:
+        text = (tmp_path / f"shard-{shard}" / "postings.csv").read_text()
+        assert moved.dep in text and "~move" in text, shard
