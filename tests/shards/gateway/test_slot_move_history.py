@@ -23,15 +23,25 @@ import asyncpg
 import grpc
 import pytest
 
-from core.audit import export, exporter, statement
+from core.audit import (
+    CLUSTER,
+    AuditConfig,
+    Finding,
+    FindingKind,
+    audit_cluster,
+    export,
+    exporter,
+    statement,
+)
 from core.slots import slot_of
 from shards.local.embedded_pg import EmbeddedPostgres
 from tally.v1 import ledger_pb2 as pb
 from tests.support import security
-from tests.support.audit_commands import run_cli
+from tests.support.audit_commands import audit_json, run_cli
 from tests.support.cluster import SHARD_COUNT
 from tests.support.helpers import Client, InProcessCluster, account, in_process_cluster, transfer
-from tests.support.slot_moves import customer_on, run_slots
+from tests.support.slot_moves import customer_on, moves_net, run_slots
+from tests.support.sql import execute_with, fetch_one
 
 CREATED = pb.RESULT_CODE_CREATED
 HOLDERS = (0, 2, 3)
@@ -302,3 +312,98 @@ async def test_an_export_over_the_moves_verifies_with_each_shards_part(
     for shard in HOLDERS:
         text = (tmp_path / f"shard-{shard}" / "postings.csv").read_text()
         assert moved.dep in text and "~move" in text, shard
+
+
+# ---- the audit across the moves ----
+
+
+async def _audit(moved: Moved) -> list[Finding]:
+    config = AuditConfig(statement_timeout_s=60.0, hold_grace_s=None)
+    report = await audit_cluster(moved.cluster.dsns, config)
+    assert report.complete and report.cross_shard.checked, report.cross_shard.reason
+    return report.problems
+
+
+async def _one_record(moved: Moved, shard: int, move_id: str) -> tuple[str, str]:
+    """A record move_id brought to shard: (its id, its metadata as stored)."""
+    row = await fetch_one(
+        moved.cluster.dsns[shard],
+        "SELECT id, metadata FROM moved_transactions WHERE move_id = $1 ORDER BY id LIMIT 1",
+        move_id,
+    )
+    return row["id"], row["metadata"]
+
+
+async def test_the_audit_after_the_moves_is_clean_and_names_an_altered_moved_record(
+    moved: Moved,
+) -> None:
+    assert await _audit(moved) == []
+    assert await moves_net(moved.cluster.dsns) == 0
+    first_move, target = moved.move_ids[0], HOLDERS[1]
+    record_id, metadata = await _one_record(moved, target, first_move)
+    altered = "UPDATE moved_transactions SET metadata = $2 WHERE id = $1"
+    await execute_with(moved.cluster.dsns[target], altered, record_id, '{"forged":"yes"}')
+    try:
+        found = {(f.kind, f.shard, f.move_id, f.transaction_id) for f in await _audit(moved)}
+    finally:
+        await execute_with(moved.cluster.dsns[target], altered, record_id, metadata)
+    assert (FindingKind.MOVED_RECORDS_MISMATCH, target, first_move, "") in found
+    assert (FindingKind.MOVED_RECORD_ALTERED, CLUSTER, first_move, record_id) in found
+    assert await _audit(moved) == []
+
+
+async def test_a_move_in_posting_more_than_its_move_out_took_is_named(moved: Moved) -> None:
+    second_move, target = moved.move_ids[1], HOLDERS[2]
+    entry_id = f"~movein/{second_move}/{moved.dep}"
+    legs = await fetch_one(
+        moved.cluster.dsns[target], "SELECT applied_legs FROM transactions WHERE id = $1", entry_id
+    )
+    original = legs["applied_legs"]
+    legs_text = original.split(",")
+    first = next(n for n, leg in enumerate(legs_text) if " @moves/" in leg)
+    side, account_id, amount, currency = legs_text[first].split(" ")
+    legs_text[first] = f"{side} {account_id} {int(amount) + 1} {currency}"  # one leg: 1 more
+    inflated = ",".join(legs_text)
+    altered = "UPDATE transactions SET applied_legs = $2 WHERE id = $1"
+    await execute_with(moved.cluster.dsns[target], altered, entry_id, inflated)
+    try:
+        found = {(f.kind, f.move_id) for f in await _audit(moved)}
+    finally:
+        await execute_with(moved.cluster.dsns[target], altered, entry_id, original)
+    assert (FindingKind.MOVE_UNBALANCED, second_move) in found
+    assert (FindingKind.MOVES_COUNTERS_MISMATCH, "") in found
+    assert await _audit(moved) == []
+
+
+async def test_a_move_left_half_done_is_named_until_it_is_resumed(
+    moved: Moved, client: Client
+) -> None:
+    key = customer_on(1, SHARD_COUNT, skip=6)
+    codes = await client.create(account(f"{key}/dep"))
+    assert codes == [CREATED]
+    fund = transfer(f"{key}/fund", "@cash", f"{key}/dep", 500)
+    assert await client.codes(fund) == [CREATED]
+    control = moved.cluster.control_dsn
+    code, _, stderr = await run_slots(
+        control, "move", "--slots", str(slot_of(key)), "--to", "0",
+        failpoint="slots.after_move_out=exit",
+    )  # fmt: skip
+    assert code == -9, stderr  # killed right after the source's move-out
+    half = await fetch_one(control, "SELECT move_id FROM slot_moves WHERE state = 'planned'")
+    try:
+        found = await _audit(moved)
+        assert [(f.kind, f.move_id) for f in found] == [
+            (FindingKind.MOVE_HALF_DONE, half["move_id"])
+        ], [str(f) for f in found]
+        assert "half done" in str(found[0]) and "tally slots resume" in found[0].message
+        code, report = await audit_json(*moved.cluster.dsns)  # as `tally audit` says it
+        assert code == 1 and [(p["check"], p["move_id"]) for p in report["problems"]] == [
+            ("moves", half["move_id"])
+        ], report["problems"]
+    finally:
+        code, _, stderr = await run_slots(control, "resume")
+        assert code == 0, stderr
+    assert await _audit(moved) == []
+    assert await moves_net(moved.cluster.dsns) == 0
+    await asyncio.sleep(0.3)
+    assert (await client.balance(f"{key}/dep")).credits_posted == 500
