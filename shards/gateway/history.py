@@ -4,6 +4,7 @@ order (core.history), and never show a move's own entries."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -16,6 +17,9 @@ from shards.rpc.servicer import Unavailable, abort
 from tally.v1 import ledger_pb2 as pb
 
 Context = Any  # grpc.aio.ServicerContext
+
+# Moves remembered as seen in flight (one at a time is planned: a few suffice).
+IN_FLIGHT_MOVE_COUNT_MAX = 64
 
 # A shard's own failure is the client's to retry, never UNKNOWN or INTERNAL.
 _PASSED_THROUGH = frozenset(
@@ -36,6 +40,10 @@ class History:
 
     def __init__(self, cluster: Cluster) -> None:
         self._cluster = cluster
+        # Moves seen in flight (a move-out at the last holder, the move not done), with when
+        # the control database was last asked about each: asked at most once per map poll
+        # interval, so a move left half done does not cost every read of its slot a query.
+        self._in_flight_asked_s: dict[str, float] = {}
 
     async def list_postings(
         self, context: Context, request: pb.ListPostingsRequest
@@ -51,7 +59,7 @@ class History:
         holders = await self._holders(context, account_id)
         position = await self._position(context, account_id, request.cursor, holders)
         page = await self._page(context, request, holders, position)
-        if page.left_by_move and not self._cluster.knows_move(page.left_by_move):
+        if self._ask_about(page.left_by_move):
             # The account moved on from what this gateway knows: if the move is done, read
             # the page again with its target among the holders (else it is in flight: the
             # target takes no writes until the map moves, so this page is the whole story).
@@ -91,6 +99,19 @@ class History:
         return fallback
 
     # ---- parts ----
+
+    def _ask_about(self, move_id: str) -> bool:
+        """Whether to ask the control database about a move seen in flight now."""
+        if not move_id or self._cluster.knows_move(move_id):
+            return False
+        now_s = time.monotonic()
+        asked_s = self._in_flight_asked_s.get(move_id)
+        if asked_s is not None and now_s - asked_s < self._cluster.config.slot_map_poll_interval_s:
+            return False
+        if len(self._in_flight_asked_s) >= IN_FLIGHT_MOVE_COUNT_MAX:
+            self._in_flight_asked_s.clear()
+        self._in_flight_asked_s[move_id] = now_s
+        return True
 
     async def _holders(self, context: Context, account_id: str) -> tuple[int, ...]:
         try:
