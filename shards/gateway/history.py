@@ -57,7 +57,7 @@ class History:
                 f"limit must be at most {limits.list_postings_limit_max}",
             )
         holders = await self._holders(context, account_id)
-        position = await self._position(context, account_id, request.cursor, holders)
+        position, holders = await self._position(context, account_id, request.cursor, holders)
         page = await self._page(context, request, holders, position)
         if self._ask_about(page.left_by_move):
             # The account moved on from what this gateway knows: if the move is done, read
@@ -120,19 +120,22 @@ class History:
             await abort(context, grpc.StatusCode.UNAVAILABLE, f"{error}; retry")
 
     async def _position(
-        self, context: Context, account_id: str, cursor: str, holders: Sequence[int]
-    ) -> Position:
+        self, context: Context, account_id: str, cursor: str, holders: tuple[int, ...]
+    ) -> tuple[Position, tuple[int, ...]]:
+        """Where the cursor starts, and the holders it was read under (reloaded if it names
+        one past those this gateway knew)."""
         if not cursor:
-            return Position(0, 0)
+            return Position(0, 0), holders
         try:
-            return history.decode_cursor(account_id, holders, cursor)
+            return history.decode_cursor(account_id, holders, cursor), holders
         except CursorError as error:
             problem, beyond = str(error), error.beyond_holders
         if beyond and len(holders) < len(self._cluster.links):
             # Made by a gateway that knew of a move this one has not read yet.
             await self._refresh(context)
+            holders = self._cluster.holders(account_id)
             try:
-                return history.decode_cursor(account_id, self._cluster.holders(account_id), cursor)
+                return history.decode_cursor(account_id, holders, cursor), holders
             except CursorError as error:
                 problem = str(error)
         await abort(context, grpc.StatusCode.INVALID_ARGUMENT, problem)

@@ -34,12 +34,20 @@ from core.audit import (
     statement,
 )
 from core.slots import slot_of
+from shards.gateway.server import Gateway
 from shards.local.embedded_pg import EmbeddedPostgres
 from tally.v1 import ledger_pb2 as pb
 from tests.support import security
 from tests.support.audit_commands import audit_json, run_cli
 from tests.support.cluster import SHARD_COUNT
-from tests.support.helpers import Client, InProcessCluster, account, in_process_cluster, transfer
+from tests.support.helpers import (
+    Client,
+    InProcessCluster,
+    account,
+    gateway_on,
+    in_process_cluster,
+    transfer,
+)
 from tests.support.slot_moves import customer_on, moves_net, run_slots
 from tests.support.sql import execute_with, fetch_one
 
@@ -54,8 +62,8 @@ class Moved:
     cluster: InProcessCluster
     key: str
     move_ids: list[str]
-    # Per holder, how many of the account's own postings were made there.
-    counts: list[int] = field(default_factory=list)
+    # Gateways started before the moves that do not poll the map again by themselves.
+    lagging: list[Gateway] = field(default_factory=list)
 
     @property
     def dep(self) -> str:
@@ -92,7 +100,11 @@ async def _move(cluster: InProcessCluster, slot: int, target: int) -> str:
 async def moved(pg: EmbeddedPostgres) -> AsyncIterator[Moved]:
     prefix = f"mh{os.getpid()}_{next(_numbers)}"
     options = {"slot_map_poll_interval_s": 0.2}
-    async with in_process_cluster(pg, prefix, SHARD_COUNT, gateway_options=options) as cluster:
+    async with (
+        in_process_cluster(pg, prefix, SHARD_COUNT, gateway_options=options) as cluster,
+        gateway_on(cluster.control_dsn, slot_map_poll_interval_s=3600.0) as lagging,
+        gateway_on(cluster.control_dsn, slot_map_poll_interval_s=3600.0) as lagging_too,
+    ):
         key = customer_on(HOLDERS[0], SHARD_COUNT, skip=5)
         async with security.channel(cluster.target) as channel:
             client = Client(channel)
@@ -107,7 +119,7 @@ async def moved(pg: EmbeddedPostgres) -> AsyncIterator[Moved]:
                 await _phase(client, key, phase)
                 if target is not None:
                     moves.append(await _move(cluster, slot_of(key), target))
-        yield Moved(cluster, key, moves)
+        yield Moved(cluster, key, moves, [lagging, lagging_too])
 
 
 @pytest.fixture
@@ -257,6 +269,31 @@ async def test_bad_page_tokens_are_invalid_arguments(moved: Moved, client: Clien
             pb.ListPostingsRequest(account_id=f"{moved.key}/ghost"), timeout=30
         )
     assert error.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_a_gateway_behind_the_moves_reads_them_when_the_history_says_so(
+    moved: Moved, client: Client
+) -> None:
+    """One gateway has not read the moves: the move-out it finds at the last holder it knows
+    makes it read them. Another is given a cursor made past the holders it knows: it reads
+    them too, and takes the cursor."""
+    own, _ = await _expected(moved)
+    expected = [p.transaction_id for p in own]
+    behind, also_behind = (f"127.0.0.1:{gateway.port}" for gateway in moved.lagging)
+    async with security.channel(behind) as channel:
+        assert [t for page in await _pages(Client(channel), moved.dep, 4) for t in page] == (
+            expected
+        )
+    pages, cursor = [], ""
+    while len(pages) < len(expected) - 2:  # a cursor into the last holder's postings
+        request = pb.ListPostingsRequest(account_id=moved.dep, limit=1, cursor=cursor)
+        page = await client.stub.ListPostings(request, timeout=30)
+        pages.append(page.postings[0].transaction_id)
+        cursor = page.next_cursor
+    async with security.channel(also_behind) as channel:
+        request = pb.ListPostingsRequest(account_id=moved.dep, limit=100, cursor=cursor)
+        rest = await Client(channel).stub.ListPostings(request, timeout=30)
+    assert pages + [p.transaction_id for p in rest.postings] == expected
 
 
 async def _statement(moved: Moved, from_ns: int, to_ns: int) -> statement.Statement:
