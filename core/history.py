@@ -32,6 +32,9 @@ CURSOR_LENGTH_MAX: Final = 200
 # A holder's listing holds at most this many move entries of one account: two postings of its
 # move-in (debit and credit legs) and two of its move-out.
 MOVE_ENTRY_COUNT_MAX: Final = 4
+# A node's reads of an account whose slot it moved out carry the move's id in their trailing
+# metadata under this key: a reader that has not read the move done knows to (BalanceAt).
+MOVED_OUT_METADATA_KEY: Final = "tally-moved-out"
 _CURSOR_PREFIX: Final = "h1."
 _CHECK_HEX_LENGTH: Final = 16
 

@@ -82,21 +82,37 @@ class History:
     ) -> pb.BalanceAtResponse:
         """At the last holder that has a posting at or before the time (a node skips its
         move-outs: a source answers the balance the account left with); holders are asked
-        newest first, so a recent time costs one call."""
+        newest first, so a recent time costs one call. If the newest says it moved the
+        account out by a move this gateway has not read done, the moves are read again."""
         account_id = request.account_id
         await _check_account_id(context, account_id)
         holders = await self._holders(context, account_id)
+        answer, moved_by = await self._balance_at(context, request, holders)
+        if self._ask_about(moved_by):
+            await self._refresh(context)
+            newer = self._cluster.holders(account_id)
+            if newer != holders:
+                answer, _ = await self._balance_at(context, request, newer)
+        if answer is None:
+            await abort(context, grpc.StatusCode.NOT_FOUND, f"account {account_id!r} not found")
+        return answer
+
+    async def _balance_at(
+        self, context: Context, request: pb.BalanceAtRequest, holders: Sequence[int]
+    ) -> tuple[pb.BalanceAtResponse | None, str]:
+        """The answer (None: no holder has the account), and the move the newest holder says
+        took the account on ("": none)."""
         fallback: pb.BalanceAtResponse | None = None
-        for shard_id in reversed(holders):
-            answer = await self._call(context, shard_id, "BalanceAt", request)
+        moved_by = ""
+        for n, shard_id in enumerate(reversed(holders)):
+            answer, mark = await self._call_marked(context, shard_id, "BalanceAt", request)
+            moved_by = mark if n == 0 else moved_by
             if answer is None:
                 continue
             if answer.as_of_sequence:
-                return answer
+                return answer, moved_by
             fallback = fallback or answer
-        if fallback is None:
-            await abort(context, grpc.StatusCode.NOT_FOUND, f"account {account_id!r} not found")
-        return fallback
+        return fallback, moved_by
 
     # ---- parts ----
 
@@ -164,14 +180,23 @@ class History:
 
     async def _call(self, context: Context, shard_id: int, method: str, request: Any) -> Any:
         """One read at one shard: its answer, or None if the account is not there."""
+        answer, _ = await self._call_marked(context, shard_id, method, request)
+        return answer
+
+    async def _call_marked(
+        self, context: Context, shard_id: int, method: str, request: Any
+    ) -> tuple[Any, str]:
+        """_call, and the move the shard says took the account on ("": none)."""
         try:
             link = self._cluster.link(shard_id)
-            return await getattr(link.stub, method)(request, timeout=link.call_timeout_s)
+            call = getattr(link.stub, method)(request, timeout=link.call_timeout_s)
+            answer = await call
+            trailing = await call.trailing_metadata()
         except Unavailable as error:
             await abort(context, grpc.StatusCode.UNAVAILABLE, str(error))
         except grpc.aio.AioRpcError as error:
             if error.code() == grpc.StatusCode.NOT_FOUND:
-                return None
+                return None, ""
             if error.code() in _PASSED_THROUGH:
                 await abort(context, error.code(), error.details() or "")
             await abort(
@@ -180,6 +205,8 @@ class History:
                 f"shard {shard_id} could not answer ({error.code().name}: {error.details()}); "
                 "retry",
             )
+        marks = [value for key, value in trailing or () if key == history.MOVED_OUT_METADATA_KEY]
+        return answer, str(marks[0]) if marks else ""
 
     async def _refresh(self, context: Context) -> None:
         try:

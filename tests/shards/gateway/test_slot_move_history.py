@@ -104,6 +104,7 @@ async def moved(pg: EmbeddedPostgres) -> AsyncIterator[Moved]:
         in_process_cluster(pg, prefix, SHARD_COUNT, gateway_options=options) as cluster,
         gateway_on(cluster.control_dsn, slot_map_poll_interval_s=3600.0) as lagging,
         gateway_on(cluster.control_dsn, slot_map_poll_interval_s=3600.0) as lagging_too,
+        gateway_on(cluster.control_dsn, slot_map_poll_interval_s=3600.0) as lagging_three,
     ):
         key = customer_on(HOLDERS[0], SHARD_COUNT, skip=5)
         async with security.channel(cluster.target) as channel:
@@ -119,7 +120,7 @@ async def moved(pg: EmbeddedPostgres) -> AsyncIterator[Moved]:
                 await _phase(client, key, phase)
                 if target is not None:
                     moves.append(await _move(cluster, slot_of(key), target))
-        yield Moved(cluster, key, moves, [lagging, lagging_too])
+        yield Moved(cluster, key, moves, [lagging, lagging_too, lagging_three])
 
 
 @pytest.fixture
@@ -274,13 +275,17 @@ async def test_bad_page_tokens_are_invalid_arguments(moved: Moved, client: Clien
 async def test_a_gateway_behind_the_moves_reads_them_when_the_history_says_so(
     moved: Moved, client: Client
 ) -> None:
-    """One gateway has not read the moves: the move-out it finds at the last holder it knows
-    makes it read them. Another is given a cursor made past the holders it knows: it reads
-    them too, and takes the cursor."""
+    """Gateways that have not read the moves: one's BalanceAt meets the source's mark that it
+    moved the account out; another's ListPostings meets the move-out at the last holder it
+    knows; a third is given a cursor past the holders it knows. Each reads the moves then."""
     own, _ = await _expected(moved)
     expected = [p.transaction_id for p in own]
-    behind, also_behind = (f"127.0.0.1:{gateway.port}" for gateway in moved.lagging)
-    async with security.channel(behind) as channel:
+    behind = [f"127.0.0.1:{gateway.port}" for gateway in moved.lagging]
+    async with security.channel(behind[0]) as channel:
+        request = pb.BalanceAtRequest(account_id=moved.dep, at_ns=2**62)
+        now = await Client(channel).stub.BalanceAt(request, timeout=30)
+    assert _counters(now.balance) == _counters(await client.balance(moved.dep))
+    async with security.channel(behind[1]) as channel:
         assert [t for page in await _pages(Client(channel), moved.dep, 4) for t in page] == (
             expected
         )
@@ -290,7 +295,7 @@ async def test_a_gateway_behind_the_moves_reads_them_when_the_history_says_so(
         page = await client.stub.ListPostings(request, timeout=30)
         pages.append(page.postings[0].transaction_id)
         cursor = page.next_cursor
-    async with security.channel(also_behind) as channel:
+    async with security.channel(behind[2]) as channel:
         request = pb.ListPostingsRequest(account_id=moved.dep, limit=100, cursor=cursor)
         rest = await Client(channel).stub.ListPostings(request, timeout=30)
     assert pages + [p.transaction_id for p in rest.postings] == expected
