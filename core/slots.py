@@ -79,6 +79,23 @@ class SlotMap:
     def owned_by(self, shard_id: int) -> frozenset[int]:
         return frozenset(s for s, owner in enumerate(self.owners) if owner == shard_id)
 
+    def shrink_refusal(self, shard_count: int) -> str:
+        """Why a cluster of shards 0..shard_count-1 cannot serve this map ("" when it can). A
+        cluster grows (its new shards own no slots until `tally slots rebalance` moves some onto
+        them) but never drops a shard that owns slots."""
+        beyond = [shard for shard in self.shard_ids if shard >= shard_count]
+        if not beyond:
+            return ""
+        return (
+            f"the slot map gives slots to shards {list(self.shard_ids)}: a cluster of "
+            f"{shard_count} shards would leave shards {beyond} unserved (move their slots away "
+            "first: tally slots move)"
+        )
+
+    def slotless(self, shard_count: int) -> tuple[int, ...]:
+        """The shards of 0..shard_count-1 that own no slot (shards being added)."""
+        return tuple(s for s in range(shard_count) if s not in set(self.owners))
+
     def moved(self, slots: Iterable[int], shard_id: int) -> SlotMap:
         owners = list(self.owners)
         for slot in slots:

@@ -117,9 +117,14 @@ async def seed(client: TallyClient, accounts: list[str]) -> None:
 async def measure(
     client: TallyClient, case: Case, by_shard: list[list[str]], meter: cpu.CpuMeter, args: Any
 ) -> dict[str, object]:
+    prefix = getattr(args, "id_prefix", "")  # a run measuring a case twice names them apart
     sources = [
         CrossShareSource(
-            by_shard, case.cross_share, f"{case.name}.{n}.", seed=n, bare_ids=args.bare_ids
+            by_shard,
+            case.cross_share,
+            f"{prefix}{case.name}.{n}.",
+            seed=n,
+            bare_ids=args.bare_ids,
         )
         for n in range(case.client_count)
     ]

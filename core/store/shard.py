@@ -652,6 +652,35 @@ async def prepared_past_deadline(
     ]
 
 
+async def prepared_before(
+    connection: Connection, before_ns: int, limit: int, timeout_s: float
+) -> list[tuple[str, int, int, int]]:
+    """Cross-shard pieces held since before before_ns (a writer's start: pieces an earlier
+    writer prepared, whose gateway may have lost them with it), in prepared_past_deadline's
+    shape, oldest first, at most `limit`."""
+    rows = await connection.fetch(
+        """
+        SELECT h.transaction_id, t.target_id, h.expires_at_ns, t.timeout_seconds
+        FROM holds h JOIN transactions t ON t.id = h.transaction_id
+        WHERE h.expires_at_ns > 0 AND t.kind = $3 AND t.timestamp_ns < $1
+        ORDER BY t.timestamp_ns LIMIT $2
+        """,
+        before_ns,
+        limit,
+        int(Kind.PREPARED),
+        timeout=timeout_s,
+    )
+    return [
+        (
+            row["transaction_id"],
+            int(row["target_id"]),
+            int(row["expires_at_ns"]),
+            int(row["timeout_seconds"]),
+        )
+        for row in rows
+    ]
+
+
 async def prepared_without_deadline(
     connection: Connection, limit: int, timeout_s: float
 ) -> list[str]:

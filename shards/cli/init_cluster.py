@@ -3,9 +3,10 @@ gateways: the control tables and an even slot map over N shards, made once and k
 
 `tally up --shards N` does this for itself; a cluster of separate machines (deploy/: the compose
 file's and Kubernetes' one-shot init) runs it before its nodes start, since a node of a cluster
-refuses to serve without a slot map. Run again on an initialised database it changes nothing,
-and fails (exit 2) if the database holds a cluster of another shard count: moving slots is not
-this command's.
+refuses to serve without a slot map. Run again on an initialised database it changes nothing:
+with a larger N it says which shards own no slots yet (start their nodes, then `tally slots
+rebalance` moves slots onto them while the cluster serves); with an N that would leave a shard
+owning slots unserved it fails (exit 2).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any, Final
 
 import asyncpg
 
+from core.slots import SlotMap
 from core.store import control as control_store
 from shards import control
 
@@ -47,25 +49,30 @@ def run(args: argparse.Namespace) -> int:
         print(f"tally {COMMAND}: --shards must be 1..{SHARD_COUNT_MAX}", file=sys.stderr)
         return 2
     try:
-        shard_ids, version = asyncio.run(_initialise(args.control_dsn, args.shards))
+        slot_map = asyncio.run(_initialise(args.control_dsn, args.shards))
     except (OSError, TimeoutError, asyncpg.PostgresError) as error:
         print(f"tally {COMMAND}: the control database: {error!r}", file=sys.stderr)
         return 2
-    if len(shard_ids) != args.shards:
-        print(
-            f"tally {COMMAND}: the control database holds a cluster of {len(shard_ids)} shards, "
-            f"not {args.shards}; left as it is",
-            file=sys.stderr,
-        )
+    refusal = slot_map.shrink_refusal(args.shards)
+    if refusal:
+        print(f"tally {COMMAND}: {refusal}; left as it is", file=sys.stderr)
         return 2
-    print(f"tally: control database ready: slot map version {version}, shards {len(shard_ids)}")
+    print(
+        f"tally: control database ready: slot map version {slot_map.version}, "
+        f"shards {len(slot_map.shard_ids)}"
+    )
+    slotless = slot_map.slotless(args.shards)
+    if slotless:
+        print(
+            f"tally: shards {list(slotless)} own no slots yet: start their nodes, then "
+            "`tally slots rebalance` spreads the slots onto them while the cluster serves"
+        )
     return 0
 
 
-async def _initialise(control_dsn: str, shard_count: int) -> tuple[tuple[int, ...], int]:
+async def _initialise(control_dsn: str, shard_count: int) -> SlotMap:
     connection = await control.connect(control_dsn)
     try:
-        slot_map = await control_store.initialise(connection, shard_count)
+        return await control_store.initialise(connection, shard_count)
     finally:
         await connection.close(timeout=5.0)
-    return slot_map.shard_ids, slot_map.version

@@ -231,9 +231,15 @@ async def _initialise_control(server: LocalPostgres, shard_count: int, data_dir:
         slot_map = await control_store.initialise(connection, shard_count)
     finally:
         await connection.close(timeout=5.0)
-    if len(slot_map.shard_ids) != shard_count:
-        raise RuntimeError(
-            f"{data_dir} holds a cluster of {len(slot_map.shard_ids)} shards, not {shard_count}"
+    refusal = slot_map.shrink_refusal(shard_count)
+    if refusal:
+        raise RuntimeError(f"{data_dir}: {refusal}")
+    slotless = slot_map.slotless(shard_count)
+    if slotless:  # shards added to a cluster made with fewer: they serve once slots move there
+        print(
+            f"tally: shards {list(slotless)} own no slots yet: `tally slots rebalance` spreads "
+            "the slots onto them while the cluster serves",
+            flush=True,
         )
     return control_dsn
 

@@ -603,10 +603,15 @@ class Node:
         (which records abort if it has none) and post or void the piece accordingly."""
         interval_s = self.config.expiry_interval_ms / 1000.0
         unarmed = True  # pieces without a deadline may be left from older code: arm them
+        inherited = True  # pieces an earlier writer held: ask about them at once, not at P
+        started_ns = failpoints.wall_ns()
         while writer.state is WriterState.RUNNING and not self._stopping.is_set():
             try:
                 if unarmed:
                     unarmed = await self._arm_pieces_without_deadline(writer)
+                if inherited:
+                    await self._ask_inherited_pieces(writer, started_ns)
+                    inherited = False
                 overdue = await store.prepared_past_deadline(
                     self._read_pool, failpoints.wall_ns(), self.config.expiry_batch_max, 10.0
                 )
@@ -620,6 +625,21 @@ class Node:
                 log.warning("settling prepared pieces failed: %r", error)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), timeout=interval_s)
+
+    async def _ask_inherited_pieces(self, writer: Writer, started_ns: int) -> None:
+        """Ask the coordinators at once about the pieces held since before this writer began.
+        The writer before it went down (killed, failed over) with its calls in flight, so the
+        gateways driving those pieces may never come back to them; waiting for their deadlines
+        (the prepare deadline, 30 s) would keep their amounts held and their slots unmovable
+        that long. Asking early is what a deadline does anyway: a coordinator with no decision
+        records the attempt's abort (its gateway then answers `aborted`, retryable), one with
+        a decision tells it; atomicity never rests on when a participant asks."""
+        pieces = await store.prepared_before(
+            self._read_pool, started_ns, self.config.expiry_batch_max, 10.0
+        )
+        if pieces:
+            log.info("asking the coordinators of %d pieces an earlier writer held", len(pieces))
+            await settle_prepared(writer, pieces, self.endpoints, self.security.as_client())
 
     async def _arm_pieces_without_deadline(self, writer: Writer) -> bool:
         """Give the held pieces that have no deadline one of now, so the sweep asks their

@@ -87,3 +87,33 @@ def test_client_singles_runs_end_to_end(tmp_path: Path) -> None:
     for phase in results["phases"]:
         assert phase["transfers"] > 0 and phase["failed"] == 0, phase
     assert (out_dir / "report.md").read_text().startswith("# One transfer per call")
+
+
+@pytest.mark.timeout(150)
+def test_grow_adds_a_shard_to_a_tally_up_cluster_and_measures_both(tmp_path: Path) -> None:
+    """bench.closed_loop.grow: `tally up --shards 2`, then `tally up --shards 3` on the same data
+    directory names shard 2 as owning no slots, `tally slots rebalance` moves slots onto it
+    while clients post (none of them failing), and the same cases run on both clusters."""
+    out_dir = tmp_path / "report"
+    command = [
+        sys.executable, "-m", "bench.closed_loop.grow",
+        "--accounts", "300", "--duration-s", "1", "--warmup-s", "0.5", "--clients", "8",
+        "--batch-size", "50", "--batch-clients", "2", "--cross", "0.5", "--no-fresh",
+        "--out", str(out_dir),
+    ]  # fmt: skip
+    finished = subprocess.run(
+        command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=140, check=False
+    )
+    assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
+    results = json.loads((out_dir / "results.json").read_text())
+    before, after = results["before"], results["after"]
+    assert (before["shards"], after["shards"]) == (2, 3)
+    assert "shards [2] own no slots yet" in after["slotless_line"]
+    moves = after["rebalance"]["moves"]
+    assert moves and {m["target"] for m in moves} == {2}
+    assert sum(m["slots"] for m in moves) == 4096 // 3  # shard 2's share of 4,096
+    assert after["map_version"] == 1 + len(moves)
+    for result in [*before["results"], *after["results"], after["during_rebalance"]]:
+        assert result["transfers_per_s"] > 0 and not result["errors"], result
+        assert set(result["codes"]) == {"CREATED"}, result
+    assert (out_dir / "report.md").read_text().startswith("# Adding a shard: 2 -> 3 shards")

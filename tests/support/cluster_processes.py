@@ -121,6 +121,20 @@ class ProcessCluster:
         await wait_health(child, SERVING)
         return child
 
+    async def add_shard(
+        self, pg: EmbeddedPostgres, environment: Mapping[str, str] | None = None
+    ) -> int:
+        """A shard new to the cluster: its database and its node (owning no slots until some
+        move there); its shard id."""
+        shard_id = len(self.shard_dsns)
+        database = f"{self.name}_s{shard_id}"
+        await pg.create_database_async(database)
+        self.shard_dsns.append(pg.dsn(database))
+        self.node_ports.append(free_port())
+        self.node_internal_ports.append(free_port())
+        await self.start_node(shard_id, environment)
+        return shard_id
+
     async def start_gateway(self, environment: Mapping[str, str] | None = None) -> NodeProcess:
         assert self.gateway is None or self.gateway.returncode is not None
         databases = supervisor.dsn_environment(control_dsn=self.control_dsn)

@@ -72,6 +72,7 @@ async def moves_net(dsns: list[str]) -> int:
 
 # Answers a bank client retries with the same id (a shard restarting, a slot moving).
 RETRYABLE = {
+    pb.RESULT_CODE_ABORTED,  # a cross-shard attempt that lost to a fault or to another attempt
     pb.RESULT_CODE_UNAVAILABLE,
     pb.RESULT_CODE_OUTCOME_UNKNOWN,
     pb.RESULT_CODE_WRONG_SHARD,

@@ -1,5 +1,6 @@
 """`tally init-cluster`, the one-shot init of deploy/'s compose file and Kubernetes Job: the slot
-map is made once, kept on a second run, and a database of another shard count is refused."""
+map is made once, kept on a second run (a larger shard count names the shards added), and a
+count that would leave a shard owning slots unserved is refused."""
 
 from __future__ import annotations
 
@@ -24,8 +25,12 @@ async def test_makes_the_slot_map_once(
     assert await asyncio.to_thread(main, ["init-cluster", "--shards", "2"]) == 0
     assert "slot map version 1, shards 2" in capsys.readouterr().out
     assert await asyncio.to_thread(main, ["init-cluster", "--shards", "2"]) == 0
-    assert await asyncio.to_thread(main, ["init-cluster", "--shards", "3"]) == 2
-    assert "holds a cluster of 2 shards, not 3" in capsys.readouterr().err
+    # A shard added: the map is kept, and the new shard is named as owning no slots yet.
+    assert await asyncio.to_thread(main, ["init-cluster", "--shards", "3"]) == 0
+    assert "shards [2] own no slots yet" in capsys.readouterr().out
+    # Fewer shards than own slots would leave slots unserved.
+    assert await asyncio.to_thread(main, ["init-cluster", "--shards", "1"]) == 2
+    assert "would leave shards [1] unserved" in capsys.readouterr().err
     connection = await control.connect(pg.dsn(name))
     try:
         slot_map = await control_store.load_slot_map(connection)

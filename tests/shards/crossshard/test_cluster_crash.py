@@ -415,3 +415,42 @@ async def test_cross_shard_reuse_of_a_single_shard_id_is_refused_and_holds_nothi
         assert (name(result.code), settled) == ("RESULT_CODE_IDEMPOTENCY_CONFLICT", True), (
             result.message
         )
+
+
+async def test_a_restarted_participant_asks_about_its_pieces_at_once(
+    pg: EmbeddedPostgres, tmp_path: Path
+) -> None:
+    """The gateway dies after the participant prepared (no decision), then the participant is
+    killed too. With a prepare deadline of 10 minutes, the restarted participant does not keep
+    the amount held until then: its new writer asks the coordinator about every piece an
+    earlier writer held, the coordinator records the attempt's abort, and the piece is voided
+    while its deadline is still far off. Nothing is applied; a retry applies it once."""
+    long_deadline_s = 600
+    environment = {
+        "TALLY_PREPARE_DEADLINE_S": str(long_deadline_s),
+        "TALLY_FAILPOINTS": "gateway.after_prepare=exit",
+    }
+    async with process_cluster(pg, tmp_path, gateway_environment=environment) as cluster:
+        async with connected_to(cluster.target) as client:
+            pair = await funded_pair(cluster, client, coordinator=1)
+            message = pair.transfer("t-inherited")
+            with pytest.raises(grpc.aio.AioRpcError):
+                await client.post(message)
+        assert cluster.gateway is not None
+        assert await asyncio.wait_for(cluster.gateway.process.wait(), timeout=10) == -9
+        (piece,) = piece_rows(
+            (await rows_by_shard(cluster, pair.id("t-inherited")))[pair.participant],
+            pair.id("t-inherited"),
+        )
+        await cluster.kill_node(pair.participant)
+        await asyncio.gather(
+            cluster.start_node(pair.participant), cluster.start_gateway(gateway_environment())
+        )
+        await wait_nothing_pending(cluster, timeout_s=60)
+        assert time.time_ns() < piece["timestamp_ns"] + long_deadline_s * 10**9 // 2
+        assert "earlier writer held" in (cluster.nodes[pair.participant].log_tail() or "")
+        async with connected_to(cluster.target) as client:
+            await check_outcome(cluster, client, pair, pair.id("t-inherited"), applied=False)
+            again = await retry_twice(client, message)
+            assert again.code == pb.RESULT_CODE_CREATED, (name(again.code), again.message)
+            await check_outcome(cluster, client, pair, pair.id("t-inherited"), applied=True)

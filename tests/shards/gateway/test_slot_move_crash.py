@@ -1,85 +1,226 @@
-"""A slot move survives its source or target node killed (SIGKILL, at a failpoint) before and
-after its step's commit: the node is started again, the mover (its own process) asks the step
-again and finishes, and nothing is lost or doubled (issue 14, docs/design.md "Moving slots").
-Real processes: `tally node` per shard, `tally gateway`, `tally slots move`."""
+"""A shard added to a running cluster of real processes (`tally node` per shard, `tally gateway`,
+`tally slots` as its own process) under bank-style load, single-shard and cross-shard transfers
+and holds posted, each client retrying with the same id, and the slots rebalanced onto it with
+a kill -9 at every step of a move: the mover at each of its four points (then `tally slots
+resume`), the source before and after its move-out's commit, and the target before and after
+its move-in's (the node killed at a failpoint, started again, the mover finishing). Nothing is
+lost or doubled: every balance is exactly what the acknowledged transfers make it, every shard's
+audit and the cluster's are clean, the `@moves/` pieces net to zero, nothing is left held
+(issue 14, docs/design.md "Moving slots")."""
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import re
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import pytest
+import asyncpg
 
-from core.slots import slot_of
+from core.moves import rebalance_step
+from core.slots import SlotMap, slot_of
 from shards.local.embedded_pg import EmbeddedPostgres
 from tally.v1 import ledger_pb2 as pb
 from tests.support import security
-from tests.support.cluster_processes import SHARD_COUNT, ProcessCluster, process_cluster
+from tests.support.audit_commands import audit_json
+from tests.support.cluster_processes import (
+    SHARD_COUNT,
+    ProcessCluster,
+    pending_anywhere,
+    process_cluster,
+)
 from tests.support.helpers import Client, account, audit_problems, transfer
-from tests.support.slot_moves import (
-    customer_on,
-    moves_net,
-    post_until_done,
-    retrying_load,
-    run_slots,
+from tests.support.slot_moves import moves_net, post_until_done, run_slots
+
+SLOTS_PER_MOVE = 52
+PREPARE_DEADLINE_S = 3
+FUNDS = 10**6
+MOVER_KILLS = (
+    "slots.before_move_out",
+    "slots.after_move_out",
+    "slots.after_move_in",
+    "slots.before_map",
+)
+NODE_KILLS = (
+    ("source", "moves.before_out_commit"),
+    ("source", "moves.after_out_commit"),
+    ("target", "moves.before_in_commit"),
+    ("target", "moves.after_in_commit"),
 )
 
-CREATED, REPLAYED = pb.RESULT_CODE_CREATED, pb.RESULT_CODE_REPLAYED
-SOURCE, TARGET = 1, 3
+
+def _plan(count: int) -> list[tuple[int, int, list[int]]]:
+    """The first `count` moves of a rebalance of the even map onto one more shard."""
+    owners = list(SlotMap.even(SHARD_COUNT).owners)
+    moves = []
+    for _ in range(count):
+        step = rebalance_step(owners, range(SHARD_COUNT + 1), SLOTS_PER_MOVE)
+        assert step is not None
+        for slot in step[2]:
+            owners[slot] = step[1]
+        moves.append(step)
+    return moves
 
 
-async def _wait_exit(cluster: ProcessCluster, shard_id: int, timeout_s: float = 60.0) -> None:
+def _keys(plan: list[tuple[int, int, list[int]]]) -> list[str]:
+    """A customer in each planned move's slots, and one on each shard that none of them moves."""
+    moved = {slot for _, _, slots in plan for slot in slots}
+    keys = []
+    for _, _, slots in plan:
+        keys.append(next(k for n in range(10**6) if slot_of(k := f"bk-{n}") in slots))
+    even = SlotMap.even(SHARD_COUNT)
+    for shard in range(SHARD_COUNT):
+        keys.append(
+            next(
+                k for n in range(10**6)
+                if even.shard_of_key(k := f"st-{n}") == shard and slot_of(k) not in moved
+            )
+        )  # fmt: skip
+    return keys
+
+
+@dataclass
+class Bank:
+    """What each customer was told was applied, and the retryable answers met on the way."""
+
+    keys: list[str]
+    local: collections.Counter[str] = field(default_factory=collections.Counter)
+    held: collections.Counter[str] = field(default_factory=collections.Counter)
+    cross: collections.Counter[str] = field(default_factory=collections.Counter)
+    seen: dict[str, int] = field(default_factory=dict)
+
+
+async def _customer(client: Client, bank: Bank, n: int, stop: asyncio.Event) -> None:
+    """One customer's day, round after round: a transfer to its savings, a hold posted in full,
+    and a transfer to the next customer's savings (on another shard, mostly); each item posted
+    with the same id until it is applied."""
+    key, after = bank.keys[n], bank.keys[(n + 1) % len(bank.keys)]
+    dep, sav = f"{key}/dep", f"{key}/sav"
+    rounds = 0
+    while not stop.is_set():
+        await post_until_done(client, transfer(f"{key}/l-{rounds}", dep, sav, 1), bank.seen)
+        bank.local[key] += 1
+        hold = transfer(f"{key}/h-{rounds}", dep, sav, 1, pending=True)
+        await post_until_done(client, hold, bank.seen)
+        post = pb.Transaction(id=f"{key}/hp-{rounds}", code=1, post_pending_id=hold.id)
+        await post_until_done(client, post, bank.seen)
+        bank.held[key] += 1
+        cross = transfer(f"{key}/x-{rounds}", dep, f"{after}/sav", 1)
+        await post_until_done(client, cross, bank.seen)
+        bank.cross[key] += 1
+        rounds += 1
+        await asyncio.sleep(0.02)
+
+
+async def _wait_exit(
+    cluster: ProcessCluster,
+    shard_id: int,
+    mover: asyncio.Task[tuple[int, str, str]],
+    timeout_s: float = 60.0,
+) -> None:
     deadline = time.monotonic() + timeout_s
     while cluster.nodes[shard_id].returncode is None:
+        if mover.done():
+            held = await pending_anywhere(cluster)
+            raise AssertionError(f"the mover ended first: {mover.result()}; held: {held}")
         assert time.monotonic() < deadline, cluster.describe()
         await asyncio.sleep(0.05)
 
 
-@pytest.mark.parametrize(
-    ("shard_id", "failpoint"),
-    [
-        (SOURCE, "moves.before_out_commit"),
-        (SOURCE, "moves.after_out_commit"),
-        (TARGET, "moves.before_in_commit"),
-        (TARGET, "moves.after_in_commit"),
-    ],
-)
-async def test_a_node_killed_at_its_step_of_a_move_loses_and_doubles_nothing(
-    pg: EmbeddedPostgres, tmp_path: Path, shard_id: int, failpoint: str
+async def _move_killing_the_mover(cluster: ProcessCluster, move: list[str], point: str) -> str:
+    code, _, stderr = await run_slots(cluster.control_dsn, *move, failpoint=f"{point}=exit")
+    assert code == -9, (point, stderr)  # killed (SIGKILL) at the failpoint
+    code, stdout, stderr = await run_slots(cluster.control_dsn, "resume")
+    assert code == 0 and "resumed and finished" in stdout, (point, stderr)
+    return stdout
+
+
+async def _move_killing_a_node(
+    cluster: ProcessCluster, move: list[str], shard_id: int, point: str
+) -> str:
+    await cluster.kill_node(shard_id)  # under load: one more fault for the clients
+    await cluster.start_node(shard_id, {"TALLY_FAILPOINTS": f"{point}=exit"})
+    mover = asyncio.create_task(run_slots(cluster.control_dsn, *move))
+    await _wait_exit(cluster, shard_id, mover)  # killed at the failpoint
+    await cluster.start_node(shard_id)  # again, without it
+    code, stdout, stderr = await mover
+    assert code == 0, (point, stderr, cluster.describe())
+    return stdout
+
+
+async def _open(client: Client, bank: Bank) -> None:
+    await client.create(account("@cash"))
+    for key in bank.keys:
+        await client.create(account(f"{key}/dep"), account(f"{key}/sav"))
+        funding = transfer(f"{key}/fund", "@cash", f"{key}/dep", FUNDS)
+        await post_until_done(client, funding, bank.seen)
+
+
+async def test_a_shard_added_under_bank_load_with_a_kill_at_every_step_loses_and_doubles_nothing(
+    pg: EmbeddedPostgres, tmp_path: Path
 ) -> None:
-    environments = {shard_id: {"TALLY_FAILPOINTS": f"{failpoint}=exit"}}
-    async with process_cluster(pg, tmp_path, node_environments=environments) as cluster:
+    # Why long: one scenario, told in order (the load, eight moves each with its kill, the rest
+    # of the rebalance, then every check), reads best as one story.
+    plan = _plan(len(MOVER_KILLS) + len(NODE_KILLS))
+    bank = Bank(_keys(plan))
+    # A coordinator killed mid-load leaves its attempts' pieces held at the participants until
+    # their prepare deadline (no one is left to tell them), and a move of their slots waits for
+    # them: the gateway runs with a short deadline, as the cross-shard crash tests do.
+    gateway = {"TALLY_PREPARE_DEADLINE_S": str(PREPARE_DEADLINE_S)}
+    async with process_cluster(pg, tmp_path, gateway_environment=gateway) as cluster:
         async with security.channel(cluster.target) as channel:
             client = Client(channel)
-            key = customer_on(SOURCE, SHARD_COUNT)
-            slot = slot_of(key)
-            await client.create(account("@cash"), account(f"{key}/dep"), account(f"{key}/sav"))
-            funding = transfer(f"{key}/fund", "@cash", f"{key}/dep", 10_000)
-            seen: dict[str, int] = {}
-            await post_until_done(client, funding, seen)
-            first = transfer(f"{key}/t1", f"{key}/dep", f"{key}/sav", 40)
-            first_at = await post_until_done(client, first, seen)
+            await _open(client, bank)
+            added = await cluster.add_shard(pg)
+            assert added == SHARD_COUNT
             stop = asyncio.Event()
-            load = asyncio.create_task(retrying_load(client, key, stop, seen))
-            mover = asyncio.create_task(
-                run_slots(cluster.control_dsn, "move", "--slots", str(slot), "--to", str(TARGET))
-            )
-            await _wait_exit(cluster, shard_id)  # killed at the failpoint
-            await cluster.start_node(shard_id)  # again, without it
-            code, stdout, stderr = await mover
-            assert code == 0, (stderr, cluster.describe())
-            await asyncio.sleep(0.3)
+            load = [
+                asyncio.create_task(_customer(client, bank, n, stop)) for n in range(len(bank.keys))
+            ]
+            outputs = []
+            for n, (source, target, slots) in enumerate(plan):
+                move = ["move", "--slots", ",".join(map(str, slots)), "--to", str(target)]
+                if n < len(MOVER_KILLS):
+                    outputs.append(await _move_killing_the_mover(cluster, move, MOVER_KILLS[n]))
+                else:
+                    role, point = NODE_KILLS[n - len(MOVER_KILLS)]
+                    shard_id = source if role == "source" else target
+                    outputs.append(await _move_killing_a_node(cluster, move, shard_id, point))
+            code, stdout, stderr = await run_slots(cluster.control_dsn, "rebalance")
+            assert code == 0, stderr
+            outputs.append(stdout)
+            await asyncio.sleep(0.5)
             stop.set()
-            count = await load
-            print(stdout, "retryable answers seen by the client:", seen)
-            sav = await client.balance(f"{key}/sav")
-            assert (sav.debits_posted, sav.credits_posted) == (0, 40 + count)
-            again = await client.post(first)
-            assert (again[0].code, again[0].timestamp_ns) == (REPLAYED, first_at)
-        async with security.channel(cluster.node_target(SOURCE)) as channel:
-            late = transfer(f"{key}/late", f"{key}/dep", f"{key}/sav", 1)
-            assert (await Client(channel).post(late))[0].code == pb.RESULT_CODE_WRONG_SHARD
-        for dsn in cluster.shard_dsns:
-            assert await audit_problems(dsn) == [], dsn
-        assert await moves_net(cluster.shard_dsns) == 0
+            await asyncio.gather(*load)
+            pauses = [float(p) for p in re.findall(r"pause_ms ([0-9.]+)", "".join(outputs))]
+            print(
+                f"{sum(o.count(' slots [') for o in outputs)} moves, pause per slot ms: max "
+                f"{max(pauses):.0f}; rounds per customer {min(bank.local.values())}-"
+                f"{max(bank.local.values())}; retryable answers seen: {bank.seen}"
+            )
+            await _check_books(cluster, client, bank)
+
+
+async def _check_books(cluster: ProcessCluster, client: Client, bank: Bank) -> None:
+    connection = await asyncpg.connect(cluster.control_dsn)
+    try:
+        owners = await connection.fetchval("SELECT owners FROM slot_map WHERE id = 1")
+    finally:
+        await connection.close()
+    assert sorted(collections.Counter(owners).values()) == [819, 819, 819, 819, 820]
+    for n, key in enumerate(bank.keys):
+        before = bank.keys[n - 1]
+        spent = bank.local[key] + bank.held[key] + bank.cross[key]
+        dep, sav = await client.balance(f"{key}/dep"), await client.balance(f"{key}/sav")
+        assert (dep.debits_posted, dep.credits_posted) == (spent, FUNDS), key
+        received = bank.local[key] + bank.held[key] + bank.cross[before]
+        assert (sav.debits_posted, sav.credits_posted) == (0, received), key
+        assert bank.local[key] > 0, key
+    assert await pending_anywhere(cluster) == []
+    for dsn in cluster.shard_dsns:
+        assert await audit_problems(dsn) == [], dsn
+    audit_code, report = await audit_json(*cluster.shard_dsns)
+    assert audit_code == 0, report
+    assert await moves_net(cluster.shard_dsns) == 0
