@@ -29,6 +29,9 @@ from core.store.shard import load_transactions, transaction_from_row
 OUT, IN = "out", "in"
 # Records compared with their source's per read.
 RECORD_CHUNK_COUNT: Final = 1_000
+# What decoding an altered row can raise (bad legs, a kind or status out of range, metadata
+# that is not an object).
+_UNREADABLE: Final = (ValueError, KeyError, AttributeError, TypeError)
 
 
 def _line(record: TransactionState) -> str:
@@ -65,15 +68,19 @@ async def scan_moves(
 
 
 def _fold_entry(report: ShardReport, sums: dict[str, list[int]], row: Any) -> None:
-    move_id, direction = _side_of(row["id"])
+    try:
+        move_id, direction = _side_of(row["id"])
+        legs = journal.decode_legs(row["applied_legs"])
+        metadata = dict(journal.decode_metadata(row["metadata"]))
+    except _UNREADABLE:  # not a move's entry as written: the journal and postings checks say
+        return
     side = report.move_sides.setdefault((move_id, direction), MoveSide(-1))
-    for leg in journal.decode_legs(row["applied_legs"]):
+    for leg in legs:
         if not ids.is_moves_account(leg.account_id):
             continue
         index = 0 if leg.is_debit else 1
         side.moves_legs.setdefault(leg.currency, [0, 0])[index] += leg.amount
         sums.setdefault(leg.currency, [0, 0])[index] += leg.amount
-    metadata = dict(journal.decode_metadata(row["metadata"]))
     if direction == IN and moves.COUNT_KEY in metadata:
         count_text = metadata[moves.COUNT_KEY]
         count = int(count_text) if count_text.isdigit() else -1
@@ -110,7 +117,7 @@ async def _check_moved_records(
     rows = await connection.fetch(queries.MOVED_RECORDS_SQL, move_id, timeout=timeout_s)
     try:
         found: tuple[int, str] = (len(rows), moves.records_digest(_records(rows)))
-    except (ValueError, KeyError) as error:  # a row that does not decode: altered
+    except _UNREADABLE as error:  # a row that does not decode: altered
         found = (len(rows), f"unreadable ({error})")
     if side.summary is None:
         log.add(
@@ -258,7 +265,7 @@ def _compare_record(
 ) -> None:
     try:
         moved_line = _line(transaction_from_row(row))
-    except (ValueError, KeyError) as error:
+    except _UNREADABLE as error:
         moved_line = f"unreadable ({error})"
     original_line = "none" if original is None else _line(original)
     if moved_line != original_line:

@@ -18,8 +18,10 @@ from tally.v1 import ledger_pb2 as pb
 
 Context = Any  # grpc.aio.ServicerContext
 
-# Moves remembered as seen in flight (one at a time is planned: a few suffice).
+# Moves remembered as seen in flight (one at a time is planned: a few suffice), and how often
+# at most the control database is asked about one (at most the map poll interval, too).
 IN_FLIGHT_MOVE_COUNT_MAX = 64
+IN_FLIGHT_ASK_INTERVAL_MAX_S = 1.0
 
 # A shard's own failure is the client's to retry, never UNKNOWN or INTERNAL.
 _PASSED_THROUGH = frozenset(
@@ -122,7 +124,10 @@ class History:
             return False
         now_s = time.monotonic()
         asked_s = self._in_flight_asked_s.get(move_id)
-        if asked_s is not None and now_s - asked_s < self._cluster.config.slot_map_poll_interval_s:
+        interval_s = min(
+            self._cluster.config.slot_map_poll_interval_s, IN_FLIGHT_ASK_INTERVAL_MAX_S
+        )
+        if asked_s is not None and now_s - asked_s < interval_s:
             return False
         if len(self._in_flight_asked_s) >= IN_FLIGHT_MOVE_COUNT_MAX:
             self._in_flight_asked_s.clear()
