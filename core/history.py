@@ -200,9 +200,32 @@ async def read_page(
     return Page(rows, None if ended else position, found, left_by_move)
 
 
-def without_moves(rows: Sequence[R]) -> list[R]:
-    """The rows that are the account holder's own: the moves' entries left out."""
-    return [row for row in rows if not ids.is_move_entry(row.transaction_id)]
+A = TypeVar("A")
+
+Ask = Callable[[int], Awaitable[tuple[A | None, bool, str]]]
+"""(shard) -> that shard's balance-at answer (None: no such account there), whether a posting
+at or before the time gave it (a node skips its move-outs), and the move the shard says took
+the account on ("": none)."""
+
+
+async def balance_at(holders: Sequence[int], ask: Ask[A]) -> tuple[A | None, str]:
+    """The balance at a time across the holders: the newest holder's with a posting at or
+    before it, else (none has) the newest answer; None if no holder has the account. Holders
+    are asked newest first, so a recent time costs one ask. Also the move the newest holder
+    says took the account on (a reader whose holders end there is behind)."""
+    fallback: A | None = None
+    moved_by = ""
+    for n, shard in enumerate(reversed(holders)):
+        answer, from_posting, mark = await ask(shard)
+        if n == 0:
+            moved_by = mark
+        if answer is None:
+            continue
+        if from_posting:
+            return answer, moved_by
+        if fallback is None:
+            fallback = answer
+    return fallback, moved_by
 
 
 # ---- the cursor ----

@@ -104,17 +104,12 @@ class History:
     ) -> tuple[pb.BalanceAtResponse | None, str]:
         """The answer (None: no holder has the account), and the move the newest holder says
         took the account on ("": none)."""
-        fallback: pb.BalanceAtResponse | None = None
-        moved_by = ""
-        for n, shard_id in enumerate(reversed(holders)):
+
+        async def ask(shard_id: int) -> tuple[pb.BalanceAtResponse | None, bool, str]:
             answer, mark = await self._call_marked(context, shard_id, "BalanceAt", request)
-            moved_by = mark if n == 0 else moved_by
-            if answer is None:
-                continue
-            if answer.as_of_sequence:
-                return answer, moved_by
-            fallback = fallback or answer
-        return fallback, moved_by
+            return answer, answer is not None and answer.as_of_sequence != 0, mark
+
+        return await history.balance_at(holders, ask)
 
     # ---- parts ----
 

@@ -146,6 +146,41 @@ def test_the_history_across_moves_is_the_history_one_shard_would_keep(
         assert ids.is_move_entry(shard.postings[0].transaction_id)
 
 
+def _posting_at(shard: _Shard, at_ns: int) -> Posting | None:
+    """A node's BalanceAt: its last posting at or before the time, but its move-outs."""
+    found = [
+        p
+        for p in shard.postings
+        if p.timestamp_ns <= at_ns and not ids.is_move_out_id(p.transaction_id)
+    ]
+    return found[-1] if found else None
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    activity=st.lists(st.tuples(st.booleans(), st.integers(1, 1_000)), min_size=1, max_size=25),
+    cut_fractions=st.lists(st.floats(0, 1), max_size=3),
+)
+def test_the_balance_at_any_time_across_moves_is_the_one_shard_balance(
+    activity: list[tuple[bool, int]], cut_fractions: list[float]
+) -> None:
+    cuts = sorted({int(f * (len(activity) - 1)) for f in cut_fractions} - {0})
+    reference, shards = _moved_history(activity, cuts)
+    holders = tuple(sorted(shards))
+    moments = {t + d for s in shards.values() for p in s.postings for t in [p.timestamp_ns]
+               for d in (-1, 0, 1)}  # fmt: skip
+    for at_ns in sorted(moments):
+
+        async def ask(shard: int, at_ns: int = at_ns) -> tuple[Posting | None, bool, str]:
+            found = _posting_at(shards[shard], at_ns)
+            return found, found is not None, ""
+
+        answer, _ = asyncio.run(history.balance_at(holders, ask))
+        expected = [p for p in reference if p.timestamp_ns <= at_ns]
+        got = _after(answer) if answer is not None else (0, 0, 0, 0)
+        assert got == (_after(expected[-1]) if expected else (0, 0, 0, 0)), at_ns
+
+
 def test_an_account_found_at_no_holder_is_not_found_and_a_later_holder_alone_is_read() -> None:
     async def nowhere(shard: int, after: int, count: int) -> list[Posting] | None:
         return None
