@@ -246,3 +246,9 @@ def test_holders_follow_the_done_moves() -> None:
     assert holders.holders(7, 2) == (1, 2, 3)  # the moves read newer than the map
     assert holders.holders(9, 0) == (0,)
     assert holders.knows("b2") and not holders.knows("c3") and holders.move_count == 2
+
+
+def test_holder_order_follows_where_each_shard_moved_the_slot() -> None:
+    assert history.holder_order({3: [], 0: [2], 2: [3]}) == [0, 2, 3]
+    assert history.holder_order({1: [], 0: [5]}) == [0, 1]  # 5 never held the account
+    assert history.holder_order({2: [0], 0: [2]}) == [0, 2]  # a damaged record: shard order
