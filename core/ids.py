@@ -251,6 +251,16 @@ def move_in_id(move_id: str, account_id: str) -> str:
     return f"{_MOVE_IN}{move_id}/{account_id}"
 
 
+def is_move_out_id(identifier: str) -> bool:
+    return identifier.startswith(_MOVE_OUT)
+
+
+def is_move_entry(identifier: str) -> bool:
+    """A slot move's own transaction, out or in: the move's, never the account holder's
+    activity (reads across moves leave it out: docs/design.md, "Reads across the move")."""
+    return identifier.startswith((_MOVE_OUT, _MOVE_IN))
+
+
 def parse_move_out_id(identifier: str) -> tuple[str, str]:
     """(move id, account id) of a move-out transaction's id."""
     return _parse_move(identifier, _MOVE_OUT, "a move-out id")

@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 import asyncpg
 
+from core.history import DoneMove
 from core.slots import SlotMap
 from core.store import control as control_store
 
@@ -54,6 +55,27 @@ class ControlClient:
                 self._prepared = True
             slot_map = await control_store.load_slot_map(connection)
             return slot_map, await control_store.shard_endpoints(connection)
+
+        return await self.use(read)
+
+    async def read_cluster_and_moves(
+        self, moves_version: int
+    ) -> tuple[SlotMap | None, dict[int, str], list[DoneMove]]:
+        """read_cluster, and the moves done since the map was at moves_version (-1: every
+        one; none read while the map is still there), from one snapshot: the moves are never
+        older than the map read with them."""
+
+        async def read(connection: Any) -> tuple[SlotMap | None, dict[int, str], list[DoneMove]]:
+            if not self._prepared:
+                await control_store.prepare(connection)
+                self._prepared = True
+            async with connection.transaction(isolation="repeatable_read", readonly=True):
+                slot_map = await control_store.load_slot_map(connection)
+                endpoints = await control_store.shard_endpoints(connection)
+                moves: list[DoneMove] = []
+                if slot_map is not None and slot_map.version != moves_version:
+                    moves = await control_store.done_moves(connection, max(moves_version, 0))
+            return slot_map, endpoints, moves
 
         return await self.use(read)
 

@@ -198,3 +198,34 @@ CROSS_SHARD_AGAIN_SQL: Final = (
     f"SELECT * FROM ({cross_shard_rows_sql(' AND {table}.block_sequence > $1')}) x "
     f"WHERE key = ANY($2::text[]) ORDER BY {_ROW_ORDER}"
 )
+
+# ---- slot moves (core.audit.moves) ----
+
+# Each move with a side here: its direction, the other side's shard, its slots' count.
+MOVE_SIDES_SQL: Final = """
+SELECT move_id, direction, min(peer_shard) AS peer_shard, count(*) AS slot_count
+FROM slot_moves GROUP BY move_id, direction ORDER BY move_id, direction
+"""
+# The moves' own entries (core.ids: ~moveout/M/X, ~movein/M/X), streamed: each side of a move
+# is one block, which its slot_moves rows name, so they are found through transactions_by_block
+# rather than by a scan of the table (an entry outside those blocks shows in the slot-move
+# accounts' counters, which then exceed the entries' sums).
+MOVE_ENTRIES_SQL: Final = """
+SELECT id, metadata, applied_legs FROM transactions
+WHERE block_sequence IN (SELECT DISTINCT block_sequence FROM slot_moves)
+  AND (id LIKE '~moveout/%' OR id LIKE '~movein/%')
+ORDER BY id
+"""
+# The slot-move accounts' posted counters, read by name.
+MOVES_ACCOUNTS_SQL: Final = """
+SELECT id, currency, debits_posted, credits_posted FROM accounts WHERE id LIKE '@moves/%'
+ORDER BY id
+"""
+# The records move $1 brought here (the columns of core.store.shard.transaction_from_row).
+MOVED_RECORDS_SQL: Final = """
+SELECT id, kind, code, metadata, value_date, timeout_seconds, target_id, legs, applied_legs,
+       timestamp_ns, status, expires_at_ns, resolved_by_id, reversed_by_id
+FROM moved_transactions WHERE move_id = $1 ORDER BY id
+"""
+# Whether side $2 of move $1 is here now (a move caught between two shards' snapshots).
+MOVE_SIDE_SQL: Final = "SELECT count(*) FROM slot_moves WHERE move_id = $1 AND direction = $2"

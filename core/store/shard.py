@@ -745,9 +745,13 @@ async def list_postings(
 async def posting_at(
     connection: Connection, account_id: str, at_ns: int, timeout_s: float
 ) -> Posting | None:
+    """The account's last posting at or before at_ns, but a slot move's move-out: after its
+    move-out a source answers the balance the account left with (docs/design.md, "Reads
+    across the move"), not the move-out's doubled counters."""
     row = await connection.fetchrow(
         """
         SELECT * FROM postings WHERE account_id = $1 AND timestamp_ns <= $2
+          AND transaction_id NOT LIKE '~moveout/%'
         ORDER BY sequence DESC LIMIT 1
         """,
         account_id,

@@ -13,8 +13,9 @@ from typing import Any, NamedTuple
 import grpc
 
 from core import limits
+from core.history import SlotHolders
 from core.model import Result, ResultCode
-from core.slots import SlotMap, is_spread
+from core.slots import SlotMap, account_slot, is_spread
 from shards import control
 from shards.crossshard.coordinator import Driver, LaterAborts
 from shards.gateway.links import ShardLink
@@ -82,6 +83,10 @@ class Cluster:
         # post or void needs no read (a hold and its capture usually pass the same gateway).
         self._holds: OrderedDict[str, KnownHold] = OrderedDict()
         self._refresh_lock = asyncio.Lock()
+        # Which shards held each moved slot, from the control database's done moves, read with
+        # the map (only when its version changed: each done move changes it).
+        self._holders = SlotHolders()
+        self._moves_version = -1
         self._control = control.ControlClient(config.control_dsn)
         self._clearing_ready: set[str] = set()
         self._clearing_lock = asyncio.Lock()
@@ -94,10 +99,14 @@ class Cluster:
 
     async def refresh(self) -> None:
         async with self._refresh_lock:
-            slot_map, endpoints = await self._control.read_cluster()
+            slot_map, endpoints, moves = await self._control.read_cluster_and_moves(
+                self._moves_version
+            )
             if slot_map is None:
                 raise RuntimeError("the control database has no slot map yet")
             await self._update_links(endpoints)
+            self._holders.add(moves)
+            self._moves_version = slot_map.version
             if self.slot_map is None or slot_map.version > self.slot_map.version:
                 log.info("slot map version %d", slot_map.version)
                 self.slot_map = slot_map
@@ -170,6 +179,16 @@ class Cluster:
         if self.slot_map is None:
             raise RuntimeError("no slot map")
         return self.slot_map
+
+    def holders(self, account_id: str) -> tuple[int, ...]:
+        """The shards that held a (non-spread) account's slot, oldest first, ending with its
+        owner: where its history is (docs/design.md, "Reads across the move")."""
+        owner = self.map().shard_of_account(account_id)
+        return self._holders.holders(account_slot(account_id), owner)
+
+    def knows_move(self, move_id: str) -> bool:
+        """Whether this gateway has read the move as done."""
+        return self._holders.knows(move_id)
 
     def link(self, shard_id: int) -> ShardLink:
         link = self.links.get(shard_id)
