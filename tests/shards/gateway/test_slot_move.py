@@ -171,7 +171,11 @@ async def test_moves_that_cannot_be_made_are_refused_clearly_and_move_nothing(
     slot = slot_of(key)
     await _open(client, key)
     assert await client.codes(transfer(f"{key}/fund", "@cash", f"{key}/dep", 500)) == [CREATED]
-    hold = transfer(f"{key}/h1", f"{key}/dep", "@cash", 100, pending=True)
+    # A hold with a leg on an account of another slot would span two shards after the move.
+    beside = _customer_on(SOURCE, skip=6)
+    assert slot_of(beside) != slot
+    await _open(client, beside)
+    hold = transfer(f"{key}/h1", f"{key}/dep", f"{beside}/sav", 100, pending=True)
     assert await client.codes(hold) == [CREATED]
     other_shard_slot = slot_of(_customer_on(1))
     refusals = {
@@ -181,7 +185,7 @@ async def test_moves_that_cannot_be_made_are_refused_clearly_and_move_nothing(
         ("--slots", str(slot), "--to", "9"): "no shard of this cluster",
         ("--slots", str(slot), "--to", str(SOURCE)): "already",
         ("--slots", f"{slot},{other_shard_slot}", "--to", "3"): "move one at a time",
-        ("--slots", str(slot), "--to", str(TARGET)): "amounts held",
+        ("--slots", str(slot), "--to", str(TARGET)): "both in and out of the slots",
     }
     for arguments, expected in refusals.items():
         code, stdout, stderr = await run_slots(
