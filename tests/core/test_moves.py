@@ -186,6 +186,17 @@ def test_the_fence_refuses_items_writing_to_a_moved_out_slot() -> None:
         assert isinstance(item, Rejection) and item.code is ResultCode.WRONG_SHARD
         assert "move ab12" in item.message
     assert isinstance(refused[0], Rejection) and refused[0].linked
+    # What posts, voids or reverses a record homed in the slot is refused too (the record is
+    # the target's), whatever its own id; the source's expiry of it is not (it finds the hold
+    # released by the move-out).
+    naming = [
+        TransactionSpec("z/p1", Kind.POST_PENDING, (), 1, (), "", 0, "k/h1"),
+        TransactionSpec("z/v1", Kind.VOID_PENDING, (), 1, (), "", 0, "k/h1"),
+        TransactionSpec("z/r1", Kind.REVERSAL, (), 1, (), "", 0, "k/t1"),
+        TransactionSpec(ids.expiry_id("k/h1"), Kind.EXPIRY, (), 0, (), "", 0, "k/h1"),
+    ]
+    refused = moves.refuse_moved(naming, moved_out)
+    assert [isinstance(item, Rejection) for item in refused] == [True, True, True, False]
 
 
 def test_a_rebalance_onto_an_added_shard_moves_each_slot_once_and_ends_even() -> None:

@@ -14,6 +14,8 @@ import asyncpg
 import grpc
 import pytest
 
+from core import journal
+from core.model import Kind, Leg, Status, TransactionSpec, TransactionState
 from core.moves import rebalance_step
 from core.slots import SlotMap, slot_of
 from shards.local.embedded_pg import EmbeddedPostgres
@@ -362,6 +364,13 @@ async def _check_rebalanced(
     assert await moves_net(dsns) == 0
 
 
+def _record_line(transaction_id: str, kind: Kind) -> str:
+    legs = (Leg(f"{transaction_id}/a", True, 5, "USD"), Leg(f"{transaction_id}/b", False, 5, "USD"))
+    spec = TransactionSpec(transaction_id, kind, legs, 1, (), "", 0, "")
+    state = TransactionState(spec, legs, 10, Status.PENDING)
+    return journal.transaction_line(state, *journal.legs_texts(state))
+
+
 async def test_the_move_rpcs_refuse_bad_input_with_a_status_naming_it(cluster: Cluster) -> None:
     source, target = cluster.nodes[SOURCE], cluster.nodes[TARGET]
     slot = slot_of(_customer_on(SOURCE, skip=5))
@@ -377,6 +386,8 @@ async def test_the_move_rpcs_refuse_bad_input_with_a_status_naming_it(cluster: C
         (spb.MoveSlotsOutRequest(move_id="ab", slots=[foreign], target_shard=2), "not this shard"),
     ]
     line = spb.MovedAccount(line="A|x/y|USD|1|0|{}|5")
+    key = _customer_on(SOURCE, skip=5)
+    open_hold = _record_line(f"{key}/h", Kind.HOLD)  # a cross-shard hold's record never moves
     ins = [
         (spb.MoveSlotsInRequest(move_id="ab", slots=[slot], source_shard=9), "source_shard"),
         (spb.MoveSlotsInRequest(move_id="ab", slots=[slot], source_shard=0, accounts=[
@@ -389,6 +400,12 @@ async def test_the_move_rpcs_refuse_bad_input_with_a_status_naming_it(cluster: C
             spb.MovedRecord(line="T|x")]), "records[0].line"),
         (spb.MoveSlotsInRequest(move_id="ab", slots=[slot], source_shard=0, spread_accounts=[
             line]), "spread_accounts[0]"),
+        (spb.MoveSlotsInRequest(move_id="ab", slots=[slot], source_shard=0, records=[
+            spb.MovedRecord(line=open_hold, status=2)]), "only a single-shard hold"),
+        (spb.MoveSlotsInRequest(move_id="ab", slots=[slot], source_shard=0, records=[
+            spb.MovedRecord(line=open_hold, status=1, expires_at_ns=-1)]), "expires_at_ns"),
+        (spb.MoveSlotsInRequest(move_id="ab", slots=[slot], source_shard=0, records=[
+            spb.MovedRecord(line=open_hold, status=9)]), "records[0].status"),
         (spb.MoveSlotsInRequest(move_id="ab", slots=[targets_own], source_shard=0), "already"),
     ]  # fmt: skip
     for node, requests in ((source, outs), (target, ins)):
