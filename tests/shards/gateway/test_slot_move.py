@@ -364,6 +364,33 @@ async def _check_rebalanced(
     assert await moves_net(dsns) == 0
 
 
+def _bad_move_ins(slot: int, targets_own: int) -> list[tuple[spb.MoveSlotsInRequest, str]]:
+    """MoveSlotsIn requests each wrong in one way, and what the refusal names."""
+    key = _customer_on(SOURCE, skip=5)
+    line = spb.MovedAccount(line="A|x/y|USD|1|0|{}|5")
+    open_hold = _record_line(f"{key}/h", Kind.HOLD)  # a cross-shard hold's record never moves
+    return [
+        (spb.MoveSlotsInRequest(move_id="ab", slots=[slot], source_shard=9), "source_shard"),
+        (spb.MoveSlotsInRequest(move_id="ab", slots=[slot], source_shard=0, accounts=[
+            spb.MovedAccount(line="garbage")]), "accounts[0].line"),
+        (spb.MoveSlotsInRequest(move_id="ab", slots=[slot], source_shard=0, accounts=[
+            spb.MovedAccount(line="A|@cash|USD|1|0|{}|5")]), "spread"),
+        (spb.MoveSlotsInRequest(move_id="ab", slots=[slot], source_shard=0, accounts=[
+            spb.MovedAccount(line=line.line, debits_posted=-1)]), "negative"),
+        (spb.MoveSlotsInRequest(move_id="ab", slots=[slot], source_shard=0, records=[
+            spb.MovedRecord(line="T|x")]), "records[0].line"),
+        (spb.MoveSlotsInRequest(move_id="ab", slots=[slot], source_shard=0, spread_accounts=[
+            line]), "spread_accounts[0]"),
+        (spb.MoveSlotsInRequest(move_id="ab", slots=[slot], source_shard=0, records=[
+            spb.MovedRecord(line=open_hold, status=2)]), "only a single-shard hold"),
+        (spb.MoveSlotsInRequest(move_id="ab", slots=[slot], source_shard=0, records=[
+            spb.MovedRecord(line=open_hold, status=1, expires_at_ns=-1)]), "expires_at_ns"),
+        (spb.MoveSlotsInRequest(move_id="ab", slots=[slot], source_shard=0, records=[
+            spb.MovedRecord(line=open_hold, status=9)]), "records[0].status"),
+        (spb.MoveSlotsInRequest(move_id="ab", slots=[targets_own], source_shard=0), "already"),
+    ]  # fmt: skip
+
+
 def _record_line(transaction_id: str, kind: Kind) -> str:
     legs = (Leg(f"{transaction_id}/a", True, 5, "USD"), Leg(f"{transaction_id}/b", False, 5, "USD"))
     spec = TransactionSpec(transaction_id, kind, legs, 1, (), "", 0, "")
@@ -385,29 +412,7 @@ async def test_the_move_rpcs_refuse_bad_input_with_a_status_naming_it(cluster: C
         (spb.MoveSlotsOutRequest(move_id="ab", slots=[slot], target_shard=SOURCE), "target_shard"),
         (spb.MoveSlotsOutRequest(move_id="ab", slots=[foreign], target_shard=2), "not this shard"),
     ]
-    line = spb.MovedAccount(line="A|x/y|USD|1|0|{}|5")
-    key = _customer_on(SOURCE, skip=5)
-    open_hold = _record_line(f"{key}/h", Kind.HOLD)  # a cross-shard hold's record never moves
-    ins = [
-        (spb.MoveSlotsInRequest(move_id="ab", slots=[slot], source_shard=9), "source_shard"),
-        (spb.MoveSlotsInRequest(move_id="ab", slots=[slot], source_shard=0, accounts=[
-            spb.MovedAccount(line="garbage")]), "accounts[0].line"),
-        (spb.MoveSlotsInRequest(move_id="ab", slots=[slot], source_shard=0, accounts=[
-            spb.MovedAccount(line="A|@cash|USD|1|0|{}|5")]), "spread"),
-        (spb.MoveSlotsInRequest(move_id="ab", slots=[slot], source_shard=0, accounts=[
-            spb.MovedAccount(line=line.line, debits_posted=-1)]), "negative"),
-        (spb.MoveSlotsInRequest(move_id="ab", slots=[slot], source_shard=0, records=[
-            spb.MovedRecord(line="T|x")]), "records[0].line"),
-        (spb.MoveSlotsInRequest(move_id="ab", slots=[slot], source_shard=0, spread_accounts=[
-            line]), "spread_accounts[0]"),
-        (spb.MoveSlotsInRequest(move_id="ab", slots=[slot], source_shard=0, records=[
-            spb.MovedRecord(line=open_hold, status=2)]), "only a single-shard hold"),
-        (spb.MoveSlotsInRequest(move_id="ab", slots=[slot], source_shard=0, records=[
-            spb.MovedRecord(line=open_hold, status=1, expires_at_ns=-1)]), "expires_at_ns"),
-        (spb.MoveSlotsInRequest(move_id="ab", slots=[slot], source_shard=0, records=[
-            spb.MovedRecord(line=open_hold, status=9)]), "records[0].status"),
-        (spb.MoveSlotsInRequest(move_id="ab", slots=[targets_own], source_shard=0), "already"),
-    ]  # fmt: skip
+    ins = _bad_move_ins(slot, targets_own)
     for node, requests in ((source, outs), (target, ins)):
         async with security.cluster_channel(node.internal_target) as channel:
             stub = spb_grpc.ShardStub(channel)
