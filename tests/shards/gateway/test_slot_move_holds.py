@@ -21,7 +21,13 @@ from tests.support import security
 from tests.support.audit_commands import audit_json
 from tests.support.cluster import SHARD_COUNT, Cluster
 from tests.support.helpers import CREDIT, DEBIT, Client, account, audit_problems, leg, transfer
-from tests.support.slot_moves import customer_on, moves_net, retrying_load, run_slots
+from tests.support.slot_moves import (
+    customer_on,
+    moves_net,
+    post_until_done,
+    retrying_load,
+    run_slots,
+)
 
 CREATED, REPLAYED = pb.RESULT_CODE_CREATED, pb.RESULT_CODE_REPLAYED
 SOURCE, TARGET, FAR = 0, 2, 1
@@ -82,6 +88,7 @@ async def test_open_holds_move_with_their_slot_and_settle_once_at_the_target(
 
         stop, seen = asyncio.Event(), dict[str, int]()
         load = asyncio.create_task(retrying_load(client, key, stop, seen))
+        holding = asyncio.create_task(_hold_load(client, key, stop, seen))
         await asyncio.sleep(0.3)
         slot = str(slot_of(key))
         move = ("move", "--slots", slot, "--to", str(TARGET))
@@ -93,12 +100,25 @@ async def test_open_holds_move_with_their_slot_and_settle_once_at_the_target(
         assert code == 0 and "resumed and finished" in stdout, (stdout, stderr)
         await asyncio.sleep(0.3)
         stop.set()
-        count = await load
+        count = await load + await holding
         print("retryable answers seen by the client:", seen)
 
         await _check_moved_open(cluster, client, key, count)
         await _settle(client, key, holds, before, expires_at_s)
         await _check_settled(cluster, client, key, count)
+
+
+async def _hold_load(client: Client, key: str, stop: asyncio.Event, seen: dict[str, int]) -> int:
+    """Holds of 1 (dep to sav), each posted in full with the same ids until done, until
+    stopped: how many. One open at the move-out moves open and is posted at the target."""
+    count = 0
+    while not stop.is_set():
+        hold = _hold(f"{key}/lh-{count}", f"{key}/dep", f"{key}/sav", 1, timeout_s=600)
+        await post_until_done(client, hold, seen)
+        await asyncio.sleep(0.02)
+        await post_until_done(client, _post(f"{key}/lp-{count}", hold.id), seen)
+        count += 1
+    return count
 
 
 async def _refusals(cluster: Cluster, client: Client, key: str) -> None:
