@@ -499,6 +499,8 @@ def moving_slot_of(item: Item, slots: frozenset[int]) -> int:
     """The first of `slots` an item writes to (an account's, or its id's home), or -1: what a
     source refuses once it has moved those slots out."""
     if isinstance(item, TransactionSpec):
+        if record_moves(item.id, slots):
+            return transaction_slot(item.id)
         for record_id in _records_named(item):
             if record_moves(record_id, slots):
                 return transaction_slot(record_id)
@@ -517,15 +519,15 @@ def moving_slot_of(item: Item, slots: frozenset[int]) -> int:
 _NAMING_KINDS: Final = frozenset({Kind.POST_PENDING, Kind.VOID_PENDING, Kind.REVERSAL})
 
 
-def _records_named(spec: TransactionSpec) -> list[str]:
-    """The records an item writes: its own, what it posts, voids or reverses, and what a
-    cross-shard piece locks (a record of a moved-out slot is the target's now)."""
-    named = [spec.id]
+def _records_named(spec: TransactionSpec) -> tuple[str, ...]:
+    """The records an item writes besides its own: what it posts, voids or reverses, and what
+    a cross-shard piece locks (a record of a moved-out slot is the target's now). Kept cheap:
+    every item a source writes after a move passes here."""
     if spec.kind in _NAMING_KINDS:
-        named.append(spec.target_id)
-    elif spec.kind is Kind.PREPARED and spec.metadata:
-        named += [r for r in (decided_by_piece(spec), reversed_by_piece(spec)) if r]
-    return named
+        return (spec.target_id,)
+    if spec.kind is Kind.PREPARED and spec.metadata:
+        return tuple(r for r in (decided_by_piece(spec), reversed_by_piece(spec)) if r)
+    return ()
 
 
 def refuse_moved(items: Sequence[Item], moved_out: dict[int, str]) -> list[Item]:
