@@ -62,6 +62,8 @@ T_ID, T_KIND, T_TARGET, T_APPLIED, T_TIME = 1, 2, 7, 9, 10
 # hold ids, $2 the kinds that hold.
 HELD_LEGS_SQL: Final = (
     "SELECT id, applied_legs FROM transactions WHERE id = ANY($1::text[]) "
+    "AND kind = ANY($2::smallint[]) UNION ALL "  # a hold moved in with slots, posted here
+    "SELECT id, applied_legs FROM moved_transactions WHERE id = ANY($1::text[]) "
     "AND kind = ANY($2::smallint[])"
 )
 LEASE_LAST_BLOCK_SQL: Final = "SELECT last_block_sequence FROM writer_lease WHERE id = 1"
@@ -121,12 +123,20 @@ ORDER BY sequence
 
 HOLDS_SQL: Final = """
 SELECT h.transaction_id, h.expires_at_ns, t.kind, t.status, t.expires_at_ns AS recorded_ns
-FROM holds h LEFT JOIN transactions t ON t.id = h.transaction_id
+FROM holds h LEFT JOIN (
+    SELECT id, kind, status, expires_at_ns FROM transactions
+    UNION ALL  -- open holds moved in with slots
+    SELECT id, kind, status, expires_at_ns FROM moved_transactions
+) t ON t.id = h.transaction_id
 ORDER BY h.transaction_id
 """
 # $1: the pending status.
 PENDING_WITHOUT_HOLD_SQL: Final = """
-SELECT id, expires_at_ns FROM transactions t
+SELECT id, expires_at_ns FROM (
+    SELECT id, expires_at_ns, status FROM transactions
+    UNION ALL
+    SELECT id, expires_at_ns, status FROM moved_transactions
+) t
 WHERE status = $1 AND NOT EXISTS (SELECT 1 FROM holds h WHERE h.transaction_id = t.id)
 ORDER BY id
 """

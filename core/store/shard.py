@@ -605,7 +605,11 @@ async def expired_holds(
 ) -> list[str]:
     rows = await connection.fetch(
         """
-        SELECT h.transaction_id FROM holds h JOIN transactions t ON t.id = h.transaction_id
+        SELECT h.transaction_id FROM holds h JOIN (
+            SELECT id, kind, resolved_by_id FROM transactions
+            UNION ALL  -- open holds moved in with slots (docs/design.md, "Moving slots")
+            SELECT id, kind, resolved_by_id FROM moved_transactions
+        ) t ON t.id = h.transaction_id
         WHERE h.expires_at_ns > 0 AND h.expires_at_ns <= $1 AND t.kind = ANY($3::smallint[])
           AND t.resolved_by_id = ''  -- not locked by a piece deciding it (it waits for that)
         ORDER BY h.expires_at_ns LIMIT $2

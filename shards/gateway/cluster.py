@@ -197,8 +197,9 @@ class Cluster:
         return link
 
     def remember(self, transaction_id: str, shard_id: int, cross_shard: bool = False) -> None:
-        """Where a transaction lives: its shard, or for a committed cross-shard one, its
-        coordinator's."""
+        """That a transaction exists, at its shard (its home: for a committed cross-shard one,
+        its coordinator), and whether it is cross-shard. locate() places it by the map as it
+        is then, since a slot move takes it to another shard."""
         self._locations[transaction_id] = shard_id
         self._locations.move_to_end(transaction_id)
         if cross_shard:
@@ -224,7 +225,10 @@ class Cluster:
     async def locate(self, transaction_ids: Sequence[str]) -> dict[str, int]:
         """Shards recording these transactions, of those that exist: each id's home
         (core.slots), asked there alone (cached: whether it is a cross-shard one)."""
-        found = {t: self._locations[t] for t in transaction_ids if t in self._locations}
+        # A record lives at its id's home; a slot move takes it to another shard, so the
+        # cached answer (it exists, cross-shard or not) is placed by the map as it is now.
+        slot_map = self.map()
+        found = {t: slot_map.home_of(t) for t in transaction_ids if t in self._locations}
         missing = [t for t in dict.fromkeys(transaction_ids) if t not in found]
         if not missing:
             return found
