@@ -441,12 +441,16 @@ class LaterAborts:
 
     def __init__(self, count_max: int = 10_000) -> None:
         self._units: collections.deque[tuple[Unit, float]] = collections.deque(maxlen=count_max)
+        # The coordinators of the units kept: not answering since their Commit failed. New
+        # units coordinated there are refused before Prepare until a round reaches them.
+        self.down: set[int] = set()
 
     def __len__(self) -> int:
         return len(self._units)
 
     def add(self, unit: Unit) -> None:
         self._units.append((unit, time.monotonic() + PREPARE_DEADLINE_S))
+        self.down.add(unit.coordinator)
 
     def _take(self, count_max: int) -> list[tuple[Unit, float]]:
         """The kept units still within their deadline, at most count_max, oldest first."""
@@ -463,10 +467,12 @@ class LaterAborts:
         the participants; the others are kept, with their deadline. How many were settled."""
         taken = self._take(LATER_ABORT_BATCH_MAX)
         if not taken:
+            self.down.clear()  # nothing kept: nothing known to be down
             return 0
         unreachable = set(await driver.abort_undelivered([unit for unit, _ in taken]))
         kept = [(unit, deadline) for unit, deadline in taken if unit.coordinator in unreachable]
         self._units.extendleft(reversed(kept))  # oldest first still
+        self.down = {unit.coordinator for unit, _ in self._units}
         return len(taken) - len(kept)
 
 
@@ -529,6 +535,8 @@ class Driver:
             chosen = [u for u in chosen if results[u] is None]
             if failpoints.ARMED:
                 await failpoints.hit("gateway.after_rearm")
+        if self._later is not None and self._later.down:
+            chosen = [u for u in chosen if not self._coordinator_down(units[u], results, u)]
         prepared = await self._gather("Prepare", units, chosen, participants=True)
         if failpoints.ARMED:
             await failpoints.hit("gateway.after_prepare")
@@ -703,6 +711,25 @@ class Driver:
                     message = decision.message or why.message
                     unit_results[k] = pb.ItemResult(code=decision.reason, message=message)
         return reached
+
+    def _coordinator_down(
+        self, unit: Unit, results: list[list[pb.ItemResult] | None], u: int
+    ) -> bool:
+        """Whether unit's coordinator could not be reached at its last Commit and has not
+        answered since (LaterAborts): then nothing is prepared for it, since the attempt could
+        not commit and its pieces would only be held (again, at every same-id retry)."""
+        assert self._later is not None
+        if unit.coordinator not in self._later.down:
+            return False
+        results[u] = [
+            pb.ItemResult(
+                code=pb.RESULT_CODE_UNAVAILABLE,
+                message=f"shard {unit.coordinator}, this transaction's coordinator, cannot be "
+                "reached; nothing was applied: retry with the same id",
+            )
+            for _ in unit.messages
+        ]
+        return True
 
     async def abort_undelivered(self, units: Sequence[Unit]) -> list[int]:
         """Record the abort of attempts whose Commit was never delivered and tell their

@@ -105,7 +105,7 @@ class Gateway:
         while not self._stopping.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), timeout=LATER_ABORT_INTERVAL_S)
-            if self._stopping.is_set() or not len(later):
+            if self._stopping.is_set() or not (len(later) or later.down):
                 continue
             try:
                 settled = await later.retry(self.cluster.driver())

@@ -497,9 +497,10 @@ async def test_an_attempt_whose_commit_never_reached_its_coordinator_is_aborted_
 ) -> None:
     """The coordinator dies (kill -9) after the participant prepared and before the gateway's
     Commit: the Commit cannot be delivered, so the attempt can never commit and the client is
-    told UNAVAILABLE. The gateway keeps the attempt and records its abort as soon as the
-    coordinator is back, so the participant voids its piece then, not at its deadline 10
-    minutes off. A retry applies the transfer once."""
+    told UNAVAILABLE. While it stays down, the gateway prepares nothing more coordinated there
+    (another transfer is UNAVAILABLE with nothing held). The gateway keeps the attempt and
+    records its abort as soon as the coordinator is back, so the participant voids its piece
+    then, not at its deadline 10 minutes off. A retry applies the transfer once."""
     environment = {
         "TALLY_PREPARE_DEADLINE_S": "600",
         "TALLY_FAILPOINTS": "gateway.after_prepare=sleep:2",
@@ -515,6 +516,12 @@ async def test_an_attempt_whose_commit_never_reached_its_coordinator_is_aborted_
             (result,) = await asyncio.wait_for(post, timeout=60)
             assert result.code == pb.RESULT_CODE_UNAVAILABLE, (name(result.code), result.message)
             assert pair.id("t-undelivered") in await held_on(cluster, pair.participant)
+            # While the coordinator stays down, nothing more is prepared for it: a retry would
+            # only hold the amount again.
+            (refused,) = await client.post(pair.transfer("t-while-down"))
+            assert refused.code == pb.RESULT_CODE_UNAVAILABLE, name(refused.code)
+            assert "cannot be reached" in refused.message
+            assert await held_on(cluster, pair.participant) == {pair.id("t-undelivered")}
             await cluster.start_node(pair.coordinator)
             await wait_nothing_pending(cluster, timeout_s=60)  # not 600 s
             await wait_log(cluster.gateway, "aborted 1 attempts whose commit had not reached")

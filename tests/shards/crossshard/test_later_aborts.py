@@ -35,11 +35,13 @@ async def test_kept_until_their_coordinator_answers_in_order() -> None:
     later = LaterAborts()
     for name, shard in (("a", 0), ("b", 1), ("c", 0)):
         later.add(_Unit(name, shard))  # type: ignore[arg-type]
+    assert later.down == {0, 1}
     driver = _Driver(up={1})
     assert await later.retry(driver) == 1  # b's coordinator answered
-    assert len(later) == 2
+    assert len(later) == 2 and later.down == {0}
     driver.up = {0}
     assert await later.retry(driver) == 2
+    assert later.down == set()
     assert driver.asked == [["a", "b", "c"], ["a", "c"]]
     assert len(later) == 0 and await later.retry(driver) == 0
 
@@ -54,5 +56,7 @@ async def test_bounded_and_dropped_past_the_deadline(monkeypatch: pytest.MonkeyP
     assert driver.asked == [["b", "c"]]
     monkeypatch.setattr(coordinator, "PREPARE_DEADLINE_S", -1)
     later.add(_Unit("late", 0))  # type: ignore[arg-type]  # its deadline already passed
+    assert later.down == {0}
     assert await later.retry(driver) == 0 and len(later) == 0
+    assert later.down == set()  # nothing kept for shard 0: it is asked again as usual
     assert driver.asked == [["b", "c"]]  # the participants have asked for it themselves
