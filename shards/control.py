@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import asyncpg
 
@@ -17,6 +17,14 @@ from core.store import control as control_store
 CLOSE_TIMEOUT_S = 5.0
 
 T = TypeVar("T")
+
+
+class ClusterView(NamedTuple):
+    """What a process reads of the cluster from the control database."""
+
+    slot_map: SlotMap | None
+    endpoints: dict[int, str]  # internal (tally.v1.Shard, and the Ledger for gateways)
+    client_endpoints: dict[int, str]  # the nodes' client listeners, of those registered
 
 
 async def connect(dsn: str) -> Any:
@@ -44,16 +52,19 @@ class ControlClient:
                 await self._drop()
                 raise
 
-    async def read_cluster(self) -> tuple[SlotMap | None, dict[int, str]]:
-        """The slot map (None before the cluster is initialised) and the shards' endpoints,
-        the tables created first if this process is the first to look."""
+    async def read_cluster(self) -> ClusterView:
+        """The slot map (None before the cluster is initialised), the shards' internal
+        endpoints and their client endpoints, the tables created first if this process is the
+        first to look."""
 
-        async def read(connection: Any) -> tuple[SlotMap | None, dict[int, str]]:
+        async def read(connection: Any) -> ClusterView:
             if not self._prepared:
                 await control_store.prepare(connection)
                 self._prepared = True
             slot_map = await control_store.load_slot_map(connection)
-            return slot_map, await control_store.shard_endpoints(connection)
+            endpoints = await control_store.shard_endpoints(connection)
+            clients = await control_store.client_endpoints(connection)
+            return ClusterView(slot_map, endpoints, clients)
 
         return await self.use(read)
 
