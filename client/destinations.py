@@ -131,7 +131,9 @@ class Routes:
             if len(self._nodes) >= self.router.options.node_count_max:
                 return self.gateway
             channel = self._open_channel(endpoint)
-            node = Destination(endpoint, channel, self._stats, self._batching, direct=True)
+            items_max, bytes_max, _ = self._batching
+            bounds = (items_max, bytes_max, self.router.options.node_in_flight_max)
+            node = Destination(endpoint, channel, self._stats, bounds, direct=True)
             self._nodes[endpoint] = node
         return node
 

@@ -35,10 +35,16 @@ class RoutingOptions:
 
     direct: bool = True
     node_count_max: int = 64  # node channels the client opens at most; beyond, the gateway
+    # RPCs per kind out at once to each node (BatchOptions.in_flight_max is the gateway's):
+    # fewer than to a gateway, which spreads its calls over the shards, so that a busy node
+    # gets fewer, larger commits, as the gateway's own one call per shard does.
+    node_in_flight_max: int = 1
     reload_interval_min_s: float = 0.2  # at most one map reload per this
     hold_count_max: int = 100_000  # directly applied holds remembered, to route their posts
 
     def __post_init__(self) -> None:
+        if self.node_in_flight_max < 1:
+            raise ValueError("node_in_flight_max is at least 1")
         if self.node_count_max < 1 or self.hold_count_max < 0:
             raise ValueError("node_count_max is at least 1 and hold_count_max not negative")
         if self.reload_interval_min_s < 0:
