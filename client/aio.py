@@ -25,7 +25,7 @@ import grpc
 
 from tally.v1 import ledger_pb2 as pb
 
-from .batcher import Batcher, NotSent, Stats
+from .batcher import NotSent, Stats
 from .credentials import Credentials
 from .destinations import Destination, Routes, channel_opener
 from .outcomes import (
@@ -255,10 +255,7 @@ class AsyncClient:
         while True:
             state.number += 1
             destination = self._destination(kind, messages, state.via_gateway)
-            batcher = destination.batcher(kind)
-            answers = await self._attempt(
-                batcher, destination.direct, messages, ids, size, deadline, state
-            )
+            answers = await self._attempt(destination, kind, messages, ids, size, deadline, state)
             if answers is not None and _final(answers):
                 if destination.direct and kind == "transactions":
                     self._note_applied_directly(messages, answers)
@@ -277,8 +274,8 @@ class AsyncClient:
 
     async def _attempt(
         self,
-        batcher: Batcher[Any],
-        direct: bool,
+        destination: Destination,
+        kind: str,
         messages: list[Any],
         ids: list[str],
         size: int,
@@ -289,7 +286,7 @@ class AsyncClient:
         whole call is final at the gateway (CallError); at a node the gateway is asked too."""
         remaining = deadline - asyncio.get_running_loop().time()
         try:
-            return await batcher.submit(
+            return await destination.batcher(kind).submit(
                 messages, ids, size, min(remaining, self.retry.attempt_timeout_s)
             )
         except NotSent:
@@ -297,8 +294,12 @@ class AsyncClient:
         except TimeoutError:
             state.maybe_applied = True
             state.code, state.message = "deadline_exceeded", "no answer within the deadline"
+            if destination.direct:
+                self._routes.mark_down(destination.target)
         except grpc.aio.AioRpcError as error:
-            _note_failed_call(state, error, refusal_is_final=not direct)
+            _note_failed_call(state, error, refusal_is_final=not destination.direct)
+            if destination.direct and error.code() in RETRY_STATUSES:
+                self._routes.mark_down(destination.target)
         return None
 
     def _destination(self, kind: str, messages: list[Any], via_gateway: bool) -> Destination:
@@ -383,7 +384,9 @@ class AsyncClient:
             response = await destination.stub.GetAccounts(
                 request, timeout=self._lookup_timeout_s(deadline)
             )
-        except grpc.aio.AioRpcError:
+        except grpc.aio.AioRpcError as error:
+            if error.code() in RETRY_STATUSES:
+                self._routes.mark_down(destination.target)
             response = None
         if response is None or any(r.code != pb.RESULT_CODE_OK for r in response.results):
             self.stats.fallbacks += 1

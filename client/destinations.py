@@ -109,6 +109,7 @@ class Routes:
         self._stats = stats
         self._batching = batching
         self._nodes: dict[str, Destination] = {}
+        self._down_until: dict[str, float] = {}  # endpoint -> loop time routing resumes
         self._first_load: asyncio.Task[None] | None = None
         self._loaded_at = float("-inf")
         self._reloads: set[asyncio.Task[None]] = set()
@@ -126,6 +127,8 @@ class Routes:
     def _node(self, endpoint: str) -> Destination:
         if endpoint == GATEWAY:
             return self.gateway
+        if self._down_until and self._is_down(endpoint):
+            return self.gateway
         node = self._nodes.get(endpoint)
         if node is None:
             if len(self._nodes) >= self.router.options.node_count_max:
@@ -136,6 +139,20 @@ class Routes:
             node = Destination(endpoint, channel, self._stats, bounds, direct=True)
             self._nodes[endpoint] = node
         return node
+
+    def mark_down(self, endpoint: str) -> None:
+        """The node failed a call: its work goes to the gateway for node_down_s."""
+        now = asyncio.get_running_loop().time()
+        self._down_until[endpoint] = now + self.router.options.node_down_s
+
+    def _is_down(self, endpoint: str) -> bool:
+        until = self._down_until.get(endpoint)
+        if until is None:
+            return False
+        if asyncio.get_running_loop().time() < until:
+            return True
+        del self._down_until[endpoint]
+        return False
 
     async def ready(self, timeout_s: float) -> None:
         """The first table, loaded before the first routed call (the calls made meanwhile

@@ -41,14 +41,17 @@ class RoutingOptions:
     node_in_flight_max: int = 1
     reload_interval_min_s: float = 0.2  # at most one map reload per this
     hold_count_max: int = 100_000  # directly applied holds remembered, to route their posts
+    # A node that failed a call (transport error, no answer) gets no routed work for this
+    # long: its units go to the gateway rather than each paying a failed attempt first.
+    node_down_s: float = 1.0
 
     def __post_init__(self) -> None:
         if self.node_in_flight_max < 1:
             raise ValueError("node_in_flight_max is at least 1")
         if self.node_count_max < 1 or self.hold_count_max < 0:
             raise ValueError("node_count_max is at least 1 and hold_count_max not negative")
-        if self.reload_interval_min_s < 0:
-            raise ValueError("reload_interval_min_s is not negative")
+        if self.reload_interval_min_s < 0 or self.node_down_s < 0:
+            raise ValueError("reload_interval_min_s and node_down_s are not negative")
 
 
 def slot_of(key: str) -> int:

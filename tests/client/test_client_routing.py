@@ -17,7 +17,7 @@ import pytest
 
 from core import slots as server_slots
 from core.slots import SlotMap
-from shards.local.embedded_pg import EmbeddedPostgres
+from shards.local.embedded_pg import EmbeddedPostgres, free_port
 from tally.client import (
     Account,
     AsyncClient,
@@ -158,6 +158,28 @@ async def test_single_shard_work_goes_to_its_node_and_the_rest_to_the_gateway(
         assert blocking.stats.direct_items["PostTransactions"] == 1
     finally:
         await asyncio.to_thread(blocking.close)
+
+
+async def test_a_node_the_client_cannot_reach_sends_its_work_to_the_gateway(
+    pg: EmbeddedPostgres,
+) -> None:
+    """The node registered a client endpoint nothing listens on: the first routed post fails
+    there (a transport error), goes to the gateway and is applied; the node is then left alone
+    for node_down_s, so the next posts go to the gateway without a failed attempt first."""
+    prefix = f"rc{os.getpid()}_{next(_numbers)}"
+    nowhere = f"127.0.0.1:{free_port()}"
+    async with (
+        in_process_cluster(pg, prefix, 1, advertise_client=nowhere) as cluster,
+        AsyncClient(cluster.target, credentials(), routing=RoutingOptions(node_down_s=30)) as tally,
+    ):
+        key = customer_on(0, 1)
+        assert (await tally.create_account(Account("@x", "USD"))).applied  # the gateway's
+        assert (await tally.create_account(Account(f"{key}/dep", "USD"))).applied
+        for _ in range(10):
+            assert (await tally.post(transfer(new_id(key), "@x", f"{key}/dep", 1, "USD"))).applied
+        assert tally.stats.fallbacks == 1 and tally.stats.direct_items["CreateAccounts"] == 1
+        assert "PostTransactions" not in tally.stats.direct_items
+        assert gateway_items(cluster, "PostTransactions") == 10
 
 
 async def _load(tally: AsyncClient, key: str, stop: asyncio.Event) -> list[str]:
