@@ -379,7 +379,7 @@ class AsyncClient:
         """One attempt at the node: the records if it found every account, else None (the
         gateway answers instead: a node that never held a slot says "not found", one that
         moved it out "wrong_shard"; the gateway follows the moves)."""
-        self.stats.count("GetAccounts", len(request.ids), direct=True)
+        self.stats.count_direct("GetAccounts", len(request.ids))
         try:
             response = await destination.stub.GetAccounts(
                 request, timeout=self._lookup_timeout_s(deadline)

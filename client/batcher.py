@@ -26,9 +26,10 @@ class NotSent(Exception):
 
 @dataclass
 class Stats:
-    """What the client sent: RPCs and items per method (direct_*: those of them sent straight
-    to a node by direct routing), attempts beyond the first, routed units sent again to the
-    gateway (fallbacks), and GetRouting calls (routing_loads)."""
+    """What the client sent: write RPCs and items per method; direct_*: RPCs and items sent
+    straight to a node by direct routing (writes, of those counted before, and account reads);
+    attempts beyond the first; routed units sent again to the gateway (fallbacks); and
+    GetRouting calls (routing_loads)."""
 
     rpcs: dict[str, int] = field(default_factory=dict)
     items: dict[str, int] = field(default_factory=dict)
@@ -42,8 +43,11 @@ class Stats:
         self.rpcs[method] = self.rpcs.get(method, 0) + 1
         self.items[method] = self.items.get(method, 0) + items
         if direct:
-            self.direct_rpcs[method] = self.direct_rpcs.get(method, 0) + 1
-            self.direct_items[method] = self.direct_items.get(method, 0) + items
+            self.count_direct(method, items)
+
+    def count_direct(self, method: str, items: int) -> None:
+        self.direct_rpcs[method] = self.direct_rpcs.get(method, 0) + 1
+        self.direct_items[method] = self.direct_items.get(method, 0) + items
 
 
 @dataclass
