@@ -25,6 +25,8 @@ The forms (T: a client's transaction id; A: an attempt; P: a participant's piece
     @clearing/CUR    the inter-shard clearing account of currency CUR (a spread account)
     ~moveout/M/X     slot move M's move-out of account X at its source shard
     ~movein/M/X      slot move M's move-in of account X at its target shard
+    ~moveout/M/~hold/H  move M's release, at the source, of open hold H (it left with the move)
+    ~movein/M/~hold/H   move M's raise, at the target, of the pending amounts of open hold H
     @moves/CUR       the account a slot move's entries balance on (a spread account)
 """
 
@@ -249,6 +251,32 @@ def move_out_id(move_id: str, account_id: str) -> str:
 
 def move_in_id(move_id: str, account_id: str) -> str:
     return f"{_MOVE_IN}{move_id}/{account_id}"
+
+
+def is_move_out_id(identifier: str) -> bool:
+    return identifier.startswith(_MOVE_OUT)
+
+
+def is_move_entry(identifier: str) -> bool:
+    """A slot move's own transaction, out or in: the move's, never the account holder's
+    activity (reads across moves leave it out: docs/design.md, "Reads across the move")."""
+    return identifier.startswith((_MOVE_OUT, _MOVE_IN))
+
+
+_HOLD_PART: Final = "~hold/"
+# Account ids never start with "~" (core.validation), so a hold's entries of a move cannot
+# take the id of an account's.
+
+
+def move_out_hold_id(move_id: str, hold_id: str) -> str:
+    """The source's release of open hold `hold_id`'s pending amounts, as it leaves with move
+    `move_id` (a VOID_PENDING of the hold: docs/design.md, "Moving slots")."""
+    return f"{_MOVE_OUT}{move_id}/{_HOLD_PART}{hold_id}"
+
+
+def move_in_hold_id(move_id: str, hold_id: str) -> str:
+    """The target's entry raising the pending amounts of open hold `hold_id` moved in."""
+    return f"{_MOVE_IN}{move_id}/{_HOLD_PART}{hold_id}"
 
 
 def parse_move_out_id(identifier: str) -> tuple[str, str]:

@@ -11,6 +11,15 @@ balance on their own and its audit needs nothing new (docs/design.md, "Moving sl
 The transaction records homed in the moved slots travel beside the journal; the move-in's
 first transaction carries their count and digest in its metadata, so the target's chain
 commits to what it imported.
+
+Open single-shard holds whose record and non-spread legs are all in the moved slots move too,
+as journal entries on both sides like the posted counters (moving_holds says which):
+
+    move-out at the source:  ~moveout/M/~hold/H, a VOID_PENDING of H: its pending amounts
+                             released there, H's record resolved by it (it left with the move)
+    move-in at the target:   ~movein/M/~hold/H, H's legs held again (kind PENDING, target H,
+                             status POSTED: it is no hold of its own), and H's record, moved
+                             in as PENDING with its expiry, has the target's holds row
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from core import ids, journal
+from core.invariant import check
 from core.limits import amount_max
 from core.model import (
     AccountSpec,
@@ -35,7 +45,9 @@ from core.model import (
     Status,
     TransactionSpec,
     TransactionState,
+    expires_at,
 )
+from core.pieces import decided_by_piece, reversed_by_piece
 from core.slots import SLOT_COUNT, account_slot, is_spread, transaction_slot
 from core.state import Item, JournalPosition, WriteSet
 
@@ -50,6 +62,8 @@ COUNT_KEY: Final = "~moved_records"
 DIGEST_KEY: Final = "~moved_digest"
 SOURCE_KEY: Final = "~move_source"
 TARGET_KEY: Final = "~move_target"
+EXPIRES_KEY: Final = "~expires_at_ns"
+"""On a hold's move-in entry: the moved hold's expiry (0: none), which the target honours."""
 
 
 class MoveRefusedError(ValueError):
@@ -87,20 +101,97 @@ def record_moves(transaction_id: str, slots: frozenset[int]) -> bool:
     return not ids.is_reserved(transaction_id) and transaction_slot(transaction_id) in slots
 
 
-def held_refusal(accounts: Sequence[AccountState], records: Sequence[TransactionState]) -> str:
-    """Why these cannot move now, though they may soon ("": nothing held): open holds and held
-    cross-shard pieces are not moved."""
+def _legs_moving(record: TransactionState, slots: frozenset[int]) -> tuple[bool, bool]:
+    """(whether any, whether all) of a record's legs on accounts that are not spread live in
+    the slots (a record without such legs: (False, True))."""
+    legs = [leg.account_id for leg in record.applied_legs if not is_spread(leg.account_id)]
+    moving = [account_moves(account_id, slots) for account_id in legs]
+    return any(moving), all(moving)
+
+
+def _piece_refusal(piece: TransactionState, slots: frozenset[int]) -> tuple[str, bool]:
+    """Why a held cross-shard piece here keeps the slots from moving, and whether it may pass
+    soon (("", False): it does not touch them)."""
+    locked = [decided_by_piece(piece.spec), reversed_by_piece(piece.spec)]
+    if any(record_moves(record_id, slots) for record_id in locked if record_id):
+        return f"cross-shard piece {piece.spec.id!r} is deciding a record homed in the slots", True
+    if not _legs_moving(piece, slots)[0]:
+        return "", False
+    coordinator = piece.spec.target_id
+    if piece.expires_at_ns != expires_at(piece.timestamp_ns, piece.spec.timeout_seconds):
+        # Given another deadline since its prepare: a piece of a committed cross-shard hold,
+        # open until its coordinator decides it (maybe days).
+        return (
+            f"{piece.spec.id!r} holds amounts on the slots' accounts for an open cross-shard "
+            f"hold coordinated at shard {coordinator}: held pieces of cross-shard holds do not "
+            "move (their coordinator settles them by shard number); post or void that hold "
+            "first"
+        ), False
+    return (
+        f"{piece.spec.id!r} holds amounts on the slots' accounts: a cross-shard piece between "
+        f"its prepare and its resolution (coordinator shard {coordinator})"
+    ), True
+
+
+def _hold_refusal(record: TransactionState, slots: frozenset[int]) -> tuple[str, bool]:
+    """Why an open hold (or a cross-shard hold's coordinator record) here keeps the slots from
+    moving, and whether it may pass soon (("", False): it moves, or does not touch them)."""
+    homed = record_moves(record.spec.id, slots)
+    some, every = _legs_moving(record, slots)
+    if not homed and not some:
+        return "", False
+    name = record.spec.id
+    if record.spec.kind is Kind.HOLD:
+        return (
+            f"open cross-shard hold {name!r} is homed in or holds amounts on the slots: its "
+            "coordinator record and pieces do not move (participants ask it by shard number); "
+            "post or void it first"
+        ), False
+    if not (homed and every):
+        where = "homed in the slots" if homed else f"homed in slot {transaction_slot(name)}"
+        return (
+            f"open hold {name!r} ({where}) has legs on accounts both in and out of the slots: "
+            "a hold that would span two shards after the move does not move; post or void it, "
+            "or move its slots together"
+        ), False
+    if record.resolved_by_id:  # locked by a cross-shard piece deciding its post or void
+        return f"open hold {name!r} is being decided by {record.resolved_by_id!r}", True
+    return "", False
+
+
+def moving_holds(
+    accounts: Sequence[AccountState],
+    open_records: Sequence[TransactionState],
+    slots: frozenset[int],
+) -> list[TransactionState]:
+    """The open single-shard holds that move with the slots (their record and every leg but
+    on spread accounts in them), in id order, from the shard's open records (holds and held
+    pieces). MoveRefusedError for what cannot move (a hold that would span shards, a
+    cross-shard hold's record or pieces), MoveBusyError for what may pass soon (a piece in
+    flight, a hold being decided). The moved accounts' pending counters must be exactly the
+    moving holds' amounts (MoveBusyError otherwise: held by something not explained)."""
+    moving: list[TransactionState] = []
+    for record in sorted(open_records, key=lambda r: r.spec.id):
+        if record.spec.kind is Kind.PREPARED:
+            why, soon = _piece_refusal(record, slots)
+        else:
+            why, soon = _hold_refusal(record, slots)
+        if why:
+            raise (MoveBusyError if soon else MoveRefusedError)(why)
+        if record.spec.kind is Kind.PENDING and record_moves(record.spec.id, slots):
+            moving.append(record)
+    held: dict[str, list[int]] = {}
+    for hold in moving:
+        for leg in hold.applied_legs:
+            counters = held.setdefault(leg.account_id, [0, 0])
+            counters[0 if leg.is_debit else 1] += leg.amount
     for account in accounts:
-        if account.debits_pending or account.credits_pending:
-            return (
-                f"account {account.spec.id!r} has amounts held (an open hold or a held "
-                "cross-shard piece): moving open holds is not built; post, void or let them "
-                "expire first"
+        if [account.debits_pending, account.credits_pending] != held.get(account.spec.id, [0, 0]):
+            raise MoveBusyError(
+                f"account {account.spec.id!r} has amounts held that no open hold of the slots "
+                "explains (a hold or a cross-shard piece being written)"
             )
-    for record in records:
-        if record.status is Status.PENDING:
-            return f"transaction {record.spec.id!r} homed in the slots is an open hold"
-    return ""
+    return moving
 
 
 def refusal_of(accounts: Sequence[AccountState], records: Sequence[TransactionState]) -> str:
@@ -136,20 +227,32 @@ class _Entries:
 
     def post(self, transaction_id: str, legs: tuple[Leg, ...], metadata: Metadata) -> None:
         spec = TransactionSpec(transaction_id, Kind.ORDINARY, legs, 0, metadata, "", 0, "")
+        self.record(spec, legs, pending_sign=0)
+
+    def record(self, spec: TransactionSpec, legs: tuple[Leg, ...], pending_sign: int) -> None:
+        """A transaction of the move and its postings: legs posted (pending_sign 0), or held
+        (1) or released (-1) in the pending counters."""
         self.timestamp_ns = max(self.timestamp_ns, self.position.last_timestamp_ns + 1)
         at = self.timestamp_ns
         self.writes.new_transactions.append(TransactionState(spec, legs, at, Status.POSTED))
         sequence = self.position.next_posting_sequence
         for leg in legs:
             account = self.accounts[leg.account_id]
+            posted, pending = (0, pending_sign * leg.amount) if pending_sign else (leg.amount, 0)
             if leg.is_debit:
-                account.debits_posted += leg.amount
+                account.debits_posted += posted
+                account.debits_pending += pending
             else:
-                account.credits_posted += leg.amount
+                account.credits_posted += posted
+                account.credits_pending += pending
+            check(
+                min(account.debits_pending, account.credits_pending) >= 0,
+                f"a move's pending counters of {leg.account_id} went negative",
+            )
             account.version += 1
             self.writes.postings.append(
                 Posting(
-                    sequence, transaction_id, leg.account_id, leg.is_debit, leg.amount, 0, at,
+                    sequence, spec.id, leg.account_id, leg.is_debit, posted, pending, at,
                     account.debits_posted, account.credits_posted,
                     account.debits_pending, account.credits_pending,
                 )
@@ -157,6 +260,42 @@ class _Entries:
             sequence += 1
         self.position = JournalPosition(sequence, at)
         self.timestamp_ns = at + 1
+
+    def release_hold(self, move_id: str, hold: TransactionState) -> TransactionState:
+        """The source's side of an open hold leaving: its amounts released by a VOID_PENDING
+        of it, its record resolved by that (as a void resolves it). The record as it ends."""
+        released = _summed(hold.applied_legs)
+        spec = TransactionSpec(
+            ids.move_out_hold_id(move_id, hold.spec.id), Kind.VOID_PENDING, (), 0, (), "", 0,
+            hold.spec.id,
+        )  # fmt: skip
+        self.record(spec, released, pending_sign=-1)
+        ended = hold.copy()
+        ended.status, ended.resolved_by_id = Status.PENDING_VOIDED, spec.id
+        self.writes.changed_transactions[hold.spec.id] = ended
+        self.writes.holds_closed.append(hold.spec.id)
+        return ended
+
+    def raise_hold(self, move_id: str, source: int, hold: TransactionState) -> None:
+        """The target's side of an open hold arriving: its legs held again by an entry of its
+        own (no hold of its own: status POSTED, target the hold), and the hold's holds row
+        with its expiry, so the node's sweep expires it here."""
+        metadata = ((EXPIRES_KEY, str(hold.expires_at_ns)), (SOURCE_KEY, str(source)))
+        spec = TransactionSpec(
+            ids.move_in_hold_id(move_id, hold.spec.id), Kind.PENDING, hold.applied_legs, 0,
+            metadata, "", 0, hold.spec.id,
+        )  # fmt: skip
+        self.record(spec, hold.applied_legs, pending_sign=1)
+        self.writes.holds_opened.append((hold.spec.id, hold.expires_at_ns))
+
+
+def _summed(legs: Sequence[Leg]) -> tuple[Leg, ...]:
+    """Legs summed by (account, side, currency), in first-seen order: what a void releases."""
+    sums: dict[tuple[str, bool, str], int] = {}
+    for leg in legs:
+        key = (leg.account_id, leg.is_debit, leg.currency)
+        sums[key] = sums.get(key, 0) + leg.amount
+    return tuple(Leg(account, debit, amount, cur) for (account, debit, cur), amount in sums.items())
 
 
 def _moves_pieces(
@@ -179,20 +318,31 @@ def move_out_entries(
     moves_accounts: dict[str, AccountState | None],
     position: JournalPosition,
     now_ns: int,
+    holds: Sequence[TransactionState] = (),
+    spread: dict[str, AccountState] | None = None,
 ) -> tuple[WriteSet, JournalPosition, dict[str, AccountState]]:
-    """The source's move-out block: each account with a balance left at net zero."""
+    """The source's move-out block: each moving open hold released (moving_holds; `spread`:
+    this shard's pieces of the spread accounts their legs name), then each account with a
+    balance left at net zero."""
     entries = _Entries(position, now_ns)
     moving = [a for a in accounts if a.debits_posted or a.credits_posted]
     _moves_pieces(entries, (a.spec.currency for a in moving), moves_accounts)
+    for account in [*accounts, *(spread or {}).values()]:
+        entries.accounts.setdefault(account.spec.id, account.copy())
+    for hold in holds:
+        entries.release_hold(move_id, hold)
     for account in moving:
-        entries.accounts[account.spec.id] = account.copy()
         metadata = ((TARGET_KEY, str(target)),)
         entries.post(
             ids.move_out_id(move_id, account.spec.id),
-            _legs(account, out=True),
+            _legs(entries.accounts[account.spec.id], out=True),
             metadata,
         )
-    return _finish(entries, {a.spec.id for a in moving})
+    return _finish(entries, _touched(entries))
+
+
+def _touched(entries: _Entries) -> set[str]:
+    return {posting.account_id for posting in entries.writes.postings}
 
 
 def move_in_entries(
@@ -204,16 +354,20 @@ def move_in_entries(
     position: JournalPosition,
     now_ns: int,
     spread_missing: Sequence[AccountState] = (),
+    spread: dict[str, AccountState] | None = None,
 ) -> tuple[WriteSet, JournalPosition, dict[str, AccountState]]:
     """The target's move-in block: every account created as it was made, its counters brought
     to the source's by one transaction; the first carries the records' count and digest. The
-    spread accounts missing here are created too, empty."""
+    spread accounts missing here are created too, empty. Then each open hold among the records
+    is held again (`spread`: this shard's pieces of the spread accounts their legs name)."""
     entries = _Entries(position, now_ns)
     _moves_pieces(entries, (a.spec.currency for a in accounts), moves_accounts)
     for piece in spread_missing:
         fresh = AccountState(piece.spec, piece.created_at_ns)
         entries.writes.new_accounts.append(fresh)
         entries.accounts[piece.spec.id] = fresh
+    for piece in (spread or {}).values():
+        entries.accounts.setdefault(piece.spec.id, piece.copy())
     summary: Metadata = (
         (COUNT_KEY, str(len(records))),
         (DIGEST_KEY, records_digest(records)),
@@ -231,11 +385,45 @@ def move_in_entries(
             summary = ((SOURCE_KEY, str(source)),)
     if summary[0][0] == COUNT_KEY:  # no account had a balance: the summary travels alone
         entries.post(ids.move_in_id(move_id, "~records"), (), summary)
+    for record in open_holds_of(records):
+        entries.raise_hold(move_id, source, record)
     for account in accounts:  # as they were at the source: the move is no change of theirs
         entries.accounts[account.spec.id].closed_at_ns = account.closed_at_ns
         entries.accounts[account.spec.id].version = account.version
-    new_ids = {a.spec.id for a in entries.writes.new_accounts}
-    return _finish(entries, set(entries.accounts) - new_ids)
+    return _finish(entries, _touched(entries))
+
+
+def open_holds_of(records: Sequence[TransactionState]) -> list[TransactionState]:
+    """The open holds among moved records, in id order."""
+    held = [r for r in records if r.status is Status.PENDING]
+    return sorted(held, key=lambda r: r.spec.id)
+
+
+def record_before_out(record: TransactionState, move_id: str) -> TransactionState:
+    """A record homed in moved-out slots as it was before move `move_id`'s move-out (read
+    again when the move-out is asked a second time): an open hold it released is open."""
+    if record.resolved_by_id != ids.move_out_hold_id(move_id, record.spec.id):
+        return record
+    before = record.copy()
+    before.status, before.resolved_by_id = Status.PENDING, ""
+    return before
+
+
+def check_holds_in(
+    records: Sequence[TransactionState], accounts: Sequence[AccountState], slots: frozenset[int]
+) -> None:
+    """MoveRefusedError unless every open hold moving in is a single-shard hold homed in the
+    slots whose legs are on the accounts moving in or on spread accounts."""
+    moving = {account.spec.id for account in accounts}
+    for record in open_holds_of(records):
+        if record.spec.kind is not Kind.PENDING:
+            raise MoveRefusedError(f"open record {record.spec.id!r} is not a single-shard hold")
+        for leg in record.applied_legs:
+            if not is_spread(leg.account_id) and leg.account_id not in moving:
+                raise MoveRefusedError(
+                    f"open hold {record.spec.id!r} has a leg on {leg.account_id!r}, which "
+                    "does not move in with it"
+                )
 
 
 def _legs(account: AccountState, out: bool) -> tuple[Leg, ...]:
@@ -284,12 +472,38 @@ def counters_before_out(out_legs: Sequence[Leg], account_id: str) -> tuple[int, 
     return debits, credits
 
 
+def account_before_out(
+    account: AccountState, out_legs: Sequence[Leg], released: Sequence[Sequence[Leg]]
+) -> AccountState:
+    """An account as it was before its move-out, from what the move wrote to it: its
+    move-out's legs (out_legs, () if it had no balance) and the legs its moving holds'
+    releases released (each one posting)."""
+    before = account.copy()
+    account_id = account.spec.id
+    if out_legs:
+        before.debits_posted, before.credits_posted = counters_before_out(out_legs, account_id)
+    postings = sum(1 for leg in out_legs if leg.account_id == account_id)
+    for legs in released:
+        for leg in legs:
+            if leg.account_id == account_id:
+                postings += 1
+                if leg.is_debit:
+                    before.debits_pending += leg.amount
+                else:
+                    before.credits_pending += leg.amount
+    before.version -= postings
+    return before
+
+
 def moving_slot_of(item: Item, slots: frozenset[int]) -> int:
     """The first of `slots` an item writes to (an account's, or its id's home), or -1: what a
     source refuses once it has moved those slots out."""
     if isinstance(item, TransactionSpec):
         if record_moves(item.id, slots):
             return transaction_slot(item.id)
+        for record_id in _records_named(item):
+            if record_moves(record_id, slots):
+                return transaction_slot(record_id)
         for leg in item.legs:
             if account_moves(leg.account_id, slots):
                 return account_slot(leg.account_id)
@@ -300,6 +514,20 @@ def moving_slot_of(item: Item, slots: frozenset[int]) -> int:
         moves = account_moves(item.account_id, slots)
         return account_slot(item.account_id) if moves else -1
     return -1
+
+
+_NAMING_KINDS: Final = frozenset({Kind.POST_PENDING, Kind.VOID_PENDING, Kind.REVERSAL})
+
+
+def _records_named(spec: TransactionSpec) -> tuple[str, ...]:
+    """The records an item writes besides its own: what it posts, voids or reverses, and what
+    a cross-shard piece locks (a record of a moved-out slot is the target's now). Kept cheap:
+    every item a source writes after a move passes here."""
+    if spec.kind in _NAMING_KINDS:
+        return (spec.target_id,)
+    if spec.kind is Kind.PREPARED and spec.metadata:
+        return tuple(r for r in (decided_by_piece(spec), reversed_by_piece(spec)) if r)
+    return ()
 
 
 def refuse_moved(items: Sequence[Item], moved_out: dict[int, str]) -> list[Item]:

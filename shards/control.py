@@ -11,6 +11,7 @@ from typing import Any, NamedTuple, TypeVar
 
 import asyncpg
 
+from core.history import DoneMove
 from core.slots import SlotMap
 from core.store import control as control_store
 
@@ -25,6 +26,7 @@ class ClusterView(NamedTuple):
     slot_map: SlotMap | None
     endpoints: dict[int, str]  # internal (tally.v1.Shard, and the Ledger for gateways)
     client_endpoints: dict[int, str]  # the nodes' client listeners, of those registered
+    moves: list[DoneMove]  # slot moves done since the version asked about
 
 
 async def connect(dsn: str) -> Any:
@@ -52,19 +54,25 @@ class ControlClient:
                 await self._drop()
                 raise
 
-    async def read_cluster(self) -> ClusterView:
-        """The slot map (None before the cluster is initialised), the shards' internal
-        endpoints and their client endpoints, the tables created first if this process is the
+    async def read_cluster_and_moves(self, moves_version: int) -> ClusterView:
+        """The slot map (None before the cluster is initialised), the shards' internal and
+        client endpoints, and the moves done since the map was at moves_version (-1: every
+        one; none read while the map is still there), from one snapshot: the moves are never
+        older than the map read with them. The tables are created first if this process is the
         first to look."""
 
         async def read(connection: Any) -> ClusterView:
             if not self._prepared:
                 await control_store.prepare(connection)
                 self._prepared = True
-            slot_map = await control_store.load_slot_map(connection)
-            endpoints = await control_store.shard_endpoints(connection)
-            clients = await control_store.client_endpoints(connection)
-            return ClusterView(slot_map, endpoints, clients)
+            async with connection.transaction(isolation="repeatable_read", readonly=True):
+                slot_map = await control_store.load_slot_map(connection)
+                endpoints = await control_store.shard_endpoints(connection)
+                clients = await control_store.client_endpoints(connection)
+                moves: list[DoneMove] = []
+                if slot_map is not None and slot_map.version != moves_version:
+                    moves = await control_store.done_moves(connection, max(moves_version, 0))
+            return ClusterView(slot_map, endpoints, clients, moves)
 
         return await self.use(read)
 

@@ -22,6 +22,10 @@ one journal block, never by the size of the ledger. Checks, per shard:
 - holds: every open hold is a pending transaction, and none is past its deadline.
 - lease: the writer lease records the journal's last block (a deleted tail shows here).
 - anchors: blocks whose hashes were published elsewhere (an export's head) still have them.
+- moves: the slot-move accounts' counters are exactly the moves' entries on them; the records a
+  target moved in are those its move-in committed to (count and digest); over the cluster, every
+  move-out has its move-in (else the move is half done), each finished move's slot-move pieces
+  net to zero, and every moved record is its source's (check_moves).
 
 Every finding is a structured Finding (kind, shard, block, transaction, posting, account,
 currency, expected, found). core.audit.report makes one structured report of an audit, which
@@ -31,11 +35,11 @@ the gRPC service's messages (shards/audit/server.py).
 The package, by concern: findings (findings, the configuration, the reports the checks fill
 in), source (read-only sessions, streamed reads), journal_pass (hash chain, block structure,
 the lease, anchors), postings (a transaction's postings against its legs), accounts
-(counters, flags, chains, holds), crossshard (the cross-shard judge), run (a shard, the
-cluster), report and render (the structured report, its renderers); the auditor's other tools
-are export (the export's files and their stand-alone verifier) and exporter (which writes
-them), reconcile and statement. Their SQL is in core.store (audit, export, statement). This
-module is the names callers use.
+(counters, flags, chains, holds), crossshard (the cross-shard judge), moves (slot moves), run
+(a shard, the cluster), report and render (the structured report, its renderers); the
+auditor's other tools are export (the export's files and their stand-alone verifier) and
+exporter (which writes them), reconcile and statement. Their SQL is in core.store (audit,
+export, statement). This module is the names callers use.
 """
 
 from core.audit.accounts import check_counters, check_trial_balance, trial_balance

@@ -21,6 +21,7 @@ CHECK_NAMES: Final = (
     "holds",
     "lease",
     "anchors",
+    "moves",
 )
 # The shard number of findings about the cluster as a whole (its trial balance, cross-shard
 # transactions).
@@ -37,7 +38,8 @@ Progress = Callable[[int, str, int, int], None]
 
 class FindingKind(enum.IntEnum):
     """What is wrong, machine-readable. Mirrors tally.v1.FindingKind number for number (checked
-    by a test); the hundreds are the check (1 journal ... 9 anchors, as CHECK_NAMES)."""
+    by a test); the hundreds are the check (1 journal ... 9 anchors, 10 moves, as
+    CHECK_NAMES)."""
 
     # journal
     BLOCK_MISSING = 101
@@ -92,6 +94,13 @@ class FindingKind(enum.IntEnum):
     ANCHOR_MISMATCH = 901
     PUBLISHED_HEAD_MISMATCH = 902
     PUBLISHED_HEAD_MISSING = 903
+    # moves (slot moves: docs/design.md, "Moving slots")
+    MOVE_HALF_DONE = 1001
+    MOVE_IN_WITHOUT_OUT = 1002
+    MOVE_UNBALANCED = 1003
+    MOVES_COUNTERS_MISMATCH = 1004
+    MOVED_RECORDS_MISMATCH = 1005
+    MOVED_RECORD_ALTERED = 1006
 
     @property
     def check(self) -> str:
@@ -111,6 +120,7 @@ class About(enum.StrEnum):
     CURRENCY = "currency"
     CLEARING = "clearing account"
     CROSS_SHARD = "cross-shard transaction"
+    MOVE = "slot move"
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +140,7 @@ class Finding:
     posting: int = 0
     account_id: str = ""
     currency: str = ""
+    move_id: str = ""
 
     @property
     def check(self) -> str:
@@ -160,6 +171,10 @@ class Finding:
             return self.currency
         if about is About.CLEARING:
             return self.account_id
+        if about is About.MOVE:
+            record = f", record {self.transaction_id}" if self.transaction_id else ""
+            currency = f" ({self.currency})" if self.currency else ""
+            return f"move {self.move_id}{record}{currency}"
         return f"cross-shard transaction {self.transaction_id}"
 
     def __str__(self) -> str:
@@ -194,6 +209,7 @@ class FindingLog:
         posting: int = 0,
         account_id: str = "",
         currency: str = "",
+        move_id: str = "",
     ) -> None:
         if currency and self.currencies and currency not in self.currencies:
             return
@@ -214,6 +230,7 @@ class FindingLog:
                     posting,
                     account_id,
                     currency,
+                    move_id,
                 )
             )
 
@@ -266,6 +283,17 @@ class AuditConfig:
 
 
 @dataclass(slots=True)
+class MoveSide:
+    """One side of a slot move on a shard, as its audit read it: the other side's shard, what
+    its entries posted to the slot-move accounts (per currency: [debits, credits]) and, for a
+    move-in, the count and digest of the records its first entry committed to."""
+
+    peer_shard: int
+    moves_legs: dict[str, list[int]] = field(default_factory=dict)
+    summary: tuple[int, str] | None = None
+
+
+@dataclass(slots=True)
 class ShardReport:
     shard: int
     target: str
@@ -289,6 +317,8 @@ class ShardReport:
     error: str = ""
     # This shard's cross-shard pieces, one line per attempt in key order (check_cross_shard).
     spool: IO[str] | None = None
+    # The slot moves with a side here: (move id, "out" | "in") -> that side (check_moves).
+    move_sides: dict[tuple[str, str], MoveSide] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:

@@ -56,6 +56,7 @@ def finding_json(finding: Finding) -> dict[str, Any]:
         "posting": finding.posting,
         "account_id": finding.account_id,
         "currency": finding.currency,
+        "move_id": finding.move_id,
         "text": str(finding),
     }
 

@@ -21,6 +21,7 @@ from core.audit.findings import (
     ShardReport,
 )
 from core.audit.journal_pass import JournalPass, check_anchors, check_lease
+from core.audit.moves import check_moves, scan_moves
 from core.audit.source import TIMEOUT_S, connect, describe_error, redact
 from core.store import audit as queries
 
@@ -59,6 +60,7 @@ async def audit_cluster(
             report.cross_shard.reason = "a shard could not be audited"
         else:
             report.cross_shard = await check_cross_shard(report.shards, dsns, config, log)
+            await check_moves(report.shards, dsns, config, log)
         report.cluster_problems = log.sorted_kept()
         report.cluster_problem_counts = {k: v for k, v in log.counts.items() if v}
     finally:  # the spools of every shard audited, even when another one failed
@@ -142,6 +144,7 @@ async def audit_shard(
         await check_holds(connection, config, log, report)
         await check_lease(connection, config, log, report)
         await check_anchors(connection, config, log, shard)
+        await scan_moves(connection, config, log, report)
     report.problems = log.sorted_kept()
     report.problem_counts = dict(log.counts)
     return report

@@ -11,7 +11,9 @@ credits_must_not_exceed_debits (a loan, a limit) a debit does (balance = debits 
 The same convention is used for external statements (core.audit.reconcile).
 
 A spread account (id starting with '@') has a piece on every shard; its statement merges the
-pieces' postings in time order and sums their balances.
+pieces' postings in time order and sums their balances. A client's account whose slot moved is
+read at each shard that held it, in the order it moved (each shard's slot_moves rows say where
+its slot went), without the moves' own entries (docs/design.md, "Reads across the move").
 """
 
 from __future__ import annotations
@@ -25,9 +27,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
+from core import history
 from core.journal import FLAG_CREDITS_MUST_NOT_EXCEED_DEBITS
 from core.model import Kind
 from core.money import format_minor_units
+from core.slots import account_slot, is_spread
 from core.store import statement as queries
 
 # A statement is built in memory (it is read by a person): refuse rather than exhaust memory.
@@ -133,9 +137,13 @@ def date_start_ns(day: datetime.date) -> int:
 class _ShardPart:
     shard: int
     account: Any
-    opening: tuple[int, int, int, int]
-    closing: tuple[int, int, int, int]
+    # The balance before the period's start and before its end (None: no posting before it
+    # here; for a client's account, a move's own entries do not count).
+    opening: tuple[int, int, int, int] | None
+    closing: tuple[int, int, int, int] | None
     rows: list[Any]
+    # The shards this one moved the account's slot to.
+    moved_to: list[int]
 
 
 async def load_statement(
@@ -147,7 +155,9 @@ async def load_statement(
     line_count_max: int = LINE_COUNT_MAX_DEFAULT,
 ) -> Statement:
     """The statement of account_id over [from_ns, to_ns), from every shard that holds it
-    (connections in shard order)."""
+    (connections in shard order): a client's account at each shard that held it in turn
+    (moved with its slot: docs/design.md, "Reads across the move"), a spread account at every
+    shard, summed."""
     if to_ns <= from_ns:
         raise StatementError("the period's end must be after its start")
     parts = []
@@ -161,7 +171,9 @@ async def load_statement(
         raise StatementError(f"account {account_id} not found on any shard")
     if sum(len(part.rows) for part in parts) > line_count_max:
         raise StatementError(f"more than {line_count_max:,} lines: ask for a shorter period")
-    return _assemble(parts, from_ns, to_ns)
+    if is_spread(account_id):
+        return _assemble_pieces(parts, from_ns, to_ns)
+    return _assemble_holders(parts, from_ns, to_ns)
 
 
 async def _read_shard(
@@ -173,32 +185,48 @@ async def _read_shard(
     line_count_max: int,
 ) -> _ShardPart | None:
     from_ns, to_ns = period
+    own = not is_spread(account_id)  # a client's account: a move's entries are not its own
     async with connection.transaction(isolation="repeatable_read", readonly=True):
         account = await connection.fetchrow(queries.ACCOUNT_SQL, account_id, timeout=timeout_s)
         if account is None:
             return None
-        opening = await _balance_before(connection, account_id, from_ns, timeout_s)
-        closing = await _balance_before(connection, account_id, to_ns, timeout_s)
+        opening = await _balance_before(connection, account_id, from_ns, own, timeout_s)
+        closing = await _balance_before(connection, account_id, to_ns, own, timeout_s)
         rows = await connection.fetch(
-            queries.LINES_SQL, account_id, from_ns, to_ns, line_count_max + 1, timeout=timeout_s
+            queries.LINES_SQL,
+            account_id,
+            from_ns,
+            to_ns,
+            line_count_max + 1,
+            own,
+            timeout=timeout_s,
         )
-    return _ShardPart(shard, account, opening, closing, list(rows))
+        moved_to = []
+        if own:
+            found = await connection.fetch(
+                queries.MOVED_TO_SQL, account_slot(account_id), timeout=timeout_s
+            )
+            moved_to = [row["peer_shard"] for row in found]
+    return _ShardPart(shard, account, opening, closing, list(rows), moved_to)
 
 
 async def _balance_before(
-    connection: Any, account_id: str, at_ns: int, timeout_s: float
-) -> tuple[int, int, int, int]:
+    connection: Any, account_id: str, at_ns: int, own: bool, timeout_s: float
+) -> tuple[int, int, int, int] | None:
     row = await connection.fetchrow(
-        queries.BALANCE_BEFORE_SQL, account_id, at_ns, timeout=timeout_s
+        queries.BALANCE_BEFORE_SQL, account_id, at_ns, own, timeout=timeout_s
     )
     if row is None:
-        return (0, 0, 0, 0)
+        return None
     return (row[0], row[1], row[2], row[3])
 
 
-def _assemble(parts: list[_ShardPart], from_ns: int, to_ns: int) -> Statement:
+_ZERO: Final = (0, 0, 0, 0)
+
+
+def _account_info(parts: list[_ShardPart]) -> AccountInfo:
     first = parts[0].account
-    account = AccountInfo(
+    return AccountInfo(
         first["id"],
         first["currency"],
         first["code"],
@@ -208,18 +236,46 @@ def _assemble(parts: list[_ShardPart], from_ns: int, to_ns: int) -> Statement:
         first["closed_at_ns"],
         len(parts),
     )
-    opening = sum(_natural(account, part.opening) for part in parts)
-    closing = sum(_natural(account, part.closing) for part in parts)
-    pending = sum(part.closing[2] + part.closing[3] for part in parts)
+
+
+def _assemble_pieces(parts: list[_ShardPart], from_ns: int, to_ns: int) -> Statement:
+    """A spread account: its pieces' balances summed, their lines merged in time order."""
+    account = _account_info(parts)
+    opening = sum(_natural(account, part.opening or _ZERO) for part in parts)
+    closing = sum(_natural(account, part.closing or _ZERO) for part in parts)
+    pending = sum(sum((part.closing or _ZERO)[2:]) for part in parts)
     tagged = [(row["timestamp_ns"], part.shard, row) for part in parts for row in part.rows]
     tagged.sort(key=lambda item: (item[0], item[1], item[2]["sequence"]))
+    lines = _lines(account, opening, [(shard, row) for _, shard, row in tagged])
+    return Statement(account, from_ns, to_ns, opening, closing, pending, lines)
+
+
+def _assemble_holders(parts: list[_ShardPart], from_ns: int, to_ns: int) -> Statement:
+    """A client's account: at each shard that held it, in the order its slot moved; the
+    balance at a time is the last holder's with a posting before it (a move's entries left
+    out: the move-in brings a target's counters to exactly its source's before its move-out,
+    so the chain runs on unbroken)."""
+    order = history.holder_order({part.shard: part.moved_to for part in parts})
+    parts = sorted(parts, key=lambda part: order.index(part.shard))
+    account = _account_info(parts)
+    opening_counters = next((p.opening for p in reversed(parts) if p.opening), _ZERO)
+    closing_counters = next((p.closing for p in reversed(parts) if p.closing), _ZERO)
+    opening = _natural(account, opening_counters)
+    closing = _natural(account, closing_counters)
+    rows = [(part.shard, row) for part in parts for row in part.rows]
+    lines = _lines(account, opening, rows)
+    pending = closing_counters[2] + closing_counters[3]
+    return Statement(account, from_ns, to_ns, opening, closing, pending, lines)
+
+
+def _lines(account: AccountInfo, opening: int, rows: list[tuple[int, Any]]) -> list[StatementLine]:
     lines = []
     balance = opening
-    for _timestamp, shard, row in tagged:
+    for shard, row in rows:
         line = _line(account, shard, row, balance)
         balance = line.balance
         lines.append(line)
-    return Statement(account, from_ns, to_ns, opening, closing, pending, lines)
+    return lines
 
 
 def _natural(account: AccountInfo, counters: tuple[int, int, int, int]) -> int:

@@ -62,6 +62,8 @@ T_ID, T_KIND, T_TARGET, T_APPLIED, T_TIME = 1, 2, 7, 9, 10
 # hold ids, $2 the kinds that hold.
 HELD_LEGS_SQL: Final = (
     "SELECT id, applied_legs FROM transactions WHERE id = ANY($1::text[]) "
+    "AND kind = ANY($2::smallint[]) UNION ALL "  # a hold moved in with slots, posted here
+    "SELECT id, applied_legs FROM moved_transactions WHERE id = ANY($1::text[]) "
     "AND kind = ANY($2::smallint[])"
 )
 LEASE_LAST_BLOCK_SQL: Final = "SELECT last_block_sequence FROM writer_lease WHERE id = 1"
@@ -121,12 +123,20 @@ ORDER BY sequence
 
 HOLDS_SQL: Final = """
 SELECT h.transaction_id, h.expires_at_ns, t.kind, t.status, t.expires_at_ns AS recorded_ns
-FROM holds h LEFT JOIN transactions t ON t.id = h.transaction_id
+FROM holds h LEFT JOIN (
+    SELECT id, kind, status, expires_at_ns FROM transactions
+    UNION ALL  -- open holds moved in with slots
+    SELECT id, kind, status, expires_at_ns FROM moved_transactions
+) t ON t.id = h.transaction_id
 ORDER BY h.transaction_id
 """
 # $1: the pending status.
 PENDING_WITHOUT_HOLD_SQL: Final = """
-SELECT id, expires_at_ns FROM transactions t
+SELECT id, expires_at_ns FROM (
+    SELECT id, expires_at_ns, status FROM transactions
+    UNION ALL
+    SELECT id, expires_at_ns, status FROM moved_transactions
+) t
 WHERE status = $1 AND NOT EXISTS (SELECT 1 FROM holds h WHERE h.transaction_id = t.id)
 ORDER BY id
 """
@@ -198,3 +208,34 @@ CROSS_SHARD_AGAIN_SQL: Final = (
     f"SELECT * FROM ({cross_shard_rows_sql(' AND {table}.block_sequence > $1')}) x "
     f"WHERE key = ANY($2::text[]) ORDER BY {_ROW_ORDER}"
 )
+
+# ---- slot moves (core.audit.moves) ----
+
+# Each move with a side here: its direction, the other side's shard, its slots' count.
+MOVE_SIDES_SQL: Final = """
+SELECT move_id, direction, min(peer_shard) AS peer_shard, count(*) AS slot_count
+FROM slot_moves GROUP BY move_id, direction ORDER BY move_id, direction
+"""
+# The moves' own entries (core.ids: ~moveout/M/X, ~movein/M/X), streamed: each side of a move
+# is one block, which its slot_moves rows name, so they are found through transactions_by_block
+# rather than by a scan of the table (an entry outside those blocks shows in the slot-move
+# accounts' counters, which then exceed the entries' sums).
+MOVE_ENTRIES_SQL: Final = """
+SELECT id, metadata, applied_legs FROM transactions
+WHERE block_sequence IN (SELECT DISTINCT block_sequence FROM slot_moves)
+  AND (id LIKE '~moveout/%' OR id LIKE '~movein/%')
+ORDER BY id
+"""
+# The slot-move accounts' posted counters, read by name.
+MOVES_ACCOUNTS_SQL: Final = """
+SELECT id, currency, debits_posted, credits_posted FROM accounts WHERE id LIKE '@moves/%'
+ORDER BY id
+"""
+# The records move $1 brought here (the columns of core.store.shard.transaction_from_row).
+MOVED_RECORDS_SQL: Final = """
+SELECT id, kind, code, metadata, value_date, timeout_seconds, target_id, legs, applied_legs,
+       timestamp_ns, status, expires_at_ns, resolved_by_id, reversed_by_id
+FROM moved_transactions WHERE move_id = $1 ORDER BY id
+"""
+# Whether side $2 of move $1 is here now (a move caught between two shards' snapshots).
+MOVE_SIDE_SQL: Final = "SELECT count(*) FROM slot_moves WHERE move_id = $1 AND direction = $2"

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from core.history import DoneMove
 from core.slots import SLOT_COUNT, SlotMap
 from core.store import schema
 from core.store import shard as store
@@ -233,6 +234,25 @@ async def finish_move(connection: Any, move: SlotMove) -> tuple[SlotMap, float]:
             timeout=TIMEOUT_S,
         )
     return current, float(pause_ms)
+
+
+async def done_moves(connection: Any, from_version_min: int) -> list[DoneMove]:
+    """The moves done that started from map version from_version_min or later, in the order
+    they finished (one at a time, each from the map its predecessor left: by from_version).
+    A reader that last read the map at version v asks from v on: a move done since started
+    there or later (docs/design.md, "Reads across the move")."""
+    rows = await connection.fetch(
+        """
+        SELECT move_id, slots, source_shard, target_shard FROM slot_moves
+        WHERE state = 'done' AND from_version >= $1::bigint ORDER BY from_version, move_id
+        """,
+        from_version_min,
+        timeout=TIMEOUT_S,
+    )
+    return [
+        DoneMove(row["move_id"], tuple(row["slots"]), row["source_shard"], row["target_shard"])
+        for row in rows
+    ]
 
 
 async def _write_map(connection: Any, slot_map: SlotMap) -> SlotMap:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from core import ids, journal, moves
-from core.model import AccountState, TransactionState
+from core.model import AccountState, Leg, TransactionState
 from core.store.shard import (
     TRANSACTION_COLUMNS,
     account_from_row,
@@ -146,26 +146,40 @@ async def insert_moved_records(
 
 
 async def accounts_before_out(
-    connection: Connection, move_id: str, slots: frozenset[int], timeout_s: float
+    connection: Connection,
+    move_id: str,
+    slots: frozenset[int],
+    holds: Sequence[TransactionState],
+    timeout_s: float,
 ) -> list[AccountState]:
     """The slots' accounts as they were before this move's move-out here (read again when a
-    move-out is asked a second time): its transactions' legs say what each account held."""
+    move-out is asked a second time): its transactions' legs say what each account held, and
+    the releases of the moving open holds (`holds`, as they were before) what they held."""
     accounts = await slot_accounts(connection, slots, timeout_s)
     out_ids = [ids.move_out_id(move_id, account.spec.id) for account in accounts]
-    outs = await load_transactions(connection, out_ids, timeout_s)
+    release_ids = [ids.move_out_hold_id(move_id, hold.spec.id) for hold in holds]
+    written = await load_transactions(connection, [*out_ids, *release_ids], timeout_s)
+    released: dict[str, list[Leg]] = {}
+    for release_id in release_ids:
+        for leg in written[release_id].applied_legs if release_id in written else ():
+            released.setdefault(leg.account_id, []).append(leg)
     before = []
-    for account in accounts:
-        out = outs.get(ids.move_out_id(move_id, account.spec.id))
-        if out is not None:
-            account = account.copy()
-            account.debits_posted, account.credits_posted = moves.counters_before_out(
-                out.applied_legs, account.spec.id
-            )
-            account.version -= sum(
-                1 for leg in out.applied_legs if leg.account_id == account.spec.id
-            )
-        before.append(account)
+    for account, out_id in zip(accounts, out_ids, strict=True):
+        out = written.get(out_id)
+        out_legs = out.applied_legs if out is not None else ()
+        mine = released.get(account.spec.id, [])
+        before.append(moves.account_before_out(account, out_legs, [mine]))
     return before
+
+
+async def open_records(connection: Connection, timeout_s: float) -> list[TransactionState]:
+    """Every open hold and held cross-shard piece here (the holds table: only open ones live
+    there), in id order."""
+    rows = await connection.fetch(
+        "SELECT transaction_id FROM holds ORDER BY transaction_id", timeout=timeout_s
+    )
+    found = await load_transactions(connection, [row["transaction_id"] for row in rows], timeout_s)
+    return [found[key] for key in sorted(found)]
 
 
 async def existing_accounts(

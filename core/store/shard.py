@@ -605,7 +605,11 @@ async def expired_holds(
 ) -> list[str]:
     rows = await connection.fetch(
         """
-        SELECT h.transaction_id FROM holds h JOIN transactions t ON t.id = h.transaction_id
+        SELECT h.transaction_id FROM holds h JOIN (
+            SELECT id, kind, resolved_by_id FROM transactions
+            UNION ALL  -- open holds moved in with slots (docs/design.md, "Moving slots")
+            SELECT id, kind, resolved_by_id FROM moved_transactions
+        ) t ON t.id = h.transaction_id
         WHERE h.expires_at_ns > 0 AND h.expires_at_ns <= $1 AND t.kind = ANY($3::smallint[])
           AND t.resolved_by_id = ''  -- not locked by a piece deciding it (it waits for that)
         ORDER BY h.expires_at_ns LIMIT $2
@@ -745,9 +749,13 @@ async def list_postings(
 async def posting_at(
     connection: Connection, account_id: str, at_ns: int, timeout_s: float
 ) -> Posting | None:
+    """The account's last posting at or before at_ns, but a slot move's move-out: after its
+    move-out a source answers the balance the account left with (docs/design.md, "Reads
+    across the move"), not the move-out's doubled counters."""
     row = await connection.fetchrow(
         """
         SELECT * FROM postings WHERE account_id = $1 AND timestamp_ns <= $2
+          AND transaction_id NOT LIKE '~moveout/%'
         ORDER BY sequence DESC LIMIT 1
         """,
         account_id,

@@ -194,6 +194,7 @@ def finding_to_proto(finding: Finding) -> apb.Finding:
         found=finding.found,
         message=finding.message,
         text=str(finding),
+        move_id=finding.move_id,
     )
 
 

@@ -44,9 +44,10 @@ REBALANCE_SLOTS_PER_MOVE: Final = 256
 STEP_RETRY_S: Final = 60.0
 STEP_RETRY_FIRST_S: Final = 0.1
 STEP_TIMEOUT_S: Final = 60.0
-# A move-out refused because amounts are held in the slots (a cross-shard piece between its
-# prepare and resolution: milliseconds; an open hold: until it is posted, voided or expires) is
-# asked again for this long by default (--held-wait-s), then abandoned with the reason.
+# A move-out refused because amounts are held in the slots for a moment (a cross-shard piece
+# between its prepare and resolution, a hold being decided by one: milliseconds) is asked again
+# for this long by default (--held-wait-s), then abandoned with the reason. Open holds move
+# with their slots; those that cannot (they would span shards) are refused at once.
 HELD_WAIT_S: Final = 10.0
 HELD_RETRY_S: Final = 0.02
 # Large enough for a move of MOVE_RECORD_COUNT_MAX records.
@@ -104,8 +105,9 @@ def add_command(commands: Any) -> None:
             "--held-wait-s",
             type=float,
             default=HELD_WAIT_S,
-            help="how long to keep asking when amounts are held in the slots (an open hold, a "
-            f"cross-shard piece in flight) before giving the move up (default {HELD_WAIT_S:g})",
+            help="how long to keep asking when amounts are held in the slots for a moment (a "
+            "cross-shard piece in flight, a hold being decided) before giving the move up "
+            f"(default {HELD_WAIT_S:g})",
         )
         sub.add_argument(
             "--control-dsn",

@@ -17,6 +17,7 @@ old attempt's pieces once their deadline passes, which then records its abort.
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import logging
 import os
@@ -44,6 +45,9 @@ log = logging.getLogger("tally.crossshard")
 # it with each piece). Tests shorten it with TALLY_PREPARE_DEADLINE_S; all gateways of a cluster
 # must agree, since it is part of the piece a retry replays.
 PREPARE_DEADLINE_S = max(1, int(os.environ.get("TALLY_PREPARE_DEADLINE_S", "30")))
+# LaterAborts: how often the gateway retries, and at most how many units per round.
+LATER_ABORT_INTERVAL_S = 0.5
+LATER_ABORT_BATCH_MAX = 1000
 CALL_TIMEOUT_S = 30.0
 # An attempt's name: this process's random prefix (12 hex digits, drawn at start) and a
 # counter, so that no two runs of a unit anywhere share one.
@@ -426,6 +430,46 @@ class HoldResolution:
         return item
 
 
+class LaterAborts:
+    """Attempts whose Commit could not reach their coordinator (never delivered, so never
+    committed): their pieces are held at the participants, and nobody is left to record their
+    abort until the participants ask at their deadline. The gateway keeps them, at most
+    LATER_ABORT_COUNT_MAX (the oldest dropped first: the deadline covers those), and records
+    their abort once the coordinator answers again, voiding the pieces then (Gateway.run's
+    task, every LATER_ABORT_INTERVAL_S). Units past their pieces' deadline are dropped: the
+    participants have asked by then."""
+
+    def __init__(self, count_max: int = 10_000) -> None:
+        self._units: collections.deque[tuple[Unit, float]] = collections.deque(maxlen=count_max)
+
+    def __len__(self) -> int:
+        return len(self._units)
+
+    def add(self, unit: Unit) -> None:
+        self._units.append((unit, time.monotonic() + PREPARE_DEADLINE_S))
+
+    def _take(self, count_max: int) -> list[tuple[Unit, float]]:
+        """The kept units still within their deadline, at most count_max, oldest first."""
+        now = time.monotonic()
+        taken: list[tuple[Unit, float]] = []
+        while self._units and len(taken) < count_max:
+            unit, deadline = self._units.popleft()
+            if deadline > now:
+                taken.append((unit, deadline))
+        return taken
+
+    async def retry(self, driver: Driver) -> int:
+        """One round: record the abort of every kept unit whose coordinator answers and tell
+        the participants; the others are kept, with their deadline. How many were settled."""
+        taken = self._take(LATER_ABORT_BATCH_MAX)
+        if not taken:
+            return 0
+        unreachable = set(await driver.abort_undelivered([unit for unit, _ in taken]))
+        kept = [(unit, deadline) for unit, deadline in taken if unit.coordinator in unreachable]
+        self._units.extendleft(reversed(kept))  # oldest first still
+        return len(taken) - len(kept)
+
+
 class Driver:
     """The gateway side. Many cross-shard units go through each phase together: one Prepare
     call per participant shard, one Commit and one Abort call per coordinator, one Resolve call
@@ -436,8 +480,10 @@ class Driver:
         stubs: dict[int, spb_grpc.ShardStub],
         observe_phase: Callable[[str, float], None] | None = None,
         observe_undecided: Callable[[str], None] | None = None,
+        later: LaterAborts | None = None,
     ) -> None:
         self._stubs = stubs
+        self._later = later
         self._observe_phase = observe_phase
         # A hold whose fate was not decided now, by why: "unreachable", "rearm_failed" or
         # "clock_skew" (a participant's clock ahead of its coordinator's beyond the bound).
@@ -494,8 +540,12 @@ class Driver:
                 to_commit.append(u)
             elif verdict[0].code in _NOT_DECIDED:
                 # Retryable: this attempt is never committed (the gateway sends no Commit), so
-                # nothing of it is applied, even where a piece's own outcome is not known.
-                results[u] = [_not_applied(r) for r in verdict]
+                # nothing of it is applied, even where a piece's own outcome is not known. Its
+                # abort is recorded all the same, so the pieces that were prepared are voided
+                # now rather than held until their deadline (and a same-id retry meanwhile would
+                # hold the amounts again); a coordinator that cannot be reached leaves that to
+                # the deadline, and the answer stays retryable.
+                to_abort.append((u, [_not_applied(r) for r in verdict]))
             else:
                 to_abort.append((u, verdict))
         outcome = Outcome()
@@ -512,7 +562,11 @@ class Driver:
                 # attempt can no longer commit).
                 to_abort.append((u, verdict))
             elif verdict[0].code == pb.RESULT_CODE_UNAVAILABLE:
+                # Never delivered: the attempt cannot commit, and its abort is recorded once the
+                # coordinator answers again (LaterAborts), so its pieces are not held till then.
                 results[u] = verdict
+                if self._later is not None:
+                    self._later.add(units[u])
             else:
                 to_abort.append((u, verdict))
         if failpoints.ARMED and (outcome.resolves or outcome.settles):
@@ -589,9 +643,9 @@ class Driver:
         chosen: list[tuple[int, list[pb.ItemResult]]],
         results: list[list[pb.ItemResult] | None],
         outcome: Outcome,
-    ) -> None:
+    ) -> set[int]:
         """Record abort at the coordinators (unless committed) for every transaction of the
-        chosen units, and take the decisions recorded."""
+        chosen units, and take the decisions recorded; the coordinators that answered."""
         entries: dict[int, list[tuple[int, int, pb.ItemResult]]] = {}
         for u, reasons in chosen:
             for k, why in enumerate(reasons):
@@ -615,6 +669,7 @@ class Driver:
         for u, reasons in chosen:
             results[u] = list(reasons)
         answers = await self._per_shard("Abort", requests, "decisions")
+        reached = {s for s, a in answers.items() if not isinstance(a, grpc.aio.AioRpcError)}
         for shard, items in entries.items():
             decisions = answers[shard]
             for position, (u, k, why) in enumerate(items):
@@ -647,6 +702,29 @@ class Driver:
                 else:
                     message = decision.message or why.message
                     unit_results[k] = pb.ItemResult(code=decision.reason, message=message)
+        return reached
+
+    async def abort_undelivered(self, units: Sequence[Unit]) -> list[int]:
+        """Record the abort of attempts whose Commit was never delivered and tell their
+        participants; the coordinators that still do not answer."""
+        reasons = [
+            (
+                u,
+                [
+                    pb.ItemResult(
+                        code=pb.RESULT_CODE_UNAVAILABLE,
+                        message="the coordinator shard could not be reached to commit",
+                    )
+                    for _ in unit.messages
+                ],
+            )
+            for u, unit in enumerate(units)
+        ]
+        results: list[list[pb.ItemResult] | None] = [None] * len(units)
+        outcome = Outcome()
+        reached = await self._abort(units, reasons, results, outcome)
+        await self._tell(outcome)
+        return sorted({unit.coordinator for unit in units} - reached)
 
     async def _tell(self, outcome: Outcome) -> None:
         """Resolve and settle at the participants. A participant that does not hear settles

@@ -5,5 +5,6 @@ node (docs/design.md, "Layout").
 
 Public face, imported by other rooms: server (Gateway; by shards.cli) and cluster
 (GatewayConfig; by shards.cli). The rest is the gateway's own: ledger_service (the servicer),
-routing (which shards a unit needs), links (a link per shard, coalescing) and metrics.
+routing (which shards a unit needs), history (an account's history across slot moves), links
+(a link per shard, coalescing) and metrics.
 """

@@ -13,10 +13,11 @@ from typing import Any, NamedTuple
 import grpc
 
 from core import limits
+from core.history import SlotHolders
 from core.model import Result, ResultCode
-from core.slots import SlotMap, is_spread
+from core.slots import SlotMap, account_slot, is_spread
 from shards import control
-from shards.crossshard.coordinator import Driver
+from shards.crossshard.coordinator import Driver, LaterAborts
 from shards.gateway.links import ShardLink
 from shards.gateway.metrics import GatewayMetrics
 from shards.rpc.servicer import Unavailable
@@ -84,6 +85,10 @@ class Cluster:
         # post or void needs no read (a hold and its capture usually pass the same gateway).
         self._holds: OrderedDict[str, KnownHold] = OrderedDict()
         self._refresh_lock = asyncio.Lock()
+        # Which shards held each moved slot, from the control database's done moves, read with
+        # the map (only when its version changed: each done move changes it).
+        self._holders = SlotHolders()
+        self._moves_version = -1
         self._control = control.ControlClient(config.control_dsn)
         self._clearing_ready: set[str] = set()
         self._clearing_lock = asyncio.Lock()
@@ -91,14 +96,23 @@ class Cluster:
         self.metrics = GatewayMetrics(self)
         # Each link's two-phase-commit stub, timed as calls to its shard.
         self._shard_stubs: dict[int, Any] = {}
+        # Attempts whose Commit never reached their coordinator: aborted once it answers.
+        self.later_aborts = LaterAborts()
 
     async def refresh(self) -> None:
         async with self._refresh_lock:
-            slot_map, endpoints, client_endpoints = await self._control.read_cluster()
+            (
+                slot_map,
+                endpoints,
+                client_endpoints,
+                moves,
+            ) = await self._control.read_cluster_and_moves(self._moves_version)
             if slot_map is None:
                 raise RuntimeError("the control database has no slot map yet")
             await self._update_links(endpoints)
             self.client_endpoints = client_endpoints
+            self._holders.add(moves)
+            self._moves_version = slot_map.version
             if self.slot_map is None or slot_map.version > self.slot_map.version:
                 log.info("slot map version %d", slot_map.version)
                 self.slot_map = slot_map
@@ -136,6 +150,7 @@ class Cluster:
             dict(self._shard_stubs),
             self.metrics.cross_shard_phase,
             self.metrics.hold_decision_refused,
+            self.later_aborts,
         )
 
     async def ensure_clearing_accounts(self, currencies: set[str]) -> None:
@@ -171,6 +186,16 @@ class Cluster:
             raise RuntimeError("no slot map")
         return self.slot_map
 
+    def holders(self, account_id: str) -> tuple[int, ...]:
+        """The shards that held a (non-spread) account's slot, oldest first, ending with its
+        owner: where its history is (docs/design.md, "Reads across the move")."""
+        owner = self.map().shard_of_account(account_id)
+        return self._holders.holders(account_slot(account_id), owner)
+
+    def knows_move(self, move_id: str) -> bool:
+        """Whether this gateway has read the move as done."""
+        return self._holders.knows(move_id)
+
     def link(self, shard_id: int) -> ShardLink:
         link = self.links.get(shard_id)
         if link is None:
@@ -178,8 +203,9 @@ class Cluster:
         return link
 
     def remember(self, transaction_id: str, shard_id: int, cross_shard: bool = False) -> None:
-        """Where a transaction lives: its shard, or for a committed cross-shard one, its
-        coordinator's."""
+        """That a transaction exists, at its shard (its home: for a committed cross-shard one,
+        its coordinator), and whether it is cross-shard. locate() places it by the map as it
+        is then, since a slot move takes it to another shard."""
         self._locations[transaction_id] = shard_id
         self._locations.move_to_end(transaction_id)
         if cross_shard:
@@ -205,7 +231,10 @@ class Cluster:
     async def locate(self, transaction_ids: Sequence[str]) -> dict[str, int]:
         """Shards recording these transactions, of those that exist: each id's home
         (core.slots), asked there alone (cached: whether it is a cross-shard one)."""
-        found = {t: self._locations[t] for t in transaction_ids if t in self._locations}
+        # A record lives at its id's home; a slot move takes it to another shard, so the
+        # cached answer (it exists, cross-shard or not) is placed by the map as it is now.
+        slot_map = self.map()
+        found = {t: slot_map.home_of(t) for t in transaction_ids if t in self._locations}
         missing = [t for t in dict.fromkeys(transaction_ids) if t not in found]
         if not missing:
             return found

@@ -28,6 +28,7 @@ from core.slots import SLOT_COUNT, SlotMap, is_spread
 from shards.crossshard.coordinator import HoldResolution, Unit, piece_message
 from shards.gateway import routing
 from shards.gateway.cluster import Cluster, KnownHold, merge_piece_results, spread_or_owner
+from shards.gateway.history import History
 from shards.gateway.stream import GatewayStreams
 from shards.rpc import convert, outcomes
 from shards.rpc.servicer import Unavailable, abort, check_batch_size
@@ -42,6 +43,7 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
     def __init__(self, cluster: Cluster, streams: GatewayStreams | None = None) -> None:
         self._cluster = cluster
         self._streams = streams or GatewayStreams(cluster, limits.stream_count_max)
+        self._history = History(cluster)
 
     # ---- direct routing ----
 
@@ -853,14 +855,14 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
                 grpc.StatusCode.FAILED_PRECONDITION,
                 "a spread account's postings are listed per piece: ask each shard node",
             )
-        return await self._forward(context, "ListPostings", request, request.account_id)
+        return await self._history.list_postings(context, request)
 
     async def BalanceAt(
         self, request: pb.BalanceAtRequest, context: Context
     ) -> pb.BalanceAtResponse:
         await check_accounts_of_caller(context, Action.READ, (request.account_id,))
         if not is_spread(request.account_id):
-            return await self._forward(context, "BalanceAt", request, request.account_id)
+            return await self._history.balance_at(context, request)
         return await self._spread_balance_at(context, request)
 
     async def _spread_balance_at(
@@ -885,19 +887,6 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
             )
         total = _sum_balances([p.balance for p in pieces])
         return pb.BalanceAtResponse(balance=total, as_of_sequence=0)
-
-    async def _forward(self, context: Context, method: str, request: Any, account_id: str) -> Any:
-        if validation.id_problem(account_id, "account_id"):
-            await abort(
-                context,
-                grpc.StatusCode.INVALID_ARGUMENT,
-                validation.id_problem(account_id, "account_id"),
-            )
-        link = self._cluster.link(self._cluster.map().shard_of_account(account_id))
-        try:
-            return await getattr(link.stub, method)(request, timeout=link.call_timeout_s)
-        except grpc.aio.AioRpcError as error:
-            await abort(context, error.code(), error.details() or "")
 
 
 _RESOLUTIONS = (Kind.POST_PENDING, Kind.VOID_PENDING)

@@ -10,6 +10,7 @@ reloads the map and sends those units again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 import grpc
@@ -17,6 +18,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from core import limits
+from shards.crossshard.coordinator import LATER_ABORT_INTERVAL_S
 from shards.gateway.cluster import Cluster, GatewayConfig
 from shards.gateway.ledger_service import GatewayService
 from shards.gateway.links import CHANNEL_OPTIONS
@@ -85,6 +87,7 @@ class Gateway:
         try:
             async with asyncio.TaskGroup() as group:
                 group.create_task(self._poll())
+                group.create_task(self._abort_later())
                 await self._stopping.wait()
         finally:
             if self.streams is not None:
@@ -94,6 +97,25 @@ class Gateway:
             await self.cluster.close()
             if self._metrics_server is not None:
                 await self._metrics_server.stop()
+
+    async def _abort_later(self) -> None:
+        """Record the abort of attempts whose Commit never reached their coordinator, once it
+        answers (LaterAborts), so their pieces are voided then rather than at their deadline."""
+        later = self.cluster.later_aborts
+        while not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), timeout=LATER_ABORT_INTERVAL_S)
+            if self._stopping.is_set() or not len(later):
+                continue
+            try:
+                settled = await later.retry(self.cluster.driver())
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # a shard away or draining: the next round asks again
+                log.warning("aborting undelivered attempts failed: %r", error)
+                continue
+            if settled:
+                log.info("aborted %d attempts whose commit had not reached its shard", settled)
 
     async def _poll(self) -> None:
         while not self._stopping.is_set():

@@ -9,7 +9,7 @@ from typing import Any, Protocol
 import asyncpg
 import grpc
 
-from core import dsn, ids, limits, moves, validation
+from core import dsn, history, ids, limits, moves, validation
 from core.authority import Action
 from core.model import (
     AccountSpec,
@@ -323,6 +323,7 @@ class LedgerService(pb_grpc.LedgerServicer):  # type: ignore[misc]
         if request.at_ns < 0:
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "at_ns must not be negative")
         account = await self._existing_account(context, request.account_id)
+        self._mark_moved_out(context, request.account_id)
         async with storage_answers(context, self._read_timeout_s):
             posting = await store.posting_at(
                 self._node.read_pool, request.account_id, request.at_ns, self._read_timeout_s
@@ -352,6 +353,17 @@ class LedgerService(pb_grpc.LedgerServicer):  # type: ignore[misc]
             grpc.StatusCode.FAILED_PRECONDITION,
             "a shard node does not serve routing: ask a gateway (GetRouting)",
         )
+
+    def _mark_moved_out(self, context: grpc.aio.ServicerContext[Any, Any], account_id: str) -> None:
+        """A read of an account this shard moved out says so (its history goes on at the move's
+        target): the move's id in the trailing metadata (docs/design.md, "Reads across the
+        move")."""
+        writer = self._node.writer
+        if writer is None or not writer.moved_out or is_spread(account_id):
+            return
+        move_id = writer.moved_out.get(account_slot(account_id))
+        if move_id:
+            context.set_trailing_metadata(((history.MOVED_OUT_METADATA_KEY, move_id),))
 
     async def StreamJournal(
         self, request: pb.StreamJournalRequest, context: grpc.aio.ServicerContext[Any, Any]

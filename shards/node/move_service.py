@@ -12,7 +12,7 @@ from typing import Any, Protocol
 import grpc
 
 from core import ids, journal, moves
-from core.model import AccountSpec, AccountState, Status, TransactionState
+from core.model import AccountSpec, AccountState, Kind, Status, TransactionState
 from core.store import shard as store
 from shards.node.ledger_service import NodeView
 from shards.node.moves import MovedOut, move_in, move_out
@@ -102,8 +102,12 @@ def record_of(n: int, message: spb.MovedRecord) -> TransactionState:
     if len(parsed.transactions) != 1 or parsed.accounts or parsed.postings or parsed.closures:
         raise ValueError(f"records[{n}].line must be one transaction line")
     spec, applied_legs, timestamp_ns = parsed.transactions[0]
-    if message.status not in {int(s) for s in Status} or message.status == Status.PENDING:
-        raise ValueError(f"records[{n}].status {message.status} is not a settled status")
+    if message.status not in {int(s) for s in Status}:
+        raise ValueError(f"records[{n}].status {message.status} is not a status")
+    if message.status == Status.PENDING and spec.kind is not Kind.PENDING:
+        raise ValueError(f"records[{n}]: only a single-shard hold moves open")
+    if message.expires_at_ns < 0:
+        raise ValueError(f"records[{n}].expires_at_ns must not be negative")
     if ids.is_reserved(spec.id):
         raise ValueError(f"records[{n}]: reserved record {spec.id[:80]!r} never moves")
     return TransactionState(

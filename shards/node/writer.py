@@ -403,6 +403,10 @@ class Writer:
         self.committed_batch_count += 1
         for account_id, account in accounts.items():
             self.accounts.put(account_id, account)
+        for transaction_id, state in writes.changed_transactions.items():
+            # A hold released by a move-out: the cache must not keep it open (its expiry and
+            # its post or void are the target's now).
+            self.transactions.put(transaction_id, state)
         # Not kept as a batch: streams read this block from the store.
         self._recent.clear()
         self._recent_posting_count = 0

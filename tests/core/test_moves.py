@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from core import ids, moves, validation
+from core.invariant import check
 from core.model import (
     AccountSpec,
     AccountState,
@@ -23,7 +24,7 @@ from core.model import (
     TransactionState,
 )
 from core.slots import SLOT_COUNT, SlotMap, account_slot, slot_of
-from core.state import JournalPosition, check_balanced
+from core.state import Batch, JournalPosition, WriteSet, check_balanced
 
 
 def _account(account_id: str, debits: int, credits: int, closed_at_ns: int = 0) -> AccountState:
@@ -92,16 +93,74 @@ def test_a_move_in_of_empty_accounts_carries_its_summary_alone() -> None:
 
 
 def test_what_cannot_move_is_said() -> None:
-    held = _account("k/dep", 0, 10)
-    held.debits_pending = 5
-    assert "amounts held" in moves.held_refusal([held], [])
-    assert "open hold" in moves.held_refusal([], [_record("k/h", Status.PENDING)])
-    assert moves.held_refusal(ACCOUNTS, [_record("k/t1")]) == ""
     assert "overflow" in moves.refusal_of([_account("k/big", 2**62, 2**62)], [])
     with pytest.raises(moves.MoveRefusedError, match=r"not in 0\.\.4095"):
         moves.check_slots([SLOT_COUNT])
     with pytest.raises(moves.MoveRefusedError, match="no slots"):
         moves.check_slots([])
+
+
+def _hold(
+    hold_id: str, legs: tuple[Leg, ...], expires_at_ns: int = 0, kind: Kind = Kind.PENDING
+) -> TransactionState:
+    spec = TransactionSpec(hold_id, kind, legs, 1, (), "", 0, "")
+    return TransactionState(spec, legs, 50, Status.PENDING, expires_at_ns)
+
+
+def _held(account: AccountState, *holds: TransactionState) -> AccountState:
+    """The account with the holds' amounts on it pending."""
+    held = account.copy()
+    for hold in holds:
+        for leg in hold.applied_legs:
+            if leg.account_id == held.spec.id:
+                if leg.is_debit:
+                    held.debits_pending += leg.amount
+                else:
+                    held.credits_pending += leg.amount
+    return held
+
+
+def test_which_open_holds_move_and_why_the_others_do_not() -> None:
+    slots = frozenset({slot_of("k")})
+    assert slot_of("z") not in slots
+    usd = "USD"
+    contained = _hold("k/h1", (Leg("k/dep", True, 5, usd), Leg("@cash", False, 5, usd)), 9)
+    dep = _held(_account("k/dep", 0, 100), contained)
+    assert moves.moving_holds([dep], [contained], slots) == [contained]
+    # A hold whose record or a leg stays would span two shards after the move: refused.
+    spanning = _hold("k/h2", (Leg("k/dep", True, 5, usd), Leg("z/sav", False, 5, usd)))
+    homed_away = _hold("z/h3", (Leg("k/dep", True, 5, usd), Leg("z/sav", False, 5, usd)))
+    for hold, why in ((spanning, "homed in the slots"), (homed_away, "homed in slot")):
+        with pytest.raises(moves.MoveRefusedError, match=why) as refused:
+            moves.moving_holds([_held(dep, hold)], [contained, hold], slots)
+        assert not isinstance(refused.value, moves.MoveBusyError)
+    # A cross-shard hold's coordinator record, and a piece of one (re-armed since prepared).
+    coordinated = _hold("k/h4", (Leg("k/dep", True, 5, usd),), kind=Kind.HOLD)
+    with pytest.raises(moves.MoveRefusedError, match="cross-shard hold") as refused:
+        moves.moving_holds([dep], [coordinated], slots)
+    assert not isinstance(refused.value, moves.MoveBusyError)
+    piece_spec = TransactionSpec(
+        ids.piece_id("z/h5", "ab"), Kind.PREPARED, (Leg("k/dep", True, 5, usd),), 0, (), "", 30,
+        "3",
+    )  # fmt: skip
+    in_flight = TransactionState(piece_spec, piece_spec.legs, 50, Status.PENDING, 50 + 30 * 10**9)
+    with pytest.raises(moves.MoveBusyError, match="between its prepare"):
+        moves.moving_holds([_held(dep, in_flight)], [contained, in_flight], slots)
+    rearmed = in_flight.copy()
+    rearmed.expires_at_ns += 3_600 * 10**9
+    with pytest.raises(moves.MoveRefusedError, match="coordinated at shard 3") as refused:
+        moves.moving_holds([_held(dep, rearmed)], [contained, rearmed], slots)
+    assert not isinstance(refused.value, moves.MoveBusyError)
+    # A hold locked by a piece deciding it, and amounts no open hold explains: may pass soon.
+    locked = contained.copy()
+    locked.resolved_by_id = "z/p1"
+    with pytest.raises(moves.MoveBusyError, match="being decided"):
+        moves.moving_holds([dep], [locked], slots)
+    with pytest.raises(moves.MoveBusyError, match="no open hold"):
+        moves.moving_holds([dep], [], slots)
+    # Holds elsewhere, on accounts elsewhere, are no concern of the move.
+    away = _hold("z/h6", (Leg("z/dep", True, 5, usd), Leg("@cash", False, 5, usd)))
+    assert moves.moving_holds([_account("k/sav", 0, 0)], [away], slots) == []
 
 
 def test_the_fence_refuses_items_writing_to_a_moved_out_slot() -> None:
@@ -127,6 +186,17 @@ def test_the_fence_refuses_items_writing_to_a_moved_out_slot() -> None:
         assert isinstance(item, Rejection) and item.code is ResultCode.WRONG_SHARD
         assert "move ab12" in item.message
     assert isinstance(refused[0], Rejection) and refused[0].linked
+    # What posts, voids or reverses a record homed in the slot is refused too (the record is
+    # the target's), whatever its own id; the source's expiry of it is not (it finds the hold
+    # released by the move-out).
+    naming = [
+        TransactionSpec("z/p1", Kind.POST_PENDING, (), 1, (), "", 0, "k/h1"),
+        TransactionSpec("z/v1", Kind.VOID_PENDING, (), 1, (), "", 0, "k/h1"),
+        TransactionSpec("z/r1", Kind.REVERSAL, (), 1, (), "", 0, "k/t1"),
+        TransactionSpec(ids.expiry_id("k/h1"), Kind.EXPIRY, (), 0, (), "", 0, "k/h1"),
+    ]
+    refused = moves.refuse_moved(naming, moved_out)
+    assert [isinstance(item, Rejection) for item in refused] == [True, True, True, False]
 
 
 def test_a_rebalance_onto_an_added_shard_moves_each_slot_once_and_ends_even() -> None:
@@ -183,3 +253,159 @@ def test_clients_cannot_create_post_to_or_close_a_slot_move_account() -> None:
     assert created[0].message == validation.MOVES_RESERVED
     assert not isinstance(created[1], Rejection)
     assert validation.clearing_leg_problem(legs) == validation.MOVES_RESERVED
+
+
+_KEYS = ("k/a", "k/b", "k/c", "@cash")
+_COUNTERS = ("debits_posted", "credits_posted", "debits_pending", "credits_pending")
+
+
+def _counters(account: AccountState) -> tuple[int, ...]:
+    return tuple(getattr(account, name) for name in _COUNTERS)
+
+
+def _spread_piece(pending: tuple[int, int], holds: list[TransactionState]) -> AccountState:
+    piece = AccountState(AccountSpec("@cash", "USD", 1, False, False, ()), 5, 0, 0, *pending, 3)
+    return _held(piece, *holds)
+
+
+_holds = st.lists(
+    st.tuples(
+        st.sampled_from(_KEYS), st.sampled_from(_KEYS), st.integers(1, 10**6),
+        st.sampled_from([0, 10**18]), st.sampled_from(["post", "void", "expire"]),
+        st.integers(0, 10**6),
+    ).filter(lambda h: h[0] != h[1]),
+    max_size=6,
+)  # fmt: skip
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 10**9), st.integers(0, 10**9)), min_size=3, max_size=3),
+    _holds,
+    st.tuples(st.integers(0, 10**6), st.integers(0, 10**6)),
+    st.booleans(),
+)
+def test_open_holds_move_with_every_counter_conserved_and_settle_once_at_the_target(
+    posted: list[tuple[int, int]],
+    drawn: list[tuple[str, str, int, int, str, int]],
+    spread_pending: tuple[int, int],
+    target_has_spread: bool,
+) -> None:
+    """Accounts with posted balances and open holds (legs between them and a spread account)
+    move out and in: the source's accounts end empty and released, the target's have the
+    source's four counters, every counter summed over both shards is what it was (the spread
+    piece's pending moves between them, the @moves pieces net to zero); the move-out asked
+    again reads the same accounts and holds back; each hold then posts (partly), voids or
+    expires at the target exactly as it would have at the source."""
+    slots = frozenset({slot_of("k")})
+    holds = [
+        _hold(f"k/h{n}", (Leg(d, True, amount, "USD"), Leg(c, False, amount, "USD")), expiry)
+        for n, (d, c, amount, expiry, _, _) in enumerate(drawn)
+    ]
+    source = [
+        _held(_account(key, *counters), *holds)
+        for key, counters in zip(_KEYS, posted, strict=False)
+    ]
+    source_spread = _spread_piece(spread_pending, holds)
+    assert moves.moving_holds(source, holds, slots) == sorted(holds, key=lambda h: h.spec.id)
+
+    out, _, after = moves.move_out_entries(
+        "ab12", 2, source, {}, JournalPosition(1, 0), 100, holds, {"@cash": source_spread}
+    )
+    check_balanced(out, dict(after))
+    for before in source:
+        left = after[before.spec.id]
+        check(left.debits_posted == left.credits_posted, "net zero at the source")
+        check(left.debits_pending == left.credits_pending == 0, "released at the source")
+    check(_counters(after["@cash"])[2:] == spread_pending, "the spread piece keeps the rest")
+    assert sorted(out.holds_closed) == sorted(h.spec.id for h in holds)
+    ended = [out.changed_transactions[h.spec.id] for h in holds]
+    assert all(r.status is Status.PENDING_VOIDED for r in ended)
+    restored = [moves.record_before_out(r, "ab12") for r in ended]
+    assert [_record_fields(r) for r in restored] == [_record_fields(h) for h in holds]
+    _check_read_back(source, after, out)
+
+    target_spread = _spread_piece((7, 7), []) if target_has_spread else None
+    into, _, arrived = moves.move_in_entries(
+        "ab12", 0, source, holds, {}, JournalPosition(1, 0), 200,
+        [] if target_has_spread else [_spread_piece((0, 0), [])],
+        {"@cash": target_spread} if target_spread is not None else {},
+    )  # fmt: skip
+    check_balanced(into, dict(arrived))
+    moves.check_holds_in(holds, source, slots)
+    for before in source:
+        check(_counters(arrived[before.spec.id]) == _counters(before), "the source's counters")
+    base = (7, 7) if target_has_spread else (0, 0)
+    for n in (2, 3):  # the spread piece's pending moved between the shards, nothing lost
+        moved = _counters(arrived["@cash"])[n] - base[n - 2]
+        check(_counters(source_spread)[n] == _counters(after["@cash"])[n] + moved, "pending")
+    net = sum(
+        s.debits_posted - s.credits_posted
+        for states in (after, arrived)
+        for account_id, s in states.items()
+        if ids.is_moves_account(account_id)
+    )
+    check(net == 0, "the @moves pieces net to zero")
+    assert sorted(into.holds_opened) == sorted((h.spec.id, h.expires_at_ns) for h in holds)
+    _settle_at_the_target(arrived, holds, drawn)
+
+
+def _record_fields(record: TransactionState) -> tuple[object, ...]:
+    return (
+        record.spec, record.applied_legs, record.timestamp_ns, record.status,
+        record.expires_at_ns, record.resolved_by_id, record.reversed_by_id,
+    )  # fmt: skip
+
+
+def _check_read_back(
+    source: list[AccountState], after: dict[str, AccountState], out: WriteSet
+) -> None:
+    """What a move-out asked again reads back from the accounts and its own entries."""
+    written = {t.spec.id: t for t in out.new_transactions}
+    for before in source:
+        out_id = ids.move_out_id("ab12", before.spec.id)
+        out_legs = written[out_id].applied_legs if out_id in written else ()
+        released = [
+            t.applied_legs for t in out.new_transactions if t.spec.kind is Kind.VOID_PENDING
+        ]
+        again = moves.account_before_out(after[before.spec.id], out_legs, released)
+        check(_counters(again) == _counters(before), "counters read back")
+        check(again.version == before.version, "version read back")
+
+
+def _settle_at_the_target(
+    arrived: dict[str, AccountState],
+    holds: list[TransactionState],
+    drawn: list[tuple[str, str, int, int, str, int]],
+) -> None:
+    """Each hold's fate applied by the target's state machine: pending back to what the other
+    holds keep, posted counters up by what was posted, each result once; a replay replays."""
+    accounts: dict[str, AccountState | None] = dict(arrived)
+    expected = {key: list(_counters(arrived[key])) for key in _KEYS}
+    for hold, (debit, credit, amount, expiry, fate, part) in zip(holds, drawn, strict=True):
+        share = part % amount + 1
+        if fate == "post":
+            legs = (Leg(debit, True, share, "USD"), Leg(credit, False, share, "USD"))
+            spec = TransactionSpec(f"k/p-{hold.spec.id}", Kind.POST_PENDING, legs, 1, (), "", 0,
+                                   hold.spec.id)  # fmt: skip
+        elif fate == "void":
+            spec = TransactionSpec(f"k/v-{hold.spec.id}", Kind.VOID_PENDING, (), 1, (), "", 0,
+                                   hold.spec.id)  # fmt: skip
+        else:
+            spec = TransactionSpec(ids.expiry_id(hold.spec.id), Kind.EXPIRY, (), 0, (), "", 0,
+                                   hold.spec.id)  # fmt: skip
+        now_ns = 10**19 if fate == "expire" and expiry else 300
+        batch = Batch(accounts, {hold.spec.id: hold, spec.id: None}, JournalPosition(1, 0), now_ns)
+        first, again = batch.apply([[spec], [spec]])
+        assert (first[0].code, again[0].code) == (ResultCode.CREATED, ResultCode.REPLAYED)
+        check_balanced(batch.out, batch.accounts)
+        accounts.update(batch.accounts)
+        expected[debit][2] -= amount
+        expected[credit][3] -= amount
+        if fate == "post":
+            expected[debit][0] += share
+            expected[credit][1] += share
+    for key in _KEYS:
+        final = accounts[key]
+        assert final is not None
+        check(list(_counters(final)) == expected[key], f"{key} settled at the target")

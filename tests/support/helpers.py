@@ -201,6 +201,23 @@ async def control_database(pg: EmbeddedPostgres, name: str, shard_count: int) ->
 
 
 @contextlib.asynccontextmanager
+async def gateway_on(control_dsn: str, **options: object) -> AsyncIterator[Gateway]:
+    """One more gateway of a cluster, in this process (GatewayConfig fields in options: a long
+    slot_map_poll_interval_s makes one that lags behind the control database)."""
+    config = GatewayConfig(
+        control_dsn=control_dsn, listen="127.0.0.1:0", security=security.server_security()
+    )
+    gateway = Gateway(replace(config, **options))  # type: ignore[arg-type]
+    await gateway.start()
+    task = asyncio.create_task(gateway.run())
+    try:
+        yield gateway
+    finally:
+        gateway.request_stop()
+        await asyncio.wait_for(task, timeout=30)
+
+
+@contextlib.asynccontextmanager
 async def in_process_cluster(
     pg: EmbeddedPostgres,
     prefix: str,

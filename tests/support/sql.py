@@ -23,3 +23,12 @@ async def execute(dsn: str, *statements: str) -> None:
             await connection.execute(sql, timeout=30)
     finally:
         await connection.close(timeout=10)
+
+
+async def execute_with(dsn: str, sql: str, *args: object) -> None:
+    """One statement with its arguments bound."""
+    connection = await asyncpg.connect(dsn, timeout=30)
+    try:
+        await connection.execute(sql, *args, timeout=30)
+    finally:
+        await connection.close(timeout=10)

@@ -19,6 +19,7 @@ class AuditCheck(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     AUDIT_CHECK_HOLDS: _ClassVar[AuditCheck]
     AUDIT_CHECK_LEASE: _ClassVar[AuditCheck]
     AUDIT_CHECK_ANCHORS: _ClassVar[AuditCheck]
+    AUDIT_CHECK_MOVES: _ClassVar[AuditCheck]
 
 class FindingKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -67,6 +68,12 @@ class FindingKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     FINDING_KIND_ANCHOR_MISMATCH: _ClassVar[FindingKind]
     FINDING_KIND_PUBLISHED_HEAD_MISMATCH: _ClassVar[FindingKind]
     FINDING_KIND_PUBLISHED_HEAD_MISSING: _ClassVar[FindingKind]
+    FINDING_KIND_MOVE_HALF_DONE: _ClassVar[FindingKind]
+    FINDING_KIND_MOVE_IN_WITHOUT_OUT: _ClassVar[FindingKind]
+    FINDING_KIND_MOVE_UNBALANCED: _ClassVar[FindingKind]
+    FINDING_KIND_MOVES_COUNTERS_MISMATCH: _ClassVar[FindingKind]
+    FINDING_KIND_MOVED_RECORDS_MISMATCH: _ClassVar[FindingKind]
+    FINDING_KIND_MOVED_RECORD_ALTERED: _ClassVar[FindingKind]
 AUDIT_CHECK_UNSPECIFIED: AuditCheck
 AUDIT_CHECK_JOURNAL: AuditCheck
 AUDIT_CHECK_POSTINGS: AuditCheck
@@ -77,6 +84,7 @@ AUDIT_CHECK_CLEARING: AuditCheck
 AUDIT_CHECK_HOLDS: AuditCheck
 AUDIT_CHECK_LEASE: AuditCheck
 AUDIT_CHECK_ANCHORS: AuditCheck
+AUDIT_CHECK_MOVES: AuditCheck
 FINDING_KIND_UNSPECIFIED: FindingKind
 FINDING_KIND_BLOCK_MISSING: FindingKind
 FINDING_KIND_EPOCH_DECREASED: FindingKind
@@ -122,6 +130,12 @@ FINDING_KIND_LEASE_AHEAD_OF_JOURNAL: FindingKind
 FINDING_KIND_ANCHOR_MISMATCH: FindingKind
 FINDING_KIND_PUBLISHED_HEAD_MISMATCH: FindingKind
 FINDING_KIND_PUBLISHED_HEAD_MISSING: FindingKind
+FINDING_KIND_MOVE_HALF_DONE: FindingKind
+FINDING_KIND_MOVE_IN_WITHOUT_OUT: FindingKind
+FINDING_KIND_MOVE_UNBALANCED: FindingKind
+FINDING_KIND_MOVES_COUNTERS_MISMATCH: FindingKind
+FINDING_KIND_MOVED_RECORDS_MISMATCH: FindingKind
+FINDING_KIND_MOVED_RECORD_ALTERED: FindingKind
 
 class Anchor(_message.Message):
     __slots__ = ("shard", "block", "hash_hex")
@@ -292,7 +306,7 @@ class PieceState(_message.Message):
     def __init__(self, shard: _Optional[int] = ..., state: _Optional[str] = ...) -> None: ...
 
 class Finding(_message.Message):
-    __slots__ = ("kind", "check", "shard", "about", "block", "block_last", "transaction_id", "posting_sequence", "account_id", "currency", "expected", "found", "message", "text")
+    __slots__ = ("kind", "check", "shard", "about", "block", "block_last", "transaction_id", "posting_sequence", "account_id", "currency", "expected", "found", "message", "text", "move_id")
     KIND_FIELD_NUMBER: _ClassVar[int]
     CHECK_FIELD_NUMBER: _ClassVar[int]
     SHARD_FIELD_NUMBER: _ClassVar[int]
@@ -307,6 +321,7 @@ class Finding(_message.Message):
     FOUND_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
+    MOVE_ID_FIELD_NUMBER: _ClassVar[int]
     kind: FindingKind
     check: AuditCheck
     shard: int
@@ -321,7 +336,8 @@ class Finding(_message.Message):
     found: str
     message: str
     text: str
-    def __init__(self, kind: _Optional[_Union[FindingKind, str]] = ..., check: _Optional[_Union[AuditCheck, str]] = ..., shard: _Optional[int] = ..., about: _Optional[str] = ..., block: _Optional[int] = ..., block_last: _Optional[int] = ..., transaction_id: _Optional[str] = ..., posting_sequence: _Optional[int] = ..., account_id: _Optional[str] = ..., currency: _Optional[str] = ..., expected: _Optional[str] = ..., found: _Optional[str] = ..., message: _Optional[str] = ..., text: _Optional[str] = ...) -> None: ...
+    move_id: str
+    def __init__(self, kind: _Optional[_Union[FindingKind, str]] = ..., check: _Optional[_Union[AuditCheck, str]] = ..., shard: _Optional[int] = ..., about: _Optional[str] = ..., block: _Optional[int] = ..., block_last: _Optional[int] = ..., transaction_id: _Optional[str] = ..., posting_sequence: _Optional[int] = ..., account_id: _Optional[str] = ..., currency: _Optional[str] = ..., expected: _Optional[str] = ..., found: _Optional[str] = ..., message: _Optional[str] = ..., text: _Optional[str] = ..., move_id: _Optional[str] = ...) -> None: ...
 
 class VerifyChainRequest(_message.Message):
     __slots__ = ("shards", "anchors", "finding_count_max")

@@ -126,14 +126,19 @@ class LedgerServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListPostings(self, request, context):
-        """An account's postings in order, with the balance after each, cursor-paginated.
+        """An account's postings in order, with the balance after each, cursor-paginated. Through
+        the gateway, an account whose slot moved between shards (`tally slots move`) is read at
+        each shard that held it in turn, without the moves' own entries (~moveout/..., ~movein/...),
+        its balance-after chain unbroken. The cursor is opaque: one this API did not return for
+        this account is INVALID_ARGUMENT.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def BalanceAt(self, request, context):
-        """An account's balance as it was at a point in time (after every posting at or before it).
+        """An account's balance as it was at a point in time (after every posting at or before it;
+        a slot move's entries do not count: during a move, the balance the account left with).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -54,7 +54,7 @@ from tests.support.crossshard_crash import (
     open_accounts,
     retry_twice,
 )
-from tests.support.helpers import Client, audit_problems, name, transfer
+from tests.support.helpers import CREDIT, DEBIT, Client, audit_problems, leg, name, transfer
 from tests.support.processes import fetch_rows
 
 # ---- what each shard's database says about one transaction ----
@@ -454,3 +454,77 @@ async def test_a_restarted_participant_asks_about_its_pieces_at_once(
             again = await retry_twice(client, message)
             assert again.code == pb.RESULT_CODE_CREATED, (name(again.code), again.message)
             await check_outcome(cluster, client, pair, pair.id("t-inherited"), applied=True)
+
+
+async def test_a_participant_down_at_prepare_leaves_nothing_held_at_the_others(
+    pg: EmbeddedPostgres, tmp_path: Path
+) -> None:
+    """A transfer over three shards while one participant is down: the prepare there fails, so
+    the attempt is not committed and the client is told UNAVAILABLE (nothing applied). The
+    attempt's abort is recorded at the coordinator and the participant that did prepare voids
+    its piece at once, though its deadline is 10 minutes off: a retry meanwhile would otherwise
+    hold the payee's amount a second time. With the participant back, a retry applies it once."""
+    environment = {"TALLY_PREPARE_DEADLINE_S": "600"}
+    async with process_cluster(pg, tmp_path, gateway_environment=environment) as cluster:
+        async with connected_to(cluster.target) as client:
+            payer, payee, absent = await open_accounts(cluster, client, [0, 1, 2])
+
+            def three(name: str, amount: int) -> pb.Transaction:
+                legs = [leg(payer, DEBIT, 2 * amount), leg(payee, CREDIT, amount)]
+                legs.append(leg(absent, CREDIT, amount))
+                return pb.Transaction(id=f"{payer.split('/')[0]}/{name}", code=1, legs=legs)
+
+            # One across the three shards first: the gateway knows their clearing accounts.
+            assert await client.codes(three("t-first", 1)) == [pb.RESULT_CODE_CREATED]
+            message = three("t-three", AMOUNT)
+            await cluster.kill_node(2)
+            (result,) = await client.post(message)
+            assert result.code == pb.RESULT_CODE_UNAVAILABLE, (name(result.code), result.message)
+            assert await held_on(cluster, 1) == set()  # voided, not held until the deadline
+            await cluster.start_node(2)
+            await wait_gateway_reaches_every_shard(client, "@cash")
+            again = await retry_twice(client, message)
+            assert again.code in (pb.RESULT_CODE_CREATED, pb.RESULT_CODE_REPLAYED), name(again.code)
+            assert (await client.balance(payee)).credits_posted == FUNDING + AMOUNT + 1
+            assert (await client.balance(absent)).credits_posted == FUNDING + AMOUNT + 1
+        assert await pending_anywhere(cluster) == []
+        for dsn in cluster.shard_dsns:
+            assert await audit_problems(dsn) == [], dsn
+
+
+async def test_an_attempt_whose_commit_never_reached_its_coordinator_is_aborted_once_it_is_back(
+    pg: EmbeddedPostgres, tmp_path: Path
+) -> None:
+    """The coordinator dies (kill -9) after the participant prepared and before the gateway's
+    Commit: the Commit cannot be delivered, so the attempt can never commit and the client is
+    told UNAVAILABLE. The gateway keeps the attempt and records its abort as soon as the
+    coordinator is back, so the participant voids its piece then, not at its deadline 10
+    minutes off. A retry applies the transfer once."""
+    environment = {
+        "TALLY_PREPARE_DEADLINE_S": "600",
+        "TALLY_FAILPOINTS": "gateway.after_prepare=sleep:2",
+    }
+    async with process_cluster(pg, tmp_path, gateway_environment=environment) as cluster:
+        async with connected_to(cluster.target) as client:
+            pair = await funded_pair(cluster, client)
+            message = pair.transfer("t-undelivered")
+            post = asyncio.create_task(client.post(message))
+            assert cluster.gateway is not None
+            await wait_log(cluster.gateway, "failpoint gateway.after_prepare reached")
+            await cluster.kill_node(pair.coordinator)
+            (result,) = await asyncio.wait_for(post, timeout=60)
+            assert result.code == pb.RESULT_CODE_UNAVAILABLE, (name(result.code), result.message)
+            assert pair.id("t-undelivered") in await held_on(cluster, pair.participant)
+            await cluster.start_node(pair.coordinator)
+            await wait_nothing_pending(cluster, timeout_s=60)  # not 600 s
+            await wait_log(cluster.gateway, "aborted 1 attempts whose commit had not reached")
+            rows = await rows_by_shard(cluster, pair.id("t-undelivered"))
+            (marker,) = rows[pair.coordinator].values()
+            assert marker["code"] == pb.RESULT_CODE_UNAVAILABLE
+        # A gateway without the failpoint for the retry.
+        await cluster.kill_gateway()
+        await cluster.start_gateway({"TALLY_PREPARE_DEADLINE_S": "600"})
+        async with connected_to(cluster.target) as client:
+            again = await retry_twice(client, message)
+            assert again.code == pb.RESULT_CODE_CREATED, (name(again.code), again.message)
+            await check_outcome(cluster, client, pair, pair.id("t-undelivered"), applied=True)

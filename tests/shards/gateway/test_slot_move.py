@@ -14,6 +14,8 @@ import asyncpg
 import grpc
 import pytest
 
+from core import journal
+from core.model import Kind, Leg, Status, TransactionSpec, TransactionState
 from core.moves import rebalance_step
 from core.slots import SlotMap, slot_of
 from shards.local.embedded_pg import EmbeddedPostgres
@@ -171,7 +173,11 @@ async def test_moves_that_cannot_be_made_are_refused_clearly_and_move_nothing(
     slot = slot_of(key)
     await _open(client, key)
     assert await client.codes(transfer(f"{key}/fund", "@cash", f"{key}/dep", 500)) == [CREATED]
-    hold = transfer(f"{key}/h1", f"{key}/dep", "@cash", 100, pending=True)
+    # A hold with a leg on an account of another slot would span two shards after the move.
+    beside = _customer_on(SOURCE, skip=6)
+    assert slot_of(beside) != slot
+    await _open(client, beside)
+    hold = transfer(f"{key}/h1", f"{key}/dep", f"{beside}/sav", 100, pending=True)
     assert await client.codes(hold) == [CREATED]
     other_shard_slot = slot_of(_customer_on(1))
     refusals = {
@@ -181,7 +187,7 @@ async def test_moves_that_cannot_be_made_are_refused_clearly_and_move_nothing(
         ("--slots", str(slot), "--to", "9"): "no shard of this cluster",
         ("--slots", str(slot), "--to", str(SOURCE)): "already",
         ("--slots", f"{slot},{other_shard_slot}", "--to", "3"): "move one at a time",
-        ("--slots", str(slot), "--to", str(TARGET)): "amounts held",
+        ("--slots", str(slot), "--to", str(TARGET)): "both in and out of the slots",
     }
     for arguments, expected in refusals.items():
         code, stdout, stderr = await run_slots(
@@ -358,6 +364,40 @@ async def _check_rebalanced(
     assert await moves_net(dsns) == 0
 
 
+def _bad_move_ins(slot: int, targets_own: int) -> list[tuple[spb.MoveSlotsInRequest, str]]:
+    """MoveSlotsIn requests each wrong in one way, and what the refusal names."""
+    key = _customer_on(SOURCE, skip=5)
+    line = spb.MovedAccount(line="A|x/y|USD|1|0|{}|5")
+    open_hold = _record_line(f"{key}/h", Kind.HOLD)  # a cross-shard hold's record never moves
+    return [
+        (spb.MoveSlotsInRequest(move_id="ab", slots=[slot], source_shard=9), "source_shard"),
+        (spb.MoveSlotsInRequest(move_id="ab", slots=[slot], source_shard=0, accounts=[
+            spb.MovedAccount(line="garbage")]), "accounts[0].line"),
+        (spb.MoveSlotsInRequest(move_id="ab", slots=[slot], source_shard=0, accounts=[
+            spb.MovedAccount(line="A|@cash|USD|1|0|{}|5")]), "spread"),
+        (spb.MoveSlotsInRequest(move_id="ab", slots=[slot], source_shard=0, accounts=[
+            spb.MovedAccount(line=line.line, debits_posted=-1)]), "negative"),
+        (spb.MoveSlotsInRequest(move_id="ab", slots=[slot], source_shard=0, records=[
+            spb.MovedRecord(line="T|x")]), "records[0].line"),
+        (spb.MoveSlotsInRequest(move_id="ab", slots=[slot], source_shard=0, spread_accounts=[
+            line]), "spread_accounts[0]"),
+        (spb.MoveSlotsInRequest(move_id="ab", slots=[slot], source_shard=0, records=[
+            spb.MovedRecord(line=open_hold, status=2)]), "only a single-shard hold"),
+        (spb.MoveSlotsInRequest(move_id="ab", slots=[slot], source_shard=0, records=[
+            spb.MovedRecord(line=open_hold, status=1, expires_at_ns=-1)]), "expires_at_ns"),
+        (spb.MoveSlotsInRequest(move_id="ab", slots=[slot], source_shard=0, records=[
+            spb.MovedRecord(line=open_hold, status=9)]), "records[0].status"),
+        (spb.MoveSlotsInRequest(move_id="ab", slots=[targets_own], source_shard=0), "already"),
+    ]  # fmt: skip
+
+
+def _record_line(transaction_id: str, kind: Kind) -> str:
+    legs = (Leg(f"{transaction_id}/a", True, 5, "USD"), Leg(f"{transaction_id}/b", False, 5, "USD"))
+    spec = TransactionSpec(transaction_id, kind, legs, 1, (), "", 0, "")
+    state = TransactionState(spec, legs, 10, Status.PENDING)
+    return journal.transaction_line(state, *journal.legs_texts(state))
+
+
 async def test_the_move_rpcs_refuse_bad_input_with_a_status_naming_it(cluster: Cluster) -> None:
     source, target = cluster.nodes[SOURCE], cluster.nodes[TARGET]
     slot = slot_of(_customer_on(SOURCE, skip=5))
@@ -372,21 +412,7 @@ async def test_the_move_rpcs_refuse_bad_input_with_a_status_naming_it(cluster: C
         (spb.MoveSlotsOutRequest(move_id="ab", slots=[slot], target_shard=SOURCE), "target_shard"),
         (spb.MoveSlotsOutRequest(move_id="ab", slots=[foreign], target_shard=2), "not this shard"),
     ]
-    line = spb.MovedAccount(line="A|x/y|USD|1|0|{}|5")
-    ins = [
-        (spb.MoveSlotsInRequest(move_id="ab", slots=[slot], source_shard=9), "source_shard"),
-        (spb.MoveSlotsInRequest(move_id="ab", slots=[slot], source_shard=0, accounts=[
-            spb.MovedAccount(line="garbage")]), "accounts[0].line"),
-        (spb.MoveSlotsInRequest(move_id="ab", slots=[slot], source_shard=0, accounts=[
-            spb.MovedAccount(line="A|@cash|USD|1|0|{}|5")]), "spread"),
-        (spb.MoveSlotsInRequest(move_id="ab", slots=[slot], source_shard=0, accounts=[
-            spb.MovedAccount(line=line.line, debits_posted=-1)]), "negative"),
-        (spb.MoveSlotsInRequest(move_id="ab", slots=[slot], source_shard=0, records=[
-            spb.MovedRecord(line="T|x")]), "records[0].line"),
-        (spb.MoveSlotsInRequest(move_id="ab", slots=[slot], source_shard=0, spread_accounts=[
-            line]), "spread_accounts[0]"),
-        (spb.MoveSlotsInRequest(move_id="ab", slots=[targets_own], source_shard=0), "already"),
-    ]  # fmt: skip
+    ins = _bad_move_ins(slot, targets_own)
     for node, requests in ((source, outs), (target, ins)):
         async with security.cluster_channel(node.internal_target) as channel:
             stub = spb_grpc.ShardStub(channel)

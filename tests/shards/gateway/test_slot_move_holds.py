@@ -1,0 +1,261 @@
+"""Open holds move with their slot (issue 14, docs/design.md "Moving slots"): a slot with open
+single-shard holds on its accounts (one on a spread account, one with an expiry) moves from one
+node of a 4-shard in-process cluster to another under load, the mover killed after the
+move-out and resumed; afterwards each hold is posted in part, voided, posted in full or
+expires at the target, once, and what cannot move (a hold spanning slots, a cross-shard hold)
+is refused with its reason. One cluster, one test: the steps build on one another."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import asyncpg
+import pytest
+
+from core import ids
+from core.invariant import check
+from core.slots import slot_of
+from tally.v1 import ledger_pb2 as pb
+from tests.support import security
+from tests.support.audit_commands import audit_json
+from tests.support.cluster import SHARD_COUNT, Cluster
+from tests.support.helpers import CREDIT, DEBIT, Client, account, audit_problems, leg, transfer
+from tests.support.slot_moves import (
+    customer_on,
+    moves_net,
+    post_until_done,
+    retrying_load,
+    run_slots,
+)
+
+CREATED, REPLAYED = pb.RESULT_CODE_CREATED, pb.RESULT_CODE_REPLAYED
+SOURCE, TARGET, FAR = 0, 2, 1
+EXPIRY_S = 15  # past the move even on a loaded machine (a mover's start can take seconds)
+
+
+def _hold(hold_id: str, debit: str, credit: str, amount: int, timeout_s: int = 0) -> pb.Transaction:
+    return transfer(hold_id, debit, credit, amount, pending=True, timeout_seconds=timeout_s)
+
+
+def _post(post_id: str, hold_id: str, *legs: pb.Leg) -> pb.Transaction:
+    return pb.Transaction(id=post_id, code=1, post_pending_id=hold_id, legs=legs)
+
+
+def _void(void_id: str, hold_id: str) -> pb.Transaction:
+    return pb.Transaction(id=void_id, code=1, void_pending_id=hold_id)
+
+
+async def _created(client: Client, *items: pb.Transaction) -> list[pb.ItemResult]:
+    results = await client.post(*items)
+    for item, result in zip(items, results, strict=True):
+        assert result.code == CREATED, (item.id, pb.ResultCode.Name(result.code), result.message)
+    return results
+
+
+async def _records_at(dsn: str, transaction_ids: list[str]) -> set[str]:
+    """Those of these ids recorded on a shard (in its journal or moved in)."""
+    connection = await asyncpg.connect(dsn)
+    try:
+        rows = await connection.fetch(
+            "SELECT id FROM transactions WHERE id = ANY($1::text[]) UNION "
+            "SELECT id FROM moved_transactions WHERE id = ANY($1::text[])",
+            transaction_ids,
+        )
+        return {row["id"] for row in rows}
+    finally:
+        await connection.close()
+
+
+async def _open_holds_at(dsn: str) -> set[str]:
+    connection = await asyncpg.connect(dsn)
+    try:
+        return {row["transaction_id"] for row in await connection.fetch("SELECT * FROM holds")}
+    finally:
+        await connection.close()
+
+
+@pytest.mark.timeout(180)
+async def test_open_holds_move_with_their_slot_and_settle_once_at_the_target(
+    cluster: Cluster,
+) -> None:
+    key = customer_on(SOURCE, SHARD_COUNT, skip=11)
+    async with security.channel(cluster.target) as channel:
+        client = Client(channel)
+        await _refusals(cluster, client, key)
+        holds, before = await _open_before(client, key)
+        expires_at_s = time.time() + EXPIRY_S
+
+        stop, seen = asyncio.Event(), dict[str, int]()
+        load = asyncio.create_task(retrying_load(client, key, stop, seen))
+        holding = asyncio.create_task(_hold_load(client, key, stop, seen))
+        await asyncio.sleep(0.3)
+        slot = str(slot_of(key))
+        move = ("move", "--slots", slot, "--to", str(TARGET))
+        code, _, stderr = await run_slots(
+            cluster.control_dsn, *move, failpoint="slots.after_move_out=exit"
+        )
+        assert code == -9, stderr  # killed after the move-out: asked again, it hands the same
+        code, stdout, stderr = await run_slots(cluster.control_dsn, "resume")
+        assert code == 0 and "resumed and finished" in stdout, (stdout, stderr)
+        await asyncio.sleep(0.3)
+        stop.set()
+        count = await load + await holding
+        print("retryable answers seen by the client:", seen)
+
+        await _check_moved_open(cluster, client, key, count)
+        await _settle(client, key, holds, before, expires_at_s)
+        await _check_settled(cluster, client, key, count)
+
+
+async def _hold_load(client: Client, key: str, stop: asyncio.Event, seen: dict[str, int]) -> int:
+    """Holds of 1 (dep to sav), each posted in full with the same ids until done, until
+    stopped: how many. One open at the move-out moves open and is posted at the target."""
+    count = 0
+    while not stop.is_set():
+        hold = _hold(f"{key}/lh-{count}", f"{key}/dep", f"{key}/sav", 1, timeout_s=600)
+        await post_until_done(client, hold, seen)
+        await asyncio.sleep(0.02)
+        await post_until_done(client, _post(f"{key}/lp-{count}", hold.id), seen)
+        count += 1
+    return count
+
+
+async def _refusals(cluster: Cluster, client: Client, key: str) -> None:
+    """Holds that would span two shards after the move keep their slots where they are, with
+    the reason, at once (no waiting: they are open for days)."""
+    spanning = customer_on(SOURCE, SHARD_COUNT, skip=12)
+    far = customer_on(FAR, SHARD_COUNT, skip=12)
+    piece_owner = customer_on(SOURCE, SHARD_COUNT, skip=13)
+    other = customer_on(SOURCE, SHARD_COUNT, skip=14)
+    assert len({slot_of(k) for k in (key, spanning, piece_owner, other)}) == 4
+    for customer in (spanning, far, piece_owner, other):
+        await client.create(
+            account("@cash"), account(f"{customer}/dep"), account(f"{customer}/sav")
+        )
+        await _created(client, transfer(f"{customer}/fund", "@cash", f"{customer}/dep", 1_000))
+    await _created(
+        client,
+        _hold(f"{spanning}/h1", f"{spanning}/dep", f"{other}/sav", 10),  # two slots
+        _hold(f"{far}/h1", f"{far}/dep", f"{piece_owner}/dep", 10),  # cross-shard: a piece
+    )
+    cases = {
+        str(slot_of(spanning)): "both in and out of the slots",
+        str(slot_of(piece_owner)): "coordinated at shard",
+    }
+    for slot, why in cases.items():
+        started = time.monotonic()
+        code, stdout, stderr = await run_slots(
+            cluster.control_dsn, "move", "--slots", slot, "--to", str(TARGET),
+            "--held-wait-s", "100",
+        )  # fmt: skip
+        assert (code, why in stderr) == (2, True), (slot, stdout, stderr)
+        # Not asked again for --held-wait-s: refused at once (the process's start, loaded
+        # machine included, takes far less).
+        assert time.monotonic() - started < 50, "refused at once, not waited for"
+    # Voided, the holds let the slots go another time; they stay and take writes meanwhile.
+    await _created(
+        client, _void(f"{spanning}/v1", f"{spanning}/h1"), _void(f"{far}/v1", f"{far}/h1")
+    )
+
+
+async def _open_before(
+    client: Client, key: str
+) -> tuple[dict[str, pb.Transaction], dict[str, pb.ItemResult]]:
+    """The customer's accounts funded, a hold partly captured before the move (its record
+    moves settled) and four open: two on its own accounts (one expiring), two on @cash."""
+    codes = await client.create(
+        account("@cash"), account(f"{key}/dep", no_overdraft=True), account(f"{key}/sav")
+    )
+    assert codes[1:] == [CREATED, CREATED]
+    await _created(client, transfer(f"{key}/fund", "@cash", f"{key}/dep", 10_000))
+    holds = {
+        "h0": _hold(f"{key}/h0", f"{key}/dep", f"{key}/sav", 100),
+        "h1": _hold(f"{key}/h1", f"{key}/dep", f"{key}/sav", 1_000),
+        "h2": _hold(f"{key}/h2", f"{key}/dep", "@cash", 500),
+        "h3": _hold(f"{key}/h3", f"{key}/dep", f"{key}/sav", 300, timeout_s=EXPIRY_S),
+        "h4": _hold(f"{key}/h4", "@cash", f"{key}/sav", 200),
+    }
+    results = await _created(client, *holds.values())
+    before = {name: result for name, result in zip(holds, results, strict=True)}
+    partial = _post(
+        f"{key}/p0", f"{key}/h0", leg(f"{key}/dep", DEBIT, 40), leg(f"{key}/sav", CREDIT, 40)
+    )
+    before["p0"] = (await _created(client, partial))[0]
+    return holds, before
+
+
+async def _check_moved_open(cluster: Cluster, client: Client, key: str, count: int) -> None:
+    """At the target the open holds' amounts are pending, so the available balance holds
+    them back; the source keeps none of them open."""
+    expiring = (await client.transaction(f"{key}/h3")).status == pb.TRANSACTION_STATUS_PENDING
+    h3 = 300 if expiring else 0  # expired already at the target, on a very slow machine
+    dep, sav = await client.balance(f"{key}/dep"), await client.balance(f"{key}/sav")
+    assert (dep.debits_posted, dep.credits_posted) == (40 + count, 10_000)
+    assert (dep.debits_pending, dep.credits_pending) == (1_000 + 500 + h3, 0)
+    assert dep.available == 10_000 - 40 - count - 1_500 - h3
+    assert (sav.debits_pending, sav.credits_pending) == (0, 1_000 + h3 + 200)
+    async with security.channel(cluster.nodes[TARGET].target) as channel:
+        assert (await Client(channel).balance(f"{key}/dep")).debits_pending == 1_500 + h3
+    # Beyond the available balance (even were h3 to expire meanwhile), within the posted one.
+    too_much = transfer(f"{key}/over", f"{key}/dep", f"{key}/sav", dep.available + 301)
+    assert await client.codes(too_much) == [pb.RESULT_CODE_INSUFFICIENT_FUNDS]
+    hold_ids = [f"{key}/h{n}" for n in (1, 2, 4)] + ([f"{key}/h3"] if expiring else [])
+    assert not set(hold_ids) & await _open_holds_at(cluster.nodes[SOURCE].dsn)
+    assert set(hold_ids) <= await _open_holds_at(cluster.nodes[TARGET].dsn)
+    record = await client.transaction(f"{key}/h1")
+    assert record.status == pb.TRANSACTION_STATUS_PENDING
+
+
+async def _settle(
+    client: Client,
+    key: str,
+    holds: dict[str, pb.Transaction],
+    before: dict[str, pb.ItemResult],
+    expires_at_s: float,
+) -> None:
+    """h1 posted in part, h2 voided, h4 posted in full, h3 left to expire; every one once,
+    each replay (of the holds, of the pre-move capture, of these) replayed as first answered."""
+    partial = _post(
+        f"{key}/p1", f"{key}/h1", leg(f"{key}/dep", DEBIT, 600), leg(f"{key}/sav", CREDIT, 600)
+    )
+    fates = [partial, _void(f"{key}/v2", f"{key}/h2"), _post(f"{key}/p4", f"{key}/h4")]
+    first = await _created(client, *fates)
+    again = await client.post(*fates, *holds.values())
+    assert [(r.code, r.timestamp_ns) for r in again[:3]] == [
+        (REPLAYED, r.timestamp_ns) for r in first
+    ]
+    for name, result in zip(holds, again[3:], strict=True):
+        assert (result.code, result.timestamp_ns) == (REPLAYED, before[name].timestamp_ns), name
+    capture = _post(
+        f"{key}/p0", f"{key}/h0", leg(f"{key}/dep", DEBIT, 40), leg(f"{key}/sav", CREDIT, 40)
+    )
+    replayed = (await client.post(capture))[0]
+    assert (replayed.code, replayed.timestamp_ns) == (REPLAYED, before["p0"].timestamp_ns)
+    twice = await client.codes(_post(f"{key}/p1b", f"{key}/h1"), _void(f"{key}/v1b", f"{key}/h2"))
+    assert twice == [pb.RESULT_CODE_PENDING_ALREADY_RESOLVED] * 2
+    # h3 expires at the target's sweep (the source released it: it cannot expire there).
+    while (await client.transaction(f"{key}/h3")).status == pb.TRANSACTION_STATUS_PENDING:
+        assert time.time() < expires_at_s + 20, "the moved hold never expired"
+        await asyncio.sleep(0.2)
+    assert (await client.transaction(f"{key}/h3")).status == pb.TRANSACTION_STATUS_PENDING_EXPIRED
+    late = await client.codes(_post(f"{key}/p3", f"{key}/h3"))
+    assert late == [pb.RESULT_CODE_PENDING_EXPIRED]
+
+
+async def _check_settled(cluster: Cluster, client: Client, key: str, count: int) -> None:
+    dep, sav = await client.balance(f"{key}/dep"), await client.balance(f"{key}/sav")
+    check((dep.debits_posted, dep.credits_posted) == (40 + 600 + count, 10_000), "dep posted")
+    check((dep.debits_pending, dep.credits_pending) == (0, 0), "dep released")
+    check(dep.available == 10_000 - 640 - count, "dep available")
+    check((sav.debits_posted, sav.credits_posted) == (0, 40 + 600 + 200 + count), "sav posted")
+    check((sav.debits_pending, sav.credits_pending) == (0, 0), "sav released")
+    expiry = ids.expiry_id(f"{key}/h3")
+    source, target = cluster.nodes[SOURCE].dsn, cluster.nodes[TARGET].dsn
+    assert await _records_at(target, [expiry]) == {expiry}
+    assert await _records_at(source, [expiry]) == set()  # never expired at the source too
+    for node in cluster.nodes:
+        assert await audit_problems(node.dsn) == [], node.dsn
+    audit_code, report = await audit_json(*cluster.dsns)
+    assert audit_code == 0, report
+    assert await moves_net(cluster.dsns) == 0
