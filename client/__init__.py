@@ -2,8 +2,9 @@
 
 Typed calls for accounts, transactions, holds, reversals and reads, with amounts as integers in
 minor units; credentials and TLS as the servers want them; a deadline budget on every call;
-retries with backoff and jitter for retryable outcomes only, always with the same ids; and
-automatic batching of concurrent single calls into one RPC. Every write answers a `Result`
+retries with backoff and jitter for retryable outcomes only, always with the same ids;
+automatic batching of concurrent single calls into one RPC; and direct routing of single-shard
+work to its node (RoutingOptions), the gateway taking the rest. Every write answers a `Result`
 that says plainly whether it is applied, refused (and why), not applied, or unknown.
 
     async with AsyncClient("127.0.0.1:7600", Credentials.from_directory(".tally/tls")) as tally:
@@ -18,6 +19,7 @@ from .credentials import Credentials
 from .ids import new_id, partition_key
 from .money import from_minor, minor_digits, to_minor
 from .outcomes import CallError, Outcome, Result
+from .routing import RoutingOptions
 from .sync import Client
 from .types import (
     Account,
@@ -49,6 +51,7 @@ __all__ = [
     "Posting",
     "Result",
     "RetryOptions",
+    "RoutingOptions",
     "Side",
     "Transaction",
     "TransactionState",

@@ -2,8 +2,15 @@
 
 Every call has a budget (`timeout_s`, default RetryOptions.timeout_s): attempts, each bounded by
 attempt_timeout_s, and backoff with full jitter between them, until an answer is final or the
-budget is spent. Writes go through a Batcher per RPC (accounts, transactions), so concurrent
-single calls share RPCs. outcomes.py holds the rules of what is retried.
+budget is spent. Writes go through a Batcher per RPC (accounts, transactions) and destination,
+so concurrent single calls share RPCs. outcomes.py holds the rules of what is retried.
+
+Direct routing (RoutingOptions, on by default when the gateway offers it; routing.py decides,
+destinations.py sends): single-shard units go straight to their node. A routed attempt that is
+not final (WRONG_SHARD, UNAVAILABLE, OUTCOME_UNKNOWN, a transport error, no answer) sends the
+unit to the gateway from then on, at once and with the same messages, and reloads the map in
+the background: the ledger's idempotency makes the second send safe (it answers REPLAYED if
+the node had applied it).
 """
 
 from __future__ import annotations
@@ -17,10 +24,10 @@ from typing import Any
 import grpc
 
 from tally.v1 import ledger_pb2 as pb
-from tally.v1 import ledger_pb2_grpc as pb_grpc
 
-from .batcher import Batcher, NotSent, Stats
+from .batcher import NotSent, Stats
 from .credentials import Credentials
+from .destinations import Destination, Routes, channel_opener
 from .outcomes import (
     APPLIED_CODES,
     NOT_TAKEN_STATUSES,
@@ -33,6 +40,7 @@ from .outcomes import (
     code_name,
     status_name,
 )
+from .routing import RoutingOptions
 from .types import Account, AccountState, Balance, Posting, Transaction, TransactionState
 
 MESSAGE_BYTES_MAX = 16 * 1024 * 1024  # the servers' message limit (core.limits)
@@ -61,6 +69,7 @@ class _Attempts:
     maybe_applied: bool = False
     code: str = ""
     message: str = ""
+    via_gateway: bool = False  # routed once and not final: the gateway from then on
 
 
 class AsyncClient:
@@ -74,6 +83,7 @@ class AsyncClient:
         *,
         retry: RetryOptions | None = None,
         batch: BatchOptions | None = None,
+        routing: RoutingOptions | None = None,
         channel_options: Sequence[tuple[str, Any]] = (),
     ) -> None:
         self.target = target
@@ -84,19 +94,17 @@ class AsyncClient:
             ("grpc.max_receive_message_length", MESSAGE_BYTES_MAX),
             *channel_options,
         ]
-        self._channel = grpc.aio.secure_channel(
-            target, credentials.channel_credentials(), options=options
-        )
-        self._stub = pb_grpc.LedgerStub(self._channel)
         self.stats = Stats()
-        self._transactions: Batcher[pb.Transaction] = self._batcher(
-            "PostTransactions", self._send_transactions, batching
+        open_channel = channel_opener(credentials, options)
+        bounds = (
+            batching.items_max,
+            min(batching.bytes_max, MESSAGE_BYTES_MAX // 2),
+            batching.in_flight_max,
         )
-        self._accounts: Batcher[pb.Account] = self._batcher(
-            "CreateAccounts", self._send_accounts, batching
-        )
-        self._closures: Batcher[pb.CloseAccount] = self._batcher(
-            "CloseAccounts", self._send_closures, batching
+        gateway = Destination(target, open_channel(target), self.stats, bounds, direct=False)
+        self._stub: Any = gateway.stub
+        self._routes = Routes(
+            gateway, open_channel, routing or RoutingOptions(), self.stats, bounds
         )
 
     async def __aenter__(self) -> AsyncClient:
@@ -106,22 +114,30 @@ class AsyncClient:
         await self.close()
 
     async def close(self) -> None:
-        await self._transactions.close()
-        await self._accounts.close()
-        await self._closures.close()
-        await self._channel.close()
+        await self._routes.close()
+
+    @property
+    def routing(self) -> str:
+        """How calls are routed: "direct (map version N)", "loading", or why every call goes
+        to the gateway."""
+        router = self._routes.router
+        if not router.on:
+            return f"gateway only: {router.off_reason}"
+        if router.table is None:
+            return "loading"
+        return f"direct (map version {router.table.version})"
 
     # ---- writes ----
 
     async def create_account(self, account: Account, *, timeout_s: float | None = None) -> Result:
-        (result,) = await self._write(self._accounts, [account.to_message()], timeout_s)
+        (result,) = await self._write("accounts", [account.to_message()], timeout_s)
         return result
 
     async def create_accounts(
         self, accounts: Iterable[Account], *, timeout_s: float | None = None
     ) -> list[Result]:
         units = [[account.to_message()] for account in accounts]
-        return await self._write_units(self._accounts, units, timeout_s)
+        return await self._write_units("accounts", units, timeout_s)
 
     async def close_accounts(
         self, account_ids: Iterable[str], *, timeout_s: float | None = None
@@ -129,11 +145,11 @@ class AsyncClient:
         """Close accounts (no further postings): each needs a zero balance and nothing held
         (else refused: account_has_balance, account_has_pending); closing again is replayed."""
         units = [[pb.CloseAccount(account_id=account_id)] for account_id in account_ids]
-        return await self._write_units(self._closures, units, timeout_s)
+        return await self._write_units("closures", units, timeout_s)
 
     async def post(self, transaction: Transaction, *, timeout_s: float | None = None) -> Result:
         """Post one transaction (a transfer, hold, capture, void or reversal)."""
-        (result,) = await self._write(self._transactions, [transaction.to_message()], timeout_s)
+        (result,) = await self._write("transactions", [transaction.to_message()], timeout_s)
         return result
 
     async def post_linked(
@@ -144,14 +160,14 @@ class AsyncClient:
         if not group:
             return []
         messages = [t.to_message(linked=n < len(group) - 1) for n, t in enumerate(group)]
-        return await self._write(self._transactions, messages, timeout_s)
+        return await self._write("transactions", messages, timeout_s)
 
     async def post_many(
         self, transactions: Iterable[Transaction], *, timeout_s: float | None = None
     ) -> list[Result]:
         """Post independent transactions (each applied or refused on its own), in order."""
         units = [[t.to_message()] for t in transactions]
-        return await self._write_units(self._transactions, units, timeout_s)
+        return await self._write_units("transactions", units, timeout_s)
 
     # ---- reads ----
 
@@ -165,7 +181,7 @@ class AsyncClient:
     ) -> dict[str, AccountState | None]:
         """Each id's account, or None if there is none. CallError for an invalid id."""
         request = pb.GetAccountsRequest(ids=list(ids))
-        response = await self._read_items(self._stub.GetAccounts, request, timeout_s)
+        response = await self._read_accounts(request, timeout_s)
         return {
             account_id: AccountState.of_message(found.account) if found is not None else None
             for account_id, found in zip(ids, response, strict=True)
@@ -220,66 +236,92 @@ class AsyncClient:
 
     # ---- the retry loop ----
 
-    def _batcher(self, method: str, send: Any, options: BatchOptions) -> Batcher[Any]:
-        return Batcher(
-            method,
-            send,
-            self.stats,
-            options.items_max,
-            min(options.bytes_max, MESSAGE_BYTES_MAX // 2),
-            options.in_flight_max,
-        )
-
-    async def _send_transactions(self, messages: list[pb.Transaction], timeout_s: float) -> Any:
-        request = pb.PostTransactionsRequest(transactions=messages)
-        return (await self._stub.PostTransactions(request, timeout=timeout_s)).results
-
-    async def _send_accounts(self, messages: list[pb.Account], timeout_s: float) -> Any:
-        request = pb.CreateAccountsRequest(accounts=messages)
-        return (await self._stub.CreateAccounts(request, timeout=timeout_s)).results
-
-    async def _send_closures(self, messages: list[pb.CloseAccount], timeout_s: float) -> Any:
-        request = pb.CloseAccountsRequest(accounts=messages)
-        return (await self._stub.CloseAccounts(request, timeout=timeout_s)).results
-
     async def _write_units(
-        self, batcher: Batcher[Any], units: list[list[Any]], timeout_s: float | None
+        self, kind: str, units: list[list[Any]], timeout_s: float | None
     ) -> list[Result]:
-        ends = await asyncio.gather(*(self._write(batcher, unit, timeout_s) for unit in units))
+        ends = await asyncio.gather(*(self._write(kind, unit, timeout_s) for unit in units))
         return [result for end in ends for result in end]
 
-    async def _write(
-        self, batcher: Batcher[Any], messages: list[Any], timeout_s: float | None
-    ) -> list[Result]:
+    async def _write(self, kind: str, messages: list[Any], timeout_s: float | None) -> list[Result]:
         """One unit (an item or a linked group), attempted until its answer is final or the
-        budget is spent; always the same messages, so always the same ids."""
+        budget is spent; always the same messages, so always the same ids. Routed to a node
+        while routing places it there and no attempt there failed; else to the gateway."""
         loop = asyncio.get_running_loop()
         deadline = self._deadline(timeout_s)
         ids = [_id_of(m) for m in messages]
         size = sum(m.ByteSize() for m in messages)
         state = _Attempts()
+        await self._routes.ready(self._lookup_timeout_s(deadline))
         while True:
             state.number += 1
-            remaining = deadline - loop.time()
-            try:
-                answers = await batcher.submit(
-                    messages, ids, size, min(remaining, self.retry.attempt_timeout_s)
-                )
-            except NotSent:
-                state.code, state.message = "deadline_exceeded", "not sent within its deadline"
-            except TimeoutError:
-                state.maybe_applied = True
-                state.code, state.message = "deadline_exceeded", "no answer within the deadline"
-            except grpc.aio.AioRpcError as error:
-                _note_failed_call(state, error)
-            else:
-                if _final(answers):
-                    return [_result(a, i, state.number) for a, i in zip(answers, ids, strict=True)]
+            destination = self._destination(kind, messages, state.via_gateway)
+            answers = await self._attempt(destination, kind, messages, ids, size, deadline, state)
+            if answers is not None and _final(answers):
+                if destination.direct and kind == "transactions":
+                    self._note_applied_directly(messages, answers)
+                return [_result(a, i, state.number) for a, i in zip(answers, ids, strict=True)]
+            if answers is not None:
                 _note_retryable(state, answers)
-            if not await self._backoff(state.number, deadline):
+            if destination.direct:
+                self._fall_back(state)
+                go_on = loop.time() + self.retry.backoff_base_s < deadline
+            else:
+                go_on = await self._backoff(state.number, deadline)
+            if not go_on:
                 outcome = Outcome.UNKNOWN if state.maybe_applied else Outcome.NOT_APPLIED
                 return [Result(i, outcome, state.code, state.message, 0, state.number) for i in ids]
             self.stats.retries += 1
+
+    async def _attempt(
+        self,
+        destination: Destination,
+        kind: str,
+        messages: list[Any],
+        ids: list[str],
+        size: int,
+        deadline: float,
+        state: _Attempts,
+    ) -> Sequence[Any] | None:
+        """One attempt's answers, or None (noted in state) when none came. A refusal of the
+        whole call is final at the gateway (CallError); at a node the gateway is asked too."""
+        remaining = deadline - asyncio.get_running_loop().time()
+        try:
+            return await destination.batcher(kind).submit(
+                messages, ids, size, min(remaining, self.retry.attempt_timeout_s)
+            )
+        except NotSent:
+            state.code, state.message = "deadline_exceeded", "not sent within its deadline"
+        except TimeoutError:
+            state.maybe_applied = True
+            state.code, state.message = "deadline_exceeded", "no answer within the deadline"
+            if destination.direct:
+                self._routes.mark_down(destination.target)
+        except grpc.aio.AioRpcError as error:
+            _note_failed_call(state, error, refusal_is_final=not destination.direct)
+            if destination.direct and error.code() in RETRY_STATUSES:
+                self._routes.mark_down(destination.target)
+        return None
+
+    def _destination(self, kind: str, messages: list[Any], via_gateway: bool) -> Destination:
+        if kind == "transactions":
+            return self._routes.for_transactions(messages, via_gateway)
+        return self._routes.for_accounts([_id_of(m) for m in messages], via_gateway)
+
+    def _note_applied_directly(self, messages: list[Any], answers: Sequence[Any]) -> None:
+        applied = [m for m, a in zip(messages, answers, strict=True) if a.code in APPLIED_CODES]
+        self._routes.router.note_applied_directly(applied)
+
+    def _fall_back(self, state: _Attempts) -> None:
+        """A node refused or failed routed work: the gateway takes the unit from here (it
+        routes by its own, fresher map), and the map is reloaded in the background."""
+        state.via_gateway = True
+        self.stats.fallbacks += 1
+        self._routes.reload_soon(self.retry.attempt_timeout_s)
+
+    def _lookup_timeout_s(self, deadline: float) -> float:
+        """A routing load's share of a call's budget: one attempt's at most."""
+        remaining = deadline - asyncio.get_running_loop().time()
+        return max(min(remaining, self.retry.attempt_timeout_s), 0.001)
 
     def _deadline(self, timeout_s: float | None) -> float:
         """When a call's budget ends, on the loop's clock (RetryOptions.timeout_s by default)."""
@@ -314,6 +356,43 @@ class AsyncClient:
             if not await self._backoff(attempt, deadline):
                 raise CallError(status_name(last.code()), last.details() or "no answer")
             self.stats.retries += 1
+
+    async def _read_accounts(
+        self, request: pb.GetAccountsRequest, timeout_s: float | None
+    ) -> list[Any]:
+        """GetAccounts: at the accounts' node when routing places them all on one, else (or
+        when the node does not find them all) at the gateway, within one budget."""
+        loop = asyncio.get_running_loop()
+        deadline = self._deadline(timeout_s)
+        await self._routes.ready(self._lookup_timeout_s(deadline))
+        destination = self._routes.for_accounts(list(request.ids), via_gateway=False)
+        if destination.direct:
+            found = await self._direct_lookup(destination, request, deadline)
+            if found is not None:
+                return found
+        remaining = max(deadline - loop.time(), 0.001)
+        return await self._read_items(self._stub.GetAccounts, request, remaining)
+
+    async def _direct_lookup(
+        self, destination: Destination, request: pb.GetAccountsRequest, deadline: float
+    ) -> list[Any] | None:
+        """One attempt at the node: the records if it found every account, else None (the
+        gateway answers instead: a node that never held a slot says "not found", one that
+        moved it out "wrong_shard"; the gateway follows the moves)."""
+        self.stats.count_direct("GetAccounts", len(request.ids))
+        try:
+            response = await destination.stub.GetAccounts(
+                request, timeout=self._lookup_timeout_s(deadline)
+            )
+        except grpc.aio.AioRpcError as error:
+            if error.code() in RETRY_STATUSES:
+                self._routes.mark_down(destination.target)
+            response = None
+        if response is None or any(r.code != pb.RESULT_CODE_OK for r in response.results):
+            self.stats.fallbacks += 1
+            self._routes.reload_soon(self.retry.attempt_timeout_s)
+            return None
+        return list(response.results)
 
     async def _read_items(self, method: Any, request: Any, timeout_s: float | None) -> list[Any]:
         """A lookup by ids: each found record, or None for not found; retried while any item
@@ -350,13 +429,16 @@ def _note_retryable(state: _Attempts, answers: Sequence[Any]) -> None:
         state.maybe_applied = True
 
 
-def _note_failed_call(state: _Attempts, error: grpc.aio.AioRpcError) -> None:
+def _note_failed_call(
+    state: _Attempts, error: grpc.aio.AioRpcError, refusal_is_final: bool = True
+) -> None:
     """A whole call that failed: retried if its status says so, else a CallError (the servers
-    refused the request itself: credentials, role, a malformed request)."""
+    refused the request itself: credentials, role, a malformed request) if refusal_is_final."""
     status = error.code()
     if status not in RETRY_STATUSES:
-        raise CallError(status_name(status), error.details() or "")
-    if status not in NOT_TAKEN_STATUSES:
+        if refusal_is_final:
+            raise CallError(status_name(status), error.details() or "")
+    elif status not in NOT_TAKEN_STATUSES:
         state.maybe_applied = True  # the request may have reached the ledger
     state.code, state.message = status_name(status), error.details() or ""
 

@@ -26,15 +26,28 @@ class NotSent(Exception):
 
 @dataclass
 class Stats:
-    """What the client sent: RPCs and items per method, and attempts beyond the first."""
+    """What the client sent: write RPCs and items per method; direct_*: RPCs and items sent
+    straight to a node by direct routing (writes, of those counted before, and account reads);
+    attempts beyond the first; routed units sent again to the gateway (fallbacks); and
+    GetRouting calls (routing_loads)."""
 
     rpcs: dict[str, int] = field(default_factory=dict)
     items: dict[str, int] = field(default_factory=dict)
     retries: int = 0
+    direct_rpcs: dict[str, int] = field(default_factory=dict)
+    direct_items: dict[str, int] = field(default_factory=dict)
+    fallbacks: int = 0
+    routing_loads: int = 0
 
-    def count(self, method: str, items: int) -> None:
+    def count(self, method: str, items: int, direct: bool = False) -> None:
         self.rpcs[method] = self.rpcs.get(method, 0) + 1
         self.items[method] = self.items.get(method, 0) + items
+        if direct:
+            self.count_direct(method, items)
+
+    def count_direct(self, method: str, items: int) -> None:
+        self.direct_rpcs[method] = self.direct_rpcs.get(method, 0) + 1
+        self.direct_items[method] = self.direct_items.get(method, 0) + items
 
 
 @dataclass
@@ -56,8 +69,11 @@ class Batcher(Generic[Message]):
         items_max: int,
         bytes_max: int,
         in_flight_max: int,
+        *,
+        direct: bool = False,
     ) -> None:
         self._method = method
+        self._direct = direct
         self._send = send
         self._stats = stats
         self._items_max = items_max
@@ -126,7 +142,7 @@ class Batcher(Generic[Message]):
         messages = [m for unit in batch for m in unit.messages]
         try:
             timeout_s = max(unit.deadline for unit in batch) - loop.time()
-            self._stats.count(self._method, len(messages))
+            self._stats.count(self._method, len(messages), self._direct)
             results = await self._send(messages, max(timeout_s, 0.001))
             if len(results) != len(messages):
                 raise RuntimeError(f"{len(results)} results for {len(messages)} items")

@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 from .aio import AsyncClient, BatchOptions, RetryOptions
 from .credentials import Credentials
 from .outcomes import Result
+from .routing import RoutingOptions
 from .types import Account, AccountState, Balance, Posting, Transaction, TransactionState
 
 T = TypeVar("T")
@@ -26,6 +27,7 @@ class Client:
         *,
         retry: RetryOptions | None = None,
         batch: BatchOptions | None = None,
+        routing: RoutingOptions | None = None,
     ) -> None:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
@@ -34,13 +36,17 @@ class Client:
         self._thread.start()
 
         async def make() -> AsyncClient:
-            return AsyncClient(target, credentials, retry=retry, batch=batch)
+            return AsyncClient(target, credentials, retry=retry, batch=batch, routing=routing)
 
         self._client = self._run(make())
 
     @property
     def stats(self) -> Any:
         return self._client.stats
+
+    @property
+    def routing(self) -> str:
+        return self._client.routing
 
     def __enter__(self) -> Client:
         return self

@@ -56,6 +56,7 @@ class Action(enum.Enum):
     PROFILE = "profile"  # the Monitor service: borrowers' cash-flow profiles
     INTERNAL = "internal"  # tally.v1.Shard: only the cluster's own processes
     PROBE = "probe"  # health checking and reflection: any authenticated caller
+    ROUTE = "route"  # Ledger.GetRouting: the slot map and the nodes' client endpoints
 
 
 # Which roles allow each action, and whether the role's scope then limits it.
@@ -73,6 +74,14 @@ _ALLOWED: Final[dict[Action, dict[Role, bool]]] = {
     Action.STREAM: {Role.MONITOR: True, Role.AUDITOR: False, Role.CLUSTER: False},
     Action.PROFILE: {Role.MONITOR: True, Role.READER: True, Role.AUDITOR: False},
     Action.INTERNAL: {Role.CLUSTER: False},
+    # Whoever sends work a client library may route straight to a node; it names no account,
+    # so no scope limits it.
+    Action.ROUTE: {
+        Role.POSTER: False,
+        Role.READER: False,
+        Role.ADMIN: False,
+        Role.CLUSTER: False,
+    },
 }
 
 _LEDGER: Final = "/tally.v1.Ledger/"
@@ -89,6 +98,7 @@ _LEDGER_ACTIONS: Final = {
     "ListPostings": Action.READ,
     "BalanceAt": Action.READ,
     "StreamJournal": Action.STREAM,
+    "GetRouting": Action.ROUTE,
 }
 
 _MONITOR_ACTIONS: Final = {"GetFlowProfile": Action.PROFILE, "GetPortfolio": Action.PROFILE}

@@ -76,6 +76,17 @@ class SlotMap:
     def shard_of_key(self, key: str) -> int:
         return self.owners[slot_of(key)]
 
+    def ranges(self) -> list[tuple[int, int, int]]:
+        """The map compactly: (first slot, slot count, owner) of each run of slots with one
+        owner, in slot order, covering every slot once (what GetRouting sends clients)."""
+        runs: list[tuple[int, int, int]] = []
+        first = 0
+        for slot in range(1, SLOT_COUNT + 1):
+            if slot == SLOT_COUNT or self.owners[slot] != self.owners[first]:
+                runs.append((first, slot - first, self.owners[first]))
+                first = slot
+        return runs
+
     def owned_by(self, shard_id: int) -> frozenset[int]:
         return frozenset(s for s, owner in enumerate(self.owners) if owner == shard_id)
 

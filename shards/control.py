@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import asyncpg
 
@@ -18,6 +18,15 @@ from core.store import control as control_store
 CLOSE_TIMEOUT_S = 5.0
 
 T = TypeVar("T")
+
+
+class ClusterView(NamedTuple):
+    """What a process reads of the cluster from the control database."""
+
+    slot_map: SlotMap | None
+    endpoints: dict[int, str]  # internal (tally.v1.Shard, and the Ledger for gateways)
+    client_endpoints: dict[int, str]  # the nodes' client listeners, of those registered
+    moves: list[DoneMove]  # slot moves done since the version asked about
 
 
 async def connect(dsn: str) -> Any:
@@ -45,37 +54,25 @@ class ControlClient:
                 await self._drop()
                 raise
 
-    async def read_cluster(self) -> tuple[SlotMap | None, dict[int, str]]:
-        """The slot map (None before the cluster is initialised) and the shards' endpoints,
-        the tables created first if this process is the first to look."""
-
-        async def read(connection: Any) -> tuple[SlotMap | None, dict[int, str]]:
-            if not self._prepared:
-                await control_store.prepare(connection)
-                self._prepared = True
-            slot_map = await control_store.load_slot_map(connection)
-            return slot_map, await control_store.shard_endpoints(connection)
-
-        return await self.use(read)
-
-    async def read_cluster_and_moves(
-        self, moves_version: int
-    ) -> tuple[SlotMap | None, dict[int, str], list[DoneMove]]:
-        """read_cluster, and the moves done since the map was at moves_version (-1: every
+    async def read_cluster_and_moves(self, moves_version: int) -> ClusterView:
+        """The slot map (None before the cluster is initialised), the shards' internal and
+        client endpoints, and the moves done since the map was at moves_version (-1: every
         one; none read while the map is still there), from one snapshot: the moves are never
-        older than the map read with them."""
+        older than the map read with them. The tables are created first if this process is the
+        first to look."""
 
-        async def read(connection: Any) -> tuple[SlotMap | None, dict[int, str], list[DoneMove]]:
+        async def read(connection: Any) -> ClusterView:
             if not self._prepared:
                 await control_store.prepare(connection)
                 self._prepared = True
             async with connection.transaction(isolation="repeatable_read", readonly=True):
                 slot_map = await control_store.load_slot_map(connection)
                 endpoints = await control_store.shard_endpoints(connection)
+                clients = await control_store.client_endpoints(connection)
                 moves: list[DoneMove] = []
                 if slot_map is not None and slot_map.version != moves_version:
                     moves = await control_store.done_moves(connection, max(moves_version, 0))
-            return slot_map, endpoints, moves
+            return ClusterView(slot_map, endpoints, clients, moves)
 
         return await self.use(read)
 

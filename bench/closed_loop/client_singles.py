@@ -7,7 +7,10 @@ deposit accounts, then alternates, in one sitting, phases of --callers tasks eac
 single-shard transfer per call until the phase ends:
 
 - `raw`: a PostTransactions RPC of one item per call (what a product's own client does today);
-- `library`: `tally.client.AsyncClient.post` per call, its batcher coalescing concurrent calls.
+- `library`: `tally.client.AsyncClient.post` per call, its batcher coalescing concurrent calls,
+  every call through the gateway (`RoutingOptions(direct=False)`);
+- `library-direct`: the same with direct routing on (the default): each single-shard transfer
+  goes straight to its node's client listener, batched per node, and the gateway does nothing.
 
 Each phase's transfers/s, the servers' CPU per transfer (nodes, gateway, PostgreSQL) and the
 bench process's, from psutil. Writes report.md and results.json to --out. The load generator
@@ -41,13 +44,14 @@ from tally.client import (
     BatchOptions,
     Credentials,
     Outcome,
+    RoutingOptions,
     new_id,
     transfer,
 )
 from tally.v1 import ledger_pb2 as pb
 from tally.v1 import ledger_pb2_grpc as pb_grpc
 
-PHASES = ("raw", "library")
+PHASES = ("raw", "library", "library-direct")
 SERVER_ROLES = ("node", "gateway", "postgres")
 
 
@@ -57,10 +61,16 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--callers", type=int, default=64)
     parser.add_argument("--customers", type=int, default=10_000)
     parser.add_argument("--duration-s", type=float, default=20.0)
-    parser.add_argument("--rounds", type=int, default=2, help="raw, library, raw, library, ...")
+    parser.add_argument(
+        "--rounds", type=int, default=2, help="raw, library, library-direct, raw, ..."
+    )
     parser.add_argument(
         "--in-flight-max", type=int, default=BatchOptions().in_flight_max,
         help="the library's RPCs out at once per kind (BatchOptions.in_flight_max)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--node-in-flight-max", type=int, default=RoutingOptions().node_in_flight_max,
+        help="library-direct's RPCs out at once per kind and node (RoutingOptions)",
     )  # fmt: skip
     parser.add_argument("--out", type=Path, default=Path("bench/reports/client-singles"))
     return parser
@@ -151,11 +161,21 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
             phases: list[dict[str, Any]] = []
             raw_channel = grpc.aio.secure_channel(target, credentials.channel_credentials())
             batching = BatchOptions(in_flight_max=args.in_flight_max)
-            async with AsyncClient(target, credentials, batch=batching) as client, raw_channel:
+            gateway_only = RoutingOptions(direct=False)
+            routing = RoutingOptions(node_in_flight_max=args.node_in_flight_max)
+            async with (
+                AsyncClient(target, credentials, batch=batching, routing=gateway_only) as client,
+                AsyncClient(target, credentials, batch=batching, routing=routing) as direct,
+                raw_channel,
+            ):
                 await _open_books(client, args.customers)
-                raw, library = _raw_post(raw_channel), _library_post(client)
+                posts = {
+                    "raw": _raw_post(raw_channel),
+                    "library": _library_post(client),
+                    "library-direct": _library_post(direct),
+                }
                 for round_number in range(args.rounds):
-                    for name, post in (("raw", raw), ("library", library)):
+                    for name, post in posts.items():
                         result = await _phase(post, args, meter)
                         phases.append({"phase": name, "round": round_number + 1, **result})
                         print(
@@ -182,14 +202,18 @@ def _summary(results: dict[str, Any]) -> dict[str, Any]:
         for name, runs in by_phase.items()
         if runs
     }
-    raw, library = mean["raw"], mean["library"]
+    raw, library, direct = mean["raw"], mean["library"], mean["library-direct"]
     return {
         "mean": mean,
-        "library_over_raw_rate": round(library["transfers_per_s"] / raw["transfers_per_s"], 2),
-        "library_over_raw_server_cpu": round(
-            library["server_cpu_us_per_transfer"] / raw["server_cpu_us_per_transfer"], 3
-        ),
+        "library_over_raw_rate": _ratio(library, raw, "transfers_per_s"),
+        "library_over_raw_server_cpu": _ratio(library, raw, "server_cpu_us_per_transfer"),
+        "direct_over_library_rate": _ratio(direct, library, "transfers_per_s"),
+        "direct_over_library_server_cpu": _ratio(direct, library, "server_cpu_us_per_transfer"),
     }
+
+
+def _ratio(over: dict[str, float], under: dict[str, float], key: str) -> float:
+    return round(over[key] / under[key], 3) if under[key] else 0.0
 
 
 def _report(results: dict[str, Any]) -> str:
@@ -212,6 +236,9 @@ def _report(results: dict[str, Any]) -> str:
         "",
         f"Library over raw, means of the rounds: **{summary['library_over_raw_rate']}x the rate**, "
         f"**{summary['library_over_raw_server_cpu']}x the servers' CPU per transfer**.",
+        f"Library with direct routing over library through the gateway: "
+        f"**{summary['direct_over_library_rate']}x the rate**, "
+        f"**{summary['direct_over_library_server_cpu']}x the servers' CPU per transfer**.",
         "",
     ]
     return "\n".join(lines)

@@ -70,22 +70,28 @@ async def move_slots(connection: Any, slots: list[int], shard_id: int) -> SlotMa
     return moved
 
 
-async def register_shard(connection: Any, shard_id: int, endpoint: str, epoch: int) -> int | None:
-    """Record endpoint as shard_id's, registered by its writer of this lease epoch, unless a
+async def register_shard(
+    connection: Any, shard_id: int, endpoint: str, epoch: int, client_endpoint: str = ""
+) -> int | None:
+    """Record endpoint (internal) and client_endpoint (the Ledger listener clients may reach
+    directly; "": none) as shard_id's, registered by its writer of this lease epoch, unless a
     newer epoch is recorded: None when recorded, else the newer epoch that refused it. An equal
-    epoch (the same writer again) replaces the endpoint; epochs only grow, so a refusal is
+    epoch (the same writer again) replaces the endpoints; epochs only grow, so a refusal is
     final for this epoch."""
     recorded = await connection.fetchval(
         """
-        INSERT INTO shards AS s (shard_id, endpoint, epoch) VALUES ($1, $2, $3)
+        INSERT INTO shards AS s (shard_id, endpoint, epoch, client_endpoint)
+        VALUES ($1, $2, $3, $4)
         ON CONFLICT (shard_id) DO UPDATE
-            SET endpoint = excluded.endpoint, epoch = excluded.epoch, updated_at = now()
+            SET endpoint = excluded.endpoint, epoch = excluded.epoch,
+                client_endpoint = excluded.client_endpoint, updated_at = now()
             WHERE s.epoch <= excluded.epoch
         RETURNING epoch
         """,
         shard_id,
         endpoint,
         epoch,
+        client_endpoint,
         timeout=TIMEOUT_S,
     )
     if recorded is not None:
@@ -99,6 +105,15 @@ async def register_shard(connection: Any, shard_id: int, endpoint: str, epoch: i
 async def shard_endpoints(connection: Any) -> dict[int, str]:
     rows = await connection.fetch("SELECT shard_id, endpoint FROM shards", timeout=TIMEOUT_S)
     return {row["shard_id"]: row["endpoint"] for row in rows}
+
+
+async def client_endpoints(connection: Any) -> dict[int, str]:
+    """Each shard's client endpoint, of the shards whose writer registered one."""
+    rows = await connection.fetch(
+        "SELECT shard_id, client_endpoint FROM shards WHERE client_endpoint <> ''",
+        timeout=TIMEOUT_S,
+    )
+    return {row["shard_id"]: row["client_endpoint"] for row in rows}
 
 
 # ---- slot moves: one row per move, its step (docs/design.md, "Moving slots") ----

@@ -227,6 +227,17 @@ CONTROL_MIGRATIONS: Final[tuple[tuple[int, str, str], ...]] = (
         );
         """,
     ),
+    (
+        4,
+        "each shard's client endpoint",
+        # Where clients reach the shard's node directly (its Ledger listener), registered by
+        # the writer with its internal endpoint and epoch, in the same statement; the gateway
+        # serves it in GetRouting (docs/design.md, "The client library"). Rows registered
+        # before: '', no direct route until the writer registers again.
+        """
+        ALTER TABLE shards ADD COLUMN client_endpoint text NOT NULL DEFAULT '';
+        """,
+    ),
 )
 
 BOOTSTRAP_SQL: Final = """

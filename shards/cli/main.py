@@ -230,6 +230,12 @@ def _add_node_command(commands: Any) -> None:
         "(default: its bound address)",
     )
     node.add_argument(
+        "--advertise-client",
+        default=_env("advertise_client", ""),
+        help="host:port clients use to reach this node's client listener directly "
+        "(tally.client's direct routing; default: --listen's address, none if a wildcard)",
+    )
+    node.add_argument(
         "--internal-listen",
         default=_env("internal_listen", ""),
         help="host:port of the internal listener (tally.v1.Shard, cluster identities only; "
@@ -594,6 +600,7 @@ def _node_config(args: argparse.Namespace, dsn: str, security: Any) -> Any:
         shard_id=getattr(args, "shard_id", 0),
         control_dsn=getattr(args, "control_dsn", ""),
         advertise=getattr(args, "advertise", ""),
+        advertise_client=getattr(args, "advertise_client", ""),
         metrics_listen=args.metrics_listen,
         signing_key=args.signing_key,
         publish_heads=args.publish_heads,

@@ -77,6 +77,8 @@ class Cluster:
         self.config = config
         self.slot_map: SlotMap | None = None
         self.links: dict[int, ShardLink] = {}
+        # The nodes' client listeners, for GetRouting (clients that route directly).
+        self.client_endpoints: dict[int, str] = {}
         self._locations: OrderedDict[str, int] = OrderedDict()
         self._cross_shard: set[str] = set()  # those of _locations that are cross-shard
         # Cross-shard holds this gateway committed: what never changes of them, so that their
@@ -99,12 +101,16 @@ class Cluster:
 
     async def refresh(self) -> None:
         async with self._refresh_lock:
-            slot_map, endpoints, moves = await self._control.read_cluster_and_moves(
-                self._moves_version
-            )
+            (
+                slot_map,
+                endpoints,
+                client_endpoints,
+                moves,
+            ) = await self._control.read_cluster_and_moves(self._moves_version)
             if slot_map is None:
                 raise RuntimeError("the control database has no slot map yet")
             await self._update_links(endpoints)
+            self.client_endpoints = client_endpoints
             self._holders.add(moves)
             self._moves_version = slot_map.version
             if self.slot_map is None or slot_map.version > self.slot_map.version:

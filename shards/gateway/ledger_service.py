@@ -24,7 +24,7 @@ from core.model import (
     TransactionSpec,
     expires_at,
 )
-from core.slots import SlotMap, is_spread
+from core.slots import SLOT_COUNT, SlotMap, is_spread
 from shards.crossshard.coordinator import HoldResolution, Unit, piece_message
 from shards.gateway import routing
 from shards.gateway.cluster import Cluster, KnownHold, merge_piece_results, spread_or_owner
@@ -44,6 +44,33 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
         self._cluster = cluster
         self._streams = streams or GatewayStreams(cluster, limits.stream_count_max)
         self._history = History(cluster)
+
+    # ---- direct routing ----
+
+    async def GetRouting(
+        self, request: pb.GetRoutingRequest, context: Context
+    ) -> pb.GetRoutingResponse:
+        """The slot map this gateway routes by and the nodes' client endpoints (ledger.proto).
+        Whatever known_version says, the answer is this gateway's map: a client keeps the
+        newer of the two."""
+        slot_map = self._cluster.map()
+        if request.known_version == slot_map.version:
+            return pb.GetRoutingResponse(
+                version=slot_map.version, slot_count=SLOT_COUNT, unchanged=True
+            )
+        endpoints = self._cluster.client_endpoints
+        return pb.GetRoutingResponse(
+            version=slot_map.version,
+            slot_count=SLOT_COUNT,
+            ranges=[
+                pb.SlotRange(first_slot=first, slot_count=count, shard_id=owner)
+                for first, count, owner in slot_map.ranges()
+            ],
+            shards=[
+                pb.ShardRoute(shard_id=shard_id, client_endpoint=endpoints.get(shard_id, ""))
+                for shard_id in slot_map.shard_ids
+            ],
+        )
 
     # ---- the change stream ----
 

@@ -343,6 +343,17 @@ class LedgerService(pb_grpc.LedgerServicer):  # type: ignore[misc]
             as_of_sequence=posting.sequence,
         )
 
+    async def GetRouting(
+        self, request: pb.GetRoutingRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.GetRoutingResponse:
+        """Routing is the gateway's to give: it holds the cluster's map and every shard's
+        client endpoint as one view (a node knows its own, and may be a standby)."""
+        await abort(
+            context,
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "a shard node does not serve routing: ask a gateway (GetRouting)",
+        )
+
     def _mark_moved_out(self, context: grpc.aio.ServicerContext[Any, Any], account_id: str) -> None:
         """A read of an account this shard moved out says so (its history goes on at the move's
         target): the move's id in the trailing metadata (docs/design.md, "Reads across the

@@ -102,6 +102,10 @@ class NodeConfig:
     control_dsn: str = ""
     # The address gateways use to reach this node (default: the bound listen address).
     advertise: str = ""
+    # The address clients use to reach this node's client listener directly (tally.client's
+    # direct routing; registered with `advertise`): default its bound listen address, none
+    # when that is a wildcard (the node's certificate must cover the host clients dial).
+    advertise_client: str = ""
     slot_map_poll_interval_s: float = 1.0
     # Prometheus /metrics on its own port ("": off; port 0: any free one, see Node.metrics_port).
     metrics_listen: str = ""
@@ -353,6 +357,16 @@ class Node:
         internal_listen = self.config.internal_listen or self.config.listen
         return f"{internal_listen.rsplit(':', 1)[0]}:{self.internal_port}"
 
+    @property
+    def client_target(self) -> str:
+        """Where clients reach this node's client listener directly ("": not offered)."""
+        if self.config.advertise_client:
+            return self.config.advertise_client
+        host = self.config.listen.rsplit(":", 1)[0]
+        if host.strip("[]") in WILDCARD_HOSTS or not self.port:
+            return ""
+        return f"{host}:{self.port}"
+
     async def _join_cluster(self) -> None:
         """Read the slot map and the endpoints. This node's own endpoint is registered only
         once it holds the lease (_register): a standby never takes its shard's endpoint."""
@@ -372,9 +386,12 @@ class Node:
         one) refuses it: EpochBehindError."""
         shard_id = self.config.shard_id
         endpoint = self.config.advertise or self.internal_target
+        client_endpoint = self.client_target
 
         async def register(connection: Any) -> int | None:
-            return await control_store.register_shard(connection, shard_id, endpoint, epoch)
+            return await control_store.register_shard(
+                connection, shard_id, endpoint, epoch, client_endpoint
+            )
 
         newer = await self._control.use(register)
         if newer is not None:
@@ -384,7 +401,13 @@ class Node:
                 "writers use another database, or this one is an older copy; not serving it"
             )
         self.endpoints = {**self.endpoints, shard_id: endpoint}
-        log.info("registered as shard %d's endpoint %s (epoch %d)", shard_id, endpoint, epoch)
+        log.info(
+            "registered as shard %d's endpoint %s, client endpoint %s (epoch %d)",
+            shard_id,
+            endpoint,
+            client_endpoint or "none",
+            epoch,
+        )
 
     async def _register_after_takeover(self, epoch: int) -> bool:
         """_register, retried while the control database is unreachable: True once registered,

@@ -409,6 +409,44 @@ class BalanceAtResponse(_message.Message):
     as_of_sequence: int
     def __init__(self, balance: _Optional[_Union[Balance, _Mapping]] = ..., as_of_sequence: _Optional[int] = ...) -> None: ...
 
+class GetRoutingRequest(_message.Message):
+    __slots__ = ("known_version",)
+    KNOWN_VERSION_FIELD_NUMBER: _ClassVar[int]
+    known_version: int
+    def __init__(self, known_version: _Optional[int] = ...) -> None: ...
+
+class SlotRange(_message.Message):
+    __slots__ = ("first_slot", "slot_count", "shard_id")
+    FIRST_SLOT_FIELD_NUMBER: _ClassVar[int]
+    SLOT_COUNT_FIELD_NUMBER: _ClassVar[int]
+    SHARD_ID_FIELD_NUMBER: _ClassVar[int]
+    first_slot: int
+    slot_count: int
+    shard_id: int
+    def __init__(self, first_slot: _Optional[int] = ..., slot_count: _Optional[int] = ..., shard_id: _Optional[int] = ...) -> None: ...
+
+class ShardRoute(_message.Message):
+    __slots__ = ("shard_id", "client_endpoint")
+    SHARD_ID_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_ENDPOINT_FIELD_NUMBER: _ClassVar[int]
+    shard_id: int
+    client_endpoint: str
+    def __init__(self, shard_id: _Optional[int] = ..., client_endpoint: _Optional[str] = ...) -> None: ...
+
+class GetRoutingResponse(_message.Message):
+    __slots__ = ("version", "slot_count", "unchanged", "ranges", "shards")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    SLOT_COUNT_FIELD_NUMBER: _ClassVar[int]
+    UNCHANGED_FIELD_NUMBER: _ClassVar[int]
+    RANGES_FIELD_NUMBER: _ClassVar[int]
+    SHARDS_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    slot_count: int
+    unchanged: bool
+    ranges: _containers.RepeatedCompositeFieldContainer[SlotRange]
+    shards: _containers.RepeatedCompositeFieldContainer[ShardRoute]
+    def __init__(self, version: _Optional[int] = ..., slot_count: _Optional[int] = ..., unchanged: _Optional[bool] = ..., ranges: _Optional[_Iterable[_Union[SlotRange, _Mapping]]] = ..., shards: _Optional[_Iterable[_Union[ShardRoute, _Mapping]]] = ...) -> None: ...
+
 class ShardPosition(_message.Message):
     __slots__ = ("shard_id", "sequence")
     SHARD_ID_FIELD_NUMBER: _ClassVar[int]

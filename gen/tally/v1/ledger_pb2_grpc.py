@@ -74,6 +74,11 @@ class LedgerStub:
                 request_serializer=tally_dot_v1_dot_ledger__pb2.StreamJournalRequest.SerializeToString,
                 response_deserializer=tally_dot_v1_dot_ledger__pb2.JournalBlock.FromString,
                 _registered_method=True)
+        self.GetRouting = channel.unary_unary(
+                '/tally.v1.Ledger/GetRouting',
+                request_serializer=tally_dot_v1_dot_ledger__pb2.GetRoutingRequest.SerializeToString,
+                response_deserializer=tally_dot_v1_dot_ledger__pb2.GetRoutingResponse.FromString,
+                _registered_method=True)
 
 
 class LedgerServicer:
@@ -161,6 +166,18 @@ class LedgerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetRouting(self, request, context):
+        """Where single-shard work can go directly: the slot map's version, its owners as ranges of
+        slots, and each shard's client endpoint (the node's Ledger listener, as its writer
+        registered it). Served by a gateway; a node answers FAILED_PRECONDITION ("ask the
+        gateway"). Needs a role that posts, reads or manages accounts (poster, reader, admin) or
+        `cluster`: it names no account. A client that routes by it must be ready for WRONG_SHARD
+        (the map moved) and send that work to the gateway, with the same ids (tally.client does).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LedgerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -203,6 +220,11 @@ def add_LedgerServicer_to_server(servicer, server):
                     servicer.StreamJournal,
                     request_deserializer=tally_dot_v1_dot_ledger__pb2.StreamJournalRequest.FromString,
                     response_serializer=tally_dot_v1_dot_ledger__pb2.JournalBlock.SerializeToString,
+            ),
+            'GetRouting': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRouting,
+                    request_deserializer=tally_dot_v1_dot_ledger__pb2.GetRoutingRequest.FromString,
+                    response_serializer=tally_dot_v1_dot_ledger__pb2.GetRoutingResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -421,6 +443,33 @@ class Ledger:
             '/tally.v1.Ledger/StreamJournal',
             tally_dot_v1_dot_ledger__pb2.StreamJournalRequest.SerializeToString,
             tally_dot_v1_dot_ledger__pb2.JournalBlock.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRouting(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tally.v1.Ledger/GetRouting',
+            tally_dot_v1_dot_ledger__pb2.GetRoutingRequest.SerializeToString,
+            tally_dot_v1_dot_ledger__pb2.GetRoutingResponse.FromString,
             options,
             channel_credentials,
             insecure,
