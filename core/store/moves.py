@@ -115,6 +115,38 @@ async def record_side(
     )
 
 
+async def pages_done(
+    connection: Connection, move_id: str, direction: str, timeout_s: float
+) -> set[int]:
+    """The pages of this side of the move committed here."""
+    rows = await connection.fetch(
+        "SELECT page FROM move_pages WHERE move_id = $1 AND direction = $2",
+        move_id,
+        direction,
+        timeout=timeout_s,
+    )
+    return {row["page"] for row in rows}
+
+
+async def record_page(
+    connection: Connection,
+    move_id: str,
+    direction: str,
+    page: int,
+    block_sequence: int,
+    timeout_s: float,
+) -> None:
+    """A page of this side of the move, inside the transaction committing its block."""
+    await connection.execute(
+        "INSERT INTO move_pages (move_id, direction, page, block_sequence) VALUES ($1, $2, $3, $4)",
+        move_id,
+        direction,
+        page,
+        block_sequence,
+        timeout=timeout_s,
+    )
+
+
 async def insert_moved_records(
     connection: Connection,
     move_id: str,
