@@ -55,8 +55,19 @@ MOVES_CODE: Final = 9998
 """The code of the slot-move accounts (the clearing accounts' is 9999)."""
 
 MOVE_RECORD_COUNT_MAX: Final = 20_000
-"""At most this many accounts and transaction records in one move: they travel in one message
-(under gRPC's 16 MiB at up to 800 bytes each). Paging the copy is the next step."""
+"""At most this many accounts and transaction records in a MoveSlotsIn that carries them
+inline, in one message (under gRPC's 16 MiB at up to 800 bytes each). The mover stages them
+in pages instead (StageMoveIn), whatever the move's size."""
+
+MOVE_ITEM_COUNT_MAX: Final = 500_000
+"""At most this many accounts and transaction records in one move: the source's fence step
+and the target's move-in hold them in memory at once (about 1 KiB each in Python: some
+0.5 GiB), and the fence pauses the whole source for one scan of its tables. Move fewer slots
+at once beyond this (a slot column and a bulk copy before the fence are the next step)."""
+
+MOVE_READ_ITEM_COUNT_MAX: Final = 2_000
+"""At most this many accounts or records in one page the mover reads from the source and
+stages at the target (ReadMovedOut, StageMoveIn): about 1.6 MiB a message at 800 bytes each."""
 
 MOVE_PAGE_ITEM_COUNT: Final = 2_000
 """At most this many of a move's entries (an account's move-out or move-in, an open hold's
@@ -67,6 +78,13 @@ for tests)."""
 
 COUNT_KEY: Final = "~moved_records"
 DIGEST_KEY: Final = "~moved_digest"
+ACCOUNT_COUNT_KEY: Final = "~moved_accounts"
+ACCOUNTS_DIGEST_KEY: Final = "~accounts_digest"
+PAGE_COUNT_KEY: Final = "~move_pages"
+SUMMARY_ENTRY: Final = "~records"
+"""The entry of a side that carries the move's totals alone (no legs): ~moveout/M/~records at
+the source (always, in its first block), ~movein/M/~records at the target (when no account
+moving in has a balance)."""
 SOURCE_KEY: Final = "~move_source"
 TARGET_KEY: Final = "~move_target"
 EXPIRES_KEY: Final = "~expires_at_ns"
@@ -206,12 +224,73 @@ def refusal_of(accounts: Sequence[AccountState], records: Sequence[TransactionSt
     for account in accounts:
         if account.debits_posted + account.credits_posted > amount_max:
             return f"account {account.spec.id!r}: its move-out would overflow its counters"
-    if len(accounts) + len(records) > MOVE_RECORD_COUNT_MAX:
+    if len(accounts) + len(records) > MOVE_ITEM_COUNT_MAX:
         return (
             f"{len(accounts)} accounts and {len(records)} records: at most "
-            f"{MOVE_RECORD_COUNT_MAX} in one move (move fewer slots at once)"
+            f"{MOVE_ITEM_COUNT_MAX} in one move (move fewer slots at once)"
         )
     return ""
+
+
+@dataclass(frozen=True, slots=True)
+class MoveTotals:
+    """What a move takes, as its source commits to it and its target checks what it staged
+    against: the accounts' and records' counts and digests."""
+
+    account_count: int
+    accounts_digest: str
+    record_count: int
+    records_digest: str
+
+
+def accounts_digest(accounts: Sequence[AccountState]) -> str:
+    """SHA-256 over the accounts' canonical lines and the counters they move with, in id
+    order."""
+    digest = hashlib.sha256()
+    for account in sorted(accounts, key=lambda a: a.spec.id):
+        numbers = (
+            account.debits_posted, account.credits_posted, account.version, account.closed_at_ns
+        )  # fmt: skip
+        digest.update(journal.account_line(account).encode())
+        digest.update(("|" + "|".join(str(n) for n in numbers) + "\n").encode())
+    return digest.hexdigest()
+
+
+def totals_of(accounts: Sequence[AccountState], records: Sequence[TransactionState]) -> MoveTotals:
+    return MoveTotals(
+        len(accounts), accounts_digest(accounts), len(records), records_digest(records)
+    )
+
+
+def totals_metadata(totals: MoveTotals, target: int, page_count: int) -> Metadata:
+    """The source's summary entry's metadata: the totals it commits to, and how many pages
+    (blocks) its move-out has."""
+    return (
+        (PAGE_COUNT_KEY, str(page_count)),
+        (ACCOUNT_COUNT_KEY, str(totals.account_count)),
+        (ACCOUNTS_DIGEST_KEY, totals.accounts_digest),
+        (COUNT_KEY, str(totals.record_count)),
+        (DIGEST_KEY, totals.records_digest),
+        (TARGET_KEY, str(target)),
+    )
+
+
+def page_count_from_metadata(metadata: Metadata) -> int:
+    """The page count a source's summary entry carries (0: none)."""
+    text = dict(metadata).get(PAGE_COUNT_KEY, "")
+    return int(text) if text.isascii() and text.isdigit() else 0
+
+
+def totals_from_metadata(metadata: Metadata) -> MoveTotals | None:
+    """The totals a source's summary entry carries (None: not such an entry)."""
+    found = dict(metadata)
+    counts = (found.get(ACCOUNT_COUNT_KEY, ""), found.get(COUNT_KEY, ""))
+    if not all(text.isascii() and text.isdigit() for text in counts):
+        return None
+    return MoveTotals(
+        int(counts[0]), found.get(ACCOUNTS_DIGEST_KEY, ""), int(counts[1]),
+        found.get(DIGEST_KEY, ""),
+    )  # fmt: skip
 
 
 def records_digest(records: Sequence[TransactionState]) -> str:
@@ -328,11 +407,15 @@ def move_out_entries(
     holds: Sequence[TransactionState] = (),
     spread: dict[str, AccountState] | None = None,
     posted_ids: Collection[str] | None = None,
+    summary: Metadata = (),
 ) -> tuple[WriteSet, JournalPosition, dict[str, AccountState]]:
-    """The source's move-out block: each moving open hold released (moving_holds; `spread`:
-    this shard's pieces of the spread accounts their legs name), then each account with a
-    balance left at net zero (of posted_ids only, when given: a page of the move-out)."""
+    """The source's move-out block: its totals first when given (`summary`, totals_metadata:
+    the first page's), each moving open hold released (moving_holds; `spread`: this shard's
+    pieces of the spread accounts their legs name), then each account with a balance left at
+    net zero (of posted_ids only, when given: a page of the move-out)."""
     entries = _Entries(position, now_ns)
+    if summary:
+        entries.post(ids.move_out_id(move_id, SUMMARY_ENTRY), (), summary)
     moving = [
         a
         for a in accounts
@@ -410,7 +493,7 @@ def move_in_entries(
             entries.post(ids.move_in_id(move_id, account.spec.id), legs, metadata)
             carried = True
     if not carried:  # no account had a balance: the summary travels alone
-        entries.post(ids.move_in_id(move_id, "~records"), (), first)
+        entries.post(ids.move_in_id(move_id, SUMMARY_ENTRY), (), first)
     for record in open_holds_of(records) if holds is None else holds:
         entries.raise_hold(move_id, source, record)
     for account_id, account in as_were.items():
@@ -509,10 +592,12 @@ def move_out_blocks(
     position: JournalPosition,
     now_ns: int,
     spread: Mapping[str, AccountState] | None = None,
+    summary: Metadata = (),
 ) -> list[MoveBlock]:
     """The blocks of these pages of a move-out, one after another (each page's from the
     accounts as the pages before it left them): `accounts`, the slots' accounts as they are
-    now; `spread`, this shard's pieces of the spread accounts the holds name."""
+    now; `spread`, this shard's pieces of the spread accounts the holds name; `summary`, what
+    page 0 commits to (totals_metadata)."""
     current: dict[str, AccountState] = {**accounts, **(spread or {})}
     pieces = dict(moves_accounts)
     blocks = []
@@ -522,7 +607,7 @@ def move_out_blocks(
         held_spread = {i: current[i] for i in wanted if spread and i in spread}
         writes, position, states = move_out_entries(
             move_id, target, touched, pieces, position, now_ns, page.holds, held_spread,
-            posted_ids=frozenset(page.account_ids),
+            posted_ids=frozenset(page.account_ids), summary=summary if number == 0 else (),
         )  # fmt: skip
         blocks.append(MoveBlock(number, writes, position, states))
         current.update(states)

@@ -192,6 +192,23 @@ MIGRATIONS: Final[tuple[tuple[int, str, str], ...]] = (
         );
         """,
     ),
+    (
+        8,
+        "slot moves staged at the target",
+        # docs/design.md, "Moving slots". What a target is given of a move before its move-in,
+        # page by page (StageMoveIn): each account or record as it came on the wire, keyed by
+        # its id, so a page given again stages nothing new. Read whole by the move-in, which
+        # checks it against the source's totals, and deleted in the move-in's last commit.
+        """
+        CREATE TABLE move_staging (
+            move_id text NOT NULL,
+            part text NOT NULL CHECK (part IN ('account', 'record')),
+            item_id text NOT NULL,
+            body bytea NOT NULL,
+            PRIMARY KEY (move_id, part, item_id)
+        );
+        """,
+    ),
 )
 
 CONTROL_MIGRATIONS: Final[tuple[tuple[int, str, str], ...]] = (
@@ -244,6 +261,19 @@ CONTROL_MIGRATIONS: Final[tuple[tuple[int, str, str], ...]] = (
             created_at timestamptz NOT NULL DEFAULT now(),
             updated_at timestamptz NOT NULL DEFAULT now()
         );
+        """,
+    ),
+    (
+        4,
+        "the copy of a slot move, page by page",
+        # The mover's progress copying a move's accounts and records from its source to its
+        # target (shards/cli/slots.py): the part being copied (1 accounts, 2 records, 3 both
+        # done), the last id staged and how many, so `tally slots resume` goes on from there.
+        """
+        ALTER TABLE slot_moves
+            ADD COLUMN copy_part integer NOT NULL DEFAULT 0 CHECK (copy_part BETWEEN 0 AND 3),
+            ADD COLUMN copy_after_id text NOT NULL DEFAULT '',
+            ADD COLUMN copied_count bigint NOT NULL DEFAULT 0 CHECK (copied_count >= 0);
         """,
     ),
 )

@@ -7,7 +7,7 @@ answers what it answered the first time and writes nothing.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +33,8 @@ class MovedOut:
     again: bool
     # The source's spread accounts, counters zeroed (the target creates those it lacks).
     spread: list[AccountState]
+    # What the move takes, as its first block committed to it (the mover reads it in pages).
+    totals: moves.MoveTotals
 
 
 async def _moves_accounts(
@@ -63,7 +65,25 @@ async def _moved_out_again(writer: Writer, move_id: str, slots: frozenset[int]) 
     holds = moves.open_holds_of(records)
     accounts = await store_moves.accounts_before_out(connection, move_id, slots, holds, timeout_s)
     spread = await store_moves.spread_accounts(connection, timeout_s)
-    return MovedOut(accounts, records, 0, again=True, spread=spread)
+    totals = moves.totals_of(accounts, records)
+    return MovedOut(accounts, records, 0, again=True, spread=spread, totals=totals)
+
+
+async def _committed_already(writer: Writer, move_id: str) -> MovedOut | None:
+    """A move-out asked again whose pages are all committed: its totals read back from its
+    summary entry, nothing else read (None: pages remain, or a move-out made before pages)."""
+    connection, timeout_s = writer.connection, writer.config.load_timeout_s
+    summary = await store_moves.move_out_summary(connection, move_id, timeout_s)
+    if summary is None:
+        return None
+    metadata = summary.spec.metadata
+    totals = moves.totals_from_metadata(metadata)
+    page_count = moves.page_count_from_metadata(metadata)
+    done = await store_moves.pages_done(connection, move_id, "out", timeout_s)
+    if totals is None or done != set(range(page_count)):
+        return None
+    spread = await store_moves.spread_accounts(connection, timeout_s)
+    return MovedOut([], [], 0, again=True, spread=spread, totals=totals)
 
 
 async def _commit_page(
@@ -110,8 +130,11 @@ def move_out(move_id: str, slots: frozenset[int], target: int) -> Any:
     async def operation(writer: Writer) -> MovedOut:
         connection, timeout_s = writer.connection, writer.config.load_timeout_s
         again = "out" in await store_moves.move_sides(connection, move_id, timeout_s)
+        if again and (answered := await _committed_already(writer, move_id)) is not None:
+            return answered
         accounts, records, holds = await _fenced_reads(writer, move_id, slots, again)
         pages = moves.move_out_pages(accounts, holds, writer.config.move_page_item_count)
+        totals = moves.totals_of(accounts, records)
         done = await store_moves.pages_done(connection, move_id, "out", timeout_s)
         if again and not done:  # a move-out made in one block, before pages: all done
             done = set(range(len(pages)))
@@ -120,7 +143,7 @@ def move_out(move_id: str, slots: frozenset[int], target: int) -> Any:
         blocks = moves.move_out_blocks(
             move_id, target, todo, {a.spec.id: a for a in now},
             await _moves_accounts(writer, accounts), writer.position, failpoints.wall_ns(),
-            await _spread_of(writer, holds),
+            await _spread_of(writer, holds), moves.totals_metadata(totals, target, len(pages)),
         )  # fmt: skip
 
         async def fence_rows(connection: Any, sequence: int, timeout_s: float) -> None:
@@ -150,7 +173,7 @@ def move_out(move_id: str, slots: frozenset[int], target: int) -> Any:
             len(holds),
         )  # fmt: skip
         spread = await store_moves.spread_accounts(connection, timeout_s)
-        return MovedOut(accounts, records, sequence, again=again, spread=spread)
+        return MovedOut(accounts, records, sequence, again=again, spread=spread, totals=totals)
 
     return operation
 
@@ -162,15 +185,20 @@ def move_in(
     accounts: list[AccountState],
     records: list[TransactionState],
     spread: list[AccountState],
+    staged: Staged | None = None,
 ) -> Any:
     """The operation: write the move-in's blocks (the pages not committed yet; the last with the
     slots' rows and the records), and create the spread accounts this shard lacks (True: done
-    now; False: it was done before)."""
+    now; False: it was done before). staged: the accounts and records are those staged here
+    (StageMoveIn), which must be exactly its totals (MoveRefusedError otherwise)."""
 
     async def operation(writer: Writer) -> bool:
+        nonlocal accounts, records
         connection, timeout_s = writer.connection, writer.config.load_timeout_s
         if "in" in await store_moves.move_sides(connection, move_id, timeout_s):
             return False
+        if staged is not None:
+            accounts, records = await _staged_checked(writer, move_id, staged)
         done = await store_moves.pages_done(connection, move_id, "in", timeout_s)
         if not done:  # pages committed before were checked then; their accounts are here now
             await _check_free(connection, slots, accounts, records, timeout_s)
@@ -195,6 +223,7 @@ def move_in(
                 connection, move_id, slots, "in", source, sequence, timeout_s
             )
             await store_moves.insert_moved_records(connection, move_id, source, records, timeout_s)
+            await store_moves.clear_staged(connection, move_id, timeout_s)
 
         sequence = 0
         for block in blocks:
@@ -213,6 +242,71 @@ def move_in(
             len(records),
         )  # fmt: skip
         return True
+
+    return operation
+
+
+@dataclass(frozen=True, slots=True)
+class Staged:
+    """How a move-in takes what was staged for it: the source's totals, and how a staged
+    body is decoded (ValueError when it does not decode: the wire's checks, again)."""
+
+    totals: moves.MoveTotals
+    decode_account: Callable[[int, bytes], AccountState]
+    decode_record: Callable[[int, bytes], TransactionState]
+
+
+async def _staged_checked(
+    writer: Writer, move_id: str, staged: Staged
+) -> tuple[list[AccountState], list[TransactionState]]:
+    """What was staged for the move, checked against the source's totals."""
+    connection, timeout_s = writer.connection, writer.config.load_timeout_s
+    try:
+        accounts = [
+            staged.decode_account(n, body)
+            for n, body in enumerate(
+                await store_moves.staged(connection, move_id, "account", timeout_s)
+            )
+        ]
+        records = [
+            staged.decode_record(n, body)
+            for n, body in enumerate(
+                await store_moves.staged(connection, move_id, "record", timeout_s)
+            )
+        ]
+    except ValueError as error:
+        raise moves.MoveRefusedError(f"what was staged does not decode: {error}") from None
+    found = moves.totals_of(accounts, records)
+    if found != staged.totals:
+        raise moves.MoveRefusedError(
+            f"what was staged for move {move_id} ({found.account_count} accounts, "
+            f"{found.record_count} records) is not what the source moved out "
+            f"({staged.totals.account_count} accounts, {staged.totals.record_count} records, "
+            "or their digests differ): stage it again"
+        )
+    return accounts, records
+
+
+def stage(
+    move_id: str,
+    slots: frozenset[int],
+    accounts: Sequence[tuple[str, bytes]],
+    records: Sequence[tuple[str, bytes]],
+) -> Any:
+    """The operation: keep a page of what moves in (items checked by the caller); how many of
+    its items are new here. MoveRefusedError once the move-in committed."""
+
+    async def operation(writer: Writer) -> int:
+        connection, timeout_s = writer.connection, writer.config.load_timeout_s
+        if "in" in await store_moves.move_sides(connection, move_id, timeout_s):
+            raise moves.MoveRefusedError(f"move {move_id} has moved in here already")
+        held = await store_moves.slots_held_before(connection, slots, timeout_s)
+        if held:
+            raise moves.MoveRefusedError(
+                f"slots {held} were moved out of this shard before: moving a slot back is not built"
+            )
+        new = await store_moves.stage(connection, move_id, "account", accounts, timeout_s)
+        return new + await store_moves.stage(connection, move_id, "record", records, timeout_s)
 
     return operation
 
