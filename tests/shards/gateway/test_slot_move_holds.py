@@ -17,6 +17,11 @@ import pytest
 from core import ids
 from core.invariant import check
 from core.slots import slot_of
+from core.store import control as control_store
+from core.store import moves as store_moves
+from core.store import schema
+from core.store import shard as shard_store
+from shards import control
 from shards.local.embedded_pg import EmbeddedPostgres
 from shards.node.writer import WriterConfig
 from tally.v1 import ledger_pb2 as pb
@@ -365,3 +370,37 @@ async def test_a_move_of_many_pages_survives_its_mover_killed_and_its_target_res
         audit_code, report = await audit_json(*c.dsns)
         assert audit_code == 0, report
         assert await moves_net(c.dsns) == 0
+
+
+async def test_databases_made_before_paging_migrate_with_their_moves(
+    pg: EmbeddedPostgres, dsn: str
+) -> None:
+    """A shard database and a control database of the schema before paging (shard migrations
+    1..6, control 1..3), each with a move half done: migrated in place, the move's slots still
+    refused at its source, no page recorded (a move-out of one block, done whole), nothing
+    staged, and the mover's copy not begun (it copies from the start when resumed)."""
+    connection = await asyncpg.connect(dsn)
+    try:
+        await shard_store.migrate(connection, schema.MIGRATIONS[:6])
+        await connection.execute("INSERT INTO slot_moves VALUES ('ab', 7, 'out', 1, 1)")
+        await shard_store.migrate(connection)
+        assert await store_moves.moved_out_slots(connection, 5.0) == {7: "ab"}
+        assert await store_moves.pages_done(connection, "ab", "out", 5.0) == set()
+        assert await connection.fetch("SELECT * FROM move_staging") == []
+    finally:
+        await connection.close(timeout=5.0)
+    name = dsn.rsplit("/", 1)[1].split("?", 1)[0] + "_old_control"
+    await pg.create_database_async(name)
+    control_connection = await control.connect(pg.dsn(name))
+    try:
+        await shard_store.migrate(control_connection, schema.CONTROL_MIGRATIONS[:3])
+        await control_connection.execute(
+            "INSERT INTO slot_moves (move_id, slots, source_shard, target_shard, from_version, "
+            "state) VALUES ('ab', '{7}', 0, 1, 1, 'out')"
+        )
+        await control_store.prepare(control_connection)
+        move = await control_store.unfinished_move(control_connection)
+        assert move is not None and move.state == "out"
+        assert (move.copy_part, move.copy_after_id, move.copied_count) == (0, "", 0)
+    finally:
+        await control_connection.close(timeout=5.0)
