@@ -117,15 +117,16 @@ async def record_side(
 
 async def pages_done(
     connection: Connection, move_id: str, direction: str, timeout_s: float
-) -> set[int]:
-    """The pages of this side of the move committed here."""
+) -> tuple[set[int], int]:
+    """The pages of this side of the move committed here, and the page size they were made
+    with (0: none committed)."""
     rows = await connection.fetch(
-        "SELECT page FROM move_pages WHERE move_id = $1 AND direction = $2",
+        "SELECT page, page_item_count FROM move_pages WHERE move_id = $1 AND direction = $2",
         move_id,
         direction,
         timeout=timeout_s,
     )
-    return {row["page"] for row in rows}
+    return {row["page"] for row in rows}, max((row["page_item_count"] for row in rows), default=0)
 
 
 async def record_page(
@@ -133,15 +134,18 @@ async def record_page(
     move_id: str,
     direction: str,
     page: int,
+    page_item_count: int,
     block_sequence: int,
     timeout_s: float,
 ) -> None:
     """A page of this side of the move, inside the transaction committing its block."""
     await connection.execute(
-        "INSERT INTO move_pages (move_id, direction, page, block_sequence) VALUES ($1, $2, $3, $4)",
+        "INSERT INTO move_pages (move_id, direction, page, page_item_count, block_sequence) "
+        "VALUES ($1, $2, $3, $4, $5)",
         move_id,
         direction,
         page,
+        page_item_count,
         block_sequence,
         timeout=timeout_s,
     )

@@ -179,14 +179,16 @@ MIGRATIONS: Final[tuple[tuple[int, str, str], ...]] = (
         # docs/design.md, "Moving slots". A move's side is written in bounded blocks
         # (core.moves.MOVE_PAGE_ITEM_COUNT entries each); move_pages: one row per page
         # committed, in the same commit as its block, so a side interrupted between pages is
-        # resumed from the next (the page numbers are the same for the same move) and the
-        # audit finds every block of a move's entries. Moves made before: one block, no rows
-        # here (slot_moves names it).
+        # resumed from the next (the same move paged by the page size its first page was,
+        # page_item_count, pages the same whatever the node's setting is now) and the audit
+        # finds every block of a move's entries. Moves made before: one block, no rows here
+        # (slot_moves names it).
         """
         CREATE TABLE move_pages (
             move_id text NOT NULL,
             direction text NOT NULL CHECK (direction IN ('out', 'in')),
             page integer NOT NULL CHECK (page >= 0),
+            page_item_count integer NOT NULL CHECK (page_item_count >= 1),
             block_sequence bigint NOT NULL,
             PRIMARY KEY (move_id, direction, page)
         );

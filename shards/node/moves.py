@@ -79,7 +79,7 @@ async def _committed_already(writer: Writer, move_id: str) -> MovedOut | None:
     metadata = summary.spec.metadata
     totals = moves.totals_from_metadata(metadata)
     page_count = moves.page_count_from_metadata(metadata)
-    done = await store_moves.pages_done(connection, move_id, "out", timeout_s)
+    done, _ = await store_moves.pages_done(connection, move_id, "out", timeout_s)
     if totals is None or done != set(range(page_count)):
         return None
     spread = await store_moves.spread_accounts(connection, timeout_s)
@@ -91,13 +91,14 @@ async def _commit_page(
     move_id: str,
     direction: str,
     block: moves.MoveBlock,
+    page_item_count: int,
     extra_rows: Any = None,
 ) -> int:
     """Commit a page's block with its move_pages row (and extra_rows' statements, if any)."""
 
     async def extra(connection: Any, sequence: int, timeout_s: float) -> None:
         await store_moves.record_page(
-            connection, move_id, direction, block.page, sequence, timeout_s
+            connection, move_id, direction, block.page, page_item_count, sequence, timeout_s
         )
         if extra_rows is not None:
             await extra_rows(connection, sequence, timeout_s)
@@ -133,9 +134,10 @@ def move_out(move_id: str, slots: frozenset[int], target: int) -> Any:
         if again and (answered := await _committed_already(writer, move_id)) is not None:
             return answered
         accounts, records, holds = await _fenced_reads(writer, move_id, slots, again)
-        pages = moves.move_out_pages(accounts, holds, writer.config.move_page_item_count)
+        done, size = await store_moves.pages_done(connection, move_id, "out", timeout_s)
+        size = size or writer.config.move_page_item_count  # resumed: paged as it began
+        pages = moves.move_out_pages(accounts, holds, size)
         totals = moves.totals_of(accounts, records)
-        done = await store_moves.pages_done(connection, move_id, "out", timeout_s)
         if again and not done:  # a move-out made in one block, before pages: all done
             done = set(range(len(pages)))
         todo = [(number, page) for number, page in enumerate(pages) if number not in done]
@@ -159,7 +161,7 @@ def move_out(move_id: str, slots: frozenset[int], target: int) -> Any:
                 await failpoints.hit("moves.between_out_pages")
             first = block.page == 0
             committed = await _commit_page(
-                writer, move_id, "out", block, fence_rows if first else None
+                writer, move_id, "out", block, size, fence_rows if first else None
             )
             if first:  # refused from now on, even if a later page fails
                 writer.moved_out.update(dict.fromkeys(slots, move_id))
@@ -199,7 +201,8 @@ def move_in(
             return False
         if staged is not None:
             accounts, records = await _staged_checked(writer, move_id, staged)
-        done = await store_moves.pages_done(connection, move_id, "in", timeout_s)
+        done, size = await store_moves.pages_done(connection, move_id, "in", timeout_s)
+        size = size or writer.config.move_page_item_count  # resumed: paged as it began
         if not done:  # pages committed before were checked then; their accounts are here now
             await _check_free(connection, slots, accounts, records, timeout_s)
         moves.check_holds_in(records, accounts, slots)
@@ -208,7 +211,7 @@ def move_in(
         missing = [a for a in spread if a.spec.id not in there]
         held_spread = await _spread_of(writer, holds)
         _check_spread_here(held_spread, missing, holds)
-        pages = moves.move_in_pages(accounts, records, writer.config.move_page_item_count)
+        pages = moves.move_in_pages(accounts, records, size)
         todo = [(number, page) for number, page in enumerate(pages) if number not in done]
         named = {leg.account_id for hold in holds for leg in hold.applied_legs}
         arrived = await store.load_accounts(connection, sorted(named), timeout_s) if done else {}
@@ -232,7 +235,8 @@ def move_in(
             if failpoints.ARMED and block is not blocks[0]:  # a page or more committed
                 await failpoints.hit("moves.between_in_pages")
             last = block.page == len(pages) - 1
-            sequence = await _commit_page(writer, move_id, "in", block, last_rows if last else None)
+            rows = last_rows if last else None
+            sequence = await _commit_page(writer, move_id, "in", block, size, rows)
         if failpoints.ARMED:  # committed; the mover has not heard it
             await failpoints.hit("moves.after_in_commit")
         log.info(
@@ -306,6 +310,8 @@ def stage(
                 f"slots {held} were moved out of this shard before: moving a slot back is not built"
             )
         new = await store_moves.stage(connection, move_id, "account", accounts, timeout_s)
+        if failpoints.ARMED:  # part of a page staged (a page is staged again whole: by id)
+            await failpoints.hit("moves.mid_stage")
         return new + await store_moves.stage(connection, move_id, "record", records, timeout_s)
 
     return operation

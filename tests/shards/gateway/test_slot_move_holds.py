@@ -316,6 +316,8 @@ async def _check_pages(dsns: list[str]) -> None:
         )
         assert [row["page"] for row in rows] == list(range(5)), (direction, rows)
         assert all(row["entries"] <= NODE_PAGE_ITEM_COUNT + 1 for row in rows), rows
+        sizes = await _fetch(dsn, "SELECT DISTINCT page_item_count FROM move_pages")
+        assert [row["page_item_count"] for row in sizes] == [NODE_PAGE_ITEM_COUNT]
     assert await _fetch(dsns[1], "SELECT * FROM move_staging") == []
 
 
@@ -385,7 +387,7 @@ async def test_databases_made_before_paging_migrate_with_their_moves(
         await connection.execute("INSERT INTO slot_moves VALUES ('ab', 7, 'out', 1, 1)")
         await shard_store.migrate(connection)
         assert await store_moves.moved_out_slots(connection, 5.0) == {7: "ab"}
-        assert await store_moves.pages_done(connection, "ab", "out", 5.0) == set()
+        assert await store_moves.pages_done(connection, "ab", "out", 5.0) == (set(), 0)
         assert await connection.fetch("SELECT * FROM move_staging") == []
     finally:
         await connection.close(timeout=5.0)
