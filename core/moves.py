@@ -25,7 +25,7 @@ as journal entries on both sides like the posted counters (moving_holds says whi
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -55,11 +55,36 @@ MOVES_CODE: Final = 9998
 """The code of the slot-move accounts (the clearing accounts' is 9999)."""
 
 MOVE_RECORD_COUNT_MAX: Final = 20_000
-"""At most this many accounts and transaction records in one move: they travel in one message
-(under gRPC's 16 MiB at up to 800 bytes each). Paging the copy is the next step."""
+"""At most this many accounts and transaction records in a MoveSlotsIn that carries them
+inline, in one message (under gRPC's 16 MiB at up to 800 bytes each). The mover stages them
+in pages instead (StageMoveIn), whatever the move's size."""
+
+MOVE_ITEM_COUNT_MAX: Final = 500_000
+"""At most this many accounts and transaction records in one move: the source's fence step
+and the target's move-in hold them in memory at once (about 1 KiB each in Python: some
+0.5 GiB), and the fence pauses the whole source for one scan of its tables. Move fewer slots
+at once beyond this (a slot column and a bulk copy before the fence are the next step)."""
+
+MOVE_READ_ITEM_COUNT_MAX: Final = 2_000
+"""At most this many accounts or records in one page the mover reads from the source and
+stages at the target (ReadMovedOut, StageMoveIn): about 1.6 MiB a message at 800 bytes each."""
+
+MOVE_PAGE_ITEM_COUNT: Final = 2_000
+"""At most this many of a move's entries (an account's move-out or move-in, an open hold's
+release or raise) in one journal block, so a move's blocks stay bounded like a batch's: an
+entry is at most 4 postings (a hold's, its legs), some 1.5 KiB in a block's stream message, so
+a page is about 3 MiB, far under the change stream's 16 MiB message (WriterConfig overrides it
+for tests)."""
 
 COUNT_KEY: Final = "~moved_records"
 DIGEST_KEY: Final = "~moved_digest"
+ACCOUNT_COUNT_KEY: Final = "~moved_accounts"
+ACCOUNTS_DIGEST_KEY: Final = "~accounts_digest"
+PAGE_COUNT_KEY: Final = "~move_pages"
+SUMMARY_ENTRY: Final = "~records"
+"""The entry of a side that carries the move's totals alone (no legs): ~moveout/M/~records at
+the source (always, in its first block), ~movein/M/~records at the target (when no account
+moving in has a balance)."""
 SOURCE_KEY: Final = "~move_source"
 TARGET_KEY: Final = "~move_target"
 EXPIRES_KEY: Final = "~expires_at_ns"
@@ -199,12 +224,73 @@ def refusal_of(accounts: Sequence[AccountState], records: Sequence[TransactionSt
     for account in accounts:
         if account.debits_posted + account.credits_posted > amount_max:
             return f"account {account.spec.id!r}: its move-out would overflow its counters"
-    if len(accounts) + len(records) > MOVE_RECORD_COUNT_MAX:
+    if len(accounts) + len(records) > MOVE_ITEM_COUNT_MAX:
         return (
             f"{len(accounts)} accounts and {len(records)} records: at most "
-            f"{MOVE_RECORD_COUNT_MAX} in one move (move fewer slots at once)"
+            f"{MOVE_ITEM_COUNT_MAX} in one move (move fewer slots at once)"
         )
     return ""
+
+
+@dataclass(frozen=True, slots=True)
+class MoveTotals:
+    """What a move takes, as its source commits to it and its target checks what it staged
+    against: the accounts' and records' counts and digests."""
+
+    account_count: int
+    accounts_digest: str
+    record_count: int
+    records_digest: str
+
+
+def accounts_digest(accounts: Sequence[AccountState]) -> str:
+    """SHA-256 over the accounts' canonical lines and the counters they move with, in id
+    order."""
+    digest = hashlib.sha256()
+    for account in sorted(accounts, key=lambda a: a.spec.id):
+        numbers = (
+            account.debits_posted, account.credits_posted, account.version, account.closed_at_ns
+        )  # fmt: skip
+        digest.update(journal.account_line(account).encode())
+        digest.update(("|" + "|".join(str(n) for n in numbers) + "\n").encode())
+    return digest.hexdigest()
+
+
+def totals_of(accounts: Sequence[AccountState], records: Sequence[TransactionState]) -> MoveTotals:
+    return MoveTotals(
+        len(accounts), accounts_digest(accounts), len(records), records_digest(records)
+    )
+
+
+def totals_metadata(totals: MoveTotals, target: int, page_count: int) -> Metadata:
+    """The source's summary entry's metadata: the totals it commits to, and how many pages
+    (blocks) its move-out has."""
+    return (
+        (PAGE_COUNT_KEY, str(page_count)),
+        (ACCOUNT_COUNT_KEY, str(totals.account_count)),
+        (ACCOUNTS_DIGEST_KEY, totals.accounts_digest),
+        (COUNT_KEY, str(totals.record_count)),
+        (DIGEST_KEY, totals.records_digest),
+        (TARGET_KEY, str(target)),
+    )
+
+
+def page_count_from_metadata(metadata: Metadata) -> int:
+    """The page count a source's summary entry carries (0: none)."""
+    text = dict(metadata).get(PAGE_COUNT_KEY, "")
+    return int(text) if text.isascii() and text.isdigit() else 0
+
+
+def totals_from_metadata(metadata: Metadata) -> MoveTotals | None:
+    """The totals a source's summary entry carries (None: not such an entry)."""
+    found = dict(metadata)
+    counts = (found.get(ACCOUNT_COUNT_KEY, ""), found.get(COUNT_KEY, ""))
+    if not all(text.isascii() and text.isdigit() for text in counts):
+        return None
+    return MoveTotals(
+        int(counts[0]), found.get(ACCOUNTS_DIGEST_KEY, ""), int(counts[1]),
+        found.get(DIGEST_KEY, ""),
+    )  # fmt: skip
 
 
 def records_digest(records: Sequence[TransactionState]) -> str:
@@ -320,12 +406,22 @@ def move_out_entries(
     now_ns: int,
     holds: Sequence[TransactionState] = (),
     spread: dict[str, AccountState] | None = None,
+    posted_ids: Collection[str] | None = None,
+    summary: Metadata = (),
 ) -> tuple[WriteSet, JournalPosition, dict[str, AccountState]]:
-    """The source's move-out block: each moving open hold released (moving_holds; `spread`:
-    this shard's pieces of the spread accounts their legs name), then each account with a
-    balance left at net zero."""
+    """The source's move-out block: its totals first when given (`summary`, totals_metadata:
+    the first page's), each moving open hold released (moving_holds; `spread`: this shard's
+    pieces of the spread accounts their legs name), then each account with a balance left at
+    net zero (of posted_ids only, when given: a page of the move-out)."""
     entries = _Entries(position, now_ns)
-    moving = [a for a in accounts if a.debits_posted or a.credits_posted]
+    if summary:
+        entries.post(ids.move_out_id(move_id, SUMMARY_ENTRY), (), summary)
+    moving = [
+        a
+        for a in accounts
+        if (a.debits_posted or a.credits_posted) and (posted_ids is None or a.spec.id in posted_ids)
+    ]
+    moving = list({a.spec.id: a for a in moving}.values())
     _moves_pieces(entries, (a.spec.currency for a in moving), moves_accounts)
     for account in [*accounts, *(spread or {}).values()]:
         entries.accounts.setdefault(account.spec.id, account.copy())
@@ -355,11 +451,16 @@ def move_in_entries(
     now_ns: int,
     spread_missing: Sequence[AccountState] = (),
     spread: dict[str, AccountState] | None = None,
+    holds: Sequence[TransactionState] | None = None,
+    arrived: Mapping[str, AccountState] | None = None,
+    summary: bool = True,
 ) -> tuple[WriteSet, JournalPosition, dict[str, AccountState]]:
     """The target's move-in block: every account created as it was made, its counters brought
-    to the source's by one transaction; the first carries the records' count and digest. The
-    spread accounts missing here are created too, empty. Then each open hold among the records
-    is held again (`spread`: this shard's pieces of the spread accounts their legs name)."""
+    to the source's by one transaction; the first carries the records' count and digest
+    (unless `summary` is False: a later page of the move-in). The spread accounts missing here
+    are created too, empty. Then each open hold (`holds`; by default those among the records)
+    is held again (`spread`: this shard's pieces of the spread accounts their legs name;
+    `arrived`: the accounts an earlier page of the move-in created that they name)."""
     entries = _Entries(position, now_ns)
     _moves_pieces(entries, (a.spec.currency for a in accounts), moves_accounts)
     for piece in spread_missing:
@@ -368,12 +469,19 @@ def move_in_entries(
         entries.accounts[piece.spec.id] = fresh
     for piece in (spread or {}).values():
         entries.accounts.setdefault(piece.spec.id, piece.copy())
-    summary: Metadata = (
+    # As they were at the source: the move is no change of theirs (versions, closures).
+    as_were: dict[str, AccountState] = {a.spec.id: a for a in (arrived or {}).values()}
+    for account_id, account in as_were.items():
+        entries.accounts[account_id] = account.copy()
+    first: Metadata = (
         (COUNT_KEY, str(len(records))),
         (DIGEST_KEY, records_digest(records)),
         (SOURCE_KEY, str(source)),
     )
+    later: Metadata = ((SOURCE_KEY, str(source)),)
+    carried = not summary
     for account in accounts:
+        as_were[account.spec.id] = account
         fresh = AccountState(account.spec, account.created_at_ns, version=account.version)
         entries.writes.new_accounts.append(fresh)
         entries.accounts[account.spec.id] = fresh
@@ -381,16 +489,169 @@ def move_in_entries(
             entries.writes.closures.append((account.spec.id, account.closed_at_ns))
         if account.debits_posted or account.credits_posted:
             legs = _legs(account, out=False)
-            entries.post(ids.move_in_id(move_id, account.spec.id), legs, summary)
-            summary = ((SOURCE_KEY, str(source)),)
-    if summary[0][0] == COUNT_KEY:  # no account had a balance: the summary travels alone
-        entries.post(ids.move_in_id(move_id, "~records"), (), summary)
-    for record in open_holds_of(records):
+            metadata = later if carried else first
+            entries.post(ids.move_in_id(move_id, account.spec.id), legs, metadata)
+            carried = True
+    if not carried:  # no account had a balance: the summary travels alone
+        entries.post(ids.move_in_id(move_id, SUMMARY_ENTRY), (), first)
+    for record in open_holds_of(records) if holds is None else holds:
         entries.raise_hold(move_id, source, record)
-    for account in accounts:  # as they were at the source: the move is no change of theirs
-        entries.accounts[account.spec.id].closed_at_ns = account.closed_at_ns
-        entries.accounts[account.spec.id].version = account.version
+    for account_id, account in as_were.items():
+        entries.accounts[account_id].closed_at_ns = account.closed_at_ns
+        entries.accounts[account_id].version = account.version
     return _finish(entries, _touched(entries))
+
+
+# ---- paging: a move's entries over several bounded blocks ----
+
+
+@dataclass(frozen=True, slots=True)
+class OutPage:
+    """A page of a move-out: the open holds it releases, then the accounts it leaves at zero."""
+
+    holds: tuple[TransactionState, ...]
+    account_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class InPage:
+    """A page of a move-in: the accounts it creates (with their entries), then the open holds
+    it holds again."""
+
+    accounts: tuple[AccountState, ...]
+    holds: tuple[TransactionState, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class MoveBlock:
+    """One page's block as built: its page number, its writes, where the journal stands after
+    it, and the accounts it wrote as they end."""
+
+    page: int
+    writes: WriteSet
+    position: JournalPosition
+    accounts: dict[str, AccountState]
+
+
+def _slices(count: int, page_item_count: int) -> list[tuple[int, int]]:
+    """[start, end) of each page of `count` items, at least one page (maybe empty)."""
+    check(page_item_count >= 1, "a move's page must hold at least one item")
+    if count == 0:
+        return [(0, 0)]
+    return [(s, min(s + page_item_count, count)) for s in range(0, count, page_item_count)]
+
+
+def move_out_pages(
+    accounts: Sequence[AccountState], holds: Sequence[TransactionState], page_item_count: int
+) -> list[OutPage]:
+    """A move-out's entries in pages of at most page_item_count: the holds' releases first,
+    then the accounts with a balance, in the order given (so the same input pages the same,
+    which lets a source resume a move-out page by page)."""
+    posted = [a.spec.id for a in accounts if a.debits_posted or a.credits_posted]
+    items: list[TransactionState | str] = [*holds, *posted]
+    pages = []
+    for start, end in _slices(len(items), page_item_count):
+        chunk = items[start:end]
+        pages.append(
+            OutPage(
+                tuple(i for i in chunk if isinstance(i, TransactionState)),
+                tuple(i for i in chunk if isinstance(i, str)),
+            )
+        )
+    return pages
+
+
+def move_in_pages(
+    accounts: Sequence[AccountState], records: Sequence[TransactionState], page_item_count: int
+) -> list[InPage]:
+    """A move-in's entries in pages of at most page_item_count: the accounts first (each page's
+    holds then name accounts created before or in it), then the open holds among the records."""
+    items: list[AccountState | TransactionState] = [*accounts, *open_holds_of(records)]
+    pages = []
+    for start, end in _slices(len(items), page_item_count):
+        chunk = items[start:end]
+        pages.append(
+            InPage(
+                tuple(i for i in chunk if isinstance(i, AccountState)),
+                tuple(i for i in chunk if isinstance(i, TransactionState)),
+            )
+        )
+    return pages
+
+
+def _leg_ids(holds: Iterable[TransactionState]) -> list[str]:
+    return [leg.account_id for hold in holds for leg in hold.applied_legs]
+
+
+def move_out_blocks(
+    move_id: str,
+    target: int,
+    pages: Sequence[tuple[int, OutPage]],
+    accounts: Mapping[str, AccountState],
+    moves_accounts: dict[str, AccountState | None],
+    position: JournalPosition,
+    now_ns: int,
+    spread: Mapping[str, AccountState] | None = None,
+    summary: Metadata = (),
+) -> list[MoveBlock]:
+    """The blocks of these pages of a move-out, one after another (each page's from the
+    accounts as the pages before it left them): `accounts`, the slots' accounts as they are
+    now; `spread`, this shard's pieces of the spread accounts the holds name; `summary`, what
+    page 0 commits to (totals_metadata)."""
+    current: dict[str, AccountState] = {**accounts, **(spread or {})}
+    pieces = dict(moves_accounts)
+    blocks = []
+    for number, page in pages:
+        wanted = dict.fromkeys([*_leg_ids(page.holds), *page.account_ids])
+        touched = [current[i] for i in wanted if i in accounts]
+        held_spread = {i: current[i] for i in wanted if spread and i in spread}
+        writes, position, states = move_out_entries(
+            move_id, target, touched, pieces, position, now_ns, page.holds, held_spread,
+            posted_ids=frozenset(page.account_ids), summary=summary if number == 0 else (),
+        )  # fmt: skip
+        blocks.append(MoveBlock(number, writes, position, states))
+        current.update(states)
+        pieces.update({i: a for i, a in states.items() if ids.is_moves_account(i)})
+        now_ns = position.last_timestamp_ns + 1
+    return blocks
+
+
+def move_in_blocks(
+    move_id: str,
+    source: int,
+    pages: Sequence[tuple[int, InPage]],
+    records: Sequence[TransactionState],
+    moves_accounts: dict[str, AccountState | None],
+    position: JournalPosition,
+    now_ns: int,
+    spread_missing: Sequence[AccountState] = (),
+    spread: Mapping[str, AccountState] | None = None,
+    arrived: Mapping[str, AccountState] | None = None,
+) -> list[MoveBlock]:
+    """The blocks of these pages of a move-in, one after another: page 0 carries the records'
+    summary and creates the spread accounts missing here; `spread`, this shard's pieces of the
+    spread accounts the holds name (as they are now); `arrived`, the accounts pages done
+    before created, as they are now."""
+    current: dict[str, AccountState] = {**(spread or {}), **(arrived or {})}
+    pieces = dict(moves_accounts)
+    spread_ids = {a.spec.id for a in spread_missing} | set(spread or {})
+    blocks = []
+    for number, page in pages:
+        legs = dict.fromkeys(_leg_ids(page.holds))
+        page_ids = {a.spec.id for a in page.accounts}
+        writes, position, states = move_in_entries(
+            move_id, source, page.accounts, records, pieces, position, now_ns,
+            spread_missing if number == 0 else (),
+            {i: current[i] for i in legs if i in spread_ids and i in current},
+            page.holds,
+            {i: current[i] for i in legs if i not in spread_ids and i not in page_ids},
+            summary=number == 0,
+        )  # fmt: skip
+        blocks.append(MoveBlock(number, writes, position, states))
+        current.update(states)
+        pieces.update({i: a for i, a in states.items() if ids.is_moves_account(i)})
+        now_ns = position.last_timestamp_ns + 1
+    return blocks
 
 
 def open_holds_of(records: Sequence[TransactionState]) -> list[TransactionState]:

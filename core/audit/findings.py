@@ -285,8 +285,9 @@ class AuditConfig:
 @dataclass(slots=True)
 class MoveSide:
     """One side of a slot move on a shard, as its audit read it: the other side's shard, what
-    its entries posted to the slot-move accounts (per currency: [debits, credits]) and, for a
-    move-in, the count and digest of the records its first entry committed to."""
+    its entries posted to the slot-move accounts (per currency: [debits, credits]) and the
+    count and digest of the records its summary committed to (a move-in's first entry; a
+    move-out's ~records entry, since moves are paged: None before)."""
 
     peer_shard: int
     moves_legs: dict[str, list[int]] = field(default_factory=dict)

@@ -10,6 +10,7 @@ Over the cluster, when every shard was audited (check_moves): every move-out has
 at its target (else the move is half done: a finding naming it, unless a new read finds the
 move-in committed since the snapshots), every move-in its move-out, each finished move's
 slot-move pieces net to zero per currency (as clearing does for cross-shard transactions),
+its move-in committed to the records its move-out did (count and digest, both summaries),
 and every record a target moved in is its source's record, line for line (the lines the
 source's journal hashed; what changes after, a reversal's mark, is not in them).
 """
@@ -81,7 +82,7 @@ def _fold_entry(report: ShardReport, sums: dict[str, list[int]], row: Any) -> No
         index = 0 if leg.is_debit else 1
         side.moves_legs.setdefault(leg.currency, [0, 0])[index] += leg.amount
         sums.setdefault(leg.currency, [0, 0])[index] += leg.amount
-    if direction == IN and moves.COUNT_KEY in metadata:
+    if moves.COUNT_KEY in metadata:
         count_text = metadata[moves.COUNT_KEY]
         count = int(count_text) if count_text.isdigit() else -1
         side.summary = (count, metadata.get(moves.DIGEST_KEY, ""))
@@ -175,6 +176,7 @@ async def check_moves(
             )
         else:
             _check_netting(move_id, both[OUT][1], both[IN][1], log)
+            _check_summaries(move_id, both[OUT][1], both[IN][1], log)
             await _check_records_at_source(move_id, both[OUT][0], both[IN][0], dsns, config, log)
 
 
@@ -229,6 +231,21 @@ def _check_netting(move_id: str, out: MoveSide, into: MoveSide, log: FindingLog)
                 currency=currency,
                 move_id=move_id,
             )
+
+
+def _check_summaries(move_id: str, out: MoveSide, into: MoveSide, log: FindingLog) -> None:
+    """The records a move-in committed to are those its move-out did (a move-out made before
+    paging carries no summary: nothing to compare)."""
+    if out.summary is not None and into.summary is not None and out.summary != into.summary:
+        log.add(
+            FindingKind.MOVED_RECORDS_MISMATCH,
+            About.MOVE,
+            "the move-in committed to other records than its move-out (their count and the "
+            "SHA-256 of their lines)",
+            _summary_text(out.summary),
+            _summary_text(into.summary),
+            move_id=move_id,
+        )
 
 
 async def _check_records_at_source(

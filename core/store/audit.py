@@ -217,12 +217,15 @@ SELECT move_id, direction, min(peer_shard) AS peer_shard, count(*) AS slot_count
 FROM slot_moves GROUP BY move_id, direction ORDER BY move_id, direction
 """
 # The moves' own entries (core.ids: ~moveout/M/X, ~movein/M/X), streamed: each side of a move
-# is one block, which its slot_moves rows name, so they are found through transactions_by_block
-# rather than by a scan of the table (an entry outside those blocks shows in the slot-move
-# accounts' counters, which then exceed the entries' sums).
+# is one block or more, which its slot_moves rows and its move_pages rows (shard migration 7)
+# name, so they are found through transactions_by_block rather than by a scan of the table
+# (an entry outside those blocks shows in the slot-move accounts' counters, which then exceed
+# the entries' sums).
 MOVE_ENTRIES_SQL: Final = """
 SELECT id, metadata, applied_legs FROM transactions
-WHERE block_sequence IN (SELECT DISTINCT block_sequence FROM slot_moves)
+WHERE block_sequence IN (
+    SELECT block_sequence FROM slot_moves UNION SELECT block_sequence FROM move_pages
+)
   AND (id LIKE '~moveout/%' OR id LIKE '~movein/%')
 ORDER BY id
 """

@@ -134,6 +134,14 @@ class SlotMove:
     from_version: int
     state: str
     pause_ms: float
+    # The copy's progress (control migration 5): the part being copied (COPY_ACCOUNTS,
+    # COPY_RECORDS, COPY_DONE; 0 not begun), the last id staged of it, how many staged so far.
+    copy_part: int = 0
+    copy_after_id: str = ""
+    copied_count: int = 0
+
+
+COPY_ACCOUNTS, COPY_RECORDS, COPY_DONE = 1, 2, 3
 
 
 def _move_of(row: Any) -> SlotMove:
@@ -145,6 +153,9 @@ def _move_of(row: Any) -> SlotMove:
         row["from_version"],
         row["state"],
         float(row["pause_ms"]),
+        row["copy_part"],
+        row["copy_after_id"],
+        row["copied_count"],
     )
 
 
@@ -202,6 +213,24 @@ async def set_move_state(connection: Any, move_id: str, state: str) -> None:
         """,
         move_id,
         state,
+        timeout=TIMEOUT_S,
+    )
+
+
+async def set_copy_progress(
+    connection: Any, move_id: str, part: int, after_id: str, copied_count: int
+) -> None:
+    """The copy of the move reached (part, after_id): staged at the target up to there."""
+    await connection.execute(
+        """
+        UPDATE slot_moves SET copy_part = $2, copy_after_id = $3, copied_count = $4,
+            updated_at = now()
+        WHERE move_id = $1
+        """,
+        move_id,
+        part,
+        after_id,
+        copied_count,
         timeout=TIMEOUT_S,
     )
 

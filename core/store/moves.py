@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from core import ids, journal, moves
-from core.model import AccountState, Leg, TransactionState
+from core.model import AccountState, Kind, Leg, TransactionState
 from core.store.shard import (
     TRANSACTION_COLUMNS,
     account_from_row,
@@ -115,6 +115,42 @@ async def record_side(
     )
 
 
+async def pages_done(
+    connection: Connection, move_id: str, direction: str, timeout_s: float
+) -> tuple[set[int], int]:
+    """The pages of this side of the move committed here, and the page size they were made
+    with (0: none committed)."""
+    rows = await connection.fetch(
+        "SELECT page, page_item_count FROM move_pages WHERE move_id = $1 AND direction = $2",
+        move_id,
+        direction,
+        timeout=timeout_s,
+    )
+    return {row["page"] for row in rows}, max((row["page_item_count"] for row in rows), default=0)
+
+
+async def record_page(
+    connection: Connection,
+    move_id: str,
+    direction: str,
+    page: int,
+    page_item_count: int,
+    block_sequence: int,
+    timeout_s: float,
+) -> None:
+    """A page of this side of the move, inside the transaction committing its block."""
+    await connection.execute(
+        "INSERT INTO move_pages (move_id, direction, page, page_item_count, block_sequence) "
+        "VALUES ($1, $2, $3, $4, $5)",
+        move_id,
+        direction,
+        page,
+        page_item_count,
+        block_sequence,
+        timeout=timeout_s,
+    )
+
+
 async def insert_moved_records(
     connection: Connection,
     move_id: str,
@@ -156,12 +192,24 @@ async def accounts_before_out(
     move-out is asked a second time): its transactions' legs say what each account held, and
     the releases of the moving open holds (`holds`, as they were before) what they held."""
     accounts = await slot_accounts(connection, slots, timeout_s)
-    out_ids = [ids.move_out_id(move_id, account.spec.id) for account in accounts]
     release_ids = [ids.move_out_hold_id(move_id, hold.spec.id) for hold in holds]
-    written = await load_transactions(connection, [*out_ids, *release_ids], timeout_s)
+    releases = list((await load_transactions(connection, release_ids, timeout_s)).values())
+    return await _before_out(connection, move_id, accounts, releases, timeout_s)
+
+
+async def _before_out(
+    connection: Connection,
+    move_id: str,
+    accounts: Sequence[AccountState],
+    releases: Sequence[TransactionState],
+    timeout_s: float,
+) -> list[AccountState]:
+    """These accounts as they were before the move's move-out, from its entries here."""
+    out_ids = [ids.move_out_id(move_id, account.spec.id) for account in accounts]
+    written = await load_transactions(connection, out_ids, timeout_s)
     released: dict[str, list[Leg]] = {}
-    for release_id in release_ids:
-        for leg in written[release_id].applied_legs if release_id in written else ():
+    for release in releases:
+        for leg in release.applied_legs:
             released.setdefault(leg.account_id, []).append(leg)
     before = []
     for account, out_id in zip(accounts, out_ids, strict=True):
@@ -197,3 +245,148 @@ async def spread_accounts(connection: Connection, timeout_s: float) -> list[Acco
         timeout=timeout_s,
     )
     return [AccountState(account_from_row(row).spec, row["created_at_ns"]) for row in rows]
+
+
+# ---- a move read in pages (the source) and staged (the target) ----
+
+_MOVE_BLOCKS_SQL = """
+SELECT block_sequence FROM move_pages WHERE move_id = $1 AND direction = 'out'
+UNION SELECT block_sequence FROM slot_moves WHERE move_id = $1 AND direction = 'out'
+"""
+
+
+async def moved_out_slots_of(
+    connection: Connection, move_id: str, timeout_s: float
+) -> frozenset[int]:
+    """The slots this shard moved out by this move (none: no move-out of it here)."""
+    rows = await connection.fetch(
+        "SELECT slot FROM slot_moves WHERE move_id = $1 AND direction = 'out'",
+        move_id,
+        timeout=timeout_s,
+    )
+    return frozenset(row["slot"] for row in rows)
+
+
+async def move_out_summary(
+    connection: Connection, move_id: str, timeout_s: float
+) -> TransactionState | None:
+    """The move-out's summary entry (its totals), if it has one (moves before pages: none)."""
+    entry_id = ids.move_out_id(move_id, moves.SUMMARY_ENTRY)
+    return (await load_transactions(connection, [entry_id], timeout_s)).get(entry_id)
+
+
+async def _releases(
+    connection: Connection, move_id: str, timeout_s: float
+) -> list[TransactionState]:
+    """The move-out's releases of open holds, from its blocks (transactions_by_block)."""
+    columns = ", ".join(TRANSACTION_COLUMNS)
+    rows = await connection.fetch(
+        f"SELECT {columns} FROM transactions WHERE block_sequence IN ({_MOVE_BLOCKS_SQL}) "
+        "AND kind = $2",
+        move_id,
+        int(Kind.VOID_PENDING),
+        timeout=timeout_s,
+    )
+    prefix = ids.move_out_hold_id(move_id, "")
+    return [transaction_from_row(row) for row in rows if row["id"].startswith(prefix)]
+
+
+async def accounts_page(
+    connection: Connection,
+    move_id: str,
+    slots: frozenset[int],
+    after_id: str,
+    count_max: int,
+    timeout_s: float,
+) -> tuple[list[AccountState], bool]:
+    """Up to count_max of the slots' accounts after after_id, in id order, as they were before
+    this move's move-out, and whether they are the last."""
+    found: list[AccountState] = []
+    done = True
+    async with connection.transaction(isolation="repeatable_read", readonly=True):
+        cursor = connection.cursor(
+            "SELECT * FROM accounts WHERE id NOT LIKE '@%' AND id > $1 ORDER BY id",
+            after_id,
+            prefetch=_SCAN_ROW_COUNT,
+            timeout=timeout_s,
+        )
+        async for row in cursor:
+            if moves.account_moves(row["id"], slots):
+                if len(found) == count_max:
+                    done = False
+                    break
+                found.append(account_from_row(row))
+    releases = await _releases(connection, move_id, timeout_s) if found else []
+    return await _before_out(connection, move_id, found, releases, timeout_s), done
+
+
+async def records_page(
+    connection: Connection,
+    move_id: str,
+    slots: frozenset[int],
+    after_id: str,
+    count_max: int,
+    timeout_s: float,
+) -> tuple[list[TransactionState], bool]:
+    """Up to count_max of the records homed in the slots after after_id, in id order, as they
+    were before this move's move-out, and whether they are the last."""
+    columns = ", ".join(TRANSACTION_COLUMNS)
+    found: list[TransactionState] = []
+    done = True
+    async with connection.transaction(isolation="repeatable_read", readonly=True):
+        cursor = connection.cursor(
+            f"SELECT {columns} FROM (SELECT {columns} FROM transactions WHERE id > $1 "
+            f"UNION ALL SELECT {columns} FROM moved_transactions WHERE id > $1) r "
+            "WHERE id NOT LIKE '~%' ORDER BY id",
+            after_id,
+            prefetch=_SCAN_ROW_COUNT,
+            timeout=timeout_s,
+        )
+        async for row in cursor:
+            if moves.record_moves(row["id"], slots):
+                if len(found) == count_max:
+                    done = False
+                    break
+                found.append(moves.record_before_out(transaction_from_row(row), move_id))
+    return found, done
+
+
+async def stage(
+    connection: Connection,
+    move_id: str,
+    part: str,
+    items: Sequence[tuple[str, bytes]],
+    timeout_s: float,
+) -> int:
+    """Keep these (id, body) of a move's part ('account' or 'record'); how many were new."""
+    if not items:
+        return 0
+    result = await connection.execute(
+        "INSERT INTO move_staging (move_id, part, item_id, body) "
+        "SELECT $1, $2, item_id, body FROM unnest($3::text[], $4::bytea[]) AS i(item_id, body) "
+        "ON CONFLICT DO NOTHING",
+        move_id,
+        part,
+        [item_id for item_id, _ in items],
+        [body for _, body in items],
+        timeout=timeout_s,
+    )
+    return int(result.split()[-1])
+
+
+async def staged(connection: Connection, move_id: str, part: str, timeout_s: float) -> list[bytes]:
+    """The bodies of a move's part staged here, in id order."""
+    rows = await connection.fetch(
+        "SELECT body FROM move_staging WHERE move_id = $1 AND part = $2 ORDER BY item_id",
+        move_id,
+        part,
+        timeout=timeout_s,
+    )
+    return [bytes(row["body"]) for row in rows]
+
+
+async def clear_staged(connection: Connection, move_id: str, timeout_s: float) -> None:
+    """The move's staging, inside the transaction committing its move-in's last block."""
+    await connection.execute(
+        "DELETE FROM move_staging WHERE move_id = $1", move_id, timeout=timeout_s
+    )

@@ -173,6 +173,44 @@ MIGRATIONS: Final[tuple[tuple[int, str, str], ...]] = (
             ADD COLUMN source_shard integer NOT NULL DEFAULT 0;
         """,
     ),
+    (
+        7,
+        "slot moves in pages",
+        # docs/design.md, "Moving slots". A move's side is written in bounded blocks
+        # (core.moves.MOVE_PAGE_ITEM_COUNT entries each); move_pages: one row per page
+        # committed, in the same commit as its block, so a side interrupted between pages is
+        # resumed from the next (the same move paged by the page size its first page was,
+        # page_item_count, pages the same whatever the node's setting is now) and the audit
+        # finds every block of a move's entries. Moves made before: one block, no rows here
+        # (slot_moves names it).
+        """
+        CREATE TABLE move_pages (
+            move_id text NOT NULL,
+            direction text NOT NULL CHECK (direction IN ('out', 'in')),
+            page integer NOT NULL CHECK (page >= 0),
+            page_item_count integer NOT NULL CHECK (page_item_count >= 1),
+            block_sequence bigint NOT NULL,
+            PRIMARY KEY (move_id, direction, page)
+        );
+        """,
+    ),
+    (
+        8,
+        "slot moves staged at the target",
+        # docs/design.md, "Moving slots". What a target is given of a move before its move-in,
+        # page by page (StageMoveIn): each account or record as it came on the wire, keyed by
+        # its id, so a page given again stages nothing new. Read whole by the move-in, which
+        # checks it against the source's totals, and deleted in the move-in's last commit.
+        """
+        CREATE TABLE move_staging (
+            move_id text NOT NULL,
+            part text NOT NULL CHECK (part IN ('account', 'record')),
+            item_id text NOT NULL,
+            body bytea NOT NULL,
+            PRIMARY KEY (move_id, part, item_id)
+        );
+        """,
+    ),
 )
 
 CONTROL_MIGRATIONS: Final[tuple[tuple[int, str, str], ...]] = (
@@ -236,6 +274,19 @@ CONTROL_MIGRATIONS: Final[tuple[tuple[int, str, str], ...]] = (
         # before: '', no direct route until the writer registers again.
         """
         ALTER TABLE shards ADD COLUMN client_endpoint text NOT NULL DEFAULT '';
+        """,
+    ),
+    (
+        5,
+        "the copy of a slot move, page by page",
+        # The mover's progress copying a move's accounts and records from its source to its
+        # target (shards/cli/slots.py): the part being copied (1 accounts, 2 records, 3 both
+        # done), the last id staged and how many, so `tally slots resume` goes on from there.
+        """
+        ALTER TABLE slot_moves
+            ADD COLUMN copy_part integer NOT NULL DEFAULT 0 CHECK (copy_part BETWEEN 0 AND 3),
+            ADD COLUMN copy_after_id text NOT NULL DEFAULT '',
+            ADD COLUMN copied_count bigint NOT NULL DEFAULT 0 CHECK (copied_count >= 0);
         """,
     ),
 )

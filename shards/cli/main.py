@@ -54,6 +54,13 @@ def _add_writer_flags(parser: argparse.ArgumentParser) -> None:
         help="a batch closes at this many items (default %(default)s)",
     )
     parser.add_argument(
+        "--move-page-item-count",
+        type=_at_least(1, int),
+        default=int(_env("move_page_item_count", str(defaults.move_page_item_count))),
+        help="a slot move's side is written in blocks of at most this many entries "
+        "(default %(default)s)",
+    )
+    parser.add_argument(
         "--batch-wait-ms",
         type=float,
         default=float(_env("batch_wait_ms", str(defaults.batch_wait_ms))),
@@ -210,6 +217,7 @@ def _writer_config(args: argparse.Namespace) -> WriterConfig:
         batch_wait_ms=args.batch_wait_ms,
         cache_account_count_max=args.cache_account_count_max,
         queue_size_max_bytes=args.queue_size_max_bytes,
+        move_page_item_count=args.move_page_item_count,
     )
 
 

@@ -37,7 +37,7 @@ from tally.v1 import shard_pb2_grpc as spb_grpc
 
 CONTROL_DSN_ENV: Final = "TALLY_CONTROL_DSN"
 # A rebalance moves at most this many slots at once: each move pauses its slots' writes for one
-# scan of the source's tables and carries at most MOVE_RECORD_COUNT_MAX records.
+# scan of the source's tables and a copy of what they hold (at most MOVE_ITEM_COUNT_MAX).
 REBALANCE_SLOTS_PER_MOVE: Final = 256
 # A step asked of a node that is restarting or taking over its lease is asked again, for up
 # to this long, each wait doubling from STEP_RETRY_FIRST_S.
@@ -50,7 +50,12 @@ STEP_TIMEOUT_S: Final = 60.0
 # with their slots; those that cannot (they would span shards) are refused at once.
 HELD_WAIT_S: Final = 10.0
 HELD_RETRY_S: Final = 0.02
-# Large enough for a move of MOVE_RECORD_COUNT_MAX records.
+# The copy of a move goes in pages of at most this many accounts or records (--page-item-count),
+# and at most MOVE_PAGE_COUNT_MAX pages (moves.MOVE_ITEM_COUNT_MAX items at one a page, and
+# then some).
+PAGE_ITEM_COUNT: Final = moves.MOVE_READ_ITEM_COUNT_MAX
+MOVE_PAGE_COUNT_MAX: Final = 2 * moves.MOVE_ITEM_COUNT_MAX + 2
+# Large enough for a page of MOVE_READ_ITEM_COUNT_MAX items, and a step's answer.
 MESSAGE_BYTES_MAX: Final = 64 * 1024 * 1024
 _CHANNEL_OPTIONS: Final = (
     ("grpc.max_receive_message_length", MESSAGE_BYTES_MAX),
@@ -110,6 +115,13 @@ def add_command(commands: Any) -> None:
             f"(default {HELD_WAIT_S:g})",
         )
         sub.add_argument(
+            "--page-item-count",
+            type=int,
+            default=PAGE_ITEM_COUNT,
+            help="copy a move's accounts and records in pages of at most this many "
+            f"(default and most {PAGE_ITEM_COUNT})",
+        )
+        sub.add_argument(
             "--control-dsn",
             default=os.environ.get(CONTROL_DSN_ENV, ""),
             help=f"the control database (default: ${CONTROL_DSN_ENV}; keep secrets off the "
@@ -161,16 +173,25 @@ def run(args: argparse.Namespace) -> int:
     if not 0 <= args.held_wait_s <= 3600:
         print("tally slots: --held-wait-s must be 0..3600", file=sys.stderr)
         return 2
+    pages = args.page_item_count
+    if not 1 <= pages <= moves.MOVE_READ_ITEM_COUNT_MAX:
+        print(
+            f"tally slots: --page-item-count must be 1..{moves.MOVE_READ_ITEM_COUNT_MAX}",
+            file=sys.stderr,
+        )
+        return 2
     if args.slots_command == "rebalance" and not 1 <= args.slots_per_move <= SLOT_COUNT:
         print(f"tally slots: --slots-per-move must be 1..{SLOT_COUNT}", file=sys.stderr)
         return 2
     try:
         if args.slots_command == "move":
-            work = move_slots(args.control_dsn, security, slots, args.to, args.held_wait_s)
+            work = move_slots(args.control_dsn, security, slots, args.to, args.held_wait_s, pages)
         elif args.slots_command == "rebalance":
-            work = rebalance(args.control_dsn, security, args.slots_per_move, args.held_wait_s)
+            work = rebalance(
+                args.control_dsn, security, args.slots_per_move, args.held_wait_s, pages
+            )
         else:
-            work = resume_move(args.control_dsn, security, args.held_wait_s)
+            work = resume_move(args.control_dsn, security, args.held_wait_s, pages)
         reports = asyncio.run(work)
     except MoveError as error:
         print(f"tally slots: {error}", file=sys.stderr)
@@ -206,6 +227,7 @@ async def move_slots(
     slots: list[int],
     target: int,
     held_wait_s: float = HELD_WAIT_S,
+    page_item_count: int = PAGE_ITEM_COUNT,
 ) -> list[MoveReport]:
     """Resume an unfinished move if there is one, then move `slots` to shard `target`: the
     reports of both. MoveError when the move is refused (nothing moved) or stops."""
@@ -219,16 +241,23 @@ async def move_slots(
         reports = []
         unfinished = await control_store.unfinished_move(connection)
         if unfinished is not None:
-            reports.append(await _drive(connection, security, unfinished, True, held_wait_s))
+            reports.append(
+                await _drive(connection, security, unfinished, True, held_wait_s, page_item_count)
+            )
         move = await _plan(connection, sorted(checked), target)
-        reports.append(await _drive(connection, security, move, False, held_wait_s))
+        reports.append(
+            await _drive(connection, security, move, False, held_wait_s, page_item_count)
+        )
         return reports
     finally:
         await connection.close(timeout=5.0)
 
 
 async def resume_move(
-    control_dsn: str, security: ClientSecurity, held_wait_s: float = HELD_WAIT_S
+    control_dsn: str,
+    security: ClientSecurity,
+    held_wait_s: float = HELD_WAIT_S,
+    page_item_count: int = PAGE_ITEM_COUNT,
 ) -> list[MoveReport]:
     connection = await control.connect(control_dsn)
     try:
@@ -246,6 +275,7 @@ async def rebalance(
     security: ClientSecurity,
     slot_count_max: int,
     held_wait_s: float = HELD_WAIT_S,
+    page_item_count: int = PAGE_ITEM_COUNT,
 ) -> list[MoveReport]:
     """Resume an unfinished move, then move slots until every shard, registered ones owning no
     slot included, holds its even share (core.moves.rebalance_step): one move at a time, each
@@ -256,7 +286,9 @@ async def rebalance(
         reports = []
         unfinished = await control_store.unfinished_move(connection)
         if unfinished is not None:
-            reports.append(await _drive(connection, security, unfinished, True, held_wait_s))
+            reports.append(
+                await _drive(connection, security, unfinished, True, held_wait_s, page_item_count)
+            )
         for _ in range(SLOT_COUNT):  # each move gives a shard at least one slot of its share
             slot_map = await control_store.load_slot_map(connection)
             if slot_map is None:
@@ -267,7 +299,9 @@ async def rebalance(
                 break
             _, target, slots = step
             move = await _plan(connection, slots, target)
-            reports.append(await _drive(connection, security, move, False, held_wait_s))
+            reports.append(
+                await _drive(connection, security, move, False, held_wait_s, page_item_count)
+            )
         return reports
     finally:
         await connection.close(timeout=5.0)
@@ -302,6 +336,7 @@ async def _drive(
     move: control_store.SlotMove,
     resumed: bool,
     held_wait_s: float,
+    page_item_count: int = PAGE_ITEM_COUNT,
 ) -> MoveReport:
     """Take the move from its recorded step to done, recording each step before the next."""
     endpoints = await control_store.shard_endpoints(connection)
@@ -326,14 +361,15 @@ async def _drive(
     if move.state == "planned":
         await control_store.set_move_state(connection, move.move_id, "out")
     if move.state in ("planned", "out"):
+        await _copy(connection, security, endpoints, move, page_item_count)
         in_request = spb.MoveSlotsInRequest(
             move_id=move.move_id, slots=list(move.slots), source_shard=move.source_shard,
-            accounts=out.accounts, records=out.records, spread_accounts=out.spread_accounts,
+            spread_accounts=out.spread_accounts, staged=True, totals=out.totals,
         )  # fmt: skip
         await _step(
             endpoints[move.target_shard], security,
             lambda stub: stub.MoveSlotsIn(in_request, timeout=STEP_TIMEOUT_S),
-            refused=lambda d: _refused_in(move, d),
+            refused=lambda d: _refused_in(connection, move, d),
         )  # fmt: skip
         if failpoints.ARMED:  # the target has moved in; the control database does not say so
             await failpoints.hit("slots.after_move_in")
@@ -361,8 +397,8 @@ def _report(
         move.slots,
         move.source_shard,
         move.target_shard,
-        len(out.accounts),
-        len(out.records),
+        out.totals.account_count,
+        out.totals.record_count,
         slot_map.version,
         pause_ms,
         resumed,
@@ -380,7 +416,73 @@ async def _refused_out(connection: Any, move: control_store.SlotMove, details: s
     )
 
 
-async def _refused_in(move: control_store.SlotMove, details: str) -> None:
+_PARTS: Final = {
+    control_store.COPY_ACCOUNTS: spb.MOVED_PART_ACCOUNTS,
+    control_store.COPY_RECORDS: spb.MOVED_PART_RECORDS,
+}
+
+
+async def _copy(
+    connection: Any,
+    security: ClientSecurity,
+    endpoints: dict[int, str],
+    move: control_store.SlotMove,
+    page_item_count: int,
+) -> None:
+    """Copy what the move takes from its source to its target, page by page (ReadMovedOut,
+    then StageMoveIn), recording each page staged before the next is read, so a mover killed
+    anywhere goes on from the last page recorded (a page staged again stages nothing new)."""
+    part = move.copy_part or control_store.COPY_ACCOUNTS
+    after_id, count = move.copy_after_id, move.copied_count
+    source, target = endpoints[move.source_shard], endpoints[move.target_shard]
+    for _ in range(MOVE_PAGE_COUNT_MAX):
+        if part == control_store.COPY_DONE:
+            return
+        read = spb.ReadMovedOutRequest(
+            move_id=move.move_id, slots=list(move.slots), part=_PARTS[part], after_id=after_id,
+            item_count_max=page_item_count,
+        )  # fmt: skip
+        page = await _step(
+            source, security, _calling("ReadMovedOut", read),
+            refused=lambda d: _refused_copy(move, move.source_shard, d),
+        )  # fmt: skip
+        staging = spb.StageMoveInRequest(
+            move_id=move.move_id, slots=list(move.slots), source_shard=move.source_shard,
+            accounts=page.accounts, records=page.records,
+        )  # fmt: skip
+        await _step(
+            target, security, _calling("StageMoveIn", staging),
+            refused=lambda d: _refused_copy(move, move.target_shard, d),
+        )  # fmt: skip
+        count += len(page.accounts) + len(page.records)
+        part, after_id = (part + 1, "") if page.done else (part, page.next_after_id)
+        await control_store.set_copy_progress(connection, move.move_id, part, after_id, count)
+        if failpoints.ARMED:  # a page staged and recorded; more may follow
+            await failpoints.hit("slots.between_pages")
+    raise MoveError(f"move {move.move_id}: more than {MOVE_PAGE_COUNT_MAX} pages to copy")
+
+
+def _calling(method: str, request: Any) -> Callable[[Any], Awaitable[Any]]:
+    """A step calling `method` of a Shard stub with `request`."""
+
+    def call(stub: Any) -> Awaitable[Any]:
+        answer: Awaitable[Any] = getattr(stub, method)(request, timeout=STEP_TIMEOUT_S)
+        return answer
+
+    return call
+
+
+async def _refused_copy(move: control_store.SlotMove, shard: int, details: str) -> None:
+    raise MoveError(
+        f"move {move.move_id}: shard {shard} refused a page of the copy ({details}); the slots "
+        f"stay refused at shard {move.source_shard} until it is fixed and the move resumed "
+        "(tally slots resume)"
+    )
+
+
+async def _refused_in(connection: Any, move: control_store.SlotMove, details: str) -> None:
+    if "stage it again" in details:  # the staging is not the source's: copy it all again
+        await control_store.set_copy_progress(connection, move.move_id, 0, "", 0)
     raise MoveError(
         f"move {move.move_id}: shard {move.target_shard} refused the move-in ({details}); the "
         f"slots stay refused at shard {move.source_shard} until it is fixed and the move resumed "

@@ -7,21 +7,26 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 import grpc
+from google.protobuf.message import DecodeError
 
-from core import ids, journal, moves
+from core import ids, journal, limits, moves
 from core.model import AccountSpec, AccountState, Kind, Status, TransactionState
+from core.store import moves as store_moves
 from core.store import shard as store
 from shards.node.ledger_service import NodeView
-from shards.node.moves import MovedOut, move_in, move_out
+from shards.node.moves import MovedOut, Staged, move_in, move_out, stage
 from shards.node.writer import QueueFullError, WriterUnavailableError
 from tally.v1 import shard_pb2 as spb
 
 log = logging.getLogger("tally.moves")
 
 Context = Any  # grpc.aio.ServicerContext
+
+# A page of a move read from the source's read pool (ReadMovedOut).
+MOVE_READ_TIMEOUT_S: Final = 30.0
 
 
 class MoveNode(NodeView, Protocol):
@@ -185,13 +190,50 @@ async def move_slots_out(
         node, context, move_out(request.move_id, slots, request.target_shard)
     )
     node.note_moved_out()
+    # What moves is read in pages (ReadMovedOut): the answer carries its totals only.
     return spb.MoveSlotsOutResponse(
-        accounts=[moved_account(a) for a in moved.accounts],
-        records=[moved_record(r) for r in moved.records],
         block_sequence=moved.block_sequence,
         again=moved.again,
         spread_accounts=[moved_account(a) for a in moved.spread],
+        totals=totals_message(moved.totals),
     )
+
+
+def totals_message(totals: moves.MoveTotals) -> spb.MoveTotals:
+    return spb.MoveTotals(
+        account_count=totals.account_count,
+        accounts_digest=totals.accounts_digest,
+        record_count=totals.record_count,
+        records_digest=totals.records_digest,
+    )
+
+
+def totals_of(message: spb.MoveTotals) -> moves.MoveTotals:
+    """ValueError naming totals' bad field."""
+    if message.account_count < 0 or message.record_count < 0:
+        raise ValueError("totals: counts must not be negative")
+    for name in ("accounts_digest", "records_digest"):
+        text = getattr(message, name)
+        if len(text) != 64 or any(c not in "0123456789abcdef" for c in text):
+            raise ValueError(f"totals.{name} must be 64 hex digits (a SHA-256)")
+    return moves.MoveTotals(
+        message.account_count, message.accounts_digest, message.record_count,
+        message.records_digest,
+    )  # fmt: skip
+
+
+def _decode_account(n: int, body: bytes) -> AccountState:
+    try:
+        return account_of(n, spb.MovedAccount.FromString(body))
+    except DecodeError:
+        raise ValueError(f"staged account {n} is no MovedAccount") from None
+
+
+def _decode_record(n: int, body: bytes) -> TransactionState:
+    try:
+        return record_of(n, spb.MovedRecord.FromString(body))
+    except DecodeError:
+        raise ValueError(f"staged record {n} is no MovedRecord") from None
 
 
 async def move_slots_in(
@@ -199,6 +241,34 @@ async def move_slots_in(
 ) -> spb.MoveSlotsInResponse:
     slots = await _checked_slots(context, request.move_id, request.slots)
     source = request.source_shard
+    await _check_target(node, context, slots, request.source_shard)
+    if len(request.accounts) + len(request.records) > moves.MOVE_RECORD_COUNT_MAX:
+        await context.abort(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"at most {moves.MOVE_RECORD_COUNT_MAX} accounts and records in one move inline "
+            "(stage them: StageMoveIn)",
+        )
+    if request.staged and (request.accounts or request.records):
+        await context.abort(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "staged: accounts and records come from StageMoveIn, none inline",
+        )
+    staged: Staged | None = None
+    try:
+        accounts, records = await _items(context, slots, request.accounts, request.records)
+        spread = [spread_of(n, a) for n, a in enumerate(request.spread_accounts)]
+        if request.staged:
+            staged = Staged(totals_of(request.totals), _decode_account, _decode_record)
+    except ValueError as error:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+    operation = move_in(request.move_id, source, slots, accounts, records, spread, staged)
+    done = await _run(node, context, operation)
+    return spb.MoveSlotsInResponse(again=not done)
+
+
+async def _check_target(
+    node: NodeView, context: Context, slots: frozenset[int], source: int
+) -> None:
     if source not in node.shard_ids or source == node.shard_id:
         await context.abort(
             grpc.StatusCode.INVALID_ARGUMENT,
@@ -210,22 +280,102 @@ async def move_slots_in(
             grpc.StatusCode.FAILED_PRECONDITION,
             f"slots {sorted(slots & owned)[:10]} are this shard's already",
         )
-    if len(request.accounts) + len(request.records) > moves.MOVE_RECORD_COUNT_MAX:
+
+
+async def _items(
+    context: Context,
+    slots: frozenset[int],
+    accounts_in: Iterable[spb.MovedAccount],
+    records_in: Iterable[spb.MovedRecord],
+) -> tuple[list[AccountState], list[TransactionState]]:
+    """The accounts and records given, each checked (ValueError naming the field) and of the
+    slots (INVALID_ARGUMENT otherwise)."""
+    accounts = [account_of(n, a) for n, a in enumerate(accounts_in)]
+    records = [record_of(n, r) for n, r in enumerate(records_in)]
+    strays = [a.spec.id for a in accounts if not moves.account_moves(a.spec.id, slots)]
+    if strays:
         await context.abort(
-            grpc.StatusCode.INVALID_ARGUMENT,
-            f"at most {moves.MOVE_RECORD_COUNT_MAX} accounts and records in one move",
+            grpc.StatusCode.INVALID_ARGUMENT, f"accounts {strays[:5]} are not of the slots"
         )
-    try:
-        accounts = [account_of(n, a) for n, a in enumerate(request.accounts)]
-        records = [record_of(n, r) for n, r in enumerate(request.records)]
-        spread = [spread_of(n, a) for n, a in enumerate(request.spread_accounts)]
-    except ValueError as error:
-        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
     strays = [r.spec.id for r in records if not moves.record_moves(r.spec.id, slots)]
     if strays:
         await context.abort(
             grpc.StatusCode.INVALID_ARGUMENT, f"records {strays[:5]} are not homed in the slots"
         )
-    operation = move_in(request.move_id, source, slots, accounts, records, spread)
-    done = await _run(node, context, operation)
-    return spb.MoveSlotsInResponse(again=not done)
+    return accounts, records
+
+
+async def stage_move_in(
+    node: NodeView, request: spb.StageMoveInRequest, context: Context
+) -> spb.StageMoveInResponse:
+    slots = await _checked_slots(context, request.move_id, request.slots)
+    await _check_target(node, context, slots, request.source_shard)
+    if len(request.accounts) + len(request.records) > moves.MOVE_READ_ITEM_COUNT_MAX:
+        await context.abort(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"at most {moves.MOVE_READ_ITEM_COUNT_MAX} accounts and records in one page",
+        )
+    try:
+        accounts, records = await _items(context, slots, request.accounts, request.records)
+    except ValueError as error:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+    operation = stage(
+        request.move_id,
+        slots,
+        [
+            (a.spec.id, m.SerializeToString())
+            for a, m in zip(accounts, request.accounts, strict=True)
+        ],
+        [(r.spec.id, m.SerializeToString()) for r, m in zip(records, request.records, strict=True)],
+    )
+    return spb.StageMoveInResponse(staged_count=await _run(node, context, operation))
+
+
+async def read_moved_out(
+    node: NodeView, request: spb.ReadMovedOutRequest, context: Context
+) -> spb.ReadMovedOutResponse:
+    """A page of what a move-out here takes, read from the read pool (not the writer)."""
+    slots = await _checked_slots(context, request.move_id, request.slots)
+    if request.part not in (spb.MOVED_PART_ACCOUNTS, spb.MOVED_PART_RECORDS):
+        await context.abort(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"part {request.part} is not MOVED_PART_ACCOUNTS or MOVED_PART_RECORDS",
+        )
+    if not 1 <= request.item_count_max <= moves.MOVE_READ_ITEM_COUNT_MAX:
+        await context.abort(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"item_count_max {request.item_count_max} is not 1..{moves.MOVE_READ_ITEM_COUNT_MAX}",
+        )
+    if len(request.after_id) > limits.id_length_max:
+        await context.abort(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"after_id is longer than {limits.id_length_max} characters",
+        )
+    async with node.read_pool.acquire(timeout=MOVE_READ_TIMEOUT_S) as connection:
+        moved = await store_moves.moved_out_slots_of(
+            connection, request.move_id, MOVE_READ_TIMEOUT_S
+        )
+        if moved != slots:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"this shard has no move-out of slots {sorted(slots)[:10]} by move "
+                f"{request.move_id} (its move-out must commit first: MoveSlotsOut)",
+            )
+        return await _page(connection, request, slots)
+
+
+async def _page(
+    connection: Any, request: spb.ReadMovedOutRequest, slots: frozenset[int]
+) -> spb.ReadMovedOutResponse:
+    args = (request.move_id, slots, request.after_id, request.item_count_max, MOVE_READ_TIMEOUT_S)
+    if request.part == spb.MOVED_PART_ACCOUNTS:
+        accounts, done = await store_moves.accounts_page(connection, *args)
+        last = accounts[-1].spec.id if accounts else request.after_id
+        return spb.ReadMovedOutResponse(
+            accounts=[moved_account(a) for a in accounts], next_after_id=last, done=done
+        )
+    records, done = await store_moves.records_page(connection, *args)
+    last = records[-1].spec.id if records else request.after_id
+    return spb.ReadMovedOutResponse(
+        records=[moved_record(r) for r in records], next_after_id=last, done=done
+    )

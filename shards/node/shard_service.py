@@ -257,3 +257,13 @@ class ShardService(spb_grpc.ShardServicer):  # type: ignore[misc]
         self, request: spb.MoveSlotsInRequest, context: Context
     ) -> spb.MoveSlotsInResponse:
         return await move_service.move_slots_in(self._node, request, context)
+
+    async def ReadMovedOut(
+        self, request: spb.ReadMovedOutRequest, context: Context
+    ) -> spb.ReadMovedOutResponse:
+        return await move_service.read_moved_out(self._node, request, context)
+
+    async def StageMoveIn(
+        self, request: spb.StageMoveInRequest, context: Context
+    ) -> spb.StageMoveInResponse:
+        return await move_service.stage_move_in(self._node, request, context)

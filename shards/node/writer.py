@@ -34,7 +34,7 @@ from core.model import (
     transaction_from_record,
     transaction_to_record,
 )
-from core.moves import refuse_moved
+from core.moves import MOVE_PAGE_ITEM_COUNT, refuse_moved
 from core.pieces import decided_by_piece, fate_of_piece, reversed_by_piece
 from core.signing import Signer
 from core.state import (
@@ -77,6 +77,8 @@ class WriterConfig:
     cache_transaction_count_max: int = 200_000
     commit_timeout_s: float = 30.0
     load_timeout_s: float = 30.0
+    # A slot move's side is written in blocks of at most this many entries (lower in tests).
+    move_page_item_count: int = MOVE_PAGE_ITEM_COUNT
 
     def __post_init__(self) -> None:
         check(self.batch_item_count_max >= 1, "batch_item_count_max must be positive")
@@ -84,6 +86,7 @@ class WriterConfig:
         check(self.queue_request_count_max >= 1, "queue_request_count_max must be positive")
         check(self.queue_size_max_bytes >= 1, "queue_size_max_bytes must be positive")
         check(self.cache_account_count_max >= 1, "cache_account_count_max must be positive")
+        check(self.move_page_item_count >= 1, "move_page_item_count must be positive")
 
 
 class WriterState(enum.Enum):

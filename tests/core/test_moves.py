@@ -409,3 +409,114 @@ def _settle_at_the_target(
         final = accounts[key]
         assert final is not None
         check(list(_counters(final)) == expected[key], f"{key} settled at the target")
+
+
+# ---- paging: a move's entries over several bounded blocks ----
+
+_PAGED_KEYS = tuple(f"k/{n}" for n in range(7))
+
+
+def _paged(
+    pages: list[moves.MoveBlock],
+) -> tuple[dict[str, tuple[object, ...]], dict[str, AccountState], list[int]]:
+    """The pages' transactions by id (kind, legs, target), the accounts as the last page that
+    wrote each left them, and the postings' sequences in order."""
+    written: dict[str, tuple[object, ...]] = {}
+    states: dict[str, AccountState] = {}
+    sequences: list[int] = []
+    for block in pages:
+        check_balanced(block.writes, dict(block.accounts))
+        for t in block.writes.new_transactions:
+            written[t.spec.id] = (t.spec.kind, t.applied_legs, t.spec.target_id)
+        states.update(block.accounts)
+        sequences += [p.sequence for p in block.writes.postings]
+    return written, states, sequences
+
+
+def _entry_count(block: moves.MoveBlock) -> int:
+    return sum(1 for t in block.writes.new_transactions if not t.spec.id.endswith("/~records"))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 10**6), st.integers(0, 10**6)),
+        min_size=len(_PAGED_KEYS), max_size=len(_PAGED_KEYS),
+    ),
+    st.lists(
+        st.tuples(st.sampled_from((*_PAGED_KEYS, "@cash")), st.sampled_from(_PAGED_KEYS),
+                  st.integers(1, 10**6)).filter(lambda h: h[0] != h[1]),
+        max_size=5,
+    ),
+    st.integers(1, 4),
+)  # fmt: skip
+def test_a_move_in_pages_is_the_move_in_one_block(
+    posted: list[tuple[int, int]], drawn: list[tuple[str, str, int]], page_item_count: int
+) -> None:
+    """A move-out and a move-in paged (each block at most page_item_count entries, balanced,
+    the postings' sequences continuous across the blocks) write exactly the transactions and
+    leave exactly the accounts one block each would; the summary travels once."""
+    holds = [
+        _hold(f"k/h{n}", (Leg(d, True, amount, "USD"), Leg(c, False, amount, "USD")))
+        for n, (d, c, amount) in enumerate(drawn)
+    ]
+    source = [_held(_account(k, *c), *holds) for k, c in zip(_PAGED_KEYS, posted, strict=True)]
+    spread = {"@cash": _spread_piece((0, 0), holds)}
+    records = [*holds, _record("k/t1")]
+    now = {a.spec.id: a for a in source}
+    wholes, pieces = [], []
+    for size in (10**6, page_item_count):
+        out_pages = list(enumerate(moves.move_out_pages(source, holds, size)))
+        outs = moves.move_out_blocks(
+            "ab12", 2, out_pages, now, {}, JournalPosition(1, 0), 9, spread
+        )
+        in_pages = list(enumerate(moves.move_in_pages(source, records, size)))
+        ins = moves.move_in_blocks(
+            "ab12", 0, in_pages, records, {}, JournalPosition(1, 0), 9,
+            [_spread_piece((0, 0), [])],
+        )  # fmt: skip
+        for blocks in (outs, ins):
+            assert all(_entry_count(b) <= size for b in blocks)
+            (wholes if size == 10**6 else pieces).append(_paged(blocks))
+    for whole, paged in zip(wholes, pieces, strict=True):
+        assert paged[0] == whole[0]
+        assert {k: (_counters(a), a.version) for k, a in paged[1].items()} == {
+            k: (_counters(a), a.version) for k, a in whole[1].items()
+        }
+        assert paged[2] == list(range(1, 1 + len(paged[2])))
+    for key in _PAGED_KEYS:  # at the target exactly as at the source
+        arrived, before = pieces[1][1][key], now[key]
+        assert (_counters(arrived), arrived.version) == (_counters(before), before.version)
+    summaries = [
+        t for b in moves.move_in_blocks(
+            "ab12", 0, list(enumerate(moves.move_in_pages(source, records, page_item_count))),
+            records, {}, JournalPosition(1, 0), 9, [_spread_piece((0, 0), [])],
+        )
+        for t in b.writes.new_transactions if moves.COUNT_KEY in dict(t.spec.metadata)
+    ]  # fmt: skip
+    assert len(summaries) == 1
+    assert dict(summaries[0].spec.metadata)[moves.DIGEST_KEY] == moves.records_digest(records)
+
+
+def test_a_move_out_resumed_from_any_page_ends_as_one_block_would() -> None:
+    """Pages done before a crash are skipped; the rest, built from the accounts as the done
+    pages left them, end the accounts exactly as the move-out in one block."""
+    hold = _hold("k/h0", (Leg("k/0", True, 5, "USD"), Leg("k/1", False, 5, "USD")))
+    source = [_held(_account(k, 10 * n, n), hold) for n, k in enumerate(_PAGED_KEYS)]
+    now = {a.spec.id: a for a in source}
+    pages = list(enumerate(moves.move_out_pages(source, [hold], 2)))
+    whole = _paged(moves.move_out_blocks("ab12", 2, pages, now, {}, JournalPosition(1, 0), 9))
+    for crash in range(1, len(pages)):
+        first = moves.move_out_blocks("ab12", 2, pages[:crash], now, {}, JournalPosition(1, 0), 9)
+        done = _paged(first)
+        left = {**now, **{k: a for k, a in done[1].items() if k in now}}
+        pieces = {k: a for k, a in done[1].items() if ids.is_moves_account(k)}
+        rest = moves.move_out_blocks(
+            "ab12", 2, pages[crash:], left, dict(pieces), first[-1].position, 99
+        )
+        resumed = _paged(rest)
+        assert {**done[0], **resumed[0]} == whole[0]
+        final = {**done[1], **resumed[1]}
+        assert {k: _counters(a) for k, a in final.items()} == {
+            k: _counters(a) for k, a in whole[1].items()
+        }

@@ -8,6 +8,12 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class MovedPart(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    MOVED_PART_UNSPECIFIED: _ClassVar[MovedPart]
+    MOVED_PART_ACCOUNTS: _ClassVar[MovedPart]
+    MOVED_PART_RECORDS: _ClassVar[MovedPart]
+
 class HoldFate(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     HOLD_FATE_UNSPECIFIED: _ClassVar[HoldFate]
@@ -15,6 +21,9 @@ class HoldFate(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     HOLD_FATE_POSTED: _ClassVar[HoldFate]
     HOLD_FATE_VOIDED: _ClassVar[HoldFate]
     HOLD_FATE_EXPIRED: _ClassVar[HoldFate]
+MOVED_PART_UNSPECIFIED: MovedPart
+MOVED_PART_ACCOUNTS: MovedPart
+MOVED_PART_RECORDS: MovedPart
 HOLD_FATE_UNSPECIFIED: HoldFate
 HOLD_FATE_OPEN: HoldFate
 HOLD_FATE_POSTED: HoldFate
@@ -60,34 +69,98 @@ class MoveSlotsOutRequest(_message.Message):
     def __init__(self, move_id: _Optional[str] = ..., slots: _Optional[_Iterable[int]] = ..., target_shard: _Optional[int] = ...) -> None: ...
 
 class MoveSlotsOutResponse(_message.Message):
-    __slots__ = ("accounts", "records", "block_sequence", "again", "spread_accounts")
+    __slots__ = ("accounts", "records", "block_sequence", "again", "spread_accounts", "totals")
     ACCOUNTS_FIELD_NUMBER: _ClassVar[int]
     RECORDS_FIELD_NUMBER: _ClassVar[int]
     BLOCK_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     AGAIN_FIELD_NUMBER: _ClassVar[int]
     SPREAD_ACCOUNTS_FIELD_NUMBER: _ClassVar[int]
+    TOTALS_FIELD_NUMBER: _ClassVar[int]
     accounts: _containers.RepeatedCompositeFieldContainer[MovedAccount]
     records: _containers.RepeatedCompositeFieldContainer[MovedRecord]
     block_sequence: int
     again: bool
     spread_accounts: _containers.RepeatedCompositeFieldContainer[MovedAccount]
-    def __init__(self, accounts: _Optional[_Iterable[_Union[MovedAccount, _Mapping]]] = ..., records: _Optional[_Iterable[_Union[MovedRecord, _Mapping]]] = ..., block_sequence: _Optional[int] = ..., again: _Optional[bool] = ..., spread_accounts: _Optional[_Iterable[_Union[MovedAccount, _Mapping]]] = ...) -> None: ...
+    totals: MoveTotals
+    def __init__(self, accounts: _Optional[_Iterable[_Union[MovedAccount, _Mapping]]] = ..., records: _Optional[_Iterable[_Union[MovedRecord, _Mapping]]] = ..., block_sequence: _Optional[int] = ..., again: _Optional[bool] = ..., spread_accounts: _Optional[_Iterable[_Union[MovedAccount, _Mapping]]] = ..., totals: _Optional[_Union[MoveTotals, _Mapping]] = ...) -> None: ...
+
+class MoveTotals(_message.Message):
+    __slots__ = ("account_count", "accounts_digest", "record_count", "records_digest")
+    ACCOUNT_COUNT_FIELD_NUMBER: _ClassVar[int]
+    ACCOUNTS_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    RECORD_COUNT_FIELD_NUMBER: _ClassVar[int]
+    RECORDS_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    account_count: int
+    accounts_digest: str
+    record_count: int
+    records_digest: str
+    def __init__(self, account_count: _Optional[int] = ..., accounts_digest: _Optional[str] = ..., record_count: _Optional[int] = ..., records_digest: _Optional[str] = ...) -> None: ...
 
 class MoveSlotsInRequest(_message.Message):
-    __slots__ = ("move_id", "slots", "source_shard", "accounts", "records", "spread_accounts")
+    __slots__ = ("move_id", "slots", "source_shard", "accounts", "records", "spread_accounts", "staged", "totals")
     MOVE_ID_FIELD_NUMBER: _ClassVar[int]
     SLOTS_FIELD_NUMBER: _ClassVar[int]
     SOURCE_SHARD_FIELD_NUMBER: _ClassVar[int]
     ACCOUNTS_FIELD_NUMBER: _ClassVar[int]
     RECORDS_FIELD_NUMBER: _ClassVar[int]
     SPREAD_ACCOUNTS_FIELD_NUMBER: _ClassVar[int]
+    STAGED_FIELD_NUMBER: _ClassVar[int]
+    TOTALS_FIELD_NUMBER: _ClassVar[int]
     move_id: str
     slots: _containers.RepeatedScalarFieldContainer[int]
     source_shard: int
     accounts: _containers.RepeatedCompositeFieldContainer[MovedAccount]
     records: _containers.RepeatedCompositeFieldContainer[MovedRecord]
     spread_accounts: _containers.RepeatedCompositeFieldContainer[MovedAccount]
-    def __init__(self, move_id: _Optional[str] = ..., slots: _Optional[_Iterable[int]] = ..., source_shard: _Optional[int] = ..., accounts: _Optional[_Iterable[_Union[MovedAccount, _Mapping]]] = ..., records: _Optional[_Iterable[_Union[MovedRecord, _Mapping]]] = ..., spread_accounts: _Optional[_Iterable[_Union[MovedAccount, _Mapping]]] = ...) -> None: ...
+    staged: bool
+    totals: MoveTotals
+    def __init__(self, move_id: _Optional[str] = ..., slots: _Optional[_Iterable[int]] = ..., source_shard: _Optional[int] = ..., accounts: _Optional[_Iterable[_Union[MovedAccount, _Mapping]]] = ..., records: _Optional[_Iterable[_Union[MovedRecord, _Mapping]]] = ..., spread_accounts: _Optional[_Iterable[_Union[MovedAccount, _Mapping]]] = ..., staged: _Optional[bool] = ..., totals: _Optional[_Union[MoveTotals, _Mapping]] = ...) -> None: ...
+
+class ReadMovedOutRequest(_message.Message):
+    __slots__ = ("move_id", "slots", "part", "after_id", "item_count_max")
+    MOVE_ID_FIELD_NUMBER: _ClassVar[int]
+    SLOTS_FIELD_NUMBER: _ClassVar[int]
+    PART_FIELD_NUMBER: _ClassVar[int]
+    AFTER_ID_FIELD_NUMBER: _ClassVar[int]
+    ITEM_COUNT_MAX_FIELD_NUMBER: _ClassVar[int]
+    move_id: str
+    slots: _containers.RepeatedScalarFieldContainer[int]
+    part: MovedPart
+    after_id: str
+    item_count_max: int
+    def __init__(self, move_id: _Optional[str] = ..., slots: _Optional[_Iterable[int]] = ..., part: _Optional[_Union[MovedPart, str]] = ..., after_id: _Optional[str] = ..., item_count_max: _Optional[int] = ...) -> None: ...
+
+class ReadMovedOutResponse(_message.Message):
+    __slots__ = ("accounts", "records", "next_after_id", "done")
+    ACCOUNTS_FIELD_NUMBER: _ClassVar[int]
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_AFTER_ID_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    accounts: _containers.RepeatedCompositeFieldContainer[MovedAccount]
+    records: _containers.RepeatedCompositeFieldContainer[MovedRecord]
+    next_after_id: str
+    done: bool
+    def __init__(self, accounts: _Optional[_Iterable[_Union[MovedAccount, _Mapping]]] = ..., records: _Optional[_Iterable[_Union[MovedRecord, _Mapping]]] = ..., next_after_id: _Optional[str] = ..., done: _Optional[bool] = ...) -> None: ...
+
+class StageMoveInRequest(_message.Message):
+    __slots__ = ("move_id", "slots", "source_shard", "accounts", "records")
+    MOVE_ID_FIELD_NUMBER: _ClassVar[int]
+    SLOTS_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_SHARD_FIELD_NUMBER: _ClassVar[int]
+    ACCOUNTS_FIELD_NUMBER: _ClassVar[int]
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    move_id: str
+    slots: _containers.RepeatedScalarFieldContainer[int]
+    source_shard: int
+    accounts: _containers.RepeatedCompositeFieldContainer[MovedAccount]
+    records: _containers.RepeatedCompositeFieldContainer[MovedRecord]
+    def __init__(self, move_id: _Optional[str] = ..., slots: _Optional[_Iterable[int]] = ..., source_shard: _Optional[int] = ..., accounts: _Optional[_Iterable[_Union[MovedAccount, _Mapping]]] = ..., records: _Optional[_Iterable[_Union[MovedRecord, _Mapping]]] = ...) -> None: ...
+
+class StageMoveInResponse(_message.Message):
+    __slots__ = ("staged_count",)
+    STAGED_COUNT_FIELD_NUMBER: _ClassVar[int]
+    staged_count: int
+    def __init__(self, staged_count: _Optional[int] = ...) -> None: ...
 
 class MoveSlotsInResponse(_message.Message):
     __slots__ = ("again",)

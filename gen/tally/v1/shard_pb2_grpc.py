@@ -79,6 +79,16 @@ class ShardStub:
                 request_serializer=tally_dot_v1_dot_shard__pb2.MoveSlotsInRequest.SerializeToString,
                 response_deserializer=tally_dot_v1_dot_shard__pb2.MoveSlotsInResponse.FromString,
                 _registered_method=True)
+        self.ReadMovedOut = channel.unary_unary(
+                '/tally.v1.Shard/ReadMovedOut',
+                request_serializer=tally_dot_v1_dot_shard__pb2.ReadMovedOutRequest.SerializeToString,
+                response_deserializer=tally_dot_v1_dot_shard__pb2.ReadMovedOutResponse.FromString,
+                _registered_method=True)
+        self.StageMoveIn = channel.unary_unary(
+                '/tally.v1.Shard/StageMoveIn',
+                request_serializer=tally_dot_v1_dot_shard__pb2.StageMoveInRequest.SerializeToString,
+                response_deserializer=tally_dot_v1_dot_shard__pb2.StageMoveInResponse.FromString,
+                _registered_method=True)
 
 
 class ShardServicer:
@@ -148,6 +158,25 @@ class ShardServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReadMovedOut(self, request, context):
+        """At the source, once its move-out committed: a page of what the move takes (the accounts as
+        they were before it, or the records homed in the slots), in id order after after_id; read
+        only. FAILED_PRECONDITION when this shard has no move-out of exactly these slots by this
+        move, INVALID_ARGUMENT naming a bad field.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StageMoveIn(self, request, context):
+        """At the target, before MoveSlotsIn with staged = true: keep a page of what moves in, each
+        item checked as MoveSlotsIn checks it; idempotent by the items' ids (a page sent again
+        stages nothing new). Refused once the move-in committed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ShardServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -195,6 +224,16 @@ def add_ShardServicer_to_server(servicer, server):
                     servicer.MoveSlotsIn,
                     request_deserializer=tally_dot_v1_dot_shard__pb2.MoveSlotsInRequest.FromString,
                     response_serializer=tally_dot_v1_dot_shard__pb2.MoveSlotsInResponse.SerializeToString,
+            ),
+            'ReadMovedOut': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReadMovedOut,
+                    request_deserializer=tally_dot_v1_dot_shard__pb2.ReadMovedOutRequest.FromString,
+                    response_serializer=tally_dot_v1_dot_shard__pb2.ReadMovedOutResponse.SerializeToString,
+            ),
+            'StageMoveIn': grpc.unary_unary_rpc_method_handler(
+                    servicer.StageMoveIn,
+                    request_deserializer=tally_dot_v1_dot_shard__pb2.StageMoveInRequest.FromString,
+                    response_serializer=tally_dot_v1_dot_shard__pb2.StageMoveInResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -440,6 +479,60 @@ class Shard:
             '/tally.v1.Shard/MoveSlotsIn',
             tally_dot_v1_dot_shard__pb2.MoveSlotsInRequest.SerializeToString,
             tally_dot_v1_dot_shard__pb2.MoveSlotsInResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReadMovedOut(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tally.v1.Shard/ReadMovedOut',
+            tally_dot_v1_dot_shard__pb2.ReadMovedOutRequest.SerializeToString,
+            tally_dot_v1_dot_shard__pb2.ReadMovedOutResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StageMoveIn(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tally.v1.Shard/StageMoveIn',
+            tally_dot_v1_dot_shard__pb2.StageMoveInRequest.SerializeToString,
+            tally_dot_v1_dot_shard__pb2.StageMoveInResponse.FromString,
             options,
             channel_credentials,
             insecure,

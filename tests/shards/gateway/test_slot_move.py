@@ -388,7 +388,47 @@ def _bad_move_ins(slot: int, targets_own: int) -> list[tuple[spb.MoveSlotsInRequ
         (spb.MoveSlotsInRequest(move_id="ab", slots=[slot], source_shard=0, records=[
             spb.MovedRecord(line=open_hold, status=9)]), "records[0].status"),
         (spb.MoveSlotsInRequest(move_id="ab", slots=[targets_own], source_shard=0), "already"),
+        (spb.MoveSlotsInRequest(move_id="ab", slots=[slot], source_shard=0, staged=True,
+            accounts=[line]), "staged"),
+        (spb.MoveSlotsInRequest(move_id="ab", slots=[slot], source_shard=0, staged=True,
+            totals=spb.MoveTotals(accounts_digest="x")), "totals.accounts_digest"),
     ]  # fmt: skip
+
+
+def _bad_pages(slot: int, targets_own: int) -> tuple[list[object], list[object]]:
+    """ReadMovedOut requests (at the source) and StageMoveIn requests (at the target) each
+    wrong in one way, and what the refusal names."""
+    accounts, records = spb.MOVED_PART_ACCOUNTS, spb.MOVED_PART_RECORDS
+    elsewhere = _record_line(f"{_customer_on(1, skip=5)}/t", Kind.ORDINARY)
+    line = spb.MovedAccount(line="A|x/y|USD|1|0|{}|5")
+    reads = [
+        (spb.ReadMovedOutRequest(move_id="XYZ", slots=[slot], part=accounts,
+            item_count_max=5), "move_id"),
+        (spb.ReadMovedOutRequest(move_id="ab", slots=[4096], part=accounts,
+            item_count_max=5), "not in"),
+        (spb.ReadMovedOutRequest(move_id="ab", slots=[slot], item_count_max=5), "part"),
+        (spb.ReadMovedOutRequest(move_id="ab", slots=[slot], part=records), "item_count_max"),
+        (spb.ReadMovedOutRequest(move_id="ab", slots=[slot], part=records,
+            item_count_max=2001), "item_count_max"),
+        (spb.ReadMovedOutRequest(move_id="ab", slots=[slot], part=records, item_count_max=5,
+            after_id="x" * 200), "after_id"),
+        (spb.ReadMovedOutRequest(move_id="ab", slots=[slot], part=records,
+            item_count_max=5), "no move-out"),
+    ]  # fmt: skip
+    stages = [
+        (spb.StageMoveInRequest(move_id="", slots=[slot], source_shard=0), "move_id"),
+        (spb.StageMoveInRequest(move_id="ab", slots=[slot], source_shard=9), "source_shard"),
+        (spb.StageMoveInRequest(move_id="ab", slots=[targets_own], source_shard=0), "already"),
+        (spb.StageMoveInRequest(move_id="ab", slots=[slot], source_shard=0, accounts=[
+            spb.MovedAccount(line="garbage")]), "accounts[0].line"),
+        (spb.StageMoveInRequest(move_id="ab", slots=[slot], source_shard=0, accounts=[
+            line] if slot_of("x") != slot else []), "not of the slots"),
+        (spb.StageMoveInRequest(move_id="ab", slots=[slot], source_shard=0, records=[
+            spb.MovedRecord(line=elsewhere, status=1)]), "not homed"),
+        (spb.StageMoveInRequest(move_id="ab", slots=[slot], source_shard=0, records=[
+            spb.MovedRecord(line="T|x")] * 2001), "at most"),
+    ]  # fmt: skip
+    return list(reads), list(stages)
 
 
 def _record_line(transaction_id: str, kind: Kind) -> str:
@@ -413,15 +453,12 @@ async def test_the_move_rpcs_refuse_bad_input_with_a_status_naming_it(cluster: C
         (spb.MoveSlotsOutRequest(move_id="ab", slots=[foreign], target_shard=2), "not this shard"),
     ]
     ins = _bad_move_ins(slot, targets_own)
-    for node, requests in ((source, outs), (target, ins)):
+    reads, stages = _bad_pages(slot, targets_own)
+    for node, requests in ((source, [*outs, *reads]), (target, [*ins, *stages])):
         async with security.cluster_channel(node.internal_target) as channel:
             stub = spb_grpc.ShardStub(channel)
             for request, expected in requests:
-                call = (
-                    stub.MoveSlotsOut
-                    if isinstance(request, spb.MoveSlotsOutRequest)
-                    else stub.MoveSlotsIn
-                )
+                call = getattr(stub, type(request).__name__.removesuffix("Request"))
                 with pytest.raises(grpc.aio.AioRpcError) as refused:
                     await call(request, timeout=30)
                 code = refused.value.code()
@@ -435,11 +472,15 @@ async def test_the_move_rpcs_refuse_bad_input_with_a_status_naming_it(cluster: C
                 )
     # The client listener does not serve them; an admin identity is not a cluster one.
     async with security.channel(source.target) as channel:
-        with pytest.raises(grpc.aio.AioRpcError) as refused:
-            await spb_grpc.ShardStub(channel).MoveSlotsOut(
-                spb.MoveSlotsOutRequest(move_id="ab", slots=[slot], target_shard=2), timeout=30
-            )
-        assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        stub = spb_grpc.ShardStub(channel)
+        for call, request in (
+            (stub.MoveSlotsOut, spb.MoveSlotsOutRequest(move_id="ab", slots=[slot])),
+            (stub.ReadMovedOut, spb.ReadMovedOutRequest(move_id="ab", slots=[slot])),
+            (stub.StageMoveIn, spb.StageMoveInRequest(move_id="ab", slots=[slot])),
+        ):
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await call(request, timeout=30)
+            assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED
     async with security.channel(source.internal_target) as channel:
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await spb_grpc.ShardStub(channel).MoveSlotsOut(

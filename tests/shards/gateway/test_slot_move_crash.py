@@ -1,9 +1,11 @@
 """A shard added to a running cluster of real processes (`tally node` per shard, `tally gateway`,
 `tally slots` as its own process) under bank-style load, single-shard and cross-shard transfers
 and holds posted, each client retrying with the same id, and the slots rebalanced onto it with
-a kill -9 at every step of a move: the mover at each of its four points (then `tally slots
-resume`), the source before and after its move-out's commit, and the target before and after
-its move-in's (the node killed at a failpoint, started again, the mover finishing). Nothing is
+a kill -9 at every step of a move: the mover at each of its five points, one between the pages
+of its copy (then `tally slots resume`), the source before its move-out's first commit,
+between its pages and after them, and the target while staging a page of the copy, between
+the pages of its move-in and before and after its last (the node killed at a failpoint, started
+again, the mover finishing; moves paged one item a page there). Nothing is
 lost or doubled: every balance is exactly what the acknowledged transfers make it, every shard's
 audit and the cluster's are clean, the `@moves/` pieces net to zero, nothing is left held
 (issue 14, docs/design.md "Moving slots")."""
@@ -40,15 +42,24 @@ FUNDS = 10**6
 MOVER_KILLS = (
     "slots.before_move_out",
     "slots.after_move_out",
+    "slots.between_pages",  # after the first page of its copy (pages of one item, then resumed)
     "slots.after_move_in",
     "slots.before_map",
 )
 NODE_KILLS = (
     ("source", "moves.before_out_commit"),
+    ("source", "moves.between_out_pages"),  # a block of its move-out committed, not all
     ("source", "moves.after_out_commit"),
+    ("target", "moves.mid_stage"),
+    ("target", "moves.between_in_pages"),
     ("target", "moves.before_in_commit"),
     ("target", "moves.after_in_commit"),
 )
+# Blocks of one entry at a node killed at a page's failpoint: each move's customer (two
+# accounts with balances) makes several, so every page failpoint is met; it restarts with the
+# default page size. (The copy goes in pages of one only in the mover killed between pages:
+# the customers' records make hundreds of pages.)
+PAGED = {"TALLY_MOVE_PAGE_ITEM_COUNT": "1"}
 
 
 def _plan(count: int) -> list[tuple[int, int, list[int]]]:
@@ -130,7 +141,8 @@ async def _wait_exit(
 
 
 async def _move_killing_the_mover(cluster: ProcessCluster, move: list[str], point: str) -> str:
-    code, _, stderr = await run_slots(cluster.control_dsn, *move, failpoint=f"{point}=exit")
+    pages = ["--page-item-count", "1"] if point == "slots.between_pages" else []
+    code, _, stderr = await run_slots(cluster.control_dsn, *move, *pages, failpoint=f"{point}=exit")
     assert code == -9, (point, stderr)  # killed (SIGKILL) at the failpoint
     code, stdout, stderr = await run_slots(cluster.control_dsn, "resume")
     assert code == 0 and "resumed and finished" in stdout, (point, stderr)
@@ -141,7 +153,7 @@ async def _move_killing_a_node(
     cluster: ProcessCluster, move: list[str], shard_id: int, point: str
 ) -> str:
     await cluster.kill_node(shard_id)  # under load: one more fault for the clients
-    await cluster.start_node(shard_id, {"TALLY_FAILPOINTS": f"{point}=exit"})
+    await cluster.start_node(shard_id, {"TALLY_FAILPOINTS": f"{point}=exit", **PAGED})
     mover = asyncio.create_task(run_slots(cluster.control_dsn, *move))
     await _wait_exit(cluster, shard_id, mover)  # killed at the failpoint
     await cluster.start_node(shard_id)  # again, without it
@@ -161,7 +173,7 @@ async def _open(client: Client, bank: Bank) -> None:
 async def test_a_shard_added_under_bank_load_with_a_kill_at_every_step_loses_and_doubles_nothing(
     pg: EmbeddedPostgres, tmp_path: Path
 ) -> None:
-    # Why long: one scenario, told in order (the load, eight moves each with its kill, the rest
+    # Why long: one scenario, told in order (the load, twelve moves each with its kill, the rest
     # of the rebalance, then every check), reads best as one story.
     plan = _plan(len(MOVER_KILLS) + len(NODE_KILLS))
     bank = Bank(_keys(plan))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import os
 import re
 from collections.abc import AsyncIterator
@@ -414,6 +415,27 @@ async def test_a_move_in_posting_more_than_its_move_out_took_is_named(moved: Mov
         await execute_with(moved.cluster.dsns[target], altered, entry_id, original)
     assert (FindingKind.MOVE_UNBALANCED, second_move) in found
     assert (FindingKind.MOVES_COUNTERS_MISMATCH, "") in found
+    assert await _audit(moved) == []
+
+
+async def test_a_move_out_committing_to_other_records_than_its_move_in_is_named(
+    moved: Moved,
+) -> None:
+    second_move, source = moved.move_ids[1], HOLDERS[1]
+    entry_id = f"~moveout/{second_move}/~records"
+    row = await fetch_one(
+        moved.cluster.dsns[source], "SELECT metadata FROM transactions WHERE id = $1", entry_id
+    )
+    original = row["metadata"]
+    summary = json.loads(original)
+    summary["~moved_records"] = str(int(summary["~moved_records"]) + 1)
+    altered = "UPDATE transactions SET metadata = $2 WHERE id = $1"
+    await execute_with(moved.cluster.dsns[source], altered, entry_id, json.dumps(summary))
+    try:
+        found = {(f.kind, f.shard, f.move_id) for f in await _audit(moved)}
+    finally:
+        await execute_with(moved.cluster.dsns[source], altered, entry_id, original)
+    assert (FindingKind.MOVED_RECORDS_MISMATCH, CLUSTER, second_move) in found
     assert await _audit(moved) == []
 
 
