@@ -106,6 +106,9 @@ class AsyncClient:
         self._routes = Routes(
             gateway, open_channel, routing or RoutingOptions(), self.stats, bounds
         )
+        # Holds being written now, by id: a post or void of one waits for its answer, since
+        # the two may go to different targets (a node, the gateway), whose order is not kept.
+        self._holds_in_flight: dict[str, asyncio.Future[None]] = {}
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -243,6 +246,31 @@ class AsyncClient:
         return [result for end in ends for result in end]
 
     async def _write(self, kind: str, messages: list[Any], timeout_s: float | None) -> list[Result]:
+        """One unit, written after any hold it posts or voids that is being written now (a
+        capture called right after its hold never overtakes it, whichever way each goes)."""
+        if kind != "transactions":
+            return await self._write_unit(kind, messages, timeout_s)
+        loop = asyncio.get_running_loop()
+        deadline = self._deadline(timeout_s)
+        named = {m.post_pending_id or m.void_pending_id for m in messages} - {""}
+        waits = [self._holds_in_flight[h] for h in named if h in self._holds_in_flight]
+        mine: dict[str, asyncio.Future[None]] = {}
+        for message in messages:
+            if message.pending and message.id not in self._holds_in_flight:
+                mine[message.id] = self._holds_in_flight[message.id] = loop.create_future()
+        try:
+            if waits:
+                await asyncio.wait(waits, timeout=max(0.0, deadline - loop.time()))
+            return await self._write_unit(kind, messages, timeout_s)
+        finally:
+            for hold_id, future in mine.items():
+                future.set_result(None)
+                if self._holds_in_flight.get(hold_id) is future:
+                    del self._holds_in_flight[hold_id]
+
+    async def _write_unit(
+        self, kind: str, messages: list[Any], timeout_s: float | None
+    ) -> list[Result]:
         """One unit (an item or a linked group), attempted until its answer is final or the
         budget is spent; always the same messages, so always the same ids. Routed to a node
         while routing places it there and no attempt there failed; else to the gateway."""

@@ -622,6 +622,19 @@ async def expired_holds(
     return [row["transaction_id"] for row in rows]
 
 
+def _held_pieces(rows: list[Any]) -> list[tuple[str, int, int, int]]:
+    """(id, coordinator shard, deadline, prepare deadline in seconds) of held pieces' rows."""
+    return [
+        (
+            row["transaction_id"],
+            int(row["target_id"]),
+            int(row["expires_at_ns"]),
+            int(row["timeout_seconds"]),
+        )
+        for row in rows
+    ]
+
+
 async def prepared_past_deadline(
     connection: Connection, now_ns: int, limit: int, timeout_s: float
 ) -> list[tuple[str, int, int, int]]:
@@ -645,15 +658,7 @@ async def prepared_past_deadline(
         int(Kind.PREPARED),
         timeout=timeout_s,
     )
-    return [
-        (
-            row["transaction_id"],
-            int(row["target_id"]),
-            int(row["expires_at_ns"]),
-            int(row["timeout_seconds"]),
-        )
-        for row in rows
-    ]
+    return _held_pieces(rows)
 
 
 async def prepared_before(
@@ -674,15 +679,7 @@ async def prepared_before(
         int(Kind.PREPARED),
         timeout=timeout_s,
     )
-    return [
-        (
-            row["transaction_id"],
-            int(row["target_id"]),
-            int(row["expires_at_ns"]),
-            int(row["timeout_seconds"]),
-        )
-        for row in rows
-    ]
+    return _held_pieces(rows)
 
 
 async def prepared_without_deadline(

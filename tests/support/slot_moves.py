@@ -55,6 +55,15 @@ async def run_slots(control_dsn: str, *arguments: str, failpoint: str = "") -> t
     return process.returncode, stdout.decode(), stderr.decode()
 
 
+async def slot_owners(control_dsn: str) -> list[int]:
+    """The slot map's owner of each slot, as the control database holds it now."""
+    connection = await asyncpg.connect(control_dsn)
+    try:
+        return list(await connection.fetchval("SELECT owners FROM slot_map WHERE id = 1"))
+    finally:
+        await connection.close()
+
+
 async def moves_net(dsns: list[str]) -> int:
     """Debits minus credits of the slot-move accounts over every shard: 0 once moves finish."""
     net = 0

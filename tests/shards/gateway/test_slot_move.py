@@ -10,7 +10,6 @@ import os
 import re
 from collections.abc import AsyncIterator
 
-import asyncpg
 import grpc
 import pytest
 
@@ -26,7 +25,13 @@ from tests.support import security
 from tests.support.audit_commands import audit_json
 from tests.support.cluster import SHARD_COUNT, Cluster
 from tests.support.helpers import Client, account, audit_problems, start_node, transfer
-from tests.support.slot_moves import customer_on, moves_net, retrying_load, run_slots
+from tests.support.slot_moves import (
+    customer_on,
+    moves_net,
+    retrying_load,
+    run_slots,
+    slot_owners,
+)
 
 CREATED, REPLAYED = pb.RESULT_CODE_CREATED, pb.RESULT_CODE_REPLAYED
 SOURCE, TARGET = 0, 2
@@ -209,10 +214,9 @@ async def test_moves_that_cannot_be_made_are_refused_clearly_and_move_nothing(
     assert (await client.balance(f"{key}/sav")).credits_posted == 1
 
 
-@pytest.mark.parametrize(
-    "failpoint",
-    ["slots.before_move_out", "slots.after_move_out", "slots.after_move_in", "slots.before_map"],
-)
+# The mover killed at each of its failpoints, under bank-style load, is test_slot_move_crash's;
+# here one of them, for the replay and the source's refusals after a resumed move.
+@pytest.mark.parametrize("failpoint", ["slots.after_move_out"])
 async def test_a_mover_killed_at_any_step_is_resumed_with_nothing_lost_or_doubled(
     cluster: Cluster, client: Client, failpoint: str
 ) -> None:
@@ -345,11 +349,7 @@ async def _check_rebalanced(
     cross: list[int],
 ) -> None:
     """The map spread evenly, every balance exact at its new shard, every audit clean."""
-    connection = await asyncpg.connect(cluster.control_dsn)
-    try:
-        owners = await connection.fetchval("SELECT owners FROM slot_map WHERE id = 1")
-    finally:
-        await connection.close()
+    owners = await slot_owners(cluster.control_dsn)
     assert sorted(collections.Counter(owners).values()) == [819, 819, 819, 819, 820]
     for n, key in enumerate(keys):
         dep, sav = await client.balance(f"{key}/dep"), await client.balance(f"{key}/sav")

@@ -19,8 +19,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import asyncpg
-
 from core.moves import rebalance_step
 from core.slots import SlotMap, slot_of
 from shards.local.embedded_pg import EmbeddedPostgres
@@ -34,7 +32,7 @@ from tests.support.cluster_processes import (
     process_cluster,
 )
 from tests.support.helpers import Client, account, audit_problems, transfer
-from tests.support.slot_moves import moves_net, post_until_done, run_slots
+from tests.support.slot_moves import moves_net, post_until_done, run_slots, slot_owners
 
 SLOTS_PER_MOVE = 52
 PREPARE_DEADLINE_S = 3
@@ -216,11 +214,7 @@ async def test_a_shard_added_under_bank_load_with_a_kill_at_every_step_loses_and
 
 
 async def _check_books(cluster: ProcessCluster, client: Client, bank: Bank) -> None:
-    connection = await asyncpg.connect(cluster.control_dsn)
-    try:
-        owners = await connection.fetchval("SELECT owners FROM slot_map WHERE id = 1")
-    finally:
-        await connection.close()
+    owners = await slot_owners(cluster.control_dsn)
     assert sorted(collections.Counter(owners).values()) == [819, 819, 819, 819, 820]
     for n, key in enumerate(bank.keys):
         before = bank.keys[n - 1]

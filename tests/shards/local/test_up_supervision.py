@@ -35,7 +35,13 @@ SHARD_COUNT = 2
 RECOVERY_TIMEOUT_S = 60.0
 LINE_TIMEOUT_S = 30.0
 APPLIED = {pb.RESULT_CODE_CREATED, pb.RESULT_CODE_REPLAYED}
-RETRYABLE_RESULTS = {pb.RESULT_CODE_UNAVAILABLE, pb.RESULT_CODE_ABORTED}
+# What a client retries with the same ids: OUTCOME_UNKNOWN too (a write that reached a node as
+# it was killed or restarting may have landed; the retry learns it).
+RETRYABLE_RESULTS = {
+    pb.RESULT_CODE_UNAVAILABLE,
+    pb.RESULT_CODE_ABORTED,
+    pb.RESULT_CODE_OUTCOME_UNKNOWN,
+}
 RETRYABLE_STATUSES = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
 AUDIT_LINE = "tally: audit (tally.v1.Audit, read-only) on "
 
