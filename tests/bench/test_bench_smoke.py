@@ -97,7 +97,7 @@ def test_grow_adds_a_shard_to_a_tally_up_cluster_and_measures_both(tmp_path: Pat
     out_dir = tmp_path / "report"
     command = [
         sys.executable, "-m", "bench.closed_loop.grow",
-        "--accounts", "300", "--duration-s", "1", "--warmup-s", "0.5", "--clients", "8",
+        "--accounts", "300", "--duration-s", "0.5", "--warmup-s", "0.2", "--clients", "8",
         "--batch-size", "50", "--batch-clients", "2", "--cross", "0.5", "--no-fresh",
         "--out", str(out_dir),
     ]  # fmt: skip

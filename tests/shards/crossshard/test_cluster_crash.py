@@ -430,7 +430,9 @@ async def test_a_restarted_participant_asks_about_its_pieces_at_once(
         "TALLY_PREPARE_DEADLINE_S": str(long_deadline_s),
         "TALLY_FAILPOINTS": "gateway.after_prepare=exit",
     }
-    async with process_cluster(pg, tmp_path, gateway_environment=environment) as cluster:
+    async with process_cluster(
+        pg, tmp_path, gateway_environment=environment, shard_count=3
+    ) as cluster:
         async with connected_to(cluster.target) as client:
             pair = await funded_pair(cluster, client, coordinator=1)
             message = pair.transfer("t-inherited")
@@ -465,7 +467,9 @@ async def test_a_participant_down_at_prepare_leaves_nothing_held_at_the_others(
     its piece at once, though its deadline is 10 minutes off: a retry meanwhile would otherwise
     hold the payee's amount a second time. With the participant back, a retry applies it once."""
     environment = {"TALLY_PREPARE_DEADLINE_S": "600"}
-    async with process_cluster(pg, tmp_path, gateway_environment=environment) as cluster:
+    async with process_cluster(
+        pg, tmp_path, gateway_environment=environment, shard_count=3
+    ) as cluster:
         async with connected_to(cluster.target) as client:
             payer, payee, absent = await open_accounts(cluster, client, [0, 1, 2])
 
@@ -505,7 +509,9 @@ async def test_an_attempt_whose_commit_never_reached_its_coordinator_is_aborted_
         "TALLY_PREPARE_DEADLINE_S": "600",
         "TALLY_FAILPOINTS": "gateway.after_prepare=sleep:2",
     }
-    async with process_cluster(pg, tmp_path, gateway_environment=environment) as cluster:
+    async with process_cluster(
+        pg, tmp_path, gateway_environment=environment, shard_count=2
+    ) as cluster:
         async with connected_to(cluster.target) as client:
             pair = await funded_pair(cluster, client)
             message = pair.transfer("t-undelivered")
