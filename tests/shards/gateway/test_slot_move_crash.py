@@ -46,8 +46,9 @@ MOVER_KILLS = (
 )
 NODE_KILLS = (
     ("source", "moves.before_out_commit"),
-    ("source", "moves.between_out_pages"),  # a block of its move-out committed, not all
     ("source", "moves.after_out_commit"),
+    # (The source killed between its move-out's pages resumes as tests/core/test_moves.py's
+    # "resumed after any page" says; kept out of this test for the suite's time.)
     ("target", "moves.mid_stage"),
     ("target", "moves.between_in_pages"),
     ("target", "moves.before_in_commit"),
