@@ -27,7 +27,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, TypeVar
 
 from core import ids, journal
 from core.invariant import check
@@ -50,6 +50,9 @@ from core.model import (
 from core.pieces import decided_by_piece, reversed_by_piece
 from core.slots import SLOT_COUNT, account_slot, is_spread, transaction_slot
 from core.state import Item, JournalPosition, WriteSet
+
+T = TypeVar("T")
+U = TypeVar("U")
 
 MOVES_CODE: Final = 9998
 """The code of the slot-move accounts (the clearing accounts' is 9999)."""
@@ -541,6 +544,21 @@ def _slices(count: int, page_item_count: int) -> list[tuple[int, int]]:
     return [(s, min(s + page_item_count, count)) for s in range(0, count, page_item_count)]
 
 
+def _pages_of_two(
+    first: Sequence[T], second: Sequence[U], page_item_count: int
+) -> list[tuple[tuple[T, ...], tuple[U, ...]]]:
+    """first then second, cut in pages of at most page_item_count items: each page's share of
+    each (at least one page, maybe empty)."""
+    split = len(first)
+    return [
+        (
+            tuple(first[start : min(end, split)]),
+            tuple(second[max(start - split, 0) : max(end - split, 0)]),
+        )
+        for start, end in _slices(split + len(second), page_item_count)
+    ]
+
+
 def move_out_pages(
     accounts: Sequence[AccountState], holds: Sequence[TransactionState], page_item_count: int
 ) -> list[OutPage]:
@@ -548,17 +566,7 @@ def move_out_pages(
     then the accounts with a balance, in the order given (so the same input pages the same,
     which lets a source resume a move-out page by page)."""
     posted = [a.spec.id for a in accounts if a.debits_posted or a.credits_posted]
-    items: list[TransactionState | str] = [*holds, *posted]
-    pages = []
-    for start, end in _slices(len(items), page_item_count):
-        chunk = items[start:end]
-        pages.append(
-            OutPage(
-                tuple(i for i in chunk if isinstance(i, TransactionState)),
-                tuple(i for i in chunk if isinstance(i, str)),
-            )
-        )
-    return pages
+    return [OutPage(*page) for page in _pages_of_two(holds, posted, page_item_count)]
 
 
 def move_in_pages(
@@ -566,17 +574,8 @@ def move_in_pages(
 ) -> list[InPage]:
     """A move-in's entries in pages of at most page_item_count: the accounts first (each page's
     holds then name accounts created before or in it), then the open holds among the records."""
-    items: list[AccountState | TransactionState] = [*accounts, *open_holds_of(records)]
-    pages = []
-    for start, end in _slices(len(items), page_item_count):
-        chunk = items[start:end]
-        pages.append(
-            InPage(
-                tuple(i for i in chunk if isinstance(i, AccountState)),
-                tuple(i for i in chunk if isinstance(i, TransactionState)),
-            )
-        )
-    return pages
+    holds = open_holds_of(records)
+    return [InPage(*page) for page in _pages_of_two(accounts, holds, page_item_count)]
 
 
 def _leg_ids(holds: Iterable[TransactionState]) -> list[str]:

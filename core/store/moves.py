@@ -8,7 +8,7 @@ and transactions once each (filtered here with core.moves). The next step is a s
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from core import ids, journal, moves
@@ -301,21 +301,11 @@ async def accounts_page(
 ) -> tuple[list[AccountState], bool]:
     """Up to count_max of the slots' accounts after after_id, in id order, as they were before
     this move's move-out, and whether they are the last."""
-    found: list[AccountState] = []
-    done = True
-    async with connection.transaction(isolation="repeatable_read", readonly=True):
-        cursor = connection.cursor(
-            "SELECT * FROM accounts WHERE id NOT LIKE '@%' AND id > $1 ORDER BY id",
-            after_id,
-            prefetch=_SCAN_ROW_COUNT,
-            timeout=timeout_s,
-        )
-        async for row in cursor:
-            if moves.account_moves(row["id"], slots):
-                if len(found) == count_max:
-                    done = False
-                    break
-                found.append(account_from_row(row))
+    query = "SELECT * FROM accounts WHERE id NOT LIKE '@%' AND id > $1 ORDER BY id"
+    rows, done = await _rows_in_slots(
+        connection, query, after_id, lambda i: moves.account_moves(i, slots), count_max, timeout_s
+    )
+    found = [account_from_row(row) for row in rows]
     releases = await _releases(connection, move_id, timeout_s) if found else []
     return await _before_out(connection, move_id, found, releases, timeout_s), done
 
@@ -331,24 +321,37 @@ async def records_page(
     """Up to count_max of the records homed in the slots after after_id, in id order, as they
     were before this move's move-out, and whether they are the last."""
     columns = ", ".join(TRANSACTION_COLUMNS)
-    found: list[TransactionState] = []
-    done = True
+    query = (
+        f"SELECT {columns} FROM (SELECT {columns} FROM transactions WHERE id > $1 "
+        f"UNION ALL SELECT {columns} FROM moved_transactions WHERE id > $1) r "
+        "WHERE id NOT LIKE '~%' ORDER BY id"
+    )
+    rows, done = await _rows_in_slots(
+        connection, query, after_id, lambda i: moves.record_moves(i, slots), count_max, timeout_s
+    )
+    return [moves.record_before_out(transaction_from_row(r), move_id) for r in rows], done
+
+
+async def _rows_in_slots(
+    connection: Connection,
+    query: str,
+    after_id: str,
+    moves_with: Callable[[str], bool],
+    count_max: int,
+    timeout_s: float,
+) -> tuple[list[Any], bool]:
+    """Up to count_max rows of query (rows after after_id, in id order) whose id moves_with
+    keeps, in one read-only snapshot, and whether they are the last such rows (a slot is a
+    hash of the key, not a column: the scan filters as it goes)."""
+    found: list[Any] = []
     async with connection.transaction(isolation="repeatable_read", readonly=True):
-        cursor = connection.cursor(
-            f"SELECT {columns} FROM (SELECT {columns} FROM transactions WHERE id > $1 "
-            f"UNION ALL SELECT {columns} FROM moved_transactions WHERE id > $1) r "
-            "WHERE id NOT LIKE '~%' ORDER BY id",
-            after_id,
-            prefetch=_SCAN_ROW_COUNT,
-            timeout=timeout_s,
-        )
+        cursor = connection.cursor(query, after_id, prefetch=_SCAN_ROW_COUNT, timeout=timeout_s)
         async for row in cursor:
-            if moves.record_moves(row["id"], slots):
+            if moves_with(row["id"]):
                 if len(found) == count_max:
-                    done = False
-                    break
-                found.append(moves.record_before_out(transaction_from_row(row), move_id))
-    return found, done
+                    return found, False
+                found.append(row)
+    return found, True
 
 
 async def stage(
