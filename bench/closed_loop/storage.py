@@ -262,13 +262,13 @@ def summarise(schema: str, tables: list[TableSize], pgstattuple: bool) -> Breakd
         pgstattuple=pgstattuple,
         tables=tables,
         totals=totals,
-        per_posting=_shares(by_name, cost.PER_POSTING_RELATIONS, postings),
-        per_account=_shares(by_name, PER_ACCOUNT_RELATIONS, accounts),
+        per_posting=shares(by_name, cost.PER_POSTING_RELATIONS, postings),
+        per_account=shares(by_name, PER_ACCOUNT_RELATIONS, accounts),
         notes=notes,
     )
 
 
-def _shares(
+def shares(
     by_name: dict[str, TableSize], names: Sequence[str], count: int
 ) -> list[tuple[str, float]]:
     """Each part (heap with its maps, TOAST, each index) of these tables, per row counted, the
@@ -338,7 +338,7 @@ def markdown(breakdown: Breakdown) -> str:
     """A section of a report (level-3 headings inside)."""
     shares = [
         [part, _number(value), _number(account)]
-        for part, value, account in _zip_shares(breakdown.per_posting, breakdown.per_account)
+        for part, value, account in _zipshares(breakdown.per_posting, breakdown.per_account)
     ]
     return "\n\n".join(
         [
@@ -358,7 +358,7 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
 
 
-def _zip_shares(
+def _zipshares(
     per_posting: list[tuple[str, float]], per_account: list[tuple[str, float]]
 ) -> list[tuple[str, float | None, float | None]]:
     rows: list[tuple[str, float | None, float | None]] = [(p, v, None) for p, v in per_posting]
