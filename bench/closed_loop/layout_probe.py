@@ -532,7 +532,6 @@ async def _flush_pages(
         await connection.copy_records_to_table("account_pages", records=rows, timeout=TIMEOUT_S)
 
 
-# Why long: one block at a time, as a writer would, with the packed layout's compaction inline.
 async def load(connection: Any, layout: str, journal: Journal, paging: Paging) -> None:
     await _load_accounts(connection, layout, journal)
     previous = bytes(32)

@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-from shards.local.supervisor import LOG_TAIL_BYTES, signalled_when_parent_dies
+from shards.local.supervisor import LOG_TAIL_BYTES, dying_with_parent
 
 START_TIMEOUT_S: Final = 30.0
 STOP_TIMEOUT_S: Final = 15.0
@@ -175,16 +175,13 @@ class EmbeddedNats:
         # What it says before its log file is open (a bad configuration) goes to stderr.
         with (data_dir / "nats.stderr").open("wb") as stderr:
             self._process = await asyncio.create_subprocess_exec(
-                str(server_binary()),
-                "-c",
-                str(self.config_path),
+                *dying_with_parent([str(server_binary()), "-c", str(self.config_path)]),
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.DEVNULL,
                 stderr=stderr,
                 # Its own session: a terminal's Ctrl-C reaches only its owner, which stops it
                 # after its clients (tally up: the monitor and the relay first).
                 start_new_session=True,
-                preexec_fn=signalled_when_parent_dies(signal.SIGTERM),
             )
         try:
             await self._until_listening()

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import os
 import signal
 import sys
@@ -50,8 +49,6 @@ LOG_TAIL_BYTES: Final = 4000
 DSN_ENV: Final = "TALLY_DSN"
 CONTROL_DSN_ENV: Final = "TALLY_CONTROL_DSN"
 AUDIT_DSNS_ENV: Final = "TALLY_AUDIT_DSNS"
-# prctl(2) option: the signal this process gets when the thread that forked it ends.
-_PR_SET_PDEATHSIG: Final = 1
 # A failed restart's reason is said on one line of at most this many characters.
 RESTART_REASON_CHARACTERS_MAX: Final = 300
 
@@ -276,16 +273,16 @@ async def start(
     command = [sys.executable, *interpreter_arguments, "-m", "shards.cli", *arguments]
     inherited = os.environ if inherit_environment else {}
     env = {**inherited, "PYTHONUNBUFFERED": "1", **(environment or {})}
+    spawned = dying_with_parent(command) if die_with_parent else command
     with log_path.open("ab") as log_file:
         process = await asyncio.create_subprocess_exec(
-            *command,
+            *spawned,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=log_file,
             cwd=cwd,
             env=env,
             start_new_session=new_session,
-            preexec_fn=signalled_when_parent_dies(signal.SIGTERM) if die_with_parent else None,
         )
     child = TallyProcess(name, command, process, log_path, stdout_copy, serving_prefixes)
     try:
@@ -296,20 +293,15 @@ async def start(
     return child
 
 
-def signalled_when_parent_dies(signum: int) -> Callable[[], None] | None:
-    """What the child runs before exec so that the kernel sends it signum when this process
-    dies (None where there is no prctl: the child then outlives a killed parent)."""
+def dying_with_parent(command: Sequence[str], signum: int = signal.SIGTERM) -> list[str]:
+    """command, run so that the kernel sends it signum when this process dies, however it dies
+    (Linux; elsewhere command as is: the child then outlives a killed parent). Through
+    die_with_parent.py, which arms the signal in a fresh interpreter and execs command, never
+    in a preexec_fn (that module says why). command[0] must be a path."""
     if not sys.platform.startswith("linux"):
-        return None
-    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before the fork, not in it
-    parent = os.getpid()
-
-    def arm() -> None:
-        prctl(_PR_SET_PDEATHSIG, signum)
-        if os.getppid() != parent:  # the parent died before prctl: nobody will signal us
-            os.kill(os.getpid(), signum)
-
-    return arm
+        return list(command)
+    trampoline = str(Path(__file__).with_name("die_with_parent.py"))
+    return [sys.executable, "-I", "-S", trampoline, str(os.getpid()), str(int(signum)), *command]
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,9 +5,14 @@ the tests' credentials (tests/support/security.py)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import signal
 import stat
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -139,3 +144,64 @@ async def test_a_node_started_by_the_supervisor_shows_no_password_in_its_command
         assert stat.S_IMODE(os.stat(f"/proc/{node.pid}/environ").st_mode) == 0o400
     finally:
         await node.close()
+
+
+_PARENT_SCRIPT = """
+import subprocess, sys
+from shards.local.supervisor import dying_with_parent
+child = subprocess.Popen(dying_with_parent([sys.argv[1], "600"]))
+print(child.pid, flush=True)
+child.wait()
+"""
+
+
+def _argv(pid: int) -> list[str]:
+    return proc_file(pid, "cmdline").decode().split("\0")
+
+
+def _ended(pid: int, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            state = proc_file(pid, "stat").decode().split(")")[-1].split()[0]
+        except OSError:
+            return True
+        if state in ("Z", "X"):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_a_child_started_dying_with_its_parent_ends_when_the_parent_is_killed_9() -> None:
+    sleep = shutil.which("sleep")
+    assert sleep is not None
+    parent = subprocess.Popen(
+        [sys.executable, "-c", _PARENT_SCRIPT, sleep], cwd=REPO_ROOT, stdout=subprocess.PIPE
+    )
+    try:
+        assert parent.stdout is not None
+        child_pid = int(parent.stdout.readline())
+        # The child is the program itself once armed (the trampoline execs it).
+        deadline = time.monotonic() + 10
+        while _argv(child_pid)[:1] != [sleep] and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert _argv(child_pid)[:2] == [sleep, "600"]
+        assert not _ended(child_pid, 0.3)
+        parent.kill()
+        parent.wait(10)
+        assert _ended(child_pid, 10), "the child outlived its parent's kill -9"
+    finally:
+        parent.kill()
+        with contextlib.suppress(ProcessLookupError, OSError):
+            os.kill(child_pid, signal.SIGKILL)
+
+
+def test_the_trampoline_never_runs_the_program_when_its_parent_is_already_gone(
+    tmp_path: Path,
+) -> None:
+    marker = tmp_path / "ran"
+    command = supervisor.dying_with_parent(["/bin/sh", "-c", f"touch {marker}"])
+    command[4] = str(os.getpid() + 1_000_000)  # a parent pid that is not this test's
+    completed = subprocess.run(command, timeout=30, check=False)
+    assert completed.returncode == -signal.SIGTERM
+    assert not marker.exists()
