@@ -403,6 +403,8 @@ def _cost(
     )
     d.table(["input", "value", "source"], cost_inputs_rows(e))
     d.code(cost.arithmetic(e))
+    d.paragraph("How the headline moves with activity (the other inputs as above):")
+    d.table(*sensitivity_table(e))
     d.paragraph(
         "CPU is what the server processes burnt per transaction on this machine (x86; the "
         "default instance is Graviton, so treat the CPU side as an estimate), with the "
@@ -427,6 +429,19 @@ def _cost(
         d.table(["shard", "relation", "rows", "bytes"], rows)
     if "cost" in images:
         d.image(images["cost"], "the cost model")
+
+
+SENSITIVITY_POSTINGS: Final = (10.0, 30.0, 60.0, 120.0, 300.0)
+
+
+def sensitivity_table(e: cost.Estimate) -> tuple[list[str], list[list[Any]]]:
+    rows = cost.sensitivity(
+        e.prices, e.activity, e.measured, list(SENSITIVITY_POSTINGS), e.deployment
+    )
+    return (
+        ["postings per account per month", "compute", "storage (hot + cold)", "total"],
+        [[f"{p:g}", f"${c:.3e}", f"${s:.3e}", f"${c + s:.3e}"] for p, c, s in rows],
+    )
 
 
 def cost_inputs_rows(e: cost.Estimate) -> list[list[Any]]:

@@ -253,6 +253,9 @@ def test_report_renders_the_cost_split(tmp_path: Path) -> None:
     assert "| days of history hot in PostgreSQL | 91.3125 (3 months) |" in text
     assert "| object storage price | $0.02/GiB-mo | cloudburn.io" in text
     assert "no cold segment size was measured" in text
+    sixty = cost.sensitivity(e.prices, e.activity, e.measured, [60.0], e.deployment)[0]
+    assert "| postings per account per month | compute | storage (hot + cold) | total |" in text
+    assert f"| 60 | ${sixty[1]:.3e} | ${sixty[2]:.3e} | ${sixty[1] + sixty[2]:.3e} |" in text
     assert (tmp_path / "cost_model.png").stat().st_size > 0
     stored = json.loads((tmp_path / "results.json").read_text())["cost"]
     assert stored["with_standby"]["total_usd"] == pytest.approx(two.total_usd)
