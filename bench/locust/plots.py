@@ -176,7 +176,7 @@ def cost_model(e: cost.Estimate, path: Path) -> None:
     right.axvline(e.activity.postings_per_account_month, color="tab:gray", linestyle=":")
     right.set_xlabel("postings per account per month")
     right.set_ylabel("USD per million accounts per year")
-    right.set_title("cost against activity (dotted: the profile used)", fontsize=10)
+    right.set_title("the headline against activity (dotted: the profile used)", fontsize=10)
     right.legend()
     figure.suptitle(e.prices.instance_name, fontsize=9)
     _save(figure, path)

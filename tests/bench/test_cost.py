@@ -6,6 +6,7 @@ No benchmark runs here: the report is built from a synthetic results dictionary.
 
 from __future__ import annotations
 
+import argparse
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -202,6 +203,17 @@ def test_suite_flags_reach_the_model() -> None:
     assert defaults.deployment == cost.Deployment()
     assert defaults.deployment.hot_days == pytest.approx(91.3125)
     assert defaults.cold_bytes_per_posting is None
+
+
+def test_a_run_stored_before_the_split_is_recomputed_with_the_defaults() -> None:
+    """`python -m bench.locust.report DIR` reads the options a run stored; the baseline's
+    predate --hot-days and friends."""
+    stored = json.loads(BASELINE.read_text())["options"]
+    assert "hot_days" not in stored
+    inputs = options.cost_inputs(argparse.Namespace(**stored))
+    assert inputs.deployment == cost.Deployment()
+    assert inputs.cold_bytes_per_posting is None
+    assert inputs.prices.price_per_hour_usd == stored["price_per_hour"]
 
 
 def test_suite_refuses_hot_days_beyond_the_retention(capsys: pytest.CaptureFixture[str]) -> None:
