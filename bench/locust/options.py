@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from bench.common.credentials import add_client_flags, parse_client_credentials
 from bench.locust import cost, population
@@ -58,11 +58,17 @@ def parse(argv: list[str] | None, description: str) -> argparse.Namespace:
     unknown = set(args.scenarios) - set(ALL_SCENARIOS)
     if unknown or not args.scenarios:
         parser.error(f"unknown scenarios {sorted(unknown)}; choose from {ALL_SCENARIOS}")
+    inputs = cost_inputs(args)
+    try:  # refused now, not after the run
+        cost.check_inputs(inputs.prices, inputs.activity, inputs.deployment)
+        cost.check_cold_bytes(inputs.cold_bytes_per_posting)
+    except ValueError as error:
+        parser.error(str(error))
     return args
 
 
 def add_cost_arguments(parser: argparse.ArgumentParser) -> None:
-    prices, activity = cost.Prices(), cost.Activity()
+    prices, activity, deployment = cost.Prices(), cost.Activity(), cost.Deployment()
     group = parser.add_argument_group("the cost model (bench/locust/cost.py)")
     group.add_argument("--instance-name", default=prices.instance_name)
     group.add_argument("--price-per-hour", type=float, default=prices.price_per_hour_usd)
@@ -70,29 +76,70 @@ def add_cost_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--price-source", default=prices.price_source)
     group.add_argument("--vcpus", type=int, default=prices.vcpu_count)
     group.add_argument(
-        "--storage-price-gb-month", type=float, default=prices.storage_price_per_gib_month_usd
+        "--storage-price-gb-month",
+        type=float,
+        default=prices.storage_price_per_gib_month_usd,
+        help="block storage (the PostgreSQL volume: hot history), USD per GiB-month",
+    )
+    group.add_argument(
+        "--object-storage-price-gb-month",
+        type=float,
+        default=prices.object_storage_price_per_gib_month_usd,
+        help="object storage (cold history), USD per GiB-month",
     )
     group.add_argument(
         "--postings-per-account-month", type=float, default=activity.postings_per_account_month
     )
     group.add_argument("--peak-to-average", type=float, default=activity.peak_to_average)
     group.add_argument("--cpu-utilisation-max", type=float, default=activity.cpu_utilisation_max)
-    group.add_argument("--retention-months", type=float, default=activity.retention_months)
+    group.add_argument(
+        "--retention-months",
+        type=float,
+        default=activity.retention_months,
+        help="months of postings kept online, hot and cold",
+    )
+    group.add_argument(
+        "--hot-days",
+        type=float,
+        default=deployment.hot_days,
+        help="days of that history kept hot in PostgreSQL (a quarter of a year); the rest is "
+        "priced as cold segments in object storage; the retention in days keeps all of it hot",
+    )
+    group.add_argument(
+        "--cold-bytes-per-posting",
+        type=float,
+        default=None,
+        help="a cold segment's measured bytes per posting (none: priced at the hot bytes per "
+        "posting)",
+    )
+    group.add_argument(
+        "--standby-copies",
+        type=int,
+        default=deployment.standby_copies,
+        help="synchronous standbys per shard (each a machine and a copy of the hot bytes); "
+        "the headline figure includes them, the report shows one copy too",
+    )
     group.add_argument("--cost-scenario", default="transfers", help="CPU per transaction from")
 
 
-def cost_inputs(args: argparse.Namespace) -> tuple[cost.Prices, cost.Activity]:
-    defaults = cost.Prices()
+def cost_inputs(args: argparse.Namespace) -> cost.Inputs:
+    """The model's inputs from the command line, or from a run's stored options (a run
+    recorded before an option existed gets its default)."""
+    prices, activity, deployment = cost.Prices(), cost.Activity(), cost.Deployment()
+
+    def given(name: str, default: Any) -> Any:
+        return getattr(args, name, default)
+
     prices = cost.Prices(
         instance_name=args.instance_name,
         price_per_hour_usd=args.price_per_hour,
         vcpu_count=args.vcpus,
         price_source=args.price_source,
         price_date=args.price_date,
-        storage_name=defaults.storage_name,
         storage_price_per_gib_month_usd=args.storage_price_gb_month,
-        storage_source=defaults.storage_source,
-        volume_max_bytes=defaults.volume_max_bytes,
+        object_storage_price_per_gib_month_usd=float(
+            given("object_storage_price_gb_month", prices.object_storage_price_per_gib_month_usd)
+        ),
     )
     activity = cost.Activity(
         postings_per_account_month=args.postings_per_account_month,
@@ -100,4 +147,14 @@ def cost_inputs(args: argparse.Namespace) -> tuple[cost.Prices, cost.Activity]:
         cpu_utilisation_max=args.cpu_utilisation_max,
         retention_months=args.retention_months,
     )
-    return prices, activity
+    deployment = cost.Deployment(
+        hot_days=float(given("hot_days", deployment.hot_days)),
+        standby_copies=int(given("standby_copies", deployment.standby_copies)),
+    )
+    cold = given("cold_bytes_per_posting", None)
+    return cost.Inputs(
+        prices=prices,
+        activity=activity,
+        deployment=deployment,
+        cold_bytes_per_posting=None if cold is None else float(cold),
+    )

@@ -139,19 +139,35 @@ def comparison(rows: Sequence[dict[str, Any]], path: Path) -> bool:
 
 
 def cost_model(e: cost.Estimate, path: Path) -> None:
-    """The cost per account-year split into compute and storage, and how it moves with the
-    activity profile (postings per account per month)."""
+    """The cost per account-year split into compute, hot and cold storage (one copy and with
+    the standbys), and how the headline moves with the activity profile (postings per account
+    per month)."""
     figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
-    parts = [e.compute_per_account_year_usd * 1e6, e.storage_per_account_year_usd * 1e6]
-    left.bar(["compute", "storage"], parts, color=["tab:blue", "tab:orange"])
+    splits = [("one copy", e.one_copy)]
+    if e.deployment.standby_copies:
+        splits.append((f"with {e.deployment.standby_copies} standby", e.with_standby))
+    bottom = [0.0] * len(splits)
+    for part, colour in (
+        ("compute_usd", "tab:blue"),
+        ("hot_storage_usd", "tab:orange"),
+        ("cold_storage_usd", "tab:green"),
+    ):
+        heights = [getattr(s, part) * 1e6 for _, s in splits]
+        label = part.removesuffix("_usd").replace("_", " ")
+        left.bar([n for n, _ in splits], heights, 0.5, bottom=bottom, color=colour, label=label)
+        bottom = [b + h for b, h in zip(bottom, heights, strict=True)]
     left.set_ylabel("USD per million accounts per year")
+    left.legend(fontsize=8)
     left.set_title(
-        f"${e.cost_per_account_year_usd * 1e6:,.0f} per million accounts per year\n"
-        f"({e.accounts_per_node:,.0f} accounts per node, limited by {e.limited_by})",
+        f"${e.cost_per_account_year_usd * 1e6:,.0f} per million accounts per year (headline)\n"
+        f"({e.accounts_per_node:,.0f} accounts per node, limited by {e.limited_by}; "
+        f"{e.deployment.hot_days:g} days hot)",
         fontsize=10,
     )
     grid = [1, 3, 10, 30, 60, 100, 300, 1000]
-    rows = cost.sensitivity(e.prices, e.activity, e.measured, [float(g) for g in grid])
+    rows = cost.sensitivity(
+        e.prices, e.activity, e.measured, [float(g) for g in grid], e.deployment
+    )
     right.loglog([r[0] for r in rows], [r[1] * 1e6 for r in rows], marker="o", label="compute")
     right.loglog([r[0] for r in rows], [r[2] * 1e6 for r in rows], marker="o", label="storage")
     right.loglog(
@@ -160,7 +176,7 @@ def cost_model(e: cost.Estimate, path: Path) -> None:
     right.axvline(e.activity.postings_per_account_month, color="tab:gray", linestyle=":")
     right.set_xlabel("postings per account per month")
     right.set_ylabel("USD per million accounts per year")
-    right.set_title("cost against activity (dotted: the profile used)", fontsize=10)
+    right.set_title("the headline against activity (dotted: the profile used)", fontsize=10)
     right.legend()
     figure.suptitle(e.prices.instance_name, fontsize=9)
     _save(figure, path)

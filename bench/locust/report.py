@@ -23,15 +23,18 @@ SCENARIO_TITLES: Final = {
 def write(
     report: dict[str, Any],
     out: Path,
-    prices: cost.Prices,
-    activity: cost.Activity,
+    inputs: cost.Inputs,
     cost_scenario: str,
 ) -> str:
     """Writes everything; returns the summary table as text for the terminal."""
-    estimate, cost_notes = cost_estimate(report, prices, activity, cost_scenario)
+    estimate, cost_notes = cost_estimate(report, inputs, cost_scenario)
     images = draw(report, out, estimate)
     if estimate is not None:
-        report["cost"] = {**estimate.as_dict(), "arithmetic": cost.arithmetic(estimate)}
+        report["cost"] = {
+            **estimate.as_dict(),
+            "headline_is": cost.headline_text(estimate),
+            "arithmetic": cost.arithmetic(estimate),
+        }
     report["cost_notes"] = cost_notes
     (out / "results.json").write_text(json.dumps(report, indent=2, default=str))
     document = build(report, estimate, cost_notes, images)
@@ -44,7 +47,7 @@ def write(
 
 
 def cost_estimate(
-    report: dict[str, Any], prices: cost.Prices, activity: cost.Activity, wanted: str
+    report: dict[str, Any], inputs: cost.Inputs, wanted: str
 ) -> tuple[cost.Estimate | None, list[str]]:
     notes: list[str] = []
     by_name = {r["scenario"]: r for r in report.get("scenarios", [])}
@@ -65,6 +68,14 @@ def cost_estimate(
     postings_per_tx = postings / writes if postings else 2.0
     if not postings:
         notes.append("postings per transaction assumed 2 (the journal was not readable)")
+    cold = inputs.cold_bytes_per_posting
+    if cold is None:
+        cold = storage.get("cold_bytes_per_posting")
+    if cold is None:
+        notes.append(
+            "no cold segment size was measured: cold history is priced at the hot bytes per "
+            "posting (give a measured one with --cold-bytes-per-posting)"
+        )
     measured = cost.Measured(
         scenario=chosen["scenario"],
         cpu_s_per_tx_by_role=roles,
@@ -72,8 +83,9 @@ def cost_estimate(
         bytes_per_account=storage["bytes_per_account"],
         bytes_per_posting=storage["bytes_per_posting"],
         notes=notes,
+        cold_bytes_per_posting=cold,
     )
-    return cost.estimate(prices, activity, measured), notes
+    return cost.estimate(inputs.prices, inputs.activity, measured, inputs.deployment), notes
 
 
 def draw(report: dict[str, Any], out: Path, estimate: cost.Estimate | None) -> dict[str, str]:
@@ -140,16 +152,76 @@ def comparison_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def cost_line(e: cost.Estimate) -> str:
+    other = (
+        f"one copy (no standby): ${e.one_copy.total_usd:.3e}"
+        if e.deployment.standby_copies
+        else f"with one synchronous standby it would be ${_with_one_standby(e):.3e}"
+    )
     return (
         f"Cost per account per year (ledger tier): **${e.cost_per_account_year_usd:.3e}** "
-        f"(${e.cost_per_account_year_usd * 1e6:,.0f} per million accounts): "
+        f"(${e.cost_per_account_year_usd * 1e6:,.0f} per million accounts), "
+        f"{cost.headline_text(e)}; {other}. "
         f"{e.accounts_per_node:,.0f} accounts per node (limited by {e.limited_by}) on "
         f"{e.prices.instance_name} at ${e.prices.price_per_hour_usd:g}/h "
         f"(price of {e.prices.price_date}), {e.activity.postings_per_account_month:g} postings "
-        f"per account per month, peak {e.activity.peak_to_average:g}× average, storage "
-        f"${e.prices.storage_price_per_gib_month_usd:g}/GiB-month for "
-        f"{e.activity.retention_months:g} months of postings."
+        f"per account per month, peak {e.activity.peak_to_average:g}× average, "
+        f"{e.activity.retention_months:g} months of postings online: the last "
+        f"{e.deployment.hot_days:g} days ({e.hot_months:g} months) hot in PostgreSQL on block "
+        f"storage at ${e.prices.storage_price_per_gib_month_usd:g}/GiB-month, the rest cold in "
+        f"object storage at ${e.prices.object_storage_price_per_gib_month_usd:g}/GiB-month."
     )
+
+
+def all_hot(e: cost.Estimate) -> cost.Estimate:
+    """The same inputs with every month online kept hot in PostgreSQL."""
+    days = e.activity.retention_months * cost.DAYS_PER_MONTH
+    deployment = cost.Deployment(hot_days=days, standby_copies=e.deployment.standby_copies)
+    return cost.estimate(e.prices, e.activity, e.measured, deployment)
+
+
+def _with_one_standby(e: cost.Estimate) -> float:
+    return _standby_split(e).total_usd
+
+
+def _standby_split(e: cost.Estimate) -> cost.Split:
+    """The split with the standbys: as configured, or with one when none was counted."""
+    if e.deployment.standby_copies:
+        return e.with_standby
+    return cost.split(
+        e.prices, 2, e.accounts_per_node, e.hot_bytes_per_account, e.cold_bytes_per_account
+    )
+
+
+def cost_split_table(e: cost.Estimate) -> tuple[list[str], list[list[Any]]]:
+    """The cost per account-year split into compute, hot and cold storage: one copy, and
+    with the standbys (the headline marked)."""
+    headers = [
+        "deployment", "machines and hot volumes per shard", "compute", "hot storage",
+        "cold storage", "total per account-year", "per million accounts",
+    ]  # fmt: skip
+    n = e.deployment.standby_copies
+    standby = f"with {max(n, 1)} synchronous standby{'s' if n > 1 else ''}"
+    if not n:
+        standby += " (not counted: --standby-copies 0)"
+    splits = [("one copy (no standby)", e.one_copy), (standby, _standby_split(e))]
+    if e.cold_months > 0:
+        splits.append(
+            (
+                f"for comparison: all {e.activity.retention_months:g} months hot, one copy (the "
+                "model before the hot/cold split)",
+                all_hot(e).one_copy,
+            )
+        )
+    rows = []
+    for name, s in splits:
+        mark = " **(headline)**" if s is e.headline_split else ""
+        rows.append(
+            [
+                name + mark, s.copies, f"${s.compute_usd:.3e}", f"${s.hot_storage_usd:.3e}",
+                f"${s.cold_storage_usd:.3e}", f"${s.total_usd:.3e}", f"${s.total_usd * 1e6:,.0f}",
+            ]
+        )  # fmt: skip
+    return headers, rows
 
 
 # -------------------------------------------------------------------------------- document
@@ -320,31 +392,19 @@ def _cost(
         d.paragraph("Cost model: " + "; ".join(notes))
         return
     d.paragraph(cost_line(e))
-    p, a, m = e.prices, e.activity, e.measured
-    d.table(
-        ["input", "value", "source"],
-        [
-            ["instance", p.instance_name, "chosen: a general-purpose 2 vCPU instance"],
-            ["price per hour", f"${p.price_per_hour_usd:g}", f"{p.price_source} ({p.price_date})"],
-            ["vCPUs", p.vcpu_count, "the instance"],
-            ["storage", p.storage_name, ""],
-            ["storage price", f"${p.storage_price_per_gib_month_usd:g}/GiB-mo", p.storage_source],
-            ["largest volume", f"{p.volume_max_bytes / cost.TIB:g} TiB", "gp3 limit"],
-            ["postings per account per month", a.postings_per_account_month, "assumed (default)"],
-            ["customer postings per transaction", a.customer_postings_per_tx, "a transfer"],
-            ["peak-to-average", a.peak_to_average, "assumed (default)"],
-            ["CPU usable at peak", a.cpu_utilisation_max, "assumed (default)"],
-            ["months of postings online", a.retention_months, "assumed (default)"],
-            *[
-                [f"CPU per transaction: {role}", f"{s * 1e6:,.1f} µs", f"measured, `{m.scenario}`"]
-                for role, s in m.cpu_s_per_tx_by_role.items()
-            ],
-            ["postings per transaction", f"{m.postings_per_tx:.2f}", "measured (journal blocks)"],
-            ["bytes per account", f"{m.bytes_per_account:,.0f}", "measured (relation sizes)"],
-            ["bytes per posting", f"{m.bytes_per_posting:,.0f}", "measured (relation sizes)"],
-        ],
-    )  # fmt: skip
+    d.table(*cost_split_table(e))
+    d.paragraph(
+        "*compute*: the instances of a shard (its node, PostgreSQL and share of the gateway; a "
+        "synchronous standby is one more instance of the same kind) over the accounts a node "
+        "carries. *hot storage*: the bytes PostgreSQL keeps (every account's row and the "
+        "postings of the hot days) on block storage, one volume per instance. *cold storage*: "
+        "the older postings as segments in object storage, counted once (the provider "
+        "replicates them; a standby adds no copy)."
+    )
+    d.table(["input", "value", "source"], cost_inputs_rows(e))
     d.code(cost.arithmetic(e))
+    d.paragraph("How the headline moves with activity (the other inputs as above):")
+    d.table(*sensitivity_table(e))
     d.paragraph(
         "CPU is what the server processes burnt per transaction on this machine (x86; the "
         "default instance is Graviton, so treat the CPU side as an estimate), with the "
@@ -352,7 +412,10 @@ def _cost(
         "writes such as `eod` cost a fraction, see the results table). Bytes per account "
         "are pg_total_relation_size(accounts) / accounts rows; bytes per posting are the sizes "
         "of postings, transactions, journal_blocks and holds / postings rows, over every shard "
-        "(indexes included; WAL and free space not). Memory is not modelled: the writer's cache "
+        "(indexes included; WAL and free space not); they are the hot bytes. A cold posting's "
+        "bytes are a cold segment's measured size when one is given (--cold-bytes-per-posting, "
+        "or `cold_bytes_per_posting` in the run's storage measurement), else the hot bytes per "
+        "posting. Memory is not modelled: the writer's cache "
         "is bounded and PostgreSQL reads the rest from disk. Override any input with the options "
         "in `python -m bench.locust.suite --help`."
     )
@@ -366,6 +429,51 @@ def _cost(
         d.table(["shard", "relation", "rows", "bytes"], rows)
     if "cost" in images:
         d.image(images["cost"], "the cost model")
+
+
+SENSITIVITY_POSTINGS: Final = (10.0, 30.0, 60.0, 120.0, 300.0)
+
+
+def sensitivity_table(e: cost.Estimate) -> tuple[list[str], list[list[Any]]]:
+    rows = cost.sensitivity(
+        e.prices, e.activity, e.measured, list(SENSITIVITY_POSTINGS), e.deployment
+    )
+    return (
+        ["postings per account per month", "compute", "storage (hot + cold)", "total"],
+        [[f"{p:g}", f"${c:.3e}", f"${s:.3e}", f"${c + s:.3e}"] for p, c, s in rows],
+    )
+
+
+def cost_inputs_rows(e: cost.Estimate) -> list[list[Any]]:
+    p, a, m, dep = e.prices, e.activity, e.measured, e.deployment
+    return [
+        ["instance", p.instance_name, "chosen: a general-purpose 2 vCPU instance"],
+        ["price per hour", f"${p.price_per_hour_usd:g}", f"{p.price_source} ({p.price_date})"],
+        ["vCPUs", p.vcpu_count, "the instance"],
+        ["block storage (hot)", p.storage_name, ""],
+        ["block storage price", f"${p.storage_price_per_gib_month_usd:g}/GiB-mo", p.storage_source],
+        ["largest volume", f"{p.volume_max_bytes / cost.TIB:g} TiB", "gp3 limit (hot bytes only)"],
+        ["object storage (cold)", p.object_storage_name, "replicated by the provider"],
+        ["object storage price", f"${p.object_storage_price_per_gib_month_usd:g}/GiB-mo",
+         p.object_storage_source],
+        ["postings per account per month", a.postings_per_account_month, "assumed (default)"],
+        ["customer postings per transaction", a.customer_postings_per_tx, "a transfer"],
+        ["peak-to-average", a.peak_to_average, "assumed (default)"],
+        ["CPU usable at peak", a.cpu_utilisation_max, "assumed (default)"],
+        ["months of postings online", a.retention_months, "assumed (default)"],
+        ["days of history hot in PostgreSQL", f"{dep.hot_days:g} ({e.hot_months:g} months)",
+         "chosen (default: a quarter of a year); --hot-days"],
+        ["synchronous standbys per shard", dep.standby_copies,
+         "tally up --replicas 1, --durability sync-standby (default); --standby-copies"],
+        *[
+            [f"CPU per transaction: {role}", f"{s * 1e6:,.1f} µs", f"measured, `{m.scenario}`"]
+            for role, s in m.cpu_s_per_tx_by_role.items()
+        ],
+        ["postings per transaction", f"{m.postings_per_tx:.2f}", "measured (journal blocks)"],
+        ["bytes per account", f"{m.bytes_per_account:,.0f}", "measured (relation sizes)"],
+        ["bytes per posting (hot)", f"{m.bytes_per_posting:,.0f}", "measured (relation sizes)"],
+        ["bytes per posting (cold)", f"{e.cold_bytes_per_posting:,.0f}", cost.cold_source(e)],
+    ]  # fmt: skip
 
 
 def _machine(d: Document, report: dict[str, Any]) -> None:
@@ -389,8 +497,7 @@ def main(argv: list[str] | None = None) -> int:
     folder = parser.parse_args(argv).folder
     report = json.loads((folder / "results.json").read_text())
     options = argparse.Namespace(**report["options"])
-    prices, activity = cost_inputs(options)
-    print(write(report, folder, prices, activity, options.cost_scenario), file=sys.stdout)
+    print(write(report, folder, cost_inputs(options), options.cost_scenario), file=sys.stdout)
     return 0
 
 

@@ -506,8 +506,7 @@ async def main_async(args: argparse.Namespace) -> int:
     finally:
         report["wall_s"] = round(time.monotonic() - started, 1)
         report["clean"] = clean(report, args)
-        prices, activity = cost_inputs(args)
-        text = write_report(report, out, prices, activity, args.cost_scenario)
+        text = write_report(report, out, cost_inputs(args), args.cost_scenario)
         print()
         print(text)
         print(f"bench: wrote {out / 'report.md'}, report.html, plots and CSVs", flush=True)

@@ -46,10 +46,13 @@ ACTIVITY = cost.Activity(
     cpu_utilisation_max=0.5,
     retention_months=12.0,
 )
+# The model before the hot/cold split and the standby: every month online hot, one copy
+# (tests/bench/test_cost.py checks the split and the standby).
+ALL_HOT_ONE_COPY = cost.Deployment(hot_days=12 * 365.25 / 12, standby_copies=0)
 
 
 def test_cost_model_arithmetic() -> None:
-    e = cost.estimate(PRICES, ACTIVITY, MEASURED)
+    e = cost.estimate(PRICES, ACTIVITY, MEASURED, ALL_HOT_ONE_COPY)
     # 1 ms of CPU per transaction; 2 vCPU at 50%: 1,000 transactions/s per node.
     assert e.cpu_s_per_tx == pytest.approx(1e-3)
     assert e.node_tx_per_s == pytest.approx(1000.0)
@@ -73,16 +76,16 @@ def test_cost_model_arithmetic() -> None:
     )
     lines = cost.arithmetic(e)
     assert lines[0].startswith("CPU per transaction = 400.0 µs (nodes)")
-    assert "limited by CPU" in lines[7]
+    assert any(line.startswith("accounts per node") and "limited by CPU" in line for line in lines)
     assert lines[-1].startswith("cost per account per year = $")
 
 
 def test_cost_model_storage_bound_and_sensitivity() -> None:
     tiny_volume = cost.Prices(volume_max_bytes=10**9)
-    e = cost.estimate(tiny_volume, ACTIVITY, MEASURED)
+    e = cost.estimate(tiny_volume, ACTIVITY, MEASURED, ALL_HOT_ONE_COPY)
     assert e.limited_by == "storage volume"
     assert e.accounts_per_node == pytest.approx(10**9 / e.bytes_per_account_stored)
-    rows = cost.sensitivity(PRICES, ACTIVITY, MEASURED, [6.0, 60.0, 600.0])
+    rows = cost.sensitivity(PRICES, ACTIVITY, MEASURED, [6.0, 60.0, 600.0], ALL_HOT_ONE_COPY)
     assert [r[0] for r in rows] == [6.0, 60.0, 600.0]
     # Compute and storage both grow with activity (here CPU-bound: in proportion).
     assert rows[1][1] == pytest.approx(10 * rows[0][1])
