@@ -1,13 +1,16 @@
-"""`tally segments write` and `tally segments verify`: a shard's journal as cold segments
+"""`tally segments write` and `tally segments verify`: each shard's journal as cold segments
 (core/store/cold, docs/design.md "Cold segments"), and their verification.
 
-    tally segments write --dir DIR [--dsn DSN] [--older-than 90d] [--blocks-per-segment N]
-    tally segments verify --dir DIR [--dsn DSN]
+    tally segments write --dir ROOT [--dsn DSN] [--older-than 90d] [--blocks-per-segment N]
+    tally segments verify --dir ROOT [--dsn DSN]
 
-`write` continues DIR's chain of segments with the shard's blocks created before now minus
+ROOT is the cluster's: each shard's segments are in ROOT/shard-N, N the shard its database
+says it is. `write` continues that chain with the shard's blocks created before now minus
 --older-than (default 0s: every block), reading the database only. `verify` checks every
-segment (files, digests, each block's hash from its lines, the chain from one segment to the
-next) and, given the database, that each block it still has is the segment's. Exit status: 0
+shard's segments (files, digests, each block's hash from its lines, the chain from one segment
+to the next) and, given a database, that each block its shard's segments hold and it still
+has is the segment's. `tally audit --segments ROOT` runs the same checks as its check
+`segments`. Exit status: 0
 done and clean, 1 findings (each on a line), 2 for anything that could not be done as asked (one
 message, never a traceback). The DSN comes from --dsn or TALLY_DSN and is never printed with
 its secret.
@@ -30,7 +33,7 @@ from core import dsn as dsn_text
 from core.store.cold import archive
 from core.store.cold.format import SEGMENT_BLOCK_COUNT_MAX, SegmentError
 from core.store.cold.read import Segment
-from core.store.cold.verify import Finding, verify_chain
+from core.store.cold.verify import Finding
 
 COMMANDS: Final = ("segments",)
 EXIT_OK: Final = 0
@@ -114,31 +117,38 @@ async def _write(args: argparse.Namespace) -> int:
     for path in run.written:
         print(f"tally segments: wrote {path}")
     print(
-        f"tally segments: {args.dir} holds blocks 1 to {run.last_block} "
+        f"tally segments: {args.dir} holds shard {run.shard}'s blocks 1 to {run.last_block} "
         f"({len(run.written)} segment(s) written now; the journal's head is {run.head_block})"
     )
     return EXIT_OK
 
 
 async def _verify(args: argparse.Namespace) -> int:
-    paths = archive.segment_paths(args.dir)
-    if not paths:
-        raise _UsageError(f"{args.dir} holds no segment")
-    findings = verify_chain(paths)
+    directories = archive.shard_directories(args.dir)
+    if not directories:
+        raise _UsageError(f"{args.dir} holds no shard's segments (no shard-N directory)")
     dsn = _dsn(args, False)
-    if dsn:
-        connection = await asyncpg.connect(dsn, timeout=TIMEOUT_S)
-        try:
-            findings += await archive.compare(connection, paths, TIMEOUT_S)
-        finally:
+    connection = await asyncpg.connect(dsn, timeout=TIMEOUT_S) if dsn else None
+    try:
+        witnessed = await archive.shard_of(connection, TIMEOUT_S) if connection else None
+        counts = []
+        for shard in directories:
+            witness = connection if shard == witnessed else None
+            paths, findings = await archive.verify_shard(witness, args.dir, shard, TIMEOUT_S)
+            for finding in findings:
+                print(f"shard {shard}: {_line(finding)}")
+            last = Segment(paths[-1]).manifest.last_block if paths else 0
+            state = "clean" if not findings else f"{len(findings)} finding(s)"
+            against = ", against the database" if witness is not None else ""
+            print(
+                f"tally segments: shard {shard}: {len(paths)} segment(s), blocks 1 to {last}"
+                f"{against}: {state}"
+            )
+            counts.append(len(findings))
+    finally:
+        if connection is not None:
             await connection.close()
-    for finding in findings:
-        print(_line(finding))
-    last = Segment(paths[-1]).manifest.last_block
-    state = "clean" if not findings else f"{len(findings)} finding(s)"
-    witness = ", against the database" if dsn else ""
-    print(f"tally segments: {len(paths)} segment(s), blocks 1 to {last}{witness}: {state}")
-    return EXIT_OK if not findings else EXIT_FINDINGS
+    return EXIT_OK if not any(counts) else EXIT_FINDINGS
 
 
 def _line(finding: Finding) -> str:

@@ -29,7 +29,7 @@ from core.store.cold.format import (
     from_streamed,
 )
 from core.store.cold.read import Segment
-from core.store.cold.verify import Finding, read_manifest
+from core.store.cold.verify import Finding, read_manifest, verify_chain
 from core.store.cold.write import TEMPORARY_PREFIX, write_segment
 
 Connection = Any  # asyncpg.Connection
@@ -45,9 +45,27 @@ FROM journal_blocks WHERE sequence > $1 AND sequence <= $2 ORDER BY sequence
 
 @dataclass(frozen=True, slots=True)
 class ArchiveRun:
+    shard: int
     written: list[Path]
     last_block: int  # the last block the directory's segments hold now (0: none)
     head_block: int  # the journal's last block when the run began
+
+
+def shard_directory(root: Path, shard: int) -> Path:
+    """Where a shard's segments live under the cluster's segments root."""
+    return root / f"shard-{shard}"
+
+
+def shard_directories(root: Path) -> dict[int, Path]:
+    """The shards with a directory of segments under root, by shard."""
+    if not root.is_dir():
+        return {}
+    found = {}
+    for path in root.iterdir():
+        number = path.name.removeprefix("shard-")
+        if path.is_dir() and path.name.startswith("shard-") and number.isdigit():
+            found[int(number)] = path
+    return dict(sorted(found.items()))
 
 
 def segment_paths(directory: Path) -> list[Path]:
@@ -78,19 +96,21 @@ async def shard_of(connection: Connection, timeout_s: float) -> int:
 
 async def archive(
     connection: Connection,
-    directory: Path,
+    root: Path,
     *,
     created_before_ns: int,
     blocks_per_segment: int = BLOCKS_PER_SEGMENT_DEFAULT,
     timeout_s: float = 60.0,
 ) -> ArchiveRun:
-    """Write the shard's blocks after the directory's last segment and created before
+    """Write the shard's blocks after its last segment under root (in shard_directory) and
+    created before
     created_before_ns as new segments (none when there are none yet). A segment already
     written for the same blocks is kept (write_segment is idempotent); a directory whose last
     segment is not this database's journal is a SegmentError before anything is written."""
     if not 1 <= blocks_per_segment <= SEGMENT_BLOCK_COUNT_MAX:
         raise ValueError(f"blocks per segment must be 1 to {SEGMENT_BLOCK_COUNT_MAX}")
     shard = await shard_of(connection, timeout_s)
+    directory = shard_directory(root, shard)
     previous = last_manifest(directory)
     if previous is not None:
         await _check_continues(connection, previous, shard, timeout_s)
@@ -102,7 +122,7 @@ async def archive(
             connection, after, head, created_before_ns, blocks_per_segment, timeout_s
         )
         if not blocks:
-            return ArchiveRun(written, after, head)
+            return ArchiveRun(shard, written, after, head)
         written.append(write_segment(directory, shard, blocks, previous))
         previous = Segment(written[-1]).manifest
         after = previous.last_block
@@ -214,3 +234,15 @@ async def compare(connection: Connection, paths: list[Path], timeout_s: float) -
                     )
                 )
     return findings
+
+
+async def verify_shard(
+    connection: Connection | None, root: Path, shard: int, timeout_s: float
+) -> tuple[list[Path], list[Finding]]:
+    """A shard's segments under root and what is wrong with them: each segment and each link
+    (verify_chain) and, given its database, every block held against it (compare)."""
+    paths = segment_paths(shard_directory(root, shard))
+    findings = verify_chain(paths)
+    if connection is not None and paths:
+        findings += await compare(connection, paths, timeout_s)
+    return paths, findings

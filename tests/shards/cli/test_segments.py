@@ -16,6 +16,7 @@ from core.store.cold import archive
 from core.store.cold.read import Segment
 from tally.v1 import ledger_pb2 as pb
 from tests.support import security, streams
+from tests.support.audit_commands import audit_json
 from tests.support.helpers import Client, start_node, transfer
 from tests.support.paths import REPO_ROOT
 
@@ -68,17 +69,16 @@ async def test_segments_hold_the_journal_continue_it_and_name_what_was_altered(
     dsn: str, tmp_path: Path
 ) -> None:
     await _post(dsn, "a", "b", every_kind=True)
-    directory = tmp_path / "segments"
-    code, out, err = await _tally(dsn, "write", "--dir", str(directory), "--older-than", "1d")
+    root = tmp_path / "segments"
+    directory = root / "shard-0"  # a node without a control database is shard 0
+    code, out, err = await _tally(dsn, "write", "--dir", str(root), "--older-than", "1d")
     assert (code, archive.segment_paths(directory)) == (0, []), err  # every block is recent
-    code, out, err = await _tally(
-        dsn, "write", "--dir", str(directory), "--blocks-per-segment", "3"
-    )
+    code, out, err = await _tally(dsn, "write", "--dir", str(root), "--blocks-per-segment", "3")
     assert code == 0, err
     journal = await _journal(dsn)
     head = max(journal)
     paths = archive.segment_paths(directory)
-    assert len(paths) == -(-head // 3) and f"holds blocks 1 to {head}" in out
+    assert len(paths) == -(-head // 3) and f"holds shard 0's blocks 1 to {head}" in out
     held = {b.header.sequence: b.header.hash for p in paths for b in Segment(p).blocks()}
     assert held == {s: h for s, h in journal.items() if s > 0}
     # An account's history read from the segments is the database's, in order, page by page.
@@ -88,28 +88,36 @@ async def test_segments_hold_the_journal_continue_it_and_name_what_was_altered(
             sequences += [p.sequence for p in page]
             after = page[-1].sequence
     assert b",".join(str(s).encode() for s in sequences) == journal[-1]
-    code, out, err = await _tally(dsn, "verify", "--dir", str(directory))
-    assert code == 0 and "against the database: clean" in out, out + err
+    code, out, err = await _tally(dsn, "verify", "--dir", str(root))
+    assert code == 0 and f"shard 0: {len(paths)} segment(s), blocks 1 to {head}" in out, out + err
+    assert "against the database: clean" in out, out
+    code, report = await audit_json(dsn, extra=("--segments", str(root)))
+    assert code == 0 and report["problem_count"] == 0, report
 
     # The journal grows: a second run writes only what is new, chained to the last segment.
-    code, out, _ = await _tally(dsn, "write", "--dir", str(directory))
+    code, out, _ = await _tally(dsn, "write", "--dir", str(root))
     assert code == 0 and "0 segment(s) written now" in out
     await _post(dsn, "c", "d")
-    code, out, err = await _tally(dsn, "write", "--dir", str(directory))
+    code, out, err = await _tally(dsn, "write", "--dir", str(root))
     assert code == 0, err
     grown = archive.segment_paths(directory)
     assert len(grown) == len(paths) + 1
     assert (
         Segment(grown[-1]).manifest.previous_manifest_digest == Segment(paths[-1]).manifest.digest()
     )
-    assert (await _tally(dsn, "verify", "--dir", str(directory)))[0] == 0
+    assert (await _tally(dsn, "verify", "--dir", str(root)))[0] == 0
 
     # A byte changed in a segment's file is named with its segment and file.
     target = grown[1] / "postings.parquet"
     original = target.read_bytes()
     target.write_bytes(original[:100] + bytes([original[100] ^ 1]) + original[101:])
-    code, out, _ = await _tally(dsn, "verify", "--dir", str(directory))
+    code, out, _ = await _tally(dsn, "verify", "--dir", str(root))
     assert code == 1 and "file_digest" in out and grown[1].name in out, out
+    code, report = await audit_json(dsn, extra=("--segments", str(root)))
+    named = report["problems"]
+    assert code == 1 and [p["kind"] for p in named] == ["segment_altered"], report
+    assert named[0]["check"] == "segments"
+    assert grown[1].name in named[0]["message"] and "postings.parquet" in named[0]["message"]
     target.write_bytes(original)
     # Segments consistent in themselves but not this database's journal: the database witnesses.
     other = tmp_path / "other"
@@ -118,6 +126,9 @@ async def test_segments_hold_the_journal_continue_it_and_name_what_was_altered(
     assert (await _tally(other_dsn, "write", "--dir", str(other)))[0] == 0
     code, out, _ = await _tally(dsn, "verify", "--dir", str(other))
     assert code == 1 and "segment_database_mismatch" in out, out
+    code, report = await audit_json(dsn, extra=("--segments", str(other)))
+    kinds = {p["kind"] for p in report["problems"]}
+    assert code == 1 and kinds == {"segment_database_mismatch"}, report
     code, _, err = await _tally(dsn, "write", "--dir", str(other))
     assert code == 2 and "has with another hash" in err, err
     code, _, err = await _tally(dsn, "write", "--dir", str(other), "--older-than", "soon")
