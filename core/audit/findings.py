@@ -7,6 +7,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import IO, Final
 
 from core.signing import Head, VerifyKey
@@ -22,6 +23,7 @@ CHECK_NAMES: Final = (
     "lease",
     "anchors",
     "moves",
+    "segments",
 )
 # The shard number of findings about the cluster as a whole (its trial balance, cross-shard
 # transactions).
@@ -38,7 +40,7 @@ Progress = Callable[[int, str, int, int], None]
 
 class FindingKind(enum.IntEnum):
     """What is wrong, machine-readable. Mirrors tally.v1.FindingKind number for number (checked
-    by a test); the hundreds are the check (1 journal ... 9 anchors, 10 moves, as
+    by a test); the hundreds are the check (1 journal ... 9 anchors, 10 moves, 11 segments, as
     CHECK_NAMES)."""
 
     # journal
@@ -101,6 +103,10 @@ class FindingKind(enum.IntEnum):
     MOVES_COUNTERS_MISMATCH = 1004
     MOVED_RECORDS_MISMATCH = 1005
     MOVED_RECORD_ALTERED = 1006
+    # segments (cold segments: core/store/cold, tally audit --segments)
+    SEGMENT_ALTERED = 1101
+    SEGMENT_CHAIN_BROKEN = 1102
+    SEGMENT_DATABASE_MISMATCH = 1103
 
     @property
     def check(self) -> str:
@@ -121,6 +127,7 @@ class About(enum.StrEnum):
     CLEARING = "clearing account"
     CROSS_SHARD = "cross-shard transaction"
     MOVE = "slot move"
+    SEGMENT = "cold segment"
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +178,8 @@ class Finding:
             return self.currency
         if about is About.CLEARING:
             return self.account_id
+        if about is About.SEGMENT:
+            return "cold segments" + (f", block {self.block}" if self.block else "")
         if about is About.MOVE:
             record = f", record {self.transaction_id}" if self.transaction_id else ""
             currency = f" ({self.currency})" if self.currency else ""
@@ -280,6 +289,9 @@ class AuditConfig:
     # Cross-shard transactions that did not net in the first snapshots, read again (see
     # check_cross_shard); beyond this many they are findings.
     recheck_count_max: int = 10_000
+    # The root of the cluster's cold segments (a directory per shard, core.store.cold.archive):
+    # each shard's are verified and held against its database. None: no segments checked.
+    segments_root: Path | None = None
 
 
 @dataclass(slots=True)

@@ -22,6 +22,7 @@ from core.audit.findings import (
 )
 from core.audit.journal_pass import JournalPass, check_anchors, check_lease
 from core.audit.moves import check_moves, scan_moves
+from core.audit.segments import check_segments
 from core.audit.source import TIMEOUT_S, connect, describe_error, redact
 from core.store import audit as queries
 
@@ -145,6 +146,7 @@ async def audit_shard(
         await check_lease(connection, config, log, report)
         await check_anchors(connection, config, log, shard)
         await scan_moves(connection, config, log, report)
+        await check_segments(connection, config, log)
     report.problems = log.sorted_kept()
     report.problem_counts = dict(log.counts)
     return report

@@ -136,6 +136,14 @@ def _audit_arguments(sub: argparse.ArgumentParser, with_dsns: Any) -> None:
         "shard-N.heads.jsonl, or one such file), repeatable: every head must match the "
         "database's block",
     )
+    sub.add_argument(
+        "--segments",
+        type=Path,
+        default=None,
+        metavar="ROOT",
+        help="the cluster's cold segments (tally segments write --dir ROOT): each shard's are "
+        "verified and every block they hold is checked against its database",
+    )
     sub.add_argument("--problem-count-max", type=int, default=1000, help="kept per check")
     sub.add_argument(
         "--shard",
@@ -257,6 +265,7 @@ def _audit_command(args: argparse.Namespace) -> int:
         currencies=frozenset(args.currency),
         verify_keys=verify_keys(args.verify_key),
         published_heads=published_heads(args.published_heads),
+        segments_root=args.segments,
     )
     dsns = dsns_of(args)
     shards = sorted(set(args.shard)) if args.shard else None

@@ -21,7 +21,7 @@ from shards.audit import commands as auditing
 from shards.audit import server as audit_service
 from shards.cli import backup as backup_commands
 from shards.cli import credentials as credential_commands
-from shards.cli import flow_profile, health, init_cluster, slots, terminal
+from shards.cli import flow_profile, health, init_cluster, segments, slots, terminal
 from shards.cli.logs import LOG_FORMATS, LOG_LEVELS, hide_secrets, start_logging
 from shards.local.replicated_pg import LocalPostgres
 from shards.local.stream import StreamSetupError
@@ -353,6 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     init_cluster.add_command(commands)
     slots.add_command(commands)
     backup_commands.add_commands(commands)
+    segments.add_command(commands)
     for command in commands.choices.values():  # every command logs
         _add_logging_flags(command)
     return parser
@@ -391,6 +392,8 @@ def main(argv: list[str] | None = None) -> int:
         return slots.run(args)
     if args.command in backup_commands.COMMANDS:
         return backup_commands.run(args)
+    if args.command in segments.COMMANDS:
+        return segments.run(args)
     return terminal.run(args)
 
 

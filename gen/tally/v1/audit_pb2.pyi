@@ -20,6 +20,7 @@ class AuditCheck(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     AUDIT_CHECK_LEASE: _ClassVar[AuditCheck]
     AUDIT_CHECK_ANCHORS: _ClassVar[AuditCheck]
     AUDIT_CHECK_MOVES: _ClassVar[AuditCheck]
+    AUDIT_CHECK_SEGMENTS: _ClassVar[AuditCheck]
 
 class FindingKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -74,6 +75,9 @@ class FindingKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     FINDING_KIND_MOVES_COUNTERS_MISMATCH: _ClassVar[FindingKind]
     FINDING_KIND_MOVED_RECORDS_MISMATCH: _ClassVar[FindingKind]
     FINDING_KIND_MOVED_RECORD_ALTERED: _ClassVar[FindingKind]
+    FINDING_KIND_SEGMENT_ALTERED: _ClassVar[FindingKind]
+    FINDING_KIND_SEGMENT_CHAIN_BROKEN: _ClassVar[FindingKind]
+    FINDING_KIND_SEGMENT_DATABASE_MISMATCH: _ClassVar[FindingKind]
 AUDIT_CHECK_UNSPECIFIED: AuditCheck
 AUDIT_CHECK_JOURNAL: AuditCheck
 AUDIT_CHECK_POSTINGS: AuditCheck
@@ -85,6 +89,7 @@ AUDIT_CHECK_HOLDS: AuditCheck
 AUDIT_CHECK_LEASE: AuditCheck
 AUDIT_CHECK_ANCHORS: AuditCheck
 AUDIT_CHECK_MOVES: AuditCheck
+AUDIT_CHECK_SEGMENTS: AuditCheck
 FINDING_KIND_UNSPECIFIED: FindingKind
 FINDING_KIND_BLOCK_MISSING: FindingKind
 FINDING_KIND_EPOCH_DECREASED: FindingKind
@@ -136,6 +141,9 @@ FINDING_KIND_MOVE_UNBALANCED: FindingKind
 FINDING_KIND_MOVES_COUNTERS_MISMATCH: FindingKind
 FINDING_KIND_MOVED_RECORDS_MISMATCH: FindingKind
 FINDING_KIND_MOVED_RECORD_ALTERED: FindingKind
+FINDING_KIND_SEGMENT_ALTERED: FindingKind
+FINDING_KIND_SEGMENT_CHAIN_BROKEN: FindingKind
+FINDING_KIND_SEGMENT_DATABASE_MISMATCH: FindingKind
 
 class Anchor(_message.Message):
     __slots__ = ("shard", "block", "hash_hex")

@@ -82,7 +82,7 @@ async def test_clean_books_health_and_reflection(dsns: list[str]) -> None:
         for shard in report.shards:
             assert shard.ok and shard.posting_count > 200 and shard.hold_count == 1
             assert len(shard.head_hash) == 64 and shard.head_block > 10
-            assert {c.check for c in shard.checks} == set(range(1, 11))
+            assert {c.check for c in shard.checks} == set(range(1, 12))
             assert all(c.finding_count == 0 for c in shard.checks)
         usd = {b.currency: b for b in report.trial_balance}["USD"]
         assert usd.balanced and usd.debits_posted == usd.credits_posted

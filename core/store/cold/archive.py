@@ -1,0 +1,248 @@
+"""A shard database's journal written out as cold segments, and segments checked against it.
+
+`archive` continues a directory's chain of segments from the shard's journal in PostgreSQL:
+the blocks after the last one a segment holds, created before a cutoff, read as the change
+stream reads them (core.store.stream.read_page, with journal_blocks' full header), cut into
+segments of at most a number of blocks and rows, each written and verified by write_segment.
+It only reads the database: removing the rows segments hold, and reading history across the
+two, are the next steps (docs/design.md, "Cold segments").
+
+`compare` is the second witness: every block a segment holds whose row is still in the
+database must have the database's hash, so a segment (or a database) altered after the fact is
+found even when it is consistent in itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from core.journal import BlockHeader
+from core.store import stream
+from core.store.cold.format import (
+    SEGMENT_BLOCK_COUNT_MAX,
+    SEGMENT_ROW_COUNT_MAX,
+    ColdBlock,
+    Manifest,
+    SegmentError,
+    from_streamed,
+)
+from core.store.cold.read import Segment
+from core.store.cold.verify import Finding, read_manifest, verify_chain
+from core.store.cold.write import TEMPORARY_PREFIX, write_segment
+
+Connection = Any  # asyncpg.Connection
+
+BLOCKS_PER_SEGMENT_DEFAULT: Final = 10_000
+
+_HEADERS_SQL: Final = """
+SELECT sequence, previous_hash, hash, epoch, created_at_ns, next_posting_sequence,
+       last_timestamp_ns, key_id, signature
+FROM journal_blocks WHERE sequence > $1 AND sequence <= $2 ORDER BY sequence
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class ArchiveRun:
+    shard: int
+    written: list[Path]
+    last_block: int  # the last block the directory's segments hold now (0: none)
+    head_block: int  # the journal's last block when the run began
+
+
+def shard_directory(root: Path, shard: int) -> Path:
+    """Where a shard's segments live under the cluster's segments root."""
+    return root / f"shard-{shard}"
+
+
+def shard_directories(root: Path) -> dict[int, Path]:
+    """The shards with a directory of segments under root, by shard."""
+    if not root.is_dir():
+        return {}
+    found = {}
+    for path in root.iterdir():
+        number = path.name.removeprefix("shard-")
+        if path.is_dir() and path.name.startswith("shard-") and number.isdigit():
+            found[int(number)] = path
+    return dict(sorted(found.items()))
+
+
+def segment_paths(directory: Path) -> list[Path]:
+    """The directory's segments (not a writer's temporary names), in block order."""
+    if not directory.is_dir():
+        return []
+    found = []
+    for path in directory.iterdir():
+        if path.is_dir() and not path.name.startswith(TEMPORARY_PREFIX):
+            manifest, findings = read_manifest(path)
+            if manifest is not None and not findings:
+                found.append((manifest.first_block, path))
+    return [path for _, path in sorted(found)]
+
+
+def last_manifest(directory: Path) -> Manifest | None:
+    paths = segment_paths(directory)
+    return Segment(paths[-1]).manifest if paths else None
+
+
+async def shard_of(connection: Connection, timeout_s: float) -> int:
+    """The shard the database belongs to (0: no node recorded one yet, a single node's)."""
+    value = await connection.fetchval(
+        "SELECT shard_id FROM shard_identity WHERE id = 1", timeout=timeout_s
+    )
+    return int(value or 0)
+
+
+async def archive(
+    connection: Connection,
+    root: Path,
+    *,
+    created_before_ns: int,
+    blocks_per_segment: int = BLOCKS_PER_SEGMENT_DEFAULT,
+    timeout_s: float = 60.0,
+) -> ArchiveRun:
+    """Write the shard's blocks after its last segment under root (in shard_directory) and
+    created before
+    created_before_ns as new segments (none when there are none yet). A segment already
+    written for the same blocks is kept (write_segment is idempotent); a directory whose last
+    segment is not this database's journal is a SegmentError before anything is written."""
+    if not 1 <= blocks_per_segment <= SEGMENT_BLOCK_COUNT_MAX:
+        raise ValueError(f"blocks per segment must be 1 to {SEGMENT_BLOCK_COUNT_MAX}")
+    shard = await shard_of(connection, timeout_s)
+    directory = shard_directory(root, shard)
+    previous = last_manifest(directory)
+    if previous is not None:
+        await _check_continues(connection, previous, shard, timeout_s)
+    after = previous.last_block if previous is not None else 0
+    head = await stream.head_sequence(connection, timeout_s)
+    written: list[Path] = []
+    while True:
+        blocks = await _blocks(
+            connection, after, head, created_before_ns, blocks_per_segment, timeout_s
+        )
+        if not blocks:
+            return ArchiveRun(shard, written, after, head)
+        written.append(write_segment(directory, shard, blocks, previous))
+        previous = Segment(written[-1]).manifest
+        after = previous.last_block
+
+
+async def _check_continues(
+    connection: Connection, previous: Manifest, shard: int, timeout_s: float
+) -> None:
+    if previous.shard != shard:
+        raise SegmentError(
+            f"the segments are shard {previous.shard}'s and the database is shard {shard}'s"
+        )
+    stored = await connection.fetchval(
+        "SELECT hash FROM journal_blocks WHERE sequence = $1",
+        previous.last_block,
+        timeout=timeout_s,
+    )
+    if stored is None or bytes(stored) != previous.last_hash:
+        raise SegmentError(
+            f"the last segment ends at block {previous.last_block}, which the database "
+            + ("does not have" if stored is None else "has with another hash")
+        )
+
+
+# Why long: one segment's blocks, page by page, cut at the first block too new or too many rows.
+async def _blocks(
+    connection: Connection,
+    after: int,
+    head: int,
+    created_before_ns: int,
+    block_count_max: int,
+    timeout_s: float,
+) -> list[ColdBlock]:
+    blocks: list[ColdBlock] = []
+    row_count = 0
+    while len(blocks) < block_count_max and after < head:
+        page = await stream.read_page(connection, after, head, timeout_s)
+        if not page.blocks:
+            break
+        rows = await connection.fetch(
+            _HEADERS_SQL, after, page.blocks[-1].sequence, timeout=timeout_s
+        )
+        headers = {row["sequence"]: _header(row) for row in rows}
+        for streamed in page.blocks:
+            if streamed.created_at_ns >= created_before_ns or len(blocks) == block_count_max:
+                return blocks
+            block = from_streamed(headers[streamed.sequence], streamed)
+            if blocks and row_count + block.row_count() > SEGMENT_ROW_COUNT_MAX:
+                return blocks
+            blocks.append(block)
+            row_count += block.row_count()
+            after = streamed.sequence
+    return blocks
+
+
+def _header(row: Any) -> BlockHeader:
+    return BlockHeader(
+        row["sequence"],
+        bytes(row["previous_hash"]),
+        bytes(row["hash"]),
+        row["epoch"],
+        row["created_at_ns"],
+        row["next_posting_sequence"],
+        row["last_timestamp_ns"],
+        row["key_id"],
+        bytes(row["signature"]),
+    )
+
+
+async def compare(connection: Connection, paths: list[Path], timeout_s: float) -> list[Finding]:
+    """Findings for every block a segment holds whose hash differs from the database's row of
+    it (blocks the database no longer has are not compared), and for segments of another
+    shard."""
+    shard = await shard_of(connection, timeout_s)
+    findings: list[Finding] = []
+    for path in paths:
+        manifest, _ = read_manifest(path)
+        if manifest is None:
+            continue  # verify_chain names it
+        if manifest.shard != shard:
+            findings.append(
+                Finding(
+                    "segment_shard_mismatch",
+                    f"segment of shard {manifest.shard}, database of shard {shard}",
+                    segment=path.name,
+                )
+            )
+            continue
+        stored = {
+            row["sequence"]: bytes(row["hash"])
+            for row in await connection.fetch(
+                "SELECT sequence, hash FROM journal_blocks WHERE sequence BETWEEN $1 AND $2",
+                manifest.first_block,
+                manifest.last_block,
+                timeout=timeout_s,
+            )
+        }
+        for block in Segment(path).blocks():
+            mine = block.header
+            theirs = stored.get(mine.sequence)
+            if theirs is not None and theirs != mine.hash:
+                findings.append(
+                    Finding(
+                        "segment_database_mismatch",
+                        f"block {mine.sequence} has hash {mine.hash.hex()[:16]} in the segment "
+                        f"and {theirs.hex()[:16]} in the database",
+                        mine.sequence,
+                        segment=path.name,
+                    )
+                )
+    return findings
+
+
+async def verify_shard(
+    connection: Connection | None, root: Path, shard: int, timeout_s: float
+) -> tuple[list[Path], list[Finding]]:
+    """A shard's segments under root and what is wrong with them: each segment and each link
+    (verify_chain) and, given its database, every block held against it (compare)."""
+    paths = segment_paths(shard_directory(root, shard))
+    findings = verify_chain(paths)
+    if connection is not None and paths:
+        findings += await compare(connection, paths, timeout_s)
+    return paths, findings

@@ -1,0 +1,158 @@
+"""`tally segments write` and `tally segments verify`: each shard's journal as cold segments
+(core/store/cold, docs/design.md "Cold segments"), and their verification.
+
+    tally segments write --dir ROOT [--dsn DSN] [--older-than 90d] [--blocks-per-segment N]
+    tally segments verify --dir ROOT [--dsn DSN]
+
+ROOT is the cluster's: each shard's segments are in ROOT/shard-N, N the shard its database
+says it is. `write` continues that chain with the shard's blocks created before now minus
+--older-than (default 0s: every block), reading the database only. `verify` checks every
+shard's segments (files, digests, each block's hash from its lines, the chain from one segment
+to the next) and, given a database, that each block its shard's segments hold and it still
+has is the segment's. `tally audit --segments ROOT` runs the same checks as its check
+`segments`. Exit status: 0
+done and clean, 1 findings (each on a line), 2 for anything that could not be done as asked (one
+message, never a traceback). The DSN comes from --dsn or TALLY_DSN and is never printed with
+its secret.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any, Final
+
+import asyncpg
+
+from core import dsn as dsn_text
+from core.store.cold import archive
+from core.store.cold.format import SEGMENT_BLOCK_COUNT_MAX, SegmentError
+from core.store.cold.read import Segment
+from core.store.cold.verify import Finding
+
+COMMANDS: Final = ("segments",)
+EXIT_OK: Final = 0
+EXIT_FINDINGS: Final = 1
+EXIT_USAGE: Final = 2
+TIMEOUT_S: Final = 60.0
+_DURATION = re.compile(r"([0-9]+)(s|m|h|d)")
+_UNIT_S: Final = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
+
+
+def add_command(commands: Any) -> None:
+    segments = commands.add_parser("segments", help="a shard's journal as cold segments")
+    actions = segments.add_subparsers(dest="segments_action", required=True)
+    write = actions.add_parser("write", help="continue a directory's segments from a shard")
+    verify = actions.add_parser("verify", help="verify a directory's segments")
+    for parser in (write, verify):
+        parser.add_argument("--dir", type=Path, required=True, help="the shard's segments")
+        parser.add_argument(
+            "--dsn", default=None, help="the shard's database (default: $TALLY_DSN)"
+        )
+    write.add_argument(
+        "--older-than",
+        default="0s",
+        metavar="DURATION",
+        help="only blocks created before now minus this: 90d, 12h, 30m, 0s (default 0s)",
+    )
+    write.add_argument(
+        "--blocks-per-segment",
+        type=int,
+        default=archive.BLOCKS_PER_SEGMENT_DEFAULT,
+        help=f"at most this many blocks a segment (1 to {SEGMENT_BLOCK_COUNT_MAX})",
+    )
+
+
+class _UsageError(Exception):
+    pass
+
+
+def parse_duration(text: str) -> int:
+    """Nanoseconds of '90d', '12h', '30m' or '45s'."""
+    match = _DURATION.fullmatch(text.strip())
+    if match is None:
+        raise _UsageError(f"--older-than {text!r}: say a whole number and s, m, h or d (90d)")
+    return int(match.group(1)) * _UNIT_S[match.group(2)] * 1_000_000_000
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        if args.segments_action == "write":
+            return asyncio.run(_write(args))
+        return asyncio.run(_verify(args))
+    except (_UsageError, SegmentError, ValueError, OSError) as error:
+        print(f"tally segments: {dsn_text.scrub(str(error))}", file=sys.stderr)
+        return EXIT_USAGE
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as error:
+        message = dsn_text.scrub(f"{type(error).__name__}: {error}")
+        print(f"tally segments: the database: {message}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _dsn(args: argparse.Namespace, required: bool) -> str:
+    dsn: str = args.dsn if args.dsn is not None else os.environ.get("TALLY_DSN", "")
+    if required and not dsn:
+        raise _UsageError("--dsn (or TALLY_DSN) is needed")
+    return dsn
+
+
+async def _write(args: argparse.Namespace) -> int:
+    cutoff_ns = time.time_ns() - parse_duration(args.older_than)
+    connection = await asyncpg.connect(_dsn(args, True), timeout=TIMEOUT_S)
+    try:
+        run = await archive.archive(
+            connection,
+            args.dir,
+            created_before_ns=cutoff_ns,
+            blocks_per_segment=args.blocks_per_segment,
+            timeout_s=TIMEOUT_S,
+        )
+    finally:
+        await connection.close()
+    for path in run.written:
+        print(f"tally segments: wrote {path}")
+    print(
+        f"tally segments: {args.dir} holds shard {run.shard}'s blocks 1 to {run.last_block} "
+        f"({len(run.written)} segment(s) written now; the journal's head is {run.head_block})"
+    )
+    return EXIT_OK
+
+
+async def _verify(args: argparse.Namespace) -> int:
+    directories = archive.shard_directories(args.dir)
+    if not directories:
+        raise _UsageError(f"{args.dir} holds no shard's segments (no shard-N directory)")
+    dsn = _dsn(args, False)
+    connection = await asyncpg.connect(dsn, timeout=TIMEOUT_S) if dsn else None
+    try:
+        witnessed = await archive.shard_of(connection, TIMEOUT_S) if connection else None
+        counts = []
+        for shard in directories:
+            witness = connection if shard == witnessed else None
+            paths, findings = await archive.verify_shard(witness, args.dir, shard, TIMEOUT_S)
+            for finding in findings:
+                print(f"shard {shard}: {_line(finding)}")
+            last = Segment(paths[-1]).manifest.last_block if paths else 0
+            state = "clean" if not findings else f"{len(findings)} finding(s)"
+            against = ", against the database" if witness is not None else ""
+            print(
+                f"tally segments: shard {shard}: {len(paths)} segment(s), blocks 1 to {last}"
+                f"{against}: {state}"
+            )
+            counts.append(len(findings))
+    finally:
+        if connection is not None:
+            await connection.close()
+    return EXIT_OK if not any(counts) else EXIT_FINDINGS
+
+
+def _line(finding: Finding) -> str:
+    where = [part for part in (finding.segment, finding.file) if part]
+    if finding.block is not None:
+        where.append(f"block {finding.block}")
+    return f"{finding.code}: {finding.message}" + (f" ({', '.join(where)})" if where else "")

@@ -1,0 +1,324 @@
+"""Cold segments (core/store/cold): real files in a temporary directory, real hashes and
+signatures (tests/support/cold_chains.py builds chains as a writer would).
+
+Measured (not asserted) with test_a_large_segment's shape printed under `pytest -s`: a segment
+of 100,000 postings (50,000 two-leg transactions in 500 blocks, ids as `cust-N/acc-...` and
+`tx-...`, amounts up to 10^9) is about 27 bytes per posting, the whole segment (every file,
+the transactions and blocks included) divided by its postings.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import tempfile
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from core import journal, signing
+from core.model import Posting
+from core.store.cold.format import (
+    MANIFEST_NAME,
+    ColdBlock,
+    FileEntry,
+    Manifest,
+    SegmentError,
+    from_streamed,
+    manifest_of_json,
+)
+from core.store.cold.read import Segment
+from core.store.cold.verify import verify_chain, verify_segment
+from core.store.cold.write import TEMPORARY_PREFIX, remove_leftovers, write_segment
+from core.store.stream import StreamedBlock, StreamedTransaction
+from tests.support.cold_chains import ChainState, build_block, build_chain
+
+SIGNER = signing.Signer(signing.generate())
+PROPERTY = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def _chain(seed: int, block_count: int) -> list[ColdBlock]:
+    return build_chain(ChainState(), seed, block_count, SIGNER)
+
+
+def _account_postings(blocks: list[ColdBlock]) -> dict[str, list[Posting]]:
+    found: dict[str, list[Posting]] = {}
+    for block in blocks:
+        for posting in block.postings:
+            found.setdefault(posting.account_id, []).append(posting)
+    return found
+
+
+@PROPERTY
+@given(seed=st.integers(0, 2**32), block_count=st.integers(1, 12))
+def test_a_segment_reads_back_as_written(seed: int, block_count: int) -> None:
+    blocks = _chain(seed, block_count)
+    with tempfile.TemporaryDirectory() as directory:
+        path = write_segment(Path(directory), 0, blocks, None)
+        assert verify_segment(path, "") == []
+        read = Segment(path).blocks()
+        assert read == blocks
+        for written, back in zip(blocks, read, strict=True):
+            assert back.lines() == written.lines()
+            assert back.recomputed_hash() == written.header.hash
+        verifier = signing.Verifier((signing.VerifyKey(SIGNER.key_id, SIGNER.public_key),))
+        for block in read:
+            h = block.header
+            assert verifier.problem(0, h.sequence, h.hash, h.key_id, h.signature) == ""
+        manifest = Segment(path).manifest
+        assert (manifest.first_block, manifest.last_block) == (1, block_count)
+        assert manifest.first_previous_hash == journal.GENESIS_HASH
+        assert manifest.last_hash == blocks[-1].header.hash
+        assert manifest.posting_count == sum(len(b.postings) for b in blocks)
+        middle = (1 + block_count) // 2
+        assert Segment(path).blocks(middle, middle) == [blocks[middle - 1]]
+
+
+@PROPERTY
+@given(seed=st.integers(0, 2**32), limits=st.lists(st.integers(1, 7), min_size=1, max_size=8))
+def test_paging_an_accounts_postings_reproduces_them(seed: int, limits: list[int]) -> None:
+    blocks = _chain(seed, 10)
+    with tempfile.TemporaryDirectory() as directory:
+        segment = Segment(write_segment(Path(directory), 0, blocks, None))
+        for account_id, expected in _account_postings(blocks).items():
+            pages: list[Posting] = []
+            after = 0
+            for turn in range(len(expected) + 1):
+                page = segment.postings_after(account_id, after, limits[turn % len(limits)])
+                if not page:
+                    break
+                pages.extend(page)
+                after = page[-1].sequence
+            assert pages == expected
+        assert segment.postings_after("cust-0/none", 0, 5) == []
+
+
+@PROPERTY
+@given(seed=st.integers(0, 2**32), picks=st.lists(st.integers(0, 10**6), min_size=1, max_size=10))
+def test_balance_at_a_time_is_the_last_posting_at_or_before_it(seed: int, picks: list[int]) -> None:
+    blocks = _chain(seed, 10)
+    postings = [posting for block in blocks for posting in block.postings]
+    if not postings:
+        return
+    times = [p.timestamp_ns for p in postings]
+    moments = [min(times) - 1, max(times) + 1]
+    moments += [times[pick % len(times)] + pick % 3 - 1 for pick in picks]
+    with tempfile.TemporaryDirectory() as directory:
+        segment = Segment(write_segment(Path(directory), 0, blocks, None))
+        for account_id, own in _account_postings(blocks).items():
+            for at in moments:
+                earlier = [p for p in own if p.timestamp_ns <= at]
+                expected = max(earlier, key=lambda p: p.sequence) if earlier else None
+                assert segment.last_posting_at(account_id, at) == expected
+
+
+def test_a_transaction_is_found_by_its_id(tmp_path: Path) -> None:
+    blocks = _chain(7, 12)
+    segment = Segment(write_segment(tmp_path, 0, blocks, None))
+    for block in blocks:
+        for transaction in block.transactions:
+            assert segment.transaction(transaction.spec.id) == (transaction, block.header.sequence)
+    assert segment.transaction("tx-none") is None
+
+
+def test_a_large_segment_prunes_row_groups_and_measures_its_bytes(tmp_path: Path) -> None:
+    """Many row groups: reads still answer exactly; prints the bytes per posting."""
+    state = ChainState()
+    rng = random.Random(3)
+    first = [build_block(state, rng, None, account_count=2_000, transaction_count_max=0)]
+    pool = sorted(state.counters)
+    blocks = first + [
+        build_block(state, rng, None, transaction_count_max=200, account_pool=pool)
+        for _ in range(500)
+    ]
+    path = write_segment(tmp_path, 0, blocks, None)
+    posting_count = sum(len(b.postings) for b in blocks)
+    assert pq.ParquetFile(path / "postings.parquet").metadata.num_row_groups > 1
+    total = sum(file.stat().st_size for file in path.iterdir())
+    print(f"\n{posting_count} postings: {total / posting_count:.1f} bytes per posting")
+    segment = Segment(path)
+    expected = _account_postings(blocks)
+    for account_id in random.Random(4).sample(sorted(expected), 20):
+        assert segment.postings_after(account_id, 0, 10_000) == expected[account_id]
+        at = expected[account_id][len(expected[account_id]) // 2].timestamp_ns
+        assert (
+            segment.last_posting_at(account_id, at)
+            == expected[account_id][len(expected[account_id]) // 2]
+        )
+    last = blocks[-1].transactions[-1]
+    assert segment.transaction(last.spec.id) == (last, blocks[-1].header.sequence)
+
+
+# ---- refusals, idempotence, crashes ----
+
+
+def test_non_contiguous_or_wrongly_hashed_blocks_are_refused(tmp_path: Path) -> None:
+    blocks = _chain(11, 6)
+    with pytest.raises(SegmentError, match="not contiguous"):
+        write_segment(tmp_path, 0, blocks[:2] + blocks[3:], None)
+    altered = blocks[2].postings[0]._replace(posted_amount=1) if blocks[2].postings else None
+    tampered = list(blocks)
+    if altered is not None:
+        tampered[2] = ColdBlock(
+            blocks[2].header, blocks[2].accounts, blocks[2].transactions,
+            (altered, *blocks[2].postings[1:]), blocks[2].closures,
+        )  # fmt: skip
+    else:
+        tampered[2] = ColdBlock(
+            blocks[2].header._replace(hash=bytes(32)), blocks[2].accounts,
+            blocks[2].transactions, blocks[2].postings, blocks[2].closures,
+        )  # fmt: skip
+    with pytest.raises(SegmentError, match="block 3"):
+        write_segment(tmp_path, 0, tampered, None)
+    with pytest.raises(SegmentError, match="starts at block 1"):
+        write_segment(tmp_path, 0, blocks[2:], None)
+    with pytest.raises(SegmentError):
+        write_segment(tmp_path, 0, [], None)
+    first = write_segment(tmp_path, 0, blocks[:3], None)
+    previous = Segment(first).manifest
+    with pytest.raises(SegmentError, match="does not follow"):
+        write_segment(tmp_path, 0, blocks[4:], previous)
+    with pytest.raises(SegmentError, match="shard 0's, not shard 1's"):
+        write_segment(tmp_path, 1, blocks[3:], previous)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [first.name]
+
+
+def test_writing_the_same_range_again_is_idempotent(tmp_path: Path) -> None:
+    blocks = _chain(5, 8)
+    path = write_segment(tmp_path, 0, blocks, None)
+    before = {file.name: file.read_bytes() for file in path.iterdir()}
+    assert write_segment(tmp_path, 0, blocks, None) == path
+    assert {file.name: file.read_bytes() for file in path.iterdir()} == before
+    other = _chain(6, 8)  # the same range, another history
+    with pytest.raises(SegmentError, match="exists with other content"):
+        write_segment(tmp_path, 0, other, None)
+
+
+def test_a_crash_leaves_no_segment_and_the_next_write_cleans_up(tmp_path: Path) -> None:
+    blocks = _chain(9, 6)
+    # A write killed after some of its files: a temporary directory, half full.
+    leftover = tmp_path / f"{TEMPORARY_PREFIX}segment-0000-x-{'0' * 32}"
+    leftover.mkdir()
+    (leftover / "blocks.parquet").write_bytes(b"PAR1 half a file")
+    assert not any(p.name.startswith("segment-") for p in tmp_path.iterdir())
+    path = write_segment(tmp_path, 0, blocks, None)
+    assert not leftover.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]
+    assert remove_leftovers(tmp_path) == []
+    assert verify_segment(path) == []
+
+
+# ---- tampering ----
+
+
+def _rewrite_manifest(path: Path, **changes: object) -> None:
+    manifest, _ = manifest_of_json(json.loads((path / MANIFEST_NAME).read_bytes()))
+    fields = {name: getattr(manifest, name) for name in Manifest.__dataclass_fields__}
+    fields.update(changes)
+    (path / MANIFEST_NAME).write_bytes(Manifest(**fields).to_json())  # type: ignore[arg-type]
+
+
+def test_a_flipped_byte_is_found_in_its_file(tmp_path: Path) -> None:
+    path = write_segment(tmp_path, 0, _chain(13, 8), None)
+    target = path / "postings.parquet"
+    data = bytearray(target.read_bytes())
+    data[len(data) // 3] ^= 0x01
+    target.write_bytes(bytes(data))
+    findings = verify_segment(path)
+    assert ("file_digest", "postings.parquet") in {(f.code, f.file) for f in findings}
+    assert all(f.segment == path.name for f in findings)
+
+
+def test_an_amount_rewritten_with_matching_digests_is_found_at_its_block(tmp_path: Path) -> None:
+    blocks = _chain(17, 8)
+    victim = next(p for b in blocks for p in b.postings)
+    victim_block = next(b.header.sequence for b in blocks if victim in b.postings)
+    path = write_segment(tmp_path, 0, blocks, None)
+    target = path / "postings.parquet"
+    table = pq.read_table(target)
+    changed = pc.if_else(
+        pc.equal(table["sequence"], victim.sequence),
+        pc.add(table["posted_amount"], 1),
+        table["posted_amount"],
+    )
+    table = table.set_column(
+        table.schema.get_field_index("posted_amount"), "posted_amount", changed
+    )
+    pq.write_table(table, target, compression="zstd")
+    manifest = Segment(path).manifest
+    files = tuple(
+        FileEntry(e.name, target.stat().st_size, _sha256(target), e.row_count)
+        if e.name == "postings.parquet"
+        else e
+        for e in manifest.files
+    )
+    _rewrite_manifest(path, files=files)
+    findings = verify_segment(path)
+    assert [(f.code, f.block) for f in findings] == [("block_hash", victim_block)]
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_a_manifest_edited_without_its_digest_is_found(tmp_path: Path) -> None:
+    path = write_segment(tmp_path, 0, _chain(19, 4), None)
+    document = json.loads((path / MANIFEST_NAME).read_bytes())
+    document["posting_count"] += 1
+    (path / MANIFEST_NAME).write_text(json.dumps(document))
+    codes = {f.code for f in verify_segment(path)}
+    assert {"manifest_digest", "count_mismatch"} <= codes
+    (path / "closures.parquet").unlink()
+    assert ("file_missing", "closures.parquet") in {(f.code, f.file) for f in verify_segment(path)}
+    (path / MANIFEST_NAME).write_text("{not json")
+    assert [f.code for f in verify_segment(path)] == ["manifest_unreadable"]
+
+
+def test_a_chain_of_segments_verifies_and_a_break_between_two_is_found(tmp_path: Path) -> None:
+    state = ChainState()
+    first_blocks = build_chain(state, 1, 5, SIGNER)
+    second_blocks = build_chain(state, 2, 5, SIGNER)
+    third_blocks = build_chain(state, 3, 5, SIGNER)
+    first = write_segment(tmp_path / "good", 0, first_blocks, None)
+    second = write_segment(tmp_path / "good", 0, second_blocks, Segment(first).manifest)
+    third = write_segment(tmp_path / "good", 0, third_blocks, Segment(second).manifest)
+    assert verify_chain([first, second, third]) == []
+    # Left out the middle segment: the third does not follow the first.
+    findings = verify_chain([first, third])
+    assert {f.code for f in findings} == {"previous_segment", "chain_break"}
+    assert {f.segment for f in findings} == {third.name}
+    # A second segment forged onto another history: its own digests fine, its link broken.
+    forged_state = ChainState()
+    forged_first = build_chain(forged_state, 99, 5)
+    forged_second = build_chain(forged_state, 2, 5)
+    other = write_segment(tmp_path / "forged", 0, forged_first, None)
+    forged = write_segment(tmp_path / "forged", 0, forged_second, Segment(other).manifest)
+    assert verify_segment(forged) == []
+    codes = {(f.code, f.block) for f in verify_chain([first, forged])}
+    assert ("chain_break", 6) in codes and ("previous_segment", None) in codes
+
+
+# ---- from what the change stream's reads make ----
+
+
+def test_a_streamed_block_makes_the_same_cold_block(tmp_path: Path) -> None:
+    blocks = _chain(23, 6)
+    for block in blocks:
+        h = block.header
+        streamed = StreamedBlock(
+            h.sequence, h.hash, h.previous_hash, h.created_at_ns,
+            [StreamedTransaction(t.state(), None) for t in block.transactions],
+            list(block.postings), list(block.accounts), list(block.closures),
+        )  # fmt: skip
+        assert from_streamed(h, streamed) == block
+    with pytest.raises(SegmentError, match="another block's"):
+        from_streamed(blocks[1].header, streamed)
+    path = write_segment(tmp_path, 0, blocks, None)
+    assert pa.__version__ and verify_segment(path) == []
