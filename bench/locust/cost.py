@@ -57,7 +57,11 @@ model is the one before the hot/cold split: everything in PostgreSQL on one volu
 from __future__ import annotations
 
 import math
+import tempfile
+import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any, Final
 
 DAYS_PER_YEAR: Final = 365.25
@@ -452,3 +456,36 @@ def bytes_per_row(shards: list[dict[str, dict[str, int]]]) -> tuple[float, float
         total(("accounts",), "bytes") / accounts,
         total(PER_POSTING_RELATIONS, "bytes") / postings,
     )
+
+
+async def cold_segment_sizes(dsns: Sequence[str]) -> dict[str, Any]:
+    """Every shard's journal written as cold segments (core.store.cold, the format old history
+    leaves PostgreSQL in) into a temporary directory: their bytes on disk (every file of every
+    segment, manifest included) and the postings they hold. Reads the databases only."""
+    import asyncpg
+
+    from core.store.cold import archive
+    from core.store.cold.read import Segment
+
+    total_bytes = postings = segments = 0
+    with tempfile.TemporaryDirectory(prefix="tally-cold-") as directory:
+        for dsn in dsns:
+            connection = await asyncpg.connect(dsn, timeout=30.0)
+            try:
+                run = await archive.archive(
+                    connection, Path(directory), created_before_ns=time.time_ns(), timeout_s=300.0
+                )
+            finally:
+                await connection.close(timeout=10.0)
+            for path in run.written:
+                manifest = Segment(path).manifest
+                postings += manifest.posting_count
+                total_bytes += sum(p.stat().st_size for p in path.iterdir() if p.is_file())
+                segments += 1
+    per_posting = round(total_bytes / postings, 1) if postings else None
+    return {
+        "segments": segments,
+        "bytes": total_bytes,
+        "postings": postings,
+        "cold_bytes_per_posting": per_posting,
+    }

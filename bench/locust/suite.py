@@ -453,10 +453,14 @@ async def measure_storage(cluster: Cluster) -> dict[str, Any]:
         return {}
     shards = [await cost.relation_sizes(dsn) for dsn in cluster.shard_dsns]
     per_account, per_posting = cost.bytes_per_row(shards)
+    print("bench: writing every shard's journal as cold segments, for their size", flush=True)
+    cold = await cost.cold_segment_sizes(cluster.shard_dsns)
     return {
         "shards": shards,
         "bytes_per_account": round(per_account, 1),
         "bytes_per_posting": round(per_posting, 1),
+        "cold": cold,
+        "cold_bytes_per_posting": cold["cold_bytes_per_posting"],
     }
 
 

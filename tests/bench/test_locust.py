@@ -392,5 +392,13 @@ def test_report_folder_has_plots_and_cost(bench_run: tuple[Path, dict[str, Any],
     assert results["cost"]["cost_per_account_year_usd"] > 0
     assert results["storage"]["bytes_per_account"] > 0
     assert results["storage"]["bytes_per_posting"] > 0
+    # Every shard's journal was written as cold segments and their size priced as cold bytes.
+    cold = results["storage"]["cold"]
+    assert cold["segments"] >= 2 and cold["postings"] > 0
+    assert (
+        0 < results["storage"]["cold_bytes_per_posting"] < results["storage"]["bytes_per_posting"]
+    )
+    assert results["cost"]["cold_bytes_measured"] is True
+    assert results["cost"]["cold_bytes_per_posting"] == results["storage"]["cold_bytes_per_posting"]
     html = (out / "report.html").read_text()
     assert '<img src="cost_model.png"' in html
