@@ -639,6 +639,14 @@ def add_command(commands: Any) -> None:
         help="an Ed25519 public key journal heads are checked against (repeat for rotated "
         "keys); without one, every audit reports the signed blocks it could not check",
     )
+    sub.add_argument(
+        "--segments",
+        type=Path,
+        default=None,
+        metavar="ROOT",
+        help="the cluster's cold segments (tally segments write --dir ROOT): every audit "
+        "verifies each shard's and holds them against its database (check segments)",
+    )
     add_rpc_concurrency_flag(sub)
     security_flags.add_server_flags(sub)
 
@@ -669,7 +677,7 @@ def run(args: argparse.Namespace) -> int:
         dsns=tuple(dsns),
         listen=args.listen,
         metrics_listen=args.metrics_listen,
-        audit=AuditConfig(verify_keys=keys),
+        audit=AuditConfig(verify_keys=keys, segments_root=args.segments),
         security=security,
         rpc_concurrency_max=args.rpc_concurrency_max,
     )

@@ -12,8 +12,12 @@ from pathlib import Path
 
 import asyncpg
 
+from core.audit import AuditConfig
 from core.store.cold import archive
 from core.store.cold.read import Segment
+from shards.audit.server import AuditServer, AuditServiceConfig
+from tally.v1 import audit_pb2 as apb
+from tally.v1 import audit_pb2_grpc as apb_grpc
 from tally.v1 import ledger_pb2 as pb
 from tests.support import security, streams
 from tests.support.audit_commands import audit_json
@@ -118,6 +122,7 @@ async def test_segments_hold_the_journal_continue_it_and_name_what_was_altered(
     assert code == 1 and [p["kind"] for p in named] == ["segment_altered"], report
     assert named[0]["check"] == "segments"
     assert grown[1].name in named[0]["message"] and "postings.parquet" in named[0]["message"]
+    assert await _served_kinds(dsn, root) == [apb.FINDING_KIND_SEGMENT_ALTERED]
     target.write_bytes(original)
     # Segments consistent in themselves but not this database's journal: the database witnesses.
     other = tmp_path / "other"
@@ -133,6 +138,28 @@ async def test_segments_hold_the_journal_continue_it_and_name_what_was_altered(
     assert code == 2 and "has with another hash" in err, err
     code, _, err = await _tally(dsn, "write", "--dir", str(other), "--older-than", "soon")
     assert code == 2 and "--older-than 'soon'" in err, err
+
+
+async def _served_kinds(dsn: str, root: Path) -> list[int]:
+    """The finding kinds the audit server (tally audit-serve --segments ROOT) reports."""
+    config = AuditServiceConfig(
+        dsns=(dsn,),
+        listen="127.0.0.1:0",
+        audit=AuditConfig(segments_root=root),
+        security=security.server_security(),
+    )
+    server = AuditServer(config)
+    port = await server.start()
+    task = asyncio.create_task(server.run())
+    try:
+        async with security.channel(f"127.0.0.1:{port}") as channel:
+            report = await apb_grpc.AuditStub(channel).RunAudit(
+                apb.RunAuditRequest(), timeout=TIMEOUT_S
+            )
+    finally:
+        server.request_stop()
+        await asyncio.wait_for(task, timeout=30)
+    return [finding.kind for finding in report.findings]
 
 
 async def _fresh_database(dsn: str) -> str:
