@@ -3,7 +3,7 @@ signatures (tests/support/cold_chains.py builds chains as a writer would).
 
 Measured (not asserted) with test_a_large_segment's shape printed under `pytest -s`: a segment
 of 100,000 postings (50,000 two-leg transactions in 500 blocks, ids as `cust-N/acc-...` and
-`tx-...`, amounts up to 10^9) is about 27 bytes per posting, the whole segment (every file,
+`tx-...`, amounts up to 10^9) is about 49.5 bytes per posting, the whole segment (every file,
 the transactions and blocks included) divided by its postings.
 """
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import random
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import pyarrow as pa
@@ -39,6 +40,7 @@ from core.store.stream import StreamedBlock, StreamedTransaction
 from tests.support.cold_chains import ChainState, build_block, build_chain
 
 SIGNER = signing.Signer(signing.generate())
+VERIFIER = signing.Verifier((signing.VerifyKey(SIGNER.key_id, SIGNER.public_key),))
 PROPERTY = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -66,10 +68,7 @@ def test_a_segment_reads_back_as_written(seed: int, block_count: int) -> None:
         for written, back in zip(blocks, read, strict=True):
             assert back.lines() == written.lines()
             assert back.recomputed_hash() == written.header.hash
-        verifier = signing.Verifier((signing.VerifyKey(SIGNER.key_id, SIGNER.public_key),))
-        for block in read:
-            h = block.header
-            assert verifier.problem(0, h.sequence, h.hash, h.key_id, h.signature) == ""
+        assert verify_segment(path, "", VERIFIER) == []
         manifest = Segment(path).manifest
         assert (manifest.first_block, manifest.last_block) == (1, block_count)
         assert manifest.first_previous_hash == journal.GENESIS_HASH
@@ -170,7 +169,7 @@ def test_non_contiguous_or_wrongly_hashed_blocks_are_refused(tmp_path: Path) -> 
         )  # fmt: skip
     else:
         tampered[2] = ColdBlock(
-            blocks[2].header._replace(hash=bytes(32)), blocks[2].accounts,
+            replace(blocks[2].header, hash=bytes(32)), blocks[2].accounts,
             blocks[2].transactions, blocks[2].postings, blocks[2].closures,
         )  # fmt: skip
     with pytest.raises(SegmentError, match="block 3"):
@@ -322,3 +321,28 @@ def test_a_streamed_block_makes_the_same_cold_block(tmp_path: Path) -> None:
         from_streamed(blocks[1].header, streamed)
     path = write_segment(tmp_path, 0, blocks, None)
     assert pa.__version__ and verify_segment(path) == []
+
+
+def test_a_signature_that_does_not_verify_is_found_at_its_block(tmp_path: Path) -> None:
+    blocks = _chain(29, 5)
+    other = signing.Signer(signing.generate())
+    h = blocks[3].header
+    forged = replace(h, key_id=other.key_id, signature=other.sign(1, h.sequence, h.hash))
+    blocks[3] = ColdBlock(
+        forged, blocks[3].accounts, blocks[3].transactions, blocks[3].postings, blocks[3].closures
+    )
+    path = write_segment(tmp_path, 0, blocks, None)
+    assert verify_segment(path) == []  # the hashes hold; the signature needs the keys
+    findings = verify_segment(path, None, VERIFIER)
+    assert [(f.code, f.block) for f in findings] == [("signature", 4)]
+
+
+def test_a_truncated_file_is_found_unreadable(tmp_path: Path) -> None:
+    path = write_segment(tmp_path, 0, _chain(31, 5), None)
+    target = path / "transactions.parquet"
+    target.write_bytes(target.read_bytes()[:100])
+    found = {(f.code, f.file) for f in verify_segment(path)}
+    assert {
+        ("file_size", "transactions.parquet"),
+        ("file_unreadable", "transactions.parquet"),
+    } <= found

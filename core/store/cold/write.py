@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 
 from core import journal
 from core.store.cold.format import (
+    DELTA_COLUMNS,
     FILE_NAMES,
     MANIFEST_NAME,
     ROW_GROUP_ROW_COUNT,
@@ -163,13 +164,15 @@ def _write_files(
     for name, table in to_tables(blocks).items():
         path = temporary / name
         sorting = [pq.SortingColumn(SCHEMAS[name].get_field_index(k)) for k in SORT_KEYS[name]]
+        delta = DELTA_COLUMNS[name]
         pq.write_table(
             table,
             path,
             row_group_size=ROW_GROUP_ROW_COUNT,
             compression="zstd",
             compression_level=ZSTD_LEVEL,
-            use_dictionary=True,
+            use_dictionary=[column for column in table.schema.names if column not in delta],
+            column_encoding=dict.fromkeys(delta, "DELTA_BINARY_PACKED"),
             write_statistics=True,
             sorting_columns=sorting,
         )
