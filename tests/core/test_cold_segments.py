@@ -245,9 +245,8 @@ def test_an_amount_rewritten_with_matching_digests_is_found_at_its_block(tmp_pat
         pc.add(table["posted_amount"], 1),
         table["posted_amount"],
     )
-    table = table.set_column(
-        table.schema.get_field_index("posted_amount"), "posted_amount", changed
-    )
+    index = table.schema.get_field_index("posted_amount")
+    table = table.set_column(index, table.schema.field(index), changed)
     pq.write_table(table, target, compression="zstd")
     manifest = Segment(path).manifest
     files = tuple(

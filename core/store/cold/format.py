@@ -44,7 +44,13 @@ ZSTD_LEVEL: Final = 9
 SEGMENT_ROW_COUNT_MAX: Final = 2_000_000
 SEGMENT_BLOCK_COUNT_MAX: Final = 100_000
 
-BLOCKS_SCHEMA: Final = pa.schema(
+
+def _schema(columns: list[tuple[str, pa.DataType]], nullable: tuple[str, ...] = ()) -> pa.Schema:
+    """Columns are required (a null is no journal value) but those named nullable."""
+    return pa.schema([pa.field(name, kind, nullable=name in nullable) for name, kind in columns])
+
+
+BLOCKS_SCHEMA: Final = _schema(
     [
         ("sequence", pa.int64()),
         ("previous_hash", pa.binary(32)),
@@ -61,7 +67,7 @@ BLOCKS_SCHEMA: Final = pa.schema(
         ("closure_count", pa.int32()),
     ]
 )
-ACCOUNTS_SCHEMA: Final = pa.schema(
+ACCOUNTS_SCHEMA: Final = _schema(
     [
         ("block_sequence", pa.int64()),
         ("position", pa.int32()),
@@ -73,7 +79,7 @@ ACCOUNTS_SCHEMA: Final = pa.schema(
         ("created_at_ns", pa.int64()),
     ]
 )
-TRANSACTIONS_SCHEMA: Final = pa.schema(
+TRANSACTIONS_SCHEMA: Final = _schema(
     [
         ("id", pa.string()),
         ("block_sequence", pa.int64()),
@@ -88,9 +94,10 @@ TRANSACTIONS_SCHEMA: Final = pa.schema(
         # Null: the legs as submitted were applied.
         ("applied_legs", pa.string()),
         ("timestamp_ns", pa.int64()),
-    ]
+    ],
+    nullable=("applied_legs",),
 )
-POSTINGS_SCHEMA: Final = pa.schema(
+POSTINGS_SCHEMA: Final = _schema(
     [
         ("account_id", pa.string()),
         ("sequence", pa.int64()),
@@ -106,7 +113,7 @@ POSTINGS_SCHEMA: Final = pa.schema(
         ("credits_pending_after", pa.int64()),
     ]
 )
-CLOSURES_SCHEMA: Final = pa.schema(
+CLOSURES_SCHEMA: Final = _schema(
     [
         ("block_sequence", pa.int64()),
         ("position", pa.int32()),

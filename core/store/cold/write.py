@@ -124,7 +124,7 @@ def write_segment(
     if final.exists():
         if _holds(final, blocks, previous_digest):
             return final
-        raise SegmentError(f"segment {name} exists with other content")
+        raise SegmentError(f"segment {name} exists with other content (or does not verify)")
     temporary = directory / f"{TEMPORARY_PREFIX}{name}-{uuid.uuid4().hex}"
     temporary.mkdir()
     try:
