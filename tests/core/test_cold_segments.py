@@ -23,7 +23,19 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from core import journal, signing
-from core.model import Posting
+from core.journal import BlockHeader
+from core.model import (
+    SUCCESS_CODES,
+    AccountSpec,
+    AccountState,
+    CloseSpec,
+    Kind,
+    Leg,
+    Posting,
+    TransactionSpec,
+    TransactionState,
+)
+from core.state import Batch, Item, JournalPosition
 from core.store.cold.format import (
     MANIFEST_NAME,
     ColdBlock,
@@ -36,8 +48,10 @@ from core.store.cold.format import (
 from core.store.cold.read import Segment
 from core.store.cold.verify import verify_chain, verify_segment
 from core.store.cold.write import TEMPORARY_PREFIX, remove_leftovers, write_segment
-from core.store.stream import StreamedBlock, StreamedTransaction
-from tests.support.cold_chains import ChainState, build_block, build_chain
+from core.store.shard import build_block
+from core.store.stream import StreamedBlock, StreamedTransaction, committed_block
+from tests.support.cold_chains import ChainState, build_chain
+from tests.support.cold_chains import build_block as build_cold_block
 
 SIGNER = signing.Signer(signing.generate())
 VERIFIER = signing.Verifier((signing.VerifyKey(SIGNER.key_id, SIGNER.public_key),))
@@ -129,10 +143,10 @@ def test_a_large_segment_prunes_row_groups_and_measures_its_bytes(tmp_path: Path
     """Many row groups: reads still answer exactly; prints the bytes per posting."""
     state = ChainState()
     rng = random.Random(3)
-    first = [build_block(state, rng, None, account_count=2_000, transaction_count_max=0)]
+    first = [build_cold_block(state, rng, None, account_count=2_000, transaction_count_max=0)]
     pool = sorted(state.counters)
     blocks = first + [
-        build_block(state, rng, None, transaction_count_max=200, account_pool=pool)
+        build_cold_block(state, rng, None, transaction_count_max=200, account_pool=pool)
         for _ in range(500)
     ]
     path = write_segment(tmp_path, 0, blocks, None)
@@ -345,3 +359,72 @@ def test_a_truncated_file_is_found_unreadable(tmp_path: Path) -> None:
         ("file_size", "transactions.parquet"),
         ("file_unreadable", "transactions.parquet"),
     } <= found
+
+
+# ---- from the writer's own path: the state machine, build_block, committed_block ----
+
+
+def _writer_chain(signer: signing.Signer) -> tuple[list[ColdBlock], list[bytes]]:
+    """Blocks as a node commits them (core.state.Batch, core.store.shard.build_block) and as
+    the change stream makes them of what the writer held (core.store.stream.committed_block),
+    with the bodies the writer hashed."""
+
+    def transfer(id_: str, kind: Kind, debit: str, credit: str, amount: int) -> TransactionSpec:
+        legs = (Leg(debit, True, amount, "USD"), Leg(credit, False, amount, "USD"))
+        timeout = 60 if kind is Kind.PENDING else 0
+        return TransactionSpec(id_, kind, legs, 3, (("why", "rent|é"),), "2026-12-07", timeout, "")
+
+    batches: list[list[Item]] = [
+        [AccountSpec(f"cust-{n}/deposit", "USD", 1, n % 2 == 0, False, ()) for n in range(5)]
+        + [AccountSpec("@bank/cash", "USD", 9, False, False, (("branch", "é|1"),))],
+        [
+            transfer(f"tx-{n}", Kind.ORDINARY, "@bank/cash", f"cust-{n}/deposit", 1_000 + n)
+            for n in range(4)
+        ],
+        [
+            transfer("hold-1", Kind.PENDING, "cust-0/deposit", "cust-1/deposit", 300),
+            CloseSpec("cust-4/deposit"),
+        ],
+        [TransactionSpec("post-1", Kind.POST_PENDING, (), 0, (), "", 0, "hold-1")],
+    ]
+    accounts: dict[str, AccountState | None] = {}
+    transactions: dict[str, TransactionState | None] = {}
+    previous = BlockHeader(0, journal.GENESIS_HASH, journal.GENESIS_HASH, 0, 0, 1, 0)
+    position = JournalPosition(1, 0)
+    blocks, bodies = [], []
+    for number, items in enumerate(batches):
+        for item in items:  # what the writer loads for a batch (None: not there)
+            if isinstance(item, TransactionSpec):
+                transactions.setdefault(item.id, None)
+                for leg in item.legs:
+                    accounts.setdefault(leg.account_id, None)
+            elif isinstance(item, AccountSpec):
+                accounts.setdefault(item.id, None)
+            elif isinstance(item, CloseSpec):
+                accounts.setdefault(item.account_id, None)
+        batch = Batch(accounts, transactions, position, 1_800_000_000_000_000_000 + number)
+        results = batch.apply([[item] for item in items])
+        assert all(r.code in SUCCESS_CODES for rs in results for r in rs), results
+        writes, position = batch.out, batch.position
+        block = build_block(writes, previous, 1, position.next_posting_sequence,
+                            position.last_timestamp_ns, 1_800_000_000_000_000_000 + number,
+                            signer)  # fmt: skip
+        accounts.update({a.spec.id: a for a in writes.new_accounts}, **writes.changed_accounts)
+        transactions.update({t.spec.id: t for t in writes.new_transactions})
+        transactions.update(writes.changed_transactions)
+        page = committed_block(block.header, writes, dict(accounts), dict(transactions))
+        blocks.append(from_streamed(block.header, page.blocks[0]))
+        bodies.append(block.body)
+        previous = block.header
+    return blocks, bodies
+
+
+def test_blocks_as_the_writer_commits_them_make_a_segment(tmp_path: Path) -> None:
+    blocks, bodies = _writer_chain(SIGNER)
+    assert [len(b.postings) for b in blocks] == [0, 8, 2, 2]
+    assert blocks[2].closures and blocks[3].transactions[0].spec.kind is Kind.POST_PENDING
+    path = write_segment(tmp_path, 0, blocks, None)
+    assert verify_segment(path, "", VERIFIER) == []
+    read = Segment(path).blocks()
+    assert [journal.block_body(b.lines()) for b in read] == bodies
+    assert Segment(path).transaction("hold-1") == (blocks[2].transactions[0], 3)
