@@ -9,6 +9,7 @@ the transactions and blocks included) divided by its postings.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import tempfile
@@ -247,37 +248,40 @@ def test_a_flipped_byte_is_found_in_its_file(tmp_path: Path) -> None:
     assert all(f.segment == path.name for f in findings)
 
 
+def _add_one(path: Path, name: str, column: str, key_column: str, key: int) -> None:
+    """Add 1 to column in the row of the file whose key_column is key, and update the
+    manifest's size and SHA-256 of the file (and so its digest) to match: a forger's edit."""
+    target = path / name
+    table = pq.read_table(target)
+    changed = pc.if_else(pc.equal(table[key_column], key), pc.add(table[column], 1), table[column])
+    index = table.schema.get_field_index(column)
+    table = table.set_column(index, table.schema.field(index), changed)
+    pq.write_table(table, target, compression="zstd")
+    digest = hashlib.sha256(target.read_bytes()).hexdigest()
+    files = tuple(
+        FileEntry(e.name, target.stat().st_size, digest, e.row_count) if e.name == name else e
+        for e in Segment(path).manifest.files
+    )
+    _rewrite_manifest(path, files=files)
+
+
 def test_an_amount_rewritten_with_matching_digests_is_found_at_its_block(tmp_path: Path) -> None:
     blocks = _chain(17, 8)
     victim = next(p for b in blocks for p in b.postings)
     victim_block = next(b.header.sequence for b in blocks if victim in b.postings)
     path = write_segment(tmp_path, 0, blocks, None)
-    target = path / "postings.parquet"
-    table = pq.read_table(target)
-    changed = pc.if_else(
-        pc.equal(table["sequence"], victim.sequence),
-        pc.add(table["posted_amount"], 1),
-        table["posted_amount"],
-    )
-    index = table.schema.get_field_index("posted_amount")
-    table = table.set_column(index, table.schema.field(index), changed)
-    pq.write_table(table, target, compression="zstd")
-    manifest = Segment(path).manifest
-    files = tuple(
-        FileEntry(e.name, target.stat().st_size, _sha256(target), e.row_count)
-        if e.name == "postings.parquet"
-        else e
-        for e in manifest.files
-    )
-    _rewrite_manifest(path, files=files)
+    _add_one(path, "postings.parquet", "posted_amount", "sequence", victim.sequence)
     findings = verify_segment(path)
     assert [(f.code, f.block) for f in findings] == [("block_hash", victim_block)]
 
 
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+def test_a_header_field_outside_the_hash_rewritten_is_found(tmp_path: Path) -> None:
+    """next_posting_sequence is not hashed: its check is the postings' range."""
+    blocks = _chain(37, 6)
+    path = write_segment(tmp_path, 0, blocks, None)
+    _add_one(path, "blocks.parquet", "next_posting_sequence", "sequence", 3)
+    findings = verify_segment(path)
+    assert {(f.code, f.block) for f in findings} == {("posting_range", 3), ("posting_range", 4)}
 
 
 def test_a_manifest_edited_without_its_digest_is_found(tmp_path: Path) -> None:

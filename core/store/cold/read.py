@@ -33,6 +33,18 @@ class Segment:
         self._manifest: Manifest | None = None
         self._files: dict[str, Any] = {}
 
+    def close(self) -> None:
+        """Close the files opened so far (a later read opens them again)."""
+        for file in self._files.values():
+            file.close()
+        self._files.clear()
+
+    def __enter__(self) -> Segment:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
     @property
     def manifest(self) -> Manifest:
         if self._manifest is None:

@@ -30,7 +30,7 @@ from core.store.cold.tables import blocks_of, headers_of
 class Finding:
     # manifest_missing, manifest_unreadable, manifest_digest, format_unknown, file_missing,
     # file_size, file_digest, file_unreadable, schema, count_mismatch, block_hash,
-    # chain_break, range_mismatch, previous_segment, signature.
+    # chain_break, range_mismatch, posting_range, previous_segment, signature.
     code: str
     message: str
     block: int | None = None
@@ -253,6 +253,28 @@ def _one_block_findings(
         elif header.previous_hash != before.header.hash:
             message = f"block {sequence}'s previous hash is not block {sequence - 1}'s hash"
             findings.append(Finding("chain_break", message, sequence))
+    findings.extend(_posting_range_findings(block, before))
+    return findings
+
+
+def _posting_range_findings(block: ColdBlock, before: ColdBlock | None) -> list[Finding]:
+    """A block's postings are the sequences from where the block before ended to where its
+    own header ends (the order of its P lines, and what core.store.stream reads by)."""
+    header = block.header
+    first = header.next_posting_sequence - len(block.postings)
+    findings = []
+    if [p.sequence for p in block.postings] != list(range(first, header.next_posting_sequence)):
+        message = (
+            f"block {header.sequence}'s postings are not the sequences {first}.."
+            f"{header.next_posting_sequence - 1}"
+        )
+        findings.append(Finding("posting_range", message, header.sequence))
+    if before is not None and first != before.header.next_posting_sequence:
+        message = (
+            f"block {header.sequence}'s postings start at {first}, block "
+            f"{before.header.sequence}'s ended before {before.header.next_posting_sequence}"
+        )
+        findings.append(Finding("posting_range", message, header.sequence))
     return findings
 
 

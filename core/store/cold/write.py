@@ -154,7 +154,8 @@ def _holds(path: Path, blocks: Sequence[ColdBlock], previous_digest: str) -> boo
     """Whether the segment at path verifies and holds exactly these blocks."""
     if verify_segment(path, previous_digest):
         return False
-    return Segment(path).blocks() == list(blocks)
+    with Segment(path) as segment:
+        return segment.blocks() == list(blocks)
 
 
 def _write_files(
