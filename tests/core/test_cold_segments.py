@@ -49,7 +49,7 @@ from core.store.cold.format import (
     from_streamed,
     manifest_of_json,
 )
-from core.store.cold.read import Segment
+from core.store.cold.read import Segment, segment_paths
 from core.store.cold.verify import verify_chain, verify_segment
 from core.store.cold.write import TEMPORARY_PREFIX, remove_leftovers, write_segment
 from core.store.shard import build_block
@@ -181,7 +181,7 @@ def test_a_chain_cut_into_segments_verifies_and_reads_back_whole(seed: int, cuts
         for start, end in itertools.pairwise(bounds):
             previous = Segment(paths[-1]).manifest if paths else None
             paths.append(write_segment(Path(directory), 0, blocks[start:end], previous))
-        assert sorted(paths) == paths  # names sort in journal order
+        assert segment_paths(Path(directory)) == paths  # names sort in journal order
         assert verify_chain(paths, VERIFIER) == []
         assert [b for path in paths for b in Segment(path).blocks()] == blocks
 
@@ -237,8 +237,9 @@ def test_a_crash_leaves_no_segment_and_the_next_write_cleans_up(tmp_path: Path) 
     leftover = tmp_path / f"{TEMPORARY_PREFIX}segment-0000-x-{'0' * 32}"
     leftover.mkdir()
     (leftover / "blocks.parquet").write_bytes(b"PAR1 half a file")
-    assert not any(p.name.startswith("segment-") for p in tmp_path.iterdir())
+    assert segment_paths(tmp_path) == []  # ignored: never read as a segment
     path = write_segment(tmp_path, 0, blocks, None)
+    assert segment_paths(tmp_path) == [path]
     assert not leftover.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]
     assert remove_leftovers(tmp_path) == []

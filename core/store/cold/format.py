@@ -322,6 +322,9 @@ def manifest_of_json(document: dict[str, Any]) -> tuple[Manifest, str]:
     return manifest, str(document["digest"])
 
 
+SEGMENT_PREFIX: Final = "segment-"
+
+
 def segment_name(shard: int, first_block: int, last_block: int) -> str:
     """A segment's directory name: zero-padded, so names sort in journal order."""
-    return f"segment-{shard:04d}-{first_block:016d}-{last_block:016d}"
+    return f"{SEGMENT_PREFIX}{shard:04d}-{first_block:016d}-{last_block:016d}"
