@@ -1,7 +1,8 @@
 """The audit's check `segments` (findings 1101-1103): a shard's cold segments verified and held
 against its database (core/store/cold; `tally audit --segments ROOT`).
 
-Each segment's manifest, files and blocks (every block's hash from its lines), each link from
+Each segment's manifest, files and blocks (every block's hash from its lines, its signature
+given the audit's verify keys), each link from
 one segment to the next, and every block a segment holds that the database still has, whose
 hash must be the database's: a segment altered and made consistent again is still named, by the
 database. Skipped without AuditConfig.segments_root.
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Final
 
+from core import signing
 from core.audit.findings import About, AuditConfig, FindingKind, FindingLog
 from core.store.cold import archive
 from core.store.cold.verify import Finding
@@ -34,7 +36,9 @@ async def check_segments(connection: Any, config: AuditConfig, log: FindingLog) 
         return
     timeout_s = config.statement_timeout_s
     shard = await archive.shard_of(connection, timeout_s)
-    _, findings = await archive.verify_shard(connection, config.segments_root, shard, timeout_s)
+    verifier = signing.Verifier(config.verify_keys) if config.verify_keys else None
+    root = config.segments_root
+    _, findings = await archive.verify_shard(connection, root, shard, timeout_s, verifier)
     for finding in findings:
         where = ", ".join(part for part in (finding.segment, finding.file) if part)
         log.add(

@@ -11,5 +11,6 @@ May import: core, core.store, pyarrow.
 Public face: format (ColdBlock, ColdTransaction, Manifest, the files' schemas; a block from
 what core.store.stream reads), write (write_segment), verify (verify_segment, verify_chain,
 Finding) and read (Segment: blocks of a range, an account's postings, balance at a time, a
-transaction by id). Nothing wires them into the node or the API yet.
+transaction by id; segment_paths: a directory's segments in journal order). Nothing wires
+them into the node or the API yet.
 """

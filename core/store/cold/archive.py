@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from core import signing
 from core.journal import BlockHeader
 from core.store import stream
 from core.store.cold.format import (
@@ -28,9 +29,9 @@ from core.store.cold.format import (
     SegmentError,
     from_streamed,
 )
-from core.store.cold.read import Segment
+from core.store.cold.read import Segment, segment_paths
 from core.store.cold.verify import Finding, read_manifest, verify_chain
-from core.store.cold.write import TEMPORARY_PREFIX, write_segment
+from core.store.cold.write import write_segment
 
 Connection = Any  # asyncpg.Connection
 
@@ -66,19 +67,6 @@ def shard_directories(root: Path) -> dict[int, Path]:
         if path.is_dir() and path.name.startswith("shard-") and number.isdigit():
             found[int(number)] = path
     return dict(sorted(found.items()))
-
-
-def segment_paths(directory: Path) -> list[Path]:
-    """The directory's segments (not a writer's temporary names), in block order."""
-    if not directory.is_dir():
-        return []
-    found = []
-    for path in directory.iterdir():
-        if path.is_dir() and not path.name.startswith(TEMPORARY_PREFIX):
-            manifest, findings = read_manifest(path)
-            if manifest is not None and not findings:
-                found.append((manifest.first_block, path))
-    return [path for _, path in sorted(found)]
 
 
 def last_manifest(directory: Path) -> Manifest | None:
@@ -237,12 +225,17 @@ async def compare(connection: Connection, paths: list[Path], timeout_s: float) -
 
 
 async def verify_shard(
-    connection: Connection | None, root: Path, shard: int, timeout_s: float
+    connection: Connection | None,
+    root: Path,
+    shard: int,
+    timeout_s: float,
+    verifier: signing.Verifier | None = None,
 ) -> tuple[list[Path], list[Finding]]:
     """A shard's segments under root and what is wrong with them: each segment and each link
-    (verify_chain) and, given its database, every block held against it (compare)."""
+    (verify_chain, with the blocks' signatures given a verifier) and, given its database, every
+    block held against it (compare)."""
     paths = segment_paths(shard_directory(root, shard))
-    findings = verify_chain(paths)
+    findings = verify_chain(paths, verifier)
     if connection is not None and paths:
         findings += await compare(connection, paths, timeout_s)
     return paths, findings

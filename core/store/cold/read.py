@@ -17,12 +17,27 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from core.model import Posting
-from core.store.cold.format import FILE_NAMES, ColdBlock, ColdTransaction, Manifest, SegmentError
+from core.store.cold.format import (
+    FILE_NAMES,
+    SEGMENT_PREFIX,
+    ColdBlock,
+    ColdTransaction,
+    Manifest,
+    SegmentError,
+)
 from core.store.cold.tables import blocks_of, headers_of, posting_of, transaction_of
 from core.store.cold.verify import read_manifest
 
 # The most postings one history read returns (a page of the API is far smaller).
 POSTING_READ_COUNT_MAX: Final = 10_000
+
+
+def segment_paths(directory: Path) -> list[Path]:
+    """The segments in directory, in journal order (their names sort so); what a crashed write
+    left under a temporary name is not one of them."""
+    if not directory.is_dir():
+        return []
+    return sorted(path for path in directory.glob(f"{SEGMENT_PREFIX}*") if path.is_dir())
 
 
 class Segment:
@@ -32,6 +47,18 @@ class Segment:
         self.path = path
         self._manifest: Manifest | None = None
         self._files: dict[str, Any] = {}
+
+    def close(self) -> None:
+        """Close the files opened so far (a later read opens them again)."""
+        for file in self._files.values():
+            file.close()
+        self._files.clear()
+
+    def __enter__(self) -> Segment:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
 
     @property
     def manifest(self) -> Manifest:

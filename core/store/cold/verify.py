@@ -13,7 +13,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from core import journal
+from core import journal, signing
 from core.store.cold.format import (
     FILE_NAMES,
     FORMAT,
@@ -30,7 +30,7 @@ from core.store.cold.tables import blocks_of, headers_of
 class Finding:
     # manifest_missing, manifest_unreadable, manifest_digest, format_unknown, file_missing,
     # file_size, file_digest, file_unreadable, schema, count_mismatch, block_hash,
-    # chain_break, range_mismatch, previous_segment.
+    # chain_break, range_mismatch, posting_range, previous_segment, signature.
     code: str
     message: str
     block: int | None = None
@@ -63,12 +63,15 @@ def read_manifest(path: Path) -> tuple[Manifest | None, list[Finding]]:
 
 
 def verify_segment(
-    path: Path, expected_previous_manifest_digest: str | None = None
+    path: Path,
+    expected_previous_manifest_digest: str | None = None,
+    verifier: signing.Verifier | None = None,
 ) -> list[Finding]:
     """Everything wrong with the segment at path (empty: it verifies): its manifest, each
     file's size and SHA-256, that each file reads with its schema, the row counts, every
     block's hash recomputed from its rows, the chain inside it, and, when given, the previous
-    segment's manifest digest it must name."""
+    segment's manifest digest it must name and the verify keys its signed blocks' signatures
+    must verify with (unsigned blocks are the audit's to judge)."""
     manifest, findings = read_manifest(path)
     if manifest is None:
         return _named(findings, path)
@@ -85,7 +88,7 @@ def verify_segment(
     tables, unreadable = _read_tables(path, manifest)
     findings.extend(unreadable)
     if tables is not None:
-        findings.extend(_content_findings(manifest, tables))
+        findings.extend(_content_findings(manifest, tables, verifier))
     return _named(findings, path)
 
 
@@ -153,7 +156,9 @@ def _read_tables(path: Path, manifest: Manifest) -> tuple[dict[str, Any] | None,
     return tables, []
 
 
-def _content_findings(manifest: Manifest, tables: dict[str, pa.Table]) -> list[Finding]:
+def _content_findings(
+    manifest: Manifest, tables: dict[str, pa.Table], verifier: signing.Verifier | None
+) -> list[Finding]:
     findings = _total_findings(manifest, tables)
     try:
         blocks = blocks_of(tables)
@@ -162,6 +167,8 @@ def _content_findings(manifest: Manifest, tables: dict[str, pa.Table]) -> list[F
     except (ValueError, KeyError, TypeError, IndexError) as error:
         return [*findings, Finding("file_unreadable", f"rows are not records: {error!r}")]
     findings.extend(_block_findings(manifest, blocks, counts))
+    if verifier is not None:
+        findings.extend(_signature_findings(manifest.shard, blocks, verifier))
     held = (
         ("accounts.parquet", sum(len(b.accounts) for b in blocks)),
         ("transactions.parquet", sum(len(b.transactions) for b in blocks)),
@@ -246,10 +253,46 @@ def _one_block_findings(
         elif header.previous_hash != before.header.hash:
             message = f"block {sequence}'s previous hash is not block {sequence - 1}'s hash"
             findings.append(Finding("chain_break", message, sequence))
+    findings.extend(_posting_range_findings(block, before))
     return findings
 
 
-def verify_chain(paths: Sequence[Path]) -> list[Finding]:
+def _posting_range_findings(block: ColdBlock, before: ColdBlock | None) -> list[Finding]:
+    """A block's postings are the sequences from where the block before ended to where its
+    own header ends (the order of its P lines, and what core.store.stream reads by)."""
+    header = block.header
+    first = header.next_posting_sequence - len(block.postings)
+    findings = []
+    if [p.sequence for p in block.postings] != list(range(first, header.next_posting_sequence)):
+        message = (
+            f"block {header.sequence}'s postings are not the sequences {first}.."
+            f"{header.next_posting_sequence - 1}"
+        )
+        findings.append(Finding("posting_range", message, header.sequence))
+    if before is not None and first != before.header.next_posting_sequence:
+        message = (
+            f"block {header.sequence}'s postings start at {first}, block "
+            f"{before.header.sequence}'s ended before {before.header.next_posting_sequence}"
+        )
+        findings.append(Finding("posting_range", message, header.sequence))
+    return findings
+
+
+def _signature_findings(
+    shard: int, blocks: list[ColdBlock], verifier: signing.Verifier
+) -> list[Finding]:
+    findings = []
+    for block in blocks:
+        h = block.header
+        if not h.key_id and not h.signature:
+            continue
+        problem = verifier.problem(shard, h.sequence, h.hash, h.key_id, h.signature)
+        if problem:
+            findings.append(Finding("signature", f"block {h.sequence}: {problem}", h.sequence))
+    return findings
+
+
+def verify_chain(paths: Sequence[Path], verifier: signing.Verifier | None = None) -> list[Finding]:
     """Every finding of each segment, and of each link between consecutive ones: same shard,
     the next block, its first previous hash the last hash before, the previous manifest's
     digest named. The first segment's predecessor is not checked unless it names none (then it
@@ -258,7 +301,7 @@ def verify_chain(paths: Sequence[Path]) -> list[Finding]:
     previous: Manifest | None = None
     for path in paths:
         expected = previous.digest() if previous is not None else None
-        findings.extend(verify_segment(path, expected))
+        findings.extend(verify_segment(path, expected, verifier))
         manifest, _ = read_manifest(path)
         if manifest is None:
             previous = None

@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 
 from core import journal
 from core.store.cold.format import (
+    DELTA_COLUMNS,
     FILE_NAMES,
     MANIFEST_NAME,
     ROW_GROUP_ROW_COUNT,
@@ -123,7 +124,7 @@ def write_segment(
     if final.exists():
         if _holds(final, blocks, previous_digest):
             return final
-        raise SegmentError(f"segment {name} exists with other content")
+        raise SegmentError(f"segment {name} exists with other content (or does not verify)")
     temporary = directory / f"{TEMPORARY_PREFIX}{name}-{uuid.uuid4().hex}"
     temporary.mkdir()
     try:
@@ -153,7 +154,8 @@ def _holds(path: Path, blocks: Sequence[ColdBlock], previous_digest: str) -> boo
     """Whether the segment at path verifies and holds exactly these blocks."""
     if verify_segment(path, previous_digest):
         return False
-    return Segment(path).blocks() == list(blocks)
+    with Segment(path) as segment:
+        return segment.blocks() == list(blocks)
 
 
 def _write_files(
@@ -163,13 +165,15 @@ def _write_files(
     for name, table in to_tables(blocks).items():
         path = temporary / name
         sorting = [pq.SortingColumn(SCHEMAS[name].get_field_index(k)) for k in SORT_KEYS[name]]
+        delta = DELTA_COLUMNS[name]
         pq.write_table(
             table,
             path,
             row_group_size=ROW_GROUP_ROW_COUNT,
             compression="zstd",
             compression_level=ZSTD_LEVEL,
-            use_dictionary=True,
+            use_dictionary=[column for column in table.schema.names if column not in delta],
+            column_encoding=dict.fromkeys(delta, "DELTA_BINARY_PACKED"),
             write_statistics=True,
             sorting_columns=sorting,
         )

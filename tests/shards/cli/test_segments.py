@@ -13,8 +13,7 @@ from pathlib import Path
 import asyncpg
 
 from core.audit import AuditConfig
-from core.store.cold import archive
-from core.store.cold.read import Segment
+from core.store.cold.read import Segment, segment_paths
 from shards.audit.server import AuditServer, AuditServiceConfig
 from tally.v1 import audit_pb2 as apb
 from tally.v1 import audit_pb2_grpc as apb_grpc
@@ -76,12 +75,12 @@ async def test_segments_hold_the_journal_continue_it_and_name_what_was_altered(
     root = tmp_path / "segments"
     directory = root / "shard-0"  # a node without a control database is shard 0
     code, out, err = await _tally(dsn, "write", "--dir", str(root), "--older-than", "1d")
-    assert (code, archive.segment_paths(directory)) == (0, []), err  # every block is recent
+    assert (code, segment_paths(directory)) == (0, []), err  # every block is recent
     code, out, err = await _tally(dsn, "write", "--dir", str(root), "--blocks-per-segment", "3")
     assert code == 0, err
     journal = await _journal(dsn)
     head = max(journal)
-    paths = archive.segment_paths(directory)
+    paths = segment_paths(directory)
     assert len(paths) == -(-head // 3) and f"holds shard 0's blocks 1 to {head}" in out
     held = {b.header.sequence: b.header.hash for p in paths for b in Segment(p).blocks()}
     assert held == {s: h for s, h in journal.items() if s > 0}
@@ -104,7 +103,7 @@ async def test_segments_hold_the_journal_continue_it_and_name_what_was_altered(
     await _post(dsn, "c", "d")
     code, out, err = await _tally(dsn, "write", "--dir", str(root))
     assert code == 0, err
-    grown = archive.segment_paths(directory)
+    grown = segment_paths(directory)
     assert len(grown) == len(paths) + 1
     assert (
         Segment(grown[-1]).manifest.previous_manifest_digest == Segment(paths[-1]).manifest.digest()
