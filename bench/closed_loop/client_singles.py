@@ -10,7 +10,10 @@ single-shard transfer per call until the phase ends:
 - `library`: `tally.client.AsyncClient.post` per call, its batcher coalescing concurrent calls,
   every call through the gateway (`RoutingOptions(direct=False)`);
 - `library-direct`: the same with direct routing on (the default): each single-shard transfer
-  goes straight to its node's client listener, batched per node, and the gateway does nothing.
+  goes straight to its node's client listener, batched per node, and the gateway does nothing;
+- `library-unbatched`: the library with its batching and its routing off (one item per RPC,
+  as many RPCs in flight as callers, every call through the gateway): the library's own cost
+  against `raw`, and what batching and routing bring against the two phases above.
 
 Each phase's transfers/s, the servers' CPU per transfer (nodes, gateway, PostgreSQL) and the
 bench process's, from psutil. Writes report.md and results.json to --out. The load generator
@@ -51,7 +54,7 @@ from tally.client import (
 from tally.v1 import ledger_pb2 as pb
 from tally.v1 import ledger_pb2_grpc as pb_grpc
 
-PHASES = ("raw", "library", "library-direct")
+PHASES = ("raw", "library", "library-direct", "library-unbatched")
 SERVER_ROLES = ("node", "gateway", "postgres")
 
 
@@ -163,9 +166,11 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
             batching = BatchOptions(in_flight_max=args.in_flight_max)
             gateway_only = RoutingOptions(direct=False)
             routing = RoutingOptions(node_in_flight_max=args.node_in_flight_max)
+            unbatched = BatchOptions(items_max=1, in_flight_max=args.callers)
             async with (
                 AsyncClient(target, credentials, batch=batching, routing=gateway_only) as client,
                 AsyncClient(target, credentials, batch=batching, routing=routing) as direct,
+                AsyncClient(target, credentials, batch=unbatched, routing=gateway_only) as single,
                 raw_channel,
             ):
                 await _open_books(client, args.customers)
@@ -173,6 +178,7 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
                     "raw": _raw_post(raw_channel),
                     "library": _library_post(client),
                     "library-direct": _library_post(direct),
+                    "library-unbatched": _library_post(single),
                 }
                 for round_number in range(args.rounds):
                     for name, post in posts.items():
@@ -203,12 +209,14 @@ def _summary(results: dict[str, Any]) -> dict[str, Any]:
         if runs
     }
     raw, library, direct = mean["raw"], mean["library"], mean["library-direct"]
+    mean.setdefault("library-unbatched", dict.fromkeys(raw, 0.0))
     return {
         "mean": mean,
         "library_over_raw_rate": _ratio(library, raw, "transfers_per_s"),
         "library_over_raw_server_cpu": _ratio(library, raw, "server_cpu_us_per_transfer"),
         "direct_over_library_rate": _ratio(direct, library, "transfers_per_s"),
         "direct_over_library_server_cpu": _ratio(direct, library, "server_cpu_us_per_transfer"),
+        "direct_over_unbatched_rate": _ratio(direct, mean["library-unbatched"], "transfers_per_s"),
     }
 
 
@@ -239,6 +247,8 @@ def _report(results: dict[str, Any]) -> str:
         f"Library with direct routing over library through the gateway: "
         f"**{summary['direct_over_library_rate']}x the rate**, "
         f"**{summary['direct_over_library_server_cpu']}x the servers' CPU per transfer**.",
+        f"Library with batching and routing (the defaults) over the library with both off: "
+        f"**{summary['direct_over_unbatched_rate']}x the rate**.",
         "",
     ]
     return "\n".join(lines)

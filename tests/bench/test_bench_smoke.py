@@ -71,7 +71,8 @@ def test_first_benchmark_end_to_end(tmp_path: Path, data_dir: Path) -> None:
 @pytest.mark.timeout(120)
 def test_client_singles_runs_end_to_end(tmp_path: Path) -> None:
     """bench.closed_loop.client_singles: raw one-item RPCs and tally.client calls without and
-    with direct routing, every phase posting, nothing failed, the report written."""
+    with direct routing, and with batching and routing off, every phase posting, nothing
+    failed, the report written."""
     out_dir = tmp_path / "report"
     command = [
         sys.executable, "-m", "bench.closed_loop.client_singles",
@@ -83,7 +84,12 @@ def test_client_singles_runs_end_to_end(tmp_path: Path) -> None:
     )
     assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
     results = json.loads((out_dir / "results.json").read_text())
-    assert [p["phase"] for p in results["phases"]] == ["raw", "library", "library-direct"]
+    assert [p["phase"] for p in results["phases"]] == [
+        "raw",
+        "library",
+        "library-direct",
+        "library-unbatched",
+    ]
     for phase in results["phases"]:
         assert phase["transfers"] > 0 and phase["failed"] == 0, phase
     assert (out_dir / "report.md").read_text().startswith("# One transfer per call")
