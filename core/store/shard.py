@@ -573,6 +573,11 @@ async def last_block(connection: Connection, timeout_s: float) -> BlockHeader:
     )
     if row is None:
         return BlockHeader(0, journal.GENESIS_HASH, journal.GENESIS_HASH, 0, 0, 1, 0)
+    return header_from_row(row)
+
+
+def header_from_row(row: asyncpg.Record) -> BlockHeader:
+    """A journal_blocks row's header (every column but the counts)."""
     return BlockHeader(
         row["sequence"],
         bytes(row["previous_hash"]),

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any, Final
 
 from core import signing
-from core.journal import BlockHeader
 from core.store import stream
 from core.store.cold.format import (
     SEGMENT_BLOCK_COUNT_MAX,
@@ -32,6 +31,7 @@ from core.store.cold.format import (
 from core.store.cold.read import Segment, segment_paths
 from core.store.cold.verify import Finding, read_manifest, verify_chain
 from core.store.cold.write import write_segment
+from core.store.shard import header_from_row
 
 Connection = Any  # asyncpg.Connection
 
@@ -153,7 +153,7 @@ async def _blocks(
         rows = await connection.fetch(
             _HEADERS_SQL, after, page.blocks[-1].sequence, timeout=timeout_s
         )
-        headers = {row["sequence"]: _header(row) for row in rows}
+        headers = {row["sequence"]: header_from_row(row) for row in rows}
         for streamed in page.blocks:
             if streamed.created_at_ns >= created_before_ns or len(blocks) == block_count_max:
                 return blocks
@@ -164,20 +164,6 @@ async def _blocks(
             row_count += block.row_count()
             after = streamed.sequence
     return blocks
-
-
-def _header(row: Any) -> BlockHeader:
-    return BlockHeader(
-        row["sequence"],
-        bytes(row["previous_hash"]),
-        bytes(row["hash"]),
-        row["epoch"],
-        row["created_at_ns"],
-        row["next_posting_sequence"],
-        row["last_timestamp_ns"],
-        row["key_id"],
-        bytes(row["signature"]),
-    )
 
 
 async def compare(connection: Connection, paths: list[Path], timeout_s: float) -> list[Finding]:
