@@ -135,7 +135,6 @@ async def _check_continues(
         )
 
 
-# Why long: one segment's blocks, page by page, cut at the first block too new or too many rows.
 async def _blocks(
     connection: Connection,
     after: int,
@@ -194,8 +193,9 @@ async def compare(connection: Connection, paths: list[Path], timeout_s: float) -
                 timeout=timeout_s,
             )
         }
-        for block in Segment(path).blocks():
-            mine = block.header
+        with Segment(path) as segment:
+            held = segment.headers()
+        for mine in held:
             theirs = stored.get(mine.sequence)
             if theirs is not None and theirs != mine.hash:
                 findings.append(

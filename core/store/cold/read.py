@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from core.journal import BlockHeader
 from core.model import Posting
 from core.store.cold.format import (
     FILE_NAMES,
@@ -127,6 +128,10 @@ class Segment:
                     f"records, its header says {counts}"
                 )
         return blocks
+
+    def headers(self) -> list[BlockHeader]:
+        """Every block's header, in block order, from the blocks file alone."""
+        return [header for header, _ in headers_of(self._file("blocks.parquet").read())]
 
     def postings_after(self, account_id: str, after_sequence: int, limit: int) -> list[Posting]:
         """The account's postings with sequence > after_sequence, ascending, at most limit
