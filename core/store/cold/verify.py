@@ -116,14 +116,15 @@ def _file_findings(path: Path, manifest: Manifest) -> list[Finding]:
         if size != entry.byte_count:
             message = f"{entry.name} is {size} bytes, the manifest says {entry.byte_count}"
             findings.append(Finding("file_size", message, file=entry.name))
-        digest = _sha256(file)
+        digest = sha256_hex(file)
         if digest != entry.sha256_hex:
             message = f"{entry.name}'s SHA-256 is {digest}, the manifest says {entry.sha256_hex}"
             findings.append(Finding("file_digest", message, file=entry.name))
     return findings
 
 
-def _sha256(path: Path) -> str:
+def sha256_hex(path: Path) -> str:
+    """The file's SHA-256 (hex), read in 1 MiB chunks."""
     digest = hashlib.sha256()
     with path.open("rb") as file:
         for chunk in iter(lambda: file.read(1 << 20), b""):

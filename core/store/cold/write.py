@@ -10,7 +10,6 @@ shard's directory at a time).
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import os
 import shutil
@@ -40,7 +39,7 @@ from core.store.cold.format import (
 )
 from core.store.cold.read import Segment
 from core.store.cold.tables import to_tables
-from core.store.cold.verify import verify_segment
+from core.store.cold.verify import sha256_hex, verify_segment
 
 TEMPORARY_PREFIX: Final = ".tmp-"
 
@@ -203,12 +202,9 @@ def _write_files(
 
 def _fsync_and_digest(path: Path) -> str:
     """fsync the file and return its SHA-256 (hex), read back from the file."""
-    digest = hashlib.sha256()
     with path.open("rb+") as file:
         os.fsync(file.fileno())
-        for chunk in iter(lambda: file.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return sha256_hex(path)
 
 
 def _fsync_directory(path: Path) -> None:
