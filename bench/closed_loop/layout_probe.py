@@ -203,31 +203,11 @@ CREATE INDEX postings_by_sequence ON postings USING brin (sequence);
 CREATE TABLE journal_blocks (LIKE ledger_today.journal_blocks INCLUDING ALL);
 """
 
-_PACKED_SQL: Final = """
+# The packed layouts' parts: each layout is its accounts, its id index, these pages and blocks.
+_UPDATED_ACCOUNTS_SQL: Final = """
 CREATE TABLE accounts (LIKE ledger_keyed.accounts INCLUDING ALL) WITH (fillfactor = 85);
-CREATE TABLE transaction_blocks (
-    block_sequence bigint PRIMARY KEY,
-    id_hashes bigint[] NOT NULL,
-    body text NOT NULL
-);
-CREATE INDEX transaction_blocks_by_id ON transaction_blocks USING gin (id_hashes)
-    WITH (fastupdate = off);
-CREATE TABLE account_pages (
-    account_key bigint NOT NULL,
-    first_sequence bigint NOT NULL,
-    debits_posted_before bigint NOT NULL,
-    credits_posted_before bigint NOT NULL,
-    debits_pending_before bigint,
-    credits_pending_before bigint,
-    first_block bigint NOT NULL,
-    posting_count smallint NOT NULL,
-    body bytea NOT NULL,
-    PRIMARY KEY (account_key, first_sequence)
-);
-CREATE TABLE journal_blocks (LIKE ledger_today.journal_blocks INCLUDING ALL);
 """
-
-_PACKED_STATIC_SQL: Final = """
+_STATIC_ACCOUNTS_SQL: Final = """
 CREATE TABLE accounts (
     key bigint NOT NULL,
     created_at_ns bigint NOT NULL,
@@ -239,6 +219,8 @@ CREATE TABLE accounts (
     metadata text
 );
 CREATE UNIQUE INDEX accounts_by_id ON accounts (id);
+"""
+_GIN_IDS_SQL: Final = """
 CREATE TABLE transaction_blocks (
     block_sequence bigint PRIMARY KEY,
     id_hashes bigint[] NOT NULL,
@@ -246,29 +228,16 @@ CREATE TABLE transaction_blocks (
 );
 CREATE INDEX transaction_blocks_by_id ON transaction_blocks USING gin (id_hashes)
     WITH (fastupdate = off);
-CREATE TABLE account_pages (
-    account_key bigint NOT NULL,
-    first_sequence bigint NOT NULL,
-    debits_posted_before bigint NOT NULL,
-    credits_posted_before bigint NOT NULL,
-    debits_pending_before bigint,
-    credits_pending_before bigint,
-    first_block bigint NOT NULL,
-    posting_count smallint NOT NULL,
-    body bytea NOT NULL,
-    PRIMARY KEY (account_key, first_sequence)
-);
-CREATE TABLE journal_blocks (LIKE ledger_today.journal_blocks INCLUDING ALL);
 """
-
-_PACKED_IDS_SQL: Final = """
-CREATE TABLE accounts (LIKE ledger_keyed.accounts INCLUDING ALL) WITH (fillfactor = 85);
+_BTREE_IDS_SQL: Final = """
 CREATE TABLE transaction_blocks (
     block_sequence bigint PRIMARY KEY,
     body text NOT NULL
 );
 CREATE TABLE transaction_ids (id_hash bigint NOT NULL, block_sequence bigint NOT NULL);
 CREATE INDEX transaction_ids_by_hash ON transaction_ids (id_hash);
+"""
+_PAGES_AND_BLOCKS_SQL: Final = """
 CREATE TABLE account_pages (
     account_key bigint NOT NULL,
     first_sequence bigint NOT NULL,
@@ -283,6 +252,9 @@ CREATE TABLE account_pages (
 );
 CREATE TABLE journal_blocks (LIKE ledger_today.journal_blocks INCLUDING ALL);
 """
+_PACKED_SQL: Final = _UPDATED_ACCOUNTS_SQL + _GIN_IDS_SQL + _PAGES_AND_BLOCKS_SQL
+_PACKED_STATIC_SQL: Final = _STATIC_ACCOUNTS_SQL + _GIN_IDS_SQL + _PAGES_AND_BLOCKS_SQL
+_PACKED_IDS_SQL: Final = _UPDATED_ACCOUNTS_SQL + _BTREE_IDS_SQL + _PAGES_AND_BLOCKS_SQL
 
 
 def _legs_text(journal: Journal, tx: Transaction, *, keyed: bool = False) -> str:
