@@ -211,6 +211,35 @@ MIGRATIONS: Final[tuple[tuple[int, str, str], ...]] = (
         );
         """,
     ),
+    (
+        9,
+        "cold segments: the journal blocks whose records left PostgreSQL",
+        # docs/design.md, "Cold history". One row per segment the archiver has moved out
+        # (core/store/cold/archive.py remove_archived), committed in the same transaction that
+        # deletes the segment's postings and transactions rows: a block is cold exactly when a
+        # row here covers it, and then its records are read from the segment (its
+        # journal_blocks row stays: the database's witness of the chain). Rows are contiguous
+        # from block 1. next_posting_sequence: the first posting sequence not in the segment,
+        # so the hot postings begin at the last row's. id_hashes: the 64-bit hashes of every
+        # transaction id the segment holds (core.store.cold.history.id_hash), under a GIN
+        # index, so a transaction id no hot row has is looked for in one probe (a new id is a
+        # miss that reads no heap) before a segment is opened.
+        """
+        CREATE TABLE cold_segments (
+            last_block bigint PRIMARY KEY,
+            first_block bigint NOT NULL CHECK (first_block >= 1 AND first_block <= last_block),
+            name text NOT NULL UNIQUE,
+            manifest_digest text NOT NULL,
+            first_posting_sequence bigint NOT NULL,
+            next_posting_sequence bigint NOT NULL
+                CHECK (next_posting_sequence >= first_posting_sequence),
+            id_hashes bigint[] NOT NULL,
+            archived_at timestamptz NOT NULL DEFAULT now()
+        );
+        CREATE INDEX cold_segments_by_id_hash ON cold_segments USING gin (id_hashes)
+            WITH (fastupdate = off);
+        """,
+    ),
 )
 
 CONTROL_MIGRATIONS: Final[tuple[tuple[int, str, str], ...]] = (

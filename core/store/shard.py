@@ -10,7 +10,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import asyncpg
 
@@ -250,6 +250,8 @@ TRANSACTION_COLUMNS = (
     "id kind code metadata value_date timeout_seconds target_id legs applied_legs timestamp_ns "
     "status expires_at_ns resolved_by_id reversed_by_id block_sequence"
 ).split()
+# The block_sequence of a transaction row written hot again after its block went cold.
+REVIVED_BLOCK_SEQUENCE: Final = 0
 # The order of core.model.Posting's fields: postings are copied as they are.
 _POSTING_COLUMNS = list(Posting._fields)
 
@@ -473,8 +475,10 @@ async def _write_transactions(
     if not changed:
         return
     # One statement for both tables a record can lie in (moved_transactions: records moved in
-    # with slots), so the commit pays no extra round trip for them.
-    await connection.execute(
+    # with slots), so the commit pays no extra round trip for them. It returns the records
+    # neither holds: those of cold blocks (docs/design.md, "Cold history"), loaded from their
+    # segment and written hot again here.
+    unheld = await connection.fetch(
         """
         WITH u AS (
             SELECT * FROM unnest($1::text[], $2::smallint[], $3::text[], $4::text[],
@@ -483,18 +487,41 @@ async def _write_transactions(
             UPDATE moved_transactions AS m SET
                 status = u.status, resolved_by_id = u.resolved, reversed_by_id = u.reversed,
                 expires_at_ns = u.expires
-            FROM u WHERE m.id = u.id
+            FROM u WHERE m.id = u.id RETURNING m.id
+        ), hot AS (
+            UPDATE transactions AS t SET
+                status = u.status, resolved_by_id = u.resolved, reversed_by_id = u.reversed,
+                expires_at_ns = u.expires
+            FROM u WHERE t.id = u.id RETURNING t.id
         )
-        UPDATE transactions AS t SET
-            status = u.status, resolved_by_id = u.resolved, reversed_by_id = u.reversed,
-            expires_at_ns = u.expires
-        FROM u WHERE t.id = u.id
+        SELECT u.id FROM u
+        WHERE NOT EXISTS (SELECT 1 FROM moved WHERE moved.id = u.id)
+          AND NOT EXISTS (SELECT 1 FROM hot WHERE hot.id = u.id)
         """,
         [s.spec.id for s in changed],
         [int(s.status) for s in changed],
         [s.resolved_by_id for s in changed],
         [s.reversed_by_id for s in changed],
         [s.expires_at_ns for s in changed],
+        timeout=timeout_s,
+    )
+    if unheld:
+        await _revive(connection, writes, [row["id"] for row in unheld], timeout_s)
+
+
+async def _revive(
+    connection: Connection, writes: WriteSet, revived_ids: list[str], timeout_s: float
+) -> None:
+    """Write hot again the changed records of cold blocks, whole, with block_sequence 0: their
+    block is in a cold segment, which the audit holds them against."""
+    states = [writes.changed_transactions[i] for i in revived_ids]
+    await connection.copy_records_to_table(
+        "transactions",
+        records=[
+            _transaction_record(state, journal.legs_texts(state), REVIVED_BLOCK_SEQUENCE)
+            for state in states
+        ],
+        columns=TRANSACTION_COLUMNS,
         timeout=timeout_s,
     )
 

@@ -30,7 +30,7 @@ from typing import Any, Final
 import asyncpg
 
 from core import dsn as dsn_text
-from core.store.cold import archive
+from core.store.cold import archive, catalog
 from core.store.cold.format import SEGMENT_BLOCK_COUNT_MAX, SegmentError
 from core.store.cold.read import Segment
 from core.store.cold.verify import Finding
@@ -124,7 +124,7 @@ async def _write(args: argparse.Namespace) -> int:
 
 
 async def _verify(args: argparse.Namespace) -> int:
-    directories = archive.shard_directories(args.dir)
+    directories = catalog.shard_directories(args.dir)
     if not directories:
         raise _UsageError(f"{args.dir} holds no shard's segments (no shard-N directory)")
     dsn = _dsn(args, False)

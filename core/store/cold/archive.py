@@ -4,8 +4,11 @@
 the blocks after the last one a segment holds, created before a cutoff, read as the change
 stream reads them (core.store.stream.read_page, with journal_blocks' full header), cut into
 segments of at most a number of blocks and rows, each written and verified by write_segment.
-It only reads the database: removing the rows segments hold, and reading history across the
-two, are the next steps (docs/design.md, "Cold segments").
+`remove_archived` then moves the segments written out of the database: each in turn, verified
+again and held against the database's blocks, gets its cold_segments row in the transaction
+that deletes the rows it holds (docs/design.md, "Cold history"), so a kill -9 at any step
+leaves either the rows or the row and the segment; `archive_and_remove` is both, the archiver's
+one pass.
 
 `compare` is the second witness: every block a segment holds whose row is still in the
 database must have the database's hash, so a segment (or a database) altered after the fact is
@@ -20,6 +23,7 @@ from typing import Any, Final
 
 from core import signing
 from core.store import stream
+from core.store.cold.catalog import cold_entries, id_hash, shard_directory
 from core.store.cold.format import (
     SEGMENT_BLOCK_COUNT_MAX,
     SEGMENT_ROW_COUNT_MAX,
@@ -29,13 +33,15 @@ from core.store.cold.format import (
     from_streamed,
 )
 from core.store.cold.read import Segment, segment_paths
-from core.store.cold.verify import Finding, read_manifest, verify_chain
+from core.store.cold.verify import Finding, read_manifest, verify_chain, verify_segment
 from core.store.cold.write import write_segment
 from core.store.shard import header_from_row
 
 Connection = Any  # asyncpg.Connection
 
 BLOCKS_PER_SEGMENT_DEFAULT: Final = 10_000
+# Serialises archivers of one shard database (a second waits, then finds the work done).
+ARCHIVE_LOCK_KEY: Final = 7_471_003
 
 _HEADERS_SQL: Final = """
 SELECT sequence, previous_hash, hash, epoch, created_at_ns, next_posting_sequence,
@@ -50,23 +56,6 @@ class ArchiveRun:
     written: list[Path]
     last_block: int  # the last block the directory's segments hold now (0: none)
     head_block: int  # the journal's last block when the run began
-
-
-def shard_directory(root: Path, shard: int) -> Path:
-    """Where a shard's segments live under the cluster's segments root."""
-    return root / f"shard-{shard}"
-
-
-def shard_directories(root: Path) -> dict[int, Path]:
-    """The shards with a directory of segments under root, by shard."""
-    if not root.is_dir():
-        return {}
-    found = {}
-    for path in root.iterdir():
-        number = path.name.removeprefix("shard-")
-        if path.is_dir() and path.name.startswith("shard-") and number.isdigit():
-            found[int(number)] = path
-    return dict(sorted(found.items()))
 
 
 def last_manifest(directory: Path) -> Manifest | None:
@@ -225,3 +214,146 @@ async def verify_shard(
     if connection is not None and paths:
         findings += await compare(connection, paths, timeout_s)
     return paths, findings
+
+
+@dataclass(frozen=True, slots=True)
+class Removed:
+    """A segment moved out of the database: its blocks and the rows deleted."""
+
+    name: str
+    first_block: int
+    last_block: int
+    postings_deleted: int
+    transactions_deleted: int
+
+
+# What stays hot of a cold block (docs/design.md, "Cold history"): the rows of slot moves'
+# blocks (the moves' audit and move-outs read them by block), the system's records (`~` ids),
+# and every transaction whose state is not the one its block created it in (created POSTED and
+# never resolved or reversed is the only state deleted: holds stay until resolved and after).
+_MOVE_BLOCKS_SQL: Final = """
+SELECT block_sequence FROM slot_moves WHERE block_sequence BETWEEN $1 AND $2
+UNION SELECT block_sequence FROM move_pages WHERE block_sequence BETWEEN $1 AND $2
+"""
+_DELETE_POSTINGS_SQL: Final = """
+DELETE FROM postings WHERE sequence >= $1 AND sequence < $2
+  AND NOT block_sequence = ANY($3::bigint[])
+"""
+_DELETE_TRANSACTIONS_SQL: Final = """
+DELETE FROM transactions WHERE block_sequence BETWEEN $1 AND $2
+  AND NOT block_sequence = ANY($3::bigint[])
+  AND status = 1 AND resolved_by_id = '' AND reversed_by_id = '' AND expires_at_ns = 0
+  AND id NOT LIKE '~%'
+"""
+
+
+async def remove_archived(
+    connection: Connection,
+    root: Path,
+    *,
+    verifier: signing.Verifier | None = None,
+    timeout_s: float = 60.0,
+) -> list[Removed]:
+    """Move the segments written under root and not yet recorded out of the database, in
+    journal order: each verified (with the blocks' signatures given a verifier) and held
+    against the database's blocks, then recorded and its rows deleted in one transaction. A
+    segment that does not verify, or does not continue the recorded ones, is a SegmentError
+    and nothing of it is removed."""
+    shard = await shard_of(connection, timeout_s)
+    directory = shard_directory(root, shard)
+    entries = await cold_entries(connection, timeout_s)
+    recorded = entries[-1].last_block if entries else 0
+    digest = entries[-1].manifest_digest if entries else ""
+    removed: list[Removed] = []
+    for path in segment_paths(directory):
+        manifest, _ = read_manifest(path)
+        if manifest is not None and manifest.last_block <= recorded:
+            continue
+        if manifest is None or manifest.first_block != recorded + 1:
+            raise SegmentError(f"segment {path.name} does not continue block {recorded}")
+        findings = verify_segment(path, digest, verifier)
+        findings += await compare(connection, [path], timeout_s)
+        if findings:
+            raise SegmentError(f"segment {path.name}: {findings[0].message}")
+        with Segment(path) as segment:
+            done = await _remove(connection, segment, path.name, timeout_s)
+        if done is None:  # another archiver recorded it meanwhile
+            return removed
+        removed.append(done)
+        recorded, digest = manifest.last_block, manifest.digest()
+    return removed
+
+
+async def _remove(
+    connection: Connection, segment: Segment, name: str, timeout_s: float
+) -> Removed | None:
+    manifest = segment.manifest
+    hashes = sorted({id_hash(i) for i in segment.transaction_ids()})
+    async with connection.transaction():
+        await connection.execute(
+            "SELECT pg_advisory_xact_lock($1)", ARCHIVE_LOCK_KEY, timeout=timeout_s
+        )
+        recorded = await connection.fetchval(
+            "SELECT coalesce(max(last_block), 0) FROM cold_segments", timeout=timeout_s
+        )
+        if recorded != manifest.first_block - 1:
+            return None
+        first = await connection.fetchrow(
+            "SELECT next_posting_sequence - posting_count AS first_posting FROM journal_blocks "
+            "WHERE sequence = $1",
+            manifest.first_block,
+            timeout=timeout_s,
+        )
+        last_next = await connection.fetchval(
+            "SELECT next_posting_sequence FROM journal_blocks WHERE sequence = $1",
+            manifest.last_block,
+            timeout=timeout_s,
+        )
+        if first is None or last_next is None:
+            raise SegmentError(f"segment {name}: the database has not its blocks")
+        span = (manifest.first_block, manifest.last_block)
+        kept = [
+            r["block_sequence"]
+            for r in await connection.fetch(_MOVE_BLOCKS_SQL, *span, timeout=timeout_s)
+        ]
+        await connection.execute(
+            "INSERT INTO cold_segments (last_block, first_block, name, manifest_digest, "
+            "first_posting_sequence, next_posting_sequence, id_hashes) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7::bigint[])",
+            manifest.last_block,
+            manifest.first_block,
+            name,
+            manifest.digest(),
+            first["first_posting"],
+            last_next,
+            hashes,
+            timeout=timeout_s,
+        )
+        postings = await connection.execute(
+            _DELETE_POSTINGS_SQL, first["first_posting"], last_next, kept, timeout=timeout_s
+        )
+        transactions = await connection.execute(
+            _DELETE_TRANSACTIONS_SQL, *span, kept, timeout=timeout_s
+        )
+    return Removed(name, *span, int(postings.split()[-1]), int(transactions.split()[-1]))
+
+
+async def archive_and_remove(
+    connection: Connection,
+    root: Path,
+    *,
+    created_before_ns: int,
+    blocks_per_segment: int = BLOCKS_PER_SEGMENT_DEFAULT,
+    verifier: signing.Verifier | None = None,
+    timeout_s: float = 60.0,
+) -> tuple[ArchiveRun, list[Removed]]:
+    """The archiver's pass: write the blocks created before the cutoff as segments, then move
+    every segment written out of the database."""
+    run = await archive(
+        connection,
+        root,
+        created_before_ns=created_before_ns,
+        blocks_per_segment=blocks_per_segment,
+        timeout_s=timeout_s,
+    )
+    return run, await remove_archived(connection, root, verifier=verifier, timeout_s=timeout_s)

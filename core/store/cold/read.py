@@ -136,9 +136,15 @@ class Segment:
     def postings_after(self, account_id: str, after_sequence: int, limit: int) -> list[Posting]:
         """The account's postings with sequence > after_sequence, ascending, at most limit
         (a history page: the next page starts after the last one's sequence)."""
+        return [p for p, _ in self.account_postings(account_id, after_sequence, limit)]
+
+    def account_postings(
+        self, account_id: str, after_sequence: int, limit: int
+    ) -> list[tuple[Posting, int]]:
+        """As postings_after, each with the sequence of the block it was committed in."""
         if not 1 <= limit <= POSTING_READ_COUNT_MAX:
             raise ValueError(f"limit {limit}: between 1 and {POSTING_READ_COUNT_MAX}")
-        found: list[Posting] = []
+        found: list[tuple[Posting, int]] = []
         file = self._file("postings.parquet")
         for group in self._row_groups("postings.parquet", "account_id", account_id, account_id):
             table = file.read_row_group(group)
@@ -147,15 +153,18 @@ class Segment:
                 pc.greater(table["sequence"], after_sequence),
             )
             rows = table.filter(mask).slice(0, limit - len(found)).to_pylist()
-            found.extend(posting_of(row) for row in rows)
+            found.extend((posting_of(row), int(row["block_sequence"])) for row in rows)
             if len(found) == limit:
                 break
         return found
 
-    def last_posting_at(self, account_id: str, at_ns: int) -> Posting | None:
+    def last_posting_at(
+        self, account_id: str, at_ns: int, excluding_prefix: str = ""
+    ) -> Posting | None:
         """The account's last posting at or before at_ns (its counters after it are the
-        balance at that time), or None when the segment has none. Within a shard timestamps
-        never decrease along the sequence, so the last group holding one has the answer."""
+        balance at that time), or None when the segment has none; with excluding_prefix, the
+        last whose transaction id does not start with it. Within a shard timestamps never
+        decrease along the sequence, so the last group holding one has the answer."""
         file = self._file("postings.parquet")
         groups = list(self._row_groups("postings.parquet", "account_id", account_id, account_id))
         for group in reversed(groups):
@@ -164,10 +173,19 @@ class Segment:
                 pc.equal(table["account_id"], account_id),
                 pc.less_equal(table["timestamp_ns"], at_ns),
             )
+            if excluding_prefix:
+                mask = pc.and_(
+                    mask, pc.invert(pc.starts_with(table["transaction_id"], excluding_prefix))
+                )
             matching = table.filter(mask)
             if matching.num_rows:
                 return posting_of(matching.slice(matching.num_rows - 1).to_pylist()[0])
         return None
+
+    def transaction_ids(self) -> list[str]:
+        """Every transaction id the segment holds, in id order."""
+        table = self._file("transactions.parquet").read(columns=["id"])
+        return [str(i) for i in table["id"].to_pylist()]
 
     def transaction(self, transaction_id: str) -> tuple[ColdTransaction, int] | None:
         """The transaction with this id as its block recorded it, and that block's sequence."""

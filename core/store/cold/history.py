@@ -1,0 +1,256 @@
+"""Reads across hot and cold history: a shard's records wherever they lie (docs/design.md,
+"Cold history").
+
+A block is cold when a cold_segments row covers it: its postings and (most of) its
+transactions rows have left PostgreSQL and its records are read from its segment, under the
+shard's directory of segments. What stays hot of a cold block is what can still change or what
+slot moves look up by block: a transaction whose state is not the one its block recorded (a
+resolved hold, a reversed transfer), a pending hold, the system's records (`~` ids); a cold
+transaction that changes later is written hot again ("revived", block_sequence 0). So:
+
+- a transaction by id is its hot row when there is one, else its cold record (found through
+  the segments' id hashes), whose state is the one its block recorded;
+- an account's postings are those of the segments up to the horizon (the first hot posting
+  sequence), then the hot rows from it: each read takes the horizon in the same statement as
+  its hot rows, so an archive committing meanwhile (segment row and deletions in one
+  transaction) never makes a read miss or repeat a posting.
+
+The segments are immutable once their row is committed; a ColdHistory keeps their rows and
+opened files in memory (the rows only grow).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any, Final
+
+from core.model import Posting, TransactionState
+from core.store.cold.catalog import (
+    ENTRY_COLUMNS,
+    ColdEntry,
+    cold_entries,
+    entry_of,
+    id_hash,
+    shard_directory,
+)
+from core.store.cold.read import POSTING_READ_COUNT_MAX, Segment
+from core.store.shard import (
+    TRANSACTION_COLUMNS,
+    posting_from_row,
+    transaction_from_row,
+)
+
+Connection = Any  # asyncpg.Connection or a pool
+
+# Opened segments kept (each holds its files' footers).
+SEGMENT_CACHE_COUNT: Final = 64
+# The prefix of a slot move's move-out postings, which balance-at passes over (see
+# core.store.shard.posting_at).
+_MOVE_OUT_PREFIX: Final = "~moveout/"
+
+
+# The hot postings of an account after a sequence, with the horizon in the same statement (one
+# snapshot): h.hot_from is the first posting sequence still hot.
+_POSTINGS_SQL: Final = """
+WITH h AS (SELECT coalesce(max(next_posting_sequence), 1) AS hot_from FROM cold_segments)
+SELECT h.hot_from, p.*
+FROM h LEFT JOIN LATERAL (
+    SELECT * FROM postings
+    WHERE account_id = $1 AND sequence > greatest($2::bigint, h.hot_from - 1)
+      AND timestamp_ns >= $3::bigint AND ($4::bigint = 0 OR timestamp_ns < $4::bigint)
+    ORDER BY sequence LIMIT $5
+) p ON true
+ORDER BY p.sequence
+"""
+
+_POSTING_AT_SQL: Final = """
+WITH h AS (SELECT coalesce(max(next_posting_sequence), 1) AS hot_from FROM cold_segments)
+SELECT h.hot_from, p.*
+FROM h LEFT JOIN LATERAL (
+    SELECT * FROM postings
+    WHERE account_id = $1 AND timestamp_ns <= $2 AND sequence >= h.hot_from
+      AND transaction_id NOT LIKE '~moveout/%'
+    ORDER BY sequence DESC LIMIT 1
+) p ON true
+"""
+
+_HOT_TRANSACTIONS_SQL: Final = f"""
+SELECT {", ".join(TRANSACTION_COLUMNS)} FROM transactions WHERE id = ANY($1::text[])
+UNION ALL
+SELECT {", ".join(TRANSACTION_COLUMNS)} FROM moved_transactions WHERE id = ANY($1::text[])
+"""
+
+_COLD_CANDIDATES_SQL: Final = f"""
+SELECT {ENTRY_COLUMNS}, array(SELECT unnest(id_hashes) INTERSECT SELECT unnest($1::bigint[]))
+    AS matched
+FROM cold_segments WHERE id_hashes && $1::bigint[] ORDER BY last_block
+"""
+
+
+class ColdHistory:
+    """A shard's cold history under a cluster's segments root (root/shard-N, as the archiver
+    writes it), read together with its database."""
+
+    def __init__(self, root: Path, shard: int) -> None:
+        self.root = root
+        self.shard = shard
+        self.directory = shard_directory(root, shard)
+        self._entries: list[ColdEntry] = []
+        self._segments: OrderedDict[str, Segment] = OrderedDict()
+
+    # ---- the segments ----
+
+    async def entries(
+        self, connection: Connection, hot_from: int, timeout_s: float
+    ) -> list[ColdEntry]:
+        """The cold segments up to the horizon a read saw (hot_from: the first hot posting
+        sequence); read again from the database only when that horizon is past the known."""
+        known = self._entries[-1].next_posting_sequence if self._entries else 1
+        if hot_from > known:
+            self._entries = await cold_entries(connection, timeout_s)
+        return [e for e in self._entries if e.next_posting_sequence <= hot_from]
+
+    def segment(self, name: str) -> Segment:
+        found = self._segments.pop(name, None)
+        if found is None:
+            found = Segment(self.directory / name)
+        self._segments[name] = found
+        while len(self._segments) > SEGMENT_CACHE_COUNT:
+            _, oldest = self._segments.popitem(last=False)
+            oldest.close()
+        return found
+
+    def close(self) -> None:
+        for segment in self._segments.values():
+            segment.close()
+        self._segments.clear()
+
+    # ---- reads ----
+
+    async def load_transactions(
+        self, connection: Connection, ids: Iterable[str], timeout_s: float
+    ) -> dict[str, TransactionState]:
+        """By id: the hot row (transactions, moved_transactions) when there is one, else the
+        record a cold segment holds, as its block recorded it. A drop-in for
+        core.store.shard.load_transactions."""
+        wanted = list(dict.fromkeys(ids))
+        rows = await connection.fetch(_HOT_TRANSACTIONS_SQL, wanted, timeout=timeout_s)
+        found = {row["id"]: transaction_from_row(row) for row in rows}
+        missing = [i for i in wanted if i not in found]
+        if missing:
+            found.update(await self.cold_transactions(connection, missing, timeout_s))
+        return found
+
+    async def cold_transactions(
+        self, connection: Connection, ids: Sequence[str], timeout_s: float
+    ) -> dict[str, TransactionState]:
+        """The records of these ids that cold segments hold (one index probe; a segment is
+        opened only for ids whose hash it holds)."""
+        by_hash: dict[int, list[str]] = {}
+        for transaction_id in ids:
+            by_hash.setdefault(id_hash(transaction_id), []).append(transaction_id)
+        rows = await connection.fetch(_COLD_CANDIDATES_SQL, list(by_hash), timeout=timeout_s)
+        if not rows:
+            return {}
+        asks = [(entry_of(row), [i for h in row["matched"] for i in by_hash[h]]) for row in rows]
+        return await asyncio.to_thread(self._read_transactions, asks)
+
+    def _read_transactions(
+        self, asks: list[tuple[ColdEntry, list[str]]]
+    ) -> dict[str, TransactionState]:
+        found: dict[str, TransactionState] = {}
+        for entry, wanted in asks:
+            segment = self.segment(entry.name)
+            for transaction_id in wanted:
+                held = segment.transaction(transaction_id)
+                if held is not None:
+                    found[transaction_id] = held[0].state()
+        return found
+
+    async def list_postings(
+        self,
+        connection: Connection,
+        account_id: str,
+        after_sequence: int,
+        limit: int,
+        from_ns: int,
+        to_ns: int,
+        timeout_s: float,
+    ) -> list[tuple[Posting, int]]:
+        """An account's postings after a sequence in [from_ns, to_ns) (to_ns 0: no end), with
+        the block each was committed in, at most limit: the cold segments' first, then the hot
+        rows. A drop-in for core.store.shard.list_postings."""
+        rows = await connection.fetch(
+            _POSTINGS_SQL, account_id, after_sequence, from_ns, to_ns, limit, timeout=timeout_s
+        )
+        hot_from = rows[0]["hot_from"]
+        hot = [
+            (posting_from_row(r), r["block_sequence"]) for r in rows if r["sequence"] is not None
+        ]
+        if after_sequence + 1 >= hot_from:
+            return hot
+        entries = await self.entries(connection, hot_from, timeout_s)
+        cold = await asyncio.to_thread(
+            self._cold_postings, entries, account_id, after_sequence, limit, from_ns, to_ns
+        )
+        return (cold + hot)[:limit]
+
+    def _cold_postings(
+        self,
+        entries: list[ColdEntry],
+        account_id: str,
+        after_sequence: int,
+        limit: int,
+        from_ns: int,
+        to_ns: int,
+    ) -> list[tuple[Posting, int]]:
+        found: list[tuple[Posting, int]] = []
+        for entry in entries:
+            if entry.next_posting_sequence <= after_sequence + 1:
+                continue
+            segment = self.segment(entry.name)
+            after = after_sequence
+            while len(found) < limit:
+                read = segment.account_postings(account_id, after, POSTING_READ_COUNT_MAX)
+                if not read:
+                    break
+                after = read[-1][0].sequence
+                for posting, block in read:
+                    if to_ns and posting.timestamp_ns >= to_ns:
+                        return found
+                    if posting.timestamp_ns >= from_ns:
+                        found.append((posting, block))
+                        if len(found) == limit:
+                            return found
+            if len(found) == limit:
+                break
+        return found
+
+    async def posting_at(
+        self, connection: Connection, account_id: str, at_ns: int, timeout_s: float
+    ) -> Posting | None:
+        """The account's last posting at or before at_ns but a move-out (as
+        core.store.shard.posting_at): the hot rows', else the latest cold segment's that has
+        one."""
+        row = await connection.fetchrow(_POSTING_AT_SQL, account_id, at_ns, timeout=timeout_s)
+        if row["sequence"] is not None:
+            return posting_from_row(row)
+        hot_from = row["hot_from"]
+        if hot_from <= 1:
+            return None
+        entries = await self.entries(connection, hot_from, timeout_s)
+        return await asyncio.to_thread(self._cold_posting_at, entries, account_id, at_ns)
+
+    def _cold_posting_at(
+        self, entries: list[ColdEntry], account_id: str, at_ns: int
+    ) -> Posting | None:
+        for entry in reversed(entries):
+            found = self.segment(entry.name).last_posting_at(
+                account_id, at_ns, excluding_prefix=_MOVE_OUT_PREFIX
+            )
+            if found is not None:
+                return found
+        return None
