@@ -36,6 +36,7 @@ from core.store.cold.catalog import (
     id_hash,
     shard_directory,
 )
+from core.store.cold.format import ColdBlock
 from core.store.cold.read import POSTING_READ_COUNT_MAX, Segment
 from core.store.shard import (
     TRANSACTION_COLUMNS,
@@ -112,6 +113,29 @@ class ColdHistory:
         if hot_from > known:
             self._entries = await cold_entries(connection, timeout_s)
         return [e for e in self._entries if e.next_posting_sequence <= hot_from]
+
+    async def last_cold_block(self, connection: Connection, timeout_s: float) -> int:
+        """The last block whose records are cold (0: none)."""
+        value = await connection.fetchval(
+            "SELECT coalesce(max(last_block), 0) FROM cold_segments", timeout=timeout_s
+        )
+        return int(value)
+
+    async def cold_blocks(
+        self, connection: Connection, after: int, last: int, timeout_s: float
+    ) -> list[ColdBlock]:
+        """The cold blocks with sequence in (after, last], in order, with their records as
+        their segments hold them (verified when written; the audit verifies them again). A
+        range past the last cold block ends there: the rest is hot."""
+        self._entries = await cold_entries(connection, timeout_s)
+        asks = [e for e in self._entries if e.last_block > after and e.first_block <= last]
+        return await asyncio.to_thread(self._read_blocks, asks, after, last)
+
+    def _read_blocks(self, entries: list[ColdEntry], after: int, last: int) -> list[ColdBlock]:
+        blocks: list[ColdBlock] = []
+        for entry in entries:
+            blocks.extend(self.segment(entry.name).blocks(after + 1, last))
+        return blocks
 
     def segment(self, name: str) -> Segment:
         found = self._segments.pop(name, None)
