@@ -260,6 +260,13 @@ def _add_node_command(commands: Any) -> None:
         f"{durability.SINGLE_SERVER} accepts one server's disk (development, or a managed "
         "database whose storage replication is trusted instead)",
     )
+    node.add_argument(
+        "--cold-dir",
+        default=_env("cold_dir", ""),
+        metavar="ROOT",
+        help="the cluster's cold segments (tally segments archive --dir ROOT): history reads "
+        "and idempotency reach the blocks archived there; required once the shard has any",
+    )
     _add_writer_flags(node)
     add_rpc_concurrency_flag(node)
     _add_signing_flags(node, up=False)
@@ -619,6 +626,7 @@ def _node_config(args: argparse.Namespace, dsn: str, security: Any) -> Any:
         internal_listen=getattr(args, "internal_listen", ""),
         rpc_concurrency_max=args.rpc_concurrency_max,
         durability=_durability(args),
+        cold_dir=getattr(args, "cold_dir", ""),
     )
 
 

@@ -1,7 +1,9 @@
-"""`tally segments write` and `tally segments verify`: each shard's journal as cold segments
-(core/store/cold, docs/design.md "Cold segments"), and their verification.
+"""`tally segments write`, `archive` and `verify`: each shard's journal as cold segments
+(core/store/cold, docs/design.md "Cold segments" and "Cold history"), and their verification.
 
     tally segments write --dir ROOT [--dsn DSN] [--older-than 90d] [--blocks-per-segment N]
+    tally segments archive --dir ROOT [--dsn DSN] [--older-than 90d] [--blocks-per-segment N]
+                           [--every SECONDS]
     tally segments verify --dir ROOT [--dsn DSN]
 
 ROOT is the cluster's: each shard's segments are in ROOT/shard-N, N the shard its database
@@ -9,7 +11,13 @@ says it is. `write` continues that chain with the shard's blocks created before 
 --older-than (default 0s: every block), reading the database only. `verify` checks every
 shard's segments (files, digests, each block's hash from its lines, the chain from one segment
 to the next) and, given a database, that each block its shard's segments hold and it still
-has is the segment's. `tally audit --segments ROOT` runs the same checks as its check
+has is the segment's. `archive` is the archiver, its own process beside the node (the node's
+writer never waits for it): `write`, then each segment written and not yet recorded is verified
+again, held against the database and moved out of it (recorded in cold_segments and its rows
+deleted, in one transaction); with --every it does so again every SECONDS until SIGTERM or
+SIGINT. Killed at any step, it leaves either a segment file not yet recorded (the next run
+records it) or a recorded segment whose rows are gone, never half of one. The shard's nodes then
+need --cold-dir ROOT. `tally audit --segments ROOT` runs the same checks as its check
 `segments`. Exit status: 0
 done and clean, 1 findings (each on a line), 2 for anything that could not be done as asked (one
 message, never a traceback). The DSN comes from --dsn or TALLY_DSN and is never printed with
@@ -20,8 +28,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import re
+import signal
 import sys
 import time
 from pathlib import Path
@@ -34,6 +44,7 @@ from core.store.cold import archive, catalog
 from core.store.cold.format import SEGMENT_BLOCK_COUNT_MAX, SegmentError
 from core.store.cold.read import Segment
 from core.store.cold.verify import Finding
+from shards import failpoints
 
 COMMANDS: Final = ("segments",)
 EXIT_OK: Final = 0
@@ -48,23 +59,35 @@ def add_command(commands: Any) -> None:
     segments = commands.add_parser("segments", help="a shard's journal as cold segments")
     actions = segments.add_subparsers(dest="segments_action", required=True)
     write = actions.add_parser("write", help="continue a directory's segments from a shard")
+    move = actions.add_parser(
+        "archive", help="write segments, then move them out of the shard's database"
+    )
     verify = actions.add_parser("verify", help="verify a directory's segments")
-    for parser in (write, verify):
+    for parser in (write, move, verify):
         parser.add_argument("--dir", type=Path, required=True, help="the shard's segments")
         parser.add_argument(
             "--dsn", default=None, help="the shard's database (default: $TALLY_DSN)"
         )
-    write.add_argument(
-        "--older-than",
-        default="0s",
-        metavar="DURATION",
-        help="only blocks created before now minus this: 90d, 12h, 30m, 0s (default 0s)",
-    )
-    write.add_argument(
-        "--blocks-per-segment",
-        type=int,
-        default=archive.BLOCKS_PER_SEGMENT_DEFAULT,
-        help=f"at most this many blocks a segment (1 to {SEGMENT_BLOCK_COUNT_MAX})",
+    for parser in (write, move):
+        parser.add_argument(
+            "--older-than",
+            default="0s" if parser is write else "90d",
+            metavar="DURATION",
+            help="only blocks created before now minus this: 90d, 12h, 30m, 0s (default "
+            + ("0s)" if parser is write else "90d, a quarter of history stays hot)"),
+        )
+        parser.add_argument(
+            "--blocks-per-segment",
+            type=int,
+            default=archive.BLOCKS_PER_SEGMENT_DEFAULT,
+            help=f"at most this many blocks a segment (1 to {SEGMENT_BLOCK_COUNT_MAX})",
+        )
+    move.add_argument(
+        "--every",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="archive again every SECONDS until stopped (default 0: once)",
     )
 
 
@@ -84,6 +107,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.segments_action == "write":
             return asyncio.run(_write(args))
+        if args.segments_action == "archive":
+            return asyncio.run(_archive(args))
         return asyncio.run(_verify(args))
     except (_UsageError, SegmentError, ValueError, OSError) as error:
         print(f"tally segments: {dsn_text.scrub(str(error))}", file=sys.stderr)
@@ -121,6 +146,54 @@ async def _write(args: argparse.Namespace) -> int:
         f"({len(run.written)} segment(s) written now; the journal's head is {run.head_block})"
     )
     return EXIT_OK
+
+
+async def _archive(args: argparse.Namespace) -> int:
+    older_than_ns = parse_duration(args.older_than)
+    if args.every < 0:
+        raise _UsageError(f"--every {args.every:g}: say a number of seconds, 0 for once")
+    dsn = _dsn(args, True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    while True:
+        # A connection a pass: an archiver that runs for months outlives any one of them.
+        connection = await asyncpg.connect(dsn, timeout=TIMEOUT_S)
+        try:
+            run, removed = await archive.archive_and_remove(
+                connection,
+                args.dir,
+                created_before_ns=time.time_ns() - older_than_ns,
+                blocks_per_segment=args.blocks_per_segment,
+                timeout_s=TIMEOUT_S,
+                step=_step,
+            )
+        finally:
+            await connection.close()
+        for done in removed:
+            print(
+                f"tally segments: moved {done.name} (blocks {done.first_block} to "
+                f"{done.last_block}) out of the database: {done.postings_deleted} postings, "
+                f"{done.transactions_deleted} transactions",
+                flush=True,
+            )
+        print(
+            f"tally segments: shard {run.shard}'s blocks 1 to {run.last_block} are cold "
+            f"(the journal's head is {run.head_block})",
+            flush=True,
+        )
+        if not args.every:
+            return EXIT_OK
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), args.every)
+        if stop.is_set():
+            return EXIT_OK
+
+
+async def _step(name: str) -> None:
+    if failpoints.ARMED:
+        await failpoints.hit(f"archive.{name}")
 
 
 async def _verify(args: argparse.Namespace) -> int:

@@ -24,6 +24,8 @@ from core.model import (
 )
 from core.slots import SlotMap, account_slot, is_spread, transaction_slot
 from core.store import shard as store
+from core.store.cold.format import SegmentError
+from core.store.cold.history import History
 from shards.node.writer import QueueFullError, Writer, WriterUnavailableError
 from shards.rpc import convert
 from shards.rpc.servicer import abort, check_batch_size, request_size_bytes
@@ -68,6 +70,10 @@ async def storage_answers(
         await abort(
             context, grpc.StatusCode.UNAVAILABLE, f"the storage is unreachable ({reason}); retry"
         )
+    except SegmentError as error:  # a cold segment that does not read as written
+        await abort(
+            context, grpc.StatusCode.DATA_LOSS, f"the shard's cold history is unreadable: {error}"
+        )
 
 
 class NodeView(Protocol):
@@ -80,6 +86,9 @@ class NodeView(Protocol):
 
     @property
     def read_pool(self) -> Any: ...
+
+    @property
+    def history(self) -> History: ...
 
     @property
     def owned_slots(self) -> frozenset[int] | None: ...
@@ -154,7 +163,7 @@ class LedgerService(pb_grpc.LedgerServicer):  # type: ignore[misc]
 
     async def _target_accounts(self, target_ids: list[str]) -> Mapping[str, Iterable[str]]:
         """The accounts of the holds and originals a scoped poster's batch names."""
-        found = await store.load_transactions(
+        found = await self._node.history.load_transactions(
             self._node.read_pool, target_ids, self._read_timeout_s
         )
         return {target_id: _accounts_of(state) for target_id, state in found.items()}
@@ -242,7 +251,7 @@ class LedgerService(pb_grpc.LedgerServicer):  # type: ignore[misc]
         problems = [_transaction_id_problem(i, f"ids[{n}]") for n, i in enumerate(request.ids)]
         wanted = [i for i, problem in zip(request.ids, problems, strict=True) if not problem]
         async with storage_answers(context, self._read_timeout_s):
-            found = await store.load_transactions(
+            found = await self._node.history.load_transactions(
                 self._node.read_pool, wanted, self._read_timeout_s
             )
         await check_accounts_of_caller(
@@ -254,7 +263,7 @@ class LedgerService(pb_grpc.LedgerServicer):  # type: ignore[misc]
         hold_kinds: dict[str, Kind] = {}
         if holds:
             async with storage_answers(context, self._read_timeout_s):
-                loaded = await store.load_transactions(
+                loaded = await self._node.history.load_transactions(
                     self._node.read_pool, holds, self._read_timeout_s
                 )
             hold_kinds = {i: s.spec.kind for i, s in loaded.items()}
@@ -304,7 +313,7 @@ class LedgerService(pb_grpc.LedgerServicer):  # type: ignore[misc]
         limit = request.limit or limits.list_postings_limit_default
         after = int(request.cursor) if request.cursor else 0
         async with storage_answers(context, self._read_timeout_s):
-            rows = await store.list_postings(
+            rows = await self._node.history.list_postings(
                 self._node.read_pool,
                 request.account_id,
                 after,
@@ -325,7 +334,7 @@ class LedgerService(pb_grpc.LedgerServicer):  # type: ignore[misc]
         account = await self._existing_account(context, request.account_id)
         self._mark_moved_out(context, request.account_id)
         async with storage_answers(context, self._read_timeout_s):
-            posting = await store.posting_at(
+            posting = await self._node.history.posting_at(
                 self._node.read_pool, request.account_id, request.at_ns, self._read_timeout_s
             )
         if posting is None:

@@ -40,6 +40,7 @@ from core.pieces import DeadlineMode, deadline_spec
 from core.slots import SlotMap
 from core.store import control as control_store
 from core.store import shard as store
+from core.store.cold.history import ColdHistory, ColdHistoryError, History, HotHistory
 from shards import control, failpoints
 from shards.crossshard.participant import settle_prepared
 from shards.node import durability
@@ -77,6 +78,10 @@ class ShardIdentityError(NodeRefusedError):
 
 class NotDurableError(NodeRefusedError):
     """The database does not make commits as durable as --durability requires."""
+
+
+class ColdDirectoryError(NodeRefusedError):
+    """The shard's cold history is not where --cold-dir says (or the flag is missing)."""
 
 
 class EpochBehindError(NodeRefusedError):
@@ -127,6 +132,10 @@ class NodeConfig:
     # What the database must make of a commit before the node writes on it
     # (shards/node/durability.py): a synchronous standby, unless told a single server will do.
     durability: str = durability.SYNC_STANDBY
+    # The cluster's cold segments (tally segments archive --dir ROOT; this shard's are
+    # ROOT/shard-N): reads and idempotency reach the history archived there. "": none, and a
+    # node refuses a database that has cold history (docs/design.md, "Cold history").
+    cold_dir: str = ""
 
 
 def tune_garbage_collector() -> None:
@@ -168,6 +177,11 @@ class Node:
         self._metrics_server: MetricsServer | None = None
         self.metrics_port = 0
         self.streams: JournalStreams | None = None
+        # Where history reads look (the writer's idempotency lookups too): the database, and
+        # the segments' directory when the shard has one.
+        self.history: History = (
+            ColdHistory(Path(config.cold_dir), config.shard_id) if config.cold_dir else HotHistory()
+        )
         # Read at construction, so a bad key file stops the node before it serves anything.
         self.signer = load_signer(config.signing_key) if config.signing_key else None
         if config.publish_heads and self.signer is None:
@@ -253,6 +267,10 @@ class Node:
                 log.info("applied migrations %s", applied)
             await self._check_identity(connection)
             await self._check_durability(connection)
+            try:
+                await self.history.check(connection, IDENTITY_TIMEOUT_S)
+            except ColdHistoryError as error:
+                raise ColdDirectoryError(str(error)) from error
         finally:
             await connection.close(timeout=5.0)
         if self.config.durability == durability.SINGLE_SERVER:
@@ -559,6 +577,7 @@ class Node:
             self.signer,
             self.config.shard_id,
             publisher.publish if publisher is not None else None,
+            self.history.load_transactions,
         )
         await writer.start()
         self._writer = writer

@@ -11,7 +11,6 @@ import grpc
 from core import ids, limits, validation
 from core.model import Kind, Result, ResultCode, TransactionSpec, TransactionState
 from core.pieces import DeadlineMode, resolution_spec
-from core.store import shard as store
 from shards import failpoints
 from shards.crossshard import participant
 from shards.node import move_service
@@ -130,7 +129,9 @@ class ShardService(spb_grpc.ShardServicer):  # type: ignore[misc]
             items.append(participant.abort_marker(item))
         await self._submit(context, items)
         wanted = [i.transaction_id for i in request.items] + [i.id for i in items]
-        found = await store.load_transactions(self._node.read_pool, wanted, READ_TIMEOUT_S)
+        found = await self._node.history.load_transactions(
+            self._node.read_pool, wanted, READ_TIMEOUT_S
+        )
         holds = await self._hold_states(context, request.items, found)
         decisions = []
         for item, marker_item in zip(request.items, items, strict=True):
@@ -163,10 +164,14 @@ class ShardService(spb_grpc.ShardServicer):  # type: ignore[misc]
         if overdue:
             writer = self._node.writer
             await self._submit(context, writer.expiry_items(overdue) if writer else [])
-            again = await store.load_transactions(self._node.read_pool, overdue, READ_TIMEOUT_S)
+            again = await self._node.history.load_transactions(
+                self._node.read_pool, overdue, READ_TIMEOUT_S
+            )
             asked.update(again)
         resolutions = [s.resolved_by_id for s in asked.values() if s.resolved_by_id]
-        resolved = await store.load_transactions(self._node.read_pool, resolutions, READ_TIMEOUT_S)
+        resolved = await self._node.history.load_transactions(
+            self._node.read_pool, resolutions, READ_TIMEOUT_S
+        )
         return {
             t: participant.hold_state(state, resolved.get(state.resolved_by_id))
             for t, state in asked.items()

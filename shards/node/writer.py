@@ -225,6 +225,8 @@ BatchObserver = Callable[[int, float, float], None]
 commit_seconds); commit_seconds is the database commit's own round trip."""
 
 HeadSink = Callable[[BlockHeader], None]
+# Transactions by id: (connection, ids, timeout_s) -> {id: state} (core.store.cold.history).
+TransactionLoader = Callable[[Any, Any, float], Awaitable[dict[str, TransactionState]]]
 """Called with each committed block's signed head, in commit order (the heads publisher)."""
 
 Operation = Callable[["Writer"], Awaitable[Any]]
@@ -259,8 +261,12 @@ class Writer:
         signer: Signer | None = None,
         shard_id: int = 0,
         publish: HeadSink | None = None,
+        load_transactions: TransactionLoader = store.load_transactions,
     ) -> None:
         self.config = config
+        # By id, wherever the records lie (core.store.cold.history): the idempotency lookups
+        # reach archived transactions, so an archived id is never applied again.
+        self._load_transactions = load_transactions
         # Signs each block's head (None: unsigned blocks); the key never reaches the database.
         self.signer = signer
         self.shard_id = shard_id
@@ -726,7 +732,7 @@ class Writer:
         newer_transactions = base.batch.transactions if base is not None else {}
         newer_accounts = base.batch.accounts if base is not None else {}
         transactions = await self._lookup(
-            self.transactions, newer_transactions, transaction_ids, store.load_transactions
+            self.transactions, newer_transactions, transaction_ids, self._load_transactions
         )
         also = {
             state.spec.target_id
@@ -753,7 +759,7 @@ class Writer:
                     self.transactions,
                     newer_transactions,
                     also - transactions.keys(),
-                    store.load_transactions,
+                    self._load_transactions,
                 )
             )
         for state in transactions.values():

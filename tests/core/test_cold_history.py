@@ -26,8 +26,10 @@ TIMEOUT_S = 30.0
 ACCOUNTS = streams.ACCOUNTS
 
 
-async def _post(dsn: str, names: list[str], every_kind: bool = False) -> None:
-    handle = await start_node(dsn)
+async def _post(
+    dsn: str, names: list[str], every_kind: bool = False, cold_dir: Path | None = None
+) -> None:
+    handle = await start_node(dsn, cold_dir=str(cold_dir or ""))
     try:
         async with security.channel(handle.target) as channel:
             client = Client(channel)
@@ -89,7 +91,7 @@ async def test_archived_history_reads_as_the_hot_rows_did(dsn: str, tmp_path: Pa
             i: _fields(s) for i, s in states.items()
         }
         assert await history.load_transactions(connection, ["nope"], TIMEOUT_S) == {}
-        await _post(dsn, [f"cust-1/b{n}" for n in range(3)])
+        await _post(dsn, [f"cust-1/b{n}" for n in range(3)], cold_dir=root)
         after, _ = await _hot_reads(connection)
         for account_id in ACCOUNTS:
             whole = before[account_id] + after[account_id]

@@ -17,6 +17,7 @@ found even when it is consistent in itself.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -34,7 +35,7 @@ from core.store.cold.format import (
 )
 from core.store.cold.read import Segment, segment_paths
 from core.store.cold.verify import Finding, read_manifest, verify_chain, verify_segment
-from core.store.cold.write import write_segment
+from core.store.cold.write import remove_leftovers, write_segment
 from core.store.shard import header_from_row
 
 Connection = Any  # asyncpg.Connection
@@ -42,6 +43,18 @@ Connection = Any  # asyncpg.Connection
 BLOCKS_PER_SEGMENT_DEFAULT: Final = 10_000
 # Serialises archivers of one shard database (a second waits, then finds the work done).
 ARCHIVE_LOCK_KEY: Final = 7_471_003
+# Held for an archiver's whole pass (a session lock): one archiver a shard at a time, so one
+# never removes what another is writing.
+ARCHIVER_LOCK_KEY: Final = 7_471_004
+# A named step of an archiver's pass ("segment_written", "rows_deleted" before that
+# transaction commits, "segment_recorded" after), awaited there: the archiver's process arms
+# its failpoints on them (tests kill it at each step).
+Step = Callable[[str], Awaitable[None]]
+
+
+async def _no_step(_: str) -> None:
+    return None
+
 
 _HEADERS_SQL: Final = """
 SELECT sequence, previous_hash, hash, epoch, created_at_ns, next_posting_sequence,
@@ -78,6 +91,7 @@ async def archive(
     created_before_ns: int,
     blocks_per_segment: int = BLOCKS_PER_SEGMENT_DEFAULT,
     timeout_s: float = 60.0,
+    step: Step = _no_step,
 ) -> ArchiveRun:
     """Write the shard's blocks after its last segment under root (in shard_directory) and
     created before
@@ -101,6 +115,7 @@ async def archive(
         if not blocks:
             return ArchiveRun(shard, written, after, head)
         written.append(write_segment(directory, shard, blocks, previous))
+        await step("segment_written")
         previous = Segment(written[-1]).manifest
         after = previous.last_block
 
@@ -253,6 +268,7 @@ async def remove_archived(
     *,
     verifier: signing.Verifier | None = None,
     timeout_s: float = 60.0,
+    step: Step = _no_step,
 ) -> list[Removed]:
     """Move the segments written under root and not yet recorded out of the database, in
     journal order: each verified (with the blocks' signatures given a verifier) and held
@@ -276,16 +292,17 @@ async def remove_archived(
         if findings:
             raise SegmentError(f"segment {path.name}: {findings[0].message}")
         with Segment(path) as segment:
-            done = await _remove(connection, segment, path.name, timeout_s)
+            done = await _remove(connection, segment, path.name, timeout_s, step)
         if done is None:  # another archiver recorded it meanwhile
             return removed
+        await step("segment_recorded")
         removed.append(done)
         recorded, digest = manifest.last_block, manifest.digest()
     return removed
 
 
 async def _remove(
-    connection: Connection, segment: Segment, name: str, timeout_s: float
+    connection: Connection, segment: Segment, name: str, timeout_s: float, step: Step
 ) -> Removed | None:
     manifest = segment.manifest
     hashes = sorted({id_hash(i) for i in segment.transaction_ids()})
@@ -335,6 +352,7 @@ async def _remove(
         transactions = await connection.execute(
             _DELETE_TRANSACTIONS_SQL, *span, kept, timeout=timeout_s
         )
+        await step("rows_deleted")
     return Removed(name, *span, int(postings.split()[-1]), int(transactions.split()[-1]))
 
 
@@ -346,14 +364,35 @@ async def archive_and_remove(
     blocks_per_segment: int = BLOCKS_PER_SEGMENT_DEFAULT,
     verifier: signing.Verifier | None = None,
     timeout_s: float = 60.0,
+    step: Step = _no_step,
 ) -> tuple[ArchiveRun, list[Removed]]:
     """The archiver's pass: write the blocks created before the cutoff as segments, then move
-    every segment written out of the database."""
-    run = await archive(
-        connection,
-        root,
-        created_before_ns=created_before_ns,
-        blocks_per_segment=blocks_per_segment,
-        timeout_s=timeout_s,
+    every segment written out of the database. One archiver a shard: another one running is a
+    SegmentError; what a killed one left half-written (temporary names) is removed first."""
+    taken = await connection.fetchval(
+        "SELECT pg_try_advisory_lock($1)", ARCHIVER_LOCK_KEY, timeout=timeout_s
     )
-    return run, await remove_archived(connection, root, verifier=verifier, timeout_s=timeout_s)
+    if not taken:
+        raise SegmentError("another archiver is running on this shard's database")
+    try:
+        shard = await shard_of(connection, timeout_s)
+        directory = shard_directory(root, shard)
+        if directory.is_dir():
+            remove_leftovers(directory)
+        run = await archive(
+            connection,
+            root,
+            created_before_ns=created_before_ns,
+            blocks_per_segment=blocks_per_segment,
+            timeout_s=timeout_s,
+            step=step,
+        )
+        removed = await remove_archived(
+            connection, root, verifier=verifier, timeout_s=timeout_s, step=step
+        )
+        return run, removed
+    finally:
+        if not connection.is_closed():  # a lost session took its lock with it
+            await connection.execute(
+                "SELECT pg_advisory_unlock($1)", ARCHIVER_LOCK_KEY, timeout=timeout_s
+            )

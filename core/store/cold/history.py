@@ -23,11 +23,14 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Protocol, TypeVar
+
+import pyarrow as pa
 
 from core.model import Posting, TransactionState
+from core.store import shard as hot
 from core.store.cold.catalog import (
     ENTRY_COLUMNS,
     ColdEntry,
@@ -36,8 +39,9 @@ from core.store.cold.catalog import (
     id_hash,
     shard_directory,
 )
-from core.store.cold.format import ColdBlock
+from core.store.cold.format import ColdBlock, SegmentError
 from core.store.cold.read import POSTING_READ_COUNT_MAX, Segment
+from core.store.cold.verify import read_manifest
 from core.store.shard import (
     TRANSACTION_COLUMNS,
     posting_from_row,
@@ -45,6 +49,7 @@ from core.store.shard import (
 )
 
 Connection = Any  # asyncpg.Connection or a pool
+_T = TypeVar("_T")
 
 # Opened segments kept (each holds its files' footers).
 SEGMENT_CACHE_COUNT: Final = 64
@@ -91,6 +96,81 @@ FROM cold_segments WHERE id_hashes && $1::bigint[] ORDER BY last_block
 """
 
 
+class History(Protocol):
+    """A shard's history reads, wherever its records lie: ColdHistory given its segments'
+    directory, HotHistory when it has none (every record hot)."""
+
+    async def load_transactions(
+        self, connection: Connection, ids: Iterable[str], timeout_s: float
+    ) -> dict[str, TransactionState]: ...
+
+    async def list_postings(
+        self,
+        connection: Connection,
+        account_id: str,
+        after_sequence: int,
+        limit: int,
+        from_ns: int,
+        to_ns: int,
+        timeout_s: float,
+    ) -> list[tuple[Posting, int]]: ...
+
+    async def posting_at(
+        self, connection: Connection, account_id: str, at_ns: int, timeout_s: float
+    ) -> Posting | None: ...
+
+    async def check(self, connection: Connection, timeout_s: float) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class ColdHistoryError(RuntimeError):
+    """The database and the segments' directory do not make one history: a node refuses to
+    serve on them (docs/design.md, "Cold history")."""
+
+
+class HotHistory:
+    """A shard without cold history: its records are its database's rows (core.store.shard)."""
+
+    async def load_transactions(
+        self, connection: Connection, ids: Iterable[str], timeout_s: float
+    ) -> dict[str, TransactionState]:
+        return await hot.load_transactions(connection, ids, timeout_s)
+
+    async def list_postings(
+        self,
+        connection: Connection,
+        account_id: str,
+        after_sequence: int,
+        limit: int,
+        from_ns: int,
+        to_ns: int,
+        timeout_s: float,
+    ) -> list[tuple[Posting, int]]:
+        return await hot.list_postings(
+            connection, account_id, after_sequence, limit, from_ns, to_ns, timeout_s
+        )
+
+    async def posting_at(
+        self, connection: Connection, account_id: str, at_ns: int, timeout_s: float
+    ) -> Posting | None:
+        return await hot.posting_at(connection, account_id, at_ns, timeout_s)
+
+    async def check(self, connection: Connection, timeout_s: float) -> None:
+        """Refuse a database whose old records are cold: answering from its rows alone would
+        be wrong (a missing history page, an archived id applied again)."""
+        entries = await cold_entries(connection, timeout_s)
+        if entries:
+            raise ColdHistoryError(
+                f"this shard's blocks 1 to {entries[-1].last_block} are in {len(entries)} cold "
+                "segment(s), their records no longer in the database: give the node the "
+                "segments' directory (--cold-dir ROOT, the --dir of tally segments archive)"
+            )
+
+    def close(self) -> None:
+        pass
+
+
 class ColdHistory:
     """A shard's cold history under a cluster's segments root (root/shard-N, as the archiver
     writes it), read together with its database."""
@@ -129,13 +209,38 @@ class ColdHistory:
         range past the last cold block ends there: the rest is hot."""
         self._entries = await cold_entries(connection, timeout_s)
         asks = [e for e in self._entries if e.last_block > after and e.first_block <= last]
-        return await asyncio.to_thread(self._read_blocks, asks, after, last)
+        return await self._read(self._read_blocks, asks, after, last)
 
     def _read_blocks(self, entries: list[ColdEntry], after: int, last: int) -> list[ColdBlock]:
         blocks: list[ColdBlock] = []
         for entry in entries:
             blocks.extend(self.segment(entry.name).blocks(after + 1, last))
         return blocks
+
+    async def check(self, connection: Connection, timeout_s: float) -> None:
+        """Refuse a directory that is not the database's cold history: every segment its
+        cold_segments rows record must be there with the manifest recorded (its digest)."""
+        entries = await cold_entries(connection, timeout_s)
+        for entry in entries:
+            manifest, findings = await self._read(read_manifest, self.directory / entry.name)
+            if manifest is None or manifest.digest() != entry.manifest_digest:
+                why = findings[0].message if findings else "its manifest is another segment's"
+                raise ColdHistoryError(
+                    f"cold segment {entry.name} (blocks {entry.first_block} to "
+                    f"{entry.last_block}) is not as recorded under {self.directory}: {why}"
+                )
+        self._entries = entries
+
+    async def _read(self, read: Callable[..., _T], *args: Any) -> _T:
+        """A read of the segments, off the event loop; a file that does not read as its format
+        says is a SegmentError naming the directory (an OSError stays one: a missing mount is
+        retryable, a corrupt file is not)."""
+        try:
+            return await asyncio.to_thread(read, *args)
+        except SegmentError:
+            raise
+        except (pa.ArrowException, ValueError, KeyError, IndexError) as error:
+            raise SegmentError(f"cold segments under {self.directory}: {error!r}") from error
 
     def segment(self, name: str) -> Segment:
         found = self._segments.pop(name, None)
@@ -180,7 +285,7 @@ class ColdHistory:
         if not rows:
             return {}
         asks = [(entry_of(row), [i for h in row["matched"] for i in by_hash[h]]) for row in rows]
-        return await asyncio.to_thread(self._read_transactions, asks)
+        return await self._read(self._read_transactions, asks)
 
     def _read_transactions(
         self, asks: list[tuple[ColdEntry, list[str]]]
@@ -217,7 +322,7 @@ class ColdHistory:
         if after_sequence + 1 >= hot_from:
             return hot
         entries = await self.entries(connection, hot_from, timeout_s)
-        cold = await asyncio.to_thread(
+        cold = await self._read(
             self._cold_postings, entries, account_id, after_sequence, limit, from_ns, to_ns
         )
         return (cold + hot)[:limit]
@@ -266,7 +371,7 @@ class ColdHistory:
         if hot_from <= 1:
             return None
         entries = await self.entries(connection, hot_from, timeout_s)
-        return await asyncio.to_thread(self._cold_posting_at, entries, account_id, at_ns)
+        return await self._read(self._cold_posting_at, entries, account_id, at_ns)
 
     def _cold_posting_at(
         self, entries: list[ColdEntry], account_id: str, at_ns: int
