@@ -11,6 +11,8 @@ May import: core, core.store, pyarrow.
 Public face: format (ColdBlock, ColdTransaction, Manifest, the files' schemas; a block from
 what core.store.stream reads), write (write_segment), verify (verify_segment, verify_chain,
 Finding) and read (Segment: blocks of a range, an account's postings, balance at a time, a
-transaction by id; segment_paths: a directory's segments in journal order). Nothing wires
-them into the node or the API yet.
+transaction by id; segment_paths: a directory's segments in journal order), catalog (the
+cold_segments rows), archive (the archiver: archive, remove_archived, archive_and_remove) and
+history (ColdHistory, HotHistory: a shard's reads wherever its records lie; docs/design.md,
+"Cold history").
 """
