@@ -727,6 +727,7 @@ class Node:
         await self._lease.release()
         if self._read_pool is not None:
             await self._read_pool.close()
+        self.history.close()
         await self._control.close()
         if self._metrics_server is not None:
             await self._metrics_server.stop()
