@@ -297,7 +297,7 @@ def test_every_tally_command_line_parses_and_its_variables_are_read() -> None:
         if arguments.command in SERVERS:
             assert container.probes, f"{container.where}: a server without a health check"
             check_probes(container)
-    assert commands == {*SERVERS, "init-cluster", "credentials", "keygen"}
+    assert commands == {*SERVERS, "init-cluster", "credentials", "keygen", "segments"}
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)

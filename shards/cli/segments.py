@@ -66,7 +66,9 @@ def add_command(commands: Any) -> None:
     for parser in (write, move, verify):
         parser.add_argument("--dir", type=Path, required=True, help="the shard's segments")
         parser.add_argument(
-            "--dsn", default=None, help="the shard's database (default: $TALLY_DSN)"
+            "--dsn",
+            default=os.environ.get("TALLY_DSN"),
+            help="the shard's database (default: $TALLY_DSN)",
         )
     for parser in (write, move):
         parser.add_argument(
@@ -119,8 +121,13 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
 
 
+def dsn_of(args: argparse.Namespace) -> str:
+    """The shard's DSN: --dsn, else TALLY_DSN (read when the command runs)."""
+    return str(args.dsn) if args.dsn is not None else os.environ.get("TALLY_DSN", "")
+
+
 def _dsn(args: argparse.Namespace, required: bool) -> str:
-    dsn: str = args.dsn if args.dsn is not None else os.environ.get("TALLY_DSN", "")
+    dsn = dsn_of(args)
     if required and not dsn:
         raise _UsageError("--dsn (or TALLY_DSN) is needed")
     return dsn
