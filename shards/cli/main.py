@@ -307,6 +307,14 @@ def _add_up_command(commands: Any) -> None:
         "basic_archive; with --replicas 1 both servers archive there), for point-in-time "
         "restore with tally backup and tally restore (default: no archive)",
     )
+    up.add_argument(
+        "--cold-dir",
+        default=_env("cold_dir", ""),
+        type=lambda text: os.path.abspath(text) if text else "",  # the nodes' cwd may differ
+        metavar="ROOT",
+        help="the shards' cold segments, as tally segments archive --dir ROOT writes them "
+        "(each node reads its ROOT/shard-N; default: none)",
+    )
     _add_writer_flags(up)
     _add_gateway_flags(up)
     add_rpc_concurrency_flag(up)
@@ -737,6 +745,8 @@ async def _serve_cluster(args: argparse.Namespace) -> int:
         f"--rpc-concurrency-max={args.rpc_concurrency_max}",
         f"--durability={_durability(args)}",
     ]
+    if args.cold_dir:
+        node_flags.append(f"--cold-dir={args.cold_dir}")
     # Always passed, so TALLY_METRICS_LISTEN does not make N + 1 processes race for one port.
     metrics_flags = [f"--metrics-listen={_any_port(args.metrics_listen)}"]
     # Paths only: the keys stay in their 0600 files.
