@@ -24,8 +24,8 @@ from core.model import (
 )
 from core.slots import SlotMap, account_slot, is_spread, transaction_slot
 from core.store import shard as store
-from core.store.cold.format import SegmentError
-from core.store.cold.history import History
+from core.store.cold.catalog import SegmentError
+from core.store.history import History
 from shards.node.writer import QueueFullError, Writer, WriterUnavailableError
 from shards.rpc import convert
 from shards.rpc.servicer import abort, check_batch_size, request_size_bytes

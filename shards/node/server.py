@@ -40,7 +40,7 @@ from core.pieces import DeadlineMode, deadline_spec
 from core.slots import SlotMap
 from core.store import control as control_store
 from core.store import shard as store
-from core.store.cold.history import ColdHistory, ColdHistoryError, History, HotHistory
+from core.store.history import ColdHistoryError, History, HotHistory
 from shards import control, failpoints
 from shards.crossshard.participant import settle_prepared
 from shards.node import durability
@@ -179,9 +179,11 @@ class Node:
         self.streams: JournalStreams | None = None
         # Where history reads look (the writer's idempotency lookups too): the database, and
         # the segments' directory when the shard has one.
-        self.history: History = (
-            ColdHistory(Path(config.cold_dir), config.shard_id) if config.cold_dir else HotHistory()
-        )
+        self.history: History = HotHistory()
+        if config.cold_dir:
+            from core.store.cold.history import ColdHistory  # pyarrow: only where it is read
+
+            self.history = ColdHistory(Path(config.cold_dir), config.shard_id)
         # Read at construction, so a bad key file stops the node before it serves anything.
         self.signer = load_signer(config.signing_key) if config.signing_key else None
         if config.publish_heads and self.signer is None:

@@ -12,6 +12,13 @@ from typing import Any, Final
 Connection = Any  # asyncpg.Connection or a pool
 
 
+class SegmentError(ValueError):
+    """Blocks that cannot make a segment (not contiguous, a hash that does not match, a chain
+    that does not continue the previous segment), or a segment that conflicts with them or does
+    not read as written. Here, without pyarrow, so that a node without cold history can name it
+    (core.store.cold.format re-exports it)."""
+
+
 def shard_directory(root: Path, shard: int) -> Path:
     """Where a shard's segments live under the cluster's segments root."""
     return root / f"shard-{shard}"

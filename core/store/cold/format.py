@@ -22,6 +22,7 @@ import pyarrow as pa
 from core import journal
 from core.journal import BlockHeader
 from core.model import AccountSpec, Posting, TransactionSpec, TransactionState
+from core.store.cold.catalog import SegmentError as SegmentError  # re-exported
 from core.store.stream import StreamedBlock, created_state
 
 FORMAT: Final = "tally-cold-segment/1"
@@ -156,11 +157,6 @@ DELTA_COLUMNS: Final = {
     ),
     "closures.parquet": ("block_sequence", "closed_at_ns"),
 }  # fmt: skip
-
-
-class SegmentError(ValueError):
-    """Blocks that cannot make a segment (not contiguous, a hash that does not match, a chain
-    that does not continue the previous segment), or a segment that conflicts with them."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,12 +25,11 @@ import asyncio
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, Final, Protocol, TypeVar
+from typing import Any, Final, TypeVar
 
 import pyarrow as pa
 
 from core.model import Posting, TransactionState
-from core.store import shard as hot
 from core.store.cold.catalog import (
     ENTRY_COLUMNS,
     ColdEntry,
@@ -42,6 +41,7 @@ from core.store.cold.catalog import (
 from core.store.cold.format import ColdBlock, SegmentError
 from core.store.cold.read import POSTING_READ_COUNT_MAX, Segment
 from core.store.cold.verify import read_manifest
+from core.store.history import ColdHistoryError
 from core.store.shard import (
     TRANSACTION_COLUMNS,
     posting_from_row,
@@ -94,81 +94,6 @@ SELECT {ENTRY_COLUMNS}, array(SELECT unnest(id_hashes) INTERSECT SELECT unnest($
     AS matched
 FROM cold_segments WHERE id_hashes && $1::bigint[] ORDER BY last_block
 """
-
-
-class History(Protocol):
-    """A shard's history reads, wherever its records lie: ColdHistory given its segments'
-    directory, HotHistory when it has none (every record hot)."""
-
-    async def load_transactions(
-        self, connection: Connection, ids: Iterable[str], timeout_s: float
-    ) -> dict[str, TransactionState]: ...
-
-    async def list_postings(
-        self,
-        connection: Connection,
-        account_id: str,
-        after_sequence: int,
-        limit: int,
-        from_ns: int,
-        to_ns: int,
-        timeout_s: float,
-    ) -> list[tuple[Posting, int]]: ...
-
-    async def posting_at(
-        self, connection: Connection, account_id: str, at_ns: int, timeout_s: float
-    ) -> Posting | None: ...
-
-    async def check(self, connection: Connection, timeout_s: float) -> None: ...
-
-    def close(self) -> None: ...
-
-
-class ColdHistoryError(RuntimeError):
-    """The database and the segments' directory do not make one history: a node refuses to
-    serve on them (docs/design.md, "Cold history")."""
-
-
-class HotHistory:
-    """A shard without cold history: its records are its database's rows (core.store.shard)."""
-
-    async def load_transactions(
-        self, connection: Connection, ids: Iterable[str], timeout_s: float
-    ) -> dict[str, TransactionState]:
-        return await hot.load_transactions(connection, ids, timeout_s)
-
-    async def list_postings(
-        self,
-        connection: Connection,
-        account_id: str,
-        after_sequence: int,
-        limit: int,
-        from_ns: int,
-        to_ns: int,
-        timeout_s: float,
-    ) -> list[tuple[Posting, int]]:
-        return await hot.list_postings(
-            connection, account_id, after_sequence, limit, from_ns, to_ns, timeout_s
-        )
-
-    async def posting_at(
-        self, connection: Connection, account_id: str, at_ns: int, timeout_s: float
-    ) -> Posting | None:
-        return await hot.posting_at(connection, account_id, at_ns, timeout_s)
-
-    async def check(self, connection: Connection, timeout_s: float) -> None:
-        """Refuse a database whose old records are cold: answering from its rows alone would
-        be wrong (a missing history page, an archived id applied again)."""
-        entries = await cold_entries(connection, timeout_s)
-        if entries:
-            raise ColdHistoryError(
-                f"this shard's blocks 1 to {entries[-1].last_block} are in {len(entries)} cold "
-                "segment(s), their records no longer in the database: give the node the "
-                "segments' directory (--cold-dir ROOT, the --dir of tally segments archive)"
-            )
-
-    def close(self) -> None:
-        pass
 
 
 class ColdHistory:
