@@ -748,6 +748,21 @@ async def prepared_pieces(connection: Connection, timeout_s: float) -> tuple[int
     return int(row["piece_count"]), int(row["oldest_ns"])
 
 
+async def hot_history(connection: Connection, timeout_s: float) -> tuple[int, int]:
+    """The last block moved to cold segments (0: none) and the creation time of the oldest
+    block still hot (0: none yet): how far the archiver has come (docs/design.md, "Cold
+    history"). Two primary-key reads."""
+    row = await connection.fetchrow(
+        """
+        WITH c AS (SELECT coalesce(max(last_block), 0) AS last_cold FROM cold_segments)
+        SELECT c.last_cold, coalesce(b.created_at_ns, 0) AS oldest_hot_ns
+        FROM c LEFT JOIN journal_blocks b ON b.sequence = c.last_cold + 1
+        """,
+        timeout=timeout_s,
+    )
+    return int(row["last_cold"]), int(row["oldest_hot_ns"])
+
+
 async def list_postings(
     connection: Connection,
     account_id: str,

@@ -68,7 +68,8 @@ class NodeMetrics:
             self.registry, "tally_holds_expired", "Holds released by the shard on timeout"
         ).labels(shard)
         self.prepared = PreparedSample()
-        self.registry.register(_NodeStateCollector(shard, node, self.prepared))
+        self.history = HistorySample()
+        self.registry.register(_NodeStateCollector(shard, node, self.prepared, self.history))
 
     def batch_committed(self, item_count: int, load_seconds: float, commit_seconds: float) -> None:
         """The writer's BatchObserver: once per committed batch."""
@@ -87,14 +88,16 @@ class NodeMetrics:
     async def sample_prepared(
         self, read_pool: Any, stopping: asyncio.Event, interval_s: float
     ) -> None:
-        """Count cross-shard pieces every interval_s until stopping (a scrape must not cost a
-        query); the oldest one's age is computed at scrape time from its creation time."""
+        """Count cross-shard pieces, and see how far history is cold, every interval_s until
+        stopping (a scrape must not cost a query); ages are computed at scrape time from the
+        creation times sampled."""
         while not stopping.is_set():
             try:
                 piece_count, oldest_ns = await store.prepared_pieces(
                     read_pool, PREPARED_QUERY_TIMEOUT_S
                 )
                 self.prepared.update(piece_count, oldest_ns)
+                self.history.value = await store.hot_history(read_pool, PREPARED_QUERY_TIMEOUT_S)
             except asyncio.CancelledError:
                 raise
             except Exception as error:  # storage away: keep the last sample, try next tick
@@ -114,6 +117,14 @@ class PreparedSample:
         self.value = (piece_count, oldest_timestamp_ns)
 
 
+class HistorySample:
+    """The last cold block and the oldest hot block's creation time (ns; 0: none), as sampled
+    (one tuple assignment, as PreparedSample)."""
+
+    def __init__(self) -> None:
+        self.value = (0, 0)
+
+
 def _histogram(
     registry: CollectorRegistry, name: str, documentation: str, buckets: Sequence[float]
 ) -> Histogram:
@@ -127,17 +138,23 @@ def _counter(registry: CollectorRegistry, name: str, documentation: str) -> Coun
 class _NodeStateCollector:
     """Node and writer state read at scrape time; the hot path keeps plain ints only."""
 
-    def __init__(self, shard: str, node: NodeView, prepared: PreparedSample) -> None:
+    def __init__(
+        self, shard: str, node: NodeView, prepared: PreparedSample, history: HistorySample
+    ) -> None:
         self._shard = shard
         self._node = node
         self._prepared = prepared
+        self._history = history
 
     def collect(self) -> Iterator[Metric]:
         shard = self._shard
         writer = self._node.writer
         slot_map = self._node.slot_map
         piece_count, oldest_ns = self._prepared.value
-        age_s = max(0.0, (failpoints.wall_ns() - oldest_ns) / 1e9) if piece_count else 0.0
+        now_ns = failpoints.wall_ns()
+        age_s = max(0.0, (now_ns - oldest_ns) / 1e9) if piece_count else 0.0
+        last_cold, oldest_hot_ns = self._history.value
+        hot_age_s = max(0.0, (now_ns - oldest_hot_ns) / 1e9) if oldest_hot_ns else 0.0
         epoch = writer.epoch if writer is not None else 0
         version = slot_map.version if slot_map is not None else 0
         depth = writer.queue.qsize() if writer is not None else 0
@@ -147,6 +164,13 @@ class _NodeStateCollector:
             ("tally_queue_depth", "Requests waiting for the writer", depth),
             ("tally_prepared_pieces", "Cross-shard pieces held (sampled)", piece_count),
             ("tally_prepared_oldest_age_seconds", "Age of the oldest held piece", age_s),
+            ("tally_cold_last_block", "Last journal block in cold segments (sampled)", last_cold),
+            (
+                "tally_hot_history_age_seconds",
+                "Age of the oldest journal block still in PostgreSQL (sampled): the archiver's "
+                "lag past its --older-than",
+                hot_age_s,
+            ),
         )
         for name, documentation, value in gauges:
             family = GaugeMetricFamily(name, documentation, labels=["shard"])

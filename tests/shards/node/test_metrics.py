@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 import urllib.error
 from collections.abc import AsyncIterator
+from pathlib import Path
 
+import asyncpg
 import grpc
 import pytest
 
 from core.store import control as control_store
+from core.store.cold.archive import archive_and_remove
 from shards import control
 from shards.cli.main import build_parser
 from shards.local.embedded_pg import EmbeddedPostgres
@@ -224,3 +228,39 @@ def test_cli_flag_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TALLY_METRICS_LISTEN", "127.0.0.1:9401")
     assert build_parser().parse_args(["up"]).metrics_listen == "127.0.0.1:9401"
     assert build_parser().parse_args(gateway).metrics_listen == "127.0.0.1:9401"
+
+
+async def test_how_far_history_is_cold(dsn: str, tmp_path: Path) -> None:
+    """The archiver's progress as the node samples it (every 50 ms here): the last cold block,
+    and the age of the oldest block still in PostgreSQL, which grows while no archiver runs."""
+    handle = await start_node(
+        dsn, metrics_listen="127.0.0.1:0", metrics_prepared_interval_s=0.05, cold_dir=str(tmp_path)
+    )
+    try:
+        async with security.channel(f"127.0.0.1:{handle.port}") as channel:
+            client = Client(channel)
+            await client.create(account("@funding"), account("cust-1/deposit"))
+            for n in range(3):
+                item = transfer(f"t-{n}", "@funding", "cust-1/deposit", 1 + n)
+                assert names(await client.codes(item)) == ["RESULT_CODE_CREATED"]
+            port = handle.node.metrics_port
+            await asyncio.sleep(0.3)
+            samples = await scrape(port)
+            assert value(samples, "tally_cold_last_block") == 0
+            assert value(samples, "tally_hot_history_age_seconds") >= 0.3  # block 1's age
+            connection = await asyncpg.connect(dsn)
+            try:
+                run, _ = await archive_and_remove(
+                    connection, tmp_path, created_before_ns=time.time_ns()
+                )
+            finally:
+                await connection.close()
+            samples = await wait_for_value(port, "tally_cold_last_block", run.last_block)
+            assert value(samples, "tally_hot_history_age_seconds") == 0  # nothing hot left
+            item = transfer("t-3", "@funding", "cust-1/deposit", 4)
+            assert names(await client.codes(item)) == ["RESULT_CODE_CREATED"]
+            await asyncio.sleep(0.2)
+            samples = await scrape(port)
+            assert 0 < value(samples, "tally_hot_history_age_seconds") < 60
+    finally:
+        await handle.stop()
