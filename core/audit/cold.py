@@ -41,6 +41,15 @@ class ColdHistoryRequired(Exception):
     """The database has cold history, and no segments root was given to read it from."""
 
 
+def cold_history_required(shard: int, entries: list[ColdEntry]) -> ColdHistoryRequired:
+    return ColdHistoryRequired(
+        f"shard {shard} has cold history: blocks {entries[0].first_block} to "
+        f"{entries[-1].last_block} are in {len(entries)} cold segment(s) (cold_segments), "
+        "not in its tables; pass --segments ROOT (the cluster's segments root, as tally "
+        "segments archive wrote them) to read them"
+    )
+
+
 def transaction_row(block: int, record: ColdTransaction) -> tuple[Any, ...]:
     """A cold transaction as core.store.audit.TRANSACTIONS_SQL selects a row."""
     spec = record.spec
@@ -146,12 +155,7 @@ class ColdJournal:
             return None
         shard = await archive.shard_of(connection, timeout_s)
         if config.segments_root is None:
-            raise ColdHistoryRequired(
-                f"shard {shard} has cold history: blocks {entries[0].first_block} to "
-                f"{entries[-1].last_block} are in {len(entries)} cold segment(s) "
-                "(cold_segments), not in its tables; pass --segments ROOT (the cluster's "
-                "segments root, as tally segments archive wrote them) to read them"
-            )
+            raise cold_history_required(shard, entries)
         return cls(config.segments_root, shard, entries)
 
     def segment_of(self, block: int) -> str:

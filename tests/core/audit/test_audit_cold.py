@@ -6,15 +6,12 @@ revived, block 0) audits clean, before and after the next archive run."""
 
 from __future__ import annotations
 
-import os
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-import pytest
 
 from core import audit
 from core.audit.findings import FindingKind
@@ -26,19 +23,10 @@ from tests.support.cold_books import (
     ColdBooks,
     archive_before,
     cold_copy,
-    make_cold_books,
     reverse,
 )
 
 TIMEOUT_S = 60.0
-
-
-@pytest.fixture(scope="module")
-async def books(
-    pg: EmbeddedPostgres, tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[ColdBooks]:
-    directory = tmp_path_factory.mktemp("cold_audit")
-    yield await make_cold_books(pg, f"cold_audit_{os.getpid()}", directory)
 
 
 async def _audit(dsn: str, root: Path | None) -> audit.ShardReport:
@@ -51,10 +39,10 @@ async def _audit(dsn: str, root: Path | None) -> audit.ShardReport:
 
 
 async def test_archived_books_audit_clean_as_their_hot_twin(
-    pg: EmbeddedPostgres, books: ColdBooks, tmp_path: Path
+    pg: EmbeddedPostgres, cold_books: ColdBooks, tmp_path: Path
 ) -> None:
-    hot = await _audit(books.hot_dsn, None)
-    dsn, root = await cold_copy(pg, books, tmp_path)
+    hot = await _audit(cold_books.hot_dsn, None)
+    dsn, root = await cold_copy(pg, cold_books, tmp_path)
     connection = await asyncpg.connect(dsn)
     try:
         assert await connection.fetchval("SELECT count(*) FROM cold_segments") >= 2
@@ -71,17 +59,19 @@ async def test_archived_books_audit_clean_as_their_hot_twin(
     assert code == 0 and report["ok"], report
 
 
-async def test_cold_books_without_segments_say_so(pg: EmbeddedPostgres, books: ColdBooks) -> None:
-    dsn = f"{books.hot_dsn.rsplit('/', 1)[0]}/{books.cold_template}"
+async def test_cold_books_without_segments_say_so(
+    pg: EmbeddedPostgres, cold_books: ColdBooks, tmp_path: Path
+) -> None:
+    dsn, _ = await cold_copy(pg, cold_books, tmp_path)
     code, stdout, stderr = await run_cli("audit", "--dsn", dsn, "--no-progress")
     assert code == 2, (stdout, stderr)  # the shard could not be audited: no findings at all
     assert "shard 0 has cold history: blocks 1 to " in stderr and "--segments ROOT" in stderr
 
 
 async def test_an_altered_segment_is_named(
-    pg: EmbeddedPostgres, books: ColdBooks, tmp_path: Path
+    pg: EmbeddedPostgres, cold_books: ColdBooks, tmp_path: Path
 ) -> None:
-    dsn, root = await cold_copy(pg, books, tmp_path)
+    dsn, root = await cold_copy(pg, cold_books, tmp_path)
     first = segment_paths(root / "shard-0")[0]
     target = first / "postings.parquet"
     target.write_bytes(target.read_bytes()[: target.stat().st_size // 2])  # cut short
@@ -95,11 +85,11 @@ async def test_an_altered_segment_is_named(
 
 
 async def test_a_segment_whose_rows_were_rewritten_is_caught_by_the_journal_pass(
-    pg: EmbeddedPostgres, books: ColdBooks, tmp_path: Path
+    pg: EmbeddedPostgres, cold_books: ColdBooks, tmp_path: Path
 ) -> None:
     """A postings file rewritten whole (readable, every block's count right) but with every
     amount changed: the blocks' hashes no longer match their rows."""
-    dsn, root = await cold_copy(pg, books, tmp_path)
+    dsn, root = await cold_copy(pg, cold_books, tmp_path)
     first = segment_paths(root / "shard-0")[0]
     target = first / "postings.parquet"
     table = pq.read_table(target)
@@ -116,9 +106,9 @@ async def test_a_segment_whose_rows_were_rewritten_is_caught_by_the_journal_pass
 
 
 async def test_a_transfer_reversed_after_archiving_audits_clean(
-    pg: EmbeddedPostgres, books: ColdBooks, tmp_path: Path
+    pg: EmbeddedPostgres, cold_books: ColdBooks, tmp_path: Path
 ) -> None:
-    dsn, root = await cold_copy(pg, books, tmp_path)
+    dsn, root = await cold_copy(pg, cold_books, tmp_path)
     await reverse(dsn, root, "cust-1/undo-a1", FIRST_RUN[1])
     connection = await asyncpg.connect(dsn)
     try:
