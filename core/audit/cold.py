@@ -143,6 +143,9 @@ class ColdJournal:
         # The first posting sequence still hot.
         self.hot_from = entries[-1].next_posting_sequence if entries else 1
         self.totals = ColdTotals()
+        # The cold records that may be cross-shard rows, with their blocks, as the journal
+        # pass reads them (core.audit.cold_crossshard).
+        self.cross_shard: list[tuple[int, ColdTransaction]] = []
         self._index = -1
         self._blocks: dict[int, ColdBlock] = {}
 

@@ -11,6 +11,7 @@ from typing import Any
 from core import journal, signing
 from core.audit.accounts import report_chain_break
 from core.audit.cold import ColdJournal, line_of, posting_row, transaction_row
+from core.audit.cold_crossshard import is_candidate
 from core.audit.export import block_hash, journal_line
 from core.audit.findings import About, AuditConfig, FindingKind, FindingLog, Progress, ShardReport
 from core.audit.postings import check_transaction_postings, posting_ids
@@ -150,7 +151,9 @@ class JournalPass:
     def _cold_transactions(self, block: int, cold: ColdBlock, hot: list[Any]) -> list[Any]:
         """The block's transactions as its segment holds them; each row it kept hot must be
         one of them (its current state, the same line)."""
+        assert self.cold is not None
         rows = [transaction_row(block, record) for record in cold.transactions]
+        self.cold.cross_shard.extend((block, r) for r in cold.transactions if is_candidate(r))
         by_id = {row[T_ID]: row for row in rows}
         for row in hot:
             held = by_id.get(row[T_ID])

@@ -144,7 +144,7 @@ async def audit_shard(
         await journal.run()
         await check_accounts(connection, config, log, report, progress, cold)
         await check_chains(connection, config, log, cold)
-        await scan_cross_shard(connection, config, log, report, spool)
+        await scan_cross_shard(connection, config, log, report, spool, cold)
         await check_holds(connection, config, log, report)
         await check_lease(connection, config, log, report)
         await check_anchors(connection, config, log, shard)

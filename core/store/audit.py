@@ -264,3 +264,14 @@ FROM moved_transactions WHERE move_id = $1 ORDER BY id
 """
 # Whether side $2 of move $1 is here now (a move caught between two shards' snapshots).
 MOVE_SIDE_SQL: Final = "SELECT count(*) FROM slot_moves WHERE move_id = $1 AND direction = $2"
+
+# ---- cross-shard rows of cold blocks (core.audit.cold_crossshard) ----
+
+# The pieces and holds $1 resolutions of cold blocks resolve (always hot: `~` ids, or holds,
+# which stay hot once resolved); $2: the kinds that are pieces or holds.
+RESOLVED_TARGETS_SQL: Final = """
+SELECT id, kind, target_id, applied_legs FROM transactions
+WHERE id = ANY($1::text[]) AND kind = ANY($2::smallint[])
+"""
+# Which of ids $1 have a row in the tables (kept hot or revived): CROSS_SHARD_SQL has those.
+HOT_IDS_SQL: Final = "SELECT id FROM transactions WHERE id = ANY($1::text[])"
