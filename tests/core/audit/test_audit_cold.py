@@ -135,3 +135,45 @@ async def test_a_transfer_reversed_after_archiving_audits_clean(
     assert [(p.kind, p.transaction_id) for p in report.problems] == [
         (FindingKind.SEGMENT_DATABASE_MISMATCH, FIRST_RUN[1])
     ]
+
+
+async def _alter(dsn: str, sql: str) -> None:
+    connection = await asyncpg.connect(dsn)
+    try:
+        await connection.execute(sql)
+    finally:
+        await connection.close()
+
+
+async def test_rows_altered_across_the_boundary_are_named(
+    pg: EmbeddedPostgres, cold_books: ColdBooks, tmp_path: Path
+) -> None:
+    """A row a cold block kept hot, the first hot posting after an account's cold ones and an
+    account's counter: each altered is named, measured against the cold records."""
+    dsn, root = await cold_copy(pg, cold_books, tmp_path)
+    connection = await asyncpg.connect(dsn)
+    try:
+        hot_from = await connection.fetchval("SELECT max(next_posting_sequence) FROM cold_segments")
+        first_hot = await connection.fetchval(
+            "SELECT min(sequence) FROM postings WHERE account_id = 'cust-2/deposit'"
+        )
+    finally:
+        await connection.close()
+    assert first_hot >= hot_from
+    await _alter(dsn, "UPDATE transactions SET code = code + 1 WHERE id = 'cust-1/hold'")
+    await _alter(
+        dsn,
+        "UPDATE postings SET credits_posted_after = credits_posted_after + 5, "
+        f"debits_posted_after = debits_posted_after + 5 WHERE sequence = {first_hot}",
+    )
+    await _alter(
+        dsn, "UPDATE accounts SET debits_posted = debits_posted + 7 WHERE id = 'cust-1/loan'"
+    )
+    report = await _audit(dsn, root)
+    found = {(p.kind, p.transaction_id or p.account_id, p.posting) for p in report.problems}
+    assert (FindingKind.SEGMENT_DATABASE_MISMATCH, "cust-1/hold", 0) in found
+    assert any(
+        kind == FindingKind.BALANCE_AFTER_BROKEN and posting == first_hot
+        for kind, _, posting in found
+    ), found
+    assert (FindingKind.COUNTER_MISMATCH, "cust-1/loan", 0) in found
