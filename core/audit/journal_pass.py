@@ -103,7 +103,8 @@ class JournalPass:
 
     def _report_progress(self) -> None:
         if self.progress is not None:
-            done = self.postings.consumed
+            # With cold history most postings are not rows: count the sequences walked.
+            done = self.postings.consumed if self.cold is None else self.next_posting - 1
             self.progress(self.log.shard, "journal", done, max(done, self.posting_total))
 
     async def _block(self, header: Any) -> None:

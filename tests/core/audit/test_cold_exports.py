@@ -22,14 +22,18 @@ TIMEOUT_S = 60.0
 
 
 async def _export(
-    dsn: str, directory: Path, selection: exporter.Selection, root: Path | None
+    dsn: str,
+    directory: Path,
+    selection: exporter.Selection,
+    root: Path | None,
+    export_format: str = "csv",
 ) -> dict[str, str]:
     """Every file of the export, the manifest without its export time."""
     _make(directory)
     connection = await asyncpg.connect(dsn)
     try:
         await exporter.export_shard(
-            connection, directory, "0", selection, "csv", TIMEOUT_S, segments_root=root
+            connection, directory, "0", selection, export_format, TIMEOUT_S, segments_root=root
         )
     finally:
         await connection.close()
@@ -80,6 +84,9 @@ async def test_exports_are_the_same_before_and_after_archiving(
         cold = await _export(dsn, tmp_path / f"cold-{n}", selection, root)
         assert cold == hot, selection
     assert int(hot["manifest.csv"].count("\n")) > 0
+    hot = await _export(cold_books.hot_dsn, tmp_path / "hot-json", selections[1], None, "jsonl")
+    cold = await _export(dsn, tmp_path / "cold-json", selections[1], root, "jsonl")
+    assert cold == hot  # the same JSON types too
     with pytest.raises(ColdHistoryRequired, match="--segments ROOT"):
         await _export(dsn, tmp_path / "none", exporter.Selection(), None)
     code, _, stderr = await run_cli("export", "--dsn", dsn, "--out", str(tmp_path / "cli"))
