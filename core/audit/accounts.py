@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from core import ids, journal
+from core.audit.cold import ColdJournal, ColdTotals, chain_row
 from core.audit.findings import (
     COUNTER_NAMES,
     About,
@@ -32,19 +33,38 @@ async def check_accounts(
     log: FindingLog,
     report: ShardReport,
     progress: Progress | None = None,
+    cold: ColdJournal | None = None,
 ) -> None:
-    """Each account's counters equal the sums of its postings; flags hold; the per-currency
-    trial balance of the counters (every account streams through once)."""
+    """Each account's counters equal the sums of its postings (with cold history: its cold
+    postings' sums, which the journal pass made, plus its hot ones'); flags hold; the
+    per-currency trial balance of the counters (every account streams through once)."""
+    args: tuple[int, ...] = ()
+    sql = queries.ACCOUNT_SUMS_SQL
+    totals = ColdTotals()
+    if cold is not None:
+        sql, args, totals = queries.ACCOUNT_SUMS_FROM_SQL, (cold.hot_from,), cold.totals
     stream = await RowStream.open(
-        connection, queries.ACCOUNT_SUMS_SQL, config.fetch_row_count, config.statement_timeout_s
+        connection, sql, config.fetch_row_count, config.statement_timeout_s, *args
     )
+    unseen = set(totals.sums)
     done = 0
     while rows := await stream.rest():
         for row in rows:
-            _check_account(log, row, report.trial_balance, report.clearing)
+            unseen.discard(row["id"])
+            cold_sums = totals.sums.get(row["id"], [0, 0, 0, 0, 0])
+            _check_account(
+                log, row, report.trial_balance, report.clearing, cold_sums, totals.complete
+            )
         done += len(rows)
         if progress is not None:
             progress(log.shard, "accounts", done, max(done, report.account_count))
+    for account_id in sorted(unseen):
+        log.add(
+            FindingKind.POSTINGS_OF_UNKNOWN_ACCOUNT,
+            About.ACCOUNT,
+            f"has {totals.sums[account_id][4]} cold postings but is not in accounts",
+            account_id=account_id,
+        )
     if config.currencies:
         for balances in (report.trial_balance, report.clearing):
             for currency in set(balances) - config.currencies:
@@ -74,9 +94,11 @@ def _check_account(
     row: Any,
     trial_balance: dict[str, list[int]],
     clearing: dict[str, list[int]],
+    cold_sums: list[int],
+    check_sums: bool = True,
 ) -> None:
     account_id = row["id"]
-    posting_count = row["posting_count"]
+    posting_count = row["posting_count"] + cold_sums[4]
     if not row["known"]:
         log.add(
             FindingKind.POSTINGS_OF_UNKNOWN_ACCOUNT,
@@ -87,9 +109,10 @@ def _check_account(
         return
     currency = row["currency"]
     counters = [row[name] for name in COUNTER_NAMES]
-    sums = [int(row[name]) for name in ("sum_dp", "sum_cp", "sum_dq", "sum_cq")]
+    hot = [int(row[name]) for name in ("sum_dp", "sum_cp", "sum_dq", "sum_cq")]
+    sums = [h + c for h, c in zip(hot, cold_sums, strict=False)]
     for name, found, expected in zip(COUNTER_NAMES, counters, sums, strict=True):
-        if found != expected:
+        if found != expected and check_sums:
             log.add(
                 FindingKind.COUNTER_MISMATCH,
                 About.ACCOUNT,
@@ -161,18 +184,54 @@ def _check_flags(
 # ---- balance-after chains ----
 
 
-async def check_chains(connection: Any, config: AuditConfig, log: FindingLog) -> None:
+async def check_chains(
+    connection: Any, config: AuditConfig, log: FindingLog, cold: ColdJournal | None = None
+) -> None:
     """Every posting's balance-after is the account's previous balance-after plus its amounts
-    (PostgreSQL walks each account's postings in order; only broken links come back)."""
+    (PostgreSQL walks each account's postings in order; only broken links come back). With
+    cold history, the hot postings' (the journal pass checked the cold ones'): each account's
+    first hot posting follows its last cold one."""
+    args: tuple[int, ...] = ()
+    sql = queries.CHAINS_SQL
+    if cold is not None:
+        sql, args = queries.CHAINS_FROM_SQL, (cold.hot_from,)
     stream = await RowStream.open(
-        connection, queries.CHAINS_SQL, config.fetch_row_count, config.statement_timeout_s
+        connection, sql, config.fetch_row_count, config.statement_timeout_s, *args
     )
     while rows := await stream.rest():
         for row in rows:
-            _report_chain_break(log, row)
+            if cold is not None and row["previous_sequence"] is None:
+                if not cold.totals.complete:
+                    continue  # its last cold posting is in a segment that cannot be read
+                row = _first_hot_link(row, cold)
+                if row is None:
+                    continue
+            report_chain_break(log, row)
 
 
-def _report_chain_break(log: FindingLog, row: Any) -> None:
+def _first_hot_link(row: Any, cold: ColdJournal) -> dict[str, Any] | None:
+    """An account's first hot posting against its last cold one (or zero): the broken link,
+    or None."""
+    before = cold.totals.after.get(row["account_id"], (0, 0, 0, 0, 0))
+    link = chain_row(
+        (row["sequence"], row["transaction_id"], row["account_id"], row["is_debit"]),
+        (row["posted_amount"], row["pending_delta"]),
+        (row["dp"], row["cp"], row["dq"], row["cq"]),
+        before,
+    )
+    debit = row["is_debit"]
+    changes = (
+        (row["posted_amount"], 0, row["pending_delta"], 0)
+        if debit
+        else (0, row["posted_amount"], 0, row["pending_delta"])
+    )
+    after = (row["dp"], row["cp"], row["dq"], row["cq"])
+    if all(after[i] == before[i] + changes[i] for i in range(4)):
+        return None
+    return link
+
+
+def report_chain_break(log: FindingLog, row: Any) -> None:
     is_debit = row["is_debit"]
     changes = (
         ("debits_posted", "dp", "pdp", row["posted_amount"] if is_debit else 0, "posted_amount"),

@@ -14,6 +14,8 @@ from typing import IO, Any, Final
 
 from core import ids
 from core.audit.accounts import add_counters
+from core.audit.cold import ColdJournal
+from core.audit.cold_crossshard import cold_cross_shard_rows, merged
 from core.audit.findings import (
     COUNTER_NAMES,
     About,
@@ -244,20 +246,31 @@ class PieceDeadline:
 
 
 async def scan_cross_shard(
-    connection: Any, config: AuditConfig, log: FindingLog, report: ShardReport, spool: bool
+    connection: Any,
+    config: AuditConfig,
+    log: FindingLog,
+    report: ShardReport,
+    spool: bool,
+    cold: ColdJournal | None = None,
 ) -> None:
     """This shard's cross-shard attempts in key order (written to report.spool if asked), and
     its clearing accounts' counters against the sums of their pieces; an open piece's deadline
-    against its deadline records."""
+    against its deadline records. With cold history, the rows of cold blocks are merged in
+    (core.audit.cold_crossshard)."""
     totals: dict[str, list[int]] = {}
     out = tempfile.TemporaryFile("w+", encoding="utf-8") if spool else None
     report.spool = out
     stream = await RowStream.open(
         connection, queries.CROSS_SHARD_SQL, config.fetch_row_count, config.statement_timeout_s
     )
+    cold_rows = (
+        []
+        if cold is None
+        else await cold_cross_shard_rows(connection, cold, config.statement_timeout_s)
+    )
     view: PieceView | None = None
     deadline = PieceDeadline()
-    while rows := await stream.rest():
+    async for rows in merged(stream, cold_rows):
         for row in rows:
             if view is None or row["key"] != view.key:
                 if view is not None:

@@ -10,11 +10,13 @@ needs Tally.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any
 
+from core.audit.cold_export import BalancesTap, cold_rows
+from core.audit.cold_reads import ShardCold
 from core.audit.export import (
     FORMAT,
     FORMATS,
@@ -24,10 +26,8 @@ from core.audit.export import (
     SCHEMAS,
     ExportWriter,
 )
+from core.audit.source import sql_chunks
 from core.store import export as queries
-
-# Rows fetched per round trip while exporting: bounds the exporter's memory.
-FETCH_ROW_COUNT: Final = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,12 +61,16 @@ async def export_shard(
     export_format: str,
     timeout_s: float,
     progress: Progress | None = None,
+    segments_root: Path | None = None,
 ) -> ExportSummary:
     """Write one shard's export for the selection into an existing directory, from one
-    consistent snapshot."""
+    consistent snapshot. A shard with cold history has its archived blocks' transactions and
+    postings read from the cluster's segments_root (core.audit.cold_reads), so that the files
+    are those it would have written before archiving; without it, ColdHistoryRequired."""
     if export_format not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}")
     async with connection.transaction(isolation="repeatable_read", readonly=True):
+        cold = await ShardCold.open(connection, segments_root, timeout_s)
         first, last = await _block_range(connection, selection, timeout_s)
         before = await _block_row(connection, first - 1, timeout_s)
         head = await _block_row(connection, last, timeout_s) if last >= first else before
@@ -74,14 +78,24 @@ async def export_shard(
         first_posting = before["next_posting_sequence"] if before else 1
         next_posting = head["next_posting_sequence"] if head else 1
         counts: dict[str, int] = {}
+        tap = BalancesTap()
         for name in ("blocks", *JOURNAL_FILES, "balances"):
-            if name in queries.BY_POSTING_SQL:
-                sql, bounds = queries.BY_POSTING_SQL[name], (first_posting, next_posting)
-            else:
-                sql, bounds = queries.BY_BLOCK_SQL[name], (first, last)
-            counts[name] = await _write_file(
-                connection, directory, name, export_format, sql, bounds, timeout_s, progress
-            )
+            rows = _rows(connection, name, (first, last), (first_posting, next_posting), timeout_s)
+            if cold is not None:
+                rows = cold_rows(
+                    connection, cold, name, (first, last), (first_posting, next_posting), tap,
+                    timeout_s, rows,
+                )  # fmt: skip
+            writer = ExportWriter(directory, SCHEMAS[name], export_format)
+            try:
+                async for chunk in rows:
+                    for row in chunk:
+                        writer.write(list(row))
+                    if progress is not None:
+                        progress(writer.schema.name, writer.row_count)
+            finally:
+                writer.close()
+            counts[name] = writer.row_count
     head_hash = head["hash"] if head else GENESIS_HASH_HEX
     manifest = {
         "format": FORMAT,
@@ -130,27 +144,14 @@ async def _block_row(connection: Any, sequence: int, timeout_s: float) -> Any:
     return await connection.fetchrow(queries.BLOCK_HEAD_SQL, sequence, timeout=timeout_s)
 
 
-async def _write_file(
+def _rows(
     connection: Any,
-    directory: Path,
     name: str,
-    export_format: str,
-    sql: str,
-    bounds: tuple[int, int],
+    blocks: tuple[int, int],
+    postings: tuple[int, int],
     timeout_s: float,
-    progress: Progress | None,
-) -> int:
-    writer = ExportWriter(directory, SCHEMAS[name], export_format)
-    try:
-        cursor = await connection.cursor(sql, *bounds, timeout=timeout_s)
-        while True:
-            rows = await cursor.fetch(FETCH_ROW_COUNT, timeout=timeout_s)
-            for row in rows:
-                writer.write(list(row))
-            if progress is not None:
-                progress(writer.schema.name, writer.row_count)
-            if len(rows) < FETCH_ROW_COUNT:
-                break
-    finally:
-        writer.close()
-    return writer.row_count
+) -> AsyncIterator[list[Any]]:
+    """A file's rows from the database, in chunks."""
+    if name in queries.BY_POSTING_SQL:
+        return sql_chunks(connection, queries.BY_POSTING_SQL[name], postings, timeout_s)
+    return sql_chunks(connection, queries.BY_BLOCK_SQL[name], blocks, timeout_s)

@@ -9,6 +9,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from core import journal, signing
+from core.audit.accounts import report_chain_break
+from core.audit.cold import ColdJournal, line_of, posting_row, transaction_row
+from core.audit.cold_crossshard import is_candidate
 from core.audit.export import block_hash, journal_line
 from core.audit.findings import About, AuditConfig, FindingKind, FindingLog, Progress, ShardReport
 from core.audit.postings import check_transaction_postings, posting_ids
@@ -16,6 +19,8 @@ from core.audit.source import RowStream
 from core.model import HELD_KINDS, Kind
 from core.store import audit as queries
 from core.store.audit import P_BLOCK, P_SEQUENCE, P_TRANSACTION, T_APPLIED, T_ID, T_KIND, T_TARGET
+from core.store.cold.audit_read import SEGMENT_READ_ERRORS, cold_records
+from core.store.cold.format import ColdBlock, ColdTransaction
 
 # ---- the journal pass: hash chain, block structure, postings against transactions ----
 
@@ -43,8 +48,11 @@ class JournalPass:
         report: ShardReport,
         progress: Progress | None,
         posting_total: int,
+        cold: ColdJournal | None = None,
     ) -> None:
         self.connection = connection
+        # The cold blocks' records (their transactions and postings), from their segments.
+        self.cold = cold
         self.config = config
         self.log = log
         self.report = report
@@ -81,6 +89,7 @@ class JournalPass:
             "closures": await self._open(queries.CLOSURES_SQL),
         }
         self.postings = await self._open(queries.POSTINGS_SQL)
+        await self._check_revived()
         while headers := await blocks.rest():
             for header in headers:
                 await self._block(header)
@@ -94,7 +103,8 @@ class JournalPass:
 
     def _report_progress(self) -> None:
         if self.progress is not None:
-            done = self.postings.consumed
+            # With cold history most postings are not rows: count the sequences walked.
+            done = self.postings.consumed if self.cold is None else self.next_posting - 1
             self.progress(self.log.shard, "journal", done, max(done, self.posting_total))
 
     async def _block(self, header: Any) -> None:
@@ -104,17 +114,136 @@ class JournalPass:
         for name, stream in self.streams.items():
             rows[name] = self._own_rows(name, block, await stream.take_below(0, block + 1))
         postings = await self.postings.take_below(P_SEQUENCE, header["next_posting_sequence"])
+        if self.cold is not None and block <= self.cold.last_block:
+            cold = await self.cold.block(block, self.log)
+            if cold is None:  # its segment cannot be read (a finding): the chain goes on
+                self._skip_block(header)
+                return
+            rows["transactions"] = self._cold_transactions(block, cold, rows["transactions"])
+            postings = self._cold_postings(block, cold, postings)
         self._check_posting_range(header, postings)
         self._check_counts(header, rows, postings)
         self._check_hash(header, rows, postings)
         self._check_signature(header)
         self._check_published(header)
         await self._check_postings(block, rows["transactions"], postings)
+        self._count_block(header, len(rows["transactions"]), len(postings))
+
+    def _count_block(self, header: Any, transactions: int, postings: int) -> None:
         self.report.block_count += 1
-        self.report.transaction_count += len(rows["transactions"])
-        self.report.posting_count += len(postings)
-        self.report.head_block = block
+        self.report.transaction_count += transactions
+        self.report.posting_count += postings
+        self.report.head_block = header["sequence"]
         self.report.head_hash = bytes(header["hash"]).hex()
+
+    # ---- cold blocks (core.audit.cold) ----
+
+    def _skip_block(self, header: Any) -> None:
+        """A cold block whose segment cannot be read: its header carries the chain on."""
+        if self.suspect is not None:
+            self._report_mismatch(self.suspect, bytes(header["previous_hash"]))
+            self.suspect = None
+        self.previous_stored = self.previous_recomputed = bytes(header["hash"])
+        self.next_posting = max(self.next_posting, header["next_posting_sequence"])
+        self._check_signature(header)
+        self._check_published(header)
+        self._count_block(header, header["transaction_count"], header["posting_count"])
+
+    def _cold_transactions(self, block: int, cold: ColdBlock, hot: list[Any]) -> list[Any]:
+        """The block's transactions as its segment holds them; each row it kept hot must be
+        one of them (its current state, the same line)."""
+        assert self.cold is not None
+        rows = [transaction_row(block, record) for record in cold.transactions]
+        self.cold.cross_shard.extend((block, r) for r in cold.transactions if is_candidate(r))
+        by_id = {row[T_ID]: row for row in rows}
+        for row in hot:
+            held = by_id.get(row[T_ID])
+            if held is None or line_of(held[1:]) != line_of(row[1:]):
+                found = "differs from" if held is not None else "is not in"
+                self.log.add(
+                    FindingKind.SEGMENT_DATABASE_MISMATCH,
+                    About.TRANSACTION,
+                    f"its row in the database {found} the record of cold block {block}",
+                    line_of(held[1:]) if held is not None else "no row",
+                    line_of(row[1:]),
+                    block=block,
+                    transaction_id=row[T_ID],
+                )
+        return rows
+
+    def _cold_postings(self, block: int, cold: ColdBlock, hot: list[Any]) -> list[Any]:
+        """The block's postings as its segment holds them, counted into the cold totals; each
+        posting it kept hot (a slot move's block) must be one of them."""
+        assert self.cold is not None
+        rows = []
+        for posting in cold.postings:
+            rows.append(posting_row(block, posting))
+            if (broken := self.cold.totals.add(posting)) is not None:
+                report_chain_break(self.log, broken)
+        by_sequence = {row[P_SEQUENCE]: row for row in rows}
+        for row in hot:
+            held = by_sequence.get(row[P_SEQUENCE])
+            if held is None or line_of(held[:P_BLOCK]) != line_of(row[:P_BLOCK]):
+                self.log.add(
+                    FindingKind.SEGMENT_DATABASE_MISMATCH,
+                    About.POSTING,
+                    f"its row in the database differs from the record of cold block {block}",
+                    line_of(held[:P_BLOCK]) if held is not None else "no posting",
+                    line_of(row[:P_BLOCK]),
+                    block=block,
+                    **posting_ids(row),
+                )
+        return rows
+
+    async def _check_revived(self) -> None:
+        """Revived rows (block 0): each must be a cold record, but for its state."""
+        stream = await self._open(queries.REVIVED_SQL)
+        while rows := await stream.rest():
+            if self.cold is None:
+                for row in rows:
+                    self._orphan("transactions", row)
+                continue
+            ids = [row[T_ID] for row in rows]
+            try:
+                records = await cold_records(
+                    self.connection,
+                    self.cold.root,
+                    self.cold.shard,
+                    ids,
+                    self.config.statement_timeout_s,
+                )
+            except SEGMENT_READ_ERRORS as error:
+                self.log.add(
+                    FindingKind.SEGMENT_ALTERED,
+                    About.SEGMENT,
+                    f"the cold records of revived transactions cannot be read ({error})",
+                )
+                continue
+            for row in rows:
+                self._check_revived_row(row, records.get(row[T_ID]))
+
+    def _check_revived_row(self, row: Any, held: tuple[ColdTransaction, int, str] | None) -> None:
+        if held is None:
+            self.log.add(
+                FindingKind.ROW_OUTSIDE_JOURNAL,
+                About.TRANSACTION,
+                "revived (block 0), but no cold segment records it",
+                transaction_id=row[T_ID],
+            )
+            return
+        record, block, name = held
+        expected = line_of(transaction_row(block, record)[1:])
+        if expected != line_of(row[1:]):
+            self.log.add(
+                FindingKind.SEGMENT_DATABASE_MISMATCH,
+                About.TRANSACTION,
+                f"revived (block 0), but its row differs from its record in cold block {block} "
+                f"(segment {name})",
+                expected,
+                line_of(row[1:]),
+                block=block,
+                transaction_id=row[T_ID],
+            )
 
     def _own_rows(self, name: str, block: int, rows: list[Any]) -> list[Any]:
         """A block's rows; rows left behind name a block that is not in the journal."""
@@ -362,6 +491,8 @@ class JournalPass:
         else:
             kind = FindingKind.BLOCK_HASH_MISMATCH
             message = f"hash {stored} does not match its rows (recomputed {recomputed})"
+        if self.cold is not None and (name := self.cold.segment_of(block)):
+            message += f"; its transactions and postings are cold, in segment {name}"
         self.log.add(kind, About.BLOCK, message, recomputed, stored, block=block)
 
     async def _check_postings(

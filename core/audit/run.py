@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from core.audit.accounts import add_counters, check_accounts, check_chains, check_holds
+from core.audit.cold import ColdJournal
 from core.audit.crossshard import check_cross_shard, scan_cross_shard
 from core.audit.findings import (
     CLUSTER,
@@ -138,10 +139,12 @@ async def audit_shard(
     async with connection.transaction(isolation="repeatable_read", readonly=True):
         sizes = await connection.fetchrow(queries.SIZES_SQL, timeout=timeout_s)
         report.account_count = sizes["accounts"]
-        await JournalPass(connection, config, log, report, progress, sizes["postings"]).run()
-        await check_accounts(connection, config, log, report, progress)
-        await check_chains(connection, config, log)
-        await scan_cross_shard(connection, config, log, report, spool)
+        cold = await ColdJournal.open(connection, config)
+        journal = JournalPass(connection, config, log, report, progress, sizes["postings"], cold)
+        await journal.run()
+        await check_accounts(connection, config, log, report, progress, cold)
+        await check_chains(connection, config, log, cold)
+        await scan_cross_shard(connection, config, log, report, spool, cold)
         await check_holds(connection, config, log, report)
         await check_lease(connection, config, log, report)
         await check_anchors(connection, config, log, shard)
@@ -166,7 +169,8 @@ async def verify_chain(
         total = await connection.fetchval(
             queries.POSTING_TOTAL_SQL, timeout=config.statement_timeout_s
         )
-        await JournalPass(connection, config, log, report, None, total).run()
+        cold = await ColdJournal.open(connection, config)
+        await JournalPass(connection, config, log, report, None, total, cold).run()
         await check_lease(connection, config, log, report)
         await check_anchors(connection, config, log, shard)
     report.problems = log.sorted_kept()

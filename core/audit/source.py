@@ -3,12 +3,15 @@ streamed through server-side cursors one chunk at a time (memory bounded by the 
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import AsyncIterator
+from typing import Any, Final
 
 from core import dsn as dsn_text
 from core.audit.findings import AuditConfig
 
 TIMEOUT_S = 300.0
+# Rows fetched per round trip by sql_chunks (the exporter's): bounds its memory.
+FETCH_ROW_COUNT: Final = 10_000
 
 
 async def connect(dsn: str, config: AuditConfig) -> Any:
@@ -93,3 +96,18 @@ class RowStream:
         self._index = len(self._rows)
         self.consumed += len(rows)
         return rows
+
+
+async def sql_chunks(
+    connection: Any, sql: str, bounds: tuple[int, int], timeout_s: float
+) -> AsyncIterator[list[Any]]:
+    """A query over a range ($1, $2) through a server-side cursor, FETCH_ROW_COUNT rows at a
+    time (an inverted range is read as empty without asking)."""
+    if bounds[0] > bounds[1]:
+        return
+    cursor = await connection.cursor(sql, *bounds, timeout=timeout_s)
+    while True:
+        rows = await cursor.fetch(FETCH_ROW_COUNT, timeout=timeout_s)
+        yield rows
+        if len(rows) < FETCH_ROW_COUNT:
+            break

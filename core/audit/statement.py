@@ -25,9 +25,12 @@ import io
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Final
 
 from core import history
+from core.audit.cold import ColdHistoryRequired
+from core.audit.cold_reads import ShardCold, line_row
 from core.journal import FLAG_CREDITS_MUST_NOT_EXCEED_DEBITS
 from core.model import Kind
 from core.money import format_minor_units
@@ -153,17 +156,25 @@ async def load_statement(
     to_ns: int,
     timeout_s: float,
     line_count_max: int = LINE_COUNT_MAX_DEFAULT,
+    segments_root: Path | None = None,
 ) -> Statement:
     """The statement of account_id over [from_ns, to_ns), from every shard that holds it
     (connections in shard order): a client's account at each shard that held it in turn
     (moved with its slot: docs/design.md, "Reads across the move"), a spread account at every
-    shard, summed."""
+    shard, summed. A shard with cold history reads its archived postings from the cluster's
+    segments_root (core.audit.cold_reads); without it, that is a StatementError."""
     if to_ns <= from_ns:
         raise StatementError("the period's end must be after its start")
     parts = []
     for shard, connection in enumerate(connections):
         part = await _read_shard(
-            connection, shard, account_id, (from_ns, to_ns), timeout_s, line_count_max
+            connection,
+            shard,
+            account_id,
+            (from_ns, to_ns),
+            timeout_s,
+            line_count_max,
+            segments_root,
         )
         if part is not None:
             parts.append(part)
@@ -183,22 +194,29 @@ async def _read_shard(
     period: tuple[int, int],
     timeout_s: float,
     line_count_max: int,
+    segments_root: Path | None,
 ) -> _ShardPart | None:
     from_ns, to_ns = period
     own = not is_spread(account_id)  # a client's account: a move's entries are not its own
     async with connection.transaction(isolation="repeatable_read", readonly=True):
+        try:
+            cold = await ShardCold.open(connection, segments_root, timeout_s)
+        except ColdHistoryRequired as error:
+            raise StatementError(str(error)) from None
         account = await connection.fetchrow(queries.ACCOUNT_SQL, account_id, timeout=timeout_s)
         if account is None:
             return None
-        opening = await _balance_before(connection, account_id, from_ns, own, timeout_s)
-        closing = await _balance_before(connection, account_id, to_ns, own, timeout_s)
-        rows = await connection.fetch(
+        opening = await _balance_before(connection, cold, account_id, from_ns, own, timeout_s)
+        closing = await _balance_before(connection, cold, account_id, to_ns, own, timeout_s)
+        rows = await _cold_lines(connection, cold, account_id, period, own, timeout_s)
+        rows += await connection.fetch(
             queries.LINES_SQL,
             account_id,
             from_ns,
             to_ns,
-            line_count_max + 1,
+            max(line_count_max + 1 - len(rows), 0),
             own,
+            cold.hot_from if cold is not None else 1,
             timeout=timeout_s,
         )
         moved_to = []
@@ -211,14 +229,53 @@ async def _read_shard(
 
 
 async def _balance_before(
-    connection: Any, account_id: str, at_ns: int, own: bool, timeout_s: float
+    connection: Any,
+    cold: ShardCold | None,
+    account_id: str,
+    at_ns: int,
+    own: bool,
+    timeout_s: float,
 ) -> tuple[int, int, int, int] | None:
+    hot_from = cold.hot_from if cold is not None else 1
     row = await connection.fetchrow(
-        queries.BALANCE_BEFORE_SQL, account_id, at_ns, own, timeout=timeout_s
+        queries.BALANCE_BEFORE_SQL, account_id, at_ns, own, hot_from, timeout=timeout_s
     )
-    if row is None:
+    if row is not None:
+        return (row[0], row[1], row[2], row[3])
+    if cold is None:
         return None
-    return (row[0], row[1], row[2], row[3])
+    return await cold.balance_before(account_id, at_ns, _MOVE_PREFIXES if own else ())
+
+
+# A slot move's own entries (core.ids), which a client's statement leaves out.
+_MOVE_PREFIXES: Final = ("~moveout/", "~movein/")
+
+
+async def _cold_lines(
+    connection: Any,
+    cold: ShardCold | None,
+    account_id: str,
+    period: tuple[int, int],
+    own: bool,
+    timeout_s: float,
+) -> list[Any]:
+    """LINES_SQL's rows of the account's cold postings, in sequence order."""
+    if cold is None:
+        return []
+    postings = [
+        posting
+        for posting, _ in await cold.postings_between(account_id, *period)
+        if posting.posted_amount and not (own and posting.transaction_id.startswith(_MOVE_PREFIXES))
+    ]
+    ids = sorted({p.transaction_id for p in postings})
+    found: dict[str, Any] = {
+        row["id"]: row
+        for row in await connection.fetch(queries.LINE_TRANSACTIONS_SQL, ids, timeout=timeout_s)
+    }
+    missing = [i for i in ids if i not in found]
+    if missing:
+        found.update(await cold.transaction_rows(connection, missing, timeout_s))
+    return [line_row(p, found.get(p.transaction_id)) for p in postings]
 
 
 _ZERO: Final = (0, 0, 0, 0)

@@ -38,11 +38,16 @@ ACCOUNTS_SQL: Final = """
 SELECT block_sequence, id, currency, code, flags, metadata, created_at_ns
 FROM accounts ORDER BY block_sequence, created_at_ns, id
 """
-TRANSACTIONS_SQL: Final = """
+_TRANSACTION_COLUMNS: Final = """
 SELECT block_sequence, id, kind, code, metadata, value_date, timeout_seconds, target_id, legs,
        applied_legs, timestamp_ns
-FROM transactions ORDER BY block_sequence, timestamp_ns, id
+FROM transactions"""
+# Block 0 is no block: a revived row's (core.store.shard.REVIVED_BLOCK_SEQUENCE, a cold
+# transaction written hot again when it changed), which REVIVED_SQL reads apart.
+TRANSACTIONS_SQL: Final = f"""{_TRANSACTION_COLUMNS}
+WHERE block_sequence <> 0 ORDER BY block_sequence, timestamp_ns, id
 """
+REVIVED_SQL: Final = f"{_TRANSACTION_COLUMNS} WHERE block_sequence = 0 ORDER BY id"
 POSTINGS_SQL: Final = """
 SELECT sequence, transaction_id, account_id, CASE WHEN is_debit THEN 'D' ELSE 'C' END,
        posted_amount, pending_delta, timestamp_ns, debits_posted_after, credits_posted_after,
@@ -72,7 +77,9 @@ BLOCK_HASH_HEX_SQL: Final = "SELECT encode(hash, 'hex') FROM journal_blocks WHER
 
 # ---- accounts: counters against the sums of their postings ----
 
-ACCOUNT_SUMS_SQL: Final = """
+
+def _account_sums_sql(where: str) -> str:
+    return f"""
 SELECT coalesce(a.id, s.account_id) AS id, a.id IS NOT NULL AS known, a.currency, a.flags,
        a.closed_at_ns, a.debits_posted, a.credits_posted, a.debits_pending, a.credits_pending,
        coalesce(s.dp, 0) AS sum_dp, coalesce(s.cp, 0) AS sum_cp,
@@ -85,9 +92,15 @@ FROM accounts a FULL JOIN (
            sum(pending_delta) FILTER (WHERE is_debit) AS dq,
            sum(pending_delta) FILTER (WHERE NOT is_debit) AS cq,
            count(*) AS posting_count
-    FROM postings GROUP BY account_id
+    FROM postings {where} GROUP BY account_id
 ) s ON s.account_id = a.id
 """
+
+
+ACCOUNT_SUMS_SQL: Final = _account_sums_sql("")
+# With cold history: the sums of the hot postings from sequence $1 (the first hot one) on; the
+# cold ones' are added from the segments (core.audit.cold).
+ACCOUNT_SUMS_FROM_SQL: Final = _account_sums_sql("WHERE sequence >= $1")
 # Per currency, the sums of the accounts' counters (the service's TrialBalance).
 TRIAL_BALANCE_SQL: Final = """
 SELECT currency, sum(debits_posted)::numeric AS dp, sum(credits_posted)::numeric AS cp,
@@ -97,7 +110,10 @@ FROM accounts GROUP BY currency ORDER BY currency
 
 # ---- balance-after chains: only the broken links come back ----
 
-CHAINS_SQL: Final = """
+
+def _chains_sql(where: str, first_links: bool) -> str:
+    keep = "previous_sequence IS NULL\n   OR " if first_links else ""
+    return f"""
 SELECT sequence, transaction_id, account_id, is_debit, posted_amount, pending_delta,
        dp, cp, dq, cq, pdp, pcp, pdq, pcq, previous_sequence
 FROM (
@@ -109,15 +125,21 @@ FROM (
            coalesce(lag(debits_pending_after) OVER w, 0) AS pdq,
            coalesce(lag(credits_pending_after) OVER w, 0) AS pcq,
            lag(sequence) OVER w AS previous_sequence
-    FROM postings WINDOW w AS (PARTITION BY account_id ORDER BY sequence)
+    FROM postings {where} WINDOW w AS (PARTITION BY account_id ORDER BY sequence)
 ) p
 -- numeric: a tampered row must not overflow bigint and abort the audit.
-WHERE dp::numeric <> pdp::numeric + CASE WHEN is_debit THEN posted_amount ELSE 0 END
+WHERE {keep}dp::numeric <> pdp::numeric + CASE WHEN is_debit THEN posted_amount ELSE 0 END
    OR cp::numeric <> pcp::numeric + CASE WHEN is_debit THEN 0 ELSE posted_amount END
    OR dq::numeric <> pdq::numeric + CASE WHEN is_debit THEN pending_delta ELSE 0 END
    OR cq::numeric <> pcq::numeric + CASE WHEN is_debit THEN 0 ELSE pending_delta END
 ORDER BY sequence
 """
+
+
+CHAINS_SQL: Final = _chains_sql("", first_links=False)
+# With cold history: the hot postings from sequence $1 on, with every account's first one
+# there (its link is to its last cold posting, which the caller knows, not to zero).
+CHAINS_FROM_SQL: Final = _chains_sql("WHERE sequence >= $1", first_links=True)
 
 # ---- holds ----
 
@@ -242,3 +264,14 @@ FROM moved_transactions WHERE move_id = $1 ORDER BY id
 """
 # Whether side $2 of move $1 is here now (a move caught between two shards' snapshots).
 MOVE_SIDE_SQL: Final = "SELECT count(*) FROM slot_moves WHERE move_id = $1 AND direction = $2"
+
+# ---- cross-shard rows of cold blocks (core.audit.cold_crossshard) ----
+
+# The pieces and holds $1 resolutions of cold blocks resolve (always hot: `~` ids, or holds,
+# which stay hot once resolved); $2: the kinds that are pieces or holds.
+RESOLVED_TARGETS_SQL: Final = """
+SELECT id, kind, target_id, applied_legs FROM transactions
+WHERE id = ANY($1::text[]) AND kind = ANY($2::smallint[])
+"""
+# Which of ids $1 have a row in the tables (kept hot or revived): CROSS_SHARD_SQL has those.
+HOT_IDS_SQL: Final = "SELECT id FROM transactions WHERE id = ANY($1::text[])"

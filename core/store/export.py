@@ -83,3 +83,18 @@ BY_POSTING_SQL: Final = {
         JOIN postings l ON l.sequence = t.last_sequence
         ORDER BY t.account_id""",
 }
+
+# ---- with cold history (core.audit.cold_export): the balances file's parts ----
+
+# The ids $1 in the order the balances file lists its accounts (the database's order of text).
+ORDERED_IDS_SQL: Final = "SELECT i FROM unnest($1::text[]) AS i ORDER BY i"
+# The currencies of accounts $1.
+CURRENCIES_SQL: Final = "SELECT id, currency FROM accounts WHERE id = ANY($1::text[])"
+# Each of accounts $1's last hot posting before sequence $3, from sequence $2 (the first hot
+# one) on.
+LAST_HOT_BEFORE_SQL: Final = """
+SELECT DISTINCT ON (account_id) account_id, debits_posted_after, credits_posted_after,
+       debits_pending_after, credits_pending_after
+FROM postings WHERE account_id = ANY($1::text[]) AND sequence >= $2 AND sequence < $3
+ORDER BY account_id, sequence DESC
+"""

@@ -30,6 +30,7 @@ from rich.progress import BarColumn, Progress, TextColumn
 from core import audit, signing
 from core import dsn as dsn_text
 from core.audit import AuditConfig, AuditReport, export, exporter, reconcile, render, statement
+from core.audit.cold import ColdHistoryRequired
 from core.audit.report import StructuredReport, balances, structured
 from core.currencies import minor_unit_scale
 from core.money import parse_minor_units
@@ -142,7 +143,9 @@ def _audit_arguments(sub: argparse.ArgumentParser, with_dsns: Any) -> None:
         default=None,
         metavar="ROOT",
         help="the cluster's cold segments (tally segments write --dir ROOT): each shard's are "
-        "verified and every block they hold is checked against its database",
+        "verified and every block they hold is checked against its database; the archived "
+        "blocks' transactions and postings are read from them (needed once a shard has cold "
+        "history)",
     )
     sub.add_argument("--problem-count-max", type=int, default=1000, help="kept per check")
     sub.add_argument(
@@ -161,8 +164,20 @@ def _audit_arguments(sub: argparse.ArgumentParser, with_dsns: Any) -> None:
     )
 
 
+def _segments_argument(sub: argparse.ArgumentParser, reads: str) -> None:
+    sub.add_argument(
+        "--segments",
+        type=Path,
+        default=None,
+        metavar="ROOT",
+        help=f"the cluster's cold segments (as tally segments archive wrote them): {reads} "
+        "of archived blocks are read from them (needed once a shard has cold history)",
+    )
+
+
 def _export_arguments(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--out", type=Path, required=True, help="directory (shard-N/ per shard)")
+    _segments_argument(sub, "the transactions and postings")
     sub.add_argument("--format", choices=export.FORMATS, default="csv")
     sub.add_argument("--from", dest="from_time", default="", help="period start (UTC date/time)")
     sub.add_argument("--to", dest="to_time", default="", help="period end, exclusive")
@@ -183,6 +198,7 @@ def _reconcile_arguments(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--opening-balance", default=None, help="the statement's, major units")
     sub.add_argument("--closing-balance", default=None, help="the statement's, major units")
     sub.add_argument("--json", action="store_true", help="print the result as JSON")
+    _segments_argument(sub, "the postings")
 
 
 def _statement_arguments(sub: argparse.ArgumentParser) -> None:
@@ -190,6 +206,7 @@ def _statement_arguments(sub: argparse.ArgumentParser) -> None:
     _period_arguments(sub)
     sub.add_argument("--csv", type=Path, help="write the statement as CSV")
     sub.add_argument("--html", type=Path, help="write the statement as a printable HTML page")
+    _segments_argument(sub, "the postings")
 
 
 def _period_arguments(sub: argparse.ArgumentParser) -> None:
@@ -398,7 +415,7 @@ def _export_command(args: argparse.Namespace) -> int:
         args.last_block,
     )
     dsns = dsns_of(args)
-    summaries = _run_async(_export_all(dsns, args.out, selection, args.format))
+    summaries = _run_async(_export_all(dsns, args.out, selection, args.format, args.segments))
     for summary in summaries:
         counts = ", ".join(f"{count:,} {name}" for name, count in summary.row_counts.items())
         print(
@@ -410,7 +427,11 @@ def _export_command(args: argparse.Namespace) -> int:
 
 
 async def _export_all(
-    dsns: Sequence[str], out: Path, selection: exporter.Selection, export_format: str
+    dsns: Sequence[str],
+    out: Path,
+    selection: exporter.Selection,
+    export_format: str,
+    segments: Path | None,
 ) -> list[exporter.ExportSummary]:
     config = AuditConfig()
     summaries = []
@@ -427,8 +448,11 @@ async def _export_all(
                     selection,
                     export_format,
                     config.statement_timeout_s,
+                    segments_root=segments,
                 )
             )
+        except ColdHistoryRequired as error:
+            raise UsageError(f"shard {shard}: {error}") from None
         finally:
             await connection.close(timeout=config.connect_timeout_s)
     return summaries
@@ -524,7 +548,7 @@ def _load_statement(args: argparse.Namespace) -> statement.Statement:
     from_ns, to_ns = parse_time_ns(args.from_time), parse_time_ns(args.to_time)
     try:
         loaded: statement.Statement = _run_async(
-            _read_statement(dsns_of(args), args.account, from_ns, to_ns)
+            _read_statement(dsns_of(args), args.account, from_ns, to_ns, args.segments)
         )
     except statement.StatementError as error:
         raise UsageError(str(error)) from None
@@ -532,7 +556,7 @@ def _load_statement(args: argparse.Namespace) -> statement.Statement:
 
 
 async def _read_statement(
-    dsns: Sequence[str], account_id: str, from_ns: int, to_ns: int
+    dsns: Sequence[str], account_id: str, from_ns: int, to_ns: int, segments: Path | None
 ) -> statement.Statement:
     config = AuditConfig()
     connections = []
@@ -540,7 +564,12 @@ async def _read_statement(
         for dsn in dsns:
             connections.append(await _connect(dsn, config))
         return await statement.load_statement(
-            connections, account_id, from_ns, to_ns, config.statement_timeout_s
+            connections,
+            account_id,
+            from_ns,
+            to_ns,
+            config.statement_timeout_s,
+            segments_root=segments,
         )
     finally:
         for connection in connections:

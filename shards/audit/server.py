@@ -645,7 +645,9 @@ def add_command(commands: Any) -> None:
         default=None,
         metavar="ROOT",
         help="the cluster's cold segments (tally segments write --dir ROOT): every audit "
-        "verifies each shard's and holds them against its database (check segments)",
+        "verifies each shard's and holds them against its database (check segments), and "
+        "reads the archived blocks' transactions and postings from them (needed once a "
+        "shard has cold history)",
     )
     add_rpc_concurrency_flag(sub)
     security_flags.add_server_flags(sub)
