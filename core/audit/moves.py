@@ -12,7 +12,9 @@ move-in committed since the snapshots), every move-in its move-out, each finishe
 slot-move pieces net to zero per currency (as clearing does for cross-shard transactions),
 its move-in committed to the records its move-out did (count and digest, both summaries),
 and every record a target moved in is its source's record, line for line (the lines the
-source's journal hashed; what changes after, a reversal's mark, is not in them).
+source's journal hashed; what changes after, a reversal's mark, is not in them). A source
+record archived since (cold, docs/design.md "Cold history") is read from its segment given
+AuditConfig.segments_root; without it, it reads as missing.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ from core.audit.findings import About, AuditConfig, FindingKind, FindingLog, Mov
 from core.audit.source import connect
 from core.model import TransactionState
 from core.store import audit as queries
-from core.store.shard import load_transactions, transaction_from_row
+from core.store.history import History, HotHistory
+from core.store.shard import transaction_from_row
 
 OUT, IN = "out", "in"
 # Records compared with their source's per read.
@@ -256,18 +259,27 @@ async def _check_records_at_source(
     config: AuditConfig,
     log: FindingLog,
 ) -> None:
-    """Each record the target holds for the move is the source's record of that id."""
+    """Each record the target holds for the move is the source's record of that id (hot, or
+    cold given the segments' root)."""
     timeout_s = config.statement_timeout_s
     at_target = await connect(dsns[target], config)
     at_source = await connect(dsns[source], config)
+    history: History = HotHistory()
+    if config.segments_root is not None:
+        from core.store.cold.history import ColdHistory  # pyarrow: only where it is read
+
+        history = ColdHistory(config.segments_root, source)
     try:
         rows = await at_target.fetch(queries.MOVED_RECORDS_SQL, move_id, timeout=timeout_s)
         for start in range(0, len(rows), RECORD_CHUNK_COUNT):
             chunk = rows[start : start + RECORD_CHUNK_COUNT]
-            there = await load_transactions(at_source, [row["id"] for row in chunk], timeout_s)
+            there = await history.load_transactions(
+                at_source, [row["id"] for row in chunk], timeout_s
+            )
             for row in chunk:
                 _compare_record(move_id, source, target, row, there.get(row["id"]), log)
     finally:
+        history.close()
         await at_target.close(timeout=config.connect_timeout_s)
         await at_source.close(timeout=config.connect_timeout_s)
 

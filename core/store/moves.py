@@ -4,15 +4,23 @@ with its block. Every statement carries a timeout.
 
 A slot is a hash of the partition key, not a column, so finding a slot's rows scans accounts
 and transactions once each (filtered here with core.moves). The next step is a slot column.
+
+A shard with cold history (docs/design.md, "Cold history") has records no transactions row
+holds any more: a move carries them too (the target must still answer an archived id as a
+duplicate), found by the ids its segments hold (ColdRecords, the node's ColdHistory). The hot
+rows are read first, then the segments, so a record an archive moves meanwhile is read once at
+least (hot wins: a cold record's hot row, if any, is its later state).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Any
+import asyncio
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Protocol
 
 from core import ids, journal, moves
 from core.model import AccountState, Kind, Leg, TransactionState
+from core.store.cold.catalog import cold_entries
 from core.store.shard import (
     TRANSACTION_COLUMNS,
     account_from_row,
@@ -25,6 +33,56 @@ Connection = Any
 
 # How many rows each scan fetches at once (a cursor: the scan never holds a table in memory).
 _SCAN_ROW_COUNT = 5_000
+
+
+class ColdSegmentIds(Protocol):
+    def transaction_ids(self) -> list[str]: ...
+
+
+class ColdRecords(Protocol):
+    """A shard's cold history as moves read it (core.store.cold.history.ColdHistory; not
+    imported here: it brings pyarrow)."""
+
+    def segment(self, name: str) -> ColdSegmentIds: ...
+
+    async def load_transactions(
+        self, connection: Connection, ids: Iterable[str], timeout_s: float
+    ) -> dict[str, TransactionState]: ...
+
+
+async def cold_homed_records(
+    connection: Connection,
+    cold: ColdRecords | None,
+    keep: Callable[[str], bool],
+    after_id: str,
+    up_to_id: str | None,
+    timeout_s: float,
+) -> dict[str, TransactionState]:
+    """By id: the records the cold segments hold whose id keep keeps, after after_id (and at
+    most up_to_id), each as it is now (its hot row when one was written since, else its cold
+    record). None without cold history."""
+    if cold is None:
+        return {}
+    entries = await cold_entries(connection, timeout_s)
+    if not entries:
+        return {}
+
+    def scan() -> list[str]:
+        found = set()
+        for entry in entries:
+            for transaction_id in cold.segment(entry.name).transaction_ids():
+                if transaction_id <= after_id or transaction_id.startswith("~"):
+                    continue
+                if up_to_id is not None and transaction_id > up_to_id:
+                    continue
+                if keep(transaction_id):
+                    found.add(transaction_id)
+        return sorted(found)
+
+    wanted = await asyncio.to_thread(scan)
+    if not wanted:
+        return {}
+    return await cold.load_transactions(connection, wanted, timeout_s)
 
 
 async def slot_accounts(
@@ -45,10 +103,13 @@ async def slot_accounts(
 
 
 async def homed_records(
-    connection: Connection, slots: frozenset[int], timeout_s: float
+    connection: Connection,
+    slots: frozenset[int],
+    timeout_s: float,
+    cold: ColdRecords | None = None,
 ) -> list[TransactionState]:
-    """The transaction records homed in the slots (their own and those moved in before), in
-    id order."""
+    """The transaction records homed in the slots (their own and those moved in before, hot
+    or cold), in id order."""
     columns = ", ".join(TRANSACTION_COLUMNS)
     found: list[TransactionState] = []
     async with connection.transaction(isolation="repeatable_read", readonly=True):
@@ -61,6 +122,11 @@ async def homed_records(
             async for row in cursor:
                 if moves.record_moves(row["id"], slots):
                     found.append(transaction_from_row(row))
+    hot = {record.spec.id for record in found}
+    archived = await cold_homed_records(
+        connection, cold, lambda i: moves.record_moves(i, slots), "", None, timeout_s
+    )
+    found.extend(record for i, record in archived.items() if i not in hot)
     found.sort(key=lambda record: record.spec.id)
     return found
 
@@ -317,19 +383,28 @@ async def records_page(
     after_id: str,
     count_max: int,
     timeout_s: float,
+    cold: ColdRecords | None = None,
 ) -> tuple[list[TransactionState], bool]:
-    """Up to count_max of the records homed in the slots after after_id, in id order, as they
-    were before this move's move-out, and whether they are the last."""
+    """Up to count_max of the records homed in the slots after after_id (hot or cold), in id
+    order, as they were before this move's move-out, and whether they are the last."""
     columns = ", ".join(TRANSACTION_COLUMNS)
     query = (
         f"SELECT {columns} FROM (SELECT {columns} FROM transactions WHERE id > $1 "
         f"UNION ALL SELECT {columns} FROM moved_transactions WHERE id > $1) r "
         "WHERE id NOT LIKE '~%' ORDER BY id"
     )
-    rows, done = await _rows_in_slots(
-        connection, query, after_id, lambda i: moves.record_moves(i, slots), count_max, timeout_s
-    )
-    return [moves.record_before_out(transaction_from_row(r), move_id) for r in rows], done
+    keep = lambda i: moves.record_moves(i, slots)  # noqa: E731
+    rows, done = await _rows_in_slots(connection, query, after_id, keep, count_max, timeout_s)
+    found = {r["id"]: transaction_from_row(r) for r in rows}
+    # Past the last hot row read, the next page reads them (its hot rows may come first).
+    up_to = None if done or not rows else rows[-1]["id"]
+    archived = await cold_homed_records(connection, cold, keep, after_id, up_to, timeout_s)
+    for transaction_id, record in archived.items():
+        found.setdefault(transaction_id, record)
+    ordered = [found[i] for i in sorted(found)]
+    page = ordered[:count_max]
+    done = done and len(ordered) <= count_max
+    return [moves.record_before_out(record, move_id) for record in page], done
 
 
 async def _rows_in_slots(

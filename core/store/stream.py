@@ -18,18 +18,24 @@ A block becomes visible only once committed, with its rows (one PostgreSQL trans
 sequences are contiguous, so a page starts at the block after the position or not at all: a
 block after it seen without it is a gap (GapError), which the caller reads again; a page never
 skips a block.
+
+A cold block (one a cold_segments row covers, docs/design.md "Cold history") keeps its
+journal_blocks row but not its postings nor most of its transactions: its records are read
+from its segment (a ColdBlocks, the node's core.store.cold.history.ColdHistory), the same
+StreamedBlock as before archiving. A page is all hot or all cold; without a ColdBlocks, a page
+that would begin in cold history is a ColdHistoryNeeded, never a wrong block.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import asyncpg
 
 from core import journal
-from core.invariant import check
+from core.invariant import InvariantError, check
 from core.journal import decode_legs, decode_metadata
 from core.model import (
     HELD_KINDS,
@@ -49,6 +55,19 @@ BLOCK_COUNT_PER_PAGE_MAX: Final = 64
 ROW_COUNT_PER_PAGE_MAX: Final = 5_000
 
 Connection = Any  # asyncpg.Connection or a pool; asyncpg ships no complete stubs
+
+
+class ColdHistoryNeeded(RuntimeError):
+    """The page asked for begins at or before the last cold block and no cold history was
+    given to read it from."""
+
+    def __init__(self, last_cold_block: int) -> None:
+        super().__init__(
+            f"history up to block {last_cold_block} is in cold segments: a position before "
+            f"{last_cold_block} needs the node's cold directory (--cold-dir, the --dir of tally "
+            "segments archive); configure it, or stream from a later position"
+        )
+        self.last_cold_block = last_cold_block
 
 
 class GapError(RuntimeError):
@@ -86,6 +105,40 @@ class Page:
     blocks: list[StreamedBlock]
     # The account of every posting of the page (their flags make the available balance).
     posted_accounts: dict[str, AccountSpec]
+
+
+class ColdTransactionRecord(Protocol):
+    """A transaction as a cold block recorded it (core.store.cold.format.ColdTransaction)."""
+
+    def state(self) -> TransactionState: ...
+
+
+class ColdBlockRecords(Protocol):
+    """One cold block with its records (core.store.cold.format.ColdBlock)."""
+
+    @property
+    def header(self) -> journal.BlockHeader: ...
+    @property
+    def accounts(self) -> Sequence[tuple[AccountSpec, int]]: ...
+    @property
+    def transactions(self) -> Sequence[ColdTransactionRecord]: ...
+    @property
+    def postings(self) -> Sequence[Posting]: ...
+    @property
+    def closures(self) -> Sequence[tuple[str, int]]: ...
+
+
+class ColdBlocks(Protocol):
+    """Where cold blocks are read (core.store.cold.history.ColdHistory: this module never
+    imports it, it brings pyarrow)."""
+
+    async def cold_blocks(
+        self, connection: Connection, after: int, last: int, timeout_s: float
+    ) -> Sequence[ColdBlockRecords]: ...
+
+    async def cold_transactions(
+        self, connection: Connection, ids: Sequence[str], timeout_s: float
+    ) -> dict[str, TransactionState]: ...
 
 
 def created_state(
@@ -153,15 +206,22 @@ async def head_sequence(connection: Connection, timeout_s: float) -> int:
 
 
 async def read_page(
-    connection: Connection, after_sequence: int, up_to_sequence: int, timeout_s: float
+    connection: Connection,
+    after_sequence: int,
+    up_to_sequence: int,
+    timeout_s: float,
+    cold: ColdBlocks | None = None,
 ) -> Page:
     """The blocks after after_sequence (at most up_to_sequence), one page of them, with their
-    content; empty when the journal has none yet. GapError: see the module docstring."""
+    content; empty when the journal has none yet. GapError: see the module docstring. A page
+    beginning in cold history is read from `cold` (ColdHistoryNeeded without one)."""
     check(after_sequence >= 0, "a position is never negative")
+    # The last cold block in the same statement (one snapshot with the headers).
     headers = await connection.fetch(
         """
         SELECT sequence, hash, previous_hash, created_at_ns, next_posting_sequence,
-               account_count, transaction_count, posting_count, closure_count
+               account_count, transaction_count, posting_count, closure_count,
+               (SELECT coalesce(max(last_block), 0) FROM cold_segments) AS last_cold_block
         FROM journal_blocks WHERE sequence > $1 AND sequence <= $2
         ORDER BY sequence LIMIT $3
         """,
@@ -173,7 +233,102 @@ async def read_page(
     page = _page_of(headers, after_sequence)
     if not page:
         return Page([], {})
-    return await _read_content(connection, page, timeout_s)
+    last_cold = page[0]["last_cold_block"]
+    if after_sequence < last_cold:
+        return await _cold_page(connection, page, last_cold, cold, timeout_s)
+    try:
+        return await _read_content(connection, page, timeout_s)
+    except InvariantError:
+        # An archive that committed between the headers and the rows took them: read the page
+        # again from cold history (the rows it deleted are its segment's).
+        last_cold = await _last_cold_block(connection, timeout_s)
+        if after_sequence >= last_cold:
+            raise
+        return await _cold_page(connection, page, last_cold, cold, timeout_s)
+
+
+async def _last_cold_block(connection: Connection, timeout_s: float) -> int:
+    value = await connection.fetchval(
+        "SELECT coalesce(max(last_block), 0) FROM cold_segments", timeout=timeout_s
+    )
+    return int(value)
+
+
+async def _cold_page(
+    connection: Connection,
+    headers: list[asyncpg.Record],
+    last_cold: int,
+    cold: ColdBlocks | None,
+    timeout_s: float,
+) -> Page:
+    """The page's blocks up to the last cold one, from their segments, as read_page read
+    them hot before they were archived."""
+    if cold is None:
+        raise ColdHistoryNeeded(last_cold)
+    headers = [h for h in headers if h["sequence"] <= last_cold]
+    after, last = headers[0]["sequence"] - 1, headers[-1]["sequence"]
+    read = await cold.cold_blocks(connection, after, last, timeout_s)
+    check(
+        [b.header.sequence for b in read] == [h["sequence"] for h in headers],
+        f"the cold segments hold blocks {after + 1} to {last}",
+    )
+    held = {
+        t.spec.target_id
+        for b in read
+        for t in (c.state() for c in b.transactions)
+        if t.spec.kind is Kind.POST_PENDING
+    }
+    kinds = await _kinds(connection, list(held), cold, timeout_s)
+    blocks = []
+    for header, block in zip(headers, read, strict=True):
+        streamed = _streamed(block, kinds)
+        _check_counts(streamed, header)
+        blocks.append(streamed)
+    posted_ids = list({p.account_id for b in blocks for p in b.postings})
+    posted_accounts = await _specs(connection, posted_ids, timeout_s) if posted_ids else {}
+    check(
+        all(p.account_id in posted_accounts for b in blocks for p in b.postings),
+        "every posting's account exists",
+    )
+    return Page(blocks, posted_accounts)
+
+
+def _streamed(block: ColdBlockRecords, kinds: dict[str, Kind]) -> StreamedBlock:
+    transactions = []
+    for record in block.transactions:
+        state = record.state()
+        spec = state.spec
+        target_kind = kinds.get(spec.target_id) if spec.kind is Kind.POST_PENDING else None
+        transactions.append(StreamedTransaction(state, target_kind))
+    header = block.header
+    return StreamedBlock(
+        header.sequence,
+        header.hash,
+        header.previous_hash,
+        header.created_at_ns,
+        transactions,
+        list(block.postings),
+        list(block.accounts),
+        list(block.closures),
+    )
+
+
+async def _kinds(
+    connection: Connection, held: list[str], cold: ColdBlocks | None, timeout_s: float
+) -> dict[str, Kind]:
+    """The kinds of the holds posted, by their key (a join let the planner scan the table);
+    those no longer hot, from cold history."""
+    if not held:
+        return {}
+    found = await connection.fetch(
+        "SELECT id, kind FROM transactions WHERE id = ANY($1::text[])", held, timeout=timeout_s
+    )
+    kinds = {r["id"]: Kind(r["kind"]) for r in found}
+    missing = [i for i in held if i not in kinds]
+    if missing and cold is not None:
+        archived = await cold.cold_transactions(connection, missing, timeout_s)
+        kinds.update((i, state.spec.kind) for i, state in archived.items())
+    return kinds
 
 
 def _page_of(headers: Sequence[asyncpg.Record], after_sequence: int) -> list[asyncpg.Record]:
@@ -278,14 +433,8 @@ async def _transactions(
         last,
         timeout=timeout_s,
     )
-    # The kinds of the holds posted here, by their key (a join let the planner scan the table).
     held = list({r["target_id"] for r in rows if r["kind"] == Kind.POST_PENDING})
-    kinds: dict[str, Kind] = {}
-    if held:
-        found = await connection.fetch(
-            "SELECT id, kind FROM transactions WHERE id = ANY($1::text[])", held, timeout=timeout_s
-        )
-        kinds = {r["id"]: Kind(r["kind"]) for r in found}
+    kinds = await _kinds(connection, held, None, timeout_s)
     transactions: dict[int, list[StreamedTransaction]] = {}
     for row in rows:
         spec = spec_from_row(row)

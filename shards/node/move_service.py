@@ -16,6 +16,7 @@ from core import ids, journal, limits, moves
 from core.model import AccountSpec, AccountState, Kind, Status, TransactionState
 from core.store import moves as store_moves
 from core.store import shard as store
+from core.store.moves import ColdRecords
 from shards.node.ledger_service import NodeView
 from shards.node.moves import MovedOut, Staged, move_in, move_out, stage
 from shards.node.writer import QueueFullError, WriterUnavailableError
@@ -31,6 +32,13 @@ MOVE_READ_TIMEOUT_S: Final = 30.0
 
 class MoveNode(NodeView, Protocol):
     def note_moved_out(self) -> None: ...
+
+
+def cold_of(node: NodeView) -> ColdRecords | None:
+    """The node's cold history (Node.cold_history: None without a cold directory), whose
+    records of the moving slots move too. Read by name until NodeView declares it."""
+    cold: ColdRecords | None = getattr(node, "cold_history", None)
+    return cold
 
 
 # ---- domain <-> wire ----
@@ -187,7 +195,7 @@ async def move_slots_out(
             f"{node.slot_map.version if node.slot_map else 0})",
         )
     moved: MovedOut = await _run(
-        node, context, move_out(request.move_id, slots, request.target_shard)
+        node, context, move_out(request.move_id, slots, request.target_shard, cold_of(node))
     )
     node.note_moved_out()
     # What moves is read in pages (ReadMovedOut): the answer carries its totals only.
@@ -361,11 +369,14 @@ async def read_moved_out(
                 f"this shard has no move-out of slots {sorted(slots)[:10]} by move "
                 f"{request.move_id} (its move-out must commit first: MoveSlotsOut)",
             )
-        return await _page(connection, request, slots)
+        return await _page(connection, request, slots, cold_of(node))
 
 
 async def _page(
-    connection: Any, request: spb.ReadMovedOutRequest, slots: frozenset[int]
+    connection: Any,
+    request: spb.ReadMovedOutRequest,
+    slots: frozenset[int],
+    cold: ColdRecords | None,
 ) -> spb.ReadMovedOutResponse:
     args = (request.move_id, slots, request.after_id, request.item_count_max, MOVE_READ_TIMEOUT_S)
     if request.part == spb.MOVED_PART_ACCOUNTS:
@@ -374,7 +385,7 @@ async def _page(
         return spb.ReadMovedOutResponse(
             accounts=[moved_account(a) for a in accounts], next_after_id=last, done=done
         )
-    records, done = await store_moves.records_page(connection, *args)
+    records, done = await store_moves.records_page(connection, *args, cold)
     last = records[-1].spec.id if records else request.after_id
     return spb.ReadMovedOutResponse(
         records=[moved_record(r) for r in records], next_after_id=last, done=done

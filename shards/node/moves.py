@@ -16,6 +16,7 @@ from core.model import AccountState, TransactionState
 from core.slots import is_spread
 from core.store import moves as store_moves
 from core.store import shard as store
+from core.store.moves import ColdRecords
 from shards import failpoints
 from shards.node.writer import Writer
 
@@ -54,13 +55,15 @@ async def _spread_of(writer: Writer, holds: Sequence[TransactionState]) -> dict[
     return {account_id: account for account_id, account in found.items() if account is not None}
 
 
-async def _moved_out_again(writer: Writer, move_id: str, slots: frozenset[int]) -> MovedOut:
+async def _moved_out_again(
+    writer: Writer, move_id: str, slots: frozenset[int], cold: ColdRecords | None
+) -> MovedOut:
     """A move-out asked again: the same accounts and records as the first time, read back
     (the open holds it released as they were, open)."""
     connection, timeout_s = writer.connection, writer.config.load_timeout_s
     records = [
         moves.record_before_out(record, move_id)
-        for record in await store_moves.homed_records(connection, slots, timeout_s)
+        for record in await store_moves.homed_records(connection, slots, timeout_s, cold)
     ]
     holds = moves.open_holds_of(records)
     accounts = await store_moves.accounts_before_out(connection, move_id, slots, holds, timeout_s)
@@ -107,16 +110,16 @@ async def _commit_page(
 
 
 async def _fenced_reads(
-    writer: Writer, move_id: str, slots: frozenset[int], again: bool
+    writer: Writer, move_id: str, slots: frozenset[int], again: bool, cold: ColdRecords | None
 ) -> tuple[list[AccountState], list[TransactionState], list[TransactionState]]:
     """(the slots' accounts as they were before the move-out, the records homed in them, the
     moving open holds): read and checked the first time, read back once page 0 committed."""
     connection, timeout_s = writer.connection, writer.config.load_timeout_s
     if again:
-        moved = await _moved_out_again(writer, move_id, slots)
+        moved = await _moved_out_again(writer, move_id, slots, cold)
         return moved.accounts, moved.records, moves.open_holds_of(moved.records)
     accounts = await store_moves.slot_accounts(connection, slots, timeout_s)
-    records = await store_moves.homed_records(connection, slots, timeout_s)
+    records = await store_moves.homed_records(connection, slots, timeout_s, cold)
     problem = moves.refusal_of(accounts, records)
     if problem:
         raise moves.MoveRefusedError(problem)
@@ -124,16 +127,19 @@ async def _fenced_reads(
     return accounts, records, moves.moving_holds(accounts, open_records, slots)
 
 
-def move_out(move_id: str, slots: frozenset[int], target: int) -> Any:
+def move_out(
+    move_id: str, slots: frozenset[int], target: int, cold: ColdRecords | None = None
+) -> Any:
     """The operation: refuse the slots from now on and write the move-out's blocks (page 0
-    with the slots' rows; the pages a restarted source had not committed, when asked again)."""
+    with the slots' rows; the pages a restarted source had not committed, when asked again).
+    cold: the shard's cold history, whose records of the slots move too."""
 
     async def operation(writer: Writer) -> MovedOut:
         connection, timeout_s = writer.connection, writer.config.load_timeout_s
         again = "out" in await store_moves.move_sides(connection, move_id, timeout_s)
         if again and (answered := await _committed_already(writer, move_id)) is not None:
             return answered
-        accounts, records, holds = await _fenced_reads(writer, move_id, slots, again)
+        accounts, records, holds = await _fenced_reads(writer, move_id, slots, again, cold)
         done, size = await store_moves.pages_done(connection, move_id, "out", timeout_s)
         size = size or writer.config.move_page_item_count  # resumed: paged as it began
         pages = moves.move_out_pages(accounts, holds, size)

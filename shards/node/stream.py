@@ -94,8 +94,12 @@ class JournalStreams:
         read_timeout_s: float,
         metrics: StreamMetrics | None,
         stream_count_max: int,
+        cold: journal_stream.ColdBlocks | None = None,
     ) -> None:
         self._node = node
+        # Where blocks before the cold horizon are read (the node's ColdHistory; None: a
+        # stream from before it is refused, FAILED_PRECONDITION).
+        self._cold = cold
         self._read_timeout_s = read_timeout_s
         self._metrics = metrics
         self.stream_count_max = stream_count_max
@@ -356,6 +360,12 @@ class JournalStreams:
                 await abort(
                     context, grpc.StatusCode.DATA_LOSS, f"shard {self._node.shard_id}: {error}"
                 )
+            except journal_stream.ColdHistoryNeeded as error:
+                await abort(
+                    context,
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"shard {self._node.shard_id}: {error}",
+                )
         await abort(
             context,
             grpc.StatusCode.DATA_LOSS,
@@ -390,4 +400,6 @@ class JournalStreams:
     async def _read_page(self, position: int, head: int) -> journal_stream.Page:
         self.page_read_count += 1
         async with self._node.read_pool.acquire(timeout=self._read_timeout_s) as connection:
-            return await journal_stream.read_page(connection, position, head, self._read_timeout_s)
+            return await journal_stream.read_page(
+                connection, position, head, self._read_timeout_s, self._cold
+            )
