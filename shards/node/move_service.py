@@ -33,12 +33,14 @@ MOVE_READ_TIMEOUT_S: Final = 30.0
 class MoveNode(NodeView, Protocol):
     def note_moved_out(self) -> None: ...
 
+    @property
+    def cold_history(self) -> ColdRecords | None: ...
 
-def cold_of(node: NodeView) -> ColdRecords | None:
-    """The node's cold history (Node.cold_history: None without a cold directory), whose
-    records of the moving slots move too. Read by name until NodeView declares it."""
-    cold: ColdRecords | None = getattr(node, "cold_history", None)
-    return cold
+
+def cold_of(node: MoveNode) -> ColdRecords | None:
+    """The node's cold history (None without a cold directory), whose records of the moving
+    slots move too."""
+    return node.cold_history
 
 
 # ---- domain <-> wire ----
@@ -340,7 +342,7 @@ async def stage_move_in(
 
 
 async def read_moved_out(
-    node: NodeView, request: spb.ReadMovedOutRequest, context: Context
+    node: MoveNode, request: spb.ReadMovedOutRequest, context: Context
 ) -> spb.ReadMovedOutResponse:
     """A page of what a move-out here takes, read from the read pool (not the writer)."""
     slots = await _checked_slots(context, request.move_id, request.slots)

@@ -26,7 +26,7 @@ import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 import grpc
@@ -41,6 +41,9 @@ from core.slots import SlotMap
 from core.store import control as control_store
 from core.store import shard as store
 from core.store.history import ColdHistoryError, History, HotHistory
+
+if TYPE_CHECKING:
+    from core.store.cold.history import ColdHistory
 from shards import control, failpoints
 from shards.crossshard.participant import settle_prepared
 from shards.node import durability
@@ -179,11 +182,14 @@ class Node:
         self.streams: JournalStreams | None = None
         # Where history reads look (the writer's idempotency lookups too): the database, and
         # the segments' directory when the shard has one.
-        self.history: History = HotHistory()
+        self._hot_history = HotHistory()
+        # The shard's cold segments (None without --cold-dir): its stream and slot moves read
+        # them too.
+        self.cold_history: ColdHistory | None = None
         if config.cold_dir:
             from core.store.cold.history import ColdHistory  # pyarrow: only where it is read
 
-            self.history = ColdHistory(Path(config.cold_dir), config.shard_id)
+            self.cold_history = ColdHistory(Path(config.cold_dir), config.shard_id)
         # Read at construction, so a bad key file stops the node before it serves anything.
         self.signer = load_signer(config.signing_key) if config.signing_key else None
         if config.publish_heads and self.signer is None:
@@ -213,6 +219,10 @@ class Node:
     @property
     def read_pool(self) -> Any:
         return self._read_pool
+
+    @property
+    def history(self) -> History:
+        return self.cold_history if self.cold_history is not None else self._hot_history
 
     @property
     def shard_id(self) -> int:
@@ -309,7 +319,11 @@ class Node:
         )
         rpc_metrics = self.metrics.rpc
         streams = JournalStreams(
-            self, self.config.read_timeout_s, self.metrics.streams, limits.stream_count_max
+            self,
+            self.config.read_timeout_s,
+            self.metrics.streams,
+            limits.stream_count_max,
+            cold=self.cold_history,
         )
         self.streams = streams
         service = LedgerService(self, self.config.read_timeout_s, streams.serve)

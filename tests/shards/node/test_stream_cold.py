@@ -13,7 +13,6 @@ import asyncpg
 import grpc
 
 from core.store.cold.archive import archive_and_remove
-from core.store.cold.history import ColdHistory
 from tally.v1 import ledger_pb2 as pb
 from tests.support import security, streams
 from tests.support.cold import post_journal
@@ -50,10 +49,6 @@ async def test_a_stream_from_the_start_is_the_same_bytes_after_archiving(
         await connection.close()
     handle = await start_node(dsn, cold_dir=str(root))
     try:
-        streams_ = handle.node.streams
-        assert streams_ is not None
-        if streams_._cold is None:  # until server.py passes its ColdHistory (cold=...)
-            streams_._cold = ColdHistory(root, 0)
         assert await _collect_all(handle.target) == before
     finally:
         await handle.stop()
