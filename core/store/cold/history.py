@@ -157,6 +157,10 @@ class ColdHistory:
                 manifest, findings = await self._read(self._manifest_of, entry)
             except (SegmentError, FileNotFoundError) as error:
                 manifest, findings = None, [Finding("manifest_missing", str(error))]
+            except OSError as error:  # a store not reached: refused too, it cannot be checked
+                raise ColdHistoryError(
+                    f"cold segment {entry.name} cannot be checked: {error}"
+                ) from error
             if manifest is None or manifest.digest() != entry.manifest_digest:
                 why = findings[0].message if findings else "its manifest is another segment's"
                 raise ColdHistoryError(

@@ -17,12 +17,14 @@ import time
 from pathlib import Path
 
 import grpc
+import pytest
 from pyarrow.fs import FileSelector
 
+from shards.node.server import ColdDirectoryError
 from tally.v1 import ledger_pb2 as pb
 from tests.support import security
 from tests.support.helpers import Client, NodeHandle, account, start_node, transfer
-from tests.support.object_store import BUCKET, ObjectStoreServer
+from tests.support.object_store import BUCKET, ObjectStoreServer, free_ports
 from tests.support.paths import REPO_ROOT
 
 CREATED = pb.RESULT_CODE_CREATED
@@ -168,3 +170,9 @@ async def test_archiving_to_an_object_store_loses_and_doubles_nothing(
     code, output = await _tally(dsn, "verify", "--store", url)
     assert code == 1, output
     assert "file_digest" in output and first in output and "postings.parquet" in output, output
+
+    # A store that cannot be reached: the node cannot check its cold history and refuses.
+    (port,) = free_ports(1)
+    unreachable = f"s3://{BUCKET}/cold-{tmp_path.name}?endpoint=http://127.0.0.1:{port}"
+    with pytest.raises(ColdDirectoryError, match="cannot be checked"):
+        await _node(dsn, tmp_path / "cache-4", unreachable)
