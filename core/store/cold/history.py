@@ -144,7 +144,7 @@ class ColdHistory:
     def _read_blocks(self, entries: list[ColdEntry], after: int, last: int) -> list[ColdBlock]:
         blocks: list[ColdBlock] = []
         for entry in entries:
-            blocks.extend(self.segment(entry.name).blocks(after + 1, last))
+            blocks.extend(self.segment(entry).blocks(after + 1, last))
         return blocks
 
     async def check(self, connection: Connection, timeout_s: float) -> None:
@@ -188,30 +188,32 @@ class ColdHistory:
         except (pa.ArrowException, ValueError, KeyError, IndexError) as error:
             raise SegmentError(f"cold segments under {self.directory}: {error!r}") from error
 
-    def segment(self, name: str) -> Segment:
+    def segment(self, entry: ColdEntry) -> Segment:
+        name = entry.name
         found = self._segments.pop(name, None)
         if found is None:
-            found = Segment(self.directory / name, self._fetcher(name))
+            found = Segment(self.directory / name, self._fetcher(entry))
         self._segments[name] = found
         while len(self._segments) > SEGMENT_CACHE_COUNT:
             _, oldest = self._segments.popitem(last=False)
             oldest.close()
         return found
 
-    def _fetcher(self, name: str) -> Callable[[str, str], Path] | None:
-        if self.store is None:
+    def _fetcher(self, entry: ColdEntry) -> Callable[[str, str], Path] | None:
+        """With a store, what brings a file of the entry's segment into the cache: its manifest
+        checked against the digest recorded, a Parquet file against the manifest."""
+        store = self.store
+        if store is None:
             return None
-        digests = {e.name: e.manifest_digest for e in self._entries}
 
         def fetch(file: str, sha256_hex: str) -> Path:
-            assert self.store is not None
             return fetch_file(
-                self.store,
+                store,
                 self.shard,
-                self.directory / name,
+                self.directory / entry.name,
                 file,
                 sha256_hex=sha256_hex,
-                manifest_digest=digests.get(name, ""),
+                manifest_digest=entry.manifest_digest,
             )
 
         return fetch
@@ -256,7 +258,7 @@ class ColdHistory:
     ) -> dict[str, TransactionState]:
         found: dict[str, TransactionState] = {}
         for entry, wanted in asks:
-            segment = self.segment(entry.name)
+            segment = self.segment(entry)
             for transaction_id in wanted:
                 held = segment.transaction(transaction_id)
                 if held is not None:
@@ -304,7 +306,7 @@ class ColdHistory:
         for entry in entries:
             if entry.next_posting_sequence <= after_sequence + 1:
                 continue
-            segment = self.segment(entry.name)
+            segment = self.segment(entry)
             after = after_sequence
             while len(found) < limit:
                 read = segment.account_postings(account_id, after, POSTING_READ_COUNT_MAX)
@@ -341,7 +343,7 @@ class ColdHistory:
         self, entries: list[ColdEntry], account_id: str, at_ns: int
     ) -> Posting | None:
         for entry in reversed(entries):
-            found = self.segment(entry.name).last_posting_at(
+            found = self.segment(entry).last_posting_at(
                 account_id, at_ns, excluding_prefix=_MOVE_OUT_PREFIX
             )
             if found is not None:

@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import re
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -253,7 +254,7 @@ def fetch_file(
         return target
     directory.mkdir(parents=True, exist_ok=True)
     key = store.segment_key(shard, directory.name, file)
-    temporary = directory / f".{file}.fetching-{os.getpid()}"
+    temporary = directory / f".{file}.fetching-{uuid.uuid4().hex}"  # reads fetch in threads
     try:
         _, digest = store.get(key, temporary)
         if sha256_hex and digest != sha256_hex:
