@@ -26,6 +26,7 @@ import uvloop
 from shards.local.embedded_pg import EmbeddedPostgres, EmbeddedPostgresConfig
 from tests.support import security
 from tests.support.helpers import NodeHandle, start_node
+from tests.support.object_store import ObjectStoreServer, object_store_server
 from tests.support.postgres import started_on_a_free_port
 
 _database_numbers = itertools.count(1)
@@ -74,3 +75,20 @@ async def node(dsn: str) -> AsyncIterator[NodeHandle]:
 async def channel(node: NodeHandle) -> AsyncIterator[grpc.aio.Channel]:
     async with security.channel(node.target) as channel:
         yield channel
+
+
+@pytest.fixture(scope="session")
+def object_store() -> Iterator[ObjectStoreServer]:
+    """A real S3-compatible object store on loopback (SeaweedFS), its one identity's keys in
+    the standard environment, as a deployment gives them to the archiver and the nodes."""
+    saved = {name: os.environ.get(name) for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+    with object_store_server() as server:
+        os.environ["AWS_ACCESS_KEY_ID"], os.environ["AWS_SECRET_ACCESS_KEY"] = server.keys()
+        try:
+            yield server
+        finally:
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value

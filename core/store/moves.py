@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 from core import ids, journal, moves
 from core.model import AccountState, Kind, Leg, TransactionState
-from core.store.cold.catalog import cold_entries
+from core.store.cold.catalog import ColdEntry, cold_entries
 from core.store.shard import (
     TRANSACTION_COLUMNS,
     account_from_row,
@@ -43,7 +43,7 @@ class ColdRecords(Protocol):
     """A shard's cold history as moves read it (core.store.cold.history.ColdHistory; not
     imported here: it brings pyarrow)."""
 
-    def segment(self, name: str) -> ColdSegmentIds: ...
+    def segment(self, entry: ColdEntry) -> ColdSegmentIds: ...
 
     async def load_transactions(
         self, connection: Connection, ids: Iterable[str], timeout_s: float
@@ -70,7 +70,7 @@ async def cold_homed_records(
     def scan() -> list[str]:
         found = set()
         for entry in entries:
-            for transaction_id in cold.segment(entry.name).transaction_ids():
+            for transaction_id in cold.segment(entry).transaction_ids():
                 if transaction_id <= after_id or transaction_id.startswith("~"):
                     continue
                 if up_to_id is not None and transaction_id > up_to_id:

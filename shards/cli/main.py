@@ -267,6 +267,14 @@ def _add_node_command(commands: Any) -> None:
         help="the cluster's cold segments (tally segments archive --dir ROOT): history reads "
         "and idempotency reach the blocks archived there; required once the shard has any",
     )
+    node.add_argument(
+        "--cold-store",
+        default=_env("cold_store", ""),
+        metavar="URL",
+        help="the cluster's cold segments in an object store (s3://BUCKET/PREFIX?endpoint="
+        "http://HOST:PORT&region=R; credentials from AWS_ACCESS_KEY_ID and "
+        "AWS_SECRET_ACCESS_KEY): --cold-dir is then the cache of the files fetched from it",
+    )
     _add_writer_flags(node)
     add_rpc_concurrency_flag(node)
     _add_signing_flags(node, up=False)
@@ -635,6 +643,7 @@ def _node_config(args: argparse.Namespace, dsn: str, security: Any) -> Any:
         rpc_concurrency_max=args.rpc_concurrency_max,
         durability=_durability(args),
         cold_dir=getattr(args, "cold_dir", ""),
+        cold_store=getattr(args, "cold_store", ""),
     )
 
 

@@ -4,7 +4,8 @@
     tally segments write --dir ROOT [--dsn DSN] [--older-than 90d] [--blocks-per-segment N]
     tally segments archive --dir ROOT [--dsn DSN] [--older-than 90d] [--blocks-per-segment N]
                            [--every SECONDS]
-    tally segments verify --dir ROOT [--dsn DSN]
+                           [--store s3://BUCKET/PREFIX?endpoint=http://HOST:PORT&region=R]
+    tally segments verify (--dir ROOT | --store URL) [--dsn DSN]
 
 ROOT is the cluster's: each shard's segments are in ROOT/shard-N, N the shard its database
 says it is. `write` continues that chain with the shard's blocks created before now minus
@@ -17,8 +18,13 @@ again, held against the database and moved out of it (recorded in cold_segments 
 deleted, in one transaction); with --every it does so again every SECONDS until SIGTERM or
 SIGINT. Killed at any step, it leaves either a segment file not yet recorded (the next run
 records it) or a recorded segment whose rows are gone, never half of one. The shard's nodes then
-need --cold-dir ROOT. `tally audit --segments ROOT` runs the same checks as its check
-`segments`. Exit status: 0
+need --cold-dir ROOT. With --store, --dir is the archiver's staging directory: each segment is
+also put into the object store (files, each read back, then its manifest) before it is
+recorded, and once recorded its staging copy is removed but for the last one's manifest (the
+chain goes on from it); the nodes then need --cold-store URL (and --cold-dir as their cache).
+The store's credentials come from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY. `verify
+--store URL` checks the store's segments (downloaded to a temporary directory). `tally audit
+--segments ROOT` runs the same checks as its check `segments`. Exit status: 0
 done and clean, 1 findings (each on a line), 2 for anything that could not be done as asked (one
 message, never a traceback). The DSN comes from --dsn or TALLY_DSN and is never printed with
 its secret.
@@ -33,6 +39,7 @@ import os
 import re
 import signal
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Final
@@ -43,6 +50,7 @@ from core import dsn as dsn_text
 from core.store.cold import archive, catalog
 from core.store.cold.format import SEGMENT_BLOCK_COUNT_MAX, SegmentError
 from core.store.cold.read import Segment
+from core.store.cold.store import ObjectStore, download_segment
 from core.store.cold.verify import Finding
 from shards import failpoints
 
@@ -63,8 +71,20 @@ def add_command(commands: Any) -> None:
         "archive", help="write segments, then move them out of the shard's database"
     )
     verify = actions.add_parser("verify", help="verify a directory's segments")
-    for parser in (write, move, verify):
+    for parser in (write, move):
         parser.add_argument("--dir", type=Path, required=True, help="the shard's segments")
+    verify.add_argument("--dir", type=Path, help="the shards' segments in a directory")
+    for parser in (move, verify):
+        parser.add_argument(
+            "--store",
+            default="",
+            metavar="URL",
+            help="the shards' segments in an object store: s3://BUCKET/PREFIX?endpoint="
+            "http://HOST:PORT&region=R (credentials from AWS_ACCESS_KEY_ID and "
+            "AWS_SECRET_ACCESS_KEY)"
+            + ("; --dir is then the staging directory" if parser is move else ""),
+        )
+    for parser in (write, move, verify):
         parser.add_argument(
             "--dsn",
             default=os.environ.get("TALLY_DSN"),
@@ -160,6 +180,7 @@ async def _archive(args: argparse.Namespace) -> int:
     if args.every < 0:
         raise _UsageError(f"--every {args.every:g}: say a number of seconds, 0 for once")
     dsn = _dsn(args, True)
+    store = ObjectStore(args.store) if args.store else None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -175,6 +196,7 @@ async def _archive(args: argparse.Namespace) -> int:
                 blocks_per_segment=args.blocks_per_segment,
                 timeout_s=TIMEOUT_S,
                 step=_step,
+                store=store,
             )
         finally:
             await connection.close()
@@ -204,6 +226,31 @@ async def _step(name: str) -> None:
 
 
 async def _verify(args: argparse.Namespace) -> int:
+    if (args.dir is None) == (not args.store):
+        raise _UsageError("say where the segments are: --dir ROOT or --store URL")
+    if args.store:
+        store = ObjectStore(args.store)
+        with tempfile.TemporaryDirectory(prefix="tally-segments-verify-") as temporary:
+            args.dir = Path(temporary)
+            if not await asyncio.to_thread(_download_all, store, args.dir):
+                raise _UsageError(f"{store} holds no shard's segments (no shard-N)")
+            return await _verify_directory(args, f" in {store}")
+    return await _verify_directory(args, "")
+
+
+def _download_all(store: ObjectStore, root: Path) -> list[int]:
+    """Every shard's segments from the store into root/shard-N, as they are there (verify
+    judges them); the shards found."""
+    shards = store.shards()
+    for shard in shards:
+        directory = catalog.shard_directory(root, shard)
+        directory.mkdir(parents=True)
+        for name in store.segment_names(shard):
+            download_segment(store, shard, name, directory)
+    return shards
+
+
+async def _verify_directory(args: argparse.Namespace, where: str) -> int:
     directories = catalog.shard_directories(args.dir)
     if not directories:
         raise _UsageError(f"{args.dir} holds no shard's segments (no shard-N directory)")
@@ -221,7 +268,7 @@ async def _verify(args: argparse.Namespace) -> int:
             state = "clean" if not findings else f"{len(findings)} finding(s)"
             against = ", against the database" if witness is not None else ""
             print(
-                f"tally segments: shard {shard}: {len(paths)} segment(s), blocks 1 to {last}"
+                f"tally segments: shard {shard}{where}: {len(paths)} segment(s), blocks 1 to {last}"
                 f"{against}: {state}"
             )
             counts.append(len(findings))

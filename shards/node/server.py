@@ -139,6 +139,10 @@ class NodeConfig:
     # ROOT/shard-N): reads and idempotency reach the history archived there. "": none, and a
     # node refuses a database that has cold history (docs/design.md, "Cold history").
     cold_dir: str = ""
+    # The cluster's cold segments in an object store (s3://BUCKET/PREFIX?endpoint=...&region=R,
+    # credentials from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY): then cold_dir is this node's
+    # cache of the files fetched from it.
+    cold_store: str = ""
 
 
 def tune_garbage_collector() -> None:
@@ -188,8 +192,12 @@ class Node:
         self.cold_history: ColdHistory | None = None
         if config.cold_dir:
             from core.store.cold.history import ColdHistory  # pyarrow: only where it is read
+            from core.store.cold.store import ObjectStore
 
-            self.cold_history = ColdHistory(Path(config.cold_dir), config.shard_id)
+            store = ObjectStore(config.cold_store) if config.cold_store else None
+            self.cold_history = ColdHistory(Path(config.cold_dir), config.shard_id, store)
+        elif config.cold_store:
+            raise ValueError("--cold-store needs --cold-dir, the cache of the files it fetches")
         # Read at construction, so a bad key file stops the node before it serves anything.
         self.signer = load_signer(config.signing_key) if config.signing_key else None
         if config.publish_heads and self.signer is None:

@@ -17,6 +17,8 @@ found even when it is consistent in itself.
 
 from __future__ import annotations
 
+import asyncio
+import shutil
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +28,7 @@ from core import signing
 from core.store import stream
 from core.store.cold.catalog import cold_entries, id_hash, shard_directory
 from core.store.cold.format import (
+    MANIFEST_NAME,
     SEGMENT_BLOCK_COUNT_MAX,
     SEGMENT_ROW_COUNT_MAX,
     ColdBlock,
@@ -34,8 +37,9 @@ from core.store.cold.format import (
     from_streamed,
 )
 from core.store.cold.read import Segment, segment_paths
+from core.store.cold.store import ObjectStore, download_segment, stored_already, upload_file
 from core.store.cold.verify import Finding, read_manifest, verify_chain, verify_segment
-from core.store.cold.write import remove_leftovers, write_segment
+from core.store.cold.write import TEMPORARY_PREFIX, remove_leftovers, write_segment
 from core.store.shard import header_from_row
 
 Connection = Any  # asyncpg.Connection
@@ -46,9 +50,10 @@ ARCHIVE_LOCK_KEY: Final = 7_471_003
 # Held for an archiver's whole pass (a session lock): one archiver a shard at a time, so one
 # never removes what another is writing.
 ARCHIVER_LOCK_KEY: Final = 7_471_004
-# A named step of an archiver's pass ("segment_written", "rows_deleted" before that
-# transaction commits, "segment_recorded" after), awaited there: the archiver's process arms
-# its failpoints on them (tests kill it at each step).
+# A named step of an archiver's pass ("segment_written"; with an object store "file_uploaded"
+# after each Parquet file is put and read back, "segment_uploaded" after its manifest is;
+# "rows_deleted" before that transaction commits, "segment_recorded" after), awaited there:
+# the archiver's process arms its failpoints on them (tests kill it at each step).
 Step = Callable[[str], Awaitable[None]]
 
 
@@ -269,12 +274,14 @@ async def remove_archived(
     verifier: signing.Verifier | None = None,
     timeout_s: float = 60.0,
     step: Step = _no_step,
+    store: ObjectStore | None = None,
 ) -> list[Removed]:
     """Move the segments written under root and not yet recorded out of the database, in
     journal order: each verified (with the blocks' signatures given a verifier) and held
     against the database's blocks, then recorded and its rows deleted in one transaction. A
     segment that does not verify, or does not continue the recorded ones, is a SegmentError
-    and nothing of it is removed."""
+    and nothing of it is removed. Given an object store, each is put there (and read back)
+    before it is recorded, and a recorded one's staging copy is pruned (prune_staging)."""
     shard = await shard_of(connection, timeout_s)
     directory = shard_directory(root, shard)
     entries = await cold_entries(connection, timeout_s)
@@ -291,6 +298,8 @@ async def remove_archived(
         findings += await compare(connection, [path], timeout_s)
         if findings:
             raise SegmentError(f"segment {path.name}: {findings[0].message}")
+        if store is not None:
+            await _upload(store, shard, path, step)
         with Segment(path) as segment:
             done = await _remove(connection, segment, path.name, timeout_s, step)
         if done is None:  # another archiver recorded it meanwhile
@@ -298,7 +307,64 @@ async def remove_archived(
         await step("segment_recorded")
         removed.append(done)
         recorded, digest = manifest.last_block, manifest.digest()
+        if store is not None:
+            prune_staging(directory, recorded)
     return removed
+
+
+async def _upload(store: ObjectStore, shard: int, path: Path, step: Step) -> None:
+    """The segment into the store, its files first (each read back against the manifest), its
+    manifest last: the store has the segment iff it has the manifest, so a kill mid-way leaves
+    files that the next pass puts again. Blocking calls, off the event loop."""
+    if await asyncio.to_thread(stored_already, store, shard, path):
+        return
+    for entry in Segment(path).manifest.files:
+        await asyncio.to_thread(upload_file, store, shard, path, entry.name)
+        await step("file_uploaded")
+    await asyncio.to_thread(upload_file, store, shard, path, MANIFEST_NAME)
+    await step("segment_uploaded")
+
+
+def prune_staging(directory: Path, recorded: int) -> None:
+    """Remove the staging copies of recorded segments (their home is the store now), all but
+    the last one's manifest.json: what the next pass continues the chain from (its last block,
+    hash and digest), read locally as without a store. Killed mid-way, the next pass prunes
+    again."""
+    recorded_paths = []
+    for path in segment_paths(directory):
+        manifest, _ = read_manifest(path)
+        if manifest is not None and manifest.last_block <= recorded:
+            recorded_paths.append(path)
+    for path in recorded_paths[:-1]:
+        shutil.rmtree(path)
+    if recorded_paths:
+        for file in recorded_paths[-1].iterdir():
+            if file.name != MANIFEST_NAME:
+                file.unlink()
+
+
+async def _restore_staging(
+    connection: Connection, store: ObjectStore, directory: Path, shard: int, timeout_s: float
+) -> None:
+    """A staging directory with no segment (new, or lost with its pod) gets the store's last
+    one back, whole (it may be the one a killed pass put but did not record): the chain goes on
+    from it, never from block 1 again."""
+    if segment_paths(directory):
+        return
+    names = await asyncio.to_thread(store.segment_names, shard)
+    if names:
+        await asyncio.to_thread(_restore, store, shard, directory, names[-1])
+        entries = await cold_entries(connection, timeout_s)
+        prune_staging(directory, entries[-1].last_block if entries else 0)
+
+
+def _restore(store: ObjectStore, shard: int, directory: Path, name: str) -> None:
+    partial = directory / f"{TEMPORARY_PREFIX}restoring-{name}"  # remove_leftovers takes it
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    download_segment(store, shard, name, partial)
+    (partial / name).rename(directory / name)
+    shutil.rmtree(partial)
 
 
 async def _remove(
@@ -365,10 +431,13 @@ async def archive_and_remove(
     verifier: signing.Verifier | None = None,
     timeout_s: float = 60.0,
     step: Step = _no_step,
+    store: ObjectStore | None = None,
 ) -> tuple[ArchiveRun, list[Removed]]:
     """The archiver's pass: write the blocks created before the cutoff as segments, then move
     every segment written out of the database. One archiver a shard: another one running is a
-    SegmentError; what a killed one left half-written (temporary names) is removed first."""
+    SegmentError; what a killed one left half-written (temporary names) is removed first.
+    Given an object store, root is the staging directory: segments are written and verified
+    there, put into the store, then recorded, and pruned from root once recorded."""
     taken = await connection.fetchval(
         "SELECT pg_try_advisory_lock($1)", ARCHIVER_LOCK_KEY, timeout=timeout_s
     )
@@ -379,6 +448,8 @@ async def archive_and_remove(
         directory = shard_directory(root, shard)
         if directory.is_dir():
             remove_leftovers(directory)
+        if store is not None:
+            await _restore_staging(connection, store, directory, shard, timeout_s)
         run = await archive(
             connection,
             root,
@@ -388,7 +459,7 @@ async def archive_and_remove(
             step=step,
         )
         removed = await remove_archived(
-            connection, root, verifier=verifier, timeout_s=timeout_s, step=step
+            connection, root, verifier=verifier, timeout_s=timeout_s, step=step, store=store
         )
         return run, removed
     finally:

@@ -38,9 +38,10 @@ from core.store.cold.catalog import (
     id_hash,
     shard_directory,
 )
-from core.store.cold.format import ColdBlock, SegmentError
+from core.store.cold.format import MANIFEST_NAME, ColdBlock, Manifest, SegmentError
 from core.store.cold.read import POSTING_READ_COUNT_MAX, Segment
-from core.store.cold.verify import read_manifest
+from core.store.cold.store import ObjectStore, fetch_file
+from core.store.cold.verify import Finding, read_manifest
 from core.store.history import ColdHistoryError
 from core.store.shard import (
     TRANSACTION_COLUMNS,
@@ -98,11 +99,15 @@ FROM cold_segments WHERE id_hashes && $1::bigint[] ORDER BY last_block
 
 class ColdHistory:
     """A shard's cold history under a cluster's segments root (root/shard-N, as the archiver
-    writes it), read together with its database."""
+    writes it), read together with its database. Given an object store (the segments' home),
+    root is a cache: a file a read needs and root lacks is fetched from the store first, one
+    file at a time, its SHA-256 checked against its manifest (the manifest's digest against
+    the one recorded in cold_segments) before it is renamed into place."""
 
-    def __init__(self, root: Path, shard: int) -> None:
+    def __init__(self, root: Path, shard: int, store: ObjectStore | None = None) -> None:
         self.root = root
         self.shard = shard
+        self.store = store
         self.directory = shard_directory(root, shard)
         self._entries: list[ColdEntry] = []
         self._segments: OrderedDict[str, Segment] = OrderedDict()
@@ -139,22 +144,38 @@ class ColdHistory:
     def _read_blocks(self, entries: list[ColdEntry], after: int, last: int) -> list[ColdBlock]:
         blocks: list[ColdBlock] = []
         for entry in entries:
-            blocks.extend(self.segment(entry.name).blocks(after + 1, last))
+            blocks.extend(self.segment(entry).blocks(after + 1, last))
         return blocks
 
     async def check(self, connection: Connection, timeout_s: float) -> None:
         """Refuse a directory that is not the database's cold history: every segment its
         cold_segments rows record must be there with the manifest recorded (its digest)."""
         entries = await cold_entries(connection, timeout_s)
+        where = self.directory if self.store is None else self.store
         for entry in entries:
-            manifest, findings = await self._read(read_manifest, self.directory / entry.name)
+            try:
+                manifest, findings = await self._read(self._manifest_of, entry)
+            except (SegmentError, FileNotFoundError) as error:
+                manifest, findings = None, [Finding("manifest_missing", str(error))]
+            except OSError as error:  # a store not reached: refused too, it cannot be checked
+                raise ColdHistoryError(
+                    f"cold segment {entry.name} cannot be checked: {error}"
+                ) from error
             if manifest is None or manifest.digest() != entry.manifest_digest:
                 why = findings[0].message if findings else "its manifest is another segment's"
                 raise ColdHistoryError(
                     f"cold segment {entry.name} (blocks {entry.first_block} to "
-                    f"{entry.last_block}) is not as recorded under {self.directory}: {why}"
+                    f"{entry.last_block}) is not as recorded under {where}: {why}"
                 )
         self._entries = entries
+
+    def _manifest_of(self, entry: ColdEntry) -> tuple[Manifest | None, list[Finding]]:
+        path = self.directory / entry.name
+        if self.store is not None:
+            fetch_file(
+                self.store, self.shard, path, MANIFEST_NAME, manifest_digest=entry.manifest_digest
+            )
+        return read_manifest(path)
 
     async def _read(self, read: Callable[..., _T], *args: Any) -> _T:
         """A read of the segments, off the event loop; a file that does not read as its format
@@ -167,15 +188,35 @@ class ColdHistory:
         except (pa.ArrowException, ValueError, KeyError, IndexError) as error:
             raise SegmentError(f"cold segments under {self.directory}: {error!r}") from error
 
-    def segment(self, name: str) -> Segment:
+    def segment(self, entry: ColdEntry) -> Segment:
+        name = entry.name
         found = self._segments.pop(name, None)
         if found is None:
-            found = Segment(self.directory / name)
+            found = Segment(self.directory / name, self._fetcher(entry))
         self._segments[name] = found
         while len(self._segments) > SEGMENT_CACHE_COUNT:
             _, oldest = self._segments.popitem(last=False)
             oldest.close()
         return found
+
+    def _fetcher(self, entry: ColdEntry) -> Callable[[str, str], Path] | None:
+        """With a store, what brings a file of the entry's segment into the cache: its manifest
+        checked against the digest recorded, a Parquet file against the manifest."""
+        store = self.store
+        if store is None:
+            return None
+
+        def fetch(file: str, sha256_hex: str) -> Path:
+            return fetch_file(
+                store,
+                self.shard,
+                self.directory / entry.name,
+                file,
+                sha256_hex=sha256_hex,
+                manifest_digest=entry.manifest_digest,
+            )
+
+        return fetch
 
     def close(self) -> None:
         for segment in self._segments.values():
@@ -217,7 +258,7 @@ class ColdHistory:
     ) -> dict[str, TransactionState]:
         found: dict[str, TransactionState] = {}
         for entry, wanted in asks:
-            segment = self.segment(entry.name)
+            segment = self.segment(entry)
             for transaction_id in wanted:
                 held = segment.transaction(transaction_id)
                 if held is not None:
@@ -265,7 +306,7 @@ class ColdHistory:
         for entry in entries:
             if entry.next_posting_sequence <= after_sequence + 1:
                 continue
-            segment = self.segment(entry.name)
+            segment = self.segment(entry)
             after = after_sequence
             while len(found) < limit:
                 read = segment.account_postings(account_id, after, POSTING_READ_COUNT_MAX)
@@ -302,7 +343,7 @@ class ColdHistory:
         self, entries: list[ColdEntry], account_id: str, at_ns: int
     ) -> Posting | None:
         for entry in reversed(entries):
-            found = self.segment(entry.name).last_posting_at(
+            found = self.segment(entry).last_posting_at(
                 account_id, at_ns, excluding_prefix=_MOVE_OUT_PREFIX
             )
             if found is not None:

@@ -8,7 +8,7 @@ SegmentError, never a wrong answer.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Final
 
@@ -20,6 +20,7 @@ from core.journal import BlockHeader
 from core.model import Posting
 from core.store.cold.format import (
     FILE_NAMES,
+    MANIFEST_NAME,
     SEGMENT_PREFIX,
     ColdBlock,
     ColdTransaction,
@@ -31,6 +32,10 @@ from core.store.cold.verify import read_manifest
 
 # The most postings one history read returns (a page of the API is far smaller).
 POSTING_READ_COUNT_MAX: Final = 10_000
+# Brings one of a segment's files into its directory when it is not there (a node reading
+# from an object store: core.store.cold.store.fetch_file), given the file's name and the
+# SHA-256 its manifest states ("" for the manifest itself).
+Fetch = Callable[[str, str], object]
 
 
 def segment_paths(directory: Path) -> list[Path]:
@@ -44,8 +49,9 @@ def segment_paths(directory: Path) -> list[Path]:
 class Segment:
     """One segment directory, opened for reads."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, fetch: Fetch | None = None) -> None:
         self.path = path
+        self._fetch = fetch
         self._manifest: Manifest | None = None
         self._files: dict[str, Any] = {}
 
@@ -64,6 +70,8 @@ class Segment:
     @property
     def manifest(self) -> Manifest:
         if self._manifest is None:
+            if self._fetch is not None:
+                self._fetch(MANIFEST_NAME, "")
             manifest, findings = read_manifest(self.path)
             if manifest is None or findings:
                 problems = "; ".join(f.message for f in findings)
@@ -75,6 +83,9 @@ class Segment:
         if name not in FILE_NAMES:
             raise KeyError(name)
         if name not in self._files:
+            if self._fetch is not None:
+                stated = {entry.name: entry.sha256_hex for entry in self.manifest.files}
+                self._fetch(name, stated.get(name, ""))
             self._files[name] = pq.ParquetFile(self.path / name)
         return self._files[name]
 
