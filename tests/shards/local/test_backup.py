@@ -28,6 +28,7 @@ from shards.local.replicated_pg import ReplicatedPostgres
 from tally.v1 import ledger_pb2 as pb
 from tests.support.helpers import Client, account, audit_problems, transfer
 from tests.support.local_up import LocalUp, running_up, user_environment, wait_serving
+from tests.support.postgres import started_on_a_free_port
 
 COMMAND_TIMEOUT_S = 120.0
 ARCHIVE_TIMEOUT_S = 30.0
@@ -250,14 +251,22 @@ def test_an_archive_directory_is_the_server_users(tmp_path: Path) -> None:
 
 
 async def test_a_backup_of_a_dsn_takes_its_password_from_the_environment_only(
-    pg: EmbeddedPostgres, scratch: Path
+    scratch: Path,
 ) -> None:
-    """tally backup with TALLY_DSN (any PostgreSQL, here the session's): verified, and the
+    """tally backup with TALLY_DSN (any PostgreSQL; a server of its own here, not the session's,
+    which by then holds every test's database and takes a minute to copy): verified, and the
     password is in no line it prints."""
     backups = scratch / "backups"
-    code, output = await tally(
-        ["backup", "--backups-dir", str(backups)], {"TALLY_DSN": pg.dsn("postgres")}
+    pg = await asyncio.to_thread(
+        started_on_a_free_port,
+        lambda port: EmbeddedPostgresConfig(data_dir=scratch / "own-pg", port=port),
     )
+    try:
+        code, output = await tally(
+            ["backup", "--backups-dir", str(backups)], {"TALLY_DSN": pg.dsn("postgres")}
+        )
+    finally:
+        await asyncio.to_thread(pg.stop)
     assert code == 0, output
     assert "verified with pg_verifybackup" in output and pg.password not in output, output
     (backup,) = backups.iterdir()
