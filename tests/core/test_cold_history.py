@@ -18,28 +18,12 @@ from core.store.cold.format import SegmentError
 from core.store.cold.history import ColdHistory
 from core.store.cold.read import segment_paths
 from tally.v1 import ledger_pb2 as pb
-from tests.support import security, streams
-from tests.support.helpers import Client, start_node, transfer
+from tests.support import streams
+from tests.support.cold import post_journal
 
 CREATED = pb.RESULT_CODE_CREATED
 TIMEOUT_S = 30.0
 ACCOUNTS = streams.ACCOUNTS
-
-
-async def _post(
-    dsn: str, names: list[str], every_kind: bool = False, cold_dir: Path | None = None
-) -> None:
-    handle = await start_node(dsn, cold_dir=str(cold_dir or ""))
-    try:
-        async with security.channel(handle.target) as channel:
-            client = Client(channel)
-            if every_kind:
-                await streams.every_kind_of_record(client)
-            for n, name in enumerate(names):
-                item = transfer(name, "cust-1/deposit", "cust-2/deposit", 3 + n)
-                assert await client.codes(item) == [CREATED]
-    finally:
-        await handle.stop()
 
 
 async def _hot_reads(
@@ -71,7 +55,7 @@ async def _pages(
 
 # Why long: one journal archived in two steps, each read whole across the boundary.
 async def test_archived_history_reads_as_the_hot_rows_did(dsn: str, tmp_path: Path) -> None:
-    await _post(dsn, [f"cust-1/a{n}" for n in range(5)], every_kind=True)
+    await post_journal(dsn, [f"cust-1/a{n}" for n in range(5)], every_kind=True)
     connection = await asyncpg.connect(dsn)
     try:
         before, ids = await _hot_reads(connection)
@@ -91,7 +75,7 @@ async def test_archived_history_reads_as_the_hot_rows_did(dsn: str, tmp_path: Pa
             i: _fields(s) for i, s in states.items()
         }
         assert await history.load_transactions(connection, ["nope"], TIMEOUT_S) == {}
-        await _post(dsn, [f"cust-1/b{n}" for n in range(3)], cold_dir=root)
+        await post_journal(dsn, [f"cust-1/b{n}" for n in range(3)], cold_dir=root)
         after, _ = await _hot_reads(connection)
         for account_id in ACCOUNTS:
             whole = before[account_id] + after[account_id]
@@ -118,7 +102,7 @@ async def test_archived_history_reads_as_the_hot_rows_did(dsn: str, tmp_path: Pa
 async def test_a_segment_altered_before_its_removal_removes_nothing(
     dsn: str, tmp_path: Path
 ) -> None:
-    await _post(dsn, [f"cust-1/a{n}" for n in range(3)], every_kind=True)
+    await post_journal(dsn, [f"cust-1/a{n}" for n in range(3)], every_kind=True)
     connection = await asyncpg.connect(dsn)
     try:
         root = tmp_path / "segments"

@@ -22,6 +22,7 @@ from core.store.cold.archive import archive_and_remove
 from shards.local.embedded_pg import EmbeddedPostgres
 from tally.v1 import ledger_pb2 as pb
 from tests.support import security
+from tests.support.cold import history_pages
 from tests.support.helpers import Client, account, start_node, transfer
 
 ACCOUNTS = ("@pool", "c0/dep", "c1/dep", "c2/dep")
@@ -81,19 +82,6 @@ async def _archive(dsn: str, root: Path) -> None:
         await connection.close()
 
 
-async def _history(client: Client, account_id: str) -> list[pb.Posting]:
-    read: list[pb.Posting] = []
-    cursor = ""
-    while True:
-        page = await client.stub.ListPostings(
-            pb.ListPostingsRequest(account_id=account_id, cursor=cursor, limit=3), timeout=30
-        )
-        read.extend(page.postings)
-        if not page.next_cursor:
-            return read
-        cursor = page.next_cursor
-
-
 def _counters(balance: pb.Balance) -> tuple[int, int, int, int]:
     return (
         balance.debits_posted,
@@ -105,7 +93,7 @@ def _counters(balance: pb.Balance) -> tuple[int, int, int, int]:
 
 async def _check_account(client: Client, account_id: str) -> tuple[int, int]:
     """The account's history against its counters; its posted debits and credits."""
-    history = await _history(client, account_id)
+    history = await history_pages(client, account_id, limit=3)
     sequences = [p.sequence for p in history]
     assert sequences == sorted(set(sequences))  # each once, in order
     sums = [0, 0, 0, 0]

@@ -17,8 +17,9 @@ import asyncpg
 from core.store.cold.archive import archive_and_remove
 from shards.local.embedded_pg import EmbeddedPostgres
 from tally.v1 import ledger_pb2 as pb
-from tests.support import security, streams
-from tests.support.helpers import Client, start_node, transfer
+from tests.support import security
+from tests.support.cold import post_journal
+from tests.support.helpers import Client, start_node
 from tests.support.seeded_ledger import clone_database
 
 CREATED = pb.RESULT_CODE_CREATED
@@ -38,17 +39,7 @@ class ColdBooks:
 
 async def post(dsn: str, names: list[str], every_kind: bool = False, cold_dir: str = "") -> None:
     """Transfers between the customers' deposits through a node, one block each."""
-    handle = await start_node(dsn, cold_dir=cold_dir) if cold_dir else await start_node(dsn)
-    try:
-        async with security.channel(handle.target) as channel:
-            client = Client(channel)
-            if every_kind:
-                await streams.every_kind_of_record(client)
-            for n, name in enumerate(names):
-                item = transfer(name, "cust-1/deposit", "cust-2/deposit", 3 + n)
-                assert await client.codes(item) == [CREATED]
-    finally:
-        await handle.stop()
+    await post_journal(dsn, names, every_kind, Path(cold_dir) if cold_dir else None)
 
 
 async def reverse(dsn: str, cold_dir: Path, reversal_id: str, reversed_id: str) -> None:

@@ -7,64 +7,20 @@ writer never refused a transfer, and in the end the segments verify against the 
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import sys
 from pathlib import Path
 
 import asyncpg
 
 from tally.v1 import ledger_pb2 as pb
 from tests.support import security
+from tests.support.cold import check_whole, tally_segments
 from tests.support.helpers import Client, account, start_node, transfer
-from tests.support.paths import REPO_ROOT
 
 CREATED = pb.RESULT_CODE_CREATED
 TIMEOUT_S = 120.0
 ACCOUNTS = ("@cash", "cust-1/deposit", "cust-2/deposit")
 STEPS = ("segment_written", "rows_deleted", "segment_recorded")
-
-
-async def _tally(dsn: str, *arguments: str, failpoint: str = "") -> tuple[int, str]:
-    environment = {**os.environ, "TALLY_DSN": dsn}
-    environment.pop("TALLY_FAILPOINTS", None)
-    if failpoint:
-        environment["TALLY_FAILPOINTS"] = f"archive.{failpoint}=exit"
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "shards.cli", "segments", *arguments,
-        cwd=REPO_ROOT, env=environment,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-    )  # fmt: skip
-    output, _ = await asyncio.wait_for(process.communicate(), timeout=TIMEOUT_S)
-    assert process.returncode is not None
-    return process.returncode, output.decode()
-
-
-async def _history(client: Client, account_id: str) -> list[pb.Posting]:
-    read: list[pb.Posting] = []
-    cursor = ""
-    while True:
-        page = await client.stub.ListPostings(
-            pb.ListPostingsRequest(account_id=account_id, cursor=cursor, limit=5), timeout=30
-        )
-        read.extend(page.postings)
-        if not page.next_cursor:
-            return read
-        cursor = page.next_cursor
-
-
-async def _check_whole(client: Client, posted: list[tuple[str, str, int]]) -> None:
-    """Every posting once, in order, each with its transaction; every id found."""
-    for account_id in ACCOUNTS[1:]:
-        mine = [(i, amount) for i, to, amount in posted if to == account_id]
-        history = await _history(client, account_id)
-        assert [(p.transaction_id, p.posted_amount) for p in history] == mine
-        assert [p.sequence for p in history] == sorted({p.sequence for p in history})
-        balance = await client.balance(account_id)
-        assert balance.credits_posted == sum(amount for _, amount in mine)
-    ids = [i for i, _, _ in posted]
-    found = await client.stub.GetTransactions(pb.GetTransactionsRequest(ids=ids), timeout=30)
-    assert [r.code for r in found.results] == [pb.RESULT_CODE_OK] * len(ids)
 
 
 # Why long: one archiver killed at each of its steps while the writer commits, then finished.
@@ -95,19 +51,19 @@ async def test_the_archiver_killed_at_each_step_loses_and_doubles_nothing(
             poster = asyncio.create_task(post_until_stopped())
             await asyncio.sleep(0.5)
             for step in STEPS:
-                code, output = await _tally(dsn, *archive, failpoint=step)
+                code, output = await tally_segments(dsn, *archive, failpoint=step)
                 assert code == -signal.SIGKILL, output
                 assert f"failpoint archive.{step} reached" in output
                 async with between:
-                    await _check_whole(client, posted)
-            code, output = await _tally(dsn, *archive)
+                    await check_whole(client, ACCOUNTS[1:], posted)
+            code, output = await tally_segments(dsn, *archive)
             assert code == 0, output
             await asyncio.sleep(0.3)
             stop.set()
             await poster
-            code, output = await _tally(dsn, *archive)
+            code, output = await tally_segments(dsn, *archive)
             assert code == 0 and "moved segment-" in output, output
-            await _check_whole(client, posted)
+            await check_whole(client, ACCOUNTS[1:], posted)
     finally:
         stop.set()
         await handle.stop()
@@ -122,7 +78,7 @@ async def test_the_archiver_killed_at_each_step_loses_and_doubles_nothing(
         await connection.close()
     assert [s["first_block"] for s in spans] == [1] + [s["last_block"] + 1 for s in spans[:-1]]
     assert hot == 0  # every block archived
-    code, output = await _tally(dsn, "verify", "--dir", str(root))
+    code, output = await tally_segments(dsn, "verify", "--dir", str(root))
     assert code == 0, output
     # Nothing half-written left behind by the killed writes.
     assert not [p for p in (root / "shard-0").iterdir() if not p.name.startswith("segment-")]

@@ -8,11 +8,8 @@ in the store is refused by the node (DATA_LOSS) and named by `tally segments ver
 
 from __future__ import annotations
 
-import asyncio
-import os
 import shutil
 import signal
-import sys
 import time
 from pathlib import Path
 
@@ -23,53 +20,14 @@ from pyarrow.fs import FileSelector
 from shards.node.server import ColdDirectoryError
 from tally.v1 import ledger_pb2 as pb
 from tests.support import security
+from tests.support.cold import check_whole, tally_segments
 from tests.support.helpers import Client, NodeHandle, account, start_node, transfer
 from tests.support.object_store import BUCKET, ObjectStoreServer, free_ports
-from tests.support.paths import REPO_ROOT
 
 CREATED = pb.RESULT_CODE_CREATED
 TIMEOUT_S = 120.0
 ACCOUNTS = ("@cash", "cust-1/deposit", "cust-2/deposit")
 STEPS = ("segment_written", "file_uploaded", "segment_uploaded", "rows_deleted", "segment_recorded")
-
-
-async def _tally(dsn: str, *arguments: str, failpoint: str = "") -> tuple[int, str]:
-    environment = {**os.environ, "TALLY_DSN": dsn}
-    environment.pop("TALLY_FAILPOINTS", None)
-    if failpoint:
-        environment["TALLY_FAILPOINTS"] = f"archive.{failpoint}=exit"
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "shards.cli", "segments", *arguments,
-        cwd=REPO_ROOT, env=environment,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-    )  # fmt: skip
-    output, _ = await asyncio.wait_for(process.communicate(), timeout=TIMEOUT_S)
-    assert process.returncode is not None
-    return process.returncode, output.decode()
-
-
-async def _history(client: Client, account_id: str) -> list[pb.Posting]:
-    read: list[pb.Posting] = []
-    cursor = ""
-    while True:
-        page = await client.stub.ListPostings(
-            pb.ListPostingsRequest(account_id=account_id, cursor=cursor, limit=5), timeout=30
-        )
-        read.extend(page.postings)
-        if not page.next_cursor:
-            return read
-        cursor = page.next_cursor
-
-
-async def _check_whole(client: Client, posted: list[tuple[str, str, int]]) -> None:
-    """Every posting once, in order; every id found."""
-    for account_id in ACCOUNTS[1:]:
-        mine = [(i, amount) for i, to, amount in posted if to == account_id]
-        history = await _history(client, account_id)
-        assert [(p.transaction_id, p.posted_amount) for p in history] == mine
-    ids = [i for i, _, _ in posted]
-    found = await client.stub.GetTransactions(pb.GetTransactionsRequest(ids=ids), timeout=30)
-    assert [r.code for r in found.results] == [pb.RESULT_CODE_OK] * len(ids)
 
 
 async def _post(client: Client, posted: list[tuple[str, str, int]], count: int) -> None:
@@ -101,27 +59,27 @@ async def test_archiving_to_an_object_store_loses_and_doubles_nothing(
             assert await client.create(*(account(a) for a in ACCOUNTS)) == [CREATED] * 3
             for step in STEPS:
                 await _post(client, posted, 4)
-                code, output = await _tally(dsn, *archive, failpoint=step)
+                code, output = await tally_segments(dsn, *archive, failpoint=step)
                 assert code == -signal.SIGKILL, output
                 assert f"failpoint archive.{step} reached" in output
-                await _check_whole(client, posted)
+                await check_whole(client, ACCOUNTS[1:], posted)
             started = time.monotonic()
-            code, output = await _tally(dsn, *archive)
+            code, output = await tally_segments(dsn, *archive)
             upload_s = time.monotonic() - started
             assert code == 0 and "moved segment-" in output, output
-            await _check_whole(client, posted)
+            await check_whole(client, ACCOUNTS[1:], posted)
             # Staging lost (a new pod): the chain goes on from the store's last segment.
             shutil.rmtree(staging)
             await _post(client, posted, 4)
-            code, output = await _tally(dsn, *archive)
+            code, output = await tally_segments(dsn, *archive)
             assert code == 0 and "moved segment-" in output, output
-            await _check_whole(client, posted)
+            await check_whole(client, ACCOUNTS[1:], posted)
     finally:
         await handle.stop()
     # Staging keeps no recorded segment but the last one's manifest (the chain goes on there).
     kept = sorted((staging / "shard-0").iterdir())
     assert len(kept) == 1 and [f.name for f in kept[0].iterdir()] == ["manifest.json"]
-    code, output = await _tally(dsn, "verify", "--store", url, "--dsn", dsn)
+    code, output = await tally_segments(dsn, "verify", "--store", url, "--dsn", dsn)
     assert code == 0 and "against the database: clean" in output, output
 
     # A node with an empty cache: the startup check fetches the manifests only, each read
@@ -133,7 +91,7 @@ async def test_archiving_to_an_object_store_loses_and_doubles_nothing(
         assert fetched == {"manifest.json"}
         async with security.channel(handle.target) as channel:
             started = time.monotonic()
-            await _check_whole(Client(channel), posted)
+            await check_whole(Client(channel), ACCOUNTS[1:], posted)
             first_read_s = time.monotonic() - started
     finally:
         await handle.stop()
@@ -167,7 +125,7 @@ async def test_archiving_to_an_object_store_loses_and_doubles_nothing(
                 assert "SHA-256" in (error.details() or "")
     finally:
         await handle.stop()
-    code, output = await _tally(dsn, "verify", "--store", url)
+    code, output = await tally_segments(dsn, "verify", "--store", url)
     assert code == 1, output
     assert "file_digest" in output and first in output and "postings.parquet" in output, output
 
