@@ -41,9 +41,6 @@ from core.slots import SlotMap
 from core.store import control as control_store
 from core.store import shard as store
 from core.store.history import ColdHistoryError, History, HotHistory
-
-if TYPE_CHECKING:
-    from core.store.cold.history import ColdHistory
 from shards import control, failpoints
 from shards.crossshard.participant import settle_prepared
 from shards.node import durability
@@ -60,6 +57,9 @@ from shards.rpc.serving import grpc_server
 from shards.security import guard
 from shards.security.credentials import SecurityConfigError, ServerSecurity
 from tally.v1 import ledger_pb2, shard_pb2
+
+if TYPE_CHECKING:
+    from core.store.cold.history import ColdHistory
 
 log = logging.getLogger("tally.node")
 
@@ -194,8 +194,8 @@ class Node:
             from core.store.cold.history import ColdHistory  # pyarrow: only where it is read
             from core.store.cold.store import ObjectStore
 
-            store = ObjectStore(config.cold_store) if config.cold_store else None
-            self.cold_history = ColdHistory(Path(config.cold_dir), config.shard_id, store)
+            object_store = ObjectStore(config.cold_store) if config.cold_store else None
+            self.cold_history = ColdHistory(Path(config.cold_dir), config.shard_id, object_store)
         elif config.cold_store:
             raise ValueError("--cold-store needs --cold-dir, the cache of the files it fetches")
         # Read at construction, so a bad key file stops the node before it serves anything.
