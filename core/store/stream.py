@@ -49,6 +49,7 @@ from core.model import (
     expires_at,
 )
 from core.state import WriteSet
+from core.store.cold.catalog import last_cold_block
 from core.store.shard import spec_from_row
 
 BLOCK_COUNT_PER_PAGE_MAX: Final = 64
@@ -241,17 +242,10 @@ async def read_page(
     except InvariantError:
         # An archive that committed between the headers and the rows took them: read the page
         # again from cold history (the rows it deleted are its segment's).
-        last_cold = await _last_cold_block(connection, timeout_s)
+        last_cold = await last_cold_block(connection, timeout_s)
         if after_sequence >= last_cold:
             raise
         return await _cold_page(connection, page, last_cold, cold, timeout_s)
-
-
-async def _last_cold_block(connection: Connection, timeout_s: float) -> int:
-    value = await connection.fetchval(
-        "SELECT coalesce(max(last_block), 0) FROM cold_segments", timeout=timeout_s
-    )
-    return int(value)
 
 
 async def _cold_page(

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import asyncpg
 
+from core import audit
 from core.store.cold.archive import archive_and_remove
 from shards.local.embedded_pg import EmbeddedPostgres
 from tally.v1 import ledger_pb2 as pb
@@ -35,6 +36,16 @@ class ColdBooks:
     root: Path  # the cold copy's segments (the cluster's root: root/shard-0)
     boundary_ns: int  # between the runs: what was created before it is cold
     end_ns: int  # after the second run
+
+
+async def audit_shard_of(dsn: str, root: Path | None) -> audit.ShardReport:
+    """Shard 0's audit of dsn, with the cold segments under root (None: none given)."""
+    config = audit.AuditConfig(statement_timeout_s=60.0, hold_grace_s=None, segments_root=root)
+    connection = await asyncpg.connect(dsn)
+    try:
+        return await audit.audit_shard(connection, 0, config)
+    finally:
+        await connection.close()
 
 
 async def post(dsn: str, names: list[str], every_kind: bool = False, cold_dir: str = "") -> None:

@@ -26,7 +26,7 @@ from typing import Any, Final
 
 from core import signing
 from core.store import stream
-from core.store.cold.catalog import cold_entries, id_hash, shard_directory
+from core.store.cold.catalog import cold_entries, id_hash, last_cold_block, shard_directory
 from core.store.cold.format import (
     MANIFEST_NAME,
     SEGMENT_BLOCK_COUNT_MAX,
@@ -376,9 +376,7 @@ async def _remove(
         await connection.execute(
             "SELECT pg_advisory_xact_lock($1)", ARCHIVE_LOCK_KEY, timeout=timeout_s
         )
-        recorded = await connection.fetchval(
-            "SELECT coalesce(max(last_block), 0) FROM cold_segments", timeout=timeout_s
-        )
+        recorded = await last_cold_block(connection, timeout_s)
         if recorded != manifest.first_block - 1:
             return None
         first = await connection.fetchrow(

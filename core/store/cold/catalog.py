@@ -76,3 +76,11 @@ async def cold_entries(connection: Connection, timeout_s: float) -> list[ColdEnt
         f"SELECT {ENTRY_COLUMNS} FROM cold_segments ORDER BY last_block", timeout=timeout_s
     )
     return [entry_of(row) for row in rows]
+
+
+async def last_cold_block(connection: Connection, timeout_s: float) -> int:
+    """The last block whose records are cold (0: none)."""
+    value = await connection.fetchval(
+        "SELECT coalesce(max(last_block), 0) FROM cold_segments", timeout=timeout_s
+    )
+    return int(value)

@@ -124,13 +124,6 @@ class ColdHistory:
             self._entries = await cold_entries(connection, timeout_s)
         return [e for e in self._entries if e.next_posting_sequence <= hot_from]
 
-    async def last_cold_block(self, connection: Connection, timeout_s: float) -> int:
-        """The last block whose records are cold (0: none)."""
-        value = await connection.fetchval(
-            "SELECT coalesce(max(last_block), 0) FROM cold_segments", timeout=timeout_s
-        )
-        return int(value)
-
     async def cold_blocks(
         self, connection: Connection, after: int, last: int, timeout_s: float
     ) -> list[ColdBlock]:

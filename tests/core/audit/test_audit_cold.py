@@ -13,7 +13,6 @@ import asyncpg
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from core import audit
 from core.audit.findings import FindingKind
 from core.store.cold.read import segment_paths
 from shards.local.embedded_pg import EmbeddedPostgres
@@ -22,26 +21,16 @@ from tests.support.cold_books import (
     FIRST_RUN,
     ColdBooks,
     archive_before,
+    audit_shard_of,
     cold_copy,
     reverse,
 )
-
-TIMEOUT_S = 60.0
-
-
-async def _audit(dsn: str, root: Path | None) -> audit.ShardReport:
-    config = audit.AuditConfig(statement_timeout_s=TIMEOUT_S, hold_grace_s=None, segments_root=root)
-    connection = await asyncpg.connect(dsn)
-    try:
-        return await audit.audit_shard(connection, 0, config)
-    finally:
-        await connection.close()
 
 
 async def test_archived_books_audit_clean_as_their_hot_twin(
     pg: EmbeddedPostgres, cold_books: ColdBooks, tmp_path: Path
 ) -> None:
-    hot = await _audit(cold_books.hot_dsn, None)
+    hot = await audit_shard_of(cold_books.hot_dsn, None)
     dsn, root = await cold_copy(pg, cold_books, tmp_path)
     connection = await asyncpg.connect(dsn)
     try:
@@ -50,7 +39,7 @@ async def test_archived_books_audit_clean_as_their_hot_twin(
     finally:
         await connection.close()
     assert hot_postings < hot.posting_count  # the first run's postings left the tables
-    cold = await _audit(dsn, root)
+    cold = await audit_shard_of(dsn, root)
     assert [str(p) for p in cold.problems] == [] and hot.problems == []
     for name in ("block_count", "transaction_count", "posting_count", "head_hash"):
         assert getattr(cold, name) == getattr(hot, name), name
@@ -75,7 +64,7 @@ async def test_an_altered_segment_is_named(
     first = segment_paths(root / "shard-0")[0]
     target = first / "postings.parquet"
     target.write_bytes(target.read_bytes()[: target.stat().st_size // 2])  # cut short
-    report = await _audit(dsn, root)
+    report = await audit_shard_of(dsn, root)
     named = [p for p in report.problems if first.name in p.message]
     assert named, [str(p) for p in report.problems]
     assert {p.kind for p in named} == {FindingKind.SEGMENT_ALTERED}
@@ -97,7 +86,7 @@ async def test_a_segment_whose_rows_were_rewritten_is_caught_by_the_journal_pass
     index = table.schema.get_field_index("posted_amount")
     table = table.set_column(index, "posted_amount", pc.add(amounts, 1))
     pq.write_table(table, target)
-    report = await _audit(dsn, root)
+    report = await audit_shard_of(dsn, root)
     kinds = {p.kind for p in report.problems}
     assert FindingKind.SEGMENT_ALTERED in kinds  # check_segments: the file's digest
     altered = [p for p in report.problems if p.kind == FindingKind.BLOCK_ROWS_ALTERED]
@@ -118,10 +107,10 @@ async def test_a_transfer_reversed_after_archiving_audits_clean(
     finally:
         await connection.close()
     assert [r["id"] for r in revived] == [FIRST_RUN[1]]
-    report = await _audit(dsn, root)
+    report = await audit_shard_of(dsn, root)
     assert [str(p) for p in report.problems] == []
     assert await archive_before(dsn, root, time.time_ns()) >= 1
-    report = await _audit(dsn, root)
+    report = await audit_shard_of(dsn, root)
     assert [str(p) for p in report.problems] == []
     # The revived row altered: the audit holds it against its cold record.
     connection = await asyncpg.connect(dsn)
@@ -131,7 +120,7 @@ async def test_a_transfer_reversed_after_archiving_audits_clean(
         )
     finally:
         await connection.close()
-    report = await _audit(dsn, root)
+    report = await audit_shard_of(dsn, root)
     assert [(p.kind, p.transaction_id) for p in report.problems] == [
         (FindingKind.SEGMENT_DATABASE_MISMATCH, FIRST_RUN[1])
     ]
@@ -169,7 +158,7 @@ async def test_rows_altered_across_the_boundary_are_named(
     await _alter(
         dsn, "UPDATE accounts SET debits_posted = debits_posted + 7 WHERE id = 'cust-1/loan'"
     )
-    report = await _audit(dsn, root)
+    report = await audit_shard_of(dsn, root)
     found = {(p.kind, p.transaction_id or p.account_id, p.posting) for p in report.problems}
     assert (FindingKind.SEGMENT_DATABASE_MISMATCH, "cust-1/hold", 0) in found
     assert any(

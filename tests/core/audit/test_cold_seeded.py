@@ -11,22 +11,12 @@ from pathlib import Path
 
 import asyncpg
 
-from core import audit
 from core.audit import exporter, statement
 from shards.local.embedded_pg import EmbeddedPostgres
-from tests.support.cold_books import archive_before
+from tests.support.cold_books import archive_before, audit_shard_of
 from tests.support.seeded_ledger import CUSTOMERS, clone_database, make_template
 
 TIMEOUT_S = 60.0
-
-
-async def _audit(dsn: str, root: Path | None) -> audit.ShardReport:
-    config = audit.AuditConfig(statement_timeout_s=TIMEOUT_S, hold_grace_s=None, segments_root=root)
-    connection = await asyncpg.connect(dsn)
-    try:
-        return await audit.audit_shard(connection, 0, config)
-    finally:
-        await connection.close()
 
 
 def _files(directory: Path) -> dict[str, str]:
@@ -65,7 +55,7 @@ async def test_a_seeded_workload_archived_in_two_steps(
 ) -> None:
     name, _ = await make_template(pg, f"cold_seeded_{os.getpid()}")
     hot_dsn = pg.dsn(name)
-    before = await _audit(hot_dsn, None)
+    before = await audit_shard_of(hot_dsn, None)
     assert before.problems == [] and before.block_count >= 10
     hot_reads = await _reads(hot_dsn, None, tmp_path / "export")
     dsn, root = await clone_database(pg, name), tmp_path / "segments"
@@ -79,7 +69,7 @@ async def test_a_seeded_workload_archived_in_two_steps(
         await connection.close()
     for created_before_ns in (middle, 2**62):
         assert await archive_before(dsn, root, created_before_ns) >= 1
-        report = await _audit(dsn, root)
+        report = await audit_shard_of(dsn, root)
         assert [str(p) for p in report.problems] == []
         for field in ("block_count", "transaction_count", "posting_count", "head_hash"):
             assert getattr(report, field) == getattr(before, field), field
