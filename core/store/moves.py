@@ -2,8 +2,10 @@
 accounts and homed records, the slots moved out, and the rows a move-out or move-in commits
 with its block. Every statement carries a timeout.
 
-A slot is a hash of the partition key, not a column, so finding a slot's rows scans accounts
-and transactions once each (filtered here with core.moves). The next step is a slot column.
+Every account and transaction row carries its id's slot under an index (shard migration 10),
+so a slot's rows are one index read of each table: what a move costs follows what it moves,
+not the size of the shard. The rows read are still filtered with core.moves (spread accounts
+and reserved records never move, whatever their slot).
 
 A shard with cold history (docs/design.md, "Cold history") has records no transactions row
 holds any more: a move carries them too (the target must still answer an archived id as a
@@ -19,10 +21,13 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
 
 from core import ids, journal, moves
+from core.invariant import check
 from core.model import AccountState, Kind, Leg, TransactionState
+from core.slots import transaction_slot
 from core.store.cold.catalog import ColdEntry, cold_entries
 from core.store.shard import (
     TRANSACTION_COLUMNS,
+    TRANSACTION_WRITE_COLUMNS,
     account_from_row,
     load_accounts,
     load_transactions,
@@ -92,7 +97,9 @@ async def slot_accounts(
     found: list[AccountState] = []
     async with connection.transaction(isolation="repeatable_read", readonly=True):
         cursor = connection.cursor(
-            "SELECT * FROM accounts WHERE id NOT LIKE '@%' ORDER BY id",
+            "SELECT * FROM accounts WHERE slot = ANY($1::smallint[]) AND id NOT LIKE '@%' "
+            "ORDER BY id",
+            sorted(slots),
             prefetch=_SCAN_ROW_COUNT,
             timeout=timeout_s,
         )
@@ -115,7 +122,9 @@ async def homed_records(
     async with connection.transaction(isolation="repeatable_read", readonly=True):
         for table in ("transactions", "moved_transactions"):
             cursor = connection.cursor(
-                f"SELECT {columns} FROM {table} WHERE id NOT LIKE '~%'",
+                f"SELECT {columns} FROM {table} "
+                "WHERE slot = ANY($1::smallint[]) AND id NOT LIKE '~%'",
+                sorted(slots),
                 prefetch=_SCAN_ROW_COUNT,
                 timeout=timeout_s,
             )
@@ -236,13 +245,14 @@ async def insert_moved_records(
                 spec.id, int(spec.kind), spec.code, journal.encode_metadata(spec.metadata),
                 spec.value_date, spec.timeout_seconds, spec.target_id, legs_text, applied_text,
                 record.timestamp_ns, int(record.status), record.expires_at_ns,
-                record.resolved_by_id, record.reversed_by_id, 0, move_id, source_shard,
+                record.resolved_by_id, record.reversed_by_id, 0, transaction_slot(spec.id),
+                move_id, source_shard,
             )
         )  # fmt: skip
     await connection.copy_records_to_table(
         "moved_transactions",
         records=rows,
-        columns=[*TRANSACTION_COLUMNS, "move_id", "source_shard"],
+        columns=[*TRANSACTION_WRITE_COLUMNS, "move_id", "source_shard"],
         timeout=timeout_s,
     )
 
@@ -367,10 +377,14 @@ async def accounts_page(
 ) -> tuple[list[AccountState], bool]:
     """Up to count_max of the slots' accounts after after_id, in id order, as they were before
     this move's move-out, and whether they are the last."""
-    query = "SELECT * FROM accounts WHERE id NOT LIKE '@%' AND id > $1 ORDER BY id"
-    rows, done = await _rows_in_slots(
-        connection, query, after_id, lambda i: moves.account_moves(i, slots), count_max, timeout_s
+    query = (
+        "SELECT * FROM accounts WHERE slot = ANY($2::smallint[]) AND id NOT LIKE '@%' "
+        "AND id > $1 ORDER BY id LIMIT $3"
     )
+    rows, done = await _rows_in_slots(
+        connection, query, after_id, slots, lambda i: moves.account_moves(i, slots), count_max,
+        timeout_s,
+    )  # fmt: skip
     found = [account_from_row(row) for row in rows]
     releases = await _releases(connection, move_id, timeout_s) if found else []
     return await _before_out(connection, move_id, found, releases, timeout_s), done
@@ -388,13 +402,16 @@ async def records_page(
     """Up to count_max of the records homed in the slots after after_id (hot or cold), in id
     order, as they were before this move's move-out, and whether they are the last."""
     columns = ", ".join(TRANSACTION_COLUMNS)
+    in_slots = "slot = ANY($2::smallint[]) AND id > $1"
     query = (
-        f"SELECT {columns} FROM (SELECT {columns} FROM transactions WHERE id > $1 "
-        f"UNION ALL SELECT {columns} FROM moved_transactions WHERE id > $1) r "
-        "WHERE id NOT LIKE '~%' ORDER BY id"
+        f"SELECT {columns} FROM (SELECT {columns} FROM transactions WHERE {in_slots} "
+        f"UNION ALL SELECT {columns} FROM moved_transactions WHERE {in_slots}) r "
+        "WHERE id NOT LIKE '~%' ORDER BY id LIMIT $3"
     )
     keep = lambda i: moves.record_moves(i, slots)  # noqa: E731
-    rows, done = await _rows_in_slots(connection, query, after_id, keep, count_max, timeout_s)
+    rows, done = await _rows_in_slots(
+        connection, query, after_id, slots, keep, count_max, timeout_s
+    )
     found = {r["id"]: transaction_from_row(r) for r in rows}
     # Past the last hot row read, the next page reads them (its hot rows may come first).
     up_to = None if done or not rows else rows[-1]["id"]
@@ -411,22 +428,20 @@ async def _rows_in_slots(
     connection: Connection,
     query: str,
     after_id: str,
+    slots: frozenset[int],
     moves_with: Callable[[str], bool],
     count_max: int,
     timeout_s: float,
 ) -> tuple[list[Any], bool]:
-    """Up to count_max rows of query (rows after after_id, in id order) whose id moves_with
-    keeps, in one read-only snapshot, and whether they are the last such rows (a slot is a
-    hash of the key, not a column: the scan filters as it goes)."""
-    found: list[Any] = []
-    async with connection.transaction(isolation="repeatable_read", readonly=True):
-        cursor = connection.cursor(query, after_id, prefetch=_SCAN_ROW_COUNT, timeout=timeout_s)
-        async for row in cursor:
-            if moves_with(row["id"]):
-                if len(found) == count_max:
-                    return found, False
-                found.append(row)
-    return found, True
+    """Up to count_max rows of query (the slots' rows after after_id, in id order, at most its
+    limit) whose id moves_with keeps, and whether they are the last such rows."""
+    rows = await connection.fetch(query, after_id, sorted(slots), count_max + 1, timeout=timeout_s)
+    page = rows[:count_max]
+    check(
+        all(moves_with(row["id"]) for row in page),
+        "a row under the slot index is not of its slot (a slot column written wrong)",
+    )
+    return page, len(rows) <= count_max
 
 
 async def stage(

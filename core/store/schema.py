@@ -4,6 +4,41 @@ from __future__ import annotations
 
 from typing import Final
 
+
+def _crc32_table() -> list[int]:
+    """The 256 entries of the reflected CRC-32 (ISO-HDLC, zlib's) lookup table."""
+    table = []
+    for byte in range(256):
+        crc = byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ (0xEDB88320 if crc & 1 else 0)
+        table.append(crc)
+    return table
+
+
+# core.slots.slot_of in SQL, for rows written before the slot column (migration 10): CRC-32 of
+# the UTF-8 partition key (the text before the first '/'), modulo 4096. Table-driven, a byte a
+# step; tests/core/test_schema_slots.py holds it equal to the Python one.
+SLOT_BACKFILL_SQL: Final = (
+    """
+        CREATE OR REPLACE FUNCTION pg_temp.tally_slot(id text) RETURNS smallint
+        LANGUAGE plpgsql IMMUTABLE STRICT AS $slot$
+        DECLARE
+            key bytea := convert_to(split_part(id, '/', 1), 'UTF8');
+            crc bigint := 4294967295;
+            t bigint[] := '{"""
+    + ",".join(map(str, _crc32_table()))
+    + """}'::bigint[];
+        BEGIN
+            FOR i IN 0 .. length(key) - 1 LOOP
+                crc := (crc >> 8) # t[((crc # get_byte(key, i)) & 255) + 1];
+            END LOOP;
+            RETURN ((crc # 4294967295) % 4096)::smallint;
+        END
+        $slot$;
+"""
+)
+
 MIGRATIONS: Final[tuple[tuple[int, str, str], ...]] = (
     (
         1,
@@ -238,6 +273,33 @@ MIGRATIONS: Final[tuple[tuple[int, str, str], ...]] = (
         );
         CREATE INDEX cold_segments_by_id_hash ON cold_segments USING gin (id_hashes)
             WITH (fastupdate = off);
+        """,
+    ),
+    (
+        10,
+        "a slot column for slot moves",
+        # docs/design.md, "Moving slots". Every account and transaction row (moved ones too)
+        # carries its id's slot (core.slots.account_slot / transaction_slot: CRC-32 of the
+        # partition key, modulo 4096), written by the writer with the row, under an index, so a
+        # move reads just its slots' rows (one index read) instead of scanning both tables in
+        # the source's writer step. Few distinct keys, so B-tree deduplication keeps each slot
+        # once with a list of row pointers: some 7 bytes a row. Rows written before are given
+        # theirs here, by the same CRC-32 in SQL (a function of this session only, pg_temp).
+        SLOT_BACKFILL_SQL
+        + """
+        ALTER TABLE accounts ADD COLUMN slot smallint;
+        UPDATE accounts SET slot = pg_temp.tally_slot(id);
+        ALTER TABLE accounts ALTER COLUMN slot SET NOT NULL;
+        CREATE INDEX accounts_by_slot ON accounts (slot);
+        ALTER TABLE transactions ADD COLUMN slot smallint;
+        UPDATE transactions SET slot = pg_temp.tally_slot(id);
+        ALTER TABLE transactions ALTER COLUMN slot SET NOT NULL;
+        CREATE INDEX transactions_by_slot ON transactions (slot);
+        ALTER TABLE moved_transactions ADD COLUMN slot smallint;
+        UPDATE moved_transactions SET slot = pg_temp.tally_slot(id);
+        ALTER TABLE moved_transactions ALTER COLUMN slot SET NOT NULL;
+        CREATE INDEX moved_transactions_by_slot ON moved_transactions (slot);
+        DROP FUNCTION pg_temp.tally_slot(text);
         """,
     ),
 )

@@ -26,10 +26,14 @@ from core.model import (
     TransactionState,
 )
 from core.signing import Signer
+from core.slots import account_slot, transaction_slot
 from core.state import WriteSet
 from core.store import schema
 
 STATEMENT_TIMEOUT_S = 30.0
+# A migration may rewrite a table (migration 10 gives every row its slot): it gets an hour, not
+# a statement's 30 s, so a large shard's first start after an upgrade is not cut short.
+MIGRATION_TIMEOUT_S = 3600.0
 
 Connection = Any  # asyncpg.Connection or a pool proxy; asyncpg ships no complete stubs
 
@@ -72,7 +76,7 @@ async def migrate(
         for version, name, sql in migrations:
             if version in done:
                 continue
-            await connection.execute(sql, timeout=STATEMENT_TIMEOUT_S)
+            await connection.execute(sql, timeout=MIGRATION_TIMEOUT_S)
             await connection.execute(
                 "INSERT INTO tally_schema_migrations (version, name) VALUES ($1, $2)",
                 version,
@@ -216,6 +220,7 @@ def _account_record(account: AccountState, block_sequence: int) -> tuple[Any, ..
         account.credits_pending,
         account.version,
         block_sequence,
+        account_slot(spec.id),
     )
 
 
@@ -239,17 +244,20 @@ def _transaction_record(
         state.resolved_by_id,
         state.reversed_by_id,
         block_sequence,
+        transaction_slot(spec.id),
     )
 
 
 _ACCOUNT_COLUMNS = (
     "id currency code flags metadata created_at_ns closed_at_ns debits_posted credits_posted "
-    "debits_pending credits_pending version block_sequence"
+    "debits_pending credits_pending version block_sequence slot"
 ).split()
 TRANSACTION_COLUMNS = (
     "id kind code metadata value_date timeout_seconds target_id legs applied_legs timestamp_ns "
     "status expires_at_ns resolved_by_id reversed_by_id block_sequence"
 ).split()
+# A row as written: the columns read, and its id's slot (migration 10; what moves select by).
+TRANSACTION_WRITE_COLUMNS = [*TRANSACTION_COLUMNS, "slot"]
 # The block_sequence of a transaction row written hot again after its block went cold.
 REVIVED_BLOCK_SEQUENCE: Final = 0
 # The order of core.model.Posting's fields: postings are copied as they are.
@@ -468,7 +476,7 @@ async def _write_transactions(
                     writes.new_transactions, block.transaction_texts, strict=True
                 )
             ],
-            columns=TRANSACTION_COLUMNS,
+            columns=TRANSACTION_WRITE_COLUMNS,
             timeout=timeout_s,
         )
     changed = list(writes.changed_transactions.values())
@@ -521,7 +529,7 @@ async def _revive(
             _transaction_record(state, journal.legs_texts(state), REVIVED_BLOCK_SEQUENCE)
             for state in states
         ],
-        columns=TRANSACTION_COLUMNS,
+        columns=TRANSACTION_WRITE_COLUMNS,
         timeout=timeout_s,
     )
 

@@ -17,6 +17,7 @@ import asyncpg
 import pytest
 
 from core import audit
+from core.slots import transaction_slot
 from shards.local.embedded_pg import EmbeddedPostgres
 from tests.support.audit_commands import audit_cli, audit_json, run_cli
 from tests.support.helpers import audit_problems
@@ -179,7 +180,7 @@ async def test_forged_transaction_inside_a_block_is_named(books: str) -> None:
     statements = [
         f"""INSERT INTO transactions VALUES ('forged-1', 0, 1, '{{}}', '', 0, '',
         'D @bank 9999 USD,C c4/dep 9999 USD', 'D @bank 9999 USD,C c4/dep 9999 USD',
-        {timestamp}, 1, 0, '', '', 8)""",
+        {timestamp}, 1, 0, '', '', 8, {transaction_slot("forged-1")})""",
         "UPDATE journal_blocks SET transaction_count = transaction_count + 1, "
         "posting_count = posting_count + 2 WHERE sequence = 8",
     ]
