@@ -218,6 +218,33 @@ def print_report(report: MoveReport) -> None:
         print(f"tally slots: slot {slot} pause_ms {report.pause_ms:.1f}")
 
 
+class _Channels:
+    """The mover's channel to each node, opened at its first step there and kept for the next:
+    a channel (a TCP connection and a TLS handshake) per step was most of a small move's
+    pause. A step that found the node gone drops its channel, so the next ask opens a fresh
+    one, as each ask did before."""
+
+    def __init__(self, security: ClientSecurity) -> None:
+        self._security = security
+        self._open: dict[str, grpc.aio.Channel] = {}
+
+    def get(self, endpoint: str) -> grpc.aio.Channel:
+        channel = self._open.get(endpoint)
+        if channel is None:
+            channel = aio_channel(endpoint, self._security, _CHANNEL_OPTIONS)
+            self._open[endpoint] = channel
+        return channel
+
+    async def drop(self, endpoint: str) -> None:
+        channel = self._open.pop(endpoint, None)
+        if channel is not None:
+            await channel.close()
+
+    async def close(self) -> None:
+        for endpoint in list(self._open):
+            await self.drop(endpoint)
+
+
 # ---- the mover ----
 
 
@@ -236,20 +263,22 @@ async def move_slots(
     except moves.MoveRefusedError as error:
         raise MoveError(str(error)) from None
     connection = await control.connect(control_dsn)
+    channels = _Channels(security)
     try:
         await control_store.prepare(connection)
         reports = []
         unfinished = await control_store.unfinished_move(connection)
         if unfinished is not None:
             reports.append(
-                await _drive(connection, security, unfinished, True, held_wait_s, page_item_count)
+                await _drive(connection, channels, unfinished, True, held_wait_s, page_item_count)
             )
         move = await _plan(connection, sorted(checked), target)
         reports.append(
-            await _drive(connection, security, move, False, held_wait_s, page_item_count)
+            await _drive(connection, channels, move, False, held_wait_s, page_item_count)
         )
         return reports
     finally:
+        await channels.close()
         await connection.close(timeout=5.0)
 
 
@@ -260,13 +289,15 @@ async def resume_move(
     page_item_count: int = PAGE_ITEM_COUNT,
 ) -> list[MoveReport]:
     connection = await control.connect(control_dsn)
+    channels = _Channels(security)
     try:
         await control_store.prepare(connection)
         unfinished = await control_store.unfinished_move(connection)
         if unfinished is None:
             return []
-        return [await _drive(connection, security, unfinished, True, held_wait_s)]
+        return [await _drive(connection, channels, unfinished, True, held_wait_s)]
     finally:
+        await channels.close()
         await connection.close(timeout=5.0)
 
 
@@ -281,13 +312,14 @@ async def rebalance(
     slot included, holds its even share (core.moves.rebalance_step): one move at a time, each
     recorded and resumable as `tally slots move`'s."""
     connection = await control.connect(control_dsn)
+    channels = _Channels(security)
     try:
         await control_store.prepare(connection)
         reports = []
         unfinished = await control_store.unfinished_move(connection)
         if unfinished is not None:
             reports.append(
-                await _drive(connection, security, unfinished, True, held_wait_s, page_item_count)
+                await _drive(connection, channels, unfinished, True, held_wait_s, page_item_count)
             )
         for _ in range(SLOT_COUNT):  # each move gives a shard at least one slot of its share
             slot_map = await control_store.load_slot_map(connection)
@@ -300,10 +332,11 @@ async def rebalance(
             _, target, slots = step
             move = await _plan(connection, slots, target)
             reports.append(
-                await _drive(connection, security, move, False, held_wait_s, page_item_count)
+                await _drive(connection, channels, move, False, held_wait_s, page_item_count)
             )
         return reports
     finally:
+        await channels.close()
         await connection.close(timeout=5.0)
 
 
@@ -332,7 +365,7 @@ async def _plan(connection: Any, slots: list[int], target: int) -> control_store
 
 async def _drive(
     connection: Any,
-    security: ClientSecurity,
+    channels: _Channels,
     move: control_store.SlotMove,
     resumed: bool,
     held_wait_s: float,
@@ -350,7 +383,7 @@ async def _drive(
         await failpoints.hit("slots.before_move_out")
     sent_at: list[float] = []  # when the answered move-out was asked: the pause's start
     out = await _step(
-        endpoints[move.source_shard], security, lambda stub: stub.MoveSlotsOut(
+        endpoints[move.source_shard], channels, lambda stub: stub.MoveSlotsOut(
             out_request, timeout=STEP_TIMEOUT_S
         ),
         refused=lambda d: _refused_out(connection, move, d), held_wait_s=held_wait_s,
@@ -361,13 +394,13 @@ async def _drive(
     if move.state == "planned":
         await control_store.set_move_state(connection, move.move_id, "out")
     if move.state in ("planned", "out"):
-        await _copy(connection, security, endpoints, move, page_item_count)
+        await _copy(connection, channels, endpoints, move, page_item_count)
         in_request = spb.MoveSlotsInRequest(
             move_id=move.move_id, slots=list(move.slots), source_shard=move.source_shard,
             spread_accounts=out.spread_accounts, staged=True, totals=out.totals,
         )  # fmt: skip
         await _step(
-            endpoints[move.target_shard], security,
+            endpoints[move.target_shard], channels,
             lambda stub: stub.MoveSlotsIn(in_request, timeout=STEP_TIMEOUT_S),
             refused=lambda d: _refused_in(connection, move, d),
         )  # fmt: skip
@@ -424,7 +457,7 @@ _PARTS: Final = {
 
 async def _copy(
     connection: Any,
-    security: ClientSecurity,
+    channels: _Channels,
     endpoints: dict[int, str],
     move: control_store.SlotMove,
     page_item_count: int,
@@ -443,7 +476,7 @@ async def _copy(
             item_count_max=page_item_count,
         )  # fmt: skip
         page = await _step(
-            source, security, _calling("ReadMovedOut", read),
+            source, channels, _calling("ReadMovedOut", read),
             refused=lambda d: _refused_copy(move, move.source_shard, d),
         )  # fmt: skip
         staging = spb.StageMoveInRequest(
@@ -451,7 +484,7 @@ async def _copy(
             accounts=page.accounts, records=page.records,
         )  # fmt: skip
         await _step(
-            target, security, _calling("StageMoveIn", staging),
+            target, channels, _calling("StageMoveIn", staging),
             refused=lambda d: _refused_copy(move, move.target_shard, d),
         )  # fmt: skip
         count += len(page.accounts) + len(page.records)
@@ -492,7 +525,7 @@ async def _refused_in(connection: Any, move: control_store.SlotMove, details: st
 
 async def _step(
     endpoint: str,
-    security: ClientSecurity,
+    channels: _Channels,
     call: Callable[[Any], Awaitable[T]],
     refused: Callable[[str], Awaitable[None]],
     held_wait_s: float = 0.0,
@@ -506,12 +539,14 @@ async def _step(
     wait_s = STEP_RETRY_FIRST_S
     while True:
         try:
-            async with aio_channel(endpoint, security, _CHANNEL_OPTIONS) as channel:
-                if sent_at is not None:
-                    sent_at.append(time.monotonic())
-                return await call(spb_grpc.ShardStub(channel))
+            channel = channels.get(endpoint)
+            if sent_at is not None:
+                sent_at.append(time.monotonic())
+            return await call(spb_grpc.ShardStub(channel))
         except grpc.aio.AioRpcError as error:
             code = error.code()
+            if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                await channels.drop(endpoint)  # the node is restarting: a fresh channel next
             details = f"{code.name}: {error.details()}"
             held = code == grpc.StatusCode.ABORTED
             if held and time.monotonic() - started < held_wait_s:
