@@ -5,7 +5,8 @@ RPC, so batching coalesces per target (each node's share, and the gateway's). Ro
 gateway's Destination, the nodes' (opened as routes name them, at most node_count_max) and the
 Router with the current slot table, and loads that table from the gateway: once before the
 first routed call, then again (in the background, at most every reload_interval_min_s) when a
-node refused or failed routed work.
+node refused or failed routed work, and before a routed read of transaction records when the
+table is older than record_table_age_max_s.
 """
 
 from __future__ import annotations
@@ -124,6 +125,9 @@ class Routes:
             return self.gateway
         return self._node(self.router.accounts_target(account_ids))
 
+    def for_records(self, transaction_ids: Sequence[str]) -> Destination:
+        return self._node(self.router.records_target(transaction_ids))
+
     def _node(self, endpoint: str) -> Destination:
         if endpoint == GATEWAY:
             return self.gateway
@@ -175,7 +179,22 @@ class Routes:
         due = self._loaded_at + self.router.options.reload_interval_min_s
         if self._reloads or not self.router.on or loop.time() < due:
             return
-        self._loaded_at = loop.time()
+        self._start_reload(timeout_s)
+
+    async def fresh(self, timeout_s: float) -> None:
+        """A table loaded at most record_table_age_max_s ago (waiting up to timeout_s for the
+        load; one that fails leaves the table as it was, and the age counts from its start)."""
+        if not self.router.on or self.router.table is None:
+            return
+        age_s = asyncio.get_running_loop().time() - self._loaded_at
+        if age_s <= self.router.options.record_table_age_max_s:
+            return
+        if not self._reloads:
+            self._start_reload(timeout_s)
+        await asyncio.wait(set(self._reloads), timeout=timeout_s)
+
+    def _start_reload(self, timeout_s: float) -> None:
+        self._loaded_at = asyncio.get_running_loop().time()
         task = asyncio.create_task(self._load(timeout_s))
         self._reloads.add(task)
         task.add_done_callback(self._reloads.discard)
