@@ -112,7 +112,8 @@ class Routes:
         self._nodes: dict[str, Destination] = {}
         self._down_until: dict[str, float] = {}  # endpoint -> loop time routing resumes
         self._first_load: asyncio.Task[None] | None = None
-        self._loaded_at = float("-inf")
+        self._loaded_at = float("-inf")  # when the last load started (the reloads' pace)
+        self._current_at = float("-inf")  # when the last load that answered started
         self._reloads: set[asyncio.Task[None]] = set()
 
     def for_transactions(self, unit: Sequence[pb.Transaction], via_gateway: bool) -> Destination:
@@ -182,16 +183,19 @@ class Routes:
         self._start_reload(timeout_s)
 
     async def fresh(self, timeout_s: float) -> None:
-        """A table loaded at most record_table_age_max_s ago (waiting up to timeout_s for the
-        load; one that fails leaves the table as it was, and the age counts from its start)."""
+        """A table the gateway confirmed at most record_table_age_max_s ago: else a load,
+        waited for up to timeout_s (one under way, or a new one unless the last started less
+        than reload_interval_min_s ago: a gateway that does not answer is not asked at every
+        read, and the table stays as it was)."""
         if not self.router.on or self.router.table is None:
             return
-        age_s = asyncio.get_running_loop().time() - self._loaded_at
-        if age_s <= self.router.options.record_table_age_max_s:
+        now = asyncio.get_running_loop().time()
+        if now - self._current_at <= self.router.options.record_table_age_max_s:
             return
-        if not self._reloads:
+        if not self._reloads and now >= self._loaded_at + self.router.options.reload_interval_min_s:
             self._start_reload(timeout_s)
-        await asyncio.wait(set(self._reloads), timeout=timeout_s)
+        if self._reloads:
+            await asyncio.wait(set(self._reloads), timeout=timeout_s)
 
     def _start_reload(self, timeout_s: float) -> None:
         self._loaded_at = asyncio.get_running_loop().time()
@@ -200,7 +204,7 @@ class Routes:
         task.add_done_callback(self._reloads.discard)
 
     async def _load(self, timeout_s: float) -> None:
-        self._loaded_at = asyncio.get_running_loop().time()
+        started = self._loaded_at = asyncio.get_running_loop().time()
         known = self.router.table.version if self.router.table is not None else 0
         request = pb.GetRoutingRequest(known_version=known)
         self._stats.routing_loads += 1
@@ -210,6 +214,7 @@ class Routes:
             if error.code() in ROUTING_REFUSED:
                 self.router.turn_off(f"the gateway refused GetRouting: {error.code().name}")
             return  # else: away for now; the next refusal or failure of a node reloads
+        self._current_at = started
         if answer.unchanged:
             return
         try:

@@ -336,7 +336,7 @@ async def test_a_slot_moved_under_routed_load_loses_and_doubles_nothing(
 class SlotReads:
     """Records of one slot read, before and after it moves from shard 0 to shard 1, by two
     clients whose maps are from before the move: `stale` keeps its map until a node's answer
-    is not whole, `fresh` reloads a map older than 0.2 s before it reads."""
+    is not whole, `fresh` reloads a map older than 0.2 s before it reads a record."""
 
     def __init__(self, tally: AsyncClient, stale: AsyncClient, fresh: AsyncClient, key: str):
         self.tally, self.stale, self.fresh, self.key = tally, stale, fresh, key
@@ -375,10 +375,13 @@ class SlotReads:
         assert self.stale.stats.direct_items["GetTransactions"] == 2 + 1 + 4
         assert self.stale.stats.fallbacks == 2  # at either shard: `missing` is not found
         assert held_alone == found[self.held.id]
-        paid = await self.fresh.get_transaction(self.paid.id)
-        assert self.fresh.routing == "direct (map version 2)"
+        # Two reads at once: both wait for the one reload.
+        paid, paid_too = await asyncio.gather(
+            self.fresh.get_transaction(self.paid.id), self.fresh.get_transaction(self.paid.id)
+        )
+        assert paid == paid_too and self.fresh.routing == "direct (map version 2)"
         found_fresh = await self.fresh.get_transactions([self.held.id, later.id])
-        assert self.fresh.stats.direct_items["GetTransactions"] == 2 + 1 + 2
+        assert self.fresh.stats.direct_items["GetTransactions"] == 2 + 2 + 2
         assert self.fresh.stats.fallbacks == 0
         assert found[self.paid.id] == paid
         for state in (found, found_fresh):
