@@ -10,14 +10,15 @@ destinations.py sends): single-shard units go straight to their node. A routed a
 not final (WRONG_SHARD, UNAVAILABLE, OUTCOME_UNKNOWN, a transport error, no answer) sends the
 unit to the gateway from then on, at once and with the same messages, and reloads the map in
 the background: the ledger's idempotency makes the second send safe (it answers REPLAYED if
-the node had applied it).
+the node had applied it). Lookups by id (GetAccounts, GetTransactions) go to the one node that
+holds them all, and to the gateway when that node's answer is not whole (see _read_routed).
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,7 +41,7 @@ from .outcomes import (
     code_name,
     status_name,
 )
-from .routing import RoutingOptions
+from .routing import MOVE_OUT_PREFIX, RoutingOptions
 from .types import Account, AccountState, Balance, Posting, Transaction, TransactionState
 
 MESSAGE_BYTES_MAX = 16 * 1024 * 1024  # the servers' message limit (core.limits)
@@ -184,7 +185,12 @@ class AsyncClient:
     ) -> dict[str, AccountState | None]:
         """Each id's account, or None if there is none. CallError for an invalid id."""
         request = pb.GetAccountsRequest(ids=list(ids))
-        response = await self._read_accounts(request, timeout_s)
+        response = await self._read_routed(
+            "GetAccounts",
+            request,
+            lambda: self._routes.for_accounts(list(ids), via_gateway=False),
+            timeout_s,
+        )
         return {
             account_id: AccountState.of_message(found.account) if found is not None else None
             for account_id, found in zip(ids, response, strict=True)
@@ -198,8 +204,16 @@ class AsyncClient:
     async def get_transactions(
         self, ids: Sequence[str], *, timeout_s: float | None = None
     ) -> dict[str, TransactionState | None]:
+        """Each id's transaction as the gateway assembles it (a cross-shard one whole), or
+        None if there is none. CallError for an invalid id."""
         request = pb.GetTransactionsRequest(ids=list(ids))
-        response = await self._read_items(self._stub.GetTransactions, request, timeout_s)
+        response = await self._read_routed(
+            "GetTransactions",
+            request,
+            lambda: self._routes.for_records(ids),
+            timeout_s,
+            fresh_table=True,  # routing.RoutingOptions.record_table_age_max_s says why
+        )
         return {
             transaction_id: TransactionState.of_message(found.transaction) if found else None
             for transaction_id, found in zip(ids, response, strict=True)
@@ -385,38 +399,54 @@ class AsyncClient:
                 raise CallError(status_name(last.code()), last.details() or "no answer")
             self.stats.retries += 1
 
-    async def _read_accounts(
-        self, request: pb.GetAccountsRequest, timeout_s: float | None
+    async def _read_routed(
+        self,
+        method: str,
+        request: pb.GetAccountsRequest | pb.GetTransactionsRequest,
+        place: Callable[[], Destination],
+        timeout_s: float | None,
+        *,
+        fresh_table: bool = False,
     ) -> list[Any]:
-        """GetAccounts: at the accounts' node when routing places them all on one, else (or
-        when the node does not find them all) at the gateway, within one budget."""
+        """A lookup by ids (GetAccounts, GetTransactions): at the node routing places them all
+        on (`place`, called once the table is loaded, and reloaded first if fresh_table and it
+        is older than record_table_age_max_s), else, or when that node's answer is not whole,
+        at the gateway, within one budget."""
         loop = asyncio.get_running_loop()
         deadline = self._deadline(timeout_s)
         await self._routes.ready(self._lookup_timeout_s(deadline))
-        destination = self._routes.for_accounts(list(request.ids), via_gateway=False)
+        if fresh_table:
+            await self._routes.fresh(self._lookup_timeout_s(deadline))
+        destination = place()
         if destination.direct:
-            found = await self._direct_lookup(destination, request, deadline)
+            found = await self._direct_lookup(method, destination, request, deadline)
             if found is not None:
                 return found
         remaining = max(deadline - loop.time(), 0.001)
-        return await self._read_items(self._stub.GetAccounts, request, remaining)
+        return await self._read_items(getattr(self._stub, method), request, remaining)
 
     async def _direct_lookup(
-        self, destination: Destination, request: pb.GetAccountsRequest, deadline: float
+        self,
+        method: str,
+        destination: Destination,
+        request: pb.GetAccountsRequest | pb.GetTransactionsRequest,
+        deadline: float,
     ) -> list[Any] | None:
-        """One attempt at the node: the records if it found every account, else None (the
-        gateway answers instead: a node that never held a slot says "not found", one that
-        moved it out "wrong_shard"; the gateway follows the moves)."""
-        self.stats.count_direct("GetAccounts", len(request.ids))
+        """One attempt at the node: its records if it answered each id whole (_whole), else
+        None, and the gateway answers instead (a node that never held a slot says "not
+        found", one that moved an account out "wrong_shard", a transaction's home holds only
+        its piece of a cross-shard one; the gateway follows the moves and joins the pieces),
+        and the table is reloaded in the background."""
+        self.stats.count_direct(method, len(request.ids))
         try:
-            response = await destination.stub.GetAccounts(
+            response = await getattr(destination.stub, method)(
                 request, timeout=self._lookup_timeout_s(deadline)
             )
         except grpc.aio.AioRpcError as error:
             if error.code() in RETRY_STATUSES:
                 self._routes.mark_down(destination.target)
             response = None
-        if response is None or any(r.code != pb.RESULT_CODE_OK for r in response.results):
+        if response is None or not all(map(_whole, response.results)):
             self.stats.fallbacks += 1
             self._routes.reload_soon(self.retry.attempt_timeout_s)
             return None
@@ -483,6 +513,21 @@ def _id_of(message: Any) -> str:
     if isinstance(message, pb.CloseAccount):
         return str(message.account_id)
     return str(message.id)
+
+
+def _whole(item: pb.AccountLookup | pb.TransactionLookup) -> bool:
+    """A node's answer for one id is the one the gateway would give: found, and for a
+    transaction neither a cross-shard piece (the gateway joins a cross-shard transaction's
+    pieces and completes a cross-shard hold's post) nor a hold the shard gave up to a slot
+    move (its copy there reads voided by the cluster's own `~moveout/...`: the hold lives on
+    at the slot's new shard)."""
+    if item.code != pb.RESULT_CODE_OK:
+        return False
+    if isinstance(item, pb.AccountLookup):
+        return True
+    record = item.transaction
+    given_up = record.resolved_by_id.startswith(MOVE_OUT_PREFIX)
+    return not record.HasField("cross_shard_piece") and not given_up
 
 
 def _found(item: Any) -> Any:

@@ -27,9 +27,9 @@ class NotSent(Exception):
 @dataclass
 class Stats:
     """What the client sent: write RPCs and items per method; direct_*: RPCs and items sent
-    straight to a node by direct routing (writes, of those counted before, and account reads);
-    attempts beyond the first; routed units sent again to the gateway (fallbacks); and
-    GetRouting calls (routing_loads)."""
+    straight to a node by direct routing (writes, of those counted before, and lookups by id:
+    GetAccounts, GetTransactions); attempts beyond the first; routed units and lookups sent
+    again to the gateway (fallbacks); and GetRouting calls (routing_loads)."""
 
     rpcs: dict[str, int] = field(default_factory=dict)
     items: dict[str, int] = field(default_factory=dict)

@@ -5,7 +5,8 @@ RPC, so batching coalesces per target (each node's share, and the gateway's). Ro
 gateway's Destination, the nodes' (opened as routes name them, at most node_count_max) and the
 Router with the current slot table, and loads that table from the gateway: once before the
 first routed call, then again (in the background, at most every reload_interval_min_s) when a
-node refused or failed routed work.
+node refused or failed routed work, and before a routed read of transaction records when the
+table is older than record_table_age_max_s.
 """
 
 from __future__ import annotations
@@ -111,7 +112,8 @@ class Routes:
         self._nodes: dict[str, Destination] = {}
         self._down_until: dict[str, float] = {}  # endpoint -> loop time routing resumes
         self._first_load: asyncio.Task[None] | None = None
-        self._loaded_at = float("-inf")
+        self._loaded_at = float("-inf")  # when the last load started (the reloads' pace)
+        self._current_at = float("-inf")  # when the last load that answered started
         self._reloads: set[asyncio.Task[None]] = set()
 
     def for_transactions(self, unit: Sequence[pb.Transaction], via_gateway: bool) -> Destination:
@@ -123,6 +125,9 @@ class Routes:
         if via_gateway:
             return self.gateway
         return self._node(self.router.accounts_target(account_ids))
+
+    def for_records(self, transaction_ids: Sequence[str]) -> Destination:
+        return self._node(self.router.records_target(transaction_ids))
 
     def _node(self, endpoint: str) -> Destination:
         if endpoint == GATEWAY:
@@ -175,13 +180,31 @@ class Routes:
         due = self._loaded_at + self.router.options.reload_interval_min_s
         if self._reloads or not self.router.on or loop.time() < due:
             return
-        self._loaded_at = loop.time()
+        self._start_reload(timeout_s)
+
+    async def fresh(self, timeout_s: float) -> None:
+        """A table the gateway confirmed at most record_table_age_max_s ago: else a load,
+        waited for up to timeout_s (one under way, or a new one unless the last started less
+        than reload_interval_min_s ago: a gateway that does not answer is not asked at every
+        read, and the table stays as it was)."""
+        if not self.router.on or self.router.table is None:
+            return
+        now = asyncio.get_running_loop().time()
+        if now - self._current_at <= self.router.options.record_table_age_max_s:
+            return
+        if not self._reloads and now >= self._loaded_at + self.router.options.reload_interval_min_s:
+            self._start_reload(timeout_s)
+        if self._reloads:
+            await asyncio.wait(set(self._reloads), timeout=timeout_s)
+
+    def _start_reload(self, timeout_s: float) -> None:
+        self._loaded_at = asyncio.get_running_loop().time()
         task = asyncio.create_task(self._load(timeout_s))
         self._reloads.add(task)
         task.add_done_callback(self._reloads.discard)
 
     async def _load(self, timeout_s: float) -> None:
-        self._loaded_at = asyncio.get_running_loop().time()
+        started = self._loaded_at = asyncio.get_running_loop().time()
         known = self.router.table.version if self.router.table is not None else 0
         request = pb.GetRoutingRequest(known_version=known)
         self._stats.routing_loads += 1
@@ -191,6 +214,7 @@ class Routes:
             if error.code() in ROUTING_REFUSED:
                 self.router.turn_off(f"the gateway refused GetRouting: {error.code().name}")
             return  # else: away for now; the next refusal or failure of a node reloads
+        self._current_at = started
         if answer.unchanged:
             return
         try:

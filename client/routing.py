@@ -8,8 +8,10 @@ id's home, and, for a post or void of a hold, the hold's slots, known only for h
 applied for this client directly (so the hold was single-shard where it was recorded). The rest
 goes to the gateway: cross-shard units, reversals, spread-account creates and closes, posts and
 voids of holds it cannot place, linked groups whose ids do not share one partition key (the
-gateway refuses them whatever the map, and so must the client's route). Pure decisions: the
-client (aio.py) sends, falls back and reloads.
+gateway refuses them whatever the map, and so must the client's route). Reads by id go to
+one node too: accounts' to their node, transaction records' to their ids' home (the shard that
+records an id), unless an id is the cluster's own (`~...`) or names no home. Pure decisions:
+the client (aio.py) sends, falls back and reloads.
 """
 
 from __future__ import annotations
@@ -22,10 +24,14 @@ from typing import Final
 
 from tally.v1 import ledger_pb2 as pb
 
-from .ids import partition_key
+from .ids import ID_LENGTH_MAX, partition_key
 
 SLOT_COUNT: Final = 4096
 GATEWAY: Final = ""  # a unit's target when it goes to the gateway
+RESERVED_PREFIX: Final = "~"  # the cluster's own records (pieces, expiries, moves): not homed
+# A slot move's release of a hold at the slot's old shard (core.ids.move_out_hold_id): the hold
+# left with the move, and that shard's copy of it is no longer the hold's state.
+MOVE_OUT_PREFIX: Final = "~moveout/"
 
 
 @dataclass(frozen=True)
@@ -44,14 +50,21 @@ class RoutingOptions:
     # A node that failed a call (transport error, no answer) gets no routed work for this
     # long: its units go to the gateway rather than each paying a failed attempt first.
     node_down_s: float = 1.0
+    # A routed read of transaction records waits for a fresh table when its own is older
+    # (GetRouting, a few bytes when nothing moved): a slot's old shard keeps its copies of the
+    # records that moved with it and answers them, unchanged since, where it refuses moved
+    # accounts and writes (wrong_shard); as old as the gateway's own map may be (1 s polls).
+    record_table_age_max_s: float = 1.0
 
     def __post_init__(self) -> None:
         if self.node_in_flight_max < 1:
             raise ValueError("node_in_flight_max is at least 1")
         if self.node_count_max < 1 or self.hold_count_max < 0:
             raise ValueError("node_count_max is at least 1 and hold_count_max not negative")
-        if self.reload_interval_min_s < 0 or self.node_down_s < 0:
-            raise ValueError("reload_interval_min_s and node_down_s are not negative")
+        if min(self.reload_interval_min_s, self.node_down_s, self.record_table_age_max_s) < 0:
+            raise ValueError(
+                "reload_interval_min_s, node_down_s and record_table_age_max_s are not negative"
+            )
 
 
 def slot_of(key: str) -> int:
@@ -139,6 +152,17 @@ class Router:
             return GATEWAY
         return self.table.endpoint_of_slots(map(slot_of_id, account_ids))
 
+    def records_target(self, transaction_ids: Sequence[str]) -> str:
+        """Reads of transaction records by id: the node of their home when all of them have
+        one home there; the gateway for a reserved id (`~...`: the cluster's own records,
+        read where the gateway knows to look) or one that names no home (empty, too long: the
+        gateway says what is wrong with it)."""
+        if self.table is None or not transaction_ids:
+            return GATEWAY
+        if not all(map(_has_home, transaction_ids)):
+            return GATEWAY
+        return self.table.endpoint_of_slots(map(slot_of_id, transaction_ids))
+
     def note_applied_directly(self, unit: Sequence[pb.Transaction]) -> None:
         """A node applied these for us: its holds are single-shard, and their posts and voids
         can follow them to wherever their slots are."""
@@ -168,6 +192,11 @@ class Router:
                 slots |= hold_slots
             slots |= _own_slots(message)
         return slots
+
+
+def _has_home(transaction_id: str) -> bool:
+    reserved = transaction_id.startswith(RESERVED_PREFIX)
+    return 0 < len(transaction_id) <= ID_LENGTH_MAX and not reserved
 
 
 def _own_slots(message: pb.Transaction) -> frozenset[int]:

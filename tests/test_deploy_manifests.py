@@ -20,6 +20,7 @@ import re
 import shlex
 import subprocess
 import sys
+import types
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +31,8 @@ import pytest
 import yaml
 
 from shards.audit import server as audit_service
-from shards.cli.main import build_parser
+from shards.cli.main import _node_config, build_parser
+from shards.node.server import Node
 from shards.security import directory
 from tests.support.paths import REPO_ROOT
 
@@ -123,6 +125,21 @@ def port_of(address: str) -> int:
 
 def host_of(address: str) -> str:
     return address.rsplit(":", 1)[0]
+
+
+def client_endpoint(arguments: argparse.Namespace) -> str:
+    """The client endpoint a `tally node` of these arguments registers for tally.client's
+    direct routing, as the node computes it ("": none, as for a wildcard --listen without
+    --advertise-client), its listener bound to the port --listen names."""
+    config = _node_config(arguments, arguments.dsn, None)
+    bound = types.SimpleNamespace(config=config, port=port_of(config.listen))
+    endpoint: str = Node.client_target.fget(bound)  # type: ignore[attr-defined]
+    return endpoint
+
+
+def expanded(address: str, pod: str, namespace: str) -> str:
+    """A manifest's address with the downward API's $(POD_NAME), $(POD_NAMESPACE) filled in."""
+    return address.replace("$(POD_NAME)", pod).replace("$(POD_NAMESPACE)", namespace)
 
 
 # ---- one tally container, of the manifests or the compose file ----
@@ -312,6 +329,10 @@ def test_container_ports_are_the_listeners_of_the_flags(overlay: str) -> None:
         assert int(metrics) == listeners["metrics_listen"], container.where
         if arguments.command == "node":
             assert port_of(arguments.advertise) == listeners["internal_listen"], container.where
+            # Direct routing reaches the client listener, not the internal one.
+            endpoint = client_endpoint(arguments)
+            assert endpoint, f"{container.where}: registers no client endpoint"
+            assert port_of(endpoint) == listeners["listen"], container.where
             assert container.labels.get("tally.dev/cluster-member") == "true", container.where
         if arguments.command == "gateway":  # it calls the nodes' internal listeners
             assert container.labels.get("tally.dev/cluster-member") == "true", container.where
@@ -389,6 +410,26 @@ def test_the_internal_port_opens_to_cluster_members_only(overlay: str) -> None:
     assert {labels["app.kubernetes.io/component"] for labels in members} == {"node", "gateway"}
 
 
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_nodes_client_port_opens_to_any_client(overlay: str) -> None:
+    """The client endpoint each writer registers is one tally.client can reach: a rule with
+    no `from` (every source) opens the port it names."""
+    client_ports = {
+        container.listeners()["listen"]
+        for _, container in k8s_containers(overlay)
+        if container.parsed().command == "node"
+    }
+    assert len(client_ports) == 1
+    (client,) = client_ports
+    [policy] = [
+        d
+        for d in rendered(overlay)
+        if d["kind"] == "NetworkPolicy" and d["metadata"]["name"] == "tally-node"
+    ]
+    rules = [r for r in policy["spec"]["ingress"] if any(p["port"] == client for p in r["ports"])]
+    assert [r.get("from") for r in rules] == [None], rules
+
+
 # ---- the compose file ----
 
 
@@ -455,6 +496,12 @@ def test_compose_servers_are_given_what_the_one_shot_steps_make() -> None:
         arguments = container.parsed()
         if arguments.command == "node":
             assert host_of(arguments.advertise) in hosts, name
+            # The client listener presents the cluster certificate too: it names the host.
+            assert arguments.tls_cert == str(paths.certificate(directory.CLUSTER)), name
+            endpoint = client_endpoint(arguments)
+            assert endpoint, f"{name}: registers no client endpoint"
+            assert host_of(endpoint) in hosts, (name, endpoint)
+            assert port_of(endpoint) == port_of(arguments.listen), (name, endpoint)
             assert "postgres" in compose()["services"][name]["depends_on"]
             assert "init-cluster" in compose()["services"][name]["depends_on"]
         for probe in container.probes.values():
@@ -521,8 +568,14 @@ def readme_credentials() -> tuple[argparse.Namespace, argparse.Namespace]:
 
 
 def readme_secrets() -> dict[str, set[str]]:
-    """Every Secret the README makes, with its keys; each file it puts in one is one that
-    tally credentials init or tally keygen made."""
+    """Every Secret the README makes, with its keys."""
+    return {secret: set(keys) for secret, keys in readme_secret_files().items()}
+
+
+def readme_secret_files() -> dict[str, dict[str, Path | None]]:
+    """Every Secret the README makes: each key and the file it is made from (None: a
+    literal); each file it puts in one is one that tally credentials init or tally keygen
+    made."""
     init, keygen = readme_credentials()
     paths = directory.Paths(Path(init.dir))
     made = {
@@ -537,19 +590,30 @@ def readme_secrets() -> dict[str, set[str]]:
             Path(f"{keygen.private_key}.pub"),
         )
     }
-    secrets: dict[str, set[str]] = {}
+    secrets: dict[str, dict[str, Path | None]] = {}
     for words in readme_commands("kubectl", "-n", "tally", "create", "secret", "generic"):
-        keys = secrets.setdefault(words[6], set())
+        keys = secrets.setdefault(words[6], {})
         for word in words[7:]:
             if word.startswith("--from-literal="):
-                keys.add(word.removeprefix("--from-literal=").split("=", 1)[0])
+                keys[word.removeprefix("--from-literal=").split("=", 1)[0]] = None
             elif word.startswith("--from-file="):
                 source = word.removeprefix("--from-file=")
                 key, _, path = source.rpartition("=")
-                keys.add(key or Path(path).name)
+                keys[key or Path(path).name] = Path(path)
                 if Path(path).parent in (Path(init.dir), keygen.private_key.parent):
                     assert made[Path(path).name] == Path(path), path
     return secrets
+
+
+def readme_certificate_of(container: Container, path: str) -> Path | None:
+    """The file the README makes that a container reads at path (under a Secret's mount)."""
+    for mount, volume_name in container.mounts.items():
+        secret = container.volumes[volume_name].get("secret")
+        if secret is not None and path.startswith(mount + "/"):
+            name = path.removeprefix(mount + "/")
+            items = {item["path"]: item["key"] for item in secret.get("items", [])}
+            return readme_secret_files()[secret["secretName"]][items.get(name, name)]
+    return None
 
 
 def secrets_needed(overlay: str) -> dict[str, set[str]]:
@@ -594,19 +658,28 @@ def test_the_readme_makes_every_secret_the_overlay_reads(overlay: str) -> None:
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_the_cluster_certificate_names_every_host_the_pods_are_reached_at(overlay: str) -> None:
+    """Every pod's internal endpoint (peers, gateways) and client endpoint (tally.client's
+    direct routing) is a name of the certificate that listener presents: both listeners
+    present --tls-cert, the cluster certificate the README's tally credentials init makes."""
     init, _ = readme_credentials()
     hosts = set(init.host)
     assert "127.0.0.1" in hosts  # the probes
+    cluster_certificate = directory.Paths(Path(init.dir)).certificate(directory.CLUSTER)
     for document, container in k8s_containers(overlay):
         arguments = container.parsed()
         if arguments.command != "node":
             continue
+        made = readme_certificate_of(container, arguments.tls_cert)
+        assert made == cluster_certificate, (container.where, arguments.tls_cert, made)
         namespace = document["metadata"]["namespace"]
         for ordinal in range(document["spec"]["replicas"]):
             pod = f"{document['metadata']['name']}-{ordinal}"
-            advertised = arguments.advertise.replace("$(POD_NAME)", pod)
-            advertised = advertised.replace("$(POD_NAMESPACE)", namespace)
+            advertised = expanded(arguments.advertise, pod, namespace)
             assert host_of(advertised) in hosts, advertised
+            endpoint = client_endpoint(arguments)
+            assert endpoint, f"{container.where}: registers no client endpoint"
+            client = expanded(endpoint, pod, namespace)
+            assert host_of(client) in hosts, client
     services = [d for d in rendered(overlay) if d["kind"] == "Service"]
     for service in services:
         if service["metadata"]["name"] in ("tally-gateway", "tally-audit"):

@@ -1,12 +1,14 @@
 """tally.client's direct routing (issue 16) against a real 2-shard cluster (nodes and a gateway in
-this process, TLS, the session's PostgreSQL): single-shard work goes to its node, the rest to
-the gateway (seen in the gateway's own item counters); a slot moved by `tally slots move` under
-routed load loses and doubles nothing; a node killed (kill -9) under routed calls leaves every
-transfer applied once. And the client's slots are the servers'."""
+this process, TLS, the session's PostgreSQL): single-shard work and lookups by id go to their
+node, the rest to the gateway (seen in the gateway's own item counters); a slot moved by `tally
+slots move` under routed load loses and doubles nothing, and reads of its records by a client
+whose map is older still answer as the gateway does; a node killed (kill -9) under routed calls
+leaves every transfer applied once. And the client's slots are the servers'."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
 import random
@@ -15,16 +17,19 @@ from pathlib import Path
 
 import pytest
 
+from core import ids as server_ids
 from core import slots as server_slots
 from core.slots import SlotMap
 from shards.local.embedded_pg import EmbeddedPostgres, free_port
 from tally.client import (
     Account,
     AsyncClient,
+    CallError,
     Client,
     Credentials,
     Outcome,
     RoutingOptions,
+    Transaction,
     capture,
     hold,
     new_id,
@@ -57,6 +62,9 @@ def test_the_client_computes_slots_as_the_servers_do() -> None:
         assert client_routing.slot_of_id(key) == server_slots.account_slot(key), key
         assert client_routing.slot_of(key) == server_slots.slot_of(key), key
     assert client_routing.SLOT_COUNT == server_slots.SLOT_COUNT
+    released = server_ids.move_out_hold_id("ab12", "cust-1/h")
+    assert released.startswith(client_routing.MOVE_OUT_PREFIX)
+    assert server_ids.is_move_out_id(client_routing.MOVE_OUT_PREFIX + "ab12/cust-1/dep")
 
 
 def _table(slot_map: SlotMap) -> client_routing.SlotTable:
@@ -96,6 +104,25 @@ def test_what_routing_sends_to_a_node_and_what_to_the_gateway() -> None:
     assert not off.on and off.accounts_target([f"{a}/dep"]) == gateway
 
 
+def test_which_transaction_reads_go_to_a_node() -> None:
+    """A read of records by id goes to the one node homing every id; mixed homes, the
+    cluster's own ids (~...) and ids that name no home go to the gateway."""
+    router = client_routing.Router(RoutingOptions())
+    assert router.records_target([new_id("cust-1")]) == client_routing.GATEWAY  # no table yet
+    router.take(_table(SlotMap.even(SHARDS)))
+    a, b = customer_on(0, SHARDS), customer_on(1, SHARDS)
+    gateway = client_routing.GATEWAY
+    assert router.records_target([new_id(a), f"{a}/x", a]) == "n0"
+    assert router.records_target([new_id(b)]) == "n1"
+    assert router.records_target([new_id(a), new_id(b)]) == gateway
+    assert router.records_target([]) == gateway
+    assert router.records_target([new_id(a), f"~piece/{a}/t"]) == gateway
+    assert router.records_target([new_id(a), ""]) == gateway
+    assert router.records_target([f"{a}/" + "x" * 200]) == gateway
+    with pytest.raises(ValueError, match="record_table_age_max_s"):
+        RoutingOptions(record_table_age_max_s=-1)
+
+
 @pytest.fixture
 async def cluster(pg: EmbeddedPostgres) -> AsyncIterator[InProcessCluster]:
     prefix = f"rc{os.getpid()}_{next(_numbers)}"
@@ -111,6 +138,17 @@ def gateway_items(cluster: InProcessCluster, method: str) -> int:
     for family in cluster.gateway.cluster.metrics.registry.collect():
         for sample in family.samples:
             if sample.name == "tally_gateway_item_results_total":
+                if sample.labels.get("method") == method:
+                    total += sample.value
+    return int(total)
+
+
+def gateway_calls(cluster: InProcessCluster, method: str) -> int:
+    """Calls of this method the gateway served, whatever their status."""
+    total = 0.0
+    for family in cluster.gateway.cluster.metrics.registry.collect():
+        for sample in family.samples:
+            if sample.name == "tally_gateway_rpc_total":
                 if sample.labels.get("method") == method:
                     total += sample.value
     return int(total)
@@ -145,6 +183,7 @@ async def test_single_shard_work_goes_to_its_node_and_the_rest_to_the_gateway(
         assert state is not None and state.balance.credits_posted == 30 + 3
         assert tally.stats.direct_items["GetAccounts"] == 1
         assert tally.stats.fallbacks == 0
+        await check_transaction_reads(cluster, tally, posts[0], posts[30], crossing.id, captured.id)
     async with AsyncClient(
         cluster.target, credentials(), routing=RoutingOptions(direct=False)
     ) as off:
@@ -160,12 +199,50 @@ async def test_single_shard_work_goes_to_its_node_and_the_rest_to_the_gateway(
         await asyncio.to_thread(blocking.close)
 
 
+async def check_transaction_reads(
+    cluster: InProcessCluster,
+    tally: AsyncClient,
+    on_a: Transaction,
+    on_b: Transaction,
+    crossing_id: str,
+    captured_id: str,
+) -> None:
+    """Reads of records homed on one node are answered there (counted direct, none at the
+    gateway); a missing id, a cross-shard transaction (its home holds its piece) and mixed
+    homes are answered by the gateway, each as the gateway answers it."""
+    asked_before = gateway_calls(cluster, "GetTransactions")
+    found = await tally.get_transaction(on_a.id)
+    assert found is not None and found.transaction == on_a and found.status == "posted"
+    at_b = (await tally.get_transactions([on_b.id]))[on_b.id]
+    assert at_b is not None and at_b.transaction == on_b
+    captured = await tally.get_transaction(captured_id)
+    assert captured is not None and captured.reversed_by_id  # the refund went via the gateway
+    assert tally.stats.direct_items["GetTransactions"] == 3 and tally.stats.fallbacks == 0
+    assert gateway_calls(cluster, "GetTransactions") == asked_before
+    missing = new_id(customer_on(0, SHARDS))
+    assert await tally.get_transaction(missing) is None
+    assert tally.stats.fallbacks == 1  # "not found" at the node: asked of the gateway too
+    crossing = await tally.get_transaction(crossing_id)
+    assert crossing is not None and tally.stats.fallbacks == 2  # a piece at its home
+    assert {leg.account_id for leg in crossing.applied_legs} == {
+        leg.account_id for leg in crossing.transaction.legs
+    }
+    both = await tally.get_transactions([on_a.id, on_b.id, missing])
+    assert both[on_a.id] == found and both[missing] is None
+    assert tally.stats.direct_items["GetTransactions"] == 5  # the mixed read: not routed
+    with pytest.raises(CallError):
+        await tally.get_transaction(f"~piece/{on_a.id}")
+    assert tally.stats.direct_items["GetTransactions"] == 5
+    assert gateway_calls(cluster, "GetTransactions") == asked_before + 4  # one call each
+
+
 async def test_a_node_the_client_cannot_reach_sends_its_work_to_the_gateway(
     pg: EmbeddedPostgres,
 ) -> None:
     """The node registered a client endpoint nothing listens on: the first routed post fails
     there (a transport error), goes to the gateway and is applied; the node is then left alone
-    for node_down_s, so the next posts go to the gateway without a failed attempt first."""
+    for node_down_s, so the next posts go to the gateway without a failed attempt first. So do
+    reads of transactions, found or not."""
     prefix = f"rc{os.getpid()}_{next(_numbers)}"
     nowhere = f"127.0.0.1:{free_port()}"
     async with (
@@ -180,6 +257,19 @@ async def test_a_node_the_client_cannot_reach_sends_its_work_to_the_gateway(
         assert tally.stats.fallbacks == 1 and tally.stats.direct_items["CreateAccounts"] == 1
         assert "PostTransactions" not in tally.stats.direct_items
         assert gateway_items(cluster, "PostTransactions") == 10
+        paid = transfer(new_id(key), "@x", f"{key}/dep", 1, "USD")
+        assert (await tally.post(paid)).applied
+        async with AsyncClient(
+            cluster.target, credentials(), routing=RoutingOptions(node_down_s=30)
+        ) as reader:
+            missing = new_id(key)
+            for _ in range(2):
+                found = await reader.get_transactions([paid.id, missing])
+                read, not_found = found[paid.id], found[missing]
+                assert read is not None and read.transaction == paid and not_found is None
+            assert reader.stats.direct_items["GetTransactions"] == 2  # the first read only
+            assert reader.stats.fallbacks == 1
+            assert gateway_calls(cluster, "GetTransactions") == 2
 
 
 async def _load(tally: AsyncClient, key: str, stop: asyncio.Event) -> list[str]:
@@ -203,13 +293,19 @@ async def test_a_slot_moved_under_routed_load_loses_and_doubles_nothing(
     """`tally slots move` moves the load's slot from shard 0 to shard 1 while the client posts
     to shard 0 directly: the source refuses (wrong_shard) from its move-out, the client sends
     that work to the gateway with the same ids and reloads the map; then posts go to shard 1
-    directly. Every transfer applied, each once: the balance is the count."""
+    directly. Every transfer applied, each once: the balance is the count. And clients that
+    read the slot's records before the move read them after it as the gateway does
+    (check_reads_after_the_move)."""
     key = customer_on(0, SHARDS)
-    async with AsyncClient(cluster.target, credentials()) as tally:
+    async with (
+        AsyncClient(cluster.target, credentials()) as tally,
+        readers_of_the_slot(cluster, tally, key) as reads,
+    ):
         opened = await tally.create_accounts(
             [Account(f"{key}/dep", "USD"), Account(f"{key}/sav", "USD")]
         )
         assert {r.code for r in opened} == {"created"}
+        await reads.before_the_move()
         stop = asyncio.Event()
         load = asyncio.create_task(_load(tally, key, stop))
         await asyncio.sleep(0.3)
@@ -228,12 +324,84 @@ async def test_a_slot_moved_under_routed_load_loses_and_doubles_nothing(
         assert tally.stats.direct_items["PostTransactions"] > direct_before  # now to shard 1
         sav = await tally.get_account(f"{key}/sav")
         assert sav is not None and sav.balance.credits_posted == len(outcomes)
+        await reads.after_the_move()
     # The target node holds the account now: read there, directly.
     async with AsyncClient(
         cluster.nodes[1].target, credentials(), routing=RoutingOptions(direct=False)
     ) as at_target:
         moved = await at_target.get_account(f"{key}/sav")
         assert moved is not None and moved.balance.credits_posted == len(outcomes)
+
+
+class SlotReads:
+    """Records of one slot read, before and after it moves from shard 0 to shard 1, by two
+    clients whose maps are from before the move: `stale` keeps its map until a node's answer
+    is not whole, `fresh` reloads a map older than 0.2 s before it reads a record."""
+
+    def __init__(self, tally: AsyncClient, stale: AsyncClient, fresh: AsyncClient, key: str):
+        self.tally, self.stale, self.fresh, self.key = tally, stale, fresh, key
+        self.paid = transfer(new_id(key), f"{key}/a", f"{key}/b", 5, "USD")
+        self.held = hold(new_id(key), f"{key}/a", f"{key}/b", 2, "USD")
+
+    async def before_the_move(self) -> None:
+        """Accounts, a transfer and an open hold on shard 0; both readers read them there."""
+        key = self.key
+        opened = await self.tally.create_accounts(
+            [Account(f"{key}/a", "USD"), Account(f"{key}/b", "USD")]
+        )
+        assert {r.code for r in opened} == {"created"}
+        assert (await self.tally.post(self.paid)).applied
+        assert (await self.tally.post(self.held)).applied
+        for reader in (self.stale, self.fresh):
+            found = await reader.get_transactions([self.paid.id, self.held.id])
+            assert [state and state.status for state in found.values()] == ["posted", "pending"]
+            assert reader.stats.direct_items["GetTransactions"] == 2 and not reader.stats.fallbacks
+            assert reader.routing == "direct (map version 1)"
+
+    async def after_the_move(self) -> None:
+        """The transfer reversed and a new one posted at shard 1: shard 0 still has its copy of
+        the transfer (not reversed) and of the hold (released by the move), and not the new
+        one. The stale reader's reads there are not whole and the gateway answers them; the fresh
+        reader reloads first and reads at shard 1, directly (read at shard 0, the transfer's
+        copy would be whole, and not reversed)."""
+        key = self.key
+        refund = await self.tally.post(reversal(new_id(key), self.paid.id))
+        later = transfer(new_id(key), f"{key}/b", f"{key}/a", 1, "USD")
+        assert refund.applied and (await self.tally.post(later)).applied
+        held_alone = await self.stale.get_transaction(self.held.id)  # released at shard 0
+        assert self.stale.stats.fallbacks == 1
+        missing = new_id(key)
+        found = await self.stale.get_transactions([self.paid.id, self.held.id, later.id, missing])
+        assert self.stale.stats.direct_items["GetTransactions"] == 2 + 1 + 4
+        assert self.stale.stats.fallbacks == 2  # at either shard: `missing` is not found
+        assert held_alone == found[self.held.id]
+        # Two reads at once: both wait for the one reload.
+        paid, paid_too = await asyncio.gather(
+            self.fresh.get_transaction(self.paid.id), self.fresh.get_transaction(self.paid.id)
+        )
+        assert paid == paid_too and self.fresh.routing == "direct (map version 2)"
+        found_fresh = await self.fresh.get_transactions([self.held.id, later.id])
+        assert self.fresh.stats.direct_items["GetTransactions"] == 2 + 2 + 2
+        assert self.fresh.stats.fallbacks == 0
+        assert found[self.paid.id] == paid
+        for state in (found, found_fresh):
+            held, posted = state[self.held.id], state[later.id]
+            assert held is not None and (held.status, held.resolved_by_id) == ("pending", "")
+            assert posted is not None and posted.transaction == later
+        assert paid is not None and paid.reversed_by_id == refund.id and found[missing] is None
+
+
+@contextlib.asynccontextmanager
+async def readers_of_the_slot(
+    cluster: InProcessCluster, tally: AsyncClient, key: str
+) -> AsyncIterator[SlotReads]:
+    stale = RoutingOptions(record_table_age_max_s=3600.0)
+    fresh = RoutingOptions(record_table_age_max_s=0.2)
+    async with (
+        AsyncClient(cluster.target, credentials(), routing=stale) as stale_reader,
+        AsyncClient(cluster.target, credentials(), routing=fresh) as fresh_reader,
+    ):
+        yield SlotReads(tally, stale_reader, fresh_reader, key)
 
 
 async def test_a_node_killed_under_routed_calls_applies_each_transfer_once(
