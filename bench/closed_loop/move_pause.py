@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -80,7 +81,9 @@ async def move(data_dir: Path, slots: list[int], target: int) -> dict[str, Any]:
     if process.returncode != 0:
         raise RuntimeError(f"tally slots move failed: {stderr.decode()[-2000:]}")
     (found,) = moves_of(stdout.decode())
-    return {**found, "seconds": round(time.monotonic() - started, 2)}
+    steps = re.search(r"steps_ms (.*)", stdout.decode())
+    taken = dict(part.split("=") for part in steps[1].split()) if steps else {}
+    return {**found, "seconds": round(time.monotonic() - started, 2), "steps_ms": taken}
 
 
 def next_slots(slot_map: SlotMap, count: int) -> list[int]:
@@ -163,8 +166,8 @@ def report(results: dict[str, Any]) -> str:
         f"post single transfers; {os.cpu_count()} cores shared by every process.",
         "",
         "| source accounts | source transactions | move | slots | accounts | records | pause ms "
-        "| mover s |",
-        "|---|---|---|---|---|---|---|---|",
+        "| mover s | steps ms |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     sizes = []
     for step in results["steps"]:
@@ -180,7 +183,8 @@ def report(results: dict[str, Any]) -> str:
         for m in step["moves"]:
             lines.append(
                 f"| {rows['accounts']:,} | {rows['transactions']:,} | {m['move']} | {m['slots']} "
-                f"| {m['accounts']} | {m['records']} | {m['pause_ms']} | {m['seconds']} |"
+                f"| {m['accounts']} | {m['records']} | {m['pause_ms']} | {m['seconds']} "
+                f"| {' '.join(f'{k}={v}' for k, v in m.get('steps_ms', {}).items())} |"
             )
     if sizes:
         lines += ["", "Index sizes on the source (pg_relation_size, no VACUUM):", *sizes]

@@ -81,6 +81,8 @@ class MoveReport:
     # From the source's move-out to the map moved: how long writes to the slots waited.
     pause_ms: float
     resumed: bool
+    # How long each step this mover ran took (move-out, copy, move-in, map), in order.
+    steps_ms: tuple[tuple[str, float], ...] = ()
 
 
 # ---- the command ----
@@ -214,6 +216,9 @@ def print_report(report: MoveReport) -> None:
         f"{report.source_shard} to shard {report.target_shard}, {report.account_count} "
         f"accounts, {report.record_count} records, slot map version {report.map_version}"
     )
+    if report.steps_ms:
+        steps = " ".join(f"{name}={ms:.0f}" for name, ms in report.steps_ms)
+        print(f"tally slots: move {report.move_id} steps_ms {steps}")
     for slot in report.slots:
         print(f"tally slots: slot {slot} pause_ms {report.pause_ms:.1f}")
 
@@ -382,6 +387,7 @@ async def _drive(
     if failpoints.ARMED:
         await failpoints.hit("slots.before_move_out")
     sent_at: list[float] = []  # when the answered move-out was asked: the pause's start
+    steps = _Steps()
     out = await _step(
         endpoints[move.source_shard], channels, lambda stub: stub.MoveSlotsOut(
             out_request, timeout=STEP_TIMEOUT_S
@@ -389,12 +395,14 @@ async def _drive(
         refused=lambda d: _refused_out(connection, move, d), held_wait_s=held_wait_s,
         sent_at=sent_at,
     )  # fmt: skip
+    steps.done("move-out")
     if failpoints.ARMED:  # the source has moved out; the control database does not say so
         await failpoints.hit("slots.after_move_out")
     if move.state == "planned":
         await control_store.set_move_state(connection, move.move_id, "out")
     if move.state in ("planned", "out"):
         await _copy(connection, channels, endpoints, move, page_item_count)
+        steps.done("copy")
         in_request = spb.MoveSlotsInRequest(
             move_id=move.move_id, slots=list(move.slots), source_shard=move.source_shard,
             spread_accounts=out.spread_accounts, staged=True, totals=out.totals,
@@ -404,6 +412,7 @@ async def _drive(
             lambda stub: stub.MoveSlotsIn(in_request, timeout=STEP_TIMEOUT_S),
             refused=lambda d: _refused_in(connection, move, d),
         )  # fmt: skip
+        steps.done("move-in")
         if failpoints.ARMED:  # the target has moved in; the control database does not say so
             await failpoints.hit("slots.after_move_in")
         await control_store.set_move_state(connection, move.move_id, "in")
@@ -413,9 +422,24 @@ async def _drive(
         slot_map, pause_ms = await control_store.finish_move(connection, move)
     except control_store.MoveConflictError as error:
         raise MoveError(str(error)) from None
+    steps.done("map")
     if not resumed:
         pause_ms = (time.monotonic() - sent_at[-1]) * 1000
-    return _report(move, out, slot_map, pause_ms, resumed)
+    return _report(move, out, slot_map, pause_ms, resumed, tuple(steps.taken))
+
+
+class _Steps:
+    """The time each step of a move took, as this mover ran them (the operator's view of
+    where a pause went)."""
+
+    def __init__(self) -> None:
+        self._since = time.monotonic()
+        self.taken: list[tuple[str, float]] = []
+
+    def done(self, name: str) -> None:
+        now = time.monotonic()
+        self.taken.append((name, (now - self._since) * 1000))
+        self._since = now
 
 
 def _report(
@@ -424,6 +448,7 @@ def _report(
     slot_map: SlotMap,
     pause_ms: float,
     resumed: bool,
+    steps_ms: tuple[tuple[str, float], ...] = (),
 ) -> MoveReport:
     return MoveReport(
         move.move_id,
@@ -435,6 +460,7 @@ def _report(
         slot_map.version,
         pause_ms,
         resumed,
+        steps_ms,
     )
 
 

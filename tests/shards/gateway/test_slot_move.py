@@ -111,6 +111,9 @@ async def test_a_slot_moves_with_its_accounts_and_ids_under_load(
     print(stdout)  # the pause per slot, for the record
     pause = re.search(rf"slot {slot} pause_ms ([0-9.]+)", stdout)
     assert pause is not None, stdout
+    steps = re.search(r"steps_ms move-out=(\d+) copy=(\d+) move-in=(\d+) map=(\d+)", stdout)
+    assert steps is not None, stdout  # where the pause went, step by step
+    assert sum(map(int, steps.groups())) <= float(pause[1]) + 1000
     assert moved_count > 0 and other_count > 0
 
     # Balances exact, now at the target.
