@@ -29,7 +29,12 @@ from shards.monitor import command as monitor_command
 from shards.node import durability
 from shards.node.writer import WriterConfig
 from shards.relay import command as relay_command
-from shards.rpc.serving import add_rpc_concurrency_flag, metrics_url, run_announced
+from shards.rpc.serving import (
+    add_rpc_concurrency_flag,
+    metrics_url,
+    run_announced,
+    tune_garbage_collector,
+)
 from shards.security import flags as security_flags
 from shards.security.credentials import SecurityConfigError
 
@@ -649,7 +654,7 @@ def _node_config(args: argparse.Namespace, dsn: str, security: Any) -> Any:
 
 async def _serve(args: argparse.Namespace) -> int:
     from core.signing import SigningKeyError
-    from shards.node.server import Node, NodeRefusedError, tune_garbage_collector
+    from shards.node.server import Node, NodeRefusedError
 
     try:
         security = _server_security(args)
@@ -726,6 +731,7 @@ async def _serve_gateway(args: argparse.Namespace) -> int:
         )
     )
     port = await gateway.start()
+    tune_garbage_collector()
     return await run_announced(
         gateway, "tally.v1.Ledger", args.listen, port, args.metrics_listen, gateway.metrics_port
     )

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import os
 import socket
@@ -143,15 +142,6 @@ class NodeConfig:
     # credentials from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY): then cold_dir is this node's
     # cache of the files fetched from it.
     cold_store: str = ""
-
-
-def tune_garbage_collector() -> None:
-    """For a node process, after start-up: what exists now (modules, the server) is never
-    garbage, so move it out of the collector's sight; and collect the young generation less
-    often, since a batch allocates many short-lived objects that reference counting frees."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(20_000, 20, 20)
 
 
 class Node:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import os
 import signal
 from collections.abc import Sequence
@@ -15,6 +16,16 @@ import grpc
 from core import limits
 
 RPC_CONCURRENCY_MAX_MESSAGE = "Concurrent RPC limit exceeded!"  # gRPC's own words
+
+
+def tune_garbage_collector() -> None:
+    """For a server process (a node, a gateway), after start-up: what exists now (modules, the
+    server) is never garbage, so move it out of the collector's sight; and collect the young
+    generation less often, since every RPC allocates many short-lived objects that reference
+    counting frees (the young collections were 6-7% of a busy gateway's CPU)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 20, 20)
 
 
 def grpc_server(
