@@ -300,7 +300,7 @@ async def resume_move(
         unfinished = await control_store.unfinished_move(connection)
         if unfinished is None:
             return []
-        return [await _drive(connection, channels, unfinished, True, held_wait_s)]
+        return [await _drive(connection, channels, unfinished, True, held_wait_s, page_item_count)]
     finally:
         await channels.close()
         await connection.close(timeout=5.0)
