@@ -36,8 +36,9 @@ from tally.v1 import shard_pb2 as spb
 from tally.v1 import shard_pb2_grpc as spb_grpc
 
 CONTROL_DSN_ENV: Final = "TALLY_CONTROL_DSN"
-# A rebalance moves at most this many slots at once: each move pauses its slots' writes for one
-# scan of the source's tables and a copy of what they hold (at most MOVE_ITEM_COUNT_MAX).
+# A rebalance moves at most this many slots at once: each move pauses its slots' writes for the
+# fence's read of what they hold (at most MOVE_ITEM_COUNT_MAX), the copy of what changed since
+# its pre-copy, and the move-in.
 REBALANCE_SLOTS_PER_MOVE: Final = 256
 # A step asked of a node that is restarting or taking over its lease is asked again, for up
 # to this long, each wait doubling from STEP_RETRY_FIRST_S.
