@@ -342,6 +342,8 @@ async def test_a_shard_added_under_load_gets_its_even_share_by_rebalance(
         held = await holding
         local = [count + held for count in local]  # each hold posted: one more transfer of 1
         assert code == 0, stderr
+        # Pre-copied under load, each copy after the fence staging what changed exactly.
+        assert stdout.count("pre-copy=") == 4 and "copy-again" not in stdout, (stdout, stderr)
         pauses = [float(p) for p in re.findall(r"pause_ms ([0-9.]+)", stdout)]
         print(stdout.count("done:"), "moves; pause per slot, ms: max", max(pauses))
         assert len(pauses) == len(moved)
