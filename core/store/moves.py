@@ -460,7 +460,16 @@ async def head_sequence(connection: Connection, timeout_s: float) -> int:
 _CHANGED_SINCE_SQL = f"""
 SELECT {", ".join(TRANSACTION_COLUMNS)} FROM transactions
 WHERE block_sequence > $1 AND (slot = ANY($2::smallint[]) OR target_id <> '' OR id LIKE '~piece/%')
+LIMIT $3
 """
+CHANGED_SCAN_ROW_COUNT_MAX = 200_000
+"""At most this many transactions since a pre-copy are read to find what changed (held in
+memory by the read): more, and the move is copied in full (a pre-copy long stale; a full copy
+of a move is at most moves.MOVE_ITEM_COUNT_MAX items, read page by page)."""
+
+
+class PrecopyStaleError(ValueError):
+    """Too much was written since the pre-copy to find what changed: copy the move in full."""
 
 
 async def changed_records_page(
@@ -478,8 +487,14 @@ async def changed_records_page(
     the transaction that changed it; one this misses fails the target's digest check, and the
     move is copied again in full."""
     rows = await connection.fetch(
-        _CHANGED_SINCE_SQL, since_sequence, sorted(slots), timeout=timeout_s
-    )
+        _CHANGED_SINCE_SQL, since_sequence, sorted(slots), CHANGED_SCAN_ROW_COUNT_MAX + 1,
+        timeout=timeout_s,
+    )  # fmt: skip
+    if len(rows) > CHANGED_SCAN_ROW_COUNT_MAX:
+        raise PrecopyStaleError(
+            f"more than {CHANGED_SCAN_ROW_COUNT_MAX} transactions since the pre-copy's block "
+            f"{since_sequence}: copy it in full"
+        )
     named: set[str] = set()
     pieces: set[str] = set()
     for row in rows:

@@ -20,6 +20,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any, Final, TypeVar
 
 import asyncpg
@@ -574,14 +575,6 @@ async def _copy_and_move_in(
     is answered with a copy in full, and asked again: a miss costs a full copy, never a wrong
     move."""
     since = move.precopy_sequence if move.precopied else None
-    await _copy(connection, channels, endpoints, move, page_item_count, since)
-    steps.done("copy")
-    in_request = spb.MoveSlotsInRequest(
-        move_id=move.move_id, slots=list(move.slots), source_shard=move.source_shard,
-        spread_accounts=out.spread_accounts, staged=True, totals=out.totals,
-    )  # fmt: skip
-    target = endpoints[move.target_shard]
-    call = _calling("MoveSlotsIn", in_request)
     mismatches: list[str] = []
 
     async def refused(details: str) -> None:
@@ -590,13 +583,25 @@ async def _copy_and_move_in(
             return
         await _refused_in(connection, move, details)
 
+    async def stale(details: str) -> None:
+        if "copy it in full" in details:  # too much written since the pre-copy to sort out
+            mismatches.append(details)
+
+    in_request = spb.MoveSlotsInRequest(
+        move_id=move.move_id, slots=list(move.slots), source_shard=move.source_shard,
+        spread_accounts=out.spread_accounts, staged=True, totals=out.totals,
+    )  # fmt: skip
+    target = endpoints[move.target_shard]
+    call = _calling("MoveSlotsIn", in_request)
     try:
+        await _copy(connection, channels, endpoints, move, page_item_count, since, stale)
+        steps.done("copy")
         await _step(target, channels, call, refused=refused)
     except MoveError:
         if not mismatches:
             raise
         print(
-            f"tally slots: move {move.move_id}: the target refused what was staged "
+            f"tally slots: move {move.move_id}: what changed since the pre-copy was not staged "
             f"({mismatches[-1]}); copying it in full again",
             file=sys.stderr,
         )
@@ -621,12 +626,14 @@ async def _copy(
     move: control_store.SlotMove,
     page_item_count: int,
     since: int | None = None,
+    refused_changed: Callable[[str], Awaitable[None]] | None = None,
 ) -> None:
     """Copy what the move takes from its source to its target, page by page (ReadMovedOut,
     then StageMoveIn), recording each page staged before the next is read, so a mover killed
     anywhere goes on from the last page recorded (a page staged again stages nothing new).
     since: the pre-copy's block; the records then are those that may have changed after it
-    (each replacing its pre-copied self). Without it, the first page drops what was staged."""
+    (each replacing its pre-copied self; a refused page of them is given to refused_changed
+    first). Without it, the first page drops what was staged."""
     part = move.copy_part or control_store.COPY_ACCOUNTS
     after_id, count = move.copy_after_id, move.copied_count
     source, target = endpoints[move.source_shard], endpoints[move.target_shard]
@@ -634,6 +641,7 @@ async def _copy(
         if part == control_store.COPY_DONE:
             return
         changed = since is not None and part == control_store.COPY_RECORDS
+        on_changed = refused_changed if changed else None
         read = spb.ReadMovedOutRequest(
             move_id=move.move_id, slots=list(move.slots), after_id=after_id,
             part=spb.MOVED_PART_CHANGED_RECORDS if changed else _PARTS[part],
@@ -641,7 +649,7 @@ async def _copy(
         )  # fmt: skip
         page = await _step(
             source, channels, _calling("ReadMovedOut", read),
-            refused=lambda d: _refused_copy(move, move.source_shard, d),
+            refused=partial(_refused_read, move, refused_changed=on_changed),
         )  # fmt: skip
         staging = spb.StageMoveInRequest(
             move_id=move.move_id, slots=list(move.slots), source_shard=move.source_shard,
@@ -668,6 +676,16 @@ def _calling(method: str, request: Any) -> Callable[[Any], Awaitable[Any]]:
         return answer
 
     return call
+
+
+async def _refused_read(
+    move: control_store.SlotMove,
+    details: str,
+    refused_changed: Callable[[str], Awaitable[None]] | None,
+) -> None:
+    if refused_changed is not None:
+        await refused_changed(details)
+    await _refused_copy(move, move.source_shard, details)
 
 
 async def _refused_copy(move: control_store.SlotMove, shard: int, details: str) -> None:

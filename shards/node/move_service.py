@@ -389,7 +389,11 @@ async def read_moved_out(
                 f"this shard has no move-out of slots {sorted(slots)[:10]} by move "
                 f"{request.move_id} (its move-out must commit first: MoveSlotsOut)",
             )
-        return await _page(connection, request, slots, cold_of(node))
+        try:
+            return await _page(connection, request, slots, cold_of(node))
+        except store_moves.PrecopyStaleError as error:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(error))
+            raise  # not reached: abort raises
 
 
 async def _check_precopy(
@@ -430,6 +434,8 @@ async def _page(
             connection, request.move_id, slots, request.since_sequence, request.after_id,
             request.item_count_max, MOVE_READ_TIMEOUT_S,
         )  # fmt: skip
+        # (PrecopyStaleError: FAILED_PRECONDITION, in read_moved_out, and the mover copies
+        # the move in full.)
     last = records[-1].spec.id if records else request.after_id
     return spb.ReadMovedOutResponse(
         records=[moved_record(r) for r in records], next_after_id=last, done=done,

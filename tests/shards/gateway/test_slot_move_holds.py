@@ -363,7 +363,7 @@ async def _change_after_precopy(
 # fence, the copy killed twice and the target restarted), each step checked where it stands.
 @pytest.mark.timeout(180)
 async def test_a_move_of_many_pages_survives_its_mover_killed_and_its_target_restarted(
-    pg: EmbeddedPostgres,
+    pg: EmbeddedPostgres, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Accounts, records and open holds several times a page move in pages (bounded blocks on
     both sides, the pre-copy and the copy in pages), the mover killed in its pre-copy and
@@ -371,7 +371,8 @@ async def test_a_move_of_many_pages_survives_its_mover_killed_and_its_target_res
     between pages of the copy twice and the target restarted mid-copy, then resumed: the copy
     after the fence stages only what changed, nothing is lost or doubled, every audit clean.
     Then a second slot whose pre-copy misses a change (its staging edited at the target) and
-    holds an item the fence does not: the target refuses it and the mover copies it in full."""
+    holds an item the fence does not: the target refuses it and the mover copies it in full;
+    and a third whose source finds too much written since its pre-copy, copied in full too."""
     writer = WriterConfig(move_page_item_count=NODE_PAGE_ITEM_COUNT)
     prefix = f"pages{os.getpid()}"
     async with in_process_cluster(pg, prefix, 2, writer=writer, slot_map_poll_interval_s=0.2) as c:
@@ -450,6 +451,7 @@ async def test_a_move_of_many_pages_survives_its_mover_killed_and_its_target_res
             ]
             await _created(client, _void(f"{key}/v2", holds[2].id), _post(f"{key}/p5", f"{key}/h5"))
         await _missed_change_copied_in_full(c)
+        await _stale_precopy_copied_in_full(c, monkeypatch)
         for dsn in c.dsns:
             assert await audit_problems(dsn) == [], dsn
         audit_code, report = await audit_json(*c.dsns)
@@ -507,6 +509,39 @@ async def _missed_change_copied_in_full(c: InProcessCluster) -> None:
         assert [await client.balance(name) for name in names] == before
         assert (await client.transaction(f"{key}/u0")).reversed_by_id == ""
         assert [r.code for r in await client.post(*items)] == [REPLAYED] * 3
+
+
+async def _stale_precopy_copied_in_full(
+    c: InProcessCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A slot pre-copied, then written to, its source reading at most no transaction since the
+    pre-copy (the nodes run in this process): the changed records' page is refused (copy it in
+    full) and the mover copies the move in full, exact."""
+    key = customer_on(0, 2, skip=2)
+    names = [f"{key}/c0", f"{key}/c1"]
+    items = [transfer(f"{key}/w{n}", names[n % 2], names[(n + 1) % 2], n + 1) for n in range(2)]
+    async with security.channel(c.target) as channel:
+        client = Client(channel)
+        await client.create(*(account(name) for name in names))
+        await _created(client, items[0])
+        move = ("move", "--slots", str(slot_of(key)), "--to", "1")
+        code, _, stderr = await run_slots(
+            c.control_dsn, *move, failpoint="slots.after_precopy=exit"
+        )
+        assert code == -9, stderr
+        await _created(client, items[1])
+        before = [await client.balance(name) for name in names]
+    monkeypatch.setattr(store_moves, "CHANGED_SCAN_ROW_COUNT_MAX", 0)
+    code, stdout, stderr = await run_slots(c.control_dsn, "resume")
+    monkeypatch.undo()
+    assert code == 0, stderr
+    assert "copy it in full" in stderr and "copy-again=" in stdout, (stdout, stderr)
+    record_ids = [item.id for item in items]
+    assert await _records_at(c.dsns[1], record_ids) == set(record_ids)
+    async with security.channel(c.target) as channel:
+        client = Client(channel)
+        assert [await client.balance(name) for name in names] == before
+        assert [r.code for r in await client.post(*items)] == [REPLAYED] * 2
 
 
 async def test_databases_made_before_paging_migrate_with_their_moves(
