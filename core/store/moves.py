@@ -480,12 +480,13 @@ async def changed_records_page(
     after_id: str,
     count_max: int,
     timeout_s: float,
-) -> tuple[list[TransactionState], bool]:
+) -> tuple[list[TransactionState], bool, str]:
     """Up to count_max of the records homed in the slots that may differ from a pre-copy read
     at since_sequence, after after_id in id order, as they were before this move's move-out,
-    and whether they are the last. A record revived from cold history (block 0) is named by
-    the transaction that changed it; one this misses fails the target's digest check, and the
-    move is copied again in full."""
+    whether they are the last, and the after_id of the next page (the last id looked at: one
+    named but recorded nowhere hot here is unchanged since its block, and skipped). A record
+    revived from cold history (block 0) is named by the transaction that changed it; one this
+    misses fails the target's digest check, and the move is copied again in full."""
     rows = await connection.fetch(
         _CHANGED_SINCE_SQL, since_sequence, sorted(slots), CHANGED_SCAN_ROW_COUNT_MAX + 1,
         timeout=timeout_s,
@@ -510,7 +511,7 @@ async def changed_records_page(
     page = wanted[:count_max]
     found = await load_transactions(connection, page, timeout_s)
     records = [moves.record_before_out(found[i], move_id) for i in page if i in found]
-    return records, len(wanted) <= count_max
+    return records, len(wanted) <= count_max, page[-1] if page else after_id
 
 
 def _piece_targets(record: TransactionState) -> tuple[str, str]:

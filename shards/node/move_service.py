@@ -425,18 +425,20 @@ async def _page(
         return spb.ReadMovedOutResponse(
             accounts=[moved_account(a) for a in accounts], next_after_id=last, done=done
         )
-    if request.part == spb.MOVED_PART_RECORDS:
-        records, done = await store_moves.records_page(connection, *args, cold)
-    elif request.part == spb.MOVED_PART_PRECOPY_RECORDS:
-        records, done, sequence = await store_moves.precopy_records_page(connection, *args, cold)
-    else:
-        records, done = await store_moves.changed_records_page(
+    if request.part == spb.MOVED_PART_CHANGED_RECORDS:
+        # (PrecopyStaleError: FAILED_PRECONDITION in read_moved_out; the move copied in full.)
+        records, done, last = await store_moves.changed_records_page(
             connection, request.move_id, slots, request.since_sequence, request.after_id,
             request.item_count_max, MOVE_READ_TIMEOUT_S,
         )  # fmt: skip
-        # (PrecopyStaleError: FAILED_PRECONDITION, in read_moved_out, and the mover copies
-        # the move in full.)
-    last = records[-1].spec.id if records else request.after_id
+    else:
+        if request.part == spb.MOVED_PART_RECORDS:
+            records, done = await store_moves.records_page(connection, *args, cold)
+        else:
+            records, done, sequence = await store_moves.precopy_records_page(
+                connection, *args, cold
+            )
+        last = records[-1].spec.id if records else request.after_id
     return spb.ReadMovedOutResponse(
         records=[moved_record(r) for r in records], next_after_id=last, done=done,
         snapshot_sequence=sequence,

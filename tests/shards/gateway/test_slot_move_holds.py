@@ -14,9 +14,10 @@ import time
 import asyncpg
 import pytest
 
-from core import ids
+from core import ids, journal
 from core.invariant import check
-from core.slots import slot_of
+from core.model import Kind, Leg, Status, TransactionSpec, TransactionState
+from core.slots import slot_of, transaction_slot
 from core.store import control as control_store
 from core.store import moves as store_moves
 from core.store import schema
@@ -576,3 +577,46 @@ async def test_databases_made_before_paging_migrate_with_their_moves(
         assert (move.copy_part, move.copy_after_id, move.copied_count) == (0, "", 0)
     finally:
         await control_connection.close(timeout=5.0)
+
+
+async def test_the_copy_since_a_pre_copy_pages_past_a_record_named_but_not_held_here(
+    dsn: str,
+) -> None:
+    """The changed records' pages: a record a later transaction names but this shard holds no
+    hot row of (unchanged since its block: a cold one, say) is looked at and skipped, and the
+    next page goes on after it rather than asking the same page again."""
+    key = customer_on(0, 2, skip=3)
+    legs = (Leg(f"{key}/a", True, 5, "USD"), Leg(f"{key}/b", False, 5, "USD"))
+    rows = []
+    for transaction_id, target_id, block in ((f"{key}/r", f"{key}/gone", 7), (f"{key}/t", "", 8)):
+        spec = TransactionSpec(transaction_id, Kind.ORDINARY, legs, 1, (), "", 0, target_id)
+        state = TransactionState(spec, legs, 10, Status.POSTED)
+        rows.append((
+            spec.id, int(spec.kind), spec.code, journal.encode_metadata(spec.metadata), "", 0,
+            target_id, *journal.legs_texts(state), state.timestamp_ns, int(state.status), 0, "",
+            "", block, transaction_slot(spec.id),
+        ))  # fmt: skip
+    connection = await asyncpg.connect(dsn)
+    try:
+        await shard_store.migrate(connection)
+        await connection.copy_records_to_table(
+            "transactions", records=rows, columns=shard_store.TRANSACTION_WRITE_COLUMNS
+        )
+        slots = frozenset({slot_of(key)})
+        pages = []
+        after_id = ""
+        for _ in range(4):
+            records, done, after_id = await store_moves.changed_records_page(
+                connection, "ab", slots, 6, after_id, 1, 5.0
+            )
+            pages.append([record.spec.id for record in records])
+            if done:
+                break
+        assert pages == [[], [f"{key}/r"], [f"{key}/t"]]  # f"{key}/gone" looked at first
+        # Since block 7: only what block 8 made.
+        records, done, _ = await store_moves.changed_records_page(
+            connection, "ab", slots, 7, "", 9, 5.0
+        )
+        assert ([record.spec.id for record in records], done) == ([f"{key}/t"], True)
+    finally:
+        await connection.close(timeout=5.0)
