@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Final, TypeVar
 
 from core import ids, journal
@@ -84,6 +84,10 @@ DIGEST_KEY: Final = "~moved_digest"
 ACCOUNT_COUNT_KEY: Final = "~moved_accounts"
 ACCOUNTS_DIGEST_KEY: Final = "~accounts_digest"
 PAGE_COUNT_KEY: Final = "~move_pages"
+STATES_DIGEST_KEY: Final = "~states_digest"
+"""On a source's summary entry: the SHA-256 of the moved records' states (records_states_digest),
+which the target checks what it staged against (a change the copy missed is refused, then copied
+again in full); summaries made before it lack it."""
 SUMMARY_ENTRY: Final = "~records"
 """The entry of a side that carries the move's totals alone (no legs): ~moveout/M/~records at
 the source (always, in its first block), ~movein/M/~records at the target (when no account
@@ -244,6 +248,15 @@ class MoveTotals:
     accounts_digest: str
     record_count: int
     records_digest: str
+    # The records' states (status, expiry, resolved and reversed by): "" from a move-out made
+    # before it was committed to, and then not checked.
+    records_states_digest: str = ""
+
+    def matched_by(self, found: MoveTotals) -> bool:
+        """Whether found (what was staged) is exactly what these totals commit to."""
+        if not self.records_states_digest:
+            found = replace(found, records_states_digest="")
+        return found == self
 
 
 def accounts_digest(accounts: Sequence[AccountState]) -> str:
@@ -261,13 +274,16 @@ def accounts_digest(accounts: Sequence[AccountState]) -> str:
 
 def totals_of(accounts: Sequence[AccountState], records: Sequence[TransactionState]) -> MoveTotals:
     return MoveTotals(
-        len(accounts), accounts_digest(accounts), len(records), records_digest(records)
-    )
+        len(accounts), accounts_digest(accounts), len(records), records_digest(records),
+        records_states_digest(records),
+    )  # fmt: skip
 
 
 def totals_metadata(totals: MoveTotals, target: int, page_count: int) -> Metadata:
     """The source's summary entry's metadata: the totals it commits to, and how many pages
     (blocks) its move-out has."""
+    digest = totals.records_states_digest
+    states = [(STATES_DIGEST_KEY, digest)] if digest else []
     return (
         (PAGE_COUNT_KEY, str(page_count)),
         (ACCOUNT_COUNT_KEY, str(totals.account_count)),
@@ -275,6 +291,7 @@ def totals_metadata(totals: MoveTotals, target: int, page_count: int) -> Metadat
         (COUNT_KEY, str(totals.record_count)),
         (DIGEST_KEY, totals.records_digest),
         (TARGET_KEY, str(target)),
+        *states,
     )
 
 
@@ -292,7 +309,7 @@ def totals_from_metadata(metadata: Metadata) -> MoveTotals | None:
         return None
     return MoveTotals(
         int(counts[0]), found.get(ACCOUNTS_DIGEST_KEY, ""), int(counts[1]),
-        found.get(DIGEST_KEY, ""),
+        found.get(DIGEST_KEY, ""), found.get(STATES_DIGEST_KEY, ""),
     )  # fmt: skip
 
 
@@ -302,6 +319,20 @@ def records_digest(records: Sequence[TransactionState]) -> str:
     for record in sorted(records, key=lambda r: r.spec.id):
         digest.update(journal.transaction_line(record, *journal.legs_texts(record)).encode())
         digest.update(b"\n")
+    return digest.hexdigest()
+
+
+def records_states_digest(records: Sequence[TransactionState]) -> str:
+    """SHA-256 over what changes in the records after they are made (status, expiry, resolved
+    and reversed by), in id order: records_digest covers only their lines, so a copy staging a
+    record as it was before a post, void or reversal would pass it."""
+    digest = hashlib.sha256()
+    for record in sorted(records, key=lambda r: r.spec.id):
+        state = (
+            record.spec.id, int(record.status), record.expires_at_ns, record.resolved_by_id,
+            record.reversed_by_id,
+        )  # fmt: skip
+        digest.update(("|".join(str(part) for part in state) + "\n").encode())
     return digest.hexdigest()
 
 

@@ -139,6 +139,17 @@ class SlotMove:
     copy_part: int = 0
     copy_after_id: str = ""
     copied_count: int = 0
+    # The pre-copy's progress (control migration 6), the same way, before the move-out: the
+    # source's last block in its first page's snapshot (-1: none), COPY_RECORDS or COPY_DONE.
+    precopy_sequence: int = -1
+    precopy_part: int = 0
+    precopy_after_id: str = ""
+    precopied_count: int = 0
+
+    @property
+    def precopied(self) -> bool:
+        """The pre-copy is done: the copy after the fence need stage only what changed."""
+        return self.precopy_part == COPY_DONE and self.precopy_sequence >= 0
 
 
 COPY_ACCOUNTS, COPY_RECORDS, COPY_DONE = 1, 2, 3
@@ -156,6 +167,10 @@ def _move_of(row: Any) -> SlotMove:
         row["copy_part"],
         row["copy_after_id"],
         row["copied_count"],
+        row["precopy_sequence"],
+        row["precopy_part"],
+        row["precopy_after_id"],
+        row["precopied_count"],
     )
 
 
@@ -231,6 +246,41 @@ async def set_copy_progress(
         part,
         after_id,
         copied_count,
+        timeout=TIMEOUT_S,
+    )
+
+
+async def set_precopy_progress(
+    connection: Any, move_id: str, sequence: int, part: int, after_id: str, copied_count: int
+) -> None:
+    """The pre-copy of the move reached (part, after_id), read from the source's snapshots
+    after block `sequence` (-1 with part 0: void, the next copy is a full one)."""
+    await connection.execute(
+        """
+        UPDATE slot_moves SET precopy_sequence = $2, precopy_part = $3, precopy_after_id = $4,
+            precopied_count = $5, updated_at = now()
+        WHERE move_id = $1
+        """,
+        move_id,
+        sequence,
+        part,
+        after_id,
+        copied_count,
+        timeout=TIMEOUT_S,
+    )
+
+
+async def restart_copy(connection: Any, move_id: str) -> None:
+    """The move's copy begins again, in full (its pre-copy void), in one statement: a mover
+    killed after it copies everything again."""
+    await connection.execute(
+        """
+        UPDATE slot_moves SET copy_part = 0, copy_after_id = '', copied_count = 0,
+            precopy_sequence = -1, precopy_part = 0, precopy_after_id = '', precopied_count = 0,
+            updated_at = now()
+        WHERE move_id = $1
+        """,
+        move_id,
         timeout=TIMEOUT_S,
     )
 

@@ -23,6 +23,7 @@ from typing import Any, Protocol
 from core import ids, journal, moves
 from core.invariant import check
 from core.model import AccountState, Kind, Leg, TransactionState
+from core.pieces import decided_by_piece, reversed_by_piece
 from core.slots import transaction_slot
 from core.store.cold.catalog import ColdEntry, cold_entries
 from core.store.shard import (
@@ -424,6 +425,102 @@ async def records_page(
     return [moves.record_before_out(record, move_id) for record in page], done
 
 
+async def precopy_records_page(
+    connection: Connection,
+    move_id: str,
+    slots: frozenset[int],
+    after_id: str,
+    count_max: int,
+    timeout_s: float,
+    cold: ColdRecords | None = None,
+) -> tuple[list[TransactionState], bool, int]:
+    """records_page read before the move-out, in one snapshot, with the last block committed in
+    it: every change to the page's records after that block is in a later block (the writer
+    commits a block's rows with it, one block at a time)."""
+    async with connection.transaction(isolation="repeatable_read", readonly=True):
+        sequence = await head_sequence(connection, timeout_s)
+        records, done = await records_page(
+            connection, move_id, slots, after_id, count_max, timeout_s, cold
+        )
+    return records, done, sequence
+
+
+async def head_sequence(connection: Connection, timeout_s: float) -> int:
+    """The last block committed here (0: none)."""
+    found = await connection.fetchval(
+        "SELECT coalesce(max(sequence), 0) FROM journal_blocks", timeout=timeout_s
+    )
+    return int(found)
+
+
+# The transactions of the blocks after $1 that may have changed a record homed in the slots $2:
+# those homed in them (made there), and every one naming a record (a post, void, expiry,
+# reversal or deadline by target_id; a cross-shard piece by its metadata, or resolved by a
+# transaction naming it). Along transactions_by_block: what was written since, not the table.
+_CHANGED_SINCE_SQL = f"""
+SELECT {", ".join(TRANSACTION_COLUMNS)} FROM transactions
+WHERE block_sequence > $1 AND (slot = ANY($2::smallint[]) OR target_id <> '' OR id LIKE '~piece/%')
+LIMIT $3
+"""
+CHANGED_SCAN_ROW_COUNT_MAX = 200_000
+"""At most this many transactions since a pre-copy are read to find what changed (held in
+memory by the read): more, and the move is copied in full (a pre-copy long stale; a full copy
+of a move is at most moves.MOVE_ITEM_COUNT_MAX items, read page by page)."""
+
+
+class PrecopyStaleError(ValueError):
+    """Too much was written since the pre-copy to find what changed: copy the move in full."""
+
+
+async def changed_records_page(
+    connection: Connection,
+    move_id: str,
+    slots: frozenset[int],
+    since_sequence: int,
+    after_id: str,
+    count_max: int,
+    timeout_s: float,
+) -> tuple[list[TransactionState], bool, str]:
+    """Up to count_max of the records homed in the slots that may differ from a pre-copy read
+    at since_sequence, after after_id in id order, as they were before this move's move-out,
+    whether they are the last, and the after_id of the next page (the last id looked at: one
+    named but recorded nowhere hot here is unchanged since its block, and skipped). A record
+    revived from cold history (block 0) is named by the transaction that changed it; one this
+    misses fails the target's digest check, and the move is copied again in full."""
+    rows = await connection.fetch(
+        _CHANGED_SINCE_SQL, since_sequence, sorted(slots), CHANGED_SCAN_ROW_COUNT_MAX + 1,
+        timeout=timeout_s,
+    )  # fmt: skip
+    if len(rows) > CHANGED_SCAN_ROW_COUNT_MAX:
+        raise PrecopyStaleError(
+            f"more than {CHANGED_SCAN_ROW_COUNT_MAX} transactions since the pre-copy's block "
+            f"{since_sequence}: copy it in full"
+        )
+    named: set[str] = set()
+    pieces: set[str] = set()
+    for row in rows:
+        late = transaction_from_row(row)
+        named.update((late.spec.id, late.spec.target_id, *_piece_targets(late)))
+        if ids.is_piece_id(late.spec.target_id):  # a piece resolved: what it locked is freed
+            pieces.add(late.spec.target_id)
+    for piece in (await load_transactions(connection, sorted(pieces), timeout_s)).values():
+        named.update(_piece_targets(piece))
+    wanted = sorted(
+        i for i in named if i > after_id and not i.startswith("~") and moves.record_moves(i, slots)
+    )
+    page = wanted[:count_max]
+    found = await load_transactions(connection, page, timeout_s)
+    records = [moves.record_before_out(found[i], move_id) for i in page if i in found]
+    return records, len(wanted) <= count_max, page[-1] if page else after_id
+
+
+def _piece_targets(record: TransactionState) -> tuple[str, str]:
+    """The records a cross-shard piece locks (reverses, or decides the post or void of)."""
+    if not ids.is_piece_id(record.spec.id):
+        return "", ""
+    return reversed_by_piece(record.spec), decided_by_piece(record.spec)
+
+
 async def _rows_in_slots(
     connection: Connection,
     query: str,
@@ -451,13 +548,16 @@ async def stage(
     items: Sequence[tuple[str, bytes]],
     timeout_s: float,
 ) -> int:
-    """Keep these (id, body) of a move's part ('account' or 'record'); how many were new."""
+    """Keep these (id, body) of a move's part ('account' or 'record'), each replacing what was
+    staged under its id before (the copy after a pre-copy stages what changed since); how many
+    were new or changed (a page staged again as it was: none)."""
     if not items:
         return 0
     result = await connection.execute(
         "INSERT INTO move_staging (move_id, part, item_id, body) "
         "SELECT $1, $2, item_id, body FROM unnest($3::text[], $4::bytea[]) AS i(item_id, body) "
-        "ON CONFLICT DO NOTHING",
+        "ON CONFLICT (move_id, part, item_id) DO UPDATE SET body = EXCLUDED.body "
+        "WHERE move_staging.body IS DISTINCT FROM EXCLUDED.body",
         move_id,
         part,
         [item_id for item_id, _ in items],

@@ -380,6 +380,23 @@ CONTROL_MIGRATIONS: Final[tuple[tuple[int, str, str], ...]] = (
             ADD COLUMN copied_count bigint NOT NULL DEFAULT 0 CHECK (copied_count >= 0);
         """,
     ),
+    (
+        6,
+        "the pre-copy of a slot move, before its fence",
+        # The mover's progress pre-copying a planned move's records (shards/cli/slots.py): the
+        # source's last block in the snapshot of the first page (-1: none read yet), the part
+        # (2 records, 3 done; 0 not begun), the last id staged and how many; after the fence
+        # only what changed since that block is copied. Moves recorded before: not pre-copied,
+        # copied in full as before.
+        """
+        ALTER TABLE slot_moves
+            ADD COLUMN precopy_sequence bigint NOT NULL DEFAULT -1 CHECK (precopy_sequence >= -1),
+            ADD COLUMN precopy_part integer NOT NULL DEFAULT 0
+                CHECK (precopy_part IN (0, 2, 3)),
+            ADD COLUMN precopy_after_id text NOT NULL DEFAULT '',
+            ADD COLUMN precopied_count bigint NOT NULL DEFAULT 0 CHECK (precopied_count >= 0);
+        """,
+    ),
 )
 
 BOOTSTRAP_SQL: Final = """

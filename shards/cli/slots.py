@@ -19,7 +19,8 @@ import secrets
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any, Final, TypeVar
 
 import asyncpg
@@ -36,8 +37,9 @@ from tally.v1 import shard_pb2 as spb
 from tally.v1 import shard_pb2_grpc as spb_grpc
 
 CONTROL_DSN_ENV: Final = "TALLY_CONTROL_DSN"
-# A rebalance moves at most this many slots at once: each move pauses its slots' writes for one
-# scan of the source's tables and a copy of what they hold (at most MOVE_ITEM_COUNT_MAX).
+# A rebalance moves at most this many slots at once: each move pauses its slots' writes for the
+# fence's read of what they hold (at most MOVE_ITEM_COUNT_MAX), the copy of what changed since
+# its pre-copy, and the move-in.
 REBALANCE_SLOTS_PER_MOVE: Final = 256
 # A step asked of a node that is restarting or taking over its lease is asked again, for up
 # to this long, each wait doubling from STEP_RETRY_FIRST_S.
@@ -300,7 +302,7 @@ async def resume_move(
         unfinished = await control_store.unfinished_move(connection)
         if unfinished is None:
             return []
-        return [await _drive(connection, channels, unfinished, True, held_wait_s)]
+        return [await _drive(connection, channels, unfinished, True, held_wait_s, page_item_count)]
     finally:
         await channels.close()
         await connection.close(timeout=5.0)
@@ -384,15 +386,19 @@ async def _drive(
     out_request = spb.MoveSlotsOutRequest(
         move_id=move.move_id, slots=list(move.slots), target_shard=move.target_shard
     )
+    steps = _Steps()
+    if move.state == "planned" and not move.precopied:  # before the fence: the slots serve
+        move = await _precopy(connection, channels, endpoints, move, page_item_count)
+        steps.done("pre-copy")
     if failpoints.ARMED:
         await failpoints.hit("slots.before_move_out")
     sent_at: list[float] = []  # when the answered move-out was asked: the pause's start
-    steps = _Steps()
     out = await _step(
         endpoints[move.source_shard], channels, lambda stub: stub.MoveSlotsOut(
             out_request, timeout=STEP_TIMEOUT_S
         ),
-        refused=lambda d: _refused_out(connection, move, d), held_wait_s=held_wait_s,
+        refused=lambda d: _refused_out(connection, channels, endpoints, move, d),
+        held_wait_s=held_wait_s,
         sent_at=sent_at,
     )  # fmt: skip
     steps.done("move-out")
@@ -401,18 +407,7 @@ async def _drive(
     if move.state == "planned":
         await control_store.set_move_state(connection, move.move_id, "out")
     if move.state in ("planned", "out"):
-        await _copy(connection, channels, endpoints, move, page_item_count)
-        steps.done("copy")
-        in_request = spb.MoveSlotsInRequest(
-            move_id=move.move_id, slots=list(move.slots), source_shard=move.source_shard,
-            spread_accounts=out.spread_accounts, staged=True, totals=out.totals,
-        )  # fmt: skip
-        await _step(
-            endpoints[move.target_shard], channels,
-            lambda stub: stub.MoveSlotsIn(in_request, timeout=STEP_TIMEOUT_S),
-            refused=lambda d: _refused_in(connection, move, d),
-        )  # fmt: skip
-        steps.done("move-in")
+        await _copy_and_move_in(connection, channels, endpoints, move, out, page_item_count, steps)
         if failpoints.ARMED:  # the target has moved in; the control database does not say so
             await failpoints.hit("slots.after_move_in")
         await control_store.set_move_state(connection, move.move_id, "in")
@@ -464,15 +459,158 @@ def _report(
     )
 
 
-async def _refused_out(connection: Any, move: control_store.SlotMove, details: str) -> None:
-    """The source refused the move-out: nothing was written, so the move is abandoned."""
+async def _refused_out(
+    connection: Any,
+    channels: _Channels,
+    endpoints: dict[int, str],
+    move: control_store.SlotMove,
+    details: str,
+) -> None:
+    """The source refused the move-out: nothing was written, so the move is abandoned (and
+    what its pre-copy staged at the target dropped)."""
     if move.state == "planned":
         await control_store.set_move_state(connection, move.move_id, "abandoned")
+        await _drop_staged(channels, endpoints[move.target_shard], move)
         raise MoveError(f"move {move.move_id} refused by shard {move.source_shard}: {details}")
     raise MoveError(
         f"move {move.move_id} ({move.state}): shard {move.source_shard} refused to answer its "
         f"move-out again: {details}"
     )
+
+
+async def _drop_staged(channels: _Channels, target: str, move: control_store.SlotMove) -> None:
+    """An abandoned move's staging dropped at its target (a page restarting it, empty). Best
+    effort: a target that does not answer keeps it, which nothing reads but the move's own
+    move-in (an abandoned move has none)."""
+    request = spb.StageMoveInRequest(
+        move_id=move.move_id, slots=list(move.slots), source_shard=move.source_shard, restart=True
+    )
+
+    async def refused(details: str) -> None:
+        return None
+
+    try:
+        await _step(target, channels, _calling("StageMoveIn", request), refused=refused)
+    except MoveError as error:
+        print(f"tally slots: move {move.move_id}: its staging is left: {error}", file=sys.stderr)
+
+
+async def _precopy(
+    connection: Any,
+    channels: _Channels,
+    endpoints: dict[int, str],
+    move: control_store.SlotMove,
+    page_item_count: int,
+) -> control_store.SlotMove:
+    """Before the move-out, while the slots still serve: stage the records homed in them as
+    they are now, page by page (ReadMovedOut's pre-copy, each page read at one snapshot of the
+    source's read pool), recording each page and the last block of the first page's snapshot,
+    so the copy in the pause need stage only what changed after that block. A mover killed
+    here goes on from the last page recorded. A source that cannot pre-copy (a node before it)
+    leaves the move to be copied in full after the fence, as before."""
+    sequence, part = move.precopy_sequence, move.precopy_part
+    after_id, count = move.precopy_after_id, move.precopied_count
+    if part != control_store.COPY_RECORDS:  # not begun (or voided): from the start
+        sequence, after_id, count = -1, "", 0
+    source, target = endpoints[move.source_shard], endpoints[move.target_shard]
+    refusals: list[str] = []
+
+    async def refused(details: str) -> None:
+        refusals.append(details)
+
+    try:
+        for _ in range(MOVE_PAGE_COUNT_MAX):
+            read = spb.ReadMovedOutRequest(
+                move_id=move.move_id, slots=list(move.slots),
+                part=spb.MOVED_PART_PRECOPY_RECORDS, after_id=after_id,
+                item_count_max=page_item_count,
+            )  # fmt: skip
+            page = await _step(source, channels, _calling("ReadMovedOut", read), refused=refused)
+            sequence = page.snapshot_sequence if sequence < 0 else sequence
+            staging = spb.StageMoveInRequest(
+                move_id=move.move_id, slots=list(move.slots), source_shard=move.source_shard,
+                records=page.records, restart=count == 0 and not after_id,
+            )  # fmt: skip
+            await _step(target, channels, _calling("StageMoveIn", staging), refused=refused)
+            count += len(page.records)
+            part = control_store.COPY_DONE if page.done else control_store.COPY_RECORDS
+            after_id = page.next_after_id
+            await control_store.set_precopy_progress(
+                connection, move.move_id, sequence, part, after_id, count
+            )
+            if page.done:
+                if failpoints.ARMED:  # pre-copied and recorded; the move-out not asked
+                    await failpoints.hit("slots.after_precopy")
+                return replace(
+                    move, precopy_sequence=sequence, precopy_part=part, precopy_after_id=after_id,
+                    precopied_count=count,
+                )  # fmt: skip
+            if failpoints.ARMED:  # a page pre-copied and recorded; more may follow
+                await failpoints.hit("slots.between_precopy_pages")
+    except MoveError:
+        if not refusals:
+            raise
+        print(
+            f"tally slots: move {move.move_id}: no pre-copy ({refusals[-1]}); the records are "
+            "copied after the move-out",
+            file=sys.stderr,
+        )
+        await control_store.set_precopy_progress(connection, move.move_id, -1, 0, "", 0)
+        return replace(move, precopy_sequence=-1, precopy_part=0)
+    raise MoveError(f"move {move.move_id}: more than {MOVE_PAGE_COUNT_MAX} pages to pre-copy")
+
+
+async def _copy_and_move_in(
+    connection: Any,
+    channels: _Channels,
+    endpoints: dict[int, str],
+    move: control_store.SlotMove,
+    out: spb.MoveSlotsOutResponse,
+    page_item_count: int,
+    steps: _Steps,
+) -> None:
+    """The copy (after a pre-copy, only what may have changed since it: the accounts and the
+    records a later block made or named), then the move-in. A move-in refusing what was staged
+    (its counts or digests are not the move-out's: a change the copy missed) after such a copy
+    is answered with a copy in full, and asked again: a miss costs a full copy, never a wrong
+    move."""
+    since = move.precopy_sequence if move.precopied else None
+    mismatches: list[str] = []
+
+    async def refused(details: str) -> None:
+        if since is not None and "stage it again" in details:
+            mismatches.append(details)  # a delta copy missed a change: copied in full below
+            return
+        await _refused_in(connection, move, details)
+
+    async def stale(details: str) -> None:
+        if "copy it in full" in details:  # too much written since the pre-copy to sort out
+            mismatches.append(details)
+
+    in_request = spb.MoveSlotsInRequest(
+        move_id=move.move_id, slots=list(move.slots), source_shard=move.source_shard,
+        spread_accounts=out.spread_accounts, staged=True, totals=out.totals,
+    )  # fmt: skip
+    target = endpoints[move.target_shard]
+    call = _calling("MoveSlotsIn", in_request)
+    try:
+        await _copy(connection, channels, endpoints, move, page_item_count, since, stale)
+        steps.done("copy")
+        await _step(target, channels, call, refused=refused)
+    except MoveError:
+        if not mismatches:
+            raise
+        print(
+            f"tally slots: move {move.move_id}: what changed since the pre-copy was not staged "
+            f"({mismatches[-1]}); copying it in full again",
+            file=sys.stderr,
+        )
+        await control_store.restart_copy(connection, move.move_id)
+        full = replace(move, copy_part=0, copy_after_id="", copied_count=0, precopy_part=0)
+        await _copy(connection, channels, endpoints, full, page_item_count, None)
+        steps.done("copy-again")
+        await _step(target, channels, call, refused=lambda d: _refused_in(connection, full, d))
+    steps.done("move-in")
 
 
 _PARTS: Final = {
@@ -487,27 +625,36 @@ async def _copy(
     endpoints: dict[int, str],
     move: control_store.SlotMove,
     page_item_count: int,
+    since: int | None = None,
+    refused_changed: Callable[[str], Awaitable[None]] | None = None,
 ) -> None:
     """Copy what the move takes from its source to its target, page by page (ReadMovedOut,
     then StageMoveIn), recording each page staged before the next is read, so a mover killed
-    anywhere goes on from the last page recorded (a page staged again stages nothing new)."""
+    anywhere goes on from the last page recorded (a page staged again stages nothing new).
+    since: the pre-copy's block; the records then are those that may have changed after it
+    (each replacing its pre-copied self; a refused page of them is given to refused_changed
+    first). Without it, the first page drops what was staged."""
     part = move.copy_part or control_store.COPY_ACCOUNTS
     after_id, count = move.copy_after_id, move.copied_count
     source, target = endpoints[move.source_shard], endpoints[move.target_shard]
     for _ in range(MOVE_PAGE_COUNT_MAX):
         if part == control_store.COPY_DONE:
             return
+        changed = since is not None and part == control_store.COPY_RECORDS
+        on_changed = refused_changed if changed else None
         read = spb.ReadMovedOutRequest(
-            move_id=move.move_id, slots=list(move.slots), part=_PARTS[part], after_id=after_id,
-            item_count_max=page_item_count,
+            move_id=move.move_id, slots=list(move.slots), after_id=after_id,
+            part=spb.MOVED_PART_CHANGED_RECORDS if changed else _PARTS[part],
+            item_count_max=page_item_count, since_sequence=since or 0,
         )  # fmt: skip
         page = await _step(
             source, channels, _calling("ReadMovedOut", read),
-            refused=lambda d: _refused_copy(move, move.source_shard, d),
+            refused=partial(_refused_read, move, refused_changed=on_changed),
         )  # fmt: skip
         staging = spb.StageMoveInRequest(
             move_id=move.move_id, slots=list(move.slots), source_shard=move.source_shard,
             accounts=page.accounts, records=page.records,
+            restart=since is None and part == control_store.COPY_ACCOUNTS and not after_id,
         )  # fmt: skip
         await _step(
             target, channels, _calling("StageMoveIn", staging),
@@ -531,6 +678,16 @@ def _calling(method: str, request: Any) -> Callable[[Any], Awaitable[Any]]:
     return call
 
 
+async def _refused_read(
+    move: control_store.SlotMove,
+    details: str,
+    refused_changed: Callable[[str], Awaitable[None]] | None,
+) -> None:
+    if refused_changed is not None:
+        await refused_changed(details)
+    await _refused_copy(move, move.source_shard, details)
+
+
 async def _refused_copy(move: control_store.SlotMove, shard: int, details: str) -> None:
     raise MoveError(
         f"move {move.move_id}: shard {shard} refused a page of the copy ({details}); the slots "
@@ -541,7 +698,7 @@ async def _refused_copy(move: control_store.SlotMove, shard: int, details: str) 
 
 async def _refused_in(connection: Any, move: control_store.SlotMove, details: str) -> None:
     if "stage it again" in details:  # the staging is not the source's: copy it all again
-        await control_store.set_copy_progress(connection, move.move_id, 0, "", 0)
+        await control_store.restart_copy(connection, move.move_id)
     raise MoveError(
         f"move {move.move_id}: shard {move.target_shard} refused the move-in ({details}); the "
         f"slots stay refused at shard {move.source_shard} until it is fixed and the move resumed "

@@ -215,6 +215,7 @@ def totals_message(totals: moves.MoveTotals) -> spb.MoveTotals:
         accounts_digest=totals.accounts_digest,
         record_count=totals.record_count,
         records_digest=totals.records_digest,
+        records_states_digest=totals.records_states_digest,
     )
 
 
@@ -222,13 +223,15 @@ def totals_of(message: spb.MoveTotals) -> moves.MoveTotals:
     """ValueError naming totals' bad field."""
     if message.account_count < 0 or message.record_count < 0:
         raise ValueError("totals: counts must not be negative")
-    for name in ("accounts_digest", "records_digest"):
+    for name in ("accounts_digest", "records_digest", "records_states_digest"):
         text = getattr(message, name)
+        if name == "records_states_digest" and not text:  # a move-out made before it
+            continue
         if len(text) != 64 or any(c not in "0123456789abcdef" for c in text):
             raise ValueError(f"totals.{name} must be 64 hex digits (a SHA-256)")
     return moves.MoveTotals(
         message.account_count, message.accounts_digest, message.record_count,
-        message.records_digest,
+        message.records_digest, message.records_states_digest,
     )  # fmt: skip
 
 
@@ -337,19 +340,30 @@ async def stage_move_in(
             for a, m in zip(accounts, request.accounts, strict=True)
         ],
         [(r.spec.id, m.SerializeToString()) for r, m in zip(records, request.records, strict=True)],
+        request.restart,
     )
     return spb.StageMoveInResponse(staged_count=await _run(node, context, operation))
+
+
+_PARTS: Final = (
+    spb.MOVED_PART_ACCOUNTS,
+    spb.MOVED_PART_RECORDS,
+    spb.MOVED_PART_PRECOPY_RECORDS,
+    spb.MOVED_PART_CHANGED_RECORDS,
+)
 
 
 async def read_moved_out(
     node: MoveNode, request: spb.ReadMovedOutRequest, context: Context
 ) -> spb.ReadMovedOutResponse:
-    """A page of what a move-out here takes, read from the read pool (not the writer)."""
+    """A page of what a move-out here takes (or, before it, a page of the pre-copy), read from
+    the read pool (not the writer)."""
     slots = await _checked_slots(context, request.move_id, request.slots)
-    if request.part not in (spb.MOVED_PART_ACCOUNTS, spb.MOVED_PART_RECORDS):
+    if request.part not in _PARTS:
         await context.abort(
             grpc.StatusCode.INVALID_ARGUMENT,
-            f"part {request.part} is not MOVED_PART_ACCOUNTS or MOVED_PART_RECORDS",
+            f"part {request.part} is not MOVED_PART_ACCOUNTS, MOVED_PART_RECORDS, "
+            "MOVED_PART_PRECOPY_RECORDS or MOVED_PART_CHANGED_RECORDS",
         )
     if not 1 <= request.item_count_max <= moves.MOVE_READ_ITEM_COUNT_MAX:
         await context.abort(
@@ -361,17 +375,40 @@ async def read_moved_out(
             grpc.StatusCode.INVALID_ARGUMENT,
             f"after_id is longer than {limits.id_length_max} characters",
         )
+    if request.since_sequence < 0:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "since_sequence must not be negative")
     async with node.read_pool.acquire(timeout=MOVE_READ_TIMEOUT_S) as connection:
         moved = await store_moves.moved_out_slots_of(
             connection, request.move_id, MOVE_READ_TIMEOUT_S
         )
-        if moved != slots:
+        if request.part == spb.MOVED_PART_PRECOPY_RECORDS:
+            await _check_precopy(node, context, request.move_id, slots, moved)
+        elif moved != slots:
             await context.abort(
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"this shard has no move-out of slots {sorted(slots)[:10]} by move "
                 f"{request.move_id} (its move-out must commit first: MoveSlotsOut)",
             )
-        return await _page(connection, request, slots, cold_of(node))
+        try:
+            return await _page(connection, request, slots, cold_of(node))
+        except store_moves.PrecopyStaleError as error:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(error))
+            raise  # not reached: abort raises
+
+
+async def _check_precopy(
+    node: MoveNode, context: Context, move_id: str, slots: frozenset[int], moved: frozenset[int]
+) -> None:
+    """A pre-copy reads slots this shard owns (or moved out by this very move: a mover killed
+    after the move-out, before it recorded it, pre-copies what the move-out hands over)."""
+    owned = node.owned_slots
+    if moved == slots or (not moved and (owned is None or slots <= owned)):
+        return
+    foreign = sorted(slots - owned) if owned is not None and not moved else sorted(slots)
+    await context.abort(
+        grpc.StatusCode.FAILED_PRECONDITION,
+        f"slots {foreign[:10]} are not this shard's to pre-copy for move {move_id}",
+    )
 
 
 async def _page(
@@ -381,14 +418,28 @@ async def _page(
     cold: ColdRecords | None,
 ) -> spb.ReadMovedOutResponse:
     args = (request.move_id, slots, request.after_id, request.item_count_max, MOVE_READ_TIMEOUT_S)
+    sequence = 0
     if request.part == spb.MOVED_PART_ACCOUNTS:
         accounts, done = await store_moves.accounts_page(connection, *args)
         last = accounts[-1].spec.id if accounts else request.after_id
         return spb.ReadMovedOutResponse(
             accounts=[moved_account(a) for a in accounts], next_after_id=last, done=done
         )
-    records, done = await store_moves.records_page(connection, *args, cold)
-    last = records[-1].spec.id if records else request.after_id
+    if request.part == spb.MOVED_PART_CHANGED_RECORDS:
+        # (PrecopyStaleError: FAILED_PRECONDITION in read_moved_out; the move copied in full.)
+        records, done, last = await store_moves.changed_records_page(
+            connection, request.move_id, slots, request.since_sequence, request.after_id,
+            request.item_count_max, MOVE_READ_TIMEOUT_S,
+        )  # fmt: skip
+    else:
+        if request.part == spb.MOVED_PART_RECORDS:
+            records, done = await store_moves.records_page(connection, *args, cold)
+        else:
+            records, done, sequence = await store_moves.precopy_records_page(
+                connection, *args, cold
+            )
+        last = records[-1].spec.id if records else request.after_id
     return spb.ReadMovedOutResponse(
-        records=[moved_record(r) for r in records], next_after_id=last, done=done
-    )
+        records=[moved_record(r) for r in records], next_after_id=last, done=done,
+        snapshot_sequence=sequence,
+    )  # fmt: skip

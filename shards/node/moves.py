@@ -285,9 +285,11 @@ async def _staged_checked(
             )
         ]
     except ValueError as error:
-        raise moves.MoveRefusedError(f"what was staged does not decode: {error}") from None
+        raise moves.MoveRefusedError(
+            f"what was staged does not decode: {error}: stage it again"
+        ) from None
     found = moves.totals_of(accounts, records)
-    if found != staged.totals:
+    if not staged.totals.matched_by(found):
         raise moves.MoveRefusedError(
             f"what was staged for move {move_id} ({found.account_count} accounts, "
             f"{found.record_count} records) is not what the source moved out "
@@ -302,9 +304,12 @@ def stage(
     slots: frozenset[int],
     accounts: Sequence[tuple[str, bytes]],
     records: Sequence[tuple[str, bytes]],
+    restart: bool = False,
 ) -> Any:
-    """The operation: keep a page of what moves in (items checked by the caller); how many of
-    its items are new here. MoveRefusedError once the move-in committed."""
+    """The operation: keep a page of what moves in (items checked by the caller), each
+    replacing what was staged under its id; how many of its items are new or changed here.
+    restart: drop what was staged for the move first (a copy begun again). MoveRefusedError
+    once the move-in committed."""
 
     async def operation(writer: Writer) -> int:
         connection, timeout_s = writer.connection, writer.config.load_timeout_s
@@ -315,6 +320,8 @@ def stage(
             raise moves.MoveRefusedError(
                 f"slots {held} were moved out of this shard before: moving a slot back is not built"
             )
+        if restart:
+            await store_moves.clear_staged(connection, move_id, timeout_s)
         new = await store_moves.stage(connection, move_id, "account", accounts, timeout_s)
         if failpoints.ARMED:  # part of a page staged (a page is staged again whole: by id)
             await failpoints.hit("moves.mid_stage")

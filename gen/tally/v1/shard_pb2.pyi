@@ -13,6 +13,8 @@ class MovedPart(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     MOVED_PART_UNSPECIFIED: _ClassVar[MovedPart]
     MOVED_PART_ACCOUNTS: _ClassVar[MovedPart]
     MOVED_PART_RECORDS: _ClassVar[MovedPart]
+    MOVED_PART_PRECOPY_RECORDS: _ClassVar[MovedPart]
+    MOVED_PART_CHANGED_RECORDS: _ClassVar[MovedPart]
 
 class HoldFate(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -24,6 +26,8 @@ class HoldFate(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
 MOVED_PART_UNSPECIFIED: MovedPart
 MOVED_PART_ACCOUNTS: MovedPart
 MOVED_PART_RECORDS: MovedPart
+MOVED_PART_PRECOPY_RECORDS: MovedPart
+MOVED_PART_CHANGED_RECORDS: MovedPart
 HOLD_FATE_UNSPECIFIED: HoldFate
 HOLD_FATE_OPEN: HoldFate
 HOLD_FATE_POSTED: HoldFate
@@ -85,16 +89,18 @@ class MoveSlotsOutResponse(_message.Message):
     def __init__(self, accounts: _Optional[_Iterable[_Union[MovedAccount, _Mapping]]] = ..., records: _Optional[_Iterable[_Union[MovedRecord, _Mapping]]] = ..., block_sequence: _Optional[int] = ..., again: _Optional[bool] = ..., spread_accounts: _Optional[_Iterable[_Union[MovedAccount, _Mapping]]] = ..., totals: _Optional[_Union[MoveTotals, _Mapping]] = ...) -> None: ...
 
 class MoveTotals(_message.Message):
-    __slots__ = ("account_count", "accounts_digest", "record_count", "records_digest")
+    __slots__ = ("account_count", "accounts_digest", "record_count", "records_digest", "records_states_digest")
     ACCOUNT_COUNT_FIELD_NUMBER: _ClassVar[int]
     ACCOUNTS_DIGEST_FIELD_NUMBER: _ClassVar[int]
     RECORD_COUNT_FIELD_NUMBER: _ClassVar[int]
     RECORDS_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    RECORDS_STATES_DIGEST_FIELD_NUMBER: _ClassVar[int]
     account_count: int
     accounts_digest: str
     record_count: int
     records_digest: str
-    def __init__(self, account_count: _Optional[int] = ..., accounts_digest: _Optional[str] = ..., record_count: _Optional[int] = ..., records_digest: _Optional[str] = ...) -> None: ...
+    records_states_digest: str
+    def __init__(self, account_count: _Optional[int] = ..., accounts_digest: _Optional[str] = ..., record_count: _Optional[int] = ..., records_digest: _Optional[str] = ..., records_states_digest: _Optional[str] = ...) -> None: ...
 
 class MoveSlotsInRequest(_message.Message):
     __slots__ = ("move_id", "slots", "source_shard", "accounts", "records", "spread_accounts", "staged", "totals")
@@ -117,44 +123,50 @@ class MoveSlotsInRequest(_message.Message):
     def __init__(self, move_id: _Optional[str] = ..., slots: _Optional[_Iterable[int]] = ..., source_shard: _Optional[int] = ..., accounts: _Optional[_Iterable[_Union[MovedAccount, _Mapping]]] = ..., records: _Optional[_Iterable[_Union[MovedRecord, _Mapping]]] = ..., spread_accounts: _Optional[_Iterable[_Union[MovedAccount, _Mapping]]] = ..., staged: _Optional[bool] = ..., totals: _Optional[_Union[MoveTotals, _Mapping]] = ...) -> None: ...
 
 class ReadMovedOutRequest(_message.Message):
-    __slots__ = ("move_id", "slots", "part", "after_id", "item_count_max")
+    __slots__ = ("move_id", "slots", "part", "after_id", "item_count_max", "since_sequence")
     MOVE_ID_FIELD_NUMBER: _ClassVar[int]
     SLOTS_FIELD_NUMBER: _ClassVar[int]
     PART_FIELD_NUMBER: _ClassVar[int]
     AFTER_ID_FIELD_NUMBER: _ClassVar[int]
     ITEM_COUNT_MAX_FIELD_NUMBER: _ClassVar[int]
+    SINCE_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     move_id: str
     slots: _containers.RepeatedScalarFieldContainer[int]
     part: MovedPart
     after_id: str
     item_count_max: int
-    def __init__(self, move_id: _Optional[str] = ..., slots: _Optional[_Iterable[int]] = ..., part: _Optional[_Union[MovedPart, str]] = ..., after_id: _Optional[str] = ..., item_count_max: _Optional[int] = ...) -> None: ...
+    since_sequence: int
+    def __init__(self, move_id: _Optional[str] = ..., slots: _Optional[_Iterable[int]] = ..., part: _Optional[_Union[MovedPart, str]] = ..., after_id: _Optional[str] = ..., item_count_max: _Optional[int] = ..., since_sequence: _Optional[int] = ...) -> None: ...
 
 class ReadMovedOutResponse(_message.Message):
-    __slots__ = ("accounts", "records", "next_after_id", "done")
+    __slots__ = ("accounts", "records", "next_after_id", "done", "snapshot_sequence")
     ACCOUNTS_FIELD_NUMBER: _ClassVar[int]
     RECORDS_FIELD_NUMBER: _ClassVar[int]
     NEXT_AFTER_ID_FIELD_NUMBER: _ClassVar[int]
     DONE_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     accounts: _containers.RepeatedCompositeFieldContainer[MovedAccount]
     records: _containers.RepeatedCompositeFieldContainer[MovedRecord]
     next_after_id: str
     done: bool
-    def __init__(self, accounts: _Optional[_Iterable[_Union[MovedAccount, _Mapping]]] = ..., records: _Optional[_Iterable[_Union[MovedRecord, _Mapping]]] = ..., next_after_id: _Optional[str] = ..., done: _Optional[bool] = ...) -> None: ...
+    snapshot_sequence: int
+    def __init__(self, accounts: _Optional[_Iterable[_Union[MovedAccount, _Mapping]]] = ..., records: _Optional[_Iterable[_Union[MovedRecord, _Mapping]]] = ..., next_after_id: _Optional[str] = ..., done: _Optional[bool] = ..., snapshot_sequence: _Optional[int] = ...) -> None: ...
 
 class StageMoveInRequest(_message.Message):
-    __slots__ = ("move_id", "slots", "source_shard", "accounts", "records")
+    __slots__ = ("move_id", "slots", "source_shard", "accounts", "records", "restart")
     MOVE_ID_FIELD_NUMBER: _ClassVar[int]
     SLOTS_FIELD_NUMBER: _ClassVar[int]
     SOURCE_SHARD_FIELD_NUMBER: _ClassVar[int]
     ACCOUNTS_FIELD_NUMBER: _ClassVar[int]
     RECORDS_FIELD_NUMBER: _ClassVar[int]
+    RESTART_FIELD_NUMBER: _ClassVar[int]
     move_id: str
     slots: _containers.RepeatedScalarFieldContainer[int]
     source_shard: int
     accounts: _containers.RepeatedCompositeFieldContainer[MovedAccount]
     records: _containers.RepeatedCompositeFieldContainer[MovedRecord]
-    def __init__(self, move_id: _Optional[str] = ..., slots: _Optional[_Iterable[int]] = ..., source_shard: _Optional[int] = ..., accounts: _Optional[_Iterable[_Union[MovedAccount, _Mapping]]] = ..., records: _Optional[_Iterable[_Union[MovedRecord, _Mapping]]] = ...) -> None: ...
+    restart: bool
+    def __init__(self, move_id: _Optional[str] = ..., slots: _Optional[_Iterable[int]] = ..., source_shard: _Optional[int] = ..., accounts: _Optional[_Iterable[_Union[MovedAccount, _Mapping]]] = ..., records: _Optional[_Iterable[_Union[MovedRecord, _Mapping]]] = ..., restart: _Optional[bool] = ...) -> None: ...
 
 class StageMoveInResponse(_message.Message):
     __slots__ = ("staged_count",)

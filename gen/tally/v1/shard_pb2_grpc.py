@@ -160,9 +160,12 @@ class ShardServicer:
 
     def ReadMovedOut(self, request, context):
         """At the source, once its move-out committed: a page of what the move takes (the accounts as
-        they were before it, or the records homed in the slots), in id order after after_id; read
-        only. FAILED_PRECONDITION when this shard has no move-out of exactly these slots by this
-        move, INVALID_ARGUMENT naming a bad field.
+        they were before it, or the records homed in the slots, or those of them that may have
+        changed since a pre-copy), in id order after after_id; read only. Before the move-out
+        (MOVED_PART_PRECOPY_RECORDS): a page of the records as they are now, with the last block
+        committed in the snapshot it was read at. FAILED_PRECONDITION when this shard has no
+        move-out of exactly these slots by this move (or, to pre-copy, does not own them),
+        INVALID_ARGUMENT naming a bad field.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -170,7 +173,7 @@ class ShardServicer:
 
     def StageMoveIn(self, request, context):
         """At the target, before MoveSlotsIn with staged = true: keep a page of what moves in, each
-        item checked as MoveSlotsIn checks it; idempotent by the items' ids (a page sent again
+        item checked as MoveSlotsIn checks it; an item staged before is replaced (a page sent again
         stages nothing new). Refused once the move-in committed.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

@@ -32,6 +32,7 @@ from tests.support.slot_moves import (
     run_slots,
     slot_owners,
 )
+from tests.support.sql import fetch_one
 
 CREATED, REPLAYED = pb.RESULT_CODE_CREATED, pb.RESULT_CODE_REPLAYED
 SOURCE, TARGET = 0, 2
@@ -111,8 +112,11 @@ async def test_a_slot_moves_with_its_accounts_and_ids_under_load(
     print(stdout)  # the pause per slot, for the record
     pause = re.search(rf"slot {slot} pause_ms ([0-9.]+)", stdout)
     assert pause is not None, stdout
-    steps = re.search(r"steps_ms move-out=(\d+) copy=(\d+) move-in=(\d+) map=(\d+)", stdout)
-    assert steps is not None, stdout  # where the pause went, step by step
+    # The records pre-copied before the fence, under load; then where the pause went.
+    steps = re.search(
+        r"steps_ms pre-copy=\d+ move-out=(\d+) copy=(\d+) move-in=(\d+) map=(\d+)", stdout
+    )
+    assert steps is not None, stdout
     assert sum(map(int, steps.groups())) <= float(pause[1]) + 1000
     assert moved_count > 0 and other_count > 0
 
@@ -203,6 +207,9 @@ async def test_moves_that_cannot_be_made_are_refused_clearly_and_move_nothing(
         )
         assert (code, expected in stderr) == (2, True), (arguments, stdout, stderr)
         assert "Traceback" not in stderr
+    # The last was pre-copied before its source refused it: what it staged is dropped.
+    for node in cluster.nodes:
+        assert (await fetch_one(node.dsn, "SELECT count(*) FROM move_staging"))[0] == 0, node.dsn
     # Nothing moved, nothing refused: the slot still takes writes at its shard.
     void = pb.Transaction(id=f"{key}/v1", code=1, void_pending_id=f"{key}/h1")
     assert await client.codes(void) == [CREATED]
@@ -335,6 +342,8 @@ async def test_a_shard_added_under_load_gets_its_even_share_by_rebalance(
         held = await holding
         local = [count + held for count in local]  # each hold posted: one more transfer of 1
         assert code == 0, stderr
+        # Pre-copied under load, each copy after the fence staging what changed exactly.
+        assert stdout.count("pre-copy=") == 4 and "copy-again" not in stdout, (stdout, stderr)
         pauses = [float(p) for p in re.findall(r"pause_ms ([0-9.]+)", stdout)]
         print(stdout.count("done:"), "moves; pause per slot, ms: max", max(pauses))
         assert len(pauses) == len(moved)
@@ -395,6 +404,9 @@ def _bad_move_ins(slot: int, targets_own: int) -> list[tuple[spb.MoveSlotsInRequ
             accounts=[line]), "staged"),
         (spb.MoveSlotsInRequest(move_id="ab", slots=[slot], source_shard=0, staged=True,
             totals=spb.MoveTotals(accounts_digest="x")), "totals.accounts_digest"),
+        (spb.MoveSlotsInRequest(move_id="ab", slots=[slot], source_shard=0, staged=True,
+            totals=spb.MoveTotals(accounts_digest="0" * 64, records_digest="0" * 64,
+            records_states_digest="x")), "totals.records_states_digest"),
     ]  # fmt: skip
 
 
@@ -402,6 +414,7 @@ def _bad_pages(slot: int, targets_own: int) -> tuple[list[object], list[object]]
     """ReadMovedOut requests (at the source) and StageMoveIn requests (at the target) each
     wrong in one way, and what the refusal names."""
     accounts, records = spb.MOVED_PART_ACCOUNTS, spb.MOVED_PART_RECORDS
+    precopy, changed = spb.MOVED_PART_PRECOPY_RECORDS, spb.MOVED_PART_CHANGED_RECORDS
     elsewhere = _record_line(f"{_customer_on(1, skip=5)}/t", Kind.ORDINARY)
     line = spb.MovedAccount(line="A|x/y|USD|1|0|{}|5")
     reads = [
@@ -417,6 +430,12 @@ def _bad_pages(slot: int, targets_own: int) -> tuple[list[object], list[object]]
             after_id="x" * 200), "after_id"),
         (spb.ReadMovedOutRequest(move_id="ab", slots=[slot], part=records,
             item_count_max=5), "no move-out"),
+        (spb.ReadMovedOutRequest(move_id="ab", slots=[slot], part=changed,
+            item_count_max=5), "no move-out"),
+        (spb.ReadMovedOutRequest(move_id="ab", slots=[slot], part=changed, item_count_max=5,
+            since_sequence=-1), "since_sequence"),
+        (spb.ReadMovedOutRequest(move_id="ab", slots=[targets_own], part=precopy,
+            item_count_max=5), "not this shard's to pre-copy"),
     ]  # fmt: skip
     stages = [
         (spb.StageMoveInRequest(move_id="", slots=[slot], source_shard=0), "move_id"),

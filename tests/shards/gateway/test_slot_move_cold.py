@@ -1,6 +1,7 @@
 """A slot moved whose records at its source are partly cold (archived: their transactions rows
-gone, their segment holding them): the move carries them all, so at the target a retry of an
-archived transaction id is a replay, not applied twice, and the audit of the cluster (its
+gone, their segment holding them): the move carries them all (pre-copied, and one of them
+reversed, so written hot again, between the pre-copy and the fence), so at the target a retry
+of an archived transaction id is a replay, not applied twice, and the audit of the cluster (its
 moves' records held against the source's, cold ones from their segments) is clean."""
 
 from __future__ import annotations
@@ -17,12 +18,11 @@ import asyncpg
 from core.audit import AuditConfig, FindingKind, audit_cluster
 from core.slots import slot_of
 from core.store.cold.archive import archive_and_remove
-from core.store.cold.history import ColdHistory
 from shards.local.embedded_pg import EmbeddedPostgres
 from tally.v1 import ledger_pb2 as pb
 from tests.support import security
-from tests.support.helpers import Client, account, in_process_cluster, transfer
-from tests.support.slot_moves import customer_on, run_slots
+from tests.support.helpers import Client, account, in_process_cluster, start_node, transfer
+from tests.support.slot_moves import customer_on, post_until_done, run_slots
 
 CREATED = pb.RESULT_CODE_CREATED
 REPLAYED = pb.RESULT_CODE_REPLAYED
@@ -68,22 +68,36 @@ async def test_a_slot_with_cold_records_moves_them_and_an_archived_id_replays_at
             finally:
                 await cold_ids.close()
             assert hot == 0  # the old transfers are cold at the source
-            # What server.py does given --cold-dir (Node.cold_history): this node started
-            # before its history went cold.
-            source.node.cold_history = ColdHistory(root, 0)
-            new = transfer(f"{key}/new", f"{key}/dep", f"{key}/sav", 50)
-            assert await client.codes(new) == [CREATED]
-            before = await client.balance(f"{key}/dep")
-
-            code, stdout, stderr = await run_slots(
-                cluster.control_dsn, "move", "--slots", str(slot_of(key)), "--to", "1"
+            # Started again with its cold directory (--cold-dir), so its writer and its
+            # move reads find the archived records.
+            await source.stop()
+            source = cluster.nodes[0] = await start_node(
+                source.dsn, control_dsn=cluster.control_dsn, shard_id=0, cold_dir=str(root)
             )
+            new = transfer(f"{key}/new", f"{key}/dep", f"{key}/sav", 50)
+            await post_until_done(client, new, {})  # the gateway finds the node started again
+
+            # Pre-copied (the cold records too), the mover killed before the move-out; then an
+            # archived transfer is reversed, so its record is written hot again (block 0): the
+            # copy after the fence finds it by the reversal naming it.
+            move = ("move", "--slots", str(slot_of(key)), "--to", "1")
+            code, _, stderr = await run_slots(
+                cluster.control_dsn, *move, failpoint="slots.after_precopy=exit"
+            )
+            assert code == -9, stderr
+            reversal = pb.Transaction(id=f"{key}/r-old-0", code=9, reverses_id=f"{key}/old-0")
+            assert await client.codes(reversal) == [CREATED]
+            before = await client.balance(f"{key}/dep")
+            code, stdout, stderr = await run_slots(cluster.control_dsn, "resume")
             assert code == 0, stderr
-            assert re.search(r"move ([0-9a-f]+) done", stdout), stdout
+            assert re.search(r"move ([0-9a-f]+) resumed and finished", stdout), stdout
+            assert "copy-again" not in stdout, (stdout, stderr)
             await asyncio.sleep(0.5)  # the gateway's map poll: it routes the slot to shard 1
+            reversed_old = await client.transaction(f"{key}/old-0")
+            assert reversed_old.reversed_by_id == f"{key}/r-old-0"
 
             # Each archived transfer retried at the target: a replay, applied once.
-            assert await client.codes(*old, new) == [REPLAYED] * 5
+            assert await client.codes(*old, new, reversal) == [REPLAYED] * 6
             after = await client.balance(f"{key}/dep")
             assert (after.debits_posted, after.credits_posted) == (
                 before.debits_posted,

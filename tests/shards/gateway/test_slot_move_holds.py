@@ -14,9 +14,10 @@ import time
 import asyncpg
 import pytest
 
-from core import ids
+from core import ids, journal
 from core.invariant import check
-from core.slots import slot_of
+from core.model import Kind, Leg, Status, TransactionSpec, TransactionState
+from core.slots import slot_of, transaction_slot
 from core.store import control as control_store
 from core.store import moves as store_moves
 from core.store import schema
@@ -25,6 +26,7 @@ from shards import control
 from shards.local.embedded_pg import EmbeddedPostgres
 from shards.node.writer import WriterConfig
 from tally.v1 import ledger_pb2 as pb
+from tally.v1 import shard_pb2 as spb
 from tests.support import security
 from tests.support.audit_commands import audit_json
 from tests.support.cluster import SHARD_COUNT, Cluster
@@ -304,9 +306,9 @@ async def _restarted(cluster: InProcessCluster, shard_id: int) -> None:
     )  # fmt: skip
 
 
-async def _check_pages(dsns: list[str]) -> None:
+async def _check_pages(dsns: list[str], page_count: int) -> None:
     """Every block of a move's side holds at most a page of its entries (and page 0 the
-    source's totals); five pages each side here; nothing left staged."""
+    source's totals); page_count pages each side here; nothing left staged."""
     for dsn, direction in zip(dsns, ("out", "in"), strict=True):
         rows = await _fetch(
             dsn,
@@ -314,20 +316,64 @@ async def _check_pages(dsns: list[str]) -> None:
             "ON t.block_sequence = p.block_sequence AND t.id LIKE '~move%' "
             f"WHERE p.direction = '{direction}' GROUP BY p.page ORDER BY p.page",
         )
-        assert [row["page"] for row in rows] == list(range(5)), (direction, rows)
+        assert [row["page"] for row in rows] == list(range(page_count)), (direction, rows)
         assert all(row["entries"] <= NODE_PAGE_ITEM_COUNT + 1 for row in rows), rows
         sizes = await _fetch(dsn, "SELECT DISTINCT page_item_count FROM move_pages")
         assert [row["page_item_count"] for row in sizes] == [NODE_PAGE_ITEM_COUNT]
     assert await _fetch(dsns[1], "SELECT * FROM move_staging") == []
 
 
+async def _staged_ids(dsn: str, part: str) -> list[str]:
+    rows = await _fetch(dsn, f"SELECT item_id FROM move_staging WHERE part = '{part}'")
+    return sorted(row["item_id"] for row in rows)
+
+
+async def _progress(control_dsn: str) -> tuple[int, ...]:
+    (row,) = await _fetch(
+        control_dsn,
+        "SELECT precopy_part, precopied_count, precopy_sequence, copy_part, copied_count "
+        "FROM slot_moves WHERE state NOT IN ('done', 'abandoned')",
+    )
+    return tuple(row)
+
+
+def _reversal(reversal_id: str, original_id: str) -> pb.Transaction:
+    return pb.Transaction(id=reversal_id, code=9, reverses_id=original_id)
+
+
+async def _change_after_precopy(
+    client: Client, key: str, names: list[str]
+) -> tuple[list[pb.Transaction], dict[str, pb.ItemResult]]:
+    """Between the pre-copy and the fence, while the slot serves: a hold posted, one voided, a
+    transfer reversed, accounts created in the slot, transfers to them and a new hold (what
+    the copy after the fence must stage again or anew); the items and their first answers."""
+    await client.create(account(f"{key}/a10"), account(f"{key}/a11"))
+    items = [
+        _post(f"{key}/p0", f"{key}/h0"),
+        _void(f"{key}/v1", f"{key}/h1"),
+        _reversal(f"{key}/r0", f"{key}/t0"),
+        transfer(f"{key}/t12", names[0], f"{key}/a10", 30),
+        transfer(f"{key}/t13", f"{key}/a10", f"{key}/a11", 20),
+        _hold(f"{key}/h5", f"{key}/a11", names[0], 3),
+    ]
+    results = await _created(client, *items)
+    return items, {item.id: result for item, result in zip(items, results, strict=True)}
+
+
+# Why long: one move's story, step by step (the pre-copy killed and resumed, changes before the
+# fence, the copy killed twice and the target restarted), each step checked where it stands.
 @pytest.mark.timeout(180)
 async def test_a_move_of_many_pages_survives_its_mover_killed_and_its_target_restarted(
-    pg: EmbeddedPostgres,
+    pg: EmbeddedPostgres, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Accounts, records and open holds several times a page move in pages (bounded blocks on
-    both sides, the copy in pages), the mover killed between pages twice and the target
-    restarted mid-copy, then resumed: nothing lost or doubled, every audit clean."""
+    both sides, the pre-copy and the copy in pages), the mover killed in its pre-copy and
+    resumed, the slot's records changed between the pre-copy and the fence, the mover killed
+    between pages of the copy twice and the target restarted mid-copy, then resumed: the copy
+    after the fence stages only what changed, nothing is lost or doubled, every audit clean.
+    Then a second slot whose pre-copy misses a change (its staging edited at the target) and
+    holds an item the fence does not: the target refuses it and the mover copies it in full;
+    and a third whose source finds too much written since its pre-copy, copied in full too."""
     writer = WriterConfig(move_page_item_count=NODE_PAGE_ITEM_COUNT)
     prefix = f"pages{os.getpid()}"
     async with in_process_cluster(pg, prefix, 2, writer=writer, slot_map_poll_interval_s=0.2) as c:
@@ -341,37 +387,162 @@ async def test_a_move_of_many_pages_survives_its_mover_killed_and_its_target_res
             client = Client(channel)
             await client.create(account("@cash"), *(account(name) for name in names))
             await _created(client, *transfers, *holds)
-            before = [await client.balance(name) for name in names]
         flags = ("--page-item-count", str(COPY_PAGE_ITEM_COUNT))
-        killed = "slots.between_pages=exit"
         move = ("move", "--slots", str(slot_of(key)), "--to", "1", *flags)
-        code, _, stderr = await run_slots(c.control_dsn, *move, failpoint=killed)
-        assert code == -9, stderr
-        staged = await _fetch(c.dsns[1], "SELECT item_id FROM move_staging")
-        assert len(staged) == COPY_PAGE_ITEM_COUNT
+        code, _, stderr = await run_slots(
+            c.control_dsn, *move, failpoint="slots.between_precopy_pages=exit"
+        )
+        assert code == -9, stderr  # killed after the pre-copy's first page: 4 records staged
+        assert len(await _staged_ids(c.dsns[1], "record")) == COPY_PAGE_ITEM_COUNT
+        assert (await _progress(c.control_dsn))[:2] == (2, COPY_PAGE_ITEM_COUNT)
+        code, _, stderr = await run_slots(
+            c.control_dsn, "resume", *flags, failpoint="slots.after_precopy=exit"
+        )
+        assert code == -9, stderr  # the pre-copy resumed and finished; nothing moved out yet
+        record_ids = [t.id for t in (*transfers, *holds)]
+        assert await _staged_ids(c.dsns[1], "record") == sorted(record_ids)
+        assert await _staged_ids(c.dsns[1], "account") == []
+        precopy = await _progress(c.control_dsn)
+        assert precopy[:2] == (3, len(record_ids)) and precopy[2] > 0, precopy
+        async with security.channel(c.target) as channel:
+            client = Client(channel)
+            changes, first = await _change_after_precopy(client, key, names)
+            names += [f"{key}/a10", f"{key}/a11"]
+            before = [await client.balance(name) for name in names]
+        record_ids += [item.id for item in changes]
+
+        killed = "slots.between_pages=exit"
+        code, _, stderr = await run_slots(c.control_dsn, "resume", *flags, failpoint=killed)
+        assert code == -9, stderr  # moved out; a page of the copy (accounts) staged
+        assert len(await _staged_ids(c.dsns[1], "account")) == COPY_PAGE_ITEM_COUNT
         await _restarted(c, 1)
         code, _, stderr = await run_slots(c.control_dsn, "resume", *flags, failpoint=killed)
         assert code == -9, stderr
         code, stdout, stderr = await run_slots(c.control_dsn, "resume", *flags)
         assert code == 0, stderr
-        assert "resumed and finished" in stdout and "10 accounts, 17 records" in stdout, stdout
+        assert "resumed and finished" in stdout and "12 accounts, 23 records" in stdout, stdout
+        assert "copy-again" not in stdout, stdout
         (progress,) = await _fetch(c.control_dsn, "SELECT copy_part, copied_count FROM slot_moves")
-        assert tuple(progress) == (3, 27)
-        record_ids = [t.id for t in (*transfers, *holds)]
+        # Only what changed after the pre-copy: the 12 accounts, the 6 records made since, the
+        # 3 they post, void or reverse, and the 3 open holds the move-out released.
+        assert tuple(progress) == (3, 12 + 6 + 3 + 3)
         assert await _records_at(c.dsns[1], record_ids) == set(record_ids)
-        assert {h.id for h in holds} <= await _open_holds_at(c.dsns[1])
-        await _check_pages(c.dsns)
+        assert await _open_holds_at(c.dsns[1]) == {f"{key}/h{n}" for n in ("2", "3", "c", "5")}
+        await _check_pages(c.dsns, 6)  # 16 entries each side (12 accounts, 4 holds), 3 a page
         async with security.channel(c.target) as channel:
             client = Client(channel)
             assert [await client.balance(name) for name in names] == before
-            replays = await client.post(transfers[0], holds[0])
-            assert [r.code for r in replays] == [REPLAYED, REPLAYED]
-            await _created(client, _void(f"{key}/v0", holds[0].id))
+            status = {n: (await client.transaction(f"{key}/{n}")).status for n in ("h0", "h1")}
+            assert status == {
+                "h0": pb.TRANSACTION_STATUS_PENDING_POSTED,
+                "h1": pb.TRANSACTION_STATUS_PENDING_VOIDED,
+            }
+            assert (await client.transaction(f"{key}/t0")).reversed_by_id == f"{key}/r0"
+            replays = await client.post(transfers[0], holds[0], *changes)
+            assert [r.code for r in replays] == [REPLAYED] * (2 + len(changes))
+            assert [r.timestamp_ns for r in replays[2:]] == [
+                first[item.id].timestamp_ns for item in changes
+            ]
+            again = await client.codes(
+                _reversal(f"{key}/r0b", f"{key}/t0"), _post(f"{key}/p0b", f"{key}/h0")
+            )
+            assert again == [
+                pb.RESULT_CODE_ALREADY_REVERSED,
+                pb.RESULT_CODE_PENDING_ALREADY_RESOLVED,
+            ]
+            await _created(client, _void(f"{key}/v2", holds[2].id), _post(f"{key}/p5", f"{key}/h5"))
+        await _missed_change_copied_in_full(c)
+        await _stale_precopy_copied_in_full(c, monkeypatch)
         for dsn in c.dsns:
             assert await audit_problems(dsn) == [], dsn
         audit_code, report = await audit_json(*c.dsns)
         assert audit_code == 0, report
         assert await moves_net(c.dsns) == 0
+
+
+async def _missed_change_copied_in_full(c: InProcessCluster) -> None:
+    """A slot pre-copied, then its staging at the target edited as a pre-copy missing a change
+    would leave it (a transfer staged reversed) and given a record the source does not hold:
+    the move-in refuses it (FAILED_PRECONDITION: the counts and digests are not the move-out's)
+    and the mover copies the move in full and moves it in, exact."""
+    key = customer_on(0, 2, skip=1)
+    names = [f"{key}/b0", f"{key}/b1"]
+    items = [transfer(f"{key}/u{n}", names[n % 2], names[(n + 1) % 2], n + 1) for n in range(3)]
+    async with security.channel(c.target) as channel:
+        client = Client(channel)
+        await client.create(*(account(name) for name in names))
+        await _created(client, *items)
+        before = [await client.balance(name) for name in names]
+    move = ("move", "--slots", str(slot_of(key)), "--to", "1")
+    code, _, stderr = await run_slots(c.control_dsn, *move, failpoint="slots.after_precopy=exit")
+    assert code == -9, stderr
+    connection = await asyncpg.connect(c.dsns[1])
+    try:
+        body = await connection.fetchval(
+            "SELECT body FROM move_staging WHERE item_id = $1", f"{key}/u0"
+        )
+        stale = spb.MovedRecord.FromString(body)
+        stale.reversed_by_id = f"{key}/never"
+        ghost = spb.MovedRecord.FromString(body)
+        ghost.line = ghost.line.replace(f"{key}/u0", f"{key}/ghost", 1)
+        await connection.execute(
+            "UPDATE move_staging SET body = $2 WHERE item_id = $1",
+            f"{key}/u0",
+            stale.SerializeToString(),
+        )
+        await connection.execute(
+            "INSERT INTO move_staging SELECT move_id, part, $2, $3 FROM move_staging "
+            "WHERE item_id = $1",
+            f"{key}/u0",
+            f"{key}/ghost",
+            ghost.SerializeToString(),
+        )
+    finally:
+        await connection.close()
+    code, stdout, stderr = await run_slots(c.control_dsn, "resume")
+    assert code == 0, stderr
+    assert "copying it in full again" in stderr and "stage it again" in stderr, stderr
+    assert "copy-again=" in stdout and "2 accounts, 3 records" in stdout, stdout
+    record_ids = [item.id for item in items]
+    assert await _records_at(c.dsns[1], [*record_ids, f"{key}/ghost"]) == set(record_ids)
+    async with security.channel(c.target) as channel:
+        client = Client(channel)
+        assert [await client.balance(name) for name in names] == before
+        assert (await client.transaction(f"{key}/u0")).reversed_by_id == ""
+        assert [r.code for r in await client.post(*items)] == [REPLAYED] * 3
+
+
+async def _stale_precopy_copied_in_full(
+    c: InProcessCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A slot pre-copied, then written to, its source reading at most no transaction since the
+    pre-copy (the nodes run in this process): the changed records' page is refused (copy it in
+    full) and the mover copies the move in full, exact."""
+    key = customer_on(0, 2, skip=2)
+    names = [f"{key}/c0", f"{key}/c1"]
+    items = [transfer(f"{key}/w{n}", names[n % 2], names[(n + 1) % 2], n + 1) for n in range(2)]
+    async with security.channel(c.target) as channel:
+        client = Client(channel)
+        await client.create(*(account(name) for name in names))
+        await _created(client, items[0])
+        move = ("move", "--slots", str(slot_of(key)), "--to", "1")
+        code, _, stderr = await run_slots(
+            c.control_dsn, *move, failpoint="slots.after_precopy=exit"
+        )
+        assert code == -9, stderr
+        await _created(client, items[1])
+        before = [await client.balance(name) for name in names]
+    monkeypatch.setattr(store_moves, "CHANGED_SCAN_ROW_COUNT_MAX", 0)
+    code, stdout, stderr = await run_slots(c.control_dsn, "resume")
+    monkeypatch.undo()
+    assert code == 0, stderr
+    assert "copy it in full" in stderr and "copy-again=" in stdout, (stdout, stderr)
+    record_ids = [item.id for item in items]
+    assert await _records_at(c.dsns[1], record_ids) == set(record_ids)
+    async with security.channel(c.target) as channel:
+        client = Client(channel)
+        assert [await client.balance(name) for name in names] == before
+        assert [r.code for r in await client.post(*items)] == [REPLAYED] * 2
 
 
 async def test_databases_made_before_paging_migrate_with_their_moves(
@@ -406,3 +577,46 @@ async def test_databases_made_before_paging_migrate_with_their_moves(
         assert (move.copy_part, move.copy_after_id, move.copied_count) == (0, "", 0)
     finally:
         await control_connection.close(timeout=5.0)
+
+
+async def test_the_copy_since_a_pre_copy_pages_past_a_record_named_but_not_held_here(
+    dsn: str,
+) -> None:
+    """The changed records' pages: a record a later transaction names but this shard holds no
+    hot row of (unchanged since its block: a cold one, say) is looked at and skipped, and the
+    next page goes on after it rather than asking the same page again."""
+    key = customer_on(0, 2, skip=3)
+    legs = (Leg(f"{key}/a", True, 5, "USD"), Leg(f"{key}/b", False, 5, "USD"))
+    rows = []
+    for transaction_id, target_id, block in ((f"{key}/r", f"{key}/gone", 7), (f"{key}/t", "", 8)):
+        spec = TransactionSpec(transaction_id, Kind.ORDINARY, legs, 1, (), "", 0, target_id)
+        state = TransactionState(spec, legs, 10, Status.POSTED)
+        rows.append((
+            spec.id, int(spec.kind), spec.code, journal.encode_metadata(spec.metadata), "", 0,
+            target_id, *journal.legs_texts(state), state.timestamp_ns, int(state.status), 0, "",
+            "", block, transaction_slot(spec.id),
+        ))  # fmt: skip
+    connection = await asyncpg.connect(dsn)
+    try:
+        await shard_store.migrate(connection)
+        await connection.copy_records_to_table(
+            "transactions", records=rows, columns=shard_store.TRANSACTION_WRITE_COLUMNS
+        )
+        slots = frozenset({slot_of(key)})
+        pages = []
+        after_id = ""
+        for _ in range(4):
+            records, done, after_id = await store_moves.changed_records_page(
+                connection, "ab", slots, 6, after_id, 1, 5.0
+            )
+            pages.append([record.spec.id for record in records])
+            if done:
+                break
+        assert pages == [[], [f"{key}/r"], [f"{key}/t"]]  # f"{key}/gone" looked at first
+        # Since block 7: only what block 8 made.
+        records, done, _ = await store_moves.changed_records_page(
+            connection, "ab", slots, 7, "", 9, 5.0
+        )
+        assert ([record.spec.id for record in records], done) == ([f"{key}/t"], True)
+    finally:
+        await connection.close(timeout=5.0)
