@@ -838,13 +838,18 @@ def refuse_moved(items: Sequence[Item], moved_out: dict[int, str]) -> list[Item]
 
 
 def rebalance_step(
-    owners: Sequence[int], shard_ids: Iterable[int], slot_count_max: int
+    owners: Sequence[int],
+    shard_ids: Iterable[int],
+    slot_count_max: int,
+    left: Mapping[int, Collection[int]] | None = None,
 ) -> tuple[int, int, list[int]] | None:
     """The next move of a rebalance that spreads the slots evenly over shard_ids (a shard new
     to the cluster included): (source, target, slots), at most slot_count_max slots, or None
     when every shard holds its share. Shares: SLOT_COUNT // n each, one more for the first
     SLOT_COUNT % n shards in id order. The most loaded shard gives its highest slots to the
-    least loaded one, so slots move once and ranges stay mostly contiguous."""
+    least loaded one, so slots move once and ranges stay mostly contiguous; never a slot the
+    target moved out before (left: shard -> those slots; moving a slot back is not built),
+    MoveRefusedError if those are all the source could give it."""
     shards = sorted(set(shard_ids) | set(owners))
     if not shards or slot_count_max < 1:
         raise MoveRefusedError("a rebalance needs shards and at least one slot per move")
@@ -859,4 +864,11 @@ def rebalance_step(
     if surplus[source] <= 0 or surplus[target] >= 0:
         return None
     count = min(surplus[source], -surplus[target], slot_count_max)
-    return source, target, held[source][-count:]
+    barred = set(left.get(target, ())) if left else set()
+    free = [slot for slot in held[source] if slot not in barred]
+    if not free:
+        raise MoveRefusedError(
+            f"every slot shard {source} could give shard {target} was moved out of shard "
+            f"{target} before: moving a slot back is not built"
+        )
+    return source, target, free[-count:]

@@ -333,7 +333,12 @@ async def rebalance(
             if slot_map is None:
                 raise MoveError("the control database has no slot map (tally init-cluster)")
             shards = {*slot_map.shard_ids, *await control_store.shard_endpoints(connection)}
-            step = moves.rebalance_step(slot_map.owners, shards, slot_count_max)
+            try:
+                step = moves.rebalance_step(
+                    slot_map.owners, shards, slot_count_max, await _slots_left(connection)
+                )
+            except moves.MoveRefusedError as error:
+                raise MoveError(f"rebalance stopped: {error}") from None
             if step is None:
                 break
             _, target, slots = step
@@ -345,6 +350,14 @@ async def rebalance(
     finally:
         await channels.close()
         await connection.close(timeout=5.0)
+
+
+async def _slots_left(connection: Any) -> dict[int, set[int]]:
+    """Shard -> the slots its done moves took out of it (a shard they can never go back to)."""
+    left: dict[int, set[int]] = {}
+    for done in await control_store.done_moves(connection, 0):
+        left.setdefault(done.source_shard, set()).update(done.slots)
+    return left
 
 
 async def _plan(connection: Any, slots: list[int], target: int) -> control_store.SlotMove:
@@ -361,6 +374,12 @@ async def _plan(connection: Any, slots: list[int], target: int) -> control_store
     source = sources.pop()
     if source == target:
         raise MoveError(f"slots {slots} are shard {target}'s already")
+    left = sorted(set((await _slots_left(connection)).get(target, ())) & set(slots))
+    if left:  # the target would refuse them, and only once the source had fenced them
+        raise MoveError(
+            f"slots {left[:10]} were moved out of shard {target} before: moving a slot back to "
+            "a shard it left is not built"
+        )
     move_id = secrets.token_hex(8)
     try:
         return await control_store.plan_move(
@@ -518,6 +537,19 @@ async def _precopy(
     async def refused(details: str) -> None:
         refusals.append(details)
 
+    async def target_refused(details: str) -> None:
+        # The target checks a staged item as its move-in would: such a refusal now would come
+        # again after the fence, with the slots refused at the source. Give the move up while
+        # nothing is fenced. (Anything else, a full queue say: copied after the move-out.)
+        if not details.startswith(("FAILED_PRECONDITION", "INVALID_ARGUMENT")):
+            return await refused(details)
+        await control_store.set_move_state(connection, move.move_id, "abandoned")
+        await _drop_staged(channels, target, move)
+        raise MoveError(
+            f"move {move.move_id} refused by shard {move.target_shard} while pre-copying: "
+            f"{details}; nothing moved (abandoned before its move-out)"
+        )
+
     try:
         for _ in range(MOVE_PAGE_COUNT_MAX):
             read = spb.ReadMovedOutRequest(
@@ -531,7 +563,7 @@ async def _precopy(
                 move_id=move.move_id, slots=list(move.slots), source_shard=move.source_shard,
                 records=page.records, restart=count == 0 and not after_id,
             )  # fmt: skip
-            await _step(target, channels, _calling("StageMoveIn", staging), refused=refused)
+            await _step(target, channels, _calling("StageMoveIn", staging), refused=target_refused)
             count += len(page.records)
             part = control_store.COPY_DONE if page.done else control_store.COPY_RECORDS
             after_id = page.next_after_id
@@ -548,7 +580,7 @@ async def _precopy(
             if failpoints.ARMED:  # a page pre-copied and recorded; more may follow
                 await failpoints.hit("slots.between_precopy_pages")
     except MoveError:
-        if not refusals:
+        if not refusals:  # the target refused (the move abandoned), or a node did not answer
             raise
         print(
             f"tally slots: move {move.move_id}: no pre-copy ({refusals[-1]}); the records are "

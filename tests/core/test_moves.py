@@ -213,6 +213,19 @@ def test_a_rebalance_onto_an_added_shard_moves_each_slot_once_and_ends_even() ->
     assert moves.rebalance_step(owners, range(5), 256) is None
 
 
+def test_a_rebalance_never_gives_a_shard_back_a_slot_it_left() -> None:
+    """Shard 2 left slots 2900..2999 (they went to shard 0): the rebalance onto it takes shard
+    0's other slots, and refuses clearly when those are all it could take."""
+    owners = [0] * 3000 + [1] * 1096
+    left = {2: set(range(2900, 3000))}
+    step = moves.rebalance_step(owners, range(3), 50, left)
+    assert step is not None
+    source, target, slots = step
+    assert (source, target) == (0, 2) and slots == list(range(2850, 2900))
+    with pytest.raises(moves.MoveRefusedError, match="moving a slot back is not built"):
+        moves.rebalance_step(owners, range(3), 50, {2: set(range(3000))})
+
+
 @settings(max_examples=50, deadline=None)
 @given(
     st.lists(st.integers(0, 6), min_size=1, max_size=64),

@@ -222,6 +222,15 @@ async def test_moves_that_cannot_be_made_are_refused_clearly_and_move_nothing(
     )
     assert code == 0, stderr
     assert (await client.balance(f"{key}/sav")).credits_posted == 1
+    # Back to the shard it left: refused before anything is fenced (the target would refuse
+    # what the copy stages, after the source had fenced the slot), and the slot goes on.
+    code, stdout, stderr = await run_slots(
+        cluster.control_dsn, "move", "--slots", str(slot), "--to", str(SOURCE)
+    )
+    assert (code, "moving a slot back" in stderr) == (2, True), (stdout, stderr)
+    assert await client.codes(transfer(f"{key}/back", f"{key}/dep", f"{key}/sav", 1)) == [CREATED]
+    code, stdout, _ = await run_slots(cluster.control_dsn, "resume")
+    assert (code, stdout.strip()) == (0, "tally slots: no unfinished move")
 
 
 # The mover killed at each of its failpoints, under bank-style load, is test_slot_move_crash's;
