@@ -514,6 +514,31 @@ async def _drop_staged(channels: _Channels, target: str, move: control_store.Slo
         print(f"tally slots: move {move.move_id}: its staging is left: {error}", file=sys.stderr)
 
 
+def _abandoning(
+    connection: Any,
+    channels: _Channels,
+    target: str,
+    move: control_store.SlotMove,
+    otherwise: Callable[[str], Awaitable[None]],
+) -> Callable[[str], Awaitable[None]]:
+    """The pre-copy's answer to a target refusing a staged page. The target checks an item as
+    its move-in would: such a refusal (FAILED_PRECONDITION, INVALID_ARGUMENT) would come again
+    after the fence, with the slots refused at the source, so the move is given up while
+    nothing is fenced. Anything else (a full queue, say) is `otherwise`'s: copied after."""
+
+    async def refused(details: str) -> None:
+        if not details.startswith(("FAILED_PRECONDITION", "INVALID_ARGUMENT")):
+            return await otherwise(details)
+        await control_store.set_move_state(connection, move.move_id, "abandoned")
+        await _drop_staged(channels, target, move)
+        raise MoveError(
+            f"move {move.move_id} refused by shard {move.target_shard} while pre-copying: "
+            f"{details}; nothing moved (abandoned before its move-out)"
+        )
+
+    return refused
+
+
 async def _precopy(
     connection: Any,
     channels: _Channels,
@@ -537,19 +562,7 @@ async def _precopy(
     async def refused(details: str) -> None:
         refusals.append(details)
 
-    async def target_refused(details: str) -> None:
-        # The target checks a staged item as its move-in would: such a refusal now would come
-        # again after the fence, with the slots refused at the source. Give the move up while
-        # nothing is fenced. (Anything else, a full queue say: copied after the move-out.)
-        if not details.startswith(("FAILED_PRECONDITION", "INVALID_ARGUMENT")):
-            return await refused(details)
-        await control_store.set_move_state(connection, move.move_id, "abandoned")
-        await _drop_staged(channels, target, move)
-        raise MoveError(
-            f"move {move.move_id} refused by shard {move.target_shard} while pre-copying: "
-            f"{details}; nothing moved (abandoned before its move-out)"
-        )
-
+    target_refused = _abandoning(connection, channels, target, move, refused)
     try:
         for _ in range(MOVE_PAGE_COUNT_MAX):
             read = spb.ReadMovedOutRequest(

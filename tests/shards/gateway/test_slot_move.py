@@ -17,6 +17,8 @@ from core import journal
 from core.model import Kind, Leg, Status, TransactionSpec, TransactionState
 from core.moves import rebalance_step
 from core.slots import SlotMap, slot_of
+from core.store import control as control_store
+from shards import control
 from shards.local.embedded_pg import EmbeddedPostgres
 from tally.v1 import ledger_pb2 as pb
 from tally.v1 import shard_pb2 as spb
@@ -229,6 +231,20 @@ async def test_moves_that_cannot_be_made_are_refused_clearly_and_move_nothing(
     )
     assert (code, "moving a slot back" in stderr) == (2, True), (stdout, stderr)
     assert await client.codes(transfer(f"{key}/back", f"{key}/dep", f"{key}/sav", 1)) == [CREATED]
+    # Such a move planned anyway (by a mover before that check): its pre-copy is refused by the
+    # target, and the move is abandoned before its move-out; the slot goes on where it is.
+    connection = await control.connect(cluster.control_dsn)
+    try:
+        slot_map = await control_store.load_slot_map(connection)
+        assert slot_map is not None
+        await control_store.plan_move(
+            connection, "bac0bac0bac0bac0", [slot], TARGET, SOURCE, slot_map.version
+        )
+    finally:
+        await connection.close(timeout=5.0)
+    code, stdout, stderr = await run_slots(cluster.control_dsn, "resume")
+    assert (code, "abandoned before its move-out" in stderr) == (2, True), (stdout, stderr)
+    assert await client.codes(transfer(f"{key}/back2", f"{key}/dep", f"{key}/sav", 1)) == [CREATED]
     code, stdout, _ = await run_slots(cluster.control_dsn, "resume")
     assert (code, stdout.strip()) == (0, "tally slots: no unfinished move")
 
