@@ -32,7 +32,7 @@ typecheck: $(STAMP)
 # of the suite waits on processes (tally up, PostgreSQL, kill -9 and restarts), not on the CPU.
 PYTEST_WORKERS ?= 2
 pytest: $(STAMP)
-	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile --durations=25
 
 test: lint typecheck pytest
 

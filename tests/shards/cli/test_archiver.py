@@ -28,7 +28,7 @@ async def test_the_archiver_killed_at_each_step_loses_and_doubles_nothing(
     dsn: str, tmp_path: Path
 ) -> None:
     root = tmp_path / "cold"
-    archive = ("archive", "--dir", str(root), "--older-than", "0s", "--blocks-per-segment", "3")
+    archive = ("archive", "--dir", str(root), "--older-than", "0s", "--blocks-per-segment", "20")
     handle = await start_node(dsn, cold_dir=str(root))
     posted: list[tuple[str, str, int]] = []
     stop = asyncio.Event()
@@ -46,7 +46,7 @@ async def test_the_archiver_killed_at_each_step_loses_and_doubles_nothing(
                     async with between:
                         assert await client.codes(item) == [CREATED]  # never refused
                         posted.append((item.id, to, 1 + n))
-                    await asyncio.sleep(0.01)
+                    await asyncio.sleep(0.02)
 
             poster = asyncio.create_task(post_until_stopped())
             await asyncio.sleep(0.5)
