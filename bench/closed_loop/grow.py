@@ -107,24 +107,31 @@ def moves_of(stdout: str) -> list[dict[str, Any]]:
     return found
 
 
-async def rebalance(data_dir: Path, slots_per_move: int) -> dict[str, Any]:
-    """`tally slots rebalance` as its own process, the cluster identity tally up made."""
+async def run_mover(data_dir: Path, arguments: Sequence[str], timeout_s: float) -> str:
+    """`tally slots ARGUMENTS` as its own process, the cluster identity tally up made; its
+    stdout (RuntimeError with its stderr's end if it fails)."""
     paths = directory.Paths(flags.local_directory(data_dir))
     environment = {**os.environ, "TALLY_CONTROL_DSN": control_dsn(data_dir)}
-    started = time.monotonic()
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "shards.cli", "slots", "rebalance",
-        "--slots-per-move", str(slots_per_move),
+        sys.executable, "-m", "shards.cli", "slots", *arguments,
         f"--ca={paths.certificate(directory.CA)}",
         f"--cert={paths.certificate(directory.CLUSTER)}",
         f"--key={paths.key(directory.CLUSTER)}",
         cwd=REPO_ROOT, env=environment,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
-    stdout, stderr = await asyncio.wait_for(process.communicate(), REBALANCE_TIMEOUT_S)
+    stdout, stderr = await asyncio.wait_for(process.communicate(), timeout_s)
     if process.returncode != 0:
-        raise RuntimeError(f"tally slots rebalance failed: {stderr.decode()[-2000:]}")
-    return {"seconds": round(time.monotonic() - started, 2), "moves": moves_of(stdout.decode())}
+        raise RuntimeError(f"tally slots {arguments[0]} failed: {stderr.decode()[-2000:]}")
+    return stdout.decode()
+
+
+async def rebalance(data_dir: Path, slots_per_move: int) -> dict[str, Any]:
+    """`tally slots rebalance` as its own process."""
+    started = time.monotonic()
+    arguments = ("rebalance", "--slots-per-move", str(slots_per_move))
+    stdout = await run_mover(data_dir, arguments, REBALANCE_TIMEOUT_S)
+    return {"seconds": round(time.monotonic() - started, 2), "moves": moves_of(stdout)}
 
 
 def _meter(up_pid: int, data_dir: Path) -> cpu.CpuMeter:

@@ -30,14 +30,13 @@ from typing import Any, Final
 import asyncpg
 
 from bench.closed_loop.cluster import Case, customer_id, measure, seed
-from bench.closed_loop.grow import by_shard_of, control_dsn, load_map, moves_of
+from bench.closed_loop.grow import by_shard_of, control_dsn, load_map, moves_of, run_mover
 from bench.common import cpu
 from bench.common.local_cluster import admin_credentials, start_cluster, stop_cluster
-from bench.common.paths import REPO_ROOT, REPORTS_DIR
+from bench.common.paths import REPORTS_DIR
 from bench.common.tally_client import TallyClient
 from core.slots import SlotMap
 from shards.local.embedded_pg import free_port
-from shards.security import directory, flags
 
 MODULE: Final = "bench.closed_loop.move_pause"
 MOVE_TIMEOUT_S: Final = 600.0
@@ -64,24 +63,12 @@ async def table_rows(data_dir: Path, shard: int) -> dict[str, int]:
 
 
 async def move(data_dir: Path, slots: list[int], target: int) -> dict[str, Any]:
-    """`tally slots move` as its own process, the cluster identity tally up made."""
-    paths = directory.Paths(flags.local_directory(data_dir))
-    environment = {**os.environ, "TALLY_CONTROL_DSN": control_dsn(data_dir)}
+    """`tally slots move` as its own process: the move, its pause and where it went."""
     started = time.monotonic()
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "shards.cli", "slots", "move",
-        "--slots", ",".join(map(str, slots)), "--to", str(target),
-        f"--ca={paths.certificate(directory.CA)}",
-        f"--cert={paths.certificate(directory.CLUSTER)}",
-        f"--key={paths.key(directory.CLUSTER)}",
-        cwd=REPO_ROOT, env=environment,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    stdout, stderr = await asyncio.wait_for(process.communicate(), MOVE_TIMEOUT_S)
-    if process.returncode != 0:
-        raise RuntimeError(f"tally slots move failed: {stderr.decode()[-2000:]}")
-    (found,) = moves_of(stdout.decode())
-    steps = re.search(r"steps_ms (.*)", stdout.decode())
+    arguments = ("move", "--slots", ",".join(map(str, slots)), "--to", str(target))
+    stdout = await run_mover(data_dir, arguments, MOVE_TIMEOUT_S)
+    (found,) = moves_of(stdout)
+    steps = re.search(r"steps_ms (.*)", stdout)
     taken = dict(part.split("=") for part in steps[1].split()) if steps else {}
     return {**found, "seconds": round(time.monotonic() - started, 2), "steps_ms": taken}
 
