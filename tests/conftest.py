@@ -32,31 +32,6 @@ from tests.support.postgres import started_on_a_free_port
 _database_numbers = itertools.count(1)
 
 
-# The slowest files first (`make test` prints its 25 slowest tests): xdist's --dist loadfile
-# hands files to its workers in collection order, so the last minutes of each worker are short
-# files rather than one worker running a two-minute file while the other has finished.
-_SLOW_FILES_FIRST = (
-    "tests/shards/gateway/test_slot_move_crash.py",
-    "tests/shards/local/test_replicated_pg.py",
-    "tests/bench/test_chaos.py",
-    "tests/bench/test_locust.py",
-    "tests/test_bank.py",
-    "tests/shards/cli/test_readme.py",
-    "tests/shards/local/test_up_replicas.py",
-    "tests/shards/node/test_shard_fuzz.py",
-    "tests/bench/test_lending.py",
-    "tests/shards/cli/test_segments.py",
-    "tests/bench/test_bench_smoke.py",
-    "tests/shards/node/test_fuzz.py",
-    "tests/shards/local/test_backup.py",
-)
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    rank = {path: n for n, path in enumerate(_SLOW_FILES_FIRST)}
-    items.sort(key=lambda item: rank.get(item.nodeid.split("::", 1)[0], len(rank)))  # stable
-
-
 def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, object]:
     """Tests run on uvloop, as the node does in production."""
     return {"uvloop": uvloop.new_event_loop}
