@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
+from shards.local.embedded_pg import free_port
+
 ACCESS_KEY = "tally-test-key"
 SECRET_KEY = "tally-test-secret"
 REGION = "us-east-1"
@@ -62,9 +64,7 @@ def free_ports(count: int) -> list[int]:
     """count ports free on loopback, each with its port + GRPC_OFFSET free too."""
     ports: list[int] = []
     while len(ports) < count:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
+        port = free_port()
         if port + GRPC_OFFSET < 65_536 and port not in ports and _free(port + GRPC_OFFSET):
             ports.append(port)
     return ports

@@ -269,3 +269,21 @@ def test_long_data_dir_puts_socket_under_tmp(tmp_path: Path) -> None:
     finally:
         pg.stop()
         shutil.rmtree(pg.socket_dir, ignore_errors=True)
+
+
+def test_a_free_port_is_drawn_below_the_ephemeral_range_and_skips_a_taken_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The kernel gives ports of its ephemeral range to every port-0 bind and outgoing connection,
+    # so a port picked there can be gone before its owner binds it.
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    ports = {free_port() for _ in range(50)}
+    assert all(10_000 <= port < low for port in ports), sorted(ports)
+    assert len(ports) > 40  # drawn at random, not handed out in order
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        # Every draw lands on the taken port first, then on a free one.
+        draws = iter([taken.getsockname()[1] - 10_000, 5])
+        monkeypatch.setattr("secrets.randbelow", lambda _: next(draws))
+        assert free_port() == 10_005
