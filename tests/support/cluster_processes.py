@@ -199,12 +199,9 @@ async def process_cluster(
     """Fresh databases, `shard_count` node processes and a gateway process; all are killed on
     exit from the block."""
     name = f"pc{os.getpid()}_{next(_cluster_numbers)}"
-    await pg.create_database_async(f"{name}_control")
-    control_dsn = pg.dsn(f"{name}_control")
-    shard_dsns = []
-    for shard_id in range(shard_count):
-        await pg.create_database_async(f"{name}_s{shard_id}")
-        shard_dsns.append(pg.dsn(f"{name}_s{shard_id}"))
+    databases = [f"{name}_control", *(f"{name}_s{shard_id}" for shard_id in range(shard_count))]
+    await asyncio.gather(*(pg.create_database_async(database) for database in databases))
+    control_dsn, *shard_dsns = (pg.dsn(database) for database in databases)
     connection = await control.connect(control_dsn)
     try:
         slot_map = await control_store.initialise(connection, shard_count)

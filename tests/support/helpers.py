@@ -228,17 +228,28 @@ async def in_process_cluster(
     """A control database with an even slot map, a node per shard (each on its own database,
     named from prefix) and a gateway (GatewayConfig fields in gateway_options); all stopped on
     the way out."""
-    control_dsn = await control_database(pg, f"{prefix}_control", shard_count)
+    names = [f"{prefix}_s{shard_id}" for shard_id in range(shard_count)]
+    # The databases, then the nodes, made side by side (a cluster is the setup of some 150
+    # tests, and each step waits on PostgreSQL).
+    control_dsn, *_ = await asyncio.gather(
+        control_database(pg, f"{prefix}_control", shard_count),
+        *(pg.create_database_async(name) for name in names),
+    )
     nodes: list[NodeHandle] = []
     gateway: Gateway | None = None
     task: asyncio.Task[None] | None = None
     try:
-        for shard_id in range(shard_count):
-            await pg.create_database_async(f"{prefix}_s{shard_id}")
-            dsn = pg.dsn(f"{prefix}_s{shard_id}")
-            nodes.append(
-                await start_node(dsn, control_dsn=control_dsn, shard_id=shard_id, **node_options)
-            )
+        started = await asyncio.gather(
+            *(
+                start_node(pg.dsn(name), control_dsn=control_dsn, shard_id=shard_id, **node_options)
+                for shard_id, name in enumerate(names)
+            ),
+            return_exceptions=True,
+        )
+        nodes = [handle for handle in started if isinstance(handle, NodeHandle)]
+        failed = [error for error in started if isinstance(error, BaseException)]
+        if failed:
+            raise failed[0]
         config = GatewayConfig(
             control_dsn=control_dsn, listen="127.0.0.1:0", security=security.server_security()
         )
