@@ -51,8 +51,9 @@ from core.audit.report import (
 )
 from core.currencies import minor_unit_scale
 from core.store.audit import PROBE_SQL
+from shards.audit.arguments import DSN_ENV, SERVE_COMMAND, SERVE_DEFAULT_LISTEN, SERVE_LISTEN_ENV
 from shards.rpc.metrics import MetricsServer, RpcMetrics
-from shards.rpc.serving import add_rpc_concurrency_flag, grpc_server, run_announced
+from shards.rpc.serving import grpc_server, run_announced
 from shards.security import flags as security_flags
 from shards.security import guard
 from shards.security.credentials import SecurityConfigError, ServerSecurity
@@ -60,10 +61,9 @@ from tally.v1 import audit_pb2 as apb
 
 log = logging.getLogger("tally.audit_service")
 
-COMMAND: Final = "audit-serve"
-DEFAULT_LISTEN: Final = "127.0.0.1:7700"
-DSN_ENV: Final = "TALLY_AUDIT_DSNS"
-LISTEN_ENV: Final = "TALLY_AUDIT_LISTEN"
+COMMAND: Final = SERVE_COMMAND
+DEFAULT_LISTEN: Final = SERVE_DEFAULT_LISTEN
+LISTEN_ENV: Final = SERVE_LISTEN_ENV
 SERVICE_NAME: Final = apb.DESCRIPTOR.services_by_name["Audit"].full_name
 # Request limits (documented in proto/tally/v1/audit.proto).
 FINDING_COUNT_DEFAULT: Final = 1_000
@@ -606,51 +606,6 @@ class AuditServer:
 
 
 # ---- the command ----
-
-
-def add_command(commands: Any) -> None:
-    """`tally audit-serve`, for shards/cli.py."""
-    sub: argparse.ArgumentParser = commands.add_parser(
-        COMMAND, help="serve the read-only tally.v1.Audit gRPC service over the shard databases"
-    )
-    sub.add_argument(
-        "--dsn",
-        action="append",
-        default=None,
-        help=f"a shard database (read-only role), once per shard in shard order "
-        f"(default: ${DSN_ENV}, comma-separated)",
-    )
-    sub.add_argument(
-        "--listen",
-        default=os.environ.get(LISTEN_ENV, DEFAULT_LISTEN),
-        help=f"host:port (default: ${LISTEN_ENV} or %(default)s; port 0: a free one)",
-    )
-    sub.add_argument(
-        "--metrics-listen",
-        default=os.environ.get("TALLY_METRICS_LISTEN", ""),
-        help="host:port for Prometheus /metrics (default: off; port 0: a free one); its URL "
-        "is printed before the serving line",
-    )
-    sub.add_argument(
-        "--verify-key",
-        action="append",
-        default=[],
-        metavar="PATH",
-        help="an Ed25519 public key journal heads are checked against (repeat for rotated "
-        "keys); without one, every audit reports the signed blocks it could not check",
-    )
-    sub.add_argument(
-        "--segments",
-        type=Path,
-        default=None,
-        metavar="ROOT",
-        help="the cluster's cold segments (tally segments write --dir ROOT): every audit "
-        "verifies each shard's and holds them against its database (check segments), and "
-        "reads the archived blocks' transactions and postings from them (needed once a "
-        "shard has cold history)",
-    )
-    add_rpc_concurrency_flag(sub)
-    security_flags.add_server_flags(sub)
 
 
 def dsns_of(args: argparse.Namespace) -> list[str]:

@@ -37,6 +37,9 @@ from core.store.cold.format import (
     from_streamed,
 )
 from core.store.cold.read import Segment, segment_paths
+from core.store.cold.sizes import (
+    BLOCKS_PER_SEGMENT_DEFAULT as BLOCKS_PER_SEGMENT_DEFAULT,  # re-exported
+)
 from core.store.cold.store import ObjectStore, download_segment, stored_already, upload_file
 from core.store.cold.verify import Finding, read_manifest, verify_chain, verify_segment
 from core.store.cold.write import TEMPORARY_PREFIX, remove_leftovers, write_segment
@@ -44,7 +47,6 @@ from core.store.shard import header_from_row
 
 Connection = Any  # asyncpg.Connection
 
-BLOCKS_PER_SEGMENT_DEFAULT: Final = 10_000
 # Serialises archivers of one shard database (a second waits, then finds the work done).
 ARCHIVE_LOCK_KEY: Final = 7_471_003
 # Held for an archiver's whole pass (a session lock): one archiver a shard at a time, so one

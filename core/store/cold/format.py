@@ -23,6 +23,7 @@ from core import journal
 from core.journal import BlockHeader
 from core.model import AccountSpec, Posting, TransactionSpec, TransactionState
 from core.store.cold.catalog import SegmentError as SegmentError  # re-exported
+from core.store.cold.sizes import SEGMENT_BLOCK_COUNT_MAX as SEGMENT_BLOCK_COUNT_MAX  # re-exported
 from core.store.stream import StreamedBlock, created_state
 
 FORMAT: Final = "tally-cold-segment/1"
@@ -45,7 +46,6 @@ ZSTD_LEVEL: Final = 9
 # at the peak beyond the blocks given, 773 MB peak RSS for the process; so about 300 MB of
 # heap at this limit.
 SEGMENT_ROW_COUNT_MAX: Final = 250_000
-SEGMENT_BLOCK_COUNT_MAX: Final = 100_000
 
 
 def _schema(columns: list[tuple[str, pa.DataType]], nullable: tuple[str, ...] = ()) -> pa.Schema:
