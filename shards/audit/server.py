@@ -51,7 +51,7 @@ from core.audit.report import (
 )
 from core.currencies import minor_unit_scale
 from core.store.audit import PROBE_SQL
-from shards.audit.arguments import DSN_ENV, SERVE_COMMAND, SERVE_DEFAULT_LISTEN, SERVE_LISTEN_ENV
+from shards.audit.arguments import DSN_ENV, SERVE_COMMAND, SERVE_DEFAULT_LISTEN
 from shards.rpc.metrics import MetricsServer, RpcMetrics
 from shards.rpc.serving import grpc_server, run_announced
 from shards.security import flags as security_flags
@@ -61,9 +61,6 @@ from tally.v1 import audit_pb2 as apb
 
 log = logging.getLogger("tally.audit_service")
 
-COMMAND: Final = SERVE_COMMAND
-DEFAULT_LISTEN: Final = SERVE_DEFAULT_LISTEN
-LISTEN_ENV: Final = SERVE_LISTEN_ENV
 SERVICE_NAME: Final = apb.DESCRIPTOR.services_by_name["Audit"].full_name
 # Request limits (documented in proto/tally/v1/audit.proto).
 FINDING_COUNT_DEFAULT: Final = 1_000
@@ -82,7 +79,7 @@ T = TypeVar("T")
 @dataclass(frozen=True, slots=True)
 class AuditServiceConfig:
     dsns: tuple[str, ...]
-    listen: str = DEFAULT_LISTEN
+    listen: str = SERVE_DEFAULT_LISTEN
     # Audits and chain verifications running at once in this process.
     audit_concurrency_max: int = 2
     # RPCs of any kind (health, reflection, reads) the listener serves at once; beyond,
@@ -620,7 +617,7 @@ def dsns_of(args: argparse.Namespace) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     dsns = dsns_of(args)
     if not dsns:
-        print(f"tally {COMMAND}: no shard database: pass --dsn or set {DSN_ENV}", flush=True)
+        print(f"tally {SERVE_COMMAND}: no shard database: pass --dsn or set {DSN_ENV}", flush=True)
         return 2
     import uvloop
 
@@ -628,7 +625,7 @@ def run(args: argparse.Namespace) -> int:
         security = security_flags.server_security(args)
         keys = tuple(signing.load_public(Path(path).read_bytes(), path) for path in args.verify_key)
     except (SecurityConfigError, ValueError, OSError) as error:
-        print(f"tally {COMMAND}: {error}", flush=True)
+        print(f"tally {SERVE_COMMAND}: {error}", flush=True)
         return 2
     config = AuditServiceConfig(
         dsns=tuple(dsns),
@@ -647,7 +644,7 @@ async def serve(config: AuditServiceConfig) -> int:
     try:
         port = await server.start()
     except OSError as error:
-        print(f"tally {COMMAND}: {error}", flush=True)
+        print(f"tally {SERVE_COMMAND}: {error}", flush=True)
         return 2
     return await run_announced(
         server, SERVICE_NAME, config.listen, port, config.metrics_listen, server.metrics_port

@@ -53,7 +53,6 @@ from core.store.cold.read import Segment
 from core.store.cold.store import ObjectStore, download_segment
 from core.store.cold.verify import Finding
 from shards import failpoints
-from shards.cli.segment_arguments import COMMANDS as COMMANDS  # re-exported
 
 EXIT_OK: Final = 0
 EXIT_FINDINGS: Final = 1

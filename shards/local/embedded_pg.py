@@ -378,7 +378,7 @@ class EmbeddedPostgres:
                 # FILE_COPY, not the default WAL_LOG, which writes the template's every page
                 # to the WAL: 150 ms, not 270 ms, for the ~7 MB template here. Its checkpoints
                 # cost little on this server, which creates databases only while setting up
-                # (and in the test suite, some 1,500 of them).
+                # (and in the test suite, one or more per test).
                 await conn.execute(f"CREATE DATABASE {_quote_identifier(name)} STRATEGY FILE_COPY")
             except asyncpg.exceptions.DuplicateDatabaseError:
                 pass  # a concurrent caller created it between our check and CREATE

@@ -166,8 +166,8 @@ async def spawn_cli(
 async def start_on_a_free_port(
     start: Callable[[int], Awaitable[NodeProcess]], port: int
 ) -> NodeProcess:
-    """start(port); should that port have been taken since it was picked free (outgoing
-    connections draw from the same range), start(another free one), up to three tries."""
+    """start(port); should that port have been taken since it was picked free (by another
+    process that picked the same one), start(another free one), up to three tries."""
     for attempt in range(3):
         try:
             return await start(port)

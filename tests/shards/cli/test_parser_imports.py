@@ -10,7 +10,7 @@ import sys
 from core.audit import export
 from core.store.cold import archive, format
 from shards.audit import arguments
-from shards.cli import segment_arguments, segments
+from shards.cli import segment_arguments
 from tests.support.paths import REPO_ROOT
 
 PROBE = """
@@ -37,6 +37,5 @@ def test_a_node_parses_its_arguments_without_the_audits_code_or_pyarrow() -> Non
 
 def test_the_parsers_name_what_the_commands_use() -> None:
     assert arguments.EXPORT_FORMATS == export.FORMATS
-    assert segments.COMMANDS == segment_arguments.COMMANDS
     assert format.SEGMENT_BLOCK_COUNT_MAX == segment_arguments.SEGMENT_BLOCK_COUNT_MAX
     assert archive.BLOCKS_PER_SEGMENT_DEFAULT == segment_arguments.BLOCKS_PER_SEGMENT_DEFAULT
