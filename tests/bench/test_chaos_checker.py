@@ -17,6 +17,7 @@ from bench.chaos.bank import (
     Item,
     Workload,
     open_bank,
+    send_until_definitive,
     transfer,
 )
 from core.slots import SlotMap
@@ -58,6 +59,21 @@ async def wait_nothing_held(dsns: list[str]) -> None:
     raise AssertionError("holds left after their deadlines")
 
 
+async def send_overdraft(gateways: Gateways, history: History, slot_map: SlotMap) -> None:
+    """One transfer sure to be refused, so that the history holds a refusal whatever the random
+    load drew (a refused item that the lie below turns into an acknowledgement)."""
+    bank = history.bank
+    debit, credit = bank.accounts_of(0)
+    cross = slot_map.shard_of_account(debit) != slot_map.shard_of_account(credit)
+    amount = 1000 * bank.funding * bank.customer_count
+    message = transfer("cust-0/overdraft", debit, credit, amount, bank.currency_of(0))
+    item = Item(message, "transfer", cross, 99)
+    history.add(item)
+    give_up_at = time.monotonic() + 30
+    await send_until_definitive(gateways, [item], history, lambda: give_up_at)
+    assert item.refused, item.result
+
+
 def first(history: History, applied: bool) -> Item:
     return next(i for i in history.of_kind("transfer") if i.applied == applied and not i.errors)
 
@@ -75,6 +91,7 @@ async def test_the_checker_is_clean_on_a_true_history_and_finds_every_lie(
         history = History(Bank(customer_count=20))
         await open_bank(gateways.stubs[0], history)
         await run_clients(gateways, history, slot_map)
+        await send_overdraft(gateways, history, slot_map)
         await wait_nothing_held(cluster.dsns)
         books = checker.Books(cluster.dsns, slot_map.shard_of_account, gateways)
         verdict = await checker.check(books, history, SEED)
