@@ -244,6 +244,11 @@ class Cluster:
                 found[transaction_id] = shard_id
                 coordinator = lookup.transaction.cross_shard_piece.coordinator
                 self.remember(transaction_id, shard_id, cross_shard=coordinator)
+            elif _moved(lookup):
+                # Its slot moved out of there (this map is old): placed there all the same (not
+                # remembered), so the write is refused WRONG_SHARD and routed again under a
+                # reloaded map, never taken for not found.
+                found[transaction_id] = shard_id
         return found
 
     async def lookup_at_home(self, transaction_ids: Sequence[str]) -> list[tuple[int, Any]]:
@@ -258,6 +263,34 @@ class Cluster:
         for transaction_id in transaction_ids:
             home = slot_map.home_of(transaction_id)
             answers.append((home, next(taken[home])))
+        return answers
+
+    async def lookup_following_moves(
+        self, transaction_ids: Sequence[str], *, raise_moving: bool = False
+    ) -> list[tuple[int, Any]]:
+        """As lookup_at_home, for reads of a record's state: an id whose home answers
+        WRONG_SHARD (it moved the id's slot out, and its copy there is stale) is asked again at
+        its home under a reloaded map, with the writes' backoff. Still so after every round
+        (the slot in a move's pause), it is UNAVAILABLE, retryable; with raise_moving, that is
+        raised (Unavailable), for a write that must not take it for not found."""
+        answers = await self.lookup_at_home(transaction_ids)
+        for attempt in range(1, self.config.wrong_shard_retry_max + 1):
+            moving = [n for n, (_, lookup) in enumerate(answers) if _moved(lookup)]
+            if not moving:
+                return answers
+            await self.backoff_and_refresh(attempt)
+            again = await self.lookup_at_home([transaction_ids[n] for n in moving])
+            for n, answer in zip(moving, again, strict=True):
+                answers[n] = answer
+        for n, (shard_id, lookup) in enumerate(answers):
+            if _moved(lookup):
+                message = f"transaction {transaction_ids[n]!r} is in a slot being moved; retry"
+                if raise_moving:
+                    raise Unavailable(message)
+                moving_lookup = pb.TransactionLookup(
+                    code=pb.RESULT_CODE_UNAVAILABLE, message=message
+                )
+                answers[n] = (shard_id, moving_lookup)
         return answers
 
     async def lookup_on(self, asked: dict[int, list[str]]) -> dict[int, list[Any]]:
@@ -306,3 +339,7 @@ def spread_or_owner(account_id: str, slot_map: SlotMap) -> list[int]:
     if is_spread(account_id):
         return list(slot_map.shard_ids)
     return [slot_map.shard_of_account(account_id)]
+
+
+def _moved(lookup: Any) -> bool:
+    return bool(lookup.code == pb.RESULT_CODE_WRONG_SHARD)

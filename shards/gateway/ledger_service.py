@@ -403,7 +403,7 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
         if not unknown:
             return holds
         ids = unknown
-        lookups, participants = await self._lookup_with_pieces(ids)
+        lookups, participants = await self._lookup_with_pieces(ids, raise_moving=True)
         for transaction_id, found in zip(ids, lookups, strict=True):
             for shard_id, lookup in found:
                 if (
@@ -761,7 +761,7 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
         """Committed cross-shard transactions among ids: their coordinator shard and their
         record as a client reads it (and into `single`, if given, the others found, with
         their shard)."""
-        lookups, participants = await self._lookup_with_pieces(ids)
+        lookups, participants = await self._lookup_with_pieces(ids, raise_moving=True)
         committed = {}
         hold_posts = []
         for transaction_id, found in zip(ids, lookups, strict=True):
@@ -785,7 +785,7 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
         return committed
 
     async def _lookup_with_pieces(
-        self, ids: list[str]
+        self, ids: list[str], *, raise_moving: bool = False
     ) -> tuple[
         list[list[tuple[int, pb.TransactionLookup]]],
         dict[str, list[tuple[int, pb.TransactionLookup]]],
@@ -793,7 +793,8 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
         """Each id's (shard, lookup) at its home (the one shard recording it), and for a
         committed cross-shard transaction, the (shard, lookup) of its committed attempt's
         participant pieces."""
-        lookups = [[found] for found in await self._cluster.lookup_at_home(ids)] if ids else []
+        at_home = await self._cluster.lookup_following_moves(ids, raise_moving=raise_moving)
+        lookups = [[found] for found in at_home]
         wanted: dict[str, tuple[str, list[int]]] = {}
         for transaction_id, found in zip(ids, lookups, strict=True):
             for _, lookup in found:

@@ -249,7 +249,20 @@ class LedgerService(pb_grpc.LedgerServicer):  # type: ignore[misc]
     ) -> pb.GetTransactionsResponse:
         await check_batch_size(context, len(request.ids), "ids")
         problems = [_transaction_id_problem(i, f"ids[{n}]") for n, i in enumerate(request.ids)]
-        wanted = [i for i, problem in zip(request.ids, problems, strict=True) if not problem]
+        writer = self._node.writer
+        moved_out = frozenset(writer.moved_out) if writer is not None else frozenset()
+        # A record homed in a slot moved out lives on at the move's target, which may have
+        # changed it since (a hold posted, a transfer reversed): the copy here is not read.
+        gone = {
+            i
+            for i, problem in zip(request.ids, problems, strict=True)
+            if not problem and moved_out and moves.record_moves(i, moved_out)
+        }
+        wanted = [
+            i
+            for i, problem in zip(request.ids, problems, strict=True)
+            if not problem and i not in gone
+        ]
         async with storage_answers(context, self._read_timeout_s):
             found = await self._node.history.load_transactions(
                 self._node.read_pool, wanted, self._read_timeout_s
@@ -272,6 +285,13 @@ class LedgerService(pb_grpc.LedgerServicer):  # type: ignore[misc]
             if problem:
                 results.append(
                     pb.TransactionLookup(code=pb.RESULT_CODE_INVALID_ID, message=problem)
+                )
+            elif transaction_id in gone:
+                results.append(
+                    pb.TransactionLookup(
+                        code=pb.RESULT_CODE_WRONG_SHARD,
+                        message=f"transaction {transaction_id!r} has moved out of this shard",
+                    )
                 )
             elif transaction_id not in found:
                 results.append(

@@ -106,6 +106,7 @@ async def moved(pg: EmbeddedPostgres) -> AsyncIterator[Moved]:
         gateway_on(cluster.control_dsn, slot_map_poll_interval_s=3600.0) as lagging,
         gateway_on(cluster.control_dsn, slot_map_poll_interval_s=3600.0) as lagging_too,
         gateway_on(cluster.control_dsn, slot_map_poll_interval_s=3600.0) as lagging_three,
+        gateway_on(cluster.control_dsn, slot_map_poll_interval_s=3600.0) as lagging_four,
     ):
         key = customer_on(HOLDERS[0], SHARD_COUNT, skip=5)
         async with security.channel(cluster.target) as channel:
@@ -121,7 +122,7 @@ async def moved(pg: EmbeddedPostgres) -> AsyncIterator[Moved]:
                 await _phase(client, key, phase)
                 if target is not None:
                     moves.append(await _move(cluster, slot_of(key), target))
-        yield Moved(cluster, key, moves, [lagging, lagging_too, lagging_three])
+        yield Moved(cluster, key, moves, [lagging, lagging_too, lagging_three, lagging_four])
 
 
 @pytest.fixture
@@ -300,6 +301,26 @@ async def test_a_gateway_behind_the_moves_reads_them_when_the_history_says_so(
         request = pb.ListPostingsRequest(account_id=moved.dep, limit=100, cursor=cursor)
         rest = await Client(channel).stub.ListPostings(request, timeout=30)
     assert pages + [p.transaction_id for p in rest.postings] == expected
+
+
+async def test_a_record_changed_after_its_move_is_read_as_it_is_now_not_as_it_left(
+    moved: Moved, client: Client
+) -> None:
+    """p0-1 was made at the first holder, moved with its slot and reversed at the second. The
+    holders before the owner answer it wrong_shard (their copy is as it left); a gateway
+    behind the moves asks again under a reloaded map, and reads it reversed."""
+    transaction_id = f"{moved.key}/p0-1"
+    for shard in HOLDERS[:-1]:
+        async with security.channel(moved.cluster.nodes[shard].target) as channel:
+            stub = Client(channel).stub
+            request = pb.GetTransactionsRequest(ids=[transaction_id, f"{moved.key}/nothing"])
+            answer = await stub.GetTransactions(request, timeout=30)
+        codes = [lookup.code for lookup in answer.results]
+        assert codes == [pb.RESULT_CODE_WRONG_SHARD] * 2, (shard, answer)
+    async with security.channel(f"127.0.0.1:{moved.lagging[3].port}") as channel:
+        behind = await Client(channel).transaction(transaction_id)
+    assert behind.reversed_by_id == f"{moved.key}/r"
+    assert behind == await client.transaction(transaction_id)
 
 
 async def _statement(moved: Moved, from_ns: int, to_ns: int) -> statement.Statement:
