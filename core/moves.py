@@ -226,6 +226,30 @@ def moving_holds(
     return moving
 
 
+def stuck_slots(open_records: Sequence[TransactionState], slots: frozenset[int]) -> dict[int, str]:
+    """Slot -> why, for the slots of these that cannot move now: those an open record here
+    touches (by its id or a leg's account) that moving_holds refuses outright (MoveRefusedError:
+    a cross-shard hold's record or held piece, a hold that would span shards). What may pass in
+    a moment (MoveBusyError) keeps no slot: the move-out waits for it. Without the slots named,
+    the rest may still not move together (a hold spanning a named slot and another): ask again
+    of what is left."""
+    stuck: dict[int, str] = {}
+    for record in sorted(open_records, key=lambda r: r.spec.id):
+        if record.spec.kind is Kind.PREPARED:
+            why, soon = _piece_refusal(record, slots)
+        else:
+            why, soon = _hold_refusal(record, slots)
+        if not why or soon:
+            continue
+        legs = (*record.applied_legs, *record.spec.legs)
+        touched = {account_slot(leg.account_id) for leg in legs if not is_spread(leg.account_id)}
+        if record_moves(record.spec.id, slots):
+            touched.add(transaction_slot(record.spec.id))
+        for slot in sorted(touched & slots):
+            stuck.setdefault(slot, why)
+    return dict(sorted(stuck.items()))
+
+
 def refusal_of(accounts: Sequence[AccountState], records: Sequence[TransactionState]) -> str:
     """Why these cannot move at all ("": they can)."""
     for account in accounts:
@@ -842,14 +866,16 @@ def rebalance_step(
     shard_ids: Iterable[int],
     slot_count_max: int,
     left: Mapping[int, Collection[int]] | None = None,
+    kept: Collection[int] = (),
 ) -> tuple[int, int, list[int]] | None:
     """The next move of a rebalance that spreads the slots evenly over shard_ids (a shard new
     to the cluster included): (source, target, slots), at most slot_count_max slots, or None
     when every shard holds its share. Shares: SLOT_COUNT // n each, one more for the first
     SLOT_COUNT % n shards in id order. The most loaded shard gives its highest slots to the
     least loaded one, so slots move once and ranges stay mostly contiguous; never a slot the
-    target moved out before (left: shard -> those slots; moving a slot back is not built),
-    MoveRefusedError if those are all the source could give it."""
+    target moved out before (left: shard -> those slots; moving a slot back is not built), nor
+    one of kept (slots that cannot move now: core.moves.stuck_slots), MoveRefusedError if
+    those are all the source could give it."""
     shards = sorted(set(shard_ids) | set(owners))
     if not shards or slot_count_max < 1:
         raise MoveRefusedError("a rebalance needs shards and at least one slot per move")
@@ -865,10 +891,11 @@ def rebalance_step(
         return None
     count = min(surplus[source], -surplus[target], slot_count_max)
     barred = set(left.get(target, ())) if left else set()
+    barred |= set(kept)
     free = [slot for slot in held[source] if slot not in barred]
     if not free:
         raise MoveRefusedError(
             f"every slot shard {source} could give shard {target} was moved out of shard "
-            f"{target} before: moving a slot back is not built"
+            f"{target} before (moving a slot back is not built) or cannot move now"
         )
     return source, target, free[-count:]

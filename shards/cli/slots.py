@@ -87,6 +87,19 @@ class MoveReport:
     steps_ms: tuple[tuple[str, float], ...] = ()
 
 
+class MoveRefused(MoveError):
+    """The source refused a planned move's move-out: nothing moved, the move abandoned."""
+
+
+@dataclass(frozen=True)
+class Rebalanced:
+    """What a rebalance did: its moves, and the slots it kept where they are (slot -> why:
+    an open record there that does not move with them, named by their shard)."""
+
+    reports: list[MoveReport]
+    stuck: dict[int, str]
+
+
 # ---- the command ----
 
 
@@ -188,27 +201,35 @@ def run(args: argparse.Namespace) -> int:
         print(f"tally slots: --slots-per-move must be 1..{SLOT_COUNT}", file=sys.stderr)
         return 2
     try:
-        if args.slots_command == "move":
-            work = move_slots(args.control_dsn, security, slots, args.to, args.held_wait_s, pages)
-        elif args.slots_command == "rebalance":
-            work = rebalance(
-                args.control_dsn, security, args.slots_per_move, args.held_wait_s, pages
-            )
-        else:
-            work = resume_move(args.control_dsn, security, args.held_wait_s, pages)
-        reports = asyncio.run(work)
+        done_work = asyncio.run(_command(args, security, slots, pages))
     except MoveError as error:
         print(f"tally slots: {error}", file=sys.stderr)
         return 2
     except (OSError, TimeoutError, asyncpg.PostgresError) as error:
         print(f"tally slots: the control database: {error!r}", file=sys.stderr)
         return 2
+    reports = done_work.reports if isinstance(done_work, Rebalanced) else done_work
     for report in reports:
         print_report(report)
+    if isinstance(done_work, Rebalanced):
+        for slot, why in done_work.stuck.items():
+            print(f"tally slots: slot {slot} kept where it is: {why}")
     if not reports:
         done = "the slots are spread evenly" if args.slots_command == "rebalance" else ""
         print(f"tally slots: {done or 'no unfinished move'}")
     return 0
+
+
+async def _command(
+    args: argparse.Namespace, security: ClientSecurity, slots: list[int], pages: int
+) -> list[MoveReport] | Rebalanced:
+    if args.slots_command == "move":
+        return await move_slots(args.control_dsn, security, slots, args.to, args.held_wait_s, pages)
+    if args.slots_command == "rebalance":
+        return await rebalance(
+            args.control_dsn, security, args.slots_per_move, args.held_wait_s, pages
+        )
+    return await resume_move(args.control_dsn, security, args.held_wait_s, pages)
 
 
 def print_report(report: MoveReport) -> None:
@@ -314,7 +335,7 @@ async def rebalance(
     slot_count_max: int,
     held_wait_s: float = HELD_WAIT_S,
     page_item_count: int = PAGE_ITEM_COUNT,
-) -> list[MoveReport]:
+) -> Rebalanced:
     """Resume an unfinished move, then move slots until every shard, registered ones owning no
     slot included, holds its even share (core.moves.rebalance_step): one move at a time, each
     recorded and resumable as `tally slots move`'s."""
@@ -328,28 +349,88 @@ async def rebalance(
             reports.append(
                 await _drive(connection, channels, unfinished, True, held_wait_s, page_item_count)
             )
-        for _ in range(SLOT_COUNT):  # each move gives a shard at least one slot of its share
-            slot_map = await control_store.load_slot_map(connection)
-            if slot_map is None:
-                raise MoveError("the control database has no slot map (tally init-cluster)")
-            shards = {*slot_map.shard_ids, *await control_store.shard_endpoints(connection)}
-            try:
-                step = moves.rebalance_step(
-                    slot_map.owners, shards, slot_count_max, await _slots_left(connection)
-                )
-            except moves.MoveRefusedError as error:
-                raise MoveError(f"rebalance stopped: {error}") from None
+        stuck: dict[int, str] = {}  # slots left where they are, and why
+        # Each move gives a shard at least one slot of its share; each skip keeps a slot back.
+        for _ in range(2 * SLOT_COUNT):
+            step = await _rebalance_step(connection, slot_count_max, stuck)
             if step is None:
                 break
-            _, target, slots = step
+            source, target, slots = step
+            endpoints = await control_store.shard_endpoints(connection)
+            if await _note_stuck(channels, endpoints, source, slots, stuck):
+                continue  # planned again without them
             move = await _plan(connection, slots, target)
-            reports.append(
-                await _drive(connection, channels, move, False, held_wait_s, page_item_count)
-            )
-        return reports
+            try:
+                report = await _drive(
+                    connection, channels, move, False, held_wait_s, page_item_count
+                )
+            except MoveRefused:  # abandoned: something opened since the ask, or not named
+                if not await _note_stuck(channels, endpoints, source, slots, stuck):
+                    raise
+                continue
+            reports.append(report)
+        return Rebalanced(reports, stuck)
     finally:
         await channels.close()
         await connection.close(timeout=5.0)
+
+
+async def _rebalance_step(
+    connection: Any, slot_count_max: int, stuck: dict[int, str]
+) -> tuple[int, int, list[int]] | None:
+    slot_map = await control_store.load_slot_map(connection)
+    if slot_map is None:
+        raise MoveError("the control database has no slot map (tally init-cluster)")
+    shards = {*slot_map.shard_ids, *await control_store.shard_endpoints(connection)}
+    try:
+        return moves.rebalance_step(
+            slot_map.owners, shards, slot_count_max, await _slots_left(connection), set(stuck)
+        )
+    except moves.MoveRefusedError as error:
+        kept = f" ({len(stuck)} slots kept back: {_stuck_summary(stuck)})" if stuck else ""
+        raise MoveError(f"rebalance stopped: {error}{kept}") from None
+
+
+async def _note_stuck(
+    channels: _Channels,
+    endpoints: dict[int, str],
+    source: int,
+    slots: list[int],
+    stuck: dict[int, str],
+) -> bool:
+    """Ask the source which of the slots cannot move now (ReadMovedOut, MOVED_PART_STUCK_SLOTS,
+    for the move about to be planned) and note them in stuck: whether it named any. A source
+    that cannot say (a node from before the ask) names none: its move-out refuses them."""
+    if source not in endpoints:
+        raise MoveError(f"shard {source} has no endpoint in the control database")
+    request = spb.ReadMovedOutRequest(
+        move_id=secrets.token_hex(8), slots=slots, part=spb.MOVED_PART_STUCK_SLOTS,
+        item_count_max=1,
+    )  # fmt: skip
+    refusals: list[str] = []
+
+    async def refused(details: str) -> None:
+        refusals.append(details)
+
+    answer = await _step(
+        endpoints[source], channels, _calling("ReadMovedOut", request), refused=refused
+    )
+    if refusals:
+        print(
+            f"tally slots: shard {source} cannot say which slots are stuck: {refusals[0]}",
+            file=sys.stderr,
+        )
+        return False
+    found = {item.slot: item.reason for item in answer.stuck_slots if item.slot in slots}
+    stuck.update(found)
+    return bool(found)
+
+
+def _stuck_summary(stuck: dict[int, str]) -> str:
+    first = next(iter(sorted(stuck)))
+    return f"slot {first}: {stuck[first]}" + (
+        f"; and {len(stuck) - 1} more" if len(stuck) > 1 else ""
+    )
 
 
 async def _slots_left(connection: Any) -> dict[int, set[int]]:
@@ -490,7 +571,7 @@ async def _refused_out(
     if move.state == "planned":
         await control_store.set_move_state(connection, move.move_id, "abandoned")
         await _drop_staged(channels, endpoints[move.target_shard], move)
-        raise MoveError(f"move {move.move_id} refused by shard {move.source_shard}: {details}")
+        raise MoveRefused(f"move {move.move_id} refused by shard {move.source_shard}: {details}")
     raise MoveError(
         f"move {move.move_id} ({move.state}): shard {move.source_shard} refused to answer its "
         f"move-out again: {details}"

@@ -350,6 +350,7 @@ _PARTS: Final = (
     spb.MOVED_PART_RECORDS,
     spb.MOVED_PART_PRECOPY_RECORDS,
     spb.MOVED_PART_CHANGED_RECORDS,
+    spb.MOVED_PART_STUCK_SLOTS,
 )
 
 
@@ -363,7 +364,7 @@ async def read_moved_out(
         await context.abort(
             grpc.StatusCode.INVALID_ARGUMENT,
             f"part {request.part} is not MOVED_PART_ACCOUNTS, MOVED_PART_RECORDS, "
-            "MOVED_PART_PRECOPY_RECORDS or MOVED_PART_CHANGED_RECORDS",
+            "MOVED_PART_PRECOPY_RECORDS, MOVED_PART_CHANGED_RECORDS or MOVED_PART_STUCK_SLOTS",
         )
     if not 1 <= request.item_count_max <= moves.MOVE_READ_ITEM_COUNT_MAX:
         await context.abort(
@@ -381,6 +382,14 @@ async def read_moved_out(
         moved = await store_moves.moved_out_slots_of(
             connection, request.move_id, MOVE_READ_TIMEOUT_S
         )
+        if request.part == spb.MOVED_PART_STUCK_SLOTS:
+            await _check_precopy(node, context, request.move_id, slots, moved)
+            open_records = await store_moves.open_records(connection, MOVE_READ_TIMEOUT_S)
+            stuck = moves.stuck_slots(open_records, slots)
+            return spb.ReadMovedOutResponse(
+                stuck_slots=[spb.StuckSlot(slot=s, reason=why) for s, why in stuck.items()],
+                done=True,
+            )
         if request.part == spb.MOVED_PART_PRECOPY_RECORDS:
             await _check_precopy(node, context, request.move_id, slots, moved)
         elif moved != slots:

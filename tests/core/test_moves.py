@@ -163,6 +163,35 @@ def test_which_open_holds_move_and_why_the_others_do_not() -> None:
     assert moves.moving_holds([_account("k/sav", 0, 0)], [away], slots) == []
 
 
+def test_the_slots_that_cannot_move_now_are_named_with_why() -> None:
+    """What moving_holds refuses outright keeps the slots it touches (and only those of the
+    move); what may pass soon, or moves with the slots, keeps none."""
+    k, z, q = slot_of("k"), slot_of("z"), slot_of("q")
+    assert len({k, z, q}) == 3
+    usd = "USD"
+    spanning = _hold("k/h2", (Leg("k/dep", True, 5, usd), Leg("z/sav", False, 5, usd)))
+    coordinated = _hold("q/h4", (Leg("q/dep", True, 5, usd),), kind=Kind.HOLD)
+    contained = _hold("k/h1", (Leg("k/dep", True, 5, usd), Leg("@cash", False, 5, usd)), 9)
+    piece_spec = TransactionSpec(
+        ids.piece_id("z/h5", "ab"), Kind.PREPARED, (Leg("q/sav", True, 5, usd),), 0, (), "", 30,
+        "3",
+    )  # fmt: skip
+    in_flight = TransactionState(piece_spec, piece_spec.legs, 50, Status.PENDING, 50 + 30 * 10**9)
+    records = [spanning, coordinated, contained, in_flight]
+    stuck = moves.stuck_slots(records, frozenset({k, q}))
+    assert sorted(stuck) == [k, q]
+    assert "span two shards" in stuck[k] and "cross-shard hold" in stuck[q]
+    # The spanning hold moves when both its slots do; the piece in flight waits, keeps none.
+    assert moves.stuck_slots([spanning, contained, in_flight], frozenset({k, z})) == {}
+    rearmed = in_flight.copy()
+    rearmed.expires_at_ns += 3_600 * 10**9
+    assert list(moves.stuck_slots([rearmed], frozenset({k, q}))) == [q]
+    # A rebalance passes them by: the next highest slots instead.
+    owners = [0] * 3000 + [1] * 1096
+    step = moves.rebalance_step(owners, range(3), 50, None, {2999, 2990})
+    assert step is not None and step[2] == [s for s in range(2948, 3000) if s not in (2999, 2990)]
+
+
 def test_the_fence_refuses_items_writing_to_a_moved_out_slot() -> None:
     slot = account_slot("k/dep")
     moved_out = {slot: "ab12"}

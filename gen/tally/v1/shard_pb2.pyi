@@ -15,6 +15,7 @@ class MovedPart(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     MOVED_PART_RECORDS: _ClassVar[MovedPart]
     MOVED_PART_PRECOPY_RECORDS: _ClassVar[MovedPart]
     MOVED_PART_CHANGED_RECORDS: _ClassVar[MovedPart]
+    MOVED_PART_STUCK_SLOTS: _ClassVar[MovedPart]
 
 class HoldFate(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -28,6 +29,7 @@ MOVED_PART_ACCOUNTS: MovedPart
 MOVED_PART_RECORDS: MovedPart
 MOVED_PART_PRECOPY_RECORDS: MovedPart
 MOVED_PART_CHANGED_RECORDS: MovedPart
+MOVED_PART_STUCK_SLOTS: MovedPart
 HOLD_FATE_UNSPECIFIED: HoldFate
 HOLD_FATE_OPEN: HoldFate
 HOLD_FATE_POSTED: HoldFate
@@ -122,6 +124,14 @@ class MoveSlotsInRequest(_message.Message):
     totals: MoveTotals
     def __init__(self, move_id: _Optional[str] = ..., slots: _Optional[_Iterable[int]] = ..., source_shard: _Optional[int] = ..., accounts: _Optional[_Iterable[_Union[MovedAccount, _Mapping]]] = ..., records: _Optional[_Iterable[_Union[MovedRecord, _Mapping]]] = ..., spread_accounts: _Optional[_Iterable[_Union[MovedAccount, _Mapping]]] = ..., staged: _Optional[bool] = ..., totals: _Optional[_Union[MoveTotals, _Mapping]] = ...) -> None: ...
 
+class StuckSlot(_message.Message):
+    __slots__ = ("slot", "reason")
+    SLOT_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    slot: int
+    reason: str
+    def __init__(self, slot: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
+
 class ReadMovedOutRequest(_message.Message):
     __slots__ = ("move_id", "slots", "part", "after_id", "item_count_max", "since_sequence")
     MOVE_ID_FIELD_NUMBER: _ClassVar[int]
@@ -139,18 +149,20 @@ class ReadMovedOutRequest(_message.Message):
     def __init__(self, move_id: _Optional[str] = ..., slots: _Optional[_Iterable[int]] = ..., part: _Optional[_Union[MovedPart, str]] = ..., after_id: _Optional[str] = ..., item_count_max: _Optional[int] = ..., since_sequence: _Optional[int] = ...) -> None: ...
 
 class ReadMovedOutResponse(_message.Message):
-    __slots__ = ("accounts", "records", "next_after_id", "done", "snapshot_sequence")
+    __slots__ = ("accounts", "records", "next_after_id", "done", "snapshot_sequence", "stuck_slots")
     ACCOUNTS_FIELD_NUMBER: _ClassVar[int]
     RECORDS_FIELD_NUMBER: _ClassVar[int]
     NEXT_AFTER_ID_FIELD_NUMBER: _ClassVar[int]
     DONE_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOT_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    STUCK_SLOTS_FIELD_NUMBER: _ClassVar[int]
     accounts: _containers.RepeatedCompositeFieldContainer[MovedAccount]
     records: _containers.RepeatedCompositeFieldContainer[MovedRecord]
     next_after_id: str
     done: bool
     snapshot_sequence: int
-    def __init__(self, accounts: _Optional[_Iterable[_Union[MovedAccount, _Mapping]]] = ..., records: _Optional[_Iterable[_Union[MovedRecord, _Mapping]]] = ..., next_after_id: _Optional[str] = ..., done: _Optional[bool] = ..., snapshot_sequence: _Optional[int] = ...) -> None: ...
+    stuck_slots: _containers.RepeatedCompositeFieldContainer[StuckSlot]
+    def __init__(self, accounts: _Optional[_Iterable[_Union[MovedAccount, _Mapping]]] = ..., records: _Optional[_Iterable[_Union[MovedRecord, _Mapping]]] = ..., next_after_id: _Optional[str] = ..., done: _Optional[bool] = ..., snapshot_sequence: _Optional[int] = ..., stuck_slots: _Optional[_Iterable[_Union[StuckSlot, _Mapping]]] = ...) -> None: ...
 
 class StageMoveInRequest(_message.Message):
     __slots__ = ("move_id", "slots", "source_shard", "accounts", "records", "restart")

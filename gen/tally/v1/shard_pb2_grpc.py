@@ -163,8 +163,9 @@ class ShardServicer:
         they were before it, or the records homed in the slots, or those of them that may have
         changed since a pre-copy), in id order after after_id; read only. Before the move-out
         (MOVED_PART_PRECOPY_RECORDS): a page of the records as they are now, with the last block
-        committed in the snapshot it was read at. FAILED_PRECONDITION when this shard has no
-        move-out of exactly these slots by this move (or, to pre-copy, does not own them),
+        committed in the snapshot it was read at; or (MOVED_PART_STUCK_SLOTS) which of the slots
+        cannot move now. FAILED_PRECONDITION when this shard has no
+        move-out of exactly these slots by this move (or, to pre-copy or check, does not own them),
         INVALID_ARGUMENT naming a bad field.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

@@ -347,6 +347,7 @@ async def test_a_shard_added_under_load_gets_its_even_share_by_rebalance(
         assert await client.codes(transfer(f"{key}/fund", "@cash", f"{key}/dep", 10**6)) == [
             CREATED
         ]
+    stuck_slot, open_hold = await _open_cross_shard_hold(client, moved, keys)
     name = f"c{os.getpid()}_added_{slot_of(keys[0])}"
     await pg.create_database_async(name)
     added = await start_node(
@@ -372,9 +373,37 @@ async def test_a_shard_added_under_load_gets_its_even_share_by_rebalance(
         pauses = [float(p) for p in re.findall(r"pause_ms ([0-9.]+)", stdout)]
         print(stdout.count("done:"), "moves; pause per slot, ms: max", max(pauses))
         assert len(pauses) == len(moved)
+        # The open cross-shard hold's slot kept where it is (another moved in its stead), said.
+        assert f"slot {stuck_slot} kept where it is: open cross-shard hold" in stdout, stdout
+        assert (await slot_owners(cluster.control_dsn))[stuck_slot] == 0
+        void = pb.Transaction(id=f"{open_hold.id}-void", code=1, void_pending_id=open_hold.id)
+        assert await client.codes(void) == [CREATED]
         await _check_rebalanced(cluster, added.dsn, client, keys, local, cross)
     finally:
         await added.stop()
+
+
+async def _open_cross_shard_hold(
+    client: Client, moved: dict[int, int], keys: list[str]
+) -> tuple[int, pb.Transaction]:
+    """An open cross-shard hold homed in a slot of shard 0 the rebalance would move (its
+    record does not move), to a customer of shard 1 in a slot it keeps: (its slot, the hold)."""
+    even = SlotMap.even(SHARD_COUNT)
+    taken = {slot_of(key) for key in keys}
+    payer = next(
+        k for n in range(100_000) if (k := f"rbs-{n}") and slot_of(k) in moved
+        and even.shard_of_key(k) == 0 and slot_of(k) not in taken
+    )  # fmt: skip
+    payee = next(
+        k for n in range(100_000) if (k := f"rbp-{n}") and slot_of(k) not in moved
+        and even.shard_of_key(k) == 1
+    )  # fmt: skip
+    for key in (payer, payee):
+        await _open(client, key)
+    fund = transfer(f"{payer}/fund", "@cash", f"{payer}/dep", 1_000)
+    hold = transfer(f"{payer}/xh", f"{payer}/dep", f"{payee}/sav", 400, pending=True)
+    assert await client.codes(fund, hold) == [CREATED, CREATED]
+    return slot_of(payer), hold
 
 
 async def _check_rebalanced(
