@@ -301,6 +301,15 @@ async def move_slots(
                 await _drive(connection, channels, unfinished, True, held_wait_s, page_item_count)
             )
         move = await _plan(connection, sorted(checked), target)
+        stuck: dict[int, str] = {}
+        endpoints = await control_store.shard_endpoints(connection)
+        if await _note_stuck(channels, endpoints, move.source_shard, list(move.slots), stuck):
+            # Refused before the pre-copy stages anything, every slot that stops it named.
+            await control_store.set_move_state(connection, move.move_id, "abandoned")
+            raise MoveRefused(
+                f"move {move.move_id} refused by shard {move.source_shard}: "
+                + "; ".join(f"slot {slot}: {why}" for slot, why in stuck.items())
+            )
         reports.append(
             await _drive(connection, channels, move, False, held_wait_s, page_item_count)
         )

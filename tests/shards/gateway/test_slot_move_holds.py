@@ -171,6 +171,8 @@ async def _refusals(cluster: Cluster, client: Client, key: str) -> None:
             "--held-wait-s", "100",
         )  # fmt: skip
         assert (code, why in stderr) == (2, True), (slot, stdout, stderr)
+        # Named by the source before the pre-copy staged anything (not at its fence).
+        assert f"slot {slot}: " in stderr, stderr
         # Not asked again for --held-wait-s: refused at once (the process's start, loaded
         # machine included, takes far less).
         assert time.monotonic() - started < 50, "refused at once, not waited for"
