@@ -191,6 +191,14 @@ def _hold_refusal(record: TransactionState, slots: frozenset[int]) -> tuple[str,
     return "", False
 
 
+def _open_record_refusal(record: TransactionState, slots: frozenset[int]) -> tuple[str, bool]:
+    """Why an open record here (a held piece, or a hold) keeps the slots from moving, and
+    whether it may pass soon (("", False): it does not)."""
+    if record.spec.kind is Kind.PREPARED:
+        return _piece_refusal(record, slots)
+    return _hold_refusal(record, slots)
+
+
 def moving_holds(
     accounts: Sequence[AccountState],
     open_records: Sequence[TransactionState],
@@ -204,10 +212,7 @@ def moving_holds(
     moving holds' amounts (MoveBusyError otherwise: held by something not explained)."""
     moving: list[TransactionState] = []
     for record in sorted(open_records, key=lambda r: r.spec.id):
-        if record.spec.kind is Kind.PREPARED:
-            why, soon = _piece_refusal(record, slots)
-        else:
-            why, soon = _hold_refusal(record, slots)
+        why, soon = _open_record_refusal(record, slots)
         if why:
             raise (MoveBusyError if soon else MoveRefusedError)(why)
         if record.spec.kind is Kind.PENDING and record_moves(record.spec.id, slots):
@@ -235,10 +240,7 @@ def stuck_slots(open_records: Sequence[TransactionState], slots: frozenset[int])
     of what is left."""
     stuck: dict[int, str] = {}
     for record in sorted(open_records, key=lambda r: r.spec.id):
-        if record.spec.kind is Kind.PREPARED:
-            why, soon = _piece_refusal(record, slots)
-        else:
-            why, soon = _hold_refusal(record, slots)
+        why, soon = _open_record_refusal(record, slots)
         if not why or soon:
             continue
         legs = (*record.applied_legs, *record.spec.legs)

@@ -218,8 +218,7 @@ class LedgerService(pb_grpc.LedgerServicer):  # type: ignore[misc]
         wanted = [i for i, problem in zip(request.ids, problems, strict=True) if not problem]
         async with storage_answers(context, self._read_timeout_s):
             found = await store.load_accounts(self._node.read_pool, wanted, self._read_timeout_s)
-        writer = self._node.writer
-        moved_out = frozenset(writer.moved_out) if writer is not None else frozenset()
+        moved_out = self._moved_out_slots()
         results = []
         for account_id, problem in zip(request.ids, problems, strict=True):
             if problem:
@@ -249,15 +248,10 @@ class LedgerService(pb_grpc.LedgerServicer):  # type: ignore[misc]
     ) -> pb.GetTransactionsResponse:
         await check_batch_size(context, len(request.ids), "ids")
         problems = [_transaction_id_problem(i, f"ids[{n}]") for n, i in enumerate(request.ids)]
-        writer = self._node.writer
-        moved_out = frozenset(writer.moved_out) if writer is not None else frozenset()
+        moved_out = self._moved_out_slots()
         # A record homed in a slot moved out lives on at the move's target, which may have
         # changed it since (a hold posted, a transfer reversed): the copy here is not read.
-        gone = {
-            i
-            for i, problem in zip(request.ids, problems, strict=True)
-            if not problem and moved_out and moves.record_moves(i, moved_out)
-        }
+        gone = {i for i in request.ids if moved_out and moves.record_moves(i, moved_out)}
         wanted = [
             i
             for i, problem in zip(request.ids, problems, strict=True)
@@ -382,6 +376,11 @@ class LedgerService(pb_grpc.LedgerServicer):  # type: ignore[misc]
             grpc.StatusCode.FAILED_PRECONDITION,
             "a shard node does not serve routing: ask a gateway (GetRouting)",
         )
+
+    def _moved_out_slots(self) -> frozenset[int]:
+        """The slots this node's writer moved out (none on a standby)."""
+        writer = self._node.writer
+        return frozenset(writer.moved_out) if writer is not None else frozenset()
 
     def _mark_moved_out(self, context: grpc.aio.ServicerContext[Any, Any], account_id: str) -> None:
         """A read of an account this shard moved out says so (its history goes on at the move's
