@@ -279,6 +279,16 @@ def move_in_hold_id(move_id: str, hold_id: str) -> str:
     return f"{_MOVE_IN}{move_id}/{_HOLD_PART}{hold_id}"
 
 
+def moved_out_by(resolved_by_id: str, record_id: str) -> str:
+    """The move whose move-out released record `record_id` here, if `resolved_by_id` (what
+    resolved it) is that release ("": it is not): the record left with the move, and this
+    shard's copy is as it left."""
+    if not resolved_by_id.startswith(_MOVE_OUT) or not resolved_by_id.endswith(record_id):
+        return ""
+    move_id, _, rest = resolved_by_id[len(_MOVE_OUT) :].partition("/")
+    return move_id if rest == _HOLD_PART + record_id and is_move_id(move_id) else ""
+
+
 def parse_move_out_id(identifier: str) -> tuple[str, str]:
     """(move id, account id) of a move-out transaction's id."""
     return _parse_move(identifier, _MOVE_OUT, "a move-out id")

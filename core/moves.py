@@ -141,28 +141,46 @@ def _legs_moving(record: TransactionState, slots: frozenset[int]) -> tuple[bool,
     return any(moving), all(moving)
 
 
-def _piece_refusal(piece: TransactionState, slots: frozenset[int]) -> tuple[str, bool]:
+def _piece_refusal(
+    piece: TransactionState, slots: frozenset[int], target: int | None
+) -> tuple[str, bool]:
     """Why a held cross-shard piece here keeps the slots from moving, and whether it may pass
-    soon (("", False): it does not touch them)."""
+    soon (("", False): it moves with them, or does not touch them). A piece of a committed open
+    cross-shard hold moves with its accounts when all of them are in the slots (its legs but on
+    spread accounts: its clearing legs) and the target is not its coordinator; `target` None:
+    not known (no piece moves)."""
     locked = [decided_by_piece(piece.spec), reversed_by_piece(piece.spec)]
     if any(record_moves(record_id, slots) for record_id in locked if record_id):
         return f"cross-shard piece {piece.spec.id!r} is deciding a record homed in the slots", True
-    if not _legs_moving(piece, slots)[0]:
+    some, every = _legs_moving(piece, slots)
+    if not some:
         return "", False
     coordinator = piece.spec.target_id
-    if piece.expires_at_ns != expires_at(piece.timestamp_ns, piece.spec.timeout_seconds):
-        # Given another deadline since its prepare: a piece of a committed cross-shard hold,
-        # open until its coordinator decides it (maybe days).
+    if piece.expires_at_ns == expires_at(piece.timestamp_ns, piece.spec.timeout_seconds):
         return (
-            f"{piece.spec.id!r} holds amounts on the slots' accounts for an open cross-shard "
-            f"hold coordinated at shard {coordinator}: held pieces of cross-shard holds do not "
-            "move (their coordinator settles them by shard number); post or void that hold "
-            "first"
+            f"{piece.spec.id!r} holds amounts on the slots' accounts: a cross-shard piece between "
+            f"its prepare and its resolution (coordinator shard {coordinator})"
+        ), True
+    # Given another deadline since its prepare: a piece of a committed cross-shard hold, open
+    # until its coordinator decides it (maybe days).
+    held = f"{piece.spec.id!r} holds amounts for an open cross-shard hold coordinated at shard "
+    if not every:
+        return (
+            f"{held}{coordinator} on accounts both in and out of the slots: a piece that would "
+            "span two shards after the move does not move; move its slots together, or post or "
+            "void that hold"
         ), False
-    return (
-        f"{piece.spec.id!r} holds amounts on the slots' accounts: a cross-shard piece between "
-        f"its prepare and its resolution (coordinator shard {coordinator})"
-    ), True
+    if target is None:
+        return (
+            f"{held}{coordinator}: the mover did not check the target for the hold's other "
+            "pieces (a mover from before pieces moved)"
+        ), False
+    if coordinator == str(target):
+        return (
+            f"{held}{coordinator}, the target: a piece does not move to its hold's coordinator; "
+            "move its slots elsewhere, or post or void that hold"
+        ), False
+    return "", False
 
 
 def _hold_refusal(record: TransactionState, slots: frozenset[int]) -> tuple[str, bool]:
@@ -191,31 +209,50 @@ def _hold_refusal(record: TransactionState, slots: frozenset[int]) -> tuple[str,
     return "", False
 
 
-def _open_record_refusal(record: TransactionState, slots: frozenset[int]) -> tuple[str, bool]:
+def _open_record_refusal(
+    record: TransactionState, slots: frozenset[int], target: int | None
+) -> tuple[str, bool]:
     """Why an open record here (a held piece, or a hold) keeps the slots from moving, and
     whether it may pass soon (("", False): it does not)."""
     if record.spec.kind is Kind.PREPARED:
-        return _piece_refusal(record, slots)
+        return _piece_refusal(record, slots, target)
     return _hold_refusal(record, slots)
+
+
+def moving_refusal(record: TransactionState, slots: frozenset[int], target: int | None) -> str:
+    """Why an open record keeps the slots from moving to target now or for good ("": it does
+    not)."""
+    return _open_record_refusal(record, slots, target)[0]
+
+
+def is_moving_piece(record: TransactionState, slots: frozenset[int]) -> bool:
+    """Whether an open record that moving_holds let pass is a held cross-shard piece moving
+    with the slots (not one that only does not touch them)."""
+    return record.spec.kind is Kind.PREPARED and _legs_moving(record, slots)[0]
 
 
 def moving_holds(
     accounts: Sequence[AccountState],
     open_records: Sequence[TransactionState],
     slots: frozenset[int],
+    target: int | None = None,
 ) -> list[TransactionState]:
-    """The open single-shard holds that move with the slots (their record and every leg but
-    on spread accounts in them), in id order, from the shard's open records (holds and held
-    pieces). MoveRefusedError for what cannot move (a hold that would span shards, a
-    cross-shard hold's record or pieces), MoveBusyError for what may pass soon (a piece in
-    flight, a hold being decided). The moved accounts' pending counters must be exactly the
-    moving holds' amounts (MoveBusyError otherwise: held by something not explained)."""
+    """The open records that move with the slots, in id order, from the shard's open records
+    (holds and held pieces): the single-shard holds whose record and every leg but on spread
+    accounts are in them, and (the target given) the held pieces of committed cross-shard holds
+    whose accounts all are (_piece_refusal). MoveRefusedError for what cannot move (a hold that
+    would span shards, a cross-shard hold's record, a piece that would span shards or go to its
+    coordinator), MoveBusyError for what may pass soon (a piece in flight, a hold being
+    decided). The moved accounts' pending counters must be exactly the moving records' amounts
+    (MoveBusyError otherwise: held by something not explained)."""
     moving: list[TransactionState] = []
     for record in sorted(open_records, key=lambda r: r.spec.id):
-        why, soon = _open_record_refusal(record, slots)
+        why, soon = _open_record_refusal(record, slots, target)
         if why:
             raise (MoveBusyError if soon else MoveRefusedError)(why)
         if record.spec.kind is Kind.PENDING and record_moves(record.spec.id, slots):
+            moving.append(record)
+        elif is_moving_piece(record, slots):
             moving.append(record)
     held: dict[str, list[int]] = {}
     for hold in moving:
@@ -231,25 +268,41 @@ def moving_holds(
     return moving
 
 
-def stuck_slots(open_records: Sequence[TransactionState], slots: frozenset[int]) -> dict[int, str]:
-    """Slot -> why, for the slots of these that cannot move now: those an open record here
-    touches (by its id or a leg's account) that moving_holds refuses outright (MoveRefusedError:
-    a cross-shard hold's record or held piece, a hold that would span shards). What may pass in
-    a moment (MoveBusyError) keeps no slot: the move-out waits for it. Without the slots named,
-    the rest may still not move together (a hold spanning a named slot and another): ask again
-    of what is left."""
+def moving_pieces(holds: Sequence[TransactionState]) -> list[TransactionState]:
+    """The held cross-shard pieces among moving_holds' answer: records that travel with the move
+    though not homed in its slots (their ids are their hold's)."""
+    return [record for record in holds if record.spec.kind is Kind.PREPARED]
+
+
+def stuck_slots(
+    open_records: Sequence[TransactionState],
+    slots: frozenset[int],
+    target: int | None = None,
+) -> dict[int, str]:
+    """Slot -> why, for the slots of these that cannot move now (to `target`, if known): those
+    an open record here touches (by its id or a leg's account) that moving_holds refuses
+    outright (MoveRefusedError: a cross-shard hold's record, a piece that would span shards or
+    go to its coordinator, a hold that would span shards). What may pass in a moment
+    (MoveBusyError) keeps no slot: the move-out waits for it. Without the slots named, the rest
+    may still not move together (a hold spanning a named slot and another): ask again of what
+    is left."""
     stuck: dict[int, str] = {}
     for record in sorted(open_records, key=lambda r: r.spec.id):
-        why, soon = _open_record_refusal(record, slots)
+        why, soon = _open_record_refusal(record, slots, target)
         if not why or soon:
             continue
-        legs = (*record.applied_legs, *record.spec.legs)
-        touched = {account_slot(leg.account_id) for leg in legs if not is_spread(leg.account_id)}
-        if record_moves(record.spec.id, slots):
-            touched.add(transaction_slot(record.spec.id))
-        for slot in sorted(touched & slots):
-            stuck.setdefault(slot, why)
+        stuck.update({s: why for s in touched_slots(record, slots) if s not in stuck})
     return dict(sorted(stuck.items()))
+
+
+def touched_slots(record: TransactionState, slots: frozenset[int]) -> list[int]:
+    """The slots of these an open record touches: its legs' accounts' (but spread accounts),
+    and its id's home unless reserved."""
+    legs = (*record.applied_legs, *record.spec.legs)
+    touched = {account_slot(leg.account_id) for leg in legs if not is_spread(leg.account_id)}
+    if record_moves(record.spec.id, slots):
+        touched.add(transaction_slot(record.spec.id))
+    return sorted(touched & slots)
 
 
 def refusal_of(accounts: Sequence[AccountState], records: Sequence[TransactionState]) -> str:
@@ -727,18 +780,32 @@ def record_before_out(record: TransactionState, move_id: str) -> TransactionStat
 
 
 def check_holds_in(
-    records: Sequence[TransactionState], accounts: Sequence[AccountState], slots: frozenset[int]
+    records: Sequence[TransactionState],
+    accounts: Sequence[AccountState],
+    slots: frozenset[int],
+    shard: int | None = None,
 ) -> None:
-    """MoveRefusedError unless every open hold moving in is a single-shard hold homed in the
-    slots whose legs are on the accounts moving in or on spread accounts."""
+    """MoveRefusedError unless every open record moving in is a single-shard hold homed in the
+    slots, or a held cross-shard piece not coordinated here (`shard`: this one), whose legs
+    are on the accounts moving in or on spread accounts."""
     moving = {account.spec.id for account in accounts}
     for record in open_holds_of(records):
-        if record.spec.kind is not Kind.PENDING:
+        if record.spec.kind is Kind.PREPARED:
+            if not ids.is_piece_id(record.spec.id):
+                raise MoveRefusedError(f"open record {record.spec.id!r} is not a piece's")
+            if shard is not None and record.spec.target_id == str(shard):
+                raise MoveRefusedError(
+                    f"piece {record.spec.id!r} is coordinated here: a piece does not move to its "
+                    "hold's coordinator"
+                )
+        elif record.spec.kind is not Kind.PENDING or ids.is_reserved(record.spec.id):
             raise MoveRefusedError(f"open record {record.spec.id!r} is not a single-shard hold")
+        elif not record_moves(record.spec.id, slots):
+            raise MoveRefusedError(f"open hold {record.spec.id!r} is not homed in the slots")
         for leg in record.applied_legs:
             if not is_spread(leg.account_id) and leg.account_id not in moving:
                 raise MoveRefusedError(
-                    f"open hold {record.spec.id!r} has a leg on {leg.account_id!r}, which "
+                    f"open record {record.spec.id!r} has a leg on {leg.account_id!r}, which "
                     "does not move in with it"
                 )
 

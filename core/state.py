@@ -449,7 +449,7 @@ class Batch:
                 ResultCode.PENDING_NOT_FOUND, f"{spec.target_id!r} is not a cross-shard piece"
             )
         if piece.status is not Status.PENDING:
-            return Result(
+            return _moved_out(piece) or Result(
                 ResultCode.PENDING_ALREADY_RESOLVED,
                 f"piece {spec.target_id!r} was resolved by {piece.resolved_by_id!r}",
             )
@@ -924,6 +924,18 @@ def _mark_replay(existing: TransactionState, spec: TransactionSpec) -> Result:
     return Result(ResultCode.ALREADY_REVERSED, f"{spec.target_id!r} was reversed by {recorded!r}")
 
 
+def _moved_out(record: TransactionState) -> Result | None:
+    """WRONG_SHARD for a held record this shard's move-out released (a cross-shard piece that
+    moved with its accounts: it is held at the move's target now), else None."""
+    move_id = ids.moved_out_by(record.resolved_by_id, record.spec.id)
+    if not move_id:
+        return None
+    return Result(
+        ResultCode.WRONG_SHARD,
+        f"{record.spec.id!r} has moved out of this shard with its accounts (move {move_id})",
+    )
+
+
 def _resolution_problem(
     pending: TransactionState | None,
     spec: TransactionSpec,
@@ -938,7 +950,7 @@ def _resolution_problem(
     if pending.status is Status.PENDING_EXPIRED:
         return Result(ResultCode.PENDING_EXPIRED, f"hold {spec.target_id!r} expired")
     if pending.status is not Status.PENDING:
-        return Result(
+        return _moved_out(pending) or Result(
             ResultCode.PENDING_ALREADY_RESOLVED,
             f"hold {spec.target_id!r} was resolved by {pending.resolved_by_id!r}",
         )

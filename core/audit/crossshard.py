@@ -96,7 +96,8 @@ class PieceView:
     # cross-shard hold's HOLD record is its "commit".
     decision: str = ""
     piece_id: str = ""
-    # "posted", "voided", "expired"; "" while the piece is held.
+    # "posted", "voided", "expired"; "moved" (released by this shard's move-out: the piece is
+    # held at the move's target now); "" while the piece is held.
     resolution: str = ""
     # The coordinator shard named by the piece (-1: no piece here).
     coordinator: int = -1
@@ -175,7 +176,8 @@ def fold(view: PieceView, row: Any, totals: dict[str, list[int]] | None) -> None
         view.hold_fate = _both(view.hold_fate, _RESOLUTIONS[Kind(kind)])
         view.transaction_id = view.transaction_id or row["target_id"]
     else:
-        view.resolution = _both(view.resolution, _RESOLUTIONS[Kind(kind)])
+        moved = ids.moved_out_by(row["id"], row["target_id"])
+        view.resolution = _both(view.resolution, "moved" if moved else _RESOLUTIONS[Kind(kind)])
         view.piece_id = view.piece_id or row["target_id"]
         view.transaction_id = view.transaction_id or _client_id(row["target_id"])
     try:
@@ -218,7 +220,11 @@ class PieceDeadline:
 
     def see(self, row: Any) -> None:
         kind = row["kind"]
-        if kind == Kind.PREPARED:
+        if kind == Kind.PREPARED and row.get("moved_in"):
+            # Moved in with its deadline as it was (the source's deadline records stay there):
+            # from here on, this shard's deadline records set it.
+            self.recorded_ns = self.expected_ns = row["expires_at_ns"]
+        elif kind == Kind.PREPARED:
             self.recorded_ns = row["expires_at_ns"]
             timeout_s = row["timeout_seconds"]
             self.expected_ns = row["timestamp_ns"] + timeout_s * 1_000_000_000 if timeout_s else 0
@@ -380,7 +386,7 @@ def judge(views: list[PieceView], config: AuditConfig, log: FindingLog, final: b
     "wrong" (logged)."""
     views.sort(key=lambda view: view.shard)
     decided = [view for view in views if view.decision]
-    pieces = [view for view in views if view.piece_id]
+    pieces = _judged_pieces(views)
     contradictions = _contradictions(decided, pieces)
     transaction_id = _transaction_id(views)
     hold = _hold_of(decided) if {view.decision for view in decided} == {"commit"} else None
@@ -445,6 +451,12 @@ def judge(views: list[PieceView], config: AuditConfig, log: FindingLog, final: b
             currency=currency,
         )
     return "wrong"
+
+
+def _judged_pieces(views: list[PieceView]) -> list[PieceView]:
+    """The pieces among views but those moved out with their accounts: each is judged where it
+    went, moved in there."""
+    return [view for view in views if view.piece_id and view.resolution != "moved"]
 
 
 def _judge_open_hold(

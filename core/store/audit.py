@@ -203,17 +203,33 @@ SELECT CASE WHEN t.kind IN ({commit}, {hold}) THEN {_key_sql("t.target_id", MARK
             ELSE {_key_sql("t.id", PIECE_PREFIX)} END AS key,
        t.id, t.kind, t.target_id, t.applied_legs, t.expires_at_ns, NULL::text AS held_legs,
        NULL::smallint AS target_kind, t.timestamp_ns, t.timeout_seconds, t.block_sequence,
-       CASE WHEN t.kind = {deadline} THEN t.metadata END AS metadata
+       CASE WHEN t.kind = {deadline} THEN t.metadata END AS metadata, FALSE AS moved_in
 FROM transactions t
 WHERE t.kind IN ({prepared}, {commit}, {abort}, {hold}, {deadline}){since.format(table="t")}
 UNION ALL
 SELECT CASE WHEN p.kind = {hold} THEN {_key_sql("p.target_id", MARKER_PREFIX)}
             ELSE {_key_sql("p.id", PIECE_PREFIX)} END,
        r.id, r.kind, r.target_id, r.applied_legs, r.expires_at_ns, p.applied_legs, p.kind,
-       r.timestamp_ns, r.timeout_seconds, r.block_sequence, NULL::text
-FROM transactions r JOIN transactions p ON p.id = r.target_id AND p.kind IN ({prepared}, {hold})
+       r.timestamp_ns, r.timeout_seconds, r.block_sequence, NULL::text, FALSE
+FROM transactions r JOIN (
+    SELECT id, kind, target_id, applied_legs FROM transactions
+    UNION ALL  -- held pieces moved in with their accounts' slots
+    SELECT id, kind, target_id, applied_legs FROM moved_transactions
+) p ON p.id = r.target_id AND p.kind IN ({prepared}, {hold})
 WHERE r.kind IN ({resolutions}){since.format(table="r")}
+UNION ALL
+SELECT {_key_sql("m.id", PIECE_PREFIX)}, m.id, m.kind, m.target_id, m.applied_legs,
+       m.expires_at_ns, NULL::text, NULL::smallint, m.timestamp_ns, m.timeout_seconds,
+       0::bigint, NULL::text, TRUE
+FROM moved_transactions m
+WHERE m.kind = {prepared}
 """
+
+
+# A held piece moved in with its accounts (moved_in) is a piece of this shard's from its
+# move-in on: it sorts first among its attempt's rows (block 0), and holds here the amounts its
+# move-in's entry held again (that entry, kind PENDING, is no row of an attempt). It is read in
+# every snapshot, the later ones too: folding it again changes nothing.
 
 
 def marker_of_key(key: str) -> str:

@@ -368,6 +368,25 @@ async def _releases(
     return [transaction_from_row(row) for row in rows if row["id"].startswith(prefix)]
 
 
+async def moved_pieces(
+    connection: Connection, move_id: str, timeout_s: float
+) -> list[TransactionState]:
+    """The held cross-shard pieces this move's move-out released (they travel with it), as they
+    were before it, in id order."""
+    releases = await _releases(connection, move_id, timeout_s)
+    wanted = sorted(r.spec.target_id for r in releases if ids.is_piece_id(r.spec.target_id))
+    found = await load_transactions(connection, wanted, timeout_s)
+    return [moves.record_before_out(found[i], move_id) for i in wanted if i in found]
+
+
+async def pieces_page(
+    connection: Connection, move_id: str, after_id: str, count_max: int, timeout_s: float
+) -> tuple[list[TransactionState], bool]:
+    """Up to count_max of moved_pieces after after_id, and whether they are the last."""
+    after = [p for p in await moved_pieces(connection, move_id, timeout_s) if p.spec.id > after_id]
+    return after[:count_max], len(after) <= count_max
+
+
 async def accounts_page(
     connection: Connection,
     move_id: str,

@@ -640,6 +640,16 @@ async def signed_heads_after(
     return [(r["sequence"], bytes(r["hash"]), r["key_id"], bytes(r["signature"])) for r in rows]
 
 
+# The records the holds table's rows are of: this shard's own and those moved in with slots
+# (an open hold, or a held cross-shard piece moved with its accounts: docs/design.md, "Moving
+# slots"). Joined from holds (only open records live there), each branch by its primary key.
+_HELD_RECORDS: Final = """(
+    SELECT id, kind, target_id, timeout_seconds, timestamp_ns FROM transactions
+    UNION ALL
+    SELECT id, kind, target_id, timeout_seconds, timestamp_ns FROM moved_transactions
+)"""
+
+
 async def expired_holds(
     connection: Connection, now_ns: int, limit: int, timeout_s: float
 ) -> list[str]:
@@ -684,11 +694,11 @@ async def prepared_past_deadline(
     coordinator that never answers stay overdue, and ordered by deadline alone they would
     fill every sweep and starve the pieces of the coordinators that do answer."""
     rows = await connection.fetch(
-        """
+        f"""
         SELECT transaction_id, target_id, expires_at_ns, timeout_seconds FROM (
             SELECT h.transaction_id, t.target_id, h.expires_at_ns, t.timeout_seconds,
                    row_number() OVER (PARTITION BY t.target_id ORDER BY h.expires_at_ns) AS turn
-            FROM holds h JOIN transactions t ON t.id = h.transaction_id
+            FROM holds h JOIN {_HELD_RECORDS} t ON t.id = h.transaction_id
             WHERE h.expires_at_ns > 0 AND h.expires_at_ns <= $1 AND t.kind = $3
         ) overdue
         ORDER BY turn, expires_at_ns LIMIT $2
@@ -708,9 +718,9 @@ async def prepared_before(
     writer prepared, whose gateway may have lost them with it), in prepared_past_deadline's
     shape, oldest first, at most `limit`."""
     rows = await connection.fetch(
-        """
+        f"""
         SELECT h.transaction_id, t.target_id, h.expires_at_ns, t.timeout_seconds
-        FROM holds h JOIN transactions t ON t.id = h.transaction_id
+        FROM holds h JOIN {_HELD_RECORDS} t ON t.id = h.transaction_id
         WHERE h.expires_at_ns > 0 AND t.kind = $3 AND t.timestamp_ns < $1
         ORDER BY t.timestamp_ns LIMIT $2
         """,
@@ -729,8 +739,8 @@ async def prepared_without_deadline(
     left by code from before every held piece had one (a re-arm to 0, since refused). At most
     `limit`; a scan of holds (small: only open holds live there), run once per writer."""
     rows = await connection.fetch(
-        """
-        SELECT h.transaction_id FROM holds h JOIN transactions t ON t.id = h.transaction_id
+        f"""
+        SELECT h.transaction_id FROM holds h JOIN {_HELD_RECORDS} t ON t.id = h.transaction_id
         WHERE h.expires_at_ns = 0 AND t.kind = $1
         ORDER BY h.transaction_id LIMIT $2
         """,
@@ -745,9 +755,9 @@ async def prepared_pieces(connection: Connection, timeout_s: float) -> tuple[int
     """Cross-shard pieces held here, and the oldest one's creation time (0: none). One scan of
     holds (small: only open holds live there) joined on the transactions primary key."""
     row = await connection.fetchrow(
-        """
+        f"""
         SELECT count(*) AS piece_count, coalesce(min(t.timestamp_ns), 0) AS oldest_ns
-        FROM holds h JOIN transactions t ON t.id = h.transaction_id
+        FROM holds h JOIN {_HELD_RECORDS} t ON t.id = h.transaction_id
         WHERE t.kind = $1
         """,
         int(Kind.PREPARED),

@@ -303,7 +303,9 @@ async def move_slots(
         move = await _plan(connection, sorted(checked), target)
         stuck: dict[int, str] = {}
         endpoints = await control_store.shard_endpoints(connection)
-        if await _note_stuck(channels, endpoints, move.source_shard, list(move.slots), stuck):
+        if await _note_stuck(
+            channels, endpoints, move.source_shard, list(move.slots), stuck, target
+        ):
             # Refused before the pre-copy stages anything, every slot that stops it named.
             await control_store.set_move_state(connection, move.move_id, "abandoned")
             raise MoveRefused(
@@ -366,7 +368,7 @@ async def rebalance(
                 break
             source, target, slots = step
             endpoints = await control_store.shard_endpoints(connection)
-            if await _note_stuck(channels, endpoints, source, slots, stuck):
+            if await _note_stuck(channels, endpoints, source, slots, stuck, target):
                 continue  # planned again without them
             move = await _plan(connection, slots, target)
             try:
@@ -374,7 +376,7 @@ async def rebalance(
                     connection, channels, move, False, held_wait_s, page_item_count
                 )
             except MoveRefused:  # abandoned: something opened since the ask, or not named
-                if not await _note_stuck(channels, endpoints, source, slots, stuck):
+                if not await _note_stuck(channels, endpoints, source, slots, stuck, target):
                     raise
                 continue
             reports.append(report)
@@ -406,15 +408,38 @@ async def _note_stuck(
     source: int,
     slots: list[int],
     stuck: dict[int, str],
+    target: int,
 ) -> bool:
-    """Ask the source which of the slots cannot move now (ReadMovedOut, MOVED_PART_STUCK_SLOTS,
-    for the move about to be planned) and note them in stuck: whether it named any. A source
-    that cannot say (a node from before the ask) names none: its move-out refuses them."""
-    if source not in endpoints:
-        raise MoveError(f"shard {source} has no endpoint in the control database")
+    """Ask which of the slots cannot move to target now (_ask_stuck) and note them in stuck:
+    whether any were named."""
+    asked = await _ask_stuck(channels, endpoints, source, target, slots)
+    if asked is None:
+        return False
+    found, _ = asked
+    stuck.update(found)
+    return bool(found)
+
+
+async def _ask_stuck(
+    channels: _Channels,
+    endpoints: dict[int, str],
+    source: int,
+    target: int,
+    slots: list[int],
+    move_id: str = "",
+) -> tuple[dict[int, str], list[str]] | None:
+    """Which of the slots cannot move to target now, and why (the source's answer to
+    ReadMovedOut, MOVED_PART_STUCK_SLOTS, and the slots of the held cross-shard pieces that
+    would move but whose hold has another piece at the target: MOVED_PART_HELD_PIECES), and the
+    ids of the pieces that would move with the rest. None: the source cannot say (a node from
+    before the ask; its move-out refuses what cannot move). move_id: the move planned, if it is
+    (a source that moved the slots out by it answers too: nothing is left to move)."""
+    for shard in (source, target):
+        if shard not in endpoints:
+            raise MoveError(f"shard {shard} has no endpoint in the control database")
     request = spb.ReadMovedOutRequest(
-        move_id=secrets.token_hex(8), slots=slots, part=spb.MOVED_PART_STUCK_SLOTS,
-        item_count_max=1,
+        move_id=move_id or secrets.token_hex(8), slots=slots, part=spb.MOVED_PART_STUCK_SLOTS,
+        item_count_max=1, target_shard=target,
     )  # fmt: skip
     refusals: list[str] = []
 
@@ -429,10 +454,38 @@ async def _note_stuck(
             f"tally slots: shard {source} cannot say which slots are stuck: {refusals[0]}",
             file=sys.stderr,
         )
-        return False
-    found = {item.slot: item.reason for item in answer.stuck_slots if item.slot in slots}
-    stuck.update(found)
-    return bool(found)
+        return None
+    stuck = {item.slot: item.reason for item in answer.stuck_slots if item.slot in slots}
+    pieces = {piece.piece_id: list(piece.slots) for piece in answer.moving_pieces}
+    for piece_id in await _held_at(channels, endpoints[target], slots, sorted(pieces)):
+        for slot in pieces[piece_id]:
+            stuck.setdefault(
+                slot,
+                f"held cross-shard piece {piece_id!r} would move to shard {target}, which holds "
+                "another piece of its hold; move its slots elsewhere, or post or void that hold",
+            )
+    moving = [p for p, of in pieces.items() if not set(of) & set(stuck)]
+    return dict(sorted(stuck.items())), moving
+
+
+async def _held_at(
+    channels: _Channels, target: str, slots: list[int], piece_ids: list[str]
+) -> list[str]:
+    """Those of piece_ids the target records (ReadMovedOut, MOVED_PART_HELD_PIECES)."""
+    held: list[str] = []
+    size = moves.MOVE_READ_ITEM_COUNT_MAX
+    for start in range(0, len(piece_ids), size):
+        request = spb.ReadMovedOutRequest(
+            move_id=secrets.token_hex(8), slots=slots, part=spb.MOVED_PART_HELD_PIECES,
+            item_count_max=1, piece_ids=piece_ids[start : start + size],
+        )  # fmt: skip
+
+        async def refused(details: str) -> None:
+            raise MoveError(f"the target cannot say which pieces it holds: {details}")
+
+        answer = await _step(target, channels, _calling("ReadMovedOut", request), refused=refused)
+        held.extend(answer.held_piece_ids)
+    return held
 
 
 def _stuck_summary(stuck: dict[int, str]) -> str:
@@ -499,6 +552,8 @@ async def _drive(
     if move.state == "planned" and not move.precopied:  # before the fence: the slots serve
         move = await _precopy(connection, channels, endpoints, move, page_item_count)
         steps.done("pre-copy")
+    if move.state == "planned":  # which held pieces may move with the slots, asked last
+        await _check_pieces(connection, channels, endpoints, move, out_request)
     if failpoints.ARMED:
         await failpoints.hit("slots.before_move_out")
     sent_at: list[float] = []  # when the answered move-out was asked: the pause's start
@@ -530,6 +585,32 @@ async def _drive(
     if not resumed:
         pause_ms = (time.monotonic() - sent_at[-1]) * 1000
     return _report(move, out, slot_map, pause_ms, resumed, tuple(steps.taken))
+
+
+async def _check_pieces(
+    connection: Any,
+    channels: _Channels,
+    endpoints: dict[int, str],
+    move: control_store.SlotMove,
+    out_request: spb.MoveSlotsOutRequest,
+) -> None:
+    """Just before the move-out: the held cross-shard pieces that would move with the slots,
+    checked against the target (it must hold no other piece of their holds), named in the
+    move-out so that only those move (one opened since is refused there: asked again). Slots
+    that cannot move now abandon the move (MoveRefused, each named)."""
+    asked = await _ask_stuck(
+        channels, endpoints, move.source_shard, move.target_shard, list(move.slots), move.move_id
+    )
+    if asked is None:  # the source cannot say: its move-out moves no piece
+        return
+    stuck, moving = asked
+    if stuck:
+        await _refused_out(
+            connection, channels, endpoints, move,
+            "; ".join(f"slot {slot}: {why}" for slot, why in stuck.items()),
+        )  # fmt: skip
+    out_request.pieces_checked = True
+    out_request.checked_piece_ids[:] = moving
 
 
 class _Steps:
@@ -748,6 +829,10 @@ async def _copy_and_move_in(
     steps.done("move-in")
 
 
+# The copy's after_id once the records are done and the held pieces are copied (each piece's
+# id is after it).
+PIECES_AFTER_ID: Final = "~"
+
 _PARTS: Final = {
     control_store.COPY_ACCOUNTS: spb.MOVED_PART_ACCOUNTS,
     control_store.COPY_RECORDS: spb.MOVED_PART_RECORDS,
@@ -775,12 +860,16 @@ async def _copy(
     for _ in range(MOVE_PAGE_COUNT_MAX):
         if part == control_store.COPY_DONE:
             return
-        changed = since is not None and part == control_store.COPY_RECORDS
+        # The held pieces that move follow the records, in the same part: after_id "~" and on
+        # (no client record's id starts with "~"), so a resumed copy knows where it was.
+        pieces = part == control_store.COPY_RECORDS and after_id.startswith(PIECES_AFTER_ID)
+        changed = since is not None and part == control_store.COPY_RECORDS and not pieces
         on_changed = refused_changed if changed else None
+        kind = spb.MOVED_PART_CHANGED_RECORDS if changed else _PARTS[part]
         read = spb.ReadMovedOutRequest(
             move_id=move.move_id, slots=list(move.slots), after_id=after_id,
-            part=spb.MOVED_PART_CHANGED_RECORDS if changed else _PARTS[part],
-            item_count_max=page_item_count, since_sequence=since or 0,
+            part=spb.MOVED_PART_PIECES if pieces else kind,
+            item_count_max=page_item_count, since_sequence=0 if pieces else since or 0,
         )  # fmt: skip
         page = await _step(
             source, channels, _calling("ReadMovedOut", read),
@@ -796,7 +885,12 @@ async def _copy(
             refused=lambda d: _refused_copy(move, move.target_shard, d),
         )  # fmt: skip
         count += len(page.accounts) + len(page.records)
-        part, after_id = (part + 1, "") if page.done else (part, page.next_after_id)
+        if not page.done:
+            after_id = page.next_after_id
+        elif part == control_store.COPY_RECORDS and not pieces:
+            after_id = PIECES_AFTER_ID  # the records done: the pieces next
+        else:
+            part, after_id = part + 1, ""
         await control_store.set_copy_progress(connection, move.move_id, part, after_id, count)
         if failpoints.ARMED:  # a page staged and recorded; more may follow
             await failpoints.hit("slots.between_pages")

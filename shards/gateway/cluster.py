@@ -84,6 +84,7 @@ class Cluster:
         # Cross-shard holds this gateway committed: what never changes of them, so that their
         # post or void needs no read (a hold and its capture usually pass the same gateway).
         self._holds: OrderedDict[str, KnownHold] = OrderedDict()
+        self._hold_versions: dict[str, int] = {}
         self._refresh_lock = asyncio.Lock()
         # Which shards held each moved slot, from the control database's done moves, read with
         # the map (only when its version changed: each done move changes it).
@@ -215,14 +216,24 @@ class Cluster:
             self._cross_shard.discard(evicted)
 
     def remember_hold(self, hold_id: str, hold: KnownHold) -> None:
-        """A cross-shard hold this gateway committed."""
+        """A cross-shard hold this gateway committed (known under the map as it is now)."""
         self._holds[hold_id] = hold
+        self._hold_versions[hold_id] = self.map().version
         self._holds.move_to_end(hold_id)
         while len(self._holds) > self.config.location_cache_count_max:
-            self._holds.popitem(last=False)
+            forgotten, _ = self._holds.popitem(last=False)
+            self._hold_versions.pop(forgotten, None)
 
     def known_hold(self, hold_id: str) -> KnownHold | None:
+        """A hold remembered under the map as it is now (a held piece moves with its accounts'
+        slots, so after any move its participants are read again)."""
+        if self._hold_versions.get(hold_id) != self.map().version:
+            return None
         return self._holds.get(hold_id)
+
+    def forget_hold(self, hold_id: str) -> None:
+        self._holds.pop(hold_id, None)
+        self._hold_versions.pop(hold_id, None)
 
     def is_cross_shard(self, transaction_id: str) -> bool:
         """Located (by locate()) as a committed cross-shard transaction."""

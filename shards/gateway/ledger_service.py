@@ -530,6 +530,8 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
             lookups, participants = await self._lookup_with_pieces(target_ids)
         except grpc.aio.AioRpcError as error:
             await _shard_failed(context, error)
+        except Unavailable as error:  # a piece held in a slot being moved
+            await abort(context, grpc.StatusCode.UNAVAILABLE, str(error))
         found: dict[str, list[str]] = {}
         for target_id, looked in zip(target_ids, lookups, strict=True):
             pieces = [p for _, p in participants.get(target_id, [])]
@@ -712,6 +714,8 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
             lookups, participants = await self._lookup_with_pieces(ids)
         except grpc.aio.AioRpcError as error:
             await _shard_failed(context, error)
+        except Unavailable as error:  # a piece held in a slot being moved
+            await abort(context, grpc.StatusCode.UNAVAILABLE, str(error))
         results = [
             _one_transaction(
                 t, [lookup for _, lookup in found], [p for _, p in participants.get(t, [])]
@@ -831,20 +835,50 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
         self, wanted: dict[str, tuple[str, list[int]]]
     ) -> dict[str, list[tuple[int, pb.TransactionLookup]]]:
         """For each transaction id, the (shard, lookup) of its piece id at each of its shards:
-        one call per shard for all of them."""
-        asked: dict[int, list[str]] = {}
-        for transaction_id, (_, shards) in wanted.items():
-            for shard_id in shards:
-                if shard_id in self._cluster.links:
-                    asked.setdefault(shard_id, []).append(transaction_id)
-        answers = await self._cluster.lookup_on(
-            {s: [wanted[t][0] for t in transaction_ids] for s, transaction_ids in asked.items()}
-        )
+        one call per shard for all of them. A held piece that moved with its accounts' slots is
+        answered WRONG_SHARD with its record as it left: it is asked again where its accounts
+        are now (following moves as lookup_following_moves does; Unavailable while they are
+        in a move's pause)."""
+        asked: list[tuple[str, int]] = [
+            (transaction_id, shard_id)
+            for transaction_id, (_, shards) in wanted.items()
+            for shard_id in shards
+            if shard_id in self._cluster.links
+        ]
         found: dict[str, list[tuple[int, pb.TransactionLookup]]] = {t: [] for t in wanted}
-        for shard_id, transaction_ids in asked.items():
-            for transaction_id, lookup in zip(transaction_ids, answers[shard_id], strict=True):
-                found[transaction_id].append((shard_id, lookup))
-        return found
+        for attempt in range(self._cluster.config.wrong_shard_retry_max + 1):
+            if attempt:
+                await self._cluster.backoff_and_refresh(attempt)
+            answers = await self._ask_pieces(wanted, asked)
+            moved: list[tuple[str, int]] = []
+            slot_map = self._cluster.map()
+            for (transaction_id, shard_id), lookup in zip(asked, answers, strict=True):
+                if lookup.code != pb.RESULT_CODE_WRONG_SHARD or not lookup.HasField("transaction"):
+                    found[transaction_id].append((shard_id, lookup))
+                    continue
+                legs = [
+                    leg for leg in lookup.transaction.applied_legs if not is_spread(leg.account_id)
+                ]
+                now = slot_map.shard_of_account(legs[0].account_id) if legs else shard_id
+                moved.append((transaction_id, now))
+            if not moved:
+                return found
+            asked = moved
+        raise Unavailable(
+            f"a piece of {asked[0][0]!r} is held in a slot being moved; retry with the same id"
+        )
+
+    async def _ask_pieces(
+        self, wanted: dict[str, tuple[str, list[int]]], asked: list[tuple[str, int]]
+    ) -> list[pb.TransactionLookup]:
+        """The lookup of each (transaction id, shard)'s piece id there, in order: one call per
+        shard."""
+        by_shard: dict[int, list[str]] = {}
+        for transaction_id, shard_id in asked:
+            by_shard.setdefault(shard_id, []).append(wanted[transaction_id][0])
+        answers = await self._cluster.lookup_on(by_shard)
+        taken = {shard_id: iter(lookups) for shard_id, lookups in answers.items()}
+        return [next(taken[shard_id]) for _, shard_id in asked]
 
     async def ListPostings(
         self, request: pb.ListPostingsRequest, context: Context

@@ -14,7 +14,8 @@ When a client transaction is whole (`Joiner.add_block` returns it once, then for
 - a cross-shard transaction whose coordinator recorded its attempt's other shards
   (CrossShardPiece.participant_shards): once the coordinator's record and each of those
   shards' `~commit/~piece/...` records have arrived, in whatever order the shards' streams
-  interleave;
+  interleave (for a cross-shard hold's post or void: as many shards' settlements as the hold
+  has pieces, since a held piece moves with its accounts' slots);
 - a cross-shard one without that record (a hold's post decided at the hold's coordinator,
   pieces committed before the shards were recorded): once the client's record and at least one
   participant's posted piece have arrived and its clearing legs net to zero in every currency.
@@ -119,6 +120,10 @@ class _Pending:
             return False
         if not record.cross_shard:
             return True
+        if record.decides_hold and record.participants:
+            # A held piece moves with its accounts' slots (docs/design.md, "Moving slots"), so
+            # it may settle elsewhere than where the hold was made: one shard per piece still.
+            return len(self.settled_shards) >= len(record.participants)
         shards = self.settled_shards if record.decides_hold else self.committed_shards
         if record.participants:
             return shards.issuperset(record.participants)

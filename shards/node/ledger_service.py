@@ -299,6 +299,17 @@ class LedgerService(pb_grpc.LedgerServicer):  # type: ignore[misc]
                 record = convert.transaction_to_proto(state)
                 if hold_kinds.get(state.spec.target_id) is Kind.HOLD:
                     record.cross_shard_piece.coordinator = True
+                move_id = ids.moved_out_by(state.resolved_by_id, transaction_id)
+                if move_id:  # a held piece gone with its accounts: its copy here as it left
+                    results.append(
+                        pb.TransactionLookup(
+                            code=pb.RESULT_CODE_WRONG_SHARD,
+                            message=f"{transaction_id!r} has moved out of this shard with its "
+                            f"accounts (move {move_id}): it is held where they are",
+                            transaction=record,
+                        )
+                    )
+                    continue
                 results.append(pb.TransactionLookup(code=pb.RESULT_CODE_OK, transaction=record))
         return pb.GetTransactionsResponse(results=results)
 

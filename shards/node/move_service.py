@@ -14,6 +14,7 @@ from google.protobuf.message import DecodeError
 
 from core import ids, journal, limits, moves
 from core.model import AccountSpec, AccountState, Kind, Status, TransactionState
+from core.slots import SLOT_COUNT, is_spread
 from core.store import moves as store_moves
 from core.store import shard as store
 from core.store.moves import ColdRecords
@@ -119,11 +120,16 @@ def record_of(n: int, message: spb.MovedRecord) -> TransactionState:
     spec, applied_legs, timestamp_ns = parsed.transactions[0]
     if message.status not in {int(s) for s in Status}:
         raise ValueError(f"records[{n}].status {message.status} is not a status")
-    if message.status == Status.PENDING and spec.kind is not Kind.PENDING:
-        raise ValueError(f"records[{n}]: only a single-shard hold moves open")
+    piece = spec.kind is Kind.PREPARED and ids.is_piece_id(spec.id)
+    if piece and message.status != Status.PENDING:
+        raise ValueError(f"records[{n}]: a cross-shard piece moves only held")
+    if message.status == Status.PENDING and spec.kind is not Kind.PENDING and not piece:
+        raise ValueError(
+            f"records[{n}]: only a single-shard hold or a held cross-shard piece moves open"
+        )
     if message.expires_at_ns < 0:
         raise ValueError(f"records[{n}].expires_at_ns must not be negative")
-    if ids.is_reserved(spec.id):
+    if ids.is_reserved(spec.id) and not piece:
         raise ValueError(f"records[{n}]: reserved record {spec.id[:80]!r} never moves")
     return TransactionState(
         spec,
@@ -196,8 +202,16 @@ async def move_slots_out(
             f"slots {foreign[:10]} are not this shard's (slot map version "
             f"{node.slot_map.version if node.slot_map else 0})",
         )
+    if len(request.checked_piece_ids) > moves.MOVE_READ_ITEM_COUNT_MAX:
+        await context.abort(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"at most {moves.MOVE_READ_ITEM_COUNT_MAX} checked_piece_ids",
+        )
+    checked = frozenset(request.checked_piece_ids) if request.pieces_checked else None
     moved: MovedOut = await _run(
-        node, context, move_out(request.move_id, slots, request.target_shard, cold_of(node))
+        node,
+        context,
+        move_out(request.move_id, slots, request.target_shard, cold_of(node), checked),
     )
     node.note_moved_out()
     # What moves is read in pages (ReadMovedOut): the answer carries its totals only.
@@ -310,12 +324,22 @@ async def _items(
         await context.abort(
             grpc.StatusCode.INVALID_ARGUMENT, f"accounts {strays[:5]} are not of the slots"
         )
-    strays = [r.spec.id for r in records if not moves.record_moves(r.spec.id, slots)]
+    strays = [r.spec.id for r in records if not _of_the_slots(r, slots)]
     if strays:
         await context.abort(
-            grpc.StatusCode.INVALID_ARGUMENT, f"records {strays[:5]} are not homed in the slots"
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"records {strays[:5]} are not homed in the slots (nor held pieces on their accounts)",
         )
     return accounts, records
+
+
+def _of_the_slots(record: TransactionState, slots: frozenset[int]) -> bool:
+    """A record homed in the slots, or a held cross-shard piece whose legs (but on spread
+    accounts) are all on the slots' accounts."""
+    if not ids.is_piece_id(record.spec.id):
+        return moves.record_moves(record.spec.id, slots)
+    legs = [leg.account_id for leg in record.applied_legs if not is_spread(leg.account_id)]
+    return bool(legs) and all(moves.account_moves(account_id, slots) for account_id in legs)
 
 
 async def stage_move_in(
@@ -351,6 +375,8 @@ _PARTS: Final = (
     spb.MOVED_PART_PRECOPY_RECORDS,
     spb.MOVED_PART_CHANGED_RECORDS,
     spb.MOVED_PART_STUCK_SLOTS,
+    spb.MOVED_PART_PIECES,
+    spb.MOVED_PART_HELD_PIECES,
 )
 
 
@@ -364,7 +390,8 @@ async def read_moved_out(
         await context.abort(
             grpc.StatusCode.INVALID_ARGUMENT,
             f"part {request.part} is not MOVED_PART_ACCOUNTS, MOVED_PART_RECORDS, "
-            "MOVED_PART_PRECOPY_RECORDS, MOVED_PART_CHANGED_RECORDS or MOVED_PART_STUCK_SLOTS",
+            "MOVED_PART_PRECOPY_RECORDS, MOVED_PART_CHANGED_RECORDS, MOVED_PART_STUCK_SLOTS, "
+            "MOVED_PART_PIECES or MOVED_PART_HELD_PIECES",
         )
     if not 1 <= request.item_count_max <= moves.MOVE_READ_ITEM_COUNT_MAX:
         await context.abort(
@@ -378,18 +405,20 @@ async def read_moved_out(
         )
     if request.since_sequence < 0:
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "since_sequence must not be negative")
+    await _check_pieces_asked(context, request)
     async with node.read_pool.acquire(timeout=MOVE_READ_TIMEOUT_S) as connection:
+        if request.part == spb.MOVED_PART_HELD_PIECES:
+            found = await store.load_transactions(
+                connection, list(request.piece_ids), MOVE_READ_TIMEOUT_S
+            )
+            return spb.ReadMovedOutResponse(held_piece_ids=sorted(found), done=True)
         moved = await store_moves.moved_out_slots_of(
             connection, request.move_id, MOVE_READ_TIMEOUT_S
         )
         if request.part == spb.MOVED_PART_STUCK_SLOTS:
             await _check_precopy(node, context, request.move_id, slots, moved)
             open_records = await store_moves.open_records(connection, MOVE_READ_TIMEOUT_S)
-            stuck = moves.stuck_slots(open_records, slots)
-            return spb.ReadMovedOutResponse(
-                stuck_slots=[spb.StuckSlot(slot=s, reason=why) for s, why in stuck.items()],
-                done=True,
-            )
+            return _stuck_answer(open_records, slots, request)
         if request.part == spb.MOVED_PART_PRECOPY_RECORDS:
             await _check_precopy(node, context, request.move_id, slots, moved)
         elif moved != slots:
@@ -403,6 +432,54 @@ async def read_moved_out(
         except store_moves.PrecopyStaleError as error:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(error))
             raise  # not reached: abort raises
+
+
+async def _check_pieces_asked(context: Context, request: spb.ReadMovedOutRequest) -> None:
+    """INVALID_ARGUMENT for a bad target_shard or piece_ids."""
+    if request.HasField("target_shard") and not 0 <= request.target_shard < SLOT_COUNT:
+        await context.abort(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"target_shard {request.target_shard} is not 0..{SLOT_COUNT - 1}",
+        )
+    if request.part != spb.MOVED_PART_HELD_PIECES:
+        if request.piece_ids:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, "piece_ids are for MOVED_PART_HELD_PIECES only"
+            )
+        return
+    if len(request.piece_ids) > moves.MOVE_READ_ITEM_COUNT_MAX:
+        await context.abort(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"at most {moves.MOVE_READ_ITEM_COUNT_MAX} piece_ids",
+        )
+    bad = [
+        p for p in request.piece_ids if len(p) > 2 * limits.id_length_max or not ids.is_piece_id(p)
+    ]
+    if bad:
+        await context.abort(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"piece_ids: {bad[0][:80]!r} is not a cross-shard piece's id",
+        )
+
+
+def _stuck_answer(
+    open_records: list[TransactionState], slots: frozenset[int], request: spb.ReadMovedOutRequest
+) -> spb.ReadMovedOutResponse:
+    """The slots that cannot move now and why; with the target, the held pieces that would move
+    with the others."""
+    target = request.target_shard if request.HasField("target_shard") else None
+    stuck = moves.stuck_slots(open_records, slots, target)
+    answer = spb.ReadMovedOutResponse(
+        stuck_slots=[spb.StuckSlot(slot=s, reason=why) for s, why in stuck.items()], done=True
+    )
+    if target is None:
+        return answer
+    for record in open_records:
+        if moves.is_moving_piece(record, slots) and not moves.moving_refusal(record, slots, target):
+            answer.moving_pieces.append(
+                spb.MovingPiece(piece_id=record.spec.id, slots=moves.touched_slots(record, slots))
+            )
+    return answer
 
 
 async def _check_precopy(
@@ -428,6 +505,15 @@ async def _page(
 ) -> spb.ReadMovedOutResponse:
     args = (request.move_id, slots, request.after_id, request.item_count_max, MOVE_READ_TIMEOUT_S)
     sequence = 0
+    if request.part == spb.MOVED_PART_PIECES:
+        records, done = await store_moves.pieces_page(
+            connection, request.move_id, request.after_id, request.item_count_max,
+            MOVE_READ_TIMEOUT_S,
+        )  # fmt: skip
+        last = records[-1].spec.id if records else request.after_id
+        return spb.ReadMovedOutResponse(
+            records=[moved_record(r) for r in records], next_after_id=last, done=done
+        )
     if request.part == spb.MOVED_PART_ACCOUNTS:
         accounts, done = await store_moves.accounts_page(connection, *args)
         last = accounts[-1].spec.id if accounts else request.after_id

@@ -65,6 +65,8 @@ async def _moved_out_again(
         moves.record_before_out(record, move_id)
         for record in await store_moves.homed_records(connection, slots, timeout_s, cold)
     ]
+    records += await store_moves.moved_pieces(connection, move_id, timeout_s)
+    records.sort(key=lambda record: record.spec.id)
     holds = moves.open_holds_of(records)
     accounts = await store_moves.accounts_before_out(connection, move_id, slots, holds, timeout_s)
     spread = await store_moves.spread_accounts(connection, timeout_s)
@@ -110,36 +112,63 @@ async def _commit_page(
 
 
 async def _fenced_reads(
-    writer: Writer, move_id: str, slots: frozenset[int], again: bool, cold: ColdRecords | None
+    writer: Writer,
+    move_id: str,
+    slots: frozenset[int],
+    again: bool,
+    cold: ColdRecords | None,
+    target: int,
+    checked: frozenset[str] | None,
 ) -> tuple[list[AccountState], list[TransactionState], list[TransactionState]]:
-    """(the slots' accounts as they were before the move-out, the records homed in them, the
-    moving open holds): read and checked the first time, read back once page 0 committed."""
+    """(the slots' accounts as they were before the move-out, the records that move: homed in
+    them, and the held cross-shard pieces moving with their accounts, the moving open holds and
+    pieces): read and checked the first time, read back once page 0 committed. checked: the
+    pieces the mover found the target holds no other piece of the hold of (None: no piece
+    moves)."""
     connection, timeout_s = writer.connection, writer.config.load_timeout_s
     if again:
         moved = await _moved_out_again(writer, move_id, slots, cold)
         return moved.accounts, moved.records, moves.open_holds_of(moved.records)
     accounts = await store_moves.slot_accounts(connection, slots, timeout_s)
     records = await store_moves.homed_records(connection, slots, timeout_s, cold)
+    open_records = await store_moves.open_records(connection, timeout_s)
+    holds = moves.moving_holds(
+        accounts, open_records, slots, target if checked is not None else None
+    )
+    pieces = moves.moving_pieces(holds)
+    unchecked = [p.spec.id for p in pieces if checked is None or p.spec.id not in checked]
+    if unchecked:  # opened since the mover asked the target: ask again
+        raise moves.MoveRefusedError(
+            f"held cross-shard piece {unchecked[0]!r} would move with the slots, but the target "
+            "was not asked whether it holds another piece of its hold: ask again"
+        )
+    records = sorted([*records, *pieces], key=lambda record: record.spec.id)
     problem = moves.refusal_of(accounts, records)
     if problem:
         raise moves.MoveRefusedError(problem)
-    open_records = await store_moves.open_records(connection, timeout_s)
-    return accounts, records, moves.moving_holds(accounts, open_records, slots)
+    return accounts, records, holds
 
 
 def move_out(
-    move_id: str, slots: frozenset[int], target: int, cold: ColdRecords | None = None
+    move_id: str,
+    slots: frozenset[int],
+    target: int,
+    cold: ColdRecords | None = None,
+    checked: frozenset[str] | None = None,
 ) -> Any:
     """The operation: refuse the slots from now on and write the move-out's blocks (page 0
     with the slots' rows; the pages a restarted source had not committed, when asked again).
-    cold: the shard's cold history, whose records of the slots move too."""
+    cold: the shard's cold history, whose records of the slots move too. checked: the held
+    cross-shard pieces that may move with the slots (None: none may)."""
 
     async def operation(writer: Writer) -> MovedOut:
         connection, timeout_s = writer.connection, writer.config.load_timeout_s
         again = "out" in await store_moves.move_sides(connection, move_id, timeout_s)
         if again and (answered := await _committed_already(writer, move_id)) is not None:
             return answered
-        accounts, records, holds = await _fenced_reads(writer, move_id, slots, again, cold)
+        accounts, records, holds = await _fenced_reads(
+            writer, move_id, slots, again, cold, target, checked
+        )
         done, size = await store_moves.pages_done(connection, move_id, "out", timeout_s)
         size = size or writer.config.move_page_item_count  # resumed: paged as it began
         pages = moves.move_out_pages(accounts, holds, size)
@@ -211,7 +240,7 @@ def move_in(
         size = size or writer.config.move_page_item_count  # resumed: paged as it began
         if not done:  # pages committed before were checked then; their accounts are here now
             await _check_free(connection, slots, accounts, records, timeout_s)
-        moves.check_holds_in(records, accounts, slots)
+        moves.check_holds_in(records, accounts, slots, writer.shard_id)
         holds = moves.open_holds_of(records)
         there = await store.load_accounts(connection, [a.spec.id for a in spread], timeout_s)
         missing = [a for a in spread if a.spec.id not in there]

@@ -163,6 +163,72 @@ def test_which_open_holds_move_and_why_the_others_do_not() -> None:
     assert moves.moving_holds([_account("k/sav", 0, 0)], [away], slots) == []
 
 
+def _rearmed_piece(hold_id: str, coordinator: int, *legs: Leg) -> TransactionState:
+    """A held piece of a committed cross-shard hold: re-armed since its prepare (a deadline
+    an hour on), balanced by its clearing leg."""
+    spec = TransactionSpec(
+        ids.piece_id(hold_id, "ab"), Kind.PREPARED, legs, 0, (), "", 30, str(coordinator)
+    )
+    return TransactionState(spec, legs, 50, Status.PENDING, 50 + 3_600 * 10**9)
+
+
+def test_a_held_piece_moves_with_its_accounts_to_any_shard_but_its_coordinator() -> None:
+    """A committed hold's piece on the slots' accounts moves with them (its clearing leg is the
+    shards' own): released at the source, held again at the target with its deadline; never to
+    its coordinator, never split from an account that stays, never without the target asked."""
+    k, z = slot_of("k"), slot_of("z")
+    slots, usd = frozenset({k}), "USD"
+    clearing = ids.clearing_account(usd)
+    piece = _rearmed_piece(
+        "z/h1", 3, Leg("k/dep", False, 5, usd), Leg("k/sav", False, 2, usd),
+        Leg(clearing, True, 7, usd),
+    )  # fmt: skip
+    dep, sav = _held(_account("k/dep", 0, 100), piece), _held(_account("k/sav", 0, 0), piece)
+    assert moves.moving_holds([dep, sav], [piece], slots, target=2) == [piece]
+    assert moves.moving_pieces([piece]) == [piece]
+    assert moves.stuck_slots([piece], slots, target=2) == {}
+    assert moves.is_moving_piece(piece, slots) and moves.touched_slots(piece, slots) == [k]
+    for target, why in ((3, "coordinator"), (None, "did not check the target")):
+        with pytest.raises(moves.MoveRefusedError, match=why):
+            moves.moving_holds([dep, sav], [piece], slots, target=target)
+        assert list(moves.stuck_slots([piece], slots, target=target)) == [k]
+    split = _rearmed_piece(
+        "z/h2", 3, Leg("k/dep", False, 5, usd), Leg("z/sav", False, 2, usd),
+        Leg(clearing, True, 7, usd),
+    )  # fmt: skip
+    with pytest.raises(moves.MoveRefusedError, match="span two shards"):
+        moves.moving_holds([_held(dep, split)], [split], slots, target=2)
+    assert sorted(moves.stuck_slots([split], frozenset({k, z}) - {z}, target=2)) == [k]
+    assert moves.stuck_slots([split], frozenset({k, z}), target=2) == {}  # moved together
+
+    source_clearing = _held(
+        AccountState(AccountSpec(clearing, usd, 9999, False, False, ()), 0), piece
+    )
+    out, _, after = moves.move_out_entries(
+        "ab12", 2, [dep, sav], {}, JournalPosition(1, 0), 100, [piece], {clearing: source_clearing}
+    )
+    check_balanced(out, dict(after))
+    assert _counters(after[clearing])[2:] == (0, 0)  # released with the accounts
+    ended = out.changed_transactions[piece.spec.id]
+    assert (ended.status, ids.moved_out_by(ended.resolved_by_id, piece.spec.id)) == (
+        Status.PENDING_VOIDED, "ab12",
+    )  # fmt: skip
+    assert _record_fields(moves.record_before_out(ended, "ab12")) == _record_fields(piece)
+    into, _, arrived = moves.move_in_entries(
+        "ab12", 0, [dep, sav], [piece], {}, JournalPosition(1, 0), 200, [],
+        {clearing: AccountState(AccountSpec(clearing, usd, 9999, False, False, ()), 0)},
+    )  # fmt: skip
+    check_balanced(into, dict(arrived))
+    assert _counters(arrived[clearing])[2:] == (7, 0)  # held again at the target's clearing
+    assert _counters(arrived["k/dep"]) == _counters(dep)
+    assert into.holds_opened == [(piece.spec.id, piece.expires_at_ns)]
+    moves.check_holds_in([piece], [dep, sav], slots, shard=2)
+    with pytest.raises(moves.MoveRefusedError, match="coordinated here"):
+        moves.check_holds_in([piece], [dep, sav], slots, shard=3)
+    with pytest.raises(moves.MoveRefusedError, match="does not move in"):
+        moves.check_holds_in([piece], [dep], slots, shard=2)
+
+
 def test_the_slots_that_cannot_move_now_are_named_with_why() -> None:
     """What moving_holds refuses outright keeps the slots it touches (and only those of the
     move); what may pass soon, or moves with the slots, keeps none."""

@@ -16,6 +16,8 @@ class MovedPart(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     MOVED_PART_PRECOPY_RECORDS: _ClassVar[MovedPart]
     MOVED_PART_CHANGED_RECORDS: _ClassVar[MovedPart]
     MOVED_PART_STUCK_SLOTS: _ClassVar[MovedPart]
+    MOVED_PART_PIECES: _ClassVar[MovedPart]
+    MOVED_PART_HELD_PIECES: _ClassVar[MovedPart]
 
 class HoldFate(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -30,6 +32,8 @@ MOVED_PART_RECORDS: MovedPart
 MOVED_PART_PRECOPY_RECORDS: MovedPart
 MOVED_PART_CHANGED_RECORDS: MovedPart
 MOVED_PART_STUCK_SLOTS: MovedPart
+MOVED_PART_PIECES: MovedPart
+MOVED_PART_HELD_PIECES: MovedPart
 HOLD_FATE_UNSPECIFIED: HoldFate
 HOLD_FATE_OPEN: HoldFate
 HOLD_FATE_POSTED: HoldFate
@@ -65,14 +69,18 @@ class MovedRecord(_message.Message):
     def __init__(self, line: _Optional[str] = ..., status: _Optional[int] = ..., expires_at_ns: _Optional[int] = ..., resolved_by_id: _Optional[str] = ..., reversed_by_id: _Optional[str] = ...) -> None: ...
 
 class MoveSlotsOutRequest(_message.Message):
-    __slots__ = ("move_id", "slots", "target_shard")
+    __slots__ = ("move_id", "slots", "target_shard", "pieces_checked", "checked_piece_ids")
     MOVE_ID_FIELD_NUMBER: _ClassVar[int]
     SLOTS_FIELD_NUMBER: _ClassVar[int]
     TARGET_SHARD_FIELD_NUMBER: _ClassVar[int]
+    PIECES_CHECKED_FIELD_NUMBER: _ClassVar[int]
+    CHECKED_PIECE_IDS_FIELD_NUMBER: _ClassVar[int]
     move_id: str
     slots: _containers.RepeatedScalarFieldContainer[int]
     target_shard: int
-    def __init__(self, move_id: _Optional[str] = ..., slots: _Optional[_Iterable[int]] = ..., target_shard: _Optional[int] = ...) -> None: ...
+    pieces_checked: bool
+    checked_piece_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, move_id: _Optional[str] = ..., slots: _Optional[_Iterable[int]] = ..., target_shard: _Optional[int] = ..., pieces_checked: _Optional[bool] = ..., checked_piece_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class MoveSlotsOutResponse(_message.Message):
     __slots__ = ("accounts", "records", "block_sequence", "again", "spread_accounts", "totals")
@@ -124,6 +132,14 @@ class MoveSlotsInRequest(_message.Message):
     totals: MoveTotals
     def __init__(self, move_id: _Optional[str] = ..., slots: _Optional[_Iterable[int]] = ..., source_shard: _Optional[int] = ..., accounts: _Optional[_Iterable[_Union[MovedAccount, _Mapping]]] = ..., records: _Optional[_Iterable[_Union[MovedRecord, _Mapping]]] = ..., spread_accounts: _Optional[_Iterable[_Union[MovedAccount, _Mapping]]] = ..., staged: _Optional[bool] = ..., totals: _Optional[_Union[MoveTotals, _Mapping]] = ...) -> None: ...
 
+class MovingPiece(_message.Message):
+    __slots__ = ("piece_id", "slots")
+    PIECE_ID_FIELD_NUMBER: _ClassVar[int]
+    SLOTS_FIELD_NUMBER: _ClassVar[int]
+    piece_id: str
+    slots: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, piece_id: _Optional[str] = ..., slots: _Optional[_Iterable[int]] = ...) -> None: ...
+
 class StuckSlot(_message.Message):
     __slots__ = ("slot", "reason")
     SLOT_FIELD_NUMBER: _ClassVar[int]
@@ -133,36 +149,44 @@ class StuckSlot(_message.Message):
     def __init__(self, slot: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class ReadMovedOutRequest(_message.Message):
-    __slots__ = ("move_id", "slots", "part", "after_id", "item_count_max", "since_sequence")
+    __slots__ = ("move_id", "slots", "part", "after_id", "item_count_max", "since_sequence", "target_shard", "piece_ids")
     MOVE_ID_FIELD_NUMBER: _ClassVar[int]
     SLOTS_FIELD_NUMBER: _ClassVar[int]
     PART_FIELD_NUMBER: _ClassVar[int]
     AFTER_ID_FIELD_NUMBER: _ClassVar[int]
     ITEM_COUNT_MAX_FIELD_NUMBER: _ClassVar[int]
     SINCE_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    TARGET_SHARD_FIELD_NUMBER: _ClassVar[int]
+    PIECE_IDS_FIELD_NUMBER: _ClassVar[int]
     move_id: str
     slots: _containers.RepeatedScalarFieldContainer[int]
     part: MovedPart
     after_id: str
     item_count_max: int
     since_sequence: int
-    def __init__(self, move_id: _Optional[str] = ..., slots: _Optional[_Iterable[int]] = ..., part: _Optional[_Union[MovedPart, str]] = ..., after_id: _Optional[str] = ..., item_count_max: _Optional[int] = ..., since_sequence: _Optional[int] = ...) -> None: ...
+    target_shard: int
+    piece_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, move_id: _Optional[str] = ..., slots: _Optional[_Iterable[int]] = ..., part: _Optional[_Union[MovedPart, str]] = ..., after_id: _Optional[str] = ..., item_count_max: _Optional[int] = ..., since_sequence: _Optional[int] = ..., target_shard: _Optional[int] = ..., piece_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ReadMovedOutResponse(_message.Message):
-    __slots__ = ("accounts", "records", "next_after_id", "done", "snapshot_sequence", "stuck_slots")
+    __slots__ = ("accounts", "records", "next_after_id", "done", "snapshot_sequence", "stuck_slots", "moving_pieces", "held_piece_ids")
     ACCOUNTS_FIELD_NUMBER: _ClassVar[int]
     RECORDS_FIELD_NUMBER: _ClassVar[int]
     NEXT_AFTER_ID_FIELD_NUMBER: _ClassVar[int]
     DONE_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOT_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     STUCK_SLOTS_FIELD_NUMBER: _ClassVar[int]
+    MOVING_PIECES_FIELD_NUMBER: _ClassVar[int]
+    HELD_PIECE_IDS_FIELD_NUMBER: _ClassVar[int]
     accounts: _containers.RepeatedCompositeFieldContainer[MovedAccount]
     records: _containers.RepeatedCompositeFieldContainer[MovedRecord]
     next_after_id: str
     done: bool
     snapshot_sequence: int
     stuck_slots: _containers.RepeatedCompositeFieldContainer[StuckSlot]
-    def __init__(self, accounts: _Optional[_Iterable[_Union[MovedAccount, _Mapping]]] = ..., records: _Optional[_Iterable[_Union[MovedRecord, _Mapping]]] = ..., next_after_id: _Optional[str] = ..., done: _Optional[bool] = ..., snapshot_sequence: _Optional[int] = ..., stuck_slots: _Optional[_Iterable[_Union[StuckSlot, _Mapping]]] = ...) -> None: ...
+    moving_pieces: _containers.RepeatedCompositeFieldContainer[MovingPiece]
+    held_piece_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, accounts: _Optional[_Iterable[_Union[MovedAccount, _Mapping]]] = ..., records: _Optional[_Iterable[_Union[MovedRecord, _Mapping]]] = ..., next_after_id: _Optional[str] = ..., done: _Optional[bool] = ..., snapshot_sequence: _Optional[int] = ..., stuck_slots: _Optional[_Iterable[_Union[StuckSlot, _Mapping]]] = ..., moving_pieces: _Optional[_Iterable[_Union[MovingPiece, _Mapping]]] = ..., held_piece_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class StageMoveInRequest(_message.Message):
     __slots__ = ("move_id", "slots", "source_shard", "accounts", "records", "restart")

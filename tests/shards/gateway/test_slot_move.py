@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 import grpc
 import pytest
 
-from core import journal
+from core import ids, journal
 from core.model import Kind, Leg, Status, TransactionSpec, TransactionState
 from core.moves import rebalance_step
 from core.slots import SlotMap, slot_of
@@ -469,7 +469,9 @@ def _bad_pages(slot: int, targets_own: int) -> tuple[list[object], list[object]]
     wrong in one way, and what the refusal names."""
     accounts, records = spb.MOVED_PART_ACCOUNTS, spb.MOVED_PART_RECORDS
     precopy, changed = spb.MOVED_PART_PRECOPY_RECORDS, spb.MOVED_PART_CHANGED_RECORDS
+    held, stuck = spb.MOVED_PART_HELD_PIECES, spb.MOVED_PART_STUCK_SLOTS
     elsewhere = _record_line(f"{_customer_on(1, skip=5)}/t", Kind.ORDINARY)
+    piece_elsewhere = _piece_line(f"{_customer_on(1, skip=5)}/x")
     line = spb.MovedAccount(line="A|x/y|USD|1|0|{}|5")
     reads = [
         (spb.ReadMovedOutRequest(move_id="XYZ", slots=[slot], part=accounts,
@@ -490,6 +492,16 @@ def _bad_pages(slot: int, targets_own: int) -> tuple[list[object], list[object]]
             since_sequence=-1), "since_sequence"),
         (spb.ReadMovedOutRequest(move_id="ab", slots=[targets_own], part=precopy,
             item_count_max=5), "not this shard's to pre-copy"),
+        (spb.ReadMovedOutRequest(move_id="ab", slots=[slot], part=spb.MOVED_PART_PIECES,
+            item_count_max=5), "no move-out"),
+        (spb.ReadMovedOutRequest(move_id="ab", slots=[slot], part=held, item_count_max=5,
+            piece_ids=["x/y"]), "not a cross-shard piece's id"),
+        (spb.ReadMovedOutRequest(move_id="ab", slots=[slot], part=held, item_count_max=5,
+            piece_ids=[ids.piece_id("x/y", "ab")] * 2001), "at most 2000 piece_ids"),
+        (spb.ReadMovedOutRequest(move_id="ab", slots=[slot], part=records, item_count_max=5,
+            piece_ids=[ids.piece_id("x/y", "ab")]), "piece_ids are for"),
+        (spb.ReadMovedOutRequest(move_id="ab", slots=[slot], part=stuck, item_count_max=5,
+            target_shard=5000), "target_shard"),
     ]  # fmt: skip
     stages = [
         (spb.StageMoveInRequest(move_id="", slots=[slot], source_shard=0), "move_id"),
@@ -503,8 +515,20 @@ def _bad_pages(slot: int, targets_own: int) -> tuple[list[object], list[object]]
             spb.MovedRecord(line=elsewhere, status=1)]), "not homed"),
         (spb.StageMoveInRequest(move_id="ab", slots=[slot], source_shard=0, records=[
             spb.MovedRecord(line="T|x")] * 2001), "at most"),
+        (spb.StageMoveInRequest(move_id="ab", slots=[slot], source_shard=0, records=[
+            spb.MovedRecord(line=piece_elsewhere, status=2)]), "nor held pieces"),
+        (spb.StageMoveInRequest(move_id="ab", slots=[slot], source_shard=0, records=[
+            spb.MovedRecord(line=piece_elsewhere, status=1)]), "moves only held"),
     ]  # fmt: skip
     return list(reads), list(stages)
+
+
+def _piece_line(account_key: str) -> str:
+    """A held cross-shard piece's line (coordinator shard 3), its legs on account_key's."""
+    legs = (Leg(f"{account_key}/a", True, 5, "USD"), Leg("@clearing/USD", False, 5, "USD"))
+    spec = TransactionSpec(ids.piece_id("z/h", "ab"), Kind.PREPARED, legs, 1, (), "", 30, "3")
+    state = TransactionState(spec, legs, 10, Status.PENDING)
+    return journal.transaction_line(state, *journal.legs_texts(state))
 
 
 def _record_line(transaction_id: str, kind: Kind) -> str:
@@ -527,7 +551,9 @@ async def test_the_move_rpcs_refuse_bad_input_with_a_status_naming_it(cluster: C
         (spb.MoveSlotsOutRequest(move_id="ab", slots=[slot], target_shard=9), "target_shard"),
         (spb.MoveSlotsOutRequest(move_id="ab", slots=[slot], target_shard=SOURCE), "target_shard"),
         (spb.MoveSlotsOutRequest(move_id="ab", slots=[foreign], target_shard=2), "not this shard"),
-    ]
+        (spb.MoveSlotsOutRequest(move_id="ab", slots=[slot], target_shard=2, pieces_checked=True,
+            checked_piece_ids=["x"] * 2001), "checked_piece_ids"),
+    ]  # fmt: skip
     ins = _bad_move_ins(slot, targets_own)
     reads, stages = _bad_pages(slot, targets_own)
     for node, requests in ((source, [*outs, *reads]), (target, [*ins, *stages])):

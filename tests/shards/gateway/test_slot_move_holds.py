@@ -160,14 +160,15 @@ async def _refusals(cluster: Cluster, client: Client, key: str) -> None:
         _hold(f"{spanning}/h1", f"{spanning}/dep", f"{other}/sav", 10),  # two slots
         _hold(f"{far}/h1", f"{far}/dep", f"{piece_owner}/dep", 10),  # cross-shard: a piece
     )
-    cases = {
-        str(slot_of(spanning)): "both in and out of the slots",
-        str(slot_of(piece_owner)): "coordinated at shard",
+    cases = {  # slot: (to, why)
+        str(slot_of(spanning)): (TARGET, "both in and out of the slots"),
+        # The piece's hold is coordinated at FAR: a piece never moves to its coordinator.
+        str(slot_of(piece_owner)): (FAR, "does not move to its hold's coordinator"),
     }
-    for slot, why in cases.items():
+    for slot, (to, why) in cases.items():
         started = time.monotonic()
         code, stdout, stderr = await run_slots(
-            cluster.control_dsn, "move", "--slots", slot, "--to", str(TARGET),
+            cluster.control_dsn, "move", "--slots", slot, "--to", str(to),
             "--held-wait-s", "100",
         )  # fmt: skip
         assert (code, why in stderr) == (2, True), (slot, stdout, stderr)
@@ -282,6 +283,128 @@ async def _check_settled(cluster: Cluster, client: Client, key: str, count: int)
     audit_code, report = await audit_json(*cluster.dsns)
     assert audit_code == 0, report
     assert await moves_net(cluster.dsns) == 0
+
+
+# ---- held pieces of cross-shard holds move with their accounts ----
+
+
+@pytest.mark.timeout(180)
+async def test_held_pieces_of_cross_shard_holds_move_with_their_accounts_and_settle_there(
+    cluster: Cluster,
+) -> None:
+    """Three cross-shard holds coordinated at FAR hold amounts on a SOURCE customer's
+    accounts (their pieces at SOURCE); the customer's slot moves to TARGET, the mover killed
+    after the move-out and resumed. The pieces are held at TARGET (the available balance holds
+    them back), none at SOURCE; then one hold is posted in part, one voided, one posted in
+    full, each once, through a gateway that read the holds before the move; replays are
+    replayed; every audit is clean and the moves net to zero."""
+    owner = customer_on(SOURCE, SHARD_COUNT, skip=21)
+    far = customer_on(FAR, SHARD_COUNT, skip=21)
+    for customer in (owner, far):
+        await cluster_client_create(cluster, customer)
+    async with security.channel(cluster.target) as channel:
+        client = Client(channel)
+        holds = {
+            "a": _hold(f"{far}/xa", f"{far}/dep", f"{owner}/dep", 100),
+            "b": _hold(f"{far}/xb", f"{far}/dep", f"{owner}/sav", 200),
+            "c": _hold(f"{far}/xc", f"{owner}/dep", f"{far}/sav", 300),
+        }
+        first = {n: r for n, r in zip(holds, await _created(client, *holds.values()), strict=True)}
+        pieces = await _pieces_at(cluster.nodes[SOURCE].dsn, [h.id for h in holds.values()])
+        assert len(pieces) == 3, pieces
+        # Read before the move: this gateway knows where the pieces were.
+        assert (await client.transaction(f"{far}/xa")).status == pb.TRANSACTION_STATUS_PENDING
+
+        slot = str(slot_of(owner))
+        move = ("move", "--slots", slot, "--to", str(TARGET))
+        code, _, stderr = await run_slots(
+            cluster.control_dsn, *move, failpoint="slots.after_move_out=exit"
+        )
+        assert code == -9, stderr
+        code, stdout, stderr = await run_slots(cluster.control_dsn, "resume")
+        assert code == 0 and "resumed and finished" in stdout, (stdout, stderr)
+
+        await _check_pieces_moved(cluster, client, owner, pieces)
+        await _settle_moved_pieces(cluster, client, owner, far, holds, first, pieces)
+    for node in cluster.nodes:
+        assert await audit_problems(node.dsn) == [], node.dsn
+    audit_code, report = await audit_json(*cluster.dsns)
+    assert audit_code == 0, report
+    assert await moves_net(cluster.dsns) == 0
+
+
+async def _check_pieces_moved(
+    cluster: Cluster, client: Client, owner: str, pieces: list[str]
+) -> None:
+    """The pieces are held at the target, none at the source; the available balance holds
+    them back."""
+    source, target = cluster.nodes[SOURCE].dsn, cluster.nodes[TARGET].dsn
+    assert not set(pieces) & await _open_holds_at(source)
+    assert set(pieces) <= await _open_holds_at(target)
+    dep, sav = await client.balance(f"{owner}/dep"), await client.balance(f"{owner}/sav")
+    assert (dep.debits_pending, dep.credits_pending) == (300, 100)
+    assert (sav.debits_pending, sav.credits_pending) == (0, 200)
+    assert dep.available == 1_000 - 300
+    too_much = transfer(f"{owner}/over", f"{owner}/dep", f"{owner}/sav", 701)
+    assert await client.codes(too_much) == [pb.RESULT_CODE_INSUFFICIENT_FUNDS]
+
+
+async def _settle_moved_pieces(
+    cluster: Cluster,
+    client: Client,
+    owner: str,
+    far: str,
+    holds: dict[str, pb.Transaction],
+    first: dict[str, pb.ItemResult],
+    pieces: list[str],
+) -> None:
+    """One hold posted in part, one voided, one posted in full: each once, settled at the
+    target; every replay replayed as first answered."""
+    source, target = cluster.nodes[SOURCE].dsn, cluster.nodes[TARGET].dsn
+    fates = [
+        _post(
+            f"{far}/pa",
+            f"{far}/xa",
+            leg(f"{far}/dep", DEBIT, 40),
+            leg(f"{owner}/dep", CREDIT, 40),
+        ),
+        _void(f"{far}/vb", f"{far}/xb"),
+        _post(f"{far}/pc", f"{far}/xc"),
+    ]
+    decided = await _created(client, *fates)
+    again = await client.post(*fates, *holds.values())
+    assert [(r.code, r.timestamp_ns) for r in again[:3]] == [
+        (REPLAYED, r.timestamp_ns) for r in decided
+    ]
+    for name, result in zip(holds, again[3:], strict=True):
+        assert (result.code, result.timestamp_ns) == (REPLAYED, first[name].timestamp_ns)
+    assert (await client.transaction(f"{far}/xa")).status == pb.TRANSACTION_STATUS_PENDING_POSTED
+
+    dep, sav = await client.balance(f"{owner}/dep"), await client.balance(f"{owner}/sav")
+    assert (dep.debits_posted, dep.credits_posted) == (300, 1_000 + 40)
+    assert (dep.debits_pending, dep.credits_pending, sav.credits_pending) == (0, 0, 0)
+    assert sav.credits_posted == 0
+    settled = [ids.settlement_id(p, True) for p in pieces if "/xa" in p or "/xc" in p]
+    assert await _records_at(target, settled) == set(settled)
+    assert await _records_at(source, settled) == set()
+
+
+async def cluster_client_create(cluster: Cluster, customer: str) -> None:
+    async with security.channel(cluster.target) as channel:
+        client = Client(channel)
+        await client.create(
+            account("@cash"),
+            account(f"{customer}/dep", no_overdraft=True),
+            account(f"{customer}/sav"),
+        )
+        await _created(client, transfer(f"{customer}/fund", "@cash", f"{customer}/dep", 1_000))
+
+
+async def _pieces_at(dsn: str, hold_ids: list[str]) -> list[str]:
+    """The held cross-shard pieces of these holds on a shard."""
+    rows = await _fetch(dsn, "SELECT transaction_id FROM holds")
+    held = [row["transaction_id"] for row in rows if ids.is_piece_id(row["transaction_id"])]
+    return sorted(p for p in held if ids.parse_piece_id(p)[0] in hold_ids)
 
 
 # ---- a move of many pages ----
