@@ -183,24 +183,32 @@ def _piece_refusal(
     return "", False
 
 
-def _hold_refusal(record: TransactionState, slots: frozenset[int]) -> tuple[str, bool]:
+def _hold_refusal(
+    record: TransactionState, slots: frozenset[int], target: int | None
+) -> tuple[str, bool]:
     """Why an open hold (or a cross-shard hold's coordinator record) here keeps the slots from
-    moving, and whether it may pass soon (("", False): it moves, or does not touch them)."""
+    moving, and whether it may pass soon (("", False): it moves, or does not touch them). A
+    cross-shard hold's record moves as a single-shard hold does (homed in the slots, every leg
+    but on spread accounts in them), the target given (None: not known, it does not move)."""
     homed = record_moves(record.spec.id, slots)
     some, every = _legs_moving(record, slots)
     if not homed and not some:
         return "", False
     name = record.spec.id
-    if record.spec.kind is Kind.HOLD:
+    cross = record.spec.kind is Kind.HOLD
+    if cross and not ids.is_abort_marker(record.spec.target_id):
+        return f"cross-shard hold {name!r} does not name its committed attempt", False
+    if cross and target is None:
         return (
-            f"open cross-shard hold {name!r} is homed in or holds amounts on the slots: its "
-            "coordinator record and pieces do not move (participants ask it by shard number); "
-            "post or void it first"
+            f"open cross-shard hold {name!r} is homed in or holds amounts on the slots: the "
+            "mover did not check the target for its pieces (a mover from before coordinator "
+            "records moved); post or void it first"
         ), False
     if not (homed and every):
         where = "homed in the slots" if homed else f"homed in slot {transaction_slot(name)}"
+        what = "cross-shard hold" if cross else "hold"
         return (
-            f"open hold {name!r} ({where}) has legs on accounts both in and out of the slots: "
+            f"open {what} {name!r} ({where}) has legs on accounts both in and out of the slots: "
             "a hold that would span two shards after the move does not move; post or void it, "
             "or move its slots together"
         ), False
@@ -216,7 +224,7 @@ def _open_record_refusal(
     whether it may pass soon (("", False): it does not)."""
     if record.spec.kind is Kind.PREPARED:
         return _piece_refusal(record, slots, target)
-    return _hold_refusal(record, slots)
+    return _hold_refusal(record, slots, target)
 
 
 def moving_refusal(record: TransactionState, slots: frozenset[int], target: int | None) -> str:
@@ -250,7 +258,7 @@ def moving_holds(
         why, soon = _open_record_refusal(record, slots, target)
         if why:
             raise (MoveBusyError if soon else MoveRefusedError)(why)
-        if record.spec.kind is Kind.PENDING and record_moves(record.spec.id, slots):
+        if record.spec.kind in _HOLD_KINDS and record_moves(record.spec.id, slots):
             moving.append(record)
         elif is_moving_piece(record, slots):
             moving.append(record)
@@ -268,10 +276,25 @@ def moving_holds(
     return moving
 
 
+_HOLD_KINDS: Final = frozenset({Kind.PENDING, Kind.HOLD})
+
+
 def moving_pieces(holds: Sequence[TransactionState]) -> list[TransactionState]:
     """The held cross-shard pieces among moving_holds' answer: records that travel with the move
     though not homed in its slots (their ids are their hold's)."""
     return [record for record in holds if record.spec.kind is Kind.PREPARED]
+
+
+def checked_piece_id(record: TransactionState) -> str:
+    """For a moving piece or cross-shard hold record, the piece id the target must not hold
+    (its own, or the hold's committed attempt's: a shard holds one record of a cross-shard hold,
+    its coordinator record or one piece); "" for any other record."""
+    if record.spec.kind is Kind.PREPARED:
+        return record.spec.id
+    if record.spec.kind is Kind.HOLD and ids.is_abort_marker(record.spec.target_id):
+        transaction_id, attempt = ids.parse_abort_marker(record.spec.target_id)
+        return ids.piece_id(transaction_id, attempt)
+    return ""
 
 
 def stuck_slots(
@@ -790,6 +813,8 @@ def check_holds_in(
     are on the accounts moving in or on spread accounts."""
     moving = {account.spec.id for account in accounts}
     for record in open_holds_of(records):
+        if record.spec.kind is Kind.HOLD and not record_moves(record.spec.id, slots):
+            raise MoveRefusedError(f"open hold {record.spec.id!r} is not homed in the slots")
         if record.spec.kind is Kind.PREPARED:
             if not ids.is_piece_id(record.spec.id):
                 raise MoveRefusedError(f"open record {record.spec.id!r} is not a piece's")
@@ -798,8 +823,8 @@ def check_holds_in(
                     f"piece {record.spec.id!r} is coordinated here: a piece does not move to its "
                     "hold's coordinator"
                 )
-        elif record.spec.kind is not Kind.PENDING or ids.is_reserved(record.spec.id):
-            raise MoveRefusedError(f"open record {record.spec.id!r} is not a single-shard hold")
+        elif record.spec.kind not in _HOLD_KINDS or ids.is_reserved(record.spec.id):
+            raise MoveRefusedError(f"open record {record.spec.id!r} is not a hold")
         elif not record_moves(record.spec.id, slots):
             raise MoveRefusedError(f"open hold {record.spec.id!r} is not homed in the slots")
         for leg in record.applied_legs:
@@ -906,7 +931,10 @@ _NAMING_KINDS: Final = frozenset({Kind.POST_PENDING, Kind.VOID_PENDING, Kind.REV
 def _records_named(spec: TransactionSpec) -> tuple[str, ...]:
     """The records an item writes besides its own: what it posts, voids or reverses, and what
     a cross-shard piece locks (a record of a moved-out slot is the target's now). Kept cheap:
-    every item a source writes after a move passes here."""
+    every item a source writes after a move passes here. An abort marker is not refused: an
+    attempt commits only at its coordinator, which can no longer commit one of a moved-out
+    slot, so its abort there is true (a moved-out hold's participants are sent on instead:
+    shards.node.shard_service, Abort)."""
     if spec.kind in _NAMING_KINDS:
         return (spec.target_id,)
     if spec.kind is Kind.PREPARED and spec.metadata:

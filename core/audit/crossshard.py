@@ -172,8 +172,10 @@ def fold(view: PieceView, row: Any, totals: dict[str, list[int]] | None) -> None
         view.deadline_ns = _deadline_of(row)
         view.transaction_id = view.transaction_id or _client_id(row["target_id"])
     elif row["target_kind"] == Kind.HOLD:
-        # The coordinator's post, void or expiry of a cross-shard hold: the hold's fate.
-        view.hold_fate = _both(view.hold_fate, _RESOLUTIONS[Kind(kind)])
+        # The coordinator's post, void or expiry of a cross-shard hold: the hold's fate; or
+        # its move-out's release ("moved": its record went with its slot, decided there).
+        moved = ids.moved_out_by(row["id"], row["target_id"])
+        view.hold_fate = _both(view.hold_fate, "moved" if moved else _RESOLUTIONS[Kind(kind)])
         view.transaction_id = view.transaction_id or row["target_id"]
     else:
         moved = ids.moved_out_by(row["id"], row["target_id"])
@@ -385,9 +387,8 @@ def judge(views: list[PieceView], config: AuditConfig, log: FindingLog, final: b
     """ "settled", "in flight", "open hold", "suspect" (not final: to be read again) or
     "wrong" (logged)."""
     views.sort(key=lambda view: view.shard)
-    decided = [view for view in views if view.decision]
-    pieces = _judged_pieces(views)
-    contradictions = _contradictions(decided, pieces)
+    decided, pieces = _judged_decisions(views), _judged_pieces(views)
+    contradictions = _contradictions(decided, pieces, _moved_coordinators(views))
     transaction_id = _transaction_id(views)
     hold = _hold_of(decided) if {view.decision for view in decided} == {"commit"} else None
     open_hold = hold if hold is not None and not hold.hold_fate else None
@@ -453,6 +454,17 @@ def judge(views: list[PieceView], config: AuditConfig, log: FindingLog, final: b
     return "wrong"
 
 
+def _judged_decisions(views: list[PieceView]) -> list[PieceView]:
+    """The decisions among views but a hold's record moved out with its slot: it is judged
+    where it went, moved in there."""
+    return [view for view in views if view.decision and view.hold_fate != "moved"]
+
+
+def _moved_coordinators(views: list[PieceView]) -> set[int]:
+    """The shards a hold's record moved out of: its participants may name them."""
+    return {view.shard for view in views if view.decision and view.hold_fate == "moved"}
+
+
 def _judged_pieces(views: list[PieceView]) -> list[PieceView]:
     """The pieces among views but those moved out with their accounts: each is judged where it
     went, moved in there."""
@@ -487,9 +499,12 @@ def _judge_open_hold(
     return "wrong"
 
 
-def _contradictions(decided: list[PieceView], pieces: list[PieceView]) -> list[str]:
+def _contradictions(
+    decided: list[PieceView], pieces: list[PieceView], moved_from: set[int] | None = None
+) -> list[str]:
     """What no order of events can explain: both decisions, a resolution against the
-    decision (or a hold's fate), a piece naming another coordinator."""
+    decision (or a hold's fate), a piece naming another coordinator (than the decision's, or
+    a shard the hold's record moved out of: moved_from)."""
     found = []
     decisions = {view.decision for view in decided}
     where = ", ".join(f"shard {view.shard} {view.decision}" for view in decided)
@@ -512,7 +527,7 @@ def _contradictions(decided: list[PieceView], pieces: list[PieceView]) -> list[s
                     f"aborted ({where}), but its piece {view.piece_id} on shard {view.shard} "
                     "was posted"
                 )
-    coordinators = {view.shard for view in decided}
+    coordinators = {view.shard for view in decided} | (moved_from or set())
     for view in pieces:
         if coordinators and view.coordinator not in coordinators:
             found.append(

@@ -218,18 +218,20 @@ FROM transactions r JOIN (
 ) p ON p.id = r.target_id AND p.kind IN ({prepared}, {hold})
 WHERE r.kind IN ({resolutions}){since.format(table="r")}
 UNION ALL
-SELECT {_key_sql("m.id", PIECE_PREFIX)}, m.id, m.kind, m.target_id, m.applied_legs,
-       m.expires_at_ns, NULL::text, NULL::smallint, m.timestamp_ns, m.timeout_seconds,
-       0::bigint, NULL::text, TRUE
+SELECT CASE WHEN m.kind = {hold} THEN {_key_sql("m.target_id", MARKER_PREFIX)}
+            ELSE {_key_sql("m.id", PIECE_PREFIX)} END,
+       m.id, m.kind, m.target_id, m.applied_legs, m.expires_at_ns, NULL::text, NULL::smallint,
+       m.timestamp_ns, m.timeout_seconds, 0::bigint, NULL::text, TRUE
 FROM moved_transactions m
-WHERE m.kind = {prepared}
+WHERE m.kind IN ({prepared}, {hold})
 """
 
 
-# A held piece moved in with its accounts (moved_in) is a piece of this shard's from its
-# move-in on: it sorts first among its attempt's rows (block 0), and holds here the amounts its
-# move-in's entry held again (that entry, kind PENDING, is no row of an attempt). It is read in
-# every snapshot, the later ones too: folding it again changes nothing.
+# A held piece moved in with its accounts, or a cross-shard hold's record with its slot
+# (moved_in), is this shard's from its move-in on: it sorts first among its attempt's rows
+# (block 0), and holds here the amounts its move-in's entry held again (that entry, kind
+# PENDING, is no row of an attempt). It is read in every snapshot, the later ones too: folding
+# it again changes nothing.
 
 
 def marker_of_key(key: str) -> str:

@@ -26,7 +26,7 @@ from typing import Any, Final, TypeVar
 import asyncpg
 import grpc
 
-from core import moves
+from core import ids, moves
 from core.slots import SLOT_COUNT, SlotMap
 from core.store import control as control_store
 from shards import control, failpoints
@@ -461,8 +461,9 @@ async def _ask_stuck(
         for slot in pieces[piece_id]:
             stuck.setdefault(
                 slot,
-                f"held cross-shard piece {piece_id!r} would move to shard {target}, which holds "
-                "another piece of its hold; move its slots elsewhere, or post or void that hold",
+                f"cross-shard hold {ids.parse_piece_id(piece_id)[0]!r} has a record or piece "
+                f"here that would move to shard {target}, which holds a piece of it; move its "
+                "slots elsewhere, or post or void that hold",
             )
     moving = [p for p, of in pieces.items() if not set(of) & set(stuck)]
     return dict(sorted(stuck.items())), moving

@@ -692,24 +692,7 @@ class Driver:
                         else outcomes.unavailable(decisions, "a shard")
                     )
                     continue
-                decision = decisions[position]
-                units[u].resolves(outcome, k, decision.committed, decision.timestamp_ns)
-                if decision.committed or decision.reason == pb.RESULT_CODE_REPLAYED:
-                    # Committed all the same (the Commit answer was lost), or by an earlier
-                    # attempt of the same transaction: this is its replay.
-                    unit_results[k] = pb.ItemResult(
-                        code=pb.RESULT_CODE_REPLAYED, timestamp_ns=decision.timestamp_ns
-                    )
-                elif why.code == pb.RESULT_CODE_OUTCOME_UNKNOWN:
-                    # The lost Commit had not landed, and now never will: nothing applied.
-                    unit_results[k] = pb.ItemResult(
-                        code=pb.RESULT_CODE_UNAVAILABLE,
-                        message="the coordinator shard did not answer the commit; it was not "
-                        "applied, and this attempt is aborted: retry with the same id",
-                    )
-                else:
-                    message = decision.message or why.message
-                    unit_results[k] = pb.ItemResult(code=decision.reason, message=message)
+                unit_results[k] = _decided(units[u], outcome, k, decisions[position], why)
         return reached
 
     def _coordinator_down(
@@ -858,6 +841,33 @@ class Driver:
             for reason in why.values():
                 self._observe_undecided(reason)
         return failed
+
+
+def _decided(
+    unit: Unit, outcome: Outcome, k: int, decision: spb.Decision, why: pb.ItemResult
+) -> pb.ItemResult:
+    """Transaction k's result from its coordinator's decision on an abort asked for `why`
+    (and what its participants must hear, into outcome)."""
+    if decision.moved:
+        # A hold this attempt committed, whose record moved with its slot since: its pieces
+        # stay held (its fate is its new shard's); the retry with the same id reads it there.
+        return pb.ItemResult(
+            code=pb.RESULT_CODE_OUTCOME_UNKNOWN,
+            message="the hold's slot moved to another shard; retry with the same id",
+        )
+    unit.resolves(outcome, k, decision.committed, decision.timestamp_ns)
+    if decision.committed or decision.reason == pb.RESULT_CODE_REPLAYED:
+        # Committed all the same (the Commit answer was lost), or by an earlier attempt of
+        # the same transaction: this is its replay.
+        return pb.ItemResult(code=pb.RESULT_CODE_REPLAYED, timestamp_ns=decision.timestamp_ns)
+    if why.code == pb.RESULT_CODE_OUTCOME_UNKNOWN:
+        # The lost Commit had not landed, and now never will: nothing applied.
+        return pb.ItemResult(
+            code=pb.RESULT_CODE_UNAVAILABLE,
+            message="the coordinator shard did not answer the commit; it was not applied, and "
+            "this attempt is aborted: retry with the same id",
+        )
+    return pb.ItemResult(code=decision.reason, message=decision.message or why.message)
 
 
 def _ahead_at_least_ns(

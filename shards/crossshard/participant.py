@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import grpc
@@ -396,15 +396,37 @@ async def settle_prepared(
     overdue: Sequence[tuple[str, int, int, int]],
     endpoints: dict[int, str],
     security: ClientSecurity,
+    home_of: Callable[[str], int] | None = None,
 ) -> None:
     """Ask each coordinator for its decisions (recording abort where there is none) and post
     or void the pieces here accordingly. Coordinators are asked concurrently, and one that
-    cannot answer (down, or unable to decide one id) holds back only its own pieces."""
+    cannot answer (down, or unable to decide one id) holds back only its own pieces. A
+    coordinator that moved a transaction's slot out (Decision.moved: its record went with it)
+    is asked no more about it: the shard its id is homed at now is (home_of, this node's slot
+    map), in a second round; moved on again, the next sweep asks."""
+    seen = {piece: (deadline_ns, timeout_s) for piece, _, deadline_ns, timeout_s in overdue}
     by_coordinator: dict[int, list[str]] = {}
-    seen = {}
-    for piece, coordinator, deadline_ns, timeout_s in overdue:
+    for piece, coordinator, _, _ in overdue:
         by_coordinator.setdefault(coordinator, []).append(piece)
-        seen[piece] = (deadline_ns, timeout_s)
+    moved = await _ask_round(writer, by_coordinator, endpoints, seen, security)
+    if not moved or home_of is None:
+        return
+    again: dict[int, list[str]] = {}
+    for coordinator, piece in moved:
+        home = home_of(ids.parse_piece_id(piece)[0])
+        if home >= 0 and home != coordinator:
+            again.setdefault(home, []).append(piece)
+    await _ask_round(writer, again, endpoints, seen, security)
+
+
+async def _ask_round(
+    writer: Submitter,
+    by_coordinator: dict[int, list[str]],
+    endpoints: dict[int, str],
+    seen: dict[str, tuple[int, int]],
+    security: ClientSecurity,
+) -> list[tuple[int, str]]:
+    """One round of settle_prepared: the (coordinator, piece) answered moved."""
     outcomes = await asyncio.gather(
         *(
             _settle_with(
@@ -414,9 +436,13 @@ async def settle_prepared(
         ),
         return_exceptions=True,
     )
+    moved: list[tuple[int, str]] = []
     for coordinator, outcome in zip(by_coordinator, outcomes, strict=True):
         if isinstance(outcome, BaseException):  # say the writer is draining: next sweep
             log.warning("settling pieces of coordinator %d failed: %r", coordinator, outcome)
+        else:
+            moved += [(coordinator, piece) for piece in outcome]
+    return moved
 
 
 async def _settle_with(
@@ -426,10 +452,12 @@ async def _settle_with(
     endpoint: str | None,
     seen: dict[str, tuple[int, int]],
     security: ClientSecurity,
-) -> None:
+) -> list[str]:
+    """Ask one coordinator about pieces and settle them as it answers: those it answered
+    moved (nothing decided there)."""
     if endpoint is None:
         log.warning("no endpoint for coordinator shard %d", coordinator)
-        return
+        return []
     decided: list[tuple[str, Any]] = []
     # The coordinator's internal listener, as a cluster identity (this node's certificate).
     async with aio_channel(endpoint, security) as channel:
@@ -439,7 +467,7 @@ async def _settle_with(
         except grpc.aio.AioRpcError as error:
             log.warning("asking shard %d for decisions failed: %r", coordinator, error)
             if len(pieces) == 1 or error.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
-                return
+                return []
             # One id it cannot decide must not hold back the others: ask for each alone.
             for piece in pieces:
                 try:
@@ -450,8 +478,10 @@ async def _settle_with(
                         break
                     continue
                 decided.append((piece, decision))
+    moved = [piece for piece, d in decided if d.moved]
+    decided = [(piece, d) for piece, d in decided if not d.moved]
     if not decided:
-        return
+        return moved
     resolutions = [
         _hold_settlement(piece, d.hold, *seen[piece])
         if d.committed and d.HasField("hold")
@@ -462,6 +492,7 @@ async def _settle_with(
     for (piece, _), result in zip(decided, results, strict=True):
         if result.code not in (ResultCode.CREATED, ResultCode.REPLAYED):
             log.warning("settling %s: %s %s", piece, result.code.name, result.message)
+    return moved
 
 
 def _hold_settlement(

@@ -234,9 +234,35 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
         results: list[pb.ItemResult | None],
     ) -> None:
         """Posts and voids of cross-shard holds: checked against the whole hold (its legs
-        never change), decided at its coordinator, then settled by its participants."""
-        if not starts:
-            return
+        never change), decided at its coordinator, then settled by its participants. One that
+        a coordinator refused WRONG_SHARD (the hold's slot moved out of it: nothing decided) is
+        read and decided again under a reloaded map, with the writes' backoff."""
+        for attempt in range(self._cluster.config.wrong_shard_retry_max + 1):
+            if attempt:
+                await self._cluster.backoff_and_refresh(attempt)
+            await self._decide_holds_once(messages, items, starts, results)
+            moved = [n for n in starts if (r := results[n]) is not None and _wrong_shard(r)]
+            for n in moved:
+                item = items[n]
+                assert isinstance(item, TransactionSpec)
+                self._cluster.forget_hold(item.target_id)
+            if not moved:
+                return
+            starts = moved
+        for n in starts:  # still in a move's pause: nothing was decided
+            results[n] = pb.ItemResult(
+                code=pb.RESULT_CODE_UNAVAILABLE,
+                message="the hold's slot is being moved; nothing was decided, retry with the "
+                "same id",
+            )
+
+    async def _decide_holds_once(
+        self,
+        messages: list[pb.Transaction],
+        items: list[TransactionSpec | Rejection],
+        starts: list[int],
+        results: list[pb.ItemResult | None],
+    ) -> None:
         targets = [item.target_id for n in starts if isinstance(item := items[n], TransactionSpec)]
         try:
             holds = await self._read_holds(list(dict.fromkeys(targets)))
@@ -1101,6 +1127,10 @@ async def _shard_failed(context: Context, error: grpc.aio.AioRpcError) -> NoRetu
         grpc.StatusCode.UNAVAILABLE,
         f"a shard is unavailable ({error.code().name}: {error.details()}); retry",
     )
+
+
+def _wrong_shard(result: pb.ItemResult) -> bool:
+    return bool(result.code == pb.RESULT_CODE_WRONG_SHARD)
 
 
 def _known_hold(unit: Unit, k: int, timestamp_ns: int) -> KnownHold:

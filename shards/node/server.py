@@ -673,7 +673,7 @@ class Node:
                 )
                 if overdue:
                     await settle_prepared(
-                        writer, overdue, self.endpoints, self.security.as_client()
+                        writer, overdue, self.endpoints, self.security.as_client(), self._home_of
                     )
             except asyncio.CancelledError:
                 raise
@@ -681,6 +681,12 @@ class Node:
                 log.warning("settling prepared pieces failed: %r", error)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), timeout=interval_s)
+
+    def _home_of(self, transaction_id: str) -> int:
+        """The shard a transaction id is homed at under this node's slot map (-1: none yet):
+        where a coordinator that moved the id's slot out sends its participants."""
+        slot_map = self.slot_map
+        return slot_map.home_of(transaction_id) if slot_map is not None else -1
 
     async def _ask_inherited_pieces(self, writer: Writer, started_ns: int) -> None:
         """Ask the coordinators at once about the pieces held since before this writer began.
@@ -695,7 +701,9 @@ class Node:
         )
         if pieces:
             log.info("asking the coordinators of %d pieces an earlier writer held", len(pieces))
-            await settle_prepared(writer, pieces, self.endpoints, self.security.as_client())
+            await settle_prepared(
+                writer, pieces, self.endpoints, self.security.as_client(), self._home_of
+            )
 
     async def _arm_pieces_without_deadline(self, writer: Writer) -> bool:
         """Give the held pieces that have no deadline one of now, so the sweep asks their

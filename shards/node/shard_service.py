@@ -121,20 +121,20 @@ class ShardService(spb_grpc.ShardServicer):  # type: ignore[misc]
         """Record the attempt's abort unless it committed; answer the decision either way (read
         back after the write, so it is the durable truth)."""
         await _check_count(context, len(request.items))
-        items: list[Any] = []
         for n, item in enumerate(request.items):
             await _check_id_and_attempt(context, n, item.transaction_id, item.attempt)
             # A later Commit of the attempt answers this reason as its own: never a success.
             await _refuse(context, n, validation.abort_reason_problem(item.reason, "reason"))
-            items.append(participant.abort_marker(item))
+        request_items = request.items
+        items: list[Any] = [participant.abort_marker(item) for item in request_items]
         await self._submit(context, items)
-        wanted = [i.transaction_id for i in request.items] + [i.id for i in items]
+        wanted = [i.transaction_id for i in request_items] + [i.id for i in items]
         found = await self._node.history.load_transactions(
             self._node.read_pool, wanted, READ_TIMEOUT_S
         )
-        holds = await self._hold_states(context, request.items, found)
+        holds = await self._hold_states(context, request_items, found)
         decisions = []
-        for item, marker_item in zip(request.items, items, strict=True):
+        for item, marker_item in zip(request_items, items, strict=True):
             decision = participant.decision(
                 item, found.get(item.transaction_id), found.get(marker_item.id)
             )
@@ -144,7 +144,11 @@ class ShardService(spb_grpc.ShardServicer):  # type: ignore[misc]
                 # only once its marker records why: the books say what decided every attempt.
                 await context.abort(grpc.StatusCode.UNAVAILABLE, "abort not recorded; retry")
             assert decision is not None
-            if decision.committed and item.transaction_id in holds:
+            hold = found.get(item.transaction_id)
+            if decision.committed and hold is not None and _moved_out_hold(hold):
+                # Its record (and state) went with its slot: ask the shard it went to.
+                decision = spb.Decision(moved=True)
+            elif decision.committed and item.transaction_id in holds:
                 decision.hold.CopyFrom(holds[item.transaction_id])
             decisions.append(decision)
         return spb.AbortResponse(decisions=decisions)
@@ -272,3 +276,11 @@ class ShardService(spb_grpc.ShardServicer):  # type: ignore[misc]
         self, request: spb.StageMoveInRequest, context: Context
     ) -> spb.StageMoveInResponse:
         return await move_service.stage_move_in(self._node, request, context)
+
+
+def _moved_out_hold(record: TransactionState) -> bool:
+    """A cross-shard hold's record this shard's move-out released (its copy here is as it left;
+    its state lives on at the move's target)."""
+    return record.spec.kind is Kind.HOLD and bool(
+        ids.moved_out_by(record.resolved_by_id, record.spec.id)
+    )

@@ -75,3 +75,15 @@ def test_reserved() -> None:
     assert ids.is_reserved_key(ids.REVERSES_KEY) and not ids.is_reserved_key("reason")
     assert ids.is_attempt("0af") and not ids.is_attempt("") and not ids.is_attempt("g")
     assert not ids.is_attempt("a" * (ids.ATTEMPT_LENGTH_MAX + 1))
+
+
+def test_a_record_released_by_its_move_out_names_the_move() -> None:
+    piece = ids.piece_id("k/h", "ab")
+    assert ids.moved_out_by(ids.move_out_hold_id("0f1e", piece), piece) == "0f1e"
+    assert ids.moved_out_by(ids.move_out_hold_id("0f1e", "k/h"), "k/h") == "0f1e"
+    # Another record's release, a void, a move-in, a bad move id: not moved out by a move.
+    assert ids.moved_out_by(ids.move_out_hold_id("0f1e", "x/k/h"), "k/h") == ""
+    assert ids.moved_out_by(ids.settlement_id(piece, False), piece) == ""
+    assert ids.moved_out_by(ids.move_in_hold_id("0f1e", piece), piece) == ""
+    assert ids.moved_out_by(f"~moveout/XYZ/~hold/{piece}", piece) == ""
+    assert ids.moved_out_by("", piece) == ""

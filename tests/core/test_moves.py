@@ -229,6 +229,37 @@ def test_a_held_piece_moves_with_its_accounts_to_any_shard_but_its_coordinator()
         moves.check_holds_in([piece], [dep], slots, shard=2)
 
 
+def test_a_cross_shard_holds_record_moves_with_its_slot_once_its_target_is_checked() -> None:
+    """The coordinator record of a committed cross-shard hold homed in the slots, its legs on
+    their accounts (and clearing), moves like a single-shard hold; the target must hold no
+    piece of its committed attempt (checked_piece_id names it); without a target, or spanning
+    slots, or naming no attempt, it stays."""
+    k, z = slot_of("k"), slot_of("z")
+    slots, usd = frozenset({k}), "USD"
+    legs = (Leg("k/dep", True, 5, usd), Leg(ids.clearing_account(usd), False, 5, usd))
+    spec = TransactionSpec("k/h1", Kind.HOLD, legs, 1, (), "", 0, ids.abort_marker_id("k/h1", "ab"))
+    hold = TransactionState(spec, legs, 50, Status.PENDING, 0)
+    dep = _held(_account("k/dep", 0, 100), hold)
+    assert moves.moving_holds([dep], [hold], slots, target=2) == [hold]
+    assert moves.moving_pieces([hold]) == []
+    assert moves.checked_piece_id(hold) == ids.piece_id("k/h1", "ab")
+    assert moves.stuck_slots([hold], slots, target=2) == {}
+    with pytest.raises(moves.MoveRefusedError, match="did not check the target"):
+        moves.moving_holds([dep], [hold], slots)
+    spanning = TransactionState(
+        spec._replace(id="k/h2", target_id=ids.abort_marker_id("k/h2", "ab")),
+        (*legs, Leg("z/sav", False, 1, usd)), 50, Status.PENDING, 0,
+    )  # fmt: skip
+    assert list(moves.stuck_slots([spanning], frozenset({k, z}) - {z}, target=2)) == [k]
+    unnamed = TransactionState(spec._replace(target_id=""), legs, 50, Status.PENDING, 0)
+    with pytest.raises(moves.MoveRefusedError, match="does not name its committed attempt"):
+        moves.moving_holds([dep], [unnamed], slots, target=2)
+    assert moves.checked_piece_id(unnamed) == ""
+    moves.check_holds_in([hold], [dep], slots, shard=2)
+    with pytest.raises(moves.MoveRefusedError, match="not homed"):
+        moves.check_holds_in([hold], [dep], frozenset({z}), shard=2)
+
+
 def test_the_slots_that_cannot_move_now_are_named_with_why() -> None:
     """What moving_holds refuses outright keeps the slots it touches (and only those of the
     move); what may pass soon, or moves with the slots, keeps none."""

@@ -311,18 +311,20 @@ class AbortRequest(_message.Message):
     def __init__(self, items: _Optional[_Iterable[_Union[AbortItem, _Mapping]]] = ...) -> None: ...
 
 class Decision(_message.Message):
-    __slots__ = ("committed", "reason", "message", "timestamp_ns", "hold")
+    __slots__ = ("committed", "reason", "message", "timestamp_ns", "hold", "moved")
     COMMITTED_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     TIMESTAMP_NS_FIELD_NUMBER: _ClassVar[int]
     HOLD_FIELD_NUMBER: _ClassVar[int]
+    MOVED_FIELD_NUMBER: _ClassVar[int]
     committed: bool
     reason: _ledger_pb2.ResultCode
     message: str
     timestamp_ns: int
     hold: HoldState
-    def __init__(self, committed: _Optional[bool] = ..., reason: _Optional[_Union[_ledger_pb2.ResultCode, str]] = ..., message: _Optional[str] = ..., timestamp_ns: _Optional[int] = ..., hold: _Optional[_Union[HoldState, _Mapping]] = ...) -> None: ...
+    moved: bool
+    def __init__(self, committed: _Optional[bool] = ..., reason: _Optional[_Union[_ledger_pb2.ResultCode, str]] = ..., message: _Optional[str] = ..., timestamp_ns: _Optional[int] = ..., hold: _Optional[_Union[HoldState, _Mapping]] = ..., moved: _Optional[bool] = ...) -> None: ...
 
 class AbortResponse(_message.Message):
     __slots__ = ("decisions",)

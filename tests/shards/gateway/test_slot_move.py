@@ -347,7 +347,7 @@ async def test_a_shard_added_under_load_gets_its_even_share_by_rebalance(
         assert await client.codes(transfer(f"{key}/fund", "@cash", f"{key}/dep", 10**6)) == [
             CREATED
         ]
-    stuck_slot, open_hold = await _open_cross_shard_hold(client, moved, keys)
+    stuck_slot, spanning, crossing_hold = await _open_holds_across(client, moved, keys)
     name = f"c{os.getpid()}_added_{slot_of(keys[0])}"
     await pg.create_database_async(name)
     added = await start_node(
@@ -373,37 +373,53 @@ async def test_a_shard_added_under_load_gets_its_even_share_by_rebalance(
         pauses = [float(p) for p in re.findall(r"pause_ms ([0-9.]+)", stdout)]
         print(stdout.count("done:"), "moves; pause per slot, ms: max", max(pauses))
         assert len(pauses) == len(moved)
-        # The open cross-shard hold's slot kept where it is (another moved in its stead), said.
-        assert f"slot {stuck_slot} kept where it is: open cross-shard hold" in stdout, stdout
-        assert (await slot_owners(cluster.control_dsn))[stuck_slot] == 0
-        void = pb.Transaction(id=f"{open_hold.id}-void", code=1, void_pending_id=open_hold.id)
-        assert await client.codes(void) == [CREATED]
+        # The spanning hold's slot kept where it is (another moved in its stead), said; the
+        # cross-shard hold moved with its slot, and is posted at its new shard.
+        assert f"slot {stuck_slot} kept where it is: open hold" in stdout, stdout
+        owners = await slot_owners(cluster.control_dsn)
+        payer2 = crossing_hold.legs[0].account_id.removesuffix("/dep")
+        assert owners[stuck_slot] == 0 and owners[slot_of(payer2)] == SHARD_COUNT
+        void = pb.Transaction(id=f"{spanning.id}-void", code=1, void_pending_id=spanning.id)
+        post = pb.Transaction(
+            id=f"{crossing_hold.id}-post", code=1, post_pending_id=crossing_hold.id
+        )
+        assert await client.codes(void, post) == [CREATED, CREATED]
+        payee = crossing_hold.legs[1].account_id
+        assert (await client.balance(payee)).credits_posted == 400
         await _check_rebalanced(cluster, added.dsn, client, keys, local, cross)
     finally:
         await added.stop()
 
 
-async def _open_cross_shard_hold(
+async def _open_holds_across(
     client: Client, moved: dict[int, int], keys: list[str]
-) -> tuple[int, pb.Transaction]:
-    """An open cross-shard hold homed in a slot of shard 0 the rebalance would move (its
-    record does not move), to a customer of shard 1 in a slot it keeps: (its slot, the hold)."""
+) -> tuple[int, pb.Transaction, pb.Transaction]:
+    """Two open holds of a customer of shard 0 in a slot the rebalance would move: one on its
+    shard spanning that slot and another it keeps (it cannot move), and a cross-shard one to a
+    customer of shard 1 in a slot it keeps (its record moves with its slot, its piece stays):
+    (the first's slot, the first, the second)."""
     even = SlotMap.even(SHARD_COUNT)
     taken = {slot_of(key) for key in keys}
-    payer = next(
+    payer, payer2 = [
         k for n in range(100_000) if (k := f"rbs-{n}") and slot_of(k) in moved
         and even.shard_of_key(k) == 0 and slot_of(k) not in taken
-    )  # fmt: skip
+    ][:2]  # fmt: skip
+    assert slot_of(payer) != slot_of(payer2)
     payee = next(
         k for n in range(100_000) if (k := f"rbp-{n}") and slot_of(k) not in moved
         and even.shard_of_key(k) == 1
     )  # fmt: skip
-    for key in (payer, payee):
+    kept = next(
+        k for n in range(100_000) if (k := f"rbk-{n}") and slot_of(k) not in moved
+        and even.shard_of_key(k) == 0
+    )  # fmt: skip
+    for key in (payer, payer2, payee, kept):
         await _open(client, key)
-    fund = transfer(f"{payer}/fund", "@cash", f"{payer}/dep", 1_000)
-    hold = transfer(f"{payer}/xh", f"{payer}/dep", f"{payee}/sav", 400, pending=True)
-    assert await client.codes(fund, hold) == [CREATED, CREATED]
-    return slot_of(payer), hold
+    funds = [transfer(f"{k}/fund", "@cash", f"{k}/dep", 1_000) for k in (payer, payer2)]
+    spanning = transfer(f"{payer}/sh", f"{payer}/dep", f"{kept}/sav", 100, pending=True)
+    crossing = transfer(f"{payer2}/xh", f"{payer2}/dep", f"{payee}/sav", 400, pending=True)
+    assert await client.codes(*funds, spanning, crossing) == [CREATED] * 4
+    return slot_of(payer), spanning, crossing
 
 
 async def _check_rebalanced(
@@ -434,7 +450,7 @@ def _bad_move_ins(slot: int, targets_own: int) -> list[tuple[spb.MoveSlotsInRequ
     """MoveSlotsIn requests each wrong in one way, and what the refusal names."""
     key = _customer_on(SOURCE, skip=5)
     line = spb.MovedAccount(line="A|x/y|USD|1|0|{}|5")
-    open_hold = _record_line(f"{key}/h", Kind.HOLD)  # a cross-shard hold's record never moves
+    open_hold = _record_line(f"{key}/h", Kind.ORDINARY)  # a posted transfer never moves open
     return [
         (spb.MoveSlotsInRequest(move_id="ab", slots=[slot], source_shard=9), "source_shard"),
         (spb.MoveSlotsInRequest(move_id="ab", slots=[slot], source_shard=0, accounts=[

@@ -149,8 +149,10 @@ async def _refusals(cluster: Cluster, client: Client, key: str) -> None:
     far = customer_on(FAR, SHARD_COUNT, skip=12)
     piece_owner = customer_on(SOURCE, SHARD_COUNT, skip=13)
     other = customer_on(SOURCE, SHARD_COUNT, skip=14)
-    assert len({slot_of(k) for k in (key, spanning, piece_owner, other)}) == 4
-    for customer in (spanning, far, piece_owner, other):
+    sharer = customer_on(SOURCE, SHARD_COUNT, skip=15)
+    beside = customer_on(TARGET, SHARD_COUNT, skip=15)
+    assert len({slot_of(k) for k in (key, spanning, piece_owner, other, sharer)}) == 5
+    for customer in (spanning, far, piece_owner, other, sharer, beside):
         await client.create(
             account("@cash"), account(f"{customer}/dep"), account(f"{customer}/sav")
         )
@@ -159,11 +161,20 @@ async def _refusals(cluster: Cluster, client: Client, key: str) -> None:
         client,
         _hold(f"{spanning}/h1", f"{spanning}/dep", f"{other}/sav", 10),  # two slots
         _hold(f"{far}/h1", f"{far}/dep", f"{piece_owner}/dep", 10),  # cross-shard: a piece
-    )
+        # Pieces at SOURCE and at TARGET: the first cannot join the second.
+        pb.Transaction(
+            id=f"{far}/h2", code=1, pending=True,
+            legs=[
+                leg(f"{far}/dep", DEBIT, 30), leg(f"{sharer}/sav", CREDIT, 10),
+                leg(f"{beside}/sav", CREDIT, 20),
+            ],
+        ),
+    )  # fmt: skip
     cases = {  # slot: (to, why)
         str(slot_of(spanning)): (TARGET, "both in and out of the slots"),
         # The piece's hold is coordinated at FAR: a piece never moves to its coordinator.
         str(slot_of(piece_owner)): (FAR, "does not move to its hold's coordinator"),
+        str(slot_of(sharer)): (TARGET, f"would move to shard {TARGET}, which holds a piece of it"),
     }
     for slot, (to, why) in cases.items():
         started = time.monotonic()
@@ -179,7 +190,10 @@ async def _refusals(cluster: Cluster, client: Client, key: str) -> None:
         assert time.monotonic() - started < 50, "refused at once, not waited for"
     # Voided, the holds let the slots go another time; they stay and take writes meanwhile.
     await _created(
-        client, _void(f"{spanning}/v1", f"{spanning}/h1"), _void(f"{far}/v1", f"{far}/h1")
+        client,
+        _void(f"{spanning}/v1", f"{spanning}/h1"),
+        _void(f"{far}/v1", f"{far}/h1"),
+        _void(f"{far}/v2", f"{far}/h2"),
     )
 
 
@@ -387,6 +401,73 @@ async def _settle_moved_pieces(
     settled = [ids.settlement_id(p, True) for p in pieces if "/xa" in p or "/xc" in p]
     assert await _records_at(target, settled) == set(settled)
     assert await _records_at(source, settled) == set()
+
+
+@pytest.mark.timeout(180)
+async def test_cross_shard_holds_move_with_their_coordinator_record_and_are_decided_there(
+    cluster: Cluster,
+) -> None:
+    """Three cross-shard holds homed in a SOURCE customer's slot (coordinated there, pieces at
+    FAR) move with that slot to TARGET. Then one is posted through a gateway that committed
+    it before the move, one voided, and one expires at TARGET: FAR's piece asks SOURCE at its
+    deadline, hears the hold moved, asks TARGET and expires. Each fate once, every audit
+    clean."""
+    owner = customer_on(SOURCE, SHARD_COUNT, skip=22)
+    far = customer_on(FAR, SHARD_COUNT, skip=22)
+    for customer in (owner, far):
+        await cluster_client_create(cluster, customer)
+    source, target, far_dsn = (cluster.nodes[n].dsn for n in (SOURCE, TARGET, FAR))
+    async with security.channel(cluster.target) as channel:
+        client = Client(channel)
+        expiring_s = 20  # past the move even on a loaded machine
+        holds = [
+            _hold(f"{owner}/xd", f"{owner}/dep", f"{far}/sav", 50),
+            _hold(f"{owner}/xe", f"{owner}/dep", f"{far}/sav", 60, timeout_s=expiring_s),
+            _hold(f"{owner}/xf", f"{far}/dep", f"{owner}/sav", 70),
+        ]
+        expires_at_s = time.time() + expiring_s
+        await _created(client, *holds)
+        hold_ids = [h.id for h in holds]
+        pieces = await _pieces_at(far_dsn, hold_ids)
+        assert len(pieces) == 3 and set(hold_ids) <= await _open_holds_at(source)
+
+        code, stdout, stderr = await run_slots(
+            cluster.control_dsn, "move", "--slots", str(slot_of(owner)), "--to", str(TARGET)
+        )
+        assert code == 0, (stdout, stderr)
+        assert not set(hold_ids) & await _open_holds_at(source)
+        assert set(hold_ids) <= await _open_holds_at(target)
+        assert set(pieces) <= await _open_holds_at(far_dsn)  # the pieces stay where they are
+        dep = await client.balance(f"{owner}/dep")
+        assert (dep.debits_pending, dep.available) == (110, 1_000 - 110)
+
+        fates = [_post(f"{owner}/pd", f"{owner}/xd"), _void(f"{owner}/vf", f"{owner}/xf")]
+        decided = await _created(client, *fates)
+        again = await client.post(*fates)
+        assert [(r.code, r.timestamp_ns) for r in again] == [
+            (REPLAYED, r.timestamp_ns) for r in decided
+        ]
+        decisions = [ids.settlement_id(p, "/xd" in p) for p in pieces if "/xe" not in p]
+        assert await _records_at(far_dsn, decisions) == set(decisions)
+        expired = next(p for p in pieces if "/xe" in p)
+        while expired in await _open_holds_at(far_dsn):
+            assert time.time() < expires_at_s + 60, "FAR's piece never heard its hold expire"
+            await asyncio.sleep(0.3)
+        assert await _records_at(far_dsn, [ids.expiry_id(expired)]) == {ids.expiry_id(expired)}
+        assert await _records_at(target, [ids.expiry_id(f"{owner}/xe")]) == {
+            ids.expiry_id(f"{owner}/xe")
+        }
+        assert (await client.transaction(f"{owner}/xe")).status == (
+            pb.TRANSACTION_STATUS_PENDING_EXPIRED
+        )
+        dep, sav = await client.balance(f"{owner}/dep"), await client.balance(f"{far}/sav")
+        assert (dep.debits_posted, dep.debits_pending, sav.credits_posted) == (50, 0, 50)
+        assert (await client.balance(f"{far}/dep")).debits_pending == 0
+    for node in cluster.nodes:
+        assert await audit_problems(node.dsn) == [], node.dsn
+    audit_code, report = await audit_json(*cluster.dsns)
+    assert audit_code == 0, report
+    assert await moves_net(cluster.dsns) == 0
 
 
 async def cluster_client_create(cluster: Cluster, customer: str) -> None:
