@@ -147,8 +147,9 @@ def _piece_refusal(
     """Why a held cross-shard piece here keeps the slots from moving, and whether it may pass
     soon (("", False): it moves with them, or does not touch them). A piece of a committed open
     cross-shard hold moves with its accounts when all of them are in the slots (its legs but on
-    spread accounts: its clearing legs) and the target is not its coordinator; `target` None:
-    not known (no piece moves)."""
+    spread accounts: its clearing legs), to any shard, its hold's coordinator included (the
+    mover checks the target holds no other piece of it); `target` None: not known (no piece
+    moves)."""
     locked = [decided_by_piece(piece.spec), reversed_by_piece(piece.spec)]
     if any(record_moves(record_id, slots) for record_id in locked if record_id):
         return f"cross-shard piece {piece.spec.id!r} is deciding a record homed in the slots", True
@@ -174,11 +175,6 @@ def _piece_refusal(
         return (
             f"{held}{coordinator}: the mover did not check the target for the hold's other "
             "pieces (a mover from before pieces moved)"
-        ), False
-    if coordinator == str(target):
-        return (
-            f"{held}{coordinator}, the target: a piece does not move to its hold's coordinator; "
-            "move its slots elsewhere, or post or void that hold"
         ), False
     return "", False
 
@@ -286,15 +282,10 @@ def moving_pieces(holds: Sequence[TransactionState]) -> list[TransactionState]:
 
 
 def checked_piece_id(record: TransactionState) -> str:
-    """For a moving piece or cross-shard hold record, the piece id the target must not hold
-    (its own, or the hold's committed attempt's: a shard holds one record of a cross-shard hold,
-    its coordinator record or one piece); "" for any other record."""
-    if record.spec.kind is Kind.PREPARED:
-        return record.spec.id
-    if record.spec.kind is Kind.HOLD and ids.is_abort_marker(record.spec.target_id):
-        transaction_id, attempt = ids.parse_abort_marker(record.spec.target_id)
-        return ids.piece_id(transaction_id, attempt)
-    return ""
+    """For a moving held piece, its id, which the target must not hold (a hold's pieces share
+    their id, so a shard holds at most one of them); "" for any other record (a hold's
+    coordinator record may join one of its pieces, and a piece its coordinator record)."""
+    return record.spec.id if record.spec.kind is Kind.PREPARED else ""
 
 
 def stuck_slots(
@@ -808,9 +799,9 @@ def check_holds_in(
     slots: frozenset[int],
     shard: int | None = None,
 ) -> None:
-    """MoveRefusedError unless every open record moving in is a single-shard hold homed in the
-    slots, or a held cross-shard piece not coordinated here (`shard`: this one), whose legs
-    are on the accounts moving in or on spread accounts."""
+    """MoveRefusedError unless every open record moving in is a hold (single- or cross-shard)
+    homed in the slots, or a held cross-shard piece, whose legs are on the accounts moving in
+    or on spread accounts. (`shard`: this one, kept for the callers' symmetry.)"""
     moving = {account.spec.id for account in accounts}
     for record in open_holds_of(records):
         if record.spec.kind is Kind.HOLD and not record_moves(record.spec.id, slots):
@@ -818,11 +809,6 @@ def check_holds_in(
         if record.spec.kind is Kind.PREPARED:
             if not ids.is_piece_id(record.spec.id):
                 raise MoveRefusedError(f"open record {record.spec.id!r} is not a piece's")
-            if shard is not None and record.spec.target_id == str(shard):
-                raise MoveRefusedError(
-                    f"piece {record.spec.id!r} is coordinated here: a piece does not move to its "
-                    "hold's coordinator"
-                )
         elif record.spec.kind not in _HOLD_KINDS or ids.is_reserved(record.spec.id):
             raise MoveRefusedError(f"open record {record.spec.id!r} is not a hold")
         elif not record_moves(record.spec.id, slots):

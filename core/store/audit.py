@@ -187,6 +187,11 @@ def _key_sql(column: str, prefix: str) -> str:
     )
 
 
+# The id of a move-in's entry raising an open record again: HEAD <move> MIDDLE <record>.
+_RAISE_HEAD, _RAISE_REST = ids.move_in_hold_id("M", "X").split("M", 1)
+_RAISE_MIDDLE = _RAISE_REST.removesuffix("X")
+
+
 def cross_shard_rows_sql(since: str) -> str:
     """Every row of a cross-shard attempt, with its key; `since` is appended to both parts'
     WHERE, "{table}" in it naming the part's table."""
@@ -223,15 +228,19 @@ SELECT CASE WHEN m.kind = {hold} THEN {_key_sql("m.target_id", MARKER_PREFIX)}
        m.id, m.kind, m.target_id, m.applied_legs, m.expires_at_ns, NULL::text, NULL::smallint,
        m.timestamp_ns, m.timeout_seconds, 0::bigint, NULL::text, TRUE
 FROM moved_transactions m
-WHERE m.kind IN ({prepared}, {hold})
+WHERE m.kind IN ({prepared}, {hold}) AND EXISTS (
+    SELECT 1 FROM transactions e
+    WHERE e.id = '{_RAISE_HEAD}' || m.move_id || '{_RAISE_MIDDLE}' || m.id
+)
 """
 
 
-# A held piece moved in with its accounts, or a cross-shard hold's record with its slot
-# (moved_in), is this shard's from its move-in on: it sorts first among its attempt's rows
-# (block 0), and holds here the amounts its move-in's entry held again (that entry, kind
-# PENDING, is no row of an attempt). It is read in every snapshot, the later ones too: folding
-# it again changes nothing.
+# A held piece moved in with its accounts, or a cross-shard hold's record with its slot, open
+# (moved_in: its move-in raised it; a settled hold's record moves as any record does, and its
+# attempt is judged where it was decided), is this shard's from its move-in on: it sorts first
+# among its attempt's rows (block 0), and holds here the amounts its move-in's entry held again
+# (that entry, kind PENDING, is no row of an attempt). It is read in every snapshot, the later
+# ones too: folding it again changes nothing.
 
 
 def marker_of_key(key: str) -> str:

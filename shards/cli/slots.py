@@ -26,7 +26,7 @@ from typing import Any, Final, TypeVar
 import asyncpg
 import grpc
 
-from core import ids, moves
+from core import moves
 from core.slots import SLOT_COUNT, SlotMap
 from core.store import control as control_store
 from shards import control, failpoints
@@ -461,9 +461,8 @@ async def _ask_stuck(
         for slot in pieces[piece_id]:
             stuck.setdefault(
                 slot,
-                f"cross-shard hold {ids.parse_piece_id(piece_id)[0]!r} has a record or piece "
-                f"here that would move to shard {target}, which holds a piece of it; move its "
-                "slots elsewhere, or post or void that hold",
+                f"held cross-shard piece {piece_id!r} would move to shard {target}, which holds "
+                "another piece of its hold; move its slots elsewhere, or post or void that hold",
             )
     moving = [p for p, of in pieces.items() if not set(of) & set(stuck)]
     return dict(sorted(stuck.items())), moving
@@ -565,6 +564,11 @@ async def _drive(
         refused=lambda d: _refused_out(connection, channels, endpoints, move, d),
         held_wait_s=held_wait_s,
         sent_at=sent_at,
+        # A held piece opened since the last check is refused for now (ABORTED): check again.
+        before_held_retry=(
+            partial(_check_pieces, connection, channels, endpoints, move, out_request)
+            if move.state == "planned" else None
+        ),
     )  # fmt: skip
     steps.done("move-out")
     if failpoints.ARMED:  # the source has moved out; the control database does not say so
@@ -943,10 +947,12 @@ async def _step(
     refused: Callable[[str], Awaitable[None]],
     held_wait_s: float = 0.0,
     sent_at: list[float] | None = None,
+    before_held_retry: Callable[[], Awaitable[None]] | None = None,
 ) -> T:
     """Ask a node for a step until it answers (UNAVAILABLE and timeouts: it is restarting or
     between writers; ABORTED, for up to held_wait_s: amounts held in the slots; the step is
-    safe to ask again), or refuses (refused is called). sent_at: each ask's time, appended."""
+    safe to ask again), or refuses (refused is called). sent_at: each ask's time, appended.
+    before_held_retry: run before asking again after ABORTED (the request may change)."""
     started = time.monotonic()
     deadline = started + STEP_RETRY_S
     wait_s = STEP_RETRY_FIRST_S
@@ -964,6 +970,8 @@ async def _step(
             held = code == grpc.StatusCode.ABORTED
             if held and time.monotonic() - started < held_wait_s:
                 await asyncio.sleep(HELD_RETRY_S)  # a piece in flight settles in milliseconds
+                if before_held_retry is not None:
+                    await before_held_retry()
                 continue
             if code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                 await refused(details)  # an answer: nothing was written by this call

@@ -420,7 +420,7 @@ async def read_moved_out(
         if request.part == spb.MOVED_PART_STUCK_SLOTS:
             await _check_precopy(node, context, request.move_id, slots, moved)
             open_records = await store_moves.open_records(connection, MOVE_READ_TIMEOUT_S)
-            return _stuck_answer(node, open_records, slots, request)
+            return _stuck_answer(open_records, slots, request)
         if request.part == spb.MOVED_PART_PRECOPY_RECORDS:
             await _check_precopy(node, context, request.move_id, slots, moved)
         elif moved != slots:
@@ -465,35 +465,21 @@ async def _check_pieces_asked(context: Context, request: spb.ReadMovedOutRequest
 
 
 def _stuck_answer(
-    node: MoveNode,
-    open_records: list[TransactionState],
-    slots: frozenset[int],
-    request: spb.ReadMovedOutRequest,
+    open_records: list[TransactionState], slots: frozenset[int], request: spb.ReadMovedOutRequest
 ) -> spb.ReadMovedOutResponse:
-    """The slots that cannot move now and why; with the target, the held pieces and
-    cross-shard hold records that would move with the others (by the piece id the target must
-    not hold: core.moves.checked_piece_id). A piece whose hold's record is homed at the target
-    (moved there since the hold was made) keeps its slots: a shard holds one record of a hold."""
+    """The slots that cannot move now and why; with the target, the held pieces that would
+    move with the others (core.moves.checked_piece_id: the target must hold no other piece of
+    their holds)."""
     target = request.target_shard if request.HasField("target_shard") else None
     stuck = moves.stuck_slots(open_records, slots, target)
-    answer = spb.ReadMovedOutResponse(done=True)
-    slot_map = node.slot_map
+    answer = spb.ReadMovedOutResponse(
+        stuck_slots=[spb.StuckSlot(slot=s, reason=why) for s, why in stuck.items()], done=True
+    )
     for record in open_records if target is not None else ():
         checked = moves.checked_piece_id(record)
         touched = moves.touched_slots(record, slots)
-        if not checked or not touched or moves.moving_refusal(record, slots, target):
-            continue
-        hold_id = ids.parse_piece_id(checked)[0]
-        if record.spec.kind is Kind.PREPARED and slot_map and slot_map.home_of(hold_id) == target:
-            why = (
-                f"held cross-shard piece {record.spec.id!r} would move to shard {target}, where "
-                "its hold's coordinator record is now; move its slots elsewhere, or post or void "
-                "that hold"
-            )
-            stuck.update({s: why for s in touched if s not in stuck})
-            continue
-        answer.moving_pieces.append(spb.MovingPiece(piece_id=checked, slots=touched))
-    answer.stuck_slots.extend(spb.StuckSlot(slot=s, reason=why) for s, why in sorted(stuck.items()))
+        if checked and touched and not moves.moving_refusal(record, slots, target):
+            answer.moving_pieces.append(spb.MovingPiece(piece_id=checked, slots=touched))
     return answer
 
 

@@ -136,12 +136,11 @@ async def _fenced_reads(
         accounts, open_records, slots, target if checked is not None else None
     )
     pieces = moves.moving_pieces(holds)
-    asked = [i for i in map(moves.checked_piece_id, holds) if i]
-    unchecked = [i for i in asked if checked is None or i not in checked]
-    if unchecked:  # opened since the mover asked the target: ask again
-        raise moves.MoveRefusedError(
-            f"cross-shard hold record or piece {unchecked[0]!r} would move with the slots, but "
-            "the target was not asked whether it holds another record of its hold: ask again"
+    unchecked = [p.spec.id for p in pieces if checked is None or p.spec.id not in checked]
+    if unchecked:  # opened since the mover asked the target: it asks again (ABORTED)
+        raise moves.MoveBusyError(
+            f"held cross-shard piece {unchecked[0]!r} would move with the slots, but the target "
+            "was not asked whether it holds another piece of its hold: ask again"
         )
     records = sorted([*records, *pieces], key=lambda record: record.spec.id)
     problem = moves.refusal_of(accounts, records)

@@ -107,11 +107,20 @@ class Bank:
 
 async def _customer(client: Client, bank: Bank, n: int, stop: asyncio.Event) -> None:
     """One customer's day, round after round: a transfer to its savings, a hold posted in full,
-    and a transfer to the next customer's savings (on another shard, mostly); each item posted
-    with the same id until it is applied."""
+    a transfer to the next customer's savings (on another shard, mostly), and a cross-shard
+    hold to them left open until the next round posts it (so its record and piece are open
+    across a move, each moving with its slot); each item posted with the same id until it is
+    applied. The last open hold is posted once stopped."""
     key, after = bank.keys[n], bank.keys[(n + 1) % len(bank.keys)]
     dep, sav = f"{key}/dep", f"{key}/sav"
     rounds = 0
+
+    async def post_cross_hold(made: int) -> None:
+        hold_id = f"{key}/xh-{made}"
+        post = pb.Transaction(id=f"{key}/xhp-{made}", code=1, post_pending_id=hold_id)
+        await post_until_done(client, post, bank.seen)
+        bank.cross[key] += 1
+
     while not stop.is_set():
         await post_until_done(client, transfer(f"{key}/l-{rounds}", dep, sav, 1), bank.seen)
         bank.local[key] += 1
@@ -123,8 +132,14 @@ async def _customer(client: Client, bank: Bank, n: int, stop: asyncio.Event) -> 
         cross = transfer(f"{key}/x-{rounds}", dep, f"{after}/sav", 1)
         await post_until_done(client, cross, bank.seen)
         bank.cross[key] += 1
+        held = transfer(f"{key}/xh-{rounds}", dep, f"{after}/sav", 1, pending=True)
+        await post_until_done(client, held, bank.seen)
+        if rounds:
+            await post_cross_hold(rounds - 1)
         rounds += 1
         await asyncio.sleep(0.02)
+    if rounds:
+        await post_cross_hold(rounds - 1)
 
 
 async def _wait_exit(

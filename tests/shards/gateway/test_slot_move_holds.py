@@ -172,9 +172,8 @@ async def _refusals(cluster: Cluster, client: Client, key: str) -> None:
     )  # fmt: skip
     cases = {  # slot: (to, why)
         str(slot_of(spanning)): (TARGET, "both in and out of the slots"),
-        # The piece's hold is coordinated at FAR: a piece never moves to its coordinator.
-        str(slot_of(piece_owner)): (FAR, "does not move to its hold's coordinator"),
-        str(slot_of(sharer)): (TARGET, f"would move to shard {TARGET}, which holds a piece of it"),
+        # A piece joins no other piece of its hold (they share their id).
+        str(slot_of(sharer)): (TARGET, f"shard {TARGET}, which holds another piece of its hold"),
     }
     for slot, (to, why) in cases.items():
         started = time.monotonic()
