@@ -7,8 +7,9 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
+from core import ids
 from core.model import Kind, Status, TransactionSpec, TransactionState
-from core.pieces import DeadlineMode, deadline_spec, next_deadline
+from core.pieces import DeadlineMode, deadline_spec, hold_settlement_spec, next_deadline
 from core.state import Batch, JournalPosition
 
 S = 1_000_000_000
@@ -90,3 +91,30 @@ def test_the_state_machine_records_the_deadline_it_set() -> None:
     assert batch.out.holds_rearmed == [(held.spec.id, 5_000 * S)]
     assert batch.transactions[held.spec.id].expires_at_ns == 5_000 * S
     assert held.expires_at_ns == PREPARED_UNTIL  # the caller's object is not changed
+
+
+def test_a_piece_that_moved_out_with_its_accounts_is_wrong_shard_here() -> None:
+    """A source's copy of a held piece it moved out (resolved by its move-out's release) is not
+    the piece any more: a deadline or a settlement of it is WRONG_SHARD there, never
+    PENDING_ALREADY_RESOLVED (which a gateway re-arming it would take for settled)."""
+    gone = piece(PREPARED_UNTIL + 3_600 * S)
+    gone.status = Status.PENDING_VOIDED
+    gone.resolved_by_id = ids.move_out_hold_id("0f1e", gone.spec.id)
+    voided = piece(PREPARED_UNTIL + 3_600 * S)
+    voided.status, voided.resolved_by_id = Status.PENDING_VOIDED, ids.settlement_id("x", False)
+    rearm = deadline_spec(gone.spec.id, 5_000 * S, DeadlineMode.DECISION)
+    settle = hold_settlement_spec(gone.spec.id, Kind.POST_PENDING, "h-post")
+    for held, wanted, said in (
+        (gone, "WRONG_SHARD", "moved out of this shard with its accounts (move 0f1e)"),
+        (voided, "PENDING_ALREADY_RESOLVED", "was resolved by"),
+    ):
+        loaded: dict[str, TransactionState | None] = {
+            held.spec.id: held,
+            rearm.id: None,
+            settle.id: None,
+        }
+        batch = Batch({}, loaded, JournalPosition(1, 0), CREATED_AT + S)
+        results = batch.apply([[rearm], [settle]])
+        assert [r[0].code.name for r in results] == [wanted, wanted], held.resolved_by_id
+        assert all(said in r[0].message for r in results), results
+        assert batch.out.new_transactions == []
