@@ -235,6 +235,14 @@ def is_moving_piece(record: TransactionState, slots: frozenset[int]) -> bool:
     return record.spec.kind is Kind.PREPARED and _legs_moving(record, slots)[0]
 
 
+def travels_with(record: TransactionState, slots: frozenset[int]) -> bool:
+    """Whether a record goes with the slots: homed in them, or a held cross-shard piece whose
+    every leg but on spread accounts is on their accounts (at least one)."""
+    if not ids.is_piece_id(record.spec.id):
+        return record_moves(record.spec.id, slots)
+    return _legs_moving(record, slots) == (True, True)
+
+
 def moving_holds(
     accounts: Sequence[AccountState],
     open_records: Sequence[TransactionState],
@@ -244,9 +252,9 @@ def moving_holds(
     """The open records that move with the slots, in id order, from the shard's open records
     (holds and held pieces): the single-shard holds whose record and every leg but on spread
     accounts are in them, and (the target given) the held pieces of committed cross-shard holds
-    whose accounts all are (_piece_refusal). MoveRefusedError for what cannot move (a hold that
-    would span shards, a cross-shard hold's record, a piece that would span shards or go to its
-    coordinator), MoveBusyError for what may pass soon (a piece in flight, a hold being
+    whose accounts all are (_piece_refusal). MoveRefusedError for what cannot move (a hold or a
+    cross-shard hold's record that would span shards, a piece that would, either with no
+    target given), MoveBusyError for what may pass soon (a piece in flight, a hold being
     decided). The moved accounts' pending counters must be exactly the moving records' amounts
     (MoveBusyError otherwise: held by something not explained)."""
     moving: list[TransactionState] = []
@@ -281,13 +289,6 @@ def moving_pieces(holds: Sequence[TransactionState]) -> list[TransactionState]:
     return [record for record in holds if record.spec.kind is Kind.PREPARED]
 
 
-def checked_piece_id(record: TransactionState) -> str:
-    """For a moving held piece, its id, which the target must not hold (a hold's pieces share
-    their id, so a shard holds at most one of them); "" for any other record (a hold's
-    coordinator record may join one of its pieces, and a piece its coordinator record)."""
-    return record.spec.id if record.spec.kind is Kind.PREPARED else ""
-
-
 def stuck_slots(
     open_records: Sequence[TransactionState],
     slots: frozenset[int],
@@ -295,8 +296,8 @@ def stuck_slots(
 ) -> dict[int, str]:
     """Slot -> why, for the slots of these that cannot move now (to `target`, if known): those
     an open record here touches (by its id or a leg's account) that moving_holds refuses
-    outright (MoveRefusedError: a cross-shard hold's record, a piece that would span shards or
-    go to its coordinator, a hold that would span shards). What may pass in a moment
+    outright (MoveRefusedError: a hold, a cross-shard hold's record or a piece that would span
+    shards, or either with no target given). What may pass in a moment
     (MoveBusyError) keeps no slot: the move-out waits for it. Without the slots named, the rest
     may still not move together (a hold spanning a named slot and another): ask again of what
     is left."""
@@ -794,18 +795,13 @@ def record_before_out(record: TransactionState, move_id: str) -> TransactionStat
 
 
 def check_holds_in(
-    records: Sequence[TransactionState],
-    accounts: Sequence[AccountState],
-    slots: frozenset[int],
-    shard: int | None = None,
+    records: Sequence[TransactionState], accounts: Sequence[AccountState], slots: frozenset[int]
 ) -> None:
     """MoveRefusedError unless every open record moving in is a hold (single- or cross-shard)
     homed in the slots, or a held cross-shard piece, whose legs are on the accounts moving in
-    or on spread accounts. (`shard`: this one, kept for the callers' symmetry.)"""
+    or on spread accounts."""
     moving = {account.spec.id for account in accounts}
     for record in open_holds_of(records):
-        if record.spec.kind is Kind.HOLD and not record_moves(record.spec.id, slots):
-            raise MoveRefusedError(f"open hold {record.spec.id!r} is not homed in the slots")
         if record.spec.kind is Kind.PREPARED:
             if not ids.is_piece_id(record.spec.id):
                 raise MoveRefusedError(f"open record {record.spec.id!r} is not a piece's")

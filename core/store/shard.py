@@ -644,9 +644,10 @@ async def signed_heads_after(
 # (an open hold, or a held cross-shard piece moved with its accounts: docs/design.md, "Moving
 # slots"). Joined from holds (only open records live there), each branch by its primary key.
 _HELD_RECORDS: Final = """(
-    SELECT id, kind, target_id, timeout_seconds, timestamp_ns FROM transactions
+    SELECT id, kind, target_id, timeout_seconds, timestamp_ns, resolved_by_id FROM transactions
     UNION ALL
-    SELECT id, kind, target_id, timeout_seconds, timestamp_ns FROM moved_transactions
+    SELECT id, kind, target_id, timeout_seconds, timestamp_ns, resolved_by_id
+    FROM moved_transactions
 )"""
 
 
@@ -654,12 +655,8 @@ async def expired_holds(
     connection: Connection, now_ns: int, limit: int, timeout_s: float
 ) -> list[str]:
     rows = await connection.fetch(
-        """
-        SELECT h.transaction_id FROM holds h JOIN (
-            SELECT id, kind, resolved_by_id FROM transactions
-            UNION ALL  -- open holds moved in with slots (docs/design.md, "Moving slots")
-            SELECT id, kind, resolved_by_id FROM moved_transactions
-        ) t ON t.id = h.transaction_id
+        f"""
+        SELECT h.transaction_id FROM holds h JOIN {_HELD_RECORDS} t ON t.id = h.transaction_id
         WHERE h.expires_at_ns > 0 AND h.expires_at_ns <= $1 AND t.kind = ANY($3::smallint[])
           AND t.resolved_by_id = ''  -- not locked by a piece deciding it (it waits for that)
         ORDER BY h.expires_at_ns LIMIT $2

@@ -14,7 +14,7 @@ from google.protobuf.message import DecodeError
 
 from core import ids, journal, limits, moves
 from core.model import AccountSpec, AccountState, Kind, Status, TransactionState
-from core.slots import SLOT_COUNT, is_spread
+from core.slots import SLOT_COUNT
 from core.store import moves as store_moves
 from core.store import shard as store
 from core.store.moves import ColdRecords
@@ -326,22 +326,13 @@ async def _items(
         await context.abort(
             grpc.StatusCode.INVALID_ARGUMENT, f"accounts {strays[:5]} are not of the slots"
         )
-    strays = [r.spec.id for r in records if not _of_the_slots(r, slots)]
+    strays = [r.spec.id for r in records if not moves.travels_with(r, slots)]
     if strays:
         await context.abort(
             grpc.StatusCode.INVALID_ARGUMENT,
             f"records {strays[:5]} are not homed in the slots (nor held pieces on their accounts)",
         )
     return accounts, records
-
-
-def _of_the_slots(record: TransactionState, slots: frozenset[int]) -> bool:
-    """A record homed in the slots, or a held cross-shard piece whose legs (but on spread
-    accounts) are all on the slots' accounts."""
-    if not ids.is_piece_id(record.spec.id):
-        return moves.record_moves(record.spec.id, slots)
-    legs = [leg.account_id for leg in record.applied_legs if not is_spread(leg.account_id)]
-    return bool(legs) and all(moves.account_moves(account_id, slots) for account_id in legs)
 
 
 async def stage_move_in(
@@ -468,18 +459,17 @@ def _stuck_answer(
     open_records: list[TransactionState], slots: frozenset[int], request: spb.ReadMovedOutRequest
 ) -> spb.ReadMovedOutResponse:
     """The slots that cannot move now and why; with the target, the held pieces that would
-    move with the others (core.moves.checked_piece_id: the target must hold no other piece of
-    their holds)."""
+    move with the others (the target must hold no other piece of their holds: a hold's pieces
+    share their id)."""
     target = request.target_shard if request.HasField("target_shard") else None
     stuck = moves.stuck_slots(open_records, slots, target)
     answer = spb.ReadMovedOutResponse(
         stuck_slots=[spb.StuckSlot(slot=s, reason=why) for s, why in stuck.items()], done=True
     )
     for record in open_records if target is not None else ():
-        checked = moves.checked_piece_id(record)
-        touched = moves.touched_slots(record, slots)
-        if checked and touched and not moves.moving_refusal(record, slots, target):
-            answer.moving_pieces.append(spb.MovingPiece(piece_id=checked, slots=touched))
+        if moves.is_moving_piece(record, slots) and not moves.moving_refusal(record, slots, target):
+            touched = moves.touched_slots(record, slots)
+            answer.moving_pieces.append(spb.MovingPiece(piece_id=record.spec.id, slots=touched))
     return answer
 
 

@@ -240,7 +240,7 @@ def move_in(
         size = size or writer.config.move_page_item_count  # resumed: paged as it began
         if not done:  # pages committed before were checked then; their accounts are here now
             await _check_free(connection, slots, accounts, records, timeout_s)
-        moves.check_holds_in(records, accounts, slots, writer.shard_id)
+        moves.check_holds_in(records, accounts, slots)
         holds = moves.open_holds_of(records)
         there = await store.load_accounts(connection, [a.spec.id for a in spread], timeout_s)
         missing = [a for a in spread if a.spec.id not in there]

@@ -172,7 +172,7 @@ def _rearmed_piece(hold_id: str, coordinator: int, *legs: Leg) -> TransactionSta
     return TransactionState(spec, legs, 50, Status.PENDING, 50 + 3_600 * 10**9)
 
 
-def test_a_held_piece_moves_with_its_accounts_to_any_shard_but_its_coordinator() -> None:
+def test_a_held_piece_moves_with_its_accounts_to_any_shard_once_its_target_is_known() -> None:
     """A committed hold's piece on the slots' accounts moves with them (its clearing leg is the
     shards' own): released at the source, held again at the target with its deadline; to any
     shard, never split from an account that stays, never without the target asked."""
@@ -199,6 +199,11 @@ def test_a_held_piece_moves_with_its_accounts_to_any_shard_but_its_coordinator()
     )  # fmt: skip
     with pytest.raises(moves.MoveRefusedError, match="span two shards"):
         moves.moving_holds([_held(dep, split)], [split], slots, target=2)
+    # What a target takes as of the slots: a piece only with every account leg in them.
+    assert moves.travels_with(piece, slots) and not moves.travels_with(split, slots)
+    assert moves.travels_with(split, frozenset({k, z})) and moves.travels_with(
+        _record("k/t1"), slots
+    )
     assert sorted(moves.stuck_slots([split], frozenset({k, z}) - {z}, target=2)) == [k]
     assert moves.stuck_slots([split], frozenset({k, z}), target=2) == {}  # moved together
 
@@ -223,9 +228,9 @@ def test_a_held_piece_moves_with_its_accounts_to_any_shard_but_its_coordinator()
     assert _counters(arrived[clearing])[2:] == (7, 0)  # held again at the target's clearing
     assert _counters(arrived["k/dep"]) == _counters(dep)
     assert into.holds_opened == [(piece.spec.id, piece.expires_at_ns)]
-    moves.check_holds_in([piece], [dep, sav], slots, shard=3)
+    moves.check_holds_in([piece], [dep, sav], slots)
     with pytest.raises(moves.MoveRefusedError, match="does not move in"):
-        moves.check_holds_in([piece], [dep], slots, shard=2)
+        moves.check_holds_in([piece], [dep], slots)
 
 
 def test_a_cross_shard_holds_record_moves_with_its_slot_once_its_target_is_checked() -> None:
@@ -240,7 +245,7 @@ def test_a_cross_shard_holds_record_moves_with_its_slot_once_its_target_is_check
     dep = _held(_account("k/dep", 0, 100), hold)
     assert moves.moving_holds([dep], [hold], slots, target=2) == [hold]
     assert moves.moving_pieces([hold]) == []
-    assert moves.checked_piece_id(hold) == ""  # it may join a piece of its own
+    assert not moves.is_moving_piece(hold, slots)  # not asked of the target: it may join a piece
     assert moves.stuck_slots([hold], slots, target=2) == {}
     with pytest.raises(moves.MoveRefusedError, match="did not check the target"):
         moves.moving_holds([dep], [hold], slots)
@@ -252,10 +257,10 @@ def test_a_cross_shard_holds_record_moves_with_its_slot_once_its_target_is_check
     unnamed = TransactionState(spec._replace(target_id=""), legs, 50, Status.PENDING, 0)
     with pytest.raises(moves.MoveRefusedError, match="does not name its committed attempt"):
         moves.moving_holds([dep], [unnamed], slots, target=2)
-    assert moves.checked_piece_id(unnamed) == ""
-    moves.check_holds_in([hold], [dep], slots, shard=2)
+    assert not moves.is_moving_piece(unnamed, slots)
+    moves.check_holds_in([hold], [dep], slots)
     with pytest.raises(moves.MoveRefusedError, match="not homed"):
-        moves.check_holds_in([hold], [dep], frozenset({z}), shard=2)
+        moves.check_holds_in([hold], [dep], frozenset({z}))
 
 
 def test_the_slots_that_cannot_move_now_are_named_with_why() -> None:
