@@ -33,6 +33,8 @@ WORKERS = 6
 LOAD_BEFORE_KILL_S = 3.0
 LOAD_AFTER_FAILOVER_S = 3.0
 FAILOVER_TIMEOUT_S = 120.0
+# The supervisor's line when it finds the primary gone (shards.local.replicated_pg).
+PROMOTING = "tally: PostgreSQL primary "
 APPLIED = {pb.RESULT_CODE_CREATED, pb.RESULT_CODE_REPLAYED}
 RETRYABLE_RESULTS = {
     pb.RESULT_CODE_UNAVAILABLE,
@@ -151,20 +153,25 @@ async def test_a_killed_primary_postgresql_fails_over_with_every_acknowledged_tr
         primary_pid = int((up.data_dir / "pg" / "postmaster.pid").read_text().split()[0])
         killed_at = time.monotonic()
         await kill_9(primary_pid)
+        line = await asyncio.wait_for(wait_line(up, PROMOTING, after=seen), FAILOVER_TIMEOUT_S)
+        promoting_at = time.monotonic()  # the primary is dead, its standby not yet promoted
+        assert "exited; promoting its standby" in line, line
         await asyncio.wait_for(
             wait_line(up, "tally: PostgreSQL failover done", after=seen), FAILOVER_TIMEOUT_S
         )
-        failed_over_at = time.monotonic()
         at_failover = len(book.acknowledged)
         await asyncio.sleep(LOAD_AFTER_FAILOVER_S)
     finally:
         stop.set()
         await load
     assert before_kill > 0 and len(book.acknowledged) > at_failover, (before_kill, book)
-    # A client's transfer was sent before the kill and acknowledged only after the failover:
+    # A client's transfer was sent before the kill and acknowledged only once the supervisor
+    # had seen the primary dead and begun promoting its standby, so by the new primary:
     # retried, or held by its node until the standby took over (which one is the timing's: a
-    # run saw no retry at all).
-    crossed = [span for span in book.spans if span[0] < killed_at and span[1] > failed_over_at]
+    # run saw no retry at all). Not "after the failover done line": the commits held waiting
+    # for a synchronous standby are acknowledged the moment it is back, before that line is
+    # printed and read (a run saw every such transfer acknowledged in between).
+    crossed = [span for span in book.spans if span[0] < killed_at and span[1] > promoting_at]
     assert crossed, f"no client's transfer crossed the failover (retries {book.retries})"
 
     # Every acknowledged transfer is there, once: each balance is what they make it.
