@@ -102,9 +102,10 @@ def _add_gateway_flags(parser: argparse.ArgumentParser) -> None:
         "--coalesce-wait-ms",
         type=_at_least(0, float),
         default=float(_env("coalesce_wait_ms", str(defaults.coalesce_wait_ms))),
-        help="how long a small write that could go to its shard at once may wait for others "
-        "to join its call (default %(default)s: it goes at once; calls in flight always "
-        "gather what queues behind them)",
+        help="how long a small write that could go to its shard at once may wait for as many "
+        "requests as the shard's last call carried to join it (default %(default)s; 0: it goes "
+        "at once; a lone caller never waits; calls in flight always gather what queues "
+        "behind them)",
     )
     parser.add_argument(
         "--shard-calls-in-flight",

@@ -56,13 +56,15 @@ class GatewayConfig:
     # Prometheus /metrics on its own port ("": off; port 0: any free one, see Gateway.metrics_port).
     metrics_listen: str = ""
     # Coalescing of small writes per shard: calls in flight at once, and how long a request
-    # that could leave at once may wait for others to join its call (0: it leaves at once).
-    # One call in flight: requests arriving meanwhile gather behind it into the next call, so
-    # a busy shard gets fewer, larger commits (bench.cluster, one transfer per call: +33%
-    # transfers/s and less CPU per transfer in every role than with two), and a lone request
-    # still leaves at once.
+    # that could leave at once may wait for as many requests as the last call carried to join
+    # it (0: it leaves at once; shards/gateway/links.py). One call in flight: requests arriving
+    # meanwhile gather behind it into the next call, so a busy shard gets fewer, larger commits
+    # (bench.cluster, one transfer per call: +33% transfers/s and less CPU per transfer in
+    # every role than with two), and a lone request still leaves at once. The wait: with 64
+    # callers the calls carried 6 requests without it, and the nodes' and PostgreSQL's CPU per
+    # transfer fell by about a third with it (bench/baselines/2026-12-08-coalesce-company-*).
     shard_calls_in_flight_max: int = 1
-    coalesce_wait_ms: float = 0.0
+    coalesce_wait_ms: float = 20.0
     # RPCs the client listener serves at once; beyond, RESOURCE_EXHAUSTED.
     rpc_concurrency_max: int = limits.rpc_concurrency_max_default
     # Every listener is TLS, and links to the shards are mutual TLS with this certificate

@@ -3,9 +3,14 @@
 While a call to the shard is in flight, further sub-batches queue; they leave together as one
 call when a slot frees (up to inflight_call_count_max calls at once), so many small client
 requests become few large shard batches. With a coalescing wait (coalesce_wait_s > 0) a request
-that finds a free slot also waits, at most that long, for others to join it, unless the call
-is full already: fewer, larger calls for a bounded latency. Each client request's linked groups
-are closed within it (the gateway checks), so concatenating requests never joins two groups.
+that finds a free slot waits, at most that long, for as many requests to queue as the last call
+carried, unless the call is full already. Under a closed loop of callers (each sends its next
+request when the last is answered) those are the callers the last call answered, coming back:
+without the wait the first of them leaves alone as soon as it arrives, the call slot is taken,
+and the shard commits a few items a block while the rest queue behind; with it they leave
+together. A lone caller never waits (its last call carried one request), and a load that fell
+waits once, for the bound, then expects what came. Each client request's linked groups are
+closed within it (the gateway checks), so concatenating requests never joins two groups.
 
 A call is full at limits.batch_item_count_max items or at CALL_SIZE_MAX_BYTES, its encoded size
 measured from the items it carries: bounded in items alone, requests that fit the message limit
@@ -98,6 +103,8 @@ class _Coalescer:
         self._metrics = metrics
         self._wait_s = coalesce_wait_s
         self._timer: asyncio.TimerHandle | None = None
+        # Requests the last call carried: with a wait, the company a request waits for.
+        self._expected_request_count = 1
 
     @property
     def inflight_call_count(self) -> int:
@@ -106,6 +113,11 @@ class _Coalescer:
     @property
     def queued_request_count(self) -> int:
         return len(self._queue)
+
+    @property
+    def expected_request_count(self) -> int:
+        """Requests the last call carried: what a request waits for, with a wait."""
+        return self._expected_request_count
 
     async def submit(self, items: list[Any]) -> Results:
         future: asyncio.Future[Results] = asyncio.get_running_loop().create_future()
@@ -118,7 +130,7 @@ class _Coalescer:
 
     def _pump(self) -> None:
         while self._queue and self._inflight < self._inflight_max:
-            if self._wait_s and not self._queued_full():
+            if self._wait_s and not self._queued_full() and not self._company_came():
                 waited_s = time.perf_counter() - self._queue[0][2]
                 if waited_s < self._wait_s:  # the oldest may wait a little longer for company
                     if self._timer is None:
@@ -137,6 +149,11 @@ class _Coalescer:
             self._queued_item_count >= self._item_count_max
             or self._queued_size_bytes >= self._size_max_bytes
         )
+
+    def _company_came(self) -> bool:
+        """As many requests queue as the last call carried: the callers whose answers it
+        carried have come back (a closed loop), or the load is as large as it was."""
+        return len(self._queue) >= self._expected_request_count
 
     def _waited(self) -> None:
         self._timer = None
@@ -161,6 +178,7 @@ class _Coalescer:
             ids |= next_ids
         self._queued_item_count -= count
         self._queued_size_bytes -= size_bytes
+        self._expected_request_count = len(group)
         return group
 
     def _fits(self, count: int, size_bytes: int, entry: Entry) -> bool:

@@ -504,11 +504,12 @@ async def test_concurrent_small_requests_are_coalesced(cluster: Cluster, client:
 
 
 @pytest.mark.parametrize("wait_ms", [0.0, 300.0])
-async def test_coalescing_wait_gathers_small_writes_into_one_call(
+async def test_coalescing_wait_gathers_the_callers_the_last_call_answered(
     pg: EmbeddedPostgres, wait_ms: float
 ) -> None:
-    """Five single transfers to one shard, 20 ms apart. Without a wait the first leaves at once
-    (and the second, on the other call slot); with a 300 ms wait all five share one call."""
+    """Callers of one shard in a burst, then as many single transfers as the burst's last
+    call carried, 20 ms apart: the same callers coming back one by one. Without a wait the
+    first of them leaves alone; with a 300 ms wait they leave together, in one commit."""
     prefix = f"w{os.getpid()}_{next(_numbers)}"
     options: dict[str, object] = {"coalesce_wait_ms": wait_ms}
     async with in_process_cluster(pg, prefix, SHARD_COUNT, gateway_options=options) as running:
@@ -516,18 +517,32 @@ async def test_coalescing_wait_gathers_small_writes_into_one_call(
             client = Client(channel)
             key = customers_on_distinct_shards(1)[0]
             await client.create(account("@cash"), account(f"{key}/dep"))
-            writer = running.nodes[SlotMap.even(SHARD_COUNT).shard_of_key(key)].node.writer
+            shard_id = SlotMap.even(SHARD_COUNT).shard_of_key(key)
+            writer = running.nodes[shard_id].node.writer
             assert writer is not None
+            posts = dict(running.gateway.cluster.link(shard_id).call_queues())[links.POST]
+            expected = 0
+            for burst in range(10):  # until a call carried at least three (the loop's pace)
+                await asyncio.gather(
+                    *(
+                        client.post(transfer(f"{key}/b{burst}.{n}", "@cash", f"{key}/dep", 1))
+                        for n in range(8)
+                    )
+                )
+                expected = posts.expected_request_count
+                if expected >= 3:
+                    break
+            assert expected >= 3, expected
             before = writer.committed_batch_count
-            posts = []
-            for n in range(5):
-                posts.append(
+            trickle = []
+            for n in range(expected):
+                trickle.append(
                     asyncio.create_task(
                         client.post(transfer(f"{key}/w{n}", "@cash", f"{key}/dep", 1))
                     )
                 )
                 await asyncio.sleep(0.02)
-            results = await asyncio.gather(*posts)
+            results = await asyncio.gather(*trickle)
             assert {r[0].code for r in results} == {pb.RESULT_CODE_CREATED}
             commits = writer.committed_batch_count - before
     assert commits == 1 if wait_ms else commits >= 2, commits
