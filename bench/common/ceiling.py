@@ -6,7 +6,8 @@ It lives in bench/ only and runs inside the bench process, on its own database o
 PostgreSQL server as the node's. Its tables have the columns, types and indexes of the shard
 schema's ledger tables (core/store/schema.py, migrations 1 and 2: accounts with their counters,
 transactions, postings with the counters after each one, `postings_by_account`,
-`transactions_by_block`, `accounts_by_block`), so both write the same bytes per transfer; what
+`transactions_by_block`, `accounts_by_block`; and 11: the applied legs NULL when they are the
+legs), so both write the same bytes per transfer; what
 it leaves out is Tally's own machinery (no journal block, hash chain, signature or lease fence,
 no state machine, no gRPC hop).
 
@@ -96,7 +97,7 @@ CREATE TABLE transactions (
     timeout_seconds integer NOT NULL,
     target_id text NOT NULL,
     legs text NOT NULL,
-    applied_legs text NOT NULL,
+    applied_legs text,  -- NULL: the legs as submitted (shard migration 11)
     timestamp_ns bigint NOT NULL,
     status smallint NOT NULL,
     expires_at_ns bigint NOT NULL,
@@ -172,7 +173,7 @@ block AS (
 new_transactions AS (
     INSERT INTO transactions
     SELECT b.id, {int(Kind.ORDINARY)}, {TRANSFER_CODE}, '{{}}', '', 0, '',
-        legs_text, legs_text, k.timestamp_ns + b.n, {int(Status.POSTED)}, 0, '', '', k.number
+        legs_text, NULL, k.timestamp_ns + b.n, {int(Status.POSTED)}, 0, '', '', k.number
     FROM batch b CROSS JOIN block k,
         LATERAL (SELECT 'D ' || b.debit_id || ' ' || b.amount || ' {CURRENCY},C '
                         || b.credit_id || ' ' || b.amount || ' {CURRENCY}') AS t(legs_text)
@@ -289,7 +290,7 @@ async def _copy_seed(connection: Any, account_ids: list[str]) -> None:
     for number, account_id in enumerate(account_ids, start=1):
         transaction_id = funding_transaction_id(account_id)
         legs = f"D {HOT_ACCOUNT_ID} {funding} {CURRENCY},C {account_id} {funding} {CURRENCY}"
-        head = (transaction_id, int(Kind.ORDINARY), TRANSFER_CODE, "{}", "", 0, "", legs, legs)
+        head = (transaction_id, int(Kind.ORDINARY), TRANSFER_CODE, "{}", "", 0, "", legs, None)
         transactions.append((*head, number, int(Status.POSTED), 0, "", "", 0))
         debit = (2 * number - 1, transaction_id, HOT_ACCOUNT_ID, True, funding, 0, number)
         postings.append((*debit, funding * number, 0, 0, 0, 0))

@@ -40,7 +40,7 @@ FROM accounts ORDER BY block_sequence, created_at_ns, id
 """
 _TRANSACTION_COLUMNS: Final = """
 SELECT block_sequence, id, kind, code, metadata, value_date, timeout_seconds, target_id, legs,
-       applied_legs, timestamp_ns
+       COALESCE(applied_legs, legs) AS applied_legs, timestamp_ns
 FROM transactions"""
 # Block 0 is no block: a revived row's (core.store.shard.REVIVED_BLOCK_SEQUENCE, a cold
 # transaction written hot again when it changed), which REVIVED_SQL reads apart.
@@ -66,9 +66,11 @@ T_ID, T_KIND, T_TARGET, T_APPLIED, T_TIME = 1, 2, 7, 9, 10
 # The applied legs of holds a block's posts resolve but the pass no longer remembers: $1 the
 # hold ids, $2 the kinds that hold.
 HELD_LEGS_SQL: Final = (
-    "SELECT id, applied_legs FROM transactions WHERE id = ANY($1::text[]) "
-    "AND kind = ANY($2::smallint[]) UNION ALL "  # a hold moved in with slots, posted here
-    "SELECT id, applied_legs FROM moved_transactions WHERE id = ANY($1::text[]) "
+    "SELECT id, COALESCE(applied_legs, legs) AS applied_legs FROM transactions "
+    "WHERE id = ANY($1::text[]) AND kind = ANY($2::smallint[]) UNION ALL "
+    # a hold moved in with slots, posted here
+    "SELECT id, COALESCE(applied_legs, legs) AS applied_legs FROM moved_transactions "
+    "WHERE id = ANY($1::text[]) "
     "AND kind = ANY($2::smallint[])"
 )
 LEASE_LAST_BLOCK_SQL: Final = "SELECT last_block_sequence FROM writer_lease WHERE id = 1"
@@ -206,7 +208,8 @@ SELECT CASE WHEN t.kind IN ({commit}, {hold}) THEN {_key_sql("t.target_id", MARK
             WHEN t.kind = {abort} THEN {_key_sql("t.id", MARKER_PREFIX)}
             WHEN t.kind = {deadline} THEN {_key_sql("t.target_id", PIECE_PREFIX)}
             ELSE {_key_sql("t.id", PIECE_PREFIX)} END AS key,
-       t.id, t.kind, t.target_id, t.applied_legs, t.expires_at_ns, NULL::text AS held_legs,
+       t.id, t.kind, t.target_id, COALESCE(t.applied_legs, t.legs) AS applied_legs,
+       t.expires_at_ns, NULL::text AS held_legs,
        NULL::smallint AS target_kind, t.timestamp_ns, t.timeout_seconds, t.block_sequence,
        CASE WHEN t.kind = {deadline} THEN t.metadata END AS metadata, FALSE AS moved_in
 FROM transactions t
@@ -214,18 +217,20 @@ WHERE t.kind IN ({prepared}, {commit}, {abort}, {hold}, {deadline}){since.format
 UNION ALL
 SELECT CASE WHEN p.kind = {hold} THEN {_key_sql("p.target_id", MARKER_PREFIX)}
             ELSE {_key_sql("p.id", PIECE_PREFIX)} END,
-       r.id, r.kind, r.target_id, r.applied_legs, r.expires_at_ns, p.applied_legs, p.kind,
+       r.id, r.kind, r.target_id, COALESCE(r.applied_legs, r.legs), r.expires_at_ns,
+       COALESCE(p.applied_legs, p.legs), p.kind,
        r.timestamp_ns, r.timeout_seconds, r.block_sequence, NULL::text, FALSE
 FROM transactions r JOIN (
-    SELECT id, kind, target_id, applied_legs FROM transactions
+    SELECT id, kind, target_id, applied_legs, legs FROM transactions
     UNION ALL  -- held pieces moved in with their accounts' slots
-    SELECT id, kind, target_id, applied_legs FROM moved_transactions
+    SELECT id, kind, target_id, applied_legs, legs FROM moved_transactions
 ) p ON p.id = r.target_id AND p.kind IN ({prepared}, {hold})
 WHERE r.kind IN ({resolutions}){since.format(table="r")}
 UNION ALL
 SELECT CASE WHEN m.kind = {hold} THEN {_key_sql("m.target_id", MARKER_PREFIX)}
             ELSE {_key_sql("m.id", PIECE_PREFIX)} END,
-       m.id, m.kind, m.target_id, m.applied_legs, m.expires_at_ns, NULL::text, NULL::smallint,
+       m.id, m.kind, m.target_id, COALESCE(m.applied_legs, m.legs), m.expires_at_ns,
+       NULL::text, NULL::smallint,
        m.timestamp_ns, m.timeout_seconds, 0::bigint, NULL::text, TRUE
 FROM moved_transactions m
 WHERE m.kind IN ({prepared}, {hold}) AND EXISTS (
@@ -271,7 +276,7 @@ FROM slot_moves GROUP BY move_id, direction ORDER BY move_id, direction
 # (an entry outside those blocks shows in the slot-move accounts' counters, which then exceed
 # the entries' sums).
 MOVE_ENTRIES_SQL: Final = """
-SELECT id, metadata, applied_legs FROM transactions
+SELECT id, metadata, COALESCE(applied_legs, legs) AS applied_legs FROM transactions
 WHERE block_sequence IN (
     SELECT block_sequence FROM slot_moves UNION SELECT block_sequence FROM move_pages
 )
@@ -297,7 +302,7 @@ MOVE_SIDE_SQL: Final = "SELECT count(*) FROM slot_moves WHERE move_id = $1 AND d
 # The pieces and holds $1 resolutions of cold blocks resolve (always hot: `~` ids, or holds,
 # which stay hot once resolved); $2: the kinds that are pieces or holds.
 RESOLVED_TARGETS_SQL: Final = """
-SELECT id, kind, target_id, applied_legs FROM transactions
+SELECT id, kind, target_id, COALESCE(applied_legs, legs) AS applied_legs FROM transactions
 WHERE id = ANY($1::text[]) AND kind = ANY($2::smallint[])
 """
 # Which of ids $1 have a row in the tables (kept hot or revived): CROSS_SHARD_SQL has those.

@@ -44,7 +44,7 @@ BY_BLOCK_SQL: Final = {
         ORDER BY block_sequence, created_at_ns, id""",
     "transactions": """
         SELECT block_sequence, id, kind, code, metadata, value_date, timeout_seconds,
-               target_id, legs, applied_legs, timestamp_ns
+               target_id, legs, COALESCE(applied_legs, legs), timestamp_ns
         FROM transactions WHERE block_sequence BETWEEN $1 AND $2
         ORDER BY block_sequence, timestamp_ns, id""",
     "closures": """

@@ -302,6 +302,23 @@ MIGRATIONS: Final[tuple[tuple[int, str, str], ...]] = (
         DROP FUNCTION pg_temp.tally_slot(text);
         """,
     ),
+    (
+        11,
+        "the legs stored once",
+        # Issue 13 (docs/design.md, "The compact journal"). A record's applied legs are its
+        # legs as submitted for all but those whose applied legs come from another record (a
+        # hold's post or void, a piece's settlement, a reversal); written twice they were
+        # some 50 bytes of a two-leg transfer's row (a live tuple of 233 B, now 184). Now
+        # applied_legs is NULL when it is the legs (core.store.shard.stored_applied_legs), and
+        # every read takes the legs then (COALESCE(applied_legs, legs) in SQL). Rows written
+        # before keep both texts, which read the same: rewriting every row here would cost a
+        # full copy of the table and free no space until a VACUUM FULL (dropping NOT NULL
+        # rewrites nothing).
+        """
+        ALTER TABLE transactions ALTER COLUMN applied_legs DROP NOT NULL;
+        ALTER TABLE moved_transactions ALTER COLUMN applied_legs DROP NOT NULL;
+        """,
+    ),
 )
 
 CONTROL_MIGRATIONS: Final[tuple[tuple[int, str, str], ...]] = (

@@ -177,9 +177,11 @@ def spec_from_row(row: asyncpg.Record) -> TransactionSpec:
 
 
 def transaction_from_row(row: asyncpg.Record) -> TransactionState:
+    spec = spec_from_row(row)
+    applied = row["applied_legs"]  # NULL: as submitted (shard migration 11)
     return TransactionState(
-        spec_from_row(row),
-        decode_legs(row["applied_legs"]),
+        spec,
+        spec.legs if applied is None else decode_legs(applied),
         row["timestamp_ns"],
         Status(row["status"]),
         row["expires_at_ns"],
@@ -237,7 +239,7 @@ def _transaction_record(
         spec.timeout_seconds,
         spec.target_id,
         texts[0],
-        texts[1],
+        stored_applied_legs(texts),
         state.timestamp_ns,
         int(state.status),
         state.expires_at_ns,
@@ -246,6 +248,13 @@ def _transaction_record(
         block_sequence,
         transaction_slot(spec.id),
     )
+
+
+def stored_applied_legs(texts: tuple[str, str]) -> str | None:
+    """The applied legs column of a record's (legs, applied legs) texts: NULL when they are
+    the legs as submitted, as most are (shard migration 11); readers take the legs then."""
+    legs_text, applied_text = texts
+    return None if applied_text == legs_text else applied_text
 
 
 _ACCOUNT_COLUMNS = (

@@ -432,7 +432,9 @@ async def _transactions(
     transactions: dict[int, list[StreamedTransaction]] = {}
     for row in rows:
         spec = spec_from_row(row)
-        state = created_state(spec, decode_legs(row["applied_legs"]), row["timestamp_ns"])
+        applied = row["applied_legs"]  # NULL: as submitted (shard migration 11)
+        legs = spec.legs if applied is None else decode_legs(applied)
+        state = created_state(spec, legs, row["timestamp_ns"])
         target_kind = kinds.get(spec.target_id) if spec.kind is Kind.POST_PENDING else None
         transactions.setdefault(row["block_sequence"], []).append(
             StreamedTransaction(state, target_kind)

@@ -333,7 +333,8 @@ async def test_altered_clearing_piece_is_named(live: LiveCluster, client: Client
     # The participant's piece was posted by its resolution: a commit row targeting the piece.
     resolution = await fetch_one(
         participant,
-        "SELECT r.id, r.applied_legs, r.block_sequence, p.id AS piece FROM transactions r "
+        "SELECT r.id, COALESCE(r.applied_legs, r.legs) AS applied_legs, r.block_sequence, "
+        "p.id AS piece FROM transactions r "
         "JOIN transactions p ON p.id = r.target_id AND p.kind = 6 "
         "WHERE r.kind = 2 AND p.id LIKE '%forged-1'",
     )

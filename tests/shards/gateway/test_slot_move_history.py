@@ -420,7 +420,9 @@ async def test_a_move_in_posting_more_than_its_move_out_took_is_named(moved: Mov
     second_move, target = moved.move_ids[1], HOLDERS[2]
     entry_id = f"~movein/{second_move}/{moved.dep}"
     legs = await fetch_one(
-        moved.cluster.dsns[target], "SELECT applied_legs FROM transactions WHERE id = $1", entry_id
+        moved.cluster.dsns[target],
+        "SELECT COALESCE(applied_legs, legs) AS applied_legs FROM transactions WHERE id = $1",
+        entry_id,
     )
     original = legs["applied_legs"]
     legs_text = original.split(",")
