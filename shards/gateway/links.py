@@ -137,6 +137,9 @@ class _Coalescer:
                         loop = asyncio.get_running_loop()
                         self._timer = loop.call_later(self._wait_s - waited_s, self._waited)
                     return
+            if self._timer is not None:  # leaving now: the oldest's wait is over
+                self._timer.cancel()
+                self._timer = None
             group = self._take()
             self._inflight += 1
             task = asyncio.ensure_future(self._send(group))
