@@ -65,6 +65,11 @@ from pathlib import Path
 from typing import Any, Final
 
 DAYS_PER_YEAR: Final = 365.25
+# Issue 13's starting point and targets, indexes included, for the report's table of bytes
+# before and now: the shard database's storage breakdown when the issue was measured.
+BYTES_BEFORE: Final = {"posting": 396.5, "account": 394.4, "transaction": 793.1}
+BYTES_BEFORE_SOURCE: Final = "bench/baselines/2026-12-03-storage-breakdown-5a9bd67/"
+BYTES_TARGET: Final = {"posting": 120.0, "account": 150.0}
 DAYS_PER_MONTH: Final = DAYS_PER_YEAR / 12
 HOURS_PER_YEAR: Final = DAYS_PER_YEAR * 24
 SECONDS_PER_MONTH: Final = DAYS_PER_YEAR * 86_400 / 12

@@ -402,6 +402,8 @@ def _cost(
         "replicates them; a standby adds no copy)."
     )
     d.table(["input", "value", "source"], cost_inputs_rows(e))
+    d.paragraph(f"Bytes, before issue 13's work ({cost.BYTES_BEFORE_SOURCE}) and in this run:")
+    d.table(*bytes_table(e.measured))
     d.code(cost.arithmetic(e))
     d.paragraph("How the headline moves with activity (the other inputs as above):")
     d.table(*sensitivity_table(e))
@@ -474,6 +476,24 @@ def cost_inputs_rows(e: cost.Estimate) -> list[list[Any]]:
         ["bytes per posting (hot)", f"{m.bytes_per_posting:,.0f}", "measured (relation sizes)"],
         ["bytes per posting (cold)", f"{e.cold_bytes_per_posting:,.0f}", cost.cold_source(e)],
     ]  # fmt: skip
+
+
+def bytes_table(m: cost.Measured) -> tuple[list[str], list[list[Any]]]:
+    """Bytes per posting, account and transaction (hot, indexes included): before, now, and
+    the targets."""
+    before, target = cost.BYTES_BEFORE, cost.BYTES_TARGET
+    per_transaction = m.bytes_per_posting * m.postings_per_tx
+    return (
+        ["bytes", "before", "this run", "target"],
+        [
+            ["per posting", f"{before['posting']:,.1f}", f"{m.bytes_per_posting:,.1f}",
+             f"<= {target['posting']:g}"],
+            ["per account", f"{before['account']:,.1f}", f"{m.bytes_per_account:,.1f}",
+             f"<= {target['account']:g}"],
+            ["per transaction", f"{before['transaction']:,.1f} (2 postings)",
+             f"{per_transaction:,.1f} ({m.postings_per_tx:.2f} postings)", "-"],
+        ],
+    )  # fmt: skip
 
 
 def _machine(d: Document, report: dict[str, Any]) -> None:

@@ -265,6 +265,11 @@ def test_report_renders_the_cost_split(tmp_path: Path) -> None:
     assert "| days of history hot in PostgreSQL | 91.3125 (3 months) |" in text
     assert "| object storage price | $0.02/GiB-mo | cloudburn.io" in text
     assert "no cold segment size was measured" in text
+    # Issue 13's before/after table of bytes, from the run's storage measurement.
+    per_tx = 400.0 * e.measured.postings_per_tx
+    assert "| per posting | 396.5 | 400.0 | <= 120 |" in text
+    assert "| per account | 394.4 | 500.0 | <= 150 |" in text
+    assert f"| per transaction | 793.1 (2 postings) | {per_tx:,.1f} (" in text
     sixty = cost.sensitivity(e.prices, e.activity, e.measured, [60.0], e.deployment)[0]
     assert "| postings per account per month | compute | storage (hot + cold) | total |" in text
     assert f"| 60 | ${sixty[1]:.3e} | ${sixty[2]:.3e} | ${sixty[1] + sixty[2]:.3e} |" in text
