@@ -24,6 +24,7 @@ import tempfile
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -45,7 +46,15 @@ def _request() -> bytes:
     return bytes(pb.PostTransactionsRequest(transactions=[transaction]).SerializeToString())
 
 
-async def serve(port: int, tls_dir: Path) -> None:
+class _PassThrough(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """An interceptor that changes nothing (as the guard's, minus its check): what having one
+    costs a call."""
+
+    async def intercept_service(self, continuation: Any, details: Any) -> Any:
+        return await continuation(details)
+
+
+async def serve(port: int, tls_dir: Path, interceptor: bool) -> None:
     response = pb.PostTransactionsResponse(
         results=[pb.ItemResult(code=pb.RESULT_CODE_CREATED, timestamp_ns=1)]
     )
@@ -63,7 +72,7 @@ async def serve(port: int, tls_dir: Path) -> None:
             )
         },
     )
-    server = grpc.aio.server()
+    server = grpc.aio.server(interceptors=[_PassThrough()] if interceptor else None)
     server.add_generic_rpc_handlers((handler,))
     credentials = directory.server_security(tls_dir).server_credentials(require_certificate=True)
     server.add_secure_port(f"127.0.0.1:{port}", credentials)
@@ -100,6 +109,7 @@ async def measure(
     calls = recorder.created_in_window
     seconds = meter.seconds_by_role()
     return {
+        "interceptor": args.interceptor,
         "clients": args.clients,
         "calls_per_s": round(calls / window.seconds, 1),
         "latency_ms": latency_summary_ms(recorder.latencies_ns),
@@ -118,6 +128,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--duration-s", type=float, default=10.0)
     parser.add_argument("--warmup-s", type=float, default=2.0)
     parser.add_argument("--out", type=Path)
+    parser.add_argument(
+        "--interceptor",
+        action="store_true",
+        help="the server has one interceptor that changes nothing (what one costs a call)",
+    )
     parser.add_argument("--serve-port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--tls-dir", type=Path, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -136,6 +151,7 @@ async def run(args: argparse.Namespace) -> int:
             str(port),
             "--tls-dir",
             str(tls_dir),
+            *(["--interceptor"] if args.interceptor else []),
             stdout=asyncio.subprocess.PIPE,
         )
         try:
@@ -160,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parse(argv)
     if args.serve_port is not None:
-        uvloop.run(serve(args.serve_port, args.tls_dir))
+        uvloop.run(serve(args.serve_port, args.tls_dir, args.interceptor))
         return 0
     started = time.monotonic()
     code = int(uvloop.run(run(args)))

@@ -155,6 +155,12 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
                 _answer_unavailable(todo + deferred, results, error)
                 return []
             deferred += plan.deferred
+            if not (plan.crossing or plan.anchored or plan.hold_fates):
+                # Single-shard units only (the common request): no tasks to gather.
+                todo = sorted(
+                    await self._send_units(messages, plan.direct, results, self._post_shard)
+                )
+                continue
             # On a later round, a unit the new map spreads over shards keeps its WRONG_SHARD.
             sent, crossed, _ = await asyncio.gather(
                 self._send_units(messages, plan.direct, results, self._post_shard),
@@ -544,6 +550,9 @@ class GatewayService(pb_grpc.LedgerServicer):  # type: ignore[misc]
                 results[start:end] = unit_answers
             return retry
 
+        if len(plan) == 1:  # one shard: its call, without a task around it
+            [(shard_id, ranges)] = plan.items()
+            return await one(shard_id, ranges)
         retries = await asyncio.gather(*(one(s, r) for s, r in plan.items()))
         return [unit for shard_retries in retries for unit in shard_retries]
 
