@@ -88,6 +88,17 @@ def legs_texts(state: TransactionState) -> tuple[str, str]:
     return legs_text, encode_legs(state.applied_legs)
 
 
+def stored_applied_legs(legs_text: str, applied_text: str) -> str | None:
+    """The applied legs as stored (a shard's applied_legs column, shard migration 11, and a
+    cold segment's): None when they are the legs as submitted, as most are."""
+    return None if applied_text == legs_text else applied_text
+
+
+def applied_legs_of(legs: tuple[Leg, ...], stored: str | None) -> tuple[Leg, ...]:
+    """A record's applied legs from what is stored of them (None: its legs, `legs`)."""
+    return legs if stored is None else decode_legs(stored)
+
+
 def transaction_line(state: TransactionState, legs_text: str, applied_legs_text: str) -> str:
     spec = state.spec
     return (

@@ -32,7 +32,6 @@ from core.store.shard import (
     account_from_row,
     load_accounts,
     load_transactions,
-    stored_applied_legs,
     transaction_from_row,
 )
 
@@ -246,7 +245,7 @@ async def insert_moved_records(
             (
                 spec.id, int(spec.kind), spec.code, journal.encode_metadata(spec.metadata),
                 spec.value_date, spec.timeout_seconds, spec.target_id, legs_text,
-                stored_applied_legs((legs_text, applied_text)),
+                journal.stored_applied_legs(legs_text, applied_text),
                 record.timestamp_ns, int(record.status), record.expires_at_ns,
                 record.resolved_by_id, record.reversed_by_id, 0, transaction_slot(spec.id),
                 move_id, source_shard,

@@ -309,7 +309,7 @@ MIGRATIONS: Final[tuple[tuple[int, str, str], ...]] = (
         # legs as submitted for all but those whose applied legs come from another record (a
         # hold's post or void, a piece's settlement, a reversal); written twice they were
         # some 50 bytes of a two-leg transfer's row (a live tuple of 233 B, now 184). Now
-        # applied_legs is NULL when it is the legs (core.store.shard.stored_applied_legs), and
+        # applied_legs is NULL when it is the legs (core.journal.stored_applied_legs), and
         # every read takes the legs then (COALESCE(applied_legs, legs) in SQL). Rows written
         # before keep both texts, which read the same: rewriting every row here would cost a
         # full copy of the table and free no space until a VACUUM FULL (dropping NOT NULL

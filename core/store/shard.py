@@ -178,10 +178,9 @@ def spec_from_row(row: asyncpg.Record) -> TransactionSpec:
 
 def transaction_from_row(row: asyncpg.Record) -> TransactionState:
     spec = spec_from_row(row)
-    applied = row["applied_legs"]  # NULL: as submitted (shard migration 11)
     return TransactionState(
         spec,
-        spec.legs if applied is None else decode_legs(applied),
+        journal.applied_legs_of(spec.legs, row["applied_legs"]),
         row["timestamp_ns"],
         Status(row["status"]),
         row["expires_at_ns"],
@@ -239,7 +238,7 @@ def _transaction_record(
         spec.timeout_seconds,
         spec.target_id,
         texts[0],
-        stored_applied_legs(texts),
+        journal.stored_applied_legs(*texts),
         state.timestamp_ns,
         int(state.status),
         state.expires_at_ns,
@@ -248,13 +247,6 @@ def _transaction_record(
         block_sequence,
         transaction_slot(spec.id),
     )
-
-
-def stored_applied_legs(texts: tuple[str, str]) -> str | None:
-    """The applied legs column of a record's (legs, applied legs) texts: NULL when they are
-    the legs as submitted, as most are (shard migration 11); readers take the legs then."""
-    legs_text, applied_text = texts
-    return None if applied_text == legs_text else applied_text
 
 
 _ACCOUNT_COLUMNS = (

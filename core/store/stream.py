@@ -36,7 +36,7 @@ import asyncpg
 
 from core import journal
 from core.invariant import InvariantError, check
-from core.journal import decode_legs, decode_metadata
+from core.journal import decode_metadata
 from core.model import (
     HELD_KINDS,
     AccountSpec,
@@ -432,8 +432,7 @@ async def _transactions(
     transactions: dict[int, list[StreamedTransaction]] = {}
     for row in rows:
         spec = spec_from_row(row)
-        applied = row["applied_legs"]  # NULL: as submitted (shard migration 11)
-        legs = spec.legs if applied is None else decode_legs(applied)
+        legs = journal.applied_legs_of(spec.legs, row["applied_legs"])  # shard migration 11
         state = created_state(spec, legs, row["timestamp_ns"])
         target_kind = kinds.get(spec.target_id) if spec.kind is Kind.POST_PENDING else None
         transactions.setdefault(row["block_sequence"], []).append(

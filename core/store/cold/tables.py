@@ -81,7 +81,7 @@ def _transaction_columns(blocks: Sequence[ColdBlock]) -> Columns:
     for block in blocks:
         for position, t in enumerate(block.transactions):
             spec = t.spec
-            applied = None if t.applied_legs_text == t.legs_text else t.applied_legs_text
+            applied = journal.stored_applied_legs(t.legs_text, t.applied_legs_text)
             row = (
                 spec.id, block.header.sequence, position, int(spec.kind), spec.code,
                 journal.encode_metadata(spec.metadata), spec.value_date, spec.timeout_seconds,
